@@ -1,0 +1,62 @@
+"""conversation-codec: encrypted, compressed, append-only storage for agent conversations.
+
+Quick start (the seed usage: load once, save after every turn, or append per message):
+
+>>> import os, tempfile
+>>> from conversation_codec import ConversationCodec, generate_key
+>>> key = generate_key()
+>>> path = os.path.join(tempfile.mkdtemp(), "support-chat.log")
+>>> codec = ConversationCodec(path, encryption_key=key)
+>>> messages = codec.load() or []
+>>> messages.append({"role": "user", "content": "My order #1234 never arrived."})
+>>> codec.save(messages)            # appends only the new message
+>>> codec.append({"role": "assistant", "content": "Sorry! Let me check."})
+1
+>>> codec.close()
+>>> with ConversationCodec(path, encryption_key=key) as again:
+...     [m["role"] for m in again.tail(2)], again.message_count()
+(['user', 'assistant'], 2)
+"""
+
+from __future__ import annotations
+
+from .codec import ConversationCodec
+from .crypto import generate_key
+from .errors import (
+    ClosedError,
+    ConversationCodecError,
+    CorruptRecordError,
+    DecryptionError,
+    FormatError,
+    KeyMismatchError,
+    KeyRequiredError,
+    LockTimeoutError,
+    LogReplacedError,
+    NotEncryptedError,
+    NotSerializableError,
+    RecordTooLargeError,
+    StorageError,
+    UnsupportedVersionError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClosedError",
+    "ConversationCodec",
+    "ConversationCodecError",
+    "CorruptRecordError",
+    "DecryptionError",
+    "FormatError",
+    "KeyMismatchError",
+    "KeyRequiredError",
+    "LockTimeoutError",
+    "LogReplacedError",
+    "NotEncryptedError",
+    "NotSerializableError",
+    "RecordTooLargeError",
+    "StorageError",
+    "UnsupportedVersionError",
+    "__version__",
+    "generate_key",
+]

@@ -1,0 +1,531 @@
+"""ConversationCodec: one conversation log, the class most users touch.
+
+The codec validates and encodes messages, assigns seqs and timestamps, and turns them into
+record bodies (``records``); the file backend (``log``) stores bodies and keeps the index.
+Every public method runs inside one lock-holding transaction of the backend, so threads
+and processes sharing a log see each other's writes and never tear a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from .compression import Compressor
+from .crypto import KeyInput, Keyring, LogCipher, new_log_id
+from .errors import (
+    ClosedError,
+    ConversationCodecError,
+    CorruptRecordError,
+    FormatError,
+    KeyRequiredError,
+    LogReplacedError,
+    NotEncryptedError,
+    NotSerializableError,
+    RecordTooLargeError,
+    StorageError,
+)
+from .format.header import (
+    SEALED_HEADER_BYTES,
+    LogKind,
+    PlainHeader,
+    SealedHeader,
+    decode_plain_header,
+    decode_sealed_header,
+    encode_plain_header,
+    sniff_log,
+)
+from .format.record import MAX_MESSAGE_BYTES
+from .log import FileLog, LogFormat, _IndexMismatch
+from .records import PlainRecords, RecordRejected, SealedRecords
+
+__all__ = ["ConversationCodec", "Message"]
+
+Message = dict[str, Any]
+TimestampInput = datetime | int | float
+_US_PER_S = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ITER_BATCH = 256  # records decoded per lock hold while iterating
+_encode = msgspec.json.Encoder().encode
+_encode_sorted = msgspec.json.Encoder(order="sorted").encode
+_decode = msgspec.json.Decoder().decode
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _to_us(value: TimestampInput) -> int:
+    """Convert an aware datetime or epoch seconds to microseconds since the epoch."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(
+                "timestamp is a naive datetime; pass an aware one, e.g. datetime.now(timezone.utc)"
+            )
+        us = (value - _EPOCH) // timedelta(microseconds=1)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        us = round(value * _US_PER_S)
+    else:
+        raise TypeError(f"timestamp must be an aware datetime or epoch seconds, not {value!r}")
+    if not 0 <= us < 1 << 62:
+        raise ValueError(f"timestamp {value!r} is out of range (1970 .. year 146,000)")
+    return us
+
+
+def _digest(message: Message) -> bytes:
+    # Key order does not make two messages different, so compare sorted encodings.
+    return hashlib.blake2b(_encode_sorted(message), digest_size=16).digest()
+
+
+class ConversationCodec:
+    """One conversation history stored as an append-only, optionally encrypted log.
+
+    :param path: the log file. Its sidecars are ``<path>.idx`` and ``<path>.lock``.
+    :param encryption_key: None for a plaintext (JSONL) log; a Fernet key (str or bytes);
+        or a list of keys, the first of which seals new records while all open old ones.
+    :param redact_fn: applied to each message before it is written. It must be
+        deterministic, so ``save()`` can tell kept messages from changed ones.
+    :param durability: ``"fsync"`` (a returned call is on stable storage) or ``"flush"``
+        (handed to the OS: survives a process crash, not a power loss).
+    :param clock: seam returning microseconds since the epoch (UTC) for new records.
+    :param lock_timeout: seconds to wait for another process's lock; None waits forever.
+    :raises DecryptionError: no key given opens the existing log.
+    :raises KeyRequiredError: the log is encrypted and no key was given.
+    :raises NotEncryptedError: a key was given but the log is plaintext.
+    :raises FormatError: the file is not a conversation-codec log (see ``migrate``).
+
+    >>> import tempfile, os
+    >>> from conversation_codec import generate_key
+    >>> path = os.path.join(tempfile.mkdtemp(), "chat.log")
+    >>> with ConversationCodec(path, encryption_key=generate_key()) as codec:
+    ...     codec.append({"role": "user", "content": "hi"})
+    ...     codec.tail(1)
+    0
+    [{'role': 'user', 'content': 'hi'}]
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        encryption_key: KeyInput | None = None,
+        redact_fn: Callable[[Message], Message] | None = None,
+        durability: str = "fsync",
+        *,
+        clock: Callable[[], int] | None = None,
+        lock_timeout: float | None = None,
+    ) -> None:
+        if durability not in ("fsync", "flush"):
+            raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
+        self._path = Path(path)
+        if self._path.is_dir():
+            raise StorageError(21, f"{self._path} is a directory; pass the path of a log file")
+        self._keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
+        self._redact = redact_fn
+        self._clock = clock or _now_us
+        self._zstd = Compressor()
+        self._digests: list[bytes] | None = None  # of stored messages, for save()
+        self._closed = False
+        self._swept = False
+        self._log = FileLog(
+            self._path, attach=self._attach, durability=durability, lock_timeout=lock_timeout
+        )
+        self._log.on_change = self._forget
+        with self._reading():  # fail fast on a wrong key or a foreign file
+            pass
+
+    # -- opening and creating logs ---------------------------------------------------------
+
+    def _attach(self, prefix: bytes) -> LogFormat:
+        kind = sniff_log(prefix)
+        if kind is LogKind.SEALED:
+            if self._keyring is None:
+                raise KeyRequiredError(
+                    f"{self._path} is encrypted; pass encryption_key= (or set the key variable)"
+                )
+            header, covered, mac = decode_sealed_header(prefix)
+            cipher = LogCipher.open(self._keyring, header, covered, mac)
+            records = SealedRecords(cipher, self._zstd)
+            return LogFormat(header.log_id, SEALED_HEADER_BYTES, records, True)
+        if kind is LogKind.PLAIN:
+            if self._keyring is not None:
+                raise NotEncryptedError(
+                    f"{self._path} is a plaintext log; open it without a key, or encrypt it "
+                    "with conversation_codec.migrate(..., encryption_key=...)"
+                )
+            end = prefix.find(b"\n")
+            if end < 0:
+                raise FormatError(f"{self._path}: plaintext log header line is truncated")
+            plain = decode_plain_header(prefix[:end])
+            return LogFormat(plain.log_id, end + 1, PlainRecords(), False)
+        raise FormatError(
+            f"{self._path} is not a conversation-codec log; convert it with "
+            "conversation_codec.migrate()"
+        )
+
+    def _new_log(self) -> tuple[bytes, LogFormat]:
+        log_id = new_log_id()
+        if self._keyring is None:
+            header = encode_plain_header(PlainHeader(log_id))
+            return header, LogFormat(log_id, len(header), PlainRecords(), False)
+        cipher, header = LogCipher.create(self._keyring, SealedHeader(log_id))
+        return header, LogFormat(log_id, len(header), SealedRecords(cipher, self._zstd), True)
+
+    def _forget(self) -> None:
+        self._digests = None
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def _guarded(self, write: bool) -> _Transaction:
+        if self._closed:
+            raise ClosedError("this ConversationCodec is closed; open a new one")
+        return _Transaction(self, write)
+
+    def _reading(self) -> _Transaction:
+        return self._guarded(False)
+
+    def _writing(self) -> _Transaction:
+        return self._guarded(True)
+
+    def _ensure_log(self) -> LogFormat:
+        if not self._swept:
+            self._log.remove_stale_temps()
+            self._swept = True
+        if self._log.fmt is None:
+            header, fmt = self._new_log()
+            self._log.create(header, fmt)
+            self._digests = []
+        assert self._log.fmt is not None
+        return self._log.fmt
+
+    # -- encoding --------------------------------------------------------------------------
+
+    def _encode(self, message: Message) -> tuple[Message, bytes]:
+        """Redact, encode and validate one message; return it with its JSON."""
+        if not isinstance(message, dict):
+            raise NotSerializableError(f"a message must be a dict, not {type(message).__name__}")
+        if self._redact is not None:
+            message = self._redact(message)
+            if not isinstance(message, dict):
+                raise NotSerializableError("redact_fn must return a dict")
+        try:
+            data = _encode(message)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise NotSerializableError(f"message is not JSON-serialisable: {exc}") from None
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise RecordTooLargeError(
+                f"message is {len(data)} bytes of JSON; one record holds at most "
+                f"{MAX_MESSAGE_BYTES} — store large attachments outside the message"
+            )
+        if _decode(data) != message:
+            raise NotSerializableError(
+                "message does not round-trip through JSON exactly (tuples, non-str keys, NaN, "
+                "datetimes, bytes or sets); convert those values first"
+            )
+        return message, data
+
+    def _timestamps(self, count: int, given: Sequence[TimestampInput] | None) -> list[int]:
+        index = self._log.index
+        last = index.tss[-1] if len(index) else 0
+        if given is None:
+            now = max(self._clock(), last)  # a clock that steps back is clamped
+            return [now] * count
+        if len(given) != count:
+            raise ValueError(f"got {len(given)} timestamps for {count} messages")
+        out = []
+        for value in given:
+            us = _to_us(value)
+            if us < last:
+                raise ValueError(
+                    "timestamps in a log never go backwards: "
+                    f"{(_EPOCH + timedelta(microseconds=us)).isoformat()} is "
+                    "earlier than the last record"
+                )
+            out.append(us)
+            last = us
+        return out
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(self, message: Message, *, timestamp: TimestampInput | None = None) -> int:
+        """Append one message as one new record; return its seq.
+
+        :param timestamp: the record's time (aware datetime or epoch seconds); default now.
+        :raises NotSerializableError: the message is not a JSON object that round-trips.
+        :raises ValueError: ``timestamp`` is earlier than the last record's.
+        """
+        return self.extend([message], timestamps=None if timestamp is None else [timestamp])[0]
+
+    def extend(
+        self,
+        messages: Iterable[Message],
+        *,
+        timestamps: Sequence[TimestampInput] | None = None,
+    ) -> list[int]:
+        """Append many messages under one lock with one write and one sync; return their seqs.
+
+        A crash during ``extend`` may keep a prefix of the batch; an error raised before
+        anything is written (a bad message) keeps none of it.
+        """
+        encoded = [self._encode(m) for m in messages]
+        if not encoded:
+            return []
+        with self._writing():
+            return self._append_locked(encoded, timestamps)
+
+    def _append_locked(
+        self, encoded: list[tuple[Message, bytes]], timestamps: Sequence[TimestampInput] | None
+    ) -> list[int]:
+        fmt = self._ensure_log()
+        first = len(self._log.index)
+        tss = self._timestamps(len(encoded), timestamps)
+        bodies = [
+            fmt.records.encode(first + i, ts, data)
+            for i, ((_, data), ts) in enumerate(zip(encoded, tss, strict=True))
+        ]
+        self._log.append(bodies, tss)
+        if self._digests is not None and len(self._digests) == first:
+            self._digests.extend(_digest(m) for m, _ in encoded)
+        else:
+            self._digests = None
+        return list(range(first, first + len(encoded)))
+
+    def save(self, messages: Sequence[Message]) -> None:
+        """Make the stored history equal ``messages``.
+
+        When the stored history is a prefix of ``messages`` only the new tail is appended
+        (kept messages keep their seq and timestamp); otherwise the log is replaced
+        atomically (temp file, fsync, rename), keeping the timestamps of the common prefix.
+        """
+        encoded = [self._encode(m) for m in messages]
+        with self._writing():
+            digests = self._stored_digests()
+            keep = 0
+            for (message, _), stored in zip(encoded, digests, strict=False):
+                if _digest(message) != stored:
+                    break
+                keep += 1
+            if keep == len(digests):
+                if len(encoded) > keep:
+                    self._append_locked(encoded[keep:], None)
+                return
+            self._replace(encoded, keep)
+
+    def _stored_digests(self) -> list[bytes]:
+        if self._digests is None or len(self._digests) != len(self._log.index):
+            self._digests = [_digest(m) for _, m, _ in self._decoded(0, len(self._log.index))]
+        return self._digests
+
+    def _replace(self, encoded: list[tuple[Message, bytes]], keep: int) -> None:
+        kept_ts = list(self._log.index.tss[:keep])
+        tail_ts = self._timestamps(len(encoded) - keep, None) if len(encoded) > keep else []
+        header, fmt = self._new_log()
+        tss = kept_ts + tail_ts
+        records = (
+            (fmt.records.encode(seq, ts, data), ts)
+            for seq, ((_, data), ts) in enumerate(zip(encoded, tss, strict=True))
+        )
+        self._log.rewrite(header, fmt, records)
+        self._digests = [_digest(m) for m, _ in encoded]
+
+    def pop(self) -> Message | None:
+        """Remove and return the last message (None when empty); O(1), a truncation."""
+        with self._writing():
+            count = len(self._log.index)
+            if not count:
+                return None
+            message = self._read_one(count - 1)
+            self._log.truncate(count - 1)
+            if self._digests is not None:
+                del self._digests[count - 1 :]
+            return message
+
+    def clear(self) -> None:
+        """Delete the whole history: the log, its index and its lock file."""
+        with self._writing():
+            self._log.remove()
+            self._digests = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _corrupt(self, exc: RecordRejected, seq: int) -> CorruptRecordError:
+        offset = self._log.index.span(seq)[0]
+        return CorruptRecordError(f"record {seq}: {exc}", path=self._path, offset=offset)
+
+    def _decoded(self, start: int, stop: int) -> Iterator[tuple[int, Message, int]]:
+        """Yield ``(seq, message, ts_us)`` for a range, inside the current transaction."""
+        fmt = self._log.fmt
+        if fmt is None or start >= stop:
+            return
+        for attempt in (0, 1):
+            try:
+                for seq, body in self._log.read_bodies(start, stop):
+                    try:
+                        message, ts = fmt.records.decode(body, seq)
+                    except RecordRejected as exc:
+                        raise self._corrupt(exc, seq) from None
+                    if ts != self._log.index.tss[seq]:
+                        raise _IndexMismatch(self._log.index.span(seq)[0])
+                    yield seq, message, ts
+                    start = seq + 1
+                return
+            except _IndexMismatch:
+                if attempt:
+                    raise CorruptRecordError(
+                        "index and log disagree even after a rebuild",
+                        path=self._path,
+                        offset=self._log.index.span(start)[0],
+                    ) from None
+                self._log.rebuild_index()
+                stop = min(stop, len(self._log.index))
+
+    def _read_one(self, seq: int) -> Message:
+        for _, message, _ in self._decoded(seq, seq + 1):
+            return message
+        raise IndexError(f"record {seq} vanished while reading")
+
+    def _position(self, seq: int) -> int:
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            raise TypeError(f"seq must be an int, not {type(seq).__name__}")
+        count = len(self._log.index)
+        pos = seq + count if seq < 0 else seq
+        if not 0 <= pos < count:
+            raise IndexError(f"seq {seq} out of range for a log of {count} messages")
+        return pos
+
+    def load(self) -> list[Message] | None:
+        """Return the whole history in order, or None when there is none."""
+        with self._reading():
+            count = len(self._log.index)
+            if not count:
+                return None
+            messages: list[Message] = []
+            digests: list[bytes] = []
+            for _, message, _ in self._decoded(0, count):
+                messages.append(message)
+                digests.append(_digest(message))
+            self._digests = digests  # the seed pattern calls save() next: make it cheap
+            return messages
+
+    def get(self, seq: int) -> Message:
+        """Return one message by position; negative seqs count from the end.
+
+        :raises IndexError: no such record.
+        """
+        with self._reading():
+            return self._read_one(self._position(seq))
+
+    def tail(self, n: int) -> list[Message]:
+        """Return the last ``n`` messages, oldest first, reading only those records."""
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        with self._reading():
+            count = len(self._log.index)
+            return [m for _, m, _ in self._decoded(max(0, count - n), count)]
+
+    def message_count(self) -> int:
+        """Return the number of messages, from the index (no decryption)."""
+        with self._reading():
+            return len(self._log.index)
+
+    def __len__(self) -> int:
+        return self.message_count()
+
+    def timestamp(self, seq: int) -> datetime:
+        """Return the UTC time record ``seq`` was written, from the index (no decryption)."""
+        with self._reading():
+            us = self._log.index.tss[self._position(seq)]
+        return _EPOCH + timedelta(microseconds=us)
+
+    def __iter__(self) -> Iterator[Message]:
+        """Stream the messages in order, decoding a batch per lock hold (bounded memory).
+
+        :raises LogReplacedError: another writer replaced or truncated the log meanwhile.
+        """
+        with self._reading():
+            log_id = self._log.fmt.log_id if self._log.fmt else None
+            count = len(self._log.index)
+        seq = 0
+        while seq < count:
+            with self._reading():
+                now = self._log.fmt.log_id if self._log.fmt else None
+                if now != log_id or len(self._log.index) < min(count, seq + _ITER_BATCH):
+                    raise LogReplacedError("the log was replaced or truncated while iterating")
+                batch = [m for _, m, _ in self._decoded(seq, min(count, seq + _ITER_BATCH))]
+            yield from batch
+            seq += len(batch)
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        """The log file's path."""
+        return self._path
+
+    @property
+    def encrypted(self) -> bool:
+        """True when this codec writes sealed records (it was given a key)."""
+        return self._keyring is not None
+
+    def close(self) -> None:
+        """Release file descriptors; further calls raise ``ClosedError``."""
+        if not self._closed:
+            self._closed = True
+            self._log.close()
+
+    def __enter__(self) -> ConversationCodec:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # never the key
+        state = "closed" if self._closed else ("encrypted" if self.encrypted else "plaintext")
+        return f"<ConversationCodec {str(self._path)!r} {state}>"
+
+
+class _Transaction:
+    """One lock hold of the backend, with OS errors turned into ``StorageError``."""
+
+    __slots__ = ("_cm", "_codec", "_write")
+
+    def __init__(self, codec: ConversationCodec, write: bool) -> None:
+        self._codec, self._write = codec, write
+        self._cm = codec._log.transaction(write=write)
+
+    def __enter__(self) -> None:
+        try:
+            self._cm.__enter__()
+        except ConversationCodecError:
+            raise
+        except OSError as exc:
+            raise _storage_error(exc, self._codec.path) from None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._cm.__exit__(exc_type, exc, tb)
+        except OSError as err:
+            raise _storage_error(err, self._codec.path) from None
+        if isinstance(exc, OSError) and not isinstance(exc, ConversationCodecError):
+            raise _storage_error(exc, self._codec.path) from exc
+
+
+def _storage_error(exc: OSError, path: Path) -> StorageError:
+    return StorageError(exc.errno or 0, f"{path}: {exc.strerror or exc}")

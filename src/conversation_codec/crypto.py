@@ -1,0 +1,170 @@
+"""Keys, key lists (rotation), per-log key derivation, and record sealing (FORMAT.md §4).
+
+Every record is one Fernet token. The Fernet key of a log is not the caller's key but
+one derived from it and the log's random ``log_id`` with HKDF-SHA256, so a record
+copied in from another log never authenticates (the seq inside binds its position).
+This module never opens a file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from collections.abc import Sequence
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import DecryptionError
+from .format.header import LOG_ID_BYTES, Kdf, SealedHeader, encode_sealed_header
+from .format.record import token_from_body
+
+__all__ = ["KeyInput", "Keyring", "LogCipher", "generate_key", "new_log_id"]
+
+KeyInput = str | bytes | Sequence[str | bytes]
+_HKDF_INFO = b"conversation-codec/1 log keys"  # FORMAT.md §4
+_MASTER_KEY_BYTES = 32
+
+
+def generate_key() -> str:
+    """Return a new random Fernet key (urlsafe base64 text) for ``encryption_key=``.
+
+    >>> len(generate_key())
+    44
+    """
+    return Fernet.generate_key().decode("ascii")
+
+
+def new_log_id() -> bytes:
+    """Return a fresh random 16-byte log id."""
+    return os.urandom(LOG_ID_BYTES)
+
+
+def _parse_key(key: str | bytes) -> bytes:
+    if not isinstance(key, (str, bytes)):
+        raise TypeError(
+            f"encryption key must be str or bytes (a Fernet key), not {type(key).__name__}"
+        )
+    try:
+        raw = base64.urlsafe_b64decode(key.encode("ascii") if isinstance(key, str) else key)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raw = b""
+    if len(raw) != _MASTER_KEY_BYTES:
+        # Say nothing about the key itself: it may be a near-miss of a real secret.
+        raise ValueError(
+            "encryption key is not a Fernet key (32 bytes, urlsafe base64); "
+            "create one with conversation_codec.generate_key()"
+        )
+    return raw
+
+
+class Keyring:
+    """The caller's master keys: the first seals new records, all open old ones."""
+
+    __slots__ = ("_masters",)
+
+    def __init__(self, masters: Sequence[bytes]) -> None:
+        if not masters:
+            raise ValueError("a key list must hold at least one key")
+        self._masters = tuple(masters)
+
+    @classmethod
+    def from_input(cls, key: KeyInput) -> Keyring:
+        """Parse ``encryption_key=`` as given by a caller (one key or a list of keys)."""
+        if isinstance(key, (str, bytes)):
+            return cls([_parse_key(key)])
+        return cls([_parse_key(k) for k in key])
+
+    @property
+    def masters(self) -> tuple[bytes, ...]:
+        """The 32-byte master keys, sealing key first."""
+        return self._masters
+
+    def __repr__(self) -> str:  # never show key material
+        return f"<Keyring of {len(self._masters)} key(s)>"
+
+
+def _derive(master: bytes, log_id: bytes) -> tuple[Fernet, bytes]:
+    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=log_id, info=_HKDF_INFO).derive(master)
+    return Fernet(base64.urlsafe_b64encode(okm[:32])), okm[32:]
+
+
+def _mac(mac_key: bytes, covered: bytes) -> bytes:
+    return hmac.new(mac_key, covered, hashlib.sha256).digest()
+
+
+class LogCipher:
+    """Seal and unseal the records of one sealed log.
+
+    ``unseal_count`` counts every record authentication attempt that succeeded; tests and
+    benchmarks read it to prove how many records an operation decrypted.
+    """
+
+    __slots__ = ("_openers", "_sealer", "unseal_count")
+
+    def __init__(self, sealer: Fernet, openers: Sequence[Fernet]) -> None:
+        self._sealer = sealer
+        self._openers = list(openers)
+        self.unseal_count = 0
+
+    @classmethod
+    def create(cls, keyring: Keyring, header: SealedHeader) -> tuple[LogCipher, bytes]:
+        """Derive the keys of a new log; return the cipher and the full header bytes."""
+        covered = encode_sealed_header(header)
+        fernets = [_derive(m, header.log_id) for m in keyring.masters]
+        first, mac_key = fernets[0]
+        return cls(first, [f for f, _ in fernets]), covered + _mac(mac_key, covered)
+
+    @classmethod
+    def open(
+        cls, keyring: Keyring, header: SealedHeader, covered: bytes, header_mac: bytes
+    ) -> LogCipher:
+        """Derive the keys of an existing log, checking the header MAC.
+
+        :raises DecryptionError: no key in the ring authenticates the header.
+        """
+        if header.kdf is not Kdf.KEY:
+            raise DecryptionError("this log is opened with a password, not a key")
+        fernets = [_derive(m, header.log_id) for m in keyring.masters]
+        matching = [f for f, mk in fernets if hmac.compare_digest(_mac(mk, covered), header_mac)]
+        if not matching:
+            raise DecryptionError(
+                "wrong key: no key given opens this log (or its header was modified)"
+            )
+        # Records written under a rotated-in first key and under the header's key both open.
+        openers = [fernets[0][0], *[f for f in matching if f is not fernets[0][0]]]
+        openers += [f for f, _ in fernets if f not in openers]
+        return cls(fernets[0][0], openers)
+
+    def seal(self, envelope: bytes, ts_seconds: int) -> bytes:
+        """Encrypt one envelope; return the stored body (the token minus its version byte)."""
+        token = self._sealer.encrypt_at_time(envelope, ts_seconds)
+        return base64.urlsafe_b64decode(token)[1:]
+
+    def unseal(self, body: bytes | memoryview) -> tuple[bytes, int]:
+        """Authenticate and decrypt one body; return ``(envelope, token_seconds)``.
+
+        :raises InvalidToken: no key opens it (the caller turns this into a library error).
+        """
+        token = token_from_body(body)
+        b64 = base64.urlsafe_b64encode(token)
+        for i, opener in enumerate(self._openers):
+            try:
+                plain = opener.decrypt(b64)
+            except InvalidToken:
+                continue
+            if i:  # keep the key that worked first: runs of records share a key
+                self._openers.insert(0, self._openers.pop(i))
+            self.unseal_count += 1
+            return plain, int.from_bytes(token[1:9], "big")
+        raise InvalidToken
+
+    def __repr__(self) -> str:
+        return f"<LogCipher with {len(self._openers)} key(s)>"
+
+
+__all__ += ["InvalidToken"]

@@ -1,0 +1,104 @@
+"""The whole exception hierarchy of conversation-codec.
+
+Every error the library raises on purpose derives from :class:`ConversationCodecError`.
+Subclasses also inherit the builtin that matches their meaning (``ValueError``,
+``TypeError``, ``OSError``, ``TimeoutError``), so callers can catch either.
+
+Crypto failures are deliberately opaque: :class:`DecryptionError` never says *why*
+authentication failed, in the spirit of Fernet's ``InvalidToken``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "ClosedError",
+    "ConversationCodecError",
+    "CorruptRecordError",
+    "DecryptionError",
+    "FormatError",
+    "KeyMismatchError",
+    "KeyRequiredError",
+    "LockTimeoutError",
+    "LogReplacedError",
+    "NotEncryptedError",
+    "NotSerializableError",
+    "RecordTooLargeError",
+    "StorageError",
+    "UnsupportedVersionError",
+]
+
+
+class ConversationCodecError(Exception):
+    """Base class for all conversation-codec errors."""
+
+
+class FormatError(ConversationCodecError, ValueError):
+    """Bytes on disk do not follow spec/FORMAT.md (or are not a conversation-codec log)."""
+
+
+class CorruptRecordError(FormatError):
+    """A record failed authentication, is truncated, or is out of place.
+
+    ``path`` and ``offset`` locate the damage; ``offset`` is the byte offset of the
+    record's frame in the log file (or of the index entry, for index damage).
+    """
+
+    def __init__(self, msg: str, *, path: str | os.PathLike[str], offset: int) -> None:
+        super().__init__(f"{msg} (at byte {offset} of {os.fspath(path)})")
+        self.path = Path(path)
+        self.offset = offset
+
+
+class UnsupportedVersionError(FormatError):
+    """The file was written by a newer format version than this library reads."""
+
+
+class DecryptionError(ConversationCodecError):
+    """Wrong key or password, or the authenticated header was modified.
+
+    Deliberately says nothing more.
+    """
+
+
+class KeyMismatchError(ConversationCodecError, ValueError):
+    """The encryption setting given does not match the log on disk."""
+
+
+class KeyRequiredError(KeyMismatchError):
+    """The log is encrypted and no key (or password) was given."""
+
+
+class NotEncryptedError(KeyMismatchError):
+    """A key was given but the log on disk is plaintext."""
+
+
+class NotSerializableError(ConversationCodecError, TypeError):
+    """A message is not a JSON object that round-trips exactly."""
+
+
+class RecordTooLargeError(ConversationCodecError, ValueError):
+    """A message is larger than the format allows for one record."""
+
+
+class StorageError(ConversationCodecError, OSError):
+    """The file system refused an operation (I/O error, no space, bad path).
+
+    After a failed fsync the codec refuses further writes until it is reopened:
+    the kernel may have dropped the unsynced pages, so nothing written since the
+    last good sync can be trusted (PostgreSQL's fsync lesson).
+    """
+
+
+class LockTimeoutError(ConversationCodecError, TimeoutError):
+    """The writer lock could not be acquired within ``lock_timeout`` seconds."""
+
+
+class ClosedError(ConversationCodecError, ValueError):
+    """The codec was closed; open a new one."""
+
+
+class LogReplacedError(ConversationCodecError, RuntimeError):
+    """Another writer replaced or truncated the log while it was being iterated."""

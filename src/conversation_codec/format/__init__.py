@@ -1,0 +1,1 @@
+"""Pure bytes <-> values for everything on disk (spec/FORMAT.md). No I/O, no crypto."""

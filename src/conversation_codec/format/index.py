@@ -1,0 +1,43 @@
+"""The offset index sidecar (FORMAT.md §7): a header, then one fixed entry per record.
+
+Entry ``k`` describes the record with seq ``k``: ``end`` is the byte offset just past
+the record in the log, ``ts_us`` its timestamp. Record ``k`` spans
+``[end[k-1], end[k])`` with ``end[-1]`` being the log's data start.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = [
+    "INDEX_ENTRY",
+    "INDEX_HEADER_BYTES",
+    "INDEX_MAGIC",
+    "INDEX_VERSION",
+    "decode_index_header",
+    "encode_index_header",
+]
+
+INDEX_MAGIC = b"\x89CCX\r\n\x1a\n"
+INDEX_VERSION = 1
+INDEX_ENTRY = struct.Struct("<Qq")  # FORMAT.md §7: end (u64), ts_us (i64)
+_INDEX_HEADER = struct.Struct("<8sHHI16s")  # magic, index_version, entry_bytes, reserved, log_id
+INDEX_HEADER_BYTES = _INDEX_HEADER.size  # 32
+
+
+def encode_index_header(log_id: bytes) -> bytes:
+    """Return the 32-byte index header for a log."""
+    return _INDEX_HEADER.pack(INDEX_MAGIC, INDEX_VERSION, INDEX_ENTRY.size, 0, log_id)
+
+
+def decode_index_header(buf: bytes) -> bytes | None:
+    """Return the log id an index header names, or None when the header is not usable.
+
+    An index is a cache: an unusable header means "rebuild", never an error.
+    """
+    if len(buf) < INDEX_HEADER_BYTES:
+        return None
+    magic, version, entry_bytes, reserved, log_id = _INDEX_HEADER.unpack_from(buf)
+    if (magic, version, entry_bytes, reserved) != (INDEX_MAGIC, INDEX_VERSION, INDEX_ENTRY.size, 0):
+        return None
+    return bytes(log_id)

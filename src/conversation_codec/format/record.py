@@ -1,0 +1,147 @@
+"""Record framing and the record envelope (FORMAT.md §5 sealed, §6 plain).
+
+Sealed logs frame each record as ``varint(body_len) || body`` where ``body`` is a
+Fernet token without its constant version byte. The token's plaintext is the
+*envelope*: ``envelope_flags || varint(seq) || varint(ts_rem_us) || payload``.
+Plain logs hold one JSON line per record. Pure bytes <-> values: no I/O, no crypto.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import msgspec
+
+from .varint import decode_varint, encode_varint
+
+__all__ = [
+    "ENVELOPE_COMPRESSED",
+    "FERNET_OVERHEAD_BYTES",
+    "MAX_BODY_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MIN_BODY_BYTES",
+    "decode_envelope",
+    "decode_frame_header",
+    "decode_plain_line",
+    "encode_envelope",
+    "encode_frame",
+    "encode_plain_line",
+    "format_ts",
+    "token_from_body",
+]
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # bytes of message JSON in one record (FORMAT.md §5)
+FERNET_VERSION = b"\x80"
+# FORMAT.md §5: body = timestamp(8) | iv(16) | ciphertext(16*k, k >= 1) | hmac(32)
+FERNET_OVERHEAD_BYTES = 8 + 16 + 32
+MIN_BODY_BYTES = FERNET_OVERHEAD_BYTES + 16
+_MAX_ENVELOPE_HEAD = 1 + 5 + 5
+MAX_BODY_BYTES = FERNET_OVERHEAD_BYTES + (MAX_MESSAGE_BYTES + _MAX_ENVELOPE_HEAD) // 16 * 16 + 16
+ENVELOPE_COMPRESSED = 0x01  # FORMAT.md §5: payload is a zstd frame
+_ENVELOPE_KNOWN_FLAGS = ENVELOPE_COMPRESSED
+_US_PER_S = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_US = timedelta(microseconds=1)
+
+
+def encode_frame(body: bytes) -> bytes:
+    """Prefix a sealed record body with its length."""
+    return encode_varint(len(body)) + body
+
+
+def decode_frame_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]:
+    """Read a frame's length prefix at ``pos``; return ``(body_start, body_end)``.
+
+    The length is bounded and checked against the Fernet token shape *before* anything
+    is allocated; ``body_end`` may lie beyond ``buf`` (the caller checks the file size).
+
+    :raises ValueError: the prefix is malformed or the length impossible.
+    """
+    body_len, start = decode_varint(buf, pos)
+    if (
+        body_len < MIN_BODY_BYTES
+        or body_len > MAX_BODY_BYTES
+        or (body_len - FERNET_OVERHEAD_BYTES) % 16
+    ):
+        raise ValueError(f"impossible record length {body_len}")
+    return start, start + body_len
+
+
+def token_from_body(body: bytes | memoryview) -> bytes:
+    """Rebuild the binary Fernet token from a stored body."""
+    return FERNET_VERSION + bytes(body)
+
+
+def encode_envelope(seq: int, ts_us: int, payload: bytes, *, compressed: bool) -> bytes:
+    """Build the plaintext that one record seals (its Fernet timestamp is ``ts_us // 10**6``)."""
+    return (
+        bytes((ENVELOPE_COMPRESSED if compressed else 0,))
+        + encode_varint(seq)
+        + encode_varint(ts_us % _US_PER_S)
+        + payload
+    )
+
+
+def decode_envelope(plain: bytes, token_seconds: int) -> tuple[int, int, bool, memoryview]:
+    """Parse an unsealed envelope; return ``(seq, ts_us, compressed, payload)``.
+
+    :raises ValueError: the envelope is malformed.
+    :raises NotImplementedError: it uses flags this version does not know (a newer writer).
+    """
+    if not plain:
+        raise ValueError("empty envelope")
+    flags = plain[0]
+    if flags & ~_ENVELOPE_KNOWN_FLAGS:
+        raise NotImplementedError(f"unknown envelope flags 0x{flags:02x}")
+    seq, pos = decode_varint(plain, 1)
+    rem, pos = decode_varint(plain, pos)
+    if rem >= _US_PER_S:
+        raise ValueError("timestamp remainder out of range")
+    return (
+        seq,
+        token_seconds * _US_PER_S + rem,
+        bool(flags & ENVELOPE_COMPRESSED),
+        memoryview(plain)[pos:],
+    )
+
+
+def format_ts(ts_us: int) -> str:
+    """Render microseconds since the epoch as RFC 3339 UTC with six fraction digits.
+
+    >>> format_ts(1_763_700_000_123_456)
+    '2025-11-21T04:40:00.123456Z'
+    """
+    return (_EPOCH + timedelta(microseconds=ts_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def encode_plain_line(seq: int, ts_us: int, message_json: bytes) -> bytes:
+    r"""Build one plain-log record line from already-encoded message JSON.
+
+    >>> encode_plain_line(0, 0, b'{"role":"user"}')
+    b'{"seq":0,"ts":"1970-01-01T00:00:00.000000Z","message":{"role":"user"}}\n'
+    """
+    return b'{"seq":%d,"ts":"%s","message":%s}\n' % (seq, format_ts(ts_us).encode(), message_json)
+
+
+class _PlainLine(msgspec.Struct):
+    seq: int
+    ts: datetime
+    message: dict[str, Any]
+
+
+_plain_line_decoder = msgspec.json.Decoder(_PlainLine)
+
+
+def decode_plain_line(line: bytes | memoryview) -> tuple[int, int, dict[str, Any]]:
+    """Parse one plain-log record line; return ``(seq, ts_us, message)``.
+
+    :raises ValueError: the line is not a valid record line.
+    """
+    try:
+        rec = _plain_line_decoder.decode(line)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"invalid record line: {exc}") from None
+    if rec.ts.tzinfo is None or rec.seq < 0:
+        raise ValueError("invalid record line: ts must carry an offset, seq must be >= 0")
+    return rec.seq, (rec.ts - _EPOCH) // _ONE_US, rec.message

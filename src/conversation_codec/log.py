@@ -1,0 +1,583 @@
+"""The append-only log file: locking, appends, reads, truncation, atomic rewrites, recovery.
+
+This is the file backend behind the storage seam (``append`` bodies, ``read`` a range,
+``truncate``, ``rewrite``). It stores opaque record *bodies*; what a body means is the
+business of ``records`` (shared with any other backend). Procedures follow
+spec/FORMAT.md §8 (writing), §9 (reading) and §10 (recovery).
+
+Concurrency: a writer holds an exclusive ``portalocker`` lock on ``<log>.lock``; a reader a
+shared one. The lock file also carries two counters (FORMAT.md §8) that writers bump
+*before* they change anything, so every process knows when its cached index is stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import portalocker
+
+from .errors import CorruptRecordError, LockTimeoutError, StorageError
+from .format.header import SEALED_HEADER_BYTES
+from .format.record import MAX_BODY_BYTES, decode_frame_header, encode_frame
+from .format.varint import MAX_VARINT_BYTES
+from .index import OffsetIndex
+from .records import RecordCodec, RecordRejected
+
+__all__ = ["FileLog", "LogFormat"]
+
+_LOCK_STATE = struct.Struct("<QQ")  # FORMAT.md §8: generation, truncations
+_READ_CHUNK = 1 << 20  # bytes read at a time when scanning
+_PREFIX_BYTES = 4096  # bytes handed to the attach callback to identify a log
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_TEMP_SUFFIX = re.compile(r"[0-9a-f]{16}")  # FORMAT.md §8: <log>.tmp-<16 hex digits>
+_BAD = (-1, -1)  # sentinel span: no record can start here
+
+
+@dataclass(frozen=True, slots=True)
+class LogFormat:
+    """What the codec learned from a log's header: where records start and how to read them."""
+
+    log_id: bytes
+    data_start: int
+    records: RecordCodec
+    sealed: bool
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_private_dirs(folder: str) -> None:
+    """Create ``folder`` and any missing parents with mode 0700 (``os.makedirs`` would give
+    the parents the umask's mode)."""
+    missing = []
+    while folder and not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+            os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def _parse_frame(buf: bytes, pos: int, sealed: bool, at_eof: bool) -> tuple[int, int] | None:
+    """Locate the body of the record at ``pos`` in ``buf``: ``(start, end)`` relative to buf.
+
+    Return None when more bytes are needed (and exist); raise ValueError when the bytes at
+    ``pos`` cannot start a record.
+    """
+    if sealed:
+        if not at_eof and len(buf) - pos < MAX_VARINT_BYTES:
+            return None
+        return decode_frame_header(buf, pos)
+    newline = buf.find(b"\n", pos)
+    if newline < 0:
+        if len(buf) - pos > MAX_BODY_BYTES * 2:
+            raise ValueError("record line exceeds the size limit")
+        return None
+    return pos, newline + 1
+
+
+class FileLog:
+    """One conversation log on disk with its index sidecar and lock file."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        attach: Callable[[bytes], LogFormat],
+        durability: str = "fsync",
+        lock_timeout: float | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.lock_path = self.path + ".lock"
+        self.index = OffsetIndex(self.path + ".idx")
+        self.fmt: LogFormat | None = None
+        self._attach = attach
+        self._sync = durability == "fsync"
+        self._lock_timeout = lock_timeout
+        self._fd: int | None = None
+        self._log_id_stat: tuple[int, int] | None = None
+        self._lock_fd: int | None = None
+        # (lock inode, generation, truncations) as last seen; None forces a full reload
+        self._seen: tuple[int, int, int] | None = None
+        self._last_seen: tuple[int, int, int] | None = None
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._writable = False
+        self.poisoned = False
+        self._created_lock = False
+        self._index_ok = False
+        self.on_change: Callable[[], None] = lambda: None
+
+    # -- locking ---------------------------------------------------------------------------
+
+    def _lock(self, exclusive: bool) -> None:
+        flags = portalocker.LOCK_EX if exclusive else portalocker.LOCK_SH
+        deadline = None if self._lock_timeout is None else time.monotonic() + self._lock_timeout
+        while True:
+            if self._lock_fd is None:
+                self._lock_fd = self._open_lock_file()
+            if deadline is None:
+                portalocker.lock(self._lock_fd, flags)
+            else:
+                self._lock_polling(flags, deadline)
+            # The lock file may have been unlinked (clear()) while we waited: a lock on a
+            # dead inode excludes nobody, so retry on the file now at the path.
+            held = os.fstat(self._lock_fd)
+            try:
+                now = os.stat(self.lock_path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                return
+            self._drop_lock_fd()
+
+    def _open_lock_file(self) -> int:
+        while True:
+            try:
+                return os.open(self.lock_path, os.O_RDWR | _O_CLOEXEC)
+            except FileNotFoundError:
+                pass
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue  # another process created it first: open theirs
+            self._created_lock = True
+            return fd
+
+    def _lock_polling(self, flags: portalocker.LockFlags, deadline: float) -> None:
+        assert self._lock_fd is not None
+        delay = 0.001
+        while True:
+            try:
+                portalocker.lock(self._lock_fd, flags | portalocker.LOCK_NB)
+                return
+            except portalocker.AlreadyLocked:
+                if time.monotonic() >= deadline:
+                    raise LockTimeoutError(
+                        f"{self.lock_path} is held by another writer; gave up after "
+                        f"{self._lock_timeout} s (raise lock_timeout or retry)"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    def _forget_created_lock(self) -> None:
+        """Remove a lock file this call created for a file that turned out not to be ours.
+
+        A wrong key or a foreign file must leave the directory exactly as it was.
+        """
+        if self._created_lock and self.fmt is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.lock_path)
+        self._created_lock = False
+
+    def _drop_lock_fd(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def _read_lock_state(self) -> tuple[int, int, int]:
+        assert self._lock_fd is not None
+        raw = os.pread(self._lock_fd, _LOCK_STATE.size, 0)
+        gen, truncs = _LOCK_STATE.unpack(raw) if len(raw) == _LOCK_STATE.size else (0, 0)
+        return os.fstat(self._lock_fd).st_ino, gen, truncs
+
+    def _bump(self, *, truncation: bool) -> None:
+        """Announce a change to other processes; always *before* the change is made."""
+        assert self._lock_fd is not None and self._seen is not None
+        ino, gen, truncs = self._seen
+        self._seen = (ino, gen + 1, truncs + int(truncation))
+        os.pwrite(self._lock_fd, _LOCK_STATE.pack(gen + 1, truncs + int(truncation)), 0)
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[None]:
+        """Hold the lock (exclusive for ``write``) and bring the cached view up to date.
+
+        Re-entrant within one thread; nested transactions must not upgrade to write.
+        """
+        with self._mutex:
+            if self._depth:
+                if write and not self._writable:
+                    raise RuntimeError("cannot upgrade a read transaction to a write")
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            locked = self._enter_lock(write)
+            self._depth, self._writable = 1, write
+            try:
+                if write and self.poisoned:
+                    raise StorageError(
+                        "an earlier fsync failed; writes are refused until the log is reopened"
+                    )
+                try:
+                    self._refresh(write, locked)
+                except BaseException:
+                    self._forget_created_lock()
+                    raise
+                self._created_lock = False
+                yield
+            finally:
+                self._depth, self._writable = 0, False
+                if locked and self._lock_fd is not None:
+                    portalocker.unlock(self._lock_fd)
+
+    def _enter_lock(self, write: bool) -> bool:
+        """Take the lock; return False for a reader that may go without one."""
+        if not write and self._lock_fd is None and not os.path.lexists(self.path):
+            return False  # nothing to read, and no reason to create files to learn that
+        try:
+            self._lock(exclusive=write)
+        except FileNotFoundError:
+            if not write:
+                return False
+            _make_private_dirs(os.path.dirname(self.path) or ".")
+            self._lock(exclusive=write)
+        except OSError as exc:
+            if write or exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise
+            return False  # a read-only place: readers go unlocked rather than fail
+        return True
+
+    # -- cached view -----------------------------------------------------------------------
+
+    def _refresh(self, write: bool, locked: bool) -> None:
+        """Bring the cached view up to date: nothing to do when no writer came by."""
+        state = self._read_lock_state() if locked else None
+        changed = state is None or state != self._seen
+        if changed:
+            self._last_seen, self._seen = self._seen, None  # None until the reload succeeds
+            self._reload(state)
+            self._seen = state
+        if self.fmt is not None and (changed or write):
+            self._catch_up(write)
+
+    def _reload(self, state: tuple[int, int, int] | None) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not os.path.isfile(self.path):
+            raise StorageError(f"{self.path} is not a regular file; pass the path of a log file")
+        ident = None if st is None or st.st_size == 0 else (st.st_dev, st.st_ino)
+        seen = self._last_seen
+        if ident != self._log_id_stat or (self.fmt is None and ident is not None):
+            self._open_log(ident)
+            self.on_change()
+        elif ident is not None:
+            # Appends alone since our last look: read just the new entries.
+            incremental = (
+                seen is not None
+                and state is not None
+                and (seen[0], seen[2]) == (state[0], state[2])
+            )
+            self._load_index(start=min(self.index.persisted, len(self.index)) if incremental else 0)
+            if not incremental:
+                self.on_change()
+
+    def _open_log(self, ident: tuple[int, int] | None) -> None:
+        self._close_log()
+        if ident is None:
+            return
+        flags = os.O_RDWR | _O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags)
+        except PermissionError:
+            fd = os.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+        try:
+            fmt = self._attach(os.pread(fd, _PREFIX_BYTES, 0))
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self.fmt, self._log_id_stat = fd, fmt, (st.st_dev, st.st_ino)
+        self._load_index(start=0)
+
+    def _load_index(self, start: int) -> None:
+        assert self.fmt is not None and self._fd is not None
+        self._index_ok = self.index.load(
+            self.fmt.log_id, self.fmt.data_start, os.fstat(self._fd).st_size, start=start
+        )
+
+    def _close_log(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self.fmt, self._log_id_stat = None, None, None
+        self.index.reset(0)
+
+    def _catch_up(self, write: bool) -> None:
+        """Index records past the index's end; cut a torn tail when writing (FORMAT.md §10)."""
+        assert self.fmt is not None and self._fd is not None
+        size = os.fstat(self._fd).st_size
+        pos = self.index.end
+        if pos > size:  # the log lost bytes the index knew: trust the log, re-verify its end
+            self.index.reset(self.fmt.data_start)
+            self._index_ok = False
+            pos = self.index.end
+        if pos < size:
+            for _start, body, end in self._frames(pos, size, torn_ok=True):
+                seq = len(self.index)
+                try:
+                    ts = self.fmt.records.check(body, seq)
+                except RecordRejected:
+                    self._damage_at(pos, size)
+                    break
+                if self.index.tss and ts < self.index.tss[-1]:
+                    self._damage_at(pos, size)
+                    break
+                self.index.add(end, ts)
+                pos = end
+            else:
+                pos = size
+            if pos < size:
+                if not write:
+                    return  # a reader leaves the torn tail alone; the next writer cuts it
+                self._bump(truncation=False)
+                os.ftruncate(self._fd, pos)
+                self._fsync(self._fd)
+        if write and (not self._index_ok or self.index.persisted < len(self.index)):
+            self.index.persist(self.fmt.log_id, rewrite=not self._index_ok)
+            self._index_ok = True
+
+    def _damage_at(self, pos: int, size: int) -> None:
+        """Decide whether bad bytes at ``pos`` are a torn tail or damage before good records."""
+        assert self.fmt is not None
+        for start, body, _end in self._frames(pos + 1, size, resync=True):
+            try:
+                self.fmt.records.check(body, None)
+            except RecordRejected:
+                continue
+            raise CorruptRecordError(
+                f"damaged record before an intact one at byte {start}; nothing was changed — "
+                "run conversation-codec salvage to copy out the intact records",
+                path=self.path,
+                offset=pos,
+            )
+
+    def _frames(
+        self, pos: int, stop: int, *, torn_ok: bool = False, resync: bool = False
+    ) -> Iterator[tuple[int, bytes, int]]:
+        """Yield ``(start, body, end)`` for each record in ``[pos, stop)`` of the log.
+
+        Bytes that cannot start a record end the walk (``torn_ok``) or raise; with
+        ``resync`` every later candidate position is tried instead (each byte offset of a
+        sealed log, each line start of a plain one) to find records after damage.
+        """
+        assert self._fd is not None and self.fmt is not None
+        sealed = self.fmt.sealed
+        buf, base = b"", pos  # buf holds the log's bytes [base, base + len(buf))
+        while pos < stop:
+            rel, buf_end = pos - base, base + len(buf)
+            try:
+                span = _parse_frame(buf, rel, sealed, at_eof=buf_end >= stop)
+                if span is None and buf_end >= stop:
+                    span = _BAD
+            except ValueError:
+                span = _BAD
+            if span is _BAD or (span is not None and base + span[1] > stop):
+                if not resync:
+                    if torn_ok:
+                        return
+                    raise CorruptRecordError(
+                        "record is truncated or malformed", path=self.path, offset=pos
+                    )
+                newline = buf.find(b"\n", rel)
+                if sealed or newline >= 0:
+                    pos = pos + 1 if sealed else base + newline + 1
+                    continue
+                if buf_end >= stop:
+                    return
+                span = None
+            if span is not None and span[1] <= len(buf):
+                yield pos, buf[span[0] : span[1]], base + span[1]
+                pos = base + span[1]
+                continue
+            want = max(_READ_CHUNK, span[1] - len(buf) if span is not None else 0)
+            more = os.pread(self._fd, min(want, stop - buf_end), buf_end)
+            if not more:
+                raise CorruptRecordError("log shrank while reading", path=self.path, offset=pos)
+            buf, base = buf[rel:] + more, pos
+
+    # -- the storage seam: reads ------------------------------------------------------------
+
+    def read_body(self, seq: int) -> bytes:
+        """Return the stored body of record ``seq`` (an index check; no scan)."""
+        assert self._fd is not None and self.fmt is not None
+        start, end = self.index.span(seq)
+        frame = os.pread(self._fd, end - start, start)
+        return self._unframe(frame, start)
+
+    def _unframe(self, frame: bytes, start: int) -> bytes:
+        assert self.fmt is not None
+        try:
+            span = _parse_frame(frame, 0, self.fmt.sealed, True)
+        except ValueError:
+            span = None
+        if span is None or span[1] != len(frame):
+            raise _IndexMismatch(start)
+        return frame[span[0] : span[1]]
+
+    def read_bodies(self, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(seq, body)`` for records ``start <= seq < stop`` in order, bounded memory."""
+        assert self._fd is not None
+        seq = start
+        while seq < stop:
+            first = self.index.span(seq)[0]
+            last = seq
+            while last + 1 < stop and self.index.ends[last + 1] - first <= _READ_CHUNK:
+                last += 1
+            chunk = os.pread(self._fd, self.index.ends[last] - first, first)
+            for s in range(seq, last + 1):
+                a, b = self.index.span(s)
+                yield s, self._unframe(chunk[a - first : b - first], a)
+            seq = last + 1
+
+    def rebuild_index(self) -> None:
+        """Forget the index and rebuild it from the log (used when it disagrees with the log)."""
+        assert self.fmt is not None
+        self.index.reset(self.fmt.data_start)
+        self._index_ok = False
+        self._catch_up(self._writable)
+
+    # -- the storage seam: writes -----------------------------------------------------------
+
+    def create(self, header: bytes, fmt: LogFormat) -> None:
+        """Create an empty log atomically (temp file, fsync, rename, directory fsync)."""
+        self.rewrite(header, fmt, ())
+
+    def append(self, bodies: list[bytes], tss: list[int]) -> None:
+        """Append framed bodies at the end with one write and one sync; then index them."""
+        assert self._fd is not None and self.fmt is not None
+        frames = [encode_frame(b) for b in bodies] if self.fmt.sealed else bodies
+        data = b"".join(frames)
+        end = self.index.end
+        if os.fstat(self._fd).st_size != end:  # never write over bytes we did not account for
+            raise StorageError(f"{self.path} changed size under the writer lock; reopen the log")
+        self._bump(truncation=False)
+        try:
+            self._write_all(self._fd, data, end)
+        except OSError:
+            os.ftruncate(self._fd, end)  # best effort: leave no partial batch behind
+            raise
+        self._fsync(self._fd)
+        for frame, ts in zip(frames, tss, strict=True):
+            end += len(frame)
+            self.index.add(end, ts)
+        self.index.persist(self.fmt.log_id)
+
+    def truncate(self, count: int) -> None:
+        """Drop records from ``count`` on: index first, then the log (FORMAT.md §8)."""
+        assert self._fd is not None and self.fmt is not None
+        self._bump(truncation=True)
+        end = self.index.span(count)[0] if count < len(self.index) else self.index.end
+        self.index.truncate(count)
+        os.ftruncate(self._fd, end)
+        self._fsync(self._fd)
+
+    def rewrite(self, header: bytes, fmt: LogFormat, records: Iterable[tuple[bytes, int]]) -> None:
+        """Atomically replace the whole log with ``header`` and ``(body, ts_us)`` records."""
+        tmp = f"{self.path}.tmp-{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+        index = OffsetIndex(self.path + ".idx")
+        index.reset(fmt.data_start)
+        try:
+            written = self._write_all(fd, header, 0)
+            batch: list[bytes] = []
+            for body, ts in records:
+                frame = encode_frame(body) if fmt.sealed else body
+                batch.append(frame)
+                index.add((index.end) + len(frame), ts)
+                if len(batch) >= 1024:
+                    written = self._write_all(fd, b"".join(batch), written)
+                    batch.clear()
+            self._write_all(fd, b"".join(batch), written)
+            os.fsync(fd)  # always, whatever the durability: a rename must never expose holes
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        if self._seen is not None:
+            self._bump(truncation=True)
+        os.replace(tmp, self.path)
+        st = os.fstat(fd)
+        self._close_log()
+        self._fd, self.fmt, self._log_id_stat = fd, fmt, (st.st_dev, st.st_ino)
+        self.index = index
+        self.index.persist(fmt.log_id, rewrite=True)
+        self._index_ok = True
+        _fsync_dir(self.path)
+
+    def remove(self) -> None:
+        """Delete the log, its index and its lock file (the log's unlink is the commit)."""
+        self._bump(truncation=True)
+        self._close_log()
+        for p in (self.path, self.index.path, self.lock_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        _fsync_dir(self.path)
+
+    def remove_stale_temps(self) -> None:
+        """Delete temp files left by writers that crashed mid-rewrite (we hold the lock)."""
+        folder = os.path.dirname(self.path) or "."
+        prefix = os.path.basename(self.path) + ".tmp-"
+        for name in os.listdir(folder):
+            if name.startswith(prefix) and _TEMP_SUFFIX.fullmatch(name[len(prefix) :]):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+
+    @staticmethod
+    def _write_all(fd: int, data: bytes, offset: int) -> int:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+        return offset
+
+    def _fsync(self, fd: int) -> None:
+        if not self._sync:
+            return
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            self.poisoned = True
+            raise
+
+    def size(self) -> int:
+        """Bytes of the log file (0 when there is none)."""
+        return os.fstat(self._fd).st_size if self._fd is not None else 0
+
+    def close(self) -> None:
+        """Release every file descriptor (the lock is not held between calls)."""
+        with self._mutex:
+            self._close_log()
+            self._drop_lock_fd()
+            self._seen = None
+
+
+class _IndexMismatch(Exception):
+    """The index points at bytes that are not one whole record: rebuild it and retry."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
+__all__ += ["SEALED_HEADER_BYTES"]

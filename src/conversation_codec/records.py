@@ -1,0 +1,127 @@
+"""Record bodies: the bytes one message becomes, shared by every storage backend.
+
+A backend stores *bodies* with their seq and timestamp; how it frames them (a length
+prefix in a file, a row in a database) is its own business. This module turns encoded
+message JSON into a body and back, enforcing the record rules of FORMAT.md §5 and §6:
+authenticate before decompressing or parsing, and the seq inside must be the position.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+import zstandard
+
+from .compression import Compressor
+from .crypto import InvalidToken, LogCipher
+from .errors import UnsupportedVersionError
+from .format.record import (
+    decode_envelope,
+    decode_plain_line,
+    encode_envelope,
+    encode_plain_line,
+)
+
+__all__ = ["PlainRecords", "RecordCodec", "RecordRejected", "SealedRecords"]
+
+_US_PER_S = 1_000_000
+_decode_message = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+class RecordRejected(ValueError):
+    """A body failed authentication or a record rule; the caller adds path and offset."""
+
+
+class RecordCodec(Protocol):
+    """Turns (seq, ts_us, message JSON) into a stored body and back."""
+
+    def encode(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
+        """Return the body that stores one message."""
+        ...
+
+    def decode(self, body: bytes, expected_seq: int) -> tuple[dict[str, Any], int]:
+        """Return ``(message, ts_us)``; raise ``RecordRejected`` for a bad body."""
+        ...
+
+    def check(self, body: bytes, expected_seq: int | None) -> int:
+        """Authenticate a body and return its ts_us, without parsing the message.
+
+        ``expected_seq=None`` accepts any seq (used when searching past damage).
+        """
+        ...
+
+
+class SealedRecords:
+    """Bodies of a sealed log: zstd (when smaller), then one Fernet token each."""
+
+    __slots__ = ("_cipher", "_zstd")
+
+    def __init__(self, cipher: LogCipher, compressor: Compressor | None = None) -> None:
+        self._cipher = cipher
+        self._zstd = compressor or Compressor()
+
+    @property
+    def cipher(self) -> LogCipher:
+        """The log's cipher (its ``unseal_count`` counts decryptions)."""
+        return self._cipher
+
+    def encode(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
+        payload, compressed = self._zstd.compress(message_json)
+        envelope = encode_envelope(seq, ts_us, payload, compressed=compressed)
+        return self._cipher.seal(envelope, ts_us // _US_PER_S)
+
+    def _open(self, body: bytes, expected_seq: int | None) -> tuple[int, bool, memoryview]:
+        try:
+            plain, seconds = self._cipher.unseal(body)
+        except InvalidToken:
+            raise RecordRejected("record failed authentication") from None
+        try:
+            seq, ts_us, compressed, payload = decode_envelope(plain, seconds)
+        except NotImplementedError as exc:
+            raise UnsupportedVersionError(
+                f"record uses a newer format feature ({exc}); upgrade conversation-codec"
+            ) from None
+        except ValueError as exc:
+            raise RecordRejected(f"record envelope is malformed: {exc}") from None
+        if expected_seq is not None and seq != expected_seq:
+            raise RecordRejected(
+                f"record carries seq {seq} where seq {expected_seq} belongs "
+                "(moved, duplicated or reordered)"
+            )
+        return ts_us, compressed, payload
+
+    def check(self, body: bytes, expected_seq: int | None) -> int:
+        return self._open(body, expected_seq)[0]
+
+    def decode(self, body: bytes, expected_seq: int) -> tuple[dict[str, Any], int]:
+        ts_us, compressed, payload = self._open(body, expected_seq)
+        try:
+            data = self._zstd.decompress(payload) if compressed else payload
+            return _decode_message(data), ts_us
+        except (zstandard.ZstdError, msgspec.DecodeError) as exc:
+            # Authenticated yet unreadable: written by a buggy or hostile key holder.
+            raise RecordRejected(f"record payload is malformed: {exc}") from None
+
+
+class PlainRecords:
+    """Bodies of a plain log: one JSON line each (FORMAT.md §6). No integrity."""
+
+    __slots__ = ()
+
+    def encode(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
+        return encode_plain_line(seq, ts_us, message_json)
+
+    def decode(self, body: bytes, expected_seq: int | None) -> tuple[dict[str, Any], int]:
+        if not body.endswith(b"\n"):
+            raise RecordRejected("record line is not terminated")
+        try:
+            seq, ts_us, message = decode_plain_line(body)
+        except ValueError as exc:
+            raise RecordRejected(str(exc)) from None
+        if expected_seq is not None and seq != expected_seq:
+            raise RecordRejected(f"record line carries seq {seq} where seq {expected_seq} belongs")
+        return message, ts_us
+
+    def check(self, body: bytes, expected_seq: int | None) -> int:
+        return self.decode(body, expected_seq)[1]

@@ -1,0 +1,136 @@
+"""Shared fixtures: a fixed key, a fixed clock, a seeded random source, and codecs on tmp_path."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conversation_codec import ConversationCodec
+
+# A fixed Fernet key for tests only (never a real secret).
+KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="
+OTHER_KEY = "y0XojHGqVqvD6Uw2uH_FU5nTh1DsJiTlwhUyDRyIWCs="
+T0 = 1_763_700_000_000_000  # 2025-11-21T04:40:00Z in microseconds
+
+
+@pytest.fixture
+def key() -> str:
+    return KEY
+
+
+@pytest.fixture
+def other_key() -> str:
+    return OTHER_KEY
+
+
+class Clock:
+    """A settable clock seam (microseconds since the epoch) that ticks 1 ms per read."""
+
+    def __init__(self, start: int = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> int:
+        self.now += 1000
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    seed = int(os.environ.get("TEST_SEED", random.randrange(1 << 32)))
+    request.node.user_properties.append(("seed", seed))
+    print(f"random seed: {seed} (rerun with TEST_SEED={seed})")
+    return random.Random(seed)
+
+
+@pytest.fixture(params=["encrypted", "plaintext"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    return tmp_path / "chat.log"
+
+
+@pytest.fixture
+def make_codec(
+    log_path: Path, mode: str, clock: Clock
+) -> Iterator[Callable[..., ConversationCodec]]:
+    opened: list[ConversationCodec] = []
+
+    def make(**kwargs: object) -> ConversationCodec:
+        kwargs.setdefault("encryption_key", KEY if mode == "encrypted" else None)
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("durability", "flush")
+        codec = ConversationCodec(kwargs.pop("path", log_path), **kwargs)  # type: ignore[arg-type]
+        opened.append(codec)
+        return codec
+
+    yield make
+    for c in opened:
+        c.close()
+
+
+@pytest.fixture
+def codec(make_codec: Callable[..., ConversationCodec]) -> ConversationCodec:
+    return make_codec()
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file's bytes and mtime under ``folder``: to prove nothing was modified."""
+    return {
+        p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
+
+
+def messages(n: int, start: int = 0) -> list[dict[str, object]]:
+    """Realistic OpenAI-style messages, including tool calls and content parts."""
+    out: list[dict[str, object]] = []
+    for i in range(start, start + n):
+        kind = i % 4
+        if kind == 0:
+            out.append({"role": "user", "content": f"Where is my order #{i}? It was due Tuesday."})
+        elif kind == 1:
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": f"call_{i}",
+                            "type": "function",
+                            "function": {"name": "lookup_order", "arguments": f'{{"id": {i}}}'},
+                        }
+                    ],
+                }
+            )
+        elif kind == 2:
+            out.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": f"call_{i - 1}",
+                    "content": '{"status": "shipped"}',
+                }
+            )
+        else:
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "text", "text": f"Your order #{i} shipped — ünïcode ✓ " * 3}
+                    ],
+                    "extra": {"score": 0.25, "flags": [True, False, None], "n": -(2**53)},
+                }
+            )
+    return out
