@@ -20,7 +20,7 @@ Quick start (the seed usage: load once, save after every turn, or append per mes
 
 from __future__ import annotations
 
-from .codec import ConversationCodec
+from .codec import CompactionReport, ConversationCodec, LogInfo
 from .crypto import generate_key
 from .errors import (
     ClosedError,
@@ -43,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClosedError",
+    "CompactionReport",
     "ConversationCodec",
     "ConversationCodecError",
     "CorruptRecordError",
@@ -51,6 +52,7 @@ __all__ = [
     "KeyMismatchError",
     "KeyRequiredError",
     "LockTimeoutError",
+    "LogInfo",
     "LogReplacedError",
     "NotEncryptedError",
     "NotSerializableError",

@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +35,7 @@ from .errors import (
     StorageError,
 )
 from .format.header import (
+    FORMAT_VERSION,
     SEALED_HEADER_BYTES,
     LogKind,
     PlainHeader,
@@ -47,7 +49,7 @@ from .format.record import MAX_MESSAGE_BYTES
 from .log import FileLog, LogFormat, _IndexMismatch
 from .records import PlainRecords, RecordRejected, SealedRecords
 
-__all__ = ["ConversationCodec", "Message"]
+__all__ = ["CompactionReport", "ConversationCodec", "LogInfo", "Message"]
 
 Message = dict[str, Any]
 TimestampInput = datetime | int | float
@@ -335,6 +337,46 @@ class ConversationCodec:
         self._log.rewrite(header, fmt, records)
         self._digests = [_digest(m) for m, _ in encoded]
 
+    def compact(self, *, encryption_key: KeyInput | None = None) -> CompactionReport:
+        """Rewrite the log: re-seal every record under the first key (or ``encryption_key``,
+        which rotates the key), re-compress, and rebuild the index.
+
+        Every message keeps its seq and timestamp. The rewrite holds the writer lock and is
+        atomic (temp file, fsync, rename, directory fsync): a crash leaves the old log or the
+        new one. Giving a key to a plaintext log encrypts it. After a rotation only the new
+        key opens the log.
+        """
+        with self._writing():
+            fmt = self._log.fmt
+            before = self._log.size() + self._index_size()
+            count = len(self._log.index)
+            if fmt is None:
+                return CompactionReport(0, 0, 0)
+            keyring = self._keyring
+            if encryption_key is not None:
+                self._keyring = Keyring.from_input(encryption_key)
+            try:
+                header, new = self._new_log()
+                records = (
+                    (new.records.encode(seq, ts, _encode(message)), ts)
+                    for seq, message, ts in self._decoded(0, count)
+                )
+                self._log.rewrite(header, new, records)
+            except BaseException:
+                self._keyring = keyring
+                raise
+            return CompactionReport(count, before, self._log.size() + self._index_size())
+
+    def rotate_key(self, new_key: KeyInput) -> CompactionReport:
+        """Re-encrypt the whole log under ``new_key``; afterwards the old key fails."""
+        return self.compact(encryption_key=new_key)
+
+    def _index_size(self) -> int:
+        try:
+            return os.path.getsize(self._log.index.path)
+        except FileNotFoundError:
+            return 0
+
     def pop(self) -> Message | None:
         """Remove and return the last message (None when empty); O(1), a truncation."""
         with self._writing():
@@ -462,6 +504,23 @@ class ConversationCodec:
             yield from batch
             seq += len(batch)
 
+    def info(self) -> LogInfo:
+        """Describe the log from its header and index alone (no message is decrypted)."""
+        with self._reading():
+            index, fmt = self._log.index, self._log.fmt
+            count = len(index)
+            index_bytes = self._index_size() if fmt else 0
+            return LogInfo(
+                path=self._path,
+                encrypted=self.encrypted,
+                format_version=FORMAT_VERSION if fmt else None,
+                message_count=count,
+                first_timestamp=_EPOCH + timedelta(microseconds=index.tss[0]) if count else None,
+                last_timestamp=_EPOCH + timedelta(microseconds=index.tss[-1]) if count else None,
+                log_bytes=self._log.size(),
+                index_bytes=index_bytes,
+            )
+
     # -- life cycle ------------------------------------------------------------------------
 
     @property
@@ -494,6 +553,29 @@ class ConversationCodec:
     def __repr__(self) -> str:  # never the key
         state = "closed" if self._closed else ("encrypted" if self.encrypted else "plaintext")
         return f"<ConversationCodec {str(self._path)!r} {state}>"
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionReport:
+    """What ``compact()`` did: messages kept and bytes (log + index) before and after."""
+
+    messages: int
+    bytes_before: int
+    bytes_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogInfo:
+    """What ``ConversationCodec.info()`` reports; nothing in it needs the key to learn."""
+
+    path: Path
+    encrypted: bool
+    format_version: int | None  # None when no log exists yet
+    message_count: int
+    first_timestamp: datetime | None
+    last_timestamp: datetime | None
+    log_bytes: int
+    index_bytes: int
 
 
 class _Transaction:

@@ -124,23 +124,30 @@ class OffsetIndex:
         del self.ends[count:]
         del self.tss[count:]
         if self.persisted > count:
-            os.truncate(self.path, INDEX_HEADER_BYTES + count * INDEX_ENTRY.size)
+            os.ftruncate(self._open(), INDEX_HEADER_BYTES + count * INDEX_ENTRY.size)
             self.persisted = count
 
     def persist(self, log_id: bytes, *, rewrite: bool = False) -> None:
         """Write the entries the file lacks (all of them, with the header, when ``rewrite``)."""
-        if rewrite or self._fd is None:
-            self.close()
-            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            self._fd = os.open(self.path, flags, 0o600)
         if rewrite:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, encode_index_header(log_id), 0)
+            self.close()
+        fd = self._open()
+        if rewrite:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, encode_index_header(log_id), 0)
             self.persisted = 0
         if self.persisted < len(self.ends):
             data = _interleave(self.ends, self.tss, self.persisted)
-            os.pwrite(self._fd, data, INDEX_HEADER_BYTES + self.persisted * INDEX_ENTRY.size)
+            os.pwrite(fd, data, INDEX_HEADER_BYTES + self.persisted * INDEX_ENTRY.size)
             self.persisted = len(self.ends)
+
+    def _open(self) -> int:
+        # The descriptor may outlive the file's name (someone deleted the sidecar): writes
+        # then go nowhere useful, which is fine for a cache that the next open rebuilds.
+        if self._fd is None:
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            self._fd = os.open(self.path, flags, 0o600)
+        return self._fd
 
     def close(self) -> None:
         """Close the sidecar's file descriptor (entries stay in memory)."""

@@ -124,6 +124,9 @@ class FileLog:
         self._created_lock = False
         self._index_ok = False
         self.on_change: Callable[[], None] = lambda: None
+        # Fault-injection seam for crash tests: called with a step name between the steps
+        # of every write procedure (FORMAT.md §8); may raise or kill the process.
+        self.fault: Callable[[str], None] = lambda step: None
 
     # -- locking ---------------------------------------------------------------------------
 
@@ -477,7 +480,9 @@ class FileLog:
         except OSError:
             os.ftruncate(self._fd, end)  # best effort: leave no partial batch behind
             raise
+        self.fault("append:written")
         self._fsync(self._fd)
+        self.fault("append:synced")
         for frame, ts in zip(frames, tss, strict=True):
             end += len(frame)
             self.index.add(end, ts)
@@ -489,6 +494,7 @@ class FileLog:
         self._bump(truncation=True)
         end = self.index.span(count)[0] if count < len(self.index) else self.index.end
         self.index.truncate(count)
+        self.fault("truncate:index-truncated")
         os.ftruncate(self._fd, end)
         self._fsync(self._fd)
 
@@ -509,7 +515,9 @@ class FileLog:
                     written = self._write_all(fd, b"".join(batch), written)
                     batch.clear()
             self._write_all(fd, b"".join(batch), written)
+            self.fault("rewrite:temp-written")
             os.fsync(fd)  # always, whatever the durability: a rename must never expose holes
+            self.fault("rewrite:temp-synced")
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -517,13 +525,16 @@ class FileLog:
         if self._seen is not None:
             self._bump(truncation=True)
         os.replace(tmp, self.path)
+        self.fault("rewrite:renamed")
         st = os.fstat(fd)
         self._close_log()
         self._fd, self.fmt, self._log_id_stat = fd, fmt, (st.st_dev, st.st_ino)
         self.index = index
         self.index.persist(fmt.log_id, rewrite=True)
         self._index_ok = True
+        self.fault("rewrite:index-written")
         _fsync_dir(self.path)
+        self.fault("rewrite:dir-synced")
 
     def remove(self) -> None:
         """Delete the log, its index and its lock file (the log's unlink is the commit)."""

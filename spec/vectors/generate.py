@@ -1,0 +1,73 @@
+"""Write the test vectors of spec/FORMAT.md (run by hand: python spec/vectors/generate.py).
+
+The vectors are made by the library itself; tests/test_vectors.py then checks them with an
+independent implementation of FORMAT.md (HKDF, HMAC, AES-CBC straight from ``cryptography``),
+so the spec, the vectors and the code cannot drift apart unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from conversation_codec import ConversationCodec
+from conversation_codec.format.header import SealedHeader
+
+HERE = Path(__file__).parent
+KEY = "cw_0x689RpI-jtRR7oE8h8Eg-Uf-2bX47Y-Xv3-Cdg4="  # published test key: never use it
+LOG_ID = bytes.fromhex("00112233445566778899aabbccddeeff")
+MESSAGES = [
+    {"role": "user", "content": "hi"},
+    {
+        "role": "assistant",
+        "content": "Hello! How can I help you with your order today? " * 2,
+    },
+]
+TIMESTAMPS_US = [1_763_700_000_123_456, 1_763_700_001_000_000]
+
+
+def _make(path: Path, key: str | None) -> None:
+    codec = ConversationCodec(path, encryption_key=key)
+    # Pin the log id so the vector's header is stable: swap the factory's random id.
+    real_new_log = codec._new_log
+
+    def pinned() -> object:
+        header, fmt = real_new_log()
+        if key is None:
+            from conversation_codec.format.header import PlainHeader, encode_plain_header
+            from conversation_codec.log import LogFormat
+
+            header = encode_plain_header(PlainHeader(LOG_ID))
+            return header, LogFormat(LOG_ID, len(header), fmt.records, False)
+        from conversation_codec.crypto import Keyring, LogCipher
+        from conversation_codec.log import LogFormat
+        from conversation_codec.records import SealedRecords
+
+        cipher, header = LogCipher.create(Keyring.from_input(key), SealedHeader(LOG_ID))
+        return header, LogFormat(LOG_ID, len(header), SealedRecords(cipher), True)
+
+    codec._new_log = pinned  # type: ignore[method-assign,assignment]
+    codec.extend(MESSAGES, timestamps=[t / 1e6 for t in TIMESTAMPS_US])
+    codec.close()
+
+
+def main() -> None:
+    for name, key in (("sealed_log.json", KEY), ("plain_log.json", None)):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "chat.log"
+            _make(path, key)
+            vector = {
+                "description": f"A two-message {'sealed' if key else 'plain'} log (FORMAT.md §13)",
+                "key": key,
+                "log_id": LOG_ID.hex(),
+                "messages": MESSAGES,
+                "timestamps_us": TIMESTAMPS_US,
+                "log_hex": path.read_bytes().hex(),
+                "index_hex": Path(str(path) + ".idx").read_bytes().hex(),
+            }
+        (HERE / name).write_text(json.dumps(vector, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

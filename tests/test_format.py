@@ -1,0 +1,175 @@
+"""format/: pure bytes <-> values, at every boundary, and hostile lengths."""
+
+from __future__ import annotations
+
+import pytest
+
+from conversation_codec.errors import FormatError, UnsupportedVersionError
+from conversation_codec.format.header import (
+    LOG_MAGIC,
+    SEALED_HEADER_BYTES,
+    Kdf,
+    LogKind,
+    PlainHeader,
+    SealedHeader,
+    decode_plain_header,
+    decode_sealed_header,
+    encode_plain_header,
+    encode_sealed_header,
+    sniff_log,
+)
+from conversation_codec.format.index import decode_index_header, encode_index_header
+from conversation_codec.format.record import (
+    FERNET_OVERHEAD_BYTES,
+    MAX_BODY_BYTES,
+    MIN_BODY_BYTES,
+    decode_envelope,
+    decode_frame_header,
+    decode_plain_line,
+    encode_envelope,
+    encode_frame,
+    encode_plain_line,
+    format_ts,
+)
+from conversation_codec.format.varint import decode_varint, encode_varint
+
+
+@pytest.mark.parametrize(
+    "value", [0, 1, 127, 128, 129, 16383, 16384, 2**21 - 1, 2**21, 2**28, 2**35 - 1]
+)
+def test_varint_round_trip_at_boundaries(value: int) -> None:
+    data = encode_varint(value)
+    assert decode_varint(data) == (value, len(data))
+    assert decode_varint(b"\xff" + data, 1) == (value, len(data) + 1)
+
+
+@pytest.mark.parametrize("value", [-1, 2**35])
+def test_varint_out_of_range(value: int) -> None:
+    with pytest.raises(ValueError):
+        encode_varint(value)
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x80", b"\xff\xff\xff\xff\xff\x01", b"\x80\x00", b"\xff\x80\x00"]
+)
+def test_varint_rejects_truncated_overlong_and_non_canonical(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_varint(data)
+
+
+@pytest.mark.parametrize(
+    "length",
+    [
+        MIN_BODY_BYTES,
+        MIN_BODY_BYTES + 16,
+        MAX_BODY_BYTES,
+    ],
+)
+def test_frame_lengths_that_fit_a_token(length: int) -> None:
+    frame = encode_varint(length)
+    start, end = decode_frame_header(frame)
+    assert (start, end - start) == (len(frame), length)
+
+
+@pytest.mark.parametrize(
+    "length",
+    [
+        0,
+        1,
+        MIN_BODY_BYTES - 16,
+        MIN_BODY_BYTES - 1,
+        MIN_BODY_BYTES + 1,
+        MAX_BODY_BYTES + 16,
+        MAX_BODY_BYTES + 1,
+        4 * 1024**3,
+        2**35 - 1,
+    ],
+)
+def test_impossible_frame_lengths_are_rejected_without_allocating(length: int) -> None:
+    # A 4 GB length is refused from the 5-byte prefix alone: nothing is read or allocated.
+    with pytest.raises(ValueError, match="impossible record length"):
+        decode_frame_header(encode_varint(length))
+
+
+def test_frame_round_trip() -> None:
+    body = bytes(range(FERNET_OVERHEAD_BYTES + 32))
+    frame = encode_frame(body)
+    start, end = decode_frame_header(frame)
+    assert frame[start:end] == body
+
+
+@pytest.mark.parametrize("ts_us", [0, 999_999, 1_000_000, 1_763_700_000_123_456])
+@pytest.mark.parametrize("seq", [0, 127, 128, 2**32])
+def test_envelope_round_trip(seq: int, ts_us: int) -> None:
+    env = encode_envelope(seq, ts_us, b"payload", compressed=True)
+    got_seq, got_ts, compressed, payload = decode_envelope(env, ts_us // 1_000_000)
+    assert (got_seq, got_ts, compressed, bytes(payload)) == (seq, ts_us, True, b"payload")
+
+
+def test_envelope_rejects_unknown_flags_and_bad_remainder() -> None:
+    with pytest.raises(NotImplementedError):
+        decode_envelope(b"\x02\x00\x00", 0)
+    with pytest.raises(ValueError):
+        decode_envelope(b"\x00\x00" + encode_varint(1_000_000), 0)
+    with pytest.raises(ValueError):
+        decode_envelope(b"", 0)
+
+
+def test_sealed_header_round_trip_and_checks() -> None:
+    header = SealedHeader(
+        log_id=b"L" * 16, kdf=Kdf.SCRYPT, kdf_log2_n=15, kdf_r=8, kdf_p=1, kdf_salt=b"S" * 16
+    )
+    covered = encode_sealed_header(header)
+    mac = b"M" * 32
+    got, got_covered, got_mac = decode_sealed_header(covered + mac)
+    assert (got, got_covered, got_mac) == (header, covered, mac)
+    assert len(covered + mac) == SEALED_HEADER_BYTES
+    with pytest.raises(FormatError, match="truncated"):
+        decode_sealed_header((covered + mac)[:-1])
+    newer = bytearray(covered + mac)
+    newer[8] = 2
+    with pytest.raises(UnsupportedVersionError):
+        decode_sealed_header(bytes(newer))
+    flagged = bytearray(covered + mac)
+    flagged[14] = 1
+    with pytest.raises(FormatError, match="invalid"):
+        decode_sealed_header(bytes(flagged))
+
+
+def test_plain_header_round_trip_and_checks() -> None:
+    line = encode_plain_header(PlainHeader(b"\x01" * 16))
+    assert decode_plain_header(line.rstrip(b"\n")) == PlainHeader(b"\x01" * 16)
+    for bad in (b"{}", b'{"conversation_codec":1,"log_id":"zz"}', b"[1]", b"\xff"):
+        with pytest.raises(FormatError):
+            decode_plain_header(bad)
+
+
+def test_sniff() -> None:
+    assert sniff_log(b"") is LogKind.EMPTY
+    assert sniff_log(LOG_MAGIC) is LogKind.SEALED
+    assert sniff_log(b'{"conversation_codec":1') is LogKind.PLAIN
+    assert sniff_log(b'{"role":"user"}') is LogKind.FOREIGN
+    assert sniff_log(b"gAAAAAB") is LogKind.FOREIGN
+
+
+def test_plain_line_round_trip() -> None:
+    line = encode_plain_line(7, 1_763_700_000_000_001, b'{"a":[1,2]}')
+    assert line.endswith(b"\n")
+    assert decode_plain_line(line) == (7, 1_763_700_000_000_001, {"a": [1, 2]})
+    assert format_ts(1_000_000) == "1970-01-01T00:00:01.000000Z"
+    for bad in (
+        b'{"seq":-1,"ts":"1970-01-01T00:00:01Z","message":{}}',
+        b'{"seq":1,"ts":"1970-01-01T00:00:01","message":{}}',
+        b'{"seq":1,"message":{}}',
+        b"not json",
+    ):
+        with pytest.raises(ValueError):
+            decode_plain_line(bad)
+
+
+def test_index_header() -> None:
+    header = encode_index_header(b"I" * 16)
+    assert len(header) == 32
+    assert decode_index_header(header) == b"I" * 16
+    assert decode_index_header(header[:-1]) is None
+    assert decode_index_header(b"\x00" * 32) is None

@@ -1,0 +1,143 @@
+"""Hypothesis: random operation sequences against an in-memory model, and round-trips."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from conftest import KEY, Clock
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from conversation_codec import ConversationCodec
+
+json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.text(max_size=30)
+json_values = st.recursive(
+    json_scalars | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+message_st = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "tool", "system"])},
+    optional={"content": json_values, "tool_calls": json_values, "name": st.text(max_size=10)},
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(msgs=st.lists(message_st, max_size=12), encrypted=st.booleans())
+def test_round_trip_random_messages(
+    tmp_path: Path, msgs: list[dict[str, Any]], encrypted: bool
+) -> None:
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    with ConversationCodec(
+        folder / "c.log", encryption_key=KEY if encrypted else None, durability="flush"
+    ) as c:
+        c.extend(msgs)
+    with ConversationCodec(folder / "c.log", encryption_key=KEY if encrypted else None) as c:
+        assert (c.load() or []) == msgs
+        assert [c.get(i) for i in range(len(msgs))] == msgs
+
+
+class LogMachine(RuleBasedStateMachine):
+    """A log driven by random operations from two codec instances must equal a plain list."""
+
+    encrypted = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folder = Path(tempfile.mkdtemp())
+        self.clock = Clock()
+        self.model: list[dict[str, Any]] = []
+        self.codecs = [self._open(), self._open()]
+
+    def _open(self) -> ConversationCodec:
+        return ConversationCodec(
+            self.folder / "c.log",
+            encryption_key=KEY if self.encrypted else None,
+            durability="flush",
+            clock=self.clock,
+        )
+
+    def teardown(self) -> None:
+        for c in self.codecs:
+            c.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    @rule(who=st.integers(0, 1), m=message_st)
+    def append(self, who: int, m: dict[str, Any]) -> None:
+        assert self.codecs[who].append(m) == len(self.model)
+        self.model.append(m)
+
+    @rule(who=st.integers(0, 1), ms=st.lists(message_st, max_size=5))
+    def extend(self, who: int, ms: list[dict[str, Any]]) -> None:
+        assert self.codecs[who].extend(ms) == list(
+            range(len(self.model), len(self.model) + len(ms))
+        )
+        self.model.extend(ms)
+
+    @rule(who=st.integers(0, 1))
+    def pop(self, who: int) -> None:
+        expected = self.model.pop() if self.model else None
+        assert self.codecs[who].pop() == expected
+
+    @rule(who=st.integers(0, 1), more=st.lists(message_st, max_size=3))
+    def save_extended(self, who: int, more: list[dict[str, Any]]) -> None:
+        self.model = self.model + more
+        self.codecs[who].save(self.model)
+
+    @precondition(lambda self: len(self.model) > 0)
+    @rule(who=st.integers(0, 1), data=st.data())
+    def save_divergent(self, who: int, data: st.DataObject) -> None:
+        cut = data.draw(st.integers(0, len(self.model) - 1))
+        replacement = data.draw(st.lists(message_st, max_size=3))
+        self.model = self.model[:cut] + replacement
+        self.codecs[who].save(self.model)
+
+    @rule(who=st.integers(0, 1))
+    def clear(self, who: int) -> None:
+        self.codecs[who].clear()
+        self.model = []
+
+    @rule(who=st.integers(0, 1))
+    def reopen(self, who: int) -> None:
+        self.codecs[who].close()
+        self.codecs[who] = self._open()
+
+    @rule(who=st.integers(0, 1))
+    def delete_index(self, who: int) -> None:
+        Path(str(self.folder / "c.log") + ".idx").unlink(missing_ok=True)
+
+    @rule(who=st.integers(0, 1), n=st.integers(0, 6))
+    def check_tail(self, who: int, n: int) -> None:
+        assert self.codecs[who].tail(n) == (self.model[-n:] if n else [])
+
+    @precondition(lambda self: len(self.model) > 0)
+    @rule(who=st.integers(0, 1), data=st.data())
+    def check_get(self, who: int, data: st.DataObject) -> None:
+        i = data.draw(st.integers(-len(self.model), len(self.model) - 1))
+        assert self.codecs[who].get(i) == self.model[i]
+
+    @invariant()
+    def same_as_model(self) -> None:
+        c = self.codecs[0]
+        assert len(c) == len(self.model)
+        assert (c.load() or []) == self.model
+        stamps = [c.timestamp(i) for i in range(len(self.model))]
+        assert stamps == sorted(stamps)
+
+
+class PlainLogMachine(LogMachine):
+    encrypted = False
+
+
+TestEncryptedLog = LogMachine.TestCase
+TestEncryptedLog.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+TestPlainLog = PlainLogMachine.TestCase
+TestPlainLog.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)

@@ -1,0 +1,139 @@
+"""spec/vectors: the library reads them, and an independent FORMAT.md reader agrees byte by byte.
+
+The independent reader here uses only ``cryptography``'s primitives (HKDF, HMAC, AES-CBC) and
+``zstandard``, following FORMAT.md §3–§7 without importing the library's format code.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+from cryptography.hazmat.primitives import hashes, hmac, padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from conversation_codec import ConversationCodec
+
+VECTORS = Path(__file__).parent.parent / "spec" / "vectors"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def load_vector(name: str) -> dict[str, Any]:
+    return dict(json.loads((VECTORS / name).read_text()))
+
+
+def write_vector(vector: dict[str, Any], folder: Path) -> Path:
+    path = folder / "chat.log"
+    path.write_bytes(bytes.fromhex(vector["log_hex"]))
+    Path(str(path) + ".idx").write_bytes(bytes.fromhex(vector["index_hex"]))
+    return path
+
+
+@pytest.mark.parametrize("name", ["sealed_log.json", "plain_log.json"])
+@pytest.mark.parametrize("with_index", [True, False])
+def test_library_reads_vectors(name: str, with_index: bool, tmp_path: Path) -> None:
+    vector = load_vector(name)
+    path = write_vector(vector, tmp_path)
+    if not with_index:
+        Path(str(path) + ".idx").unlink()
+    with ConversationCodec(path, encryption_key=vector["key"]) as codec:
+        assert codec.load() == vector["messages"]
+        stamps = [EPOCH + timedelta(microseconds=t) for t in vector["timestamps_us"]]
+        assert [codec.timestamp(i) for i in range(len(stamps))] == stamps
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fernet_token(signing: bytes, encryption: bytes, ts: int, iv: bytes, plain: bytes) -> bytes:
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(plain) + padder.finalize()
+    enc = Cipher(algorithms.AES(encryption), modes.CBC(iv)).encryptor()
+    basic = b"\x80" + struct.pack(">Q", ts) + iv + enc.update(padded) + enc.finalize()
+    mac = hmac.HMAC(signing, hashes.SHA256())
+    mac.update(basic)
+    return basic + mac.finalize()
+
+
+def test_sealed_vector_matches_the_spec_byte_by_byte() -> None:
+    vector = load_vector("sealed_log.json")
+    log = bytes.fromhex(vector["log_hex"])
+    master = base64.urlsafe_b64decode(vector["key"])
+    # §3.1 header
+    assert log[:8] == b"\x89CCL\r\n\x1a\n"
+    assert struct.unpack_from("<HBBBBH", log, 8) == (1, 0, 0, 0, 0, 0)
+    log_id = log[16:32]
+    assert log_id.hex() == vector["log_id"]
+    # §4 keys
+    okm = HKDF(hashes.SHA256(), 64, salt=log_id, info=b"conversation-codec/1 log keys").derive(
+        master
+    )
+    signing, encryption, mac_key = okm[:16], okm[16:32], okm[32:]
+    header_mac = hmac.HMAC(mac_key, hashes.SHA256())
+    header_mac.update(log[:48])
+    assert header_mac.finalize() == log[48:80]
+    # §5 records: decrypt independently, then re-seal with the recorded IV: same bytes.
+    pos, ends = 80, []
+    for seq, (message, ts_us) in enumerate(
+        zip(vector["messages"], vector["timestamps_us"], strict=True)
+    ):
+        body_len, start = _varint(log, pos)
+        body = log[start : start + body_len]
+        ts, iv = struct.unpack(">Q", body[:8])[0], body[8:24]
+        dec = Cipher(algorithms.AES(encryption), modes.CBC(iv)).decryptor()
+        padded = dec.update(body[24:-32]) + dec.finalize()
+        unpadder = padding.PKCS7(128).unpadder()
+        envelope = unpadder.update(padded) + unpadder.finalize()
+        flags = envelope[0]
+        got_seq, p = _varint(envelope, 1)
+        rem, p = _varint(envelope, p)
+        payload = envelope[p:]
+        if flags & 1:
+            payload = zstandard.ZstdDecompressor().decompress(payload, max_output_size=1 << 20)
+        assert flags & ~1 == 0
+        assert got_seq == seq
+        assert ts * 1_000_000 + rem == ts_us
+        assert json.loads(payload) == message
+        token = _fernet_token(signing, encryption, ts, iv, envelope)
+        assert token[1:] == body
+        pos = start + body_len
+        ends.append(pos)
+    assert pos == len(log)
+    # §7 index
+    index = bytes.fromhex(vector["index_hex"])
+    assert index[:8] == b"\x89CCX\r\n\x1a\n"
+    assert struct.unpack_from("<HHI", index, 8) == (1, 16, 0)
+    assert index[16:32] == log_id
+    entries = [struct.unpack_from("<Qq", index, 32 + 16 * i) for i in range(len(ends))]
+    assert entries == list(zip(ends, vector["timestamps_us"], strict=True))
+    assert len(index) == 32 + 16 * len(ends)
+
+
+def test_plain_vector_matches_the_spec() -> None:
+    vector = load_vector("plain_log.json")
+    lines = bytes.fromhex(vector["log_hex"]).split(b"\n")
+    assert lines[-1] == b""
+    assert json.loads(lines[0]) == {"conversation_codec": 1, "log_id": vector["log_id"]}
+    for seq, (line, message, ts_us) in enumerate(
+        zip(lines[1:-1], vector["messages"], vector["timestamps_us"], strict=True)
+    ):
+        record = json.loads(line)
+        assert record["seq"] == seq
+        assert record["message"] == message
+        when = datetime.strptime(record["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        assert when == EPOCH + timedelta(microseconds=ts_us)
