@@ -7,11 +7,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from conftest import KEY, Clock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from conftest import KEY, Clock
 from conversation_codec import ConversationCodec
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.text(max_size=30)

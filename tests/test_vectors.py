@@ -1,7 +1,7 @@
 """spec/vectors: the library reads them, and an independent FORMAT.md reader agrees byte by byte.
 
 The independent reader here uses only ``cryptography``'s primitives (HKDF, HMAC, AES-CBC) and
-``zstandard``, following FORMAT.md §3–§7 without importing the library's format code.
+``zstandard``, following FORMAT.md §3 to §7 without importing the library's format code.
 """
 
 from __future__ import annotations

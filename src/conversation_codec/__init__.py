@@ -38,6 +38,7 @@ from .errors import (
     StorageError,
     UnsupportedVersionError,
 )
+from .search import Hit
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "CorruptRecordError",
     "DecryptionError",
     "FormatError",
+    "Hit",
     "KeyMismatchError",
     "KeyRequiredError",
     "LockTimeoutError",

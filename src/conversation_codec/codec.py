@@ -24,7 +24,6 @@ from .compression import Compressor
 from .crypto import KeyInput, Keyring, LogCipher, new_log_id
 from .errors import (
     ClosedError,
-    ConversationCodecError,
     CorruptRecordError,
     FormatError,
     KeyRequiredError,
@@ -46,13 +45,15 @@ from .format.header import (
     sniff_log,
 )
 from .format.record import MAX_MESSAGE_BYTES
-from .log import FileLog, LogFormat, _IndexMismatch
+from .log import FileLog, LogFormat, _IndexMismatch, _Transaction
 from .records import PlainRecords, RecordRejected, SealedRecords
+from .search import Hit, Query, parse_roles, to_us
 
 __all__ = ["CompactionReport", "ConversationCodec", "LogInfo", "Message"]
 
 Message = dict[str, Any]
 TimestampInput = datetime | int | float
+TimeInput = datetime | int | float | str
 _US_PER_S = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ITER_BATCH = 256  # records decoded per lock hold while iterating
@@ -185,16 +186,15 @@ class ConversationCodec:
 
     # -- transactions ----------------------------------------------------------------------
 
-    def _guarded(self, write: bool) -> _Transaction:
+    def _reading(self) -> _Transaction:
         if self._closed:
             raise ClosedError("this ConversationCodec is closed; open a new one")
-        return _Transaction(self, write)
-
-    def _reading(self) -> _Transaction:
-        return self._guarded(False)
+        return self._log.transaction(write=False)
 
     def _writing(self) -> _Transaction:
-        return self._guarded(True)
+        if self._closed:
+            raise ClosedError("this ConversationCodec is closed; open a new one")
+        return self._log.transaction(write=True)
 
     def _ensure_log(self) -> LogFormat:
         if not self._swept:
@@ -401,8 +401,12 @@ class ConversationCodec:
         offset = self._log.index.span(seq)[0]
         return CorruptRecordError(f"record {seq}: {exc}", path=self._path, offset=offset)
 
-    def _decoded(self, start: int, stop: int) -> Iterator[tuple[int, Message, int]]:
-        """Yield ``(seq, message, ts_us)`` for a range, inside the current transaction."""
+    def _payloads(self, start: int, stop: int) -> Iterator[tuple[int, bytes, int]]:
+        """Yield ``(seq, message JSON text, ts_us)`` for a range, inside a transaction.
+
+        Every record is authenticated and checked against its position and index entry; an
+        index that disagrees with the log is rebuilt once and the read resumes.
+        """
         fmt = self._log.fmt
         if fmt is None or start >= stop:
             return
@@ -410,12 +414,12 @@ class ConversationCodec:
             try:
                 for seq, body in self._log.read_bodies(start, stop):
                     try:
-                        message, ts = fmt.records.decode(body, seq)
+                        text, ts = fmt.records.payload(body, seq)
                     except RecordRejected as exc:
                         raise self._corrupt(exc, seq) from None
                     if ts != self._log.index.tss[seq]:
                         raise _IndexMismatch(self._log.index.span(seq)[0])
-                    yield seq, message, ts
+                    yield seq, text, ts
                     start = seq + 1
                 return
             except _IndexMismatch:
@@ -427,6 +431,18 @@ class ConversationCodec:
                     ) from None
                 self._log.rebuild_index()
                 stop = min(stop, len(self._log.index))
+
+    def _parse(self, seq: int, text: bytes) -> Message:
+        assert self._log.fmt is not None
+        try:
+            return self._log.fmt.records.parse(text)
+        except RecordRejected as exc:
+            raise self._corrupt(exc, seq) from None
+
+    def _decoded(self, start: int, stop: int) -> Iterator[tuple[int, Message, int]]:
+        """Yield ``(seq, message, ts_us)`` for a range, inside the current transaction."""
+        for seq, text, ts in self._payloads(start, stop):
+            yield seq, self._parse(seq, text), ts
 
     def _read_one(self, seq: int) -> Message:
         for _, message, _ in self._decoded(seq, seq + 1):
@@ -504,6 +520,95 @@ class ConversationCodec:
             yield from batch
             seq += len(batch)
 
+    # -- search ----------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        since: TimeInput | None = None,
+        until: TimeInput | None = None,
+        role: str | Iterable[str] | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        regex: bool = False,
+        case_sensitive: bool = False,
+    ) -> Iterator[Hit]:
+        """Stream the messages that match, as ``Hit(seq, timestamp, message)``.
+
+        The matching rules are those of ``conversation_codec.search``: the text a person would
+        search (string content, content-part text, tool-call names and arguments), Unicode
+        case folding unless ``case_sensitive``, several words all required, a "quoted phrase"
+        as written, or one regular expression with ``regex=True``; ``None`` matches all.
+
+        ``since`` (inclusive) and ``until`` (exclusive) accept aware or naive (UTC) datetimes,
+        epoch seconds or ISO-8601 strings. The index's timestamps are binary-searched, so only
+        records inside the range are decrypted. ``limit`` and ``newest_first`` stop early:
+        the 5 newest matches read from the end. Records are decoded a batch per lock hold,
+        in bounded memory.
+
+        :raises ValueError: ``since`` after ``until``, an invalid regex, a negative limit.
+        :raises TypeError: a role that is not a string or a collection of strings.
+        :raises LogReplacedError: another writer replaced the log while results streamed.
+        """
+        matcher = Query(query, regex=regex, case_sensitive=case_sensitive)
+        roles = parse_roles(role)
+        lo = None if since is None else to_us(since, "since")
+        hi = None if until is None else to_us(until, "until")
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"since ({since!r}) is after until ({until!r})")
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError("limit must be a non-negative int or None")
+        return self._search(matcher, roles, lo, hi, limit, newest_first)
+
+    def _search(
+        self,
+        matcher: Query,
+        roles: frozenset[str] | None,
+        lo: int | None,
+        hi: int | None,
+        limit: int | None,
+        newest_first: bool,
+    ) -> Iterator[Hit]:
+        with self._reading():
+            index = self._log.index
+            log_id = self._log.fmt.log_id if self._log.fmt else None
+            first = 0 if lo is None else index.first_at_or_after(lo)
+            stop = len(index) if hi is None else index.first_at_or_after(hi)
+        left = limit
+        bounds = range(first, stop, _ITER_BATCH)
+        for start in reversed(bounds) if newest_first else bounds:
+            if left == 0:
+                return
+            end = min(start + _ITER_BATCH, stop)
+            with self._reading():
+                if (self._log.fmt.log_id if self._log.fmt else None) != log_id or len(
+                    self._log.index
+                ) < end:
+                    raise LogReplacedError("the log was replaced or truncated during a search")
+                hits = self._match_batch(matcher, roles, start, end)
+            for hit in reversed(hits) if newest_first else hits:
+                if left == 0:
+                    return
+                yield hit
+                left = None if left is None else left - 1
+
+    def _match_batch(
+        self, matcher: Query, roles: frozenset[str] | None, start: int, end: int
+    ) -> list[Hit]:
+        hits = []
+        for seq, text, ts in self._payloads(start, end):
+            if not matcher.maybe(text.decode("utf-8", "replace")):
+                continue
+            message = self._parse(seq, text)
+            if (roles is None or message.get("role") in roles) and matcher.matches(message):
+                hits.append(Hit(seq, _EPOCH + timedelta(microseconds=ts), message))
+        return hits
+
+    def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
+        """Return every message with ``since <= timestamp < until`` (a pure date range)."""
+        return list(self.search(None, since=since, until=until))
+
     def info(self) -> LogInfo:
         """Describe the log from its header and index alone (no message is decrypted)."""
         with self._reading():
@@ -576,38 +681,3 @@ class LogInfo:
     last_timestamp: datetime | None
     log_bytes: int
     index_bytes: int
-
-
-class _Transaction:
-    """One lock hold of the backend, with OS errors turned into ``StorageError``."""
-
-    __slots__ = ("_cm", "_codec", "_write")
-
-    def __init__(self, codec: ConversationCodec, write: bool) -> None:
-        self._codec, self._write = codec, write
-        self._cm = codec._log.transaction(write=write)
-
-    def __enter__(self) -> None:
-        try:
-            self._cm.__enter__()
-        except ConversationCodecError:
-            raise
-        except OSError as exc:
-            raise _storage_error(exc, self._codec.path) from None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            self._cm.__exit__(exc_type, exc, tb)
-        except OSError as err:
-            raise _storage_error(err, self._codec.path) from None
-        if isinstance(exc, OSError) and not isinstance(exc, ConversationCodecError):
-            raise _storage_error(exc, self._codec.path) from exc
-
-
-def _storage_error(exc: OSError, path: Path) -> StorageError:
-    return StorageError(exc.errno or 0, f"{path}: {exc.strerror or exc}")

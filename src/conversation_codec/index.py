@@ -137,7 +137,10 @@ class OffsetIndex:
             os.pwrite(fd, encode_index_header(log_id), 0)
             self.persisted = 0
         if self.persisted < len(self.ends):
-            data = _interleave(self.ends, self.tss, self.persisted)
+            if self.persisted + 1 == len(self.ends):  # the common single append
+                data = INDEX_ENTRY.pack(self.ends[-1], self.tss[-1])
+            else:
+                data = _interleave(self.ends, self.tss, self.persisted)
             os.pwrite(fd, data, INDEX_HEADER_BYTES + self.persisted * INDEX_ENTRY.size)
             self.persisted = len(self.ends)
 

@@ -44,6 +44,14 @@ class RecordCodec(Protocol):
         """Return ``(message, ts_us)``; raise ``RecordRejected`` for a bad body."""
         ...
 
+    def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
+        """Return ``(text, ts_us)``: authenticated JSON text holding the message, unparsed."""
+        ...
+
+    def parse(self, text: bytes) -> dict[str, Any]:
+        """Parse what ``payload`` returned into the message."""
+        ...
+
     def check(self, body: bytes, expected_seq: int | None) -> int:
         """Authenticate a body and return its ts_us, without parsing the message.
 
@@ -94,14 +102,25 @@ class SealedRecords:
     def check(self, body: bytes, expected_seq: int | None) -> int:
         return self._open(body, expected_seq)[0]
 
-    def decode(self, body: bytes, expected_seq: int) -> tuple[dict[str, Any], int]:
+    def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
         ts_us, compressed, payload = self._open(body, expected_seq)
+        if not compressed:
+            return bytes(payload), ts_us
         try:
-            data = self._zstd.decompress(payload) if compressed else payload
-            return _decode_message(data), ts_us
-        except (zstandard.ZstdError, msgspec.DecodeError) as exc:
+            return self._zstd.decompress(payload), ts_us
+        except zstandard.ZstdError as exc:
             # Authenticated yet unreadable: written by a buggy or hostile key holder.
             raise RecordRejected(f"record payload is malformed: {exc}") from None
+
+    def parse(self, text: bytes) -> dict[str, Any]:
+        try:
+            return _decode_message(text)
+        except msgspec.DecodeError as exc:
+            raise RecordRejected(f"record payload is malformed: {exc}") from None
+
+    def decode(self, body: bytes, expected_seq: int) -> tuple[dict[str, Any], int]:
+        text, ts_us = self.payload(body, expected_seq)
+        return self.parse(text), ts_us
 
 
 class PlainRecords:
@@ -125,3 +144,10 @@ class PlainRecords:
 
     def check(self, body: bytes, expected_seq: int | None) -> int:
         return self.decode(body, expected_seq)[1]
+
+    def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
+        # The whole line is the text: parsing it is what checks the record.
+        return body, self.decode(body, expected_seq)[1]
+
+    def parse(self, text: bytes) -> dict[str, Any]:
+        return decode_plain_line(text)[2]
