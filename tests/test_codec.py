@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KEY, OTHER_KEY, T0, messages, snapshot
 from conversation_codec import (
     ClosedError,
     ConversationCodec,
@@ -25,6 +24,8 @@ from conversation_codec import (
     generate_key,
 )
 from conversation_codec.format.header import LOG_MAGIC
+
+from conftest import KEY, OTHER_KEY, T0, messages, snapshot
 
 MakeCodec = Callable[..., ConversationCodec]
 

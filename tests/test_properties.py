@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from conftest import KEY, Clock
 from conversation_codec import ConversationCodec
+
+from conftest import KEY, Clock
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.text(max_size=30)
 json_values = st.recursive(

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import KEY, T0
 from conversation_codec import ConversationCodec, Hit, LogReplacedError
 from conversation_codec.search import searchable_text
+
+from conftest import KEY, T0
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 WORDS = [

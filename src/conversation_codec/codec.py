@@ -9,6 +9,7 @@ and processes sharing a log see each other's writes and never tear a record.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,10 +22,21 @@ from typing import Any
 import msgspec
 
 from .compression import Compressor
-from .crypto import KeyInput, Keyring, LogCipher, new_log_id
+from .crypto import (
+    SCRYPT_LOG2_N,
+    SCRYPT_P,
+    SCRYPT_R,
+    KeyInput,
+    Keyring,
+    LogCipher,
+    new_log_id,
+    new_salt,
+    password_master,
+)
 from .errors import (
     ClosedError,
     CorruptRecordError,
+    DecryptionError,
     FormatError,
     KeyRequiredError,
     LogReplacedError,
@@ -36,6 +48,7 @@ from .errors import (
 from .format.header import (
     FORMAT_VERSION,
     SEALED_HEADER_BYTES,
+    Kdf,
     LogKind,
     PlainHeader,
     SealedHeader,
@@ -124,17 +137,30 @@ class ConversationCodec:
         *,
         clock: Callable[[], int] | None = None,
         lock_timeout: float | None = None,
+        password: str | None = None,
+        max_messages: int | None = None,
     ) -> None:
         if durability not in ("fsync", "flush"):
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
+        if password is not None and encryption_key is not None:
+            raise ValueError("pass encryption_key= or password=, not both")
+        if password is not None and (not isinstance(password, str) or not password):
+            raise ValueError("password must be a non-empty str")
+        if max_messages is not None and (not isinstance(max_messages, int) or max_messages < 1):
+            raise ValueError("max_messages must be a positive int or None")
         self._path = Path(path)
         if self._path.is_dir():
             raise StorageError(21, f"{self._path} is a directory; pass the path of a log file")
         self._keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
+        self._password = password
+        self._masters: dict[tuple[bytes, int, int, int], bytes] = {}  # scrypt results by params
+        self._kdf: SealedHeader | None = None  # the password log's KDF fields, to reuse its salt
+        self._max = max_messages
         self._redact = redact_fn
         self._clock = clock or _now_us
         self._zstd = Compressor()
         self._digests: list[bytes] | None = None  # of stored messages, for save()
+        self._dbase = 0  # the seq of the first message self._digests covers
         self._closed = False
         self._swept = False
         self._log = FileLog(
@@ -149,16 +175,12 @@ class ConversationCodec:
     def _attach(self, prefix: bytes) -> LogFormat:
         kind = sniff_log(prefix)
         if kind is LogKind.SEALED:
-            if self._keyring is None:
-                raise KeyRequiredError(
-                    f"{self._path} is encrypted; pass encryption_key= (or set the key variable)"
-                )
             header, covered, mac = decode_sealed_header(prefix)
-            cipher = LogCipher.open(self._keyring, header, covered, mac)
+            cipher = LogCipher.open(self._keyring_for(header), header, covered, mac)
             records = SealedRecords(cipher, self._zstd)
             return LogFormat(header.log_id, SEALED_HEADER_BYTES, records, True)
         if kind is LogKind.PLAIN:
-            if self._keyring is not None:
+            if self.encrypted:
                 raise NotEncryptedError(
                     f"{self._path} is a plaintext log; open it without a key, or encrypt it "
                     "with conversation_codec.migrate(..., encryption_key=...)"
@@ -173,12 +195,41 @@ class ConversationCodec:
             "conversation_codec.migrate()"
         )
 
+    def _keyring_for(self, header: SealedHeader) -> Keyring:
+        """Return the master keys that should open a sealed log with this header."""
+        if header.kdf is Kdf.SCRYPT:
+            if self._password is None:
+                raise KeyRequiredError(f"{self._path} is protected by a password; pass password=")
+            params = (header.kdf_salt, header.kdf_log2_n, header.kdf_r, header.kdf_p)
+            if params not in self._masters:
+                self._masters[params] = password_master(self._password, *params)
+            self._kdf = header
+            return Keyring([self._masters[params]])
+        if self._keyring is None:
+            raise KeyRequiredError(
+                f"{self._path} is encrypted with a key; pass encryption_key= (or set the key "
+                "variable)" + ("" if self._password is None else ", not password=")
+            )
+        return self._keyring
+
     def _new_log(self) -> tuple[bytes, LogFormat]:
         log_id = new_log_id()
-        if self._keyring is None:
+        if not self.encrypted:
             header = encode_plain_header(PlainHeader(log_id))
             return header, LogFormat(log_id, len(header), PlainRecords(), False)
-        cipher, header = LogCipher.create(self._keyring, SealedHeader(log_id))
+        if self._password is not None:
+            # A rewrite keeps the salt of the password it already derived: no second scrypt.
+            kdf = self._kdf or SealedHeader(
+                log_id, Kdf.SCRYPT, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P, new_salt()
+            )
+            fields = SealedHeader(
+                log_id, Kdf.SCRYPT, kdf.kdf_log2_n, kdf.kdf_r, kdf.kdf_p, kdf.kdf_salt
+            )
+            keyring = self._keyring_for(fields)
+        else:
+            assert self._keyring is not None
+            fields, keyring = SealedHeader(log_id), self._keyring
+        cipher, header = LogCipher.create(keyring, fields)
         return header, LogFormat(log_id, len(header), SealedRecords(cipher, self._zstd), True)
 
     def _forget(self) -> None:
@@ -203,7 +254,7 @@ class ConversationCodec:
         if self._log.fmt is None:
             header, fmt = self._new_log()
             self._log.create(header, fmt)
-            self._digests = []
+            self._digests, self._dbase = [], 0
         assert self._log.fmt is not None
         return self._log.fmt
 
@@ -293,11 +344,12 @@ class ConversationCodec:
             for i, ((_, data), ts) in enumerate(zip(encoded, tss, strict=True))
         ]
         self._log.append(bodies, tss)
-        if self._digests is not None and len(self._digests) == first:
+        if self._digests is not None and self._dbase + len(self._digests) == first:
             self._digests.extend(_digest(m) for m, _ in encoded)
         else:
             self._digests = None
-        return list(range(first, first + len(encoded)))
+        base = self._base()
+        return list(range(first - base, first - base + len(encoded)))
 
     def save(self, messages: Sequence[Message]) -> None:
         """Make the stored history equal ``messages``.
@@ -305,6 +357,7 @@ class ConversationCodec:
         When the stored history is a prefix of ``messages`` only the new tail is appended
         (kept messages keep their seq and timestamp); otherwise the log is replaced
         atomically (temp file, fsync, rename), keeping the timestamps of the common prefix.
+        With ``max_messages``, "the stored history" is the visible window.
         """
         encoded = [self._encode(m) for m in messages]
         with self._writing():
@@ -318,58 +371,123 @@ class ConversationCodec:
                 if len(encoded) > keep:
                     self._append_locked(encoded[keep:], None)
                 return
-            self._replace(encoded, keep)
+            base = self._base()
+            kept = list(self._log.index.tss[base : base + keep])
+            tail = self._timestamps(len(encoded) - keep, None) if len(encoded) > keep else []
+            self._rewrite(encoded, kept + tail)
 
     def _stored_digests(self) -> list[bytes]:
-        if self._digests is None or len(self._digests) != len(self._log.index):
-            self._digests = [_digest(m) for _, m, _ in self._decoded(0, len(self._log.index))]
-        return self._digests
+        """Digests of the visible stored messages (decrypting them once per instance)."""
+        base, count = self._base(), len(self._log.index)
+        if self._digests is None or self._dbase > base or self._dbase + len(self._digests) != count:
+            self._digests = [_digest(m) for _, m, _ in self._decoded(base, count)]
+            self._dbase = base
+        return self._digests[base - self._dbase :]
 
-    def _replace(self, encoded: list[tuple[Message, bytes]], keep: int) -> None:
-        kept_ts = list(self._log.index.tss[:keep])
-        tail_ts = self._timestamps(len(encoded) - keep, None) if len(encoded) > keep else []
+    def _rewrite(self, encoded: list[tuple[Message, bytes]], tss: list[int]) -> None:
+        """Atomically replace the log with these messages and timestamps (lock held)."""
         header, fmt = self._new_log()
-        tss = kept_ts + tail_ts
         records = (
             (fmt.records.encode(seq, ts, data), ts)
             for seq, ((_, data), ts) in enumerate(zip(encoded, tss, strict=True))
         )
         self._log.rewrite(header, fmt, records)
-        self._digests = [_digest(m) for m, _ in encoded]
+        self._digests, self._dbase = [_digest(m) for m, _ in encoded], 0
+
+    def _replace_all(
+        self, messages: Sequence[Message], timestamps: Sequence[TimestampInput | None]
+    ) -> None:
+        """Atomically replace the history with messages at given times (import's hook).
+
+        A None timestamp means "now" (clamped to stay ordered); given ones must not decrease.
+        """
+        encoded = [self._encode(m) for m in messages]
+        with self._writing():
+            tss: list[int] = []
+            for value in timestamps:
+                us = max(self._clock(), tss[-1] if tss else 0) if value is None else _to_us(value)
+                if tss and us < tss[-1]:
+                    raise ValueError("timestamps must not decrease")
+                tss.append(us)
+            self._rewrite(encoded, tss)
 
     def compact(self, *, encryption_key: KeyInput | None = None) -> CompactionReport:
         """Rewrite the log: re-seal every record under the first key (or ``encryption_key``,
         which rotates the key), re-compress, and rebuild the index.
 
-        Every message keeps its seq and timestamp. The rewrite holds the writer lock and is
+        Every message keeps its timestamp and its position in the visible history; records
+        hidden by ``max_messages`` are dropped. The rewrite holds the writer lock and is
         atomic (temp file, fsync, rename, directory fsync): a crash leaves the old log or the
-        new one. Giving a key to a plaintext log encrypts it. After a rotation only the new
-        key opens the log.
+        new one. Giving a key to a plaintext or password log switches it to that key. After
+        a rotation only the new key opens the log.
         """
         with self._writing():
-            fmt = self._log.fmt
-            before = self._log.size() + self._index_size()
-            count = len(self._log.index)
-            if fmt is None:
-                return CompactionReport(0, 0, 0)
-            keyring = self._keyring
+            secrets = (self._keyring, self._password, self._kdf)
             if encryption_key is not None:
-                self._keyring = Keyring.from_input(encryption_key)
-            try:
-                header, new = self._new_log()
-                records = (
-                    (new.records.encode(seq, ts, _encode(message)), ts)
-                    for seq, message, ts in self._decoded(0, count)
+                self._keyring, self._password, self._kdf = (
+                    Keyring.from_input(encryption_key),
+                    None,
+                    None,
                 )
-                self._log.rewrite(header, new, records)
+            try:
+                return self._compact_from(self._base())
             except BaseException:
-                self._keyring = keyring
+                self._keyring, self._password, self._kdf = secrets
                 raise
-            return CompactionReport(count, before, self._log.size() + self._index_size())
+
+    def _compact_from(self, start: int) -> CompactionReport:
+        """Rewrite the records from ``start`` on under the current secrets (lock held)."""
+        before = self._log.size() + self._index_size()
+        count = len(self._log.index)
+        if self._log.fmt is None:
+            return CompactionReport(0, 0, 0)
+        header, new = self._new_log()
+        records = (
+            (new.records.encode(seq - start, ts, _encode(message)), ts)
+            for seq, message, ts in self._decoded(start, count)
+        )
+        self._log.rewrite(header, new, records)
+        self._digests = None
+        return CompactionReport(count - start, before, self._log.size() + self._index_size())
 
     def rotate_key(self, new_key: KeyInput) -> CompactionReport:
         """Re-encrypt the whole log under ``new_key``; afterwards the old key fails."""
         return self.compact(encryption_key=new_key)
+
+    def change_password(self, old: str, new: str) -> CompactionReport:
+        """Re-encrypt a password-protected log under a new password (and a new salt).
+
+        The rewrite is atomic: a crash leaves a log that opens with one of the two.
+
+        :raises DecryptionError: ``old`` is not the password this codec opened the log with.
+        """
+        if not isinstance(new, str) or not new:
+            raise ValueError("the new password must be a non-empty str")
+        with self._writing():
+            current = self._password or ""
+            if not hmac.compare_digest(old.encode(), current.encode()) or self._keyring:
+                raise DecryptionError("wrong password: the log was not opened with it")
+            self._password, self._kdf = new, None
+            try:
+                return self._compact_from(self._base())
+            except BaseException:
+                self._password = old
+                raise
+
+    def prune(self, before: TimeInput) -> int:
+        """Permanently remove the messages older than ``before``; return how many went.
+
+        The log is rewritten without them (atomically), so their ciphertext is gone from
+        every file; the remaining messages keep their timestamps.
+        """
+        cutoff = to_us(before, "before")
+        with self._writing():
+            start = max(self._base(), self._log.index.first_at_or_after(cutoff))
+            if start == 0:
+                return 0
+            removed = start - self._base()
+            self._compact_from(start)
+            return removed
 
     def _index_size(self) -> int:
         try:
@@ -381,12 +499,14 @@ class ConversationCodec:
         """Remove and return the last message (None when empty); O(1), a truncation."""
         with self._writing():
             count = len(self._log.index)
-            if not count:
+            if count == self._base():
                 return None
             message = self._read_one(count - 1)
             self._log.truncate(count - 1)
-            if self._digests is not None:
-                del self._digests[count - 1 :]
+            if self._digests is not None and self._dbase + len(self._digests) == count:
+                self._digests.pop()
+            else:
+                self._digests = None
             return message
 
     def clear(self) -> None:
@@ -449,27 +569,34 @@ class ConversationCodec:
             return message
         raise IndexError(f"record {seq} vanished while reading")
 
+    def _base(self) -> int:
+        """The seq of the first visible record: ``max_messages`` hides older ones."""
+        count = len(self._log.index)
+        return count - self._max if self._max is not None and count > self._max else 0
+
     def _position(self, seq: int) -> int:
+        """Turn a public position (negative from the end) into a record's seq."""
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise TypeError(f"seq must be an int, not {type(seq).__name__}")
-        count = len(self._log.index)
-        pos = seq + count if seq < 0 else seq
-        if not 0 <= pos < count:
-            raise IndexError(f"seq {seq} out of range for a log of {count} messages")
+        base, count = self._base(), len(self._log.index)
+        pos = (count if seq < 0 else base) + seq
+        if not base <= pos < count:
+            raise IndexError(f"seq {seq} out of range for a log of {count - base} messages")
         return pos
 
     def load(self) -> list[Message] | None:
-        """Return the whole history in order, or None when there is none."""
+        """Return the whole (visible) history in order, or None when there is none."""
         with self._reading():
-            count = len(self._log.index)
-            if not count:
+            base, count = self._base(), len(self._log.index)
+            if count == base:
                 return None
             messages: list[Message] = []
             digests: list[bytes] = []
-            for _, message, _ in self._decoded(0, count):
+            for _, message, _ in self._decoded(base, count):
                 messages.append(message)
                 digests.append(_digest(message))
-            self._digests = digests  # the seed pattern calls save() next: make it cheap
+            # The seed pattern calls save() next: keep what it compares against.
+            self._digests, self._dbase = digests, base
             return messages
 
     def get(self, seq: int) -> Message:
@@ -486,12 +613,12 @@ class ConversationCodec:
             raise ValueError("n must be >= 0")
         with self._reading():
             count = len(self._log.index)
-            return [m for _, m, _ in self._decoded(max(0, count - n), count)]
+            return [m for _, m, _ in self._decoded(max(self._base(), count - n), count)]
 
     def message_count(self) -> int:
-        """Return the number of messages, from the index (no decryption)."""
+        """Return the number of (visible) messages, from the index (no decryption)."""
         with self._reading():
-            return len(self._log.index)
+            return len(self._log.index) - self._base()
 
     def __len__(self) -> int:
         return self.message_count()
@@ -509,8 +636,7 @@ class ConversationCodec:
         """
         with self._reading():
             log_id = self._log.fmt.log_id if self._log.fmt else None
-            count = len(self._log.index)
-        seq = 0
+            seq, count = self._base(), len(self._log.index)
         while seq < count:
             with self._reading():
                 now = self._log.fmt.log_id if self._log.fmt else None
@@ -573,8 +699,9 @@ class ConversationCodec:
         with self._reading():
             index = self._log.index
             log_id = self._log.fmt.log_id if self._log.fmt else None
-            first = 0 if lo is None else index.first_at_or_after(lo)
-            stop = len(index) if hi is None else index.first_at_or_after(hi)
+            base = self._base()
+            first = max(base, 0 if lo is None else index.first_at_or_after(lo))
+            stop = max(first, len(index) if hi is None else index.first_at_or_after(hi))
         left = limit
         bounds = range(first, stop, _ITER_BATCH)
         for start in reversed(bounds) if newest_first else bounds:
@@ -586,7 +713,7 @@ class ConversationCodec:
                     self._log.index
                 ) < end:
                     raise LogReplacedError("the log was replaced or truncated during a search")
-                hits = self._match_batch(matcher, roles, start, end)
+                hits = self._match_batch(matcher, roles, start, end, base)
             for hit in reversed(hits) if newest_first else hits:
                 if left == 0:
                     return
@@ -594,7 +721,7 @@ class ConversationCodec:
                 left = None if left is None else left - 1
 
     def _match_batch(
-        self, matcher: Query, roles: frozenset[str] | None, start: int, end: int
+        self, matcher: Query, roles: frozenset[str] | None, start: int, end: int, base: int
     ) -> list[Hit]:
         hits = []
         for seq, text, ts in self._payloads(start, end):
@@ -602,7 +729,7 @@ class ConversationCodec:
                 continue
             message = self._parse(seq, text)
             if (roles is None or message.get("role") in roles) and matcher.matches(message):
-                hits.append(Hit(seq, _EPOCH + timedelta(microseconds=ts), message))
+                hits.append(Hit(seq - base, _EPOCH + timedelta(microseconds=ts), message))
         return hits
 
     def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
@@ -613,14 +740,15 @@ class ConversationCodec:
         """Describe the log from its header and index alone (no message is decrypted)."""
         with self._reading():
             index, fmt = self._log.index, self._log.fmt
-            count = len(index)
+            base = self._base()
+            count = len(index) - base
             index_bytes = self._index_size() if fmt else 0
             return LogInfo(
                 path=self._path,
                 encrypted=self.encrypted,
                 format_version=FORMAT_VERSION if fmt else None,
                 message_count=count,
-                first_timestamp=_EPOCH + timedelta(microseconds=index.tss[0]) if count else None,
+                first_timestamp=_EPOCH + timedelta(microseconds=index.tss[base]) if count else None,
                 last_timestamp=_EPOCH + timedelta(microseconds=index.tss[-1]) if count else None,
                 log_bytes=self._log.size(),
                 index_bytes=index_bytes,
@@ -635,8 +763,8 @@ class ConversationCodec:
 
     @property
     def encrypted(self) -> bool:
-        """True when this codec writes sealed records (it was given a key)."""
-        return self._keyring is not None
+        """True when this codec writes sealed records (it was given a key or a password)."""
+        return self._keyring is not None or self._password is not None
 
     def close(self) -> None:
         """Release file descriptors; further calls raise ``ClosedError``."""

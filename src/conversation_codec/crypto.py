@@ -18,12 +18,24 @@ from collections.abc import Sequence
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .errors import DecryptionError
-from .format.header import LOG_ID_BYTES, Kdf, SealedHeader, encode_sealed_header
+from .errors import DecryptionError, FormatError
+from .format.header import LOG_ID_BYTES, SealedHeader, encode_sealed_header
 from .format.record import token_from_body
 
-__all__ = ["KeyInput", "Keyring", "LogCipher", "generate_key", "new_log_id"]
+__all__ = [
+    "SCRYPT_LOG2_N",
+    "SCRYPT_P",
+    "SCRYPT_R",
+    "KeyInput",
+    "Keyring",
+    "LogCipher",
+    "generate_key",
+    "new_log_id",
+    "new_salt",
+    "password_master",
+]
 
 KeyInput = str | bytes | Sequence[str | bytes]
 _HKDF_INFO = b"conversation-codec/1 log keys"  # FORMAT.md §4
@@ -88,6 +100,31 @@ class Keyring:
         return f"<Keyring of {len(self._masters)} key(s)>"
 
 
+# FORMAT.md §4.1: scrypt cost for new logs (~32 MiB and ~0.1 s per derivation), and the
+# bounds a reader enforces *before* deriving: the header MAC cannot be checked until the key
+# exists, so a hostile header must not be able to demand gigabytes of memory.
+SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P = 15, 8, 1
+_SCRYPT_MAX_MEMORY = 256 * 1024 * 1024  # bytes: 128 * r * N
+
+
+def new_salt() -> bytes:
+    """Return a fresh random 16-byte scrypt salt."""
+    return os.urandom(16)
+
+
+def password_master(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
+    """Derive a 32-byte master key from a password with scrypt (FORMAT.md §4.1).
+
+    :raises FormatError: the parameters are outside what this library accepts.
+    """
+    if not (10 <= log2_n <= 22 and 1 <= r <= 32 and 1 <= p <= 16) or (
+        128 * r * (1 << log2_n) > _SCRYPT_MAX_MEMORY
+    ):
+        raise FormatError("scrypt parameters in the log header are out of bounds")
+    kdf = Scrypt(salt=salt, length=_MASTER_KEY_BYTES, n=1 << log2_n, r=r, p=p)
+    return kdf.derive(password.encode("utf-8"))
+
+
 def _derive(master: bytes, log_id: bytes) -> tuple[Fernet, bytes]:
     okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=log_id, info=_HKDF_INFO).derive(master)
     return Fernet(base64.urlsafe_b64encode(okm[:32])), okm[32:]
@@ -127,13 +164,11 @@ class LogCipher:
 
         :raises DecryptionError: no key in the ring authenticates the header.
         """
-        if header.kdf is not Kdf.KEY:
-            raise DecryptionError("this log is opened with a password, not a key")
         fernets = [_derive(m, header.log_id) for m in keyring.masters]
         matching = [f for f, mk in fernets if hmac.compare_digest(_mac(mk, covered), header_mac)]
         if not matching:
             raise DecryptionError(
-                "wrong key: no key given opens this log (or its header was modified)"
+                "wrong key or password: nothing given opens this log (or its header was modified)"
             )
         # Records written under a rotated-in first key and under the header's key both open.
         openers = [fernets[0][0], *[f for f in matching if f is not fernets[0][0]]]
