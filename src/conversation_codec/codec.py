@@ -35,6 +35,7 @@ from .crypto import (
 )
 from .errors import (
     ClosedError,
+    ConversationCodecError,
     CorruptRecordError,
     DecryptionError,
     FormatError,
@@ -61,6 +62,7 @@ from .format.record import MAX_MESSAGE_BYTES
 from .log import FileLog, LogFormat, _IndexMismatch, _Transaction
 from .records import PlainRecords, RecordRejected, SealedRecords
 from .search import Hit, Query, parse_roles, to_us
+from .verify import VerifyReport, verify_log
 
 __all__ = ["CompactionReport", "ConversationCodec", "LogInfo", "Message"]
 
@@ -167,8 +169,12 @@ class ConversationCodec:
             self._path, attach=self._attach, durability=durability, lock_timeout=lock_timeout
         )
         self._log.on_change = self._forget
-        with self._reading():  # fail fast on a wrong key or a foreign file
-            pass
+        try:  # fail fast on a wrong key or a foreign file
+            self._log.probe()
+        except OSError as exc:
+            if isinstance(exc, ConversationCodecError):
+                raise
+            raise StorageError(exc.errno or 0, f"{self._path}: {exc.strerror or exc}") from None
 
     # -- opening and creating logs ---------------------------------------------------------
 
@@ -735,6 +741,18 @@ class ConversationCodec:
     def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
         """Return every message with ``since <= timestamp < until`` (a pure date range)."""
         return list(self.search(None, since=since, until=until))
+
+    def verify(self) -> VerifyReport:
+        """Check every record's authentication, seq continuity, log binding and time order,
+        the header, and the index's agreement; report each problem with its byte offset.
+
+        Reads only: nothing is modified, a damaged log included (see ``salvage``).
+        """
+        with self._log.transaction(write=False, tolerant=True):
+            if self._log.fmt is None:
+                return VerifyReport(self._path, 0, ())
+            records, problems = verify_log(self._log)
+        return VerifyReport(self._path, records, tuple(problems))
 
     def info(self) -> LogInfo:
         """Describe the log from its header and index alone (no message is decrypted)."""

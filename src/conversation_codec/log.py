@@ -34,7 +34,7 @@ from .format.varint import MAX_VARINT_BYTES
 from .index import OffsetIndex
 from .records import RecordCodec, RecordRejected
 
-__all__ = ["FileLog", "LogFormat"]
+__all__ = ["FileLog", "LogFormat", "Reader"]
 
 _LOCK_STATE = struct.Struct("<QQ")  # FORMAT.md §8: generation, truncations
 _READ_CHUNK = 1 << 20  # bytes read at a time when scanning
@@ -131,6 +131,7 @@ class FileLog:
         self._depth = 0
         self._writable = False
         self.poisoned = False
+        self.tolerant = False  # readers stop at mid-log damage instead of raising
         self._created_lock = False
         self._locked = False
         self._lock_ino = (0, 0)
@@ -242,15 +243,17 @@ class FileLog:
         self._seen = (ino, gen + 1, truncs + int(truncation))
         os.pwrite(self._lock_fd, _LOCK_STATE.pack(gen + 1, truncs + int(truncation)), 0)
 
-    def transaction(self, *, write: bool) -> _Transaction:
+    def transaction(self, *, write: bool, tolerant: bool = False) -> _Transaction:
         """Return a context that holds the lock (exclusive for ``write``) and brings the
         cached view up to date; OS errors inside it surface as ``StorageError``.
 
         Re-entrant within one thread; a nested transaction must not upgrade to write.
         """
+        if tolerant:
+            return _Transaction(self, write, tolerant=True)
         return self._write_txn if write else self._read_txn
 
-    def _begin(self, write: bool) -> None:
+    def _begin(self, write: bool, tolerant: bool = False) -> None:
         self._mutex.acquire()
         try:
             if self._depth:
@@ -259,7 +262,7 @@ class FileLog:
                 self._depth += 1
                 return
             self._locked = self._enter_lock(write)
-            self._depth, self._writable = 1, write
+            self._depth, self._writable, self.tolerant = 1, write, tolerant
             try:
                 if write and self.poisoned:
                     raise StorageError(
@@ -268,7 +271,7 @@ class FileLog:
                 self._refresh(write, self._locked)
             except BaseException:
                 self._forget_created_lock()
-                self._depth, self._writable = 0, False
+                self._depth, self._writable, self.tolerant = 0, False, False
                 if self._locked and self._lock_fd is not None:
                     self._locked = False
                     self._unlock(self._lock_fd)
@@ -281,7 +284,7 @@ class FileLog:
     def _end(self) -> None:
         self._depth -= 1
         if not self._depth:
-            self._writable = False
+            self._writable = self.tolerant = False
             if self._locked and self._lock_fd is not None:
                 self._locked = False
                 self._unlock(self._lock_fd)
@@ -304,6 +307,26 @@ class FileLog:
             return False  # a read-only place: readers go unlocked rather than fail
         return True
 
+    def probe(self) -> None:
+        """Identify an existing log from its header alone (no lock, no index, no writes).
+
+        Headers never change for a given file, so this needs no lock; it lets a codec fail
+        fast on a wrong key or a foreign file while leaving damaged logs openable.
+        """
+        with self._mutex:
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                return
+            if not os.path.isfile(self.path):
+                raise StorageError(f"{self.path} is not a regular file; pass a log file path")
+            if st.st_size:
+                fd = os.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+                try:
+                    self._attach(os.pread(fd, _PREFIX_BYTES, 0))
+                finally:
+                    os.close(fd)
+
     # -- cached view -----------------------------------------------------------------------
 
     def _refresh(self, write: bool, locked: bool) -> None:
@@ -315,7 +338,11 @@ class FileLog:
             self._reload(state)
             self._seen = state
         if self.fmt is not None and (changed or write):
-            self._catch_up(write)
+            try:
+                self._catch_up(write)
+            except BaseException:
+                self._seen = None  # the view is incomplete: look again next time
+                raise
 
     def _reload(self, state: tuple[int, int, int] | None) -> None:
         try:
@@ -405,28 +432,54 @@ class FileLog:
             self._index_ok = True
 
     def _damage_at(self, pos: int, size: int) -> None:
-        """Decide whether bad bytes at ``pos`` are a torn tail or damage before good records."""
+        """Decide whether bad bytes at ``pos`` are a torn tail or damage before good records.
+
+        Every later position that could start a record (each byte offset of a sealed log,
+        each line start of a plain one) is tried: any record that authenticates, whatever
+        its seq, means the bad bytes are not a tail (FORMAT.md §10.1).
+        """
+        assert self.fmt is not None and self._fd is not None
+        if self.tolerant and not self._writable:
+            return  # verify/salvage: read up to the damage, the scanner reports the rest
+        reader = Reader(self._fd, size)
+        q = pos + 1
+        while q < size:
+            found = self.record_at(reader, q)
+            if found is not None:
+                try:
+                    self.fmt.records.check(found[1], None)
+                except RecordRejected:
+                    pass
+                else:
+                    raise CorruptRecordError(
+                        f"damaged record before an intact one at byte {q}; nothing was "
+                        "changed — run conversation-codec salvage to copy out the intact records",
+                        path=self.path,
+                        offset=pos,
+                    )
+            q = q + 1 if self.fmt.sealed else reader.next_line(q)
+
+    def record_at(self, reader: Reader, pos: int) -> tuple[int, bytes] | None:
+        """Return ``(end, body)`` when a whole, well-formed frame starts at ``pos``."""
         assert self.fmt is not None
-        for start, body, _end in self._frames(pos + 1, size, resync=True):
+        if self.fmt.sealed:
             try:
-                self.fmt.records.check(body, None)
-            except RecordRejected:
-                continue
-            raise CorruptRecordError(
-                f"damaged record before an intact one at byte {start}; nothing was changed — "
-                "run conversation-codec salvage to copy out the intact records",
-                path=self.path,
-                offset=pos,
-            )
+                start, end = decode_frame_header(reader.get(pos, pos + MAX_VARINT_BYTES))
+            except ValueError:
+                return None
+            if pos + end > reader.size:
+                return None
+            return pos + end, reader.get(pos + start, pos + end)
+        chunk = reader.get(pos, pos + _READ_CHUNK)
+        newline = chunk.find(b"\n")
+        return None if newline < 0 else (pos + newline + 1, chunk[: newline + 1])
 
     def _frames(
-        self, pos: int, stop: int, *, torn_ok: bool = False, resync: bool = False
+        self, pos: int, stop: int, *, torn_ok: bool = False
     ) -> Iterator[tuple[int, bytes, int]]:
         """Yield ``(start, body, end)`` for each record in ``[pos, stop)`` of the log.
 
-        Bytes that cannot start a record end the walk (``torn_ok``) or raise; with
-        ``resync`` every later candidate position is tried instead (each byte offset of a
-        sealed log, each line start of a plain one) to find records after damage.
+        Bytes that cannot start a record end the walk (``torn_ok``) or raise.
         """
         assert self._fd is not None and self.fmt is not None
         sealed = self.fmt.sealed
@@ -440,19 +493,11 @@ class FileLog:
             except ValueError:
                 span = _BAD
             if span is _BAD or (span is not None and base + span[1] > stop):
-                if not resync:
-                    if torn_ok:
-                        return
-                    raise CorruptRecordError(
-                        "record is truncated or malformed", path=self.path, offset=pos
-                    )
-                newline = buf.find(b"\n", rel)
-                if sealed or newline >= 0:
-                    pos = pos + 1 if sealed else base + newline + 1
-                    continue
-                if buf_end >= stop:
+                if torn_ok:
                     return
-                span = None
+                raise CorruptRecordError(
+                    "record is truncated or malformed", path=self.path, offset=pos
+                )
             if span is not None and span[1] <= len(buf):
                 yield pos, buf[span[0] : span[1]], base + span[1]
                 pos = base + span[1]
@@ -627,17 +672,41 @@ class FileLog:
             self._seen = None
 
 
+class Reader:
+    """Random access to a file through a 1 MiB window (no system call per byte tried)."""
+
+    __slots__ = ("_base", "_buf", "fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self._base, self._buf = 0, b""
+
+    def get(self, start: int, end: int) -> bytes:
+        """Return the file's bytes ``[start, end)`` (fewer at the end of the file)."""
+        end = min(end, self.size)
+        if not (self._base <= start and end <= self._base + len(self._buf)):
+            self._base = start
+            self._buf = os.pread(self.fd, max(_READ_CHUNK, end - start), start)
+        return self._buf[start - self._base : end - self._base]
+
+    def next_line(self, pos: int) -> int:
+        """Return the offset just past the next newline at or after ``pos`` (or the end)."""
+        chunk = self.get(pos, pos + _READ_CHUNK)
+        newline = chunk.find(b"\n")
+        return pos + (newline + 1 if newline >= 0 else max(1, len(chunk)))
+
+
 class _Transaction:
     """One lock hold of a ``FileLog``; see ``FileLog.transaction``."""
 
-    __slots__ = ("_log", "_write")
+    __slots__ = ("_log", "_tolerant", "_write")
 
-    def __init__(self, log: FileLog, write: bool) -> None:
-        self._log, self._write = log, write
+    def __init__(self, log: FileLog, write: bool, *, tolerant: bool = False) -> None:
+        self._log, self._write, self._tolerant = log, write, tolerant
 
     def __enter__(self) -> None:
         try:
-            self._log._begin(self._write)
+            self._log._begin(self._write, self._tolerant)
         except ConversationCodecError:
             raise
         except OSError as exc:

@@ -52,6 +52,10 @@ class RecordCodec(Protocol):
         """Parse what ``payload`` returned into the message."""
         ...
 
+    def inspect(self, body: bytes) -> tuple[int, int, bytes]:
+        """Return ``(seq, ts_us, text)`` of an authenticated body, whatever its seq."""
+        ...
+
     def check(self, body: bytes, expected_seq: int | None) -> int:
         """Authenticate a body and return its ts_us, without parsing the message.
 
@@ -79,7 +83,7 @@ class SealedRecords:
         envelope = encode_envelope(seq, ts_us, payload, compressed=compressed)
         return self._cipher.seal(envelope, ts_us // _US_PER_S)
 
-    def _open(self, body: bytes, expected_seq: int | None) -> tuple[int, bool, memoryview]:
+    def _open(self, body: bytes, expected_seq: int | None) -> tuple[int, int, bool, memoryview]:
         try:
             plain, seconds = self._cipher.unseal(body)
         except InvalidToken:
@@ -97,17 +101,24 @@ class SealedRecords:
                 f"record carries seq {seq} where seq {expected_seq} belongs "
                 "(moved, duplicated or reordered)"
             )
-        return ts_us, compressed, payload
+        return seq, ts_us, compressed, payload
 
     def check(self, body: bytes, expected_seq: int | None) -> int:
-        return self._open(body, expected_seq)[0]
+        return self._open(body, expected_seq)[1]
 
     def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
-        ts_us, compressed, payload = self._open(body, expected_seq)
+        _, ts_us, text = self._inflate(self._open(body, expected_seq))
+        return text, ts_us
+
+    def inspect(self, body: bytes) -> tuple[int, int, bytes]:
+        return self._inflate(self._open(body, None))
+
+    def _inflate(self, opened: tuple[int, int, bool, memoryview]) -> tuple[int, int, bytes]:
+        seq, ts_us, compressed, payload = opened
         if not compressed:
-            return bytes(payload), ts_us
+            return seq, ts_us, bytes(payload)
         try:
-            return self._zstd.decompress(payload), ts_us
+            return seq, ts_us, self._zstd.decompress(payload)
         except zstandard.ZstdError as exc:
             # Authenticated yet unreadable: written by a buggy or hostile key holder.
             raise RecordRejected(f"record payload is malformed: {exc}") from None
@@ -151,3 +162,12 @@ class PlainRecords:
 
     def parse(self, text: bytes) -> dict[str, Any]:
         return decode_plain_line(text)[2]
+
+    def inspect(self, body: bytes) -> tuple[int, int, bytes]:
+        if not body.endswith(b"\n"):
+            raise RecordRejected("record line is not terminated")
+        try:
+            seq, ts_us, _ = decode_plain_line(body)
+        except ValueError as exc:
+            raise RecordRejected(str(exc)) from None
+        return seq, ts_us, body

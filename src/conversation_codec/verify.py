@@ -1,0 +1,248 @@
+"""verify() and salvage(): check every byte of a log, and copy out what is intact.
+
+Both read the log with their own scanner, which never trusts a length it has not checked and
+never writes to the source. Each problem carries the byte offset where it starts and what it
+most likely means (FORMAT.md §10 and §11):
+
+=================  =============================================================
+kind               meaning
+=================  =============================================================
+torn-tail          bytes after the last intact record: a crash mid-append
+damaged            bytes before an intact record that are not a record: bit rot
+unauthenticated    a well-formed record that fails authentication: modified, or
+                   copied in from another log
+missing-records    seqs skipped: records deleted from the middle
+reordered-records  a seq lower than expected: records duplicated or moved
+time-reversed      a timestamp earlier than the previous record's
+index-stale        index entries that disagree with the log (it is rebuilt)
+index-ahead        index entries past the log's end: records cut off the end, or
+                   the log rolled back to an older copy
+=================  =============================================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from .crypto import KeyInput
+from .errors import StorageError
+from .format.index import INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
+from .log import FileLog, Reader
+from .records import RecordRejected
+
+__all__ = ["Problem", "SalvageReport", "VerifyReport", "salvage", "scan_records"]
+
+DAMAGE_KINDS = frozenset(
+    {"torn-tail", "damaged", "unauthenticated", "missing-records", "reordered-records",
+     "time-reversed", "index-ahead"}
+)  # fmt: skip
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+Region = tuple[str, int, int, int, int, bytes]  # kind, start, end, seq, ts_us, text
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding: its kind (see the module docstring), where it starts, and details."""
+
+    kind: str
+    offset: int
+    detail: str
+
+    @property
+    def is_damage(self) -> bool:
+        """False for findings that lose nothing (a stale index is only rebuilt)."""
+        return self.kind in DAMAGE_KINDS
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What ``verify()`` found. ``ok`` is True when nothing was damaged."""
+
+    path: Path
+    records: int
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem means lost or altered records."""
+        return not any(p.is_damage for p in self.problems)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (for ``--json``)."""
+        return {
+            "path": str(self.path),
+            "ok": self.ok,
+            "records": self.records,
+            "problems": [
+                {"kind": p.kind, "offset": p.offset, "detail": p.detail} for p in self.problems
+            ],
+        }
+
+
+def scan_records(log: FileLog) -> Iterator[Region]:
+    """Walk a whole log; yield ``(kind, start, end, seq, ts_us, body)`` for every region.
+
+    ``kind`` is ``"record"`` for an authenticated record, ``"unauthenticated"`` for a
+    well-formed one that fails authentication, ``"damaged"`` for bytes that hold no record
+    (``seq``/``ts_us`` are -1 then). Call inside a transaction of ``log``.
+    """
+    assert log.fmt is not None and log._fd is not None
+    records = log.fmt.records
+    size = os.fstat(log._fd).st_size
+    reader = Reader(log._fd, size)
+    pos, bad_from = log.fmt.data_start, -1
+    while pos < size:
+        found = log.record_at(reader, pos)
+        if found is not None:
+            end, body = found
+            try:
+                seq, ts, text = records.inspect(body)
+            except RecordRejected:
+                if log.fmt.sealed and bad_from < 0:
+                    yield "unauthenticated", pos, end, -1, -1, body
+                    pos = end
+                    continue
+                found = None
+            else:
+                if bad_from >= 0:
+                    yield "damaged", bad_from, pos, -1, -1, b""
+                    bad_from = -1
+                yield "record", pos, end, seq, ts, text
+                pos = end
+                continue
+        if bad_from < 0:
+            bad_from = pos
+        pos = pos + 1 if log.fmt.sealed else reader.next_line(pos)
+    if bad_from >= 0:
+        yield "damaged", bad_from, size, -1, -1, b""
+
+
+def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, list[Problem]]:
+    """Check a log and its index (call inside a read transaction); return records, problems."""
+    problems: list[Problem] = []
+    ends: list[tuple[int, int]] = []
+    expected, last_ts = 0, -1
+    if regions is None:
+        regions = list(scan_records(log))
+    for i, (kind, start, end, seq, ts, _body) in enumerate(regions):
+        if kind == "damaged":
+            tail = all(k == "damaged" for k, *_ in regions[i:])
+            problems.append(
+                Problem(
+                    "torn-tail" if tail else "damaged",
+                    start,
+                    f"{end - start} bytes hold no intact record"
+                    + (" (a crash mid-append; the next writer cuts them)" if tail else ""),
+                )
+            )
+            continue
+        if kind == "unauthenticated":
+            problems.append(
+                Problem(kind, start, "record fails authentication: modified, or from another log")
+            )
+            continue
+        if seq > expected:
+            problems.append(
+                Problem("missing-records", start, f"seqs {expected}..{seq - 1} are missing")
+            )
+        elif seq < expected:
+            problems.append(
+                Problem("reordered-records", start, f"seq {seq} where seq {expected} belongs")
+            )
+        if ts < last_ts:
+            problems.append(Problem("time-reversed", start, "timestamp earlier than the last"))
+        expected, last_ts = max(expected, seq + 1), max(last_ts, ts)
+        ends.append((end, ts))
+    problems.extend(_check_index(log, ends))
+    return sum(1 for r in regions if r[0] == "record"), problems
+
+
+def _check_index(log: FileLog, ends: list[tuple[int, int]]) -> list[Problem]:
+    assert log.fmt is not None
+    try:
+        raw = Path(log.index.path).read_bytes()
+    except FileNotFoundError:
+        return [Problem("index-stale", 0, "index is missing (rebuilt on the next open)")]
+    if decode_index_header(raw) != log.fmt.log_id:
+        return [Problem("index-stale", 0, "index belongs to another log (rebuilt on next open)")]
+    entries = [
+        INDEX_ENTRY.unpack_from(raw, INDEX_HEADER_BYTES + k * INDEX_ENTRY.size)
+        for k in range((len(raw) - INDEX_HEADER_BYTES) // INDEX_ENTRY.size)
+    ]
+    problems = []
+    for k, entry in enumerate(entries[: len(ends)]):
+        if tuple(entry) != ends[k]:
+            problems.append(Problem("index-stale", INDEX_HEADER_BYTES + k * 16, f"entry {k}"))
+            break
+    if len(entries) > len(ends):
+        problems.append(
+            Problem(
+                "index-ahead",
+                INDEX_HEADER_BYTES + len(ends) * INDEX_ENTRY.size,
+                f"index knows {len(entries) - len(ends)} record(s) past the log's end: records "
+                "were cut off, or the log was rolled back to an older copy",
+            )
+        )
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class SalvageReport:
+    """What ``salvage()`` copied: intact records recovered, seqs lost, and the findings."""
+
+    source: Path
+    destination: Path
+    recovered: int
+    lost_seqs: tuple[int, ...]
+    problems: tuple[Problem, ...]
+
+
+def salvage(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    encryption_key: KeyInput | None = None,
+    password: str | None = None,
+) -> SalvageReport:
+    """Copy every intact record of a (damaged) log into a new log at ``dst``.
+
+    ``src`` is only read. Records keep their order by seq and their timestamps (a
+    timestamp that went backwards is raised to its predecessor's); a seq found twice keeps
+    its first intact copy. ``dst`` is written with the same key or password.
+
+    :raises StorageError: ``dst`` already holds something.
+    """
+    from .codec import ConversationCodec  # the codec imports this module: import late
+
+    dst_path = Path(dst)
+    if dst_path.exists() and (dst_path.is_dir() or dst_path.stat().st_size):
+        raise StorageError(17, f"{dst_path} already exists; salvage writes a new log only")
+    with ConversationCodec(src, encryption_key, password=password, durability="flush") as source:
+        log = source._log
+        with log.transaction(write=False, tolerant=True):
+            if log.fmt is None:
+                regions: list[Region] = []
+                problems: list[Problem] = []
+            else:
+                regions = list(scan_records(log))
+                problems = verify_log(log, regions)[1]
+            found: dict[int, tuple[int, dict[str, Any]]] = {}
+            for kind, _start, _end, seq, ts, text in regions:
+                if kind == "record" and seq not in found:
+                    assert log.fmt is not None
+                    found[seq] = (ts, log.fmt.records.parse(text))
+    seqs = sorted(found)
+    stamps: list[datetime] = []
+    last = 0
+    for seq in seqs:
+        last = max(last, found[seq][0])
+        stamps.append(_EPOCH + timedelta(microseconds=last))
+    with ConversationCodec(dst_path, encryption_key, password=password) as out:
+        out.extend([found[s][1] for s in seqs], timestamps=stamps)
+    lost = tuple(s for s in range(seqs[-1] + 1) if s not in found) if seqs else ()
+    return SalvageReport(Path(src), dst_path, len(seqs), lost, tuple(problems))

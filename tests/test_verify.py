@@ -1,0 +1,177 @@
+"""verify() and salvage(): each kind of damage is found at its offset; salvage copies the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conversation_codec import ConversationCodec, CorruptRecordError, StorageError
+from conversation_codec.verify import salvage
+
+from conftest import KEY, OTHER_KEY, messages, snapshot
+
+
+def spans_of(path: Path, key: str | None = KEY) -> list[tuple[int, int]]:
+    with ConversationCodec(path, encryption_key=key) as codec:
+        codec.message_count()
+        index = codec._log.index
+        return [index.span(i) for i in range(len(index))]
+
+
+def kinds(path: Path, key: str | None = KEY) -> list[str]:
+    with ConversationCodec(path, encryption_key=key) as codec:
+        return [p.kind for p in codec.verify().problems]
+
+
+@pytest.fixture(params=[KEY, None], ids=["encrypted", "plaintext"])
+def key(request: pytest.FixtureRequest) -> str | None:
+    return request.param  # type: ignore[no-any-return]
+
+
+def write_log(tmp_path: Path, n: int, key: str | None) -> Path:
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=key, durability="flush") as codec:
+        codec.extend(messages(n))
+    return path
+
+
+def test_healthy_log_verifies(tmp_path: Path, key: str | None) -> None:
+    path = write_log(tmp_path, 10, key)
+    before = snapshot(tmp_path)
+    with ConversationCodec(path, encryption_key=key) as codec:
+        report = codec.verify()
+    assert report.ok and report.records == 10 and report.problems == ()
+    assert snapshot(tmp_path) == before
+    assert report.as_dict()["ok"] is True
+
+
+def test_torn_tail(tmp_path: Path, key: str | None) -> None:
+    path = write_log(tmp_path, 5, key)
+    spans = spans_of(path, key)
+    with open(path, "r+b") as f:
+        f.truncate(spans[-1][1] - 3)
+    with ConversationCodec(path, encryption_key=key) as codec:
+        report = codec.verify()
+    assert [p.kind for p in report.problems][:1] == ["torn-tail"]
+    assert report.problems[0].offset == spans[-1][0]
+    assert not report.ok
+
+
+def test_bit_rot_in_the_middle(tmp_path: Path) -> None:
+    path = write_log(tmp_path, 6, KEY)
+    spans = spans_of(path)
+    data = bytearray(path.read_bytes())
+    data[spans[2][0] + 30] ^= 0x40
+    path.write_bytes(bytes(data))
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        report = codec.verify()
+        assert report.problems[0].kind == "unauthenticated"
+        assert report.problems[0].offset == spans[2][0]
+        assert report.records == 5
+        with pytest.raises(CorruptRecordError):
+            codec.load()
+
+
+def test_missing_reordered_and_duplicated_records(tmp_path: Path, key: str | None) -> None:
+    path = write_log(tmp_path, 6, key)
+    spans = spans_of(path, key)
+    data = path.read_bytes()
+    rec = [data[a:b] for a, b in spans]
+    head = data[: spans[0][0]]
+    cases = {
+        "missing-records": head + b"".join(rec[:2] + rec[3:]),
+        "reordered-records": head + b"".join([rec[0], rec[2], rec[1], *rec[3:]]),
+        "duplicate": head + b"".join([*rec[:3], rec[2], *rec[3:]]),
+    }
+    for name, content in cases.items():
+        path.write_bytes(content)
+        Path(str(path) + ".idx").unlink(missing_ok=True)
+        found = kinds(path, key)
+        expected = "reordered-records" if name == "duplicate" else name
+        assert expected in found, (name, found)
+
+
+def test_record_spliced_from_another_log_under_the_same_key(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = write_log(tmp_path / "a", 4, KEY), write_log(tmp_path / "b", 4, KEY)
+    sa, sb = spans_of(a), spans_of(b)
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_a[: sa[2][0]] + data_b[sb[2][0] : sb[2][1]] + data_a[sa[2][1] :])
+    assert "unauthenticated" in kinds(a)
+
+
+def test_rollback_is_seen_through_the_index(tmp_path: Path, key: str | None) -> None:
+    path = write_log(tmp_path, 3, key)
+    old_copy = path.read_bytes()
+    with ConversationCodec(path, encryption_key=key) as codec:
+        codec.extend(messages(2, start=3))
+    path.write_bytes(old_copy)  # roll the log back; the index still knows 5 records
+    assert "index-ahead" in kinds(path, key)
+
+
+def test_stale_index_is_not_damage(tmp_path: Path, key: str | None) -> None:
+    path = write_log(tmp_path, 3, key)
+    Path(str(path) + ".idx").unlink()
+    with ConversationCodec(path, encryption_key=key) as codec:
+        report = codec.verify()
+    assert [p.kind for p in report.problems] == ["index-stale"]
+    assert report.ok
+
+
+def test_salvage_copies_every_intact_record(tmp_path: Path, key: str | None) -> None:
+    path = write_log(tmp_path, 8, key)
+    spans = spans_of(path, key)
+    data = bytearray(path.read_bytes())
+    for i in (2, 5):  # damage two records in the middle
+        data[spans[i][0] + 5 : spans[i][0] + 9] = b"\x00\xff\x00\xff"
+    path.write_bytes(bytes(data))
+    Path(str(path) + ".idx").unlink()
+    before = snapshot(tmp_path)
+    report = salvage(path, tmp_path / "rescued.log", encryption_key=key)
+    assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before  # src untouched
+    assert report.recovered == 6 and report.lost_seqs == (2, 5)
+    expected = [m for i, m in enumerate(messages(8)) if i not in (2, 5)]
+    with ConversationCodec(tmp_path / "rescued.log", encryption_key=key) as codec:
+        assert codec.load() == expected
+        assert codec.verify().ok
+    with pytest.raises(StorageError, match="already exists"):
+        salvage(path, tmp_path / "rescued.log", encryption_key=key)
+
+
+def test_damaged_log_still_opens_for_verify(tmp_path: Path) -> None:
+    path = write_log(tmp_path, 4, KEY)
+    spans = spans_of(path)
+    data = bytearray(path.read_bytes())
+    data[spans[1][0] + 20] ^= 1
+    path.write_bytes(bytes(data))
+    Path(str(path) + ".idx").unlink()  # the catch-up scan meets the damage
+    codec = ConversationCodec(path, encryption_key=KEY)  # opening does not read records
+    with pytest.raises(CorruptRecordError):
+        codec.load()
+    assert not codec.verify().ok
+    with pytest.raises(Exception, match="wrong key"):
+        ConversationCodec(path, encryption_key=OTHER_KEY).verify()
+
+
+def test_a_plausible_length_in_damaged_bytes_does_not_hide_later_records(tmp_path: Path) -> None:
+    # Regression: damage whose bytes read as a well-formed length spanning the records after
+    # it must not make those records look like part of a torn tail (a writer would cut them).
+    from conversation_codec.format.varint import encode_varint
+
+    path = write_log(tmp_path, 4, KEY)
+    spans = spans_of(path)
+    data = bytearray(path.read_bytes())
+    start = spans[1][0]
+    body_len = (len(data) - start - 2 - 56) // 16 * 16 + 56
+    data[start : start + 2] = encode_varint(body_len)
+    path.write_bytes(bytes(data))
+    Path(str(path) + ".idx").unlink()
+    before = path.read_bytes()
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        with pytest.raises(CorruptRecordError):
+            codec.append({"must": "not truncate"})
+        with pytest.raises(CorruptRecordError):
+            codec.load()
+    assert path.read_bytes() == before
