@@ -136,6 +136,7 @@ class FileLog:
         self._locked = False
         self._lock_ino = (0, 0)
         self._index_ok = False
+        self._settled = False  # see _catch_up
         self._write_txn = _Transaction(self, True)
         self._read_txn = _Transaction(self, False)
         self.on_change: Callable[[], None] = lambda: None
@@ -337,7 +338,7 @@ class FileLog:
             self._last_seen, self._seen = self._seen, None  # None until the reload succeeds
             self._reload(state)
             self._seen = state
-        if self.fmt is not None and (changed or write):
+        if self.fmt is not None and (changed or (write and not self._settled)):
             try:
                 self._catch_up(write)
             except BaseException:
@@ -398,8 +399,14 @@ class FileLog:
         self.index.reset(0)
 
     def _catch_up(self, write: bool) -> None:
-        """Index records past the index's end; cut a torn tail when writing (FORMAT.md §10)."""
+        """Index records past the index's end; cut a torn tail when writing (FORMAT.md §10).
+
+        Afterwards ``_settled`` says whether the log ends exactly where the index does and
+        the index file holds every entry: then, until another process bumps the counters,
+        a writer needs no look at the file before appending.
+        """
         assert self.fmt is not None and self._fd is not None
+        self._settled = False
         size = os.fstat(self._fd).st_size
         pos = self.index.end
         if pos > size:  # the log lost bytes the index knew: trust the log, re-verify its end
@@ -430,6 +437,7 @@ class FileLog:
         if write and (not self._index_ok or self.index.persisted < len(self.index)):
             self.index.persist(self.fmt.log_id, rewrite=not self._index_ok)
             self._index_ok = True
+        self._settled = write
 
     def _damage_at(self, pos: int, size: int) -> None:
         """Decide whether bad bytes at ``pos`` are a torn tail or damage before good records.
@@ -561,12 +569,11 @@ class FileLog:
         frames = [encode_frame(b) for b in bodies] if self.fmt.sealed else bodies
         data = b"".join(frames)
         end = self.index.end
-        if os.fstat(self._fd).st_size != end:  # never write over bytes we did not account for
-            raise StorageError(f"{self.path} changed size under the writer lock; reopen the log")
         self._bump(truncation=False)
         try:
             self._write_all(self._fd, data, end)
         except OSError:
+            self._settled = False
             os.ftruncate(self._fd, end)  # best effort: leave no partial batch behind
             raise
         self.fault("append:written")
@@ -582,10 +589,12 @@ class FileLog:
         assert self._fd is not None and self.fmt is not None
         self._bump(truncation=True)
         end = self.index.span(count)[0] if count < len(self.index) else self.index.end
+        self._settled = False
         self.index.truncate(count)
         self.fault("truncate:index-truncated")
         os.ftruncate(self._fd, end)
         self._fsync(self._fd)
+        self._settled = True
 
     def rewrite(self, header: bytes, fmt: LogFormat, records: Iterable[tuple[bytes, int]]) -> None:
         """Atomically replace the whole log with ``header`` and ``(body, ts_us)`` records."""
@@ -620,7 +629,7 @@ class FileLog:
         self._fd, self.fmt, self._log_id_stat = fd, fmt, (st.st_dev, st.st_ino)
         self.index = index
         self.index.persist(fmt.log_id, rewrite=True)
-        self._index_ok = True
+        self._index_ok = self._settled = True
         self.fault("rewrite:index-written")
         _fsync_dir(self.path)
         self.fault("rewrite:dir-synced")

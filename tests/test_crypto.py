@@ -1,0 +1,94 @@
+"""crypto: raw Fernet tokens interoperate with cryptography's Fernet; keys never leak."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+from cryptography.fernet import Fernet, InvalidToken
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conversation_codec.crypto import Keyring, LogCipher, RecordKey, generate_key, new_log_id
+from conversation_codec.errors import DecryptionError
+from conversation_codec.format.header import SealedHeader, decode_sealed_header
+
+from conftest import KEY
+
+RAW = base64.urlsafe_b64decode(KEY)
+
+
+@settings(max_examples=200)
+@given(plain=st.binary(max_size=300), ts=st.integers(0, 2**40))
+def test_our_tokens_open_with_fernet_and_back(plain: bytes, ts: int) -> None:
+    ours = RecordKey(RAW)
+    fernet = Fernet(KEY)
+    body = ours.seal(plain, ts)
+    token = base64.urlsafe_b64encode(b"\x80" + body)
+    assert fernet.decrypt(token) == plain
+    assert fernet.extract_timestamp(token) == ts
+    theirs = base64.urlsafe_b64decode(fernet.encrypt_at_time(plain, ts))
+    assert theirs[0] == 0x80
+    assert ours.open(theirs[1:]) == plain
+
+
+def test_every_single_byte_change_is_refused() -> None:
+    key = RecordKey(RAW)
+    body = key.seal(b"attack at dawn", 1_700_000_000)
+    for i in range(len(body)):
+        for flip in (0x01, 0x80, 0xFF):
+            bad = bytearray(body)
+            bad[i] ^= flip
+            assert key.open(bytes(bad)) is None
+    for cut in range(len(body)):
+        assert key.open(body[:cut]) is None
+    assert key.open(body + b"\x00" * 16) is None
+    assert RecordKey(os.urandom(32)).open(body) is None
+
+
+def test_authenticated_bad_padding_is_refused() -> None:
+    # A key holder could MAC a ciphertext whose padding is invalid: refuse, do not crash.
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    iv = bytes(16)
+    enc = Cipher(algorithms.AES(RAW[16:]), modes.CBC(iv)).encryptor()
+    ciphertext = enc.update(b"A" * 15 + b"\x00") + enc.finalize()
+    signed = b"\x80" + (5).to_bytes(8, "big") + iv + ciphertext
+    body = signed[1:] + hmac.new(RAW[:16], signed, hashlib.sha256).digest()
+    assert RecordKey(RAW).open(body) is None
+
+
+def test_header_mac_binds_keys_and_fields() -> None:
+    header = SealedHeader(new_log_id())
+    _, raw = LogCipher.create(Keyring.from_input(KEY), header)
+    parsed, covered, mac = decode_sealed_header(raw)
+    LogCipher.open(Keyring.from_input([generate_key(), KEY]), parsed, covered, mac)
+    with pytest.raises(DecryptionError):
+        LogCipher.open(Keyring.from_input(generate_key()), parsed, covered, mac)
+    with pytest.raises(DecryptionError):
+        LogCipher.open(Keyring.from_input(KEY), parsed, covered[:-1] + b"\x01", mac)
+
+
+def test_records_are_bound_to_their_log() -> None:
+    keyring = Keyring.from_input(KEY)
+    a, _ = LogCipher.create(keyring, SealedHeader(new_log_id()))
+    b, _ = LogCipher.create(keyring, SealedHeader(new_log_id()))
+    body = a.seal(b"envelope", 1)
+    assert a.unseal(body) == (b"envelope", 1)
+    with pytest.raises(InvalidToken):
+        b.unseal(body)
+
+
+def test_reprs_and_errors_hold_no_key_material() -> None:
+    keyring = Keyring.from_input(KEY)
+    cipher, _ = LogCipher.create(keyring, SealedHeader(new_log_id()))
+    for text in (repr(keyring), repr(cipher), repr(RecordKey(RAW))):
+        assert KEY not in text and RAW.hex() not in text
+    near_miss = KEY[:-2] + "!="
+    with pytest.raises(ValueError) as info:
+        Keyring.from_input(near_miss)
+    assert near_miss not in str(info.value) and KEY[:20] not in str(info.value)
