@@ -21,6 +21,8 @@ from conversation_codec.format.header import (
 from conversation_codec.format.index import decode_index_header, encode_index_header
 from conversation_codec.format.record import (
     FERNET_OVERHEAD_BYTES,
+    KIND_DICTIONARY,
+    KIND_MESSAGE,
     MAX_BODY_BYTES,
     MIN_BODY_BYTES,
     decode_envelope,
@@ -66,9 +68,10 @@ def test_varint_rejects_truncated_overlong_and_non_canonical(data: bytes) -> Non
     ],
 )
 def test_frame_lengths_that_fit_a_token(length: int) -> None:
-    frame = encode_varint(length)
-    start, end = decode_frame_header(frame)
-    assert (start, end - start) == (len(frame), length)
+    for control in (False, True):
+        frame = encode_varint(length << 1 | control)
+        start, end, got_control = decode_frame_header(frame)
+        assert (start, end - start, got_control) == (len(frame), length, control)
 
 
 @pytest.mark.parametrize(
@@ -82,33 +85,52 @@ def test_frame_lengths_that_fit_a_token(length: int) -> None:
         MAX_BODY_BYTES + 16,
         MAX_BODY_BYTES + 1,
         4 * 1024**3,
-        2**35 - 1,
+        2**34 - 1,
     ],
 )
 def test_impossible_frame_lengths_are_rejected_without_allocating(length: int) -> None:
     # A 4 GB length is refused from the 5-byte prefix alone: nothing is read or allocated.
     with pytest.raises(ValueError, match="impossible record length"):
-        decode_frame_header(encode_varint(length))
+        decode_frame_header(encode_varint(length << 1))
 
 
 def test_frame_round_trip() -> None:
     body = bytes(range(FERNET_OVERHEAD_BYTES + 32))
-    frame = encode_frame(body)
-    start, end = decode_frame_header(frame)
-    assert frame[start:end] == body
+    for control in (False, True):
+        frame = encode_frame(body, control=control)
+        start, end, got = decode_frame_header(frame)
+        assert (frame[start:end], got) == (body, control)
 
 
 @pytest.mark.parametrize("ts_us", [0, 999_999, 1_000_000, 1_763_700_000_123_456])
 @pytest.mark.parametrize("seq", [0, 127, 128, 2**32])
 def test_envelope_round_trip(seq: int, ts_us: int) -> None:
-    env = encode_envelope(seq, ts_us, b"payload", compressed=True)
-    got_seq, got_ts, compressed, payload = decode_envelope(env, ts_us // 1_000_000)
-    assert (got_seq, got_ts, compressed, bytes(payload)) == (seq, ts_us, True, b"payload")
+    for dict_id in (0, 1, 300):
+        env = encode_envelope(seq, ts_us, b"payload", compressed=True, dict_id=dict_id)
+        got = decode_envelope(env, ts_us // 1_000_000)
+        assert (got.seq, got.ts_us, got.compressed, got.dict_id, bytes(got.payload)) == (
+            seq,
+            ts_us,
+            True,
+            dict_id,
+            b"payload",
+        )
+        assert got.kind == KIND_MESSAGE
+    control = decode_envelope(
+        encode_envelope(1, ts_us, b"dict", compressed=False, kind=KIND_DICTIONARY), 0
+    )
+    assert (control.kind, control.seq, bytes(control.payload)) == (KIND_DICTIONARY, 1, b"dict")
 
 
 def test_envelope_rejects_unknown_flags_and_bad_remainder() -> None:
     with pytest.raises(NotImplementedError):
-        decode_envelope(b"\x02\x00\x00", 0)
+        decode_envelope(b"\x10\x00\x00", 0)
+    with pytest.raises(NotImplementedError):
+        decode_envelope(b"\x80\x00\x00", 0)
+    with pytest.raises(ValueError, match="dictionary flag"):
+        decode_envelope(b"\x02\x00\x00\x01", 0)  # a dictionary id on an uncompressed payload
+    with pytest.raises(ValueError, match="dictionary flag"):
+        decode_envelope(b"\x03\x00\x00\x00", 0)  # dictionary id 0
     with pytest.raises(ValueError):
         decode_envelope(b"\x00\x00" + encode_varint(1_000_000), 0)
     with pytest.raises(ValueError):
@@ -169,7 +191,9 @@ def test_plain_line_round_trip() -> None:
 
 def test_index_header() -> None:
     header = encode_index_header(b"I" * 16)
-    assert len(header) == 32
-    assert decode_index_header(header) == b"I" * 16
+    assert len(header) == 48
+    assert decode_index_header(header) == (b"I" * 16, (0, 0))
+    assert decode_index_header(encode_index_header(b"I" * 16, (80, 900))) == (b"I" * 16, (80, 900))
+    assert decode_index_header(encode_index_header(b"I" * 16, (900, 80))) is None
     assert decode_index_header(header[:-1]) is None
-    assert decode_index_header(b"\x00" * 32) is None
+    assert decode_index_header(b"\x00" * 48) is None

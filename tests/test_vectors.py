@@ -88,40 +88,57 @@ def test_sealed_vector_matches_the_spec_byte_by_byte() -> None:
     header_mac.update(log[:48])
     assert header_mac.finalize() == log[48:80]
     # §5 records: decrypt independently, then re-seal with the recorded IV: same bytes.
-    pos, ends = 80, []
-    for seq, (message, ts_us) in enumerate(
-        zip(vector["messages"], vector["timestamps_us"], strict=True)
-    ):
-        body_len, start = _varint(log, pos)
+    pos, ends, dictionary, control_span = 80, [], None, (0, 0)
+    stamps = iter(zip(vector["messages"], vector["timestamps_us"], strict=True))
+    seq = 0
+    while pos < len(log):
+        prefix, start = _varint(log, pos)
+        body_len, control = prefix >> 1, prefix & 1
         body = log[start : start + body_len]
         ts, iv = struct.unpack(">Q", body[:8])[0], body[8:24]
         dec = Cipher(algorithms.AES(encryption), modes.CBC(iv)).decryptor()
         padded = dec.update(body[24:-32]) + dec.finalize()
         unpadder = padding.PKCS7(128).unpadder()
         envelope = unpadder.update(padded) + unpadder.finalize()
+        assert _fernet_token(signing, encryption, ts, iv, envelope)[1:] == body
         flags = envelope[0]
         got_seq, p = _varint(envelope, 1)
         rem, p = _varint(envelope, p)
+        if control:  # §5.3: a dictionary record, kind 1, seq = dictionary id
+            assert (flags, got_seq) == (1 << 2, 1)
+            dictionary = envelope[p:]
+            assert dictionary.hex() == vector["dictionary_hex"]
+            control_span = (pos, start + body_len)
+            pos = start + body_len
+            continue
+        dict_id = 0
+        if flags & 2:
+            dict_id, p = _varint(envelope, p)
         payload = envelope[p:]
         if flags & 1:
-            payload = zstandard.ZstdDecompressor().decompress(payload, max_output_size=1 << 20)
-        assert flags & ~1 == 0
+            zdict = zstandard.ZstdCompressionDict(dictionary) if dict_id else None
+            payload = zstandard.ZstdDecompressor(dict_data=zdict).decompress(
+                payload, max_output_size=1 << 20
+            )
+        assert flags & ~3 == 0
+        message, ts_us = next(stamps)
         assert got_seq == seq
         assert ts * 1_000_000 + rem == ts_us
         assert json.loads(payload) == message
-        token = _fernet_token(signing, encryption, ts, iv, envelope)
-        assert token[1:] == body
         pos = start + body_len
         ends.append(pos)
-    assert pos == len(log)
+        seq += 1
+    assert pos == len(log) and seq == len(vector["messages"])
+    assert dictionary is not None and control_span != (0, 0)
     # §7 index
     index = bytes.fromhex(vector["index_hex"])
     assert index[:8] == b"\x89CCX\r\n\x1a\n"
     assert struct.unpack_from("<HHI", index, 8) == (1, 16, 0)
     assert index[16:32] == log_id
-    entries = [struct.unpack_from("<Qq", index, 32 + 16 * i) for i in range(len(ends))]
+    assert struct.unpack_from("<QQ", index, 32) == control_span
+    entries = [struct.unpack_from("<Qq", index, 48 + 16 * i) for i in range(len(ends))]
     assert entries == list(zip(ends, vector["timestamps_us"], strict=True))
-    assert len(index) == 32 + 16 * len(ends)
+    assert len(index) == 48 + 16 * len(ends)
 
 
 def test_plain_vector_matches_the_spec() -> None:

@@ -165,7 +165,7 @@ def test_a_plausible_length_in_damaged_bytes_does_not_hide_later_records(tmp_pat
     data = bytearray(path.read_bytes())
     start = spans[1][0]
     body_len = (len(data) - start - 2 - 56) // 16 * 16 + 56
-    data[start : start + 2] = encode_varint(body_len)
+    data[start : start + 2] = encode_varint(body_len << 1)
     path.write_bytes(bytes(data))
     Path(str(path) + ".idx").unlink()
     before = path.read_bytes()

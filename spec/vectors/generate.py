@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import tempfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from conversation_codec import ConversationCodec
 from conversation_codec.format.header import SealedHeader
 
 HERE = Path(__file__).parent
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 KEY = "cw_0x689RpI-jtRR7oE8h8Eg-Uf-2bX47Y-Xv3-Cdg4="  # published test key: never use it
 LOG_ID = bytes.fromhex("00112233445566778899aabbccddeeff")
 MESSAGES = [
@@ -23,8 +25,12 @@ MESSAGES = [
         "role": "assistant",
         "content": "Hello! How can I help you with your order today? " * 2,
     },
+    {"role": "assistant", "content": "Hello! How can I help you with your refund today?"},
 ]
-TIMESTAMPS_US = [1_763_700_000_123_456, 1_763_700_001_000_000]
+TIMESTAMPS_US = [1_763_700_000_123_456, 1_763_700_001_000_000, 1_763_700_002_999_999]
+# A raw-content zstd dictionary (any bytes are one), sealed as the log's dictionary record
+# between the second and third messages, so the vector exercises FORMAT.md §5.3.
+DICTIONARY = b'{"role":"assistant","content":"Hello! How can I help you with your order today? '
 
 
 def _make(path: Path, key: str | None) -> None:
@@ -48,7 +54,14 @@ def _make(path: Path, key: str | None) -> None:
         return header, LogFormat(LOG_ID, len(header), SealedRecords(cipher), True)
 
     codec._new_log = pinned  # type: ignore[method-assign,assignment]
-    codec.extend(MESSAGES, timestamps=[t / 1e6 for t in TIMESTAMPS_US])
+    stamps = [EPOCH + timedelta(microseconds=t) for t in TIMESTAMPS_US]
+    codec.extend(MESSAGES[:2], timestamps=stamps[:2])
+    if key is not None:
+        with codec._writing():
+            records = codec._log.fmt.records  # type: ignore[union-attr]
+            body = records.encode_dictionary(1, TIMESTAMPS_US[1], DICTIONARY)
+            codec._log.append_dictionary(body)
+    codec.extend(MESSAGES[2:], timestamps=stamps[2:])
     codec.close()
 
 
@@ -58,7 +71,8 @@ def main() -> None:
             path = Path(tmp) / "chat.log"
             _make(path, key)
             vector = {
-                "description": f"A two-message {'sealed' if key else 'plain'} log (FORMAT.md §13)",
+                "description": f"Three messages, {'sealed' if key else 'plain'} (FORMAT.md §13)",
+                "dictionary_hex": DICTIONARY.hex() if key else None,
                 "key": key,
                 "log_id": LOG_ID.hex(),
                 "messages": MESSAGES,

@@ -7,26 +7,60 @@ already authenticates every byte, so those fields would be bytes spent twice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import zstandard
 
 from .format.record import MAX_MESSAGE_BYTES
 
-__all__ = ["COMPRESSION_LEVEL", "Compressor"]
+__all__ = [
+    "COMPRESSION_LEVEL",
+    "DICTIONARY_BYTES",
+    "DICTIONARY_LEVEL",
+    "TRAIN_AFTER",
+    "Compressor",
+    "train_dictionary",
+]
 
-COMPRESSION_LEVEL = 3  # zstd level: level 19 saves ~3% more on chat records at ~10x the CPU
+COMPRESSION_LEVEL = 3  # zstd level without a dictionary: higher levels gain ~1% on chat records
+# With a dictionary, small records compress 3-5x better, and a higher level pays: on the
+# corpus level 12 saves ~2% of the plaintext size over level 3 for ~3 us more per record.
+DICTIONARY_LEVEL = 12
+DICTIONARY_BYTES = 8 * 1024  # bytes: beat 4 KiB and 16 KiB when trained on ~512 chat messages
+TRAIN_AFTER = 512  # messages in a log before its dictionary is trained from them
 _MIN_COMPRESSIBLE = 24  # bytes: below this a zstd frame header costs more than it saves
 
 
+def train_dictionary(samples: Sequence[bytes], size: int = DICTIONARY_BYTES) -> bytes | None:
+    """Train a zstd dictionary from message JSON samples; None when zstd cannot.
+
+    zstd needs enough distinct samples to train (a few hundred messages); too few, or too
+    uniform, and it refuses, which is no error here: the log simply stays dictionary-less.
+    """
+    try:
+        return zstandard.train_dictionary(size, list(samples)).as_bytes()
+    except zstandard.ZstdError:
+        return None
+
+
 class Compressor:
-    """Reusable zstd contexts for one log (not thread-safe; the codec serialises use)."""
+    """Reusable zstd contexts, with or without a dictionary (not thread-safe; the codec
+    serialises use)."""
 
     __slots__ = ("_cctx", "_dctx")
 
-    def __init__(self, level: int = COMPRESSION_LEVEL) -> None:
+    def __init__(self, level: int = COMPRESSION_LEVEL, dictionary: bytes | None = None) -> None:
+        zdict = None if dictionary is None else zstandard.ZstdCompressionDict(dictionary)
+        if zdict is not None:
+            zdict.precompute_compress(level=level)
         self._cctx = zstandard.ZstdCompressor(
-            level=level, write_checksum=False, write_content_size=False, write_dict_id=False
+            level=level,
+            dict_data=zdict,
+            write_checksum=False,
+            write_content_size=False,
+            write_dict_id=False,
         )
-        self._dctx = zstandard.ZstdDecompressor()
+        self._dctx = zstandard.ZstdDecompressor(dict_data=zdict)
 
     def compress(self, data: bytes) -> tuple[bytes, bool]:
         """Return ``(payload, compressed)``: the zstd frame when it is smaller, else ``data``."""

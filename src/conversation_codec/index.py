@@ -14,6 +14,8 @@ import os
 from array import array
 
 from .format.index import (
+    DICT_SPAN,
+    DICT_SPAN_OFFSET,
     INDEX_ENTRY,
     INDEX_HEADER_BYTES,
     decode_index_header,
@@ -39,7 +41,7 @@ class OffsetIndex:
     caught up from the log in memory (a reader never writes the file).
     """
 
-    __slots__ = ("_fd", "data_start", "ends", "path", "persisted", "tss")
+    __slots__ = ("_fd", "data_start", "dict_span", "ends", "path", "persisted", "tss")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -47,6 +49,7 @@ class OffsetIndex:
         self.tss: array[int] = array("q")
         self.data_start = 0
         self.persisted = 0
+        self.dict_span = (0, 0)  # where the log's dictionary record lies; (0, 0): none
         self._fd: int | None = None
 
     def __len__(self) -> int:
@@ -72,6 +75,7 @@ class OffsetIndex:
         self.tss = array("q")
         self.data_start = data_start
         self.persisted = 0
+        self.dict_span = (0, 0)
 
     def load(self, log_id: bytes, data_start: int, log_size: int, *, start: int = 0) -> bool:
         """Read the sidecar from entry ``start`` on; keep the longest valid prefix.
@@ -86,10 +90,15 @@ class OffsetIndex:
             del self.tss[start:]
         try:
             with open(self.path, "rb") as f:
-                header = f.read(INDEX_HEADER_BYTES)
-                if decode_index_header(header) != log_id:
+                decoded = decode_index_header(f.read(INDEX_HEADER_BYTES))
+                if decoded is None or decoded[0] != log_id:
                     self.persisted = 0
                     return False
+                span = decoded[1]
+                if span != (0, 0) and not data_start <= span[0] < span[1] <= log_size:
+                    self.persisted = 0
+                    return False
+                self.dict_span = span
                 f.seek(INDEX_HEADER_BYTES + start * INDEX_ENTRY.size)
                 raw = f.read(min(_MAX_INDEX_READ, log_size * INDEX_ENTRY.size))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -134,7 +143,7 @@ class OffsetIndex:
         fd = self._open()
         if rewrite:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, encode_index_header(log_id), 0)
+            os.pwrite(fd, encode_index_header(log_id, self.dict_span), 0)
             self.persisted = 0
         if self.persisted < len(self.ends):
             if self.persisted + 1 == len(self.ends):  # the common single append
@@ -143,6 +152,12 @@ class OffsetIndex:
                 data = _interleave(self.ends, self.tss, self.persisted)
             os.pwrite(fd, data, INDEX_HEADER_BYTES + self.persisted * INDEX_ENTRY.size)
             self.persisted = len(self.ends)
+
+    def set_dict_span(self, span: tuple[int, int], *, persist: bool) -> None:
+        """Record where the log's dictionary lies (in the file too, for a writer)."""
+        self.dict_span = span
+        if persist:
+            os.pwrite(self._open(), DICT_SPAN.pack(*span), DICT_SPAN_OFFSET)
 
     def _open(self) -> int:
         # The descriptor may outlive the file's name (someone deleted the sidecar): writes

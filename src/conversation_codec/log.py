@@ -27,12 +27,18 @@ from types import TracebackType
 
 import portalocker
 
-from .errors import ConversationCodecError, CorruptRecordError, LockTimeoutError, StorageError
+from .errors import (
+    ConversationCodecError,
+    CorruptRecordError,
+    LockTimeoutError,
+    StorageError,
+    UnsupportedVersionError,
+)
 from .format.header import SEALED_HEADER_BYTES
 from .format.record import MAX_BODY_BYTES, decode_frame_header, encode_frame
 from .format.varint import MAX_VARINT_BYTES
 from .index import OffsetIndex
-from .records import RecordCodec, RecordRejected
+from .records import RecordCodec, RecordRejected, SealedRecords
 
 __all__ = ["FileLog", "LogFormat", "Reader"]
 
@@ -41,7 +47,7 @@ _READ_CHUNK = 1 << 20  # bytes read at a time when scanning
 _PREFIX_BYTES = 4096  # bytes handed to the attach callback to identify a log
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _TEMP_SUFFIX = re.compile(r"[0-9a-f]{16}")  # FORMAT.md §8: <log>.tmp-<16 hex digits>
-_BAD = (-1, -1)
+_BAD = (-1, -1, False)
 # portalocker's POSIX locker is fcntl.flock; None elsewhere (then portalocker.lock() always).
 _FLOCK = getattr(portalocker.portalocker, "LOCKER", None) if os.name == "posix" else None
 if _FLOCK is not None and getattr(_FLOCK, "__name__", "") != "flock":
@@ -85,8 +91,11 @@ def _make_private_dirs(folder: str) -> None:
             os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
 
 
-def _parse_frame(buf: bytes, pos: int, sealed: bool, at_eof: bool) -> tuple[int, int] | None:
-    """Locate the body of the record at ``pos`` in ``buf``: ``(start, end)`` relative to buf.
+def _parse_frame(
+    buf: bytes, pos: int, sealed: bool, at_eof: bool
+) -> tuple[int, int, bool] | None:
+    """Locate the body of the record at ``pos`` in ``buf``: ``(start, end, control)``
+    relative to buf (``control``: a dictionary record, not a message).
 
     Return None when more bytes are needed (and exist); raise ValueError when the bytes at
     ``pos`` cannot start a record.
@@ -100,7 +109,7 @@ def _parse_frame(buf: bytes, pos: int, sealed: bool, at_eof: bool) -> tuple[int,
         if len(buf) - pos > MAX_BODY_BYTES * 2:
             raise ValueError("record line exceeds the size limit")
         return None
-    return pos, newline + 1
+    return pos, newline + 1, False
 
 
 class FileLog:
@@ -137,6 +146,7 @@ class FileLog:
         self._lock_ino = (0, 0)
         self._index_ok = False
         self._settled = False  # see _catch_up
+        self._dict_loaded = (0, 0)  # the span of the dictionary the record codec holds
         self._write_txn = _Transaction(self, True)
         self._read_txn = _Transaction(self, False)
         self.on_change: Callable[[], None] = lambda: None
@@ -391,12 +401,43 @@ class FileLog:
         self._index_ok = self.index.load(
             self.fmt.log_id, self.fmt.data_start, os.fstat(self._fd).st_size, start=start
         )
+        span = self.index.dict_span
+        if span != (0, 0) and span != self._dict_loaded:
+            try:
+                frame = os.pread(self._fd, span[1] - span[0], span[0])
+                fs = _parse_frame(frame, 0, self.fmt.sealed, True)
+                if fs is None or not fs[2] or fs[1] != len(frame):
+                    raise RecordRejected("no dictionary record where the index says")
+                self._use_dictionary(frame[fs[0] : fs[1]], span, persist=False)
+            except (RecordRejected, ValueError):
+                self.index.reset(self.fmt.data_start)  # a stale index: rebuild from the log
+                self._index_ok = False
 
     def _close_log(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
         self._fd, self.fmt, self._log_id_stat = None, None, None
+        self._dict_loaded = (0, 0)
         self.index.reset(0)
+
+    def _use_dictionary(self, body: bytes, span: tuple[int, int], *, persist: bool) -> None:
+        """Adopt the dictionary record at ``span`` (FORMAT.md §5.3): one per log in v1."""
+        assert self.fmt is not None
+        records = self.fmt.records
+        if not isinstance(records, SealedRecords):
+            raise RecordRejected("a plain log holds no dictionary records")
+        if self._dict_loaded not in ((0, 0), span):
+            raise UnsupportedVersionError(
+                "log holds a second dictionary record; upgrade conversation-codec"
+            )
+        records.use_dictionary(1, records.decode_dictionary(body, 1))
+        self.index.set_dict_span(span, persist=persist)
+        self._dict_loaded = span
+
+    def _append_at(self) -> int:
+        """Where the next frame goes: after the last message or the dictionary record."""
+        end, dict_end = self.index.end, self.index.dict_span[1]
+        return dict_end if dict_end > end else end
 
     def _catch_up(self, write: bool) -> None:
         """Index records past the index's end; cut a torn tail when writing (FORMAT.md §10).
@@ -408,13 +449,21 @@ class FileLog:
         assert self.fmt is not None and self._fd is not None
         self._settled = False
         size = os.fstat(self._fd).st_size
-        pos = self.index.end
+        pos = self._append_at()
         if pos > size:  # the log lost bytes the index knew: trust the log, re-verify its end
             self.index.reset(self.fmt.data_start)
             self._index_ok = False
-            pos = self.index.end
+            pos = self._append_at()
         if pos < size:
-            for _start, body, end in self._frames(pos, size, torn_ok=True):
+            for start, body, end, control in self._frames(pos, size, torn_ok=True):
+                if control:
+                    try:
+                        self._use_dictionary(body, (start, end), persist=write and self._index_ok)
+                    except RecordRejected:
+                        self._damage_at(pos, size)
+                        break
+                    pos = end
+                    continue
                 seq = len(self.index)
                 try:
                     ts = self.fmt.records.check(body, seq)
@@ -455,7 +504,12 @@ class FileLog:
             found = self.record_at(reader, q)
             if found is not None:
                 try:
-                    self.fmt.records.check(found[1], None)
+                    if found[2]:
+                        records = self.fmt.records
+                        assert isinstance(records, SealedRecords)
+                        records.decode_dictionary(found[1], 1)
+                    else:
+                        self.fmt.records.check(found[1], None)
                 except RecordRejected:
                     pass
                 else:
@@ -467,25 +521,27 @@ class FileLog:
                     )
             q = q + 1 if self.fmt.sealed else reader.next_line(q)
 
-    def record_at(self, reader: Reader, pos: int) -> tuple[int, bytes] | None:
-        """Return ``(end, body)`` when a whole, well-formed frame starts at ``pos``."""
+    def record_at(self, reader: Reader, pos: int) -> tuple[int, bytes, bool] | None:
+        """Return ``(end, body, control)`` when a whole, well-formed frame starts at ``pos``."""
         assert self.fmt is not None
         if self.fmt.sealed:
             try:
-                start, end = decode_frame_header(reader.get(pos, pos + MAX_VARINT_BYTES))
+                start, end, control = decode_frame_header(
+                    reader.get(pos, pos + MAX_VARINT_BYTES)
+                )
             except ValueError:
                 return None
             if pos + end > reader.size:
                 return None
-            return pos + end, reader.get(pos + start, pos + end)
+            return pos + end, reader.get(pos + start, pos + end), control
         chunk = reader.get(pos, pos + _READ_CHUNK)
         newline = chunk.find(b"\n")
-        return None if newline < 0 else (pos + newline + 1, chunk[: newline + 1])
+        return None if newline < 0 else (pos + newline + 1, chunk[: newline + 1], False)
 
     def _frames(
         self, pos: int, stop: int, *, torn_ok: bool = False
-    ) -> Iterator[tuple[int, bytes, int]]:
-        """Yield ``(start, body, end)`` for each record in ``[pos, stop)`` of the log.
+    ) -> Iterator[tuple[int, bytes, int, bool]]:
+        """Yield ``(start, body, end, control)`` for each record in ``[pos, stop)``.
 
         Bytes that cannot start a record end the walk (``torn_ok``) or raise.
         """
@@ -507,7 +563,7 @@ class FileLog:
                     "record is truncated or malformed", path=self.path, offset=pos
                 )
             if span is not None and span[1] <= len(buf):
-                yield pos, buf[span[0] : span[1]], base + span[1]
+                yield pos, buf[span[0] : span[1]], base + span[1], span[2]
                 pos = base + span[1]
                 continue
             want = max(_READ_CHUNK, span[1] - len(buf) if span is not None else 0)
@@ -526,14 +582,21 @@ class FileLog:
         return self._unframe(frame, start)
 
     def _unframe(self, frame: bytes, start: int) -> bytes:
+        """Return the message body of one index span (skipping a dictionary record)."""
         assert self.fmt is not None
-        try:
-            span = _parse_frame(frame, 0, self.fmt.sealed, True)
-        except ValueError:
-            span = None
-        if span is None or span[1] != len(frame):
-            raise _IndexMismatch(start)
-        return frame[span[0] : span[1]]
+        pos = 0
+        while True:
+            try:
+                span = _parse_frame(frame, pos, self.fmt.sealed, True)
+            except ValueError:
+                span = None
+            if span is None or span[1] > len(frame) or (span[2] and span[1] == len(frame)):
+                raise _IndexMismatch(start)
+            if not span[2]:
+                if span[1] != len(frame):
+                    raise _IndexMismatch(start)
+                return frame[span[0] : span[1]]
+            pos = span[1]
 
     def read_bodies(self, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
         """Yield ``(seq, body)`` for records ``start <= seq < stop`` in order, bounded memory."""
@@ -568,7 +631,7 @@ class FileLog:
         assert self._fd is not None and self.fmt is not None
         frames = [encode_frame(b) for b in bodies] if self.fmt.sealed else bodies
         data = b"".join(frames)
-        end = self.index.end
+        end = self._append_at()
         self._bump(truncation=False)
         try:
             self._write_all(self._fd, data, end)
@@ -591,24 +654,57 @@ class FileLog:
         end = self.index.span(count)[0] if count < len(self.index) else self.index.end
         self._settled = False
         self.index.truncate(count)
+        if self.index.dict_span != (0, 0) and self.index.dict_span[0] >= end:
+            self.index.set_dict_span((0, 0), persist=True)  # the dictionary goes too
+            self._dict_loaded = (0, 0)
+            if isinstance(self.fmt.records, SealedRecords):
+                self.fmt.records.drop_dictionary()
         self.fault("truncate:index-truncated")
         os.ftruncate(self._fd, end)
         self._fsync(self._fd)
         self._settled = True
 
-    def rewrite(self, header: bytes, fmt: LogFormat, records: Iterable[tuple[bytes, int]]) -> None:
-        """Atomically replace the whole log with ``header`` and ``(body, ts_us)`` records."""
+    def append_dictionary(self, body: bytes) -> None:
+        """Append a sealed dictionary record after the last record (FORMAT.md §5.3)."""
+        assert self._fd is not None and self.fmt is not None
+        frame = encode_frame(body, control=True)
+        start = self._append_at()
+        self._bump(truncation=False)
+        try:
+            self._write_all(self._fd, frame, start)
+        except OSError:
+            self._settled = False
+            os.ftruncate(self._fd, start)
+            raise
+        self._fsync(self._fd)
+        self._use_dictionary(body, (start, start + len(frame)), persist=True)
+
+    def rewrite(
+        self,
+        header: bytes,
+        fmt: LogFormat,
+        records: Iterable[tuple[bytes, int]],
+        dictionary: bytes | None = None,
+    ) -> None:
+        """Atomically replace the whole log with ``header``, an optional dictionary record
+        body, and ``(body, ts_us)`` records (FORMAT.md §8.4)."""
         tmp = f"{self.path}.tmp-{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
         index = OffsetIndex(self.path + ".idx")
         index.reset(fmt.data_start)
         try:
-            written = self._write_all(fd, header, 0)
+            pos = self._write_all(fd, header, 0)
+            if dictionary is not None:
+                frame = encode_frame(dictionary, control=True)
+                index.dict_span = (pos, pos + len(frame))
+                pos = self._write_all(fd, frame, pos)
             batch: list[bytes] = []
+            written = pos
             for body, ts in records:
                 frame = encode_frame(body) if fmt.sealed else body
                 batch.append(frame)
-                index.add((index.end) + len(frame), ts)
+                pos += len(frame)
+                index.add(pos, ts)
                 if len(batch) >= 1024:
                     written = self._write_all(fd, b"".join(batch), written)
                     batch.clear()
@@ -616,18 +712,22 @@ class FileLog:
             self.fault("rewrite:temp-written")
             os.fsync(fd)  # always, whatever the durability: a rename must never expose holes
             self.fault("rewrite:temp-synced")
+            if self._seen is not None:
+                self._bump(truncation=True)
+            os.replace(tmp, self.path)
         except BaseException:
             os.close(fd)
-            os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
-        if self._seen is not None:
-            self._bump(truncation=True)
-        os.replace(tmp, self.path)
-        self.fault("rewrite:renamed")
+        # Committed: from here on this instance must describe the new file, whatever fails.
         st = os.fstat(fd)
         self._close_log()
         self._fd, self.fmt, self._log_id_stat = fd, fmt, (st.st_dev, st.st_ino)
         self.index = index
+        self._index_ok = self._settled = False
+        self._dict_loaded = index.dict_span
+        self.fault("rewrite:renamed")
         self.index.persist(fmt.log_id, rewrite=True)
         self._index_ok = self._settled = True
         self.fault("rewrite:index-written")

@@ -13,17 +13,26 @@ from typing import Any, Protocol
 import msgspec
 import zstandard
 
-from .compression import Compressor
+from .compression import DICTIONARY_LEVEL, Compressor
 from .crypto import InvalidToken, LogCipher
 from .errors import UnsupportedVersionError
 from .format.record import (
+    KIND_DICTIONARY,
+    KIND_MESSAGE,
+    Envelope,
     decode_envelope,
     decode_plain_line,
     encode_envelope,
     encode_plain_line,
 )
 
-__all__ = ["PlainRecords", "RecordCodec", "RecordRejected", "SealedRecords"]
+__all__ = [
+    "DictionaryMissing",
+    "PlainRecords",
+    "RecordCodec",
+    "RecordRejected",
+    "SealedRecords",
+]
 
 _US_PER_S = 1_000_000
 _decode_message = msgspec.json.Decoder(dict[str, Any]).decode
@@ -31,6 +40,14 @@ _decode_message = msgspec.json.Decoder(dict[str, Any]).decode
 
 class RecordRejected(ValueError):
     """A body failed authentication or a record rule; the caller adds path and offset."""
+
+
+class DictionaryMissing(Exception):
+    """A record needs a dictionary this codec has not loaded: the backend must find it."""
+
+    def __init__(self, dict_id: int) -> None:
+        super().__init__(dict_id)
+        self.dict_id = dict_id
 
 
 class RecordCodec(Protocol):
@@ -65,60 +82,106 @@ class RecordCodec(Protocol):
 
 
 class SealedRecords:
-    """Bodies of a sealed log: zstd (when smaller), then one Fernet token each."""
+    """Bodies of a sealed log: zstd (with the log's dictionary once it has one, and only
+    when that makes it smaller), then one Fernet token each (FORMAT.md §5)."""
 
-    __slots__ = ("_cipher", "_zstd")
+    __slots__ = ("_cipher", "_dict", "_dict_id", "_zstd")
 
     def __init__(self, cipher: LogCipher, compressor: Compressor | None = None) -> None:
         self._cipher = cipher
         self._zstd = compressor or Compressor()
+        self._dict: Compressor | None = None
+        self._dict_id = 0
 
     @property
     def cipher(self) -> LogCipher:
         """The log's cipher (its ``unseal_count`` counts decryptions)."""
         return self._cipher
 
+    @property
+    def dict_id(self) -> int:
+        """The id of the dictionary in use (0: none)."""
+        return self._dict_id
+
+    def use_dictionary(self, dict_id: int, dictionary: bytes) -> None:
+        """Compress new records with this dictionary, and open records that name it."""
+        self._dict, self._dict_id = Compressor(DICTIONARY_LEVEL, dictionary), dict_id
+
+    def drop_dictionary(self) -> None:
+        """Stop using the dictionary (its record was cut off the log)."""
+        self._dict, self._dict_id = None, 0
+
     def encode(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
-        payload, compressed = self._zstd.compress(message_json)
-        envelope = encode_envelope(seq, ts_us, payload, compressed=compressed)
+        if self._dict is not None:
+            payload, compressed = self._dict.compress(message_json)
+            dict_id = self._dict_id if compressed else 0
+        else:
+            payload, compressed = self._zstd.compress(message_json)
+            dict_id = 0
+        envelope = encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
         return self._cipher.seal(envelope, ts_us // _US_PER_S)
 
-    def _open(self, body: bytes, expected_seq: int | None) -> tuple[int, int, bool, memoryview]:
+    def encode_dictionary(self, dict_id: int, ts_us: int, dictionary: bytes) -> bytes:
+        """Return the body of a control record holding a dictionary (FORMAT.md §5.3)."""
+        envelope = encode_envelope(
+            dict_id, ts_us, dictionary, compressed=False, kind=KIND_DICTIONARY
+        )
+        return self._cipher.seal(envelope, ts_us // _US_PER_S)
+
+    def decode_dictionary(self, body: bytes, dict_id: int) -> bytes:
+        """Authenticate a dictionary control record and return the dictionary."""
+        env = self._unseal(body)
+        if env.kind != KIND_DICTIONARY or env.seq != dict_id:
+            raise RecordRejected(f"expected dictionary {dict_id}, found another record")
+        return bytes(env.payload)
+
+    def _unseal(self, body: bytes) -> Envelope:
         try:
             plain, seconds = self._cipher.unseal(body)
         except InvalidToken:
             raise RecordRejected("record failed authentication") from None
         try:
-            seq, ts_us, compressed, payload = decode_envelope(plain, seconds)
+            return decode_envelope(plain, seconds)
         except NotImplementedError as exc:
             raise UnsupportedVersionError(
                 f"record uses a newer format feature ({exc}); upgrade conversation-codec"
             ) from None
         except ValueError as exc:
             raise RecordRejected(f"record envelope is malformed: {exc}") from None
-        if expected_seq is not None and seq != expected_seq:
+
+    def _open(self, body: bytes, expected_seq: int | None) -> Envelope:
+        env = self._unseal(body)
+        if env.kind != KIND_MESSAGE:
+            raise RecordRejected("a control record stands where a message belongs")
+        if expected_seq is not None and env.seq != expected_seq:
             raise RecordRejected(
-                f"record carries seq {seq} where seq {expected_seq} belongs "
+                f"record carries seq {env.seq} where seq {expected_seq} belongs "
                 "(moved, duplicated or reordered)"
             )
-        return seq, ts_us, compressed, payload
+        return env
 
     def check(self, body: bytes, expected_seq: int | None) -> int:
-        return self._open(body, expected_seq)[1]
+        return self._open(body, expected_seq).ts_us
 
     def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
-        _, ts_us, text = self._inflate(self._open(body, expected_seq))
-        return text, ts_us
+        env = self._open(body, expected_seq)
+        return self._inflate(env), env.ts_us
 
     def inspect(self, body: bytes) -> tuple[int, int, bytes]:
-        return self._inflate(self._open(body, None))
+        env = self._open(body, None)
+        return env.seq, env.ts_us, self._inflate(env)
 
-    def _inflate(self, opened: tuple[int, int, bool, memoryview]) -> tuple[int, int, bytes]:
-        seq, ts_us, compressed, payload = opened
-        if not compressed:
-            return seq, ts_us, bytes(payload)
+    def _inflate(self, env: Envelope) -> bytes:
+        if not env.compressed:
+            return bytes(env.payload)
+        if env.dict_id:
+            if env.dict_id != self._dict_id or self._dict is None:
+                raise DictionaryMissing(env.dict_id)
+            zstd = self._dict
+        else:
+            zstd = self._zstd
         try:
-            return seq, ts_us, self._zstd.decompress(payload)
+            return zstd.decompress(env.payload)
         except zstandard.ZstdError as exc:
             # Authenticated yet unreadable: written by a buggy or hostile key holder.
             raise RecordRejected(f"record payload is malformed: {exc}") from None

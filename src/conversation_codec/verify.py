@@ -33,7 +33,7 @@ from .crypto import KeyInput
 from .errors import StorageError
 from .format.index import INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
 from .log import FileLog, Reader
-from .records import RecordRejected
+from .records import DictionaryMissing, RecordRejected, SealedRecords
 
 __all__ = ["Problem", "SalvageReport", "VerifyReport", "salvage", "scan_records"]
 
@@ -92,34 +92,50 @@ def scan_records(log: FileLog) -> Iterator[Region]:
     (``seq``/``ts_us`` are -1 then). Call inside a transaction of ``log``.
     """
     assert log.fmt is not None and log._fd is not None
-    records = log.fmt.records
     size = os.fstat(log._fd).st_size
     reader = Reader(log._fd, size)
     pos, bad_from = log.fmt.data_start, -1
     while pos < size:
         found = log.record_at(reader, pos)
-        if found is not None:
-            end, body = found
-            try:
-                seq, ts, text = records.inspect(body)
-            except RecordRejected:
-                if log.fmt.sealed and bad_from < 0:
-                    yield "unauthenticated", pos, end, -1, -1, body
-                    pos = end
-                    continue
-                found = None
-            else:
-                if bad_from >= 0:
-                    yield "damaged", bad_from, pos, -1, -1, b""
-                    bad_from = -1
-                yield "record", pos, end, seq, ts, text
-                pos = end
+        opened = None if found is None else _open(log, found[1], found[2])
+        if found is not None and opened is None and bad_from < 0 and log.fmt.sealed:
+            # A well-formed record that fails authentication is a modified record when an
+            # intact record (or the end) follows it; otherwise its "length" is just damage.
+            after = log.record_at(reader, found[0])
+            if found[0] == size or (after is not None and _open(log, after[1], after[2])):
+                yield "unauthenticated", pos, found[0], -1, -1, found[1]
+                pos = found[0]
                 continue
+        if found is not None and opened is not None:
+            if bad_from >= 0:
+                yield "damaged", bad_from, pos, -1, -1, b""
+                bad_from = -1
+            kind, seq, ts, text = opened
+            yield kind, pos, found[0], seq, ts, text
+            pos = found[0]
+            continue
         if bad_from < 0:
             bad_from = pos
         pos = pos + 1 if log.fmt.sealed else reader.next_line(pos)
     if bad_from >= 0:
         yield "damaged", bad_from, size, -1, -1, b""
+
+
+def _open(log: FileLog, body: bytes, control: bool) -> tuple[str, int, int, bytes] | None:
+    """Authenticate one record: ``(kind, seq, ts_us, text)``, or None."""
+    assert log.fmt is not None
+    records = log.fmt.records
+    try:
+        if control:
+            assert isinstance(records, SealedRecords)
+            dictionary = records.decode_dictionary(body, 1)
+            if records.dict_id == 0:
+                records.use_dictionary(1, dictionary)
+            return "dictionary", 1, -1, b""
+        seq, ts, text = records.inspect(body)
+    except (RecordRejected, DictionaryMissing, AssertionError):
+        return None
+    return "record", seq, ts, text
 
 
 def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, list[Problem]]:
@@ -140,6 +156,8 @@ def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, 
                     + (" (a crash mid-append; the next writer cuts them)" if tail else ""),
                 )
             )
+            continue
+        if kind == "dictionary":
             continue
         if kind == "unauthenticated":
             problems.append(
@@ -168,7 +186,8 @@ def _check_index(log: FileLog, ends: list[tuple[int, int]]) -> list[Problem]:
         raw = Path(log.index.path).read_bytes()
     except FileNotFoundError:
         return [Problem("index-stale", 0, "index is missing (rebuilt on the next open)")]
-    if decode_index_header(raw) != log.fmt.log_id:
+    decoded = decode_index_header(raw)
+    if decoded is None or decoded[0] != log.fmt.log_id:
         return [Problem("index-stale", 0, "index belongs to another log (rebuilt on next open)")]
     entries = [
         INDEX_ENTRY.unpack_from(raw, INDEX_HEADER_BYTES + k * INDEX_ENTRY.size)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 
 __all__ = [
+    "DICT_SPAN",
+    "DICT_SPAN_OFFSET",
     "INDEX_ENTRY",
     "INDEX_HEADER_BYTES",
     "INDEX_MAGIC",
@@ -21,23 +23,28 @@ __all__ = [
 INDEX_MAGIC = b"\x89CCX\r\n\x1a\n"
 INDEX_VERSION = 1
 INDEX_ENTRY = struct.Struct("<Qq")  # FORMAT.md §7: end (u64), ts_us (i64)
-_INDEX_HEADER = struct.Struct("<8sHHI16s")  # magic, index_version, entry_bytes, reserved, log_id
-INDEX_HEADER_BYTES = _INDEX_HEADER.size  # 32
+# FORMAT.md §7: magic, index_version, entry_bytes, reserved, log_id, dict_start, dict_end
+_INDEX_HEADER = struct.Struct("<8sHHI16sQQ")
+INDEX_HEADER_BYTES = _INDEX_HEADER.size  # 48
+DICT_SPAN_OFFSET = 32  # where dict_start, dict_end sit in the header
+DICT_SPAN = struct.Struct("<QQ")
 
 
-def encode_index_header(log_id: bytes) -> bytes:
-    """Return the 32-byte index header for a log."""
-    return _INDEX_HEADER.pack(INDEX_MAGIC, INDEX_VERSION, INDEX_ENTRY.size, 0, log_id)
+def encode_index_header(log_id: bytes, dict_span: tuple[int, int] = (0, 0)) -> bytes:
+    """Return the 48-byte index header for a log (``dict_span`` (0, 0): no dictionary)."""
+    return _INDEX_HEADER.pack(INDEX_MAGIC, INDEX_VERSION, INDEX_ENTRY.size, 0, log_id, *dict_span)
 
 
-def decode_index_header(buf: bytes) -> bytes | None:
-    """Return the log id an index header names, or None when the header is not usable.
+def decode_index_header(buf: bytes) -> tuple[bytes, tuple[int, int]] | None:
+    """Return ``(log_id, dict_span)`` of an index header, or None when it is not usable.
 
     An index is a cache: an unusable header means "rebuild", never an error.
     """
     if len(buf) < INDEX_HEADER_BYTES:
         return None
-    magic, version, entry_bytes, reserved, log_id = _INDEX_HEADER.unpack_from(buf)
+    magic, version, entry_bytes, reserved, log_id, d0, d1 = _INDEX_HEADER.unpack_from(buf)
     if (magic, version, entry_bytes, reserved) != (INDEX_MAGIC, INDEX_VERSION, INDEX_ENTRY.size, 0):
         return None
-    return bytes(log_id)
+    if d1 < d0:
+        return None
+    return bytes(log_id), (d0, d1)

@@ -8,6 +8,7 @@ Plain logs hold one JSON line per record. Pure bytes <-> values: no I/O, no cryp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -17,10 +18,14 @@ from .varint import decode_varint, encode_varint
 
 __all__ = [
     "ENVELOPE_COMPRESSED",
+    "ENVELOPE_DICTIONARY",
     "FERNET_OVERHEAD_BYTES",
+    "KIND_DICTIONARY",
+    "KIND_MESSAGE",
     "MAX_BODY_BYTES",
     "MAX_MESSAGE_BYTES",
     "MIN_BODY_BYTES",
+    "Envelope",
     "decode_envelope",
     "decode_frame_header",
     "decode_plain_line",
@@ -38,34 +43,41 @@ FERNET_OVERHEAD_BYTES = 8 + 16 + 32
 MIN_BODY_BYTES = FERNET_OVERHEAD_BYTES + 16
 _MAX_ENVELOPE_HEAD = 1 + 5 + 5
 MAX_BODY_BYTES = FERNET_OVERHEAD_BYTES + (MAX_MESSAGE_BYTES + _MAX_ENVELOPE_HEAD) // 16 * 16 + 16
-ENVELOPE_COMPRESSED = 0x01  # FORMAT.md §5: payload is a zstd frame
-_ENVELOPE_KNOWN_FLAGS = ENVELOPE_COMPRESSED
+ENVELOPE_COMPRESSED = 0x01  # FORMAT.md §5.2: payload is a zstd frame
+ENVELOPE_DICTIONARY = 0x02  # FORMAT.md §5.2: compressed with dictionary `dict_id`
+ENVELOPE_KIND_MASK = 0x0C  # FORMAT.md §5.3: 0 = message, 1 = dictionary (control records)
+KIND_MESSAGE, KIND_DICTIONARY = 0, 1
+_ENVELOPE_KNOWN_FLAGS = ENVELOPE_COMPRESSED | ENVELOPE_DICTIONARY | (KIND_DICTIONARY << 2)
 _US_PER_S = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_US = timedelta(microseconds=1)
 
 
-def encode_frame(body: bytes) -> bytes:
-    """Prefix a sealed record body with its length."""
-    return encode_varint(len(body)) + body
+def encode_frame(body: bytes, *, control: bool = False) -> bytes:
+    """Prefix a sealed record body with ``varint(body_len << 1 | control)``."""
+    return encode_varint(len(body) << 1 | control) + body
 
 
-def decode_frame_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]:
-    """Read a frame's length prefix at ``pos``; return ``(body_start, body_end)``.
+def decode_frame_header(
+    buf: bytes | bytearray | memoryview, pos: int = 0
+) -> tuple[int, int, bool]:
+    """Read a frame's prefix at ``pos``; return ``(body_start, body_end, control)``.
 
     The length is bounded and checked against the Fernet token shape *before* anything
     is allocated; ``body_end`` may lie beyond ``buf`` (the caller checks the file size).
+    ``control`` marks a record that is not a message (a dictionary, FORMAT.md §5.3).
 
     :raises ValueError: the prefix is malformed or the length impossible.
     """
-    body_len, start = decode_varint(buf, pos)
+    prefix, start = decode_varint(buf, pos)
+    body_len, control = prefix >> 1, bool(prefix & 1)
     if (
         body_len < MIN_BODY_BYTES
         or body_len > MAX_BODY_BYTES
         or (body_len - FERNET_OVERHEAD_BYTES) % 16
     ):
         raise ValueError(f"impossible record length {body_len}")
-    return start, start + body_len
+    return start, start + body_len, control
 
 
 def token_from_body(body: bytes | memoryview) -> bytes:
@@ -73,18 +85,38 @@ def token_from_body(body: bytes | memoryview) -> bytes:
     return FERNET_VERSION + bytes(body)
 
 
-def encode_envelope(seq: int, ts_us: int, payload: bytes, *, compressed: bool) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded envelope (FORMAT.md §5.2); ``seq`` is the dictionary id for kind 1."""
+
+    seq: int
+    ts_us: int
+    kind: int
+    compressed: bool
+    dict_id: int
+    payload: memoryview
+
+
+def encode_envelope(
+    seq: int,
+    ts_us: int,
+    payload: bytes,
+    *,
+    compressed: bool,
+    dict_id: int = 0,
+    kind: int = KIND_MESSAGE,
+) -> bytes:
     """Build the plaintext that one record seals (its Fernet timestamp is ``ts_us // 10**6``)."""
-    return (
-        bytes((ENVELOPE_COMPRESSED if compressed else 0,))
-        + encode_varint(seq)
-        + encode_varint(ts_us % _US_PER_S)
-        + payload
-    )
+    flags = (ENVELOPE_COMPRESSED if compressed else 0) | kind << 2
+    head = encode_varint(seq) + encode_varint(ts_us % _US_PER_S)
+    if dict_id:
+        flags |= ENVELOPE_DICTIONARY
+        head += encode_varint(dict_id)
+    return bytes((flags,)) + head + payload
 
 
-def decode_envelope(plain: bytes, token_seconds: int) -> tuple[int, int, bool, memoryview]:
-    """Parse an unsealed envelope; return ``(seq, ts_us, compressed, payload)``.
+def decode_envelope(plain: bytes, token_seconds: int) -> Envelope:
+    """Parse an unsealed envelope.
 
     :raises ValueError: the envelope is malformed.
     :raises NotImplementedError: it uses flags this version does not know (a newer writer).
@@ -98,10 +130,17 @@ def decode_envelope(plain: bytes, token_seconds: int) -> tuple[int, int, bool, m
     rem, pos = decode_varint(plain, pos)
     if rem >= _US_PER_S:
         raise ValueError("timestamp remainder out of range")
-    return (
+    dict_id = 0
+    if flags & ENVELOPE_DICTIONARY:
+        dict_id, pos = decode_varint(plain, pos)
+        if not dict_id or not flags & ENVELOPE_COMPRESSED:
+            raise ValueError("dictionary flag without a compressed payload or an id")
+    return Envelope(
         seq,
         token_seconds * _US_PER_S + rem,
+        (flags & ENVELOPE_KIND_MASK) >> 2,
         bool(flags & ENVELOPE_COMPRESSED),
+        dict_id,
         memoryview(plain)[pos:],
     )
 

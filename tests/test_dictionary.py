@@ -1,0 +1,184 @@
+"""The per-log zstd dictionary (FORMAT.md §5.3): trained once, sealed in the log, kept readable."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conversation_codec import ConversationCodec
+from conversation_codec.compression import TRAIN_AFTER
+
+from conftest import KEY
+
+WORDS = [
+    "order",
+    "coffee",
+    "latte",
+    "refund",
+    "shipping",
+    "address",
+    "delivery",
+    "tracking",
+    "number",
+    "account",
+    "password",
+    "reset",
+    "invoice",
+    "payment",
+    "card",
+    "declined",
+    "subscription",
+    "cancel",
+    "upgrade",
+    "plan",
+    "support",
+    "ticket",
+]
+
+
+def chat(n: int, seed: int = 7) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30)))
+        if i % 3 == 2:
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": f"call_{i}",
+                            "type": "function",
+                            "function": {"name": "lookup", "arguments": f'{{"q": "{text[:20]}"}}'},
+                        }
+                    ],
+                }
+            )
+        else:
+            out.append({"role": "user" if i % 3 == 0 else "assistant", "content": text})
+    return out
+
+
+def open_codec(path: Path) -> ConversationCodec:
+    return ConversationCodec(path, encryption_key=KEY, durability="flush")
+
+
+def dict_span(codec: ConversationCodec) -> tuple[int, int]:
+    codec.message_count()
+    return codec._log.index.dict_span
+
+
+def test_dictionary_is_trained_once_and_shrinks_records(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    msgs = chat(TRAIN_AFTER + 300)
+    with open_codec(path) as codec:
+        codec.extend(msgs[: TRAIN_AFTER - 1])
+        assert dict_span(codec) == (0, 0)
+        before = path.stat().st_size
+        codec.extend(msgs[TRAIN_AFTER - 1 : TRAIN_AFTER + 100])
+        span = dict_span(codec)
+        assert span != (0, 0) and span[0] >= before
+        codec.extend(msgs[TRAIN_AFTER + 100 :])
+        assert dict_span(codec) == span  # trained once
+    with open_codec(path) as codec:
+        assert codec.load() == msgs
+        assert codec.tail(5) == msgs[-5:]
+        assert codec.get(TRAIN_AFTER + 50) == msgs[TRAIN_AFTER + 50]
+        assert codec.verify().ok
+
+
+def test_records_compress_better_with_the_dictionary(tmp_path: Path) -> None:
+    msgs = chat(TRAIN_AFTER + 200, seed=3)
+    later = msgs[TRAIN_AFTER:]
+    with open_codec(tmp_path / "trained.log") as codec:
+        codec.extend(msgs[:TRAIN_AFTER])  # the dictionary is trained here
+        assert dict_span(codec) != (0, 0)
+        start = (tmp_path / "trained.log").stat().st_size
+        codec.extend(later)
+        with_dictionary = (tmp_path / "trained.log").stat().st_size - start
+    with open_codec(tmp_path / "fresh.log") as codec:
+        codec.extend(later)  # too few messages to train: zstd alone
+        assert dict_span(codec) == (0, 0)
+        without = (tmp_path / "fresh.log").stat().st_size - 80
+    assert with_dictionary < 0.8 * without
+
+
+@pytest.mark.parametrize("how", ["deleted", "garbled"])
+def test_index_loss_rebuilds_and_finds_the_dictionary(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "c.log"
+    msgs = chat(TRAIN_AFTER + 50)
+    with open_codec(path) as codec:
+        codec.extend(msgs)
+        span = dict_span(codec)
+    idx = Path(str(path) + ".idx")
+    if how == "deleted":
+        idx.unlink()
+    else:
+        data = bytearray(idx.read_bytes())
+        data[32:48] = bytes(16)  # forget where the dictionary is
+        idx.write_bytes(bytes(data))
+    with open_codec(path) as codec:
+        assert codec.load() == msgs
+        assert dict_span(codec) == span
+        codec.append({"role": "user", "content": "after rebuild"})
+    with open_codec(path) as codec:
+        assert codec.tail(1) == [{"role": "user", "content": "after rebuild"}]
+
+
+def test_popping_below_the_dictionary_drops_it_and_retrains(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    msgs = chat(TRAIN_AFTER + 20)
+    with open_codec(path) as codec:
+        codec.extend(msgs)
+        assert dict_span(codec) != (0, 0)
+        for _ in range(25):
+            codec.pop()
+        assert dict_span(codec) == (0, 0)
+        assert codec.load() == msgs[:-25]
+        codec.extend(msgs[-25:])
+        assert dict_span(codec) != (0, 0)
+    with open_codec(path) as codec:
+        assert codec.load() == msgs
+        assert codec.verify().ok
+
+
+def test_compaction_retrains_on_the_whole_history(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    msgs = chat(3 * TRAIN_AFTER)
+    with open_codec(path) as codec:
+        codec.extend(msgs)
+        before = path.stat().st_size
+        report = codec.compact()
+        assert report.messages == len(msgs)
+        assert path.stat().st_size < before  # the first TRAIN_AFTER records shrink too
+        span = dict_span(codec)
+        assert span[0] == 80  # the dictionary record follows the header
+    with open_codec(path) as codec:
+        assert codec.load() == msgs
+        assert codec.verify().ok
+
+
+def test_salvage_and_verify_understand_dictionaries(tmp_path: Path) -> None:
+    from conversation_codec.verify import salvage
+
+    path = tmp_path / "c.log"
+    msgs = chat(TRAIN_AFTER + 40)
+    with open_codec(path) as codec:
+        codec.extend(msgs)
+    Path(str(path) + ".idx").unlink()
+    report = salvage(path, tmp_path / "copy.log", encryption_key=KEY)
+    assert report.recovered == len(msgs) and report.lost_seqs == ()
+    with open_codec(tmp_path / "copy.log") as codec:
+        assert codec.load() == msgs
+
+
+def test_plaintext_logs_never_get_a_dictionary(tmp_path: Path) -> None:
+    path = tmp_path / "p.log"
+    with ConversationCodec(path, durability="flush") as codec:
+        codec.extend(chat(TRAIN_AFTER + 10))
+        assert dict_span(codec) == (0, 0)
+    assert all(line.startswith(b"{") for line in path.read_bytes().splitlines())
