@@ -91,9 +91,7 @@ def _make_private_dirs(folder: str) -> None:
             os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
 
 
-def _parse_frame(
-    buf: bytes, pos: int, sealed: bool, at_eof: bool
-) -> tuple[int, int, bool] | None:
+def _parse_frame(buf: bytes, pos: int, sealed: bool, at_eof: bool) -> tuple[int, int, bool] | None:
     """Locate the body of the record at ``pos`` in ``buf``: ``(start, end, control)``
     relative to buf (``control``: a dictionary record, not a message).
 
@@ -526,9 +524,7 @@ class FileLog:
         assert self.fmt is not None
         if self.fmt.sealed:
             try:
-                start, end, control = decode_frame_header(
-                    reader.get(pos, pos + MAX_VARINT_BYTES)
-                )
+                start, end, control = decode_frame_header(reader.get(pos, pos + MAX_VARINT_BYTES))
             except ValueError:
                 return None
             if pos + end > reader.size:

@@ -58,9 +58,7 @@ def encode_frame(body: bytes, *, control: bool = False) -> bytes:
     return encode_varint(len(body) << 1 | control) + body
 
 
-def decode_frame_header(
-    buf: bytes | bytearray | memoryview, pos: int = 0
-) -> tuple[int, int, bool]:
+def decode_frame_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int, bool]:
     """Read a frame's prefix at ``pos``; return ``(body_start, body_end, control)``.
 
     The length is bounded and checked against the Fernet token shape *before* anything
