@@ -92,3 +92,13 @@ def test_reprs_and_errors_hold_no_key_material() -> None:
     with pytest.raises(ValueError) as info:
         Keyring.from_input(near_miss)
     assert near_miss not in str(info.value) and KEY[:20] not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "bad", [KEY + "A", KEY + "\n" + KEY, KEY + "\x00", KEY[:-1], " " + KEY, KEY.replace("-", "+")]
+)
+def test_malformed_keys_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a Fernet key"):
+        Keyring.from_input(bad)
+    with pytest.raises(ValueError, match="not a Fernet key"):
+        Keyring.from_input(bad.encode("latin-1"))

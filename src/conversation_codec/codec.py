@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ from typing import Any
 
 import msgspec
 
+from .attachments import BlobStore, apply_mode, references, restore
+from .chat_formats import to_anthropic_messages, to_ollama_messages, to_openai_messages
 from .compression import DICTIONARY_BYTES, TRAIN_AFTER, Compressor, train_dictionary
 from .crypto import (
     SCRYPT_LOG2_N,
@@ -62,6 +66,7 @@ from .format.record import MAX_MESSAGE_BYTES
 from .log import FileLog, LogFormat, _IndexMismatch, _Transaction
 from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
 from .search import Hit, Query, parse_roles, to_us
+from .transfer import ImportReport, export_history, import_history
 from .verify import VerifyReport, verify_log
 
 __all__ = ["CompactionReport", "ConversationCodec", "LogInfo", "Message"]
@@ -115,6 +120,11 @@ class ConversationCodec:
         (handed to the OS: survives a process crash, not a power loss).
     :param clock: seam returning microseconds since the epoch (UTC) for new records.
     :param lock_timeout: seconds to wait for another process's lock; None waits forever.
+    :param password: instead of a key: a scrypt-derived key, salt and cost in the header.
+    :param max_messages: reads see only the newest N messages; compaction drops the rest.
+    :param attachments: ``"keep"`` inline base64 data; ``"strip"`` it to a placeholder
+        (type, size, sha256); or move it to an ``"external"`` encrypted, deduplicated blob
+        store beside the log (``<path>.blobs``), restored transparently on read.
     :raises DecryptionError: no key given opens the existing log.
     :raises KeyRequiredError: the log is encrypted and no key was given.
     :raises NotEncryptedError: a key was given but the log is plaintext.
@@ -141,6 +151,7 @@ class ConversationCodec:
         lock_timeout: float | None = None,
         password: str | None = None,
         max_messages: int | None = None,
+        attachments: str = "keep",
     ) -> None:
         if durability not in ("fsync", "flush"):
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
@@ -159,6 +170,16 @@ class ConversationCodec:
         self._kdf: SealedHeader | None = None  # the password log's KDF fields, to reuse its salt
         self._max = max_messages
         self._untrainable = False
+        if attachments not in ("keep", "strip", "external"):
+            raise ValueError('attachments must be "keep", "strip" or "external"')
+        if attachments == "external" and password is not None:
+            raise ValueError("external attachments need encryption_key=, not password=")
+        self._attachments = attachments
+        self._blobs = (
+            BlobStore.for_key(str(self._path) + ".blobs", encryption_key)
+            if attachments == "external"
+            else None
+        )
         self._redact = redact_fn
         self._clock = clock or _now_us
         self._zstd = Compressor()
@@ -267,14 +288,23 @@ class ConversationCodec:
 
     # -- encoding --------------------------------------------------------------------------
 
-    def _encode(self, message: Message) -> tuple[Message, bytes]:
-        """Redact, encode and validate one message; return it with its JSON."""
+    def _transform(self, message: Message) -> Message:
+        """Apply ``redact_fn`` and the attachments mode: the message as it will be stored."""
         if not isinstance(message, dict):
             raise NotSerializableError(f"a message must be a dict, not {type(message).__name__}")
         if self._redact is not None:
             message = self._redact(message)
             if not isinstance(message, dict):
                 raise NotSerializableError("redact_fn must return a dict")
+        if self._attachments != "keep":
+            # Blobs are written before the record that refers to them: a crash leaves at
+            # worst an unreferenced blob, which compaction deletes.
+            message = apply_mode(message, self._attachments, self._blobs)
+        return message
+
+    def _encode(self, message: Message) -> tuple[Message, bytes]:
+        """Transform, encode and validate one message; return it with its JSON."""
+        message = self._transform(message)
         try:
             data = _encode(message)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -386,22 +416,32 @@ class ConversationCodec:
         atomically (temp file, fsync, rename), keeping the timestamps of the common prefix.
         With ``max_messages``, "the stored history" is the visible window.
         """
-        encoded = [self._encode(m) for m in messages]
+        messages = list(messages)
         with self._writing():
+            # The kept prefix is only compared, by digest: validating and encoding every
+            # kept message again on every save would cost ~3x as much (measured at 10k).
             digests = self._stored_digests()
             keep = 0
-            for (message, _), stored in zip(encoded, digests, strict=False):
-                if _digest(message) != stored:
+            for message, stored in zip(messages, digests, strict=False):
+                if self._digest_of(message) != stored:
                     break
                 keep += 1
             if keep == len(digests):
-                if len(encoded) > keep:
-                    self._append_locked(encoded[keep:], None)
+                if len(messages) > keep:
+                    self._append_locked([self._encode(m) for m in messages[keep:]], None)
                 return
+            encoded = [self._encode(m) for m in messages]
             base = self._base()
             kept = list(self._log.index.tss[base : base + keep])
             tail = self._timestamps(len(encoded) - keep, None) if len(encoded) > keep else []
             self._rewrite(encoded, kept + tail)
+
+    def _digest_of(self, message: Message) -> bytes:
+        """The digest ``message`` would be stored with; empty for what cannot be stored."""
+        try:
+            return _digest(self._transform(message))
+        except (ConversationCodecError, TypeError, ValueError, OverflowError):
+            return b""
 
     def _stored_digests(self) -> list[bytes]:
         """Digests of the visible stored messages (decrypting them once per instance)."""
@@ -421,21 +461,28 @@ class ConversationCodec:
         self._log.rewrite(header, fmt, records)
         self._digests, self._dbase = [_digest(m) for m, _ in encoded], 0
 
-    def _replace_all(
-        self, messages: Sequence[Message], timestamps: Sequence[TimestampInput | None]
+    def replace(
+        self,
+        messages: Sequence[Message],
+        *,
+        timestamps: Sequence[TimestampInput] | None = None,
     ) -> None:
-        """Atomically replace the history with messages at given times (import's hook).
+        """Atomically replace the whole history, giving each message its time.
 
-        A None timestamp means "now" (clamped to stay ordered); given ones must not decrease.
+        Unlike ``save()``, nothing is kept: the log is rewritten (temp file, fsync, rename).
+        ``timestamps`` must not decrease; None stamps every message with now.
         """
         encoded = [self._encode(m) for m in messages]
+        if timestamps is not None and len(timestamps) != len(encoded):
+            raise ValueError(f"got {len(timestamps)} timestamps for {len(encoded)} messages")
         with self._writing():
-            tss: list[int] = []
-            for value in timestamps:
-                us = max(self._clock(), tss[-1] if tss else 0) if value is None else _to_us(value)
-                if tss and us < tss[-1]:
+            if timestamps is None:
+                now = self._clock()
+                tss = [now] * len(encoded)
+            else:
+                tss = [_to_us(t) for t in timestamps]
+                if any(b < a for a, b in itertools.pairwise(tss)):
                     raise ValueError("timestamps must not decrease")
-                tss.append(us)
             self._rewrite(encoded, tss)
 
     def compact(self, *, encryption_key: KeyInput | None = None) -> CompactionReport:
@@ -490,12 +537,18 @@ class ConversationCodec:
             if trained is not None:
                 new.records.use_dictionary(1, trained)
                 dictionary = new.records.encode_dictionary(1, self._log.index.tss[start], trained)
-        records = (
-            (new.records.encode(seq - start, ts, _encode(message)), ts)
-            for seq, message, ts in self._decoded(start, count)
-        )
-        self._log.rewrite(header, new, records, dictionary)
+        referenced: set[str] = set()
+
+        def reseal() -> Iterator[tuple[bytes, int]]:
+            for seq, message, ts in self._decoded(start, count):
+                if self._blobs is not None:
+                    referenced.update(references(message))
+                yield new.records.encode(seq - start, ts, _encode(message)), ts
+
+        self._log.rewrite(header, new, reseal(), dictionary)
         self._digests = None
+        if self._blobs is not None:
+            self._blobs.delete_unreferenced(referenced)
         return CompactionReport(count - start, before, self._log.size() + self._index_size())
 
     def rotate_key(self, new_key: KeyInput) -> CompactionReport:
@@ -564,6 +617,11 @@ class ConversationCodec:
         with self._writing():
             self._log.remove()
             self._digests = None
+            blobs = str(self._path) + ".blobs"
+            if self._blobs is not None:
+                self._blobs.clear()
+            elif os.path.isdir(blobs):
+                shutil.rmtree(blobs)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -609,6 +667,10 @@ class ConversationCodec:
         except RecordRejected as exc:
             raise self._corrupt(exc, seq) from None
 
+    def _present(self, message: Message) -> Message:
+        """Turn a stored message into what callers see (external attachments restored)."""
+        return message if self._blobs is None else restore(message, self._blobs)
+
     def _decoded(self, start: int, stop: int) -> Iterator[tuple[int, Message, int]]:
         """Yield ``(seq, message, ts_us)`` for a range, inside the current transaction."""
         for seq, text, ts in self._payloads(start, stop):
@@ -643,7 +705,7 @@ class ConversationCodec:
             messages: list[Message] = []
             digests: list[bytes] = []
             for _, message, _ in self._decoded(base, count):
-                messages.append(message)
+                messages.append(self._present(message))
                 digests.append(_digest(message))
             # The seed pattern calls save() next: keep what it compares against.
             self._digests, self._dbase = digests, base
@@ -655,7 +717,7 @@ class ConversationCodec:
         :raises IndexError: no such record.
         """
         with self._reading():
-            return self._read_one(self._position(seq))
+            return self._present(self._read_one(self._position(seq)))
 
     def tail(self, n: int) -> list[Message]:
         """Return the last ``n`` messages, oldest first, reading only those records."""
@@ -663,7 +725,8 @@ class ConversationCodec:
             raise ValueError("n must be >= 0")
         with self._reading():
             count = len(self._log.index)
-            return [m for _, m, _ in self._decoded(max(self._base(), count - n), count)]
+            start = max(self._base(), count - n)
+            return [self._present(m) for _, m, _ in self._decoded(start, count)]
 
     def message_count(self) -> int:
         """Return the number of (visible) messages, from the index (no decryption)."""
@@ -692,7 +755,8 @@ class ConversationCodec:
                 now = self._log.fmt.log_id if self._log.fmt else None
                 if now != log_id or len(self._log.index) < min(count, seq + _ITER_BATCH):
                     raise LogReplacedError("the log was replaced or truncated while iterating")
-                batch = [m for _, m, _ in self._decoded(seq, min(count, seq + _ITER_BATCH))]
+                stop = min(count, seq + _ITER_BATCH)
+                batch = [self._present(m) for _, m, _ in self._decoded(seq, stop)]
             yield from batch
             seq += len(batch)
 
@@ -779,7 +843,8 @@ class ConversationCodec:
                 continue
             message = self._parse(seq, text)
             if (roles is None or message.get("role") in roles) and matcher.matches(message):
-                hits.append(Hit(seq - base, _EPOCH + timedelta(microseconds=ts), message))
+                when = _EPOCH + timedelta(microseconds=ts)
+                hits.append(Hit(seq - base, when, self._present(message)))
         return hits
 
     def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
@@ -797,6 +862,54 @@ class ConversationCodec:
                 return VerifyReport(self._path, 0, ())
             records, problems = verify_log(self._log)
         return VerifyReport(self._path, records, tuple(problems))
+
+    # -- formats for model APIs, export and import -------------------------------------------
+
+    def _context(self, max_context: int | None) -> list[Message]:
+        if max_context is None:
+            return self.load() or []
+        return self.tail(max_context)
+
+    def to_openai_messages(
+        self, system_prompt: str | None = None, max_context: int | None = None
+    ) -> list[Message]:
+        """The newest ``max_context`` messages (read through the index), as an OpenAI
+        ``messages`` list, with ``system_prompt`` first."""
+        return to_openai_messages(self._context(max_context), system_prompt)
+
+    def to_ollama_messages(
+        self, system_prompt: str | None = None, max_context: int | None = None
+    ) -> list[Message]:
+        """Like ``to_openai_messages`` in Ollama's chat format (tool arguments as objects)."""
+        return to_ollama_messages(self._context(max_context), system_prompt)
+
+    def to_anthropic_messages(
+        self, max_context: int | None = None
+    ) -> tuple[str | None, list[Message]]:
+        """``(system, messages)`` for Anthropic's Messages API: content blocks, tool calls
+        as ``tool_use`` and tool results as ``tool_result`` blocks."""
+        return to_anthropic_messages(self._context(max_context))
+
+    def export(
+        self, dst: str | os.PathLike[str], format: str = "jsonl", with_timestamps: bool = True
+    ) -> int:
+        """Write the history as **unencrypted** JSONL or JSON to ``dst`` (0600, atomic).
+
+        Warning: the file holds every message in plaintext. Returns the message count.
+        """
+        return export_history(self, dst, format=format, with_timestamps=with_timestamps)
+
+    def import_(
+        self,
+        src: str | os.PathLike[str],
+        merge: bool = False,
+        *,
+        legacy_key: KeyInput | None = None,
+        password: str | None = None,
+    ) -> ImportReport:
+        """Read any history ``migrate`` understands into this log: replace it, or ``merge``
+        by adding only messages not already present (same time, role and content)."""
+        return import_history(self, src, merge=merge, legacy_key=legacy_key, password=password)
 
     def info(self) -> LogInfo:
         """Describe the log from its header and index alone (no message is decrypted)."""

@@ -9,10 +9,10 @@ This module never opens a file.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -40,6 +40,7 @@ __all__ = [
 KeyInput = str | bytes | Sequence[str | bytes]
 _HKDF_INFO = b"conversation-codec/1 log keys"  # FORMAT.md §4
 _MASTER_KEY_BYTES = 32
+_KEY_SHAPE = re.compile(rb"[A-Za-z0-9_-]{43}=")
 _FERNET_VERSION = b"\x80"
 
 
@@ -62,10 +63,10 @@ def _parse_key(key: str | bytes) -> bytes:
         raise TypeError(
             f"encryption key must be str or bytes (a Fernet key), not {type(key).__name__}"
         )
-    try:
-        raw = base64.urlsafe_b64decode(key.encode("ascii") if isinstance(key, str) else key)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raw = b""
+    text = key.encode("ascii", "replace") if isinstance(key, str) else bytes(key)
+    # urlsafe_b64decode skips stray characters, so check the exact shape first: 43
+    # alphabet characters and one "=" (a Fernet key is 32 bytes).
+    raw = base64.urlsafe_b64decode(text) if _KEY_SHAPE.fullmatch(text) else b""
     if len(raw) != _MASTER_KEY_BYTES:
         # Say nothing about the key itself: it may be a near-miss of a real secret.
         raise ValueError(

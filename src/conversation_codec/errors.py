@@ -19,10 +19,12 @@ __all__ = [
     "CorruptRecordError",
     "DecryptionError",
     "FormatError",
+    "KeyFileError",
     "KeyMismatchError",
     "KeyRequiredError",
     "LockTimeoutError",
     "LogReplacedError",
+    "MissingBlobError",
     "NotEncryptedError",
     "NotSerializableError",
     "RecordTooLargeError",
@@ -102,3 +104,11 @@ class ClosedError(ConversationCodecError, ValueError):
 
 class LogReplacedError(ConversationCodecError, RuntimeError):
     """Another writer replaced or truncated the log while it was being iterated."""
+
+
+class KeyFileError(ConversationCodecError, ValueError):
+    """A key file is unsafe to use: others can read it, or it is not a regular file."""
+
+
+class MissingBlobError(ConversationCodecError, LookupError):
+    """A message refers to an attachment blob that is not in the store."""

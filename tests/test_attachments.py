@@ -1,0 +1,338 @@
+"""Attachments: strip to placeholders, or move into a sealed, deduplicated blob store and
+restore the exact original bytes; the plaintext of a sealed blob never reaches the disk."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conversation_codec import ConversationCodec, DecryptionError
+from conversation_codec.attachments import (
+    ATTACHMENTS_KEY,
+    BlobStore,
+    MissingBlobError,
+    apply_mode,
+    externalize,
+    references,
+    restore,
+    strip_attachments,
+)
+
+from conftest import KEY, OTHER_KEY
+
+_RAW = random.Random(7).randbytes(2 * 1024 * 1024)  # a 2 MB "image": incompressible
+_B64 = base64.b64encode(_RAW).decode("ascii")
+
+
+def _image_message(b64: str = _B64, text: str = "What is in this picture?") -> dict[str, Any]:
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": text},
+            {
+                "type": "image_url",
+                "image_url": {"url": f"data:image/png;base64,{b64}", "detail": "high"},
+            },
+        ],
+    }
+
+
+def _size(message: dict[str, Any]) -> int:
+    import json
+
+    return len(json.dumps(message))
+
+
+@pytest.fixture(params=["sealed", "plaintext"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    return BlobStore.for_key(
+        tmp_path / "chat.log.blobs", KEY if request.param == "sealed" else None
+    )
+
+
+# -- strip -----------------------------------------------------------------------------
+
+
+def test_strip_replaces_a_2mb_image_with_a_small_placeholder() -> None:
+    message = _image_message()
+    stripped = strip_attachments(message)
+    assert _size(stripped) < 400 < 2 * 1024 * 1024 < _size(message)
+    url = stripped["content"][1]["image_url"]["url"]
+    assert (
+        url == f"cc-stripped:image/png;bytes={len(_RAW)};sha256={hashlib.sha256(_RAW).hexdigest()}"
+    )
+    assert stripped["content"][1]["image_url"]["detail"] == "high"
+    assert stripped["content"][0] == message["content"][0]
+    assert stripped[ATTACHMENTS_KEY] == {"stripped": 1}
+    assert message == _image_message()  # the input is not modified
+    assert strip_attachments(stripped) == stripped  # idempotent
+    assert apply_mode(message, "strip") == stripped
+    assert apply_mode(message, "keep") is message
+
+
+PDF = base64.b64encode(b"%PDF-1.4 tiny").decode()
+WAV = base64.b64encode(b"RIFF....WAVE").decode()
+
+
+@pytest.mark.parametrize(
+    ("part", "path", "media"),
+    [
+        (
+            {"type": "image_url", "image_url": f"data:image/jpeg;base64,{PDF}"},
+            ("image_url",),
+            "image/jpeg",
+        ),
+        (
+            {"type": "input_image", "image_url": f"data:image/webp;base64,{PDF}"},
+            ("image_url",),
+            "image/webp",
+        ),
+        (
+            {"type": "input_file", "file_data": f"data:application/pdf;base64,{PDF}"},
+            ("file_data",),
+            "application/pdf",
+        ),
+        (
+            {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{PDF}"}},
+            ("file", "file_data"),
+            "application/pdf",
+        ),
+        (
+            {"type": "input_audio", "input_audio": {"data": WAV, "format": "wav"}},
+            ("input_audio", "data"),
+            "audio/wav",
+        ),
+        (
+            {"type": "image", "source": {"type": "base64", "media_type": "image/gif", "data": PDF}},
+            ("source", "data"),
+            "image/gif",
+        ),
+        (
+            {
+                "type": "document",
+                "source": {"type": "base64", "media_type": "application/pdf", "data": PDF},
+            },
+            ("source", "data"),
+            "application/pdf",
+        ),
+    ],
+)
+def test_every_attachment_slot_is_found(
+    part: dict[str, Any], path: tuple[str, ...], media: str, tmp_path: Path
+) -> None:
+    message = {"role": "user", "content": [{"type": "text", "text": "see"}, part]}
+    value: Any = strip_attachments(message)["content"][1]
+    for key in path:
+        value = value[key]
+    assert value.startswith(f"cc-stripped:{media};bytes=")
+    store = BlobStore.for_key(tmp_path / "blobs", KEY)
+    assert restore(externalize(message, store), store) == message
+
+
+def test_nested_attachments_in_tool_results_are_found() -> None:
+    message = {
+        "role": "user",
+        "content": [
+            {
+                "type": "tool_result",
+                "tool_use_id": "t",
+                "content": [
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": PDF},
+                    }
+                ],
+            }
+        ],
+    }
+    stripped = strip_attachments(message)
+    assert stripped["content"][0]["content"][0]["source"]["data"].startswith("cc-stripped:")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "user", "content": "data:image/png;base64,AAAA is just text here"},
+        {"role": "user", "content": [{"type": "text", "text": "data:image/png;base64,AAAA"}]},
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "image", "source": {"type": "url", "url": "https://x/a"}}],
+        },
+        {"role": "tool", "tool_call_id": "c", "content": '{"data": "AAAA"}'},
+        {"role": "user", "content": None, "meta": {"data": "AAAA", "file": "x"}},
+    ],
+)
+def test_text_and_remote_urls_are_left_alone(message: dict[str, Any], tmp_path: Path) -> None:
+    assert strip_attachments(message) == message
+    store = BlobStore.for_key(tmp_path / "blobs", KEY)
+    assert externalize(message, store) == message
+    assert not (tmp_path / "blobs").exists()
+
+
+# -- external --------------------------------------------------------------------------
+
+
+def test_external_moves_a_2mb_image_out_and_restores_exact_bytes(store: BlobStore) -> None:
+    message = _image_message()
+    external = externalize(message, store)
+    assert _size(external) < 400
+    assert external[ATTACHMENTS_KEY] == {"external": 1}
+    (name,) = references(external)
+    assert external["content"][1]["image_url"]["url"] == f"cc-blob:{name}data:image/png;base64,"
+    assert store.names() == {name}
+    # Stored as the decoded bytes (+1 tag byte, + Fernet overhead when sealed), not base64.
+    blob = store.directory / name
+    assert len(_RAW) < blob.stat().st_size < len(_RAW) + 200
+    assert stat.S_IMODE(blob.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.directory.stat().st_mode) == 0o700
+    restored = restore(external, store)
+    assert restored == message
+    assert (
+        restored["content"][1]["image_url"]["url"].encode()
+        == f"data:image/png;base64,{_B64}".encode()
+    )
+    assert ATTACHMENTS_KEY not in restored
+    assert apply_mode(message, "external", store) == external
+
+
+def test_identical_images_are_stored_once(store: BlobStore) -> None:
+    first = externalize(_image_message(text="one"), store)
+    second = externalize(_image_message(text="two"), store)
+    both = {"role": "user", "content": [*_image_message()["content"], *_image_message()["content"]]}
+    third = externalize(both, store)
+    assert references(first) == references(second) == references(third)
+    assert len(store.names()) == 1
+    assert third[ATTACHMENTS_KEY] == {"external": 2}
+    assert restore(third, store) == both
+    other = externalize(_image_message(_B64[:-8] + "AAAAAAAA"), store)
+    assert len(store.names()) == 2 and references(other) != references(first)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "data:image/png;base64,aGVsbG8",  # missing padding: not canonical
+        "data:image/png;base64,aGVs\nbG8=",  # a line break inside
+        "data:image/png;base64,aGVsbG8-_w==",  # urlsafe alphabet
+        "data:text/plain,hello%20world",  # not base64 at all
+        "data:image/png;base64,",  # empty
+    ],
+)
+def test_non_canonical_data_is_restored_verbatim(store: BlobStore, url: str) -> None:
+    message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+    external = externalize(message, store)
+    assert external["content"][0]["image_url"]["url"].startswith("cc-blob:")
+    assert restore(external, store) == message
+
+
+def test_sealed_blob_plaintext_never_reaches_the_disk(tmp_path: Path) -> None:
+    store = BlobStore.for_key(tmp_path / "chat.log.blobs", KEY)
+    with ConversationCodec(tmp_path / "chat.log", encryption_key=KEY) as codec:
+        codec.append(externalize(_image_message(), store))
+        stored = codec.get(0)
+    assert restore(stored, store) == _image_message()
+    probes = [
+        _RAW[1000:1032],
+        _RAW[-32:],
+        _B64[5000:5040].encode(),
+        base64.urlsafe_b64encode(_RAW[999:1032]),
+    ]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 4  # log, index, lock, blob
+    for path in files:
+        data = path.read_bytes()
+        assert not any(probe in data for probe in probes), path
+
+
+def test_plaintext_store_keeps_plaintext(tmp_path: Path) -> None:
+    store = BlobStore.for_key(tmp_path / "blobs", None)
+    externalize(_image_message(), store)
+    (blob,) = (tmp_path / "blobs").iterdir()
+    assert _RAW[1000:1032] in blob.read_bytes()  # as documented: a plaintext log's blobs
+
+
+def test_blob_names_are_keyed_not_plain_hashes(tmp_path: Path) -> None:
+    a = BlobStore.for_key(tmp_path / "a", KEY)
+    b = BlobStore.for_key(tmp_path / "b", OTHER_KEY)
+    name = a.put(b"same picture")
+    assert name != b.put(b"same picture")
+    assert name != hashlib.sha256(b"same picture").hexdigest()
+    assert name != hashlib.sha256(b"\x01same picture").hexdigest()
+    assert a.get(name) == b"same picture"
+
+
+def test_a_wrong_key_or_a_swapped_blob_fails_opaquely(tmp_path: Path) -> None:
+    store = BlobStore.for_key(tmp_path / "blobs", KEY)
+    one, two = store.put(b"one"), store.put(b"two")
+    with pytest.raises(DecryptionError, match="does not open"):
+        BlobStore.for_key(tmp_path / "blobs", OTHER_KEY).get(one)
+    assert BlobStore.for_key(tmp_path / "blobs", [OTHER_KEY, KEY]).get(one) == b"one"  # rotation
+    (tmp_path / "blobs" / one).write_bytes((tmp_path / "blobs" / two).read_bytes())
+    with pytest.raises(DecryptionError, match="does not hold the data"):
+        store.get(one)
+    data = bytearray((tmp_path / "blobs" / two).read_bytes())
+    data[40] ^= 1
+    (tmp_path / "blobs" / two).write_bytes(bytes(data))
+    with pytest.raises(DecryptionError):
+        store.get(two)
+
+
+def test_missing_blobs_and_bad_names(store: BlobStore) -> None:
+    external = externalize(_image_message(), store)
+    store.clear()
+    assert not store.directory.exists()
+    with pytest.raises(MissingBlobError, match="missing"):
+        restore(external, store)
+    with pytest.raises(ValueError, match="not a blob name"):
+        store.get("../chat.log")
+    assert "../chat.log" not in store
+
+
+def test_delete_unreferenced_keeps_only_what_messages_use(store: BlobStore) -> None:
+    kept = externalize(_image_message(_B64[:4000]), store)
+    dropped = externalize(_image_message(_B64[4000:8000]), store)
+    (store.directory / ".tmp-0123456789abcdef").write_bytes(b"leftover")
+    os.utime(store.directory / ".tmp-0123456789abcdef", (1, 1))
+    (store.directory / ".tmp-fresh").write_bytes(b"in flight")
+    assert store.delete_unreferenced(references(kept)) == 1
+    assert store.names() == references(kept)
+    assert sorted(p.name for p in store.directory.iterdir()) == sorted(
+        [*references(kept), ".tmp-fresh"]
+    )
+    assert restore(kept, store) == _image_message(_B64[:4000])
+    with pytest.raises(MissingBlobError):
+        restore(dropped, store)
+
+
+def test_restore_leaves_other_flags_and_plain_messages_alone(store: BlobStore) -> None:
+    plain = {"role": "user", "content": "hi"}
+    assert restore(plain, store) is plain
+    mixed = externalize(_image_message(), store)
+    mixed["content"].append(_image_message(PDF)["content"][1])
+    mixed = strip_attachments(mixed)
+    assert mixed[ATTACHMENTS_KEY] == {"external": 1, "stripped": 1}
+    restored = restore(mixed, store)
+    assert restored[ATTACHMENTS_KEY] == {"stripped": 1}
+    assert restored["content"][1] == _image_message()["content"][1]
+    assert restored["content"][2]["image_url"]["url"].startswith("cc-stripped:image/png;bytes=")
+
+
+def test_modes_are_checked(store: BlobStore) -> None:
+    with pytest.raises(ValueError, match='"keep", "strip" or "external"'):
+        apply_mode({}, "drop")
+    with pytest.raises(ValueError, match="needs a BlobStore"):
+        apply_mode({}, "external")
+    with pytest.raises(ValueError, match="both seal and unseal"):
+        BlobStore(store.directory, lambda b: b, None, b"")
+    assert "KEY" not in repr(store) and KEY not in repr(store)

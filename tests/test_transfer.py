@@ -1,0 +1,500 @@
+"""Export to plaintext JSONL / JSON and import back: exact round trips of messages and
+record times, atomic 0600 exports, replace and merge imports, duplicates, rejects."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+import conversation_codec
+from conversation_codec import ConversationCodec, DecryptionError, FormatError, KeyRequiredError
+from conversation_codec.format.record import MAX_MESSAGE_BYTES
+from conversation_codec.legacy import LegacyFormat, read_legacy
+from conversation_codec.transfer import ImportReport, export_history, import_history
+
+from conftest import KEY, OTHER_KEY, T0, Clock, messages
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+Codec = ConversationCodec
+
+
+@pytest.fixture(params=["encrypted", "plaintext"])
+def make(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., ConversationCodec]]:
+    opened: list[ConversationCodec] = []
+
+    def make(name: str = "chat.log", **kwargs: Any) -> ConversationCodec:
+        kwargs.setdefault("encryption_key", KEY if request.param == "encrypted" else None)
+        kwargs.setdefault("clock", Clock())
+        kwargs.setdefault("durability", "flush")
+        codec = Codec(tmp_path / name, **kwargs)
+        opened.append(codec)
+        return codec
+
+    yield make
+    for codec in opened:
+        codec.close()
+
+
+def _times(codec: ConversationCodec) -> list[int]:
+    return [(codec.timestamp(i) - _EPOCH) // timedelta(microseconds=1) for i in range(len(codec))]
+
+
+def _at(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _seed(codec: ConversationCodec, n: int = 12) -> list[dict[str, Any]]:
+    """Fill a codec with ``n`` realistic messages at odd microsecond times (ties too)."""
+    batch = messages(n)
+    stamps = [_at(T0 + 1_234_567 * (i // 2) + 1) for i in range(n)]
+    codec.extend(batch, timestamps=stamps)
+    return batch
+
+
+def _only_file(folder: Path, *names: str) -> None:
+    assert sorted(p.name for p in folder.iterdir() if p.is_file()) == sorted(names)
+
+
+# -- export ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_export_then_import_round_trips_messages_and_times(
+    make: Callable[..., ConversationCodec], tmp_path: Path, fmt: str
+) -> None:
+    source = make()
+    batch = _seed(source)
+    assert export_history(source, tmp_path / "out", format=fmt) == len(batch)
+    target = make("copy.log")
+    report = import_history(target, tmp_path / "out")
+    assert report == ImportReport(len(batch), len(batch), 0, 0, _legacy(fmt))
+    assert target.load() == batch == source.load()
+    assert _times(target) == _times(source)
+
+
+def _legacy(fmt: str) -> LegacyFormat:
+    return LegacyFormat.JSONL if fmt == "jsonl" else LegacyFormat.JSON_ARRAY
+
+
+def test_export_layout_is_what_other_tools_read(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    codec.append({"role": "user", "content": "héllo"}, timestamp=_at(T0 + 7))
+    codec.append({"role": "assistant", "content": None}, timestamp=_at(T0 + 1_000_000))
+    export_history(codec, tmp_path / "a.jsonl")
+    assert (tmp_path / "a.jsonl").read_text(encoding="utf-8") == (
+        '{"role":"user","content":"héllo","timestamp":"2025-11-21T04:40:00.000007Z"}\n'
+        '{"role":"assistant","content":null,"timestamp":"2025-11-21T04:40:01.000000Z"}\n'
+    )
+    export_history(codec, tmp_path / "a.json", format="json", with_timestamps=False)
+    assert json.loads((tmp_path / "a.json").read_text(encoding="utf-8")) == [
+        {"role": "user", "content": "héllo"},
+        {"role": "assistant", "content": None},
+    ]
+    history = read_legacy(tmp_path / "a.jsonl")
+    assert history.timestamps == [T0 + 7, T0 + 1_000_000]
+
+
+def test_export_without_timestamps_imports_at_import_time(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    source = make()
+    batch = _seed(source, 4)
+    export_history(source, tmp_path / "out.jsonl", with_timestamps=False)
+    clock = Clock(T0 + 10**12)
+    target = make("copy.log", clock=clock)
+    import_history(target, tmp_path / "out.jsonl")
+    assert target.load() == batch
+    assert set(_times(target)) == {T0 + 10**12 + 1000}
+
+
+def test_export_is_private_atomic_and_replaces_the_destination(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    _seed(codec, 3)
+    dst = tmp_path / "out" / "export.jsonl"
+    dst.parent.mkdir()
+    dst.write_text("old\n")
+    os.chmod(dst, 0o644)
+    old = os.umask(0)
+    try:
+        export_history(codec, dst)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o600
+    assert len(dst.read_text().splitlines()) == 3
+    _only_file(dst.parent, "export.jsonl")
+
+
+def test_export_is_plaintext_even_for_an_encrypted_log(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make(encryption_key=KEY)
+    codec.append({"role": "user", "content": "secret plans"})
+    export_history(codec, tmp_path / "out.jsonl")
+    assert b"secret plans" in (tmp_path / "out.jsonl").read_bytes()
+    assert b"secret plans" not in (tmp_path / "chat.log").read_bytes()
+    assert "unencrypted" in (export_history.__doc__ or "").replace("not encrypted", "unencrypted")
+
+
+def test_failed_export_leaves_the_old_file_and_no_temp(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    _seed(codec, 5)
+    codec.append({"role": "user", "content": "x", "timestamp": 5})
+    dst = tmp_path / "out.jsonl"
+    dst.write_bytes(b"previous export\n")
+    with pytest.raises(ValueError, match='message 5 has its own "timestamp" key'):
+        export_history(codec, dst)
+    assert dst.read_bytes() == b"previous export\n"
+    _only_file(tmp_path, "out.jsonl", "chat.log", "chat.log.idx", "chat.log.lock")
+
+
+def test_a_messages_own_epoch_timestamp_exports_without_record_times(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    batch = [{"role": "user", "content": "x", "timestamp": 1_700_000_000}]
+    codec.extend(batch)
+    export_history(codec, tmp_path / "out.json", format="json", with_timestamps=False)
+    target = make("copy.log")
+    import_history(target, tmp_path / "out.json")
+    assert target.load() == batch
+
+
+@pytest.mark.parametrize("value", ["2024-05-01T12:00:00Z", "2024-05-01"])
+def test_a_messages_own_iso_timestamp_is_refused_either_way(
+    make: Callable[..., ConversationCodec], tmp_path: Path, value: str
+) -> None:
+    codec = make()
+    codec.append({"role": "user", "content": "x", "timestamp": value})
+    for with_timestamps in (True, False):
+        with pytest.raises(ValueError, match="timestamp"):
+            export_history(codec, tmp_path / "out", with_timestamps=with_timestamps)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_iso_string_timestamp_is_kept_in_the_message(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    batch = [{"role": "user", "content": "x", "timestamp": "yesterday"}]
+    codec.extend(batch)
+    export_history(codec, tmp_path / "out", with_timestamps=False)
+    target = make("copy.log")
+    import_history(target, tmp_path / "out")
+    assert target.load() == batch
+
+
+@pytest.mark.parametrize(
+    ("first", "fmt", "with_timestamps"),
+    [
+        ({"type": "human", "data": {"content": "x"}}, "json", False),
+        ({"conversation_codec": 1, "role": "user"}, "jsonl", True),
+    ],
+)
+def test_a_first_message_that_would_read_back_as_another_format_is_refused(
+    make: Callable[..., ConversationCodec],
+    tmp_path: Path,
+    first: dict[str, Any],
+    fmt: str,
+    with_timestamps: bool,
+) -> None:
+    codec = make()
+    codec.append(first)
+    with pytest.raises(ValueError, match="would read back as"):
+        export_history(codec, tmp_path / "out", format=fmt, with_timestamps=with_timestamps)
+
+
+def test_export_arguments_are_checked(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    _seed(codec, 2)
+    before = (tmp_path / "chat.log").read_bytes()
+    with pytest.raises(ValueError, match="is the log itself"):
+        export_history(codec, tmp_path / "chat.log")
+    assert (tmp_path / "chat.log").read_bytes() == before
+    with pytest.raises(ValueError, match='"jsonl" or "json"'):
+        export_history(codec, tmp_path / "x", format="csv")
+    with pytest.raises(conversation_codec.StorageError, match="cannot write"):
+        export_history(codec, tmp_path / "missing" / "x")
+
+
+def test_empty_history_exports_and_imports_as_empty(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    assert export_history(codec, tmp_path / "e.json", format="json") == 0
+    assert json.loads((tmp_path / "e.json").read_text()) == []
+    assert export_history(codec, tmp_path / "e.jsonl") == 0
+    assert (tmp_path / "e.jsonl").read_bytes() == b""
+    target = make("copy.log")
+    _seed(target, 3)
+    assert import_history(target, tmp_path / "e.json").added == 0
+    assert target.load() is None  # replace with nothing empties the history
+
+
+# -- import: replace -------------------------------------------------------------------
+
+
+def test_import_replaces_the_whole_history(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    _seed(codec, 6)
+    (tmp_path / "h.json").write_text(
+        json.dumps(
+            [
+                {"role": "user", "content": "b", "timestamp": "2024-05-01T12:00:01.5Z"},
+                {"role": "user", "content": "untimed"},
+                {"role": "user", "content": "a", "timestamp": "2024-05-01T12:00:00Z"},
+            ]
+        )
+    )
+    report = import_history(codec, tmp_path / "h.json")
+    assert report == ImportReport(3, 3, 0, 0, LegacyFormat.JSON_ARRAY)
+    assert [m["content"] for m in codec.load() or []] == ["a", "b", "untimed"]
+    t = (datetime(2024, 5, 1, 12, tzinfo=timezone.utc) - _EPOCH) // timedelta(microseconds=1)
+    assert _times(codec) == [t, t + 1_500_000, t + 1_500_000]  # untimed: time before it
+
+
+def test_import_leading_untimed_messages_take_the_first_time(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    (tmp_path / "h.jsonl").write_text(
+        '{"role": "system", "content": "s"}\n'
+        '{"role": "user", "content": "u", "timestamp": "2024-05-01T12:00:00Z"}\n'
+    )
+    codec = make()
+    import_history(codec, tmp_path / "h.jsonl")
+    assert _times(codec)[0] == _times(codec)[1]
+
+
+def test_import_reads_a_fernet_blob_and_a_langchain_file(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    plain = b'{"role": "user", "content": "from the old app"}\n'
+    (tmp_path / "old.enc").write_bytes(Fernet(OTHER_KEY.encode()).encrypt(plain))
+    codec = make()
+    with pytest.raises(KeyRequiredError):
+        import_history(codec, tmp_path / "old.enc")
+    with pytest.raises(DecryptionError):
+        import_history(codec, tmp_path / "old.enc", legacy_key=KEY)
+    report = import_history(codec, tmp_path / "old.enc", legacy_key=OTHER_KEY)
+    assert report.format is LegacyFormat.FERNET_JSONL
+    assert codec.load() == [{"role": "user", "content": "from the old app"}]
+    (tmp_path / "lc.json").write_text(
+        json.dumps([{"type": "human", "data": {"content": "hi", "type": "human"}}])
+    )
+    assert import_history(codec, tmp_path / "lc.json", merge=True).added == 1
+    assert (codec.load() or [])[-1] == {"role": "user", "content": "hi"}
+
+
+def test_import_failures_leave_the_log_alone(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    batch = _seed(codec, 3)
+    (tmp_path / "bad.jsonl").write_text('{"role": "user"}\nnot json\n')
+    with pytest.raises(FormatError, match="line 2"):
+        import_history(codec, tmp_path / "bad.jsonl")
+    with pytest.raises(conversation_codec.StorageError):
+        import_history(codec, tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="is the log itself"):
+        import_history(codec, tmp_path / "chat.log")
+    assert codec.load() == batch
+
+
+def test_import_rejects_a_message_too_large_for_a_record(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    big = {"role": "user", "content": "x" * MAX_MESSAGE_BYTES}
+    with open(tmp_path / "h.jsonl", "wb") as f:
+        f.write(b'{"role": "user", "content": "small"}\n')
+        f.write(json.dumps(big).encode() + b"\n")
+    codec = make(durability="flush")
+    report = import_history(codec, tmp_path / "h.jsonl")
+    assert report == ImportReport(2, 1, 0, 1, LegacyFormat.JSONL)
+    assert codec.load() == [{"role": "user", "content": "small"}]
+
+
+def test_import_from_another_codec_log(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    other = make("other.log", encryption_key=OTHER_KEY)
+    batch = _seed(other, 5)
+    codec = make()
+    with pytest.raises(KeyRequiredError):
+        import_history(codec, tmp_path / "other.log")
+    report = import_history(codec, tmp_path / "other.log", legacy_key=OTHER_KEY)
+    assert report == ImportReport(5, 5, 0, 0, LegacyFormat.CODEC_LOG)
+    assert codec.load() == batch and _times(codec) == _times(other)
+
+
+# -- import: merge ---------------------------------------------------------------------
+
+
+def _inode(path: Path) -> int:
+    return path.stat().st_ino
+
+
+def test_merge_appends_newer_messages_without_a_rewrite(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    batch = _seed(codec, 4)
+    export_history(codec, tmp_path / "out.jsonl")
+    newer = make("newer.log")
+    newer.extend(batch[2:], timestamps=[codec.timestamp(2), codec.timestamp(3)])
+    newer.append({"role": "user", "content": "new"}, timestamp=_at(T0 + 10**9))
+    export_history(newer, tmp_path / "newer.jsonl")
+    inode = _inode(tmp_path / "chat.log")
+    report = import_history(codec, tmp_path / "newer.jsonl", merge=True)
+    assert report == ImportReport(3, 1, 2, 0, LegacyFormat.JSONL)
+    assert codec.load() == [*batch, {"role": "user", "content": "new"}]
+    assert _times(codec)[-1] == T0 + 10**9
+    assert _inode(tmp_path / "chat.log") == inode  # appended, not rewritten
+    again = import_history(codec, tmp_path / "out.jsonl", merge=True)
+    assert (again.added, again.skipped_duplicate) == (0, 4)
+    assert _inode(tmp_path / "chat.log") == inode
+
+
+def test_merge_of_older_messages_rewrites_in_time_order(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    codec.extend(
+        [{"role": "user", "content": "t10"}, {"role": "user", "content": "t30"}],
+        timestamps=[_at(T0 + 10), _at(T0 + 30)],
+    )
+    (tmp_path / "h.json").write_text(
+        json.dumps(
+            [
+                {"role": "user", "content": "t05", "timestamp": _iso(T0 + 5)},
+                {"role": "user", "content": "t30-import", "timestamp": _iso(T0 + 30)},
+                {"role": "user", "content": "t10", "timestamp": _iso(T0 + 10)},  # duplicate
+                {"role": "user", "content": "t10", "timestamp": _iso(T0 + 11)},  # other time
+            ]
+        )
+    )
+    report = import_history(codec, tmp_path / "h.json", merge=True)
+    assert (report.read, report.added, report.skipped_duplicate) == (4, 3, 1)
+    assert [m["content"] for m in codec.load() or []] == [
+        "t05",
+        "t10",
+        "t10",
+        "t30",  # ties: the log's message first
+        "t30-import",
+    ]
+    assert _times(codec) == [T0 + 5, T0 + 10, T0 + 11, T0 + 30, T0 + 30]
+    codec.append({"role": "user", "content": "after"})  # still a working log
+    assert len(codec) == 6
+
+
+def _iso(us: int) -> str:
+    return _at(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_merge_duplicates_are_counted_as_a_multiset(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    codec.append({"role": "user", "content": "ok"}, timestamp=_at(T0))
+    line = json.dumps({"content": "ok", "role": "user", "timestamp": _iso(T0)})  # keys reordered
+    (tmp_path / "h.jsonl").write_text(f"{line}\n{line}\n")
+    report = import_history(codec, tmp_path / "h.jsonl", merge=True)
+    assert (report.added, report.skipped_duplicate) == (1, 1)
+    assert len(codec) == 2
+
+
+def test_merge_of_an_untimed_file_is_idempotent(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    (tmp_path / "h.jsonl").write_text(
+        '{"role": "user", "content": "a"}\n{"role": "user", "content": "a"}\n'
+        '{"role": "user", "content": "b"}\n'
+    )
+    codec = make()
+    _seed(codec, 2)
+    first = import_history(codec, tmp_path / "h.jsonl", merge=True)
+    second = import_history(codec, tmp_path / "h.jsonl", merge=True)
+    assert (first.added, second.added, second.skipped_duplicate) == (3, 0, 3)
+    assert len(codec) == 5
+
+
+def test_merge_into_an_empty_log(make: Callable[..., ConversationCodec], tmp_path: Path) -> None:
+    source = make("source.log")
+    batch = _seed(source, 5)
+    export_history(source, tmp_path / "out.json", format="json")
+    codec = make()
+    assert import_history(codec, tmp_path / "out.json", merge=True).added == 5
+    assert codec.load() == batch and _times(codec) == _times(source)
+
+
+_APPENDER = """
+import os, sys
+from conversation_codec import ConversationCodec
+path, go, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+codec = ConversationCodec(path, encryption_key=os.environ.get("CC_KEY"), durability="flush")
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(n):
+    codec.append({"role": "user", "content": f"appended {i}"})
+"""
+
+
+def test_merge_rewrites_never_lose_a_concurrent_writers_messages(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make(clock=None)
+    codec.append({"role": "user", "content": "start"}, timestamp=_at(T0 + 10**6))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(conversation_codec.__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    if codec.encrypted:
+        env["CC_KEY"] = KEY
+    n = 600
+    with subprocess.Popen(
+        [sys.executable, "-c", _APPENDER, str(tmp_path / "chat.log"), "", str(n)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    ) as writer:
+        assert writer.stdout is not None and writer.stdin is not None
+        assert writer.stdout.readline().strip() == "ready"
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        merged = 0
+        deadline = time.monotonic() + 20
+        while writer.poll() is None and time.monotonic() < deadline:
+            # Each import holds a message older than the log's end: a full rewrite.
+            old = {"role": "user", "content": f"old {merged}", "timestamp": _iso(T0 + merged)}
+            (tmp_path / "old.jsonl").write_text(json.dumps(old) + "\n")
+            assert import_history(codec, tmp_path / "old.jsonl", merge=True).added == 1
+            merged += 1
+        assert writer.wait(timeout=20) == 0
+    print(f"{merged} merging rewrites ran during {n} appends")
+    contents = [m["content"] for m in codec.load() or []]
+    assert sorted(c for c in contents if c.startswith("appended")) == sorted(
+        f"appended {i}" for i in range(n)
+    )
+    assert sum(c.startswith("old") for c in contents) == merged >= 1
+    assert _times(codec) == sorted(_times(codec))
