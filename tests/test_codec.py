@@ -235,6 +235,8 @@ def test_clear_removes_every_file(codec: ConversationCodec, log_path: Path) -> N
     codec.clear()
     assert sorted(p.name for p in log_path.parent.iterdir()) == []
     assert codec.load() is None
+    assert len(codec) == 0
+    assert sorted(p.name for p in log_path.parent.iterdir()) == []  # reading creates nothing
     codec.append({"after": "clear"})
     assert codec.load() == [{"after": "clear"}]
 

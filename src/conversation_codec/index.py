@@ -128,6 +128,12 @@ class OffsetIndex:
         self.ends.append(end)
         self.tss.append(ts_us)
 
+    def forget_from(self, count: int) -> None:
+        """Drop entries from ``count`` on in memory only (the file is rewritten later)."""
+        del self.ends[count:]
+        del self.tss[count:]
+        self.persisted = min(self.persisted, count)
+
     def truncate(self, count: int) -> None:
         """Drop entries from ``count`` on, in memory and in the file."""
         del self.ends[count:]

@@ -154,10 +154,14 @@ class FileLog:
 
     # -- locking ---------------------------------------------------------------------------
 
-    def _lock(self, exclusive: bool) -> None:
+    def _lock(self, exclusive: bool) -> bool:
+        """Lock ``<log>.lock``; return False (holding nothing) for a reader of a log that
+        has gone, so that reading after ``clear()`` creates no lock file again."""
         deadline = None if self._lock_timeout is None else time.monotonic() + self._lock_timeout
         while True:
             if self._lock_fd is None:
+                if not exclusive and not os.path.lexists(self.path):
+                    return False
                 self._lock_fd = self._open_lock_file()
                 held = os.fstat(self._lock_fd)
                 self._lock_ino = (held.st_dev, held.st_ino)
@@ -169,7 +173,7 @@ class FileLog:
             except FileNotFoundError:
                 now = None
             if now is not None and (now.st_dev, now.st_ino) == self._lock_ino:
-                return
+                return True
             self._drop_lock_fd()
 
     def _acquire(self, fd: int, exclusive: bool, deadline: float | None) -> None:
@@ -304,12 +308,13 @@ class FileLog:
         if not write and self._lock_fd is None and not os.path.lexists(self.path):
             return False  # nothing to read, and no reason to create files to learn that
         try:
-            self._lock(exclusive=write)
+            if not self._lock(exclusive=write):
+                return False
         except FileNotFoundError:
             if not write:
                 return False
             _make_private_dirs(os.path.dirname(self.path) or ".")
-            self._lock(exclusive=write)
+            return self._lock(exclusive=write)
         except OSError as exc:
             if write or exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
                 raise
@@ -350,7 +355,10 @@ class FileLog:
             try:
                 self._catch_up(write)
             except BaseException:
-                self._seen = None  # the view is incomplete: look again next time
+                # The view is incomplete: forget it, so the next call looks again (and
+                # raises again) rather than answering from a partial index.
+                self._seen = None
+                self._close_log()
                 raise
 
     def _reload(self, state: tuple[int, int, int] | None) -> None:
@@ -393,6 +401,24 @@ class FileLog:
             raise
         self._fd, self.fmt, self._log_id_stat = fd, fmt, (st.st_dev, st.st_ino)
         self._load_index(start=0)
+        self._check_last_entries()
+
+    def _check_last_entries(self) -> None:
+        """Authenticate the record the index's last entry names, dropping entries that do
+        not hold up: after a power loss in "flush" mode the index can survive while the
+        log's last blocks read as zeros, and appending after such an entry would hide a
+        torn tail. One decryption per open; the catch-up then re-reads what was dropped."""
+        assert self.fmt is not None
+        while len(self.index):
+            seq = len(self.index) - 1
+            try:
+                ok = self.fmt.records.check(self.read_body(seq), seq) == self.index.tss[seq]
+            except (_IndexMismatch, RecordRejected):
+                ok = False
+            if ok:
+                return
+            self.index.forget_from(seq)
+            self._index_ok = False
 
     def _load_index(self, start: int) -> None:
         assert self.fmt is not None and self._fd is not None
@@ -454,28 +480,28 @@ class FileLog:
             pos = self._append_at()
         if pos < size:
             for start, body, end, control in self._frames(pos, size, torn_ok=True):
-                if control:
-                    try:
-                        self._use_dictionary(body, (start, end), persist=write and self._index_ok)
-                    except RecordRejected:
-                        self._damage_at(pos, size)
-                        break
-                    pos = end
-                    continue
-                seq = len(self.index)
                 try:
+                    if control:
+                        self._use_dictionary(body, (start, end), persist=write and self._index_ok)
+                        pos = end
+                        continue
+                    seq = len(self.index)
                     ts = self.fmt.records.check(body, seq)
                 except RecordRejected:
-                    self._damage_at(pos, size)
+                    self._refuse_misplaced(body, control, start)
                     break
                 if self.index.tss and ts < self.index.tss[-1]:
-                    self._damage_at(pos, size)
-                    break
+                    raise CorruptRecordError(
+                        "record's time is earlier than the one before it (records reordered)",
+                        path=self.path,
+                        offset=start,
+                    )
                 self.index.add(end, ts)
                 pos = end
-            else:
-                pos = size
+            # pos is where the intact records end. What follows is a torn tail only if no
+            # intact record lies anywhere after it (FORMAT.md §10.1); else _damage_at raises.
             if pos < size:
+                self._damage_at(pos, size)
                 if not write:
                     return  # a reader leaves the torn tail alone; the next writer cuts it
                 self._bump(truncation=False)
@@ -485,6 +511,26 @@ class FileLog:
             self.index.persist(self.fmt.log_id, rewrite=not self._index_ok)
             self._index_ok = True
         self._settled = write
+
+    def _refuse_misplaced(self, body: bytes, control: bool, start: int) -> None:
+        """Raise when a whole record that authenticates stands in the wrong place.
+
+        A crash tears records; it never writes a complete, authentic record with another
+        seq. Such a record was moved, duplicated or replayed: damage, not a torn tail.
+        """
+        assert self.fmt is not None
+        if control or (self.tolerant and not self._writable):
+            return
+        try:
+            self.fmt.records.check(body, None)
+        except RecordRejected:
+            return
+        raise CorruptRecordError(
+            f"record out of place: an intact record with another seq stands where seq "
+            f"{len(self.index)} belongs (moved, duplicated or replayed); nothing was changed",
+            path=self.path,
+            offset=start,
+        )
 
     def _damage_at(self, pos: int, size: int) -> None:
         """Decide whether bad bytes at ``pos`` are a torn tail or damage before good records.
@@ -613,8 +659,14 @@ class FileLog:
         """Forget the index and rebuild it from the log (used when it disagrees with the log)."""
         assert self.fmt is not None
         self.index.reset(self.fmt.data_start)
+        self._dict_loaded = (0, 0)
         self._index_ok = False
-        self._catch_up(self._writable)
+        try:
+            self._catch_up(self._writable)
+        except BaseException:
+            self._seen = None  # as in _refresh: never answer from a half-built index
+            self._close_log()
+            raise
 
     # -- the storage seam: writes -----------------------------------------------------------
 
