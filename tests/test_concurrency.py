@@ -1,0 +1,277 @@
+"""Concurrent writers and readers: real processes and real threads on one log.
+
+Every test runs on an encrypted and on a plaintext log. The invariants checked after
+the dust settles: exactly ``writers * count`` messages; each one is byte-for-byte the dict
+its writer appended (no tearing, no interleaving); each writer's own order is kept; the
+seqs returned to the writers are exactly ``0..N-1`` and ``get(seq)`` returns what that
+writer appended; and the stored timestamps never go backwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conversation_codec import ConversationCodec
+
+_TESTS = Path(__file__).resolve().parent
+_WRITER = _TESTS / "_writer.py"
+_spec = importlib.util.spec_from_file_location("_cc_writer_helper", _WRITER)
+assert _spec is not None and _spec.loader is not None
+_helper = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_helper)
+writer_message = _helper.writer_message
+
+PROC_WRITERS = 4
+PROC_COUNT = 200  # appends per writer process
+THREADS = 8
+THREAD_COUNT = 100  # appends per thread
+TIMEOUT = 120  # seconds; a hung lock fails the test instead of the run
+
+
+@pytest.fixture(params=["encrypted", "plaintext"])
+def variant_key(request: pytest.FixtureRequest, key: str) -> str | None:
+    """Run a test on an encrypted log (the fixed ``key``) and on a plaintext log."""
+    return key if request.param == "encrypted" else None
+
+
+def _run_together(argvs: list[list[str]], key: str | None) -> list[list[str]]:
+    """Start one process per argv, release them all at once, return each one's stdout lines.
+
+    Each process prints ``ready`` and blocks on stdin until every process is up, so the
+    interpreter start-up (~0.2 s) does not serialise what should run concurrently.
+    """
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(_WRITER), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_helper.subprocess_env(key),
+        )
+        for argv in argvs
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            first = p.stdout.readline()
+            if first.strip() != "ready":
+                _, err = p.communicate(timeout=TIMEOUT)
+                raise AssertionError(f"process did not start: {first!r}\n{err}")
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outputs = []
+        for p, argv in zip(procs, argvs, strict=True):
+            out, err = p.communicate(timeout=TIMEOUT)
+            assert p.returncode == 0, f"{argv} exited {p.returncode}:\n{err}"
+            outputs.append(out.splitlines())
+        return outputs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+
+
+def _check_log(
+    path: Path,
+    key: str | None,
+    acked: dict[int, list[int]],
+    count: int,
+    started: datetime,
+) -> list[dict[str, Any]]:
+    """Check the shared log against the seqs each writer was given; return the messages.
+
+    ``acked[w]`` lists, in call order, the seqs returned to writer ``w`` for its messages
+    ``0..count-1``.
+    """
+    writers = len(acked)
+    total = writers * count
+    all_seqs = sorted(s for seqs in acked.values() for s in seqs)
+    assert all_seqs == list(range(total)), "returned seqs are not exactly 0..N-1"
+    with ConversationCodec(path, encryption_key=key) as codec:
+        messages = codec.load()
+        assert messages is not None
+        assert len(messages) == total
+        assert codec.message_count() == len(codec) == total
+        for w, seqs in acked.items():
+            assert len(seqs) == count
+            assert seqs == sorted(seqs), f"writer {w} got decreasing seqs"
+            for i, seq in enumerate(seqs):
+                assert messages[seq] == writer_message(w, i), f"seq {seq} is not w{w}-{i}"
+        assert [codec.get(s) for s in range(0, total, 37)] == messages[::37]
+        assert codec.tail(3) == messages[-3:]
+        assert list(codec) == messages
+        stamps = [codec.timestamp(s) for s in range(total)]
+    assert all(a <= b for a, b in itertools.pairwise(stamps)), "timestamps went backwards"
+    assert stamps[0].tzinfo is not None and stamps[0].utcoffset() == timedelta(0)
+    slack = timedelta(seconds=5)
+    assert started - slack <= stamps[0] and stamps[-1] <= datetime.now(timezone.utc) + slack
+    if key is None:
+        _check_plaintext_seqs(path, total)
+    return messages
+
+
+def _check_plaintext_seqs(path: Path, total: int) -> None:
+    """Plaintext logs are JSONL (API.md): a header line, then records with seq 0..N-1."""
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"", "plaintext log does not end with a newline"
+    records = [json.loads(line) for line in lines[1:-1]]
+    assert [r["seq"] for r in records] == list(range(total))
+
+
+@pytest.mark.parametrize("batch", [0, 7], ids=["append", "extend7"])
+def test_processes_append_concurrently(tmp_path: Path, variant_key: str | None, batch: int) -> None:
+    """4 processes x 200 messages, by append() or by extend() batches of 7."""
+    path = tmp_path / "shared.log"
+    started = datetime.now(timezone.utc)
+    argvs = [
+        ["append", str(path), "--writer", str(w), "--count", str(PROC_COUNT)]
+        + (["--batch", str(batch)] if batch else [])
+        for w in range(PROC_WRITERS)
+    ]
+    outputs = _run_together(argvs, variant_key)
+    acked: dict[int, list[int]] = {}
+    for w, lines in enumerate(outputs):
+        if batch:
+            batches = [json.loads(line) for line in lines]
+            for b in batches:  # each batch was given a contiguous run of seqs
+                assert b == list(range(b[0], b[0] + len(b))), f"batch not contiguous: {b}"
+            assert [len(b) for b in batches[:-1]] == [batch] * (len(batches) - 1)
+            acked[w] = [s for b in batches for s in b]
+        else:
+            acked[w] = [int(line) for line in lines]
+    messages = _check_log(path, variant_key, acked, PROC_COUNT, started)
+    if batch:  # contiguous on disk too: a batch's messages sit side by side, in order
+        for w, seqs in acked.items():
+            for start in range(0, PROC_COUNT, batch):
+                run = seqs[start : start + batch]
+                assert messages[run[0] : run[-1] + 1] == [
+                    writer_message(w, i) for i in range(start, start + len(run))
+                ]
+    interleaved = sum(
+        1 for a, b in itertools.pairwise(messages) if a["meta"]["w"] != b["meta"]["w"]
+    )
+    # Not a correctness property, but without it this test proves nothing about races.
+    assert interleaved > 0, "writers never overlapped; the test did not exercise concurrency"
+
+
+def test_reader_process_during_concurrent_writes(tmp_path: Path, variant_key: str | None) -> None:
+    """A reader polling tail()/message_count()/get()/load() never errs or sees a torn record."""
+    path = tmp_path / "shared.log"
+    started = datetime.now(timezone.utc)
+    total = PROC_WRITERS * PROC_COUNT
+    argvs = [
+        ["append", str(path), "--writer", str(w), "--count", str(PROC_COUNT)]
+        for w in range(PROC_WRITERS)
+    ]
+    readers = [["reader", str(path), "--total", str(total)] for _ in range(2)]
+    outputs = _run_together(argvs + readers, variant_key)
+    acked = {w: [int(line) for line in outputs[w]] for w in range(PROC_WRITERS)}
+    _check_log(path, variant_key, acked, PROC_COUNT, started)
+    for lines in outputs[PROC_WRITERS:]:
+        summary = json.loads(lines[-1])
+        assert summary["count"] == total
+        # The reader must have polled while the writers were still going.
+        assert summary["iterations"] >= 3, summary
+
+
+def _thread_writers(path: Path, key: str | None, shared: bool, batch: int) -> dict[int, list[int]]:
+    barrier = threading.Barrier(THREADS)
+    acked: dict[int, list[int]] = {w: [] for w in range(THREADS)}
+    errors: list[BaseException] = []
+    common = ConversationCodec(path, encryption_key=key) if shared else None
+
+    def work(w: int) -> None:
+        try:
+            codec = common if common is not None else ConversationCodec(path, encryption_key=key)
+            try:
+                barrier.wait(timeout=TIMEOUT)
+                i = 0
+                while i < THREAD_COUNT:
+                    if batch:
+                        msgs = [writer_message(w, i + k) for k in range(batch)]
+                        seqs = codec.extend(msgs)
+                        assert seqs == list(range(seqs[0], seqs[0] + batch)), seqs
+                        acked[w].extend(seqs)
+                        i += batch
+                    else:
+                        acked[w].append(codec.append(writer_message(w, i)))
+                        i += 1
+            finally:
+                if not shared:
+                    codec.close()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(THREADS)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+            assert not t.is_alive(), "writer thread hung"
+    finally:
+        if common is not None:
+            common.close()
+    if errors:
+        raise errors[0]
+    return acked
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-instance", "own-instance"])
+@pytest.mark.parametrize("batch", [0, 5], ids=["append", "extend5"])
+def test_threads_append_concurrently(
+    tmp_path: Path, variant_key: str | None, shared: bool, batch: int
+) -> None:
+    """8 threads x 100 messages, sharing one codec instance or each with its own."""
+    path = tmp_path / "threads.log"
+    started = datetime.now(timezone.utc)
+    acked = _thread_writers(path, variant_key, shared, batch)
+    _check_log(path, variant_key, acked, THREAD_COUNT, started)
+
+
+def test_sequential_writers_continue_seqs(tmp_path: Path, variant_key: str | None) -> None:
+    """Writers that open one after another each continue where the last one stopped."""
+    path = tmp_path / "seq.log"
+    started = datetime.now(timezone.utc)
+    acked: dict[int, list[int]] = {}
+    for w in range(3):
+        [lines] = _run_together(
+            [["append", str(path), "--writer", str(w), "--count", "20"]], variant_key
+        )
+        acked[w] = [int(line) for line in lines]
+        assert acked[w] == list(range(20 * w, 20 * w + 20))
+    _check_log(path, variant_key, acked, 20, started)
+
+
+@pytest.mark.slow
+def test_many_processes_mixing_append_and_extend(tmp_path: Path, variant_key: str | None) -> None:
+    """8 processes x 400 messages; odd writers use extend() batches of 3."""
+    path = tmp_path / "stress.log"
+    started = datetime.now(timezone.utc)
+    writers, count = 8, 400
+    argvs = [
+        ["append", str(path), "--writer", str(w), "--count", str(count)]
+        + (["--batch", "3"] if w % 2 else [])
+        for w in range(writers)
+    ]
+    outputs = _run_together(argvs, variant_key)
+    acked = {
+        w: [s for line in lines for s in (json.loads(line) if w % 2 else [int(line)])]
+        for w, lines in enumerate(outputs)
+    }
+    _check_log(path, variant_key, acked, count, started)
