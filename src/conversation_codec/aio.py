@@ -1,0 +1,351 @@
+"""Async wrappers: the codec and the store as coroutines that never block the event loop.
+
+Every call that touches the disk (reads, writes, fsync, encryption, waiting for another
+process's lock) runs in a worker thread; the event loop only awaits it. The codec is
+thread-safe (a lock per instance plus the file lock), so concurrent coroutines on one
+``AsyncConversationCodec`` are safe and run one at a time inside it.
+
+Threads come from ``executor`` when given, else the loop's default executor. A call waiting
+on a lock held by another process occupies its thread until the lock is free (or
+``lock_timeout`` expires): give the codec its own executor if many calls may wait at once.
+A cancelled call is not undone: the worker finishes the write it started.
+
+Iteration and search stream in batches, one worker hop per batch of messages.
+
+>>> import asyncio, tempfile, os
+>>> async def main(path):
+...     async with await AsyncConversationCodec.open(path) as codec:
+...         await codec.append({"role": "user", "content": "hi"})
+...         return [m async for m in codec]
+>>> asyncio.run(main(os.path.join(tempfile.mkdtemp(), "chat.log")))
+[{'role': 'user', 'content': 'hi'}]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextvars
+import functools
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor
+from datetime import datetime, timedelta
+from itertools import islice
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .codec import (
+    CompactionReport,
+    ConversationCodec,
+    LogInfo,
+    Message,
+    TimeInput,
+    TimestampInput,
+)
+from .crypto import KeyInput
+from .search import Hit
+from .store import ConversationInfo, ConversationStore, KeyFn
+
+__all__ = ["AsyncConversationCodec", "AsyncConversationStore"]
+
+_T = TypeVar("_T")
+_BATCH = 256  # items pulled from a sync iterator per worker hop
+
+
+async def _run(executor: Executor | None, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Run ``fn`` in a worker thread (with the caller's contextvars), as ``to_thread`` does."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await loop.run_in_executor(executor, call)
+
+
+async def _stream(executor: Executor | None, items: Iterator[_T]) -> AsyncIterator[_T]:
+    """Drain a blocking iterator from worker threads, ``_BATCH`` items per hop."""
+    try:
+        while True:
+            batch = await _run(executor, lambda: list(islice(items, _BATCH)))
+            for item in batch:
+                yield item
+            if len(batch) < _BATCH:
+                return
+    finally:
+        # Generators of the codec and store hold no lock or file between items, so
+        # closing one early does no I/O and may run on the loop.
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+class AsyncConversationCodec:
+    """A ``ConversationCodec`` whose every method is a coroutine run in a worker thread.
+
+    Build one with ``await AsyncConversationCodec.open(path, ...)`` (opening reads the
+    header, so it is I/O too), or wrap a codec you already have.
+    """
+
+    def __init__(self, codec: ConversationCodec, *, executor: Executor | None = None) -> None:
+        self._codec = codec
+        self._executor = executor
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        encryption_key: KeyInput | None = None,
+        redact_fn: Callable[[Message], Message] | None = None,
+        durability: str = "fsync",
+        *,
+        clock: Callable[[], int] | None = None,
+        lock_timeout: float | None = None,
+        executor: Executor | None = None,
+    ) -> AsyncConversationCodec:
+        """Open a log as ``ConversationCodec(...)`` with the same arguments would."""
+        codec = await _run(
+            executor,
+            ConversationCodec,
+            path,
+            encryption_key,
+            redact_fn,
+            durability,
+            clock=clock,
+            lock_timeout=lock_timeout,
+        )
+        return cls(codec, executor=executor)
+
+    @property
+    def sync(self) -> ConversationCodec:
+        """The wrapped blocking codec."""
+        return self._codec
+
+    @property
+    def path(self) -> Path:
+        """The log file's path."""
+        return self._codec.path
+
+    @property
+    def encrypted(self) -> bool:
+        """True when this codec writes sealed records."""
+        return self._codec.encrypted
+
+    async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        return await _run(self._executor, fn, *args, **kwargs)
+
+    async def load(self) -> list[Message] | None:
+        """Return the whole history in order, or None when there is none."""
+        return await self._call(self._codec.load)
+
+    async def save(self, messages: Sequence[Message]) -> None:
+        """Make the stored history equal ``messages`` (see ``ConversationCodec.save``)."""
+        await self._call(self._codec.save, messages)
+
+    async def append(self, message: Message, *, timestamp: TimestampInput | None = None) -> int:
+        """Append one message; return its seq."""
+        return await self._call(self._codec.append, message, timestamp=timestamp)
+
+    async def extend(
+        self, messages: Iterable[Message], *, timestamps: Sequence[TimestampInput] | None = None
+    ) -> list[int]:
+        """Append many messages under one lock and one sync; return their seqs."""
+        batch = list(messages)  # a lazy iterable must not run in the worker thread
+        return await self._call(self._codec.extend, batch, timestamps=timestamps)
+
+    async def get(self, seq: int) -> Message:
+        """Return one message by position (negative counts from the end)."""
+        return await self._call(self._codec.get, seq)
+
+    async def tail(self, n: int) -> list[Message]:
+        """Return the last ``n`` messages, oldest first."""
+        return await self._call(self._codec.tail, n)
+
+    async def pop(self) -> Message | None:
+        """Remove and return the last message (None when empty)."""
+        return await self._call(self._codec.pop)
+
+    async def clear(self) -> None:
+        """Delete the whole history."""
+        await self._call(self._codec.clear)
+
+    async def message_count(self) -> int:
+        """Return the number of messages, from the index."""
+        return await self._call(self._codec.message_count)
+
+    async def timestamp(self, seq: int) -> datetime:
+        """Return the UTC time record ``seq`` was written."""
+        return await self._call(self._codec.timestamp, seq)
+
+    async def info(self) -> LogInfo:
+        """Describe the log from its header and index alone."""
+        return await self._call(self._codec.info)
+
+    async def compact(self, *, encryption_key: KeyInput | None = None) -> CompactionReport:
+        """Rewrite the log (see ``ConversationCodec.compact``)."""
+        return await self._call(self._codec.compact, encryption_key=encryption_key)
+
+    async def rotate_key(self, new_key: KeyInput) -> CompactionReport:
+        """Re-encrypt the whole log under ``new_key``."""
+        return await self._call(self._codec.rotate_key, new_key)
+
+    async def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
+        """Return every message with ``since <= timestamp < until``."""
+        return await self._call(self._codec.between, since, until)
+
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        since: TimeInput | None = None,
+        until: TimeInput | None = None,
+        role: str | Iterable[str] | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        regex: bool = False,
+        case_sensitive: bool = False,
+    ) -> AsyncIterator[Hit]:
+        """Stream hits as ``ConversationCodec.search`` would (``async for hit in ...``).
+
+        Arguments are checked now (bad ones raise here); records are read as you iterate.
+        """
+        hits = self._codec.search(
+            query,
+            since=since,
+            until=until,
+            role=role,
+            limit=limit,
+            newest_first=newest_first,
+            regex=regex,
+            case_sensitive=case_sensitive,
+        )
+        return _stream(self._executor, hits)
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        """Stream the messages in order (``async for m in codec``), in batches."""
+        return _stream(self._executor, iter(self._codec))
+
+    async def close(self) -> None:
+        """Release file descriptors."""
+        await self._call(self._codec.close)
+
+    async def __aenter__(self) -> AsyncConversationCodec:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncConversationCodec {self._codec!r}>"
+
+
+class AsyncConversationStore:
+    """A ``ConversationStore`` whose every method is a coroutine run in a worker thread.
+
+    Takes the arguments of ``ConversationStore`` (plus ``executor``), or wraps one with
+    ``AsyncConversationStore.wrap(store)``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        encryption_key: KeyInput | None = None,
+        key_fn: KeyFn | None = None,
+        durability: str = "fsync",
+        redact_fn: Callable[[Message], Message] | None = None,
+        clock: Callable[[], int] | None = None,
+        lock_timeout: float | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        self._store = ConversationStore(  # does no I/O
+            root,
+            encryption_key=encryption_key,
+            key_fn=key_fn,
+            durability=durability,
+            redact_fn=redact_fn,
+            clock=clock,
+            lock_timeout=lock_timeout,
+        )
+        self._executor = executor
+
+    @classmethod
+    def wrap(
+        cls, store: ConversationStore, *, executor: Executor | None = None
+    ) -> AsyncConversationStore:
+        """Wrap an existing store."""
+        self = cls.__new__(cls)
+        self._store, self._executor = store, executor
+        return self
+
+    @property
+    def sync(self) -> ConversationStore:
+        """The wrapped blocking store."""
+        return self._store
+
+    @property
+    def root(self) -> Path:
+        """The directory holding the logs."""
+        return self._store.root
+
+    async def open(self, conversation_id: str) -> AsyncConversationCodec:
+        """Open a conversation's log; close it after (``async with``)."""
+        codec = await _run(self._executor, self._store.open, conversation_id)
+        return AsyncConversationCodec(codec, executor=self._executor)
+
+    async def ids(self) -> builtins.list[str]:
+        """Return the ids of every conversation with a log, sorted."""
+        return await _run(self._executor, self._store.ids)
+
+    async def list(self) -> builtins.list[ConversationInfo]:
+        """Describe every conversation from headers and indexes alone."""
+        return await _run(self._executor, self._store.list)
+
+    async def delete(self, conversation_id: str) -> bool:
+        """Delete every file of a conversation; return False when it had none."""
+        return await _run(self._executor, self._store.delete, conversation_id)
+
+    async def prune(self, older_than: datetime | timedelta) -> builtins.list[str]:
+        """Delete conversations whose last message is older than a cutoff; return their ids."""
+        return await _run(self._executor, self._store.prune, older_than)
+
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        since: TimeInput | None = None,
+        until: TimeInput | None = None,
+        role: str | Iterable[str] | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        regex: bool = False,
+        case_sensitive: bool = False,
+        conversation_ids: Iterable[str] | None = None,
+    ) -> AsyncIterator[tuple[str, Hit]]:
+        """Stream ``(conversation_id, Hit)`` as ``ConversationStore.search`` would.
+
+        The root is listed in the first worker hop, so bad arguments raise at the first
+        ``async for`` step rather than here.
+        """
+        hits = _deferred(
+            lambda: self._store.search(
+                query,
+                since=since,
+                until=until,
+                role=role,
+                limit=limit,
+                newest_first=newest_first,
+                regex=regex,
+                case_sensitive=case_sensitive,
+                conversation_ids=conversation_ids,
+            )
+        )
+        return _stream(self._executor, hits)
+
+
+def _deferred(make: Callable[[], Iterator[_T]]) -> Iterator[_T]:
+    """Build the iterator only at the first ``next()`` (i.e. inside a worker thread)."""
+    yield from make()

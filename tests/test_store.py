@@ -1,0 +1,408 @@
+"""ConversationStore: id encoding, list/search/delete/prune over many real logs."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conversation_codec import (
+    ConversationCodec,
+    ConversationCodecError,
+    DecryptionError,
+    KeyRequiredError,
+)
+from conversation_codec.store import (
+    MAX_ENCODED_ID,
+    ConversationStore,
+    decode_id,
+    encode_id,
+)
+
+from conftest import KEY, OTHER_KEY, T0, Clock
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+N_CONV, N_MSG = 50, 100
+WORDS = ["refund", "shipping", "latte", "Straße", "invoice"]
+
+
+def at(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def ts_of(c: int, i: int) -> int:
+    # Interleaved across conversations (a merge has real work to do); conversation c's
+    # last message is at T0 + 99 min + 7c s, so a cutoff splits the store by c.
+    return T0 + i * 60_000_000 + c * 7_000_000
+
+
+def cid_of(c: int) -> str:
+    return ["user-", "User/", "../", "ü "][c % 4] + str(c)  # hostile and Unicode ids too
+
+
+def message(c: int, i: int) -> dict[str, Any]:
+    role = ("user", "assistant")[i % 2]
+    return {"role": role, "content": f"{WORDS[(c + i) % len(WORDS)]} #{c}.{i}", "n": [c, i]}
+
+
+def key_for(cid: str) -> str | None:
+    """Per-user keys: odd conversations under one key, even under another, a few plaintext."""
+    c = int(re.search(r"\d+$", cid).group())  # type: ignore[union-attr]
+    return None if c % 10 == 9 else (KEY if c % 2 else OTHER_KEY)
+
+
+@pytest.fixture(scope="module")
+def big_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("big") / "store"
+    store = ConversationStore(root, key_fn=key_for, durability="flush")
+    for c in range(N_CONV):
+        with store.open(cid_of(c)) as codec:
+            codec.extend(
+                [message(c, i) for i in range(N_MSG)],
+                timestamps=[at(ts_of(c, i)) for i in range(N_MSG)],
+            )
+    return root
+
+
+@pytest.fixture
+def big(big_root: Path, tmp_path: Path) -> ConversationStore:
+    """A private copy of the 50 x 100 store, for tests that change it."""
+    root = tmp_path / "store"
+    root.mkdir(mode=0o700)
+    for p in big_root.iterdir():
+        (root / p.name).write_bytes(p.read_bytes())
+    return ConversationStore(root, key_fn=key_for, durability="flush")
+
+
+def brute(pred: Any = lambda c, i, m: True) -> list[tuple[int, str, int]]:
+    out = [
+        (ts_of(c, i), cid_of(c), i)
+        for c in range(N_CONV)
+        for i in range(N_MSG)
+        if pred(c, i, message(c, i))
+    ]
+    return sorted(out)
+
+
+def got(pairs: Iterator[tuple[str, Any]]) -> list[tuple[int, str, int]]:
+    return [((h.timestamp - EPOCH) // timedelta(microseconds=1), cid, h.seq) for cid, h in pairs]
+
+
+# -- ids -> file names -------------------------------------------------------------------
+
+HOSTILE = [
+    "../x",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "a/b/../../c",
+    "..",
+    ".",
+    ".hidden",
+    "a\x00b",
+    "\x00",
+    "C:\\Windows\\x",
+    "con",
+    "%41",
+    "%",
+    "a.log",
+    "a.log.idx",
+    "a.log.lock",
+    "a.log.tmp-0123456789abcdef",
+    "Alice",
+    "alice",
+    "ü",
+    "日本語",
+    "🙂",
+    " ",
+    "\n",
+    "x" * MAX_ENCODED_ID,
+]
+
+
+@pytest.mark.parametrize("cid", HOSTILE)
+def test_hostile_ids_stay_inside_root_and_round_trip(tmp_path: Path, cid: str) -> None:
+    root = tmp_path / "root"
+    store = ConversationStore(root, encryption_key=KEY, durability="flush")
+    path = store.path(cid)
+    assert path.parent == root
+    assert "/" not in path.name and "\x00" not in path.name and not path.name.startswith(".")
+    assert path.name == path.name.lower()  # distinct on case-insensitive file systems too
+    with store.open(cid) as codec:
+        codec.append({"role": "user", "content": cid})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]  # nothing escaped
+    assert {p.parent for p in root.rglob("*")} == {root}
+    assert decode_id(path.name[: -len(".log")]) == cid
+    [info] = store.list()
+    assert (info.conversation_id, info.message_count) == (cid, 1)
+    with store.open(cid) as codec:
+        assert codec.load() == [{"role": "user", "content": cid}]
+    assert store.delete(cid) is True
+    assert list(root.iterdir()) == []
+
+
+def test_root_is_created_private_by_the_first_write(tmp_path: Path) -> None:
+    root = tmp_path / "a" / "b"
+    store = ConversationStore(root)
+    assert store.list() == [] and not root.exists()  # building and listing create nothing
+    with store.open("x") as codec:
+        codec.append({"role": "user", "content": "hi"})
+    assert (root.stat().st_mode & 0o777) == 0o700
+
+
+@pytest.mark.parametrize(
+    ("cid", "error"),
+    [
+        ("", ValueError),
+        ("x" * (MAX_ENCODED_ID + 1), ValueError),
+        ("/" * (MAX_ENCODED_ID // 3 + 1), ValueError),  # short id, long encoding
+        ("\ud800", ValueError),  # lone surrogate
+        (None, TypeError),
+        (b"bytes", TypeError),
+        (Path("x"), TypeError),
+    ],
+)
+def test_bad_ids_are_refused(tmp_path: Path, cid: Any, error: type[Exception]) -> None:
+    store = ConversationStore(tmp_path)
+    with pytest.raises(error):
+        store.open(cid)
+    with pytest.raises(error):
+        store.delete(cid)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_long_id_boundary() -> None:
+    assert len(encode_id("x" * MAX_ENCODED_ID)) == MAX_ENCODED_ID
+    assert len(encode_id("/" * (MAX_ENCODED_ID // 3))) == MAX_ENCODED_ID // 3 * 3
+    with pytest.raises(ValueError, match="at most 200"):
+        encode_id("x" * (MAX_ENCODED_ID + 1))
+
+
+@given(st.text(min_size=1, max_size=16))  # 16 chars x 4 bytes x 3 < 200
+def test_encoding_is_reversible_and_safe(cid: str) -> None:
+    try:
+        stem = encode_id(cid)
+    except ValueError:  # lone surrogates only, at this size
+        assert any(0xD800 <= ord(ch) <= 0xDFFF for ch in cid)
+        return
+    assert decode_id(stem) == cid
+    assert set(stem) <= set("abcdefghijklmnopqrstuvwxyz0123456789._-%")
+    assert not stem.startswith(".")
+
+
+@given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
+def test_distinct_ids_never_share_a_file_even_case_folded(a: str, b: str) -> None:
+    try:
+        ea, eb = encode_id(a), encode_id(b)
+    except ValueError:
+        return
+    assert (ea.casefold() == eb.casefold()) == (a == b)
+
+
+@pytest.mark.parametrize(
+    "stem", ["Abc", "%61", ".x", "%2E", "%zz", "%c3", "a/b", "", "%4", "a%", "a\x00"]
+)
+def test_only_canonical_file_names_decode(stem: str) -> None:
+    assert decode_id(stem) is None
+
+
+def test_foreign_files_are_ignored(tmp_path: Path) -> None:
+    store = ConversationStore(tmp_path, durability="flush")
+    with store.open("real") as codec:
+        codec.append({"role": "user", "content": "x"})
+    for name in ["notes.txt", "Upper.log", ".hidden.log", "%zz.log", "real.log.bak"]:
+        (tmp_path / name).write_text("not ours")
+    (tmp_path / "sub.log").mkdir()  # a directory named like a log is skipped by list()
+    assert store.ids() == ["real"]
+    assert [i.conversation_id for i in store.list()] == ["real"]
+
+
+# -- list / search / delete / prune over 50 x 100 ---------------------------------------
+
+
+def test_list_reports_every_conversation_from_the_index(big: ConversationStore) -> None:
+    infos = big.list()
+    assert [i.conversation_id for i in infos] == sorted(cid_of(c) for c in range(N_CONV))
+    by_id = {i.conversation_id: i for i in infos}
+    for c in range(N_CONV):
+        info = by_id[cid_of(c)]
+        assert info.message_count == N_MSG
+        assert info.first_timestamp == at(ts_of(c, 0))
+        assert info.last_timestamp == at(ts_of(c, N_MSG - 1))
+        assert info.encrypted == (key_for(cid_of(c)) is not None)
+        assert info.disk_bytes > 0
+    # Not one message is decrypted: damage a record in the middle of a log and list again.
+    victim = big.path(cid_of(3))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert big.list() == infos
+    with big.open(cid_of(3)) as codec, pytest.raises(ConversationCodecError):
+        codec.load()
+
+
+def test_list_needs_each_conversations_key(big_root: Path) -> None:
+    with pytest.raises(KeyRequiredError):
+        ConversationStore(big_root).list()
+    wrong = ConversationStore(big_root, key_fn=lambda cid: OTHER_KEY)
+    with pytest.raises(ConversationCodecError):
+        wrong.list()
+
+
+def test_per_user_keys_really_differ(big: ConversationStore) -> None:
+    odd, even = cid_of(1), cid_of(2)
+    with pytest.raises(DecryptionError):
+        ConversationCodec(big.path(odd), encryption_key=OTHER_KEY)
+    with pytest.raises(DecryptionError):
+        ConversationCodec(big.path(even), encryption_key=KEY)
+
+
+def test_search_merges_conversations_in_time_order(big: ConversationStore) -> None:
+    assert got(big.search("refund")) == brute(lambda c, i, m: "refund" in m["content"])
+    everything = brute()
+    assert got(big.search()) == everything
+    assert got(big.search(newest_first=True)) == everything[::-1]
+    assert got(big.search(limit=7)) == everything[:7]
+    assert got(big.search(limit=7, newest_first=True)) == everything[::-1][:7]
+    assert got(big.search(limit=0)) == []
+
+
+def test_search_filters(big: ConversationStore) -> None:
+    since, until = ts_of(0, 40), ts_of(0, 45)
+    want = brute(lambda c, i, m: since <= ts_of(c, i) < until and m["role"] == "user")
+    assert got(big.search(since=at(since), until=at(until), role="user")) == want
+    some = [cid_of(5), cid_of(17), "never-written"]
+    want = brute(lambda c, i, m: cid_of(c) in some[:2] and "strasse" in m["content"].casefold())
+    assert got(big.search("STRASSE", conversation_ids=some)) == want
+    want = brute(lambda c, i, m: m["content"].endswith(".7"))
+    assert got(big.search(r"\.7$", regex=True, newest_first=True)) == want[::-1]
+
+
+def test_search_checks_arguments_before_reading(big: ConversationStore) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        big.search(limit=-1)
+    with pytest.raises(ValueError):
+        big.search("(", regex=True)
+    with pytest.raises(ValueError, match="after"):
+        big.search(since=at(T0 + 1), until=at(T0))
+    with pytest.raises(ValueError):
+        big.search(conversation_ids=[""])
+    with pytest.raises(TypeError):
+        big.search(role=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_search_does_not_hold_a_log_open_per_conversation(big: ConversationStore) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    hits = big.search()
+    for _ in range(10):
+        next(hits)
+    assert len(os.listdir("/proc/self/fd")) - before < 10  # not 2 per conversation
+    assert len(list(hits)) == N_CONV * N_MSG - 10
+
+
+@pytest.mark.parametrize("newest_first", [False, True])
+def test_search_resumes_across_chunks_with_equal_timestamps(
+    tmp_path: Path, newest_first: bool
+) -> None:
+    store = ConversationStore(tmp_path, durability="flush", clock=lambda: T0)
+    with store.open("same") as codec:  # 1000 records, one timestamp: chunk resumes by seq
+        codec.extend([{"role": "user", "content": f"m{i}"} for i in range(1000)])
+    with store.open("other") as codec:
+        codec.extend([{"role": "user", "content": "o"}] * 3, timestamps=[T0 / 1e6] * 3)
+    got_pairs = [(cid, h.seq) for cid, h in store.search(newest_first=newest_first)]
+    want = [("other", i) for i in range(3)] + [("same", i) for i in range(1000)]
+    assert got_pairs == (want[::-1] if newest_first else want)
+
+
+def test_delete_removes_every_file_and_only_those(big: ConversationStore) -> None:
+    root = big.root
+    victims = [cid_of(c) for c in range(0, N_CONV, 10)]
+    stale = big.path(victims[0]).name + ".tmp-0123456789abcdef"
+    (root / stale).write_bytes(b"left by a crash")
+    before = set(os.listdir(root))
+    for cid in victims:
+        assert big.delete(cid) is True
+        assert big.delete(cid) is False
+    gone = before - set(os.listdir(root))
+    names = {big.path(cid).name for cid in victims}
+    assert gone == {n + s for n in names for s in ("", ".idx", ".lock")} | {stale}
+    assert len(big.list()) == N_CONV - len(victims)
+    assert big.delete("never-existed") is False
+    assert not big.path("never-existed").exists()
+
+
+def test_delete_spares_lookalike_names(tmp_path: Path) -> None:
+    store = ConversationStore(tmp_path, durability="flush")
+    ids = ["a", "a.log", "a.log.idx", "a.log.tmp-0123456789abcdef"]
+    for cid in ids:
+        with store.open(cid) as codec:
+            codec.append({"role": "user", "content": cid})
+    assert store.delete("a") is True
+    assert store.ids() == sorted(ids[1:])
+    for cid in ids[1:]:
+        with store.open(cid) as codec:
+            assert codec.load() == [{"role": "user", "content": cid}]
+
+
+def test_prune_deletes_whole_conversations_older_than_a_cutoff(big: ConversationStore) -> None:
+    cutoff = at(ts_of(20, N_MSG - 1))  # conversations 0..19 ended before it
+    assert sorted(big.prune(older_than=cutoff)) == sorted(cid_of(c) for c in range(20))
+    assert sorted(i.conversation_id for i in big.list()) == sorted(
+        cid_of(c) for c in range(20, N_CONV)
+    )
+    assert big.prune(older_than=cutoff) == []
+    with pytest.raises(ValueError, match="naive"):
+        big.prune(older_than=datetime(2030, 1, 1))
+    with pytest.raises(TypeError):
+        big.prune(older_than=5)  # type: ignore[arg-type]
+
+
+def test_prune_with_a_timedelta_uses_the_store_clock(big_root: Path, tmp_path: Path) -> None:
+    clock = Clock(ts_of(30, N_MSG - 1) + 3_600_000_000)  # an hour after conversation 30 ended
+    root = tmp_path / "s"
+    root.mkdir()
+    for p in big_root.iterdir():
+        (root / p.name).write_bytes(p.read_bytes())
+    store = ConversationStore(root, key_fn=key_for, clock=clock, durability="flush")
+    deleted = store.prune(older_than=timedelta(hours=1))
+    assert sorted(deleted) == sorted(cid_of(c) for c in range(31))
+
+
+def test_prune_keeps_a_conversation_written_to_after_listing(tmp_path: Path) -> None:
+    """The age is checked again under the writer lock, just before the delete."""
+    calls: dict[str, int] = {}
+
+    def key_fn(cid: str) -> str:
+        calls[cid] = calls.get(cid, 0) + 1
+        if cid == "busy" and calls[cid] == 2:  # prune's second open: the delete
+            with ConversationCodec(store.path(cid), encryption_key=KEY) as other:
+                other.append({"role": "user", "content": "still here"}, timestamp=at(T0 * 2))
+        return KEY
+
+    store = ConversationStore(tmp_path, key_fn=key_fn, durability="flush")
+    for cid in ("busy", "idle"):
+        with store.open(cid) as codec:
+            codec.append({"role": "user", "content": "old"}, timestamp=at(T0))
+    calls.clear()
+    assert store.prune(older_than=at(T0 + 1)) == ["idle"]
+    with store.open("busy") as codec:
+        assert len(codec) == 2
+
+
+def test_store_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        ConversationStore(tmp_path, encryption_key=KEY, key_fn=lambda c: KEY)
+    with pytest.raises(ValueError, match="durability"):
+        ConversationStore(tmp_path, durability="sometimes")
+    store = ConversationStore(tmp_path, encryption_key=KEY)
+    assert "x" not in store and 3 not in store and "" not in store
+    with store.open("x") as codec:
+        codec.append({"role": "user", "content": "x"})
+    assert "x" in store
