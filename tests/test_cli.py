@@ -11,13 +11,18 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
-from conftest import KEY, OTHER_KEY, messages
 from conversation_codec import ConversationCodec, KeyRequiredError
 from conversation_codec.cli import main
+from conversation_codec.store import ConversationStore
+
+from conftest import KEY, OTHER_KEY, messages
 
 KEY_LIKE = re.compile(r"[A-Za-z0-9_-]{43}=")  # a Fernet key: 32 bytes in urlsafe base64
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -290,6 +295,23 @@ def test_reading_a_missing_log_exits_1_and_creates_nothing(run: Run, tmp_path: P
         ["cat", "x.log", "--key", KEY],  # keys never come from argv
         ["cat", "x.log", "--key-env", "A", "--key-file", "B"],
         ["append", "x.log", "--durability", "sometimes"],
+        ["cat", "x.log", "--key-env", "A", "--password-env", "B"],
+        ["cat", "x.log", "--password", "pw"],  # passwords never come from argv either
+        ["search"],
+        ["search", "x.log", "--last", "7x"],
+        ["search", "x.log", "--since", "yesterday"],
+        ["search", "x.log", "--since", "2026-10-01", "--last", "7d"],
+        ["search", "x.log", "--limit", "-1"],
+        ["verify"],
+        ["salvage", "x.log"],
+        ["rekey", "x.log"],  # a new key source is required
+        ["rekey", "x.log", "--new-key", KEY],
+        ["passwd", "x.log", "--password-env", "A"],
+        ["migrate"],
+        ["ls"],
+        ["export", "x.log"],  # --out is required
+        ["export", "x.log", "--out", "y", "--format", "csv"],
+        ["import", "x.log"],
     ],
 )
 def test_usage_errors_exit_2(run: Run, argv: list[str]) -> None:
@@ -297,7 +319,11 @@ def test_usage_errors_exit_2(run: Run, argv: list[str]) -> None:
     assert code == 2 and out == "" and "usage:" in err
 
 
-@pytest.mark.parametrize("command", ["keygen", "demo", "info", "cat", "tail", "append"])
+ALL_COMMANDS = ["keygen", "demo", "info", "cat", "tail", "append", "search", "verify"]
+ALL_COMMANDS += ["salvage", "compact", "rekey", "passwd", "migrate", "ls", "export", "import"]
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS)
 def test_every_help_has_an_example(run: Run, command: str) -> None:
     code, out, _ = run(command, "--help")
     assert code == 0 and "Example:" in out and "conversation-codec " + command in out
@@ -308,6 +334,430 @@ def test_top_level_help_and_version(run: Run) -> None:
     assert code == 0 and "Example:" in out and "keygen" in out
     code, out, _ = run("--version")
     assert code == 0 and out.startswith("conversation-codec ")
+
+
+# -- search ----------------------------------------------------------------------------------
+
+DAY = timedelta(days=1)
+OCT1 = datetime(2026, 10, 1, 10, tzinfo=timezone.utc)
+CHAT = [
+    {"role": "user", "content": "Where is my refund for order A1042?"},
+    {"role": "assistant", "content": "Your REFUND was issued yesterday."},
+    {"role": "user", "content": "Thanks! Also, order B77 is late."},
+    {"role": "tool", "content": '{"status": "shipped"}'},
+]
+
+
+def write_log(path: Path, key: str | None, start: datetime = OCT1) -> str:
+    with ConversationCodec(path, encryption_key=key, durability="flush") as codec:
+        codec.extend(CHAT, timestamps=[start + i * DAY for i in range(len(CHAT))])
+    return str(path)
+
+
+def objects(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def seqs(out: str, field: str = "seq") -> list[object]:
+    return [hit[field] for hit in objects(out)]
+
+
+@pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
+def test_search_a_log_with_each_filter(run: Run, tmp_path: Path, mode: str) -> None:
+    key = KEY if mode == "encrypted" else None
+    log = write_log(tmp_path / "chat.log", key)
+    code, out, err = run("search", log, "refund", "--json", key=key)
+    assert (code, err) == (0, "") and seqs(out) == [0, 1]
+    hit = objects(out)[0]
+    assert set(hit) == {"seq", "timestamp", "message"}
+    assert hit["message"] == CHAT[0] and hit["timestamp"] == "2026-10-01T10:00:00.000000Z"
+    cases = {
+        ("REFUND", "--case-sensitive"): [1],
+        (r"order [AB]\d+", "--regex"): [0, 2],
+        ("order", "--role", "user"): [0, 2],
+        ("--role", "user", "--role", "tool"): [0, 2, 3],
+        ("--since", "2026-10-02", "--until", "2026-10-04T10:00Z"): [1, 2],
+        ("--limit", "1", "--newest-first"): [3],
+        ('"is late"',): [2],
+        ("late refund",): [],
+    }
+    for argv, expected in cases.items():
+        code, out, _ = run("search", log, *argv, "--json", key=key)
+        assert (code, seqs(out)) == (0, expected), argv
+
+
+def test_search_human_output_is_bold_only_on_a_terminal(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = write_log(tmp_path / "chat.log", KEY)
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        codec.append({"role": "user", "content": "x " * 100 + "the refund again " + "y " * 100})
+    code, out, _ = run("search", log, "refund", key=KEY)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 3 and "\x1b[" not in out
+    assert lines[0].startswith("2026-10-01 10:00:00  #0  user ") and "my refund for" in lines[0]
+    assert "  #1  assistant  Your REFUND was issued" in lines[1]
+    assert "...x x" in lines[2] and "the refund again" in lines[2] and lines[2].endswith("...")
+    assert len(lines[2]) < 160  # a snippet around the match, not the whole message
+    with ConversationCodec(log, encryption_key=KEY) as codec:  # stored text drives no terminal
+        codec.append({"role": "user\x1b[2J", "content": "refund \x1b]0;pwned\x07 \x9b31m"})
+    out = run("search", log, "refund", "--limit", "1", "--newest-first", key=KEY)[1]
+    assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out
+    assert "user\\x1b[2J" in out and "\\x1b]0;pwned\\x07 \\x9b31m" in out
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    out = run("search", log, "refund", key=KEY)[1]
+    assert "my \x1b[1mrefund\x1b[0m for" in out and "Your \x1b[1mREFUND\x1b[0m" in out
+    assert "\x1b[1mrefund\x1b[0m \\x1b]0;pwned" in out
+
+
+def test_search_last_counts_back_from_now(run: Run, tmp_path: Path) -> None:
+    now = datetime.now(timezone.utc)
+    start = now - 10 * DAY - timedelta(hours=12)
+    log = write_log(tmp_path / "chat.log", None, start=start)  # 10.5, 9.5, 8.5, 7.5 days ago
+    assert seqs(run("search", log, "--last", "2w", "--json")[1]) == [0, 1, 2, 3]
+    assert seqs(run("search", log, "--last", "9d", "--json")[1]) == [2, 3]
+    assert seqs(run("search", log, "--last", "12h", "--json")[1]) == []
+    assert seqs(run("search", log, "--last", "30m", "--json")[1]) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "expected"),
+    [
+        (["--last", "7x"], 2, "expected an age such as"),
+        (["--since", "yesterday"], 2, "expected an ISO-8601 time"),
+        (["--since", "2026-10-01", "--last", "7d"], 2, "not allowed with"),
+        (["--since", "2026-10-05", "--until", "2026-10-01"], 1, "is after until"),
+        (["(", "--regex"], 1, "invalid regular expression"),
+    ],
+)
+def test_search_bad_input(
+    run: Run, tmp_path: Path, argv: list[str], code: int, expected: str
+) -> None:
+    log = write_log(tmp_path / "chat.log", None)
+    got, out, err = run("search", log, *argv)
+    assert (got, out) == (code, "") and expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
+def test_search_and_ls_a_store_root(run: Run, tmp_path: Path, mode: str) -> None:
+    key = KEY if mode == "encrypted" else None
+    root = tmp_path / "store"
+    store = ConversationStore(root, encryption_key=key, durability="flush")
+    for n, conversation_id in enumerate(["alice", "bob/2"]):
+        with store.open(conversation_id) as codec:
+            codec.extend(CHAT[n : n + 2], timestamps=[OCT1 + (n + i) * DAY for i in range(2)])
+    code, out, _ = run("search", str(root), "refund", "--json", key=key)
+    assert code == 0 and seqs(out, "conversation_id") == ["alice", "alice", "bob/2"]
+    assert seqs(out) == [0, 1, 0]  # merged in time order; ties by id
+    assert set(objects(out)[0]) == {"conversation_id", "seq", "timestamp", "message"}
+    code, out, _ = run("search", str(root), "refund", key=key)
+    assert "  alice #0  user " in out and "  bob/2 #0  assistant  Your REFUND" in out
+
+    code, out, err = run("ls", str(root), key=key)
+    assert code == 0 and err == ""
+    head, alice, bob = out.splitlines()
+    assert head.split() == ["ID", "MESSAGES", "FIRST", "LAST", "BYTES"]
+    assert alice.split()[:4] == ["alice", "2", "2026-10-01", "10:00:00"]
+    assert bob.split()[:2] == ["bob/2", "2"]
+    code, out, _ = run("ls", str(root), "--json", key=key)
+    listed = objects(out)
+    assert code == 0 and [c["conversation_id"] for c in listed] == ["alice", "bob/2"]
+    assert listed[0] == {
+        "conversation_id": "alice",
+        "message_count": 2,
+        "first_timestamp": "2026-10-01T10:00:00.000000Z",
+        "last_timestamp": "2026-10-02T10:00:00.000000Z",
+        "encrypted": key is not None,
+        "disk_bytes": listed[0]["disk_bytes"],
+    }
+
+
+def test_store_root_errors(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "store"
+    with ConversationStore(root, encryption_key=KEY).open("alice") as codec:
+        codec.append({"role": "user", "content": "hi"})
+    assert run("ls", str(root), key=OTHER_KEY)[0] == 1
+    code, _, err = run("ls", str(tmp_path / "absent"))
+    assert code == 1 and "no such directory" in err
+    monkeypatch.setenv("PW", "secret")
+    code, _, err = run("search", str(root), "hi", "--password-env", "PW")
+    assert code == 2 and "store root" in err
+
+
+# -- verify and salvage ----------------------------------------------------------------------
+
+
+def damaged_log(path: Path, key: str | None) -> Path:
+    """Three equal records, record 1 broken (sealed: a flipped bit; plain: bad JSON)."""
+    with ConversationCodec(path, encryption_key=key, durability="flush") as codec:
+        codec.extend([{"role": "user", "content": f"message {i} " * 10} for i in range(3)])
+    if key:
+        flip_middle_byte(path)
+    else:
+        path.write_bytes(path.read_bytes().replace(b'{"seq":1,', b'{"seq":1;'))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
+def test_verify_exits_3_on_damage_with_offsets(run: Run, tmp_path: Path, mode: str) -> None:
+    key = KEY if mode == "encrypted" else None
+    good = write_log(tmp_path / "good.log", key)
+    bad = str(damaged_log(tmp_path / "bad.log", key))
+    code, out, err = run("verify", good, key=key)
+    assert (code, out, err) == (0, f"{good}: ok, 4 intact records\n", "")
+
+    code, out, err = run("verify", good, bad, key=key)
+    assert code == 3 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == f"{good}: ok, 4 intact records"
+    assert lines[1].startswith(f"{bad}: DAMAGED, 2 intact records, ")
+    assert re.search(r"^  byte \d+: (damaged|unauthenticated): ", out, re.MULTILINE)
+
+    code, out, _ = run("verify", good, bad, "--json", key=key)
+    reports = objects(out)
+    assert code == 3 and [r["ok"] for r in reports] == [True, False]
+    assert set(reports[1]) == {"path", "ok", "records", "problems"}
+    problem = reports[1]["problems"][0]
+    assert set(problem) == {"kind", "offset", "detail"} and problem["offset"] > 0
+
+
+def test_verify_reports_a_log_it_cannot_open_and_goes_on(run: Run, tmp_path: Path) -> None:
+    good = write_log(tmp_path / "good.log", KEY)
+    code, out, err = run("verify", str(tmp_path / "absent.log"), good, key=KEY)
+    assert code == 1 and "no such log" in err and f"{good}: ok" in out
+    code, out, err = run("verify", good, key=OTHER_KEY)
+    assert code == 1 and out == "" and "wrong key" in err
+
+
+@pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
+def test_salvage_copies_intact_records_and_never_touches_src(
+    run: Run, tmp_path: Path, mode: str
+) -> None:
+    key = KEY if mode == "encrypted" else None
+    src = damaged_log(tmp_path / "bad.log", key)
+    before = src.read_bytes()
+    dst = tmp_path / "rescued.log"
+    code, out, err = run("salvage", str(src), str(dst), key=key)
+    assert code == 0 and err == ""
+    assert f"recovered 2 messages into {dst}" in out and "lost seqs: 1\n" in out
+    assert src.read_bytes() == before
+    with ConversationCodec(dst, encryption_key=key) as codec:
+        assert [m["content"][:9] for m in codec.load() or []] == ["message 0", "message 2"]
+    code, _, err = run("salvage", str(src), str(dst), key=key)
+    assert code == 1 and "already exists" in err
+    code, out, _ = run("salvage", str(src), str(tmp_path / "again.log"), "--json", key=key)
+    report = json.loads(out)
+    assert code == 0 and report["recovered"] == 2 and report["lost_seqs"] == [1]
+    assert {"source", "destination", "problems"} <= set(report)
+    assert run("salvage", str(tmp_path / "absent.log"), str(tmp_path / "x.log"))[0] == 1
+
+
+# -- compact, rekey, passwd, password-env ----------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
+def test_compact(run: Run, tmp_path: Path, mode: str) -> None:
+    key = KEY if mode == "encrypted" else None
+    log = write_log(tmp_path / "chat.log", key)
+    code, out, err = run("compact", log, key=key)
+    assert code == 0 and err == ""
+    assert re.fullmatch(
+        rf"compacted {re.escape(log)}: 4 messages kept, [\d,]+ -> [\d,]+ bytes\n", out
+    )
+    code, out, _ = run("compact", log, "--json", key=key)
+    assert code == 0 and set(json.loads(out)) == {"path", "messages", "bytes_before", "bytes_after"}
+    with ConversationCodec(log, encryption_key=key) as codec:
+        assert codec.load() == CHAT
+
+
+@pytest.mark.parametrize("source", ["env", "file"])
+def test_rekey_old_key_fails_after_and_new_key_works(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    log = write_log(tmp_path / "chat.log", KEY)
+    if source == "env":
+        monkeypatch.setenv("NEW_KEY", OTHER_KEY)
+        new = ["--new-key-env", "NEW_KEY"]
+    else:
+        (tmp_path / "new.key").write_text(OTHER_KEY + "\n")
+        new = ["--new-key-file", str(tmp_path / "new.key")]
+    code, out, err = run("rekey", log, *new, key=KEY)
+    assert code == 0 and "re-encrypted" in out and "4 messages kept" in out
+    assert KEY not in out + err and OTHER_KEY not in out + err
+    code, _, err = run("cat", log, key=KEY)
+    assert code == 1 and "wrong key" in err
+    code, out, _ = run("cat", log, key=OTHER_KEY)
+    assert code == 0 and objects(out) == CHAT
+
+
+def test_rekey_errors(run: Run, tmp_path: Path) -> None:
+    log = write_log(tmp_path / "chat.log", KEY)
+    code, _, err = run("rekey", log, "--new-key-env", "UNSET_NEW_KEY", key=KEY)
+    assert code == 1 and "$UNSET_NEW_KEY is not set" in err
+    code, _, err = run("rekey", log, "--new-key-env", OTHER_KEY, key=KEY)
+    assert code == 2 and OTHER_KEY not in err  # a key where a variable name belongs
+    code, _, err = run("rekey", log, "--new-key-env", "X", key=OTHER_KEY)
+    assert code == 1
+
+
+def test_password_env_opens_password_logs_and_passwd_changes_it(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PW", "old horse")
+    monkeypatch.setenv("NEW_PW", "new battery")
+    monkeypatch.setenv("CONVERSATION_KEY", KEY)  # ignored when --password-env is given
+    log = str(tmp_path / "chat.log")
+    code, out, _ = run("append", log, "--password-env", "PW", stdin='{"n": 1}', key=KEY)
+    assert (code, out) == (0, "0\n")
+    code, _, err = run("cat", log, key=KEY)
+    assert code == 1 and "--password-env" in err
+    code, out, err = run("passwd", log, "--password-env", "PW", "--new-password-env", "NEW_PW")
+    assert code == 0 and "changed the password" in out and "1 messages kept" in out
+    assert "horse" not in out + err and "battery" not in out + err
+    code, _, err = run("cat", log, "--password-env", "PW")
+    assert code == 1 and "wrong password (--password-env PW)" in err and "horse" not in err
+    assert run("cat", log, "--password-env", "NEW_PW")[:2] == (0, '{"n":1}\n')
+    code, _, err = run("passwd", log, "--password-env", "PW", "--new-password-env", "NEW_PW")
+    assert code == 1 and "wrong password" in err
+
+
+def test_password_env_errors(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keyed = write_log(tmp_path / "keyed.log", KEY)
+    plain = write_log(tmp_path / "plain.log", None)
+    monkeypatch.setenv("PW", "pw")
+    code, _, err = run("cat", keyed, "--password-env", "PW")
+    assert code == 1 and "encrypted with a key, not a password" in err
+    code, _, err = run("cat", plain, "--password-env", "PW")
+    assert code == 1 and "plaintext log but a password was given" in err
+    code, _, err = run("cat", keyed, "--password-env", "UNSET_PW")
+    assert code == 1 and "$UNSET_PW is not set" in err
+    code, _, err = run("cat", keyed, "--password-env", "not a name")
+    assert code == 2 and "not a name" not in err
+    code, _, err = run("cat", keyed, "--password", "hunter2")  # no abbreviation of -env
+    assert code == 2 and "hunter2" not in err
+
+
+# -- migrate ---------------------------------------------------------------------------------
+
+LEGACY_KEY = "qsaLzMvJjEw-zJjkxF2ovDTZySvHckf4NDTI-P8sBdE="
+
+
+def histories(folder: Path) -> Path:
+    """Two good histories, one Fernet-encrypted history and one corrupt file."""
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.jsonl").write_text('{"role": "user", "content": "hi"}\n')
+    (folder / "sub" / "b.json").write_text('[{"role": "user", "content": "yo"}]')
+    (folder / "sub" / "c.enc").write_bytes(Fernet(LEGACY_KEY).encrypt(b'{"role": "user"}\n'))
+    (folder / "sub" / "broken.json").write_text('[{"role": "user", "content": ')
+    return folder
+
+
+def test_migrate_a_directory_with_one_corrupt_file(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = histories(tmp_path / "hist")
+    broken = (folder / "sub" / "broken.json").read_bytes()
+    monkeypatch.setenv("LEGACY", LEGACY_KEY)
+    code, out, err = run("migrate", str(folder), "--legacy-key-env", "LEGACY", key=KEY)
+    assert code == 1 and err == ""  # no progress bar: stderr is not a terminal
+    assert out.splitlines()[0].split() == ["STATUS", "FILE", "DETAILS"]
+    assert re.search(r"^failed +\S+broken\.json +\S", out, re.MULTILINE)
+    assert "3 converted, 0 skipped, 1 failed" in out
+    assert "encrypted with the key from $CONVERSATION_KEY" in out
+    for name, expected in [("a.jsonl", "hi"), ("sub/b.json", "yo"), ("sub/c.enc", None)]:
+        with ConversationCodec(folder / name, encryption_key=KEY) as codec:
+            assert (codec.load() or [])[0].get("content") == expected
+    assert (folder / "sub" / "broken.json").read_bytes() == broken  # left as it was
+    assert (folder / "a.jsonl.bak").exists()
+
+    code, out, _ = run("migrate", str(folder), "--json", key=KEY)  # again: logs are skipped
+    report = json.loads(out)
+    assert code == 1 and (report["converted"], report["skipped"], report["failed"]) == (0, 3, 1)
+    assert report["encrypted"] is True and report["dry_run"] is False
+    assert {"path", "status", "reason"} <= set(report["files"][0])
+
+
+def test_migrate_plaintext_out_dir_dry_run_and_progress(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "hist"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.jsonl").write_text('{"role": "user", "content": "hi"}\n')
+    (folder / "sub" / "b.json").write_text('[{"role": "user", "content": "yo"}]')
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    code, out, _ = run("migrate", str(folder), "--dry-run", "--no-backup")
+    assert code == 0 and "2 converted, 0 skipped, 0 failed (dry run" in out
+    assert "new logs are PLAINTEXT" in out
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    out_dir = tmp_path / "logs"
+    code, out, err = run("migrate", str(folder), "--out", str(out_dir))
+    assert code == 0 and "PLAINTEXT" in out and "\r[" in err and "2/2" in err
+    assert ConversationCodec(out_dir / "sub" / "b.json").load() == [
+        {"role": "user", "content": "yo"}
+    ]
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    code, out, _ = run("migrate", str(tmp_path / "absent"))
+    assert code == 1 and "does not exist" in out
+
+
+# -- export and import -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
+def test_export_warns_that_the_output_is_unencrypted(run: Run, tmp_path: Path, mode: str) -> None:
+    key = KEY if mode == "encrypted" else None
+    log = write_log(tmp_path / "chat.log", key)
+    out_file = tmp_path / "chat.jsonl"
+    code, out, err = run("export", log, "--out", str(out_file), key=key)
+    assert code == 0 and out == f"exported 4 messages to {out_file} (jsonl)\n"
+    assert err.startswith("warning: ") and "UNENCRYPTED" in err
+    rows = objects(out_file.read_text())
+    assert [{k: v for k, v in r.items() if k != "timestamp"} for r in rows] == CHAT
+    assert rows[0]["timestamp"] == "2026-10-01T10:00:00.000000Z"
+    assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
+    code, _, err = run(
+        "export", log, "--out", str(out_file), "--format", "json", "--no-timestamps", key=key
+    )
+    assert code == 0 and "UNENCRYPTED" in err and json.loads(out_file.read_text()) == CHAT
+    assert "UNENCRYPTED" in run("export", "--help")[1]
+    code, _, err = run("export", log, "--out", str(out_file), key=OTHER_KEY if key else KEY)
+    assert code == 1 and "warning" not in err
+
+
+@pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
+def test_import_replaces_or_merges_and_prints_counts(run: Run, tmp_path: Path, mode: str) -> None:
+    key = KEY if mode == "encrypted" else None
+    src = tmp_path / "old.jsonl"
+    src.write_text("".join(json.dumps(m) + "\n" for m in CHAT[:2]))
+    log = str(tmp_path / "chat.log")
+    code, out, err = run("import", log, str(src), key=key)
+    assert code == 0 and err == ""
+    assert "read 2 messages (jsonl)" in out and "replaced the history" in out
+    assert "2 added, 0 duplicates skipped, 0 rejected" in out
+    code, out, _ = run("import", log, str(src), "--merge", "--json", key=key)
+    assert code == 0 and json.loads(out) == {
+        "read": 2, "added": 0, "skipped_duplicate": 2, "rejected": 0, "format": "jsonl"
+    }  # fmt: skip
+    with ConversationCodec(log, encryption_key=key) as codec:
+        assert codec.load() == CHAT[:2]
+
+
+def test_import_a_legacy_fernet_file(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "old.enc"
+    src.write_bytes(Fernet(LEGACY_KEY).encrypt(b'{"role": "user", "content": "hi"}\n'))
+    log = str(tmp_path / "chat.log")
+    code, _, err = run("import", log, str(src), key=KEY)
+    assert code == 1 and "--legacy-key-env" in err and str(src) in err
+    monkeypatch.setenv("LEGACY", LEGACY_KEY)
+    code, out, _ = run("import", log, str(src), "--legacy-key-env", "LEGACY", key=KEY)
+    assert code == 0 and "1 added" in out and LEGACY_KEY not in out
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        assert codec.load() == [{"role": "user", "content": "hi"}]
 
 
 # -- the real entry point --------------------------------------------------------------------
@@ -356,3 +806,9 @@ def test_subprocess_closed_pipe_is_quiet(tmp_path: Path) -> None:
         err = proc.stderr.read()
         assert proc.wait(timeout=60) == 1
     assert err == b""  # no traceback, no "Exception ignored", no "error: Broken pipe"
+
+
+def test_subprocess_verify_a_damaged_log_exits_3(tmp_path: Path) -> None:
+    log = damaged_log(tmp_path / "bad.log", KEY)
+    done = cli("verify", str(log), env=subprocess_env(CONVERSATION_KEY=KEY))
+    assert done.returncode == 3 and "DAMAGED" in done.stdout and done.stderr == ""

@@ -1,80 +1,149 @@
-"""The ``conversation-codec`` command: a thin layer over :class:`ConversationCodec`.
+"""The ``conversation-codec`` command: a thin layer over the library.
 
-Each command opens the codec, calls one library method and prints the result. Library
-errors become one ``error: ...`` line in :func:`_report`, the only place that picks exit
-codes: 0 ok, 1 library or input error, 2 usage, 3 corruption found.
+Each command opens a log (or a store root), calls one library method and prints the result.
+Library errors become one ``error: ...`` line in :func:`_report`, the only place that picks
+exit codes: 0 ok, 1 library or input error, 2 usage, 3 corruption found.
 
-Keys come from an environment variable (``--key-env``, default ``CONVERSATION_KEY``) or a
-file (``--key-file``), never from argv, and are never printed. ``keygen`` is the exception
-on purpose: it prints a new key so it can be piped into a secret store.
+Secrets never come from argv and are never printed. A key comes from an environment variable
+(``--key-env``, default ``CONVERSATION_KEY``) or a file (``--key-file``); a password from the
+variable named by ``--password-env``. ``keygen`` is the exception on purpose: it prints a new
+key so it can be piped into a secret store.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeAlias
 
 from . import __version__
-from .codec import ConversationCodec, LogInfo, Message
+from .codec import CompactionReport, ConversationCodec, Message
 from .crypto import generate_key
 from .errors import (
     ConversationCodecError,
     CorruptRecordError,
     DecryptionError,
     FormatError,
+    KeyMismatchError,
     KeyRequiredError,
     NotEncryptedError,
     UnsupportedVersionError,
 )
+from .migrate import BatchItem, BatchReport, migrate_many
+from .search import Hit, searchable_text, to_us
+from .store import ConversationStore
+from .verify import VerifyReport, salvage
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CORRUPT = 0, 1, 2, 3
 DEFAULT_KEY_ENV = "CONVERSATION_KEY"
 _DEMO_FILE = "support-chat.log"
+_AGE = re.compile(r"(\d+)([mhdw])")
+_AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# How search splits a query into terms (search.py's rule), to find the span to highlight.
+_TERMS = re.compile(r'"([^"]*)"?|([^\s"]+)')
+_BOLD, _RESET = "\x1b[1m", "\x1b[0m"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class _InputError(Exception):
     """Bad input the CLI itself detects (stdin, key source, files); exit 1."""
 
 
-# -- keys, opening, output -------------------------------------------------------------------
+class _UsageError(Exception):
+    """Arguments that parse but do not fit together (argparse cannot tell); exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse without abbreviations (``--password X`` must not mean ``--password-env X``)
+    and without echoing unrecognized values: they may be a secret typed on the command line."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            words = message[len(prefix) :].split()
+            shown = [
+                w.split("=")[0] + "=..." * ("=" in w) if w[:1] == "-" else "..." for w in words
+            ]
+            message = prefix + " ".join(shown) + " (values not shown)"
+        super().error(message)
+
+
+# -- keys, passwords, opening, output ---------------------------------------------------------
+
+
+def _secret_env(var: str, what: str) -> str:
+    """Return the value of the environment variable ``var``, which must hold ``what``."""
+    value = os.environ.get(var)
+    if value is None:
+        raise _InputError(f"${var} is not set; it should hold the {what}")
+    if not value.strip():
+        raise _InputError(f"${var} is set but empty; it should hold the {what}")
+    return value
+
+
+def _key_file(path: str) -> str:
+    # Decode leniently: a decode error message would echo a byte of the secret.
+    try:
+        key = Path(path).read_bytes().decode("utf-8", "replace").strip()
+    except OSError as exc:
+        raise _InputError(f"cannot read key file {path}: {exc.strerror}") from None
+    if not key:
+        raise _InputError(f"key file {path} is empty")
+    return key
 
 
 def _key(args: argparse.Namespace) -> str | None:
     """Return the key from --key-file or the --key-env variable; None means plaintext."""
-    if args.key_file is not None:
-        # Decode leniently: a decode error message would echo a byte of the secret.
-        try:
-            key = Path(args.key_file).read_bytes().decode("utf-8", "replace").strip()
-        except OSError as exc:
-            raise _InputError(f"cannot read key file {args.key_file}: {exc.strerror}") from None
-        if not key:
-            raise _InputError(f"key file {args.key_file} is empty")
-        return key
-    value = os.environ.get(args.key_env)
+    if getattr(args, "password_env", None) is not None:
+        return None  # a password opens the log; the default key variable is not consulted
+    if getattr(args, "key_file", None) is not None:
+        return _key_file(args.key_file)
+    env = getattr(args, "key_env", DEFAULT_KEY_ENV)
+    value = os.environ.get(env)
     if value is None:
         return None
     if not value.strip():
         # Rejected rather than treated as unset: writing plaintext by accident is worse.
-        raise _InputError(f"${args.key_env} is set but empty; unset it to use a plaintext log")
+        raise _InputError(f"${env} is set but empty; unset it to use a plaintext log")
     return value.strip()
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    var = getattr(args, "password_env", None)
+    return None if var is None else _secret_env(var, "password")
+
+
+def _legacy(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """Return the (key, password) of an encrypted legacy source, from their variables."""
+    key_var, password_var = args.legacy_key_env, args.legacy_password_env
+    key = None if key_var is None else _secret_env(key_var, "legacy key").strip()
+    password = None if password_var is None else _secret_env(password_var, "legacy password")
+    return key, password
 
 
 def _open(args: argparse.Namespace, *, must_exist: bool = True) -> ConversationCodec:
     if must_exist and not os.path.lexists(args.path):
         raise _InputError(f"{args.path}: no such log")
     durability = getattr(args, "durability", "fsync")
-    return ConversationCodec(args.path, encryption_key=_key(args), durability=durability)
+    return ConversationCodec(
+        args.path, encryption_key=_key(args), durability=durability, password=_password(args)
+    )
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -82,19 +151,49 @@ def _ts(value: datetime | None) -> str | None:
     return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _short(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _emit(value: object) -> None:
     sys.stdout.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
-def _info_fields(info: LogInfo) -> dict[str, Any]:
-    """Return LogInfo as JSON-ready fields (new LogInfo fields show up by themselves)."""
-    return {f.name: _plain(getattr(info, f.name)) for f in dataclasses.fields(info)}
+def _fields(report: Any) -> dict[str, Any]:
+    """Return a library dataclass as JSON-ready fields (new fields show up by themselves)."""
+    return {f.name: _plain(getattr(report, f.name)) for f in dataclasses.fields(report)}
 
 
 def _plain(value: object) -> object:
     if isinstance(value, datetime):
         return _ts(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _fields(value)
     return str(value) if isinstance(value, Path) else value
+
+
+def _printable(text: str) -> str:
+    """Escape control characters: stored text must not drive the terminal (ANSI escapes)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+
+
+def _table(rows: Sequence[tuple[str, ...]], right: frozenset[int] = frozenset()) -> None:
+    """Print rows (the first is the heading) as aligned columns."""
+    rows = [tuple(_printable(cell) for cell in row) for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+
+
+# -- commands --------------------------------------------------------------------------------
 
 
 def _read_messages(text: str) -> list[Message]:
@@ -147,7 +246,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     with _open(args) as codec:
-        fields = _info_fields(codec.info())
+        fields = _fields(codec.info())
     if args.json:
         _emit(fields)
     else:
@@ -274,25 +373,287 @@ def _demo(path: str, durability: str) -> None:
         raise _InputError("a wrong key opened the log; please report this bug")
 
 
+# -- search ----------------------------------------------------------------------------------
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    now = datetime.now(timezone.utc)
+    options: dict[str, Any] = {
+        "since": args.since if args.last is None else _ts(now - args.last),
+        "until": args.until,
+        "role": args.role,
+        "limit": args.limit,
+        "newest_first": args.newest_first,
+        "regex": args.regex,
+        "case_sensitive": args.case_sensitive,
+    }
+    bold = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    if os.path.isdir(args.path):
+        if args.password_env is not None:
+            raise _UsageError("a store root takes --key-env or --key-file, not --password-env")
+        store = ConversationStore(args.path, encryption_key=_key(args))
+        for conversation_id, hit in store.search(args.query, **options):
+            _show_hit(args, hit, conversation_id, bold)
+        return EXIT_OK
+    with _open(args) as codec:
+        for hit in codec.search(args.query, **options):
+            _show_hit(args, hit, None, bold)
+    return EXIT_OK
+
+
+def _show_hit(args: argparse.Namespace, hit: Hit, conversation_id: str | None, bold: bool) -> None:
+    if args.json:
+        found = {} if conversation_id is None else {"conversation_id": conversation_id}
+        _emit({**found, "seq": hit.seq, "timestamp": _ts(hit.timestamp), "message": hit.message})
+        return
+    where = f"#{hit.seq}" if conversation_id is None else f"{conversation_id} #{hit.seq}"
+    where, role = _printable(where), _printable(str(hit.message.get("role", "-")))
+    snippet = _snippet(hit.message, args.query, args.regex, args.case_sensitive, bold)
+    print(f"{_short(hit.timestamp)}  {where}  {role:<9}  {snippet}")
+
+
+def _snippet(message: Message, query: str | None, regex: bool, exact: bool, bold: bool) -> str:
+    """Return ~80 characters of the message's searchable text around its first match."""
+    text = _printable(" ".join(" ".join(part.split()) for part in searchable_text(message)))
+    flags = 0 if exact else re.IGNORECASE
+    spans = []
+    if query and regex:
+        spans = [m.span() for m in [re.search(query, text, flags)] if m]
+    elif query:
+        terms = [phrase or word for phrase, word in _TERMS.findall(query)]
+        found = [re.search(re.escape(t), text, flags) for t in terms if t]
+        spans = [m.span() for m in found if m]
+    start, end = min(spans) if spans else (0, 0)
+    lo = max(0, start - 30)
+    hi = min(len(text), max(end, lo + 80))
+    marked = f"{_BOLD}{text[start:end]}{_RESET}" if bold and end > start else text[start:end]
+    return (
+        ("..." if lo else "")
+        + text[lo:start]
+        + marked
+        + text[end:hi]
+        + ("..." if hi < len(text) else "")
+    )
+
+
+# -- verify and salvage ----------------------------------------------------------------------
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    worst = EXIT_OK
+    for path in args.paths:
+        one = argparse.Namespace(**{**vars(args), "path": path})
+        try:
+            with _open(one) as codec:
+                report = codec.verify()
+        except (ConversationCodecError, OSError, ValueError, _InputError) as exc:
+            worst = max(worst, _report(exc, one))  # one unreadable log does not stop the rest
+            continue
+        if args.json:
+            _emit(report.as_dict())
+        else:
+            _show_verify(report)
+        if not report.ok:
+            worst = max(worst, EXIT_CORRUPT)
+    return worst
+
+
+def _show_verify(report: VerifyReport) -> None:
+    state = "ok" if report.ok else "DAMAGED"
+    count = f"{report.records} intact record{'s' * (report.records != 1)}"
+    found = f", {len(report.problems)} problem(s)" if report.problems else ""
+    print(f"{report.path}: {state}, {count}{found}")
+    for problem in report.problems:
+        # index-* offsets are into the .idx file, the others into the log
+        where = "index byte" if problem.kind.startswith("index-") else "byte"
+        note = "" if problem.is_damage else " (no data lost)"
+        print(f"  {where} {problem.offset}: {problem.kind}: {problem.detail}{note}")
+
+
+def _cmd_salvage(args: argparse.Namespace) -> int:
+    if not os.path.lexists(args.path):
+        raise _InputError(f"{args.path}: no such log")
+    report = salvage(args.path, args.dst, encryption_key=_key(args), password=_password(args))
+    if args.json:
+        _emit(_fields(report))
+        return EXIT_OK
+    print(f"recovered {report.recovered} messages into {report.destination}")
+    lost = ", ".join(str(seq) for seq in report.lost_seqs[:50])
+    more = f" and {len(report.lost_seqs) - 50} more" if len(report.lost_seqs) > 50 else ""
+    print(f"lost seqs: {lost}{more}" if lost else "lost seqs: none")
+    print(f"{report.source} was only read; check {report.destination}, then replace the log")
+    return EXIT_OK
+
+
+# -- compact, rekey, passwd ------------------------------------------------------------------
+
+
+def _show_rewrite(args: argparse.Namespace, what: str, report: CompactionReport) -> int:
+    if args.json:
+        _emit({"path": args.path, **_fields(report)})
+    else:
+        print(
+            f"{what} {args.path}: {report.messages} messages kept, "
+            f"{report.bytes_before:,} -> {report.bytes_after:,} bytes"
+        )
+    return EXIT_OK
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    with _open(args) as codec:
+        report = codec.compact()
+    return _show_rewrite(args, "compacted", report)
+
+
+def _cmd_rekey(args: argparse.Namespace) -> int:
+    if args.new_key_file is not None:
+        new_key = _key_file(args.new_key_file)
+    else:
+        new_key = _secret_env(args.new_key_env, "new key").strip()
+    with _open(args) as codec:
+        report = codec.rotate_key(new_key)
+    _show_rewrite(args, "re-encrypted", report)
+    if not args.json:
+        print("only the new key opens it now; keep the old key until backups are re-keyed")
+    return EXIT_OK
+
+
+def _cmd_passwd(args: argparse.Namespace) -> int:
+    old = _secret_env(args.password_env, "current password")
+    new = _secret_env(args.new_password_env, "new password")
+    with _open(args) as codec:
+        report = codec.change_password(old, new)
+    return _show_rewrite(args, "changed the password of", report)
+
+
+# -- migrate, ls, export, import -------------------------------------------------------------
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    key = _key(args)
+    legacy_key, legacy_password = _legacy(args)
+    report = migrate_many(
+        args.paths,
+        out_dir=args.out,
+        encryption_key=key,
+        legacy_key=legacy_key,
+        password=legacy_password,
+        backup=not args.no_backup,
+        dry_run=args.dry_run,
+        progress=_progress if sys.stderr.isatty() else None,
+    )
+    if args.json:
+        _emit({**report.as_dict(), "encrypted": key is not None})
+    else:
+        _show_batch(args, report, key is not None)
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _progress(done: int, total: int, item: BatchItem) -> None:
+    filled = 30 * done // max(total, 1)
+    name = str(item.path)[-40:]
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {name:<40}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _show_batch(args: argparse.Namespace, report: BatchReport, encrypted: bool) -> None:
+    rows = [("STATUS", "FILE", "DETAILS")]
+    for item in report.items:
+        notes = [] if item.report is None else [n for n in item.report.notes if n != item.reason]
+        rows.append((item.status, str(item.path), "; ".join([item.reason, *notes])))
+    if report.items:
+        _table(rows)
+    dry = " (dry run: nothing was written)" if report.dry_run else ""
+    counts = [f"{len(report.converted)} converted", f"{len(report.skipped)} skipped"]
+    print(", ".join([*counts, f"{len(report.failed)} failed"]) + dry)
+    source = f"--key-file {args.key_file}" if args.key_file else f"${args.key_env}"
+    if encrypted:
+        print(f"new logs are encrypted with the key from {source}")
+    else:
+        print(f"new logs are PLAINTEXT: no key in {source} (use --key-env VAR or --key-file)")
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.path):
+        raise _InputError(f"{args.path}: no such directory")
+    found = ConversationStore(args.path, encryption_key=_key(args)).list()
+    if args.json:
+        for info in found:
+            _emit(_fields(info))
+        return EXIT_OK
+    rows = [("ID", "MESSAGES", "FIRST", "LAST", "BYTES")]
+    for c in found:
+        first, last = _short(c.first_timestamp), _short(c.last_timestamp)
+        rows.append((c.conversation_id, str(c.message_count), first, last, f"{c.disk_bytes:,}"))
+    _table(rows, right=frozenset({1, 4}))
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    with _open(args) as codec:
+        count = codec.export(args.out, format=args.format, with_timestamps=not args.no_timestamps)
+    print(
+        f"warning: {args.out} is UNENCRYPTED: it holds {count} messages in plaintext "
+        "(mode 0600); protect it, and delete it when done",
+        file=sys.stderr,
+    )
+    print(f"exported {count} messages to {args.out} ({args.format})")
+    return EXIT_OK
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    legacy_key, legacy_password = _legacy(args)
+    with _open(args, must_exist=False) as codec:
+        args.reading = args.src  # from here, key errors concern SRC (see _report)
+        report = codec.import_(
+            args.src, merge=args.merge, legacy_key=legacy_key, password=legacy_password
+        )
+    if args.json:
+        _emit(_fields(report))
+        return EXIT_OK
+    how = "merged into" if args.merge else "replaced the history of"
+    print(
+        f"read {report.read} messages ({report.format.value}) from {args.src}; {how} "
+        f"{args.path}: {report.added} added, {report.skipped_duplicate} duplicates skipped, "
+        f"{report.rejected} rejected"
+    )
+    return EXIT_OK
+
+
 # -- errors and parsing ----------------------------------------------------------------------
 
 
 def _report(exc: Exception, args: argparse.Namespace) -> int:
     """Print one ``error:`` line for ``exc`` and return the exit code (the only mapping)."""
     path = getattr(args, "path", None)
+    reading = getattr(args, "reading", None)  # import: the source file being read
+    password = getattr(args, "password_env", None)
     source = f"--key-file {args.key_file}" if getattr(args, "key_file", None) else None
     env = getattr(args, "key_env", DEFAULT_KEY_ENV)
-    source = source or f"${env}"
+    source = source or (f"--password-env {password}" if password else f"${env}")
     code = EXIT_ERROR
-    if isinstance(exc, KeyRequiredError):
+    if isinstance(exc, _UsageError):
+        code, message = EXIT_USAGE, str(exc)
+    elif reading is not None and isinstance(exc, (KeyMismatchError, DecryptionError)):
+        message = f"{exc} (use --legacy-key-env VAR or --legacy-password-env VAR)"
+    elif isinstance(exc, KeyRequiredError) and password:
+        message = f"{path} is encrypted with a key, not a password; use --key-env or --key-file"
+    elif isinstance(exc, KeyRequiredError) and "password" in str(exc):
+        message = f"{path} is protected by a password; name its variable with --password-env VAR"
+    elif isinstance(exc, KeyRequiredError):
         message = (
             f"{path} is encrypted and no key was given; put the key in ${env}, "
-            "name another variable with --key-env VAR, or use --key-file FILE"
+            "name another variable with --key-env VAR, or use --key-file FILE "
+            "(--password-env VAR for a password-protected log)"
         )
     elif isinstance(exc, NotEncryptedError):
-        message = f"{path} is a plaintext log but a key was given ({source}); drop the key"
+        given = "a password" if password else "a key"
+        message = f"{path} is a plaintext log but {given} was given ({source}); drop it"
     elif isinstance(exc, DecryptionError):
-        message = f"cannot decrypt {path}: wrong key ({source}), or the header was modified"
+        secret = "password" if password else "key"
+        message = f"cannot decrypt {path}: wrong {secret} ({source}), or the header was modified"
     elif isinstance(exc, UnsupportedVersionError):
         message = str(exc)  # newer, not damaged: exit 1 and the library's "upgrade" hint
     elif isinstance(exc, FormatError):
@@ -309,7 +670,7 @@ def _report(exc: Exception, args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="conversation-codec",
         description="Inspect and write append-only (optionally encrypted) conversation logs.",
         epilog="Example:\n  conversation-codec demo\n"
@@ -322,55 +683,82 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    raw = argparse.RawDescriptionHelpFormatter
-    keys = argparse.ArgumentParser(add_help=False)
-    key_group = keys.add_argument_group("keys (never taken from the command line)")
-    source = key_group.add_mutually_exclusive_group()
+_Sub: TypeAlias = "argparse._SubParsersAction[_Parser]"
+
+
+def _command(
+    sub: _Sub,
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    summary: str,
+    example: str,
+    parents: Sequence[_Parser] = (),
+) -> argparse.ArgumentParser:
+    cmd: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        parents=list(parents),
+        epilog=f"Example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmd.set_defaults(run=run)
+    return cmd
+
+
+def _secrets(*, password: bool) -> _Parser:
+    """A parent parser for where a log's key (or, with ``password``, its password) comes from."""
+    keys = _Parser(add_help=False)
+    group = keys.add_argument_group("keys (never taken from the command line)")
+    source = group.add_mutually_exclusive_group()
     source.add_argument(
         "--key-env",
+        type=_env_name,
         metavar="VAR",
         default=DEFAULT_KEY_ENV,
         help="environment variable holding the key (default: %(default)s); "
         "when unset, the log is plaintext",
     )
     source.add_argument("--key-file", metavar="FILE", help="read the key from FILE")
-    log = argparse.ArgumentParser(add_help=False, parents=[keys])
+    if password:
+        source.add_argument(
+            "--password-env",
+            type=_env_name,
+            metavar="VAR",
+            help="environment variable holding the password of a password-protected log",
+        )
+    return keys
+
+
+def _add_commands(sub: _Sub) -> None:
+    log = _Parser(add_help=False, parents=[_secrets(password=True)])
     log.add_argument("path", metavar="PATH", help="the conversation log file")
-    durable = argparse.ArgumentParser(add_help=False)
+    durable = _Parser(add_help=False)
     durable.add_argument(
         "--durability",
         choices=("fsync", "flush"),
         default="fsync",
         help="fsync: survives power loss (default); flush: a crash only",
     )
+    as_json = _Parser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON (lines) for scripts")
+    _add_basic_commands(sub, log, durable)
+    _add_search(sub, as_json)
+    _add_repair_commands(sub, log, as_json)
+    _add_transfer_commands(sub, log, as_json)
 
-    def command(
-        name: str,
-        run: Callable[[argparse.Namespace], int],
-        summary: str,
-        example: str,
-        parents: Sequence[argparse.ArgumentParser] = (),
-    ) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            parents=list(parents),
-            epilog=f"Example:\n  {example}",
-            formatter_class=raw,
-        )
-        cmd.set_defaults(run=run)
-        return cmd
 
-    keygen = command(
+def _add_basic_commands(sub: _Sub, log: _Parser, durable: _Parser) -> None:
+    keygen = _command(
+        sub,
         "keygen",
         _cmd_keygen,
         "print a new encryption key (or write it to a file)",
         "conversation-codec keygen --out chat.key",
     )
     keygen.add_argument("--out", metavar="FILE", help="write the key to a new 0600 file instead")
-    demo = command(
+    demo = _command(
+        sub,
         "demo",
         _cmd_demo,
         "write, reopen and show an encrypted sample conversation",
@@ -378,7 +766,8 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         [durable],
     )
     demo.add_argument("--dir", metavar="DIR", help="keep the log in DIR (default: a temp dir)")
-    info = command(
+    info = _command(
+        sub,
         "info",
         _cmd_info,
         "show header and index facts (count, sizes, times)",
@@ -386,7 +775,8 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         [log],
     )
     info.add_argument("--json", action="store_true", help="print one JSON object")
-    cat = command(
+    cat = _command(
+        sub,
         "cat",
         _cmd_cat,
         "print every message as JSON lines",
@@ -396,7 +786,8 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cat.add_argument(
         "--with-timestamps", action="store_true", help='print {"seq", "ts", "message"} objects'
     )
-    tail = command(
+    tail = _command(
+        sub,
         "tail",
         _cmd_tail,
         "print the last N messages as JSON lines",
@@ -405,7 +796,8 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     tail.add_argument("-n", type=_count, default=10, metavar="N", help="default: %(default)s")
     tail.add_argument("--json", action="store_true", help="JSON lines (the default output)")
-    command(
+    _command(
+        sub,
         "append",
         _cmd_append,
         "append messages read from stdin; print their seqs",
@@ -414,10 +806,195 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
+def _add_search(sub: _Sub, as_json: _Parser) -> None:
+    search = _command(
+        sub,
+        "search",
+        _cmd_search,
+        "find messages by words, time and role in a log or across a store root",
+        'conversation-codec search chat.log "refund order" --last 7d --role user\n'
+        "  conversation-codec search conversations/ refund --since 2026-10-01 --json",
+        [_secrets(password=True), as_json],
+    )
+    search.add_argument("path", metavar="PATH", help="a log file, or a store root directory")
+    search.add_argument(
+        "query",
+        metavar="QUERY",
+        nargs="?",
+        help='words that must all appear (any case); "a phrase" in quotes; omit to match all',
+    )
+    when = search.add_argument_group("time (UTC; since inclusive, until exclusive)")
+    start = when.add_mutually_exclusive_group()
+    start.add_argument("--since", type=_when, metavar="TIME", help="e.g. 2026-10-01T12:00Z")
+    start.add_argument("--last", type=_age, metavar="AGE", help="since AGE ago: 30m, 12h, 7d, 2w")
+    when.add_argument("--until", type=_when, metavar="TIME", help="e.g. 2026-10-02")
+    search.add_argument("--role", action="append", help="only this role (repeatable)")
+    search.add_argument("--limit", type=_count, metavar="N", help="stop after N hits")
+    search.add_argument("--newest-first", action="store_true", help="newest hits first")
+    search.add_argument("--regex", action="store_true", help="QUERY is a Python regex")
+    search.add_argument("--case-sensitive", action="store_true", help="match case exactly")
+
+
+def _add_repair_commands(sub: _Sub, log: _Parser, as_json: _Parser) -> None:
+    verify = _command(
+        sub,
+        "verify",
+        _cmd_verify,
+        "check every record of one or more logs; exit 3 when any is damaged",
+        "conversation-codec verify chats/*.log",
+        [_secrets(password=True), as_json],
+    )
+    verify.add_argument("paths", metavar="PATH", nargs="+", help="log files")
+    salvage_cmd = _command(
+        sub,
+        "salvage",
+        _cmd_salvage,
+        "copy the intact records of a damaged log into a new log (SRC is only read)",
+        "conversation-codec salvage chat.log rescued.log",
+        [log, as_json],
+    )
+    salvage_cmd.add_argument("dst", metavar="DST", help="the new log (must not exist)")
+    _command(
+        sub,
+        "compact",
+        _cmd_compact,
+        "rewrite a log: re-seal, re-compress, rebuild the index",
+        "conversation-codec compact chat.log",
+        [log, as_json],
+    )
+    rekey = _command(
+        sub,
+        "rekey",
+        _cmd_rekey,
+        "re-encrypt a log under a new key (the old key comes from --key-env/--key-file)",
+        "CONVERSATION_KEY=$(cat old.key) NEW_KEY=$(cat new.key) "
+        "conversation-codec rekey chat.log --new-key-env NEW_KEY",
+        [log, as_json],
+    )
+    new = rekey.add_argument_group("the new key (never taken from the command line)")
+    new_source = new.add_mutually_exclusive_group(required=True)
+    new_source.add_argument(
+        "--new-key-env", type=_env_name, metavar="VAR", help="variable holding the new key"
+    )
+    new_source.add_argument("--new-key-file", metavar="FILE", help="read the new key from FILE")
+    passwd = _command(
+        sub,
+        "passwd",
+        _cmd_passwd,
+        "change the password of a password-protected log",
+        "OLD_PW=... NEW_PW=... conversation-codec passwd chat.log "
+        "--password-env OLD_PW --new-password-env NEW_PW",
+        [as_json],
+    )
+    passwd.add_argument("path", metavar="PATH", help="the conversation log file")
+    pws = passwd.add_argument_group("passwords (never taken from the command line)")
+    pws.add_argument(
+        "--password-env", type=_env_name, metavar="VAR", required=True, help="the current one"
+    )
+    pws.add_argument(
+        "--new-password-env", type=_env_name, metavar="VAR", required=True, help="the new one"
+    )
+
+
+def _legacy_secrets() -> _Parser:
+    legacy = _Parser(add_help=False)
+    group = legacy.add_argument_group("an encrypted legacy source (never from the command line)")
+    group.add_argument(
+        "--legacy-key-env", type=_env_name, metavar="VAR", help="variable holding its Fernet key"
+    )
+    return legacy
+
+
+def _add_transfer_commands(sub: _Sub, log: _Parser, as_json: _Parser) -> None:
+    migrate = _command(
+        sub,
+        "migrate",
+        _cmd_migrate,
+        "convert legacy histories (files, or directories recursively) into logs; "
+        "the new logs' key comes from --key-env/--key-file (none: plaintext)",
+        "CONVERSATION_KEY=$(cat chat.key) conversation-codec migrate histories/ --out logs/",
+        [_secrets(password=False), _legacy_secrets(), as_json],
+    )
+    migrate.add_argument("paths", metavar="PATH", nargs="+", help="files or directories")
+    migrate.add_argument(
+        "--password-env",
+        "--legacy-password-env",
+        dest="legacy_password_env",
+        type=_env_name,
+        metavar="VAR",
+        help="variable holding the legacy password (its .salt file beside each source)",
+    )
+    migrate.add_argument("--out", metavar="DIR", help="write logs under DIR; sources untouched")
+    migrate.add_argument("--no-backup", action="store_true", help="in place: keep no .bak copy")
+    migrate.add_argument("--dry-run", action="store_true", help="read and check; write nothing")
+    ls = _command(
+        sub,
+        "ls",
+        _cmd_ls,
+        "list the conversations of a store root (id, messages, first, last, bytes)",
+        "conversation-codec ls conversations/ --json",
+        [_secrets(password=False), as_json],
+    )
+    ls.add_argument("path", metavar="ROOT", help="the store's root directory")
+    export = _command(
+        sub,
+        "export",
+        _cmd_export,
+        "write the history to an UNENCRYPTED JSONL or JSON file (mode 0600)",
+        "conversation-codec export chat.log --out chat.jsonl  # plaintext: protect it",
+        [log],
+    )
+    export.add_argument("--out", metavar="FILE", required=True, help="the UNENCRYPTED output")
+    export.add_argument("--format", choices=("jsonl", "json"), default="jsonl")
+    export.add_argument("--no-timestamps", action="store_true", help='omit "timestamp" keys')
+    import_cmd = _command(
+        sub,
+        "import",
+        _cmd_import,
+        "read a history file (legacy, export or log) into a log; "
+        "without --merge it REPLACES the log's history",
+        "conversation-codec import chat.log old-history.jsonl --merge",
+        [log, _legacy_secrets(), as_json],
+    )
+    import_cmd.add_argument("src", metavar="SRC", help="the history file to read")
+    import_cmd.add_argument("--merge", action="store_true", help="add only messages not present")
+    import_cmd.add_argument(
+        "--legacy-password-env",
+        type=_env_name,
+        metavar="VAR",
+        help="variable holding SRC's legacy password",
+    )
+
+
+def _env_name(text: str) -> str:
+    if not _ENV_NAME.fullmatch(text):  # never echo it: it may be the secret itself
+        raise argparse.ArgumentTypeError("expects the NAME of an environment variable")
+    return text
+
+
 def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {text!r}")
     return int(text)
+
+
+def _when(text: str) -> str:
+    try:
+        to_us(text, "time")  # the library's parser decides what a time is
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO-8601 time such as 2026-10-01 or 2026-10-01T12:00Z, not {text!r}"
+        ) from None
+    return text
+
+
+def _age(text: str) -> timedelta:
+    match = _AGE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected an age such as 30m, 12h, 7d or 2w, not {text!r}"
+        )
+    return timedelta(**{_AGE_UNITS[match[2]]: int(match[1])})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -433,7 +1010,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `cat | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
-    except (ConversationCodecError, OSError, ValueError, _InputError) as exc:
+    except (ConversationCodecError, OSError, ValueError, _InputError, _UsageError) as exc:
         return _report(exc, args)
     except KeyboardInterrupt:
         return 130
