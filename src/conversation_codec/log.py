@@ -40,7 +40,7 @@ from .format.varint import MAX_VARINT_BYTES
 from .index import OffsetIndex
 from .records import RecordCodec, RecordRejected, SealedRecords
 
-__all__ = ["FileLog", "LogFormat", "Reader"]
+__all__ = ["FileIO", "FileLog", "LogFormat", "Reader"]
 
 _LOCK_STATE = struct.Struct("<QQ")  # FORMAT.md §8: generation, truncations
 _READ_CHUNK = 1 << 20  # bytes read at a time when scanning
@@ -68,6 +68,38 @@ class LogFormat:
     data_start: int
     records: RecordCodec
     sealed: bool
+
+
+class FileIO:
+    """Every call that changes a log file or makes it durable, in one seam.
+
+    The default is the operating system. The reliability tests put a recorder here to build
+    power-loss images from what was written and what was synced, or a faulty one that fails
+    the Nth write, sync or rename (ENOSPC, EIO). Reads need no seam.
+    """
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        """Write at an offset; return how many bytes the kernel took."""
+        return os.pwrite(fd, data, offset)
+
+    def sync(self, fd: int, *, data_only: bool) -> None:
+        """fdatasync (``data_only``) or fsync one file."""
+        if data_only:
+            os.fdatasync(fd)
+        else:
+            os.fsync(fd)
+
+    def truncate(self, fd: int, size: int) -> None:
+        """Cut a file to ``size`` bytes."""
+        os.ftruncate(fd, size)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Atomically replace ``dst`` with ``src``."""
+        os.replace(src, dst)
+
+    def sync_dir(self, path: str) -> None:
+        """fsync the directory holding ``path`` (makes a rename or unlink durable)."""
+        _fsync_dir(path)
 
 
 def _fsync_dir(path: str) -> None:
@@ -151,6 +183,7 @@ class FileLog:
         # Fault-injection seam for crash tests: called with a step name between the steps
         # of every write procedure (FORMAT.md §8); may raise or kill the process.
         self.fault: Callable[[str], None] = lambda step: None
+        self.io = FileIO()  # seam for power-loss and I/O-error tests
 
     # -- locking ---------------------------------------------------------------------------
 
@@ -505,7 +538,7 @@ class FileLog:
                 if not write:
                     return  # a reader leaves the torn tail alone; the next writer cuts it
                 self._bump(truncation=False)
-                os.ftruncate(self._fd, pos)
+                self.io.truncate(self._fd, pos)
                 self._fsync(self._fd)
         if write and (not self._index_ok or self.index.persisted < len(self.index)):
             self.index.persist(self.fmt.log_id, rewrite=not self._index_ok)
@@ -685,7 +718,7 @@ class FileLog:
             self._write_all(self._fd, data, end)
         except OSError:
             self._settled = False
-            os.ftruncate(self._fd, end)  # best effort: leave no partial batch behind
+            self.io.truncate(self._fd, end)  # best effort: leave no partial batch behind
             raise
         self.fault("append:written")
         self._fsync(self._fd)
@@ -708,7 +741,7 @@ class FileLog:
             if isinstance(self.fmt.records, SealedRecords):
                 self.fmt.records.drop_dictionary()
         self.fault("truncate:index-truncated")
-        os.ftruncate(self._fd, end)
+        self.io.truncate(self._fd, end)
         self._fsync(self._fd)
         self._settled = True
 
@@ -722,7 +755,7 @@ class FileLog:
             self._write_all(self._fd, frame, start)
         except OSError:
             self._settled = False
-            os.ftruncate(self._fd, start)
+            self.io.truncate(self._fd, start)
             raise
         self._fsync(self._fd)
         self._use_dictionary(body, (start, start + len(frame)), persist=True)
@@ -758,11 +791,11 @@ class FileLog:
                     batch.clear()
             self._write_all(fd, b"".join(batch), written)
             self.fault("rewrite:temp-written")
-            os.fsync(fd)  # always, whatever the durability: a rename must never expose holes
+            self.io.sync(fd, data_only=False)  # always: a rename must never expose holes
             self.fault("rewrite:temp-synced")
             if self._seen is not None:
                 self._bump(truncation=True)
-            os.replace(tmp, self.path)
+            self.io.rename(tmp, self.path)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
@@ -779,7 +812,7 @@ class FileLog:
         self.index.persist(fmt.log_id, rewrite=True)
         self._index_ok = self._settled = True
         self.fault("rewrite:index-written")
-        _fsync_dir(self.path)
+        self.io.sync_dir(self.path)
         self.fault("rewrite:dir-synced")
 
     def remove(self) -> None:
@@ -789,7 +822,7 @@ class FileLog:
         for p in (self.path, self.index.path, self.lock_path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
-        _fsync_dir(self.path)
+        self.io.sync_dir(self.path)
 
     def remove_stale_temps(self) -> None:
         """Delete temp files left by writers that crashed mid-rewrite (we hold the lock)."""
@@ -800,11 +833,10 @@ class FileLog:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(folder, name))
 
-    @staticmethod
-    def _write_all(fd: int, data: bytes, offset: int) -> int:
+    def _write_all(self, fd: int, data: bytes, offset: int) -> int:
         view = memoryview(data)
         while view:
-            n = os.pwrite(fd, view, offset)
+            n = self.io.pwrite(fd, view, offset)
             view, offset = view[n:], offset + n
         return offset
 
@@ -812,7 +844,7 @@ class FileLog:
         if not self._sync:
             return
         try:
-            os.fdatasync(fd)
+            self.io.sync(fd, data_only=True)
         except OSError:
             self.poisoned = True
             raise
