@@ -20,6 +20,7 @@ Quick start (the seed usage: load once, save after every turn, or append per mes
 
 from __future__ import annotations
 
+from .aio import AsyncConversationCodec, AsyncConversationStore
 from .codec import CompactionReport, ConversationCodec, LogInfo
 from .crypto import generate_key
 from .errors import (
@@ -28,39 +29,58 @@ from .errors import (
     CorruptRecordError,
     DecryptionError,
     FormatError,
+    KeyFileError,
     KeyMismatchError,
     KeyRequiredError,
     LockTimeoutError,
     LogReplacedError,
+    MissingBlobError,
     NotEncryptedError,
     NotSerializableError,
     RecordTooLargeError,
     StorageError,
     UnsupportedVersionError,
 )
+from .keyfile import load_or_create_key
+from .migrate import MigrationReport, migrate, migrate_many
 from .search import Hit
+from .store import ConversationInfo, ConversationStore
+from .verify import SalvageReport, VerifyReport, salvage
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncConversationCodec",
+    "AsyncConversationStore",
     "ClosedError",
     "CompactionReport",
     "ConversationCodec",
     "ConversationCodecError",
+    "ConversationInfo",
+    "ConversationStore",
     "CorruptRecordError",
     "DecryptionError",
     "FormatError",
     "Hit",
+    "KeyFileError",
     "KeyMismatchError",
     "KeyRequiredError",
     "LockTimeoutError",
     "LogInfo",
     "LogReplacedError",
+    "MigrationReport",
+    "MissingBlobError",
     "NotEncryptedError",
     "NotSerializableError",
     "RecordTooLargeError",
+    "SalvageReport",
     "StorageError",
     "UnsupportedVersionError",
+    "VerifyReport",
     "__version__",
     "generate_key",
+    "load_or_create_key",
+    "migrate",
+    "migrate_many",
+    "salvage",
 ]
