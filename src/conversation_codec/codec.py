@@ -78,7 +78,6 @@ _US_PER_S = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ITER_BATCH = 256  # records decoded per lock hold while iterating
 _encode = msgspec.json.Encoder().encode
-_encode_sorted = msgspec.json.Encoder(order="sorted").encode
 _decode = msgspec.json.Decoder().decode
 
 
@@ -103,9 +102,9 @@ def _to_us(value: TimestampInput) -> int:
     return us
 
 
-def _digest(message: Message) -> bytes:
-    # Key order does not make two messages different, so compare sorted encodings.
-    return hashlib.blake2b(_encode_sorted(message), digest_size=16).digest()
+def _digest(data: bytes) -> bytes:
+    """Fingerprint a stored message's JSON, for save()'s comparison of the kept prefix."""
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class ConversationCodec:
@@ -389,7 +388,7 @@ class ConversationCodec:
         ):
             self._train(fmt.records, first + len(bodies))
         if self._digests is not None and self._dbase + len(self._digests) == first:
-            self._digests.extend(_digest(m) for m, _ in encoded)
+            self._digests.extend(_digest(data) for _, data in encoded)
         else:
             self._digests = None
         base = self._base()
@@ -421,9 +420,12 @@ class ConversationCodec:
             # The kept prefix is only compared, by digest: validating and encoding every
             # kept message again on every save would cost ~3x as much (measured at 10k).
             digests = self._stored_digests()
+            base = self._base()
             keep = 0
             for message, stored in zip(messages, digests, strict=False):
-                if self._digest_of(message) != stored:
+                if self._digest_of(message) != stored and not self._same_as_stored(
+                    message, base + keep
+                ):
                     break
                 keep += 1
             if keep == len(digests):
@@ -431,23 +433,34 @@ class ConversationCodec:
                     self._append_locked([self._encode(m) for m in messages[keep:]], None)
                 return
             encoded = [self._encode(m) for m in messages]
-            base = self._base()
             kept = list(self._log.index.tss[base : base + keep])
             tail = self._timestamps(len(encoded) - keep, None) if len(encoded) > keep else []
             self._rewrite(encoded, kept + tail)
 
     def _digest_of(self, message: Message) -> bytes:
-        """The digest ``message`` would be stored with; empty for what cannot be stored."""
+        """The digest ``message`` would be stored with; empty for what cannot be stored.
+
+        Digests cover the JSON as stored (key order included) because that is free to get
+        at load and append time; a mismatch is confirmed by ``_same_as_stored`` before the
+        log is rewritten, so a message whose keys were merely reordered still counts as kept.
+        """
         try:
-            return _digest(self._transform(message))
+            return _digest(_encode(self._transform(message)))
         except (ConversationCodecError, TypeError, ValueError, OverflowError):
             return b""
+
+    def _same_as_stored(self, message: Message, seq: int) -> bool:
+        """Compare with the stored record itself (one decryption), ignoring key order."""
+        try:
+            return self._transform(message) == self._read_one(seq)
+        except (ConversationCodecError, TypeError, ValueError):
+            return False
 
     def _stored_digests(self) -> list[bytes]:
         """Digests of the visible stored messages (decrypting them once per instance)."""
         base, count = self._base(), len(self._log.index)
         if self._digests is None or self._dbase > base or self._dbase + len(self._digests) != count:
-            self._digests = [_digest(m) for _, m, _ in self._decoded(base, count)]
+            self._digests = [_digest(_encode(m)) for _, m, _ in self._decoded(base, count)]
             self._dbase = base
         return self._digests[base - self._dbase :]
 
@@ -459,7 +472,7 @@ class ConversationCodec:
             for seq, ((_, data), ts) in enumerate(zip(encoded, tss, strict=True))
         )
         self._log.rewrite(header, fmt, records)
-        self._digests, self._dbase = [_digest(m) for m, _ in encoded], 0
+        self._digests, self._dbase = [_digest(data) for _, data in encoded], 0
 
     def replace(
         self,
@@ -704,9 +717,12 @@ class ConversationCodec:
                 return None
             messages: list[Message] = []
             digests: list[bytes] = []
-            for _, message, _ in self._decoded(base, count):
+            sealed = self._log.fmt is not None and self._log.fmt.sealed
+            for seq, text, _ in self._payloads(base, count):
+                message = self._parse(seq, text)
                 messages.append(self._present(message))
-                digests.append(_digest(message))
+                # A sealed record's text is the stored JSON; a plain one's is the whole line.
+                digests.append(_digest(text if sealed else _encode(message)))
             # The seed pattern calls save() next: keep what it compares against.
             self._digests, self._dbase = digests, base
             return messages

@@ -153,15 +153,15 @@ class RecordKey:
         encryptor = Cipher(self._aes, modes.CBC(iv)).encryptor()
         ciphertext = encryptor.update(plain + bytes((pad,)) * pad) + encryptor.finalize()
         signed = _FERNET_VERSION + ts_seconds.to_bytes(8, "big") + iv + ciphertext
-        return signed[1:] + hmac.new(self._signing, signed, hashlib.sha256).digest()
+        return signed[1:] + hmac.digest(self._signing, signed, "sha256")
 
     def open(self, body: bytes) -> bytes | None:
         """Authenticate and decrypt a stored body; None when it does not authenticate."""
         if len(body) < 72 or (len(body) - 56) % 16:
             return None
-        mac = hmac.new(self._signing, _FERNET_VERSION, hashlib.sha256)
-        mac.update(body[:-32])
-        if not hmac.compare_digest(mac.digest(), body[-32:]):
+        # hmac.digest is OpenSSL's one-shot HMAC: no Python-level object per record.
+        mac = hmac.digest(self._signing, _FERNET_VERSION + body[:-32], "sha256")
+        if not hmac.compare_digest(mac, body[-32:]):
             return None
         decryptor = Cipher(self._aes, modes.CBC(body[8:24])).decryptor()
         padded = decryptor.update(body[24:-32]) + decryptor.finalize()

@@ -21,6 +21,8 @@ def encode_varint(value: int) -> bytes:
         raise ValueError(f"varint out of range: {value}")
     if value < 0x80:
         return bytes((value,))
+    if value < 0x4000:  # the common record lengths and seqs: skip the loop
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -37,6 +39,8 @@ def decode_varint(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[in
     >>> decode_varint(bytes.fromhex("ac02"))
     (300, 2)
     """
+    if pos < len(buf) and buf[pos] < 0x80:  # one byte: the common case
+        return buf[pos], pos + 1
     value = 0
     shift = 0
     end = min(len(buf), pos + MAX_VARINT_BYTES)
