@@ -24,6 +24,7 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("tail20", "tail(20)", "tail(20), best of runs", "s"),
     ("get_random", "get(i)", "get(i), random i — median", "s"),
     ("between", "date range", "date-range query covering 1% of the history, best of runs", "s"),
+    ("between_fixed", "range of 20", "date-range query for 20 messages, best of runs", "s"),
     ("search", "search", "keyword search (streaming where the API allows), best of runs", "s"),
     ("bytes_ratio", "disk/plain", "bytes on disk ÷ bytes of plaintext message JSON", "x"),
     ("load_peak_mem", "load() mem", "peak memory of load() (tracemalloc)", "B"),

@@ -43,6 +43,7 @@ from benchmarks._store import Store
 from benchmarks._workload import BASE_TS, SEARCH_KEYWORD, Message, Workload, timestamps
 
 Cell = float | int | str  # a number, or "n/a: why" / "capped" / "error: why"
+FIXED_RANGE = 20  # messages in the fixed-size date range
 TAIL_N = 20
 GET_SEED = 7
 
@@ -171,6 +172,20 @@ def _reads(
         if hits != until - since:  # built messages are stamped one second apart
             m["check"] = f"date range returned {hits} messages, expected {until - since:.0f}"
 
+    fixed_since = BASE_TS + size // 2
+    fixed_until = fixed_since + min(size, FIXED_RANGE)
+
+    def between_fixed() -> None:
+        # A window of FIXED_RANGE messages whatever the history size: O(log n + k) shows flat.
+        m["between_fixed"] = min(
+            time_budgeted(
+                lambda: store.between(fixed_since, fixed_until), cfg.reps * 4, cfg.budget_s
+            )
+        )
+        hits = len(store.between(fixed_since, fixed_until))
+        if hits != fixed_until - fixed_since:
+            m["check"] = f"fixed date range returned {hits}, expected {fixed_until - fixed_since}"
+
     def search() -> None:
         runs = time_budgeted(lambda: store.search(SEARCH_KEYWORD), cfg.reps, cfg.budget_s)
         m["search"] = min(runs)
@@ -186,6 +201,7 @@ def _reads(
     _guard(m, ["tail20"], tail)
     _guard(m, ["get_random"], get)
     _guard(m, ["between"], between)
+    _guard(m, ["between_fixed"], between_fixed)
     _guard(m, ["search"], search)
     _guard(m, ["load_peak_mem"], memory)
     if isinstance(m.get("search"), float):
