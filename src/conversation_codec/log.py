@@ -5,32 +5,25 @@ This is the file backend behind the storage seam (``append`` bodies, ``read`` a 
 business of ``records`` (shared with any other backend). Procedures follow
 spec/FORMAT.md §8 (writing), §9 (reading) and §10 (recovery).
 
-Concurrency: a writer holds an exclusive ``portalocker`` lock on ``<log>.lock``; a reader a
-shared one. The lock file also carries two counters (FORMAT.md §8) that writers bump
-*before* they change anything, so every process knows when its cached index is stale.
+Concurrency: a writer holds the exclusive lock of ``lock.LogLock`` on ``<log>.lock``, a reader
+the shared one; its counters tell every process when its cached index is stale.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import secrets
-import struct
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import portalocker
-
 from .errors import (
     ConversationCodecError,
     CorruptRecordError,
-    LockTimeoutError,
     StorageError,
     UnsupportedVersionError,
 )
@@ -38,26 +31,16 @@ from .format.header import SEALED_HEADER_BYTES
 from .format.record import MAX_BODY_BYTES, decode_frame_header, encode_frame
 from .format.varint import MAX_VARINT_BYTES
 from .index import OffsetIndex
+from .lock import LogLock
 from .records import RecordCodec, RecordRejected, SealedRecords
 
 __all__ = ["FileIO", "FileLog", "LogFormat", "Reader"]
 
-_LOCK_STATE = struct.Struct("<QQ")  # FORMAT.md §8: generation, truncations
 _READ_CHUNK = 1 << 20  # bytes read at a time when scanning
 _PREFIX_BYTES = 4096  # bytes handed to the attach callback to identify a log
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _TEMP_SUFFIX = re.compile(r"[0-9a-f]{16}")  # FORMAT.md §8: <log>.tmp-<16 hex digits>
-_BAD = (-1, -1, False)
-# portalocker's POSIX locker is fcntl.flock; None elsewhere (then portalocker.lock() always).
-_FLOCK = getattr(portalocker.portalocker, "LOCKER", None) if os.name == "posix" else None
-if _FLOCK is not None and getattr(_FLOCK, "__name__", "") != "flock":
-    _FLOCK = None
-_LOCK_EX, _LOCK_SH, _LOCK_NB, _LOCK_UN = (
-    int(portalocker.LOCK_EX),
-    int(portalocker.LOCK_SH),
-    int(portalocker.LOCK_NB),
-    int(portalocker.LOCK_UN),
-)  # sentinel span: no record can start here
+_BAD = (-1, -1, False)  # sentinel span: no record can start here
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,19 +93,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _make_private_dirs(folder: str) -> None:
-    """Create ``folder`` and any missing parents with mode 0700 (``os.makedirs`` would give
-    the parents the umask's mode)."""
-    missing = []
-    while folder and not os.path.isdir(folder):
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
-            os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
-
-
 def _parse_frame(buf: bytes, pos: int, sealed: bool, at_eof: bool) -> tuple[int, int, bool] | None:
     """Locate the body of the record at ``pos`` in ``buf``: ``(start, end, control)``
     relative to buf (``control``: a dictionary record, not a message).
@@ -154,15 +124,13 @@ class FileLog:
         lock_timeout: float | None = None,
     ) -> None:
         self.path = os.fspath(path)
-        self.lock_path = self.path + ".lock"
         self.index = OffsetIndex(self.path + ".idx")
         self.fmt: LogFormat | None = None
         self._attach = attach
         self._sync = durability == "fsync"
-        self._lock_timeout = lock_timeout
+        self._lock = LogLock(self.path, lock_timeout)
         self._fd: int | None = None
         self._log_id_stat: tuple[int, int] | None = None
-        self._lock_fd: int | None = None
         # (lock inode, generation, truncations) as last seen; None forces a full reload
         self._seen: tuple[int, int, int] | None = None
         self._last_seen: tuple[int, int, int] | None = None
@@ -171,9 +139,7 @@ class FileLog:
         self._writable = False
         self.poisoned = False
         self.tolerant = False  # readers stop at mid-log damage instead of raising
-        self._created_lock = False
         self._locked = False
-        self._lock_ino = (0, 0)
         self._index_ok = False
         self._settled = False  # see _catch_up
         self._dict_loaded = (0, 0)  # the span of the dictionary the record codec holds
@@ -185,109 +151,12 @@ class FileLog:
         self.fault: Callable[[str], None] = lambda step: None
         self.io = FileIO()  # seam for power-loss and I/O-error tests
 
-    # -- locking ---------------------------------------------------------------------------
-
-    def _lock(self, exclusive: bool) -> bool:
-        """Lock ``<log>.lock``; return False (holding nothing) for a reader of a log that
-        has gone, so that reading after ``clear()`` creates no lock file again."""
-        deadline = None if self._lock_timeout is None else time.monotonic() + self._lock_timeout
-        while True:
-            if self._lock_fd is None:
-                if not exclusive and not os.path.lexists(self.path):
-                    return False
-                self._lock_fd = self._open_lock_file()
-                held = os.fstat(self._lock_fd)
-                self._lock_ino = (held.st_dev, held.st_ino)
-            self._acquire(self._lock_fd, exclusive, deadline)
-            # The lock file may have been unlinked (clear()) while we waited: a lock on a
-            # dead inode excludes nobody, so retry on the file now at the path.
-            try:
-                now = os.stat(self.lock_path)
-            except FileNotFoundError:
-                now = None
-            if now is not None and (now.st_dev, now.st_ino) == self._lock_ino:
-                return True
-            self._drop_lock_fd()
-
-    def _acquire(self, fd: int, exclusive: bool, deadline: float | None) -> None:
-        # portalocker.lock() re-validates its flags with enum arithmetic on every call,
-        # ~5 us, a sixth of a flushed append. Uncontended, take the lock with portalocker's
-        # own POSIX locker (flock) and pre-computed flags; whenever that would block, wait
-        # in portalocker.lock() itself.
-        if _FLOCK is not None:
-            try:
-                _FLOCK(fd, (_LOCK_EX if exclusive else _LOCK_SH) | _LOCK_NB)
-                return
-            except BlockingIOError:
-                pass
-        flags = portalocker.LOCK_EX if exclusive else portalocker.LOCK_SH
-        if deadline is None:
-            portalocker.lock(fd, flags)
-        else:
-            self._lock_polling(flags, deadline)
-
-    def _unlock(self, fd: int) -> None:
-        if _FLOCK is not None:
-            _FLOCK(fd, _LOCK_UN)
-        else:
-            portalocker.unlock(fd)
-
-    def _open_lock_file(self) -> int:
-        while True:
-            try:
-                return os.open(self.lock_path, os.O_RDWR | _O_CLOEXEC)
-            except FileNotFoundError:
-                pass
-            try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
-            except FileExistsError:
-                continue  # another process created it first: open theirs
-            self._created_lock = True
-            return fd
-
-    def _lock_polling(self, flags: portalocker.LockFlags, deadline: float) -> None:
-        assert self._lock_fd is not None
-        delay = 0.001
-        while True:
-            try:
-                portalocker.lock(self._lock_fd, flags | portalocker.LOCK_NB)
-                return
-            except portalocker.AlreadyLocked:
-                if time.monotonic() >= deadline:
-                    raise LockTimeoutError(
-                        f"{self.lock_path} is held by another writer; gave up after "
-                        f"{self._lock_timeout} s (raise lock_timeout or retry)"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-
-    def _forget_created_lock(self) -> None:
-        """Remove a lock file this call created for a file that turned out not to be ours.
-
-        A wrong key or a foreign file must leave the directory exactly as it was.
-        """
-        if self._created_lock and self.fmt is None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.lock_path)
-        self._created_lock = False
-
-    def _drop_lock_fd(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the flock
-            self._lock_fd = None
-
-    def _read_lock_state(self) -> tuple[int, int, int]:
-        assert self._lock_fd is not None
-        raw = os.pread(self._lock_fd, _LOCK_STATE.size, 0)
-        gen, truncs = _LOCK_STATE.unpack(raw) if len(raw) == _LOCK_STATE.size else (0, 0)
-        return self._lock_ino[1], gen, truncs
-
     def _bump(self, *, truncation: bool) -> None:
         """Announce a change to other processes; always *before* the change is made."""
-        assert self._lock_fd is not None and self._seen is not None
+        assert self._seen is not None
         ino, gen, truncs = self._seen
         self._seen = (ino, gen + 1, truncs + int(truncation))
-        os.pwrite(self._lock_fd, _LOCK_STATE.pack(gen + 1, truncs + int(truncation)), 0)
+        self._lock.write_state(gen + 1, truncs + int(truncation))
 
     def transaction(self, *, write: bool, tolerant: bool = False) -> _Transaction:
         """Return a context that holds the lock (exclusive for ``write``) and brings the
@@ -307,7 +176,7 @@ class FileLog:
                     raise RuntimeError("cannot upgrade a read transaction to a write")
                 self._depth += 1
                 return
-            self._locked = self._enter_lock(write)
+            self._locked = self._lock.acquire(exclusive=write)
             self._depth, self._writable, self.tolerant = 1, write, tolerant
             try:
                 if write and self.poisoned:
@@ -316,13 +185,14 @@ class FileLog:
                     )
                 self._refresh(write, self._locked)
             except BaseException:
-                self._forget_created_lock()
+                # A wrong key or a foreign file must leave the directory exactly as it was.
+                self._lock.forget_created(keep=self.fmt is not None)
                 self._depth, self._writable, self.tolerant = 0, False, False
-                if self._locked and self._lock_fd is not None:
+                if self._locked:
                     self._locked = False
-                    self._unlock(self._lock_fd)
+                    self._lock.release()
                 raise
-            self._created_lock = False
+            self._lock.forget_created(keep=True)
         except BaseException:
             self._mutex.release()
             raise
@@ -331,28 +201,10 @@ class FileLog:
         self._depth -= 1
         if not self._depth:
             self._writable = self.tolerant = False
-            if self._locked and self._lock_fd is not None:
+            if self._locked:
                 self._locked = False
-                self._unlock(self._lock_fd)
+                self._lock.release()
         self._mutex.release()
-
-    def _enter_lock(self, write: bool) -> bool:
-        """Take the lock; return False for a reader that may go without one."""
-        if not write and self._lock_fd is None and not os.path.lexists(self.path):
-            return False  # nothing to read, and no reason to create files to learn that
-        try:
-            if not self._lock(exclusive=write):
-                return False
-        except FileNotFoundError:
-            if not write:
-                return False
-            _make_private_dirs(os.path.dirname(self.path) or ".")
-            return self._lock(exclusive=write)
-        except OSError as exc:
-            if write or exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
-                raise
-            return False  # a read-only place: readers go unlocked rather than fail
-        return True
 
     def probe(self) -> None:
         """Identify an existing log from its header alone (no lock, no index, no writes).
@@ -378,7 +230,7 @@ class FileLog:
 
     def _refresh(self, write: bool, locked: bool) -> None:
         """Bring the cached view up to date: nothing to do when no writer came by."""
-        state = self._read_lock_state() if locked else None
+        state = self._lock.state() if locked else None
         changed = state is None or state != self._seen
         if changed:
             self._last_seen, self._seen = self._seen, None  # None until the reload succeeds
@@ -819,7 +671,7 @@ class FileLog:
         """Delete the log, its index and its lock file (the log's unlink is the commit)."""
         self._bump(truncation=True)
         self._close_log()
-        for p in (self.path, self.index.path, self.lock_path):
+        for p in (self.path, self.index.path, self._lock.path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
         self.io.sync_dir(self.path)
@@ -857,7 +709,7 @@ class FileLog:
         """Release every file descriptor (the lock is not held between calls)."""
         with self._mutex:
             self._close_log()
-            self._drop_lock_fd()
+            self._lock.close()
             self._seen = None
 
 
