@@ -163,8 +163,9 @@ class RecordKey:
         mac = hmac.digest(self._signing, _FERNET_VERSION + body[:-32], "sha256")
         if not hmac.compare_digest(mac, body[-32:]):
             return None
+        view = memoryview(body)
         decryptor = Cipher(self._aes, modes.CBC(body[8:24])).decryptor()
-        padded = decryptor.update(body[24:-32]) + decryptor.finalize()
+        padded = decryptor.update(view[24:-32]) + decryptor.finalize()
         pad = padded[-1]
         if not 1 <= pad <= 16 or padded[-pad:] != bytes((pad,)) * pad:
             return None  # authenticated yet badly padded: a buggy or hostile key holder

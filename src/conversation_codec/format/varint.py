@@ -39,8 +39,19 @@ def decode_varint(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[in
     >>> decode_varint(bytes.fromhex("ac02"))
     (300, 2)
     """
-    if pos < len(buf) and buf[pos] < 0x80:  # one byte: the common case
-        return buf[pos], pos + 1
+    # Unrolled for one to three bytes (seqs, lengths and microseconds of real records);
+    # every shortest encoding of those has a non-zero last byte, so they are canonical.
+    n = len(buf)
+    if pos < n:
+        b0 = buf[pos]
+        if b0 < 0x80:
+            return b0, pos + 1
+        if pos + 1 < n:
+            b1 = buf[pos + 1]
+            if 0 < b1 < 0x80:
+                return (b0 & 0x7F) | b1 << 7, pos + 2
+            if b1 >= 0x80 and pos + 2 < n and 0 < buf[pos + 2] < 0x80:
+                return (b0 & 0x7F) | (b1 & 0x7F) << 7 | buf[pos + 2] << 14, pos + 3
     value = 0
     shift = 0
     end = min(len(buf), pos + MAX_VARINT_BYTES)
