@@ -75,6 +75,7 @@ Message = dict[str, Any]
 TimestampInput = datetime | int | float
 TimeInput = datetime | int | float | str
 _US_PER_S = 1_000_000
+_MAX_US = 253_402_300_800 * _US_PER_S  # 10000-01-01T00:00:00Z: where datetime ends
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ITER_BATCH = 256  # records decoded per lock hold while iterating
 _encode = msgspec.json.Encoder().encode
@@ -97,8 +98,8 @@ def _to_us(value: TimestampInput) -> int:
         us = round(value * _US_PER_S)
     else:
         raise TypeError(f"timestamp must be an aware datetime or epoch seconds, not {value!r}")
-    if not 0 <= us < 1 << 62:
-        raise ValueError(f"timestamp {value!r} is out of range (1970 .. year 146,000)")
+    if not 0 <= us < _MAX_US:
+        raise ValueError(f"timestamp {value!r} is out of range (1970 .. 9999)")
     return us
 
 
@@ -363,10 +364,18 @@ class ConversationCodec:
         A crash during ``extend`` may keep a prefix of the batch; an error raised before
         anything is written (a bad message) keeps none of it.
         """
-        encoded = [self._encode(m) for m in messages]
-        if not encoded:
-            return []
+        messages = list(messages)
+        if self._blobs is None:  # validate outside the lock: other writers wait less
+            encoded = [self._encode(m) for m in messages]
+            if not encoded:
+                return []
         with self._writing():
+            if self._blobs is not None:
+                # Blobs are stored under the lock, so a compaction in another process
+                # cannot delete them as unreferenced before this record refers to them.
+                encoded = [self._encode(m) for m in messages]
+                if not encoded:
+                    return []
             return self._append_locked(encoded, timestamps)
 
     def _append_locked(
@@ -386,7 +395,12 @@ class ConversationCodec:
             and not self._untrainable
             and first + len(bodies) >= TRAIN_AFTER
         ):
-            self._train(fmt.records, first + len(bodies))
+            try:
+                self._train(fmt.records, first + len(bodies))
+            except (ConversationCodecError, OSError):
+                # The messages are committed: a dictionary that could not be written (no
+                # space, say) must not turn their append into a reported failure.
+                self._untrainable = True
         if self._digests is not None and self._dbase + len(self._digests) == first:
             self._digests.extend(_digest(data) for _, data in encoded)
         else:
@@ -485,10 +499,10 @@ class ConversationCodec:
         Unlike ``save()``, nothing is kept: the log is rewritten (temp file, fsync, rename).
         ``timestamps`` must not decrease; None stamps every message with now.
         """
-        encoded = [self._encode(m) for m in messages]
-        if timestamps is not None and len(timestamps) != len(encoded):
-            raise ValueError(f"got {len(timestamps)} timestamps for {len(encoded)} messages")
+        if timestamps is not None and len(timestamps) != len(messages):
+            raise ValueError(f"got {len(timestamps)} timestamps for {len(messages)} messages")
         with self._writing():
+            encoded = [self._encode(m) for m in messages]
             if timestamps is None:
                 now = self._clock()
                 tss = [now] * len(encoded)
@@ -516,12 +530,17 @@ class ConversationCodec:
                     None,
                     None,
                 )
+            new_blobs = None
+            if encryption_key is not None and self._blobs is not None:
+                new_blobs = BlobStore.for_key(str(self._path) + ".blobs", encryption_key)
             committed = self._rewrites_committed()
             try:
-                return self._compact_from(self._base())
+                return self._compact_from(self._base(), new_blobs)
             except BaseException:
                 if not committed():  # past the rename the new secrets are the log's
                     self._keyring, self._password, self._kdf = secrets
+                elif new_blobs is not None:
+                    self._blobs = new_blobs
                 raise
 
     def _rewrites_committed(self) -> Callable[[], bool]:
@@ -529,8 +548,12 @@ class ConversationCodec:
         before = self._log.fmt.log_id if self._log.fmt else None
         return lambda: (self._log.fmt.log_id if self._log.fmt else None) != before
 
-    def _compact_from(self, start: int) -> CompactionReport:
-        """Rewrite the records from ``start`` on under the current secrets (lock held)."""
+    def _compact_from(self, start: int, new_blobs: BlobStore | None = None) -> CompactionReport:
+        """Rewrite the records from ``start`` on under the current secrets (lock held).
+
+        ``new_blobs``: a blob store under a new key; every attachment is moved into it (a key
+        rotation must re-seal attachments too, or only the old key would open them).
+        """
         before = self._log.size() + self._index_size()
         count = len(self._log.index)
         if self._log.fmt is None:
@@ -551,16 +574,20 @@ class ConversationCodec:
                 new.records.use_dictionary(1, trained)
                 dictionary = new.records.encode_dictionary(1, self._log.index.tss[start], trained)
         referenced: set[str] = set()
+        old_blobs = self._blobs
 
         def reseal() -> Iterator[tuple[bytes, int]]:
             for seq, message, ts in self._decoded(start, count):
-                if self._blobs is not None:
+                if old_blobs is not None:
+                    if new_blobs is not None:
+                        message = apply_mode(restore(message, old_blobs), "external", new_blobs)
                     referenced.update(references(message))
                 yield new.records.encode(seq - start, ts, _encode(message)), ts
 
         self._log.rewrite(header, new, reseal(), dictionary)
         self._digests = None
-        if self._blobs is not None:
+        if old_blobs is not None:
+            self._blobs = new_blobs or old_blobs
             self._blobs.delete_unreferenced(referenced)
         return CompactionReport(count - start, before, self._log.size() + self._index_size())
 
@@ -628,13 +655,15 @@ class ConversationCodec:
     def clear(self) -> None:
         """Delete the whole history: the log, its index and its lock file."""
         with self._writing():
-            self._log.remove()
+            self._log.remove(also=self._remove_blobs)
             self._digests = None
-            blobs = str(self._path) + ".blobs"
-            if self._blobs is not None:
-                self._blobs.clear()
-            elif os.path.isdir(blobs):
-                shutil.rmtree(blobs)
+
+    def _remove_blobs(self) -> None:
+        blobs = str(self._path) + ".blobs"
+        if self._blobs is not None:
+            self._blobs.clear()
+        elif os.path.isdir(blobs):
+            shutil.rmtree(blobs)
 
     # -- reading ---------------------------------------------------------------------------
 

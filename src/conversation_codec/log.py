@@ -93,6 +93,34 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+# Where a sealed frame could start: a non-zero prefix byte (no record length is 0) followed,
+# within the 1-5 bytes of its varint, by the three zero bytes that open every Fernet
+# timestamp before the year 36,812. Scanning for this runs at regex speed, so resynchronising
+# over megabytes of torn or zeroed bytes does not try every offset in Python.
+_FRAME_CANDIDATE = re.compile(rb"[\x01-\xff](?=[\x00-\xff]{0,4}\x00\x00\x00)")
+
+
+def next_candidate(reader: Reader, pos: int) -> int:
+    """Return the first offset >= ``pos`` where a sealed frame could start (or the end)."""
+    while pos < reader.size:
+        chunk = reader.get(pos, pos + _READ_CHUNK)
+        found = _FRAME_CANDIDATE.search(chunk)
+        if found is not None:
+            return pos + found.start()
+        if pos + len(chunk) >= reader.size:
+            break
+        pos += max(1, len(chunk) - 8)  # overlap: a candidate may straddle the window
+    return reader.size
+
+
+def plausible(body: bytes, floor_s: int) -> bool:
+    """Could ``body`` be a record written after one stamped ``floor_s``? Its Fernet timestamp
+    must lie in the next ~136 years: random bytes pass with odds of about 1 in 4 billion, so
+    resynchronising over a torn tail costs a compare per byte, not an HMAC."""
+    ts_s = int.from_bytes(body[:8], "big")
+    return floor_s <= ts_s <= floor_s + (1 << 32)
+
+
 def _parse_frame(buf: bytes, pos: int, sealed: bool, at_eof: bool) -> tuple[int, int, bool] | None:
     """Locate the body of the record at ``pos`` in ``buf``: ``(start, end, control)``
     relative to buf (``control``: a dictionary record, not a message).
@@ -311,6 +339,10 @@ class FileLog:
             self.fmt.log_id, self.fmt.data_start, os.fstat(self._fd).st_size, start=start
         )
         span = self.index.dict_span
+        if span != self._dict_loaded and self._dict_loaded != (0, 0):
+            # Another process cut the dictionary away (a pop) or the index forgot it: stop
+            # using ours; a record that still needs it makes the reader rebuild and find it.
+            self._drop_dictionary()
         if span != (0, 0) and span != self._dict_loaded:
             try:
                 frame = os.pread(self._fd, span[1] - span[0], span[0])
@@ -342,6 +374,11 @@ class FileLog:
         records.use_dictionary(1, records.decode_dictionary(body, 1))
         self.index.set_dict_span(span, persist=persist)
         self._dict_loaded = span
+
+    def _drop_dictionary(self) -> None:
+        self._dict_loaded = (0, 0)
+        if self.fmt is not None and isinstance(self.fmt.records, SealedRecords):
+            self.fmt.records.drop_dictionary()
 
     def _append_at(self) -> int:
         """Where the next frame goes: after the last message or the dictionary record."""
@@ -428,9 +465,16 @@ class FileLog:
         if self.tolerant and not self._writable:
             return  # verify/salvage: read up to the damage, the scanner reports the rest
         reader = Reader(self._fd, size)
+        floor_s = self.index.tss[-1] // 1_000_000 if len(self.index) else 0
         q = pos + 1
         while q < size:
+            if self.fmt.sealed:
+                q = next_candidate(reader, q)
+                if q >= size:
+                    break
             found = self.record_at(reader, q)
+            if found is not None and self.fmt.sealed and not plausible(found[1], floor_s):
+                found = None  # cheap reject: no HMAC over a length that random bytes made up
             if found is not None:
                 try:
                     if found[2]:
@@ -578,7 +622,12 @@ class FileLog:
         for frame, ts in zip(frames, tss, strict=True):
             end += len(frame)
             self.index.add(end, ts)
-        self.index.persist(self.fmt.log_id)
+        try:
+            self.index.persist(self.fmt.log_id)
+        except OSError:
+            # The records are committed; the index is only a cache. Rewrite it next time
+            # rather than report a failed append that in fact succeeded.
+            self._index_ok = self._settled = False
 
     def truncate(self, count: int) -> None:
         """Drop records from ``count`` on: index first, then the log (FORMAT.md §8)."""
@@ -589,9 +638,7 @@ class FileLog:
         self.index.truncate(count)
         if self.index.dict_span != (0, 0) and self.index.dict_span[0] >= end:
             self.index.set_dict_span((0, 0), persist=True)  # the dictionary goes too
-            self._dict_loaded = (0, 0)
-            if isinstance(self.fmt.records, SealedRecords):
-                self.fmt.records.drop_dictionary()
+            self._drop_dictionary()
         self.fault("truncate:index-truncated")
         self.io.truncate(self._fd, end)
         self._fsync(self._fd)
@@ -667,13 +714,18 @@ class FileLog:
         self.io.sync_dir(self.path)
         self.fault("rewrite:dir-synced")
 
-    def remove(self) -> None:
-        """Delete the log, its index and its lock file (the log's unlink is the commit)."""
+    def remove(self, also: Callable[[], None] = lambda: None) -> None:
+        """Delete the log and its index (the log's unlink is the commit), then run ``also``
+        (the codec's blob store), then the lock file: until that last unlink the lock still
+        keeps every other writer out."""
         self._bump(truncation=True)
         self._close_log()
-        for p in (self.path, self.index.path, self._lock.path):
+        for p in (self.path, self.index.path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
+        also()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._lock.path)
         self.io.sync_dir(self.path)
 
     def remove_stale_temps(self) -> None:

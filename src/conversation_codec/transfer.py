@@ -322,6 +322,11 @@ def _merge_locked(
         codec.extend(new, timestamps=_as_datetimes([stamps[i] for i in fresh]))
     else:
         # An append-only log cannot take an older record at its end: rewrite the union.
+        if codec._base():
+            raise ValueError(
+                "merging messages older than the log's end rewrites the log, which would drop "
+                "the records max_messages hides; import without max_messages"
+            )
         union = [(ts, 0, n, m) for n, (m, ts) in enumerate(stored)]
         union += [(stamps[i], 1, n, messages[i]) for n, i in enumerate(fresh)]
         union.sort(key=lambda row: row[:3])

@@ -32,7 +32,7 @@ from typing import Any
 from .crypto import KeyInput
 from .errors import StorageError
 from .format.index import INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
-from .log import FileLog, Reader
+from .log import FileLog, Reader, next_candidate, plausible
 from .records import DictionaryMissing, RecordRejected, SealedRecords
 
 __all__ = ["Problem", "SalvageReport", "VerifyReport", "salvage", "scan_records"]
@@ -95,8 +95,11 @@ def scan_records(log: FileLog) -> Iterator[Region]:
     size = os.fstat(log._fd).st_size
     reader = Reader(log._fd, size)
     pos, bad_from = log.fmt.data_start, -1
+    floor_s, sealed = 0, log.fmt.sealed
     while pos < size:
         found = log.record_at(reader, pos)
+        if found is not None and bad_from >= 0 and sealed and not plausible(found[1], floor_s):
+            found = None  # inside damage: skip lengths random bytes made up, without an HMAC
         opened = None if found is None else _open(log, found[1], found[2])
         if found is not None and opened is None and bad_from < 0 and log.fmt.sealed:
             # A well-formed record that fails authentication is a modified record when an
@@ -111,12 +114,14 @@ def scan_records(log: FileLog) -> Iterator[Region]:
                 yield "damaged", bad_from, pos, -1, -1, b""
                 bad_from = -1
             kind, seq, ts, text = opened
+            if ts >= 0:
+                floor_s = ts // 1_000_000
             yield kind, pos, found[0], seq, ts, text
             pos = found[0]
             continue
         if bad_from < 0:
             bad_from = pos
-        pos = pos + 1 if log.fmt.sealed else reader.next_line(pos)
+        pos = next_candidate(reader, pos + 1) if log.fmt.sealed else reader.next_line(pos)
     if bad_from >= 0:
         yield "damaged", bad_from, size, -1, -1, b""
 
