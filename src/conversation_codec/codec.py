@@ -644,7 +644,7 @@ class ConversationCodec:
             count = len(self._log.index)
             if count == self._base():
                 return None
-            message = self._read_one(count - 1)
+            message = self._present(self._read_one(count - 1))
             self._log.truncate(count - 1)
             if self._digests is not None and self._dbase + len(self._digests) == count:
                 self._digests.pop()

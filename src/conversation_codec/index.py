@@ -99,8 +99,12 @@ class OffsetIndex:
                     self.persisted = 0
                     return False
                 self.dict_span = span
-                f.seek(INDEX_HEADER_BYTES + start * INDEX_ENTRY.size)
-                raw = f.read(min(_MAX_INDEX_READ, log_size * INDEX_ENTRY.size))
+                offset = INDEX_HEADER_BYTES + start * INDEX_ENTRY.size
+                # Bound the read by what the file holds (read(n) allocates n bytes first)
+                # and by what a log of this size could need.
+                stored = max(0, os.fstat(f.fileno()).st_size - offset)
+                f.seek(offset)
+                raw = f.read(min(_MAX_INDEX_READ, stored, log_size * INDEX_ENTRY.size))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             self.persisted = 0
             return False

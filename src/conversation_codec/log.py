@@ -375,6 +375,13 @@ class FileLog:
         self.index.set_dict_span(span, persist=persist)
         self._dict_loaded = span
 
+    def forget_view(self) -> None:
+        """Make the next transaction reload from the files (after a write failed midway)."""
+        with self._mutex:
+            if not self._depth:
+                self._seen, self._settled = None, False
+                self._close_log()
+
     def _drop_dictionary(self) -> None:
         self._dict_loaded = (0, 0)
         if self.fmt is not None and isinstance(self.fmt.records, SealedRecords):
@@ -395,11 +402,15 @@ class FileLog:
         assert self.fmt is not None and self._fd is not None
         self._settled = False
         size = os.fstat(self._fd).st_size
-        pos = self._append_at()
-        if pos > size:  # the log lost bytes the index knew: trust the log, re-verify its end
+        # From the last indexed record, not from the dictionary record: the index may have
+        # lost entries for records that lie before the dictionary (they are re-read, and the
+        # dictionary record is met and adopted again on the way).
+        pos = self.index.end
+        if pos > size or self._append_at() > size:  # the log lost bytes the index knew
             self.index.reset(self.fmt.data_start)
+            self._drop_dictionary()
             self._index_ok = False
-            pos = self._append_at()
+            pos = self.index.end
         if pos < size:
             for start, body, end, control in self._frames(pos, size, torn_ok=True):
                 try:
@@ -711,7 +722,7 @@ class FileLog:
         self.index.persist(fmt.log_id, rewrite=True)
         self._index_ok = self._settled = True
         self.fault("rewrite:index-written")
-        self.io.sync_dir(self.path)
+        self._sync_dir()
         self.fault("rewrite:dir-synced")
 
     def remove(self, also: Callable[[], None] = lambda: None) -> None:
@@ -726,7 +737,7 @@ class FileLog:
         also()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._lock.path)
-        self.io.sync_dir(self.path)
+        self._sync_dir()
 
     def remove_stale_temps(self) -> None:
         """Delete temp files left by writers that crashed mid-rewrite (we hold the lock)."""
@@ -743,6 +754,13 @@ class FileLog:
             n = self.io.pwrite(fd, view, offset)
             view, offset = view[n:], offset + n
         return offset
+
+    def _sync_dir(self) -> None:
+        try:
+            self.io.sync_dir(self.path)
+        except OSError:
+            self.poisoned = True  # a rename or unlink that may not be durable: as fsync
+            raise
 
     def _fsync(self, fd: int) -> None:
         if not self._sync:
@@ -815,6 +833,8 @@ class _Transaction:
             self._log._end()
         except OSError as err:
             raise _storage_error(err, self._log.path) from None
+        if exc is not None and self._write:
+            self._log.forget_view()  # a write that failed midway: read the files again
         if isinstance(exc, OSError) and not isinstance(exc, ConversationCodecError):
             raise _storage_error(exc, self._log.path) from exc
 
