@@ -113,6 +113,26 @@ def next_candidate(reader: Reader, pos: int) -> int:
     return reader.size
 
 
+_PLAIN_RECORD_START = b'{"seq":'  # FORMAT.md §6: every record line starts so
+
+
+def next_plain_candidate(reader: Reader, pos: int) -> int:
+    """Return the next offset >= ``pos`` where a plain record line could start (or the end).
+
+    Line starts alone would miss a record that follows zero-filled bytes without a newline
+    between them (a lost page under "flush"), so look for where record lines begin.
+    """
+    while pos < reader.size:
+        chunk = reader.get(pos, pos + _READ_CHUNK)
+        found = chunk.find(_PLAIN_RECORD_START)
+        if found >= 0:
+            return pos + found
+        if pos + len(chunk) >= reader.size:
+            break
+        pos += max(1, len(chunk) - len(_PLAIN_RECORD_START))
+    return reader.size
+
+
 def plausible(body: bytes, floor_s: int) -> bool:
     """Could ``body`` be a record written after one stamped ``floor_s``? Its Fernet timestamp
     must lie in the next ~136 years: random bytes pass with odds of about 1 in 4 billion, so
@@ -479,10 +499,9 @@ class FileLog:
         floor_s = self.index.tss[-1] // 1_000_000 if len(self.index) else 0
         q = pos + 1
         while q < size:
-            if self.fmt.sealed:
-                q = next_candidate(reader, q)
-                if q >= size:
-                    break
+            q = next_candidate(reader, q) if self.fmt.sealed else next_plain_candidate(reader, q)
+            if q >= size:
+                break
             found = self.record_at(reader, q)
             if found is not None and self.fmt.sealed and not plausible(found[1], floor_s):
                 found = None  # cheap reject: no HMAC over a length that random bytes made up
@@ -503,7 +522,7 @@ class FileLog:
                         path=self.path,
                         offset=pos,
                     )
-            q = q + 1 if self.fmt.sealed else reader.next_line(q)
+            q += 1
 
     def record_at(self, reader: Reader, pos: int) -> tuple[int, bytes, bool] | None:
         """Return ``(end, body, control)`` when a whole, well-formed frame starts at ``pos``."""

@@ -32,7 +32,7 @@ from typing import Any
 from .crypto import KeyInput
 from .errors import StorageError
 from .format.index import INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
-from .log import FileLog, Reader, next_candidate, plausible
+from .log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
 from .records import DictionaryMissing, RecordRejected, SealedRecords
 
 __all__ = ["Problem", "SalvageReport", "VerifyReport", "salvage", "scan_records"]
@@ -121,7 +121,7 @@ def scan_records(log: FileLog) -> Iterator[Region]:
             continue
         if bad_from < 0:
             bad_from = pos
-        pos = next_candidate(reader, pos + 1) if log.fmt.sealed else reader.next_line(pos)
+        pos = (next_candidate if sealed else next_plain_candidate)(reader, pos + 1)
     if bad_from >= 0:
         yield "damaged", bad_from, size, -1, -1, b""
 
