@@ -33,11 +33,9 @@ __all__ = [
     "encode_frame",
     "encode_plain_line",
     "format_ts",
-    "token_from_body",
 ]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # bytes of message JSON in one record (FORMAT.md §5)
-FERNET_VERSION = b"\x80"
 # FORMAT.md §5: body = timestamp(8) | iv(16) | ciphertext(16*k, k >= 1) | hmac(32)
 FERNET_OVERHEAD_BYTES = 8 + 16 + 32
 MIN_BODY_BYTES = FERNET_OVERHEAD_BYTES + 16
@@ -76,11 +74,6 @@ def decode_frame_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> tu
     ):
         raise ValueError(f"impossible record length {body_len}")
     return start, start + body_len, control
-
-
-def token_from_body(body: bytes | memoryview) -> bytes:
-    """Rebuild the binary Fernet token from a stored body."""
-    return FERNET_VERSION + bytes(body)
 
 
 @dataclass(frozen=True, slots=True)
