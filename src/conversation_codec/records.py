@@ -200,7 +200,12 @@ class SealedRecords:
 class PlainRecords:
     """Bodies of a plain log: one JSON line each (FORMAT.md §6). No integrity."""
 
-    __slots__ = ()
+    __slots__ = ("_parsed",)
+
+    def __init__(self) -> None:
+        # payload() must parse a line to check its seq; parse() of that same line (the next
+        # call on every read path) reuses the result instead of decoding the JSON twice.
+        self._parsed: tuple[bytes, dict[str, Any]] | None = None
 
     def encode(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
         return encode_plain_line(seq, ts_us, message_json)
@@ -221,9 +226,14 @@ class PlainRecords:
 
     def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
         # The whole line is the text: parsing it is what checks the record.
-        return body, self.decode(body, expected_seq)[1]
+        message, ts_us = self.decode(body, expected_seq)
+        self._parsed = (body, message)
+        return body, ts_us
 
     def parse(self, text: bytes) -> dict[str, Any]:
+        parsed, self._parsed = self._parsed, None
+        if parsed is not None and parsed[0] is text:
+            return parsed[1]
         return decode_plain_line(text)[2]
 
     def inspect(self, body: bytes) -> tuple[int, int, bytes]:
