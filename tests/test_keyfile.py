@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import conversation_codec
-from conversation_codec import ConversationCodec, FormatError, StorageError, generate_key
+from conversation_codec import ConversationCodec, FormatError, StorageError
 from conversation_codec.keyfile import KeyFileError, load_or_create_key
 
 KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="  # tests only
@@ -139,7 +139,7 @@ def test_refuses_an_empty_key_file_and_never_regenerates(tmp_path: Path, data: b
         KEY.replace("-", "+").encode() + b"\x00",
         b"\xff\xfe" + KEY.encode(),
         b"x" * 5000,  # more than a key file can be
-        generate_key().encode()[:43] + b"!",
+        b"y0XojHGqVqvD6Uw2uH_FU5nTh1DsJiTlwhUyDRyIWCs" + b"!",  # a bad last character
     ],
 )
 def test_refuses_a_malformed_key_file_without_quoting_it(tmp_path: Path, data: bytes) -> None:
