@@ -192,8 +192,12 @@ def test_plain_line_round_trip() -> None:
 def test_index_header() -> None:
     header = encode_index_header(b"I" * 16)
     assert len(header) == 48
-    assert decode_index_header(header) == (b"I" * 16, (0, 0))
-    assert decode_index_header(encode_index_header(b"I" * 16, (80, 900))) == (b"I" * 16, (80, 900))
+    assert decode_index_header(header) == (b"I" * 16, (0, 0), 2)
+    assert decode_index_header(encode_index_header(b"I" * 16, (80, 900))) == (
+        b"I" * 16,
+        (80, 900),
+        2,
+    )
     assert decode_index_header(encode_index_header(b"I" * 16, (900, 80))) is None
     assert decode_index_header(header[:-1]) is None
     assert decode_index_header(b"\x00" * 48) is None

@@ -178,9 +178,9 @@ def run_workload(path: Path, key: str | None, io: FaultyIO, durability: str = "f
     ) as codec:
         codec._log.io = io
         for step in _steps():
-            poisoned = io.dir_syncs_failed > 0 or (
-                io.data_syncs_failed > 0 and durability == "fsync"
-            )
+            # A failed fdatasync of the log poisons the writer in any mode: under "flush"
+            # pops (and torn-tail cuts) sync too (FORMAT.md §8.3).
+            poisoned = io.dir_syncs_failed > 0 or io.data_syncs_failed > 0
             try:
                 step.run(codec, state)
             except StorageError as exc:
@@ -243,9 +243,12 @@ def test_fault_at_every_call(
 
 
 def test_flush_mode_faults(tmp_path: Path, scheme: str | None) -> None:
-    """Under "flush" only rewrites sync; their failures are reported and lose nothing."""
+    """Under "flush" only rewrites and pops sync (FORMAT.md §8.3: a pop's cut is synced so
+    that no power loss brings the popped record back); their failures are reported and lose
+    nothing."""
     calls = _calls(tmp_path, scheme, "flush")
-    assert calls["sync"] == 2 and calls["sync_dir"] == 2, calls  # the two rewrites
+    assert calls["truncate"] == 2, calls  # the workload's two pops
+    assert calls["sync"] == 2 + 2 and calls["sync_dir"] == 2, calls  # two rewrites, two pops
     for kind in KINDS:
         for nth in range(1, calls[kind] + 1):
             folder = tmp_path / f"{kind}{nth}"

@@ -175,3 +175,50 @@ def test_a_plausible_length_in_damaged_bytes_does_not_hide_later_records(tmp_pat
         with pytest.raises(CorruptRecordError):
             codec.load()
     assert path.read_bytes() == before
+
+
+# --- each problem once, with the right kind (issue 11 §7) ------------------------------
+
+
+def test_one_flipped_byte_is_one_problem(tmp_path: Path) -> None:
+    """A bit flipped inside record 2 of 5 is one "unauthenticated" record: not also seqs
+    missing, a stale index and an index ahead of the log."""
+    path = write_log(tmp_path, 5, KEY)
+    start, end = spans_of(path)[2]
+    data = bytearray(path.read_bytes())
+    data[(start + end) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        problems = codec.verify().problems
+    assert [(p.kind, p.offset) for p in problems] == [("unauthenticated", start)]
+
+
+def test_empty_log_with_a_full_index_is_not_ok(tmp_path: Path, key: str | None) -> None:
+    """A log truncated to zero bytes beside an index naming 5 records lost them all."""
+    path = write_log(tmp_path, 5, key)
+    path.write_bytes(b"")
+    with ConversationCodec(path, encryption_key=key) as codec:
+        report = codec.verify()
+    assert not report.ok
+    assert [p.kind for p in report.problems] == ["index-ahead"]
+
+
+def test_removed_dictionary_record_is_damage_not_a_torn_tail(tmp_path: Path) -> None:
+    """Cutting the dictionary record out leaves authentic records nobody can decompress:
+    one "damaged" problem at the first of them, not a torn tail."""
+    from conversation_codec.compression import TRAIN_AFTER
+
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        codec.extend(messages(TRAIN_AFTER))
+        codec.extend(messages(40, start=TRAIN_AFTER))
+        d0, d1 = codec._log.index.dict_span
+    assert (d0, d1) != (0, 0)
+    data = path.read_bytes()
+    path.write_bytes(data[:d0] + data[d1:])
+    Path(f"{path}.idx").unlink()
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        problems = codec.verify().problems
+    damage = [p for p in problems if p.is_damage]
+    assert [p.kind for p in damage] == ["damaged"], problems
+    assert damage[0].offset == d0

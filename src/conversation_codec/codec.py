@@ -67,7 +67,7 @@ from .log import FileLog, LogFormat, _IndexMismatch, _Transaction
 from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
 from .search import Hit, Query, parse_roles, to_us
 from .transfer import ImportReport, export_history, import_history
-from .verify import VerifyReport, verify_log
+from .verify import VerifyReport, verify_index_alone, verify_log
 
 __all__ = ["CompactionReport", "ConversationCodec", "LogInfo", "Message"]
 
@@ -904,7 +904,7 @@ class ConversationCodec:
         """
         with self._log.transaction(write=False, tolerant=True):
             if self._log.fmt is None:
-                return VerifyReport(self._path, 0, ())
+                return VerifyReport(self._path, 0, tuple(verify_index_alone(self._log.index.path)))
             records, problems = verify_log(self._log)
         return VerifyReport(self._path, records, tuple(problems))
 

@@ -4,7 +4,12 @@ The index lets ``get``, ``tail``, ``message_count`` and date ranges find records
 scanning or decrypting the log. It is never trusted blindly and never the only copy of
 anything: entries are checked when loaded (ends strictly increasing, within the log,
 timestamps non-decreasing), and whatever is missing or damaged is rebuilt from the log.
-It is not fsynced: after a power loss it is caught up from the log instead.
+Entries are not fsynced on append: after a power loss the index is caught up from the log.
+It is synced only where a stale copy could come back and mislead (a cut, a whole rewrite).
+
+Each entry carries a ``synced`` flag (FORMAT.md §7): set when the writer had synced the log
+before it wrote the entry, so the entry is *committed evidence* — the log held that record
+durably, and recovery (§10.1) never cuts it as a torn tail.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from array import array
 from .format.index import (
     DICT_SPAN,
     DICT_SPAN_OFFSET,
+    ENTRY_SYNCED,
     INDEX_ENTRY,
     INDEX_HEADER_BYTES,
+    INDEX_VERSION,
     decode_index_header,
     encode_index_header,
 )
@@ -25,12 +32,16 @@ from .format.index import (
 __all__ = ["OffsetIndex"]
 
 _MAX_INDEX_READ = 1 << 34  # bytes: 1 billion entries; a bigger sidecar is garbage
+_FLAG = -(1 << 63)  # ENTRY_SYNCED as a signed 64-bit value (the "q" arrays are signed)
 
 
-def _interleave(ends: array[int], tss: array[int], start: int) -> bytes:
+def _interleave(ends: array[int], tss: array[int], synced: bytearray, start: int) -> bytes:
     out = array("q", bytes(16 * (len(ends) - start)))
     out[0::2] = ends[start:]
     out[1::2] = tss[start:]
+    for k in range(start, len(ends)):
+        if synced[k]:
+            out[2 * (k - start)] |= _FLAG
     return out.tobytes()
 
 
@@ -41,15 +52,31 @@ class OffsetIndex:
     caught up from the log in memory (a reader never writes the file).
     """
 
-    __slots__ = ("_fd", "data_start", "dict_span", "ends", "path", "persisted", "tss")
+    __slots__ = (
+        "_fd",
+        "committed_end",
+        "data_start",
+        "dict_span",
+        "ends",
+        "path",
+        "persisted",
+        "synced",
+        "tss",
+        "version",
+    )
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.ends: array[int] = array("q")
         self.tss: array[int] = array("q")
+        self.synced = bytearray()  # per entry: 1 when the entry is committed evidence
         self.data_start = 0
         self.persisted = 0
         self.dict_span = (0, 0)  # where the log's dictionary record lies; (0, 0): none
+        # The end of the last record that a synced entry proved committed (FORMAT.md §10.1):
+        # recovery never cuts the log below it. Dropping unverified entries keeps it.
+        self.committed_end = 0
+        self.version = INDEX_VERSION  # of the file as loaded (1: no synced flags)
         self._fd: int | None = None
 
     def __len__(self) -> int:
@@ -68,14 +95,18 @@ class OffsetIndex:
         """Return the first seq whose timestamp is >= ``ts_us`` (binary search)."""
         return bisect.bisect_left(self.tss, ts_us)
 
-    def reset(self, data_start: int) -> None:
-        """Forget every entry (a new or replaced log)."""
+    def reset(self, data_start: int, *, keep_evidence: bool = False) -> None:
+        """Forget every entry (a new or replaced log; or, ``keep_evidence``, a rebuild that
+        must still not cut what the forgotten entries proved committed)."""
         self.close()
         self.ends = array("q")
         self.tss = array("q")
+        self.synced = bytearray()
         self.data_start = data_start
         self.persisted = 0
         self.dict_span = (0, 0)
+        if not keep_evidence:
+            self.committed_end = 0
 
     def load(self, log_id: bytes, data_start: int, log_size: int, *, start: int = 0) -> bool:
         """Read the sidecar from entry ``start`` on; keep the longest valid prefix.
@@ -88,12 +119,14 @@ class OffsetIndex:
         else:
             del self.ends[start:]
             del self.tss[start:]
+            del self.synced[start:]
         try:
             with open(self.path, "rb") as f:
                 decoded = decode_index_header(f.read(INDEX_HEADER_BYTES))
                 if decoded is None or decoded[0] != log_id:
                     self.persisted = 0
                     return False
+                self.version = decoded[2]
                 span = decoded[1]
                 if span != (0, 0) and not data_start <= span[0] < span[1] <= log_size:
                     self.persisted = 0
@@ -112,11 +145,20 @@ class OffsetIndex:
         flat = array("q")
         flat.frombytes(raw[:whole])
         ends, tss = flat[0::2], flat[1::2]
+        synced = bytearray(len(ends))
+        if self.version >= 2:
+            for k, end in enumerate(ends):
+                if end < 0:  # the ENTRY_SYNCED bit
+                    synced[k], ends[k] = 1, end & ~_FLAG
         good = self._valid_prefix(ends, tss, log_size)
         self.ends.extend(ends[:good])
         self.tss.extend(tss[:good])
+        self.synced.extend(synced[:good])
+        last = synced.rfind(1, 0, good)
+        if last >= 0:
+            self.committed_end = max(self.committed_end, ends[last])
         self.persisted = len(self.ends)
-        return good == len(ends) and whole == len(raw)
+        return good == len(ends) and whole == len(raw) and self.version == INDEX_VERSION
 
     def _valid_prefix(self, ends: array[int], tss: array[int], log_size: int) -> int:
         prev_end = self.end
@@ -127,39 +169,62 @@ class OffsetIndex:
             prev_end, prev_ts = end, ts
         return len(ends)
 
-    def add(self, end: int, ts_us: int) -> None:
-        """Append one entry in memory."""
+    def add(self, end: int, ts_us: int, *, synced: bool = False) -> None:
+        """Append one entry in memory (``synced``: the log was synced before it: §7)."""
         self.ends.append(end)
         self.tss.append(ts_us)
+        self.synced.append(synced)
+        if synced:
+            self.committed_end = end
 
     def forget_from(self, count: int) -> None:
-        """Drop entries from ``count`` on in memory only (the file is rewritten later)."""
+        """Drop entries from ``count`` on in memory only (the file is rewritten later).
+
+        The evidence they carried stays (``committed_end``): a dropped entry whose record
+        did not check out is exactly the case recovery must not mistake for a torn tail.
+        """
         del self.ends[count:]
         del self.tss[count:]
+        del self.synced[count:]
         self.persisted = min(self.persisted, count)
 
     def truncate(self, count: int) -> None:
-        """Drop entries from ``count`` on, in memory and in the file."""
+        """Drop entries from ``count`` on, in memory and durably in the file (a pop).
+
+        Synced before the log is cut (FORMAT.md §8.3): otherwise a power loss could bring
+        back entries naming records that a pop removed, as false evidence.
+        """
         del self.ends[count:]
         del self.tss[count:]
+        del self.synced[count:]
+        self.committed_end = min(self.committed_end, self.end)
+        fd = self._open()
         if self.persisted > count:
-            os.ftruncate(self._open(), INDEX_HEADER_BYTES + count * INDEX_ENTRY.size)
+            os.ftruncate(fd, INDEX_HEADER_BYTES + count * INDEX_ENTRY.size)
             self.persisted = count
+        os.fsync(fd)
 
     def persist(self, log_id: bytes, *, rewrite: bool = False) -> None:
-        """Write the entries the file lacks (all of them, with the header, when ``rewrite``)."""
+        """Write the entries the file lacks (all of them, with the header, when ``rewrite``).
+
+        A rewrite empties the file durably first, so that no power loss can mix the new
+        header with entries of an older log (stale evidence, FORMAT.md §7).
+        """
         if rewrite:
             self.close()
         fd = self._open()
         if rewrite:
             os.ftruncate(fd, 0)
+            os.fsync(fd)
             os.pwrite(fd, encode_index_header(log_id, self.dict_span), 0)
             self.persisted = 0
+            self.version = INDEX_VERSION
         if self.persisted < len(self.ends):
             if self.persisted + 1 == len(self.ends):  # the common single append
-                data = INDEX_ENTRY.pack(self.ends[-1], self.tss[-1])
+                end = self.ends[-1] | (ENTRY_SYNCED if self.synced[-1] else 0)
+                data = INDEX_ENTRY.pack(end, self.tss[-1])
             else:
-                data = _interleave(self.ends, self.tss, self.persisted)
+                data = _interleave(self.ends, self.tss, self.synced, self.persisted)
             os.pwrite(fd, data, INDEX_HEADER_BYTES + self.persisted * INDEX_ENTRY.size)
             self.persisted = len(self.ends)
 

@@ -32,7 +32,7 @@ from .format.record import MAX_BODY_BYTES, decode_frame_header, encode_frame
 from .format.varint import MAX_VARINT_BYTES
 from .index import OffsetIndex
 from .lock import LogLock
-from .records import RecordCodec, RecordRejected, SealedRecords
+from .records import RecordCodec, RecordDamaged, RecordRejected, SealedRecords
 
 __all__ = ["FileIO", "FileLog", "LogFormat", "Reader"]
 
@@ -371,7 +371,8 @@ class FileLog:
                     raise RecordRejected("no dictionary record where the index says")
                 self._use_dictionary(frame[fs[0] : fs[1]], span, persist=False)
             except (RecordRejected, ValueError):
-                self.index.reset(self.fmt.data_start)  # a stale index: rebuild from the log
+                # A stale index: rebuild from the log (keeping what its entries proved).
+                self.index.reset(self.fmt.data_start, keep_evidence=True)
                 self._index_ok = False
 
     def _close_log(self) -> None:
@@ -387,11 +388,14 @@ class FileLog:
         records = self.fmt.records
         if not isinstance(records, SealedRecords):
             raise RecordRejected("a plain log holds no dictionary records")
+        # Authenticate first (FORMAT.md §10.1): a torn frame whose prefix happens to carry
+        # the control bit is a torn tail, not a "second dictionary" from a newer writer.
+        dictionary = records.decode_dictionary(body, 1)
         if self._dict_loaded not in ((0, 0), span):
             raise UnsupportedVersionError(
                 "log holds a second dictionary record; upgrade conversation-codec"
             )
-        records.use_dictionary(1, records.decode_dictionary(body, 1))
+        records.use_dictionary(1, dictionary)
         self.index.set_dict_span(span, persist=persist)
         self._dict_loaded = span
 
@@ -432,58 +436,59 @@ class FileLog:
             self._index_ok = False
             pos = self.index.end
         if pos < size:
-            for start, body, end, control in self._frames(pos, size, torn_ok=True):
-                try:
-                    if control:
-                        self._use_dictionary(body, (start, end), persist=write and self._index_ok)
-                        pos = end
-                        continue
-                    seq = len(self.index)
-                    ts = self.fmt.records.check(body, seq)
-                except RecordRejected:
-                    self._refuse_misplaced(body, control, start)
-                    break
-                if self.index.tss and ts < self.index.tss[-1]:
-                    raise CorruptRecordError(
-                        "record's time is earlier than the one before it (records reordered)",
-                        path=self.path,
-                        offset=start,
-                    )
-                self.index.add(end, ts)
-                pos = end
+            pos = self._walk(pos, size, write)
             # pos is where the intact records end. What follows is a torn tail only if no
-            # intact record lies anywhere after it (FORMAT.md §10.1); else _damage_at raises.
+            # committed record reaches past it and no intact record lies anywhere after it
+            # (FORMAT.md §10.1); else this raises.
             if pos < size:
                 self._damage_at(pos, size)
                 if not write:
                     return  # a reader leaves the torn tail alone; the next writer cuts it
                 self._bump(truncation=False)
                 self.io.truncate(self._fd, pos)
-                self._fsync(self._fd)
+                # Always synced, whatever the durability: a cut that a power loss undid
+                # would put the torn bytes back under records appended after them.
+                self._fsync(self._fd, always=True)
         if write and (not self._index_ok or self.index.persisted < len(self.index)):
             self.index.persist(self.fmt.log_id, rewrite=not self._index_ok)
             self._index_ok = True
         self._settled = write
 
-    def _refuse_misplaced(self, body: bytes, control: bool, start: int) -> None:
-        """Raise when a whole record that authenticates stands in the wrong place.
+    def _walk(self, pos: int, size: int, write: bool) -> int:
+        """Index the intact records from ``pos`` on; return where they end (FORMAT.md §10.1).
 
-        A crash tears records; it never writes a complete, authentic record with another
-        seq. Such a record was moved, duplicated or replayed: damage, not a torn tail.
+        A record that authenticates but breaks a record rule (wrong seq or kind, earlier
+        time, malformed envelope) is damage wherever it stands: a crash tears records, it
+        never writes a whole authentic one wrongly. Readers of verify/salvage stop there
+        and let the scanner report it; everyone else gets ``CorruptRecordError``.
         """
         assert self.fmt is not None
-        if control or (self.tolerant and not self._writable):
-            return
-        try:
-            self.fmt.records.check(body, None)
-        except RecordRejected:
-            return
-        raise CorruptRecordError(
-            f"record out of place: an intact record with another seq stands where seq "
-            f"{len(self.index)} belongs (moved, duplicated or replayed); nothing was changed",
-            path=self.path,
-            offset=start,
-        )
+        records = self.fmt.records
+        for start, body, end, control in self._frames(pos, size, torn_ok=True):
+            try:
+                if control:
+                    self._use_dictionary(body, (start, end), persist=write and self._index_ok)
+                    pos = end
+                    continue
+                ts = records.check(body, len(self.index))
+                if self.index.tss and ts < self.index.tss[-1]:
+                    raise RecordDamaged(
+                        "record's time is earlier than the one before it (records reordered)"
+                    )
+            except RecordDamaged as exc:
+                if self.tolerant and not self._writable:
+                    return pos
+                raise CorruptRecordError(
+                    f"{exc}: the record was moved, duplicated, replayed or forged; nothing "
+                    "was changed",
+                    path=self.path,
+                    offset=start,
+                ) from None
+            except RecordRejected:
+                return pos
+            self.index.add(end, ts)
+            pos = end
+        return pos
 
     def _damage_at(self, pos: int, size: int) -> None:
         """Decide whether bad bytes at ``pos`` are a torn tail or damage before good records.
@@ -495,6 +500,14 @@ class FileLog:
         assert self.fmt is not None and self._fd is not None
         if self.tolerant and not self._writable:
             return  # verify/salvage: read up to the damage, the scanner reports the rest
+        if pos < self.index.committed_end:
+            raise CorruptRecordError(
+                f"a committed record is damaged: the index proves the log held intact records "
+                f"up to byte {self.index.committed_end}; nothing was changed — run "
+                "conversation-codec salvage to copy out the intact records",
+                path=self.path,
+                offset=pos,
+            )
         reader = Reader(self._fd, size)
         floor_s = self.index.tss[-1] // 1_000_000 if len(self.index) else 0
         q = pos + 1
@@ -513,9 +526,13 @@ class FileLog:
                         records.decode_dictionary(found[1], 1)
                     else:
                         self.fmt.records.check(found[1], None)
+                except RecordDamaged:
+                    intact = True  # authentic, though malformed: no crash wrote it
                 except RecordRejected:
-                    pass
+                    intact = False
                 else:
+                    intact = True
+                if intact:
                     raise CorruptRecordError(
                         f"damaged record before an intact one at byte {q}; nothing was "
                         "changed — run conversation-codec salvage to copy out the intact records",
@@ -617,7 +634,7 @@ class FileLog:
     def rebuild_index(self) -> None:
         """Forget the index and rebuild it from the log (used when it disagrees with the log)."""
         assert self.fmt is not None
-        self.index.reset(self.fmt.data_start)
+        self.index.reset(self.fmt.data_start, keep_evidence=True)
         self._dict_loaded = (0, 0)
         self._index_ok = False
         try:
@@ -651,7 +668,7 @@ class FileLog:
         self.fault("append:synced")
         for frame, ts in zip(frames, tss, strict=True):
             end += len(frame)
-            self.index.add(end, ts)
+            self.index.add(end, ts, synced=self._sync)
         try:
             self.index.persist(self.fmt.log_id)
         except OSError:
@@ -671,7 +688,9 @@ class FileLog:
             self._drop_dictionary()
         self.fault("truncate:index-truncated")
         self.io.truncate(self._fd, end)
-        self._fsync(self._fd)
+        # Synced under "flush" too (FORMAT.md §8.3): a popped record that a power loss
+        # brought back would be authentic and in place, so nothing could tell it apart.
+        self._fsync(self._fd, always=True)
         self._settled = True
 
     def append_dictionary(self, body: bytes) -> None:
@@ -714,7 +733,7 @@ class FileLog:
                 frame = encode_frame(body) if fmt.sealed else body
                 batch.append(frame)
                 pos += len(frame)
-                index.add(pos, ts)
+                index.add(pos, ts, synced=True)  # the temp file is synced before the rename
                 if len(batch) >= 1024:
                     written = self._write_all(fd, b"".join(batch), written)
                     batch.clear()
@@ -781,8 +800,8 @@ class FileLog:
             self.poisoned = True  # a rename or unlink that may not be durable: as fsync
             raise
 
-    def _fsync(self, fd: int) -> None:
-        if not self._sync:
+    def _fsync(self, fd: int, *, always: bool = False) -> None:
+        if not (self._sync or always):
             return
         try:
             self.io.sync(fd, data_only=True)

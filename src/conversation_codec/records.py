@@ -30,6 +30,7 @@ __all__ = [
     "DictionaryMissing",
     "PlainRecords",
     "RecordCodec",
+    "RecordDamaged",
     "RecordRejected",
     "SealedRecords",
 ]
@@ -40,6 +41,13 @@ _decode_message = msgspec.json.Decoder(dict[str, Any]).decode
 
 class RecordRejected(ValueError):
     """A body failed authentication or a record rule; the caller adds path and offset."""
+
+
+class RecordDamaged(RecordRejected):
+    """A body that *authenticates* (or, in a plain log, parses) yet breaks a record rule:
+    a malformed envelope or payload, the wrong kind for its frame's control bit, another
+    seq, or an earlier time. No crash writes such a record, so wherever it stands it is
+    damage, never a torn tail (FORMAT.md §10.1)."""
 
 
 class DictionaryMissing(Exception):
@@ -131,8 +139,10 @@ class SealedRecords:
     def decode_dictionary(self, body: bytes, dict_id: int) -> bytes:
         """Authenticate a dictionary control record and return the dictionary."""
         env = self._unseal(body)
-        if env.kind != KIND_DICTIONARY or env.seq != dict_id:
-            raise RecordRejected(f"expected dictionary {dict_id}, found another record")
+        if env.kind != KIND_DICTIONARY:
+            raise RecordDamaged("a message record stands in a control frame")
+        if env.seq != dict_id:
+            raise RecordDamaged(f"dictionary record carries id {env.seq}, not {dict_id}")
         return bytes(env.payload)
 
     def _unseal(self, body: bytes) -> Envelope:
@@ -147,14 +157,14 @@ class SealedRecords:
                 f"record uses a newer format feature ({exc}); upgrade conversation-codec"
             ) from None
         except ValueError as exc:
-            raise RecordRejected(f"record envelope is malformed: {exc}") from None
+            raise RecordDamaged(f"record envelope is malformed: {exc}") from None
 
     def _open(self, body: bytes, expected_seq: int | None) -> Envelope:
         env = self._unseal(body)
         if env.kind != KIND_MESSAGE:
-            raise RecordRejected("a control record stands where a message belongs")
+            raise RecordDamaged("a control record stands in a message frame")
         if expected_seq is not None and env.seq != expected_seq:
-            raise RecordRejected(
+            raise RecordDamaged(
                 f"record carries seq {env.seq} where seq {expected_seq} belongs "
                 "(moved, duplicated or reordered)"
             )
@@ -162,6 +172,11 @@ class SealedRecords:
 
     def check(self, body: bytes, expected_seq: int | None) -> int:
         return self._open(body, expected_seq).ts_us
+
+    def locate(self, body: bytes) -> tuple[int, int]:
+        """Return ``(seq, ts_us)`` of an authentic message body without decompressing it."""
+        env = self._open(body, None)
+        return env.seq, env.ts_us
 
     def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
         env = self._open(body, expected_seq)
@@ -184,13 +199,13 @@ class SealedRecords:
             return zstd.decompress(env.payload)
         except zstandard.ZstdError as exc:
             # Authenticated yet unreadable: written by a buggy or hostile key holder.
-            raise RecordRejected(f"record payload is malformed: {exc}") from None
+            raise RecordDamaged(f"record payload is malformed: {exc}") from None
 
     def parse(self, text: bytes) -> dict[str, Any]:
         try:
             return _decode_message(text)
         except msgspec.DecodeError as exc:
-            raise RecordRejected(f"record payload is malformed: {exc}") from None
+            raise RecordDamaged(f"record payload is malformed: {exc}") from None
 
     def decode(self, body: bytes, expected_seq: int) -> tuple[dict[str, Any], int]:
         text, ts_us = self.payload(body, expected_seq)
@@ -218,7 +233,7 @@ class PlainRecords:
         except ValueError as exc:
             raise RecordRejected(str(exc)) from None
         if expected_seq is not None and seq != expected_seq:
-            raise RecordRejected(f"record line carries seq {seq} where seq {expected_seq} belongs")
+            raise RecordDamaged(f"record line carries seq {seq} where seq {expected_seq} belongs")
         return message, ts_us
 
     def check(self, body: bytes, expected_seq: int | None) -> int:

@@ -31,7 +31,7 @@ from typing import Any
 
 from .crypto import KeyInput
 from .errors import StorageError
-from .format.index import INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
+from .format.index import ENTRY_SYNCED, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
 from .log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
 from .records import DictionaryMissing, RecordRejected, SealedRecords
 
@@ -138,29 +138,33 @@ def _open(log: FileLog, body: bytes, control: bool) -> tuple[str, int, int, byte
                 records.use_dictionary(1, dictionary)
             return "dictionary", 1, -1, b""
         seq, ts, text = records.inspect(body)
-    except (RecordRejected, DictionaryMissing, AssertionError):
+    except DictionaryMissing:
+        assert isinstance(records, SealedRecords)
+        env_seq, env_ts = records.locate(body)
+        return "undecodable", env_seq, env_ts, b""
+    except (RecordRejected, AssertionError):
         return None
     return "record", seq, ts, text
 
 
 def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, list[Problem]]:
-    """Check a log and its index (call inside a read transaction); return records, problems."""
+    """Check a log and its index (call inside a read transaction); return records, problems.
+
+    Each problem is reported once, with the kind that explains it: the seqs a damaged or
+    unauthenticated region swallowed are not reported again as missing, and index entries
+    for them are not reported as stale or ahead.
+    """
     problems: list[Problem] = []
-    ends: list[tuple[int, int]] = []
-    expected, last_ts = 0, -1
+    ends: dict[int, tuple[int, int]] = {}
+    expected, last_ts, after_damage = 0, -1, False
     if regions is None:
         regions = list(scan_records(log))
+    committed_end = log.index.committed_end
     for i, (kind, start, end, seq, ts, _body) in enumerate(regions):
         if kind == "damaged":
             tail = all(k == "damaged" for k, *_ in regions[i:])
-            problems.append(
-                Problem(
-                    "torn-tail" if tail else "damaged",
-                    start,
-                    f"{end - start} bytes hold no intact record"
-                    + (" (a crash mid-append; the next writer cuts them)" if tail else ""),
-                )
-            )
+            problems.append(_damage(start, end, tail=tail and start >= committed_end))
+            after_damage = True
             continue
         if kind == "dictionary":
             continue
@@ -168,8 +172,21 @@ def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, 
             problems.append(
                 Problem(kind, start, "record fails authentication: modified, or from another log")
             )
+            after_damage = True
             continue
-        if seq > expected:
+        if kind == "undecodable":
+            if not (i and regions[i - 1][0] == "undecodable"):  # one problem per run
+                problems.append(
+                    Problem(
+                        "damaged",
+                        start,
+                        "records are authentic but need a dictionary record the log no "
+                        "longer holds",
+                    )
+                )
+            expected, after_damage = max(expected, seq + 1), True
+            continue
+        if seq > expected and not after_damage:
             problems.append(
                 Problem("missing-records", start, f"seqs {expected}..{seq - 1} are missing")
             )
@@ -179,13 +196,47 @@ def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, 
             )
         if ts < last_ts:
             problems.append(Problem("time-reversed", start, "timestamp earlier than the last"))
-        expected, last_ts = max(expected, seq + 1), max(last_ts, ts)
-        ends.append((end, ts))
-    problems.extend(_check_index(log, ends))
+        expected, last_ts, after_damage = max(expected, seq + 1), max(last_ts, ts), False
+        ends.setdefault(seq, (end, ts))
+    damaged = any(p.kind != "time-reversed" and p.is_damage for p in problems)
+    problems.extend(_check_index(log, ends, damaged=damaged))
     return sum(1 for r in regions if r[0] == "record"), problems
 
 
-def _check_index(log: FileLog, ends: list[tuple[int, int]]) -> list[Problem]:
+def _damage(start: int, end: int, *, tail: bool) -> Problem:
+    if tail:
+        return Problem(
+            "torn-tail",
+            start,
+            f"{end - start} bytes hold no intact record (a crash mid-append; the next writer "
+            "cuts them)",
+        )
+    return Problem("damaged", start, f"{end - start} bytes hold no intact record")
+
+
+def verify_index_alone(index_path: str) -> list[Problem]:
+    """Problems of an index whose log is missing or empty: entries it names were lost."""
+    try:
+        raw = Path(index_path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return []
+    if decode_index_header(raw) is None:
+        return []
+    count = max(0, (len(raw) - INDEX_HEADER_BYTES) // INDEX_ENTRY.size)
+    if not count:
+        return []
+    return [
+        Problem(
+            "index-ahead",
+            INDEX_HEADER_BYTES,
+            f"index knows {count} record(s) but the log is empty or missing: the log was "
+            "truncated or deleted without its index",
+        )
+    ]
+
+
+def _check_index(log: FileLog, ends: dict[int, tuple[int, int]], *, damaged: bool) -> list[Problem]:
+    """Compare the index file with what the scan found, seq by seq."""
     assert log.fmt is not None
     try:
         raw = Path(log.index.path).read_bytes()
@@ -195,20 +246,24 @@ def _check_index(log: FileLog, ends: list[tuple[int, int]]) -> list[Problem]:
     if decoded is None or decoded[0] != log.fmt.log_id:
         return [Problem("index-stale", 0, "index belongs to another log (rebuilt on next open)")]
     entries = [
-        INDEX_ENTRY.unpack_from(raw, INDEX_HEADER_BYTES + k * INDEX_ENTRY.size)
-        for k in range((len(raw) - INDEX_HEADER_BYTES) // INDEX_ENTRY.size)
+        (end & ~ENTRY_SYNCED, ts)
+        for end, ts in (
+            INDEX_ENTRY.unpack_from(raw, INDEX_HEADER_BYTES + k * INDEX_ENTRY.size)
+            for k in range((len(raw) - INDEX_HEADER_BYTES) // INDEX_ENTRY.size)
+        )
     ]
     problems = []
-    for k, entry in enumerate(entries[: len(ends)]):
-        if tuple(entry) != ends[k]:
+    for k, entry in enumerate(entries):
+        if k in ends and tuple(entry) != ends[k]:
             problems.append(Problem("index-stale", INDEX_HEADER_BYTES + k * 16, f"entry {k}"))
             break
-    if len(entries) > len(ends):
+    known = max(ends, default=-1) + 1
+    if len(entries) > known and not damaged:
         problems.append(
             Problem(
                 "index-ahead",
-                INDEX_HEADER_BYTES + len(ends) * INDEX_ENTRY.size,
-                f"index knows {len(entries) - len(ends)} record(s) past the log's end: records "
+                INDEX_HEADER_BYTES + known * INDEX_ENTRY.size,
+                f"index knows {len(entries) - known} record(s) past the log's end: records "
                 "were cut off, or the log was rolled back to an older copy",
             )
         )

@@ -12,6 +12,7 @@ import struct
 __all__ = [
     "DICT_SPAN",
     "DICT_SPAN_OFFSET",
+    "ENTRY_SYNCED",
     "INDEX_ENTRY",
     "INDEX_HEADER_BYTES",
     "INDEX_MAGIC",
@@ -21,8 +22,9 @@ __all__ = [
 ]
 
 INDEX_MAGIC = b"\x89CCX\r\n\x1a\n"
-INDEX_VERSION = 1
-INDEX_ENTRY = struct.Struct("<Qq")  # FORMAT.md §7: end (u64), ts_us (i64)
+INDEX_VERSION = 2  # FORMAT.md §7: version 2 added ENTRY_SYNCED; version 1 files still load
+INDEX_ENTRY = struct.Struct("<Qq")  # FORMAT.md §7: end (u64, top bit ENTRY_SYNCED), ts_us (i64)
+ENTRY_SYNCED = 1 << 63  # FORMAT.md §7: the log was synced before this entry was written
 # FORMAT.md §7: magic, index_version, entry_bytes, reserved, log_id, dict_start, dict_end
 _INDEX_HEADER = struct.Struct("<8sHHI16sQQ")
 INDEX_HEADER_BYTES = _INDEX_HEADER.size  # 48
@@ -35,16 +37,17 @@ def encode_index_header(log_id: bytes, dict_span: tuple[int, int] = (0, 0)) -> b
     return _INDEX_HEADER.pack(INDEX_MAGIC, INDEX_VERSION, INDEX_ENTRY.size, 0, log_id, *dict_span)
 
 
-def decode_index_header(buf: bytes) -> tuple[bytes, tuple[int, int]] | None:
-    """Return ``(log_id, dict_span)`` of an index header, or None when it is not usable.
+def decode_index_header(buf: bytes) -> tuple[bytes, tuple[int, int], int] | None:
+    """Return ``(log_id, dict_span, index_version)`` of an index header, or None when it is
+    not usable.
 
     An index is a cache: an unusable header means "rebuild", never an error.
     """
     if len(buf) < INDEX_HEADER_BYTES:
         return None
     magic, version, entry_bytes, reserved, log_id, d0, d1 = _INDEX_HEADER.unpack_from(buf)
-    if (magic, version, entry_bytes, reserved) != (INDEX_MAGIC, INDEX_VERSION, INDEX_ENTRY.size, 0):
+    if (magic, entry_bytes, reserved) != (INDEX_MAGIC, INDEX_ENTRY.size, 0):
         return None
-    if d1 < d0:
+    if version not in (1, INDEX_VERSION) or d1 < d0:
         return None
-    return bytes(log_id), (d0, d1)
+    return bytes(log_id), (d0, d1), version

@@ -1,0 +1,229 @@
+"""Recovery rules (FORMAT.md §10.1): what may be cut as a torn tail, and what is damage.
+
+Each test here reproduces a way an earlier version silently lost acknowledged history
+(issue 11): a committed record damaged at the very end was cut and overwritten; a torn frame
+carrying the control bit killed the log; verify() raised on a time reversal; a pop was not
+synced under "flush".
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from conversation_codec import ConversationCodec, CorruptRecordError
+from conversation_codec.compression import TRAIN_AFTER
+from conversation_codec.format.record import encode_envelope, encode_frame
+from conversation_codec.format.varint import encode_varint
+from conversation_codec.log import FileIO
+from conversation_codec.verify import salvage
+
+from conftest import KEY, Clock, messages, snapshot
+
+NEW = {"role": "user", "content": "appended after the damage"}
+
+
+def _write(path: Path, n: int, key: str | None, durability: str = "fsync") -> None:
+    with ConversationCodec(path, encryption_key=key, durability=durability, clock=Clock()) as c:
+        for m in messages(n):
+            c.append(m)
+
+
+def _flip(path: Path, from_end: int, key: str | None = KEY) -> None:
+    """Damage one byte: a flipped bit (sealed), a control character (plain: a flipped bit
+    inside a JSON string would still parse, and plain logs have no integrity to check)."""
+    data = bytearray(path.read_bytes())
+    if key is None:
+        data[-from_end] = 0x01
+    else:
+        data[-from_end] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("key", [KEY, None], ids=["sealed", "plain"])
+def test_damaged_last_committed_record_is_refused_not_cut(tmp_path: Path, key: str | None) -> None:
+    """Issue 11 §2: 6 messages under "fsync", one bit flipped 40 bytes from the end. The
+    index entry (written after the fsync) proves record 5 committed: readers raise, the
+    writer refuses to append over it, nothing changes; salvage copies out the other five."""
+    path = tmp_path / "chat.log"
+    _write(path, 6, key)
+    _flip(path, 40, key)
+    before = snapshot(tmp_path)
+    with ConversationCodec(path, encryption_key=key) as codec:
+        with pytest.raises(CorruptRecordError, match="committed record"):
+            codec.load()
+        with pytest.raises(CorruptRecordError):
+            codec.append(NEW)
+        report = codec.verify()
+    assert snapshot(tmp_path) == before, "a refusing reader or writer changed the files"
+    assert not report.ok
+    assert "torn-tail" not in [p.kind for p in report.problems], report.problems
+    rescued = salvage(path, tmp_path / "rescued.log", encryption_key=key)
+    assert rescued.recovered == 5 and rescued.lost_seqs == ()
+
+
+def test_damaged_last_record_without_evidence_is_a_torn_tail(tmp_path: Path) -> None:
+    """Under "flush" an index entry is no evidence (the log may not have reached the disk):
+    a last record that fails authentication is a torn write, cut by the next writer."""
+    path = tmp_path / "chat.log"
+    _write(path, 6, KEY, durability="flush")
+    _flip(path, 40)
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        assert codec.load() == messages(5)
+        assert codec.append(NEW) == 5
+        assert codec.verify().ok
+
+
+def _with_dictionary(path: Path) -> None:
+    with ConversationCodec(path, encryption_key=KEY, clock=Clock()) as codec:
+        codec.extend(messages(TRAIN_AFTER + 4))
+        assert codec._log.index.dict_span != (0, 0)
+
+
+def test_torn_frame_with_the_control_bit_is_a_torn_tail(tmp_path: Path) -> None:
+    """Issue 11 §3: a torn write after the dictionary record whose random prefix carries the
+    control bit used to raise UnsupportedVersionError("second dictionary record") on every
+    open. It is authenticated first: it does not authenticate, so it is a torn tail."""
+    path = tmp_path / "chat.log"
+    _with_dictionary(path)
+    rnd = random.Random(11)
+    body = bytes(3) + rnd.randbytes(200 - 3)  # passes the cheap timestamp filter's shape
+    with path.open("ab") as f:
+        f.write(encode_frame(body, control=True))
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        assert len(codec.load() or []) == TRAIN_AFTER + 4
+        assert not codec.verify().ok  # the torn tail is reported...
+        assert codec.append(NEW) == TRAIN_AFTER + 4  # ...and cut by the writer
+        assert codec.verify().ok
+        assert (codec.load() or [])[-1] == NEW
+
+
+def _last_frame(path: Path, key: str | None) -> tuple[int, int]:
+    with ConversationCodec(path, encryption_key=key) as codec:
+        codec.message_count()
+        return codec._log.index.span(len(codec) - 1)
+
+
+@pytest.mark.parametrize("durability", ["fsync", "flush"])
+def test_control_bit_must_agree_with_the_authenticated_kind(
+    tmp_path: Path, durability: str
+) -> None:
+    """The control bit sits in the unauthenticated prefix; the kind in the sealed envelope.
+    A whole authentic message record whose prefix claims "control" is damage wherever it
+    stands (no crash writes one), even with no index evidence."""
+    path = tmp_path / "chat.log"
+    _write(path, 4, KEY, durability=durability)
+    start, _ = _last_frame(path, KEY)
+    data = bytearray(path.read_bytes())
+    data[start] |= 0x01  # the low bit of the first varint byte is the control bit
+    path.write_bytes(bytes(data))
+    os.unlink(f"{path}.idx")  # no evidence at all: the rule must hold on its own
+    before = snapshot(tmp_path)
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        with pytest.raises(CorruptRecordError, match="control"):
+            codec.load()
+        with pytest.raises(CorruptRecordError):
+            codec.append(NEW)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("what", ["ts_rem_us", "dict_id_zero"])
+def test_authentic_record_with_a_malformed_envelope_is_damage(tmp_path: Path, what: str) -> None:
+    """Issue 11 §2: a record whose MAC is valid but whose envelope is malformed was written
+    by a key holder, not torn by a crash: damage, at the end of the log too."""
+    path = tmp_path / "chat.log"
+    _write(path, 3, KEY, durability="flush")
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        codec.message_count()
+        ts_s = 1_900_000_000
+        if what == "ts_rem_us":
+            envelope = bytes([0]) + encode_varint(3) + encode_varint(1_000_000) + b"{}"
+        else:  # the dictionary flag with dict_id 0
+            envelope = bytes([0b11]) + encode_varint(3) + encode_varint(5) + encode_varint(0)
+            envelope += b"\x28\xb5\x2f\xfd"
+        body = codec._log.fmt.records.cipher.seal(envelope, ts_s)
+    good = encode_envelope(3, ts_s * 10**6, b"{}", compressed=False)
+    assert good != envelope
+    with path.open("ab") as f:
+        f.write(encode_frame(body))
+    os.unlink(f"{path}.idx")
+    before = snapshot(tmp_path)
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        with pytest.raises(CorruptRecordError, match="malformed"):
+            codec.load()
+        with pytest.raises(CorruptRecordError):
+            codec.append(NEW)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("key", [KEY, None], ids=["sealed", "plain"])
+def test_verify_reports_a_time_reversal_instead_of_raising(tmp_path: Path, key: str | None) -> None:
+    """Issue 11 §1, root cause 1: verify()/salvage() must report a record whose time runs
+    backwards (the catch-up used to raise even in their tolerant mode)."""
+    path = tmp_path / "chat.log"
+    _write(path, 4, None if key is None else key)
+    if key is None:
+        lines = path.read_bytes().splitlines(keepends=True)
+        last = lines[-1].replace(b'"ts":"2025', b'"ts":"2024', 1)
+        assert last != lines[-1]
+        path.write_bytes(b"".join([*lines[:-1], last]))
+    else:  # seal a record 4 with an earlier time under the log's own key
+        with ConversationCodec(path, encryption_key=key) as codec:
+            codec.message_count()
+            records = codec._log.fmt.records
+            body = records.encode(4, 1_000_000_000 * 10**6, b'{"role":"user","content":"x"}')
+        with path.open("ab") as f:
+            f.write(encode_frame(body))
+    os.unlink(f"{path}.idx")
+    with ConversationCodec(path, encryption_key=key) as codec:
+        report = codec.verify()
+    assert "time-reversed" in [p.kind for p in report.problems], report.problems
+    assert not report.ok
+    rescued = salvage(path, tmp_path / "rescued.log", encryption_key=key)
+    assert rescued.recovered == (5 if key is not None else 4)  # salvage keeps it, ts raised
+
+
+class _Ops(FileIO):
+    def __init__(self) -> None:
+        self.ops: list[str] = []
+
+    def truncate(self, fd: int, size: int) -> None:
+        self.ops.append("truncate")
+        super().truncate(fd, size)
+
+    def sync(self, fd: int, *, data_only: bool) -> None:
+        self.ops.append("sync")
+        super().sync(fd, data_only=data_only)
+
+
+def test_pop_is_synced_under_flush(tmp_path: Path) -> None:
+    """Issue 11 §1, root cause 2 (FORMAT.md §8.3): under "flush" a pop's truncate is synced
+    before pop() returns, so a power loss cannot bring the popped record back."""
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=KEY, durability="flush") as codec:
+        codec.extend(messages(3))
+        spy = _Ops()
+        codec._log.io = spy
+        codec.append(NEW)
+        assert spy.ops == [], "an append under flush syncs nothing"
+        assert codec.pop() == NEW
+        assert spy.ops == ["truncate", "sync"]
+
+
+def test_old_index_files_still_load(tmp_path: Path) -> None:
+    """An index of version 1 (no synced flags) is read as it was and rewritten as v2."""
+    path = tmp_path / "chat.log"
+    _write(path, 5, KEY)
+    idx = Path(f"{path}.idx")
+    raw = bytearray(idx.read_bytes())
+    raw[8:10] = (1).to_bytes(2, "little")
+    for k in range(5):  # clear the synced flags, as version 1 wrote them
+        raw[48 + 16 * k + 7] &= 0x7F
+    idx.write_bytes(bytes(raw))
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        assert codec.load() == messages(5)
+        codec.append(NEW)
+    assert idx.read_bytes()[8:10] == (2).to_bytes(2, "little")
