@@ -492,8 +492,11 @@ def test_in_place_through_a_symlink_converts_the_target(tmp_path: Path) -> None:
     report = migrate(link)
     assert link.is_symlink() and report.destination == real
     assert report.backup == real.with_name("history.jsonl.bak")
-    with ConversationCodec(link) as codec:
+    with ConversationCodec(real) as codec:
         assert codec.load() == MESSAGES
+    # The converted log is opened by its own name: never through a link (FORMAT.md §1).
+    with pytest.raises(StorageError, match=r"link\.jsonl is a symbolic link"):
+        ConversationCodec(link)
 
 
 def test_a_source_modified_during_migration_is_not_replaced(tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ._fsio import check_file, open_dir, open_file, remove_flat_dir, unlink_file
 from .crypto import KeyInput, Keyring
 from .errors import DecryptionError, MissingBlobError, StorageError
 
@@ -301,6 +302,8 @@ class BlobStore:
     :param old_name_keys: name keys of rotated-out log keys: their blobs still verify.
 
     Every blob file is written 0600 and atomically (temp, fsync, rename, directory fsync).
+    Files are reached through the directory's descriptor, never through a link: a link at
+    the directory or at a blob raises ``StorageError`` (FORMAT.md §1).
     ``delete_unreferenced`` must run under the log's writer lock, with every ``put`` of
     attachments for records not yet written also under that lock; otherwise a blob put
     for an in-flight record can be deleted before its record lands.
@@ -356,14 +359,16 @@ class BlobStore:
     def put(self, data: bytes) -> str:
         """Store ``data`` (once: an equal blob is already there) and return its name."""
         name = self.name(data)
-        path = self.directory / name
-        if path.exists():
-            return name
-        sealed = data if self._seal is None else self._seal(data)
-        tmp = self.directory / f".tmp-{secrets.token_hex(8)}"
+        tmp = f".tmp-{secrets.token_hex(8)}"
+        dir_fd = -1
         try:
             _make_private_dir(self.directory)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+            dir_fd = open_dir(self.directory)
+            if check_file(name, dir_fd=dir_fd, shown=self.directory / name) is not None:
+                return name
+            sealed = data if self._seal is None else self._seal(data)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            fd = open_file(tmp, flags, 0o600, dir_fd=dir_fd, shown=self.directory / tmp)
             try:
                 view = memoryview(sealed)
                 while view:
@@ -371,12 +376,20 @@ class BlobStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)  # a racing put of the same name wrote equal content
-            _fsync_dir(self.directory)
+            # A racing put of the same name wrote equal content. A link planted at the name
+            # since the check above would be replaced, not followed: rename never follows.
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            if dir_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+            if isinstance(exc, StorageError):
+                raise
             raise StorageError(exc.errno, f"cannot store blob in {self.directory}: {exc}") from exc
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
         return name
 
     def get(self, name: str) -> bytes:
@@ -385,15 +398,18 @@ class BlobStore:
         :raises MissingBlobError: no such blob.
         :raises DecryptionError: it does not open under this store's key, or it is not
             the blob of that name (swapped or modified).
+        :raises StorageError: the blob or the directory is a link, or unreadable.
         """
         if not _NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a blob name (64 hex digits)")
         try:
-            stored = (self.directory / name).read_bytes()
+            stored = self._read(name)
         except FileNotFoundError:
             raise MissingBlobError(
                 f"blob {name} is missing from {self.directory}; restore it from a backup"
             ) from None
+        except StorageError:
+            raise
         except OSError as exc:
             raise StorageError(exc.errno, f"cannot read blob {name}: {exc}") from exc
         try:
@@ -407,6 +423,15 @@ class BlobStore:
             raise DecryptionError(f"blob {name} does not hold the data of that name")
         return data
 
+    def _read(self, name: str) -> bytes:
+        dir_fd = open_dir(self.directory)
+        try:
+            fd = open_file(name, os.O_RDONLY, dir_fd=dir_fd, shown=self.directory / name)
+        finally:
+            os.close(dir_fd)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
     def __contains__(self, name: object) -> bool:
         return (
             isinstance(name, str)
@@ -415,41 +440,55 @@ class BlobStore:
         )
 
     def names(self) -> set[str]:
-        """Return the names of all stored blobs."""
+        """Return the names of all stored blobs.
+
+        :raises StorageError: the directory is a link.
+        """
         try:
-            return {n for n in os.listdir(self.directory) if _NAME.fullmatch(n)}
+            dir_fd = open_dir(self.directory)
         except FileNotFoundError:
             return set()
+        try:
+            return {n for n in os.listdir(dir_fd) if _NAME.fullmatch(n)}
+        finally:
+            os.close(dir_fd)
 
     def delete_unreferenced(self, referenced: Iterable[str]) -> int:
         """Delete every blob not named in ``referenced``; return how many went.
 
         Also removes temp files that crashed ``put`` calls left behind.
+
+        :raises StorageError: the directory, or an entry to delete, is a link.
         """
         keep = set(referenced)
+        try:
+            dir_fd = open_dir(self.directory)
+        except FileNotFoundError:
+            return 0
         gone = 0
-        for name in self.names() - keep:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.directory / name)
-                gone += 1
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.directory):
-                if entry.name.startswith(".tmp-") and (
-                    time.time() - entry.stat().st_mtime > _STALE_TEMP
-                ):
+        try:
+            for name in os.listdir(dir_fd):
+                shown = self.directory / name
+                if _NAME.fullmatch(name) and name not in keep:
+                    gone += unlink_file(name, dir_fd=dir_fd, shown=shown)
+                elif name.startswith(".tmp-"):
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
+                        st = os.lstat(name, dir_fd=dir_fd)
+                        if time.time() - st.st_mtime > _STALE_TEMP:
+                            unlink_file(name, dir_fd=dir_fd, shown=shown)
             if gone:
-                _fsync_dir(self.directory)
+                os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
         return gone
 
     def clear(self) -> None:
-        """Delete every blob and the directory itself."""
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.directory):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-            os.rmdir(self.directory)
+        """Delete every blob and the directory itself.
+
+        :raises StorageError: the directory or an entry in it is a link or a subdirectory
+            (then nothing is deleted).
+        """
+        if remove_flat_dir(self.directory):
             _fsync_dir(self.directory.parent)
 
     def __repr__(self) -> str:  # never the keys
@@ -458,10 +497,10 @@ class BlobStore:
 
 
 def _make_private_dir(folder: Path) -> None:
-    if not folder.is_dir():
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(folder, 0o700)
-            os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
+    # Whatever is there already (a link too) is judged by open_dir(), which never follows.
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
 
 
 def _fsync_dir(folder: Path) -> None:

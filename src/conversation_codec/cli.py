@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
 from . import __version__
+from ._fsio import open_file
 from .codec import CompactionReport, ConversationCodec, Message
 from .crypto import generate_key
 from .errors import (
@@ -228,7 +229,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         print(key)  # the one place a key is printed: meant for a pipe into a secret store
         return EXIT_OK
     try:
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = open_file(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise _InputError(f"{args.out} already exists; refusing to overwrite a key") from None
     try:

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import itertools
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from ._fsio import remove_flat_dir
 from .attachments import BlobStore, apply_mode, references, restore
 from .chat_formats import to_anthropic_messages, to_ollama_messages, to_openai_messages
 from .compression import DICTIONARY_BYTES, TRAIN_AFTER, Compressor, train_dictionary
@@ -575,6 +575,8 @@ class ConversationCodec:
                 dictionary = new.records.encode_dictionary(1, self._log.index.tss[start], trained)
         referenced: set[str] = set()
         old_blobs = self._blobs
+        if old_blobs is not None:  # the sweep after the commit must not be refused
+            remove_flat_dir(old_blobs.directory, check_only=True)
 
         def reseal() -> Iterator[tuple[bytes, int]]:
             for seq, message, ts in self._decoded(start, count):
@@ -655,15 +657,16 @@ class ConversationCodec:
     def clear(self) -> None:
         """Delete the whole history: the log, its index and its lock file."""
         with self._writing():
+            # A link or a stray entry at P.blobs is refused before the log goes, not after.
+            remove_flat_dir(str(self._path) + ".blobs", check_only=True)
             self._log.remove(also=self._remove_blobs)
             self._digests = None
 
     def _remove_blobs(self) -> None:
-        blobs = str(self._path) + ".blobs"
         if self._blobs is not None:
             self._blobs.clear()
-        elif os.path.isdir(blobs):
-            shutil.rmtree(blobs)
+        else:
+            remove_flat_dir(str(self._path) + ".blobs")
 
     # -- reading ---------------------------------------------------------------------------
 

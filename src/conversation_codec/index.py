@@ -18,6 +18,7 @@ import bisect
 import os
 from array import array
 
+from ._fsio import open_file
 from .format.index import (
     DICT_SPAN,
     DICT_SPAN_OFFSET,
@@ -121,7 +122,8 @@ class OffsetIndex:
             del self.tss[start:]
             del self.synced[start:]
         try:
-            with open(self.path, "rb") as f:
+            # Never through a link: a planted ``P.idx`` link raises StorageError.
+            with os.fdopen(open_file(self.path, os.O_RDONLY), "rb") as f:
                 decoded = decode_index_header(f.read(INDEX_HEADER_BYTES))
                 if decoded is None or decoded[0] != log_id:
                     self.persisted = 0
@@ -138,7 +140,7 @@ class OffsetIndex:
                 stored = max(0, os.fstat(f.fileno()).st_size - offset)
                 f.seek(offset)
                 raw = f.read(min(_MAX_INDEX_READ, stored, log_size * INDEX_ENTRY.size))
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError):
             self.persisted = 0
             return False
         whole = len(raw) - len(raw) % INDEX_ENTRY.size
@@ -238,8 +240,7 @@ class OffsetIndex:
         # The descriptor may outlive the file's name (someone deleted the sidecar): writes
         # then go nowhere useful, which is fine for a cache that the next open rebuilds.
         if self._fd is None:
-            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            self._fd = os.open(self.path, flags, 0o600)
+            self._fd = open_file(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         return self._fd
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ import stat
 import time
 from pathlib import Path
 
+from ._fsio import open_file
 from .crypto import Keyring, generate_key
 from .errors import FormatError, KeyFileError, StorageError
 
@@ -168,7 +169,7 @@ def _create_in_place(path: Path, key: str) -> bool:
 
 def _write_new(path: Path, key: str) -> None:
     """Create ``path`` exclusively with mode 0600 and write ``key`` in one synced write."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, KEY_FILE_MODE)
+    fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
     try:
         os.fchmod(fd, KEY_FILE_MODE)  # a umask cannot widen the mode, but make it exact
         data = (key + "\n").encode("ascii")

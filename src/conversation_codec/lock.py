@@ -15,12 +15,13 @@ import time
 
 import portalocker
 
+from ._fsio import open_file
 from .errors import LockTimeoutError
 
 __all__ = ["LogLock"]
 
 _LOCK_STATE = struct.Struct("<QQ")  # FORMAT.md §8.1: generation, truncations
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.001, 0.05  # seconds between retries, doubling
 # portalocker's POSIX locker is fcntl.flock; None elsewhere (then portalocker.lock() always).
 _FLOCK = getattr(portalocker.portalocker, "LOCKER", None) if os.name == "posix" else None
 if _FLOCK is not None and getattr(_FLOCK, "__name__", "") != "flock":
@@ -82,23 +83,25 @@ class LogLock:
 
     def _lock(self, exclusive: bool) -> bool:
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        pause = _FIRST_PAUSE
         while True:
             if self._fd is None:
                 if not exclusive and not os.path.lexists(self._log_path):
                     return False  # reading after clear() must not create the file again
-                self._fd = self._open()
+                self._fd = self._open(deadline)
                 held = os.fstat(self._fd)
                 self._ino = (held.st_dev, held.st_ino)
             self._take(self._fd, exclusive, deadline)
             # The lock file may have been unlinked (clear()) while we waited: a lock on a
             # dead inode excludes nobody, so retry on the file now at the path.
             try:
-                now = os.stat(self.path)
+                now = os.lstat(self.path)
             except FileNotFoundError:
                 now = None
             if now is not None and (now.st_dev, now.st_ino) == self._ino:
                 return True
             self.close()
+            pause = self._pause(deadline, pause)
 
     def _take(self, fd: int, exclusive: bool, deadline: float | None) -> None:
         # portalocker.lock() re-validates its flags with enum arithmetic on every call,
@@ -129,18 +132,34 @@ class LogLock:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
 
-    def _open(self) -> int:
+    def _open(self, deadline: float | None) -> int:
+        # Never through a link: a planted ``P.lock`` link is refused at once (StorageError),
+        # not retried: a dangling one fails both opens below, forever.
+        pause = _FIRST_PAUSE
         while True:
             try:
-                return os.open(self.path, os.O_RDWR | _O_CLOEXEC)
+                return open_file(self.path, os.O_RDWR)
             except FileNotFoundError:
                 pass
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+                fd = open_file(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
-                continue  # another process created it first: open theirs
+                # Another process created it first: open theirs. Unless it keeps vanishing
+                # (clear() in a loop elsewhere), which must not make us spin.
+                pause = self._pause(deadline, pause)
+                continue
             self.created = True
             return fd
+
+    def _pause(self, deadline: float | None, pause: float) -> float:
+        """Sleep before a retry (or raise past ``deadline``); return the next pause."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise LockTimeoutError(
+                f"{self.path} kept being replaced or removed; gave up after {self._timeout} s "
+                "(raise lock_timeout or retry)"
+            )
+        time.sleep(pause)
+        return min(pause * 2, _LONGEST_PAUSE)
 
     def release(self) -> None:
         """Release the lock (the file stays open for the next acquire)."""
@@ -156,7 +175,9 @@ class LogLock:
         file must leave the directory exactly as it was)."""
         if self.created and not keep:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+                now = os.lstat(self.path)
+                if (now.st_dev, now.st_ino) == self._ino:  # ours, not a link put there since
+                    os.unlink(self.path)
         self.created = False
 
     def state(self) -> tuple[int, int, int]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from ._fsio import check_file, open_file, unlink_file
 from .errors import (
     ConversationCodecError,
     CorruptRecordError,
@@ -261,14 +262,9 @@ class FileLog:
         fast on a wrong key or a foreign file while leaving damaged logs openable.
         """
         with self._mutex:
-            try:
-                st = os.stat(self.path)
-            except FileNotFoundError:
-                return
-            if not os.path.isfile(self.path):
-                raise StorageError(f"{self.path} is not a regular file; pass a log file path")
-            if st.st_size:
-                fd = os.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+            st = check_file(self.path)  # never through a link (alice.log -> bob.log)
+            if st is not None and st.st_size:
+                fd = open_file(self.path, os.O_RDONLY)
                 try:
                     self._attach(os.pread(fd, _PREFIX_BYTES, 0))
                 finally:
@@ -295,12 +291,7 @@ class FileLog:
                 raise
 
     def _reload(self, state: tuple[int, int, int] | None) -> None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and not os.path.isfile(self.path):
-            raise StorageError(f"{self.path} is not a regular file; pass the path of a log file")
+        st = check_file(self.path)
         ident = None if st is None or st.st_size == 0 else (st.st_dev, st.st_ino)
         seen = self._last_seen
         if ident != self._log_id_stat or (self.fmt is None and ident is not None):
@@ -321,11 +312,10 @@ class FileLog:
         self._close_log()
         if ident is None:
             return
-        flags = os.O_RDWR | _O_CLOEXEC
         try:
-            fd = os.open(self.path, flags)
+            fd = open_file(self.path, os.O_RDWR)
         except PermissionError:
-            fd = os.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+            fd = open_file(self.path, os.O_RDONLY)
         try:
             fmt = self._attach(os.pread(fd, _PREFIX_BYTES, 0))
             st = os.fstat(fd)
@@ -718,7 +708,7 @@ class FileLog:
         """Atomically replace the whole log with ``header``, an optional dictionary record
         body, and ``(body, ts_us)`` records (FORMAT.md §8.4)."""
         tmp = f"{self.path}.tmp-{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+        fd = open_file(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         index = OffsetIndex(self.path + ".idx")
         index.reset(fmt.data_start)
         try:
@@ -741,6 +731,10 @@ class FileLog:
             self.fault("rewrite:temp-written")
             self.io.sync(fd, data_only=False)  # always: a rename must never expose holes
             self.fault("rewrite:temp-synced")
+            # rename() would replace a link planted at P rather than follow it, and the new
+            # P.idx is written after the commit: refuse either link before committing.
+            check_file(self.path)
+            check_file(self.index.path)
             if self._seen is not None:
                 self._bump(truncation=True)
             self.io.rename(tmp, self.path)
@@ -770,11 +764,9 @@ class FileLog:
         self._bump(truncation=True)
         self._close_log()
         for p in (self.path, self.index.path):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
+            unlink_file(p)
         also()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._lock.path)
+        unlink_file(self._lock.path)
         self._sync_dir()
 
     def remove_stale_temps(self) -> None:
@@ -783,8 +775,7 @@ class FileLog:
         prefix = os.path.basename(self.path) + ".tmp-"
         for name in os.listdir(folder):
             if name.startswith(prefix) and _TEMP_SUFFIX.fullmatch(name[len(prefix) :]):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, name))
+                unlink_file(os.path.join(folder, name))  # refuses a planted link
 
     def _write_all(self, fd: int, data: bytes, offset: int) -> int:
         view = memoryview(data)

@@ -36,6 +36,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from ._fsio import check_file, open_file, unlink_file
 from .codec import ConversationCodec
 from .crypto import KeyInput, Keyring
 from .errors import ConversationCodecError, KeyRequiredError, StorageError
@@ -279,6 +280,8 @@ def _destination(real: Path, dst: str | os.PathLike[str] | None) -> tuple[Path, 
     if dst is None:
         return real, True
     target = Path(dst)
+    if os.path.islink(target):
+        check_file(target)  # raises: a link is never written through, nor replaced
     if not os.path.lexists(target):
         return target, False
     with contextlib.suppress(OSError):
@@ -314,9 +317,7 @@ def _sweep_leftovers(target: Path, bak: Path | None) -> int:
     leftover, removed = re.compile(pattern), 0
     for name in names:
         if name.startswith(target.name) and leftover.fullmatch(name):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(target.parent / name)
-                removed += 1
+            removed += unlink_file(target.parent / name)  # refuses a planted link
     return removed
 
 
@@ -332,7 +333,7 @@ def _write_log(tmp: str, plan: _Plan, key: KeyInput | None, fault: Fault) -> Non
     finally:
         codec.close()
     fault("migrate:temp-written")
-    fd = os.open(tmp, os.O_RDONLY | _O_CLOEXEC)
+    fd = open_file(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -371,13 +372,14 @@ def _write_backup(bak: Path, data: bytes, fault: Fault) -> bool:
     a backup that appeared meanwhile (``os.replace`` would clobber it).
     """
     if os.path.lexists(bak):
-        if bak.is_file() and not bak.is_symlink() and bak.read_bytes() == data:
+        check_file(bak)  # a link or a directory there is refused as such
+        if bak.read_bytes() == data:
             return False  # left by an earlier run that crashed before its commit
         raise StorageError(
             errno.EEXIST, f"{bak} exists and is not this file's original; move it away"
         )
     tmp = f"{bak}.tmp-{secrets.token_hex(8)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
             view = memoryview(data)
@@ -427,6 +429,7 @@ def _check_unchanged(path: Path, before: os.stat_result) -> None:
 def _publish(tmp: str, target: Path, in_place: bool) -> None:
     """Move the new log to ``target``: the commit point."""
     if in_place:
+        check_file(target)  # rename would replace a link put there meanwhile
         os.replace(tmp, target)
     else:
         _link(tmp, target)  # never replace a destination that appeared meanwhile
@@ -436,6 +439,7 @@ def _publish(tmp: str, target: Path, in_place: bool) -> None:
 def _finish(tmp: str, target: Path, fault: Fault) -> None:
     """After the commit: move the index beside the log, drop the temp lock, sync."""
     with contextlib.suppress(OSError):  # a cache: a missing index is rebuilt on open
+        check_file(f"{target}.idx")  # a link there is left alone (the log refuses it)
         os.replace(f"{tmp}.idx", f"{target}.idx")
     fault("migrate:index-moved")
     for leftover in (f"{tmp}.lock", f"{tmp}.idx"):  # the index is still here if its move failed

@@ -42,6 +42,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from ._fsio import unlink_file
 from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput
 from .search import Hit, Query, parse_roles, to_us
@@ -253,8 +254,7 @@ class ConversationStore:
                 return False
             codec.clear()
             for leftover in _files_of(path):  # temp files of writers that crashed mid-rewrite
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(leftover)
+                unlink_file(leftover)  # refuses a planted link
         return cutoff_us is None or last is not None
 
     def prune(self, older_than: datetime | timedelta) -> builtins.list[str]:

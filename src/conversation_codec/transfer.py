@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ._fsio import check_file, open_file
 from .crypto import KeyInput
 from .errors import StorageError
 from .format.record import MAX_MESSAGE_BYTES
@@ -118,6 +119,7 @@ def export_history(
     if format not in EXPORT_FORMATS:
         raise ValueError(f'format must be "jsonl" or "json", not {format!r}')
     dst = Path(dst)
+    check_file(dst)  # a link at dst is refused, whatever it points at (even the log)
     if _same_file(dst, codec.path):
         raise ValueError(f"{dst} is the log itself; export to another file")
     count = 0
@@ -190,7 +192,9 @@ def _write_atomically(dst: Path, chunks: Iterable[bytes]) -> None:
     folder = dst.parent
     tmp = folder / f".{dst.name}.tmp-{secrets.token_hex(8)}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+        fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except StorageError:
+        raise
     except OSError as exc:
         raise StorageError(exc.errno, f"cannot write {dst}: {exc.strerror or exc}") from exc
     try:
@@ -201,6 +205,7 @@ def _write_atomically(dst: Path, chunks: Iterable[bytes]) -> None:
         os.fsync(fd)
         os.close(fd)
         fd = -1
+        check_file(dst)  # rename would replace a link planted meanwhile: refuse instead
         os.replace(tmp, dst)
         dir_fd = os.open(folder, os.O_RDONLY | _O_CLOEXEC)
         try:
