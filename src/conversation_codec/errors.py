@@ -19,6 +19,7 @@ __all__ = [
     "CorruptRecordError",
     "DecryptionError",
     "FormatError",
+    "KdfParameterError",
     "KeyFileError",
     "KeyMismatchError",
     "KeyRequiredError",
@@ -56,6 +57,16 @@ class CorruptRecordError(FormatError):
 
 class UnsupportedVersionError(FormatError):
     """The file was written by a newer format version than this library reads."""
+
+
+class KdfParameterError(FormatError):
+    """A password log's header asks for scrypt parameters this library refuses to derive with.
+
+    Raised before any derivation when the parameters break RFC 7914 or exceed the memory
+    and work bounds of FORMAT.md §4.1 (the header MAC cannot be checked before the key
+    exists, so a modified header must not be able to cost more than that), and when the
+    derivation itself fails (this machine cannot allocate the memory the parameters need).
+    """
 
 
 class DecryptionError(ConversationCodecError):
