@@ -13,8 +13,10 @@ from conversation_codec import (
     ConversationCodec,
     DecryptionError,
     FormatError,
+    InvalidKeyError,
     KdfParameterError,
     KeyRequiredError,
+    KeyTypeError,
 )
 from conversation_codec.crypto import (
     SCRYPT_LOG2_N,
@@ -62,6 +64,23 @@ def test_bad_password_arguments(tmp_path: Path) -> None:
         ConversationCodec(tmp_path / "x", encryption_key=KEY, password="pw")
     with pytest.raises(ValueError, match="non-empty"):
         ConversationCodec(tmp_path / "x", password="")
+
+
+@pytest.mark.parametrize(
+    ("password", "error", "expected"),
+    [
+        (5, KeyTypeError, "non-empty str, not int"),
+        (b"pw", KeyTypeError, "non-empty str, not bytes"),
+        ("", InvalidKeyError, "non-empty str"),
+        ("pw\ud800", InvalidKeyError, "lone surrogate"),  # scrypt takes UTF-8
+    ],
+)
+def test_unusable_passwords_raise_library_errors(
+    tmp_path: Path, password: object, error: type[Exception], expected: str
+) -> None:
+    with pytest.raises(error, match=expected) as info:
+        ConversationCodec(tmp_path / "x", password=password)  # type: ignore[arg-type]
+    assert "pw" not in str(info.value) and list(tmp_path.iterdir()) == []
 
 
 def test_hostile_scrypt_parameters_are_refused_before_deriving(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .errors import DecryptionError, KdfParameterError
+from .errors import DecryptionError, InvalidKeyError, KdfParameterError, KeyTypeError
 from .format.header import LOG_ID_BYTES, SealedHeader, encode_sealed_header
 
 __all__ = [
@@ -62,19 +62,23 @@ def new_log_id() -> bytes:
     return os.urandom(LOG_ID_BYTES)
 
 
-def _parse_key(key: str | bytes) -> bytes:
+_KEY_HELP = (
+    "a Fernet key: str or bytes of 44 urlsafe-base64 characters, as "
+    "conversation_codec.generate_key() makes"
+)
+
+
+def _parse_key(key: object, where: str = "encryption key") -> bytes:
+    # The messages name the type at most, never the value: it may be a near-miss of a real key.
     if not isinstance(key, (str, bytes)):
-        raise TypeError(
-            f"encryption key must be str or bytes (a Fernet key), not {type(key).__name__}"
-        )
+        raise KeyTypeError(f"{where} must be {_KEY_HELP}; not {type(key).__name__}")
     text = key.encode("ascii", "replace") if isinstance(key, str) else bytes(key)
     # urlsafe_b64decode skips stray characters, so check the exact shape first: 43
     # alphabet characters and one "=" (a Fernet key is 32 bytes).
     raw = base64.urlsafe_b64decode(text) if _KEY_SHAPE.fullmatch(text) else b""
     if len(raw) != _MASTER_KEY_BYTES:
-        # Say nothing about the key itself: it may be a near-miss of a real secret.
-        raise ValueError(
-            "encryption key is not a Fernet key (32 bytes, urlsafe base64); "
+        raise InvalidKeyError(
+            f"{where} is not a Fernet key (32 bytes, urlsafe base64); "
             "create one with conversation_codec.generate_key()"
         )
     return raw
@@ -92,10 +96,24 @@ class Keyring:
 
     @classmethod
     def from_input(cls, key: KeyInput) -> Keyring:
-        """Parse ``encryption_key=`` as given by a caller (one key or a list of keys)."""
+        """Parse ``encryption_key=`` as given by a caller (one key or a list of keys).
+
+        :raises KeyTypeError: not a str, bytes, or a sequence of them.
+        :raises InvalidKeyError: a key is not a Fernet key, or the list is empty.
+        """
         if isinstance(key, (str, bytes)):
             return cls([_parse_key(key)])
-        return cls([_parse_key(k) for k in key])
+        if not isinstance(key, Sequence) or isinstance(key, (bytearray, memoryview)):
+            raise KeyTypeError(
+                f"encryption key must be {_KEY_HELP}, or a list of such keys; "
+                f"not {type(key).__name__}"
+            )
+        if not key:
+            raise InvalidKeyError(
+                "the encryption key list is empty; give at least one key (the first seals)"
+            )
+        where = "key {} of the encryption key list"
+        return cls([_parse_key(k, where.format(i)) for i, k in enumerate(key)])
 
     @property
     def masters(self) -> tuple[bytes, ...]:

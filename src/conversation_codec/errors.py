@@ -4,6 +4,10 @@ Every error the library raises on purpose derives from :class:`ConversationCodec
 Subclasses also inherit the builtin that matches their meaning (``ValueError``,
 ``TypeError``, ``OSError``, ``TimeoutError``), so callers can catch either.
 
+A wrong *type* of argument raises a subclass of the matching wrong-*value* error that also
+inherits ``TypeError`` (``KeyTypeError`` is an ``InvalidKeyError``; ``QueryTypeError`` is a
+``SearchError``), so one ``except`` catches every bad key or every bad query.
+
 Crypto failures are deliberately opaque: :class:`DecryptionError` never says *why*
 authentication failed, in the spirit of Fernet's ``InvalidToken``.
 """
@@ -19,16 +23,20 @@ __all__ = [
     "CorruptRecordError",
     "DecryptionError",
     "FormatError",
+    "InvalidKeyError",
     "KdfParameterError",
     "KeyFileError",
     "KeyMismatchError",
     "KeyRequiredError",
+    "KeyTypeError",
     "LockTimeoutError",
     "LogReplacedError",
     "MissingBlobError",
     "NotEncryptedError",
     "NotSerializableError",
+    "QueryTypeError",
     "RecordTooLargeError",
+    "SearchError",
     "StorageError",
     "UnsupportedVersionError",
 ]
@@ -76,6 +84,15 @@ class DecryptionError(ConversationCodecError):
     """
 
 
+class InvalidKeyError(ConversationCodecError, ValueError):
+    """A key or password argument is unusable: not a Fernet key, an empty key list, an empty
+    password. The message says what to pass and never shows the value given."""
+
+
+class KeyTypeError(InvalidKeyError, TypeError):
+    """A key or password argument has the wrong type (an int where a key belongs)."""
+
+
 class KeyMismatchError(ConversationCodecError, ValueError):
     """The encryption setting given does not match the log on disk."""
 
@@ -90,6 +107,15 @@ class NotEncryptedError(KeyMismatchError):
 
 class NotSerializableError(ConversationCodecError, TypeError):
     """A message is not a JSON object that round-trips exactly."""
+
+
+class SearchError(ConversationCodecError, ValueError):
+    """A search query cannot run: an invalid regular expression, or ``regex=True`` without
+    the linear-time engine installed (``pip install "conversation-codec[regex]"``)."""
+
+
+class QueryTypeError(SearchError, TypeError):
+    """A search query is not a str (or None)."""
 
 
 class RecordTooLargeError(ConversationCodecError, ValueError):
