@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from conversation_codec import ConversationCodec, KeyRequiredError
+from conversation_codec import ConversationCodec, KeyFileError, KeyRequiredError
 from conversation_codec.cli import main
+from conversation_codec.keyfile import load_or_create_key
 from conversation_codec.store import ConversationStore
 
 from conftest import KEY, OTHER_KEY, messages
@@ -145,14 +146,15 @@ def test_demo_dir_keeps_an_encrypted_log_and_refuses_to_reuse_it(run: Run, tmp_p
 @pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
 def test_append_cat_tail_info_round_trip(run: Run, tmp_path: Path, mode: str) -> None:
     key = KEY if mode == "encrypted" else None
+    plain = [] if key else ["--plain"]  # writing a plaintext log is asked for explicitly
     log = str(tmp_path / "chat.log")
     history = messages(7)
     one, array, lines = history[0], history[1:4], history[4:]
 
-    assert run("append", log, stdin=json.dumps(one), key=key)[:2] == (0, "0\n")
-    assert run("append", log, stdin=json.dumps(array), key=key)[:2] == (0, "1\n2\n3\n")
+    assert run("append", log, *plain, stdin=json.dumps(one), key=key)[:2] == (0, "0\n")
+    assert run("append", log, *plain, stdin=json.dumps(array), key=key)[:2] == (0, "1\n2\n3\n")
     jsonl_text = "\n".join(json.dumps(m) for m in lines) + "\n\n"
-    code, out, _ = run("append", log, "--durability", "flush", stdin=jsonl_text, key=key)
+    code, out, _ = run("append", log, *plain, "--durability", "flush", stdin=jsonl_text, key=key)
     assert (code, out) == (0, "4\n5\n6\n")
 
     code, out, err = run("cat", log, key=key)
@@ -188,6 +190,7 @@ def test_key_file_is_stripped_and_key_env_names_the_variable(
 ) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(f"  {KEY}\n\n")
+    key_file.chmod(0o600)
     log = str(tmp_path / "chat.log")
     assert run("append", log, "--key-file", str(key_file), stdin='{"n": 1}')[0] == 0
     monkeypatch.setenv("MY_KEY", KEY)
@@ -231,7 +234,7 @@ def test_bad_key_inputs_exit_1(run: Run, encrypted_log: str, tmp_path: Path) -> 
 
 def test_key_for_a_plaintext_log_exits_1(run: Run, tmp_path: Path) -> None:
     log = str(tmp_path / "plain.log")
-    assert run("append", log, stdin='{"n": 1}')[0] == 0
+    assert run("append", log, "--plain", stdin='{"n": 1}')[0] == 0
     code, _, err = run("tail", log, key=KEY)
     assert code == 1 and "plaintext" in err and KEY not in err
 
@@ -274,7 +277,7 @@ def test_bad_stdin_exits_1_and_writes_nothing(
     run: Run, tmp_path: Path, stdin: str, expected: str
 ) -> None:
     log = tmp_path / "chat.log"
-    code, out, err = run("append", str(log), stdin=stdin)
+    code, out, err = run("append", str(log), "--plain", stdin=stdin)
     assert code == 1 and out == "" and expected in err and "Traceback" not in err
     assert not log.exists() or ConversationCodec(log).message_count() == 0
 
@@ -535,18 +538,19 @@ def test_salvage_copies_intact_records_and_never_touches_src(
     run: Run, tmp_path: Path, mode: str
 ) -> None:
     key = KEY if mode == "encrypted" else None
+    plain = [] if key else ["--plain"]
     src = damaged_log(tmp_path / "bad.log", key)
     before = src.read_bytes()
     dst = tmp_path / "rescued.log"
-    code, out, err = run("salvage", str(src), str(dst), key=key)
+    code, out, err = run("salvage", str(src), str(dst), *plain, key=key)
     assert code == 0 and err == ""
     assert f"recovered 2 messages into {dst}" in out and "lost seqs: 1\n" in out
     assert src.read_bytes() == before
     with ConversationCodec(dst, encryption_key=key) as codec:
         assert [m["content"][:9] for m in codec.load() or []] == ["message 0", "message 2"]
-    code, _, err = run("salvage", str(src), str(dst), key=key)
+    code, _, err = run("salvage", str(src), str(dst), *plain, key=key)
     assert code == 1 and "already exists" in err
-    code, out, _ = run("salvage", str(src), str(tmp_path / "again.log"), "--json", key=key)
+    code, out, _ = run("salvage", str(src), str(tmp_path / "again.log"), "--json", *plain, key=key)
     report = json.loads(out)
     assert code == 0 and report["recovered"] == 2 and report["lost_seqs"] == [1]
     assert {"source", "destination", "problems"} <= set(report)
@@ -559,13 +563,14 @@ def test_salvage_copies_intact_records_and_never_touches_src(
 @pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
 def test_compact(run: Run, tmp_path: Path, mode: str) -> None:
     key = KEY if mode == "encrypted" else None
+    plain = [] if key else ["--plain"]
     log = write_log(tmp_path / "chat.log", key)
-    code, out, err = run("compact", log, key=key)
+    code, out, err = run("compact", log, *plain, key=key)
     assert code == 0 and err == ""
     assert re.fullmatch(
         rf"compacted {re.escape(log)}: 4 messages kept, [\d,]+ -> [\d,]+ bytes\n", out
     )
-    code, out, _ = run("compact", log, "--json", key=key)
+    code, out, _ = run("compact", log, "--json", *plain, key=key)
     assert code == 0 and set(json.loads(out)) == {"path", "messages", "bytes_before", "bytes_after"}
     with ConversationCodec(log, encryption_key=key) as codec:
         assert codec.load() == CHAT
@@ -581,6 +586,7 @@ def test_rekey_old_key_fails_after_and_new_key_works(
         new = ["--new-key-env", "NEW_KEY"]
     else:
         (tmp_path / "new.key").write_text(OTHER_KEY + "\n")
+        (tmp_path / "new.key").chmod(0o600)
         new = ["--new-key-file", str(tmp_path / "new.key")]
     code, out, err = run("rekey", log, *new, key=KEY)
     assert code == 0 and "re-encrypted" in out and "4 messages kept" in out
@@ -693,13 +699,13 @@ def test_migrate_plaintext_out_dir_dry_run_and_progress(
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     out_dir = tmp_path / "logs"
-    code, out, err = run("migrate", str(folder), "--out", str(out_dir))
+    code, out, err = run("migrate", str(folder), "--out", str(out_dir), "--plain")
     assert code == 0 and "PLAINTEXT" in out and "\r[" in err and "2/2" in err
     assert ConversationCodec(out_dir / "sub" / "b.json").load() == [
         {"role": "user", "content": "yo"}
     ]
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
-    code, out, _ = run("migrate", str(tmp_path / "absent"))
+    code, out, _ = run("migrate", str(tmp_path / "absent"), "--plain")
     assert code == 1 and "does not exist" in out
 
 
@@ -730,14 +736,15 @@ def test_export_warns_that_the_output_is_unencrypted(run: Run, tmp_path: Path, m
 @pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
 def test_import_replaces_or_merges_and_prints_counts(run: Run, tmp_path: Path, mode: str) -> None:
     key = KEY if mode == "encrypted" else None
+    plain = [] if key else ["--plain"]
     src = tmp_path / "old.jsonl"
     src.write_text("".join(json.dumps(m) + "\n" for m in CHAT[:2]))
     log = str(tmp_path / "chat.log")
-    code, out, err = run("import", log, str(src), key=key)
+    code, out, err = run("import", log, str(src), *plain, key=key)
     assert code == 0 and err == ""
     assert "read 2 messages (jsonl)" in out and "replaced the history" in out
     assert "2 added, 0 duplicates skipped, 0 rejected" in out
-    code, out, _ = run("import", log, str(src), "--merge", "--json", key=key)
+    code, out, _ = run("import", log, str(src), "--merge", "--json", *plain, key=key)
     assert code == 0 and json.loads(out) == {
         "read": 2, "added": 0, "skipped_duplicate": 2, "rejected": 0, "format": "jsonl"
     }  # fmt: skip
@@ -758,6 +765,165 @@ def test_import_a_legacy_fernet_file(
     assert code == 0 and "1 added" in out and LEGACY_KEY not in out
     with ConversationCodec(log, encryption_key=KEY) as codec:
         assert codec.load() == [{"role": "user", "content": "hi"}]
+
+
+# -- plaintext only on purpose, no echoed secrets, private key files ------------------------
+
+
+def snapshot_tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["append-new", "append-existing", "import", "compact", "salvage", "migrate-out", "migrate"],
+)
+@pytest.mark.parametrize("key_env", [None, "CONVERSATION_KEI"])  # unset, or a misspelt name
+def test_writing_plaintext_needs_plain_and_writes_nothing(
+    run: Run, tmp_path: Path, command: str, key_env: str | None
+) -> None:
+    plain_log = write_log(tmp_path / "plain.log", None)
+    src = tmp_path / "old.jsonl"
+    src.write_text(json.dumps(CHAT[0]) + "\n")
+    (tmp_path / "hist").mkdir()
+    (tmp_path / "hist" / "a.jsonl").write_text(json.dumps(CHAT[0]) + "\n")
+    argv = {
+        "append-new": ["append", str(tmp_path / "new.log")],
+        "append-existing": ["append", plain_log],
+        "import": ["import", str(tmp_path / "new.log"), str(src)],
+        "compact": ["compact", plain_log],
+        "salvage": ["salvage", plain_log, str(tmp_path / "rescued.log")],
+        "migrate-out": ["migrate", str(tmp_path / "hist"), "--out", str(tmp_path / "logs")],
+        "migrate": ["migrate", str(tmp_path / "hist")],
+    }[command]
+    named = [] if key_env is None else ["--key-env", key_env]
+    before, names = snapshot_tree(tmp_path), sorted(tmp_path.rglob("*"))
+    code, out, err = run(*argv, *named, stdin='{"role": "user", "content": "hi"}')
+    assert (code, out) == (2, "") and "Traceback" not in err
+    assert "UNENCRYPTED" in err and "--plain" in err and "--key-file" in err
+    assert snapshot_tree(tmp_path) == before  # nothing changed
+    assert sorted(tmp_path.rglob("*")) == names  # nothing created, not even a lock file
+
+    code, _, err = run(*argv, "--plain", stdin='{"role": "user", "content": "hi"}')
+    assert code == 0, err  # asked for: written in plaintext
+
+
+def test_plain_is_not_needed_to_read_and_excludes_key_sources(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = write_log(tmp_path / "plain.log", None)
+    for argv in (["cat", log], ["tail", log], ["info", log], ["search", log, "refund"]):
+        assert run(*argv)[0] == 0, argv
+    assert run("verify", log)[0] == 0
+    (tmp_path / "k").write_text(KEY)
+    (tmp_path / "k").chmod(0o600)
+    monkeypatch.setenv("PW", "pw")
+    for source in (["--key-file", str(tmp_path / "k")], ["--password-env", "PW"]):
+        code, _, err = run("append", log, "--plain", *source, stdin="{}")
+        assert code == 2 and "not allowed with" in err
+    # --plain means no key at all, even with the key variable set: the log stays plaintext.
+    code, out, _ = run("append", str(tmp_path / "new.log"), "--plain", stdin="{}", key=KEY)
+    assert (code, out) == (0, "0\n")
+    assert (tmp_path / "new.log").read_bytes().startswith(b'{"conversation_codec":')
+
+
+def test_subprocess_append_without_a_key_creates_no_plaintext_log(tmp_path: Path) -> None:
+    log = tmp_path / "new.log"
+    done = cli("append", str(log), stdin='{"role": "user", "content": "card 4111"}')
+    assert done.returncode == 2 and "--plain" in done.stderr and done.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+SECRET = OTHER_KEY  # a real-looking key typed where another value belongs
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [SECRET],  # invalid choice of command
+        ["append", "x.log", "--durability", SECRET],  # invalid choice
+        ["export", "x.log", "--out", "y", "--format", SECRET],
+        ["tail", "x.log", "-n", SECRET],  # type errors
+        ["tail", "x.log", f"-n{SECRET}"],
+        ["search", "x.log", "--since", SECRET],
+        ["search", "x.log", "--until", SECRET],
+        ["search", "x.log", "--last", SECRET],
+        ["search", "x.log", "--limit", SECRET],
+        ["info", "x.log", f"--json={SECRET}"],  # ignored explicit argument
+        ["cat", "x.log", SECRET],  # unrecognized argument
+        ["cat", "x.log", f"--key-env={SECRET}"],
+        ["rekey", "x.log", "--new-key-env", SECRET],
+        ["cat", SECRET],  # a key where the path belongs: a library error, not usage
+        ["tail", "-n", "1", str(Path("dir") / SECRET)],
+    ],
+)
+def test_no_error_echoes_an_argument_value(run: Run, argv: list[str]) -> None:
+    code, out, err = run(*argv)
+    assert code in (1, 2) and err.startswith(("usage:", "error:")), err
+    assert SECRET not in out + err and SECRET[:12] not in out + err
+    assert SECRET[12:-1] not in out + err
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o610, 0o700], ids=oct)
+@pytest.mark.parametrize("option", ["--key-file", "--new-key-file"])
+def test_key_files_readable_by_others_are_refused_as_the_library_does(
+    run: Run, tmp_path: Path, mode: int, option: str
+) -> None:
+    log = write_log(tmp_path / "chat.log", KEY)
+    key_file = tmp_path / "chat.key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(mode)
+    if option == "--key-file":
+        argv = ["tail", log, "--key-file", str(key_file)]
+    else:
+        argv = ["rekey", log, "--new-key-file", str(key_file)]
+    before = snapshot_tree(tmp_path)
+    code, out, err = run(*argv, key=KEY)
+    if mode & 0o077 == 0:
+        assert code == 0, err
+        return
+    with pytest.raises(KeyFileError) as info:
+        load_or_create_key(key_file)  # the library's rule and message, word for word
+    assert (code, out) == (1, "") and err == f"error: {info.value}\n"
+    assert "chmod 600" in err and KEY not in err
+    assert snapshot_tree(tmp_path) == before
+
+
+def test_a_key_file_that_is_not_a_regular_file_is_refused(run: Run, tmp_path: Path) -> None:
+    log = write_log(tmp_path / "chat.log", KEY)
+    code, _, err = run("tail", log, "--key-file", str(tmp_path))
+    assert code == 1 and "not a regular file" in err
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    code, _, err = run("tail", log, "--key-file", str(fifo))  # must not block on the FIFO
+    assert code == 1 and "not a regular file" in err
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key at all\n")
+    bad.chmod(0o600)
+    code, _, err = run("tail", log, "--key-file", str(bad))
+    assert code == 1 and "does not hold a Fernet key" in err and "not a key at all" not in err
+
+
+def test_regex_help_names_the_engine(run: Run) -> None:
+    out = " ".join(run("search", "--help")[1].split())
+    assert "RE2" in out and "linear time" in out and "conversation-codec[regex]" in out
+
+
+def test_subprocess_a_catastrophic_regex_cannot_hang_the_cli(tmp_path: Path) -> None:
+    log = tmp_path / "chat.log"
+    with ConversationCodec(log, durability="flush") as codec:
+        codec.extend([{"role": "user", "content": "a" * 41 + "b"}] * 3)
+    # A backtracking engine takes ~2^41 steps at the first position before the "b" branch
+    # matches; the human output's highlighting then runs the pattern a second time.
+    done = subprocess.run(
+        [sys.executable, "-m", "conversation_codec", "search", str(log), "(a+)+c|b", "--regex"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 3 and done.stdout.count("ab") == 3
 
 
 # -- the real entry point --------------------------------------------------------------------

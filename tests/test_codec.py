@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import stat
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -317,6 +318,36 @@ def test_bad_arguments() -> None:
         ConversationCodec("x.log", encryption_key=[KEY, 5])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="at least one"):
         ConversationCodec("x.log", encryption_key=[])
+
+
+@pytest.mark.parametrize(
+    ("name", "errno_", "expected"),
+    [
+        ("x" * 5000, errno.ENAMETOOLONG, "is 5000 bytes"),
+        ("x" * 256, errno.ENAMETOOLONG, "is 256 bytes"),
+        ("x" * 235, errno.ENAMETOOLONG, "use at most 234 bytes"),  # its .tmp-<16 hex> is 256
+        ("é" * 118, errno.ENAMETOOLONG, "is 236 bytes"),  # bytes, not characters
+        ("d" * 256 + "/c.log", errno.ENAMETOOLONG, "256-byte directory name"),
+        ("/".join(["d" * 200] * 30) + "/c.log", errno.ENAMETOOLONG, "too long"),  # > PATH_MAX
+        ("a\0b.log", errno.EINVAL, "NUL byte"),
+    ],
+)
+def test_an_unusable_path_raises_storage_error_naming_the_problem(
+    tmp_path: Path, name: str, errno_: int, expected: str
+) -> None:
+    for key in (None, KEY):
+        with pytest.raises(StorageError, match=expected) as info:
+            ConversationCodec(str(tmp_path) + "/" + name, encryption_key=key)
+        assert info.value.errno == errno_ and len(str(info.value)) < 300
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_longest_name_allowed_survives_a_rewrite(tmp_path: Path) -> None:
+    path = tmp_path / ("x" * 234)  # + ".tmp-<16 hex>" is 255 bytes, NAME_MAX
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        codec.extend(messages(3))
+        codec.compact()
+        assert codec.load() == messages(3)
 
 
 def test_directory_path_is_refused(tmp_path: Path) -> None:

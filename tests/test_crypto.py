@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conversation_codec import (
+    ConversationCodec,
+    ConversationCodecError,
+    ConversationStore,
+    InvalidKeyError,
+    KeyTypeError,
+)
 from conversation_codec.crypto import Keyring, LogCipher, RecordKey, generate_key, new_log_id
 from conversation_codec.errors import DecryptionError
 from conversation_codec.format.header import SealedHeader, decode_sealed_header
@@ -102,3 +111,42 @@ def test_malformed_keys_are_refused(bad: str) -> None:
         Keyring.from_input(bad)
     with pytest.raises(ValueError, match="not a Fernet key"):
         Keyring.from_input(bad.encode("latin-1"))
+
+
+BAD_KEYS = [
+    (123, KeyTypeError, "not int"),
+    (1.5, KeyTypeError, "not float"),
+    (True, KeyTypeError, "not bool"),
+    ({"k": KEY}, KeyTypeError, "not dict"),
+    (bytearray(KEY.encode()), KeyTypeError, "not bytearray"),
+    ("", InvalidKeyError, "not a Fernet key"),
+    ("short", InvalidKeyError, "not a Fernet key"),
+    ("!" * 43 + "=", InvalidKeyError, "not a Fernet key"),  # the right length, not base64
+    (KEY[:-2] + "==", InvalidKeyError, "not a Fernet key"),
+    ([], InvalidKeyError, "list is empty"),
+    ([KEY, 5], KeyTypeError, "key 1 of the encryption key list must be"),
+    ((KEY, KEY[:-1]), InvalidKeyError, "key 1 of the encryption key list is not"),
+]
+
+
+@pytest.mark.parametrize(("bad", "error", "fragment"), BAD_KEYS)
+def test_bad_keys_raise_library_errors_that_say_what_to_pass(
+    tmp_path: Path, bad: object, error: type[Exception], fragment: str
+) -> None:
+    makers = {
+        "codec": lambda: ConversationCodec(tmp_path / "c.log", encryption_key=bad),
+        "blobs": lambda: ConversationCodec(
+            tmp_path / "c.log", encryption_key=bad, attachments="external"
+        ),
+        "store": lambda: ConversationStore(tmp_path / "store", encryption_key=bad),
+    }
+    for name, make in makers.items():
+        with pytest.raises(error, match=re.escape(fragment)) as info:
+            make()
+        message = str(info.value)
+        assert isinstance(info.value, ConversationCodecError), name
+        assert isinstance(info.value, ValueError), name
+        assert isinstance(info.value, TypeError) is (error is KeyTypeError), name
+        assert "generate_key()" in message or "at least one key" in message, name
+        assert KEY not in message and KEY[:12] not in message and "short" not in message
+    assert list(tmp_path.iterdir()) == []  # refused before anything was created

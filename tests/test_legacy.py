@@ -20,6 +20,7 @@ from conversation_codec.errors import (
     ConversationCodecError,
     DecryptionError,
     FormatError,
+    InvalidKeyError,
     KeyRequiredError,
     StorageError,
 )
@@ -319,7 +320,9 @@ def test_malformed_key_is_a_value_error_that_hides_the_key(tmp_path: Path, key: 
     path = fernet_file(tmp_path / "history.enc", jsonl(MESSAGES))
     with pytest.raises(ValueError, match="legacy_key") as info:
         read_legacy(path, legacy_key=key)
-    assert not isinstance(info.value, ConversationCodecError)
+    # Issue 12: a bad key is the library's InvalidKeyError (still a ValueError), as for
+    # encryption_key=, no longer a bare ValueError.
+    assert isinstance(info.value, InvalidKeyError)
     assert "not-a-key" not in str(info.value)
 
 

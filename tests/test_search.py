@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,7 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conversation_codec import ConversationCodec, Hit, LogReplacedError
+from conversation_codec import (
+    ConversationCodec,
+    ConversationStore,
+    Hit,
+    LogReplacedError,
+    QueryTypeError,
+    SearchError,
+)
 from conversation_codec.search import searchable_text
 
 from conftest import KEY, T0
@@ -297,3 +307,88 @@ def test_property_search_equals_brute_force(
     )
     assert seqs(got) == expected
     codec.close()
+
+
+# -- the regex engine and the query's type ---------------------------------------------------
+
+
+def test_a_catastrophic_regex_cannot_hang_a_search(tmp_path: Path) -> None:
+    # Python's re takes ~2^n steps on each of these; RE2 is linear. In a subprocess with a
+    # timeout, so that a regression fails instead of hanging the suite.
+    script = textwrap.dedent(
+        f"""
+        from conversation_codec import ConversationCodec, ConversationStore
+        from conversation_codec.search import Query
+        text = "a" * 41 + "b"
+        store = ConversationStore({str(tmp_path)!r}, encryption_key={KEY!r}, durability="flush")
+        with store.open("c") as codec:
+            codec.extend([{{"role": "user", "content": "a" * 27 + "b"}}, {{"content": text}}])
+            assert list(codec.search(r"(a+)+$", regex=True)) == []
+            assert [h.seq for h in codec.search(r"(a+)+c|b", regex=True)] == [0, 1]
+            assert [h.seq for h in codec.search(r"(A+)+B$", regex=True)] == [0, 1]
+            assert list(codec.search(r"(A+)+B$", regex=True, case_sensitive=True)) == []
+        assert [cid for cid, _ in store.search(r"(a|aa)+$", regex=True)] == []
+        assert Query(r"(a+)+c|b", regex=True, case_sensitive=True).span(text) == (41, 42)
+        print("done")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert (done.returncode, done.stdout) == (0, "done\n"), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "found"),
+    [
+        ("é", "CAFÉ", True),  # simple case folding, as re.IGNORECASE
+        ("k", "\u212a", True),  # KELVIN SIGN folds to k
+        ("Σ", "ς", True),
+        ("strasse", "STRASSE", True),
+        ("strasse", "straße", False),  # full folding is for keyword queries only
+        (r"number \d+", "number 42", True),
+        (r"\d", "٣", False),  # RE2: \d, \w, \s, \b are ASCII
+        (r"\pN", "٣", True),  # ... and \pN, \pL are Unicode
+        (r"end$", "the end\n", False),  # RE2: $ is the very end, not before a final newline
+        (r"end\z", "the end", True),
+    ],
+)
+def test_regex_semantics_are_documented_ones(
+    make_codec: Callable[..., ConversationCodec], pattern: str, text: str, found: bool
+) -> None:
+    codec = make_codec()
+    codec.append({"role": "user", "content": text})
+    assert bool(list(codec.search(pattern, regex=True))) is found
+
+
+@pytest.mark.parametrize("pattern", ["(unclosed", r"(a)\1", "(?=a)", "(?<!a)b", r"a\Z", "a{2000}"])
+def test_patterns_re2_cannot_run_raise_search_error(
+    filled: ConversationCodec, pattern: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SearchError, match="invalid regular expression") as info:
+        filled.search(pattern, regex=True)
+    assert isinstance(info.value, ValueError) and "RE2" in str(info.value)
+    assert capfd.readouterr().err == ""  # RE2's own logging stays quiet
+
+
+def test_regex_without_re2_is_a_clear_error_never_a_backtracking_fallback(
+    filled: ConversationCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "re2", None)  # as if google-re2 were not installed
+    with pytest.raises(SearchError, match=re.escape('pip install "conversation-codec[regex]"')):
+        filled.search("refund", regex=True)
+    assert seqs(filled.search("refund")) == brute(filled, lambda m: "refund" in text_of(m).lower())
+
+
+@pytest.mark.parametrize("query", [5, b"refund", ["refund"], 1.5, {"refund"}])
+def test_a_query_that_is_not_a_str_raises_query_type_error(
+    filled: ConversationCodec, tmp_path: Path, query: Any
+) -> None:
+    store = ConversationStore(tmp_path / "store", encryption_key=KEY)
+    with store.open("c") as codec:
+        codec.append({"content": "refund"})
+    for search in (filled.search, store.search):
+        with pytest.raises(QueryTypeError, match="must be a str") as info:
+            search(query)
+        assert isinstance(info.value, TypeError) and isinstance(info.value, SearchError)
+        assert type(query).__name__ in str(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from conversation_codec import (
     ConversationCodecError,
     DecryptionError,
     KeyRequiredError,
+    StorageError,
 )
 from conversation_codec.store import (
     MAX_ENCODED_ID,
@@ -406,3 +408,14 @@ def test_store_arguments(tmp_path: Path) -> None:
     with store.open("x") as codec:
         codec.append({"role": "user", "content": "x"})
     assert "x" in store
+
+
+def test_a_root_too_long_for_the_file_system_raises_storage_error(tmp_path: Path) -> None:
+    store = ConversationStore(tmp_path / ("r" * 300), encryption_key=KEY)
+    for call in (store.list, store.ids, lambda: list(store.search("x"))):
+        with pytest.raises(StorageError, match="store root") as info:
+            call()
+        assert info.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(StorageError, match="300-byte directory name"):
+        store.open("alice")
+    assert list(tmp_path.iterdir()) == []

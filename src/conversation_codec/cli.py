@@ -5,9 +5,16 @@ Library errors become one ``error: ...`` line in :func:`_report`, the only place
 exit codes: 0 ok, 1 library or input error, 2 usage, 3 corruption found.
 
 Secrets never come from argv and are never printed. A key comes from an environment variable
-(``--key-env``, default ``CONVERSATION_KEY``) or a file (``--key-file``); a password from the
-variable named by ``--password-env``. ``keygen`` is the exception on purpose: it prints a new
-key so it can be piped into a secret store.
+(``--key-env``, default ``CONVERSATION_KEY``) or a private file (``--key-file``, refused when
+group or others can read it, as ``keyfile.load_key`` rules); a password from the variable
+named by ``--password-env``. ``keygen`` is the exception on purpose: it prints a new key so
+it can be piped into a secret store. A usage error never repeats the value given (a value
+typed in the wrong place may be a secret), and no error prints a key-shaped value.
+
+Plaintext is never written by accident: a command that writes a log (``append``, ``import``,
+``compact``, ``salvage``, ``migrate``) with no key source (an unset key variable, no
+``--key-file``, no ``--password-env``) needs ``--plain``; without it, it exits 2 (usage)
+before anything is read or written. Reading a plaintext log needs no flag.
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ from .errors import (
     NotEncryptedError,
     UnsupportedVersionError,
 )
+from .keyfile import load_key
 from .migrate import BatchItem, BatchReport, migrate_many
-from .search import Hit, searchable_text, to_us
+from .search import Hit, Query, searchable_text, to_us
 from .store import ConversationStore
 from .verify import VerifyReport, salvage
 
@@ -57,6 +65,8 @@ _TERMS = re.compile(r'"([^"]*)"?|([^\s"]+)')
 _BOLD, _RESET = "\x1b[1m", "\x1b[0m"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=")  # a Fernet key
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"', re.DOTALL)  # a repr()
 
 
 class _InputError(Exception):
@@ -69,7 +79,7 @@ class _UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     """argparse without abbreviations (``--password X`` must not mean ``--password-env X``)
-    and without echoing unrecognized values: they may be a secret typed on the command line."""
+    and without echoing any argument's value: it may be a secret typed in the wrong place."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(allow_abbrev=False, **kwargs)
@@ -82,6 +92,13 @@ class _Parser(argparse.ArgumentParser):
                 w.split("=")[0] + "=..." * ("=" in w) if w[:1] == "-" else "..." for w in words
             ]
             message = prefix + " ".join(shown) + " (values not shown)"
+        else:
+            # argparse quotes a value it echoes (invalid choice: 'X', invalid int value: 'X',
+            # ignored explicit argument 'X'); our own type checks never echo one. The choices
+            # listed at the end are ours, not the user's, so they stay.
+            head, sep, choices = message.rpartition(" (choose from ")
+            head, sep, choices = (head, sep, choices) if sep else (message, "", "")
+            message = _QUOTED.sub("(value not shown)", head) + sep + choices
         super().error(message)
 
 
@@ -99,20 +116,17 @@ def _secret_env(var: str, what: str) -> str:
 
 
 def _key_file(path: str) -> str:
-    # Decode leniently: a decode error message would echo a byte of the secret.
+    # The library's rule: a private regular file holding exactly one key (never quoted).
     try:
-        key = Path(path).read_bytes().decode("utf-8", "replace").strip()
-    except OSError as exc:
-        raise _InputError(f"cannot read key file {path}: {exc.strerror}") from None
-    if not key:
-        raise _InputError(f"key file {path} is empty")
-    return key
+        return load_key(path)
+    except FormatError as exc:  # the key file's content: exit 1, not 3 (a damaged log)
+        raise _InputError(str(exc)) from None
 
 
 def _key(args: argparse.Namespace) -> str | None:
     """Return the key from --key-file or the --key-env variable; None means plaintext."""
-    if getattr(args, "password_env", None) is not None:
-        return None  # a password opens the log; the default key variable is not consulted
+    if getattr(args, "password_env", None) is not None or getattr(args, "plain", False):
+        return None  # a password opens the log, or --plain: the key variable is not consulted
     if getattr(args, "key_file", None) is not None:
         return _key_file(args.key_file)
     env = getattr(args, "key_env", DEFAULT_KEY_ENV)
@@ -123,6 +137,23 @@ def _key(args: argparse.Namespace) -> str | None:
         # Rejected rather than treated as unset: writing plaintext by accident is worse.
         raise _InputError(f"${env} is set but empty; unset it to use a plaintext log")
     return value.strip()
+
+
+def _plaintext_needs_plain(args: argparse.Namespace, target: str) -> None:
+    """Refuse to write ``target`` unencrypted unless ``--plain`` asks for it (exit 2).
+
+    Checked before anything is read or written: an unset or misspelt key variable must
+    not silently create, or keep writing, a plaintext log.
+    """
+    sources = (args.key_file, getattr(args, "password_env", None), os.environ.get(args.key_env))
+    if args.plain or any(source is not None for source in sources):
+        return
+    options = ["--key-env VAR", "--key-file FILE"]
+    options += ["--password-env VAR"] if hasattr(args, "password_env") else []
+    raise _UsageError(
+        f"no key: ${args.key_env} is not set. To write {target} encrypted, set it or use "
+        f"{', '.join(options[:-1])} or {options[-1]}; to write UNENCRYPTED instead, pass --plain"
+    )
 
 
 def _password(args: argparse.Namespace) -> str | None:
@@ -276,6 +307,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 
 def _cmd_append(args: argparse.Namespace) -> int:
+    _plaintext_needs_plain(args, args.path)
     messages = _read_messages(sys.stdin.read())
     with _open(args, must_exist=False) as codec:
         seqs = codec.extend(messages)
@@ -418,8 +450,8 @@ def _snippet(message: Message, query: str | None, regex: bool, exact: bool, bold
     text = _printable(" ".join(" ".join(part.split()) for part in searchable_text(message)))
     flags = 0 if exact else re.IGNORECASE
     spans = []
-    if query and regex:
-        spans = [m.span() for m in [re.search(query, text, flags)] if m]
+    if query and regex:  # the library's linear-time engine: Python's re could hang here
+        spans = [s for s in [Query(query, regex=True, case_sensitive=exact).span(text)] if s]
     elif query:
         terms = [phrase or word for phrase, word in _TERMS.findall(query)]
         found = [re.search(re.escape(t), text, flags) for t in terms if t]
@@ -474,6 +506,7 @@ def _show_verify(report: VerifyReport) -> None:
 def _cmd_salvage(args: argparse.Namespace) -> int:
     if not os.path.lexists(args.path):
         raise _InputError(f"{args.path}: no such log")
+    _plaintext_needs_plain(args, args.dst)
     report = salvage(args.path, args.dst, encryption_key=_key(args), password=_password(args))
     if args.json:
         _emit(_fields(report))
@@ -501,6 +534,7 @@ def _show_rewrite(args: argparse.Namespace, what: str, report: CompactionReport)
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
+    _plaintext_needs_plain(args, args.path)
     with _open(args) as codec:
         report = codec.compact()
     return _show_rewrite(args, "compacted", report)
@@ -531,6 +565,8 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    if not args.dry_run:  # a dry run writes nothing, and says whether it would be plaintext
+        _plaintext_needs_plain(args, "the new logs")
     key = _key(args)
     legacy_key, legacy_password = _legacy(args)
     report = migrate_many(
@@ -573,7 +609,8 @@ def _show_batch(args: argparse.Namespace, report: BatchReport, encrypted: bool) 
     if encrypted:
         print(f"new logs are encrypted with the key from {source}")
     else:
-        print(f"new logs are PLAINTEXT: no key in {source} (use --key-env VAR or --key-file)")
+        how = "--plain" if args.plain else f"no key in {source}; a real run needs --plain"
+        print(f"new logs are PLAINTEXT ({how})")
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
@@ -605,6 +642,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    _plaintext_needs_plain(args, args.path)
     legacy_key, legacy_password = _legacy(args)
     with _open(args, must_exist=False) as codec:
         args.reading = args.src  # from here, key errors concern SRC (see _report)
@@ -665,6 +703,8 @@ def _report(exc: Exception, args: argparse.Namespace) -> int:
         message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     else:
         message = str(exc) or type(exc).__name__
+    # A key given where a path belongs ("tail $KEY") must not come back on the terminal.
+    message = _KEY_SHAPED.sub("(a key-shaped value, not shown)", message)
     print(f"error: {message}", file=sys.stderr)
     return code
 
@@ -717,10 +757,16 @@ def _secrets(*, password: bool) -> _Parser:
         type=_env_name,
         metavar="VAR",
         default=DEFAULT_KEY_ENV,
-        help="environment variable holding the key (default: %(default)s); "
-        "when unset, the log is plaintext",
+        help="environment variable holding the key (default: %(default)s)",
     )
-    source.add_argument("--key-file", metavar="FILE", help="read the key from FILE")
+    source.add_argument(
+        "--key-file", metavar="FILE", help="read the key from FILE (mode 0600: others no access)"
+    )
+    source.add_argument(
+        "--plain",
+        action="store_true",
+        help="no key: the log is plaintext; required to create or write one",
+    )
     if password:
         source.add_argument(
             "--password-env",
@@ -832,7 +878,12 @@ def _add_search(sub: _Sub, as_json: _Parser) -> None:
     search.add_argument("--role", action="append", help="only this role (repeatable)")
     search.add_argument("--limit", type=_count, metavar="N", help="stop after N hits")
     search.add_argument("--newest-first", action="store_true", help="newest hits first")
-    search.add_argument("--regex", action="store_true", help="QUERY is a Python regex")
+    search.add_argument(
+        "--regex",
+        action="store_true",
+        help="QUERY is a regular expression, run by RE2 in linear time "
+        '(pip install "conversation-codec[regex]"); no backreferences or lookaround',
+    )
     search.add_argument("--case-sensitive", action="store_true", help="match case exactly")
 
 
@@ -974,8 +1025,8 @@ def _env_name(text: str) -> str:
 
 
 def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {text!r}")
+    if not text.isdigit():  # never echo it: it may be a secret typed in the wrong place
+        raise argparse.ArgumentTypeError("expected a whole number >= 0")
     return int(text)
 
 
@@ -984,7 +1035,7 @@ def _when(text: str) -> str:
         to_us(text, "time")  # the library's parser decides what a time is
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected an ISO-8601 time such as 2026-10-01 or 2026-10-01T12:00Z, not {text!r}"
+            "expected an ISO-8601 time such as 2026-10-01 or 2026-10-01T12:00Z"
         ) from None
     return text
 
@@ -992,9 +1043,7 @@ def _when(text: str) -> str:
 def _age(text: str) -> timedelta:
     match = _AGE.fullmatch(text.strip())
     if match is None:
-        raise argparse.ArgumentTypeError(
-            f"expected an age such as 30m, 12h, 7d or 2w, not {text!r}"
-        )
+        raise argparse.ArgumentTypeError("expected an age such as 30m, 12h, 7d or 2w")
     return timedelta(**{_AGE_UNITS[match[2]]: int(match[1])})
 
 

@@ -8,6 +8,7 @@ and processes sharing a log see each other's writes and never tear a record.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import itertools
@@ -43,7 +44,9 @@ from .errors import (
     CorruptRecordError,
     DecryptionError,
     FormatError,
+    InvalidKeyError,
     KeyRequiredError,
+    KeyTypeError,
     LogReplacedError,
     NotEncryptedError,
     NotSerializableError,
@@ -78,6 +81,8 @@ _US_PER_S = 1_000_000
 _MAX_US = 253_402_300_800 * _US_PER_S  # 10000-01-01T00:00:00Z: where datetime ends
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ITER_BATCH = 256  # records decoded per lock hold while iterating
+_NAME_MAX = 255  # bytes in one path component: ext4, XFS, Btrfs, APFS, NTFS (UTF-16 units)
+_LONGEST_SIDECAR = len(".tmp-") + 16  # FORMAT.md §8: <log>.tmp-<16 hex digits>
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
@@ -103,6 +108,62 @@ def _to_us(value: TimestampInput) -> int:
     return us
 
 
+def _check_password(password: object) -> None:
+    """Refuse a password scrypt cannot take; the messages never show it."""
+    if not isinstance(password, str):
+        raise KeyTypeError(f"password must be a non-empty str, not {type(password).__name__}")
+    if not password:
+        raise InvalidKeyError("password must be a non-empty str")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKeyError("password is not valid Unicode (a lone surrogate)") from None
+
+
+def _check_log_path(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` as a Path, refusing a directory or a path too long for its sidecars.
+
+    Checked up front because the longest sidecar name, ``<log>.tmp-<16 hex>`` (FORMAT.md §8),
+    is only made by a rewrite: without this, a 240-byte name would work until the first
+    ``compact()``. Paths longer than the system's PATH_MAX fail at the first open instead.
+
+    :raises StorageError: a directory, a NUL byte, a name (with its sidecar suffix) over
+        NAME_MAX, or a path the system refuses to look at.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    result = Path(path)
+    raw = os.fsencode(result)
+    if b"\0" in raw:
+        raise StorageError(errno.EINVAL, f"log path {_shown(raw)!r} holds a NUL byte")
+    *folders, name = [os.fsencode(part) for part in result.parts] or [b""]
+    for folder in folders:
+        if len(folder) > _NAME_MAX:
+            raise StorageError(
+                errno.ENAMETOOLONG,
+                f"log path has a {len(folder)}-byte directory name ({_shown(folder)!r}); "
+                f"file systems allow at most {_NAME_MAX} bytes",
+            )
+    if len(name) + _LONGEST_SIDECAR > _NAME_MAX:
+        raise StorageError(
+            errno.ENAMETOOLONG,
+            f"log file name {_shown(name)!r} is {len(name)} bytes; its sidecar names add up to "
+            f"{_LONGEST_SIDECAR} more: use at most {_NAME_MAX - _LONGEST_SIDECAR} bytes",
+        )
+    try:
+        is_dir = result.is_dir()
+    except OSError as exc:  # ENAMETOOLONG past PATH_MAX, EACCES, ...: ours, not a raw OSError
+        raise StorageError(exc.errno or 0, f"log path {_shown(raw)!r}: {exc.strerror}") from None
+    if is_dir:
+        raise StorageError(errno.EISDIR, f"{result} is a directory; pass the path of a log file")
+    return result
+
+
+def _shown(raw: bytes) -> str:
+    """The start of a path (or name) that may be thousands of bytes long, for a message."""
+    return os.fsdecode(raw[:60]) + ("..." if len(raw) > 60 else "")
+
+
 def _digest(data: bytes) -> bytes:
     """Fingerprint a stored message's JSON, for save()'s comparison of the kept prefix."""
     return hashlib.blake2b(data, digest_size=16).digest()
@@ -125,6 +186,9 @@ class ConversationCodec:
     :param attachments: ``"keep"`` inline base64 data; ``"strip"`` it to a placeholder
         (type, size, sha256); or move it to an ``"external"`` encrypted, deduplicated blob
         store beside the log (``<path>.blobs``), restored transparently on read.
+    :raises InvalidKeyError: ``encryption_key`` or ``password`` is unusable (its subclass
+        ``KeyTypeError``, also a ``TypeError``, for a wrong type); the value is never shown.
+    :raises StorageError: ``path`` is a directory, or too long for the log and its sidecars.
     :raises DecryptionError: no key given opens the existing log.
     :raises KeyRequiredError: the log is encrypted and no key was given.
     :raises NotEncryptedError: a key was given but the log is plaintext.
@@ -157,13 +221,11 @@ class ConversationCodec:
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
         if password is not None and encryption_key is not None:
             raise ValueError("pass encryption_key= or password=, not both")
-        if password is not None and (not isinstance(password, str) or not password):
-            raise ValueError("password must be a non-empty str")
+        if password is not None:
+            _check_password(password)
         if max_messages is not None and (not isinstance(max_messages, int) or max_messages < 1):
             raise ValueError("max_messages must be a positive int or None")
-        self._path = Path(path)
-        if self._path.is_dir():
-            raise StorageError(21, f"{self._path} is a directory; pass the path of a log file")
+        self._path = _check_log_path(path)
         self._keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         self._password = password
         self._masters: dict[tuple[bytes, int, int, int], bytes] = {}  # scrypt results by params
@@ -835,7 +897,10 @@ class ConversationCodec:
         the 5 newest matches read from the end. Records are decoded a batch per lock hold,
         in bounded memory.
 
-        :raises ValueError: ``since`` after ``until``, an invalid regex, a negative limit.
+        :raises QueryTypeError: ``query`` is not a str or None.
+        :raises SearchError: an invalid regex, or ``regex=True`` without RE2 installed
+            (``pip install "conversation-codec[regex]"``; see ``conversation_codec.search``).
+        :raises ValueError: ``since`` after ``until``, a negative limit.
         :raises TypeError: a role that is not a string or a collection of strings.
         :raises LogReplacedError: another writer replaced the log while results streamed.
         """

@@ -21,16 +21,20 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .errors import DecryptionError, FormatError
+from .errors import DecryptionError, InvalidKeyError, KdfParameterError, KeyTypeError
 from .format.header import LOG_ID_BYTES, SealedHeader, encode_sealed_header
 
 __all__ = [
     "SCRYPT_LOG2_N",
+    "SCRYPT_MAX_MEMORY",
+    "SCRYPT_MAX_WORK",
+    "SCRYPT_MIN_LOG2_N",
     "SCRYPT_P",
     "SCRYPT_R",
     "KeyInput",
     "Keyring",
     "LogCipher",
+    "check_scrypt_params",
     "generate_key",
     "new_log_id",
     "new_salt",
@@ -58,19 +62,23 @@ def new_log_id() -> bytes:
     return os.urandom(LOG_ID_BYTES)
 
 
-def _parse_key(key: str | bytes) -> bytes:
+_KEY_HELP = (
+    "a Fernet key: str or bytes of 44 urlsafe-base64 characters, as "
+    "conversation_codec.generate_key() makes"
+)
+
+
+def _parse_key(key: object, where: str = "encryption key") -> bytes:
+    # The messages name the type at most, never the value: it may be a near-miss of a real key.
     if not isinstance(key, (str, bytes)):
-        raise TypeError(
-            f"encryption key must be str or bytes (a Fernet key), not {type(key).__name__}"
-        )
+        raise KeyTypeError(f"{where} must be {_KEY_HELP}; not {type(key).__name__}")
     text = key.encode("ascii", "replace") if isinstance(key, str) else bytes(key)
     # urlsafe_b64decode skips stray characters, so check the exact shape first: 43
     # alphabet characters and one "=" (a Fernet key is 32 bytes).
     raw = base64.urlsafe_b64decode(text) if _KEY_SHAPE.fullmatch(text) else b""
     if len(raw) != _MASTER_KEY_BYTES:
-        # Say nothing about the key itself: it may be a near-miss of a real secret.
-        raise ValueError(
-            "encryption key is not a Fernet key (32 bytes, urlsafe base64); "
+        raise InvalidKeyError(
+            f"{where} is not a Fernet key (32 bytes, urlsafe base64); "
             "create one with conversation_codec.generate_key()"
         )
     return raw
@@ -88,10 +96,24 @@ class Keyring:
 
     @classmethod
     def from_input(cls, key: KeyInput) -> Keyring:
-        """Parse ``encryption_key=`` as given by a caller (one key or a list of keys)."""
+        """Parse ``encryption_key=`` as given by a caller (one key or a list of keys).
+
+        :raises KeyTypeError: not a str, bytes, or a sequence of them.
+        :raises InvalidKeyError: a key is not a Fernet key, or the list is empty.
+        """
         if isinstance(key, (str, bytes)):
             return cls([_parse_key(key)])
-        return cls([_parse_key(k) for k in key])
+        if not isinstance(key, Sequence) or isinstance(key, (bytearray, memoryview)):
+            raise KeyTypeError(
+                f"encryption key must be {_KEY_HELP}, or a list of such keys; "
+                f"not {type(key).__name__}"
+            )
+        if not key:
+            raise InvalidKeyError(
+                "the encryption key list is empty; give at least one key (the first seals)"
+            )
+        where = "key {} of the encryption key list"
+        return cls([_parse_key(k, where.format(i)) for i, k in enumerate(key)])
 
     @property
     def masters(self) -> tuple[bytes, ...]:
@@ -104,9 +126,14 @@ class Keyring:
 
 # FORMAT.md §4.1: scrypt cost for new logs (~32 MiB and ~0.1 s per derivation), and the
 # bounds a reader enforces *before* deriving: the header MAC cannot be checked until the key
-# exists, so a hostile header must not be able to demand gigabytes of memory.
+# exists, so whoever can write the file chooses these parameters. Memory (128·N·r bytes) and
+# work (N·r·p block mixes; p runs sequentially here) are both bounded, at 8x what writers
+# use: an edited header costs at most ~1 s and 256 MiB per open, not 18 s or gigabytes.
 SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P = 15, 8, 1
-_SCRYPT_MAX_MEMORY = 256 * 1024 * 1024  # bytes: 128 * r * N
+SCRYPT_MIN_LOG2_N = 10  # below this a password log would be cheap to brute-force
+SCRYPT_MAX_MEMORY = 256 * 1024 * 1024  # bytes: 128 * N * r
+SCRYPT_MAX_WORK = 1 << 21  # N * r * p; writers use 2^18
+_RFC7914_MAX_P_TIMES_MFLEN = (2**32 - 1) * 32  # RFC 7914 §2: p <= ((2^32-1) * hLen) / MFLen
 
 
 def new_salt() -> bytes:
@@ -114,17 +141,56 @@ def new_salt() -> bytes:
     return os.urandom(16)
 
 
+def check_scrypt_params(log2_n: int, r: int, p: int) -> None:
+    """Refuse scrypt parameters outside RFC 7914 or the bounds of FORMAT.md §4.1.
+
+    Pure arithmetic, so a hostile header is refused in microseconds, before any derivation.
+    Accepted: ``log2_n >= 10``, ``r >= 1``, ``p >= 1``; RFC 7914's ``N < 2^(16·r)``,
+    ``p <= (2^32-1)·32 / (128·r)`` and ``r·p < 2^30``; ``128·N·r <= SCRYPT_MAX_MEMORY``
+    (256 MiB) and ``N·r·p <= SCRYPT_MAX_WORK`` (2^21), with ``N = 2^log2_n``.
+
+    >>> check_scrypt_params(SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P)  # what writers use
+    >>> check_scrypt_params(20, 2, 16)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    conversation_codec.errors.KdfParameterError: ... N*r*p = 33,554,432 block mixes, over ...
+
+    :raises KdfParameterError: the parameters are refused.
+    """
+    shown = f"scrypt parameters in the log header are out of bounds: N=2^{log2_n}, r={r}, p={p}"
+    if log2_n < SCRYPT_MIN_LOG2_N or r < 1 or p < 1:
+        problem = f"are below the minimum (N >= 2^{SCRYPT_MIN_LOG2_N}, r >= 1, p >= 1)"
+    elif log2_n >= 16 * r or p > _RFC7914_MAX_P_TIMES_MFLEN // (128 * r) or r * p >= 1 << 30:
+        problem = "break RFC 7914 (N < 2^(16*r), p <= (2^32-1)*32/(128*r), r*p < 2^30)"
+    elif 128 * r << log2_n > SCRYPT_MAX_MEMORY:
+        mib = (128 * r << log2_n) >> 20
+        problem = f"need 128*N*r = {mib:,} MiB, over the {SCRYPT_MAX_MEMORY >> 20} MiB allowed"
+    elif r * p << log2_n > SCRYPT_MAX_WORK:
+        work = r * p << log2_n
+        problem = f"need N*r*p = {work:,} block mixes, over the {SCRYPT_MAX_WORK:,} allowed"
+    else:
+        return
+    raise KdfParameterError(f"{shown} {problem}; refused without deriving (header modified?)")
+
+
 def password_master(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
     """Derive a 32-byte master key from a password with scrypt (FORMAT.md §4.1).
 
-    :raises FormatError: the parameters are outside what this library accepts.
+    The parameters are checked first (``check_scrypt_params``).
+
+    :raises KdfParameterError: the parameters are refused, or scrypt could not run with them.
     """
-    if not (10 <= log2_n <= 22 and 1 <= r <= 32 and 1 <= p <= 16) or (
-        128 * r * (1 << log2_n) > _SCRYPT_MAX_MEMORY
-    ):
-        raise FormatError("scrypt parameters in the log header are out of bounds")
-    kdf = Scrypt(salt=salt, length=_MASTER_KEY_BYTES, n=1 << log2_n, r=r, p=p)
-    return kdf.derive(password.encode("utf-8"))
+    check_scrypt_params(log2_n, r, p)
+    secret = password.encode("utf-8")
+    try:
+        kdf = Scrypt(salt=salt, length=_MASTER_KEY_BYTES, n=1 << log2_n, r=r, p=p)
+        return kdf.derive(secret)
+    except (MemoryError, ValueError) as exc:
+        # cryptography reports every OpenSSL refusal as a MemoryError; after the checks
+        # above that means this machine could not allocate 128·N·r bytes.
+        mib = (128 * r << log2_n) >> 20
+        raise KdfParameterError(
+            f"scrypt with N=2^{log2_n}, r={r}, p={p} ({mib} MiB) failed on this machine: {exc}"
+        ) from exc
 
 
 class RecordKey:

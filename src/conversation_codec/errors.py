@@ -4,6 +4,10 @@ Every error the library raises on purpose derives from :class:`ConversationCodec
 Subclasses also inherit the builtin that matches their meaning (``ValueError``,
 ``TypeError``, ``OSError``, ``TimeoutError``), so callers can catch either.
 
+A wrong *type* of argument raises a subclass of the matching wrong-*value* error that also
+inherits ``TypeError`` (``KeyTypeError`` is an ``InvalidKeyError``; ``QueryTypeError`` is a
+``SearchError``), so one ``except`` catches every bad key or every bad query.
+
 Crypto failures are deliberately opaque: :class:`DecryptionError` never says *why*
 authentication failed, in the spirit of Fernet's ``InvalidToken``.
 """
@@ -19,15 +23,20 @@ __all__ = [
     "CorruptRecordError",
     "DecryptionError",
     "FormatError",
+    "InvalidKeyError",
+    "KdfParameterError",
     "KeyFileError",
     "KeyMismatchError",
     "KeyRequiredError",
+    "KeyTypeError",
     "LockTimeoutError",
     "LogReplacedError",
     "MissingBlobError",
     "NotEncryptedError",
     "NotSerializableError",
+    "QueryTypeError",
     "RecordTooLargeError",
+    "SearchError",
     "StorageError",
     "UnsupportedVersionError",
 ]
@@ -58,11 +67,30 @@ class UnsupportedVersionError(FormatError):
     """The file was written by a newer format version than this library reads."""
 
 
+class KdfParameterError(FormatError):
+    """A password log's header asks for scrypt parameters this library refuses to derive with.
+
+    Raised before any derivation when the parameters break RFC 7914 or exceed the memory
+    and work bounds of FORMAT.md §4.1 (the header MAC cannot be checked before the key
+    exists, so a modified header must not be able to cost more than that), and when the
+    derivation itself fails (this machine cannot allocate the memory the parameters need).
+    """
+
+
 class DecryptionError(ConversationCodecError):
     """Wrong key or password, or the authenticated header was modified.
 
     Deliberately says nothing more.
     """
+
+
+class InvalidKeyError(ConversationCodecError, ValueError):
+    """A key or password argument is unusable: not a Fernet key, an empty key list, an empty
+    password. The message says what to pass and never shows the value given."""
+
+
+class KeyTypeError(InvalidKeyError, TypeError):
+    """A key or password argument has the wrong type (an int where a key belongs)."""
 
 
 class KeyMismatchError(ConversationCodecError, ValueError):
@@ -79,6 +107,15 @@ class NotEncryptedError(KeyMismatchError):
 
 class NotSerializableError(ConversationCodecError, TypeError):
     """A message is not a JSON object that round-trips exactly."""
+
+
+class SearchError(ConversationCodecError, ValueError):
+    """A search query cannot run: an invalid regular expression, or ``regex=True`` without
+    the linear-time engine installed (``pip install "conversation-codec[regex]"``)."""
+
+
+class QueryTypeError(SearchError, TypeError):
+    """A search query is not a str (or None)."""
 
 
 class RecordTooLargeError(ConversationCodecError, ValueError):

@@ -24,7 +24,7 @@ from ._fsio import open_file
 from .crypto import Keyring, generate_key
 from .errors import FormatError, KeyFileError, StorageError
 
-__all__ = ["KEY_FILE_MODE", "KeyFileError", "load_or_create_key"]
+__all__ = ["KEY_FILE_MODE", "KeyFileError", "load_key", "load_or_create_key"]
 
 KEY_FILE_MODE = 0o600  # owner read/write; any group/other bit makes the file refused
 _MAX_KEY_FILE_BYTES = 4096  # bytes; a Fernet key file is 44 or 45; more is not a key file
@@ -66,6 +66,23 @@ def load_or_create_key(path: str | os.PathLike[str]) -> str:
     raise StorageError(
         errno.EAGAIN, f"{path} keeps appearing and disappearing; is another program deleting it?"
     )
+
+
+def load_key(path: str | os.PathLike[str]) -> str:
+    """Return the Fernet key stored at ``path``, by the same rules; never create the file.
+
+    For a key file that must already exist (the command line's ``--key-file``).
+
+    :raises KeyFileError: group or others have any permission on the file, or the path
+        is not a regular file.
+    :raises FormatError: the file is empty or does not hold exactly one Fernet key.
+    :raises StorageError: the file does not exist or cannot be read.
+    """
+    path = Path(path)
+    key = _load(path)
+    if key is None:
+        raise StorageError(errno.ENOENT, f"cannot read key file {path}: no such file")
+    return key
 
 
 def _load(path: Path) -> str | None:

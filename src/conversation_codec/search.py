@@ -1,4 +1,4 @@
-"""Keyword and date-range queries: what a search matches, and how times are given.
+r"""Keyword and date-range queries: what a search matches, and how times are given.
 
 Matching rules (``Query``):
 
@@ -9,7 +9,16 @@ Matching rules (``Query``):
 * Case-insensitive by default, with Unicode case folding (``"STRASSE"`` finds ``"Straße"``).
 * Several words must all appear (AND), each as a substring (``"refund"`` finds
   ``"refunds"``). A double-quoted phrase must appear as written, with its spaces.
-* ``regex=True`` takes the query as one Python regular expression (``re.search``).
+* ``regex=True`` takes the query as one regular expression, run by RE2 (the optional
+  ``google-re2`` package: ``pip install "conversation-codec[regex]"``), whose time is linear
+  in the text: no pattern can hang a search, as ``(a+)+$`` does with Python's backtracking
+  ``re``. Without the package, ``regex=True`` raises ``SearchError``; there is no fallback to
+  ``re``. RE2 takes Python's syntax except backreferences, lookaround, atomic groups and
+  possessive quantifiers (refused as invalid), and differs in three ways: ``\d``, ``\w``,
+  ``\s`` and ``\b`` are ASCII-only (``\pL``, ``\pN`` match Unicode letters and digits);
+  ``$`` matches only at the very end, not before a final newline; ``\Z`` is spelt ``\z``.
+  Case-insensitive matching is simple Unicode case folding, as with ``re.IGNORECASE``: ``"é"``
+  finds ``"É"``, but ``"strasse"`` does not find ``"Straße"`` (keyword queries do).
 * ``None`` (or an empty query) matches every message: a pure date or role filter.
 
 Times (``to_us``) may be aware datetimes, naive datetimes (taken as UTC), epoch seconds, or
@@ -22,7 +31,9 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
+
+from .errors import QueryTypeError, SearchError
 
 __all__ = ["Hit", "Query", "parse_roles", "to_us"]
 
@@ -92,23 +103,69 @@ def searchable_text(message: dict[str, Any]) -> Iterable[str]:
         yield from (v for v in (legacy.get("name"), legacy.get("arguments")) if isinstance(v, str))
 
 
+class _Match(Protocol):
+    def span(self) -> tuple[int, int]: ...
+
+
+class _Pattern(Protocol):
+    def search(self, text: str) -> _Match | None: ...
+
+
+def _compile_regex(query: str, *, case_sensitive: bool) -> _Pattern:
+    """Compile ``query`` with RE2, whose matching time is linear in the text.
+
+    Python's ``re`` backtracks: ``(a+)+$`` on 41 ``a`` and a ``b`` runs for hours. A time
+    limit per match was the rejected alternative: ``re`` cannot be interrupted from Python
+    code, so it would need a thread or process per match, and the limit would still cost
+    that long on every message.
+    """
+    try:
+        import re2  # the optional extra "regex": google-re2
+    except ImportError:
+        raise SearchError(
+            "regex=True needs the linear-time RE2 engine, which is not installed: "
+            'pip install "conversation-codec[regex]" (Python\'s re is not used: a pattern '
+            "such as (a+)+$ could hang the search)"
+        ) from None
+    options = re2.Options()
+    options.case_sensitive = case_sensitive
+    options.log_errors = False  # RE2 would print every invalid pattern to stderr
+    try:
+        pattern: _Pattern = re2.compile(query, options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else ""
+        reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        raise SearchError(
+            f"invalid regular expression {query!r}: {reason} (RE2 syntax: no backreferences "
+            "or lookaround)"
+        ) from None
+    return pattern
+
+
 class Query:
     """A compiled keyword query; ``matches`` decides, ``maybe`` pre-filters raw JSON text."""
 
     __slots__ = ("_fold", "_pattern", "_terms", "raw_terms")
 
     def __init__(self, query: str | None, *, regex: bool, case_sensitive: bool) -> None:
+        """Compile ``query``.
+
+        :raises QueryTypeError: ``query`` is not a str or None.
+        :raises SearchError: an invalid regular expression, or no RE2 for ``regex=True``.
+        """
+        if query is not None and not isinstance(query, str):
+            raise QueryTypeError(
+                f"a search query must be a str (or None for every message), "
+                f"not {type(query).__name__}"
+            )
         self._fold: Callable[[str], str] = (lambda s: s) if case_sensitive else str.casefold
-        self._pattern: re.Pattern[str] | None = None
+        self._pattern: _Pattern | None = None
         self._terms: list[str] = []
         self.raw_terms: list[str] | None = None
         if query is None or not query.strip():
             return
         if regex:
-            try:
-                self._pattern = re.compile(query, 0 if case_sensitive else re.IGNORECASE)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {query!r}: {exc}") from None
+            self._pattern = _compile_regex(query, case_sensitive=case_sensitive)
             return
         words = [phrase or word for phrase, word in _WORDS.findall(query)]
         self._terms = [self._fold(w) for w in words if w]
@@ -136,3 +193,13 @@ class Query:
             return any(self._pattern.search(p) for p in pieces)
         text = self._fold("\n".join(pieces))
         return all(t in text for t in self._terms)
+
+    def span(self, text: str) -> tuple[int, int] | None:
+        """Return where a regex query first matches ``text``; None for keyword queries.
+
+        For highlighting: the same linear-time engine as ``matches``.
+        """
+        if self._pattern is None:
+            return None
+        found = self._pattern.search(text)
+        return None if found is None else found.span()

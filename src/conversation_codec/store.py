@@ -44,7 +44,8 @@ from typing import Any
 
 from ._fsio import unlink_file
 from .codec import ConversationCodec, Message, TimeInput
-from .crypto import KeyInput
+from .crypto import KeyInput, Keyring
+from .errors import StorageError
 from .search import Hit, Query, parse_roles, to_us
 
 __all__ = ["MAX_ENCODED_ID", "ConversationInfo", "ConversationStore", "decode_id", "encode_id"]
@@ -154,6 +155,8 @@ class ConversationStore:
             raise ValueError("pass encryption_key= or key_fn=, not both")
         if durability not in ("fsync", "flush"):
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
+        if encryption_key is not None:
+            Keyring.from_input(encryption_key)  # a bad key fails here, not at the first open
         self._root = Path(root)
         self._key = encryption_key
         self._key_fn = key_fn
@@ -199,6 +202,8 @@ class ConversationStore:
             entries = list(os.scandir(self._root))
         except FileNotFoundError:
             return []
+        except OSError as exc:  # e.g. a root name too long for the file system
+            raise StorageError(exc.errno or 0, f"store root {self._root}: {exc.strerror}") from None
         found = []
         for entry in entries:
             if entry.name.endswith(LOG_SUFFIX) and entry.is_file():
