@@ -6,6 +6,7 @@ import pytest
 
 from conversation_codec.errors import FormatError, UnsupportedVersionError
 from conversation_codec.format.header import (
+    FLAG_BOUND,
     LOG_MAGIC,
     SEALED_HEADER_BYTES,
     Kdf,
@@ -149,13 +150,29 @@ def test_sealed_header_round_trip_and_checks() -> None:
     with pytest.raises(FormatError, match="truncated"):
         decode_sealed_header((covered + mac)[:-1])
     newer = bytearray(covered + mac)
-    newer[8] = 2
+    newer[8] = 3  # 2 is the newest version this library reads
     with pytest.raises(UnsupportedVersionError):
         decode_sealed_header(bytes(newer))
+    newer[8] = 0
+    with pytest.raises(FormatError, match="invalid"):
+        decode_sealed_header(bytes(newer))
+    unknown_kdf = bytearray(covered + mac)
+    unknown_kdf[10] = 2
+    with pytest.raises(UnsupportedVersionError, match="kdf 2"):
+        decode_sealed_header(bytes(unknown_kdf))
+    # header_flags are judged after the header MAC (FORMAT.md §9.1): decoding keeps them,
+    # check_flags() refuses the bits the header's version does not define.
     flagged = bytearray(covered + mac)
     flagged[14] = 1
-    with pytest.raises(FormatError, match="invalid"):
-        decode_sealed_header(bytes(flagged))
+    got = decode_sealed_header(bytes(flagged))[0]
+    assert got.header_flags == 1 and got.format_version == 1
+    with pytest.raises(UnsupportedVersionError, match="header_flags 0x0001"):
+        got.check_flags()
+    bound = SealedHeader(b"L" * 16, format_version=2, header_flags=FLAG_BOUND)
+    bound.check_flags()
+    assert bound.bound and bound.size == SEALED_HEADER_BYTES + 32
+    with pytest.raises(UnsupportedVersionError, match="header_flags 0x0002"):
+        SealedHeader(b"L" * 16, format_version=2, header_flags=3).check_flags()
 
 
 def test_plain_header_round_trip_and_checks() -> None:

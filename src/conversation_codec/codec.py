@@ -8,6 +8,7 @@ and processes sharing a log see each other's writes and never tear a record.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -38,6 +39,7 @@ from .crypto import (
     password_master,
 )
 from .errors import (
+    BindingError,
     ClosedError,
     ConversationCodecError,
     CorruptRecordError,
@@ -51,12 +53,13 @@ from .errors import (
     StorageError,
 )
 from .format.header import (
-    FORMAT_VERSION,
+    FLAG_BOUND,
     SEALED_HEADER_BYTES,
     Kdf,
     LogKind,
     PlainHeader,
     SealedHeader,
+    context_digest,
     decode_plain_header,
     decode_sealed_header,
     encode_plain_header,
@@ -125,7 +128,14 @@ class ConversationCodec:
     :param attachments: ``"keep"`` inline base64 data; ``"strip"`` it to a placeholder
         (type, size, sha256); or move it to an ``"external"`` encrypted, deduplicated blob
         store beside the log (``<path>.blobs``), restored transparently on read.
+    :param context: the identity the log is stored under (``ConversationStore`` passes the
+        conversation id). A log created or rewritten with a context is bound to it, and then
+        opens only with that same context: a log copied or swapped in from another
+        conversation raises ``BindingError`` (FORMAT.md §4.2). An unbound log (written
+        without one, or by an older version) still opens, and is bound when next rewritten
+        (``compact``, ``save`` that rewrites, ``replace``, ``prune``).
     :raises DecryptionError: no key given opens the existing log.
+    :raises BindingError: the log is bound to another context, or to one not given.
     :raises KeyRequiredError: the log is encrypted and no key was given.
     :raises NotEncryptedError: a key was given but the log is plaintext.
     :raises FormatError: the file is not a conversation-codec log (see ``migrate``).
@@ -152,6 +162,7 @@ class ConversationCodec:
         password: str | None = None,
         max_messages: int | None = None,
         attachments: str = "keep",
+        context: str | None = None,
     ) -> None:
         if durability not in ("fsync", "flush"):
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
@@ -161,6 +172,7 @@ class ConversationCodec:
             raise ValueError("password must be a non-empty str")
         if max_messages is not None and (not isinstance(max_messages, int) or max_messages < 1):
             raise ValueError("max_messages must be a positive int or None")
+        self._binding = None if context is None else context_digest(context)
         self._path = Path(path)
         if self._path.is_dir():
             raise StorageError(21, f"{self._path} is a directory; pass the path of a log file")
@@ -204,9 +216,19 @@ class ConversationCodec:
         kind = sniff_log(prefix)
         if kind is LogKind.SEALED:
             header, covered, mac = decode_sealed_header(prefix)
-            cipher = LogCipher.open(self._keyring_for(header), header, covered, mac)
+            try:
+                cipher = LogCipher.open(
+                    self._keyring_for(header),
+                    header,
+                    covered,
+                    mac,
+                    binding=self._binding,
+                    binding_mac=prefix[SEALED_HEADER_BYTES : header.size],
+                )
+            except BindingError as exc:
+                raise BindingError(f"{self._path}: {exc}") from None
             records = SealedRecords(cipher, self._zstd)
-            return LogFormat(header.log_id, SEALED_HEADER_BYTES, records, True)
+            return LogFormat(header.log_id, header.size, records, True, header.format_version)
         if kind is LogKind.PLAIN:
             if self.encrypted:
                 raise NotEncryptedError(
@@ -217,10 +239,25 @@ class ConversationCodec:
             if end < 0:
                 raise FormatError(f"{self._path}: plaintext log header line is truncated")
             plain = decode_plain_header(prefix[:end])
-            return LogFormat(plain.log_id, end + 1, PlainRecords(), False)
+            self._check_plain_binding(plain)
+            return LogFormat(plain.log_id, end + 1, PlainRecords(), False, plain.format_version)
         raise FormatError(
             f"{self._path} is not a conversation-codec log; convert it with "
             "conversation_codec.migrate()"
+        )
+
+    def _check_plain_binding(self, plain: PlainHeader) -> None:
+        """Refuse a plain log recorded for another context (FORMAT.md §6): an accident check
+        only, since anyone can edit a plain file."""
+        if plain.context_sha256 is None or hmac.compare_digest(
+            plain.context_sha256, self._binding or b""
+        ):
+            return
+        raise BindingError(
+            f"{self._path} was written for another context (conversation id)"
+            if self._binding is not None
+            else f"{self._path} is bound to a context (a conversation id); open it with "
+            "context= set to the id it was written under (ConversationStore does this)"
         )
 
     def _keyring_for(self, header: SealedHeader) -> Keyring:
@@ -242,23 +279,29 @@ class ConversationCodec:
 
     def _new_log(self) -> tuple[bytes, LogFormat]:
         log_id = new_log_id()
+        # FORMAT.md §12: a log without a context is written as version 1, which every reader
+        # since the first reads; a bound one needs version 2.
+        version = 1 if self._binding is None else 2
         if not self.encrypted:
-            header = encode_plain_header(PlainHeader(log_id))
-            return header, LogFormat(log_id, len(header), PlainRecords(), False)
+            header = encode_plain_header(PlainHeader(log_id, version, self._binding))
+            return header, LogFormat(log_id, len(header), PlainRecords(), False, version)
         if self._password is not None:
             # A rewrite keeps the salt of the password it already derived: no second scrypt.
             kdf = self._kdf or SealedHeader(
                 log_id, Kdf.SCRYPT, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P, new_salt()
             )
             fields = SealedHeader(
-                log_id, Kdf.SCRYPT, kdf.kdf_log2_n, kdf.kdf_r, kdf.kdf_p, kdf.kdf_salt
+                log_id, Kdf.SCRYPT, kdf.kdf_log2_n, kdf.kdf_r, kdf.kdf_p, kdf.kdf_salt, version
             )
             keyring = self._keyring_for(fields)
         else:
             assert self._keyring is not None
-            fields, keyring = SealedHeader(log_id), self._keyring
-        cipher, header = LogCipher.create(keyring, fields)
-        return header, LogFormat(log_id, len(header), SealedRecords(cipher, self._zstd), True)
+            fields, keyring = SealedHeader(log_id, format_version=version), self._keyring
+        if self._binding is not None:
+            fields = dataclasses.replace(fields, header_flags=FLAG_BOUND)
+        cipher, header = LogCipher.create(keyring, fields, binding=self._binding)
+        records = SealedRecords(cipher, self._zstd)
+        return header, LogFormat(log_id, len(header), records, True, version)
 
     def _forget(self) -> None:
         self._digests = None
@@ -966,7 +1009,7 @@ class ConversationCodec:
             return LogInfo(
                 path=self._path,
                 encrypted=self.encrypted,
-                format_version=FORMAT_VERSION if fmt else None,
+                format_version=fmt.format_version if fmt else None,
                 message_count=count,
                 first_timestamp=_EPOCH + timedelta(microseconds=index.tss[base]) if count else None,
                 last_timestamp=_EPOCH + timedelta(microseconds=index.tss[-1]) if count else None,

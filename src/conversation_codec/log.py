@@ -51,6 +51,7 @@ class LogFormat:
     data_start: int
     records: RecordCodec
     sealed: bool
+    format_version: int = 1  # FORMAT.md §12: 2 for a log bound to a context (§4.2)
 
 
 class FileIO:
