@@ -26,7 +26,13 @@ import msgspec
 
 from .attachments import BlobStore, apply_mode, references, restore
 from .chat_formats import to_anthropic_messages, to_ollama_messages, to_openai_messages
-from .compression import DICTIONARY_BYTES, TRAIN_AFTER, Compressor, train_dictionary
+from .compression import (
+    REWRITE_DICTIONARY_BYTES,
+    REWRITE_SAMPLES,
+    TRAIN_AFTER,
+    Compressor,
+    train_dictionary,
+)
 from .crypto import (
     SCRYPT_LOG2_N,
     SCRYPT_P,
@@ -427,23 +433,30 @@ class ConversationCodec:
         fmt = self._ensure_log()
         first = len(self._log.index)
         tss = self._timestamps(len(encoded), timestamps)
-        bodies = [
-            fmt.records.encode(first + i, ts, data)
-            for i, ((_, data), ts) in enumerate(zip(encoded, tss, strict=True))
-        ]
-        self._log.append(bodies, tss)
-        if (
-            isinstance(fmt.records, SealedRecords)
-            and not fmt.records.dict_id
+        datas = [data for _, data in encoded]
+        # FORMAT.md §5.3: the dictionary goes where the log first holds TRAIN_AFTER messages
+        # (at the batch's start when it already does), trained on the TRAIN_AFTER messages
+        # before that point; the records after it, in this same write, are sealed with it.
+        records = fmt.records
+        train = (
+            isinstance(records, SealedRecords)
+            and not records.dict_id
             and not self._untrainable
-            and first + len(bodies) >= TRAIN_AFTER
-        ):
-            try:
-                self._train(fmt.records, first + len(bodies))
-            except (ConversationCodecError, OSError):
-                # The messages are committed: a dictionary that could not be written (no
-                # space, say) must not turn their append into a reported failure.
-                self._untrainable = True
+            and first + len(datas) >= TRAIN_AFTER
+        )
+        at = max(0, TRAIN_AFTER - first) if train else len(datas)
+        bodies = [records.encode(first + i, tss[i], datas[i]) for i in range(at)]
+        dictionary = None
+        if train:
+            assert isinstance(records, SealedRecords)
+            dictionary = self._train(records, first, datas[:at], tss[:at])
+        bodies += [records.encode(first + i, tss[i], datas[i]) for i in range(at, len(datas))]
+        try:
+            self._log.append(bodies, tss, None if dictionary is None else (at, dictionary))
+        except BaseException:
+            if dictionary is not None and isinstance(records, SealedRecords):
+                records.drop_dictionary()  # it never reached the log
+            raise
         if self._digests is not None and self._dbase + len(self._digests) == first:
             self._digests.extend(_digest(data) for _, data in encoded)
         else:
@@ -451,18 +464,42 @@ class ConversationCodec:
         base = self._base()
         return list(range(first - base, first - base + len(encoded)))
 
-    def _train(self, records: SealedRecords, count: int) -> None:
-        """Train the log's zstd dictionary from its last ``TRAIN_AFTER`` messages and append
-        it as a sealed record (FORMAT.md §5.3); later records compress against it. Done once
-        per log, when it first holds ``TRAIN_AFTER`` messages: ~20 ms, after which a typical
-        chat record compresses about 3x smaller than zstd alone manages."""
-        samples = [text for _, text, _ in self._payloads(count - TRAIN_AFTER, count)]
+    def _train(
+        self, records: SealedRecords, first: int, before: list[bytes], tss: list[int]
+    ) -> bytes | None:
+        """Train the log's zstd dictionary on the ``TRAIN_AFTER`` messages before the point
+        where it goes: the stored ones from ``first - ...`` on, then ``before`` (this batch's
+        messages ahead of it, stamped ``tss``). Start sealing with it; return its record body
+        (FORMAT.md §5.3), or None when zstd cannot train. Done once per log: ~20 ms, after
+        which a typical chat record compresses about 3x smaller than zstd alone manages."""
+        lo = first + len(before) - TRAIN_AFTER
+        samples = [text for _, text, _ in self._payloads(lo, first)] if lo < first else []
+        samples += before[max(0, lo - first) :]
         dictionary = train_dictionary(samples)
         if dictionary is None:
             self._untrainable = True  # too few or too uniform samples: stay without one
-            return
-        ts = self._log.index.tss[count - 1]
-        self._log.append_dictionary(records.encode_dictionary(1, ts, dictionary))
+            return None
+        ts = tss[-1] if tss else self._log.index.tss[first - 1]
+        records.use_dictionary(1, dictionary)
+        return records.encode_dictionary(1, ts, dictionary)
+
+    def _fresh_dictionary(
+        self, records: object, count: int, sample: Callable[[int], list[bytes]], ts: int
+    ) -> bytes | None:
+        """For a rewrite of ``count`` messages: train a dictionary on every k-th message
+        (``sample(k)``), start sealing with it, and return its record body, which goes right
+        after the header (FORMAT.md §5.3); None for a plain log or too few messages."""
+        if not isinstance(records, SealedRecords) or count < TRAIN_AFTER:
+            return None
+        # A better dictionary than the first messages gave, and records before
+        # TRAIN_AFTER get one too.
+        trained = train_dictionary(
+            sample(max(1, count // REWRITE_SAMPLES)), REWRITE_DICTIONARY_BYTES
+        )
+        if trained is None:
+            return None
+        records.use_dictionary(1, trained)
+        return records.encode_dictionary(1, ts, trained)
 
     def save(self, messages: Sequence[Message]) -> None:
         """Make the stored history equal ``messages``.
@@ -524,11 +561,15 @@ class ConversationCodec:
     def _rewrite(self, encoded: list[tuple[Message, bytes]], tss: list[int]) -> None:
         """Atomically replace the log with these messages and timestamps (lock held)."""
         header, fmt = self._new_log()
+        datas = [data for _, data in encoded]
+        dictionary = self._fresh_dictionary(
+            fmt.records, len(datas), lambda k: datas[::k], tss[0] if tss else 0
+        )
         records = (
             (fmt.records.encode(seq, ts, data), ts)
-            for seq, ((_, data), ts) in enumerate(zip(encoded, tss, strict=True))
+            for seq, (data, ts) in enumerate(zip(datas, tss, strict=True))
         )
-        self._log.rewrite(header, fmt, records)
+        self._log.rewrite(header, fmt, records, dictionary)
         self._digests, self._dbase = [_digest(data) for _, data in encoded], 0
 
     def replace(
@@ -602,20 +643,16 @@ class ConversationCodec:
         if self._log.fmt is None:
             return CompactionReport(0, 0, 0)
         header, new = self._new_log()
-        dictionary = None
-        if isinstance(new.records, SealedRecords) and count - start >= TRAIN_AFTER:
-            # Retrain on a sample of the whole history: a better dictionary than the first
-            # messages gave, and records before TRAIN_AFTER get one too.
-            step = max(1, (count - start) // (4 * TRAIN_AFTER))
-            samples = [
+
+        def sample(step: int) -> list[bytes]:
+            return [
                 text
                 for seq in range(start, count, step)
                 for _, text, _ in self._payloads(seq, seq + 1)
             ]
-            trained = train_dictionary(samples, DICTIONARY_BYTES * 2)
-            if trained is not None:
-                new.records.use_dictionary(1, trained)
-                dictionary = new.records.encode_dictionary(1, self._log.index.tss[start], trained)
+
+        first_ts = self._log.index.tss[start] if count > start else 0
+        dictionary = self._fresh_dictionary(new.records, count - start, sample, first_ts)
         referenced: set[str] = set()
         old_blobs = self._blobs
 

@@ -133,6 +133,8 @@ class SealedRecords:
         env = self._unseal(body)
         if env.kind != KIND_DICTIONARY or env.seq != dict_id:
             raise RecordRejected(f"expected dictionary {dict_id}, found another record")
+        if env.compressed:  # FORMAT.md §5.3: a dictionary is stored as it is
+            raise RecordRejected("dictionary record sets the compressed flag")
         return bytes(env.payload)
 
     def _unseal(self, body: bytes) -> Envelope:
