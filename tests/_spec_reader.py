@@ -284,6 +284,26 @@ def _torn_or_damaged(data: bytes, pos: int, log: Log, opens: Any) -> None:
     log.torn_at = pos
 
 
+def zstd_frame_end(frame: bytes) -> int:
+    """RFC 8878 §3.1.1: where the zstd frame at the start of ``frame`` ends."""
+    if frame[:4] != b"\x28\xb5\x2f\xfd" or len(frame) < 6:
+        raise ValueError("not a zstd frame")
+    fhd = frame[4]
+    single = fhd >> 5 & 1
+    fcs = (single, 2, 4, 8)[fhd >> 6]
+    pos = 5 + (1 - single) + (0, 1, 2, 4)[fhd & 3] + fcs
+    while True:
+        if pos + 3 > len(frame):
+            raise ValueError("truncated zstd block")
+        header = int.from_bytes(frame[pos : pos + 3], "little")
+        kind = header >> 1 & 3
+        if kind == 3:
+            raise ValueError("reserved zstd block type")
+        pos += 3 + (1 if kind == 1 else header >> 3)
+        if header & 1:
+            return pos + 4 * (fhd >> 2 & 1)
+
+
 def _decode_sealed_messages(log: Log) -> None:
     zdict = None
     for rec in log.records:
@@ -295,6 +315,8 @@ def _decode_sealed_messages(log: Log) -> None:
             if rec.envelope_flags & 1:
                 if rec.dict_id and (rec.dict_id != 1 or zdict is None):
                     raise ValueError("names a dictionary the log does not hold")
+                if zstd_frame_end(payload) != len(payload):
+                    raise ValueError("bytes after the zstd frame")
                 size = zstandard.frame_content_size(payload)
                 if size > MAX_MESSAGE:
                     raise ValueError("zstd frame claims too much")

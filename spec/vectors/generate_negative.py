@@ -73,6 +73,12 @@ def zstd_raw(data: bytes, content_size: int | None = None) -> bytes:
     return b"\x28\xb5\x2f\xfd\xe0" + size.to_bytes(8, "little") + block + data
 
 
+def zstd_raw_unsized(data: bytes) -> bytes:
+    """The same without a content size (as early version-1 writers wrote): a 1 KiB window."""
+    block = (len(data) << 3 | 1).to_bytes(3, "little")
+    return b"\x28\xb5\x2f\xfd\x00\x00" + block + data
+
+
 class Sealed:
     """Builds one sealed log (FORMAT.md §3-§5) with deterministic IVs."""
 
@@ -493,6 +499,21 @@ def _record_vectors_2(v: dict[str, Vector]) -> dict[str, Vector]:
         0x01,
         CORRUPT,
         "the frame claims 64 MiB + 1",
+    )
+    replace_1("ok-zstd-frame-without-size", zstd_raw_unsized(one), 0x01, OK3, "")
+    replace_1(
+        "zstd-trailing-bytes-without-size",
+        zstd_raw_unsized(one) + b"\x00",
+        0x01,
+        CORRUPT,
+        "a byte after a frame that carries no content size",
+    )
+    replace_1(
+        "zstd-trailing-bytes-after-an-empty-frame",
+        zstd_raw(b"") + b"{}",
+        0x01,
+        CORRUPT,
+        "an empty frame, then bytes",
     )
     replace_1("zstd-malformed", b"\x28\xb5\x2f\xfd\x00", 0x01, CORRUPT, "")
     replace_1("payload-not-json", b"{role", 0x00, CORRUPT, "")

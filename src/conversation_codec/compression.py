@@ -93,11 +93,13 @@ class Compressor:
         size = zstandard.frame_content_size(payload)
         if size > MAX_MESSAGE_BYTES:
             raise zstandard.ZstdError(f"frame claims {size} bytes, over the record limit")
-        if size < 0:  # a frame without its size (unknown): bound the output instead
-            # zstandard ignores allow_extra_data on this path (0.25), so find the frame's end.
+        if size <= 0:
+            # zstandard (0.25) ignores allow_extra_data for a frame without its size and for
+            # an empty one, so find the frame's end here.
             if _frame_end(payload) != len(payload):
                 raise zstandard.ZstdError("bytes follow the zstd frame")
-            return self._dctx.decompress(payload, max_output_size=MAX_MESSAGE_BYTES)
+            if size < 0:  # a frame without its size (unknown): bound the output instead
+                return self._dctx.decompress(payload, max_output_size=MAX_MESSAGE_BYTES)
         return self._dctx.decompress(payload, allow_extra_data=False)
 
 
@@ -105,8 +107,8 @@ def _frame_end(frame: bytes | memoryview) -> int:
     """Return where the zstd frame at the start of ``frame`` ends (RFC 8878 §3.1.1).
 
     Walks the block headers (3 bytes each: last-block bit, type, size) as zstd's own
-    ZSTD_findFrameCompressedSize does; only frames written without their content size (by
-    early versions of this library) take this path.
+    ZSTD_findFrameCompressedSize does; only empty frames and frames written without their
+    content size (by early versions of this library) take this path.
 
     :raises zstandard.ZstdError: the frame header or a block header is malformed.
     """
