@@ -450,6 +450,11 @@ class ConversationCodec:
         if train:
             assert isinstance(records, SealedRecords)
             dictionary = self._train(records, first, datas[:at], tss[:at])
+            if len(self._log.index) != first:
+                # Reading the samples found the index stale and rebuilt it: seqs and
+                # timestamps were assigned from the old count, so start again.
+                records.drop_dictionary()
+                return self._append_locked(encoded, timestamps)
         bodies += [records.encode(first + i, tss[i], datas[i]) for i in range(at, len(datas))]
         try:
             self._log.append(bodies, tss, None if dictionary is None else (at, dictionary))
@@ -468,10 +473,11 @@ class ConversationCodec:
         self, records: SealedRecords, first: int, before: list[bytes], tss: list[int]
     ) -> bytes | None:
         """Train the log's zstd dictionary on the ``TRAIN_AFTER`` messages before the point
-        where it goes: the stored ones from ``first - ...`` on, then ``before`` (this batch's
-        messages ahead of it, stamped ``tss``). Start sealing with it; return its record body
-        (FORMAT.md §5.3), or None when zstd cannot train. Done once per log: ~20 ms, after
-        which a typical chat record compresses about 3x smaller than zstd alone manages."""
+        where it goes: the last stored ones (the log holds ``first``), then ``before`` (this
+        batch's messages ahead of that point, stamped ``tss``). Start sealing with it and
+        return its record body (FORMAT.md §5.3), or None when zstd cannot train. Done once per
+        log: ~20 ms, after which a typical chat record compresses about 3x smaller than zstd
+        alone manages."""
         lo = first + len(before) - TRAIN_AFTER
         samples = [text for _, text, _ in self._payloads(lo, first)] if lo < first else []
         samples += before[max(0, lo - first) :]

@@ -647,7 +647,7 @@ class FileLog:
         at, dict_frame = len(frames), b""
         if dictionary is not None:
             at, dict_frame = dictionary[0], encode_frame(dictionary[1], control=True)
-        data = b"".join([*frames[:at], dict_frame, *frames[at:]])
+        data = b"".join(frames if dictionary is None else [*frames[:at], dict_frame, *frames[at:]])
         end = self._append_at()
         self._bump(truncation=False)
         try:
