@@ -433,7 +433,7 @@ def test_newer_format_version_is_refused(tmp_path: Path) -> None:
     with ConversationCodec(path, encryption_key=KEY) as codec:
         codec.append({"a": 1})
     data = bytearray(path.read_bytes())
-    data[8] = 2  # format_version
+    data[8] = 3  # format_version (2 is the newest this library reads)
     path.write_bytes(bytes(data))
     with pytest.raises(UnsupportedVersionError, match="upgrade"):
         ConversationCodec(path, encryption_key=KEY)

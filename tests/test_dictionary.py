@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from _spec_reader import read as spec_read
 from conversation_codec import ConversationCodec
-from conversation_codec.compression import TRAIN_AFTER
+from conversation_codec.compression import TRAIN_AFTER, train_dictionary
 
 from conftest import KEY
 
@@ -182,3 +184,59 @@ def test_plaintext_logs_never_get_a_dictionary(tmp_path: Path) -> None:
         codec.extend(chat(TRAIN_AFTER + 10))
         assert dict_span(codec) == (0, 0)
     assert all(line.startswith(b"{") for line in path.read_bytes().splitlines())
+
+
+def test_an_extend_across_512_seals_the_records_after_the_dictionary_with_it(
+    tmp_path: Path,
+) -> None:
+    """FORMAT.md §5.3: the dictionary goes where the log first holds 512 messages, trained on
+    those 512, and the rest of the same batch is already sealed with it (read back with the
+    independent spec reader, not the library)."""
+    path = tmp_path / "c.log"
+    msgs = chat(1102)
+    with open_codec(path) as codec:
+        codec.extend(msgs)
+    log = spec_read(path.read_bytes(), key=KEY)
+    assert log.messages == msgs
+    kinds = [r.kind for r in log.records]
+    at = kinds.index(1)
+    assert kinds.count(1) == 1 and at == TRAIN_AFTER  # right after the record with seq 511
+    dictionary, before, after = log.records[at], log.records[:at], log.records[at + 1 :]
+    assert dictionary.ts_us == before[-1].ts_us  # stamped with the record before it
+    assert not any(r.dict_id for r in before)
+    assert sum(r.dict_id == 1 for r in after) >= 0.9 * len(after)
+    trained_on_512 = train_dictionary(
+        [json.dumps(m, separators=(",", ":")).encode() for m in msgs[:TRAIN_AFTER]]
+    )
+    assert trained_on_512 is not None and len(dictionary.payload) == len(trained_on_512)
+    with open_codec(path) as codec:
+        assert codec.load() == msgs and codec.verify().ok
+
+
+def test_a_batch_that_reaches_512_exactly_ends_with_the_dictionary(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    msgs = chat(TRAIN_AFTER + 3)
+    with open_codec(path) as codec:
+        codec.extend(msgs[:TRAIN_AFTER])
+        codec.extend(msgs[TRAIN_AFTER:])
+    log = spec_read(path.read_bytes(), key=KEY)
+    assert [r.kind for r in log.records].index(1) == TRAIN_AFTER
+    assert all(r.dict_id == 1 for r in log.records[TRAIN_AFTER + 1 :])
+
+
+@pytest.mark.parametrize("how", ["replace", "compact"])
+def test_a_rewrite_puts_a_larger_dictionary_first(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "c.log"
+    msgs = chat(1102, seed=5)
+    with open_codec(path) as codec:
+        if how == "replace":
+            codec.replace(msgs)
+        else:
+            codec.extend(msgs)
+            codec.compact()
+    log = spec_read(path.read_bytes(), key=KEY)
+    assert log.messages == msgs
+    assert log.records[0].kind == 1 and log.records[0].start == 80
+    assert 8 * 1024 < len(log.records[0].payload) <= 16 * 1024
+    assert log.records[0].ts_us == log.records[1].ts_us  # the first message's time
+    assert sum(r.dict_id == 1 for r in log.records[1:]) >= 0.9 * len(msgs)

@@ -6,6 +6,7 @@ import pytest
 
 from conversation_codec.errors import FormatError, UnsupportedVersionError
 from conversation_codec.format.header import (
+    FLAG_BOUND,
     LOG_MAGIC,
     SEALED_HEADER_BYTES,
     Kdf,
@@ -149,13 +150,29 @@ def test_sealed_header_round_trip_and_checks() -> None:
     with pytest.raises(FormatError, match="truncated"):
         decode_sealed_header((covered + mac)[:-1])
     newer = bytearray(covered + mac)
-    newer[8] = 2
+    newer[8] = 3  # 2 is the newest version this library reads
     with pytest.raises(UnsupportedVersionError):
         decode_sealed_header(bytes(newer))
+    newer[8] = 0
+    with pytest.raises(FormatError, match="invalid"):
+        decode_sealed_header(bytes(newer))
+    unknown_kdf = bytearray(covered + mac)
+    unknown_kdf[10] = 2
+    with pytest.raises(UnsupportedVersionError, match="kdf 2"):
+        decode_sealed_header(bytes(unknown_kdf))
+    # header_flags are judged after the header MAC (FORMAT.md §9.1): decoding keeps them,
+    # check_flags() refuses the bits the header's version does not define.
     flagged = bytearray(covered + mac)
     flagged[14] = 1
-    with pytest.raises(FormatError, match="invalid"):
-        decode_sealed_header(bytes(flagged))
+    got = decode_sealed_header(bytes(flagged))[0]
+    assert got.header_flags == 1 and got.format_version == 1
+    with pytest.raises(UnsupportedVersionError, match="header_flags 0x0001"):
+        got.check_flags()
+    bound = SealedHeader(b"L" * 16, format_version=2, header_flags=FLAG_BOUND)
+    bound.check_flags()
+    assert bound.bound and bound.size == SEALED_HEADER_BYTES + 32
+    with pytest.raises(UnsupportedVersionError, match="header_flags 0x0002"):
+        SealedHeader(b"L" * 16, format_version=2, header_flags=3).check_flags()
 
 
 def test_plain_header_round_trip_and_checks() -> None:
@@ -201,3 +218,90 @@ def test_index_header() -> None:
     assert decode_index_header(encode_index_header(b"I" * 16, (900, 80))) is None
     assert decode_index_header(header[:-1]) is None
     assert decode_index_header(b"\x00" * 48) is None
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "2025-11-21T04:40:01Z",  # no fraction
+        "2025-11-21T04:40:01.123Z",  # three digits
+        "2025-11-21T04:40:01.1234567Z",  # seven
+        "2025-11-21T05:40:01.000000+01:00",  # another offset
+        "2025-11-21T04:40:01.000000+00:00",
+        "2025-11-21t04:40:01.000000z",
+        "2025-11-21 04:40:01.000000Z",
+        "2025-11-21T04:40:60.000000Z",  # leap second
+        "2025-02-29T04:40:01.000000Z",  # not a leap year
+        "1969-12-31T23:59:59.999999Z",  # before the epoch
+        "2025-11-21T04:40:01.\\u0031Z",  # an escape
+    ],
+)
+def test_a_plain_ts_has_exactly_one_form(ts: str) -> None:
+    line = b'{"seq":1,"ts":"%s","message":{}}' % ts.encode()
+    with pytest.raises(ValueError, match="ts"):
+        decode_plain_line(line)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"seq":1,"ts":"2025-11-21T04:40:01.000000Z","message":{},"extra":1}',
+        b'{"seq":1,"ts":"2025-11-21T04:40:01.000000Z"}',
+        b'{"seq":1.0,"ts":"2025-11-21T04:40:01.000000Z","message":{}}',
+        b'{"seq":true,"ts":"2025-11-21T04:40:01.000000Z","message":{}}',
+        b'{"seq":1,"ts":"2025-11-21T04:40:01.000000Z","message":[]}',
+        b'{"seq":1,"ts":"2025-11-21T04:40:01.000000Z","message":{"a":NaN}}',
+        b'{"seq":1,"ts":"2025-11-21T04:40:01.000000Z","message":{"a":-Infinity}}',
+        b'{"seq":1,"ts":"2025-11-21T04:40:01.000000Z","message":{"a":1e400}}',
+        b'{"seq":1,"ts":"2025-11-21T04:40:01.000000Z","message":{"a":"\\ud800"}}',
+        b'{"seq":1,"ts":"2025-11-21T04:40:01.000000Z","message":{"a":"\xff"}}',
+    ],
+)
+def test_a_plain_line_is_strict_json_with_exactly_three_members(line: bytes) -> None:
+    with pytest.raises(ValueError, match="invalid record line"):
+        decode_plain_line(line)
+
+
+def test_what_a_plain_line_may_vary() -> None:
+    """Insignificant whitespace and member order are JSON's; a repeated member: the last."""
+    us = 1_763_700_001_000_000
+    spaced = b' { "message" : {"a": [1, 2]} , "ts" : "2025-11-21T04:40:01.000000Z", "seq" : 3 } '
+    assert decode_plain_line(spaced) == (3, us, {"a": [1, 2]})
+    twice = b'{"seq":1,"seq":2,"ts":"2025-11-21T04:40:01.000000Z","message":{}}'
+    assert decode_plain_line(twice)[0] == 2
+    big = b'{"seq":1,"ts":"2025-11-21T04:40:01.000000Z","message":{"n":18446744073709551616}}'
+    assert decode_plain_line(big)[2] == {"n": 2**64}
+
+
+def test_plain_header_is_strict_and_carries_the_binding() -> None:
+    log_id = b"\xab" * 16
+    bound = PlainHeader(log_id, 2, b"\x01" * 32)
+    line = encode_plain_header(bound)
+    assert line == (
+        b'{"conversation_codec":2,"log_id":"'
+        + b"ab" * 16
+        + b'","context_sha256":"'
+        + b"01" * 32
+        + b'"}\n'
+    )
+    assert decode_plain_header(line) == bound
+    assert decode_plain_header(b'{"conversation_codec":2,"log_id":"' + b"ab" * 16 + b'"}') == (
+        PlainHeader(log_id, 2)
+    )
+    for bad in (
+        b'{"conversation_codec":1,"log_id":"' + b"ab" * 16 + b'","x":1}',
+        b'{"conversation_codec":1,"log_id":"' + b"AB" * 16 + b'"}',
+        b'{"conversation_codec":1,"log_id":"'
+        + b"ab" * 16
+        + b'","context_sha256":"'
+        + b"01" * 32
+        + b'"}',
+        b'{"conversation_codec":2,"log_id":"' + b"ab" * 16 + b'","context_sha256":"01"}',
+        b'{"conversation_codec":0,"log_id":"' + b"ab" * 16 + b'"}',
+        b'{"conversation_codec":true,"log_id":"' + b"ab" * 16 + b'"}',
+    ):
+        with pytest.raises(FormatError) as caught:
+            decode_plain_header(bad)
+        assert not isinstance(caught.value, UnsupportedVersionError), bad
+    with pytest.raises(UnsupportedVersionError):  # a newer version may add members
+        decode_plain_header(b'{"conversation_codec":3,"log_id":"x","new":1}')

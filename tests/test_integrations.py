@@ -143,8 +143,9 @@ def test_two_runner_turns_share_history(agents: ModuleType, tmp_path: Path) -> N
     assert stored == model.inputs[2] + [
         json.loads(json.dumps(second.new_items[-1].raw_item.model_dump(exclude_unset=True)))
     ]
-    with ConversationCodec(store.path("../user 1"), encryption_key=KEY) as codec:
-        assert codec.load() == stored  # one record per item, stored encrypted
+    # A store's log is bound to its conversation id (FORMAT.md §4.2): open it with that id.
+    with ConversationCodec(store.path("../user 1"), encryption_key=KEY, context="../user 1") as c:
+        assert c.load() == stored  # one record per item, stored encrypted
     assert b"order 7" not in store.path("../user 1").read_bytes()
 
 

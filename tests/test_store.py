@@ -384,7 +384,7 @@ def test_prune_keeps_a_conversation_written_to_after_listing(tmp_path: Path) -> 
     def key_fn(cid: str) -> str:
         calls[cid] = calls.get(cid, 0) + 1
         if cid == "busy" and calls[cid] == 2:  # prune's second open: the delete
-            with ConversationCodec(store.path(cid), encryption_key=KEY) as other:
+            with ConversationCodec(store.path(cid), encryption_key=KEY, context=cid) as other:
                 other.append({"role": "user", "content": "still here"}, timestamp=at(T0 * 2))
         return KEY
 

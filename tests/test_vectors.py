@@ -1,12 +1,15 @@
 """spec/vectors: the library reads them, and an independent FORMAT.md reader agrees byte by byte.
 
 The independent reader here uses only ``cryptography``'s primitives (HKDF, HMAC, AES-CBC) and
-``zstandard``, following FORMAT.md §3 to §7 without importing the library's format code.
+``zstandard``, following FORMAT.md §3 to §7 without importing the library's format code. The
+negative vectors (spec/vectors/negative, FORMAT.md §13.1) are checked by the library and by
+the independent reader in ``_spec_reader``, which shares no code with it.
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import struct
 from datetime import datetime, timedelta, timezone
@@ -19,7 +22,8 @@ from cryptography.hazmat.primitives import hashes, hmac, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from conversation_codec import ConversationCodec
+from _spec_reader import verdict as spec_verdict
+from conversation_codec import ConversationCodec, ConversationCodecError
 
 VECTORS = Path(__file__).parent.parent / "spec" / "vectors"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -154,3 +158,74 @@ def test_plain_vector_matches_the_spec() -> None:
         assert record["message"] == message
         when = datetime.strptime(record["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
         assert when == EPOCH + timedelta(microseconds=ts_us)
+
+
+# -- negative vectors (spec/vectors/negative): every reader rule, two readers ----------------
+
+NEGATIVE = VECTORS / "negative"
+MANIFEST = json.loads((NEGATIVE / "manifest.json").read_text())["vectors"]
+NAMES = [v["name"] for v in MANIFEST]
+
+
+def _library_outcome(path: Path, opening: dict[str, Any]) -> str:
+    """Open, read every message, and say what happened in the manifest's words."""
+    try:
+        with ConversationCodec(path, **opening) as codec:
+            count = len(codec.load() or [])
+            report = codec.verify()
+    except ConversationCodecError as exc:
+        return type(exc).__name__
+    torn = any(p.kind == "torn-tail" for p in report.problems)
+    assert torn or report.ok, report.problems
+    return f"{'torn tail' if torn else 'ok'}: {count} message{'s' * (count != 1)}"
+
+
+@pytest.mark.parametrize("vector", MANIFEST, ids=NAMES)
+def test_library_reaches_each_negative_vectors_outcome(
+    vector: dict[str, Any], tmp_path: Path
+) -> None:
+    data = (NEGATIVE / vector["file"]).read_bytes()
+    path = tmp_path / "chat.log"
+    path.write_bytes(data)
+    assert _library_outcome(path, vector["open"]) == vector["expect"], vector["description"]
+    assert path.read_bytes() == data  # a reader never changes the log
+
+
+@pytest.mark.parametrize("vector", MANIFEST, ids=NAMES)
+def test_independent_reader_reaches_each_negative_vectors_outcome(vector: dict[str, Any]) -> None:
+    data = (NEGATIVE / vector["file"]).read_bytes()
+    opening = vector["open"]
+    got = spec_verdict(
+        data,
+        key=opening.get("encryption_key"),
+        password=opening.get("password"),
+        context=opening.get("context"),
+    )
+    assert got == vector["expect"], vector["description"]
+
+
+def test_negative_vectors_are_reproducible_and_complete() -> None:
+    """generate_negative.py writes exactly the checked-in files (fixed keys, IVs, clock)."""
+    spec = importlib.util.spec_from_file_location(
+        "generate_negative", VECTORS / "generate_negative.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    vectors = module.build()
+    assert module.manifest(vectors)["vectors"] == MANIFEST
+    assert {p.name for p in NEGATIVE.glob("*.log")} == {v["file"] for v in MANIFEST}
+    for name, (data, *_) in vectors.items():
+        assert (NEGATIVE / f"{name}.log").read_bytes() == data, name
+    outcomes = {v["expect"] for v in MANIFEST}
+    assert outcomes >= {
+        "BindingError",
+        "CorruptRecordError",
+        "DecryptionError",
+        "FormatError",
+        "KeyRequiredError",
+        "NotEncryptedError",
+        "UnsupportedVersionError",
+        "ok: 3 messages",
+        "torn tail: 2 messages",
+    }

@@ -24,6 +24,7 @@ from .aio import AsyncConversationCodec, AsyncConversationStore
 from .codec import CompactionReport, ConversationCodec, LogInfo
 from .crypto import generate_key
 from .errors import (
+    BindingError,
     ClosedError,
     ConversationCodecError,
     CorruptRecordError,
@@ -57,6 +58,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncConversationCodec",
     "AsyncConversationStore",
+    "BindingError",
     "ClosedError",
     "CompactionReport",
     "ConversationCodec",

@@ -100,6 +100,7 @@ class AsyncConversationCodec:
         clock: Callable[[], int] | None = None,
         lock_timeout: float | None = None,
         executor: Executor | None = None,
+        context: str | None = None,
     ) -> AsyncConversationCodec:
         """Open a log as ``ConversationCodec(...)`` with the same arguments would."""
         codec = await _run(
@@ -111,6 +112,7 @@ class AsyncConversationCodec:
             durability,
             clock=clock,
             lock_timeout=lock_timeout,
+            context=context,
         )
         return cls(codec, executor=executor)
 

@@ -38,6 +38,7 @@ from ._fsio import open_file
 from .codec import CompactionReport, ConversationCodec, Message
 from .crypto import generate_key
 from .errors import (
+    BindingError,
     ConversationCodecError,
     CorruptRecordError,
     DecryptionError,
@@ -174,7 +175,11 @@ def _open(args: argparse.Namespace, *, must_exist: bool = True) -> ConversationC
         raise _InputError(f"{args.path}: no such log")
     durability = getattr(args, "durability", "fsync")
     return ConversationCodec(
-        args.path, encryption_key=_key(args), durability=durability, password=_password(args)
+        args.path,
+        encryption_key=_key(args),
+        durability=durability,
+        password=_password(args),
+        context=getattr(args, "context", None),
     )
 
 
@@ -507,7 +512,13 @@ def _cmd_salvage(args: argparse.Namespace) -> int:
     if not os.path.lexists(args.path):
         raise _InputError(f"{args.path}: no such log")
     _plaintext_needs_plain(args, args.dst)
-    report = salvage(args.path, args.dst, encryption_key=_key(args), password=_password(args))
+    report = salvage(
+        args.path,
+        args.dst,
+        encryption_key=_key(args),
+        password=_password(args),
+        context=args.context,
+    )
     if args.json:
         _emit(_fields(report))
         return EXIT_OK
@@ -690,6 +701,8 @@ def _report(exc: Exception, args: argparse.Namespace) -> int:
     elif isinstance(exc, NotEncryptedError):
         given = "a password" if password else "a key"
         message = f"{path} is a plaintext log but {given} was given ({source}); drop it"
+    elif isinstance(exc, BindingError):
+        message = f"{exc} (a store's log: pass --context with its conversation id)"
     elif isinstance(exc, DecryptionError):
         secret = "password" if password else "key"
         message = f"cannot decrypt {path}: wrong {secret} ({source}), or the header was modified"
@@ -777,8 +790,19 @@ def _secrets(*, password: bool) -> _Parser:
     return keys
 
 
+def _binding() -> _Parser:
+    """A parent parser for the context a log is bound to (FORMAT.md §4.2)."""
+    bound = _Parser(add_help=False)
+    bound.add_argument(
+        "--context",
+        metavar="ID",
+        help="the conversation id the log is bound to (a ConversationStore log: its id)",
+    )
+    return bound
+
+
 def _add_commands(sub: _Sub) -> None:
-    log = _Parser(add_help=False, parents=[_secrets(password=True)])
+    log = _Parser(add_help=False, parents=[_secrets(password=True), _binding()])
     log.add_argument("path", metavar="PATH", help="the conversation log file")
     durable = _Parser(add_help=False)
     durable.add_argument(
@@ -894,7 +918,7 @@ def _add_repair_commands(sub: _Sub, log: _Parser, as_json: _Parser) -> None:
         _cmd_verify,
         "check every record of one or more logs; exit 3 when any is damaged",
         "conversation-codec verify chats/*.log",
-        [_secrets(password=True), as_json],
+        [_secrets(password=True), _binding(), as_json],
     )
     verify.add_argument("paths", metavar="PATH", nargs="+", help="log files")
     salvage_cmd = _command(

@@ -8,6 +8,7 @@ and processes sharing a log see each other's writes and never tear a record.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import hmac
@@ -26,7 +27,13 @@ import msgspec
 from ._fsio import remove_flat_dir
 from .attachments import BlobStore, apply_mode, references, restore
 from .chat_formats import to_anthropic_messages, to_ollama_messages, to_openai_messages
-from .compression import DICTIONARY_BYTES, TRAIN_AFTER, Compressor, train_dictionary
+from .compression import (
+    REWRITE_DICTIONARY_BYTES,
+    REWRITE_SAMPLES,
+    TRAIN_AFTER,
+    Compressor,
+    train_dictionary,
+)
 from .crypto import (
     SCRYPT_LOG2_N,
     SCRYPT_P,
@@ -39,6 +46,7 @@ from .crypto import (
     password_master,
 )
 from .errors import (
+    BindingError,
     ClosedError,
     ConversationCodecError,
     CorruptRecordError,
@@ -54,12 +62,13 @@ from .errors import (
     StorageError,
 )
 from .format.header import (
-    FORMAT_VERSION,
+    FLAG_BOUND,
     SEALED_HEADER_BYTES,
     Kdf,
     LogKind,
     PlainHeader,
     SealedHeader,
+    context_digest,
     decode_plain_header,
     decode_sealed_header,
     encode_plain_header,
@@ -186,10 +195,17 @@ class ConversationCodec:
     :param attachments: ``"keep"`` inline base64 data; ``"strip"`` it to a placeholder
         (type, size, sha256); or move it to an ``"external"`` encrypted, deduplicated blob
         store beside the log (``<path>.blobs``), restored transparently on read.
+    :param context: the identity the log is stored under (``ConversationStore`` passes the
+        conversation id). A log created or rewritten with a context is bound to it, and then
+        opens only with that same context: a log copied or swapped in from another
+        conversation raises ``BindingError`` (FORMAT.md §4.2). An unbound log (written
+        without one, or by an older version) still opens, and is bound when next rewritten
+        (``compact``, ``save`` that rewrites, ``replace``, ``prune``).
     :raises InvalidKeyError: ``encryption_key`` or ``password`` is unusable (its subclass
         ``KeyTypeError``, also a ``TypeError``, for a wrong type); the value is never shown.
     :raises StorageError: ``path`` is a directory, or too long for the log and its sidecars.
     :raises DecryptionError: no key given opens the existing log.
+    :raises BindingError: the log is bound to another context, or to one not given.
     :raises KeyRequiredError: the log is encrypted and no key was given.
     :raises NotEncryptedError: a key was given but the log is plaintext.
     :raises FormatError: the file is not a conversation-codec log (see ``migrate``).
@@ -216,6 +232,7 @@ class ConversationCodec:
         password: str | None = None,
         max_messages: int | None = None,
         attachments: str = "keep",
+        context: str | None = None,
     ) -> None:
         if durability not in ("fsync", "flush"):
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
@@ -225,6 +242,7 @@ class ConversationCodec:
             _check_password(password)
         if max_messages is not None and (not isinstance(max_messages, int) or max_messages < 1):
             raise ValueError("max_messages must be a positive int or None")
+        self._binding = None if context is None else context_digest(context)
         self._path = _check_log_path(path)
         self._keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         self._password = password
@@ -266,9 +284,19 @@ class ConversationCodec:
         kind = sniff_log(prefix)
         if kind is LogKind.SEALED:
             header, covered, mac = decode_sealed_header(prefix)
-            cipher = LogCipher.open(self._keyring_for(header), header, covered, mac)
+            try:
+                cipher = LogCipher.open(
+                    self._keyring_for(header),
+                    header,
+                    covered,
+                    mac,
+                    binding=self._binding,
+                    binding_mac=prefix[SEALED_HEADER_BYTES : header.size],
+                )
+            except BindingError as exc:
+                raise BindingError(f"{self._path}: {exc}") from None
             records = SealedRecords(cipher, self._zstd)
-            return LogFormat(header.log_id, SEALED_HEADER_BYTES, records, True)
+            return LogFormat(header.log_id, header.size, records, True, header.format_version)
         if kind is LogKind.PLAIN:
             if self.encrypted:
                 raise NotEncryptedError(
@@ -279,10 +307,25 @@ class ConversationCodec:
             if end < 0:
                 raise FormatError(f"{self._path}: plaintext log header line is truncated")
             plain = decode_plain_header(prefix[:end])
-            return LogFormat(plain.log_id, end + 1, PlainRecords(), False)
+            self._check_plain_binding(plain)
+            return LogFormat(plain.log_id, end + 1, PlainRecords(), False, plain.format_version)
         raise FormatError(
             f"{self._path} is not a conversation-codec log; convert it with "
             "conversation_codec.migrate()"
+        )
+
+    def _check_plain_binding(self, plain: PlainHeader) -> None:
+        """Refuse a plain log recorded for another context (FORMAT.md §6): an accident check
+        only, since anyone can edit a plain file."""
+        if plain.context_sha256 is None or hmac.compare_digest(
+            plain.context_sha256, self._binding or b""
+        ):
+            return
+        raise BindingError(
+            f"{self._path} was written for another context (conversation id)"
+            if self._binding is not None
+            else f"{self._path} is bound to a context (a conversation id); open it with "
+            "context= set to the id it was written under (ConversationStore does this)"
         )
 
     def _keyring_for(self, header: SealedHeader) -> Keyring:
@@ -304,23 +347,29 @@ class ConversationCodec:
 
     def _new_log(self) -> tuple[bytes, LogFormat]:
         log_id = new_log_id()
+        # FORMAT.md §12: a log without a context is written as version 1, which every reader
+        # since the first reads; a bound one needs version 2.
+        version = 1 if self._binding is None else 2
         if not self.encrypted:
-            header = encode_plain_header(PlainHeader(log_id))
-            return header, LogFormat(log_id, len(header), PlainRecords(), False)
+            header = encode_plain_header(PlainHeader(log_id, version, self._binding))
+            return header, LogFormat(log_id, len(header), PlainRecords(), False, version)
         if self._password is not None:
             # A rewrite keeps the salt of the password it already derived: no second scrypt.
             kdf = self._kdf or SealedHeader(
                 log_id, Kdf.SCRYPT, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P, new_salt()
             )
             fields = SealedHeader(
-                log_id, Kdf.SCRYPT, kdf.kdf_log2_n, kdf.kdf_r, kdf.kdf_p, kdf.kdf_salt
+                log_id, Kdf.SCRYPT, kdf.kdf_log2_n, kdf.kdf_r, kdf.kdf_p, kdf.kdf_salt, version
             )
             keyring = self._keyring_for(fields)
         else:
             assert self._keyring is not None
-            fields, keyring = SealedHeader(log_id), self._keyring
-        cipher, header = LogCipher.create(keyring, fields)
-        return header, LogFormat(log_id, len(header), SealedRecords(cipher, self._zstd), True)
+            fields, keyring = SealedHeader(log_id, format_version=version), self._keyring
+        if self._binding is not None:
+            fields = dataclasses.replace(fields, header_flags=FLAG_BOUND)
+        cipher, header = LogCipher.create(keyring, fields, binding=self._binding)
+        records = SealedRecords(cipher, self._zstd)
+        return header, LogFormat(log_id, len(header), records, True, version)
 
     def _forget(self) -> None:
         self._digests = None
@@ -446,23 +495,35 @@ class ConversationCodec:
         fmt = self._ensure_log()
         first = len(self._log.index)
         tss = self._timestamps(len(encoded), timestamps)
-        bodies = [
-            fmt.records.encode(first + i, ts, data)
-            for i, ((_, data), ts) in enumerate(zip(encoded, tss, strict=True))
-        ]
-        self._log.append(bodies, tss)
-        if (
-            isinstance(fmt.records, SealedRecords)
-            and not fmt.records.dict_id
+        datas = [data for _, data in encoded]
+        # FORMAT.md §5.3: the dictionary goes where the log first holds TRAIN_AFTER messages
+        # (at the batch's start when it already does), trained on the TRAIN_AFTER messages
+        # before that point; the records after it, in this same write, are sealed with it.
+        records = fmt.records
+        train = (
+            isinstance(records, SealedRecords)
+            and not records.dict_id
             and not self._untrainable
-            and first + len(bodies) >= TRAIN_AFTER
-        ):
-            try:
-                self._train(fmt.records, first + len(bodies))
-            except (ConversationCodecError, OSError):
-                # The messages are committed: a dictionary that could not be written (no
-                # space, say) must not turn their append into a reported failure.
-                self._untrainable = True
+            and first + len(datas) >= TRAIN_AFTER
+        )
+        at = max(0, TRAIN_AFTER - first) if train else len(datas)
+        bodies = [records.encode(first + i, tss[i], datas[i]) for i in range(at)]
+        dictionary = None
+        if train:
+            assert isinstance(records, SealedRecords)
+            dictionary = self._train(records, first, datas[:at], tss[:at])
+            if len(self._log.index) != first:
+                # Reading the samples found the index stale and rebuilt it: seqs and
+                # timestamps were assigned from the old count, so start again.
+                records.drop_dictionary()
+                return self._append_locked(encoded, timestamps)
+        bodies += [records.encode(first + i, tss[i], datas[i]) for i in range(at, len(datas))]
+        try:
+            self._log.append(bodies, tss, None if dictionary is None else (at, dictionary))
+        except BaseException:
+            if dictionary is not None and isinstance(records, SealedRecords):
+                records.drop_dictionary()  # it never reached the log
+            raise
         if self._digests is not None and self._dbase + len(self._digests) == first:
             self._digests.extend(_digest(data) for _, data in encoded)
         else:
@@ -470,18 +531,43 @@ class ConversationCodec:
         base = self._base()
         return list(range(first - base, first - base + len(encoded)))
 
-    def _train(self, records: SealedRecords, count: int) -> None:
-        """Train the log's zstd dictionary from its last ``TRAIN_AFTER`` messages and append
-        it as a sealed record (FORMAT.md §5.3); later records compress against it. Done once
-        per log, when it first holds ``TRAIN_AFTER`` messages: ~20 ms, after which a typical
-        chat record compresses about 3x smaller than zstd alone manages."""
-        samples = [text for _, text, _ in self._payloads(count - TRAIN_AFTER, count)]
+    def _train(
+        self, records: SealedRecords, first: int, before: list[bytes], tss: list[int]
+    ) -> bytes | None:
+        """Train the log's zstd dictionary on the ``TRAIN_AFTER`` messages before the point
+        where it goes: the last stored ones (the log holds ``first``), then ``before`` (this
+        batch's messages ahead of that point, stamped ``tss``). Start sealing with it and
+        return its record body (FORMAT.md §5.3), or None when zstd cannot train. Done once per
+        log: ~20 ms, after which a typical chat record compresses about 3x smaller than zstd
+        alone manages."""
+        lo = first + len(before) - TRAIN_AFTER
+        samples = [text for _, text, _ in self._payloads(lo, first)] if lo < first else []
+        samples += before[max(0, lo - first) :]
         dictionary = train_dictionary(samples)
         if dictionary is None:
             self._untrainable = True  # too few or too uniform samples: stay without one
-            return
-        ts = self._log.index.tss[count - 1]
-        self._log.append_dictionary(records.encode_dictionary(1, ts, dictionary))
+            return None
+        ts = tss[-1] if tss else self._log.index.tss[first - 1]
+        records.use_dictionary(1, dictionary)
+        return records.encode_dictionary(1, ts, dictionary)
+
+    def _fresh_dictionary(
+        self, records: object, count: int, sample: Callable[[int], list[bytes]], ts: int
+    ) -> bytes | None:
+        """For a rewrite of ``count`` messages: train a dictionary on every k-th message
+        (``sample(k)``), start sealing with it, and return its record body, which goes right
+        after the header (FORMAT.md §5.3); None for a plain log or too few messages."""
+        if not isinstance(records, SealedRecords) or count < TRAIN_AFTER:
+            return None
+        # A better dictionary than the first messages gave, and records before
+        # TRAIN_AFTER get one too.
+        trained = train_dictionary(
+            sample(max(1, count // REWRITE_SAMPLES)), REWRITE_DICTIONARY_BYTES
+        )
+        if trained is None:
+            return None
+        records.use_dictionary(1, trained)
+        return records.encode_dictionary(1, ts, trained)
 
     def save(self, messages: Sequence[Message]) -> None:
         """Make the stored history equal ``messages``.
@@ -543,11 +629,15 @@ class ConversationCodec:
     def _rewrite(self, encoded: list[tuple[Message, bytes]], tss: list[int]) -> None:
         """Atomically replace the log with these messages and timestamps (lock held)."""
         header, fmt = self._new_log()
+        datas = [data for _, data in encoded]
+        dictionary = self._fresh_dictionary(
+            fmt.records, len(datas), lambda k: datas[::k], tss[0] if tss else 0
+        )
         records = (
             (fmt.records.encode(seq, ts, data), ts)
-            for seq, ((_, data), ts) in enumerate(zip(encoded, tss, strict=True))
+            for seq, (data, ts) in enumerate(zip(datas, tss, strict=True))
         )
-        self._log.rewrite(header, fmt, records)
+        self._log.rewrite(header, fmt, records, dictionary)
         self._digests, self._dbase = [_digest(data) for _, data in encoded], 0
 
     def replace(
@@ -621,20 +711,16 @@ class ConversationCodec:
         if self._log.fmt is None:
             return CompactionReport(0, 0, 0)
         header, new = self._new_log()
-        dictionary = None
-        if isinstance(new.records, SealedRecords) and count - start >= TRAIN_AFTER:
-            # Retrain on a sample of the whole history: a better dictionary than the first
-            # messages gave, and records before TRAIN_AFTER get one too.
-            step = max(1, (count - start) // (4 * TRAIN_AFTER))
-            samples = [
+
+        def sample(step: int) -> list[bytes]:
+            return [
                 text
                 for seq in range(start, count, step)
                 for _, text, _ in self._payloads(seq, seq + 1)
             ]
-            trained = train_dictionary(samples, DICTIONARY_BYTES * 2)
-            if trained is not None:
-                new.records.use_dictionary(1, trained)
-                dictionary = new.records.encode_dictionary(1, self._log.index.tss[start], trained)
+
+        first_ts = self._log.index.tss[start] if count > start else 0
+        dictionary = self._fresh_dictionary(new.records, count - start, sample, first_ts)
         referenced: set[str] = set()
         old_blobs = self._blobs
         if old_blobs is not None:  # the sweep after the commit must not be refused
@@ -1034,7 +1120,7 @@ class ConversationCodec:
             return LogInfo(
                 path=self._path,
                 encrypted=self.encrypted,
-                format_version=FORMAT_VERSION if fmt else None,
+                format_version=fmt.format_version if fmt else None,
                 message_count=count,
                 first_timestamp=_EPOCH + timedelta(microseconds=index.tss[base]) if count else None,
                 last_timestamp=_EPOCH + timedelta(microseconds=index.tss[-1]) if count else None,

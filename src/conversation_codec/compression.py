@@ -21,6 +21,8 @@ __all__ = [
     "COMPRESSION_LEVEL",
     "DICTIONARY_BYTES",
     "DICTIONARY_LEVEL",
+    "REWRITE_DICTIONARY_BYTES",
+    "REWRITE_SAMPLES",
     "TRAIN_AFTER",
     "Compressor",
     "train_dictionary",
@@ -33,6 +35,10 @@ COMPRESSION_LEVEL = 3  # zstd level without a dictionary: higher levels gain ~1%
 DICTIONARY_LEVEL = 7
 DICTIONARY_BYTES = 8 * 1024  # bytes: beat 4 KiB and 16 KiB when trained on ~512 chat messages
 TRAIN_AFTER = 512  # messages in a log before its dictionary is trained from them
+# FORMAT.md §5.3: a rewrite of >= TRAIN_AFTER messages trains on a sample of them all (every
+# k-th message, up to REWRITE_SAMPLES) a dictionary twice the appender's size.
+REWRITE_DICTIONARY_BYTES = 2 * DICTIONARY_BYTES
+REWRITE_SAMPLES = 4 * TRAIN_AFTER
 _MIN_COMPRESSIBLE = 24  # bytes: below this a zstd frame header costs more than it saves
 
 
@@ -77,13 +83,44 @@ class Compressor:
         return data, False
 
     def decompress(self, payload: bytes | memoryview) -> bytes:
-        """Inflate one payload, refusing to produce more than ``MAX_MESSAGE_BYTES``.
+        """Inflate one payload: exactly one zstd frame, producing at most ``MAX_MESSAGE_BYTES``.
 
-        :raises zstandard.ZstdError: the frame is malformed or too large.
+        A payload is one frame and nothing after it (FORMAT.md §5.2): zstandard would
+        otherwise ignore trailing bytes, and two readers could then disagree on a record.
+
+        :raises zstandard.ZstdError: the frame is malformed, too large, or followed by bytes.
         """
         size = zstandard.frame_content_size(payload)
         if size > MAX_MESSAGE_BYTES:
             raise zstandard.ZstdError(f"frame claims {size} bytes, over the record limit")
-        if size < 0:  # a frame without its size (unknown): bound the output instead
-            return self._dctx.decompress(payload, max_output_size=MAX_MESSAGE_BYTES)
-        return self._dctx.decompress(payload)
+        if size <= 0:
+            # zstandard (0.25) ignores allow_extra_data for a frame without its size and for
+            # an empty one, so find the frame's end here.
+            if _frame_end(payload) != len(payload):
+                raise zstandard.ZstdError("bytes follow the zstd frame")
+            if size < 0:  # a frame without its size (unknown): bound the output instead
+                return self._dctx.decompress(payload, max_output_size=MAX_MESSAGE_BYTES)
+        return self._dctx.decompress(payload, allow_extra_data=False)
+
+
+def _frame_end(frame: bytes | memoryview) -> int:
+    """Return where the zstd frame at the start of ``frame`` ends (RFC 8878 §3.1.1).
+
+    Walks the block headers (3 bytes each: last-block bit, type, size) as zstd's own
+    ZSTD_findFrameCompressedSize does; only empty frames and frames written without their
+    content size (by early versions of this library) take this path.
+
+    :raises zstandard.ZstdError: the frame header or a block header is malformed.
+    """
+    pos = zstandard.frame_header_size(frame)
+    checksum = frame[4] & 0x04  # Frame_Header_Descriptor: Content_Checksum_flag
+    while True:
+        if pos + 3 > len(frame):
+            raise zstandard.ZstdError("zstd frame is truncated")
+        header = int.from_bytes(frame[pos : pos + 3], "little")
+        kind, size = (header >> 1) & 3, header >> 3
+        if kind == 3:
+            raise zstandard.ZstdError("zstd block of the reserved type")
+        pos += 3 + (1 if kind == 1 else size)  # an RLE block stores one byte
+        if header & 1:
+            return pos + (4 if checksum else 0)

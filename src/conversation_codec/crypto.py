@@ -21,8 +21,20 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .errors import DecryptionError, InvalidKeyError, KdfParameterError, KeyTypeError
-from .format.header import LOG_ID_BYTES, SealedHeader, encode_sealed_header
+from .errors import (
+    BindingError,
+    DecryptionError,
+    FormatError,
+    InvalidKeyError,
+    KdfParameterError,
+    KeyTypeError,
+)
+from .format.header import (
+    BINDING_MAC_BYTES,
+    LOG_ID_BYTES,
+    SealedHeader,
+    encode_sealed_header,
+)
 
 __all__ = [
     "SCRYPT_LOG2_N",
@@ -250,6 +262,25 @@ def _mac(mac_key: bytes, covered: bytes) -> bytes:
     return hmac.new(mac_key, covered, hashlib.sha256).digest()
 
 
+def _check_binding(
+    mac_key: bytes, header: bytes, binding: bytes | None, binding_mac: bytes
+) -> None:
+    """Check a bound log's ``binding_mac`` (FORMAT.md §4.2), after its header MAC held."""
+    if len(binding_mac) != BINDING_MAC_BYTES:
+        raise FormatError("sealed header is truncated: a bound header lacks its binding_mac")
+    if binding is None:
+        raise BindingError(
+            "this log is bound to a context (a conversation id) and none was given: open it "
+            "with context= set to the id it was written under (ConversationStore does this)"
+        )
+    if not hmac.compare_digest(_mac(mac_key, header + binding), binding_mac):
+        raise BindingError(
+            "this log belongs to another context: the key opens it, but it was written for "
+            "another conversation id (copied, swapped or renamed from elsewhere); nothing "
+            "was read or changed"
+        )
+
+
 class LogCipher:
     """Seal and unseal the records of one sealed log.
 
@@ -265,29 +296,62 @@ class LogCipher:
         self.unseal_count = 0
 
     @classmethod
-    def create(cls, keyring: Keyring, header: SealedHeader) -> tuple[LogCipher, bytes]:
-        """Derive the keys of a new log; return the cipher and the full header bytes."""
+    def create(
+        cls, keyring: Keyring, header: SealedHeader, *, binding: bytes | None = None
+    ) -> tuple[LogCipher, bytes]:
+        """Derive the keys of a new log; return the cipher and the full header bytes.
+
+        ``binding``: the context digest of a bound header (``header.bound``), whose
+        ``binding_mac`` then follows the 80 header bytes (FORMAT.md §4.2).
+        """
+        if header.bound != (binding is not None):
+            raise ValueError("a bound header needs a binding, and only a bound header takes one")
         covered = encode_sealed_header(header)
         fernets = [_derive(m, header.log_id) for m in keyring.masters]
         first, mac_key = fernets[0]
-        return cls(first, [f for f, _ in fernets]), covered + _mac(mac_key, covered)
+        raw = covered + _mac(mac_key, covered)
+        if binding is not None:
+            raw += _mac(mac_key, raw + binding)
+        return cls(first, [f for f, _ in fernets]), raw
 
     @classmethod
     def open(
-        cls, keyring: Keyring, header: SealedHeader, covered: bytes, header_mac: bytes
+        cls,
+        keyring: Keyring,
+        header: SealedHeader,
+        covered: bytes,
+        header_mac: bytes,
+        *,
+        binding: bytes | None = None,
+        binding_mac: bytes = b"",
     ) -> LogCipher:
-        """Derive the keys of an existing log, checking the header MAC.
+        """Derive the keys of an existing log: check the header MAC, then the header's flags,
+        then (for a bound header) its binding to ``binding`` (FORMAT.md §9.1).
+
+        ``binding`` is the context digest the caller expects; an unbound header accepts any
+        (it binds when the log is next rewritten).
 
         :raises DecryptionError: no key in the ring authenticates the header.
+        :raises UnsupportedVersionError: the authentic header sets flags unknown here.
+        :raises BindingError: the header is bound, to another context or none was given.
         """
         fernets = [_derive(m, header.log_id) for m in keyring.masters]
-        matching = [f for f, mk in fernets if hmac.compare_digest(_mac(mk, covered), header_mac)]
+        macs = [_mac(mk, covered) for _, mk in fernets]
+        matching = [
+            (f, mk)
+            for (f, mk), mac in zip(fernets, macs, strict=True)
+            if hmac.compare_digest(mac, header_mac)
+        ]
         if not matching:
             raise DecryptionError(
                 "wrong key or password: nothing given opens this log (or its header was modified)"
             )
+        header.check_flags()
+        if header.bound:
+            _check_binding(matching[0][1], covered + header_mac, binding, binding_mac)
+        matching_fernets = [f for f, _ in matching]
         # Records written under a rotated-in first key and under the header's key both open.
-        openers = [fernets[0][0], *[f for f in matching if f is not fernets[0][0]]]
+        openers = [fernets[0][0], *[f for f in matching_fernets if f is not fernets[0][0]]]
         openers += [f for f, _ in fernets if f not in openers]
         return cls(fernets[0][0], openers)
 

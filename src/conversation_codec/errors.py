@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "BindingError",
     "ClosedError",
     "ConversationCodecError",
     "CorruptRecordError",
@@ -91,6 +92,17 @@ class InvalidKeyError(ConversationCodecError, ValueError):
 
 class KeyTypeError(InvalidKeyError, TypeError):
     """A key or password argument has the wrong type (an int where a key belongs)."""
+
+
+class BindingError(DecryptionError):
+    """The log is not the one asked for: it is bound to another context (FORMAT.md §4.2).
+
+    The key opens the log, but the log was written for another conversation id (or other
+    ``context=``): it was copied, swapped or renamed from elsewhere. Also raised when a bound
+    log is opened without its context, and (as an accident check only: nothing is
+    authenticated there) when a plain log's recorded context differs. A subclass of
+    ``DecryptionError``, so code that refuses a log it cannot open keeps doing so.
+    """
 
 
 class KeyMismatchError(ConversationCodecError, ValueError):

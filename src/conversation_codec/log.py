@@ -52,6 +52,7 @@ class LogFormat:
     data_start: int
     records: RecordCodec
     sealed: bool
+    format_version: int = 1  # FORMAT.md §12: 2 for a log bound to a context (§4.2)
 
 
 class FileIO:
@@ -640,11 +641,20 @@ class FileLog:
         """Create an empty log atomically (temp file, fsync, rename, directory fsync)."""
         self.rewrite(header, fmt, ())
 
-    def append(self, bodies: list[bytes], tss: list[int]) -> None:
-        """Append framed bodies at the end with one write and one sync; then index them."""
+    def append(
+        self, bodies: list[bytes], tss: list[int], dictionary: tuple[int, bytes] | None = None
+    ) -> None:
+        """Append framed bodies at the end with one write and one sync; then index them.
+
+        ``dictionary``: ``(at, body)`` puts a dictionary record (FORMAT.md §5.3) before
+        ``bodies[at]`` (after them all when ``at == len(bodies)``), in the same write.
+        """
         assert self._fd is not None and self.fmt is not None
         frames = [encode_frame(b) for b in bodies] if self.fmt.sealed else bodies
-        data = b"".join(frames)
+        at, dict_frame = len(frames), b""
+        if dictionary is not None:
+            at, dict_frame = dictionary[0], encode_frame(dictionary[1], control=True)
+        data = b"".join(frames if dictionary is None else [*frames[:at], dict_frame, *frames[at:]])
         end = self._append_at()
         self._bump(truncation=False)
         try:
@@ -656,10 +666,18 @@ class FileLog:
         self.fault("append:written")
         self._fsync(self._fd)
         self.fault("append:synced")
-        for frame, ts in zip(frames, tss, strict=True):
+        span = (0, 0)
+        for i, (frame, ts) in enumerate(zip(frames, tss, strict=True)):
+            if i == at:  # the index span of the message after the dictionary includes it
+                span = (end, end + len(dict_frame))
+                end += len(dict_frame)
             end += len(frame)
             self.index.add(end, ts, synced=self._sync)
+        if at == len(frames):
+            span = (end, end + len(dict_frame))
         try:
+            if dictionary is not None:
+                self._use_dictionary(dictionary[1], span, persist=True)
             self.index.persist(self.fmt.log_id)
         except OSError:
             # The records are committed; the index is only a cache. Rewrite it next time

@@ -143,6 +143,8 @@ class SealedRecords:
             raise RecordDamaged("a message record stands in a control frame")
         if env.seq != dict_id:
             raise RecordDamaged(f"dictionary record carries id {env.seq}, not {dict_id}")
+        if env.compressed:  # FORMAT.md §5.3: a dictionary is stored as it is
+            raise RecordDamaged("dictionary record sets the compressed flag")
         return bytes(env.payload)
 
     def _unseal(self, body: bytes) -> Envelope:

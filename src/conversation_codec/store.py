@@ -177,7 +177,12 @@ class ConversationStore:
     def open(self, conversation_id: str) -> ConversationCodec:
         """Open (not create: the first append creates) a conversation's log; close it after.
 
+        The log is bound to ``conversation_id`` (``context=``, FORMAT.md §4.2): another
+        conversation's log copied or swapped over this one's file is refused with
+        ``BindingError``, even under the same key.
+
         :raises KeyRequiredError, NotEncryptedError, DecryptionError: as ``ConversationCodec``.
+        :raises BindingError: the file holds another conversation's log.
         """
         path = self.path(conversation_id)
         key = self._key_fn(conversation_id) if self._key_fn is not None else self._key
@@ -188,6 +193,7 @@ class ConversationStore:
             durability=self._durability,
             clock=self._clock,
             lock_timeout=self._lock_timeout,
+            context=conversation_id,
         )
 
     def __contains__(self, conversation_id: object) -> bool:

@@ -287,12 +287,14 @@ def salvage(
     *,
     encryption_key: KeyInput | None = None,
     password: str | None = None,
+    context: str | None = None,
 ) -> SalvageReport:
     """Copy every intact record of a (damaged) log into a new log at ``dst``.
 
     ``src`` is only read. Records keep their order by seq and their timestamps (a
     timestamp that went backwards is raised to its predecessor's); a seq found twice keeps
-    its first intact copy. ``dst`` is written with the same key or password.
+    its first intact copy. ``dst`` is written with the same key or password, and bound to
+    the same ``context`` (the one ``src`` was opened with), so it can take ``src``'s place.
 
     :raises StorageError: ``dst`` already holds something.
     """
@@ -301,7 +303,9 @@ def salvage(
     dst_path = Path(dst)
     if dst_path.exists() and (dst_path.is_dir() or dst_path.stat().st_size):
         raise StorageError(17, f"{dst_path} already exists; salvage writes a new log only")
-    with ConversationCodec(src, encryption_key, password=password, durability="flush") as source:
+    with ConversationCodec(
+        src, encryption_key, password=password, durability="flush", context=context
+    ) as source:
         log = source._log
         with log.transaction(write=False, tolerant=True):
             if log.fmt is None:
@@ -321,7 +325,7 @@ def salvage(
     for seq in seqs:
         last = max(last, found[seq][0])
         stamps.append(_EPOCH + timedelta(microseconds=last))
-    with ConversationCodec(dst_path, encryption_key, password=password) as out:
+    with ConversationCodec(dst_path, encryption_key, password=password, context=context) as out:
         out.extend([found[s][1] for s in seqs], timestamps=stamps)
     lost = tuple(s for s in range(seqs[-1] + 1) if s not in found) if seqs else ()
     return SalvageReport(Path(src), dst_path, len(seqs), lost, tuple(problems))

@@ -32,6 +32,7 @@ __all__ = [
     "encode_frame",
     "encode_plain_line",
     "format_ts",
+    "parse_ts",
 ]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # bytes of message JSON in one record (FORMAT.md §5)
@@ -156,17 +157,54 @@ def encode_plain_line(seq: int, ts_us: int, message_json: bytes) -> bytes:
     return b'{"seq":%d,"ts":"%s","message":%s}\n' % (seq, format_ts(ts_us).encode(), message_json)
 
 
-class _PlainLine(msgspec.Struct):
+class _PlainLine(msgspec.Struct, forbid_unknown_fields=True):
     seq: int
-    ts: datetime
+    ts: msgspec.Raw  # checked for its one allowed form before it is parsed
     message: dict[str, Any]
 
 
 _plain_line_decoder = msgspec.json.Decoder(_PlainLine)
+_ts_decoder = msgspec.json.Decoder(datetime)
+_PLAIN_TS_BYTES = 29  # FORMAT.md §6: '"YYYY-MM-DDTHH:MM:SS.ffffffZ"', quotes included
+
+
+def parse_ts(raw: bytes | memoryview) -> int:
+    """Parse a plain log's ``ts`` as JSON (quotes included) into microseconds since the epoch.
+
+    FORMAT.md §6: exactly ``"YYYY-MM-DDTHH:MM:SS.ffffffZ"`` without escapes, a real UTC
+    time from 1970 on: no other offset, fraction length, separator or case, no leap second.
+
+    >>> parse_ts(b'"1970-01-01T00:00:01.000002Z"')
+    1000002
+
+    :raises ValueError: any other text.
+    """
+    # Fixed positions first (cheap); msgspec's RFC 3339 parser then checks the digits and
+    # ranges, and takes only "T"/"Z" where these checks already demand them.
+    text = bytes(raw)
+    if (
+        len(text) != _PLAIN_TS_BYTES
+        or text[11] != 0x54  # T
+        or text[20] != 0x2E  # .
+        or text[27] != 0x5A  # Z
+        or b"\\" in text
+    ):
+        raise ValueError(f"ts {text[:40]!r} is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
+    try:
+        us = (_ts_decoder.decode(text) - _EPOCH) // _ONE_US
+    except msgspec.DecodeError:
+        raise ValueError(f"ts {text!r} is not a valid time") from None
+    if us < 0:
+        raise ValueError(f"ts {text!r} is before 1970")
+    return us
 
 
 def decode_plain_line(line: bytes | memoryview) -> tuple[int, int, dict[str, Any]]:
     """Parse one plain-log record line; return ``(seq, ts_us, message)``.
+
+    Strict (FORMAT.md §6): RFC 8259 JSON (no NaN, no out-of-range number) holding exactly
+    ``seq`` (an integer >= 0), ``ts`` (see ``parse_ts``) and ``message`` (an object);
+    a member named twice counts once, its last value.
 
     :raises ValueError: the line is not a valid record line.
     """
@@ -174,6 +212,9 @@ def decode_plain_line(line: bytes | memoryview) -> tuple[int, int, dict[str, Any
         rec = _plain_line_decoder.decode(line)
     except msgspec.DecodeError as exc:
         raise ValueError(f"invalid record line: {exc}") from None
-    if rec.ts.tzinfo is None or rec.seq < 0:
-        raise ValueError("invalid record line: ts must carry an offset, seq must be >= 0")
-    return rec.seq, (rec.ts - _EPOCH) // _ONE_US, rec.message
+    if rec.seq < 0:
+        raise ValueError("invalid record line: seq must be >= 0")
+    try:
+        return rec.seq, parse_ts(rec.ts), rec.message
+    except ValueError as exc:
+        raise ValueError(f"invalid record line: {exc}") from None
