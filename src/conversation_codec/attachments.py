@@ -43,7 +43,6 @@ import hmac
 import os
 import re
 import secrets
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +79,7 @@ _STRIPPED = re.compile(r"cc-stripped:([^;]*);bytes=(\d+);sha256=([0-9a-f]{64})")
 _HKDF_INFO = b"conversation-codec/1 blob keys"  # distinct from the log keys' info
 _TAG_RAW = b"\x01"  # blob = decoded bytes; the original is prefix + standard base64 of them
 _TAG_VERBATIM = b"\x00"  # blob = the original string, UTF-8 (base64 that is not canonical)
-_STALE_TEMP = 3600.0  # seconds; older temp files in the store are leftovers of a crash
+_TEMP = re.compile(r"\.tmp-[0-9a-f]{16}")  # a put's temp file, until its rename
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 Message = dict[str, Any]
@@ -424,22 +423,23 @@ class BlobStore:
     def delete_unreferenced(self, referenced: Iterable[str]) -> int:
         """Delete every blob not named in ``referenced``; return how many went.
 
-        Also removes temp files that crashed ``put`` calls left behind.
+        Also removes the temp files that crashed ``put`` calls left behind, however recent:
+        under the writer lock no ``put`` is in flight, and a temp file may hold a blob
+        sealed under a key that a rotation is retiring.
         """
         keep = set(referenced)
-        gone = 0
+        gone = swept = 0
         for name in self.names() - keep:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.directory / name)
                 gone += 1
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.directory):
-                if entry.name.startswith(".tmp-") and (
-                    time.time() - entry.stat().st_mtime > _STALE_TEMP
-                ):
+                if _TEMP.fullmatch(entry.name):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
-            if gone:
+                        swept += 1
+            if gone or swept:
                 _fsync_dir(self.directory)
         return gone
 

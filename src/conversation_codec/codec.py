@@ -723,7 +723,9 @@ class ConversationCodec:
             return message
 
     def clear(self) -> None:
-        """Delete the whole history: the log, its index and its lock file."""
+        """Delete the whole history: the log, its index, its blob store, the temp copies
+        crashed rewrites left, and its lock file (FORMAT.md §8.5). A migration's
+        ``<path>.bak`` is the user's original and stays."""
         with self._writing():
             self._log.remove(also=self._remove_blobs)
             self._digests = None
