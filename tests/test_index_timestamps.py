@@ -9,6 +9,8 @@ its own ``ts``, and the record's time rules over the index's there too.
 
 from __future__ import annotations
 
+import os
+import random
 import struct
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -177,3 +179,65 @@ def test_verify_reports_a_negative_index_timestamp(
         report = codec.verify()
     assert [(p.kind, p.offset) for p in report.problems] == [("index-ts-mismatch", 48 + 56)]
     assert "seq 3" in report.problems[0].detail
+
+
+def _explore(folder: Path, key: str | None, seed: int) -> None:
+    """Garble random index times of a random log; every query and prune must still give
+    the records' own answer, and timestamp()/info()/verify() no foreign error."""
+    rng = random.Random(seed)
+    n = rng.randint(1, 20)
+    quarters = sorted(rng.randrange(40) for _ in range(n))  # equal times included
+    truth = [us(q / 4) for q in quarters]
+    path = folder / f"{seed}.log"
+    with ConversationCodec(path, encryption_key=key, durability="flush") as codec:
+        codec.extend(messages(n), timestamps=[EPOCH + timedelta(microseconds=t) for t in truth])
+    pool = [0, -1, -(1 << 63), (1 << 63) - 1, MAX_US, MAX_US - 1, *truth]
+    garbled = {
+        k: rng.choice([*pool, us(rng.uniform(-1, 11))])
+        for k in rng.sample(range(n), rng.randint(1, n))
+    }
+    if seed % 3:
+        # Keep the index in order, and its last entry (authenticated on open) true: such
+        # an index loads as usable, and only the records can tell that it lies.
+        order = sorted(min(max(garbled.get(k, truth[k]), 0), truth[-1]) for k in range(n - 1))
+        garbled = {k: t for k, t in enumerate(order) if t != truth[k]}
+    set_index_ts(path, garbled)
+    cuts = [
+        EPOCH + timedelta(microseconds=rng.choice(truth) + rng.choice((-1, 0, 1))) for _ in range(4)
+    ]
+    cuts += [day(rng.uniform(-1, 11)) for _ in range(4)]
+    with ConversationCodec(path, encryption_key=key) as codec:
+        for i in range(n):
+            codec.timestamp(i)  # whatever the index says: a datetime, never a foreign error
+        codec.info()
+        report = codec.verify()
+        assert report.ok and {p.kind for p in report.problems} <= {"index-ts-mismatch"}
+        for lo, hi in (sorted(rng.sample(cuts, 2)) for _ in range(4)):
+            lo_us, hi_us = ((c - EPOCH) // timedelta(microseconds=1) for c in (lo, hi))
+            want = [i for i, t in enumerate(truth) if lo_us <= t < hi_us]
+            assert [h.seq for h in codec.between(lo, hi)] == want, (seed, garbled, lo, hi)
+            assert [h.seq for h in codec.search(since=lo)] == [
+                i for i, t in enumerate(truth) if t >= lo_us
+            ]
+            assert [h.seq for h in codec.search(until=hi, newest_first=True, limit=2)] == [
+                i for i, t in enumerate(truth) if t < hi_us
+            ][::-1][:2]
+    cut = rng.choice(cuts)
+    cut_us = (cut - EPOCH) // timedelta(microseconds=1)
+    gone = sum(t < cut_us for t in truth)
+    with ConversationCodec(path, encryption_key=key) as codec:
+        assert codec.prune(before=cut) == gone, (seed, garbled, cut)
+        assert (codec.load() or []) == messages(n)[gone:]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_garbled_index_times_fixed_seeds(tmp_path: Path, key: str | None, seed: int) -> None:
+    _explore(tmp_path, key, seed)
+
+
+@pytest.mark.slow
+def test_garbled_index_times_random_seeds(tmp_path: Path, key: str | None) -> None:
+    base = int(os.environ.get("TEST_SEED", random.randrange(1 << 32)))
+    print(f"random seeds {base}..{base + 299} (rerun with TEST_SEED={base})")
+    for seed in range(base, base + 300):
+        _explore(tmp_path, key, seed)
