@@ -861,7 +861,8 @@ class ConversationCodec:
         never raise anything but a library error. Time queries (``search``, ``between``)
         and ``prune`` check the records themselves.
 
-        :raises CorruptRecordError: the record's own time is no date (see ``_when``).
+        :raises CorruptRecordError: the record's own time is no date in years 1..9999
+            (only a key holder, or an edit of a plain log, can stamp one).
         """
         with self._reading():
             return self._when(self._position(seq))
