@@ -43,7 +43,6 @@ import hmac
 import os
 import re
 import secrets
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,7 +80,7 @@ _STRIPPED = re.compile(r"cc-stripped:([^;]*);bytes=(\d+);sha256=([0-9a-f]{64})")
 _HKDF_INFO = b"conversation-codec/1 blob keys"  # distinct from the log keys' info
 _TAG_RAW = b"\x01"  # blob = decoded bytes; the original is prefix + standard base64 of them
 _TAG_VERBATIM = b"\x00"  # blob = the original string, UTF-8 (base64 that is not canonical)
-_STALE_TEMP = 3600.0  # seconds; older temp files in the store are leftovers of a crash
+_TEMP = re.compile(r"\.tmp-[0-9a-f]{16}")  # a put's temp file, until its rename
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 Message = dict[str, Any]
@@ -456,7 +455,9 @@ class BlobStore:
     def delete_unreferenced(self, referenced: Iterable[str]) -> int:
         """Delete every blob not named in ``referenced``; return how many went.
 
-        Also removes temp files that crashed ``put`` calls left behind.
+        Also removes the temp files that crashed ``put`` calls left behind, however recent:
+        under the writer lock no ``put`` is in flight, and a temp file may hold a blob
+        sealed under a key that a rotation is retiring.
 
         :raises StorageError: the directory, or an entry to delete, is a link.
         """
@@ -465,18 +466,15 @@ class BlobStore:
             dir_fd = open_dir(self.directory)
         except FileNotFoundError:
             return 0
-        gone = 0
+        gone = swept = 0
         try:
             for name in os.listdir(dir_fd):
                 shown = self.directory / name
                 if _NAME.fullmatch(name) and name not in keep:
                     gone += unlink_file(name, dir_fd=dir_fd, shown=shown)
-                elif name.startswith(".tmp-"):
-                    with contextlib.suppress(FileNotFoundError):
-                        st = os.lstat(name, dir_fd=dir_fd)
-                        if time.time() - st.st_mtime > _STALE_TEMP:
-                            unlink_file(name, dir_fd=dir_fd, shown=shown)
-            if gone:
+                elif _TEMP.fullmatch(name):
+                    swept += unlink_file(name, dir_fd=dir_fd, shown=shown)
+            if gone or swept:
                 os.fsync(dir_fd)
         finally:
             os.close(dir_fd)

@@ -771,16 +771,86 @@ class ConversationCodec:
         """Permanently remove the messages older than ``before``; return how many went.
 
         The log is rewritten without them (atomically), so their ciphertext is gone from
-        every file; the remaining messages keep their timestamps.
+        every file; the remaining messages keep their timestamps. The cut is found in the
+        index and confirmed by authenticating the records on both sides of it: a deletion
+        never rests on the index alone (see ``_first_at_or_after``).
         """
         cutoff = to_us(before, "before")
         with self._writing():
-            start = max(self._base(), self._log.index.first_at_or_after(cutoff))
+            start = max(self._base(), self._first_at_or_after(cutoff, (-1, 0)))
             if start == 0:
                 return 0
             removed = start - self._base()
             self._compact_from(start)
             return removed
+
+    def _first_at_or_after(self, ts_us: int, sides: tuple[int, ...]) -> int:
+        """Return the first seq whose record time is >= ``ts_us`` (lock held).
+
+        The index's times are a cache that anyone can edit, so its binary search only
+        proposes the cut; the records at ``cut + d`` for each ``d`` in ``sides`` (-1: the
+        one before the cut, 0: the one at it) are authenticated and must carry the time
+        the index gives them. Record times never decrease along seq, so two records that
+        agree bound every other one: the cut is confirmed with at most two decryptions.
+        If one disagrees, the index is stale or tampered with: it is rebuilt from the log
+        (FORMAT.md §7, §10.2) and the search repeated.
+        """
+        cut = self._log.index.first_at_or_after(ts_us)
+        if self._disagreeing(cut, sides, final=False) is None:
+            return cut
+        self._log.rebuild_index()
+        cut = self._log.index.first_at_or_after(ts_us)
+        wrong = self._disagreeing(cut, sides, final=True)
+        if wrong is not None:
+            raise CorruptRecordError(
+                "index and log disagree even after a rebuild",
+                path=self._path,
+                offset=self._log.index.span(wrong)[0],
+            )
+        return cut
+
+    def _disagreeing(self, cut: int, sides: tuple[int, ...], *, final: bool) -> int | None:
+        """Return the first seq ``cut + d`` whose record's time is not the index's."""
+        for seq in (cut + d for d in sides):
+            if 0 <= seq < len(self._log.index) and not self._time_holds(seq, final=final):
+                return seq
+        return None
+
+    def _time_holds(self, seq: int, *, final: bool) -> bool:
+        """Authenticate record ``seq`` (no decompression): does its time match the index's?
+
+        A record that fails is damage once the index has been rebuilt (``final``); before
+        that, it may just be a stale index pointing at the wrong bytes.
+        """
+        assert self._log.fmt is not None
+        try:
+            ts = self._log.fmt.records.check(self._log.read_body(seq), seq)
+        except _IndexMismatch:
+            return False
+        except RecordRejected as exc:
+            if final:
+                raise self._corrupt(exc, seq) from None
+            return False
+        return ts == self._log.index.tss[seq]
+
+    def _when(self, seq: int, ts_us: int | None = None) -> datetime:
+        """Return record ``seq``'s time (``ts_us``, or the index's) as an aware datetime.
+
+        The index never holds a time outside 1970..9999 that it loaded from its file (such
+        entries are rebuilt from the log, FORMAT.md §7); one that no datetime can hold came
+        from the record itself, stamped so by a key holder or edited into a plain log.
+        That is a ``CorruptRecordError``, never Python's ``OverflowError``.
+        """
+        us = self._log.index.tss[seq] if ts_us is None else ts_us
+        try:
+            return _EPOCH + timedelta(microseconds=us)
+        except OverflowError:
+            raise CorruptRecordError(
+                f"record {seq} carries a time ({us} us since 1970) that is no date in "
+                "years 1..9999",
+                path=self._path,
+                offset=self._log.index.span(seq)[0],
+            ) from None
 
     def _index_size(self) -> int:
         try:
@@ -803,7 +873,9 @@ class ConversationCodec:
             return message
 
     def clear(self) -> None:
-        """Delete the whole history: the log, its index and its lock file."""
+        """Delete the whole history: the log, its index, its blob store, the temp copies
+        crashed rewrites left, and its lock file (FORMAT.md §8.5). A migration's
+        ``<path>.bak`` is the user's original and stays."""
         with self._writing():
             # A link or a stray entry at P.blobs is refused before the log goes, not after.
             remove_flat_dir(str(self._path) + ".blobs", check_only=True)
@@ -933,10 +1005,18 @@ class ConversationCodec:
         return self.message_count()
 
     def timestamp(self, seq: int) -> datetime:
-        """Return the UTC time record ``seq`` was written, from the index (no decryption)."""
+        """Return the UTC time record ``seq`` was written, from the index (no decryption).
+
+        The index is a cache beside the log, not authenticated: someone who edits it can
+        make this answer wrong (``verify()`` reports it as "index-ts-mismatch"), though
+        never raise anything but a library error. Time queries (``search``, ``between``)
+        and ``prune`` check the records themselves.
+
+        :raises CorruptRecordError: the record's own time is no date in years 1..9999
+            (only a key holder, or an edit of a plain log, can stamp one).
+        """
         with self._reading():
-            us = self._log.index.tss[self._position(seq)]
-        return _EPOCH + timedelta(microseconds=us)
+            return self._when(self._position(seq))
 
     def __iter__(self) -> Iterator[Message]:
         """Stream the messages in order, decoding a batch per lock hold (bounded memory).
@@ -1013,8 +1093,11 @@ class ConversationCodec:
             index = self._log.index
             log_id = self._log.fmt.log_id if self._log.fmt else None
             base = self._base()
-            first = max(base, 0 if lo is None else index.first_at_or_after(lo))
-            stop = max(first, len(index) if hi is None else index.first_at_or_after(hi))
+            # Authenticate the records just outside the range (see _first_at_or_after):
+            # then no record outside [first, stop) can match, and _match_batch keeps the
+            # records inside by their own authenticated times.
+            first = max(base, 0 if lo is None else self._first_at_or_after(lo, (-1,)))
+            stop = max(first, len(index) if hi is None else self._first_at_or_after(hi, (0,)))
         left = limit
         bounds = range(first, stop, _ITER_BATCH)
         for start in reversed(bounds) if newest_first else bounds:
@@ -1026,7 +1109,7 @@ class ConversationCodec:
                     self._log.index
                 ) < end:
                     raise LogReplacedError("the log was replaced or truncated during a search")
-                hits = self._match_batch(matcher, roles, start, end, base)
+                hits = self._match_batch(matcher, roles, start, end, base, (lo, hi))
             for hit in reversed(hits) if newest_first else hits:
                 if left == 0:
                     return
@@ -1034,16 +1117,25 @@ class ConversationCodec:
                 left = None if left is None else left - 1
 
     def _match_batch(
-        self, matcher: Query, roles: frozenset[str] | None, start: int, end: int, base: int
+        self,
+        matcher: Query,
+        roles: frozenset[str] | None,
+        start: int,
+        end: int,
+        base: int,
+        span: tuple[int | None, int | None],
     ) -> list[Hit]:
         hits = []
+        lo, hi = span
         for seq, text, ts in self._payloads(start, end):
+            # ts is the record's own (authenticated) time, whatever the index said.
+            if (lo is not None and ts < lo) or (hi is not None and ts >= hi):
+                continue
             if not matcher.maybe(text.decode("utf-8", "replace")):
                 continue
             message = self._parse(seq, text)
             if (roles is None or message.get("role") in roles) and matcher.matches(message):
-                when = _EPOCH + timedelta(microseconds=ts)
-                hits.append(Hit(seq - base, when, self._present(message)))
+                hits.append(Hit(seq - base, self._when(seq, ts), self._present(message)))
         return hits
 
     def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
@@ -1111,7 +1203,11 @@ class ConversationCodec:
         return import_history(self, src, merge=merge, legacy_key=legacy_key, password=password)
 
     def info(self) -> LogInfo:
-        """Describe the log from its header and index alone (no message is decrypted)."""
+        """Describe the log from its header and index alone (no message is decrypted).
+
+        The first and last times come from the index, as ``timestamp()`` does (the last
+        entry is authenticated whenever a process opens the log).
+        """
         with self._reading():
             index, fmt = self._log.index, self._log.fmt
             base = self._base()
@@ -1122,8 +1218,8 @@ class ConversationCodec:
                 encrypted=self.encrypted,
                 format_version=fmt.format_version if fmt else None,
                 message_count=count,
-                first_timestamp=_EPOCH + timedelta(microseconds=index.tss[base]) if count else None,
-                last_timestamp=_EPOCH + timedelta(microseconds=index.tss[-1]) if count else None,
+                first_timestamp=self._when(base) if count else None,
+                last_timestamp=self._when(len(index) - 1) if count else None,
                 log_bytes=self._log.size(),
                 index_bytes=index_bytes,
             )

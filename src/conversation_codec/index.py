@@ -26,6 +26,7 @@ from .format.index import (
     INDEX_ENTRY,
     INDEX_HEADER_BYTES,
     INDEX_VERSION,
+    MAX_TS_US,
     decode_index_header,
     encode_index_header,
 )
@@ -164,9 +165,10 @@ class OffsetIndex:
 
     def _valid_prefix(self, ends: array[int], tss: array[int], log_size: int) -> int:
         prev_end = self.end
-        prev_ts = self.tss[-1] if self.tss else -(1 << 63)
+        prev_ts = self.tss[-1] if self.tss else 0
         for i, (end, ts) in enumerate(zip(ends, tss, strict=True)):
-            if not prev_end < end <= log_size or ts < prev_ts:
+            # A time outside what writers stamp is garbage, not a date to show (FORMAT.md §7).
+            if not prev_end < end <= log_size or ts < prev_ts or not 0 <= ts < MAX_TS_US:
                 return i
             prev_end, prev_ts = end, ts
         return len(ends)

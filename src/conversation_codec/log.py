@@ -40,7 +40,11 @@ __all__ = ["FileIO", "FileLog", "LogFormat", "Reader"]
 _READ_CHUNK = 1 << 20  # bytes read at a time when scanning
 _PREFIX_BYTES = 4096  # bytes handed to the attach callback to identify a log
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_TEMP_SUFFIX = re.compile(r"[0-9a-f]{16}")  # FORMAT.md §8: <log>.tmp-<16 hex digits>
+# What crashes leave under the log's name (FORMAT.md §8.4): a rewrite's <log>.tmp-<16 hex>,
+# a whole copy of the history; migrate's temp log <log>.migrating-<16 hex> with its sidecars.
+_LEFTOVER = re.compile(
+    r"\.tmp-[0-9a-f]{16}|\.migrating-[0-9a-f]{16}(\.idx|\.lock|\.tmp-[0-9a-f]{16})?"
+)
 _BAD = (-1, -1, False)  # sentinel span: no record can start here
 
 
@@ -724,7 +728,13 @@ class FileLog:
         dictionary: bytes | None = None,
     ) -> None:
         """Atomically replace the whole log with ``header``, an optional dictionary record
-        body, and ``(body, ts_us)`` records (FORMAT.md §8.4)."""
+        body, and ``(body, ts_us)`` records (FORMAT.md §8.4).
+
+        Leftovers of crashed rewrites go first: a rewrite replaces history, and an old
+        copy beside the log would keep what it removes (prune, replace) or seal it under
+        a key it retires (rotate_key). The directory fsync at the end makes that durable.
+        """
+        self.remove_stale_temps()
         tmp = f"{self.path}.tmp-{secrets.token_hex(8)}"
         fd = open_file(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         index = OffsetIndex(self.path + ".idx")
@@ -777,22 +787,30 @@ class FileLog:
 
     def remove(self, also: Callable[[], None] = lambda: None) -> None:
         """Delete the log and its index (the log's unlink is the commit), then run ``also``
-        (the codec's blob store), then the lock file: until that last unlink the lock still
-        keeps every other writer out."""
+        (the codec's blob store), then the leftovers of crashed rewrites (copies of the
+        history), then the lock file: until that last unlink the lock still keeps every
+        other writer out."""
         self._bump(truncation=True)
         self._close_log()
         for p in (self.path, self.index.path):
             unlink_file(p)
         also()
+        self.remove_stale_temps()
         unlink_file(self._lock.path)
         self._sync_dir()
 
     def remove_stale_temps(self) -> None:
-        """Delete temp files left by writers that crashed mid-rewrite (we hold the lock)."""
+        """Delete what crashed rewrites and migrations of this log left beside it.
+
+        Call only under the exclusive lock. Every rewrite holds that lock from creating
+        its temp file to renaming it, so no ``<log>.tmp-*`` seen here belongs to a live
+        rewrite. A migration into this path holds it too, from its first temp file to its
+        commit. The ``<log>.bak`` a migration keeps is the user's original: never swept.
+        """
         folder = os.path.dirname(self.path) or "."
-        prefix = os.path.basename(self.path) + ".tmp-"
+        base = os.path.basename(self.path)
         for name in os.listdir(folder):
-            if name.startswith(prefix) and _TEMP_SUFFIX.fullmatch(name[len(prefix) :]):
+            if name.startswith(base) and _LEFTOVER.fullmatch(name, len(base)):
                 unlink_file(os.path.join(folder, name))  # refuses a planted link
 
     def _write_all(self, fd: int, data: bytes, offset: int) -> int:

@@ -20,7 +20,9 @@ How a file is converted, so that a crash at any point leaves the source intact:
    fsync the directory.
 
 A crash leaves the source, or the complete new log (and the backup); leftovers named
-``<dst>.migrating-*`` are removed by the next migration of the same destination.
+``<dst>.migrating-*`` are removed by the next migration of the same destination, or by
+the next rewrite or ``clear()`` of the log there. Steps 2-4 hold the writer lock of
+``<dst>``, as a rewrite does: no codec writes there, or sweeps the temp files, meanwhile.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .crypto import KeyInput, Keyring
 from .errors import ConversationCodecError, KeyRequiredError, StorageError
 from .format.header import LogKind, sniff_log
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat, read_legacy
+from .lock import LogLock
 
 __all__ = ["BatchItem", "BatchReport", "BatchStatus", "MigrationReport", "migrate", "migrate_many"]
 
@@ -128,8 +131,10 @@ def migrate(
     data, before = _read_source(real)
     if sniff_log(data[:64]) in (LogKind.SEALED, LogKind.PLAIN):
         notes = ["already a conversation-codec log; left as it is"]
-        if not dry_run and _sweep_leftovers(real, None):
-            notes.append("removed the temp files of an interrupted migration")
+        if not dry_run:
+            with _writer_lock(real):
+                if _sweep_leftovers(real, None):
+                    notes.append("removed the temp files of an interrupted migration")
         return MigrationReport(
             source, real, LegacyFormat.CODEC_LOG, None, len(data), len(data), None, False, (*notes,)
         )
@@ -147,26 +152,28 @@ def migrate(
     if dry_run:
         return report.done(0, None, False, "dry run: nothing was written")
     bak = Path(f"{target}.bak") if in_place and backup else None
-    _sweep_leftovers(target, bak)
-    tmp = f"{target}.migrating-{secrets.token_hex(8)}"
-    made_backup = False
-    try:
-        _write_log(tmp, plan, encryption_key, fault)
-        _verify(tmp, plan, encryption_key)
-        fault("migrate:verified")
-        if bak is not None:
-            made_backup = _write_backup(bak, data, fault)
-            fault("migrate:backup-synced")
-        _check_unchanged(real, before)
-        _publish(tmp, target, in_place)
-    except BaseException:
-        _remove_temp(tmp)
-        if made_backup and bak is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(bak)
-        raise
-    fault("migrate:renamed")
-    _finish(tmp, target, fault)
+    with _writer_lock(target) as announce:
+        _sweep_leftovers(target, bak)
+        tmp = f"{target}.migrating-{secrets.token_hex(8)}"
+        made_backup = False
+        try:
+            _write_log(tmp, plan, encryption_key, fault)
+            _verify(tmp, plan, encryption_key)
+            fault("migrate:verified")
+            if bak is not None:
+                made_backup = _write_backup(bak, data, fault)
+                fault("migrate:backup-synced")
+            _check_unchanged(real, before)
+            announce()
+            _publish(tmp, target, in_place)
+        except BaseException:
+            _remove_temp(tmp)
+            if made_backup and bak is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(bak)
+            raise
+        fault("migrate:renamed")
+        _finish(tmp, target, fault)
     after = _size(target) + _size(f"{target}.idx")
     if bak is not None and encryption_key is not None and history.format not in _ENCRYPTED:
         report.notes.append(f"{bak} holds the plaintext original; delete it once checked")
@@ -300,6 +307,34 @@ def _is_log(path: Path) -> bool:
             return sniff_log(f.read(64)) in (LogKind.SEALED, LogKind.PLAIN)
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def _writer_lock(target: Path) -> Iterator[Callable[[], None]]:
+    """Hold the writer lock of the log at ``target`` (FORMAT.md §8.1), as every rewrite does.
+
+    Codecs on ``target`` wait meanwhile, and no rewrite or ``clear()`` of that log sweeps
+    this migration's temp files as leftovers of a crash. Yields ``announce``, which bumps
+    the change counters just before the commit (§8.4): a codec that saw no log at
+    ``target`` reloads instead of writing a new one over the migrated history. A lock file
+    this call created is removed again (as ``clear()`` does: a waiting process then locks
+    the new file, and its new inode makes every codec reload).
+    """
+    lock = LogLock(str(target), None)
+
+    def announce() -> None:
+        _, generation, truncations = lock.state()
+        lock.write_state(generation + 1, truncations + 1)
+
+    try:
+        lock.acquire(exclusive=True)
+    except OSError as exc:
+        raise StorageError(exc.errno or 0, f"{lock.path}: {exc.strerror or exc}") from None
+    try:
+        yield announce
+    finally:
+        lock.forget_created(keep=False)
+        lock.close()
 
 
 def _sweep_leftovers(target: Path, bak: Path | None) -> int:

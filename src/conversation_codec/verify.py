@@ -15,6 +15,9 @@ missing-records    seqs skipped: records deleted from the middle
 reordered-records  a seq lower than expected: records duplicated or moved
 time-reversed      a timestamp earlier than the previous record's
 index-stale        index entries that disagree with the log (it is rebuilt)
+index-ts-mismatch  index entries that point at the right record but give it another
+                   time: the index was edited or garbled (time queries and prune
+                   check the records, not these; compact() rewrites the index)
 index-ahead        index entries past the log's end: records cut off the end, or
                    the log rolled back to an older copy
 =================  =============================================================
@@ -253,10 +256,20 @@ def _check_index(log: FileLog, ends: dict[int, tuple[int, int]], *, damaged: boo
         )
     ]
     problems = []
+    mistimed: list[int] = []
+    stale = None
     for k, entry in enumerate(entries):
-        if k in ends and tuple(entry) != ends[k]:
-            problems.append(Problem("index-stale", INDEX_HEADER_BYTES + k * 16, f"entry {k}"))
+        if k not in ends:
+            continue
+        if entry[0] == ends[k][0] and entry[1] != ends[k][1]:
+            mistimed.append(k)  # the right record, the wrong time
+        elif tuple(entry) != ends[k]:
+            stale = Problem("index-stale", INDEX_HEADER_BYTES + k * 16, f"entry {k}")
             break
+    if mistimed:
+        problems.append(_mistimed(mistimed, entries, ends))
+    if stale is not None:
+        problems.append(stale)
     known = max(ends, default=-1) + 1
     if len(entries) > known and not damaged:
         problems.append(
@@ -268,6 +281,35 @@ def _check_index(log: FileLog, ends: dict[int, tuple[int, int]], *, damaged: boo
             )
         )
     return problems
+
+
+def _mistimed(
+    seqs: list[int], entries: list[tuple[int, int]], ends: dict[int, tuple[int, int]]
+) -> Problem:
+    """One "index-ts-mismatch" problem for every index entry whose time is not its record's."""
+    runs: list[list[int]] = []
+    for seq in seqs:
+        if runs and runs[-1][1] + 1 == seq:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+    named = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:8])
+    first = seqs[0]
+    return Problem(
+        "index-ts-mismatch",
+        INDEX_HEADER_BYTES + first * INDEX_ENTRY.size + 8,  # entry's ts_us (FORMAT.md §7)
+        f"index times disagree with the records for seq{'s' * (len(seqs) > 1)} {named}"
+        f"{', ...' if len(runs) > 8 else ''} (seq {first}: index {_utc(entries[first][1])}, "
+        f"record {_utc(ends[first][1])}): the index was edited or garbled; queries check "
+        "the records themselves, and compact() rewrites the index",
+    )
+
+
+def _utc(ts_us: int) -> str:
+    try:
+        return (_EPOCH + timedelta(microseconds=ts_us)).isoformat().replace("+00:00", "Z")
+    except OverflowError:
+        return f"{ts_us} us since 1970"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ __all__ = [
     "INDEX_HEADER_BYTES",
     "INDEX_MAGIC",
     "INDEX_VERSION",
+    "MAX_TS_US",
     "decode_index_header",
     "encode_index_header",
 ]
@@ -25,6 +26,9 @@ INDEX_MAGIC = b"\x89CCX\r\n\x1a\n"
 INDEX_VERSION = 2  # FORMAT.md §7: version 2 added ENTRY_SYNCED; version 1 files still load
 INDEX_ENTRY = struct.Struct("<Qq")  # FORMAT.md §7: end (u64, top bit ENTRY_SYNCED), ts_us (i64)
 ENTRY_SYNCED = 1 << 63  # FORMAT.md §7: the log was synced before this entry was written
+# FORMAT.md §7: an entry's ts_us lies in [0, MAX_TS_US), the range writers stamp records
+# with (1970 up to 10000-01-01T00:00:00Z, where Python's datetime ends).
+MAX_TS_US = 253_402_300_800 * 1_000_000  # microseconds
 # FORMAT.md §7: magic, index_version, entry_bytes, reserved, log_id, dict_start, dict_end
 _INDEX_HEADER = struct.Struct("<8sHHI16sQQ")
 INDEX_HEADER_BYTES = _INDEX_HEADER.size  # 48
