@@ -25,6 +25,7 @@ from .codec import CompactionReport, ConversationCodec, LogInfo
 from .crypto import generate_key
 from .errors import (
     ClosedError,
+    ConflictError,
     ConversationCodecError,
     CorruptRecordError,
     DecryptionError,
@@ -54,6 +55,7 @@ __all__ = [
     "AsyncConversationStore",
     "ClosedError",
     "CompactionReport",
+    "ConflictError",
     "ConversationCodec",
     "ConversationCodecError",
     "ConversationInfo",

@@ -39,6 +39,7 @@ from .crypto import (
 )
 from .errors import (
     ClosedError,
+    ConflictError,
     ConversationCodecError,
     CorruptRecordError,
     DecryptionError,
@@ -101,6 +102,14 @@ def _to_us(value: TimestampInput) -> int:
     if not 0 <= us < _MAX_US:
         raise ValueError(f"timestamp {value!r} is out of range (1970 .. 9999)")
     return us
+
+
+# (log_id, the lock's (inode, generation, truncations), record count): equal states mean no
+# writer changed the log in between (FORMAT.md §8.1; a rewrite or clear() changes log_id).
+_State = tuple[bytes | None, tuple[int, int, int] | None, int]
+# A state, and whether the caller was handed (load, iteration) or gave (save, replace) the
+# whole history at that state.
+_View = tuple[_State, bool]
 
 
 def _digest(data: bytes) -> bytes:
@@ -185,6 +194,7 @@ class ConversationCodec:
         self._zstd = Compressor()
         self._digests: list[bytes] | None = None  # of stored messages, for save()
         self._dbase = 0  # the seq of the first message self._digests covers
+        self._view: _View | None = None  # what this instance last knew of the log: see save()
         self._closed = False
         self._swept = False
         self._log = FileLog(
@@ -405,6 +415,7 @@ class ConversationCodec:
             self._digests.extend(_digest(data) for _, data in encoded)
         else:
             self._digests = None
+        self._view = (self._state(), False)  # save() sets it whole again when it appended
         base = self._base()
         return list(range(first - base, first - base + len(encoded)))
 
@@ -422,12 +433,20 @@ class ConversationCodec:
         self._log.append_dictionary(records.encode_dictionary(1, ts, dictionary))
 
     def save(self, messages: Sequence[Message]) -> None:
-        """Make the stored history equal ``messages``.
+        """Make the stored history equal ``messages``, deleting nothing this instance never saw.
 
         When the stored history is a prefix of ``messages`` only the new tail is appended
-        (kept messages keep their seq and timestamp); otherwise the log is replaced
-        atomically (temp file, fsync, rename), keeping the timestamps of the common prefix.
-        With ``max_messages``, "the stored history" is the visible window.
+        (kept messages keep their seq and timestamp). Otherwise the log is replaced
+        atomically (temp file, fsync, rename), keeping the timestamps of the common prefix —
+        but only when this instance has seen the whole current history: its last ``load()``
+        (or complete iteration, ``save()`` or ``replace()``) and no change since, by any
+        writer, this instance's own ``append``/``extend`` included. With ``max_messages``,
+        "the stored history" is the visible window.
+
+        :raises ConflictError: the list diverges from a history this instance has not seen
+            whole, or would append again messages another writer removed since this
+            instance last read the log. Nothing is changed: reload, or call ``replace()``.
+        :raises NotSerializableError: a new message cannot be stored.
         """
         messages = list(messages)
         with self._writing():
@@ -444,12 +463,52 @@ class ConversationCodec:
                 keep += 1
             if keep == len(digests):
                 if len(messages) > keep:
+                    self._refuse_resurrection()
                     self._append_locked([self._encode(m) for m in messages[keep:]], None)
+                self._view = (self._state(), True)
                 return
+            self._refuse_blind_rewrite()
             encoded = [self._encode(m) for m in messages]
             kept = list(self._log.index.tss[base : base + keep])
             tail = self._timestamps(len(encoded) - keep, None) if len(encoded) > keep else []
             self._rewrite(encoded, kept + tail)
+            self._view = (self._state(), True)
+
+    # The rule save() follows. Rejected alternatives: trusting this instance's own appends
+    # (then load(); extend(100 messages); save(tail(20) + [reply]) still deletes 80 of them),
+    # and comparing contents only (a list built before another process's append or pop
+    # cannot tell "deleted here" from "never seen").
+
+    def _state(self) -> _State:
+        """The log's current state, inside a transaction (see ``_State``)."""
+        fmt = self._log.fmt
+        return (fmt.log_id if fmt else None, self._log.seen, len(self._log.index))
+
+    def _refuse_blind_rewrite(self) -> None:
+        """Raise unless the caller was handed (or gave) the whole history as it is now."""
+        if self._view is not None and self._view == (self._state(), True):
+            return
+        raise ConflictError(
+            f"{self._path}: save() would rewrite a history this instance has not read in full "
+            "since it last changed (another writer, or this instance's own append, changed it "
+            "after the last load()); nothing was changed — reload with load(), or call "
+            "replace() to overwrite"
+        )
+
+    def _refuse_resurrection(self) -> None:
+        """Raise when appending would bring back records removed since this instance's view."""
+        if self._view is not None and len(self._log.index) < self._view[0][2]:
+            raise ConflictError(
+                f"{self._path}: save() would append again messages that another writer removed "
+                "(pop, prune, clear or rewrite) since this instance last read the log; nothing "
+                "was changed — reload with load(), or call replace() to overwrite"
+            )
+
+    def _moved(self, before: _State, *, keeps_view: bool) -> None:
+        """Record a change this instance made: the caller still holds the whole history
+        only if it did before and the change keeps that true (a pop, a compaction)."""
+        whole = keeps_view and self._view == (before, True)
+        self._view = (self._state(), whole)
 
     def _digest_of(self, message: Message) -> bytes:
         """The digest ``message`` would be stored with; empty for what cannot be stored.
@@ -511,6 +570,7 @@ class ConversationCodec:
                 if any(b < a for a, b in itertools.pairwise(tss)):
                     raise ValueError("timestamps must not decrease")
             self._rewrite(encoded, tss)
+            self._view = (self._state(), True)
 
     def compact(self, *, encryption_key: KeyInput | None = None) -> CompactionReport:
         """Rewrite the log: re-seal every record under the first key (or ``encryption_key``,
@@ -534,14 +594,17 @@ class ConversationCodec:
             if encryption_key is not None and self._blobs is not None:
                 new_blobs = BlobStore.for_key(str(self._path) + ".blobs", encryption_key)
             committed = self._rewrites_committed()
+            before = self._state()
             try:
-                return self._compact_from(self._base(), new_blobs)
+                report = self._compact_from(self._base(), new_blobs)
             except BaseException:
                 if not committed():  # past the rename the new secrets are the log's
                     self._keyring, self._password, self._kdf = secrets
                 elif new_blobs is not None:
                     self._blobs = new_blobs
                 raise
+            self._moved(before, keeps_view=True)  # same messages: what was seen stays seen
+            return report
 
     def _rewrites_committed(self) -> Callable[[], bool]:
         """Return a check of whether a rewrite started now has replaced the log."""
@@ -592,7 +655,19 @@ class ConversationCodec:
         return CompactionReport(count - start, before, self._log.size() + self._index_size())
 
     def rotate_key(self, new_key: KeyInput) -> CompactionReport:
-        """Re-encrypt the whole log under ``new_key``; afterwards the old key fails."""
+        """Re-encrypt the whole log under ``new_key``; afterwards the old key fails.
+
+        :raises KeyRequiredError: ``new_key`` is None. Rotation needs the new key; a log is
+            never decrypted in place (``export()`` writes a plaintext copy).
+        """
+        if new_key is None:
+            # compact(encryption_key=None) means "keep the key": taking None here would
+            # compact and report success while the old key still opens the log.
+            raise KeyRequiredError(
+                "rotate_key() needs the new key: pass it (generate one with "
+                "conversation_codec.generate_key()); to keep a decrypted copy of the history, "
+                "use export(), which writes plaintext JSONL"
+            )
         return self.compact(encryption_key=new_key)
 
     def change_password(self, old: str, new: str) -> CompactionReport:
@@ -610,12 +685,15 @@ class ConversationCodec:
                 raise DecryptionError("wrong password: the log was not opened with it")
             self._password, self._kdf = new, None
             committed = self._rewrites_committed()
+            before = self._state()
             try:
-                return self._compact_from(self._base())
+                report = self._compact_from(self._base())
             except BaseException:
                 if not committed():
                     self._password = old
                 raise
+            self._moved(before, keeps_view=True)
+            return report
 
     def prune(self, before: TimeInput) -> int:
         """Permanently remove the messages older than ``before``; return how many went.
@@ -630,6 +708,7 @@ class ConversationCodec:
                 return 0
             removed = start - self._base()
             self._compact_from(start)
+            self._view = (self._state(), False)  # a list loaded before still holds them
             return removed
 
     def _index_size(self) -> int:
@@ -645,7 +724,10 @@ class ConversationCodec:
             if count == self._base():
                 return None
             message = self._present(self._read_one(count - 1))
+            before = self._state()
             self._log.truncate(count - 1)
+            # The caller gets the message back: a history it held whole stays whole.
+            self._moved(before, keeps_view=True)
             if self._digests is not None and self._dbase + len(self._digests) == count:
                 self._digests.pop()
             else:
@@ -657,6 +739,7 @@ class ConversationCodec:
         with self._writing():
             self._log.remove(also=self._remove_blobs)
             self._digests = None
+            self._view = ((None, None, 0), False)
 
     def _remove_blobs(self) -> None:
         blobs = str(self._path) + ".blobs"
@@ -743,6 +826,7 @@ class ConversationCodec:
         with self._reading():
             base, count = self._base(), len(self._log.index)
             if count == base:
+                self._view = (self._state(), True)
                 return None
             messages: list[Message] = []
             digests: list[bytes] = []
@@ -754,6 +838,7 @@ class ConversationCodec:
                 digests.append(_digest(text if sealed else _encode(message)))
             # The seed pattern calls save() next: keep what it compares against.
             self._digests, self._dbase = digests, base
+            self._view = (self._state(), True)
             return messages
 
     def get(self, seq: int) -> Message:
@@ -795,6 +880,8 @@ class ConversationCodec:
         with self._reading():
             log_id = self._log.fmt.log_id if self._log.fmt else None
             seq, count = self._base(), len(self._log.index)
+            start = self._state()
+        unchanged = True
         while seq < count:
             with self._reading():
                 now = self._log.fmt.log_id if self._log.fmt else None
@@ -802,8 +889,11 @@ class ConversationCodec:
                     raise LogReplacedError("the log was replaced or truncated while iterating")
                 stop = min(count, seq + _ITER_BATCH)
                 batch = [self._present(m) for _, m, _ in self._decoded(seq, stop)]
+                unchanged = unchanged and self._state() == start
             yield from batch
             seq += len(batch)
+        if unchanged:  # every message was handed out, and no writer came in between
+            self._view = (start, True)
 
     # -- search ----------------------------------------------------------------------------
 
