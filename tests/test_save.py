@@ -84,9 +84,7 @@ def test_own_appends_after_load_also_need_a_reload(codec: ConversationCodec) -> 
     assert codec.load() == messages(100)
 
 
-def test_extending_list_still_appends_without_a_load(
-    make_codec: MakeCodec, log_path: Path
-) -> None:
+def test_extending_list_still_appends_without_a_load(make_codec: MakeCodec, log_path: Path) -> None:
     make_codec().extend(messages(6))
     inode, before = log_path.stat().st_ino, log_path.read_bytes()
     fresh = make_codec()
@@ -95,9 +93,7 @@ def test_extending_list_still_appends_without_a_load(
     assert fresh.load() == [*messages(6), REPLY]
 
 
-def test_load_then_edit_in_the_middle_still_rewrites(
-    make_codec: MakeCodec, log_path: Path
-) -> None:
+def test_load_then_edit_in_the_middle_still_rewrites(make_codec: MakeCodec, log_path: Path) -> None:
     make_codec().extend(messages(8))
     codec = make_codec()
     history = codec.load() or []

@@ -63,7 +63,7 @@ from .format.header import (
     encode_plain_header,
     sniff_log,
 )
-from .format.record import MAX_MESSAGE_BYTES
+from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .log import FileLog, LogFormat, _IndexMismatch, _Transaction
 from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
 from .search import Hit, Query, parse_roles, to_us
@@ -110,6 +110,29 @@ _State = tuple[bytes | None, tuple[int, int, int] | None, int]
 # A state, and whether the caller was handed (load, iteration) or gave (save, replace) the
 # whole history at that state.
 _View = tuple[_State, bool]
+
+
+def _too_deep() -> NotSerializableError:
+    return NotSerializableError(
+        f"message nests objects and arrays more than {MAX_DEPTH} levels deep, the limit of "
+        "the format (FORMAT.md §5.2); flatten it, or store the deep part as a JSON string"
+    )
+
+
+def _too_deep_or(message: object) -> Exception:
+    """The error for a RecursionError met while encoding ``message``: the nesting limit,
+    unless the message is within it (then the caller's own stack ran out: say so)."""
+    level = [message] if isinstance(message, (dict, list)) else []
+    for _ in range(MAX_DEPTH):  # walked level by level: no recursion
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (dict, list))
+        ]
+    if level:
+        return _too_deep()
+    return RecursionError("the call stack ran out while encoding a message (not its nesting)")
 
 
 def _digest(data: bytes) -> bytes:
@@ -314,11 +337,20 @@ class ConversationCodec:
 
     def _encode(self, message: Message) -> tuple[Message, bytes]:
         """Transform, encode and validate one message; return it with its JSON."""
-        message = self._transform(message)
+        try:
+            message = self._transform(message)  # redact_fn and attachments walk it
+        except RecursionError:
+            raise _too_deep_or(message) from None
         try:
             data = _encode(message)
+        except RecursionError:
+            raise _too_deep_or(message) from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise NotSerializableError(f"message is not JSON-serialisable: {exc}") from None
+        if nests_deeper_than(data, MAX_DEPTH):
+            # Refused on write, not only on read: a reader with less stack to spare than
+            # this writer had could not decode it, and the whole log would be unreadable.
+            raise _too_deep()
         if len(data) > MAX_MESSAGE_BYTES:
             raise RecordTooLargeError(
                 f"message is {len(data)} bytes of JSON; one record holds at most "
@@ -519,14 +551,14 @@ class ConversationCodec:
         """
         try:
             return _digest(_encode(self._transform(message)))
-        except (ConversationCodecError, TypeError, ValueError, OverflowError):
+        except (ConversationCodecError, TypeError, ValueError, OverflowError, RecursionError):
             return b""
 
     def _same_as_stored(self, message: Message, seq: int) -> bool:
         """Compare with the stored record itself (one decryption), ignoring key order."""
         try:
             return self._transform(message) == self._read_one(seq)
-        except (ConversationCodecError, TypeError, ValueError):
+        except (ConversationCodecError, TypeError, ValueError, RecursionError):
             return False
 
     def _stored_digests(self) -> list[bytes]:

@@ -19,11 +19,14 @@ from .errors import UnsupportedVersionError
 from .format.record import (
     KIND_DICTIONARY,
     KIND_MESSAGE,
+    MAX_DEPTH,
     Envelope,
     decode_envelope,
+    decode_plain_head,
     decode_plain_line,
     encode_envelope,
     encode_plain_line,
+    nests_deeper_than,
 )
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
 
 _US_PER_S = 1_000_000
 _decode_message = msgspec.json.Decoder(dict[str, Any]).decode
+_TOO_DEEP = f"record message nests deeper than {MAX_DEPTH} levels (FORMAT.md §5.2)"
 
 
 class RecordRejected(ValueError):
@@ -187,6 +191,8 @@ class SealedRecords:
             raise RecordRejected(f"record payload is malformed: {exc}") from None
 
     def parse(self, text: bytes) -> dict[str, Any]:
+        if nests_deeper_than(text, MAX_DEPTH):  # before a recursive decoder meets it
+            raise RecordRejected(_TOO_DEEP)
         try:
             return _decode_message(text)
         except msgspec.DecodeError as exc:
@@ -213,16 +219,30 @@ class PlainRecords:
     def decode(self, body: bytes, expected_seq: int | None) -> tuple[dict[str, Any], int]:
         if not body.endswith(b"\n"):
             raise RecordRejected("record line is not terminated")
+        if nests_deeper_than(body, MAX_DEPTH + 1):  # the line's own object is one level
+            raise RecordRejected(_TOO_DEEP)
         try:
             seq, ts_us, message = decode_plain_line(body)
         except ValueError as exc:
             raise RecordRejected(str(exc)) from None
-        if expected_seq is not None and seq != expected_seq:
-            raise RecordRejected(f"record line carries seq {seq} where seq {expected_seq} belongs")
+        _check_seq(seq, expected_seq)
         return message, ts_us
 
     def check(self, body: bytes, expected_seq: int | None) -> int:
+        if body.endswith(b"\n") and nests_deeper_than(body, MAX_DEPTH + 1):
+            # Whole, in place, but unreadable: recovery must see a record (damage that
+            # readers report), not a torn tail that a writer would cut.
+            return self._head(body, expected_seq)[1]
         return self.decode(body, expected_seq)[1]
+
+    @staticmethod
+    def _head(body: bytes, expected_seq: int | None) -> tuple[int, int]:
+        try:
+            seq, ts_us = decode_plain_head(body)
+        except ValueError as exc:
+            raise RecordRejected(str(exc)) from None
+        _check_seq(seq, expected_seq)
+        return seq, ts_us
 
     def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
         # The whole line is the text: parsing it is what checks the record.
@@ -234,13 +254,21 @@ class PlainRecords:
         parsed, self._parsed = self._parsed, None
         if parsed is not None and parsed[0] is text:
             return parsed[1]
-        return decode_plain_line(text)[2]
+        return self.decode(text, None)[0]
 
     def inspect(self, body: bytes) -> tuple[int, int, bytes]:
         if not body.endswith(b"\n"):
             raise RecordRejected("record line is not terminated")
+        if nests_deeper_than(body, MAX_DEPTH + 1):
+            seq, ts_us = self._head(body, None)
+            return seq, ts_us, body
         try:
             seq, ts_us, _ = decode_plain_line(body)
         except ValueError as exc:
             raise RecordRejected(str(exc)) from None
         return seq, ts_us, body
+
+
+def _check_seq(seq: int, expected_seq: int | None) -> None:
+    if expected_seq is not None and seq != expected_seq:
+        raise RecordRejected(f"record line carries seq {seq} where seq {expected_seq} belongs")

@@ -46,7 +46,7 @@ import msgspec
 
 from .crypto import KeyInput
 from .errors import StorageError
-from .format.record import MAX_MESSAGE_BYTES
+from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .legacy import LegacyFormat, parse_legacy, read_legacy
 
 if TYPE_CHECKING:
@@ -280,12 +280,15 @@ def _read_source(
 
 
 def _storable(message: Message) -> bool:
-    """Apply the codec's rule: a JSON object that round-trips exactly and fits a record."""
+    """Apply the codec's rule: a JSON object that round-trips exactly, nests at most
+    ``MAX_DEPTH`` levels and fits a record."""
     try:
         data = _encode(message)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         return False
-    return len(data) <= MAX_MESSAGE_BYTES and _decode(data) == message
+    if len(data) > MAX_MESSAGE_BYTES or nests_deeper_than(data, MAX_DEPTH):
+        return False
+    return bool(_decode(data) == message)
 
 
 def _fill_times(stamps: Sequence[int | None]) -> list[int] | None:
