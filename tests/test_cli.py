@@ -735,7 +735,7 @@ def test_import_replaces_or_merges_and_prints_counts(run: Run, tmp_path: Path, m
     log = str(tmp_path / "chat.log")
     code, out, err = run("import", log, str(src), key=key)
     assert code == 0 and err == ""
-    assert "read 2 messages (jsonl)" in out and "replaced the history" in out
+    assert "read 2 messages (jsonl)" in out and "added to" in out
     assert "2 added, 0 duplicates skipped, 0 rejected" in out
     code, out, _ = run("import", log, str(src), "--merge", "--json", key=key)
     assert code == 0 and json.loads(out) == {
@@ -743,6 +743,25 @@ def test_import_replaces_or_merges_and_prints_counts(run: Run, tmp_path: Path, m
     }  # fmt: skip
     with ConversationCodec(log, encryption_key=key) as codec:
         assert codec.load() == CHAT[:2]
+
+
+def test_import_keeps_the_history_unless_replace(run: Run, tmp_path: Path) -> None:
+    src = tmp_path / "old.jsonl"
+    src.write_text("".join(json.dumps(m) + "\n" for m in CHAT[:2]))
+    log = str(tmp_path / "chat.log")
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        codec.extend(CHAT[2:])
+    code, out, _ = run("import", log, str(src), key=KEY)
+    assert code == 0 and "2 added" in out and "added to" in out
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        assert sorted(map(str, codec.load() or [])) == sorted(map(str, CHAT))
+    code, out, _ = run("import", log, str(src), "--replace", key=KEY)
+    assert code == 0 and "replaced the history of" in out
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        assert codec.load() == CHAT[:2]
+    code, _, err = run("import", log, str(src), "--replace", "--merge", key=KEY)
+    assert code == 2 and "not allowed with" in err
+    assert "--replace" in run("import", "--help")[1]
 
 
 def test_import_a_legacy_fernet_file(

@@ -608,12 +608,17 @@ def _cmd_import(args: argparse.Namespace) -> int:
     with _open(args, must_exist=False) as codec:
         args.reading = args.src  # from here, key errors concern SRC (see _report)
         report = codec.import_(
-            args.src, merge=args.merge, legacy_key=legacy_key, password=legacy_password
+            args.src,
+            merge=args.merge,
+            replace=args.replace,
+            legacy_key=legacy_key,
+            password=legacy_password,
         )
     if args.json:
         _emit(_fields(report))
         return EXIT_OK
-    how = "merged into" if args.merge else "replaced the history of"
+    how = "merged into" if args.merge else "added to"
+    how = "replaced the history of" if args.replace else how
     print(
         f"read {report.read} messages ({report.format.value}) from {args.src}; {how} "
         f"{args.path}: {report.added} added, {report.skipped_duplicate} duplicates skipped, "
@@ -951,13 +956,17 @@ def _add_transfer_commands(sub: _Sub, log: _Parser, as_json: _Parser) -> None:
         sub,
         "import",
         _cmd_import,
-        "read a history file (legacy, export or log) into a log; "
-        "without --merge it REPLACES the log's history",
+        "read a history file (legacy, export or log) into a log, keeping the messages "
+        "already there (in time order); only --replace discards them",
         "conversation-codec import chat.log old-history.jsonl --merge",
         [log, _legacy_secrets(), as_json],
     )
     import_cmd.add_argument("src", metavar="SRC", help="the history file to read")
-    import_cmd.add_argument("--merge", action="store_true", help="add only messages not present")
+    how = import_cmd.add_mutually_exclusive_group()
+    how.add_argument("--merge", action="store_true", help="add only messages not present")
+    how.add_argument(
+        "--replace", action="store_true", help="DISCARD the log's history, keep SRC's only"
+    )
     import_cmd.add_argument(
         "--legacy-password-env",
         type=_env_name,

@@ -1071,12 +1071,17 @@ class ConversationCodec:
         src: str | os.PathLike[str],
         merge: bool = False,
         *,
+        replace: bool = False,
         legacy_key: KeyInput | None = None,
         password: str | None = None,
     ) -> ImportReport:
-        """Read any history ``migrate`` understands into this log: replace it, or ``merge``
-        by adding only messages not already present (same time, role and content)."""
-        return import_history(self, src, merge=merge, legacy_key=legacy_key, password=password)
+        """Read any history ``migrate`` understands into this log, keeping what is there:
+        add every message (in time order), or with ``merge`` only those not already present
+        (same time, role and content). Only ``replace=True`` discards the stored history.
+        See ``transfer.import_history``."""
+        return import_history(
+            self, src, merge=merge, legacy_key=legacy_key, password=password, replace=replace
+        )
 
     def info(self) -> LogInfo:
         """Describe the log from its header and index alone (no message is decrypted)."""
