@@ -392,9 +392,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
         if args.password_env is not None:
             raise _UsageError("a store root takes --key-env or --key-file, not --password-env")
         store = ConversationStore(args.path, encryption_key=_key(args))
-        for conversation_id, hit in store.search(args.query, **options):
+        skipped: list[str] = []
+
+        def skip(conversation_id: str, exc: ConversationCodecError) -> None:
+            skipped.append(conversation_id)  # reported, and the search carries on
+            print(f"error: {conversation_id}: {exc}", file=sys.stderr)
+
+        for conversation_id, hit in store.search(args.query, on_error=skip, **options):
             _show_hit(args, hit, conversation_id, bold)
-        return EXIT_OK
+        return EXIT_ERROR if skipped else EXIT_OK
     with _open(args) as codec:
         for hit in codec.search(args.query, **options):
             _show_hit(args, hit, None, bold)
@@ -579,16 +585,19 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.path):
         raise _InputError(f"{args.path}: no such directory")
     found = ConversationStore(args.path, encryption_key=_key(args)).list()
+    failed = any(c.status != "ok" for c in found)  # listed with their status; exit 1
     if args.json:
         for info in found:
             _emit(_fields(info))
-        return EXIT_OK
-    rows = [("ID", "MESSAGES", "FIRST", "LAST", "BYTES")]
+        return EXIT_ERROR if failed else EXIT_OK
+    rows = [("ID", "MESSAGES", "FIRST", "LAST", "BYTES", *(("STATUS",) if failed else ()))]
     for c in found:
         first, last = _short(c.first_timestamp), _short(c.last_timestamp)
-        rows.append((c.conversation_id, str(c.message_count), first, last, f"{c.disk_bytes:,}"))
+        count = str(c.message_count) if c.status == "ok" else "-"
+        row = (c.conversation_id, count, first, last, f"{c.disk_bytes:,}")
+        rows.append((*row, c.status) if failed else row)
     _table(rows, right=frozenset({1, 4}))
-    return EXIT_OK
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
