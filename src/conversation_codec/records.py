@@ -217,32 +217,21 @@ class PlainRecords:
         return encode_plain_line(seq, ts_us, message_json)
 
     def decode(self, body: bytes, expected_seq: int | None) -> tuple[dict[str, Any], int]:
-        if not body.endswith(b"\n"):
-            raise RecordRejected("record line is not terminated")
-        if nests_deeper_than(body, MAX_DEPTH + 1):  # the line's own object is one level
+        if _too_deep_line(body):  # the line's own object is one level
             raise RecordRejected(_TOO_DEEP)
-        try:
-            seq, ts_us, message = decode_plain_line(body)
-        except ValueError as exc:
-            raise RecordRejected(str(exc)) from None
+        seq, ts_us, message = _plain_line(body)
         _check_seq(seq, expected_seq)
         return message, ts_us
 
     def check(self, body: bytes, expected_seq: int | None) -> int:
-        if body.endswith(b"\n") and nests_deeper_than(body, MAX_DEPTH + 1):
+        if _too_deep_line(body):
             # Whole, in place, but unreadable: recovery must see a record (damage that
             # readers report), not a torn tail that a writer would cut.
-            return self._head(body, expected_seq)[1]
-        return self.decode(body, expected_seq)[1]
-
-    @staticmethod
-    def _head(body: bytes, expected_seq: int | None) -> tuple[int, int]:
-        try:
-            seq, ts_us = decode_plain_head(body)
-        except ValueError as exc:
-            raise RecordRejected(str(exc)) from None
+            seq, ts_us = _plain_head(body)
+        else:
+            seq, ts_us, _ = _plain_line(body)
         _check_seq(seq, expected_seq)
-        return seq, ts_us
+        return ts_us
 
     def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
         # The whole line is the text: parsing it is what checks the record.
@@ -257,16 +246,33 @@ class PlainRecords:
         return self.decode(text, None)[0]
 
     def inspect(self, body: bytes) -> tuple[int, int, bytes]:
-        if not body.endswith(b"\n"):
-            raise RecordRejected("record line is not terminated")
-        if nests_deeper_than(body, MAX_DEPTH + 1):
-            seq, ts_us = self._head(body, None)
-            return seq, ts_us, body
-        try:
-            seq, ts_us, _ = decode_plain_line(body)
-        except ValueError as exc:
-            raise RecordRejected(str(exc)) from None
+        if _too_deep_line(body):
+            seq, ts_us = _plain_head(body)
+        else:
+            seq, ts_us, _ = _plain_line(body)
         return seq, ts_us, body
+
+
+def _too_deep_line(body: bytes) -> bool:
+    """Check that a line is terminated; return True when its message is too deep to parse
+    (FORMAT.md §5.2: measured without recursion, before any decoder sees the line)."""
+    if not body.endswith(b"\n"):
+        raise RecordRejected("record line is not terminated")
+    return nests_deeper_than(body, MAX_DEPTH + 1)
+
+
+def _plain_line(body: bytes) -> tuple[int, int, dict[str, Any]]:
+    try:
+        return decode_plain_line(body)
+    except ValueError as exc:
+        raise RecordRejected(str(exc)) from None
+
+
+def _plain_head(body: bytes) -> tuple[int, int]:
+    try:
+        return decode_plain_head(body)
+    except ValueError as exc:
+        raise RecordRejected(str(exc)) from None
 
 
 def _check_seq(seq: int, expected_seq: int | None) -> None:
