@@ -16,6 +16,9 @@ Modes:
 ``reader``  print ``ready``, wait for ``go``, then poll ``message_count``/``tail``/
             ``get``/``load`` until ``--total`` messages are visible, checking every message
             it sees; exit 0 with a JSON summary line, or 1 with a traceback.
+``op``      one call in a process of its own: ``append`` the JSON ``--message`` (print
+            its seq) or ``pop`` (print the popped message as JSON); the save() race tests
+            run it between another process's ``load()`` and ``save()``.
 
 Importing this module has no side effects; the tests import it for the message builders.
 """
@@ -172,6 +175,15 @@ def _run_reader(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_op(args: argparse.Namespace) -> int:
+    with _open(args.path, "fsync") as codec:
+        if args.call == "append":
+            print(codec.append(json.loads(args.message)), flush=True)
+        else:
+            print(json.dumps(codec.pop()), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -189,8 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path")
     p.add_argument("--total", type=int, required=True)
     p.add_argument("--timeout", type=float, default=60.0)
+    p = sub.add_parser("op")
+    p.add_argument("call", choices=("append", "pop"))
+    p.add_argument("path")
+    p.add_argument("--message", default="{}")
     args = parser.parse_args(argv)
-    run = {"append": _run_append, "loop": _run_loop, "reader": _run_reader}[args.mode]
+    run = {"append": _run_append, "loop": _run_loop, "reader": _run_reader, "op": _run_op}
+    run = run[args.mode]
     return run(args)
 
 

@@ -473,6 +473,8 @@ def test_search_and_ls_a_store_root(run: Run, tmp_path: Path, mode: str) -> None
         "last_timestamp": "2026-10-02T10:00:00.000000Z",
         "encrypted": key is not None,
         "disk_bytes": listed[0]["disk_bytes"],
+        "status": "ok",
+        "error": None,
     }
 
 
@@ -486,6 +488,29 @@ def test_store_root_errors(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("PW", "secret")
     code, _, err = run("search", str(root), "hi", "--password-env", "PW")
     assert code == 2 and "store root" in err
+
+
+def test_store_root_with_an_unreadable_log_shows_its_row(run: Run, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    with ConversationStore(root, encryption_key=KEY).open("alice") as codec:
+        codec.append({"role": "user", "content": "refund"})
+    with ConversationCodec(root / "bob.log", encryption_key=OTHER_KEY) as codec:
+        codec.append({"role": "user", "content": "refund"})
+    (root / "notes.log").write_text("not a log\n")
+    code, out, err = run("ls", str(root), key=KEY)
+    assert code == 1 and err == ""
+    head, alice, bob, notes = out.splitlines()
+    assert head.split() == ["ID", "MESSAGES", "FIRST", "LAST", "BYTES", "STATUS"]
+    assert alice.split()[:2] == ["alice", "1"] and alice.split()[-1] == "ok"
+    assert bob.split()[0] == "bob" and bob.split()[-1] == "DecryptionError"
+    assert notes.split()[-1] == "FormatError"
+    code, out, _ = run("ls", str(root), "--json", key=KEY)
+    assert [(c["conversation_id"], c["status"]) for c in objects(out)] == [
+        ("alice", "ok"), ("bob", "DecryptionError"), ("notes", "FormatError")
+    ]  # fmt: skip
+    code, out, err = run("search", str(root), "refund", key=KEY)
+    assert code == 1 and "alice #0" in out and len(out.splitlines()) == 1
+    assert "error: bob:" in err and "error: notes:" in err and KEY not in err + out
 
 
 # -- verify and salvage ----------------------------------------------------------------------
@@ -742,7 +767,7 @@ def test_import_replaces_or_merges_and_prints_counts(run: Run, tmp_path: Path, m
     log = str(tmp_path / "chat.log")
     code, out, err = run("import", log, str(src), *plain, key=key)
     assert code == 0 and err == ""
-    assert "read 2 messages (jsonl)" in out and "replaced the history" in out
+    assert "read 2 messages (jsonl)" in out and "added to" in out
     assert "2 added, 0 duplicates skipped, 0 rejected" in out
     code, out, _ = run("import", log, str(src), "--merge", "--json", *plain, key=key)
     assert code == 0 and json.loads(out) == {
@@ -750,6 +775,25 @@ def test_import_replaces_or_merges_and_prints_counts(run: Run, tmp_path: Path, m
     }  # fmt: skip
     with ConversationCodec(log, encryption_key=key) as codec:
         assert codec.load() == CHAT[:2]
+
+
+def test_import_keeps_the_history_unless_replace(run: Run, tmp_path: Path) -> None:
+    src = tmp_path / "old.jsonl"
+    src.write_text("".join(json.dumps(m) + "\n" for m in CHAT[:2]))
+    log = str(tmp_path / "chat.log")
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        codec.extend(CHAT[2:])
+    code, out, _ = run("import", log, str(src), key=KEY)
+    assert code == 0 and "2 added" in out and "added to" in out
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        assert sorted(map(str, codec.load() or [])) == sorted(map(str, CHAT))
+    code, out, _ = run("import", log, str(src), "--replace", key=KEY)
+    assert code == 0 and "replaced the history of" in out
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        assert codec.load() == CHAT[:2]
+    code, _, err = run("import", log, str(src), "--replace", "--merge", key=KEY)
+    assert code == 2 and "not allowed with" in err
+    assert "--replace" in run("import", "--help")[1]
 
 
 def test_import_a_legacy_fernet_file(

@@ -466,3 +466,21 @@ def test_compaction_waits_for_the_writer_lock(tmp_path: Path, key: str | None) -
         holder.close()
         other.close()
     check_intact(path, key, stamps)
+
+
+@pytest.mark.parametrize("key", [KEY, None], ids=["sealed", "plain"])
+def test_rotate_key_none_is_refused_and_changes_nothing(tmp_path: Path, key: str | None) -> None:
+    """rotate_key(None) used to compact and return, leaving the old key working (issue 11)."""
+    from conversation_codec import ConversationCodecError
+
+    from conftest import messages, snapshot
+
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=key) as codec:
+        codec.extend(messages(3))
+        before = snapshot(tmp_path)
+        with pytest.raises(KeyRequiredError, match=r"new key.*export\(\)") as info:
+            codec.rotate_key(None)  # type: ignore[arg-type]
+        assert isinstance(info.value, ConversationCodecError) and isinstance(info.value, ValueError)
+        assert snapshot(tmp_path) == before
+        assert codec.load() == messages(3)

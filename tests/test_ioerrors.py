@@ -299,6 +299,7 @@ def test_failed_directory_fsync_refuses_writes(tmp_path: Path, scheme: str | Non
     state = _seed(path, scheme)
     with ConversationCodec(path, encryption_key=scheme) as codec:
         codec._log.io = FaultyIO("sync_dir", 1, errno.EIO)
+        assert codec.load() == state  # a divergent save() rewrites a history read in full
         with pytest.raises(StorageError):
             codec.save([_msg(50), *state])  # divergent: a rewrite
         with pytest.raises(StorageError, match="reopen"):

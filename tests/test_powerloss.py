@@ -265,6 +265,7 @@ def _do(codec: ConversationCodec, step: Step, state: list[Message]) -> list[Mess
     elif step.kind == "save_append":
         codec.save(state + list(step.messages))
     elif step.kind == "save_rewrite":
+        codec.load()  # a divergent save() rewrites only a history read in full (issue 11)
         codec.save(list(step.messages))
         return list(step.messages)
     elif step.kind == "compact":

@@ -7,11 +7,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from conversation_codec import ConversationCodec
+from conversation_codec import ConflictError, ConversationCodec
 
 from conftest import KEY, Clock
 
@@ -47,7 +48,13 @@ def test_round_trip_random_messages(
 
 
 class LogMachine(RuleBasedStateMachine):
-    """A log driven by random operations from two codec instances must equal a plain list."""
+    """A log driven by random operations from two codec instances must equal a plain list.
+
+    The model also tracks what each instance last saw (issue 11 §4): ``version`` counts the
+    changes made to the log, and ``views[who]`` is ``(version, count, whole)`` as of that
+    instance's last load(), save(), append or pop, so the model predicts when save()
+    must raise ConflictError instead of deleting or bringing back messages.
+    """
 
     encrypted = True
 
@@ -57,6 +64,36 @@ class LogMachine(RuleBasedStateMachine):
         self.clock = Clock()
         self.model: list[dict[str, Any]] = []
         self.codecs = [self._open(), self._open()]
+        self.version = 0
+        self.views: list[tuple[int, int, bool] | None] = [None, None]
+
+    def _changed(self, who: int, *, whole: bool) -> None:
+        """``who`` changed the log; it holds the whole history afterwards if ``whole``."""
+        self.version += 1
+        self.views[who] = (self.version, len(self.model), whole)
+
+    def _save(self, who: int, new: list[dict[str, Any]]) -> None:
+        keep = 0
+        for a, b in zip(new, self.model, strict=False):
+            if a != b:
+                break
+            keep += 1
+        view = self.views[who]
+        if keep == len(self.model):  # extends: appends, unless it would re-add removed ones
+            conflict = len(new) > keep and view is not None and len(self.model) < view[1]
+        else:  # diverges: only a whole, current view may rewrite
+            conflict = view != (self.version, len(self.model), True)
+        if conflict:
+            with pytest.raises(ConflictError):
+                self.codecs[who].save(new)
+            return
+        self.codecs[who].save(new)
+        changed = new != self.model or keep != len(self.model)
+        self.model = new
+        if changed:
+            self._changed(who, whole=True)
+        else:
+            self.views[who] = (self.version, len(self.model), True)
 
     def _open(self) -> ConversationCodec:
         return ConversationCodec(
@@ -75,6 +112,7 @@ class LogMachine(RuleBasedStateMachine):
     def append(self, who: int, m: dict[str, Any]) -> None:
         assert self.codecs[who].append(m) == len(self.model)
         self.model.append(m)
+        self._changed(who, whole=False)
 
     @rule(who=st.integers(0, 1), ms=st.lists(message_st, max_size=5))
     def extend(self, who: int, ms: list[dict[str, Any]]) -> None:
@@ -82,34 +120,45 @@ class LogMachine(RuleBasedStateMachine):
             range(len(self.model), len(self.model) + len(ms))
         )
         self.model.extend(ms)
+        if ms:
+            self._changed(who, whole=False)
 
     @rule(who=st.integers(0, 1))
     def pop(self, who: int) -> None:
-        expected = self.model.pop() if self.model else None
-        assert self.codecs[who].pop() == expected
+        if not self.model:
+            assert self.codecs[who].pop() is None
+            return
+        whole = self.views[who] == (self.version, len(self.model), True)
+        assert self.codecs[who].pop() == self.model.pop()
+        self._changed(who, whole=whole)  # a pop keeps a whole view whole
 
     @rule(who=st.integers(0, 1), more=st.lists(message_st, max_size=3))
     def save_extended(self, who: int, more: list[dict[str, Any]]) -> None:
-        self.model = self.model + more
-        self.codecs[who].save(self.model)
+        self._save(who, self.model + more)
 
     @precondition(lambda self: len(self.model) > 0)
     @rule(who=st.integers(0, 1), data=st.data())
     def save_divergent(self, who: int, data: st.DataObject) -> None:
         cut = data.draw(st.integers(0, len(self.model) - 1))
         replacement = data.draw(st.lists(message_st, max_size=3))
-        self.model = self.model[:cut] + replacement
-        self.codecs[who].save(self.model)
+        self._save(who, self.model[:cut] + replacement)
+
+    @rule(who=st.integers(0, 1))
+    def load(self, who: int) -> None:
+        assert (self.codecs[who].load() or []) == self.model
+        self.views[who] = (self.version, len(self.model), True)
 
     @rule(who=st.integers(0, 1))
     def clear(self, who: int) -> None:
         self.codecs[who].clear()
         self.model = []
+        self._changed(who, whole=False)
 
     @rule(who=st.integers(0, 1))
     def reopen(self, who: int) -> None:
         self.codecs[who].close()
         self.codecs[who] = self._open()
+        self.views[who] = None
 
     @rule(who=st.integers(0, 1))
     def delete_index(self, who: int) -> None:
@@ -130,6 +179,7 @@ class LogMachine(RuleBasedStateMachine):
         c = self.codecs[0]
         assert len(c) == len(self.model)
         assert (c.load() or []) == self.model
+        self.views[0] = (self.version, len(self.model), True)
         stamps = [c.timestamp(i) for i in range(len(self.model))]
         assert stamps == sorted(stamps)
 

@@ -378,6 +378,7 @@ def test_capture_sees_plaintext_when_there_is_some(tmp_path: Path, capture: Capt
     with ConversationCodec(tmp_path / "plain.log") as c:
         c._log.fault = capture.snapshot
         c.extend(msgs)
+        c.load()  # a divergent save() rewrites only a history read in full (issue 11)
         c.save(msgs[::-1])
     capture.snapshot()
     assert _find(plaintext_needles(msgs), iter(capture.writes))
@@ -395,7 +396,8 @@ def test_open_codecs_leave_no_plaintext_on_errors(tmp_path: Path, capture: Captu
         with pytest.raises(ConversationCodecError):
             c.append({"role": "user", "content": secret[1]["content"], "bad": {1, 2}})
         c._log.fault = _fail_at("rewrite:temp-written")
-        with pytest.raises(RuntimeError):
+        c.load()  # else save() stops at ConflictError (a RuntimeError) before the rewrite
+        with pytest.raises(RuntimeError, match="temp-written"):
             c.save([secret[1]])
     capture.snapshot()
     assert not _find(plaintext_needles(secret), capture.blobs(lambda p: False))

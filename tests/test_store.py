@@ -250,11 +250,21 @@ def test_list_reports_every_conversation_from_the_index(big: ConversationStore) 
 
 
 def test_list_needs_each_conversations_key(big_root: Path) -> None:
-    with pytest.raises(KeyRequiredError):
-        ConversationStore(big_root).list()
+    """Without its key a conversation is listed with the error, not left out or fatal."""
+    keyless = {i.conversation_id: i for i in ConversationStore(big_root).list()}
+    assert len(keyless) == N_CONV
+    for c in range(N_CONV):
+        info = keyless[cid_of(c)]
+        if key_for(cid_of(c)) is None:
+            assert (info.status, info.message_count) == ("ok", N_MSG)
+        else:
+            assert (info.status, info.message_count) == (KeyRequiredError.__name__, 0)
+            assert info.encrypted and info.error and "key" in info.error
     wrong = ConversationStore(big_root, key_fn=lambda cid: OTHER_KEY)
-    with pytest.raises(ConversationCodecError):
-        wrong.list()
+    statuses = {i.conversation_id: i.status for i in wrong.list()}
+    for c in range(N_CONV):
+        expected = {None: "NotEncryptedError", KEY: "DecryptionError", OTHER_KEY: "ok"}
+        assert statuses[cid_of(c)] == expected[key_for(cid_of(c))]
 
 
 def test_per_user_keys_really_differ(big: ConversationStore) -> None:
@@ -419,3 +429,65 @@ def test_a_root_too_long_for_the_file_system_raises_storage_error(tmp_path: Path
     with pytest.raises(StorageError, match="300-byte directory name"):
         store.open("alice")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- one bad log does not break the store (issue 11 §7) -----------------------------------
+
+GOOD = {"alice": ["refund please", "refund sent"], "bob": ["where is my refund"]}
+BAD = {
+    "notes": "FormatError",  # a foreign file named like a log
+    "plain": "NotEncryptedError",  # a plaintext log in an encrypted store
+    "other": "DecryptionError",  # a log under another key
+    "cut": "FormatError",  # a sealed log truncated inside its header
+}
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> ConversationStore:
+    store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
+    for n, (cid, texts) in enumerate(GOOD.items()):
+        with store.open(cid) as codec:
+            codec.extend(
+                [{"role": "user", "content": t} for t in texts],
+                timestamps=[at(T0 + n * 1000 + i) for i in range(len(texts))],
+            )
+    (tmp_path / "notes.log").write_text("my notes: refund\n")
+    with ConversationCodec(tmp_path / "plain.log", durability="flush") as codec:
+        codec.append({"role": "user", "content": "refund in plaintext"})
+    with ConversationCodec(tmp_path / "other.log", OTHER_KEY, durability="flush") as codec:
+        codec.append({"role": "user", "content": "refund under another key"})
+    (tmp_path / "cut.log").write_bytes(store.path("alice").read_bytes()[:30])
+    return store
+
+
+def test_list_reports_unreadable_logs_and_carries_on(mixed: ConversationStore) -> None:
+    listed = {i.conversation_id: i for i in mixed.list()}
+    assert sorted(listed) == sorted([*GOOD, *BAD])
+    for cid, texts in GOOD.items():
+        assert (listed[cid].status, listed[cid].error) == ("ok", None)
+        assert listed[cid].message_count == len(texts)
+    for cid, status in BAD.items():
+        info = listed[cid]
+        assert info.status == status, info
+        assert info.error and info.message_count == 0 and info.last_timestamp is None
+        files = [mixed.path(cid), Path(f"{mixed.path(cid)}.idx")]
+        assert info.disk_bytes == sum(p.stat().st_size for p in files if p.exists())
+        assert KEY not in info.error and OTHER_KEY not in info.error
+    assert listed["other"].encrypted and not listed["plain"].encrypted
+
+
+def test_search_skips_unreadable_logs_and_reports_them(mixed: ConversationStore) -> None:
+    errors: dict[str, ConversationCodecError] = {}
+    hits = [(cid, h.message["content"]) for cid, h in mixed.search("refund")]
+    assert hits == [("alice", "refund please"), ("alice", "refund sent"), ("bob", GOOD["bob"][0])]
+    again = mixed.search("refund", on_error=lambda cid, exc: errors.setdefault(cid, exc))
+    assert [cid for cid, _ in again] == ["alice", "alice", "bob"]
+    assert {cid: type(exc).__name__ for cid, exc in errors.items()} == BAD
+
+
+def test_prune_skips_unreadable_logs_and_reports_them(mixed: ConversationStore) -> None:
+    errors: list[str] = []
+    deleted = mixed.prune(older_than=at(T0 * 2), on_error=lambda cid, exc: errors.append(cid))
+    assert sorted(deleted) == sorted(GOOD) and sorted(errors) == sorted(BAD)
+    assert mixed.ids() == sorted(BAD)  # kept, every byte: nothing unreadable is deleted
+    assert mixed.prune(older_than=at(T0 * 2)) == []

@@ -249,6 +249,8 @@ def test_empty_history_exports_and_imports_as_empty(
     target = make("copy.log")
     _seed(target, 3)
     assert import_history(target, tmp_path / "e.json").added == 0
+    assert len(target) == 3  # adding nothing keeps the history (issue 11 §7)
+    assert import_history(target, tmp_path / "e.json", replace=True).added == 0
     assert target.load() is None  # replace with nothing empties the history
 
 
@@ -269,7 +271,7 @@ def test_import_replaces_the_whole_history(
             ]
         )
     )
-    report = import_history(codec, tmp_path / "h.json")
+    report = import_history(codec, tmp_path / "h.json", replace=True)
     assert report == ImportReport(3, 3, 0, 0, LegacyFormat.JSON_ARRAY)
     assert [m["content"] for m in codec.load() or []] == ["a", "b", "untimed"]
     t = (datetime(2024, 5, 1, 12, tzinfo=timezone.utc) - _EPOCH) // timedelta(microseconds=1)
@@ -498,3 +500,66 @@ def test_merge_rewrites_never_lose_a_concurrent_writers_messages(
     )
     assert sum(c.startswith("old") for c in contents) == merged >= 1
     assert _times(codec) == sorted(_times(codec))
+
+
+# -- import into a non-empty log keeps what is there (issue 11 §7) ------------------------
+
+
+def test_import_into_a_non_empty_log_keeps_what_is_there(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    codec = make()
+    batch = _seed(codec, 6)
+    stored = _times(codec)
+    newer = [
+        {"role": "user", "content": f"newer {i}", "timestamp": _iso(T0 + 10**10 + i)}
+        for i in range(2)
+    ]
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    inode = _inode(tmp_path / "chat.log")
+    report = import_history(codec, tmp_path / "newer.json")
+    assert report == ImportReport(2, 2, 0, 0, LegacyFormat.JSON_ARRAY)
+    assert codec.load() == [
+        *batch,
+        *({k: v for k, v in m.items() if k != "timestamp"} for m in newer),
+    ]
+    assert _inode(tmp_path / "chat.log") == inode  # appended: nothing rewritten
+    # Older messages are sorted in by time; every stored one stays.
+    (tmp_path / "older.jsonl").write_text(
+        json.dumps({"role": "user", "content": "older", "timestamp": _iso(T0 - 5)}) + "\n"
+    )
+    assert import_history(codec, tmp_path / "older.jsonl").added == 1
+    history = codec.load() or []
+    assert history[0] == {"role": "user", "content": "older"} and history[1:7] == batch
+    assert _times(codec)[1:7] == stored
+    # Importing the same file again adds it again: only merge=True skips duplicates.
+    assert import_history(codec, tmp_path / "older.jsonl").added == 1
+    assert import_history(codec, tmp_path / "older.jsonl", merge=True).added == 0
+    assert len(codec) == 10
+
+
+def test_import_replace_is_explicit(make: Callable[..., ConversationCodec], tmp_path: Path) -> None:
+    codec = make()
+    batch = _seed(codec, 4)
+    (tmp_path / "h.jsonl").write_text('{"role": "user", "content": "only"}\n')
+    before = (tmp_path / "chat.log").read_bytes()
+    with pytest.raises(ValueError, match="not both"):
+        codec.import_(tmp_path / "h.jsonl", merge=True, replace=True)
+    assert (tmp_path / "chat.log").read_bytes() == before and codec.load() == batch
+    report = codec.import_(tmp_path / "h.jsonl", replace=True)
+    assert (report.added, codec.load()) == (1, [{"role": "user", "content": "only"}])
+
+
+def test_a_save_after_an_import_needs_a_reload(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    from conversation_codec import ConflictError
+
+    codec = make()
+    batch = _seed(codec, 4)
+    history = codec.load() or []
+    (tmp_path / "h.jsonl").write_text('{"role": "user", "content": "imported"}\n')
+    codec.import_(tmp_path / "h.jsonl")
+    with pytest.raises(ConflictError):
+        codec.save(history[:2])  # would delete the imported message, never loaded
+    assert codec.load() == [*batch, {"role": "user", "content": "imported"}]

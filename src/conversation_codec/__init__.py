@@ -26,6 +26,7 @@ from .crypto import generate_key
 from .errors import (
     BindingError,
     ClosedError,
+    ConflictError,
     ConversationCodecError,
     CorruptRecordError,
     DecryptionError,
@@ -61,6 +62,7 @@ __all__ = [
     "BindingError",
     "ClosedError",
     "CompactionReport",
+    "ConflictError",
     "ConversationCodec",
     "ConversationCodecError",
     "ConversationInfo",

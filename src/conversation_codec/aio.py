@@ -46,7 +46,7 @@ from .codec import (
 )
 from .crypto import KeyInput
 from .search import Hit
-from .store import ConversationInfo, ConversationStore, KeyFn
+from .store import ConversationInfo, ConversationStore, KeyFn, OnError
 
 __all__ = ["AsyncConversationCodec", "AsyncConversationStore"]
 
@@ -310,9 +310,14 @@ class AsyncConversationStore:
         """Delete every file of a conversation; return False when it had none."""
         return await _run(self._executor, self._store.delete, conversation_id)
 
-    async def prune(self, older_than: datetime | timedelta) -> builtins.list[str]:
-        """Delete conversations whose last message is older than a cutoff; return their ids."""
-        return await _run(self._executor, self._store.prune, older_than)
+    async def prune(
+        self, older_than: datetime | timedelta, *, on_error: OnError | None = None
+    ) -> builtins.list[str]:
+        """Delete conversations whose last message is older than a cutoff; return their ids.
+
+        ``on_error`` is called (in a worker thread) for each conversation skipped.
+        """
+        return await _run(self._executor, self._store.prune, older_than, on_error=on_error)
 
     def search(
         self,
@@ -326,11 +331,12 @@ class AsyncConversationStore:
         regex: bool = False,
         case_sensitive: bool = False,
         conversation_ids: Iterable[str] | None = None,
+        on_error: OnError | None = None,
     ) -> AsyncIterator[tuple[str, Hit]]:
         """Stream ``(conversation_id, Hit)`` as ``ConversationStore.search`` would.
 
         The root is listed in the first worker hop, so bad arguments raise at the first
-        ``async for`` step rather than here.
+        ``async for`` step rather than here. ``on_error`` runs in a worker thread.
         """
         hits = _deferred(
             lambda: self._store.search(
@@ -343,6 +349,7 @@ class AsyncConversationStore:
                 regex=regex,
                 case_sensitive=case_sensitive,
                 conversation_ids=conversation_ids,
+                on_error=on_error,
             )
         )
         return _stream(self._executor, hits)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .attachments import BLOB_PREFIX, stripped_note
+from .format.record import MAX_DEPTH, nests_deeper_than
 
 __all__ = ["to_anthropic_messages", "to_ollama_messages", "to_openai_messages"]
 
@@ -112,6 +113,12 @@ def _arguments(call: Any, where: str) -> tuple[str, str | None, dict[str, Any]]:
     elif raw is None or (isinstance(raw, str) and not raw.strip()):
         args = {}  # some providers send "" for a tool without parameters
     elif isinstance(raw, str):
+        if nests_deeper_than(raw.encode("utf-8", "surrogatepass"), MAX_DEPTH):
+            # json.loads recurses per level: a deep string would raise RecursionError.
+            raise ValueError(
+                f"{where}: tool call {call.get('id')!r} has arguments nested more than "
+                f"{MAX_DEPTH} levels deep; the target API needs a plain object"
+            )
         try:
             args = json.loads(raw)
         except ValueError:

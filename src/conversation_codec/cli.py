@@ -430,9 +430,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
         if args.password_env is not None:
             raise _UsageError("a store root takes --key-env or --key-file, not --password-env")
         store = ConversationStore(args.path, encryption_key=_key(args))
-        for conversation_id, hit in store.search(args.query, **options):
+        skipped: list[str] = []
+
+        def skip(conversation_id: str, exc: ConversationCodecError) -> None:
+            skipped.append(conversation_id)  # reported, and the search carries on
+            print(f"error: {conversation_id}: {exc}", file=sys.stderr)
+
+        for conversation_id, hit in store.search(args.query, on_error=skip, **options):
             _show_hit(args, hit, conversation_id, bold)
-        return EXIT_OK
+        return EXIT_ERROR if skipped else EXIT_OK
     with _open(args) as codec:
         for hit in codec.search(args.query, **options):
             _show_hit(args, hit, None, bold)
@@ -628,16 +634,19 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.path):
         raise _InputError(f"{args.path}: no such directory")
     found = ConversationStore(args.path, encryption_key=_key(args)).list()
+    failed = any(c.status != "ok" for c in found)  # listed with their status; exit 1
     if args.json:
         for info in found:
             _emit(_fields(info))
-        return EXIT_OK
-    rows = [("ID", "MESSAGES", "FIRST", "LAST", "BYTES")]
+        return EXIT_ERROR if failed else EXIT_OK
+    rows = [("ID", "MESSAGES", "FIRST", "LAST", "BYTES", *(("STATUS",) if failed else ()))]
     for c in found:
         first, last = _short(c.first_timestamp), _short(c.last_timestamp)
-        rows.append((c.conversation_id, str(c.message_count), first, last, f"{c.disk_bytes:,}"))
+        count = str(c.message_count) if c.status == "ok" else "-"
+        row = (c.conversation_id, count, first, last, f"{c.disk_bytes:,}")
+        rows.append((*row, c.status) if failed else row)
     _table(rows, right=frozenset({1, 4}))
-    return EXIT_OK
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -658,12 +667,17 @@ def _cmd_import(args: argparse.Namespace) -> int:
     with _open(args, must_exist=False) as codec:
         args.reading = args.src  # from here, key errors concern SRC (see _report)
         report = codec.import_(
-            args.src, merge=args.merge, legacy_key=legacy_key, password=legacy_password
+            args.src,
+            merge=args.merge,
+            replace=args.replace,
+            legacy_key=legacy_key,
+            password=legacy_password,
         )
     if args.json:
         _emit(_fields(report))
         return EXIT_OK
-    how = "merged into" if args.merge else "replaced the history of"
+    how = "merged into" if args.merge else "added to"
+    how = "replaced the history of" if args.replace else how
     print(
         f"read {report.read} messages ({report.format.value}) from {args.src}; {how} "
         f"{args.path}: {report.added} added, {report.skipped_duplicate} duplicates skipped, "
@@ -1027,13 +1041,17 @@ def _add_transfer_commands(sub: _Sub, log: _Parser, as_json: _Parser) -> None:
         sub,
         "import",
         _cmd_import,
-        "read a history file (legacy, export or log) into a log; "
-        "without --merge it REPLACES the log's history",
+        "read a history file (legacy, export or log) into a log, keeping the messages "
+        "already there (in time order); only --replace discards them",
         "conversation-codec import chat.log old-history.jsonl --merge",
         [log, _legacy_secrets(), as_json],
     )
     import_cmd.add_argument("src", metavar="SRC", help="the history file to read")
-    import_cmd.add_argument("--merge", action="store_true", help="add only messages not present")
+    how = import_cmd.add_mutually_exclusive_group()
+    how.add_argument("--merge", action="store_true", help="add only messages not present")
+    how.add_argument(
+        "--replace", action="store_true", help="DISCARD the log's history, keep SRC's only"
+    )
     import_cmd.add_argument(
         "--legacy-password-env",
         type=_env_name,

@@ -48,6 +48,7 @@ from .crypto import (
 from .errors import (
     BindingError,
     ClosedError,
+    ConflictError,
     ConversationCodecError,
     CorruptRecordError,
     DecryptionError,
@@ -74,7 +75,7 @@ from .format.header import (
     encode_plain_header,
     sniff_log,
 )
-from .format.record import MAX_MESSAGE_BYTES
+from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .log import FileLog, LogFormat, _IndexMismatch, _Transaction
 from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
 from .search import Hit, Query, parse_roles, to_us
@@ -173,6 +174,37 @@ def _shown(raw: bytes) -> str:
     return os.fsdecode(raw[:60]) + ("..." if len(raw) > 60 else "")
 
 
+# (log_id, the lock's (inode, generation, truncations), record count): equal states mean no
+# writer changed the log in between (FORMAT.md §8.1; a rewrite or clear() changes log_id).
+_State = tuple[bytes | None, tuple[int, int, int] | None, int]
+# A state, and whether the caller was handed (load, iteration) or gave (save, replace) the
+# whole history at that state.
+_View = tuple[_State, bool]
+
+
+def _too_deep() -> NotSerializableError:
+    return NotSerializableError(
+        f"message nests objects and arrays more than {MAX_DEPTH} levels deep, the limit of "
+        "the format (FORMAT.md §5.2); flatten it, or store the deep part as a JSON string"
+    )
+
+
+def _too_deep_or(message: object) -> Exception:
+    """The error for a RecursionError met while encoding ``message``: the nesting limit,
+    unless the message is within it (then the caller's own stack ran out: say so)."""
+    level = [message] if isinstance(message, (dict, list)) else []
+    for _ in range(MAX_DEPTH):  # walked level by level: no recursion
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (dict, list))
+        ]
+    if level:
+        return _too_deep()
+    return RecursionError("the call stack ran out while encoding a message (not its nesting)")
+
+
 def _digest(data: bytes) -> bytes:
     """Fingerprint a stored message's JSON, for save()'s comparison of the kept prefix."""
     return hashlib.blake2b(data, digest_size=16).digest()
@@ -265,6 +297,7 @@ class ConversationCodec:
         self._zstd = Compressor()
         self._digests: list[bytes] | None = None  # of stored messages, for save()
         self._dbase = 0  # the seq of the first message self._digests covers
+        self._view: _View | None = None  # what this instance last knew of the log: see save()
         self._closed = False
         self._swept = False
         self._log = FileLog(
@@ -415,11 +448,20 @@ class ConversationCodec:
 
     def _encode(self, message: Message) -> tuple[Message, bytes]:
         """Transform, encode and validate one message; return it with its JSON."""
-        message = self._transform(message)
+        try:
+            message = self._transform(message)  # redact_fn and attachments walk it
+        except RecursionError:
+            raise _too_deep_or(message) from None
         try:
             data = _encode(message)
+        except RecursionError:
+            raise _too_deep_or(message) from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise NotSerializableError(f"message is not JSON-serialisable: {exc}") from None
+        if nests_deeper_than(data, MAX_DEPTH):
+            # Refused on write, not only on read: a reader with less stack to spare than
+            # this writer had could not decode it, and the whole log would be unreadable.
+            raise _too_deep()
         if len(data) > MAX_MESSAGE_BYTES:
             raise RecordTooLargeError(
                 f"message is {len(data)} bytes of JSON; one record holds at most "
@@ -528,6 +570,7 @@ class ConversationCodec:
             self._digests.extend(_digest(data) for _, data in encoded)
         else:
             self._digests = None
+        self._view = (self._state(), False)  # save() sets it whole again when it appended
         base = self._base()
         return list(range(first - base, first - base + len(encoded)))
 
@@ -570,12 +613,20 @@ class ConversationCodec:
         return records.encode_dictionary(1, ts, trained)
 
     def save(self, messages: Sequence[Message]) -> None:
-        """Make the stored history equal ``messages``.
+        """Make the stored history equal ``messages``, deleting nothing this instance never saw.
 
         When the stored history is a prefix of ``messages`` only the new tail is appended
-        (kept messages keep their seq and timestamp); otherwise the log is replaced
-        atomically (temp file, fsync, rename), keeping the timestamps of the common prefix.
-        With ``max_messages``, "the stored history" is the visible window.
+        (kept messages keep their seq and timestamp). Otherwise the log is replaced
+        atomically (temp file, fsync, rename), keeping the timestamps of the common prefix —
+        but only when this instance has seen the whole current history: its last ``load()``
+        (or complete iteration, ``save()`` or ``replace()``) and no change since, by any
+        writer, this instance's own ``append``/``extend`` included. With ``max_messages``,
+        "the stored history" is the visible window.
+
+        :raises ConflictError: the list diverges from a history this instance has not seen
+            whole, or would append again messages another writer removed since this
+            instance last read the log. Nothing is changed: reload, or call ``replace()``.
+        :raises NotSerializableError: a new message cannot be stored.
         """
         messages = list(messages)
         with self._writing():
@@ -592,12 +643,52 @@ class ConversationCodec:
                 keep += 1
             if keep == len(digests):
                 if len(messages) > keep:
+                    self._refuse_resurrection()
                     self._append_locked([self._encode(m) for m in messages[keep:]], None)
+                self._view = (self._state(), True)
                 return
+            self._refuse_blind_rewrite()
             encoded = [self._encode(m) for m in messages]
             kept = list(self._log.index.tss[base : base + keep])
             tail = self._timestamps(len(encoded) - keep, None) if len(encoded) > keep else []
             self._rewrite(encoded, kept + tail)
+            self._view = (self._state(), True)
+
+    # The rule save() follows. Rejected alternatives: trusting this instance's own appends
+    # (then load(); extend(100 messages); save(tail(20) + [reply]) still deletes 80 of them),
+    # and comparing contents only (a list built before another process's append or pop
+    # cannot tell "deleted here" from "never seen").
+
+    def _state(self) -> _State:
+        """The log's current state, inside a transaction (see ``_State``)."""
+        fmt = self._log.fmt
+        return (fmt.log_id if fmt else None, self._log.seen, len(self._log.index))
+
+    def _refuse_blind_rewrite(self) -> None:
+        """Raise unless the caller was handed (or gave) the whole history as it is now."""
+        if self._view is not None and self._view == (self._state(), True):
+            return
+        raise ConflictError(
+            f"{self._path}: save() would rewrite a history this instance has not read in full "
+            "since it last changed (another writer, or this instance's own append, changed it "
+            "after the last load()); nothing was changed — reload with load(), or call "
+            "replace() to overwrite"
+        )
+
+    def _refuse_resurrection(self) -> None:
+        """Raise when appending would bring back records removed since this instance's view."""
+        if self._view is not None and len(self._log.index) < self._view[0][2]:
+            raise ConflictError(
+                f"{self._path}: save() would append again messages that another writer removed "
+                "(pop, prune, clear or rewrite) since this instance last read the log; nothing "
+                "was changed — reload with load(), or call replace() to overwrite"
+            )
+
+    def _moved(self, before: _State, *, keeps_view: bool) -> None:
+        """Record a change this instance made: the caller still holds the whole history
+        only if it did before and the change keeps that true (a pop, a compaction)."""
+        whole = keeps_view and self._view == (before, True)
+        self._view = (self._state(), whole)
 
     def _digest_of(self, message: Message) -> bytes:
         """The digest ``message`` would be stored with; empty for what cannot be stored.
@@ -608,14 +699,14 @@ class ConversationCodec:
         """
         try:
             return _digest(_encode(self._transform(message)))
-        except (ConversationCodecError, TypeError, ValueError, OverflowError):
+        except (ConversationCodecError, TypeError, ValueError, OverflowError, RecursionError):
             return b""
 
     def _same_as_stored(self, message: Message, seq: int) -> bool:
         """Compare with the stored record itself (one decryption), ignoring key order."""
         try:
             return self._transform(message) == self._read_one(seq)
-        except (ConversationCodecError, TypeError, ValueError):
+        except (ConversationCodecError, TypeError, ValueError, RecursionError):
             return False
 
     def _stored_digests(self) -> list[bytes]:
@@ -663,6 +754,7 @@ class ConversationCodec:
                 if any(b < a for a, b in itertools.pairwise(tss)):
                     raise ValueError("timestamps must not decrease")
             self._rewrite(encoded, tss)
+            self._view = (self._state(), True)
 
     def compact(self, *, encryption_key: KeyInput | None = None) -> CompactionReport:
         """Rewrite the log: re-seal every record under the first key (or ``encryption_key``,
@@ -686,14 +778,17 @@ class ConversationCodec:
             if encryption_key is not None and self._blobs is not None:
                 new_blobs = BlobStore.for_key(str(self._path) + ".blobs", encryption_key)
             committed = self._rewrites_committed()
+            before = self._state()
             try:
-                return self._compact_from(self._base(), new_blobs)
+                report = self._compact_from(self._base(), new_blobs)
             except BaseException:
                 if not committed():  # past the rename the new secrets are the log's
                     self._keyring, self._password, self._kdf = secrets
                 elif new_blobs is not None:
                     self._blobs = new_blobs
                 raise
+            self._moved(before, keeps_view=True)  # same messages: what was seen stays seen
+            return report
 
     def _rewrites_committed(self) -> Callable[[], bool]:
         """Return a check of whether a rewrite started now has replaced the log."""
@@ -742,7 +837,19 @@ class ConversationCodec:
         return CompactionReport(count - start, before, self._log.size() + self._index_size())
 
     def rotate_key(self, new_key: KeyInput) -> CompactionReport:
-        """Re-encrypt the whole log under ``new_key``; afterwards the old key fails."""
+        """Re-encrypt the whole log under ``new_key``; afterwards the old key fails.
+
+        :raises KeyRequiredError: ``new_key`` is None. Rotation needs the new key; a log is
+            never decrypted in place (``export()`` writes a plaintext copy).
+        """
+        if new_key is None:
+            # compact(encryption_key=None) means "keep the key": taking None here would
+            # compact and report success while the old key still opens the log.
+            raise KeyRequiredError(
+                "rotate_key() needs the new key: pass it (generate one with "
+                "conversation_codec.generate_key()); to keep a decrypted copy of the history, "
+                "use export(), which writes plaintext JSONL"
+            )
         return self.compact(encryption_key=new_key)
 
     def change_password(self, old: str, new: str) -> CompactionReport:
@@ -760,12 +867,15 @@ class ConversationCodec:
                 raise DecryptionError("wrong password: the log was not opened with it")
             self._password, self._kdf = new, None
             committed = self._rewrites_committed()
+            before = self._state()
             try:
-                return self._compact_from(self._base())
+                report = self._compact_from(self._base())
             except BaseException:
                 if not committed():
                     self._password = old
                 raise
+            self._moved(before, keeps_view=True)
+            return report
 
     def prune(self, before: TimeInput) -> int:
         """Permanently remove the messages older than ``before``; return how many went.
@@ -782,6 +892,7 @@ class ConversationCodec:
                 return 0
             removed = start - self._base()
             self._compact_from(start)
+            self._view = (self._state(), False)  # a list loaded before still holds them
             return removed
 
     def _first_at_or_after(self, ts_us: int, sides: tuple[int, ...]) -> int:
@@ -865,7 +976,10 @@ class ConversationCodec:
             if count == self._base():
                 return None
             message = self._present(self._read_one(count - 1))
+            before = self._state()
             self._log.truncate(count - 1)
+            # The caller gets the message back: a history it held whole stays whole.
+            self._moved(before, keeps_view=True)
             if self._digests is not None and self._dbase + len(self._digests) == count:
                 self._digests.pop()
             else:
@@ -881,6 +995,7 @@ class ConversationCodec:
             remove_flat_dir(str(self._path) + ".blobs", check_only=True)
             self._log.remove(also=self._remove_blobs)
             self._digests = None
+            self._view = ((None, None, 0), False)
 
     def _remove_blobs(self) -> None:
         if self._blobs is not None:
@@ -966,6 +1081,7 @@ class ConversationCodec:
         with self._reading():
             base, count = self._base(), len(self._log.index)
             if count == base:
+                self._view = (self._state(), True)
                 return None
             messages: list[Message] = []
             digests: list[bytes] = []
@@ -977,6 +1093,7 @@ class ConversationCodec:
                 digests.append(_digest(text if sealed else _encode(message)))
             # The seed pattern calls save() next: keep what it compares against.
             self._digests, self._dbase = digests, base
+            self._view = (self._state(), True)
             return messages
 
     def get(self, seq: int) -> Message:
@@ -1026,6 +1143,8 @@ class ConversationCodec:
         with self._reading():
             log_id = self._log.fmt.log_id if self._log.fmt else None
             seq, count = self._base(), len(self._log.index)
+            start = self._state()
+        unchanged = True
         while seq < count:
             with self._reading():
                 now = self._log.fmt.log_id if self._log.fmt else None
@@ -1033,8 +1152,11 @@ class ConversationCodec:
                     raise LogReplacedError("the log was replaced or truncated while iterating")
                 stop = min(count, seq + _ITER_BATCH)
                 batch = [self._present(m) for _, m, _ in self._decoded(seq, stop)]
+                unchanged = unchanged and self._state() == start
             yield from batch
             seq += len(batch)
+        if unchanged:  # every message was handed out, and no writer came in between
+            self._view = (start, True)
 
     # -- search ----------------------------------------------------------------------------
 
@@ -1195,12 +1317,17 @@ class ConversationCodec:
         src: str | os.PathLike[str],
         merge: bool = False,
         *,
+        replace: bool = False,
         legacy_key: KeyInput | None = None,
         password: str | None = None,
     ) -> ImportReport:
-        """Read any history ``migrate`` understands into this log: replace it, or ``merge``
-        by adding only messages not already present (same time, role and content)."""
-        return import_history(self, src, merge=merge, legacy_key=legacy_key, password=password)
+        """Read any history ``migrate`` understands into this log, keeping what is there:
+        add every message (in time order), or with ``merge`` only those not already present
+        (same time, role and content). Only ``replace=True`` discards the stored history.
+        See ``transfer.import_history``."""
+        return import_history(
+            self, src, merge=merge, legacy_key=legacy_key, password=password, replace=replace
+        )
 
     def info(self) -> LogInfo:
         """Describe the log from its header and index alone (no message is decrypted).

@@ -20,6 +20,7 @@ from pathlib import Path
 __all__ = [
     "BindingError",
     "ClosedError",
+    "ConflictError",
     "ConversationCodecError",
     "CorruptRecordError",
     "DecryptionError",
@@ -149,6 +150,16 @@ class LockTimeoutError(ConversationCodecError, TimeoutError):
 
 class ClosedError(ConversationCodecError, ValueError):
     """The codec was closed; open a new one."""
+
+
+class ConflictError(ConversationCodecError, RuntimeError):
+    """``save()`` would delete or bring back messages this instance never saw.
+
+    The stored history changed since this instance last read all of it (another writer
+    appended, popped or rewrote), so a list that diverges from it cannot be trusted to hold
+    everything worth keeping. Nothing was changed: reload with ``load()`` and decide again,
+    or call ``replace()`` to overwrite the history on purpose.
+    """
 
 
 class LogReplacedError(ConversationCodecError, RuntimeError):

@@ -212,6 +212,13 @@ class FileLog:
         self._seen = (ino, gen + 1, truncs + int(truncation))
         self._lock.write_state(gen + 1, truncs + int(truncation))
 
+    @property
+    def seen(self) -> tuple[int, int, int] | None:
+        """``(lock inode, generation, truncations)`` as of the current transaction (after
+        this process's own bumps); None when it holds no lock (no log, read-only directory).
+        Equal values mean no writer changed the log in between (FORMAT.md §8.1)."""
+        return self._seen
+
     def transaction(self, *, write: bool, tolerant: bool = False) -> _Transaction:
         """Return a context that holds the lock (exclusive for ``write``) and brings the
         cached view up to date; OS errors inside it surface as ``StorageError``.

@@ -19,11 +19,14 @@ from .errors import UnsupportedVersionError
 from .format.record import (
     KIND_DICTIONARY,
     KIND_MESSAGE,
+    MAX_DEPTH,
     Envelope,
     decode_envelope,
+    decode_plain_head,
     decode_plain_line,
     encode_envelope,
     encode_plain_line,
+    nests_deeper_than,
 )
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
 
 _US_PER_S = 1_000_000
 _decode_message = msgspec.json.Decoder(dict[str, Any]).decode
+_TOO_DEEP = f"record message nests deeper than {MAX_DEPTH} levels (FORMAT.md §5.2)"
 
 
 class RecordRejected(ValueError):
@@ -204,6 +208,8 @@ class SealedRecords:
             raise RecordDamaged(f"record payload is malformed: {exc}") from None
 
     def parse(self, text: bytes) -> dict[str, Any]:
+        if nests_deeper_than(text, MAX_DEPTH):  # before a recursive decoder meets it
+            raise RecordDamaged(_TOO_DEEP)
         try:
             return _decode_message(text)
         except msgspec.DecodeError as exc:
@@ -228,18 +234,21 @@ class PlainRecords:
         return encode_plain_line(seq, ts_us, message_json)
 
     def decode(self, body: bytes, expected_seq: int | None) -> tuple[dict[str, Any], int]:
-        if not body.endswith(b"\n"):
-            raise RecordRejected("record line is not terminated")
-        try:
-            seq, ts_us, message = decode_plain_line(body)
-        except ValueError as exc:
-            raise RecordRejected(str(exc)) from None
-        if expected_seq is not None and seq != expected_seq:
-            raise RecordDamaged(f"record line carries seq {seq} where seq {expected_seq} belongs")
+        if _too_deep_line(body):  # the line's own object is one level
+            raise RecordDamaged(_TOO_DEEP)
+        seq, ts_us, message = _plain_line(body)
+        _check_seq(seq, expected_seq)
         return message, ts_us
 
     def check(self, body: bytes, expected_seq: int | None) -> int:
-        return self.decode(body, expected_seq)[1]
+        if _too_deep_line(body):
+            # Whole, in place, but unreadable: recovery must see a record (damage that
+            # readers report), not a torn tail that a writer would cut.
+            seq, ts_us = _plain_head(body)
+        else:
+            seq, ts_us, _ = _plain_line(body)
+        _check_seq(seq, expected_seq)
+        return ts_us
 
     def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
         # The whole line is the text: parsing it is what checks the record.
@@ -251,13 +260,38 @@ class PlainRecords:
         parsed, self._parsed = self._parsed, None
         if parsed is not None and parsed[0] is text:
             return parsed[1]
-        return decode_plain_line(text)[2]
+        return self.decode(text, None)[0]
 
     def inspect(self, body: bytes) -> tuple[int, int, bytes]:
-        if not body.endswith(b"\n"):
-            raise RecordRejected("record line is not terminated")
-        try:
-            seq, ts_us, _ = decode_plain_line(body)
-        except ValueError as exc:
-            raise RecordRejected(str(exc)) from None
+        if _too_deep_line(body):
+            seq, ts_us = _plain_head(body)
+        else:
+            seq, ts_us, _ = _plain_line(body)
         return seq, ts_us, body
+
+
+def _too_deep_line(body: bytes) -> bool:
+    """Check that a line is terminated; return True when its message is too deep to parse
+    (FORMAT.md §5.2: measured without recursion, before any decoder sees the line)."""
+    if not body.endswith(b"\n"):
+        raise RecordRejected("record line is not terminated")
+    return nests_deeper_than(body, MAX_DEPTH + 1)
+
+
+def _plain_line(body: bytes) -> tuple[int, int, dict[str, Any]]:
+    try:
+        return decode_plain_line(body)
+    except ValueError as exc:
+        raise RecordRejected(str(exc)) from None
+
+
+def _plain_head(body: bytes) -> tuple[int, int]:
+    try:
+        return decode_plain_head(body)
+    except ValueError as exc:
+        raise RecordRejected(str(exc)) from None
+
+
+def _check_seq(seq: int, expected_seq: int | None) -> None:
+    if expected_seq is not None and seq != expected_seq:
+        raise RecordDamaged(f"record line carries seq {seq} where seq {expected_seq} belongs")

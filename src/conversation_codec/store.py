@@ -45,7 +45,8 @@ from typing import Any
 from ._fsio import unlink_file
 from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
-from .errors import StorageError
+from .errors import ConversationCodecError, StorageError
+from .format.header import LogKind, sniff_log
 from .search import Hit, Query, parse_roles, to_us
 
 __all__ = ["MAX_ENCODED_ID", "ConversationInfo", "ConversationStore", "decode_id", "encode_id"]
@@ -61,6 +62,8 @@ _FIRST_CHUNK = 64  # hits read from one conversation per open, growing x4 per re
 _MAX_CHUNK = 4096
 
 KeyFn = Callable[[str], KeyInput | None]
+# Called with (conversation_id, error) for each conversation search() or prune() skipped.
+OnError = Callable[[str, ConversationCodecError], None]
 
 
 def encode_id(conversation_id: str) -> str:
@@ -118,7 +121,14 @@ def decode_id(stem: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class ConversationInfo:
-    """One conversation as ``ConversationStore.list()`` reports it (from header and index)."""
+    """One conversation as ``ConversationStore.list()`` reports it (from header and index).
+
+    ``status`` is ``"ok"``, or the name of the library error that kept the log from being
+    opened (``"DecryptionError"``, ``"NotEncryptedError"``, ``"KeyRequiredError"``,
+    ``"FormatError"``, ``"CorruptRecordError"``, ``"StorageError"``, ...), with its message
+    in ``error``; then ``message_count`` is 0 and the times are None, and ``encrypted`` says
+    whether the file starts like a sealed log.
+    """
 
     conversation_id: str
     message_count: int
@@ -126,6 +136,8 @@ class ConversationInfo:
     last_timestamp: datetime | None
     encrypted: bool
     disk_bytes: int  # log + index
+    status: str = "ok"
+    error: str | None = None
 
 
 class ConversationStore:
@@ -223,13 +235,18 @@ class ConversationStore:
 
         No message is decrypted, but an encrypted log's header is authenticated, so the
         store needs each conversation's key. A conversation deleted meanwhile is left out.
-
-        :raises KeyRequiredError, DecryptionError, FormatError: a log cannot be opened.
+        One that cannot be opened (no key, a wrong key, a plaintext log in an encrypted
+        store, a foreign or damaged file) is listed with its ``status`` and ``error``;
+        the others are listed as usual.
         """
         out = []
         for conversation_id in self.ids():
-            with self.open(conversation_id) as codec:
-                info = codec.info()
+            try:
+                with self.open(conversation_id) as codec:
+                    info = codec.info()
+            except ConversationCodecError as exc:
+                out.append(self._failed(conversation_id, exc))
+                continue
             if info.format_version is None:
                 continue  # deleted between listdir() and open()
             out.append(
@@ -243,6 +260,20 @@ class ConversationStore:
                 )
             )
         return out
+
+    def _failed(self, conversation_id: str, exc: ConversationCodecError) -> ConversationInfo:
+        """The entry of a conversation whose log could not be opened (never its key)."""
+        path = self.path(conversation_id)
+        sizes, prefix = 0, b""
+        for file in (path, Path(str(path) + ".idx")):
+            with contextlib.suppress(OSError):
+                sizes += file.stat().st_size
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            prefix = f.read(64)
+        sealed = sniff_log(prefix) is LogKind.SEALED
+        return ConversationInfo(
+            conversation_id, 0, None, None, sealed, sizes, type(exc).__name__, str(exc)
+        )
 
     def delete(self, conversation_id: str) -> bool:
         """Delete every file of a conversation; return False when it had none.
@@ -268,11 +299,16 @@ class ConversationStore:
                 unlink_file(leftover)  # refuses a planted link
         return cutoff_us is None or last is not None
 
-    def prune(self, older_than: datetime | timedelta) -> builtins.list[str]:
+    def prune(
+        self, older_than: datetime | timedelta, *, on_error: OnError | None = None
+    ) -> builtins.list[str]:
         """Delete the conversations whose last message is older than a cutoff; return their ids.
 
         :param older_than: an aware datetime (the cutoff itself), or a timedelta: the
             cutoff is now (the store's clock) minus it. Empty conversations are kept.
+        :param on_error: called with ``(conversation_id, error)`` for each conversation
+            that could not be read or deleted; it is kept, and pruning carries on. (Such
+            conversations also show in ``list()`` with their status.)
         """
         if isinstance(older_than, timedelta):
             now_us = self._clock() if self._clock is not None else None
@@ -286,11 +322,16 @@ class ConversationStore:
             raise TypeError("older_than must be an aware datetime or a timedelta")
         cutoff_us = (cutoff - _EPOCH) // _ONE_US
         deleted = []
-        for info in self.list():
-            last = info.last_timestamp
-            stale = last is not None and (last - _EPOCH) // _ONE_US < cutoff_us
-            if stale and self._delete(info.conversation_id, cutoff_us):
-                deleted.append(info.conversation_id)
+        for conversation_id in self.ids():
+            try:
+                with self.open(conversation_id) as codec:
+                    last = codec.info().last_timestamp
+                stale = last is not None and (last - _EPOCH) // _ONE_US < cutoff_us
+                if stale and self._delete(conversation_id, cutoff_us):
+                    deleted.append(conversation_id)
+            except ConversationCodecError as exc:
+                if on_error is not None:
+                    on_error(conversation_id, exc)
         return deleted
 
     def search(
@@ -305,12 +346,18 @@ class ConversationStore:
         regex: bool = False,
         case_sensitive: bool = False,
         conversation_ids: Iterable[str] | None = None,
+        on_error: OnError | None = None,
     ) -> Iterator[tuple[str, Hit]]:
         """Stream ``(conversation_id, Hit)`` across conversations, in time order.
 
         Arguments mean what they mean for ``ConversationCodec.search``; ``limit`` and
         ``newest_first`` apply to the merged stream (ties: by id, then seq).
         ``conversation_ids`` restricts the search (ids without a log are skipped).
+
+        A conversation that cannot be read (no key or a wrong one, a foreign or damaged
+        file) does not stop the search: its hits read before the failure are kept, the
+        rest of it is skipped, and ``on_error(conversation_id, error)`` is called (from
+        the thread consuming the stream). ``list()`` reports the same conversations.
 
         Each conversation is read a chunk of hits per open (64, then 4x larger each time),
         and its log is closed between chunks: merging thousands of conversations does not
@@ -335,7 +382,7 @@ class ConversationStore:
         if lo is not None and hi is not None and lo > hi:
             raise ValueError(f"since ({since!r}) is after until ({until!r})")
         Query(query, regex=regex, case_sensitive=case_sensitive)  # raise now, not at next()
-        streams = [self._hits(cid, query, lo, hi, options, limit) for cid in ids]
+        streams = [self._hits(cid, query, lo, hi, options, limit, on_error) for cid in ids]
         merged = heapq.merge(*streams, reverse=newest_first)
         return (pair for _, pair in islice(merged, limit))
 
@@ -347,6 +394,7 @@ class ConversationStore:
         hi: int | None,
         options: dict[str, Any],
         limit: int | None,
+        on_error: OnError | None = None,
     ) -> Iterator[tuple[tuple[int, str, int], tuple[str, Hit]]]:
         """Yield one conversation's hits keyed for the merge, reopening the log per chunk.
 
@@ -357,19 +405,28 @@ class ConversationStore:
         chunk = min(limit, _FIRST_CHUNK) if limit is not None else _FIRST_CHUNK
         after: tuple[int, int] | None = None  # (ts_us, seq) of the last hit yielded
         while chunk:
-            with self.open(conversation_id) as codec:
-                hits = codec.search(
-                    query,
-                    since=_at(lo) if lo is not None else None,
-                    until=_at(hi) if hi is not None else None,
-                    **options,
-                )
-                if after is not None:
-                    hits = (h for h in hits if _is_past(h, after, newest_first))
-                batch = list(islice(hits, chunk))
+            batch: builtins.list[Hit] = []
+            failed = None
+            try:
+                with self.open(conversation_id) as codec:
+                    hits = codec.search(
+                        query,
+                        since=_at(lo) if lo is not None else None,
+                        until=_at(hi) if hi is not None else None,
+                        **options,
+                    )
+                    if after is not None:
+                        hits = (h for h in hits if _is_past(h, after, newest_first))
+                    batch.extend(islice(hits, chunk))  # keeps what was read before a failure
+            except ConversationCodecError as exc:
+                failed = exc
             for hit in batch:
                 ts = (hit.timestamp - _EPOCH) // _ONE_US
                 yield (ts, conversation_id, hit.seq), (conversation_id, hit)
+            if failed is not None:
+                if on_error is not None:
+                    on_error(conversation_id, failed)
+                return
             if len(batch) < chunk:
                 return
             last = batch[-1]

@@ -28,6 +28,9 @@ Hooks into ``ConversationCodec`` this module relies on:
   leave no history at all after a crash between the two.
 * ``codec._writing()``: the re-entrant writer transaction, held by ``import_history``
   around read-compare-write, so a merge never drops a concurrent writer's records.
+* ``codec._moved(codec._state(), keeps_view=False)``: after an import changed the log, the
+  caller holds no list of the whole history, so a later diverging ``save()`` must reload
+  first (the rule of ``ConversationCodec.save``).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import msgspec
 from ._fsio import check_file, open_file
 from .crypto import KeyInput
 from .errors import StorageError
-from .format.record import MAX_MESSAGE_BYTES
+from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .legacy import LegacyFormat, parse_legacy, read_legacy
 
 if TYPE_CHECKING:
@@ -231,8 +234,11 @@ def import_history(
     merge: bool = False,
     legacy_key: KeyInput | None = None,
     password: str | bytes | None = None,
+    *,
+    replace: bool = False,
 ) -> ImportReport:
-    """Read a history file and make it (``merge=False``) or add it to (``merge=True``) the log.
+    """Add a history file's messages to the log (``merge``: only those not present), or
+    make the log hold exactly them (``replace``).
 
     ``src`` is anything ``read_legacy`` reads (JSONL, JSON array, LangChain, whole-file
     Fernet with ``legacy_key`` or ``password``), an export of :func:`export_history`, or
@@ -241,19 +247,26 @@ def import_history(
     time of the timed message before it (or after it, at the start); a file with no
     times at all is stamped with the current time.
 
-    Replace (the default) atomically swaps the whole history for the file's messages.
-    Merge adds each message not already in the log — the same message (all keys, key
-    order ignored) at the same record time (from a file with no times at all: at any
-    time) — and keeps the log in time order: when every new message is at or after
-    the log's last record they are appended; otherwise the log is rewritten atomically
-    with the union sorted by time (ties: log messages first). Both run under the writer
-    lock, so a concurrent writer's messages are never lost. Duplicates are judged on the
-    stored form: with a ``redact_fn`` that changes messages, re-imports are not matched.
+    Nothing already in the log is lost unless ``replace=True`` is given. By default every
+    message of the file is added; ``merge`` adds only those not already in the log — the
+    same message (all keys, key order ignored) at the same record time (from a file with no
+    times at all: at any time). Added messages keep the log in time order: when all are at
+    or after the log's last record they are appended (into an empty log: simply written);
+    otherwise the log is rewritten atomically with the union sorted by time (ties: log
+    messages first). That rewrite reads the stored history under the same writer lock and
+    keeps all of it, so it never deletes a record it has not seen (the rule ``save()``
+    enforces with ``ConflictError``). ``replace=True`` atomically swaps the whole history
+    for the file's messages, like ``ConversationCodec.replace()``: asked for by name, it
+    needs no earlier read. Everything runs under the writer lock, so a concurrent writer's
+    messages are never lost. Duplicates are judged on the stored form: with a ``redact_fn``
+    that changes messages, re-imports are not matched.
 
     :raises FormatError, KeyRequiredError, DecryptionError, StorageError: from reading
         ``src`` (see ``read_legacy``).
-    :raises ValueError: ``src`` is this codec's own log.
+    :raises ValueError: ``src`` is this codec's own log; ``merge`` and ``replace`` together.
     """
+    if merge and replace:
+        raise ValueError("pass merge=True (add what is new) or replace=True, not both")
     src = Path(src)
     if _same_file(src, codec.path):
         raise ValueError(f"{src} is the log itself; nothing to import")
@@ -263,12 +276,13 @@ def import_history(
     messages = [m for m, _ in kept]
     stamps = _fill_times([ts for _, ts in kept])
     with codec._writing():  # see "Hooks" in the module docstring
-        if merge:
-            added = _merge_locked(codec, messages, stamps)
-        else:
-            # Until the hook lands in codec.py; mypy flags the ignore as unused after.
+        if replace:
             codec.replace(messages, timestamps=_as_datetimes(stamps))
             added = len(messages)
+        else:
+            added = _merge_locked(codec, messages, stamps, dedupe=merge)
+        if replace or added:
+            codec._moved(codec._state(), keeps_view=False)
     return ImportReport(len(pairs), added, len(messages) - added, rejected, fmt)
 
 
@@ -285,12 +299,15 @@ def _read_source(
 
 
 def _storable(message: Message) -> bool:
-    """Apply the codec's rule: a JSON object that round-trips exactly and fits a record."""
+    """Apply the codec's rule: a JSON object that round-trips exactly, nests at most
+    ``MAX_DEPTH`` levels and fits a record."""
     try:
         data = _encode(message)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         return False
-    return len(data) <= MAX_MESSAGE_BYTES and _decode(data) == message
+    if len(data) > MAX_MESSAGE_BYTES or nests_deeper_than(data, MAX_DEPTH):
+        return False
+    return bool(_decode(data) == message)
 
 
 def _fill_times(stamps: Sequence[int | None]) -> list[int] | None:
@@ -309,14 +326,18 @@ def _fill_times(stamps: Sequence[int | None]) -> list[int] | None:
 
 
 def _merge_locked(
-    codec: ConversationCodec, messages: list[Message], stamps: list[int] | None
+    codec: ConversationCodec, messages: list[Message], stamps: list[int] | None, dedupe: bool
 ) -> int:
-    """Add the messages not yet in the log; return how many. The writer lock is held."""
+    """Add the messages (``dedupe``: those not yet in the log); return how many. The writer
+    lock is held."""
     stored = [(hit.message, _us(hit.timestamp)) for hit in codec.search()]
-    seen: dict[bytes, Counter[int]] = {}
-    for message, ts in stored:
-        seen.setdefault(_key(message), Counter())[ts] += 1
-    fresh = _unseen(messages, stamps, seen)
+    if dedupe:
+        seen: dict[bytes, Counter[int]] = {}
+        for message, ts in stored:
+            seen.setdefault(_key(message), Counter())[ts] += 1
+        fresh = _unseen(messages, stamps, seen)
+    else:
+        fresh = list(range(len(messages)))
     if not fresh:
         return 0
     new = [messages[i] for i in fresh]

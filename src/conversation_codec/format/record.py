@@ -8,7 +8,10 @@ Plain logs hold one JSON line per record. Pure bytes <-> values: no I/O, no cryp
 
 from __future__ import annotations
 
+import re
+from array import array
 from datetime import datetime, timedelta, timezone
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 import msgspec
@@ -22,20 +25,30 @@ __all__ = [
     "KIND_DICTIONARY",
     "KIND_MESSAGE",
     "MAX_BODY_BYTES",
+    "MAX_DEPTH",
     "MAX_MESSAGE_BYTES",
     "MIN_BODY_BYTES",
     "Envelope",
     "decode_envelope",
     "decode_frame_header",
+    "decode_plain_head",
     "decode_plain_line",
     "encode_envelope",
     "encode_frame",
     "encode_plain_line",
     "format_ts",
+    "nests_deeper_than",
     "parse_ts",
 ]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # bytes of message JSON in one record (FORMAT.md §5)
+# FORMAT.md §5.2: levels of JSON objects and arrays in one message, the message itself counted.
+# Chat formats nest about 6 deep (a tool-call argument object inside a content part inside a
+# message), JSON-schema tool definitions rarely 20; serde_json's default limit is 128. It
+# stays far below Python's recursion limit (1,000 frames), which msgspec's decoder, dict
+# comparison and copy.deepcopy all count against: reading a 64-deep message costs the caller
+# at most ~200 frames, wherever in a deep stack it runs.
+MAX_DEPTH = 64
 # FORMAT.md §5: body = timestamp(8) | iv(16) | ciphertext(16*k, k >= 1) | hmac(32)
 FERNET_OVERHEAD_BYTES = 8 + 16 + 32
 MIN_BODY_BYTES = FERNET_OVERHEAD_BYTES + 16
@@ -218,3 +231,52 @@ def decode_plain_line(line: bytes | memoryview) -> tuple[int, int, dict[str, Any
         return rec.seq, parse_ts(rec.ts), rec.message
     except ValueError as exc:
         raise ValueError(f"invalid record line: {exc}") from None
+
+
+# A JSON string, escapes included, matched without backtracking (Friedl's unrolled loop): the
+# brackets inside strings do not nest.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
+
+
+def nests_deeper_than(text: bytes | memoryview, limit: int) -> bool:
+    """Return True when the JSON ``text`` nests objects and arrays more than ``limit`` deep.
+
+    Counted without recursion, so no text can exhaust the stack (a recursive decoder such
+    as msgspec raises ``RecursionError`` near 1,000 levels, fewer in a deep call stack).
+    Cheap first: valid JSON needs two bytes per level, so short text (most chat messages)
+    is answered by its length; text with at most ``limit`` opening brackets by two byte
+    counts; only the rest has its strings removed and its brackets summed. (Invalid JSON
+    as short may nest deeper, but no deeper than its length: harmless to a decoder.)
+
+    >>> nests_deeper_than(b'{"a":[{"b":"[[[["}]}', 3), nests_deeper_than(b'[[[[]]]]', 3)
+    (False, True)
+    """
+    if len(text) <= 2 * limit + 1:
+        return False
+    data = bytes(text)
+    if data.count(b"{") + data.count(b"[") <= limit:
+        return False
+    steps = array("b", _JSON_STRING.sub(b"", data).translate(_BRACKET_STEP, _NOT_A_BRACKET))
+    return max(accumulate(steps), default=0) > limit
+
+
+# The start of a record line as encode_plain_line writes it (FORMAT.md §6).
+_PLAIN_HEAD = re.compile(rb'\{"seq":(0|[1-9][0-9]{0,18}),"ts":"([0-9T:.Z+-]{20,32})","message":\{')
+
+
+def decode_plain_head(line: bytes | memoryview) -> tuple[int, int]:
+    """Return ``(seq, ts_us)`` of a record line without parsing its message.
+
+    For a line whose message is too deep to parse (``MAX_DEPTH``): its place in the log
+    can still be checked, so it is reported as a damaged record, never cut as a torn tail.
+    Only the layout ``encode_plain_line`` writes is recognised.
+
+    :raises ValueError: the line does not start like a record line.
+    """
+    head = _PLAIN_HEAD.match(bytes(line[:80]))
+    if head is None or not bytes(line[-2:]) == b"}\n":
+        raise ValueError("invalid record line: not laid out as FORMAT.md §6 shows")
+    seq, ts_us, _ = decode_plain_line(b'{"seq":%s,"ts":"%s","message":{}}' % (head[1], head[2]))
+    return seq, ts_us
