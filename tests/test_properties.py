@@ -184,6 +184,50 @@ class LogMachine(RuleBasedStateMachine):
         assert stamps == sorted(stamps)
 
 
+def _pair(folder: Path, encrypted: bool) -> list[ConversationCodec]:
+    clock = Clock()
+    return [
+        ConversationCodec(
+            folder / "c.log",
+            encryption_key=KEY if encrypted else None,
+            durability="flush",
+            clock=clock,
+        )
+        for _ in range(2)
+    ]
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+@pytest.mark.parametrize("recreate", ["append", "same_save"])
+def test_pop_after_another_instance_recreated_the_deleted_index(
+    tmp_path: Path, encrypted: bool, recreate: str
+) -> None:
+    """Found by LogMachine: instance a keeps the descriptor of a deleted sidecar; b recreates
+    the sidecar; a's pop must cut the file that b (and every later reader) loads, not the
+    deleted one, or the sidecar keeps naming the popped record."""
+    a, b = _pair(tmp_path, encrypted)
+    model: list[dict[str, Any]] = [{"role": "system", "content": "popped later"}]
+    assert a.append(model[0]) == 0
+    Path(str(tmp_path / "c.log") + ".idx").unlink()
+    if recreate == "append":
+        model.append({"role": "user", "content": None})
+        assert b.append(model[1]) == 1
+    else:
+        b.save(model)  # a write that changes nothing (no counter bump) but rebuilds the sidecar
+    assert len(a) == len(model)
+    assert a.pop() == model.pop()
+    more = [{"role": "user"}, {"role": "user", "content": None}, {"role": "tool"}]
+    assert a.extend(more) == list(range(len(model), len(model) + 3))
+    model += more
+    stamps = [a.timestamp(i) for i in range(len(model))]
+    for c in (b, a, *_pair(tmp_path, encrypted)):
+        assert c.tail(1) == model[-1:]
+        assert [c.timestamp(i) for i in range(len(model))] == stamps
+        assert c.load() == model
+        assert [c.get(i) for i in range(len(model))] == model
+        c.close()
+
+
 class PlainLogMachine(LogMachine):
     encrypted = False
 

@@ -240,10 +240,21 @@ class OffsetIndex:
 
     def _open(self) -> int:
         # The descriptor may outlive the file's name (someone deleted the sidecar): writes
-        # then go nowhere useful, which is fine for a cache that the next open rebuilds.
+        # then go nowhere useful, which is fine for a cache that the next open rebuilds, as
+        # long as no other file takes the name meanwhile: a writer checks ``detached`` first.
         if self._fd is None:
             self._fd = open_file(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         return self._fd
+
+    def detached(self) -> bool:
+        """Was the sidecar deleted since this index opened it? Then close the descriptor and
+        return True: the name may now hold a file that another process rebuilt, which a
+        writer must rewrite from its own entries (writes to the deleted file reach no one,
+        and a pop cut there would leave the rebuilt file naming the popped records)."""
+        if self._fd is None or os.fstat(self._fd).st_nlink:
+            return False
+        self.close()
+        return True
 
     def close(self) -> None:
         """Close the sidecar's file descriptor (entries stay in memory)."""

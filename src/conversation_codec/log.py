@@ -292,6 +292,8 @@ class FileLog:
             self._last_seen, self._seen = self._seen, None  # None until the reload succeeds
             self._reload(state)
             self._seen = state
+        if write and self.index.detached():
+            self._index_ok = self._settled = False  # the catch-up rewrites it at its name
         if self.fmt is not None and (changed or (write and not self._settled)):
             try:
                 self._catch_up(write)
