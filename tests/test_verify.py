@@ -222,3 +222,20 @@ def test_removed_dictionary_record_is_damage_not_a_torn_tail(tmp_path: Path) -> 
     damage = [p for p in problems if p.is_damage]
     assert [p.kind for p in damage] == ["damaged"], problems
     assert damage[0].offset == d0
+
+
+def test_an_authentic_but_unreadable_message_is_damage(tmp_path: Path) -> None:
+    """A plain record line whose message nests past the limit (FORMAT.md §5.2) is in place
+    but unreadable: verify() reports it once as damage, salvage() copies the others and
+    raises nothing."""
+    path = write_log(tmp_path, 3, None)
+    deep = "[" * 100 + "]" * 100
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b'"message":{', b'"message":{"deep":' + deep.encode() + b",", 1)
+    path.write_bytes(b"".join(lines))
+    Path(f"{path}.idx").unlink()
+    with ConversationCodec(path) as codec:
+        report = codec.verify()
+    assert [p.kind for p in report.problems if p.is_damage] == ["damaged"], report.problems
+    rescued = salvage(path, tmp_path / "rescued.log")
+    assert rescued.recovered == 2 and rescued.lost_seqs == (1,)

@@ -36,7 +36,7 @@ from .crypto import KeyInput
 from .errors import StorageError
 from .format.index import ENTRY_SYNCED, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
 from .log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
-from .records import DictionaryMissing, RecordRejected, SealedRecords
+from .records import DictionaryMissing, RecordDamaged, RecordRejected, SealedRecords
 
 __all__ = ["Problem", "SalvageReport", "VerifyReport", "salvage", "scan_records"]
 
@@ -141,6 +141,10 @@ def _open(log: FileLog, body: bytes, control: bool) -> tuple[str, int, int, byte
                 records.use_dictionary(1, dictionary)
             return "dictionary", 1, -1, b""
         seq, ts, text = records.inspect(body)
+        try:
+            records.parse(text)  # authentic, but does the message itself hold up?
+        except RecordDamaged as exc:
+            return "malformed", seq, ts, str(exc).encode()
     except DictionaryMissing:
         assert isinstance(records, SealedRecords)
         env_seq, env_ts = records.locate(body)
@@ -176,6 +180,12 @@ def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, 
                 Problem(kind, start, "record fails authentication: modified, or from another log")
             )
             after_damage = True
+            continue
+        if kind == "malformed":
+            problems.append(
+                Problem("damaged", start, f"record is authentic but unreadable: {_body.decode()}")
+            )
+            expected, after_damage = max(expected, seq + 1), True
             continue
         if kind == "undecodable":
             if not (i and regions[i - 1][0] == "undecodable"):  # one problem per run
