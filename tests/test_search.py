@@ -395,3 +395,78 @@ def test_a_query_that_is_not_a_str_raises_query_type_error(
             search(query)
         assert isinstance(info.value, TypeError) and isinstance(info.value, SearchError)
         assert type(query).__name__ in str(info.value)
+
+
+# -- every shape the integrations store is searchable (issue 16 §1) -------------------------
+
+SHAPES = {
+    "openai-agents function_call": {
+        "type": "function_call",
+        "call_id": "c1",
+        "name": "lookup_order",
+        "arguments": '{"order_id": "A1042"}',
+    },
+    "openai-agents function_call_output": {
+        "type": "function_call_output",
+        "call_id": "c1",
+        "output": "parcel delayed",
+    },
+    "openai-agents message": {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "your parcel is delayed"}],
+    },
+    "openai-agents reasoning": {
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": "check the carrier"}],
+    },
+    "LangChain AI tool call": {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"name": "lookup_order", "args": {"order_id": "A1042"}, "id": "t1"}],
+    },
+    "LangChain ToolMessage": {"role": "tool", "content": "parcel delayed", "tool_call_id": "t1"},
+    "Anthropic tool_use": {
+        "role": "assistant",
+        "content": [
+            {"type": "text", "text": "Let me look."},
+            {"type": "tool_use", "id": "u1", "name": "lookup_order", "input": {"id": "A1042"}},
+        ],
+    },
+    "Anthropic tool_result": {
+        "role": "user",
+        "content": [
+            {
+                "type": "tool_result",
+                "tool_use_id": "u1",
+                "content": [{"type": "text", "text": "parcel delayed"}],
+            }
+        ],
+    },
+    "chat input_text part": {
+        "role": "user",
+        "content": [{"type": "input_text", "text": "where is A1042"}],
+    },
+}
+FINDS = {
+    "openai-agents function_call": ["lookup_order", "A1042"],
+    "openai-agents function_call_output": ["delayed"],
+    "openai-agents message": ["delayed"],
+    "openai-agents reasoning": ["carrier"],
+    "LangChain AI tool call": ["lookup_order", "A1042"],
+    "LangChain ToolMessage": ["delayed"],
+    "Anthropic tool_use": ["lookup_order", "A1042", "look"],
+    "Anthropic tool_result": ["delayed"],
+    "chat input_text part": ["A1042"],
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_every_integration_shape_is_searchable(tmp_path: Path, shape: str) -> None:
+    other = {"role": "user", "content": "something else entirely"}
+    with ConversationCodec(tmp_path / "s.log", encryption_key=KEY) as codec:
+        codec.extend([other, SHAPES[shape], other])
+        for word in FINDS[shape]:
+            hits = list(codec.search(word))
+            assert [h.seq for h in hits] == [1], (shape, word)
+        assert list(codec.search("call_id")) == []  # keys and ids are not searched

@@ -2,10 +2,21 @@ r"""Keyword and date-range queries: what a search matches, and how times are giv
 
 Matching rules (``Query``):
 
-* The text searched in a message is what a person would search: a string ``content``; the
-  ``text`` of each content part (``{"type": "text", "text": ...}`` and friends); and each
-  tool call's function name and arguments (``tool_calls[].function.name/arguments``, and the
-  older ``function_call``). Keys, roles, ids and other fields are not searched.
+* The text searched in a message is what a person would search, in every shape the
+  integrations store:
+
+  - chat completions: a string ``content``; the ``text`` of each content part (``text``,
+    ``input_text``, ``output_text``); each tool call's name and arguments
+    (``tool_calls[].function.name/arguments``, and the older ``function_call``);
+  - openai-agents items: ``message`` items by their content parts; ``function_call`` items
+    by ``name`` and ``arguments``; ``function_call_output`` by ``output``; ``reasoning`` by
+    its ``summary`` texts;
+  - LangChain records: ``tool_calls[].name`` and ``args`` (an object, searched as its JSON
+    text); a ``ToolMessage`` by its ``content``;
+  - Anthropic content blocks: ``text``; ``tool_use`` by ``name`` and ``input``;
+    ``tool_result`` by its ``content``.
+
+  Roles, ids and other fields are not searched.
 * Case-insensitive by default, with Unicode case folding (``"STRASSE"`` finds ``"Straße"``).
 * Several words must all appear (AND), each as a substring (``"refund"`` finds
   ``"refunds"``). A double-quoted phrase must appear as written, with its spaces.
@@ -27,6 +38,7 @@ ISO-8601 strings. ``since`` is inclusive, ``until`` exclusive.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -83,24 +95,62 @@ def parse_roles(role: str | Iterable[str] | None) -> frozenset[str] | None:
 
 def searchable_text(message: dict[str, Any]) -> Iterable[str]:
     """Yield the pieces of a message that a search looks at (see the module docstring)."""
-    content = message.get("content")
-    if isinstance(content, str):
-        yield content
-    elif isinstance(content, list):
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                yield part["text"]
-            elif isinstance(part, str):
-                yield part
+    yield from _text_of(message.get("content"))
     calls = message.get("tool_calls")
     if isinstance(calls, list):
         for call in calls:
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict):
-                yield from (v for v in (fn.get("name"), fn.get("arguments")) if isinstance(v, str))
+            if isinstance(call, dict):
+                fn = call.get("function")  # chat completions; LangChain has name/args flat
+                yield from _call_text(fn if isinstance(fn, dict) else call)
     legacy = message.get("function_call")
     if isinstance(legacy, dict):
-        yield from (v for v in (legacy.get("name"), legacy.get("arguments")) if isinstance(v, str))
+        yield from _call_text(legacy)
+    kind = message.get("type")
+    if kind == "function_call":  # openai-agents items (the Responses API shapes)
+        yield from _call_text(message)
+    elif kind == "function_call_output":
+        yield from _text_of(message.get("output"))
+    elif kind == "reasoning":
+        yield from _text_of(message.get("summary"))
+
+
+def _text_of(value: object) -> Iterable[str]:
+    """A string, or the text of content parts / blocks: ``text`` (text, input_text,
+    output_text, summary_text parts), Anthropic ``tool_use`` (name, input) and
+    ``tool_result`` (its own content), and bare strings in a list."""
+    if isinstance(value, str):
+        yield value
+        return
+    if not isinstance(value, list):
+        return
+    for part in value:
+        if isinstance(part, str):
+            yield part
+        elif isinstance(part, dict):
+            if isinstance(part.get("text"), str):
+                yield part["text"]
+            kind = part.get("type")
+            if kind == "tool_use":
+                yield from _call_text(part)
+            elif kind == "tool_result":
+                yield from _text_of(part.get("content"))
+
+
+def _call_text(call: dict[str, Any]) -> Iterable[str]:
+    """A tool call's name and arguments: ``arguments`` as the JSON string chat APIs store,
+    or ``args``/``input`` as an object (LangChain, Anthropic), searched as its JSON text."""
+    if isinstance(call.get("name"), str):
+        yield call["name"]
+    for key in ("arguments", "args", "input"):
+        value = call.get(key)
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, (dict, list)):
+            yield _json_text(value)
+
+
+def _json_text(value: dict[str, Any] | list[Any]) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 class _Match(Protocol):
