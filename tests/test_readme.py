@@ -35,7 +35,7 @@ def test_every_python_block_runs_in_order(
 
     async def run_all() -> None:
         for code in codes:
-            result = eval(code, namespace)  # noqa: S307 - the README's own examples
+            result = eval(code, namespace)
             if inspect.iscoroutine(result):
                 await result
 
