@@ -1,0 +1,249 @@
+"""What every command shares: exit codes, key and password sources, errors, output.
+
+:func:`report_error` is the only place that maps an exception to an exit code and an
+``error: ...`` line, and the only place that redacts key-shaped values from it.
+
+Library modules are imported inside the functions that need them, so that ``--help`` and
+usage errors do not pay for them (see ``cli/__init__.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    BindingError,
+    CorruptRecordError,
+    DecryptionError,
+    FormatError,
+    KeyMismatchError,
+    KeyRequiredError,
+    NotEncryptedError,
+    UnsupportedVersionError,
+)
+
+if TYPE_CHECKING:
+    from ..codec import ConversationCodec
+    from ..migrate import BatchItem
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CORRUPT = 0, 1, 2, 3
+DEFAULT_KEY_ENV = "CONVERSATION_KEY"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=")  # a Fernet key
+
+
+class InputError(Exception):
+    """Bad input the CLI itself detects (stdin, key source, files); exit 1."""
+
+
+class UsageError(Exception):
+    """Arguments that parse but do not fit together (argparse cannot tell); exit 2."""
+
+
+# -- keys, passwords, opening ----------------------------------------------------------------
+
+
+def secret_env(var: str, what: str) -> str:
+    """Return the value of the environment variable ``var``, which must hold ``what``."""
+    value = os.environ.get(var)
+    if value is None:
+        raise InputError(f"${var} is not set; it should hold the {what}")
+    if not value.strip():
+        raise InputError(f"${var} is set but empty; it should hold the {what}")
+    return value
+
+
+def read_key_file(path: str) -> str:
+    """Return the key held in the file ``path``; a bad file is bad input (exit 1)."""
+    from ..keyfile import load_key
+
+    # The library's rule: a private regular file holding exactly one key (never quoted).
+    try:
+        return load_key(path)
+    except FormatError as exc:  # the key file's content: exit 1, not 3 (a damaged log)
+        raise InputError(str(exc)) from None
+
+
+def log_key(args: argparse.Namespace) -> str | None:
+    """Return the key from --key-file or the --key-env variable; None means plaintext."""
+    if getattr(args, "password_env", None) is not None or getattr(args, "plain", False):
+        return None  # a password opens the log, or --plain: the key variable is not consulted
+    if getattr(args, "key_file", None) is not None:
+        return read_key_file(args.key_file)
+    env = getattr(args, "key_env", DEFAULT_KEY_ENV)
+    value = os.environ.get(env)
+    if value is None:
+        return None
+    if not value.strip():
+        # Rejected rather than treated as unset: writing plaintext by accident is worse.
+        raise InputError(f"${env} is set but empty; unset it to use a plaintext log")
+    return value.strip()
+
+
+def plaintext_needs_plain(args: argparse.Namespace, target: str) -> None:
+    """Refuse to write ``target`` unencrypted unless ``--plain`` asks for it (exit 2).
+
+    Checked before anything is read or written: an unset or misspelt key variable must
+    not silently create, or keep writing, a plaintext log.
+    """
+    sources = (args.key_file, getattr(args, "password_env", None), os.environ.get(args.key_env))
+    if args.plain or any(source is not None for source in sources):
+        return
+    options = ["--key-env VAR", "--key-file FILE"]
+    options += ["--password-env VAR"] if hasattr(args, "password_env") else []
+    raise UsageError(
+        f"no key: ${args.key_env} is not set. To write {target} encrypted, set it or use "
+        f"{', '.join(options[:-1])} or {options[-1]}; to write UNENCRYPTED instead, pass --plain"
+    )
+
+
+def log_password(args: argparse.Namespace) -> str | None:
+    """Return the password from the --password-env variable, or None when not given."""
+    var = getattr(args, "password_env", None)
+    return None if var is None else secret_env(var, "password")
+
+
+def legacy_source(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """Return the (key, password) of an encrypted legacy source, from their variables."""
+    key_var, password_var = args.legacy_key_env, args.legacy_password_env
+    key = None if key_var is None else secret_env(key_var, "legacy key").strip()
+    password = None if password_var is None else secret_env(password_var, "legacy password")
+    return key, password
+
+
+def open_log(args: argparse.Namespace, *, must_exist: bool = True) -> ConversationCodec:
+    """Open the log at ``args.path`` with the key, password and context the flags name."""
+    from ..codec import ConversationCodec
+
+    if must_exist and not os.path.lexists(args.path):
+        raise InputError(f"{args.path}: no such log")
+    durability = getattr(args, "durability", "fsync")
+    return ConversationCodec(
+        args.path,
+        encryption_key=log_key(args),
+        durability=durability,
+        password=log_password(args),
+        context=getattr(args, "context", None),
+    )
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def ts(value: datetime | None) -> str | None:
+    """Format a UTC time as the plaintext log does: 2026-11-21T05:02:53.123456Z."""
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def short(value: datetime | None) -> str:
+    """Format a UTC time to the second for a table or a search hit ("-" for none)."""
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def emit(value: object) -> None:
+    """Print ``value`` as one compact JSON line."""
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def fields(report: Any) -> dict[str, Any]:
+    """Return a library dataclass as JSON-ready fields (new fields show up by themselves)."""
+    return {f.name: _plain(getattr(report, f.name)) for f in dataclasses.fields(report)}
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, datetime):
+        return ts(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return fields(value)
+    return str(value) if isinstance(value, Path) else value
+
+
+def printable(text: str) -> str:
+    """Escape control characters: stored text must not drive the terminal (ANSI escapes)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+
+
+def table(rows: Sequence[tuple[str, ...]], right: frozenset[int] = frozenset()) -> None:
+    """Print rows (the first is the heading) as aligned columns."""
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+
+
+def progress(done: int, total: int, item: BatchItem) -> None:
+    """Draw a progress bar for a batch on stderr (a terminal only: the caller checks)."""
+    filled = 30 * done // max(total, 1)
+    name = str(item.path)[-40:]
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {name:<40}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def report_error(exc: Exception, args: argparse.Namespace) -> int:
+    """Print one ``error:`` line for ``exc`` and return the exit code (the only mapping)."""
+    path = getattr(args, "path", None)
+    reading = getattr(args, "reading", None)  # import: the source file being read
+    password = getattr(args, "password_env", None)
+    source = f"--key-file {args.key_file}" if getattr(args, "key_file", None) else None
+    env = getattr(args, "key_env", DEFAULT_KEY_ENV)
+    source = source or (f"--password-env {password}" if password else f"${env}")
+    code = EXIT_ERROR
+    if isinstance(exc, UsageError):
+        code, message = EXIT_USAGE, str(exc)
+    elif reading is not None and isinstance(exc, (KeyMismatchError, DecryptionError)):
+        message = f"{exc} (use --legacy-key-env VAR or --legacy-password-env VAR)"
+    elif isinstance(exc, KeyRequiredError) and password:
+        message = f"{path} is encrypted with a key, not a password; use --key-env or --key-file"
+    elif isinstance(exc, KeyRequiredError) and "password" in str(exc):
+        message = f"{path} is protected by a password; name its variable with --password-env VAR"
+    elif isinstance(exc, KeyRequiredError):
+        message = (
+            f"{path} is encrypted and no key was given; put the key in ${env}, "
+            "name another variable with --key-env VAR, or use --key-file FILE "
+            "(--password-env VAR for a password-protected log)"
+        )
+    elif isinstance(exc, NotEncryptedError):
+        given = "a password" if password else "a key"
+        message = f"{path} is a plaintext log but {given} was given ({source}); drop it"
+    elif isinstance(exc, BindingError):
+        message = f"{exc} (a store's log: pass --context with its conversation id)"
+    elif isinstance(exc, DecryptionError):
+        secret = "password" if password else "key"
+        message = f"cannot decrypt {path}: wrong {secret} ({source}), or the header was modified"
+    elif isinstance(exc, UnsupportedVersionError):
+        message = str(exc)  # newer, not damaged: exit 1 and the library's "upgrade" hint
+    elif isinstance(exc, FormatError):
+        code = EXIT_CORRUPT
+        damaged = isinstance(exc, CorruptRecordError)
+        message = f"log is damaged: {exc}" if damaged else str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        message = str(exc) or type(exc).__name__
+    # A key given where a path belongs ("tail $KEY") must not come back on the terminal.
+    message = _KEY_SHAPED.sub("(a key-shaped value, not shown)", message)
+    print(f"error: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,156 @@
+"""``keygen`` and ``demo``: the commands that make a key rather than read one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+from .._fsio import open_file
+from ..errors import DecryptionError
+from ._args import Parser, Sub, command
+from ._common import EXIT_OK, InputError, ts
+
+if TYPE_CHECKING:
+    from ..codec import Message
+
+_DEMO_FILE = "support-chat.log"
+
+
+def add_commands(sub: Sub, durable: Parser) -> None:
+    """Add ``keygen`` and ``demo`` to ``sub``."""
+    keygen = command(
+        sub,
+        "keygen",
+        _cmd_keygen,
+        "print a new encryption key (or write it to a file)",
+        "conversation-codec keygen --out chat.key",
+    )
+    keygen.add_argument("--out", metavar="FILE", help="write the key to a new 0600 file instead")
+    demo = command(
+        sub,
+        "demo",
+        _cmd_demo,
+        "write, reopen and show an encrypted sample conversation",
+        "conversation-codec demo --dir /tmp/codec-demo",
+        [durable],
+    )
+    demo.add_argument("--dir", metavar="DIR", help="keep the log in DIR (default: a temp dir)")
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from ..crypto import generate_key
+
+    key = generate_key()
+    if args.out is None:
+        print(key)  # the one place a key is printed: meant for a pipe into a secret store
+        return EXIT_OK
+    try:
+        fd = open_file(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InputError(f"{args.out} already exists; refusing to overwrite a key") from None
+    try:
+        os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
+        os.write(fd, (key + "\n").encode("ascii"))
+        os.fsync(fd)  # a key lost to a power cut makes every log sealed with it unreadable
+    except OSError:
+        os.unlink(args.out)
+        raise
+    finally:
+        os.close(fd)
+    print(f"wrote a new key to {args.out} (mode 0600); use it with --key-file {args.out}")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.dir is not None:
+        os.makedirs(args.dir, exist_ok=True)
+        _demo(os.path.join(args.dir, _DEMO_FILE), args.durability)
+        print(f"Kept the files in {args.dir}; the key is gone, so the log cannot be read again.")
+        return EXIT_OK
+    folder = tempfile.mkdtemp(prefix="conversation-codec-demo-")
+    try:
+        _demo(os.path.join(folder, _DEMO_FILE), args.durability)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return EXIT_OK
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+def _call(call_id: str, name: str, arguments: dict[str, Any]) -> Message:
+    function = {"name": name, "arguments": json.dumps(arguments)}
+    return {"id": call_id, "type": "function", "function": function}
+
+
+_DEMO_TURN_1: list[Message] = [
+    {"role": "system", "content": "You are Ava, support agent for Northwind Outfitters. "
+     "Be brief; look orders up with tools before answering."},
+    {"role": "user", "content": "Hi, order A1042 was due last Tuesday and still hasn't "
+     "arrived. Can you check where it is?"},
+    {"role": "assistant", "content": None,
+     "tool_calls": [_call("call_1", "lookup_order", {"order_id": "A1042"})]},
+    {"role": "tool", "tool_call_id": "call_1", "content": json.dumps(
+        {"status": "in_transit", "carrier": "UPS", "last_scan": "Memphis, TN",
+         "eta": "2025-11-24", "shipping_paid": "7.95"})},
+    {"role": "assistant", "content": "It's with UPS, last scanned in Memphis, TN; the new "
+     "delivery date is Monday, Nov 24. Sorry for the delay!"},
+]  # fmt: skip
+_DEMO_TURN_2: list[Message] = [
+    {"role": "user", "content": "I needed it for the weekend. Can I get the shipping back?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        _call("call_2", "refund_shipping", {"order_id": "A1042", "amount": "7.95"})]},
+    {"role": "tool", "tool_call_id": "call_2",
+     "content": json.dumps({"refund_id": "R-88213", "amount": "7.95", "currency": "USD"})},
+    {"role": "assistant", "content": "Done: $7.95 shipping refunded (ref R-88213); it shows "
+     "on your card in 3-5 business days."},
+    {"role": "user", "content": "Perfect, thanks Ava!"},
+]  # fmt: skip
+
+
+def _summary(message: Message, width: int = 62) -> str:
+    calls = message.get("tool_calls") or []
+    text = " ".join(
+        [f"-> {c['function']['name']}({c['function']['arguments']})" for c in calls]
+        + [str(message.get("content") or "")]
+    ).strip()
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _demo(path: str, durability: str) -> None:
+    """Write, reopen and show one encrypted support conversation; ~20 lines of output."""
+    from ..codec import ConversationCodec
+    from ..crypto import generate_key
+
+    if os.path.lexists(path):
+        raise InputError(f"{path} already exists; give --dir an empty folder")
+    key = generate_key()  # in memory only: never printed, gone when the demo ends
+    with ConversationCodec(path, encryption_key=key, durability=durability) as codec:
+        messages = codec.load() or []  # the seed pattern: load, add a turn, save
+        messages.extend(_DEMO_TURN_1)
+        codec.save(messages)  # appends only what is new
+        for message in _DEMO_TURN_2:  # or one record per message
+            codec.append(message)
+    print(f"Wrote an encrypted support chat to {path}")
+    print("  turn 1 with load()/save(), turn 2 with append(); key held in memory only\n")
+    with ConversationCodec(path, encryption_key=key) as codec:  # reopen, as a new process would
+        tail, info = codec.tail(4), codec.info()
+    print("Last 4 messages after reopening:")
+    for message in tail:
+        print(f"  {message['role']:<9}  {_summary(message)}")
+    plain = len(json.dumps(_DEMO_TURN_1 + _DEMO_TURN_2).encode())
+    on_disk = info.log_bytes + info.index_bytes
+    print(f"\nInfo: {info.message_count} messages, format v{info.format_version}, encrypted")
+    print(f"  first {ts(info.first_timestamp)}, last {ts(info.last_timestamp)}")
+    print(
+        f"  {plain} bytes of plaintext JSON -> {on_disk} bytes on disk "
+        f"({info.log_bytes} log + {info.index_bytes} index)"
+    )
+    try:
+        ConversationCodec(path, encryption_key=generate_key()).close()
+    except DecryptionError:
+        print("\nWrong key: refused with DecryptionError; nothing was decrypted.")
