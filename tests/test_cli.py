@@ -1022,3 +1022,24 @@ def test_subprocess_verify_a_damaged_log_exits_3(tmp_path: Path) -> None:
     log = damaged_log(tmp_path / "bad.log", KEY)
     done = cli("verify", str(log), env=subprocess_env(CONVERSATION_KEY=KEY))
     assert done.returncode == 3 and "DAMAGED" in done.stdout and done.stderr == ""
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["tail", "--help"]])
+def test_help_and_version_import_no_engine(argv: list[str]) -> None:
+    """Startup stays cheap (issue 17: under 0.15 s): ``--help`` and ``--version`` load neither
+    cryptography nor the engine (checked by module, not by a timing)."""
+    code = (
+        "import sys\n"
+        "from conversation_codec.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ['cryptography', 'zstandard', 'msgspec', 'portalocker', "
+        "'conversation_codec.codec', 'conversation_codec.store']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
