@@ -20,7 +20,7 @@ from cryptography.fernet import Fernet
 
 from conversation_codec import ConversationCodec, KeyFileError, KeyRequiredError
 from conversation_codec.cli import main
-from conversation_codec.keyfile import load_or_create_key
+from conversation_codec.keyfile import load_key, load_or_create_key
 from conversation_codec.store import ConversationStore
 
 from conftest import KEY, OTHER_KEY, messages
@@ -119,6 +119,8 @@ def test_keygen_out_writes_a_0600_file_and_never_overwrites(run: Run, tmp_path: 
 def test_demo_is_short_friendly_and_never_shows_the_key(
     run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The demo names the folder it leaves: the log and a 0600 key file, and the commands to
+    try next, which work as printed (issue 17: it used to delete the folder it named)."""
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     code, out, err = run("demo")
     assert code == 0 and err == ""
@@ -126,7 +128,17 @@ def test_demo_is_short_friendly_and_never_shows_the_key(
     assert "DecryptionError" in out and "bytes on disk" in out
     assert len(out.splitlines()) < 40
     assert not KEY_LIKE.search(out + err)
-    assert list(tmp_path.iterdir()) == []  # the temp dir is gone
+    (folder,) = tmp_path.iterdir()
+    key_file = folder / "demo.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert str(folder) in out
+    tries = [line.split()[1:] for line in out.splitlines() if line.startswith("  conversation-")]
+    assert [t[0] for t in tries] == ["tail", "search", "verify"]
+    for argv in tries:
+        code, shown, err = run(*argv)
+        assert code == 0 and shown, (argv, err)
+    with ConversationCodec(folder / "support-chat.log", encryption_key=load_key(key_file)) as c:
+        assert len(c) == 10
 
 
 def test_demo_dir_keeps_an_encrypted_log_and_refuses_to_reuse_it(run: Run, tmp_path: Path) -> None:
@@ -136,6 +148,8 @@ def test_demo_dir_keeps_an_encrypted_log_and_refuses_to_reuse_it(run: Run, tmp_p
     log = folder / "support-chat.log"
     with pytest.raises(KeyRequiredError):
         ConversationCodec(log)
+    with ConversationCodec(log, encryption_key=load_key(folder / "demo.key")) as codec:
+        assert len(codec) == 10  # the key was kept beside it
     code, _, err = run("demo", "--dir", str(folder))
     assert code == 1 and "already exists" in err
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from ._common import EXIT_OK, InputError, ts
 if TYPE_CHECKING:
     from ..codec import Message
 
+_DEMO_KEY = "demo.key"
 _DEMO_FILE = "support-chat.log"
 
 
@@ -38,7 +38,11 @@ def add_commands(sub: Sub, durable: Parser) -> None:
         "conversation-codec demo --dir /tmp/codec-demo",
         [durable],
     )
-    demo.add_argument("--dir", metavar="DIR", help="keep the log in DIR (default: a temp dir)")
+    demo.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="write the log and its key file into DIR (default: a new temp dir, kept)",
+    )
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -67,15 +71,15 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.dir is not None:
-        os.makedirs(args.dir, exist_ok=True)
-        _demo(os.path.join(args.dir, _DEMO_FILE), args.durability)
-        print(f"Kept the files in {args.dir}; the key is gone, so the log cannot be read again.")
-        return EXIT_OK
-    folder = tempfile.mkdtemp(prefix="conversation-codec-demo-")
-    try:
-        _demo(os.path.join(folder, _DEMO_FILE), args.durability)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(args.dir, mode=0o700, exist_ok=True)
+        folder = args.dir
+    else:
+        folder = tempfile.mkdtemp(prefix="conversation-codec-demo-")  # kept: it is named below
+    log, key_file = os.path.join(folder, _DEMO_FILE), os.path.join(folder, _DEMO_KEY)
+    _demo(log, key_file, args.durability)
+    print(f"\nKept in {folder}: the log and its key file (0600). Try next:")
+    for example in (f"tail {log} -n 3", f"search {log} refund", f"verify {log}"):
+        print(f"  conversation-codec {example} --key-file {key_file}")
     return EXIT_OK
 
 
@@ -121,14 +125,16 @@ def _summary(message: Message, width: int = 62) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _demo(path: str, durability: str) -> None:
-    """Write, reopen and show one encrypted support conversation; ~20 lines of output."""
+def _demo(path: str, key_file: str, durability: str) -> None:
+    """Write, reopen and show one encrypted support conversation; ~25 lines of output."""
     from ..codec import ConversationCodec
     from ..crypto import generate_key
+    from ..keyfile import load_or_create_key
 
-    if os.path.lexists(path):
-        raise InputError(f"{path} already exists; give --dir an empty folder")
-    key = generate_key()  # in memory only: never printed, gone when the demo ends
+    for existing in (path, key_file):
+        if os.path.lexists(existing):
+            raise InputError(f"{existing} already exists; give --dir an empty folder")
+    key = load_or_create_key(key_file)  # a new 0600 key file; the key itself is never printed
     with ConversationCodec(path, encryption_key=key, durability=durability) as codec:
         messages = codec.load() or []  # the seed pattern: load, add a turn, save
         messages.extend(_DEMO_TURN_1)
@@ -136,7 +142,7 @@ def _demo(path: str, durability: str) -> None:
         for message in _DEMO_TURN_2:  # or one record per message
             codec.append(message)
     print(f"Wrote an encrypted support chat to {path}")
-    print("  turn 1 with load()/save(), turn 2 with append(); key held in memory only\n")
+    print(f"  turn 1 with load()/save(), turn 2 with append(); key in {key_file}\n")
     with ConversationCodec(path, encryption_key=key) as codec:  # reopen, as a new process would
         tail, info = codec.tail(4), codec.info()
     print("Last 4 messages after reopening:")
