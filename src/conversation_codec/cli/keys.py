@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import tempfile
 from typing import TYPE_CHECKING, Any
 
@@ -78,8 +79,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     log, key_file = os.path.join(folder, _DEMO_FILE), os.path.join(folder, _DEMO_KEY)
     _demo(log, key_file, args.durability)
     print(f"\nKept in {folder}: the log and its key file (0600). Try next:")
-    for example in (f"tail {log} -n 3", f"search {log} refund", f"verify {log}"):
-        print(f"  conversation-codec {example} --key-file {key_file}")
+    shown, key_shown = shlex.quote(log), shlex.quote(key_file)  # copy-pasteable as printed
+    for example in (f"tail {shown} -n 3", f"search {shown} refund", f"verify {shown}"):
+        print(f"  conversation-codec {example} --key-file {key_shown}")
     return EXIT_OK
 
 
