@@ -327,3 +327,121 @@ def test_anthropic_puts_tool_results_before_text_in_a_merged_user_turn() -> None
             {"type": "text", "text": "(user typed while the tool ran)"},
         ],
     }
+
+
+# -- context windows: a tool result is never cut from its call ----------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from conversation_codec import ConversationCodec  # noqa: E402
+from conversation_codec.chat_formats import context_window  # noqa: E402
+
+
+def _fn_call(call_id: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@st.composite
+def tool_histories(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Histories as agents store them: turns with parallel tool calls, whose results follow
+    (in any order, some missing: an interrupted run), ids unique or reused across turns."""
+    out: list[dict[str, Any]] = []
+    if draw(st.booleans()):
+        out.append({"role": "system", "content": "sys"})
+    for turn in range(draw(st.integers(0, 6))):
+        out.append({"role": "user", "content": f"u{turn}"})
+        for step in range(draw(st.integers(0, 3))):
+            n = draw(st.integers(1, 3))
+            reuse = draw(st.booleans())  # some local models number calls per turn: call_0
+            ids = [f"call_{k}" if reuse else f"c{turn}.{step}.{k}" for k in range(n)]
+            out.append(
+                {"role": "assistant", "content": None, "tool_calls": [_fn_call(i) for i in ids]}
+            )
+            answered = draw(st.permutations(ids))[: draw(st.integers(0 if turn else n, n))]
+            out += [{"role": "tool", "tool_call_id": i, "content": "r"} for i in answered]
+        if draw(st.booleans()):
+            out.append({"role": "assistant", "content": f"a{turn}"})
+    return out
+
+
+def _pairing_holds(history: list[dict[str, Any]], window: list[dict[str, Any]]) -> bool:
+    """The chat APIs' rule: each result follows the (nearest) assistant message holding its
+    call id; each call has the results the history holds for it."""
+    offset = len(history) - len(window)
+    for i, message in enumerate(window):
+        if message["role"] == "tool":
+            held = [
+                j
+                for j in range(i)
+                if message["tool_call_id"] in {c["id"] for c in window[j].get("tool_calls") or []}
+            ]
+            in_history = any(
+                message["tool_call_id"] in {c["id"] for c in m.get("tool_calls") or []}
+                for m in history[: offset + i]
+            )
+            if in_history and not held:
+                return False
+        for call in message.get("tool_calls") or []:
+            # Its results in the history: until the next assistant reuses the id.
+            for later in history[offset + i + 1 :]:
+                if call["id"] in {c["id"] for c in later.get("tool_calls") or []}:
+                    break
+                if later.get("tool_call_id") == call["id"] and later not in window[i + 1 :]:
+                    return False
+    return True
+
+
+@given(tool_histories(), st.integers(0, 30))
+def test_context_window_never_cuts_a_tool_pair(history: list[Any], max_context: int) -> None:
+    reads: list[int] = []
+
+    def tail(n: int) -> list[Any]:
+        reads.append(n)
+        return history[max(0, len(history) - n) :] if n else []
+
+    window = context_window(tail, max_context)
+    assert window == history[len(history) - len(window) :]  # a suffix, in order
+    assert len(window) >= min(max_context, len(history))
+    assert _pairing_holds(history, window)
+    if len(window) > max_context:  # widened: one message less would cut a pair
+        assert not _pairing_holds(history, window[1:])
+    assert to_openai_messages(history, max_context=max_context) == to_openai_messages(window)
+    assert to_ollama_messages(history, max_context=max_context) == to_ollama_messages(window)
+    assert to_anthropic_messages(history, max_context=max_context) == to_anthropic_messages(window)
+
+
+ORPHAN_AT_TWO: list[dict[str, Any]] = [
+    {"role": "user", "content": "Where is order 7?"},
+    {"role": "assistant", "content": None, "tool_calls": [_fn_call("call_7")]},
+    {"role": "tool", "tool_call_id": "call_7", "content": "shipped"},
+    {"role": "assistant", "content": "Order 7 shipped."},
+]
+
+
+def test_max_context_two_widens_to_the_call(tmp_path: Any) -> None:
+    # The issue's example: the newest two messages start with an orphan tool result.
+    with ConversationCodec(tmp_path / "c.log", durability="flush") as codec:
+        codec.extend(ORPHAN_AT_TWO)
+        out = codec.to_openai_messages(system_prompt="Be brief.", max_context=2)
+        assert [m["role"] for m in out] == ["system", "assistant", "tool", "assistant"]
+        assert out[1]["tool_calls"][0]["id"] == "call_7"
+        assert codec.to_ollama_messages(max_context=2)[0]["tool_calls"]
+        _, turns = codec.to_anthropic_messages(max_context=2)
+        assert [t["role"] for t in turns] == ["assistant", "user", "assistant"]
+        assert turns[0]["content"][0] == {
+            "type": "tool_use",
+            "id": "call_7",
+            "name": "f",
+            "input": {},
+        }
+        assert codec.to_openai_messages(max_context=1) == [ORPHAN_AT_TWO[-1]]
+        assert codec.to_openai_messages(max_context=0) == []
+    with pytest.raises(ValueError):
+        to_openai_messages(ORPHAN_AT_TWO, max_context=-1)
+
+
+def test_a_result_whose_call_is_nowhere_stays_as_stored() -> None:
+    history = [{"role": "tool", "tool_call_id": "lost", "content": "r"}, *ORPHAN_AT_TWO]
+    assert to_openai_messages(history, max_context=5) == history  # nothing dropped
+    assert to_openai_messages(history[:2], max_context=1) == history[1:2]

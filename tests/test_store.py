@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conversation_codec import (
+    BindingError,
     ConversationCodec,
     ConversationCodecError,
     DecryptionError,
@@ -162,8 +163,6 @@ def test_root_is_created_private_by_the_first_write(tmp_path: Path) -> None:
     ("cid", "error"),
     [
         ("", ValueError),
-        ("x" * (MAX_ENCODED_ID + 1), ValueError),
-        ("/" * (MAX_ENCODED_ID // 3 + 1), ValueError),  # short id, long encoding
         ("\ud800", ValueError),  # lone surrogate
         (None, TypeError),
         (b"bytes", TypeError),
@@ -182,8 +181,38 @@ def test_bad_ids_are_refused(tmp_path: Path, cid: Any, error: type[Exception]) -
 def test_long_id_boundary() -> None:
     assert len(encode_id("x" * MAX_ENCODED_ID)) == MAX_ENCODED_ID
     assert len(encode_id("/" * (MAX_ENCODED_ID // 3))) == MAX_ENCODED_ID // 3 * 3
-    with pytest.raises(ValueError, match="at most 200"):
-        encode_id("x" * (MAX_ENCODED_ID + 1))
+    # Over the limit (issue 17: any string is an id): a hashed name, never a refusal.
+    hashed = encode_id("x" * (MAX_ENCODED_ID + 1))
+    assert hashed.startswith("x" * 128 + "~") and len(hashed) == 128 + 1 + 64
+    assert encode_id("x" * (MAX_ENCODED_ID + 2)) != hashed
+    assert decode_id(hashed) is None  # no canonical encoding holds "~"
+
+
+@pytest.mark.parametrize(
+    "cid",
+    [
+        "A" * 67,  # 201 encoded bytes
+        "日" * 23,  # 207
+        "/" * (MAX_ENCODED_ID // 3 + 1),  # a short id with a long encoding
+        "x" * 5000,
+    ],
+)
+def test_long_ids_map_to_a_bound_hashed_file(tmp_path: Path, cid: str) -> None:
+    store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
+    path = store.path(cid)
+    assert path.parent == tmp_path and len(path.name) <= MAX_ENCODED_ID + len(".log")
+    with store.open(cid) as codec:
+        codec.append({"role": "user", "content": "long"})
+    with store.open(cid) as codec:
+        assert codec.load() == [{"role": "user", "content": "long"}]
+    other = cid + "!"  # another long id: another file; its log refuses this one's file
+    assert store.path(other) != path
+    os.replace(path, store.path(other))
+    with pytest.raises(BindingError), store.open(other) as codec:
+        codec.load()
+    os.replace(store.path(other), path)
+    assert store.delete(cid) is True
+    assert list(tmp_path.iterdir()) == []
 
 
 @given(st.text(min_size=1, max_size=16))  # 16 chars x 4 bytes x 3 < 200

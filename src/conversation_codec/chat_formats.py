@@ -11,19 +11,29 @@ An attachment removed by ``attachments="strip"`` becomes a text part such as
 ``[image/png attachment removed: 2048 bytes]``: the model learns something was there,
 and the request stays valid. A part no target can carry raises ``ValueError`` naming the
 message, rather than being dropped silently.
+
+``max_context=n`` sends the newest ``n`` messages, **widened backwards** so that no tool
+result is cut from the assistant turn that called it (the chat APIs reject a ``tool``
+message whose call they were not shown): see ``context_window``. Orphans are never dropped
+(that would change what the model is told); the window grows instead.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .attachments import BLOB_PREFIX, stripped_note
 from .format.record import MAX_DEPTH, nests_deeper_than
 
-__all__ = ["to_anthropic_messages", "to_ollama_messages", "to_openai_messages"]
+__all__ = [
+    "context_window",
+    "to_anthropic_messages",
+    "to_ollama_messages",
+    "to_openai_messages",
+]
 
 Message = dict[str, Any]
 _OPENAI_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "function_call")
@@ -133,22 +143,124 @@ def _arguments(call: Any, where: str) -> tuple[str, str | None, dict[str, Any]]:
     return name, call_id if isinstance(call_id, str) else None, args
 
 
+# -- context windows -----------------------------------------------------------------------
+
+
+def context_window(tail: Callable[[int], Sequence[Message]], max_context: int) -> list[Message]:
+    """Return the newest ``max_context`` messages, widened so that tool pairs stay whole.
+
+    ``tail(n)`` returns the last ``n`` messages of the history, oldest first (as
+    ``ConversationCodec.tail`` does: only those records are read). The rule the chat APIs
+    enforce holds in the window returned: every tool result (an OpenAI ``tool`` message, an
+    Anthropic ``tool_result`` block) follows the assistant message holding its call id (the
+    nearest one before it), and every call in the window has its results, because a window
+    is a suffix of the history. When the newest ``max_context`` messages start inside a tool
+    exchange, the window starts earlier instead, at that exchange's assistant message; the
+    orphan result is never dropped. A result whose call is nowhere in the history stays as
+    stored (no window can fix that history). The window is the shortest suffix that holds
+    the newest ``max_context`` messages and keeps the rule; to find a call it reads
+    ``tail()`` again with twice the count.
+
+    >>> history = [{"role": "user", "content": "add 1"},
+    ...            {"role": "assistant", "tool_calls": [
+    ...                {"id": "c1", "type": "function",
+    ...                 "function": {"name": "add", "arguments": "{}"}}]},
+    ...            {"role": "tool", "tool_call_id": "c1", "content": "2"},
+    ...            {"role": "assistant", "content": "It is 2."}]
+    >>> [m["role"] for m in context_window(lambda n: history[-n:], 2)]
+    ['assistant', 'tool', 'assistant']
+    """
+    if not isinstance(max_context, int) or isinstance(max_context, bool) or max_context < 0:
+        raise ValueError(f"max_context must be an int >= 0 or None, not {max_context!r}")
+    n = max_context
+    while n:
+        got = list(tail(n))
+        start = _paired_start(got, max(0, len(got) - max_context), complete=len(got) < n)
+        if start is not None:
+            return got[start:]
+        n *= 2
+    return []
+
+
+def _window(messages: Sequence[Message], max_context: int | None) -> Sequence[Message]:
+    if max_context is None:
+        return messages
+    return context_window(lambda n: messages[max(0, len(messages) - n) :], max_context)
+
+
+def _paired_start(messages: list[Message], start: int, *, complete: bool) -> int | None:
+    """Return the latest start <= ``start`` at which no result is cut from its call; None
+    when a call lies before ``messages`` (read more), unless ``messages`` is ``complete``."""
+    while True:
+        need = start
+        for i in range(start, len(messages)):
+            for call_id in _result_ids(messages[i]):
+                j = next(
+                    (j for j in range(i - 1, -1, -1) if call_id in _call_ids(messages[j])), None
+                )
+                if j is None and not complete:
+                    return None
+                need = min(need, i if j is None else j)
+        if need == start:
+            return start
+        start = need
+
+
+def _result_ids(message: Message) -> list[str]:
+    """The call ids a message answers: an OpenAI ``tool`` message, Anthropic results."""
+    if message.get("role") == "tool":
+        call_id = message.get("tool_call_id")
+        return [call_id] if isinstance(call_id, str) else []
+    content = message.get("content")
+    if not isinstance(content, list):
+        return []
+    return [
+        p["tool_use_id"]
+        for p in content
+        if isinstance(p, dict)
+        and p.get("type") == "tool_result"
+        and isinstance(p.get("tool_use_id"), str)
+    ]
+
+
+def _call_ids(message: Message) -> set[str]:
+    """The call ids an assistant message holds: OpenAI ``tool_calls``, Anthropic blocks."""
+    if message.get("role") != "assistant":
+        return set()
+    calls = message.get("tool_calls")
+    ids = (
+        {c["id"] for c in calls if isinstance(c, dict) and isinstance(c.get("id"), str)}
+        if isinstance(calls, list)
+        else set()
+    )
+    content = message.get("content")
+    if isinstance(content, list):
+        ids.update(
+            p["id"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "tool_use" and isinstance(p.get("id"), str)
+        )
+    return ids
+
+
 # -- OpenAI --------------------------------------------------------------------------------
 
 
 def to_openai_messages(
-    messages: Sequence[Message], system_prompt: str | None = None
+    messages: Sequence[Message], system_prompt: str | None = None, max_context: int | None = None
 ) -> list[Message]:
     """Return ``messages`` as an OpenAI chat-completions ``messages`` list.
 
     ``system_prompt``, when given, is sent first as a system message (stored system
-    messages stay where they are). Only the keys the API accepts are kept.
+    messages stay where they are). Only the keys the API accepts are kept. ``max_context``
+    keeps the newest messages, widened backwards so that no tool result loses its call
+    (``context_window``).
 
     >>> to_openai_messages([{"role": "user", "content": "hi", "id": 7}], system_prompt="Be brief.")
     [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'hi'}]
     """
     out: list[Message] = [] if system_prompt is None else [_system(system_prompt)]
-    for i, message in enumerate(messages):
+    for i, message in enumerate(_window(messages, max_context)):
         keys = _OPENAI_KEYS + (_OPENAI_KEYS_MORE if message.get("role") == "assistant" else ())
         kept = {k: copy.deepcopy(message[k]) for k in keys if k in message}
         if isinstance(kept.get("content"), list):
@@ -172,13 +284,14 @@ def _openai_part(part: Any, where: str) -> Any:
 
 
 def to_ollama_messages(
-    messages: Sequence[Message], system_prompt: str | None = None
+    messages: Sequence[Message], system_prompt: str | None = None, max_context: int | None = None
 ) -> list[Message]:
     """Return ``messages`` as an Ollama ``/api/chat`` ``messages`` list.
 
     Ollama takes ``content`` as one string (text parts are joined with newlines), images
     as a list of bare base64 strings, tool-call arguments as an object (not a JSON
     string), and names a tool result's tool in ``tool_name`` (found from the call id).
+    ``max_context`` windows as ``to_openai_messages`` does (tool pairs stay whole).
 
     >>> to_ollama_messages([{"role": "assistant", "content": None, "tool_calls": [
     ...     {"id": "c1", "type": "function",
@@ -194,7 +307,7 @@ def to_ollama_messages(
     """
     out: list[Message] = [] if system_prompt is None else [_system(system_prompt)]
     tool_names: dict[str, str] = {}
-    for i, message in enumerate(messages):
+    for i, message in enumerate(_window(messages, max_context)):
         where = f"message {i}"
         role = message.get("role")
         if role in _SYSTEM_ROLES:
@@ -249,8 +362,14 @@ def _ollama_turn(message: Message, role: str, where: str, tool_names: dict[str, 
 # -- Anthropic -----------------------------------------------------------------------------
 
 
-def to_anthropic_messages(messages: Sequence[Message]) -> tuple[str | None, list[Message]]:
+def to_anthropic_messages(
+    messages: Sequence[Message], max_context: int | None = None
+) -> tuple[str | None, list[Message]]:
     """Return ``(system, messages)`` for Anthropic's Messages API.
+
+    ``max_context`` keeps the newest messages, widened backwards so that every
+    ``tool_result`` follows its ``tool_use`` (``context_window``); system messages outside
+    the window are not sent.
 
     * System and developer messages, wherever they are, are joined (blank line between)
       into the ``system`` string; None when there are none.
@@ -272,7 +391,7 @@ def to_anthropic_messages(messages: Sequence[Message]) -> tuple[str | None, list
     """
     system: list[str] = []
     out: list[Message] = []
-    for i, message in enumerate(messages):
+    for i, message in enumerate(_window(messages, max_context)):
         where = f"message {i}"
         role = message.get("role")
         if role in _SYSTEM_ROLES:

@@ -26,7 +26,12 @@ import msgspec
 
 from ._fsio import remove_flat_dir
 from .attachments import BlobStore, apply_mode, references, restore
-from .chat_formats import to_anthropic_messages, to_ollama_messages, to_openai_messages
+from .chat_formats import (
+    context_window,
+    to_anthropic_messages,
+    to_ollama_messages,
+    to_openai_messages,
+)
 from .compression import (
     REWRITE_DICTIONARY_BYTES,
     REWRITE_SAMPLES,
@@ -1281,13 +1286,14 @@ class ConversationCodec:
     def _context(self, max_context: int | None) -> list[Message]:
         if max_context is None:
             return self.load() or []
-        return self.tail(max_context)
+        return context_window(self.tail, max_context)  # widened: tool pairs stay whole
 
     def to_openai_messages(
         self, system_prompt: str | None = None, max_context: int | None = None
     ) -> list[Message]:
         """The newest ``max_context`` messages (read through the index), as an OpenAI
-        ``messages`` list, with ``system_prompt`` first."""
+        ``messages`` list, with ``system_prompt`` first. The window is widened backwards so
+        that no tool result is cut from its call (``chat_formats.context_window``)."""
         return to_openai_messages(self._context(max_context), system_prompt)
 
     def to_ollama_messages(

@@ -6,9 +6,12 @@ kept; every other byte of the id's UTF-8 (uppercase letters, ``/``, ``%``, NUL, 
 dot, non-ASCII) becomes ``%`` plus two lowercase hex digits. So ``../etc/passwd`` is stored
 as ``%2e.%2fetc%2fpasswd.log`` inside the root and no id can name a path outside it;
 ``Alice`` and ``alice`` stay two files even on a case-insensitive file system; and ``list()``
-recovers every id from the file names alone. Ids whose encoding is longer than
-``MAX_ENCODED_ID`` bytes are refused with ``ValueError`` rather than hashed: a hashed name
-would need a sidecar holding the real id, one more file that can disagree with the log.
+recovers every id from the file names alone. An id whose encoding is longer than
+``MAX_ENCODED_ID`` bytes is stored under a hashed name instead: the encoding's first 128
+bytes, ``~``, and the SHA-256 of the id's UTF-8 (``~`` is never in an encoding, so the two
+kinds cannot collide); its log is bound to the full id like every other (FORMAT.md §4.2).
+Such a name does not decode: ``list()``, ``search()`` and ``prune()`` skip those logs (a
+sidecar holding the id would be one more file that can disagree with the log).
 
 Files of conversation ``c``: ``<root>/<encode_id(c)>.log`` and its sidecars ``.log.idx``,
 ``.log.lock`` and (after a crash mid-rewrite) ``.log.tmp-<16 hex>``. The root is created
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import heapq
 import os
 import re
@@ -73,7 +77,7 @@ def encode_id(conversation_id: str) -> str:
     ('%41lice%2f..%2fx', '%2ehidden', 'a.b-c_d')
 
     :raises TypeError: the id is not a str.
-    :raises ValueError: empty, not encodable as UTF-8, or longer than ``MAX_ENCODED_ID``.
+    :raises ValueError: empty, or not encodable as UTF-8.
     """
     if not isinstance(conversation_id, str):
         raise TypeError(f"conversation id must be a str, not {type(conversation_id).__name__}")
@@ -88,11 +92,8 @@ def encode_id(conversation_id: str) -> str:
         for i, b in enumerate(raw)
     ]
     stem = "".join(out)
-    if len(stem) > MAX_ENCODED_ID:
-        raise ValueError(
-            f"conversation id encodes to {len(stem)} bytes; at most {MAX_ENCODED_ID} fit in a "
-            "file name — use a shorter id (e.g. a UUID or a hash of the long one)"
-        )
+    if len(stem) > MAX_ENCODED_ID:  # hashed (module docstring); 128 + 1 + 64 bytes
+        return stem[:128] + "~" + hashlib.sha256(raw).hexdigest()
     return stem
 
 

@@ -18,13 +18,16 @@ OpenAI-style messages, or LangChain histories converted by ``migrate``) are read
 ``"langchain"`` key are restored.
 
 ``add_messages`` writes the whole batch as one ``extend`` (one lock, one fsync). The async
-variants run in a worker thread and never block the event loop.
+variants run in a worker thread and never block the event loop. ``password=``,
+``max_messages=``, ``max_age=``, ``in_memory()`` and the final ``close()`` work as for
+``CodecSession`` (see ``conversation_codec.integrations``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from datetime import timedelta
 from typing import Any
 
 from langchain_core.chat_history import BaseChatMessageHistory
@@ -33,7 +36,7 @@ from langchain_core.messages import BaseMessage, convert_to_messages, messages_f
 from ..codec import Message
 from ..crypto import KeyInput
 from ..store import KeyFn
-from . import StoreOrPath, _LazyCodec, _resolve_store
+from . import StoreOrPath, _LazyCodec, _scratch_store
 
 __all__ = ["CodecChatMessageHistory", "message_from_record", "message_to_record"]
 
@@ -107,8 +110,15 @@ class CodecChatMessageHistory(BaseChatMessageHistory):
 
     :param session_id: the conversation id in the store (any string; see ``encode_id``).
     :param store_or_path: a ``ConversationStore`` / ``AsyncConversationStore``, or a
-        directory to build one in with ``encryption_key``, ``key_fn`` and ``durability``.
+        directory to build one in with ``encryption_key`` or ``password``, ``key_fn``,
+        ``durability`` and ``clock``.
+    :param password: seal the log with a scrypt-derived key (a directory only).
+    :param max_messages: ``messages`` holds only the newest N; ``prune()`` deletes the rest.
+    :param max_age: a ``timedelta``: older messages are hidden, and ``prune()`` deletes them.
+    :param clock: microseconds since the epoch: "now" for ``max_age`` (and, with a
+        directory, the time new messages are stamped with); default: the wall clock.
     :param executor: threads for the async variants; default: the loop's executor.
+    :raises InvalidKeyError: ``encryption_key`` or ``password`` is unusable.
     """
 
     def __init__(
@@ -117,20 +127,57 @@ class CodecChatMessageHistory(BaseChatMessageHistory):
         store_or_path: StoreOrPath,
         *,
         encryption_key: KeyInput | None = None,
+        password: str | None = None,
         key_fn: KeyFn | None = None,
         durability: str | None = None,
+        max_messages: int | None = None,
+        max_age: timedelta | None = None,
+        clock: Callable[[], int] | None = None,
         executor: Executor | None = None,
+        _scratch: str | None = None,
     ) -> None:
-        store = _resolve_store(
-            store_or_path, encryption_key=encryption_key, key_fn=key_fn, durability=durability
+        self._codec = _LazyCodec(
+            store_or_path,
+            session_id,
+            executor,
+            owner="CodecChatMessageHistory",
+            encryption_key=encryption_key,
+            key_fn=key_fn,
+            durability=durability,
+            password=password,
+            max_messages=max_messages,
+            max_age=max_age,
+            clock=clock,
+            scratch=_scratch,
         )
         self.session_id = session_id
-        self._codec = _LazyCodec(store, session_id, executor)
+
+    @classmethod
+    def in_memory(
+        cls,
+        session_id: str = "memory",
+        *,
+        max_messages: int | None = None,
+        max_age: timedelta | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> CodecChatMessageHistory:
+        """A history for tests: its log lives in a private temporary directory (0700) under
+        a random key that exists only in this process; ``close()`` removes it."""
+        scratch, store = _scratch_store(clock)
+        return cls(
+            session_id,
+            store,
+            max_messages=max_messages,
+            max_age=max_age,
+            clock=clock,
+            _scratch=scratch,
+        )
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]  # base: plain attribute
-        """Every message of the session, oldest first."""
-        return [message_from_record(r) for r in self._codec.get().load() or []]
+        """Every message of the session (that ``max_messages``/``max_age`` show), oldest first."""
+        records = self._codec.retention.read(self._codec.get(), None)
+        return [message_from_record(r) for r in records]
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Store ``messages`` as one batch: one lock, one write, one fsync."""
@@ -144,19 +191,32 @@ class CodecChatMessageHistory(BaseChatMessageHistory):
 
     async def aget_messages(self) -> list[BaseMessage]:
         """Async ``messages``, read in a worker thread."""
-        records: list[Any] = await self._codec.run(lambda codec: codec.load() or [])
+        retention = self._codec.retention
+        records: list[Any] = await self._codec.run(lambda codec: retention.read(codec, None))
         return [message_from_record(r) for r in records]
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Async ``add_messages``, written in a worker thread."""
         records = [message_to_record(m) for m in messages]
         if records:
-            await self._codec.run(lambda codec: codec.extend(records))
+            await self._codec.write(lambda codec: codec.extend(records))
 
     async def aclear(self) -> None:
         """Async ``clear``, in a worker thread."""
-        await self._codec.run(lambda codec: codec.clear())
+        await self._codec.write(lambda codec: codec.clear())
+
+    def prune(self) -> int:
+        """Delete the messages ``max_age`` and ``max_messages`` hide; return how many went."""
+        return self._codec.retention.prune(self._codec.get())
+
+    async def aprune(self) -> int:
+        """Async ``prune``, in a worker thread."""
+        return await self._codec.write(self._codec.retention.prune)
 
     def close(self) -> None:
-        """Release the log's file descriptors; the history reopens it when used again."""
+        """Release the log's file descriptors. Final: later calls raise
+        ``SessionClosedError``."""
         self._codec.close()
+
+    def __repr__(self) -> str:
+        return f"<CodecChatMessageHistory {self.session_id!r} {self._codec.describe()}>"
