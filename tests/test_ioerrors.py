@@ -33,9 +33,9 @@ from typing import Any
 import pytest
 
 from conversation_codec import ConversationCodec, ConversationCodecError, StorageError
-from conversation_codec.log import FileIO
+from conversation_codec._fsio import FileIO
 
-from conftest import KEY, Clock
+from conftest import KEY, Clock, is_sidecar
 
 Message = dict[str, Any]
 KINDS = ("pwrite", "sync", "truncate", "rename", "sync_dir")
@@ -77,6 +77,8 @@ class FaultyIO(FileIO):
         raise OSError(self.err, os.strerror(self.err))
 
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        if is_sidecar(fd):  # the log's calls only: index and lock writes are best effort
+            return super().pwrite(fd, data, offset)
         if self._armed:
             self._armed = False
             self._raise("pwrite")
@@ -90,20 +92,24 @@ class FaultyIO(FileIO):
         return super().pwrite(fd, data, offset)
 
     def sync(self, fd: int, *, data_only: bool) -> None:
+        if is_sidecar(fd):
+            return super().sync(fd, data_only=data_only)
         if self._fail("sync"):
             self.data_syncs_failed += data_only  # the log's own fdatasync (FORMAT.md §8.2)
             self._raise("sync")
         super().sync(fd, data_only=data_only)
 
     def truncate(self, fd: int, size: int) -> None:
+        if is_sidecar(fd):
+            return super().truncate(fd, size)
         if self._fail("truncate"):
             self._raise("truncate")
         super().truncate(fd, size)
 
-    def rename(self, src: str, dst: str) -> None:
-        if self._fail("rename"):
+    def rename(self, src: Any, dst: Any, *, dir_fd: int | None = None) -> None:
+        if not is_sidecar(dst) and self._fail("rename"):
             self._raise("rename")
-        super().rename(src, dst)
+        super().rename(src, dst, dir_fd=dir_fd)
 
     def sync_dir(self, path: str) -> None:
         if self._fail("sync_dir"):

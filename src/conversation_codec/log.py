@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from ._fsio import check_file, open_file, unlink_file
+from ._fsio import DEFAULT_IO, FileIO, check_file, open_file, unlink_file
 from .errors import (
     ConversationCodecError,
     CorruptRecordError,
@@ -35,7 +35,7 @@ from .index import OffsetIndex
 from .lock import LogLock
 from .records import RecordCodec, RecordDamaged, RecordRejected, SealedRecords
 
-__all__ = ["FileIO", "FileLog", "LogFormat", "Reader"]
+__all__ = ["FileLog", "LogFormat", "Reader"]
 
 _READ_CHUNK = 1 << 20  # bytes read at a time when scanning
 _PREFIX_BYTES = 4096  # bytes handed to the attach callback to identify a log
@@ -57,46 +57,6 @@ class LogFormat:
     records: RecordCodec
     sealed: bool
     format_version: int = 1  # FORMAT.md §12: 2 for a log bound to a context (§4.2)
-
-
-class FileIO:
-    """Every call that changes a log file or makes it durable, in one seam.
-
-    The default is the operating system. The reliability tests put a recorder here to build
-    power-loss images from what was written and what was synced, or a faulty one that fails
-    the Nth write, sync or rename (ENOSPC, EIO). Reads need no seam.
-    """
-
-    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
-        """Write at an offset; return how many bytes the kernel took."""
-        return os.pwrite(fd, data, offset)
-
-    def sync(self, fd: int, *, data_only: bool) -> None:
-        """fdatasync (``data_only``) or fsync one file."""
-        if data_only:
-            os.fdatasync(fd)
-        else:
-            os.fsync(fd)
-
-    def truncate(self, fd: int, size: int) -> None:
-        """Cut a file to ``size`` bytes."""
-        os.ftruncate(fd, size)
-
-    def rename(self, src: str, dst: str) -> None:
-        """Atomically replace ``dst`` with ``src``."""
-        os.replace(src, dst)
-
-    def sync_dir(self, path: str) -> None:
-        """fsync the directory holding ``path`` (makes a rename or unlink durable)."""
-        _fsync_dir(path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # Where a sealed frame could start: a non-zero prefix byte (no record length is 0) followed,
@@ -176,13 +136,15 @@ class FileLog:
         attach: Callable[[bytes], LogFormat],
         durability: str = "fsync",
         lock_timeout: float | None = None,
+        io: FileIO = DEFAULT_IO,
     ) -> None:
         self.path = os.fspath(path)
-        self.index = OffsetIndex(self.path + ".idx")
+        self._io = io
+        self.index = OffsetIndex(self.path + ".idx", io=io)
         self.fmt: LogFormat | None = None
         self._attach = attach
         self._sync = durability == "fsync"
-        self._lock = LogLock(self.path, lock_timeout)
+        self._lock = LogLock(self.path, lock_timeout, io=io)
         self._fd: int | None = None
         self._log_id_stat: tuple[int, int] | None = None
         # (lock inode, generation, truncations) as last seen; None forces a full reload
@@ -203,7 +165,15 @@ class FileLog:
         # Fault-injection seam for crash tests: called with a step name between the steps
         # of every write procedure (FORMAT.md §8); may raise or kill the process.
         self.fault: Callable[[str], None] = lambda step: None
-        self.io = FileIO()  # seam for power-loss and I/O-error tests
+
+    @property
+    def io(self) -> FileIO:
+        """The filesystem seam of the log, its index and its lock file."""
+        return self._io
+
+    @io.setter
+    def io(self, io: FileIO) -> None:
+        self._io = self.index.io = self._lock.io = io
 
     def _bump(self, *, truncation: bool) -> None:
         """Announce a change to other processes; always *before* the change is made."""
@@ -744,7 +714,7 @@ class FileLog:
         self.remove_stale_temps()
         tmp = f"{self.path}.tmp-{secrets.token_hex(8)}"
         fd = open_file(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        index = OffsetIndex(self.path + ".idx")
+        index = OffsetIndex(self.path + ".idx", io=self.io)
         index.reset(fmt.data_start)
         try:
             pos = self._write_all(fd, header, 0)
@@ -776,7 +746,7 @@ class FileLog:
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                self.io.unlink(tmp)
             raise
         # Committed: from here on this instance must describe the new file, whatever fails.
         st = os.fstat(fd)
