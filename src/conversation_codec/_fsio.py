@@ -50,7 +50,14 @@ _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _LINK_ERRNOS = {errno.ELOOP, errno.EMLINK, errno.EEXIST}
 _Path = str | os.PathLike[str]
 # Where os.link is unsupported (FAT, some FUSE/network file systems).
-_LINK_UNSUPPORTED = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
+_LINK_UNSUPPORTED = {
+    errno.EPERM,
+    errno.ENOTSUP,
+    errno.EOPNOTSUPP,
+    errno.ENOSYS,
+    errno.EXDEV,
+    errno.EMLINK,
+}
 _WRITE_BATCH = 1 << 20  # bytes: how much of a streamed file atomic_write gathers per pwrite
 
 

@@ -11,16 +11,14 @@ log sealed under the old one unreadable.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
-import secrets
 import stat
 import time
 from pathlib import Path
 
-from ._fsio import open_file
+from ._fsio import atomic_write
 from .crypto import Keyring, generate_key
 from .errors import FormatError, KeyFileError, StorageError
 
@@ -35,7 +33,6 @@ _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # so a FIFO at the path cannot hang 
 # created in place with O_EXCL; a reader may then catch it empty for an instant, so it
 # waits this long for the creator's single write before calling the file empty.
 _EMPTY_GRACE = 0.25  # seconds
-_LINK_UNSUPPORTED = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
 
 
 def load_or_create_key(path: str | os.PathLike[str]) -> str:
@@ -149,61 +146,16 @@ def _parse(path: Path, data: bytes) -> str:
 
 def _create(path: Path, key: str) -> bool:
     """Publish a new key file; return False when another creator got there first."""
-    folder = path.parent
     try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.makedirs(path.parent, mode=0o700, exist_ok=True)
         # Written and synced under a temporary name, then linked into place: the final
         # name never exists half-written, and link (unlike rename) never replaces it.
-        tmp = folder / f".{path.name}.tmp-{secrets.token_hex(8)}"
-        _write_new(tmp, key)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno not in _LINK_UNSUPPORTED:
-                raise
-            return _create_in_place(path, key)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        _fsync_dir(folder)
+        # Without hard links it is created in place with O_EXCL (see _EMPTY_GRACE).
+        atomic_write(path, (key + "\n").encode("ascii"), exclusive=True, mode=KEY_FILE_MODE)
+    except FileExistsError:
+        return False
     except OSError as exc:
         raise StorageError(
             exc.errno, f"cannot create key file {path}: {exc.strerror or exc}"
         ) from exc
     return True
-
-
-def _create_in_place(path: Path, key: str) -> bool:
-    try:
-        _write_new(path, key)
-    except FileExistsError:
-        return False
-    _fsync_dir(path.parent)
-    return True
-
-
-def _write_new(path: Path, key: str) -> None:
-    """Create ``path`` exclusively with mode 0600 and write ``key`` in one synced write."""
-    fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
-    try:
-        os.fchmod(fd, KEY_FILE_MODE)  # a umask cannot widen the mode, but make it exact
-        data = (key + "\n").encode("ascii")
-        if os.write(fd, data) != len(data):
-            raise OSError(errno.EIO, "short write")
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        raise
-    os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
