@@ -22,7 +22,7 @@ from ._fsio import atomic_write
 from .crypto import Keyring, generate_key
 from .errors import FormatError, KeyFileError, StorageError
 
-__all__ = ["KEY_FILE_MODE", "KeyFileError", "load_key", "load_or_create_key"]
+__all__ = ["KEY_FILE_MODE", "KeyFileError", "create_key_file", "load_key", "load_or_create_key"]
 
 KEY_FILE_MODE = 0o600  # owner read/write; any group/other bit makes the file refused
 _MAX_KEY_FILE_BYTES = 4096  # bytes; a Fernet key file is 44 or 45; more is not a key file
@@ -63,6 +63,31 @@ def load_or_create_key(path: str | os.PathLike[str]) -> str:
     raise StorageError(
         errno.EAGAIN, f"{path} keeps appearing and disappearing; is another program deleting it?"
     )
+
+
+def create_key_file(path: str | os.PathLike[str]) -> str:
+    """Write a new Fernet key to ``path`` (mode 0600) and return it; never replace a file.
+
+    The file is published as :func:`load_or_create_key` publishes one: written and synced
+    under a temporary name, linked into place, the directory synced — a key lost to a power
+    cut would make every log sealed with it unreadable. (``conversation-codec keygen --out``.)
+
+    :raises KeyFileError: something already exists at ``path``.
+    :raises StorageError: the file or its directory cannot be written.
+    """
+    path = Path(path)
+    key = generate_key()
+    try:
+        atomic_write(path, (key + "\n").encode("ascii"), exclusive=True, mode=KEY_FILE_MODE)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        if isinstance(exc, StorageError):
+            raise
+        raise StorageError(
+            exc.errno, f"cannot create key file {path}: {exc.strerror or exc}"
+        ) from exc
+    return key
 
 
 def load_key(path: str | os.PathLike[str]) -> str:

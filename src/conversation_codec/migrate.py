@@ -38,7 +38,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from ._fsio import check_file, open_file, unlink_file
+from ._fsio import DEFAULT_IO, atomic_write, check_file, open_file, unlink_file
 from .codec import ConversationCodec
 from .crypto import KeyInput, Keyring
 from .errors import ConversationCodecError, KeyRequiredError, StorageError
@@ -53,7 +53,7 @@ Fault = Callable[[str], None]
 
 WRITE_BATCH = 4096  # messages per extend() while writing the new log: bounds memory per call
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_IO = DEFAULT_IO  # the filesystem seam (_fsio)
 _ENCRYPTED = (LegacyFormat.FERNET_JSONL, LegacyFormat.FERNET_JSON_ARRAY)
 # Files a directory walk never treats as histories: our sidecars and temp files, legacy
 # salt files, backups made by an earlier run (migrating those would make .bak.bak files).
@@ -170,7 +170,7 @@ def migrate(
             _remove_temp(tmp)
             if made_backup and bak is not None:
                 with contextlib.suppress(OSError):
-                    os.unlink(bak)
+                    _IO.unlink(bak)
             raise
         fault("migrate:renamed")
         _finish(tmp, target, fault)
@@ -370,7 +370,7 @@ def _write_log(tmp: str, plan: _Plan, key: KeyInput | None, fault: Fault) -> Non
     fault("migrate:temp-written")
     fd = open_file(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        _IO.sync(fd, data_only=False)
     finally:
         os.close(fd)
     fault("migrate:temp-synced")
@@ -414,32 +414,22 @@ def _write_backup(bak: Path, data: bytes, fault: Fault) -> bool:
             errno.EEXIST, f"{bak} exists and is not this file's original; move it away"
         )
     tmp = f"{bak}.tmp-{secrets.token_hex(8)}"
-    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fault("migrate:backup-written")
-        _link(tmp, bak)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    try:
-        _fsync_dir(bak)  # the backup must be durable before the source is replaced
-    except BaseException:
-        os.unlink(bak)
-        raise
+        # Durable (directory synced) before the source is replaced. Where hard links are
+        # unsupported the backup is created in place with O_EXCL: a crash may leave it
+        # short, and the next run then refuses it (it is not this file's original).
+        atomic_write(
+            bak, data, exclusive=True, tmp=tmp, fault=lambda _: fault("migrate:backup-written")
+        )
+    except FileExistsError:
+        raise StorageError(errno.EEXIST, f"{bak} appeared meanwhile; nothing was changed") from None
     return True
 
 
 def _link(tmp: str, path: str | Path) -> None:
     """Give ``tmp`` the name ``path`` without ever replacing an existing ``path``."""
     try:
-        os.link(tmp, path)
+        _IO.link(tmp, path)
     except FileExistsError:
         raise StorageError(
             errno.EEXIST, f"{path} appeared meanwhile; nothing was changed"
@@ -449,7 +439,7 @@ def _link(tmp: str, path: str | Path) -> None:
             raise
         if os.path.lexists(path):  # no hard links here: check, then rename (small race)
             raise StorageError(errno.EEXIST, f"{path} appeared meanwhile") from None
-        os.replace(tmp, path)
+        _IO.rename(tmp, path)
 
 
 def _check_unchanged(path: Path, before: os.stat_result) -> None:
@@ -465,22 +455,22 @@ def _publish(tmp: str, target: Path, in_place: bool) -> None:
     """Move the new log to ``target``: the commit point."""
     if in_place:
         check_file(target)  # rename would replace a link put there meanwhile
-        os.replace(tmp, target)
+        _IO.rename(tmp, target)
     else:
         _link(tmp, target)  # never replace a destination that appeared meanwhile
-        os.unlink(tmp)
+        _IO.unlink(tmp)
 
 
 def _finish(tmp: str, target: Path, fault: Fault) -> None:
     """After the commit: move the index beside the log, drop the temp lock, sync."""
     with contextlib.suppress(OSError):  # a cache: a missing index is rebuilt on open
         check_file(f"{target}.idx")  # a link there is left alone (the log refuses it)
-        os.replace(f"{tmp}.idx", f"{target}.idx")
+        _IO.rename(f"{tmp}.idx", f"{target}.idx")
     fault("migrate:index-moved")
     for leftover in (f"{tmp}.lock", f"{tmp}.idx"):  # the index is still here if its move failed
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(leftover)
-    _fsync_dir(target)
+            _IO.unlink(leftover)
+    _IO.sync_dir(target)
     fault("migrate:dir-synced")
 
 
@@ -490,15 +480,7 @@ def _remove_temp(tmp: str) -> None:
         for entry in os.listdir(folder or "."):
             if entry == name or entry.startswith(f"{name}."):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, entry))
-
-
-def _fsync_dir(path: str | Path) -> None:
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+                    _IO.unlink(os.path.join(folder, entry))
 
 
 def _size(path: str | Path) -> int:
