@@ -1,9 +1,9 @@
 """I/O errors: every write, sync, truncate, rename and directory sync failing, once or for good.
 
-A :class:`FaultyIO` in the ``FileIO`` seam (``codec._log.io``) fails the Nth call of one
-kind with ``ENOSPC`` or ``EIO``, either once or from then on, while a writer runs a fixed
-workload (appends, a batch, pops, an appending and a rewriting save, a compaction). For
-every N up to the number of such calls the workload makes:
+A :class:`FaultyIO` passed as ``ConversationCodec(..., io=...)`` (the ``FileIO`` seam) fails
+the Nth call of one kind with ``ENOSPC`` or ``EIO``, either once or from then on, while a
+writer runs a fixed workload (appends, a batch, pops, an appending and a rewriting save, a
+compaction). For every N up to the number of such calls the workload makes:
 
 * each failing call surfaces as ``StorageError`` (a ``ConversationCodecError`` and an
   ``OSError``) carrying the injected errno;
@@ -32,8 +32,7 @@ from typing import Any
 
 import pytest
 
-from conversation_codec import ConversationCodec, ConversationCodecError, StorageError
-from conversation_codec._fsio import FileIO
+from conversation_codec import ConversationCodec, ConversationCodecError, FileIO, StorageError
 
 from conftest import KEY, Clock, is_sidecar
 
@@ -180,9 +179,8 @@ def run_workload(path: Path, key: str | None, io: FaultyIO, durability: str = "f
     state = _seed(path, key)
     result = Result()
     with ConversationCodec(
-        path, encryption_key=key, durability=durability, clock=Clock(2 * 10**15)
+        path, encryption_key=key, durability=durability, clock=Clock(2 * 10**15), io=io
     ) as codec:
-        codec._log.io = io
         for step in _steps():
             # A failed fdatasync of the log poisons the writer in any mode: under "flush"
             # pops (and torn-tail cuts) sync too (FORMAT.md §8.3).
@@ -271,13 +269,13 @@ def test_failed_fsync_refuses_writes_until_reopened(
     """After a failed fdatasync every write is refused, reads go on, and reopening heals."""
     path = tmp_path / "chat.log"
     state = _seed(path, scheme)
-    with ConversationCodec(path, encryption_key=scheme) as codec:
-        codec._log.io = FaultyIO("sync", 1, err)
+    io = FaultyIO("sync", 1, err)
+    with ConversationCodec(path, encryption_key=scheme, io=io) as codec:
         with pytest.raises(StorageError) as first:
             codec.append(_msg(10))
         assert first.value.errno == err
         assert isinstance(first.value, OSError) and isinstance(first.value, ConversationCodecError)
-        codec._log.io = FileIO()  # the disk works again: the writer must still refuse
+        io.kind = ""  # the disk works again: the writer must still refuse
         writes: list[Callable[[], object]] = [
             lambda: codec.append(_msg(11)),
             lambda: codec.extend([_msg(12)]),
@@ -303,8 +301,9 @@ def test_failed_directory_fsync_refuses_writes(tmp_path: Path, scheme: str | Non
     (they would vanish with it) until the log is reopened (they were before 71de437)."""
     path = tmp_path / "chat.log"
     state = _seed(path, scheme)
-    with ConversationCodec(path, encryption_key=scheme) as codec:
-        codec._log.io = FaultyIO("sync_dir", 1, errno.EIO)
+    with ConversationCodec(
+        path, encryption_key=scheme, io=FaultyIO("sync_dir", 1, errno.EIO)
+    ) as codec:
         assert codec.load() == state  # a divergent save() rewrites a history read in full
         with pytest.raises(StorageError):
             codec.save([_msg(50), *state])  # divergent: a rewrite
@@ -330,8 +329,9 @@ def test_disk_full_halfway_leaves_no_partial_batch(
     path = tmp_path / "chat.log"
     state = _seed(path, scheme)
     size = path.stat().st_size
-    with ConversationCodec(path, encryption_key=scheme) as codec:
-        codec._log.io = FaultyIO("pwrite", nth, errno.ENOSPC, half_then=True)
+    with ConversationCodec(
+        path, encryption_key=scheme, io=FaultyIO("pwrite", nth, errno.ENOSPC, half_then=True)
+    ) as codec:
         failures = 0
         for i in range(nth):
             try:
@@ -356,8 +356,7 @@ def test_fault_while_cutting_a_torn_tail(tmp_path: Path, scheme: str | None, kin
     state = _seed(path, scheme)
     with path.open("ab") as f:
         f.write(b"\x00" * 100)  # a zero-filled tail, as a power loss leaves
-    with ConversationCodec(path, encryption_key=scheme) as codec:
-        codec._log.io = FaultyIO(kind, 1, errno.EIO)
+    with ConversationCodec(path, encryption_key=scheme, io=FaultyIO(kind, 1, errno.EIO)) as codec:
         with pytest.raises(StorageError):
             codec.append(_msg(90))
         assert (codec.load() or []) == state
@@ -375,8 +374,9 @@ def test_failed_pop_leaves_no_stale_view(tmp_path: Path, scheme: str | None) -> 
     returning it (as every other reader does), not only once its next write re-indexes it."""
     path = tmp_path / "chat.log"
     state = _seed(path, scheme)
-    with ConversationCodec(path, encryption_key=scheme) as codec:
-        codec._log.io = FaultyIO("truncate", 1, errno.EIO)
+    with ConversationCodec(
+        path, encryption_key=scheme, io=FaultyIO("truncate", 1, errno.EIO)
+    ) as codec:
         with pytest.raises(StorageError):
             codec.pop()
         assert _read(path, scheme) == state
@@ -388,8 +388,7 @@ def test_failed_fsync_leaves_no_stale_view(tmp_path: Path, scheme: str | None) -
     there after a reopen); the poisoned codec's own reads must agree with them."""
     path = tmp_path / "chat.log"
     _seed(path, scheme)
-    with ConversationCodec(path, encryption_key=scheme) as codec:
-        codec._log.io = FaultyIO("sync", 1, errno.EIO)
+    with ConversationCodec(path, encryption_key=scheme, io=FaultyIO("sync", 1, errno.EIO)) as codec:
         with pytest.raises(StorageError):
             codec.append(_msg(10))
         assert (codec.load() or []) == _read(path, scheme)

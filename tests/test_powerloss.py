@@ -1,9 +1,10 @@
 """Power loss: crash images built from what a writer synced, plus a random fate for the rest.
 
-A :class:`RecordingIO` in the ``FileIO`` seam (``codec._log.io``) performs the real I/O of
-a writer and logs every write, truncate, sync, rename and directory sync with the file it
-touched (by inode, so renames and reused descriptors do not confuse it). Replaying that
-log gives, for any crash point, the disk a power loss could leave (FORMAT.md §8, §10):
+A :class:`RecordingIO` passed as ``ConversationCodec(..., io=...)`` (the ``FileIO`` seam)
+performs the real I/O of a writer and logs every write, truncate, sync, rename and directory
+sync with the file it touched (by inode, so renames and reused descriptors do not confuse
+it). Replaying that log gives, for any crash point, the disk a power loss could leave
+(FORMAT.md §8, §10):
 
 * each file holds exactly its content at its last sync, plus the writes and truncates
   issued since, each with a fate: applied, a prefix, not applied, zeros (the size reached
@@ -45,8 +46,7 @@ from typing import Any
 
 import pytest
 
-from conversation_codec import ConversationCodec, CorruptRecordError
-from conversation_codec._fsio import FileIO
+from conversation_codec import ConversationCodec, CorruptRecordError, FileIO
 from conversation_codec.compression import TRAIN_AFTER
 from conversation_codec.verify import salvage
 
@@ -305,9 +305,8 @@ def record_run(
     if prefill:
         plan.insert(0, Step("extend", tuple(_message(-1 - j, rng) for j in range(prefill))))
     with ConversationCodec(
-        folder / LOG, encryption_key=key, durability=durability, clock=Clock()
+        folder / LOG, encryption_key=key, durability=durability, clock=Clock(), io=rec
     ) as codec:
-        codec._log.io = rec
         k = 0
         for planned in plan:
             step = planned or choose(run.states[-1], k)

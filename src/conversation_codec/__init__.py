@@ -20,6 +20,7 @@ Quick start (the seed usage: load once, save after every turn, or append per mes
 
 from __future__ import annotations
 
+from ._fsio import FileIO
 from .aio import AsyncConversationCodec, AsyncConversationStore
 from .codec import CompactionReport, ConversationCodec, LogInfo
 from .crypto import generate_key
@@ -50,6 +51,7 @@ from .errors import (
 )
 from .keyfile import load_or_create_key
 from .migrate import MigrationReport, migrate, migrate_many
+from .options import CodecOptions
 from .search import Hit
 from .store import ConversationInfo, ConversationStore
 from .verify import SalvageReport, VerifyReport, salvage
@@ -61,6 +63,7 @@ __all__ = [
     "AsyncConversationStore",
     "BindingError",
     "ClosedError",
+    "CodecOptions",
     "CompactionReport",
     "ConflictError",
     "ConversationCodec",
@@ -69,6 +72,7 @@ __all__ = [
     "ConversationStore",
     "CorruptRecordError",
     "DecryptionError",
+    "FileIO",
     "FormatError",
     "Hit",
     "InvalidKeyError",

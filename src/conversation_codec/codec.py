@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
-from ._fsio import remove_flat_dir
+from ._fsio import DEFAULT_IO, FileIO, remove_flat_dir
 from .attachments import BlobStore, apply_mode, references, restore
 from .chat_formats import to_anthropic_messages, to_ollama_messages, to_openai_messages
 from .compression import (
@@ -77,6 +77,7 @@ from .format.header import (
 )
 from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .log import FileLog, LogFormat, _IndexMismatch, _Transaction
+from .options import AttachmentMode, CodecOptions, Durability
 from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
 from .search import Hit, Query, parse_roles, to_us
 from .transfer import ImportReport, export_history, import_history
@@ -222,6 +223,10 @@ class ConversationCodec:
         (handed to the OS: survives a process crash, not a power loss).
     :param clock: seam returning microseconds since the epoch (UTC) for new records.
     :param lock_timeout: seconds to wait for another process's lock; None waits forever.
+    :param io: the filesystem seam (LevelDB's ``Env``), a ``FileIO``: every write, sync,
+        truncate, rename, link and unlink of the log, its index, lock file and blobs goes
+        through it. Default: the operating system. For fault injection: pass a subclass
+        that records calls or fails the Nth one (see :class:`CodecOptions`).
     :param password: instead of a key: a scrypt-derived key, salt and cost in the header.
     :param max_messages: reads see only the newest N messages; compaction drops the rest.
     :param attachments: ``"keep"`` inline base64 data; ``"strip"`` it to a placeholder
@@ -265,9 +270,15 @@ class ConversationCodec:
         max_messages: int | None = None,
         attachments: str = "keep",
         context: str | None = None,
+        io: FileIO = DEFAULT_IO,
     ) -> None:
-        if durability not in ("fsync", "flush"):
-            raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
+        self._options = CodecOptions(
+            durability=cast(Durability, durability),
+            attachments=cast(AttachmentMode, attachments),
+            clock=clock,
+            lock_timeout=lock_timeout,
+            io=io,
+        )
         if password is not None and encryption_key is not None:
             raise ValueError("pass encryption_key= or password=, not both")
         if password is not None:
@@ -282,13 +293,11 @@ class ConversationCodec:
         self._kdf: SealedHeader | None = None  # the password log's KDF fields, to reuse its salt
         self._max = max_messages
         self._untrainable = False
-        if attachments not in ("keep", "strip", "external"):
-            raise ValueError('attachments must be "keep", "strip" or "external"')
         if attachments == "external" and password is not None:
             raise ValueError("external attachments need encryption_key=, not password=")
         self._attachments = attachments
         self._blobs = (
-            BlobStore.for_key(str(self._path) + ".blobs", encryption_key)
+            BlobStore.for_key(str(self._path) + ".blobs", encryption_key, io=io)
             if attachments == "external"
             else None
         )
@@ -301,7 +310,11 @@ class ConversationCodec:
         self._closed = False
         self._swept = False
         self._log = FileLog(
-            self._path, attach=self._attach, durability=durability, lock_timeout=lock_timeout
+            self._path,
+            attach=self._attach,
+            durability=durability,
+            lock_timeout=lock_timeout,
+            io=io,
         )
         self._log.on_change = self._forget
         try:  # fail fast on a wrong key or a foreign file
@@ -310,6 +323,11 @@ class ConversationCodec:
             if isinstance(exc, ConversationCodecError):
                 raise
             raise StorageError(exc.errno or 0, f"{self._path}: {exc.strerror or exc}") from None
+
+    @property
+    def options(self) -> CodecOptions:
+        """The options this codec was opened with (durability, attachments, seams)."""
+        return self._options
 
     # -- opening and creating logs ---------------------------------------------------------
 
