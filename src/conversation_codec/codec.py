@@ -8,6 +8,7 @@ and processes sharing a log see each other's writes and never tear a record.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -426,6 +427,31 @@ class ConversationCodec:
         self._digests = None
 
     # -- transactions ----------------------------------------------------------------------
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the writer lock across several calls, with a current view of the log.
+
+        Inside, no other process or thread writes the log, and every method of this codec
+        works (the lock is re-entrant within one thread), so a read followed by a write
+        decided on it cannot race another writer:
+
+        >>> import tempfile, os
+        >>> codec = ConversationCodec(os.path.join(tempfile.mkdtemp(), "chat.log"))
+        >>> with codec.transaction():
+        ...     if len(codec) == 0:
+        ...         codec.append({"role": "system", "content": "be brief"})
+        0
+        >>> codec.close()
+
+        Keep it short: other writers (and, under the lock's timeout, readers that must
+        catch up) wait for it.
+
+        :raises ClosedError: the codec is closed.
+        :raises StorageError: the lock cannot be taken, or an earlier fsync failed (writes
+            are refused until the log is reopened).
+        :raises LockTimeoutError: another process held the lock past ``lock_timeout``.
+        """
+        return self._writing()
 
     def _reading(self) -> _Transaction:
         if self._closed:

@@ -287,7 +287,7 @@ class ConversationStore:
         path = self.path(conversation_id)
         if not _files_of(path):
             return False
-        with self.open(conversation_id) as codec, _write_lock(codec):
+        with self.open(conversation_id) as codec, codec.transaction():  # re-entrant
             # Decided under the lock, so a message appended after prune() listed the
             # store keeps the conversation.
             last = codec.info().last_timestamp
@@ -445,13 +445,6 @@ def _at(us: int) -> datetime:
 def _is_past(hit: Hit, after: tuple[int, int], newest_first: bool) -> bool:
     key = ((hit.timestamp - _EPOCH) // _ONE_US, hit.seq)
     return key < after if newest_first else key > after
-
-
-def _write_lock(codec: ConversationCodec) -> contextlib.AbstractContextManager[None]:
-    # The engine has no public "hold the writer lock" call; its transactions are
-    # re-entrant, so info() and clear() run inside this one hold. Replace with a public
-    # ConversationCodec method if one is added.
-    return codec._log.transaction(write=True)
 
 
 def _files_of(path: Path) -> list[Path]:
