@@ -22,11 +22,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterable
 
 from .errors import StorageError
+from .paths import hidden_temp_path
 
 __all__ = [
     "DEFAULT_IO",
@@ -326,9 +326,9 @@ def atomic_write(
     """
     if exclusive and not isinstance(data, bytes | bytearray | memoryview):
         data = b"".join(data)  # the fallback below may need to write it a second time
-    folder, name = os.path.split(os.fspath(path))
+    folder = os.path.dirname(os.fspath(path))
     if tmp is None:
-        tmp = os.path.join(folder, f".{name}.tmp-{secrets.token_hex(8)}")
+        tmp = hidden_temp_path(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     shown_tmp = tmp
     if dir_fd is not None and shown is not None:

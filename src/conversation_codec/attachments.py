@@ -42,7 +42,6 @@ import hashlib
 import hmac
 import os
 import re
-import secrets
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +62,7 @@ from ._fsio import (
 )
 from .crypto import KeyInput, Keyring
 from .errors import DecryptionError, MissingBlobError, StorageError
+from .paths import blob_temp_name, is_blob_temp
 
 __all__ = [
     "ATTACHMENTS_KEY",
@@ -89,7 +89,6 @@ _STRIPPED = re.compile(r"cc-stripped:([^;]*);bytes=(\d+);sha256=([0-9a-f]{64})")
 _HKDF_INFO = b"conversation-codec/1 blob keys"  # distinct from the log keys' info
 _TAG_RAW = b"\x01"  # blob = decoded bytes; the original is prefix + standard base64 of them
 _TAG_VERBATIM = b"\x00"  # blob = the original string, UTF-8 (base64 that is not canonical)
-_TEMP = re.compile(r"\.tmp-[0-9a-f]{16}")  # a put's temp file, until its rename
 
 Message = dict[str, Any]
 _Slot = Callable[[str, str, bool], "str | None"]  # (value, media type, bare base64 allowed)
@@ -370,7 +369,7 @@ class BlobStore:
     def put(self, data: bytes) -> str:
         """Store ``data`` (once: an equal blob is already there) and return its name."""
         name = self.name(data)
-        tmp = f".tmp-{secrets.token_hex(8)}"
+        tmp = blob_temp_name()
         dir_fd = -1
         try:
             _make_private_dir(self.directory)
@@ -472,7 +471,7 @@ class BlobStore:
                 shown = self.directory / name
                 if _NAME.fullmatch(name) and name not in keep:
                     gone += unlink_file(name, dir_fd=dir_fd, shown=shown)
-                elif _TEMP.fullmatch(name):
+                elif is_blob_temp(name):
                     swept += unlink_file(name, dir_fd=dir_fd, shown=shown)
             if gone or swept:
                 self.io.fsync_dir(dir_fd)

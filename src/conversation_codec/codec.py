@@ -79,6 +79,7 @@ from .format.header import (
 from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .log import FileLog, LogFormat, _IndexMismatch, _Transaction
 from .options import AttachmentMode, CodecOptions, Durability
+from .paths import LONGEST_SUFFIX, blobs_path
 from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
 from .search import Hit, Query, parse_roles, to_us
 from .transfer import ImportReport, export_history, import_history
@@ -94,7 +95,6 @@ _MAX_US = 253_402_300_800 * _US_PER_S  # 10000-01-01T00:00:00Z: where datetime e
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ITER_BATCH = 256  # records decoded per lock hold while iterating
 _NAME_MAX = 255  # bytes in one path component: ext4, XFS, Btrfs, APFS, NTFS (UTF-16 units)
-_LONGEST_SIDECAR = len(".tmp-") + 16  # FORMAT.md §8: <log>.tmp-<16 hex digits>
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
@@ -156,11 +156,11 @@ def _check_log_path(path: str | os.PathLike[str]) -> Path:
                 f"log path has a {len(folder)}-byte directory name ({_shown(folder)!r}); "
                 f"file systems allow at most {_NAME_MAX} bytes",
             )
-    if len(name) + _LONGEST_SIDECAR > _NAME_MAX:
+    if len(name) + LONGEST_SUFFIX > _NAME_MAX:
         raise StorageError(
             errno.ENAMETOOLONG,
             f"log file name {_shown(name)!r} is {len(name)} bytes; its sidecar names add up to "
-            f"{_LONGEST_SIDECAR} more: use at most {_NAME_MAX - _LONGEST_SIDECAR} bytes",
+            f"{LONGEST_SUFFIX} more: use at most {_NAME_MAX - LONGEST_SUFFIX} bytes",
         )
     try:
         is_dir = result.is_dir()
@@ -298,7 +298,7 @@ class ConversationCodec:
             raise ValueError("external attachments need encryption_key=, not password=")
         self._attachments = attachments
         self._blobs = (
-            BlobStore.for_key(str(self._path) + ".blobs", encryption_key, io=io)
+            BlobStore.for_key(blobs_path(self._path), encryption_key, io=io)
             if attachments == "external"
             else None
         )
@@ -820,7 +820,7 @@ class ConversationCodec:
                 )
             new_blobs = None
             if encryption_key is not None and self._blobs is not None:
-                new_blobs = BlobStore.for_key(str(self._path) + ".blobs", encryption_key)
+                new_blobs = BlobStore.for_key(blobs_path(self._path), encryption_key)
             committed = self._rewrites_committed()
             before = self._state()
             try:
@@ -1036,7 +1036,7 @@ class ConversationCodec:
         ``<path>.bak`` is the user's original and stays."""
         with self._writing():
             # A link or a stray entry at P.blobs is refused before the log goes, not after.
-            remove_flat_dir(str(self._path) + ".blobs", check_only=True)
+            remove_flat_dir(blobs_path(self._path), check_only=True)
             self._log.remove(also=self._remove_blobs)
             self._digests = None
             self._view = ((None, None, 0), False)
@@ -1045,7 +1045,7 @@ class ConversationCodec:
         if self._blobs is not None:
             self._blobs.clear()
         else:
-            remove_flat_dir(str(self._path) + ".blobs")
+            remove_flat_dir(blobs_path(self._path))
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import portalocker
 
 from ._fsio import DEFAULT_IO, FileIO, open_file, write_all
 from .errors import LockTimeoutError
+from .paths import lock_path
 
 __all__ = ["LogLock"]
 
@@ -56,7 +57,7 @@ class LogLock:
     def __init__(self, log_path: str, timeout: float | None, *, io: FileIO = DEFAULT_IO) -> None:
         self.io = io  # the log's filesystem seam
         self._log_path = log_path
-        self.path = log_path + ".lock"
+        self.path = lock_path(log_path)
         self._timeout = timeout
         self._fd: int | None = None
         self._ino = (0, 0)

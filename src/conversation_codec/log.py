@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from .format.record import MAX_BODY_BYTES, decode_frame_header, encode_frame
 from .format.varint import MAX_VARINT_BYTES
 from .index import OffsetIndex
 from .lock import LogLock
+from .paths import index_path, is_leftover, temp_path
 from .records import RecordCodec, RecordDamaged, RecordRejected, SealedRecords
 
 __all__ = ["FileLog", "LogFormat", "Reader"]
@@ -40,11 +40,6 @@ __all__ = ["FileLog", "LogFormat", "Reader"]
 _READ_CHUNK = 1 << 20  # bytes read at a time when scanning
 _PREFIX_BYTES = 4096  # bytes handed to the attach callback to identify a log
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-# What crashes leave under the log's name (FORMAT.md §8.4): a rewrite's <log>.tmp-<16 hex>,
-# a whole copy of the history; migrate's temp log <log>.migrating-<16 hex> with its sidecars.
-_LEFTOVER = re.compile(
-    r"\.tmp-[0-9a-f]{16}|\.migrating-[0-9a-f]{16}(\.idx|\.lock|\.tmp-[0-9a-f]{16})?"
-)
 _BAD = (-1, -1, False)  # sentinel span: no record can start here
 
 
@@ -140,7 +135,7 @@ class FileLog:
     ) -> None:
         self.path = os.fspath(path)
         self._io = io
-        self.index = OffsetIndex(self.path + ".idx", io=io)
+        self.index = OffsetIndex(index_path(self.path), io=io)
         self.fmt: LogFormat | None = None
         self._attach = attach
         self._sync = durability == "fsync"
@@ -712,9 +707,9 @@ class FileLog:
         a key it retires (rotate_key). The directory fsync at the end makes that durable.
         """
         self.remove_stale_temps()
-        tmp = f"{self.path}.tmp-{secrets.token_hex(8)}"
+        tmp = temp_path(self.path)
         fd = open_file(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        index = OffsetIndex(self.path + ".idx", io=self.io)
+        index = OffsetIndex(index_path(self.path), io=self.io)
         index.reset(fmt.data_start)
         try:
             pos = self._write_all(fd, header, 0)
@@ -787,7 +782,7 @@ class FileLog:
         folder = os.path.dirname(self.path) or "."
         base = os.path.basename(self.path)
         for name in os.listdir(folder):
-            if name.startswith(base) and _LEFTOVER.fullmatch(name, len(base)):
+            if is_leftover(name, base):
                 unlink_file(os.path.join(folder, name))  # refuses a planted link
 
     def _write_all(self, fd: int, data: bytes, offset: int) -> int:

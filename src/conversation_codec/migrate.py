@@ -30,8 +30,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
-import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -45,6 +43,15 @@ from .errors import ConversationCodecError, KeyRequiredError, StorageError
 from .format.header import LogKind, sniff_log
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat, read_legacy
 from .lock import LogLock
+from .paths import (
+    backup_path,
+    index_path,
+    is_sidecar,
+    lock_path,
+    migrate_leftovers,
+    migrating_path,
+    temp_path,
+)
 
 __all__ = ["BatchItem", "BatchReport", "BatchStatus", "MigrationReport", "migrate", "migrate_many"]
 
@@ -57,9 +64,6 @@ _IO = DEFAULT_IO  # the filesystem seam (_fsio)
 _ENCRYPTED = (LegacyFormat.FERNET_JSONL, LegacyFormat.FERNET_JSON_ARRAY)
 # Files a directory walk never treats as histories: our sidecars and temp files, legacy
 # salt files, backups made by an earlier run (migrating those would make .bak.bak files).
-_SIDECAR = re.compile(
-    r".*(\.idx|\.lock|\.bak|\.salt|\.tmp-[0-9a-f]{16}|\.migrating-[0-9a-f]{16}(\..*)?)"
-)
 
 
 def _no_fault(step: str) -> None:
@@ -151,10 +155,10 @@ def migrate(
         )
     if dry_run:
         return report.done(0, None, False, "dry run: nothing was written")
-    bak = Path(f"{target}.bak") if in_place and backup else None
+    bak = Path(backup_path(target)) if in_place and backup else None
     with _writer_lock(target) as announce:
         _sweep_leftovers(target, bak)
-        tmp = f"{target}.migrating-{secrets.token_hex(8)}"
+        tmp = migrating_path(target)
         made_backup = False
         try:
             _write_log(tmp, plan, encryption_key, fault)
@@ -174,7 +178,7 @@ def migrate(
             raise
         fault("migrate:renamed")
         _finish(tmp, target, fault)
-    after = _size(target) + _size(f"{target}.idx")
+    after = _size(target) + _size(index_path(target))
     if bak is not None and encryption_key is not None and history.format not in _ENCRYPTED:
         report.notes.append(f"{bak} holds the plaintext original; delete it once checked")
     return report.done(after, bak, True)
@@ -342,14 +346,11 @@ def _sweep_leftovers(target: Path, bak: Path | None) -> int:
 
     Return how many files were removed.
     """
-    pattern = re.escape(target.name) + r"\.migrating-[0-9a-f]{16}(\.idx|\.lock|\.tmp-[0-9a-f]{16})?"
-    if bak is not None:
-        pattern += "|" + re.escape(bak.name) + r"\.tmp-[0-9a-f]{16}"
     try:
         names = os.listdir(target.parent)
     except FileNotFoundError:
         return 0
-    leftover, removed = re.compile(pattern), 0
+    leftover, removed = migrate_leftovers(target.name, None if bak is None else bak.name), 0
     for name in names:
         if name.startswith(target.name) and leftover.fullmatch(name):
             removed += unlink_file(target.parent / name)  # refuses a planted link
@@ -413,7 +414,7 @@ def _write_backup(bak: Path, data: bytes, fault: Fault) -> bool:
         raise StorageError(
             errno.EEXIST, f"{bak} exists and is not this file's original; move it away"
         )
-    tmp = f"{bak}.tmp-{secrets.token_hex(8)}"
+    tmp = temp_path(bak)
     try:
         # Durable (directory synced) before the source is replaced. Where hard links are
         # unsupported the backup is created in place with O_EXCL: a crash may leave it
@@ -464,10 +465,10 @@ def _publish(tmp: str, target: Path, in_place: bool) -> None:
 def _finish(tmp: str, target: Path, fault: Fault) -> None:
     """After the commit: move the index beside the log, drop the temp lock, sync."""
     with contextlib.suppress(OSError):  # a cache: a missing index is rebuilt on open
-        check_file(f"{target}.idx")  # a link there is left alone (the log refuses it)
-        _IO.rename(f"{tmp}.idx", f"{target}.idx")
+        check_file(index_path(target))  # a link there is left alone (the log refuses it)
+        _IO.rename(index_path(tmp), index_path(target))
     fault("migrate:index-moved")
-    for leftover in (f"{tmp}.lock", f"{tmp}.idx"):  # the index is still here if its move failed
+    for leftover in (lock_path(tmp), index_path(tmp)):  # the index is still here if its move failed
         with contextlib.suppress(FileNotFoundError):
             _IO.unlink(leftover)
     _IO.sync_dir(target)
@@ -660,6 +661,6 @@ def _walk(root: Path, out_real: str | None) -> Iterator[tuple[Path, Path]]:
     for folder, dirs, files in os.walk(root):  # followlinks=False: no loops, no escapes
         dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(folder, d)) != out_real)
         for name in sorted(files):
-            if not _SIDECAR.fullmatch(name):
+            if not is_sidecar(name):
                 path = Path(folder, name)
                 yield path, path.relative_to(root)

@@ -47,6 +47,7 @@ from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
 from .errors import ConversationCodecError, StorageError
 from .format.header import LogKind, sniff_log
+from .paths import index_path, is_log_file
 from .search import Hit, Query, parse_roles, to_us
 
 __all__ = ["MAX_ENCODED_ID", "ConversationInfo", "ConversationStore", "decode_id", "encode_id"]
@@ -55,7 +56,6 @@ MAX_ENCODED_ID = 200  # bytes; + ".log.tmp-<16 hex>" (25) stays under NAME_MAX (
 LOG_SUFFIX = ".log"
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-.")
 _ENCODED = re.compile(r"(?:[a-z0-9_\-.]|%[0-9a-f]{2})+")
-_TEMP = re.compile(r"\.tmp-[0-9a-f]{16}")  # FORMAT.md §8: <log>.tmp-<16 hex digits>
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_US = timedelta(microseconds=1)
 _FIRST_CHUNK = 64  # hits read from one conversation per open, growing x4 per reopen
@@ -265,7 +265,7 @@ class ConversationStore:
         """The entry of a conversation whose log could not be opened (never its key)."""
         path = self.path(conversation_id)
         sizes, prefix = 0, b""
-        for file in (path, Path(str(path) + ".idx")):
+        for file in (path, Path(index_path(path))):
             with contextlib.suppress(OSError):
                 sizes += file.stat().st_size
         with contextlib.suppress(OSError), open(path, "rb") as f:
@@ -453,11 +453,4 @@ def _files_of(path: Path) -> list[Path]:
         names = os.listdir(path.parent)
     except FileNotFoundError:
         return []
-    prefix = path.name
-    return [
-        path.parent / name
-        for name in names
-        if name == prefix
-        or name in (prefix + ".idx", prefix + ".lock")
-        or (name.startswith(prefix) and _TEMP.fullmatch(name[len(prefix) :]))
-    ]
+    return [path.parent / name for name in names if is_log_file(name, path.name)]
