@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -26,6 +26,7 @@ from typing import Any, cast
 import msgspec
 
 from ._fsio import DEFAULT_IO, FileIO, remove_flat_dir
+from ._time import MAX_US, to_datetime, to_us
 from .attachments import BlobStore, apply_mode, references, restore
 from .chat_formats import to_anthropic_messages, to_ollama_messages, to_openai_messages
 from .compression import (
@@ -81,7 +82,7 @@ from .log import FileLog, LogFormat, _IndexMismatch, _Transaction
 from .options import AttachmentMode, CodecOptions, Durability
 from .paths import LONGEST_SUFFIX, blobs_path
 from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
-from .search import Hit, Query, parse_roles, to_us
+from .search import Hit, Query, parse_roles
 from .transfer import ImportReport, export_history, import_history
 from .verify import VerifyReport, verify_index_alone, verify_log
 
@@ -90,9 +91,6 @@ __all__ = ["CompactionReport", "ConversationCodec", "LogInfo", "Message"]
 Message = dict[str, Any]
 TimestampInput = datetime | int | float
 TimeInput = datetime | int | float | str
-_US_PER_S = 1_000_000
-_MAX_US = 253_402_300_800 * _US_PER_S  # 10000-01-01T00:00:00Z: where datetime ends
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ITER_BATCH = 256  # records decoded per lock hold while iterating
 _NAME_MAX = 255  # bytes in one path component: ext4, XFS, Btrfs, APFS, NTFS (UTF-16 units)
 _encode = msgspec.json.Encoder().encode
@@ -105,17 +103,8 @@ def _now_us() -> int:
 
 def _to_us(value: TimestampInput) -> int:
     """Convert an aware datetime or epoch seconds to microseconds since the epoch."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError(
-                "timestamp is a naive datetime; pass an aware one, e.g. datetime.now(timezone.utc)"
-            )
-        us = (value - _EPOCH) // timedelta(microseconds=1)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        us = round(value * _US_PER_S)
-    else:
-        raise TypeError(f"timestamp must be an aware datetime or epoch seconds, not {value!r}")
-    if not 0 <= us < _MAX_US:
+    us = to_us(value, "timestamp", text=False)  # a naive datetime: NaiveDatetimeError
+    if not 0 <= us < MAX_US:
         raise ValueError(f"timestamp {value!r} is out of range (1970 .. 9999)")
     return us
 
@@ -532,7 +521,7 @@ class ConversationCodec:
             if us < last:
                 raise ValueError(
                     "timestamps in a log never go backwards: "
-                    f"{(_EPOCH + timedelta(microseconds=us)).isoformat()} is "
+                    f"{to_datetime(us).isoformat()} is "
                     "earlier than the last record"
                 )
             out.append(us)
@@ -998,7 +987,7 @@ class ConversationCodec:
         """
         us = self._log.index.tss[seq] if ts_us is None else ts_us
         try:
-            return _EPOCH + timedelta(microseconds=us)
+            return to_datetime(us)
         except OverflowError:
             raise CorruptRecordError(
                 f"record {seq} carries a time ({us} us since 1970) that is no date in "

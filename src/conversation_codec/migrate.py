@@ -32,11 +32,12 @@ import errno
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from ._fsio import DEFAULT_IO, atomic_write, check_file, open_file, unlink_file
+from ._time import iso_z, to_datetime
 from .codec import ConversationCodec
 from .crypto import KeyInput, Keyring
 from .errors import ConversationCodecError, KeyRequiredError, StorageError
@@ -59,7 +60,6 @@ BatchStatus = Literal["converted", "skipped", "failed"]
 Fault = Callable[[str], None]
 
 WRITE_BATCH = 4096  # messages per extend() while writing the new log: bounds memory per call
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _IO = DEFAULT_IO  # the filesystem seam (_fsio)
 _ENCRYPTED = (LegacyFormat.FERNET_JSONL, LegacyFormat.FERNET_JSON_ARRAY)
 # Files a directory walk never treats as histories: our sidecars and temp files, legacy
@@ -258,7 +258,7 @@ class _Plan:
 
 
 def _iso(us: int) -> str:
-    return (_EPOCH + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
+    return iso_z(us)
 
 
 def _check_key(name: str, key: KeyInput | None) -> None:
@@ -378,7 +378,7 @@ def _write_log(tmp: str, plan: _Plan, key: KeyInput | None, fault: Fault) -> Non
 
 
 def _datetime(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)  # exact, unlike float epoch seconds
+    return to_datetime(us)  # exact, unlike float epoch seconds
 
 
 def _verify(tmp: str, plan: _Plan, key: KeyInput | None) -> None:

@@ -39,13 +39,14 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ._fsio import atomic_write, check_file
+from ._time import EPOCH, ONE_US, to_datetime
 from .crypto import KeyInput
 from .errors import StorageError
 from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
@@ -57,8 +58,6 @@ if TYPE_CHECKING:
 __all__ = ["EXPORT_FORMATS", "ImportReport", "export_history", "import_history"]
 
 EXPORT_FORMATS = ("jsonl", "json")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_US = timedelta(microseconds=1)
 _encode = msgspec.json.Encoder().encode
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
 _decode = msgspec.json.Decoder().decode
@@ -361,9 +360,9 @@ def _key(message: Message) -> bytes:
 
 
 def _us(when: datetime) -> int:
-    return (when - _EPOCH) // _ONE_US
+    return (when - EPOCH) // ONE_US
 
 
 def _as_datetimes(stamps: list[int] | None) -> list[datetime] | None:
     # Aware datetimes, not float seconds: exact to the microsecond.
-    return None if stamps is None else [_EPOCH + timedelta(microseconds=us) for us in stamps]
+    return None if stamps is None else [to_datetime(us) for us in stamps]
