@@ -219,7 +219,13 @@ def open_dir(path: _Path) -> int:
         raise
 
 
-def unlink_file(path: _Path, *, dir_fd: int | None = None, shown: _Path | None = None) -> bool:
+def unlink_file(
+    path: _Path,
+    *,
+    dir_fd: int | None = None,
+    shown: _Path | None = None,
+    io: FileIO = DEFAULT_IO,
+) -> bool:
     """Delete the regular file at ``path``; return False when nothing was there.
 
     ``unlink`` itself never follows a link, but a link or a directory at a name the library
@@ -230,7 +236,7 @@ def unlink_file(path: _Path, *, dir_fd: int | None = None, shown: _Path | None =
     if check_file(path, dir_fd=dir_fd, shown=shown) is None:
         return False
     try:
-        os.unlink(path, dir_fd=dir_fd)
+        io.unlink(path, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     return True

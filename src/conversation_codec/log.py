@@ -765,10 +765,10 @@ class FileLog:
         self._bump(truncation=True)
         self._close_log()
         for p in (self.path, self.index.path):
-            unlink_file(p)
+            unlink_file(p, io=self.io)
         also()
         self.remove_stale_temps()
-        unlink_file(self._lock.path)
+        unlink_file(self._lock.path, io=self.io)
         self._sync_dir()
 
     def remove_stale_temps(self) -> None:
@@ -783,7 +783,7 @@ class FileLog:
         base = os.path.basename(self.path)
         for name in os.listdir(folder):
             if is_leftover(name, base):
-                unlink_file(os.path.join(folder, name))  # refuses a planted link
+                unlink_file(os.path.join(folder, name), io=self.io)  # refuses a planted link
 
     def _write_all(self, fd: int, data: bytes, offset: int) -> int:
         view = memoryview(data)
