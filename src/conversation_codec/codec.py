@@ -78,11 +78,12 @@ from .format.header import (
     sniff_log,
 )
 from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
-from .log import FileLog, LogFormat, _IndexMismatch, _Transaction
 from .options import AttachmentMode, CodecOptions, Durability
 from .paths import LONGEST_SUFFIX, blobs_path
 from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
 from .search import Hit, Query, parse_roles
+from .storage.base import IndexMismatch, LogFormat
+from .storage.file.log import FileLog
 from .transfer import ImportReport, export_history, import_history
 from .verify import VerifyReport, verify_index_alone, verify_log
 
@@ -442,12 +443,12 @@ class ConversationCodec:
         """
         return self._writing()
 
-    def _reading(self) -> _Transaction:
+    def _reading(self) -> contextlib.AbstractContextManager[None]:
         if self._closed:
             raise ClosedError("this ConversationCodec is closed; open a new one")
         return self._log.transaction(write=False)
 
-    def _writing(self) -> _Transaction:
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
         if self._closed:
             raise ClosedError("this ConversationCodec is closed; open a new one")
         return self._log.transaction(write=True)
@@ -969,7 +970,7 @@ class ConversationCodec:
         assert self._log.fmt is not None
         try:
             ts = self._log.fmt.records.check(self._log.read_body(seq), seq)
-        except _IndexMismatch:
+        except IndexMismatch:
             return False
         except RecordRejected as exc:
             if final:
@@ -1059,11 +1060,11 @@ class ConversationCodec:
                     except RecordRejected as exc:
                         raise self._corrupt(exc, seq) from None
                     if ts != self._log.index.tss[seq]:
-                        raise _IndexMismatch(self._log.index.span(seq)[0])
+                        raise IndexMismatch(self._log.index.span(seq)[0])
                     yield seq, text, ts
                     start = seq + 1
                 return
-            except (_IndexMismatch, DictionaryMissing):
+            except (IndexMismatch, DictionaryMissing):
                 if attempt:
                     raise CorruptRecordError(
                         "index and log disagree even after a rebuild",

@@ -43,7 +43,6 @@ from .crypto import KeyInput, Keyring
 from .errors import ConversationCodecError, KeyRequiredError, StorageError
 from .format.header import LogKind, sniff_log
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat, read_legacy
-from .lock import LogLock
 from .paths import (
     backup_path,
     index_path,
@@ -53,6 +52,7 @@ from .paths import (
     migrating_path,
     temp_path,
 )
+from .storage.file.lock import LogLock
 
 __all__ = ["BatchItem", "BatchReport", "BatchStatus", "MigrationReport", "migrate", "migrate_many"]
 

@@ -36,8 +36,8 @@ from ._time import iso_z, to_datetime
 from .crypto import KeyInput
 from .errors import StorageError
 from .format.index import ENTRY_SYNCED, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
-from .log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
 from .records import DictionaryMissing, RecordRejected, SealedRecords
+from .storage.file.log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
 
 __all__ = ["Problem", "SalvageReport", "VerifyReport", "salvage", "scan_records"]
 

@@ -18,8 +18,8 @@ import bisect
 import os
 from array import array
 
-from ._fsio import DEFAULT_IO, FileIO, open_file, write_all
-from .format.index import (
+from ..._fsio import DEFAULT_IO, FileIO, open_file, write_all
+from ...format.index import (
     DICT_SPAN,
     DICT_SPAN_OFFSET,
     ENTRY_SYNCED,

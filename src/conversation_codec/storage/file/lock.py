@@ -15,9 +15,9 @@ import time
 
 import portalocker
 
-from ._fsio import DEFAULT_IO, FileIO, open_file, write_all
-from .errors import LockTimeoutError
-from .paths import lock_path
+from ..._fsio import DEFAULT_IO, FileIO, open_file, write_all
+from ...errors import LockTimeoutError
+from ...paths import lock_path
 
 __all__ = ["LogLock"]
 

@@ -16,24 +16,24 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from ._fsio import DEFAULT_IO, FileIO, check_file, open_file, unlink_file
-from .errors import (
+from ..._fsio import DEFAULT_IO, FileIO, check_file, open_file, unlink_file
+from ...errors import (
     ConversationCodecError,
     CorruptRecordError,
     StorageError,
     UnsupportedVersionError,
 )
-from .format.header import SEALED_HEADER_BYTES
-from .format.record import MAX_BODY_BYTES, decode_frame_header, encode_frame
-from .format.varint import MAX_VARINT_BYTES
+from ...format.header import SEALED_HEADER_BYTES
+from ...format.record import MAX_BODY_BYTES, decode_frame_header, encode_frame
+from ...format.varint import MAX_VARINT_BYTES
+from ...paths import index_path, is_leftover, temp_path
+from ...records import RecordDamaged, RecordRejected, SealedRecords
+from ..base import IndexMismatch, LogFormat, LogStorage
 from .index import OffsetIndex
 from .lock import LogLock
-from .paths import index_path, is_leftover, temp_path
-from .records import RecordCodec, RecordDamaged, RecordRejected, SealedRecords
 
 __all__ = ["FileLog", "LogFormat", "Reader"]
 
@@ -41,17 +41,6 @@ _READ_CHUNK = 1 << 20  # bytes read at a time when scanning
 _PREFIX_BYTES = 4096  # bytes handed to the attach callback to identify a log
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BAD = (-1, -1, False)  # sentinel span: no record can start here
-
-
-@dataclass(frozen=True, slots=True)
-class LogFormat:
-    """What the codec learned from a log's header: where records start and how to read them."""
-
-    log_id: bytes
-    data_start: int
-    records: RecordCodec
-    sealed: bool
-    format_version: int = 1  # FORMAT.md §12: 2 for a log bound to a context (§4.2)
 
 
 # Where a sealed frame could start: a non-zero prefix byte (no record length is 0) followed,
@@ -313,7 +302,7 @@ class FileLog:
             seq = len(self.index) - 1
             try:
                 ok = self.fmt.records.check(self.read_body(seq), seq) == self.index.tss[seq]
-            except (_IndexMismatch, RecordRejected):
+            except (IndexMismatch, RecordRejected):
                 ok = False
             if ok:
                 return
@@ -576,10 +565,10 @@ class FileLog:
             except ValueError:
                 span = None
             if span is None or span[1] > len(frame) or (span[2] and span[1] == len(frame)):
-                raise _IndexMismatch(start)
+                raise IndexMismatch(start)
             if not span[2]:
                 if span[1] != len(frame):
-                    raise _IndexMismatch(start)
+                    raise IndexMismatch(start)
                 return frame[span[0] : span[1]]
             pos = span[1]
 
@@ -880,12 +869,7 @@ def _storage_error(exc: OSError, path: str) -> StorageError:
     return StorageError(exc.errno or 0, f"{path}: {exc.strerror or exc}")
 
 
-class _IndexMismatch(Exception):
-    """The index points at bytes that are not one whole record: rebuild it and retry."""
-
-    def __init__(self, offset: int) -> None:
-        super().__init__(offset)
-        self.offset = offset
-
-
 __all__ += ["SEALED_HEADER_BYTES"]
+
+
+_CONFORMS: type[LogStorage] = FileLog  # mypy checks FileLog against the protocol
