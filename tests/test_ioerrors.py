@@ -57,9 +57,11 @@ class FaultyIO(FileIO):
         persistent: bool = False,
         short: int = 0,
         half_then: bool = False,
+        sidecars: bool = False,
     ) -> None:
         self.kind, self.nth, self.err = kind, nth, err
         self.persistent, self.short, self.half_then = persistent, short, half_then
+        self.sidecars = sidecars  # count and fail the index and lock files' calls instead
         self.calls: Counter[str] = Counter()
         self.failures: list[str] = []
         self.data_syncs_failed = 0
@@ -76,7 +78,7 @@ class FaultyIO(FileIO):
         raise OSError(self.err, os.strerror(self.err))
 
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
-        if is_sidecar(fd):  # the log's calls only: index and lock writes are best effort
+        if is_sidecar(fd) is not self.sidecars:  # the log's calls, or the sidecars'
             return super().pwrite(fd, data, offset)
         if self._armed:
             self._armed = False
@@ -91,7 +93,7 @@ class FaultyIO(FileIO):
         return super().pwrite(fd, data, offset)
 
     def sync(self, fd: int, *, data_only: bool) -> None:
-        if is_sidecar(fd):
+        if is_sidecar(fd) is not self.sidecars:
             return super().sync(fd, data_only=data_only)
         if self._fail("sync"):
             self.data_syncs_failed += data_only  # the log's own fdatasync (FORMAT.md §8.2)
@@ -99,19 +101,19 @@ class FaultyIO(FileIO):
         super().sync(fd, data_only=data_only)
 
     def truncate(self, fd: int, size: int) -> None:
-        if is_sidecar(fd):
+        if is_sidecar(fd) is not self.sidecars:
             return super().truncate(fd, size)
         if self._fail("truncate"):
             self._raise("truncate")
         super().truncate(fd, size)
 
     def rename(self, src: Any, dst: Any, *, dir_fd: int | None = None) -> None:
-        if not is_sidecar(dst) and self._fail("rename"):
+        if is_sidecar(dst) is self.sidecars and self._fail("rename"):
             self._raise("rename")
         super().rename(src, dst, dir_fd=dir_fd)
 
     def sync_dir(self, path: str) -> None:
-        if self._fail("sync_dir"):
+        if not self.sidecars and self._fail("sync_dir"):
             self.dir_syncs_failed += 1  # a rename may not be durable: poisons in any mode
             self._raise("sync_dir")
         super().sync_dir(path)
@@ -213,8 +215,10 @@ def run_workload(path: Path, key: str | None, io: FaultyIO, durability: str = "f
     return result
 
 
-def _calls(tmp_path: Path, key: str | None, durability: str = "fsync") -> Counter[str]:
-    counter = FaultyIO()
+def _calls(
+    tmp_path: Path, key: str | None, durability: str = "fsync", *, sidecars: bool = False
+) -> Counter[str]:
+    counter = FaultyIO(sidecars=sidecars)
     run_workload(tmp_path / "count.log", key, counter, durability)
     return counter.calls
 
@@ -244,6 +248,25 @@ def test_fault_at_every_call(
         assert io.failures, f"{kind} #{nth} was never reached"
         assert result.errors, f"{kind} #{nth} failed but no call raised"
     print(f"{kind}: failed call #1..#{total} of the workload")
+
+
+@pytest.mark.parametrize("kind", ["pwrite", "sync", "truncate"])
+def test_index_and_lock_faults_lose_nothing(tmp_path: Path, scheme: str | None, kind: str) -> None:
+    """The index and lock files write through the same seam (issue 13): failing their Nth
+    call, for every N the workload reaches, loses no acknowledged record and leaves a log
+    that reopens, takes appends and verifies clean (the index is rebuilt from the log)."""
+    total = _calls(tmp_path, scheme, sidecars=True)[kind]
+    assert total >= 1, f"the workload makes no {kind} call on its sidecars"
+    for nth in range(1, total + 1):
+        folder = tmp_path / f"n{nth}"
+        folder.mkdir()
+        io = FaultyIO(kind, nth, errno.EIO, sidecars=True)
+        try:
+            run_workload(folder / "chat.log", scheme, io)
+        except AssertionError as exc:
+            raise AssertionError(f"sidecar {kind} #{nth} failing: {exc}") from exc
+        assert io.failures, f"sidecar {kind} #{nth} was never reached"
+    print(f"sidecar {kind}: failed call #1..#{total} of the workload")
 
 
 def test_flush_mode_faults(tmp_path: Path, scheme: str | None) -> None:
