@@ -82,7 +82,7 @@ from .options import AttachmentMode, CodecOptions, Durability
 from .paths import LONGEST_SUFFIX, blobs_path
 from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
 from .search import Hit, Query, parse_roles
-from .storage.base import IndexMismatch, LogFormat
+from .storage.base import IndexMismatch, LogFormat, LogStorage
 from .storage.file.log import FileLog
 from .transfer import ImportReport, export_history, import_history
 from .verify import VerifyReport, verify_index_alone, verify_log
@@ -300,7 +300,7 @@ class ConversationCodec:
         self._view: _View | None = None  # what this instance last knew of the log: see save()
         self._closed = False
         self._swept = False
-        self._log = FileLog(
+        self._log: LogStorage = FileLog(
             self._path,
             attach=self._attach,
             durability=durability,
@@ -1304,10 +1304,13 @@ class ConversationCodec:
 
         Reads only: nothing is modified, a damaged log included (see ``salvage``).
         """
-        with self._log.transaction(write=False, tolerant=True):
-            if self._log.fmt is None:
-                return VerifyReport(self._path, 0, tuple(verify_index_alone(self._log.index.path)))
-            records, problems = verify_log(self._log)
+        log = self._log
+        if not isinstance(log, FileLog):  # the checks read a log file's bytes (FORMAT.md)
+            raise StorageError(errno.EOPNOTSUPP, f"{self._path}: verify() checks log files only")
+        with log.transaction(write=False, tolerant=True):
+            if log.fmt is None:
+                return VerifyReport(self._path, 0, tuple(verify_index_alone(log.index.path)))
+            records, problems = verify_log(log)
         return VerifyReport(self._path, records, tuple(problems))
 
     # -- formats for model APIs, export and import -------------------------------------------

@@ -53,6 +53,7 @@ from .paths import (
     temp_path,
 )
 from .storage.file.lock import LogLock
+from .storage.file.log import FileLog
 
 __all__ = ["BatchItem", "BatchReport", "BatchStatus", "MigrationReport", "migrate", "migrate_many"]
 
@@ -361,7 +362,9 @@ def _write_log(tmp: str, plan: _Plan, key: KeyInput | None, fault: Fault) -> Non
     # "flush" and one fsync at the end: a temp log needs no per-batch durability.
     codec = ConversationCodec(tmp, encryption_key=key, durability="flush")
     try:
-        codec._log.fault = lambda step: fault(f"temp:{step}")
+        log = codec._log
+        if isinstance(log, FileLog):  # always: a temp log is a file
+            log.fault = lambda step: fault(f"temp:{step}")
         times = plan.times
         for i in range(0, len(plan.messages), WRITE_BATCH):
             stamps = None if times is None else [_datetime(t) for t in times[i : i + WRITE_BATCH]]

@@ -25,6 +25,7 @@ index-ahead        index entries past the log's end: records cut off the end, or
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -349,6 +350,8 @@ def salvage(
         src, encryption_key, password=password, durability="flush", context=context
     ) as source:
         log = source._log
+        if not isinstance(log, FileLog):
+            raise StorageError(errno.EOPNOTSUPP, f"{src}: salvage reads log files only")
         with log.transaction(write=False, tolerant=True):
             if log.fmt is None:
                 regions: list[Region] = []
