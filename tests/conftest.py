@@ -151,3 +151,14 @@ def messages(n: int, start: int = 0) -> list[dict[str, object]]:
                 }
             )
     return out
+
+
+def is_sidecar(target: int | str | os.PathLike[str]) -> bool:
+    """True for the index and lock files (a descriptor or a path).
+
+    Their writes go through the ``FileIO`` seam too (issue 13); spies and fault injectors
+    that model the log file alone pass these calls through untouched, so their counts and
+    their models stay the log's. (Linux: a descriptor's name comes from /proc.)
+    """
+    name = os.readlink(f"/proc/self/fd/{target}") if isinstance(target, int) else target
+    return os.fspath(name).endswith((".idx", ".lock"))

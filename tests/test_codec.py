@@ -12,9 +12,11 @@ import pytest
 
 from conversation_codec import (
     ClosedError,
+    CodecOptions,
     ConversationCodec,
     ConversationCodecError,
     DecryptionError,
+    FileIO,
     FormatError,
     KeyRequiredError,
     NotEncryptedError,
@@ -478,3 +480,18 @@ def test_stale_temp_files_are_swept(tmp_path: Path) -> None:
         codec.append({"a": 1})
     assert not stale.exists()
     assert unrelated.exists()
+
+
+def test_options_are_checked_once_and_frozen(tmp_path: Path) -> None:
+    io = FileIO()
+    with ConversationCodec(tmp_path / "c.log", durability="flush", io=io) as codec:
+        assert codec.options == CodecOptions(durability="flush", io=io)
+        with pytest.raises(AttributeError):
+            codec.options.durability = "fsync"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="durability"):
+        ConversationCodec(tmp_path / "d.log", durability="sometimes")
+    with pytest.raises(ValueError, match="attachments"):
+        ConversationCodec(tmp_path / "d.log", attachments="drop")
+    with pytest.raises(TypeError, match="FileIO"):
+        ConversationCodec(tmp_path / "d.log", io=object())  # type: ignore[arg-type]
+    assert not (tmp_path / "d.log").exists()

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from conversation_codec import ConversationCodec
+from conversation_codec import ClosedError, ConversationCodec
 
 _TESTS = Path(__file__).resolve().parent
 _WRITER = _TESTS / "_writer.py"
@@ -275,3 +275,36 @@ def test_many_processes_mixing_append_and_extend(tmp_path: Path, variant_key: st
         for w, lines in enumerate(outputs)
     }
     _check_log(path, variant_key, acked, count, started)
+
+
+_TRY_APPEND = """
+import sys
+from conversation_codec import ConversationCodec, LockTimeoutError
+with ConversationCodec(sys.argv[1], lock_timeout=0.2) as codec:
+    try:
+        codec.append({"role": "user", "content": "other process"})
+    except LockTimeoutError:
+        print("locked out")
+    else:
+        print("appended")
+"""
+
+
+def test_transaction_holds_the_writer_lock_and_is_reentrant(tmp_path: Path) -> None:
+    path = tmp_path / "chat.log"
+
+    def other_process() -> str:
+        cmd = [sys.executable, "-c", _TRY_APPEND, str(path)]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+
+    with ConversationCodec(path) as codec:
+        with codec.transaction():
+            assert codec.append({"role": "user", "content": "a"}) == 0
+            with codec.transaction():  # re-entrant, reads and writes inside
+                assert codec.load() == [{"role": "user", "content": "a"}]
+            assert other_process() == "locked out"
+            codec.append({"role": "user", "content": "b"})
+        assert other_process() == "appended"
+        assert [m["content"] for m in codec.load() or []] == ["a", "b", "other process"]
+    with pytest.raises(ClosedError):
+        codec.transaction()

@@ -1,9 +1,9 @@
 """I/O errors: every write, sync, truncate, rename and directory sync failing, once or for good.
 
-A :class:`FaultyIO` in the ``FileIO`` seam (``codec._log.io``) fails the Nth call of one
-kind with ``ENOSPC`` or ``EIO``, either once or from then on, while a writer runs a fixed
-workload (appends, a batch, pops, an appending and a rewriting save, a compaction). For
-every N up to the number of such calls the workload makes:
+A :class:`FaultyIO` passed as ``ConversationCodec(..., io=...)`` (the ``FileIO`` seam) fails
+the Nth call of one kind with ``ENOSPC`` or ``EIO``, either once or from then on, while a
+writer runs a fixed workload (appends, a batch, pops, an appending and a rewriting save, a
+compaction). For every N up to the number of such calls the workload makes:
 
 * each failing call surfaces as ``StorageError`` (a ``ConversationCodecError`` and an
   ``OSError``) carrying the injected errno;
@@ -32,10 +32,9 @@ from typing import Any
 
 import pytest
 
-from conversation_codec import ConversationCodec, ConversationCodecError, StorageError
-from conversation_codec.log import FileIO
+from conversation_codec import ConversationCodec, ConversationCodecError, FileIO, StorageError
 
-from conftest import KEY, Clock
+from conftest import KEY, Clock, is_sidecar
 
 Message = dict[str, Any]
 KINDS = ("pwrite", "sync", "truncate", "rename", "sync_dir")
@@ -58,9 +57,11 @@ class FaultyIO(FileIO):
         persistent: bool = False,
         short: int = 0,
         half_then: bool = False,
+        sidecars: bool = False,
     ) -> None:
         self.kind, self.nth, self.err = kind, nth, err
         self.persistent, self.short, self.half_then = persistent, short, half_then
+        self.sidecars = sidecars  # count and fail the index and lock files' calls instead
         self.calls: Counter[str] = Counter()
         self.failures: list[str] = []
         self.data_syncs_failed = 0
@@ -77,6 +78,8 @@ class FaultyIO(FileIO):
         raise OSError(self.err, os.strerror(self.err))
 
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        if is_sidecar(fd) is not self.sidecars:  # the log's calls, or the sidecars'
+            return super().pwrite(fd, data, offset)
         if self._armed:
             self._armed = False
             self._raise("pwrite")
@@ -90,23 +93,27 @@ class FaultyIO(FileIO):
         return super().pwrite(fd, data, offset)
 
     def sync(self, fd: int, *, data_only: bool) -> None:
+        if is_sidecar(fd) is not self.sidecars:
+            return super().sync(fd, data_only=data_only)
         if self._fail("sync"):
             self.data_syncs_failed += data_only  # the log's own fdatasync (FORMAT.md §8.2)
             self._raise("sync")
         super().sync(fd, data_only=data_only)
 
     def truncate(self, fd: int, size: int) -> None:
+        if is_sidecar(fd) is not self.sidecars:
+            return super().truncate(fd, size)
         if self._fail("truncate"):
             self._raise("truncate")
         super().truncate(fd, size)
 
-    def rename(self, src: str, dst: str) -> None:
-        if self._fail("rename"):
+    def rename(self, src: Any, dst: Any, *, dir_fd: int | None = None) -> None:
+        if is_sidecar(dst) is self.sidecars and self._fail("rename"):
             self._raise("rename")
-        super().rename(src, dst)
+        super().rename(src, dst, dir_fd=dir_fd)
 
     def sync_dir(self, path: str) -> None:
-        if self._fail("sync_dir"):
+        if not self.sidecars and self._fail("sync_dir"):
             self.dir_syncs_failed += 1  # a rename may not be durable: poisons in any mode
             self._raise("sync_dir")
         super().sync_dir(path)
@@ -174,9 +181,8 @@ def run_workload(path: Path, key: str | None, io: FaultyIO, durability: str = "f
     state = _seed(path, key)
     result = Result()
     with ConversationCodec(
-        path, encryption_key=key, durability=durability, clock=Clock(2 * 10**15)
+        path, encryption_key=key, durability=durability, clock=Clock(2 * 10**15), io=io
     ) as codec:
-        codec._log.io = io
         for step in _steps():
             # A failed fdatasync of the log poisons the writer in any mode: under "flush"
             # pops (and torn-tail cuts) sync too (FORMAT.md §8.3).
@@ -209,8 +215,10 @@ def run_workload(path: Path, key: str | None, io: FaultyIO, durability: str = "f
     return result
 
 
-def _calls(tmp_path: Path, key: str | None, durability: str = "fsync") -> Counter[str]:
-    counter = FaultyIO()
+def _calls(
+    tmp_path: Path, key: str | None, durability: str = "fsync", *, sidecars: bool = False
+) -> Counter[str]:
+    counter = FaultyIO(sidecars=sidecars)
     run_workload(tmp_path / "count.log", key, counter, durability)
     return counter.calls
 
@@ -242,6 +250,25 @@ def test_fault_at_every_call(
     print(f"{kind}: failed call #1..#{total} of the workload")
 
 
+@pytest.mark.parametrize("kind", ["pwrite", "sync", "truncate"])
+def test_index_and_lock_faults_lose_nothing(tmp_path: Path, scheme: str | None, kind: str) -> None:
+    """The index and lock files write through the same seam (issue 13): failing their Nth
+    call, for every N the workload reaches, loses no acknowledged record and leaves a log
+    that reopens, takes appends and verifies clean (the index is rebuilt from the log)."""
+    total = _calls(tmp_path, scheme, sidecars=True)[kind]
+    assert total >= 1, f"the workload makes no {kind} call on its sidecars"
+    for nth in range(1, total + 1):
+        folder = tmp_path / f"n{nth}"
+        folder.mkdir()
+        io = FaultyIO(kind, nth, errno.EIO, sidecars=True)
+        try:
+            run_workload(folder / "chat.log", scheme, io)
+        except AssertionError as exc:
+            raise AssertionError(f"sidecar {kind} #{nth} failing: {exc}") from exc
+        assert io.failures, f"sidecar {kind} #{nth} was never reached"
+    print(f"sidecar {kind}: failed call #1..#{total} of the workload")
+
+
 def test_flush_mode_faults(tmp_path: Path, scheme: str | None) -> None:
     """Under "flush" only rewrites and pops sync (FORMAT.md §8.3: a pop's cut is synced so
     that no power loss brings the popped record back); their failures are reported and lose
@@ -265,13 +292,13 @@ def test_failed_fsync_refuses_writes_until_reopened(
     """After a failed fdatasync every write is refused, reads go on, and reopening heals."""
     path = tmp_path / "chat.log"
     state = _seed(path, scheme)
-    with ConversationCodec(path, encryption_key=scheme) as codec:
-        codec._log.io = FaultyIO("sync", 1, err)
+    io = FaultyIO("sync", 1, err)
+    with ConversationCodec(path, encryption_key=scheme, io=io) as codec:
         with pytest.raises(StorageError) as first:
             codec.append(_msg(10))
         assert first.value.errno == err
         assert isinstance(first.value, OSError) and isinstance(first.value, ConversationCodecError)
-        codec._log.io = FileIO()  # the disk works again: the writer must still refuse
+        io.kind = ""  # the disk works again: the writer must still refuse
         writes: list[Callable[[], object]] = [
             lambda: codec.append(_msg(11)),
             lambda: codec.extend([_msg(12)]),
@@ -297,8 +324,9 @@ def test_failed_directory_fsync_refuses_writes(tmp_path: Path, scheme: str | Non
     (they would vanish with it) until the log is reopened (they were before 71de437)."""
     path = tmp_path / "chat.log"
     state = _seed(path, scheme)
-    with ConversationCodec(path, encryption_key=scheme) as codec:
-        codec._log.io = FaultyIO("sync_dir", 1, errno.EIO)
+    with ConversationCodec(
+        path, encryption_key=scheme, io=FaultyIO("sync_dir", 1, errno.EIO)
+    ) as codec:
         assert codec.load() == state  # a divergent save() rewrites a history read in full
         with pytest.raises(StorageError):
             codec.save([_msg(50), *state])  # divergent: a rewrite
@@ -324,8 +352,9 @@ def test_disk_full_halfway_leaves_no_partial_batch(
     path = tmp_path / "chat.log"
     state = _seed(path, scheme)
     size = path.stat().st_size
-    with ConversationCodec(path, encryption_key=scheme) as codec:
-        codec._log.io = FaultyIO("pwrite", nth, errno.ENOSPC, half_then=True)
+    with ConversationCodec(
+        path, encryption_key=scheme, io=FaultyIO("pwrite", nth, errno.ENOSPC, half_then=True)
+    ) as codec:
         failures = 0
         for i in range(nth):
             try:
@@ -350,8 +379,7 @@ def test_fault_while_cutting_a_torn_tail(tmp_path: Path, scheme: str | None, kin
     state = _seed(path, scheme)
     with path.open("ab") as f:
         f.write(b"\x00" * 100)  # a zero-filled tail, as a power loss leaves
-    with ConversationCodec(path, encryption_key=scheme) as codec:
-        codec._log.io = FaultyIO(kind, 1, errno.EIO)
+    with ConversationCodec(path, encryption_key=scheme, io=FaultyIO(kind, 1, errno.EIO)) as codec:
         with pytest.raises(StorageError):
             codec.append(_msg(90))
         assert (codec.load() or []) == state
@@ -369,8 +397,9 @@ def test_failed_pop_leaves_no_stale_view(tmp_path: Path, scheme: str | None) -> 
     returning it (as every other reader does), not only once its next write re-indexes it."""
     path = tmp_path / "chat.log"
     state = _seed(path, scheme)
-    with ConversationCodec(path, encryption_key=scheme) as codec:
-        codec._log.io = FaultyIO("truncate", 1, errno.EIO)
+    with ConversationCodec(
+        path, encryption_key=scheme, io=FaultyIO("truncate", 1, errno.EIO)
+    ) as codec:
         with pytest.raises(StorageError):
             codec.pop()
         assert _read(path, scheme) == state
@@ -382,8 +411,7 @@ def test_failed_fsync_leaves_no_stale_view(tmp_path: Path, scheme: str | None) -
     there after a reopen); the poisoned codec's own reads must agree with them."""
     path = tmp_path / "chat.log"
     _seed(path, scheme)
-    with ConversationCodec(path, encryption_key=scheme) as codec:
-        codec._log.io = FaultyIO("sync", 1, errno.EIO)
+    with ConversationCodec(path, encryption_key=scheme, io=FaultyIO("sync", 1, errno.EIO)) as codec:
         with pytest.raises(StorageError):
             codec.append(_msg(10))
         assert (codec.load() or []) == _read(path, scheme)

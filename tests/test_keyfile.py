@@ -17,7 +17,7 @@ import pytest
 
 import conversation_codec
 from conversation_codec import ConversationCodec, FormatError, StorageError
-from conversation_codec.keyfile import KeyFileError, load_or_create_key
+from conversation_codec.keyfile import KeyFileError, create_key_file, load_key, load_or_create_key
 
 KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="  # tests only
 
@@ -272,3 +272,26 @@ def test_other_link_failures_are_storage_errors(
     with pytest.raises(StorageError, match="cannot create key file"):
         load_or_create_key(tmp_path / "k")
     assert os.listdir(tmp_path) == []  # the temp file is cleaned up
+
+
+def test_create_key_file_publishes_a_new_0600_key_and_never_overwrites(tmp_path: Path) -> None:
+    path = tmp_path / "new.key"
+    key = create_key_file(path)
+    assert load_key(path) == key and _mode(path) == 0o600
+    with pytest.raises(KeyFileError, match="already exists"):
+        create_key_file(path)
+    assert load_key(path) == key  # the existing key is untouched
+    assert os.listdir(tmp_path) == ["new.key"]  # no temp file left behind
+
+
+def test_create_key_file_without_hard_links_creates_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    key = create_key_file(tmp_path / "k")
+    assert load_key(tmp_path / "k") == key and os.listdir(tmp_path) == ["k"]
+    with pytest.raises(KeyFileError):
+        create_key_file(tmp_path / "k")

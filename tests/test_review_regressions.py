@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conversation_codec import ConversationCodec
+from conversation_codec import ConversationCodec, FileIO
 from conversation_codec.compression import TRAIN_AFTER
-from conversation_codec.log import FileIO
 
-from conftest import KEY, OTHER_KEY, messages
+from conftest import KEY, OTHER_KEY, is_sidecar, messages
 
 IMAGE_URL = "data:image/png;base64," + base64.b64encode(os.urandom(4096)).decode()
 
@@ -57,21 +56,24 @@ def test_rotation_reseals_external_attachments(tmp_path: Path) -> None:
 
 def test_a_failed_dictionary_write_does_not_fail_the_committed_append(tmp_path: Path) -> None:
     path = tmp_path / "c.log"
-    codec = ConversationCodec(path, encryption_key=KEY, durability="flush")
-    codec.extend(chat(TRAIN_AFTER - 1))
 
     class DictionaryWriteFails(FileIO):
+        armed = False
         calls = 0
 
         def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
-            self.calls += 1
-            if self.calls == 2:  # 1: the message frame, 2: the dictionary record
-                raise OSError(errno.ENOSPC, "No space left on device")
+            if self.armed and not is_sidecar(fd):  # the log's own writes
+                self.calls += 1
+                if self.calls == 2:  # 1: the message frame, 2: the dictionary record
+                    raise OSError(errno.ENOSPC, "No space left on device")
             return super().pwrite(fd, data, offset)
 
-    codec._log.io = DictionaryWriteFails()
+    io = DictionaryWriteFails()
+    codec = ConversationCodec(path, encryption_key=KEY, durability="flush", io=io)
+    codec.extend(chat(TRAIN_AFTER - 1))
+    io.armed = True
     assert codec.append({"role": "user", "content": "the 512th"}) == TRAIN_AFTER - 1
-    codec._log.io = FileIO()
+    io.armed = False
     codec.append({"role": "user", "content": "the 513th"})
     codec.close()
     with ConversationCodec(path, encryption_key=KEY) as again:

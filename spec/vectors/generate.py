@@ -42,13 +42,13 @@ def _make(path: Path, key: str | None) -> None:
         header, fmt = real_new_log()
         if key is None:
             from conversation_codec.format.header import PlainHeader, encode_plain_header
-            from conversation_codec.log import LogFormat
+            from conversation_codec.storage.base import LogFormat
 
             header = encode_plain_header(PlainHeader(LOG_ID))
             return header, LogFormat(LOG_ID, len(header), fmt.records, False)
         from conversation_codec.crypto import Keyring, LogCipher
-        from conversation_codec.log import LogFormat
         from conversation_codec.records import SealedRecords
+        from conversation_codec.storage.base import LogFormat
 
         cipher, header = LogCipher.create(Keyring.from_input(key), SealedHeader(LOG_ID))
         return header, LogFormat(LOG_ID, len(header), SealedRecords(cipher), True)

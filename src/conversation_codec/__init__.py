@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._fsio import FileIO
 from .errors import (
     BindingError,
     ClosedError,
@@ -40,6 +41,7 @@ from .errors import (
     LockTimeoutError,
     LogReplacedError,
     MissingBlobError,
+    NaiveDatetimeError,
     NotEncryptedError,
     NotSerializableError,
     QueryTypeError,
@@ -55,6 +57,7 @@ if TYPE_CHECKING:  # the real imports, for type checkers; at run time see __geta
     from .crypto import generate_key
     from .keyfile import load_or_create_key
     from .migrate import MigrationReport, migrate, migrate_many
+    from .options import CodecOptions
     from .search import Hit
     from .store import ConversationInfo, ConversationStore
     from .verify import SalvageReport, VerifyReport, salvage
@@ -65,6 +68,7 @@ if TYPE_CHECKING:  # the real imports, for type checkers; at run time see __geta
 _LAZY = {
     "AsyncConversationCodec": "aio",
     "AsyncConversationStore": "aio",
+    "CodecOptions": "options",
     "CompactionReport": "codec",
     "ConversationCodec": "codec",
     "LogInfo": "codec",
@@ -102,6 +106,7 @@ __all__ = [
     "AsyncConversationStore",
     "BindingError",
     "ClosedError",
+    "CodecOptions",
     "CompactionReport",
     "ConflictError",
     "ConversationCodec",
@@ -110,6 +115,7 @@ __all__ = [
     "ConversationStore",
     "CorruptRecordError",
     "DecryptionError",
+    "FileIO",
     "FormatError",
     "Hit",
     "InvalidKeyError",
@@ -123,6 +129,7 @@ __all__ = [
     "LogReplacedError",
     "MigrationReport",
     "MissingBlobError",
+    "NaiveDatetimeError",
     "NotEncryptedError",
     "NotSerializableError",
     "QueryTypeError",

@@ -9,6 +9,12 @@ file belongs is refused with a ``StorageError`` that names the path (FORMAT.md �
 
 Only the last component is checked: a directory *above* the log that is a link (a history
 root moved to another disk) is the user's choice and keeps working.
+
+It is also the one filesystem seam (LevelDB's ``Env``): :class:`FileIO` is the only caller of
+``pwrite``, ``fsync``/``fdatasync``, ``ftruncate``, ``rename``, ``link`` and ``unlink`` in the
+package, and :func:`atomic_write` the one procedure that publishes a whole file. A test passes
+its own ``FileIO`` (``ConversationCodec(..., io=...)``) to record every change for power-loss
+images or to fail the Nth call with ENOSPC or EIO.
 """
 
 from __future__ import annotations
@@ -17,10 +23,21 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Callable, Iterable
 
 from .errors import StorageError
+from .paths import hidden_temp_path
 
-__all__ = ["check_file", "open_dir", "open_file", "remove_flat_dir", "unlink_file"]
+__all__ = [
+    "DEFAULT_IO",
+    "FileIO",
+    "atomic_write",
+    "check_file",
+    "open_dir",
+    "open_file",
+    "remove_flat_dir",
+    "unlink_file",
+]
 
 # Windows has neither O_NOFOLLOW nor O_DIRECTORY; the lstat checks still refuse links there.
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -32,6 +49,80 @@ _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 # (FreeBSD) under O_NOFOLLOW; EEXIST under O_CREAT | O_EXCL.
 _LINK_ERRNOS = {errno.ELOOP, errno.EMLINK, errno.EEXIST}
 _Path = str | os.PathLike[str]
+# Where os.link is unsupported (FAT, some FUSE/network file systems).
+_LINK_UNSUPPORTED = {
+    errno.EPERM,
+    errno.ENOTSUP,
+    errno.EOPNOTSUPP,
+    errno.ENOSYS,
+    errno.EXDEV,
+    errno.EMLINK,
+}
+_WRITE_BATCH = 1 << 20  # bytes: how much of a streamed file atomic_write gathers per pwrite
+
+
+class FileIO:
+    """Every call that changes a file or makes it durable, in one seam.
+
+    The default is the operating system. The reliability tests put a recorder here to build
+    power-loss images from what was written and what was synced, or a faulty one that fails
+    the Nth write, sync or rename (ENOSPC, EIO). Reads need no seam.
+    """
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        """Write at an offset; return how many bytes the kernel took."""
+        return os.pwrite(fd, data, offset)
+
+    def sync(self, fd: int, *, data_only: bool) -> None:
+        """fdatasync (``data_only``) or fsync one file."""
+        if data_only:
+            os.fdatasync(fd)
+        else:
+            os.fsync(fd)
+
+    def truncate(self, fd: int, size: int) -> None:
+        """Cut a file to ``size`` bytes."""
+        os.ftruncate(fd, size)
+
+    def rename(self, src: _Path, dst: _Path, *, dir_fd: int | None = None) -> None:
+        """Atomically replace ``dst`` with ``src`` (both relative to ``dir_fd`` if given)."""
+        if dir_fd is None:
+            os.replace(src, dst)
+        else:
+            os.replace(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+    def link(self, src: _Path, dst: _Path, *, dir_fd: int | None = None) -> None:
+        """Give ``src`` the second name ``dst``; fails when ``dst`` exists (never replaces)."""
+        if dir_fd is None:
+            os.link(src, dst)
+        else:
+            os.link(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+    def unlink(self, path: _Path, *, dir_fd: int | None = None) -> None:
+        """Remove the name ``path`` (never follows a link: removes the link itself)."""
+        if dir_fd is None:
+            os.unlink(path)
+        else:
+            os.unlink(path, dir_fd=dir_fd)
+
+    def fsync_dir(self, folder: _Path | int) -> None:
+        """fsync a directory, given as a path or an open descriptor (makes the renames,
+        links and unlinks in it durable)."""
+        if isinstance(folder, int):
+            os.fsync(folder)
+            return
+        fd = os.open(folder, os.O_RDONLY | _O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def sync_dir(self, path: _Path) -> None:
+        """fsync the directory holding ``path`` (makes a rename or unlink durable)."""
+        self.fsync_dir(os.path.dirname(path) or ".")
+
+
+DEFAULT_IO = FileIO()  # the operating system, for callers given no seam
 
 
 def _refusal(path: _Path, st: os.stat_result) -> StorageError:
@@ -128,7 +219,13 @@ def open_dir(path: _Path) -> int:
         raise
 
 
-def unlink_file(path: _Path, *, dir_fd: int | None = None, shown: _Path | None = None) -> bool:
+def unlink_file(
+    path: _Path,
+    *,
+    dir_fd: int | None = None,
+    shown: _Path | None = None,
+    io: FileIO = DEFAULT_IO,
+) -> bool:
     """Delete the regular file at ``path``; return False when nothing was there.
 
     ``unlink`` itself never follows a link, but a link or a directory at a name the library
@@ -139,7 +236,7 @@ def unlink_file(path: _Path, *, dir_fd: int | None = None, shown: _Path | None =
     if check_file(path, dir_fd=dir_fd, shown=shown) is None:
         return False
     try:
-        os.unlink(path, dir_fd=dir_fd)
+        io.unlink(path, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     return True
@@ -175,3 +272,122 @@ def remove_flat_dir(path: _Path, *, check_only: bool = False) -> bool:
     with contextlib.suppress(FileNotFoundError):
         os.rmdir(path)  # a link swapped in meanwhile fails with ENOTDIR: rmdir never follows
     return True
+
+
+def write_all(
+    fd: int, data: bytes | bytearray | memoryview, offset: int = 0, *, io: FileIO = DEFAULT_IO
+) -> int:
+    """``pwrite`` all of ``data`` at ``offset`` through ``io``; return the end offset."""
+    view = memoryview(data)
+    while view:
+        n = io.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "short write")
+        view, offset = view[n:], offset + n
+    return offset
+
+
+def _write_chunks(fd: int, data: bytes | Iterable[bytes], io: FileIO) -> None:
+    if isinstance(data, bytes | bytearray | memoryview):
+        write_all(fd, data, io=io)
+        return
+    pos, batch = 0, bytearray()
+    for chunk in data:
+        batch += chunk
+        if len(batch) >= _WRITE_BATCH:
+            pos = write_all(fd, batch, pos, io=io)
+            batch.clear()
+    write_all(fd, batch, pos, io=io)
+
+
+def atomic_write(
+    path: _Path,
+    data: bytes | Iterable[bytes],
+    *,
+    io: FileIO = DEFAULT_IO,
+    exclusive: bool = False,
+    mode: int = 0o600,
+    dir_fd: int | None = None,
+    shown: _Path | None = None,
+    tmp: str | None = None,
+    fault: Callable[[str], None] | None = None,
+) -> None:
+    """Publish the whole file ``path`` holding ``data`` (bytes, or chunks streamed in order):
+    the name never shows a half-written file, and the file is durable when this returns.
+
+    A temp file beside it (``tmp``, default ``.<name>.tmp-<16 hex>``; created ``O_EXCL |
+    O_NOFOLLOW`` with exactly ``mode``) is written, fsynced, then renamed over ``path`` —
+    or, when ``exclusive``, hard-linked to it, which never replaces a file that is there —
+    and the directory is fsynced. A link (or a non-regular file) at ``path`` is refused
+    rather than replaced. Where hard links are unsupported (FAT, some FUSE mounts), an
+    ``exclusive`` write creates ``path`` itself ``O_EXCL`` instead: still never two
+    writers' contents under one name, though a crash may leave it short. ``fault`` is
+    called with ``"written"`` after the temp file is synced, before the commit. With
+    ``dir_fd``, ``path`` and ``tmp`` are names in that directory (``shown`` names it in
+    errors). The temp file is removed on every failure.
+
+    :raises FileExistsError: ``exclusive`` and ``path`` exists.
+    :raises StorageError: a link, directory or other non-regular file at ``path``.
+    :raises OSError: the write, sync, rename or link failed (nothing was published).
+    """
+    if exclusive and not isinstance(data, bytes | bytearray | memoryview):
+        data = b"".join(data)  # the fallback below may need to write it a second time
+    folder = os.path.dirname(os.fspath(path))
+    if tmp is None:
+        tmp = hidden_temp_path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    shown_tmp = tmp
+    if dir_fd is not None and shown is not None:
+        shown_tmp = os.path.join(os.path.dirname(shown), os.path.basename(tmp))
+    fd = open_file(tmp, flags, mode, dir_fd=dir_fd, shown=shown_tmp)
+    in_place = False
+    try:
+        try:
+            os.fchmod(fd, mode)  # a umask cannot widen the mode, but make it exact
+            _write_chunks(fd, data, io)
+            io.sync(fd, data_only=False)
+        finally:
+            os.close(fd)
+        if fault is not None:
+            fault("written")
+        if exclusive:
+            try:
+                io.link(tmp, path, dir_fd=dir_fd)
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                if exc.errno not in _LINK_UNSUPPORTED:
+                    raise
+                in_place = True
+        else:
+            check_file(path, dir_fd=dir_fd, shown=shown)  # rename would replace a link
+            io.rename(tmp, path, dir_fd=dir_fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if check_file(tmp, dir_fd=dir_fd) is not None:
+                io.unlink(tmp, dir_fd=dir_fd)
+    if in_place:
+        _write_in_place(path, data, io=io, mode=mode, dir_fd=dir_fd, shown=shown)
+    io.fsync_dir(dir_fd if dir_fd is not None else (folder or "."))
+
+
+def _write_in_place(
+    path: _Path,
+    data: bytes | Iterable[bytes],
+    *,
+    io: FileIO,
+    mode: int,
+    dir_fd: int | None,
+    shown: _Path | None,
+) -> None:
+    fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd, shown=shown)
+    try:
+        os.fchmod(fd, mode)
+        _write_chunks(fd, data, io)
+        io.sync(fd, data_only=False)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            io.unlink(path, dir_fd=dir_fd)
+        raise
+    os.close(fd)

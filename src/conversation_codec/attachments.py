@@ -42,7 +42,6 @@ import hashlib
 import hmac
 import os
 import re
-import secrets
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,9 +50,19 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ._fsio import check_file, open_dir, open_file, remove_flat_dir, unlink_file
+from ._fsio import (
+    DEFAULT_IO,
+    FileIO,
+    atomic_write,
+    check_file,
+    open_dir,
+    open_file,
+    remove_flat_dir,
+    unlink_file,
+)
 from .crypto import KeyInput, Keyring
 from .errors import DecryptionError, MissingBlobError, StorageError
+from .paths import blob_temp_name, is_blob_temp
 
 __all__ = [
     "ATTACHMENTS_KEY",
@@ -80,8 +89,6 @@ _STRIPPED = re.compile(r"cc-stripped:([^;]*);bytes=(\d+);sha256=([0-9a-f]{64})")
 _HKDF_INFO = b"conversation-codec/1 blob keys"  # distinct from the log keys' info
 _TAG_RAW = b"\x01"  # blob = decoded bytes; the original is prefix + standard base64 of them
 _TAG_VERBATIM = b"\x00"  # blob = the original string, UTF-8 (base64 that is not canonical)
-_TEMP = re.compile(r"\.tmp-[0-9a-f]{16}")  # a put's temp file, until its rename
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 Message = dict[str, Any]
 _Slot = Callable[[str, str, bool], "str | None"]  # (value, media type, bare base64 allowed)
@@ -316,6 +323,7 @@ class BlobStore:
         name_key: bytes,
         *,
         old_name_keys: Sequence[bytes] = (),
+        io: FileIO = DEFAULT_IO,
     ) -> None:
         if (seal is None) != (unseal is None):
             raise ValueError("pass both seal and unseal, or neither")
@@ -324,16 +332,19 @@ class BlobStore:
         self._unseal = unseal
         self._name_key = name_key
         self._name_keys = (name_key, *old_name_keys)
+        self.io = io  # the filesystem seam (_fsio)
 
     @classmethod
-    def for_key(cls, directory: str | os.PathLike[str], key: KeyInput | None) -> BlobStore:
+    def for_key(
+        cls, directory: str | os.PathLike[str], key: KeyInput | None, *, io: FileIO = DEFAULT_IO
+    ) -> BlobStore:
         """Make a store sealed with keys derived (HKDF-SHA256) from a log's key.
 
         With a key list, the first key seals and names new blobs and every key opens old
         ones. ``None`` makes a plaintext store for a plaintext log.
         """
         if key is None:
-            return cls(directory, None, None, b"")
+            return cls(directory, None, None, b"", io=io)
         derived = [
             HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=_HKDF_INFO).derive(m)
             for m in Keyring.from_input(key).masters
@@ -349,7 +360,7 @@ class BlobStore:
             return opener.decrypt(base64.urlsafe_b64encode(data))
 
         names = [okm[32:] for okm in derived]
-        return cls(directory, seal, unseal, names[0], old_name_keys=names[1:])
+        return cls(directory, seal, unseal, names[0], old_name_keys=names[1:], io=io)
 
     def name(self, data: bytes) -> str:
         """Return the name a blob with this plaintext has."""
@@ -358,7 +369,7 @@ class BlobStore:
     def put(self, data: bytes) -> str:
         """Store ``data`` (once: an equal blob is already there) and return its name."""
         name = self.name(data)
-        tmp = f".tmp-{secrets.token_hex(8)}"
+        tmp = blob_temp_name()
         dir_fd = -1
         try:
             _make_private_dir(self.directory)
@@ -366,23 +377,11 @@ class BlobStore:
             if check_file(name, dir_fd=dir_fd, shown=self.directory / name) is not None:
                 return name
             sealed = data if self._seal is None else self._seal(data)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-            fd = open_file(tmp, flags, 0o600, dir_fd=dir_fd, shown=self.directory / tmp)
-            try:
-                view = memoryview(sealed)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            # A racing put of the same name wrote equal content. A link planted at the name
-            # since the check above would be replaced, not followed: rename never follows.
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            os.fsync(dir_fd)
+            # A racing put of the same name wrote equal content: replacing it is harmless.
+            # A link planted at the name since the check above is refused, never followed.
+            shown = self.directory / name
+            atomic_write(name, sealed, io=self.io, dir_fd=dir_fd, shown=shown, tmp=tmp)
         except OSError as exc:
-            if dir_fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=dir_fd)
             if isinstance(exc, StorageError):
                 raise
             raise StorageError(exc.errno, f"cannot store blob in {self.directory}: {exc}") from exc
@@ -472,10 +471,10 @@ class BlobStore:
                 shown = self.directory / name
                 if _NAME.fullmatch(name) and name not in keep:
                     gone += unlink_file(name, dir_fd=dir_fd, shown=shown)
-                elif _TEMP.fullmatch(name):
+                elif is_blob_temp(name):
                     swept += unlink_file(name, dir_fd=dir_fd, shown=shown)
             if gone or swept:
-                os.fsync(dir_fd)
+                self.io.fsync_dir(dir_fd)
         finally:
             os.close(dir_fd)
         return gone
@@ -487,7 +486,7 @@ class BlobStore:
             (then nothing is deleted).
         """
         if remove_flat_dir(self.directory):
-            _fsync_dir(self.directory.parent)
+            self.io.fsync_dir(self.directory.parent)
 
     def __repr__(self) -> str:  # never the keys
         state = "plaintext" if self._seal is None else "sealed"
@@ -499,11 +498,3 @@ def _make_private_dir(folder: Path) -> None:
     with contextlib.suppress(FileExistsError):
         os.mkdir(folder, 0o700)
         os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

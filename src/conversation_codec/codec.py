@@ -8,6 +8,7 @@ and processes sharing a log see each other's writes and never tear a record.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -17,14 +18,15 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
-from ._fsio import remove_flat_dir
+from ._fsio import DEFAULT_IO, FileIO, remove_flat_dir
+from ._time import MAX_US, to_datetime, to_us
 from .attachments import BlobStore, apply_mode, references, restore
 from .chat_formats import (
     context_window,
@@ -81,9 +83,12 @@ from .format.header import (
     sniff_log,
 )
 from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
-from .log import FileLog, LogFormat, _IndexMismatch, _Transaction
+from .options import AttachmentMode, CodecOptions, Durability
+from .paths import LONGEST_SUFFIX, blobs_path
 from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
-from .search import Hit, Query, parse_roles, to_us
+from .search import Hit, Query, parse_roles
+from .storage.base import IndexMismatch, LogFormat, LogStorage
+from .storage.file.log import FileLog
 from .transfer import ImportReport, export_history, import_history
 from .verify import VerifyReport, verify_index_alone, verify_log
 
@@ -92,12 +97,8 @@ __all__ = ["CompactionReport", "ConversationCodec", "LogInfo", "Message"]
 Message = dict[str, Any]
 TimestampInput = datetime | int | float
 TimeInput = datetime | int | float | str
-_US_PER_S = 1_000_000
-_MAX_US = 253_402_300_800 * _US_PER_S  # 10000-01-01T00:00:00Z: where datetime ends
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ITER_BATCH = 256  # records decoded per lock hold while iterating
 _NAME_MAX = 255  # bytes in one path component: ext4, XFS, Btrfs, APFS, NTFS (UTF-16 units)
-_LONGEST_SIDECAR = len(".tmp-") + 16  # FORMAT.md §8: <log>.tmp-<16 hex digits>
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
@@ -108,17 +109,8 @@ def _now_us() -> int:
 
 def _to_us(value: TimestampInput) -> int:
     """Convert an aware datetime or epoch seconds to microseconds since the epoch."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError(
-                "timestamp is a naive datetime; pass an aware one, e.g. datetime.now(timezone.utc)"
-            )
-        us = (value - _EPOCH) // timedelta(microseconds=1)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        us = round(value * _US_PER_S)
-    else:
-        raise TypeError(f"timestamp must be an aware datetime or epoch seconds, not {value!r}")
-    if not 0 <= us < _MAX_US:
+    us = to_us(value, "timestamp", text=False)  # a naive datetime: NaiveDatetimeError
+    if not 0 <= us < MAX_US:
         raise ValueError(f"timestamp {value!r} is out of range (1970 .. 9999)")
     return us
 
@@ -159,11 +151,11 @@ def _check_log_path(path: str | os.PathLike[str]) -> Path:
                 f"log path has a {len(folder)}-byte directory name ({_shown(folder)!r}); "
                 f"file systems allow at most {_NAME_MAX} bytes",
             )
-    if len(name) + _LONGEST_SIDECAR > _NAME_MAX:
+    if len(name) + LONGEST_SUFFIX > _NAME_MAX:
         raise StorageError(
             errno.ENAMETOOLONG,
             f"log file name {_shown(name)!r} is {len(name)} bytes; its sidecar names add up to "
-            f"{_LONGEST_SIDECAR} more: use at most {_NAME_MAX - _LONGEST_SIDECAR} bytes",
+            f"{LONGEST_SUFFIX} more: use at most {_NAME_MAX - LONGEST_SUFFIX} bytes",
         )
     try:
         is_dir = result.is_dir()
@@ -227,6 +219,10 @@ class ConversationCodec:
         (handed to the OS: survives a process crash, not a power loss).
     :param clock: seam returning microseconds since the epoch (UTC) for new records.
     :param lock_timeout: seconds to wait for another process's lock; None waits forever.
+    :param io: the filesystem seam (LevelDB's ``Env``), a ``FileIO``: every write, sync,
+        truncate, rename, link and unlink of the log, its index, lock file and blobs goes
+        through it. Default: the operating system. For fault injection: pass a subclass
+        that records calls or fails the Nth one (see :class:`CodecOptions`).
     :param password: instead of a key: a scrypt-derived key, salt and cost in the header.
     :param max_messages: reads see only the newest N messages; compaction drops the rest.
     :param attachments: ``"keep"`` inline base64 data; ``"strip"`` it to a placeholder
@@ -270,9 +266,15 @@ class ConversationCodec:
         max_messages: int | None = None,
         attachments: str = "keep",
         context: str | None = None,
+        io: FileIO = DEFAULT_IO,
     ) -> None:
-        if durability not in ("fsync", "flush"):
-            raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
+        self._options = CodecOptions(
+            durability=cast(Durability, durability),
+            attachments=cast(AttachmentMode, attachments),
+            clock=clock,
+            lock_timeout=lock_timeout,
+            io=io,
+        )
         if password is not None and encryption_key is not None:
             raise ValueError("pass encryption_key= or password=, not both")
         if password is not None:
@@ -287,13 +289,11 @@ class ConversationCodec:
         self._kdf: SealedHeader | None = None  # the password log's KDF fields, to reuse its salt
         self._max = max_messages
         self._untrainable = False
-        if attachments not in ("keep", "strip", "external"):
-            raise ValueError('attachments must be "keep", "strip" or "external"')
         if attachments == "external" and password is not None:
             raise ValueError("external attachments need encryption_key=, not password=")
         self._attachments = attachments
         self._blobs = (
-            BlobStore.for_key(str(self._path) + ".blobs", encryption_key)
+            BlobStore.for_key(blobs_path(self._path), encryption_key, io=io)
             if attachments == "external"
             else None
         )
@@ -305,8 +305,12 @@ class ConversationCodec:
         self._view: _View | None = None  # what this instance last knew of the log: see save()
         self._closed = False
         self._swept = False
-        self._log = FileLog(
-            self._path, attach=self._attach, durability=durability, lock_timeout=lock_timeout
+        self._log: LogStorage = FileLog(
+            self._path,
+            attach=self._attach,
+            durability=durability,
+            lock_timeout=lock_timeout,
+            io=io,
         )
         self._log.on_change = self._forget
         try:  # fail fast on a wrong key or a foreign file
@@ -315,6 +319,11 @@ class ConversationCodec:
             if isinstance(exc, ConversationCodecError):
                 raise
             raise StorageError(exc.errno or 0, f"{self._path}: {exc.strerror or exc}") from None
+
+    @property
+    def options(self) -> CodecOptions:
+        """The options this codec was opened with (durability, attachments, seams)."""
+        return self._options
 
     # -- opening and creating logs ---------------------------------------------------------
 
@@ -414,12 +423,37 @@ class ConversationCodec:
 
     # -- transactions ----------------------------------------------------------------------
 
-    def _reading(self) -> _Transaction:
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the writer lock across several calls, with a current view of the log.
+
+        Inside, no other process or thread writes the log, and every method of this codec
+        works (the lock is re-entrant within one thread), so a read followed by a write
+        decided on it cannot race another writer:
+
+        >>> import tempfile, os
+        >>> codec = ConversationCodec(os.path.join(tempfile.mkdtemp(), "chat.log"))
+        >>> with codec.transaction():
+        ...     if len(codec) == 0:
+        ...         codec.append({"role": "system", "content": "be brief"})
+        0
+        >>> codec.close()
+
+        Keep it short: other writers (and, under the lock's timeout, readers that must
+        catch up) wait for it.
+
+        :raises ClosedError: the codec is closed.
+        :raises StorageError: the lock cannot be taken, or an earlier fsync failed (writes
+            are refused until the log is reopened).
+        :raises LockTimeoutError: another process held the lock past ``lock_timeout``.
+        """
+        return self._writing()
+
+    def _reading(self) -> contextlib.AbstractContextManager[None]:
         if self._closed:
             raise ClosedError("this ConversationCodec is closed; open a new one")
         return self._log.transaction(write=False)
 
-    def _writing(self) -> _Transaction:
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
         if self._closed:
             raise ClosedError("this ConversationCodec is closed; open a new one")
         return self._log.transaction(write=True)
@@ -493,7 +527,7 @@ class ConversationCodec:
             if us < last:
                 raise ValueError(
                     "timestamps in a log never go backwards: "
-                    f"{(_EPOCH + timedelta(microseconds=us)).isoformat()} is "
+                    f"{to_datetime(us).isoformat()} is "
                     "earlier than the last record"
                 )
             out.append(us)
@@ -781,7 +815,7 @@ class ConversationCodec:
                 )
             new_blobs = None
             if encryption_key is not None and self._blobs is not None:
-                new_blobs = BlobStore.for_key(str(self._path) + ".blobs", encryption_key)
+                new_blobs = BlobStore.for_key(blobs_path(self._path), encryption_key)
             committed = self._rewrites_committed()
             before = self._state()
             try:
@@ -941,7 +975,7 @@ class ConversationCodec:
         assert self._log.fmt is not None
         try:
             ts = self._log.fmt.records.check(self._log.read_body(seq), seq)
-        except _IndexMismatch:
+        except IndexMismatch:
             return False
         except RecordRejected as exc:
             if final:
@@ -959,7 +993,7 @@ class ConversationCodec:
         """
         us = self._log.index.tss[seq] if ts_us is None else ts_us
         try:
-            return _EPOCH + timedelta(microseconds=us)
+            return to_datetime(us)
         except OverflowError:
             raise CorruptRecordError(
                 f"record {seq} carries a time ({us} us since 1970) that is no date in "
@@ -997,7 +1031,7 @@ class ConversationCodec:
         ``<path>.bak`` is the user's original and stays."""
         with self._writing():
             # A link or a stray entry at P.blobs is refused before the log goes, not after.
-            remove_flat_dir(str(self._path) + ".blobs", check_only=True)
+            remove_flat_dir(blobs_path(self._path), check_only=True)
             self._log.remove(also=self._remove_blobs)
             self._digests = None
             self._view = ((None, None, 0), False)
@@ -1006,7 +1040,7 @@ class ConversationCodec:
         if self._blobs is not None:
             self._blobs.clear()
         else:
-            remove_flat_dir(str(self._path) + ".blobs")
+            remove_flat_dir(blobs_path(self._path))
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -1031,11 +1065,11 @@ class ConversationCodec:
                     except RecordRejected as exc:
                         raise self._corrupt(exc, seq) from None
                     if ts != self._log.index.tss[seq]:
-                        raise _IndexMismatch(self._log.index.span(seq)[0])
+                        raise IndexMismatch(self._log.index.span(seq)[0])
                     yield seq, text, ts
                     start = seq + 1
                 return
-            except (_IndexMismatch, DictionaryMissing):
+            except (IndexMismatch, DictionaryMissing):
                 if attempt:
                     raise CorruptRecordError(
                         "index and log disagree even after a rebuild",
@@ -1275,10 +1309,13 @@ class ConversationCodec:
 
         Reads only: nothing is modified, a damaged log included (see ``salvage``).
         """
-        with self._log.transaction(write=False, tolerant=True):
-            if self._log.fmt is None:
-                return VerifyReport(self._path, 0, tuple(verify_index_alone(self._log.index.path)))
-            records, problems = verify_log(self._log)
+        log = self._log
+        if not isinstance(log, FileLog):  # the checks read a log file's bytes (FORMAT.md)
+            raise StorageError(errno.EOPNOTSUPP, f"{self._path}: verify() checks log files only")
+        with log.transaction(write=False, tolerant=True):
+            if log.fmt is None:
+                return VerifyReport(self._path, 0, tuple(verify_index_alone(log.index.path)))
+            records, problems = verify_log(log)
         return VerifyReport(self._path, records, tuple(problems))
 
     # -- formats for model APIs, export and import -------------------------------------------

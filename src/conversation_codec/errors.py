@@ -34,6 +34,7 @@ __all__ = [
     "LockTimeoutError",
     "LogReplacedError",
     "MissingBlobError",
+    "NaiveDatetimeError",
     "NotEncryptedError",
     "NotSerializableError",
     "QueryTypeError",
@@ -172,3 +173,13 @@ class KeyFileError(ConversationCodecError, ValueError):
 
 class MissingBlobError(ConversationCodecError, LookupError):
     """A message refers to an attachment blob that is not in the store."""
+
+
+class NaiveDatetimeError(ConversationCodecError, ValueError):
+    """A datetime without a time zone was given where a point in time is meant.
+
+    A naive datetime is local time by Python's convention, UTC by others': rather than guess,
+    every time argument (``append(timestamp=)``, ``prune()``, ``search(since=, until=)``,
+    ``ConversationStore.prune()``) refuses it. Pass an aware one, e.g.
+    ``datetime.now(timezone.utc)``.
+    """

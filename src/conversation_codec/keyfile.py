@@ -11,20 +11,18 @@ log sealed under the old one unreadable.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
-import secrets
 import stat
 import time
 from pathlib import Path
 
-from ._fsio import open_file
+from ._fsio import atomic_write
 from .crypto import Keyring, generate_key
 from .errors import FormatError, KeyFileError, StorageError
 
-__all__ = ["KEY_FILE_MODE", "KeyFileError", "load_key", "load_or_create_key"]
+__all__ = ["KEY_FILE_MODE", "KeyFileError", "create_key_file", "load_key", "load_or_create_key"]
 
 KEY_FILE_MODE = 0o600  # owner read/write; any group/other bit makes the file refused
 _MAX_KEY_FILE_BYTES = 4096  # bytes; a Fernet key file is 44 or 45; more is not a key file
@@ -35,7 +33,6 @@ _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # so a FIFO at the path cannot hang 
 # created in place with O_EXCL; a reader may then catch it empty for an instant, so it
 # waits this long for the creator's single write before calling the file empty.
 _EMPTY_GRACE = 0.25  # seconds
-_LINK_UNSUPPORTED = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
 
 
 def load_or_create_key(path: str | os.PathLike[str]) -> str:
@@ -66,6 +63,31 @@ def load_or_create_key(path: str | os.PathLike[str]) -> str:
     raise StorageError(
         errno.EAGAIN, f"{path} keeps appearing and disappearing; is another program deleting it?"
     )
+
+
+def create_key_file(path: str | os.PathLike[str]) -> str:
+    """Write a new Fernet key to ``path`` (mode 0600) and return it; never replace a file.
+
+    The file is published as :func:`load_or_create_key` publishes one: written and synced
+    under a temporary name, linked into place, the directory synced — a key lost to a power
+    cut would make every log sealed with it unreadable. (``conversation-codec keygen --out``.)
+
+    :raises KeyFileError: something already exists at ``path``.
+    :raises StorageError: the file or its directory cannot be written.
+    """
+    path = Path(path)
+    key = generate_key()
+    try:
+        atomic_write(path, (key + "\n").encode("ascii"), exclusive=True, mode=KEY_FILE_MODE)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        if isinstance(exc, StorageError):
+            raise
+        raise StorageError(
+            exc.errno, f"cannot create key file {path}: {exc.strerror or exc}"
+        ) from exc
+    return key
 
 
 def load_key(path: str | os.PathLike[str]) -> str:
@@ -149,61 +171,16 @@ def _parse(path: Path, data: bytes) -> str:
 
 def _create(path: Path, key: str) -> bool:
     """Publish a new key file; return False when another creator got there first."""
-    folder = path.parent
     try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.makedirs(path.parent, mode=0o700, exist_ok=True)
         # Written and synced under a temporary name, then linked into place: the final
         # name never exists half-written, and link (unlike rename) never replaces it.
-        tmp = folder / f".{path.name}.tmp-{secrets.token_hex(8)}"
-        _write_new(tmp, key)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno not in _LINK_UNSUPPORTED:
-                raise
-            return _create_in_place(path, key)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        _fsync_dir(folder)
+        # Without hard links it is created in place with O_EXCL (see _EMPTY_GRACE).
+        atomic_write(path, (key + "\n").encode("ascii"), exclusive=True, mode=KEY_FILE_MODE)
+    except FileExistsError:
+        return False
     except OSError as exc:
         raise StorageError(
             exc.errno, f"cannot create key file {path}: {exc.strerror or exc}"
         ) from exc
     return True
-
-
-def _create_in_place(path: Path, key: str) -> bool:
-    try:
-        _write_new(path, key)
-    except FileExistsError:
-        return False
-    _fsync_dir(path.parent)
-    return True
-
-
-def _write_new(path: Path, key: str) -> None:
-    """Create ``path`` exclusively with mode 0600 and write ``key`` in one synced write."""
-    fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
-    try:
-        os.fchmod(fd, KEY_FILE_MODE)  # a umask cannot widen the mode, but make it exact
-        data = (key + "\n").encode("ascii")
-        if os.write(fd, data) != len(data):
-            raise OSError(errno.EIO, "short write")
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        raise
-    os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -41,6 +41,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from ._time import EPOCH, ONE_US
 from .crypto import KeyInput, Keyring
 from .errors import DecryptionError, FormatError, KeyRequiredError, StorageError
 from .format.header import LogKind, sniff_log
@@ -71,7 +72,6 @@ _ISO_8601 = re.compile(
     r"(Z|z|[+-]\d{2}(?::?\d{2})?)?",
     re.ASCII,  # int() would accept other scripts' digits too
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _JSON_TYPE = {
     dict: "an object",
     list: "an array",
@@ -413,7 +413,7 @@ def _parse_iso(value: str) -> int | None:
         )
     except ValueError:  # month 13, second 60, offset >= 24 h, ...
         return None
-    return (when - _EPOCH) // timedelta(microseconds=1)
+    return (when - EPOCH) // ONE_US
 
 
 def _timed(fmt: LegacyFormat, messages: list[dict[str, Any]]) -> LegacyHistory:

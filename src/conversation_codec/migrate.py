@@ -30,21 +30,30 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
-import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from ._fsio import check_file, open_file, unlink_file
+from ._fsio import DEFAULT_IO, atomic_write, check_file, open_file, unlink_file
+from ._time import iso_z, to_datetime
 from .codec import ConversationCodec
 from .crypto import KeyInput, Keyring
 from .errors import ConversationCodecError, KeyRequiredError, StorageError
 from .format.header import LogKind, sniff_log
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat, read_legacy
-from .lock import LogLock
+from .paths import (
+    backup_path,
+    index_path,
+    is_sidecar,
+    lock_path,
+    migrate_leftovers,
+    migrating_path,
+    temp_path,
+)
+from .storage.file.lock import LogLock
+from .storage.file.log import FileLog
 
 __all__ = ["BatchItem", "BatchReport", "BatchStatus", "MigrationReport", "migrate", "migrate_many"]
 
@@ -52,14 +61,10 @@ BatchStatus = Literal["converted", "skipped", "failed"]
 Fault = Callable[[str], None]
 
 WRITE_BATCH = 4096  # messages per extend() while writing the new log: bounds memory per call
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_IO = DEFAULT_IO  # the filesystem seam (_fsio)
 _ENCRYPTED = (LegacyFormat.FERNET_JSONL, LegacyFormat.FERNET_JSON_ARRAY)
 # Files a directory walk never treats as histories: our sidecars and temp files, legacy
 # salt files, backups made by an earlier run (migrating those would make .bak.bak files).
-_SIDECAR = re.compile(
-    r".*(\.idx|\.lock|\.bak|\.salt|\.tmp-[0-9a-f]{16}|\.migrating-[0-9a-f]{16}(\..*)?)"
-)
 
 
 def _no_fault(step: str) -> None:
@@ -151,10 +156,10 @@ def migrate(
         )
     if dry_run:
         return report.done(0, None, False, "dry run: nothing was written")
-    bak = Path(f"{target}.bak") if in_place and backup else None
+    bak = Path(backup_path(target)) if in_place and backup else None
     with _writer_lock(target) as announce:
         _sweep_leftovers(target, bak)
-        tmp = f"{target}.migrating-{secrets.token_hex(8)}"
+        tmp = migrating_path(target)
         made_backup = False
         try:
             _write_log(tmp, plan, encryption_key, fault)
@@ -170,11 +175,11 @@ def migrate(
             _remove_temp(tmp)
             if made_backup and bak is not None:
                 with contextlib.suppress(OSError):
-                    os.unlink(bak)
+                    _IO.unlink(bak)
             raise
         fault("migrate:renamed")
         _finish(tmp, target, fault)
-    after = _size(target) + _size(f"{target}.idx")
+    after = _size(target) + _size(index_path(target))
     if bak is not None and encryption_key is not None and history.format not in _ENCRYPTED:
         report.notes.append(f"{bak} holds the plaintext original; delete it once checked")
     return report.done(after, bak, True)
@@ -254,7 +259,7 @@ class _Plan:
 
 
 def _iso(us: int) -> str:
-    return (_EPOCH + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
+    return iso_z(us)
 
 
 def _check_key(name: str, key: KeyInput | None) -> None:
@@ -342,14 +347,11 @@ def _sweep_leftovers(target: Path, bak: Path | None) -> int:
 
     Return how many files were removed.
     """
-    pattern = re.escape(target.name) + r"\.migrating-[0-9a-f]{16}(\.idx|\.lock|\.tmp-[0-9a-f]{16})?"
-    if bak is not None:
-        pattern += "|" + re.escape(bak.name) + r"\.tmp-[0-9a-f]{16}"
     try:
         names = os.listdir(target.parent)
     except FileNotFoundError:
         return 0
-    leftover, removed = re.compile(pattern), 0
+    leftover, removed = migrate_leftovers(target.name, None if bak is None else bak.name), 0
     for name in names:
         if name.startswith(target.name) and leftover.fullmatch(name):
             removed += unlink_file(target.parent / name)  # refuses a planted link
@@ -360,7 +362,9 @@ def _write_log(tmp: str, plan: _Plan, key: KeyInput | None, fault: Fault) -> Non
     # "flush" and one fsync at the end: a temp log needs no per-batch durability.
     codec = ConversationCodec(tmp, encryption_key=key, durability="flush")
     try:
-        codec._log.fault = lambda step: fault(f"temp:{step}")
+        log = codec._log
+        if isinstance(log, FileLog):  # always: a temp log is a file
+            log.fault = lambda step: fault(f"temp:{step}")
         times = plan.times
         for i in range(0, len(plan.messages), WRITE_BATCH):
             stamps = None if times is None else [_datetime(t) for t in times[i : i + WRITE_BATCH]]
@@ -370,14 +374,14 @@ def _write_log(tmp: str, plan: _Plan, key: KeyInput | None, fault: Fault) -> Non
     fault("migrate:temp-written")
     fd = open_file(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        _IO.sync(fd, data_only=False)
     finally:
         os.close(fd)
     fault("migrate:temp-synced")
 
 
 def _datetime(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)  # exact, unlike float epoch seconds
+    return to_datetime(us)  # exact, unlike float epoch seconds
 
 
 def _verify(tmp: str, plan: _Plan, key: KeyInput | None) -> None:
@@ -413,33 +417,23 @@ def _write_backup(bak: Path, data: bytes, fault: Fault) -> bool:
         raise StorageError(
             errno.EEXIST, f"{bak} exists and is not this file's original; move it away"
         )
-    tmp = f"{bak}.tmp-{secrets.token_hex(8)}"
-    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = temp_path(bak)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fault("migrate:backup-written")
-        _link(tmp, bak)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    try:
-        _fsync_dir(bak)  # the backup must be durable before the source is replaced
-    except BaseException:
-        os.unlink(bak)
-        raise
+        # Durable (directory synced) before the source is replaced. Where hard links are
+        # unsupported the backup is created in place with O_EXCL: a crash may leave it
+        # short, and the next run then refuses it (it is not this file's original).
+        atomic_write(
+            bak, data, exclusive=True, tmp=tmp, fault=lambda _: fault("migrate:backup-written")
+        )
+    except FileExistsError:
+        raise StorageError(errno.EEXIST, f"{bak} appeared meanwhile; nothing was changed") from None
     return True
 
 
 def _link(tmp: str, path: str | Path) -> None:
     """Give ``tmp`` the name ``path`` without ever replacing an existing ``path``."""
     try:
-        os.link(tmp, path)
+        _IO.link(tmp, path)
     except FileExistsError:
         raise StorageError(
             errno.EEXIST, f"{path} appeared meanwhile; nothing was changed"
@@ -449,7 +443,7 @@ def _link(tmp: str, path: str | Path) -> None:
             raise
         if os.path.lexists(path):  # no hard links here: check, then rename (small race)
             raise StorageError(errno.EEXIST, f"{path} appeared meanwhile") from None
-        os.replace(tmp, path)
+        _IO.rename(tmp, path)
 
 
 def _check_unchanged(path: Path, before: os.stat_result) -> None:
@@ -465,22 +459,22 @@ def _publish(tmp: str, target: Path, in_place: bool) -> None:
     """Move the new log to ``target``: the commit point."""
     if in_place:
         check_file(target)  # rename would replace a link put there meanwhile
-        os.replace(tmp, target)
+        _IO.rename(tmp, target)
     else:
         _link(tmp, target)  # never replace a destination that appeared meanwhile
-        os.unlink(tmp)
+        _IO.unlink(tmp)
 
 
 def _finish(tmp: str, target: Path, fault: Fault) -> None:
     """After the commit: move the index beside the log, drop the temp lock, sync."""
     with contextlib.suppress(OSError):  # a cache: a missing index is rebuilt on open
-        check_file(f"{target}.idx")  # a link there is left alone (the log refuses it)
-        os.replace(f"{tmp}.idx", f"{target}.idx")
+        check_file(index_path(target))  # a link there is left alone (the log refuses it)
+        _IO.rename(index_path(tmp), index_path(target))
     fault("migrate:index-moved")
-    for leftover in (f"{tmp}.lock", f"{tmp}.idx"):  # the index is still here if its move failed
+    for leftover in (lock_path(tmp), index_path(tmp)):  # the index is still here if its move failed
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(leftover)
-    _fsync_dir(target)
+            _IO.unlink(leftover)
+    _IO.sync_dir(target)
     fault("migrate:dir-synced")
 
 
@@ -490,15 +484,7 @@ def _remove_temp(tmp: str) -> None:
         for entry in os.listdir(folder or "."):
             if entry == name or entry.startswith(f"{name}."):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, entry))
-
-
-def _fsync_dir(path: str | Path) -> None:
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+                    _IO.unlink(os.path.join(folder, entry))
 
 
 def _size(path: str | Path) -> int:
@@ -678,6 +664,6 @@ def _walk(root: Path, out_real: str | None) -> Iterator[tuple[Path, Path]]:
     for folder, dirs, files in os.walk(root):  # followlinks=False: no loops, no escapes
         dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(folder, d)) != out_real)
         for name in sorted(files):
-            if not _SIDECAR.fullmatch(name):
+            if not is_sidecar(name):
                 path = Path(folder, name)
                 yield path, path.relative_to(root)

@@ -32,8 +32,9 @@ Matching rules (``Query``):
   finds ``"É"``, but ``"strasse"`` does not find ``"Straße"`` (keyword queries do).
 * ``None`` (or an empty query) matches every message: a pure date or role filter.
 
-Times (``to_us``) may be aware datetimes, naive datetimes (taken as UTC), epoch seconds, or
-ISO-8601 strings. ``since`` is inclusive, ``until`` exclusive.
+Times (``to_us``, from ``_time``) may be aware datetimes, epoch seconds, or ISO-8601 strings
+(no offset: UTC); a naive datetime raises ``NaiveDatetimeError``. ``since`` is inclusive,
+``until`` exclusive.
 """
 
 from __future__ import annotations
@@ -42,15 +43,14 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, Protocol
 
+from ._time import to_us
 from .errors import QueryTypeError, SearchError
 
 __all__ = ["Hit", "Query", "parse_roles", "to_us"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_US = timedelta(microseconds=1)
 # Bytes msgspec escapes inside JSON strings: a term holding one cannot be looked for in raw
 # JSON text, so such a query skips the raw pre-filter.
 _WORDS = re.compile(r'"([^"]*)"?|([^\s"]+)')  # a "quoted phrase" (closing quote optional) or a word
@@ -64,22 +64,6 @@ class Hit:
     seq: int
     timestamp: datetime
     message: dict[str, Any]
-
-
-def to_us(value: datetime | int | float | str, name: str) -> int:
-    """Convert a query time to microseconds since the epoch (naive datetimes are UTC)."""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"{name}={value!r} is not an ISO-8601 time") from None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return (value - _EPOCH) // _ONE_US
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return round(value * 1_000_000)
-    raise TypeError(f"{name} must be a datetime, epoch seconds or an ISO-8601 string")
 
 
 def parse_roles(role: str | Iterable[str] | None) -> frozenset[str] | None:

@@ -47,11 +47,13 @@ from pathlib import Path
 from typing import Any
 
 from ._fsio import unlink_file
+from ._time import EPOCH, ONE_US, datetime_to_us, to_datetime, to_us
 from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
 from .errors import ConversationCodecError, StorageError
 from .format.header import LogKind, sniff_log
-from .search import Hit, Query, parse_roles, to_us
+from .paths import index_path, is_log_file
+from .search import Hit, Query, parse_roles
 
 __all__ = ["MAX_ENCODED_ID", "ConversationInfo", "ConversationStore", "decode_id", "encode_id"]
 
@@ -59,9 +61,6 @@ MAX_ENCODED_ID = 200  # bytes; + ".log.tmp-<16 hex>" (25) stays under NAME_MAX (
 LOG_SUFFIX = ".log"
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-.")
 _ENCODED = re.compile(r"(?:[a-z0-9_\-.]|%[0-9a-f]{2})+")
-_TEMP = re.compile(r"\.tmp-[0-9a-f]{16}")  # FORMAT.md §8: <log>.tmp-<16 hex digits>
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_US = timedelta(microseconds=1)
 _FIRST_CHUNK = 64  # hits read from one conversation per open, growing x4 per reopen
 _MAX_CHUNK = 4096
 
@@ -266,7 +265,7 @@ class ConversationStore:
         """The entry of a conversation whose log could not be opened (never its key)."""
         path = self.path(conversation_id)
         sizes, prefix = 0, b""
-        for file in (path, Path(str(path) + ".idx")):
+        for file in (path, Path(index_path(path))):
             with contextlib.suppress(OSError):
                 sizes += file.stat().st_size
         with contextlib.suppress(OSError), open(path, "rb") as f:
@@ -288,11 +287,11 @@ class ConversationStore:
         path = self.path(conversation_id)
         if not _files_of(path):
             return False
-        with self.open(conversation_id) as codec, _write_lock(codec):
+        with self.open(conversation_id) as codec, codec.transaction():  # re-entrant
             # Decided under the lock, so a message appended after prune() listed the
             # store keeps the conversation.
             last = codec.info().last_timestamp
-            fresh = last is not None and (last - _EPOCH) // _ONE_US >= (cutoff_us or 0)
+            fresh = last is not None and (last - EPOCH) // ONE_US >= (cutoff_us or 0)
             if cutoff_us is not None and fresh:
                 return False
             codec.clear()
@@ -313,21 +312,20 @@ class ConversationStore:
         """
         if isinstance(older_than, timedelta):
             now_us = self._clock() if self._clock is not None else None
-            now = datetime.now(timezone.utc) if now_us is None else _EPOCH + now_us * _ONE_US
+            now = datetime.now(timezone.utc) if now_us is None else EPOCH + now_us * ONE_US
             cutoff = now - older_than
         elif isinstance(older_than, datetime):
-            if older_than.tzinfo is None:
-                raise ValueError("older_than is a naive datetime; pass an aware one")
+            datetime_to_us(older_than, "older_than")  # a naive one: NaiveDatetimeError
             cutoff = older_than
         else:
             raise TypeError("older_than must be an aware datetime or a timedelta")
-        cutoff_us = (cutoff - _EPOCH) // _ONE_US
+        cutoff_us = (cutoff - EPOCH) // ONE_US
         deleted = []
         for conversation_id in self.ids():
             try:
                 with self.open(conversation_id) as codec:
                     last = codec.info().last_timestamp
-                stale = last is not None and (last - _EPOCH) // _ONE_US < cutoff_us
+                stale = last is not None and (last - EPOCH) // ONE_US < cutoff_us
                 if stale and self._delete(conversation_id, cutoff_us):
                     deleted.append(conversation_id)
             except ConversationCodecError as exc:
@@ -422,7 +420,7 @@ class ConversationStore:
             except ConversationCodecError as exc:
                 failed = exc
             for hit in batch:
-                ts = (hit.timestamp - _EPOCH) // _ONE_US
+                ts = (hit.timestamp - EPOCH) // ONE_US
                 yield (ts, conversation_id, hit.seq), (conversation_id, hit)
             if failed is not None:
                 if on_error is not None:
@@ -431,7 +429,7 @@ class ConversationStore:
             if len(batch) < chunk:
                 return
             last = batch[-1]
-            after = ((last.timestamp - _EPOCH) // _ONE_US, last.seq)
+            after = ((last.timestamp - EPOCH) // ONE_US, last.seq)
             if newest_first:
                 hi = after[0] + 1
             else:
@@ -440,19 +438,12 @@ class ConversationStore:
 
 
 def _at(us: int) -> datetime:
-    return _EPOCH + us * _ONE_US
+    return to_datetime(us)
 
 
 def _is_past(hit: Hit, after: tuple[int, int], newest_first: bool) -> bool:
-    key = ((hit.timestamp - _EPOCH) // _ONE_US, hit.seq)
+    key = ((hit.timestamp - EPOCH) // ONE_US, hit.seq)
     return key < after if newest_first else key > after
-
-
-def _write_lock(codec: ConversationCodec) -> contextlib.AbstractContextManager[None]:
-    # The engine has no public "hold the writer lock" call; its transactions are
-    # re-entrant, so info() and clear() run inside this one hold. Replace with a public
-    # ConversationCodec method if one is added.
-    return codec._log.transaction(write=True)
 
 
 def _files_of(path: Path) -> list[Path]:
@@ -461,11 +452,4 @@ def _files_of(path: Path) -> list[Path]:
         names = os.listdir(path.parent)
     except FileNotFoundError:
         return []
-    prefix = path.name
-    return [
-        path.parent / name
-        for name in names
-        if name == prefix
-        or name in (prefix + ".idx", prefix + ".lock")
-        or (name.startswith(prefix) and _TEMP.fullmatch(name[len(prefix) :]))
-    ]
+    return [path.parent / name for name in names if is_log_file(name, path.name)]

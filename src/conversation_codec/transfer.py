@@ -35,19 +35,18 @@ Hooks into ``ConversationCodec`` this module relies on:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._fsio import check_file, open_file
+from ._fsio import atomic_write, check_file
+from ._time import EPOCH, ONE_US, to_datetime
 from .crypto import KeyInput
 from .errors import StorageError
 from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
@@ -59,10 +58,6 @@ if TYPE_CHECKING:
 __all__ = ["EXPORT_FORMATS", "ImportReport", "export_history", "import_history"]
 
 EXPORT_FORMATS = ("jsonl", "json")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_US = timedelta(microseconds=1)
-_WRITE_BATCH = 1 << 20  # bytes buffered between writes of an export
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _encode = msgspec.json.Encoder().encode
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
 _decode = msgspec.json.Decoder().decode
@@ -192,37 +187,12 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _write_atomically(dst: Path, chunks: Iterable[bytes]) -> None:
-    folder = dst.parent
-    tmp = folder / f".{dst.name}.tmp-{secrets.token_hex(8)}"
     try:
-        fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except StorageError:
-        raise
+        atomic_write(dst, chunks)  # refuses a link planted at dst meanwhile
     except OSError as exc:
+        if isinstance(exc, StorageError):
+            raise
         raise StorageError(exc.errno, f"cannot write {dst}: {exc.strerror or exc}") from exc
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb", buffering=_WRITE_BATCH, closefd=False) as out:
-            for chunk in chunks:
-                out.write(chunk)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        check_file(dst)  # rename would replace a link planted meanwhile: refuse instead
-        os.replace(tmp, dst)
-        dir_fd = os.open(folder, os.O_RDONLY | _O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException as exc:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, StorageError):
-            raise StorageError(exc.errno, f"cannot write {dst}: {exc.strerror or exc}") from exc
-        raise
 
 
 # -- import ------------------------------------------------------------------------------
@@ -390,9 +360,9 @@ def _key(message: Message) -> bytes:
 
 
 def _us(when: datetime) -> int:
-    return (when - _EPOCH) // _ONE_US
+    return (when - EPOCH) // ONE_US
 
 
 def _as_datetimes(stamps: list[int] | None) -> list[datetime] | None:
     # Aware datetimes, not float seconds: exact to the microsecond.
-    return None if stamps is None else [_EPOCH + timedelta(microseconds=us) for us in stamps]
+    return None if stamps is None else [to_datetime(us) for us in stamps]

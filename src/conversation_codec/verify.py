@@ -25,18 +25,20 @@ index-ahead        index entries past the log's end: records cut off the end, or
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ._time import iso_z, to_datetime
 from .crypto import KeyInput
 from .errors import StorageError
 from .format.index import ENTRY_SYNCED, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
-from .log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
 from .records import DictionaryMissing, RecordDamaged, RecordRejected, SealedRecords
+from .storage.file.log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
 
 __all__ = ["Problem", "SalvageReport", "VerifyReport", "salvage", "scan_records"]
 
@@ -44,7 +46,6 @@ DAMAGE_KINDS = frozenset(
     {"torn-tail", "damaged", "unauthenticated", "missing-records", "reordered-records",
      "time-reversed", "index-ahead"}
 )  # fmt: skip
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 Region = tuple[str, int, int, int, int, bytes]  # kind, start, end, seq, ts_us, text
 
 
@@ -317,7 +318,7 @@ def _mistimed(
 
 def _utc(ts_us: int) -> str:
     try:
-        return (_EPOCH + timedelta(microseconds=ts_us)).isoformat().replace("+00:00", "Z")
+        return iso_z(ts_us)
     except OverflowError:
         return f"{ts_us} us since 1970"
 
@@ -359,6 +360,8 @@ def salvage(
         src, encryption_key, password=password, durability="flush", context=context
     ) as source:
         log = source._log
+        if not isinstance(log, FileLog):
+            raise StorageError(errno.EOPNOTSUPP, f"{src}: salvage reads log files only")
         with log.transaction(write=False, tolerant=True):
             if log.fmt is None:
                 regions: list[Region] = []
@@ -376,7 +379,7 @@ def salvage(
     last = 0
     for seq in seqs:
         last = max(last, found[seq][0])
-        stamps.append(_EPOCH + timedelta(microseconds=last))
+        stamps.append(to_datetime(last))
     with ConversationCodec(dst_path, encryption_key, password=password, context=context) as out:
         out.extend([found[s][1] for s in seqs], timestamps=stamps)
     lost = tuple(s for s in range(seqs[-1] + 1) if s not in found) if seqs else ()

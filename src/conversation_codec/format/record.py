@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from array import array
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from itertools import accumulate
 from typing import Any, NamedTuple
 
 import msgspec
 
+from .._time import EPOCH, ONE_US, to_datetime
 from .varint import decode_varint, encode_varint
 
 __all__ = [
@@ -60,8 +61,6 @@ ENVELOPE_KIND_MASK = 0x0C  # FORMAT.md §5.3: 0 = message, 1 = dictionary (contr
 KIND_MESSAGE, KIND_DICTIONARY = 0, 1
 _ENVELOPE_KNOWN_FLAGS = ENVELOPE_COMPRESSED | ENVELOPE_DICTIONARY | (KIND_DICTIONARY << 2)
 _US_PER_S = 1_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_US = timedelta(microseconds=1)
 
 
 def encode_frame(body: bytes, *, control: bool = False) -> bytes:
@@ -158,7 +157,7 @@ def format_ts(ts_us: int) -> str:
     >>> format_ts(1_763_700_000_123_456)
     '2025-11-21T04:40:00.123456Z'
     """
-    return (_EPOCH + timedelta(microseconds=ts_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return to_datetime(ts_us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def encode_plain_line(seq: int, ts_us: int, message_json: bytes) -> bytes:
@@ -204,7 +203,7 @@ def parse_ts(raw: bytes | memoryview) -> int:
     ):
         raise ValueError(f"ts {text[:40]!r} is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
     try:
-        us = (_ts_decoder.decode(text) - _EPOCH) // _ONE_US
+        us = (_ts_decoder.decode(text) - EPOCH) // ONE_US
     except msgspec.DecodeError:
         raise ValueError(f"ts {text!r} is not a valid time") from None
     if us < 0:

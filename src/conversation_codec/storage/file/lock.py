@@ -15,8 +15,9 @@ import time
 
 import portalocker
 
-from ._fsio import open_file
-from .errors import LockTimeoutError
+from ..._fsio import DEFAULT_IO, FileIO, open_file, write_all
+from ...errors import LockTimeoutError
+from ...paths import lock_path
 
 __all__ = ["LogLock"]
 
@@ -51,11 +52,12 @@ class LogLock:
     """``<log>.lock``: a flock that survives the file being unlinked by ``clear()``, and the
     generation/truncation counters (not thread-safe; the log serialises its use)."""
 
-    __slots__ = ("_fd", "_ino", "_log_path", "_timeout", "created", "path")
+    __slots__ = ("_fd", "_ino", "_log_path", "_timeout", "created", "io", "path")
 
-    def __init__(self, log_path: str, timeout: float | None) -> None:
+    def __init__(self, log_path: str, timeout: float | None, *, io: FileIO = DEFAULT_IO) -> None:
+        self.io = io  # the log's filesystem seam
         self._log_path = log_path
-        self.path = log_path + ".lock"
+        self.path = lock_path(log_path)
         self._timeout = timeout
         self._fd: int | None = None
         self._ino = (0, 0)
@@ -177,7 +179,7 @@ class LogLock:
             with contextlib.suppress(FileNotFoundError):
                 now = os.lstat(self.path)
                 if (now.st_dev, now.st_ino) == self._ino:  # ours, not a link put there since
-                    os.unlink(self.path)
+                    self.io.unlink(self.path)
         self.created = False
 
     def state(self) -> tuple[int, int, int]:
@@ -190,7 +192,7 @@ class LogLock:
     def write_state(self, generation: int, truncations: int) -> None:
         """Store new counters (exclusive lock held). Not synced: live processes only."""
         assert self._fd is not None
-        os.pwrite(self._fd, _LOCK_STATE.pack(generation, truncations), 0)
+        write_all(self._fd, _LOCK_STATE.pack(generation, truncations), 0, io=self.io)
 
     def close(self) -> None:
         """Close the file descriptor (closing releases any flock)."""

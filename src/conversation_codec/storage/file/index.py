@@ -18,8 +18,8 @@ import bisect
 import os
 from array import array
 
-from ._fsio import open_file
-from .format.index import (
+from ..._fsio import DEFAULT_IO, FileIO, open_file, write_all
+from ...format.index import (
     DICT_SPAN,
     DICT_SPAN_OFFSET,
     ENTRY_SYNCED,
@@ -60,6 +60,7 @@ class OffsetIndex:
         "data_start",
         "dict_span",
         "ends",
+        "io",
         "path",
         "persisted",
         "synced",
@@ -67,8 +68,9 @@ class OffsetIndex:
         "version",
     )
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, io: FileIO = DEFAULT_IO) -> None:
         self.path = path
+        self.io = io  # the log's filesystem seam: index writes are seen by its recorders
         self.ends: array[int] = array("q")
         self.tss: array[int] = array("q")
         self.synced = bytearray()  # per entry: 1 when the entry is committed evidence
@@ -204,9 +206,9 @@ class OffsetIndex:
         self.committed_end = min(self.committed_end, self.end)
         fd = self._open()
         if self.persisted > count:
-            os.ftruncate(fd, INDEX_HEADER_BYTES + count * INDEX_ENTRY.size)
+            self.io.truncate(fd, INDEX_HEADER_BYTES + count * INDEX_ENTRY.size)
             self.persisted = count
-        os.fsync(fd)
+        self.io.sync(fd, data_only=False)
 
     def persist(self, log_id: bytes, *, rewrite: bool = False) -> None:
         """Write the entries the file lacks (all of them, with the header, when ``rewrite``).
@@ -218,9 +220,9 @@ class OffsetIndex:
             self.close()
         fd = self._open()
         if rewrite:
-            os.ftruncate(fd, 0)
-            os.fsync(fd)
-            os.pwrite(fd, encode_index_header(log_id, self.dict_span), 0)
+            self.io.truncate(fd, 0)
+            self.io.sync(fd, data_only=False)
+            write_all(fd, encode_index_header(log_id, self.dict_span), 0, io=self.io)
             self.persisted = 0
             self.version = INDEX_VERSION
         if self.persisted < len(self.ends):
@@ -229,14 +231,14 @@ class OffsetIndex:
                 data = INDEX_ENTRY.pack(end, self.tss[-1])
             else:
                 data = _interleave(self.ends, self.tss, self.synced, self.persisted)
-            os.pwrite(fd, data, INDEX_HEADER_BYTES + self.persisted * INDEX_ENTRY.size)
+            write_all(fd, data, INDEX_HEADER_BYTES + self.persisted * INDEX_ENTRY.size, io=self.io)
             self.persisted = len(self.ends)
 
     def set_dict_span(self, span: tuple[int, int], *, persist: bool) -> None:
         """Record where the log's dictionary lies (in the file too, for a writer)."""
         self.dict_span = span
         if persist:
-            os.pwrite(self._open(), DICT_SPAN.pack(*span), DICT_SPAN_OFFSET)
+            write_all(self._open(), DICT_SPAN.pack(*span), DICT_SPAN_OFFSET, io=self.io)
 
     def _open(self) -> int:
         # The descriptor may outlive the file's name (someone deleted the sidecar): writes

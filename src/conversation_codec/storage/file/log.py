@@ -14,89 +14,33 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from ._fsio import check_file, open_file, unlink_file
-from .errors import (
+from ..._fsio import DEFAULT_IO, FileIO, check_file, open_file, unlink_file
+from ...errors import (
     ConversationCodecError,
     CorruptRecordError,
     StorageError,
     UnsupportedVersionError,
 )
-from .format.header import SEALED_HEADER_BYTES
-from .format.record import MAX_BODY_BYTES, decode_frame_header, encode_frame
-from .format.varint import MAX_VARINT_BYTES
+from ...format.header import SEALED_HEADER_BYTES
+from ...format.record import MAX_BODY_BYTES, decode_frame_header, encode_frame
+from ...format.varint import MAX_VARINT_BYTES
+from ...paths import index_path, is_leftover, temp_path
+from ...records import RecordDamaged, RecordRejected, SealedRecords
+from ..base import IndexMismatch, LogFormat, LogStorage
 from .index import OffsetIndex
 from .lock import LogLock
-from .records import RecordCodec, RecordDamaged, RecordRejected, SealedRecords
 
-__all__ = ["FileIO", "FileLog", "LogFormat", "Reader"]
+__all__ = ["FileLog", "LogFormat", "Reader"]
 
 _READ_CHUNK = 1 << 20  # bytes read at a time when scanning
 _PREFIX_BYTES = 4096  # bytes handed to the attach callback to identify a log
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-# What crashes leave under the log's name (FORMAT.md §8.4): a rewrite's <log>.tmp-<16 hex>,
-# a whole copy of the history; migrate's temp log <log>.migrating-<16 hex> with its sidecars.
-_LEFTOVER = re.compile(
-    r"\.tmp-[0-9a-f]{16}|\.migrating-[0-9a-f]{16}(\.idx|\.lock|\.tmp-[0-9a-f]{16})?"
-)
 _BAD = (-1, -1, False)  # sentinel span: no record can start here
-
-
-@dataclass(frozen=True, slots=True)
-class LogFormat:
-    """What the codec learned from a log's header: where records start and how to read them."""
-
-    log_id: bytes
-    data_start: int
-    records: RecordCodec
-    sealed: bool
-    format_version: int = 1  # FORMAT.md §12: 2 for a log bound to a context (§4.2)
-
-
-class FileIO:
-    """Every call that changes a log file or makes it durable, in one seam.
-
-    The default is the operating system. The reliability tests put a recorder here to build
-    power-loss images from what was written and what was synced, or a faulty one that fails
-    the Nth write, sync or rename (ENOSPC, EIO). Reads need no seam.
-    """
-
-    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
-        """Write at an offset; return how many bytes the kernel took."""
-        return os.pwrite(fd, data, offset)
-
-    def sync(self, fd: int, *, data_only: bool) -> None:
-        """fdatasync (``data_only``) or fsync one file."""
-        if data_only:
-            os.fdatasync(fd)
-        else:
-            os.fsync(fd)
-
-    def truncate(self, fd: int, size: int) -> None:
-        """Cut a file to ``size`` bytes."""
-        os.ftruncate(fd, size)
-
-    def rename(self, src: str, dst: str) -> None:
-        """Atomically replace ``dst`` with ``src``."""
-        os.replace(src, dst)
-
-    def sync_dir(self, path: str) -> None:
-        """fsync the directory holding ``path`` (makes a rename or unlink durable)."""
-        _fsync_dir(path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # Where a sealed frame could start: a non-zero prefix byte (no record length is 0) followed,
@@ -176,13 +120,15 @@ class FileLog:
         attach: Callable[[bytes], LogFormat],
         durability: str = "fsync",
         lock_timeout: float | None = None,
+        io: FileIO = DEFAULT_IO,
     ) -> None:
         self.path = os.fspath(path)
-        self.index = OffsetIndex(self.path + ".idx")
+        self._io = io
+        self.index = OffsetIndex(index_path(self.path), io=io)
         self.fmt: LogFormat | None = None
         self._attach = attach
         self._sync = durability == "fsync"
-        self._lock = LogLock(self.path, lock_timeout)
+        self._lock = LogLock(self.path, lock_timeout, io=io)
         self._fd: int | None = None
         self._log_id_stat: tuple[int, int] | None = None
         # (lock inode, generation, truncations) as last seen; None forces a full reload
@@ -203,7 +149,15 @@ class FileLog:
         # Fault-injection seam for crash tests: called with a step name between the steps
         # of every write procedure (FORMAT.md §8); may raise or kill the process.
         self.fault: Callable[[str], None] = lambda step: None
-        self.io = FileIO()  # seam for power-loss and I/O-error tests
+
+    @property
+    def io(self) -> FileIO:
+        """The filesystem seam of the log, its index and its lock file."""
+        return self._io
+
+    @io.setter
+    def io(self, io: FileIO) -> None:
+        self._io = self.index.io = self._lock.io = io
 
     def _bump(self, *, truncation: bool) -> None:
         """Announce a change to other processes; always *before* the change is made."""
@@ -350,7 +304,7 @@ class FileLog:
             seq = len(self.index) - 1
             try:
                 ok = self.fmt.records.check(self.read_body(seq), seq) == self.index.tss[seq]
-            except (_IndexMismatch, RecordRejected):
+            except (IndexMismatch, RecordRejected):
                 ok = False
             if ok:
                 return
@@ -613,10 +567,10 @@ class FileLog:
             except ValueError:
                 span = None
             if span is None or span[1] > len(frame) or (span[2] and span[1] == len(frame)):
-                raise _IndexMismatch(start)
+                raise IndexMismatch(start)
             if not span[2]:
                 if span[1] != len(frame):
-                    raise _IndexMismatch(start)
+                    raise IndexMismatch(start)
                 return frame[span[0] : span[1]]
             pos = span[1]
 
@@ -744,9 +698,9 @@ class FileLog:
         a key it retires (rotate_key). The directory fsync at the end makes that durable.
         """
         self.remove_stale_temps()
-        tmp = f"{self.path}.tmp-{secrets.token_hex(8)}"
+        tmp = temp_path(self.path)
         fd = open_file(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        index = OffsetIndex(self.path + ".idx")
+        index = OffsetIndex(index_path(self.path), io=self.io)
         index.reset(fmt.data_start)
         try:
             pos = self._write_all(fd, header, 0)
@@ -778,7 +732,7 @@ class FileLog:
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                self.io.unlink(tmp)
             raise
         # Committed: from here on this instance must describe the new file, whatever fails.
         st = os.fstat(fd)
@@ -802,10 +756,10 @@ class FileLog:
         self._bump(truncation=True)
         self._close_log()
         for p in (self.path, self.index.path):
-            unlink_file(p)
+            unlink_file(p, io=self.io)
         also()
         self.remove_stale_temps()
-        unlink_file(self._lock.path)
+        unlink_file(self._lock.path, io=self.io)
         self._sync_dir()
 
     def remove_stale_temps(self) -> None:
@@ -819,8 +773,8 @@ class FileLog:
         folder = os.path.dirname(self.path) or "."
         base = os.path.basename(self.path)
         for name in os.listdir(folder):
-            if name.startswith(base) and _LEFTOVER.fullmatch(name, len(base)):
-                unlink_file(os.path.join(folder, name))  # refuses a planted link
+            if is_leftover(name, base):
+                unlink_file(os.path.join(folder, name), io=self.io)  # refuses a planted link
 
     def _write_all(self, fd: int, data: bytes, offset: int) -> int:
         view = memoryview(data)
@@ -917,12 +871,7 @@ def _storage_error(exc: OSError, path: str) -> StorageError:
     return StorageError(exc.errno or 0, f"{path}: {exc.strerror or exc}")
 
 
-class _IndexMismatch(Exception):
-    """The index points at bytes that are not one whole record: rebuild it and retry."""
-
-    def __init__(self, offset: int) -> None:
-        super().__init__(offset)
-        self.offset = offset
-
-
 __all__ += ["SEALED_HEADER_BYTES"]
+
+
+_CONFORMS: type[LogStorage] = FileLog  # mypy checks FileLog against the protocol

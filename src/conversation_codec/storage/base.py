@@ -1,0 +1,136 @@
+"""The ``LogStorage`` protocol: what ``ConversationCodec`` needs from where records live.
+
+A log is a header followed by record bodies, each with its timestamp (``ts_us``, µs since
+the epoch). The codec encodes and seals bodies itself (``records``); a storage keeps them in
+order and answers by sequence number. ``storage.file.log.FileLog`` is the file storage
+(FORMAT.md), ``storage.memory.MemoryLog`` an in-memory one; both pass the conformance suite
+``tests/test_storage.py``. A later PostgreSQL backend is the third implementation.
+
+Operations, and what each guarantees:
+
+- ``transaction(write=)``: holds the log's lock (exclusive for ``write``) and brings the
+  view (``fmt``, ``index``) up to date; re-entrant within one thread; a nested transaction
+  never upgrades a read to a write. Every other call runs inside one.
+- ``create(header, fmt)``, ``rewrite(header, fmt, records, dictionary)``: replace the whole
+  log atomically — a reader sees all the old records or all the new ones.
+- ``append(bodies, tss, dictionary)``: add records at the end, all or none.
+- ``truncate(count)``: drop the records from ``count`` on.
+- ``read_body(seq)``, ``read_bodies(start, stop)``: read back a body, a range of bodies.
+- ``index`` (the head and counters): ``len(index)`` records, ``index.tss[seq]`` their
+  times, ``index.span(seq)`` where each lies, ``index.first_at_or_after(ts_us)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..records import RecordCodec
+
+__all__ = ["IndexMismatch", "LogFormat", "LogIndex", "LogStorage"]
+
+
+@dataclass(frozen=True, slots=True)
+class LogFormat:
+    """What the codec learned from a log's header: where records start and how to read them."""
+
+    log_id: bytes
+    data_start: int
+    records: RecordCodec
+    sealed: bool
+    format_version: int = 1  # FORMAT.md §12: 2 for a log bound to a context (§4.2)
+
+
+class IndexMismatch(Exception):
+    """The index points at bytes that are not one whole record: rebuild it and retry."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
+class LogIndex(Protocol):
+    """Where each record lies and when it was written (the head and counters of a log)."""
+
+    @property
+    def tss(self) -> Sequence[int]:
+        """Per record, its timestamp (µs since the epoch), non-decreasing."""
+        ...
+
+    @property
+    def path(self) -> str:
+        """The index file, if the storage keeps one ("" otherwise)."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def span(self, seq: int) -> tuple[int, int]:
+        """The ``[start, end)`` position of record ``seq`` in the storage's own units."""
+        ...
+
+    def first_at_or_after(self, ts_us: int) -> int:
+        """The first seq whose timestamp is >= ``ts_us`` (``len`` when none is)."""
+        ...
+
+
+class LogStorage(Protocol):
+    """One conversation log's records; see the module docstring for each operation."""
+
+    on_change: Callable[[], None]  # called when another writer changed the log
+
+    @property
+    def fmt(self) -> LogFormat | None:
+        """The header's reading of the log; None when there is no log yet."""
+        ...
+
+    @property
+    def index(self) -> LogIndex: ...
+
+    @property
+    def seen(self) -> tuple[int, int, int] | None:
+        """An opaque version of the log as last seen (changes with every write)."""
+        ...
+
+    def probe(self) -> None:
+        """Identify an existing log from its header (fail fast on a wrong key)."""
+        ...
+
+    def transaction(
+        self, *, write: bool, tolerant: bool = False
+    ) -> AbstractContextManager[None]: ...
+
+    def create(self, header: bytes, fmt: LogFormat) -> None: ...
+
+    def append(
+        self, bodies: list[bytes], tss: list[int], dictionary: tuple[int, bytes] | None = None
+    ) -> None: ...
+
+    def truncate(self, count: int) -> None: ...
+
+    def rewrite(
+        self,
+        header: bytes,
+        fmt: LogFormat,
+        records: Iterable[tuple[bytes, int]],
+        dictionary: bytes | None = None,
+    ) -> None: ...
+
+    def read_body(self, seq: int) -> bytes: ...
+
+    def read_bodies(self, start: int, stop: int) -> Iterator[tuple[int, bytes]]: ...
+
+    def rebuild_index(self) -> None: ...
+
+    def remove(self, also: Callable[[], None] = ...) -> None:
+        """Delete the log (then run ``also``)."""
+        ...
+
+    def remove_stale_temps(self) -> None: ...
+
+    def size(self) -> int:
+        """The log's size in the storage's units (bytes for a file)."""
+        ...
+
+    def close(self) -> None: ...

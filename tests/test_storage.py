@@ -1,0 +1,173 @@
+"""The LogStorage conformance suite: every backend behaves alike (storage/base.py).
+
+Parametrized over the file storage (``FileLog``, on real files) and the in-memory one
+(``MemoryLog``). Bodies are plain records (FORMAT.md §6), so the file storage can read
+them back when a new instance loads the log.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conversation_codec.crypto import new_log_id
+from conversation_codec.format.header import PlainHeader, decode_plain_header, encode_plain_header
+from conversation_codec.records import PlainRecords
+from conversation_codec.storage.base import LogFormat, LogStorage
+from conversation_codec.storage.file.log import FileLog
+from conversation_codec.storage.memory import MemoryLog
+
+T0 = 1_900_000_000_000_000  # µs since the epoch
+
+
+def _attach(prefix: bytes) -> LogFormat:
+    end = prefix.index(b"\n")
+    plain = decode_plain_header(prefix[:end])
+    return LogFormat(plain.log_id, end + 1, PlainRecords(), False, plain.format_version)
+
+
+def _new_log() -> tuple[bytes, LogFormat]:
+    header = encode_plain_header(PlainHeader(new_log_id()))
+    return header, _attach(header)
+
+
+def _body(fmt: LogFormat, seq: int, ts: int = 0) -> bytes:
+    return fmt.records.encode(seq, ts or T0 + seq, b'{"n":%d}' % seq)
+
+
+@pytest.fixture(params=["file", "memory"])
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], LogStorage]:
+    """Return a factory: each call gives a new handle on the same log."""
+    if request.param == "file":
+        return lambda: FileLog(tmp_path / "c.log", attach=_attach)
+    memory = MemoryLog(attach=_attach)
+    return lambda: memory
+
+
+def _filled(storage: LogStorage, n: int) -> LogFormat:
+    header, fmt = _new_log()
+    with storage.transaction(write=True):
+        storage.create(header, fmt)
+        storage.append([_body(fmt, i) for i in range(n)], [T0 + i for i in range(n)])
+    return fmt
+
+
+def test_a_new_log_is_empty(make: Callable[[], LogStorage]) -> None:
+    storage = make()
+    with storage.transaction(write=False):
+        assert storage.fmt is None and len(storage.index) == 0
+    header, fmt = _new_log()
+    with storage.transaction(write=True):
+        storage.create(header, fmt)
+        assert storage.fmt is not None and storage.fmt.log_id == fmt.log_id
+        assert len(storage.index) == 0 and storage.size() >= len(header)
+
+
+def test_append_and_read_back(make: Callable[[], LogStorage]) -> None:
+    storage = make()
+    fmt = _filled(storage, 5)
+    with storage.transaction(write=True):
+        storage.append([_body(fmt, 5), _body(fmt, 6)], [T0 + 5, T0 + 6])
+    again = make()  # a second handle (for files: a fresh load from disk)
+    with again.transaction(write=False):
+        assert len(again.index) == 7
+        assert list(again.index.tss) == [T0 + i for i in range(7)]
+        assert again.read_body(6) == _body(fmt, 6)
+        assert list(again.read_bodies(2, 5)) == [(i, _body(fmt, i)) for i in range(2, 5)]
+        assert again.index.first_at_or_after(T0 + 3) == 3
+        assert again.index.first_at_or_after(T0 + 99) == 7
+        start, end = again.index.span(3)
+        assert start < end <= again.index.span(4)[0] + (end - start)
+        with pytest.raises(IndexError):
+            again.read_body(7)
+
+
+def test_truncate_drops_the_tail(make: Callable[[], LogStorage]) -> None:
+    storage = make()
+    fmt = _filled(storage, 4)
+    size = storage.size()
+    with storage.transaction(write=True):
+        storage.truncate(2)
+        assert len(storage.index) == 2 and storage.size() < size
+        storage.append([_body(fmt, 2)], [T0 + 2])
+    again = make()
+    with again.transaction(write=False):
+        assert [b for _, b in again.read_bodies(0, 3)] == [_body(fmt, i) for i in range(3)]
+
+
+def test_rewrite_replaces_everything(make: Callable[[], LogStorage]) -> None:
+    storage = make()
+    _filled(storage, 6)
+    header, fmt = _new_log()
+    with storage.transaction(write=True):
+        storage.rewrite(header, fmt, [(_body(fmt, i, T0 + 10 * i), T0 + 10 * i) for i in range(2)])
+    again = make()
+    with again.transaction(write=False):
+        assert again.fmt is not None and again.fmt.log_id == fmt.log_id
+        assert list(again.index.tss) == [T0, T0 + 10]
+        assert again.read_body(1) == _body(fmt, 1, T0 + 10)
+
+
+def test_seen_changes_with_every_write(make: Callable[[], LogStorage]) -> None:
+    storage = make()
+    fmt = _filled(storage, 1)
+    with storage.transaction(write=False):
+        before = storage.seen
+    with storage.transaction(write=True):
+        storage.append([_body(fmt, 1)], [T0 + 1])
+    with storage.transaction(write=False):
+        assert storage.seen != before
+
+
+def test_transactions_are_reentrant_and_never_upgrade(make: Callable[[], LogStorage]) -> None:
+    storage = make()
+    fmt = _filled(storage, 1)
+    with storage.transaction(write=True):
+        with storage.transaction(write=False):  # a read inside a write: fine
+            assert len(storage.index) == 1
+        with storage.transaction(write=True):
+            storage.append([_body(fmt, 1)], [T0 + 1])
+    with (
+        storage.transaction(write=False),
+        pytest.raises(RuntimeError, match="upgrade"),
+        storage.transaction(write=True),
+    ):
+        pass
+    with storage.transaction(write=False):
+        assert len(storage.index) == 2  # the failed upgrade left the lock usable
+
+
+def test_concurrent_writers_never_lose_or_reorder_records(
+    make: Callable[[], LogStorage],
+) -> None:
+    storage = make()
+    fmt = _filled(storage, 0)
+    handles = [make() for _ in range(4)]  # files: one handle (own lock) per thread
+
+    def writer(handle: LogStorage) -> None:
+        for _ in range(10):
+            with handle.transaction(write=True):
+                seq = len(handle.index)
+                handle.append([_body(fmt, seq)], [T0 + seq])
+
+    threads = [threading.Thread(target=writer, args=(h,)) for h in handles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with storage.transaction(write=False):
+        assert list(storage.read_bodies(0, 40)) == [(i, _body(fmt, i)) for i in range(40)]
+
+
+def test_remove_forgets_the_log(make: Callable[[], LogStorage]) -> None:
+    storage = make()
+    _filled(storage, 3)
+    with storage.transaction(write=True):
+        storage.remove()
+    storage.close()
+    again = make()
+    with again.transaction(write=False):
+        assert again.fmt is None and len(again.index) == 0
