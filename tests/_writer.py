@@ -165,6 +165,8 @@ def _run_reader(args: argparse.Namespace) -> int:
                         raise AssertionError(f"writer {w} has gaps: {mine[:20]}...")
                 loads += 1
             iterations += 1
+            if iterations == 1:
+                print("polling", flush=True)  # writers may be released now (test_concurrency)
             if count >= args.total:
                 break
             if time.monotonic() > deadline:
