@@ -15,9 +15,7 @@ WRITES = {
     "fdatasync", "fsync", "ftruncate", "link", "pwrite", "remove", "rename", "replace",
     "rmdir", "truncate", "unlink", "write",
 }  # fmt: skip
-# The CLI's keygen --out still writes its key itself; it is to call
-# keyfile.create_key_file() once the CLI split lands (issue 13). Nothing else may.
-EXEMPT_FUNCTIONS = {"_cmd_keygen"}
+EXEMPT_FUNCTIONS: set[str] = set()  # none: keygen --out calls keyfile.create_key_file()
 
 
 def _os_write_calls(path: Path) -> list[str]:

@@ -80,6 +80,10 @@ def create_key_file(path: str | os.PathLike[str]) -> str:
     try:
         atomic_write(path, (key + "\n").encode("ascii"), exclusive=True, mode=KEY_FILE_MODE)
     except FileExistsError:
+        if path.is_symlink():  # never written through, and said so: a planted link
+            raise StorageError(
+                errno.EEXIST, f"{path} is a symbolic link; refusing to write a key through it"
+            ) from None
         raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
     except OSError as exc:
         if isinstance(exc, StorageError):

@@ -9,7 +9,6 @@ import shlex
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from .._fsio import open_file
 from ..errors import DecryptionError
 from ._args import Parser, Sub, command
 from ._common import EXIT_OK, InputError, ts
@@ -48,24 +47,18 @@ def add_commands(sub: Sub, durable: Parser) -> None:
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from ..crypto import generate_key
+    from ..errors import KeyFileError
+    from ..keyfile import create_key_file
 
-    key = generate_key()
     if args.out is None:
-        print(key)  # the one place a key is printed: meant for a pipe into a secret store
+        print(generate_key())  # the one place a key is printed: for a pipe into a secret store
         return EXIT_OK
     try:
-        fd = open_file(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise InputError(f"{args.out} already exists; refusing to overwrite a key") from None
-    try:
-        os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
-        os.write(fd, (key + "\n").encode("ascii"))
-        os.fsync(fd)  # a key lost to a power cut makes every log sealed with it unreadable
-    except OSError:
-        os.unlink(args.out)
-        raise
-    finally:
-        os.close(fd)
+        # Written, synced, linked into place and the directory synced: a key lost to a power
+        # cut would make every log sealed with it unreadable (keyfile.create_key_file).
+        create_key_file(args.out)
+    except KeyFileError as exc:
+        raise InputError(str(exc)) from None
     print(f"wrote a new key to {args.out} (mode 0600); use it with --key-file {args.out}")
     return EXIT_OK
 
