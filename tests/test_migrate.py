@@ -813,3 +813,15 @@ def test_batch_skips_symlinks_inside_trees(tmp_path: Path) -> None:
         ("real.jsonl", "converted"),
     ]
     assert seen == ["alias.jsonl", "real.jsonl"]
+
+
+def test_the_package_name_migrate_is_the_function_whatever_was_imported_first() -> None:
+    """``conversation_codec.migrate`` is the documented function, even after the submodule of
+    the same name was imported (the package loads its names lazily)."""
+    code = (
+        "import types, conversation_codec.migrate\n"
+        "from conversation_codec import migrate\n"
+        "assert not isinstance(migrate, types.ModuleType), migrate\n"
+        "assert migrate.__name__ == 'migrate' and callable(migrate)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

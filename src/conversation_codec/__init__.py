@@ -21,6 +21,8 @@ Quick start (the seed usage: load once, save after every turn, or append per mes
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from ._fsio import FileIO
@@ -97,6 +99,21 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
+
+
+class _Package(types.ModuleType):
+    """This package's module type: a public function that shares its name with a submodule
+    (``migrate``) stays the function when the submodule is imported later. Importing a
+    submodule sets it as an attribute of the package; with the eager imports this module
+    used to make, the function's import simply came after and won."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
+            return  # conversation_codec.migrate is the function; the module is in sys.modules
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __version__ = "0.1.0"
