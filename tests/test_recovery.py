@@ -228,3 +228,50 @@ def test_old_index_files_still_load(tmp_path: Path) -> None:
         assert codec.load() == messages(5)
         codec.append(NEW)
     assert idx.read_bytes()[8:10] == (2).to_bytes(2, "little")
+
+
+def _entry(idx: Path, k: int) -> tuple[int, int]:
+    data = idx.read_bytes()
+    return int.from_bytes(data[48 + 16 * k : 56 + 16 * k], "little"), 48 + 16 * k
+
+
+@pytest.mark.parametrize("key", [KEY, None], ids=["sealed", "plain"])
+def test_a_garbled_synced_entry_is_no_evidence(tmp_path: Path, key: str | None) -> None:
+    """Found by the power-loss exploration (a fresh seed): a garbled last synced entry (one
+    flipped bit of its end) ended inside a torn tail; the reader then refused the log.
+    Evidence counts only for a record that starts exactly where recovery stopped (FORMAT.md
+    §10.1): here the intact records run past the garbled entry's start, so the tail is
+    torn and is cut."""
+    path = tmp_path / "chat.log"
+    _write(path, 6, key)
+    idx = Path(f"{path}.idx")
+    end4, _ = _entry(idx, 4)
+    end5, at5 = _entry(idx, 5)
+    size = path.stat().st_size
+    with path.open("ab") as f:  # a torn append: garbage past the last record
+        f.write(random.Random(5).randbytes(300))
+    raw = bytearray(idx.read_bytes())
+    flag = end5 & ~((1 << 62) - 1)
+    assert flag == 0b11 << 62, "entry 5 was written synced"
+    garbled = flag | (size + 100)  # still synced, now ending inside the torn tail
+    raw[at5 : at5 + 8] = garbled.to_bytes(8, "little")
+    idx.write_bytes(bytes(raw))
+    assert end4 < end5
+    with ConversationCodec(path, encryption_key=key) as codec:
+        assert codec.load() == messages(6)
+        assert codec.append(NEW) == 6
+
+
+def test_one_flipped_bit_does_not_forge_evidence(tmp_path: Path) -> None:
+    """ENTRY_SYNCED takes both top bits of an entry's end: one flipped bit in a "flush"
+    entry (no evidence) yields a garbled entry, never a synced one."""
+    path = tmp_path / "chat.log"
+    _write(path, 6, KEY, durability="flush")
+    _flip(path, 40)
+    idx = Path(f"{path}.idx")
+    raw = bytearray(idx.read_bytes())
+    raw[48 + 16 * 5 + 7] ^= 0x80  # bit 63 of entry 5's end
+    idx.write_bytes(bytes(raw))
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        assert codec.load() == messages(5)  # the damaged last record is a torn tail
+        assert codec.append(NEW) == 5

@@ -36,7 +36,7 @@ from typing import Any
 from ._time import iso_z, to_datetime
 from .crypto import KeyInput
 from .errors import StorageError
-from .format.index import ENTRY_SYNCED, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
+from .format.index import END_MASK, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
 from .records import DictionaryMissing, RecordDamaged, RecordRejected, SealedRecords
 from .storage.file.log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
 
@@ -168,10 +168,14 @@ def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, 
     if regions is None:
         regions = list(scan_records(log))
     committed_end = log.index.committed_end
+    assert log.fmt is not None
     for i, (kind, start, end, seq, ts, _body) in enumerate(regions):
         if kind == "damaged":
             tail = all(k == "damaged" for k, *_ in regions[i:])
-            problems.append(_damage(start, end, tail=tail and start >= committed_end))
+            committed = start < committed_end and log.index.synced_entry_at(
+                start, log.fmt.log_id, log.size()
+            )
+            problems.append(_damage(start, end, tail=tail and not committed))
             after_damage = True
             continue
         if kind == "dictionary":
@@ -260,7 +264,7 @@ def _check_index(log: FileLog, ends: dict[int, tuple[int, int]], *, damaged: boo
     if decoded is None or decoded[0] != log.fmt.log_id:
         return [Problem("index-stale", 0, "index belongs to another log (rebuilt on next open)")]
     entries = [
-        (end & ~ENTRY_SYNCED, ts)
+        (end & END_MASK, ts)
         for end, ts in (
             INDEX_ENTRY.unpack_from(raw, INDEX_HEADER_BYTES + k * INDEX_ENTRY.size)
             for k in range((len(raw) - INDEX_HEADER_BYTES) // INDEX_ENTRY.size)

@@ -12,6 +12,7 @@ import struct
 __all__ = [
     "DICT_SPAN",
     "DICT_SPAN_OFFSET",
+    "END_MASK",
     "ENTRY_SYNCED",
     "INDEX_ENTRY",
     "INDEX_HEADER_BYTES",
@@ -24,8 +25,11 @@ __all__ = [
 
 INDEX_MAGIC = b"\x89CCX\r\n\x1a\n"
 INDEX_VERSION = 2  # FORMAT.md §7: version 2 added ENTRY_SYNCED; version 1 files still load
-INDEX_ENTRY = struct.Struct("<Qq")  # FORMAT.md §7: end (u64, top bit ENTRY_SYNCED), ts_us (i64)
-ENTRY_SYNCED = 1 << 63  # FORMAT.md §7: the log was synced before this entry was written
+INDEX_ENTRY = struct.Struct("<Qq")  # FORMAT.md §7: end (u64, top bits ENTRY_SYNCED), ts_us (i64)
+# FORMAT.md §7: the log was synced before this entry was written. Both top bits, so that no
+# single flipped bit turns an ordinary entry into evidence (one set alone: a garbled entry).
+ENTRY_SYNCED = 0b11 << 62
+END_MASK = (1 << 62) - 1  # the byte offset part of an entry's end
 # FORMAT.md §7: an entry's ts_us lies in [0, MAX_TS_US), the range writers stamp records
 # with (1970 up to 10000-01-01T00:00:00Z, where Python's datetime ends).
 MAX_TS_US = 253_402_300_800 * 1_000_000  # microseconds

@@ -22,6 +22,7 @@ from ..._fsio import DEFAULT_IO, FileIO, open_file, write_all
 from ...format.index import (
     DICT_SPAN,
     DICT_SPAN_OFFSET,
+    END_MASK,
     ENTRY_SYNCED,
     INDEX_ENTRY,
     INDEX_HEADER_BYTES,
@@ -34,7 +35,20 @@ from ...format.index import (
 __all__ = ["OffsetIndex"]
 
 _MAX_INDEX_READ = 1 << 34  # bytes: 1 billion entries; a bigger sidecar is garbage
-_FLAG = -(1 << 63)  # ENTRY_SYNCED as a signed 64-bit value (the "q" arrays are signed)
+_FLAG = -(1 << 62)  # ENTRY_SYNCED (both top bits) as a signed 64-bit value ("q" arrays)
+
+
+def _split_flags(ends: array[int]) -> bytearray:
+    """Strip ENTRY_SYNCED from ``ends`` in place; return the flags. An end with just one of
+    the two flag bits set is garbled: it becomes -1, which no valid prefix holds."""
+    synced = bytearray(len(ends))
+    for k, end in enumerate(ends):
+        if end < 0 or end > END_MASK:
+            if _FLAG <= end < 0:  # both top bits: the flag
+                synced[k], ends[k] = 1, end & END_MASK
+            else:
+                ends[k] = -1
+    return synced
 
 
 def _interleave(ends: array[int], tss: array[int], synced: bytearray, start: int) -> bytes:
@@ -150,11 +164,7 @@ class OffsetIndex:
         flat = array("q")
         flat.frombytes(raw[:whole])
         ends, tss = flat[0::2], flat[1::2]
-        synced = bytearray(len(ends))
-        if self.version >= 2:
-            for k, end in enumerate(ends):
-                if end < 0:  # the ENTRY_SYNCED bit
-                    synced[k], ends[k] = 1, end & ~_FLAG
+        synced = _split_flags(ends) if self.version >= 2 else bytearray(len(ends))
         good = self._valid_prefix(ends, tss, log_size)
         self.ends.extend(ends[:good])
         self.tss.extend(tss[:good])
@@ -164,6 +174,36 @@ class OffsetIndex:
             self.committed_end = max(self.committed_end, ends[last])
         self.persisted = len(self.ends)
         return good == len(ends) and whole == len(raw) and self.version == INDEX_VERSION
+
+    def synced_entry_at(self, start: int, log_id: bytes, log_size: int) -> bool:
+        """Return True when the sidecar file holds a synced entry (FORMAT.md §7) for a
+        record that starts at byte ``start``: the evidence that it was committed.
+
+        Read from the file, not from memory: recovery drops the entries whose records do
+        not check out, and this asks what they said. Only an entry that starts exactly where
+        recovery stopped counts (FORMAT.md §10.1): a garbled end elsewhere proves nothing.
+        Called only when a walk stops short of ``committed_end``, so the read is rare.
+        """
+        try:
+            with os.fdopen(open_file(self.path, os.O_RDONLY), "rb") as f:
+                decoded = decode_index_header(f.read(INDEX_HEADER_BYTES))
+                if decoded is None or decoded[0] != log_id or decoded[2] < 2:
+                    return False
+                raw = f.read(min(_MAX_INDEX_READ, log_size * INDEX_ENTRY.size))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        flat = array("q")
+        flat.frombytes(raw[: len(raw) - len(raw) % INDEX_ENTRY.size])
+        ends = flat[0::2]
+        synced = _split_flags(ends)
+        prev = self.data_start
+        for k, end in enumerate(ends):
+            if prev == start:
+                return bool(synced[k]) and start < end <= log_size
+            if not prev < end <= log_size or prev > start:
+                return False
+            prev = end
+        return False
 
     def _valid_prefix(self, ends: array[int], tss: array[int], log_size: int) -> int:
         prev_end = self.end

@@ -458,7 +458,9 @@ class FileLog:
         assert self.fmt is not None and self._fd is not None
         if self.tolerant and not self._writable:
             return  # verify/salvage: read up to the damage, the scanner reports the rest
-        if pos < self.index.committed_end:
+        if pos < self.index.committed_end and self.index.synced_entry_at(
+            pos, self.fmt.log_id, size
+        ):
             raise CorruptRecordError(
                 f"a committed record is damaged: the index proves the log held intact records "
                 f"up to byte {self.index.committed_end}; nothing was changed — run "
