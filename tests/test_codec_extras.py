@@ -79,7 +79,7 @@ def test_chat_formats_read_only_the_newest_records(tmp_path: Path) -> None:
         c.extend(messages(400))
     with ConversationCodec(tmp_path / "c.log", encryption_key=KEY) as c:
         c.message_count()
-        cipher = c._log.fmt.records.cipher  # type: ignore[union-attr]
+        cipher = c.storage.fmt.records.cipher  # type: ignore[union-attr]
         before = cipher.unseal_count
         out = c.to_openai_messages(system_prompt="Be brief.", max_context=4)
         assert cipher.unseal_count - before == 4

@@ -71,7 +71,7 @@ def open_codec(path: Path) -> ConversationCodec:
 
 def dict_span(codec: ConversationCodec) -> tuple[int, int]:
     codec.message_count()
-    return codec._log.index.dict_span
+    return codec.storage.index.dict_span
 
 
 def test_dictionary_is_trained_once_and_shrinks_records(tmp_path: Path) -> None:

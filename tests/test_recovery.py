@@ -79,7 +79,7 @@ def test_damaged_last_record_without_evidence_is_a_torn_tail(tmp_path: Path) -> 
 def _with_dictionary(path: Path) -> None:
     with ConversationCodec(path, encryption_key=KEY, clock=Clock()) as codec:
         codec.extend(messages(TRAIN_AFTER + 4))
-        assert codec._log.index.dict_span != (0, 0)
+        assert codec.storage.index.dict_span != (0, 0)
 
 
 def test_torn_frame_with_the_control_bit_is_a_torn_tail(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_torn_frame_with_the_control_bit_is_a_torn_tail(tmp_path: Path) -> None:
 def _last_frame(path: Path, key: str | None) -> tuple[int, int]:
     with ConversationCodec(path, encryption_key=key) as codec:
         codec.message_count()
-        return codec._log.index.span(len(codec) - 1)
+        return codec.storage.index.span(len(codec) - 1)
 
 
 @pytest.mark.parametrize("durability", ["fsync", "flush"])
@@ -143,7 +143,7 @@ def test_authentic_record_with_a_malformed_envelope_is_damage(tmp_path: Path, wh
         else:  # the dictionary flag with dict_id 0
             envelope = bytes([0b11]) + encode_varint(3) + encode_varint(5) + encode_varint(0)
             envelope += b"\x28\xb5\x2f\xfd"
-        body = codec._log.fmt.records.cipher.seal(envelope, ts_s)
+        body = codec.storage.fmt.records.cipher.seal(envelope, ts_s)
     good = encode_envelope(3, ts_s * 10**6, b"{}", compressed=False)
     assert good != envelope
     with path.open("ab") as f:
@@ -172,7 +172,7 @@ def test_verify_reports_a_time_reversal_instead_of_raising(tmp_path: Path, key: 
     else:  # seal a record 4 with an earlier time under the log's own key
         with ConversationCodec(path, encryption_key=key) as codec:
             codec.message_count()
-            records = codec._log.fmt.records
+            records = codec.storage.fmt.records
             body = records.encode(4, 1_000_000_000 * 10**6, b'{"role":"user","content":"x"}')
         with path.open("ab") as f:
             f.write(encode_frame(body))

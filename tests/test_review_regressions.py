@@ -89,7 +89,7 @@ def test_a_large_torn_tail_is_resolved_without_trying_every_offset(tmp_path: Pat
         f.write(os.urandom(2 * 1024 * 1024))  # a torn 2 MiB record, as from an attachment
     with ConversationCodec(path, encryption_key=KEY) as codec:
         codec.message_count()
-        cipher = codec._log.fmt.records.cipher  # type: ignore[union-attr]
+        cipher = codec.storage.fmt.records.cipher  # type: ignore[union-attr]
         codec.append({"role": "user", "content": "after"})
         # Random bytes almost never look like a frame with a plausible timestamp: the
         # resynchronisation authenticates (HMACs) a handful of candidates, not millions.
@@ -115,16 +115,18 @@ def test_merge_import_refuses_to_drop_records_max_messages_hides(tmp_path: Path)
 def test_clear_removes_blobs_while_still_holding_the_lock(tmp_path: Path) -> None:
     path = tmp_path / "c.log"
     message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE_URL}}]}
-    with ConversationCodec(path, encryption_key=KEY, attachments="external") as codec:
+    blobs, lock = Path(str(path) + ".blobs"), Path(str(path) + ".lock")
+    seen: list[bool] = []
+
+    class Watch(FileIO):  # the blob store syncs the folder once its directory is gone
+        def fsync_dir(self, folder: str | os.PathLike[str] | int) -> None:
+            if not seen and not blobs.exists():
+                seen.append(lock.exists())
+            super().fsync_dir(folder)
+
+    with ConversationCodec(path, encryption_key=KEY, attachments="external", io=Watch()) as codec:
         codec.append(message)
-        seen: list[bool] = []
-        real = codec._remove_blobs
-
-        def spy() -> None:
-            seen.append(Path(str(path) + ".lock").exists())
-            real()
-
-        codec._remove_blobs = spy  # type: ignore[method-assign]
+        assert blobs.is_dir()
         codec.clear()
     assert seen == [True]
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["c.log.blobs"])
