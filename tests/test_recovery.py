@@ -228,3 +228,19 @@ def test_old_index_files_still_load(tmp_path: Path) -> None:
         assert codec.load() == messages(5)
         codec.append(NEW)
     assert idx.read_bytes()[8:10] == (2).to_bytes(2, "little")
+
+
+def test_a_large_torn_tail_is_resolved_without_trying_every_offset(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    with ConversationCodec(path, encryption_key=KEY, durability="flush") as codec:
+        codec.extend(messages(5))
+    with open(path, "ab") as f:
+        f.write(os.urandom(2 * 1024 * 1024))  # a torn 2 MiB record, as from an attachment
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        codec.message_count()
+        cipher = codec.storage.fmt.records.cipher  # type: ignore[union-attr]
+        codec.append({"role": "user", "content": "after"})
+        # Random bytes almost never look like a frame with a plausible timestamp: the
+        # resynchronisation authenticates (HMACs) a handful of candidates, not millions.
+        assert cipher.unseal_count < 50
+        assert len(codec) == 6
