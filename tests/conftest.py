@@ -18,6 +18,9 @@ KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="
 OTHER_KEY = "y0XojHGqVqvD6Uw2uH_FU5nTh1DsJiTlwhUyDRyIWCs="
 T0 = 1_763_700_000_000_000  # 2025-11-21T04:40:00Z in microseconds
 
+# By-hand fuzzing targets (atheris), run as scripts: not test modules, never imported by pytest.
+collect_ignore = ["fuzz"]
+
 
 @pytest.fixture
 def key() -> str:
