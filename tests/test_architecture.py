@@ -62,7 +62,7 @@ def test_the_check_sees_a_call() -> None:
 # function, class, assigned name or ``self._name`` and nowhere in the library: the tests' own
 # helpers may keep private parts, but a name the library also uses is taken for the library's.
 # ``getattr``/``setattr``/``delattr`` with a literal ``"_name"`` count too, and so does the
-# code of child-process scripts held in (non-f-)string literals. The few private names of
+# code of child-process scripts held in string literals (f-strings too). The few private names of
 # the standard library that tests need are listed below.
 
 TESTS = Path(__file__).parent
@@ -102,18 +102,24 @@ def _dotted(node: ast.expr) -> str:
     return "<expr>"
 
 
+def _text(node: ast.AST) -> str | None:
+    """A string literal's text; an f-string's with each ``{...}`` read as a name."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        parts = [v.value if isinstance(v, ast.Constant) else "_f" for v in node.values]
+        return "".join(str(p) for p in parts)
+    return None
+
+
 def _scripts(tree: ast.AST) -> list[ast.Module]:
     """Child-process scripts held in string literals (``python -c`` sources)."""
     found = []
     for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Constant)
-            and isinstance(node.value, str)
-            and "import" in node.value
-            and "conversation_codec" in node.value
-        ):
+        text = _text(node)
+        if text is not None and "import" in text and "conversation_codec" in text:
             with contextlib.suppress(SyntaxError):  # prose, not a script
-                found.append(ast.parse(textwrap.dedent(node.value)))
+                found.append(ast.parse(textwrap.dedent(text)))
     return found
 
 
@@ -175,6 +181,8 @@ def test_the_private_access_check_can_fail() -> None:
     assert private_accesses("getattr(codec, '_log')\n", "p.py") == ["p.py:1 getattr(..., '_log')"]
     script = 'S = """\nfrom conversation_codec import ConversationCodec\nc._blobs.clear()\n"""\n'
     assert private_accesses(script, "s.py") == ["s.py:3 c._blobs"]
+    fscript = 'S = f"""\nfrom conversation_codec import X\nc = X({p!r})\nc._log.fault = 1\n"""\n'
+    assert private_accesses(fscript, "f.py") == ["f.py:4 c._log"]
     own = "class _H:\n    def __init__(self):\n        self._n9 = 1\nh = _H()\nh._n9\nos._exit(0)\n"
     assert private_accesses(own, "own.py") == []
     assert "_log" in LIBRARY_PRIVATE  # a helper's own _log does not hide codec._log
