@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from conversation_codec import ConversationCodec
+from conversation_codec import ConversationCodec, FileIO
 
 # A fixed Fernet key for tests only (never a real secret).
 KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="
 OTHER_KEY = "y0XojHGqVqvD6Uw2uH_FU5nTh1DsJiTlwhUyDRyIWCs="
 T0 = 1_763_700_000_000_000  # 2025-11-21T04:40:00Z in microseconds
+
+# By-hand fuzzing targets (atheris), run as scripts: not test modules, never imported by pytest.
+collect_ignore = ["fuzz"]
 
 
 @pytest.fixture
@@ -162,3 +165,17 @@ def is_sidecar(target: int | str | os.PathLike[str]) -> bool:
     """
     name = os.readlink(f"/proc/self/fd/{target}") if isinstance(target, int) else target
     return os.fspath(name).endswith((".idx", ".lock"))
+
+
+class Steps(FileIO):
+    """The operating system, plus ``on_step`` called at each step of a write procedure.
+
+    Pass it as ``io=`` and set ``on_step`` (to raise, record or kill) and reset it between
+    calls: the public ``FileIO.step`` seam, instead of anything private of the codec.
+    """
+
+    def __init__(self, on_step: Callable[[str], None] | None = None) -> None:
+        self.on_step: Callable[[str], None] = on_step or (lambda name: None)
+
+    def step(self, name: str) -> None:
+        self.on_step(name)

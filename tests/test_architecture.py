@@ -5,6 +5,8 @@ the power-loss and I/O-fault suites see it."""
 from __future__ import annotations
 
 import ast
+import contextlib
+import textwrap
 from pathlib import Path
 
 import conversation_codec
@@ -50,3 +52,139 @@ def test_only_the_seam_writes_files() -> None:
 
 def test_the_check_sees_a_call() -> None:
     assert _os_write_calls(SEAM), "the seam itself calls them: the check must find those"
+
+
+# --- tests use public seams only (issue 13) ------------------------------------------------
+#
+# The rule, kept simple: in tests/, an attribute access ``X._name`` (one leading underscore,
+# not a dunder) is a private access unless X is ``self``/``cls``, or ``_name`` is defined in
+# tests/ itself — by the same module, or by a helper module (conftest.py, tests/_*.py) — as a
+# function, class, assigned name or ``self._name`` and nowhere in the library: the tests' own
+# helpers may keep private parts, but a name the library also uses is taken for the library's.
+# ``getattr``/``setattr``/``delattr`` with a literal ``"_name"`` count too, and so does the
+# code of child-process scripts held in string literals (f-strings too). The few private names of
+# the standard library that tests need are listed below.
+
+TESTS = Path(__file__).parent
+STDLIB_PRIVATE = {"os._exit", "sys._getframe"}
+_REFLECTION = {"getattr", "setattr", "delattr", "hasattr"}
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _defined_names(tree: ast.AST) -> set[str]:
+    """The private names a test module defines: its own helpers' parts."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("self", "cls")
+        ):
+            names.add(node.attr)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+    return {n for n in names if _is_private(n)}
+
+
+def _dotted(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return "<expr>"
+
+
+def _text(node: ast.AST) -> str | None:
+    """A string literal's text; an f-string's with each ``{...}`` read as a name."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        parts = [v.value if isinstance(v, ast.Constant) else "_f" for v in node.values]
+        return "".join(str(p) for p in parts)
+    return None
+
+
+def _scripts(tree: ast.AST) -> list[ast.Module]:
+    """Child-process scripts held in string literals (``python -c`` sources)."""
+    found = []
+    for node in ast.walk(tree):
+        text = _text(node)
+        if text is not None and "import" in text and "conversation_codec" in text:
+            with contextlib.suppress(SyntaxError):  # prose, not a script
+                found.append(ast.parse(textwrap.dedent(text)))
+    return found
+
+
+def _library_names() -> frozenset[str]:
+    trees = (ast.parse(p.read_text(encoding="utf-8")) for p in SRC.rglob("*.py"))
+    return frozenset().union(*(_defined_names(tree) for tree in trees))
+
+
+LIBRARY_PRIVATE = _library_names()
+
+
+def private_accesses(source: str, name: str, allowed: frozenset[str] = frozenset()) -> list[str]:
+    """Every access to a private attribute in the test module ``source`` (see the rule)."""
+    tree = ast.parse(source, name)
+    own = (allowed | _defined_names(tree)) - LIBRARY_PRIVATE
+    found: list[str] = []
+    for module in [tree, *_scripts(tree)]:
+        for node in ast.walk(module):
+            if isinstance(node, ast.Attribute) and _is_private(node.attr):
+                base = node.value.id if isinstance(node.value, ast.Name) else None
+                dotted = _dotted(node)
+                if base in ("self", "cls") or node.attr in own or dotted in STDLIB_PRIVATE:
+                    continue
+                found.append(f"{name}:{node.lineno} {dotted}")
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in _REFLECTION
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+                and _is_private(node.args[1].value)
+                and node.args[1].value not in own
+            ):
+                found.append(f"{name}:{node.lineno} {node.func.id}(..., {node.args[1].value!r})")
+    return found
+
+
+def _helper_names() -> frozenset[str]:
+    helpers = [TESTS / "conftest.py", *TESTS.glob("_*.py")]
+    return frozenset().union(*(_defined_names(ast.parse(p.read_text())) for p in helpers))
+
+
+def test_tests_touch_no_private_attribute() -> None:
+    allowed = _helper_names()
+    files = sorted(TESTS.rglob("*.py"))
+    assert len(files) > 30
+    found = [
+        hit
+        for path in files
+        for hit in private_accesses(path.read_text(), str(path.relative_to(TESTS)), allowed)
+    ]
+    assert found == [], "tests use public seams only (io=, clock=, codec.storage)"
+
+
+def test_the_private_access_check_can_fail() -> None:
+    planted = "def test_x(codec):\n    codec._log.fault = print\n"
+    assert private_accesses(planted, "planted.py") == ["planted.py:2 codec._log"]
+    assert private_accesses("getattr(codec, '_log')\n", "p.py") == ["p.py:1 getattr(..., '_log')"]
+    script = 'S = """\nfrom conversation_codec import ConversationCodec\nc._blobs.clear()\n"""\n'
+    assert private_accesses(script, "s.py") == ["s.py:3 c._blobs"]
+    fscript = 'S = f"""\nfrom conversation_codec import X\nc = X({p!r})\nc._log.fault = 1\n"""\n'
+    assert private_accesses(fscript, "f.py") == ["f.py:4 c._log"]
+    own = "class _H:\n    def __init__(self):\n        self._n9 = 1\nh = _H()\nh._n9\nos._exit(0)\n"
+    assert private_accesses(own, "own.py") == []
+    assert "_log" in LIBRARY_PRIVATE  # a helper's own _log does not hide codec._log
+    shadow = "class _H:\n    def _log(self):\n        pass\ncodec._log\n"
+    assert private_accesses(shadow, "shadow.py") == ["shadow.py:4 codec._log"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conversation_codec import ConversationCodec, DecryptionError
+from conversation_codec import ConversationCodec, DecryptionError, FileIO
 from conversation_codec.attachments import (
     ATTACHMENTS_KEY,
     BlobStore,
@@ -336,3 +336,103 @@ def test_modes_are_checked(store: BlobStore) -> None:
     with pytest.raises(ValueError, match="both seal and unseal"):
         BlobStore(store.directory, lambda b: b, None, b"")
     assert "KEY" not in repr(store) and KEY not in repr(store)
+
+
+# --- through the codec: ConversationCodec(attachments=...) ------------------------------
+
+IMAGE = os.urandom(2 * 1024 * 1024)
+
+
+DATA_URL = "data:image/png;base64," + base64.b64encode(IMAGE).decode()
+
+
+def image_message(text: str = "what is in this picture?") -> dict[str, object]:
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": text},
+            {"type": "image_url", "image_url": {"url": DATA_URL}},
+        ],
+    }
+
+
+def files_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_strip_keeps_the_log_small(tmp_path: Path) -> None:
+    with ConversationCodec(tmp_path / "c.log", encryption_key=KEY, attachments="strip") as c:
+        c.append(image_message())
+        [stored] = c.load() or []
+    assert files_size(tmp_path) < 10_000
+    assert DATA_URL not in str(stored)
+    assert hashlib.sha256(IMAGE).hexdigest() in str(stored)
+
+
+def test_external_restores_exact_bytes_and_dedupes(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    with ConversationCodec(path, encryption_key=KEY, attachments="external") as c:
+        c.append(image_message("first"))
+        c.append(image_message("same picture again"))
+        assert os.path.getsize(path) < 10_000
+        blobs = list((tmp_path / "c.log.blobs").iterdir())
+        assert len(blobs) == 1  # stored once
+        assert c.load() == [image_message("first"), image_message("same picture again")]
+        assert c.get(0) == image_message("first")
+        history = c.load() or []
+        inode = path.stat().st_ino
+        history.append({"role": "assistant", "content": "a cat"})
+        c.save(history)  # the restored history is a prefix: nothing is rewritten
+        assert path.stat().st_ino == inode
+    raw = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert IMAGE[:64] not in raw and DATA_URL[30:94].encode() not in raw
+    with ConversationCodec(path, encryption_key=KEY, attachments="external") as c:
+        for _ in range(3):
+            c.pop()
+        c.compact()  # the blob is no longer referenced
+        assert list((tmp_path / "c.log.blobs").iterdir()) == []
+        c.append(image_message())
+        c.clear()
+    assert not (tmp_path / "c.log.blobs").exists() or not any((tmp_path / "c.log.blobs").iterdir())
+
+
+def test_bad_attachment_options(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="attachments"):
+        ConversationCodec(tmp_path / "c.log", attachments="inline")
+    with pytest.raises(ValueError, match="password"):
+        ConversationCodec(tmp_path / "c.log", password="pw", attachments="external")
+
+
+IMAGE_URL = "data:image/png;base64," + base64.b64encode(os.urandom(4096)).decode()
+
+
+def test_rotation_reseals_external_attachments(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE_URL}}]}
+    with ConversationCodec(path, encryption_key=KEY, attachments="external") as codec:
+        codec.append(message)
+        codec.rotate_key(OTHER_KEY)
+        assert codec.load() == [message]
+    with ConversationCodec(path, encryption_key=OTHER_KEY, attachments="external") as codec:
+        assert codec.load() == [message]
+    assert len(list((tmp_path / "c.log.blobs").iterdir())) == 1  # the old-key blob is gone
+
+
+def test_clear_removes_blobs_while_still_holding_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE_URL}}]}
+    blobs, lock = Path(str(path) + ".blobs"), Path(str(path) + ".lock")
+    seen: list[bool] = []
+
+    class Watch(FileIO):  # the blob store syncs the folder once its directory is gone
+        def fsync_dir(self, folder: str | os.PathLike[str] | int) -> None:
+            if not seen and not blobs.exists():
+                seen.append(lock.exists())
+            super().fsync_dir(folder)
+
+    with ConversationCodec(path, encryption_key=KEY, attachments="external", io=Watch()) as codec:
+        codec.append(message)
+        assert blobs.is_dir()
+        codec.clear()
+    assert seen == [True]
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["c.log.blobs"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ from conversation_codec.chat_formats import (
     to_ollama_messages,
     to_openai_messages,
 )
+
+from conftest import KEY, messages
 
 PNG = "iVBORw0KGgo="  # a (truncated) PNG header, base64
 
@@ -445,3 +448,19 @@ def test_a_result_whose_call_is_nowhere_stays_as_stored() -> None:
     history = [{"role": "tool", "tool_call_id": "lost", "content": "r"}, *ORPHAN_AT_TWO]
     assert to_openai_messages(history, max_context=5) == history  # nothing dropped
     assert to_openai_messages(history[:2], max_context=1) == history[1:2]
+
+
+def test_chat_formats_read_only_the_newest_records(tmp_path: Path) -> None:
+    with ConversationCodec(tmp_path / "c.log", encryption_key=KEY, durability="flush") as c:
+        c.extend(messages(400))
+    with ConversationCodec(tmp_path / "c.log", encryption_key=KEY) as c:
+        c.message_count()
+        cipher = c.storage.fmt.records.cipher  # type: ignore[union-attr]
+        before = cipher.unseal_count
+        out = c.to_openai_messages(system_prompt="Be brief.", max_context=4)
+        assert cipher.unseal_count - before == 4
+        assert out[0] == {"role": "system", "content": "Be brief."}
+        assert [m["role"] for m in out[1:]] == [m["role"] for m in messages(400)[-4:]]
+        system, turns = c.to_anthropic_messages(max_context=4)
+        assert system is None and turns
+        assert any(m["role"] == "user" for m in c.to_ollama_messages(max_context=8))

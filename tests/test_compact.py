@@ -26,6 +26,8 @@ from conversation_codec import CompactionReport, ConversationCodec
 from conversation_codec.errors import DecryptionError, KeyRequiredError
 from conversation_codec.format.header import LOG_MAGIC
 
+from conftest import Steps
+
 KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="  # fixed test keys, never real secrets
 NEW_KEY = "y0XojHGqVqvD6Uw2uH_FU5nTh1DsJiTlwhUyDRyIWCs="
 T0 = 1_763_700_000_000_000  # 2025-11-21T04:40:00Z in microseconds
@@ -201,11 +203,11 @@ def test_failed_rotation_keeps_the_old_key(tmp_path: Path) -> None:
     """A rotation that fails before its rename leaves the log under the old key only."""
     path = tmp_path / "chat.log"
     stamps = build(path, KEY, n=5)
-    with ConversationCodec(path, encryption_key=KEY) as codec:
-        codec._log.fault = raise_at("rewrite:temp-synced")
+    steps = Steps(raise_at("rewrite:temp-synced"))
+    with ConversationCodec(path, encryption_key=KEY, io=steps) as codec:
         with pytest.raises(_Injected):
             codec.rotate_key(NEW_KEY)
-        codec._log.fault = lambda step: None
+        steps.on_step = lambda step: None
         assert codec.append(message(5), timestamp=us_dt(stamps[-1] + 1)) == 5
         codec.pop()
     check_intact(path, KEY, stamps)
@@ -233,8 +235,7 @@ def test_rewrite_steps_are_the_ones_under_test(tmp_path: Path) -> None:
     path = tmp_path / "chat.log"
     build(path, KEY, n=3)
     seen: list[str] = []
-    with ConversationCodec(path, encryption_key=KEY) as codec:
-        codec._log.fault = seen.append
+    with ConversationCodec(path, encryption_key=KEY, io=Steps(seen.append)) as codec:
         codec.compact()
     assert seen == REWRITE_STEPS
 
@@ -249,13 +250,13 @@ SCENARIOS = {
 
 _CRASH_CHILD = r"""
 import json, os, sys
-from conversation_codec import ConversationCodec
+from conversation_codec import ConversationCodec, FileIO
 path, step, old, new = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
-codec = ConversationCodec(path, encryption_key=old)
-def fault(name):
-    if name == step:
-        os._exit(17)  # no cleanup, no flush: as abrupt as a kill
-codec._log.fault = fault
+class Steps(FileIO):
+    def step(self, name):
+        if name == step:
+            os._exit(17)  # no cleanup, no flush: as abrupt as a kill
+codec = ConversationCodec(path, encryption_key=old, io=Steps())
 codec.compact(encryption_key=new)
 sys.exit(3)  # the step was never reached
 """
@@ -303,10 +304,11 @@ def test_fault_raised_at_every_rewrite_step_reopens_intact(
 ) -> None:
     path = tmp_path / "chat.log"
     stamps = build(path, key, n=12)
-    with ConversationCodec(path, encryption_key=key) as codec:
-        codec._log.fault = raise_at(step)
-        with pytest.raises(_Injected):
-            codec.compact()
+    with (
+        ConversationCodec(path, encryption_key=key, io=Steps(raise_at(step))) as codec,
+        pytest.raises(_Injected),
+    ):
+        codec.compact()
     check_intact(path, key, stamps)
     if REWRITE_STEPS.index(step) < REWRITE_STEPS.index("rewrite:renamed"):
         assert files(tmp_path) == {"chat.log", "chat.log.idx", "chat.log.lock"}, "temp left"
@@ -315,11 +317,11 @@ def test_fault_raised_at_every_rewrite_step_reopens_intact(
 def test_same_instance_after_a_fault_past_the_rename_loses_nothing(tmp_path: Path) -> None:
     path = tmp_path / "chat.log"
     stamps = build(path, None, n=5)
-    with ConversationCodec(path) as codec:
-        codec._log.fault = raise_at("rewrite:renamed")
+    steps = Steps(raise_at("rewrite:renamed"))
+    with ConversationCodec(path, io=steps) as codec:
         with pytest.raises(_Injected):
             codec.compact()
-        codec._log.fault = lambda step: None
+        steps.on_step = lambda step: None
         assert codec.append(message(5), timestamp=us_dt(stamps[-1] + 1)) == 5
     check_intact(path, None, [*stamps, stamps[-1] + 1])
 
@@ -456,7 +458,7 @@ def test_compaction_waits_for_the_writer_lock(tmp_path: Path, key: str | None) -
     holder = ConversationCodec(path, encryption_key=key)
     other = ConversationCodec(path, encryption_key=key, lock_timeout=0.2)
     try:
-        with holder._log.transaction(write=True):
+        with holder.transaction():
             started = time.monotonic()
             with pytest.raises(TimeoutError):
                 other.compact()

@@ -71,7 +71,7 @@ def open_codec(path: Path) -> ConversationCodec:
 
 def dict_span(codec: ConversationCodec) -> tuple[int, int]:
     codec.message_count()
-    return codec._log.index.dict_span
+    return codec.storage.index.dict_span
 
 
 def test_dictionary_is_trained_once_and_shrinks_records(tmp_path: Path) -> None:
@@ -240,3 +240,20 @@ def test_a_rewrite_puts_a_larger_dictionary_first(tmp_path: Path, how: str) -> N
     assert 8 * 1024 < len(log.records[0].payload) <= 16 * 1024
     assert log.records[0].ts_us == log.records[1].ts_us  # the first message's time
     assert sum(r.dict_id == 1 for r in log.records[1:]) >= 0.9 * len(msgs)
+
+
+def test_pop_below_the_dictionary_in_another_instance(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    msgs = chat(TRAIN_AFTER + 5)
+    a = ConversationCodec(path, encryption_key=KEY, durability="flush")
+    b = ConversationCodec(path, encryption_key=KEY, durability="flush")
+    a.extend(msgs)
+    assert b.tail(1) == msgs[-1:]  # b has loaded the dictionary
+    for _ in range(10):
+        a.pop()  # cuts the dictionary record away
+    b.append({"role": "user", "content": "after the pop"})
+    with ConversationCodec(path, encryption_key=KEY) as fresh:
+        assert fresh.load() == [*msgs[:-10], {"role": "user", "content": "after the pop"}]
+        assert fresh.verify().ok
+    a.close()
+    b.close()

@@ -95,7 +95,7 @@ def _build(folder: Path, name: str, key: str | None, n: int) -> Base:
         c.extend(messages[: n - 3])
         for m in messages[n - 3 :]:
             c.append(m)
-        start = c._log.fmt.data_start if c._log.fmt else 0
+        start = c.storage.fmt.data_start if c.storage.fmt else 0
     log = path.read_bytes()
     idx = Path(f"{path}.idx").read_bytes()
     return Base(name, log, idx, key, messages, _frames(log, key is not None, start))

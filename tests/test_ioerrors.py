@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from conversation_codec import ConversationCodec, ConversationCodecError, FileIO, StorageError
+from conversation_codec.compression import TRAIN_AFTER
 
 from conftest import KEY, Clock, is_sidecar
 
@@ -415,3 +416,38 @@ def test_failed_fsync_leaves_no_stale_view(tmp_path: Path, scheme: str | None) -
         with pytest.raises(StorageError):
             codec.append(_msg(10))
         assert (codec.load() or []) == _read(path, scheme)
+
+
+def chat(n: int) -> list[dict[str, object]]:
+    words = ["order", "coffee", "refund", "latte", "shipping", "account", "password", "invoice"]
+    return [
+        {"role": "user", "content": " ".join(words[(i * 7 + j) % len(words)] for j in range(12))}
+        for i in range(n)
+    ]
+
+
+def test_a_failed_dictionary_write_does_not_fail_the_committed_append(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+
+    class DictionaryWriteFails(FileIO):
+        armed = False
+        calls = 0
+
+        def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+            if self.armed and not is_sidecar(fd):  # the log's own writes
+                self.calls += 1
+                if self.calls == 2:  # 1: the message frame, 2: the dictionary record
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            return super().pwrite(fd, data, offset)
+
+    io = DictionaryWriteFails()
+    codec = ConversationCodec(path, encryption_key=KEY, durability="flush", io=io)
+    codec.extend(chat(TRAIN_AFTER - 1))
+    io.armed = True
+    assert codec.append({"role": "user", "content": "the 512th"}) == TRAIN_AFTER - 1
+    io.armed = False
+    codec.append({"role": "user", "content": "the 513th"})
+    codec.close()
+    with ConversationCodec(path, encryption_key=KEY) as again:
+        assert len(again) == TRAIN_AFTER + 1
+        assert again.tail(2)[0] == {"role": "user", "content": "the 512th"}

@@ -204,12 +204,12 @@ def test_rotate_key_sweeps_blob_temps(tmp_path: Path) -> None:
 
 _KILLED_REWRITE = r"""
 import os, signal, sys
-from conversation_codec import ConversationCodec
-codec = ConversationCodec(sys.argv[1], encryption_key=os.environ["CC_TEST_KEY"])
-def fault(step):
-    if step == "rewrite:temp-synced":
-        os.kill(os.getpid(), signal.SIGKILL)  # the temp copy is whole and synced
-codec._log.fault = fault
+from conversation_codec import ConversationCodec, FileIO
+class Steps(FileIO):
+    def step(self, step):
+        if step == "rewrite:temp-synced":
+            os.kill(os.getpid(), signal.SIGKILL)  # the temp copy is whole and synced
+codec = ConversationCodec(sys.argv[1], encryption_key=os.environ["CC_TEST_KEY"], io=Steps())
 codec.compact()
 """
 
@@ -239,13 +239,13 @@ def test_replace_then_clear_after_a_killed_rewrite_leaves_nothing(tmp_path: Path
 
 _PAUSED_REWRITE = r"""
 import os, sys
-from conversation_codec import ConversationCodec
-codec = ConversationCodec(sys.argv[1], encryption_key=os.environ["CC_TEST_KEY"])
-def fault(step):
-    if step == "rewrite:temp-synced":
-        print("paused", flush=True)
-        sys.stdin.readline()
-codec._log.fault = fault
+from conversation_codec import ConversationCodec, FileIO
+class Steps(FileIO):
+    def step(self, step):
+        if step == "rewrite:temp-synced":
+            print("paused", flush=True)
+            sys.stdin.readline()
+codec = ConversationCodec(sys.argv[1], encryption_key=os.environ["CC_TEST_KEY"], io=Steps())
 codec.compact()
 print("done", flush=True)
 """

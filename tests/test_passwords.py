@@ -246,12 +246,12 @@ def test_crash_during_change_password_leaves_one_of_the_two(tmp_path: Path, step
     script = textwrap.dedent(
         f"""
         import os
-        from conversation_codec import ConversationCodec
-        codec = ConversationCodec({str(path)!r}, password="old")
-        def fault(name):
-            if name == {step!r}:
-                os._exit(9)
-        codec._log.fault = fault
+        from conversation_codec import ConversationCodec, FileIO
+        class Steps(FileIO):
+            def step(self, name):
+                if name == {step!r}:
+                    os._exit(9)
+        codec = ConversationCodec({str(path)!r}, password="old", io=Steps())
         codec.change_password("old", "new")
         """
     )

@@ -695,7 +695,7 @@ def test_power_loss_around_the_dictionary(tmp_path: Path, rng: random.Random, im
     )
     with ConversationCodec(tmp_path / "live" / LOG, encryption_key=KEY) as codec:
         codec.load()
-        assert codec._log.index.dict_span != (0, 0), "no dictionary record was written"
+        assert codec.storage.index.dict_span != (0, 0), "no dictionary record was written"
     tally = power_loss(run, rng, images, tmp_path, first=run.spans[1][0])
     assert tally.opened >= images // 2, tally
 
@@ -718,7 +718,7 @@ def test_hole_under_index_is_answered_consistently(tmp_path: Path, scheme: str |
     with ConversationCodec(path, encryption_key=scheme, durability="flush") as codec:
         codec.append({"role": "user", "content": "first " * 50})
         codec.append({"role": "user", "content": "second"})
-        start, end = codec._log.index.span(0)
+        start, end = codec.storage.index.span(0)
     with path.open("r+b") as f:  # record 0's page never reached the disk
         f.seek(start)
         f.write(bytes(end - start))
@@ -755,7 +755,7 @@ def test_index_header_without_its_entries(tmp_path: Path, dictionary_last: bool)
         codec.extend(messages if dictionary_last else messages[:512])
         if not dictionary_last:
             codec.extend(messages[512:])
-        assert codec._log.index.dict_span != (0, 0)
+        assert codec.storage.index.dict_span != (0, 0)
     idx = Path(f"{path}.idx")
     size = idx.stat().st_size
     with idx.open("r+b") as f:  # the header page landed, the entry pages read as zeros

@@ -229,7 +229,7 @@ def test_date_range_decrypts_only_records_in_range(tmp_path: Path) -> None:
     codec.close()
     codec = ConversationCodec(tmp_path / "c.log", encryption_key=KEY)
     codec.message_count()
-    cipher = codec._log.fmt.records.cipher  # type: ignore[union-attr]
+    cipher = codec.storage.fmt.records.cipher  # type: ignore[union-attr]
     before = cipher.unseal_count
     assert seqs(codec.between(at(500), at(510))) == list(range(500, 510))
     # The 10 records in range, and the 2 just outside it (499 and 510): the index's times

@@ -41,7 +41,7 @@ from conversation_codec.migrate import migrate
 from conversation_codec.store import ConversationStore
 from conversation_codec.verify import salvage
 
-from conftest import KEY, OTHER_KEY, Clock
+from conftest import KEY, OTHER_KEY, Clock, Steps
 
 Message = dict[str, Any]
 PASSWORD = "correct horse battery staple 7f3a"
@@ -206,15 +206,17 @@ def capture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Capture:
 def _codec_workload(path: Path, cap: Capture) -> list[Message]:
     """append, extend, save (appending and rewriting), pop, a dictionary, compact, rotate."""
     msgs = secret_messages("alpha", 530)
-    with ConversationCodec(path, encryption_key=KEY, attachments="external", clock=Clock()) as c:
-        c._log.fault = cap.snapshot
+    steps = Steps(cap.snapshot)
+    with ConversationCodec(
+        path, encryption_key=KEY, attachments="external", clock=Clock(), io=steps
+    ) as c:
         c.append(msgs[0])
         c.extend(msgs[1:4])
         c.save(msgs[:6])
         assert c.pop() == msgs[5]  # attachment restored (it was not before 71de437)
         c.save([msgs[7], *msgs[1:4]])  # divergent: rewritten through a temp file
         c.extend(msgs[8:525])  # past 512 messages: a dictionary record, sealed
-        assert c._log.index.dict_span != (0, 0)
+        assert c.storage.index.dict_span != (0, 0)
         c.compact()  # retrains the dictionary on a sample of the whole history
         c.rotate_key(OTHER_KEY)
         c.replace([*msgs[525:], msgs[0]])
@@ -246,8 +248,7 @@ def _migrations(folder: Path, cap: Capture) -> tuple[list[Message], set[str], by
 
 def _password_log(path: Path, cap: Capture) -> list[Message]:
     msgs = secret_messages("delta", 4)
-    with ConversationCodec(path, password=PASSWORD) as c:
-        c._log.fault = cap.snapshot
+    with ConversationCodec(path, password=PASSWORD, io=Steps(cap.snapshot)) as c:
         c.extend(msgs)
         c.change_password(PASSWORD, NEW_PASSWORD)
     with ConversationCodec(path, password=NEW_PASSWORD) as c:
@@ -349,7 +350,7 @@ def test_no_key_in_errors_reprs_or_log_records(
         failing.append(lambda: c.rotate_key(KEY[:-3] + "==="))
         failing.append(lambda: c.change_password(PASSWORD, NEW_PASSWORD))
         texts = [_error_text(call) for call in failing]
-        reprs = [repr(c), str(c), repr(c._log.fmt), repr(c.info()), repr(c.verify())]
+        reprs = [repr(c), str(c), repr(c.storage.fmt), repr(c.info()), repr(c.verify())]
     keyring = Keyring.from_input([KEY, OTHER_KEY])
     cipher, _ = LogCipher.create(keyring, _header_fields())
     reprs += [repr(keyring), repr(cipher), repr(BlobStore.for_key(tmp_path / "b", KEY))]
@@ -375,8 +376,7 @@ def _header_fields() -> Any:
 def test_capture_sees_plaintext_when_there_is_some(tmp_path: Path, capture: Capture) -> None:
     """The detector is not blind: a plaintext log's writes, and snapshots, are flagged."""
     msgs = secret_messages("echo", 3)
-    with ConversationCodec(tmp_path / "plain.log") as c:
-        c._log.fault = capture.snapshot
+    with ConversationCodec(tmp_path / "plain.log", io=Steps(capture.snapshot)) as c:
         c.extend(msgs)
         c.load()  # a divergent save() rewrites only a history read in full (issue 11)
         c.save(msgs[::-1])
@@ -391,11 +391,12 @@ def test_open_codecs_leave_no_plaintext_on_errors(tmp_path: Path, capture: Captu
     """A rejected message or a failed rewrite must not leave its plaintext in a file."""
     path = tmp_path / "chat.log"
     secret = secret_messages("foxtrot", 2)
-    with ConversationCodec(path, encryption_key=KEY) as c:
+    steps = Steps()
+    with ConversationCodec(path, encryption_key=KEY, io=steps) as c:
         c.append(secret[0])
         with pytest.raises(ConversationCodecError):
             c.append({"role": "user", "content": secret[1]["content"], "bad": {1, 2}})
-        c._log.fault = _fail_at("rewrite:temp-written")
+        steps.on_step = _fail_at("rewrite:temp-written")
         c.load()  # else save() stops at ConflictError (a RuntimeError) before the rewrite
         with pytest.raises(RuntimeError, match="temp-written"):
             c.save([secret[1]])

@@ -39,9 +39,9 @@ from typing import Any
 import pytest
 
 from _writer import KEY_ENV, subprocess_env
-from conversation_codec import ConversationCodec
+from conversation_codec import ConversationCodec, FileIO
 
-from conftest import KEY
+from conftest import KEY, Steps
 
 SCRIPT = os.path.abspath(__file__)
 PREFILL = 505  # messages before the writers start: they cross TRAIN_AFTER (512) under load
@@ -64,8 +64,9 @@ def stress_message(writer: int, i: int) -> Message:
 # -- the child processes ---------------------------------------------------------------
 
 
-def _open(path: str) -> ConversationCodec:
-    return ConversationCodec(path, encryption_key=os.environ.get(KEY_ENV), durability="fsync")
+def _open(path: str, io: FileIO | None = None) -> ConversationCodec:
+    key = os.environ.get(KEY_ENV)
+    return ConversationCodec(path, encryption_key=key, durability="fsync", io=io or FileIO())
 
 
 def _run_writer(args: argparse.Namespace) -> int:
@@ -78,8 +79,7 @@ def _run_writer(args: argparse.Namespace) -> int:
             with open(lock, "rb") as f:
                 seen[0] = _LOCK_STATE.unpack(f.read(_LOCK_STATE.size))[0]
 
-    with _open(args.path) as codec, open(args.out, "w") as out:
-        codec._log.fault = fault
+    with _open(args.path, Steps(fault)) as codec, open(args.out, "w") as out:
         for i in range(args.ops):
             seen[0] = None
             t0 = time.monotonic_ns()
@@ -285,7 +285,7 @@ def run_stress(
     with ConversationCodec(path, encryption_key=key) as codec:
         final = codec.load() or []
         report = codec.verify()
-        dictionary = codec._log.index.dict_span != (0, 0)
+        dictionary = codec.storage.index.dict_span != (0, 0)
     assert report.ok, report.problems
     events = _events(outs)
     check_history(prefill, events, final)
@@ -361,7 +361,7 @@ def test_adopted_dictionary_survives_a_pop_and_retrain(tmp_path: Path) -> None:
         ConversationCodec(path, encryption_key=KEY) as b,
     ):
         a.extend([stress_message(0, i) for i in range(512)])
-        assert a.load() and a._log.index.dict_span != (0, 0)
+        assert a.load() and a.storage.index.dict_span != (0, 0)
         b.pop()
         b.append(stress_message(1, 0) | {"content": "x" * 3000})
         assert a.append(stress_message(2, 0)) == 512

@@ -563,3 +563,34 @@ def test_a_save_after_an_import_needs_a_reload(
     with pytest.raises(ConflictError):
         codec.save(history[:2])  # would delete the imported message, never loaded
     assert codec.load() == [*batch, {"role": "user", "content": "imported"}]
+
+
+def test_export_then_import_round_trips(tmp_path: Path) -> None:
+    src = ConversationCodec(tmp_path / "a.log", encryption_key=KEY, durability="flush")
+    src.extend(messages(10), timestamps=[1_000 + i for i in range(10)])
+    assert src.export(tmp_path / "out.jsonl") == 10
+    assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == 0o600
+    dst = ConversationCodec(tmp_path / "b.log", encryption_key=KEY, durability="flush")
+    report = dst.import_(tmp_path / "out.jsonl")
+    assert report.added == 10
+    assert dst.load() == messages(10)
+    assert [dst.timestamp(i) for i in range(10)] == [src.timestamp(i) for i in range(10)]
+    again = dst.import_(tmp_path / "out.jsonl", merge=True)
+    assert again.added == 0 and again.skipped_duplicate == 10
+    src.close()
+    dst.close()
+
+
+def test_merge_import_refuses_to_drop_records_max_messages_hides(tmp_path: Path) -> None:
+    src = tmp_path / "old.jsonl"
+    src.write_text('{"role": "user", "content": "old", "timestamp": "2020-01-01T00:00:00Z"}\n')
+    path = tmp_path / "c.log"
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        codec.extend(messages(5))
+    before = path.read_bytes()
+    with (
+        ConversationCodec(path, encryption_key=KEY, max_messages=3) as codec,
+        pytest.raises(ValueError, match="max_messages"),
+    ):
+        codec.import_(src, merge=True)
+    assert path.read_bytes() == before

@@ -15,7 +15,7 @@ from conftest import KEY, OTHER_KEY, messages, snapshot
 def spans_of(path: Path, key: str | None = KEY) -> list[tuple[int, int]]:
     with ConversationCodec(path, encryption_key=key) as codec:
         codec.message_count()
-        index = codec._log.index
+        index = codec.storage.index
         return [index.span(i) for i in range(len(index))]
 
 
@@ -212,7 +212,7 @@ def test_removed_dictionary_record_is_damage_not_a_torn_tail(tmp_path: Path) -> 
     with ConversationCodec(path, encryption_key=KEY) as codec:
         codec.extend(messages(TRAIN_AFTER))
         codec.extend(messages(40, start=TRAIN_AFTER))
-        d0, d1 = codec._log.index.dict_span
+        d0, d1 = codec.storage.index.dict_span
     assert (d0, d1) != (0, 0)
     data = path.read_bytes()
     path.write_bytes(data[:d0] + data[d1:])

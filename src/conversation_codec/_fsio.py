@@ -121,6 +121,14 @@ class FileIO:
         """fsync the directory holding ``path`` (makes a rename or unlink durable)."""
         self.fsync_dir(os.path.dirname(path) or ".")
 
+    def step(self, name: str) -> None:
+        """Mark that a write procedure reached the step ``name``; the default does nothing.
+
+        The file storage calls it between the steps of append, truncate and rewrite
+        (``"append:written"``, ``"rewrite:temp-synced"``, … FORMAT.md §8). Crash tests
+        override it to raise, or to kill the process, at one exact step.
+        """
+
 
 DEFAULT_IO = FileIO()  # the operating system, for callers given no seam
 

@@ -325,6 +325,16 @@ class ConversationCodec:
         """The options this codec was opened with (durability, attachments, seams)."""
         return self._options
 
+    @property
+    def storage(self) -> LogStorage:
+        """The storage this codec's records live in (read-only: inspect it, do not write).
+
+        For a file log, a ``FileLog``: its ``fmt`` (the header's reading) and ``index``
+        (where each record lies, its timestamp) let tests and tools see the layout without
+        private attributes. Write through the codec, never through the storage.
+        """
+        return self._log
+
     # -- opening and creating logs ---------------------------------------------------------
 
     def _attach(self, prefix: bytes) -> LogFormat:

@@ -146,9 +146,9 @@ class FileLog:
         self._write_txn = _Transaction(self, True)
         self._read_txn = _Transaction(self, False)
         self.on_change: Callable[[], None] = lambda: None
-        # Fault-injection seam for crash tests: called with a step name between the steps
-        # of every write procedure (FORMAT.md §8); may raise or kill the process.
-        self.fault: Callable[[str], None] = lambda step: None
+        # Called with a step name between the steps of every write procedure (FORMAT.md §8);
+        # by default the public seam ``FileIO.step``, which crash tests override.
+        self.fault: Callable[[str], None] = lambda step: self._io.step(step)
 
     @property
     def io(self) -> FileIO:

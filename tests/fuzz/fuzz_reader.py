@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing of the conversation-codec reader with atheris (run by hand).
 
     pip install atheris
-    python fuzz/fuzz_reader.py -timeout=10 -rss_limit_mb=1024 -max_total_time=600 [corpus/]
+    python tests/fuzz/fuzz_reader.py -timeout=10 -rss_limit_mb=1024 -max_total_time=600 [corpus/]
 
 Each input picks a valid base log (sealed, sealed with a dictionary record, plain) or uses
 its own bytes as the log (bare, or after a valid sealed or plain header), applies a few
@@ -15,9 +15,10 @@ libFuzzer's ``-timeout`` catches hangs and ``-rss_limit_mb``/``-malloc_limit_mb`
 allocations driven by hostile lengths. Sealed logs must never yield a message that was not
 written.
 
-Without atheris, ``python fuzz/fuzz_reader.py --selftest N`` runs N random inputs through
-the same target (a smoke test). This file lives outside ``tests/`` and ``src/`` so pytest
-never collects it; it imports atheris only when run.
+Without atheris, ``python tests/fuzz/fuzz_reader.py --selftest N`` runs N random inputs
+through the same target (a smoke test). pytest never collects it (``collect_ignore`` in
+tests/conftest.py: not a test module, and a doctest run must not import it); it imports
+atheris only when run.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ class Target:
             ]
             with ConversationCodec(path, encryption_key=key, durability="flush") as codec:
                 codec.extend(messages)
-                start = codec._log.index.data_start
-                frames = [start, *codec._log.index.ends[:-1]]
+                index = codec.storage.index  # where each record starts: frame boundaries
+                frames = [index.span(seq)[0] for seq in range(len(index))]
             idx = Path(f"{path}.idx").read_bytes()
             self.bases.append((path.read_bytes(), idx, key, messages, frames))
         self.work = self.folder / "work"
