@@ -56,11 +56,11 @@ if TYPE_CHECKING:  # the real imports, for type checkers; at run time see __geta
     from .codec import CompactionReport, ConversationCodec, LogInfo
     from .crypto import generate_key
     from .keyfile import load_or_create_key
-    from .migrate import MigrationReport, migrate, migrate_many
+    from .maintenance.migrate import MigrationReport, migrate, migrate_many
+    from .maintenance.verify import SalvageReport, VerifyReport, salvage
     from .options import CodecOptions
     from .search import Hit
     from .store import ConversationInfo, ConversationStore
-    from .verify import SalvageReport, VerifyReport, salvage
 
 # Public names loaded on first use (PEP 562), so that `conversation-codec --version` and
 # `--help` import neither cryptography nor the engine: ~70 ms instead of ~300 ms. The errors
@@ -74,15 +74,15 @@ _LAZY = {
     "LogInfo": "codec",
     "generate_key": "crypto",
     "load_or_create_key": "keyfile",
-    "MigrationReport": "migrate",
-    "migrate": "migrate",
-    "migrate_many": "migrate",
+    "MigrationReport": "maintenance.migrate",
+    "migrate": "maintenance.migrate",
+    "migrate_many": "maintenance.migrate",
     "Hit": "search",
     "ConversationInfo": "store",
     "ConversationStore": "store",
-    "SalvageReport": "verify",
-    "VerifyReport": "verify",
-    "salvage": "verify",
+    "SalvageReport": "maintenance.verify",
+    "VerifyReport": "maintenance.verify",
+    "salvage": "maintenance.verify",
 }
 
 

@@ -83,14 +83,14 @@ from .format.header import (
     sniff_log,
 )
 from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
+from .maintenance.transfer import ImportReport, export_history, import_history
+from .maintenance.verify import VerifyReport, verify_index_alone, verify_log
 from .options import AttachmentMode, CodecOptions, Durability
 from .paths import LONGEST_SUFFIX, blobs_path
 from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
 from .search import Hit, Query, parse_roles
 from .storage.base import IndexMismatch, LogFormat, LogStorage
 from .storage.file.log import FileLog
-from .transfer import ImportReport, export_history, import_history
-from .verify import VerifyReport, verify_index_alone, verify_log
 
 __all__ = ["CompactionReport", "ConversationCodec", "LogInfo", "Message"]
 

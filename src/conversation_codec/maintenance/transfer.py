@@ -1,6 +1,6 @@
 """Export a log to plaintext JSONL / JSON, and import any history ``read_legacy`` reads.
 
-Export layout, chosen so that :func:`~conversation_codec.legacy.read_legacy` (and so
+Export layout, chosen so that :func:`~conversation_codec.maintenance.legacy.read_legacy` (and so
 :func:`import_history`) reads it back exactly, messages *and* record timestamps:
 
 * ``"jsonl"``: one message object per line, in log order.
@@ -45,15 +45,15 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._fsio import atomic_write, check_file
-from ._time import EPOCH, ONE_US, to_datetime
-from .crypto import KeyInput
-from .errors import StorageError
-from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
+from .._fsio import atomic_write, check_file
+from .._time import EPOCH, ONE_US, to_datetime
+from ..crypto import KeyInput
+from ..errors import StorageError
+from ..format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .legacy import LegacyFormat, parse_legacy, read_legacy
 
 if TYPE_CHECKING:
-    from .codec import ConversationCodec
+    from ..codec import ConversationCodec
 
 __all__ = ["EXPORT_FORMATS", "ImportReport", "export_history", "import_history"]
 
@@ -262,7 +262,7 @@ def _read_source(
     history = read_legacy(src, legacy_key=legacy_key, password=password)
     if history.format is not LegacyFormat.CODEC_LOG:
         return history.format, list(zip(history.messages, history.timestamps, strict=True))
-    from .codec import ConversationCodec  # codec is the caller's layer: import at use
+    from ..codec import ConversationCodec  # codec is the caller's layer: import at use
 
     with ConversationCodec(src, encryption_key=legacy_key) as other:
         return history.format, [(h.message, _us(h.timestamp)) for h in other.search()]

@@ -33,12 +33,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._time import iso_z, to_datetime
-from .crypto import KeyInput
-from .errors import StorageError
-from .format.index import ENTRY_SYNCED, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
-from .records import DictionaryMissing, RecordDamaged, RecordRejected, SealedRecords
-from .storage.file.log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
+from .._time import iso_z, to_datetime
+from ..crypto import KeyInput
+from ..errors import StorageError
+from ..format.index import ENTRY_SYNCED, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
+from ..records import DictionaryMissing, RecordDamaged, RecordRejected, SealedRecords
+from ..storage.file.log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
 
 __all__ = ["Problem", "SalvageReport", "VerifyReport", "salvage", "scan_records"]
 
@@ -351,7 +351,7 @@ def salvage(
 
     :raises StorageError: ``dst`` already holds something.
     """
-    from .codec import ConversationCodec  # the codec imports this module: import late
+    from ..codec import ConversationCodec  # the codec imports this module: import late
 
     dst_path = Path(dst)
     if dst_path.exists() and (dst_path.is_dir() or dst_path.stat().st_size):
