@@ -57,9 +57,10 @@ if TYPE_CHECKING:  # the real imports, for type checkers; at run time see __geta
     from .crypto import generate_key
     from .keyfile import load_or_create_key
     from .maintenance.migrate import MigrationReport, migrate, migrate_many
-    from .maintenance.verify import SalvageReport, VerifyReport, salvage
+    from .maintenance.verify import SalvageReport, salvage
     from .options import CodecOptions
     from .search import Hit
+    from .storage.file.check import VerifyReport
     from .store import ConversationInfo, ConversationStore
 
 # Public names loaded on first use (PEP 562), so that `conversation-codec --version` and
@@ -81,7 +82,7 @@ _LAZY = {
     "ConversationInfo": "store",
     "ConversationStore": "store",
     "SalvageReport": "maintenance.verify",
-    "VerifyReport": "maintenance.verify",
+    "VerifyReport": "storage.file.check",
     "salvage": "maintenance.verify",
 }
 

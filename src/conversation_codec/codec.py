@@ -84,12 +84,12 @@ from .format.header import (
 )
 from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .maintenance.transfer import ImportReport, export_history, import_history
-from .maintenance.verify import VerifyReport, verify_index_alone, verify_log
 from .options import AttachmentMode, CodecOptions, Durability
 from .paths import LONGEST_SUFFIX, blobs_path
 from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
 from .search import Hit, Query, parse_roles
 from .storage.base import IndexMismatch, LogFormat, LogStorage
+from .storage.file.check import VerifyReport, check_file_log
 from .storage.file.log import FileLog
 
 __all__ = ["CompactionReport", "ConversationCodec", "LogInfo", "Message"]
@@ -1309,14 +1309,9 @@ class ConversationCodec:
 
         Reads only: nothing is modified, a damaged log included (see ``salvage``).
         """
-        log = self._log
-        if not isinstance(log, FileLog):  # the checks read a log file's bytes (FORMAT.md)
+        if not isinstance(self._log, FileLog):  # the checks read a log file's bytes
             raise StorageError(errno.EOPNOTSUPP, f"{self._path}: verify() checks log files only")
-        with log.transaction(write=False, tolerant=True):
-            if log.fmt is None:
-                return VerifyReport(self._path, 0, tuple(verify_index_alone(log.index.path)))
-            records, problems = verify_log(log)
-        return VerifyReport(self._path, records, tuple(problems))
+        return check_file_log(self._log)
 
     # -- formats for model APIs, export and import -------------------------------------------
 
@@ -1368,9 +1363,13 @@ class ConversationCodec:
         add every message (in time order), or with ``merge`` only those not already present
         (same time, role and content). Only ``replace=True`` discards the stored history.
         See ``transfer.import_history``."""
-        return import_history(
-            self, src, merge=merge, legacy_key=legacy_key, password=password, replace=replace
-        )
+        with self._writing():
+            report = import_history(
+                self, src, merge=merge, legacy_key=legacy_key, password=password, replace=replace
+            )
+            if replace or report.added:  # the caller was handed no list of the new history
+                self._moved(self._state(), keeps_view=False)
+            return report
 
     def info(self) -> LogInfo:
         """Describe the log from its header and index alone (no message is decrypted).
@@ -1400,6 +1399,15 @@ class ConversationCodec:
     def path(self) -> Path:
         """The log file's path."""
         return self._path
+
+    @property
+    def storage(self) -> LogStorage:
+        """The storage this codec reads and writes (read only; for maintenance tools).
+
+        ``salvage()`` scans a ``FileLog``'s bytes through it. Writing to it directly
+        bypasses the codec's checks: use the codec's methods for that.
+        """
+        return self._log
 
     @property
     def encrypted(self) -> bool:

@@ -32,7 +32,7 @@ from ._common import (
 if TYPE_CHECKING:
     from ..codec import CompactionReport
     from ..maintenance.migrate import BatchReport
-    from ..maintenance.verify import VerifyReport
+    from ..storage.file.check import VerifyReport
 
 
 def add_repair_commands(sub: Sub, log: Parser, as_json: Parser) -> None:
