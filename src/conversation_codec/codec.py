@@ -57,7 +57,6 @@ from .errors import (
     ClosedError,
     ConflictError,
     ConversationCodecError,
-    CorruptRecordError,
     DecryptionError,
     FormatError,
     InvalidKeyError,
@@ -86,9 +85,10 @@ from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .maintenance.transfer import ImportReport, export_history, import_history
 from .options import AttachmentMode, CodecOptions, Durability
 from .paths import LONGEST_SUFFIX, blobs_path
-from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
+from .reading import LogReader
+from .records import PlainRecords, SealedRecords
 from .search import Hit, Query, parse_roles
-from .storage.base import IndexMismatch, LogFormat, LogStorage
+from .storage.base import LogFormat, LogStorage
 from .storage.file.check import VerifyReport, check_file_log
 from .storage.file.log import FileLog
 
@@ -313,6 +313,7 @@ class ConversationCodec:
             io=io,
         )
         self._log.on_change = self._forget
+        self._reader = LogReader(self._log, self._path)
         try:  # fail fast on a wrong key or a foreign file
             self._log.probe()
         except OSError as exc:
@@ -623,7 +624,7 @@ class ConversationCodec:
         log: ~20 ms, after which a typical chat record compresses about 3x smaller than zstd
         alone manages."""
         lo = first + len(before) - TRAIN_AFTER
-        samples = [text for _, text, _ in self._payloads(lo, first)] if lo < first else []
+        samples = [text for _, text, _ in self._reader.payloads(lo, first)] if lo < first else []
         samples += before[max(0, lo - first) :]
         dictionary = train_dictionary(samples)
         if dictionary is None:
@@ -744,7 +745,7 @@ class ConversationCodec:
     def _same_as_stored(self, message: Message, seq: int) -> bool:
         """Compare with the stored record itself (one decryption), ignoring key order."""
         try:
-            return self._transform(message) == self._read_one(seq)
+            return self._transform(message) == self._reader.read_one(seq)
         except (ConversationCodecError, TypeError, ValueError, RecursionError):
             return False
 
@@ -752,7 +753,7 @@ class ConversationCodec:
         """Digests of the visible stored messages (decrypting them once per instance)."""
         base, count = self._base(), len(self._log.index)
         if self._digests is None or self._dbase > base or self._dbase + len(self._digests) != count:
-            self._digests = [_digest(_encode(m)) for _, m, _ in self._decoded(base, count)]
+            self._digests = [_digest(_encode(m)) for _, m, _ in self._reader.decoded(base, count)]
             self._dbase = base
         return self._digests[base - self._dbase :]
 
@@ -840,7 +841,7 @@ class ConversationCodec:
         ``new_blobs``: a blob store under a new key; every attachment is moved into it (a key
         rotation must re-seal attachments too, or only the old key would open them).
         """
-        before = self._log.size() + self._index_size()
+        before = self._log.size() + self._reader.index_size()
         count = len(self._log.index)
         if self._log.fmt is None:
             return CompactionReport(0, 0, 0)
@@ -850,7 +851,7 @@ class ConversationCodec:
             return [
                 text
                 for seq in range(start, count, step)
-                for _, text, _ in self._payloads(seq, seq + 1)
+                for _, text, _ in self._reader.payloads(seq, seq + 1)
             ]
 
         first_ts = self._log.index.tss[start] if count > start else 0
@@ -861,7 +862,7 @@ class ConversationCodec:
             remove_flat_dir(old_blobs.directory, check_only=True)
 
         def reseal() -> Iterator[tuple[bytes, int]]:
-            for seq, message, ts in self._decoded(start, count):
+            for seq, message, ts in self._reader.decoded(start, count):
                 if old_blobs is not None:
                     if new_blobs is not None:
                         message = apply_mode(restore(message, old_blobs), "external", new_blobs)
@@ -873,7 +874,7 @@ class ConversationCodec:
         if old_blobs is not None:
             self._blobs = new_blobs or old_blobs
             self._blobs.delete_unreferenced(referenced)
-        return CompactionReport(count - start, before, self._log.size() + self._index_size())
+        return CompactionReport(count - start, before, self._log.size() + self._reader.index_size())
 
     def rotate_key(self, new_key: KeyInput) -> CompactionReport:
         """Re-encrypt the whole log under ``new_key``; afterwards the old key fails.
@@ -926,7 +927,7 @@ class ConversationCodec:
         """
         cutoff = to_us(before, "before")
         with self._writing():
-            start = max(self._base(), self._first_at_or_after(cutoff, (-1, 0)))
+            start = max(self._base(), self._reader.first_at_or_after(cutoff, (-1, 0)))
             if start == 0:
                 return 0
             removed = start - self._base()
@@ -934,87 +935,13 @@ class ConversationCodec:
             self._view = (self._state(), False)  # a list loaded before still holds them
             return removed
 
-    def _first_at_or_after(self, ts_us: int, sides: tuple[int, ...]) -> int:
-        """Return the first seq whose record time is >= ``ts_us`` (lock held).
-
-        The index's times are a cache that anyone can edit, so its binary search only
-        proposes the cut; the records at ``cut + d`` for each ``d`` in ``sides`` (-1: the
-        one before the cut, 0: the one at it) are authenticated and must carry the time
-        the index gives them. Record times never decrease along seq, so two records that
-        agree bound every other one: the cut is confirmed with at most two decryptions.
-        If one disagrees, the index is stale or tampered with: it is rebuilt from the log
-        (FORMAT.md §7, §10.2) and the search repeated.
-        """
-        cut = self._log.index.first_at_or_after(ts_us)
-        if self._disagreeing(cut, sides, final=False) is None:
-            return cut
-        self._log.rebuild_index()
-        cut = self._log.index.first_at_or_after(ts_us)
-        wrong = self._disagreeing(cut, sides, final=True)
-        if wrong is not None:
-            raise CorruptRecordError(
-                "index and log disagree even after a rebuild",
-                path=self._path,
-                offset=self._log.index.span(wrong)[0],
-            )
-        return cut
-
-    def _disagreeing(self, cut: int, sides: tuple[int, ...], *, final: bool) -> int | None:
-        """Return the first seq ``cut + d`` whose record's time is not the index's."""
-        for seq in (cut + d for d in sides):
-            if 0 <= seq < len(self._log.index) and not self._time_holds(seq, final=final):
-                return seq
-        return None
-
-    def _time_holds(self, seq: int, *, final: bool) -> bool:
-        """Authenticate record ``seq`` (no decompression): does its time match the index's?
-
-        A record that fails is damage once the index has been rebuilt (``final``); before
-        that, it may just be a stale index pointing at the wrong bytes.
-        """
-        assert self._log.fmt is not None
-        try:
-            ts = self._log.fmt.records.check(self._log.read_body(seq), seq)
-        except IndexMismatch:
-            return False
-        except RecordRejected as exc:
-            if final:
-                raise self._corrupt(exc, seq) from None
-            return False
-        return ts == self._log.index.tss[seq]
-
-    def _when(self, seq: int, ts_us: int | None = None) -> datetime:
-        """Return record ``seq``'s time (``ts_us``, or the index's) as an aware datetime.
-
-        The index never holds a time outside 1970..9999 that it loaded from its file (such
-        entries are rebuilt from the log, FORMAT.md §7); one that no datetime can hold came
-        from the record itself, stamped so by a key holder or edited into a plain log.
-        That is a ``CorruptRecordError``, never Python's ``OverflowError``.
-        """
-        us = self._log.index.tss[seq] if ts_us is None else ts_us
-        try:
-            return to_datetime(us)
-        except OverflowError:
-            raise CorruptRecordError(
-                f"record {seq} carries a time ({us} us since 1970) that is no date in "
-                "years 1..9999",
-                path=self._path,
-                offset=self._log.index.span(seq)[0],
-            ) from None
-
-    def _index_size(self) -> int:
-        try:
-            return os.path.getsize(self._log.index.path)
-        except FileNotFoundError:
-            return 0
-
     def pop(self) -> Message | None:
         """Remove and return the last message (None when empty); O(1), a truncation."""
         with self._writing():
             count = len(self._log.index)
             if count == self._base():
                 return None
-            message = self._present(self._read_one(count - 1))
+            message = self._present(self._reader.read_one(count - 1))
             before = self._state()
             self._log.truncate(count - 1)
             # The caller gets the message back: a history it held whole stays whole.
@@ -1044,61 +971,9 @@ class ConversationCodec:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _corrupt(self, exc: RecordRejected, seq: int) -> CorruptRecordError:
-        offset = self._log.index.span(seq)[0]
-        return CorruptRecordError(f"record {seq}: {exc}", path=self._path, offset=offset)
-
-    def _payloads(self, start: int, stop: int) -> Iterator[tuple[int, bytes, int]]:
-        """Yield ``(seq, message JSON text, ts_us)`` for a range, inside a transaction.
-
-        Every record is authenticated and checked against its position and index entry; an
-        index that disagrees with the log is rebuilt once and the read resumes.
-        """
-        fmt = self._log.fmt
-        if fmt is None or start >= stop:
-            return
-        for attempt in (0, 1):
-            try:
-                for seq, body in self._log.read_bodies(start, stop):
-                    try:
-                        text, ts = fmt.records.payload(body, seq)
-                    except RecordRejected as exc:
-                        raise self._corrupt(exc, seq) from None
-                    if ts != self._log.index.tss[seq]:
-                        raise IndexMismatch(self._log.index.span(seq)[0])
-                    yield seq, text, ts
-                    start = seq + 1
-                return
-            except (IndexMismatch, DictionaryMissing):
-                if attempt:
-                    raise CorruptRecordError(
-                        "index and log disagree even after a rebuild",
-                        path=self._path,
-                        offset=self._log.index.span(start)[0],
-                    ) from None
-                self._log.rebuild_index()
-                stop = min(stop, len(self._log.index))
-
-    def _parse(self, seq: int, text: bytes) -> Message:
-        assert self._log.fmt is not None
-        try:
-            return self._log.fmt.records.parse(text)
-        except RecordRejected as exc:
-            raise self._corrupt(exc, seq) from None
-
     def _present(self, message: Message) -> Message:
         """Turn a stored message into what callers see (external attachments restored)."""
         return message if self._blobs is None else restore(message, self._blobs)
-
-    def _decoded(self, start: int, stop: int) -> Iterator[tuple[int, Message, int]]:
-        """Yield ``(seq, message, ts_us)`` for a range, inside the current transaction."""
-        for seq, text, ts in self._payloads(start, stop):
-            yield seq, self._parse(seq, text), ts
-
-    def _read_one(self, seq: int) -> Message:
-        for _, message, _ in self._decoded(seq, seq + 1):
-            return message
-        raise IndexError(f"record {seq} vanished while reading")
 
     def _base(self) -> int:
         """The seq of the first visible record: ``max_messages`` hides older ones."""
@@ -1125,8 +1000,8 @@ class ConversationCodec:
             messages: list[Message] = []
             digests: list[bytes] = []
             sealed = self._log.fmt is not None and self._log.fmt.sealed
-            for seq, text, _ in self._payloads(base, count):
-                message = self._parse(seq, text)
+            for seq, text, _ in self._reader.payloads(base, count):
+                message = self._reader.parse(seq, text)
                 messages.append(self._present(message))
                 # A sealed record's text is the stored JSON; a plain one's is the whole line.
                 digests.append(_digest(text if sealed else _encode(message)))
@@ -1141,7 +1016,7 @@ class ConversationCodec:
         :raises IndexError: no such record.
         """
         with self._reading():
-            return self._present(self._read_one(self._position(seq)))
+            return self._present(self._reader.read_one(self._position(seq)))
 
     def tail(self, n: int) -> list[Message]:
         """Return the last ``n`` messages, oldest first, reading only those records."""
@@ -1150,7 +1025,7 @@ class ConversationCodec:
         with self._reading():
             count = len(self._log.index)
             start = max(self._base(), count - n)
-            return [self._present(m) for _, m, _ in self._decoded(start, count)]
+            return [self._present(m) for _, m, _ in self._reader.decoded(start, count)]
 
     def message_count(self) -> int:
         """Return the number of (visible) messages, from the index (no decryption)."""
@@ -1172,7 +1047,7 @@ class ConversationCodec:
             (only a key holder, or an edit of a plain log, can stamp one).
         """
         with self._reading():
-            return self._when(self._position(seq))
+            return self._reader.when(self._position(seq))
 
     def __iter__(self) -> Iterator[Message]:
         """Stream the messages in order, decoding a batch per lock hold (bounded memory).
@@ -1190,7 +1065,7 @@ class ConversationCodec:
                 if now != log_id or len(self._log.index) < min(count, seq + _ITER_BATCH):
                     raise LogReplacedError("the log was replaced or truncated while iterating")
                 stop = min(count, seq + _ITER_BATCH)
-                batch = [self._present(m) for _, m, _ in self._decoded(seq, stop)]
+                batch = [self._present(m) for _, m, _ in self._reader.decoded(seq, stop)]
                 unchanged = unchanged and self._state() == start
             yield from batch
             seq += len(batch)
@@ -1257,8 +1132,10 @@ class ConversationCodec:
             # Authenticate the records just outside the range (see _first_at_or_after):
             # then no record outside [first, stop) can match, and _match_batch keeps the
             # records inside by their own authenticated times.
-            first = max(base, 0 if lo is None else self._first_at_or_after(lo, (-1,)))
-            stop = max(first, len(index) if hi is None else self._first_at_or_after(hi, (0,)))
+            first = max(base, 0 if lo is None else self._reader.first_at_or_after(lo, (-1,)))
+            stop = max(
+                first, len(index) if hi is None else self._reader.first_at_or_after(hi, (0,))
+            )
         left = limit
         bounds = range(first, stop, _ITER_BATCH)
         for start in reversed(bounds) if newest_first else bounds:
@@ -1288,15 +1165,15 @@ class ConversationCodec:
     ) -> list[Hit]:
         hits = []
         lo, hi = span
-        for seq, text, ts in self._payloads(start, end):
+        for seq, text, ts in self._reader.payloads(start, end):
             # ts is the record's own (authenticated) time, whatever the index said.
             if (lo is not None and ts < lo) or (hi is not None and ts >= hi):
                 continue
             if not matcher.maybe(text.decode("utf-8", "replace")):
                 continue
-            message = self._parse(seq, text)
+            message = self._reader.parse(seq, text)
             if (roles is None or message.get("role") in roles) and matcher.matches(message):
-                hits.append(Hit(seq - base, self._when(seq, ts), self._present(message)))
+                hits.append(Hit(seq - base, self._reader.when(seq, ts), self._present(message)))
         return hits
 
     def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
@@ -1381,14 +1258,14 @@ class ConversationCodec:
             index, fmt = self._log.index, self._log.fmt
             base = self._base()
             count = len(index) - base
-            index_bytes = self._index_size() if fmt else 0
+            index_bytes = self._reader.index_size() if fmt else 0
             return LogInfo(
                 path=self._path,
                 encrypted=self.encrypted,
                 format_version=fmt.format_version if fmt else None,
                 message_count=count,
-                first_timestamp=self._when(base) if count else None,
-                last_timestamp=self._when(len(index) - 1) if count else None,
+                first_timestamp=self._reader.when(base) if count else None,
+                last_timestamp=self._reader.when(len(index) - 1) if count else None,
                 log_bytes=self._log.size(),
                 index_bytes=index_bytes,
             )
