@@ -9,7 +9,6 @@ and processes sharing a log see each other's writes and never tear a record.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import hashlib
 import hmac
@@ -38,55 +37,35 @@ from .compression import (
     REWRITE_DICTIONARY_BYTES,
     REWRITE_SAMPLES,
     TRAIN_AFTER,
-    Compressor,
     train_dictionary,
 )
 from .crypto import (
-    SCRYPT_LOG2_N,
-    SCRYPT_P,
-    SCRYPT_R,
     KeyInput,
     Keyring,
-    LogCipher,
-    new_log_id,
-    new_salt,
-    password_master,
 )
 from .errors import (
-    BindingError,
     ClosedError,
     ConflictError,
     ConversationCodecError,
     DecryptionError,
-    FormatError,
     InvalidKeyError,
     KeyRequiredError,
     KeyTypeError,
     LogReplacedError,
-    NotEncryptedError,
     NotSerializableError,
     RecordTooLargeError,
     StorageError,
 )
 from .format.header import (
-    FLAG_BOUND,
-    SEALED_HEADER_BYTES,
-    Kdf,
-    LogKind,
-    PlainHeader,
-    SealedHeader,
     context_digest,
-    decode_plain_header,
-    decode_sealed_header,
-    encode_plain_header,
-    sniff_log,
 )
 from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .maintenance.transfer import ImportReport, export_history, import_history
 from .options import AttachmentMode, CodecOptions, Durability
 from .paths import LONGEST_SUFFIX, blobs_path
 from .reading import LogReader
-from .records import PlainRecords, SealedRecords
+from .records import SealedRecords
+from .sealing import LogSecrets
 from .search import Hit, Query, parse_roles
 from .storage.base import LogFormat, LogStorage
 from .storage.file.check import VerifyReport, check_file_log
@@ -281,12 +260,10 @@ class ConversationCodec:
             _check_password(password)
         if max_messages is not None and (not isinstance(max_messages, int) or max_messages < 1):
             raise ValueError("max_messages must be a positive int or None")
-        self._binding = None if context is None else context_digest(context)
+        binding = None if context is None else context_digest(context)
         self._path = _check_log_path(path)
-        self._keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
-        self._password = password
-        self._masters: dict[tuple[bytes, int, int, int], bytes] = {}  # scrypt results by params
-        self._kdf: SealedHeader | None = None  # the password log's KDF fields, to reuse its salt
+        keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
+        self._secrets = LogSecrets(self._path, keyring, password, binding)
         self._max = max_messages
         self._untrainable = False
         if attachments == "external" and password is not None:
@@ -299,7 +276,6 @@ class ConversationCodec:
         )
         self._redact = redact_fn
         self._clock = clock or _now_us
-        self._zstd = Compressor()
         self._digests: list[bytes] | None = None  # of stored messages, for save()
         self._dbase = 0  # the seq of the first message self._digests covers
         self._view: _View | None = None  # what this instance last knew of the log: see save()
@@ -307,7 +283,7 @@ class ConversationCodec:
         self._swept = False
         self._log: LogStorage = FileLog(
             self._path,
-            attach=self._attach,
+            attach=self._secrets.attach,
             durability=durability,
             lock_timeout=lock_timeout,
             io=io,
@@ -327,97 +303,6 @@ class ConversationCodec:
         return self._options
 
     # -- opening and creating logs ---------------------------------------------------------
-
-    def _attach(self, prefix: bytes) -> LogFormat:
-        kind = sniff_log(prefix)
-        if kind is LogKind.SEALED:
-            header, covered, mac = decode_sealed_header(prefix)
-            try:
-                cipher = LogCipher.open(
-                    self._keyring_for(header),
-                    header,
-                    covered,
-                    mac,
-                    binding=self._binding,
-                    binding_mac=prefix[SEALED_HEADER_BYTES : header.size],
-                )
-            except BindingError as exc:
-                raise BindingError(f"{self._path}: {exc}") from None
-            records = SealedRecords(cipher, self._zstd)
-            return LogFormat(header.log_id, header.size, records, True, header.format_version)
-        if kind is LogKind.PLAIN:
-            if self.encrypted:
-                raise NotEncryptedError(
-                    f"{self._path} is a plaintext log; open it without a key, or encrypt it "
-                    "with conversation_codec.migrate(..., encryption_key=...)"
-                )
-            end = prefix.find(b"\n")
-            if end < 0:
-                raise FormatError(f"{self._path}: plaintext log header line is truncated")
-            plain = decode_plain_header(prefix[:end])
-            self._check_plain_binding(plain)
-            return LogFormat(plain.log_id, end + 1, PlainRecords(), False, plain.format_version)
-        raise FormatError(
-            f"{self._path} is not a conversation-codec log; convert it with "
-            "conversation_codec.migrate()"
-        )
-
-    def _check_plain_binding(self, plain: PlainHeader) -> None:
-        """Refuse a plain log recorded for another context (FORMAT.md §6): an accident check
-        only, since anyone can edit a plain file."""
-        if plain.context_sha256 is None or hmac.compare_digest(
-            plain.context_sha256, self._binding or b""
-        ):
-            return
-        raise BindingError(
-            f"{self._path} was written for another context (conversation id)"
-            if self._binding is not None
-            else f"{self._path} is bound to a context (a conversation id); open it with "
-            "context= set to the id it was written under (ConversationStore does this)"
-        )
-
-    def _keyring_for(self, header: SealedHeader) -> Keyring:
-        """Return the master keys that should open a sealed log with this header."""
-        if header.kdf is Kdf.SCRYPT:
-            if self._password is None:
-                raise KeyRequiredError(f"{self._path} is protected by a password; pass password=")
-            params = (header.kdf_salt, header.kdf_log2_n, header.kdf_r, header.kdf_p)
-            if params not in self._masters:
-                self._masters[params] = password_master(self._password, *params)
-            self._kdf = header
-            return Keyring([self._masters[params]])
-        if self._keyring is None:
-            raise KeyRequiredError(
-                f"{self._path} is encrypted with a key; pass encryption_key= (or set the key "
-                "variable)" + ("" if self._password is None else ", not password=")
-            )
-        return self._keyring
-
-    def _new_log(self) -> tuple[bytes, LogFormat]:
-        log_id = new_log_id()
-        # FORMAT.md §12: a log without a context is written as version 1, which every reader
-        # since the first reads; a bound one needs version 2.
-        version = 1 if self._binding is None else 2
-        if not self.encrypted:
-            header = encode_plain_header(PlainHeader(log_id, version, self._binding))
-            return header, LogFormat(log_id, len(header), PlainRecords(), False, version)
-        if self._password is not None:
-            # A rewrite keeps the salt of the password it already derived: no second scrypt.
-            kdf = self._kdf or SealedHeader(
-                log_id, Kdf.SCRYPT, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P, new_salt()
-            )
-            fields = SealedHeader(
-                log_id, Kdf.SCRYPT, kdf.kdf_log2_n, kdf.kdf_r, kdf.kdf_p, kdf.kdf_salt, version
-            )
-            keyring = self._keyring_for(fields)
-        else:
-            assert self._keyring is not None
-            fields, keyring = SealedHeader(log_id, format_version=version), self._keyring
-        if self._binding is not None:
-            fields = dataclasses.replace(fields, header_flags=FLAG_BOUND)
-        cipher, header = LogCipher.create(keyring, fields, binding=self._binding)
-        records = SealedRecords(cipher, self._zstd)
-        return header, LogFormat(log_id, len(header), records, True, version)
 
     def _forget(self) -> None:
         self._digests = None
@@ -464,7 +349,7 @@ class ConversationCodec:
             self._log.remove_stale_temps()
             self._swept = True
         if self._log.fmt is None:
-            header, fmt = self._new_log()
+            header, fmt = self._secrets.new_log()
             self._log.create(header, fmt)
             self._digests, self._dbase = [], 0
         assert self._log.fmt is not None
@@ -759,7 +644,7 @@ class ConversationCodec:
 
     def _rewrite(self, encoded: list[tuple[Message, bytes]], tss: list[int]) -> None:
         """Atomically replace the log with these messages and timestamps (lock held)."""
-        header, fmt = self._new_log()
+        header, fmt = self._secrets.new_log()
         datas = [data for _, data in encoded]
         dictionary = self._fresh_dictionary(
             fmt.records, len(datas), lambda k: datas[::k], tss[0] if tss else 0
@@ -807,9 +692,9 @@ class ConversationCodec:
         a rotation only the new key opens the log.
         """
         with self._writing():
-            secrets = (self._keyring, self._password, self._kdf)
+            secrets = (self._secrets.keyring, self._secrets.password, self._secrets.kdf)
             if encryption_key is not None:
-                self._keyring, self._password, self._kdf = (
+                self._secrets.keyring, self._secrets.password, self._secrets.kdf = (
                     Keyring.from_input(encryption_key),
                     None,
                     None,
@@ -823,7 +708,7 @@ class ConversationCodec:
                 report = self._compact_from(self._base(), new_blobs)
             except BaseException:
                 if not committed():  # past the rename the new secrets are the log's
-                    self._keyring, self._password, self._kdf = secrets
+                    self._secrets.keyring, self._secrets.password, self._secrets.kdf = secrets
                 elif new_blobs is not None:
                     self._blobs = new_blobs
                 raise
@@ -845,7 +730,7 @@ class ConversationCodec:
         count = len(self._log.index)
         if self._log.fmt is None:
             return CompactionReport(0, 0, 0)
-        header, new = self._new_log()
+        header, new = self._secrets.new_log()
 
         def sample(step: int) -> list[bytes]:
             return [
@@ -902,17 +787,17 @@ class ConversationCodec:
         if not isinstance(new, str) or not new:
             raise ValueError("the new password must be a non-empty str")
         with self._writing():
-            current = self._password or ""
-            if not hmac.compare_digest(old.encode(), current.encode()) or self._keyring:
+            current = self._secrets.password or ""
+            if not hmac.compare_digest(old.encode(), current.encode()) or self._secrets.keyring:
                 raise DecryptionError("wrong password: the log was not opened with it")
-            self._password, self._kdf = new, None
+            self._secrets.password, self._secrets.kdf = new, None
             committed = self._rewrites_committed()
             before = self._state()
             try:
                 report = self._compact_from(self._base())
             except BaseException:
                 if not committed():
-                    self._password = old
+                    self._secrets.password = old
                 raise
             self._moved(before, keeps_view=True)
             return report
@@ -1289,7 +1174,7 @@ class ConversationCodec:
     @property
     def encrypted(self) -> bool:
         """True when this codec writes sealed records (it was given a key or a password)."""
-        return self._keyring is not None or self._password is not None
+        return self._secrets.encrypted
 
     def close(self) -> None:
         """Release file descriptors; further calls raise ``ClosedError``."""
