@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import hmac
 import itertools
 import os
@@ -21,8 +20,6 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
-
-import msgspec
 
 from ._fsio import DEFAULT_IO, FileIO, remove_flat_dir
 from ._time import MAX_US, to_datetime, to_us
@@ -43,29 +40,25 @@ from .crypto import (
     KeyInput,
     Keyring,
 )
+from .encoding import MessageEncoder, digest, encode_json
 from .errors import (
     ClosedError,
     ConflictError,
     ConversationCodecError,
     DecryptionError,
-    InvalidKeyError,
     KeyRequiredError,
-    KeyTypeError,
     LogReplacedError,
-    NotSerializableError,
-    RecordTooLargeError,
     StorageError,
 )
 from .format.header import (
     context_digest,
 )
-from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .maintenance.transfer import ImportReport, export_history, import_history
 from .options import AttachmentMode, CodecOptions, Durability
-from .paths import LONGEST_SUFFIX, blobs_path
+from .paths import blobs_path, check_log_path
 from .reading import LogReader
 from .records import SealedRecords
-from .sealing import LogSecrets
+from .sealing import LogSecrets, check_password
 from .search import Hit, Query, parse_roles
 from .storage.base import LogFormat, LogStorage
 from .storage.file.check import VerifyReport, check_file_log
@@ -77,9 +70,6 @@ Message = dict[str, Any]
 TimestampInput = datetime | int | float
 TimeInput = datetime | int | float | str
 _ITER_BATCH = 256  # records decoded per lock hold while iterating
-_NAME_MAX = 255  # bytes in one path component: ext4, XFS, Btrfs, APFS, NTFS (UTF-16 units)
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
 
 
 def _now_us() -> int:
@@ -94,96 +84,12 @@ def _to_us(value: TimestampInput) -> int:
     return us
 
 
-def _check_password(password: object) -> None:
-    """Refuse a password scrypt cannot take; the messages never show it."""
-    if not isinstance(password, str):
-        raise KeyTypeError(f"password must be a non-empty str, not {type(password).__name__}")
-    if not password:
-        raise InvalidKeyError("password must be a non-empty str")
-    try:
-        password.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidKeyError("password is not valid Unicode (a lone surrogate)") from None
-
-
-def _check_log_path(path: str | os.PathLike[str]) -> Path:
-    """Return ``path`` as a Path, refusing a directory or a path too long for its sidecars.
-
-    Checked up front because the longest sidecar name, ``<log>.tmp-<16 hex>`` (FORMAT.md §8),
-    is only made by a rewrite: without this, a 240-byte name would work until the first
-    ``compact()``. Paths longer than the system's PATH_MAX fail at the first open instead.
-
-    :raises StorageError: a directory, a NUL byte, a name (with its sidecar suffix) over
-        NAME_MAX, or a path the system refuses to look at.
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
-    result = Path(path)
-    raw = os.fsencode(result)
-    if b"\0" in raw:
-        raise StorageError(errno.EINVAL, f"log path {_shown(raw)!r} holds a NUL byte")
-    *folders, name = [os.fsencode(part) for part in result.parts] or [b""]
-    for folder in folders:
-        if len(folder) > _NAME_MAX:
-            raise StorageError(
-                errno.ENAMETOOLONG,
-                f"log path has a {len(folder)}-byte directory name ({_shown(folder)!r}); "
-                f"file systems allow at most {_NAME_MAX} bytes",
-            )
-    if len(name) + LONGEST_SUFFIX > _NAME_MAX:
-        raise StorageError(
-            errno.ENAMETOOLONG,
-            f"log file name {_shown(name)!r} is {len(name)} bytes; its sidecar names add up to "
-            f"{LONGEST_SUFFIX} more: use at most {_NAME_MAX - LONGEST_SUFFIX} bytes",
-        )
-    try:
-        is_dir = result.is_dir()
-    except OSError as exc:  # ENAMETOOLONG past PATH_MAX, EACCES, ...: ours, not a raw OSError
-        raise StorageError(exc.errno or 0, f"log path {_shown(raw)!r}: {exc.strerror}") from None
-    if is_dir:
-        raise StorageError(errno.EISDIR, f"{result} is a directory; pass the path of a log file")
-    return result
-
-
-def _shown(raw: bytes) -> str:
-    """The start of a path (or name) that may be thousands of bytes long, for a message."""
-    return os.fsdecode(raw[:60]) + ("..." if len(raw) > 60 else "")
-
-
 # (log_id, the lock's (inode, generation, truncations), record count): equal states mean no
 # writer changed the log in between (FORMAT.md §8.1; a rewrite or clear() changes log_id).
 _State = tuple[bytes | None, tuple[int, int, int] | None, int]
 # A state, and whether the caller was handed (load, iteration) or gave (save, replace) the
 # whole history at that state.
 _View = tuple[_State, bool]
-
-
-def _too_deep() -> NotSerializableError:
-    return NotSerializableError(
-        f"message nests objects and arrays more than {MAX_DEPTH} levels deep, the limit of "
-        "the format (FORMAT.md §5.2); flatten it, or store the deep part as a JSON string"
-    )
-
-
-def _too_deep_or(message: object) -> Exception:
-    """The error for a RecursionError met while encoding ``message``: the nesting limit,
-    unless the message is within it (then the caller's own stack ran out: say so)."""
-    level = [message] if isinstance(message, (dict, list)) else []
-    for _ in range(MAX_DEPTH):  # walked level by level: no recursion
-        level = [
-            child
-            for node in level
-            for child in (node.values() if isinstance(node, dict) else node)
-            if isinstance(child, (dict, list))
-        ]
-    if level:
-        return _too_deep()
-    return RecursionError("the call stack ran out while encoding a message (not its nesting)")
-
-
-def _digest(data: bytes) -> bytes:
-    """Fingerprint a stored message's JSON, for save()'s comparison of the kept prefix."""
-    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class ConversationCodec:
@@ -257,24 +163,24 @@ class ConversationCodec:
         if password is not None and encryption_key is not None:
             raise ValueError("pass encryption_key= or password=, not both")
         if password is not None:
-            _check_password(password)
+            check_password(password)
         if max_messages is not None and (not isinstance(max_messages, int) or max_messages < 1):
             raise ValueError("max_messages must be a positive int or None")
         binding = None if context is None else context_digest(context)
-        self._path = _check_log_path(path)
+        self._path = check_log_path(path)
         keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         self._secrets = LogSecrets(self._path, keyring, password, binding)
         self._max = max_messages
         self._untrainable = False
         if attachments == "external" and password is not None:
             raise ValueError("external attachments need encryption_key=, not password=")
-        self._attachments = attachments
-        self._blobs = (
+        self._encoder = MessageEncoder(
+            redact_fn,
+            attachments,
             BlobStore.for_key(blobs_path(self._path), encryption_key, io=io)
             if attachments == "external"
-            else None
+            else None,
         )
-        self._redact = redact_fn
         self._clock = clock or _now_us
         self._digests: list[bytes] | None = None  # of stored messages, for save()
         self._dbase = 0  # the seq of the first message self._digests covers
@@ -355,50 +261,6 @@ class ConversationCodec:
         assert self._log.fmt is not None
         return self._log.fmt
 
-    # -- encoding --------------------------------------------------------------------------
-
-    def _transform(self, message: Message) -> Message:
-        """Apply ``redact_fn`` and the attachments mode: the message as it will be stored."""
-        if not isinstance(message, dict):
-            raise NotSerializableError(f"a message must be a dict, not {type(message).__name__}")
-        if self._redact is not None:
-            message = self._redact(message)
-            if not isinstance(message, dict):
-                raise NotSerializableError("redact_fn must return a dict")
-        if self._attachments != "keep":
-            # Blobs are written before the record that refers to them: a crash leaves at
-            # worst an unreferenced blob, which compaction deletes.
-            message = apply_mode(message, self._attachments, self._blobs)
-        return message
-
-    def _encode(self, message: Message) -> tuple[Message, bytes]:
-        """Transform, encode and validate one message; return it with its JSON."""
-        try:
-            message = self._transform(message)  # redact_fn and attachments walk it
-        except RecursionError:
-            raise _too_deep_or(message) from None
-        try:
-            data = _encode(message)
-        except RecursionError:
-            raise _too_deep_or(message) from None
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise NotSerializableError(f"message is not JSON-serialisable: {exc}") from None
-        if nests_deeper_than(data, MAX_DEPTH):
-            # Refused on write, not only on read: a reader with less stack to spare than
-            # this writer had could not decode it, and the whole log would be unreadable.
-            raise _too_deep()
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise RecordTooLargeError(
-                f"message is {len(data)} bytes of JSON; one record holds at most "
-                f"{MAX_MESSAGE_BYTES} — store large attachments outside the message"
-            )
-        if _decode(data) != message:
-            raise NotSerializableError(
-                "message does not round-trip through JSON exactly (tuples, non-str keys, NaN, "
-                "datetimes, bytes or sets); convert those values first"
-            )
-        return message, data
-
     def _timestamps(self, count: int, given: Sequence[TimestampInput] | None) -> list[int]:
         index = self._log.index
         last = index.tss[-1] if len(index) else 0
@@ -443,15 +305,15 @@ class ConversationCodec:
         anything is written (a bad message) keeps none of it.
         """
         messages = list(messages)
-        if self._blobs is None:  # validate outside the lock: other writers wait less
-            encoded = [self._encode(m) for m in messages]
+        if self._encoder.blobs is None:  # validate outside the lock: other writers wait less
+            encoded = [self._encoder.encode(m) for m in messages]
             if not encoded:
                 return []
         with self._writing():
-            if self._blobs is not None:
+            if self._encoder.blobs is not None:
                 # Blobs are stored under the lock, so a compaction in another process
                 # cannot delete them as unreferenced before this record refers to them.
-                encoded = [self._encode(m) for m in messages]
+                encoded = [self._encoder.encode(m) for m in messages]
                 if not encoded:
                     return []
             return self._append_locked(encoded, timestamps)
@@ -492,7 +354,7 @@ class ConversationCodec:
                 records.drop_dictionary()  # it never reached the log
             raise
         if self._digests is not None and self._dbase + len(self._digests) == first:
-            self._digests.extend(_digest(data) for _, data in encoded)
+            self._digests.extend(digest(data) for _, data in encoded)
         else:
             self._digests = None
         self._view = (self._state(), False)  # save() sets it whole again when it appended
@@ -561,7 +423,7 @@ class ConversationCodec:
             base = self._base()
             keep = 0
             for message, stored in zip(messages, digests, strict=False):
-                if self._digest_of(message) != stored and not self._same_as_stored(
+                if self._encoder.digest_of(message) != stored and not self._same_as_stored(
                     message, base + keep
                 ):
                     break
@@ -569,11 +431,11 @@ class ConversationCodec:
             if keep == len(digests):
                 if len(messages) > keep:
                     self._refuse_resurrection()
-                    self._append_locked([self._encode(m) for m in messages[keep:]], None)
+                    self._append_locked([self._encoder.encode(m) for m in messages[keep:]], None)
                 self._view = (self._state(), True)
                 return
             self._refuse_blind_rewrite()
-            encoded = [self._encode(m) for m in messages]
+            encoded = [self._encoder.encode(m) for m in messages]
             kept = list(self._log.index.tss[base : base + keep])
             tail = self._timestamps(len(encoded) - keep, None) if len(encoded) > keep else []
             self._rewrite(encoded, kept + tail)
@@ -615,22 +477,10 @@ class ConversationCodec:
         whole = keeps_view and self._view == (before, True)
         self._view = (self._state(), whole)
 
-    def _digest_of(self, message: Message) -> bytes:
-        """The digest ``message`` would be stored with; empty for what cannot be stored.
-
-        Digests cover the JSON as stored (key order included) because that is free to get
-        at load and append time; a mismatch is confirmed by ``_same_as_stored`` before the
-        log is rewritten, so a message whose keys were merely reordered still counts as kept.
-        """
-        try:
-            return _digest(_encode(self._transform(message)))
-        except (ConversationCodecError, TypeError, ValueError, OverflowError, RecursionError):
-            return b""
-
     def _same_as_stored(self, message: Message, seq: int) -> bool:
         """Compare with the stored record itself (one decryption), ignoring key order."""
         try:
-            return self._transform(message) == self._reader.read_one(seq)
+            return self._encoder.transform(message) == self._reader.read_one(seq)
         except (ConversationCodecError, TypeError, ValueError, RecursionError):
             return False
 
@@ -638,7 +488,9 @@ class ConversationCodec:
         """Digests of the visible stored messages (decrypting them once per instance)."""
         base, count = self._base(), len(self._log.index)
         if self._digests is None or self._dbase > base or self._dbase + len(self._digests) != count:
-            self._digests = [_digest(_encode(m)) for _, m, _ in self._reader.decoded(base, count)]
+            self._digests = [
+                digest(encode_json(m)) for _, m, _ in self._reader.decoded(base, count)
+            ]
             self._dbase = base
         return self._digests[base - self._dbase :]
 
@@ -654,7 +506,7 @@ class ConversationCodec:
             for seq, (data, ts) in enumerate(zip(datas, tss, strict=True))
         )
         self._log.rewrite(header, fmt, records, dictionary)
-        self._digests, self._dbase = [_digest(data) for _, data in encoded], 0
+        self._digests, self._dbase = [digest(data) for _, data in encoded], 0
 
     def replace(
         self,
@@ -670,7 +522,7 @@ class ConversationCodec:
         if timestamps is not None and len(timestamps) != len(messages):
             raise ValueError(f"got {len(timestamps)} timestamps for {len(messages)} messages")
         with self._writing():
-            encoded = [self._encode(m) for m in messages]
+            encoded = [self._encoder.encode(m) for m in messages]
             if timestamps is None:
                 now = self._clock()
                 tss = [now] * len(encoded)
@@ -700,7 +552,7 @@ class ConversationCodec:
                     None,
                 )
             new_blobs = None
-            if encryption_key is not None and self._blobs is not None:
+            if encryption_key is not None and self._encoder.blobs is not None:
                 new_blobs = BlobStore.for_key(blobs_path(self._path), encryption_key)
             committed = self._rewrites_committed()
             before = self._state()
@@ -710,7 +562,7 @@ class ConversationCodec:
                 if not committed():  # past the rename the new secrets are the log's
                     self._secrets.keyring, self._secrets.password, self._secrets.kdf = secrets
                 elif new_blobs is not None:
-                    self._blobs = new_blobs
+                    self._encoder.blobs = new_blobs
                 raise
             self._moved(before, keeps_view=True)  # same messages: what was seen stays seen
             return report
@@ -742,7 +594,7 @@ class ConversationCodec:
         first_ts = self._log.index.tss[start] if count > start else 0
         dictionary = self._fresh_dictionary(new.records, count - start, sample, first_ts)
         referenced: set[str] = set()
-        old_blobs = self._blobs
+        old_blobs = self._encoder.blobs
         if old_blobs is not None:  # the sweep after the commit must not be refused
             remove_flat_dir(old_blobs.directory, check_only=True)
 
@@ -752,13 +604,13 @@ class ConversationCodec:
                     if new_blobs is not None:
                         message = apply_mode(restore(message, old_blobs), "external", new_blobs)
                     referenced.update(references(message))
-                yield new.records.encode(seq - start, ts, _encode(message)), ts
+                yield new.records.encode(seq - start, ts, encode_json(message)), ts
 
         self._log.rewrite(header, new, reseal(), dictionary)
         self._digests = None
         if old_blobs is not None:
-            self._blobs = new_blobs or old_blobs
-            self._blobs.delete_unreferenced(referenced)
+            self._encoder.blobs = new_blobs or old_blobs
+            self._encoder.blobs.delete_unreferenced(referenced)
         return CompactionReport(count - start, before, self._log.size() + self._reader.index_size())
 
     def rotate_key(self, new_key: KeyInput) -> CompactionReport:
@@ -849,8 +701,8 @@ class ConversationCodec:
             self._view = ((None, None, 0), False)
 
     def _remove_blobs(self) -> None:
-        if self._blobs is not None:
-            self._blobs.clear()
+        if self._encoder.blobs is not None:
+            self._encoder.blobs.clear()
         else:
             remove_flat_dir(blobs_path(self._path))
 
@@ -858,7 +710,7 @@ class ConversationCodec:
 
     def _present(self, message: Message) -> Message:
         """Turn a stored message into what callers see (external attachments restored)."""
-        return message if self._blobs is None else restore(message, self._blobs)
+        return message if self._encoder.blobs is None else restore(message, self._encoder.blobs)
 
     def _base(self) -> int:
         """The seq of the first visible record: ``max_messages`` hides older ones."""
@@ -889,7 +741,7 @@ class ConversationCodec:
                 message = self._reader.parse(seq, text)
                 messages.append(self._present(message))
                 # A sealed record's text is the stored JSON; a plain one's is the whole line.
-                digests.append(_digest(text if sealed else _encode(message)))
+                digests.append(digest(text if sealed else encode_json(message)))
             # The seed pattern calls save() next: keep what it compares against.
             self._digests, self._dbase = digests, base
             self._view = (self._state(), True)

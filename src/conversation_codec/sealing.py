@@ -22,7 +22,14 @@ from .crypto import (
     new_salt,
     password_master,
 )
-from .errors import BindingError, FormatError, KeyRequiredError, NotEncryptedError
+from .errors import (
+    BindingError,
+    FormatError,
+    InvalidKeyError,
+    KeyRequiredError,
+    KeyTypeError,
+    NotEncryptedError,
+)
 from .format.header import (
     FLAG_BOUND,
     SEALED_HEADER_BYTES,
@@ -38,7 +45,7 @@ from .format.header import (
 from .records import PlainRecords, SealedRecords
 from .storage.base import LogFormat
 
-__all__ = ["LogSecrets"]
+__all__ = ["LogSecrets", "check_password"]
 
 
 class LogSecrets:
@@ -154,3 +161,15 @@ class LogSecrets:
         cipher, header = LogCipher.create(keyring, fields, binding=self.binding)
         records = SealedRecords(cipher, self._zstd)
         return header, LogFormat(log_id, len(header), records, True, version)
+
+
+def check_password(password: object) -> None:
+    """Refuse a password scrypt cannot take; the messages never show it."""
+    if not isinstance(password, str):
+        raise KeyTypeError(f"password must be a non-empty str, not {type(password).__name__}")
+    if not password:
+        raise InvalidKeyError("password must be a non-empty str")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKeyError("password is not valid Unicode (a lone surrogate)") from None
