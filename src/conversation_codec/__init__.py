@@ -53,9 +53,10 @@ from .errors import (
 
 if TYPE_CHECKING:  # the real imports, for type checkers; at run time see __getattr__
     from .aio import AsyncConversationCodec, AsyncConversationStore
-    from .codec import CompactionReport, ConversationCodec, LogInfo
+    from .codec import ConversationCodec, LogInfo
     from .crypto import generate_key
     from .keyfile import load_or_create_key
+    from .maintenance.compact import CompactionReport
     from .maintenance.migrate import MigrationReport, migrate, migrate_many
     from .maintenance.verify import SalvageReport, salvage
     from .options import CodecOptions
@@ -70,7 +71,7 @@ _LAZY = {
     "AsyncConversationCodec": "aio",
     "AsyncConversationStore": "aio",
     "CodecOptions": "options",
-    "CompactionReport": "codec",
+    "CompactionReport": "maintenance.compact",
     "ConversationCodec": "codec",
     "LogInfo": "codec",
     "generate_key": "crypto",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hmac
 import itertools
 import os
 import time
@@ -23,7 +22,7 @@ from typing import Any, cast
 
 from ._fsio import DEFAULT_IO, FileIO, remove_flat_dir
 from ._time import MAX_US, to_datetime, to_us
-from .attachments import BlobStore, apply_mode, references, restore
+from .attachments import BlobStore, restore
 from .chat_formats import (
     context_window,
     to_anthropic_messages,
@@ -31,8 +30,6 @@ from .chat_formats import (
     to_openai_messages,
 )
 from .compression import (
-    REWRITE_DICTIONARY_BYTES,
-    REWRITE_SAMPLES,
     TRAIN_AFTER,
     train_dictionary,
 )
@@ -45,7 +42,6 @@ from .errors import (
     ClosedError,
     ConflictError,
     ConversationCodecError,
-    DecryptionError,
     KeyRequiredError,
     LogReplacedError,
     StorageError,
@@ -53,6 +49,7 @@ from .errors import (
 from .format.header import (
     context_digest,
 )
+from .maintenance.compact import CompactionReport, Compactor
 from .maintenance.transfer import ImportReport, export_history, import_history
 from .options import AttachmentMode, CodecOptions, Durability
 from .paths import blobs_path, check_log_path
@@ -64,7 +61,7 @@ from .storage.base import LogFormat, LogStorage
 from .storage.file.check import VerifyReport, check_file_log
 from .storage.file.log import FileLog
 
-__all__ = ["CompactionReport", "ConversationCodec", "LogInfo", "Message"]
+__all__ = ["ConversationCodec", "LogInfo", "Message"]
 
 Message = dict[str, Any]
 TimestampInput = datetime | int | float
@@ -196,6 +193,7 @@ class ConversationCodec:
         )
         self._log.on_change = self._forget
         self._reader = LogReader(self._log, self._path)
+        self._compactor = Compactor(self._log, self._reader, self._secrets, self._encoder)
         try:  # fail fast on a wrong key or a foreign file
             self._log.probe()
         except OSError as exc:
@@ -381,24 +379,6 @@ class ConversationCodec:
         records.use_dictionary(1, dictionary)
         return records.encode_dictionary(1, ts, dictionary)
 
-    def _fresh_dictionary(
-        self, records: object, count: int, sample: Callable[[int], list[bytes]], ts: int
-    ) -> bytes | None:
-        """For a rewrite of ``count`` messages: train a dictionary on every k-th message
-        (``sample(k)``), start sealing with it, and return its record body, which goes right
-        after the header (FORMAT.md §5.3); None for a plain log or too few messages."""
-        if not isinstance(records, SealedRecords) or count < TRAIN_AFTER:
-            return None
-        # A better dictionary than the first messages gave, and records before
-        # TRAIN_AFTER get one too.
-        trained = train_dictionary(
-            sample(max(1, count // REWRITE_SAMPLES)), REWRITE_DICTIONARY_BYTES
-        )
-        if trained is None:
-            return None
-        records.use_dictionary(1, trained)
-        return records.encode_dictionary(1, ts, trained)
-
     def save(self, messages: Sequence[Message]) -> None:
         """Make the stored history equal ``messages``, deleting nothing this instance never saw.
 
@@ -496,16 +476,7 @@ class ConversationCodec:
 
     def _rewrite(self, encoded: list[tuple[Message, bytes]], tss: list[int]) -> None:
         """Atomically replace the log with these messages and timestamps (lock held)."""
-        header, fmt = self._secrets.new_log()
-        datas = [data for _, data in encoded]
-        dictionary = self._fresh_dictionary(
-            fmt.records, len(datas), lambda k: datas[::k], tss[0] if tss else 0
-        )
-        records = (
-            (fmt.records.encode(seq, ts, data), ts)
-            for seq, (data, ts) in enumerate(zip(datas, tss, strict=True))
-        )
-        self._log.rewrite(header, fmt, records, dictionary)
+        self._compactor.rewrite([data for _, data in encoded], tss)
         self._digests, self._dbase = [digest(data) for _, data in encoded], 0
 
     def replace(
@@ -544,74 +515,11 @@ class ConversationCodec:
         a rotation only the new key opens the log.
         """
         with self._writing():
-            secrets = (self._secrets.keyring, self._secrets.password, self._secrets.kdf)
-            if encryption_key is not None:
-                self._secrets.keyring, self._secrets.password, self._secrets.kdf = (
-                    Keyring.from_input(encryption_key),
-                    None,
-                    None,
-                )
-            new_blobs = None
-            if encryption_key is not None and self._encoder.blobs is not None:
-                new_blobs = BlobStore.for_key(blobs_path(self._path), encryption_key)
-            committed = self._rewrites_committed()
             before = self._state()
-            try:
-                report = self._compact_from(self._base(), new_blobs)
-            except BaseException:
-                if not committed():  # past the rename the new secrets are the log's
-                    self._secrets.keyring, self._secrets.password, self._secrets.kdf = secrets
-                elif new_blobs is not None:
-                    self._encoder.blobs = new_blobs
-                raise
+            self._digests = None
+            report = self._compactor.compact(self._base(), encryption_key)
             self._moved(before, keeps_view=True)  # same messages: what was seen stays seen
             return report
-
-    def _rewrites_committed(self) -> Callable[[], bool]:
-        """Return a check of whether a rewrite started now has replaced the log."""
-        before = self._log.fmt.log_id if self._log.fmt else None
-        return lambda: (self._log.fmt.log_id if self._log.fmt else None) != before
-
-    def _compact_from(self, start: int, new_blobs: BlobStore | None = None) -> CompactionReport:
-        """Rewrite the records from ``start`` on under the current secrets (lock held).
-
-        ``new_blobs``: a blob store under a new key; every attachment is moved into it (a key
-        rotation must re-seal attachments too, or only the old key would open them).
-        """
-        before = self._log.size() + self._reader.index_size()
-        count = len(self._log.index)
-        if self._log.fmt is None:
-            return CompactionReport(0, 0, 0)
-        header, new = self._secrets.new_log()
-
-        def sample(step: int) -> list[bytes]:
-            return [
-                text
-                for seq in range(start, count, step)
-                for _, text, _ in self._reader.payloads(seq, seq + 1)
-            ]
-
-        first_ts = self._log.index.tss[start] if count > start else 0
-        dictionary = self._fresh_dictionary(new.records, count - start, sample, first_ts)
-        referenced: set[str] = set()
-        old_blobs = self._encoder.blobs
-        if old_blobs is not None:  # the sweep after the commit must not be refused
-            remove_flat_dir(old_blobs.directory, check_only=True)
-
-        def reseal() -> Iterator[tuple[bytes, int]]:
-            for seq, message, ts in self._reader.decoded(start, count):
-                if old_blobs is not None:
-                    if new_blobs is not None:
-                        message = apply_mode(restore(message, old_blobs), "external", new_blobs)
-                    referenced.update(references(message))
-                yield new.records.encode(seq - start, ts, encode_json(message)), ts
-
-        self._log.rewrite(header, new, reseal(), dictionary)
-        self._digests = None
-        if old_blobs is not None:
-            self._encoder.blobs = new_blobs or old_blobs
-            self._encoder.blobs.delete_unreferenced(referenced)
-        return CompactionReport(count - start, before, self._log.size() + self._reader.index_size())
 
     def rotate_key(self, new_key: KeyInput) -> CompactionReport:
         """Re-encrypt the whole log under ``new_key``; afterwards the old key fails.
@@ -639,18 +547,9 @@ class ConversationCodec:
         if not isinstance(new, str) or not new:
             raise ValueError("the new password must be a non-empty str")
         with self._writing():
-            current = self._secrets.password or ""
-            if not hmac.compare_digest(old.encode(), current.encode()) or self._secrets.keyring:
-                raise DecryptionError("wrong password: the log was not opened with it")
-            self._secrets.password, self._secrets.kdf = new, None
-            committed = self._rewrites_committed()
             before = self._state()
-            try:
-                report = self._compact_from(self._base())
-            except BaseException:
-                if not committed():
-                    self._secrets.password = old
-                raise
+            self._digests = None
+            report = self._compactor.change_password(self._base(), old, new)
             self._moved(before, keeps_view=True)
             return report
 
@@ -668,7 +567,8 @@ class ConversationCodec:
             if start == 0:
                 return 0
             removed = start - self._base()
-            self._compact_from(start)
+            self._digests = None
+            self._compactor.rewrite_from(start)
             self._view = (self._state(), False)  # a list loaded before still holds them
             return removed
 
@@ -1048,15 +948,6 @@ class ConversationCodec:
     def __repr__(self) -> str:  # never the key
         state = "closed" if self._closed else ("encrypted" if self.encrypted else "plaintext")
         return f"<ConversationCodec {str(self._path)!r} {state}>"
-
-
-@dataclass(frozen=True, slots=True)
-class CompactionReport:
-    """What ``compact()`` did: messages kept and bytes (log + index) before and after."""
-
-    messages: int
-    bytes_before: int
-    bytes_after: int
 
 
 @dataclass(frozen=True, slots=True)

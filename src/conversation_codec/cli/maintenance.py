@@ -30,7 +30,7 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
-    from ..codec import CompactionReport
+    from ..maintenance.compact import CompactionReport
     from ..maintenance.migrate import BatchReport
     from ..storage.file.check import VerifyReport
 
