@@ -767,7 +767,7 @@ class ConversationCodec:
             log_id = self._log.fmt.log_id if self._log.fmt else None
             base = self._base()
             # Authenticate the records just outside the range (see _first_at_or_after):
-            # then no record outside [first, stop) can match, and _match_batch keeps the
+            # then no record outside [first, stop) can match, and reader.matches keeps the
             # records inside by their own authenticated times.
             first = max(base, 0 if lo is None else self._reader.first_at_or_after(lo, (-1,)))
             stop = max(
@@ -784,34 +784,14 @@ class ConversationCodec:
                     self._log.index
                 ) < end:
                     raise LogReplacedError("the log was replaced or truncated during a search")
-                hits = self._match_batch(matcher, roles, start, end, base, (lo, hi))
+                hits = self._reader.matches(
+                    matcher, roles, start, end, base, (lo, hi), self._present
+                )
             for hit in reversed(hits) if newest_first else hits:
                 if left == 0:
                     return
                 yield hit
                 left = None if left is None else left - 1
-
-    def _match_batch(
-        self,
-        matcher: Query,
-        roles: frozenset[str] | None,
-        start: int,
-        end: int,
-        base: int,
-        span: tuple[int | None, int | None],
-    ) -> list[Hit]:
-        hits = []
-        lo, hi = span
-        for seq, text, ts in self._reader.payloads(start, end):
-            # ts is the record's own (authenticated) time, whatever the index said.
-            if (lo is not None and ts < lo) or (hi is not None and ts >= hi):
-                continue
-            if not matcher.maybe(text.decode("utf-8", "replace")):
-                continue
-            message = self._reader.parse(seq, text)
-            if (roles is None or message.get("role") in roles) and matcher.matches(message):
-                hits.append(Hit(seq - base, self._reader.when(seq, ts), self._present(message)))
-        return hits
 
     def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
         """Return every message with ``since <= timestamp < until`` (a pure date range)."""

@@ -9,7 +9,7 @@ beyond the storage's ``LogFormat``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from ._time import to_datetime
 from .errors import CorruptRecordError
 from .records import DictionaryMissing, RecordRejected
+from .search import Hit, Query
 from .storage.base import IndexMismatch, LogStorage
 
 __all__ = ["LogReader"]
@@ -156,3 +157,28 @@ class LogReader:
             return os.path.getsize(self._log.index.path)
         except FileNotFoundError:
             return 0
+
+    def matches(
+        self,
+        matcher: Query,
+        roles: frozenset[str] | None,
+        start: int,
+        end: int,
+        base: int,
+        span: tuple[int | None, int | None],
+        present: Callable[[Message], Message],
+    ) -> list[Hit]:
+        """Return the hits among records ``start .. end`` whose own (authenticated) time is
+        in ``span``: their seq counted from ``base``, their message passed through ``present``."""
+        hits = []
+        lo, hi = span
+        for seq, text, ts in self.payloads(start, end):
+            # ts is the record's own (authenticated) time, whatever the index said.
+            if (lo is not None and ts < lo) or (hi is not None and ts >= hi):
+                continue
+            if not matcher.maybe(text.decode("utf-8", "replace")):
+                continue
+            message = self.parse(seq, text)
+            if (roles is None or message.get("role") in roles) and matcher.matches(message):
+                hits.append(Hit(seq - base, self.when(seq, ts), present(message)))
+        return hits
