@@ -12,7 +12,6 @@ import contextlib
 import errno
 import itertools
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,17 +20,13 @@ from types import TracebackType
 from typing import Any, cast
 
 from ._fsio import DEFAULT_IO, FileIO, remove_flat_dir
-from ._time import MAX_US, to_datetime, to_us
+from ._time import to_us
 from .attachments import BlobStore, restore
 from .chat_formats import (
     context_window,
     to_anthropic_messages,
     to_ollama_messages,
     to_openai_messages,
-)
-from .compression import (
-    TRAIN_AFTER,
-    train_dictionary,
 )
 from .crypto import (
     KeyInput,
@@ -54,12 +49,12 @@ from .maintenance.transfer import ImportReport, export_history, import_history
 from .options import AttachmentMode, CodecOptions, Durability
 from .paths import blobs_path, check_log_path
 from .reading import LogReader
-from .records import SealedRecords
 from .sealing import LogSecrets, check_password
 from .search import Hit, Query, parse_roles
-from .storage.base import LogFormat, LogStorage
+from .storage.base import LogStorage
 from .storage.file.check import VerifyReport, check_file_log
 from .storage.file.log import FileLog
+from .writing import LogWriter, check_timestamp
 
 __all__ = ["ConversationCodec", "LogInfo", "Message"]
 
@@ -67,18 +62,6 @@ Message = dict[str, Any]
 TimestampInput = datetime | int | float
 TimeInput = datetime | int | float | str
 _ITER_BATCH = 256  # records decoded per lock hold while iterating
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def _to_us(value: TimestampInput) -> int:
-    """Convert an aware datetime or epoch seconds to microseconds since the epoch."""
-    us = to_us(value, "timestamp", text=False)  # a naive datetime: NaiveDatetimeError
-    if not 0 <= us < MAX_US:
-        raise ValueError(f"timestamp {value!r} is out of range (1970 .. 9999)")
-    return us
 
 
 # (log_id, the lock's (inode, generation, truncations), record count): equal states mean no
@@ -168,7 +151,6 @@ class ConversationCodec:
         keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         self._secrets = LogSecrets(self._path, keyring, password, binding)
         self._max = max_messages
-        self._untrainable = False
         if attachments == "external" and password is not None:
             raise ValueError("external attachments need encryption_key=, not password=")
         self._encoder = MessageEncoder(
@@ -178,12 +160,10 @@ class ConversationCodec:
             if attachments == "external"
             else None,
         )
-        self._clock = clock or _now_us
         self._digests: list[bytes] | None = None  # of stored messages, for save()
         self._dbase = 0  # the seq of the first message self._digests covers
         self._view: _View | None = None  # what this instance last knew of the log: see save()
         self._closed = False
-        self._swept = False
         self._log: LogStorage = FileLog(
             self._path,
             attach=self._secrets.attach,
@@ -193,6 +173,7 @@ class ConversationCodec:
         )
         self._log.on_change = self._forget
         self._reader = LogReader(self._log, self._path)
+        self._writer = LogWriter(self._log, self._reader, self._secrets, clock)
         self._compactor = Compactor(self._log, self._reader, self._secrets, self._encoder)
         try:  # fail fast on a wrong key or a foreign file
             self._log.probe()
@@ -248,38 +229,6 @@ class ConversationCodec:
             raise ClosedError("this ConversationCodec is closed; open a new one")
         return self._log.transaction(write=True)
 
-    def _ensure_log(self) -> LogFormat:
-        if not self._swept:
-            self._log.remove_stale_temps()
-            self._swept = True
-        if self._log.fmt is None:
-            header, fmt = self._secrets.new_log()
-            self._log.create(header, fmt)
-            self._digests, self._dbase = [], 0
-        assert self._log.fmt is not None
-        return self._log.fmt
-
-    def _timestamps(self, count: int, given: Sequence[TimestampInput] | None) -> list[int]:
-        index = self._log.index
-        last = index.tss[-1] if len(index) else 0
-        if given is None:
-            now = max(self._clock(), last)  # a clock that steps back is clamped
-            return [now] * count
-        if len(given) != count:
-            raise ValueError(f"got {len(given)} timestamps for {count} messages")
-        out = []
-        for value in given:
-            us = _to_us(value)
-            if us < last:
-                raise ValueError(
-                    "timestamps in a log never go backwards: "
-                    f"{to_datetime(us).isoformat()} is "
-                    "earlier than the last record"
-                )
-            out.append(us)
-            last = us
-        return out
-
     # -- writing ---------------------------------------------------------------------------
 
     def append(self, message: Message, *, timestamp: TimestampInput | None = None) -> int:
@@ -315,69 +264,6 @@ class ConversationCodec:
                 if not encoded:
                     return []
             return self._append_locked(encoded, timestamps)
-
-    def _append_locked(
-        self, encoded: list[tuple[Message, bytes]], timestamps: Sequence[TimestampInput] | None
-    ) -> list[int]:
-        fmt = self._ensure_log()
-        first = len(self._log.index)
-        tss = self._timestamps(len(encoded), timestamps)
-        datas = [data for _, data in encoded]
-        # FORMAT.md §5.3: the dictionary goes where the log first holds TRAIN_AFTER messages
-        # (at the batch's start when it already does), trained on the TRAIN_AFTER messages
-        # before that point; the records after it, in this same write, are sealed with it.
-        records = fmt.records
-        train = (
-            isinstance(records, SealedRecords)
-            and not records.dict_id
-            and not self._untrainable
-            and first + len(datas) >= TRAIN_AFTER
-        )
-        at = max(0, TRAIN_AFTER - first) if train else len(datas)
-        bodies = [records.encode(first + i, tss[i], datas[i]) for i in range(at)]
-        dictionary = None
-        if train:
-            assert isinstance(records, SealedRecords)
-            dictionary = self._train(records, first, datas[:at], tss[:at])
-            if len(self._log.index) != first:
-                # Reading the samples found the index stale and rebuilt it: seqs and
-                # timestamps were assigned from the old count, so start again.
-                records.drop_dictionary()
-                return self._append_locked(encoded, timestamps)
-        bodies += [records.encode(first + i, tss[i], datas[i]) for i in range(at, len(datas))]
-        try:
-            self._log.append(bodies, tss, None if dictionary is None else (at, dictionary))
-        except BaseException:
-            if dictionary is not None and isinstance(records, SealedRecords):
-                records.drop_dictionary()  # it never reached the log
-            raise
-        if self._digests is not None and self._dbase + len(self._digests) == first:
-            self._digests.extend(digest(data) for _, data in encoded)
-        else:
-            self._digests = None
-        self._view = (self._state(), False)  # save() sets it whole again when it appended
-        base = self._base()
-        return list(range(first - base, first - base + len(encoded)))
-
-    def _train(
-        self, records: SealedRecords, first: int, before: list[bytes], tss: list[int]
-    ) -> bytes | None:
-        """Train the log's zstd dictionary on the ``TRAIN_AFTER`` messages before the point
-        where it goes: the last stored ones (the log holds ``first``), then ``before`` (this
-        batch's messages ahead of that point, stamped ``tss``). Start sealing with it and
-        return its record body (FORMAT.md §5.3), or None when zstd cannot train. Done once per
-        log: ~20 ms, after which a typical chat record compresses about 3x smaller than zstd
-        alone manages."""
-        lo = first + len(before) - TRAIN_AFTER
-        samples = [text for _, text, _ in self._reader.payloads(lo, first)] if lo < first else []
-        samples += before[max(0, lo - first) :]
-        dictionary = train_dictionary(samples)
-        if dictionary is None:
-            self._untrainable = True  # too few or too uniform samples: stay without one
-            return None
-        ts = tss[-1] if tss else self._log.index.tss[first - 1]
-        records.use_dictionary(1, dictionary)
-        return records.encode_dictionary(1, ts, dictionary)
 
     def save(self, messages: Sequence[Message]) -> None:
         """Make the stored history equal ``messages``, deleting nothing this instance never saw.
@@ -417,7 +303,7 @@ class ConversationCodec:
             self._refuse_blind_rewrite()
             encoded = [self._encoder.encode(m) for m in messages]
             kept = list(self._log.index.tss[base : base + keep])
-            tail = self._timestamps(len(encoded) - keep, None) if len(encoded) > keep else []
+            tail = self._writer.stamps(len(encoded) - keep, None) if len(encoded) > keep else []
             self._rewrite(encoded, kept + tail)
             self._view = (self._state(), True)
 
@@ -457,6 +343,20 @@ class ConversationCodec:
         whole = keeps_view and self._view == (before, True)
         self._view = (self._state(), whole)
 
+    def _append_locked(
+        self, encoded: list[tuple[Message, bytes]], timestamps: Sequence[TimestampInput] | None
+    ) -> list[int]:
+        if self._writer.ensure_log():
+            self._digests, self._dbase = [], 0
+        first = self._writer.append([data for _, data in encoded], timestamps)
+        if self._digests is not None and self._dbase + len(self._digests) == first:
+            self._digests.extend(digest(data) for _, data in encoded)
+        else:
+            self._digests = None
+        self._view = (self._state(), False)  # save() sets it whole again when it appended
+        base = self._base()
+        return list(range(first - base, first - base + len(encoded)))
+
     def _same_as_stored(self, message: Message, seq: int) -> bool:
         """Compare with the stored record itself (one decryption), ignoring key order."""
         try:
@@ -495,10 +395,10 @@ class ConversationCodec:
         with self._writing():
             encoded = [self._encoder.encode(m) for m in messages]
             if timestamps is None:
-                now = self._clock()
+                now = self._writer.clock()
                 tss = [now] * len(encoded)
             else:
-                tss = [_to_us(t) for t in timestamps]
+                tss = [check_timestamp(t) for t in timestamps]
                 if any(b < a for a, b in itertools.pairwise(tss)):
                     raise ValueError("timestamps must not decrease")
             self._rewrite(encoded, tss)
