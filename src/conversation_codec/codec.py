@@ -48,7 +48,7 @@ from .maintenance.compact import CompactionReport, Compactor
 from .maintenance.transfer import ImportReport, export_history, import_history
 from .options import AttachmentMode, CodecOptions, Durability
 from .paths import blobs_path, check_log_path
-from .reading import LogReader
+from .reading import READ_BATCH, LogReader
 from .sealing import LogSecrets, check_password
 from .search import Hit, Query, parse_roles
 from .storage.base import LogStorage
@@ -61,7 +61,6 @@ __all__ = ["ConversationCodec", "LogInfo", "Message"]
 Message = dict[str, Any]
 TimestampInput = datetime | int | float
 TimeInput = datetime | int | float | str
-_ITER_BATCH = 256  # records decoded per lock hold while iterating
 
 
 # (log_id, the lock's (inode, generation, truncations), record count): equal states mean no
@@ -186,8 +185,6 @@ class ConversationCodec:
     def options(self) -> CodecOptions:
         """The options this codec was opened with (durability, attachments, seams)."""
         return self._options
-
-    # -- opening and creating logs ---------------------------------------------------------
 
     def _forget(self) -> None:
         self._digests = None
@@ -599,9 +596,9 @@ class ConversationCodec:
         while seq < count:
             with self._reading():
                 now = self._log.fmt.log_id if self._log.fmt else None
-                if now != log_id or len(self._log.index) < min(count, seq + _ITER_BATCH):
+                if now != log_id or len(self._log.index) < min(count, seq + READ_BATCH):
                     raise LogReplacedError("the log was replaced or truncated while iterating")
-                stop = min(count, seq + _ITER_BATCH)
+                stop = min(count, seq + READ_BATCH)
                 batch = [self._present(m) for _, m, _ in self._reader.decoded(seq, stop)]
                 unchanged = unchanged and self._state() == start
             yield from batch
@@ -651,47 +648,16 @@ class ConversationCodec:
             raise ValueError(f"since ({since!r}) is after until ({until!r})")
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise ValueError("limit must be a non-negative int or None")
-        return self._search(matcher, roles, lo, hi, limit, newest_first)
-
-    def _search(
-        self,
-        matcher: Query,
-        roles: frozenset[str] | None,
-        lo: int | None,
-        hi: int | None,
-        limit: int | None,
-        newest_first: bool,
-    ) -> Iterator[Hit]:
-        with self._reading():
-            index = self._log.index
-            log_id = self._log.fmt.log_id if self._log.fmt else None
-            base = self._base()
-            # Authenticate the records just outside the range (see _first_at_or_after):
-            # then no record outside [first, stop) can match, and reader.matches keeps the
-            # records inside by their own authenticated times.
-            first = max(base, 0 if lo is None else self._reader.first_at_or_after(lo, (-1,)))
-            stop = max(
-                first, len(index) if hi is None else self._reader.first_at_or_after(hi, (0,))
-            )
-        left = limit
-        bounds = range(first, stop, _ITER_BATCH)
-        for start in reversed(bounds) if newest_first else bounds:
-            if left == 0:
-                return
-            end = min(start + _ITER_BATCH, stop)
-            with self._reading():
-                if (self._log.fmt.log_id if self._log.fmt else None) != log_id or len(
-                    self._log.index
-                ) < end:
-                    raise LogReplacedError("the log was replaced or truncated during a search")
-                hits = self._reader.matches(
-                    matcher, roles, start, end, base, (lo, hi), self._present
-                )
-            for hit in reversed(hits) if newest_first else hits:
-                if left == 0:
-                    return
-                yield hit
-                left = None if left is None else left - 1
+        return self._reader.search(
+            matcher,
+            roles,
+            (lo, hi),
+            limit,
+            newest_first,
+            reading=self._reading,
+            base=self._base,
+            present=self._present,
+        )
 
     def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
         """Return every message with ``since <= timestamp < until`` (a pure date range)."""

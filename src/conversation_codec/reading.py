@@ -8,6 +8,7 @@ beyond the storage's ``LogFormat``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -15,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from ._time import to_datetime
-from .errors import CorruptRecordError
+from .errors import CorruptRecordError, LogReplacedError
 from .records import DictionaryMissing, RecordRejected
 from .search import Hit, Query
 from .storage.base import IndexMismatch, LogStorage
 
-__all__ = ["LogReader"]
+__all__ = ["READ_BATCH", "LogReader"]
 
 Message = dict[str, Any]
+READ_BATCH = 256  # records decoded per lock hold while iterating or searching
 
 
 class LogReader:
@@ -182,3 +184,45 @@ class LogReader:
             if (roles is None or message.get("role") in roles) and matcher.matches(message):
                 hits.append(Hit(seq - base, self.when(seq, ts), present(message)))
         return hits
+
+    def search(
+        self,
+        matcher: Query,
+        roles: frozenset[str] | None,
+        span: tuple[int | None, int | None],
+        limit: int | None,
+        newest_first: bool,
+        *,
+        reading: Callable[[], contextlib.AbstractContextManager[None]],
+        base: Callable[[], int],
+        present: Callable[[Message], Message],
+    ) -> Iterator[Hit]:
+        """Stream the hits of ``ConversationCodec.search`` (arguments checked there): one
+        batch of records per ``reading()`` lock hold, from the visible start ``base()``."""
+        lo, hi = span
+        with reading():
+            index = self._log.index
+            log_id = self._log.fmt.log_id if self._log.fmt else None
+            first_seq = base()
+            # Authenticate the records just outside the range (see first_at_or_after):
+            # then no record outside [first, stop) can match, and reader.matches keeps the
+            # records inside by their own authenticated times.
+            first = max(first_seq, 0 if lo is None else self.first_at_or_after(lo, (-1,)))
+            stop = max(first, len(index) if hi is None else self.first_at_or_after(hi, (0,)))
+        left = limit
+        bounds = range(first, stop, READ_BATCH)
+        for start in reversed(bounds) if newest_first else bounds:
+            if left == 0:
+                return
+            end = min(start + READ_BATCH, stop)
+            with reading():
+                if (self._log.fmt.log_id if self._log.fmt else None) != log_id or len(
+                    self._log.index
+                ) < end:
+                    raise LogReplacedError("the log was replaced or truncated during a search")
+                hits = self.matches(matcher, roles, start, end, first_seq, span, present)
+            for hit in reversed(hits) if newest_first else hits:
+                if left == 0:
+                    return
+                yield hit
+                left = None if left is None else left - 1
