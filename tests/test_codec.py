@@ -99,7 +99,7 @@ def test_non_dict_message_is_rejected(codec: ConversationCodec) -> None:
 def test_oversized_message_is_rejected(
     codec: ConversationCodec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import conversation_codec.codec as codec_module
+    import conversation_codec.encoding as codec_module
 
     monkeypatch.setattr(codec_module, "MAX_MESSAGE_BYTES", 100)
     with pytest.raises(RecordTooLargeError, match="at most 100"):

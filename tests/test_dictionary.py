@@ -165,7 +165,7 @@ def test_compaction_retrains_on_the_whole_history(tmp_path: Path) -> None:
 
 
 def test_salvage_and_verify_understand_dictionaries(tmp_path: Path) -> None:
-    from conversation_codec.verify import salvage
+    from conversation_codec.maintenance.verify import salvage
 
     path = tmp_path / "c.log"
     msgs = chat(TRAIN_AFTER + 40)

@@ -21,7 +21,7 @@ import pytest
 from conversation_codec import ConversationCodec, CorruptRecordError, NotSerializableError
 from conversation_codec.aio import AsyncConversationStore
 from conversation_codec.format.header import SEALED_HEADER_BYTES
-from conversation_codec.migrate import migrate
+from conversation_codec.maintenance.migrate import migrate
 from conversation_codec.store import ConversationStore
 
 from conftest import KEY, OTHER_KEY, Clock

@@ -30,8 +30,8 @@ from conversation_codec import ConversationCodec
 from conversation_codec.attachments import BlobStore
 from conversation_codec.errors import ConversationCodecError
 from conversation_codec.format.header import LOG_MAGIC
-from conversation_codec.migrate import migrate
-from conversation_codec.verify import salvage
+from conversation_codec.maintenance.migrate import migrate
+from conversation_codec.maintenance.verify import salvage
 
 from conftest import KEY, OTHER_KEY
 

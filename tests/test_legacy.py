@@ -1,4 +1,4 @@
-"""Tests for conversation_codec.legacy: every legacy layout, written as real files."""
+"""Tests for conversation_codec.maintenance.legacy: every legacy layout, written as real files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conversation_codec import legacy
 from conversation_codec.errors import (
     ConversationCodecError,
     DecryptionError,
@@ -31,7 +30,8 @@ from conversation_codec.format.header import (
     encode_plain_header,
     encode_sealed_header,
 )
-from conversation_codec.legacy import (
+from conversation_codec.maintenance import legacy
+from conversation_codec.maintenance.legacy import (
     MAX_LEGACY_BYTES,
     LegacyFormat,
     LegacyHistory,

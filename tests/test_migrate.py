@@ -1,4 +1,4 @@
-"""Tests for conversation_codec.migrate: every legacy layout, crashes, and batches.
+"""Tests for conversation_codec.maintenance.migrate: every legacy layout, crashes, and batches.
 
 Every fixture is a real file the test writes itself, in exactly the layout the legacy
 application wrote: JSONL, a JSON array with ISO timestamps, whole-file Fernet tokens over
@@ -33,8 +33,8 @@ from conversation_codec.errors import (
     StorageError,
 )
 from conversation_codec.format.header import LOG_MAGIC
-from conversation_codec.legacy import LegacyFormat
-from conversation_codec.migrate import BatchItem, MigrationReport, migrate, migrate_many
+from conversation_codec.maintenance.legacy import LegacyFormat
+from conversation_codec.maintenance.migrate import BatchItem, MigrationReport, migrate, migrate_many
 
 KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="  # the new logs' key (tests only)
 LEGACY_KEY = "qsaLzMvJjEw-zJjkxF2ovDTZySvHckf4NDTI-P8sBdE="  # the legacy app's Fernet key
@@ -549,7 +549,7 @@ CRASH_CASES: dict[str, tuple[bytes, dict[str, Any], str | None]] = {
 
 _CHILD = r"""
 import json, os, sys
-from conversation_codec.migrate import migrate
+from conversation_codec.maintenance.migrate import migrate
 src, dst, step, kwargs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 dst = None if dst == "-" else dst
 def fault(name):
@@ -816,10 +816,10 @@ def test_batch_skips_symlinks_inside_trees(tmp_path: Path) -> None:
 
 
 def test_the_package_name_migrate_is_the_function_whatever_was_imported_first() -> None:
-    """``conversation_codec.migrate`` is the documented function, even after the submodule of
-    the same name was imported (the package loads its names lazily)."""
+    """``conversation_codec.migrate`` is the documented function, even after the module that
+    defines it was imported (the package loads its names lazily)."""
     code = (
-        "import types, conversation_codec.migrate\n"
+        "import types, conversation_codec.maintenance.migrate\n"
         "from conversation_codec import migrate\n"
         "assert not isinstance(migrate, types.ModuleType), migrate\n"
         "assert migrate.__name__ == 'migrate' and callable(migrate)\n"

@@ -23,8 +23,8 @@ from conversation_codec.format.record import (
     encode_plain_line,
     nests_deeper_than,
 )
+from conversation_codec.maintenance.transfer import import_history
 from conversation_codec.records import SealedRecords
-from conversation_codec.transfer import import_history
 
 from conftest import KEY, T0, messages, snapshot
 

@@ -48,7 +48,7 @@ import pytest
 
 from conversation_codec import ConversationCodec, CorruptRecordError, FileIO
 from conversation_codec.compression import TRAIN_AFTER
-from conversation_codec.verify import salvage
+from conversation_codec.maintenance.verify import salvage
 
 from conftest import KEY, T0, Clock, is_sidecar
 

@@ -18,7 +18,7 @@ from conversation_codec import ConversationCodec, CorruptRecordError, FileIO
 from conversation_codec.compression import TRAIN_AFTER
 from conversation_codec.format.record import encode_envelope, encode_frame
 from conversation_codec.format.varint import encode_varint
-from conversation_codec.verify import salvage
+from conversation_codec.maintenance.verify import salvage
 
 from conftest import KEY, Clock, is_sidecar, messages, snapshot
 

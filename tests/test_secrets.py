@@ -37,9 +37,9 @@ from conversation_codec.aio import AsyncConversationCodec
 from conversation_codec.attachments import BlobStore
 from conversation_codec.crypto import Keyring, LogCipher
 from conversation_codec.keyfile import load_or_create_key
-from conversation_codec.migrate import migrate
+from conversation_codec.maintenance.migrate import migrate
+from conversation_codec.maintenance.verify import salvage
 from conversation_codec.store import ConversationStore
-from conversation_codec.verify import salvage
 
 from conftest import KEY, OTHER_KEY, Clock, Steps
 

@@ -32,7 +32,7 @@ from conversation_codec.cli import main
 
 # Not ``from conversation_codec import migrate``: once any module has imported the submodule
 # conversation_codec.migrate, that name is the submodule (the lazy __getattr__ never runs).
-from conversation_codec.migrate import migrate
+from conversation_codec.maintenance.migrate import migrate
 
 from conftest import KEY
 

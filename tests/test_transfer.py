@@ -20,8 +20,8 @@ from cryptography.fernet import Fernet
 import conversation_codec
 from conversation_codec import ConversationCodec, DecryptionError, FormatError, KeyRequiredError
 from conversation_codec.format.record import MAX_MESSAGE_BYTES
-from conversation_codec.legacy import LegacyFormat, read_legacy
-from conversation_codec.transfer import ImportReport, export_history, import_history
+from conversation_codec.maintenance.legacy import LegacyFormat, read_legacy
+from conversation_codec.maintenance.transfer import ImportReport, export_history, import_history
 
 from conftest import KEY, OTHER_KEY, T0, Clock, messages
 

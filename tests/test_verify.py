@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conversation_codec import ConversationCodec, CorruptRecordError, StorageError
-from conversation_codec.verify import salvage
+from conversation_codec.maintenance.verify import salvage
 
 from conftest import KEY, OTHER_KEY, messages, snapshot
 

@@ -21,8 +21,6 @@ Quick start (the seed usage: load once, save after every turn, or append per mes
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from ._fsio import FileIO
@@ -55,14 +53,16 @@ from .errors import (
 
 if TYPE_CHECKING:  # the real imports, for type checkers; at run time see __getattr__
     from .aio import AsyncConversationCodec, AsyncConversationStore
-    from .codec import CompactionReport, ConversationCodec, LogInfo
+    from .codec import ConversationCodec, LogInfo
     from .crypto import generate_key
     from .keyfile import load_or_create_key
-    from .migrate import MigrationReport, migrate, migrate_many
+    from .maintenance.compact import CompactionReport
+    from .maintenance.migrate import MigrationReport, migrate, migrate_many
+    from .maintenance.verify import SalvageReport, salvage
     from .options import CodecOptions
     from .search import Hit
+    from .storage.file.check import VerifyReport
     from .store import ConversationInfo, ConversationStore
-    from .verify import SalvageReport, VerifyReport, salvage
 
 # Public names loaded on first use (PEP 562), so that `conversation-codec --version` and
 # `--help` import neither cryptography nor the engine: ~70 ms instead of ~300 ms. The errors
@@ -71,20 +71,20 @@ _LAZY = {
     "AsyncConversationCodec": "aio",
     "AsyncConversationStore": "aio",
     "CodecOptions": "options",
-    "CompactionReport": "codec",
+    "CompactionReport": "maintenance.compact",
     "ConversationCodec": "codec",
     "LogInfo": "codec",
     "generate_key": "crypto",
     "load_or_create_key": "keyfile",
-    "MigrationReport": "migrate",
-    "migrate": "migrate",
-    "migrate_many": "migrate",
+    "MigrationReport": "maintenance.migrate",
+    "migrate": "maintenance.migrate",
+    "migrate_many": "maintenance.migrate",
     "Hit": "search",
     "ConversationInfo": "store",
     "ConversationStore": "store",
-    "SalvageReport": "verify",
-    "VerifyReport": "verify",
-    "salvage": "verify",
+    "SalvageReport": "maintenance.verify",
+    "VerifyReport": "storage.file.check",
+    "salvage": "maintenance.verify",
 }
 
 
@@ -99,21 +99,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
-
-
-class _Package(types.ModuleType):
-    """This package's module type: a public function that shares its name with a submodule
-    (``migrate``) stays the function when the submodule is imported later. Importing a
-    submodule sets it as an attribute of the package; with the eager imports this module
-    used to make, the function's import simply came after and won."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
-            return  # conversation_codec.migrate is the function; the module is in sys.modules
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 __version__ = "0.1.0"

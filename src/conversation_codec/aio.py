@@ -37,7 +37,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .codec import (
-    CompactionReport,
     ConversationCodec,
     LogInfo,
     Message,
@@ -45,6 +44,7 @@ from .codec import (
     TimestampInput,
 )
 from .crypto import KeyInput
+from .maintenance.compact import CompactionReport
 from .search import Hit
 from .store import ConversationInfo, ConversationStore, KeyFn, OnError
 

@@ -9,13 +9,9 @@ and processes sharing a log see each other's writes and never tear a record.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
-import hashlib
-import hmac
 import itertools
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,152 +19,48 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
-import msgspec
-
 from ._fsio import DEFAULT_IO, FileIO, remove_flat_dir
-from ._time import MAX_US, to_datetime, to_us
-from .attachments import BlobStore, apply_mode, references, restore
+from ._time import to_us
+from .attachments import BlobStore, restore
 from .chat_formats import (
     context_window,
     to_anthropic_messages,
     to_ollama_messages,
     to_openai_messages,
 )
-from .compression import (
-    REWRITE_DICTIONARY_BYTES,
-    REWRITE_SAMPLES,
-    TRAIN_AFTER,
-    Compressor,
-    train_dictionary,
-)
 from .crypto import (
-    SCRYPT_LOG2_N,
-    SCRYPT_P,
-    SCRYPT_R,
     KeyInput,
     Keyring,
-    LogCipher,
-    new_log_id,
-    new_salt,
-    password_master,
 )
+from .encoding import MessageEncoder, digest, encode_json
 from .errors import (
-    BindingError,
     ClosedError,
     ConflictError,
     ConversationCodecError,
-    CorruptRecordError,
-    DecryptionError,
-    FormatError,
-    InvalidKeyError,
     KeyRequiredError,
-    KeyTypeError,
     LogReplacedError,
-    NotEncryptedError,
-    NotSerializableError,
-    RecordTooLargeError,
     StorageError,
 )
 from .format.header import (
-    FLAG_BOUND,
-    SEALED_HEADER_BYTES,
-    Kdf,
-    LogKind,
-    PlainHeader,
-    SealedHeader,
     context_digest,
-    decode_plain_header,
-    decode_sealed_header,
-    encode_plain_header,
-    sniff_log,
 )
-from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
+from .maintenance.compact import CompactionReport, Compactor
+from .maintenance.transfer import ImportReport, export_history, import_history
 from .options import AttachmentMode, CodecOptions, Durability
-from .paths import LONGEST_SUFFIX, blobs_path
-from .records import DictionaryMissing, PlainRecords, RecordRejected, SealedRecords
+from .paths import blobs_path, check_log_path
+from .reading import READ_BATCH, LogReader
+from .sealing import LogSecrets, check_password
 from .search import Hit, Query, parse_roles
-from .storage.base import IndexMismatch, LogFormat, LogStorage
+from .storage.base import LogStorage
+from .storage.file.check import VerifyReport, check_file_log
 from .storage.file.log import FileLog
-from .transfer import ImportReport, export_history, import_history
-from .verify import VerifyReport, verify_index_alone, verify_log
+from .writing import LogWriter, check_timestamp
 
-__all__ = ["CompactionReport", "ConversationCodec", "LogInfo", "Message"]
+__all__ = ["ConversationCodec", "LogInfo", "Message"]
 
 Message = dict[str, Any]
 TimestampInput = datetime | int | float
 TimeInput = datetime | int | float | str
-_ITER_BATCH = 256  # records decoded per lock hold while iterating
-_NAME_MAX = 255  # bytes in one path component: ext4, XFS, Btrfs, APFS, NTFS (UTF-16 units)
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def _to_us(value: TimestampInput) -> int:
-    """Convert an aware datetime or epoch seconds to microseconds since the epoch."""
-    us = to_us(value, "timestamp", text=False)  # a naive datetime: NaiveDatetimeError
-    if not 0 <= us < MAX_US:
-        raise ValueError(f"timestamp {value!r} is out of range (1970 .. 9999)")
-    return us
-
-
-def _check_password(password: object) -> None:
-    """Refuse a password scrypt cannot take; the messages never show it."""
-    if not isinstance(password, str):
-        raise KeyTypeError(f"password must be a non-empty str, not {type(password).__name__}")
-    if not password:
-        raise InvalidKeyError("password must be a non-empty str")
-    try:
-        password.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidKeyError("password is not valid Unicode (a lone surrogate)") from None
-
-
-def _check_log_path(path: str | os.PathLike[str]) -> Path:
-    """Return ``path`` as a Path, refusing a directory or a path too long for its sidecars.
-
-    Checked up front because the longest sidecar name, ``<log>.tmp-<16 hex>`` (FORMAT.md §8),
-    is only made by a rewrite: without this, a 240-byte name would work until the first
-    ``compact()``. Paths longer than the system's PATH_MAX fail at the first open instead.
-
-    :raises StorageError: a directory, a NUL byte, a name (with its sidecar suffix) over
-        NAME_MAX, or a path the system refuses to look at.
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
-    result = Path(path)
-    raw = os.fsencode(result)
-    if b"\0" in raw:
-        raise StorageError(errno.EINVAL, f"log path {_shown(raw)!r} holds a NUL byte")
-    *folders, name = [os.fsencode(part) for part in result.parts] or [b""]
-    for folder in folders:
-        if len(folder) > _NAME_MAX:
-            raise StorageError(
-                errno.ENAMETOOLONG,
-                f"log path has a {len(folder)}-byte directory name ({_shown(folder)!r}); "
-                f"file systems allow at most {_NAME_MAX} bytes",
-            )
-    if len(name) + LONGEST_SUFFIX > _NAME_MAX:
-        raise StorageError(
-            errno.ENAMETOOLONG,
-            f"log file name {_shown(name)!r} is {len(name)} bytes; its sidecar names add up to "
-            f"{LONGEST_SUFFIX} more: use at most {_NAME_MAX - LONGEST_SUFFIX} bytes",
-        )
-    try:
-        is_dir = result.is_dir()
-    except OSError as exc:  # ENAMETOOLONG past PATH_MAX, EACCES, ...: ours, not a raw OSError
-        raise StorageError(exc.errno or 0, f"log path {_shown(raw)!r}: {exc.strerror}") from None
-    if is_dir:
-        raise StorageError(errno.EISDIR, f"{result} is a directory; pass the path of a log file")
-    return result
-
-
-def _shown(raw: bytes) -> str:
-    """The start of a path (or name) that may be thousands of bytes long, for a message."""
-    return os.fsdecode(raw[:60]) + ("..." if len(raw) > 60 else "")
 
 
 # (log_id, the lock's (inode, generation, truncations), record count): equal states mean no
@@ -177,34 +69,6 @@ _State = tuple[bytes | None, tuple[int, int, int] | None, int]
 # A state, and whether the caller was handed (load, iteration) or gave (save, replace) the
 # whole history at that state.
 _View = tuple[_State, bool]
-
-
-def _too_deep() -> NotSerializableError:
-    return NotSerializableError(
-        f"message nests objects and arrays more than {MAX_DEPTH} levels deep, the limit of "
-        "the format (FORMAT.md §5.2); flatten it, or store the deep part as a JSON string"
-    )
-
-
-def _too_deep_or(message: object) -> Exception:
-    """The error for a RecursionError met while encoding ``message``: the nesting limit,
-    unless the message is within it (then the caller's own stack ran out: say so)."""
-    level = [message] if isinstance(message, (dict, list)) else []
-    for _ in range(MAX_DEPTH):  # walked level by level: no recursion
-        level = [
-            child
-            for node in level
-            for child in (node.values() if isinstance(node, dict) else node)
-            if isinstance(child, (dict, list))
-        ]
-    if level:
-        return _too_deep()
-    return RecursionError("the call stack ran out while encoding a message (not its nesting)")
-
-
-def _digest(data: bytes) -> bytes:
-    """Fingerprint a stored message's JSON, for save()'s comparison of the kept prefix."""
-    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class ConversationCodec:
@@ -278,41 +142,38 @@ class ConversationCodec:
         if password is not None and encryption_key is not None:
             raise ValueError("pass encryption_key= or password=, not both")
         if password is not None:
-            _check_password(password)
+            check_password(password)
         if max_messages is not None and (not isinstance(max_messages, int) or max_messages < 1):
             raise ValueError("max_messages must be a positive int or None")
-        self._binding = None if context is None else context_digest(context)
-        self._path = _check_log_path(path)
-        self._keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
-        self._password = password
-        self._masters: dict[tuple[bytes, int, int, int], bytes] = {}  # scrypt results by params
-        self._kdf: SealedHeader | None = None  # the password log's KDF fields, to reuse its salt
+        binding = None if context is None else context_digest(context)
+        self._path = check_log_path(path)
+        keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
+        self._secrets = LogSecrets(self._path, keyring, password, binding)
         self._max = max_messages
-        self._untrainable = False
         if attachments == "external" and password is not None:
             raise ValueError("external attachments need encryption_key=, not password=")
-        self._attachments = attachments
-        self._blobs = (
+        self._encoder = MessageEncoder(
+            redact_fn,
+            attachments,
             BlobStore.for_key(blobs_path(self._path), encryption_key, io=io)
             if attachments == "external"
-            else None
+            else None,
         )
-        self._redact = redact_fn
-        self._clock = clock or _now_us
-        self._zstd = Compressor()
         self._digests: list[bytes] | None = None  # of stored messages, for save()
         self._dbase = 0  # the seq of the first message self._digests covers
         self._view: _View | None = None  # what this instance last knew of the log: see save()
         self._closed = False
-        self._swept = False
         self._log: LogStorage = FileLog(
             self._path,
-            attach=self._attach,
+            attach=self._secrets.attach,
             durability=durability,
             lock_timeout=lock_timeout,
             io=io,
         )
         self._log.on_change = self._forget
+        self._reader = LogReader(self._log, self._path)
+        self._writer = LogWriter(self._log, self._reader, self._secrets, clock)
+        self._compactor = Compactor(self._log, self._reader, self._secrets, self._encoder)
         try:  # fail fast on a wrong key or a foreign file
             self._log.probe()
         except OSError as exc:
@@ -324,109 +185,6 @@ class ConversationCodec:
     def options(self) -> CodecOptions:
         """The options this codec was opened with (durability, attachments, seams)."""
         return self._options
-
-    @property
-    def storage(self) -> LogStorage:
-        """The storage this codec's records live in (read-only: inspect it, do not write).
-
-        For a file log, a ``FileLog``: its ``fmt`` (the header's reading) and ``index``
-        (where each record lies, its timestamp) let tests and tools see the layout without
-        private attributes. Write through the codec, never through the storage.
-        """
-        return self._log
-
-    # -- opening and creating logs ---------------------------------------------------------
-
-    def _attach(self, prefix: bytes) -> LogFormat:
-        kind = sniff_log(prefix)
-        if kind is LogKind.SEALED:
-            header, covered, mac = decode_sealed_header(prefix)
-            try:
-                cipher = LogCipher.open(
-                    self._keyring_for(header),
-                    header,
-                    covered,
-                    mac,
-                    binding=self._binding,
-                    binding_mac=prefix[SEALED_HEADER_BYTES : header.size],
-                )
-            except BindingError as exc:
-                raise BindingError(f"{self._path}: {exc}") from None
-            records = SealedRecords(cipher, self._zstd)
-            return LogFormat(header.log_id, header.size, records, True, header.format_version)
-        if kind is LogKind.PLAIN:
-            if self.encrypted:
-                raise NotEncryptedError(
-                    f"{self._path} is a plaintext log; open it without a key, or encrypt it "
-                    "with conversation_codec.migrate(..., encryption_key=...)"
-                )
-            end = prefix.find(b"\n")
-            if end < 0:
-                raise FormatError(f"{self._path}: plaintext log header line is truncated")
-            plain = decode_plain_header(prefix[:end])
-            self._check_plain_binding(plain)
-            return LogFormat(plain.log_id, end + 1, PlainRecords(), False, plain.format_version)
-        raise FormatError(
-            f"{self._path} is not a conversation-codec log; convert it with "
-            "conversation_codec.migrate()"
-        )
-
-    def _check_plain_binding(self, plain: PlainHeader) -> None:
-        """Refuse a plain log recorded for another context (FORMAT.md §6): an accident check
-        only, since anyone can edit a plain file."""
-        if plain.context_sha256 is None or hmac.compare_digest(
-            plain.context_sha256, self._binding or b""
-        ):
-            return
-        raise BindingError(
-            f"{self._path} was written for another context (conversation id)"
-            if self._binding is not None
-            else f"{self._path} is bound to a context (a conversation id); open it with "
-            "context= set to the id it was written under (ConversationStore does this)"
-        )
-
-    def _keyring_for(self, header: SealedHeader) -> Keyring:
-        """Return the master keys that should open a sealed log with this header."""
-        if header.kdf is Kdf.SCRYPT:
-            if self._password is None:
-                raise KeyRequiredError(f"{self._path} is protected by a password; pass password=")
-            params = (header.kdf_salt, header.kdf_log2_n, header.kdf_r, header.kdf_p)
-            if params not in self._masters:
-                self._masters[params] = password_master(self._password, *params)
-            self._kdf = header
-            return Keyring([self._masters[params]])
-        if self._keyring is None:
-            raise KeyRequiredError(
-                f"{self._path} is encrypted with a key; pass encryption_key= (or set the key "
-                "variable)" + ("" if self._password is None else ", not password=")
-            )
-        return self._keyring
-
-    def _new_log(self) -> tuple[bytes, LogFormat]:
-        log_id = new_log_id()
-        # FORMAT.md §12: a log without a context is written as version 1, which every reader
-        # since the first reads; a bound one needs version 2.
-        version = 1 if self._binding is None else 2
-        if not self.encrypted:
-            header = encode_plain_header(PlainHeader(log_id, version, self._binding))
-            return header, LogFormat(log_id, len(header), PlainRecords(), False, version)
-        if self._password is not None:
-            # A rewrite keeps the salt of the password it already derived: no second scrypt.
-            kdf = self._kdf or SealedHeader(
-                log_id, Kdf.SCRYPT, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P, new_salt()
-            )
-            fields = SealedHeader(
-                log_id, Kdf.SCRYPT, kdf.kdf_log2_n, kdf.kdf_r, kdf.kdf_p, kdf.kdf_salt, version
-            )
-            keyring = self._keyring_for(fields)
-        else:
-            assert self._keyring is not None
-            fields, keyring = SealedHeader(log_id, format_version=version), self._keyring
-        if self._binding is not None:
-            fields = dataclasses.replace(fields, header_flags=FLAG_BOUND)
-        cipher, header = LogCipher.create(keyring, fields, binding=self._binding)
-        records = SealedRecords(cipher, self._zstd)
-        return header, LogFormat(log_id, len(header), records, True, version)
 
     def _forget(self) -> None:
         self._digests = None
@@ -468,82 +226,6 @@ class ConversationCodec:
             raise ClosedError("this ConversationCodec is closed; open a new one")
         return self._log.transaction(write=True)
 
-    def _ensure_log(self) -> LogFormat:
-        if not self._swept:
-            self._log.remove_stale_temps()
-            self._swept = True
-        if self._log.fmt is None:
-            header, fmt = self._new_log()
-            self._log.create(header, fmt)
-            self._digests, self._dbase = [], 0
-        assert self._log.fmt is not None
-        return self._log.fmt
-
-    # -- encoding --------------------------------------------------------------------------
-
-    def _transform(self, message: Message) -> Message:
-        """Apply ``redact_fn`` and the attachments mode: the message as it will be stored."""
-        if not isinstance(message, dict):
-            raise NotSerializableError(f"a message must be a dict, not {type(message).__name__}")
-        if self._redact is not None:
-            message = self._redact(message)
-            if not isinstance(message, dict):
-                raise NotSerializableError("redact_fn must return a dict")
-        if self._attachments != "keep":
-            # Blobs are written before the record that refers to them: a crash leaves at
-            # worst an unreferenced blob, which compaction deletes.
-            message = apply_mode(message, self._attachments, self._blobs)
-        return message
-
-    def _encode(self, message: Message) -> tuple[Message, bytes]:
-        """Transform, encode and validate one message; return it with its JSON."""
-        try:
-            message = self._transform(message)  # redact_fn and attachments walk it
-        except RecursionError:
-            raise _too_deep_or(message) from None
-        try:
-            data = _encode(message)
-        except RecursionError:
-            raise _too_deep_or(message) from None
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise NotSerializableError(f"message is not JSON-serialisable: {exc}") from None
-        if nests_deeper_than(data, MAX_DEPTH):
-            # Refused on write, not only on read: a reader with less stack to spare than
-            # this writer had could not decode it, and the whole log would be unreadable.
-            raise _too_deep()
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise RecordTooLargeError(
-                f"message is {len(data)} bytes of JSON; one record holds at most "
-                f"{MAX_MESSAGE_BYTES} — store large attachments outside the message"
-            )
-        if _decode(data) != message:
-            raise NotSerializableError(
-                "message does not round-trip through JSON exactly (tuples, non-str keys, NaN, "
-                "datetimes, bytes or sets); convert those values first"
-            )
-        return message, data
-
-    def _timestamps(self, count: int, given: Sequence[TimestampInput] | None) -> list[int]:
-        index = self._log.index
-        last = index.tss[-1] if len(index) else 0
-        if given is None:
-            now = max(self._clock(), last)  # a clock that steps back is clamped
-            return [now] * count
-        if len(given) != count:
-            raise ValueError(f"got {len(given)} timestamps for {count} messages")
-        out = []
-        for value in given:
-            us = _to_us(value)
-            if us < last:
-                raise ValueError(
-                    "timestamps in a log never go backwards: "
-                    f"{to_datetime(us).isoformat()} is "
-                    "earlier than the last record"
-                )
-            out.append(us)
-            last = us
-        return out
-
     # -- writing ---------------------------------------------------------------------------
 
     def append(self, message: Message, *, timestamp: TimestampInput | None = None) -> int:
@@ -567,99 +249,18 @@ class ConversationCodec:
         anything is written (a bad message) keeps none of it.
         """
         messages = list(messages)
-        if self._blobs is None:  # validate outside the lock: other writers wait less
-            encoded = [self._encode(m) for m in messages]
+        if self._encoder.blobs is None:  # validate outside the lock: other writers wait less
+            encoded = [self._encoder.encode(m) for m in messages]
             if not encoded:
                 return []
         with self._writing():
-            if self._blobs is not None:
+            if self._encoder.blobs is not None:
                 # Blobs are stored under the lock, so a compaction in another process
                 # cannot delete them as unreferenced before this record refers to them.
-                encoded = [self._encode(m) for m in messages]
+                encoded = [self._encoder.encode(m) for m in messages]
                 if not encoded:
                     return []
             return self._append_locked(encoded, timestamps)
-
-    def _append_locked(
-        self, encoded: list[tuple[Message, bytes]], timestamps: Sequence[TimestampInput] | None
-    ) -> list[int]:
-        fmt = self._ensure_log()
-        first = len(self._log.index)
-        tss = self._timestamps(len(encoded), timestamps)
-        datas = [data for _, data in encoded]
-        # FORMAT.md §5.3: the dictionary goes where the log first holds TRAIN_AFTER messages
-        # (at the batch's start when it already does), trained on the TRAIN_AFTER messages
-        # before that point; the records after it, in this same write, are sealed with it.
-        records = fmt.records
-        train = (
-            isinstance(records, SealedRecords)
-            and not records.dict_id
-            and not self._untrainable
-            and first + len(datas) >= TRAIN_AFTER
-        )
-        at = max(0, TRAIN_AFTER - first) if train else len(datas)
-        bodies = [records.encode(first + i, tss[i], datas[i]) for i in range(at)]
-        dictionary = None
-        if train:
-            assert isinstance(records, SealedRecords)
-            dictionary = self._train(records, first, datas[:at], tss[:at])
-            if len(self._log.index) != first:
-                # Reading the samples found the index stale and rebuilt it: seqs and
-                # timestamps were assigned from the old count, so start again.
-                records.drop_dictionary()
-                return self._append_locked(encoded, timestamps)
-        bodies += [records.encode(first + i, tss[i], datas[i]) for i in range(at, len(datas))]
-        try:
-            self._log.append(bodies, tss, None if dictionary is None else (at, dictionary))
-        except BaseException:
-            if dictionary is not None and isinstance(records, SealedRecords):
-                records.drop_dictionary()  # it never reached the log
-            raise
-        if self._digests is not None and self._dbase + len(self._digests) == first:
-            self._digests.extend(_digest(data) for _, data in encoded)
-        else:
-            self._digests = None
-        self._view = (self._state(), False)  # save() sets it whole again when it appended
-        base = self._base()
-        return list(range(first - base, first - base + len(encoded)))
-
-    def _train(
-        self, records: SealedRecords, first: int, before: list[bytes], tss: list[int]
-    ) -> bytes | None:
-        """Train the log's zstd dictionary on the ``TRAIN_AFTER`` messages before the point
-        where it goes: the last stored ones (the log holds ``first``), then ``before`` (this
-        batch's messages ahead of that point, stamped ``tss``). Start sealing with it and
-        return its record body (FORMAT.md §5.3), or None when zstd cannot train. Done once per
-        log: ~20 ms, after which a typical chat record compresses about 3x smaller than zstd
-        alone manages."""
-        lo = first + len(before) - TRAIN_AFTER
-        samples = [text for _, text, _ in self._payloads(lo, first)] if lo < first else []
-        samples += before[max(0, lo - first) :]
-        dictionary = train_dictionary(samples)
-        if dictionary is None:
-            self._untrainable = True  # too few or too uniform samples: stay without one
-            return None
-        ts = tss[-1] if tss else self._log.index.tss[first - 1]
-        records.use_dictionary(1, dictionary)
-        return records.encode_dictionary(1, ts, dictionary)
-
-    def _fresh_dictionary(
-        self, records: object, count: int, sample: Callable[[int], list[bytes]], ts: int
-    ) -> bytes | None:
-        """For a rewrite of ``count`` messages: train a dictionary on every k-th message
-        (``sample(k)``), start sealing with it, and return its record body, which goes right
-        after the header (FORMAT.md §5.3); None for a plain log or too few messages."""
-        if not isinstance(records, SealedRecords) or count < TRAIN_AFTER:
-            return None
-        # A better dictionary than the first messages gave, and records before
-        # TRAIN_AFTER get one too.
-        trained = train_dictionary(
-            sample(max(1, count // REWRITE_SAMPLES)), REWRITE_DICTIONARY_BYTES
-        )
-        if trained is None:
-            return None
-        records.use_dictionary(1, trained)
-        return records.encode_dictionary(1, ts, trained)
 
     def save(self, messages: Sequence[Message]) -> None:
         """Make the stored history equal ``messages``, deleting nothing this instance never saw.
@@ -685,7 +286,7 @@ class ConversationCodec:
             base = self._base()
             keep = 0
             for message, stored in zip(messages, digests, strict=False):
-                if self._digest_of(message) != stored and not self._same_as_stored(
+                if self._encoder.digest_of(message) != stored and not self._same_as_stored(
                     message, base + keep
                 ):
                     break
@@ -693,13 +294,13 @@ class ConversationCodec:
             if keep == len(digests):
                 if len(messages) > keep:
                     self._refuse_resurrection()
-                    self._append_locked([self._encode(m) for m in messages[keep:]], None)
+                    self._append_locked([self._encoder.encode(m) for m in messages[keep:]], None)
                 self._view = (self._state(), True)
                 return
             self._refuse_blind_rewrite()
-            encoded = [self._encode(m) for m in messages]
+            encoded = [self._encoder.encode(m) for m in messages]
             kept = list(self._log.index.tss[base : base + keep])
-            tail = self._timestamps(len(encoded) - keep, None) if len(encoded) > keep else []
+            tail = self._writer.stamps(len(encoded) - keep, None) if len(encoded) > keep else []
             self._rewrite(encoded, kept + tail)
             self._view = (self._state(), True)
 
@@ -739,22 +340,24 @@ class ConversationCodec:
         whole = keeps_view and self._view == (before, True)
         self._view = (self._state(), whole)
 
-    def _digest_of(self, message: Message) -> bytes:
-        """The digest ``message`` would be stored with; empty for what cannot be stored.
-
-        Digests cover the JSON as stored (key order included) because that is free to get
-        at load and append time; a mismatch is confirmed by ``_same_as_stored`` before the
-        log is rewritten, so a message whose keys were merely reordered still counts as kept.
-        """
-        try:
-            return _digest(_encode(self._transform(message)))
-        except (ConversationCodecError, TypeError, ValueError, OverflowError, RecursionError):
-            return b""
+    def _append_locked(
+        self, encoded: list[tuple[Message, bytes]], timestamps: Sequence[TimestampInput] | None
+    ) -> list[int]:
+        if self._writer.ensure_log():
+            self._digests, self._dbase = [], 0
+        first = self._writer.append([data for _, data in encoded], timestamps)
+        if self._digests is not None and self._dbase + len(self._digests) == first:
+            self._digests.extend(digest(data) for _, data in encoded)
+        else:
+            self._digests = None
+        self._view = (self._state(), False)  # save() sets it whole again when it appended
+        base = self._base()
+        return list(range(first - base, first - base + len(encoded)))
 
     def _same_as_stored(self, message: Message, seq: int) -> bool:
         """Compare with the stored record itself (one decryption), ignoring key order."""
         try:
-            return self._transform(message) == self._read_one(seq)
+            return self._encoder.transform(message) == self._reader.read_one(seq)
         except (ConversationCodecError, TypeError, ValueError, RecursionError):
             return False
 
@@ -762,23 +365,16 @@ class ConversationCodec:
         """Digests of the visible stored messages (decrypting them once per instance)."""
         base, count = self._base(), len(self._log.index)
         if self._digests is None or self._dbase > base or self._dbase + len(self._digests) != count:
-            self._digests = [_digest(_encode(m)) for _, m, _ in self._decoded(base, count)]
+            self._digests = [
+                digest(encode_json(m)) for _, m, _ in self._reader.decoded(base, count)
+            ]
             self._dbase = base
         return self._digests[base - self._dbase :]
 
     def _rewrite(self, encoded: list[tuple[Message, bytes]], tss: list[int]) -> None:
         """Atomically replace the log with these messages and timestamps (lock held)."""
-        header, fmt = self._new_log()
-        datas = [data for _, data in encoded]
-        dictionary = self._fresh_dictionary(
-            fmt.records, len(datas), lambda k: datas[::k], tss[0] if tss else 0
-        )
-        records = (
-            (fmt.records.encode(seq, ts, data), ts)
-            for seq, (data, ts) in enumerate(zip(datas, tss, strict=True))
-        )
-        self._log.rewrite(header, fmt, records, dictionary)
-        self._digests, self._dbase = [_digest(data) for _, data in encoded], 0
+        self._compactor.rewrite([data for _, data in encoded], tss)
+        self._digests, self._dbase = [digest(data) for _, data in encoded], 0
 
     def replace(
         self,
@@ -794,12 +390,12 @@ class ConversationCodec:
         if timestamps is not None and len(timestamps) != len(messages):
             raise ValueError(f"got {len(timestamps)} timestamps for {len(messages)} messages")
         with self._writing():
-            encoded = [self._encode(m) for m in messages]
+            encoded = [self._encoder.encode(m) for m in messages]
             if timestamps is None:
-                now = self._clock()
+                now = self._writer.clock()
                 tss = [now] * len(encoded)
             else:
-                tss = [_to_us(t) for t in timestamps]
+                tss = [check_timestamp(t) for t in timestamps]
                 if any(b < a for a, b in itertools.pairwise(tss)):
                     raise ValueError("timestamps must not decrease")
             self._rewrite(encoded, tss)
@@ -816,74 +412,11 @@ class ConversationCodec:
         a rotation only the new key opens the log.
         """
         with self._writing():
-            secrets = (self._keyring, self._password, self._kdf)
-            if encryption_key is not None:
-                self._keyring, self._password, self._kdf = (
-                    Keyring.from_input(encryption_key),
-                    None,
-                    None,
-                )
-            new_blobs = None
-            if encryption_key is not None and self._blobs is not None:
-                new_blobs = BlobStore.for_key(blobs_path(self._path), encryption_key)
-            committed = self._rewrites_committed()
             before = self._state()
-            try:
-                report = self._compact_from(self._base(), new_blobs)
-            except BaseException:
-                if not committed():  # past the rename the new secrets are the log's
-                    self._keyring, self._password, self._kdf = secrets
-                elif new_blobs is not None:
-                    self._blobs = new_blobs
-                raise
+            self._digests = None
+            report = self._compactor.compact(self._base(), encryption_key)
             self._moved(before, keeps_view=True)  # same messages: what was seen stays seen
             return report
-
-    def _rewrites_committed(self) -> Callable[[], bool]:
-        """Return a check of whether a rewrite started now has replaced the log."""
-        before = self._log.fmt.log_id if self._log.fmt else None
-        return lambda: (self._log.fmt.log_id if self._log.fmt else None) != before
-
-    def _compact_from(self, start: int, new_blobs: BlobStore | None = None) -> CompactionReport:
-        """Rewrite the records from ``start`` on under the current secrets (lock held).
-
-        ``new_blobs``: a blob store under a new key; every attachment is moved into it (a key
-        rotation must re-seal attachments too, or only the old key would open them).
-        """
-        before = self._log.size() + self._index_size()
-        count = len(self._log.index)
-        if self._log.fmt is None:
-            return CompactionReport(0, 0, 0)
-        header, new = self._new_log()
-
-        def sample(step: int) -> list[bytes]:
-            return [
-                text
-                for seq in range(start, count, step)
-                for _, text, _ in self._payloads(seq, seq + 1)
-            ]
-
-        first_ts = self._log.index.tss[start] if count > start else 0
-        dictionary = self._fresh_dictionary(new.records, count - start, sample, first_ts)
-        referenced: set[str] = set()
-        old_blobs = self._blobs
-        if old_blobs is not None:  # the sweep after the commit must not be refused
-            remove_flat_dir(old_blobs.directory, check_only=True)
-
-        def reseal() -> Iterator[tuple[bytes, int]]:
-            for seq, message, ts in self._decoded(start, count):
-                if old_blobs is not None:
-                    if new_blobs is not None:
-                        message = apply_mode(restore(message, old_blobs), "external", new_blobs)
-                    referenced.update(references(message))
-                yield new.records.encode(seq - start, ts, _encode(message)), ts
-
-        self._log.rewrite(header, new, reseal(), dictionary)
-        self._digests = None
-        if old_blobs is not None:
-            self._blobs = new_blobs or old_blobs
-            self._blobs.delete_unreferenced(referenced)
-        return CompactionReport(count - start, before, self._log.size() + self._index_size())
 
     def rotate_key(self, new_key: KeyInput) -> CompactionReport:
         """Re-encrypt the whole log under ``new_key``; afterwards the old key fails.
@@ -911,18 +444,9 @@ class ConversationCodec:
         if not isinstance(new, str) or not new:
             raise ValueError("the new password must be a non-empty str")
         with self._writing():
-            current = self._password or ""
-            if not hmac.compare_digest(old.encode(), current.encode()) or self._keyring:
-                raise DecryptionError("wrong password: the log was not opened with it")
-            self._password, self._kdf = new, None
-            committed = self._rewrites_committed()
             before = self._state()
-            try:
-                report = self._compact_from(self._base())
-            except BaseException:
-                if not committed():
-                    self._password = old
-                raise
+            self._digests = None
+            report = self._compactor.change_password(self._base(), old, new)
             self._moved(before, keeps_view=True)
             return report
 
@@ -936,87 +460,14 @@ class ConversationCodec:
         """
         cutoff = to_us(before, "before")
         with self._writing():
-            start = max(self._base(), self._first_at_or_after(cutoff, (-1, 0)))
+            start = max(self._base(), self._reader.first_at_or_after(cutoff, (-1, 0)))
             if start == 0:
                 return 0
             removed = start - self._base()
-            self._compact_from(start)
+            self._digests = None
+            self._compactor.rewrite_from(start)
             self._view = (self._state(), False)  # a list loaded before still holds them
             return removed
-
-    def _first_at_or_after(self, ts_us: int, sides: tuple[int, ...]) -> int:
-        """Return the first seq whose record time is >= ``ts_us`` (lock held).
-
-        The index's times are a cache that anyone can edit, so its binary search only
-        proposes the cut; the records at ``cut + d`` for each ``d`` in ``sides`` (-1: the
-        one before the cut, 0: the one at it) are authenticated and must carry the time
-        the index gives them. Record times never decrease along seq, so two records that
-        agree bound every other one: the cut is confirmed with at most two decryptions.
-        If one disagrees, the index is stale or tampered with: it is rebuilt from the log
-        (FORMAT.md §7, §10.2) and the search repeated.
-        """
-        cut = self._log.index.first_at_or_after(ts_us)
-        if self._disagreeing(cut, sides, final=False) is None:
-            return cut
-        self._log.rebuild_index()
-        cut = self._log.index.first_at_or_after(ts_us)
-        wrong = self._disagreeing(cut, sides, final=True)
-        if wrong is not None:
-            raise CorruptRecordError(
-                "index and log disagree even after a rebuild",
-                path=self._path,
-                offset=self._log.index.span(wrong)[0],
-            )
-        return cut
-
-    def _disagreeing(self, cut: int, sides: tuple[int, ...], *, final: bool) -> int | None:
-        """Return the first seq ``cut + d`` whose record's time is not the index's."""
-        for seq in (cut + d for d in sides):
-            if 0 <= seq < len(self._log.index) and not self._time_holds(seq, final=final):
-                return seq
-        return None
-
-    def _time_holds(self, seq: int, *, final: bool) -> bool:
-        """Authenticate record ``seq`` (no decompression): does its time match the index's?
-
-        A record that fails is damage once the index has been rebuilt (``final``); before
-        that, it may just be a stale index pointing at the wrong bytes.
-        """
-        assert self._log.fmt is not None
-        try:
-            ts = self._log.fmt.records.check(self._log.read_body(seq), seq)
-        except IndexMismatch:
-            return False
-        except RecordRejected as exc:
-            if final:
-                raise self._corrupt(exc, seq) from None
-            return False
-        return ts == self._log.index.tss[seq]
-
-    def _when(self, seq: int, ts_us: int | None = None) -> datetime:
-        """Return record ``seq``'s time (``ts_us``, or the index's) as an aware datetime.
-
-        The index never holds a time outside 1970..9999 that it loaded from its file (such
-        entries are rebuilt from the log, FORMAT.md §7); one that no datetime can hold came
-        from the record itself, stamped so by a key holder or edited into a plain log.
-        That is a ``CorruptRecordError``, never Python's ``OverflowError``.
-        """
-        us = self._log.index.tss[seq] if ts_us is None else ts_us
-        try:
-            return to_datetime(us)
-        except OverflowError:
-            raise CorruptRecordError(
-                f"record {seq} carries a time ({us} us since 1970) that is no date in "
-                "years 1..9999",
-                path=self._path,
-                offset=self._log.index.span(seq)[0],
-            ) from None
-
-    def _index_size(self) -> int:
-        try:
-            return os.path.getsize(self._log.index.path)
-        except FileNotFoundError:
-            return 0
 
     def pop(self) -> Message | None:
         """Remove and return the last message (None when empty); O(1), a truncation."""
@@ -1024,7 +475,7 @@ class ConversationCodec:
             count = len(self._log.index)
             if count == self._base():
                 return None
-            message = self._present(self._read_one(count - 1))
+            message = self._present(self._reader.read_one(count - 1))
             before = self._state()
             self._log.truncate(count - 1)
             # The caller gets the message back: a history it held whole stays whole.
@@ -1047,68 +498,16 @@ class ConversationCodec:
             self._view = ((None, None, 0), False)
 
     def _remove_blobs(self) -> None:
-        if self._blobs is not None:
-            self._blobs.clear()
+        if self._encoder.blobs is not None:
+            self._encoder.blobs.clear()
         else:
             remove_flat_dir(blobs_path(self._path))
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _corrupt(self, exc: RecordRejected, seq: int) -> CorruptRecordError:
-        offset = self._log.index.span(seq)[0]
-        return CorruptRecordError(f"record {seq}: {exc}", path=self._path, offset=offset)
-
-    def _payloads(self, start: int, stop: int) -> Iterator[tuple[int, bytes, int]]:
-        """Yield ``(seq, message JSON text, ts_us)`` for a range, inside a transaction.
-
-        Every record is authenticated and checked against its position and index entry; an
-        index that disagrees with the log is rebuilt once and the read resumes.
-        """
-        fmt = self._log.fmt
-        if fmt is None or start >= stop:
-            return
-        for attempt in (0, 1):
-            try:
-                for seq, body in self._log.read_bodies(start, stop):
-                    try:
-                        text, ts = fmt.records.payload(body, seq)
-                    except RecordRejected as exc:
-                        raise self._corrupt(exc, seq) from None
-                    if ts != self._log.index.tss[seq]:
-                        raise IndexMismatch(self._log.index.span(seq)[0])
-                    yield seq, text, ts
-                    start = seq + 1
-                return
-            except (IndexMismatch, DictionaryMissing):
-                if attempt:
-                    raise CorruptRecordError(
-                        "index and log disagree even after a rebuild",
-                        path=self._path,
-                        offset=self._log.index.span(start)[0],
-                    ) from None
-                self._log.rebuild_index()
-                stop = min(stop, len(self._log.index))
-
-    def _parse(self, seq: int, text: bytes) -> Message:
-        assert self._log.fmt is not None
-        try:
-            return self._log.fmt.records.parse(text)
-        except RecordRejected as exc:
-            raise self._corrupt(exc, seq) from None
-
     def _present(self, message: Message) -> Message:
         """Turn a stored message into what callers see (external attachments restored)."""
-        return message if self._blobs is None else restore(message, self._blobs)
-
-    def _decoded(self, start: int, stop: int) -> Iterator[tuple[int, Message, int]]:
-        """Yield ``(seq, message, ts_us)`` for a range, inside the current transaction."""
-        for seq, text, ts in self._payloads(start, stop):
-            yield seq, self._parse(seq, text), ts
-
-    def _read_one(self, seq: int) -> Message:
-        for _, message, _ in self._decoded(seq, seq + 1):
-            return message
-        raise IndexError(f"record {seq} vanished while reading")
+        return message if self._encoder.blobs is None else restore(message, self._encoder.blobs)
 
     def _base(self) -> int:
         """The seq of the first visible record: ``max_messages`` hides older ones."""
@@ -1135,11 +534,11 @@ class ConversationCodec:
             messages: list[Message] = []
             digests: list[bytes] = []
             sealed = self._log.fmt is not None and self._log.fmt.sealed
-            for seq, text, _ in self._payloads(base, count):
-                message = self._parse(seq, text)
+            for seq, text, _ in self._reader.payloads(base, count):
+                message = self._reader.parse(seq, text)
                 messages.append(self._present(message))
                 # A sealed record's text is the stored JSON; a plain one's is the whole line.
-                digests.append(_digest(text if sealed else _encode(message)))
+                digests.append(digest(text if sealed else encode_json(message)))
             # The seed pattern calls save() next: keep what it compares against.
             self._digests, self._dbase = digests, base
             self._view = (self._state(), True)
@@ -1151,7 +550,7 @@ class ConversationCodec:
         :raises IndexError: no such record.
         """
         with self._reading():
-            return self._present(self._read_one(self._position(seq)))
+            return self._present(self._reader.read_one(self._position(seq)))
 
     def tail(self, n: int) -> list[Message]:
         """Return the last ``n`` messages, oldest first, reading only those records."""
@@ -1160,7 +559,7 @@ class ConversationCodec:
         with self._reading():
             count = len(self._log.index)
             start = max(self._base(), count - n)
-            return [self._present(m) for _, m, _ in self._decoded(start, count)]
+            return [self._present(m) for _, m, _ in self._reader.decoded(start, count)]
 
     def message_count(self) -> int:
         """Return the number of (visible) messages, from the index (no decryption)."""
@@ -1182,7 +581,7 @@ class ConversationCodec:
             (only a key holder, or an edit of a plain log, can stamp one).
         """
         with self._reading():
-            return self._when(self._position(seq))
+            return self._reader.when(self._position(seq))
 
     def __iter__(self) -> Iterator[Message]:
         """Stream the messages in order, decoding a batch per lock hold (bounded memory).
@@ -1197,10 +596,10 @@ class ConversationCodec:
         while seq < count:
             with self._reading():
                 now = self._log.fmt.log_id if self._log.fmt else None
-                if now != log_id or len(self._log.index) < min(count, seq + _ITER_BATCH):
+                if now != log_id or len(self._log.index) < min(count, seq + READ_BATCH):
                     raise LogReplacedError("the log was replaced or truncated while iterating")
-                stop = min(count, seq + _ITER_BATCH)
-                batch = [self._present(m) for _, m, _ in self._decoded(seq, stop)]
+                stop = min(count, seq + READ_BATCH)
+                batch = [self._present(m) for _, m, _ in self._reader.decoded(seq, stop)]
                 unchanged = unchanged and self._state() == start
             yield from batch
             seq += len(batch)
@@ -1249,65 +648,16 @@ class ConversationCodec:
             raise ValueError(f"since ({since!r}) is after until ({until!r})")
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise ValueError("limit must be a non-negative int or None")
-        return self._search(matcher, roles, lo, hi, limit, newest_first)
-
-    def _search(
-        self,
-        matcher: Query,
-        roles: frozenset[str] | None,
-        lo: int | None,
-        hi: int | None,
-        limit: int | None,
-        newest_first: bool,
-    ) -> Iterator[Hit]:
-        with self._reading():
-            index = self._log.index
-            log_id = self._log.fmt.log_id if self._log.fmt else None
-            base = self._base()
-            # Authenticate the records just outside the range (see _first_at_or_after):
-            # then no record outside [first, stop) can match, and _match_batch keeps the
-            # records inside by their own authenticated times.
-            first = max(base, 0 if lo is None else self._first_at_or_after(lo, (-1,)))
-            stop = max(first, len(index) if hi is None else self._first_at_or_after(hi, (0,)))
-        left = limit
-        bounds = range(first, stop, _ITER_BATCH)
-        for start in reversed(bounds) if newest_first else bounds:
-            if left == 0:
-                return
-            end = min(start + _ITER_BATCH, stop)
-            with self._reading():
-                if (self._log.fmt.log_id if self._log.fmt else None) != log_id or len(
-                    self._log.index
-                ) < end:
-                    raise LogReplacedError("the log was replaced or truncated during a search")
-                hits = self._match_batch(matcher, roles, start, end, base, (lo, hi))
-            for hit in reversed(hits) if newest_first else hits:
-                if left == 0:
-                    return
-                yield hit
-                left = None if left is None else left - 1
-
-    def _match_batch(
-        self,
-        matcher: Query,
-        roles: frozenset[str] | None,
-        start: int,
-        end: int,
-        base: int,
-        span: tuple[int | None, int | None],
-    ) -> list[Hit]:
-        hits = []
-        lo, hi = span
-        for seq, text, ts in self._payloads(start, end):
-            # ts is the record's own (authenticated) time, whatever the index said.
-            if (lo is not None and ts < lo) or (hi is not None and ts >= hi):
-                continue
-            if not matcher.maybe(text.decode("utf-8", "replace")):
-                continue
-            message = self._parse(seq, text)
-            if (roles is None or message.get("role") in roles) and matcher.matches(message):
-                hits.append(Hit(seq - base, self._when(seq, ts), self._present(message)))
-        return hits
+        return self._reader.search(
+            matcher,
+            roles,
+            (lo, hi),
+            limit,
+            newest_first,
+            reading=self._reading,
+            base=self._base,
+            present=self._present,
+        )
 
     def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
         """Return every message with ``since <= timestamp < until`` (a pure date range)."""
@@ -1319,14 +669,9 @@ class ConversationCodec:
 
         Reads only: nothing is modified, a damaged log included (see ``salvage``).
         """
-        log = self._log
-        if not isinstance(log, FileLog):  # the checks read a log file's bytes (FORMAT.md)
+        if not isinstance(self._log, FileLog):  # the checks read a log file's bytes
             raise StorageError(errno.EOPNOTSUPP, f"{self._path}: verify() checks log files only")
-        with log.transaction(write=False, tolerant=True):
-            if log.fmt is None:
-                return VerifyReport(self._path, 0, tuple(verify_index_alone(log.index.path)))
-            records, problems = verify_log(log)
-        return VerifyReport(self._path, records, tuple(problems))
+        return check_file_log(self._log)
 
     # -- formats for model APIs, export and import -------------------------------------------
 
@@ -1378,9 +723,13 @@ class ConversationCodec:
         add every message (in time order), or with ``merge`` only those not already present
         (same time, role and content). Only ``replace=True`` discards the stored history.
         See ``transfer.import_history``."""
-        return import_history(
-            self, src, merge=merge, legacy_key=legacy_key, password=password, replace=replace
-        )
+        with self._writing():
+            report = import_history(
+                self, src, merge=merge, legacy_key=legacy_key, password=password, replace=replace
+            )
+            if replace or report.added:  # the caller was handed no list of the new history
+                self._moved(self._state(), keeps_view=False)
+            return report
 
     def info(self) -> LogInfo:
         """Describe the log from its header and index alone (no message is decrypted).
@@ -1392,14 +741,14 @@ class ConversationCodec:
             index, fmt = self._log.index, self._log.fmt
             base = self._base()
             count = len(index) - base
-            index_bytes = self._index_size() if fmt else 0
+            index_bytes = self._reader.index_size() if fmt else 0
             return LogInfo(
                 path=self._path,
                 encrypted=self.encrypted,
                 format_version=fmt.format_version if fmt else None,
                 message_count=count,
-                first_timestamp=self._when(base) if count else None,
-                last_timestamp=self._when(len(index) - 1) if count else None,
+                first_timestamp=self._reader.when(base) if count else None,
+                last_timestamp=self._reader.when(len(index) - 1) if count else None,
                 log_bytes=self._log.size(),
                 index_bytes=index_bytes,
             )
@@ -1412,9 +761,18 @@ class ConversationCodec:
         return self._path
 
     @property
+    def storage(self) -> LogStorage:
+        """The storage this codec reads and writes (read only; for maintenance tools).
+
+        ``salvage()`` scans a ``FileLog``'s bytes through it. Writing to it directly
+        bypasses the codec's checks: use the codec's methods for that.
+        """
+        return self._log
+
+    @property
     def encrypted(self) -> bool:
         """True when this codec writes sealed records (it was given a key or a password)."""
-        return self._keyring is not None or self._password is not None
+        return self._secrets.encrypted
 
     def close(self) -> None:
         """Release file descriptors; further calls raise ``ClosedError``."""
@@ -1436,15 +794,6 @@ class ConversationCodec:
     def __repr__(self) -> str:  # never the key
         state = "closed" if self._closed else ("encrypted" if self.encrypted else "plaintext")
         return f"<ConversationCodec {str(self._path)!r} {state}>"
-
-
-@dataclass(frozen=True, slots=True)
-class CompactionReport:
-    """What ``compact()`` did: messages kept and bytes (log + index) before and after."""
-
-    messages: int
-    bytes_before: int
-    bytes_after: int
 
 
 @dataclass(frozen=True, slots=True)

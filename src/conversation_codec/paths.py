@@ -16,9 +16,13 @@ Pure string work: nothing here touches the file system.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
+from pathlib import Path
+
+from .errors import StorageError
 
 __all__ = [
     "BACKUP_SUFFIX",
@@ -29,6 +33,7 @@ __all__ = [
     "backup_path",
     "blob_temp_name",
     "blobs_path",
+    "check_log_path",
     "hidden_temp_path",
     "index_path",
     "is_blob_temp",
@@ -149,3 +154,50 @@ def is_sidecar(name: str) -> bool:
     """Whether a file ``name`` found in a directory walk is ours or a legacy salt file, not
     a history to migrate: an index, lock, backup, salt, temp or migration file."""
     return _SIDECAR_RE.fullmatch(name) is not None
+
+
+_NAME_MAX = 255  # bytes in one path component: ext4, XFS, Btrfs, APFS, NTFS (UTF-16 units)
+
+
+def check_log_path(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` as a Path, refusing a directory or a path too long for its sidecars.
+
+    Checked up front because the longest sidecar name, ``<log>.tmp-<16 hex>`` (FORMAT.md §8),
+    is only made by a rewrite: without this, a 240-byte name would work until the first
+    ``compact()``. Paths longer than the system's PATH_MAX fail at the first open instead.
+
+    :raises StorageError: a directory, a NUL byte, a name (with its sidecar suffix) over
+        NAME_MAX, or a path the system refuses to look at.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    result = Path(path)
+    raw = os.fsencode(result)
+    if b"\0" in raw:
+        raise StorageError(errno.EINVAL, f"log path {_shown(raw)!r} holds a NUL byte")
+    *folders, name = [os.fsencode(part) for part in result.parts] or [b""]
+    for folder in folders:
+        if len(folder) > _NAME_MAX:
+            raise StorageError(
+                errno.ENAMETOOLONG,
+                f"log path has a {len(folder)}-byte directory name ({_shown(folder)!r}); "
+                f"file systems allow at most {_NAME_MAX} bytes",
+            )
+    if len(name) + LONGEST_SUFFIX > _NAME_MAX:
+        raise StorageError(
+            errno.ENAMETOOLONG,
+            f"log file name {_shown(name)!r} is {len(name)} bytes; its sidecar names add up to "
+            f"{LONGEST_SUFFIX} more: use at most {_NAME_MAX - LONGEST_SUFFIX} bytes",
+        )
+    try:
+        is_dir = result.is_dir()
+    except OSError as exc:  # ENAMETOOLONG past PATH_MAX, EACCES, ...: ours, not a raw OSError
+        raise StorageError(exc.errno or 0, f"log path {_shown(raw)!r}: {exc.strerror}") from None
+    if is_dir:
+        raise StorageError(errno.EISDIR, f"{result} is a directory; pass the path of a log file")
+    return result
+
+
+def _shown(raw: bytes) -> str:
+    """The start of a path (or name) that may be thousands of bytes long, for a message."""
+    return os.fsdecode(raw[:60]) + ("..." if len(raw) > 60 else "")

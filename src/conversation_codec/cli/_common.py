@@ -34,7 +34,7 @@ from ..errors import (
 
 if TYPE_CHECKING:
     from ..codec import ConversationCodec
-    from ..migrate import BatchItem
+    from ..maintenance.migrate import BatchItem
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CORRUPT = 0, 1, 2, 3
 DEFAULT_KEY_ENV = "CONVERSATION_KEY"

@@ -30,9 +30,9 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
-    from ..codec import CompactionReport
-    from ..migrate import BatchReport
-    from ..verify import VerifyReport
+    from ..maintenance.compact import CompactionReport
+    from ..maintenance.migrate import BatchReport
+    from ..storage.file.check import VerifyReport
 
 
 def add_repair_commands(sub: Sub, log: Parser, as_json: Parser) -> None:
@@ -154,7 +154,7 @@ def _show_verify(report: VerifyReport) -> None:
 
 
 def _cmd_salvage(args: argparse.Namespace) -> int:
-    from ..verify import salvage
+    from ..maintenance.verify import salvage
 
     if not os.path.lexists(args.path):
         raise InputError(f"{args.path}: no such log")
@@ -217,7 +217,7 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from ..migrate import migrate_many
+    from ..maintenance.migrate import migrate_many
 
     if not args.dry_run:  # a dry run writes nothing, and says whether it would be plaintext
         plaintext_needs_plain(args, "the new logs")

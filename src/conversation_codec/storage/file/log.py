@@ -26,7 +26,6 @@ from ...errors import (
     StorageError,
     UnsupportedVersionError,
 )
-from ...format.header import SEALED_HEADER_BYTES
 from ...format.record import MAX_BODY_BYTES, decode_frame_header, encode_frame
 from ...format.varint import MAX_VARINT_BYTES
 from ...paths import index_path, is_leftover, temp_path
@@ -830,12 +829,6 @@ class Reader:
             self._buf = os.pread(self.fd, max(_READ_CHUNK, end - start), start)
         return self._buf[start - self._base : end - self._base]
 
-    def next_line(self, pos: int) -> int:
-        """Return the offset just past the next newline at or after ``pos`` (or the end)."""
-        chunk = self.get(pos, pos + _READ_CHUNK)
-        newline = chunk.find(b"\n")
-        return pos + (newline + 1 if newline >= 0 else max(1, len(chunk)))
-
 
 class _Transaction:
     """One lock hold of a ``FileLog``; see ``FileLog.transaction``."""
@@ -871,9 +864,6 @@ class _Transaction:
 
 def _storage_error(exc: OSError, path: str) -> StorageError:
     return StorageError(exc.errno or 0, f"{path}: {exc.strerror or exc}")
-
-
-__all__ += ["SEALED_HEADER_BYTES"]
 
 
 _CONFORMS: type[LogStorage] = FileLog  # mypy checks FileLog against the protocol

@@ -1,6 +1,6 @@
 """Export a log to plaintext JSONL / JSON, and import any history ``read_legacy`` reads.
 
-Export layout, chosen so that :func:`~conversation_codec.legacy.read_legacy` (and so
+Export layout, chosen so that :func:`~conversation_codec.maintenance.legacy.read_legacy` (and so
 :func:`import_history`) reads it back exactly, messages *and* record timestamps:
 
 * ``"jsonl"``: one message object per line, in log order.
@@ -21,41 +21,51 @@ lossy file; rename such keys before exporting (``redact_fn`` can do it on write)
 Likewise a first message that would make the file look like a LangChain file or a codec
 log header.
 
-Hooks into ``ConversationCodec`` this module relies on:
+What this module needs of a codec is the ``History`` protocol: public methods only
+(``path``, ``transaction()``, ``search()``, ``extend()``, ``replace()``, ``storage``,
+``__len__``). The codec's ``export()`` and ``import_()`` call this module, so it imports no
+codec, not even for type checking: the import graph stays one-way (issue 13).
 
 * ``codec.replace(messages, *, timestamps=None)``: atomically replace the whole history,
   each message keeping its (non-decreasing) timestamp. ``clear()`` + ``extend()`` would
   leave no history at all after a crash between the two.
-* ``codec._writing()``: the re-entrant writer transaction, held by ``import_history``
+* ``codec.transaction()``: the re-entrant writer transaction, held by ``import_history``
   around read-compare-write, so a merge never drops a concurrent writer's records.
-* ``codec._moved(codec._state(), keeps_view=False)``: after an import changed the log, the
-  caller holds no list of the whole history, so a later diverging ``save()`` must reload
-  first (the rule of ``ConversationCodec.save``).
+* After an import changed the log the caller holds no list of the whole history, so a later
+  diverging ``save()`` must reload first (the rule of ``ConversationCodec.save``): every
+  change here goes through ``extend()`` or ``replace()``, and ``import_()`` marks the
+  codec's view stale afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, cast
 
 import msgspec
 
-from ._fsio import atomic_write, check_file
-from ._time import EPOCH, ONE_US, to_datetime
-from .crypto import KeyInput
-from .errors import StorageError
-from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
+from .._fsio import atomic_write, check_file
+from .._time import EPOCH, ONE_US, to_datetime
+from ..crypto import KeyInput
+from ..errors import StorageError
+from ..format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
+from ..storage.base import LogStorage
 from .legacy import LegacyFormat, parse_legacy, read_legacy
 
-if TYPE_CHECKING:
-    from .codec import ConversationCodec
-
-__all__ = ["EXPORT_FORMATS", "ImportReport", "export_history", "import_history"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "History",
+    "ImportReport",
+    "Opener",
+    "export_history",
+    "import_history",
+]
 
 EXPORT_FORMATS = ("jsonl", "json")
 _encode = msgspec.json.Encoder().encode
@@ -63,6 +73,37 @@ _encode_sorted = msgspec.json.Encoder(order="sorted").encode
 _decode = msgspec.json.Decoder().decode
 
 Message = dict[str, Any]
+
+
+class _Hit(Protocol):
+    @property
+    def seq(self) -> int: ...
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def message(self) -> Message: ...
+
+
+class History(Protocol):
+    """The public methods of ``ConversationCodec`` that export and import use."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def storage(self) -> LogStorage: ...
+    def __len__(self) -> int: ...
+    def transaction(self) -> contextlib.AbstractContextManager[None]: ...
+    def search(self) -> Iterator[_Hit]: ...
+    def extend(
+        self, messages: Iterable[Message], *, timestamps: Sequence[datetime] | None = None
+    ) -> list[int]: ...
+    def replace(
+        self, messages: Sequence[Message], *, timestamps: Sequence[datetime] | None = None
+    ) -> None: ...
+
+
+# Opens another conversation-codec log (a source of import_history) for reading.
+Opener = Callable[[Path, KeyInput | None], contextlib.AbstractContextManager[History]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +127,7 @@ class ImportReport:
 
 
 def export_history(
-    codec: ConversationCodec,
+    codec: History,
     dst: str | os.PathLike[str],
     format: str = "jsonl",
     with_timestamps: bool = True,
@@ -199,7 +240,7 @@ def _write_atomically(dst: Path, chunks: Iterable[bytes]) -> None:
 
 
 def import_history(
-    codec: ConversationCodec,
+    codec: History,
     src: str | os.PathLike[str],
     merge: bool = False,
     legacy_key: KeyInput | None = None,
@@ -240,31 +281,29 @@ def import_history(
     src = Path(src)
     if _same_file(src, codec.path):
         raise ValueError(f"{src} is the log itself; nothing to import")
-    fmt, pairs = _read_source(src, legacy_key, password)
+    # Another codec log is opened with the target's own class, ``cls(path, key)``: this
+    # module sits below the codec and imports none (see the module docstring).
+    fmt, pairs = _read_source(src, legacy_key, password, cast(Opener, type(codec)))
     kept = [(m, ts) for m, ts in pairs if _storable(m)]
     rejected = len(pairs) - len(kept)
     messages = [m for m, _ in kept]
     stamps = _fill_times([ts for _, ts in kept])
-    with codec._writing():  # see "Hooks" in the module docstring
+    with codec.transaction():  # see the module docstring
         if replace:
             codec.replace(messages, timestamps=_as_datetimes(stamps))
             added = len(messages)
         else:
             added = _merge_locked(codec, messages, stamps, dedupe=merge)
-        if replace or added:
-            codec._moved(codec._state(), keeps_view=False)
     return ImportReport(len(pairs), added, len(messages) - added, rejected, fmt)
 
 
 def _read_source(
-    src: Path, legacy_key: KeyInput | None, password: str | bytes | None
+    src: Path, legacy_key: KeyInput | None, password: str | bytes | None, open_log: Opener
 ) -> tuple[LegacyFormat, list[tuple[Message, int | None]]]:
     history = read_legacy(src, legacy_key=legacy_key, password=password)
     if history.format is not LegacyFormat.CODEC_LOG:
         return history.format, list(zip(history.messages, history.timestamps, strict=True))
-    from .codec import ConversationCodec  # codec is the caller's layer: import at use
-
-    with ConversationCodec(src, encryption_key=legacy_key) as other:
+    with open_log(src, legacy_key) as other:
         return history.format, [(h.message, _us(h.timestamp)) for h in other.search()]
 
 
@@ -296,7 +335,7 @@ def _fill_times(stamps: Sequence[int | None]) -> list[int] | None:
 
 
 def _merge_locked(
-    codec: ConversationCodec, messages: list[Message], stamps: list[int] | None, dedupe: bool
+    codec: History, messages: list[Message], stamps: list[int] | None, dedupe: bool
 ) -> int:
     """Add the messages (``dedupe``: those not yet in the log); return how many. The writer
     lock is held."""
@@ -318,7 +357,7 @@ def _merge_locked(
         codec.extend(new, timestamps=_as_datetimes([stamps[i] for i in fresh]))
     else:
         # An append-only log cannot take an older record at its end: rewrite the union.
-        if codec._base():
+        if len(codec.storage.index) > len(codec):  # max_messages hides some
             raise ValueError(
                 "merging messages older than the log's end rewrites the log, which would drop "
                 "the records max_messages hides; import without max_messages"

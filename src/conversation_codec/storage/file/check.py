@@ -1,6 +1,6 @@
-"""verify() and salvage(): check every byte of a log, and copy out what is intact.
+"""Check every byte of a log file: the scanner behind ``verify()`` and ``salvage()``.
 
-Both read the log with their own scanner, which never trusts a length it has not checked and
+The scanner, which never trusts a length it has not checked and
 never writes to the source. Each problem carries the byte offset where it starts and what it
 most likely means (FORMAT.md §10 and §11):
 
@@ -25,22 +25,18 @@ index-ahead        index entries past the log's end: records cut off the end, or
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._time import iso_z, to_datetime
-from .crypto import KeyInput
-from .errors import StorageError
-from .format.index import END_MASK, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
-from .records import DictionaryMissing, RecordDamaged, RecordRejected, SealedRecords
-from .storage.file.log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
+from ..._time import iso_z
+from ...format.index import END_MASK, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
+from ...records import DictionaryMissing, RecordDamaged, RecordRejected, SealedRecords
+from .log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
 
-__all__ = ["Problem", "SalvageReport", "VerifyReport", "salvage", "scan_records"]
+__all__ = ["Problem", "VerifyReport", "check_file_log", "scan_records", "verify_log"]
 
 DAMAGE_KINDS = frozenset(
     {"torn-tail", "damaged", "unauthenticated", "missing-records", "reordered-records",
@@ -327,64 +323,13 @@ def _utc(ts_us: int) -> str:
         return f"{ts_us} us since 1970"
 
 
-@dataclass(frozen=True, slots=True)
-class SalvageReport:
-    """What ``salvage()`` copied: intact records recovered, seqs lost, and the findings."""
+def check_file_log(log: FileLog) -> VerifyReport:
+    """Check a whole log file and its index (``ConversationCodec.verify()``); read only.
 
-    source: Path
-    destination: Path
-    recovered: int
-    lost_seqs: tuple[int, ...]
-    problems: tuple[Problem, ...]
-
-
-def salvage(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    *,
-    encryption_key: KeyInput | None = None,
-    password: str | None = None,
-    context: str | None = None,
-) -> SalvageReport:
-    """Copy every intact record of a (damaged) log into a new log at ``dst``.
-
-    ``src`` is only read. Records keep their order by seq and their timestamps (a
-    timestamp that went backwards is raised to its predecessor's); a seq found twice keeps
-    its first intact copy. ``dst`` is written with the same key or password, and bound to
-    the same ``context`` (the one ``src`` was opened with), so it can take ``src``'s place.
-
-    :raises StorageError: ``dst`` already holds something.
+    Runs inside a tolerant read transaction: a damaged log is reported, never repaired.
     """
-    from .codec import ConversationCodec  # the codec imports this module: import late
-
-    dst_path = Path(dst)
-    if dst_path.exists() and (dst_path.is_dir() or dst_path.stat().st_size):
-        raise StorageError(17, f"{dst_path} already exists; salvage writes a new log only")
-    with ConversationCodec(
-        src, encryption_key, password=password, durability="flush", context=context
-    ) as source:
-        log = source._log
-        if not isinstance(log, FileLog):
-            raise StorageError(errno.EOPNOTSUPP, f"{src}: salvage reads log files only")
-        with log.transaction(write=False, tolerant=True):
-            if log.fmt is None:
-                regions: list[Region] = []
-                problems: list[Problem] = []
-            else:
-                regions = list(scan_records(log))
-                problems = verify_log(log, regions)[1]
-            found: dict[int, tuple[int, dict[str, Any]]] = {}
-            for kind, _start, _end, seq, ts, text in regions:
-                if kind == "record" and seq not in found:
-                    assert log.fmt is not None
-                    found[seq] = (ts, log.fmt.records.parse(text))
-    seqs = sorted(found)
-    stamps: list[datetime] = []
-    last = 0
-    for seq in seqs:
-        last = max(last, found[seq][0])
-        stamps.append(to_datetime(last))
-    with ConversationCodec(dst_path, encryption_key, password=password, context=context) as out:
-        out.extend([found[s][1] for s in seqs], timestamps=stamps)
-    lost = tuple(s for s in range(seqs[-1] + 1) if s not in found) if seqs else ()
-    return SalvageReport(Path(src), dst_path, len(seqs), lost, tuple(problems))
+    with log.transaction(write=False, tolerant=True):
+        if log.fmt is None:
+            return VerifyReport(Path(log.path), 0, tuple(verify_index_alone(log.index.path)))
+        records, problems = verify_log(log)
+    return VerifyReport(Path(log.path), records, tuple(problems))

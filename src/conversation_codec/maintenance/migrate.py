@@ -36,14 +36,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from ._fsio import DEFAULT_IO, atomic_write, check_file, open_file, unlink_file
-from ._time import iso_z, to_datetime
-from .codec import ConversationCodec
-from .crypto import KeyInput, Keyring
-from .errors import ConversationCodecError, KeyRequiredError, StorageError
-from .format.header import LogKind, sniff_log
-from .legacy import MAX_LEGACY_BYTES, LegacyFormat, read_legacy
-from .paths import (
+from .._fsio import DEFAULT_IO, atomic_write, check_file, open_file, unlink_file
+from .._time import iso_z, to_datetime
+from ..codec import ConversationCodec
+from ..crypto import KeyInput, Keyring
+from ..errors import ConversationCodecError, KeyRequiredError, StorageError
+from ..format.header import LogKind, sniff_log
+from ..paths import (
     backup_path,
     index_path,
     is_sidecar,
@@ -52,8 +51,9 @@ from .paths import (
     migrating_path,
     temp_path,
 )
-from .storage.file.lock import LogLock
-from .storage.file.log import FileLog
+from ..storage.file.lock import LogLock
+from ..storage.file.log import FileLog
+from .legacy import MAX_LEGACY_BYTES, LegacyFormat, read_legacy
 
 __all__ = ["BatchItem", "BatchReport", "BatchStatus", "MigrationReport", "migrate", "migrate_many"]
 

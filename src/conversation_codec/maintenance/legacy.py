@@ -41,10 +41,10 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from ._time import EPOCH, ONE_US
-from .crypto import KeyInput, Keyring
-from .errors import DecryptionError, FormatError, KeyRequiredError, StorageError
-from .format.header import LogKind, sniff_log
+from .._time import EPOCH, ONE_US
+from ..crypto import KeyInput, Keyring
+from ..errors import DecryptionError, FormatError, KeyRequiredError, StorageError
+from ..format.header import LogKind, sniff_log
 
 __all__ = [
     "MAX_LEGACY_BYTES",

@@ -1,0 +1,86 @@
+"""salvage(): copy every intact record of a damaged log into a new log.
+
+The log is read by the scanner of ``storage/file/check.py`` (the one behind ``verify()``),
+which never trusts a length it has not checked and never writes to the source; the new log
+is written by a ``ConversationCodec``, so this module sits above the codec and nothing below
+imports it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .._time import to_datetime
+from ..codec import ConversationCodec
+from ..crypto import KeyInput
+from ..errors import StorageError
+from ..storage.file.check import Problem, Region, scan_records, verify_log
+from ..storage.file.log import FileLog
+
+__all__ = ["SalvageReport", "salvage"]
+
+
+@dataclass(frozen=True, slots=True)
+class SalvageReport:
+    """What ``salvage()`` copied: intact records recovered, seqs lost, and the findings."""
+
+    source: Path
+    destination: Path
+    recovered: int
+    lost_seqs: tuple[int, ...]
+    problems: tuple[Problem, ...]
+
+
+def salvage(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    encryption_key: KeyInput | None = None,
+    password: str | None = None,
+    context: str | None = None,
+) -> SalvageReport:
+    """Copy every intact record of a (damaged) log into a new log at ``dst``.
+
+    ``src`` is only read. Records keep their order by seq and their timestamps (a
+    timestamp that went backwards is raised to its predecessor's); a seq found twice keeps
+    its first intact copy. ``dst`` is written with the same key or password, and bound to
+    the same ``context`` (the one ``src`` was opened with), so it can take ``src``'s place.
+
+    :raises StorageError: ``dst`` already holds something.
+    """
+    dst_path = Path(dst)
+    if dst_path.exists() and (dst_path.is_dir() or dst_path.stat().st_size):
+        raise StorageError(17, f"{dst_path} already exists; salvage writes a new log only")
+    with ConversationCodec(
+        src, encryption_key, password=password, durability="flush", context=context
+    ) as source:
+        log = source.storage
+        if not isinstance(log, FileLog):
+            raise StorageError(errno.EOPNOTSUPP, f"{src}: salvage reads log files only")
+        with log.transaction(write=False, tolerant=True):
+            if log.fmt is None:
+                regions: list[Region] = []
+                problems: list[Problem] = []
+            else:
+                regions = list(scan_records(log))
+                problems = verify_log(log, regions)[1]
+            found: dict[int, tuple[int, dict[str, Any]]] = {}
+            for kind, _start, _end, seq, ts, text in regions:
+                if kind == "record" and seq not in found:
+                    assert log.fmt is not None
+                    found[seq] = (ts, log.fmt.records.parse(text))
+    seqs = sorted(found)
+    stamps: list[datetime] = []
+    last = 0
+    for seq in seqs:
+        last = max(last, found[seq][0])
+        stamps.append(to_datetime(last))
+    with ConversationCodec(dst_path, encryption_key, password=password, context=context) as out:
+        out.extend([found[s][1] for s in seqs], timestamps=stamps)
+    lost = tuple(s for s in range(seqs[-1] + 1) if s not in found) if seqs else ()
+    return SalvageReport(Path(src), dst_path, len(seqs), lost, tuple(problems))

@@ -1,0 +1,228 @@
+"""LogReader: authenticated reads of a log's records through a ``LogStorage``.
+
+Every record read is authenticated and checked against its seq and its index entry; an
+index that disagrees with the log is rebuilt once and the read resumes (FORMAT.md §7,
+§10.2). The codec reads only through this class; it knows nothing of keys or messages
+beyond the storage's ``LogFormat``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ._time import to_datetime
+from .errors import CorruptRecordError, LogReplacedError
+from .records import DictionaryMissing, RecordRejected
+from .search import Hit, Query
+from .storage.base import IndexMismatch, LogStorage
+
+__all__ = ["READ_BATCH", "LogReader"]
+
+Message = dict[str, Any]
+READ_BATCH = 256  # records decoded per lock hold while iterating or searching
+
+
+class LogReader:
+    """Read records of ``log`` (the file at ``path``, named in errors); lock held by caller."""
+
+    def __init__(self, log: LogStorage, path: Path) -> None:
+        self._log = log
+        self._path = path
+
+    def corrupt(self, exc: RecordRejected, seq: int) -> CorruptRecordError:
+        offset = self._log.index.span(seq)[0]
+        return CorruptRecordError(f"record {seq}: {exc}", path=self._path, offset=offset)
+
+    def payloads(self, start: int, stop: int) -> Iterator[tuple[int, bytes, int]]:
+        """Yield ``(seq, message JSON text, ts_us)`` for a range, inside a transaction.
+
+        Every record is authenticated and checked against its position and index entry; an
+        index that disagrees with the log is rebuilt once and the read resumes.
+        """
+        fmt = self._log.fmt
+        if fmt is None or start >= stop:
+            return
+        for attempt in (0, 1):
+            try:
+                for seq, body in self._log.read_bodies(start, stop):
+                    try:
+                        text, ts = fmt.records.payload(body, seq)
+                    except RecordRejected as exc:
+                        raise self.corrupt(exc, seq) from None
+                    if ts != self._log.index.tss[seq]:
+                        raise IndexMismatch(self._log.index.span(seq)[0])
+                    yield seq, text, ts
+                    start = seq + 1
+                return
+            except (IndexMismatch, DictionaryMissing):
+                if attempt:
+                    raise CorruptRecordError(
+                        "index and log disagree even after a rebuild",
+                        path=self._path,
+                        offset=self._log.index.span(start)[0],
+                    ) from None
+                self._log.rebuild_index()
+                stop = min(stop, len(self._log.index))
+
+    def parse(self, seq: int, text: bytes) -> Message:
+        assert self._log.fmt is not None
+        try:
+            return self._log.fmt.records.parse(text)
+        except RecordRejected as exc:
+            raise self.corrupt(exc, seq) from None
+
+    def decoded(self, start: int, stop: int) -> Iterator[tuple[int, Message, int]]:
+        """Yield ``(seq, message, ts_us)`` for a range, inside the current transaction."""
+        for seq, text, ts in self.payloads(start, stop):
+            yield seq, self.parse(seq, text), ts
+
+    def read_one(self, seq: int) -> Message:
+        for _, message, _ in self.decoded(seq, seq + 1):
+            return message
+        raise IndexError(f"record {seq} vanished while reading")
+
+    def first_at_or_after(self, ts_us: int, sides: tuple[int, ...]) -> int:
+        """Return the first seq whose record time is >= ``ts_us`` (lock held).
+
+        The index's times are a cache that anyone can edit, so its binary search only
+        proposes the cut; the records at ``cut + d`` for each ``d`` in ``sides`` (-1: the
+        one before the cut, 0: the one at it) are authenticated and must carry the time
+        the index gives them. Record times never decrease along seq, so two records that
+        agree bound every other one: the cut is confirmed with at most two decryptions.
+        If one disagrees, the index is stale or tampered with: it is rebuilt from the log
+        (FORMAT.md §7, §10.2) and the search repeated.
+        """
+        cut = self._log.index.first_at_or_after(ts_us)
+        if self._disagreeing(cut, sides, final=False) is None:
+            return cut
+        self._log.rebuild_index()
+        cut = self._log.index.first_at_or_after(ts_us)
+        wrong = self._disagreeing(cut, sides, final=True)
+        if wrong is not None:
+            raise CorruptRecordError(
+                "index and log disagree even after a rebuild",
+                path=self._path,
+                offset=self._log.index.span(wrong)[0],
+            )
+        return cut
+
+    def _disagreeing(self, cut: int, sides: tuple[int, ...], *, final: bool) -> int | None:
+        """Return the first seq ``cut + d`` whose record's time is not the index's."""
+        for seq in (cut + d for d in sides):
+            if 0 <= seq < len(self._log.index) and not self._time_holds(seq, final=final):
+                return seq
+        return None
+
+    def _time_holds(self, seq: int, *, final: bool) -> bool:
+        """Authenticate record ``seq`` (no decompression): does its time match the index's?
+
+        A record that fails is damage once the index has been rebuilt (``final``); before
+        that, it may just be a stale index pointing at the wrong bytes.
+        """
+        assert self._log.fmt is not None
+        try:
+            ts = self._log.fmt.records.check(self._log.read_body(seq), seq)
+        except IndexMismatch:
+            return False
+        except RecordRejected as exc:
+            if final:
+                raise self.corrupt(exc, seq) from None
+            return False
+        return ts == self._log.index.tss[seq]
+
+    def when(self, seq: int, ts_us: int | None = None) -> datetime:
+        """Return record ``seq``'s time (``ts_us``, or the index's) as an aware datetime.
+
+        The index never holds a time outside 1970..9999 that it loaded from its file (such
+        entries are rebuilt from the log, FORMAT.md §7); one that no datetime can hold came
+        from the record itself, stamped so by a key holder or edited into a plain log.
+        That is a ``CorruptRecordError``, never Python's ``OverflowError``.
+        """
+        us = self._log.index.tss[seq] if ts_us is None else ts_us
+        try:
+            return to_datetime(us)
+        except OverflowError:
+            raise CorruptRecordError(
+                f"record {seq} carries a time ({us} us since 1970) that is no date in "
+                "years 1..9999",
+                path=self._path,
+                offset=self._log.index.span(seq)[0],
+            ) from None
+
+    def index_size(self) -> int:
+        try:
+            return os.path.getsize(self._log.index.path)
+        except FileNotFoundError:
+            return 0
+
+    def matches(
+        self,
+        matcher: Query,
+        roles: frozenset[str] | None,
+        start: int,
+        end: int,
+        base: int,
+        span: tuple[int | None, int | None],
+        present: Callable[[Message], Message],
+    ) -> list[Hit]:
+        """Return the hits among records ``start .. end`` whose own (authenticated) time is
+        in ``span``: their seq counted from ``base``, their message passed through ``present``."""
+        hits = []
+        lo, hi = span
+        for seq, text, ts in self.payloads(start, end):
+            # ts is the record's own (authenticated) time, whatever the index said.
+            if (lo is not None and ts < lo) or (hi is not None and ts >= hi):
+                continue
+            if not matcher.maybe(text.decode("utf-8", "replace")):
+                continue
+            message = self.parse(seq, text)
+            if (roles is None or message.get("role") in roles) and matcher.matches(message):
+                hits.append(Hit(seq - base, self.when(seq, ts), present(message)))
+        return hits
+
+    def search(
+        self,
+        matcher: Query,
+        roles: frozenset[str] | None,
+        span: tuple[int | None, int | None],
+        limit: int | None,
+        newest_first: bool,
+        *,
+        reading: Callable[[], contextlib.AbstractContextManager[None]],
+        base: Callable[[], int],
+        present: Callable[[Message], Message],
+    ) -> Iterator[Hit]:
+        """Stream the hits of ``ConversationCodec.search`` (arguments checked there): one
+        batch of records per ``reading()`` lock hold, from the visible start ``base()``."""
+        lo, hi = span
+        with reading():
+            index = self._log.index
+            log_id = self._log.fmt.log_id if self._log.fmt else None
+            first_seq = base()
+            # Authenticate the records just outside the range (see first_at_or_after):
+            # then no record outside [first, stop) can match, and reader.matches keeps the
+            # records inside by their own authenticated times.
+            first = max(first_seq, 0 if lo is None else self.first_at_or_after(lo, (-1,)))
+            stop = max(first, len(index) if hi is None else self.first_at_or_after(hi, (0,)))
+        left = limit
+        bounds = range(first, stop, READ_BATCH)
+        for start in reversed(bounds) if newest_first else bounds:
+            if left == 0:
+                return
+            end = min(start + READ_BATCH, stop)
+            with reading():
+                if (self._log.fmt.log_id if self._log.fmt else None) != log_id or len(
+                    self._log.index
+                ) < end:
+                    raise LogReplacedError("the log was replaced or truncated during a search")
+                hits = self.matches(matcher, roles, start, end, first_seq, span, present)
+            for hit in reversed(hits) if newest_first else hits:
+                if left == 0:
+                    return
+                yield hit
+                left = None if left is None else left - 1
