@@ -69,10 +69,6 @@ class RecordCodec(Protocol):
         """Return the body that stores one message."""
         ...
 
-    def decode(self, body: bytes, expected_seq: int) -> tuple[dict[str, Any], int]:
-        """Return ``(message, ts_us)``; raise ``RecordRejected`` for a bad body."""
-        ...
-
     def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
         """Return ``(text, ts_us)``: authenticated JSON text holding the message, unparsed."""
         ...
@@ -214,10 +210,6 @@ class SealedRecords:
             return _decode_message(text)
         except msgspec.DecodeError as exc:
             raise RecordDamaged(f"record payload is malformed: {exc}") from None
-
-    def decode(self, body: bytes, expected_seq: int) -> tuple[dict[str, Any], int]:
-        text, ts_us = self.payload(body, expected_seq)
-        return self.parse(text), ts_us
 
 
 class PlainRecords:

@@ -55,7 +55,9 @@ def salvage(
     """
     dst_path = Path(dst)
     if dst_path.exists() and (dst_path.is_dir() or dst_path.stat().st_size):
-        raise StorageError(17, f"{dst_path} already exists; salvage writes a new log only")
+        raise StorageError(
+            errno.EEXIST, f"{dst_path} already exists; salvage writes a new log only"
+        )
     with ConversationCodec(
         src, encryption_key, password=password, durability="flush", context=context
     ) as source:

@@ -130,9 +130,11 @@ def _open(log: FileLog, body: bytes, control: bool) -> tuple[str, int, int, byte
     """Authenticate one record: ``(kind, seq, ts_us, text)``, or None."""
     assert log.fmt is not None
     records = log.fmt.records
+    if control and not isinstance(records, SealedRecords):
+        return None  # a plain log has no control frames: these bytes are no record
     try:
         if control:
-            assert isinstance(records, SealedRecords)
+            assert isinstance(records, SealedRecords)  # narrowed above; for the type checker
             dictionary = records.decode_dictionary(body, 1)
             if records.dict_id == 0:
                 records.use_dictionary(1, dictionary)
@@ -146,7 +148,7 @@ def _open(log: FileLog, body: bytes, control: bool) -> tuple[str, int, int, byte
         assert isinstance(records, SealedRecords)
         env_seq, env_ts = records.locate(body)
         return "undecodable", env_seq, env_ts, b""
-    except (RecordRejected, AssertionError):
+    except RecordRejected:
         return None
     return "record", seq, ts, text
 
