@@ -219,7 +219,7 @@ def test_async_store(tmp_path: Path) -> None:
                     [{"role": "user", "content": f"refund {c}.{i}"} for i in range(3)],
                     timestamps=[at(10 * c + i) for i in range(3)],
                 )
-        out: dict[str, Any] = {"ids": await store.ids(), "list": await store.list()}
+        out: dict[str, Any] = {"ids": await store.ids(), "list": await store.infos()}
         out["search"] = [(cid, h.seq) async for cid, h in store.search("refund", limit=4)]
         out["newest"] = [(cid, h.seq) async for cid, h in store.search(newest_first=True, limit=2)]
         with pytest.raises(ValueError, match="limit"):
@@ -228,7 +228,7 @@ def test_async_store(tmp_path: Path) -> None:
         out["prune"] = await store.prune(older_than=at(21))
         out["left"] = await store.ids()
         wrapped = AsyncConversationStore.wrap(ConversationStore(tmp_path / "s", encryption_key=KEY))
-        out["wrapped"] = [i.conversation_id for i in await wrapped.list()]
+        out["wrapped"] = [i.conversation_id for i in await wrapped.infos()]
         assert wrapped.root == store.root == tmp_path / "s" and wrapped.sync.root == store.root
         return out
 

@@ -78,7 +78,7 @@ def test_each_conversation_still_opens_its_own_log(tmp_path: Path, key: str | No
         with store.open(cid) as codec:
             assert codec.load() == [{"role": "user", "content": cid}]
             assert codec.info().format_version == 2
-    assert [c.conversation_id for c in store.list()] == ["Alice", "alice", "bob/../x"]
+    assert [c.conversation_id for c in store.infos()] == ["Alice", "alice", "bob/../x"]
 
 
 @pytest.mark.parametrize("key", [KEY, None], ids=["sealed", "plain"])

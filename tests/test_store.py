@@ -142,7 +142,7 @@ def test_hostile_ids_stay_inside_root_and_round_trip(tmp_path: Path, cid: str) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]  # nothing escaped
     assert {p.parent for p in root.rglob("*")} == {root}
     assert decode_id(path.name[: -len(".log")]) == cid
-    [info] = store.list()
+    [info] = store.infos()
     assert (info.conversation_id, info.message_count) == (cid, 1)
     with store.open(cid) as codec:
         assert codec.load() == [{"role": "user", "content": cid}]
@@ -153,7 +153,7 @@ def test_hostile_ids_stay_inside_root_and_round_trip(tmp_path: Path, cid: str) -
 def test_root_is_created_private_by_the_first_write(tmp_path: Path) -> None:
     root = tmp_path / "a" / "b"
     store = ConversationStore(root)
-    assert store.list() == [] and not root.exists()  # building and listing create nothing
+    assert store.infos() == [] and not root.exists()  # building and listing create nothing
     with store.open("x") as codec:
         codec.append({"role": "user", "content": "hi"})
     assert (root.stat().st_mode & 0o777) == 0o700
@@ -251,14 +251,14 @@ def test_foreign_files_are_ignored(tmp_path: Path) -> None:
         (tmp_path / name).write_text("not ours")
     (tmp_path / "sub.log").mkdir()  # a directory named like a log is skipped by list()
     assert store.ids() == ["real"]
-    assert [i.conversation_id for i in store.list()] == ["real"]
+    assert [i.conversation_id for i in store.infos()] == ["real"]
 
 
 # -- list / search / delete / prune over 50 x 100 ---------------------------------------
 
 
 def test_list_reports_every_conversation_from_the_index(big: ConversationStore) -> None:
-    infos = big.list()
+    infos = big.infos()
     assert [i.conversation_id for i in infos] == sorted(cid_of(c) for c in range(N_CONV))
     by_id = {i.conversation_id: i for i in infos}
     for c in range(N_CONV):
@@ -273,14 +273,14 @@ def test_list_reports_every_conversation_from_the_index(big: ConversationStore) 
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    assert big.list() == infos
+    assert big.infos() == infos
     with big.open(cid_of(3)) as codec, pytest.raises(ConversationCodecError):
         codec.load()
 
 
 def test_list_needs_each_conversations_key(big_root: Path) -> None:
     """Without its key a conversation is listed with the error, not left out or fatal."""
-    keyless = {i.conversation_id: i for i in ConversationStore(big_root).list()}
+    keyless = {i.conversation_id: i for i in ConversationStore(big_root).infos()}
     assert len(keyless) == N_CONV
     for c in range(N_CONV):
         info = keyless[cid_of(c)]
@@ -290,7 +290,7 @@ def test_list_needs_each_conversations_key(big_root: Path) -> None:
             assert (info.status, info.message_count) == (KeyRequiredError.__name__, 0)
             assert info.encrypted and info.error and "key" in info.error
     wrong = ConversationStore(big_root, key_fn=lambda cid: OTHER_KEY)
-    statuses = {i.conversation_id: i.status for i in wrong.list()}
+    statuses = {i.conversation_id: i.status for i in wrong.infos()}
     for c in range(N_CONV):
         expected = {None: "NotEncryptedError", KEY: "DecryptionError", OTHER_KEY: "ok"}
         assert statuses[cid_of(c)] == expected[key_for(cid_of(c))]
@@ -374,7 +374,7 @@ def test_delete_removes_every_file_and_only_those(big: ConversationStore) -> Non
     gone = before - set(os.listdir(root))
     names = {big.path(cid).name for cid in victims}
     assert gone == {n + s for n in names for s in ("", ".idx", ".lock")} | {stale}
-    assert len(big.list()) == N_CONV - len(victims)
+    assert len(big.infos()) == N_CONV - len(victims)
     assert big.delete("never-existed") is False
     assert not big.path("never-existed").exists()
 
@@ -395,7 +395,7 @@ def test_delete_spares_lookalike_names(tmp_path: Path) -> None:
 def test_prune_deletes_whole_conversations_older_than_a_cutoff(big: ConversationStore) -> None:
     cutoff = at(ts_of(20, N_MSG - 1))  # conversations 0..19 ended before it
     assert sorted(big.prune(older_than=cutoff)) == sorted(cid_of(c) for c in range(20))
-    assert sorted(i.conversation_id for i in big.list()) == sorted(
+    assert sorted(i.conversation_id for i in big.infos()) == sorted(
         cid_of(c) for c in range(20, N_CONV)
     )
     assert big.prune(older_than=cutoff) == []
@@ -451,7 +451,7 @@ def test_store_arguments(tmp_path: Path) -> None:
 
 def test_a_root_too_long_for_the_file_system_raises_storage_error(tmp_path: Path) -> None:
     store = ConversationStore(tmp_path / ("r" * 300), encryption_key=KEY)
-    for call in (store.list, store.ids, lambda: list(store.search("x"))):
+    for call in (store.infos, store.ids, lambda: list(store.search("x"))):
         with pytest.raises(StorageError, match="store root") as info:
             call()
         assert info.value.errno == errno.ENAMETOOLONG
@@ -490,7 +490,7 @@ def mixed(tmp_path: Path) -> ConversationStore:
 
 
 def test_list_reports_unreadable_logs_and_carries_on(mixed: ConversationStore) -> None:
-    listed = {i.conversation_id: i for i in mixed.list()}
+    listed = {i.conversation_id: i for i in mixed.infos()}
     assert sorted(listed) == sorted([*GOOD, *BAD])
     for cid, texts in GOOD.items():
         assert (listed[cid].status, listed[cid].error) == ("ok", None)
@@ -520,3 +520,12 @@ def test_prune_skips_unreadable_logs_and_reports_them(mixed: ConversationStore) 
     assert sorted(deleted) == sorted(GOOD) and sorted(errors) == sorted(BAD)
     assert mixed.ids() == sorted(BAD)  # kept, every byte: nothing unreadable is deleted
     assert mixed.prune(older_than=at(T0 * 2)) == []
+
+
+def test_list_is_a_deprecated_alias_of_infos(tmp_path: Path) -> None:
+    """``list()`` shadowed the builtin inside the class; ``infos()`` replaces it (issue 13)."""
+    store = ConversationStore(tmp_path, encryption_key=KEY)
+    with store.open("a") as codec:
+        codec.append({"role": "user", "content": "hi"})
+    with pytest.warns(DeprecationWarning, match="infos"):
+        assert store.list() == store.infos()

@@ -28,6 +28,7 @@ import builtins
 import contextvars
 import functools
 import os
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
@@ -302,9 +303,18 @@ class AsyncConversationStore:
         """Return the ids of every conversation with a log, sorted."""
         return await _run(self._executor, self._store.ids)
 
-    async def list(self) -> builtins.list[ConversationInfo]:
+    async def infos(self) -> builtins.list[ConversationInfo]:
         """Describe every conversation from headers and indexes alone."""
-        return await _run(self._executor, self._store.list)
+        return await _run(self._executor, self._store.infos)
+
+    async def list(self) -> builtins.list[ConversationInfo]:
+        """Deprecated alias of :meth:`infos` (it shadowed the builtin); kept for one release."""
+        warnings.warn(
+            "AsyncConversationStore.list() is deprecated: call infos()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return await self.infos()
 
     async def delete(self, conversation_id: str) -> bool:
         """Delete every file of a conversation; return False when it had none."""

@@ -23,11 +23,11 @@ Files of conversation ``c``: ``<root>/<encode_id(c)>.log`` and its sidecars ``.l
 >>> with store.open("user-42/chat") as codec:
 ...     codec.append({"role": "user", "content": "Where is my refund?"})
 0
->>> [(c.conversation_id, c.message_count) for c in store.list()]
+>>> [(c.conversation_id, c.message_count) for c in store.infos()]
 [('user-42/chat', 1)]
 >>> [(cid, hit.seq) for cid, hit in store.search("refund")]
 [('user-42/chat', 0)]
->>> store.delete("user-42/chat"), store.list()
+>>> store.delete("user-42/chat"), store.infos()
 (True, [])
 """
 
@@ -39,6 +39,7 @@ import hashlib
 import heapq
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -121,7 +122,7 @@ def decode_id(stem: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class ConversationInfo:
-    """One conversation as ``ConversationStore.list()`` reports it (from header and index).
+    """One conversation as ``ConversationStore.infos()`` reports it (from header and index).
 
     ``status`` is ``"ok"``, or the name of the library error that kept the log from being
     opened (``"DecryptionError"``, ``"NotEncryptedError"``, ``"KeyRequiredError"``,
@@ -230,7 +231,14 @@ class ConversationStore:
                     found.append(conversation_id)
         return sorted(found)
 
-    def list(self) -> list[ConversationInfo]:
+    def list(self) -> builtins.list[ConversationInfo]:
+        """Deprecated alias of :meth:`infos` (it shadowed the builtin); kept for one release."""
+        warnings.warn(
+            "ConversationStore.list() is deprecated: call infos()", DeprecationWarning, stacklevel=2
+        )
+        return self.infos()
+
+    def infos(self) -> builtins.list[ConversationInfo]:
         """Describe every conversation, sorted by id, from headers and indexes alone.
 
         No message is decrypted, but an encrypted log's header is authenticated, so the

@@ -27,7 +27,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
     if not os.path.isdir(args.path):
         raise InputError(f"{args.path}: no such directory")
-    found = ConversationStore(args.path, encryption_key=log_key(args)).list()
+    found = ConversationStore(args.path, encryption_key=log_key(args)).infos()
     failed = any(c.status != "ok" for c in found)  # listed with their status; exit 1
     if args.json:
         for info in found:
