@@ -240,3 +240,37 @@ def test_async_store(tmp_path: Path) -> None:
     assert out["delete"] == (True, False)
     assert out["prune"] == [ids[1]]  # user 2's last message is at 22: not older than 21
     assert out["left"] == out["wrapped"] == ids[2:]
+
+
+# Sync methods with no async twin, and why: a transaction holds the writer lock across
+# calls on one thread, while the async wrapper runs each call in a worker thread.
+SYNC_ONLY = {"transaction"}
+
+
+@pytest.mark.parametrize(
+    ("sync", "async_"),
+    [(ConversationCodec, AsyncConversationCodec), (ConversationStore, AsyncConversationStore)],
+    ids=["codec", "store"],
+)
+def test_the_async_api_has_every_public_method_of_the_sync_one(sync: type, async_: type) -> None:
+    def public(cls: type) -> set[str]:
+        return {name for name in dir(cls) if not name.startswith("_")}
+
+    missing = public(sync) - public(async_) - SYNC_ONLY
+    assert not missing, f"{async_.__name__} lacks {sorted(missing)}"
+
+
+def test_the_added_async_methods_work(tmp_path: Path) -> None:
+    async def run() -> None:
+        path = tmp_path / "a.log"
+        async with await AsyncConversationCodec.open(path, encryption_key=KEY) as codec:
+            await codec.replace(
+                [{"role": "user", "content": "hi"}, {"role": "tool", "content": "x"}]
+            )
+            assert (await codec.verify()).ok
+            assert len(await codec.to_openai_messages("be brief")) == 3
+            assert await codec.export(tmp_path / "out.jsonl") == 2
+            assert await codec.prune(datetime(2000, 1, 1, tzinfo=timezone.utc)) == 0
+            assert codec.options.durability == "fsync"
+
+    asyncio.run(run())

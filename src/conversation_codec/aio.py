@@ -46,7 +46,11 @@ from .codec import (
 )
 from .crypto import KeyInput
 from .maintenance.compact import CompactionReport
+from .maintenance.transfer import ImportReport
+from .options import CodecOptions
 from .search import Hit
+from .storage.base import LogStorage
+from .storage.file.check import VerifyReport
 from .store import ConversationInfo, ConversationStore, KeyFn, OnError
 
 __all__ = ["AsyncConversationCodec", "AsyncConversationStore"]
@@ -190,6 +194,80 @@ class AsyncConversationCodec:
         """Re-encrypt the whole log under ``new_key``."""
         return await self._call(self._codec.rotate_key, new_key)
 
+    async def replace(
+        self, messages: Sequence[Message], *, timestamps: Sequence[TimestampInput] | None = None
+    ) -> None:
+        """Replace the whole history (see ``ConversationCodec.replace``)."""
+        batch = list(messages)
+        await self._call(self._codec.replace, batch, timestamps=timestamps)
+
+    async def prune(self, before: TimeInput) -> int:
+        """Permanently delete the messages written before ``before``; return how many."""
+        return await self._call(self._codec.prune, before)
+
+    async def change_password(self, old: str, new: str) -> CompactionReport:
+        """Re-seal the log under a new password (see ``ConversationCodec.change_password``)."""
+        return await self._call(self._codec.change_password, old, new)
+
+    async def verify(self) -> VerifyReport:
+        """Check every record and the index; report each problem (reads only)."""
+        return await self._call(self._codec.verify)
+
+    async def export(
+        self, dst: str | os.PathLike[str], format: str = "jsonl", with_timestamps: bool = True
+    ) -> int:
+        """Write the history **unencrypted** to ``dst`` (see ``ConversationCodec.export``)."""
+        return await self._call(
+            self._codec.export, dst, format=format, with_timestamps=with_timestamps
+        )
+
+    async def import_(
+        self,
+        src: str | os.PathLike[str],
+        merge: bool = False,
+        *,
+        replace: bool = False,
+        legacy_key: KeyInput | None = None,
+        password: str | None = None,
+    ) -> ImportReport:
+        """Add the messages of a JSONL/JSON/legacy file (see ``ConversationCodec.import_``)."""
+        return await self._call(
+            self._codec.import_,
+            src,
+            merge,
+            replace=replace,
+            legacy_key=legacy_key,
+            password=password,
+        )
+
+    async def to_openai_messages(
+        self, system_prompt: str | None = None, max_context: int | None = None
+    ) -> list[Message]:
+        """The history (or a window of it) as an OpenAI chat ``messages`` list."""
+        return await self._call(self._codec.to_openai_messages, system_prompt, max_context)
+
+    async def to_ollama_messages(
+        self, system_prompt: str | None = None, max_context: int | None = None
+    ) -> list[Message]:
+        """The history (or a window of it) as an Ollama chat ``messages`` list."""
+        return await self._call(self._codec.to_ollama_messages, system_prompt, max_context)
+
+    async def to_anthropic_messages(
+        self, max_context: int | None = None
+    ) -> tuple[str | None, list[Message]]:
+        """The history (or a window of it) as Anthropic's ``(system, messages)``."""
+        return await self._call(self._codec.to_anthropic_messages, max_context)
+
+    @property
+    def options(self) -> CodecOptions:
+        """The options the wrapped codec was opened with."""
+        return self._codec.options
+
+    @property
+    def storage(self) -> LogStorage:
+        """The wrapped codec's storage (read-only; see ``ConversationCodec.storage``)."""
+        return self._codec.storage
+
     async def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
         """Return every message with ``since <= timestamp < until``."""
         return await self._call(self._codec.between, since, until)
@@ -298,6 +376,10 @@ class AsyncConversationStore:
         """Open a conversation's log; close it after (``async with``)."""
         codec = await _run(self._executor, self._store.open, conversation_id)
         return AsyncConversationCodec(codec, executor=self._executor)
+
+    def path(self, conversation_id: str) -> Path:
+        """Where a conversation's log lives (no I/O)."""
+        return self._store.path(conversation_id)
 
     async def ids(self) -> builtins.list[str]:
         """Return the ids of every conversation with a log, sorted."""
