@@ -529,3 +529,40 @@ def test_list_is_a_deprecated_alias_of_infos(tmp_path: Path) -> None:
         codec.append({"role": "user", "content": "hi"})
     with pytest.warns(DeprecationWarning, match="infos"):
         assert store.list() == store.infos()
+
+
+def test_every_codec_option_is_accepted_by_the_store_the_async_api_and_the_sessions() -> None:
+    """The options of ConversationCodec are accepted by each way of opening a conversation
+    (issue 13: the store, the async API and the sessions used to drop password,
+    max_messages and attachments). ``context`` is the store's: it is the conversation id."""
+    import inspect
+
+    from conversation_codec.aio import AsyncConversationCodec, AsyncConversationStore
+    from conversation_codec.integrations.langchain import CodecChatMessageHistory
+    from conversation_codec.integrations.openai_agents import CodecSession
+
+    def names(fn: object) -> set[str]:
+        return set(inspect.signature(fn).parameters)  # type: ignore[arg-type]
+
+    options = names(ConversationCodec.__init__) - {"self", "path"}
+    assert {"password", "max_messages", "attachments", "io"} <= options
+    for opener, own_context in [
+        (ConversationStore.__init__, True),
+        (AsyncConversationStore.__init__, True),
+        (AsyncConversationCodec.open, False),
+        (CodecSession.__init__, True),
+        (CodecChatMessageHistory.__init__, True),
+    ]:
+        missing = options - names(opener) - ({"context"} if own_context else set())
+        assert not missing, f"{opener.__qualname__} lacks {sorted(missing)}"
+
+
+def test_store_options_reach_every_conversation(tmp_path: Path) -> None:
+    store = ConversationStore(tmp_path, password="correct horse", max_messages=2)
+    with store.open("a") as codec:
+        codec.extend([{"role": "user", "content": str(i)} for i in range(4)])
+        assert [m["content"] for m in codec.load() or []] == ["2", "3"]  # max_messages
+    with pytest.raises(KeyRequiredError):
+        ConversationCodec(store.path("a"), context="a").load()  # password-protected
+    with pytest.raises(ValueError, match="not both"):
+        ConversationStore(tmp_path, password="p", encryption_key=KEY)

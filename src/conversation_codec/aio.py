@@ -37,6 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ._fsio import FileIO
 from .codec import (
     ConversationCodec,
     LogInfo,
@@ -106,6 +107,10 @@ class AsyncConversationCodec:
         lock_timeout: float | None = None,
         executor: Executor | None = None,
         context: str | None = None,
+        password: str | None = None,
+        max_messages: int | None = None,
+        attachments: str = "keep",
+        io: FileIO | None = None,
     ) -> AsyncConversationCodec:
         """Open a log as ``ConversationCodec(...)`` with the same arguments would."""
         codec = await _run(
@@ -118,6 +123,10 @@ class AsyncConversationCodec:
             clock=clock,
             lock_timeout=lock_timeout,
             context=context,
+            password=password,
+            max_messages=max_messages,
+            attachments=attachments,
+            **({} if io is None else {"io": io}),
         )
         return cls(codec, executor=executor)
 
@@ -340,6 +349,10 @@ class AsyncConversationStore:
         redact_fn: Callable[[Message], Message] | None = None,
         clock: Callable[[], int] | None = None,
         lock_timeout: float | None = None,
+        password: str | None = None,
+        max_messages: int | None = None,
+        attachments: str = "keep",
+        io: FileIO | None = None,
         executor: Executor | None = None,
     ) -> None:
         self._store = ConversationStore(  # does no I/O
@@ -350,6 +363,10 @@ class AsyncConversationStore:
             redact_fn=redact_fn,
             clock=clock,
             lock_timeout=lock_timeout,
+            password=password,
+            max_messages=max_messages,
+            attachments=attachments,
+            io=io,
         )
         self._executor = executor
 

@@ -47,7 +47,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from ._fsio import unlink_file
+from ._fsio import FileIO, unlink_file
 from ._time import EPOCH, ONE_US, datetime_to_us, to_datetime, to_us
 from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
@@ -163,9 +163,15 @@ class ConversationStore:
         redact_fn: Callable[[Message], Message] | None = None,
         clock: Callable[[], int] | None = None,
         lock_timeout: float | None = None,
+        password: str | None = None,
+        max_messages: int | None = None,
+        attachments: str = "keep",
+        io: FileIO | None = None,
     ) -> None:
         if encryption_key is not None and key_fn is not None:
             raise ValueError("pass encryption_key= or key_fn=, not both")
+        if password is not None and (encryption_key is not None or key_fn is not None):
+            raise ValueError("pass password= or encryption_key=/key_fn=, not both")
         if durability not in ("fsync", "flush"):
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
         if encryption_key is not None:
@@ -177,6 +183,15 @@ class ConversationStore:
         self._redact = redact_fn
         self._clock = clock
         self._lock_timeout = lock_timeout
+        # The options every conversation's codec gets, as ConversationCodec takes them (one
+        # password for the store: each log keeps its own salt, so keys still differ per log).
+        self._options: dict[str, Any] = {
+            "password": password,
+            "max_messages": max_messages,
+            "attachments": attachments,
+        }
+        if io is not None:  # else each codec gets the operating system's own
+            self._options["io"] = io
 
     @property
     def root(self) -> Path:
@@ -207,6 +222,7 @@ class ConversationStore:
             clock=self._clock,
             lock_timeout=self._lock_timeout,
             context=conversation_id,
+            **self._options,
         )
 
     def __contains__(self, conversation_id: object) -> bool:

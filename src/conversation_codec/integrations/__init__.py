@@ -173,6 +173,7 @@ class _LazyCodec:
         max_age: timedelta | None = None,
         clock: Callable[[], int] | None = None,
         scratch: str | None = None,
+        **codec_options: Any,
     ) -> None:
         if password is not None:
             if encryption_key is not None or key_fn is not None:
@@ -189,6 +190,8 @@ class _LazyCodec:
             durability=durability,
             # With a store passed, clock= is only "now" for max_age (the store has its own).
             clock=clock if isinstance(store_or_path, (str, os.PathLike)) else None,
+            password=password,
+            **codec_options,  # redact_fn, lock_timeout, attachments, io: as ConversationCodec
         )
         store.path(conversation_id)  # refuse a bad id now
         self.retention = _Retention(max_messages, max_age, clock)
@@ -208,15 +211,7 @@ class _LazyCodec:
         )
 
     def _open(self) -> ConversationCodec:
-        if self._password is None:
-            return self.store.open(self._id)
-        return ConversationCodec(
-            self.store.path(self._id),
-            password=self._password,
-            durability=self._durability,
-            clock=self._clock,
-            context=self._id,
-        )
+        return self.store.open(self._id)  # a password, when given, is the store's
 
     def check_open(self) -> None:
         if self._closed:

@@ -33,6 +33,7 @@ from typing import Any
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, convert_to_messages, messages_from_dict
 
+from .._fsio import FileIO
 from ..codec import Message
 from ..crypto import KeyInput
 from ..store import KeyFn
@@ -133,6 +134,10 @@ class CodecChatMessageHistory(BaseChatMessageHistory):
         max_messages: int | None = None,
         max_age: timedelta | None = None,
         clock: Callable[[], int] | None = None,
+        redact_fn: Callable[[Message], Message] | None = None,
+        lock_timeout: float | None = None,
+        attachments: str | None = None,
+        io: FileIO | None = None,
         executor: Executor | None = None,
         _scratch: str | None = None,
     ) -> None:
@@ -149,6 +154,10 @@ class CodecChatMessageHistory(BaseChatMessageHistory):
             max_age=max_age,
             clock=clock,
             scratch=_scratch,
+            redact_fn=redact_fn,
+            lock_timeout=lock_timeout,
+            attachments=attachments,
+            io=io,
         )
         self.session_id = session_id
 

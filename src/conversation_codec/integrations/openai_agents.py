@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from agents.memory import SessionSettings
 
+from .._fsio import FileIO
+from ..codec import Message
 from ..crypto import KeyInput
 from ..store import KeyFn
 from . import StoreOrPath, _LazyCodec, _scratch_store
@@ -94,6 +96,10 @@ class CodecSession:
         max_messages: int | None = None,
         max_age: timedelta | None = None,
         clock: Callable[[], int] | None = None,
+        redact_fn: Callable[[Message], Message] | None = None,
+        lock_timeout: float | None = None,
+        attachments: str | None = None,
+        io: FileIO | None = None,
         executor: Executor | None = None,
         _scratch: str | None = None,
     ) -> None:
@@ -113,6 +119,10 @@ class CodecSession:
             max_age=max_age,
             clock=clock,
             scratch=_scratch,
+            redact_fn=redact_fn,
+            lock_timeout=lock_timeout,
+            attachments=attachments,
+            io=io,
         )
         self.session_id = session_id
 
