@@ -29,6 +29,7 @@ from .attachments import BLOB_PREFIX, stripped_note
 from .format.record import MAX_DEPTH, nests_deeper_than
 
 __all__ = [
+    "LANGCHAIN_CHUNK_TYPES",
     "context_window",
     "to_anthropic_messages",
     "to_ollama_messages",
@@ -41,6 +42,16 @@ _OPENAI_KEYS_MORE = ("refusal", "audio")  # assistant-only extras the API accept
 _TEXT_PARTS = ("text", "input_text", "output_text")
 _ANTHROPIC_BLOCKS = ("text", "image", "document", "tool_use", "tool_result", "thinking")
 _ANTHROPIC_BLOCKS_MORE = ("redacted_thinking", "search_result")
+# LangChain's streaming chunk classes, by the message type each stands for (the legacy reader
+# and the LangChain adapter both meet them in stored records).
+LANGCHAIN_CHUNK_TYPES = {
+    "HumanMessageChunk": "human",
+    "AIMessageChunk": "ai",
+    "SystemMessageChunk": "system",
+    "ToolMessageChunk": "tool",
+    "FunctionMessageChunk": "function",
+    "ChatMessageChunk": "chat",
+}
 _SYSTEM_ROLES = ("system", "developer")
 
 

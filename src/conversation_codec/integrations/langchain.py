@@ -34,6 +34,7 @@ from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, convert_to_messages, messages_from_dict
 
 from .._fsio import FileIO
+from ..chat_formats import LANGCHAIN_CHUNK_TYPES
 from ..codec import Message
 from ..crypto import KeyInput
 from ..store import KeyFn
@@ -50,14 +51,6 @@ _ROLES = {
     "function": "function",
     "remove": "remove",
 }
-_CHUNKS = {
-    "HumanMessageChunk": "human",
-    "AIMessageChunk": "ai",
-    "SystemMessageChunk": "system",
-    "ToolMessageChunk": "tool",
-    "FunctionMessageChunk": "function",
-    "ChatMessageChunk": "chat",
-}
 
 
 def message_to_record(message: BaseMessage) -> Message:
@@ -68,7 +61,7 @@ def message_to_record(message: BaseMessage) -> Message:
     'user'
     """
     fields = message.model_dump()
-    kind = _CHUNKS.get(message.type, message.type)
+    kind = LANGCHAIN_CHUNK_TYPES.get(message.type, message.type)
     if kind == "chat":
         return fields  # ChatMessage's own "role" field is the role
     return {"role": _ROLES.get(kind, kind), **fields}
@@ -83,9 +76,9 @@ def message_from_record(record: Message) -> BaseMessage:
     True
     """
     kind = record.get("type")
-    if isinstance(kind, str) and _CHUNKS.get(kind, kind) in (*_ROLES, "chat"):
+    if isinstance(kind, str) and LANGCHAIN_CHUNK_TYPES.get(kind, kind) in (*_ROLES, "chat"):
         data = dict(record)
-        if _CHUNKS.get(kind, kind) != "chat":
+        if LANGCHAIN_CHUNK_TYPES.get(kind, kind) != "chat":
             data.pop("role", None)
         return messages_from_dict([{"type": kind, "data": data}])[0]
     return _from_openai(record)

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from .._time import EPOCH, ONE_US
+from ..chat_formats import LANGCHAIN_CHUNK_TYPES
 from ..crypto import KeyInput, Keyring
 from ..errors import DecryptionError, FormatError, KeyRequiredError, StorageError
 from ..format.header import LogKind, sniff_log
@@ -444,14 +445,6 @@ _LANGCHAIN_ROLES = {
     "function": "function",
     "chat": "",
 }
-_LANGCHAIN_CHUNKS = {
-    "HumanMessageChunk": "human",
-    "AIMessageChunk": "ai",
-    "SystemMessageChunk": "system",
-    "ToolMessageChunk": "tool",
-    "FunctionMessageChunk": "function",
-    "ChatMessageChunk": "chat",
-}
 
 
 def _is_langchain(array: list[Any]) -> bool:
@@ -471,7 +464,7 @@ def _from_langchain(item: Any, index: int, where: str) -> dict[str, Any]:
     """
     item = item if isinstance(item, dict) else {}
     kind = item.get("type") if isinstance(item.get("type"), str) else ""
-    kind = _LANGCHAIN_CHUNKS.get(kind, kind)
+    kind = LANGCHAIN_CHUNK_TYPES.get(kind, kind)
     data = dict(item["data"]) if isinstance(item.get("data"), dict) else {}
     role = data.pop("role", None) if kind == "chat" else _LANGCHAIN_ROLES.get(kind)
     if not isinstance(role, str) or "content" not in data:
