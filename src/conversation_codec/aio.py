@@ -50,7 +50,7 @@ from .maintenance.compact import CompactionReport
 from .maintenance.transfer import ImportReport
 from .options import CodecOptions
 from .search import Hit
-from .storage.base import LogStorage
+from .storage.base import LogStorage, StorageOpener
 from .storage.file.check import VerifyReport
 from .store import ConversationInfo, ConversationStore, KeyFn, OnError
 
@@ -111,6 +111,7 @@ class AsyncConversationCodec:
         max_messages: int | None = None,
         attachments: str = "keep",
         io: FileIO | None = None,
+        storage: StorageOpener | None = None,
     ) -> AsyncConversationCodec:
         """Open a log as ``ConversationCodec(...)`` with the same arguments would."""
         codec = await _run(
@@ -126,6 +127,7 @@ class AsyncConversationCodec:
             password=password,
             max_messages=max_messages,
             attachments=attachments,
+            storage=storage,
             **({} if io is None else {"io": io}),
         )
         return cls(codec, executor=executor)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,27 @@ from typing import Any
 from ._time import to_datetime
 from .errors import CorruptRecordError, LogReplacedError
 from .records import DictionaryMissing, RecordRejected
-from .search import Hit, Query
+from .search import Hit, Query, SearchQuery
 from .storage.base import IndexMismatch, LogStorage
 
-__all__ = ["READ_BATCH", "LogReader"]
+__all__ = ["READ_BATCH", "LogInfo", "LogReader"]
 
 Message = dict[str, Any]
 READ_BATCH = 256  # records decoded per lock hold while iterating or searching
+
+
+@dataclass(frozen=True, slots=True)
+class LogInfo:
+    """What ``ConversationCodec.info()`` reports; nothing in it needs the key to learn."""
+
+    path: Path
+    encrypted: bool
+    format_version: int | None  # None when no log exists yet
+    message_count: int
+    first_timestamp: datetime | None
+    last_timestamp: datetime | None
+    log_bytes: int
+    index_bytes: int
 
 
 class LogReader:
@@ -154,7 +169,24 @@ class LogReader:
                 offset=self._log.index.span(seq)[0],
             ) from None
 
+    def info(self, base: int, encrypted: bool) -> LogInfo:
+        """Describe the log from its header and index (records ``base..`` visible)."""
+        index, fmt = self._log.index, self._log.fmt
+        count = len(index) - base
+        return LogInfo(
+            path=self._path,
+            encrypted=encrypted,
+            format_version=fmt.format_version if fmt else None,
+            message_count=count,
+            first_timestamp=self.when(base) if count else None,
+            last_timestamp=self.when(len(index) - 1) if count else None,
+            log_bytes=self._log.size(),
+            index_bytes=self.index_size() if fmt else 0,
+        )
+
     def index_size(self) -> int:
+        if not self._log.index.path:  # a storage without an index file
+            return 0
         try:
             return os.path.getsize(self._log.index.path)
         except FileNotFoundError:
@@ -187,11 +219,7 @@ class LogReader:
 
     def search(
         self,
-        matcher: Query,
-        roles: frozenset[str] | None,
-        span: tuple[int | None, int | None],
-        limit: int | None,
-        newest_first: bool,
+        query: SearchQuery,
         *,
         reading: Callable[[], contextlib.AbstractContextManager[None]],
         base: Callable[[], int],
@@ -199,6 +227,8 @@ class LogReader:
     ) -> Iterator[Hit]:
         """Stream the hits of ``ConversationCodec.search`` (arguments checked there): one
         batch of records per ``reading()`` lock hold, from the visible start ``base()``."""
+        matcher, roles, span = query.matcher, query.roles, query.span
+        limit, newest_first = query.limit, query.newest_first
         lo, hi = span
         with reading():
             index = self._log.index

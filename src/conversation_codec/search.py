@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from ._time import to_us
 from .errors import QueryTypeError, SearchError
 
-__all__ = ["Hit", "Query", "parse_roles", "to_us"]
+__all__ = ["Hit", "Query", "SearchQuery", "parse_roles", "to_us"]
 
 # Bytes msgspec escapes inside JSON strings: a term holding one cannot be looked for in raw
 # JSON text, so such a query skips the raw pre-filter.
@@ -237,3 +237,46 @@ class Query:
             return None
         found = self._pattern.search(text)
         return None if found is None else found.span()
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """The arguments of a search, checked once (shared by the codec, the store, aio).
+
+    ``span`` is ``(since, until)`` in µs since the epoch (None: open), ``roles`` None for any.
+    """
+
+    matcher: Query
+    roles: frozenset[str] | None
+    span: tuple[int | None, int | None]
+    limit: int | None
+    newest_first: bool
+
+    @classmethod
+    def parse(
+        cls,
+        query: str | None = None,
+        *,
+        since: object = None,
+        until: object = None,
+        role: str | Iterable[str] | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        regex: bool = False,
+        case_sensitive: bool = False,
+    ) -> SearchQuery:
+        """Check and compile the arguments of ``ConversationCodec.search``.
+
+        :raises QueryTypeError, SearchError: as ``Query``.
+        :raises ValueError: ``since`` after ``until``, a negative limit.
+        :raises TypeError: a role that is not a string or a collection of strings.
+        """
+        matcher = Query(query, regex=regex, case_sensitive=case_sensitive)
+        roles = parse_roles(role)
+        lo = None if since is None else to_us(since, "since")  # type: ignore[arg-type]
+        hi = None if until is None else to_us(until, "until")  # type: ignore[arg-type]
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"since ({since!r}) is after until ({until!r})")
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError("limit must be a non-negative int or None")
+        return cls(matcher, roles, (lo, hi), limit, newest_first)

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from ..records import RecordCodec
 
-__all__ = ["IndexMismatch", "LogFormat", "LogIndex", "LogStorage"]
+__all__ = ["IndexMismatch", "LogFormat", "LogIndex", "LogStorage", "StorageOpener"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,3 +134,9 @@ class LogStorage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# Opens one log's storage, given the codec's header reader (``attach``: header bytes to a
+# ``LogFormat``, or a library error for a wrong key or a foreign log). ``ConversationCodec``
+# takes one as ``storage=``; a ``ConversationStore`` makes one per conversation.
+StorageOpener = Callable[[Callable[[bytes], LogFormat]], LogStorage]

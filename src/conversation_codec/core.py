@@ -1,0 +1,229 @@
+"""CodecCore: what every part of ``ConversationCodec``'s API stands on.
+
+Opening a log (options, secrets, the storage: a file, memory, or another ``LogStorage``),
+its transactions, the visible window (``max_messages``), and the components the API is
+built from: ``LogReader``, ``LogWriter``, ``Compactor`` and ``HistoryView`` (save()'s rule).
+``ConversationCodec`` (``codec``) adds the everyday API; ``maintenance.api`` the rewrites,
+checks, export and import; ``chat_api`` the model-API message lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+from ._fsio import DEFAULT_IO, FileIO
+from .attachments import BlobStore, restore
+from .crypto import KeyInput, Keyring
+from .encoding import MessageEncoder
+from .errors import ClosedError, ConversationCodecError, StorageError
+from .format.header import context_digest
+from .maintenance.compact import Compactor
+from .options import AttachmentMode, CodecOptions, Durability
+from .paths import blobs_path, check_log_path
+from .reading import LogReader
+from .saving import HistoryView
+from .sealing import LogSecrets, check_password
+from .storage.base import LogStorage, StorageOpener
+from .storage.file.log import FileLog
+from .storage.memory import MemoryLog
+from .writing import LogWriter
+
+__all__ = ["MEMORY", "CodecCore", "Message", "TimeInput", "TimestampInput"]
+
+Message = dict[str, Any]
+TimestampInput = datetime | int | float
+TimeInput = datetime | int | float | str
+MEMORY = ":memory:"  # the path of a log kept in memory
+_Core = TypeVar("_Core", bound="CodecCore")
+
+
+class CodecCore:
+    """One open log and the components that read, write and rewrite it (see the module
+    docstring; the parameters are documented on ``ConversationCodec``)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        encryption_key: KeyInput | None = None,
+        redact_fn: Callable[[Message], Message] | None = None,
+        durability: str = "fsync",
+        *,
+        clock: Callable[[], int] | None = None,
+        lock_timeout: float | None = None,
+        password: str | None = None,
+        max_messages: int | None = None,
+        attachments: str = "keep",
+        context: str | None = None,
+        io: FileIO = DEFAULT_IO,
+        storage: StorageOpener | None = None,
+    ) -> None:
+        self._options = CodecOptions(
+            durability=cast(Durability, durability),
+            attachments=cast(AttachmentMode, attachments),
+            clock=clock,
+            lock_timeout=lock_timeout,
+            io=io,
+        )
+        if password is not None and encryption_key is not None:
+            raise ValueError("pass encryption_key= or password=, not both")
+        if password is not None:
+            check_password(password)
+        if max_messages is not None and (not isinstance(max_messages, int) or max_messages < 1):
+            raise ValueError("max_messages must be a positive int or None")
+        self._file = storage is None and os.fspath(path) != MEMORY
+        self._path = check_log_path(path) if self._file else Path(path)
+        if attachments == "external" and not self._file:
+            raise ValueError('attachments="external" keeps blobs beside a log file')
+        if attachments == "external" and password is not None:
+            raise ValueError("external attachments need encryption_key=, not password=")
+        keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
+        binding = None if context is None else context_digest(context)
+        self._secrets = LogSecrets(self._path, keyring, password, binding)
+        self._max = max_messages
+        blobs = None
+        if attachments == "external":
+            blobs = BlobStore.for_key(blobs_path(self._path), encryption_key, io=io)
+        self._encoder = MessageEncoder(redact_fn, attachments, blobs)
+        self._closed = False
+        attach = self._secrets.attach
+        if storage is not None:
+            self._log: LogStorage = storage(attach)
+        elif not self._file:
+            self._log = MemoryLog(attach=attach)
+        else:
+            self._log = FileLog(
+                self._path, attach=attach, durability=durability, lock_timeout=lock_timeout, io=io
+            )
+        self._reader = LogReader(self._log, self._path)
+        self._writer = LogWriter(self._log, self._reader, self._secrets, clock)
+        self._compactor = Compactor(self._log, self._reader, self._secrets, self._encoder)
+        self._history = HistoryView(self._log, self._reader, self._encoder, str(self._path))
+        self._log.on_change = self._history.forget
+        try:  # fail fast on a wrong key or a foreign file
+            self._log.probe()
+        except OSError as exc:
+            if isinstance(exc, ConversationCodecError):
+                raise
+            raise StorageError(exc.errno or 0, f"{self._path}: {exc.strerror or exc}") from None
+
+    @property
+    def options(self) -> CodecOptions:
+        """The options this codec was opened with (durability, attachments, seams)."""
+        return self._options
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the writer lock across several calls, with a current view of the log.
+
+        Inside, no other process or thread writes the log, and every method of this codec
+        works (the lock is re-entrant within one thread), so a read followed by a write
+        decided on it cannot race another writer:
+
+        >>> from conversation_codec import ConversationCodec
+        >>> codec = ConversationCodec(":memory:")
+        >>> with codec.transaction():
+        ...     if len(codec) == 0:
+        ...         codec.append({"role": "system", "content": "be brief"})
+        0
+        >>> codec.close()
+
+        Keep it short: other writers (and, under the lock's timeout, readers that must
+        catch up) wait for it.
+
+        :raises ClosedError: the codec is closed.
+        :raises StorageError: the lock cannot be taken, or an earlier fsync failed (writes
+            are refused until the log is reopened).
+        :raises LockTimeoutError: another process held the lock past ``lock_timeout``.
+        """
+        return self._holding(write=True)
+
+    def _holding(self, *, write: bool) -> contextlib.AbstractContextManager[None]:
+        if self._closed:
+            raise ClosedError("this ConversationCodec is closed; open a new one")
+        return self._log.transaction(write=write)
+
+    def _append_locked(
+        self, encoded: list[tuple[Message, bytes]], timestamps: Sequence[TimestampInput] | None
+    ) -> list[int]:
+        if self._writer.ensure_log():
+            self._history.created()
+        datas = [data for _, data in encoded]
+        first = self._writer.append(datas, timestamps)
+        self._history.appended(first, datas)
+        base = self._base()
+        return list(range(first - base, first - base + len(encoded)))
+
+    def _rewrite(self, encoded: list[tuple[Message, bytes]], tss: list[int]) -> None:
+        """Atomically replace the log with these messages and timestamps (lock held)."""
+        datas = [data for _, data in encoded]
+        self._compactor.rewrite(datas, tss)
+        self._history.rewritten(datas)
+        self._history.whole()
+
+    def _present(self, message: Message) -> Message:
+        """Turn a stored message into what callers see (external attachments restored)."""
+        return message if self._encoder.blobs is None else restore(message, self._encoder.blobs)
+
+    def _base(self) -> int:
+        """The seq of the first visible record: ``max_messages`` hides older ones."""
+        count = len(self._log.index)
+        return count - self._max if self._max is not None and count > self._max else 0
+
+    def _position(self, seq: int) -> int:
+        """Turn a public position (negative from the end) into a record's seq."""
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            raise TypeError(f"seq must be an int, not {type(seq).__name__}")
+        base, count = self._base(), len(self._log.index)
+        pos = (count if seq < 0 else base) + seq
+        if not base <= pos < count:
+            raise IndexError(f"seq {seq} out of range for a log of {count - base} messages")
+        return pos
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        """The log file's path (for another storage: the name it was opened with)."""
+        return self._path
+
+    @property
+    def storage(self) -> LogStorage:
+        """The storage this codec reads and writes (read only; for maintenance tools).
+
+        ``salvage()`` scans a ``FileLog``'s bytes through it. Writing to it directly
+        bypasses the codec's checks: use the codec's methods for that.
+        """
+        return self._log
+
+    @property
+    def encrypted(self) -> bool:
+        """True when this codec writes sealed records (it was given a key or a password)."""
+        return self._secrets.encrypted
+
+    def close(self) -> None:
+        """Release file descriptors; further calls raise ``ClosedError``."""
+        if not self._closed:
+            self._closed = True
+            self._log.close()
+
+    def __enter__(self: _Core) -> _Core:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # never the key
+        state = "closed" if self._closed else ("encrypted" if self.encrypted else "plaintext")
+        return f"<ConversationCodec {str(self._path)!r} {state}>"

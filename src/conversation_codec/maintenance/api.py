@@ -1,0 +1,143 @@
+"""Maintenance: the methods of ``ConversationCodec`` that rewrite, check or copy a whole log.
+
+``compact``, ``rotate_key``, ``change_password`` and ``prune`` rewrite the log atomically
+through ``compact.Compactor``; ``verify`` checks a log file's bytes; ``export`` and
+``import_`` go through ``transfer``. A mixin on ``CodecCore``: the codec inherits it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import cast
+
+from .._time import to_us
+from ..core import CodecCore, TimeInput
+from ..crypto import KeyInput
+from ..errors import KeyRequiredError, StorageError
+from ..storage.file.check import VerifyReport, check_file_log
+from ..storage.file.log import FileLog
+from .compact import CompactionReport
+from .transfer import History, ImportReport, export_history, import_history
+
+__all__ = ["Maintenance"]
+
+
+class Maintenance(CodecCore):
+    """Rewrites (compaction, key rotation, password change, pruning), checks, export/import."""
+
+    def compact(self, *, encryption_key: KeyInput | None = None) -> CompactionReport:
+        """Rewrite the log: re-seal every record under the first key (or ``encryption_key``,
+        which rotates the key), re-compress, and rebuild the index.
+
+        Every message keeps its timestamp and its position in the visible history; records
+        hidden by ``max_messages`` are dropped. The rewrite holds the writer lock and is
+        atomic (temp file, fsync, rename, directory fsync): a crash leaves the old log or the
+        new one. Giving a key to a plaintext or password log switches it to that key. After
+        a rotation only the new key opens the log.
+        """
+        return self._reseal(lambda: self._compactor.compact(self._base(), encryption_key))
+
+    def _reseal(self, rewrite: Callable[[], CompactionReport]) -> CompactionReport:
+        with self._holding(write=True):
+            before = self._history.state()
+            self._history.forget()
+            report = rewrite()
+            self._history.moved(before, keeps_view=True)  # same messages: seen stays seen
+            return report
+
+    def rotate_key(self, new_key: KeyInput) -> CompactionReport:
+        """Re-encrypt the whole log under ``new_key``; afterwards the old key fails.
+
+        :raises KeyRequiredError: ``new_key`` is None. Rotation needs the new key; a log is
+            never decrypted in place (``export()`` writes a plaintext copy).
+        """
+        if new_key is None:  # compact(encryption_key=None) would keep the old key working
+            raise KeyRequiredError(
+                "rotate_key() needs the new key: pass it (generate one with "
+                "conversation_codec.generate_key()); to keep a decrypted copy of the history, "
+                "use export(), which writes plaintext JSONL"
+            )
+        return self.compact(encryption_key=new_key)
+
+    def change_password(self, old: str, new: str) -> CompactionReport:
+        """Re-encrypt a password-protected log under a new password (and a new salt).
+
+        The rewrite is atomic: a crash leaves a log that opens with one of the two.
+
+        :raises DecryptionError: ``old`` is not the password this codec opened the log with.
+        """
+        if not isinstance(new, str) or not new:
+            raise ValueError("the new password must be a non-empty str")
+        return self._reseal(lambda: self._compactor.change_password(self._base(), old, new))
+
+    def prune(self, before: TimeInput) -> int:
+        """Permanently remove the messages older than ``before``; return how many went.
+
+        The log is rewritten without them (atomically), so their ciphertext is gone from
+        every file; the remaining messages keep their timestamps. The cut is found in the
+        index and confirmed by authenticating the records on both sides of it: a deletion
+        never rests on the index alone (``LogReader.first_at_or_after``).
+        """
+        cutoff = to_us(before, "before")
+        with self._holding(write=True):
+            start = max(self._base(), self._reader.first_at_or_after(cutoff, (-1, 0)))
+            if start == 0:
+                return 0
+            removed = start - self._base()
+            self._history.forget()
+            self._compactor.rewrite_from(start)
+            self._history.partial()  # a list loaded before still holds them
+            return removed
+
+    def verify(self) -> VerifyReport:
+        """Check every record's authentication, seq continuity, log binding and time order,
+        the header, and the index's agreement; report each problem with its byte offset.
+
+        Reads only: nothing is modified, a damaged log included (see ``salvage``).
+
+        :raises StorageError: the log is not a file (the checks read a log file's bytes).
+        """
+        if not isinstance(self._log, FileLog):
+            raise StorageError(errno.EOPNOTSUPP, f"{self._path}: verify() checks log files only")
+        return check_file_log(self._log)
+
+    # -- export and import -------------------------------------------------------------------
+
+    def export(
+        self, dst: str | os.PathLike[str], format: str = "jsonl", with_timestamps: bool = True
+    ) -> int:
+        """Write the history as **unencrypted** JSONL or JSON to ``dst`` (0600, atomic).
+
+        Warning: the file holds every message in plaintext. Returns the message count.
+        """
+        return export_history(
+            cast(History, self), dst, format=format, with_timestamps=with_timestamps
+        )
+
+    def import_(
+        self,
+        src: str | os.PathLike[str],
+        merge: bool = False,
+        *,
+        replace: bool = False,
+        legacy_key: KeyInput | None = None,
+        password: str | None = None,
+    ) -> ImportReport:
+        """Read any history ``migrate`` understands into this log, keeping what is there:
+        add every message (in time order), or with ``merge`` only those not already present
+        (same time, role and content). Only ``replace=True`` discards the stored history.
+        See ``transfer.import_history``."""
+        with self._holding(write=True):
+            report = import_history(
+                cast(History, self),
+                src,
+                merge=merge,
+                legacy_key=legacy_key,
+                password=password,
+                replace=replace,
+            )
+            if replace or report.added:  # the caller was handed no list of the new history
+                self._history.partial()
+            return report
