@@ -1,0 +1,152 @@
+"""The codec's public API on every storage it can run on (issue 13: the storage seam).
+
+``ConversationCodec`` talks to a ``LogStorage``, never to files: the same calls give the
+same answers on a log file, on ``":memory:"``, and on a storage handed in as ``storage=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from conversation_codec import ConversationCodec, generate_key
+from conversation_codec.errors import ConflictError, KeyRequiredError, StorageError
+from conversation_codec.storage.memory import MemoryLog
+
+KEY = generate_key()
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+Open = Callable[..., ConversationCodec]
+
+
+@pytest.fixture(params=["file", "memory", "storage="])
+def open_codec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]:
+    """Open a codec on one kind of storage (a new, empty log for memory)."""
+    opened: list[ConversationCodec] = []
+
+    def make(**options: object) -> ConversationCodec:
+        if request.param == "file":
+            codec = ConversationCodec(tmp_path / "c.log", **options)  # type: ignore[arg-type]
+        elif request.param == "memory":
+            codec = ConversationCodec(":memory:", **options)  # type: ignore[arg-type]
+        else:
+            codec = ConversationCodec(
+                "given", storage=lambda attach: MemoryLog(attach=attach), **options
+            )  # type: ignore[arg-type]
+        opened.append(codec)
+        return codec
+
+    yield make
+    for codec in opened:
+        codec.close()
+
+
+@pytest.fixture(params=["file"])
+def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]:
+    """Open the same log again and again, as another process or host would."""
+    opened: list[ConversationCodec] = []
+
+    def make(**options: object) -> ConversationCodec:
+        codec = ConversationCodec(tmp_path / "c.log", **options)  # type: ignore[arg-type]
+        opened.append(codec)
+        return codec
+
+    yield make
+    for codec in opened:
+        codec.close()
+
+
+def _msgs(n: int, start: int = 0) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"message {i}"} for i in range(start, start + n)]
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_writes_reads_and_search(open_codec: Open, key: str | None) -> None:
+    codec = open_codec(encryption_key=key)
+    assert codec.load() is None and len(codec) == 0
+    assert codec.extend(_msgs(5), timestamps=[T0.replace(hour=h) for h in range(5)]) == list(
+        range(5)
+    )
+    assert codec.append({"role": "assistant", "content": "a refund"}) == 5
+    assert codec.get(-1)["content"] == "a refund" and codec.get(0)["content"] == "message 0"
+    assert [m["content"] for m in codec.tail(2)] == ["message 4", "a refund"]
+    assert [h.seq for h in codec.search("refund")] == [5]
+    assert [h.seq for h in codec.between(T0.replace(hour=1), T0.replace(hour=3))] == [1, 2]
+    assert codec.timestamp(2) == T0.replace(hour=2)
+    assert [m["content"] for m in codec][:2] == ["message 0", "message 1"]
+    info = codec.info()
+    assert (info.message_count, info.encrypted) == (6, key is not None)
+    assert codec.pop() == {"role": "assistant", "content": "a refund"}
+    assert len(codec) == 5
+
+
+def test_save_keeps_its_rule(open_codec: Open) -> None:
+    codec = open_codec(encryption_key=KEY)
+    codec.save(_msgs(3))
+    codec.save([*_msgs(3), *_msgs(1, 3)])  # a pure append
+    assert len(codec) == 4
+    codec.append({"role": "user", "content": "not loaded"})
+    with pytest.raises(ConflictError):
+        codec.save(_msgs(2))  # would delete a message this instance was not handed back
+    codec.save((codec.load() or [])[:2])
+    assert codec.load() == _msgs(2)
+
+
+def test_save_refuses_to_delete_another_writers_message(reopen: Open) -> None:
+    codec = reopen(encryption_key=KEY)
+    codec.save(_msgs(4))
+    other = reopen(encryption_key=KEY)
+    other.append({"role": "user", "content": "from elsewhere"})
+    with pytest.raises(ConflictError):
+        codec.save(_msgs(2))  # would delete a message this instance never saw
+    assert len(other) == 5
+    history = codec.load() or []
+    codec.save(history[:2])
+    assert [m["content"] for m in other.load() or []] == ["message 0", "message 1"]
+
+
+def test_rewrites_keep_messages_and_times(open_codec: Open) -> None:
+    codec = open_codec(encryption_key=KEY)
+    codec.extend(_msgs(4), timestamps=[T0.replace(day=d) for d in (1, 2, 3, 4)])
+    report = codec.compact()
+    assert report.messages == 4
+    assert codec.load() == _msgs(4)
+    assert codec.prune(T0.replace(day=3)) == 2
+    assert codec.timestamp(0) == T0.replace(day=3)
+    codec.replace(_msgs(1, 9), timestamps=[T0])
+    assert codec.load() == _msgs(1, 9)
+    codec.clear()
+    assert codec.load() is None
+
+
+def test_max_messages_and_passwords(open_codec: Open) -> None:
+    codec = open_codec(password="correct horse", max_messages=2)
+    codec.extend(_msgs(5))
+    assert [m["content"] for m in codec.load() or []] == ["message 3", "message 4"]
+    codec.change_password("correct horse", "battery staple")
+    assert [m["content"] for m in codec.tail(5)] == ["message 3", "message 4"]
+
+
+def test_rotation_and_keys_across_opens(reopen: Open) -> None:
+    codec = reopen(encryption_key=KEY)
+    codec.extend(_msgs(3))
+    new_key = generate_key()
+    codec.rotate_key(new_key)
+    assert reopen(encryption_key=new_key).load() == _msgs(3)
+    with pytest.raises(KeyRequiredError):
+        reopen()
+
+
+def test_memory_logs_are_private_to_their_codec() -> None:
+    with ConversationCodec(":memory:") as a, ConversationCodec(":memory:") as b:
+        a.append({"role": "user", "content": "hi"})
+        assert len(a) == 1 and len(b) == 0
+
+
+def test_file_only_features_refuse_clearly_elsewhere() -> None:
+    with pytest.raises(ValueError, match="external"):
+        ConversationCodec(":memory:", encryption_key=KEY, attachments="external")
+    with ConversationCodec(":memory:") as codec, pytest.raises(StorageError, match="verify"):
+        codec.verify()
