@@ -62,7 +62,7 @@ def _msgs(n: int, start: int = 0) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"message {i}"} for i in range(start, start + n)]
 
 
-@pytest.mark.parametrize("key", [None, KEY])
+@pytest.mark.parametrize("key", [None, KEY], ids=["plain", "sealed"])
 def test_writes_reads_and_search(open_codec: Open, key: str | None) -> None:
     codec = open_codec(encryption_key=key)
     assert codec.load() is None and len(codec) == 0

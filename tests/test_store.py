@@ -567,3 +567,32 @@ def test_store_options_reach_every_conversation(tmp_path: Path) -> None:
         ConversationCodec(store.path("a"), context="a").load()  # password-protected
     with pytest.raises(ValueError, match="not both"):
         ConversationStore(tmp_path, password="p", encryption_key=KEY)
+
+
+@pytest.mark.parametrize(
+    "root", ["ftp://host/agents", "s3://bucket/agents", "sqlite:///agents.db", "HTTPS://x/y"]
+)
+def test_a_url_root_is_never_taken_as_a_directory(
+    root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14: a URL used to become a relative directory named ``scheme:``."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="URL"):
+        ConversationStore(root)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_url_collapsed_by_path_is_still_a_url(tmp_path: Path) -> None:
+    """``Path("ftp://h/x")`` is ``ftp:/h/x``: still refused, not a directory ``ftp:``."""
+    with pytest.raises(ValueError, match="URL"):
+        ConversationStore(Path("ftp://host/agents"))
+
+
+def test_a_directory_root_keeps_files(tmp_path: Path) -> None:
+    from conversation_codec.storage.file.store import FileStore
+
+    store = ConversationStore(tmp_path / "c:d")  # a colon inside a name is no URL
+    assert isinstance(store.backend, FileStore) and store.root == tmp_path / "c:d"
+    with store.open("a") as codec:
+        codec.append({"role": "user", "content": "hi"})
+    assert store.ids() == ["a"] and "a" in store and "b" not in store

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._fsio import FileIO
 from .errors import (
+    BackendUnavailableError,
     BindingError,
     ClosedError,
     ConflictError,
@@ -106,6 +107,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncConversationCodec",
     "AsyncConversationStore",
+    "BackendUnavailableError",
     "BindingError",
     "ClosedError",
     "CodecOptions",

@@ -50,7 +50,7 @@ from .maintenance.compact import CompactionReport
 from .maintenance.transfer import ImportReport
 from .options import CodecOptions
 from .search import Hit
-from .storage.base import LogStorage, StorageOpener
+from .storage.base import LogStorage, StorageOpener, StoreBackend
 from .storage.file.check import VerifyReport
 from .store import ConversationInfo, ConversationStore, KeyFn, OnError
 
@@ -387,9 +387,14 @@ class AsyncConversationStore:
         return self._store
 
     @property
-    def root(self) -> Path:
-        """The directory holding the logs."""
+    def root(self) -> Path | str:
+        """The directory holding the logs (for a database: its URL, without a password)."""
         return self._store.root
+
+    @property
+    def backend(self) -> StoreBackend:
+        """Where the conversations live (``FileStore``, or a database's backend)."""
+        return self._store.backend
 
     async def open(self, conversation_id: str) -> AsyncConversationCodec:
         """Open a conversation's log; close it after (``async with``)."""

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "BackendUnavailableError",
     "BindingError",
     "ClosedError",
     "ConflictError",
@@ -183,3 +184,8 @@ class NaiveDatetimeError(ConversationCodecError, ValueError):
     ``ConversationStore.prune()``) refuses it. Pass an aware one, e.g.
     ``datetime.now(timezone.utc)``.
     """
+
+
+class BackendUnavailableError(ConversationCodecError, ImportError):
+    """A store root names a backend whose optional packages are not installed
+    (``pip install "conversation-codec[postgres]"`` for a ``postgresql://`` URL)."""

@@ -1,21 +1,9 @@
-"""ConversationStore: many conversations, one log each, under one root directory.
+"""ConversationStore: many conversations, one log each, under one root.
 
-A conversation id becomes a file name by a reversible, case-insensitive-safe encoding
-(``encode_id``): lowercase ASCII letters, digits, ``_``, ``-`` and a non-leading ``.`` are
-kept; every other byte of the id's UTF-8 (uppercase letters, ``/``, ``%``, NUL, a leading
-dot, non-ASCII) becomes ``%`` plus two lowercase hex digits. So ``../etc/passwd`` is stored
-as ``%2e.%2fetc%2fpasswd.log`` inside the root and no id can name a path outside it;
-``Alice`` and ``alice`` stay two files even on a case-insensitive file system; and ``list()``
-recovers every id from the file names alone. An id whose encoding is longer than
-``MAX_ENCODED_ID`` bytes is stored under a hashed name instead: the encoding's first 128
-bytes, ``~``, and the SHA-256 of the id's UTF-8 (``~`` is never in an encoding, so the two
-kinds cannot collide); its log is bound to the full id like every other (FORMAT.md §4.2).
-Such a name does not decode: ``list()``, ``search()`` and ``prune()`` skip those logs (a
-sidecar holding the id would be one more file that can disagree with the log).
-
-Files of conversation ``c``: ``<root>/<encode_id(c)>.log`` and its sidecars ``.log.idx``,
-``.log.lock`` and (after a crash mid-rewrite) ``.log.tmp-<16 hex>``. The root is created
-(mode 0700) by the first write, not by the constructor, so building a store does no I/O.
+The root names the backend (``storage.backend_for``): a directory keeps one log file per
+conversation (``storage.file.store.FileStore``, which also says how an id becomes a file
+name), a ``postgresql://`` URL keeps them in a database (``storage.postgres``). A root that
+looks like any other URL is refused, never taken as a relative directory.
 
 >>> import tempfile
 >>> from conversation_codec import generate_key
@@ -34,11 +22,9 @@ Files of conversation ``c``: ``<root>/<encode_id(c)>.log`` and its sidecars ``.l
 from __future__ import annotations
 
 import builtins
-import contextlib
-import hashlib
+import errno
 import heapq
 import os
-import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -47,77 +33,24 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from ._fsio import FileIO, unlink_file
-from ._time import EPOCH, ONE_US, datetime_to_us, to_datetime, to_us
+from ._fsio import FileIO
+from ._time import EPOCH, ONE_US, datetime_to_us, to_datetime
 from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
 from .errors import ConversationCodecError, StorageError
 from .format.header import LogKind, sniff_log
-from .paths import index_path, is_log_file
-from .search import Hit, Query, parse_roles
+from .search import Hit, SearchQuery
+from .storage import StoreBackend, backend_for
+from .storage.file.store import MAX_ENCODED_ID, FileStore, decode_id, encode_id
 
 __all__ = ["MAX_ENCODED_ID", "ConversationInfo", "ConversationStore", "decode_id", "encode_id"]
 
-MAX_ENCODED_ID = 200  # bytes; + ".log.tmp-<16 hex>" (25) stays under NAME_MAX (255)
-LOG_SUFFIX = ".log"
-_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-.")
-_ENCODED = re.compile(r"(?:[a-z0-9_\-.]|%[0-9a-f]{2})+")
 _FIRST_CHUNK = 64  # hits read from one conversation per open, growing x4 per reopen
 _MAX_CHUNK = 4096
 
 KeyFn = Callable[[str], KeyInput | None]
 # Called with (conversation_id, error) for each conversation search() or prune() skipped.
 OnError = Callable[[str, ConversationCodecError], None]
-
-
-def encode_id(conversation_id: str) -> str:
-    """Return the file-name stem for ``conversation_id`` (see the module docstring).
-
-    >>> encode_id("Alice/../x"), encode_id(".hidden"), encode_id("a.b-c_d")
-    ('%41lice%2f..%2fx', '%2ehidden', 'a.b-c_d')
-
-    :raises TypeError: the id is not a str.
-    :raises ValueError: empty, or not encodable as UTF-8.
-    """
-    if not isinstance(conversation_id, str):
-        raise TypeError(f"conversation id must be a str, not {type(conversation_id).__name__}")
-    if not conversation_id:
-        raise ValueError("conversation id must not be empty")
-    try:
-        raw = conversation_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("conversation id is not valid Unicode (lone surrogate)") from None
-    out = [
-        chr(b) if b in _SAFE and not (i == 0 and b == ord(".")) else f"%{b:02x}"
-        for i, b in enumerate(raw)
-    ]
-    stem = "".join(out)
-    if len(stem) > MAX_ENCODED_ID:  # hashed (module docstring); 128 + 1 + 64 bytes
-        return stem[:128] + "~" + hashlib.sha256(raw).hexdigest()
-    return stem
-
-
-def decode_id(stem: str) -> str | None:
-    """Return the id whose encoding is ``stem``, or None when ``stem`` is not one.
-
-    Only the canonical encoding decodes, so every file name maps to at most one id.
-    """
-    if not _ENCODED.fullmatch(stem):
-        return None
-    raw = bytearray()
-    i = 0
-    while i < len(stem):
-        if stem[i] == "%":
-            raw.append(int(stem[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            raw.append(ord(stem[i]))
-            i += 1
-    try:
-        conversation_id = raw.decode("utf-8")
-        return conversation_id if encode_id(conversation_id) == stem else None
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +77,8 @@ class ConversationInfo:
 class ConversationStore:
     """Many conversations under ``root``: one ``ConversationCodec`` log per conversation id.
 
-    :param root: the directory; created 0700 by the first write.
+    :param root: a directory (created 0700 by the first write), or a ``postgresql://``
+        URL (``pip install "conversation-codec[postgres]"``); any other URL is refused.
     :param encryption_key: one key (or rotation list) for every conversation; None for
         plaintext. Exclusive with ``key_fn``.
     :param key_fn: ``key_fn(conversation_id)`` returns that conversation's key (or None for
@@ -176,7 +110,7 @@ class ConversationStore:
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
         if encryption_key is not None:
             Keyring.from_input(encryption_key)  # a bad key fails here, not at the first open
-        self._root = Path(root)
+        self._backend: StoreBackend = backend_for(root)
         self._key = encryption_key
         self._key_fn = key_fn
         self._durability = durability
@@ -194,13 +128,27 @@ class ConversationStore:
             self._options["io"] = io
 
     @property
-    def root(self) -> Path:
-        """The directory holding the logs."""
-        return self._root
+    def root(self) -> Path | str:
+        """The directory holding the logs (for a database: its URL, without a password)."""
+        backend = self._backend
+        return backend.root if isinstance(backend, FileStore) else backend.name
+
+    @property
+    def backend(self) -> StoreBackend:
+        """Where the conversations live (``FileStore``, or a database's backend)."""
+        return self._backend
 
     def path(self, conversation_id: str) -> Path:
-        """Return the log file of ``conversation_id`` (which may not exist yet)."""
-        return self._root / (encode_id(conversation_id) + LOG_SUFFIX)
+        """Return the log file of ``conversation_id`` (which may not exist yet).
+
+        :raises StorageError: the store keeps its logs in a database, not in files.
+        """
+        if not isinstance(self._backend, FileStore):
+            encode_id(conversation_id)  # a bad id still raises TypeError/ValueError first
+            raise StorageError(
+                errno.EOPNOTSUPP, f"{self._backend.name} keeps conversations in a database"
+            )
+        return self._backend.path(conversation_id)
 
     def open(self, conversation_id: str) -> ConversationCodec:
         """Open (not create: the first append creates) a conversation's log; close it after.
@@ -212,10 +160,12 @@ class ConversationStore:
         :raises KeyRequiredError, NotEncryptedError, DecryptionError: as ``ConversationCodec``.
         :raises BindingError: the file holds another conversation's log.
         """
-        path = self.path(conversation_id)
+        encode_id(conversation_id)  # a bad id raises TypeError/ValueError on any backend
+        where, storage = self._backend.locate(conversation_id)
         key = self._key_fn(conversation_id) if self._key_fn is not None else self._key
         return ConversationCodec(
-            path,
+            where,
+            storage=storage,
             encryption_key=key,
             redact_fn=self._redact,
             durability=self._durability,
@@ -226,26 +176,17 @@ class ConversationStore:
         )
 
     def __contains__(self, conversation_id: object) -> bool:
-        try:
-            return self.path(conversation_id).is_file()  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        if not isinstance(conversation_id, str):
             return False
+        try:
+            encode_id(conversation_id)
+        except ValueError:
+            return False
+        return self._backend.exists(conversation_id)
 
     def ids(self) -> list[str]:
         """Return the ids of every conversation with a log, sorted; no log is opened."""
-        try:
-            entries = list(os.scandir(self._root))
-        except FileNotFoundError:
-            return []
-        except OSError as exc:  # e.g. a root name too long for the file system
-            raise StorageError(exc.errno or 0, f"store root {self._root}: {exc.strerror}") from None
-        found = []
-        for entry in entries:
-            if entry.name.endswith(LOG_SUFFIX) and entry.is_file():
-                conversation_id = decode_id(entry.name[: -len(LOG_SUFFIX)])
-                if conversation_id is not None:
-                    found.append(conversation_id)
-        return sorted(found)
+        return self._backend.ids()
 
     def list(self) -> builtins.list[ConversationInfo]:
         """Deprecated alias of :meth:`infos` (it shadowed the builtin); kept for one release."""
@@ -287,13 +228,7 @@ class ConversationStore:
 
     def _failed(self, conversation_id: str, exc: ConversationCodecError) -> ConversationInfo:
         """The entry of a conversation whose log could not be opened (never its key)."""
-        path = self.path(conversation_id)
-        sizes, prefix = 0, b""
-        for file in (path, Path(index_path(path))):
-            with contextlib.suppress(OSError):
-                sizes += file.stat().st_size
-        with contextlib.suppress(OSError), open(path, "rb") as f:
-            prefix = f.read(64)
+        sizes, prefix = self._backend.footprint(conversation_id)
         sealed = sniff_log(prefix) is LogKind.SEALED
         return ConversationInfo(
             conversation_id, 0, None, None, sealed, sizes, type(exc).__name__, str(exc)
@@ -308,8 +243,7 @@ class ConversationStore:
         return self._delete(conversation_id, None)
 
     def _delete(self, conversation_id: str, cutoff_us: int | None) -> bool:
-        path = self.path(conversation_id)
-        if not _files_of(path):
+        if not self._backend.has_files(conversation_id):
             return False
         with self.open(conversation_id) as codec, codec.transaction():  # re-entrant
             # Decided under the lock, so a message appended after prune() listed the
@@ -319,8 +253,7 @@ class ConversationStore:
             if cutoff_us is not None and fresh:
                 return False
             codec.clear()
-            for leftover in _files_of(path):  # temp files of writers that crashed mid-rewrite
-                unlink_file(leftover)  # refuses a planted link
+            self._backend.sweep(conversation_id)  # e.g. temp files of crashed rewrites
         return cutoff_us is None or last is not None
 
     def prune(
@@ -387,24 +320,28 @@ class ConversationStore:
         exhaust file descriptors, as the rejected alternative — one open codec per
         conversation for the whole merge — would.
         """
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise ValueError("limit must be a non-negative int or None")
+        parsed = SearchQuery.parse(  # raise now, not at the first next()
+            query,
+            since=since,
+            until=until,
+            role=role,
+            limit=limit,
+            newest_first=newest_first,
+            regex=regex,
+            case_sensitive=case_sensitive,
+        )
         if conversation_ids is None:
             ids = self.ids()
         else:  # refuse bad ids before anything is read; skip (and ask no key for) absent ones
-            wanted = sorted({self.path(cid): cid for cid in conversation_ids}.items())
-            ids = [cid for path, cid in wanted if path.is_file()]
+            wanted = sorted({encode_id(cid): cid for cid in conversation_ids}.values())
+            ids = [cid for cid in wanted if self._backend.exists(cid)]
         options: dict[str, Any] = {
-            "role": parse_roles(role),  # once: ``role`` may be a one-shot iterator
+            "role": parsed.roles,  # once: ``role`` may be a one-shot iterator
             "regex": regex,
             "case_sensitive": case_sensitive,
             "newest_first": newest_first,
         }
-        lo = None if since is None else to_us(since, "since")
-        hi = None if until is None else to_us(until, "until")
-        if lo is not None and hi is not None and lo > hi:
-            raise ValueError(f"since ({since!r}) is after until ({until!r})")
-        Query(query, regex=regex, case_sensitive=case_sensitive)  # raise now, not at next()
+        lo, hi = parsed.span
         streams = [self._hits(cid, query, lo, hi, options, limit, on_error) for cid in ids]
         merged = heapq.merge(*streams, reverse=newest_first)
         return (pair for _, pair in islice(merged, limit))
@@ -468,12 +405,3 @@ def _at(us: int) -> datetime:
 def _is_past(hit: Hit, after: tuple[int, int], newest_first: bool) -> bool:
     key = ((hit.timestamp - EPOCH) // ONE_US, hit.seq)
     return key < after if newest_first else key > after
-
-
-def _files_of(path: Path) -> list[Path]:
-    """Return the files of one log present on disk: the log, its index, lock and temps."""
-    try:
-        names = os.listdir(path.parent)
-    except FileNotFoundError:
-        return []
-    return [path.parent / name for name in names if is_log_file(name, path.name)]

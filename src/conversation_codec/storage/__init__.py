@@ -4,3 +4,58 @@
 ``memory`` keeps a log in memory (tests, throwaway sessions). Imports point down only:
 backends import ``format``, ``records``, ``_fsio``, ``paths`` and ``errors``, never the codec.
 """
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from pathlib import Path
+from typing import cast
+
+from ..errors import BackendUnavailableError
+from .base import StoreBackend
+from .file.store import FileStore
+
+__all__ = ["StoreBackend", "backend_for"]
+
+# A URL's scheme (RFC 3986 §3.1) and "://"; "C:" (a drive letter) has one letter only.
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]+):/")
+_POSTGRES = ("postgresql", "postgres")
+
+
+def backend_for(root: str | os.PathLike[str]) -> StoreBackend:
+    """The backend a store root names: a directory, or a ``postgresql://`` URL.
+
+    A root that looks like any other URL is refused rather than taken as a relative
+    directory named ``scheme:`` (which is what ``Path("postgresql://db/x")`` would be).
+
+    :raises ValueError: an unsupported URL scheme.
+    :raises TypeError: ``root`` is not a str or a path.
+    """
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"a store root must be a str or a path, not {type(root).__name__}")
+    text = os.fspath(root)
+    if not isinstance(text, str):
+        raise TypeError("a store root given as bytes is not supported: pass a str")
+    url = _URL.match(text)
+    if url is None:
+        return FileStore(Path(text))
+    scheme = url.group(1).lower()
+    if scheme in _POSTGRES:
+        return _postgres_store(text)
+    raise ValueError(
+        f"store root {scheme}:// is a URL of an unsupported kind: give a directory, or a "
+        "postgresql:// URL (pip install 'conversation-codec[postgres]')"
+    )
+
+
+def _postgres_store(url: str) -> StoreBackend:
+    try:  # the optional extra, loaded on demand
+        module = importlib.import_module(f"{__name__}.postgres")
+    except ModuleNotFoundError as exc:
+        raise BackendUnavailableError(
+            "a postgresql:// store needs the PostgreSQL extra: "
+            f"pip install 'conversation-codec[postgres]' ({exc.name} is missing)"
+        ) from None
+    return cast(StoreBackend, module.PostgresStore(url))

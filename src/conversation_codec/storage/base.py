@@ -22,6 +22,7 @@ Operations, and what each guarantees:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -29,7 +30,14 @@ from typing import Protocol
 
 from ..records import RecordCodec
 
-__all__ = ["IndexMismatch", "LogFormat", "LogIndex", "LogStorage", "StorageOpener"]
+__all__ = [
+    "IndexMismatch",
+    "LogFormat",
+    "LogIndex",
+    "LogStorage",
+    "StorageOpener",
+    "StoreBackend",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,3 +148,44 @@ class LogStorage(Protocol):
 # ``LogFormat``, or a library error for a wrong key or a foreign log). ``ConversationCodec``
 # takes one as ``storage=``; a ``ConversationStore`` makes one per conversation.
 StorageOpener = Callable[[Callable[[bytes], LogFormat]], LogStorage]
+
+
+class StoreBackend(Protocol):
+    """Where a ``ConversationStore`` keeps its conversations: one log per conversation id.
+
+    ``storage.file.store.FileStore`` is a directory of log files; the PostgreSQL backend
+    keeps every conversation in one database. ``storage.backend_for(root)`` picks one.
+    """
+
+    @property
+    def name(self) -> str:
+        """The root as shown in messages (a URL without its password)."""
+        ...
+
+    def locate(self, conversation_id: str) -> tuple[str | os.PathLike[str], StorageOpener | None]:
+        """What to open ``ConversationCodec`` with: a path (and None, a file log), or a
+        name for messages and the opener of the conversation's storage."""
+        ...
+
+    def exists(self, conversation_id: str) -> bool:
+        """Whether the conversation has a log (no key needed)."""
+        ...
+
+    def has_files(self, conversation_id: str) -> bool:
+        """Whether anything of the conversation is stored (a log, or a crash's leftovers)."""
+        ...
+
+    def ids(self) -> list[str]:
+        """Every conversation id with a log, sorted (no log is opened, no key needed)."""
+        ...
+
+    def footprint(self, conversation_id: str) -> tuple[int, bytes]:
+        """Bytes the conversation takes, and its header's first bytes (to tell a sealed
+        log in a listing when it cannot be opened)."""
+        ...
+
+    def sweep(self, conversation_id: str) -> None:
+        """After a clear: delete whatever of the conversation is left."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,158 @@
+"""FileStore: a store's conversations as log files under one root directory.
+
+A conversation id becomes a file name by a reversible, case-insensitive-safe encoding
+(``encode_id``): lowercase ASCII letters, digits, ``_``, ``-`` and a non-leading ``.`` are
+kept; every other byte of the id's UTF-8 (uppercase letters, ``/``, ``%``, NUL, a leading
+dot, non-ASCII) becomes ``%`` plus two lowercase hex digits. So ``../etc/passwd`` is stored
+as ``%2e.%2fetc%2fpasswd.log`` inside the root and no id can name a path outside it;
+``Alice`` and ``alice`` stay two files even on a case-insensitive file system; and ``ids()``
+recovers every id from the file names alone. An id whose encoding is longer than
+``MAX_ENCODED_ID`` bytes is stored under a hashed name instead: the encoding's first 128
+bytes, ``~``, and the SHA-256 of the id's UTF-8 (``~`` is never in an encoding, so the two
+kinds cannot collide); its log is bound to the full id like every other (FORMAT.md §4.2).
+Such a name does not decode: ``ids()`` (and so listings, searches and pruning) skip those
+logs (a sidecar holding the id would be one more file that can disagree with the log).
+
+Files of conversation ``c``: ``<root>/<encode_id(c)>.log`` and its sidecars ``.log.idx``,
+``.log.lock`` and (after a crash mid-rewrite) ``.log.tmp-<16 hex>``. The root is created
+(mode 0700) by the first write, not by the constructor, so building a store does no I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from ..._fsio import unlink_file
+from ...errors import StorageError
+from ...paths import index_path, is_log_file
+from ..base import StorageOpener
+
+__all__ = ["LOG_SUFFIX", "MAX_ENCODED_ID", "FileStore", "decode_id", "encode_id"]
+
+MAX_ENCODED_ID = 200  # bytes; + ".log.tmp-<16 hex>" (25) stays under NAME_MAX (255)
+LOG_SUFFIX = ".log"
+_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-.")
+_ENCODED = re.compile(r"(?:[a-z0-9_\-.]|%[0-9a-f]{2})+")
+
+
+def encode_id(conversation_id: str) -> str:
+    """Return the file-name stem for ``conversation_id`` (see the module docstring).
+
+    >>> encode_id("Alice/../x"), encode_id(".hidden"), encode_id("a.b-c_d")
+    ('%41lice%2f..%2fx', '%2ehidden', 'a.b-c_d')
+
+    :raises TypeError: the id is not a str.
+    :raises ValueError: empty, or not encodable as UTF-8.
+    """
+    if not isinstance(conversation_id, str):
+        raise TypeError(f"conversation id must be a str, not {type(conversation_id).__name__}")
+    if not conversation_id:
+        raise ValueError("conversation id must not be empty")
+    try:
+        raw = conversation_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("conversation id is not valid Unicode (lone surrogate)") from None
+    out = [
+        chr(b) if b in _SAFE and not (i == 0 and b == ord(".")) else f"%{b:02x}"
+        for i, b in enumerate(raw)
+    ]
+    stem = "".join(out)
+    if len(stem) > MAX_ENCODED_ID:  # hashed (module docstring); 128 + 1 + 64 bytes
+        return stem[:128] + "~" + hashlib.sha256(raw).hexdigest()
+    return stem
+
+
+def decode_id(stem: str) -> str | None:
+    """Return the id whose encoding is ``stem``, or None when ``stem`` is not one.
+
+    Only the canonical encoding decodes, so every file name maps to at most one id.
+    """
+    if not _ENCODED.fullmatch(stem):
+        return None
+    raw = bytearray()
+    i = 0
+    while i < len(stem):
+        if stem[i] == "%":
+            raw.append(int(stem[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.append(ord(stem[i]))
+            i += 1
+    try:
+        conversation_id = raw.decode("utf-8")
+        return conversation_id if encode_id(conversation_id) == stem else None
+    except ValueError:
+        return None
+
+
+class FileStore:
+    """The ``StoreBackend`` of a directory: one log file (and sidecars) per conversation."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def name(self) -> str:
+        return str(self.root)
+
+    def path(self, conversation_id: str) -> Path:
+        """The log file of ``conversation_id`` (which may not exist yet)."""
+        return self.root / (encode_id(conversation_id) + LOG_SUFFIX)
+
+    def locate(self, conversation_id: str) -> tuple[Path, StorageOpener | None]:
+        return self.path(conversation_id), None  # the codec opens the file itself
+
+    def exists(self, conversation_id: str) -> bool:
+        return self.path(conversation_id).is_file()
+
+    def ids(self) -> list[str]:
+        """The ids of every conversation with a log, sorted; no log is opened."""
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:  # e.g. a root name too long for the file system
+            raise StorageError(exc.errno or 0, f"store root {self.root}: {exc.strerror}") from None
+        found = []
+        for entry in entries:
+            if entry.name.endswith(LOG_SUFFIX) and entry.is_file():
+                conversation_id = decode_id(entry.name[: -len(LOG_SUFFIX)])
+                if conversation_id is not None:
+                    found.append(conversation_id)
+        return sorted(found)
+
+    def footprint(self, conversation_id: str) -> tuple[int, bytes]:
+        """Bytes the log and its index take, and the log's first bytes (for a listing of
+        a log that could not be opened)."""
+        path = self.path(conversation_id)
+        sizes, prefix = 0, b""
+        for file in (path, Path(index_path(path))):
+            with contextlib.suppress(OSError):
+                sizes += file.stat().st_size
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            prefix = f.read(64)
+        return sizes, prefix
+
+    def has_files(self, conversation_id: str) -> bool:
+        return bool(self._files_of(self.path(conversation_id)))
+
+    def sweep(self, conversation_id: str) -> None:
+        """Delete what a cleared log left: temp files of writers that crashed mid-rewrite."""
+        for leftover in self._files_of(self.path(conversation_id)):
+            unlink_file(leftover)  # refuses a planted link
+
+    @staticmethod
+    def _files_of(path: Path) -> list[Path]:
+        """The files of one log present on disk: the log, its index, lock and temps."""
+        try:
+            names = os.listdir(path.parent)
+        except FileNotFoundError:
+            return []
+        return [path.parent / name for name in names if is_log_file(name, path.name)]
+
+    def close(self) -> None:
+        """Nothing to release: each codec opens and closes its own files."""
