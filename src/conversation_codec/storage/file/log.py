@@ -18,15 +18,15 @@ from pathlib import Path
 from ..._fsio import DEFAULT_IO, FileIO, check_file, open_file, unlink_file, write_all
 from ...errors import StorageError, UnsupportedVersionError
 from ...format.record import encode_frame
-from ...paths import index_path, is_leftover
+from ...paths import index_path
 from ...records import RecordRejected, SealedRecords
 from ..base import LogFormat, LogStorage
 from .index import OffsetIndex
 from .lock import LogLock
-from .reader import frames, read_bodies, read_body, read_dictionary
-from .recovery import check_tail, drop_unproven_entries, walk
+from .reader import read_bodies, read_body, read_dictionary
+from .recovery import drop_unproven_entries, recover
 from .transaction import Transaction, Transactions
-from .writer import frame_batch, replace_log
+from .writer import frame_batch, remove_leftovers, replace_log
 
 __all__ = ["FileLog", "LogFormat"]
 
@@ -116,11 +116,6 @@ class FileLog:
                 "an earlier fsync failed; writes are refused until the log is reopened"
             )
         self._refresh(write, locked)
-
-    @property
-    def _stop_at_damage(self) -> bool:
-        """verify/salvage read up to mid-log damage; the scanner reports the rest."""
-        return self._txns.tolerant and not self._txns.writable
 
     def probe(self) -> None:
         """Identify an existing log from its header alone (no lock, no index, no writes).
@@ -281,23 +276,19 @@ class FileLog:
             self._index_ok = False
             pos = self.index.end
         if pos < size:
-            pos = walk(
-                frames(self._fd, pos, size, sealed=self.fmt.sealed, path=self.path, torn_ok=True),
+            pos = recover(
+                self._fd,
                 pos,
-                self.fmt.records,
+                size,
+                self.fmt,
                 self.index,
                 adopt_dictionary=lambda body, span: self._use_dictionary(
                     body, span, persist=write and self._index_ok
                 ),
-                stop_at_damage=self._stop_at_damage,
+                stop_at_damage=self._txns.tolerant and not self._txns.writable,
                 path=self.path,
             )
-            # pos is where the intact records end. What follows is a torn tail only if no
-            # committed record reaches past it and no intact record lies anywhere after it
-            # (FORMAT.md §10.1); else this raises.
-            if pos < size:
-                if not self._stop_at_damage:
-                    check_tail(self._fd, pos, size, self.fmt, self.index, path=self.path)
+            if pos < size:  # a torn tail (recover raises on damage)
                 if not write:
                     return  # a reader leaves the torn tail alone; the next writer cuts it
                 self._bump(truncation=False)
@@ -457,11 +448,7 @@ class FileLog:
         rewrite. A migration into this path holds it too, from its first temp file to its
         commit. The ``<log>.bak`` a migration keeps is the user's original: never swept.
         """
-        folder = os.path.dirname(self.path) or "."
-        base = os.path.basename(self.path)
-        for name in os.listdir(folder):
-            if is_leftover(name, base):
-                unlink_file(os.path.join(folder, name), io=self.io)  # refuses a planted link
+        remove_leftovers(self.path, self.io)
 
     def _write_at_end(self, data: bytes, end: int) -> None:
         """Write ``data`` at the log's ``end``; on failure cut what was written, best effort."""

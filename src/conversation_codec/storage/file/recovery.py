@@ -15,9 +15,9 @@ from ...errors import CorruptRecordError
 from ...records import RecordCodec, RecordDamaged, RecordRejected, SealedRecords
 from ..base import IndexMismatch, LogFormat
 from .index import OffsetIndex
-from .reader import Reader, frame_at, next_candidate, next_plain_candidate, plausible
+from .reader import Reader, frame_at, frames, next_candidate, next_plain_candidate, plausible
 
-__all__ = ["check_tail", "drop_unproven_entries", "walk"]
+__all__ = ["drop_unproven_entries", "recover"]
 
 
 def drop_unproven_entries(
@@ -44,7 +44,41 @@ def drop_unproven_entries(
     return dropped
 
 
-def walk(
+def recover(
+    fd: int,
+    pos: int,
+    size: int,
+    fmt: LogFormat,
+    index: OffsetIndex,
+    *,
+    adopt_dictionary: Callable[[bytes, tuple[int, int]], None],
+    stop_at_damage: bool,
+    path: str,
+) -> int:
+    """Index the intact records from ``pos`` on; return where they end: ``size``, or where a
+    torn tail starts that a writer may cut (FORMAT.md §10.1).
+
+    What follows the intact records is a torn tail only if no committed record reaches past
+    it and no intact record lies anywhere after it; else this raises ``CorruptRecordError``.
+    Readers of verify/salvage (``stop_at_damage``) stop at damage instead: the scanner
+    reports it. ``adopt_dictionary(body, span)`` is called for a dictionary record met.
+    """
+    log_frames = frames(fd, pos, size, sealed=fmt.sealed, path=path, torn_ok=True)
+    end = _walk(
+        log_frames,
+        pos,
+        fmt.records,
+        index,
+        adopt_dictionary=adopt_dictionary,
+        stop_at_damage=stop_at_damage,
+        path=path,
+    )
+    if end < size and not stop_at_damage:
+        _check_tail(fd, end, size, fmt, index, path=path)
+    return end
+
+
+def _walk(
     frames: Iterable[tuple[int, bytes, int, bool]],
     pos: int,
     records: RecordCodec,
@@ -87,7 +121,7 @@ def walk(
     return pos
 
 
-def check_tail(
+def _check_tail(
     fd: int, pos: int, size: int, fmt: LogFormat, index: OffsetIndex, *, path: str
 ) -> None:
     """Raise ``CorruptRecordError`` unless the bad bytes ``[pos, size)`` are a torn tail.

@@ -13,13 +13,13 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable
 
-from ..._fsio import FileIO, check_file, open_file, write_all
+from ..._fsio import FileIO, check_file, open_file, unlink_file, write_all
 from ...format.record import encode_frame
-from ...paths import index_path, temp_path
+from ...paths import index_path, is_leftover, temp_path
 from ..base import LogFormat
 from .index import OffsetIndex
 
-__all__ = ["frame_batch", "replace_log"]
+__all__ = ["frame_batch", "remove_leftovers", "replace_log"]
 
 _BATCH_FRAMES = 1024  # frames joined into one write when writing a whole log
 
@@ -91,6 +91,16 @@ def replace_log(
             io.unlink(tmp)
         raise
     return fd, index
+
+
+def remove_leftovers(path: str, io: FileIO) -> None:
+    """Delete the temp files that crashed rewrites and migrations of the log ``path`` left
+    beside it (``paths.is_leftover``); the caller holds the exclusive lock."""
+    folder = os.path.dirname(path) or "."
+    base = os.path.basename(path)
+    for name in os.listdir(folder):
+        if is_leftover(name, base):
+            unlink_file(os.path.join(folder, name), io=io)  # refuses a planted link
 
 
 def _write_log(
