@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..._fsio import DEFAULT_IO, FileIO, check_file, open_file, unlink_file, write_all
-from ...errors import StorageError, UnsupportedVersionError
+from ...errors import StorageError
 from ...format.record import encode_frame
 from ...paths import index_path
-from ...records import RecordRejected, SealedRecords
 from ..base import LogFormat, LogStorage
+from .dictionary import Dictionary
 from .index import OffsetIndex
 from .lock import LogLock
-from .reader import read_bodies, read_body, read_dictionary
+from .reader import read_bodies, read_body
 from .recovery import drop_unproven_entries, recover
 from .transaction import Transaction, Transactions
 from .writer import frame_batch, remove_leftovers, replace_log
@@ -54,9 +54,7 @@ class FileLog:
         self._lock = LogLock(self.path, lock_timeout, io=io)
         self._fd: int | None = None
         self._log_id_stat: tuple[int, int] | None = None
-        # (lock inode, generation, truncations) as last seen; None forces a full reload
-        self._seen: tuple[int, int, int] | None = None
-        self._last_seen: tuple[int, int, int] | None = None
+        self._last_seen: tuple[int, int, int] | None = None  # before the current reload
         self._txns = Transactions(
             self._lock,
             self.path,
@@ -67,7 +65,7 @@ class FileLog:
         self.poisoned = False
         self._index_ok = False
         self._settled = False  # see _catch_up
-        self._dict_loaded = (0, 0)  # the span of the dictionary the record codec holds
+        self._dict = Dictionary()  # the one the record codec holds
         self.on_change: Callable[[], None] = lambda: None
         # Called with a step name between the steps of every write procedure (FORMAT.md §8);
         # by default the public seam ``FileIO.step``, which crash tests override.
@@ -82,13 +80,6 @@ class FileLog:
     def io(self, io: FileIO) -> None:
         self._io = self.index.io = self._lock.io = io
 
-    def _bump(self, *, truncation: bool) -> None:
-        """Announce a change to other processes; always *before* the change is made."""
-        assert self._seen is not None
-        ino, gen, truncs = self._seen
-        self._seen = (ino, gen + 1, truncs + int(truncation))
-        self._lock.write_state(gen + 1, truncs + int(truncation))
-
     @property
     def fd(self) -> int | None:
         """The open log file's descriptor, for the scanner (None when there is no log)."""
@@ -99,7 +90,7 @@ class FileLog:
         """``(lock inode, generation, truncations)`` as of the current transaction (after
         this process's own bumps); None when it holds no lock (no log, read-only directory).
         Equal values mean no writer changed the log in between (FORMAT.md §8.1)."""
-        return self._seen
+        return self._txns.seen
 
     def transaction(self, *, write: bool, tolerant: bool = False) -> Transaction:
         """Return a context that holds the lock (exclusive for ``write``) and brings the
@@ -137,11 +128,11 @@ class FileLog:
     def _refresh(self, write: bool, locked: bool) -> None:
         """Bring the cached view up to date: nothing to do when no writer came by."""
         state = self._lock.state() if locked else None
-        changed = state is None or state != self._seen
+        changed = state is None or state != self._txns.seen
         if changed:
-            self._last_seen, self._seen = self._seen, None  # None until the reload succeeds
+            self._last_seen, self._txns.seen = self._txns.seen, None  # None until reloaded
             self._reload(state)
-            self._seen = state
+            self._txns.seen = state
         if write and self.index.detached():
             self._index_ok = self._settled = False  # the catch-up rewrites it at its name
         if self.fmt is not None and (changed or (write and not self._settled)):
@@ -150,7 +141,7 @@ class FileLog:
             except BaseException:
                 # The view is incomplete: forget it, so the next call looks again (and
                 # raises again) rather than answering from a partial index.
-                self._seen = None
+                self._txns.seen = None
                 self._close_log()
                 raise
 
@@ -201,55 +192,26 @@ class FileLog:
         self._index_ok = self.index.load(
             self.fmt.log_id, self.fmt.data_start, os.fstat(self._fd).st_size, start=start
         )
-        span = self.index.dict_span
-        if span != self._dict_loaded and self._dict_loaded != (0, 0):
-            # Another process cut the dictionary away (a pop) or the index forgot it: stop
-            # using ours; a record that still needs it makes the reader rebuild and find it.
-            self._drop_dictionary()
-        if span != (0, 0) and span != self._dict_loaded:
-            try:
-                body = read_dictionary(self._fd, span, self.fmt.sealed)
-                self._use_dictionary(body, span, persist=False)
-            except (RecordRejected, ValueError):
-                # A stale index: rebuild from the log (keeping what its entries proved).
-                self.index.reset(self.fmt.data_start, keep_evidence=True)
-                self._index_ok = False
+        if not self._dict.follow(self._fd, self.fmt, self.index):
+            self._index_ok = False  # stale: the catch-up rebuilds it from the log
 
     def _close_log(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
         self._fd, self.fmt, self._log_id_stat = None, None, None
-        self._dict_loaded = (0, 0)
+        self._dict = Dictionary()
         self.index.reset(0)
 
     def _use_dictionary(self, body: bytes, span: tuple[int, int], *, persist: bool) -> None:
-        """Adopt the dictionary record at ``span`` (FORMAT.md §5.3): one per log in v1."""
         assert self.fmt is not None
-        records = self.fmt.records
-        if not isinstance(records, SealedRecords):
-            raise RecordRejected("a plain log holds no dictionary records")
-        # Authenticate first (FORMAT.md §10.1): a torn frame whose prefix happens to carry
-        # the control bit is a torn tail, not a "second dictionary" from a newer writer.
-        dictionary = records.decode_dictionary(body, 1)
-        if self._dict_loaded not in ((0, 0), span):
-            raise UnsupportedVersionError(
-                "log holds a second dictionary record; upgrade conversation-codec"
-            )
-        records.use_dictionary(1, dictionary)
-        self.index.set_dict_span(span, persist=persist)
-        self._dict_loaded = span
+        self._dict.use(self.fmt, self.index, body, span, persist=persist)
 
     def forget_view(self) -> None:
         """Make the next transaction reload from the files (after a write failed midway)."""
         with self._txns.mutex:
             if not self._txns.depth:
-                self._seen, self._settled = None, False
+                self._txns.seen, self._settled = None, False
                 self._close_log()
-
-    def _drop_dictionary(self) -> None:
-        self._dict_loaded = (0, 0)
-        if self.fmt is not None and isinstance(self.fmt.records, SealedRecords):
-            self.fmt.records.drop_dictionary()
 
     def _append_at(self) -> int:
         """Where the next frame goes: after the last message or the dictionary record."""
@@ -272,7 +234,7 @@ class FileLog:
         pos = self.index.end
         if pos > size or self._append_at() > size:  # the log lost bytes the index knew
             self.index.reset(self.fmt.data_start)
-            self._drop_dictionary()
+            self._dict.drop(self.fmt)
             self._index_ok = False
             pos = self.index.end
         if pos < size:
@@ -291,7 +253,7 @@ class FileLog:
             if pos < size:  # a torn tail (recover raises on damage)
                 if not write:
                     return  # a reader leaves the torn tail alone; the next writer cuts it
-                self._bump(truncation=False)
+                self._txns.bump(truncation=False)
                 self.io.truncate(self._fd, pos)
                 # Always synced, whatever the durability: a cut that a power loss undid
                 # would put the torn bytes back under records appended after them.
@@ -317,12 +279,12 @@ class FileLog:
         """Forget the index and rebuild it from the log (used when it disagrees with the log)."""
         assert self.fmt is not None
         self.index.reset(self.fmt.data_start, keep_evidence=True)
-        self._dict_loaded = (0, 0)
+        self._dict = Dictionary()
         self._index_ok = False
         try:
             self._catch_up(self._txns.writable)
         except BaseException:
-            self._seen = None  # as in _refresh: never answer from a half-built index
+            self._txns.seen = None  # as in _refresh: never answer from a half-built index
             self._close_log()
             raise
 
@@ -343,7 +305,7 @@ class FileLog:
         assert self._fd is not None and self.fmt is not None
         data, ends, dict_span = frame_batch(bodies, self.fmt.sealed, dictionary)
         end = self._append_at()
-        self._bump(truncation=False)
+        self._txns.bump(truncation=False)
         self._write_at_end(data, end)
         self.fault("append:written")
         self._fsync(self._fd)
@@ -363,13 +325,13 @@ class FileLog:
     def truncate(self, count: int) -> None:
         """Drop records from ``count`` on: index first, then the log (FORMAT.md §8)."""
         assert self._fd is not None and self.fmt is not None
-        self._bump(truncation=True)
+        self._txns.bump(truncation=True)
         end = self.index.span(count)[0] if count < len(self.index) else self.index.end
         self._settled = False
         self.index.truncate(count)
         if self.index.dict_span != (0, 0) and self.index.dict_span[0] >= end:
             self.index.set_dict_span((0, 0), persist=True)  # the dictionary goes too
-            self._drop_dictionary()
+            self._dict.drop(self.fmt)
         self.fault("truncate:index-truncated")
         self.io.truncate(self._fd, end)
         # Synced under "flush" too (FORMAT.md §8.3): a popped record that a power loss
@@ -382,7 +344,7 @@ class FileLog:
         assert self._fd is not None and self.fmt is not None
         frame = encode_frame(body, control=True)
         start = self._append_at()
-        self._bump(truncation=False)
+        self._txns.bump(truncation=False)
         self._write_at_end(frame, start)
         self._fsync(self._fd)
         self._use_dictionary(body, (start, start + len(frame)), persist=True)
@@ -410,7 +372,7 @@ class FileLog:
             records,
             dictionary,
             fault=self.fault,
-            before_rename=lambda: None if self._seen is None else self._bump(truncation=True),
+            before_rename=lambda: None if self.seen is None else self._txns.bump(truncation=True),
         )
         # Committed: from here on this instance must describe the new file, whatever fails.
         st = os.fstat(fd)
@@ -418,7 +380,7 @@ class FileLog:
         self._fd, self.fmt, self._log_id_stat = fd, fmt, (st.st_dev, st.st_ino)
         self.index = index
         self._index_ok = self._settled = False
-        self._dict_loaded = index.dict_span
+        self._dict = Dictionary(index.dict_span)
         self.fault("rewrite:renamed")
         self.index.persist(fmt.log_id, rewrite=True)
         self._index_ok = self._settled = True
@@ -431,7 +393,7 @@ class FileLog:
         (the codec's blob store), then the leftovers of crashed rewrites (copies of the
         history), then the lock file: until that last unlink the lock still keeps every
         other writer out."""
-        self._bump(truncation=True)
+        self._txns.bump(truncation=True)
         self._close_log()
         for p in (self.path, self.index.path):
             unlink_file(p, io=self.io)
@@ -485,7 +447,7 @@ class FileLog:
         with self._txns.mutex:
             self._close_log()
             self._lock.close()
-            self._seen = None
+            self._txns.seen = None
 
 
 _CONFORMS: type[LogStorage] = FileLog  # mypy checks FileLog against the protocol

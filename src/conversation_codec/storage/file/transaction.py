@@ -40,9 +40,18 @@ class Transactions:
         self.writable = False
         self.tolerant = False  # readers stop at mid-log damage instead of raising
         self._locked = False
+        # (lock inode, generation, truncations) as last seen; None forces a full reload
+        self.seen: tuple[int, int, int] | None = None
         self._enter, self._keep_created, self.forget = enter, keep_created, forget
         self._write = Transaction(self, True)
         self._read = Transaction(self, False)
+
+    def bump(self, *, truncation: bool) -> None:
+        """Announce a change to other processes; always *before* the change is made."""
+        assert self.seen is not None
+        ino, gen, truncs = self.seen
+        self.seen = (ino, gen + 1, truncs + int(truncation))
+        self.lock.write_state(gen + 1, truncs + int(truncation))
 
     def hold(self, write: bool, tolerant: bool = False) -> Transaction:
         """Return the context of one hold (exclusive for ``write``)."""
