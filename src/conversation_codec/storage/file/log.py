@@ -1,9 +1,13 @@
-"""The append-only log file: locking, appends, reads, truncation, atomic rewrites, recovery.
+"""``FileLog``: one conversation log on disk, behind the storage seam (``append`` bodies,
+``read`` a range, ``truncate``, ``rewrite``).
 
-This is the file backend behind the storage seam (``append`` bodies, ``read`` a range,
-``truncate``, ``rewrite``). It stores opaque record *bodies*; what a body means is the
-business of ``records`` (shared with any other backend). Procedures follow
-spec/FORMAT.md §8 (writing), §9 (reading) and §10 (recovery).
+It stores opaque record *bodies*; what a body means is the business of ``records`` (shared
+with any other backend). ``FileLog`` owns the cached view of the file (descriptor, header
+format, index, dictionary) and runs each procedure of spec/FORMAT.md under the log's lock:
+§8 (writing), §9 (reading), §10 (recovery). Its steps live in the modules beside it:
+``reader`` (frames back from the file), ``writer`` (framing; a rewrite up to its commit),
+``recovery`` (torn tail or damage), ``dictionary`` (the dictionary record), ``transaction``
+(lock holds), ``index`` and ``lock`` (the two sidecar files).
 
 Concurrency: a writer holds the exclusive lock of ``lock.LogLock`` on ``<log>.lock``, a reader
 the shared one; its counters tell every process when its cached index is stale.
