@@ -1,10 +1,10 @@
 """Lay records out as bytes and write them (LevelDB's log_writer; FORMAT.md §5 and §8).
 
-Two procedures: framing a batch of bodies (with an optional dictionary record) for one
-append, and writing a whole new log beside the old one and renaming it over (a rewrite, up to
-its commit). Every write goes through the ``FileIO`` seam, so the fault suites see it. What
-comes around them — the lock's counters, the index, the view of the log — is
-``log.FileLog``'s.
+Framing a batch of bodies (with an optional dictionary record) for one append; writing a
+whole new log beside the old one and renaming it over (a rewrite, up to its commit); and
+sweeping the temp files that crashed rewrites left. Every write goes through the ``FileIO``
+seam, so the fault suites see it. What comes around these — the lock's counters, the index,
+the view of the log — is ``log.FileLog``'s.
 """
 
 from __future__ import annotations
