@@ -20,15 +20,16 @@ the timed message before it. Epoch numbers are not taken as timestamps: their un
 (s, ms, us) would be a guess.
 
 A UTF-8 byte-order mark is skipped; input over :data:`MAX_LEGACY_BYTES` is refused.
+
+This module sniffs the layout and parses it; two neighbours do the rest: ``legacy_fernet``
+opens the Fernet layouts (key, or password and salt), ``legacy_langchain`` maps LangChain
+messages to OpenAI-style ones.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import codecs
 import enum
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -37,15 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from .._time import EPOCH, ONE_US
-from ..chat_formats import LANGCHAIN_CHUNK_TYPES
-from ..crypto import KeyInput, Keyring
-from ..errors import DecryptionError, FormatError, KeyRequiredError, StorageError
+from ..crypto import KeyInput
+from ..errors import FormatError, StorageError
 from ..format.header import LogKind, sniff_log
+from .legacy_fernet import PBKDF2_ITERATIONS, SALT_BYTES, decrypt_token
+from .legacy_langchain import from_langchain, is_langchain
 
 __all__ = [
     "MAX_LEGACY_BYTES",
@@ -59,10 +58,6 @@ __all__ = [
 ]
 
 MAX_LEGACY_BYTES = 1024**3  # bytes; a larger history must be split before migrating
-PBKDF2_ITERATIONS = 480_000  # the legacy app's PBKDF2-HMAC-SHA256 cost for password files
-SALT_BYTES = 16  # length of the legacy ``.salt`` file
-_FERNET_MIN_BYTES = 73  # version 1 + timestamp 8 + IV 16 + one AES block 16 + HMAC 32
-_FERNET_OVERHEAD = 57  # every Fernet token is 57 bytes plus whole 16-byte AES blocks
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF8_CHUNK = 1 << 20  # bytes validated per step, so a 1 GiB file is never copied whole
 _SKIP_WS = re.compile(rb"[ \t\r\n]*")
@@ -220,16 +215,18 @@ def _parse(
     if fmt is LegacyFormat.CODEC_LOG:
         return LegacyHistory(fmt, [], [])
     if fmt is LegacyFormat.FERNET:
-        plain = _decrypt(payload, legacy_key, password, salt, where, salt_where)
+        plain = decrypt_token(
+            payload, legacy_key, password, salt, where=where, salt_where=salt_where
+        )
         where = f"{where} (decrypted)"
         inner, payload = _sniff_text(plain, where, codec_header=False)
         fmt = LegacyFormat.FERNET_JSON_ARRAY
         if inner is LegacyFormat.JSONL:
             fmt = LegacyFormat.FERNET_JSONL
     if fmt is LegacyFormat.LANGCHAIN_JSON or (
-        fmt is LegacyFormat.FERNET_JSON_ARRAY and _is_langchain(payload)
+        fmt is LegacyFormat.FERNET_JSON_ARRAY and is_langchain(payload)
     ):
-        messages = [_from_langchain(item, i, where) for i, item in enumerate(payload)]
+        messages = [from_langchain(item, i, where) for i, item in enumerate(payload)]
         return LegacyHistory(fmt, messages, [None] * len(messages))
     if fmt in (LegacyFormat.JSONL, LegacyFormat.FERNET_JSONL):
         messages = _parse_jsonl(payload, where)
@@ -260,7 +257,7 @@ def _sniff_text(data: bytes, where: str, *, codec_header: bool) -> tuple[LegacyF
     if body[start : start + 1] == b"[":
         array = _decode(body, f"{where} is not a valid JSON array")
         return (
-            LegacyFormat.LANGCHAIN_JSON if _is_langchain(array) else LegacyFormat.JSON_ARRAY
+            LegacyFormat.LANGCHAIN_JSON if is_langchain(array) else LegacyFormat.JSON_ARRAY
         ), array
     if body[start : start + 1] == b"{":
         if codec_header and _is_codec_header(body, start):
@@ -330,64 +327,6 @@ def _check_objects(array: list[Any], where: str) -> list[dict[str, Any]]:
     return array
 
 
-def _decrypt(
-    token: bytes,
-    legacy_key: KeyInput | None,
-    password: str | bytes | None,
-    salt: bytes | None,
-    where: str,
-    salt_where: str,
-) -> bytes:
-    try:
-        raw = base64.urlsafe_b64decode(token)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) < _FERNET_MIN_BYTES or (len(raw) - _FERNET_OVERHEAD) % 16:
-        raise FormatError(
-            f"{where} looks like a Fernet token but is truncated or damaged "
-            f"({len(token)} base64 characters); restore the complete file"
-        )
-    if legacy_key is None and password is None:
-        raise KeyRequiredError(
-            f"{where} is Fernet-encrypted; pass legacy_key= (its Fernet key) or password= "
-            "(with its .salt file beside it)"
-        )
-    # Try the keys before deriving from the password: PBKDF2 costs ~0.3 s, and a
-    # missing salt should not fail a file that the key already opens.
-    if legacy_key is not None:
-        try:
-            masters = Keyring.from_input(legacy_key).masters
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"legacy_key: {exc}") from None
-        try:
-            return MultiFernet([Fernet(base64.urlsafe_b64encode(m)) for m in masters]).decrypt(
-                token
-            )
-        except InvalidToken:
-            pass
-    if password is not None:
-        try:
-            return _password_fernet(password, salt, salt_where).decrypt(token)
-        except InvalidToken:
-            pass
-    raise DecryptionError(f"cannot decrypt {where}: wrong key or password, or it was modified")
-
-
-def _password_fernet(password: str | bytes, salt: bytes | None, salt_where: str) -> Fernet:
-    if not isinstance(password, (str, bytes)):
-        raise TypeError(f"password must be str or bytes, not {type(password).__name__}")
-    if salt is None:
-        raise FormatError(
-            f"a password needs the salt file {salt_where}, which is missing; put the "
-            f"{SALT_BYTES}-byte salt beside the encrypted file, or pass legacy_key="
-        )
-    if len(salt) != SALT_BYTES:
-        raise FormatError(f"{salt_where} is not a {SALT_BYTES}-byte salt; restore the right file")
-    secret = password.encode("utf-8") if isinstance(password, str) else password
-    kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=salt, iterations=PBKDF2_ITERATIONS)
-    return Fernet(base64.urlsafe_b64encode(kdf.derive(secret)))
-
-
 def _parse_iso(value: str) -> int | None:
     """Return an ISO-8601 time as microseconds since the epoch; naive means UTC."""
     match = _ISO_8601.fullmatch(value)
@@ -434,84 +373,3 @@ def _timed(fmt: LegacyFormat, messages: list[dict[str, Any]]) -> LegacyHistory:
         keys.append((0, 0) if last is None else (1, last))
     order = sorted(range(len(messages)), key=keys.__getitem__)
     return LegacyHistory(fmt, [messages[i] for i in order], [stamps[i] for i in order])
-
-
-# LangChain message "type" -> OpenAI role; "chat" carries its own role.
-_LANGCHAIN_ROLES = {
-    "human": "user",
-    "ai": "assistant",
-    "system": "system",
-    "tool": "tool",
-    "function": "function",
-    "chat": "",
-}
-
-
-def _is_langchain(array: list[Any]) -> bool:
-    """Judge by the first element: messages_to_dict emits exactly {"type", "data"}."""
-    first = array[0] if array else None
-    return isinstance(first, dict) and first.keys() == {"type", "data"}
-
-
-def _from_langchain(item: Any, index: int, where: str) -> dict[str, Any]:
-    """Map one messages_to_dict entry to an OpenAI-style message.
-
-    Mapped: type -> role, content, name, tool_call_id, tool_calls (OpenAI shape, args as
-    a JSON string, as langchain_openai sends them), additional_kwargs' function_call and
-    __openai_role__. Everything else that is not a default (id, response_metadata,
-    usage_metadata, invalid_tool_calls, leftover additional_kwargs, ...) is kept under
-    one ``"langchain"`` key rather than dropped or mixed into the OpenAI keys.
-    """
-    item = item if isinstance(item, dict) else {}
-    kind = item.get("type") if isinstance(item.get("type"), str) else ""
-    kind = LANGCHAIN_CHUNK_TYPES.get(kind, kind)
-    data = dict(item["data"]) if isinstance(item.get("data"), dict) else {}
-    role = data.pop("role", None) if kind == "chat" else _LANGCHAIN_ROLES.get(kind)
-    if not isinstance(role, str) or "content" not in data:
-        raise FormatError(
-            f"{where}: element {index} is not a LangChain message with content and a known "
-            f"type ({', '.join(_LANGCHAIN_ROLES)}); remove it and retry"
-        )
-    data.pop("type", None)
-    kwargs = data.pop("additional_kwargs", None)
-    if kwargs and not isinstance(kwargs, dict):
-        data["additional_kwargs"] = kwargs  # not LangChain's shape: keep it as it is
-    extras = {k: v for k, v in kwargs.items() if v is not None} if isinstance(kwargs, dict) else {}
-    if kind == "system" and extras.get("__openai_role__") == "developer":
-        role = extras.pop("__openai_role__")
-    message: dict[str, Any] = {"role": role, "content": data.pop("content")}
-    for key in ("name", "tool_call_id"):
-        if data.get(key) is not None:
-            message[key] = data.pop(key)
-    calls = data.pop("tool_calls", None) if kind == "ai" else None
-    if calls and not isinstance(calls, list):
-        raise FormatError(f"{where}: element {index} has tool_calls that are not a list")
-    raw_calls = extras.pop("tool_calls", None)  # the raw OpenAI form; a duplicate when both
-    if calls:
-        message["tool_calls"] = [_openai_tool_call(call, index, where) for call in calls]
-    elif raw_calls:
-        message["tool_calls"] = raw_calls
-    if "function_call" in extras:
-        message["function_call"] = extras.pop("function_call")
-    if extras:
-        data["additional_kwargs"] = extras
-    defaults = (("status", "success"), ("example", False))
-    kept = {k: v for k, v in data.items() if v not in (None, {}, []) and (k, v) not in defaults}
-    if kept:
-        message["langchain"] = kept
-    return message
-
-
-def _openai_tool_call(call: Any, index: int, where: str) -> dict[str, Any]:
-    if not isinstance(call, dict) or "name" not in call:
-        raise FormatError(f"{where}: element {index} has a tool call without a name")
-    args = call.get("args", {})
-    try:
-        arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-    except RecursionError:
-        raise FormatError(f"{where}: element {index} has tool call args nested too deep") from None
-    return {
-        "id": call.get("id"),
-        "type": "function",
-        "function": {"name": call["name"], "arguments": arguments},
-    }

@@ -34,7 +34,8 @@ from typing import Any
 from ..._time import iso_z
 from ...format.index import END_MASK, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
 from ...records import DictionaryMissing, RecordDamaged, RecordRejected, SealedRecords
-from .log import FileLog, Reader, next_candidate, next_plain_candidate, plausible
+from .log import FileLog
+from .reader import Reader, frame_at, next_candidate, next_plain_candidate, plausible
 
 __all__ = ["Problem", "VerifyReport", "check_file_log", "scan_records", "verify_log"]
 
@@ -91,20 +92,20 @@ def scan_records(log: FileLog) -> Iterator[Region]:
     well-formed one that fails authentication, ``"damaged"`` for bytes that hold no record
     (``seq``/``ts_us`` are -1 then). Call inside a transaction of ``log``.
     """
-    assert log.fmt is not None and log._fd is not None
-    size = os.fstat(log._fd).st_size
-    reader = Reader(log._fd, size)
+    assert log.fmt is not None and log.fd is not None
+    size = os.fstat(log.fd).st_size
+    reader = Reader(log.fd, size)
     pos, bad_from = log.fmt.data_start, -1
     floor_s, sealed = 0, log.fmt.sealed
     while pos < size:
-        found = log.record_at(reader, pos)
+        found = frame_at(reader, pos, sealed)
         if found is not None and bad_from >= 0 and sealed and not plausible(found[1], floor_s):
             found = None  # inside damage: skip lengths random bytes made up, without an HMAC
         opened = None if found is None else _open(log, found[1], found[2])
         if found is not None and opened is None and bad_from < 0 and log.fmt.sealed:
             # A well-formed record that fails authentication is a modified record when an
             # intact record (or the end) follows it; otherwise its "length" is just damage.
-            after = log.record_at(reader, found[0])
+            after = frame_at(reader, found[0], sealed)
             if found[0] == size or (after is not None and _open(log, after[1], after[2])):
                 yield "unauthenticated", pos, found[0], -1, -1, found[1]
                 pos = found[0]

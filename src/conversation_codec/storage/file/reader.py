@@ -1,0 +1,230 @@
+"""Read records back from a log file (LevelDB's log_reader): frames in order, one frame at an
+offset, and the resynchronisation that finds where a record could start again after damage.
+
+Everything here reads through a file descriptor and never writes. It knows the frame layout
+(FORMAT.md §5: a varint-prefixed sealed frame, or a plain record line, §6) and nothing of what
+a body means (``records``) or of the index. ``log.FileLog`` reads through these;
+``recovery`` and ``check`` (the scanner behind verify/salvage) resynchronise through them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+
+from ...errors import CorruptRecordError
+from ...format.record import MAX_BODY_BYTES, decode_frame_header
+from ...format.varint import MAX_VARINT_BYTES
+from ...records import RecordRejected
+from ..base import IndexMismatch
+from .index import OffsetIndex
+
+__all__ = [
+    "READ_CHUNK",
+    "Reader",
+    "frame_at",
+    "frames",
+    "next_candidate",
+    "next_plain_candidate",
+    "plausible",
+    "read_bodies",
+    "read_body",
+    "read_dictionary",
+]
+
+READ_CHUNK = 1 << 20  # bytes read at a time when scanning
+_BAD = (-1, -1, False)  # sentinel span: no record can start here
+
+
+class Reader:
+    """Random access to a file through a 1 MiB window (no system call per byte tried)."""
+
+    __slots__ = ("_base", "_buf", "fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self._base, self._buf = 0, b""
+
+    def get(self, start: int, end: int) -> bytes:
+        """Return the file's bytes ``[start, end)`` (fewer at the end of the file)."""
+        end = min(end, self.size)
+        if not (self._base <= start and end <= self._base + len(self._buf)):
+            self._base = start
+            self._buf = os.pread(self.fd, max(READ_CHUNK, end - start), start)
+        return self._buf[start - self._base : end - self._base]
+
+
+def _parse_frame(buf: bytes, pos: int, sealed: bool, at_eof: bool) -> tuple[int, int, bool] | None:
+    """Locate the body of the record at ``pos`` in ``buf``: ``(start, end, control)``
+    relative to buf (``control``: a dictionary record, not a message).
+
+    Return None when more bytes are needed (and exist); raise ValueError when the bytes at
+    ``pos`` cannot start a record.
+    """
+    if sealed:
+        if not at_eof and len(buf) - pos < MAX_VARINT_BYTES:
+            return None
+        return decode_frame_header(buf, pos)
+    newline = buf.find(b"\n", pos)
+    if newline < 0:
+        if len(buf) - pos > MAX_BODY_BYTES * 2:
+            raise ValueError("record line exceeds the size limit")
+        return None
+    return pos, newline + 1, False
+
+
+def frames(
+    fd: int, pos: int, stop: int, *, sealed: bool, path: str, torn_ok: bool = False
+) -> Iterator[tuple[int, bytes, int, bool]]:
+    """Yield ``(start, body, end, control)`` for each record of the file in ``[pos, stop)``.
+
+    Bytes that cannot start a record end the walk (``torn_ok``) or raise
+    ``CorruptRecordError`` (naming ``path``).
+    """
+    buf, base = b"", pos  # buf holds the log's bytes [base, base + len(buf))
+    while pos < stop:
+        rel, buf_end = pos - base, base + len(buf)
+        try:
+            span = _parse_frame(buf, rel, sealed, at_eof=buf_end >= stop)
+            if span is None and buf_end >= stop:
+                span = _BAD
+        except ValueError:
+            span = _BAD
+        if span is _BAD or (span is not None and base + span[1] > stop):
+            if torn_ok:
+                return
+            raise CorruptRecordError("record is truncated or malformed", path=path, offset=pos)
+        if span is not None and span[1] <= len(buf):
+            yield pos, buf[span[0] : span[1]], base + span[1], span[2]
+            pos = base + span[1]
+            continue
+        want = max(READ_CHUNK, span[1] - len(buf) if span is not None else 0)
+        more = os.pread(fd, min(want, stop - buf_end), buf_end)
+        if not more:
+            raise CorruptRecordError("log shrank while reading", path=path, offset=pos)
+        buf, base = buf[rel:] + more, pos
+
+
+def frame_at(reader: Reader, pos: int, sealed: bool) -> tuple[int, bytes, bool] | None:
+    """Return ``(end, body, control)`` when a whole, well-formed frame starts at ``pos``."""
+    if sealed:
+        try:
+            start, end, control = decode_frame_header(reader.get(pos, pos + MAX_VARINT_BYTES))
+        except ValueError:
+            return None
+        if pos + end > reader.size:
+            return None
+        return pos + end, reader.get(pos + start, pos + end), control
+    chunk = reader.get(pos, pos + READ_CHUNK)
+    newline = chunk.find(b"\n")
+    return None if newline < 0 else (pos + newline + 1, chunk[: newline + 1], False)
+
+
+def read_body(fd: int, span: tuple[int, int], sealed: bool) -> bytes:
+    """Return the message body of the record at the index ``span`` ``[start, end)``.
+
+    :raises IndexMismatch: the span is not one whole record.
+    """
+    start, end = span
+    return _unframe(os.pread(fd, end - start, start), start, sealed)
+
+
+def read_bodies(
+    fd: int, index: OffsetIndex, start: int, stop: int, sealed: bool
+) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(seq, body)`` for records ``start <= seq < stop`` in order, bounded memory:
+    neighbouring records are read together, up to ``READ_CHUNK`` bytes at a time."""
+    seq = start
+    while seq < stop:
+        first = index.span(seq)[0]
+        last = seq
+        while last + 1 < stop and index.ends[last + 1] - first <= READ_CHUNK:
+            last += 1
+        chunk = os.pread(fd, index.ends[last] - first, first)
+        for s in range(seq, last + 1):
+            a, b = index.span(s)
+            yield s, _unframe(chunk[a - first : b - first], a, sealed)
+        seq = last + 1
+
+
+def read_dictionary(fd: int, span: tuple[int, int], sealed: bool) -> bytes:
+    """Return the body of the dictionary record (FORMAT.md §5.3) the index places at ``span``.
+
+    :raises RecordRejected: (or ValueError) no whole dictionary record lies there.
+    """
+    frame = os.pread(fd, span[1] - span[0], span[0])
+    fs = _parse_frame(frame, 0, sealed, True)
+    if fs is None or not fs[2] or fs[1] != len(frame):
+        raise RecordRejected("no dictionary record where the index says")
+    return frame[fs[0] : fs[1]]
+
+
+def _unframe(frame: bytes, start: int, sealed: bool) -> bytes:
+    """Return the message body of one index span (skipping a dictionary record before it).
+
+    :raises IndexMismatch: the span (at file offset ``start``) is not one whole record.
+    """
+    pos = 0
+    while True:
+        try:
+            span = _parse_frame(frame, pos, sealed, True)
+        except ValueError:
+            span = None
+        if span is None or span[1] > len(frame) or (span[2] and span[1] == len(frame)):
+            raise IndexMismatch(start)
+        if not span[2]:
+            if span[1] != len(frame):
+                raise IndexMismatch(start)
+            return frame[span[0] : span[1]]
+        pos = span[1]
+
+
+# -- resynchronisation: where could a record start again? ---------------------------------
+
+# Where a sealed frame could start: a non-zero prefix byte (no record length is 0) followed,
+# within the 1-5 bytes of its varint, by the three zero bytes that open every Fernet
+# timestamp before the year 36,812. Scanning for this runs at regex speed, so resynchronising
+# over megabytes of torn or zeroed bytes does not try every offset in Python.
+_FRAME_CANDIDATE = re.compile(rb"[\x01-\xff](?=[\x00-\xff]{0,4}\x00\x00\x00)")
+
+
+def next_candidate(reader: Reader, pos: int) -> int:
+    """Return the first offset >= ``pos`` where a sealed frame could start (or the end)."""
+    while pos < reader.size:
+        chunk = reader.get(pos, pos + READ_CHUNK)
+        found = _FRAME_CANDIDATE.search(chunk)
+        if found is not None:
+            return pos + found.start()
+        if pos + len(chunk) >= reader.size:
+            break
+        pos += max(1, len(chunk) - 8)  # overlap: a candidate may straddle the window
+    return reader.size
+
+
+_PLAIN_RECORD_START = b'{"seq":'  # FORMAT.md §6: every record line starts so
+
+
+def next_plain_candidate(reader: Reader, pos: int) -> int:
+    """Return the next offset >= ``pos`` where a plain record line could start (or the end).
+
+    Line starts alone would miss a record that follows zero-filled bytes without a newline
+    between them (a lost page under "flush"), so look for where record lines begin.
+    """
+    while pos < reader.size:
+        chunk = reader.get(pos, pos + READ_CHUNK)
+        found = chunk.find(_PLAIN_RECORD_START)
+        if found >= 0:
+            return pos + found
+        if pos + len(chunk) >= reader.size:
+            break
+        pos += max(1, len(chunk) - len(_PLAIN_RECORD_START))
+    return reader.size
+
+
+def plausible(body: bytes, floor_s: int) -> bool:
+    """Could ``body`` be a record written after one stamped ``floor_s``? Its Fernet timestamp
+    must lie in the next ~136 years: random bytes pass with odds of about 1 in 4 billion, so
+    resynchronising over a torn tail costs a compare per byte, not an HMAC."""
+    ts_s = int.from_bytes(body[:8], "big")
+    return floor_s <= ts_s <= floor_s + (1 << 32)

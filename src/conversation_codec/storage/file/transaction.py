@@ -1,0 +1,132 @@
+"""Transactions of one log: who in this process holds ``<log>.lock`` (``lock.LogLock``), and how.
+
+A transaction is re-entrant within a thread (a thread mutex, then one lock acquisition per
+outermost hold); a nested one never upgrades a read to a write. OS errors inside it surface
+as ``StorageError``. What a transaction does on entry — refuse writes after a failed fsync,
+bring the cached view up to date — and after a failed write — forget that view — is
+``log.FileLog``'s, passed in as callbacks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+from ...errors import ConversationCodecError, StorageError
+from .lock import LogLock
+
+__all__ = ["Transaction", "Transactions"]
+
+
+class Transactions:
+    """The lock holds of one log in this process (FORMAT.md §8.1)."""
+
+    def __init__(
+        self,
+        lock: LogLock,
+        path: str,
+        *,
+        enter: Callable[[bool, bool], None],
+        keep_created: Callable[[], bool],
+        forget: Callable[[], None],
+    ) -> None:
+        """``enter(write, locked)`` runs when the outermost hold begins, ``keep_created()``
+        says whether a lock file this hold created may stay when ``enter`` fails, and
+        ``forget()`` runs after a write transaction that raised."""
+        self.lock, self.path = lock, path
+        self.mutex = threading.RLock()
+        self.depth = 0  # nesting of the current thread's holds; 0 when none
+        self.writable = False
+        self.tolerant = False  # readers stop at mid-log damage instead of raising
+        self._locked = False
+        # (lock inode, generation, truncations) as last seen; None forces a full reload
+        self.seen: tuple[int, int, int] | None = None
+        self._enter, self._keep_created, self.forget = enter, keep_created, forget
+        self._write = Transaction(self, True)
+        self._read = Transaction(self, False)
+
+    def bump(self, *, truncation: bool) -> None:
+        """Announce a change to other processes; always *before* the change is made."""
+        assert self.seen is not None
+        ino, gen, truncs = self.seen
+        self.seen = (ino, gen + 1, truncs + int(truncation))
+        self.lock.write_state(gen + 1, truncs + int(truncation))
+
+    def hold(self, write: bool, tolerant: bool = False) -> Transaction:
+        """Return the context of one hold (exclusive for ``write``)."""
+        if tolerant:
+            return Transaction(self, write, tolerant=True)
+        return self._write if write else self._read
+
+    def begin(self, write: bool, tolerant: bool = False) -> None:
+        """Enter a hold: take the mutex, and the lock unless already held by this thread."""
+        self.mutex.acquire()
+        try:
+            if self.depth:
+                if write and not self.writable:
+                    raise RuntimeError("cannot upgrade a read transaction to a write")
+                self.depth += 1
+                return
+            self._locked = self.lock.acquire(exclusive=write)
+            self.depth, self.writable, self.tolerant = 1, write, tolerant
+            try:
+                self._enter(write, self._locked)
+            except BaseException:
+                # A wrong key or a foreign file must leave the directory exactly as it was.
+                self.lock.forget_created(keep=self._keep_created())
+                self.depth, self.writable, self.tolerant = 0, False, False
+                if self._locked:
+                    self._locked = False
+                    self.lock.release()
+                raise
+            self.lock.forget_created(keep=True)
+        except BaseException:
+            self.mutex.release()
+            raise
+
+    def end(self) -> None:
+        """Leave a hold: release the lock with the outermost one, then the mutex."""
+        self.depth -= 1
+        if not self.depth:
+            self.writable = self.tolerant = False
+            if self._locked:
+                self._locked = False
+                self.lock.release()
+        self.mutex.release()
+
+
+class Transaction:
+    """One lock hold; see ``FileLog.transaction``."""
+
+    __slots__ = ("_holds", "_tolerant", "_write")
+
+    def __init__(self, holds: Transactions, write: bool, *, tolerant: bool = False) -> None:
+        self._holds, self._write, self._tolerant = holds, write, tolerant
+
+    def __enter__(self) -> None:
+        try:
+            self._holds.begin(self._write, self._tolerant)
+        except ConversationCodecError:
+            raise
+        except OSError as exc:
+            raise _storage_error(exc, self._holds.path) from None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._holds.end()
+        except OSError as err:
+            raise _storage_error(err, self._holds.path) from None
+        if exc is not None and self._write:
+            self._holds.forget()  # a write that failed midway: read the files again
+        if isinstance(exc, OSError) and not isinstance(exc, ConversationCodecError):
+            raise _storage_error(exc, self._holds.path) from exc
+
+
+def _storage_error(exc: OSError, path: str) -> StorageError:
+    return StorageError(exc.errno or 0, f"{path}: {exc.strerror or exc}")

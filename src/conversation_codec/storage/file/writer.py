@@ -1,0 +1,132 @@
+"""Lay records out as bytes and write them (LevelDB's log_writer; FORMAT.md §5 and §8).
+
+Framing a batch of bodies (with an optional dictionary record) for one append; writing a
+whole new log beside the old one and renaming it over (a rewrite, up to its commit); and
+sweeping the temp files that crashed rewrites left. Every write goes through the ``FileIO``
+seam, so the fault suites see it. What comes around these — the lock's counters, the index,
+the view of the log — is ``log.FileLog``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable
+
+from ..._fsio import FileIO, check_file, open_file, unlink_file, write_all
+from ...format.record import encode_frame
+from ...paths import index_path, is_leftover, temp_path
+from ..base import LogFormat
+from .index import OffsetIndex
+
+__all__ = ["frame_batch", "remove_leftovers", "replace_log"]
+
+_BATCH_FRAMES = 1024  # frames joined into one write when writing a whole log
+
+
+def frame_batch(
+    bodies: list[bytes], sealed: bool, dictionary: tuple[int, bytes] | None = None
+) -> tuple[bytes, list[int], tuple[int, int]]:
+    """Frame ``bodies`` for one append: ``(data, ends, dict_span)``, offsets relative to the
+    start of ``data``.
+
+    ``ends[i]`` is where message ``i`` ends; ``dictionary``: ``(at, body)`` puts a dictionary
+    record (FORMAT.md §5.3) before ``bodies[at]`` (after them all when ``at == len(bodies)``),
+    at ``dict_span``. The message after the dictionary record includes it in its index span.
+    """
+    frames = [encode_frame(b) for b in bodies] if sealed else bodies
+    at, dict_frame = len(frames), b""
+    if dictionary is not None:
+        at, dict_frame = dictionary[0], encode_frame(dictionary[1], control=True)
+    pos, ends, span = 0, [], (0, 0)
+    for i, frame in enumerate(frames):
+        if i == at:
+            span = (pos, pos + len(dict_frame))
+            pos += len(dict_frame)
+        pos += len(frame)
+        ends.append(pos)
+    if at == len(frames):
+        span = (pos, pos + len(dict_frame))
+    data = b"".join(frames if dictionary is None else [*frames[:at], dict_frame, *frames[at:]])
+    return data, ends, span
+
+
+def replace_log(
+    io: FileIO,
+    path: str,
+    header: bytes,
+    fmt: LogFormat,
+    records: Iterable[tuple[bytes, int]],
+    dictionary: bytes | None,
+    *,
+    fault: Callable[[str], None],
+    before_rename: Callable[[], None],
+) -> tuple[int, OffsetIndex]:
+    """Write a whole log into a temp file beside ``path``, sync it and rename it over
+    ``path``: the commit of a rewrite (FORMAT.md §8.4). Return the new file's open
+    descriptor and its index, in memory: the caller persists it, then syncs the directory.
+
+    The log is ``header``, an optional dictionary record body, then ``(body, ts_us)``
+    records. ``before_rename`` runs just before the commit (the lock's counters are bumped
+    there). Until the rename, any failure removes the temp file and changes nothing.
+    """
+    tmp = temp_path(path)
+    fd = open_file(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    index = OffsetIndex(index_path(path), io=io)
+    index.reset(fmt.data_start)
+    try:
+        _write_log(io, fd, header, records, index, sealed=fmt.sealed, dictionary=dictionary)
+        fault("rewrite:temp-written")
+        io.sync(fd, data_only=False)  # always: a rename must never expose holes
+        fault("rewrite:temp-synced")
+        # rename() would replace a link planted at P rather than follow it, and the new
+        # P.idx is written after the commit: refuse either link before committing.
+        check_file(path)
+        check_file(index.path)
+        before_rename()
+        io.rename(tmp, path)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            io.unlink(tmp)
+        raise
+    return fd, index
+
+
+def remove_leftovers(path: str, io: FileIO) -> None:
+    """Delete the temp files that crashed rewrites and migrations of the log ``path`` left
+    beside it (``paths.is_leftover``); the caller holds the exclusive lock."""
+    folder = os.path.dirname(path) or "."
+    base = os.path.basename(path)
+    for name in os.listdir(folder):
+        if is_leftover(name, base):
+            unlink_file(os.path.join(folder, name), io=io)  # refuses a planted link
+
+
+def _write_log(
+    io: FileIO,
+    fd: int,
+    header: bytes,
+    records: Iterable[tuple[bytes, int]],
+    index: OffsetIndex,
+    *,
+    sealed: bool,
+    dictionary: bytes | None,
+) -> None:
+    """Write the log into the empty file ``fd``, adding each record to ``index``."""
+    pos = write_all(fd, header, 0, io=io)
+    if dictionary is not None:
+        frame = encode_frame(dictionary, control=True)
+        index.dict_span = (pos, pos + len(frame))
+        pos = write_all(fd, frame, pos, io=io)
+    batch: list[bytes] = []
+    written = pos
+    for body, ts in records:
+        frame = encode_frame(body) if sealed else body
+        batch.append(frame)
+        pos += len(frame)
+        index.add(pos, ts, synced=True)  # the temp file is synced before the rename
+        if len(batch) >= _BATCH_FRAMES:
+            written = write_all(fd, b"".join(batch), written, io=io)
+            batch.clear()
+    write_all(fd, b"".join(batch), written, io=io)
