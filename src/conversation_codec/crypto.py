@@ -43,6 +43,7 @@ __all__ = [
     "SCRYPT_MIN_LOG2_N",
     "SCRYPT_P",
     "SCRYPT_R",
+    "InvalidToken",
     "KeyInput",
     "Keyring",
     "LogCipher",
@@ -376,6 +377,3 @@ class LogCipher:
 
     def __repr__(self) -> str:
         return f"<LogCipher with {len(self._openers)} key(s)>"
-
-
-__all__ += ["InvalidToken"]
