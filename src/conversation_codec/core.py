@@ -78,13 +78,14 @@ class CodecCore:
             raise ValueError("max_messages must be a positive int or None")
         self._file = storage is None and os.fspath(path) != MEMORY
         self._path = check_log_path(path) if self._file else Path(path)
+        self._name = str(self._path) if self._file else os.fspath(path)  # named in errors
         if attachments == "external" and not self._file:
             raise ValueError('attachments="external" keeps blobs beside a log file')
         if attachments == "external" and password is not None:
             raise ValueError("external attachments need encryption_key=, not password=")
         keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         binding = None if context is None else context_digest(context)
-        self._secrets = LogSecrets(self._path, keyring, password, binding)
+        self._secrets = LogSecrets(self._name, keyring, password, binding)
         self._max = max_messages
         blobs = None
         if attachments == "external":
@@ -100,17 +101,17 @@ class CodecCore:
             self._log = FileLog(
                 self._path, attach=attach, durability=durability, lock_timeout=lock_timeout, io=io
             )
-        self._reader = LogReader(self._log, self._path)
+        self._reader = LogReader(self._log, self._name)
         self._writer = LogWriter(self._log, self._reader, self._secrets, clock)
         self._compactor = Compactor(self._log, self._reader, self._secrets, self._encoder)
-        self._history = HistoryView(self._log, self._reader, self._encoder, str(self._path))
+        self._history = HistoryView(self._log, self._reader, self._encoder, self._name)
         self._log.on_change = self._history.forget
         try:  # fail fast on a wrong key or a foreign file
             self._log.probe()
         except OSError as exc:
             if isinstance(exc, ConversationCodecError):
                 raise
-            raise StorageError(exc.errno or 0, f"{self._path}: {exc.strerror or exc}") from None
+            raise StorageError(exc.errno or 0, f"{self._name}: {exc.strerror or exc}") from None
 
     @property
     def options(self) -> CodecOptions:
@@ -226,4 +227,4 @@ class CodecCore:
 
     def __repr__(self) -> str:  # never the key
         state = "closed" if self._closed else ("encrypted" if self.encrypted else "plaintext")
-        return f"<ConversationCodec {str(self._path)!r} {state}>"
+        return f"<ConversationCodec {self._name!r} {state}>"

@@ -45,7 +45,7 @@ class LogInfo:
 class LogReader:
     """Read records of ``log`` (the file at ``path``, named in errors); lock held by caller."""
 
-    def __init__(self, log: LogStorage, path: Path) -> None:
+    def __init__(self, log: LogStorage, path: str | Path) -> None:
         self._log = log
         self._path = path
 
@@ -174,7 +174,7 @@ class LogReader:
         index, fmt = self._log.index, self._log.fmt
         count = len(index) - base
         return LogInfo(
-            path=self._path,
+            path=Path(self._path),
             encrypted=encrypted,
             format_version=fmt.format_version if fmt else None,
             message_count=count,

@@ -56,7 +56,7 @@ class LogSecrets:
     """
 
     def __init__(
-        self, path: Path, keyring: Keyring | None, password: str | None, binding: bytes | None
+        self, path: str | Path, keyring: Keyring | None, password: str | None, binding: bytes | None
     ) -> None:
         self.path = path
         self.keyring = keyring

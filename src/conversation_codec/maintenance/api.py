@@ -100,7 +100,7 @@ class Maintenance(CodecCore):
         :raises StorageError: the log is not a file (the checks read a log file's bytes).
         """
         if not isinstance(self._log, FileLog):
-            raise StorageError(errno.EOPNOTSUPP, f"{self._path}: verify() checks log files only")
+            raise StorageError(errno.EOPNOTSUPP, f"{self._name}: verify() checks log files only")
         return check_file_log(self._log)
 
     # -- export and import -------------------------------------------------------------------
