@@ -161,7 +161,7 @@ class ConversationStore:
         :raises BindingError: the file holds another conversation's log.
         """
         encode_id(conversation_id)  # a bad id raises TypeError/ValueError on any backend
-        where, storage = self._backend.locate(conversation_id)
+        where, storage = self._backend.locate(conversation_id, lock_timeout=self._lock_timeout)
         key = self._key_fn(conversation_id) if self._key_fn is not None else self._key
         return ConversationCodec(
             where,

@@ -162,9 +162,12 @@ class StoreBackend(Protocol):
         """The root as shown in messages (a URL without its password)."""
         ...
 
-    def locate(self, conversation_id: str) -> tuple[str | os.PathLike[str], StorageOpener | None]:
+    def locate(
+        self, conversation_id: str, *, lock_timeout: float | None = None
+    ) -> tuple[str | os.PathLike[str], StorageOpener | None]:
         """What to open ``ConversationCodec`` with: a path (and None, a file log), or a
-        name for messages and the opener of the conversation's storage."""
+        name for messages and the opener of the conversation's storage (whose writer
+        lock waits at most ``lock_timeout`` seconds; None: forever)."""
         ...
 
     def exists(self, conversation_id: str) -> bool:

@@ -103,8 +103,10 @@ class FileStore:
         """The log file of ``conversation_id`` (which may not exist yet)."""
         return self.root / (encode_id(conversation_id) + LOG_SUFFIX)
 
-    def locate(self, conversation_id: str) -> tuple[Path, StorageOpener | None]:
-        return self.path(conversation_id), None  # the codec opens the file itself
+    def locate(
+        self, conversation_id: str, *, lock_timeout: float | None = None
+    ) -> tuple[Path, StorageOpener | None]:
+        return self.path(conversation_id), None  # the codec opens the file (and its lock)
 
     def exists(self, conversation_id: str) -> bool:
         return self.path(conversation_id).is_file()
