@@ -33,7 +33,9 @@ def add_commands(sub: Sub, as_json: Parser) -> None:
         "  conversation-codec search conversations/ refund --since 2026-10-01 --json",
         [secret_sources(password=True), as_json],
     )
-    search.add_argument("path", metavar="PATH", help="a log file, or a store root directory")
+    search.add_argument(
+        "path", metavar="PATH", help="a log file, or a store root (directory or URL)"
+    )
     search.add_argument(
         "query",
         metavar="QUERY",
@@ -58,6 +60,7 @@ def add_commands(sub: Sub, as_json: Parser) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from ..storage import is_url
     from ..store import ConversationStore
 
     now = datetime.now(timezone.utc)
@@ -71,7 +74,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         "case_sensitive": args.case_sensitive,
     }
     bold = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    if os.path.isdir(args.path):
+    if is_url(args.path) or os.path.isdir(args.path):
         if args.password_env is not None:
             raise UsageError("a store root takes --key-env or --key-file, not --password-env")
         store = ConversationStore(args.path, encryption_key=log_key(args))

@@ -17,11 +17,17 @@ from ..errors import BackendUnavailableError
 from .base import StoreBackend
 from .file.store import FileStore
 
-__all__ = ["StoreBackend", "backend_for"]
+__all__ = ["StoreBackend", "backend_for", "is_url"]
 
 # A URL's scheme (RFC 3986 §3.1) and "://"; "C:" (a drive letter) has one letter only.
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]+):/")
 _POSTGRES = ("postgresql", "postgres")
+
+
+def is_url(root: str | os.PathLike[str]) -> bool:
+    """Whether a store root is a URL (of any scheme), not a directory."""
+    text = os.fspath(root)
+    return isinstance(text, str) and _URL.match(text) is not None
 
 
 def backend_for(root: str | os.PathLike[str]) -> StoreBackend:

@@ -1,0 +1,108 @@
+"""``copy_conversations`` and ``conversation-codec copy``: between any two stores (issue 14).
+
+File stores here; ``tests/test_postgres_store.py`` runs the same round trip through
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from conversation_codec import ConversationStore, generate_key
+from conversation_codec.errors import DecryptionError
+from conversation_codec.maintenance.copy import copy_conversations
+
+KEY, OTHER = generate_key(), generate_key()
+T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+def _fill(store: ConversationStore, ids: list[str], n: int = 5) -> None:
+    for k, cid in enumerate(ids):
+        with store.open(cid) as codec:
+            codec.extend(
+                [{"role": "user", "content": f"{cid} says {i}"} for i in range(n + k)],
+                timestamps=[T0.replace(minute=i) for i in range(n + k)],
+            )
+
+
+def _dump(store: ConversationStore) -> dict[str, list[tuple[object, datetime]]]:
+    out = {}
+    for cid in store.ids():
+        with store.open(cid) as codec:
+            out[cid] = [(h.message, h.timestamp) for h in codec.search(None)]
+    return out
+
+
+def test_copy_keeps_messages_times_and_order_under_a_new_key(tmp_path: Path) -> None:
+    src = ConversationStore(tmp_path / "a", encryption_key=KEY)
+    _fill(src, ["alice", "bob/1", "Carol"])
+    dst = ConversationStore(tmp_path / "b", encryption_key=OTHER)
+    report = copy_conversations(src, dst)
+    assert sorted(report.copied) == ["Carol", "alice", "bob/1"] and not report.failed
+    assert report.messages == 5 + 6 + 7
+    assert _dump(dst) == _dump(src)
+    with pytest.raises(DecryptionError):  # sealed under the destination's key, not the source's
+        ConversationStore(tmp_path / "b", encryption_key=KEY).open("alice").load()
+
+
+def test_copy_resumes_and_never_overwrites_by_default(tmp_path: Path) -> None:
+    src = ConversationStore(tmp_path / "a", encryption_key=KEY)
+    _fill(src, ["a", "b", "c"])
+    dst = ConversationStore(tmp_path / "b", encryption_key=KEY)
+    copy_conversations(src, dst, ["a"])  # an interrupted run got this far
+    with dst.open("c") as codec:
+        codec.append({"role": "user", "content": "already there"})
+    seen: list[tuple[int, int, str]] = []
+    report = copy_conversations(src, dst, progress=lambda *p: seen.append(p))
+    assert report.unchanged == ["a"] and report.copied == ["b"]
+    assert list(report.failed) == ["c"] and "overwrite" in report.failed["c"]
+    assert [s[0] for s in seen] == [1, 2, 3] and all(s[1] == 3 for s in seen)
+    with dst.open("c") as codec:
+        assert [m["content"] for m in codec.load() or []] == ["already there"]
+    assert copy_conversations(src, dst, ["c"], overwrite=True).copied == ["c"]
+    assert _dump(dst) == _dump(src)
+
+
+def test_a_missing_or_unreadable_source_is_reported(tmp_path: Path) -> None:
+    src = ConversationStore(tmp_path / "a", encryption_key=KEY)
+    _fill(src, ["a"])
+    dst = ConversationStore(tmp_path / "b", encryption_key=KEY)
+    wrong = ConversationStore(tmp_path / "a", encryption_key=OTHER)
+    report = copy_conversations(wrong, dst, ["a", "nobody"])
+    assert sorted(report.failed) == ["a", "nobody"]
+    assert "DecryptionError" in report.failed["a"] and KEY not in str(report.failed)
+    assert dst.ids() == []
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conversation_codec", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+        check=False,
+    )
+
+
+def test_the_copy_command(tmp_path: Path) -> None:
+    src = ConversationStore(tmp_path / "a", encryption_key=KEY)
+    _fill(src, ["x", "y"])
+    (tmp_path / "b").mkdir()
+    env = {"CONVERSATION_KEY": KEY, "NEW_KEY": OTHER}
+    args = ["copy", str(tmp_path / "a"), str(tmp_path / "b"), "--to-key-env", "NEW_KEY"]
+    done = _cli(*args, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "copied 2 conversations (11 messages)" in done.stdout
+    again = _cli(*args, "--json", env=env)
+    assert again.returncode == 0 and '"unchanged":["x","y"]' in again.stdout.replace(" ", "")
+    dst = ConversationStore(tmp_path / "b", encryption_key=OTHER)
+    assert _dump(dst) == _dump(src)
+    plain = _cli("copy", str(tmp_path / "a"), str(tmp_path / "c"), env={})
+    assert plain.returncode == 2 and "UNENCRYPTED" in plain.stderr
+    missing = _cli("copy", str(tmp_path / "nope"), str(tmp_path / "c"), env=env)
+    assert missing.returncode == 1 and "no such directory" in missing.stderr
