@@ -25,6 +25,7 @@ from psycopg import conninfo
 from psycopg.rows import TupleRow
 
 from ...errors import ConflictError, DatabaseError, LockTimeoutError
+from .queries import remove_rows
 from .schema import ensure_schema
 
 __all__ = ["Connection", "PostgresBackend", "database_errors", "display_url", "is_database_url"]
@@ -224,21 +225,3 @@ class PostgresBackend:
 
     def __repr__(self) -> str:  # never the password
         return f"<PostgresBackend {self.name!r}>"
-
-
-def remove_rows(conn: Connection, conversation_id: str) -> tuple[int, int]:
-    """Delete a conversation's records and dictionary, keep its row as a tombstone with the
-    epoch bumped; the caller holds the row lock. Return the row's new (epoch, generation)."""
-    row = conn.execute(
-        """
-        WITH r AS (DELETE FROM cc_records WHERE conversation_id = %(id)s),
-             d AS (DELETE FROM cc_dictionaries WHERE conversation_id = %(id)s)
-        UPDATE cc_conversations
-           SET header = NULL, log_id = NULL, next_seq = 0, last_ts = 0, dict_id = 0,
-               body_bytes = 0, epoch = epoch + 1, generation = generation + 1
-         WHERE id = %(id)s
-        RETURNING epoch, generation
-        """,
-        {"id": conversation_id},
-    ).fetchone()
-    return (int(row[0]), int(row[1])) if row is not None else (0, 0)

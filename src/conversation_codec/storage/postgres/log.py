@@ -33,32 +33,30 @@ import bisect
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from types import TracebackType
 
 from ...errors import CorruptRecordError
 from ...records import RecordRejected, SealedRecords
 from ..base import IndexMismatch, LogFormat, LogStorage
-from .backend import Connection, PostgresBackend, remove_rows
+from .backend import Connection, PostgresBackend
+from .queries import (
+    NO_ROW,
+    Row,
+    append_records,
+    load_dictionary,
+    load_tss,
+    lock_row,
+    read_range,
+    read_row,
+    remove_rows,
+    replace_log,
+    truncate_records,
+)
 
 __all__ = ["PostgresLog"]
 
 READ_ROWS = 256  # records fetched per query when reading a range
-_STAGE_ROWS = 1024  # records sent per statement when rewriting
 _MAX_ID_CHARS = 1024  # a conversation id longer than this is a mistake, not an id
-
-# The view's inputs: what a transaction reads of the conversation's row first.
-_ROW = "SELECT epoch, generation, next_seq, header, dict_id, body_bytes FROM cc_conversations"
-
-
-@dataclass(frozen=True, slots=True)
-class _Row:
-    epoch: int
-    generation: int
-    next_seq: int
-    header: bytes | None
-    dict_id: int
-    body_bytes: int
 
 
 class PostgresIndex:
@@ -116,7 +114,7 @@ class PostgresLog:
         self._attach = attach
         self._lock_timeout = lock_timeout
         self._header: bytes | None = None
-        self._row: _Row | None = None  # the row as of the current transaction; None: reload
+        self._row: Row | None = None  # the row as of the current transaction; None: reload
         self._dict_id = 0  # the dictionary fmt.records holds (0: none)
         self._mutex = threading.RLock()
         self._depth = 0
@@ -140,11 +138,9 @@ class PostgresLog:
     def probe(self) -> None:
         """Identify an existing log from its header (fail fast on a wrong key)."""
         with self._mutex, self.backend.connection(f"read {self._where}") as conn:
-            row = conn.execute(
-                "SELECT header FROM cc_conversations WHERE id = %s", (self.conversation_id,)
-            ).fetchone()
-        if row is not None and row[0] is not None:
-            self._attach(bytes(row[0]))
+            row = read_row(conn, self.conversation_id, lock=False)
+        if row is not None and row.header is not None:
+            self._attach(row.header)
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -179,42 +175,16 @@ class PostgresLog:
             with self.backend.errors(what):
                 if write:
                     conn.execute("BEGIN")
-                    row = self._lock_row(conn)
+                    row = lock_row(conn, self.conversation_id, self._lock_timeout)
                 else:
                     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    row = self._read_row(conn, lock=False)
+                    row = read_row(conn, self.conversation_id, lock=False)
                 self._conn, self._depth, self._writable = conn, 1, write
                 self._refresh(conn, row)
         except BaseException:
             self._conn, self._depth, self._writable = None, 0, False
             self._give_back(conn, rollback=True)
             raise
-
-    def _lock_row(self, conn: Connection) -> _Row | None:
-        if self._lock_timeout is not None:
-            conn.execute(
-                "SELECT set_config('lock_timeout', %s, true)",
-                (f"{max(1, round(self._lock_timeout * 1000))}ms",),
-            )
-        row = self._read_row(conn, lock=True)
-        if row is None:
-            # No row to lock yet: serialise the creators on the id instead; create()
-            # inserts the row before this lock goes at the commit.
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                ("cc_conversations:" + self.conversation_id,),
-            )
-            row = self._read_row(conn, lock=True)
-        return row
-
-    def _read_row(self, conn: Connection, *, lock: bool) -> _Row | None:
-        query = _ROW + " WHERE id = %s FOR UPDATE" if lock else _ROW + " WHERE id = %s"
-        got = conn.execute(query, (self.conversation_id,)).fetchone()
-        if got is None:
-            return None
-        epoch, generation, next_seq, header, dict_id, body_bytes = got
-        header = None if header is None else bytes(header)
-        return _Row(epoch, generation, next_seq, header, dict_id, body_bytes)
 
     def _end(self, exc: BaseException | None) -> None:
         try:
@@ -254,14 +224,14 @@ class PostgresLog:
 
     # -- the cached view ---------------------------------------------------------------------
 
-    def _refresh(self, conn: Connection, row: _Row | None) -> None:
+    def _refresh(self, conn: Connection, row: Row | None) -> None:
         """Bring ``fmt`` and ``index`` up to date with ``row`` (appends: incrementally)."""
         old, self._row = self._row, None  # None until the refresh succeeds
         if row is None or row.header is None:
             if self.fmt is not None or self._header is not None:
                 self._forget_log()
                 self.on_change()
-            self._row = row or _Row(0, 0, 0, None, 0, 0)
+            self._row = row or NO_ROW
             return
         if (
             old is not None
@@ -278,7 +248,7 @@ class PostgresLog:
         self._row = row
         self.on_change()
 
-    def _reload(self, conn: Connection, row: _Row) -> None:
+    def _reload(self, conn: Connection, row: Row) -> None:
         """Read the whole view again: the header (attached when it changed), every
         timestamp and the dictionary."""
         assert row.header is not None
@@ -300,10 +270,7 @@ class PostgresLog:
     def _load_tss(self, conn: Connection, start: int, stop: int) -> None:
         if start >= stop:
             return
-        rows = conn.execute(
-            "SELECT seq, ts FROM cc_records WHERE conversation_id = %s AND seq >= %s ORDER BY seq",
-            (self.conversation_id, start),
-        ).fetchall()
+        rows = load_tss(conn, self.conversation_id, start)
         if len(rows) != stop - start or (rows and (rows[0][0], rows[-1][0]) != (start, stop - 1)):
             raise CorruptRecordError(
                 f"{self._where} holds {len(rows)} records from seq {start} where its row "
@@ -317,18 +284,15 @@ class PostgresLog:
         self._drop_dictionary()
         if not dict_id:
             return
-        got = conn.execute(
-            "SELECT record FROM cc_dictionaries WHERE conversation_id = %s AND dict_id = %s",
-            (self.conversation_id, dict_id),
-        ).fetchone()
-        if got is None:
+        body = load_dictionary(conn, self.conversation_id, dict_id)
+        if body is None:
             raise CorruptRecordError(
                 f"{self._where} names dictionary {dict_id}, which is missing",
                 path=self.backend.name,
                 offset=0,
             )
         assert self.fmt is not None
-        _use_dictionary(self.fmt, bytes(got[0]), False)
+        _use_dictionary(self.fmt, body, False)
         self._dict_id = dict_id
 
     def _drop_dictionary(self) -> None:
@@ -344,7 +308,7 @@ class PostgresLog:
         self._wrote = True
         return self._conn
 
-    def _check_write(self) -> tuple[Connection, LogFormat, _Row]:
+    def _check_write(self) -> tuple[Connection, LogFormat, Row]:
         conn = self._writing()
         if self.fmt is None or self._row is None:
             raise RuntimeError("no log yet: create() it first")
@@ -364,55 +328,19 @@ class PostgresLog:
         last = self.index.tss[-1] if self.index.tss else 0
         if any(b < a for a, b in zip([last, *tss], tss, strict=False)):
             raise ValueError("timestamps in a log never go backwards")
-        first = len(self.index)
-        dict_id, dict_row = row.dict_id, None
+        dict_row = None
         if dictionary is not None:
             _use_dictionary(fmt, dictionary[1], self._dict_id != 0)
-            self._dict_id = dict_id = 1
-            dict_row = (dict_id, first + dictionary[0], dictionary[1])
-        added = sum(map(len, bodies))
-        with self.backend.errors(f"append to {self._where}"):
-            try:
-                got = conn.execute(
-                    """
-                    WITH r AS (
-                        INSERT INTO cc_records (conversation_id, seq, ts, record)
-                        SELECT %(id)s, %(first)s + u.i - 1, u.ts, u.record
-                          FROM unnest(%(tss)s::bigint[], %(bodies)s::bytea[])
-                               WITH ORDINALITY AS u(ts, record, i)
-                    ), d AS (
-                        INSERT INTO cc_dictionaries (conversation_id, dict_id, at_seq, record)
-                        SELECT %(id)s, %(dict_id)s, %(dict_at)s, %(dict)s::bytea
-                         WHERE %(dict)s::bytea IS NOT NULL
-                    )
-                    UPDATE cc_conversations
-                       SET next_seq = %(next)s, last_ts = %(last)s, dict_id = %(dict_id)s,
-                           body_bytes = body_bytes + %(added)s, generation = generation + 1
-                     WHERE id = %(id)s
-                    RETURNING generation
-                    """,
-                    {
-                        "id": self.conversation_id,
-                        "first": first,
-                        "tss": tss,
-                        "bodies": bodies,
-                        "dict_id": dict_id,
-                        "dict_at": None if dict_row is None else dict_row[1],
-                        "dict": None if dict_row is None else dict_row[2],
-                        "next": first + len(bodies),
-                        "last": tss[-1] if tss else last,
-                        "added": added,
-                    },
-                ).fetchone()
-            except BaseException:
-                if dictionary is not None:
-                    self._drop_dictionary()
-                raise
-        assert got is not None
+            self._dict_id = 1
+            dict_row = (1, len(self.index) + dictionary[0], dictionary[1])
+        try:
+            with self.backend.errors(f"append to {self._where}"):
+                self._row = append_records(conn, row, self.conversation_id, bodies, tss, dict_row)
+        except BaseException:
+            if dictionary is not None:
+                self._drop_dictionary()
+            raise
         self.index.tss.extend(tss)
-        self._row = _Row(
-            row.epoch, got[0], first + len(bodies), row.header, dict_id, row.body_bytes + added
-        )
 
     def truncate(self, count: int) -> None:
         """Delete the records from ``count`` on (and the dictionary if it stood there)."""
@@ -422,31 +350,10 @@ class PostgresLog:
         count = min(count, len(self.index))
         last = self.index.tss[count - 1] if count else 0
         with self.backend.errors(f"truncate {self._where}"):
-            got = conn.execute(
-                """
-                WITH r AS (
-                    DELETE FROM cc_records WHERE conversation_id = %(id)s AND seq >= %(count)s
-                    RETURNING octet_length(record) AS n
-                ), d AS (
-                    DELETE FROM cc_dictionaries
-                     WHERE conversation_id = %(id)s AND at_seq >= %(count)s
-                    RETURNING dict_id
-                )
-                UPDATE cc_conversations
-                   SET next_seq = %(count)s, last_ts = %(last)s,
-                       body_bytes = body_bytes - (SELECT coalesce(sum(n), 0) FROM r),
-                       dict_id = CASE WHEN EXISTS (SELECT FROM d) THEN 0 ELSE dict_id END,
-                       epoch = epoch + 1, generation = generation + 1
-                 WHERE id = %(id)s
-                RETURNING epoch, generation, dict_id, body_bytes
-                """,
-                {"id": self.conversation_id, "count": count, "last": last},
-            ).fetchone()
-        assert got is not None
+            self._row = truncate_records(conn, row, self.conversation_id, count, last)
         del self.index.tss[count:]
-        if not got[2]:
+        if not self._row.dict_id:
             self._drop_dictionary()  # the dictionary goes too
-        self._row = _Row(got[0], got[1], count, row.header, got[2], got[3])
 
     def rewrite(
         self,
@@ -456,89 +363,26 @@ class PostgresLog:
         dictionary: bytes | None = None,
     ) -> None:
         """Replace the whole log in this transaction: a reader sees the old one until the
-        commit, then the new one.
-
-        ``records`` may read this log while it is consumed (a compaction re-seals the old
-        records): the new ones are staged first (in a temporary table when they do not fit
-        in one batch), and the old ones deleted only when every new one is in hand.
-        """
+        commit, then the new one. ``records`` may read this log while it is consumed
+        (``queries.replace_log``)."""
         conn = self._writing()
-        pending = iter(records)
-        batch = _take(pending, _STAGE_ROWS)
-        staged = len(batch) == _STAGE_ROWS
-        count, added, tss = 0, 0, []
+        if dictionary is not None:
+            _use_dictionary(fmt, dictionary, False)
         with self.backend.errors(f"rewrite {self._where}"):
-            if staged:
-                conn.execute("DROP TABLE IF EXISTS pg_temp.cc_rewrite")
-                conn.execute(
-                    "CREATE TEMP TABLE cc_rewrite (seq bigint, ts bigint, record bytea) "
-                    "ON COMMIT DROP"
-                )
-                while batch:
-                    _insert(conn, None, count, batch)
-                    count, added = count + len(batch), added + sum(len(b) for b, _ in batch)
-                    tss += [ts for _, ts in batch]
-                    batch = _take(pending, _STAGE_ROWS)
-            if dictionary is not None:
-                _use_dictionary(fmt, dictionary, False)
-            conn.execute(
-                "WITH r AS (DELETE FROM cc_records WHERE conversation_id = %(id)s) "
-                "DELETE FROM cc_dictionaries WHERE conversation_id = %(id)s",
-                {"id": self.conversation_id},
+            row, tss = replace_log(
+                conn, self.conversation_id, header, fmt.log_id, iter(records), dictionary
             )
-            if staged:
-                conn.execute(
-                    "INSERT INTO cc_records (conversation_id, seq, ts, record) "
-                    "SELECT %s, seq, ts, record FROM pg_temp.cc_rewrite ORDER BY seq",
-                    (self.conversation_id,),
-                )
-                conn.execute("DROP TABLE pg_temp.cc_rewrite")
-            else:
-                _insert(conn, self.conversation_id, 0, batch)
-                count, added, tss = len(batch), sum(len(b) for b, _ in batch), [t for _, t in batch]
-            if dictionary is not None:
-                conn.execute(
-                    "INSERT INTO cc_dictionaries (conversation_id, dict_id, at_seq, record) "
-                    "VALUES (%s, 1, 0, %s)",
-                    (self.conversation_id, dictionary),
-                )
-            got = conn.execute(
-                """
-                INSERT INTO cc_conversations AS c
-                       (id, header, log_id, next_seq, last_ts, dict_id, body_bytes)
-                VALUES (%(id)s, %(header)s, %(log_id)s, %(next)s, %(last)s, %(dict_id)s,
-                        %(added)s)
-                ON CONFLICT (id) DO UPDATE
-                   SET header = EXCLUDED.header, log_id = EXCLUDED.log_id,
-                       next_seq = EXCLUDED.next_seq, last_ts = EXCLUDED.last_ts,
-                       dict_id = EXCLUDED.dict_id, body_bytes = EXCLUDED.body_bytes,
-                       epoch = c.epoch + 1, generation = c.generation + 1
-                RETURNING epoch, generation
-                """,
-                {
-                    "id": self.conversation_id,
-                    "header": header,
-                    "log_id": fmt.log_id,
-                    "next": count,
-                    "last": tss[-1] if tss else 0,
-                    "dict_id": 1 if dictionary is not None else 0,
-                    "added": added,
-                },
-            ).fetchone()
-        assert got is not None
         self._forget_log()
         self.fmt, self._header, self.index.tss = fmt, header, tss
-        self._dict_id = 1 if dictionary is not None else 0
-        self._row = _Row(got[0], got[1], count, header, self._dict_id, added)
+        self._dict_id, self._row = row.dict_id, row
 
     def remove(self, also: Callable[[], None] = lambda: None) -> None:
         """Delete the log in this transaction; ``also`` runs once that has committed. The
         row stays as a tombstone with its epoch bumped (``PostgresBackend.delete``)."""
         conn = self._writing()
         with self.backend.errors(f"remove {self._where}"):
-            epoch, generation = remove_rows(conn, self.conversation_id)
+            self._row = remove_rows(conn, self.conversation_id)
         self._forget_log()
-        self._row = _Row(epoch, generation, 0, None, 0, 0)
         self._after_commit.append(also)
 
     def remove_stale_temps(self) -> None:
@@ -575,19 +419,11 @@ class PostgresLog:
         while seq < stop:
             upto = min(stop, seq + READ_ROWS)
             with self.backend.errors(f"read {self._where}"):
-                rows = (
-                    self._reading()
-                    .execute(
-                        "SELECT seq, record FROM cc_records WHERE conversation_id = %s "
-                        "AND seq >= %s AND seq < %s ORDER BY seq",
-                        (self.conversation_id, seq, upto),
-                    )
-                    .fetchall()
-                )
+                rows = read_range(self._reading(), self.conversation_id, seq, upto)
             for got, body in rows:
                 if got != seq:
                     raise IndexMismatch(seq)  # the reader rebuilds the view and retries
-                yield seq, bytes(body)
+                yield seq, body
                 seq += 1
             if seq < upto:
                 raise IndexMismatch(seq)
@@ -624,43 +460,6 @@ class _Transaction:
         tb: TracebackType | None,
     ) -> None:
         self._log._end(exc)
-
-
-def _take(items: Iterator[tuple[bytes, int]], n: int) -> list[tuple[bytes, int]]:
-    out = []
-    for item in items:
-        out.append(item)
-        if len(out) == n:
-            break
-    return out
-
-
-def _insert(
-    conn: Connection, conversation_id: str | None, first: int, batch: list[tuple[bytes, int]]
-) -> None:
-    """Insert ``batch`` at seqs ``first, first + 1, …`` into the records table, or into the
-    rewrite's staging table when ``conversation_id`` is None."""
-    if not batch:
-        return
-    params = {
-        "id": conversation_id,
-        "first": first,
-        "tss": [ts for _, ts in batch],
-        "bodies": [body for body, _ in batch],
-    }
-    rows = "FROM unnest(%(tss)s::bigint[], %(bodies)s::bytea[]) WITH ORDINALITY AS u(ts, record, i)"
-    if conversation_id is None:
-        conn.execute(
-            "INSERT INTO pg_temp.cc_rewrite (seq, ts, record) "
-            "SELECT %(first)s + u.i - 1, u.ts, u.record " + rows,
-            params,
-        )
-    else:
-        conn.execute(
-            "INSERT INTO cc_records (conversation_id, seq, ts, record) "
-            "SELECT %(id)s, %(first)s + u.i - 1, u.ts, u.record " + rows,
-            params,
-        )
 
 
 def _use_dictionary(fmt: LogFormat, body: bytes, have_one: bool) -> None:
