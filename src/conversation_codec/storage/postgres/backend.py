@@ -158,10 +158,21 @@ class PostgresBackend:
                 max_size=max_size,
                 kwargs=kwargs,
                 timeout=timeout,
-                check=psycopg_pool.ConnectionPool.check_connection,
+                check=self._check,
                 name=self.name,
                 open=True,
             )
+
+    def _check(self, conn: Connection) -> None:
+        """Check a connection before lending it (a round trip); on the first dead one,
+        check every idle one at once. A dead connection means the server restarted or the
+        network broke, so the others are dead too: met one by one, the pool would wait 1,
+        2, 4… s between them (its back-off) and time out with a few stale ones."""
+        try:
+            psycopg_pool.ConnectionPool.check_connection(conn)
+        except Exception:
+            self.pool.check()
+            raise
 
     @classmethod
     def shared(cls, url: str) -> PostgresBackend:
