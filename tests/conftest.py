@@ -225,7 +225,15 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if REQUIRE_POSTGRES and _skipped_postgres and not hasattr(session.config, "workerinput"):
-        print(f"\nCC_REQUIRE_POSTGRES=1: {len(_skipped_postgres)} PostgreSQL tests skipped:")
-        for nodeid in _skipped_postgres[:20]:
-            print(f"  {nodeid}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if REQUIRE_POSTGRES and _skipped_postgres:
+        terminalreporter.write_line(
+            f"CC_REQUIRE_POSTGRES=1, yet {len(_skipped_postgres)} PostgreSQL tests were "
+            "skipped: the run fails",
+            red=True,
+        )
+        for nodeid in _skipped_postgres[:20]:
+            terminalreporter.write_line(f"  {nodeid}")
