@@ -370,6 +370,27 @@ def test_a_view_notices_a_pop_and_reappend_of_the_same_length(
     assert [m for _, m, _ in a.messages()] == [*(message(0, i) for i in range(4)), message(1, 0)]
 
 
+def test_a_view_reads_only_the_timestamps_appended_since(
+    postgres_url: str, conversation: Callable[..., Conversation]
+) -> None:
+    cid = _id()
+    a, b = conversation(cid), conversation(cid)
+    a.extend([message(0, i) for i in range(50)])
+    with a.log.transaction(write=False):
+        cached = list(a.log.index.tss)
+    # Change the stored times behind the library's back: a view that read every timestamp
+    # again would see it; one that reads only what was appended does not.
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE cc_records SET ts = ts - 1 WHERE conversation_id = %s", (cid,))
+    b.extend([message(1, 0)])
+    with a.log.transaction(write=False):
+        assert a.log.index.tss[:50] == cached  # not read again
+        assert len(a.log.index) == 51
+    b.pop()  # a new epoch: the next transaction reads them all
+    with a.log.transaction(write=False):
+        assert a.log.index.tss == [ts - 1 for ts in cached]
+
+
 def test_a_failed_write_transaction_rolls_back_everything(
     conversation: Callable[..., Conversation],
 ) -> None:

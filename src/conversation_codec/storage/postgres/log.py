@@ -43,9 +43,9 @@ from .queries import (
     NO_ROW,
     Row,
     append_records,
+    begin,
     load_dictionary,
     load_tss,
-    lock_row,
     read_range,
     read_row,
     remove_rows,
@@ -173,12 +173,9 @@ class PostgresLog:
             conn = self.backend.pool.getconn()
         try:
             with self.backend.errors(what):
-                if write:
-                    conn.execute("BEGIN")
-                    row = lock_row(conn, self.conversation_id, self._lock_timeout)
-                else:
-                    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    row = read_row(conn, self.conversation_id, lock=False)
+                row = begin(
+                    conn, self.conversation_id, write=write, lock_timeout=self._lock_timeout
+                )
                 self._conn, self._depth, self._writable = conn, 1, write
                 self._refresh(conn, row)
         except BaseException:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg import Connection
 from psycopg.rows import TupleRow
@@ -18,9 +19,9 @@ from psycopg.rows import TupleRow
 __all__ = [
     "Row",
     "append_records",
+    "begin",
     "load_dictionary",
     "load_tss",
-    "lock_row",
     "read_range",
     "read_row",
     "remove_rows",
@@ -49,10 +50,7 @@ class Row:
 NO_ROW = Row(0, 0, 0, None, 0, 0)
 
 
-def read_row(conn: Conn, conversation_id: str, *, lock: bool) -> Row | None:
-    """Read the counter row (``FOR UPDATE`` when ``lock``); None when there is none."""
-    query = _ROW + " WHERE id = %s FOR UPDATE" if lock else _ROW + " WHERE id = %s"
-    got = conn.execute(query, (conversation_id,)).fetchone()
+def _row(got: tuple[Any, ...] | None) -> Row | None:
     if got is None:
         return None
     epoch, generation, next_seq, header, dict_id, body_bytes = got
@@ -60,14 +58,32 @@ def read_row(conn: Conn, conversation_id: str, *, lock: bool) -> Row | None:
     return Row(epoch, generation, next_seq, header, dict_id, body_bytes)
 
 
-def lock_row(conn: Conn, conversation_id: str, lock_timeout: float | None) -> Row | None:
-    """Take the conversation's writer lock for this transaction; return its row."""
-    if lock_timeout is not None:
-        conn.execute(
-            "SELECT set_config('lock_timeout', %s, true)",
-            (f"{max(1, round(lock_timeout * 1000))}ms",),
-        )
-    row = read_row(conn, conversation_id, lock=True)
+def read_row(conn: Conn, conversation_id: str, *, lock: bool) -> Row | None:
+    """Read the counter row (``FOR UPDATE`` when ``lock``); None when there is none."""
+    query = _ROW + " WHERE id = %s FOR UPDATE" if lock else _ROW + " WHERE id = %s"
+    return _row(conn.execute(query, (conversation_id,)).fetchone())
+
+
+def begin(
+    conn: Conn, conversation_id: str, *, write: bool, lock_timeout: float | None
+) -> Row | None:
+    """Start a transaction and read the conversation's row: for a write, take its writer
+    lock (the row lock, or for a conversation without a row the advisory lock on its id).
+
+    One round trip (a pipeline) where the row exists. A read is a REPEATABLE READ READ ONLY
+    snapshot: the row and every record it then reads agree.
+    """
+    with conn.pipeline():
+        if not write:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            return _row(conn.execute(_ROW + " WHERE id = %s", (conversation_id,)).fetchone())
+        conn.execute("BEGIN")
+        if lock_timeout is not None:
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, true)",
+                (f"{max(1, round(lock_timeout * 1000))}ms",),
+            )
+        row = _row(conn.execute(_ROW + " WHERE id = %s FOR UPDATE", (conversation_id,)).fetchone())
     if row is None:
         # No row to lock yet: serialise the creators on the id instead; the one that
         # creates the log inserts the row before this lock goes at its commit.
