@@ -443,6 +443,35 @@ def test_a_large_rewrite_may_read_the_log_it_replaces(
     assert [m for _, m, _ in again.messages()] == [message(0, i) for i in range(0, n, 2)]
 
 
+@pytest.mark.parametrize(
+    "cid", ["o'brien\"; DROP TABLE cc_records; --", "ünï/../x ✓", " ", "%s", "x" * 1024]
+)
+def test_any_id_is_a_conversation_of_its_own(
+    postgres_backend: PostgresBackend, conversation: Callable[..., Conversation], cid: str
+) -> None:
+    conversation(cid).extend([message(0, 0)])
+    assert cid in postgres_backend.conversations()
+    assert [m for _, m, _ in conversation(cid).messages()] == [message(0, 0)]
+    assert postgres_backend.delete(cid)
+
+
+@pytest.mark.parametrize(
+    ("cid", "error"),
+    [
+        ("", ValueError),
+        ("a\0b", ValueError),
+        ("\ud800", ValueError),
+        ("x" * 1025, ValueError),
+        (42, TypeError),
+    ],
+)
+def test_an_unusable_id_is_refused(
+    postgres_backend: PostgresBackend, cid: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="conversation_id"):
+        PostgresLog(postgres_backend, cid, attach=lambda header: None)  # type: ignore[arg-type, return-value]
+
+
 # -- schema and connections ----------------------------------------------------------------------
 
 

@@ -89,7 +89,8 @@ class PostgresLog:
     seconds a writer waits for the conversation's lock before ``LockTimeoutError`` (None:
     as long as it takes).
 
-    :raises ValueError: ``conversation_id`` is empty, too long or holds a NUL character.
+    :raises ValueError: ``conversation_id`` is empty, too long, holds a NUL character or a
+        lone surrogate (the database stores text as UTF-8).
     """
 
     def __init__(
@@ -104,6 +105,10 @@ class PostgresLog:
             raise TypeError("conversation_id must be a str")
         if not conversation_id or len(conversation_id) > _MAX_ID_CHARS or "\0" in conversation_id:
             raise ValueError(f"conversation_id must be 1 to {_MAX_ID_CHARS} characters without NUL")
+        try:
+            conversation_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("conversation_id is not valid Unicode (a lone surrogate)") from None
         if lock_timeout is not None and lock_timeout < 0:
             raise ValueError("lock_timeout must be >= 0 seconds or None")
         self.backend = backend
@@ -411,8 +416,10 @@ class PostgresLog:
         """Yield ``(seq, body)`` for ``start <= seq < stop``, ``READ_ROWS`` per query (an
         index range scan; no cursor stays open between chunks, so the caller may run
         other statements on this transaction in between, as a rewrite does)."""
-        stop = min(stop, len(self.index))
-        seq = max(start, 0)
+        if start < stop:
+            self.index.span(start)  # IndexError past the end, as every storage
+            self.index.span(stop - 1)
+        seq = start
         while seq < stop:
             upto = min(stop, seq + READ_ROWS)
             with self.backend.errors(f"read {self._where}"):
