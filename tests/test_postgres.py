@@ -27,6 +27,7 @@ import pytest
 from _pg_writer import Conversation, message
 from _postgres import Cluster
 from _writer import subprocess_env
+from conversation_codec.encoding import encode_json
 from conversation_codec.errors import DatabaseError, LockTimeoutError, UnsupportedVersionError
 from conversation_codec.storage.postgres import (
     SCHEMA_VERSION,
@@ -267,6 +268,20 @@ def test_terminated_connections_mid_append_leave_no_gap_or_duplicate(
     _check_log(stored, {1: [i for i, _ in child.acks()], 9: [0]})
     for i, seq in child.acks():
         assert stored[seq][1] == message(1, i)
+
+
+def test_a_connection_killed_before_the_commit_loses_that_append_alone(
+    postgres_url: str,
+) -> None:
+    cid = _id()
+    with PostgresBackend(f"{postgres_url}&application_name={cid}") as backend:
+        conv = Conversation(backend, cid, KEY)
+        conv.extend([message(0, 0)])
+        with pytest.raises(DatabaseError, match="commit"), conv.log.transaction(write=True):
+            assert conv.writer.append([encode_json(message(0, 1))], None) == 1
+            _terminate(postgres_url, _backend_pids(postgres_url, cid))  # inserted, uncommitted
+        assert conv.extend([message(0, 2)]) == 1  # not acknowledged, not stored: no gap
+        assert [m for _, m, _ in conv.messages()] == [message(0, 0), message(0, 2)]
 
 
 def _wait_for_acks(child: Child, more: int) -> None:
