@@ -1,13 +1,15 @@
 """The LogStorage conformance suite: every backend behaves alike (storage/base.py).
 
-Parametrized over the file storage (``FileLog``, on real files) and the in-memory one
-(``MemoryLog``). Bodies are plain records (FORMAT.md §6), so the file storage can read
-them back when a new instance loads the log.
+Parametrized over the file storage (``FileLog``, on real files), the in-memory one
+(``MemoryLog``) and the PostgreSQL one (``PostgresLog``, on a real server: conftest.py).
+Bodies are plain records (FORMAT.md §6), so the file storage can read them back when a new
+instance loads the log.
 """
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from conversation_codec.records import PlainRecords
 from conversation_codec.storage.base import LogFormat, LogStorage
 from conversation_codec.storage.file.log import FileLog
 from conversation_codec.storage.memory import MemoryLog
+from conversation_codec.storage.postgres import PostgresBackend, PostgresLog
 
 T0 = 1_900_000_000_000_000  # µs since the epoch
 
@@ -38,11 +41,15 @@ def _body(fmt: LogFormat, seq: int, ts: int = 0) -> bytes:
     return fmt.records.encode(seq, ts or T0 + seq, b'{"n":%d}' % seq)
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "memory", pytest.param("postgres", marks=pytest.mark.postgres)])
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], LogStorage]:
     """Return a factory: each call gives a new handle on the same log."""
     if request.param == "file":
         return lambda: FileLog(tmp_path / "c.log", attach=_attach)
+    if request.param == "postgres":
+        backend: PostgresBackend = request.getfixturevalue("postgres_backend")
+        conversation = f"conformance-{uuid.uuid4().hex}"
+        return lambda: PostgresLog(backend, conversation, attach=_attach)
     memory = MemoryLog(attach=_attach)
     return lambda: memory
 

@@ -24,6 +24,7 @@ __all__ = [
     "ConflictError",
     "ConversationCodecError",
     "CorruptRecordError",
+    "DatabaseError",
     "DecryptionError",
     "FormatError",
     "InvalidKeyError",
@@ -144,6 +145,18 @@ class StorageError(ConversationCodecError, OSError):
     the kernel may have dropped the unsynced pages, so nothing written since the
     last good sync can be trusted (PostgreSQL's fsync lesson).
     """
+
+
+class DatabaseError(StorageError):
+    """The database refused an operation or could not be reached (PostgreSQL storage).
+
+    ``sqlstate`` is the server's five-character error code when it sent one (None for a
+    lost connection). Messages name the database without its password.
+    """
+
+    def __init__(self, msg: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(msg)
+        self.sqlstate = sqlstate
 
 
 class LockTimeoutError(ConversationCodecError, TimeoutError):

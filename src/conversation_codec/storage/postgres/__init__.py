@@ -1,0 +1,51 @@
+"""PostgreSQL storage: the same record bodies as the file format, in a shared database.
+
+Needs the ``postgres`` extra (``pip install "conversation-codec[postgres]"``: psycopg 3 and
+psycopg-pool). ``PostgresBackend`` is one database (one connection pool per URL, the
+schema made sure of); ``PostgresLog`` is one conversation's log in it, the third
+implementation of ``storage.base.LogStorage`` (after ``FileLog`` and ``MemoryLog``).
+
+Schema, version 1 (created and migrated by the library: ``schema.py``)::
+
+    cc_schema_version  singleton bool PK, version int         one row: the schema version
+    cc_conversations   id text PK                             the conversation id
+                       epoch bigint                           +1 on truncate/rewrite/remove
+                       generation bigint                      +1 on every write
+                       next_seq bigint                        records hold seq 0..next_seq-1
+                       last_ts bigint                         ts of record next_seq-1 (µs)
+                       log_id bytea, header bytea             FORMAT.md header; NULL: no log
+                       dict_id int                            dictionary in use (0: none)
+                       body_bytes bigint                      sum of the records' lengths
+    cc_records         (conversation_id text, seq bigint) PK
+                       ts bigint                              µs since the epoch, by seq
+                       record bytea                           the record body, as FORMAT.md
+                       index cc_records_ts (conversation_id, ts)
+    cc_dictionaries    conversation_id text PK, dict_id int,
+                       at_seq bigint                          the record it precedes
+                       record bytea                           the sealed dictionary record
+
+``record`` holds exactly the body ``append`` is handed, byte for byte the body of the file
+format (FORMAT.md §5: a Fernet token; §6: a plain JSON line), without the file's length
+prefix; a database row frames it. A removed conversation keeps its row (``header`` NULL, the
+epoch bumped) so that no writer holding an older view can mistake it for its log.
+
+Every statement names one conversation (``conversation_id`` leads every key); only listings
+(``PostgresBackend.conversations``) and schema changes cross conversations.
+"""
+
+from __future__ import annotations
+
+from .backend import PostgresBackend, display_url, is_database_url
+from .log import PostgresLog
+from .schema import SCHEMA_VERSION, ensure_schema
+from .store import PostgresStore
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "PostgresBackend",
+    "PostgresLog",
+    "PostgresStore",
+    "display_url",
+    "ensure_schema",
+    "is_database_url",
+]

@@ -1,0 +1,238 @@
+"""A PostgreSQL database as a store of conversations: one connection pool per URL.
+
+``PostgresBackend.shared(url)`` gives every caller in a process the same backend (and so the
+same ``psycopg_pool.ConnectionPool``) for one URL; no call opens a connection of its own.
+The pool checks a connection before handing it out (``ConnectionPool.check_connection``),
+so after a server restart the stale connections are dropped and new ones made: the
+application keeps its pool and carries on. The schema is created or migrated once, when
+the backend opens.
+
+Errors of psycopg and of the pool become the library's (``database_errors``), and no
+message shows the password of a URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import psycopg
+import psycopg_pool
+from psycopg import conninfo
+from psycopg.rows import TupleRow
+
+from ...errors import ConflictError, DatabaseError, LockTimeoutError
+from .queries import remove_rows
+from .schema import ensure_schema
+
+__all__ = ["Connection", "PostgresBackend", "database_errors", "display_url", "is_database_url"]
+
+Connection = psycopg.Connection[TupleRow]
+
+_SCHEMES = ("postgresql://", "postgres://")
+CONNECT_TIMEOUT = 10.0  # seconds to wait for a connection (the pool's timeout too)
+
+
+def is_database_url(root: object) -> bool:
+    """True when ``root`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
+    return isinstance(root, str) and root.lower().startswith(_SCHEMES)
+
+
+def _secrets(url: str) -> list[str]:
+    """The password a URL or connection string carries, in every spelling it may appear."""
+    found: set[str] = set()
+    with contextlib.suppress(Exception):
+        password = conninfo.conninfo_to_dict(url).get("password")
+        if password:
+            found.add(str(password))
+    with contextlib.suppress(ValueError):
+        raw = urllib.parse.urlsplit(url)
+        if raw.password:
+            found |= {raw.password, urllib.parse.unquote(raw.password)}
+        for key, value in urllib.parse.parse_qsl(raw.query):
+            if key == "password" and value:
+                found.add(value)
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def display_url(url: str) -> str:
+    """Return ``url`` without its password: what messages and reprs show."""
+    if is_database_url(url):
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc.rpartition("@")
+        host = netloc[2]
+        user = netloc[0].partition(":")[0]
+        query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "password"]
+        return urllib.parse.urlunsplit(
+            (
+                parts.scheme,
+                f"{user}@{host}" if user else host,
+                parts.path,
+                urllib.parse.urlencode(query),
+                "",
+            )
+        )
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "<unparsable connection string>"
+    params.pop("password", None)
+    return conninfo.make_conninfo("", **params)
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+@contextlib.contextmanager
+def database_errors(where: str, secrets: list[str] = []) -> Iterator[None]:  # noqa: B006
+    """Turn psycopg's and the pool's errors into the library's, ``where`` naming the place.
+
+    A lock wait past ``lock_timeout`` is ``LockTimeoutError``; a duplicate record key (two
+    writers that claimed the same seq, which the row lock rules out) is ``ConflictError``;
+    everything else is ``DatabaseError``. The psycopg error is not chained: its text can
+    carry connection details, and the message kept here says what happened.
+    """
+    try:
+        yield
+    except psycopg.errors.LockNotAvailable:
+        raise LockTimeoutError(f"{where}: another writer held the lock past the timeout") from None
+    except psycopg.errors.UniqueViolation:
+        raise ConflictError(f"{where}: another writer stored a record at the same seq") from None
+    except psycopg.Error as exc:
+        text = _redact(str(exc).strip() or type(exc).__name__, secrets)
+        raise DatabaseError(f"{where}: {text}", sqlstate=exc.sqlstate) from None
+    except psycopg_pool.PoolTimeout:
+        raise DatabaseError(
+            f"{where}: no database connection within {CONNECT_TIMEOUT:g} s (is the server up?)"
+        ) from None
+    except psycopg_pool.PoolClosed:
+        raise DatabaseError(f"{where}: the connection pool is closed") from None
+
+
+class PostgresBackend:
+    """The conversations in one PostgreSQL database, through one connection pool.
+
+    ``url``: a ``postgresql://`` URL or a libpq connection string. The schema is created
+    (or migrated) on opening. ``min_size``/``max_size``: the pool's bounds (connections);
+    ``timeout``: seconds to wait for a connection. Prefer ``shared(url)``, which keeps one
+    backend per URL for the whole process.
+
+    :raises DatabaseError: the database cannot be reached or refused the schema.
+    :raises UnsupportedVersionError: the database holds a newer schema than this library.
+    """
+
+    _shared: ClassVar[dict[str, PostgresBackend]] = {}
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        timeout: float = CONNECT_TIMEOUT,
+        prepare_threshold: int | None = 5,
+    ) -> None:
+        if not isinstance(url, str) or not url:
+            raise TypeError("url must be a non-empty str (postgresql://user@host/database)")
+        self.name = display_url(url)
+        self.secrets = _secrets(url)
+        # Autocommit: the storage sends BEGIN/COMMIT itself, and chooses each transaction's
+        # isolation. prepare_threshold=None turns prepared statements off (PgBouncer
+        # before 1.21 in transaction mode).
+        kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": prepare_threshold}
+        with database_errors(f"cannot open {self.name}", self.secrets):
+            # One connection of its own, once, so that a bad URL or password fails here with
+            # the server's reason (a pool only reports a timeout).
+            with psycopg.connect(url, connect_timeout=max(1, round(timeout)), **kwargs) as conn:
+                ensure_schema(conn)
+            self.pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                kwargs=kwargs,
+                timeout=timeout,
+                check=self._check,
+                name=self.name,
+                open=True,
+            )
+
+    def _check(self, conn: Connection) -> None:
+        """Check a connection before lending it (a round trip); on the first dead one,
+        check every idle one at once. A dead connection means the server restarted or the
+        network broke, so the others are dead too: met one by one, the pool would wait 1,
+        2, 4… s between them (its back-off) and time out with a few stale ones."""
+        try:
+            psycopg_pool.ConnectionPool.check_connection(conn)
+        except Exception:
+            self.pool.check()
+            raise
+
+    @classmethod
+    def shared(cls, url: str) -> PostgresBackend:
+        """Return this process's backend for ``url``, opening it on first use."""
+        with cls._shared_lock:
+            backend = cls._shared.get(url)
+            if backend is None or backend.pool.closed:
+                backend = cls._shared[url] = cls(url)
+            return backend
+
+    def errors(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """``database_errors`` for an operation ``what`` on this database."""
+        return database_errors(f"{self.name}: {what}", self.secrets)
+
+    @contextlib.contextmanager
+    def connection(self, what: str) -> Iterator[Connection]:
+        """Lend a pooled connection for ``what`` (named in errors); it goes back at the end."""
+        with self.errors(what), self.pool.connection() as conn:
+            yield conn
+
+    def conversations(self) -> list[str]:
+        """Return the ids of the conversations that hold a log, sorted.
+
+        One of the few queries that cross conversations (listings and retention).
+        """
+        with self.connection("list conversations") as conn:
+            rows = conn.execute(
+                "SELECT id FROM cc_conversations WHERE header IS NOT NULL ORDER BY id"
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def delete(self, conversation_id: str) -> bool:
+        """Delete a conversation's log in one transaction; return False when it had none.
+
+        The row stays with its epoch bumped, so a writer that still holds an old view
+        reloads rather than writes after the deletion (``PostgresLog.remove``).
+        """
+        with self.connection(f"delete {conversation_id!r}") as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT header IS NOT NULL FROM cc_conversations WHERE id = %s FOR UPDATE",
+                (conversation_id,),
+            ).fetchone()
+            if row is None or not row[0]:
+                return False
+            remove_rows(conn, conversation_id)
+        return True
+
+    def close(self) -> None:
+        """Close the pool (and forget it as the shared backend of its URL)."""
+        with self._shared_lock:
+            for url, backend in list(self._shared.items()):
+                if backend is self:
+                    del self._shared[url]
+        self.pool.close()
+
+    def __enter__(self) -> PostgresBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # never the password
+        return f"<PostgresBackend {self.name!r}>"

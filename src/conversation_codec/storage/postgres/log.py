@@ -1,0 +1,478 @@
+"""``PostgresLog``: one conversation's log in a PostgreSQL database (the storage seam).
+
+Transactions are database transactions on one pooled connection, held from the outermost
+``transaction()`` to its end:
+
+- a *write* transaction (READ COMMITTED) first locks the conversation's row
+  (``SELECT … FOR UPDATE``; for a conversation without a row, a transaction-level advisory
+  lock on its id until ``create`` inserts one). Every writer on every host takes that lock,
+  so a writer reads ``next_seq`` and assigns the next seqs with no other writer in between:
+  seqs are gap-free and never assigned twice, and the records written commit together at
+  the end of the outermost transaction. Acknowledged means committed: an ``append`` inside
+  a longer transaction is durable when that transaction ends. A transaction left by an
+  exception rolls back everything written in it.
+- a *read* transaction is REPEATABLE READ READ ONLY: one snapshot, so the counters and every
+  record read in it agree, without blocking or waiting for writers.
+
+Rejected alternatives for the seq: a SERIAL or identity column (its values are not rolled
+back, and they commit out of order, so readers would see gaps that later fill), and
+``max(seq) + 1`` with retries (a retry loop under contention, and a unique-key error as the
+normal path). The codec seals each record's seq into its body, so the seq must be known
+before the body is made: the row lock, taken at the start of the write transaction, is what
+lets it read ``next_seq`` and then write.
+
+The cached view (``fmt``, ``index.tss``) is refreshed at the start of each transaction from
+the row's ``(epoch, next_seq)``: the same epoch means appends only, so just the timestamps
+past the cached count are read; another epoch (a truncation, rewrite or removal) means a
+full reload and ``on_change()``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+
+from ...errors import CorruptRecordError
+from ...records import RecordRejected, SealedRecords
+from ..base import IndexMismatch, LogFormat, LogStorage
+from .backend import Connection, PostgresBackend
+from .queries import (
+    NO_ROW,
+    Row,
+    append_records,
+    begin,
+    load_dictionary,
+    load_tss,
+    read_range,
+    read_row,
+    remove_rows,
+    replace_log,
+    truncate_records,
+)
+
+__all__ = ["PostgresLog"]
+
+READ_ROWS = 256  # records fetched per query when reading a range
+_MAX_ID_CHARS = 1024  # a conversation id longer than this is a mistake, not an id
+
+
+class PostgresIndex:
+    """Record ``seq`` lies at ``[seq, seq + 1)``: positions are sequence numbers (as for
+    ``MemoryLog``); ``tss`` is the cached column ``cc_records.ts`` of the conversation."""
+
+    __slots__ = ("tss",)
+
+    path = ""  # no index file: the records table's primary key is the index
+
+    def __init__(self) -> None:
+        self.tss: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.tss)
+
+    def span(self, seq: int) -> tuple[int, int]:
+        if not 0 <= seq < len(self.tss):
+            raise IndexError(f"no record {seq}: the log holds {len(self.tss)}")
+        return seq, seq + 1
+
+    def first_at_or_after(self, ts_us: int) -> int:
+        return bisect.bisect_left(self.tss, ts_us)
+
+
+class PostgresLog:
+    """One conversation's log in the database of ``backend``, by ``conversation_id``.
+
+    ``attach`` reads a header into a ``LogFormat`` (as for ``FileLog``); ``lock_timeout``:
+    seconds a writer waits for the conversation's lock before ``LockTimeoutError`` (None:
+    as long as it takes).
+
+    :raises ValueError: ``conversation_id`` is empty, too long, holds a NUL character or a
+        lone surrogate (the database stores text as UTF-8).
+    """
+
+    def __init__(
+        self,
+        backend: PostgresBackend,
+        conversation_id: str,
+        *,
+        attach: Callable[[bytes], LogFormat],
+        lock_timeout: float | None = None,
+    ) -> None:
+        if not isinstance(conversation_id, str):
+            raise TypeError("conversation_id must be a str")
+        if not conversation_id or len(conversation_id) > _MAX_ID_CHARS or "\0" in conversation_id:
+            raise ValueError(f"conversation_id must be 1 to {_MAX_ID_CHARS} characters without NUL")
+        try:
+            conversation_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("conversation_id is not valid Unicode (a lone surrogate)") from None
+        if lock_timeout is not None and lock_timeout < 0:
+            raise ValueError("lock_timeout must be >= 0 seconds or None")
+        self.backend = backend
+        self.conversation_id = conversation_id
+        self.fmt: LogFormat | None = None
+        self.index = PostgresIndex()
+        self.on_change: Callable[[], None] = lambda: None
+        self._attach = attach
+        self._lock_timeout = lock_timeout
+        self._header: bytes | None = None
+        self._row: Row | None = None  # the row as of the current transaction; None: reload
+        self._dict_id = 0  # the dictionary fmt.records holds (0: none)
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._writable = False
+        self._conn: Connection | None = None
+        self._wrote = False  # this transaction changed the database
+        self._after_commit: list[Callable[[], None]] = []
+        self._where = f"conversation {conversation_id!r}"
+
+    def __repr__(self) -> str:
+        return f"<PostgresLog {self.backend.name!r} {self.conversation_id!r}>"
+
+    @property
+    def seen(self) -> tuple[int, int, int] | None:
+        """``(epoch, generation, next_seq)`` of the row as of the current transaction (after
+        this handle's own writes); None before the first. Equal values mean no writer
+        changed the log in between."""
+        row = self._row
+        return None if row is None else (row.epoch, row.generation, row.next_seq)
+
+    def probe(self) -> None:
+        """Identify an existing log from its header (fail fast on a wrong key)."""
+        with self._mutex, self.backend.connection(f"read {self._where}") as conn:
+            row = read_row(conn, self.conversation_id, lock=False)
+        if row is not None and row.header is not None:
+            self._attach(row.header)
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def transaction(self, *, write: bool, tolerant: bool = False) -> _Transaction:
+        """Return a context holding a database transaction (and, for ``write``, the
+        conversation's row lock) with the cached view brought up to date.
+
+        Re-entrant within one thread; a nested transaction must not upgrade to write.
+        ``tolerant`` changes nothing here: a database holds no torn records.
+        """
+        return _Transaction(self, write)
+
+    def _begin(self, write: bool) -> None:
+        self._mutex.acquire()
+        try:
+            if self._depth:
+                if write and not self._writable:
+                    raise RuntimeError("cannot upgrade a read transaction to a write")
+                self._depth += 1
+                return
+            self._open(write)
+        except BaseException:
+            self._mutex.release()
+            raise
+
+    def _open(self, write: bool) -> None:
+        """Take a connection, start the transaction, lock and read the row, refresh."""
+        what = ("write " if write else "read ") + self._where
+        with self.backend.errors(what):
+            conn = self.backend.pool.getconn()
+        try:
+            with self.backend.errors(what):
+                row = begin(
+                    conn, self.conversation_id, write=write, lock_timeout=self._lock_timeout
+                )
+                self._conn, self._depth, self._writable = conn, 1, write
+                self._refresh(conn, row)
+        except BaseException:
+            self._conn, self._depth, self._writable = None, 0, False
+            self._give_back(conn, rollback=True)
+            raise
+
+    def _end(self, exc: BaseException | None) -> None:
+        try:
+            self._depth -= 1
+            if self._depth:
+                return
+            conn = self._conn
+            self._conn, self._writable = None, False
+            wrote, self._wrote = self._wrote, False
+            after, self._after_commit = self._after_commit, []
+            assert conn is not None
+            if exc is None:
+                try:
+                    with self.backend.errors(f"commit {self._where}"):
+                        conn.execute("COMMIT")
+                except BaseException:
+                    self._row = None  # whether it committed is unknown: reload next time
+                    self._give_back(conn, rollback=True)
+                    raise
+            elif wrote:
+                self._row = None  # rolled back: the cached view is ahead of the database
+            self._give_back(conn, rollback=exc is not None)
+            if exc is None:
+                for call in after:
+                    call()
+        finally:
+            self._mutex.release()
+
+    def _give_back(self, conn: Connection, *, rollback: bool) -> None:
+        """Roll back whatever is open and return the connection to the pool (which drops
+        a broken one and makes a new one)."""
+        if rollback and not conn.closed:
+            with contextlib.suppress(Exception):  # a broken connection: the pool drops it
+                conn.execute("ROLLBACK")
+        with contextlib.suppress(Exception):  # the pool was closed meanwhile
+            self.backend.pool.putconn(conn)
+
+    # -- the cached view ---------------------------------------------------------------------
+
+    def _refresh(self, conn: Connection, row: Row | None) -> None:
+        """Bring ``fmt`` and ``index`` up to date with ``row`` (appends: incrementally)."""
+        old, self._row = self._row, None  # None until the refresh succeeds
+        if row is None or row.header is None:
+            if self.fmt is not None or self._header is not None:
+                self._forget_log()
+                self.on_change()
+            self._row = row or NO_ROW
+            return
+        if (
+            old is not None
+            and old.epoch == row.epoch
+            and self._header == row.header
+            and row.next_seq >= len(self.index)
+        ):
+            self._load_tss(conn, len(self.index), row.next_seq)
+            if row.dict_id != self._dict_id:
+                self._load_dictionary(conn, row.dict_id)
+            self._row = row
+            return
+        self._reload(conn, row)
+        self._row = row
+        self.on_change()
+
+    def _reload(self, conn: Connection, row: Row) -> None:
+        """Read the whole view again: the header (attached when it changed), every
+        timestamp and the dictionary."""
+        assert row.header is not None
+        if row.header != self._header or self.fmt is None:
+            self._forget_log()
+            self.fmt = self._attach(row.header)
+            self._header = row.header
+        else:
+            self._drop_dictionary()
+        self.index.tss = []
+        self._load_tss(conn, 0, row.next_seq)
+        self._load_dictionary(conn, row.dict_id)
+
+    def _forget_log(self) -> None:
+        self._drop_dictionary()
+        self.fmt, self._header = None, None
+        self.index.tss = []
+
+    def _load_tss(self, conn: Connection, start: int, stop: int) -> None:
+        if start >= stop:
+            return
+        rows = load_tss(conn, self.conversation_id, start)
+        if len(rows) != stop - start or (rows and (rows[0][0], rows[-1][0]) != (start, stop - 1)):
+            raise CorruptRecordError(
+                f"{self._where} holds {len(rows)} records from seq {start} where its row "
+                f"counts {stop - start}: the tables were changed outside conversation-codec",
+                path=self.backend.name,
+                offset=start,
+            )
+        self.index.tss.extend(ts for _, ts in rows)
+
+    def _load_dictionary(self, conn: Connection, dict_id: int) -> None:
+        self._drop_dictionary()
+        if not dict_id:
+            return
+        body = load_dictionary(conn, self.conversation_id, dict_id)
+        if body is None:
+            raise CorruptRecordError(
+                f"{self._where} names dictionary {dict_id}, which is missing",
+                path=self.backend.name,
+                offset=0,
+            )
+        assert self.fmt is not None
+        _use_dictionary(self.fmt, body, False)
+        self._dict_id = dict_id
+
+    def _drop_dictionary(self) -> None:
+        if self._dict_id and self.fmt is not None and isinstance(self.fmt.records, SealedRecords):
+            self.fmt.records.drop_dictionary()
+        self._dict_id = 0
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def _writing(self) -> Connection:
+        if not (self._depth and self._writable) or self._conn is None:
+            raise RuntimeError("write outside a write transaction")
+        self._wrote = True
+        return self._conn
+
+    def _check_write(self) -> tuple[Connection, LogFormat, Row]:
+        conn = self._writing()
+        if self.fmt is None or self._row is None:
+            raise RuntimeError("no log yet: create() it first")
+        return conn, self.fmt, self._row
+
+    def create(self, header: bytes, fmt: LogFormat) -> None:
+        self.rewrite(header, fmt, ())
+
+    def append(
+        self, bodies: list[bytes], tss: list[int], dictionary: tuple[int, bytes] | None = None
+    ) -> None:
+        """Insert records at ``next_seq`` onwards (and the dictionary record before
+        ``bodies[at]`` for ``dictionary=(at, body)``) with one statement."""
+        conn, fmt, row = self._check_write()
+        if len(bodies) != len(tss):
+            raise ValueError("one timestamp per body")
+        last = self.index.tss[-1] if self.index.tss else 0
+        if any(b < a for a, b in zip([last, *tss], tss, strict=False)):
+            raise ValueError("timestamps in a log never go backwards")
+        dict_row = None
+        if dictionary is not None:
+            _use_dictionary(fmt, dictionary[1], self._dict_id != 0)
+            self._dict_id = 1
+            dict_row = (1, len(self.index) + dictionary[0], dictionary[1])
+        try:
+            with self.backend.errors(f"append to {self._where}"):
+                self._row = append_records(conn, row, self.conversation_id, bodies, tss, dict_row)
+        except BaseException:
+            if dictionary is not None:
+                self._drop_dictionary()
+            raise
+        self.index.tss.extend(tss)
+
+    def truncate(self, count: int) -> None:
+        """Delete the records from ``count`` on (and the dictionary if it stood there)."""
+        conn, _, row = self._check_write()
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        count = min(count, len(self.index))
+        last = self.index.tss[count - 1] if count else 0
+        with self.backend.errors(f"truncate {self._where}"):
+            self._row = truncate_records(conn, row, self.conversation_id, count, last)
+        del self.index.tss[count:]
+        if not self._row.dict_id:
+            self._drop_dictionary()  # the dictionary goes too
+
+    def rewrite(
+        self,
+        header: bytes,
+        fmt: LogFormat,
+        records: Iterable[tuple[bytes, int]],
+        dictionary: bytes | None = None,
+    ) -> None:
+        """Replace the whole log in this transaction: a reader sees the old one until the
+        commit, then the new one. ``records`` may read this log while it is consumed
+        (``queries.replace_log``)."""
+        conn = self._writing()
+        if dictionary is not None:
+            _use_dictionary(fmt, dictionary, False)
+        with self.backend.errors(f"rewrite {self._where}"):
+            row, tss = replace_log(
+                conn, self.conversation_id, header, fmt.log_id, iter(records), dictionary
+            )
+        self._forget_log()
+        self.fmt, self._header, self.index.tss = fmt, header, tss
+        self._dict_id, self._row = row.dict_id, row
+
+    def remove(self, also: Callable[[], None] = lambda: None) -> None:
+        """Delete the log in this transaction; ``also`` runs once that has committed. The
+        row stays as a tombstone with its epoch bumped (``PostgresBackend.delete``)."""
+        conn = self._writing()
+        with self.backend.errors(f"remove {self._where}"):
+            self._row = remove_rows(conn, self.conversation_id)
+        self._forget_log()
+        self._after_commit.append(also)
+
+    def remove_stale_temps(self) -> None:
+        """Nothing is ever left over: a rewrite's staging table dies with its transaction."""
+
+    def rebuild_index(self) -> None:
+        """Read every timestamp and the dictionary again (they disagreed with a record)."""
+        conn = self._conn
+        if conn is None or self._row is None or self._row.header is None:
+            raise RuntimeError("rebuild_index() outside a transaction on a log")
+        with self.backend.errors(f"read {self._where}"):
+            self._reload(conn, self._row)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _reading(self) -> Connection:
+        if self._conn is None:
+            raise RuntimeError("read outside a transaction")
+        return self._conn
+
+    def read_body(self, seq: int) -> bytes:
+        """Return the stored body of record ``seq``."""
+        self.index.span(seq)
+        for _, body in self.read_bodies(seq, seq + 1):
+            return body
+        raise IndexMismatch(seq)  # pragma: no cover  # read_bodies raises first
+
+    def read_bodies(self, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(seq, body)`` for ``start <= seq < stop``, ``READ_ROWS`` per query (an
+        index range scan; no cursor stays open between chunks, so the caller may run
+        other statements on this transaction in between, as a rewrite does)."""
+        if start < stop:
+            self.index.span(start)  # IndexError past the end, as every storage
+            self.index.span(stop - 1)
+        seq = start
+        while seq < stop:
+            upto = min(stop, seq + READ_ROWS)
+            with self.backend.errors(f"read {self._where}"):
+                rows = read_range(self._reading(), self.conversation_id, seq, upto)
+            for got, body in rows:
+                if got != seq:
+                    raise IndexMismatch(seq)  # the reader rebuilds the view and retries
+                yield seq, body
+                seq += 1
+            if seq < upto:
+                raise IndexMismatch(seq)
+
+    def size(self) -> int:
+        """Bytes held: the header and every record body."""
+        row = self._row
+        return 0 if row is None or row.header is None else len(row.header) + row.body_bytes
+
+    def close(self) -> None:
+        """Forget the cached view (connections go back to the pool after each transaction;
+        the pool belongs to the backend)."""
+        with self._mutex:
+            if not self._depth:
+                self._forget_log()
+                self._row = None
+
+
+class _Transaction:
+    """One transaction of a ``PostgresLog``; see ``PostgresLog.transaction``."""
+
+    __slots__ = ("_log", "_write")
+
+    def __init__(self, log: PostgresLog, write: bool) -> None:
+        self._log, self._write = log, write
+
+    def __enter__(self) -> None:
+        self._log._begin(self._write)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._log._end(exc)
+
+
+def _use_dictionary(fmt: LogFormat, body: bytes, have_one: bool) -> None:
+    records = fmt.records
+    if not isinstance(records, SealedRecords):
+        raise RecordRejected("a plain log holds no dictionary records")
+    if have_one:
+        raise RecordRejected("the log holds a dictionary record already")
+    records.use_dictionary(1, records.decode_dictionary(body, 1))
+
+
+_CONFORMS: type[LogStorage] = PostgresLog  # mypy checks PostgresLog against the protocol

@@ -1,0 +1,72 @@
+"""PostgresStore: the ``StoreBackend`` of a ``ConversationStore`` whose root is a URL.
+
+``ConversationStore("postgresql://app@db/agents")`` keeps every conversation in that
+database (``storage.backend_for`` picks this class): ``locate`` opens a ``PostgresLog``
+on the process's shared ``PostgresBackend`` (one pool per URL). Listings are the only
+queries that cross conversations.
+"""
+
+from __future__ import annotations
+
+from ..base import StorageOpener
+from .backend import PostgresBackend
+from .log import PostgresLog
+
+__all__ = ["PostgresStore"]
+
+
+class PostgresStore:
+    """The conversations of one PostgreSQL database (``url``), through its shared pool."""
+
+    def __init__(self, url: str) -> None:
+        self.backend = PostgresBackend.shared(url)
+
+    @property
+    def name(self) -> str:
+        return self.backend.name  # the URL without its password
+
+    def locate(
+        self, conversation_id: str, *, lock_timeout: float | None = None
+    ) -> tuple[str, StorageOpener]:
+        backend = self.backend
+
+        def opener(attach: object) -> PostgresLog:
+            return PostgresLog(
+                backend,
+                conversation_id,
+                attach=attach,  # type: ignore[arg-type]
+                lock_timeout=lock_timeout,
+            )
+
+        return f"{backend.name} conversation {conversation_id!r}", opener
+
+    def exists(self, conversation_id: str) -> bool:
+        with self.backend.connection(f"look up {conversation_id!r}") as conn:
+            row = conn.execute(
+                "SELECT header IS NOT NULL FROM cc_conversations WHERE id = %s",
+                (conversation_id,),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def has_files(self, conversation_id: str) -> bool:
+        return self.exists(conversation_id)
+
+    def ids(self) -> list[str]:
+        return self.backend.conversations()
+
+    def footprint(self, conversation_id: str) -> tuple[int, bytes]:
+        with self.backend.connection(f"size of {conversation_id!r}") as conn:
+            row = conn.execute(
+                "SELECT coalesce(length(header), 0) + body_bytes, substring(header for 64) "
+                "FROM cc_conversations WHERE id = %s",
+                (conversation_id,),
+            ).fetchone()
+        if row is None:
+            return 0, b""
+        return int(row[0]), bytes(row[1] or b"")
+
+    def sweep(self, conversation_id: str) -> None:
+        """Nothing is left over: a clear is one transaction."""
+
+    def close(self) -> None:
+        """The pool is the process's (``PostgresBackend.shared``): it stays open."""
