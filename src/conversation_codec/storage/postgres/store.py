@@ -8,7 +8,9 @@ queries that cross conversations.
 
 from __future__ import annotations
 
-from ..base import StorageOpener
+from collections.abc import Callable
+
+from ..base import LogFormat, StorageOpener
 from .backend import PostgresBackend
 from .log import PostgresLog
 
@@ -30,13 +32,8 @@ class PostgresStore:
     ) -> tuple[str, StorageOpener]:
         backend = self.backend
 
-        def opener(attach: object) -> PostgresLog:
-            return PostgresLog(
-                backend,
-                conversation_id,
-                attach=attach,  # type: ignore[arg-type]
-                lock_timeout=lock_timeout,
-            )
+        def opener(attach: Callable[[bytes], LogFormat]) -> PostgresLog:
+            return PostgresLog(backend, conversation_id, attach=attach, lock_timeout=lock_timeout)
 
         return f"{backend.name} conversation {conversation_id!r}", opener
 
