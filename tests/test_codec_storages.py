@@ -1,18 +1,20 @@
 """The codec's public API on every storage it can run on (issue 13: the storage seam).
 
 ``ConversationCodec`` talks to a ``LogStorage``, never to files: the same calls give the
-same answers on a log file, on ``":memory:"``, and on a storage handed in as ``storage=``.
+same answers on a log file, on ``":memory:"``, on a storage handed in as ``storage=``, and
+on PostgreSQL (through ``ConversationStore``'s URL root, as users open it).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from conversation_codec import ConversationCodec, generate_key
+from conversation_codec import ConversationCodec, ConversationStore, generate_key
 from conversation_codec.errors import ConflictError, KeyRequiredError, StorageError
 from conversation_codec.storage.memory import MemoryLog
 
@@ -21,16 +23,29 @@ T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 Open = Callable[..., ConversationCodec]
 
 
-@pytest.fixture(params=["file", "memory", "storage="])
+POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
+
+
+def _conversation(request: pytest.FixtureRequest) -> str:
+    """A conversation id of this test alone (tests share one database per worker)."""
+    return hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:24]
+
+
+@pytest.fixture(params=["file", "memory", "storage=", POSTGRES])
 def open_codec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]:
     """Open a codec on one kind of storage (a new, empty log for memory)."""
     opened: list[ConversationCodec] = []
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")  # a fresh cluster per test session
 
     def make(**options: object) -> ConversationCodec:
         if request.param == "file":
             codec = ConversationCodec(tmp_path / "c.log", **options)  # type: ignore[arg-type]
         elif request.param == "memory":
             codec = ConversationCodec(":memory:", **options)  # type: ignore[arg-type]
+        elif request.param == "postgres":
+            store = ConversationStore(url, **options)  # type: ignore[arg-type]
+            codec = store.open(_conversation(request))
         else:
             codec = ConversationCodec(
                 "given", storage=lambda attach: MemoryLog(attach=attach), **options
@@ -43,13 +58,14 @@ def open_codec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]
         codec.close()
 
 
-@pytest.fixture(params=["file"])
+@pytest.fixture(params=["file", POSTGRES])
 def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]:
     """Open the same log again and again, as another process or host would."""
     opened: list[ConversationCodec] = []
+    root = str(tmp_path) if request.param == "file" else request.getfixturevalue("postgres_url")
 
     def make(**options: object) -> ConversationCodec:
-        codec = ConversationCodec(tmp_path / "c.log", **options)  # type: ignore[arg-type]
+        codec = ConversationStore(root, **options).open(_conversation(request))  # type: ignore[arg-type]
         opened.append(codec)
         return codec
 
