@@ -1,0 +1,182 @@
+"""A ``ConversationStore`` whose root is a ``postgresql://`` URL (issue 14), used as users do.
+
+The storage itself is tested in ``test_postgres.py`` and the shared conformance suites;
+here: the store's API over a database, the copy round trip file -> PostgreSQL -> file, the
+command line with a URL root, and real processes writing one conversation through codecs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conversation_codec import ConversationStore, generate_key
+from conversation_codec.errors import DecryptionError, KeyRequiredError, StorageError
+from conversation_codec.maintenance.copy import copy_conversations
+from conversation_codec.storage.postgres import PostgresStore
+
+pytestmark = pytest.mark.postgres
+
+KEY = generate_key()
+T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
+
+
+def _prefix(request: pytest.FixtureRequest) -> str:
+    return hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10] + "-"
+
+
+def _dump(store: ConversationStore, ids: list[str]) -> dict[str, list[tuple[object, datetime]]]:
+    out = {}
+    for cid in ids:
+        with store.open(cid) as codec:
+            out[cid] = [(h.message, h.timestamp) for h in codec.search(None)]
+    return out
+
+
+def test_a_url_root_keeps_conversations_in_the_database(
+    postgres_url: str, request: pytest.FixtureRequest
+) -> None:
+    p = _prefix(request)
+    store = ConversationStore(postgres_url, encryption_key=KEY)
+    assert isinstance(store.backend, PostgresStore) and store.root == store.backend.name
+    with pytest.raises(StorageError, match="database"):
+        store.path(p + "a")
+    with store.open(p + "a") as codec:
+        codec.append({"role": "user", "content": "where is my refund?"}, timestamp=T0)
+        codec.append({"role": "assistant", "content": "on its way"}, timestamp=T0)
+    with store.open(p + "b") as codec:
+        codec.append({"role": "user", "content": "old news"}, timestamp=T0 - timedelta(days=90))
+    assert p + "a" in store and p + "zzz" not in store
+    mine = [i for i in store.infos() if i.conversation_id.startswith(p)]
+    assert [(i.conversation_id, i.message_count, i.encrypted) for i in mine] == [
+        (p + "a", 2, True),
+        (p + "b", 1, True),
+    ]
+    hits = [(cid, h.seq) for cid, h in store.search("refund") if cid.startswith(p)]
+    assert hits == [(p + "a", 0)]
+    pruned = store.prune(T0 - timedelta(days=30), on_error=lambda *_: None)
+    assert p + "b" in pruned and p + "a" not in pruned
+    assert store.delete(p + "a") and p + "a" not in store
+    with store.open(p + "a") as codec:  # a deleted conversation starts afresh
+        assert codec.load() is None
+
+
+def test_keys_and_bindings_hold_in_the_database(
+    postgres_url: str, request: pytest.FixtureRequest
+) -> None:
+    p = _prefix(request)
+    with ConversationStore(postgres_url, encryption_key=KEY).open(p + "a") as codec:
+        codec.append({"role": "user", "content": "secret"})
+    with pytest.raises(DecryptionError):
+        ConversationStore(postgres_url, encryption_key=generate_key()).open(p + "a")
+    with pytest.raises(KeyRequiredError):
+        ConversationStore(postgres_url).open(p + "a")
+    status = {
+        i.conversation_id: i.status for i in ConversationStore(postgres_url).infos()
+    }  # listed with its status, not hidden, without the key
+    assert status[p + "a"] == "KeyRequiredError"
+
+
+def test_copy_file_store_to_postgres_and_back_is_identical(
+    postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    p = _prefix(request)
+    ids = [p + "alice", p + "bob/1", p + "Carol"]
+    files = ConversationStore(tmp_path / "a", encryption_key=KEY)
+    for k, cid in enumerate(ids):
+        with files.open(cid) as codec:
+            codec.extend(
+                [{"role": "user", "content": f"{cid} {i}", "n": i} for i in range(20 + k)],
+                timestamps=[T0 + timedelta(seconds=i // 3) for i in range(20 + k)],
+            )
+    database = ConversationStore(postgres_url, encryption_key=KEY)
+    there = copy_conversations(files, database, ids)
+    assert sorted(there.copied) == sorted(ids) and not there.failed
+    back = ConversationStore(tmp_path / "b", encryption_key=KEY)
+    assert sorted(copy_conversations(database, back, ids).copied) == sorted(ids)
+    assert _dump(back, ids) == _dump(database, ids) == _dump(files, ids)
+    assert copy_conversations(files, database, ids).unchanged == sorted(ids)  # resumable
+
+
+def _cli(*args: str, key: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conversation_codec", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "CONVERSATION_KEY": key},
+        check=False,
+    )
+
+
+def test_the_command_line_takes_a_url_root(
+    postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    p = _prefix(request)
+    files = ConversationStore(tmp_path / "a", encryption_key=KEY)
+    with files.open(p + "x") as codec:
+        codec.append({"role": "user", "content": "the parcel is delayed"})
+    copied = _cli("copy", str(tmp_path / "a"), postgres_url, key=KEY)
+    assert copied.returncode == 0, copied.stderr
+    listed = _cli("ls", postgres_url, "--json", key=KEY)
+    assert listed.returncode == 0, listed.stderr
+    assert f'"conversation_id": "{p}x"' in listed.stdout.replace('":"', '": "')
+    found = _cli("search", postgres_url, "parcel", "--json", key=KEY)
+    assert found.returncode == 0 and p + "x" in found.stdout
+    password = postgres_url.replace("postgresql://", "postgresql://u:hunter22@").replace(
+        "/cc", "/nowhere_cc"
+    )  # no such database
+    failed = _cli("ls", password, key=KEY)
+    assert failed.returncode == 1 and "hunter22" not in failed.stderr + failed.stdout
+
+
+def _writer(url: str, key: str, cid: str, name: str, count: int) -> None:
+    store = ConversationStore(url, encryption_key=key, lock_timeout=60)
+    with store.open(cid) as codec:
+        for i in range(count):
+            codec.append({"role": "user", "content": f"{name} {i}"})
+            if i % 10 == 9:  # a pop of its own append, under the lock
+                with codec.transaction():
+                    if codec.get(-1)["content"] == f"{name} {i}":
+                        codec.pop()
+                        codec.append({"role": "user", "content": f"{name} {i}"})
+
+
+def _concurrent(url: str, cid: str, writers: int, count: int) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_writer, args=(url, KEY, cid, f"w{w}", count)) for w in range(writers)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(300)
+        assert proc.exitcode == 0
+    with ConversationStore(url, encryption_key=KEY).open(cid) as codec:
+        hits = list(codec.search(None))
+    assert [h.seq for h in hits] == list(range(writers * count))  # contiguous
+    contents = [h.message["content"] for h in hits]
+    assert sorted(contents) == sorted(f"w{w} {i}" for w in range(writers) for i in range(count))
+    for w in range(writers):  # each writer's order kept
+        own = [int(c.split()[1]) for c in contents if c.startswith(f"w{w} ")]
+        assert own == list(range(count))
+    stamps = [h.timestamp for h in hits]
+    assert stamps == sorted(stamps)  # time never goes back along seq
+
+
+def test_processes_write_one_conversation_through_codecs(
+    postgres_url: str, request: pytest.FixtureRequest
+) -> None:
+    _concurrent(postgres_url, _prefix(request) + "busy", writers=4, count=30)
+
+
+@pytest.mark.slow
+def test_eight_processes_times_250_appends_through_codecs(
+    postgres_url: str, request: pytest.FixtureRequest
+) -> None:
+    _concurrent(postgres_url, _prefix(request) + "busy", writers=8, count=250)
