@@ -180,3 +180,31 @@ def test_eight_processes_times_250_appends_through_codecs(
     postgres_url: str, request: pytest.FixtureRequest
 ) -> None:
     _concurrent(postgres_url, _prefix(request) + "busy", writers=8, count=250)
+
+
+def test_async_store_and_sessions_on_a_url(
+    postgres_url: str, request: pytest.FixtureRequest
+) -> None:
+    import asyncio
+
+    from conversation_codec.aio import AsyncConversationStore
+    from conversation_codec.integrations.langchain import CodecChatMessageHistory
+    from conversation_codec.integrations.openai_agents import CodecSession
+
+    p = _prefix(request)
+
+    async def run() -> list[object]:
+        store = AsyncConversationStore(postgres_url, encryption_key=KEY)
+        async with await store.open(p + "a") as codec:
+            await codec.append({"role": "user", "content": "hello"})
+            await codec.append({"role": "assistant", "content": "hi"})
+            return await codec.tail(2)
+
+    assert [m["content"] for m in asyncio.run(run())] == ["hello", "hi"]  # type: ignore[index]
+    store = ConversationStore(postgres_url, encryption_key=KEY)
+    session = CodecSession(p + "agents", store)
+    asyncio.run(session.add_items([{"role": "user", "content": "from an agent"}]))
+    assert asyncio.run(session.get_items()) == [{"role": "user", "content": "from an agent"}]
+    history = CodecChatMessageHistory(p + "lc", postgres_url, encryption_key=KEY)  # a URL
+    history.add_user_message("from LangChain")
+    assert [m.content for m in history.messages] == ["from LangChain"]

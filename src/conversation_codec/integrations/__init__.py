@@ -48,7 +48,7 @@ from ..aio import AsyncConversationStore, _run
 from ..codec import ConversationCodec, Message
 from ..crypto import KeyInput, generate_key
 from ..errors import ClosedError, InvalidKeyError, KeyTypeError
-from ..store import ConversationStore, KeyFn
+from ..store import ConversationStore, KeyFn, encode_id
 
 __all__ = ["SessionClosedError"]
 
@@ -193,7 +193,7 @@ class _LazyCodec:
             password=password,
             **codec_options,  # redact_fn, lock_timeout, attachments, io: as ConversationCodec
         )
-        store.path(conversation_id)  # refuse a bad id now
+        encode_id(conversation_id)  # refuse a bad id now, on any backend
         self.retention = _Retention(max_messages, max_age, clock)
         self.store = store
         self.owner = owner
