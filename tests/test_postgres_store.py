@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from _postgres import Cluster
 from conversation_codec import ConversationStore, generate_key
 from conversation_codec.errors import DecryptionError, KeyRequiredError, StorageError
 from conversation_codec.maintenance.copy import copy_conversations
@@ -115,8 +116,9 @@ def _cli(*args: str, key: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_command_line_takes_a_url_root(
-    postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest
+    postgres_cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    postgres_url = postgres_cluster.create_database()  # its own: ls lists every conversation
     p = _prefix(request)
     files = ConversationStore(tmp_path / "a", encryption_key=KEY)
     with files.open(p + "x") as codec:
