@@ -517,5 +517,9 @@ def test_errors_never_show_the_password(postgres_cluster: Cluster) -> None:
         PostgresBackend(url)
     assert "s3cr3t-pw" not in str(info.value) and "s3cr3t-pw" not in repr(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert display_url("postgresql://u:p%40w@h:5432/d?sslmode=require&password=q") == (
+        "postgresql://u@h:5432/d?sslmode=require"
+    )
+    assert display_url("postgresql:///d?host=/tmp/s&password=q") == "postgresql:///d?host=/tmp/s"
     shown = display_url("host=x password=pw1 dbname=d")
     assert "pw1" not in shown and "host=x" in shown
