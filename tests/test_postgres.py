@@ -358,7 +358,7 @@ def test_a_dump_of_the_database_holds_no_plaintext(postgres_cluster: Cluster) ->
 
     assert holds("plain-canary-51c9")  # the dump holds the rows: the checks below can fail
     assert b"cc_dictionaries" in dump
-    for needle in (canary, "shipped", "order 5"):
+    for needle in (canary, "shipped", "order 5", KEY):
         assert not holds(needle), needle
 
 
