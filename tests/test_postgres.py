@@ -85,8 +85,13 @@ class Child:
         """Start processes together (an interpreter takes ~0.3 s to start); wait until each
         is ready."""
         children = [cls(*args) for args in argss]
-        for child in children:
-            child.ready()
+        try:
+            for child in children:
+                child.ready()
+        except BaseException:
+            for child in children:
+                child.kill()
+            raise
         return children
 
     def ready(self) -> None:
@@ -105,6 +110,11 @@ class Child:
         return [
             (int(w[1]), int(w[2])) for w in (x.split() for x in list(self.lines)) if w[0] == "ack"
         ]
+
+    def kill(self) -> None:
+        self.proc.kill()
+        with contextlib.suppress(AssertionError):
+            self.finish()
 
     def finish(self) -> None:
         """Close its stdin (a ``loop`` stops), wait for it; it must have exited cleanly."""
@@ -172,10 +182,12 @@ def _writers_and_poppers(url: str, conv: Conversation, writers: int, count: int,
         *((("pop", url, cid, 99, pops),) if pops else ()),
     )
     children, poppers = started[:writers], started[writers:]
-    for child in [*children, *poppers]:
-        child.go()
-    for child in [*children, *poppers]:
-        child.finish()
+    try:
+        for child in started:
+            child.go()
+    finally:
+        for child in started:
+            child.finish()
     acked = {c.writer: [i for i, _ in c.acks()] for c in children}
     assert all(len(ids) == count for ids in acked.values())
     for c in children:  # pops aside, a writer's seqs only grow
