@@ -28,7 +28,14 @@ from ...errors import ConflictError, DatabaseError, LockTimeoutError
 from .queries import remove_rows
 from .schema import ensure_schema
 
-__all__ = ["Connection", "PostgresBackend", "database_errors", "display_url", "is_database_url"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "Connection",
+    "PostgresBackend",
+    "database_errors",
+    "display_url",
+    "is_database_url",
+]
 
 Connection = psycopg.Connection[TupleRow]
 
