@@ -203,7 +203,7 @@ def _writers_and_poppers(url: str, conv: Conversation, writers: int, count: int,
 def test_processes_append_and_pop_concurrently(
     postgres_url: str, conversation: Callable[..., Conversation]
 ) -> None:
-    _writers_and_poppers(postgres_url, conversation(_id()), writers=3, count=20, pops=8)
+    _writers_and_poppers(postgres_url, conversation(_id()), writers=2, count=25, pops=8)
 
 
 @pytest.mark.slow
@@ -249,8 +249,9 @@ def _terminate(url: str, pids: list[int]) -> None:
             conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
 
+@pytest.mark.parametrize("kills", [3, pytest.param(50, marks=pytest.mark.slow)])
 def test_terminated_connections_mid_append_leave_no_gap_or_duplicate(
-    postgres_url: str, postgres_backend: PostgresBackend
+    postgres_url: str, postgres_backend: PostgresBackend, kills: int
 ) -> None:
     cid = _id()
     conv = Conversation(postgres_backend, cid, KEY)
@@ -268,7 +269,7 @@ def test_terminated_connections_mid_append_leave_no_gap_or_duplicate(
                 _terminate(postgres_url, _backend_pids(postgres_url, cid))
             _wait_for_acks(child, 1)
         # And at whatever point each append has reached.
-        for _ in range(5):
+        for _ in range(kills):
             _terminate(postgres_url, _backend_pids(postgres_url, cid))
             _wait_for_acks(child, 2)
     finally:
@@ -311,8 +312,9 @@ def _waiting_on_lock(url: str, cid: str) -> bool:
     return bool(row and row[0])
 
 
+@pytest.mark.parametrize("writers", [1, pytest.param(4, marks=pytest.mark.slow)])
 def test_an_immediate_server_stop_under_load_loses_no_acknowledged_append(
-    postgres_cluster: Cluster, postgres_url: str
+    postgres_cluster: Cluster, postgres_url: str, writers: int
 ) -> None:
     cid = _id()
     backend = PostgresBackend(postgres_url)
@@ -322,7 +324,7 @@ def test_an_immediate_server_stop_under_load_loses_no_acknowledged_append(
     for conn in idle:
         backend.pool.putconn(conn)
     pool = backend.pool
-    children = Child.start(*(("loop", postgres_url, cid, w, 0) for w in range(2)))
+    children = Child.start(*(("loop", postgres_url, cid, w, 0) for w in range(writers)))
     try:
         _wait(lambda: all(len(c.acks()) >= 10 for c in children), "appends before the stop")
         postgres_cluster.stop_server("immediate")  # as a crash: no checkpoint, no goodbye
