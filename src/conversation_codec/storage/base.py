@@ -3,8 +3,8 @@
 A log is a header followed by record bodies, each with its timestamp (``ts_us``, µs since
 the epoch). The codec encodes and seals bodies itself (``records``); a storage keeps them in
 order and answers by sequence number. ``storage.file.log.FileLog`` is the file storage
-(FORMAT.md), ``storage.memory.MemoryLog`` an in-memory one; both pass the conformance suite
-``tests/test_storage.py``. A later PostgreSQL backend is the third implementation.
+(FORMAT.md), ``storage.memory.MemoryLog`` an in-memory one, ``storage.postgres.PostgresLog``
+a PostgreSQL one; all pass the conformance suite ``tests/test_storage.py``.
 
 Operations, and what each guarantees:
 

@@ -28,7 +28,14 @@ from ...errors import ConflictError, DatabaseError, LockTimeoutError
 from .queries import remove_rows
 from .schema import ensure_schema
 
-__all__ = ["Connection", "PostgresBackend", "database_errors", "display_url", "is_database_url"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "Connection",
+    "PostgresBackend",
+    "database_errors",
+    "display_url",
+    "is_database_url",
+]
 
 Connection = psycopg.Connection[TupleRow]
 
@@ -66,15 +73,8 @@ def display_url(url: str) -> str:
         host = netloc[2]
         user = netloc[0].partition(":")[0]
         query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "password"]
-        return urllib.parse.urlunsplit(
-            (
-                parts.scheme,
-                f"{user}@{host}" if user else host,
-                parts.path,
-                urllib.parse.urlencode(query),
-                "",
-            )
-        )
+        shown = f"{parts.scheme}://{user + '@' if user else ''}{host}{parts.path}"
+        return shown + (f"?{urllib.parse.urlencode(query, safe='/')}" if query else "")
     try:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.Error:

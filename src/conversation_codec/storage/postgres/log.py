@@ -53,7 +53,7 @@ from .queries import (
     truncate_records,
 )
 
-__all__ = ["PostgresLog"]
+__all__ = ["READ_ROWS", "PostgresIndex", "PostgresLog"]
 
 READ_ROWS = 256  # records fetched per query when reading a range
 _MAX_ID_CHARS = 1024  # a conversation id longer than this is a mistake, not an id

@@ -3,8 +3,8 @@
 Each function runs on a connection inside the caller's transaction and names one
 conversation: no statement here crosses conversations (``conversation_id`` leads every
 WHERE clause and primary key), which is what lets the tables be partitioned or distributed
-by it (README, "Scaling out"). A write runs under the row lock the caller holds
-(``lock_row``) and changes the records and the counter row in one statement where it can.
+by it (README, "Scaling out"). A write runs under the writer lock the caller took
+(``begin``) and changes the records and the counter row in one statement where it can.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from psycopg import Connection
 from psycopg.rows import TupleRow
 
 __all__ = [
+    "NO_ROW",
+    "STAGE_ROWS",
+    "Conn",
     "Row",
     "append_records",
     "begin",
