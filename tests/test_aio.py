@@ -274,3 +274,23 @@ def test_the_added_async_methods_work(tmp_path: Path) -> None:
             assert codec.options.durability == "fsync"
 
     asyncio.run(run())
+
+
+def test_wait_lets_the_loop_run_while_it_polls(tmp_path: Path) -> None:
+    async def run() -> tuple[bool, bool, list[str]]:
+        codec = await AsyncConversationCodec.open(tmp_path / "c.log", encryption_key=KEY)
+        ticks: list[str] = []
+
+        async def write_later() -> None:
+            ticks.append("loop ran")  # the wait below did not block the event loop
+            await asyncio.sleep(0.1)
+            await codec.append({"role": "user", "content": "hi"})
+
+        early = await codec.wait(-1, timeout=0.02)
+        task = asyncio.create_task(write_later())
+        seen = await codec.wait(-1, timeout=30)
+        await task
+        await codec.close()
+        return early, seen, ticks
+
+    assert asyncio.run(run()) == (False, True, ["loop ran"])

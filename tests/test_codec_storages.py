@@ -166,3 +166,19 @@ def test_file_only_features_refuse_clearly_elsewhere() -> None:
         ConversationCodec(":memory:", encryption_key=KEY, attachments="external")
     with ConversationCodec(":memory:") as codec, pytest.raises(StorageError, match="verify"):
         codec.verify()
+
+
+def test_wait_sees_another_writers_append(reopen: Open) -> None:
+    import threading
+
+    reader = reopen(encryption_key=KEY)
+    writer = reopen(encryption_key=KEY)
+    assert reader.wait(-1, timeout=0.05) is False  # empty: nothing after "before the first"
+    later = threading.Timer(0.2, lambda: writer.append({"role": "user", "content": "hi"}))
+    later.start()
+    try:
+        assert reader.wait(-1, timeout=30) is True
+    finally:
+        later.join()
+    assert reader.tail(1) == [{"role": "user", "content": "hi"}]
+    assert reader.wait(0, timeout=0) is False  # one message: none after seq 0 yet

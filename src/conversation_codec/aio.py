@@ -177,6 +177,22 @@ class AsyncConversationCodec:
         """Return the last ``n`` messages, oldest first."""
         return await self._call(self._codec.tail, n)
 
+    async def wait(self, after: int, timeout: float | None = None) -> bool:
+        """Wait until a message after seq ``after`` exists (-1: any); False on timeout.
+
+        Polls without holding a thread: the event loop runs between the polls.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        pause = 0.001
+        while await self.message_count() <= after + 1:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            await asyncio.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, 0.1)
+        return True
+
     async def pop(self) -> Message | None:
         """Remove and return the last message (None when empty)."""
         return await self._call(self._codec.pop)

@@ -14,6 +14,7 @@ the everyday API: writes, reads and search.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
@@ -235,6 +236,23 @@ class ConversationCodec(Maintenance, ChatFormats):
             count = len(self._log.index)
             start = max(self._base(), count - n)
             return [self._present(m) for _, m, _ in self._reader.decoded(start, count)]
+
+    def wait(self, after: int, timeout: float | None = None) -> bool:
+        """Block until a message after seq ``after`` exists (a live tail; -1: any message);
+        return False when ``timeout`` seconds pass first (None: wait for ever).
+
+        Polls the storage (another process's or host's appends included), backing off
+        from 1 ms to 100 ms: a message is seen within ~100 ms of its commit.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while self.message_count() <= after + 1:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, 0.1)
+        return True
 
     def message_count(self) -> int:
         """Return the number of (visible) messages, from the index (no decryption)."""
