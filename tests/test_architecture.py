@@ -5,6 +5,7 @@
   I/O-fault suites see it;
 * tests use public seams only: no test touches a private attribute of a library object;
 * no import cycle between the package's modules, function-level imports included;
+* no module reads another module's private names (a shared name is public, in ``__all__``);
 * no module over the size limit (the few that still are may not grow).
 """
 
@@ -297,6 +298,78 @@ def test_the_cycle_check_sees_a_cycle(tmp_path: Path) -> None:
     graph = _graph(root)
     assert graph[f"{PACKAGE}.alone"] == {f"{PACKAGE}.low"}
     assert _cycles(graph) == [[f"{PACKAGE}.low", f"{PACKAGE}.sub.high"]]
+
+
+# A module's ``_name`` is its own: another module that needs it gets it public, in the
+# defining module's ``__all__``. Importing a private *module* (``_fsio``, ``cli._args``) is
+# fine; the names inside it are what count. Both ways of reading one are found:
+# ``from .x import _name`` and ``x._name`` on a module bound by an import.
+
+
+def private_imports(root: Path) -> list[str]:
+    """Every read of another module's private name in the package at ``root``."""
+    modules = {_module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    found: list[str] = []
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        where = path.relative_to(root)
+        bound: dict[str, str] = {}  # local name -> the package module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    bound[alias.asname or alias.name.partition(".")[0]] = (
+                        alias.name if alias.asname else alias.name.partition(".")[0]
+                    )
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                for alias in node.names:
+                    full = f"{target}.{alias.name}"
+                    if full in modules:
+                        bound[alias.asname or alias.name] = full
+                    elif _is_private(alias.name) and target in modules:
+                        found.append(f"{where}:{node.lineno} {full}")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and _is_private(node.attr)
+                and isinstance(node.value, ast.Name)
+                and bound.get(node.value.id) in modules
+            ):
+                found.append(f"{where}:{node.lineno} {bound[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_no_module_reads_another_modules_private_names() -> None:
+    assert private_imports(SRC) == [], "make the shared name public (in its module's __all__)"
+
+
+def test_the_private_name_check_can_fail(tmp_path: Path) -> None:
+    root = tmp_path / PACKAGE
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "_low.py").write_text("def _helper():\n    pass\ndef shared():\n    _helper()\n")
+    (root / "sub" / "__init__.py").write_text("_T = 1\n")
+    (root / "sub" / "a.py").write_text(
+        "from .. import _low\n"  # a private module: fine
+        "from .._low import _helper, shared\n"
+        "from . import _T\n"
+        "def f():\n"
+        f"    import {PACKAGE}._low as low\n"
+        "    return _low.shared(), _low._helper(), low._helper()\n"
+    )
+    (root / "ok.py").write_text("import os\nfrom ._low import shared\nos._exit\n")
+    assert sorted(private_imports(root)) == [
+        f"sub/a.py:2 {PACKAGE}._low._helper",
+        f"sub/a.py:3 {PACKAGE}.sub._T",
+        f"sub/a.py:6 {PACKAGE}._low._helper",
+        f"sub/a.py:6 {PACKAGE}._low._helper",
+    ]
 
 
 def _line_counts(root: Path) -> dict[str, int]:

@@ -400,17 +400,19 @@ def children() -> Iterator[list[Any]]:
         proc.wait()
 
 
+@pytest.mark.parametrize("count", [150, pytest.param(300, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("variant", ["plaintext", "encrypted", "rotating"])
 def test_appends_and_reads_from_other_processes_during_compaction(
-    tmp_path: Path, variant: str, children: list[Any]
+    tmp_path: Path, variant: str, count: int, children: list[Any]
 ) -> None:
-    """An appender process adds 300 messages and a reader process loops ``load()`` while
-    this process compacts at least 20 times (rotating between two keys, when "rotating"):
-    nothing is lost, nothing is duplicated, and every load is a prefix of the history."""
+    """An appender process adds ``count`` messages (150 by default, 300 under slow) and a
+    reader process loops ``load()`` while this process compacts at least 20 times (rotating
+    between two keys, when "rotating"): nothing is lost, nothing is duplicated, and every
+    load is a prefix of the history."""
     rotate = variant == "rotating"
     keys: list[str] | None = None if variant == "plaintext" else [KEY, NEW_KEY]
     path = tmp_path / "chat.log"
-    base_n, count = 20, 300
+    base_n = 20
     stamps = build(path, keys, n=base_n)
     base = [message(i) for i in range(base_n)]
     appender = _spawn(_APPENDER, [str(path), str(count)], keys, base)

@@ -48,8 +48,8 @@ from conversation_codec.format.varint import decode_varint, encode_varint
 from conftest import KEY, Clock
 
 Message = dict[str, Any]
-EXAMPLES = {"sealed": 90, "plain": 60, "index": 50}  # 200 by default
-SLOW_FACTOR = 25
+EXAMPLES = {"sealed": 60, "plain": 30, "index": 25}  # 115 by default
+SLOW_FACTOR = 50  # -m slow: 5,750 examples (no fewer per kind than before)
 CALL_SECONDS = 10.0  # no single call may take longer (a hang fails, it does not stall)
 GIB = 1 << 30
 

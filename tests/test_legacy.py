@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conversation_codec.errors import (
@@ -762,27 +762,31 @@ def encode_layout(
     return Fernet(KEY).encrypt(data) if fernet else data
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    messages=messages_st,
-    layout=st.sampled_from(LAYOUTS),
-    ascii_only=st.booleans(),
-    crlf=st.booleans(),
-)
-def test_round_trip(
-    tmp_path: Path,
-    messages: list[dict[str, Any]],
-    layout: LegacyFormat,
-    ascii_only: bool,
-    crlf: bool,
-) -> None:
-    assume(messages[0].keys() != {"type", "data"})  # that is a LangChain file
-    assume("conversation_codec" not in messages[0])  # that is a codec log header
-    path = write(tmp_path / "history", encode_layout(layout, messages, ascii_only, crlf))
-    history = read_legacy(path, legacy_key=KEY)
-    assert history.format is layout
-    assert history.messages == messages
-    assert history.timestamps == [None] * len(messages)
+# Hypothesis examples: a bounded, derandomized sample by default; the full count under slow.
+EXAMPLES = [40, pytest.param(150, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("max_examples", EXAMPLES)
+def test_round_trip(tmp_path: Path, max_examples: int) -> None:
+    @settings(max_examples=max_examples)
+    @given(
+        messages=messages_st,
+        layout=st.sampled_from(LAYOUTS),
+        ascii_only=st.booleans(),
+        crlf=st.booleans(),
+    )
+    def check(
+        messages: list[dict[str, Any]], layout: LegacyFormat, ascii_only: bool, crlf: bool
+    ) -> None:
+        assume(messages[0].keys() != {"type", "data"})  # that is a LangChain file
+        assume("conversation_codec" not in messages[0])  # that is a codec log header
+        path = write(tmp_path / "history", encode_layout(layout, messages, ascii_only, crlf))
+        history = read_legacy(path, legacy_key=KEY)
+        assert history.format is layout
+        assert history.messages == messages
+        assert history.timestamps == [None] * len(messages)
+
+    check()
 
 
 offsets = st.integers(-(23 * 60 + 59), 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
@@ -857,16 +861,20 @@ langchain_items = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150)
-@given(items=st.lists(langchain_items, min_size=1, max_size=4))
-def test_arbitrary_langchain_entries_raise_only_library_errors(items: list[Any]) -> None:
-    try:
-        history = parse_legacy(json.dumps(items).encode())
-    except FormatError:
-        return
-    assert history.format is LegacyFormat.LANGCHAIN_JSON
-    assert all(isinstance(m["role"], str) and "content" in m for m in history.messages)
-    json.dumps(history.messages)  # still JSON
+@pytest.mark.parametrize("max_examples", EXAMPLES)
+def test_arbitrary_langchain_entries_raise_only_library_errors(max_examples: int) -> None:
+    @settings(max_examples=max_examples)
+    @given(items=st.lists(langchain_items, min_size=1, max_size=4))
+    def check(items: list[Any]) -> None:
+        try:
+            history = parse_legacy(json.dumps(items).encode())
+        except FormatError:
+            return
+        assert history.format is LegacyFormat.LANGCHAIN_JSON
+        assert all(isinstance(m["role"], str) and "content" in m for m in history.messages)
+        json.dumps(history.messages)  # still JSON
+
+    check()
 
 
 SMALL = jsonl(MESSAGES[:1])

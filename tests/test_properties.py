@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from conversation_codec import ConflictError, ConversationCodec
 
@@ -232,7 +238,17 @@ class PlainLogMachine(LogMachine):
     encrypted = False
 
 
-TestEncryptedLog = LogMachine.TestCase
-TestEncryptedLog.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
-TestPlainLog = PlainLogMachine.TestCase
-TestPlainLog.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
+@pytest.mark.parametrize(
+    ("machine", "max_examples"),
+    [
+        (LogMachine, 15),  # the default run: a bounded, derandomized sample
+        (PlainLogMachine, 10),
+        pytest.param(LogMachine, 40, marks=pytest.mark.slow),
+        pytest.param(PlainLogMachine, 25, marks=pytest.mark.slow),
+    ],
+    ids=["encrypted", "plain", "encrypted-full", "plain-full"],
+)
+def test_log_against_a_model(machine: type[LogMachine], max_examples: int) -> None:
+    run_state_machine_as_test(
+        machine, settings=settings(max_examples=max_examples, stateful_step_count=25, deadline=None)
+    )

@@ -304,7 +304,8 @@ def run_stress(
 @pytest.mark.parametrize(
     ("writers", "ops", "scheme"),
     [
-        (4, 150, "sealed"),
+        (4, 60, "sealed"),  # the default run: a bounded sample
+        pytest.param(4, 150, "sealed", marks=pytest.mark.slow),
         pytest.param(8, 1000, "sealed", marks=pytest.mark.slow),
         pytest.param(8, 1000, "plain", marks=pytest.mark.slow),
     ],

@@ -155,8 +155,25 @@ def _brief(answers: dict[str, Any]) -> str:
     return ", ".join(f"{k}={short(v)}" for k, v in answers.items())
 
 
-def test_flip_every_byte(tmp_path: Path, variant_key: str | None) -> None:
+FLIP_EVERY = 4  # the default run flips one offset in 4 (fixed seed) and every boundary
+
+
+def _offsets(size: int, boundaries: list[int], every: int) -> list[int]:
+    """All of ``range(size)`` for ``every == 1``; else a fixed sample of ``size // every``
+    offsets, plus each boundary and its two neighbours (where framing bugs live)."""
+    if every == 1:
+        return list(range(size))
+    picked = set(random.Random(size).sample(range(size), size // every))  # fixed per size
+    picked.update(b + d for b in boundaries for d in (-1, 0, 1))
+    return sorted(o for o in picked if 0 <= o < size)
+
+
+@pytest.mark.parametrize("every", [FLIP_EVERY, pytest.param(1, marks=pytest.mark.slow)])
+def test_flip_every_byte(tmp_path: Path, variant_key: str | None, every: int) -> None:
     """Flip each byte of a 3-message log (XOR 0x01 and 0xFF), with and without index.
+
+    The default run flips a fixed sample of the offsets (every record boundary among
+    them); ``-m slow`` flips every byte.
 
     Encrypted: every read gives the true answer or a library error; a flip inside the last
     record may also read as a torn tail (the first two messages). load() must never return
@@ -171,7 +188,8 @@ def test_flip_every_byte(tmp_path: Path, variant_key: str | None) -> None:
     last_start, _ = log.span(2)
     problems: list[str] = []
     outcomes = {"error": 0, "truth": 0, "torn": 0}
-    for offset in range(len(log.log)):
+    offsets = _offsets(len(log.log), [0, *log.sizes], every)
+    for offset in offsets:
         for xor in (0x01, 0xFF):
             with_idx = (offset + (xor == 0xFF)) % 2 == 0
             damaged = bytearray(log.log)
@@ -210,7 +228,7 @@ def test_flip_every_byte(tmp_path: Path, variant_key: str | None) -> None:
             break
     assert not problems, f"{len(problems)} problems, e.g.:\n" + "\n".join(problems[:30])
     if variant_key is not None:
-        assert outcomes["error"] > len(log.log), outcomes
+        assert outcomes["error"] > len(offsets), outcomes  # most of the 2 flips per offset
 
 
 def _prefix_model(log: _Log, k: int) -> dict[str, Any]:
@@ -285,12 +303,15 @@ def test_random_multi_byte_damage(
     _check_random_damage(_Log(tmp_path / "fuzz.log", variant_key, 3), max_examples)
 
 
-def test_flip_every_index_byte(tmp_path: Path, variant_key: str | None) -> None:
-    """Flip each byte of the index sidecar: every read still gives the true answer."""
+@pytest.mark.parametrize("every", [FLIP_EVERY, pytest.param(1, marks=pytest.mark.slow)])
+def test_flip_every_index_byte(tmp_path: Path, variant_key: str | None, every: int) -> None:
+    """Flip each byte of the index sidecar: every read still gives the true answer.
+
+    The default run flips a fixed sample of the offsets; ``-m slow`` flips every byte."""
     log = _Log(tmp_path / "flipidx.log", variant_key, 3)
     truth = _model(log.messages, log.stamps)
     problems = []
-    for offset in range(len(log.idx)):
+    for offset in _offsets(len(log.idx), [0, len(log.idx)], every):
         for xor in (0x01, 0x80, 0xFF):
             damaged = bytearray(log.idx)
             damaged[offset] ^= xor

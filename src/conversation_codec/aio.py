@@ -54,13 +54,15 @@ from .storage.base import LogStorage, StorageOpener, StoreBackend
 from .storage.file.check import VerifyReport
 from .store import ConversationInfo, ConversationStore, KeyFn, OnError
 
-__all__ = ["AsyncConversationCodec", "AsyncConversationStore"]
+__all__ = ["AsyncConversationCodec", "AsyncConversationStore", "run_in_thread"]
 
 _T = TypeVar("_T")
 _BATCH = 256  # items pulled from a sync iterator per worker hop
 
 
-async def _run(executor: Executor | None, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+async def run_in_thread(
+    executor: Executor | None, fn: Callable[..., _T], *args: Any, **kwargs: Any
+) -> _T:
     """Run ``fn`` in a worker thread (with the caller's contextvars), as ``to_thread`` does."""
     loop = asyncio.get_running_loop()
     call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
@@ -71,7 +73,7 @@ async def _stream(executor: Executor | None, items: Iterator[_T]) -> AsyncIterat
     """Drain a blocking iterator from worker threads, ``_BATCH`` items per hop."""
     try:
         while True:
-            batch = await _run(executor, lambda: list(islice(items, _BATCH)))
+            batch = await run_in_thread(executor, lambda: list(islice(items, _BATCH)))
             for item in batch:
                 yield item
             if len(batch) < _BATCH:
@@ -114,7 +116,7 @@ class AsyncConversationCodec:
         storage: StorageOpener | None = None,
     ) -> AsyncConversationCodec:
         """Open a log as ``ConversationCodec(...)`` with the same arguments would."""
-        codec = await _run(
+        codec = await run_in_thread(
             executor,
             ConversationCodec,
             path,
@@ -148,7 +150,7 @@ class AsyncConversationCodec:
         return self._codec.encrypted
 
     async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        return await _run(self._executor, fn, *args, **kwargs)
+        return await run_in_thread(self._executor, fn, *args, **kwargs)
 
     async def load(self) -> list[Message] | None:
         """Return the whole history in order, or None when there is none."""
@@ -414,7 +416,7 @@ class AsyncConversationStore:
 
     async def open(self, conversation_id: str) -> AsyncConversationCodec:
         """Open a conversation's log; close it after (``async with``)."""
-        codec = await _run(self._executor, self._store.open, conversation_id)
+        codec = await run_in_thread(self._executor, self._store.open, conversation_id)
         return AsyncConversationCodec(codec, executor=self._executor)
 
     def path(self, conversation_id: str) -> Path:
@@ -423,11 +425,11 @@ class AsyncConversationStore:
 
     async def ids(self) -> builtins.list[str]:
         """Return the ids of every conversation with a log, sorted."""
-        return await _run(self._executor, self._store.ids)
+        return await run_in_thread(self._executor, self._store.ids)
 
     async def infos(self) -> builtins.list[ConversationInfo]:
         """Describe every conversation from headers and indexes alone."""
-        return await _run(self._executor, self._store.infos)
+        return await run_in_thread(self._executor, self._store.infos)
 
     async def list(self) -> builtins.list[ConversationInfo]:
         """Deprecated alias of :meth:`infos` (it shadowed the builtin); kept for one release."""
@@ -440,7 +442,7 @@ class AsyncConversationStore:
 
     async def delete(self, conversation_id: str) -> bool:
         """Delete every file of a conversation; return False when it had none."""
-        return await _run(self._executor, self._store.delete, conversation_id)
+        return await run_in_thread(self._executor, self._store.delete, conversation_id)
 
     async def prune(
         self, older_than: datetime | timedelta, *, on_error: OnError | None = None
@@ -449,7 +451,7 @@ class AsyncConversationStore:
 
         ``on_error`` is called (in a worker thread) for each conversation skipped.
         """
-        return await _run(self._executor, self._store.prune, older_than, on_error=on_error)
+        return await run_in_thread(self._executor, self._store.prune, older_than, on_error=on_error)
 
     def search(
         self,

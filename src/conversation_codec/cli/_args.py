@@ -14,6 +14,19 @@ from typing import Any, NoReturn, TypeAlias
 
 from ._common import DEFAULT_KEY_ENV
 
+__all__ = [
+    "Parser",
+    "Sub",
+    "age",
+    "binding",
+    "command",
+    "env_var_name",
+    "legacy_secrets",
+    "secret_sources",
+    "time_text",
+    "whole_number",
+]
+
 _AGE = re.compile(r"(\d+)([mhdw])")
 _AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -79,7 +92,7 @@ def secret_sources(*, password: bool) -> Parser:
     source = group.add_mutually_exclusive_group()
     source.add_argument(
         "--key-env",
-        type=_env_name,
+        type=env_var_name,
         metavar="VAR",
         default=DEFAULT_KEY_ENV,
         help="environment variable holding the key (default: %(default)s)",
@@ -95,7 +108,7 @@ def secret_sources(*, password: bool) -> Parser:
     if password:
         source.add_argument(
             "--password-env",
-            type=_env_name,
+            type=env_var_name,
             metavar="VAR",
             help="environment variable holding the password of a password-protected log",
         )
@@ -118,32 +131,32 @@ def legacy_secrets() -> Parser:
     legacy = Parser(add_help=False)
     group = legacy.add_argument_group("an encrypted legacy source (never from the command line)")
     group.add_argument(
-        "--legacy-key-env", type=_env_name, metavar="VAR", help="variable holding its Fernet key"
+        "--legacy-key-env", type=env_var_name, metavar="VAR", help="variable holding its Fernet key"
     )
     return legacy
 
 
 # -- value types -----------------------------------------------------------------------------
-# Named with a "_" on purpose, though the command modules use them: argparse prints a type's
-# __name__ when it raises ValueError ("argument -n: invalid _count value: ..."), so the names
-# are part of the output that must not change.
+# argparse prints a type's __name__ only when it raises ValueError or TypeError ("argument
+# -n: invalid whole_number value: ..."); these raise ArgumentTypeError with their own message.
 
 
-def _env_name(text: str) -> str:
+def env_var_name(text: str) -> str:
     """Accept the name of an environment variable."""
     if not _ENV_NAME.fullmatch(text):  # never echo it: it may be the secret itself
         raise argparse.ArgumentTypeError("expects the NAME of an environment variable")
     return text
 
 
-def _count(text: str) -> int:
+def whole_number(text: str) -> int:
     """Accept a whole number >= 0."""
-    if not text.isdigit():  # never echo it: it may be a secret typed in the wrong place
+    # isascii: "²".isdigit() holds but int("²") raises. Never echo it: it may be a secret.
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError("expected a whole number >= 0")
     return int(text)
 
 
-def _when(text: str) -> str:
+def time_text(text: str) -> str:
     """Accept a time the library's search can parse; keep it as text for the library."""
     from ..search import to_us
 
@@ -156,7 +169,7 @@ def _when(text: str) -> str:
     return text
 
 
-def _age(text: str) -> timedelta:
+def age(text: str) -> timedelta:
     """Accept an age such as 30m, 12h, 7d or 2w."""
     match = _AGE.fullmatch(text.strip())
     if match is None:

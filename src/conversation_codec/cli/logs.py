@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from ._args import Parser, Sub, _count, _env_name, command, legacy_secrets
+from ._args import Parser, Sub, command, env_var_name, legacy_secrets, whole_number
 from ._common import (
     EXIT_OK,
     InputError,
@@ -53,7 +53,7 @@ def add_read_commands(sub: Sub, log: Parser, durable: Parser) -> None:
         "conversation-codec tail chat.log -n 3",
         [log],
     )
-    tail.add_argument("-n", type=_count, default=10, metavar="N", help="default: %(default)s")
+    tail.add_argument("-n", type=whole_number, default=10, metavar="N", help="default: %(default)s")
     tail.add_argument("--json", action="store_true", help="JSON lines (the default output)")
     command(
         sub,
@@ -95,7 +95,7 @@ def add_transfer_commands(sub: Sub, log: Parser, as_json: Parser) -> None:
     )
     import_cmd.add_argument(
         "--legacy-password-env",
-        type=_env_name,
+        type=env_var_name,
         metavar="VAR",
         help="variable holding SRC's legacy password",
     )

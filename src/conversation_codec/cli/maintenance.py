@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import ConversationCodecError
-from ._args import Parser, Sub, _env_name, binding, command, legacy_secrets, secret_sources
+from ._args import Parser, Sub, binding, command, env_var_name, legacy_secrets, secret_sources
 from ._common import (
     EXIT_CORRUPT,
     EXIT_ERROR,
@@ -75,7 +75,7 @@ def add_repair_commands(sub: Sub, log: Parser, as_json: Parser) -> None:
     new = rekey.add_argument_group("the new key (never taken from the command line)")
     new_source = new.add_mutually_exclusive_group(required=True)
     new_source.add_argument(
-        "--new-key-env", type=_env_name, metavar="VAR", help="variable holding the new key"
+        "--new-key-env", type=env_var_name, metavar="VAR", help="variable holding the new key"
     )
     new_source.add_argument("--new-key-file", metavar="FILE", help="read the new key from FILE")
     passwd = command(
@@ -90,10 +90,10 @@ def add_repair_commands(sub: Sub, log: Parser, as_json: Parser) -> None:
     passwd.add_argument("path", metavar="PATH", help="the conversation log file")
     pws = passwd.add_argument_group("passwords (never taken from the command line)")
     pws.add_argument(
-        "--password-env", type=_env_name, metavar="VAR", required=True, help="the current one"
+        "--password-env", type=env_var_name, metavar="VAR", required=True, help="the current one"
     )
     pws.add_argument(
-        "--new-password-env", type=_env_name, metavar="VAR", required=True, help="the new one"
+        "--new-password-env", type=env_var_name, metavar="VAR", required=True, help="the new one"
     )
 
 
@@ -113,7 +113,7 @@ def add_migrate_command(sub: Sub, as_json: Parser) -> None:
         "--password-env",
         "--legacy-password-env",
         dest="legacy_password_env",
-        type=_env_name,
+        type=env_var_name,
         metavar="VAR",
         help="variable holding the legacy password (its .salt file beside each source)",
     )

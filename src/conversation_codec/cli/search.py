@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConversationCodecError
-from ._args import Parser, Sub, _age, _count, _when, command, secret_sources
+from ._args import Parser, Sub, age, command, secret_sources, time_text, whole_number
 from ._common import EXIT_ERROR, EXIT_OK, UsageError, emit, log_key, open_log, printable, short, ts
 
 if TYPE_CHECKING:
@@ -44,11 +44,11 @@ def add_commands(sub: Sub, as_json: Parser) -> None:
     )
     when = search.add_argument_group("time (UTC; since inclusive, until exclusive)")
     start = when.add_mutually_exclusive_group()
-    start.add_argument("--since", type=_when, metavar="TIME", help="e.g. 2026-10-01T12:00Z")
-    start.add_argument("--last", type=_age, metavar="AGE", help="since AGE ago: 30m, 12h, 7d, 2w")
-    when.add_argument("--until", type=_when, metavar="TIME", help="e.g. 2026-10-02")
+    start.add_argument("--since", type=time_text, metavar="TIME", help="e.g. 2026-10-01T12:00Z")
+    start.add_argument("--last", type=age, metavar="AGE", help="since AGE ago: 30m, 12h, 7d, 2w")
+    when.add_argument("--until", type=time_text, metavar="TIME", help="e.g. 2026-10-02")
     search.add_argument("--role", action="append", help="only this role (repeatable)")
-    search.add_argument("--limit", type=_count, metavar="N", help="stop after N hits")
+    search.add_argument("--limit", type=whole_number, metavar="N", help="stop after N hits")
     search.add_argument("--newest-first", action="store_true", help="newest hits first")
     search.add_argument(
         "--regex",

@@ -44,13 +44,18 @@ from concurrent.futures import Executor
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from ..aio import AsyncConversationStore, _run
+from ..aio import AsyncConversationStore, run_in_thread
 from ..codec import ConversationCodec, Message
 from ..crypto import KeyInput, generate_key
 from ..errors import ClosedError, InvalidKeyError, KeyTypeError
 from ..store import ConversationStore, KeyFn, encode_id
 
-__all__ = ["SessionClosedError"]
+__all__ = [
+    "LazyCodec",
+    "SessionClosedError",
+    "StoreOrPath",
+    "scratch_store",
+]  # the adapters use all four
 
 _T = TypeVar("_T")
 StoreOrPath = ConversationStore | AsyncConversationStore | str | os.PathLike[str]
@@ -154,7 +159,7 @@ def _check_password(password: object) -> str:
     return password
 
 
-class _LazyCodec:
+class LazyCodec:
     """One conversation's codec, opened on first use (opening is I/O) and kept open until
     ``close()``, which is final."""
 
@@ -228,7 +233,7 @@ class _LazyCodec:
     async def run(self, fn: Callable[[ConversationCodec], _T]) -> _T:
         """Run ``fn(codec)`` in a worker thread."""
         self.check_open()
-        return await _run(self._executor, lambda: fn(self.get()))
+        return await run_in_thread(self._executor, lambda: fn(self.get()))
 
     async def write(self, fn: Callable[[ConversationCodec], _T]) -> _T:
         """Run a write in a worker thread; a cancelled caller waits for its outcome first."""
@@ -251,7 +256,7 @@ class _LazyCodec:
         return " ".join([where, *(e for e in extra if e)])
 
 
-def _scratch_store(clock: Callable[[], int] | None) -> tuple[str, ConversationStore]:
+def scratch_store(clock: Callable[[], int] | None) -> tuple[str, ConversationStore]:
     """A private temporary directory and a store in it under an ephemeral random key."""
     scratch = tempfile.mkdtemp(prefix="conversation-codec-memory-")  # 0700
     key = generate_key()

@@ -38,7 +38,7 @@ from ..chat_formats import LANGCHAIN_CHUNK_TYPES
 from ..codec import Message
 from ..crypto import KeyInput
 from ..store import KeyFn
-from . import StoreOrPath, _LazyCodec, _scratch_store
+from . import LazyCodec, StoreOrPath, scratch_store
 
 __all__ = ["CodecChatMessageHistory", "message_from_record", "message_to_record"]
 
@@ -134,7 +134,7 @@ class CodecChatMessageHistory(BaseChatMessageHistory):
         executor: Executor | None = None,
         _scratch: str | None = None,
     ) -> None:
-        self._codec = _LazyCodec(
+        self._codec = LazyCodec(
             store_or_path,
             session_id,
             executor,
@@ -165,7 +165,7 @@ class CodecChatMessageHistory(BaseChatMessageHistory):
     ) -> CodecChatMessageHistory:
         """A history for tests: its log lives in a private temporary directory (0700) under
         a random key that exists only in this process; ``close()`` removes it."""
-        scratch, store = _scratch_store(clock)
+        scratch, store = scratch_store(clock)
         return cls(
             session_id,
             store,

@@ -35,7 +35,7 @@ from .._fsio import FileIO
 from ..codec import Message
 from ..crypto import KeyInput
 from ..store import KeyFn
-from . import StoreOrPath, _LazyCodec, _scratch_store
+from . import LazyCodec, StoreOrPath, scratch_store
 
 if TYPE_CHECKING:
     from agents.items import TResponseInputItem
@@ -106,7 +106,7 @@ class CodecSession:
         self.session_settings = (
             _coerce(session_settings) if session_settings is not None else SessionSettings()
         )
-        self._codec = _LazyCodec(
+        self._codec = LazyCodec(
             store_or_path,
             session_id,
             executor,
@@ -141,7 +141,7 @@ class CodecSession:
         Its log lives in a private temporary directory (0700) under a random key that
         exists only in this process; ``close()`` (or garbage collection) removes it.
         """
-        scratch, store = _scratch_store(clock)
+        scratch, store = scratch_store(clock)
         return cls(
             session_id,
             store,

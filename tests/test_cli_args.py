@@ -1,0 +1,24 @@
+"""``cli/_args``: the value types every command uses never echo what was typed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conversation_codec.cli import main
+
+
+@pytest.mark.parametrize("typed", ["²", "-1", "1.5", "x"])
+def test_a_bad_count_is_refused_without_echo(
+    typed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "²".isdigit() holds but int("²") raises ValueError: argparse then printed its own
+    # "invalid _count value" message instead of the type's.
+    code = main(["tail", "-n", typed, f"{tmp_path}/chat.log"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        err.splitlines()[-1]
+        == "conversation-codec tail: error: argument -n: expected a whole number >= 0"
+    )
