@@ -19,7 +19,12 @@ from typing import Any
 
 import pytest
 
-from conversation_codec import ConflictError, ConversationCodec, ConversationCodecError
+from conversation_codec import (
+    ConflictError,
+    ConversationCodec,
+    ConversationCodecError,
+    NotSerializableError,
+)
 
 from conftest import KEY, messages, snapshot
 
@@ -168,3 +173,27 @@ def test_replace_overwrites_without_a_load(make_codec: MakeCodec) -> None:
     other = make_codec()
     other.replace([REPLY])  # the explicit overwrite the error message offers
     assert make_codec().load() == [REPLY]
+
+
+def test_the_one_comparison_fast_path_still_sees_every_change(tmp_path: Path) -> None:
+    """save() compares a kept prefix by one encode of the list when nothing transforms
+    messages (issue 15): an edit in place, a reordering of keys, a pop, a non-dict and an
+    unencodable value must each still be told apart from "all kept"."""
+    codec = ConversationCodec(tmp_path / "c.log", encryption_key=KEY)
+    codec.extend([{"role": "user", "content": f"m{i}", "n": i} for i in range(50)])
+    history = codec.load() or []
+    history[10]["content"] = "edited in place"  # the same object the caller was handed
+    codec.save([*history, {"role": "assistant", "content": "reply"}])
+    assert (codec.load() or [])[10]["content"] == "edited in place"
+    history = codec.load() or []
+    reordered = [dict(reversed(list(m.items()))) for m in history]  # same messages
+    codec.save([*reordered, {"role": "user", "content": "next"}])
+    assert len(codec) == 52 and (codec.load() or [])[:51] == history
+    codec.pop()
+    history = codec.load() or []
+    codec.save([*history, {"role": "user", "content": "after a pop"}])
+    assert [m["content"] for m in codec.tail(2)] == ["reply", "after a pop"]
+    history = codec.load() or []
+    with pytest.raises(NotSerializableError):
+        codec.save([*history[:5], {"role": "user", "content": {1, 2}}])  # type: ignore[dict-item]
+    assert codec.load() == history

@@ -21,7 +21,7 @@ from datetime import datetime
 from ._fsio import remove_flat_dir
 from .chat_api import ChatFormats
 from .core import MEMORY, CodecCore, Message, TimeInput, TimestampInput
-from .encoding import digest, encode_json
+from .encoding import encode_json
 from .errors import LogReplacedError
 from .maintenance.api import Maintenance
 from .paths import blobs_path
@@ -210,14 +210,14 @@ class ConversationCodec(Maintenance, ChatFormats):
         with self._holding(write=False):
             base, count = self._base(), len(self._log.index)
             messages: list[Message] = []
-            digests: list[bytes] = []
+            datas: list[bytes] = []
             sealed = self._log.fmt is not None and self._log.fmt.sealed
             for seq, text, _ in self._reader.payloads(base, count):
                 message = self._reader.parse(seq, text)
                 messages.append(self._present(message))
                 # A sealed record's text is the stored JSON; a plain one's is the whole line.
-                digests.append(digest(text if sealed else encode_json(message)))
-            self._history.loaded(digests, base)  # the seed pattern calls save() next
+                datas.append(text if sealed else encode_json(message))
+            self._history.loaded(datas, base)  # the seed pattern calls save() next
             return messages if count > base else None
 
     def get(self, seq: int) -> Message:

@@ -80,6 +80,11 @@ class MessageEncoder:
             )
         return message, data
 
+    @property
+    def stores_as_given(self) -> bool:
+        """True when a message is stored as given: no ``redact_fn``, attachments kept."""
+        return self.redact is None and self.attachments == "keep"
+
     def digest_of(self, message: Message) -> bytes:
         """The digest ``message`` would be stored with; empty for what cannot be stored.
 

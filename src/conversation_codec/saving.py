@@ -41,6 +41,10 @@ class HistoryView:
         self._log, self._reader, self._encoder, self._name = log, reader, encoder, name
         self._digests: list[bytes] | None = None  # of stored messages, from seq _dbase on
         self._dbase = 0
+        # The same messages' JSON joined by "," (a JSON array's inside): a save() that keeps
+        # every stored message compares it with one encode of the list, by memcmp (a hash
+        # would cost more than the encode, and could collide). None: compare one by one.
+        self._joined: bytearray | None = None
         self._view: tuple[LogState, bool] | None = None  # (state, handed the whole history)
 
     def state(self) -> LogState:
@@ -50,7 +54,7 @@ class HistoryView:
 
     def forget(self) -> None:
         """Drop the digests (another writer changed the log, or a rewrite will)."""
-        self._digests = None
+        self._digests = self._joined = None
 
     def whole(self) -> None:
         """The caller now holds the whole history as it is (loaded, saved, replaced)."""
@@ -61,7 +65,7 @@ class HistoryView:
         self._view = (self.state(), False)
 
     def cleared(self) -> None:
-        self._digests = None
+        self._digests = self._joined = None
         self._view = ((None, None, 0), False)
 
     def moved(self, before: LogState, *, keeps_view: bool) -> None:
@@ -72,25 +76,34 @@ class HistoryView:
 
     # -- digests ---------------------------------------------------------------------------
 
+    def _track(self, datas: Sequence[bytes], base: int) -> None:
+        """Digests (and the running hash) of stored messages ``base..``, by their JSON."""
+        self._digests, self._dbase = [digest(data) for data in datas], base
+        self._joined = bytearray(b",".join(datas))
+
     def created(self) -> None:
-        self._digests, self._dbase = [], 0
+        self._track([], 0)
 
     def appended(self, first: int, datas: Sequence[bytes]) -> None:
         if self._digests is not None and self._dbase + len(self._digests) == first:
+            if self._joined is not None:
+                self._joined += (b"," if self._digests else b"") + b",".join(datas)
             self._digests.extend(digest(data) for data in datas)
         else:
-            self._digests = None
+            self._digests = self._joined = None
         self.partial()  # save() sets it whole again when it appended
 
     def rewritten(self, datas: Sequence[bytes]) -> None:
-        self._digests, self._dbase = [digest(data) for data in datas], 0
+        self._track(datas, 0)
 
-    def loaded(self, digests: list[bytes], base: int) -> None:
-        self._digests, self._dbase = digests, base
+    def loaded(self, datas: Sequence[bytes], base: int) -> None:
+        """``load()`` read these messages' JSON (seqs ``base..``)."""
+        self._track(datas, base)
         self.whole()
 
     def popped(self, count: int) -> None:
         """The last of ``count`` records went (the caller was handed it back)."""
+        self._joined = None  # the next save() compares one by one (and the next load rebuilds)
         if self._digests is not None and self._dbase + len(self._digests) == count:
             self._digests.pop()
         else:
@@ -100,11 +113,22 @@ class HistoryView:
         """Digests of the visible stored messages (decrypting them once per instance)."""
         count = len(self._log.index)
         if self._digests is None or self._dbase > base or self._dbase + len(self._digests) != count:
-            self._digests = [
-                digest(encode_json(m)) for _, m, _ in self._reader.decoded(base, count)
-            ]
-            self._dbase = base
+            self._track([encode_json(m) for _, m, _ in self._reader.decoded(base, count)], base)
+        assert self._digests is not None
         return self._digests[base - self._dbase :]
+
+    def _all_kept(self, messages: Sequence[Message], base: int, stored: int) -> bool:
+        """Whether the first ``stored`` messages are the stored ones, by one encode and one
+        comparison (no per-message work) — when nothing transforms messages on the way in."""
+        if self._joined is None or self._dbase != base or len(messages) < stored:
+            return False
+        if not self._encoder.stores_as_given:
+            return False
+        try:
+            data = encode_json(messages[:stored] if len(messages) > stored else messages)
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            return False
+        return data[1:-1] == self._joined  # (a memoryview compares item by item: slower)
 
     def _same_as_stored(self, message: Message, seq: int) -> bool:
         """Compare with the stored record itself (one decryption), ignoring key order."""
@@ -120,6 +144,8 @@ class HistoryView:
         many visible messages are stored. The kept prefix is only compared, by digest:
         validating and encoding every kept message again would cost ~3x as much (at 10k)."""
         digests = self._stored_digests(base)
+        if self._all_kept(messages, base, len(digests)):
+            return len(digests), len(digests)
         keep = 0
         for message, stored in zip(messages, digests, strict=False):
             if self._encoder.digest_of(message) != stored and not self._same_as_stored(
