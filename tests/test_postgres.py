@@ -453,6 +453,24 @@ def test_a_removed_log_stays_removed_for_a_late_writer(
     assert postgres_backend.delete(cid) and cid not in postgres_backend.conversations()
 
 
+def test_summaries_describe_every_conversation_in_one_query(postgres_cluster: Cluster) -> None:
+    with PostgresBackend(postgres_cluster.create_database()) as backend:
+        full, empty = Conversation(backend, "b-full", KEY), Conversation(backend, "a-empty", None)
+        full.extend([message(0, i) for i in range(3)])
+        with empty.log.transaction(write=True):
+            empty.writer.ensure_log()
+        gone = Conversation(backend, "c-gone", KEY)
+        gone.extend([message(0, 0)])
+        assert backend.delete("c-gone")
+        got = backend.summaries()
+        tss = [ts for _, _, ts in full.messages()]
+    assert [s.conversation_id for s in got] == ["a-empty", "b-full"]
+    assert (got[0].message_count, got[0].first_ts_us, got[0].last_ts_us) == (0, None, None)
+    assert got[0].header.startswith(b"{")  # plain header line
+    assert (got[1].message_count, got[1].first_ts_us, got[1].last_ts_us) == (3, tss[0], tss[2])
+    assert got[1].size_bytes == full.log.size() > 0
+
+
 def test_a_large_rewrite_may_read_the_log_it_replaces(
     conversation: Callable[..., Conversation],
 ) -> None:

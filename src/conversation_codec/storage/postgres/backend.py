@@ -17,6 +17,7 @@ import contextlib
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import psycopg
@@ -31,6 +32,7 @@ from .schema import ensure_schema
 __all__ = [
     "CONNECT_TIMEOUT",
     "Connection",
+    "ConversationSummary",
     "PostgresBackend",
     "database_errors",
     "display_url",
@@ -113,6 +115,18 @@ def database_errors(where: str, secrets: list[str] = []) -> Iterator[None]:  # n
         ) from None
     except psycopg_pool.PoolClosed:
         raise DatabaseError(f"{where}: the connection pool is closed") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """One conversation as its row tells it (``PostgresBackend.summaries``)."""
+
+    conversation_id: str
+    message_count: int  # records stored (a codec's max_messages may hide some)
+    first_ts_us: int | None  # None: no record
+    last_ts_us: int | None
+    size_bytes: int  # header and record bodies
+    header: bytes  # the log's header (FORMAT.md §3, §6): sealed or plain, its log id
 
 
 class PostgresBackend:
@@ -203,6 +217,26 @@ class PostgresBackend:
                 "SELECT id FROM cc_conversations WHERE header IS NOT NULL ORDER BY id"
             ).fetchall()
         return [str(row[0]) for row in rows]
+
+    def summaries(self) -> list[ConversationSummary]:
+        """Describe every conversation that holds a log, sorted by id, in one query: no
+        record is read, no header authenticated (for a store's listing; the codec's
+        ``info()`` checks the header with the key)."""
+        with self.connection("list conversations") as conn:
+            rows = conn.execute(
+                """
+                SELECT c.id, c.next_seq, c.last_ts, c.header,
+                       octet_length(c.header) + c.body_bytes,
+                       (SELECT r.ts FROM cc_records r WHERE r.conversation_id = c.id AND r.seq = 0)
+                  FROM cc_conversations c
+                 WHERE c.header IS NOT NULL
+                 ORDER BY c.id
+                """
+            ).fetchall()
+        return [
+            ConversationSummary(str(c), n, first, last if n else None, size, bytes(header))
+            for c, n, last, header, size, first in rows
+        ]
 
     def delete(self, conversation_id: str) -> bool:
         """Delete a conversation's log in one transaction; return False when it had none.
