@@ -35,6 +35,15 @@ Every statement names one conversation (``conversation_id`` leads every key); on
 
 from __future__ import annotations
 
+try:
+    import psycopg  # noqa: F401
+    import psycopg_pool  # noqa: F401
+except ImportError as exc:  # pragma: no cover  # the test extra installs both
+    raise ImportError(
+        f"the PostgreSQL storage needs psycopg 3 and psycopg-pool ({exc}): "
+        'pip install "conversation-codec[postgres]"'
+    ) from None
+
 from .backend import ConversationSummary, PostgresBackend, display_url, is_database_url
 from .log import PostgresLog
 from .schema import SCHEMA_VERSION, ensure_schema
