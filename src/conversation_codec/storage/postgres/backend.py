@@ -3,9 +3,9 @@
 ``PostgresBackend.shared(url)`` gives every caller in a process the same backend (and so the
 same ``psycopg_pool.ConnectionPool``) for one URL; no call opens a connection of its own.
 The pool checks a connection before handing it out (``ConnectionPool.check_connection``),
-so after a server restart the stale connections are dropped and new ones made: the
-application keeps its pool and carries on. The schema is created or migrated once, when
-the backend opens.
+and on the first dead one checks every idle one: after a server restart the stale
+connections are dropped and new ones made at once, and the application keeps its pool.
+The schema is created or migrated once, when the backend opens.
 
 Errors of psycopg and of the pool become the library's (``database_errors``), and no
 message shows the password of a URL.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -85,14 +85,14 @@ def display_url(url: str) -> str:
     return conninfo.make_conninfo("", **params)
 
 
-def _redact(text: str, secrets: list[str]) -> str:
+def _redact(text: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
 
 
 @contextlib.contextmanager
-def database_errors(where: str, secrets: list[str] = []) -> Iterator[None]:  # noqa: B006
+def database_errors(where: str, secrets: Sequence[str] = ()) -> Iterator[None]:
     """Turn psycopg's and the pool's errors into the library's, ``where`` naming the place.
 
     A lock wait past ``lock_timeout`` is ``LockTimeoutError``; a duplicate record key (two
@@ -111,7 +111,7 @@ def database_errors(where: str, secrets: list[str] = []) -> Iterator[None]:  # n
         raise DatabaseError(f"{where}: {text}", sqlstate=exc.sqlstate) from None
     except psycopg_pool.PoolTimeout:
         raise DatabaseError(
-            f"{where}: no database connection within {CONNECT_TIMEOUT:g} s (is the server up?)"
+            f"{where}: no database connection in time (is the server up, the pool big enough?)"
         ) from None
     except psycopg_pool.PoolClosed:
         raise DatabaseError(f"{where}: the connection pool is closed") from None
