@@ -189,12 +189,14 @@ class PostgresBackend:
             raise
 
     @classmethod
-    def shared(cls, url: str) -> PostgresBackend:
-        """Return this process's backend for ``url``, opening it on first use."""
+    def shared(cls, url: str, **options: Any) -> PostgresBackend:
+        """Return this process's backend for ``url``, opening it on first use with
+        ``options`` (``min_size``, ``max_size``, ``timeout``, ``prepare_threshold``); later
+        calls return that one whatever options they pass."""
         with cls._shared_lock:
             backend = cls._shared.get(url)
             if backend is None or backend.pool.closed:
-                backend = cls._shared[url] = cls(url)
+                backend = cls._shared[url] = cls(url, **options)
             return backend
 
     def errors(self, what: str) -> contextlib.AbstractContextManager[None]:
