@@ -320,7 +320,7 @@ def test_an_immediate_server_stop_under_load_loses_no_acknowledged_append(
     backend = PostgresBackend(postgres_url)
     conv = Conversation(backend, cid, KEY)
     conv.extend([message(9, 0)])
-    idle = [backend.pool.getconn() for _ in range(4)]  # connections the stop will kill
+    idle = [backend.pool.getconn() for _ in range(5)]  # connections the stop will kill
     for conn in idle:
         backend.pool.putconn(conn)
     pool = backend.pool
@@ -333,10 +333,10 @@ def test_an_immediate_server_stop_under_load_loses_no_acknowledged_append(
         counts = [len(c.acks()) for c in children]
         # This process's pool recovers at once, the very same object (no restart of the
         # application), though every idle connection in it is dead: checked one by one
-        # with the pool's back-off, four would take 0 + 1 + 2 + 4 s.
+        # with the pool's back-off, five would take 0 + 1 + 2 + 4 s (or more).
         started = time.monotonic()
         conv.extend([message(9, 1)])
-        assert time.monotonic() - started < 1.5 and backend.pool is pool
+        assert time.monotonic() - started < 3 and backend.pool is pool
         _wait(
             lambda: all(len(c.acks()) >= n + 5 for c, n in zip(children, counts, strict=True)),
             "appends after the restart",
@@ -348,7 +348,6 @@ def test_an_immediate_server_stop_under_load_loses_no_acknowledged_append(
     stored = Conversation(PostgresBackend.shared(postgres_url), cid, KEY).messages()
     acked = {c.writer: [i for i, _ in c.acks()] for c in children}
     _check_log(stored, {**acked, 9: [0, 1]})
-    assert any(x.startswith("error") for c in children for x in c.lines)
 
 
 # -- at rest ---------------------------------------------------------------------------------
@@ -451,6 +450,24 @@ def test_a_removed_log_stays_removed_for_a_late_writer(
     assert late.extend([message(1, 0)]) == 0  # a new log, not the old one brought back
     assert [m for _, m, _ in other.messages()] == [message(1, 0)]
     assert postgres_backend.delete(cid) and cid not in postgres_backend.conversations()
+
+
+def test_summaries_describe_every_conversation_in_one_query(postgres_cluster: Cluster) -> None:
+    with PostgresBackend(postgres_cluster.create_database()) as backend:
+        full, empty = Conversation(backend, "b-full", KEY), Conversation(backend, "a-empty", None)
+        full.extend([message(0, i) for i in range(3)])
+        with empty.log.transaction(write=True):
+            empty.writer.ensure_log()
+        gone = Conversation(backend, "c-gone", KEY)
+        gone.extend([message(0, 0)])
+        assert backend.delete("c-gone")
+        got = backend.summaries()
+        tss = [ts for _, _, ts in full.messages()]
+    assert [s.conversation_id for s in got] == ["a-empty", "b-full"]
+    assert (got[0].message_count, got[0].first_ts_us, got[0].last_ts_us) == (0, None, None)
+    assert got[0].header.startswith(b"{")  # plain header line
+    assert (got[1].message_count, got[1].first_ts_us, got[1].last_ts_us) == (3, tss[0], tss[2])
+    assert got[1].size_bytes == full.log.size() > 0
 
 
 def test_a_large_rewrite_may_read_the_log_it_replaces(

@@ -30,18 +30,28 @@ prefix; a database row frames it. A removed conversation keeps its row (``header
 epoch bumped) so that no writer holding an older view can mistake it for its log.
 
 Every statement names one conversation (``conversation_id`` leads every key); only listings
-(``PostgresBackend.conversations``) and schema changes cross conversations.
+(``PostgresBackend.conversations``, ``summaries``) and schema changes cross conversations.
 """
 
 from __future__ import annotations
 
-from .backend import PostgresBackend, display_url, is_database_url
+try:
+    import psycopg  # noqa: F401
+    import psycopg_pool  # noqa: F401
+except ImportError as exc:  # pragma: no cover  # the test extra installs both
+    raise ImportError(
+        f"the PostgreSQL storage needs psycopg 3 and psycopg-pool ({exc}): "
+        'pip install "conversation-codec[postgres]"'
+    ) from None
+
+from .backend import ConversationSummary, PostgresBackend, display_url, is_database_url
 from .log import PostgresLog
 from .schema import SCHEMA_VERSION, ensure_schema
 from .store import PostgresStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "ConversationSummary",
     "PostgresBackend",
     "PostgresLog",
     "PostgresStore",

@@ -3,9 +3,9 @@
 ``PostgresBackend.shared(url)`` gives every caller in a process the same backend (and so the
 same ``psycopg_pool.ConnectionPool``) for one URL; no call opens a connection of its own.
 The pool checks a connection before handing it out (``ConnectionPool.check_connection``),
-so after a server restart the stale connections are dropped and new ones made: the
-application keeps its pool and carries on. The schema is created or migrated once, when
-the backend opens.
+and on the first dead one checks every idle one: after a server restart the stale
+connections are dropped and new ones made at once, and the application keeps its pool.
+The schema is created or migrated once, when the backend opens.
 
 Errors of psycopg and of the pool become the library's (``database_errors``), and no
 message shows the password of a URL.
@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import psycopg
@@ -31,6 +32,7 @@ from .schema import ensure_schema
 __all__ = [
     "CONNECT_TIMEOUT",
     "Connection",
+    "ConversationSummary",
     "PostgresBackend",
     "database_errors",
     "display_url",
@@ -83,14 +85,14 @@ def display_url(url: str) -> str:
     return conninfo.make_conninfo("", **params)
 
 
-def _redact(text: str, secrets: list[str]) -> str:
+def _redact(text: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
 
 
 @contextlib.contextmanager
-def database_errors(where: str, secrets: list[str] = []) -> Iterator[None]:  # noqa: B006
+def database_errors(where: str, secrets: Sequence[str] = ()) -> Iterator[None]:
     """Turn psycopg's and the pool's errors into the library's, ``where`` naming the place.
 
     A lock wait past ``lock_timeout`` is ``LockTimeoutError``; a duplicate record key (two
@@ -109,10 +111,22 @@ def database_errors(where: str, secrets: list[str] = []) -> Iterator[None]:  # n
         raise DatabaseError(f"{where}: {text}", sqlstate=exc.sqlstate) from None
     except psycopg_pool.PoolTimeout:
         raise DatabaseError(
-            f"{where}: no database connection within {CONNECT_TIMEOUT:g} s (is the server up?)"
+            f"{where}: no database connection in time (is the server up, the pool big enough?)"
         ) from None
     except psycopg_pool.PoolClosed:
         raise DatabaseError(f"{where}: the connection pool is closed") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """One conversation as its row tells it (``PostgresBackend.summaries``)."""
+
+    conversation_id: str
+    message_count: int  # records stored (a codec's max_messages may hide some)
+    first_ts_us: int | None  # None: no record
+    last_ts_us: int | None
+    size_bytes: int  # header and record bodies
+    header: bytes  # the log's header (FORMAT.md §3, §6): sealed or plain, its log id
 
 
 class PostgresBackend:
@@ -175,12 +189,14 @@ class PostgresBackend:
             raise
 
     @classmethod
-    def shared(cls, url: str) -> PostgresBackend:
-        """Return this process's backend for ``url``, opening it on first use."""
+    def shared(cls, url: str, **options: Any) -> PostgresBackend:
+        """Return this process's backend for ``url``, opening it on first use with
+        ``options`` (``min_size``, ``max_size``, ``timeout``, ``prepare_threshold``); later
+        calls return that one whatever options they pass."""
         with cls._shared_lock:
             backend = cls._shared.get(url)
             if backend is None or backend.pool.closed:
-                backend = cls._shared[url] = cls(url)
+                backend = cls._shared[url] = cls(url, **options)
             return backend
 
     def errors(self, what: str) -> contextlib.AbstractContextManager[None]:
@@ -203,6 +219,26 @@ class PostgresBackend:
                 "SELECT id FROM cc_conversations WHERE header IS NOT NULL ORDER BY id"
             ).fetchall()
         return [str(row[0]) for row in rows]
+
+    def summaries(self) -> list[ConversationSummary]:
+        """Describe every conversation that holds a log, sorted by id, in one query: no
+        record is read, no header authenticated (for a store's listing; the codec's
+        ``info()`` checks the header with the key)."""
+        with self.connection("list conversations") as conn:
+            rows = conn.execute(
+                """
+                SELECT c.id, c.next_seq, c.last_ts, c.header,
+                       octet_length(c.header) + c.body_bytes,
+                       (SELECT r.ts FROM cc_records r WHERE r.conversation_id = c.id AND r.seq = 0)
+                  FROM cc_conversations c
+                 WHERE c.header IS NOT NULL
+                 ORDER BY c.id
+                """
+            ).fetchall()
+        return [
+            ConversationSummary(str(c), n, first, last if n else None, size, bytes(header))
+            for c, n, last, header, size, first in rows
+        ]
 
     def delete(self, conversation_id: str) -> bool:
         """Delete a conversation's log in one transaction; return False when it had none.
