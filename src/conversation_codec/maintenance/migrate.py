@@ -41,6 +41,7 @@ from ..format.header import LogKind, sniff_log
 from ..paths import backup_path, index_path, is_sidecar, migrating_path
 from .legacy import LegacyFormat, read_legacy
 from .migrate_commit import (
+    as_storage_errors,
     check_unchanged,
     finish,
     publish,
@@ -128,7 +129,7 @@ def migrate(
     if sniff_log(data[:64]) in (LogKind.SEALED, LogKind.PLAIN):
         notes = ["already a conversation-codec log; left as it is"]
         if not dry_run:
-            with writer_lock(real, io):
+            with as_storage_errors(real), writer_lock(real, io):
                 if sweep_leftovers(real, None, io):
                     notes.append("removed the temp files of an interrupted migration")
         return MigrationReport(
@@ -148,7 +149,7 @@ def migrate(
     if dry_run:
         return report.done(0, None, False, "dry run: nothing was written")
     bak = Path(backup_path(target)) if in_place and backup else None
-    with writer_lock(target, io) as announce:
+    with as_storage_errors(target), writer_lock(target, io) as announce:
         sweep_leftovers(target, bak, io)
         tmp = migrating_path(target)
         made_backup = False

@@ -26,6 +26,7 @@ from .migrate_source import Plan
 
 __all__ = [
     "WRITE_BATCH",
+    "as_storage_errors",
     "check_unchanged",
     "finish",
     "publish",
@@ -38,6 +39,19 @@ __all__ = [
 ]
 
 WRITE_BATCH = 4096  # messages per extend() while writing the new log: bounds memory per call
+
+
+@contextlib.contextmanager
+def as_storage_errors(path: Path) -> Iterator[None]:
+    """Raise an ``OSError`` of the steps below as ``StorageError`` naming ``path``."""
+    try:
+        yield
+    except ConversationCodecError:
+        raise
+    except OSError as exc:
+        raise StorageError(
+            exc.errno or 0, f"cannot migrate to {path}: {exc.strerror or exc}"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -64,8 +78,10 @@ def writer_lock(target: Path, io: FileIO) -> Iterator[Callable[[], None]]:
     try:
         yield announce
     finally:
-        lock.forget_created(keep=False)
-        lock.close()
+        try:
+            lock.forget_created(keep=False)
+        finally:
+            lock.close()  # even when that unlink failed: a leaked descriptor keeps the lock
 
 
 def sweep_leftovers(target: Path, bak: Path | None, io: FileIO) -> int:
