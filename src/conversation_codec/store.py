@@ -320,7 +320,7 @@ class ConversationStore:
                 return False
             codec.clear()
             for leftover in _files_of(path):  # temp files of writers that crashed mid-rewrite
-                unlink_file(leftover)  # refuses a planted link
+                unlink_file(leftover, io=codec.options.io)  # refuses a planted link
         return cutoff_us is None or last is not None
 
     def prune(
