@@ -70,6 +70,10 @@ NEW: Message = {"role": "assistant", "content": f"new {SECRET}"}
 AFTER: Message = {"role": "user", "content": "written after the fault"}
 
 
+class Interrupted(BaseException):
+    """Raised at a step mark: as a KeyboardInterrupt there would (cleanup must still run)."""
+
+
 class ExitCode(Exception):
     """A CLI command exited 1 (a library error, reported on one ``error:`` line)."""
 
@@ -332,8 +336,11 @@ class FaultyIO(FileIO):
     """The operating system, counting every seam call; the ``nth`` (1-based, all kinds
     together; 0: none) fails with ``err``, and every later one too if ``persistent``."""
 
-    def __init__(self, nth: int = 0, err: int = errno.EIO, *, persistent: bool = False) -> None:
+    def __init__(
+        self, nth: int = 0, err: int = errno.EIO, *, persistent: bool = False, stop: int = 0
+    ) -> None:
         self.nth, self.err, self.persistent = nth, err, persistent
+        self.stop = stop  # raise Interrupted at this step mark (1-based; 0: never)
         self.calls: list[str] = []
         self.steps: list[str] = []
         self.failed: list[str] = []
@@ -375,6 +382,8 @@ class FaultyIO(FileIO):
 
     def step(self, name: str) -> None:
         self.steps.append(name)
+        if len(self.steps) == self.stop:
+            raise Interrupted(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +451,24 @@ def io_fault(writer: Writer, folder: Path, nth: int, err: int, persistent: bool)
         _written_secrets(writer, folder, iter(()))
     except Exception as exc:
         raise AssertionError(f"{where}: {exc}") from exc
+    return got
+
+
+def interrupted(writer: Writer, folder: Path, stop: int) -> str:
+    """Raise :class:`Interrupted` at ``writer``'s ``stop``-th step mark; check what is
+    stored, as :func:`io_fault` does. Return the state left."""
+    folder.mkdir(parents=True)
+    ctx = writer.prepare(folder)
+    io = FaultyIO(stop=stop)
+    with contextlib.suppress(Interrupted):
+        writer.act(folder, io, ctx)
+    assert len(io.steps) == stop, f"{writer.name}: step {stop} was never reached"
+    try:
+        got = writer.state(folder, ctx)
+        assert got in ("old", "new"), f"state {got}"
+        _written_secrets(writer, folder, iter(()))
+    except Exception as exc:
+        raise AssertionError(f"{writer.name}: interrupted at {io.steps[-1]}: {exc}") from exc
     return got
 
 

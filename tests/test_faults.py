@@ -23,6 +23,7 @@ from _faults import (
     PowerLossIO,
     Writer,
     fault_points,
+    interrupted,
     io_fault,
     power_losses,
     sample,
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.skipif(
 NAMES = [w.name for w in WRITERS]
 SAMPLED_CALLS = 6  # per writer in the default run: the first, the last and 4 between
 SAMPLED_IMAGES = 12  # per writer in the default run
+STEPPED = {"log append", "log truncate", "log rewrite", "migrate"}  # those that mark steps
 
 
 def test_every_writer_has_fault_points(tmp_path: Path) -> None:
@@ -81,6 +83,16 @@ def test_power_loss_at_sampled_points(tmp_path: Path, name: str) -> None:
 def test_power_loss_at_every_point(tmp_path: Path, name: str) -> None:
     found = power_losses(BY_NAME[name], tmp_path, None, name, per_point=8)
     print(f"{name}: {dict(found)}")
+
+
+@pytest.mark.parametrize("name", [w.name for w in WRITERS if w.name in STEPPED])
+def test_interrupted_at_every_step(tmp_path: Path, name: str) -> None:
+    """An exception at each ``FileIO.step`` mark (as a KeyboardInterrupt would raise):
+    the old or the new state, and the new one from the commit point on."""
+    writer = BY_NAME[name]
+    steps = fault_points(writer, tmp_path / "count").steps
+    states = [interrupted(writer, tmp_path / f"s{k}", k) for k in range(1, steps + 1)]
+    assert states == sorted(states, key=("old", "new").index), f"back to old: {states}"
 
 
 # --- the harness can fail ------------------------------------------------------------------
