@@ -675,8 +675,11 @@ class Image:
     story: list[str] = field(default_factory=list)
 
 
-def crash_image(rec: PowerLossIO, point: int, scrambled: bool, rng: random.Random) -> Image:
-    """The disk a power loss right before ``rec.ops[point]`` may leave."""
+def crash_image(
+    rec: PowerLossIO, point: int, scrambled: bool, rng: random.Random, *, lose: bool = True
+) -> Image:
+    """The disk a power loss right before ``rec.ops[point]`` may leave (``lose=False``:
+    the disk with every call applied, which must be the real folder at the last point)."""
     durable = [bytearray(data) for data in rec.initial]
     pending: dict[int, list[Op]] = defaultdict(list)
     names = {folder: dict(entries) for folder, entries in rec.start.items()}
@@ -695,7 +698,7 @@ def crash_image(rec: PowerLossIO, point: int, scrambled: bool, rng: random.Rando
         story=[f"point {point}/{len(rec.ops)}, {'scrambled' if scrambled else 'ordered'}"]
     )
     for folder, ops in moves.items():
-        kept = rng.randint(0, len(ops))
+        kept = rng.randint(0, len(ops)) if lose else len(ops)
         entries = names.setdefault(folder, {})
         for op in ops[:kept]:
             if op.kind == "rename":
@@ -710,7 +713,9 @@ def crash_image(rec: PowerLossIO, point: int, scrambled: bool, rng: random.Rando
         for name, fid in sorted(entries.items()):
             if fid not in contents:
                 buf = bytearray(durable[fid])
-                fates = _fates(pending[fid], scrambled, rng)
+                fates = (
+                    _fates(pending[fid], scrambled, rng) if lose else ["full"] * len(pending[fid])
+                )
                 for op, fate in zip(pending[fid], fates, strict=True):
                     _land(buf, op, fate, rng)
                 contents[fid] = bytes(buf)
@@ -727,7 +732,19 @@ def record(writer: Writer, folder: Path) -> tuple[PowerLossIO, Any]:
     writer.act(folder, rec, ctx)
     rec.finish()
     _written_secrets(writer, folder, (op.data for op in rec.ops))
+    check_model(rec, folder)
     return rec, ctx
+
+
+def check_model(rec: PowerLossIO, folder: Path) -> None:
+    """With every recorded call applied the model must be the real folder, byte for byte:
+    a file changed outside the seam shows up here. The one exception, a file created
+    (``O_CREAT``) and never written, is empty."""
+    model = crash_image(rec, len(rec.ops), False, random.Random(0), lose=False).files
+    real = {os.path.relpath(p, folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    for rel, data in real.items():
+        assert model.get(rel, b"") == data, f"{rel} was written outside the FileIO seam"
+    assert not model.keys() - real.keys(), f"the model has files that are not there: {model}"
 
 
 def check_image(writer: Writer, rec: PowerLossIO, ctx: Any, image: Image, folder: Path) -> str:

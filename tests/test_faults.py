@@ -19,6 +19,7 @@ import pytest
 
 from _faults import (
     BY_NAME,
+    KINDS,
     WRITERS,
     PowerLossIO,
     Writer,
@@ -48,6 +49,8 @@ def test_every_writer_has_fault_points(tmp_path: Path) -> None:
     for name, p in points.items():
         print(f"{name + ':':<15} {p}")
         assert p.total > 0, f"{name} makes no call through the FileIO seam"
+    kinds = {kind for p in points.values() for kind in p.calls}
+    assert kinds == set(KINDS), "between them the writers make every kind of seam call"
     assert points["migrate"].calls["link"] == 1, "the backup is linked into place"
     assert points["keygen"].calls["fsync_dir"] == 1, "keygen --out syncs the directory"
 
@@ -149,6 +152,17 @@ def test_the_recorder_catches_a_write_around_the_seam(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def _outside_act(folder: Path, io: FileIO, ctx: Any) -> None:
+    _in_place_act(folder, io, ctx)
+    (folder / "other").write_bytes(b"written with plain open()")
+
+
+def test_the_model_check_catches_a_file_written_outside_the_seam(tmp_path: Path) -> None:
+    sneaky = Writer("sneaky", _in_place_prepare, _outside_act, _in_place_state, None)
+    with pytest.raises(AssertionError, match="other was written outside the FileIO seam"):
+        power_losses(sneaky, tmp_path, 4, "sneaky")
+
+
 def test_the_secret_check_catches_plaintext(tmp_path: Path) -> None:
     leaky = Writer(
         "leaky",
@@ -160,11 +174,3 @@ def test_the_secret_check_catches_plaintext(tmp_path: Path) -> None:
     )
     with pytest.raises(AssertionError, match="plaintext"):
         io_fault(leaky, tmp_path / "run", 5, errno.EIO, persistent=False)
-
-
-def test_the_counter_sees_every_kind(tmp_path: Path) -> None:
-    """Between them the writers make every kind of seam call (so each kind is failed)."""
-    kinds = set()
-    for i, writer in enumerate(WRITERS):
-        kinds |= set(fault_points(writer, tmp_path / f"w{i}").calls)
-    assert kinds == {"pwrite", "sync", "truncate", "rename", "link", "unlink", "fsync_dir"}
