@@ -322,6 +322,9 @@ WRITERS: list[Writer] = [
         _delete_prepare,
         lambda folder, io, ctx: _blobs(folder, io).delete_unreferenced([ctx[0]]),
         _delete_state,
+        # Like the lock, a part that runs inside the log's write transaction (compact()),
+        # which raises its OSError as StorageError; put() wraps its own, as it may run alone.
+        errors=(OSError,),
     ),
     Writer("export", _export_prepare, _export_act, _export_state, secret=None),  # plaintext
     Writer("migrate", _migrate_prepare, _migrate_act, _migrate_state),

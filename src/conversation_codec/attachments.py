@@ -458,8 +458,7 @@ class BlobStore:
         under the writer lock no ``put`` is in flight, and a temp file may hold a blob
         sealed under a key that a rotation is retiring.
 
-        :raises StorageError: the directory, or an entry to delete, is a link; or a delete
-            or the directory's sync failed.
+        :raises StorageError: the directory, or an entry to delete, is a link.
         """
         keep = set(referenced)
         try:
@@ -476,12 +475,6 @@ class BlobStore:
                     swept += unlink_file(name, dir_fd=dir_fd, shown=shown, io=self.io)
             if gone or swept:
                 self.io.fsync_dir(dir_fd)
-        except OSError as exc:
-            if isinstance(exc, StorageError):
-                raise
-            raise StorageError(
-                exc.errno, f"cannot delete blobs in {self.directory}: {exc}"
-            ) from exc
         finally:
             os.close(dir_fd)
         return gone

@@ -164,7 +164,8 @@ def migrate(
             announce()
             publish(tmp, target, in_place, io)
         except BaseException:
-            remove_temp(tmp, io)
+            with contextlib.suppress(OSError):  # the first error is the one to report
+                remove_temp(tmp, io)
             if made_backup and bak is not None:
                 with contextlib.suppress(OSError):
                     io.unlink(bak)
