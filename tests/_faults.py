@@ -290,6 +290,15 @@ def _migrate_state(folder: Path, raw: bytes) -> str:
     return "new"
 
 
+def _migrate_to_state(folder: Path, raw: bytes) -> str:
+    assert (folder / _LEGACY).read_bytes() == raw, "the source was modified"
+    if not (folder / LOG).exists():
+        return "old"
+    with ConversationCodec(folder / LOG, encryption_key=KEY) as codec:
+        assert codec.load() == _LEGACY_MESSAGES, "the migrated log is not the source"
+    return "new"
+
+
 WRITERS: list[Writer] = [
     _log_writer("log append", lambda c: c.append(NEW), [*OLD, NEW]),
     _log_writer("log truncate", lambda c: c.pop(), OLD[:-1]),
@@ -328,6 +337,14 @@ WRITERS: list[Writer] = [
     ),
     Writer("export", _export_prepare, _export_act, _export_state, secret=None),  # plaintext
     Writer("migrate", _migrate_prepare, _migrate_act, _migrate_state),
+    Writer(
+        "migrate to dst",  # published with a hard link: never replaces what appeared there
+        _migrate_prepare,
+        lambda folder, io, ctx: migrate(
+            folder / _LEGACY, folder / LOG, encryption_key=KEY, legacy_key=LEGACY_KEY, io=io
+        ),
+        _migrate_to_state,
+    ),
 ]
 BY_NAME = {w.name: w for w in WRITERS}
 

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(
 NAMES = [w.name for w in WRITERS]
 SAMPLED_CALLS = 6  # per writer in the default run: the first, the last and 4 between
 SAMPLED_IMAGES = 12  # per writer in the default run
-STEPPED = {"log append", "log truncate", "log rewrite", "migrate"}  # those that mark steps
+STEPPED = {"log append", "log truncate", "log rewrite", "migrate", "migrate to dst"}
 
 
 def test_every_writer_has_fault_points(tmp_path: Path) -> None:
