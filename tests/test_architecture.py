@@ -203,9 +203,7 @@ PACKAGE = "conversation_codec"
 MAX_LINES = 500  # per module (issue 13); the house style aims at ~400
 # Modules still over MAX_LINES, with their line count when this list was written: each is a
 # debt to pay, and the test fails when one grows (or a new one joins).
-LONG_MODULES = {
-    "maintenance/migrate.py": 669,  # migrate, migrate_many and the crash-safe batch
-}
+LONG_MODULES: dict[str, int] = {}
 
 
 def _module_name(path: Path, root: Path) -> str:

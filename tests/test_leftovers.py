@@ -33,7 +33,7 @@ from conversation_codec.format.header import LOG_MAGIC
 from conversation_codec.maintenance.migrate import migrate
 from conversation_codec.maintenance.verify import salvage
 
-from conftest import KEY, OTHER_KEY
+from conftest import KEY, OTHER_KEY, Steps
 
 TEMP = ".tmp-0123456789abcdef"  # FORMAT.md §1: P.tmp-<16 lowercase hex>
 MIGRATING = ".migrating-fedcba9876543210"  # migrate's temp log for P (and its sidecars)
@@ -303,7 +303,7 @@ def test_a_migration_in_progress_keeps_its_temp_files(tmp_path: Path) -> None:
         time.sleep(0.3)  # the sweep would have happened by now, were it not for the lock
         during.update(codec=codec, worker=worker, names=os.listdir(tmp_path))
 
-    report = migrate(source, path, encryption_key=KEY, _fault=fault)
+    report = migrate(source, path, encryption_key=KEY, io=Steps(fault))
     during["worker"].join(TIMEOUT)
     during["codec"].close()
     assert report.converted

@@ -36,6 +36,8 @@ from conversation_codec.format.header import LOG_MAGIC
 from conversation_codec.maintenance.legacy import LegacyFormat
 from conversation_codec.maintenance.migrate import BatchItem, MigrationReport, migrate, migrate_many
 
+from conftest import Steps
+
 KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="  # the new logs' key (tests only)
 LEGACY_KEY = "qsaLzMvJjEw-zJjkxF2ovDTZySvHckf4NDTI-P8sBdE="  # the legacy app's Fernet key
 OTHER_KEY = "VTc7qcgxoeOXhVHyAWpFQkDKN0zUX9vD6bu13m5E24I="
@@ -509,7 +511,7 @@ def test_a_source_modified_during_migration_is_not_replaced(tmp_path: Path) -> N
                 f.write(jsonl([{"role": "user", "content": "late"}]))
 
     with pytest.raises(StorageError, match="modified while migrating"):
-        migrate(src, _fault=writer_meanwhile)
+        migrate(src, io=Steps(writer_meanwhile))
     assert names(tmp_path) == {"history.jsonl"}, "temp files or the backup were left"
     assert src.read_bytes() == jsonl([*MESSAGES, {"role": "user", "content": "late"}])
 
@@ -517,13 +519,13 @@ def test_a_source_modified_during_migration_is_not_replaced(tmp_path: Path) -> N
 # --- crashes ----------------------------------------------------------------------------------
 
 IN_PLACE_STEPS = [
-    "temp:rewrite:temp-written",  # the temp log being created by the codec
-    "temp:rewrite:temp-synced",
-    "temp:rewrite:renamed",
-    "temp:rewrite:index-written",
-    "temp:rewrite:dir-synced",
-    "temp:append:written",  # the messages appended to it
-    "temp:append:synced",
+    "rewrite:temp-written",  # the temp log being created by the codec (its own steps)
+    "rewrite:temp-synced",
+    "rewrite:renamed",
+    "rewrite:index-written",
+    "rewrite:dir-synced",
+    "append:written",  # the messages appended to it
+    "append:synced",
     "migrate:temp-written",  # before the temp log's fsync
     "migrate:temp-synced",
     "migrate:verified",  # read back and compared
@@ -549,13 +551,15 @@ CRASH_CASES: dict[str, tuple[bytes, dict[str, Any], str | None]] = {
 
 _CHILD = r"""
 import json, os, sys
+from conversation_codec import FileIO
 from conversation_codec.maintenance.migrate import migrate
 src, dst, step, kwargs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 dst = None if dst == "-" else dst
-def fault(name):
-    if name == step:
-        os._exit(17)  # no cleanup, no flush: as abrupt as a kill
-migrate(src, dst, _fault=fault, **kwargs)
+class Kill(FileIO):
+    def step(self, name):
+        if name == step:
+            os._exit(17)  # no cleanup, no flush: as abrupt as a kill
+migrate(src, dst, io=Kill(), **kwargs)
 sys.exit(3)  # the step was never reached
 """
 
@@ -567,7 +571,7 @@ def test_the_steps_under_test_are_all_the_steps(tmp_path: Path) -> None:
         folder.mkdir()
         (folder / "history").write_bytes(raw)
         seen: list[str] = []
-        migrate(folder / "history", dst and folder / dst, _fault=seen.append, **kwargs)
+        migrate(folder / "history", dst and folder / dst, io=Steps(seen.append), **kwargs)
         assert seen == steps
 
 
@@ -654,7 +658,7 @@ def test_fault_raised_at_every_step(tmp_path: Path, step: str) -> None:
             raise KeyboardInterrupt  # not an Exception: the cleanup must still run
 
     with pytest.raises(KeyboardInterrupt):
-        migrate(src, encryption_key=KEY, legacy_key=LEGACY_KEY, _fault=fault)
+        migrate(src, encryption_key=KEY, legacy_key=LEGACY_KEY, io=Steps(fault))
     if IN_PLACE_STEPS.index(step) < IN_PLACE_STEPS.index(COMMIT):
         assert snapshot(tmp_path) == before
     else:

@@ -232,13 +232,13 @@ def _migrations(folder: Path, cap: Capture) -> tuple[list[Message], set[str], by
     src = folder / "legacy.jsonl"
     original = "".join(json.dumps(m) + "\n" for m in plain).encode()
     src.write_bytes(original)
-    report = migrate(src, encryption_key=KEY, _fault=cap.snapshot)
+    report = migrate(src, encryption_key=KEY, io=Steps(cap.snapshot))
     assert report.converted and report.backup is not None
     sealed = secret_messages("charlie", 6)
     token = Fernet(LEGACY_KEY).encrypt("".join(json.dumps(m) + "\n" for m in sealed).encode())
     enc = folder / "legacy-fernet.jsonl"
     enc.write_bytes(token)
-    migrate(enc, encryption_key=KEY, legacy_key=LEGACY_KEY, _fault=cap.snapshot)
+    migrate(enc, encryption_key=KEY, legacy_key=LEGACY_KEY, io=Steps(cap.snapshot))
     with ConversationCodec(src, encryption_key=KEY) as c:
         assert c.load() == plain
     with ConversationCodec(enc, encryption_key=KEY) as c:

@@ -250,7 +250,7 @@ def unlink_file(
     return True
 
 
-def remove_flat_dir(path: _Path, *, check_only: bool = False) -> bool:
+def remove_flat_dir(path: _Path, *, check_only: bool = False, io: FileIO = DEFAULT_IO) -> bool:
     """Delete the directory ``path`` and the regular files in it; False when it is missing.
 
     Every entry is checked before the first is deleted, so a refusal deletes nothing; all
@@ -274,7 +274,7 @@ def remove_flat_dir(path: _Path, *, check_only: bool = False) -> bool:
             return True
         for name in names:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=fd)
+                io.unlink(name, dir_fd=fd)
     finally:
         os.close(fd)
     with contextlib.suppress(FileNotFoundError):

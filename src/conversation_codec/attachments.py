@@ -470,9 +470,9 @@ class BlobStore:
             for name in os.listdir(dir_fd):
                 shown = self.directory / name
                 if _NAME.fullmatch(name) and name not in keep:
-                    gone += unlink_file(name, dir_fd=dir_fd, shown=shown)
+                    gone += unlink_file(name, dir_fd=dir_fd, shown=shown, io=self.io)
                 elif is_blob_temp(name):
-                    swept += unlink_file(name, dir_fd=dir_fd, shown=shown)
+                    swept += unlink_file(name, dir_fd=dir_fd, shown=shown, io=self.io)
             if gone or swept:
                 self.io.fsync_dir(dir_fd)
         finally:
@@ -485,7 +485,7 @@ class BlobStore:
         :raises StorageError: the directory or an entry in it is a link or a subdirectory
             (then nothing is deleted).
         """
-        if remove_flat_dir(self.directory):
+        if remove_flat_dir(self.directory, io=self.io):
             self.io.fsync_dir(self.directory.parent)
 
     def __repr__(self) -> str:  # never the keys

@@ -201,7 +201,7 @@ class ConversationCodec(Maintenance, ChatFormats):
         if self._encoder.blobs is not None:
             self._encoder.blobs.clear()
         elif self._file:
-            remove_flat_dir(blobs_path(self._path))
+            remove_flat_dir(blobs_path(self._path), io=self._options.io)
 
     # -- reading ---------------------------------------------------------------------------
 

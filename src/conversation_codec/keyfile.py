@@ -18,7 +18,7 @@ import stat
 import time
 from pathlib import Path
 
-from ._fsio import atomic_write
+from ._fsio import DEFAULT_IO, FileIO, atomic_write
 from .crypto import Keyring, generate_key
 from .errors import FormatError, KeyFileError, StorageError
 
@@ -35,11 +35,12 @@ _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # so a FIFO at the path cannot hang 
 _EMPTY_GRACE = 0.25  # seconds
 
 
-def load_or_create_key(path: str | os.PathLike[str]) -> str:
+def load_or_create_key(path: str | os.PathLike[str], *, io: FileIO = DEFAULT_IO) -> str:
     """Return the Fernet key stored at ``path``, creating the file (mode 0600) if missing.
 
     An existing file is only ever read. Concurrent callers, in threads or processes,
     all return the same key. Missing parent directories are created with mode 0700.
+    ``io``: the filesystem seam the new file is written, synced and linked through.
 
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "chat.key")
@@ -58,19 +59,20 @@ def load_or_create_key(path: str | os.PathLike[str]) -> str:
         if key is not None:
             return key
         key = generate_key()
-        if _create(path, key):
+        if _create(path, key, io):
             return key
     raise StorageError(
         errno.EAGAIN, f"{path} keeps appearing and disappearing; is another program deleting it?"
     )
 
 
-def create_key_file(path: str | os.PathLike[str]) -> str:
+def create_key_file(path: str | os.PathLike[str], *, io: FileIO = DEFAULT_IO) -> str:
     """Write a new Fernet key to ``path`` (mode 0600) and return it; never replace a file.
 
     The file is published as :func:`load_or_create_key` publishes one: written and synced
     under a temporary name, linked into place, the directory synced — a key lost to a power
     cut would make every log sealed with it unreadable. (``conversation-codec keygen --out``.)
+    ``io``: the filesystem seam every write, sync, link and unlink goes through.
 
     :raises KeyFileError: something already exists at ``path``.
     :raises StorageError: the file or its directory cannot be written.
@@ -78,7 +80,7 @@ def create_key_file(path: str | os.PathLike[str]) -> str:
     path = Path(path)
     key = generate_key()
     try:
-        atomic_write(path, (key + "\n").encode("ascii"), exclusive=True, mode=KEY_FILE_MODE)
+        atomic_write(path, (key + "\n").encode("ascii"), io=io, exclusive=True, mode=KEY_FILE_MODE)
     except FileExistsError:
         if path.is_symlink():  # never written through, and said so: a planted link
             raise StorageError(
@@ -173,14 +175,14 @@ def _parse(path: Path, data: bytes) -> str:
     return text.decode("ascii")
 
 
-def _create(path: Path, key: str) -> bool:
+def _create(path: Path, key: str, io: FileIO) -> bool:
     """Publish a new key file; return False when another creator got there first."""
     try:
         os.makedirs(path.parent, mode=0o700, exist_ok=True)
         # Written and synced under a temporary name, then linked into place: the final
         # name never exists half-written, and link (unlike rename) never replaces it.
         # Without hard links it is created in place with O_EXCL (see _EMPTY_GRACE).
-        atomic_write(path, (key + "\n").encode("ascii"), exclusive=True, mode=KEY_FILE_MODE)
+        atomic_write(path, (key + "\n").encode("ascii"), io=io, exclusive=True, mode=KEY_FILE_MODE)
     except FileExistsError:
         return False
     except OSError as exc:

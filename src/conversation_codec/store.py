@@ -110,7 +110,7 @@ class ConversationStore:
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
         if encryption_key is not None:
             Keyring.from_input(encryption_key)  # a bad key fails here, not at the first open
-        self._backend: StoreBackend = backend_for(root)
+        self._backend: StoreBackend = backend_for(root, io=io)
         self._key = encryption_key
         self._key_fn = key_fn
         self._durability = durability

@@ -32,6 +32,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
+from .._fsio import DEFAULT_IO, FileIO
 from ..errors import ConversationCodecError
 from . import keys, logs, maintenance, search, store
 from ._args import Parser, binding, secret_sources
@@ -40,12 +41,17 @@ from ._common import EXIT_ERROR, EXIT_USAGE, InputError, UsageError, report_erro
 __all__ = ["main"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (the console script exits with it)."""
+def main(argv: Sequence[str] | None = None, *, io: FileIO = DEFAULT_IO) -> int:
+    """Run the command line; return the exit code (the console script exits with it).
+
+    ``io``: the filesystem seam (as ``ConversationCodec(io=...)``) that ``keygen --out``,
+    ``migrate`` and the commands on one log write through; tests pass their own.
+    """
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.io = io
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         code = run(args)

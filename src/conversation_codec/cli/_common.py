@@ -134,6 +134,7 @@ def open_log(args: argparse.Namespace, *, must_exist: bool = True) -> Conversati
         durability=durability,
         password=log_password(args),
         context=getattr(args, "context", None),
+        io=args.io,
     )
 
 

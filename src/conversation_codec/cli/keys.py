@@ -56,7 +56,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     try:
         # Written, synced, linked into place and the directory synced: a key lost to a power
         # cut would make every log sealed with it unreadable (keyfile.create_key_file).
-        create_key_file(args.out)
+        create_key_file(args.out, io=args.io)
     except KeyFileError as exc:
         raise InputError(str(exc)) from None
     print(f"wrote a new key to {args.out} (mode 0600); use it with --key-file {args.out}")

@@ -232,6 +232,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         backup=not args.no_backup,
         dry_run=args.dry_run,
         progress=progress if sys.stderr.isatty() else None,
+        io=args.io,
     )
     if args.json:
         emit({**report.as_dict(), "encrypted": key is not None})

@@ -50,11 +50,12 @@ from typing import Any, Protocol, cast
 
 import msgspec
 
-from .._fsio import atomic_write, check_file
+from .._fsio import FileIO, atomic_write, check_file
 from .._time import EPOCH, ONE_US, to_datetime
 from ..crypto import KeyInput
 from ..errors import StorageError
 from ..format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
+from ..options import CodecOptions
 from ..storage.base import LogStorage
 from .legacy import LegacyFormat, parse_legacy, read_legacy
 
@@ -91,6 +92,8 @@ class History(Protocol):
     def path(self) -> Path: ...
     @property
     def storage(self) -> LogStorage: ...
+    @property
+    def options(self) -> CodecOptions: ...
     def __len__(self) -> int: ...
     def transaction(self) -> contextlib.AbstractContextManager[None]: ...
     def search(self) -> Iterator[_Hit]: ...
@@ -131,13 +134,16 @@ def export_history(
     dst: str | os.PathLike[str],
     format: str = "jsonl",
     with_timestamps: bool = True,
+    *,
+    io: FileIO | None = None,
 ) -> int:
     """Write the whole history to ``dst`` as plaintext; return the number of messages.
 
     **The export is not encrypted**, whatever the log is: it is written with mode 0600,
     but protect or delete it like any plaintext copy of the conversation. The file is
     replaced atomically (temp file, fsync, rename, directory fsync): ``dst`` is either
-    its old self or the complete export. See the module docstring for the layout.
+    its old self or the complete export, written through ``io`` (default: the codec's
+    ``options.io`` seam). See the module docstring for the layout.
 
     >>> import os, tempfile
     >>> from conversation_codec import ConversationCodec
@@ -173,7 +179,7 @@ def export_history(
         chunks: Iterable[bytes] = (line + b"\n" for line in lines())
     else:
         chunks = _json_array(lines())
-    _write_atomically(dst, chunks)
+    _write_atomically(dst, chunks, codec.options.io if io is None else io)
     return count
 
 
@@ -227,9 +233,9 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def _write_atomically(dst: Path, chunks: Iterable[bytes]) -> None:
+def _write_atomically(dst: Path, chunks: Iterable[bytes], io: FileIO) -> None:
     try:
-        atomic_write(dst, chunks)  # refuses a link planted at dst meanwhile
+        atomic_write(dst, chunks, io=io)  # refuses a link planted at dst meanwhile
     except OSError as exc:
         if isinstance(exc, StorageError):
             raise

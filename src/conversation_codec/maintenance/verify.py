@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .._fsio import DEFAULT_IO, FileIO
 from .._time import to_datetime
 from ..codec import ConversationCodec
 from ..crypto import KeyInput
@@ -43,6 +44,7 @@ def salvage(
     encryption_key: KeyInput | None = None,
     password: str | None = None,
     context: str | None = None,
+    io: FileIO = DEFAULT_IO,
 ) -> SalvageReport:
     """Copy every intact record of a (damaged) log into a new log at ``dst``.
 
@@ -50,6 +52,8 @@ def salvage(
     timestamp that went backwards is raised to its predecessor's); a seq found twice keeps
     its first intact copy. ``dst`` is written with the same key or password, and bound to
     the same ``context`` (the one ``src`` was opened with), so it can take ``src``'s place.
+
+    ``io``: the filesystem seam the new log is written through (as ``ConversationCodec``'s).
 
     :raises StorageError: ``dst`` already holds something.
     """
@@ -82,7 +86,9 @@ def salvage(
     for seq in seqs:
         last = max(last, found[seq][0])
         stamps.append(to_datetime(last))
-    with ConversationCodec(dst_path, encryption_key, password=password, context=context) as out:
+    with ConversationCodec(
+        dst_path, encryption_key, password=password, context=context, io=io
+    ) as out:
         out.extend([found[s][1] for s in seqs], timestamps=stamps)
     lost = tuple(s for s in range(seqs[-1] + 1) if s not in found) if seqs else ()
     return SalvageReport(Path(src), dst_path, len(seqs), lost, tuple(problems))

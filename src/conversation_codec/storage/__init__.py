@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import cast
 
+from .._fsio import FileIO
 from ..errors import BackendUnavailableError
 from .base import StoreBackend
 from .file.store import FileStore
@@ -31,9 +32,10 @@ def is_url(root: str | os.PathLike[str]) -> bool:
     return isinstance(text, str) and _URL.match(text) is not None
 
 
-def backend_for(root: str | os.PathLike[str]) -> StoreBackend:
+def backend_for(root: str | os.PathLike[str], *, io: FileIO | None = None) -> StoreBackend:
     """The backend a store root names: a directory, or a ``postgresql://`` URL.
 
+    ``io``: the filesystem seam of a directory store (default: the operating system).
     A root that looks like any other URL is refused rather than taken as a relative
     directory named ``scheme:`` (which is what ``Path("postgresql://db/x")`` would be).
 
@@ -47,7 +49,7 @@ def backend_for(root: str | os.PathLike[str]) -> StoreBackend:
         raise TypeError("a store root given as bytes is not supported: pass a str")
     url = _URL.match(text)
     if url is None:
-        return FileStore(Path(text))
+        return FileStore(Path(text), io=io)
     scheme = url.group(1).lower()
     if scheme in _POSTGRES:
         return _postgres_store(text)

@@ -26,7 +26,7 @@ import os
 import re
 from pathlib import Path
 
-from ..._fsio import unlink_file
+from ..._fsio import DEFAULT_IO, FileIO, unlink_file
 from ...errors import StorageError
 from ...paths import index_path, is_log_file
 from ..base import StorageOpener
@@ -92,8 +92,9 @@ def decode_id(stem: str) -> str | None:
 class FileStore:
     """The ``StoreBackend`` of a directory: one log file (and sidecars) per conversation."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, io: FileIO | None = None) -> None:
         self.root = root
+        self.io = io or DEFAULT_IO
 
     @property
     def name(self) -> str:
@@ -145,7 +146,7 @@ class FileStore:
     def sweep(self, conversation_id: str) -> None:
         """Delete what a cleared log left: temp files of writers that crashed mid-rewrite."""
         for leftover in self._files_of(self.path(conversation_id)):
-            unlink_file(leftover)  # refuses a planted link
+            unlink_file(leftover, io=self.io)  # refuses a planted link
 
     @staticmethod
     def _files_of(path: Path) -> list[Path]:
