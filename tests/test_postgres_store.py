@@ -210,3 +210,47 @@ def test_async_store_and_sessions_on_a_url(
     history = CodecChatMessageHistory(p + "lc", postgres_url, encryption_key=KEY)  # a URL
     history.add_user_message("from LangChain")
     assert [m.content for m in history.messages] == ["from LangChain"]
+
+
+def test_a_rotation_whose_commit_fails_keeps_the_old_key(
+    postgres_cluster: Cluster, request: pytest.FixtureRequest
+) -> None:
+    """The database commits at the end of the transaction, after the rewrite returned: a
+    COMMIT that fails must leave the codec on the old key, which still opens the log."""
+    import psycopg
+
+    url = postgres_cluster.create_database()  # its own: the trigger below refuses commits
+    store = ConversationStore(url, encryption_key=KEY)
+    with store.open("a") as codec:
+        codec.extend([{"role": "user", "content": f"m{i}"} for i in range(5)])
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE refuse (id text PRIMARY KEY);"
+            "CREATE FUNCTION refuse_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF OLD.header IS DISTINCT FROM NEW.header "  # a rewrite, not an append
+            "AND EXISTS (SELECT 1 FROM refuse WHERE id = NEW.id) THEN "
+            "RAISE EXCEPTION 'commit refused by the test'; END IF; RETURN NEW; END $$;"
+            "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER UPDATE ON cc_conversations "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_commit();"
+            "INSERT INTO refuse VALUES ('a');"
+        )
+    new_key, password = generate_key(), "a new password"
+    with store.open("a") as codec:
+        with pytest.raises(StorageError, match="refused"):
+            codec.rotate_key(new_key)
+        assert len(codec.load() or []) == 5  # still the old key: it opens the log
+        codec.append({"role": "user", "content": "after the failed rotation"})
+    with pytest.raises(DecryptionError):
+        ConversationStore(url, encryption_key=new_key).open("a")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM refuse")
+    protected = ConversationStore(url, password="old password")
+    with protected.open("p") as codec:
+        codec.append({"role": "user", "content": "x"})
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO refuse VALUES ('p')")
+    with protected.open("p") as codec:
+        with pytest.raises(StorageError, match="refused"):
+            codec.change_password("old password", password)
+        assert codec.tail(1) == [{"role": "user", "content": "x"}]
+    assert [m["content"] for m in store.open("a").load() or []][-1] == "after the failed rotation"

@@ -40,12 +40,24 @@ class Maintenance(CodecCore):
         return self._reseal(lambda: self._compactor.compact(self._base(), encryption_key))
 
     def _reseal(self, rewrite: Callable[[], CompactionReport]) -> CompactionReport:
-        with self._holding(write=True):
-            before = self._history.state()
-            self._history.forget()
-            report = rewrite()
-            self._history.moved(before, keeps_view=True)  # same messages: seen stays seen
+        # A storage may commit when the transaction ends, after the rewrite returned (a
+        # database): if that commit fails, the log keeps its old secrets, and so must we.
+        secrets = self._secrets
+        saved = (secrets.keyring, secrets.password, secrets.kdf, self._encoder.blobs)
+        rewritten = False
+        try:
+            with self._holding(write=True):
+                before = self._history.state()
+                self._history.forget()
+                report = rewrite()
+                rewritten = True
+                self._history.moved(before, keeps_view=True)  # same messages: seen stays
             return report
+        except BaseException:
+            if rewritten:  # the commit failed after the rewrite: the old log stands
+                secrets.keyring, secrets.password, secrets.kdf, self._encoder.blobs = saved
+                self._history.forget()
+            raise
 
     def rotate_key(self, new_key: KeyInput) -> CompactionReport:
         """Re-encrypt the whole log under ``new_key``; afterwards the old key fails.
