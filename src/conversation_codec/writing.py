@@ -55,14 +55,15 @@ class LogWriter:
 
     def ensure_log(self) -> bool:
         """Sweep a crashed rewrite's temp files (once); create the log when there is none.
-        Return True when it was created."""
-        if not self._swept:
-            self._log.remove_stale_temps()
-            self._swept = True
+        Return True when it was created (a creation sweeps them itself: it is a rewrite)."""
         if self._log.fmt is None:
             header, fmt = self._secrets.new_log()
             self._log.create(header, fmt)
+            self._swept = True
             return True
+        if not self._swept:
+            self._log.remove_stale_temps()
+            self._swept = True
         return False
 
     def stamps(self, count: int, given: Sequence[TimestampInput] | None) -> list[int]:

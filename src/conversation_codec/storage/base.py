@@ -12,7 +12,8 @@ Operations, and what each guarantees:
   view (``fmt``, ``index``) up to date; re-entrant within one thread; a nested transaction
   never upgrades a read to a write. Every other call runs inside one.
 - ``create(header, fmt)``, ``rewrite(header, fmt, records, dictionary)``: replace the whole
-  log atomically — a reader sees all the old records or all the new ones.
+  log atomically — a reader sees all the old records or all the new ones — after removing
+  whatever a crashed rewrite left (``remove_stale_temps``).
 - ``append(bodies, tss, dictionary)``: add records at the end, all or none.
 - ``truncate(count)``: drop the records from ``count`` on.
 - ``read_body(seq)``, ``read_bodies(start, stop)``: read back a body, a range of bodies.
