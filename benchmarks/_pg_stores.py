@@ -119,7 +119,10 @@ class Ours(Contestant):
         return _OursConversation(self.store.open(cid))
 
     def close(self) -> None:
-        self.store.backend.close()
+        # The store leaves its pool open (it is the process's, one per URL): close it here.
+        from conversation_codec.storage.postgres import PostgresBackend
+
+        PostgresBackend.shared(self.url).close()
 
 
 class _OursConversation:
