@@ -106,7 +106,7 @@ class Ours(Contestant):
     notes = (
         "ConversationStore('postgresql://…', encryption_key=key).open(id): records sealed "
         "(zstd + Fernet) as in the file format, one row each in cc_records; the store's own "
-        "psycopg pool (max 8 connections); histories built with extend(batch)."
+        "psycopg pool (max 8 connections); long histories built with extend(batch of 500)."
     )
 
     def __init__(self, url: str, key: bytes, host: str) -> None:
