@@ -312,7 +312,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; write ``postgres[_quick][_nofsync].{json,md}``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (a minute or two)")
     p.add_argument("--no-fsync", action="store_true", help="run the server with fsync=off")
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
