@@ -80,7 +80,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--postgres",
         action="store_true",
-        help="also run bench_postgres (a throwaway PostgreSQL server; +1 min quick, +7 full)",
+        help="also run bench_postgres (a throwaway PostgreSQL server; +1-3 min quick, +2-5 full)",
     )
     p.add_argument(
         "--rerender",
