@@ -4,6 +4,7 @@ Example:
     python -m benchmarks --quick                 # under a minute: sizes 100 and 1,000
     python -m benchmarks                         # full: 100 .. 100,000 (~20 min on 2 cores)
     python -m benchmarks --sizes 100,10000 --stores ours,floor
+    python -m benchmarks --quick --postgres      # also bench_postgres (starts its own server)
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stores", help="comma-separated store names to run (default: all)")
     p.add_argument("--no-seed", action="store_true", help="skip the seed-pattern benchmark")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also run bench_postgres (a throwaway PostgreSQL server; +1-3 min quick, +2-5 full)",
+    )
     p.add_argument(
         "--rerender",
         type=Path,
@@ -180,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "quick" if args.quick else "latest"
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
-    return _write(results, args.out, stem, args.no_plots)
+    written = _write(results, args.out, stem, args.no_plots)
+    if args.postgres:
+        from benchmarks import bench_postgres
+
+        bench_postgres.main([*(["--quick"] if args.quick else []), "--out", str(args.out)])
+    return written
 
 
 def _write(results: dict[str, Any], out: Path, stem: str, no_plots: bool) -> int:
