@@ -27,6 +27,7 @@ import pytest
 from _pg_writer import Conversation, message
 from _postgres import Cluster
 from _writer import subprocess_env
+from conversation_codec import ConversationStore
 from conversation_codec.encoding import encode_json
 from conversation_codec.errors import DatabaseError, LockTimeoutError, UnsupportedVersionError
 from conversation_codec.storage.postgres import (
@@ -539,6 +540,24 @@ def test_schema_creation_is_safe_when_processes_start_at_once(postgres_cluster: 
         conn.execute("UPDATE cc_schema_version SET version = version + 1")
     with pytest.raises(UnsupportedVersionError, match="upgrade"):
         PostgresBackend(url)
+
+
+def test_a_version_1_schema_is_migrated_and_keeps_its_records(postgres_cluster: Cluster) -> None:
+    """Version 2 dropped the unused (conversation_id, ts) index: a version-1 database (the
+    index present, version 1 recorded) is migrated in place, its records untouched."""
+    url = postgres_cluster.create_database()
+    store = ConversationStore(url, encryption_key=KEY)
+    with store.open("a") as codec:
+        codec.extend([{"role": "user", "content": f"m{i}"} for i in range(3)])
+    with psycopg.connect(url, autocommit=True) as conn:  # back to what version 1 made
+        conn.execute("CREATE INDEX cc_records_ts ON cc_records (conversation_id, ts)")
+        conn.execute("UPDATE cc_schema_version SET version = 1")
+        assert ensure_schema(conn) == 1
+        assert conn.execute("SELECT version FROM cc_schema_version").fetchone() == (2,)
+        index = conn.execute("SELECT to_regclass('cc_records_ts')").fetchone()
+        assert index == (None,)
+    with ConversationStore(url, encryption_key=KEY).open("a") as codec:
+        assert [m["content"] for m in codec.load() or []] == ["m0", "m1", "m2"]
 
 
 def test_errors_never_show_the_password(postgres_cluster: Cluster) -> None:

@@ -5,7 +5,7 @@ psycopg-pool). ``PostgresBackend`` is one database (one connection pool per URL,
 schema made sure of); ``PostgresLog`` is one conversation's log in it, the third
 implementation of ``storage.base.LogStorage`` (after ``FileLog`` and ``MemoryLog``).
 
-Schema, version 1 (created and migrated by the library: ``schema.py``)::
+Schema, version 2 (created and migrated by the library: ``schema.py``)::
 
     cc_schema_version  singleton bool PK, version int         one row: the schema version
     cc_conversations   id text PK                             the conversation id
@@ -19,7 +19,6 @@ Schema, version 1 (created and migrated by the library: ``schema.py``)::
     cc_records         (conversation_id text, seq bigint) PK
                        ts bigint                              µs since the epoch, by seq
                        record bytea                           the record body, as FORMAT.md
-                       index cc_records_ts (conversation_id, ts)
     cc_dictionaries    conversation_id text PK, dict_id int,
                        at_seq bigint                          the record it precedes
                        record bytea                           the sealed dictionary record

@@ -7,7 +7,7 @@ others wait for it and then find the schema current. A process that finds the sc
 current reads one row and takes no lock, so an application role without the CREATE
 privilege works once the schema exists.
 
-Tables (schema version 1; spec: ``storage/postgres/__init__.py``):
+Tables (schema version 2; spec: ``storage/postgres/__init__.py``):
 
 - ``cc_schema_version (singleton, version)``: one row, the schema version.
 - ``cc_conversations``: one row per conversation id, the counter row every writer locks.
@@ -79,6 +79,11 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
         )
         """,
     ),
+    # Version 2: no index on (conversation_id, ts). No query used it: a time range is found
+    # in the timestamps each handle caches (refreshed by next_seq), then read by seq on the
+    # primary key. It cost ~38 B of the ~320 B a small message takes, and an index update
+    # on every append (measured: benchmarks/results/postgres.md).
+    ("DROP INDEX IF EXISTS cc_records_ts",),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
