@@ -178,3 +178,99 @@ def test_remove_forgets_the_log(make: Callable[[], LogStorage]) -> None:
     again = make()
     with again.transaction(write=False):
         assert again.fmt is None and len(again.index) == 0
+
+
+# -- error paths: every storage refuses alike, and a refusal changes nothing -------------------
+
+
+def test_writes_outside_a_write_transaction_are_refused(make: Callable[[], LogStorage]) -> None:
+    storage = make()
+    fmt = _filled(storage, 2)
+    header, new = _new_log()
+    writes: list[Callable[[], object]] = [
+        lambda: storage.append([_body(fmt, 2)], [T0 + 2]),
+        lambda: storage.truncate(1),
+        lambda: storage.rewrite(header, new, []),
+    ]
+    for write in writes:
+        with pytest.raises(RuntimeError, match="transaction"):
+            write()  # no transaction at all
+        with storage.transaction(write=False), pytest.raises(RuntimeError, match="transaction"):
+            write()  # a read transaction
+    again = make()
+    with again.transaction(write=False):
+        assert list(again.read_bodies(0, 2)) == [(0, _body(fmt, 0)), (1, _body(fmt, 1))]
+
+
+def test_an_append_before_the_log_exists_is_refused(make: Callable[[], LogStorage]) -> None:
+    storage = make()
+    header, fmt = _new_log()
+    with storage.transaction(write=True), pytest.raises(RuntimeError, match="create"):
+        storage.append([_body(fmt, 0)], [T0])
+    with storage.transaction(write=False):
+        assert storage.fmt is None and len(storage.index) == 0
+
+
+def test_an_append_with_mismatched_times_is_refused_whole(make: Callable[[], LogStorage]) -> None:
+    storage = make()
+    fmt = _filled(storage, 1)
+    with storage.transaction(write=True), pytest.raises(ValueError, match="timestamp"):
+        storage.append([_body(fmt, 1), _body(fmt, 2)], [T0 + 1])
+    again = make()
+    with again.transaction(write=False):
+        assert len(again.index) == 1
+
+
+def test_reads_past_the_end_raise_index_error(make: Callable[[], LogStorage]) -> None:
+    storage = make()
+    _filled(storage, 3)
+    with storage.transaction(write=False):
+        with pytest.raises(IndexError):
+            storage.read_body(3)
+        with pytest.raises(IndexError):
+            list(storage.read_bodies(2, 4))
+        with pytest.raises(IndexError):
+            storage.index.span(3)
+
+
+def test_a_header_the_reader_refuses_fails_the_probe_and_changes_nothing(
+    make: Callable[[], LogStorage], request: pytest.FixtureRequest
+) -> None:
+    storage = make()
+    fmt = _filled(storage, 2)
+
+    def refuse(prefix: bytes) -> LogFormat:
+        raise KeyError("not this log")
+
+    if request.node.callspec.params["make"] == "memory":
+        other = MemoryLog(attach=refuse)  # memory: a fresh log has no header to refuse
+        other.probe()
+        return
+    handle = (
+        FileLog(storage.path, attach=refuse)  # type: ignore[attr-defined]
+        if isinstance(storage, FileLog)
+        else PostgresLog(storage.backend, storage.conversation_id, attach=refuse)  # type: ignore[attr-defined]
+    )
+    with pytest.raises(KeyError):
+        handle.probe()
+    again = make()
+    with again.transaction(write=False):
+        assert list(again.read_bodies(0, 2)) == [(0, _body(fmt, 0)), (1, _body(fmt, 1))]
+
+
+def test_another_handles_write_calls_on_change(make: Callable[[], LogStorage]) -> None:
+    storage = make()
+    fmt = _filled(storage, 1)
+    other = make()
+    if other is storage:  # memory: one object per log, so nobody else writes it
+        return
+    changes: list[int] = []
+    storage.on_change = lambda: changes.append(1)
+    with storage.transaction(write=False):
+        pass
+    with other.transaction(write=True):
+        other.truncate(0)
+        other.append([_body(fmt, 0, T0 + 5)], [T0 + 5])
+    with storage.transaction(write=False):
+        assert list(storage.index.tss) == [T0 + 5]
+    assert changes, "the first handle was not told its view changed"

@@ -294,6 +294,14 @@ class FileLog:
 
     # -- the storage seam: writes -----------------------------------------------------------
 
+    def _check_write(self) -> tuple[int, LogFormat]:
+        """The open log, for a write: refused outside a write transaction, or with no log."""
+        if not self._txns.writing():
+            raise RuntimeError("a write outside a write transaction")
+        if self._fd is None or self.fmt is None:
+            raise RuntimeError("no log yet: create() it first")
+        return self._fd, self.fmt
+
     def create(self, header: bytes, fmt: LogFormat) -> None:
         """Create an empty log atomically (temp file, fsync, rename, directory fsync)."""
         self.rewrite(header, fmt, ())
@@ -306,13 +314,15 @@ class FileLog:
         ``dictionary``: ``(at, body)`` puts a dictionary record (FORMAT.md §5.3) before
         ``bodies[at]`` (after them all when ``at == len(bodies)``), in the same write.
         """
-        assert self._fd is not None and self.fmt is not None
-        data, ends, dict_span = frame_batch(bodies, self.fmt.sealed, dictionary)
+        fd, fmt = self._check_write()
+        if len(bodies) != len(tss):
+            raise ValueError("append needs one timestamp per body")
+        data, ends, dict_span = frame_batch(bodies, fmt.sealed, dictionary)
         end = self._append_at()
         self._txns.bump(truncation=False)
         self._write_at_end(data, end)
         self.fault("append:written")
-        self._fsync(self._fd)
+        self._fsync(fd)
         self.fault("append:synced")
         for rel, ts in zip(ends, tss, strict=True):
             self.index.add(end + rel, ts, synced=self._sync)
@@ -320,7 +330,7 @@ class FileLog:
             if dictionary is not None:
                 span = (end + dict_span[0], end + dict_span[1])
                 self._use_dictionary(dictionary[1], span, persist=True)
-            self.index.persist(self.fmt.log_id)
+            self.index.persist(fmt.log_id)
         except OSError:
             # The records are committed; the index is only a cache. Rewrite it next time
             # rather than report a failed append that in fact succeeded.
@@ -328,29 +338,29 @@ class FileLog:
 
     def truncate(self, count: int) -> None:
         """Drop records from ``count`` on: index first, then the log (FORMAT.md §8)."""
-        assert self._fd is not None and self.fmt is not None
+        fd, fmt = self._check_write()
         self._txns.bump(truncation=True)
         end = self.index.span(count)[0] if count < len(self.index) else self.index.end
         self._settled = False
         self.index.truncate(count)
         if self.index.dict_span != (0, 0) and self.index.dict_span[0] >= end:
             self.index.set_dict_span((0, 0), persist=True)  # the dictionary goes too
-            self._dict.drop(self.fmt)
+            self._dict.drop(fmt)
         self.fault("truncate:index-truncated")
-        self.io.truncate(self._fd, end)
+        self.io.truncate(fd, end)
         # Synced under "flush" too (FORMAT.md §8.3): a popped record that a power loss
         # brought back would be authentic and in place, so nothing could tell it apart.
-        self._fsync(self._fd, always=True)
+        self._fsync(fd, always=True)
         self._settled = True
 
     def append_dictionary(self, body: bytes) -> None:
         """Append a sealed dictionary record after the last record (FORMAT.md §5.3)."""
-        assert self._fd is not None and self.fmt is not None
+        fd, _ = self._check_write()
         frame = encode_frame(body, control=True)
         start = self._append_at()
         self._txns.bump(truncation=False)
         self._write_at_end(frame, start)
-        self._fsync(self._fd)
+        self._fsync(fd)
         self._use_dictionary(body, (start, start + len(frame)), persist=True)
 
     def rewrite(
@@ -367,6 +377,8 @@ class FileLog:
         copy beside the log would keep what it removes (prune, replace) or seal it under
         a key it retires (rotate_key). The directory fsync at the end makes that durable.
         """
+        if not self._txns.writing():
+            raise RuntimeError("a rewrite outside a write transaction")
         self.remove_stale_temps()
         fd, index = replace_log(
             self.io,

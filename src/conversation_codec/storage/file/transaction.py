@@ -39,6 +39,7 @@ class Transactions:
         self.depth = 0  # nesting of the current thread's holds; 0 when none
         self.writable = False
         self.tolerant = False  # readers stop at mid-log damage instead of raising
+        self.owner: int | None = None  # the thread holding it
         self._locked = False
         # (lock inode, generation, truncations) as last seen; None forces a full reload
         self.seen: tuple[int, int, int] | None = None
@@ -70,12 +71,14 @@ class Transactions:
                 return
             self._locked = self.lock.acquire(exclusive=write)
             self.depth, self.writable, self.tolerant = 1, write, tolerant
+            self.owner = threading.get_ident()
             try:
                 self._enter(write, self._locked)
             except BaseException:
                 # A wrong key or a foreign file must leave the directory exactly as it was.
                 self.lock.forget_created(keep=self._keep_created())
                 self.depth, self.writable, self.tolerant = 0, False, False
+                self.owner = None
                 if self._locked:
                     self._locked = False
                     self.lock.release()
@@ -85,11 +88,16 @@ class Transactions:
             self.mutex.release()
             raise
 
+    def writing(self) -> bool:
+        """Whether the calling thread holds a write transaction."""
+        return self.depth > 0 and self.writable and self.owner == threading.get_ident()
+
     def end(self) -> None:
         """Leave a hold: release the lock with the outermost one, then the mutex."""
         self.depth -= 1
         if not self.depth:
             self.writable = self.tolerant = False
+            self.owner = None
             if self._locked:
                 self._locked = False
                 self.lock.release()
