@@ -102,12 +102,13 @@ class SealedRecords:
     """Bodies of a sealed log: zstd (with the log's dictionary once it has one, and only
     when that makes it smaller), then one Fernet token each (FORMAT.md §5)."""
 
-    __slots__ = ("_cipher", "_dict", "_dict_id", "_zstd")
+    __slots__ = ("_cipher", "_dict", "_dict_bytes", "_dict_id", "_zstd")
 
     def __init__(self, cipher: LogCipher, compressor: Compressor | None = None) -> None:
         self._cipher = cipher
         self._zstd = compressor or Compressor()
         self._dict: Compressor | None = None
+        self._dict_bytes: bytes | None = None
         self._dict_id = 0
 
     @property
@@ -120,13 +121,19 @@ class SealedRecords:
         """The id of the dictionary in use (0: none)."""
         return self._dict_id
 
+    @property
+    def dictionary(self) -> bytes | None:
+        """The dictionary in use (None: none), e.g. for a rewrite to keep."""
+        return self._dict_bytes
+
     def use_dictionary(self, dict_id: int, dictionary: bytes) -> None:
         """Compress new records with this dictionary, and open records that name it."""
         self._dict, self._dict_id = Compressor(DICTIONARY_LEVEL, dictionary), dict_id
+        self._dict_bytes = dictionary
 
     def drop_dictionary(self) -> None:
         """Stop using the dictionary (its record was cut off the log)."""
-        self._dict, self._dict_id = None, 0
+        self._dict, self._dict_id, self._dict_bytes = None, 0, None
 
     def encode(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
         if self._dict is not None:
@@ -135,6 +142,21 @@ class SealedRecords:
         else:
             payload, compressed = self._zstd.compress(message_json)
             dict_id = 0
+        envelope = encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
+        return self._cipher.seal(envelope, ts_us // _US_PER_S)
+
+    def encode_smallest(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
+        """Like ``encode``, but with a dictionary also try zstd without it and keep the
+        smaller: a rewrite then stores no record larger than an appender could have
+        (records before the dictionary were compressed without one). Costs a second
+        compression, so only rewrites use it."""
+        if self._dict is None:
+            return self.encode(seq, ts_us, message_json)
+        payload, compressed = self._dict.compress(message_json)
+        dict_id = self._dict_id if compressed else 0
+        plain, plain_compressed = self._zstd.compress(message_json)
+        if len(plain) < len(payload):
+            payload, compressed, dict_id = plain, plain_compressed, 0
         envelope = encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
         return self._cipher.seal(envelope, ts_us // _US_PER_S)
 
