@@ -89,16 +89,11 @@ def _choose(
 ) -> bytes | None:
     """Return the dictionary (or None) that stores ``count`` messages like ``judge`` in the
     fewest bytes, preferring ``keep`` unless another wins with confidence."""
-    plain = compressed_sizes(judge)
 
     def costs(dictionary: bytes | None) -> list[int]:
-        if dictionary is None:
-            sizes = plain
-        else:
-            sizes = [
-                min(a, b) for a, b in zip(plain, compressed_sizes(judge, dictionary), strict=True)
-            ]
-        return [_sealed(size) for size in sizes]
+        # With a dictionary, as records past the first TRAIN_AFTER are encoded: the
+        # dictionary's frame or the JSON (the first ones may do better, never worse).
+        return [_sealed(size) for size in compressed_sizes(judge, dictionary)]
 
     def fixed(dictionary: bytes | None) -> int:
         return 0 if dictionary is None else len(dictionary) + _DICT_RECORD_OVERHEAD
