@@ -442,11 +442,15 @@ class LogCipher:
             else:
                 found.append(None)
         plains: list[bytes | None] = [None] * len(bodies)
-        for opener in {id(o): o for o in found if o is not None}.values():
-            mine = [i for i, o in enumerate(found) if o is opener]
-            decrypted = opener.decrypt_authentic([bodies[i] for i in mine])
-            for i, plain in zip(mine, decrypted, strict=True):
-                plains[i] = plain
+        first = found[0] if found else None
+        if first is not None and all(o is first for o in found):  # the usual case: one key
+            plains = first.decrypt_authentic(bodies)
+        else:
+            for opener in {id(o): o for o in found if o is not None}.values():
+                mine = [i for i, o in enumerate(found) if o is opener]
+                decrypted = opener.decrypt_authentic([bodies[i] for i in mine])
+                for i, plain in zip(mine, decrypted, strict=True):
+                    plains[i] = plain
         opened = [
             None if plain is None else (plain, int.from_bytes(body[:8], "big"))
             for body, plain in zip(bodies, plains, strict=True)
