@@ -248,3 +248,20 @@ def test_bad_padding_in_a_batch_refuses_that_record_alone() -> None:
     assert cipher.unseal_many(bodies)[20] is None
     with pytest.raises(InvalidToken):
         cipher.unseal(bad)
+
+
+@settings(max_examples=50)
+@given(plains=st.lists(st.binary(max_size=100), min_size=1, max_size=12), ts=st.integers(0, 2**40))
+def test_one_key_seals_many_records_each_as_fernet_would(plains: list[bytes], ts: int) -> None:
+    """RecordKey keeps one CBC encryptor across records (its chaining state folded into
+    each record's first block): every token must still be what Fernet writes for its IV."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    ours, fernet = RecordKey(RAW), Fernet(KEY)
+    for plain in plains:
+        body = ours.seal(plain, ts)
+        token = base64.urlsafe_b64encode(b"\x80" + body)
+        assert fernet.decrypt(token) == plain
+        iv, pad = body[8:24], 16 - len(plain) % 16
+        alone = Cipher(algorithms.AES(RAW[16:]), modes.CBC(iv)).encryptor()
+        assert body[24:-32] == alone.update(plain + bytes((pad,)) * pad) + alone.finalize()

@@ -231,7 +231,7 @@ class RecordKey:
       ``Cipher`` per record cost ~6 us, more than the AES itself.
     """
 
-    __slots__ = ("_aes", "_decryptor", "_mac", "_signing")
+    __slots__ = ("_aes", "_chain", "_decryptor", "_encryptor", "_mac", "_signing")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
@@ -241,15 +241,26 @@ class RecordKey:
         self._mac = hmac.new(self._signing, _FERNET_VERSION, "sha256")
         # The IV given here is never used: every call feeds a record's own IV first.
         self._decryptor = Cipher(self._aes, modes.CBC(bytes(16))).decryptor()
+        # Sealing keeps one CBC encryptor too. Its chaining state is the last ciphertext
+        # block it produced (``_chain``); a record's first block goes in as
+        # P₁ ⊕ IV ⊕ chain, so it comes out as E(P₁ ⊕ IV): exactly what a fresh encryptor
+        # started at the record's random IV writes.
+        self._chain = bytes(16)
+        self._encryptor = Cipher(self._aes, modes.CBC(self._chain)).encryptor()
 
     def seal(self, plain: bytes, ts_seconds: int) -> bytes:
         """Return the Fernet token for ``plain`` without its version byte."""
         pad = 16 - len(plain) % 16
+        padded = plain + bytes((pad,)) * pad
         iv = os.urandom(16)
-        encryptor = Cipher(self._aes, modes.CBC(iv)).encryptor()
-        ciphertext = encryptor.update(plain + bytes((pad,)) * pad) + encryptor.finalize()
-        signed = _FERNET_VERSION + ts_seconds.to_bytes(8, "big") + iv + ciphertext
-        return signed[1:] + hmac.digest(self._signing, signed, "sha256")
+        first = int.from_bytes(padded[:16], "big") ^ int.from_bytes(iv, "big")
+        first ^= int.from_bytes(self._chain, "big")
+        ciphertext = self._encryptor.update(first.to_bytes(16, "big") + padded[16:])
+        self._chain = ciphertext[-16:]
+        signed = ts_seconds.to_bytes(8, "big") + iv + ciphertext
+        mac = self._mac.copy()  # keyed once, and fed the version byte
+        mac.update(signed)
+        return signed + mac.digest()
 
     def authentic(self, body: bytes) -> bool:
         """Return whether a stored body has a valid shape and HMAC under this key."""
