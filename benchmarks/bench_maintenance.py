@@ -7,7 +7,9 @@ Measures, on the Taskmaster-4 corpus replayed as one conversation:
   JSON array with ISO timestamps. The whole conversion is timed: detection, decryption,
   writing the sealed log, reading it back to compare, and the atomic in-place replacement.
 * ``compact()`` of a sealed 100,000-message log (re-seal, retrain the dictionary, rebuild the
-  index), and what it does to the bytes on disk.
+  index), and what it does to the bytes on disk; and of a 20,000-message log written one
+  append at a time (its dictionary trained on its first 512 messages), where compaction
+  used to make logs bigger (issue 15).
 
 No peer offers either operation; the numbers stand on their own.
 
@@ -65,13 +67,19 @@ def migration(messages: list[dict[str, Any]], tmp: Path) -> dict[str, dict[str, 
     return results
 
 
-def compaction(messages: list[dict[str, Any]], tmp: Path) -> dict[str, float]:
-    """Build a sealed log of ``len(messages)`` and time ``compact()`` on it."""
-    path = tmp / "big.log"
+def compaction(
+    messages: list[dict[str, Any]], tmp: Path, *, batch: int = 2_000
+) -> dict[str, float]:
+    """Build a sealed log of ``len(messages)`` (``extend`` of ``batch`` at a time; 1: single
+    appends) and time ``compact()`` on it."""
+    path = tmp / f"big-{batch}.log"
     key = generate_key()
     with ConversationCodec(path, encryption_key=key, durability="flush") as codec:
-        for start in range(0, len(messages), 2_000):
-            codec.extend(messages[start : start + 2_000])
+        for start in range(0, len(messages), batch):
+            if batch == 1:
+                codec.append(messages[start])
+            else:
+                codec.extend(messages[start : start + batch])
     with ConversationCodec(path, encryption_key=key) as codec:
         t0 = time.perf_counter()
         report = codec.compact()
@@ -99,7 +107,10 @@ def main(argv: list[str] | None = None) -> None:
         machine = _machine.describe(tmp)
         mig = migration(wl.take(0, len(wl.base)), tmp)
         comp = compaction(wl.take(0, size), tmp)
-    result = {"machine": machine, "migration": mig, "compaction": comp}
+        # Issue 15: compaction must never make a log bigger; one built by single appends
+        # (its dictionary trained on its first 512 messages) is where it used to.
+        singles = compaction(wl.take(0, size // 5), tmp, batch=1)
+    result = {"machine": machine, "migration": mig, "compaction": comp, "singles": singles}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "maintenance_quick" if args.quick else "maintenance"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
@@ -121,7 +132,14 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"- {comp['seconds']:.2f} s ({comp['messages'] / comp['seconds']:,.0f} messages/s)",
         f"- log + index: {comp['bytes_before'] / 1e6:.2f} MB before, "
-        f"{comp['bytes_after'] / 1e6:.2f} MB after",
+        f"{comp['bytes_after'] / 1e6:.2f} MB after "
+        f"({comp['bytes_after'] / comp['bytes_before']:.3f}x)",
+        "",
+        f"## compact(): a sealed log of {int(singles['messages']):,} single appends",
+        "",
+        f"- {singles['seconds']:.2f} s; log + index: {singles['bytes_before'] / 1e6:.2f} MB "
+        f"before, {singles['bytes_after'] / 1e6:.2f} MB after "
+        f"({singles['bytes_after'] / singles['bytes_before']:.3f}x)",
         "",
     ]
     (args.out / f"{stem}.md").write_text("\n".join(lines))

@@ -150,3 +150,118 @@ def test_bad_keys_raise_library_errors_that_say_what_to_pass(
         assert "generate_key()" in message or "at least one key" in message, name
         assert KEY not in message and KEY[:12] not in message and "short" not in message
     assert list(tmp_path.iterdir()) == []  # refused before anything was created
+
+
+# -- batched opening (issue 15): every answer must be Fernet's ------------------------------
+
+
+def _fernet_open(raw: bytes, body: bytes) -> bytes | None:
+    """What cryptography's Fernet says of a stored body (the oracle)."""
+    token = base64.urlsafe_b64encode(b"\x80" + body)
+    try:
+        return Fernet(base64.urlsafe_b64encode(raw)).decrypt(token)
+    except InvalidToken:
+        return None
+
+
+def _badly_padded(raw: bytes, plain: bytes, ts: int) -> bytes:
+    """An authentic body (right HMAC) whose last block is not PKCS7: only a key holder
+    writes one, and Fernet refuses it."""
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    block = (plain + bytes(16))[:16]
+    block = block[:15] + bytes((block[15] % 16 + 17 if block[15] % 2 else 0,))  # 0 or > 16
+    iv = hashlib.sha256(plain).digest()[:16]
+    enc = Cipher(algorithms.AES(raw[16:]), modes.CBC(iv)).encryptor()
+    signed = b"\x80" + ts.to_bytes(8, "big") + iv + enc.update(block) + enc.finalize()
+    return signed[1:] + hmac.new(raw[:16], signed, hashlib.sha256).digest()
+
+
+_SEALED_BY = st.sampled_from(["ours", "fernet", "foreign", "bad-padding"])
+_BATCH = st.lists(
+    st.tuples(st.binary(max_size=70), st.integers(0, 2**40), st.integers(0, 1), _SEALED_BY),
+    max_size=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    keys=st.lists(st.binary(min_size=32, max_size=32), min_size=3, max_size=3, unique=True),
+    records=_BATCH,
+    damage=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.booleans())),
+)
+def test_batched_unseal_agrees_with_fernet(
+    keys: list[bytes],
+    records: list[tuple[bytes, int, int, str]],
+    damage: list[tuple[int, int, bool]],
+) -> None:
+    """unseal_many over a key list (two openers, a foreign key, rotated order) answers
+    for each body what Fernet.decrypt under the first key that opens it answers."""
+    bodies = []
+    for plain, ts, which, how in records:
+        raw = keys[2] if how == "foreign" else keys[which]
+        if how == "fernet":
+            token = Fernet(base64.urlsafe_b64encode(raw)).encrypt_at_time(plain, ts)
+            bodies.append(base64.urlsafe_b64decode(token)[1:])
+        elif how == "bad-padding":
+            bodies.append(_badly_padded(raw, plain, ts))
+        else:
+            bodies.append(RecordKey(raw).seal(plain, ts))
+    for i, pos, cut in damage:  # flip a byte, or cut the body short
+        if bodies:
+            i %= len(bodies)
+            body = bytearray(bodies[i])
+            if not body:
+                continue
+            if cut:
+                del body[pos % len(body) :]
+            else:
+                body[pos % len(body)] ^= 1 + pos % 255
+            bodies[i] = bytes(body)
+    expected = []
+    for body in bodies:
+        opened = [p for p in (_fernet_open(k, body) for k in keys[:2]) if p is not None]
+        expected.append((opened[0], int.from_bytes(body[:8], "big")) if opened else None)
+    cipher = LogCipher(RecordKey(keys[0]), [RecordKey(keys[0]), RecordKey(keys[1])])
+    assert cipher.unseal_many(bodies) == expected
+    assert cipher.unseal_count == sum(e is not None for e in expected)
+    assert cipher.unseal_many(bodies) == expected  # again, with the openers reordered
+    for raw in keys:
+        assert RecordKey(raw).open_many(bodies) == [_fernet_open(raw, b) for b in bodies]
+        assert [RecordKey(raw).open(b) for b in bodies] == [_fernet_open(raw, b) for b in bodies]
+
+
+def test_bad_padding_in_a_batch_refuses_that_record_alone() -> None:
+    key = RecordKey(RAW)
+    good = [key.seal(bytes([i]) * i, i) for i in range(40)]
+    bad = _badly_padded(RAW, b"x" * 15, 7)
+    assert _fernet_open(RAW, bad) is None  # authentic, and still refused by Fernet
+    assert key.authentic(bad)
+    bodies = [*good[:20], bad, *good[20:]]
+    opened = key.open_many(bodies)
+    assert opened[20] is None
+    assert opened[:20] + opened[21:] == [bytes([i]) * i for i in range(40)]
+    cipher = LogCipher(key, [key])
+    assert cipher.unseal_many(bodies)[20] is None
+    with pytest.raises(InvalidToken):
+        cipher.unseal(bad)
+
+
+@settings(max_examples=50)
+@given(plains=st.lists(st.binary(max_size=100), min_size=1, max_size=12), ts=st.integers(0, 2**40))
+def test_one_key_seals_many_records_each_as_fernet_would(plains: list[bytes], ts: int) -> None:
+    """RecordKey keeps one CBC encryptor across records (its chaining state folded into
+    each record's first block): every token must still be what Fernet writes for its IV."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    ours, fernet = RecordKey(RAW), Fernet(KEY)
+    for plain in plains:
+        body = ours.seal(plain, ts)
+        token = base64.urlsafe_b64encode(b"\x80" + body)
+        assert fernet.decrypt(token) == plain
+        iv, pad = body[8:24], 16 - len(plain) % 16
+        alone = Cipher(algorithms.AES(RAW[16:]), modes.CBC(iv)).encryptor()
+        assert body[24:-32] == alone.update(plain + bytes((pad,)) * pad) + alone.finalize()

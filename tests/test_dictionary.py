@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from _spec_reader import read as spec_read
 from conversation_codec import ConversationCodec
 from conversation_codec.compression import TRAIN_AFTER, train_dictionary
 
-from conftest import KEY
+from conftest import KEY, messages
 
 WORDS = [
     "order",
@@ -228,16 +230,22 @@ def test_a_batch_that_reaches_512_exactly_ends_with_the_dictionary(tmp_path: Pat
 def test_a_rewrite_puts_a_larger_dictionary_first(tmp_path: Path, how: str) -> None:
     path = tmp_path / "c.log"
     msgs = chat(1102, seed=5)
+    appended = b""
     with open_codec(path) as codec:
         if how == "replace":
             codec.replace(msgs)
         else:
             codec.extend(msgs)
+            before = spec_read(path.read_bytes(), key=KEY)
+            appended = next(r.payload for r in before.records if r.kind == 1)
             codec.compact()
     log = spec_read(path.read_bytes(), key=KEY)
     assert log.messages == msgs
     assert log.records[0].kind == 1 and log.records[0].start == 80
-    assert 8 * 1024 < len(log.records[0].payload) <= 16 * 1024
+    # Compaction keeps the log's own dictionary unless the new one wins (issue 15).
+    assert 8 * 1024 < len(log.records[0].payload) <= 16 * 1024 or (
+        how == "compact" and log.records[0].payload == appended
+    )
     assert log.records[0].ts_us == log.records[1].ts_us  # the first message's time
     assert sum(r.dict_id == 1 for r in log.records[1:]) >= 0.9 * len(msgs)
 
@@ -257,3 +265,63 @@ def test_pop_below_the_dictionary_in_another_instance(tmp_path: Path) -> None:
         assert fresh.verify().ok
     a.close()
     b.close()
+
+
+def _base64(n: int) -> list[dict[str, Any]]:
+    """Messages of random base64 text: little for a dictionary to find."""
+    rng = random.Random(11)
+    return [
+        {"role": "user", "content": base64.b64encode(rng.randbytes(60 + i % 50)).decode()}
+        for i in range(n)
+    ]
+
+
+def _appended(path: Path, msgs: list[dict[str, Any]]) -> None:
+    with open_codec(path) as codec:
+        for m in msgs:
+            codec.append(m)
+
+
+def _extended(path: Path, msgs: list[dict[str, Any]]) -> None:
+    with open_codec(path) as codec:
+        codec.extend(msgs)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda p: _appended(p, messages(2_000)), id="2000-single-appends"),
+        pytest.param(lambda p: _extended(p, chat(1_500)), id="1500-in-one-extend"),
+        pytest.param(lambda p: _appended(p, chat(700, seed=3)), id="700-single-appends"),
+        pytest.param(lambda p: _extended(p, _base64(700)), id="base64-content"),
+    ],
+)
+def test_compaction_is_never_larger_than_its_input(
+    tmp_path: Path, build: Callable[[Path], None]
+) -> None:
+    """Issue 15: compaction grew logs (15.5 -> 17.4 MB, 2.79 -> 3.03 MB). A new dictionary
+    must beat the log's own on messages it was not trained on, and records written before
+    the dictionary may stay compressed without it."""
+    path = tmp_path / "c.log"
+    build(path)
+    with open_codec(path) as codec:
+        msgs = codec.load()
+        first = codec.compact()
+        assert first.bytes_after <= first.bytes_before
+        second = codec.compact()
+        assert second.bytes_after <= second.bytes_before
+        assert codec.load() == msgs
+    log = spec_read(path.read_bytes(), key=KEY)
+    if any(r.kind == 1 for r in log.records):  # a dictionary only when records use it
+        assert sum(r.dict_id == 1 for r in log.records) >= len(log.records) // 2
+
+
+def test_compaction_drops_a_dictionary_nothing_uses(tmp_path: Path) -> None:
+    """Messages under 24 bytes of JSON are never compressed (FORMAT.md §5.2): a dictionary
+    in their log is pure cost, and compaction writes none."""
+    path = tmp_path / "c.log"
+    _extended(path, [{"n": i} for i in range(700)])
+    with open_codec(path) as codec:
+        codec.compact()
+    log = spec_read(path.read_bytes(), key=KEY)
+    assert [r.kind for r in log.records] == [0] * 700

@@ -25,6 +25,7 @@ __all__ = [
     "REWRITE_SAMPLES",
     "TRAIN_AFTER",
     "Compressor",
+    "compressed_sizes",
     "train_dictionary",
 ]
 
@@ -52,6 +53,14 @@ def train_dictionary(samples: Sequence[bytes], size: int = DICTIONARY_BYTES) -> 
         return zstandard.train_dictionary(size, list(samples)).as_bytes()
     except zstandard.ZstdError:
         return None
+
+
+def compressed_sizes(samples: Sequence[bytes], dictionary: bytes | None = None) -> list[int]:
+    """Return the payload size each sample is stored with, without a dictionary (level
+    ``COMPRESSION_LEVEL``) or with ``dictionary`` (level ``DICTIONARY_LEVEL``): its zstd
+    frame, or the sample itself when that is not smaller."""
+    zstd = Compressor() if dictionary is None else Compressor(DICTIONARY_LEVEL, dictionary)
+    return [len(zstd.compress(sample)[0]) for sample in samples]
 
 
 class Compressor:

@@ -8,6 +8,7 @@ authenticate before decompressing or parsing, and the seq inside must be the pos
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -73,6 +74,14 @@ class RecordCodec(Protocol):
         """Return ``(text, ts_us)``: authenticated JSON text holding the message, unparsed."""
         ...
 
+    def payloads(self, records: Sequence[tuple[int, bytes]]) -> Iterator[tuple[int, bytes, int]]:
+        """Yield ``(seq, text, ts_us)`` of each ``(seq, body)`` in order, as ``payload`` would.
+
+        At the first record that ``payload`` refuses, raise exactly what it raises, after
+        yielding the records before it.
+        """
+        ...
+
     def parse(self, text: bytes) -> dict[str, Any]:
         """Parse what ``payload`` returned into the message."""
         ...
@@ -93,12 +102,13 @@ class SealedRecords:
     """Bodies of a sealed log: zstd (with the log's dictionary once it has one, and only
     when that makes it smaller), then one Fernet token each (FORMAT.md §5)."""
 
-    __slots__ = ("_cipher", "_dict", "_dict_id", "_zstd")
+    __slots__ = ("_cipher", "_dict", "_dict_bytes", "_dict_id", "_zstd")
 
     def __init__(self, cipher: LogCipher, compressor: Compressor | None = None) -> None:
         self._cipher = cipher
         self._zstd = compressor or Compressor()
         self._dict: Compressor | None = None
+        self._dict_bytes: bytes | None = None
         self._dict_id = 0
 
     @property
@@ -111,13 +121,19 @@ class SealedRecords:
         """The id of the dictionary in use (0: none)."""
         return self._dict_id
 
+    @property
+    def dictionary(self) -> bytes | None:
+        """The dictionary in use (None: none), e.g. for a rewrite to keep."""
+        return self._dict_bytes
+
     def use_dictionary(self, dict_id: int, dictionary: bytes) -> None:
         """Compress new records with this dictionary, and open records that name it."""
         self._dict, self._dict_id = Compressor(DICTIONARY_LEVEL, dictionary), dict_id
+        self._dict_bytes = dictionary
 
     def drop_dictionary(self) -> None:
         """Stop using the dictionary (its record was cut off the log)."""
-        self._dict, self._dict_id = None, 0
+        self._dict, self._dict_id, self._dict_bytes = None, 0, None
 
     def encode(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
         if self._dict is not None:
@@ -126,6 +142,21 @@ class SealedRecords:
         else:
             payload, compressed = self._zstd.compress(message_json)
             dict_id = 0
+        envelope = encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
+        return self._cipher.seal(envelope, ts_us // _US_PER_S)
+
+    def encode_smallest(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
+        """Like ``encode``, but with a dictionary also try zstd without it and keep the
+        smaller: a rewrite then stores no record larger than an appender could have
+        (records before the dictionary were compressed without one). Costs a second
+        compression, so only rewrites use it."""
+        if self._dict is None:
+            return self.encode(seq, ts_us, message_json)
+        payload, compressed = self._dict.compress(message_json)
+        dict_id = self._dict_id if compressed else 0
+        plain, plain_compressed = self._zstd.compress(message_json)
+        if len(plain) < len(payload):
+            payload, compressed, dict_id = plain, plain_compressed, 0
         envelope = encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
         return self._cipher.seal(envelope, ts_us // _US_PER_S)
 
@@ -152,6 +183,9 @@ class SealedRecords:
             plain, seconds = self._cipher.unseal(body)
         except InvalidToken:
             raise RecordRejected("record failed authentication") from None
+        return self._envelope(plain, seconds)
+
+    def _envelope(self, plain: bytes, seconds: int) -> Envelope:
         try:
             return decode_envelope(plain, seconds)
         except NotImplementedError as exc:
@@ -162,7 +196,10 @@ class SealedRecords:
             raise RecordDamaged(f"record envelope is malformed: {exc}") from None
 
     def _open(self, body: bytes, expected_seq: int | None) -> Envelope:
-        env = self._unseal(body)
+        return self._message(self._unseal(body), expected_seq)
+
+    def _message(self, env: Envelope, expected_seq: int | None) -> Envelope:
+        """Check that an unsealed envelope is a message record at ``expected_seq``."""
         if env.kind != KIND_MESSAGE:
             raise RecordDamaged("a control record stands in a message frame")
         if expected_seq is not None and env.seq != expected_seq:
@@ -183,6 +220,19 @@ class SealedRecords:
     def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
         env = self._open(body, expected_seq)
         return self._inflate(env), env.ts_us
+
+    def payloads(self, records: Sequence[tuple[int, bytes]]) -> Iterator[tuple[int, bytes, int]]:
+        # Authenticate the whole batch, then decrypt it in one AES-CBC call per key
+        # (LogCipher.unseal_many). A record the batch cannot open goes through payload()
+        # alone, so that it fails with exactly the error a record-by-record read gives.
+        opened = self._cipher.unseal_many([body for _, body in records])
+        for (seq, body), unsealed in zip(records, opened, strict=True):
+            if unsealed is None:
+                text, ts_us = self.payload(body, seq)
+                yield seq, text, ts_us
+                continue
+            env = self._message(self._envelope(*unsealed), seq)
+            yield seq, self._inflate(env), env.ts_us
 
     def inspect(self, body: bytes) -> tuple[int, int, bytes]:
         env = self._open(body, None)
@@ -253,6 +303,11 @@ class PlainRecords:
         if parsed is not None and parsed[0] is text:
             return parsed[1]
         return self.decode(text, None)[0]
+
+    def payloads(self, records: Sequence[tuple[int, bytes]]) -> Iterator[tuple[int, bytes, int]]:
+        for seq, body in records:
+            text, ts_us = self.payload(body, seq)
+            yield seq, text, ts_us
 
     def inspect(self, body: bytes) -> tuple[int, int, bytes]:
         if _too_deep_line(body):

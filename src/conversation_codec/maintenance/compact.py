@@ -11,18 +11,25 @@ and the ``save()`` view of the history.
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .._fsio import remove_flat_dir
 from ..attachments import BlobStore, apply_mode, references, restore
-from ..compression import REWRITE_DICTIONARY_BYTES, REWRITE_SAMPLES, TRAIN_AFTER, train_dictionary
+from ..compression import (
+    REWRITE_DICTIONARY_BYTES,
+    REWRITE_SAMPLES,
+    TRAIN_AFTER,
+    compressed_sizes,
+    train_dictionary,
+)
 from ..crypto import KeyInput, Keyring
 from ..encoding import MessageEncoder, encode_json
 from ..errors import DecryptionError
 from ..paths import blobs_path
 from ..reading import LogReader
-from ..records import SealedRecords
+from ..records import RecordCodec, SealedRecords
 from ..sealing import LogSecrets
 from ..storage.base import LogStorage
 
@@ -38,21 +45,76 @@ class CompactionReport:
     bytes_after: int
 
 
+# A trained dictionary replaces the safe choice only when it wins, on messages it was not
+# trained on, by more than this many standard errors of the paired per-message difference.
+# The safe choice is the log's own dictionary when the rewrite keeps every message (or none
+# when it has none): with encode_smallest no record then grows. A dictionary judged on its
+# own training samples always looks better than it is (it holds pieces of them verbatim);
+# issue 15 measured compactions that grew logs by up to 12% that way.
+_CONFIDENCE = 3.0
+_DICT_RECORD_OVERHEAD = 80  # bytes around a dictionary's own: frame, envelope, Fernet
+
+
 def fresh_dictionary(
-    records: object, count: int, sample: Callable[[int], list[bytes]], ts: int
+    records: object,
+    count: int,
+    sample: Callable[[int, int], list[bytes]],
+    ts: int,
+    keep: bytes | None = None,
 ) -> bytes | None:
-    """For a rewrite of ``count`` messages: train a dictionary on every k-th message
-    (``sample(k)``), start sealing with it, and return its record body, which goes right
-    after the header (FORMAT.md §5.3); None for a plain log or too few messages."""
+    """Choose the dictionary of a rewrite of ``count`` messages (FORMAT.md §5.3), start
+    sealing with it, and return its record body, which goes right after the header; None
+    for none (a plain log, fewer than ``TRAIN_AFTER`` messages, or nothing wins).
+
+    ``sample(first, step)`` returns the stored JSON of every ``step``-th message from
+    ``first``. With k = max(2, count // REWRITE_SAMPLES), dictionaries are trained on every
+    k-th message from the first, and judged on the messages k // 2 after those. ``keep``
+    is the log's dictionary when the rewrite keeps every message it may hold pieces of
+    (a compaction that drops nothing); a new one must then beat it.
+    """
     if not isinstance(records, SealedRecords) or count < TRAIN_AFTER:
         return None
-    # A better dictionary than the first messages gave, and records before
-    # TRAIN_AFTER get one too.
-    trained = train_dictionary(sample(max(1, count // REWRITE_SAMPLES)), REWRITE_DICTIONARY_BYTES)
-    if trained is None:
+    step = max(2, count // REWRITE_SAMPLES)
+    train, judge = sample(0, step), sample(step // 2, step)
+    trained = train_dictionary(train, REWRITE_DICTIONARY_BYTES)
+    chosen = _choose(judge, count, keep, [] if trained is None else [trained])
+    if chosen is None:
         return None
-    records.use_dictionary(1, trained)
-    return records.encode_dictionary(1, ts, trained)
+    records.use_dictionary(1, chosen)
+    return records.encode_dictionary(1, ts, chosen)
+
+
+def _choose(
+    judge: list[bytes], count: int, keep: bytes | None, trained: list[bytes]
+) -> bytes | None:
+    """Return the dictionary (or None) that stores ``count`` messages like ``judge`` in the
+    fewest bytes, preferring ``keep`` unless another wins with confidence."""
+
+    def costs(dictionary: bytes | None) -> list[int]:
+        # With a dictionary, as records past the first TRAIN_AFTER are encoded: the
+        # dictionary's frame or the JSON (the first ones may do better, never worse).
+        return [_sealed(size) for size in compressed_sizes(judge, dictionary)]
+
+    def fixed(dictionary: bytes | None) -> int:
+        return 0 if dictionary is None else len(dictionary) + _DICT_RECORD_OVERHEAD
+
+    base = costs(keep)
+    best, best_gain = keep, 0.0
+    m = len(judge)
+    for candidate in [*trained, *([None] if keep is not None else [])]:
+        saved = [b - c for b, c in zip(base, costs(candidate), strict=True)]
+        mean = sum(saved) / m
+        spread = math.sqrt(sum((d - mean) ** 2 for d in saved) / max(1, m - 1) / m)
+        gain = (mean - _CONFIDENCE * spread) * count - (fixed(candidate) - fixed(keep))
+        if gain > best_gain:
+            best, best_gain = candidate, gain
+    return best
+
+
+def _sealed(payload: int) -> int:
+    """Bytes a record with this payload takes in a sealed log, near enough (FORMAT.md §5.1:
+    an envelope of ~8 bytes around the payload, PKCS7 to 16-byte blocks, 58 bytes more)."""
+    return 16 * ((payload + 8) // 16 + 1) + 58
 
 
 class Compactor:
@@ -71,10 +133,11 @@ class Compactor:
         """Atomically replace the log with these messages (stored JSON) and timestamps."""
         header, fmt = self._secrets.new_log()
         dictionary = fresh_dictionary(
-            fmt.records, len(datas), lambda k: datas[::k], tss[0] if tss else 0
+            fmt.records, len(datas), lambda first, k: datas[first::k], tss[0] if tss else 0
         )
+        encode = _encoder(fmt.records)
         records = (
-            (fmt.records.encode(seq, ts, data), ts)
+            (encode(seq, ts, data), ts)
             for seq, (data, ts) in enumerate(zip(datas, tss, strict=True))
         )
         self._log.rewrite(header, fmt, records, dictionary)
@@ -137,15 +200,20 @@ class Compactor:
             return CompactionReport(0, 0, 0)
         header, new = self._secrets.new_log()
 
-        def sample(step: int) -> list[bytes]:
+        def sample(first: int, step: int) -> list[bytes]:
             return [
                 text
-                for seq in range(start, count, step)
+                for seq in range(start + first, count, step)
                 for _, text, _ in reader.payloads(seq, seq + 1)
             ]
 
         first_ts = log.index.tss[start] if count > start else 0
-        dictionary = fresh_dictionary(new.records, count - start, sample, first_ts)
+        # The log's own dictionary may hold pieces of any message it was trained on: only
+        # a rewrite that keeps them all may keep it (prune and retention drop messages).
+        old = log.fmt.records
+        keep = old.dictionary if start == 0 and isinstance(old, SealedRecords) else None
+        dictionary = fresh_dictionary(new.records, count - start, sample, first_ts, keep)
+        encode = _encoder(new.records)
         referenced: set[str] = set()
         old_blobs = self._encoder.blobs
         if old_blobs is not None:  # the sweep after the commit must not be refused
@@ -157,10 +225,27 @@ class Compactor:
                     if new_blobs is not None:
                         message = apply_mode(restore(message, old_blobs), "external", new_blobs)
                     referenced.update(references(message))
-                yield new.records.encode(seq - start, ts, encode_json(message)), ts
+                yield encode(seq - start, ts, encode_json(message)), ts
 
         log.rewrite(header, new, reseal(), dictionary)
         if old_blobs is not None:
             self._encoder.blobs = new_blobs or old_blobs
             self._encoder.blobs.delete_unreferenced(referenced)
         return CompactionReport(count - start, before, log.size() + reader.index_size())
+
+
+def _encoder(records: RecordCodec) -> Callable[[int, int, bytes], bytes]:
+    """The record encoder of a rewrite. In a sealed log the first ``TRAIN_AFTER`` records
+    also try zstd without the dictionary (``SealedRecords.encode_smallest``): an appender
+    wrote them before its log had a dictionary, and re-compressed with one a record could
+    grow. Later records were written with the dictionary (or stored as they are), so with
+    the same dictionary they come out as they were; a second compression each would cost
+    ~20% of a compaction for nothing."""
+    if not isinstance(records, SealedRecords):
+        return records.encode
+    smallest, encode = records.encode_smallest, records.encode
+
+    def encoder(seq: int, ts_us: int, message_json: bytes) -> bytes:
+        return (smallest if seq < TRAIN_AFTER else encode)(seq, ts_us, message_json)
+
+    return encoder
