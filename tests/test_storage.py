@@ -204,7 +204,7 @@ def test_writes_outside_a_write_transaction_are_refused(make: Callable[[], LogSt
 
 def test_an_append_before_the_log_exists_is_refused(make: Callable[[], LogStorage]) -> None:
     storage = make()
-    header, fmt = _new_log()
+    _, fmt = _new_log()
     with storage.transaction(write=True), pytest.raises(RuntimeError, match="create"):
         storage.append([_body(fmt, 0)], [T0])
     with storage.transaction(write=False):
@@ -233,37 +233,40 @@ def test_reads_past_the_end_raise_index_error(make: Callable[[], LogStorage]) ->
             storage.index.span(3)
 
 
+@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def handles(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[Callable[[bytes], LogFormat]], LogStorage]:
+    """The storages where several handles share one log (memory keeps one object per log):
+    a factory of handles on one log, each with its own header reader."""
+    if request.param == "file":
+        return lambda attach: FileLog(tmp_path / "c.log", attach=attach)
+    backend: PostgresBackend = request.getfixturevalue("postgres_backend")
+    conversation = f"handles-{uuid.uuid4().hex}"
+    return lambda attach: PostgresLog(backend, conversation, attach=attach)
+
+
 def test_a_header_the_reader_refuses_fails_the_probe_and_changes_nothing(
-    make: Callable[[], LogStorage], request: pytest.FixtureRequest
+    handles: Callable[[Callable[[bytes], LogFormat]], LogStorage],
 ) -> None:
-    storage = make()
-    fmt = _filled(storage, 2)
+    fmt = _filled(handles(_attach), 2)
 
     def refuse(prefix: bytes) -> LogFormat:
         raise KeyError("not this log")
 
-    if request.node.callspec.params["make"] == "memory":
-        other = MemoryLog(attach=refuse)  # memory: a fresh log has no header to refuse
-        other.probe()
-        return
-    handle = (
-        FileLog(storage.path, attach=refuse)  # type: ignore[attr-defined]
-        if isinstance(storage, FileLog)
-        else PostgresLog(storage.backend, storage.conversation_id, attach=refuse)  # type: ignore[attr-defined]
-    )
     with pytest.raises(KeyError):
-        handle.probe()
-    again = make()
+        handles(refuse).probe()
+    again = handles(_attach)
     with again.transaction(write=False):
         assert list(again.read_bodies(0, 2)) == [(0, _body(fmt, 0)), (1, _body(fmt, 1))]
 
 
-def test_another_handles_write_calls_on_change(make: Callable[[], LogStorage]) -> None:
-    storage = make()
+def test_another_handles_write_calls_on_change(
+    handles: Callable[[Callable[[bytes], LogFormat]], LogStorage],
+) -> None:
+    storage = handles(_attach)
     fmt = _filled(storage, 1)
-    other = make()
-    if other is storage:  # memory: one object per log, so nobody else writes it
-        return
+    other = handles(_attach)
     changes: list[int] = []
     storage.on_change = lambda: changes.append(1)
     with storage.transaction(write=False):
