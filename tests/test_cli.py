@@ -269,11 +269,12 @@ def test_corrupted_log_exits_3(run: Run, tmp_path: Path, mode: str, command: str
     assert code == 3 and err.startswith("error: log is damaged") and "record 1" in err
 
 
-def test_a_foreign_file_exits_3(run: Run, tmp_path: Path) -> None:
+def test_a_foreign_file_exits_4_not_3(run: Run, tmp_path: Path) -> None:
+    """Exit 3 means damage only; a file of the wrong kind gets its own code (issue 17)."""
     foreign = tmp_path / "notes.txt"
     foreign.write_text("hello\n")
     code, _, err = run("info", str(foreign))
-    assert code == 3 and "not a conversation-codec log" in err
+    assert code == 4 and "not a conversation-codec log" in err
 
 
 @pytest.mark.parametrize(
@@ -739,7 +740,8 @@ def test_migrate_plaintext_out_dir_dry_run_and_progress(
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     out_dir = tmp_path / "logs"
     code, out, err = run("migrate", str(folder), "--out", str(out_dir), "--plain")
-    assert code == 0 and "PLAINTEXT" in out and "\r[" in err and "2/2" in err
+    assert code == 0 and "PLAINTEXT" in out and "2/2" in err
+    assert re.search(r"\r(\x1b\[\?25l)?migrating +\[#+\]  2/2", err)  # click.progressbar
     assert ConversationCodec(out_dir / "sub" / "b.json").load() == [
         {"role": "user", "content": "yo"}
     ]
@@ -1057,3 +1059,105 @@ def test_help_and_version_import_no_engine(argv: list[str]) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip().splitlines()[-1] == "[]", out
+
+
+# -- the installed entry point (issue 17: click, exit codes by class, progress) -------------
+
+ENTRY = str(Path(sys.executable).with_name("conversation-codec"))  # the console script
+
+
+def entry(
+    *argv: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``conversation-codec`` script, as a user does."""
+    return subprocess.run(
+        [ENTRY, *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env or subprocess_env(),
+        timeout=60,
+    )
+
+
+def on_a_terminal(
+    *argv: str, stream: str = "stderr", env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run the entry point with ``stream`` on a pseudo-terminal; return (exit code, what the
+    terminal showed, the other stream)."""
+    master, slave = os.openpty()
+    pipes: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    pipes[stream] = slave
+    with subprocess.Popen(
+        [ENTRY, *argv], stdin=subprocess.DEVNULL, env=env or subprocess_env(), **pipes
+    ) as proc:
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        other = proc.stderr if stream == "stdout" else proc.stdout
+        assert other is not None
+        rest = other.read()
+        code = proc.wait(timeout=60)
+    os.close(master)
+    return code, shown.decode(errors="replace"), rest.decode()
+
+
+def test_entry_point_usage_errors_never_echo_a_value() -> None:
+    """click's "Got unexpected extra argument (...)" and "No such command '...'" repeat
+    what was typed: a secret typed in the wrong place must not come back."""
+    for argv in (["cat", "x.log", "hunter2"], ["hunter2"], ["cat", "x.log", "a", "hunter2"]):
+        done = entry(*argv)
+        assert done.returncode == 2 and done.stdout == "", argv
+        assert done.stderr.startswith("usage: conversation-codec") and "hunter2" not in done.stderr
+        assert "error: " in done.stderr and "(value" in done.stderr, done.stderr
+    done = entry("cat", "x.log", "--key-file", "a", "--plain")
+    assert done.returncode == 2 and "--plain not allowed with --key-file" in done.stderr
+
+
+def test_entry_point_exit_codes_by_exception_class(tmp_path: Path) -> None:
+    """0 ok, 1 error, 2 usage, 3 damage only, 4 a file of the wrong kind."""
+    foreign = tmp_path / "notes.log"
+    foreign.write_text("hello\n")
+    done = entry("info", str(foreign))
+    assert done.returncode == 4 and "not a conversation-codec log" in done.stderr
+    damaged = damaged_log(tmp_path / "bad.log", KEY)
+    done = entry("cat", str(damaged), env=subprocess_env(CONVERSATION_KEY=KEY))
+    assert done.returncode == 3 and done.stderr.startswith("error: log is damaged")
+    # A password log opened with nothing: PasswordRequiredError (by class, not by wording).
+    with ConversationCodec(tmp_path / "pw.log", password="pw", durability="flush") as codec:
+        codec.append({"role": "user"})
+    done = entry("cat", str(tmp_path / "pw.log"))
+    assert done.returncode == 1 and "protected by a password" in done.stderr
+    assert "--password-env" in done.stderr and "password=" not in done.stderr
+    assert entry("cat").returncode == 2 and entry("--version").returncode == 0
+
+
+def test_entry_point_progress_bars_only_on_a_terminal(tmp_path: Path) -> None:
+    env = subprocess_env(CONVERSATION_KEY=KEY)
+    store = ConversationStore(tmp_path / "a", encryption_key=KEY, durability="flush")
+    for name in ("alice", "bob"):
+        with store.open(name) as codec:
+            codec.append({"role": "user", "content": name})
+    code, shown, out = on_a_terminal("copy", str(tmp_path / "a"), str(tmp_path / "b"), env=env)
+    assert code == 0 and "copied 2 conversations" in out
+    assert re.search(r"copying +\[#+\]  2/2", shown), shown
+    logs = [str(store.path(name)) for name in ("alice", "bob")]
+    code, shown, out = on_a_terminal("verify", *logs, "--context", "x", env=env)
+    assert "verifying" in shown and "2/2" in shown
+    done = entry("copy", str(tmp_path / "a"), str(tmp_path / "c"), env=env)  # not a terminal
+    assert done.returncode == 0 and done.stderr == ""
+
+
+def test_entry_point_highlights_with_the_librarys_matcher(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "chat.log", None)
+    code, shown, _ = on_a_terminal("search", log, '"is LATE"', stream="stdout")
+    assert code == 0 and "order B77 \x1b[1mis late\x1b[0m." in shown
+    code, shown, _ = on_a_terminal("search", log, r"B\d+", "--regex", stream="stdout")
+    assert code == 0 and "order \x1b[1mB77\x1b[0m is late" in shown

@@ -9,34 +9,38 @@ usage errors do not pay for them (see ``cli/__init__.py``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import enum
 import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     BindingError,
+    ConversationCodecError,
     CorruptRecordError,
     DecryptionError,
     FormatError,
     KeyMismatchError,
     KeyRequiredError,
     NotEncryptedError,
+    PasswordRequiredError,
     UnsupportedVersionError,
 )
 
 if TYPE_CHECKING:
-    from ..codec import ConversationCodec
-    from ..maintenance.migrate import BatchItem
+    from click._termui_impl import ProgressBar
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CORRUPT = 0, 1, 2, 3
+    from ..codec import ConversationCodec
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CORRUPT, EXIT_WRONG_KIND = 0, 1, 2, 3, 4
+Args = SimpleNamespace  # a command's parameters, by name (click's, plus what a command adds)
 DEFAULT_KEY_ENV = "CONVERSATION_KEY"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=")  # a Fernet key
@@ -74,7 +78,7 @@ def read_key_file(path: str) -> str:
         raise InputError(str(exc)) from None
 
 
-def log_key(args: argparse.Namespace) -> str | None:
+def log_key(args: Args) -> str | None:
     """Return the key from --key-file or the --key-env variable; None means plaintext."""
     if getattr(args, "password_env", None) is not None or getattr(args, "plain", False):
         return None  # a password opens the log, or --plain: the key variable is not consulted
@@ -90,7 +94,7 @@ def log_key(args: argparse.Namespace) -> str | None:
     return value.strip()
 
 
-def plaintext_needs_plain(args: argparse.Namespace, target: str) -> None:
+def plaintext_needs_plain(args: Args, target: str) -> None:
     """Refuse to write ``target`` unencrypted unless ``--plain`` asks for it (exit 2).
 
     Checked before anything is read or written: an unset or misspelt key variable must
@@ -107,13 +111,13 @@ def plaintext_needs_plain(args: argparse.Namespace, target: str) -> None:
     )
 
 
-def log_password(args: argparse.Namespace) -> str | None:
+def log_password(args: Args) -> str | None:
     """Return the password from the --password-env variable, or None when not given."""
     var = getattr(args, "password_env", None)
     return None if var is None else secret_env(var, "password")
 
 
-def legacy_source(args: argparse.Namespace) -> tuple[str | None, str | None]:
+def legacy_source(args: Args) -> tuple[str | None, str | None]:
     """Return the (key, password) of an encrypted legacy source, from their variables."""
     key_var, password_var = args.legacy_key_env, args.legacy_password_env
     key = None if key_var is None else secret_env(key_var, "legacy key").strip()
@@ -121,7 +125,7 @@ def legacy_source(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return key, password
 
 
-def open_log(args: argparse.Namespace, *, must_exist: bool = True) -> ConversationCodec:
+def open_log(args: Args, *, must_exist: bool = True) -> ConversationCodec:
     """Open the log at ``args.path`` with the key, password and context the flags name."""
     from ..codec import ConversationCodec
 
@@ -189,20 +193,59 @@ def table(rows: Sequence[tuple[str, ...]], right: frozenset[int] = frozenset()) 
         print("  ".join(cells).rstrip())
 
 
-def progress(done: int, total: int, item: BatchItem) -> None:
-    """Draw a progress bar for a batch on stderr (a terminal only: the caller checks)."""
-    filled = 30 * done // max(total, 1)
-    name = str(item.path)[-40:]
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {name:<40}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+class Progress:
+    """A ``click.progressbar`` on stderr fed by a library ``progress(done, total, item)``
+    callback (the total is known at the first call); use only when stderr is a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._bar: ProgressBar[Any] | None = None
+
+    def __call__(self, done: int, total: int, item: object) -> None:
+        import click
+
+        if self._bar is None:
+            self._bar = click.progressbar(
+                length=total,
+                label=self._label,
+                file=sys.stderr,
+                show_pos=True,
+                item_show_func=lambda name: None if name is None else str(name)[-40:],
+            )
+        name = getattr(item, "path", None) or item  # a migrate BatchItem: its path
+        self._bar.update(done - self._bar.pos, name)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        """Finish the bar (its last line stays, then a newline)."""
+        if self._bar is not None:
+            self._bar.render_finish()
+            self._bar = None
+
+
+def progress(label: str, *, quiet: bool = False) -> Progress | None:
+    """Return a progress callback drawing on stderr, or None when stderr is no terminal."""
+    return Progress(label) if sys.stderr.isatty() and not quiet else None
+
+
+def run_command(command: Callable[[Args], int], args: Args) -> int:
+    """Run one command; map what it raises to a message and an exit code."""
+    try:
+        code = command(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `cat | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except (ConversationCodecError, OSError, ValueError, InputError, UsageError) as exc:
+        return report_error(exc, args)
+    return code
 
 
 # -- errors ----------------------------------------------------------------------------------
 
 
-def report_error(exc: Exception, args: argparse.Namespace) -> int:
+def report_error(exc: Exception, args: Args) -> int:
     """Print one ``error:`` line for ``exc`` and return the exit code (the only mapping)."""
     path = getattr(args, "path", None)
     reading = getattr(args, "reading", None)  # import: the source file being read
@@ -215,10 +258,10 @@ def report_error(exc: Exception, args: argparse.Namespace) -> int:
         code, message = EXIT_USAGE, str(exc)
     elif reading is not None and isinstance(exc, (KeyMismatchError, DecryptionError)):
         message = f"{exc} (use --legacy-key-env VAR or --legacy-password-env VAR)"
+    elif isinstance(exc, PasswordRequiredError):
+        message = f"{path} is protected by a password; name its variable with --password-env VAR"
     elif isinstance(exc, KeyRequiredError) and password:
         message = f"{path} is encrypted with a key, not a password; use --key-env or --key-file"
-    elif isinstance(exc, KeyRequiredError) and "password" in str(exc):
-        message = f"{path} is protected by a password; name its variable with --password-env VAR"
     elif isinstance(exc, KeyRequiredError):
         message = (
             f"{path} is encrypted and no key was given; put the key in ${env}, "
@@ -235,10 +278,10 @@ def report_error(exc: Exception, args: argparse.Namespace) -> int:
         message = f"cannot decrypt {path}: wrong {secret} ({source}), or the header was modified"
     elif isinstance(exc, UnsupportedVersionError):
         message = str(exc)  # newer, not damaged: exit 1 and the library's "upgrade" hint
-    elif isinstance(exc, FormatError):
-        code = EXIT_CORRUPT
-        damaged = isinstance(exc, CorruptRecordError)
-        message = f"log is damaged: {exc}" if damaged else str(exc)
+    elif isinstance(exc, CorruptRecordError):
+        code, message = EXIT_CORRUPT, f"log is damaged: {exc}"
+    elif isinstance(exc, FormatError):  # not damage: a file of another kind (exit 4)
+        code, message = EXIT_WRONG_KIND, str(exc)
     elif isinstance(exc, OSError) and exc.strerror:
         message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     else:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import TYPE_CHECKING
 
-from ._args import Parser, Sub, command, env_var_name, legacy_secrets, whole_number
+import click
+
+from ._args import (
+    ENV_NAME,
+    WHOLE_NUMBER,
+    as_json,
+    choice,
+    command,
+    durability,
+    legacy_secrets,
+    log_options,
+)
 from ._common import (
     EXIT_OK,
+    Args,
     InputError,
     emit,
     fields,
@@ -21,84 +32,6 @@ from ._common import (
 
 if TYPE_CHECKING:
     from ..codec import Message
-
-
-def add_read_commands(sub: Sub, log: Parser, durable: Parser) -> None:
-    """Add ``info``, ``cat``, ``tail`` and ``append`` to ``sub``."""
-    info = command(
-        sub,
-        "info",
-        _cmd_info,
-        "show header and index facts (count, sizes, times)",
-        "conversation-codec info chat.log --json",
-        [log],
-    )
-    info.add_argument("--json", action="store_true", help="print one JSON object")
-    cat = command(
-        sub,
-        "cat",
-        _cmd_cat,
-        "print every message as JSON lines",
-        "conversation-codec cat chat.log --with-timestamps | jq .ts",
-        [log],
-    )
-    cat.add_argument(
-        "--with-timestamps", action="store_true", help='print {"seq", "ts", "message"} objects'
-    )
-    tail = command(
-        sub,
-        "tail",
-        _cmd_tail,
-        "print the last N messages as JSON lines",
-        "conversation-codec tail chat.log -n 3",
-        [log],
-    )
-    tail.add_argument("-n", type=whole_number, default=10, metavar="N", help="default: %(default)s")
-    tail.add_argument("--json", action="store_true", help="JSON lines (the default output)")
-    command(
-        sub,
-        "append",
-        _cmd_append,
-        "append messages read from stdin; print their seqs",
-        """echo '{"role": "user", "content": "hi"}' | conversation-codec append chat.log""",
-        [log, durable],
-    )
-
-
-def add_transfer_commands(sub: Sub, log: Parser, as_json: Parser) -> None:
-    """Add ``export`` and ``import`` to ``sub``."""
-    export = command(
-        sub,
-        "export",
-        _cmd_export,
-        "write the history to an UNENCRYPTED JSONL or JSON file (mode 0600)",
-        "conversation-codec export chat.log --out chat.jsonl  # plaintext: protect it",
-        [log],
-    )
-    export.add_argument("--out", metavar="FILE", required=True, help="the UNENCRYPTED output")
-    export.add_argument("--format", choices=("jsonl", "json"), default="jsonl")
-    export.add_argument("--no-timestamps", action="store_true", help='omit "timestamp" keys')
-    import_cmd = command(
-        sub,
-        "import",
-        _cmd_import,
-        "read a history file (legacy, export or log) into a log, keeping the messages "
-        "already there (in time order); only --replace discards them",
-        "conversation-codec import chat.log old-history.jsonl --merge",
-        [log, legacy_secrets(), as_json],
-    )
-    import_cmd.add_argument("src", metavar="SRC", help="the history file to read")
-    how = import_cmd.add_mutually_exclusive_group()
-    how.add_argument("--merge", action="store_true", help="add only messages not present")
-    how.add_argument(
-        "--replace", action="store_true", help="DISCARD the log's history, keep SRC's only"
-    )
-    import_cmd.add_argument(
-        "--legacy-password-env",
-        type=env_var_name,
-        metavar="VAR",
-        help="variable holding SRC's legacy password",
-    )
 
 
 def _read_messages(text: str) -> list[Message]:
@@ -124,7 +57,14 @@ def _read_messages(text: str) -> list[Message]:
     return messages
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+@command(
+    "info",
+    "show header and index facts (count, sizes, times)",
+    "conversation-codec info chat.log --json",
+)
+@log_options
+@as_json("print one JSON object")
+def _info(args: Args) -> int:
     with open_log(args) as codec:
         facts = fields(codec.info())
     if args.json:
@@ -136,7 +76,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_cat(args: argparse.Namespace) -> int:
+@command(
+    "cat",
+    "print every message as JSON lines",
+    "conversation-codec cat chat.log --with-timestamps | jq .ts",
+)
+@log_options
+@click.option("--with-timestamps", is_flag=True, help='print {"seq", "ts", "message"} objects')
+def _cat(args: Args) -> int:
     with open_log(args) as codec:
         for seq, message in enumerate(codec):  # streams: bounded memory on long logs
             if args.with_timestamps:
@@ -146,7 +93,11 @@ def _cmd_cat(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_tail(args: argparse.Namespace) -> int:
+@command("tail", "print the last N messages as JSON lines", "conversation-codec tail chat.log -n 3")
+@log_options
+@click.option("-n", type=WHOLE_NUMBER, default=10, metavar="N", show_default=True)
+@as_json("JSON lines (the default output)")
+def _tail(args: Args) -> int:
     with open_log(args) as codec:
         messages = codec.tail(args.n)
     for message in messages:
@@ -154,7 +105,14 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_append(args: argparse.Namespace) -> int:
+@command(
+    "append",
+    "append messages read from stdin; print their seqs",
+    """echo '{"role": "user", "content": "hi"}' | conversation-codec append chat.log""",
+)
+@log_options
+@durability()
+def _append(args: Args) -> int:
     plaintext_needs_plain(args, args.path)
     messages = _read_messages(sys.stdin.read())
     with open_log(args, must_exist=False) as codec:
@@ -164,7 +122,16 @@ def _cmd_append(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+@command(
+    "export",
+    "write the history to an UNENCRYPTED JSONL or JSON file (mode 0600)",
+    "conversation-codec export chat.log --out chat.jsonl  # plaintext: protect it",
+)
+@log_options
+@click.option("--out", metavar="FILE", required=True, help="the UNENCRYPTED output")
+@click.option("--format", type=choice("jsonl", "json"), default="jsonl", metavar="[jsonl|json]")
+@click.option("--no-timestamps", is_flag=True, help='omit "timestamp" keys')
+def _export(args: Args) -> int:
     with open_log(args) as codec:
         count = codec.export(args.out, format=args.format, with_timestamps=not args.no_timestamps)
     print(
@@ -176,7 +143,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_import(args: argparse.Namespace) -> int:
+@command(
+    "import",
+    "read a history file (legacy, export or log) into a log, keeping the messages "
+    "already there (in time order); only --replace discards them",
+    "conversation-codec import chat.log old-history.jsonl --merge",
+)
+@log_options
+@click.argument("src", metavar="SRC")
+@legacy_secrets()
+@click.option(
+    "--legacy-password-env",
+    type=ENV_NAME,
+    metavar="VAR",
+    help="variable holding SRC's legacy password",
+)
+@click.option("--merge", is_flag=True, help="add only messages not present")
+@click.option("--replace", is_flag=True, help="DISCARD the log's history, keep SRC's only")
+@as_json()
+def _import(args: Args) -> int:
     plaintext_needs_plain(args, args.path)
     legacy_key, legacy_password = legacy_source(args)
     with open_log(args, must_exist=False) as codec:
@@ -199,3 +184,6 @@ def _cmd_import(args: argparse.Namespace) -> int:
         f"{report.rejected} rejected"
     )
     return EXIT_OK
+
+
+COMMANDS = [_info, _cat, _tail, _append, _export, _import]

@@ -5,57 +5,27 @@ A store root is a directory or a ``postgresql://`` URL (``storage.backend_for``)
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from ._args import Parser, Sub, command, secret_sources
+import click
+
+from ._args import as_json, command, options, secret_sources
 from ._common import (
     EXIT_ERROR,
     EXIT_OK,
+    Args,
     InputError,
     UsageError,
     emit,
     fields,
     log_key,
+    progress,
     read_key_file,
     secret_env,
     short,
     table,
 )
-
-
-def add_commands(sub: Sub, as_json: Parser) -> None:
-    """Add ``ls`` to ``sub``."""
-    ls = command(
-        sub,
-        "ls",
-        _cmd_ls,
-        "list the conversations of a store root (id, messages, first, last, bytes)",
-        "conversation-codec ls conversations/ --json",
-        [secret_sources(password=False), as_json],
-    )
-    ls.add_argument("path", metavar="ROOT", help="the store's root directory, or its URL")
-    copy = command(
-        sub,
-        "copy",
-        _cmd_copy,
-        "copy conversations between two stores (directories or postgresql:// URLs), "
-        "verified; run again to resume",
-        "conversation-codec copy conversations/ postgresql:///agents --to-key-env NEW_KEY",
-        [secret_sources(password=False), as_json],
-    )
-    copy.add_argument("src", metavar="SRC", help="the source store's root directory or URL")
-    copy.add_argument("dst", metavar="DST", help="the destination store's root or URL")
-    copy.add_argument("ids", metavar="ID", nargs="*", help="only these conversations")
-    to = copy.add_argument_group("the destination's key (default: the source's)")
-    where = to.add_mutually_exclusive_group()
-    where.add_argument("--to-key-env", metavar="VAR", help="variable holding its key")
-    where.add_argument("--to-key-file", metavar="FILE", help="read its key from FILE (0600)")
-    where.add_argument("--to-plain", action="store_true", help="write it UNENCRYPTED")
-    copy.add_argument(
-        "--overwrite", action="store_true", help="replace conversations that differ in DST"
-    )
 
 
 def _check_root(root: str) -> None:
@@ -65,7 +35,24 @@ def _check_root(root: str) -> None:
         raise InputError(f"{root}: no such directory")
 
 
-def _cmd_copy(args: argparse.Namespace) -> int:
+@command(
+    "copy",
+    "copy conversations between two stores (directories or postgresql:// URLs), "
+    "verified; run again to resume",
+    "conversation-codec copy conversations/ postgresql:///agents --to-key-env NEW_KEY",
+)
+@click.argument("src", metavar="SRC")
+@click.argument("dst", metavar="DST")
+@click.argument("ids", metavar="[ID]...", nargs=-1)
+@secret_sources(password=False)
+@options(
+    click.option("--to-key-env", metavar="VAR", help="variable holding DST's key"),
+    click.option("--to-key-file", metavar="FILE", help="read DST's key from FILE (0600)"),
+    click.option("--to-plain", is_flag=True, help="write DST UNENCRYPTED"),
+)
+@click.option("--overwrite", is_flag=True, help="replace conversations that differ in DST")
+@as_json()
+def _copy(args: Args) -> int:
     from ..maintenance.copy import copy_conversations
     from ..store import ConversationStore
 
@@ -89,7 +76,7 @@ def _cmd_copy(args: argparse.Namespace) -> int:
         dst,
         args.ids or None,
         overwrite=args.overwrite,
-        progress=_progress if sys.stderr.isatty() and not args.json else None,
+        progress=progress("copying", quiet=args.json),
     )
     if args.json:
         emit(fields(report))
@@ -103,16 +90,15 @@ def _cmd_copy(args: argparse.Namespace) -> int:
     return EXIT_ERROR if report.failed else EXIT_OK
 
 
-def _progress(done: int, total: int, conversation_id: str) -> None:
-    filled = 30 * done // max(total, 1)
-    name = conversation_id[-40:]
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {name:<40}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
-
-def _cmd_ls(args: argparse.Namespace) -> int:
+@command(
+    "ls",
+    "list the conversations of a store root (id, messages, first, last, bytes)",
+    "conversation-codec ls conversations/ --json",
+)
+@click.argument("path", metavar="ROOT")
+@secret_sources(password=False)
+@as_json()
+def _ls(args: Args) -> int:
     from ..store import ConversationStore
 
     _check_root(args.path)
@@ -130,3 +116,6 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         rows.append((*row, c.status) if failed else row)
     table(rows, right=frozenset({1, 4}))
     return EXIT_ERROR if failed else EXIT_OK
+
+
+COMMANDS = [_ls, _copy]
