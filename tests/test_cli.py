@@ -401,7 +401,7 @@ def test_search_a_log_with_each_filter(run: Run, tmp_path: Path, mode: str) -> N
     }
     for argv, expected in cases.items():
         code, out, _ = run("search", log, *argv, "--json", key=key)
-        assert (code, seqs(out)) == (0, expected), argv
+        assert (code, seqs(out)) == (0 if expected else 1, expected), argv  # 1: none, as grep
 
 
 def test_search_human_output_is_bold_only_on_a_terminal(
@@ -765,12 +765,18 @@ def test_export_warns_that_the_output_is_unencrypted(run: Run, tmp_path: Path, m
     assert [{k: v for k, v in r.items() if k != "timestamp"} for r in rows] == CHAT
     assert rows[0]["timestamp"] == "2026-10-01T10:00:00.000000Z"
     assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
+    exported = out_file.read_bytes()
+    code, _, err = run("export", log, "--out", str(out_file), "--format", "json", key=key)
+    assert code == 1 and "already exists" in err and "--force" in err  # never overwritten
+    assert out_file.read_bytes() == exported
     code, _, err = run(
-        "export", log, "--out", str(out_file), "--format", "json", "--no-timestamps", key=key
-    )
+        "export", log, "--out", str(out_file), "--format", "json", "--no-timestamps", "--force",
+        key=key,
+    )  # fmt: skip
     assert code == 0 and "UNENCRYPTED" in err and json.loads(out_file.read_text()) == CHAT
     assert "UNENCRYPTED" in run("export", "--help")[1]
-    code, _, err = run("export", log, "--out", str(out_file), key=OTHER_KEY if key else KEY)
+    wrong = OTHER_KEY if key else KEY
+    code, _, err = run("export", log, "--out", str(out_file), "--force", key=wrong)
     assert code == 1 and "warning" not in err
 
 
@@ -1067,7 +1073,7 @@ ENTRY = str(Path(sys.executable).with_name("conversation-codec"))  # the console
 
 
 def entry(
-    *argv: str, stdin: str = "", env: dict[str, str] | None = None
+    *argv: str, stdin: str = "", env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the installed ``conversation-codec`` script, as a user does."""
     return subprocess.run(
@@ -1076,6 +1082,7 @@ def entry(
         capture_output=True,
         text=True,
         env=env or subprocess_env(),
+        cwd=cwd,
         timeout=60,
     )
 
@@ -1161,3 +1168,87 @@ def test_entry_point_highlights_with_the_librarys_matcher(tmp_path: Path) -> Non
     assert code == 0 and "order B77 \x1b[1mis late\x1b[0m." in shown
     code, shown, _ = on_a_terminal("search", log, r"B\d+", "--regex", stream="stdout")
     assert code == 0 and "order \x1b[1mB77\x1b[0m is late" in shown
+
+
+# -- conventions (issue 17): -, --force, --json, grep's exit 1, CLI words ---------------------
+
+PYTHONISM = re.compile(r"\b(legacy_key|encryption_key|password|context)=|conversation_codec\.")
+
+
+def test_entry_point_dash_means_stdin_and_stdout(tmp_path: Path) -> None:
+    env = subprocess_env(CONVERSATION_KEY=KEY)
+    lines = "".join(json.dumps(m) + "\n" for m in CHAT[:2])
+    done = entry("append", "chat.log", "-", stdin=lines, env=env, cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, "0\n1\n"), done.stderr
+    (tmp_path / "more.jsonl").write_text(json.dumps(CHAT[2]) + "\n")
+    done = entry("append", "chat.log", "more.jsonl", env=env, cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, "2\n"), done.stderr
+    done = entry("import", "chat.log", "-", stdin=json.dumps(CHAT[3]) + "\n", env=env, cwd=tmp_path)
+    assert done.returncode == 0 and "1 added" in done.stdout, done.stderr
+    done = entry("export", "chat.log", "--out", "-", "--no-timestamps", env=env, cwd=tmp_path)
+    assert done.returncode == 0 and objects(done.stdout) == CHAT  # the export itself
+    assert "exported 4 messages to stdout" in done.stderr  # the summary stays off stdout
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("chat.log")) == [
+        "more.jsonl"
+    ]  # no file named "-"
+
+
+def test_entry_point_export_never_overwrites_without_force(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "chat.log", None)
+    target = tmp_path / "out.jsonl"
+    target.write_text("precious\n")
+    done = entry("export", log, "--out", str(target))
+    assert done.returncode == 1 and "--force" in done.stderr
+    assert target.read_text() == "precious\n"
+    done = entry("export", log, "--out", str(target), "--force")
+    assert done.returncode == 0 and len(target.read_text().splitlines()) == 4
+
+
+def test_entry_point_json_on_every_command_that_prints_data(tmp_path: Path) -> None:
+    done = entry("keygen", "--json")
+    assert done.returncode == 0 and KEY_LIKE.fullmatch(json.loads(done.stdout)["key"])
+    done = entry("keygen", "--out", str(tmp_path / "k"), "--json")
+    assert json.loads(done.stdout) == {"path": str(tmp_path / "k"), "mode": "0600"}
+    env = subprocess_env(CONVERSATION_KEY=KEY)
+    log = str(tmp_path / "chat.log")
+    done = entry("append", log, "--json", stdin=json.dumps(CHAT[:3]), env=env)
+    assert json.loads(done.stdout) == {"path": log, "seqs": [0, 1, 2]}
+    done = entry("export", log, "--out", str(tmp_path / "x.jsonl"), "--json", env=env)
+    summary = {"path": str(tmp_path / "x.jsonl"), "messages": 3, "format": "jsonl"}
+    assert json.loads(done.stdout) == summary
+    # tail: readable lines on a terminal, JSON lines with --json (and whenever piped).
+    code, shown, _ = on_a_terminal("tail", log, "-n", "2", stream="stdout", env=env)
+    assert code == 0 and re.search(r"#1  assistant  Your REFUND", shown) and "{" not in shown
+    code, shown, _ = on_a_terminal("tail", log, "-n", "2", "--json", stream="stdout", env=env)
+    assert code == 0 and objects(shown.replace("\r\n", "\n")) == CHAT[1:3]
+    assert objects(entry("tail", log, "-n", "2", env=env).stdout) == CHAT[1:3]
+
+
+def test_entry_point_search_exits_1_when_nothing_matches(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "chat.log", None)
+    assert entry("search", log, "refund").returncode == 0
+    done = entry("search", log, "no-such-word")
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", "")
+    root = tmp_path / "store"
+    with ConversationStore(root).open("alice") as codec:
+        codec.append({"role": "user", "content": "refund"})
+    assert entry("search", str(root), "refund").returncode == 0
+    assert entry("search", str(root), "no-such-word").returncode == 1
+
+
+def test_entry_point_messages_speak_cli_not_python(tmp_path: Path) -> None:
+    foreign = tmp_path / "notes.log"
+    foreign.write_text("hello\n")
+    legacy = tmp_path / "old.enc"
+    legacy.write_bytes(Fernet(LEGACY_KEY).encrypt(b'{"role": "user"}\n'))
+    env = subprocess_env(CONVERSATION_KEY=KEY)
+    runs = [
+        entry("info", str(foreign)),
+        entry("migrate", str(legacy), "--out", str(tmp_path / "o"), env=env),
+        entry("migrate", str(legacy), "--out", str(tmp_path / "o"), "--json", env=env),
+        entry("import", str(tmp_path / "chat.log"), str(legacy), env=env),
+    ]
+    for done in runs:
+        assert done.returncode != 0 and not PYTHONISM.search(done.stdout + done.stderr), done
+    assert "conversation-codec migrate" in runs[0].stderr
+    assert "--legacy-key-env" in runs[1].stdout and "--legacy-key-env" in runs[3].stderr

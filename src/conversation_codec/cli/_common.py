@@ -44,6 +44,16 @@ Args = SimpleNamespace  # a command's parameters, by name (click's, plus what a 
 DEFAULT_KEY_ENV = "CONVERSATION_KEY"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=")  # a Fernet key
+# The library's messages name its Python parameters ("pass legacy_key="); the CLI says its
+# options instead. One table, applied to everything the CLI prints from the library.
+_PYTHON_WORDS = (
+    (re.compile(r"conversation_codec\.migrate\([^)]*\)"), "conversation-codec migrate"),
+    (re.compile(r"conversation_codec\.generate_key\(\)"), "conversation-codec keygen"),
+    (re.compile(r"\blegacy_key="), "--legacy-key-env/--legacy-key-file"),
+    (re.compile(r"\bencryption_key="), "--key-env/--key-file"),
+    (re.compile(r"\bcontext="), "--context"),
+)
+_PASSWORD_WORD = re.compile(r"\bpassword=")
 
 
 class InputError(Exception):
@@ -242,6 +252,17 @@ def run_command(command: Callable[[Args], int], args: Args) -> int:
     return code
 
 
+def speak_cli(message: str, *, legacy: bool = False) -> str:
+    """Say a library message in the CLI's words: options, not Python parameters.
+
+    ``legacy``: the message concerns a legacy source, whose password has its own options.
+    """
+    for pattern, words in _PYTHON_WORDS:
+        message = pattern.sub(words, message)
+    password = "--legacy-password-env/--legacy-password-file" if legacy else "--password-env"
+    return _PASSWORD_WORD.sub(password, message)
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 
@@ -286,6 +307,7 @@ def report_error(exc: Exception, args: Args) -> int:
         message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     else:
         message = str(exc) or type(exc).__name__
+    message = speak_cli(message, legacy=reading is not None)
     # A key given where a path belongs ("tail $KEY") must not come back on the terminal.
     message = _KEY_SHAPED.sub("(a key-shaped value, not shown)", message)
     print(f"error: {message}", file=sys.stderr)

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import DecryptionError
-from ._args import command, durability
-from ._common import EXIT_OK, Args, InputError, ts
+from ._args import as_json, command, durability
+from ._common import EXIT_OK, Args, InputError, emit, ts
 
 if TYPE_CHECKING:
     from ..codec import Message
@@ -27,13 +27,15 @@ _DEMO_FILE = "support-chat.log"
     "conversation-codec keygen --out chat.key",
 )
 @click.option("--out", metavar="FILE", help="write the key to a new 0600 file instead")
+@as_json('print {"key"} (or, with --out, {"path", "mode"}) as one JSON object')
 def _keygen(args: Args) -> int:
     from ..crypto import generate_key
     from ..errors import KeyFileError
     from ..keyfile import create_key_file
 
     if args.out is None:
-        print(generate_key())  # the one place a key is printed: for a pipe into a secret store
+        key = generate_key()  # the one place a key is printed: for a pipe into a secret store
+        emit({"key": key}) if args.json else print(key)
         return EXIT_OK
     try:
         # Written, synced, linked into place and the directory synced: a key lost to a power
@@ -41,7 +43,10 @@ def _keygen(args: Args) -> int:
         create_key_file(args.out)
     except KeyFileError as exc:
         raise InputError(str(exc)) from None
-    print(f"wrote a new key to {args.out} (mode 0600); use it with --key-file {args.out}")
+    if args.json:
+        emit({"path": args.out, "mode": "0600"})
+    else:
+        print(f"wrote a new key to {args.out} (mode 0600); use it with --key-file {args.out}")
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -27,17 +28,25 @@ from ._common import (
     legacy_source,
     open_log,
     plaintext_needs_plain,
+    printable,
+    short,
     ts,
 )
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from ..codec import Message
 
+# SRC "-": the library reads a history from a path; the process's stdin has one (a pipe or
+# a file: read whole, up to the library's size bound).
+_STDIN = "/dev/stdin"
 
-def _read_messages(text: str) -> list[Message]:
-    """Parse stdin: one JSON object, a JSON array of objects, or JSON lines."""
+
+def _read_messages(text: str, source: str = "stdin") -> list[Message]:
+    """Parse ``source``'s text: one JSON object, a JSON array of objects, or JSON lines."""
     if not text.strip():
-        raise InputError("no message on stdin; pipe a JSON object, an array, or JSON lines")
+        raise InputError(f"no message on {source}; give a JSON object, an array, or JSON lines")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as whole:
@@ -49,11 +58,13 @@ def _read_messages(text: str) -> list[Message]:
                 value.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 # Failing on the first line means it was not JSON lines: report the document.
-                where, err = ("stdin", whole) if not value else (f"stdin line {number}", exc)
+                where, err = (source, whole) if not value else (f"{source} line {number}", exc)
                 raise InputError(f"{where} is not valid JSON: {err}") from None
     messages = [value] if isinstance(value, dict) else value
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise InputError("stdin must hold messages (JSON objects): one, an array, or one a line")
+        raise InputError(
+            f"{source} must hold messages (JSON objects): one, an array, or one a line"
+        )
     return messages
 
 
@@ -93,53 +104,95 @@ def _cat(args: Args) -> int:
     return EXIT_OK
 
 
-@command("tail", "print the last N messages as JSON lines", "conversation-codec tail chat.log -n 3")
+@command(
+    "tail",
+    "print the last N messages: JSON lines (on a terminal: one readable line each)",
+    "conversation-codec tail chat.log -n 3",
+)
 @log_options
 @click.option("-n", type=WHOLE_NUMBER, default=10, metavar="N", show_default=True)
-@as_json("JSON lines (the default output)")
+@as_json("JSON lines even on a terminal (piped output always is)")
 def _tail(args: Args) -> int:
+    readable = sys.stdout.isatty() and not args.json
     with open_log(args) as codec:
-        messages = codec.tail(args.n)
-    for message in messages:
-        emit(message)
+        hits = list(codec.search(newest_first=True, limit=args.n)) if args.n else []
+    for hit in reversed(hits):
+        _show(hit.seq, hit.timestamp, hit.message, readable)
     return EXIT_OK
+
+
+def _show(seq: int, when: datetime, message: Message, readable: bool) -> None:
+    """Print one message: a JSON line, or (on a terminal) time, seq, role and its text."""
+    from ..search import searchable_text
+
+    if not readable:
+        emit(message)
+        return
+    text = printable(" ".join(" ".join(part.split()) for part in searchable_text(message)))
+    text = text if len(text) <= 100 else text[:97] + "..."
+    role = printable(str(message.get("role", "-")))
+    print(f"{short(when)}  #{seq}  {role:<9}  {text}")
 
 
 @command(
     "append",
-    "append messages read from stdin; print their seqs",
+    "append messages read from FILE (default -: stdin); print their seqs",
     """echo '{"role": "user", "content": "hi"}' | conversation-codec append chat.log""",
 )
 @log_options
+@click.argument("source", metavar="[FILE]", default="-")
 @durability()
+@as_json('print {"path", "seqs"} as one JSON object')
 def _append(args: Args) -> int:
     plaintext_needs_plain(args, args.path)
-    messages = _read_messages(sys.stdin.read())
+    if args.source == "-":
+        messages = _read_messages(sys.stdin.read())
+    else:
+        with open(args.source, encoding="utf-8") as source:
+            messages = _read_messages(source.read(), args.source)
     with open_log(args, must_exist=False) as codec:
         seqs = codec.extend(messages)
-    for seq in seqs:
+    if args.json:
+        emit({"path": args.path, "seqs": seqs})
+    for seq in [] if args.json else seqs:
         print(seq)
     return EXIT_OK
 
 
 @command(
     "export",
-    "write the history to an UNENCRYPTED JSONL or JSON file (mode 0600)",
+    "write the history to an UNENCRYPTED JSONL or JSON file (mode 0600), or - (stdout)",
     "conversation-codec export chat.log --out chat.jsonl  # plaintext: protect it",
 )
 @log_options
-@click.option("--out", metavar="FILE", required=True, help="the UNENCRYPTED output")
+@click.option("--out", metavar="FILE", required=True, help="the UNENCRYPTED output; - : stdout")
 @click.option("--format", type=choice("jsonl", "json"), default="jsonl", metavar="[jsonl|json]")
 @click.option("--no-timestamps", is_flag=True, help='omit "timestamp" keys')
+@click.option("--force", is_flag=True, help="replace FILE if it exists")
+@as_json("print the summary as one JSON object (on stderr with --out -)")
 def _export(args: Args) -> int:
+    to_stdout = args.out == "-"
+    if not to_stdout and not args.force and os.path.lexists(args.out):
+        raise InputError(f"{args.out} already exists; pass --force to replace it")
     with open_log(args) as codec:
-        count = codec.export(args.out, format=args.format, with_timestamps=not args.no_timestamps)
-    print(
-        f"warning: {args.out} is UNENCRYPTED: it holds {count} messages in plaintext "
-        "(mode 0600); protect it, and delete it when done",
-        file=sys.stderr,
-    )
-    print(f"exported {count} messages to {args.out} ({args.format})")
+        sys.stdout.flush()
+        count = codec.export(
+            sys.stdout.buffer if to_stdout else args.out,
+            format=args.format,
+            with_timestamps=not args.no_timestamps,
+        )
+    where = "stdout" if to_stdout else args.out
+    if not to_stdout:
+        print(
+            f"warning: {where} is UNENCRYPTED: it holds {count} messages in plaintext "
+            "(mode 0600); protect it, and delete it when done",
+            file=sys.stderr,
+        )
+    summary = sys.stderr if to_stdout else sys.stdout  # stdout carries the export itself
+    if args.json:
+        print(json.dumps({"path": where, "messages": count, "format": args.format}), file=summary)
+    else:
+        print(f"exported {count} messages to {where} ({args.format})", file=summary)
     return EXIT_OK
 
 
@@ -150,7 +203,7 @@ def _export(args: Args) -> int:
     "conversation-codec import chat.log old-history.jsonl --merge",
 )
 @log_options
-@click.argument("src", metavar="SRC")
+@click.argument("src", metavar="SRC")  # - : stdin
 @legacy_secrets()
 @click.option(
     "--legacy-password-env",
@@ -164,10 +217,11 @@ def _export(args: Args) -> int:
 def _import(args: Args) -> int:
     plaintext_needs_plain(args, args.path)
     legacy_key, legacy_password = legacy_source(args)
+    src = _STDIN if args.src == "-" else args.src
     with open_log(args, must_exist=False) as codec:
         args.reading = args.src  # from here, key errors concern SRC (see _report)
         report = codec.import_(
-            args.src,
+            src,
             merge=args.merge,
             replace=args.replace,
             legacy_key=legacy_key,

@@ -35,6 +35,7 @@ from ._common import (
     read_key_file,
     report_error,
     secret_env,
+    speak_cli,
     table,
 )
 
@@ -235,7 +236,10 @@ def _migrate(args: Args) -> int:
         progress=progress("migrating", quiet=args.json),
     )
     if args.json:
-        emit({**report.as_dict(), "encrypted": key is not None})
+        found = report.as_dict()
+        for item in found["files"]:
+            item["reason"] = speak_cli(item["reason"], legacy=True)
+        emit({**found, "encrypted": key is not None})
     else:
         _show_batch(args, report, key is not None)
     return EXIT_OK if report.ok else EXIT_ERROR
@@ -245,7 +249,8 @@ def _show_batch(args: Args, report: BatchReport, encrypted: bool) -> None:
     rows = [("STATUS", "FILE", "DETAILS")]
     for item in report.items:
         notes = [] if item.report is None else [n for n in item.report.notes if n != item.reason]
-        rows.append((item.status, str(item.path), "; ".join([item.reason, *notes])))
+        details = speak_cli("; ".join([item.reason, *notes]), legacy=True)
+        rows.append((item.status, str(item.path), details))
     if report.items:
         table(rows)
     dry = " (dry run: nothing was written)" if report.dry_run else ""

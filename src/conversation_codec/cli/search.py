@@ -21,6 +21,7 @@ from ._common import (
     open_log,
     printable,
     short,
+    speak_cli,
     ts,
 )
 
@@ -29,11 +30,13 @@ if TYPE_CHECKING:
     from ..search import Hit, Query
 
 _BOLD, _RESET = "\x1b[1m", "\x1b[0m"
+EXIT_NO_MATCH = EXIT_ERROR  # nothing matched: 1, as grep (an error is 1 too)
 
 
 @command(
     "search",
-    "find messages by words, time and role in a log or across a store root",
+    "find messages by words, time and role in a log or across a store root; "
+    "exit 1 when nothing matches (as grep)",
     'conversation-codec search chat.log "refund order" --last 7d --role user\n'
     "  conversation-codec search conversations/ refund --since 2026-10-01 --json",
 )
@@ -82,15 +85,19 @@ def _search(args: Args) -> int:
 
         def skip(conversation_id: str, exc: ConversationCodecError) -> None:
             skipped.append(conversation_id)  # reported, and the search carries on
-            print(f"error: {conversation_id}: {exc}", file=sys.stderr)
+            print(f"error: {conversation_id}: {speak_cli(str(exc))}", file=sys.stderr)
 
+        found = 0
         for conversation_id, hit in store.search(args.query, on_error=skip, **options):
             _show_hit(args, hit, conversation_id, matcher, bold)
-        return EXIT_ERROR if skipped else EXIT_OK
+            found += 1
+        return EXIT_ERROR if skipped else EXIT_OK if found else EXIT_NO_MATCH
+    found = 0
     with open_log(args) as codec:
         for hit in codec.search(args.query, **options):
             _show_hit(args, hit, None, matcher, bold)
-    return EXIT_OK
+            found += 1
+    return EXIT_OK if found else EXIT_NO_MATCH
 
 
 def _show_hit(

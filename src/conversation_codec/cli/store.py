@@ -24,6 +24,7 @@ from ._common import (
     read_key_file,
     secret_env,
     short,
+    speak_cli,
     table,
 )
 
@@ -82,7 +83,7 @@ def _copy(args: Args) -> int:
         emit(fields(report))
     else:
         for conversation_id, error in report.failed.items():
-            print(f"error: {conversation_id}: {error}", file=sys.stderr)
+            print(f"error: {conversation_id}: {speak_cli(str(error))}", file=sys.stderr)
         print(
             f"copied {len(report.copied)} conversations ({report.messages} messages), "
             f"{len(report.unchanged)} already identical, {len(report.failed)} failed"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
-from typing import cast
+from typing import BinaryIO, cast
 
 from .._time import to_us
 from ..core import CodecCore, TimeInput
@@ -106,9 +106,13 @@ class Maintenance(CodecCore):
     # -- export and import -------------------------------------------------------------------
 
     def export(
-        self, dst: str | os.PathLike[str], format: str = "jsonl", with_timestamps: bool = True
+        self,
+        dst: str | os.PathLike[str] | BinaryIO,
+        format: str = "jsonl",
+        with_timestamps: bool = True,
     ) -> int:
-        """Write the history as **unencrypted** JSONL or JSON to ``dst`` (0600, atomic).
+        """Write the history as **unencrypted** JSONL or JSON to ``dst`` (0600, atomic), or
+        to a binary stream as it goes.
 
         Warning: the file holds every message in plaintext. Returns the message count.
         """

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 import msgspec
 
@@ -128,11 +128,14 @@ class ImportReport:
 
 def export_history(
     codec: History,
-    dst: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | BinaryIO,
     format: str = "jsonl",
     with_timestamps: bool = True,
 ) -> int:
     """Write the whole history to ``dst`` as plaintext; return the number of messages.
+
+    ``dst`` may also be a binary stream (the CLI's ``--out -``): written as the records
+    are read, not atomically, and not closed.
 
     **The export is not encrypted**, whatever the log is: it is written with mode 0600,
     but protect or delete it like any plaintext copy of the conversation. The file is
@@ -157,10 +160,12 @@ def export_history(
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(f'format must be "jsonl" or "json", not {format!r}')
-    dst = Path(dst)
-    check_file(dst)  # a link at dst is refused, whatever it points at (even the log)
-    if _same_file(dst, codec.path):
-        raise ValueError(f"{dst} is the log itself; export to another file")
+    stream = None if isinstance(dst, (str, os.PathLike)) else dst
+    if stream is None:
+        dst = Path(cast("str | os.PathLike[str]", dst))
+        check_file(dst)  # a link at dst is refused, whatever it points at (even the log)
+        if _same_file(dst, codec.path):
+            raise ValueError(f"{dst} is the log itself; export to another file")
     count = 0
 
     def lines() -> Iterator[bytes]:
@@ -173,7 +178,11 @@ def export_history(
         chunks: Iterable[bytes] = (line + b"\n" for line in lines())
     else:
         chunks = _json_array(lines())
-    _write_atomically(dst, chunks)
+    if stream is not None:
+        for chunk in chunks:
+            stream.write(chunk)
+        return count
+    _write_atomically(Path(cast("str | os.PathLike[str]", dst)), chunks)
     return count
 
 
