@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import select
 import stat
 import subprocess
 import sys
@@ -1252,3 +1253,104 @@ def test_entry_point_messages_speak_cli_not_python(tmp_path: Path) -> None:
         assert done.returncode != 0 and not PYTHONISM.search(done.stdout + done.stderr), done
     assert "conversation-codec migrate" in runs[0].stderr
     assert "--legacy-key-env" in runs[1].stdout and "--legacy-key-env" in runs[3].stderr
+
+
+# -- secrets: files, prompts, the legacy source's own options (issue 17) ---------------------
+
+
+def typing_at_a_terminal(argv: list[str], typed: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the entry point on a pseudo-terminal (its controlling one, as getpass wants) and
+    type each of ``typed`` after the next prompt; return (exit code, what it showed)."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once
+        os.execve(ENTRY, [ENTRY, *argv], env)
+    shown, start = b"", 0
+    try:
+        for text in typed:
+            while not shown[start:].rstrip().endswith(b":"):  # the next prompt
+                assert select.select([fd], [], [], 30)[0], shown  # never hang the suite
+                shown += os.read(fd, 1024)
+            start = len(shown)
+            os.write(fd, text.encode() + b"\n")
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the child is gone
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+def test_entry_point_password_prompt_asks_twice_to_create(tmp_path: Path) -> None:
+    env = subprocess_env()
+    log, messages_file = tmp_path / "chat.log", tmp_path / "m.json"
+    messages_file.write_text(json.dumps(CHAT[:2]))
+    argv = ["append", str(log), str(messages_file), "--password-prompt"]
+    code, shown = typing_at_a_terminal(argv, ["horse battery", "horse batterz"], env)
+    assert code == 1 and "differ" in shown and not log.exists()
+    code, shown = typing_at_a_terminal(argv, ["horse battery", "horse battery"], env)
+    assert code == 0 and "Password (again):" in shown and "horse" not in shown, shown
+    with ConversationCodec(log, password="horse battery") as codec:
+        assert codec.load() == CHAT[:2]
+    # An existing log: asked once.
+    code, shown = typing_at_a_terminal(
+        ["tail", str(log), "--password-prompt"], ["horse battery"], env
+    )
+    assert code == 0 and "again" not in shown and "REFUND" in shown
+
+
+def test_entry_point_password_files(tmp_path: Path) -> None:
+    pw, new_pw = tmp_path / "pw", tmp_path / "new-pw"
+    pw.write_text("horse battery\n")
+    new_pw.write_text("correct staple\n")
+    for file in (pw, new_pw):
+        file.chmod(0o600)
+    log = str(tmp_path / "chat.log")
+    done = entry("append", log, "--password-file", str(pw), stdin=json.dumps(CHAT[0]))
+    assert done.returncode == 0, done.stderr
+    assert objects(entry("cat", log, "--password-file", str(pw)).stdout) == [CHAT[0]]
+    done = entry("passwd", log, "--password-file", str(pw), "--new-password-file", str(new_pw))
+    assert done.returncode == 0 and "changed the password" in done.stdout
+    with ConversationCodec(log, password="correct staple") as codec:
+        assert codec.load() == [CHAT[0]]
+    pw.chmod(0o644)  # readable by others: refused, as key files are
+    done = entry("cat", log, "--password-file", str(pw))
+    assert done.returncode == 1 and "chmod 600" in done.stderr and "horse" not in done.stderr
+    done = entry("cat", log, "--password-file", str(pw), "--password-env", "X")
+    assert done.returncode == 2 and "not allowed with" in done.stderr
+    done = entry("passwd", log, "--password-file", str(new_pw))
+    assert done.returncode == 2 and "--new-password-env" in done.stderr
+
+
+def test_entry_point_migrate_legacy_secrets_into_a_password_log(tmp_path: Path) -> None:
+    """The legacy source's secret has its own options; --password-* means the new log's."""
+    legacy = tmp_path / "hist" / "old.enc"
+    legacy.parent.mkdir()
+    legacy.write_bytes(Fernet(LEGACY_KEY).encrypt(b'{"role": "user", "content": "hi"}\n'))
+    legacy_key = tmp_path / "legacy.key"
+    legacy_key.write_text(LEGACY_KEY + "\n")
+    legacy_key.chmod(0o600)
+    env = subprocess_env(NEW_PW="horse battery")
+    out = tmp_path / "logs"
+    argv = ["migrate", str(legacy.parent), "--out", str(out), "--password-env", "NEW_PW"]
+    done = entry(*argv, env=env)  # no legacy key: refused, nothing written
+    assert (
+        done.returncode == 1
+        and "--legacy-key-env" in done.stdout
+        and not PYTHONISM.search(done.stdout)
+    )
+    done = entry(*argv, "--legacy-key-file", str(legacy_key), env=env)
+    assert done.returncode == 0 and "1 converted" in done.stdout, done.stdout + done.stderr
+    assert "protected by the password from --password-env NEW_PW" in done.stdout
+    with ConversationCodec(out / "old.enc", password="horse battery") as codec:
+        assert codec.load() == [{"role": "user", "content": "hi"}]
+    done = entry("import", str(tmp_path / "x.log"), str(legacy), "--legacy-key-file",
+                 str(legacy_key), "--password-env", "NEW_PW", env=env)  # fmt: skip
+    assert done.returncode == 0 and "1 added" in done.stdout, done.stderr

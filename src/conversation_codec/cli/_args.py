@@ -38,6 +38,7 @@ __all__ = [
     "legacy_secrets",
     "log_options",
     "options",
+    "password_sources",
     "secret_sources",
 ]
 
@@ -47,7 +48,7 @@ _AGE = re.compile(r"(\d+)([mhdw])")
 _AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Options of which a command takes at most one (whichever of them it has).
-_EXCLUSIVE = (
+_EXCLUSIVE: tuple[tuple[str, ...], ...] = (
     (
         "key_env",
         "key_file",
@@ -56,7 +57,9 @@ _EXCLUSIVE = (
         "password_file",
         "password_prompt",
     ),
-    ("legacy_key_env", "legacy_key_file", "legacy_password_env", "legacy_password_file"),
+    ("legacy_key_env", "legacy_key_file"),
+    ("legacy_password_env", "legacy_password_file"),
+    ("password_env", "password_file", "password_prompt"),  # passwd's current password
     ("new_key_env", "new_key_file"),
     ("new_password_env", "new_password_file", "new_password_prompt"),
     ("to_key_env", "to_key_file", "to_plain"),
@@ -67,11 +70,11 @@ _EXCLUSIVE = (
 
 
 def command(
-    name: str, summary: str, example: str, *, one_of: Sequence[str] = ()
+    name: str, summary: str, example: str, *, one_of: Sequence[Sequence[str]] = ()
 ) -> Callable[[Callable[[Args], int]], click.Command]:
     """Make ``run`` the command ``name``, with its summary and ``Example:`` block.
 
-    ``one_of`` names options of which exactly one must be given (click has no such group).
+    ``one_of``: groups of options of which one must be given (click has no such group).
     """
 
     def wrap(run: Callable[[Args], int]) -> click.Command:
@@ -87,7 +90,7 @@ def command(
     return wrap
 
 
-def _check_exclusive(ctx: click.Context, one_of: Sequence[str]) -> None:
+def _check_exclusive(ctx: click.Context, one_of: Sequence[Sequence[str]]) -> None:
     given = {
         name
         for name in ctx.params
@@ -97,8 +100,10 @@ def _check_exclusive(ctx: click.Context, one_of: Sequence[str]) -> None:
         both = [name for name in group if name in given]
         if len(both) > 1:
             raise click.UsageError(f"{_flag(ctx, both[1])} not allowed with {_flag(ctx, both[0])}")
-    if one_of and not given & set(one_of):
-        raise click.UsageError(f"one of {', '.join(_flag(ctx, n) for n in one_of)} is required")
+    for needed in one_of:
+        if not given & set(needed):
+            names = ", ".join(_flag(ctx, n) for n in needed)
+            raise click.UsageError(f"one of {names} is required")
 
 
 def _flag(ctx: click.Context, name: str) -> str:
@@ -207,14 +212,7 @@ def secret_sources(*, password: bool) -> Callable[[F], F]:
         ),
     ]
     if password:
-        found.append(
-            click.option(
-                "--password-env",
-                type=ENV_NAME,
-                metavar="VAR",
-                help="environment variable holding the password of a password-protected log",
-            )
-        )
+        found += password_sources("password", "the password of a password-protected log")
     return options(*found)
 
 
@@ -227,10 +225,38 @@ def binding() -> Callable[[F], F]:
     )
 
 
+def password_sources(prefix: str, what: str) -> list[Callable[[F], F]]:
+    """``--PREFIX-env VAR``, ``--PREFIX-file FILE`` and ``--PREFIX-prompt`` for ``what``."""
+    flag = "--" + prefix.replace("_", "-")
+    return [
+        click.option(
+            f"{flag}-env",
+            type=ENV_NAME,
+            metavar="VAR",
+            help=f"environment variable holding {what}",
+        ),
+        click.option(f"{flag}-file", metavar="FILE", help=f"read {what} from FILE (mode 0600)"),
+        click.option(
+            f"{flag}-prompt",
+            is_flag=True,
+            help=f"type {what} (not echoed; twice when it creates a log)",
+        ),
+    ]
+
+
 def legacy_secrets() -> Callable[[F], F]:
-    """The key variable of an encrypted legacy source."""
-    return click.option(
-        "--legacy-key-env", type=ENV_NAME, metavar="VAR", help="variable holding its Fernet key"
+    """The key or password of an encrypted legacy source (never the new log's)."""
+    return options(
+        click.option(
+            "--legacy-key-env",
+            type=ENV_NAME,
+            metavar="VAR",
+            help="variable holding the legacy source's Fernet key",
+        ),
+        click.option(
+            "--legacy-key-file", metavar="FILE", help="read the legacy Fernet key from FILE"
+        ),
+        *password_sources("legacy_password", "the legacy password")[:2],
     )
 
 

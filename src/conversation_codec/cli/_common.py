@@ -14,6 +14,7 @@ import enum
 import json
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -88,9 +89,75 @@ def read_key_file(path: str) -> str:
         raise InputError(str(exc)) from None
 
 
+def read_secret_file(path: str, what: str) -> str:
+    """Return the password held in the file ``path`` (its first line), by the key files' rule:
+    a regular file that group and others cannot access."""
+    try:
+        # O_NONBLOCK: a FIFO planted at the path must not hang the command.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise InputError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{what} file {path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise InputError(
+                f"{what} file {path} is readable by others (mode {st.st_mode & 0o777:o}); "
+                f"chmod 600 {path}"
+            )
+        data = file.read(4097)
+    text = data.decode("utf-8", errors="strict").splitlines()[0] if data.strip() else ""
+    if not text or len(data) > 4096:
+        raise InputError(f"{what} file {path} must hold the {what} on its first line")
+    return text
+
+
+def ask_password(what: str, *, twice: bool) -> str:
+    """Ask for a password on the terminal (not echoed); ``twice`` when it creates something."""
+    import getpass
+
+    try:
+        first = getpass.getpass(f"{what[0].upper()}{what[1:]}: ")
+        again = getpass.getpass(f"{what[0].upper()}{what[1:]} (again): ") if twice else first
+    except EOFError:
+        raise InputError(f"no {what} was typed") from None
+    if not first:
+        raise InputError(f"the {what} is empty")
+    if again != first:
+        raise InputError(f"the two {what}s typed differ; nothing was done")
+    return first
+
+
+def password_from(args: Args, prefix: str, what: str, *, twice: bool = False) -> str | None:
+    """Return the password named by ``--PREFIX-env``, ``--PREFIX-file`` or ``--PREFIX-prompt``
+    (whichever of them was given), or None."""
+    var = getattr(args, f"{prefix}_env", None)
+    file = getattr(args, f"{prefix}_file", None)
+    if var is not None:
+        return secret_env(var, what)
+    if file is not None:
+        return read_secret_file(file, what)
+    return ask_password(what, twice=twice) if getattr(args, f"{prefix}_prompt", False) else None
+
+
+def password_given(args: Args) -> bool:
+    """Say whether a password source for the log was given."""
+    return any(getattr(args, f"password_{how}", None) for how in ("env", "file", "prompt"))
+
+
+def password_source(args: Args) -> str:
+    """Name where the log's password came from, for a message (never the password)."""
+    if getattr(args, "password_env", None):
+        return f"--password-env {args.password_env}"
+    if getattr(args, "password_file", None):
+        return f"--password-file {args.password_file}"
+    return "--password-prompt"
+
+
 def log_key(args: Args) -> str | None:
     """Return the key from --key-file or the --key-env variable; None means plaintext."""
-    if getattr(args, "password_env", None) is not None or getattr(args, "plain", False):
+    if password_given(args) or getattr(args, "plain", False):
         return None  # a password opens the log, or --plain: the key variable is not consulted
     if getattr(args, "key_file", None) is not None:
         return read_key_file(args.key_file)
@@ -110,8 +177,9 @@ def plaintext_needs_plain(args: Args, target: str) -> None:
     Checked before anything is read or written: an unset or misspelt key variable must
     not silently create, or keep writing, a plaintext log.
     """
-    sources = (args.key_file, getattr(args, "password_env", None), os.environ.get(args.key_env))
-    if args.plain or any(source is not None for source in sources):
+    if args.plain or password_given(args):
+        return
+    if args.key_file is not None or os.environ.get(args.key_env) is not None:
         return
     options = ["--key-env VAR", "--key-file FILE"]
     options += ["--password-env VAR"] if hasattr(args, "password_env") else []
@@ -121,18 +189,25 @@ def plaintext_needs_plain(args: Args, target: str) -> None:
     )
 
 
-def log_password(args: Args) -> str | None:
-    """Return the password from the --password-env variable, or None when not given."""
-    var = getattr(args, "password_env", None)
-    return None if var is None else secret_env(var, "password")
+def log_password(args: Args, *, creating: bool = False) -> str | None:
+    """Return the log's password from its source (asked once: kept on ``args``), or None.
+
+    ``creating``: the log does not exist yet, so a prompt asks twice.
+    """
+    if getattr(args, "password_value", None) is None:
+        args.password_value = password_from(args, "password", "password", twice=creating)
+    value: str | None = args.password_value
+    return value
 
 
 def legacy_source(args: Args) -> tuple[str | None, str | None]:
-    """Return the (key, password) of an encrypted legacy source, from their variables."""
-    key_var, password_var = args.legacy_key_env, args.legacy_password_env
-    key = None if key_var is None else secret_env(key_var, "legacy key").strip()
-    password = None if password_var is None else secret_env(password_var, "legacy password")
-    return key, password
+    """Return the (key, password) of an encrypted legacy source, from their options."""
+    key: str | None = None
+    if args.legacy_key_env is not None:
+        key = secret_env(args.legacy_key_env, "legacy key").strip()
+    elif args.legacy_key_file is not None:
+        key = read_key_file(args.legacy_key_file)
+    return key, password_from(args, "legacy_password", "legacy password")
 
 
 def open_log(args: Args, *, must_exist: bool = True) -> ConversationCodec:
@@ -146,7 +221,7 @@ def open_log(args: Args, *, must_exist: bool = True) -> ConversationCodec:
         args.path,
         encryption_key=log_key(args),
         durability=durability,
-        password=log_password(args),
+        password=log_password(args, creating=not os.path.lexists(args.path)),
         context=getattr(args, "context", None),
     )
 
@@ -270,15 +345,16 @@ def report_error(exc: Exception, args: Args) -> int:
     """Print one ``error:`` line for ``exc`` and return the exit code (the only mapping)."""
     path = getattr(args, "path", None)
     reading = getattr(args, "reading", None)  # import: the source file being read
-    password = getattr(args, "password_env", None)
+    password = password_given(args)
     source = f"--key-file {args.key_file}" if getattr(args, "key_file", None) else None
     env = getattr(args, "key_env", DEFAULT_KEY_ENV)
-    source = source or (f"--password-env {password}" if password else f"${env}")
+    source = source or (password_source(args) if password else f"${env}")
     code = EXIT_ERROR
     if isinstance(exc, UsageError):
         code, message = EXIT_USAGE, str(exc)
     elif reading is not None and isinstance(exc, (KeyMismatchError, DecryptionError)):
-        message = f"{exc} (use --legacy-key-env VAR or --legacy-password-env VAR)"
+        hint = "--legacy-key-env/--legacy-key-file or --legacy-password-env/--legacy-password-file"
+        message = f"{exc}" if isinstance(exc, KeyRequiredError) else f"{exc} (check {hint})"
     elif isinstance(exc, PasswordRequiredError):
         message = f"{path} is protected by a password; name its variable with --password-env VAR"
     elif isinstance(exc, KeyRequiredError) and password:

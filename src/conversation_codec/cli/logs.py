@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import click
 
 from ._args import (
-    ENV_NAME,
     WHOLE_NUMBER,
     as_json,
     choice,
@@ -205,12 +204,6 @@ def _export(args: Args) -> int:
 @log_options
 @click.argument("src", metavar="SRC")  # - : stdin
 @legacy_secrets()
-@click.option(
-    "--legacy-password-env",
-    type=ENV_NAME,
-    metavar="VAR",
-    help="variable holding SRC's legacy password",
-)
 @click.option("--merge", is_flag=True, help="add only messages not present")
 @click.option("--replace", is_flag=True, help="DISCARD the log's history, keep SRC's only")
 @as_json()

@@ -16,6 +16,8 @@ from ._args import (
     command,
     legacy_secrets,
     log_options,
+    options,
+    password_sources,
     secret_sources,
 )
 from ._common import (
@@ -30,6 +32,9 @@ from ._common import (
     log_key,
     log_password,
     open_log,
+    password_from,
+    password_given,
+    password_source,
     plaintext_needs_plain,
     progress,
     read_key_file,
@@ -160,7 +165,7 @@ def _compact(args: Args) -> int:
     "re-encrypt a log under a new key (the old key comes from --key-env/--key-file)",
     "CONVERSATION_KEY=$(cat old.key) NEW_KEY=$(cat new.key) "
     "conversation-codec rekey chat.log --new-key-env NEW_KEY",
-    one_of=("new_key_env", "new_key_file"),
+    one_of=(("new_key_env", "new_key_file"),),
 )
 @log_options
 @click.option("--new-key-env", type=ENV_NAME, metavar="VAR", help="variable holding the new key")
@@ -184,14 +189,19 @@ def _rekey(args: Args) -> int:
     "change the password of a password-protected log",
     "OLD_PW=... NEW_PW=... conversation-codec passwd chat.log "
     "--password-env OLD_PW --new-password-env NEW_PW",
+    one_of=(
+        ("password_env", "password_file", "password_prompt"),
+        ("new_password_env", "new_password_file", "new_password_prompt"),
+    ),
 )
 @click.argument("path", metavar="PATH")
-@click.option("--password-env", type=ENV_NAME, metavar="VAR", required=True, help="the current one")
-@click.option("--new-password-env", type=ENV_NAME, metavar="VAR", required=True, help="the new one")
+@options(*password_sources("password", "the current password"))
+@options(*password_sources("new_password", "the new password"))
 @as_json()
 def _passwd(args: Args) -> int:
-    old = secret_env(args.password_env, "current password")
-    new = secret_env(args.new_password_env, "new password")
+    old = log_password(args)
+    new = password_from(args, "new_password", "new password", twice=True)
+    assert old is not None and new is not None  # one_of: each has a source
     with open_log(args) as codec:
         report = codec.change_password(old, new)
     return _show_rewrite(args, "changed the password of", report)
@@ -199,21 +209,13 @@ def _passwd(args: Args) -> int:
 
 @command(
     "migrate",
-    "convert legacy histories (files, or directories recursively) into logs; "
-    "the new logs' key comes from --key-env/--key-file (none: plaintext)",
+    "convert legacy histories (files, or directories recursively) into logs; the new "
+    "logs' key or password comes from --key-*/--password-* (the source's: --legacy-*)",
     "CONVERSATION_KEY=$(cat chat.key) conversation-codec migrate histories/ --out logs/",
 )
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
-@secret_sources(password=False)
+@secret_sources(password=True)
 @legacy_secrets()
-@click.option(
-    "--password-env",
-    "--legacy-password-env",
-    "legacy_password_env",
-    type=ENV_NAME,
-    metavar="VAR",
-    help="variable holding the legacy password (its .salt file beside each source)",
-)
 @click.option("--out", metavar="DIR", help="write logs under DIR; sources untouched")
 @click.option("--no-backup", is_flag=True, help="in place: keep no .bak copy")
 @click.option("--dry-run", is_flag=True, help="read and check; write nothing")
@@ -229,6 +231,7 @@ def _migrate(args: Args) -> int:
         args.paths,
         out_dir=args.out,
         encryption_key=key,
+        log_password=log_password(args, creating=True),
         legacy_key=legacy_key,
         password=legacy_password,
         backup=not args.no_backup,
@@ -239,7 +242,7 @@ def _migrate(args: Args) -> int:
         found = report.as_dict()
         for item in found["files"]:
             item["reason"] = speak_cli(item["reason"], legacy=True)
-        emit({**found, "encrypted": key is not None})
+        emit({**found, "encrypted": key is not None or password_given(args)})
     else:
         _show_batch(args, report, key is not None)
     return EXIT_OK if report.ok else EXIT_ERROR
@@ -257,7 +260,9 @@ def _show_batch(args: Args, report: BatchReport, encrypted: bool) -> None:
     counts = [f"{len(report.converted)} converted", f"{len(report.skipped)} skipped"]
     print(", ".join([*counts, f"{len(report.failed)} failed"]) + dry)
     source = f"--key-file {args.key_file}" if args.key_file else f"${args.key_env}"
-    if encrypted:
+    if password_given(args):
+        print(f"new logs are protected by the password from {password_source(args)}")
+    elif encrypted:
         print(f"new logs are encrypted with the key from {source}")
     else:
         how = "--plain" if args.plain else f"no key in {source}; a real run needs --plain"

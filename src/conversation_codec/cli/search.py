@@ -19,6 +19,7 @@ from ._common import (
     emit,
     log_key,
     open_log,
+    password_given,
     printable,
     short,
     speak_cli,
@@ -78,8 +79,8 @@ def _search(args: Args) -> int:
     # The library's own matcher finds the span to highlight (SearchError: a bad regex).
     matcher = Query(args.query, regex=args.regex, case_sensitive=args.case_sensitive)
     if is_url(args.path) or os.path.isdir(args.path):
-        if args.password_env is not None:
-            raise UsageError("a store root takes --key-env or --key-file, not --password-env")
+        if password_given(args):
+            raise UsageError("a store root takes --key-env or --key-file, not a password")
         store = ConversationStore(args.path, encryption_key=log_key(args))
         skipped: list[str] = []
 

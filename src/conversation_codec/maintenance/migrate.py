@@ -98,6 +98,7 @@ def migrate(
     encryption_key: KeyInput | None = None,
     legacy_key: KeyInput | None = None,
     password: str | bytes | None = None,
+    log_password: str | None = None,
     backup: bool = True,
     dry_run: bool = False,
     _fault: Fault | None = None,
@@ -106,8 +107,9 @@ def migrate(
 
     :param dst: where the log goes; default ``src`` itself (in place), the original kept
         as ``<name>.bak`` unless ``backup=False``. An existing ``dst`` is never replaced.
-    :param encryption_key: key(s) of the new log; None writes a plaintext log, which is
-        refused for an encrypted source.
+    :param encryption_key: key(s) of the new log; None (and no ``log_password``) writes a
+        plaintext log, which is refused for an encrypted source.
+    :param log_password: seal the new log with this password instead of a key.
     :param legacy_key: Fernet key(s) of an encrypted source; or give ``password``, with
         its 16-byte salt in the ``.salt`` file beside the source.
     :param dry_run: read, decrypt and check everything, but write nothing.
@@ -149,7 +151,8 @@ def migrate(
     report = _Report(source, target, history.format, len(plan.messages), len(data), plan.notes)
     if not plan.messages:
         return report.done(0, None, False, "holds no messages; left as it is")
-    if history.format in _ENCRYPTED and encryption_key is None:
+    secret = {"password": log_password} if log_password else {"encryption_key": encryption_key}
+    if history.format in _ENCRYPTED and encryption_key is None and log_password is None:
         raise KeyRequiredError(
             f"{source} is encrypted; pass encryption_key= for the new log (migrating it "
             "without one would write its messages to disk in plaintext)"
@@ -162,8 +165,8 @@ def migrate(
         tmp = migrating_path(target)
         made_backup = False
         try:
-            _write_log(tmp, plan, encryption_key, fault)
-            _verify(tmp, plan, encryption_key)
+            _write_log(tmp, plan, secret, fault)
+            _verify(tmp, plan, secret)
             fault("migrate:verified")
             if bak is not None:
                 made_backup = _write_backup(bak, data, fault)
@@ -180,7 +183,7 @@ def migrate(
         fault("migrate:renamed")
         _finish(tmp, target, fault)
     after = _size(target) + _size(index_path(target))
-    if bak is not None and encryption_key is not None and history.format not in _ENCRYPTED:
+    if bak is not None and None not in secret.values() and history.format not in _ENCRYPTED:
         report.notes.append(f"{bak} holds the plaintext original; delete it once checked")
     return report.done(after, bak, True)
 
@@ -358,9 +361,9 @@ def _sweep_leftovers(target: Path, bak: Path | None) -> int:
     return removed
 
 
-def _write_log(tmp: str, plan: _Plan, key: KeyInput | None, fault: Fault) -> None:
+def _write_log(tmp: str, plan: _Plan, secret: dict[str, Any], fault: Fault) -> None:
     # "flush" and one fsync at the end: a temp log needs no per-batch durability.
-    codec = ConversationCodec(tmp, encryption_key=key, durability="flush")
+    codec = ConversationCodec(tmp, **secret, durability="flush")
     try:
         log = codec._log
         if isinstance(log, FileLog):  # always: a temp log is a file
@@ -384,9 +387,9 @@ def _datetime(us: int) -> datetime:
     return to_datetime(us)  # exact, unlike float epoch seconds
 
 
-def _verify(tmp: str, plan: _Plan, key: KeyInput | None) -> None:
+def _verify(tmp: str, plan: _Plan, secret: dict[str, Any]) -> None:
     """Re-open the new log and compare every message (and timestamp) with the source's."""
-    with ConversationCodec(tmp, encryption_key=key) as codec:
+    with ConversationCodec(tmp, **secret) as codec:
         stored = codec.load() or []
         if len(stored) != len(plan.messages):
             _mismatch(f"{len(stored)} messages instead of {len(plan.messages)}")
@@ -567,6 +570,7 @@ def migrate_many(
     encryption_key: KeyInput | None = None,
     legacy_key: KeyInput | None = None,
     password: str | bytes | None = None,
+    log_password: str | None = None,
     backup: bool = True,
     dry_run: bool = False,
     progress: Callable[[int, int, BatchItem], None] | None = None,
@@ -592,43 +596,33 @@ def migrate_many(
     for name, value in (("encryption_key", encryption_key), ("legacy_key", legacy_key)):
         _check_key(name, value)
     out = None if out_dir is None else Path(out_dir)
+    options: dict[str, Any] = {
+        "encryption_key": encryption_key,
+        "legacy_key": legacy_key,
+        "password": password,
+    }
+    options.update(log_password=log_password, backup=backup, dry_run=dry_run)
     jobs = list(_jobs(paths, out))
     items: list[BatchItem] = []
     for path, dst, decided in jobs:
-        item = decided or _one(path, dst, encryption_key, legacy_key, password, backup, dry_run)
+        item = decided or _one(path, dst, options)
         items.append(item)
         if progress is not None:
             progress(len(items), len(jobs), item)
     return BatchReport(tuple(items), dry_run)
 
 
-def _one(
-    path: Path,
-    dst: Path | None,
-    encryption_key: KeyInput | None,
-    legacy_key: KeyInput | None,
-    password: str | bytes | None,
-    backup: bool,
-    dry_run: bool,
-) -> BatchItem:
+def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
     try:
-        report = migrate(
-            path,
-            dst,
-            encryption_key=encryption_key,
-            legacy_key=legacy_key,
-            password=password,
-            backup=backup,
-            dry_run=dry_run,
-        )
+        report = migrate(path, dst, **options)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, ConversationCodecError) else repr(exc)
         return BatchItem(path, "failed", reason)
     if report.format is LegacyFormat.CODEC_LOG or not report.messages:
         return BatchItem(path, "skipped", "; ".join(report.notes), report)
-    what = "would convert" if dry_run else "converted"
+    what = "would convert" if options["dry_run"] else "converted"
     reason = f"{what} {report.messages} messages ({report.format.value})"
-    if not dry_run:
+    if not options["dry_run"]:
         reason += f", {report.bytes_before} -> {report.bytes_after} bytes"
     return BatchItem(path, "converted", reason, report)
 
