@@ -11,6 +11,7 @@ import select
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -340,6 +341,7 @@ def test_usage_errors_exit_2(run: Run, argv: list[str]) -> None:
 
 ALL_COMMANDS = ["keygen", "demo", "info", "cat", "tail", "append", "search", "verify"]
 ALL_COMMANDS += ["salvage", "compact", "rekey", "passwd", "migrate", "ls", "export", "import"]
+ALL_COMMANDS += ["copy", "pop", "prune", "delete"]  # issue 17
 
 
 @pytest.mark.parametrize("command", ALL_COMMANDS)
@@ -1354,3 +1356,88 @@ def test_entry_point_migrate_legacy_secrets_into_a_password_log(tmp_path: Path) 
     done = entry("import", str(tmp_path / "x.log"), str(legacy), "--legacy-key-file",
                  str(legacy_key), "--password-env", "NEW_PW", env=env)  # fmt: skip
     assert done.returncode == 0 and "1 added" in done.stdout, done.stderr
+
+
+# -- pop, prune, delete, tail -f (issue 17) --------------------------------------------------
+
+
+def test_entry_point_pop_removes_and_prints_the_last_message(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "chat.log", None)
+    done = entry("pop", log)
+    assert done.returncode == 0 and objects(done.stdout) == [CHAT[-1]]
+    with ConversationCodec(log) as codec:
+        assert codec.load() == CHAT[:-1]
+    for _ in range(3):
+        assert entry("pop", log).returncode == 0
+    done = entry("pop", log)
+    assert done.returncode == 1 and "holds no message" in done.stderr and done.stdout == ""
+
+
+def test_entry_point_prune_a_log_and_a_store_root(tmp_path: Path) -> None:
+    env = subprocess_env(CONVERSATION_KEY=KEY)
+    log = write_log(tmp_path / "chat.log", KEY)  # Oct 1, 2, 3, 4 (2026)
+    done = entry("prune", log, "--before", "2026-10-03", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "path": log, "removed": 2, "before": "2026-10-03T00:00:00.000000Z"
+    }  # fmt: skip
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        assert codec.load() == CHAT[2:]
+    assert entry("prune", log, env=env).returncode == 2  # --before or --older-than
+    root = tmp_path / "store"
+    store = ConversationStore(root, encryption_key=KEY, durability="flush")
+    with store.open("old") as codec:
+        codec.append(CHAT[0], timestamp=datetime.now(timezone.utc) - 40 * DAY)
+    with store.open("new") as codec:
+        codec.append(CHAT[1])
+    done = entry("prune", str(root), "--older-than", "30d", env=env)
+    assert (
+        done.returncode == 0 and "deleted 1 conversations" in done.stdout and "old" in done.stdout
+    )
+    assert store.ids() == ["new"]
+
+
+def test_entry_point_delete_one_conversation_of_a_store(tmp_path: Path) -> None:
+    env = subprocess_env(CONVERSATION_KEY=KEY)
+    root = tmp_path / "store"
+    store = ConversationStore(root, encryption_key=KEY, durability="flush")
+    for name in ("alice", "bob"):
+        with store.open(name) as codec:
+            codec.append({"role": "user", "content": name})
+    done = entry("delete", str(root), "alice", env=env)
+    assert done.returncode == 0 and "deleted alice" in done.stdout
+    assert store.ids() == ["bob"]
+    done = entry("delete", str(root), "alice", env=env)
+    assert done.returncode == 1 and "no such conversation" in done.stderr
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc for CPU time")
+def test_entry_point_tail_follow_sees_other_writers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    import signal
+
+    log = write_log(tmp_path / "chat.log", KEY)
+    env = subprocess_env(CONVERSATION_KEY=KEY)
+    with subprocess.Popen(
+        [ENTRY, "tail", log, "-n", "1", "-f"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert json.loads(proc.stdout.readline()) == CHAT[-1]  # the last one, then waits
+        idle_from = _cpu_seconds(proc.pid)
+        time.sleep(1.0)
+        assert _cpu_seconds(proc.pid) - idle_from < 0.3  # polls with back-off: no busy loop
+        with ConversationCodec(log, encryption_key=KEY) as codec:  # another writer
+            codec.extend([{"role": "user", "content": f"new {i}"} for i in range(3)])
+        got = [json.loads(proc.stdout.readline()) for _ in range(3)]
+        assert got == [{"role": "user", "content": f"new {i}"} for i in range(3)]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0  # Ctrl-C ends a follow: not an error
+        assert proc.stderr.read() == ""

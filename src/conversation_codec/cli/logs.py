@@ -35,7 +35,7 @@ from ._common import (
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from ..codec import Message
+    from ..codec import ConversationCodec, Message
 
 # SRC "-": the library reads a history from a path; the process's stdin has one (a pipe or
 # a file: read whole, up to the library's size bound).
@@ -105,18 +105,51 @@ def _cat(args: Args) -> int:
 
 @command(
     "tail",
-    "print the last N messages: JSON lines (on a terminal: one readable line each)",
-    "conversation-codec tail chat.log -n 3",
+    "print the last N messages: JSON lines (on a terminal: one readable line each); "
+    "-f: then follow the log as other processes append, until Ctrl-C",
+    "conversation-codec tail chat.log -n 3 -f",
 )
 @log_options
 @click.option("-n", type=WHOLE_NUMBER, default=10, metavar="N", show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="keep printing new messages (Ctrl-C stops)")
 @as_json("JSON lines even on a terminal (piped output always is)")
 def _tail(args: Args) -> int:
     readable = sys.stdout.isatty() and not args.json
     with open_log(args) as codec:
         hits = list(codec.search(newest_first=True, limit=args.n)) if args.n else []
-    for hit in reversed(hits):
-        _show(hit.seq, hit.timestamp, hit.message, readable)
+        for hit in reversed(hits):
+            _show(hit.seq, hit.timestamp, hit.message, readable)
+        if args.follow:
+            try:
+                _follow(codec, codec.message_count() - 1, readable)
+            except KeyboardInterrupt:  # how a follow ends: not an error
+                return EXIT_OK
+    return EXIT_OK
+
+
+def _follow(codec: ConversationCodec, after: int, readable: bool) -> None:
+    """Print each message appended after seq ``after``, for ever (the caller stops it)."""
+    while True:
+        sys.stdout.flush()
+        # wait() polls the index, backing off to 100 ms: no busy loop, any writer process.
+        codec.wait(after, timeout=None)
+        for seq in range(after + 1, codec.message_count()):
+            _show(seq, codec.timestamp(seq), codec.get(seq), readable)
+            after = seq
+
+
+@command(
+    "pop",
+    "remove the last message of a log and print it (a JSON line)",
+    "conversation-codec pop chat.log",
+)
+@log_options
+def _pop(args: Args) -> int:
+    with open_log(args) as codec:
+        message = codec.pop()
+    if message is None:
+        raise InputError(f"{args.path} holds no message; nothing was removed")
+    emit(message)
     return EXIT_OK
 
 
@@ -233,4 +266,4 @@ def _import(args: Args) -> int:
     return EXIT_OK
 
 
-COMMANDS = [_info, _cat, _tail, _append, _export, _import]
+COMMANDS = [_info, _cat, _tail, _append, _pop, _export, _import]

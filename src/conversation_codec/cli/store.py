@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import datetime, timezone
 
 import click
 
-from ._args import as_json, command, options, secret_sources
+from ..errors import ConversationCodecError
+from ._args import AGE, TIME, as_json, binding, command, options, secret_sources
 from ._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -20,12 +22,15 @@ from ._common import (
     emit,
     fields,
     log_key,
+    open_log,
+    password_given,
     progress,
     read_key_file,
     secret_env,
     short,
     speak_cli,
     table,
+    ts,
 )
 
 
@@ -119,4 +124,84 @@ def _ls(args: Args) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
-COMMANDS = [_ls, _copy]
+@command(
+    "delete",
+    "delete one conversation of a store: its log, index and attachments",
+    "conversation-codec delete conversations/ alice",
+)
+@click.argument("path", metavar="ROOT")
+@click.argument("conversation_id", metavar="ID")
+@secret_sources(password=False)
+@as_json()
+def _delete(args: Args) -> int:
+    from ..store import ConversationStore
+
+    _check_root(args.path)
+    store = ConversationStore(args.path, encryption_key=log_key(args))
+    if not store.delete(args.conversation_id):
+        raise InputError(f"{args.conversation_id}: no such conversation in {args.path}")
+    if args.json:
+        emit({"root": args.path, "deleted": args.conversation_id})
+    else:
+        print(f"deleted {args.conversation_id} from {args.path}")
+    return EXIT_OK
+
+
+@command(
+    "prune",
+    "delete the messages of a log older than a time, or the conversations of a store "
+    "root whose last message is older",
+    "conversation-codec prune chat.log --before 2026-01-01\n"
+    "  conversation-codec prune conversations/ --older-than 90d",
+    one_of=(("before", "older_than"),),
+)
+@click.argument("path", metavar="PATH")
+@secret_sources(password=True)
+@binding()
+@click.option("--before", type=TIME, metavar="TIME", help="UTC, e.g. 2026-10-01T12:00Z")
+@click.option("--older-than", type=AGE, metavar="AGE", help="e.g. 30m, 12h, 7d, 2w")
+@as_json()
+def _prune(args: Args) -> int:
+    from .._time import to_datetime, to_us
+    from ..storage import is_url
+
+    now = datetime.now(timezone.utc)
+    cutoff = (
+        now - args.older_than
+        if args.before is None
+        else to_datetime(to_us(args.before, "--before"))
+    )
+    if is_url(args.path) or os.path.isdir(args.path):
+        return _prune_store(args, cutoff)
+    with open_log(args) as codec:
+        removed = codec.prune(cutoff)
+    if args.json:
+        emit({"path": args.path, "removed": removed, "before": ts(cutoff)})
+    else:
+        print(f"removed {removed} messages older than {ts(cutoff)} from {args.path}")
+    return EXIT_OK
+
+
+def _prune_store(args: Args, cutoff: datetime) -> int:
+    from ..store import ConversationStore
+
+    if password_given(args):
+        raise UsageError("a store root takes --key-env or --key-file, not a password")
+    failed: dict[str, str] = {}
+
+    def keep(conversation_id: str, exc: ConversationCodecError) -> None:
+        failed[conversation_id] = speak_cli(str(exc))  # kept; the others are pruned
+
+    store = ConversationStore(args.path, encryption_key=log_key(args))
+    deleted = store.prune(cutoff, on_error=keep)
+    if args.json:
+        emit({"root": args.path, "before": ts(cutoff), "deleted": deleted, "failed": failed})
+    else:
+        for conversation_id, error in failed.items():
+            print(f"error: {conversation_id}: {error}", file=sys.stderr)
+        shown = f": {', '.join(deleted)}" if deleted else ""
+        print(f"deleted {len(deleted)} conversations last written before {ts(cutoff)}{shown}")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+COMMANDS = [_ls, _copy, _delete, _prune]
