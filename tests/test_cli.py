@@ -23,6 +23,7 @@ from cryptography.fernet import Fernet
 from conversation_codec import ConversationCodec, KeyFileError, KeyRequiredError
 from conversation_codec.cli import main
 from conversation_codec.keyfile import load_key, load_or_create_key
+from conversation_codec.paths import index_path
 from conversation_codec.store import ConversationStore
 
 from conftest import KEY, OTHER_KEY, messages
@@ -248,11 +249,23 @@ def test_bad_key_inputs_exit_1(run: Run, encrypted_log: str, tmp_path: Path) -> 
     assert code == 1 and "cannot read key file" in err
 
 
-def test_key_for_a_plaintext_log_exits_1(run: Run, tmp_path: Path) -> None:
+def test_key_for_a_plaintext_log_reads_it_with_a_warning_but_never_writes(
+    run: Run, tmp_path: Path
+) -> None:
+    """Issue 17: a plaintext log read while the key variable is set is read, with a warning
+    on stderr (it used to be refused); writing to it with the key set is still refused, and
+    so is a key named on purpose (--key-file)."""
     log = str(tmp_path / "plain.log")
     assert run("append", log, "--plain", stdin='{"n": 1}')[0] == 0
-    code, _, err = run("tail", log, key=KEY)
+    code, out, err = run("tail", log, key=KEY)
+    assert (code, out) == (0, '{"n":1}\n') and err.startswith("warning: ") and "plaintext" in err
+    assert KEY not in err
+    code, _, err = run("append", log, stdin='{"n": 2}', key=KEY)
     assert code == 1 and "plaintext" in err and KEY not in err
+    (tmp_path / "k").write_text(KEY)
+    (tmp_path / "k").chmod(0o600)
+    code, _, err = run("tail", log, "--key-file", str(tmp_path / "k"))
+    assert code == 1 and "plaintext" in err
 
 
 @pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
@@ -757,7 +770,9 @@ def test_migrate_plaintext_out_dir_dry_run_and_progress(
 
 
 @pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
-def test_export_warns_that_the_output_is_unencrypted(run: Run, tmp_path: Path, mode: str) -> None:
+def test_export_warns_that_the_output_is_unencrypted(
+    run: Run, tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = KEY if mode == "encrypted" else None
     log = write_log(tmp_path / "chat.log", key)
     out_file = tmp_path / "chat.jsonl"
@@ -778,8 +793,9 @@ def test_export_warns_that_the_output_is_unencrypted(run: Run, tmp_path: Path, m
     )  # fmt: skip
     assert code == 0 and "UNENCRYPTED" in err and json.loads(out_file.read_text()) == CHAT
     assert "UNENCRYPTED" in run("export", "--help")[1]
-    wrong = OTHER_KEY if key else KEY
-    code, _, err = run("export", log, "--out", str(out_file), "--force", key=wrong)
+    monkeypatch.setenv("PW", "pw")  # a plaintext log opened with a password: refused
+    wrong = ["--password-env", "PW"] if key is None else []
+    code, _, err = run("export", log, "--out", str(out_file), "--force", *wrong, key=OTHER_KEY)
     assert code == 1 and "warning" not in err
 
 
@@ -1441,3 +1457,58 @@ def test_entry_point_tail_follow_sees_other_writers_and_stops_on_ctrl_c(tmp_path
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0  # Ctrl-C ends a follow: not an error
         assert proc.stderr.read() == ""
+
+
+# -- stores without keys, plaintext logs under a key variable (issue 17) ---------------------
+
+
+def test_entry_point_ls_works_without_any_key(tmp_path: Path) -> None:
+    """A store with per-user keys can only be listed keyless: ids, counts, times and sizes
+    come from headers and indexes, marked unverified (the index is an unauthenticated
+    cache), and a log whose index lags says so."""
+    root = tmp_path / "store"
+    keys = {"alice": KEY, "bob": OTHER_KEY}
+    store = ConversationStore(root, key_fn=keys.__getitem__, durability="flush")
+    for n, name in enumerate(keys):
+        with store.open(name) as codec:
+            codec.extend(CHAT[: n + 2], timestamps=[OCT1 + i * DAY for i in range(n + 2)])
+    with ConversationStore(root, durability="flush").open("carol") as codec:  # plaintext
+        codec.append(CHAT[0], timestamp=OCT1)
+    done = entry("ls", str(root))
+    assert done.returncode == 0, done.stderr
+    head, alice, bob, carol = done.stdout.splitlines()
+    assert head.split() == ["ID", "MESSAGES", "FIRST", "LAST", "BYTES", "STATUS"]
+    assert alice.split()[:4] == ["alice", "2", "2026-10-01", "10:00:00"]
+    assert alice.endswith("unverified (no key)") and bob.split()[:2] == ["bob", "3"]
+    assert carol.split()[:2] == ["carol", "1"] and carol.endswith(" ok")
+    assert "unverified" in done.stderr and "index" in done.stderr
+    listed = objects(entry("ls", str(root), "--json").stdout)
+    assert [(c["message_count"], c["status"]) for c in listed] == [
+        (2, "unverified"), (3, "unverified"), (1, "ok")
+    ]  # fmt: skip
+    idx = Path(index_path(store.path("bob")))
+    idx.write_bytes(idx.read_bytes()[: 48 + 16])  # the index lags (as after a crash)
+    bob = entry("ls", str(root)).stdout.splitlines()[2]
+    assert bob.split()[:2] == ["bob", "1+"]  # at least 1, maybe more: not a false count
+    # With a key, rows are verified; the other user's log is then a DecryptionError.
+    done = entry("ls", str(root), "--json", env=subprocess_env(CONVERSATION_KEY=KEY))
+    assert [c["status"] for c in objects(done.stdout)] == [
+        "ok",
+        "DecryptionError",
+        "NotEncryptedError",
+    ]
+    assert done.returncode == 1
+
+
+def test_entry_point_plaintext_log_under_a_key_variable_is_read_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    log = write_log(tmp_path / "plain.log", None)
+    env = subprocess_env(CONVERSATION_KEY=KEY)
+    for argv in (["cat", log], ["tail", log], ["info", log], ["search", log, "refund"]):
+        done = entry(*argv, env=env)
+        assert done.returncode == 0 and done.stdout, (argv, done.stderr)
+        assert done.stderr.startswith(f"warning: {log} is a plaintext log"), done.stderr
+        assert "$CONVERSATION_KEY" in done.stderr and KEY not in done.stderr
+    done = entry("append", log, stdin='{"role": "user"}', env=env)  # writing: still refused
+    assert done.returncode == 1 and "plaintext" in done.stderr

@@ -210,20 +210,33 @@ def legacy_source(args: Args) -> tuple[str | None, str | None]:
     return key, password_from(args, "legacy_password", "legacy password")
 
 
-def open_log(args: Args, *, must_exist: bool = True) -> ConversationCodec:
-    """Open the log at ``args.path`` with the key, password and context the flags name."""
+def open_log(args: Args, *, must_exist: bool = True, read_only: bool = False) -> ConversationCodec:
+    """Open the log at ``args.path`` with the key, password and context the flags name.
+
+    ``read_only``: the command only reads, so a plaintext log is read even though a key
+    variable is set (with a warning on stderr), rather than refused.
+    """
     from ..codec import ConversationCodec
 
     if must_exist and not os.path.lexists(args.path):
         raise InputError(f"{args.path}: no such log")
-    durability = getattr(args, "durability", "fsync")
-    return ConversationCodec(
-        args.path,
-        encryption_key=log_key(args),
-        durability=durability,
-        password=log_password(args, creating=not os.path.lexists(args.path)),
-        context=getattr(args, "context", None),
+    key = log_key(args)
+    options: dict[str, Any] = {
+        "durability": getattr(args, "durability", "fsync"),
+        "password": log_password(args, creating=not os.path.lexists(args.path)),
+        "context": getattr(args, "context", None),
+    }
+    try:
+        return ConversationCodec(args.path, encryption_key=key, **options)
+    except NotEncryptedError:
+        # Only a key from the environment: a key file named on the command line is asked for.
+        if not read_only or key is None or getattr(args, "key_file", None) is not None:
+            raise
+    env = getattr(args, "key_env", DEFAULT_KEY_ENV)
+    print(
+        f"warning: {args.path} is a plaintext log; read without the key in ${env}", file=sys.stderr
     )
+    return ConversationCodec(args.path, encryption_key=None, **options)
 
 
 # -- output ----------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def _read_messages(text: str, source: str = "stdin") -> list[Message]:
 @log_options
 @as_json("print one JSON object")
 def _info(args: Args) -> int:
-    with open_log(args) as codec:
+    with open_log(args, read_only=True) as codec:
         facts = fields(codec.info())
     if args.json:
         emit(facts)
@@ -94,7 +94,7 @@ def _info(args: Args) -> int:
 @log_options
 @click.option("--with-timestamps", is_flag=True, help='print {"seq", "ts", "message"} objects')
 def _cat(args: Args) -> int:
-    with open_log(args) as codec:
+    with open_log(args, read_only=True) as codec:
         for seq, message in enumerate(codec):  # streams: bounded memory on long logs
             if args.with_timestamps:
                 emit({"seq": seq, "ts": ts(codec.timestamp(seq)), "message": message})
@@ -115,7 +115,7 @@ def _cat(args: Args) -> int:
 @as_json("JSON lines even on a terminal (piped output always is)")
 def _tail(args: Args) -> int:
     readable = sys.stdout.isatty() and not args.json
-    with open_log(args) as codec:
+    with open_log(args, read_only=True) as codec:
         hits = list(codec.search(newest_first=True, limit=args.n)) if args.n else []
         for hit in reversed(hits):
             _show(hit.seq, hit.timestamp, hit.message, readable)
@@ -206,7 +206,7 @@ def _export(args: Args) -> int:
     to_stdout = args.out == "-"
     if not to_stdout and not args.force and os.path.lexists(args.out):
         raise InputError(f"{args.out} already exists; pass --force to replace it")
-    with open_log(args) as codec:
+    with open_log(args, read_only=True) as codec:
         sys.stdout.flush()
         count = codec.export(
             sys.stdout.buffer if to_stdout else args.out,

@@ -67,7 +67,7 @@ def _verify(args: Args) -> int:
     for done, path in enumerate(args.paths, 1):
         one = Args(**{**vars(args), "path": path})
         try:
-            with open_log(one) as codec:
+            with open_log(one, read_only=True) as codec:
                 report = codec.verify()
             pending.append(report)
             worst = worst if report.ok else max(worst, EXIT_CORRUPT)

@@ -94,7 +94,7 @@ def _search(args: Args) -> int:
             found += 1
         return EXIT_ERROR if skipped else EXIT_OK if found else EXIT_NO_MATCH
     found = 0
-    with open_log(args) as codec:
+    with open_log(args, read_only=True) as codec:
         for hit in codec.search(args.query, **options):
             _show_hit(args, hit, None, matcher, bold)
             found += 1

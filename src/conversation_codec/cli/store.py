@@ -98,7 +98,8 @@ def _copy(args: Args) -> int:
 
 @command(
     "ls",
-    "list the conversations of a store root (id, messages, first, last, bytes)",
+    "list the conversations of a store root (id, messages, first, last, bytes); "
+    "without a key, from headers and indexes (unverified)",
     "conversation-codec ls conversations/ --json",
 )
 @click.argument("path", metavar="ROOT")
@@ -108,20 +109,34 @@ def _ls(args: Args) -> int:
     from ..store import ConversationStore
 
     _check_root(args.path)
-    found = ConversationStore(args.path, encryption_key=log_key(args)).infos()
-    failed = any(c.status != "ok" for c in found)  # listed with their status; exit 1
+    key = log_key(args)
+    # No key: list what headers and indexes tell (a sealed log's rows are "unverified").
+    found = ConversationStore(args.path, encryption_key=key).infos(keyless=key is None)
+    failed = any(c.status not in _LISTED for c in found)  # listed with their status; exit 1
     if args.json:
         for info in found:
             emit(fields(info))
         return EXIT_ERROR if failed else EXIT_OK
-    rows = [("ID", "MESSAGES", "FIRST", "LAST", "BYTES", *(("STATUS",) if failed else ()))]
+    status = any(c.status != "ok" for c in found)
+    rows = [("ID", "MESSAGES", "FIRST", "LAST", "BYTES", *(("STATUS",) if status else ()))]
     for c in found:
         first, last = short(c.first_timestamp), short(c.last_timestamp)
-        count = str(c.message_count) if c.status == "ok" else "-"
+        count = str(c.message_count) if c.status in _LISTED else "-"
+        count += "+" if c.status == "unverified" and c.error else ""  # the index lags the log
         row = (c.conversation_id, count, first, last, f"{c.disk_bytes:,}")
-        rows.append((*row, c.status) if failed else row)
+        rows.append((*row, _STATUS.get(c.status, c.status)) if status else row)
     table(rows, right=frozenset({1, 4}))
+    if any(c.status == "unverified" for c in found):
+        print(
+            "unverified: no key; counts and times are what each log's index says "
+            "(a cache the key would check)",
+            file=sys.stderr,
+        )
     return EXIT_ERROR if failed else EXIT_OK
+
+
+_LISTED = ("ok", "unverified")
+_STATUS = {"unverified": "unverified (no key)"}
 
 
 @command(
