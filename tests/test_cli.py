@@ -1179,6 +1179,14 @@ def test_entry_point_progress_bars_only_on_a_terminal(tmp_path: Path) -> None:
     assert "verifying" in shown and "2/2" in shown
     done = entry("copy", str(tmp_path / "a"), str(tmp_path / "c"), env=env)  # not a terminal
     assert done.returncode == 0 and done.stderr == ""
+    log = write_log(tmp_path / "chat.log", KEY)
+    code, shown, out = on_a_terminal("compact", log, env=env)
+    assert code == 0 and re.search(r"compacting +\[#+\]  4/4", shown) and "compacted" in out
+    out_file = str(tmp_path / "chat.jsonl")
+    code, shown, out = on_a_terminal("export", log, "--out", out_file, env=env)
+    assert code == 0 and re.search(r"exporting +\[#+\]  4/4", shown), shown
+    done = entry("compact", log, env=env)
+    assert done.returncode == 0 and done.stderr == ""  # piped: quiet
 
 
 def test_entry_point_highlights_with_the_librarys_matcher(tmp_path: Path) -> None:

@@ -299,7 +299,7 @@ class Progress:
         self._label = label
         self._bar: ProgressBar[Any] | None = None
 
-    def __call__(self, done: int, total: int, item: object) -> None:
+    def __call__(self, done: int, total: int, item: object = None) -> None:
         import click
 
         if self._bar is None:

@@ -28,6 +28,7 @@ from ._common import (
     open_log,
     plaintext_needs_plain,
     printable,
+    progress,
     short,
     ts,
 )
@@ -212,6 +213,7 @@ def _export(args: Args) -> int:
             sys.stdout.buffer if to_stdout else args.out,
             format=args.format,
             with_timestamps=not args.no_timestamps,
+            progress=progress("exporting"),
         )
     where = "stdout" if to_stdout else args.out
     if not to_stdout:

@@ -156,7 +156,7 @@ def _show_rewrite(args: Args, what: str, report: CompactionReport) -> int:
 def _compact(args: Args) -> int:
     plaintext_needs_plain(args, args.path)
     with open_log(args) as codec:
-        report = codec.compact()
+        report = codec.compact(progress=progress("compacting", quiet=args.json))
     return _show_rewrite(args, "compacted", report)
 
 

@@ -131,8 +131,12 @@ def export_history(
     dst: str | os.PathLike[str] | BinaryIO,
     format: str = "jsonl",
     with_timestamps: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Write the whole history to ``dst`` as plaintext; return the number of messages.
+
+    ``progress(done, total)`` is called after each message (``total``: the count when the
+    export started).
 
     ``dst`` may also be a binary stream (the CLI's ``--out -``): written as the records
     are read, not atomically, and not closed.
@@ -168,11 +172,15 @@ def export_history(
             raise ValueError(f"{dst} is the log itself; export to another file")
     count = 0
 
+    total = len(codec) if progress is not None else 0
+
     def lines() -> Iterator[bytes]:
         nonlocal count
         for hit in codec.search():
             yield _export_line(hit.seq, hit.message, hit.timestamp, with_timestamps, count == 0)
             count += 1
+            if progress is not None:
+                progress(count, max(total, count))
 
     if format == "jsonl":
         chunks: Iterable[bytes] = (line + b"\n" for line in lines())
