@@ -8,6 +8,7 @@ import json
 import os
 import re
 import select
+import signal
 import stat
 import subprocess
 import sys
@@ -1300,7 +1301,7 @@ def typing_at_a_terminal(argv: list[str], typed: list[str], env: dict[str, str])
                 shown += os.read(fd, 1024)
             start = len(shown)
             os.write(fd, text.encode() + b"\n")
-        while True:
+        while select.select([fd], [], [], 30)[0]:  # a child waiting for more input: stop
             try:
                 chunk = os.read(fd, 65536)
             except OSError:  # EIO: the child is gone
@@ -1309,7 +1310,14 @@ def typing_at_a_terminal(argv: list[str], typed: list[str], env: dict[str, str])
                 break
             shown += chunk
     finally:
-        _, status = os.waitpid(pid, 0)
+        deadline = time.monotonic() + 10
+        done, status = os.waitpid(pid, os.WNOHANG)
+        while done == 0 and time.monotonic() < deadline:  # closed the pty, exiting
+            time.sleep(0.01)
+            done, status = os.waitpid(pid, os.WNOHANG)
+        if done == 0:  # still asking for input: the test fails below, not hangs
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
         os.close(fd)
     return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
 
@@ -1330,6 +1338,12 @@ def test_entry_point_password_prompt_asks_twice_to_create(tmp_path: Path) -> Non
         ["tail", str(log), "--password-prompt"], ["horse battery"], env
     )
     assert code == 0 and "again" not in shown and "REFUND" in shown
+    other = tmp_path / "other.log"
+    with ConversationCodec(other, password="horse battery", durability="flush") as codec:
+        codec.append(CHAT[0])
+    argv = ["verify", str(log), str(other), "--password-prompt"]
+    code, shown = typing_at_a_terminal(argv, ["horse battery"], env)  # asked once for both
+    assert code == 0 and shown.count("Password") == 1 and shown.count(": ok") == 2, shown
 
 
 def test_entry_point_password_files(tmp_path: Path) -> None:
@@ -1442,8 +1456,6 @@ def _cpu_seconds(pid: int) -> float:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc for CPU time")
 def test_entry_point_tail_follow_sees_other_writers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    import signal
-
     log = write_log(tmp_path / "chat.log", KEY)
     env = subprocess_env(CONVERSATION_KEY=KEY)
     with subprocess.Popen(

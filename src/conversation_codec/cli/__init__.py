@@ -2,28 +2,33 @@
 
 Each command opens a log (or a store root), calls one library method and prints the result.
 Library errors become one ``error: ...`` line in :func:`._common.report_error`, the only place
-that picks exit codes, by exception class: 0 ok, 1 library or input error, 2 usage, 3 damage
-found (a damaged record), 4 a file of the wrong kind (not a conversation-codec log).
+that picks exit codes, by exception class: 0 ok, 1 library or input error (and ``search``:
+nothing matched, as grep), 2 usage, 3 damage found (``CorruptRecordError``), 4 a file of the
+wrong kind (any other ``FormatError``: not a conversation-codec log). click's own usage errors
+are printed by :func:`main` as ``usage:``/``error:`` lines, exit 2.
 
 Secrets never come from argv and are never printed. A key comes from an environment variable
 (``--key-env``, default ``CONVERSATION_KEY``) or a private file (``--key-file``, refused when
-group or others can read it, as ``keyfile.load_key`` rules); a password from the variable
-named by ``--password-env``. ``keygen`` is the exception on purpose: it prints a new key so
-it can be piped into a secret store. A usage error never repeats the value given (a value
-typed in the wrong place may be a secret), and no error prints a key-shaped value.
+group or others can read it, as ``keyfile.load_key`` rules); a password from
+``--password-env``, ``--password-file`` or ``--password-prompt`` (getpass; twice when it
+creates a log); an encrypted legacy source's from its own ``--legacy-*`` options.
+``keygen`` is the exception on purpose: it prints a new key so it can be piped into a secret
+store. A usage error never repeats the value given (a value typed in the wrong place may be a
+secret), and no error prints a key-shaped value.
 
 Plaintext is never written by accident: a command that writes a log (``append``, ``import``,
-``compact``, ``salvage``, ``migrate``) with no key source (an unset key variable, no
-``--key-file``, no ``--password-env``) needs ``--plain``; without it, it exits 2 (usage)
-before anything is read or written. Reading a plaintext log needs no flag.
+``compact``, ``salvage``, ``migrate``) with no key source needs ``--plain``; without it, it
+exits 2 (usage) before anything is read or written. Reading a plaintext log needs no flag
+(with the key variable set: a warning on stderr). ``-`` is stdin or stdout everywhere; no
+output file is replaced without ``--force``.
 
 Layout: ``_common`` (exit codes, key and password sources, the error mapping, output,
 progress), ``_args`` (the command decorator, shared options, value types), and one module per
-area: ``keys`` (keygen, demo), ``logs`` (info, cat, tail, append, export, import),
+area: ``keys`` (keygen, demo), ``logs`` (info, cat, tail, append, pop, export, import),
 ``search``, ``maintenance`` (verify, salvage, compact, rekey, passwd, migrate), ``store``
-(ls, copy). Command modules import the library inside the command functions, so ``--help``,
-``--version`` and usage errors import none of it beyond what ``conversation_codec/__init__.py``
-does.
+(ls, copy, delete, prune). Command modules import the library inside the command functions,
+so ``--help``, ``--version`` and usage errors import none of it beyond what
+``conversation_codec/__init__.py`` does (and click).
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ def _verify(args: Args) -> int:
     # A bar over the logs on a terminal; the reports follow it (not mixed into its line).
     bar = progress("verifying", quiet=args.json or len(args.paths) < 2)
     pending: list[VerifyReport] = []
+    log_password(args)  # a prompt asks once, for every log (kept on args)
     for done, path in enumerate(args.paths, 1):
         one = Args(**{**vars(args), "path": path})
         try:
