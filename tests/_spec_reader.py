@@ -170,7 +170,7 @@ def _read_sealed(data: bytes, key: str | None, password: str | None, context: st
         raise SpecError("UnsupportedVersionError", "unknown kdf")
     if kdf == 1:
         if password is None:
-            raise SpecError("KeyRequiredError", "a password log")
+            raise SpecError("PasswordRequiredError", "a password log")
         if not (10 <= log2_n <= 22 and 1 <= r <= 32 and 1 <= p <= 16) or (
             128 * r * 2**log2_n > 256 * 1024 * 1024
         ):

@@ -14,11 +14,8 @@ def test_a_bad_count_is_refused_without_echo(
     typed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # "²".isdigit() holds but int("²") raises ValueError: argparse then printed its own
-    # "invalid _count value" message instead of the type's.
+    # "invalid _count value" message instead of the type's (click's wording since issue 17).
     code = main(["tail", "-n", typed, f"{tmp_path}/chat.log"])
     err = capsys.readouterr().err
     assert code == 2
-    assert (
-        err.splitlines()[-1]
-        == "conversation-codec tail: error: argument -n: expected a whole number >= 0"
-    )
+    assert err.splitlines()[-1] == "error: Invalid value for '-n': expected a whole number >= 0"

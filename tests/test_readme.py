@@ -43,3 +43,41 @@ def test_every_python_block_runs_in_order(
     assert (tmp_path / "histories" / "user-42.log").exists()
     assert (tmp_path / "history.key").stat().st_mode & 0o077 == 0
     assert "skipped" not in capsys.readouterr().out
+
+
+# The README's CLI session is output copied from a run (issue 17): replayed here, it must
+# print the same, up to the run's times.
+_TIMES = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d{6}Z)?")
+
+
+def console_session() -> list[tuple[str, str]]:
+    """The ``$ command`` lines of the README's console block, each with its output."""
+    (block,) = re.findall(r"^```console\n(.*?)^```$", README.read_text(), flags=re.S | re.M)
+    steps: list[tuple[str, str]] = []
+    for line in block.splitlines(keepends=True):
+        if line.startswith("$ "):
+            steps.append((line[2:].rstrip("\n"), ""))
+        else:
+            steps[-1] = (steps[-1][0], steps[-1][1] + line)
+    return steps
+
+
+def test_the_cli_session_in_the_readme_is_real_output(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    steps = console_session()
+    assert len(steps) >= 10
+    marker = "=== next ==="
+    script = "".join(f"{{ {cmd}; }} 2>&1\necho '{marker}'\n" for cmd, _ in steps)
+    bin_dir = str(Path(sys.executable).parent)  # the installed conversation-codec script
+    env = {k: v for k, v in os.environ.items() if k != "CONVERSATION_KEY"}
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    outputs = done.stdout.split(marker + "\n")[:-1]
+    assert len(outputs) == len(steps), done.stderr
+    for (cmd, shown), got in zip(steps, outputs, strict=True):
+        assert _TIMES.sub("T", got) == _TIMES.sub("T", shown), cmd

@@ -472,3 +472,33 @@ def test_every_integration_shape_is_searchable(tmp_path: Path, shape: str) -> No
             hits = list(codec.search(word))
             assert [h.seq for h in hits] == [1], (shape, word)
         assert list(codec.search("call_id")) == []  # keys and ids are not searched
+
+
+SPAN_TEXT = "Your Order is late; a REFUND follows"
+
+
+@pytest.mark.parametrize(
+    ("query", "case_sensitive", "expected"),
+    [
+        ("refund", False, "REFUND"),  # any case
+        ("refund order", False, "Order"),  # the earliest term wins
+        ('"is LATE" refund', False, "is late"),  # a phrase is one term
+        ("order", True, None),  # exact case: "order" is not "Order"
+        ("Order", True, "Order"),
+        ("absent refund", False, "REFUND"),  # where a term is, not a verdict on the message
+        ("", False, None),
+        (None, False, None),
+    ],
+)
+def test_query_span_finds_keywords_for_highlighting(
+    query: str | None, case_sensitive: bool, expected: str | None
+) -> None:
+    """The CLI highlights with the library's own matcher (issue 17), keywords included."""
+    from conversation_codec.search import Query
+
+    span = Query(query, regex=False, case_sensitive=case_sensitive).span(SPAN_TEXT)
+    if expected is None:
+        assert span is None
+    else:
+        start = SPAN_TEXT.index(expected)
+        assert span == (start, start + len(expected))

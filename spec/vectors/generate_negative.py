@@ -250,7 +250,7 @@ def _header_vectors() -> dict[str, Vector]:
     }
     pw = Sealed("password", kdf=1)
     v["ok-password"] = (pw.log(), {"password": PASSWORD}, OK3, "§4.1", "scrypt 2^10, 8, 1")
-    v["key-for-a-password-log"] = (pw.log(), key, "KeyRequiredError", "§9.1", "")
+    v["key-for-a-password-log"] = (pw.log(), key, "PasswordRequiredError", "§9.1", "")
     return v
 
 

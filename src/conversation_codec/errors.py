@@ -39,6 +39,7 @@ __all__ = [
     "NaiveDatetimeError",
     "NotEncryptedError",
     "NotSerializableError",
+    "PasswordRequiredError",
     "QueryTypeError",
     "RecordTooLargeError",
     "SearchError",
@@ -115,6 +116,10 @@ class KeyMismatchError(ConversationCodecError, ValueError):
 
 class KeyRequiredError(KeyMismatchError):
     """The log is encrypted and no key (or password) was given."""
+
+
+class PasswordRequiredError(KeyRequiredError):
+    """The log is protected by a password and none was given (a key cannot open it)."""
 
 
 class NotEncryptedError(KeyMismatchError):

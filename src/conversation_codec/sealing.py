@@ -29,6 +29,7 @@ from .errors import (
     KeyRequiredError,
     KeyTypeError,
     NotEncryptedError,
+    PasswordRequiredError,
 )
 from .format.header import (
     FLAG_BOUND,
@@ -123,7 +124,9 @@ class LogSecrets:
         """Return the master keys that should open a sealed log with this header."""
         if header.kdf is Kdf.SCRYPT:
             if self.password is None:
-                raise KeyRequiredError(f"{self.path} is protected by a password; pass password=")
+                raise PasswordRequiredError(
+                    f"{self.path} is protected by a password; pass password="
+                )
             params = (header.kdf_salt, header.kdf_log2_n, header.kdf_r, header.kdf_p)
             if params not in self._masters:
                 self._masters[params] = password_master(self.password, *params)

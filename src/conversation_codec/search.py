@@ -229,14 +229,21 @@ class Query:
         return all(t in text for t in self._terms)
 
     def span(self, text: str) -> tuple[int, int] | None:
-        """Return where a regex query first matches ``text``; None for keyword queries.
+        """Return where the query first matches ``text`` (for highlighting), None for none.
 
-        For highlighting: the same linear-time engine as ``matches``.
+        A regex query: its first match, by the same linear-time engine as ``matches``. A
+        keyword query: the earliest term found, under the query's own case rule.
+
+        >>> Query('order "is late"', regex=False, case_sensitive=False).span("Order B is late")
+        (0, 5)
         """
-        if self._pattern is None:
-            return None
-        found = self._pattern.search(text)
-        return None if found is None else found.span()
+        if self._pattern is not None:
+            found = self._pattern.search(text)
+            return None if found is None else found.span()
+        flags = re.IGNORECASE if self._fold is str.casefold else 0
+        # re.escape: each term is a literal, so this search is linear too.
+        spans = [m.span() for t in self._terms if (m := re.search(re.escape(t), text, flags))]
+        return min(spans) if spans else None
 
 
 @dataclass(frozen=True, slots=True)

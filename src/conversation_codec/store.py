@@ -22,6 +22,7 @@ looks like any other URL is refused, never taken as a relative directory.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import errno
 import heapq
 import os
@@ -37,7 +38,7 @@ from ._fsio import FileIO
 from ._time import EPOCH, ONE_US, datetime_to_us, to_datetime
 from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
-from .errors import ConversationCodecError, StorageError
+from .errors import ConversationCodecError, KeyRequiredError, StorageError
 from .format.header import LogKind, sniff_log
 from .search import Hit, SearchQuery
 from .storage import StoreBackend, backend_for
@@ -195,7 +196,7 @@ class ConversationStore:
         )
         return self.infos()
 
-    def infos(self) -> builtins.list[ConversationInfo]:
+    def infos(self, *, keyless: bool = False) -> builtins.list[ConversationInfo]:
         """Describe every conversation, sorted by id, from headers and indexes alone.
 
         No message is decrypted, but an encrypted log's header is authenticated, so the
@@ -203,12 +204,21 @@ class ConversationStore:
         One that cannot be opened (no key, a wrong key, a plaintext log in an encrypted
         store, a foreign or damaged file) is listed with its ``status`` and ``error``;
         the others are listed as usual.
+
+        With ``keyless``, a log of a directory store that needs a key (or password) this
+        store lacks is described from its header and index without one, with status
+        ``"unverified"``: count and times are what its unauthenticated index says
+        (``storage.file.peek``), and ``error`` notes bytes the index does not cover.
         """
         out = []
         for conversation_id in self.ids():
             try:
                 with self.open(conversation_id) as codec:
                     info = codec.info()
+            except KeyRequiredError as exc:
+                failed = self._failed(conversation_id, exc)
+                out.append(self._peeked(failed) if keyless else failed)
+                continue
             except ConversationCodecError as exc:
                 out.append(self._failed(conversation_id, exc))
                 continue
@@ -225,6 +235,26 @@ class ConversationStore:
                 )
             )
         return out
+
+    def _peeked(self, failed: ConversationInfo) -> ConversationInfo:
+        """``failed`` (no key), told from the log's index where the backend can peek."""
+        if not isinstance(self._backend, FileStore):
+            return failed
+        try:
+            seen = self._backend.peek(failed.conversation_id)
+        except OSError:
+            return failed
+        if seen.indexed is None:
+            return dataclasses.replace(failed, status="unverified", error="no usable index")
+        lag = seen.unindexed_bytes
+        return dataclasses.replace(
+            failed,
+            message_count=seen.indexed,
+            first_timestamp=None if seen.first_ts_us is None else to_datetime(seen.first_ts_us),
+            last_timestamp=None if seen.last_ts_us is None else to_datetime(seen.last_ts_us),
+            status="unverified",
+            error=f"{lag} log bytes past the index: more messages may exist" if lag else None,
+        )
 
     def _failed(self, conversation_id: str, exc: ConversationCodecError) -> ConversationInfo:
         """The entry of a conversation whose log could not be opened (never its key)."""

@@ -1,177 +1,288 @@
-"""argparse pieces every command module uses: the parser class, parents, value types.
+"""click pieces every command module uses: the command decorator, shared options, value types.
 
 No value a user typed is ever echoed back by a usage error: it may be a secret typed in the
-wrong place. :class:`Parser` hides argparse's own echoes; the value types here never echo.
+wrong place. The value types here never echo one; ``cli.main`` redacts click's own echoes
+(an unexpected extra argument, an unknown command).
+
+A command is a function of one :data:`._common.Args` (its parameters by name), decorated
+with :func:`command` above its options::
+
+    @command("tail", "print the last N messages", "conversation-codec tail chat.log -n 3")
+    @log_options
+    @click.option("-n", type=WHOLE_NUMBER, default=10)
+    def _tail(args: Args) -> int: ...
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, TypeVar
 
-from ._common import DEFAULT_KEY_ENV
+import click
+from click.core import ParameterSource
+
+from .._fsio import DEFAULT_IO
+from ._common import DEFAULT_KEY_ENV, Args, run_command
 
 __all__ = [
-    "Parser",
-    "Sub",
-    "age",
+    "AGE",
+    "ENV_NAME",
+    "TIME",
+    "WHOLE_NUMBER",
+    "as_json",
     "binding",
+    "choice",
     "command",
-    "env_var_name",
+    "durability",
     "legacy_secrets",
+    "log_options",
+    "options",
+    "password_sources",
     "secret_sources",
-    "time_text",
-    "whole_number",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _AGE = re.compile(r"(\d+)([mhdw])")
 _AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"', re.DOTALL)  # a repr()
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse without abbreviations (``--password X`` must not mean ``--password-env X``)
-    and without echoing any argument's value: it may be a secret typed in the wrong place."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(allow_abbrev=False, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        prefix = "unrecognized arguments: "
-        if message.startswith(prefix):
-            words = message[len(prefix) :].split()
-            shown = [
-                w.split("=")[0] + "=..." * ("=" in w) if w[:1] == "-" else "..." for w in words
-            ]
-            message = prefix + " ".join(shown) + " (values not shown)"
-        else:
-            # argparse quotes a value it echoes (invalid choice: 'X', invalid int value: 'X',
-            # ignored explicit argument 'X'); our own type checks never echo one. The choices
-            # listed at the end are ours, not the user's, so they stay.
-            head, sep, choices = message.rpartition(" (choose from ")
-            head, sep, choices = (head, sep, choices) if sep else (message, "", "")
-            message = _QUOTED.sub("(value not shown)", head) + sep + choices
-        super().error(message)
-
-
-Sub: TypeAlias = "argparse._SubParsersAction[Parser]"
+# Options of which a command takes at most one (whichever of them it has).
+_EXCLUSIVE: tuple[tuple[str, ...], ...] = (
+    (
+        "key_env",
+        "key_file",
+        "plain",
+        "password_env",
+        "password_file",
+        "password_prompt",
+    ),
+    ("legacy_key_env", "legacy_key_file"),
+    ("legacy_password_env", "legacy_password_file"),
+    ("password_env", "password_file", "password_prompt"),  # passwd's current password
+    ("new_key_env", "new_key_file"),
+    ("new_password_env", "new_password_file", "new_password_prompt"),
+    ("to_key_env", "to_key_file", "to_plain"),
+    ("since", "last"),
+    ("merge", "replace"),
+    ("before", "older_than"),
+)
 
 
 def command(
-    sub: Sub,
-    name: str,
-    run: Callable[[argparse.Namespace], int],
-    summary: str,
-    example: str,
-    parents: Sequence[Parser] = (),
-) -> argparse.ArgumentParser:
-    """Add the command ``name``, run by ``run``, with its summary and ``Example:`` block."""
-    cmd: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=summary,
-        description=summary,
-        parents=list(parents),
-        epilog=f"Example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    cmd.set_defaults(run=run)
-    return cmd
+    name: str, summary: str, example: str, *, one_of: Sequence[Sequence[str]] = ()
+) -> Callable[[Callable[[Args], int]], click.Command]:
+    """Make ``run`` the command ``name``, with its summary and ``Example:`` block.
+
+    ``one_of``: groups of options of which one must be given (click has no such group).
+    """
+
+    def wrap(run: Callable[[Args], int]) -> click.Command:
+        def callback(**params: Any) -> int:
+            ctx = click.get_current_context()
+            _check_exclusive(ctx, one_of)
+            io = (ctx.find_root().obj or {}).get("io", DEFAULT_IO)  # cli.main(io=...)
+            return run_command(run, Args(**params, io=io))
+
+        callback.__click_params__ = getattr(run, "__click_params__", [])  # type: ignore[attr-defined]
+        # \b keeps click from re-wrapping the example lines.
+        epilog = "\b\nExample:\n  " + example
+        return click.command(name, help=summary, short_help=summary, epilog=epilog)(callback)
+
+    return wrap
 
 
-# -- parent parsers --------------------------------------------------------------------------
+def _check_exclusive(ctx: click.Context, one_of: Sequence[Sequence[str]]) -> None:
+    given = {
+        name
+        for name in ctx.params
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.PROMPT)
+    }
+    for group in _EXCLUSIVE:
+        both = [name for name in group if name in given]
+        if len(both) > 1:
+            raise click.UsageError(f"{_flag(ctx, both[1])} not allowed with {_flag(ctx, both[0])}")
+    for needed in one_of:
+        if not given & set(needed):
+            names = ", ".join(_flag(ctx, n) for n in needed)
+            raise click.UsageError(f"one of {names} is required")
 
 
-def secret_sources(*, password: bool) -> Parser:
-    """A parent parser for where a log's key (or, with ``password``, its password) comes from."""
-    keys = Parser(add_help=False)
-    group = keys.add_argument_group("keys (never taken from the command line)")
-    source = group.add_mutually_exclusive_group()
-    source.add_argument(
-        "--key-env",
-        type=env_var_name,
-        metavar="VAR",
-        default=DEFAULT_KEY_ENV,
-        help="environment variable holding the key (default: %(default)s)",
-    )
-    source.add_argument(
-        "--key-file", metavar="FILE", help="read the key from FILE (mode 0600: others no access)"
-    )
-    source.add_argument(
-        "--plain",
-        action="store_true",
-        help="no key: the log is plaintext; required to create or write one",
-    )
-    if password:
-        source.add_argument(
-            "--password-env",
-            type=env_var_name,
+def _flag(ctx: click.Context, name: str) -> str:
+    param = next(p for p in ctx.command.params if p.name == name)
+    return max(param.opts, key=len)
+
+
+def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Stack several option decorators into one, in the order given (their --help order)."""
+
+    def apply(function: F) -> F:
+        for decorate in reversed(decorators):
+            function = decorate(function)
+        return function
+
+    return apply
+
+
+# -- value types -----------------------------------------------------------------------------
+
+
+class _Checked(click.ParamType):  # type: ignore[type-arg]
+    """A value type whose error message never echoes the value: it may be a secret."""
+
+    def __init__(self, name: str, parse: Callable[[str], Any], expected: str) -> None:
+        self.name, self._parse, self._expected = name, parse, expected
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):  # a default, already converted
+            return value
+        try:
+            return self._parse(value)
+        except ValueError:
+            self.fail(self._expected, param, ctx)
+
+
+def _env_var_name(text: str) -> str:
+    if not _ENV_NAME.fullmatch(text):
+        raise ValueError(text)
+    return text
+
+
+def _whole_number(text: str) -> int:
+    # isascii: "²".isdigit() holds but int("²") raises.
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)
+
+
+def _time_text(text: str) -> str:
+    from ..search import to_us
+
+    to_us(text, "time")  # the library's parser decides what a time is (ValueError if not)
+    return text  # kept as text for the library
+
+
+def _age(text: str) -> timedelta:
+    match = _AGE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(text)
+    return timedelta(**{_AGE_UNITS[match[2]]: int(match[1])})
+
+
+ENV_NAME = _Checked("env", _env_var_name, "expects the NAME of an environment variable")
+WHOLE_NUMBER = _Checked("count", _whole_number, "expected a whole number >= 0")
+TIME = _Checked(
+    "time", _time_text, "expected an ISO-8601 time such as 2026-10-01 or 2026-10-01T12:00Z"
+)
+AGE = _Checked("age", _age, "expected an age such as 30m, 12h, 7d or 2w")
+
+
+def choice(*values: str) -> _Checked:
+    """Accept one of ``values`` (click's Choice echoes a wrong value; this does not)."""
+
+    def parse(text: str) -> str:
+        if text not in values:
+            raise ValueError(text)
+        return text
+
+    return _Checked("choice", parse, f"expected one of: {', '.join(values)}")
+
+
+# -- shared options --------------------------------------------------------------------------
+
+
+def secret_sources(*, password: bool) -> Callable[[F], F]:
+    """Options for where a log's key (or, with ``password``, its password) comes from."""
+    found = [
+        click.option(
+            "--key-env",
+            type=ENV_NAME,
             metavar="VAR",
-            help="environment variable holding the password of a password-protected log",
-        )
-    return keys
+            default=DEFAULT_KEY_ENV,
+            show_default=True,
+            help="environment variable holding the key (never from the command line)",
+        ),
+        click.option(
+            "--key-file",
+            metavar="FILE",
+            help="read the key from FILE (mode 0600: others no access)",
+        ),
+        click.option(
+            "--plain",
+            is_flag=True,
+            help="no key: the log is plaintext; required to create or write one",
+        ),
+    ]
+    if password:
+        found += password_sources("password", "the password of a password-protected log")
+    return options(*found)
 
 
-def binding() -> Parser:
-    """A parent parser for the context a log is bound to (FORMAT.md §4.2)."""
-    bound = Parser(add_help=False)
-    bound.add_argument(
+def binding() -> Callable[[F], F]:
+    """The context a log is bound to (FORMAT.md §4.2)."""
+    return click.option(
         "--context",
         metavar="ID",
         help="the conversation id the log is bound to (a ConversationStore log: its id)",
     )
-    return bound
 
 
-def legacy_secrets() -> Parser:
-    """A parent parser for the key variable of an encrypted legacy source."""
-    legacy = Parser(add_help=False)
-    group = legacy.add_argument_group("an encrypted legacy source (never from the command line)")
-    group.add_argument(
-        "--legacy-key-env", type=env_var_name, metavar="VAR", help="variable holding its Fernet key"
+def password_sources(prefix: str, what: str) -> list[Callable[[F], F]]:
+    """``--PREFIX-env VAR``, ``--PREFIX-file FILE`` and ``--PREFIX-prompt`` for ``what``."""
+    flag = "--" + prefix.replace("_", "-")
+    return [
+        click.option(
+            f"{flag}-env",
+            type=ENV_NAME,
+            metavar="VAR",
+            help=f"environment variable holding {what}",
+        ),
+        click.option(f"{flag}-file", metavar="FILE", help=f"read {what} from FILE (mode 0600)"),
+        click.option(
+            f"{flag}-prompt",
+            is_flag=True,
+            help=f"type {what} (not echoed; twice when it creates a log)",
+        ),
+    ]
+
+
+def legacy_secrets() -> Callable[[F], F]:
+    """The key or password of an encrypted legacy source (never the new log's)."""
+    return options(
+        click.option(
+            "--legacy-key-env",
+            type=ENV_NAME,
+            metavar="VAR",
+            help="variable holding the legacy source's Fernet key",
+        ),
+        click.option(
+            "--legacy-key-file", metavar="FILE", help="read the legacy Fernet key from FILE"
+        ),
+        *password_sources("legacy_password", "the legacy password")[:2],
     )
-    return legacy
 
 
-# -- value types -----------------------------------------------------------------------------
-# argparse prints a type's __name__ only when it raises ValueError or TypeError ("argument
-# -n: invalid whole_number value: ..."); these raise ArgumentTypeError with their own message.
+def durability() -> Callable[[F], F]:
+    """How hard a write is made to last."""
+    return click.option(
+        "--durability",
+        type=choice("fsync", "flush"),
+        metavar="[fsync|flush]",
+        default="fsync",
+        help="fsync: survives power loss (default); flush: a crash only",
+    )
 
 
-def env_var_name(text: str) -> str:
-    """Accept the name of an environment variable."""
-    if not _ENV_NAME.fullmatch(text):  # never echo it: it may be the secret itself
-        raise argparse.ArgumentTypeError("expects the NAME of an environment variable")
-    return text
+def as_json(help_text: str = "print JSON (lines) for scripts") -> Callable[[F], F]:
+    """``--json``."""
+    return click.option("--json", is_flag=True, help=help_text)
 
 
-def whole_number(text: str) -> int:
-    """Accept a whole number >= 0."""
-    # isascii: "²".isdigit() holds but int("²") raises. Never echo it: it may be a secret.
-    if not (text.isascii() and text.isdigit()):
-        raise argparse.ArgumentTypeError("expected a whole number >= 0")
-    return int(text)
-
-
-def time_text(text: str) -> str:
-    """Accept a time the library's search can parse; keep it as text for the library."""
-    from ..search import to_us
-
-    try:
-        to_us(text, "time")  # the library's parser decides what a time is
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            "expected an ISO-8601 time such as 2026-10-01 or 2026-10-01T12:00Z"
-        ) from None
-    return text
-
-
-def age(text: str) -> timedelta:
-    """Accept an age such as 30m, 12h, 7d or 2w."""
-    match = _AGE.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError("expected an age such as 30m, 12h, 7d or 2w")
-    return timedelta(**{_AGE_UNITS[match[2]]: int(match[1])})
+def log_options(function: F) -> F:
+    """The PATH of one log, its key or password, and its context."""
+    return options(
+        click.argument("path", metavar="PATH"),
+        secret_sources(password=True),
+        binding(),
+    )(function)

@@ -9,37 +9,53 @@ usage errors do not pay for them (see ``cli/__init__.py``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import enum
 import json
 import os
 import re
+import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from .._fsio import DEFAULT_IO
 from ..errors import (
     BindingError,
+    ConversationCodecError,
     CorruptRecordError,
     DecryptionError,
     FormatError,
     KeyMismatchError,
     KeyRequiredError,
     NotEncryptedError,
+    PasswordRequiredError,
     UnsupportedVersionError,
 )
 
 if TYPE_CHECKING:
-    from ..codec import ConversationCodec
-    from ..maintenance.migrate import BatchItem
+    from click._termui_impl import ProgressBar
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CORRUPT = 0, 1, 2, 3
+    from ..codec import ConversationCodec
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CORRUPT, EXIT_WRONG_KIND = 0, 1, 2, 3, 4
+Args = SimpleNamespace  # a command's parameters, by name (click's, plus what a command adds)
 DEFAULT_KEY_ENV = "CONVERSATION_KEY"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=")  # a Fernet key
+# The library's messages name its Python parameters ("pass legacy_key="); the CLI says its
+# options instead. One table, applied to everything the CLI prints from the library.
+_PYTHON_WORDS = (
+    (re.compile(r"conversation_codec\.migrate\([^)]*\)"), "conversation-codec migrate"),
+    (re.compile(r"conversation_codec\.generate_key\(\)"), "conversation-codec keygen"),
+    (re.compile(r"\blegacy_key="), "--legacy-key-env/--legacy-key-file"),
+    (re.compile(r"\bencryption_key="), "--key-env/--key-file"),
+    (re.compile(r"\bcontext="), "--context"),
+)
+_PASSWORD_WORD = re.compile(r"\bpassword=")
 
 
 class InputError(Exception):
@@ -74,9 +90,75 @@ def read_key_file(path: str) -> str:
         raise InputError(str(exc)) from None
 
 
-def log_key(args: argparse.Namespace) -> str | None:
+def read_secret_file(path: str, what: str) -> str:
+    """Return the password held in the file ``path`` (its first line), by the key files' rule:
+    a regular file that group and others cannot access."""
+    try:
+        # O_NONBLOCK: a FIFO planted at the path must not hang the command.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise InputError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{what} file {path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise InputError(
+                f"{what} file {path} is readable by others (mode {st.st_mode & 0o777:o}); "
+                f"chmod 600 {path}"
+            )
+        data = file.read(4097)
+    text = data.decode("utf-8", errors="strict").splitlines()[0] if data.strip() else ""
+    if not text or len(data) > 4096:
+        raise InputError(f"{what} file {path} must hold the {what} on its first line")
+    return text
+
+
+def ask_password(what: str, *, twice: bool) -> str:
+    """Ask for a password on the terminal (not echoed); ``twice`` when it creates something."""
+    import getpass
+
+    try:
+        first = getpass.getpass(f"{what[0].upper()}{what[1:]}: ")
+        again = getpass.getpass(f"{what[0].upper()}{what[1:]} (again): ") if twice else first
+    except EOFError:
+        raise InputError(f"no {what} was typed") from None
+    if not first:
+        raise InputError(f"the {what} is empty")
+    if again != first:
+        raise InputError(f"the two {what}s typed differ; nothing was done")
+    return first
+
+
+def password_from(args: Args, prefix: str, what: str, *, twice: bool = False) -> str | None:
+    """Return the password named by ``--PREFIX-env``, ``--PREFIX-file`` or ``--PREFIX-prompt``
+    (whichever of them was given), or None."""
+    var = getattr(args, f"{prefix}_env", None)
+    file = getattr(args, f"{prefix}_file", None)
+    if var is not None:
+        return secret_env(var, what)
+    if file is not None:
+        return read_secret_file(file, what)
+    return ask_password(what, twice=twice) if getattr(args, f"{prefix}_prompt", False) else None
+
+
+def password_given(args: Args) -> bool:
+    """Say whether a password source for the log was given."""
+    return any(getattr(args, f"password_{how}", None) for how in ("env", "file", "prompt"))
+
+
+def password_source(args: Args) -> str:
+    """Name where the log's password came from, for a message (never the password)."""
+    if getattr(args, "password_env", None):
+        return f"--password-env {args.password_env}"
+    if getattr(args, "password_file", None):
+        return f"--password-file {args.password_file}"
+    return "--password-prompt"
+
+
+def log_key(args: Args) -> str | None:
     """Return the key from --key-file or the --key-env variable; None means plaintext."""
-    if getattr(args, "password_env", None) is not None or getattr(args, "plain", False):
+    if password_given(args) or getattr(args, "plain", False):
         return None  # a password opens the log, or --plain: the key variable is not consulted
     if getattr(args, "key_file", None) is not None:
         return read_key_file(args.key_file)
@@ -90,14 +172,15 @@ def log_key(args: argparse.Namespace) -> str | None:
     return value.strip()
 
 
-def plaintext_needs_plain(args: argparse.Namespace, target: str) -> None:
+def plaintext_needs_plain(args: Args, target: str) -> None:
     """Refuse to write ``target`` unencrypted unless ``--plain`` asks for it (exit 2).
 
     Checked before anything is read or written: an unset or misspelt key variable must
     not silently create, or keep writing, a plaintext log.
     """
-    sources = (args.key_file, getattr(args, "password_env", None), os.environ.get(args.key_env))
-    if args.plain or any(source is not None for source in sources):
+    if args.plain or password_given(args):
+        return
+    if args.key_file is not None or os.environ.get(args.key_env) is not None:
         return
     options = ["--key-env VAR", "--key-file FILE"]
     options += ["--password-env VAR"] if hasattr(args, "password_env") else []
@@ -107,35 +190,55 @@ def plaintext_needs_plain(args: argparse.Namespace, target: str) -> None:
     )
 
 
-def log_password(args: argparse.Namespace) -> str | None:
-    """Return the password from the --password-env variable, or None when not given."""
-    var = getattr(args, "password_env", None)
-    return None if var is None else secret_env(var, "password")
+def log_password(args: Args, *, creating: bool = False) -> str | None:
+    """Return the log's password from its source (asked once: kept on ``args``), or None.
+
+    ``creating``: the log does not exist yet, so a prompt asks twice.
+    """
+    if getattr(args, "password_value", None) is None:
+        args.password_value = password_from(args, "password", "password", twice=creating)
+    value: str | None = args.password_value
+    return value
 
 
-def legacy_source(args: argparse.Namespace) -> tuple[str | None, str | None]:
-    """Return the (key, password) of an encrypted legacy source, from their variables."""
-    key_var, password_var = args.legacy_key_env, args.legacy_password_env
-    key = None if key_var is None else secret_env(key_var, "legacy key").strip()
-    password = None if password_var is None else secret_env(password_var, "legacy password")
-    return key, password
+def legacy_source(args: Args) -> tuple[str | None, str | None]:
+    """Return the (key, password) of an encrypted legacy source, from their options."""
+    key: str | None = None
+    if args.legacy_key_env is not None:
+        key = secret_env(args.legacy_key_env, "legacy key").strip()
+    elif args.legacy_key_file is not None:
+        key = read_key_file(args.legacy_key_file)
+    return key, password_from(args, "legacy_password", "legacy password")
 
 
-def open_log(args: argparse.Namespace, *, must_exist: bool = True) -> ConversationCodec:
-    """Open the log at ``args.path`` with the key, password and context the flags name."""
+def open_log(args: Args, *, must_exist: bool = True, read_only: bool = False) -> ConversationCodec:
+    """Open the log at ``args.path`` with the key, password and context the flags name.
+
+    ``read_only``: the command only reads, so a plaintext log is read even though a key
+    variable is set (with a warning on stderr), rather than refused.
+    """
     from ..codec import ConversationCodec
 
     if must_exist and not os.path.lexists(args.path):
         raise InputError(f"{args.path}: no such log")
-    durability = getattr(args, "durability", "fsync")
-    return ConversationCodec(
-        args.path,
-        encryption_key=log_key(args),
-        durability=durability,
-        password=log_password(args),
-        context=getattr(args, "context", None),
-        io=args.io,
+    key = log_key(args)
+    options: dict[str, Any] = {
+        "durability": getattr(args, "durability", "fsync"),
+        "password": log_password(args, creating=not os.path.lexists(args.path)),
+        "context": getattr(args, "context", None),
+        "io": getattr(args, "io", DEFAULT_IO),
+    }
+    try:
+        return ConversationCodec(args.path, encryption_key=key, **options)
+    except NotEncryptedError:
+        # Only a key from the environment: a key file named on the command line is asked for.
+        if not read_only or key is None or getattr(args, "key_file", None) is not None:
+            raise
+    env = getattr(args, "key_env", DEFAULT_KEY_ENV)
+    print(
+        f"warning: {args.path} is a plaintext log; read without the key in ${env}", file=sys.stderr
     )
+    return ConversationCodec(args.path, encryption_key=None, **options)
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -190,36 +293,87 @@ def table(rows: Sequence[tuple[str, ...]], right: frozenset[int] = frozenset()) 
         print("  ".join(cells).rstrip())
 
 
-def progress(done: int, total: int, item: BatchItem) -> None:
-    """Draw a progress bar for a batch on stderr (a terminal only: the caller checks)."""
-    filled = 30 * done // max(total, 1)
-    name = str(item.path)[-40:]
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {name:<40}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+class Progress:
+    """A ``click.progressbar`` on stderr fed by a library ``progress(done, total, item)``
+    callback (the total is known at the first call); use only when stderr is a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._bar: ProgressBar[Any] | None = None
+
+    def __call__(self, done: int, total: int, item: object = None) -> None:
+        import click
+
+        if self._bar is None:
+            self._bar = click.progressbar(
+                length=total,
+                label=self._label,
+                file=sys.stderr,
+                show_pos=True,
+                item_show_func=lambda name: None if name is None else str(name)[-40:],
+            )
+        name = getattr(item, "path", None) or item  # a migrate BatchItem: its path
+        self._bar.update(done - self._bar.pos, name)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        """Finish the bar (its last line stays, then a newline)."""
+        if self._bar is not None:
+            self._bar.render_finish()
+            self._bar = None
+
+
+def progress(label: str, *, quiet: bool = False) -> Progress | None:
+    """Return a progress callback drawing on stderr, or None when stderr is no terminal."""
+    return Progress(label) if sys.stderr.isatty() and not quiet else None
+
+
+def run_command(command: Callable[[Args], int], args: Args) -> int:
+    """Run one command; map what it raises to a message and an exit code."""
+    try:
+        code = command(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `cat | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except (ConversationCodecError, OSError, ValueError, InputError, UsageError) as exc:
+        return report_error(exc, args)
+    return code
+
+
+def speak_cli(message: str, *, legacy: bool = False) -> str:
+    """Say a library message in the CLI's words: options, not Python parameters.
+
+    ``legacy``: the message concerns a legacy source, whose password has its own options.
+    """
+    for pattern, words in _PYTHON_WORDS:
+        message = pattern.sub(words, message)
+    password = "--legacy-password-env/--legacy-password-file" if legacy else "--password-env"
+    return _PASSWORD_WORD.sub(password, message)
 
 
 # -- errors ----------------------------------------------------------------------------------
 
 
-def report_error(exc: Exception, args: argparse.Namespace) -> int:
+def report_error(exc: Exception, args: Args) -> int:
     """Print one ``error:`` line for ``exc`` and return the exit code (the only mapping)."""
     path = getattr(args, "path", None)
     reading = getattr(args, "reading", None)  # import: the source file being read
-    password = getattr(args, "password_env", None)
+    password = password_given(args)
     source = f"--key-file {args.key_file}" if getattr(args, "key_file", None) else None
     env = getattr(args, "key_env", DEFAULT_KEY_ENV)
-    source = source or (f"--password-env {password}" if password else f"${env}")
+    source = source or (password_source(args) if password else f"${env}")
     code = EXIT_ERROR
     if isinstance(exc, UsageError):
         code, message = EXIT_USAGE, str(exc)
     elif reading is not None and isinstance(exc, (KeyMismatchError, DecryptionError)):
-        message = f"{exc} (use --legacy-key-env VAR or --legacy-password-env VAR)"
+        hint = "--legacy-key-env/--legacy-key-file or --legacy-password-env/--legacy-password-file"
+        message = f"{exc}" if isinstance(exc, KeyRequiredError) else f"{exc} (check {hint})"
+    elif isinstance(exc, PasswordRequiredError):
+        message = f"{path} is protected by a password; name its variable with --password-env VAR"
     elif isinstance(exc, KeyRequiredError) and password:
         message = f"{path} is encrypted with a key, not a password; use --key-env or --key-file"
-    elif isinstance(exc, KeyRequiredError) and "password" in str(exc):
-        message = f"{path} is protected by a password; name its variable with --password-env VAR"
     elif isinstance(exc, KeyRequiredError):
         message = (
             f"{path} is encrypted and no key was given; put the key in ${env}, "
@@ -236,14 +390,15 @@ def report_error(exc: Exception, args: argparse.Namespace) -> int:
         message = f"cannot decrypt {path}: wrong {secret} ({source}), or the header was modified"
     elif isinstance(exc, UnsupportedVersionError):
         message = str(exc)  # newer, not damaged: exit 1 and the library's "upgrade" hint
-    elif isinstance(exc, FormatError):
-        code = EXIT_CORRUPT
-        damaged = isinstance(exc, CorruptRecordError)
-        message = f"log is damaged: {exc}" if damaged else str(exc)
+    elif isinstance(exc, CorruptRecordError):
+        code, message = EXIT_CORRUPT, f"log is damaged: {exc}"
+    elif isinstance(exc, FormatError):  # not damage: a file of another kind (exit 4)
+        code, message = EXIT_WRONG_KIND, str(exc)
     elif isinstance(exc, OSError) and exc.strerror:
         message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     else:
         message = str(exc) or type(exc).__name__
+    message = speak_cli(message, legacy=reading is not None)
     # A key given where a path belongs ("tail $KEY") must not come back on the terminal.
     message = _KEY_SHAPED.sub("(a key-shaped value, not shown)", message)
     print(f"error: {message}", file=sys.stderr)

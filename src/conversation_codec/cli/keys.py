@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import tempfile
 from typing import TYPE_CHECKING, Any
 
+import click
+
 from ..errors import DecryptionError
-from ._args import Parser, Sub, command
-from ._common import EXIT_OK, InputError, ts
+from ._args import as_json, command, durability
+from ._common import EXIT_OK, Args, InputError, emit, ts
 
 if TYPE_CHECKING:
     from ..codec import Message
@@ -20,38 +21,21 @@ _DEMO_KEY = "demo.key"
 _DEMO_FILE = "support-chat.log"
 
 
-def add_commands(sub: Sub, durable: Parser) -> None:
-    """Add ``keygen`` and ``demo`` to ``sub``."""
-    keygen = command(
-        sub,
-        "keygen",
-        _cmd_keygen,
-        "print a new encryption key (or write it to a file)",
-        "conversation-codec keygen --out chat.key",
-    )
-    keygen.add_argument("--out", metavar="FILE", help="write the key to a new 0600 file instead")
-    demo = command(
-        sub,
-        "demo",
-        _cmd_demo,
-        "write, reopen and show an encrypted sample conversation",
-        "conversation-codec demo --dir /tmp/codec-demo",
-        [durable],
-    )
-    demo.add_argument(
-        "--dir",
-        metavar="DIR",
-        help="write the log and its key file into DIR (default: a new temp dir, kept)",
-    )
-
-
-def _cmd_keygen(args: argparse.Namespace) -> int:
+@command(
+    "keygen",
+    "print a new encryption key (or write it to a file)",
+    "conversation-codec keygen --out chat.key",
+)
+@click.option("--out", metavar="FILE", help="write the key to a new 0600 file instead")
+@as_json('print {"key"} (or, with --out, {"path", "mode"}) as one JSON object')
+def _keygen(args: Args) -> int:
     from ..crypto import generate_key
     from ..errors import KeyFileError
     from ..keyfile import create_key_file
 
     if args.out is None:
-        print(generate_key())  # the one place a key is printed: for a pipe into a secret store
+        key = generate_key()  # the one place a key is printed: for a pipe into a secret store
+        emit({"key": key}) if args.json else print(key)
         return EXIT_OK
     try:
         # Written, synced, linked into place and the directory synced: a key lost to a power
@@ -59,11 +43,25 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         create_key_file(args.out, io=args.io)
     except KeyFileError as exc:
         raise InputError(str(exc)) from None
-    print(f"wrote a new key to {args.out} (mode 0600); use it with --key-file {args.out}")
+    if args.json:
+        emit({"path": args.out, "mode": "0600"})
+    else:
+        print(f"wrote a new key to {args.out} (mode 0600); use it with --key-file {args.out}")
     return EXIT_OK
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+@command(
+    "demo",
+    "write, reopen and show an encrypted sample conversation",
+    "conversation-codec demo --dir /tmp/codec-demo",
+)
+@click.option(
+    "--dir",
+    metavar="DIR",
+    help="write the log and its key file into DIR (default: a new temp dir, kept)",
+)
+@durability()
+def _demo_command(args: Args) -> int:
     if args.dir is not None:
         os.makedirs(args.dir, mode=0o700, exist_ok=True)
         folder = args.dir
@@ -76,6 +74,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for example in (f"tail {shown} -n 3", f"search {shown} refund", f"verify {shown}"):
         print(f"  conversation-codec {example} --key-file {key_shown}")
     return EXIT_OK
+
+
+COMMANDS = [_keygen, _demo_command]
 
 
 # -- demo ------------------------------------------------------------------------------------

@@ -2,109 +2,51 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 from typing import TYPE_CHECKING
 
-from ._args import Parser, Sub, command, env_var_name, legacy_secrets, whole_number
+import click
+
+from ._args import (
+    WHOLE_NUMBER,
+    as_json,
+    choice,
+    command,
+    durability,
+    legacy_secrets,
+    log_options,
+)
 from ._common import (
     EXIT_OK,
+    Args,
     InputError,
     emit,
     fields,
     legacy_source,
     open_log,
     plaintext_needs_plain,
+    printable,
+    progress,
+    short,
     ts,
 )
 
 if TYPE_CHECKING:
-    from ..codec import Message
+    from datetime import datetime
+
+    from ..codec import ConversationCodec, Message
+
+# SRC "-": the library reads a history from a path; the process's stdin has one (a pipe or
+# a file: read whole, up to the library's size bound).
+_STDIN = "/dev/stdin"
 
 
-def add_read_commands(sub: Sub, log: Parser, durable: Parser) -> None:
-    """Add ``info``, ``cat``, ``tail`` and ``append`` to ``sub``."""
-    info = command(
-        sub,
-        "info",
-        _cmd_info,
-        "show header and index facts (count, sizes, times)",
-        "conversation-codec info chat.log --json",
-        [log],
-    )
-    info.add_argument("--json", action="store_true", help="print one JSON object")
-    cat = command(
-        sub,
-        "cat",
-        _cmd_cat,
-        "print every message as JSON lines",
-        "conversation-codec cat chat.log --with-timestamps | jq .ts",
-        [log],
-    )
-    cat.add_argument(
-        "--with-timestamps", action="store_true", help='print {"seq", "ts", "message"} objects'
-    )
-    tail = command(
-        sub,
-        "tail",
-        _cmd_tail,
-        "print the last N messages as JSON lines",
-        "conversation-codec tail chat.log -n 3",
-        [log],
-    )
-    tail.add_argument("-n", type=whole_number, default=10, metavar="N", help="default: %(default)s")
-    tail.add_argument("--json", action="store_true", help="JSON lines (the default output)")
-    command(
-        sub,
-        "append",
-        _cmd_append,
-        "append messages read from stdin; print their seqs",
-        """echo '{"role": "user", "content": "hi"}' | conversation-codec append chat.log""",
-        [log, durable],
-    )
-
-
-def add_transfer_commands(sub: Sub, log: Parser, as_json: Parser) -> None:
-    """Add ``export`` and ``import`` to ``sub``."""
-    export = command(
-        sub,
-        "export",
-        _cmd_export,
-        "write the history to an UNENCRYPTED JSONL or JSON file (mode 0600)",
-        "conversation-codec export chat.log --out chat.jsonl  # plaintext: protect it",
-        [log],
-    )
-    export.add_argument("--out", metavar="FILE", required=True, help="the UNENCRYPTED output")
-    export.add_argument("--format", choices=("jsonl", "json"), default="jsonl")
-    export.add_argument("--no-timestamps", action="store_true", help='omit "timestamp" keys')
-    import_cmd = command(
-        sub,
-        "import",
-        _cmd_import,
-        "read a history file (legacy, export or log) into a log, keeping the messages "
-        "already there (in time order); only --replace discards them",
-        "conversation-codec import chat.log old-history.jsonl --merge",
-        [log, legacy_secrets(), as_json],
-    )
-    import_cmd.add_argument("src", metavar="SRC", help="the history file to read")
-    how = import_cmd.add_mutually_exclusive_group()
-    how.add_argument("--merge", action="store_true", help="add only messages not present")
-    how.add_argument(
-        "--replace", action="store_true", help="DISCARD the log's history, keep SRC's only"
-    )
-    import_cmd.add_argument(
-        "--legacy-password-env",
-        type=env_var_name,
-        metavar="VAR",
-        help="variable holding SRC's legacy password",
-    )
-
-
-def _read_messages(text: str) -> list[Message]:
-    """Parse stdin: one JSON object, a JSON array of objects, or JSON lines."""
+def _read_messages(text: str, source: str = "stdin") -> list[Message]:
+    """Parse ``source``'s text: one JSON object, a JSON array of objects, or JSON lines."""
     if not text.strip():
-        raise InputError("no message on stdin; pipe a JSON object, an array, or JSON lines")
+        raise InputError(f"no message on {source}; give a JSON object, an array, or JSON lines")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as whole:
@@ -116,16 +58,25 @@ def _read_messages(text: str) -> list[Message]:
                 value.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 # Failing on the first line means it was not JSON lines: report the document.
-                where, err = ("stdin", whole) if not value else (f"stdin line {number}", exc)
+                where, err = (source, whole) if not value else (f"{source} line {number}", exc)
                 raise InputError(f"{where} is not valid JSON: {err}") from None
     messages = [value] if isinstance(value, dict) else value
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise InputError("stdin must hold messages (JSON objects): one, an array, or one a line")
+        raise InputError(
+            f"{source} must hold messages (JSON objects): one, an array, or one a line"
+        )
     return messages
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
-    with open_log(args) as codec:
+@command(
+    "info",
+    "show header and index facts (count, sizes, times)",
+    "conversation-codec info chat.log --json",
+)
+@log_options
+@as_json("print one JSON object")
+def _info(args: Args) -> int:
+    with open_log(args, read_only=True) as codec:
         facts = fields(codec.info())
     if args.json:
         emit(facts)
@@ -136,8 +87,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_cat(args: argparse.Namespace) -> int:
-    with open_log(args) as codec:
+@command(
+    "cat",
+    "print every message as JSON lines",
+    "conversation-codec cat chat.log --with-timestamps | jq .ts",
+)
+@log_options
+@click.option("--with-timestamps", is_flag=True, help='print {"seq", "ts", "message"} objects')
+def _cat(args: Args) -> int:
+    with open_log(args, read_only=True) as codec:
         for seq, message in enumerate(codec):  # streams: bounded memory on long logs
             if args.with_timestamps:
                 emit({"seq": seq, "ts": ts(codec.timestamp(seq)), "message": message})
@@ -146,43 +104,152 @@ def _cmd_cat(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_tail(args: argparse.Namespace) -> int:
-    with open_log(args) as codec:
-        messages = codec.tail(args.n)
-    for message in messages:
-        emit(message)
+@command(
+    "tail",
+    "print the last N messages: JSON lines (on a terminal: one readable line each); "
+    "-f: then follow the log as other processes append, until Ctrl-C",
+    "conversation-codec tail chat.log -n 3 -f",
+)
+@log_options
+@click.option("-n", type=WHOLE_NUMBER, default=10, metavar="N", show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="keep printing new messages (Ctrl-C stops)")
+@as_json("JSON lines even on a terminal (piped output always is)")
+def _tail(args: Args) -> int:
+    readable = sys.stdout.isatty() and not args.json
+    with open_log(args, read_only=True) as codec:
+        hits = list(codec.search(newest_first=True, limit=args.n)) if args.n else []
+        for hit in reversed(hits):
+            _show(hit.seq, hit.timestamp, hit.message, readable)
+        if args.follow:
+            try:
+                _follow(codec, codec.message_count() - 1, readable)
+            except KeyboardInterrupt:  # how a follow ends: not an error
+                return EXIT_OK
     return EXIT_OK
 
 
-def _cmd_append(args: argparse.Namespace) -> int:
+def _follow(codec: ConversationCodec, after: int, readable: bool) -> None:
+    """Print each message appended after seq ``after``, for ever (the caller stops it)."""
+    while True:
+        sys.stdout.flush()
+        # wait() polls the index, backing off to 100 ms: no busy loop, any writer process.
+        codec.wait(after, timeout=None)
+        for seq in range(after + 1, codec.message_count()):
+            _show(seq, codec.timestamp(seq), codec.get(seq), readable)
+            after = seq
+
+
+@command(
+    "pop",
+    "remove the last message of a log and print it (a JSON line)",
+    "conversation-codec pop chat.log",
+)
+@log_options
+def _pop(args: Args) -> int:
+    with open_log(args) as codec:
+        message = codec.pop()
+    if message is None:
+        raise InputError(f"{args.path} holds no message; nothing was removed")
+    emit(message)
+    return EXIT_OK
+
+
+def _show(seq: int, when: datetime, message: Message, readable: bool) -> None:
+    """Print one message: a JSON line, or (on a terminal) time, seq, role and its text."""
+    from ..search import searchable_text
+
+    if not readable:
+        emit(message)
+        return
+    text = printable(" ".join(" ".join(part.split()) for part in searchable_text(message)))
+    text = text if len(text) <= 100 else text[:97] + "..."
+    role = printable(str(message.get("role", "-")))
+    print(f"{short(when)}  #{seq}  {role:<9}  {text}")
+
+
+@command(
+    "append",
+    "append messages read from FILE (default -: stdin); print their seqs",
+    """echo '{"role": "user", "content": "hi"}' | conversation-codec append chat.log""",
+)
+@log_options
+@click.argument("source", metavar="[FILE]", default="-")
+@durability()
+@as_json('print {"path", "seqs"} as one JSON object')
+def _append(args: Args) -> int:
     plaintext_needs_plain(args, args.path)
-    messages = _read_messages(sys.stdin.read())
+    if args.source == "-":
+        messages = _read_messages(sys.stdin.read())
+    else:
+        with open(args.source, encoding="utf-8") as source:
+            messages = _read_messages(source.read(), args.source)
     with open_log(args, must_exist=False) as codec:
         seqs = codec.extend(messages)
-    for seq in seqs:
+    if args.json:
+        emit({"path": args.path, "seqs": seqs})
+    for seq in [] if args.json else seqs:
         print(seq)
     return EXIT_OK
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    with open_log(args) as codec:
-        count = codec.export(args.out, format=args.format, with_timestamps=not args.no_timestamps)
-    print(
-        f"warning: {args.out} is UNENCRYPTED: it holds {count} messages in plaintext "
-        "(mode 0600); protect it, and delete it when done",
-        file=sys.stderr,
-    )
-    print(f"exported {count} messages to {args.out} ({args.format})")
+@command(
+    "export",
+    "write the history to an UNENCRYPTED JSONL or JSON file (mode 0600), or - (stdout)",
+    "conversation-codec export chat.log --out chat.jsonl  # plaintext: protect it",
+)
+@log_options
+@click.option("--out", metavar="FILE", required=True, help="the UNENCRYPTED output; - : stdout")
+@click.option("--format", type=choice("jsonl", "json"), default="jsonl", metavar="[jsonl|json]")
+@click.option("--no-timestamps", is_flag=True, help='omit "timestamp" keys')
+@click.option("--force", is_flag=True, help="replace FILE if it exists")
+@as_json("print the summary as one JSON object (on stderr with --out -)")
+def _export(args: Args) -> int:
+    to_stdout = args.out == "-"
+    if not to_stdout and not args.force and os.path.lexists(args.out):
+        raise InputError(f"{args.out} already exists; pass --force to replace it")
+    with open_log(args, read_only=True) as codec:
+        sys.stdout.flush()
+        count = codec.export(
+            sys.stdout.buffer if to_stdout else args.out,
+            format=args.format,
+            with_timestamps=not args.no_timestamps,
+            progress=progress("exporting"),
+        )
+    where = "stdout" if to_stdout else args.out
+    if not to_stdout:
+        print(
+            f"warning: {where} is UNENCRYPTED: it holds {count} messages in plaintext "
+            "(mode 0600); protect it, and delete it when done",
+            file=sys.stderr,
+        )
+    summary = sys.stderr if to_stdout else sys.stdout  # stdout carries the export itself
+    if args.json:
+        print(json.dumps({"path": where, "messages": count, "format": args.format}), file=summary)
+    else:
+        print(f"exported {count} messages to {where} ({args.format})", file=summary)
     return EXIT_OK
 
 
-def _cmd_import(args: argparse.Namespace) -> int:
+@command(
+    "import",
+    "read a history file (legacy, export or log) into a log, keeping the messages "
+    "already there (in time order); only --replace discards them",
+    "conversation-codec import chat.log old-history.jsonl --merge",
+)
+@log_options
+@click.argument("src", metavar="SRC")  # - : stdin
+@legacy_secrets()
+@click.option("--merge", is_flag=True, help="add only messages not present")
+@click.option("--replace", is_flag=True, help="DISCARD the log's history, keep SRC's only")
+@as_json()
+def _import(args: Args) -> int:
     plaintext_needs_plain(args, args.path)
     legacy_key, legacy_password = legacy_source(args)
+    src = _STDIN if args.src == "-" else args.src
     with open_log(args, must_exist=False) as codec:
         args.reading = args.src  # from here, key errors concern SRC (see _report)
         report = codec.import_(
-            args.src,
+            src,
             merge=args.merge,
             replace=args.replace,
             legacy_key=legacy_key,
@@ -199,3 +266,6 @@ def _cmd_import(args: argparse.Namespace) -> int:
         f"{report.rejected} rejected"
     )
     return EXIT_OK
+
+
+COMMANDS = [_info, _cat, _tail, _append, _pop, _export, _import]

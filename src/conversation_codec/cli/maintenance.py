@@ -3,17 +3,28 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from typing import TYPE_CHECKING
 
+import click
+
 from ..errors import ConversationCodecError
-from ._args import Parser, Sub, binding, command, env_var_name, legacy_secrets, secret_sources
+from ._args import (
+    ENV_NAME,
+    as_json,
+    binding,
+    command,
+    legacy_secrets,
+    log_options,
+    options,
+    password_sources,
+    secret_sources,
+)
 from ._common import (
     EXIT_CORRUPT,
     EXIT_ERROR,
     EXIT_OK,
+    Args,
     InputError,
     emit,
     fields,
@@ -21,11 +32,15 @@ from ._common import (
     log_key,
     log_password,
     open_log,
+    password_from,
+    password_given,
+    password_source,
     plaintext_needs_plain,
     progress,
     read_key_file,
     report_error,
     secret_env,
+    speak_cli,
     table,
 )
 
@@ -35,113 +50,49 @@ if TYPE_CHECKING:
     from ..storage.file.check import VerifyReport
 
 
-def add_repair_commands(sub: Sub, log: Parser, as_json: Parser) -> None:
-    """Add ``verify``, ``salvage``, ``compact``, ``rekey`` and ``passwd`` to ``sub``."""
-    verify = command(
-        sub,
-        "verify",
-        _cmd_verify,
-        "check every record of one or more logs; exit 3 when any is damaged",
-        "conversation-codec verify chats/*.log",
-        [secret_sources(password=True), binding(), as_json],
-    )
-    verify.add_argument("paths", metavar="PATH", nargs="+", help="log files")
-    salvage_cmd = command(
-        sub,
-        "salvage",
-        _cmd_salvage,
-        "copy the intact records of a damaged log into a new log (SRC is only read)",
-        "conversation-codec salvage chat.log rescued.log",
-        [log, as_json],
-    )
-    salvage_cmd.add_argument("dst", metavar="DST", help="the new log (must not exist)")
-    command(
-        sub,
-        "compact",
-        _cmd_compact,
-        "rewrite a log: re-seal, re-compress, rebuild the index",
-        "conversation-codec compact chat.log",
-        [log, as_json],
-    )
-    rekey = command(
-        sub,
-        "rekey",
-        _cmd_rekey,
-        "re-encrypt a log under a new key (the old key comes from --key-env/--key-file)",
-        "CONVERSATION_KEY=$(cat old.key) NEW_KEY=$(cat new.key) "
-        "conversation-codec rekey chat.log --new-key-env NEW_KEY",
-        [log, as_json],
-    )
-    new = rekey.add_argument_group("the new key (never taken from the command line)")
-    new_source = new.add_mutually_exclusive_group(required=True)
-    new_source.add_argument(
-        "--new-key-env", type=env_var_name, metavar="VAR", help="variable holding the new key"
-    )
-    new_source.add_argument("--new-key-file", metavar="FILE", help="read the new key from FILE")
-    passwd = command(
-        sub,
-        "passwd",
-        _cmd_passwd,
-        "change the password of a password-protected log",
-        "OLD_PW=... NEW_PW=... conversation-codec passwd chat.log "
-        "--password-env OLD_PW --new-password-env NEW_PW",
-        [as_json],
-    )
-    passwd.add_argument("path", metavar="PATH", help="the conversation log file")
-    pws = passwd.add_argument_group("passwords (never taken from the command line)")
-    pws.add_argument(
-        "--password-env", type=env_var_name, metavar="VAR", required=True, help="the current one"
-    )
-    pws.add_argument(
-        "--new-password-env", type=env_var_name, metavar="VAR", required=True, help="the new one"
-    )
-
-
-def add_migrate_command(sub: Sub, as_json: Parser) -> None:
-    """Add ``migrate`` to ``sub``."""
-    migrate = command(
-        sub,
-        "migrate",
-        _cmd_migrate,
-        "convert legacy histories (files, or directories recursively) into logs; "
-        "the new logs' key comes from --key-env/--key-file (none: plaintext)",
-        "CONVERSATION_KEY=$(cat chat.key) conversation-codec migrate histories/ --out logs/",
-        [secret_sources(password=False), legacy_secrets(), as_json],
-    )
-    migrate.add_argument("paths", metavar="PATH", nargs="+", help="files or directories")
-    migrate.add_argument(
-        "--password-env",
-        "--legacy-password-env",
-        dest="legacy_password_env",
-        type=env_var_name,
-        metavar="VAR",
-        help="variable holding the legacy password (its .salt file beside each source)",
-    )
-    migrate.add_argument("--out", metavar="DIR", help="write logs under DIR; sources untouched")
-    migrate.add_argument("--no-backup", action="store_true", help="in place: keep no .bak copy")
-    migrate.add_argument("--dry-run", action="store_true", help="read and check; write nothing")
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
+@command(
+    "verify",
+    "check every record of one or more logs; exit 3 when any is damaged",
+    "conversation-codec verify chats/*.log",
+)
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@secret_sources(password=True)
+@binding()
+@as_json()
+def _verify(args: Args) -> int:
     worst = EXIT_OK
-    for path in args.paths:
-        one = argparse.Namespace(**{**vars(args), "path": path})
+    # A bar over the logs on a terminal; the reports follow it (not mixed into its line).
+    bar = progress("verifying", quiet=args.json or len(args.paths) < 2)
+    pending: list[VerifyReport] = []
+    log_password(args)  # a prompt asks once, for every log (kept on args)
+    for done, path in enumerate(args.paths, 1):
+        one = Args(**{**vars(args), "path": path})
         try:
-            with open_log(one) as codec:
+            with open_log(one, read_only=True) as codec:
                 report = codec.verify()
+            pending.append(report)
+            worst = worst if report.ok else max(worst, EXIT_CORRUPT)
         except (ConversationCodecError, OSError, ValueError, InputError) as exc:
             worst = max(worst, report_error(exc, one))  # one unreadable log does not stop the rest
-            continue
-        if args.json:
-            emit(report.as_dict())
+        if bar is not None:
+            bar(done, len(args.paths), path)
         else:
-            _show_verify(report)
-        if not report.ok:
-            worst = max(worst, EXIT_CORRUPT)
+            _show_verify(args, pending)
+    _show_verify(args, pending)
     return worst
 
 
-def _show_verify(report: VerifyReport) -> None:
+def _show_verify(args: Args, pending: list[VerifyReport]) -> None:
+    """Print the reports not printed yet."""
+    for report in pending:
+        if args.json:
+            emit(report.as_dict())
+        else:
+            _show_one(report)
+    pending.clear()
+
+
+def _show_one(report: VerifyReport) -> None:
     state = "ok" if report.ok else "DAMAGED"
     count = f"{report.records} intact record{'s' * (report.records != 1)}"
     found = f", {len(report.problems)} problem(s)" if report.problems else ""
@@ -153,7 +104,15 @@ def _show_verify(report: VerifyReport) -> None:
         print(f"  {where} {problem.offset}: {problem.kind}: {problem.detail}{note}")
 
 
-def _cmd_salvage(args: argparse.Namespace) -> int:
+@command(
+    "salvage",
+    "copy the intact records of a damaged log into a new log (SRC is only read)",
+    "conversation-codec salvage chat.log rescued.log",
+)
+@log_options
+@click.argument("dst", metavar="DST")
+@as_json()
+def _salvage(args: Args) -> int:
     from ..maintenance.verify import salvage
 
     if not os.path.lexists(args.path):
@@ -177,7 +136,7 @@ def _cmd_salvage(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _show_rewrite(args: argparse.Namespace, what: str, report: CompactionReport) -> int:
+def _show_rewrite(args: Args, what: str, report: CompactionReport) -> int:
     if args.json:
         emit({"path": args.path, **fields(report)})
     else:
@@ -188,14 +147,32 @@ def _show_rewrite(args: argparse.Namespace, what: str, report: CompactionReport)
     return EXIT_OK
 
 
-def _cmd_compact(args: argparse.Namespace) -> int:
+@command(
+    "compact",
+    "rewrite a log: re-seal, re-compress, rebuild the index",
+    "conversation-codec compact chat.log",
+)
+@log_options
+@as_json()
+def _compact(args: Args) -> int:
     plaintext_needs_plain(args, args.path)
     with open_log(args) as codec:
-        report = codec.compact()
+        report = codec.compact(progress=progress("compacting", quiet=args.json))
     return _show_rewrite(args, "compacted", report)
 
 
-def _cmd_rekey(args: argparse.Namespace) -> int:
+@command(
+    "rekey",
+    "re-encrypt a log under a new key (the old key comes from --key-env/--key-file)",
+    "CONVERSATION_KEY=$(cat old.key) NEW_KEY=$(cat new.key) "
+    "conversation-codec rekey chat.log --new-key-env NEW_KEY",
+    one_of=(("new_key_env", "new_key_file"),),
+)
+@log_options
+@click.option("--new-key-env", type=ENV_NAME, metavar="VAR", help="variable holding the new key")
+@click.option("--new-key-file", metavar="FILE", help="read the new key from FILE")
+@as_json()
+def _rekey(args: Args) -> int:
     if args.new_key_file is not None:
         new_key = read_key_file(args.new_key_file)
     else:
@@ -208,15 +185,43 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_passwd(args: argparse.Namespace) -> int:
-    old = secret_env(args.password_env, "current password")
-    new = secret_env(args.new_password_env, "new password")
+@command(
+    "passwd",
+    "change the password of a password-protected log",
+    "OLD_PW=... NEW_PW=... conversation-codec passwd chat.log "
+    "--password-env OLD_PW --new-password-env NEW_PW",
+    one_of=(
+        ("password_env", "password_file", "password_prompt"),
+        ("new_password_env", "new_password_file", "new_password_prompt"),
+    ),
+)
+@click.argument("path", metavar="PATH")
+@options(*password_sources("password", "the current password"))
+@options(*password_sources("new_password", "the new password"))
+@as_json()
+def _passwd(args: Args) -> int:
+    old = log_password(args)
+    new = password_from(args, "new_password", "new password", twice=True)
+    assert old is not None and new is not None  # one_of: each has a source
     with open_log(args) as codec:
         report = codec.change_password(old, new)
     return _show_rewrite(args, "changed the password of", report)
 
 
-def _cmd_migrate(args: argparse.Namespace) -> int:
+@command(
+    "migrate",
+    "convert legacy histories (files, or directories recursively) into logs; the new "
+    "logs' key or password comes from --key-*/--password-* (the source's: --legacy-*)",
+    "CONVERSATION_KEY=$(cat chat.key) conversation-codec migrate histories/ --out logs/",
+)
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@secret_sources(password=True)
+@legacy_secrets()
+@click.option("--out", metavar="DIR", help="write logs under DIR; sources untouched")
+@click.option("--no-backup", is_flag=True, help="in place: keep no .bak copy")
+@click.option("--dry-run", is_flag=True, help="read and check; write nothing")
+@as_json()
+def _migrate(args: Args) -> int:
     from ..maintenance.migrate import migrate_many
 
     if not args.dry_run:  # a dry run writes nothing, and says whether it would be plaintext
@@ -227,33 +232,43 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         args.paths,
         out_dir=args.out,
         encryption_key=key,
+        log_password=log_password(args, creating=True),
         legacy_key=legacy_key,
         password=legacy_password,
         backup=not args.no_backup,
         dry_run=args.dry_run,
-        progress=progress if sys.stderr.isatty() else None,
+        progress=progress("migrating", quiet=args.json),
         io=args.io,
     )
     if args.json:
-        emit({**report.as_dict(), "encrypted": key is not None})
+        found = report.as_dict()
+        for item in found["files"]:
+            item["reason"] = speak_cli(item["reason"], legacy=True)
+        emit({**found, "encrypted": key is not None or password_given(args)})
     else:
         _show_batch(args, report, key is not None)
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
-def _show_batch(args: argparse.Namespace, report: BatchReport, encrypted: bool) -> None:
+def _show_batch(args: Args, report: BatchReport, encrypted: bool) -> None:
     rows = [("STATUS", "FILE", "DETAILS")]
     for item in report.items:
         notes = [] if item.report is None else [n for n in item.report.notes if n != item.reason]
-        rows.append((item.status, str(item.path), "; ".join([item.reason, *notes])))
+        details = speak_cli("; ".join([item.reason, *notes]), legacy=True)
+        rows.append((item.status, str(item.path), details))
     if report.items:
         table(rows)
     dry = " (dry run: nothing was written)" if report.dry_run else ""
     counts = [f"{len(report.converted)} converted", f"{len(report.skipped)} skipped"]
     print(", ".join([*counts, f"{len(report.failed)} failed"]) + dry)
     source = f"--key-file {args.key_file}" if args.key_file else f"${args.key_env}"
-    if encrypted:
+    if password_given(args):
+        print(f"new logs are protected by the password from {password_source(args)}")
+    elif encrypted:
         print(f"new logs are encrypted with the key from {source}")
     else:
         how = "--plain" if args.plain else f"no key in {source}; a real run needs --plain"
         print(f"new logs are PLAINTEXT ({how})")
+
+
+COMMANDS = [_verify, _salvage, _compact, _rekey, _passwd, _migrate]

@@ -2,64 +2,66 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import sys
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+import click
+
 from ..errors import ConversationCodecError
-from ._args import Parser, Sub, age, command, secret_sources, time_text, whole_number
-from ._common import EXIT_ERROR, EXIT_OK, UsageError, emit, log_key, open_log, printable, short, ts
+from ._args import AGE, TIME, WHOLE_NUMBER, as_json, command, options, secret_sources
+from ._common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    Args,
+    UsageError,
+    emit,
+    log_key,
+    open_log,
+    password_given,
+    printable,
+    short,
+    speak_cli,
+    ts,
+)
 
 if TYPE_CHECKING:
     from ..codec import Message
-    from ..search import Hit
+    from ..search import Hit, Query
 
-# How search splits a query into terms (search.py's rule), to find the span to highlight.
-_TERMS = re.compile(r'"([^"]*)"?|([^\s"]+)')
 _BOLD, _RESET = "\x1b[1m", "\x1b[0m"
+EXIT_NO_MATCH = EXIT_ERROR  # nothing matched: 1, as grep (an error is 1 too)
 
 
-def add_commands(sub: Sub, as_json: Parser) -> None:
-    """Add ``search`` to ``sub``."""
-    search = command(
-        sub,
-        "search",
-        _cmd_search,
-        "find messages by words, time and role in a log or across a store root",
-        'conversation-codec search chat.log "refund order" --last 7d --role user\n'
-        "  conversation-codec search conversations/ refund --since 2026-10-01 --json",
-        [secret_sources(password=True), as_json],
-    )
-    search.add_argument(
-        "path", metavar="PATH", help="a log file, or a store root (directory or URL)"
-    )
-    search.add_argument(
-        "query",
-        metavar="QUERY",
-        nargs="?",
-        help='words that must all appear (any case); "a phrase" in quotes; omit to match all',
-    )
-    when = search.add_argument_group("time (UTC; since inclusive, until exclusive)")
-    start = when.add_mutually_exclusive_group()
-    start.add_argument("--since", type=time_text, metavar="TIME", help="e.g. 2026-10-01T12:00Z")
-    start.add_argument("--last", type=age, metavar="AGE", help="since AGE ago: 30m, 12h, 7d, 2w")
-    when.add_argument("--until", type=time_text, metavar="TIME", help="e.g. 2026-10-02")
-    search.add_argument("--role", action="append", help="only this role (repeatable)")
-    search.add_argument("--limit", type=whole_number, metavar="N", help="stop after N hits")
-    search.add_argument("--newest-first", action="store_true", help="newest hits first")
-    search.add_argument(
-        "--regex",
-        action="store_true",
-        help="QUERY is a regular expression, run by RE2 in linear time "
-        '(pip install "conversation-codec[regex]"); no backreferences or lookaround',
-    )
-    search.add_argument("--case-sensitive", action="store_true", help="match case exactly")
-
-
-def _cmd_search(args: argparse.Namespace) -> int:
+@command(
+    "search",
+    "find messages by words, time and role in a log or across a store root; "
+    "exit 1 when nothing matches (as grep)",
+    'conversation-codec search chat.log "refund order" --last 7d --role user\n'
+    "  conversation-codec search conversations/ refund --since 2026-10-01 --json",
+)
+@click.argument("path", metavar="PATH")
+@click.argument("query", metavar="QUERY", required=False)
+@secret_sources(password=True)
+@options(
+    click.option("--since", type=TIME, metavar="TIME", help="UTC, inclusive: 2026-10-01T12:00Z"),
+    click.option("--last", type=AGE, metavar="AGE", help="since AGE ago: 30m, 12h, 7d, 2w"),
+    click.option("--until", type=TIME, metavar="TIME", help="UTC, exclusive: 2026-10-02"),
+)
+@click.option("--role", multiple=True, help="only this role (repeatable)")
+@click.option("--limit", type=WHOLE_NUMBER, metavar="N", help="stop after N hits")
+@click.option("--newest-first", is_flag=True, help="newest hits first")
+@click.option(
+    "--regex",
+    is_flag=True,
+    help="QUERY is a regular expression, run by RE2 in linear time "
+    '(pip install "conversation-codec[regex]"); no backreferences or lookaround',
+)
+@click.option("--case-sensitive", is_flag=True, help="match case exactly")
+@as_json()
+def _search(args: Args) -> int:
+    from ..search import Query
     from ..storage import is_url
     from ..store import ConversationStore
 
@@ -67,57 +69,58 @@ def _cmd_search(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "since": args.since if args.last is None else ts(now - args.last),
         "until": args.until,
-        "role": args.role,
+        "role": args.role or None,
         "limit": args.limit,
         "newest_first": args.newest_first,
         "regex": args.regex,
         "case_sensitive": args.case_sensitive,
     }
     bold = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    # The library's own matcher finds the span to highlight (SearchError: a bad regex).
+    matcher = Query(args.query, regex=args.regex, case_sensitive=args.case_sensitive)
     if is_url(args.path) or os.path.isdir(args.path):
-        if args.password_env is not None:
-            raise UsageError("a store root takes --key-env or --key-file, not --password-env")
+        if password_given(args):
+            raise UsageError("a store root takes --key-env or --key-file, not a password")
         store = ConversationStore(args.path, encryption_key=log_key(args))
         skipped: list[str] = []
 
         def skip(conversation_id: str, exc: ConversationCodecError) -> None:
             skipped.append(conversation_id)  # reported, and the search carries on
-            print(f"error: {conversation_id}: {exc}", file=sys.stderr)
+            print(f"error: {conversation_id}: {speak_cli(str(exc))}", file=sys.stderr)
 
+        found = 0
         for conversation_id, hit in store.search(args.query, on_error=skip, **options):
-            _show_hit(args, hit, conversation_id, bold)
-        return EXIT_ERROR if skipped else EXIT_OK
-    with open_log(args) as codec:
+            _show_hit(args, hit, conversation_id, matcher, bold)
+            found += 1
+        return EXIT_ERROR if skipped else EXIT_OK if found else EXIT_NO_MATCH
+    found = 0
+    with open_log(args, read_only=True) as codec:
         for hit in codec.search(args.query, **options):
-            _show_hit(args, hit, None, bold)
-    return EXIT_OK
+            _show_hit(args, hit, None, matcher, bold)
+            found += 1
+    return EXIT_OK if found else EXIT_NO_MATCH
 
 
-def _show_hit(args: argparse.Namespace, hit: Hit, conversation_id: str | None, bold: bool) -> None:
+def _show_hit(
+    args: Args, hit: Hit, conversation_id: str | None, matcher: Query, bold: bool
+) -> None:
     if args.json:
         found = {} if conversation_id is None else {"conversation_id": conversation_id}
         emit({**found, "seq": hit.seq, "timestamp": ts(hit.timestamp), "message": hit.message})
         return
     where = f"#{hit.seq}" if conversation_id is None else f"{conversation_id} #{hit.seq}"
     where, role = printable(where), printable(str(hit.message.get("role", "-")))
-    snippet = _snippet(hit.message, args.query, args.regex, args.case_sensitive, bold)
+    snippet = _snippet(hit.message, matcher, bold)
     print(f"{short(hit.timestamp)}  {where}  {role:<9}  {snippet}")
 
 
-def _snippet(message: Message, query: str | None, regex: bool, exact: bool, bold: bool) -> str:
+def _snippet(message: Message, matcher: Query, bold: bool) -> str:
     """Return ~80 characters of the message's searchable text around its first match."""
-    from ..search import Query, searchable_text
+    from ..search import searchable_text
 
     text = printable(" ".join(" ".join(part.split()) for part in searchable_text(message)))
-    flags = 0 if exact else re.IGNORECASE
-    spans = []
-    if query and regex:  # the library's linear-time engine: Python's re could hang here
-        spans = [s for s in [Query(query, regex=True, case_sensitive=exact).span(text)] if s]
-    elif query:
-        terms = [phrase or word for phrase, word in _TERMS.findall(query)]
-        found = [re.search(re.escape(t), text, flags) for t in terms if t]
-        spans = [m.span() for m in found if m]
-    start, end = min(spans) if spans else (0, 0)
+    span = matcher.span(text)
+    start, end = span or (0, 0)
     lo = max(0, start - 30)
     hi = min(len(text), max(end, lo + 80))
     marked = f"{_BOLD}{text[start:end]}{_RESET}" if bold and end > start else text[start:end]
@@ -128,3 +131,6 @@ def _snippet(message: Message, query: str | None, regex: bool, exact: bool, bold
         + text[end:hi]
         + ("..." if hi < len(text) else "")
     )
+
+
+COMMANDS = [_search]

@@ -5,57 +5,33 @@ A store root is a directory or a ``postgresql://`` URL (``storage.backend_for``)
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from datetime import datetime, timezone
 
-from ._args import Parser, Sub, command, secret_sources
+import click
+
+from ..errors import ConversationCodecError
+from ._args import AGE, TIME, as_json, binding, command, options, secret_sources
 from ._common import (
     EXIT_ERROR,
     EXIT_OK,
+    Args,
     InputError,
     UsageError,
     emit,
     fields,
     log_key,
+    open_log,
+    password_given,
+    progress,
     read_key_file,
     secret_env,
     short,
+    speak_cli,
     table,
+    ts,
 )
-
-
-def add_commands(sub: Sub, as_json: Parser) -> None:
-    """Add ``ls`` to ``sub``."""
-    ls = command(
-        sub,
-        "ls",
-        _cmd_ls,
-        "list the conversations of a store root (id, messages, first, last, bytes)",
-        "conversation-codec ls conversations/ --json",
-        [secret_sources(password=False), as_json],
-    )
-    ls.add_argument("path", metavar="ROOT", help="the store's root directory, or its URL")
-    copy = command(
-        sub,
-        "copy",
-        _cmd_copy,
-        "copy conversations between two stores (directories or postgresql:// URLs), "
-        "verified; run again to resume",
-        "conversation-codec copy conversations/ postgresql:///agents --to-key-env NEW_KEY",
-        [secret_sources(password=False), as_json],
-    )
-    copy.add_argument("src", metavar="SRC", help="the source store's root directory or URL")
-    copy.add_argument("dst", metavar="DST", help="the destination store's root or URL")
-    copy.add_argument("ids", metavar="ID", nargs="*", help="only these conversations")
-    to = copy.add_argument_group("the destination's key (default: the source's)")
-    where = to.add_mutually_exclusive_group()
-    where.add_argument("--to-key-env", metavar="VAR", help="variable holding its key")
-    where.add_argument("--to-key-file", metavar="FILE", help="read its key from FILE (0600)")
-    where.add_argument("--to-plain", action="store_true", help="write it UNENCRYPTED")
-    copy.add_argument(
-        "--overwrite", action="store_true", help="replace conversations that differ in DST"
-    )
 
 
 def _check_root(root: str) -> None:
@@ -65,7 +41,24 @@ def _check_root(root: str) -> None:
         raise InputError(f"{root}: no such directory")
 
 
-def _cmd_copy(args: argparse.Namespace) -> int:
+@command(
+    "copy",
+    "copy conversations between two stores (directories or postgresql:// URLs), "
+    "verified; run again to resume",
+    "conversation-codec copy conversations/ postgresql:///agents --to-key-env NEW_KEY",
+)
+@click.argument("src", metavar="SRC")
+@click.argument("dst", metavar="DST")
+@click.argument("ids", metavar="[ID]...", nargs=-1)
+@secret_sources(password=False)
+@options(
+    click.option("--to-key-env", metavar="VAR", help="variable holding DST's key"),
+    click.option("--to-key-file", metavar="FILE", help="read DST's key from FILE (0600)"),
+    click.option("--to-plain", is_flag=True, help="write DST UNENCRYPTED"),
+)
+@click.option("--overwrite", is_flag=True, help="replace conversations that differ in DST")
+@as_json()
+def _copy(args: Args) -> int:
     from ..maintenance.copy import copy_conversations
     from ..store import ConversationStore
 
@@ -89,13 +82,13 @@ def _cmd_copy(args: argparse.Namespace) -> int:
         dst,
         args.ids or None,
         overwrite=args.overwrite,
-        progress=_progress if sys.stderr.isatty() and not args.json else None,
+        progress=progress("copying", quiet=args.json),
     )
     if args.json:
         emit(fields(report))
     else:
         for conversation_id, error in report.failed.items():
-            print(f"error: {conversation_id}: {error}", file=sys.stderr)
+            print(f"error: {conversation_id}: {speak_cli(str(error))}", file=sys.stderr)
         print(
             f"copied {len(report.copied)} conversations ({report.messages} messages), "
             f"{len(report.unchanged)} already identical, {len(report.failed)} failed"
@@ -103,30 +96,127 @@ def _cmd_copy(args: argparse.Namespace) -> int:
     return EXIT_ERROR if report.failed else EXIT_OK
 
 
-def _progress(done: int, total: int, conversation_id: str) -> None:
-    filled = 30 * done // max(total, 1)
-    name = conversation_id[-40:]
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {name:<40}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
-
-def _cmd_ls(args: argparse.Namespace) -> int:
+@command(
+    "ls",
+    "list the conversations of a store root (id, messages, first, last, bytes); "
+    "without a key, from headers and indexes (unverified)",
+    "conversation-codec ls conversations/ --json",
+)
+@click.argument("path", metavar="ROOT")
+@secret_sources(password=False)
+@as_json()
+def _ls(args: Args) -> int:
     from ..store import ConversationStore
 
     _check_root(args.path)
-    found = ConversationStore(args.path, encryption_key=log_key(args)).infos()
-    failed = any(c.status != "ok" for c in found)  # listed with their status; exit 1
+    key = log_key(args)
+    # No key: list what headers and indexes tell (a sealed log's rows are "unverified").
+    found = ConversationStore(args.path, encryption_key=key).infos(keyless=key is None)
+    failed = any(c.status not in _LISTED for c in found)  # listed with their status; exit 1
     if args.json:
         for info in found:
             emit(fields(info))
         return EXIT_ERROR if failed else EXIT_OK
-    rows = [("ID", "MESSAGES", "FIRST", "LAST", "BYTES", *(("STATUS",) if failed else ()))]
+    status = any(c.status != "ok" for c in found)
+    rows = [("ID", "MESSAGES", "FIRST", "LAST", "BYTES", *(("STATUS",) if status else ()))]
     for c in found:
         first, last = short(c.first_timestamp), short(c.last_timestamp)
-        count = str(c.message_count) if c.status == "ok" else "-"
+        count = str(c.message_count) if c.status in _LISTED else "-"
+        count += "+" if c.status == "unverified" and c.error else ""  # the index lags the log
         row = (c.conversation_id, count, first, last, f"{c.disk_bytes:,}")
-        rows.append((*row, c.status) if failed else row)
+        rows.append((*row, _STATUS.get(c.status, c.status)) if status else row)
     table(rows, right=frozenset({1, 4}))
+    if any(c.status == "unverified" for c in found):
+        print(
+            "unverified: no key; counts and times are what each log's index says "
+            "(a cache the key would check)",
+            file=sys.stderr,
+        )
     return EXIT_ERROR if failed else EXIT_OK
+
+
+_LISTED = ("ok", "unverified")
+_STATUS = {"unverified": "unverified (no key)"}
+
+
+@command(
+    "delete",
+    "delete one conversation of a store: its log, index and attachments",
+    "conversation-codec delete conversations/ alice",
+)
+@click.argument("path", metavar="ROOT")
+@click.argument("conversation_id", metavar="ID")
+@secret_sources(password=False)
+@as_json()
+def _delete(args: Args) -> int:
+    from ..store import ConversationStore
+
+    _check_root(args.path)
+    store = ConversationStore(args.path, encryption_key=log_key(args))
+    if not store.delete(args.conversation_id):
+        raise InputError(f"{args.conversation_id}: no such conversation in {args.path}")
+    if args.json:
+        emit({"root": args.path, "deleted": args.conversation_id})
+    else:
+        print(f"deleted {args.conversation_id} from {args.path}")
+    return EXIT_OK
+
+
+@command(
+    "prune",
+    "delete the messages of a log older than a time, or the conversations of a store "
+    "root whose last message is older",
+    "conversation-codec prune chat.log --before 2026-01-01\n"
+    "  conversation-codec prune conversations/ --older-than 90d",
+    one_of=(("before", "older_than"),),
+)
+@click.argument("path", metavar="PATH")
+@secret_sources(password=True)
+@binding()
+@click.option("--before", type=TIME, metavar="TIME", help="UTC, e.g. 2026-10-01T12:00Z")
+@click.option("--older-than", type=AGE, metavar="AGE", help="e.g. 30m, 12h, 7d, 2w")
+@as_json()
+def _prune(args: Args) -> int:
+    from .._time import to_datetime, to_us
+    from ..storage import is_url
+
+    now = datetime.now(timezone.utc)
+    cutoff = (
+        now - args.older_than
+        if args.before is None
+        else to_datetime(to_us(args.before, "--before"))
+    )
+    if is_url(args.path) or os.path.isdir(args.path):
+        return _prune_store(args, cutoff)
+    with open_log(args) as codec:
+        removed = codec.prune(cutoff)
+    if args.json:
+        emit({"path": args.path, "removed": removed, "before": ts(cutoff)})
+    else:
+        print(f"removed {removed} messages older than {ts(cutoff)} from {args.path}")
+    return EXIT_OK
+
+
+def _prune_store(args: Args, cutoff: datetime) -> int:
+    from ..store import ConversationStore
+
+    if password_given(args):
+        raise UsageError("a store root takes --key-env or --key-file, not a password")
+    failed: dict[str, str] = {}
+
+    def keep(conversation_id: str, exc: ConversationCodecError) -> None:
+        failed[conversation_id] = speak_cli(str(exc))  # kept; the others are pruned
+
+    store = ConversationStore(args.path, encryption_key=log_key(args))
+    deleted = store.prune(cutoff, on_error=keep)
+    if args.json:
+        emit({"root": args.path, "before": ts(cutoff), "deleted": deleted, "failed": failed})
+    else:
+        for conversation_id, error in failed.items():
+            print(f"error: {conversation_id}: {error}", file=sys.stderr)
+        shown = f": {', '.join(deleted)}" if deleted else ""
+        print(f"deleted {len(deleted)} conversations last written before {ts(cutoff)}{shown}")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+COMMANDS = [_ls, _copy, _delete, _prune]

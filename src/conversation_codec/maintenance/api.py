@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
-from typing import cast
+from typing import BinaryIO, cast
 
 from .._time import to_us
 from ..core import CodecCore, TimeInput
@@ -27,9 +27,15 @@ __all__ = ["Maintenance"]
 class Maintenance(CodecCore):
     """Rewrites (compaction, key rotation, password change, pruning), checks, export/import."""
 
-    def compact(self, *, encryption_key: KeyInput | None = None) -> CompactionReport:
+    def compact(
+        self,
+        *,
+        encryption_key: KeyInput | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> CompactionReport:
         """Rewrite the log: re-seal every record under the first key (or ``encryption_key``,
-        which rotates the key), re-compress, and rebuild the index.
+        which rotates the key), re-compress, and rebuild the index. ``progress(done, total)``
+        is called after each record.
 
         Every message keeps its timestamp and its position in the visible history; records
         hidden by ``max_messages`` are dropped. The rewrite holds the writer lock and is
@@ -37,7 +43,7 @@ class Maintenance(CodecCore):
         new one. Giving a key to a plaintext or password log switches it to that key. After
         a rotation only the new key opens the log.
         """
-        return self._reseal(lambda: self._compactor.compact(self._base(), encryption_key))
+        return self._reseal(lambda: self._compactor.compact(self._base(), encryption_key, progress))
 
     def _reseal(self, rewrite: Callable[[], CompactionReport]) -> CompactionReport:
         # A storage may commit when the transaction ends, after the rewrite returned (a
@@ -118,14 +124,19 @@ class Maintenance(CodecCore):
     # -- export and import -------------------------------------------------------------------
 
     def export(
-        self, dst: str | os.PathLike[str], format: str = "jsonl", with_timestamps: bool = True
+        self,
+        dst: str | os.PathLike[str] | BinaryIO,
+        format: str = "jsonl",
+        with_timestamps: bool = True,
+        progress: Callable[[int, int], None] | None = None,
     ) -> int:
-        """Write the history as **unencrypted** JSONL or JSON to ``dst`` (0600, atomic).
+        """Write the history as **unencrypted** JSONL or JSON to ``dst`` (0600, atomic), or
+        to a binary stream as it goes; ``progress(done, total)`` after each message.
 
         Warning: the file holds every message in plaintext. Returns the message count.
         """
         return export_history(
-            cast(History, self), dst, format=format, with_timestamps=with_timestamps
+            cast(History, self), dst, format, with_timestamps=with_timestamps, progress=progress
         )
 
     def import_(

@@ -35,6 +35,8 @@ from ..storage.base import LogStorage
 
 __all__ = ["CompactionReport", "Compactor", "fresh_dictionary"]
 
+Progress = Callable[[int, int], None]  # progress(done, total): records re-sealed so far
+
 
 @dataclass(frozen=True, slots=True)
 class CompactionReport:
@@ -142,7 +144,9 @@ class Compactor:
         )
         self._log.rewrite(header, fmt, records, dictionary)
 
-    def compact(self, start: int, encryption_key: KeyInput | None) -> CompactionReport:
+    def compact(
+        self, start: int, encryption_key: KeyInput | None, progress: Progress | None = None
+    ) -> CompactionReport:
         """Rewrite the records from ``start`` on, under ``encryption_key`` when given (a
         rotation: the blob store moves to the new key too). On failure before the commit
         the old secrets stay; past it the new ones are the log's."""
@@ -159,7 +163,7 @@ class Compactor:
             new_blobs = BlobStore.for_key(blobs_path(secrets.path), encryption_key)
         committed = self._rewrites_committed()
         try:
-            return self.rewrite_from(start, new_blobs)
+            return self.rewrite_from(start, new_blobs, progress)
         except BaseException:
             if not committed():  # past the rename the new secrets are the log's
                 secrets.keyring, secrets.password, secrets.kdf = saved
@@ -187,11 +191,14 @@ class Compactor:
         before = self._log.fmt.log_id if self._log.fmt else None
         return lambda: (self._log.fmt.log_id if self._log.fmt else None) != before
 
-    def rewrite_from(self, start: int, new_blobs: BlobStore | None = None) -> CompactionReport:
+    def rewrite_from(
+        self, start: int, new_blobs: BlobStore | None = None, progress: Progress | None = None
+    ) -> CompactionReport:
         """Rewrite the records from ``start`` on under the current secrets.
 
         ``new_blobs``: a blob store under a new key; every attachment is moved into it (a key
         rotation must re-seal attachments too, or only the old key would open them).
+        ``progress(done, total)`` is called after each record is re-sealed.
         """
         log, reader = self._log, self._reader
         before = log.size() + reader.index_size()
@@ -226,6 +233,8 @@ class Compactor:
                         message = apply_mode(restore(message, old_blobs), "external", new_blobs)
                     referenced.update(references(message))
                 yield encode(seq - start, ts, encode_json(message)), ts
+                if progress is not None:
+                    progress(seq - start + 1, count - start)
 
         log.rewrite(header, new, reseal(), dictionary)
         if old_blobs is not None:

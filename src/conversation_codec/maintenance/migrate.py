@@ -88,6 +88,7 @@ def migrate(
     encryption_key: KeyInput | None = None,
     legacy_key: KeyInput | None = None,
     password: str | bytes | None = None,
+    log_password: str | None = None,
     backup: bool = True,
     dry_run: bool = False,
     io: FileIO = DEFAULT_IO,
@@ -96,8 +97,9 @@ def migrate(
 
     :param dst: where the log goes; default ``src`` itself (in place), the original kept
         as ``<name>.bak`` unless ``backup=False``. An existing ``dst`` is never replaced.
-    :param encryption_key: key(s) of the new log; None writes a plaintext log, which is
-        refused for an encrypted source.
+    :param encryption_key: key(s) of the new log; None (and no ``log_password``) writes a
+        plaintext log, which is refused for an encrypted source.
+    :param log_password: seal the new log with this password instead of a key.
     :param legacy_key: Fernet key(s) of an encrypted source; or give ``password``, with
         its 16-byte salt in the ``.salt`` file beside the source.
     :param dry_run: read, decrypt and check everything, but write nothing.
@@ -141,7 +143,8 @@ def migrate(
     report = _Report(source, target, history.format, len(plan.messages), len(data), plan.notes)
     if not plan.messages:
         return report.done(0, None, False, "holds no messages; left as it is")
-    if history.format in _ENCRYPTED and encryption_key is None:
+    secret = {"password": log_password} if log_password else {"encryption_key": encryption_key}
+    if history.format in _ENCRYPTED and encryption_key is None and log_password is None:
         raise KeyRequiredError(
             f"{source} is encrypted; pass encryption_key= for the new log (migrating it "
             "without one would write its messages to disk in plaintext)"
@@ -154,8 +157,8 @@ def migrate(
         tmp = migrating_path(target)
         made_backup = False
         try:
-            write_log(tmp, plan, encryption_key, io)
-            verify_copy(tmp, plan, encryption_key, io)
+            write_log(tmp, plan, secret, io)
+            verify_copy(tmp, plan, secret, io)
             io.step("migrate:verified")
             if bak is not None:
                 made_backup = write_backup(bak, data, io)
@@ -173,7 +176,7 @@ def migrate(
         io.step("migrate:renamed")
         finish(tmp, target, io)
     after = _size(target) + _size(index_path(target))
-    if bak is not None and encryption_key is not None and history.format not in _ENCRYPTED:
+    if bak is not None and None not in secret.values() and history.format not in _ENCRYPTED:
         report.notes.append(f"{bak} holds the plaintext original; delete it once checked")
     return report.done(after, bak, True)
 
@@ -286,6 +289,7 @@ def migrate_many(
     encryption_key: KeyInput | None = None,
     legacy_key: KeyInput | None = None,
     password: str | bytes | None = None,
+    log_password: str | None = None,
     backup: bool = True,
     dry_run: bool = False,
     progress: Callable[[int, int, BatchItem], None] | None = None,
@@ -312,45 +316,36 @@ def migrate_many(
     for name, value in (("encryption_key", encryption_key), ("legacy_key", legacy_key)):
         check_key(name, value)
     out = None if out_dir is None else Path(out_dir)
+    options: dict[str, Any] = {
+        "encryption_key": encryption_key,
+        "legacy_key": legacy_key,
+        "password": password,
+        "log_password": log_password,
+        "backup": backup,
+        "dry_run": dry_run,
+        "io": io,
+    }
     jobs = list(_jobs(paths, out))
     items: list[BatchItem] = []
     for path, dst, decided in jobs:
-        item = decided or _one(path, dst, encryption_key, legacy_key, password, backup, dry_run, io)
+        item = decided or _one(path, dst, options)
         items.append(item)
         if progress is not None:
             progress(len(items), len(jobs), item)
     return BatchReport(tuple(items), dry_run)
 
 
-def _one(
-    path: Path,
-    dst: Path | None,
-    encryption_key: KeyInput | None,
-    legacy_key: KeyInput | None,
-    password: str | bytes | None,
-    backup: bool,
-    dry_run: bool,
-    io: FileIO,
-) -> BatchItem:
+def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
     try:
-        report = migrate(
-            path,
-            dst,
-            encryption_key=encryption_key,
-            legacy_key=legacy_key,
-            password=password,
-            backup=backup,
-            dry_run=dry_run,
-            io=io,
-        )
+        report = migrate(path, dst, **options)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, ConversationCodecError) else repr(exc)
         return BatchItem(path, "failed", reason)
     if report.format is LegacyFormat.CODEC_LOG or not report.messages:
         return BatchItem(path, "skipped", "; ".join(report.notes), report)
-    what = "would convert" if dry_run else "converted"
+    what = "would convert" if options["dry_run"] else "converted"
     reason = f"{what} {report.messages} messages ({report.format.value})"
-    if not dry_run:
+    if not options["dry_run"]:
         reason += f", {report.bytes_before} -> {report.bytes_after} bytes"
     return BatchItem(path, "converted", reason, report)
 

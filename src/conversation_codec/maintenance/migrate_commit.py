@@ -14,11 +14,11 @@ import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .._fsio import FileIO, atomic_write, check_file, open_file, unlink_file
 from .._time import to_datetime
 from ..codec import ConversationCodec
-from ..crypto import KeyInput
 from ..errors import ConversationCodecError, StorageError
 from ..paths import index_path, lock_path, migrate_leftovers, temp_path
 from ..storage.file.lock import LogLock
@@ -100,10 +100,11 @@ def sweep_leftovers(target: Path, bak: Path | None, io: FileIO) -> int:
     return removed
 
 
-def write_log(tmp: str, plan: Plan, key: KeyInput | None, io: FileIO) -> None:
-    """Write the planned messages to the new log at ``tmp`` and fsync it."""
+def write_log(tmp: str, plan: Plan, secret: dict[str, Any], io: FileIO) -> None:
+    """Write the planned messages to the new log at ``tmp`` and fsync it; ``secret``:
+    its ``encryption_key=`` or ``password=``."""
     # "flush" and one fsync at the end: a temp log needs no per-batch durability.
-    with ConversationCodec(tmp, encryption_key=key, durability="flush", io=io) as codec:
+    with ConversationCodec(tmp, **secret, durability="flush", io=io) as codec:
         times = plan.times
         for i in range(0, len(plan.messages), WRITE_BATCH):
             stamps = None if times is None else [_datetime(t) for t in times[i : i + WRITE_BATCH]]
@@ -121,12 +122,12 @@ def _datetime(us: int) -> datetime:
     return to_datetime(us)  # exact, unlike float epoch seconds
 
 
-def verify_copy(tmp: str, plan: Plan, key: KeyInput | None, io: FileIO) -> None:
+def verify_copy(tmp: str, plan: Plan, secret: dict[str, Any], io: FileIO) -> None:
     """Re-open the new log and compare every message (and timestamp) with the source's.
 
     :raises ConversationCodecError: they differ (a bug: nothing was changed).
     """
-    with ConversationCodec(tmp, encryption_key=key, io=io) as codec:
+    with ConversationCodec(tmp, **secret, io=io) as codec:
         stored = codec.load() or []
         if len(stored) != len(plan.messages):
             _mismatch(f"{len(stored)} messages instead of {len(plan.messages)}")

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 import msgspec
 
@@ -131,13 +131,20 @@ class ImportReport:
 
 def export_history(
     codec: History,
-    dst: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | BinaryIO,
     format: str = "jsonl",
     with_timestamps: bool = True,
+    progress: Callable[[int, int], None] | None = None,
     *,
     io: FileIO | None = None,
 ) -> int:
     """Write the whole history to ``dst`` as plaintext; return the number of messages.
+
+    ``progress(done, total)`` is called after each message (``total``: the count when the
+    export started).
+
+    ``dst`` may also be a binary stream (the CLI's ``--out -``): written as the records
+    are read, not atomically, and not closed.
 
     **The export is not encrypted**, whatever the log is: it is written with mode 0600,
     but protect or delete it like any plaintext copy of the conversation. The file is
@@ -163,23 +170,35 @@ def export_history(
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(f'format must be "jsonl" or "json", not {format!r}')
-    dst = Path(dst)
-    check_file(dst)  # a link at dst is refused, whatever it points at (even the log)
-    if _same_file(dst, codec.path):
-        raise ValueError(f"{dst} is the log itself; export to another file")
+    stream = None if isinstance(dst, (str, os.PathLike)) else dst
+    if stream is None:
+        dst = Path(cast("str | os.PathLike[str]", dst))
+        check_file(dst)  # a link at dst is refused, whatever it points at (even the log)
+        if _same_file(dst, codec.path):
+            raise ValueError(f"{dst} is the log itself; export to another file")
     count = 0
+
+    total = len(codec) if progress is not None else 0
 
     def lines() -> Iterator[bytes]:
         nonlocal count
         for hit in codec.search():
             yield _export_line(hit.seq, hit.message, hit.timestamp, with_timestamps, count == 0)
             count += 1
+            if progress is not None:
+                progress(count, max(total, count))
 
     if format == "jsonl":
         chunks: Iterable[bytes] = (line + b"\n" for line in lines())
     else:
         chunks = _json_array(lines())
-    _write_atomically(dst, chunks, codec.options.io if io is None else io)
+    if stream is not None:
+        for chunk in chunks:
+            stream.write(chunk)
+        return count
+    _write_atomically(
+        Path(cast("str | os.PathLike[str]", dst)), chunks, codec.options.io if io is None else io
+    )
     return count
 
 

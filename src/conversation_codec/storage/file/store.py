@@ -30,6 +30,7 @@ from ..._fsio import DEFAULT_IO, FileIO, unlink_file
 from ...errors import StorageError
 from ...paths import index_path, is_log_file
 from ..base import StorageOpener
+from .peek import LogPeek, peek_log
 
 __all__ = ["LOG_SUFFIX", "MAX_ENCODED_ID", "FileStore", "decode_id", "encode_id"]
 
@@ -139,6 +140,10 @@ class FileStore:
         with contextlib.suppress(OSError), open(path, "rb") as f:
             prefix = f.read(64)
         return sizes, prefix
+
+    def peek(self, conversation_id: str) -> LogPeek:
+        """The log of ``conversation_id`` as seen without its key (``peek.peek_log``)."""
+        return peek_log(self.path(conversation_id))
 
     def has_files(self, conversation_id: str) -> bool:
         return bool(self._files_of(self.path(conversation_id)))
