@@ -254,3 +254,31 @@ def test_a_rotation_whose_commit_fails_keeps_the_old_key(
             codec.change_password("old password", password)
         assert codec.tail(1) == [{"role": "user", "content": "x"}]
     assert [m["content"] for m in store.open("a").load() or []][-1] == "after the failed rotation"
+
+
+def test_a_database_store_is_listed_without_its_keys(
+    postgres_cluster: Cluster, tmp_path: Path
+) -> None:
+    """Per-user keys: the lister holds none, yet counts and times come from the rows."""
+    url = postgres_cluster.create_database()
+    for cid, key in (("alice", KEY), ("bob", generate_key())):
+        with ConversationStore(url, encryption_key=key).open(cid) as codec:
+            codec.extend(
+                [{"role": "user", "content": "x"}] * 3, timestamps=[T0, T0, T0 + timedelta(1)]
+            )
+    listed = {i.conversation_id: i for i in ConversationStore(url).infos(keyless=True)}
+    assert {cid: (i.status, i.message_count) for cid, i in listed.items()} == {
+        "alice": ("unverified", 3),
+        "bob": ("unverified", 3),
+    }
+    assert listed["alice"].first_timestamp == T0
+    assert listed["alice"].last_timestamp == T0 + timedelta(1)
+    assert listed["alice"].encrypted and listed["alice"].disk_bytes > 0
+    shown = subprocess.run(
+        [sys.executable, "-m", "conversation_codec", "ls", url],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert "alice" in shown.stdout and "bob" in shown.stdout, shown.stderr

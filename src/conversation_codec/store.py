@@ -205,10 +205,10 @@ class ConversationStore:
         store, a foreign or damaged file) is listed with its ``status`` and ``error``;
         the others are listed as usual.
 
-        With ``keyless``, a log of a directory store that needs a key (or password) this
-        store lacks is described from its header and index without one, with status
-        ``"unverified"``: count and times are what its unauthenticated index says
-        (``storage.file.peek``), and ``error`` notes bytes the index does not cover.
+        With ``keyless``, a log that needs a key (or password) this store lacks is described
+        without one, with status ``"unverified"``: count and times are what its
+        unauthenticated index says (``storage.file.peek``; in a database, its row), and
+        ``error`` notes log bytes the index does not cover.
         """
         out = []
         for conversation_id in self.ids():
@@ -238,10 +238,11 @@ class ConversationStore:
 
     def _peeked(self, failed: ConversationInfo) -> ConversationInfo:
         """``failed`` (no key), told from the log's index where the backend can peek."""
-        if not isinstance(self._backend, FileStore):
+        peek = getattr(self._backend, "peek", None)  # FileStore, PostgresStore
+        if peek is None:
             return failed
         try:
-            seen = self._backend.peek(failed.conversation_id)
+            seen = peek(failed.conversation_id)
         except OSError:
             return failed
         if seen.indexed is None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ...format.header import sniff_log
 from ..base import LogFormat, StorageOpener
+from ..file.peek import LogPeek
 from .backend import PostgresBackend
 from .log import PostgresLog
 
@@ -44,6 +46,26 @@ class PostgresStore:
                 (conversation_id,),
             ).fetchone()
         return bool(row and row[0])
+
+    def peek(self, conversation_id: str) -> LogPeek:
+        """The conversation as its row tells without the key: count, first and last time.
+
+        Not authenticated (the key checks the header, and each record's own seq and time);
+        the row is what the library's last committed transaction wrote.
+        """
+        with self.backend.connection(f"peek at {conversation_id!r}") as conn:
+            row = conn.execute(
+                "SELECT c.next_seq, c.last_ts, substring(c.header for 64), "
+                "octet_length(c.header) + c.body_bytes, (SELECT r.ts FROM cc_records r "
+                "WHERE r.conversation_id = c.id AND r.seq = 0) "
+                "FROM cc_conversations c WHERE c.id = %s AND c.header IS NOT NULL",
+                (conversation_id,),
+            ).fetchone()
+        if row is None:
+            raise FileNotFoundError(f"{conversation_id!r} has no log")
+        count, last, prefix, size, first = row
+        kind = sniff_log(bytes(prefix))
+        return LogPeek(kind, int(size), 0, int(count), first, last if count else None, 0)
 
     def has_files(self, conversation_id: str) -> bool:
         return self.exists(conversation_id)
