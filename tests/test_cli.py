@@ -756,7 +756,7 @@ def test_migrate_plaintext_out_dir_dry_run_and_progress(
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     out_dir = tmp_path / "logs"
-    code, out, err = run("migrate", str(folder), "--out", str(out_dir), "--plain")
+    code, out, err = run("migrate", str(folder), "--out", str(out_dir), "--tree", "--plain")
     assert code == 0 and "PLAINTEXT" in out and "2/2" in err
     assert re.search(r"\r(\x1b\[\?25l)?migrating +\[#+\]  2/2", err)  # click.progressbar
     assert ConversationCodec(out_dir / "sub" / "b.json").load() == [
@@ -765,6 +765,28 @@ def test_migrate_plaintext_out_dir_dry_run_and_progress(
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     code, out, _ = run("migrate", str(tmp_path / "absent"), "--plain")
     assert code == 1 and "does not exist" in out
+
+
+def test_migrate_out_makes_a_store_that_ls_and_the_library_read(tmp_path: Path) -> None:
+    """Issue 17: ``migrate DIR --out ROOT`` names each conversation as the store encodes
+    its id (the path under DIR, without .jsonl/.json/.enc), bound to it."""
+    folder = tmp_path / "hist"
+    (folder / "Ana").mkdir(parents=True)
+    (folder / "Ana" / "chat.jsonl").write_text('{"role": "user", "content": "hi"}\n')
+    (folder / "bob.json").write_text('[{"role": "user", "content": "yo"}]')
+    key = KEY
+    env = subprocess_env(CONVERSATION_KEY=key)
+    done = entry("migrate", str(folder), "--out", str(tmp_path / "store"), env=env)
+    assert done.returncode == 0 and "2 converted" in done.stdout, done.stdout + done.stderr
+    store = ConversationStore(tmp_path / "store", encryption_key=key)
+    assert store.ids() == ["Ana/chat", "bob"]
+    with store.open("Ana/chat") as codec:
+        assert codec.load() == [{"role": "user", "content": "hi"}]
+    listed = entry("ls", str(tmp_path / "store"), "--json", env=env)
+    assert listed.returncode == 0 and '"Ana/chat"' in listed.stdout
+    tree = entry("migrate", str(folder), "--tree", env=env)
+    assert tree.returncode == 2  # --tree goes with --out
+    assert sorted(p.name for p in folder.rglob("*")) == ["Ana", "bob.json", "chat.jsonl"]
 
 
 # -- export and import -----------------------------------------------------------------------
@@ -1389,7 +1411,7 @@ def test_entry_point_migrate_legacy_secrets_into_a_password_log(tmp_path: Path) 
     done = entry(*argv, "--legacy-key-file", str(legacy_key), env=env)
     assert done.returncode == 0 and "1 converted" in done.stdout, done.stdout + done.stderr
     assert "protected by the password from --password-env NEW_PW" in done.stdout
-    with ConversationCodec(out / "old.enc", password="horse battery") as codec:
+    with ConversationStore(out, password="horse battery").open("old") as codec:  # a store
         assert codec.load() == [{"role": "user", "content": "hi"}]
     done = entry("import", str(tmp_path / "x.log"), str(legacy), "--legacy-key-file",
                  str(legacy_key), "--password-env", "NEW_PW", env=env)  # fmt: skip

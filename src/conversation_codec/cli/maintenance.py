@@ -26,6 +26,7 @@ from ._common import (
     EXIT_OK,
     Args,
     InputError,
+    UsageError,
     emit,
     fields,
     legacy_source,
@@ -217,7 +218,13 @@ def _passwd(args: Args) -> int:
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
 @secret_sources(password=True)
 @legacy_secrets()
-@click.option("--out", metavar="DIR", help="write logs under DIR; sources untouched")
+@click.option(
+    "--out",
+    metavar="ROOT",
+    help="write each file as a conversation of the store at ROOT (id: its path under the "
+    "folder given, without .jsonl/.json/.enc); sources untouched",
+)
+@click.option("--tree", is_flag=True, help="with --out: keep the folders and file names instead")
 @click.option("--no-backup", is_flag=True, help="in place: keep no .bak copy")
 @click.option("--dry-run", is_flag=True, help="read and check; write nothing")
 @as_json()
@@ -228,9 +235,12 @@ def _migrate(args: Args) -> int:
         plaintext_needs_plain(args, "the new logs")
     key = log_key(args)
     legacy_key, legacy_password = legacy_source(args)
+    if args.tree and args.out is None:
+        raise UsageError("--tree goes with --out ROOT")
     report = migrate_many(
         args.paths,
-        out_dir=args.out,
+        out_dir=args.out if args.tree else None,
+        store=None if args.tree else args.out,
         encryption_key=key,
         log_password=log_password(args, creating=True),
         legacy_key=legacy_key,

@@ -39,6 +39,7 @@ from ..crypto import KeyInput
 from ..errors import ConversationCodecError, KeyRequiredError
 from ..format.header import LogKind, sniff_log
 from ..paths import backup_path, index_path, is_sidecar, migrating_path
+from ..storage.file.store import FileStore
 from .legacy import LegacyFormat, read_legacy
 from .migrate_commit import (
     as_storage_errors,
@@ -54,7 +55,15 @@ from .migrate_commit import (
 )
 from .migrate_source import Plan, check_key, destination, read_source
 
-__all__ = ["BatchItem", "BatchReport", "BatchStatus", "MigrationReport", "migrate", "migrate_many"]
+__all__ = [
+    "BatchItem",
+    "BatchReport",
+    "BatchStatus",
+    "MigrationReport",
+    "migrate",
+    "migrate_many",
+    "store_id",
+]
 
 BatchStatus = Literal["converted", "skipped", "failed"]
 
@@ -92,6 +101,7 @@ def migrate(
     backup: bool = True,
     dry_run: bool = False,
     io: FileIO = DEFAULT_IO,
+    context: str | None = None,
 ) -> MigrationReport:
     """Convert the legacy history at ``src`` into a conversation-codec log.
 
@@ -100,6 +110,8 @@ def migrate(
     :param encryption_key: key(s) of the new log; None (and no ``log_password``) writes a
         plaintext log, which is refused for an encrypted source.
     :param log_password: seal the new log with this password instead of a key.
+    :param context: bind the new log to this identity (a store's conversation id; FORMAT.md
+        §4.2), as ``ConversationStore`` opens it.
     :param legacy_key: Fernet key(s) of an encrypted source; or give ``password``, with
         its 16-byte salt in the ``.salt`` file beside the source.
     :param dry_run: read, decrypt and check everything, but write nothing.
@@ -143,7 +155,11 @@ def migrate(
     report = _Report(source, target, history.format, len(plan.messages), len(data), plan.notes)
     if not plan.messages:
         return report.done(0, None, False, "holds no messages; left as it is")
-    secret = {"password": log_password} if log_password else {"encryption_key": encryption_key}
+    secret: dict[str, Any] = (
+        {"password": log_password} if log_password else {"encryption_key": encryption_key}
+    )
+    if context is not None:
+        secret["context"] = context
     if history.format in _ENCRYPTED and encryption_key is None and log_password is None:
         raise KeyRequiredError(
             f"{source} is encrypted; pass encryption_key= for the new log (migrating it "
@@ -176,7 +192,8 @@ def migrate(
         io.step("migrate:renamed")
         finish(tmp, target, io)
     after = _size(target) + _size(index_path(target))
-    if bak is not None and None not in secret.values() and history.format not in _ENCRYPTED:
+    sealed = log_password is not None or encryption_key is not None
+    if bak is not None and sealed and history.format not in _ENCRYPTED:
         report.notes.append(f"{bak} holds the plaintext original; delete it once checked")
     return report.done(after, bak, True)
 
@@ -286,6 +303,7 @@ def migrate_many(
     paths: Iterable[str | os.PathLike[str]],
     *,
     out_dir: str | os.PathLike[str] | None = None,
+    store: str | os.PathLike[str] | None = None,
     encryption_key: KeyInput | None = None,
     legacy_key: KeyInput | None = None,
     password: str | bytes | None = None,
@@ -299,6 +317,13 @@ def migrate_many(
 
     In place by default; with ``out_dir`` each log goes to ``out_dir/<path relative to the
     directory given>`` (``out_dir/<name>`` for a file given) and sources are left alone.
+    With ``store`` (a ``ConversationStore`` root directory) each becomes a conversation of
+    that store, sources left alone: its id is the file's path relative to the directory
+    given, with ``/`` between folders and without a final ``.jsonl``, ``.json`` or
+    ``.enc`` (``users/ana/chat.jsonl`` under ``users`` is ``ana/chat``; a file given alone:
+    its name without that suffix), stored as the store names ids and bound to the id, so
+    ``ConversationStore(store).open(id)`` reads it. Two sources with one id: the second
+    fails (an existing log is never replaced).
     Directory walks skip symbolic links and our own sidecars (``.idx``, ``.lock``,
     ``.bak``, ``.salt``, temp files). ``progress(done, total, item)`` is called after
     each file. Other arguments are as for :func:`migrate`.
@@ -315,7 +340,10 @@ def migrate_many(
     """
     for name, value in (("encryption_key", encryption_key), ("legacy_key", legacy_key)):
         check_key(name, value)
+    if out_dir is not None and store is not None:
+        raise ValueError("pass out_dir= or store=, not both")
     out = None if out_dir is None else Path(out_dir)
+    into = None if store is None else FileStore(Path(store))
     options: dict[str, Any] = {
         "encryption_key": encryption_key,
         "legacy_key": legacy_key,
@@ -325,10 +353,14 @@ def migrate_many(
         "dry_run": dry_run,
         "io": io,
     }
-    jobs = list(_jobs(paths, out))
+    jobs = list(_jobs(paths, out if into is None else into.root))
     items: list[BatchItem] = []
     for path, dst, decided in jobs:
-        item = decided or _one(path, dst, options)
+        context = None
+        if into is not None and dst is not None and decided is None:
+            context = store_id(dst.relative_to(into.root))
+            dst = into.path(context)
+        item = decided or _one(path, dst, {**options, "context": context})
         items.append(item)
         if progress is not None:
             progress(len(items), len(jobs), item)
@@ -351,6 +383,16 @@ def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
 
 
 _Job = tuple[Path, Path | None, BatchItem | None]  # path, destination, or a decided outcome
+
+
+def store_id(rel: Path) -> str:
+    """The conversation id of a source at ``rel`` (relative to the directory given)."""
+    name = rel.name
+    for suffix in (".jsonl", ".json", ".enc"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return "/".join([*rel.parent.parts, name])
 
 
 def _jobs(paths: Iterable[str | os.PathLike[str]], out: Path | None) -> Iterator[_Job]:
