@@ -181,7 +181,9 @@ class ConversationCodec(Maintenance, ChatFormats):
                 return None
             message = self._present(self._reader.read_one(count - 1))
             before = self._history.state()
+            exact = self._kwi.before_pop()
             self._log.truncate(count - 1)
+            self._kwi.popped(exact, count - 1)
             # The caller gets the message back: a history it held whole stays whole.
             self._history.moved(before, keeps_view=True)
             self._history.popped(count)
@@ -340,12 +342,8 @@ class ConversationCodec(Maintenance, ChatFormats):
             regex=regex,
             case_sensitive=case_sensitive,
         )
-        return self._reader.search(
-            parsed,
-            reading=lambda: self._holding(write=False),
-            base=self._base,
-            present=self._present,
-        )
+        reading = lambda: self._holding(write=False)  # noqa: E731
+        return self._kwi.search(parsed, reading=reading, base=self._base, present=self._present)
 
     def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
         """Return every message with ``since <= timestamp < until`` (a pure date range)."""

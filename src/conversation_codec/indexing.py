@@ -1,0 +1,320 @@
+"""KeywordIndexer: keep a log's blind keyword index (``P.kwi``) exact, and search with it.
+
+The index is opt-in (``search_index=True``) but, once a log has one, every writer of this
+library keeps it in step whether or not it passed the option: the sidecar's existence is
+the signal (FORMAT.md §17.5). Appends add a segment; a pop re-derives the last block's
+postings; every rewrite (``Compactor``) writes a fresh index under the new log's keys;
+``clear`` deletes it with the log. A reader that finds the index behind, ahead of, or not
+matching the log (a writer without this code) scans instead, so a search never returns
+fewer hits than the scan (§17.6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._fsio import FileIO
+from .crypto import RecordKey
+from .errors import LogReplacedError
+from .keyword_index import BLOCK, BLOCK_SHIFT, Postings, Tokenizer, message_grams, query_grams
+from .paths import kwi_path
+from .reading import READ_BATCH, LogReader
+from .records import SealedRecords
+from .search import Hit, SearchQuery
+from .storage.base import IndexMismatch, LogFormat, LogStorage
+from .storage.file import kwi
+from .storage.file.kwi import TAG_BYTES, KwiState, Segment
+
+__all__ = ["MERGE_SEGMENTS", "IndexBuilder", "KeywordIndexer", "KwiCheck"]
+
+Message = dict[str, Any]
+MERGE_SEGMENTS = 64  # segments after which an append merges the sidecar into one (§17.5)
+_NO_TAG = bytes(TAG_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class KwiCheck:
+    """What ``ConversationCodec.verify()`` learned of the keyword index: ``problem`` is ""
+    when the sidecar is present and equals an index rebuilt from the log."""
+
+    present: bool
+    covered: int
+    problem: str
+
+
+class IndexBuilder:
+    """Collect the postings of messages seen in seq order (a rebuild, a rewrite)."""
+
+    def __init__(self, tokens: Tokenizer) -> None:
+        self._tokens = tokens
+        self._blocks: dict[bytes, set[int]] = {}
+
+    def add(self, seq: int, message: Message) -> None:
+        block = seq >> BLOCK_SHIFT
+        token = self._tokens.token
+        for gram in message_grams(message):
+            self._blocks.setdefault(token(gram), set()).add(block)
+
+    def postings(self) -> Postings:
+        out = Postings()
+        out.add_blocks(self._blocks)
+        return out
+
+
+class KeywordIndexer:
+    """The keyword index of the log in ``log`` at ``path`` (read through ``reader``);
+    ``wanted``: the codec was opened with ``search_index=True``. Every method but
+    ``search`` expects the log's lock held."""
+
+    def __init__(
+        self, log: LogStorage, reader: LogReader, path: Path | None, io: FileIO, *, wanted: bool
+    ) -> None:
+        self._log = log
+        self._reader = reader
+        self._path = None if path is None else os.fspath(path)
+        self._io = io
+        self.wanted = wanted
+        self._state: KwiState | None = None
+        self._keys: tuple[bytes, Tokenizer, RecordKey] | None = None  # for one log_id
+
+    # -- state -----------------------------------------------------------------------------
+
+    def keys(self) -> tuple[Tokenizer, RecordKey] | None:
+        """The current log's token and segment keys; None when it cannot have an index."""
+        fmt = self._log.fmt
+        if self._path is None or fmt is None or not isinstance(fmt.records, SealedRecords):
+            return None
+        if self._keys is None or self._keys[0] != fmt.log_id:
+            token_key, segment_key = fmt.records.cipher.index_keys()
+            self._keys = (fmt.log_id, Tokenizer(token_key), segment_key)
+        return self._keys[1], self._keys[2]
+
+    def present(self) -> bool:
+        """Whether the log has a keyword index file (what makes writers keep it)."""
+        return self._path is not None and os.path.lexists(kwi_path(self._path))
+
+    def active(self) -> bool:
+        return self.keys() is not None and (self.wanted or self.present())
+
+    def current(self) -> KwiState | None:
+        """The sidecar as it is now, read incrementally; None when there is none."""
+        keys, fmt = self.keys(), self._log.fmt
+        if keys is None or fmt is None or self._path is None:
+            return None
+        state = self._state
+        if state is None or state.log_id != fmt.log_id or not kwi.more(self._path, keys[1], state):
+            state = kwi.load(self._path, fmt.log_id, keys[1])
+        self._state = state
+        return state
+
+    def _tag(self, count: int) -> bytes:
+        """The tag of the segment ending at ``count``: record ``count-1``'s HMAC tail."""
+        return self._log.read_body(count - 1)[-TAG_BYTES:] if count else _NO_TAG
+
+    def usable(self, state: KwiState | None) -> bool:
+        """Whether ``state`` describes a prefix of the log as it is (§17.6)."""
+        if state is None or state.problem or state.covered > len(self._log.index):
+            return False
+        try:
+            return self._tag(state.covered) == state.tag
+        except IndexMismatch:
+            return False
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def appended(self, first: int, messages: list[Message]) -> None:
+        """Index the messages just appended at ``first`` (one segment)."""
+        keys = self.keys()
+        if keys is None or not self.active() or self._path is None:
+            return
+        state = self.current()
+        if state is None or not self.usable(state) or state.covered != first:
+            self.rebuild()  # none yet, or behind (a crash, a writer without this code)
+            return
+        builder = IndexBuilder(keys[0])
+        for i, message in enumerate(messages):
+            builder.add(first + i, message)
+        postings = builder.postings()
+        hi = first + len(messages)
+        segment = Segment(first, hi, self._tag(hi))
+        frame = kwi.encode_segment(keys[1], segment, postings)
+        if state.segments >= MERGE_SEGMENTS:
+            for token, (lo_block, hi_block, deltas) in postings.lists.items():
+                state.postings.add(token, lo_block, hi_block, deltas)
+            self._write(state.postings, hi)
+            return
+        try:
+            kwi.append_segment(self._path, self._io, frame, state.size)
+        except OSError:
+            self._state = None  # the records are committed; the index lags, readers scan
+            return
+        for token, (lo_block, hi_block, deltas) in postings.lists.items():
+            state.postings.add(token, lo_block, hi_block, deltas)
+        state.covered, state.tag, state.size = hi, segment.tag, state.size + len(frame)
+        state.segments += 1
+
+    def before_pop(self) -> KwiState | None:
+        """Return the index's state if it is exact now (call before a pop)."""
+        if not self.active():
+            return None
+        state = self.current()
+        return state if self.usable(state) and state is not None else None
+
+    def popped(self, exact: KwiState | None, count: int) -> None:
+        """Drop the postings of the records from ``count`` on (after a pop): the last
+        block's are derived again from the messages left in it, and the file is rewritten."""
+        if not self.active():
+            return
+        if exact is None or exact.covered < count:
+            self.rebuild()
+            return
+        keys = self.keys()
+        assert keys is not None
+        start = (count >> BLOCK_SHIFT) << BLOCK_SHIFT
+        exact.postings.drop_from(count >> BLOCK_SHIFT)
+        builder = IndexBuilder(keys[0])
+        for seq, message, _ in self._reader.decoded(start, count):
+            builder.add(seq, message)
+        for token, (lo_block, hi_block, deltas) in builder.postings().lists.items():
+            exact.postings.add(token, lo_block, hi_block, deltas)
+        self._write(exact.postings, count)
+
+    def rebuild(self) -> int:
+        """Index every record of the log again, replacing the sidecar; return the count."""
+        keys = self.keys()
+        if keys is None:
+            return 0
+        count = len(self._log.index)
+        builder = IndexBuilder(keys[0])
+        for seq, message, _ in self._reader.decoded(0, count):
+            builder.add(seq, message)
+        self._write(builder.postings(), count)
+        return count
+
+    def builder_for(self, fmt: LogFormat) -> IndexBuilder | None:
+        """A builder under the keys of ``fmt``, a log a rewrite is about to write, when the
+        index is kept (the option, or a sidecar); None otherwise."""
+        if self._path is None or not (self.wanted or self.present()):
+            return None
+        if not isinstance(fmt.records, SealedRecords):
+            return None
+        return IndexBuilder(Tokenizer(fmt.records.cipher.index_keys()[0]))
+
+    def rewritten(self, builder: IndexBuilder | None, count: int, tag: bytes) -> None:
+        """After a rewrite: write the index it built, or delete the old log's (whose
+        postings name records that may be gone, under keys that may be retired)."""
+        try:
+            if builder is None:
+                if self.present():
+                    self.remove()
+                return
+            self._write(builder.postings(), count, tag if count else _NO_TAG)
+        except OSError:
+            # The log is committed; the old index names another log_id, so readers scan.
+            with contextlib.suppress(OSError):
+                self.remove()
+
+    def _write(self, postings: Postings, count: int, tag: bytes | None = None) -> None:
+        keys, fmt = self.keys(), self._log.fmt
+        assert keys is not None and fmt is not None and self._path is not None
+        segment = Segment(0, count, self._tag(count) if tag is None else tag)
+        frame = kwi.encode_segment(keys[1], segment, postings)
+        kwi.write_all_segments(self._path, self._io, fmt.log_id, [frame])
+        self._state = None  # read back (one decryption) at the next use
+
+    def remove(self) -> None:
+        """Delete the sidecar (the log was deleted, or a rewrite without the index)."""
+        if self._path is not None:
+            kwi.remove(self._path, self._io)
+        self._state = None
+
+    def check(self) -> KwiCheck:
+        """Compare the sidecar with an index rebuilt from the log (``verify``)."""
+        keys = self.keys()
+        state = self.current()
+        if keys is None or state is None:
+            return KwiCheck(self.present(), 0, "")
+        if not self.usable(state):
+            why = state.problem or "it does not describe the log as it is"
+            return KwiCheck(True, state.covered, f"stale keyword index: {why}")
+        builder = IndexBuilder(keys[0])
+        for seq, message, _ in self._reader.decoded(0, state.covered):
+            builder.add(seq, message)
+        if builder.postings().lists != state.postings.lists:
+            return KwiCheck(True, state.covered, "the keyword index disagrees with the log")
+        return KwiCheck(True, state.covered, "")
+
+    # -- search ----------------------------------------------------------------------------
+
+    def _plan(self, query: SearchQuery, first: int, stop: int) -> list[range] | None:
+        """The ranges of seqs in ``[first, stop)`` that may match, or None: scan them all."""
+        grams = query_grams(query.matcher.index_terms)
+        keys = self.keys()
+        if grams is None or keys is None:
+            return None
+        state = self.current()
+        if state is None or not self.usable(state):
+            return None
+        blocks = state.postings.candidates(keys[0].token(g) for g in grams)
+        covered = state.covered
+        ranges = [range(b * BLOCK, min(b * BLOCK + BLOCK, covered)) for b in blocks]
+        if covered < stop:
+            ranges.append(range(covered, stop))  # not indexed yet: scanned
+        return _batches(ranges, first, stop)
+
+    def search(
+        self,
+        query: SearchQuery,
+        *,
+        reading: Callable[[], contextlib.AbstractContextManager[None]],
+        base: Callable[[], int],
+        present: Callable[[Message], Message],
+    ) -> Iterator[Hit]:
+        """``LogReader.search``, reading only the candidate blocks when the index answers."""
+        with reading():
+            lo, hi = query.span
+            first_seq = base()
+            first = max(first_seq, 0 if lo is None else self._reader.first_at_or_after(lo, (-1,)))
+            stop = len(self._log.index) if hi is None else self._reader.first_at_or_after(hi, (0,))
+            stop = max(first, stop)
+            plan = self._plan(query, first, stop)
+            log_id = self._log.fmt.log_id if self._log.fmt else None
+        if plan is None:
+            yield from self._reader.search(query, reading=reading, base=base, present=present)
+            return
+        left = query.limit
+        for batch in reversed(plan) if query.newest_first else plan:
+            if left == 0:
+                return
+            with reading():
+                fmt = self._log.fmt
+                if (fmt.log_id if fmt else None) != log_id or len(self._log.index) < batch.stop:
+                    raise LogReplacedError("the log was replaced or truncated during a search")
+                hits = self._reader.matches(
+                    query.matcher, query.roles, batch.start, batch.stop, first_seq, query.span,
+                    present,
+                )  # fmt: skip
+            for hit in reversed(hits) if query.newest_first else hits:
+                if left == 0:
+                    return
+                yield hit
+                left = None if left is None else left - 1
+
+
+def _batches(ranges: Iterable[range], first: int, stop: int) -> list[range]:
+    """Clip ascending ranges to ``[first, stop)``, joining neighbours up to ``READ_BATCH``."""
+    out: list[range] = []
+    for r in ranges:
+        lo, hi = max(r.start, first), min(r.stop, stop)
+        if lo >= hi:
+            continue
+        if out and out[-1].stop == lo and hi - out[-1].start <= READ_BATCH:
+            out[-1] = range(out[-1].start, hi)
+            continue
+        out.extend(range(a, min(a + READ_BATCH, hi)) for a in range(lo, hi, READ_BATCH))
+    return out
