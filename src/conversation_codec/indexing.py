@@ -21,7 +21,15 @@ from typing import Any
 from ._fsio import FileIO
 from .crypto import RecordKey
 from .errors import LogReplacedError
-from .keyword_index import BLOCK, BLOCK_SHIFT, Postings, Tokenizer, message_grams, query_grams
+from .keyword_index import (
+    BLOCK,
+    BLOCK_SHIFT,
+    Postings,
+    Tokenizer,
+    encode_blocks,
+    message_grams,
+    query_grams,
+)
 from .paths import kwi_path
 from .reading import READ_BATCH, LogReader
 from .records import SealedRecords
@@ -33,7 +41,11 @@ from .storage.file.kwi import TAG_BYTES, KwiState, Segment
 __all__ = ["MERGE_SEGMENTS", "IndexBuilder", "KeywordIndexer", "KwiCheck"]
 
 Message = dict[str, Any]
-MERGE_SEGMENTS = 64  # segments after which an append merges the sidecar into one (§17.5)
+# FORMAT.md §17.5: an append merges the sidecar into one segment when the segments after the
+# first outweigh it (geometric: each posting is rewritten O(1) times on average) or number
+# more than MERGE_SEGMENTS (a new reader decrypts each once).
+MERGE_SEGMENTS = 1024
+MERGE_MIN_BYTES = 64 * 1024
 _NO_TAG = bytes(TAG_BYTES)
 
 
@@ -52,18 +64,34 @@ class IndexBuilder:
 
     def __init__(self, tokens: Tokenizer) -> None:
         self._tokens = tokens
-        self._blocks: dict[bytes, set[int]] = {}
+        self._grams: dict[int, set[str]] = {}  # block -> its grams (a block's share most)
 
     def add(self, seq: int, message: Message) -> None:
+        grams = message_grams(message)
         block = seq >> BLOCK_SHIFT
-        token = self._tokens.token
-        for gram in message_grams(message):
-            self._blocks.setdefault(token(gram), set()).add(block)
+        found = self._grams.get(block)
+        if found is None:
+            self._grams[block] = grams
+        else:
+            found |= grams
 
     def postings(self) -> Postings:
         out = Postings()
-        out.add_blocks(self._blocks)
+        out.add_blocks(self.blocks())
         return out
+
+    def blocks(self) -> dict[bytes, list[int]]:
+        """token -> the ascending blocks holding it."""
+        token = self._tokens.token
+        blocks: dict[bytes, list[int]] = {}
+        for block in sorted(self._grams):
+            for gram in self._grams[block]:
+                found = blocks.get(token(gram))
+                if found is None:
+                    blocks[token(gram)] = [block]
+                elif found[-1] != block:  # two grams may share a token
+                    found.append(block)
+        return blocks
 
 
 class KeywordIndexer:
@@ -81,6 +109,9 @@ class KeywordIndexer:
         self.wanted = wanted
         self._state: KwiState | None = None
         self._keys: tuple[bytes, Tokenizer, RecordKey] | None = None  # for one log_id
+        # (log_id, covered, lock inode, truncations) when the tag last matched: until a
+        # writer truncates or rewrites, the records the index covers cannot change.
+        self._validated: tuple[bytes, int, int, int] | None = None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -120,10 +151,20 @@ class KeywordIndexer:
         """Whether ``state`` describes a prefix of the log as it is (§17.6)."""
         if state is None or state.problem or state.covered > len(self._log.index):
             return False
+        memo = self._memo(state)
+        if memo is not None and memo == self._validated:
+            return True
         try:
-            return self._tag(state.covered) == state.tag
+            ok = self._tag(state.covered) == state.tag
         except IndexMismatch:
             return False
+        if ok:
+            self._validated = memo
+        return ok
+
+    def _memo(self, state: KwiState) -> tuple[bytes, int, int, int] | None:
+        seen = self._log.seen
+        return None if seen is None else (state.log_id, state.covered, seen[0], seen[2])
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -139,24 +180,23 @@ class KeywordIndexer:
         builder = IndexBuilder(keys[0])
         for i, message in enumerate(messages):
             builder.add(first + i, message)
-        postings = builder.postings()
+        blocks = builder.blocks()
         hi = first + len(messages)
         segment = Segment(first, hi, self._tag(hi))
-        frame = kwi.encode_segment(keys[1], segment, postings)
-        if state.segments >= MERGE_SEGMENTS:
-            for token, (lo_block, hi_block, deltas) in postings.lists.items():
-                state.postings.add(token, lo_block, hi_block, deltas)
-            self._write(state.postings, hi)
-            return
+        frame = kwi.encode_segment(keys[1], segment, encode_blocks(blocks))
+        state.postings.add_blocks(blocks)
+        tail = state.size + len(frame) - state.first_size
         try:
+            if state.segments >= MERGE_SEGMENTS or tail > max(state.first_size, MERGE_MIN_BYTES):
+                self._write(state.postings, hi, segment.tag)
+                return
             kwi.append_segment(self._path, self._io, frame, state.size)
         except OSError:
             self._state = None  # the records are committed; the index lags, readers scan
             return
-        for token, (lo_block, hi_block, deltas) in postings.lists.items():
-            state.postings.add(token, lo_block, hi_block, deltas)
         state.covered, state.tag, state.size = hi, segment.tag, state.size + len(frame)
         state.segments += 1
+        self._validated = self._memo(state)
 
     def before_pop(self) -> KwiState | None:
         """Return the index's state if it is exact now (call before a pop)."""
@@ -180,8 +220,7 @@ class KeywordIndexer:
         builder = IndexBuilder(keys[0])
         for seq, message, _ in self._reader.decoded(start, count):
             builder.add(seq, message)
-        for token, (lo_block, hi_block, deltas) in builder.postings().lists.items():
-            exact.postings.add(token, lo_block, hi_block, deltas)
+        exact.postings.add_blocks(builder.blocks())
         self._write(exact.postings, count)
 
     def rebuild(self) -> int:
@@ -223,9 +262,11 @@ class KeywordIndexer:
         keys, fmt = self.keys(), self._log.fmt
         assert keys is not None and fmt is not None and self._path is not None
         segment = Segment(0, count, self._tag(count) if tag is None else tag)
-        frame = kwi.encode_segment(keys[1], segment, postings)
+        frame = kwi.encode_segment(keys[1], segment, postings.encode())
+        self._state = None
         kwi.write_all_segments(self._path, self._io, fmt.log_id, [frame])
-        self._state = None  # read back (one decryption) at the next use
+        self._state = kwi.written(self._path, fmt.log_id, segment, postings, len(frame))
+        self._validated = None if self._state is None else self._memo(self._state)
 
     def remove(self) -> None:
         """Delete the sidecar (the log was deleted, or a rewrite without the index)."""

@@ -31,6 +31,7 @@ __all__ = [
     "more",
     "remove",
     "write_all_segments",
+    "written",
 ]
 
 KWI_MAGIC = b"\x89CCK\r\n\x1a\n"
@@ -61,6 +62,7 @@ class KwiState:
     tag: bytes = bytes(TAG_BYTES)
     segments: int = 0
     size: int = 0  # bytes of the file that were read
+    first_size: int = 0  # where the first segment ends (the merged part)
     ident: tuple[int, int] = (0, 0)  # device, inode
     problem: str = ""
 
@@ -69,11 +71,9 @@ def encode_header(log_id: bytes) -> bytes:
     return _HEADER.pack(KWI_MAGIC, KWI_VERSION, BLOCK_SHIFT, TOKEN_BYTES, 0, log_id)
 
 
-def encode_segment(key: RecordKey, segment: Segment, postings: Postings) -> bytes:
+def encode_segment(key: RecordKey, segment: Segment, entries: Iterable[bytes]) -> bytes:
     """Seal one segment (``lo``, ``hi``, tag, entries) and frame it as ``varint || body``."""
-    plain = b"".join(
-        [encode_varint(segment.lo), encode_varint(segment.hi), segment.tag, *postings.encode()]
-    )
+    plain = b"".join([encode_varint(segment.lo), encode_varint(segment.hi), segment.tag, *entries])
     body = key.seal(plain, 0)  # the Fernet time is 0: an index says nothing of when
     return encode_varint(len(body)) + body
 
@@ -147,6 +147,8 @@ def _read_segments(data: bytes, offset: int, key: RecordKey, state: KwiState) ->
         state.segments += 1
         pos = start + n
         state.size = offset + pos
+        if state.segments == 1:
+            state.first_size = state.size
 
 
 def _read(path: str, at: int) -> tuple[bytes, tuple[int, int]] | None:
@@ -190,11 +192,29 @@ def load(path: str, log_id: bytes, key: RecordKey) -> KwiState | None:
 def more(path: str, key: RecordKey, state: KwiState) -> bool:
     """Read the segments appended after ``state.size`` into ``state``; False when the file
     is gone, was replaced (another inode) or holds a problem: the caller loads it again."""
+    if state.problem:
+        return False
+    st = check_file(kwi_path(path))
+    if st is not None and (st.st_dev, st.st_ino) == state.ident and st.st_size == state.size:
+        return True  # nothing appended since: no open, no read
     found = _read(path, state.size)
-    if found is None or found[1] != state.ident or state.problem:
+    if found is None or found[1] != state.ident:
         return False
     _read_segments(found[0], state.size, key, state)
     return True
+
+
+def written(
+    path: str, log_id: bytes, segment: Segment, postings: Postings, frame_bytes: int
+) -> KwiState | None:
+    """The state of a sidecar just written whole with one segment (no need to read it)."""
+    st = check_file(kwi_path(path))
+    if st is None:
+        return None
+    size = HEADER_BYTES + frame_bytes
+    return KwiState(
+        log_id, postings, segment.hi, segment.tag, 1, size, size, (st.st_dev, st.st_ino)
+    )
 
 
 def append_segment(path: str, io: FileIO, frame: bytes, at: int) -> None:
