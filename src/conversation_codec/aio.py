@@ -114,6 +114,7 @@ class AsyncConversationCodec:
         attachments: str = "keep",
         io: FileIO | None = None,
         storage: StorageOpener | None = None,
+        search_index: bool = False,
     ) -> AsyncConversationCodec:
         """Open a log as ``ConversationCodec(...)`` with the same arguments would."""
         codec = await run_in_thread(
@@ -130,6 +131,7 @@ class AsyncConversationCodec:
             max_messages=max_messages,
             attachments=attachments,
             storage=storage,
+            search_index=search_index,
             **({} if io is None else {"io": io}),
         )
         return cls(codec, executor=executor)
@@ -374,6 +376,7 @@ class AsyncConversationStore:
         attachments: str = "keep",
         io: FileIO | None = None,
         executor: Executor | None = None,
+        search_index: bool = False,
     ) -> None:
         self._store = ConversationStore(  # does no I/O
             root,
@@ -387,6 +390,7 @@ class AsyncConversationStore:
             max_messages=max_messages,
             attachments=attachments,
             io=io,
+            search_index=search_index,
         )
         self._executor = executor
 

@@ -328,19 +328,28 @@ class KeywordIndexer:
         if plan is None:
             yield from self._reader.search(query, reading=reading, base=base, present=present)
             return
-        left = query.limit
-        for batch in reversed(plan) if query.newest_first else plan:
-            if left == 0:
-                return
+        left, budget, order = query.limit, 2 * BLOCK, plan[::-1] if query.newest_first else plan
+        while order and left != 0:
+            # A batch of ranges per lock hold: small at first (a limit is often met in the
+            # newest blocks), growing to READ_BATCH records.
+            size = taken = 0
+            while taken < len(order) and (not taken or size + len(order[taken]) <= budget):
+                size += len(order[taken])
+                taken += 1
+            batch, order, budget = order[:taken], order[taken:], min(2 * budget, READ_BATCH)
+            hits: list[Hit] = []
             with reading():
                 fmt = self._log.fmt
-                if (fmt.log_id if fmt else None) != log_id or len(self._log.index) < batch.stop:
+                if (fmt.log_id if fmt else None) != log_id or len(self._log.index) < max(
+                    r.stop for r in batch
+                ):
                     raise LogReplacedError("the log was replaced or truncated during a search")
-                hits = self._reader.matches(
-                    query.matcher, query.roles, batch.start, batch.stop, first_seq, query.span,
-                    present,
-                )  # fmt: skip
-            for hit in reversed(hits) if query.newest_first else hits:
+                for r in batch:
+                    found = self._reader.matches(
+                        query.matcher, query.roles, r.start, r.stop, first_seq, query.span, present
+                    )
+                    hits.extend(reversed(found) if query.newest_first else found)
+            for hit in hits:
                 if left == 0:
                     return
                 yield hit
@@ -348,14 +357,9 @@ class KeywordIndexer:
 
 
 def _batches(ranges: Iterable[range], first: int, stop: int) -> list[range]:
-    """Clip ascending ranges to ``[first, stop)``, joining neighbours up to ``READ_BATCH``."""
+    """Clip ascending ranges to ``[first, stop)``, cut into pieces of at most ``BLOCK``."""
     out: list[range] = []
     for r in ranges:
         lo, hi = max(r.start, first), min(r.stop, stop)
-        if lo >= hi:
-            continue
-        if out and out[-1].stop == lo and hi - out[-1].start <= READ_BATCH:
-            out[-1] = range(out[-1].start, hi)
-            continue
-        out.extend(range(a, min(a + READ_BATCH, hi)) for a in range(lo, hi, READ_BATCH))
+        out.extend(range(a, min(a + BLOCK, hi)) for a in range(lo, hi, BLOCK))
     return out
