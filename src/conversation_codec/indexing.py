@@ -38,13 +38,14 @@ from .storage.base import IndexMismatch, LogFormat, LogStorage
 from .storage.file import kwi
 from .storage.file.kwi import TAG_BYTES, KwiState, Segment
 
-__all__ = ["MERGE_SEGMENTS", "IndexBuilder", "KeywordIndexer", "KwiCheck"]
+__all__ = ["FLUSH_MESSAGES", "MERGE_SEGMENTS", "IndexBuilder", "KeywordIndexer", "KwiCheck"]
 
 Message = dict[str, Any]
 # FORMAT.md §17.5: an append merges the sidecar into one segment when the segments after the
 # first outweigh it (geometric: each posting is rewritten O(1) times on average) or number
 # more than MERGE_SEGMENTS (a new reader decrypts each once).
 MERGE_SEGMENTS = 1024
+FLUSH_MESSAGES = 32  # appended messages whose postings are written as one segment
 MERGE_MIN_BYTES = 64 * 1024
 _NO_TAG = bytes(TAG_BYTES)
 
@@ -109,6 +110,8 @@ class KeywordIndexer:
         self.wanted = wanted
         self._state: KwiState | None = None
         self._keys: tuple[bytes, Tokenizer, RecordKey] | None = None  # for one log_id
+        self._pending: dict[bytes, list[int]] = {}  # postings not yet in P.kwi
+        self._pending_lo = 0  # the first seq they cover
         # (log_id, covered, lock inode, truncations) when the tag last matched: until a
         # writer truncates or rewrites, the records the index covers cannot change.
         self._validated: tuple[bytes, int, int, int] | None = None
@@ -138,9 +141,13 @@ class KeywordIndexer:
         if keys is None or fmt is None or self._path is None:
             return None
         state = self._state
-        if state is None or state.log_id != fmt.log_id or not kwi.more(self._path, keys[1], state):
-            state = kwi.load(self._path, fmt.log_id, keys[1])
-        self._state = state
+        if state is not None and state.log_id == fmt.log_id:
+            if not self._pending and kwi.more(self._path, keys[1], state):
+                return state
+            if self._pending and kwi.unchanged(self._path, state):
+                return state  # postings in memory beyond the file, which no one changed
+        self._pending = {}  # another writer came by: it indexed them, or we catch up
+        self._state = state = kwi.load(self._path, fmt.log_id, keys[1])
         return state
 
     def _tag(self, count: int) -> bytes:
@@ -169,34 +176,63 @@ class KeywordIndexer:
     # -- writes ----------------------------------------------------------------------------
 
     def appended(self, first: int, messages: list[Message]) -> None:
-        """Index the messages just appended at ``first`` (one segment)."""
+        """Index the messages just appended at ``first``.
+
+        Their postings join the in-memory index at once and reach ``P.kwi`` as one segment
+        per ``FLUSH_MESSAGES`` appended messages (§17.5): a write per append would double
+        an fsync-durable append's cost (ext4 commits the sidecar's new blocks with the
+        log's). Postings not yet written are lost with the process, which costs nothing
+        but speed: readers scan the records the file does not cover, and the next writer
+        indexes them again (reading only those).
+        """
         keys = self.keys()
         if keys is None or not self.active() or self._path is None:
             return
         state = self.current()
-        if state is None or not self.usable(state) or state.covered != first:
-            self.rebuild()  # none yet, or behind (a crash, a writer without this code)
+        if state is None or not self.usable(state) or state.covered > first:
+            self.rebuild()  # none yet, or not this log's (a writer without this code)
             return
         builder = IndexBuilder(keys[0])
+        lo = state.covered
+        for seq, message, _ in self._reader.decoded(lo, first):  # a lagging file: catch up
+            builder.add(seq, message)
         for i, message in enumerate(messages):
             builder.add(first + i, message)
         blocks = builder.blocks()
         hi = first + len(messages)
-        segment = Segment(first, hi, self._tag(hi))
-        frame = kwi.encode_segment(keys[1], segment, encode_blocks(blocks))
         state.postings.add_blocks(blocks)
+        if not self._pending:
+            self._pending_lo = lo
+        for token, found in blocks.items():
+            pending = self._pending.get(token)
+            if pending is None:
+                self._pending[token] = list(found)
+            else:
+                pending.extend(found[1:] if found[0] == pending[-1] else found)
+        state.covered, state.tag = hi, self._tag(hi)
+        self._validated = self._memo(state)
+        if hi - self._pending_lo >= FLUSH_MESSAGES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the postings held in memory to ``P.kwi`` (one segment, or a merge)."""
+        state, keys = self._state, self.keys()
+        if not self._pending or state is None or keys is None or self._path is None:
+            return
+        segment = Segment(self._pending_lo, state.covered, state.tag)
+        frame = kwi.encode_segment(keys[1], segment, encode_blocks(self._pending))
+        self._pending = {}
         tail = state.size + len(frame) - state.first_size
         try:
             if state.segments >= MERGE_SEGMENTS or tail > max(state.first_size, MERGE_MIN_BYTES):
-                self._write(state.postings, hi, segment.tag)
+                self._write(state.postings, state.covered, state.tag)
                 return
             kwi.append_segment(self._path, self._io, frame, state.size)
         except OSError:
             self._state = None  # the records are committed; the index lags, readers scan
             return
-        state.covered, state.tag, state.size = hi, segment.tag, state.size + len(frame)
+        state.size += len(frame)
         state.segments += 1
-        self._validated = self._memo(state)
 
     def before_pop(self) -> KwiState | None:
         """Return the index's state if it is exact now (call before a pop)."""
@@ -263,7 +299,7 @@ class KeywordIndexer:
         assert keys is not None and fmt is not None and self._path is not None
         segment = Segment(0, count, self._tag(count) if tag is None else tag)
         frame = kwi.encode_segment(keys[1], segment, postings.encode())
-        self._state = None
+        self._state, self._pending = None, {}
         kwi.write_all_segments(self._path, self._io, fmt.log_id, [frame])
         self._state = kwi.written(self._path, fmt.log_id, segment, postings, len(frame))
         self._validated = None if self._state is None else self._memo(self._state)
@@ -272,7 +308,7 @@ class KeywordIndexer:
         """Delete the sidecar (the log was deleted, or a rewrite without the index)."""
         if self._path is not None:
             kwi.remove(self._path, self._io)
-        self._state = None
+        self._state, self._pending = None, {}
 
     def check(self) -> KwiCheck:
         """Compare the sidecar with an index rebuilt from the log (``verify``)."""

@@ -30,6 +30,7 @@ __all__ = [
     "load",
     "more",
     "remove",
+    "unchanged",
     "write_all_segments",
     "written",
 ]
@@ -189,13 +190,18 @@ def load(path: str, log_id: bytes, key: RecordKey) -> KwiState | None:
     return state
 
 
+def unchanged(path: str, state: KwiState) -> bool:
+    """Whether ``P.kwi`` is still the file and size ``state`` read."""
+    st = check_file(kwi_path(path))
+    return st is not None and (st.st_dev, st.st_ino) == state.ident and st.st_size == state.size
+
+
 def more(path: str, key: RecordKey, state: KwiState) -> bool:
     """Read the segments appended after ``state.size`` into ``state``; False when the file
     is gone, was replaced (another inode) or holds a problem: the caller loads it again."""
     if state.problem:
         return False
-    st = check_file(kwi_path(path))
-    if st is not None and (st.st_dev, st.st_ino) == state.ident and st.st_size == state.size:
+    if unchanged(path, state):
         return True  # nothing appended since: no open, no read
     found = _read(path, state.size)
     if found is None or found[1] != state.ident:
