@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import itertools
 import shutil
 from pathlib import Path
 from typing import Any
