@@ -153,6 +153,8 @@ query_st = st.tuples(
     st.sampled_from([None, "user"]),
     st.sampled_from([None, 1, 3]),
     st.booleans(),  # newest_first
+    st.sampled_from([None, T0 + 3, T0 + 17]),  # since
+    st.sampled_from([None, T0 + 12, T0 + 40]),  # until
 )
 
 
@@ -193,9 +195,12 @@ class _Pair:
                     other.append(arg, timestamp=self.now)
             self.now += 1
 
-    def check(self, queries: list[tuple[str, bool, str | None, int | None, bool]]) -> None:
-        for text, case, role, limit, newest in queries:
+    def check(self, queries: list[tuple[Any, ...]]) -> None:
+        for text, case, role, limit, newest, since, until in queries:
+            if since is not None and until is not None and since > until:
+                since, until = until, since
             kw = {"case_sensitive": case, "role": role, "limit": limit, "newest_first": newest}
+            kw.update(since=since, until=until)
             assert _hits(self.indexed, text, **kw) == _hits(self.scan, text, **kw), (text, kw)
 
     def close(self) -> None:

@@ -11,7 +11,9 @@ fewer hits than the scan (§17.6).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -328,8 +330,9 @@ class KeywordIndexer:
 
     # -- search ----------------------------------------------------------------------------
 
-    def _plan(self, query: SearchQuery, first: int, stop: int) -> list[range] | None:
-        """The ranges of seqs in ``[first, stop)`` that may match, or None: scan them all."""
+    def _plan(self, query: SearchQuery, first: int, stop: int) -> Iterator[range] | None:
+        """The ranges of seqs in ``[first, stop)`` that may match, in reading order, made
+        as they are read; or None: scan them all."""
         grams = query_grams(query.matcher.index_terms)
         keys = self.keys()
         if grams is None or keys is None:
@@ -338,11 +341,7 @@ class KeywordIndexer:
         if state is None or not self.usable(state):
             return None
         blocks = state.postings.candidates(keys[0].token(g) for g in grams)
-        covered = state.covered
-        ranges = [range(b * BLOCK, min(b * BLOCK + BLOCK, covered)) for b in blocks]
-        if covered < stop:
-            ranges.append(range(covered, stop))  # not indexed yet: scanned
-        return _batches(ranges, first, stop)
+        return _ranges(blocks, state.covered, first, stop, newest_first=query.newest_first)
 
     def search(
         self,
@@ -364,15 +363,18 @@ class KeywordIndexer:
         if plan is None:
             yield from self._reader.search(query, reading=reading, base=base, present=present)
             return
-        left, budget, order = query.limit, 2 * BLOCK, plan[::-1] if query.newest_first else plan
-        while order and left != 0:
+        left, budget = query.limit, 2 * BLOCK
+        carry = next(plan, None)
+        while carry is not None and left != 0:
             # A batch of ranges per lock hold: small at first (a limit is often met in the
             # newest blocks), growing to READ_BATCH records.
-            size = taken = 0
-            while taken < len(order) and (not taken or size + len(order[taken]) <= budget):
-                size += len(order[taken])
-                taken += 1
-            batch, order, budget = order[:taken], order[taken:], min(2 * budget, READ_BATCH)
+            batch, size = [carry], len(carry)
+            carry = next(plan, None)
+            while carry is not None and size + len(carry) <= budget:
+                batch.append(carry)
+                size += len(carry)
+                carry = next(plan, None)
+            budget = min(2 * budget, READ_BATCH)
             hits: list[Hit] = []
             with reading():
                 fmt = self._log.fmt
@@ -392,10 +394,26 @@ class KeywordIndexer:
                 left = None if left is None else left - 1
 
 
-def _batches(ranges: Iterable[range], first: int, stop: int) -> list[range]:
-    """Clip ascending ranges to ``[first, stop)``, cut into pieces of at most ``BLOCK``."""
-    out: list[range] = []
-    for r in ranges:
-        lo, hi = max(r.start, first), min(r.stop, stop)
-        out.extend(range(a, min(a + BLOCK, hi)) for a in range(lo, hi, BLOCK))
-    return out
+def _ranges(
+    blocks: list[int], covered: int, first: int, stop: int, *, newest_first: bool
+) -> Iterator[range]:
+    """Yield the seqs to read, in pieces of at most ``BLOCK``: the candidate ``blocks``
+    (ascending) within the ``covered`` records, then every record from ``covered`` (not
+    indexed yet), all clipped to ``[first, stop)``; newest first when asked."""
+    lo_block = bisect.bisect_left(blocks, first >> BLOCK_SHIFT)
+    hi_block = bisect.bisect_left(blocks, ((min(stop, covered) - 1) >> BLOCK_SHIFT) + 1)
+    wanted = blocks[lo_block:hi_block]
+    pieces: Iterable[range] = (
+        range(max(b * BLOCK, first), min(b * BLOCK + BLOCK, covered, stop)) for b in wanted
+    )
+    tail = range(max(covered, first), stop, BLOCK)
+    tails = (range(a, min(a + BLOCK, stop)) for a in tail)
+    if newest_first:
+        pieces = (
+            range(max(b * BLOCK, first), min(b * BLOCK + BLOCK, covered, stop))
+            for b in reversed(wanted)
+        )
+        tails = (range(a, min(a + BLOCK, stop)) for a in reversed(tail))
+        yield from (r for r in itertools.chain(tails, pieces) if r)
+        return
+    yield from (r for r in itertools.chain(pieces, tails) if r)
