@@ -383,6 +383,23 @@ def test_a_damaged_index_is_reported_and_searches_stay_exact(tmp_path: Path, fli
         assert c.verify().problems == ()
 
 
+def test_a_torn_last_segment_keeps_the_chain_before_it(tmp_path: Path) -> None:
+    path, kwi = tmp_path / "c.log", tmp_path / "c.log.kwi"
+    with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
+        for i in range(40):
+            c.append(_msg(i, f"zanzibar{i} umbrella"))
+    assert _read_kwi(kwi, KEY)[1] == [(0, 1), (1, 33)]
+    with kwi.open("r+b") as f:  # a crash in the middle of writing the last segment
+        f.truncate(kwi.stat().st_size - 20)
+    with ConversationCodec(path, encryption_key=KEY) as c:
+        assert [h.seq for h in c.search("zanzibar33")] == [33]
+        assert [h.seq for h in c.search("zanzibar0")] == [0]
+        assert "before 1 only" in c.verify().problems[0].detail
+        c.extend([_msg(0, f"more {i}") for i in range(40)])  # overwrites the torn bytes
+        assert _read_kwi(kwi, KEY)[1] == [(0, 1), (1, 80)]
+        assert c.verify().problems == ()
+
+
 def test_the_index_needs_an_encrypted_log_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="search_index"):
         ConversationCodec(tmp_path / "c.log", search_index=True)

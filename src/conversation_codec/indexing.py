@@ -157,8 +157,9 @@ class KeywordIndexer:
         return self._log.read_body(count - 1)[-TAG_BYTES:] if count else _NO_TAG
 
     def usable(self, state: KwiState | None) -> bool:
-        """Whether ``state`` describes a prefix of the log as it is (§17.6)."""
-        if state is None or state.problem or state.covered > len(self._log.index):
+        """Whether ``state`` describes a prefix of the log as it is (§17.4): the chain of
+        segments read before any damage, or nothing (then the search is a scan)."""
+        if state is None or state.covered > len(self._log.index):
             return False
         memo = self._memo(state)
         if memo is not None and memo == self._validated:
@@ -191,8 +192,8 @@ class KeywordIndexer:
         if keys is None or not self.active() or self._path is None:
             return
         state = self.current()
-        if state is None or not self.usable(state) or state.covered > first:
-            self.rebuild()  # none yet, or not this log's (a writer without this code)
+        if state is None or not state.segments or not self.usable(state) or state.covered > first:
+            self.rebuild()  # none yet, not this log's, or for records a pop took back
             return
         builder = IndexBuilder(keys[0])
         lo = state.covered
@@ -320,12 +321,15 @@ class KeywordIndexer:
             return KwiCheck(self.present(), 0, "")
         if not self.usable(state):
             why = state.problem or "it does not describe the log as it is"
-            return KwiCheck(True, state.covered, f"stale keyword index: {why}")
+            return KwiCheck(True, state.covered, f"keyword index not used: {why}")
         builder = IndexBuilder(keys[0])
         for seq, message, _ in self._reader.decoded(0, state.covered):
             builder.add(seq, message)
         if builder.postings().lists != state.postings.lists:
             return KwiCheck(True, state.covered, "the keyword index disagrees with the log")
+        if state.problem:
+            why = f"keyword index used for seqs before {state.covered} only: {state.problem}"
+            return KwiCheck(True, state.covered, why)
         return KwiCheck(True, state.covered, "")
 
     # -- search ----------------------------------------------------------------------------
