@@ -38,13 +38,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._fsio import FileIO
-from .codec import (
-    ConversationCodec,
-    LogInfo,
-    Message,
-    TimeInput,
-    TimestampInput,
-)
+from .codec import ConversationCodec, LogInfo, Message, TimeInput, TimestampInput
 from .crypto import KeyInput
 from .maintenance.compact import CompactionReport
 from .maintenance.transfer import ImportReport
@@ -243,6 +237,10 @@ class AsyncConversationCodec:
     async def verify(self) -> VerifyReport:
         """Check every record and the index; report each problem (reads only)."""
         return await self._call(self._codec.verify)
+
+    async def reindex(self) -> int:
+        """Build the keyword index again (see ``ConversationCodec.reindex``)."""
+        return await self._call(self._codec.reindex)
 
     async def export(
         self, dst: str | os.PathLike[str], format: str = "jsonl", with_timestamps: bool = True
