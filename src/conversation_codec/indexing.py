@@ -334,9 +334,9 @@ class KeywordIndexer:
 
     # -- search ----------------------------------------------------------------------------
 
-    def _plan(self, query: SearchQuery, first: int, stop: int) -> Iterator[range] | None:
-        """The ranges of seqs in ``[first, stop)`` that may match, in reading order, made
-        as they are read; or None: scan them all."""
+    def _candidates(self, query: SearchQuery) -> tuple[list[int], int] | None:
+        """The candidate blocks of a query and the records the index covers; None when the
+        index cannot answer (no grams, no usable index): then the scan does."""
         grams = query_grams(query.matcher.index_terms)
         keys = self.keys()
         if grams is None or keys is None:
@@ -344,8 +344,7 @@ class KeywordIndexer:
         state = self.current()
         if state is None or not self.usable(state):
             return None
-        blocks = state.postings.candidates(keys[0].token(g) for g in grams)
-        return _ranges(blocks, state.covered, first, stop, newest_first=query.newest_first)
+        return state.postings.candidates(keys[0].token(g) for g in grams), state.covered
 
     def search(
         self,
@@ -357,14 +356,18 @@ class KeywordIndexer:
     ) -> Iterator[Hit]:
         """``LogReader.search``, reading only the candidate blocks when the index answers."""
         with reading():
-            lo, hi = query.span
-            first_seq = base()
-            first = max(first_seq, 0 if lo is None else self._reader.first_at_or_after(lo, (-1,)))
-            stop = len(self._log.index) if hi is None else self._reader.first_at_or_after(hi, (0,))
-            stop = max(first, stop)
-            plan = self._plan(query, first, stop)
-            log_id = self._log.fmt.log_id if self._log.fmt else None
-        if plan is None:
+            found = self._candidates(query)
+            if found is not None:
+                lo, hi = query.span
+                first_seq = base()
+                first = 0 if lo is None else self._reader.first_at_or_after(lo, (-1,))
+                first = max(first_seq, first)
+                stop = len(self._log.index)
+                stop = max(first, stop if hi is None else self._reader.first_at_or_after(hi, (0,)))
+                newest = query.newest_first
+                plan = _ranges(found[0], found[1], first, stop, newest_first=newest)
+                log_id = self._log.fmt.log_id if self._log.fmt else None
+        if found is None:
             yield from self._reader.search(query, reading=reading, base=base, present=present)
             return
         left, budget = query.limit, 2 * BLOCK
@@ -387,10 +390,10 @@ class KeywordIndexer:
                 ):
                     raise LogReplacedError("the log was replaced or truncated during a search")
                 for r in batch:
-                    found = self._reader.matches(
+                    some = self._reader.matches(
                         query.matcher, query.roles, r.start, r.stop, first_seq, query.span, present
                     )
-                    hits.extend(reversed(found) if query.newest_first else found)
+                    hits.extend(reversed(some) if query.newest_first else some)
             for hit in hits:
                 if left == 0:
                     return
