@@ -108,7 +108,10 @@ class Maintenance(CodecCore):
         """Check every record's authentication, seq continuity, log binding and time order,
         the header, and the index's agreement; report each problem with its byte offset.
 
-        Reads only: nothing is modified, a damaged log included (see ``salvage``).
+        Reads only: nothing is modified, a damaged log included (see ``salvage``). A keyword
+        index (``search_index``) that does not match the log is reported as a
+        ``"keyword-index"`` problem, which is not damage: searches then scan, and
+        ``reindex()`` rebuilds it.
 
         :raises StorageError: the log is not a file (the checks read a log file's bytes).
         """
