@@ -195,23 +195,28 @@ class KeywordIndexer:
         if state is None or not state.segments or not self.usable(state) or state.covered > first:
             self.rebuild()  # none yet, not this log's, or for records a pop took back
             return
-        builder = IndexBuilder(keys[0])
-        lo = state.covered
-        for seq, message, _ in self._reader.decoded(lo, first):  # a lagging file: catch up
-            builder.add(seq, message)
-        for i, message in enumerate(messages):
-            builder.add(first + i, message)
-        blocks = builder.blocks()
-        hi = first + len(messages)
-        state.postings.add_blocks(blocks)
+        lo, hi = state.covered, first + len(messages)
         if not self._pending:
             self._pending_lo = lo
-        for token, found in blocks.items():
-            pending = self._pending.get(token)
-            if pending is None:
-                self._pending[token] = list(found)
-            else:
-                pending.extend(found[1:] if found[0] == pending[-1] else found)
+        if lo == first and first >> BLOCK_SHIFT == (hi - 1) >> BLOCK_SHIFT:
+            tokenize = keys[0].token  # the usual append: one block, nothing to catch up
+            grams = set().union(*(message_grams(m) for m in messages))
+            tokens = {tokenize(g) for g in grams}
+            state.postings.add_block(tokens, first >> BLOCK_SHIFT, self._pending)
+        else:
+            builder = IndexBuilder(keys[0])
+            for seq, message, _ in self._reader.decoded(lo, first):  # a lagging file
+                builder.add(seq, message)
+            for i, message in enumerate(messages):
+                builder.add(first + i, message)
+            blocks = builder.blocks()
+            state.postings.add_blocks(blocks)
+            for token, found in blocks.items():
+                pending = self._pending.get(token)
+                if pending is None:
+                    self._pending[token] = list(found)
+                else:
+                    pending.extend(found[1:] if found[0] == pending[-1] else found)
         state.covered, state.tag = hi, self._tag(hi)
         self._validated = self._memo(state)
         if hi - self._pending_lo >= FLUSH_MESSAGES:

@@ -154,6 +154,23 @@ class Postings:
             entry[1] = found[-1]
         return ok
 
+    def add_block(self, tokens: Iterable[bytes], block: int, also: dict[bytes, list[int]]) -> None:
+        """Append ``block`` (>= every block held) to each token's list, here and in
+        ``also`` (token -> blocks): one message's postings, the common append, fast."""
+        lists = self.lists
+        for token in tokens:
+            entry = lists.get(token)
+            if entry is None:
+                lists[token] = [block, block, bytearray()]
+            elif entry[1] != block:
+                entry[2] += _varint(block - entry[1])
+                entry[1] = block
+            pending = also.get(token)
+            if pending is None:
+                also[token] = [block]
+            elif pending[-1] != block:
+                pending.append(block)
+
     def blocks(self, token: bytes) -> list[int]:
         entry = self.lists.get(token)
         return [] if entry is None else list(_varints(entry[2], entry[0]))
