@@ -11,7 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests._writer import SCRIPT, subprocess_env
 from tests.conftest import KEY, OTHER_KEY
 
 from conversation_codec import ConversationCodec, ConversationStore
@@ -346,6 +350,37 @@ def test_every_writer_keeps_the_index_with_or_without_the_option(tmp_path: Path)
         assert [h.seq for h in indexed.search("charlie")] == [10]
         assert list(indexed.search("bravo")) == []
         assert indexed.verify().problems == ()
+
+
+def test_writers_in_other_processes_keep_the_index(tmp_path: Path) -> None:
+    """A child process that never heard of the option appends and pops; the parent, with
+    postings of its own still in memory, sees the file change and stays exact."""
+    path = tmp_path / "c.log"
+
+    def child(*argv: str) -> str:
+        done = subprocess.run(
+            [sys.executable, SCRIPT, "op", *argv, str(path)],
+            env=subprocess_env(KEY),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
+        c.extend([_msg(i, f"alpha {i}") for i in range(20)])
+        for i in range(3):
+            c.append(_msg(i, f"bravo {i}"))  # held in memory (fewer than 32)
+        assert child("append", "--message", json.dumps(_msg(0, "zanzibar"))) == "23"
+        assert [h.seq for h in c.search("zanzibar")] == [23]
+        assert [h.seq for h in c.search("bravo")] == [20, 21, 22]
+        child("pop")
+        assert list(c.search("zanzibar")) == []
+        assert _read_kwi(tmp_path / "c.log.kwi", KEY)[1] == [(0, 23)]
+        c.append(_msg(0, "charlie"))
+        assert [h.seq for h in c.search("charlie")] == [23]
+        assert c.verify().problems == ()
 
 
 def test_a_stale_index_is_never_trusted(tmp_path: Path) -> None:
