@@ -383,6 +383,23 @@ def test_writers_in_other_processes_keep_the_index(tmp_path: Path) -> None:
         assert c.verify().problems == ()
 
 
+def test_max_messages_and_a_rotation_in_progress(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
+        c.extend([_msg(i, f"alpha {i}") for i in range(40)])
+    # A key list whose first key is new: records are sealed with it, the index stays keyed
+    # by the key that opens the header until rotate_key() finishes the rotation.
+    with ConversationCodec(path, encryption_key=[OTHER_KEY, KEY], max_messages=10) as c:
+        c.append(_msg(0, "alpha zanzibar"))
+        visible = list(range(9))  # seqs 31..39 ("alpha 31".."alpha 39") of the last 10
+        assert [h.seq for h in c.search("alpha 3")] == visible
+        assert [h.seq for h in c.search("zanzibar")] == [9]
+        assert c.verify().problems == ()
+        c.rotate_key(OTHER_KEY)  # drops what max_messages hides, and re-keys the index
+        assert [h.seq for h in c.search("alpha 3")] == visible
+        assert _read_kwi(tmp_path / "c.log.kwi", OTHER_KEY)[1] == [(0, 10)]
+
+
 def test_a_stale_index_is_never_trusted(tmp_path: Path) -> None:
     """An index left behind by a writer that does not know it (restored here from a copy)
     covers records that were popped and replaced: searches fall back to the scan."""
