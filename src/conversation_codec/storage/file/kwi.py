@@ -107,6 +107,9 @@ def _merge(plain: bytes, pos: int, state: KwiState) -> bool:
     except ValueError:
         return False
     lists = state.postings.lists
+    if not lists:
+        state.postings = segment  # the first (usually the merged, largest) segment
+        return True
     if any(t in lists and e[0] < lists[t][1] for t, e in segment.lists.items()):
         return False
     for token, (first, last, deltas) in segment.lists.items():
