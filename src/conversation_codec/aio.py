@@ -38,13 +38,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._fsio import FileIO
-from .codec import (
-    ConversationCodec,
-    LogInfo,
-    Message,
-    TimeInput,
-    TimestampInput,
-)
+from .codec import ConversationCodec, LogInfo, Message, TimeInput, TimestampInput
 from .crypto import KeyInput
 from .maintenance.compact import CompactionReport
 from .maintenance.transfer import ImportReport
@@ -114,6 +108,7 @@ class AsyncConversationCodec:
         attachments: str = "keep",
         io: FileIO | None = None,
         storage: StorageOpener | None = None,
+        search_index: bool = False,
     ) -> AsyncConversationCodec:
         """Open a log as ``ConversationCodec(...)`` with the same arguments would."""
         codec = await run_in_thread(
@@ -130,6 +125,7 @@ class AsyncConversationCodec:
             max_messages=max_messages,
             attachments=attachments,
             storage=storage,
+            search_index=search_index,
             **({} if io is None else {"io": io}),
         )
         return cls(codec, executor=executor)
@@ -241,6 +237,10 @@ class AsyncConversationCodec:
     async def verify(self) -> VerifyReport:
         """Check every record and the index; report each problem (reads only)."""
         return await self._call(self._codec.verify)
+
+    async def reindex(self) -> int:
+        """Build the keyword index again (see ``ConversationCodec.reindex``)."""
+        return await self._call(self._codec.reindex)
 
     async def export(
         self, dst: str | os.PathLike[str], format: str = "jsonl", with_timestamps: bool = True
@@ -374,6 +374,7 @@ class AsyncConversationStore:
         attachments: str = "keep",
         io: FileIO | None = None,
         executor: Executor | None = None,
+        search_index: bool = False,
     ) -> None:
         self._store = ConversationStore(  # does no I/O
             root,
@@ -387,6 +388,7 @@ class AsyncConversationStore:
             max_messages=max_messages,
             attachments=attachments,
             io=io,
+            search_index=search_index,
         )
         self._executor = executor
 

@@ -68,6 +68,13 @@ class ConversationCodec(Maintenance, ChatFormats):
         conversation raises ``BindingError`` (FORMAT.md §4.2). An unbound log (written
         without one, or by an older version) still opens, and is bound when next rewritten
         (``compact``, ``save`` that rewrites, ``replace``, ``prune``).
+    :param search_index: keep a blind keyword index beside an encrypted log file
+        (``<path>.kwi``, FORMAT.md §17), so a keyword search decrypts only candidate records
+        (a rare word: milliseconds instead of a scan). Opt-in: the index tells someone holding
+        the files which groups of 16 messages share words, never the words (§16). Once a log
+        has one, every writer keeps it, with or without this option; ``reindex()`` builds it
+        at once (else the first append does). Regex queries and words shorter than three
+        letters are still answered by the scan; results are the scan's in every case.
     :param storage: instead of a file: opens the log's ``LogStorage`` given the codec's
         header reader (``storage.base.StorageOpener``); ``path`` then only names the log in
         messages. ``ConversationStore`` passes it for a database root.
@@ -181,7 +188,9 @@ class ConversationCodec(Maintenance, ChatFormats):
                 return None
             message = self._present(self._reader.read_one(count - 1))
             before = self._history.state()
+            exact = self._kwi.before_pop()
             self._log.truncate(count - 1)
+            self._kwi.popped(exact, count - 1)
             # The caller gets the message back: a history it held whole stays whole.
             self._history.moved(before, keeps_view=True)
             self._history.popped(count)
@@ -340,12 +349,8 @@ class ConversationCodec(Maintenance, ChatFormats):
             regex=regex,
             case_sensitive=case_sensitive,
         )
-        return self._reader.search(
-            parsed,
-            reading=lambda: self._holding(write=False),
-            base=self._base,
-            present=self._present,
-        )
+        reading = lambda: self._holding(write=False)  # noqa: E731
+        return self._kwi.search(parsed, reading=reading, base=self._base, present=self._present)
 
     def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
         """Return every message with ``since <= timestamp < until`` (a pure date range)."""

@@ -23,6 +23,7 @@ from .crypto import KeyInput, Keyring
 from .encoding import MessageEncoder
 from .errors import ClosedError, ConversationCodecError, StorageError
 from .format.header import context_digest
+from .indexing import KeywordIndexer
 from .maintenance.compact import Compactor
 from .options import AttachmentMode, CodecOptions, Durability
 from .paths import blobs_path, check_log_path
@@ -62,6 +63,7 @@ class CodecCore:
         context: str | None = None,
         io: FileIO = DEFAULT_IO,
         storage: StorageOpener | None = None,
+        search_index: bool = False,
     ) -> None:
         self._options = CodecOptions(
             durability=cast(Durability, durability),
@@ -83,6 +85,11 @@ class CodecCore:
             raise ValueError('attachments="external" keeps blobs beside a log file')
         if attachments == "external" and password is not None:
             raise ValueError("external attachments need encryption_key=, not password=")
+        if search_index and ((encryption_key is None and password is None) or not self._file):
+            raise ValueError(
+                "search_index=True keeps a sealed index beside an encrypted log file: give "
+                "encryption_key= or password=, and a path (not a database or :memory:)"
+            )
         keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         binding = None if context is None else context_digest(context)
         self._secrets = LogSecrets(self._name, keyring, password, binding)
@@ -103,7 +110,12 @@ class CodecCore:
             )
         self._reader = LogReader(self._log, self._name)
         self._writer = LogWriter(self._log, self._reader, self._secrets, clock)
-        self._compactor = Compactor(self._log, self._reader, self._secrets, self._encoder)
+        self._kwi = KeywordIndexer(
+            self._log, self._reader, self._path if self._file else None, io, wanted=search_index
+        )
+        self._compactor = Compactor(
+            self._log, self._reader, self._secrets, self._encoder, self._kwi
+        )
         self._history = HistoryView(self._log, self._reader, self._encoder, self._name)
         self._log.on_change = self._history.forget
         try:  # fail fast on a wrong key or a foreign file
@@ -157,6 +169,7 @@ class CodecCore:
             self._history.created()
         datas = [data for _, data in encoded]
         first = self._writer.append(datas, timestamps)
+        self._kwi.appended(first, [message for message, _ in encoded])
         self._history.appended(first, datas)
         base = self._base()
         return list(range(first - base, first - base + len(encoded)))

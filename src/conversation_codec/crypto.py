@@ -56,6 +56,7 @@ __all__ = [
 
 KeyInput = str | bytes | Sequence[str | bytes]
 _HKDF_INFO = b"conversation-codec/1 log keys"  # FORMAT.md §4
+_KWI_INFO = b"conversation-codec/1 keyword index"  # FORMAT.md §17.2
 _MASTER_KEY_BYTES = 32
 _KEY_SHAPE = re.compile(rb"[A-Za-z0-9_-]{43}=")
 _FERNET_VERSION = b"\x80"
@@ -319,6 +320,11 @@ def _derive(master: bytes, log_id: bytes) -> tuple[RecordKey, bytes]:
     return RecordKey(okm[:32]), okm[32:]
 
 
+def _index_secret(master: bytes, log_id: bytes) -> bytes:
+    """The keyword index's 64 bytes: token_key || segment_key (FORMAT.md §17.2)."""
+    return HKDF(algorithm=hashes.SHA256(), length=64, salt=log_id, info=_KWI_INFO).derive(master)
+
+
 def _mac(mac_key: bytes, covered: bytes) -> bytes:
     return hmac.new(mac_key, covered, hashlib.sha256).digest()
 
@@ -349,12 +355,20 @@ class LogCipher:
     benchmarks read it to prove how many records an operation decrypted.
     """
 
-    __slots__ = ("_openers", "_sealer", "unseal_count")
+    __slots__ = ("_index_secret", "_openers", "_sealer", "unseal_count")
 
-    def __init__(self, sealer: RecordKey, openers: Sequence[RecordKey]) -> None:
+    def __init__(
+        self, sealer: RecordKey, openers: Sequence[RecordKey], index_secret: bytes = b""
+    ) -> None:
         self._sealer = sealer
         self._openers = list(openers)
+        self._index_secret = index_secret
         self.unseal_count = 0
+
+    def index_keys(self) -> tuple[bytes, RecordKey]:
+        """The keyword index's ``(token_key, segment key)``, derived from the master key
+        that opens the header (FORMAT.md §17.2)."""
+        return self._index_secret[:32], RecordKey(self._index_secret[32:])
 
     @classmethod
     def create(
@@ -373,7 +387,8 @@ class LogCipher:
         raw = covered + _mac(mac_key, covered)
         if binding is not None:
             raw += _mac(mac_key, raw + binding)
-        return cls(first, [f for f, _ in fernets]), raw
+        secret = _index_secret(keyring.masters[0], header.log_id)
+        return cls(first, [f for f, _ in fernets], secret), raw
 
     @classmethod
     def open(
@@ -414,7 +429,8 @@ class LogCipher:
         # Records written under a rotated-in first key and under the header's key both open.
         openers = [fernets[0][0], *[f for f in matching_fernets if f is not fernets[0][0]]]
         openers += [f for f, _ in fernets if f not in openers]
-        return cls(fernets[0][0], openers)
+        master = keyring.masters[[f for f, _ in fernets].index(matching_fernets[0])]
+        return cls(fernets[0][0], openers, _index_secret(master, header.log_id))
 
     def seal(self, envelope: bytes, ts_seconds: int) -> bytes:
         """Encrypt one envelope; return the stored body (the token minus its version byte)."""

@@ -3,6 +3,7 @@
 For a log at ``P`` (FORMAT.md §1, §8):
 
 - ``P.idx`` the offset index, ``P.lock`` the lock file, ``P.blobs/`` external attachments;
+- ``P.kwi`` the optional keyword index (FORMAT.md §17), rewritten through ``P.kwi.tmp-<16 hex>``;
 - ``P.tmp-<16 hex>``: a rewrite's temp copy, until its rename (a leftover after a crash);
 - ``P.migrating-<16 hex>`` (with its own ``.idx``, ``.lock``, ``.tmp-``): migrate's new log;
 - ``P.bak``: the original a migration in place keeps (the user's: never swept), written
@@ -28,6 +29,7 @@ __all__ = [
     "BACKUP_SUFFIX",
     "BLOBS_SUFFIX",
     "INDEX_SUFFIX",
+    "KWI_SUFFIX",
     "LOCK_SUFFIX",
     "LONGEST_SUFFIX",
     "backup_path",
@@ -40,6 +42,7 @@ __all__ = [
     "is_leftover",
     "is_log_file",
     "is_sidecar",
+    "kwi_path",
     "lock_path",
     "migrate_leftovers",
     "migrating_path",
@@ -47,6 +50,7 @@ __all__ = [
 ]
 
 INDEX_SUFFIX = ".idx"
+KWI_SUFFIX = ".kwi"
 LOCK_SUFFIX = ".lock"
 BLOBS_SUFFIX = ".blobs"
 BACKUP_SUFFIX = ".bak"
@@ -62,13 +66,13 @@ _TEMP_RE = re.compile(re.escape(_TEMP) + _TOKEN)
 # What crashes leave under a log's name (FORMAT.md §8.4): a rewrite's P.tmp-<16 hex>, a
 # whole copy of the history; migrate's temp log P.migrating-<16 hex> with its sidecars.
 _LEFTOVER_RE = re.compile(
-    rf"{re.escape(_TEMP)}{_TOKEN}|{re.escape(_MIGRATING)}{_TOKEN}"
+    rf"(?:{re.escape(KWI_SUFFIX)})?{re.escape(_TEMP)}{_TOKEN}|{re.escape(_MIGRATING)}{_TOKEN}"
     rf"({re.escape(INDEX_SUFFIX)}|{re.escape(LOCK_SUFFIX)}|{re.escape(_TEMP)}{_TOKEN})?"
 )
 # Files a directory walk never treats as histories: our sidecars and temp files, legacy
 # salt files, backups made by an earlier run (migrating those would make .bak.bak files).
 _SIDECAR_RE = re.compile(
-    rf".*(\.idx|\.lock|\.bak|\.salt|{re.escape(_TEMP)}{_TOKEN}|{re.escape(_MIGRATING)}{_TOKEN}(\..*)?)"
+    rf".*(\.idx|\.kwi|\.lock|\.bak|\.salt|{re.escape(_TEMP)}{_TOKEN}|{re.escape(_MIGRATING)}{_TOKEN}(\..*)?)"
 )
 
 _Path = str | os.PathLike[str]
@@ -81,6 +85,11 @@ def _token() -> str:
 def index_path(log: _Path) -> str:
     """``P.idx``."""
     return os.fspath(log) + INDEX_SUFFIX
+
+
+def kwi_path(log: _Path) -> str:
+    """``P.kwi``: the keyword index (FORMAT.md §17)."""
+    return os.fspath(log) + KWI_SUFFIX
 
 
 def lock_path(log: _Path) -> str:
@@ -132,9 +141,12 @@ def is_leftover(name: str, log_name: str) -> bool:
 
 def is_log_file(name: str, log_name: str) -> bool:
     """Whether ``name`` is one of the log ``log_name``'s files: the log, its index, lock
-    or a rewrite's temp copy (what a store counts and deletes as the conversation)."""
-    if name in (log_name, log_name + INDEX_SUFFIX, log_name + LOCK_SUFFIX):
+    or keyword index, or a rewrite's temp copy (what a store counts and deletes as the
+    conversation)."""
+    if name in (log_name, log_name + INDEX_SUFFIX, log_name + LOCK_SUFFIX, log_name + KWI_SUFFIX):
         return True
+    if name.startswith(log_name + KWI_SUFFIX):
+        log_name += KWI_SUFFIX  # the keyword index's temp copy
     return name.startswith(log_name) and _TEMP_RE.fullmatch(name, len(log_name)) is not None
 
 

@@ -211,6 +211,11 @@ class Query:
         """True when the query matches every message."""
         return self._pattern is None and not self._terms
 
+    @property
+    def index_terms(self) -> tuple[str, ...] | None:
+        """The folded keyword terms (for the keyword index); None for a regex or no query."""
+        return None if self._pattern is not None or not self._terms else tuple(self._terms)
+
     def maybe(self, raw_json: str) -> bool:
         """Return False only when no message with this JSON text can match (cheap)."""
         if self.raw_terms is None:

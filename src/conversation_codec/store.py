@@ -85,6 +85,8 @@ class ConversationStore:
     :param key_fn: ``key_fn(conversation_id)`` returns that conversation's key (or None for
         plaintext): per-user keys. Called on every open.
     :param durability, redact_fn, clock, lock_timeout: passed to every ``ConversationCodec``.
+    :param search_index: every conversation keeps a blind keyword index (``ConversationCodec``),
+        so ``search()`` reads only candidate records.
         ``clock`` (microseconds since the epoch) is also "now" for ``prune(older_than=timedelta)``.
     """
 
@@ -102,6 +104,7 @@ class ConversationStore:
         max_messages: int | None = None,
         attachments: str = "keep",
         io: FileIO | None = None,
+        search_index: bool = False,
     ) -> None:
         if encryption_key is not None and key_fn is not None:
             raise ValueError("pass encryption_key= or key_fn=, not both")
@@ -127,6 +130,12 @@ class ConversationStore:
         }
         if io is not None:  # else each codec gets the operating system's own
             self._options["io"] = io
+        if search_index:  # FORMAT.md §17: beside log files only (a database: not yet)
+            if not isinstance(self._backend, FileStore):
+                raise ValueError("search_index=True needs a directory store (log files)")
+            if encryption_key is None and key_fn is None and password is None:
+                raise ValueError("search_index=True needs encrypted logs: give a key or password")
+            self._options["search_index"] = True
 
     @property
     def root(self) -> Path | str:

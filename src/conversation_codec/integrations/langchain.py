@@ -132,6 +132,7 @@ class CodecChatMessageHistory(BaseChatMessageHistory):
         attachments: str | None = None,
         io: FileIO | None = None,
         executor: Executor | None = None,
+        search_index: bool | None = None,
         _scratch: str | None = None,
     ) -> None:
         self._codec = LazyCodec(
@@ -151,6 +152,7 @@ class CodecChatMessageHistory(BaseChatMessageHistory):
             lock_timeout=lock_timeout,
             attachments=attachments,
             io=io,
+            search_index=search_index,
         )
         self.session_id = session_id
 

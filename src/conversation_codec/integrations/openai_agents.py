@@ -101,6 +101,7 @@ class CodecSession:
         attachments: str | None = None,
         io: FileIO | None = None,
         executor: Executor | None = None,
+        search_index: bool | None = None,
         _scratch: str | None = None,
     ) -> None:
         self.session_settings = (
@@ -123,6 +124,7 @@ class CodecSession:
             lock_timeout=lock_timeout,
             attachments=attachments,
             io=io,
+            search_index=search_index,
         )
         self.session_id = session_id
 

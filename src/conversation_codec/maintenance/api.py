@@ -7,6 +7,7 @@ through ``compact.Compactor``; ``verify`` checks a log file's bytes; ``export`` 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from .._time import to_us
 from ..core import CodecCore, TimeInput
 from ..crypto import KeyInput
 from ..errors import KeyRequiredError, StorageError
-from ..storage.file.check import VerifyReport, check_file_log
+from ..storage.file.check import Problem, VerifyReport, check_file_log
 from ..storage.file.log import FileLog
 from .compact import CompactionReport
 from .transfer import History, ImportReport, export_history, import_history
@@ -113,13 +114,36 @@ class Maintenance(CodecCore):
         """Check every record's authentication, seq continuity, log binding and time order,
         the header, and the index's agreement; report each problem with its byte offset.
 
-        Reads only: nothing is modified, a damaged log included (see ``salvage``).
+        Reads only: nothing is modified, a damaged log included (see ``salvage``). A keyword
+        index (``search_index``) that does not match the log is reported as a
+        ``"keyword-index"`` problem, which is not damage: searches then scan, and
+        ``reindex()`` rebuilds it.
 
         :raises StorageError: the log is not a file (the checks read a log file's bytes).
         """
         if not isinstance(self._log, FileLog):
             raise StorageError(errno.EOPNOTSUPP, f"{self._name}: verify() checks log files only")
-        return check_file_log(self._log)
+        report = check_file_log(self._log)
+        if report.ok and self._kwi.present():
+            with self._holding(write=False):
+                found = self._kwi.check()
+            if found.problem:  # a cache: reported, never damage (reindex() rebuilds it)
+                extra = Problem("keyword-index", 0, found.problem)
+                report = dataclasses.replace(report, problems=(*report.problems, extra))
+        return report
+
+    def reindex(self) -> int:
+        """Build the keyword index (FORMAT.md §17) again from the log; return the messages
+        indexed. Turns the index on for this log (``search_index=True``): from now on every
+        writer keeps it.
+
+        :raises ValueError: the log is not an encrypted log file (nothing to index privately).
+        """
+        with self._holding(write=True):
+            if self._kwi.keys() is None:
+                raise ValueError("only an existing encrypted log file can have a keyword index")
+            self._kwi.wanted = True
+            return self._kwi.rebuild()
 
     # -- export and import -------------------------------------------------------------------
 

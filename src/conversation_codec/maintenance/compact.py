@@ -27,11 +27,13 @@ from ..compression import (
 from ..crypto import KeyInput, Keyring
 from ..encoding import MessageEncoder, encode_json
 from ..errors import DecryptionError
+from ..indexing import KeywordIndexer
 from ..paths import blobs_path
 from ..reading import LogReader
 from ..records import RecordCodec, SealedRecords
 from ..sealing import LogSecrets
 from ..storage.base import LogStorage
+from ..storage.file.kwi import TAG_BYTES
 
 __all__ = ["CompactionReport", "Compactor", "fresh_dictionary"]
 
@@ -124,12 +126,18 @@ class Compactor:
     go through ``encoder.blobs``. Every method expects the writer lock held."""
 
     def __init__(
-        self, log: LogStorage, reader: LogReader, secrets: LogSecrets, encoder: MessageEncoder
+        self,
+        log: LogStorage,
+        reader: LogReader,
+        secrets: LogSecrets,
+        encoder: MessageEncoder,
+        index: KeywordIndexer | None = None,
     ) -> None:
         self._log = log
         self._reader = reader
         self._secrets = secrets
         self._encoder = encoder
+        self._index = index  # the keyword index, rewritten with the log (FORMAT.md §17.5)
 
     def rewrite(self, datas: list[bytes], tss: list[int]) -> None:
         """Atomically replace the log with these messages (stored JSON) and timestamps."""
@@ -138,11 +146,19 @@ class Compactor:
             fmt.records, len(datas), lambda first, k: datas[first::k], tss[0] if tss else 0
         )
         encode = _encoder(fmt.records)
-        records = (
-            (encode(seq, ts, data), ts)
-            for seq, (data, ts) in enumerate(zip(datas, tss, strict=True))
-        )
-        self._log.rewrite(header, fmt, records, dictionary)
+        builder = None if self._index is None else self._index.builder_for(fmt)
+        last = [b""]
+
+        def records() -> Iterator[tuple[bytes, int]]:
+            for seq, (data, ts) in enumerate(zip(datas, tss, strict=True)):
+                if builder is not None:
+                    builder.add(seq, fmt.records.parse(data))
+                last[0] = encode(seq, ts, data)
+                yield last[0], ts
+
+        self._log.rewrite(header, fmt, records(), dictionary)
+        if self._index is not None:
+            self._index.rewritten(builder, len(datas), last[0][-TAG_BYTES:])
 
     def compact(
         self, start: int, encryption_key: KeyInput | None, progress: Progress | None = None
@@ -226,17 +242,25 @@ class Compactor:
         if old_blobs is not None:  # the sweep after the commit must not be refused
             remove_flat_dir(old_blobs.directory, check_only=True)
 
+        builder = None if self._index is None else self._index.builder_for(new)
+        last = [b""]
+
         def reseal() -> Iterator[tuple[bytes, int]]:
             for seq, message, ts in reader.decoded(start, count):
                 if old_blobs is not None:
                     if new_blobs is not None:
                         message = apply_mode(restore(message, old_blobs), "external", new_blobs)
                     referenced.update(references(message))
-                yield encode(seq - start, ts, encode_json(message)), ts
+                if builder is not None:
+                    builder.add(seq - start, message)
+                last[0] = encode(seq - start, ts, encode_json(message))
+                yield last[0], ts
                 if progress is not None:
                     progress(seq - start + 1, count - start)
 
         log.rewrite(header, new, reseal(), dictionary)
+        if self._index is not None:
+            self._index.rewritten(builder, count - start, last[0][-TAG_BYTES:])
         if old_blobs is not None:
             self._encoder.blobs = new_blobs or old_blobs
             self._encoder.blobs.delete_unreferenced(referenced)

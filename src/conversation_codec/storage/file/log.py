@@ -22,7 +22,7 @@ from pathlib import Path
 from ..._fsio import DEFAULT_IO, FileIO, check_file, open_file, unlink_file, write_all
 from ...errors import StorageError
 from ...format.record import encode_frame
-from ...paths import index_path
+from ...paths import index_path, kwi_path
 from ..base import LogFormat, LogStorage
 from .dictionary import Dictionary
 from .index import OffsetIndex
@@ -411,7 +411,7 @@ class FileLog:
         other writer out."""
         self._txns.bump(truncation=True)
         self._close_log()
-        for p in (self.path, self.index.path):
+        for p in (self.path, self.index.path, kwi_path(self.path)):
             unlink_file(p, io=self.io)
         also()
         self.remove_stale_temps()

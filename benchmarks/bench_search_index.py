@@ -1,0 +1,220 @@
+"""Keyword search with the blind keyword index (FORMAT.md §17) vs the scan, in one run.
+
+Measured on the Taskmaster-4 corpus replayed as one encrypted conversation (default 50,000
+messages), side by side:
+
+* a rare-word query (``SEARCH_KEYWORD``, ~20 hits), median of repeated searches on an open
+  codec, with the index and with the scan (the same log without an index), and for the peer
+  openai-agents ``EncryptedSession``, which can only load every item and filter;
+* a common word (``"the"``) with ``limit=20, newest_first=True``;
+* the index's first search after opening (the whole index decrypted once);
+* one append at a time (durability "flush" and "fsync"), index on vs off, median and mean
+  (the mean includes the index's periodic merges);
+* bytes of the index vs the log: as appended in 1,000-message batches, after a window of
+  single appends, and after ``compact()``.
+
+Run: ``python -m benchmarks.bench_search_index [--messages N] [--quick]``; results go to
+``benchmarks/results/search_index.{json,md}`` with the commit and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet
+
+from benchmarks._machine import describe
+from benchmarks._workload import DEFAULT_CORPUS, SEARCH_KEYWORD, load_corpus
+from conversation_codec import ConversationCodec, generate_key
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COMMON_WORD = "the"
+
+
+def _median_ms(fn: Callable[[], object], reps: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(reps):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000, out
+
+
+def _build(path: Path, key: str, messages: list[dict[str, Any]], *, index: bool) -> float:
+    start = time.perf_counter()
+    with ConversationCodec(path, encryption_key=key, search_index=index, durability="flush") as c:
+        for i in range(0, len(messages), 1000):
+            c.extend(messages[i : i + 1000])
+    return time.perf_counter() - start
+
+
+def _appends(folder: Path, key: str, messages: list[dict[str, Any]], count: int) -> dict[str, Any]:
+    """Per-append cost after a 5,000-message history, index on vs off, both durabilities."""
+    out: dict[str, Any] = {}
+    base, window = messages[:5000], messages[5000 : 5000 + count]
+    for durability in ("flush", "fsync"):
+        n = len(window) if durability == "flush" else max(1, len(window) // 4)
+        for index in (False, True, False, True):  # interleaved: the machine drifts
+            path = folder / f"append-{durability}-{index}-{time.monotonic_ns()}.log"
+            with ConversationCodec(
+                path, encryption_key=key, search_index=index, durability=durability
+            ) as c:
+                c.extend(base)
+                times = []
+                for m in window[:n]:
+                    start = time.perf_counter()
+                    c.append(m)
+                    times.append(time.perf_counter() - start)
+            cell = out.setdefault(f"{durability}_{'on' if index else 'off'}", [])
+            cell.append((statistics.median(times) * 1e6, statistics.mean(times) * 1e6))
+    summary: dict[str, Any] = {}
+    for name, runs in out.items():
+        summary[name] = {
+            "median_us": min(r[0] for r in runs),
+            "mean_us": min(r[1] for r in runs),
+        }
+    for durability in ("flush", "fsync"):
+        on, off = summary[f"{durability}_on"], summary[f"{durability}_off"]
+        summary[f"{durability}_ratio_median"] = on["median_us"] / off["median_us"]
+        summary[f"{durability}_ratio_mean"] = on["mean_us"] / off["mean_us"]
+    return summary
+
+
+def _peer_search(folder: Path, messages: list[dict[str, Any]], reps: int) -> float | str:
+    """openai-agents EncryptedSession: load every item, filter (its only way to search)."""
+    try:
+        from benchmarks._peers import AgentsEncrypted
+    except ImportError:
+        return "not installed"
+    try:
+        peer = AgentsEncrypted(folder / "peer", Fernet.generate_key())
+        peer.open("flush")
+    except ImportError:
+        return "not installed"
+    try:
+        for i in range(0, len(messages), 1000):
+            peer.extend(messages[i : i + 1000], [])
+        ms, _ = _median_ms(lambda: peer.search(SEARCH_KEYWORD), reps)
+        return ms
+    finally:
+        peer.close()
+
+
+def run(count: int, quick: bool) -> dict[str, Any]:
+    corpus = load_corpus(DEFAULT_CORPUS)
+    messages = corpus.take(0, count)
+    key = generate_key()
+    reps = 5 if quick else 21
+    with tempfile.TemporaryDirectory(prefix="bench-kwi-") as tmp:
+        folder = Path(tmp)
+        result: dict[str, Any] = {"machine": describe(folder), "messages": count}
+        on, off = folder / "indexed.log", folder / "scan.log"
+        result["build_s"] = {
+            "index_on": _build(on, key, messages, index=True),
+            "index_off": _build(off, key, messages, index=False),
+        }
+        start = time.perf_counter()
+        with ConversationCodec(on, encryption_key=key) as fresh:
+            first_hits = len(list(fresh.search(SEARCH_KEYWORD)))
+        result["first_search_after_open_ms"] = (time.perf_counter() - start) * 1000
+        with (
+            ConversationCodec(on, encryption_key=key) as indexed,
+            ConversationCodec(off, encryption_key=key) as scan,
+        ):
+            rare: dict[str, Any] = {}
+            rare["index_ms"], hits = _median_ms(lambda: list(indexed.search(SEARCH_KEYWORD)), reps)
+            rare["scan_ms"], scan_hits = _median_ms(
+                lambda: list(scan.search(SEARCH_KEYWORD)), max(3, reps // 5)
+            )
+            assert [h.seq for h in hits] == [h.seq for h in scan_hits]  # type: ignore[attr-defined]
+            rare["hits"] = first_hits
+            common: dict[str, Any] = {}
+            common["index_ms"], _ = _median_ms(
+                lambda: list(indexed.search(COMMON_WORD, limit=20, newest_first=True)), reps
+            )
+            common["scan_ms"], _ = _median_ms(
+                lambda: list(scan.search(COMMON_WORD, limit=20, newest_first=True)), reps
+            )
+            log_bytes = os.path.getsize(on)
+            sizes = {"log_bytes": log_bytes, "batched": os.path.getsize(str(on) + ".kwi")}
+            for m in corpus.take(count, count + (200 if quick else 2000)):
+                indexed.append(m)
+            sizes["after_single_appends"] = os.path.getsize(str(on) + ".kwi") / os.path.getsize(on)
+            indexed.compact()
+            sizes["after_compact"] = os.path.getsize(str(on) + ".kwi") / os.path.getsize(on)
+            sizes["batched"] = sizes["batched"] / log_bytes
+        rare["peer_encrypted_session_ms"] = _peer_search(folder, messages, max(3, reps // 5))
+        result.update(rare_word=rare, common_word_limit20_newest=common, index_size=sizes)
+        result["append"] = _appends(folder, key, corpus.take(0, 7000), 200 if quick else 1000)
+    return result
+
+
+def render(r: dict[str, Any]) -> str:
+    rare, common, size, app = (
+        r["rare_word"],
+        r["common_word_limit20_newest"],
+        r["index_size"],
+        r["append"],
+    )
+    peer = rare["peer_encrypted_session_ms"]
+    peer_cell = f"{peer:.1f} ms" if isinstance(peer, float) else str(peer)
+    m = r["machine"]
+    return "\n".join(
+        [
+            f"# Keyword index: {r['messages']:,} encrypted messages (Taskmaster-4 corpus)",
+            "",
+            f"commit {m['commit']}, {m['cpu']}, {m['cores']} cores, {m['filesystem']}, "
+            f"load {m['loadavg_start']}",
+            "",
+            "| measure | index | scan | ratio |",
+            "|---|---:|---:|---:|",
+            f"| rare word `{SEARCH_KEYWORD}` ({rare['hits']} hits), median | "
+            f"{rare['index_ms']:.2f} ms | {rare['scan_ms']:.0f} ms | "
+            f"{rare['scan_ms'] / rare['index_ms']:.0f}x faster |",
+            f"| common word `{COMMON_WORD}`, limit=20, newest_first | "
+            f"{common['index_ms']:.2f} ms | {common['scan_ms']:.2f} ms | |",
+            f"| first search after opening (index decrypted once) | "
+            f"{r['first_search_after_open_ms']:.1f} ms | | |",
+            f"| peer: openai-agents EncryptedSession, rare word (load + filter) | | "
+            f"{peer_cell} | |",
+            "",
+            "| append (5,000-message log) | off | on | on/off |",
+            "|---|---:|---:|---:|",
+            *[
+                f"| {d} {k} | {app[f'{d}_off'][f'{k}_us']:.0f} µs | "
+                f"{app[f'{d}_on'][f'{k}_us']:.0f} µs | {app[f'{d}_ratio_{k}']:.2f}x |"
+                for d in ("fsync", "flush")
+                for k in ("median", "mean")
+            ],
+            "",
+            f"Index size / log size: {size['batched']:.2f} as built in 1,000-message batches, "
+            f"{size['after_single_appends']:.2f} after single appends, "
+            f"{size['after_compact']:.2f} after compact().",
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = parser.parse_args()
+    result = run(args.messages, args.quick)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "search_index.json").write_text(json.dumps(result, indent=2, default=str))
+    text = render(result)
+    (RESULTS / "search_index.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
