@@ -1554,3 +1554,22 @@ def test_entry_point_plaintext_log_under_a_key_variable_is_read_with_a_warning(
         assert "$CONVERSATION_KEY" in done.stderr and KEY not in done.stderr
     done = entry("append", log, stdin='{"role": "user"}', env=env)  # writing: still refused
     assert done.returncode == 1 and "plaintext" in done.stderr
+
+
+def test_entry_point_reindex_turns_the_keyword_index_on(tmp_path: Path) -> None:
+    log = tmp_path / "chat.log"
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        codec.extend([{"role": "user", "content": f"parcel {i}"} for i in range(40)])
+    env = subprocess_env(CONVERSATION_KEY=KEY)
+    done = entry("reindex", str(log), "--json", env=env)
+    assert done.returncode == 0 and '"messages": 40' in done.stdout.replace('":', '": '), (
+        done.stderr
+    )
+    assert (tmp_path / "chat.log.kwi").is_file()
+    found = entry("search", str(log), "parcel 39", "--json", env=env)
+    assert found.returncode == 0 and '"seq": 39' in found.stdout.replace('":', '": ')
+    plain = tmp_path / "plain.log"
+    with ConversationCodec(plain) as codec:
+        codec.append({"role": "user", "content": "hi"})
+    refused = entry("reindex", str(plain), env=subprocess_env())
+    assert refused.returncode == 1 and "encrypted" in refused.stderr + refused.stdout

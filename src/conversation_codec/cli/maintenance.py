@@ -149,6 +149,23 @@ def _show_rewrite(args: Args, what: str, report: CompactionReport) -> int:
 
 
 @command(
+    "reindex",
+    "build a log's encrypted keyword index again (turns it on; FORMAT.md §17)",
+    "conversation-codec reindex chat.log",
+)
+@log_options
+@as_json()
+def _reindex(args: Args) -> int:
+    with open_log(args) as codec:
+        count = codec.reindex()
+    if args.json:
+        emit({"path": args.path, "messages": count})
+    else:
+        print(f"indexed {count} messages of {args.path}; searches of it now use the index")
+    return EXIT_OK
+
+
+@command(
     "compact",
     "rewrite a log: re-seal, re-compress, rebuild the index",
     "conversation-codec compact chat.log",
@@ -281,4 +298,4 @@ def _show_batch(args: Args, report: BatchReport, encrypted: bool) -> None:
         print(f"new logs are PLAINTEXT ({how})")
 
 
-COMMANDS = [_verify, _salvage, _compact, _rekey, _passwd, _migrate]
+COMMANDS = [_verify, _salvage, _reindex, _compact, _rekey, _passwd, _migrate]
