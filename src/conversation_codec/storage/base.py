@@ -27,17 +27,20 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Protocol
 
-from ..records import RecordCodec
+from ..records import RecordCodec, RecordRejected, SealedRecords
 
 __all__ = [
+    "Hold",
     "IndexMismatch",
     "LogFormat",
     "LogIndex",
     "LogStorage",
     "StorageOpener",
     "StoreBackend",
+    "adopt_dictionary",
 ]
 
 
@@ -193,3 +196,43 @@ class StoreBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Hold:
+    """The context of one transaction of a storage that keeps its own nesting (memory, a
+    database): ``begin(write)`` on entry, ``end(error)`` on exit (None when it succeeded)."""
+
+    __slots__ = ("_begin", "_end", "_write")
+
+    def __init__(
+        self,
+        begin: Callable[[bool], None],
+        end: Callable[[BaseException | None], None],
+        write: bool,
+    ) -> None:
+        self._begin, self._end, self._write = begin, end, write
+
+    def __enter__(self) -> None:
+        self._begin(self._write)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._end(exc)
+
+
+def adopt_dictionary(fmt: LogFormat, body: bytes, *, have_one: bool) -> None:
+    """Make the record codec of ``fmt`` use the dictionary record ``body`` (FORMAT.md §5.3;
+    for storages that keep the dictionary apart from the records).
+
+    :raises RecordRejected: a plain log, a second dictionary, or a body that does not open.
+    """
+    records = fmt.records
+    if not isinstance(records, SealedRecords):
+        raise RecordRejected("a plain log holds no dictionary records")
+    if have_one:
+        raise RecordRejected("the log holds a dictionary record already")
+    records.use_dictionary(1, records.decode_dictionary(body, 1))

@@ -11,10 +11,9 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from types import TracebackType
 
-from ..records import RecordRejected, SealedRecords
-from .base import LogFormat, LogStorage
+from ..records import SealedRecords
+from .base import Hold, LogFormat, LogStorage, adopt_dictionary
 
 __all__ = ["MemoryLog"]
 
@@ -38,22 +37,6 @@ class _MemoryIndex:
 
     def first_at_or_after(self, ts_us: int) -> int:
         return bisect.bisect_left(self.tss, ts_us)
-
-
-class _Transaction:
-    def __init__(self, log: MemoryLog, write: bool) -> None:
-        self._log, self._write = log, write
-
-    def __enter__(self) -> None:
-        self._log._begin(self._write)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._log._end()
 
 
 class MemoryLog:
@@ -90,8 +73,8 @@ class MemoryLog:
 
     # -- transactions ----------------------------------------------------------------------
 
-    def transaction(self, *, write: bool, tolerant: bool = False) -> _Transaction:
-        return _Transaction(self, write)
+    def transaction(self, *, write: bool, tolerant: bool = False) -> Hold:
+        return Hold(self._begin, self._end, write)
 
     def _begin(self, write: bool) -> None:
         self._mutex.acquire()
@@ -102,7 +85,7 @@ class MemoryLog:
             self._writable = write
         self._depth += 1
 
-    def _end(self) -> None:
+    def _end(self, error: BaseException | None = None) -> None:
         self._depth -= 1
         self._mutex.release()
 
@@ -125,7 +108,7 @@ class MemoryLog:
         if len(bodies) != len(tss):
             raise ValueError("one timestamp per body")
         if dictionary is not None:
-            _use_dictionary(fmt, dictionary[1], self._dictionary_at is not None)
+            adopt_dictionary(fmt, dictionary[1], have_one=self._dictionary_at is not None)
             self._dictionary_at = len(self._bodies) + dictionary[0]
         self._bodies.extend(bodies)
         self._index.tss.extend(tss)
@@ -152,7 +135,7 @@ class MemoryLog:
             raise RuntimeError("write outside a write transaction")
         pairs = list(records)  # all or nothing: the old log stays until this succeeds
         if dictionary is not None:
-            _use_dictionary(fmt, dictionary, False)
+            adopt_dictionary(fmt, dictionary, have_one=False)
         self._header, self._fmt = header, fmt
         self._bodies = [body for body, _ in pairs]
         self._index.tss = [ts for _, ts in pairs]
@@ -191,15 +174,6 @@ class MemoryLog:
     def bodies(self) -> Sequence[bytes]:
         """Every stored body in order (for tests of the storage itself)."""
         return tuple(self._bodies)
-
-
-def _use_dictionary(fmt: LogFormat, body: bytes, have_one: bool) -> None:
-    records = fmt.records
-    if not isinstance(records, SealedRecords):
-        raise RecordRejected("a plain log holds no dictionary records")
-    if have_one:
-        raise RecordRejected("the log holds a dictionary record already")
-    records.use_dictionary(1, records.decode_dictionary(body, 1))
 
 
 _CONFORMS: type[LogStorage] = MemoryLog  # mypy checks MemoryLog against the protocol

@@ -33,11 +33,10 @@ import bisect
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
 
 from ...errors import CorruptRecordError
-from ...records import RecordRejected, SealedRecords
-from ..base import IndexMismatch, LogFormat, LogStorage
+from ...records import SealedRecords
+from ..base import Hold, IndexMismatch, LogFormat, LogStorage, adopt_dictionary
 from .backend import Connection, PostgresBackend
 from .queries import (
     NO_ROW,
@@ -149,14 +148,14 @@ class PostgresLog:
 
     # -- transactions ----------------------------------------------------------------------
 
-    def transaction(self, *, write: bool, tolerant: bool = False) -> _Transaction:
+    def transaction(self, *, write: bool, tolerant: bool = False) -> Hold:
         """Return a context holding a database transaction (and, for ``write``, the
         conversation's row lock) with the cached view brought up to date.
 
         Re-entrant within one thread; a nested transaction must not upgrade to write.
         ``tolerant`` changes nothing here: a database holds no torn records.
         """
-        return _Transaction(self, write)
+        return Hold(self._begin, self._end, write)
 
     def _begin(self, write: bool) -> None:
         self._mutex.acquire()
@@ -294,7 +293,7 @@ class PostgresLog:
                 offset=0,
             )
         assert self.fmt is not None
-        _use_dictionary(self.fmt, body, False)
+        adopt_dictionary(self.fmt, body, have_one=False)
         self._dict_id = dict_id
 
     def _drop_dictionary(self) -> None:
@@ -332,7 +331,7 @@ class PostgresLog:
             raise ValueError("timestamps in a log never go backwards")
         dict_row = None
         if dictionary is not None:
-            _use_dictionary(fmt, dictionary[1], self._dict_id != 0)
+            adopt_dictionary(fmt, dictionary[1], have_one=self._dict_id != 0)
             self._dict_id = 1
             dict_row = (1, len(self.index) + dictionary[0], dictionary[1])
         try:
@@ -369,7 +368,7 @@ class PostgresLog:
         (``queries.replace_log``)."""
         conn = self._writing()
         if dictionary is not None:
-            _use_dictionary(fmt, dictionary, False)
+            adopt_dictionary(fmt, dictionary, have_one=False)
         with self.backend.errors(f"rewrite {self._where}"):
             row, tss = replace_log(
                 conn, self.conversation_id, header, fmt.log_id, iter(records), dictionary
@@ -444,35 +443,6 @@ class PostgresLog:
             if not self._depth:
                 self._forget_log()
                 self._row = None
-
-
-class _Transaction:
-    """One transaction of a ``PostgresLog``; see ``PostgresLog.transaction``."""
-
-    __slots__ = ("_log", "_write")
-
-    def __init__(self, log: PostgresLog, write: bool) -> None:
-        self._log, self._write = log, write
-
-    def __enter__(self) -> None:
-        self._log._begin(self._write)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._log._end(exc)
-
-
-def _use_dictionary(fmt: LogFormat, body: bytes, have_one: bool) -> None:
-    records = fmt.records
-    if not isinstance(records, SealedRecords):
-        raise RecordRejected("a plain log holds no dictionary records")
-    if have_one:
-        raise RecordRejected("the log holds a dictionary record already")
-    records.use_dictionary(1, records.decode_dictionary(body, 1))
 
 
 _CONFORMS: type[LogStorage] = PostgresLog  # mypy checks PostgresLog against the protocol
