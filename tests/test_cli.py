@@ -1208,6 +1208,8 @@ def test_entry_point_progress_bars_only_on_a_terminal(tmp_path: Path) -> None:
     out_file = str(tmp_path / "chat.jsonl")
     code, shown, out = on_a_terminal("export", log, "--out", out_file, env=env)
     assert code == 0 and re.search(r"exporting +\[#+\]  4/4", shown), shown
+    code, shown, out = on_a_terminal("reindex", log, env=env)
+    assert code == 0 and re.search(r"indexing +\[#+\]  4/4", shown), shown
     done = entry("compact", log, env=env)
     assert done.returncode == 0 and done.stderr == ""  # piped: quiet
 

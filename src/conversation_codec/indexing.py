@@ -267,8 +267,9 @@ class KeywordIndexer:
         exact.postings.add_blocks(builder.blocks())
         self._write(exact.postings, count)
 
-    def rebuild(self) -> int:
-        """Index every record of the log again, replacing the sidecar; return the count."""
+    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Index every record of the log again, replacing the sidecar; return the count.
+        ``progress(done, total)`` is called after each record."""
         keys = self.keys()
         if keys is None:
             return 0
@@ -276,6 +277,8 @@ class KeywordIndexer:
         builder = IndexBuilder(keys[0])
         for seq, message, _ in self._reader.decoded(0, count):
             builder.add(seq, message)
+            if progress is not None:
+                progress(seq + 1, count)
         self._write(builder.postings(), count)
         return count
 

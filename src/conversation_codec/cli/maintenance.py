@@ -157,7 +157,7 @@ def _show_rewrite(args: Args, what: str, report: CompactionReport) -> int:
 @as_json()
 def _reindex(args: Args) -> int:
     with open_log(args) as codec:
-        count = codec.reindex()
+        count = codec.reindex(progress=progress("indexing", quiet=args.json))
     if args.json:
         emit({"path": args.path, "messages": count})
     else:

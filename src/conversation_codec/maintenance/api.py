@@ -132,10 +132,10 @@ class Maintenance(CodecCore):
                 report = dataclasses.replace(report, problems=(*report.problems, extra))
         return report
 
-    def reindex(self) -> int:
+    def reindex(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Build the keyword index (FORMAT.md §17) again from the log; return the messages
         indexed. Turns the index on for this log (``search_index=True``): from now on every
-        writer keeps it.
+        writer keeps it. ``progress(done, total)`` is called after each record.
 
         :raises ValueError: the log is not an encrypted log file (nothing to index privately).
         """
@@ -143,7 +143,7 @@ class Maintenance(CodecCore):
             if self._kwi.keys() is None:
                 raise ValueError("only an existing encrypted log file can have a keyword index")
             self._kwi.wanted = True
-            return self._kwi.rebuild()
+            return self._kwi.rebuild(progress)
 
     # -- export and import -------------------------------------------------------------------
 
