@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import urllib.parse
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -43,6 +45,9 @@ Connection = psycopg.Connection[TupleRow]
 
 _SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT = 10.0  # seconds to wait for a connection (the pool's timeout too)
+# A connection given back less than this many seconds ago is lent without a check round
+# trip: it just worked. One idle longer is checked (a server restart, a dropped link).
+RECHECK_AFTER = 1.0
 
 
 def is_database_url(root: object) -> bool:
@@ -161,6 +166,7 @@ class PostgresBackend:
         # isolation. prepare_threshold=None turns prepared statements off (PgBouncer
         # before 1.21 in transaction mode).
         kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": prepare_threshold}
+        self._back: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
         with database_errors(f"cannot open {self.name}", self.secrets):
             # One connection of its own, once, so that a bad URL or password fails here with
             # the server's reason (a pool only reports a timeout).
@@ -173,15 +179,24 @@ class PostgresBackend:
                 kwargs=kwargs,
                 timeout=timeout,
                 check=self._check,
+                reset=self._returned,
                 name=self.name,
                 open=True,
             )
 
+    def _returned(self, conn: Connection) -> None:
+        """The pool's reset hook: note when ``conn`` came back (it worked until then)."""
+        self._back[conn] = time.monotonic()
+
     def _check(self, conn: Connection) -> None:
-        """Check a connection before lending it (a round trip); on the first dead one,
-        check every idle one at once. A dead connection means the server restarted or the
-        network broke, so the others are dead too: met one by one, the pool would wait 1,
-        2, 4… s between them (its back-off) and time out with a few stale ones."""
+        """Check a connection before lending it (a round trip), unless it came back less
+        than ``RECHECK_AFTER`` seconds ago (a tail is 3 round trips instead of 4); on the
+        first dead one, check every idle one at once. A dead connection means the server
+        restarted or the network broke, so the others are dead too: met one by one, the
+        pool would wait 1, 2, 4… s between them (its back-off) and time out with a few
+        stale ones."""
+        if time.monotonic() - self._back.get(conn, -RECHECK_AFTER) < RECHECK_AFTER:
+            return
         try:
             psycopg_pool.ConnectionPool.check_connection(conn)
         except Exception:

@@ -34,7 +34,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
-from ...errors import CorruptRecordError
+from ...errors import CorruptRecordError, DatabaseError
 from ...records import SealedRecords
 from ..base import Hold, IndexMismatch, LogFormat, LogStorage, adopt_dictionary
 from .backend import Connection, PostgresBackend
@@ -171,15 +171,37 @@ class PostgresLog:
             raise
 
     def _open(self, write: bool) -> None:
-        """Take a connection, start the transaction, lock and read the row, refresh."""
+        """Take a connection, start the transaction, lock and read the row, refresh.
+
+        A connection that just came back is lent unchecked (``backend.RECHECK_AFTER``): if
+        the server went away since, the first round trip fails on a dead connection before
+        anything was done, and this retries once on a checked one.
+        """
         what = ("write " if write else "read ") + self._where
-        with self.backend.errors(what):
-            conn = self.backend.pool.getconn()
+        for retry in (True, False):
+            with self.backend.errors(what):
+                conn = self.backend.pool.getconn()
+            try:
+                with self.backend.errors(what):
+                    row = begin(
+                        conn, self.conversation_id, write=write, lock_timeout=self._lock_timeout
+                    )
+            except DatabaseError as exc:
+                # Dead before the server said a word (no SQLSTATE): it died idle in the pool.
+                # A connection the server ended while this waited (e.g. terminated) is an
+                # error of this call, reported as such.
+                dead = (conn.broken or conn.closed) and exc.sqlstate is None
+                self._give_back(conn, rollback=True)
+                if retry and dead:
+                    self.backend.pool.check()  # drop every dead idle connection now
+                    continue
+                raise
+            except BaseException:
+                self._give_back(conn, rollback=True)
+                raise
+            break
         try:
             with self.backend.errors(what):
-                row = begin(
-                    conn, self.conversation_id, write=write, lock_timeout=self._lock_timeout
-                )
                 self._conn, self._depth, self._writable = conn, 1, write
                 self._refresh(conn, row)
         except BaseException:
