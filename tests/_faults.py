@@ -299,11 +299,32 @@ def _migrate_to_state(folder: Path, raw: bytes) -> str:
     return "new"
 
 
+def _kwi_prepare(folder: Path) -> None:
+    _seed_log(folder, [*OLD, NEW])  # NEW holds SECRET: its trigrams must reach disk keyed only
+
+
+def _kwi_act(folder: Path, io: FileIO, ctx: Any) -> None:
+    with ConversationCodec(folder / LOG, encryption_key=KEY, io=io) as codec:
+        codec.reindex()
+
+
+def _kwi_state(folder: Path, ctx: Any) -> str:
+    """The log is untouched, and a search finds what the scan finds, whatever the sidecar
+    holds (a torn or missing index makes readers scan, never return fewer hits)."""
+    built = (folder / f"{LOG}.kwi").exists()
+    _which(_history(folder), [*OLD, NEW], [*OLD, NEW], "keyword index")
+    with ConversationCodec(folder / LOG, encryption_key=KEY) as codec:
+        assert [h.seq for h in codec.search(SECRET.split("-")[0])] == [3]
+        assert [h.seq for h in codec.search("stored")] == [0, 1, 2]
+    return "new" if built else "old"
+
+
 WRITERS: list[Writer] = [
     _log_writer("log append", lambda c: c.append(NEW), [*OLD, NEW]),
     _log_writer("log truncate", lambda c: c.pop(), OLD[:-1]),
     _log_writer("log rewrite", lambda c: c.replace([NEW, OLD[0]]), [NEW, OLD[0]]),
     Writer("index", _index_prepare, _index_act, _index_state),
+    Writer("keyword index", _kwi_prepare, _kwi_act, _kwi_state),
     Writer(
         "lock counters",
         _lock_prepare,
