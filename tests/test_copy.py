@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ def _fill(store: ConversationStore, ids: list[str], n: int = 5) -> None:
         with store.open(cid) as codec:
             codec.extend(
                 [{"role": "user", "content": f"{cid} says {i}"} for i in range(n + k)],
-                timestamps=[T0.replace(minute=i) for i in range(n + k)],
+                timestamps=[T0 + timedelta(seconds=i) for i in range(n + k)],
             )
 
 
@@ -106,3 +106,28 @@ def test_the_copy_command(tmp_path: Path) -> None:
     assert plain.returncode == 2 and "UNENCRYPTED" in plain.stderr
     missing = _cli("copy", str(tmp_path / "nope"), str(tmp_path / "c"), env=env)
     assert missing.returncode == 1 and "no such directory" in missing.stderr
+
+
+def _bodies(store: ConversationStore, cid: str) -> list[bytes]:
+    with store.open(cid) as codec:
+        log = codec.storage
+        with log.transaction(write=False):
+            return [body for _, body in log.read_bodies(0, len(log.index))]
+
+
+def test_under_the_same_key_the_record_bytes_move_as_they_are(tmp_path: Path) -> None:
+    """Issue 14: re-sealed only where they must be. 600 messages: past the 512 that train
+    the log's zstd dictionary, which moves with them."""
+    src = ConversationStore(tmp_path / "a", encryption_key=KEY)
+    _fill(src, ["alice"], n=600)
+    same = ConversationStore(tmp_path / "b", encryption_key=KEY)
+    assert copy_conversations(src, same).copied == ["alice"]
+    assert _bodies(same, "alice") == _bodies(src, "alice")  # byte for byte
+    assert _dump(same) == _dump(src)
+    with same.open("alice") as codec:
+        codec.append({"role": "user", "content": "after the copy"})  # a normal log after it
+        assert codec.verify().ok and len(codec) == 601
+    other = ConversationStore(tmp_path / "c", encryption_key=OTHER)
+    assert copy_conversations(src, other).copied == ["alice"]
+    assert _dump(other) == _dump(src)
+    assert not set(_bodies(other, "alice")) & set(_bodies(src, "alice"))  # re-sealed

@@ -103,6 +103,16 @@ def test_copy_file_store_to_postgres_and_back_is_identical(
     assert sorted(copy_conversations(database, back, ids).copied) == sorted(ids)
     assert _dump(back, ids) == _dump(database, ids) == _dump(files, ids)
     assert copy_conversations(files, database, ids).unchanged == sorted(ids)  # resumable
+    with files.open(p + "big") as codec:  # past the 512 messages that train a dictionary
+        codec.extend([{"role": "user", "content": f"turn {i} of a long chat"} for i in range(600)])
+    copy_conversations(files, database, [p + "big"])
+    copy_conversations(database, back, [p + "big"])
+    bodies = []
+    for store in (files, database, back):  # the same key: the record bytes moved as they are
+        with store.open(p + "big") as codec, codec.storage.transaction(write=False):
+            log = codec.storage
+            bodies.append([body for _, body in log.read_bodies(0, len(log.index))])
+    assert bodies[0] == bodies[1] == bodies[2] and len(bodies[0]) == 600
 
 
 def _cli(*args: str, key: str) -> subprocess.CompletedProcess[str]:

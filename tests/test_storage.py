@@ -277,3 +277,24 @@ def test_another_handles_write_calls_on_change(
     with storage.transaction(write=False):
         assert list(storage.index.tss) == [T0 + 5]
     assert changes, "the first handle was not told its view changed"
+
+
+def test_stored_gives_the_header_and_dictionary_a_copy_needs(
+    make: Callable[[], LogStorage],
+) -> None:
+    storage = make()
+    with storage.transaction(write=False):
+        assert storage.stored() is None
+    header, fmt = _new_log()
+    with storage.transaction(write=True):
+        storage.create(header, fmt)
+        storage.append([_body(fmt, i) for i in range(3)], [T0 + i for i in range(3)])
+    with storage.transaction(write=False):
+        assert storage.stored() == (header, None)  # a plain log has no dictionary
+        records = [(b, storage.index.tss[s]) for s, b in storage.read_bodies(0, 3)]
+    copy = MemoryLog(attach=_attach)
+    with copy.transaction(write=True):
+        copy.rewrite(header, _attach(header), records)
+    with copy.transaction(write=False):
+        assert copy.stored() == (header, None)
+        assert list(copy.read_bodies(0, 3)) == [(i, _body(fmt, i)) for i in range(3)]

@@ -16,7 +16,7 @@ from typing import BinaryIO, cast
 from .._time import to_us
 from ..core import CodecCore, TimeInput
 from ..crypto import KeyInput
-from ..errors import KeyRequiredError, StorageError
+from ..errors import ConversationCodecError, KeyRequiredError, StorageError
 from ..storage.file.check import Problem, VerifyReport, check_file_log
 from ..storage.file.log import FileLog
 from .compact import CompactionReport
@@ -144,6 +144,34 @@ class Maintenance(CodecCore):
                 raise ValueError("only an existing encrypted log file can have a keyword index")
             self._kwi.wanted = True
             return self._kwi.rebuild(progress)
+
+    def copy_records_to(self, other: CodecCore) -> bool:
+        """Replace ``other``'s log with this log's records, their bytes unchanged, when
+        ``other``'s secrets open this log (same key or password, same context); return
+        False, changing nothing, when they must be re-sealed instead (or external
+        attachments, kept beside a log file, would be left behind).
+
+        Atomic as every rewrite; the caller verifies the copy (``maintenance.copy``).
+        """
+        if self._encoder.blobs is not None or other._encoder.blobs is not None:
+            return False
+        with self._holding(write=False):
+            stored = self._log.stored()
+            count = len(self._log.index)
+            tss = list(self._log.index.tss)
+            bodies = [body for _, body in self._log.read_bodies(0, count)] if stored else []
+        if stored is None:
+            return False
+        header, dictionary = stored
+        with other._holding(write=True):
+            try:
+                fmt = other._secrets.attach(header)
+            except ConversationCodecError:  # another key, password or context: re-seal
+                return False
+            other._log.rewrite(header, fmt, zip(bodies, tss, strict=True), dictionary)
+            other._history.forget()
+            other._history.partial()
+        return True
 
     # -- export and import -------------------------------------------------------------------
 

@@ -2,8 +2,11 @@
 
 Each conversation is read whole from the source (messages with their own, authenticated
 timestamps, external attachments restored) and written to the destination in one atomic
-``replace()``, sealed under the destination store's key and bound to the same conversation
-id; then the destination is read back and compared with what was read (verification).
+rewrite: when the destination's key opens the source's log (same key or password, and the
+same conversation id it is bound to) its records are copied with their bytes unchanged
+(``copy_records_to``: the header, the dictionary and each sealed record); otherwise they are
+re-sealed under the destination store's key (``replace()``). Then the destination is read
+back and compared with what was read (verification).
 
 Resume: a conversation whose destination already holds exactly the source's messages and
 timestamps is skipped, so a copy interrupted anywhere (a crash, Ctrl-C, a lost connection)
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConflictError, ConversationCodecError
 
 if TYPE_CHECKING:
+    from ..codec import ConversationCodec
     from ..store import ConversationStore
 
 __all__ = ["CopyReport", "copy_conversations"]
@@ -100,7 +104,14 @@ def _copy_one(
                 f"{conversation_id!r} holds {len(there)} other messages in the destination; "
                 "pass overwrite=True (--overwrite) to replace them"
             )
-        codec.replace([m for m, _ in source], timestamps=[t for _, t in source])
+        if not _raw(src, codec, conversation_id):
+            codec.replace([m for m, _ in source], timestamps=[t for _, t in source])
     if _history(dst, conversation_id) != source:  # verification, on a fresh open
         raise ConflictError(f"{conversation_id!r} differs from its source after the copy")
     return len(source)
+
+
+def _raw(src: ConversationStore, dst_codec: ConversationCodec, conversation_id: str) -> bool:
+    """Copy the records' bytes as they are, when the destination's key opens them."""
+    with src.open(conversation_id) as codec:
+        return codec.copy_records_to(dst_codec)

@@ -135,6 +135,11 @@ class LogStorage(Protocol):
 
     def rebuild_index(self) -> None: ...
 
+    def stored(self) -> tuple[bytes, bytes | None] | None:
+        """The header's bytes and the dictionary record's body (None: none) as stored, for
+        a copy that keeps the records' bytes; None when there is no log."""
+        ...
+
     def remove(self, also: Callable[[], None] = ...) -> None:
         """Delete the log (then run ``also``)."""
         ...

@@ -49,6 +49,7 @@ class MemoryLog:
         self._bodies: list[bytes] = []
         self._index = _MemoryIndex()
         self._dictionary_at: int | None = None  # seq the dictionary record precedes
+        self._dictionary: bytes | None = None  # its body
         self._version = (0, 0)  # (writes, truncations): what ``seen`` reports
         self._mutex = threading.RLock()
         self._depth = 0
@@ -110,6 +111,7 @@ class MemoryLog:
         if dictionary is not None:
             adopt_dictionary(fmt, dictionary[1], have_one=self._dictionary_at is not None)
             self._dictionary_at = len(self._bodies) + dictionary[0]
+            self._dictionary = dictionary[1]
         self._bodies.extend(bodies)
         self._index.tss.extend(tss)
         self._version = (self._version[0] + 1, self._version[1])
@@ -119,7 +121,7 @@ class MemoryLog:
         del self._bodies[count:]
         del self._index.tss[count:]
         if self._dictionary_at is not None and self._dictionary_at >= count:
-            self._dictionary_at = None  # the dictionary goes too
+            self._dictionary_at = self._dictionary = None  # the dictionary goes too
             if isinstance(fmt.records, SealedRecords):
                 fmt.records.drop_dictionary()
         self._version = (self._version[0] + 1, self._version[1] + 1)
@@ -140,13 +142,17 @@ class MemoryLog:
         self._bodies = [body for body, _ in pairs]
         self._index.tss = [ts for _, ts in pairs]
         self._dictionary_at = 0 if dictionary is not None else None
+        self._dictionary = dictionary
         self._version = (self._version[0] + 1, self._version[1] + 1)
 
     def remove(self, also: Callable[[], None] = lambda: None) -> None:
-        self._header = self._fmt = self._dictionary_at = None
+        self._header = self._fmt = self._dictionary_at = self._dictionary = None
         self._bodies, self._index.tss = [], []
         self._version = (self._version[0] + 1, self._version[1] + 1)
         also()
+
+    def stored(self) -> tuple[bytes, bytes | None] | None:
+        return None if self._header is None else (self._header, self._dictionary)
 
     def remove_stale_temps(self) -> None:
         """Nothing is ever left over in memory."""

@@ -27,7 +27,7 @@ from ..base import LogFormat, LogStorage
 from .dictionary import Dictionary
 from .index import OffsetIndex
 from .lock import LogLock
-from .reader import read_bodies, read_body
+from .reader import read_bodies, read_body, read_dictionary
 from .recovery import drop_unproven_entries, recover
 from .transaction import Transaction, Transactions
 from .writer import frame_batch, remove_leftovers, replace_log
@@ -417,6 +417,15 @@ class FileLog:
         self.remove_stale_temps()
         unlink_file(self._lock.path, io=self.io)
         self._sync_dir()
+
+    def stored(self) -> tuple[bytes, bytes | None] | None:
+        """The header's bytes and the dictionary record's body, as the file holds them."""
+        if self._fd is None or self.fmt is None:
+            return None
+        header = os.pread(self._fd, self.fmt.data_start, 0)
+        span = self._dict.span
+        dictionary = None if span == (0, 0) else read_dictionary(self._fd, span, self.fmt.sealed)
+        return header, dictionary
 
     def remove_stale_temps(self) -> None:
         """Delete what crashed rewrites and migrations of this log left beside it.

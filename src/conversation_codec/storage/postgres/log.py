@@ -408,6 +408,16 @@ class PostgresLog:
         self._forget_log()
         self._after_commit.append(also)
 
+    def stored(self) -> tuple[bytes, bytes | None] | None:
+        """The header's bytes and the dictionary record's body, as the database holds them."""
+        if self._header is None:
+            return None
+        dictionary = None
+        if self._dict_id:
+            with self.backend.errors(f"read {self._where}"):
+                dictionary = load_dictionary(self._reading(), self.conversation_id, self._dict_id)
+        return self._header, dictionary
+
     def remove_stale_temps(self) -> None:
         """Nothing is ever left over: a rewrite's staging table dies with its transaction."""
 
