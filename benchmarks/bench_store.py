@@ -45,10 +45,10 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 from benchmarks import _machine
+from benchmarks._store_report import TAIL, plot, render
 from benchmarks._workload import DEFAULT_CORPUS, Message, plain_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TAIL = 20
 # Fernet ttl for EncryptedSession; its default (600 s) would silently hide older messages.
 _TTL_FOREVER = 10 * 365 * 24 * 3600  # seconds
 # Built-in calls counted per turn in the profile: the system calls a turn makes.
@@ -119,16 +119,11 @@ class Ours:
         from conversation_codec import ConversationStore
 
         self.directory = directory
-        self._make = lambda: ConversationStore(directory, encryption_key=key, durability=durability)
-        self._store = self._make()
+        self._store = ConversationStore(directory, encryption_key=key, durability=durability)
 
     def write(self, cid: str, message: Message) -> None:
         with self._store.open(cid) as codec:
             codec.append(message)
-
-    def reopen(self) -> None:
-        """Start afresh, as a new process would (a new store object)."""
-        self._store = self._make()
 
     def tail(self, cid: str) -> list[Any]:
         with self._store.open(cid) as codec:
@@ -190,9 +185,6 @@ class Peer:
             self._loop.run_until_complete(session.add_items([message]))
         finally:
             inner.close()
-
-    def reopen(self) -> None:
-        pass  # nothing is kept between turns but the event loop
 
     def tail(self, cid: str) -> list[Any]:
         inner, session = self._session(cid)
@@ -298,7 +290,56 @@ def _profile(
     return out
 
 
+def _read_phase(
+    conversations: list[tuple[str, list[Message]]], rounds: int, tmp: Path, key: bytes
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Reopen every conversation and read its tail, ``rounds`` times, contestants interleaved.
+
+    Return each contestant's total per round, and how many tails differed from the corpus.
+    A reopen is a reopen: the kept-open peer reads as the per-turn one does, so it is left out.
+    """
+    ids = [cid for cid, _ in conversations]
+    expected = {cid: msgs[-TAIL:] for cid, msgs in conversations}
+    reading = [n for n, _label, cls, _d in CONTESTANTS if not getattr(cls, "keep_open", False)]
+    tails: dict[str, list[float]] = {n: [] for n in reading}
+    mismatches = dict.fromkeys(reading, 0)
+    for r in range(rounds):
+        readers = {
+            name: cls(tmp / name, key, durability)
+            for name, _label, cls, durability in CONTESTANTS
+            if name in reading
+        }
+
+        def read(name: str, cid: str, check: bool = r == 0) -> None:
+            got = readers[name].tail(cid)  # noqa: B023 (called before the loop moves on)
+            if check and got != expected[cid]:
+                mismatches[name] += 1
+
+        gc.collect()
+        for name, total in _interleaved(reading, ids, read).items():
+            tails[name].append(total)
+        for reader in readers.values():
+            reader.close()
+        print(f"reopen + tail round {r + 1}/{rounds} done", file=sys.stderr)
+    return tails, mismatches
+
+
+def _ratios(figures: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for ours, peer in PAIRS:
+        a, b = figures[ours], figures[peer]
+        read = None if b["reopen_tail_s"] is None else a["reopen_tail_s"] / b["reopen_tail_s"]
+        out[f"{ours} / {peer}"] = {
+            "allocated": a["allocated_bytes"] / b["allocated_bytes"],
+            "apparent": a["apparent_bytes"] / b["apparent_bytes"],
+            "write": a["write_s"] / b["write_s"],
+            "reopen_tail": read,
+        }
+    return out
+
+
 def run(conversations: list[tuple[str, list[Message]]], rounds: int, tmp: Path) -> dict[str, Any]:
+    """Write, measure the disk, reopen and read, profile: return the results dict."""
     key = Fernet.generate_key()
     stores: dict[str, Any] = {
         name: cls(tmp / name, key, durability) for name, _label, cls, durability in CONTESTANTS
@@ -312,32 +353,7 @@ def run(conversations: list[tuple[str, list[Message]]], rounds: int, tmp: Path) 
     for s in stores.values():
         s.close()
     sizes = {n: disk(stores[n].directory) for n in names}
-    ids = [cid for cid, _ in conversations]
-    expected = {cid: msgs[-TAIL:] for cid, msgs in conversations}
-    # A reopen is a reopen: the kept-open peer reads as the per-turn one does.
-    reading = [n for n, _label, cls, _d in CONTESTANTS if not getattr(cls, "keep_open", False)]
-    tails: dict[str, list[float]] = {n: [] for n in reading}
-    mismatches = dict.fromkeys(reading, 0)
-    for r in range(rounds):
-        readers = {
-            name: cls(tmp / name, key, durability)
-            for name, _label, cls, durability in CONTESTANTS
-            if name in reading
-        }
-        for reader in readers.values():
-            reader.reopen()
-
-        def read(name: str, cid: str, check: bool = r == 0) -> None:
-            got = readers[name].tail(cid)  # noqa: B023 (called before the loop moves on)
-            if check and got != expected[cid]:
-                mismatches[name] += 1
-
-        gc.collect()
-        for name, total in _interleaved(reading, ids, read).items():
-            tails[name].append(total)
-        for reader in readers.values():
-            reader.close()
-        print(f"reopen + tail round {r + 1}/{rounds} done", file=sys.stderr)
+    tails, mismatches = _read_phase(conversations, rounds, tmp, key)
     figures: dict[str, Any] = {}
     for name in names:
         best = min(tails[name]) if name in tails else None
@@ -346,7 +362,9 @@ def run(conversations: list[tuple[str, list[Message]]], rounds: int, tmp: Path) 
             "write_us_per_turn": write[name] / len(all_turns) * 1e6,
             "reopen_tail_s": best,
             "reopen_tail_rounds_s": tails.get(name, []),
-            "reopen_tail_us_per_conversation": None if best is None else best / len(ids) * 1e6,
+            "reopen_tail_us_per_conversation": None
+            if best is None
+            else best / len(conversations) * 1e6,
             "allocated_bytes": sizes[name]["allocated"],
             "apparent_bytes": sizes[name]["apparent"],
             "allocated_ratio": sizes[name]["allocated"] / plaintext,
@@ -354,17 +372,6 @@ def run(conversations: list[tuple[str, list[Message]]], rounds: int, tmp: Path) 
             "files": sizes[name]["files"],
             "by_suffix": sizes[name]["by_suffix"],
             "tail_mismatches": mismatches.get(name),
-        }
-    ratios = {}
-    for ours, peer in PAIRS:
-        a, b = figures[ours], figures[peer]
-        ratios[f"{ours} / {peer}"] = {
-            "allocated": a["allocated_bytes"] / b["allocated_bytes"],
-            "apparent": a["apparent_bytes"] / b["apparent_bytes"],
-            "write": a["write_s"] / b["write_s"],
-            "reopen_tail": None
-            if b["reopen_tail_s"] is None
-            else a["reopen_tail_s"] / b["reopen_tail_s"],
         }
     # What the logs alone would take if each conversation were one file (no .idx, no .lock).
     logs_only = figures["ours-fsync"]["by_suffix"].get("log", {}).get("allocated", 0)
@@ -376,7 +383,7 @@ def run(conversations: list[tuple[str, list[Message]]], rounds: int, tmp: Path) 
         "plaintext_per_conversation": plaintext / len(conversations),
         "rounds": rounds,
         "figures": figures,
-        "ratios": ratios,
+        "ratios": _ratios(figures),
         "ours_logs_only_allocated_ratio_to_peer": logs_only
         / figures["peer-fsync"]["allocated_bytes"],
         "labels": {name: label for name, label, _cls, _d in CONTESTANTS},
@@ -386,167 +393,6 @@ def run(conversations: list[tuple[str, list[Message]]], rounds: int, tmp: Path) 
     result["profile"] = {d: _profile(tmp, key, profiled, d) for d in ("fsync", "flush")}
     result["profile_conversations"] = len(profiled)
     return result
-
-
-TARGETS = {"allocated": 0.5, "write": 0.7, "reopen_tail": 0.25}
-
-
-def _b(n: float) -> str:
-    return f"{n / 1024:,.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.1f} MiB"
-
-
-def render(r: dict[str, Any]) -> str:
-    """Return the markdown report."""
-    m, f, labels = r["meta"], r["figures"], r["labels"]
-    pk = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
-    lines = [
-        f"# Store of many short conversations: {r['conversations']:,} corpus conversations, "
-        "written a turn at a time" + (" (--quick)" if r["quick"] else ""),
-        "",
-        f"- commit: `{m['commit']}` — date: {m['date']}",
-        f"- machine: {m['cpu']}, {m['cores']} cores, {m['kernel']}; temp dir {m['tmp_dir']} on "
-        f"{m['filesystem']}",
-        f"- {m['python']}; {pk}",
-        f"- command: `{r['command']}`; wall time {r['wall_s']:.0f} s; load average "
-        f"{m['loadavg_start']} at start, {m['loadavg_end']} at end (other processes share "
-        "the CPUs)",
-        "",
-        f"{r['turns']:,} turns ({r['messages_per_conversation']:.1f} messages per conversation, "
-        f"{r['plaintext_per_conversation']:,.0f} B of plaintext JSON each, "
-        f"{_b(r['plaintext_bytes'])} in all), one message per turn, round-robin across "
-        "conversations; each turn opens, appends, closes (the kept-open peer excepted). "
-        f"Turns of all contestants interleaved; reopen + tail({TAIL}): best of {r['rounds']} "
-        "interleaved rounds. The peer's WAL is checkpointed and removed when its last "
-        "connection closes, so its figures are the one .db file.",
-        "",
-        "| contestant | du ÷ plain | apparent ÷ plain | files | writes, total | per turn | "
-        f"reopen + tail({TAIL}), total | per conversation |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, c in f.items():
-        read = c["reopen_tail_s"]
-        read_cells = (
-            "— | —"
-            if read is None
-            else f"{read:.2f} s | {c['reopen_tail_us_per_conversation']:,.0f} µs"
-        )
-        lines.append(
-            f"| {labels[name]} | {c['allocated_ratio']:.2f} ({_b(c['allocated_bytes'])}) | "
-            f"{c['apparent_ratio']:.2f} | {c['files']:,} | {c['write_s']:.2f} s | "
-            f"{c['write_us_per_turn']:,.0f} µs | {read_cells} |"
-        )
-    lines += [
-        "",
-        "Ratios, ours ÷ peer (below 1: ours smaller / faster), against issue 15's targets:",
-        "",
-        "| pair | du | apparent | writes | reopen + tail |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for pair, q in r["ratios"].items():
-        lines.append(
-            f"| {pair} | {q['allocated']:.2f} | {q['apparent']:.2f} | {q['write']:.2f} | "
-            + ("— |" if q["reopen_tail"] is None else f"{q['reopen_tail']:.2f} |")
-        )
-    lines.append(
-        f"| target | ≤ {TARGETS['allocated']} | | ≤ {TARGETS['write']} | "
-        f"≤ {TARGETS['reopen_tail']} |"
-    )
-    ours = f["ours-fsync"]
-    lines += [
-        "",
-        "Where our bytes are (fsync store; flush is alike): "
-        + "; ".join(
-            f"`.{s}` {c['files']:,} files, {_b(c['allocated'])} allocated, "
-            f"{_b(c['apparent'])} apparent"
-            for s, c in ours["by_suffix"].items()
-        )
-        + f". The `.log` files alone would be {r['ours_logs_only_allocated_ratio_to_peer']:.2f}x "
-        "the peer's allocated bytes.",
-        "",
-        "Reopen + tail rounds (s): "
-        + "; ".join(
-            f"{labels[n]} " + ", ".join(f"{t:.2f}" for t in c["reopen_tail_rounds_s"])
-            for n, c in f.items()
-            if c["reopen_tail_rounds_s"]
-        )
-        + ". Tails checked against the corpus in round 1: "
-        + ", ".join(
-            f"{n} {c['tail_mismatches']} mismatches"
-            for n, c in f.items()
-            if c["tail_mismatches"] is not None
-        )
-        + ".",
-        "",
-        f"## Profile of our turns (cProfile, {r['profile_conversations']:,} conversations, "
-        "fresh store)",
-        "",
-        "Times under cProfile are inflated by its per-call overhead; the call counts are exact.",
-        "",
-    ]
-    for durability, phases in r["profile"].items():
-        for phase, p in phases.items():
-            sys_cells = ", ".join(
-                f"{n} {c['per_turn']:.2g}x ({c['us_per_turn']:,.0f} µs)"
-                for n, c in p["syscalls"].items()
-            )
-            lines += [
-                f"### {durability}, {phase.replace('_', ' ')} ({p['turns']:,} turns, "
-                f"{p['us_per_turn_profiled']:,.0f} µs per turn profiled)",
-                "",
-                f"System calls per turn: {sys_cells}.",
-                "",
-                "| function | calls/turn | own µs/turn | cumulative µs/turn |",
-                "|---|---:|---:|---:|",
-                *[
-                    f"| `{t['where']}` | {t['calls_per_turn']:.3g} | "
-                    f"{t['tottime_us_per_turn']:,.0f} | {t['cumtime_us_per_turn']:,.0f} |"
-                    for t in p["top_tottime"][:10]
-                ],
-                "",
-            ]
-    return "\n".join(lines) + "\n"
-
-
-def plot(r: dict[str, Any], path: Path) -> Path:
-    """Write three bar panels (du ÷ plaintext, write time, reopen + tail time)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    f, labels = r["figures"], r["labels"]
-    names = list(f)
-    colours = ["tab:blue" if n.startswith("ours") else "tab:orange" for n in names]
-    panels = (
-        ("allocated_ratio", "allocated bytes (du) ÷ plaintext JSON"),
-        ("write_s", f"{r['turns']:,} turns written, total (s)"),
-        ("reopen_tail_s", f"reopen + tail({TAIL}) of each, total (s)"),
-    )
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        values = [f[n][key] or 0.0 for n in names]
-        bars = ax.bar(range(len(names)), values, color=colours)
-        for bar, value in zip(bars, values, strict=True):
-            ax.annotate(
-                f"{value:.2f}",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([labels[n].replace(", ", "\n") for n in names], fontsize=7)
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(
-        f"{r['conversations']:,} short conversations written a turn at a time "
-        "(blue: conversation-codec, orange: EncryptedSession on one SQLite file)",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
