@@ -95,10 +95,13 @@ def render(r: dict[str, Any]) -> str:
         )
         + ".",
         "",
-        f"## Profile of our turns (cProfile, {r['profile_conversations']:,} conversations, "
-        "fresh store)",
+        f"## Profile of our turns (cProfile, {r['profile_conversations']:,} conversations)",
         "",
-        "Times under cProfile are inflated by its per-call overhead; the call counts are exact.",
+        "Written again under new ids into the measured store (whose directory then holds "
+        f"{3 * r['conversations']:,} files and more), so that what grows with the store costs "
+        "what it did in the run. Times under cProfile are inflated by its per-call overhead; "
+        "the call counts are exact. Per turn = per operation (for reopen + tail: per "
+        "conversation).",
         "",
     ]
     for durability, phases in r["profile"].items():
@@ -112,6 +115,13 @@ def render(r: dict[str, Any]) -> str:
                 f"{p['us_per_turn_profiled']:,.0f} µs per turn profiled)",
                 "",
                 f"System calls per turn: {sys_cells}.",
+                "",
+                "Cumulative µs per turn: "
+                + ", ".join(
+                    f"`{t['where']}` {t['cumtime_us_per_turn']:,.0f}"
+                    for t in p.get("top_cumulative", [])[:14]
+                )
+                + ".",
                 "",
                 "| function | calls/turn | own µs/turn | cumulative µs/turn |",
                 "|---|---:|---:|---:|",

@@ -17,7 +17,8 @@ Figures: allocated bytes (``du``: st_blocks x 512 over every file, SQLite's -wal
 included when present after closing) and apparent bytes, each / the plaintext JSON; the
 total turn-by-turn write time; the total time to reopen every conversation and read its
 last 20 messages (peer: ``get_items(limit=20)``), best of ``--rounds`` interleaved rounds.
-Then a cProfile of our turns (first turn = creation, later turns apart) names what costs.
+Then a cProfile of our turns (first turn = creation, later turns apart) and of our reopen +
+tail, in the measured store, names what costs.
 
     python -m benchmarks.bench_store [--quick] [--conversations N] [--out benchmarks/results]
 """
@@ -242,51 +243,66 @@ def _interleaved(
     return totals
 
 
+def _stats(prof: cProfile.Profile, count: int, wall: float) -> dict[str, Any]:
+    """Summarise a profile of ``count`` operations: system calls and top functions, per op."""
+    rows = []
+    calls: dict[str, dict[str, float]] = {}
+    for (file, line, func), (_cc, nc, tt, ct, _callers) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        where = f"{Path(file).name}:{line}({func})" if file != "~" else func
+        rows.append((tt, ct, nc, where))
+        base = func.strip("<>").replace("built-in method ", "").split(".")[-1]
+        if file == "~" and base in _SYSCALLS:
+            cell = calls.setdefault(base, {"per_turn": 0.0, "us_per_turn": 0.0})
+            cell["per_turn"] += nc / count
+            cell["us_per_turn"] += tt / count * 1e6
+    rows.sort(reverse=True)
+    return {
+        "turns": count,
+        "us_per_turn_profiled": wall / count * 1e6,
+        "syscalls": dict(sorted(calls.items(), key=lambda kv: -kv[1]["us_per_turn"])),
+        "top_tottime": [
+            {
+                "where": w,
+                "calls_per_turn": nc / count,
+                "tottime_us_per_turn": tt / count * 1e6,
+                "cumtime_us_per_turn": ct / count * 1e6,
+            }
+            for tt, ct, nc, w in rows[:15]
+        ],
+        "top_cumulative": [
+            {"where": w, "cumtime_us_per_turn": ct / count * 1e6}
+            for _tt, ct, _nc, w in sorted(rows, key=lambda row: -row[1])[:25]
+            if "bench_store" not in w and "<lambda>" not in w
+        ],
+    }
+
+
 def _profile(
-    tmp: Path, key: bytes, conversations: list[tuple[str, list[Message]]], durability: str
+    directory: Path, key: bytes, conversations: list[tuple[str, list[Message]]], durability: str
 ) -> dict[str, Any]:
-    """cProfile our turns: the first turn of each conversation (creation), then the rest."""
-    store = Ours(tmp / f"profile-{durability}", key, durability)
-    everything = turns(conversations)
-    first = [(c, m) for c, m in everything[: len(conversations)]]
-    later = everything[len(conversations) :]
+    """cProfile our turns in the measured store (so a directory listing costs what it did).
+
+    The conversations are written again under new ids (``<id>-profiled``): their first turns
+    (each creates a log), then the later turns, then a reopen + tail of each.
+    """
+    store = Ours(directory, key, durability)
+    renamed = [(f"{cid}-profiled", msgs) for cid, msgs in conversations]
+    everything = turns(renamed)
+    phases: list[tuple[str, list[Any], Callable[[Any], object]]] = [
+        ("first_turn", everything[: len(renamed)], lambda t: store.write(*t)),
+        ("later_turns", everything[len(renamed) :], lambda t: store.write(*t)),
+        ("reopen_tail", [cid for cid, _ in renamed], store.tail),
+    ]
     out: dict[str, Any] = {}
-    for phase, batch in (("first_turn", first), ("later_turns", later)):
+    for phase, batch, call in phases:
         prof = cProfile.Profile()
         gc.collect()
         t0 = time.perf_counter()
         prof.enable()
-        for cid, message in batch:
-            store.write(cid, message)
+        for item in batch:
+            call(item)
         prof.disable()
-        wall = time.perf_counter() - t0
-        stats = pstats.Stats(prof)
-        rows = []
-        calls: dict[str, dict[str, float]] = {}
-        for (file, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-            where = f"{Path(file).name}:{line}({func})" if file != "~" else func
-            rows.append((tt, ct, nc, where))
-            if file == "~":
-                base = func.strip("<>").replace("built-in method ", "").split(".")[-1]
-                if base in _SYSCALLS:
-                    cell = calls.setdefault(base, {"per_turn": 0.0, "us_per_turn": 0.0})
-                    cell["per_turn"] += nc / len(batch)
-                    cell["us_per_turn"] += tt / len(batch) * 1e6
-        rows.sort(reverse=True)
-        out[phase] = {
-            "turns": len(batch),
-            "us_per_turn_profiled": wall / len(batch) * 1e6,
-            "syscalls": dict(sorted(calls.items(), key=lambda kv: -kv[1]["us_per_turn"])),
-            "top_tottime": [
-                {
-                    "where": w,
-                    "calls_per_turn": nc / len(batch),
-                    "tottime_us_per_turn": tt / len(batch) * 1e6,
-                    "cumtime_us_per_turn": ct / len(batch) * 1e6,
-                }
-                for tt, ct, nc, w in rows[:15]
-            ],
-        }
+        out[phase] = _stats(prof, len(batch), time.perf_counter() - t0)
     return out
 
 
@@ -390,7 +406,9 @@ def run(conversations: list[tuple[str, list[Message]]], rounds: int, tmp: Path) 
     }
     print("profiling our turns", file=sys.stderr)
     profiled = conversations[: max(50, len(conversations) // 5)]
-    result["profile"] = {d: _profile(tmp, key, profiled, d) for d in ("fsync", "flush")}
+    result["profile"] = {
+        d: _profile(tmp / f"ours-{d}", key, profiled, d) for d in ("fsync", "flush")
+    }
     result["profile_conversations"] = len(profiled)
     return result
 
