@@ -142,7 +142,7 @@ def plot(r: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    f, labels = r["figures"], r["labels"]
+    f = r["figures"]
     names = list(f)
     colours = ["tab:blue" if n.startswith("ours") else "tab:orange" for n in names]
     panels = (
@@ -152,8 +152,9 @@ def plot(r: dict[str, Any], path: Path) -> Path:
     )
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     for ax, (key, title) in zip(axes, panels, strict=True):
-        values = [f[n][key] or 0.0 for n in names]
-        bars = ax.bar(range(len(names)), values, color=colours)
+        shown = [n for n in names if f[n][key] is not None]
+        values = [f[n][key] for n in shown]
+        bars = ax.bar(range(len(shown)), values, color=[colours[names.index(n)] for n in shown])
         for bar, value in zip(bars, values, strict=True):
             ax.annotate(
                 f"{value:.2f}",
@@ -162,13 +163,14 @@ def plot(r: dict[str, Any], path: Path) -> Path:
                 va="bottom",
                 fontsize=8,
             )
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([labels[n].replace(", ", "\n") for n in names], fontsize=7)
+        ax.set_xticks(range(len(shown)))
+        ax.set_xticklabels([n.replace("-", "\n", 1) for n in shown], fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(
         f"{r['conversations']:,} short conversations written a turn at a time "
-        "(blue: conversation-codec, orange: EncryptedSession on one SQLite file)",
+        "(blue: conversation-codec ConversationStore, orange: EncryptedSession over "
+        "SQLiteSession, one file; peer-open: its sessions kept open)",
         fontsize=10,
     )
     fig.tight_layout()
