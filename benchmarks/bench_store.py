@@ -33,6 +33,7 @@ import gzip
 import json
 import os
 import pstats
+import resource
 import shlex
 import sqlite3
 import sys
@@ -425,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     count = args.conversations or (200 if args.quick else 1000)
     rounds = args.rounds or (2 if args.quick else 3)
     started = time.perf_counter()
+    # The kept-open peer holds a SQLite connection (3 descriptors) per conversation.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 4 * count + 256
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
     conversations = load_conversations(args.corpus, count)
     with tempfile.TemporaryDirectory(prefix="cc-bench-store-") as tmp_name:
         tmp = Path(tmp_name)
