@@ -5,6 +5,7 @@ Example:
     python -m benchmarks                         # full: 100 .. 100,000 (~20 min on 2 cores)
     python -m benchmarks --sizes 100,10000 --stores ours,floor
     python -m benchmarks --quick --postgres      # also bench_postgres (starts its own server)
+    python -m benchmarks --quick --store         # also bench_store (many short conversations)
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--postgres",
         action="store_true",
         help="also run bench_postgres (a throwaway PostgreSQL server; +1-3 min quick, +2-5 full)",
+    )
+    p.add_argument(
+        "--store",
+        action="store_true",
+        help="also run bench_store: many short conversations (+1 min quick, +5 full)",
     )
     p.add_argument(
         "--rerender",
@@ -191,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import bench_postgres
 
         bench_postgres.main([*(["--quick"] if args.quick else []), "--out", str(args.out)])
+    if args.store:
+        from benchmarks import bench_store
+
+        bench_store.main([*(["--quick"] if args.quick else []), "--out", str(args.out)])
     return written
 
 
