@@ -332,3 +332,28 @@ def test_a_codec_that_saw_no_log_reloads_after_a_migration(tmp_path: Path) -> No
         assert codec.load() == [{"role": "user", "content": "migrated"}] * 3 + [
             {"role": "user", "content": "after"}
         ]
+
+
+def test_a_leftover_made_after_a_remembered_listing_is_still_swept(tmp_path: Path) -> None:
+    """A store's root is listed once and remembered while its mtime stands (a codec per turn
+    would list thousands of names each time); a name made since changes the mtime, so a
+    crashed rewrite's temp file planted after the listing is still swept at a first write."""
+    from conversation_codec import ConversationStore
+
+    store = ConversationStore(tmp_path / "root", encryption_key=KEY)
+    for cid in ("a", "b"):
+        with store.open(cid) as codec:
+            codec.append({"role": "user", "content": cid})
+    root = tmp_path / "root"
+    old = time.time_ns() - 10**9
+    os.utime(root, ns=(old, old))  # settled: the next listing is remembered
+    with store.open("a") as codec:
+        codec.append({"role": "user", "content": "listed"})
+    leftover = root / "b.log.tmp-0123456789abcdef"
+    leftover.write_bytes(b"a crashed rewrite's copy")
+    with store.open("b") as codec:
+        codec.append({"role": "user", "content": "first write"})
+    assert not leftover.exists()
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        f"{c}.log{s}" for c in ("a", "b") for s in ("", ".idx", ".lock")
+    )
