@@ -131,3 +131,14 @@ def test_under_the_same_key_the_record_bytes_move_as_they_are(tmp_path: Path) ->
     assert copy_conversations(src, other).copied == ["alice"]
     assert _dump(other) == _dump(src)
     assert not set(_bodies(other, "alice")) & set(_bodies(src, "alice"))  # re-sealed
+
+
+def test_a_destination_with_a_keyword_index_keeps_it_exact(tmp_path: Path) -> None:
+    src = ConversationStore(tmp_path / "a", encryption_key=KEY)
+    _fill(src, ["alice"], n=40)
+    indexed = ConversationStore(tmp_path / "b", encryption_key=KEY, search_index=True)
+    assert copy_conversations(src, indexed).copied == ["alice"]
+    assert (tmp_path / "b" / "alice.log.kwi").is_file()
+    with indexed.open("alice") as codec:
+        assert [h.seq for h in codec.search("says 39")] == [39]
+        assert codec.verify().ok

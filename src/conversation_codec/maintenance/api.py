@@ -149,12 +149,15 @@ class Maintenance(CodecCore):
         """Replace ``other``'s log with this log's records, their bytes unchanged, when
         ``other``'s secrets open this log (same key or password, same context); return
         False, changing nothing, when they must be re-sealed instead (or external
-        attachments, kept beside a log file, would be left behind).
+        attachments, kept beside a log file, would be left behind, or the destination keeps
+        a keyword index, which a re-sealing rewrite builds).
 
         Atomic as every rewrite; the caller verifies the copy (``maintenance.copy``).
         """
         if self._encoder.blobs is not None or other._encoder.blobs is not None:
             return False
+        if other._kwi.wanted or other._kwi.present():  # a rewrite through the Compactor
+            return False  # keeps the destination's keyword index exact
         with self._holding(write=False):
             stored = self._log.stored()
             count = len(self._log.index)
