@@ -142,3 +142,25 @@ def test_a_destination_with_a_keyword_index_keeps_it_exact(tmp_path: Path) -> No
     with indexed.open("alice") as codec:
         assert [h.seq for h in codec.search("says 39")] == [39]
         assert codec.verify().ok
+
+
+def test_a_refused_byte_copy_leaves_the_destinations_password_cost_its_own(
+    tmp_path: Path,
+) -> None:
+    """A source under another password cannot be copied byte for byte; trying must not
+    leave the destination re-sealing with the source's salt and scrypt cost (review)."""
+    from conversation_codec.format.header import decode_sealed_header
+
+    src = ConversationStore(tmp_path / "a", password="the source's")
+    _fill(src, ["alice"], n=3)
+    dst = ConversationStore(tmp_path / "b", password="the destination's")
+    assert copy_conversations(src, dst).copied == ["alice"]
+
+    def salt(store: ConversationStore) -> bytes:
+        with store.open("alice") as codec, codec.storage.transaction(write=False):
+            stored = codec.storage.stored()
+            assert stored is not None
+            return decode_sealed_header(stored[0])[0].kdf_salt
+
+    assert salt(dst) != salt(src)
+    assert _dump(dst) == _dump(src)

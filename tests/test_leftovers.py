@@ -357,3 +357,25 @@ def test_a_leftover_made_after_a_remembered_listing_is_still_swept(tmp_path: Pat
     assert sorted(p.name for p in root.iterdir()) == sorted(
         f"{c}.log{s}" for c in ("a", "b") for s in ("", ".idx", ".lock")
     )
+
+
+def test_a_whole_second_directory_mtime_is_never_trusted(tmp_path: Path) -> None:
+    """On a file system that keeps whole-second mtimes, a name made later in that second
+    leaves the mtime as it was: such a listing is never remembered (review)."""
+    from conversation_codec import ConversationStore
+
+    store = ConversationStore(tmp_path / "root", encryption_key=KEY)
+    for cid in ("a", "b"):
+        with store.open(cid) as codec:
+            codec.append({"role": "user", "content": cid})
+    root = tmp_path / "root"
+    whole = (time.time_ns() // 10**9 - 5) * 10**9
+    os.utime(root, ns=(whole, whole))
+    with store.open("a") as codec:
+        codec.append({"role": "user", "content": "listed"})
+    leftover = root / "b.log.tmp-0123456789abcdef"
+    leftover.write_bytes(b"a crashed rewrite's copy")
+    os.utime(root, ns=(whole, whole))  # as a coarse file system would have left it
+    with store.open("b") as codec:
+        codec.append({"role": "user", "content": "first write"})
+    assert not leftover.exists()

@@ -197,3 +197,21 @@ def test_the_one_comparison_fast_path_still_sees_every_change(tmp_path: Path) ->
     with pytest.raises(NotSerializableError):
         codec.save([*history[:5], {"role": "user", "content": {1, 2}}])  # type: ignore[dict-item]
     assert codec.load() == history
+
+
+def test_the_fast_path_refuses_what_the_per_message_rule_refuses(tmp_path: Path) -> None:
+    """msgspec encodes a dataclass as an object: its JSON can equal a stored message's, but
+    a message must be a dict (review of the one-comparison path)."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class M:
+        role: str
+        content: str
+
+    codec = ConversationCodec(tmp_path / "c.log", encryption_key=KEY)
+    codec.save([{"role": "user", "content": "hi"}])
+    codec.load()
+    with pytest.raises(NotSerializableError, match="dict"):
+        codec.save([M("user", "hi"), {"role": "assistant", "content": "yo"}])  # type: ignore[list-item]
+    assert codec.load() == [{"role": "user", "content": "hi"}]

@@ -124,6 +124,8 @@ class HistoryView:
             return False
         if not self._encoder.stores_as_given:
             return False
+        if not all(type(m) is dict for m in messages[:stored]):  # msgspec encodes more
+            return False  # (dataclasses, Structs): the per-message rule refuses those
         try:
             data = encode_json(messages[:stored] if len(messages) > stored else messages)
         except (TypeError, ValueError, OverflowError, RecursionError):

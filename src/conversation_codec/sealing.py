@@ -87,6 +87,8 @@ class LogSecrets:
                 )
             except BindingError as exc:
                 raise BindingError(f"{self.path}: {exc}") from None
+            if header.kdf is Kdf.SCRYPT:  # only a header the password opened: new logs
+                self.kdf = header  # reuse its salt and cost, never a foreign log's
             records = SealedRecords(cipher, self._zstd)
             return LogFormat(header.log_id, header.size, records, True, header.format_version)
         if kind is LogKind.PLAIN:
@@ -130,7 +132,6 @@ class LogSecrets:
             params = (header.kdf_salt, header.kdf_log2_n, header.kdf_r, header.kdf_p)
             if params not in self._masters:
                 self._masters[params] = password_master(self.password, *params)
-            self.kdf = header
             return Keyring([self._masters[params]])
         if self.keyring is None:
             raise KeyRequiredError(

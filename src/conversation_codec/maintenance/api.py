@@ -156,8 +156,6 @@ class Maintenance(CodecCore):
         """
         if self._encoder.blobs is not None or other._encoder.blobs is not None:
             return False
-        if other._kwi.wanted or other._kwi.present():  # a rewrite through the Compactor
-            return False  # keeps the destination's keyword index exact
         with self._holding(write=False):
             stored = self._log.stored()
             count = len(self._log.index)
@@ -167,6 +165,8 @@ class Maintenance(CodecCore):
             return False
         header, dictionary = stored
         with other._holding(write=True):
+            if other._kwi.wanted or other._kwi.present():  # a rewrite through the Compactor
+                return False  # keeps the destination's keyword index exact
             try:
                 fmt = other._secrets.attach(header)
             except ConversationCodecError:  # another key, password or context: re-seal

@@ -117,7 +117,9 @@ def _names(folder: str) -> frozenset[str]:
         return cached[1]
     started = time.time_ns()
     names = frozenset(os.listdir(folder))
-    if started - st.st_mtime_ns >= _SETTLED_NS:
+    # A whole-second mtime may come from a file system that keeps no finer time: never
+    # trusted, as a name made later in that second would leave it as it was.
+    if started - st.st_mtime_ns >= _SETTLED_NS and st.st_mtime_ns % 1_000_000_000:
         with _listed_lock:
             _listed[folder] = (key, names)
     return names

@@ -193,7 +193,8 @@ class PostgresLog:
                 dead = (conn.broken or conn.closed) and exc.sqlstate is None
                 self._give_back(conn, rollback=True)
                 if retry and dead:
-                    self.backend.pool.check()  # drop every dead idle connection now
+                    with self.backend.errors(what):
+                        self.backend.pool.check()  # drop every dead idle connection now
                     continue
                 raise
             except BaseException:
