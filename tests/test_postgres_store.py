@@ -249,6 +249,9 @@ def test_a_rotation_whose_commit_fails_keeps_the_old_key(
         with pytest.raises(StorageError, match="refused"):
             codec.rotate_key(new_key)
         assert len(codec.load() or []) == 5  # still the old key: it opens the log
+        with pytest.raises(StorageError, match="refused"), codec.transaction():
+            codec.rotate_key(new_key)  # the COMMIT comes at the caller's transaction's end
+        assert len(codec.load() or []) == 5
         codec.append({"role": "user", "content": "after the failed rotation"})
     with pytest.raises(DecryptionError):
         ConversationStore(url, encryption_key=new_key).open("a")

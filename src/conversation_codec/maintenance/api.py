@@ -47,24 +47,23 @@ class Maintenance(CodecCore):
         return self._reseal(lambda: self._compactor.compact(self._base(), encryption_key, progress))
 
     def _reseal(self, rewrite: Callable[[], CompactionReport]) -> CompactionReport:
-        # A storage may commit when the transaction ends, after the rewrite returned (a
-        # database): if that commit fails, the log keeps its old secrets, and so must we.
+        # A storage may commit when the outermost transaction ends, after the rewrite
+        # returned (a database), even in a caller's own transaction(): if that commit
+        # fails, the log keeps its old secrets, and so must this codec.
         secrets = self._secrets
         saved = (secrets.keyring, secrets.password, secrets.kdf, self._encoder.blobs)
-        rewritten = False
-        try:
-            with self._holding(write=True):
-                before = self._history.state()
-                self._history.forget()
-                report = rewrite()
-                rewritten = True
-                self._history.moved(before, keeps_view=True)  # same messages: seen stays
+
+        def undo() -> None:
+            secrets.keyring, secrets.password, secrets.kdf, self._encoder.blobs = saved
+            self._history.forget()
+
+        with self._holding(write=True):
+            before = self._history.state()
+            self._history.forget()
+            self._log.on_rollback(undo)
+            report = rewrite()
+            self._history.moved(before, keeps_view=True)  # same messages: seen stays seen
             return report
-        except BaseException:
-            if rewritten:  # the commit failed after the rewrite: the old log stands
-                secrets.keyring, secrets.password, secrets.kdf, self._encoder.blobs = saved
-                self._history.forget()
-            raise
 
     def rotate_key(self, new_key: KeyInput) -> CompactionReport:
         """Re-encrypt the whole log under ``new_key``; afterwards the old key fails.

@@ -135,6 +135,12 @@ class LogStorage(Protocol):
 
     def rebuild_index(self) -> None: ...
 
+    def on_rollback(self, undo: Callable[[], None]) -> None:
+        """Call ``undo`` if the writes of the current transaction are rolled back after
+        all: a storage that commits when the outermost transaction ends (a database) and
+        fails to. A storage whose every write is committed when it returns never calls it."""
+        ...
+
     def stored(self) -> tuple[bytes, bytes | None] | None:
         """The header's bytes and the dictionary record's body (None: none) as stored, for
         a copy that keeps the records' bytes; None when there is no log."""

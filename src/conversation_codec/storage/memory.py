@@ -151,6 +151,9 @@ class MemoryLog:
         self._version = (self._version[0] + 1, self._version[1] + 1)
         also()
 
+    def on_rollback(self, undo: Callable[[], None]) -> None:
+        """Every write is done when it returns: nothing is ever rolled back."""
+
     def stored(self) -> tuple[bytes, bytes | None] | None:
         return None if self._header is None else (self._header, self._dictionary)
 

@@ -418,6 +418,9 @@ class FileLog:
         unlink_file(self._lock.path, io=self.io)
         self._sync_dir()
 
+    def on_rollback(self, undo: Callable[[], None]) -> None:
+        """Every write is committed (written, or renamed into place) when it returns."""
+
     def stored(self) -> tuple[bytes, bytes | None] | None:
         """The header's bytes and the dictionary record's body, as the file holds them."""
         if self._fd is None or self.fmt is None:

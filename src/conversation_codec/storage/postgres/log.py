@@ -126,6 +126,7 @@ class PostgresLog:
         self._conn: Connection | None = None
         self._wrote = False  # this transaction changed the database
         self._after_commit: list[Callable[[], None]] = []
+        self._undo: list[Callable[[], None]] = []  # on_rollback()
         self._where = f"conversation {conversation_id!r}"
 
     def __repr__(self) -> str:
@@ -219,6 +220,7 @@ class PostgresLog:
             self._conn, self._writable = None, False
             wrote, self._wrote = self._wrote, False
             after, self._after_commit = self._after_commit, []
+            undo, self._undo = self._undo, []
             assert conn is not None
             if exc is None:
                 try:
@@ -227,9 +229,13 @@ class PostgresLog:
                 except BaseException:
                     self._row = None  # whether it committed is unknown: reload next time
                     self._give_back(conn, rollback=True)
+                    for call in reversed(undo):
+                        call()
                     raise
             elif wrote:
                 self._row = None  # rolled back: the cached view is ahead of the database
+                for call in reversed(undo):
+                    call()
             self._give_back(conn, rollback=exc is not None)
             if exc is None:
                 for call in after:
@@ -408,6 +414,10 @@ class PostgresLog:
             self._row = remove_rows(conn, self.conversation_id)
         self._forget_log()
         self._after_commit.append(also)
+
+    def on_rollback(self, undo: Callable[[], None]) -> None:
+        """Call ``undo`` if this transaction's COMMIT fails or it ends in an exception."""
+        self._undo.append(undo)
 
     def stored(self) -> tuple[bytes, bytes | None] | None:
         """The header's bytes and the dictionary record's body, as the database holds them."""
