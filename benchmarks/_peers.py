@@ -25,6 +25,23 @@ REWRITE_CAP = 2_000
 _TTL_FOREVER = 10 * 365 * 24 * 3600  # seconds
 
 
+def sqlite_session_class(durability: str) -> Any:
+    """openai-agents' ``SQLiteSession`` as it syncs by default ("fsync": synchronous=FULL),
+    or with synchronous=NORMAL ("flush"), the SQLite setting closest to our flush."""
+    from agents.memory import SQLiteSession
+
+    if durability != "flush":
+        return SQLiteSession
+
+    class _NormalSyncSession(SQLiteSession):
+        @staticmethod
+        def _configure_connection(conn: sqlite3.Connection) -> None:
+            SQLiteSession._configure_connection(conn)
+            conn.execute("PRAGMA synchronous=NORMAL")
+
+    return _NormalSyncSession
+
+
 class _AgentsSession(Store):
     """openai-agents ``SQLiteSession`` on a file database; methods are async."""
 
@@ -38,18 +55,8 @@ class _AgentsSession(Store):
     _encrypted = False
 
     def open(self, durability: str) -> None:
-        from agents.memory import SQLiteSession
 
-        cls: type[SQLiteSession] = SQLiteSession
-        if durability == "flush":
-
-            class _NormalSyncSession(SQLiteSession):
-                @staticmethod
-                def _configure_connection(conn: sqlite3.Connection) -> None:
-                    SQLiteSession._configure_connection(conn)
-                    conn.execute("PRAGMA synchronous=NORMAL")
-
-            cls = _NormalSyncSession
+        cls = sqlite_session_class(durability)
         # One loop for the whole session: asyncio.run() per call would start a fresh thread
         # pool, and SQLiteSession opens a connection per worker thread.
         self._loop = asyncio.new_event_loop()

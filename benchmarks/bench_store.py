@@ -35,7 +35,6 @@ import os
 import pstats
 import resource
 import shlex
-import sqlite3
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 from benchmarks import _machine
+from benchmarks._peers import sqlite_session_class
 from benchmarks._store_report import TAIL, plot, render
 from benchmarks._workload import DEFAULT_CORPUS, Message, plain_json
 
@@ -148,18 +148,8 @@ class Peer:
 
     def __init__(self, directory: Path, key: bytes, durability: str) -> None:
         from agents.extensions.memory import EncryptedSession
-        from agents.memory import SQLiteSession
 
-        cls: type[SQLiteSession] = SQLiteSession
-        if durability == "flush":
-
-            class _NormalSyncSession(SQLiteSession):
-                @staticmethod
-                def _configure_connection(conn: sqlite3.Connection) -> None:
-                    SQLiteSession._configure_connection(conn)
-                    conn.execute("PRAGMA synchronous=NORMAL")
-
-            cls = _NormalSyncSession
+        cls = sqlite_session_class(durability)
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self._db = directory / "sessions.db"
