@@ -56,6 +56,7 @@ from conversation_codec.attachments import BlobStore
 from conversation_codec.cli import main as cli_main
 from conversation_codec.keyfile import load_key, load_or_create_key
 from conversation_codec.maintenance.migrate import migrate
+from conversation_codec.maintenance.verify import salvage
 from conversation_codec.storage.file.lock import LogLock
 
 KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="  # as conftest.KEY (tests only)
@@ -319,6 +320,27 @@ def _kwi_state(folder: Path, ctx: Any) -> str:
     return "new" if built else "old"
 
 
+_DAMAGED = "damaged.log"
+
+
+def _salvage_prepare(folder: Path) -> None:
+    """A log whose last record has a flipped byte: salvage keeps the other three."""
+    with ConversationCodec(folder / _DAMAGED, encryption_key=KEY) as codec:
+        codec.extend([*OLD, NEW])
+    raw = bytearray((folder / _DAMAGED).read_bytes())
+    raw[-40] ^= 0x01
+    (folder / _DAMAGED).write_bytes(bytes(raw))
+
+
+def _salvage_state(folder: Path, ctx: Any) -> str:
+    """No destination log (a rerun then succeeds), or one holding every intact record."""
+    if not (folder / LOG).exists():
+        return "old"
+    got = _history(folder)
+    assert got == OLD, f"salvage wrote {got!r}"
+    return "new"
+
+
 WRITERS: list[Writer] = [
     _log_writer("log append", lambda c: c.append(NEW), [*OLD, NEW]),
     _log_writer("log truncate", lambda c: c.pop(), OLD[:-1]),
@@ -365,6 +387,12 @@ WRITERS: list[Writer] = [
             folder / _LEGACY, folder / LOG, encryption_key=KEY, legacy_key=LEGACY_KEY, io=io
         ),
         _migrate_to_state,
+    ),
+    Writer(
+        "salvage",  # writes a new log: all of it or nothing, so that a rerun can succeed
+        _salvage_prepare,
+        lambda folder, io, ctx: salvage(folder / _DAMAGED, folder / LOG, encryption_key=KEY, io=io),
+        _salvage_state,
     ),
 ]
 BY_NAME = {w.name: w for w in WRITERS}

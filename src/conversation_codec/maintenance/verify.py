@@ -52,6 +52,7 @@ def salvage(
     timestamp that went backwards is raised to its predecessor's); a seq found twice keeps
     its first intact copy. ``dst`` is written with the same key or password, and bound to
     the same ``context`` (the one ``src`` was opened with), so it can take ``src``'s place.
+    It is written in one atomic rewrite: an interruption leaves no ``dst``, so a rerun works.
 
     ``io``: the filesystem seam the new log is written through (as ``ConversationCodec``'s).
 
@@ -86,9 +87,17 @@ def salvage(
     for seq in seqs:
         last = max(last, found[seq][0])
         stamps.append(to_datetime(last))
-    with ConversationCodec(
-        dst_path, encryption_key, password=password, context=context, io=io
-    ) as out:
-        out.extend([found[s][1] for s in seqs], timestamps=stamps)
+    messages = [found[s][1] for s in seqs]
+    # Sealed in memory first, then written as one atomic rewrite: a crash or an I/O error
+    # leaves no partial destination (which a rerun would refuse), only none or all of it.
+    with (
+        ConversationCodec(":memory:", encryption_key, password=password, context=context) as staged,
+        ConversationCodec(
+            dst_path, encryption_key, password=password, context=context, io=io
+        ) as out,
+    ):
+        staged.extend(messages, timestamps=stamps)
+        if not staged.copy_records_to(out):  # nothing to copy (no intact record)
+            out.extend(messages, timestamps=stamps)
     lost = tuple(s for s in range(seqs[-1] + 1) if s not in found) if seqs else ()
     return SalvageReport(Path(src), dst_path, len(seqs), lost, tuple(problems))
