@@ -91,3 +91,46 @@ def test_streamed_chunks_are_written_in_order(tmp_path: Path) -> None:
     chunks = [bytes([i % 256]) * 70_000 for i in range(40)]  # > the 1 MiB write batch
     atomic_write(tmp_path / "file", iter(chunks), io=FailNth())
     assert (tmp_path / "file").read_bytes() == b"".join(chunks)
+
+
+class SyncedDirs(FileIO):
+    """Records every directory fsync'ed through the seam (a path, or an fd's real path)."""
+
+    def __init__(self) -> None:
+        self.synced: list[str] = []
+
+    def fsync_dir(self, folder: Any) -> None:
+        name = os.readlink(f"/proc/self/fd/{folder}") if isinstance(folder, int) else folder
+        self.synced.append(os.path.realpath(name))
+        super().fsync_dir(folder)
+
+
+def _created_dirs_synced(tmp_path: Path, io: SyncedDirs, write: Any) -> None:
+    nested = tmp_path / "a" / "b"
+    write(nested)
+    for made in (tmp_path / "a", nested):
+        assert made.is_dir() and made.stat().st_mode & 0o777 == 0o700
+        # the new directory's name lives in its parent: synced there, or a power loss may
+        # lose the directory and every acknowledged file in it
+        assert str(made.parent.resolve()) in io.synced, (made, io.synced)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names fds through /proc")
+def test_a_log_in_new_directories_syncs_their_parents(tmp_path: Path) -> None:
+    from conversation_codec import ConversationCodec
+
+    io = SyncedDirs()
+
+    def write(folder: Path) -> None:
+        with ConversationCodec(folder / "chat.log", io=io) as codec:
+            codec.append({"role": "user", "content": "hi"})
+
+    _created_dirs_synced(tmp_path, io, write)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names fds through /proc")
+def test_a_key_file_in_new_directories_syncs_their_parents(tmp_path: Path) -> None:
+    from conversation_codec.keyfile import load_or_create_key
+
+    io = SyncedDirs()
+    _created_dirs_synced(tmp_path, io, lambda folder: load_or_create_key(folder / "k.key", io=io))

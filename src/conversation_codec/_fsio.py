@@ -33,6 +33,7 @@ __all__ = [
     "FileIO",
     "atomic_write",
     "check_file",
+    "make_private_dirs",
     "open_dir",
     "open_file",
     "remove_flat_dir",
@@ -280,6 +281,24 @@ def remove_flat_dir(path: _Path, *, check_only: bool = False, io: FileIO = DEFAU
     with contextlib.suppress(FileNotFoundError):
         os.rmdir(path)  # a link swapped in meanwhile fails with ENOTDIR: rmdir never follows
     return True
+
+
+def make_private_dirs(folder: _Path, *, io: FileIO = DEFAULT_IO) -> None:
+    """Create ``folder`` and any missing parents with mode 0700 (``os.makedirs`` would give
+    the parents the umask's mode), syncing each new directory's parent so that a power loss
+    cannot take the directory, and what is later made durable in it, away."""
+    folder = os.fspath(folder)
+    missing = []
+    while folder and not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue  # another creator made it (and syncs it); a file there fails later
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+        io.sync_dir(path)
 
 
 def write_all(

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import os
@@ -55,6 +54,7 @@ from ._fsio import (
     FileIO,
     atomic_write,
     check_file,
+    make_private_dirs,
     open_dir,
     open_file,
     remove_flat_dir,
@@ -372,7 +372,7 @@ class BlobStore:
         tmp = blob_temp_name()
         dir_fd = -1
         try:
-            _make_private_dir(self.directory)
+            make_private_dirs(self.directory, io=self.io)
             dir_fd = open_dir(self.directory)
             if check_file(name, dir_fd=dir_fd, shown=self.directory / name) is not None:
                 return name
@@ -491,10 +491,3 @@ class BlobStore:
     def __repr__(self) -> str:  # never the keys
         state = "plaintext" if self._seal is None else "sealed"
         return f"<BlobStore {str(self.directory)!r} {state}>"
-
-
-def _make_private_dir(folder: Path) -> None:
-    # Whatever is there already (a link too) is judged by open_dir(), which never follows.
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(folder, 0o700)
-        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask

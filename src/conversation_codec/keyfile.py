@@ -18,7 +18,7 @@ import stat
 import time
 from pathlib import Path
 
-from ._fsio import DEFAULT_IO, FileIO, atomic_write
+from ._fsio import DEFAULT_IO, FileIO, atomic_write, make_private_dirs
 from .crypto import Keyring, generate_key
 from .errors import FormatError, KeyFileError, StorageError
 
@@ -178,7 +178,7 @@ def _parse(path: Path, data: bytes) -> str:
 def _create(path: Path, key: str, io: FileIO) -> bool:
     """Publish a new key file; return False when another creator got there first."""
     try:
-        os.makedirs(path.parent, mode=0o700, exist_ok=True)
+        make_private_dirs(path.parent, io=io)
         # Written and synced under a temporary name, then linked into place: the final
         # name never exists half-written, and link (unlike rename) never replaces it.
         # Without hard links it is created in place with O_EXCL (see _EMPTY_GRACE).

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .._fsio import make_private_dirs
 from ..errors import DecryptionError
 from ._args import as_json, command, durability
 from ._common import EXIT_OK, Args, InputError, emit, ts
@@ -63,7 +64,7 @@ def _keygen(args: Args) -> int:
 @durability()
 def _demo_command(args: Args) -> int:
     if args.dir is not None:
-        os.makedirs(args.dir, mode=0o700, exist_ok=True)
+        make_private_dirs(args.dir)
         folder = args.dir
     else:
         folder = tempfile.mkdtemp(prefix="conversation-codec-demo-")  # kept: it is named below

@@ -15,7 +15,7 @@ import time
 
 import portalocker
 
-from ..._fsio import DEFAULT_IO, FileIO, open_file, write_all
+from ..._fsio import DEFAULT_IO, FileIO, make_private_dirs, open_file, write_all
 from ...errors import LockTimeoutError
 from ...paths import lock_path
 
@@ -33,19 +33,6 @@ _LOCK_EX, _LOCK_SH, _LOCK_NB, _LOCK_UN = (
     int(portalocker.LOCK_NB),
     int(portalocker.LOCK_UN),
 )
-
-
-def make_private_dirs(folder: str) -> None:
-    """Create ``folder`` and any missing parents with mode 0700 (``os.makedirs`` would give
-    the parents the umask's mode)."""
-    missing = []
-    while folder and not os.path.isdir(folder):
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
-            os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
 
 
 class LogLock:
@@ -76,7 +63,7 @@ class LogLock:
         except FileNotFoundError:
             if not exclusive:
                 return False
-            make_private_dirs(os.path.dirname(self._log_path) or ".")
+            make_private_dirs(os.path.dirname(self._log_path) or ".", io=self.io)
             return self._lock(exclusive)
         except OSError as exc:
             if exclusive or exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
