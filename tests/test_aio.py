@@ -262,6 +262,52 @@ def test_the_async_api_has_every_public_method_of_the_sync_one(sync: type, async
     assert not missing, f"{async_.__name__} lacks {sorted(missing)}"
 
 
+@pytest.mark.parametrize(
+    ("sync", "async_"),
+    [(ConversationCodec, AsyncConversationCodec), (ConversationStore, AsyncConversationStore)],
+    ids=["codec", "store"],
+)
+def test_every_async_method_takes_the_sync_ones_parameters(sync: type, async_: type) -> None:
+    import inspect
+
+    for name in dir(sync):
+        if name.startswith("_") or name in SYNC_ONLY or not callable(getattr(sync, name)):
+            continue
+        want = set(inspect.signature(getattr(sync, name)).parameters)
+        have = set(inspect.signature(getattr(async_, name)).parameters)
+        assert want <= have, f"{async_.__name__}.{name} lacks {sorted(want - have)}"
+
+
+def test_async_progress_is_reported_on_the_event_loop(tmp_path: Path) -> None:
+    """A progress callback runs on the loop's thread (it may touch asyncio objects), once
+    per step the sync method reports, in order, before the call returns."""
+
+    async def run() -> dict[str, list[tuple[int, int]]]:
+        loop_thread = threading.get_ident()
+        seen: dict[str, list[tuple[int, int]]] = {}
+
+        def recorder(name: str) -> Any:
+            def progress(done: int, total: int) -> None:
+                assert threading.get_ident() == loop_thread, f"{name} off the loop"
+                seen.setdefault(name, []).append((done, total))
+
+            return progress
+
+        path = tmp_path / "a.log"
+        async with await AsyncConversationCodec.open(path, encryption_key=KEY) as codec:
+            await codec.extend(messages(5))
+            await codec.export(tmp_path / "out.jsonl", progress=recorder("export"))
+            await codec.reindex(progress=recorder("reindex"))
+            await codec.compact(progress=recorder("compact"))
+        return seen
+
+    seen = asyncio.run(run())
+    for name in ("export", "reindex", "compact"):
+        assert seen[name], name
+        assert seen[name][-1][0] == seen[name][-1][1] == 5, (name, seen[name])
+        assert [d for d, _ in seen[name]] == sorted(d for d, _ in seen[name]), name
+
+
 def test_the_added_async_methods_work(tmp_path: Path) -> None:
     async def run() -> None:
         path = tmp_path / "a.log"

@@ -25,19 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextvars
-import functools
 import os
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
-from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from ._fsio import FileIO
+from .aio_threads import Progress, deferred, on_loop, run_in_thread, stream_in_threads
 from .codec import ConversationCodec, LogInfo, Message, TimeInput, TimestampInput
 from .crypto import KeyInput
 from .maintenance.compact import CompactionReport
@@ -48,36 +46,9 @@ from .storage.base import LogStorage, StorageOpener, StoreBackend
 from .storage.file.check import VerifyReport
 from .store import ConversationInfo, ConversationStore, KeyFn, OnError
 
-__all__ = ["AsyncConversationCodec", "AsyncConversationStore", "run_in_thread"]
-
 _T = TypeVar("_T")
-_BATCH = 256  # items pulled from a sync iterator per worker hop
 
-
-async def run_in_thread(
-    executor: Executor | None, fn: Callable[..., _T], *args: Any, **kwargs: Any
-) -> _T:
-    """Run ``fn`` in a worker thread (with the caller's contextvars), as ``to_thread`` does."""
-    loop = asyncio.get_running_loop()
-    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-    return await loop.run_in_executor(executor, call)
-
-
-async def _stream(executor: Executor | None, items: Iterator[_T]) -> AsyncIterator[_T]:
-    """Drain a blocking iterator from worker threads, ``_BATCH`` items per hop."""
-    try:
-        while True:
-            batch = await run_in_thread(executor, lambda: list(islice(items, _BATCH)))
-            for item in batch:
-                yield item
-            if len(batch) < _BATCH:
-                return
-    finally:
-        # Generators of the codec and store hold no lock or file between items, so
-        # closing one early does no I/O and may run on the loop.
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
+__all__ = ["AsyncConversationCodec", "AsyncConversationStore", "run_in_thread"]
 
 
 class AsyncConversationCodec:
@@ -211,9 +182,13 @@ class AsyncConversationCodec:
         """Describe the log from its header and index alone."""
         return await self._call(self._codec.info)
 
-    async def compact(self, *, encryption_key: KeyInput | None = None) -> CompactionReport:
-        """Rewrite the log (see ``ConversationCodec.compact``)."""
-        return await self._call(self._codec.compact, encryption_key=encryption_key)
+    async def compact(
+        self, *, encryption_key: KeyInput | None = None, progress: Progress | None = None
+    ) -> CompactionReport:
+        """Rewrite the log (see ``ConversationCodec.compact``); ``progress`` runs on the loop."""
+        return await self._call(
+            self._codec.compact, encryption_key=encryption_key, progress=on_loop(progress)
+        )
 
     async def rotate_key(self, new_key: KeyInput) -> CompactionReport:
         """Re-encrypt the whole log under ``new_key``."""
@@ -238,16 +213,24 @@ class AsyncConversationCodec:
         """Check every record and the index; report each problem (reads only)."""
         return await self._call(self._codec.verify)
 
-    async def reindex(self) -> int:
+    async def reindex(self, progress: Progress | None = None) -> int:
         """Build the keyword index again (see ``ConversationCodec.reindex``)."""
-        return await self._call(self._codec.reindex)
+        return await self._call(self._codec.reindex, on_loop(progress))
 
     async def export(
-        self, dst: str | os.PathLike[str], format: str = "jsonl", with_timestamps: bool = True
+        self,
+        dst: str | os.PathLike[str],
+        format: str = "jsonl",
+        with_timestamps: bool = True,
+        progress: Progress | None = None,
     ) -> int:
         """Write the history **unencrypted** to ``dst`` (see ``ConversationCodec.export``)."""
         return await self._call(
-            self._codec.export, dst, format=format, with_timestamps=with_timestamps
+            self._codec.export,
+            dst,
+            format=format,
+            with_timestamps=with_timestamps,
+            progress=on_loop(progress),
         )
 
     async def import_(
@@ -327,11 +310,11 @@ class AsyncConversationCodec:
             regex=regex,
             case_sensitive=case_sensitive,
         )
-        return _stream(self._executor, hits)
+        return stream_in_threads(self._executor, hits)
 
     def __aiter__(self) -> AsyncIterator[Message]:
         """Stream the messages in order (``async for m in codec``), in batches."""
-        return _stream(self._executor, iter(self._codec))
+        return stream_in_threads(self._executor, iter(self._codec))
 
     async def close(self) -> None:
         """Release file descriptors."""
@@ -429,9 +412,9 @@ class AsyncConversationStore:
         """Return the ids of every conversation with a log, sorted."""
         return await run_in_thread(self._executor, self._store.ids)
 
-    async def infos(self) -> builtins.list[ConversationInfo]:
+    async def infos(self, *, keyless: bool = False) -> builtins.list[ConversationInfo]:
         """Describe every conversation from headers and indexes alone."""
-        return await run_in_thread(self._executor, self._store.infos)
+        return await run_in_thread(self._executor, self._store.infos, keyless=keyless)
 
     async def list(self) -> builtins.list[ConversationInfo]:
         """Deprecated alias of :meth:`infos` (it shadowed the builtin); kept for one release."""
@@ -474,7 +457,7 @@ class AsyncConversationStore:
         The root is listed in the first worker hop, so bad arguments raise at the first
         ``async for`` step rather than here. ``on_error`` runs in a worker thread.
         """
-        hits = _deferred(
+        hits = deferred(
             lambda: self._store.search(
                 query,
                 since=since,
@@ -488,9 +471,4 @@ class AsyncConversationStore:
                 on_error=on_error,
             )
         )
-        return _stream(self._executor, hits)
-
-
-def _deferred(make: Callable[[], Iterator[_T]]) -> Iterator[_T]:
-    """Build the iterator only at the first ``next()`` (i.e. inside a worker thread)."""
-    yield from make()
+        return stream_in_threads(self._executor, hits)

@@ -1,0 +1,63 @@
+"""The thread plumbing of ``aio``: run a blocking call in a worker thread, drain a blocking
+iterator in batches, and hand a worker's progress callbacks back to the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
+from itertools import islice
+from typing import Any, TypeVar
+
+__all__ = ["Progress", "deferred", "on_loop", "run_in_thread", "stream_in_threads"]
+
+_T = TypeVar("_T")
+_BATCH = 256  # items pulled from a sync iterator per worker hop
+Progress = Callable[[int, int], None]
+
+
+async def run_in_thread(
+    executor: Executor | None, fn: Callable[..., _T], *args: Any, **kwargs: Any
+) -> _T:
+    """Run ``fn`` in a worker thread (with the caller's contextvars), as ``to_thread`` does."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await loop.run_in_executor(executor, call)
+
+
+async def stream_in_threads(executor: Executor | None, items: Iterator[_T]) -> AsyncIterator[_T]:
+    """Drain a blocking iterator from worker threads, ``_BATCH`` items per hop."""
+    try:
+        while True:
+            batch = await run_in_thread(executor, lambda: list(islice(items, _BATCH)))
+            for item in batch:
+                yield item
+            if len(batch) < _BATCH:
+                return
+    finally:
+        # Generators of the codec and store hold no lock or file between items, so
+        # closing one early does no I/O and may run on the loop.
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def on_loop(progress: Progress | None) -> Progress | None:
+    """A ``progress(done, total)`` a worker thread may call: each call is scheduled on the
+    running event loop, in order (the caller's callback may touch asyncio objects). Calls
+    still queued when the awaited call returns run before the coroutine resumes."""
+    if progress is None:
+        return None
+    loop = asyncio.get_running_loop()
+
+    def report(done: int, total: int) -> None:
+        loop.call_soon_threadsafe(progress, done, total)
+
+    return report
+
+
+def deferred(make: Callable[[], Iterator[_T]]) -> Iterator[_T]:
+    """Build the iterator only at the first ``next()`` (i.e. inside a worker thread)."""
+    yield from make()
