@@ -241,7 +241,7 @@ class ConversationCodec(Maintenance, ChatFormats):
         """Return the last ``n`` messages, oldest first, reading only those records."""
         if n < 0:
             raise ValueError("n must be >= 0")
-        with self._holding(write=False):
+        with self._holding(write=False, tail=n):
             count = len(self._log.index)
             start = max(self._base(), count - n)
             return [self._present(m) for _, m, _ in self._reader.decoded(start, count)]
@@ -265,7 +265,7 @@ class ConversationCodec(Maintenance, ChatFormats):
 
     def message_count(self) -> int:
         """Return the number of (visible) messages, from the index (no decryption)."""
-        with self._holding(write=False):
+        with self._holding(write=False, tail=0):
             return len(self._log.index) - self._base()
 
     def __len__(self) -> int:

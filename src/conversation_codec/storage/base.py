@@ -10,7 +10,8 @@ Operations, and what each guarantees:
 
 - ``transaction(write=)``: holds the log's lock (exclusive for ``write``) and brings the
   view (``fmt``, ``index``) up to date; re-entrant within one thread; a nested transaction
-  never upgrades a read to a write. Every other call runs inside one.
+  never upgrades a read to a write. Every other call runs inside one. A read may promise
+  to read only the last ``tail`` records.
 - ``create(header, fmt)``, ``rewrite(header, fmt, records, dictionary)``: replace the whole
   log atomically — a reader sees all the old records or all the new ones — after removing
   whatever a crashed rewrite left (``remove_stale_temps``).
@@ -110,8 +111,11 @@ class LogStorage(Protocol):
         ...
 
     def transaction(
-        self, *, write: bool, tolerant: bool = False
-    ) -> AbstractContextManager[None]: ...
+        self, *, write: bool, tolerant: bool = False, tail: int | None = None
+    ) -> AbstractContextManager[None]:
+        """``tail=n`` (reads only): a promise to read at most the last ``n`` records (0:
+        none), which a storage may fetch with the view (a database: in one round trip)."""
+        ...
 
     def create(self, header: bytes, fmt: LogFormat) -> None: ...
 

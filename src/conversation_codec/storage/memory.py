@@ -74,7 +74,7 @@ class MemoryLog:
 
     # -- transactions ----------------------------------------------------------------------
 
-    def transaction(self, *, write: bool, tolerant: bool = False) -> Hold:
+    def transaction(self, *, write: bool, tolerant: bool = False, tail: int | None = None) -> Hold:
         return Hold(self._begin, self._end, write)
 
     def _begin(self, write: bool) -> None:

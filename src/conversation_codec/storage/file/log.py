@@ -96,11 +96,14 @@ class FileLog:
         Equal values mean no writer changed the log in between (FORMAT.md §8.1)."""
         return self._txns.seen
 
-    def transaction(self, *, write: bool, tolerant: bool = False) -> Transaction:
+    def transaction(
+        self, *, write: bool, tolerant: bool = False, tail: int | None = None
+    ) -> Transaction:
         """Return a context that holds the lock (exclusive for ``write``) and brings the
         cached view up to date; OS errors inside it surface as ``StorageError``.
 
         Re-entrant within one thread; a nested transaction must not upgrade to write.
+        ``tail`` (a read's promise to read only the last records) needs nothing here.
         """
         return self._txns.hold(write, tolerant)
 

@@ -179,14 +179,19 @@ class PostgresBackend:
                 kwargs=kwargs,
                 timeout=timeout,
                 check=self._check,
-                reset=self._returned,
                 name=self.name,
                 open=True,
             )
 
-    def _returned(self, conn: Connection) -> None:
-        """The pool's reset hook: note when ``conn`` came back (it worked until then)."""
+    def putconn(self, conn: Connection) -> None:
+        """Give ``conn`` back to the pool, noting when (it worked until then).
+
+        Not the pool's ``reset`` hook: with one, the pool hands every returned connection
+        to a worker thread (measured: ~0.15 ms of a 0.4 ms tail, and the next call may
+        find the connection not back yet).
+        """
         self._back[conn] = time.monotonic()
+        self.pool.putconn(conn)
 
     def _check(self, conn: Connection) -> None:
         """Check a connection before lending it (a round trip), unless it came back less
@@ -221,8 +226,13 @@ class PostgresBackend:
     @contextlib.contextmanager
     def connection(self, what: str) -> Iterator[Connection]:
         """Lend a pooled connection for ``what`` (named in errors); it goes back at the end."""
-        with self.errors(what), self.pool.connection() as conn:
+        with self.errors(what):
+            conn = self.pool.getconn()
+        try:
             yield conn
+        finally:
+            with self.errors(what):
+                self.putconn(conn)
 
     def conversations(self) -> list[str]:
         """Return the ids of the conversations that hold a log, sorted.
