@@ -251,16 +251,17 @@ class ConversationCodec(Maintenance, ChatFormats):
         return False when ``timeout`` seconds pass first (None: wait for ever).
 
         Polls the storage (another process's or host's appends included), backing off
-        from 1 ms to 100 ms: a message is seen within ~100 ms of its commit.
+        from 1 ms to 100 ms: a message is seen within ~100 ms of its commit. On PostgreSQL
+        the writer's commit notifies the waiters at once (LISTEN/NOTIFY), and the polls
+        are ``poll_interval`` apart (``PostgresBackend``) while that works.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.001
-        while self.message_count() <= after + 1:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            time.sleep(pause if left is None else min(pause, left))
-            pause = min(pause * 2, 0.1)
+        with self._log.watch() as pauses:
+            while self.message_count() <= after + 1:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                pauses.sleep(left)
         return True
 
     def message_count(self) -> int:

@@ -25,6 +25,7 @@ Operations, and what each guarantees:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "LogFormat",
     "LogIndex",
     "LogStorage",
+    "Polling",
     "StorageOpener",
     "StoreBackend",
     "adopt_dictionary",
@@ -161,6 +163,45 @@ class LogStorage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def watch(self) -> Polling:
+        """What ``ConversationCodec.wait`` pauses with between two looks at the log."""
+        ...
+
+
+class Polling:
+    """How ``ConversationCodec.wait`` pauses between two looks at a log: it sleeps, backing
+    off from 1 ms to ``LONGEST`` seconds. A storage that hears of changes returns one that
+    wakes early (PostgreSQL: ``postgres.notify.Watch``); the look, not the wake-up, says
+    whether the log changed."""
+
+    LONGEST = 0.1  # seconds: a message is seen within ~100 ms of its commit
+
+    def __init__(self) -> None:
+        self._pause = 0.001  # seconds
+
+    def backoff(self, most: float | None) -> float:
+        """The next pause of the back-off, at most ``most`` seconds (None: no bound)."""
+        pause, self._pause = self._pause, min(self._pause * 2, self.LONGEST)
+        return pause if most is None else min(pause, most)
+
+    def sleep(self, most: float | None) -> None:
+        """Pause until the next look, at most ``most`` seconds (None: no bound)."""
+        time.sleep(self.backoff(most))
+
+    def close(self) -> None:
+        """Stop watching."""
+
+    def __enter__(self) -> Polling:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 # Opens one log's storage, given the codec's header reader (``attach``: header bytes to a

@@ -23,7 +23,7 @@ from ..._fsio import DEFAULT_IO, FileIO, check_file, open_file, unlink_file, wri
 from ...errors import StorageError
 from ...format.record import encode_frame
 from ...paths import index_path, kwi_path
-from ..base import LogFormat, LogStorage
+from ..base import LogFormat, LogStorage, Polling
 from .dictionary import Dictionary
 from .index import OffsetIndex
 from .lock import LogLock
@@ -479,6 +479,10 @@ class FileLog:
             self._close_log()
             self._lock.close()
             self._txns.seen = None
+
+    def watch(self) -> Polling:
+        """A waiter polls the file, backing off (no change notification: a future inotify)."""
+        return Polling()
 
 
 _CONFORMS: type[LogStorage] = FileLog  # mypy checks FileLog against the protocol

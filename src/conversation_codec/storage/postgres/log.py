@@ -34,8 +34,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from ...errors import DatabaseError, LogReplacedError
-from ..base import Hold, IndexMismatch, LogFormat, LogStorage, adopt_dictionary
+from ..base import Hold, IndexMismatch, LogFormat, LogStorage, Polling, adopt_dictionary
 from .backend import Connection, PostgresBackend
+from .notify import commit_and_notify
 from .queries import (
     NO_ROW,
     Row,
@@ -106,6 +107,7 @@ class PostgresLog(CachedView):
         self._after_commit: list[Callable[[], None]] = []
         self._undo: list[Callable[[], None]] = []  # on_rollback()
         self._where = f"conversation {conversation_id!r}"
+        self._commit = commit_and_notify(conversation_id)  # a write's COMMIT wakes waiters
 
     def __repr__(self) -> str:
         return f"<PostgresLog {self.backend.name!r} {self.conversation_id!r}>"
@@ -243,7 +245,7 @@ class PostgresLog(CachedView):
             if exc is None:
                 try:
                     with self.backend.errors(f"commit {self._where}"):
-                        conn.execute("COMMIT")
+                        conn.execute(self._commit if wrote else "COMMIT", prepare=False)
                 except BaseException:
                     self._row = None  # whether it committed is unknown: reload next time
                     self._give_back(conn, rollback=True)
@@ -438,6 +440,10 @@ class PostgresLog(CachedView):
         """Bytes held: the header and every record body."""
         row = self._row
         return 0 if row is None or row.header is None else len(row.header) + row.body_bytes
+
+    def watch(self) -> Polling:
+        """A waiter's pauses, woken by the notification of a write that committed."""
+        return self.backend.watch(self.conversation_id)
 
     def close(self) -> None:
         """Forget the cached view (connections go back to the pool after each transaction;
