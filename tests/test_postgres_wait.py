@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
@@ -85,6 +86,15 @@ def _listener_pids(url: str) -> list[int]:
     return [int(pid) for (pid,) in rows]
 
 
+def _advisory_locks(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_wait_is_woken_by_the_commit_of_another_process(postgres_cluster: Cluster) -> None:
     postgres_url = postgres_cluster.create_database()  # its own backend: poll_interval
     backend = PostgresBackend.shared(postgres_url, poll_interval=POLL)
@@ -134,3 +144,25 @@ def test_wait_outlives_the_listeners_connection_being_terminated(
 def test_the_payload_does_not_name_the_conversation() -> None:
     assert payload("user-42") != payload("user-43")
     assert len(payload("user-42")) == 16 and "user" not in payload("user-42")
+
+
+def test_only_a_watched_conversations_writes_notify(postgres_cluster: Cluster) -> None:
+    """NOTIFY serialises the commits of every notifying transaction: an unwatched
+    conversation's writers must not pay for it."""
+    url = postgres_cluster.create_database()
+    backend = PostgresBackend.shared(url, poll_interval=POLL)
+    store = ConversationStore(url, encryption_key=KEY)
+    try:
+        with psycopg.connect(url, autocommit=True) as spy, store.open("loud") as loud:
+            spy.execute("LISTEN cc_changes")
+            loud.append({"role": "user", "content": "nobody waits"})
+            assert list(spy.notifies(timeout=0.3)) == []
+            with loud.storage.watch():  # as wait() does
+                loud.append({"role": "user", "content": "somebody waits"})
+                got = [n.payload for n in spy.notifies(timeout=10, stop_after=1)]
+            assert got == [payload("loud")]
+            _until(lambda: _advisory_locks(spy) == 0, "the listener to let go")
+            loud.append({"role": "user", "content": "nobody again"})
+            assert list(spy.notifies(timeout=0.3)) == []
+    finally:
+        backend.close()
