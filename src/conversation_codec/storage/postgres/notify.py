@@ -37,8 +37,8 @@ negligible.
 from __future__ import annotations
 
 import hashlib
-import os
 import select
+import socket
 import threading
 
 import psycopg
@@ -96,7 +96,9 @@ class Listener:
         self._up = False  # LISTENing now
         self._stop = False
         self._tried = threading.Event()  # the first attempt to connect is over
-        self._pipe = os.pipe()  # a byte on it: the waiters changed, or stop
+        # A byte on it wakes the thread: the waiters changed, or stop (a socket pair, not a
+        # pipe: no file is written outside _fsio.py).
+        self._bell, self._rung = socket.socketpair()
         self._thread = threading.Thread(target=self._run, name="cc-listener", daemon=True)
         self._thread.start()
         self._tried.wait(connect_timeout)
@@ -116,7 +118,7 @@ class Listener:
         with self._changed:
             self._waiters.setdefault(key, set()).add(event)
             if key not in self._held:
-                os.write(self._pipe[1], b"s")
+                self._bell.send(b"s")
                 self._changed.wait_for(lambda: key in self._held or not self._up, SUBSCRIBE_WAIT)
 
     def unsubscribe(self, conversation_id: str, event: threading.Event) -> None:
@@ -126,7 +128,7 @@ class Listener:
             events.discard(event)
             if not events:
                 self._waiters.pop(key, None)
-                os.write(self._pipe[1], b"u")
+                self._bell.send(b"u")
 
     def _wake(self, key: str | None) -> None:
         """Wake the waiters of ``key`` (None: all of them)."""
@@ -170,18 +172,18 @@ class Listener:
                     self._wake(None)  # from now on they poll as without notifications
                 self._tried.set()
             if not self._stop:
-                select.select([self._pipe[0]], [], [], pause)
+                select.select([self._rung], [], [], pause)
                 pause = min(pause * 2, RECONNECT_MAX)
 
     def _listen(self, conn: psycopg.Connection[psycopg.rows.TupleRow]) -> None:
         """Deliver notifications, and hold the locks of the watched conversations."""
-        socket = conn.pgconn.socket
+        server = conn.pgconn.socket
         while not self._stop:
-            ready, _, _ = select.select([socket, self._pipe[0]], [], [], _SLICE)
-            if self._pipe[0] in ready:
-                os.read(self._pipe[0], 4096)
+            ready, _, _ = select.select([server, self._rung.fileno()], [], [], _SLICE)
+            if self._rung.fileno() in ready:
+                self._rung.recv(4096)
                 self._locks(conn)
-            if socket in ready:
+            if server in ready:
                 conn.pgconn.consume_input()
                 if conn.pgconn.status != pq.ConnStatus.OK:
                     raise psycopg.OperationalError("the listening connection was lost")
@@ -203,11 +205,11 @@ class Listener:
     def close(self) -> None:
         """Stop listening (within ``_SLICE`` seconds)."""
         self._stop = True
-        os.write(self._pipe[1], b"x")
+        self._bell.send(b"x")
         self._thread.join(_SLICE + self._connect_timeout + 1)
         if not self._thread.is_alive():
-            for fd in self._pipe:
-                os.close(fd)
+            self._bell.close()
+            self._rung.close()
 
 
 class Watch(Polling):
