@@ -298,3 +298,31 @@ def test_stored_gives_the_header_and_dictionary_a_copy_needs(
     with copy.transaction(write=False):
         assert copy.stored() == (header, None)
         assert list(copy.read_bodies(0, 3)) == [(i, _body(fmt, i)) for i in range(3)]
+
+
+@pytest.mark.parametrize("tail", [0, 1, 3, 5, 9])
+def test_a_read_of_the_last_records_sees_what_any_read_sees(
+    make: Callable[[], LogStorage], tail: int
+) -> None:
+    """``transaction(write=False, tail=n)``: a promise to read at most the last n records
+    (a database fetches them with the view); the view and the reads are those of any read,
+    and a read past the promise still works while the log is unchanged."""
+    writer, reader = make(), make()
+    fmt = _filled(writer, 5)
+    for _ in range(2):  # cold, then warm after another handle's append
+        with reader.transaction(write=False, tail=tail):
+            count = len(reader.index)
+            last = list(reader.read_bodies(max(0, count - tail), count))
+            everything = list(reader.read_bodies(0, count))
+            tss = list(reader.index.tss)
+        assert last == everything[max(0, count - tail) :]
+        assert [seq for seq, _ in everything] == list(range(count)) and tss[0] == T0
+        with writer.transaction(write=True):
+            writer.append([_body(fmt, count)], [T0 + count])
+    assert count == 6
+
+
+def test_watch_pauses_between_polls(make: Callable[[], LogStorage]) -> None:
+    with make().watch() as pauses:
+        pauses.sleep(0.001)
+        pauses.sleep(0)

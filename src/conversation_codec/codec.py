@@ -241,7 +241,7 @@ class ConversationCodec(Maintenance, ChatFormats):
         """Return the last ``n`` messages, oldest first, reading only those records."""
         if n < 0:
             raise ValueError("n must be >= 0")
-        with self._holding(write=False):
+        with self._holding(write=False, tail=n):
             count = len(self._log.index)
             start = max(self._base(), count - n)
             return [self._present(m) for _, m, _ in self._reader.decoded(start, count)]
@@ -251,21 +251,22 @@ class ConversationCodec(Maintenance, ChatFormats):
         return False when ``timeout`` seconds pass first (None: wait for ever).
 
         Polls the storage (another process's or host's appends included), backing off
-        from 1 ms to 100 ms: a message is seen within ~100 ms of its commit.
+        from 1 ms to 100 ms: a message is seen within ~100 ms of its commit. On PostgreSQL
+        the writer's commit notifies the waiters at once (LISTEN/NOTIFY), and the polls
+        are ``poll_interval`` apart (``PostgresBackend``) while that works.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.001
-        while self.message_count() <= after + 1:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            time.sleep(pause if left is None else min(pause, left))
-            pause = min(pause * 2, 0.1)
+        with self._log.watch() as pauses:
+            while self.message_count() <= after + 1:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                pauses.sleep(left)
         return True
 
     def message_count(self) -> int:
         """Return the number of (visible) messages, from the index (no decryption)."""
-        with self._holding(write=False):
+        with self._holding(write=False, tail=0):
             return len(self._log.index) - self._base()
 
     def __len__(self) -> int:

@@ -157,10 +157,13 @@ class CodecCore:
         """
         return self._holding(write=True)
 
-    def _holding(self, *, write: bool) -> contextlib.AbstractContextManager[None]:
+    def _holding(
+        self, *, write: bool, tail: int | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """A transaction of the storage; ``tail``: a read of at most the last n records."""
         if self._closed:
             raise ClosedError("this ConversationCodec is closed; open a new one")
-        return self._log.transaction(write=write)
+        return self._log.transaction(write=write, tail=tail)
 
     def _append_locked(
         self, encoded: list[tuple[Message, bytes]], timestamps: Sequence[TimestampInput] | None

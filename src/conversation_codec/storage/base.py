@@ -10,7 +10,8 @@ Operations, and what each guarantees:
 
 - ``transaction(write=)``: holds the log's lock (exclusive for ``write``) and brings the
   view (``fmt``, ``index``) up to date; re-entrant within one thread; a nested transaction
-  never upgrades a read to a write. Every other call runs inside one.
+  never upgrades a read to a write. Every other call runs inside one. A read may promise
+  to read only the last ``tail`` records.
 - ``create(header, fmt)``, ``rewrite(header, fmt, records, dictionary)``: replace the whole
   log atomically — a reader sees all the old records or all the new ones — after removing
   whatever a crashed rewrite left (``remove_stale_temps``).
@@ -24,6 +25,7 @@ Operations, and what each guarantees:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ __all__ = [
     "LogFormat",
     "LogIndex",
     "LogStorage",
+    "Polling",
     "StorageOpener",
     "StoreBackend",
     "adopt_dictionary",
@@ -110,8 +113,11 @@ class LogStorage(Protocol):
         ...
 
     def transaction(
-        self, *, write: bool, tolerant: bool = False
-    ) -> AbstractContextManager[None]: ...
+        self, *, write: bool, tolerant: bool = False, tail: int | None = None
+    ) -> AbstractContextManager[None]:
+        """``tail=n`` (reads only): a promise to read at most the last ``n`` records (0:
+        none), which a storage may fetch with the view (a database: in one round trip)."""
+        ...
 
     def create(self, header: bytes, fmt: LogFormat) -> None: ...
 
@@ -157,6 +163,45 @@ class LogStorage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def watch(self) -> Polling:
+        """What ``ConversationCodec.wait`` pauses with between two looks at the log."""
+        ...
+
+
+class Polling:
+    """How ``ConversationCodec.wait`` pauses between two looks at a log: it sleeps, backing
+    off from 1 ms to ``LONGEST`` seconds. A storage that hears of changes returns one that
+    wakes early (PostgreSQL: ``postgres.notify.Watch``); the look, not the wake-up, says
+    whether the log changed."""
+
+    LONGEST = 0.1  # seconds: a message is seen within ~100 ms of its commit
+
+    def __init__(self) -> None:
+        self._pause = 0.001  # seconds
+
+    def backoff(self, most: float | None) -> float:
+        """The next pause of the back-off, at most ``most`` seconds (None: no bound)."""
+        pause, self._pause = self._pause, min(self._pause * 2, self.LONGEST)
+        return pause if most is None else min(pause, most)
+
+    def sleep(self, most: float | None) -> None:
+        """Pause until the next look, at most ``most`` seconds (None: no bound)."""
+        time.sleep(self.backoff(most))
+
+    def close(self) -> None:
+        """Stop watching."""
+
+    def __enter__(self) -> Polling:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 # Opens one log's storage, given the codec's header reader (``attach``: header bytes to a

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ..records import SealedRecords
-from .base import Hold, LogFormat, LogStorage, adopt_dictionary
+from .base import Hold, LogFormat, LogStorage, Polling, adopt_dictionary
 
 __all__ = ["MemoryLog"]
 
@@ -74,7 +74,7 @@ class MemoryLog:
 
     # -- transactions ----------------------------------------------------------------------
 
-    def transaction(self, *, write: bool, tolerant: bool = False) -> Hold:
+    def transaction(self, *, write: bool, tolerant: bool = False, tail: int | None = None) -> Hold:
         return Hold(self._begin, self._end, write)
 
     def _begin(self, write: bool) -> None:
@@ -179,6 +179,9 @@ class MemoryLog:
 
     def close(self) -> None:
         """The records stay: they live as long as this object."""
+
+    def watch(self) -> Polling:
+        return Polling()
 
     def bodies(self) -> Sequence[bytes]:
         """Every stored body in order (for tests of the storage itself)."""

@@ -23,7 +23,7 @@ from ..._fsio import DEFAULT_IO, FileIO, check_file, open_file, unlink_file, wri
 from ...errors import StorageError
 from ...format.record import encode_frame
 from ...paths import index_path, kwi_path
-from ..base import LogFormat, LogStorage
+from ..base import LogFormat, LogStorage, Polling
 from .dictionary import Dictionary
 from .index import OffsetIndex
 from .lock import LogLock
@@ -96,11 +96,14 @@ class FileLog:
         Equal values mean no writer changed the log in between (FORMAT.md §8.1)."""
         return self._txns.seen
 
-    def transaction(self, *, write: bool, tolerant: bool = False) -> Transaction:
+    def transaction(
+        self, *, write: bool, tolerant: bool = False, tail: int | None = None
+    ) -> Transaction:
         """Return a context that holds the lock (exclusive for ``write``) and brings the
         cached view up to date; OS errors inside it surface as ``StorageError``.
 
         Re-entrant within one thread; a nested transaction must not upgrade to write.
+        ``tail`` (a read's promise to read only the last records) needs nothing here.
         """
         return self._txns.hold(write, tolerant)
 
@@ -476,6 +479,10 @@ class FileLog:
             self._close_log()
             self._lock.close()
             self._txns.seen = None
+
+    def watch(self) -> Polling:
+        """A waiter polls the file, backing off (no change notification: a future inotify)."""
+        return Polling()
 
 
 _CONFORMS: type[LogStorage] = FileLog  # mypy checks FileLog against the protocol

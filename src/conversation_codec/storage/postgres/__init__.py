@@ -30,6 +30,11 @@ epoch bumped) so that no writer holding an older view can mistake it for its log
 
 Every statement names one conversation (``conversation_id`` leads every key); only listings
 (``PostgresBackend.conversations``, ``summaries``) and schema changes cross conversations.
+
+Notifications (``notify.py``): channel ``cc_changes``, payload 16 hex digits of
+SHA-256("conversation-codec notify\0" + id), sent by a write's COMMIT while the
+conversation is watched (a waiter's listener holds the shared advisory lock of the same 64
+bits, as a signed big-endian integer).
 """
 
 from __future__ import annotations

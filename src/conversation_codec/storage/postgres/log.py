@@ -12,7 +12,9 @@ Transactions are database transactions on one pooled connection, held from the o
   a longer transaction is durable when that transaction ends. A transaction left by an
   exception rolls back everything written in it.
 - a *read* transaction is REPEATABLE READ READ ONLY: one snapshot, so the counters and every
-  record read in it agree, without blocking or waiting for writers.
+  record read in it agree, without blocking or waiting for writers. A read that says what
+  it reads (``tail=n``: at most the last n records) is one statement instead, under
+  autocommit (``snapshot``): one round trip, one snapshot all the same.
 
 Rejected alternatives for the seq: a SERIAL or identity column (its values are not rolled
 back, and they commit out of order, so readers would see gaps that later fill), and
@@ -21,36 +23,33 @@ normal path). The codec seals each record's seq into its body, so the seq must b
 before the body is made: the row lock, taken at the start of the write transaction, is what
 lets it read ``next_seq`` and then write.
 
-The cached view (``fmt``, ``index.tss``) is refreshed at the start of each transaction from
-the row's ``(epoch, next_seq)``: the same epoch means appends only, so just the timestamps
-past the cached count are read; another epoch (a truncation, rewrite or removal) means a
-full reload and ``on_change()``.
+The cached view (``fmt``, ``index.tss``, the dictionary: ``view``) is refreshed at the
+start of each transaction from the row's ``(epoch, next_seq)``.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
-from ...errors import CorruptRecordError, DatabaseError
-from ...records import SealedRecords
-from ..base import Hold, IndexMismatch, LogFormat, LogStorage, adopt_dictionary
+from ...errors import DatabaseError, LogReplacedError
+from ..base import Hold, IndexMismatch, LogFormat, LogStorage, Polling, adopt_dictionary
 from .backend import Connection, PostgresBackend
+from .notify import commit_and_notify
 from .queries import (
     NO_ROW,
     Row,
     append_records,
     begin,
-    load_dictionary,
-    load_tss,
     read_range,
     read_row,
     remove_rows,
     replace_log,
     truncate_records,
 )
+from .snapshot import Snapshot, read_range_at, read_snapshot
+from .view import CachedView, Incomplete, PostgresIndex
 
 __all__ = ["READ_ROWS", "PostgresIndex", "PostgresLog"]
 
@@ -58,30 +57,7 @@ READ_ROWS = 256  # records fetched per query when reading a range
 _MAX_ID_CHARS = 1024  # a conversation id longer than this is a mistake, not an id
 
 
-class PostgresIndex:
-    """Record ``seq`` lies at ``[seq, seq + 1)``: positions are sequence numbers (as for
-    ``MemoryLog``); ``tss`` is the cached column ``cc_records.ts`` of the conversation."""
-
-    __slots__ = ("tss",)
-
-    path = ""  # no index file: the records table's primary key is the index
-
-    def __init__(self) -> None:
-        self.tss: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self.tss)
-
-    def span(self, seq: int) -> tuple[int, int]:
-        if not 0 <= seq < len(self.tss):
-            raise IndexError(f"no record {seq}: the log holds {len(self.tss)}")
-        return seq, seq + 1
-
-    def first_at_or_after(self, ts_us: int) -> int:
-        return bisect.bisect_left(self.tss, ts_us)
-
-
-class PostgresLog:
+class PostgresLog(CachedView):
     """One conversation's log in the database of ``backend``, by ``conversation_id``.
 
     ``attach`` reads a header into a ``LogFormat`` (as for ``FileLog``); ``lock_timeout``:
@@ -120,6 +96,9 @@ class PostgresLog:
         self._header: bytes | None = None
         self._row: Row | None = None  # the row as of the current transaction; None: reload
         self._dict_id = 0  # the dictionary fmt.records holds (0: none)
+        self._dict_body: bytes | None = None
+        self._snap: Snapshot | None = None  # a one-statement read's (``snapshot``)
+        self._tail = 0  # the bodies it prefetched: the last ``_tail`` records
         self._mutex = threading.RLock()
         self._depth = 0
         self._writable = False
@@ -128,6 +107,7 @@ class PostgresLog:
         self._after_commit: list[Callable[[], None]] = []
         self._undo: list[Callable[[], None]] = []  # on_rollback()
         self._where = f"conversation {conversation_id!r}"
+        self._commit = commit_and_notify(conversation_id)  # a write's COMMIT wakes waiters
 
     def __repr__(self) -> str:
         return f"<PostgresLog {self.backend.name!r} {self.conversation_id!r}>"
@@ -149,16 +129,20 @@ class PostgresLog:
 
     # -- transactions ----------------------------------------------------------------------
 
-    def transaction(self, *, write: bool, tolerant: bool = False) -> Hold:
+    def transaction(self, *, write: bool, tolerant: bool = False, tail: int | None = None) -> Hold:
         """Return a context holding a database transaction (and, for ``write``, the
         conversation's row lock) with the cached view brought up to date.
 
         Re-entrant within one thread; a nested transaction must not upgrade to write.
-        ``tolerant`` changes nothing here: a database holds no torn records.
+        ``tolerant`` changes nothing here: a database holds no torn records. A read with
+        ``tail=n`` reads at most the last ``n`` records (0: none): it is one statement
+        (``snapshot``) that brings them with the row.
         """
-        return Hold(self._begin, self._end, write)
+        if tail is not None and tail < 0:
+            raise ValueError("tail must be >= 0")
+        return Hold(lambda w: self._begin(w, tail), self._end, write)
 
-    def _begin(self, write: bool) -> None:
+    def _begin(self, write: bool, tail: int | None = None) -> None:
         self._mutex.acquire()
         try:
             if self._depth:
@@ -166,66 +150,102 @@ class PostgresLog:
                     raise RuntimeError("cannot upgrade a read transaction to a write")
                 self._depth += 1
                 return
-            self._open(write)
+            self._open(write, None if write else tail)
         except BaseException:
             self._mutex.release()
             raise
 
-    def _open(self, write: bool) -> None:
-        """Take a connection, start the transaction, lock and read the row, refresh.
+    def _open(self, write: bool, tail: int | None) -> None:
+        """Take a connection, start the transaction, lock and read the row, refresh (for
+        ``tail``: read the snapshot instead).
 
         A connection that just came back is lent unchecked (``backend.RECHECK_AFTER``): if
         the server went away since, the first round trip fails on a dead connection before
         anything was done, and this retries once on a checked one.
         """
         what = ("write " if write else "read ") + self._where
+        snap: Snapshot | None = None
         for retry in (True, False):
             with self.backend.errors(what):
                 conn = self.backend.pool.getconn()
             try:
                 with self.backend.errors(what):
-                    row = begin(
-                        conn, self.conversation_id, write=write, lock_timeout=self._lock_timeout
-                    )
+                    if tail is not None:
+                        snap = self._snapshot(conn, tail, full=False)
+                        row = None if snap is None else snap.row
+                    else:
+                        row = begin(
+                            conn, self.conversation_id, write=write, lock_timeout=self._lock_timeout
+                        )
             except DatabaseError as exc:
                 # Dead before the server said a word (no SQLSTATE): it died idle in the pool.
                 # A connection the server ended while this waited (e.g. terminated) is an
                 # error of this call, reported as such.
                 dead = (conn.broken or conn.closed) and exc.sqlstate is None
-                self._give_back(conn, rollback=True)
+                self._give_back(conn, rollback=tail is None)
                 if retry and dead:
                     with self.backend.errors(what):
                         self.backend.pool.check()  # drop every dead idle connection now
                     continue
                 raise
             except BaseException:
-                self._give_back(conn, rollback=True)
+                self._give_back(conn, rollback=tail is None)
                 raise
             break
         try:
             with self.backend.errors(what):
                 self._conn, self._depth, self._writable = conn, 1, write
-                self._refresh(conn, row)
+                if tail is None:
+                    self._refresh(conn, row)
+                else:
+                    self._apply(conn, snap, tail)
         except BaseException:
-            self._conn, self._depth, self._writable = None, 0, False
-            self._give_back(conn, rollback=True)
+            self._conn, self._depth, self._writable, self._snap = None, 0, False, None
+            self._give_back(conn, rollback=tail is None)
             raise
+
+    def _snapshot(self, conn: Connection, tail: int, *, full: bool) -> Snapshot | None:
+        """Read the row and what the view lacks, and the last ``tail`` bodies, in one
+        statement (``full``: every timestamp and the dictionary, whatever is cached)."""
+        row = None if full or self.fmt is None else self._row
+        return read_snapshot(
+            conn,
+            self.conversation_id,
+            epoch=-1 if row is None else row.epoch,
+            known=0 if row is None else len(self.index),
+            dict_id=0 if row is None else self._dict_id,
+            tail=tail,
+        )
+
+    def _apply(self, conn: Connection, snap: Snapshot | None, tail: int) -> None:
+        """Refresh the view from ``snap``; one lacking something (the view was not what it
+        was asked against) is read again in full."""
+        try:
+            self._refresh(conn, None if snap is None else snap.row, snap)
+        except Incomplete:
+            snap = self._snapshot(conn, tail, full=True)
+            self._refresh(conn, None if snap is None else snap.row, snap)
+        self._snap = snap or Snapshot(NO_ROW, True, 0, [], None, [])
+        self._tail = tail
 
     def _end(self, exc: BaseException | None) -> None:
         try:
             self._depth -= 1
             if self._depth:
                 return
-            conn = self._conn
-            self._conn, self._writable = None, False
+            conn, snap = self._conn, self._snap
+            self._conn, self._writable, self._snap = None, False, None
             wrote, self._wrote = self._wrote, False
             after, self._after_commit = self._after_commit, []
             undo, self._undo = self._undo, []
             assert conn is not None
+            if snap is not None:  # one statement under autocommit: nothing to end
+                self._give_back(conn, rollback=False)
+                return
             if exc is None:
                 try:
                     with self.backend.errors(f"commit {self._where}"):
-                        conn.execute("COMMIT")
+                        conn.execute(self._commit if wrote else "COMMIT", prepare=False)
                 except BaseException:
                     self._row = None  # whether it committed is unknown: reload next time
                     self._give_back(conn, rollback=True)
@@ -250,85 +270,7 @@ class PostgresLog:
             with contextlib.suppress(Exception):  # a broken connection: the pool drops it
                 conn.execute("ROLLBACK")
         with contextlib.suppress(Exception):  # the pool was closed meanwhile
-            self.backend.pool.putconn(conn)
-
-    # -- the cached view ---------------------------------------------------------------------
-
-    def _refresh(self, conn: Connection, row: Row | None) -> None:
-        """Bring ``fmt`` and ``index`` up to date with ``row`` (appends: incrementally)."""
-        old, self._row = self._row, None  # None until the refresh succeeds
-        if row is None or row.header is None:
-            if self.fmt is not None or self._header is not None:
-                self._forget_log()
-                self.on_change()
-            self._row = row or NO_ROW
-            return
-        if (
-            old is not None
-            and old.epoch == row.epoch
-            and self._header == row.header
-            and row.next_seq >= len(self.index)
-        ):
-            self._load_tss(conn, len(self.index), row.next_seq)
-            if row.dict_id != self._dict_id:
-                self._load_dictionary(conn, row.dict_id)
-            self._row = row
-            return
-        self._reload(conn, row)
-        self._row = row
-        self.on_change()
-
-    def _reload(self, conn: Connection, row: Row) -> None:
-        """Read the whole view again: the header (attached when it changed), every
-        timestamp and the dictionary."""
-        assert row.header is not None
-        if row.header != self._header or self.fmt is None:
-            self._forget_log()
-            self.fmt = self._attach(row.header)
-            self._header = row.header
-        else:
-            self._drop_dictionary()
-        self.index.tss = []
-        self._load_tss(conn, 0, row.next_seq)
-        self._load_dictionary(conn, row.dict_id)
-
-    def _forget_log(self) -> None:
-        self._drop_dictionary()
-        self.fmt, self._header = None, None
-        self.index.tss = []
-
-    def _load_tss(self, conn: Connection, start: int, stop: int) -> None:
-        if start >= stop:
-            return
-        rows = load_tss(conn, self.conversation_id, start)
-        if len(rows) != stop - start or (rows and (rows[0][0], rows[-1][0]) != (start, stop - 1)):
-            raise CorruptRecordError(
-                f"{self._where} holds {len(rows)} records from seq {start} where its row "
-                f"counts {stop - start}: the tables were changed outside conversation-codec",
-                path=self.backend.name,
-                offset=start,
-            )
-        self.index.tss.extend(ts for _, ts in rows)
-
-    def _load_dictionary(self, conn: Connection, dict_id: int) -> None:
-        self._drop_dictionary()
-        if not dict_id:
-            return
-        body = load_dictionary(conn, self.conversation_id, dict_id)
-        if body is None:
-            raise CorruptRecordError(
-                f"{self._where} names dictionary {dict_id}, which is missing",
-                path=self.backend.name,
-                offset=0,
-            )
-        assert self.fmt is not None
-        adopt_dictionary(self.fmt, body, have_one=False)
-        self._dict_id = dict_id
-
-    def _drop_dictionary(self) -> None:
-        if self._dict_id and self.fmt is not None and isinstance(self.fmt.records, SealedRecords):
-            self.fmt.records.drop_dictionary()
-        self._dict_id = 0
+            self.backend.putconn(conn)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -360,8 +302,7 @@ class PostgresLog:
             raise ValueError("timestamps in a log never go backwards")
         dict_row = None
         if dictionary is not None:
-            adopt_dictionary(fmt, dictionary[1], have_one=self._dict_id != 0)
-            self._dict_id = 1
+            self._adopt(fmt, dictionary[1], 1, have_one=self._dict_id != 0)
             dict_row = (1, len(self.index) + dictionary[0], dictionary[1])
         try:
             with self.backend.errors(f"append to {self._where}"):
@@ -404,7 +345,7 @@ class PostgresLog:
             )
         self._forget_log()
         self.fmt, self._header, self.index.tss = fmt, header, tss
-        self._dict_id, self._row = row.dict_id, row
+        self._dict_id, self._dict_body, self._row = row.dict_id, dictionary, row
 
     def remove(self, also: Callable[[], None] = lambda: None) -> None:
         """Delete the log in this transaction; ``also`` runs once that has committed. The
@@ -420,25 +361,30 @@ class PostgresLog:
         self._undo.append(undo)
 
     def stored(self) -> tuple[bytes, bytes | None] | None:
-        """The header's bytes and the dictionary record's body, as the database holds them."""
+        """The header's bytes and the dictionary record's body, as the database holds them
+        (as of this transaction: the view keeps both)."""
         if self._header is None:
             return None
-        dictionary = None
-        if self._dict_id:
-            with self.backend.errors(f"read {self._where}"):
-                dictionary = load_dictionary(self._reading(), self.conversation_id, self._dict_id)
-        return self._header, dictionary
+        self._reading()
+        return self._header, self._dict_body
 
     def remove_stale_temps(self) -> None:
         """Nothing is ever left over: a rewrite's staging table dies with its transaction."""
 
     def rebuild_index(self) -> None:
         """Read every timestamp and the dictionary again (they disagreed with a record)."""
-        conn = self._conn
-        if conn is None or self._row is None or self._row.header is None:
+        conn, row = self._conn, self._row
+        if conn is None or row is None or row.header is None:
             raise RuntimeError("rebuild_index() outside a transaction on a log")
         with self.backend.errors(f"read {self._where}"):
-            self._reload(conn, self._row)
+            if self._snap is None:
+                self._reload(conn, row)
+                return
+            snap = self._snapshot(conn, self._tail, full=True)  # a later snapshot: same log?
+            if snap is None or (snap.row.epoch, snap.row.header) != (row.epoch, row.header):
+                raise LogReplacedError(f"{self._where} was replaced while it was read; read again")
+            self._reload(conn, snap.row, snap)
+            self._row, self._snap = snap.row, snap
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -461,11 +407,15 @@ class PostgresLog:
         if start < stop:
             self.index.span(start)  # IndexError past the end, as every storage
             self.index.span(stop - 1)
+        snap = self._snap
+        if snap is not None and snap.bodies_from <= start and stop <= snap.row.next_seq:
+            for seq in range(start, stop):  # prefetched with the row
+                yield seq, snap.bodies[seq - snap.bodies_from]
+            return
         seq = start
         while seq < stop:
             upto = min(stop, seq + READ_ROWS)
-            with self.backend.errors(f"read {self._where}"):
-                rows = read_range(self._reading(), self.conversation_id, seq, upto)
+            rows = self._read_range(seq, upto)
             for got, body in rows:
                 if got != seq:
                     raise IndexMismatch(seq)  # the reader rebuilds the view and retries
@@ -474,10 +424,26 @@ class PostgresLog:
             if seq < upto:
                 raise IndexMismatch(seq)
 
+    def _read_range(self, start: int, stop: int) -> list[tuple[int, bytes]]:
+        """Read records ``start .. stop - 1`` in this transaction; in a one-statement read,
+        guarded by its epoch (a later statement sees a later snapshot)."""
+        with self.backend.errors(f"read {self._where}"):
+            conn = self._reading()
+            if self._snap is None:
+                return read_range(conn, self.conversation_id, start, stop)
+            rows = read_range_at(conn, self.conversation_id, self._snap.row.epoch, start, stop)
+        if rows is None:
+            raise LogReplacedError(f"{self._where} was replaced while it was read; read again")
+        return rows
+
     def size(self) -> int:
         """Bytes held: the header and every record body."""
         row = self._row
         return 0 if row is None or row.header is None else len(row.header) + row.body_bytes
+
+    def watch(self) -> Polling:
+        """A waiter's pauses, woken by the notification of a write that committed."""
+        return self.backend.watch(self.conversation_id)
 
     def close(self) -> None:
         """Forget the cached view (connections go back to the pool after each transaction;
