@@ -29,8 +29,8 @@ full reload and ``on_change()``.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
@@ -38,6 +38,8 @@ from ...errors import CorruptRecordError, DatabaseError
 from ...records import SealedRecords
 from ..base import Hold, IndexMismatch, LogFormat, LogStorage, adopt_dictionary
 from .backend import Connection, PostgresBackend
+from .index import PostgresIndex
+from .kwi import PostgresSegments
 from .queries import (
     NO_ROW,
     Row,
@@ -56,29 +58,6 @@ __all__ = ["READ_ROWS", "PostgresIndex", "PostgresLog"]
 
 READ_ROWS = 256  # records fetched per query when reading a range
 _MAX_ID_CHARS = 1024  # a conversation id longer than this is a mistake, not an id
-
-
-class PostgresIndex:
-    """Record ``seq`` lies at ``[seq, seq + 1)``: positions are sequence numbers (as for
-    ``MemoryLog``); ``tss`` is the cached column ``cc_records.ts`` of the conversation."""
-
-    __slots__ = ("tss",)
-
-    path = ""  # no index file: the records table's primary key is the index
-
-    def __init__(self) -> None:
-        self.tss: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self.tss)
-
-    def span(self, seq: int) -> tuple[int, int]:
-        if not 0 <= seq < len(self.tss):
-            raise IndexError(f"no record {seq}: the log holds {len(self.tss)}")
-        return seq, seq + 1
-
-    def first_at_or_after(self, ts_us: int) -> int:
-        return bisect.bisect_left(self.tss, ts_us)
 
 
 class PostgresLog:
@@ -128,6 +107,7 @@ class PostgresLog:
         self._after_commit: list[Callable[[], None]] = []
         self._undo: list[Callable[[], None]] = []  # on_rollback()
         self._where = f"conversation {conversation_id!r}"
+        self._segments = PostgresSegments(backend, conversation_id, self._session)
 
     def __repr__(self) -> str:
         return f"<PostgresLog {self.backend.name!r} {self.conversation_id!r}>"
@@ -473,6 +453,18 @@ class PostgresLog:
                 seq += 1
             if seq < upto:
                 raise IndexMismatch(seq)
+
+    def keyword_index(self) -> PostgresSegments:
+        """The keyword index's segments (``cc_kwi_segments``, FORMAT.md §17.9)."""
+        return self._segments
+
+    def _session(self, write: bool, kwi: int | None = None) -> tuple[Connection, Row]:
+        """This transaction's connection and row, for the keyword index (which sets
+        the row's ``kwi`` when it replaced or removed the index)."""
+        conn = self._writing() if write else self._reading()
+        if kwi is not None and self._row is not None:
+            self._row = dataclasses.replace(self._row, kwi=kwi)
+        return conn, self._row or NO_ROW
 
     def size(self) -> int:
         """Bytes held: the header and every record body."""
