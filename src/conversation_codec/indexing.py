@@ -207,6 +207,8 @@ class KeywordIndexer:
         """Append to an exact store: the segment of these messages alone, in the
         transaction that writes them, with no need to read the index first (a writer
         opened for one append reads none of it); merged as the file's (§17.9)."""
+        if not messages:
+            return
         builder = IndexBuilder(tokens)
         for i, message in enumerate(messages):
             builder.add(first + i, message)
@@ -352,7 +354,9 @@ class KeywordIndexer:
         self._state, self._pending = None, {}
 
     def check(self) -> KwiCheck:
-        """Compare the sidecar with an index rebuilt from the log (``verify``)."""
+        """Compare the index with one rebuilt from the log (``verify``)."""
+        if self._exact():
+            self._forget()  # read it from the database: nothing there to compare a cache with
         keys = self.keys()
         state = self.current()
         if keys is None or state is None:

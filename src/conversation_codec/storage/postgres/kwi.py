@@ -49,7 +49,7 @@ class PostgresSegments:
             return None
         state = KwiState(log_id=log_id, ident=(row.epoch, row.kwi))
         with self._backend.errors(f"read {self._where}"):
-            frames = read_segments(conn, self._id, 0)
+            frames = read_segments(conn, self._id, -1)
         read_frames(b"".join(frames), key, state)
         return state
 

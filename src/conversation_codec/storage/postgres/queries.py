@@ -357,12 +357,13 @@ def remove_rows(conn: Conn, conversation_id: str) -> Row:
 
 
 def read_segments(conn: Conn, conversation_id: str, start: int) -> list[bytes]:
-    """Return the framed keyword index segments from the one covering ``start`` on."""
+    """Return the framed keyword index segments that cover records past ``start``, in
+    order (all of them for ``start`` = -1)."""
     return [
         bytes(segment)
         for (segment,) in conn.execute(
-            "SELECT segment FROM cc_kwi_segments WHERE conversation_id = %s AND lo >= %s "
-            "ORDER BY lo",
+            "SELECT segment FROM cc_kwi_segments WHERE conversation_id = %s AND hi > %s "
+            "ORDER BY hi",
             (conversation_id, start),
         )
     ]
@@ -378,14 +379,14 @@ def append_segment(
         """
         WITH prev AS (
             SELECT hi FROM cc_kwi_segments WHERE conversation_id = %(id)s
-             ORDER BY lo DESC LIMIT 1
+             ORDER BY hi DESC LIMIT 1
         ), ins AS (
             INSERT INTO cc_kwi_segments (conversation_id, lo, hi, segment)
             SELECT %(id)s, %(lo)s, %(hi)s, %(segment)s WHERE (SELECT hi FROM prev) = %(lo)s
             RETURNING 1
         )
         SELECT EXISTS (SELECT FROM ins),
-               (SELECT hi FROM cc_kwi_segments WHERE conversation_id = %(id)s AND lo = 0),
+               (SELECT max(hi) FROM cc_kwi_segments WHERE conversation_id = %(id)s AND lo = 0),
                (SELECT count(*) FROM cc_kwi_segments WHERE conversation_id = %(id)s)
         """,
         {"id": conversation_id, "lo": lo, "hi": hi, "segment": frame},

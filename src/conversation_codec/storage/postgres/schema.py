@@ -97,7 +97,7 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
             lo              bigint NOT NULL,  -- the segment covers seqs lo .. hi - 1
             hi              bigint NOT NULL,
             segment         bytea  NOT NULL,  -- varint(length) || sealed body (§17.3)
-            PRIMARY KEY (conversation_id, lo)
+            PRIMARY KEY (conversation_id, hi)  -- not lo: an empty log's (0, 0) comes first
         )
         """,
         "ALTER TABLE cc_kwi_segments ALTER COLUMN segment SET STORAGE EXTERNAL",
