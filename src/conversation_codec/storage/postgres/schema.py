@@ -90,9 +90,9 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
     # (0: no index; +1 at every replacement), which every writer reads with the row it
     # locks: an index, once there, is kept by every writer, in the records' transaction.
     (
-        "ALTER TABLE cc_conversations ADD COLUMN kwi bigint NOT NULL DEFAULT 0",
+        "ALTER TABLE cc_conversations ADD COLUMN IF NOT EXISTS kwi bigint NOT NULL DEFAULT 0",
         """
-        CREATE TABLE cc_kwi_segments (
+        CREATE TABLE IF NOT EXISTS cc_kwi_segments (
             conversation_id text   NOT NULL,
             lo              bigint NOT NULL,  -- the segment covers seqs lo .. hi - 1
             hi              bigint NOT NULL,
