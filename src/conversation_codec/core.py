@@ -171,6 +171,7 @@ class CodecCore:
         if self._writer.ensure_log():
             self._history.created()
         datas = [data for _, data in encoded]
+        self._kwi.appending(len(self._log.index), [message for message, _ in encoded])
         first = self._writer.append(datas, timestamps)
         self._kwi.appended(first, [message for message, _ in encoded])
         self._history.appended(first, datas)

@@ -82,6 +82,8 @@ class KeywordIndexer:
         self._keys: tuple[bytes, Tokenizer, RecordKey] | None = None  # for one log_id
         self._pending: dict[bytes, list[int]] = {}  # postings not yet in P.kwi
         self._pending_lo = 0  # the first seq they cover
+        # An exact store's segment of the append under way: (blocks, segment, frame).
+        self._staged: tuple[dict[bytes, list[int]], Segment, bytes] | None = None
         # (log_id, covered, lock inode, truncations) when the tag last matched: until a
         # writer truncates or rewrites, the records the index covers cannot change.
         self._validated: tuple[bytes, int, int, int] | None = None
@@ -201,20 +203,41 @@ class KeywordIndexer:
         if hi - self._pending_lo >= FLUSH_MESSAGES:
             self.flush()
 
+    def appending(self, first: int, messages: list[Message]) -> None:
+        """Offer an exact store the segment of the messages about to be appended at
+        ``first``, to be written with them (a database: one statement for both)."""
+        keys, store, self._staged = self.keys(), self._store, None
+        if store is None or not store.exact:
+            return
+        if messages and keys is not None and self.active():
+            self._staged = self._segment(first, messages, *keys)
+            store.stage(self._staged[2], self._staged[1])
+        else:
+            store.stage(None, None)  # nothing left from an append that failed before
+
+    def _segment(
+        self, first: int, messages: list[Message], tokens: Tokenizer, key: RecordKey
+    ) -> tuple[dict[bytes, list[int]], Segment, bytes]:
+        """The blocks, segment and sealed frame of ``messages`` appended at ``first``."""
+        builder = IndexBuilder(tokens)
+        for i, message in enumerate(messages):
+            builder.add(first + i, message)
+        blocks, segment = builder.blocks(), Segment(first, first + len(messages), _NO_TAG)
+        return blocks, segment, kwi.encode_segment(key, segment, encode_blocks(blocks))
+
     def _append_exact(
         self, first: int, messages: list[Message], tokens: Tokenizer, key: RecordKey
     ) -> None:
         """Append to an exact store: the segment of these messages alone, in the
         transaction that writes them, with no need to read the index first (a writer
         opened for one append reads none of it); merged as the file's (§17.9)."""
+        staged, self._staged = self._staged, None
         if not messages:
             return
-        builder = IndexBuilder(tokens)
-        for i, message in enumerate(messages):
-            builder.add(first + i, message)
-        blocks, hi = builder.blocks(), first + len(messages)
-        segment = Segment(first, hi, _NO_TAG)
-        frame = kwi.encode_segment(key, segment, encode_blocks(blocks))
+        hi = first + len(messages)
+        if staged is None or (staged[1].lo, staged[1].hi) != (first, hi):
+            staged = self._segment(first, messages, tokens, key)
+        blocks, segment, frame = staged
         assert self._store is not None
         self._log.on_rollback(self._forget)
         try:

@@ -58,6 +58,12 @@ class PostingsStore(Protocol):
         """Whether nothing was written to the index since ``state`` was read."""
         ...
 
+    def stage(self, frame: bytes | None, segment: Segment | None) -> None:
+        """Offer the segment of records about to be appended (None: no segment), for the
+        store to write with them where it can (a database: in the same statement);
+        ``append`` of the same ``frame`` then only reports what became of it."""
+        ...
+
     def append(self, frame: bytes, segment: Segment, at: int) -> tuple[int, int] | None:
         """Write one framed ``segment`` after the chain (byte ``at`` of a file).
 

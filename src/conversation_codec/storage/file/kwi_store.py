@@ -51,6 +51,9 @@ class FileSegments:
     def unchanged(self, state: KwiState) -> bool:
         return kwi.unchanged(self._path, state)
 
+    def stage(self, frame: bytes | None, segment: Segment | None) -> None:
+        """Nothing to do: the sidecar is written after the log (FORMAT.md §17.5)."""
+
     def append(self, frame: bytes, segment: Segment, at: int) -> tuple[int, int] | None:
         kwi.append_segment(self._path, self._io, frame, at)
         return None

@@ -39,6 +39,8 @@ class PostgresSegments:
         self._id = conversation_id
         self._session = session
         self._where = f"the keyword index of conversation {conversation_id!r}"
+        self._staged: tuple[int, int, bytes] | None = None  # offered for the next append
+        self._done: tuple[bytes, tuple[int, int] | None] | None = None  # frame, as written
 
     def exists(self) -> bool:
         return self._session(False)[1].kwi > 0
@@ -67,7 +69,31 @@ class PostgresSegments:
         row = self._session(False)[1]
         return (row.epoch, row.kwi) == state.ident and state.covered >= row.next_seq
 
+    def stage(self, frame: bytes | None, segment: Segment | None) -> None:
+        """Offer the segment of the records about to be appended (None: none):
+        ``PostgresLog.append`` writes it in the records' own statement."""
+        self._done = None
+        self._staged = None if frame is None or segment is None else (segment.lo, segment.hi, frame)
+
+    def staged(self) -> tuple[int, int, bytes] | None:
+        """Take the segment offered for this append (``queries.append_records`` writes it
+        only where it starts at the records' first seq)."""
+        got, self._staged = self._staged, None
+        return got
+
+    def written(
+        self, segment: tuple[int, int, bytes] | None, counted: tuple[int, int] | None
+    ) -> None:
+        """Note what the records' statement made of ``segment``: ``append_segment``'s
+        answer, ``(-1, -1)`` when the chain ends elsewhere; None: it was not for them."""
+        self._done = None if segment is None or counted is None else (segment[2], counted)
+
     def append(self, frame: bytes, segment: Segment, at: int) -> tuple[int, int] | None:
+        done, self._done = self._done, None
+        if done is not None and done[0] is frame:  # written with the records just now
+            if done[1] is None or done[1][0] < 0:
+                raise ChainMoved(segment.lo)  # the rebuild follows in this transaction
+            return done[1]
         conn, _ = self._session(True)
         with self._backend.errors(f"append to {self._where}"):
             counted = append_segment(conn, self._id, segment.lo, segment.hi, frame)

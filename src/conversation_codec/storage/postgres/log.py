@@ -343,9 +343,13 @@ class PostgresLog:
             adopt_dictionary(fmt, dictionary[1], have_one=self._dict_id != 0)
             self._dict_id = 1
             dict_row = (1, len(self.index) + dictionary[0], dictionary[1])
+        segment = self._segments.staged()  # the keyword index's, in the same statement
         try:
             with self.backend.errors(f"append to {self._where}"):
-                self._row = append_records(conn, row, self.conversation_id, bodies, tss, dict_row)
+                self._row, counted = append_records(
+                    conn, row, self.conversation_id, bodies, tss, dict_row, segment
+                )
+            self._segments.written(segment, counted)
         except BaseException:
             if dictionary is not None:
                 self._drop_dictionary()

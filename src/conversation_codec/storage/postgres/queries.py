@@ -142,9 +142,13 @@ def append_records(
     bodies: Sequence[bytes],
     tss: Sequence[int],
     dictionary: tuple[int, int, bytes] | None,
-) -> Row:
+    segment: tuple[int, int, bytes] | None = None,
+) -> tuple[Row, tuple[int, int] | None]:
     """Insert records at ``row.next_seq`` onwards, and ``dictionary`` ``(dict_id, at_seq,
-    body)`` if given, advancing the row: one statement. Return the row after it."""
+    body)`` if given, advancing the row: one statement. With ``segment`` ``(lo, hi,
+    frame)``, the keyword index segment of these records goes in the same statement, as
+    ``append_segment`` adds it (the round trip of a statement of its own saved). Return
+    the row after it, and what ``append_segment`` returns (None: no segment given)."""
     first, added = row.next_seq, sum(map(len, bodies))
     dict_id = row.dict_id if dictionary is None else dictionary[0]
     got = conn.execute(
@@ -158,13 +162,20 @@ def append_records(
             INSERT INTO cc_dictionaries (conversation_id, dict_id, at_seq, record)
             SELECT %(id)s, %(dict_id)s, %(dict_at)s, %(dict)s::bytea
              WHERE %(dict)s::bytea IS NOT NULL
+        ), k AS (
+            INSERT INTO cc_kwi_segments (conversation_id, lo, hi, n, head, segment)
+            SELECT %(id)s, %(first)s, %(khi)s::bigint, p.n + 1, p.head, %(kseg)s::bytea
+              FROM (SELECT hi, n, head FROM cc_kwi_segments WHERE conversation_id = %(id)s
+                     ORDER BY hi DESC LIMIT 1) p
+             WHERE %(kseg)s::bytea IS NOT NULL AND p.hi = %(first)s
+            RETURNING n, head
         )
         UPDATE cc_conversations
            SET next_seq = %(next)s, last_ts = greatest(last_ts, %(last)s),
                dict_id = %(dict_id)s, body_bytes = body_bytes + %(added)s,
                generation = generation + 1
          WHERE id = %(id)s
-        RETURNING generation
+        RETURNING generation, (SELECT head FROM k), (SELECT n FROM k)
         """,
         {
             "id": conversation_id,
@@ -177,11 +188,16 @@ def append_records(
             "next": first + len(bodies),
             "last": tss[-1] if tss else 0,
             "added": added,
+            "khi": None if segment is None or segment[0] != first else segment[1],
+            "kseg": None if segment is None or segment[0] != first else segment[2],
         },
     ).fetchone()
     assert got is not None
     added_bytes = row.body_bytes + added
-    return Row(row.epoch, got[0], first + len(bodies), row.header, dict_id, added_bytes, row.kwi)
+    after = Row(row.epoch, got[0], first + len(bodies), row.header, dict_id, added_bytes, row.kwi)
+    if segment is None or segment[0] != first:
+        return after, None
+    return after, (-1, -1) if got[1] is None else (int(got[1]), int(got[2]))
 
 
 def truncate_records(conn: Conn, row: Row, conversation_id: str, count: int, last_ts: int) -> Row:
@@ -373,27 +389,22 @@ def append_segment(
     conn: Conn, conversation_id: str, lo: int, hi: int, frame: bytes
 ) -> tuple[int, int] | None:
     """Add the segment ``[lo, hi)`` after the last one, if that one ends at ``lo``: one
-    statement. Return ``(head, count)``: the records the first segment covers and the
-    segments there are now; None when the chain does not end at ``lo`` (nothing added)."""
+    statement, which reads the last row only (each row carries its place ``n`` in the
+    chain and the chain's ``head``). Return ``(head, count)``: the records the first
+    segment covers and the segments there are now; None when the chain does not end at
+    ``lo`` (nothing added)."""
     got = conn.execute(
         """
-        WITH prev AS (
-            SELECT hi FROM cc_kwi_segments WHERE conversation_id = %(id)s
-             ORDER BY hi DESC LIMIT 1
-        ), ins AS (
-            INSERT INTO cc_kwi_segments (conversation_id, lo, hi, segment)
-            SELECT %(id)s, %(lo)s, %(hi)s, %(segment)s WHERE (SELECT hi FROM prev) = %(lo)s
-            RETURNING 1
-        )
-        SELECT EXISTS (SELECT FROM ins),
-               (SELECT max(hi) FROM cc_kwi_segments WHERE conversation_id = %(id)s AND lo = 0),
-               (SELECT count(*) FROM cc_kwi_segments WHERE conversation_id = %(id)s)
+        INSERT INTO cc_kwi_segments (conversation_id, lo, hi, n, head, segment)
+        SELECT %(id)s, %(lo)s, %(hi)s, p.n + 1, p.head, %(segment)s
+          FROM (SELECT hi, n, head FROM cc_kwi_segments WHERE conversation_id = %(id)s
+                 ORDER BY hi DESC LIMIT 1) p
+         WHERE p.hi = %(lo)s
+        RETURNING head, n
         """,
         {"id": conversation_id, "lo": lo, "hi": hi, "segment": frame},
     ).fetchone()
-    if got is None or not got[0]:
-        return None
-    return int(got[1] or 0), int(got[2]) + 1  # the count did not see the row just added
+    return None if got is None else (int(got[0]), int(got[1]))
 
 
 def replace_segments(conn: Conn, conversation_id: str, lo: int, hi: int, frame: bytes) -> int:
@@ -403,8 +414,8 @@ def replace_segments(conn: Conn, conversation_id: str, lo: int, hi: int, frame: 
     got = conn.execute(
         """
         WITH ins AS (
-            INSERT INTO cc_kwi_segments (conversation_id, lo, hi, segment)
-            VALUES (%(id)s, %(lo)s, %(hi)s, %(segment)s)
+            INSERT INTO cc_kwi_segments (conversation_id, lo, hi, n, head, segment)
+            VALUES (%(id)s, %(lo)s, %(hi)s, 1, %(hi)s, %(segment)s)
         )
         UPDATE cc_conversations SET kwi = kwi + 1 WHERE id = %(id)s RETURNING kwi
         """,

@@ -96,6 +96,8 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
             conversation_id text   NOT NULL,
             lo              bigint NOT NULL,  -- the segment covers seqs lo .. hi - 1
             hi              bigint NOT NULL,
+            n               bigint NOT NULL,  -- its place in the chain, from 1
+            head            bigint NOT NULL,  -- hi of the chain's first segment
             segment         bytea  NOT NULL,  -- varint(length) || sealed body (§17.3)
             PRIMARY KEY (conversation_id, hi)  -- not lo: an empty log's (0, 0) comes first
         )
