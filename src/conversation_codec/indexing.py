@@ -16,16 +16,14 @@ transaction) gets each append's segment at once, and needs no check against the 
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .crypto import RecordKey
 from .errors import LogReplacedError
-from .keyword_builder import IndexBuilder
+from .keyword_builder import IndexBuilder, candidate_ranges, joined
 from .keyword_index import (
     BLOCK,
     BLOCK_SHIFT,
@@ -433,7 +431,7 @@ class KeywordIndexer:
                 stop = len(self._log.index)
                 stop = max(first, stop if hi is None else self._reader.first_at_or_after(hi, (0,)))
                 newest = query.newest_first
-                plan = _ranges(found[0], found[1], first, stop, newest_first=newest)
+                plan = candidate_ranges(found[0], found[1], first, stop, newest_first=newest)
                 log_id = self._log.fmt.log_id if self._log.fmt else None
         if found is None:
             yield from self._reader.search(query, reading=reading, base=base, present=present)
@@ -457,7 +455,7 @@ class KeywordIndexer:
                     r.stop for r in batch
                 ):
                     raise LogReplacedError("the log was replaced or truncated during a search")
-                for r in batch:
+                for r in joined(batch, newest_first=query.newest_first):
                     some = self._reader.matches(
                         query.matcher, query.roles, r.start, r.stop, first_seq, query.span, present
                     )
@@ -467,28 +465,3 @@ class KeywordIndexer:
                     return
                 yield hit
                 left = None if left is None else left - 1
-
-
-def _ranges(
-    blocks: list[int], covered: int, first: int, stop: int, *, newest_first: bool
-) -> Iterator[range]:
-    """Yield the seqs to read, in pieces of at most ``BLOCK``: the candidate ``blocks``
-    (ascending) within the ``covered`` records, then every record from ``covered`` (not
-    indexed yet), all clipped to ``[first, stop)``; newest first when asked."""
-    lo_block = bisect.bisect_left(blocks, first >> BLOCK_SHIFT)
-    hi_block = bisect.bisect_left(blocks, ((min(stop, covered) - 1) >> BLOCK_SHIFT) + 1)
-    wanted = blocks[lo_block:hi_block]
-    pieces: Iterable[range] = (
-        range(max(b * BLOCK, first), min(b * BLOCK + BLOCK, covered, stop)) for b in wanted
-    )
-    tail = range(max(covered, first), stop, BLOCK)
-    tails = (range(a, min(a + BLOCK, stop)) for a in tail)
-    if newest_first:
-        pieces = (
-            range(max(b * BLOCK, first), min(b * BLOCK + BLOCK, covered, stop))
-            for b in reversed(wanted)
-        )
-        tails = (range(a, min(a + BLOCK, stop)) for a in reversed(tail))
-        yield from (r for r in itertools.chain(tails, pieces) if r)
-        return
-    yield from (r for r in itertools.chain(pieces, tails) if r)
