@@ -30,7 +30,7 @@ from tests._postgres import Cluster
 from tests.conftest import KEY, OTHER_KEY
 from tests.test_keyword_index import WORDS, op_st, query_st
 
-from conversation_codec import ConversationCodec, ConversationStore
+from conversation_codec import ConversationCodec, ConversationStore, indexing
 from conversation_codec.maintenance.copy import copy_conversations
 from conversation_codec.storage.postgres import SCHEMA_VERSION, ensure_schema
 
@@ -226,33 +226,52 @@ QUERIES = [
 
 
 def test_a_fixed_history_answers_as_the_scan_across_many_blocks(postgres_url: str) -> None:
-    """300 messages (19 blocks) in single appends and batches, past one merge, then a pop,
-    a prune and a rotation: every fixed query, with each option, equals the scan."""
+    """120 messages (8 blocks) in single appends and a batch, then a pop, a prune, a
+    rotation and a writer without the option: every fixed query equals the scan."""
     pair = _Pair(postgres_url)
     try:
-        words = [
-            WORDS[(i * 7) % len(WORDS)] + " " + WORDS[(i * 3) % len(WORDS)] for i in range(300)
-        ]
-        for i in range(40):
+        words = [f"{WORDS[(i * 7) % len(WORDS)]} {WORDS[(i * 3) % len(WORDS)]}" for i in range(120)]
+        for i in range(20):
             pair.apply("extend", [_msg(words[i], "user" if i % 2 else "assistant")])
-        pair.apply("extend", [_msg(w) for w in words[40:300]])
-        ops = [("pop", 2), ("prune", 30), ("rotate", None), ("other", _msg("refund parcel"))]
+        pair.apply("extend", [_msg(w) for w in words[20:]])
         queries = [
-            (q, c, r, lim, nf, None, None)
+            (q, case, role, limit, newest, None, None)
             for q in QUERIES
-            for c in (False, True)
-            for r in (None, "user")
-            for lim in (None, 3)
-            for nf in (False, True)
+            for case, role, limit, newest in [
+                (False, None, None, False),
+                (True, "user", None, False),
+                (False, None, 3, True),
+                (False, "user", 1, False),
+            ]
         ]
         pair.check(queries)
-        for op, arg in ops:
+        for op, arg in [("pop", 2), ("prune", 30), ("rotate", None), ("other", _msg("refund"))]:
             pair.apply(op, arg)
-            pair.check(queries)
-        pair.check([("refund", False, None, None, False, T0 + 50, T0 + 200)])
+        pair.check([*queries, ("refund", False, None, None, False, T0 + 50, T0 + 90)])
         assert pair.indexed.verify().problems == ()
     finally:
         pair.close()
+
+
+def test_merges_keep_the_index_exact(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With merges every few segments (the thresholds lowered), single and batched appends
+    from two handles keep the chain short and the postings exact."""
+    monkeypatch.setattr(indexing, "MERGE_SEGMENTS", 4)
+    monkeypatch.setattr(indexing, "MERGE_MIN_MESSAGES", 8)
+    cid = _id()
+    store = ConversationStore(postgres_url, encryption_key=KEY, search_index=True)
+    texts = [f"gannet {i} " + WORDS[i % len(WORDS)] for i in range(60)]
+    with store.open(cid) as a, store.open(cid) as b:
+        for i, text in enumerate(texts[:40]):
+            (a if i % 3 else b).append(_msg(text))
+            assert len(read_rows(postgres_url, cid)[2]) <= 4
+        a.extend([_msg(t) for t in texts[40:]])
+        log_id, _, rows = read_rows(postgres_url, cid)
+        assert log_id is not None and len(rows) <= 4
+        assert read_postings(postgres_url, cid, KEY) == expected_postings(texts, KEY, log_id)
+        for codec in (a, b):
+            assert [h.seq for h in codec.search("gannet 37")] == [37]
+            assert codec.verify().problems == ()
 
 
 # -- every writer, every process ------------------------------------------------------------
