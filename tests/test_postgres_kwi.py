@@ -474,3 +474,46 @@ def test_copy_keeps_a_file_conversations_index_in_the_database(
     assert (tmp_path / "b" / f"{cid}.log.kwi").is_file()
     with back.open(cid) as c:
         assert [h.seq for h in c.search("ibis 42")] == [42] and c.verify().problems == ()
+
+
+def test_a_store_search_reads_only_candidate_blocks(postgres_url: str) -> None:
+    """``ConversationStore.search`` on a database uses each conversation's index: a record
+    outside every candidate block is never read (here: made unreadable), while a search
+    the index cannot answer (a regex) reads it and reports it."""
+    ids = [_id(), _id()]
+    store = ConversationStore(postgres_url, encryption_key=KEY, search_index=True)
+    for cid in ids:
+        with store.open(cid) as c:
+            c.extend([_msg(f"{cid} zebra item{i}") for i in range(40)])
+    with psycopg.connect(postgres_url) as conn:  # damage record 3 of the first (block 0)
+        conn.execute(
+            "UPDATE cc_records SET record = %s WHERE conversation_id = %s AND seq = 3",
+            (b"x" * 120, ids[0]),
+        )
+    hits = list(store.search("zebra item33"))
+    assert sorted((cid, h.seq) for cid, h in hits) == sorted((cid, 33) for cid in ids)
+    errors: list[str] = []
+    found = list(store.search(r"item33", regex=True, on_error=lambda cid, e: errors.append(cid)))
+    assert errors == [ids[0]] and ids[1] in {cid for cid, _ in found}
+
+
+def test_a_rolled_back_transaction_takes_its_postings_with_it(postgres_url: str) -> None:
+    """Appends and a pop inside a transaction that fails: the records and the segments roll
+    back together, and the handle that wrote them forgets what it held."""
+    cid = _id()
+    with ConversationStore(postgres_url, encryption_key=KEY, search_index=True).open(cid) as c:
+        c.extend([_msg(f"osprey {i}") for i in range(20)])
+        before = read_rows(postgres_url, cid)
+        with pytest.raises(RuntimeError, match="abandon"), c.transaction():
+            c.append(_msg("osprey 20 kestrel"))
+            c.pop()
+            c.pop()
+            c.append(_msg("kestrel again"))
+            assert [h.seq for h in c.search("kestrel")] == [19]
+            raise RuntimeError("abandon")
+        assert read_rows(postgres_url, cid) == before
+        assert list(c.search("kestrel")) == []
+        assert [h.seq for h in c.search("osprey 19")] == [19]
+        c.append(_msg("kestrel at last"))
+        assert [h.seq for h in c.search("kestrel")] == [20]
+        assert c.verify().problems == ()
