@@ -244,16 +244,9 @@ class KeywordIndexer:
             self.rebuild()  # records no writer indexed (or a view gone stale): all again
             return
         state, fmt = self._state, self._log.fmt
+        log_id = None if fmt is None else fmt.log_id
         # A state held in memory grows with it, unless another writer's segments come first.
-        if (
-            state is not None
-            and fmt is not None
-            and (state.log_id, state.covered)
-            == (
-                fmt.log_id,
-                first,
-            )
-        ):
+        if state is not None and state.log_id == log_id and state.covered == first:
             state.postings.add_blocks(blocks)
             state.covered, state.size = hi, state.size + len(frame)
             state.segments += 1
