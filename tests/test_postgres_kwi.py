@@ -494,10 +494,14 @@ def test_a_store_search_reads_only_candidate_blocks(postgres_url: str) -> None:
             "UPDATE cc_records SET record = %s WHERE conversation_id = %s AND seq = 3",
             (b"x" * 120, ids[0]),
         )
-    hits = list(store.search("zebra item33"))
+    hits = list(store.search("zebra item33", conversation_ids=ids))
     assert sorted((cid, h.seq) for cid, h in hits) == sorted((cid, 33) for cid in ids)
     errors: list[str] = []
-    found = list(store.search(r"item33", regex=True, on_error=lambda cid, e: errors.append(cid)))
+    found = list(
+        store.search(
+            "item33", regex=True, conversation_ids=ids, on_error=lambda c, e: errors.append(c)
+        )
+    )
     assert errors == [ids[0]] and ids[1] in {cid for cid, _ in found}
 
 
