@@ -42,36 +42,39 @@ def _build(store: ConversationStore, cid: str, messages: list[Message]) -> float
 def _appends(
     stores: dict[bool, ConversationStore], base: list[Message], window: list[Message]
 ) -> dict[str, Any]:
-    """Single appends on an open codec after a ``len(base)``-message history, and turns
-    that open the conversation, append one message and close it; index off and on in
-    alternating rounds (best round's median and mean)."""
-    runs: dict[str, list[tuple[float, float]]] = {}
-    for round_, index in enumerate((False, True, False, True)):
-        cid = f"append-{round_}"
-        with stores[index].open(cid) as codec:
+    """Single appends after a ``len(base)``-message history, index off and on interleaved
+    append by append (the order alternating): on an open codec, then as turns that open
+    the conversation, append one message and close it."""
+    cids = {index: f"append-{index}" for index in stores}
+    times: dict[str, list[float]] = {}
+    for index, store in stores.items():
+        with store.open(cids[index]) as codec:
             codec.extend(base)
-            times = []
-            for m in window:
+    with stores[True].open(cids[True]) as on, stores[False].open(cids[False]) as off:
+        codecs = {True: on, False: off}
+        for i, m in enumerate(window):
+            for index in (True, False) if i % 2 else (False, True):
                 start = time.perf_counter()
-                codec.append(m)
-                times.append(time.perf_counter() - start)
-        turns = []
-        for m in window[: len(window) // 2]:
+                codecs[index].append(m)
+                times.setdefault(f"open_{'on' if index else 'off'}", []).append(
+                    time.perf_counter() - start
+                )
+    for i, m in enumerate(window[: len(window) // 2]):
+        for index in (True, False) if i % 2 else (False, True):
             start = time.perf_counter()
-            with stores[index].open(cid) as codec:
+            with stores[index].open(cids[index]) as codec:
                 codec.append(m)
-            turns.append(time.perf_counter() - start)
-        for name, got in (("open", times), ("turn", turns)):
-            cell = runs.setdefault(f"{name}_{'on' if index else 'off'}", [])
-            cell.append((statistics.median(got) * 1e3, statistics.mean(got) * 1e3))
+            times.setdefault(f"turn_{'on' if index else 'off'}", []).append(
+                time.perf_counter() - start
+            )
     out: dict[str, Any] = {
-        name: {"median_ms": min(r[0] for r in got), "mean_ms": min(r[1] for r in got)}
-        for name, got in runs.items()
+        name: {"median_ms": statistics.median(got) * 1e3, "mean_ms": statistics.mean(got) * 1e3}
+        for name, got in times.items()
     }
     for name in ("open", "turn"):
-        on, off = out[f"{name}_on"], out[f"{name}_off"]
-        out[f"{name}_ratio_median"] = on["median_ms"] / off["median_ms"]
-        out[f"{name}_ratio_mean"] = on["mean_ms"] / off["mean_ms"]
+        on_, off_ = out[f"{name}_on"], out[f"{name}_off"]
+        out[f"{name}_ratio_median"] = on_["median_ms"] / off_["median_ms"]
+        out[f"{name}_ratio_mean"] = on_["mean_ms"] / off_["mean_ms"]
     return out
 
 

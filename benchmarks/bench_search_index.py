@@ -21,7 +21,7 @@ server as ``bench_postgres`` starts (``fsync=on``), one ``ConversationStore`` wi
 ``search_index=True`` and one without, on the same database, side by side: the rare and
 common word with the index vs the scan (on an open codec, and opening the conversation for
 each search as a store-wide search does), appends with the index vs without (interleaved
-rounds, each append its own transaction), and the index's bytes vs the records'; plus,
+append by append, each its own transaction), and the index's bytes vs the records'; plus,
 for the rejected layout of one opaque ``(conversation, token, block)`` row per posting, the
 bytes the same postings take as such rows (``pg_total_relation_size`` after ``COPY``).
 Results: ``benchmarks/results/search_index_postgres.{json,md}``.
