@@ -525,3 +525,17 @@ def test_a_rolled_back_transaction_takes_its_postings_with_it(postgres_url: str)
         c.append(_msg("kestrel at last"))
         assert [h.seq for h in c.search("kestrel")] == [20]
         assert c.verify().problems == ()
+
+
+def test_change_password_re_keys_the_index(postgres_url: str) -> None:
+    cid = _id()
+    store = ConversationStore(postgres_url, password="old pw", search_index=True)
+    with store.open(cid) as c:
+        c.extend([_msg(f"lemur {i}") for i in range(20)])
+        before = read_rows(postgres_url, cid)
+        c.change_password("old pw", "new pw")
+        after = read_rows(postgres_url, cid)
+        assert after[0] != before[0] and after[1] > before[1]  # a new log, a new index
+        assert not {f for _, _, f in before[2]} & {f for _, _, f in after[2]}
+        assert [h.seq for h in c.search('"lemur 13"')] == [13]
+        assert c.verify().problems == ()
