@@ -15,6 +15,16 @@ messages), side by side:
 
 Run: ``python -m benchmarks.bench_search_index [--messages N] [--quick]``; results go to
 ``benchmarks/results/search_index.{json,md}`` with the commit and the machine.
+
+``--postgres`` measures the same on PostgreSQL (FORMAT.md §17.9) instead: a throwaway
+server as ``bench_postgres`` starts (``fsync=on``), one ``ConversationStore`` with
+``search_index=True`` and one without, on the same database, side by side: the rare and
+common word with the index vs the scan (on an open codec, and opening the conversation for
+each search as a store-wide search does), appends with the index vs without (interleaved
+append by append, each its own transaction), and the index's bytes vs the records'; plus,
+for the rejected layout of one opaque ``(conversation, token, block)`` row per posting, the
+bytes the same postings take as such rows (``pg_total_relation_size`` after ``COPY``).
+Results: ``benchmarks/results/search_index_postgres.{json,md}``.
 """
 
 from __future__ import annotations
@@ -207,12 +217,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--postgres", action="store_true", help="on PostgreSQL (§17.9)")
     args = parser.parse_args()
-    result = run(args.messages, args.quick)
+    if args.postgres:
+        from benchmarks._kwi_postgres import render_postgres, run_postgres
+
+        result = run_postgres(args.messages, args.quick)
+        stem, text = "search_index_postgres", render_postgres(result)
+    else:
+        result = run(args.messages, args.quick)
+        stem, text = "search_index", render(result)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "search_index.json").write_text(json.dumps(result, indent=2, default=str))
-    text = render(result)
-    (RESULTS / "search_index.md").write_text(text)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
+    (RESULTS / f"{stem}.md").write_text(text)
     print(text)
 
 

@@ -554,7 +554,7 @@ def test_a_version_1_schema_is_migrated_and_keeps_its_records(postgres_cluster: 
         conn.execute("CREATE INDEX cc_records_ts ON cc_records (conversation_id, ts)")
         conn.execute("UPDATE cc_schema_version SET version = 1")
         assert ensure_schema(conn) == 1
-        assert conn.execute("SELECT version FROM cc_schema_version").fetchone() == (2,)
+        assert conn.execute("SELECT version FROM cc_schema_version").fetchone() == (SCHEMA_VERSION,)
         index = conn.execute("SELECT to_regclass('cc_records_ts')").fetchone()
         assert index == (None,)
     with ConversationStore(url, encryption_key=KEY).open("a") as codec:

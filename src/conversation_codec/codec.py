@@ -68,10 +68,11 @@ class ConversationCodec(Maintenance, ChatFormats):
         conversation raises ``BindingError`` (FORMAT.md §4.2). An unbound log (written
         without one, or by an older version) still opens, and is bound when next rewritten
         (``compact``, ``save`` that rewrites, ``replace``, ``prune``).
-    :param search_index: keep a blind keyword index beside an encrypted log file
-        (``<path>.kwi``, FORMAT.md §17), so a keyword search decrypts only candidate records
-        (a rare word: milliseconds instead of a scan). Opt-in: the index tells someone holding
-        the files which groups of 16 messages share words, never the words (§16). Once a log
+    :param search_index: keep a blind keyword index of an encrypted log (beside a file:
+        ``<path>.kwi``; in a database: its segment rows, FORMAT.md §17, §17.9), so a keyword
+        search decrypts only candidate records (a rare word: milliseconds instead of a
+        scan). Opt-in: someone watching the reads learns which groups of 16 messages share
+        a searched word, never the words (§16). Not for ``:memory:``. Once a log
         has one, every writer keeps it, with or without this option; ``reindex()`` builds it
         at once (else the first append does). Regex queries and words shorter than three
         letters are still answered by the scan; results are the scan's in every case.

@@ -85,10 +85,10 @@ class CodecCore:
             raise ValueError('attachments="external" keeps blobs beside a log file')
         if attachments == "external" and password is not None:
             raise ValueError("external attachments need encryption_key=, not password=")
-        if search_index and ((encryption_key is None and password is None) or not self._file):
+        if search_index and encryption_key is None and password is None:
             raise ValueError(
-                "search_index=True keeps a sealed index beside an encrypted log file: give "
-                "encryption_key= or password=, and a path (not a database or :memory:)"
+                "search_index=True keeps a sealed index of an encrypted log: give "
+                "encryption_key= or password="
             )
         keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         binding = None if context is None else context_digest(context)
@@ -108,11 +108,14 @@ class CodecCore:
             self._log = FileLog(
                 self._path, attach=attach, durability=durability, lock_timeout=lock_timeout, io=io
             )
+        if search_index and self._log.keyword_index() is None:
+            raise ValueError(
+                "search_index=True needs a storage that keeps a keyword index: a log file "
+                "or a database (not :memory:)"
+            )
         self._reader = LogReader(self._log, self._name)
         self._writer = LogWriter(self._log, self._reader, self._secrets, clock)
-        self._kwi = KeywordIndexer(
-            self._log, self._reader, self._path if self._file else None, io, wanted=search_index
-        )
+        self._kwi = KeywordIndexer(self._log, self._reader, wanted=search_index)
         self._compactor = Compactor(
             self._log, self._reader, self._secrets, self._encoder, self._kwi
         )
@@ -171,6 +174,7 @@ class CodecCore:
         if self._writer.ensure_log():
             self._history.created()
         datas = [data for _, data in encoded]
+        self._kwi.appending(len(self._log.index), [message for message, _ in encoded])
         first = self._writer.append(datas, timestamps)
         self._kwi.appended(first, [message for message, _ in encoded])
         self._history.appended(first, datas)

@@ -1,28 +1,29 @@
 """KeywordIndexer: keep a log's blind keyword index (``P.kwi``) exact, and search with it.
 
 The index is opt-in (``search_index=True``) but, once a log has one, every writer of this
-library keeps it in step whether or not it passed the option: the sidecar's existence is
+library keeps it in step whether or not it passed the option: the index's existence is
 the signal (FORMAT.md §17.5). Appends add a segment; a pop re-derives the last block's
 postings; every rewrite (``Compactor``) writes a fresh index under the new log's keys;
 ``clear`` deletes it with the log. A reader that finds the index behind, ahead of, or not
 matching the log (a writer without this code) scans instead, so a search never returns
 fewer hits than the scan (§17.6).
+
+The segments live where the log's storage keeps them (``storage.postings``): the sidecar
+``P.kwi`` beside a log file, a table in the database of a PostgreSQL log. The logic here
+is the same for both; an ``exact`` store (the database: written in the records' own
+transaction) gets each append's segment at once, and needs no check against the log.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import itertools
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ._fsio import FileIO
 from .crypto import RecordKey
 from .errors import LogReplacedError
+from .keyword_builder import IndexBuilder, candidate_ranges, joined
 from .keyword_index import (
     BLOCK,
     BLOCK_SHIFT,
@@ -32,13 +33,13 @@ from .keyword_index import (
     message_grams,
     query_grams,
 )
-from .paths import kwi_path
 from .reading import READ_BATCH, LogReader
 from .records import SealedRecords
 from .search import Hit, SearchQuery
 from .storage.base import IndexMismatch, LogFormat, LogStorage
 from .storage.file import kwi
 from .storage.file.kwi import TAG_BYTES, KwiState, Segment
+from .storage.postings import ChainMoved
 
 __all__ = ["FLUSH_MESSAGES", "MERGE_SEGMENTS", "IndexBuilder", "KeywordIndexer", "KwiCheck"]
 
@@ -49,6 +50,9 @@ Message = dict[str, Any]
 MERGE_SEGMENTS = 1024
 FLUSH_MESSAGES = 32  # appended messages whose postings are written as one segment
 MERGE_MIN_BYTES = 64 * 1024
+# An exact store (a database) counts messages, not bytes: it merges when the segments after
+# the first cover more messages than it, and this many at least (or number MERGE_SEGMENTS).
+MERGE_MIN_MESSAGES = 1024
 _NO_TAG = bytes(TAG_BYTES)
 
 
@@ -62,58 +66,22 @@ class KwiCheck:
     problem: str
 
 
-class IndexBuilder:
-    """Collect the postings of messages seen in seq order (a rebuild, a rewrite)."""
-
-    def __init__(self, tokens: Tokenizer) -> None:
-        self._tokens = tokens
-        self._grams: dict[int, set[str]] = {}  # block -> its grams (a block's share most)
-
-    def add(self, seq: int, message: Message) -> None:
-        grams = message_grams(message)
-        block = seq >> BLOCK_SHIFT
-        found = self._grams.get(block)
-        if found is None:
-            self._grams[block] = grams
-        else:
-            found |= grams
-
-    def postings(self) -> Postings:
-        out = Postings()
-        out.add_blocks(self.blocks())
-        return out
-
-    def blocks(self) -> dict[bytes, list[int]]:
-        """token -> the ascending blocks holding it."""
-        token = self._tokens.token
-        blocks: dict[bytes, list[int]] = {}
-        for block in sorted(self._grams):
-            for gram in self._grams[block]:
-                found = blocks.get(token(gram))
-                if found is None:
-                    blocks[token(gram)] = [block]
-                elif found[-1] != block:  # two grams may share a token
-                    found.append(block)
-        return blocks
-
-
 class KeywordIndexer:
-    """The keyword index of the log in ``log`` at ``path`` (read through ``reader``);
-    ``wanted``: the codec was opened with ``search_index=True``. Every method but
-    ``search`` expects the log's lock held."""
+    """The keyword index of the log in ``log`` (read through ``reader``), kept where the
+    storage says (``log.keyword_index()``); ``wanted``: the codec was opened with
+    ``search_index=True``. Every method but ``search`` expects the log's lock held."""
 
-    def __init__(
-        self, log: LogStorage, reader: LogReader, path: Path | None, io: FileIO, *, wanted: bool
-    ) -> None:
+    def __init__(self, log: LogStorage, reader: LogReader, *, wanted: bool) -> None:
         self._log = log
         self._reader = reader
-        self._path = None if path is None else os.fspath(path)
-        self._io = io
+        self._store = log.keyword_index()
         self.wanted = wanted
         self._state: KwiState | None = None
         self._keys: tuple[bytes, Tokenizer, RecordKey] | None = None  # for one log_id
         self._pending: dict[bytes, list[int]] = {}  # postings not yet in P.kwi
         self._pending_lo = 0  # the first seq they cover
+        # An exact store's segment of the append under way: (blocks, segment, frame).
+        self._staged: tuple[dict[bytes, list[int]], Segment, bytes] | None = None
         # (log_id, covered, lock inode, truncations) when the tag last matched: until a
         # writer truncates or rewrites, the records the index covers cannot change.
         self._validated: tuple[bytes, int, int, int] | None = None
@@ -123,7 +91,7 @@ class KeywordIndexer:
     def keys(self) -> tuple[Tokenizer, RecordKey] | None:
         """The current log's token and segment keys; None when it cannot have an index."""
         fmt = self._log.fmt
-        if self._path is None or fmt is None or not isinstance(fmt.records, SealedRecords):
+        if self._store is None or fmt is None or not isinstance(fmt.records, SealedRecords):
             return None
         if self._keys is None or self._keys[0] != fmt.log_id:
             token_key, segment_key = fmt.records.cipher.index_keys()
@@ -131,36 +99,44 @@ class KeywordIndexer:
         return self._keys[1], self._keys[2]
 
     def present(self) -> bool:
-        """Whether the log has a keyword index file (what makes writers keep it)."""
-        return self._path is not None and os.path.lexists(kwi_path(self._path))
+        """Whether the log has a keyword index (what makes writers keep it)."""
+        return self._store is not None and self._store.exists()
 
     def active(self) -> bool:
         return self.keys() is not None and (self.wanted or self.present())
 
     def current(self) -> KwiState | None:
-        """The sidecar as it is now, read incrementally; None when there is none."""
-        keys, fmt = self.keys(), self._log.fmt
-        if keys is None or fmt is None or self._path is None:
+        """The index as it is now, read incrementally; None when there is none."""
+        keys, fmt, store = self.keys(), self._log.fmt, self._store
+        if keys is None or fmt is None or store is None:
             return None
         state = self._state
         if state is not None and state.log_id == fmt.log_id:
-            if not self._pending and kwi.more(self._path, keys[1], state):
+            if not self._pending and store.more(keys[1], state):
                 return state
-            if self._pending and kwi.unchanged(self._path, state):
+            if self._pending and store.unchanged(state):
                 return state  # postings in memory beyond the file, which no one changed
         self._pending = {}  # another writer came by: it indexed them, or we catch up
-        self._state = state = kwi.load(self._path, fmt.log_id, keys[1])
+        self._state = state = store.load(fmt.log_id, keys[1])
         return state
 
+    def _exact(self) -> bool:
+        return self._store is not None and self._store.exact
+
     def _tag(self, count: int) -> bytes:
-        """The tag of the segment ending at ``count``: record ``count-1``'s HMAC tail."""
-        return self._log.read_body(count - 1)[-TAG_BYTES:] if count else _NO_TAG
+        """The tag of the segment ending at ``count``: record ``count-1``'s HMAC tail;
+        zeros in an exact store, written with the records (§17.9: no check needed)."""
+        if self._exact() or not count:
+            return _NO_TAG
+        return self._log.read_body(count - 1)[-TAG_BYTES:]
 
     def usable(self, state: KwiState | None) -> bool:
         """Whether ``state`` describes a prefix of the log as it is (§17.4): the chain of
         segments read before any damage, or nothing (then the search is a scan)."""
         if state is None or state.covered > len(self._log.index):
             return False
+        if self._exact():
+            return True
         memo = self._memo(state)
         if memo is not None and memo == self._validated:
             return True
@@ -189,7 +165,10 @@ class KeywordIndexer:
         indexes them again (reading only those).
         """
         keys = self.keys()
-        if keys is None or not self.active() or self._path is None:
+        if keys is None or not self.active():
+            return
+        if self._exact():
+            self._append_exact(first, messages, *keys)
             return
         state = self.current()
         if state is None or not state.segments or not self.usable(state) or state.covered > first:
@@ -222,10 +201,72 @@ class KeywordIndexer:
         if hi - self._pending_lo >= FLUSH_MESSAGES:
             self.flush()
 
+    def appending(self, first: int, messages: list[Message]) -> None:
+        """Offer an exact store the segment of the messages about to be appended at
+        ``first``, to be written with them (a database: one statement for both)."""
+        keys, store, self._staged = self.keys(), self._store, None
+        if store is None or not store.exact:
+            return
+        if messages and keys is not None and self.active():
+            self._staged = self._segment(first, messages, *keys)
+            store.stage(self._staged[2], self._staged[1])
+        else:
+            store.stage(None, None)  # nothing left from an append that failed before
+
+    def _segment(
+        self, first: int, messages: list[Message], tokens: Tokenizer, key: RecordKey
+    ) -> tuple[dict[bytes, list[int]], Segment, bytes]:
+        """The blocks, segment and sealed frame of ``messages`` appended at ``first``."""
+        builder = IndexBuilder(tokens)
+        for i, message in enumerate(messages):
+            builder.add(first + i, message)
+        blocks, segment = builder.blocks(), Segment(first, first + len(messages), _NO_TAG)
+        return blocks, segment, kwi.encode_segment(key, segment, encode_blocks(blocks))
+
+    def _append_exact(
+        self, first: int, messages: list[Message], tokens: Tokenizer, key: RecordKey
+    ) -> None:
+        """Append to an exact store: the segment of these messages alone, in the
+        transaction that writes them, with no need to read the index first (a writer
+        opened for one append reads none of it); merged as the file's (§17.9)."""
+        staged, self._staged = self._staged, None
+        if not messages:
+            return
+        hi = first + len(messages)
+        if staged is None or (staged[1].lo, staged[1].hi) != (first, hi):
+            staged = self._segment(first, messages, tokens, key)
+        blocks, segment, frame = staged
+        assert self._store is not None
+        self._log.on_rollback(self._forget)
+        try:
+            counted = self._store.append(frame, segment, 0)
+        except ChainMoved:
+            self.rebuild()  # records no writer indexed (or a view gone stale): all again
+            return
+        state, fmt = self._state, self._log.fmt
+        log_id = None if fmt is None else fmt.log_id
+        # A state held in memory grows with it, unless another writer's segments come first.
+        if state is not None and state.log_id == log_id and state.covered == first:
+            state.postings.add_blocks(blocks)
+            state.covered, state.size = hi, state.size + len(frame)
+            state.segments += 1
+        if counted is not None:
+            head, count = counted
+            if count >= MERGE_SEGMENTS or hi - head > max(head, MERGE_MIN_MESSAGES):
+                state = self.current()
+                if state is not None and state.covered == hi:
+                    self._write(state.postings, hi)
+                else:
+                    self.rebuild()
+
+    def _forget(self) -> None:
+        """Drop what is held in memory (the transaction that wrote it rolled back)."""
+        self._state, self._pending, self._validated = None, {}, None
+
     def flush(self) -> None:
         """Write the postings held in memory to ``P.kwi`` (one segment, or a merge)."""
         state, keys = self._state, self.keys()
-        if not self._pending or state is None or keys is None or self._path is None:
+        if not self._pending or state is None or keys is None or self._store is None:
             return
         segment = Segment(self._pending_lo, state.covered, state.tag)
         frame = kwi.encode_segment(keys[1], segment, encode_blocks(self._pending))
@@ -235,7 +276,7 @@ class KeywordIndexer:
             if state.segments >= MERGE_SEGMENTS or tail > max(state.first_size, MERGE_MIN_BYTES):
                 self._write(state.postings, state.covered, state.tag)
                 return
-            kwi.append_segment(self._path, self._io, frame, state.size)
+            self._store.append(frame, segment, state.size)
         except OSError:
             self._state = None  # the records are committed; the index lags, readers scan
             return
@@ -285,7 +326,7 @@ class KeywordIndexer:
     def builder_for(self, fmt: LogFormat) -> IndexBuilder | None:
         """A builder under the keys of ``fmt``, a log a rewrite is about to write, when the
         index is kept (the option, or a sidecar); None otherwise."""
-        if self._path is None or not (self.wanted or self.present()):
+        if self._store is None or not (self.wanted or self.present()):
             return None
         if not isinstance(fmt.records, SealedRecords):
             return None
@@ -301,28 +342,35 @@ class KeywordIndexer:
                 return
             self._write(builder.postings(), count, tag if count else _NO_TAG)
         except OSError:
+            if self._exact():
+                raise  # in the rewrite's transaction: it fails (and rolls back) with it
             # The log is committed; the old index names another log_id, so readers scan.
             with contextlib.suppress(OSError):
                 self.remove()
 
     def _write(self, postings: Postings, count: int, tag: bytes | None = None) -> None:
-        keys, fmt = self.keys(), self._log.fmt
-        assert keys is not None and fmt is not None and self._path is not None
-        segment = Segment(0, count, self._tag(count) if tag is None else tag)
+        keys, fmt, store = self.keys(), self._log.fmt, self._store
+        assert keys is not None and fmt is not None and store is not None
+        if tag is None or store.exact:
+            tag = self._tag(count)
+        segment = Segment(0, count, tag)
         frame = kwi.encode_segment(keys[1], segment, postings.encode())
         self._state, self._pending = None, {}
-        kwi.write_all_segments(self._path, self._io, fmt.log_id, [frame])
-        self._state = kwi.written(self._path, fmt.log_id, segment, postings, len(frame))
+        if store.exact:
+            self._log.on_rollback(self._forget)
+        self._state = store.replace(fmt.log_id, frame, segment, postings)
         self._validated = None if self._state is None else self._memo(self._state)
 
     def remove(self) -> None:
-        """Delete the sidecar (the log was deleted, or a rewrite without the index)."""
-        if self._path is not None:
-            kwi.remove(self._path, self._io)
+        """Delete the index (the log was deleted, or a rewrite without the index)."""
+        if self._store is not None:
+            self._store.remove()
         self._state, self._pending = None, {}
 
     def check(self) -> KwiCheck:
-        """Compare the sidecar with an index rebuilt from the log (``verify``)."""
+        """Compare the index with one rebuilt from the log (``verify``)."""
+        if self._exact():
+            self._forget()  # read it from the database: nothing there to compare a cache with
         keys = self.keys()
         state = self.current()
         if keys is None or state is None:
@@ -330,6 +378,9 @@ class KeywordIndexer:
         if not self.usable(state):
             why = state.problem or "it does not describe the log as it is"
             return KwiCheck(True, state.covered, f"keyword index not used: {why}")
+        if self._exact() and state.covered != len(self._log.index):  # it never lags
+            why = f"the keyword index covers {state.covered} of {len(self._log.index)} records"
+            return KwiCheck(True, state.covered, why)
         builder = IndexBuilder(keys[0])
         for seq, message, _ in self._reader.decoded(0, state.covered):
             builder.add(seq, message)
@@ -373,7 +424,7 @@ class KeywordIndexer:
                 stop = len(self._log.index)
                 stop = max(first, stop if hi is None else self._reader.first_at_or_after(hi, (0,)))
                 newest = query.newest_first
-                plan = _ranges(found[0], found[1], first, stop, newest_first=newest)
+                plan = candidate_ranges(found[0], found[1], first, stop, newest_first=newest)
                 log_id = self._log.fmt.log_id if self._log.fmt else None
         if found is None:
             yield from self._reader.search(query, reading=reading, base=base, present=present)
@@ -397,7 +448,7 @@ class KeywordIndexer:
                     r.stop for r in batch
                 ):
                     raise LogReplacedError("the log was replaced or truncated during a search")
-                for r in batch:
+                for r in joined(batch, newest_first=query.newest_first):
                     some = self._reader.matches(
                         query.matcher, query.roles, r.start, r.stop, first_seq, query.span, present
                     )
@@ -407,28 +458,3 @@ class KeywordIndexer:
                     return
                 yield hit
                 left = None if left is None else left - 1
-
-
-def _ranges(
-    blocks: list[int], covered: int, first: int, stop: int, *, newest_first: bool
-) -> Iterator[range]:
-    """Yield the seqs to read, in pieces of at most ``BLOCK``: the candidate ``blocks``
-    (ascending) within the ``covered`` records, then every record from ``covered`` (not
-    indexed yet), all clipped to ``[first, stop)``; newest first when asked."""
-    lo_block = bisect.bisect_left(blocks, first >> BLOCK_SHIFT)
-    hi_block = bisect.bisect_left(blocks, ((min(stop, covered) - 1) >> BLOCK_SHIFT) + 1)
-    wanted = blocks[lo_block:hi_block]
-    pieces: Iterable[range] = (
-        range(max(b * BLOCK, first), min(b * BLOCK + BLOCK, covered, stop)) for b in wanted
-    )
-    tail = range(max(covered, first), stop, BLOCK)
-    tails = (range(a, min(a + BLOCK, stop)) for a in tail)
-    if newest_first:
-        pieces = (
-            range(max(b * BLOCK, first), min(b * BLOCK + BLOCK, covered, stop))
-            for b in reversed(wanted)
-        )
-        tails = (range(a, min(a + BLOCK, stop)) for a in reversed(tail))
-        yield from (r for r in itertools.chain(tails, pieces) if r)
-        return
-    yield from (r for r in itertools.chain(pieces, tails) if r)

@@ -130,9 +130,7 @@ class ConversationStore:
         }
         if io is not None:  # else each codec gets the operating system's own
             self._options["io"] = io
-        if search_index:  # FORMAT.md §17: beside log files only (a database: not yet)
-            if not isinstance(self._backend, FileStore):
-                raise ValueError("search_index=True needs a directory store (log files)")
+        if search_index:  # FORMAT.md §17: a sidecar per log file, or a database table
             if encryption_key is None and key_fn is None and password is None:
                 raise ValueError("search_index=True needs encrypted logs: give a key or password")
             self._options["search_index"] = True

@@ -19,6 +19,7 @@ from ..crypto import KeyInput
 from ..errors import ConversationCodecError, KeyRequiredError, StorageError
 from ..storage.file.check import Problem, VerifyReport, check_file_log
 from ..storage.file.log import FileLog
+from ..storage.memory import MemoryLog
 from .compact import CompactionReport
 from .transfer import History, ImportReport, export_history, import_history
 
@@ -118,18 +119,35 @@ class Maintenance(CodecCore):
         ``"keyword-index"`` problem, which is not damage: searches then scan, and
         ``reindex()`` rebuilds it.
 
-        :raises StorageError: the log is not a file (the checks read a log file's bytes).
+        In a database, every record is read, authenticated and checked at its seq, in one
+        snapshot, and the keyword index against them; a problem's offset is the seq.
+
+        :raises StorageError: the log is in memory (nothing there to check).
         """
-        if not isinstance(self._log, FileLog):
-            raise StorageError(errno.EOPNOTSUPP, f"{self._name}: verify() checks log files only")
-        report = check_file_log(self._log)
-        if report.ok and self._kwi.present():
-            with self._holding(write=False):
-                found = self._kwi.check()
-            if found.problem:  # a cache: reported, never damage (reindex() rebuilds it)
-                extra = Problem("keyword-index", 0, found.problem)
-                report = dataclasses.replace(report, problems=(*report.problems, extra))
+        if isinstance(self._log, MemoryLog):
+            raise StorageError(errno.EOPNOTSUPP, f"{self._name}: verify() checks stored logs")
+        if isinstance(self._log, FileLog):
+            report = check_file_log(self._log)
+        else:
+            report = self._verify_records()
+        with self._holding(write=False):
+            found = self._kwi.check() if report.ok and self._kwi.present() else None
+        if found is not None and found.problem:  # reported, not damage: reindex() rebuilds it
+            extra = Problem("keyword-index", 0, found.problem)
+            report = dataclasses.replace(report, problems=(*report.problems, extra))
         return report
+
+    def _verify_records(self) -> VerifyReport:
+        """Read every record of a log that is not a file (no bytes to scan), in one read
+        transaction; report the first that fails as damage at its seq."""
+        count, problems = 0, []
+        with self._holding(write=False):
+            try:
+                for count, _, _ in self._reader.decoded(0, len(self._log.index)):
+                    count += 1
+            except ConversationCodecError as exc:
+                problems.append(Problem("damaged", count, f"record {count}: {exc}"))
+        return VerifyReport(self._path, count, tuple(problems))
 
     def reindex(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Build the keyword index (FORMAT.md §17) again from the log; return the messages
@@ -140,7 +158,9 @@ class Maintenance(CodecCore):
         """
         with self._holding(write=True):
             if self._kwi.keys() is None:
-                raise ValueError("only an existing encrypted log file can have a keyword index")
+                raise ValueError(
+                    "only an existing encrypted log (a file or a database) can have a keyword index"
+                )
             self._kwi.wanted = True
             return self._kwi.rebuild(progress)
 
@@ -149,10 +169,14 @@ class Maintenance(CodecCore):
         ``other``'s secrets open this log (same key or password, same context); return
         False, changing nothing, when they must be re-sealed instead (or external
         attachments, kept beside a log file, would be left behind, or the destination keeps
-        a keyword index, which a re-sealing rewrite builds).
+        a keyword index, which a re-sealing rewrite builds). A log with a keyword index
+        makes ``other`` keep one too (file or database), whichever way it is then written.
 
         Atomic as every rewrite; the caller verifies the copy (``maintenance.copy``).
         """
+        with self._holding(write=False):
+            if self._kwi.active():
+                other._kwi.wanted = True
         if self._encoder.blobs is not None or other._encoder.blobs is not None:
             return False
         with self._holding(write=False):

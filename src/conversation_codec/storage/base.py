@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Protocol
 
 from ..records import RecordCodec, RecordRejected, SealedRecords
+from .postings import PostingsStore
 
 __all__ = [
     "Hold",
@@ -160,6 +161,11 @@ class LogStorage(Protocol):
 
     def size(self) -> int:
         """The log's size in the storage's units (bytes for a file)."""
+        ...
+
+    def keyword_index(self) -> PostingsStore | None:
+        """Where the log's blind keyword index keeps its segments (``storage.postings``);
+        None when this storage keeps none."""
         ...
 
     def close(self) -> None: ...

@@ -177,6 +177,10 @@ class MemoryLog:
         """Bytes held: the header and every body."""
         return len(self._header or b"") + sum(map(len, self._bodies))
 
+    def keyword_index(self) -> None:
+        """No keyword index in memory: a search scans (it decrypts nothing from disk)."""
+        return None
+
     def close(self) -> None:
         """The records stay: they live as long as this object."""
 

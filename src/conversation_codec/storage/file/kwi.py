@@ -29,6 +29,7 @@ __all__ = [
     "encode_segment",
     "load",
     "more",
+    "read_frames",
     "remove",
     "unchanged",
     "write_all_segments",
@@ -250,3 +251,10 @@ def remove(path: str, io: FileIO) -> None:
         if check_file(name) is not None:
             unlink_file(name, io=io)
             io.sync_dir(name)
+
+
+def read_frames(frames: bytes, key: RecordKey, state: KwiState) -> None:
+    """Read framed segments (``varint(len) || body``, as they follow the file's header)
+    into ``state`` by the rules of FORMAT.md §17.4: for a storage that keeps the segments
+    elsewhere (a database table, ``storage.postings``)."""
+    _read_segments(frames, state.size, key, state)

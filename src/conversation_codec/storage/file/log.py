@@ -26,6 +26,7 @@ from ...paths import index_path, kwi_path
 from ..base import LogFormat, LogStorage, Polling
 from .dictionary import Dictionary
 from .index import OffsetIndex
+from .kwi_store import FileSegments
 from .lock import LogLock
 from .reader import read_bodies, read_body, read_dictionary
 from .recovery import drop_unproven_entries, recover
@@ -472,6 +473,10 @@ class FileLog:
     def size(self) -> int:
         """Bytes of the log file (0 when there is none)."""
         return os.fstat(self._fd).st_size if self._fd is not None else 0
+
+    def keyword_index(self) -> FileSegments:
+        """The keyword index sidecar ``P.kwi`` (FORMAT.md §17), written through ``io``."""
+        return FileSegments(self)
 
     def close(self) -> None:
         """Release every file descriptor (the lock is not held between calls)."""

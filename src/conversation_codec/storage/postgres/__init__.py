@@ -5,7 +5,7 @@ psycopg-pool). ``PostgresBackend`` is one database (one connection pool per URL,
 schema made sure of); ``PostgresLog`` is one conversation's log in it, the third
 implementation of ``storage.base.LogStorage`` (after ``FileLog`` and ``MemoryLog``).
 
-Schema, version 2 (created and migrated by the library: ``schema.py``)::
+Schema, version 3 (created and migrated by the library: ``schema.py``)::
 
     cc_schema_version  singleton bool PK, version int         one row: the schema version
     cc_conversations   id text PK                             the conversation id
@@ -16,12 +16,16 @@ Schema, version 2 (created and migrated by the library: ``schema.py``)::
                        log_id bytea, header bytea             FORMAT.md header; NULL: no log
                        dict_id int                            dictionary in use (0: none)
                        body_bytes bigint                      sum of the records' lengths
+                       kwi bigint                             keyword index version (0: none)
     cc_records         (conversation_id text, seq bigint) PK
                        ts bigint                              µs since the epoch, by seq
                        record bytea                           the record body, as FORMAT.md
     cc_dictionaries    conversation_id text PK, dict_id int,
                        at_seq bigint                          the record it precedes
                        record bytea                           the sealed dictionary record
+    cc_kwi_segments    (conversation_id text, hi bigint) PK   FORMAT.md §17.9: the keyword
+                       lo bigint, n bigint, head bigint       index's sealed segments, each
+                       segment bytea                          covering seqs lo .. hi-1
 
 ``record`` holds exactly the body ``append`` is handed, byte for byte the body of the file
 format (FORMAT.md §5: a Fernet token; §6: a plain JSON line), without the file's length

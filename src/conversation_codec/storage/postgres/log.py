@@ -30,12 +30,14 @@ start of each transaction from the row's ``(epoch, next_seq)``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from ...errors import DatabaseError, LogReplacedError
 from ..base import Hold, IndexMismatch, LogFormat, LogStorage, Polling, adopt_dictionary
 from .backend import Connection, PostgresBackend
+from .kwi import PostgresSegments
 from .notify import commit_and_notify
 from .queries import (
     NO_ROW,
@@ -108,6 +110,7 @@ class PostgresLog(CachedView):
         self._undo: list[Callable[[], None]] = []  # on_rollback()
         self._where = f"conversation {conversation_id!r}"
         self._commit = commit_and_notify(conversation_id)  # a write's COMMIT wakes waiters
+        self._segments = PostgresSegments(backend, conversation_id, self._session)
 
     def __repr__(self) -> str:
         return f"<PostgresLog {self.backend.name!r} {self.conversation_id!r}>"
@@ -304,9 +307,13 @@ class PostgresLog(CachedView):
         if dictionary is not None:
             self._adopt(fmt, dictionary[1], 1, have_one=self._dict_id != 0)
             dict_row = (1, len(self.index) + dictionary[0], dictionary[1])
+        segment = self._segments.staged()  # the keyword index's, in the same statement
         try:
             with self.backend.errors(f"append to {self._where}"):
-                self._row = append_records(conn, row, self.conversation_id, bodies, tss, dict_row)
+                self._row, counted = append_records(
+                    conn, row, self.conversation_id, bodies, tss, dict_row, segment
+                )
+            self._segments.written(segment, counted)
         except BaseException:
             if dictionary is not None:
                 self._drop_dictionary()
@@ -435,6 +442,18 @@ class PostgresLog(CachedView):
         if rows is None:
             raise LogReplacedError(f"{self._where} was replaced while it was read; read again")
         return rows
+
+    def keyword_index(self) -> PostgresSegments:
+        """The keyword index's segments (``cc_kwi_segments``, FORMAT.md §17.9)."""
+        return self._segments
+
+    def _session(self, write: bool, kwi: int | None = None) -> tuple[Connection, Row]:
+        """This transaction's connection and row, for the keyword index (which sets
+        the row's ``kwi`` when it replaced or removed the index)."""
+        conn = self._writing() if write else self._reading()
+        if kwi is not None and self._row is not None:
+            self._row = dataclasses.replace(self._row, kwi=kwi)
+        return conn, self._row or NO_ROW
 
     def size(self) -> int:
         """Bytes held: the header and every record body."""

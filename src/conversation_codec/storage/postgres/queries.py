@@ -22,20 +22,24 @@ __all__ = [
     "Conn",
     "Row",
     "append_records",
+    "append_segment",
     "begin",
     "load_dictionary",
     "load_tss",
     "read_range",
     "read_row",
+    "read_segments",
     "remove_rows",
+    "remove_segments",
     "replace_log",
+    "replace_segments",
     "truncate_records",
 ]
 
 Conn = Connection[TupleRow]
 STAGE_ROWS = 1024  # records sent per statement when rewriting
 
-_ROW = "SELECT epoch, generation, next_seq, header, dict_id, body_bytes FROM cc_conversations"
+_ROW = "SELECT epoch, generation, next_seq, header, dict_id, body_bytes, kwi FROM cc_conversations"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +52,18 @@ class Row:
     header: bytes | None  # None: no log
     dict_id: int  # the dictionary in use (0: none)
     body_bytes: int
+    kwi: int  # the keyword index's version (0: none; FORMAT.md §17.9)
 
 
-NO_ROW = Row(0, 0, 0, None, 0, 0)
+NO_ROW = Row(0, 0, 0, None, 0, 0, 0)
 
 
 def _row(got: tuple[Any, ...] | None) -> Row | None:
     if got is None:
         return None
-    epoch, generation, next_seq, header, dict_id, body_bytes = got
+    epoch, generation, next_seq, header, dict_id, body_bytes, kwi = got
     header = None if header is None else bytes(header)
-    return Row(epoch, generation, next_seq, header, dict_id, body_bytes)
+    return Row(epoch, generation, next_seq, header, dict_id, body_bytes, kwi)
 
 
 def read_row(conn: Conn, conversation_id: str, *, lock: bool) -> Row | None:
@@ -137,9 +142,13 @@ def append_records(
     bodies: Sequence[bytes],
     tss: Sequence[int],
     dictionary: tuple[int, int, bytes] | None,
-) -> Row:
+    segment: tuple[int, int, bytes] | None = None,
+) -> tuple[Row, tuple[int, int] | None]:
     """Insert records at ``row.next_seq`` onwards, and ``dictionary`` ``(dict_id, at_seq,
-    body)`` if given, advancing the row: one statement. Return the row after it."""
+    body)`` if given, advancing the row: one statement. With ``segment`` ``(lo, hi,
+    frame)``, the keyword index segment of these records goes in the same statement, as
+    ``append_segment`` adds it (the round trip of a statement of its own saved). Return
+    the row after it, and what ``append_segment`` returns (None: no segment given)."""
     first, added = row.next_seq, sum(map(len, bodies))
     dict_id = row.dict_id if dictionary is None else dictionary[0]
     got = conn.execute(
@@ -153,13 +162,20 @@ def append_records(
             INSERT INTO cc_dictionaries (conversation_id, dict_id, at_seq, record)
             SELECT %(id)s, %(dict_id)s, %(dict_at)s, %(dict)s::bytea
              WHERE %(dict)s::bytea IS NOT NULL
+        ), k AS (
+            INSERT INTO cc_kwi_segments (conversation_id, lo, hi, n, head, segment)
+            SELECT %(id)s, %(first)s, %(khi)s::bigint, p.n + 1, p.head, %(kseg)s::bytea
+              FROM (SELECT hi, n, head FROM cc_kwi_segments WHERE conversation_id = %(id)s
+                     ORDER BY hi DESC LIMIT 1) p
+             WHERE %(kseg)s::bytea IS NOT NULL AND p.hi = %(first)s
+            RETURNING n, head
         )
         UPDATE cc_conversations
            SET next_seq = %(next)s, last_ts = greatest(last_ts, %(last)s),
                dict_id = %(dict_id)s, body_bytes = body_bytes + %(added)s,
                generation = generation + 1
          WHERE id = %(id)s
-        RETURNING generation
+        RETURNING generation, (SELECT head FROM k), (SELECT n FROM k)
         """,
         {
             "id": conversation_id,
@@ -172,10 +188,16 @@ def append_records(
             "next": first + len(bodies),
             "last": tss[-1] if tss else 0,
             "added": added,
+            "khi": None if segment is None or segment[0] != first else segment[1],
+            "kseg": None if segment is None or segment[0] != first else segment[2],
         },
     ).fetchone()
     assert got is not None
-    return Row(row.epoch, got[0], first + len(bodies), row.header, dict_id, row.body_bytes + added)
+    added_bytes = row.body_bytes + added
+    after = Row(row.epoch, got[0], first + len(bodies), row.header, dict_id, added_bytes, row.kwi)
+    if segment is None or segment[0] != first:
+        return after, None
+    return after, (-1, -1) if got[1] is None else (int(got[1]), int(got[2]))
 
 
 def truncate_records(conn: Conn, row: Row, conversation_id: str, count: int, last_ts: int) -> Row:
@@ -201,7 +223,7 @@ def truncate_records(conn: Conn, row: Row, conversation_id: str, count: int, las
         {"id": conversation_id, "count": count, "last": last_ts},
     ).fetchone()
     assert got is not None
-    return Row(got[0], got[1], count, row.header, got[2], got[3])
+    return Row(got[0], got[1], count, row.header, got[2], got[3], row.kwi)
 
 
 def _take(items: Iterator[tuple[bytes, int]], n: int) -> list[tuple[bytes, int]]:
@@ -280,8 +302,9 @@ def replace_log(
         if not staged:
             break
         batch = _take(records, STAGE_ROWS)
-    conn.execute(
-        "WITH r AS (DELETE FROM cc_records WHERE conversation_id = %(id)s) "
+    conn.execute(  # the keyword index's segments go too: they name the old records
+        "WITH r AS (DELETE FROM cc_records WHERE conversation_id = %(id)s), "
+        "k AS (DELETE FROM cc_kwi_segments WHERE conversation_id = %(id)s) "
         "DELETE FROM cc_dictionaries WHERE conversation_id = %(id)s",
         {"id": conversation_id},
     )
@@ -311,7 +334,7 @@ def replace_log(
                next_seq = EXCLUDED.next_seq, last_ts = EXCLUDED.last_ts,
                dict_id = EXCLUDED.dict_id, body_bytes = EXCLUDED.body_bytes,
                epoch = c.epoch + 1, generation = c.generation + 1
-        RETURNING epoch, generation
+        RETURNING epoch, generation, kwi
         """,
         {
             "id": conversation_id,
@@ -324,7 +347,7 @@ def replace_log(
         },
     ).fetchone()
     assert got is not None
-    return Row(got[0], got[1], count, header, dict_id, added), tss
+    return Row(got[0], got[1], count, header, dict_id, added, got[2]), tss
 
 
 def remove_rows(conn: Conn, conversation_id: str) -> Row:
@@ -333,13 +356,79 @@ def remove_rows(conn: Conn, conversation_id: str) -> Row:
     got = conn.execute(
         """
         WITH r AS (DELETE FROM cc_records WHERE conversation_id = %(id)s),
-             d AS (DELETE FROM cc_dictionaries WHERE conversation_id = %(id)s)
+             d AS (DELETE FROM cc_dictionaries WHERE conversation_id = %(id)s),
+             k AS (DELETE FROM cc_kwi_segments WHERE conversation_id = %(id)s)
         UPDATE cc_conversations
            SET header = NULL, log_id = NULL, next_seq = 0, last_ts = 0, dict_id = 0,
-               body_bytes = 0, epoch = epoch + 1, generation = generation + 1
+               body_bytes = 0, kwi = 0, epoch = epoch + 1, generation = generation + 1
          WHERE id = %(id)s
         RETURNING epoch, generation
         """,
         {"id": conversation_id},
     ).fetchone()
-    return NO_ROW if got is None else Row(got[0], got[1], 0, None, 0, 0)
+    return NO_ROW if got is None else Row(got[0], got[1], 0, None, 0, 0, 0)
+
+
+# -- the keyword index (FORMAT.md §17.9) ---------------------------------------------------
+
+
+def read_segments(conn: Conn, conversation_id: str, start: int) -> list[bytes]:
+    """Return the framed keyword index segments that cover records past ``start``, in
+    order (all of them for ``start`` = -1)."""
+    return [
+        bytes(segment)
+        for (segment,) in conn.execute(
+            "SELECT segment FROM cc_kwi_segments WHERE conversation_id = %s AND hi > %s "
+            "ORDER BY hi",
+            (conversation_id, start),
+        )
+    ]
+
+
+def append_segment(
+    conn: Conn, conversation_id: str, lo: int, hi: int, frame: bytes
+) -> tuple[int, int] | None:
+    """Add the segment ``[lo, hi)`` after the last one, if that one ends at ``lo``: one
+    statement, which reads the last row only (each row carries its place ``n`` in the
+    chain and the chain's ``head``). Return ``(head, count)``: the records the first
+    segment covers and the segments there are now; None when the chain does not end at
+    ``lo`` (nothing added)."""
+    got = conn.execute(
+        """
+        INSERT INTO cc_kwi_segments (conversation_id, lo, hi, n, head, segment)
+        SELECT %(id)s, %(lo)s, %(hi)s, p.n + 1, p.head, %(segment)s
+          FROM (SELECT hi, n, head FROM cc_kwi_segments WHERE conversation_id = %(id)s
+                 ORDER BY hi DESC LIMIT 1) p
+         WHERE p.hi = %(lo)s
+        RETURNING head, n
+        """,
+        {"id": conversation_id, "lo": lo, "hi": hi, "segment": frame},
+    ).fetchone()
+    return None if got is None else (int(got[0]), int(got[1]))
+
+
+def replace_segments(conn: Conn, conversation_id: str, lo: int, hi: int, frame: bytes) -> int:
+    """Replace the conversation's keyword index with one segment and bump its version on
+    the conversation's row (which the caller holds locked). Return the new version."""
+    conn.execute("DELETE FROM cc_kwi_segments WHERE conversation_id = %s", (conversation_id,))
+    got = conn.execute(
+        """
+        WITH ins AS (
+            INSERT INTO cc_kwi_segments (conversation_id, lo, hi, n, head, segment)
+            VALUES (%(id)s, %(lo)s, %(hi)s, 1, %(hi)s, %(segment)s)
+        )
+        UPDATE cc_conversations SET kwi = kwi + 1 WHERE id = %(id)s RETURNING kwi
+        """,
+        {"id": conversation_id, "lo": lo, "hi": hi, "segment": frame},
+    ).fetchone()
+    assert got is not None
+    return int(got[0])
+
+
+def remove_segments(conn: Conn, conversation_id: str) -> None:
+    """Delete the conversation's keyword index (its version goes back to 0: none)."""
+    conn.execute(
+        "WITH k AS (DELETE FROM cc_kwi_segments WHERE conversation_id = %(id)s) "
+        "UPDATE cc_conversations SET kwi = 0 WHERE id = %(id)s",
+        {"id": conversation_id},
+    )

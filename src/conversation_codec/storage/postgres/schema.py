@@ -7,13 +7,14 @@ others wait for it and then find the schema current. A process that finds the sc
 current reads one row and takes no lock, so an application role without the CREATE
 privilege works once the schema exists.
 
-Tables (schema version 2; spec: ``storage/postgres/__init__.py``):
+Tables (schema version 3; spec: ``storage/postgres/__init__.py``):
 
 - ``cc_schema_version (singleton, version)``: one row, the schema version.
 - ``cc_conversations``: one row per conversation id, the counter row every writer locks.
 - ``cc_records``: one row per record, ``(conversation_id, seq)`` the primary key; ``record``
   holds exactly the record body of FORMAT.md (a Fernet token, or a plain JSON line).
 - ``cc_dictionaries``: the conversation's zstd dictionary record (FORMAT.md §5.3), if any.
+- ``cc_kwi_segments``: the sealed segments of a conversation's keyword index (§17.9).
 """
 
 from __future__ import annotations
@@ -84,6 +85,25 @@ _MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
     # primary key. It cost ~38 B of the ~320 B a small message takes, and an index update
     # on every append (measured: benchmarks/results/postgres.md).
     ("DROP INDEX IF EXISTS cc_records_ts",),
+    # Version 3: the blind keyword index (FORMAT.md §17.9). Its sealed segments, one row
+    # each, as in the file's sidecar, and on the conversation's row the index's version
+    # (0: no index; +1 at every replacement), which every writer reads with the row it
+    # locks: an index, once there, is kept by every writer, in the records' transaction.
+    (
+        "ALTER TABLE cc_conversations ADD COLUMN IF NOT EXISTS kwi bigint NOT NULL DEFAULT 0",
+        """
+        CREATE TABLE IF NOT EXISTS cc_kwi_segments (
+            conversation_id text   NOT NULL,
+            lo              bigint NOT NULL,  -- the segment covers seqs lo .. hi - 1
+            hi              bigint NOT NULL,
+            n               bigint NOT NULL,  -- its place in the chain, from 1
+            head            bigint NOT NULL,  -- hi of the chain's first segment
+            segment         bytea  NOT NULL,  -- varint(length) || sealed body (§17.3)
+            PRIMARY KEY (conversation_id, hi)  -- not lo: an empty log's (0, 0) comes first
+        )
+        """,
+        "ALTER TABLE cc_kwi_segments ALTER COLUMN segment SET STORAGE EXTERNAL",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

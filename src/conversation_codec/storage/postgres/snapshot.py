@@ -4,7 +4,7 @@ statement under autocommit.
 A read transaction that says what it will read (``PostgresLog.transaction(write=False,
 tail=n)``: at most the last ``n`` records; ``tail=0``: none, as ``len()``) sends no BEGIN
 and no COMMIT: one statement (``read_snapshot``) returns the conversation row (epoch,
-generation, next_seq, header, dict_id, body_bytes), the timestamps the handle's cache
+generation, next_seq, header, dict_id, body_bytes, kwi), the timestamps the handle's cache
 lacks, the dictionary record when the cached one is not the row's, and the last ``n``
 record bodies. A single statement sees one MVCC snapshot, so all of it agrees, as the
 REPEATABLE READ transaction it replaces did (which cost BEGIN + the row, the records, and
@@ -38,7 +38,7 @@ __all__ = ["Snapshot", "read_range_at", "read_snapshot"]
 # The timestamps come from $known on when the epoch is the cached one, else from 0; the
 # seq < next_seq bound makes the count check below prove the seqs contiguous.
 _SNAPSHOT = """
-SELECT c.epoch, c.generation, c.next_seq, c.header, c.dict_id, c.body_bytes,
+SELECT c.epoch, c.generation, c.next_seq, c.header, c.dict_id, c.body_bytes, c.kwi,
        ARRAY(SELECT r.ts FROM cc_records r
               WHERE r.conversation_id = c.id AND r.seq < c.next_seq
                 AND r.seq >= CASE WHEN c.epoch = %(epoch)s AND c.next_seq >= %(known)s
@@ -103,9 +103,9 @@ def read_snapshot(
     ).fetchone()
     if got is None:
         return None
-    c_epoch, generation, next_seq, header, c_dict, body_bytes, tss, dictionary, bodies = got
+    c_epoch, generation, next_seq, header, c_dict, body_bytes, kwi, tss, dictionary, bodies = got
     header = None if header is None else bytes(header)
-    row = Row(c_epoch, generation, next_seq, header, c_dict, body_bytes)
+    row = Row(c_epoch, generation, next_seq, header, c_dict, body_bytes, kwi)
     same = c_epoch == epoch and next_seq >= known
     if len(bodies) != min(tail, next_seq):
         bodies = []

@@ -1,0 +1,68 @@
+"""``FileSegments``: the keyword index's segments in the sidecar ``P.kwi`` (a
+``storage.postings.PostingsStore``; the file layout and its rules are ``kwi``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from ..._fsio import FileIO
+from ...crypto import RecordKey
+from ...keyword_index import Postings
+from ...paths import kwi_path
+from . import kwi
+from .kwi import KwiState, Segment
+
+__all__ = ["FileSegments"]
+
+
+class _LogFile(Protocol):
+    @property
+    def path(self) -> str | os.PathLike[str]: ...
+
+    @property
+    def io(self) -> FileIO: ...
+
+
+class FileSegments:
+    """The sidecar of the log file ``log.path``, written through ``log.io`` (the seam as
+    it is at each write): a cache beside the log, written after it commits (FORMAT.md
+    §17.5), so not ``exact``."""
+
+    exact = False
+
+    def __init__(self, log: _LogFile) -> None:
+        self._log = log
+        self._path = os.fspath(log.path)
+
+    @property
+    def _io(self) -> FileIO:
+        return self._log.io
+
+    def exists(self) -> bool:
+        return os.path.lexists(kwi_path(self._path))
+
+    def load(self, log_id: bytes, key: RecordKey) -> KwiState | None:
+        return kwi.load(self._path, log_id, key)
+
+    def more(self, key: RecordKey, state: KwiState) -> bool:
+        return kwi.more(self._path, key, state)
+
+    def unchanged(self, state: KwiState) -> bool:
+        return kwi.unchanged(self._path, state)
+
+    def stage(self, frame: bytes | None, segment: Segment | None) -> None:
+        """Nothing to do: the sidecar is written after the log (FORMAT.md §17.5)."""
+
+    def append(self, frame: bytes, segment: Segment, at: int) -> tuple[int, int] | None:
+        kwi.append_segment(self._path, self._io, frame, at)
+        return None
+
+    def replace(
+        self, log_id: bytes, frame: bytes, segment: Segment, postings: Postings
+    ) -> KwiState | None:
+        kwi.write_all_segments(self._path, self._io, log_id, [frame])
+        return kwi.written(self._path, log_id, segment, postings, len(frame))
+
+    def remove(self) -> None:
+        kwi.remove(self._path, self._io)
