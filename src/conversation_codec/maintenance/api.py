@@ -19,6 +19,7 @@ from ..crypto import KeyInput
 from ..errors import ConversationCodecError, KeyRequiredError, StorageError
 from ..storage.file.check import Problem, VerifyReport, check_file_log
 from ..storage.file.log import FileLog
+from ..storage.file.packed import StoreLog, check_store_log
 from .compact import CompactionReport
 from .transfer import History, ImportReport, export_history, import_history
 
@@ -120,9 +121,12 @@ class Maintenance(CodecCore):
 
         :raises StorageError: the log is not a file (the checks read a log file's bytes).
         """
-        if not isinstance(self._log, FileLog):
+        if isinstance(self._log, StoreLog):  # a store's conversation, maybe packed
+            report = check_store_log(self._log)
+        elif isinstance(self._log, FileLog):
+            report = check_file_log(self._log)
+        else:
             raise StorageError(errno.EOPNOTSUPP, f"{self._name}: verify() checks log files only")
-        report = check_file_log(self._log)
         if report.ok and self._kwi.present():
             with self._holding(write=False):
                 found = self._kwi.check()

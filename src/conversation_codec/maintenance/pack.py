@@ -22,9 +22,9 @@ from typing import Protocol
 
 from .._fsio import open_file
 from .._time import EPOCH, ONE_US, datetime_to_us
+from ..codec import ConversationCodec
 from ..errors import ConversationCodecError
 from ..paths import blobs_path, kwi_path
-from ..codec import ConversationCodec
 from ..storage.base import StoreBackend
 from ..storage.file.packed import StoreLog, retire_loose
 from ..storage.file.store import LOG_SUFFIX, FileStore, decode_id

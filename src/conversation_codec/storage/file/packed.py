@@ -26,12 +26,13 @@ from ...format.record import decode_frame_header
 from ...paths import index_path
 from ...records import RecordRejected
 from ..base import LogFormat, LogIndex, LogStorage, adopt_dictionary
+from .check import Problem, VerifyReport, check_file_log
 from .lock import LogLock
 from .log import FileLog
 from .packs import Packed, Packs
 from .writer import remove_leftovers
 
-__all__ = ["PackedView", "StoreLog", "retire_loose"]
+__all__ = ["PackedView", "StoreLog", "check_store_log", "retire_loose"]
 
 _PREFIX_BYTES = 4096  # as FileLog: what the header reader is handed
 _ATTEMPTS = 8  # unpack/re-check rounds before a write gives up (packers racing it)
@@ -351,7 +352,6 @@ class _StoreTransaction:
 _CONFORMS: type[LogStorage] = StoreLog  # mypy checks StoreLog against the protocol
 
 
-
 def retire_loose(
     log: FileLog, conversation_id: str, packs: Packs, packed: bytes, *, timeout: float | None
 ) -> bool:
@@ -388,3 +388,26 @@ def retire_loose(
     finally:
         lock.release()
         lock.close()
+
+
+def check_store_log(log: StoreLog) -> VerifyReport:
+    """``verify()`` of a store conversation: its log file's check, or for a packed one,
+    every record authenticated in order against its pack entry (read only)."""
+    try:
+        with log.transaction(write=False, tolerant=True):
+            view = log._view if log.packed else None
+    except CorruptRecordError as exc:  # the entry fails its CRC or its framing
+        return VerifyReport(exc.path, 0, (Problem("damaged", exc.offset, str(exc)),))
+    if view is None:
+        return check_file_log(log.loose)
+    problems = []
+    try:
+        tss = list(view.index.tss)
+        view.rebuild_index()  # every record authenticated, in seq and time order
+        if view.index.tss != tss:
+            problems.append(
+                Problem("index-stale", view.where.entry.offset, "pack TOC times disagree")
+            )
+    except CorruptRecordError as exc:
+        problems.append(Problem("damaged", exc.offset, str(exc)))
+    return VerifyReport(view.where.path, len(view.index), tuple(problems))
