@@ -369,6 +369,7 @@ _APPENDER = textwrap.dedent(
     from conversation_codec.store import ConversationStore
 
     store = ConversationStore(sys.argv[1], encryption_key=os.environ["CC_TEST_KEY"])
+    print("ready", flush=True)
     for i in range(int(sys.argv[2])):
         with store.open("hot") as codec:  # reopened each time: packed and unpacked between
             codec.append({"role": "user", "content": f"hot {i}"})
@@ -380,7 +381,7 @@ _APPENDER = textwrap.dedent(
 def test_a_packer_racing_an_appender_process_loses_nothing(tmp_path: Path) -> None:
     root = tmp_path / "store"
     expected = fill(root, KEY, ["hot", "cold"], n=2)
-    n = 60
+    n = 150
     child = subprocess.Popen(
         [sys.executable, "-c", _APPENDER, str(root), str(n)],
         env=subprocess_env(KEY),
@@ -389,13 +390,14 @@ def test_a_packer_racing_an_appender_process_loses_nothing(tmp_path: Path) -> No
         text=True,
     )
     store = ConversationStore(root, encryption_key=KEY)
-    rounds = 0
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    rounds = hot = 0
     while child.poll() is None or rounds < 3:
-        store.pack()
+        hot += "hot" in store.pack().packed  # packed while the child appends to it
         rounds += 1
     out, err = child.communicate(timeout=120)
-    print("ROUNDS", rounds)
     assert child.returncode == 0 and out.strip() == "done", err
+    assert hot >= 1  # the race was run, not missed
     expected["hot"] += [{"role": "user", "content": f"hot {i}"} for i in range(n)]
     assert snapshot(ConversationStore(root, encryption_key=KEY)) == expected
     store.pack()
