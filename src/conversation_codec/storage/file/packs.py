@@ -47,9 +47,10 @@ class Packed:
 
 
 class _Pack:
-    __slots__ = ("fd", "ident", "toc")
+    __slots__ = ("fd", "ident", "name", "path", "toc")
 
-    def __init__(self, fd: int, ident: Ident, toc: dict[str, PackEntry]) -> None:
+    def __init__(self, path: Path, fd: int, ident: Ident, toc: dict[str, PackEntry]) -> None:
+        self.path, self.name = path, str(path)  # the str: os.stat() per lookup, no pathlib
         self.fd, self.ident, self.toc = fd, ident, toc
 
 
@@ -78,15 +79,15 @@ class Packs:
         """
         with self._mutex:
             if not fresh:
-                for name, pack in self._cache.items():
+                for pack in self._cache.values():
                     entry = pack.toc.get(conversation_id)
-                    if entry is not None and self._current(name, pack):
-                        return Packed(self.dir / name, pack.ident, entry)
+                    if entry is not None and self._current(pack):
+                        return Packed(pack.path, pack.ident, entry)
             self._rescan()
-            for name, pack in self._cache.items():
+            for pack in self._cache.values():
                 entry = pack.toc.get(conversation_id)
                 if entry is not None:
-                    return Packed(self.dir / name, pack.ident, entry)
+                    return Packed(pack.path, pack.ident, entry)
             return None
 
     def read(self, where: Packed, *, check: bool = True) -> bytes:
@@ -125,16 +126,17 @@ class Packs:
         except OSError as exc:
             raise StorageError(exc.errno or 0, f"{self.dir}: {exc.strerror}") from None
 
-    def _current(self, name: str, pack: _Pack) -> bool:
+    @staticmethod
+    def _current(pack: _Pack) -> bool:
         try:
-            return _ident(os.stat(self.dir / name)) == pack.ident
+            return _ident(os.stat(pack.name)) == pack.ident
         except FileNotFoundError:
             return False
 
     def _rescan(self) -> None:
         present = set(self.names())
         for name in list(self._cache):
-            if name not in present or not self._current(name, self._cache[name]):
+            if name not in present or not self._current(self._cache[name]):
                 os.close(self._cache.pop(name).fd)
         for name in sorted(present - set(self._cache)):
             with contextlib.suppress(FileNotFoundError):  # removed since the listing
@@ -152,7 +154,7 @@ class Packs:
         except BaseException:
             os.close(fd)
             raise
-        return _Pack(fd, _ident(st), toc)
+        return _Pack(path, fd, _ident(st), toc)
 
     # -- writing ---------------------------------------------------------------------------
 
