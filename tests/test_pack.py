@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from _writer import subprocess_env
 from conversation_codec import (
     ConversationCodecError,
     CorruptRecordError,
@@ -28,7 +29,6 @@ from conversation_codec.cli import main as cli_main
 from conversation_codec.format.pack import decode_toc
 from conversation_codec.store import ConversationStore
 
-from _writer import subprocess_env
 from conftest import KEY, OTHER_KEY, T0, Clock
 
 IDS = ["alice", "Bob/chat", "ü 3", "dora", "eve-5", "frank"]
@@ -95,7 +95,8 @@ def test_pack_then_every_read_api(tmp_path: Path, key: str | None) -> None:
         ]
         sink = io.BytesIO()
         assert codec.export(sink) == 6 and sink.getvalue().count(b"hello") == 6
-    assert set(files(root)) == {".packs/pack.lock", ".packs/" + report.packs[0]}  # reads: no writes
+    locks = {".packs/pack.lock", ".packs/packer.lock"}
+    assert set(files(root)) == {*locks, ".packs/" + report.packs[0]}  # reads: no writes
 
 
 def _listed(info: Any) -> tuple[Any, ...]:
@@ -109,7 +110,9 @@ def _listed(info: Any) -> tuple[Any, ...]:
     )
 
 
-def test_copy_ls_search_verify_from_packs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_copy_ls_search_verify_from_packs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root, dst = tmp_path / "store", tmp_path / "copy"
     expected = fill(root, KEY)
     ConversationStore(root, encryption_key=KEY).pack()
@@ -236,9 +239,11 @@ def test_a_flipped_byte_in_an_entry_fails_that_conversation_only(
     assert entry.offset <= at < entry.offset + entry.length
     _flip(pack, at)
     fresh = ConversationStore(root, encryption_key=KEY)
-    with pytest.raises(CorruptRecordError, match=r"dora.*CRC mismatch.*\.pack"):
-        with fresh.open("dora") as codec:
-            codec.load()
+    with (
+        pytest.raises(CorruptRecordError, match=r"dora.*CRC mismatch.*\.pack"),
+        fresh.open("dora") as codec,
+    ):
+        codec.load()
     del expected["dora"]
     assert {cid: msgs for cid, msgs in snapshot_ok(fresh).items()} == expected
     statuses = {i.conversation_id: i.status for i in fresh.infos()}
@@ -246,9 +251,8 @@ def test_a_flipped_byte_in_an_entry_fails_that_conversation_only(
     assert pack.read_bytes()[:at] == data[:at]  # nothing was rewritten
     with fresh.open("alice") as codec:  # a write to a neighbour keeps the damage detectable
         codec.append({"role": "user", "content": "x"})
-    with pytest.raises(CorruptRecordError):
-        with fresh.open("dora") as codec:
-            codec.load()
+    with pytest.raises(CorruptRecordError), fresh.open("dora") as codec:
+        codec.load()
 
 
 def snapshot_ok(store: ConversationStore) -> dict[str, list[Any]]:
@@ -283,8 +287,14 @@ def test_a_damaged_or_newer_pack_is_refused_by_name(tmp_path: Path, damage: str)
         fresh.ids()
     with pytest.raises(error, match="upgrade" if damage == "version" else "pack"):
         fresh.open("alice")
+    with fresh.open("loose") as codec:  # a loose conversation reads and writes as usual
+        codec.append({"role": "user", "content": "still writable"})
+        assert len(codec) == 7
+    # A new conversation might be in the unreadable pack: it is not created over it.
+    with pytest.raises(error), fresh.open("new") as codec:
+        codec.append({"role": "user", "content": "x"})
+    assert not (root / "new.log").exists()
     assert pack.read_bytes() != data or damage == "toc"  # as damaged: nothing rewrote it
-    assert (root / "loose.log").is_file()
 
 
 # --- crashes and concurrency: real processes -------------------------------------------
@@ -360,7 +370,8 @@ def test_sigkill_mid_pack_or_unpack_loses_nothing(tmp_path: Path, mode: str, mar
     store.pack()  # finishes whatever the crash left
     assert snapshot(ConversationStore(root, encryption_key=KEY)) == expected
     assert [f for f in files(root) if not f.startswith(".packs/")] == []
-    assert len(list((root / ".packs").glob("*.pack*"))) == len(list((root / ".packs").glob("*.pack")))
+    packs = root / ".packs"
+    assert len(list(packs.glob("*.pack*"))) == len(list(packs.glob("*.pack")))  # no temp
 
 
 _APPENDER = textwrap.dedent(
@@ -402,4 +413,3 @@ def test_a_packer_racing_an_appender_process_loses_nothing(tmp_path: Path) -> No
     assert snapshot(ConversationStore(root, encryption_key=KEY)) == expected
     store.pack()
     assert snapshot(ConversationStore(root, encryption_key=KEY)) == expected
-

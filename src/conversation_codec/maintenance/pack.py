@@ -81,6 +81,17 @@ def pack_store(
     if max_bytes < 1 or max_log_bytes < 1:
         raise ValueError("max_bytes and max_log_bytes must be positive")
     cutoff_us = _cutoff(older_than, now)
+    with backend.packs.packing():  # one packer at a time: see retire_loose
+        return _pack(store, backend, cutoff_us, max_bytes, max_log_bytes)
+
+
+def _pack(
+    store: ConversationStore,
+    backend: FileStore,
+    cutoff_us: int | None,
+    max_bytes: int,
+    max_log_bytes: int,
+) -> PackReport:
     report = PackReport()
     chosen: list[tuple[str, bytes, list[int]]] = []
     for conversation_id in _loose_ids(backend):

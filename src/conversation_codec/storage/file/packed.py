@@ -14,6 +14,7 @@ write runs the procedures of FORMAT.md §8 on a plain log file.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -193,7 +194,9 @@ class StoreLog:
         if not os.path.lexists(self.loose.path):
             where = self._packs.find(self._cid)
             if where is not None:
-                self._load(where)
+                # Replaced meanwhile (FileNotFoundError): the transaction looks again.
+                with contextlib.suppress(FileNotFoundError):
+                    self._load(where)
 
     def _load(self, where: Packed) -> PackedView:
         view = self._view
@@ -231,7 +234,7 @@ class StoreLog:
         """Pick the source of this transaction; return True to enter it again (unpacked)."""
         self._serving = False
         if self.loose.fmt is not None or os.path.lexists(self.loose.path):
-            if write and self._packs.find(self._cid, fresh=True) is not None:
+            if write and self._packs.find(self._cid, fresh=True, healthy=True) is not None:
                 self._packs.drop(self._cid, timeout=self._timeout)  # a stale copy
             return False
         where = self._packs.find(self._cid, fresh=write)
@@ -359,6 +362,9 @@ def retire_loose(
     the loose files if ``P`` still holds exactly the bytes ``packed`` and a pack still holds
     them; if ``P`` changed (or went), drop the now stale packed copy instead. Return True
     when the loose files went. ``log`` is the conversation's closed ``FileLog``.
+
+    Only under ``Packs.packing()``: with two packers, one finding ``P`` gone could not tell
+    a deletion (drop the copy) from the other packer's retirement (keep it).
     """
     lock = LogLock(log.path, timeout, io=log.io)
     lock.acquire(exclusive=True)
@@ -371,7 +377,7 @@ def retire_loose(
                 data = os.pread(fd, st.st_size + 1, 0)
             finally:
                 os.close(fd)
-        where = packs.find(conversation_id, fresh=True)
+        where = packs.find(conversation_id, fresh=True, healthy=True)
         if where is None:
             return False
         if data != packed or not check_entry(where.entry, packed):

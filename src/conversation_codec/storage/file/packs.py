@@ -65,17 +65,22 @@ class Packs:
         self.dir = root / PACKS_DIR
         self.io = io
         self._cache: dict[str, _Pack] = {}  # pack file name -> open pack
+        self._broken: dict[str, FormatError] = {}  # pack file name -> why it is unreadable
         self._mutex = threading.RLock()
 
     # -- reading ---------------------------------------------------------------------------
 
-    def find(self, conversation_id: str, *, fresh: bool = False) -> Packed | None:
+    def find(
+        self, conversation_id: str, *, fresh: bool = False, healthy: bool = False
+    ) -> Packed | None:
         """Return where ``conversation_id`` is packed, or None (FORMAT.md §18.2).
 
         The cached pack holding it is checked with one ``stat``; a miss (or ``fresh``)
         lists the directory again first.
 
-        :raises FormatError: the pack holding it (or one listed) is damaged or too new.
+        :raises FormatError: (``UnsupportedVersionError`` for a newer pack) not found in a
+            readable pack while some pack is unreadable: it may be in that one. With
+            ``healthy``, unreadable packs are passed over instead (a loose log wins anyway).
         """
         with self._mutex:
             if not fresh:
@@ -88,6 +93,8 @@ class Packs:
                 entry = pack.toc.get(conversation_id)
                 if entry is not None:
                     return Packed(pack.path, pack.ident, entry)
+            if self._broken and not healthy:
+                raise next(iter(self._broken.values()))
             return None
 
     def read(self, where: Packed, *, check: bool = True) -> bytes:
@@ -112,9 +119,14 @@ class Packs:
         return data
 
     def ids(self) -> set[str]:
-        """Every conversation id some pack holds (the directory listed again)."""
+        """Every conversation id some pack holds (the directory listed again).
+
+        :raises FormatError: a pack is unreadable (its ids cannot be listed).
+        """
         with self._mutex:
             self._rescan()
+            if self._broken:
+                raise next(iter(self._broken.values()))
             return {cid for pack in self._cache.values() for cid in pack.toc}
 
     def names(self) -> list[str]:
@@ -138,9 +150,14 @@ class Packs:
         for name in list(self._cache):
             if name not in present or not self._current(self._cache[name]):
                 os.close(self._cache.pop(name).fd)
+        self._broken = {}
         for name in sorted(present - set(self._cache)):
-            with contextlib.suppress(FileNotFoundError):  # removed since the listing
+            try:
                 self._cache[name] = self._load(self.dir / name)
+            except FileNotFoundError:  # removed since the listing
+                pass
+            except FormatError as exc:  # kept as it is; its conversations raise this
+                self._broken[name] = exc
 
     def _load(self, path: Path) -> _Pack:
         fd = open_file(path, os.O_RDONLY)
@@ -180,13 +197,26 @@ class Packs:
             lock.release()
             lock.close()
 
+    @contextlib.contextmanager
+    def packing(self) -> Iterator[None]:
+        """Hold ``.packs/packer.lock``: one ``pack()`` at a time per store (FORMAT.md §18.3).
+        Only packers take it, so it orders against no other lock."""
+        make_private_dirs(str(self.dir))
+        lock = LogLock(str(self.dir / "packer"), None, io=self.io)
+        lock.acquire(exclusive=True)
+        try:
+            yield
+        finally:
+            lock.release()
+            lock.close()
+
     def drop(self, conversation_id: str, *, timeout: float | None = None) -> bool:
         """Rewrite the pack holding ``conversation_id`` without it (delete a pack left
         empty); return False when no pack holds it. Caller holds the conversation's lock.
         """
         with self.locked(timeout), self._mutex:
             dropped = False
-            while (where := self.find(conversation_id, fresh=True)) is not None:
+            while (where := self.find(conversation_id, fresh=True, healthy=True)) is not None:
                 self._drop(where, conversation_id)  # every pack: two packers may both have
                 dropped = True
             return dropped
