@@ -343,6 +343,15 @@ class ConversationStore:
 
         A maintenance step: a packed conversation reads with one ``pread`` and costs no
         file-system block of its own; its first write moves it back to its own log file.
+
+        >>> import tempfile
+        >>> from conversation_codec import generate_key
+        >>> store = ConversationStore(tempfile.mkdtemp(), encryption_key=generate_key())
+        >>> with store.open("a") as codec:
+        ...     codec.append({"role": "user", "content": "hi"})
+        0
+        >>> store.pack().packed, store.path("a").exists(), store.ids()
+        (['a'], False, ['a'])
         """
         now = None if self._clock is None else EPOCH + self._clock() * ONE_US
         return pack_store(
