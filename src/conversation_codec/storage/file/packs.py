@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,8 @@ class Packs:
         self._cache: dict[str, _Pack] = {}  # pack file name -> open pack
         self._broken: dict[str, FormatError] = {}  # pack file name -> why it is unreadable
         self._mutex = threading.RLock()
+        # A store handle has no close(): its packs' descriptors go with it.
+        weakref.finalize(self, _close_all, self._cache)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -246,6 +249,10 @@ class Packs:
     def close(self) -> None:
         """Close every cached pack."""
         with self._mutex:
-            for pack in self._cache.values():
-                os.close(pack.fd)
-            self._cache.clear()
+            _close_all(self._cache)
+
+
+def _close_all(cache: dict[str, _Pack]) -> None:
+    for pack in cache.values():
+        os.close(pack.fd)
+    cache.clear()
