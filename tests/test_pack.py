@@ -413,3 +413,13 @@ def test_a_packer_racing_an_appender_process_loses_nothing(tmp_path: Path) -> No
     assert snapshot(ConversationStore(root, encryption_key=KEY)) == expected
     store.pack()
     assert snapshot(ConversationStore(root, encryption_key=KEY)) == expected
+
+
+def test_pack_removes_a_crashed_rewrites_temp_copy(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    fill(root, KEY)
+    temp = root / "alice.log.tmp-0123456789abcdef"  # a rewrite killed before its rename
+    temp.write_bytes((root / "alice.log").read_bytes())
+    ConversationStore(root, encryption_key=KEY).pack()
+    assert not temp.exists()
+    assert [f for f in files(root) if not f.startswith(".packs/")] == []

@@ -24,7 +24,7 @@ from .._fsio import open_file
 from .._time import EPOCH, ONE_US, datetime_to_us
 from ..codec import ConversationCodec
 from ..errors import ConversationCodecError
-from ..paths import blobs_path, kwi_path
+from ..paths import blobs_path, is_leftover, kwi_path
 from ..storage.base import StoreBackend
 from ..storage.file.packed import StoreLog, retire_loose
 from ..storage.file.store import LOG_SUFFIX, FileStore, decode_id
@@ -105,18 +105,19 @@ def _pack(
         else:
             chosen.append((conversation_id, *picked))
     io = backend.io
+    leftovers = _leftovers(backend.root)
     for batch in _batches(chosen, max_bytes):
         report.packs.append(backend.packs.write(batch).name)
         io.step("pack:written")
         for conversation_id, data, _ in batch:
-            with store.open(conversation_id) as codec:  # a FileLog with the store's seams
-                log = codec.storage
-            assert isinstance(log, StoreLog)
-            if retire_loose(log.loose, conversation_id, backend.packs, data, timeout=None):
+            path = backend.path(conversation_id)
+            temps = leftovers.get(path.name, [])
+            if retire_loose(str(path), conversation_id, backend.packs, data, leftovers=temps):
                 report.packed.append(conversation_id)
             else:
                 report.skipped[conversation_id] = "written to while being packed: kept loose"
             io.step("pack:retired")
+        io.fsync_dir(backend.root)  # the unlinks, once per pack (see retire_loose)
     moved = set(report.packed)
     total = sum(len(data) for cid, data, _ in chosen if cid in moved)
     return PackReport(report.packed, report.skipped, report.packs, total)
@@ -140,6 +141,21 @@ def _loose_ids(backend: FileStore) -> list[str]:
         return []
     found = (decode_id(n[: -len(LOG_SUFFIX)]) for n in names if n.endswith(LOG_SUFFIX))
     return sorted(cid for cid in found if cid is not None)
+
+
+def _leftovers(root: os.PathLike[str]) -> dict[str, list[str]]:
+    """Crashed rewrites' temp files in the store, by the log name they belong to (one
+    listing of the directory for the whole run, not one per log)."""
+    out: dict[str, list[str]] = {}
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return out
+    for name in names:
+        at = name.rfind(LOG_SUFFIX + ".")
+        if at > 0 and is_leftover(name, name[: at + len(LOG_SUFFIX)]):
+            out.setdefault(name[: at + len(LOG_SUFFIX)], []).append(name)
+    return out
 
 
 def _read(

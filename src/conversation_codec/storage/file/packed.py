@@ -31,7 +31,6 @@ from .check import Problem, VerifyReport, check_file_log
 from .lock import LogLock
 from .log import FileLog
 from .packs import Packed, Packs
-from .writer import remove_leftovers
 
 __all__ = ["PackedView", "StoreLog", "check_store_log", "retire_loose"]
 
@@ -356,23 +355,34 @@ _CONFORMS: type[LogStorage] = StoreLog  # mypy checks StoreLog against the proto
 
 
 def retire_loose(
-    log: FileLog, conversation_id: str, packs: Packs, packed: bytes, *, timeout: float | None
+    path: str,
+    conversation_id: str,
+    packs: Packs,
+    packed: bytes,
+    *,
+    leftovers: Iterable[str] = (),
+    timeout: float | None = None,
 ) -> bool:
     """Finish packing one log (FORMAT.md §18.3, packing step 3): under ``P.lock``, delete
     the loose files if ``P`` still holds exactly the bytes ``packed`` and a pack still holds
     them; if ``P`` changed (or went), drop the now stale packed copy instead. Return True
-    when the loose files went. ``log`` is the conversation's closed ``FileLog``.
+    when the loose files went, with the ``leftovers`` (crashed rewrites' temp files of
+    ``P``: the caller lists the directory once for all its logs).
+
+    The caller fsyncs the directory once at the end: an unlink a power loss undoes leaves
+    ``P`` beside its packed copy, byte for byte, which readers already take as ``P``.
 
     Only under ``Packs.packing()``: with two packers, one finding ``P`` gone could not tell
     a deletion (drop the copy) from the other packer's retirement (keep it).
     """
-    lock = LogLock(log.path, timeout, io=log.io)
+    io = packs.io
+    lock = LogLock(path, timeout, io=io)
     lock.acquire(exclusive=True)
     try:
-        st = check_file(log.path)
+        st = check_file(path)
         data = None
         if st is not None:
-            fd = open_file(log.path, os.O_RDONLY)
+            fd = open_file(path, os.O_RDONLY)
             try:
                 data = os.pread(fd, st.st_size + 1, 0)
             finally:
@@ -385,11 +395,10 @@ def retire_loose(
             return False
         _ino, gen, truncs = lock.state()
         lock.write_state(gen + 1, truncs + 1)  # announced first, as a clear does (§8.5)
-        for path in (log.path, index_path(log.path)):
-            unlink_file(path, io=log.io)
-        remove_leftovers(log.path, log.io)
-        unlink_file(lock.path, io=log.io)
-        log.io.sync_dir(log.path)
+        folder = os.path.dirname(path)
+        for name in (path, index_path(path), *(os.path.join(folder, n) for n in leftovers)):
+            unlink_file(name, io=io)
+        unlink_file(lock.path, io=io)
         return True
     finally:
         lock.release()
