@@ -18,6 +18,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from types import TracebackType
 
 from ..._fsio import atomic_write, check_file, open_file, unlink_file
@@ -425,4 +426,5 @@ def check_store_log(log: StoreLog) -> VerifyReport:
             )
     except CorruptRecordError as exc:
         problems.append(Problem("damaged", exc.offset, str(exc)))
-    return VerifyReport(view.where.path, len(view.index), tuple(problems))
+    shown = Path(f"{log.loose.path} (packed in {view.where.path})")  # which conversation
+    return VerifyReport(shown, len(view.index), tuple(problems))
