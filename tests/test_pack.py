@@ -353,16 +353,22 @@ def _run_child(mode: str, root: Path, mark: str) -> str:
         ("pack", "pack:retired"),  # one loose log removed
         ("unpack", "unpack:loose-written"),  # P written, still in its pack: both
         ("unpack", "publish"),  # before the pack without it is renamed in: both
+        ("merge", "merge:written"),  # the merged pack published, the old ones still there
     ],
 )
 def test_sigkill_mid_pack_or_unpack_loses_nothing(tmp_path: Path, mode: str, mark: str) -> None:
     root = tmp_path / "store"
     expected = fill(root, KEY)
-    if mode == "unpack":
+    if mode in ("unpack", "merge"):
         ConversationStore(root, encryption_key=KEY).pack()
+    if mode == "merge":  # a second pack, and a third run to merge them
+        expected |= fill(root, KEY, ["gina"])
+        ConversationStore(root, encryption_key=KEY).pack(max_bytes=1)  # no merge: too big
+        assert len(list((root / ".packs").glob("*.pack"))) == 2
+        mode = "pack"
     assert _run_child(mode, root, mark) == "killed"
     store = ConversationStore(root, encryption_key=KEY)
-    assert store.ids() == sorted(IDS)  # each once: never lost, never listed twice
+    assert store.ids() == sorted(expected)  # each once: never lost, never listed twice
     assert snapshot(store) == expected
     with store.open("dora") as codec:  # both states stay writable
         codec.append({"role": "user", "content": "later"})
@@ -423,3 +429,20 @@ def test_pack_removes_a_crashed_rewrites_temp_copy(tmp_path: Path) -> None:
     ConversationStore(root, encryption_key=KEY).pack()
     assert not temp.exists()
     assert [f for f in files(root) if not f.startswith(".packs/")] == []
+
+
+def test_packs_of_successive_runs_are_merged(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    expected = fill(root, KEY, IDS[:2])
+    store = ConversationStore(root, encryption_key=KEY)
+    store.pack()
+    expected |= fill(root, KEY, IDS[2:4])
+    store.pack()  # a second pack, merged with the first
+    assert len(list((root / ".packs").glob("*.pack"))) == 1
+    with store.open(IDS[0]) as codec:  # an unpack from the merged pack
+        codec.append({"role": "user", "content": "again"})
+    expected[IDS[0]].append({"role": "user", "content": "again"})
+    assert snapshot(ConversationStore(root, encryption_key=KEY)) == expected
+    big = ConversationStore(root, encryption_key=KEY).pack(max_bytes=100)
+    assert big.packed == [IDS[0]] and len(list((root / ".packs").glob("*.pack"))) == 2
+    assert snapshot(ConversationStore(root, encryption_key=KEY)) == expected

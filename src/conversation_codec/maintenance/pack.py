@@ -50,7 +50,7 @@ class PackReport:
 
     packed: list[str] = field(default_factory=list)  # ids moved into a pack
     skipped: dict[str, str] = field(default_factory=dict)  # id -> why it stayed loose
-    packs: list[str] = field(default_factory=list)  # pack files written
+    packs: list[str] = field(default_factory=list)  # pack files written (merges included)
     log_bytes: int = 0  # bytes of logs packed
 
 
@@ -118,6 +118,9 @@ def _pack(
                 report.skipped[conversation_id] = "written to while being packed: kept loose"
             io.step("pack:retired")
         io.fsync_dir(backend.root)  # the unlinks, once per pack (see retire_loose)
+    merged = backend.packs.merge(max_bytes)
+    if merged is not None:
+        report.packs.append(merged.name)
     moved = set(report.packed)
     total = sum(len(data) for cid, data, _ in chosen if cid in moved)
     return PackReport(report.packed, report.skipped, report.packs, total)

@@ -185,6 +185,36 @@ class Packs:
             atomic_write(path, encode_pack(entries), io=self.io, exclusive=True)
         return path
 
+    def merge(self, max_bytes: int) -> Path | None:
+        """Merge the packs under half ``max_bytes`` into one (at most ``max_bytes``, FORMAT.md
+        §18.3): each ``pack()`` writes new packs and each unpack shrinks one, and every
+        lookup that misses stats each pack. Return the new pack, or None (nothing to merge).
+        """
+        with self.locked(), self._mutex:
+            self._rescan()
+            small, total = [], 0
+            for pack in sorted(self._cache.values(), key=lambda p: p.ident[2]):
+                if pack.ident[2] >= max_bytes // 2 or total + pack.ident[2] > max_bytes:
+                    break
+                small.append(pack)
+                total += pack.ident[2]
+            if len(small) < 2:
+                return None
+            entries: dict[str, tuple[bytes, tuple[int, ...], int]] = {}
+            for pack in small:  # an id in two packs (a crash mid-merge): the same bytes
+                for e in pack.toc.values():
+                    entries.setdefault(e.conversation_id, (self._bytes(pack, e), e.tss, e.crc32))
+            path = self.dir / f"{secrets.token_hex(8)}{PACK_SUFFIX}"
+            merged = [(cid, data, tss) for cid, (data, tss, _) in entries.items()]
+            crcs = {cid: crc for cid, (_, _, crc) in entries.items()}
+            atomic_write(path, encode_pack(merged, crcs), io=self.io, exclusive=True)
+            self.io.step("merge:written")
+            for pack in small:  # each entry is in the new pack: readers find it there
+                unlink_file(pack.path, io=self.io)
+                os.close(self._cache.pop(pack.path.name).fd)
+            self.io.fsync_dir(self.dir)
+            return path
+
     @contextlib.contextmanager
     def locked(self, timeout: float | None = None) -> Iterator[None]:
         """Hold ``.packs/pack.lock`` (every rewrite of a pack), sweeping crashed temps."""
