@@ -446,3 +446,51 @@ def test_packs_of_successive_runs_are_merged(tmp_path: Path) -> None:
     big = ConversationStore(root, encryption_key=KEY).pack(max_bytes=100)
     assert big.packed == [IDS[0]] and len(list((root / ".packs").glob("*.pack"))) == 2
     assert snapshot(ConversationStore(root, encryption_key=KEY)) == expected
+
+
+_READER = textwrap.dedent(
+    """
+    import json, os, sys
+    from conversation_codec.store import ConversationStore
+
+    store = ConversationStore(sys.argv[1], encryption_key=os.environ["CC_TEST_KEY"])
+    with store.open("eve-5") as codec:  # held open across the other process's writes
+        for _ in sys.stdin:
+            print(json.dumps([len(codec), codec.tail(1)]), flush=True)
+    """
+)
+
+
+def test_a_reader_process_holding_a_pack_sees_the_unpack_and_the_repack(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    expected = fill(root, KEY)
+    store = ConversationStore(root, encryption_key=KEY)
+    store.pack()
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER, str(root)],
+        env=subprocess_env(KEY),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdin is not None and reader.stdout is not None
+
+    def ask() -> Any:
+        assert reader.stdin is not None and reader.stdout is not None
+        reader.stdin.write("read\n")
+        reader.stdin.flush()
+        return json.loads(reader.stdout.readline())
+
+    try:
+        assert ask() == [6, expected["eve-5"][-1:]]  # from the pack
+        new = {"role": "user", "content": "written elsewhere"}
+        with store.open("eve-5") as codec:  # unpacked (the pack replaced), then appended
+            codec.append(new)
+        assert ask() == [7, [new]]
+        store.pack()  # packed again, into a new pack
+        assert not (root / "eve-5.log").exists()
+        assert ask() == [7, [new]]
+    finally:
+        reader.stdin.close()
+        assert reader.wait(timeout=60) == 0
+        reader.stdout.close()
