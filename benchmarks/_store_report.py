@@ -13,6 +13,10 @@ def _b(n: float) -> str:
     return f"{n / 1024:,.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.1f} MiB"
 
 
+def _r(q: float | None) -> str:
+    return "—" if q is None else f"{q:.2f}"
+
+
 def render(r: dict[str, Any]) -> str:
     """Return the markdown report."""
     m, f, labels = r["meta"], r["figures"], r["labels"]
@@ -53,21 +57,36 @@ def render(r: dict[str, Any]) -> str:
             f"{c['apparent_ratio']:.2f} | {c['files']:,} | {c['write_s']:.2f} s | "
             f"{c['write_us_per_turn']:,.0f} µs | {read_cells} |"
         )
+        pk = c.get("packed")
+        if pk is not None:
+            lines.append(
+                f"| … after `store.pack()` ({pk['pack_s']:.2f} s) | "
+                f"{pk['allocated_ratio']:.2f} ({_b(pk['allocated_bytes'])}) | "
+                f"{pk['apparent_bytes'] / r['plaintext_bytes']:.2f} | {pk['files']:,} | — | — | "
+                f"{pk['reopen_tail_s']:.2f} s | {pk['reopen_tail_us_per_conversation']:,.0f} µs |"
+            )
+        beside = c.get("reopen_tail_beside_packed_s")
+        if beside is not None:
+            lines.append(
+                f"| … read in the rounds beside our packed stores | | | | | | {beside:.2f} s | "
+                f"{beside / r['conversations'] * 1e6:,.0f} µs |"
+            )
     lines += [
         "",
         "Ratios, ours ÷ peer (below 1: ours smaller / faster), against issue 15's targets:",
         "",
-        "| pair | du | apparent | writes | reopen + tail |",
-        "|---|---:|---:|---:|---:|",
+        "| pair | du | du, packed | apparent | writes | reopen + tail | reopen + tail, packed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for pair, q in r["ratios"].items():
         lines.append(
-            f"| {pair} | {q['allocated']:.2f} | {q['apparent']:.2f} | {q['write']:.2f} | "
-            + ("— |" if q["reopen_tail"] is None else f"{q['reopen_tail']:.2f} |")
+            f"| {pair} | {q['allocated']:.2f} | {_r(q.get('allocated_packed'))} | "
+            f"{q['apparent']:.2f} | {q['write']:.2f} | {_r(q['reopen_tail'])} | "
+            f"{_r(q.get('reopen_tail_packed'))} |"
         )
     lines.append(
-        f"| target | ≤ {TARGETS['allocated']} | | ≤ {TARGETS['write']} | "
-        f"≤ {TARGETS['reopen_tail']} |"
+        f"| target | ≤ {TARGETS['allocated']} | ≤ {TARGETS['allocated']} | | "
+        f"≤ {TARGETS['write']} | ≤ {TARGETS['reopen_tail']} | ≤ {TARGETS['reopen_tail']} |"
     )
     ours = f["ours-fsync"]
     lines += [
@@ -152,9 +171,15 @@ def plot(r: dict[str, Any], path: Path) -> Path:
     )
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     for ax, (key, title) in zip(axes, panels, strict=True):
-        shown = [n for n in names if f[n][key] is not None]
-        values = [f[n][key] for n in shown]
-        bars = ax.bar(range(len(shown)), values, color=[colours[names.index(n)] for n in shown])
+        cells = [(n, f[n][key], colours[names.index(n)]) for n in names if f[n][key] is not None]
+        cells += [  # after store.pack() (writes: not a write figure)
+            (f"{n}+pack", f[n]["packed"][key], "tab:cyan")
+            for n in names
+            if "packed" in f[n] and key in f[n]["packed"]
+        ]
+        shown = [n for n, _v, _c in cells]
+        values = [v for _n, v, _c in cells]
+        bars = ax.bar(range(len(shown)), values, color=[c for _n, _v, c in cells])
         for bar, value in zip(bars, values, strict=True):
             ax.annotate(
                 f"{value:.2f}",
@@ -169,8 +194,8 @@ def plot(r: dict[str, Any], path: Path) -> Path:
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(
         f"{r['conversations']:,} short conversations written a turn at a time "
-        "(blue: conversation-codec ConversationStore, orange: EncryptedSession over "
-        "SQLiteSession, one file; peer-open: its sessions kept open)",
+        "(blue: conversation-codec ConversationStore, cyan: the same after store.pack(), "
+        "orange: EncryptedSession over SQLiteSession, one file; peer-open: sessions kept open)",
         fontsize=10,
     )
     fig.tight_layout()

@@ -17,6 +17,9 @@ Figures: allocated bytes (``du``: st_blocks x 512 over every file, SQLite's -wal
 included when present after closing) and apparent bytes, each / the plaintext JSON; the
 total turn-by-turn write time; the total time to reopen every conversation and read its
 last 20 messages (peer: ``get_items(limit=20)``), best of ``--rounds`` interleaved rounds.
+Then our stores are packed (``ConversationStore.pack()``, a maintenance step: FORMAT.md
+§18), and disk and reopen + tail are measured again, the peer's reads interleaved with ours
+in the same rounds.
 Then a cProfile of our turns (first turn = creation, later turns apart) and of our reopen +
 tail, in the measured store, names what costs.
 
@@ -130,6 +133,14 @@ class Ours:
     def tail(self, cid: str) -> list[Any]:
         with self._store.open(cid) as codec:
             return list(codec.tail(TAIL))
+
+    def pack(self) -> float:
+        """Pack every conversation (a maintenance step, FORMAT.md §18); return seconds."""
+        t0 = time.perf_counter()
+        report = self._store.pack()
+        elapsed = time.perf_counter() - t0
+        assert not report.skipped, report.skipped
+        return elapsed
 
     def close(self) -> None:
         pass
@@ -299,7 +310,7 @@ def _profile(
 
 def _read_phase(
     conversations: list[tuple[str, list[Message]]], rounds: int, tmp: Path, key: bytes
-) -> tuple[dict[str, list[float]], dict[str, int]]:
+) -> tuple[dict[str, list[float]], dict[str, int]]:  # ours read loose or packed, as on disk
     """Reopen every conversation and read its tail, ``rounds`` times, contestants interleaved.
 
     Return each contestant's total per round, and how many tails differed from the corpus.
@@ -342,6 +353,14 @@ def _ratios(figures: dict[str, Any]) -> dict[str, dict[str, float | None]]:
             "write": a["write_s"] / b["write_s"],
             "reopen_tail": read,
         }
+        if "packed" in a:
+            peer_read = b.get("reopen_tail_beside_packed_s")
+            out[f"{ours} / {peer}"]["allocated_packed"] = (
+                a["packed"]["allocated_bytes"] / b["allocated_bytes"]
+            )
+            out[f"{ours} / {peer}"]["reopen_tail_packed"] = (
+                None if peer_read is None else a["packed"]["reopen_tail_s"] / peer_read
+            )
     return out
 
 
@@ -361,6 +380,13 @@ def run(conversations: list[tuple[str, list[Message]]], rounds: int, tmp: Path) 
         s.close()
     sizes = {n: disk(stores[n].directory) for n in names}
     tails, mismatches = _read_phase(conversations, rounds, tmp, key)
+    # Then the maintenance step: pack our stores, and measure disk and reads again, the
+    # peer's reads interleaved with ours as before (the peer's store is unchanged).
+    ours = [n for n in names if isinstance(stores[n], Ours)]
+    pack_s = {n: stores[n].pack() for n in ours}
+    packed_sizes = {n: disk(stores[n].directory) for n in ours}
+    print("packed; reading again", file=sys.stderr)
+    packed_tails, packed_mismatches = _read_phase(conversations, rounds, tmp, key)
     figures: dict[str, Any] = {}
     for name in names:
         best = min(tails[name]) if name in tails else None
@@ -380,6 +406,25 @@ def run(conversations: list[tuple[str, list[Message]]], rounds: int, tmp: Path) 
             "by_suffix": sizes[name]["by_suffix"],
             "tail_mismatches": mismatches.get(name),
         }
+        if name in pack_s:
+            packed = packed_sizes[name]
+            figures[name]["packed"] = {
+                "pack_s": pack_s[name],
+                "allocated_bytes": packed["allocated"],
+                "apparent_bytes": packed["apparent"],
+                "allocated_ratio": packed["allocated"] / plaintext,
+                "files": packed["files"],
+                "by_suffix": packed["by_suffix"],
+                "reopen_tail_s": min(packed_tails[name]),
+                "reopen_tail_rounds_s": packed_tails[name],
+                "reopen_tail_us_per_conversation": min(packed_tails[name])
+                / len(conversations)
+                * 1e6,
+                "tail_mismatches": packed_mismatches[name],
+            }
+        if name in packed_tails and name not in pack_s:  # the peer, read in the same rounds
+            figures[name]["reopen_tail_beside_packed_s"] = min(packed_tails[name])
+            figures[name]["reopen_tail_beside_packed_rounds_s"] = packed_tails[name]
     # What the logs alone would take if each conversation were one file (no .idx, no .lock).
     logs_only = figures["ours-fsync"]["by_suffix"].get("log", {}).get("allocated", 0)
     result: dict[str, Any] = {

@@ -356,6 +356,7 @@ def test_usage_errors_exit_2(run: Run, argv: list[str]) -> None:
 ALL_COMMANDS = ["keygen", "demo", "info", "cat", "tail", "append", "search", "verify"]
 ALL_COMMANDS += ["salvage", "compact", "rekey", "passwd", "migrate", "ls", "export", "import"]
 ALL_COMMANDS += ["copy", "pop", "prune", "delete"]  # issue 17
+ALL_COMMANDS += ["pack"]  # issue 15: packs
 
 
 @pytest.mark.parametrize("command", ALL_COMMANDS)

@@ -438,6 +438,10 @@ class AsyncConversationStore:
         """
         return await run_in_thread(self._executor, self._store.prune, older_than, on_error=on_error)
 
+    async def pack(self, older_than: datetime | timedelta | None = None, **limits: int) -> Any:
+        """Move small, cold conversations into packs (``ConversationStore.pack``)."""
+        return await run_in_thread(self._executor, self._store.pack, older_than, **limits)
+
     def search(
         self,
         query: str | None = None,

@@ -78,7 +78,10 @@ class CodecCore:
             check_password(password)
         if max_messages is not None and (not isinstance(max_messages, int) or max_messages < 1):
             raise ValueError("max_messages must be a positive int or None")
-        self._file = storage is None and os.fspath(path) != MEMORY
+        # A store's wrapper of the log file (``wraps_file(file_log, attach)``, packs:
+        # FORMAT.md §18) keeps the log a file; any other ``storage`` replaces it.
+        wrap = getattr(storage, "wraps_file", None)
+        self._file = (storage is None or wrap is not None) and os.fspath(path) != MEMORY
         self._path = check_log_path(path) if self._file else Path(path)
         self._name = str(self._path) if self._file else os.fspath(path)  # named in errors
         if attachments == "external" and not self._file:
@@ -100,14 +103,15 @@ class CodecCore:
         self._encoder = MessageEncoder(redact_fn, attachments, blobs)
         self._closed = False
         attach = self._secrets.attach
-        if storage is not None:
+        if storage is not None and wrap is None:
             self._log: LogStorage = storage(attach)
         elif not self._file:
             self._log = MemoryLog(attach=attach)
         else:
-            self._log = FileLog(
+            file_log = FileLog(
                 self._path, attach=attach, durability=durability, lock_timeout=lock_timeout, io=io
             )
+            self._log = file_log if wrap is None else wrap(file_log, attach)
         if search_index and self._log.keyword_index() is None:
             raise ValueError(
                 "search_index=True needs a storage that keeps a keyword index: a log file "

@@ -40,6 +40,7 @@ from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
 from .errors import ConversationCodecError, KeyRequiredError, StorageError
 from .format.header import LogKind, sniff_log
+from .maintenance.pack import PackReport, pack_store
 from .search import Hit, SearchQuery
 from .storage import StoreBackend, backend_for
 from .storage.file.store import MAX_ENCODED_ID, FileStore, decode_id, encode_id
@@ -327,6 +328,33 @@ class ConversationStore:
                 if on_error is not None:
                     on_error(conversation_id, exc)
         return deleted
+
+    def pack(
+        self,
+        older_than: datetime | timedelta | None = None,
+        *,
+        max_bytes: int = 16 * 1024 * 1024,
+        max_log_bytes: int = 64 * 1024,
+    ) -> PackReport:
+        """Move small conversations whose last message is older than ``older_than`` (all
+        when None) into pack files (FORMAT.md §18); see ``maintenance.pack.pack_store``.
+
+        A maintenance step: a packed conversation reads with one ``pread`` and costs no
+        file-system block of its own; its first write moves it back to its own log file.
+
+        >>> import tempfile
+        >>> from conversation_codec import generate_key
+        >>> store = ConversationStore(tempfile.mkdtemp(), encryption_key=generate_key())
+        >>> with store.open("a") as codec:
+        ...     codec.append({"role": "user", "content": "hi"})
+        0
+        >>> store.pack().packed, store.path("a").exists(), store.ids()
+        (['a'], False, ['a'])
+        """
+        now = None if self._clock is None else EPOCH + self._clock() * ONE_US
+        return pack_store(
+            self, older_than=older_than, max_bytes=max_bytes, max_log_bytes=max_log_bytes, now=now
+        )
 
     def search(
         self,

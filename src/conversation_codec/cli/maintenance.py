@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 
 @command(
     "verify",
-    "check every record of one or more logs; exit 3 when any is damaged",
+    "check every record of one or more logs (a store root: each of its conversations, "
+    "packed ones too); exit 3 when any is damaged",
     "conversation-codec verify chats/*.log",
 )
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
@@ -69,10 +70,13 @@ def _verify(args: Args) -> int:
     for done, path in enumerate(args.paths, 1):
         one = Args(**{**vars(args), "path": path})
         try:
-            with open_log(one, read_only=True) as codec:
-                report = codec.verify()
-            pending.append(report)
-            worst = worst if report.ok else max(worst, EXIT_CORRUPT)
+            reports = _verify_store(one) if os.path.isdir(path) else None
+            if reports is None:
+                with open_log(one, read_only=True) as codec:
+                    reports = [codec.verify()]
+            for report in reports:
+                pending.append(report)
+                worst = worst if report.ok else max(worst, EXIT_CORRUPT)
         except (ConversationCodecError, OSError, ValueError, InputError) as exc:
             worst = max(worst, report_error(exc, one))  # one unreadable log does not stop the rest
         if bar is not None:
@@ -81,6 +85,18 @@ def _verify(args: Args) -> int:
             _show_verify(args, pending)
     _show_verify(args, pending)
     return worst
+
+
+def _verify_store(args: Args) -> list[VerifyReport]:
+    """Verify every conversation of a store root (packed ones included, FORMAT.md §18)."""
+    from ..store import ConversationStore
+
+    store = ConversationStore(args.path, encryption_key=log_key(args))
+    reports = []
+    for conversation_id in store.ids():
+        with store.open(conversation_id) as codec:
+            reports.append(codec.verify())
+    return reports
 
 
 def _show_verify(args: Args, pending: list[VerifyReport]) -> None:

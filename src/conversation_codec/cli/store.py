@@ -1,4 +1,5 @@
-"""``ls`` and ``copy``: the conversations of a store root (``search`` also reads roots).
+"""``ls``, ``copy``, ``delete``, ``prune``, ``pack``: the conversations of a store root
+(``search`` also reads roots).
 
 A store root is a directory or a ``postgresql://`` URL (``storage.backend_for``).
 """
@@ -219,4 +220,32 @@ def _prune_store(args: Args, cutoff: datetime) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
-COMMANDS = [_ls, _copy, _delete, _prune]
+@command(
+    "pack",
+    "move a store's small conversations whose last message is older than AGE (default: "
+    "all) into pack files: one file instead of three per conversation; the first write "
+    "to a packed conversation moves it back to its own file",
+    "conversation-codec pack conversations/ --older-than 7d",
+)
+@click.argument("path", metavar="ROOT")
+@secret_sources(password=False)
+@click.option("--older-than", type=AGE, metavar="AGE", help="e.g. 12h, 7d, 2w")
+@click.option("--max-bytes", type=int, default=16 << 20, metavar="N", help="bytes per pack")
+@as_json()
+def _pack(args: Args) -> int:
+    from ..store import ConversationStore
+
+    _check_root(args.path)
+    store = ConversationStore(args.path, encryption_key=log_key(args))
+    report = store.pack(args.older_than, max_bytes=args.max_bytes)
+    if args.json:
+        emit(fields(report))
+    else:
+        print(
+            f"packed {len(report.packed)} conversations ({report.log_bytes:,} bytes) into "
+            f"{len(report.packs)} pack(s); {len(report.skipped)} kept loose"
+        )
+    return EXIT_OK
+
+
+COMMANDS = [_ls, _copy, _delete, _prune, _pack]

@@ -19,6 +19,7 @@ from ..crypto import KeyInput
 from ..errors import ConversationCodecError, KeyRequiredError, StorageError
 from ..storage.file.check import Problem, VerifyReport, check_file_log
 from ..storage.file.log import FileLog
+from ..storage.file.packed import StoreLog, check_store_log
 from ..storage.memory import MemoryLog
 from .compact import CompactionReport
 from .transfer import History, ImportReport, export_history, import_history
@@ -126,7 +127,9 @@ class Maintenance(CodecCore):
         """
         if isinstance(self._log, MemoryLog):
             raise StorageError(errno.EOPNOTSUPP, f"{self._name}: verify() checks stored logs")
-        if isinstance(self._log, FileLog):
+        if isinstance(self._log, StoreLog):  # a store's conversation, maybe packed
+            report = check_store_log(self._log)
+        elif isinstance(self._log, FileLog):
             report = check_file_log(self._log)
         else:
             report = self._verify_records()

@@ -14,8 +14,10 @@ Such a name does not decode: ``ids()`` (and so listings, searches and pruning) s
 logs (a sidecar holding the id would be one more file that can disagree with the log).
 
 Files of conversation ``c``: ``<root>/<encode_id(c)>.log`` and its sidecars ``.log.idx``,
-``.log.lock`` and (after a crash mid-rewrite) ``.log.tmp-<16 hex>``. The root is created
-(mode 0700) by the first write, not by the constructor, so building a store does no I/O.
+``.log.lock`` and (after a crash mid-rewrite) ``.log.tmp-<16 hex>``; or, once packed
+(``ConversationStore.pack()``), an entry of a pack in ``<root>/.packs/`` (FORMAT.md §18).
+The root is created (mode 0700) by the first write, not by the constructor, so building a
+store does no I/O.
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ import contextlib
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from ..._fsio import DEFAULT_IO, FileIO, unlink_file
 from ...errors import StorageError
+from ...format.header import sniff_log
 from ...paths import index_path, is_log_file
-from ..base import StorageOpener
+from ..base import LogFormat, LogStorage, StorageOpener
+from .log import FileLog
+from .packed import StoreLog
+from .packs import Packs
 from .peek import LogPeek, peek_log
 
 __all__ = ["LOG_SUFFIX", "MAX_ENCODED_ID", "FileStore", "decode_id", "encode_id"]
@@ -96,6 +103,7 @@ class FileStore:
     def __init__(self, root: Path, *, io: FileIO | None = None) -> None:
         self.root = root
         self.io = io or DEFAULT_IO
+        self.packs = Packs(root, io=self.io)
 
     @property
     def name(self) -> str:
@@ -108,10 +116,14 @@ class FileStore:
     def locate(
         self, conversation_id: str, *, lock_timeout: float | None = None
     ) -> tuple[Path, StorageOpener | None]:
-        return self.path(conversation_id), None  # the codec opens the file (and its lock)
+        # The codec opens the file (and its lock) and hands its FileLog to _Wrap, which
+        # reads the packed copy when there is no file (storage.file.packed).
+        return self.path(conversation_id), _Wrap(self.packs, conversation_id, lock_timeout)
 
     def exists(self, conversation_id: str) -> bool:
-        return self.path(conversation_id).is_file()
+        if self.path(conversation_id).is_file():
+            return True
+        return self.packs.find(conversation_id) is not None
 
     def ids(self) -> list[str]:
         """The ids of every conversation with a log, sorted; no log is opened."""
@@ -127,13 +139,18 @@ class FileStore:
                 conversation_id = decode_id(entry.name[: -len(LOG_SUFFIX)])
                 if conversation_id is not None:
                     found.append(conversation_id)
-        return sorted(found)
+        return sorted(set(found) | self.packs.ids())
 
     def footprint(self, conversation_id: str) -> tuple[int, bytes]:
         """Bytes the log and its index take, and the log's first bytes (for a listing of
         a log that could not be opened)."""
         path = self.path(conversation_id)
         sizes, prefix = 0, b""
+        where = None if path.exists() else self.packs.find(conversation_id)
+        if where is not None:
+            with contextlib.suppress(OSError):
+                prefix = self.packs.read(where, check=False)[:64]
+            return where.entry.length, prefix
         for file in (path, Path(index_path(path))):
             with contextlib.suppress(OSError):
                 sizes += file.stat().st_size
@@ -142,11 +159,21 @@ class FileStore:
         return sizes, prefix
 
     def peek(self, conversation_id: str) -> LogPeek:
-        """The log of ``conversation_id`` as seen without its key (``peek.peek_log``)."""
-        return peek_log(self.path(conversation_id))
+        """The log of ``conversation_id`` as seen without its key (``peek.peek_log``; a
+        packed one: its table-of-contents entry)."""
+        path = self.path(conversation_id)
+        where = None if path.exists() else self.packs.find(conversation_id)
+        if where is None:
+            return peek_log(path)
+        length, prefix = self.footprint(conversation_id)
+        tss = where.entry.tss
+        first, last = (tss[0], tss[-1]) if tss else (None, None)
+        return LogPeek(sniff_log(prefix), length, 0, len(tss), first, last, 0)
 
     def has_files(self, conversation_id: str) -> bool:
-        return bool(self._files_of(self.path(conversation_id)))
+        if self._files_of(self.path(conversation_id)):
+            return True
+        return self.packs.find(conversation_id) is not None
 
     def sweep(self, conversation_id: str) -> None:
         """Delete what a cleared log left: temp files of writers that crashed mid-rewrite."""
@@ -163,4 +190,22 @@ class FileStore:
         return [path.parent / name for name in names if is_log_file(name, path.name)]
 
     def close(self) -> None:
-        """Nothing to release: each codec opens and closes its own files."""
+        """Close the cached packs (each codec opens and closes its own files)."""
+        self.packs.close()
+
+
+class _Wrap:
+    """The ``storage=`` of a store conversation's codec: ``wraps_file`` marks it as the
+    wrapper of the codec's own ``FileLog`` (``core.CodecCore``), so the log stays a file
+    (keyword index, blobs) and is read from a pack while it has no file."""
+
+    __slots__ = ("_cid", "_packs", "_timeout")
+
+    def __init__(self, packs: Packs, conversation_id: str, timeout: float | None) -> None:
+        self._packs, self._cid, self._timeout = packs, conversation_id, timeout
+
+    def __call__(self, attach: Callable[[bytes], LogFormat]) -> LogStorage:
+        raise TypeError("a store conversation's log is a file: open it through the store")
+
+    def wraps_file(self, log: FileLog, attach: Callable[[bytes], LogFormat]) -> LogStorage:
+        return StoreLog(log, self._cid, self._packs, attach, lock_timeout=self._timeout)
