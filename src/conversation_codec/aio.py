@@ -39,6 +39,7 @@ from .aio_threads import Progress, deferred, on_loop, run_in_thread, stream_in_t
 from .codec import ConversationCodec, LogInfo, Message, TimeInput, TimestampInput
 from .crypto import KeyInput
 from .maintenance.compact import CompactionReport
+from .maintenance.pack import PackReport
 from .maintenance.transfer import ImportReport
 from .options import CodecOptions
 from .search import Hit
@@ -438,9 +439,21 @@ class AsyncConversationStore:
         """
         return await run_in_thread(self._executor, self._store.prune, older_than, on_error=on_error)
 
-    async def pack(self, older_than: datetime | timedelta | None = None, **limits: int) -> Any:
+    async def pack(
+        self,
+        older_than: datetime | timedelta | None = None,
+        *,
+        max_bytes: int = 16 * 1024 * 1024,
+        max_log_bytes: int = 64 * 1024,
+    ) -> PackReport:
         """Move small, cold conversations into packs (``ConversationStore.pack``)."""
-        return await run_in_thread(self._executor, self._store.pack, older_than, **limits)
+        return await run_in_thread(
+            self._executor,
+            self._store.pack,
+            older_than,
+            max_bytes=max_bytes,
+            max_log_bytes=max_log_bytes,
+        )
 
     def search(
         self,
