@@ -166,3 +166,46 @@ def test_only_a_watched_conversations_writes_notify(postgres_cluster: Cluster) -
             assert list(spy.notifies(timeout=0.3)) == []
     finally:
         backend.close()
+
+
+def test_async_wait_is_woken_by_the_commit_of_another_process(postgres_cluster: Cluster) -> None:
+    """``AsyncConversationCodec.wait`` is woken by the notification too, and its pauses hold
+    no worker thread: the loop and the executor stay free while it waits."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conversation_codec.aio import AsyncConversationStore
+
+    postgres_url = postgres_cluster.create_database()
+    backend = PostgresBackend.shared(postgres_url, poll_interval=POLL)
+
+    async def run() -> tuple[bool, float, list[str]]:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # one thread: a sleeping pause would hog it
+            store = AsyncConversationStore(postgres_url, encryption_key=KEY, executor=pool)
+            codec = await store.open("live")
+            await codec.append({"role": "user", "content": "first"})
+            waiting = asyncio.ensure_future(codec.wait(0, timeout=2 * POLL))
+            for _ in range(3000):  # the waiter's watch starts the listener
+                if backend.listening:
+                    break
+                await asyncio.sleep(0.01)
+            assert backend.listening, "the async waiter started no listener"
+            await asyncio.sleep(0.2)  # the waiter subscribed and paused
+            assert await codec.message_count() == 1  # the single worker is free meanwhile
+            appended = asyncio.get_running_loop().run_in_executor(
+                None, _append_in_another_process, postgres_url, "live", "second"
+            )
+            t0 = time.monotonic()
+            result = await waiting
+            seconds = time.monotonic() - t0
+            assert await appended == 1
+            texts = [m["content"] for m in await codec.tail(5)]
+            await codec.close()
+            return result, seconds, texts
+
+    try:
+        result, seconds, texts = asyncio.run(run())
+        assert result is True and seconds < PROMPT
+        assert texts == ["first", "second"]
+    finally:
+        backend.close()

@@ -150,17 +150,20 @@ class AsyncConversationCodec:
     async def wait(self, after: int, timeout: float | None = None) -> bool:
         """Wait until a message after seq ``after`` exists (-1: any); False on timeout.
 
-        Polls without holding a thread: the event loop runs between the polls.
+        Holds no thread between polls: the event loop runs while it pauses, and on
+        PostgreSQL a writer's commit wakes it (``ConversationCodec.wait``).
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        pause = 0.001
-        while await self.message_count() <= after + 1:
-            left = None if deadline is None else deadline - loop.time()
-            if left is not None and left <= 0:
-                return False
-            await asyncio.sleep(pause if left is None else min(pause, left))
-            pause = min(pause * 2, 0.1)
+        pauses = await self._call(self._codec.storage.watch)  # subscribing may block
+        try:
+            while await self.message_count() <= after + 1:
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    return False
+                await pauses.pause(left)
+        finally:
+            pauses.close()
         return True
 
     async def pop(self) -> Message | None:

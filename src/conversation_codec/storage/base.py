@@ -24,6 +24,7 @@ Operations, and what each guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -194,6 +195,10 @@ class Polling:
     def sleep(self, most: float | None) -> None:
         """Pause until the next look, at most ``most`` seconds (None: no bound)."""
         time.sleep(self.backoff(most))
+
+    async def pause(self, most: float | None) -> None:
+        """``sleep`` for a coroutine: the event loop runs meanwhile, and no thread waits."""
+        await asyncio.sleep(self.backoff(most))
 
     def close(self) -> None:
         """Stop watching."""

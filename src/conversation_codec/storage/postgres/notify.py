@@ -36,6 +36,8 @@ negligible.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import select
 import socket
@@ -91,7 +93,7 @@ class Listener:
         self.poll_interval = poll_interval
         self._url, self._connect_timeout = url, connect_timeout
         self._changed = threading.Condition()
-        self._waiters: dict[str, set[threading.Event]] = {}  # payload -> its waiters
+        self._waiters: dict[str, set[Bell]] = {}  # payload -> its waiters
         self._held: set[str] = set()  # payloads whose lock the connection holds
         self._up = False  # LISTENing now
         self._stop = False
@@ -111,7 +113,7 @@ class Listener:
     def watch(self, conversation_id: str) -> Watch:
         return Watch(self, conversation_id)
 
-    def subscribe(self, conversation_id: str, event: threading.Event) -> None:
+    def subscribe(self, conversation_id: str, event: Bell) -> None:
         """Add a waiter; return once its conversation is watched (or the listener is
         down, or after ``SUBSCRIBE_WAIT``)."""
         key = payload(conversation_id)
@@ -121,7 +123,7 @@ class Listener:
                 self._bell.send(b"s")
                 self._changed.wait_for(lambda: key in self._held or not self._up, SUBSCRIBE_WAIT)
 
-    def unsubscribe(self, conversation_id: str, event: threading.Event) -> None:
+    def unsubscribe(self, conversation_id: str, event: Bell) -> None:
         key = payload(conversation_id)
         with self._changed:
             events = self._waiters.get(key, set())
@@ -212,6 +214,37 @@ class Listener:
             self._rung.close()
 
 
+class Bell:
+    """What the listener rings for one waiter: wakes a thread's ``sleep`` and, once a
+    coroutine paused on it, that coroutine's ``pause`` (through its event loop)."""
+
+    __slots__ = ("_aevent", "_loop", "event")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._aevent: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def set(self) -> None:
+        self.event.set()
+        aevent, loop = self._aevent, self._loop
+        if aevent is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits
+                loop.call_soon_threadsafe(aevent.set)
+
+    def for_loop(self) -> asyncio.Event:
+        """The event a coroutine of the running loop waits on (one loop per waiter)."""
+        if self._aevent is None:
+            self._aevent = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+        return self._aevent
+
+    def clear(self) -> None:
+        self.event.clear()
+        if self._aevent is not None:
+            self._aevent.clear()
+
+
 class Watch(Polling):
     """A waiter's pauses between polls on PostgreSQL: woken by a notification naming its
     conversation; ``poll_interval`` long while the listener is up, else backing off."""
@@ -219,17 +252,25 @@ class Watch(Polling):
     def __init__(self, listener: Listener, conversation_id: str) -> None:
         super().__init__()
         self._listener, self._id = listener, conversation_id
-        self._event = threading.Event()
-        listener.subscribe(conversation_id, self._event)
+        self._bell = Bell()
+        listener.subscribe(conversation_id, self._bell)
+
+    def _seconds(self, most: float | None) -> float:
+        if not self._listener.listening:
+            return self.backoff(most)
+        pause = self._listener.poll_interval
+        return pause if most is None else min(pause, most)
 
     def sleep(self, most: float | None) -> None:
-        if self._listener.listening:
-            pause = self._listener.poll_interval
-            seconds = pause if most is None else min(pause, most)
-        else:
-            seconds = self.backoff(most)
-        self._event.wait(seconds)
-        self._event.clear()  # before the poll that follows: a later notification sets it
+        self._bell.event.wait(self._seconds(most))
+        self._bell.clear()  # before the poll that follows: a later notification sets it
+
+    async def pause(self, most: float | None) -> None:
+        seconds, rung = self._seconds(most), self._bell.for_loop()
+        if not self._bell.event.is_set():  # rung before the coroutine's event existed
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(rung.wait(), seconds)
+        self._bell.clear()
 
     def close(self) -> None:
-        self._listener.unsubscribe(self._id, self._event)
+        self._listener.unsubscribe(self._id, self._bell)
