@@ -39,6 +39,7 @@ from .search import Hit, SearchQuery
 from .storage.base import IndexMismatch, LogFormat, LogStorage
 from .storage.file import kwi
 from .storage.file.kwi import TAG_BYTES, KwiState, Segment
+from .storage.file.log import FileLog
 
 __all__ = ["FLUSH_MESSAGES", "MERGE_SEGMENTS", "IndexBuilder", "KeywordIndexer", "KwiCheck"]
 
@@ -117,6 +118,9 @@ class KeywordIndexer:
         # (log_id, covered, lock inode, truncations) when the tag last matched: until a
         # writer truncates or rewrites, the records the index covers cannot change.
         self._validated: tuple[bytes, int, int, int] | None = None
+        # ``FileLog.refreshes`` when the sidecar was last found missing: until another
+        # writer changes the log (creating P.kwi announces itself so), it still is.
+        self._absent_since: int | None = None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -132,7 +136,16 @@ class KeywordIndexer:
 
     def present(self) -> bool:
         """Whether the log has a keyword index file (what makes writers keep it)."""
-        return self._path is not None and os.path.lexists(kwi_path(self._path))
+        if self._path is None:
+            return False
+        # The answer for most logs is "no", asked at every append: an lstat is a twentieth
+        # of a flushed append, so a missing sidecar is remembered while no writer came by.
+        stamp = self._log.refreshes if isinstance(self._log, FileLog) else None
+        if stamp is not None and stamp == self._absent_since:
+            return False
+        found = os.path.lexists(kwi_path(self._path))
+        self._absent_since = None if found else stamp
+        return found
 
     def active(self) -> bool:
         return self.keys() is not None and (self.wanted or self.present())
@@ -312,6 +325,9 @@ class KeywordIndexer:
         frame = kwi.encode_segment(keys[1], segment, postings.encode())
         self._state, self._pending = None, {}
         kwi.write_all_segments(self._path, self._io, fmt.log_id, [frame])
+        self._absent_since = None
+        if isinstance(self._log, FileLog):
+            self._log.announce()  # other processes may remember that there was none
         self._state = kwi.written(self._path, fmt.log_id, segment, postings, len(frame))
         self._validated = None if self._state is None else self._memo(self._state)
 
