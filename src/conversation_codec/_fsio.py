@@ -286,7 +286,12 @@ def write_all(
     fd: int, data: bytes | bytearray | memoryview, offset: int = 0, *, io: FileIO = DEFAULT_IO
 ) -> int:
     """``pwrite`` all of ``data`` at ``offset`` through ``io``; return the end offset."""
-    view = memoryview(data)
+    n = io.pwrite(fd, data, offset) if data else 0
+    if n == len(data):  # the kernel takes small writes whole: no view, no loop
+        return offset + n
+    if n <= 0:
+        raise OSError(errno.EIO, "short write")
+    view, offset = memoryview(data)[n:], offset + n
     while view:
         n = io.pwrite(fd, view, offset)
         if n <= 0:
