@@ -202,7 +202,7 @@ class KeywordIndexer:
         indexes them again (reading only those).
         """
         keys = self.keys()
-        if keys is None or not self.active() or self._path is None:
+        if keys is None or not (self.wanted or self.present()) or self._path is None:
             return
         state = self.current()
         if state is None or not state.segments or not self.usable(state) or state.covered > first:
