@@ -36,13 +36,17 @@ COMPRESSION_LEVEL = 3  # zstd level without a dictionary: higher levels gain ~1%
 # the same matches for half that (issue 15, measured on the corpus replayed as one
 # conversation, 8 KiB append dictionary: payloads 0.2100x the JSON at 1.6 us against level
 # 7's 0.2105x at 3.6 us; level 3: 0.239x at 1.0 us, level 4: 0.215x at 1.4 us; a rewrite's
-# 16 KiB dictionary: 0.190x against level 7's 0.215x; synthetic 1-20 KB answers: 0.441x
-# against 0.444x, at half the time). A 16 KiB window serves records up to that size (with a
-# 16 KiB dictionary it compressed 6% smaller than wider ones); longer ones get 1 MiB.
+# 16 KiB dictionary: 0.195x against level 7's 0.215x; synthetic 1-20 KB answers: 0.441x
+# against 0.444x, at half the time). Records up to 1 KiB (most chat messages; the corpus
+# median is 110 bytes) get a 16 KiB window, which reaches the whole dictionary, and 8 K-entry
+# tables: larger ones found nothing more in them, and between other work (the caches cold)
+# a record cost 4.5 us with 128 K entries against 3.8 us. Longer records get a 1 MiB window
+# and larger tables, without which a 1-20 KB answer took twice as long.
 # Any parameters write standard zstd frames: readers are unaffected (FORMAT.md §5.2).
-_DICT_PARAMS = {"strategy": zstandard.STRATEGY_GREEDY, "hash_log": 15, "chain_log": 16}
-_DICT_PARAMS.update(search_log=8, min_match=5)
-_SHORT_WINDOW_LOG, _LONG_WINDOW_LOG = 14, 20  # bytes, log2: records up to 16 KiB, and longer
+_DICT_PARAMS = {"strategy": zstandard.STRATEGY_GREEDY, "search_log": 8, "min_match": 5}
+_SHORT_MAX = 1024  # bytes of JSON compressed with the _SHORT parameters
+_SHORT = {"window_log": 14, "hash_log": 13, "chain_log": 13}
+_LONG = {"window_log": 20, "hash_log": 15, "chain_log": 16}
 DICTIONARY_BYTES = 8 * 1024  # bytes: beat 4 KiB and 16 KiB when trained on ~512 chat messages
 TRAIN_AFTER = 512  # messages in a log before its dictionary is trained from them
 # FORMAT.md §5.3: a rewrite of >= TRAIN_AFTER messages trains on a sample of them all (every
@@ -72,9 +76,9 @@ def compressed_sizes(samples: Sequence[bytes], dictionary: bytes | None = None) 
     return [len(zstd.compress(sample)[0]) for sample in samples]
 
 
-def _dict_compressor(dictionary: bytes, window_log: int) -> Any:
+def _dict_compressor(dictionary: bytes, sizes: dict[str, int]) -> Any:
     params = zstandard.ZstdCompressionParameters(
-        window_log=window_log,
+        **sizes,
         write_content_size=1,
         write_checksum=0,
         write_dict_id=0,
@@ -100,9 +104,9 @@ class Compressor:
             self._short_max = MAX_MESSAGE_BYTES  # bytes a record may have for ``_cctx``
             self._dctx = zstandard.ZstdDecompressor()
             return
-        self._cctx = _dict_compressor(dictionary, _SHORT_WINDOW_LOG)
-        self._long = _dict_compressor(dictionary, _LONG_WINDOW_LOG)
-        self._short_max = 1 << _SHORT_WINDOW_LOG
+        self._cctx = _dict_compressor(dictionary, _SHORT)
+        self._long = _dict_compressor(dictionary, _LONG)
+        self._short_max = _SHORT_MAX
         self._dctx = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(dictionary))
 
     def compress(self, data: bytes) -> tuple[bytes, bool]:
