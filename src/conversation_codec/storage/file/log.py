@@ -340,7 +340,8 @@ class FileLog:
 
     def announce(self) -> None:
         """Bump ``generation`` (write transaction): a sidecar others cache was created."""
-        self._txns.bump(truncation=False)
+        if self.seen is not None:  # as rewrite(): no counters without a lock file
+            self._txns.bump(truncation=False)
 
     def truncate(self, count: int) -> None:
         """Drop records from ``count`` on: index first, then the log (FORMAT.md §8)."""
