@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from conversation_codec import ClosedError, ConversationCodec
+from conversation_codec import ClosedError, ConversationCodec, LockTimeoutError
 
 _TESTS = Path(__file__).resolve().parent
 _WRITER = _TESTS / "_writer.py"
@@ -332,3 +332,20 @@ def test_transaction_holds_the_writer_lock_and_is_reentrant(tmp_path: Path) -> N
         assert [m["content"] for m in codec.load() or []] == ["a", "b", "other process"]
     with pytest.raises(ClosedError):
         codec.transaction()
+
+
+def test_a_codec_that_kept_a_cleared_lock_file_open_locks_the_new_one(tmp_path: Path) -> None:
+    """clear() unlinks P.lock: a lock taken on the old file, which the codec keeps open
+    between calls, would exclude nobody. It must notice and lock the file now at P.lock."""
+    path = tmp_path / "chat.log"
+    kept = ConversationCodec(path, lock_timeout=0.2)
+    kept.append({"role": "user", "content": "a"})  # opens P.lock and keeps it open
+    with ConversationCodec(path) as other:
+        other.clear()
+    with ConversationCodec(path) as holder, holder.transaction():
+        holder.append({"role": "user", "content": "b"})
+        with pytest.raises(LockTimeoutError):
+            kept.append({"role": "user", "content": "c"})
+    kept.append({"role": "user", "content": "d"})
+    assert [m["content"] for m in kept.load() or []] == ["b", "d"]
+    kept.close()

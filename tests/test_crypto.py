@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import re
 from pathlib import Path
@@ -253,8 +254,8 @@ def test_bad_padding_in_a_batch_refuses_that_record_alone() -> None:
 @settings(max_examples=50)
 @given(plains=st.lists(st.binary(max_size=100), min_size=1, max_size=12), ts=st.integers(0, 2**40))
 def test_one_key_seals_many_records_each_as_fernet_would(plains: list[bytes], ts: int) -> None:
-    """RecordKey keeps one CBC encryptor across records (its chaining state folded into
-    each record's first block): every token must still be what Fernet writes for its IV."""
+    """RecordKey keeps one CBC encryptor across records (each record's IV is the block a
+    random block encrypts to): every token must still be what Fernet writes for its IV."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     ours, fernet = RecordKey(RAW), Fernet(KEY)
@@ -265,3 +266,15 @@ def test_one_key_seals_many_records_each_as_fernet_would(plains: list[bytes], ts
         iv, pad = body[8:24], 16 - len(plain) % 16
         alone = Cipher(algorithms.AES(RAW[16:]), modes.CBC(iv)).encryptor()
         assert body[24:-32] == alone.update(plain + bytes((pad,)) * pad) + alone.finalize()
+
+
+def test_the_same_record_sealed_again_gets_a_fresh_iv_and_ciphertext() -> None:
+    """The IV comes out of the kept encryptor (a fresh random block encrypted): it must
+    never repeat, nor be the previous record's last block (what plain chaining would give)."""
+    key = RecordKey(RAW)
+    bodies = [key.seal(b"same plaintext, same second", 7) for _ in range(200)]
+    ivs = {body[8:24] for body in bodies}
+    assert len(ivs) == len(bodies)
+    assert len({body[24:-32] for body in bodies}) == len(bodies)
+    for before, after in itertools.pairwise(bodies):
+        assert after[8:24] != before[-48:-32]

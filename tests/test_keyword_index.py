@@ -383,6 +383,21 @@ def test_writers_in_other_processes_keep_the_index(tmp_path: Path) -> None:
         assert c.verify().problems == ()
 
 
+def test_a_writer_that_saw_no_index_keeps_one_another_instance_created(tmp_path: Path) -> None:
+    """Writers remember that a log has no ``P.kwi`` (an lstat per append otherwise): a
+    ``reindex()`` elsewhere must reach them, so that their appends are indexed too."""
+    path = tmp_path / "c.log"
+    with ConversationCodec(path, encryption_key=KEY) as plain:
+        plain.extend([_msg(i, f"alpha {i}") for i in range(5)])
+        plain.append(_msg(0, "bravo"))  # looked for the sidecar: none
+        with ConversationCodec(path, encryption_key=KEY) as other:
+            assert other.reindex() == 6
+        for i in range(40):  # more than one segment's worth: written to the file
+            plain.append(_msg(i, f"charlie {i}"))
+        assert _read_kwi(tmp_path / "c.log.kwi", KEY)[1][-1][1] >= 6 + 32
+        assert plain.verify().problems == ()
+
+
 def test_max_messages_and_a_rotation_in_progress(tmp_path: Path) -> None:
     path = tmp_path / "c.log"
     with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:

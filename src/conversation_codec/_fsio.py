@@ -305,7 +305,13 @@ def write_all(
     fd: int, data: bytes | bytearray | memoryview, offset: int = 0, *, io: FileIO = DEFAULT_IO
 ) -> int:
     """``pwrite`` all of ``data`` at ``offset`` through ``io``; return the end offset."""
-    view = memoryview(data)
+    whole = data if isinstance(data, bytes | memoryview) else memoryview(data)
+    n = io.pwrite(fd, whole, offset) if data else 0
+    if n == len(data):  # the kernel takes small writes whole: no view, no loop
+        return offset + n
+    if n <= 0:
+        raise OSError(errno.EIO, "short write")
+    view, offset = memoryview(whole)[n:], offset + n
     while view:
         n = io.pwrite(fd, view, offset)
         if n <= 0:

@@ -12,6 +12,7 @@ zstandard must reserve the whole ``MAX_MESSAGE_BYTES`` bound on every call: 64 M
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import zstandard
 
@@ -20,7 +21,6 @@ from .format.record import MAX_MESSAGE_BYTES
 __all__ = [
     "COMPRESSION_LEVEL",
     "DICTIONARY_BYTES",
-    "DICTIONARY_LEVEL",
     "REWRITE_DICTIONARY_BYTES",
     "REWRITE_SAMPLES",
     "TRAIN_AFTER",
@@ -30,10 +30,23 @@ __all__ = [
 ]
 
 COMPRESSION_LEVEL = 3  # zstd level without a dictionary: higher levels gain ~1% on chat records
-# With a dictionary, small records compress 3-5x better and a higher level pays a little:
-# measured on the corpus (8 KiB dictionary), level 7 gave the smallest output (level 9: +5%,
-# level 12: +10% and twice the time) at ~3.8 us per record.
-DICTIONARY_LEVEL = 7
+# With a dictionary, small records compress 3-5x better, and searching the dictionary harder
+# pays a little. Level 7 (lazy) was the smallest of the levels (level 9: +5%, 12: +10%) but
+# cost ~3.7 us a corpus record, a tenth of an append. A greedy parse with a deep search finds
+# the same matches for half that (issue 15, measured on the corpus replayed as one
+# conversation, 8 KiB append dictionary: payloads 0.2100x the JSON at 1.6 us against level
+# 7's 0.2105x at 3.6 us; level 3: 0.239x at 1.0 us, level 4: 0.215x at 1.4 us; a rewrite's
+# 16 KiB dictionary: 0.195x against level 7's 0.215x; synthetic 1-20 KB answers: 0.441x
+# against 0.444x, at half the time). Records up to 1 KiB (most chat messages; the corpus
+# median is 110 bytes) get a 16 KiB window, which reaches the whole dictionary, and 8 K-entry
+# tables: larger ones found nothing more in them, and between other work (the caches cold)
+# a record cost 4.5 us with 32 K and 64 K entries against 3.8 us. Longer records get a 1 MiB
+# window and those larger tables, without which a 1-20 KB answer took twice as long.
+# Any parameters write standard zstd frames: readers are unaffected (FORMAT.md §5.2).
+_DICT_PARAMS = {"strategy": zstandard.STRATEGY_GREEDY, "search_log": 8, "min_match": 5}
+_SHORT_MAX = 1024  # bytes of JSON compressed with the _SHORT parameters
+_SHORT = {"window_log": 14, "hash_log": 13, "chain_log": 13}
+_LONG = {"window_log": 20, "hash_log": 15, "chain_log": 16}
 DICTIONARY_BYTES = 8 * 1024  # bytes: beat 4 KiB and 16 KiB when trained on ~512 chat messages
 TRAIN_AFTER = 512  # messages in a log before its dictionary is trained from them
 # FORMAT.md §5.3: a rewrite of >= TRAIN_AFTER messages trains on a sample of them all (every
@@ -57,37 +70,52 @@ def train_dictionary(samples: Sequence[bytes], size: int = DICTIONARY_BYTES) -> 
 
 def compressed_sizes(samples: Sequence[bytes], dictionary: bytes | None = None) -> list[int]:
     """Return the payload size each sample is stored with, without a dictionary (level
-    ``COMPRESSION_LEVEL``) or with ``dictionary`` (level ``DICTIONARY_LEVEL``): its zstd
-    frame, or the sample itself when that is not smaller."""
-    zstd = Compressor() if dictionary is None else Compressor(DICTIONARY_LEVEL, dictionary)
+    ``COMPRESSION_LEVEL``) or with ``dictionary``: its zstd frame, or the sample itself when
+    that is not smaller."""
+    zstd = Compressor(dictionary=dictionary)
     return [len(zstd.compress(sample)[0]) for sample in samples]
+
+
+def _dict_compressor(dictionary: bytes, sizes: dict[str, int]) -> Any:
+    params = zstandard.ZstdCompressionParameters(
+        **sizes,
+        write_content_size=1,
+        write_checksum=0,
+        write_dict_id=0,
+        **_DICT_PARAMS,
+    )
+    # Precomputed once: a dictionary loaded per call costs more than the compression.
+    zdict = zstandard.ZstdCompressionDict(dictionary)
+    zdict.precompute_compress(compression_params=params)
+    return zstandard.ZstdCompressor(dict_data=zdict, compression_params=params)
 
 
 class Compressor:
     """Reusable zstd contexts, with or without a dictionary (not thread-safe; the codec
-    serialises use)."""
+    serialises use). ``level`` applies without a dictionary; with one, the parameters above."""
 
-    __slots__ = ("_cctx", "_dctx")
+    __slots__ = ("_cctx", "_dctx", "_long", "_short_max")
 
     def __init__(self, level: int = COMPRESSION_LEVEL, dictionary: bytes | None = None) -> None:
-        zdict = None if dictionary is None else zstandard.ZstdCompressionDict(dictionary)
-        if zdict is not None:
-            zdict.precompute_compress(level=level)
-        self._cctx = zstandard.ZstdCompressor(
-            level=level,
-            dict_data=zdict,
-            write_checksum=False,
-            write_content_size=True,
-            write_dict_id=False,
-        )
-        self._dctx = zstandard.ZstdDecompressor(dict_data=zdict)
+        if dictionary is None:
+            self._cctx = self._long = zstandard.ZstdCompressor(
+                level=level, write_checksum=False, write_content_size=True, write_dict_id=False
+            )
+            self._short_max = MAX_MESSAGE_BYTES  # bytes a record may have for ``_cctx``
+            self._dctx = zstandard.ZstdDecompressor()
+            return
+        self._cctx = _dict_compressor(dictionary, _SHORT)
+        self._long = _dict_compressor(dictionary, _LONG)
+        self._short_max = _SHORT_MAX
+        self._dctx = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(dictionary))
 
     def compress(self, data: bytes) -> tuple[bytes, bool]:
         """Return ``(payload, compressed)``: the zstd frame when it is smaller, else ``data``."""
-        if len(data) < _MIN_COMPRESSIBLE:
+        size = len(data)
+        if size < _MIN_COMPRESSIBLE:
             return data, False
-        packed = self._cctx.compress(data)
-        if len(packed) < len(data):
+        packed = (self._cctx if size <= self._short_max else self._long).compress(data)
+        if len(packed) < size:
             return packed, True
         return data, False
 

@@ -60,6 +60,7 @@ _KWI_INFO = b"conversation-codec/1 keyword index"  # FORMAT.md §17.2
 _MASTER_KEY_BYTES = 32
 _KEY_SHAPE = re.compile(rb"[A-Za-z0-9_-]{43}=")
 _FERNET_VERSION = b"\x80"
+_PADDING = [bytes((16 - n,)) * (16 - n) for n in range(16)]  # PKCS7, by length mod 16
 
 
 def generate_key() -> str:
@@ -232,7 +233,7 @@ class RecordKey:
       ``Cipher`` per record cost ~6 us, more than the AES itself.
     """
 
-    __slots__ = ("_aes", "_chain", "_decryptor", "_encryptor", "_mac", "_signing")
+    __slots__ = ("_aes", "_decryptor", "_encryptor", "_mac", "_signing")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
@@ -242,23 +243,19 @@ class RecordKey:
         self._mac = hmac.new(self._signing, _FERNET_VERSION, "sha256")
         # The IV given here is never used: every call feeds a record's own IV first.
         self._decryptor = Cipher(self._aes, modes.CBC(bytes(16))).decryptor()
-        # Sealing keeps one CBC encryptor too. Its chaining state is the last ciphertext
-        # block it produced (``_chain``); a record's first block goes in as
-        # P₁ ⊕ IV ⊕ chain, so it comes out as E(P₁ ⊕ IV): exactly what a fresh encryptor
-        # started at the record's random IV writes.
-        self._chain = bytes(16)
-        self._encryptor = Cipher(self._aes, modes.CBC(self._chain)).encryptor()
+        # Sealing keeps one CBC encryptor too, and makes each record's IV with it: a fresh
+        # random block R goes in first and comes out as E(R ⊕ the last ciphertext block), a
+        # uniformly random block (R is, and AES is a permutation) that nobody without the
+        # key can predict; the record's blocks after it are then exactly CBC under that IV.
+        # The IV is thus random as Fernet requires, with no per-record cipher context (~6 us)
+        # and no XOR of the IV into the first block in Python (~0.5 us).
+        self._encryptor = Cipher(self._aes, modes.CBC(bytes(16))).encryptor()
 
     def seal(self, plain: bytes, ts_seconds: int) -> bytes:
         """Return the Fernet token for ``plain`` without its version byte."""
-        pad = 16 - len(plain) % 16
-        padded = plain + bytes((pad,)) * pad
-        iv = os.urandom(16)
-        first = int.from_bytes(padded[:16], "big") ^ int.from_bytes(iv, "big")
-        first ^= int.from_bytes(self._chain, "big")
-        ciphertext = self._encryptor.update(first.to_bytes(16, "big") + padded[16:])
-        self._chain = ciphertext[-16:]
-        signed = ts_seconds.to_bytes(8, "big") + iv + ciphertext
+        # ``iv_ciphertext`` is the record's IV (16 bytes), then its ciphertext.
+        iv_ciphertext = self._encryptor.update(os.urandom(16) + plain + _PADDING[len(plain) % 16])
+        signed = ts_seconds.to_bytes(8, "big") + iv_ciphertext
         mac = self._mac.copy()  # keyed once, and fed the version byte
         mac.update(signed)
         return signed + mac.digest()

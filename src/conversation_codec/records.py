@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import msgspec
 import zstandard
 
-from .compression import DICTIONARY_LEVEL, Compressor
+from .compression import Compressor
 from .crypto import InvalidToken, LogCipher
 from .errors import UnsupportedVersionError
 from .format.record import (
@@ -128,7 +128,7 @@ class SealedRecords:
 
     def use_dictionary(self, dict_id: int, dictionary: bytes) -> None:
         """Compress new records with this dictionary, and open records that name it."""
-        self._dict, self._dict_id = Compressor(DICTIONARY_LEVEL, dictionary), dict_id
+        self._dict, self._dict_id = Compressor(dictionary=dictionary), dict_id
         self._dict_bytes = dictionary
 
     def drop_dictionary(self) -> None:

@@ -85,10 +85,13 @@ class HistoryView:
         self._track([], 0)
 
     def appended(self, first: int, datas: Sequence[bytes]) -> None:
-        if self._digests is not None and self._dbase + len(self._digests) == first:
+        digests = self._digests
+        if digests is not None and self._dbase + len(digests) == first:
             if self._joined is not None:
-                self._joined += (b"," if self._digests else b"") + b",".join(datas)
-            self._digests.extend(digest(data) for data in datas)
+                if digests:
+                    self._joined += b","
+                self._joined += datas[0] if len(datas) == 1 else b",".join(datas)
+            digests.extend([digest(data) for data in datas])
         else:
             self._digests = self._joined = None
         self.partial()  # save() sets it whole again when it appended

@@ -23,6 +23,8 @@ def encode_varint(value: int) -> bytes:
         return bytes((value,))
     if value < 0x4000:  # the common record lengths and seqs: skip the loop
         return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if value < 0x200000:  # and every envelope's microseconds (ts_rem_us < 10**6)
+        return bytes(((value & 0x7F) | 0x80, (value >> 7) & 0x7F | 0x80, value >> 14))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

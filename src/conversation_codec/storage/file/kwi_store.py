@@ -23,6 +23,11 @@ class _LogFile(Protocol):
     @property
     def io(self) -> FileIO: ...
 
+    @property
+    def refreshes(self) -> int: ...
+
+    def announce(self) -> None: ...
+
 
 class FileSegments:
     """The sidecar of the log file ``log.path``, written through ``log.io`` (the seam as
@@ -34,13 +39,23 @@ class FileSegments:
     def __init__(self, log: _LogFile) -> None:
         self._log = log
         self._path = os.fspath(log.path)
+        # ``log.refreshes`` when the sidecar was last found missing: until another writer
+        # changes the log (creating P.kwi announces itself so), it still is.
+        self._absent_since: int | None = None
 
     @property
     def _io(self) -> FileIO:
         return self._log.io
 
     def exists(self) -> bool:
-        return os.path.lexists(kwi_path(self._path))
+        # The answer for most logs is "no", asked at every append: an lstat is a twentieth
+        # of a flushed append, so a missing sidecar is remembered while no writer came by.
+        stamp = self._log.refreshes
+        if stamp == self._absent_since:
+            return False
+        found = os.path.lexists(kwi_path(self._path))
+        self._absent_since = None if found else stamp
+        return found
 
     def load(self, log_id: bytes, key: RecordKey) -> KwiState | None:
         return kwi.load(self._path, log_id, key)
@@ -62,6 +77,8 @@ class FileSegments:
         self, log_id: bytes, frame: bytes, segment: Segment, postings: Postings
     ) -> KwiState | None:
         kwi.write_all_segments(self._path, self._io, log_id, [frame])
+        self._absent_since = None
+        self._log.announce()  # other processes may remember that there was none
         return kwi.written(self._path, log_id, segment, postings, len(frame))
 
     def remove(self) -> None:

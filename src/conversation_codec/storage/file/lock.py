@@ -56,8 +56,20 @@ class LogLock:
         A reader goes without when there is no log to read (and so no reason to create a
         lock file), or when the directory is read-only.
         """
-        if not exclusive and self._fd is None and not os.path.lexists(self._log_path):
-            return False
+        fd = self._fd
+        if fd is None:
+            if not exclusive and not os.path.lexists(self._log_path):
+                return False
+        elif _FLOCK is not None:
+            # The common case, in two system calls: the file is open from an earlier
+            # acquire and nobody holds the lock. The slow path below does the rest.
+            try:
+                _FLOCK(fd, (_LOCK_EX if exclusive else _LOCK_SH) | _LOCK_NB)
+            except BlockingIOError:
+                pass
+            else:
+                if self._names_it():
+                    return True
         try:
             return self._lock(exclusive)
         except FileNotFoundError:
@@ -81,16 +93,24 @@ class LogLock:
                 held = os.fstat(self._fd)
                 self._ino = (held.st_dev, held.st_ino)
             self._take(self._fd, exclusive, deadline)
-            # The lock file may have been unlinked (clear()) while we waited: a lock on a
-            # dead inode excludes nobody, so retry on the file now at the path.
-            try:
-                now = os.lstat(self.path)
-            except FileNotFoundError:
-                now = None
-            if now is not None and (now.st_dev, now.st_ino) == self._ino:
+            if self._names_it():
                 return True
             self.close()
             pause = self._pause(deadline, pause)
+
+    def _names_it(self) -> bool:
+        """Whether ``P.lock`` still names the file this lock holds.
+
+        It may have been unlinked (``clear()``, or by hand) while we waited: a lock on a
+        dead inode excludes nobody, so the caller retries on the file now at the path. An
+        ``fstat`` link count would cost half as much (~1 us), but on NFS a file unlinked
+        while open is renamed (``.nfsXXXX``) and keeps its link: only the path tells.
+        """
+        try:
+            now = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return (now.st_dev, now.st_ino) == self._ino
 
     def _take(self, fd: int, exclusive: bool, deadline: float | None) -> None:
         # portalocker.lock() re-validates its flags with enum arithmetic on every call,

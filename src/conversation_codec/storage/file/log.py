@@ -72,6 +72,7 @@ class FileLog:
         self._settled = False  # see _catch_up
         self._dict = Dictionary()  # the one the record codec holds
         self.on_change: Callable[[], None] = lambda: None
+        self.refreshes = 0  # views reloaded after a change by another writer (or at first)
         # Called with a step name between the steps of every write procedure (FORMAT.md §8);
         # by default the public seam ``FileIO.step``, which crash tests override.
         self.fault: Callable[[str], None] = lambda step: self._io.step(step)
@@ -138,6 +139,7 @@ class FileLog:
         state = self._lock.state() if locked else None
         changed = state is None or state != self._txns.seen
         if changed:
+            self.refreshes += 1
             self._last_seen, self._txns.seen = self._txns.seen, None  # None until reloaded
             self._reload(state)
             self._txns.seen = state
@@ -339,6 +341,11 @@ class FileLog:
             # The records are committed; the index is only a cache. Rewrite it next time
             # rather than report a failed append that in fact succeeded.
             self._index_ok = self._settled = False
+
+    def announce(self) -> None:
+        """Bump ``generation`` (write transaction): a sidecar others cache was created."""
+        if self.seen is not None:  # as rewrite(): no counters without a lock file
+            self._txns.bump(truncation=False)
 
     def truncate(self, count: int) -> None:
         """Drop records from ``count`` on: index first, then the log (FORMAT.md §8)."""

@@ -83,7 +83,8 @@ class Transactions:
                     self._locked = False
                     self.lock.release()
                 raise
-            self.lock.forget_created(keep=True)
+            if self.lock.created:
+                self.lock.forget_created(keep=True)
         except BaseException:
             self.mutex.release()
             raise

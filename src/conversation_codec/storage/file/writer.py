@@ -36,6 +36,9 @@ def frame_batch(
     record (FORMAT.md §5.3) before ``bodies[at]`` (after them all when ``at == len(bodies)``),
     at ``dict_span``. The message after the dictionary record includes it in its index span.
     """
+    if dictionary is None and len(bodies) == 1:  # the usual single append
+        frame = encode_frame(bodies[0]) if sealed else bodies[0]
+        return frame, [len(frame)], (0, 0)
     frames = [encode_frame(b) for b in bodies] if sealed else bodies
     at, dict_frame = len(frames), b""
     if dictionary is not None:
