@@ -26,9 +26,10 @@ from .errors import LogReplacedError
 from .keyword_index import (
     BLOCK,
     BLOCK_SHIFT,
+    PendingIndex,
     Postings,
     Tokenizer,
-    encode_blocks,
+    block_entries,
     message_grams,
     query_grams,
 )
@@ -50,6 +51,7 @@ MERGE_SEGMENTS = 1024
 FLUSH_MESSAGES = 32  # appended messages whose postings are written as one segment
 MERGE_MIN_BYTES = 64 * 1024
 _NO_TAG = bytes(TAG_BYTES)
+_UNREAD = b""  # KwiState.tag of postings held in memory whose record tag is not read yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +114,7 @@ class KeywordIndexer:
         self.wanted = wanted
         self._state: KwiState | None = None
         self._keys: tuple[bytes, Tokenizer, RecordKey] | None = None  # for one log_id
-        self._pending: dict[bytes, list[int]] = {}  # postings not yet in P.kwi
-        self._pending_lo = 0  # the first seq they cover
+        self._pending = PendingIndex()  # appended messages not yet in P.kwi
         # (log_id, covered, lock inode, truncations) when the tag last matched: until a
         # writer truncates or rewrites, the records the index covers cannot change.
         self._validated: tuple[bytes, int, int, int] | None = None
@@ -147,8 +148,9 @@ class KeywordIndexer:
             if not self._pending and kwi.more(self._path, keys[1], state):
                 return state
             if self._pending and kwi.unchanged(self._path, state):
+                self._pending.fold(state.postings, keys[0])
                 return state  # postings in memory beyond the file, which no one changed
-        self._pending = {}  # another writer came by: it indexed them, or we catch up
+        self._pending = PendingIndex()  # another writer came by: it indexed them, or we catch up
         self._state = state = kwi.load(self._path, fmt.log_id, keys[1])
         return state
 
@@ -181,7 +183,8 @@ class KeywordIndexer:
     def appended(self, first: int, messages: list[Message]) -> None:
         """Index the messages just appended at ``first``.
 
-        Their postings join the in-memory index at once and reach ``P.kwi`` as one segment
+        Their words are held in memory (tokenized per block when a search or the write
+        needs them) and reach ``P.kwi`` as one segment
         per ``FLUSH_MESSAGES`` appended messages (§17.5): a write per append would double
         an fsync-durable append's cost (ext4 commits the sidecar's new blocks with the
         log's). Postings not yet written are lost with the process, which costs nothing
@@ -191,45 +194,56 @@ class KeywordIndexer:
         keys = self.keys()
         if keys is None or not self.active() or self._path is None:
             return
-        state = self.current()
-        if state is None or not state.segments or not self.usable(state) or state.covered > first:
-            self.rebuild()  # none yet, not this log's, or for records a pop took back
-            return
-        lo, hi = state.covered, first + len(messages)
-        if not self._pending:
-            self._pending_lo = lo
-        if lo == first and first >> BLOCK_SHIFT == (hi - 1) >> BLOCK_SHIFT:
-            tokenize = keys[0].token  # the usual append: one block, nothing to catch up
-            grams = set().union(*(message_grams(m) for m in messages))
-            tokens = {tokenize(g) for g in grams}
-            state.postings.add_block(tokens, first >> BLOCK_SHIFT, self._pending)
-        else:
-            builder = IndexBuilder(keys[0])
-            for seq, message, _ in self._reader.decoded(lo, first):  # a lagging file
-                builder.add(seq, message)
-            for i, message in enumerate(messages):
-                builder.add(first + i, message)
-            blocks = builder.blocks()
-            state.postings.add_blocks(blocks)
-            for token, found in blocks.items():
-                pending = self._pending.get(token)
-                if pending is None:
-                    self._pending[token] = list(found)
-                else:
-                    pending.extend(found[1:] if found[0] == pending[-1] else found)
-        state.covered, state.tag = hi, self._tag(hi)
+        state, pending = self._state, self._pending
+        fast = pending and state is not None and state.covered == first and self._fresh(state)
+        if not fast or state is None:
+            state = self.current()  # the usual append skips this stat: no writer came by
+            if (
+                state is None
+                or not state.segments
+                or not self.usable(state)
+                or state.covered > first
+            ):
+                self.rebuild()  # none yet, not this log's, or for records a pop took back
+                return
+            pending = self._pending
+            if not pending:
+                pending = self._pending = PendingIndex(state.covered)
+            for seq, message, _ in self._reader.decoded(state.covered, first):  # a lagging file
+                pending.add(seq, message)
+        for i, message in enumerate(messages):
+            pending.add(first + i, message)
+        # The tag is read when the postings are written (by flush, in this same lock hold),
+        # not per append: _fresh() vouches for the records meanwhile, as usable() does.
+        state.covered, state.tag = first + len(messages), _UNREAD
         self._validated = self._memo(state)
-        if hi - self._pending_lo >= FLUSH_MESSAGES:
-            self.flush()
+        if pending.hi - pending.lo >= FLUSH_MESSAGES:
+            self.flush(checked=not fast)
 
-    def flush(self) -> None:
-        """Write the postings held in memory to ``P.kwi`` (one segment, or a merge)."""
-        state, keys = self._state, self.keys()
-        if not self._pending or state is None or keys is None or self._path is None:
+    def _fresh(self, state: KwiState) -> bool:
+        """Whether no writer truncated or rewrote the log since ``state`` was validated."""
+        memo = self._memo(state)
+        return memo is not None and memo == self._validated
+
+    def flush(self, *, checked: bool = False) -> None:
+        """Write the postings held in memory to ``P.kwi`` (one segment, or a merge).
+
+        Only right after an append, in its lock hold (``checked``: after ``current()``); a
+        file that another writer changed meanwhile is left alone (the next append reads
+        it and catches up)."""
+        state, keys, pending = self._state, self.keys(), self._pending
+        if not pending or state is None or keys is None or self._path is None:
             return
-        segment = Segment(self._pending_lo, state.covered, state.tag)
-        frame = kwi.encode_segment(keys[1], segment, encode_blocks(self._pending))
-        self._pending = {}
+        self._pending = PendingIndex()
+        if not self._fresh(state) or not (checked or kwi.unchanged(self._path, state)):
+            self._state = None
+            return
+        if state.tag == _UNREAD:
+            state.tag = self._tag(state.covered)
+        blocks = pending.tokens(keys[0])
+        pending.fold(state.postings, keys[0])
+        segment = Segment(pending.lo, state.covered, state.tag)
+        frame = kwi.encode_segment(keys[1], segment, block_entries(blocks))
         tail = state.size + len(frame) - state.first_size
         try:
             if state.segments >= MERGE_SEGMENTS or tail > max(state.first_size, MERGE_MIN_BYTES):
@@ -310,7 +324,7 @@ class KeywordIndexer:
         assert keys is not None and fmt is not None and self._path is not None
         segment = Segment(0, count, self._tag(count) if tag is None else tag)
         frame = kwi.encode_segment(keys[1], segment, postings.encode())
-        self._state, self._pending = None, {}
+        self._state, self._pending = None, PendingIndex()
         kwi.write_all_segments(self._path, self._io, fmt.log_id, [frame])
         self._state = kwi.written(self._path, fmt.log_id, segment, postings, len(frame))
         self._validated = None if self._state is None else self._memo(self._state)
@@ -319,7 +333,7 @@ class KeywordIndexer:
         """Delete the sidecar (the log was deleted, or a rewrite without the index)."""
         if self._path is not None:
             kwi.remove(self._path, self._io)
-        self._state, self._pending = None, {}
+        self._state, self._pending = None, PendingIndex()
 
     def check(self) -> KwiCheck:
         """Compare the sidecar with an index rebuilt from the log (``verify``)."""
