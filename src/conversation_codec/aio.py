@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from ._fsio import FileIO
 from .codec import ConversationCodec, LogInfo, Message, TimeInput, TimestampInput
 from .crypto import KeyInput
+from .index_cache import IndexCache
 from .maintenance.compact import CompactionReport
 from .maintenance.transfer import ImportReport
 from .options import CodecOptions
@@ -109,6 +110,7 @@ class AsyncConversationCodec:
         io: FileIO | None = None,
         storage: StorageOpener | None = None,
         search_index: bool = False,
+        index_cache: IndexCache | None = None,
     ) -> AsyncConversationCodec:
         """Open a log as ``ConversationCodec(...)`` with the same arguments would."""
         codec = await run_in_thread(
@@ -126,6 +128,7 @@ class AsyncConversationCodec:
             attachments=attachments,
             storage=storage,
             search_index=search_index,
+            index_cache=index_cache,
             **({} if io is None else {"io": io}),
         )
         return cls(codec, executor=executor)

@@ -23,6 +23,7 @@ from typing import Any
 from ._fsio import FileIO
 from .crypto import RecordKey
 from .errors import LogReplacedError
+from .index_cache import IndexCache
 from .keyword_index import (
     BLOCK,
     BLOCK_SHIFT,
@@ -101,17 +102,26 @@ class IndexBuilder:
 
 class KeywordIndexer:
     """The keyword index of the log in ``log`` at ``path`` (read through ``reader``);
-    ``wanted``: the codec was opened with ``search_index=True``. Every method but
-    ``search`` expects the log's lock held."""
+    ``wanted``: the codec was opened with ``search_index=True``; ``cache``: where states
+    are handed back on ``release()`` and looked for before reading the sidecar. Every
+    method but ``search`` expects the log's lock held."""
 
     def __init__(
-        self, log: LogStorage, reader: LogReader, path: Path | None, io: FileIO, *, wanted: bool
+        self,
+        log: LogStorage,
+        reader: LogReader,
+        path: Path | None,
+        io: FileIO,
+        *,
+        wanted: bool,
+        cache: IndexCache | None = None,
     ) -> None:
         self._log = log
         self._reader = reader
         self._path = None if path is None else os.fspath(path)
         self._io = io
         self.wanted = wanted
+        self._cache = cache
         self._state: KwiState | None = None
         self._keys: tuple[bytes, Tokenizer, RecordKey] | None = None  # for one log_id
         self._pending = PendingIndex()  # appended messages not yet in P.kwi
@@ -144,6 +154,8 @@ class KeywordIndexer:
         if keys is None or fmt is None or self._path is None:
             return None
         state = self._state
+        if (state is None or state.log_id != fmt.log_id) and self._cache is not None:
+            state = self._state = self._cache.take(self._path, fmt.log_id)
         if state is not None and state.log_id == fmt.log_id:
             if not self._pending and kwi.more(self._path, keys[1], state):
                 return state
@@ -328,6 +340,13 @@ class KeywordIndexer:
         kwi.write_all_segments(self._path, self._io, fmt.log_id, [frame])
         self._state = kwi.written(self._path, fmt.log_id, segment, postings, len(frame))
         self._validated = None if self._state is None else self._memo(self._state)
+
+    def release(self) -> None:
+        """Hand the state to the cache, if any (the codec closes): one that is exactly the
+        file's, never postings held in memory only."""
+        state, self._state, cache = self._state, None, self._cache
+        if cache is not None and self._path and state and not self._pending:
+            cache.put(self._path, state)  # (a state with no pending postings has its tag)
 
     def remove(self) -> None:
         """Delete the sidecar (the log was deleted, or a rewrite without the index)."""
