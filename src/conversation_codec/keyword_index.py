@@ -340,7 +340,7 @@ def block_entries(blocks: list[tuple[int, set[bytes]]]) -> list[bytes]:
 
     An append's segment spans two or three blocks: the tokens are split by the blocks
     holding them with set operations (at most 2^k - 1 groups for k blocks) and each group
-    shares one encoded tail, so nothing loops over tokens in Python but the final joins.
+    shares one encoded tail: the one Python loop over tokens makes the entries' bytes.
     """
     if len(blocks) > 4:  # a catch-up or a batch: the groups could number in the tokens
         lists: dict[bytes, list[int]] = {}
