@@ -18,7 +18,7 @@ import pytest
 from tests._writer import subprocess_env
 from tests.conftest import KEY, OTHER_KEY
 
-from conversation_codec import ConversationStore
+from conversation_codec import ConversationCodec, ConversationStore
 from conversation_codec.index_cache import IndexCache
 
 WORDS = ["alpha", "zanzibar", "quokka", "mango", "ferry"]
@@ -29,7 +29,7 @@ CHILD = """
 import json, os, sys
 from conversation_codec import ConversationCodec, ConversationStore
 keys = [os.environ["CC_TEST_KEY"], os.environ["CC_OTHER_KEY"]]
-store = ConversationStore(sys.argv[1], encryption_key=keys)
+store = ConversationStore(sys.argv[1], encryption_key=keys, durability="flush")
 for line in sys.stdin:
     cid, op, *args = json.loads(line)
     with store.open(cid) as c:
@@ -67,13 +67,17 @@ def _msg(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
 
 
-def _expected(store: ConversationStore, word: str) -> list[tuple[str, int]]:
-    """The hits a scan finds: every message whose text holds ``word`` (case-folded)."""
-    out = []
+def _expected(store: ConversationStore, *words: str) -> list[list[tuple[str, int]]]:
+    """The hits a scan finds for each word: every message whose text holds it (folded)."""
+    texts: list[tuple[str, int, str]] = []
     for cid in store.ids():
         with store.open(cid) as c:
-            out += [(cid, seq) for seq, m in enumerate(c.load()) if word in m["content"].casefold()]
-    return sorted(out)
+            texts += [(cid, seq, m["content"].casefold()) for seq, m in enumerate(c.load())]
+    return [sorted((cid, seq) for cid, seq, text in texts if word in text) for word in words]
+
+
+def _check(store: ConversationStore, words: list[str], why: object = None) -> None:
+    assert [_found(store, word) for word in words] == _expected(store, *words), why
 
 
 def _found(store: ConversationStore, word: str) -> list[tuple[str, int]]:
@@ -91,23 +95,32 @@ def test_a_second_store_search_decrypts_no_unchanged_sidecar(tmp_path: Path) -> 
     store = ConversationStore(tmp_path, encryption_key=KEY, search_index=True, index_cache=cache)
     _fill(store, ["a", "b", "c"])
     first = _found(store, "zanzibar")
-    assert first == _expected(store, "zanzibar") and first
+    assert first == _expected(store, "zanzibar")[0] and first
     hits, misses = cache.hits, cache.misses
     assert _found(store, "zanzibar") == first
-    assert _found(store, "quokka") == _expected(store, "quokka")
+    assert _found(store, "quokka") == _expected(store, "quokka")[0]
     assert (cache.hits - hits, cache.misses - misses) == (6, 0)  # 3 conversations x 2
+    # A writer outside the store (no cache) writes a segment: b's cached index is stale.
+    with ConversationCodec(store.path("b"), encryption_key=KEY, context="b") as c:
+        c.extend([_msg("a new zanzibar")] + [_msg(f"more {i}") for i in range(40)])
+    misses = cache.misses
+    assert _found(store, "zanzibar") == _expected(store, "zanzibar")[0]
+    assert cache.misses - misses == 1
+    # A turn through the store hands back what it leaves in the file: nothing is stale.
     with store.open("b") as c:
-        c.append(_msg("a new zanzibar"))
-    hits, misses = cache.hits, cache.misses
-    assert _found(store, "zanzibar") == _expected(store, "zanzibar")
-    assert cache.misses - misses >= 1  # b's sidecar is not the one cached
+        c.extend([_msg("zanzibar again")] + [_msg(f"again {i}") for i in range(40)])
+    misses = cache.misses
+    assert _found(store, "zanzibar") == _expected(store, "zanzibar")[0]
+    assert cache.misses == misses
     assert repr(cache).startswith("<IndexCache 3 indexes")
 
 
 def test_changes_by_another_process_between_store_searches(tmp_path: Path) -> None:
     cache = IndexCache()
     keys = [KEY, OTHER_KEY]
-    store = ConversationStore(tmp_path, encryption_key=keys, search_index=True, index_cache=cache)
+    store = ConversationStore(
+        tmp_path, encryption_key=keys, search_index=True, index_cache=cache, durability="flush"
+    )
     ids = ["a", "b", "c", "d"]
     _fill(store, ids)
     env = subprocess_env(KEY)
@@ -120,15 +133,13 @@ def test_changes_by_another_process_between_store_searches(tmp_path: Path) -> No
         text=True,
     ) as child:
         assert child.stdin is not None and child.stdout is not None
-        for word in WORDS:
-            assert _found(store, word) == _expected(store, word)
+        _check(store, WORDS)
         for step, stale in STEPS:
             child.stdin.write(json.dumps(step) + "\n")
             child.stdin.flush()
             assert child.stdout.readline().strip() == "ok", step
             misses = cache.misses
-            for word in WORDS:
-                assert _found(store, word) == _expected(store, word), (step, word)
+            _check(store, WORDS, step)
             assert cache.misses - misses == stale, step
         child.stdin.close()
         assert child.wait(timeout=60) == 0
@@ -140,11 +151,28 @@ def test_the_cache_keeps_at_most_max_bytes(tmp_path: Path, max_bytes: int) -> No
     store = ConversationStore(tmp_path, encryption_key=KEY, search_index=True, index_cache=cache)
     ids = [f"c{i}" for i in range(6)]
     _fill(store, ids)
-    assert _found(store, "ferry") == _expected(store, "ferry")
+    assert _found(store, "ferry") == _expected(store, "ferry")[0]
     assert cache.nbytes <= max_bytes
     assert len(cache) == (0 if max_bytes == 0 else 6 if max_bytes > 10**6 else len(cache))
     if max_bytes == 5_000:
         assert 0 < len(cache) < 6  # the least recently used went first
-        assert _found(store, "ferry") == _expected(store, "ferry")
+        assert _found(store, "ferry") == _expected(store, "ferry")[0]
     with pytest.raises(ValueError, match="max_bytes"):
         IndexCache(max_bytes=-1)
+
+
+def test_a_writer_turn_leaves_the_file_s_index_for_the_next(tmp_path: Path) -> None:
+    """Open, append, close, as an agent's turn does: the postings of the new message stay
+    in the writer's memory (fewer than 32), the file's are handed back, and the next turn
+    takes them instead of decrypting the sidecar; searches stay exact throughout."""
+    cache = IndexCache()
+    store = ConversationStore(tmp_path, encryption_key=KEY, search_index=True, index_cache=cache)
+    _fill(store, ["a"])
+    assert _found(store, "ferry") == _expected(store, "ferry")[0]
+    for i in range(40):  # crosses a segment write (32 held messages)
+        hits = cache.hits
+        with store.open("a") as c:
+            c.append(_msg(f"turn {i} " + ("zanzibar" if i % 3 else "ferry")))
+        assert cache.hits == hits + 1, i
+        if i % 7 == 0:
+            _check(store, ["zanzibar", "ferry", "turn"], i)

@@ -220,7 +220,7 @@ class KeywordIndexer:
                 return
             pending = self._pending
             if not pending:
-                pending = self._pending = PendingIndex(state.covered)
+                pending = self._pending = PendingIndex(state.covered, state.tag)
             for seq, message, _ in self._reader.decoded(state.covered, first):  # a lagging file
                 pending.add(seq, message)
         for i, message in enumerate(messages):
@@ -342,11 +342,16 @@ class KeywordIndexer:
         self._validated = None if self._state is None else self._memo(self._state)
 
     def release(self) -> None:
-        """Hand the state to the cache, if any (the codec closes): one that is exactly the
-        file's, never postings held in memory only."""
-        state, self._state, cache = self._state, None, self._cache
-        if cache is not None and self._path and state and not self._pending:
-            cache.put(self._path, state)  # (a state with no pending postings has its tag)
+        """Hand the state to the cache, if any (the codec closes): the file's postings,
+        never ones held in memory only (appended messages not folded in are dropped)."""
+        state, pending, cache = self._state, self._pending, self._cache
+        self._state = None
+        if cache is None or self._path is None or state is None or pending.folded:
+            return
+        if pending:
+            state.covered, state.tag = pending.lo, pending.tag  # as the file holds it
+        if state.tag != _UNREAD:
+            cache.put(self._path, state)
 
     def remove(self) -> None:
         """Delete the sidecar (the log was deleted, or a rewrite without the index)."""
