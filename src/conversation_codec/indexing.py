@@ -204,7 +204,7 @@ class KeywordIndexer:
         indexes them again (reading only those).
         """
         keys = self.keys()
-        if keys is None or not self.active() or self._path is None:
+        if keys is None or self._path is None or not (self.wanted or self.present()):
             return
         state, pending = self._state, self._pending
         fast = pending and state is not None and state.covered == first and self._fresh(state)
