@@ -66,7 +66,7 @@ def _appends(folder: Path, key: str, messages: list[dict[str, Any]], count: int)
     base, window = messages[:5000], messages[5000 : 5000 + count]
     for durability in ("flush", "fsync"):
         n = len(window) if durability == "flush" else max(1, len(window) // 4)
-        for index in (False, True, False, True):  # interleaved: the machine drifts
+        for index in (False, True) * 3:  # interleaved: the machine drifts
             path = folder / f"append-{durability}-{index}-{time.monotonic_ns()}.log"
             with ConversationCodec(
                 path, encryption_key=key, search_index=index, durability=durability
