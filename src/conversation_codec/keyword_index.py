@@ -56,8 +56,8 @@ GRAM = 3  # characters per gram
 # trigram, ``(?=(\w{3}))``, was 4x slower: a regex step per character of the text.)
 _WORDS = re.compile(rf"\w{{{GRAM},}}")
 _CACHE_MAX = 1 << 18  # grams whose token is remembered (memory only)
-_WORD_CACHE_MAX = 1 << 15  # words whose tokens are remembered (memory only)
-_WORD_CACHE_LEN = 24  # longer words (ids, hashes: rarely repeated) are not remembered
+_WORD_CACHE_MAX = 1 << 14  # words whose tokens are remembered (memory only: ~5 MB)
+_WORD_CACHE_LEN = 16  # longer words (ids, hashes: rarely repeated) are not remembered
 
 
 def _word_grams(word: str) -> set[str]:
