@@ -17,7 +17,7 @@ from collections.abc import Callable
 from ...crypto import RecordKey
 from ...keyword_index import Postings
 from ..file.kwi import KwiState, Segment, read_frames
-from ..postings import ChainMoved
+from ..postings import ChainMoved, Identity
 from .backend import Connection, PostgresBackend
 from .queries import Row, append_segment, read_segments, remove_segments, replace_segments
 
@@ -41,6 +41,11 @@ class PostgresSegments:
         self._where = f"the keyword index of conversation {conversation_id!r}"
         self._staged: tuple[int, int, bytes] | None = None  # offered for the next append
         self._done: tuple[bytes, tuple[int, int] | None] | None = None  # frame, as written
+
+    name = None  # the state a codec holds is read on (epoch, kwi): no cache across reopens
+
+    def identity(self, state: KwiState | None = None) -> Identity | None:
+        return None
 
     def exists(self) -> bool:
         return self._session(False)[1].kwi > 0
