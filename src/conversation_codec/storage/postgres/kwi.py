@@ -33,6 +33,7 @@ class PostgresSegments:
     and written on the log's own transaction (``session``)."""
 
     exact = True
+    name = None  # a codec's state is read again on (epoch, kwi): none kept across reopens
 
     def __init__(self, backend: PostgresBackend, conversation_id: str, session: Session) -> None:
         self._backend = backend
@@ -41,8 +42,6 @@ class PostgresSegments:
         self._where = f"the keyword index of conversation {conversation_id!r}"
         self._staged: tuple[int, int, bytes] | None = None  # offered for the next append
         self._done: tuple[bytes, tuple[int, int] | None] | None = None  # frame, as written
-
-    name = None  # the state a codec holds is read on (epoch, kwi): no cache across reopens
 
     def identity(self, state: KwiState | None = None) -> Identity | None:
         return None
