@@ -11,7 +11,10 @@ messages), side by side:
 * one append at a time (durability "flush" and "fsync"), index on vs off, median and mean
   (the mean includes the index's periodic merges);
 * bytes of the index vs the log: as appended in 1,000-message batches, after a window of
-  single appends, and after ``compact()``.
+  single appends, and after ``compact()``;
+* ``ConversationStore.search`` of the rare word over indexed conversations, each search
+  after the first, with the store's ``IndexCache`` (unchanged indexes are not decrypted
+  again) and with a cache of 0 bytes (every reopen decrypts its conversation's index).
 
 Run: ``python -m benchmarks.bench_search_index [--messages N] [--quick]``; results go to
 ``benchmarks/results/search_index.{json,md}`` with the commit and the machine.
@@ -43,7 +46,8 @@ from cryptography.fernet import Fernet
 
 from benchmarks._machine import describe
 from benchmarks._workload import DEFAULT_CORPUS, SEARCH_KEYWORD, load_corpus
-from conversation_codec import ConversationCodec, generate_key
+from conversation_codec import ConversationCodec, ConversationStore, generate_key
+from conversation_codec.index_cache import IndexCache
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMON_WORD = "the"
@@ -72,7 +76,7 @@ def _appends(folder: Path, key: str, messages: list[dict[str, Any]], count: int)
     base, window = messages[:5000], messages[5000 : 5000 + count]
     for durability in ("flush", "fsync"):
         n = len(window) if durability == "flush" else max(1, len(window) // 4)
-        for index in (False, True, False, True):  # interleaved: the machine drifts
+        for index in (False, True) * 3:  # interleaved: the machine drifts
             path = folder / f"append-{durability}-{index}-{time.monotonic_ns()}.log"
             with ConversationCodec(
                 path, encryption_key=key, search_index=index, durability=durability
@@ -96,6 +100,36 @@ def _appends(folder: Path, key: str, messages: list[dict[str, Any]], count: int)
         summary[f"{durability}_ratio_median"] = on["median_us"] / off["median_us"]
         summary[f"{durability}_ratio_mean"] = on["mean_us"] / off["mean_us"]
     return summary
+
+
+def _store_search(
+    folder: Path, key: str, messages: list[dict[str, Any]], conversations: int, reps: int
+) -> dict[str, Any]:
+    """Median store-wide rare-word search, the store's index cache on vs 0 bytes, interleaved."""
+    root = folder / "store"
+    stores = {
+        "cached": ConversationStore(root, encryption_key=key, search_index=True),
+        "uncached": ConversationStore(
+            root, encryption_key=key, search_index=True, index_cache=IndexCache(max_bytes=0)
+        ),
+    }
+    per = len(messages) // conversations
+    for i in range(conversations):
+        with stores["cached"].open(f"c{i:03d}") as codec:
+            codec.extend(messages[i * per : (i + 1) * per])
+    times: dict[str, list[float]] = {"cached": [], "uncached": []}
+    hits: dict[str, int] = {}
+    for _ in range(reps + 1):
+        for name, store in stores.items():
+            start = time.perf_counter()
+            hits[name] = len(list(store.search(SEARCH_KEYWORD)))
+            times[name].append(time.perf_counter() - start)
+    assert hits["cached"] == hits["uncached"]
+    out: dict[str, Any] = {"conversations": conversations, "messages_each": per}
+    out["hits"] = hits["cached"]
+    for name, runs in times.items():
+        out[f"{name}_ms"] = statistics.median(runs[1:]) * 1000  # after the first search
+    return out
 
 
 def _peer_search(folder: Path, messages: list[dict[str, Any]], reps: int) -> float | str:
@@ -164,15 +198,19 @@ def run(count: int, quick: bool) -> dict[str, Any]:
         rare["peer_encrypted_session_ms"] = _peer_search(folder, messages, max(3, reps // 5))
         result.update(rare_word=rare, common_word_limit20_newest=common, index_size=sizes)
         result["append"] = _appends(folder, key, corpus.take(0, 7000), 200 if quick else 1000)
+        result["store_search"] = _store_search(
+            folder, key, corpus.take(0, 4000 if quick else 20_000), 20, reps
+        )
     return result
 
 
 def render(r: dict[str, Any]) -> str:
-    rare, common, size, app = (
+    rare, common, size, app, st = (
         r["rare_word"],
         r["common_word_limit20_newest"],
         r["index_size"],
         r["append"],
+        r["store_search"],
     )
     peer = rare["peer_encrypted_session_ms"]
     peer_cell = f"{peer:.1f} ms" if isinstance(peer, float) else str(peer)
@@ -208,6 +246,12 @@ def render(r: dict[str, Any]) -> str:
             f"Index size / log size: {size['batched']:.2f} as built in 1,000-message batches, "
             f"{size['after_single_appends']:.2f} after single appends, "
             f"{size['after_compact']:.2f} after compact().",
+            "",
+            f"ConversationStore.search(`{SEARCH_KEYWORD}`) over {st['conversations']} indexed "
+            f"conversations of {st['messages_each']:,} messages ({st['hits']} hits), median "
+            f"of the searches after the first: {st['cached_ms']:.1f} ms with the store's "
+            f"index cache, {st['uncached_ms']:.1f} ms decrypting every index on each reopen "
+            f"({st['uncached_ms'] / st['cached_ms']:.1f}x).",
             "",
         ]
     )

@@ -31,7 +31,9 @@ from tests.conftest import KEY, OTHER_KEY
 from tests.test_keyword_index import WORDS, op_st, query_st
 
 from conversation_codec import ConversationCodec, ConversationStore, indexing
+from conversation_codec.index_cache import IndexCache
 from conversation_codec.maintenance.copy import copy_conversations
+from conversation_codec.storage import backend_for
 from conversation_codec.storage.postgres import SCHEMA_VERSION, ensure_schema
 
 pytestmark = pytest.mark.postgres
@@ -539,3 +541,36 @@ def test_change_password_re_keys_the_index(postgres_url: str) -> None:
         assert not {f for _, _, f in before[2]} & {f for _, _, f in after[2]}
         assert [h.seq for h in c.search('"lemur 13"')] == [13]
         assert c.verify().problems == ()
+
+
+def test_an_index_cache_keeps_no_database_index(postgres_url: str) -> None:
+    """A codec on a database conversation given an ``IndexCache`` hands it nothing (the
+    index is rows, read again on ``(epoch, kwi)``: no file identity to vouch for a copy),
+    and each reopen answers as the records say after appends, a pop and a rewrite."""
+    cid, cache = _id(), IndexCache()
+    store = ConversationStore(postgres_url, encryption_key=KEY, search_index=True)
+
+    def reopen() -> ConversationCodec:
+        where, storage = backend_for(postgres_url).locate(cid)
+        return ConversationCodec(
+            where, storage=storage, encryption_key=KEY, context=cid, index_cache=cache
+        )
+
+    with reopen() as c:
+        c.extend([_msg(f"heron {i}") for i in range(40)])
+    changes = [
+        lambda c: c.extend([_msg("heron 3 again")] + [_msg(f"egret {i}") for i in range(40)]),
+        lambda c: c.pop(),
+        lambda c: c.append(_msg("heron 3 last")),
+        lambda c: c.compact(),
+    ]
+    for change in changes:
+        with reopen() as c:
+            hits = [h.seq for h in c.search('"heron 3"')]
+            assert hits == [i for i, m in enumerate(c.load()) if "heron 3" in m["content"]]
+        with store.open(cid) as c:
+            change(c)
+    with reopen() as c:
+        assert [h.seq for h in c.search('"heron 3 last"')] == [len(c) - 1]
+        assert c.verify().problems == ()
+    assert (len(cache), cache.hits, cache.misses) == (0, 0, 0)

@@ -534,8 +534,9 @@ def test_list_is_a_deprecated_alias_of_infos(tmp_path: Path) -> None:
 def test_every_codec_option_is_accepted_by_the_store_the_async_api_and_the_sessions() -> None:
     """The options of ConversationCodec are accepted by each way of opening a conversation
     (issue 13: the store, the async API and the sessions used to drop password,
-    max_messages and attachments). ``context`` and ``storage`` are the store's: the
-    conversation id, and the backend its root names."""
+    max_messages and attachments). ``context``, ``storage`` and ``index_cache`` are the
+    store's: the conversation id, the backend its root names, and the cache it shares
+    among the codecs it opens."""
     import inspect
 
     from conversation_codec.aio import AsyncConversationCodec, AsyncConversationStore
@@ -554,7 +555,8 @@ def test_every_codec_option_is_accepted_by_the_store_the_async_api_and_the_sessi
         (CodecSession.__init__, True),
         (CodecChatMessageHistory.__init__, True),
     ]:
-        missing = options - names(opener) - ({"context", "storage"} if own_context else set())
+        owned = {"context", "storage", "index_cache"} if own_context else set()
+        missing = options - names(opener) - owned
         assert not missing, f"{opener.__qualname__} lacks {sorted(missing)}"
 
 

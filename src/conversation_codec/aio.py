@@ -38,6 +38,7 @@ from ._fsio import FileIO
 from .aio_threads import Progress, deferred, on_loop, run_in_thread, stream_in_threads
 from .codec import ConversationCodec, LogInfo, Message, TimeInput, TimestampInput
 from .crypto import KeyInput
+from .index_cache import IndexCache
 from .maintenance.compact import CompactionReport
 from .maintenance.pack import PackReport
 from .maintenance.transfer import ImportReport
@@ -81,6 +82,7 @@ class AsyncConversationCodec:
         io: FileIO | None = None,
         storage: StorageOpener | None = None,
         search_index: bool = False,
+        index_cache: IndexCache | None = None,
     ) -> AsyncConversationCodec:
         """Open a log as ``ConversationCodec(...)`` with the same arguments would."""
         codec = await run_in_thread(
@@ -98,6 +100,7 @@ class AsyncConversationCodec:
             attachments=attachments,
             storage=storage,
             search_index=search_index,
+            index_cache=index_cache,
             **({} if io is None else {"io": io}),
         )
         return cls(codec, executor=executor)

@@ -76,6 +76,9 @@ class ConversationCodec(Maintenance, ChatFormats):
         has one, every writer keeps it, with or without this option; ``reindex()`` builds it
         at once (else the first append does). Regex queries and words shorter than three
         letters are still answered by the scan; results are the scan's in every case.
+    :param index_cache: an ``index_cache.IndexCache`` that codecs share: one closing hands
+        its decrypted keyword index back, the next one opening the same unchanged log takes
+        it instead of decrypting the sidecar (``ConversationStore`` passes its own).
     :param storage: instead of a file: opens the log's ``LogStorage`` given the codec's
         header reader (``storage.base.StorageOpener``); ``path`` then only names the log in
         messages. ``ConversationStore`` passes it for a database root.

@@ -23,6 +23,7 @@ from .crypto import KeyInput, Keyring
 from .encoding import MessageEncoder
 from .errors import ClosedError, ConversationCodecError, StorageError
 from .format.header import context_digest
+from .index_cache import IndexCache
 from .indexing import KeywordIndexer
 from .maintenance.compact import Compactor
 from .options import AttachmentMode, CodecOptions, Durability
@@ -64,6 +65,7 @@ class CodecCore:
         io: FileIO = DEFAULT_IO,
         storage: StorageOpener | None = None,
         search_index: bool = False,
+        index_cache: IndexCache | None = None,
     ) -> None:
         self._options = CodecOptions(
             durability=cast(Durability, durability),
@@ -119,7 +121,7 @@ class CodecCore:
             )
         self._reader = LogReader(self._log, self._name)
         self._writer = LogWriter(self._log, self._reader, self._secrets, clock)
-        self._kwi = KeywordIndexer(self._log, self._reader, wanted=search_index)
+        self._kwi = KeywordIndexer(self._log, self._reader, wanted=search_index, cache=index_cache)
         self._compactor = Compactor(
             self._log, self._reader, self._secrets, self._encoder, self._kwi
         )
@@ -236,6 +238,8 @@ class CodecCore:
         """Release file descriptors; further calls raise ``ClosedError``."""
         if not self._closed:
             self._closed = True
+            with contextlib.suppress(OSError):  # the cache is an optimisation
+                self._kwi.release()
             self._log.close()
 
     def __enter__(self: _Core) -> _Core:

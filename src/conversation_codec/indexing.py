@@ -23,14 +23,15 @@ from typing import Any
 
 from .crypto import RecordKey
 from .errors import LogReplacedError
+from .index_cache import IndexCache
 from .keyword_builder import IndexBuilder, candidate_ranges, joined
 from .keyword_index import (
     BLOCK,
     BLOCK_SHIFT,
+    PendingIndex,
     Postings,
     Tokenizer,
-    encode_blocks,
-    message_grams,
+    block_entries,
     query_grams,
 )
 from .reading import READ_BATCH, LogReader
@@ -54,6 +55,7 @@ MERGE_MIN_BYTES = 64 * 1024
 # the first cover more messages than it, and this many at least (or number MERGE_SEGMENTS).
 MERGE_MIN_MESSAGES = 1024
 _NO_TAG = bytes(TAG_BYTES)
+_UNREAD = b""  # KwiState.tag of postings held in memory whose record tag is not read yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +71,23 @@ class KwiCheck:
 class KeywordIndexer:
     """The keyword index of the log in ``log`` (read through ``reader``), kept where the
     storage says (``log.keyword_index()``); ``wanted``: the codec was opened with
-    ``search_index=True``. Every method but ``search`` expects the log's lock held."""
+    ``search_index=True``; ``cache``: where states are handed back on ``release()`` and
+    looked for before reading the index (a store that names it: the sidecar). Every method
+    but ``search`` expects the log's lock held."""
 
-    def __init__(self, log: LogStorage, reader: LogReader, *, wanted: bool) -> None:
+    def __init__(
+        self, log: LogStorage, reader: LogReader, *, wanted: bool, cache: IndexCache | None = None
+    ) -> None:
         self._log = log
         self._reader = reader
         self._store = log.keyword_index()
         self.wanted = wanted
+        self._cache = cache
         self._state: KwiState | None = None
         self._keys: tuple[bytes, Tokenizer, RecordKey] | None = None  # for one log_id
-        self._pending: dict[bytes, list[int]] = {}  # postings not yet in P.kwi
-        self._pending_lo = 0  # the first seq they cover
+        self._pending = PendingIndex()  # appended messages not yet in P.kwi (a file)
         # An exact store's segment of the append under way: (blocks, segment, frame).
-        self._staged: tuple[dict[bytes, list[int]], Segment, bytes] | None = None
+        self._staged: tuple[list[tuple[int, set[bytes]]], Segment, bytes] | None = None
         # (log_id, covered, lock inode, truncations) when the tag last matched: until a
         # writer truncates or rewrites, the records the index covers cannot change.
         self._validated: tuple[bytes, int, int, int] | None = None
@@ -111,12 +117,15 @@ class KeywordIndexer:
         if keys is None or fmt is None or store is None:
             return None
         state = self._state
+        if (state is None or state.log_id != fmt.log_id) and self._cache is not None:
+            state = self._state = self._cache.take(store, fmt.log_id)
         if state is not None and state.log_id == fmt.log_id:
             if not self._pending and store.more(keys[1], state):
                 return state
             if self._pending and store.unchanged(state):
+                self._pending.fold(state.postings, keys[0])
                 return state  # postings in memory beyond the file, which no one changed
-        self._pending = {}  # another writer came by: it indexed them, or we catch up
+        self._pending = PendingIndex()  # another writer came by: it indexed them, or we catch up
         self._state = state = store.load(fmt.log_id, keys[1])
         return state
 
@@ -157,7 +166,8 @@ class KeywordIndexer:
     def appended(self, first: int, messages: list[Message]) -> None:
         """Index the messages just appended at ``first``.
 
-        Their postings join the in-memory index at once and reach ``P.kwi`` as one segment
+        Their words are held in memory (tokenized per block when a search or the write
+        needs them) and reach ``P.kwi`` as one segment
         per ``FLUSH_MESSAGES`` appended messages (§17.5): a write per append would double
         an fsync-durable append's cost (ext4 commits the sidecar's new blocks with the
         log's). Postings not yet written are lost with the process, which costs nothing
@@ -165,41 +175,36 @@ class KeywordIndexer:
         indexes them again (reading only those).
         """
         keys = self.keys()
-        if keys is None or not self.active():
+        if keys is None or not (self.wanted or self.present()):
             return
         if self._exact():
             self._append_exact(first, messages, *keys)
             return
-        state = self.current()
-        if state is None or not state.segments or not self.usable(state) or state.covered > first:
-            self.rebuild()  # none yet, not this log's, or for records a pop took back
-            return
-        lo, hi = state.covered, first + len(messages)
-        if not self._pending:
-            self._pending_lo = lo
-        if lo == first and first >> BLOCK_SHIFT == (hi - 1) >> BLOCK_SHIFT:
-            tokenize = keys[0].token  # the usual append: one block, nothing to catch up
-            grams = set().union(*(message_grams(m) for m in messages))
-            tokens = {tokenize(g) for g in grams}
-            state.postings.add_block(tokens, first >> BLOCK_SHIFT, self._pending)
-        else:
-            builder = IndexBuilder(keys[0])
-            for seq, message, _ in self._reader.decoded(lo, first):  # a lagging file
-                builder.add(seq, message)
-            for i, message in enumerate(messages):
-                builder.add(first + i, message)
-            blocks = builder.blocks()
-            state.postings.add_blocks(blocks)
-            for token, found in blocks.items():
-                pending = self._pending.get(token)
-                if pending is None:
-                    self._pending[token] = list(found)
-                else:
-                    pending.extend(found[1:] if found[0] == pending[-1] else found)
-        state.covered, state.tag = hi, self._tag(hi)
+        state, pending = self._state, self._pending
+        fast = pending and state is not None and state.covered == first and self._fresh(state)
+        if not fast or state is None:
+            state = self.current()  # the usual append skips this stat: no writer came by
+            if (
+                state is None
+                or not state.segments
+                or not self.usable(state)
+                or state.covered > first
+            ):
+                self.rebuild()  # none yet, not this log's, or for records a pop took back
+                return
+            pending = self._pending
+            if not pending:
+                pending = self._pending = PendingIndex(state.covered, state.tag)
+            for seq, message, _ in self._reader.decoded(state.covered, first):  # a lagging file
+                pending.add(seq, message)
+        for i, message in enumerate(messages):
+            pending.add(first + i, message)
+        # The tag is read when the postings are written (by flush, in this same lock hold),
+        # not per append: _fresh() vouches for the records meanwhile, as usable() does.
+        state.covered, state.tag = first + len(messages), _UNREAD
         self._validated = self._memo(state)
-        if hi - self._pending_lo >= FLUSH_MESSAGES:
-            self.flush()
+        if pending.hi - pending.lo >= FLUSH_MESSAGES:
+            self.flush(checked=not fast)
 
     def appending(self, first: int, messages: list[Message]) -> None:
         """Offer an exact store the segment of the messages about to be appended at
@@ -215,13 +220,14 @@ class KeywordIndexer:
 
     def _segment(
         self, first: int, messages: list[Message], tokens: Tokenizer, key: RecordKey
-    ) -> tuple[dict[bytes, list[int]], Segment, bytes]:
-        """The blocks, segment and sealed frame of ``messages`` appended at ``first``."""
-        builder = IndexBuilder(tokens)
+    ) -> tuple[list[tuple[int, set[bytes]]], Segment, bytes]:
+        """The tokens of each block, segment and sealed frame of ``messages`` appended at
+        ``first`` (words gathered per block and tokenized once, as a file's held ones)."""
+        words = PendingIndex(first)
         for i, message in enumerate(messages):
-            builder.add(first + i, message)
-        blocks, segment = builder.blocks(), Segment(first, first + len(messages), _NO_TAG)
-        return blocks, segment, kwi.encode_segment(key, segment, encode_blocks(blocks))
+            words.add(first + i, message)
+        blocks, segment = words.tokens(tokens), Segment(first, first + len(messages), _NO_TAG)
+        return blocks, segment, kwi.encode_segment(key, segment, block_entries(blocks))
 
     def _append_exact(
         self, first: int, messages: list[Message], tokens: Tokenizer, key: RecordKey
@@ -247,7 +253,8 @@ class KeywordIndexer:
         log_id = None if fmt is None else fmt.log_id
         # A state held in memory grows with it, unless another writer's segments come first.
         if state is not None and state.log_id == log_id and state.covered == first:
-            state.postings.add_blocks(blocks)
+            for block, found in blocks:  # none before the last block the state holds
+                state.postings.add_tokens(found, block)
             state.covered, state.size = hi, state.size + len(frame)
             state.segments += 1
         if counted is not None:
@@ -261,16 +268,32 @@ class KeywordIndexer:
 
     def _forget(self) -> None:
         """Drop what is held in memory (the transaction that wrote it rolled back)."""
-        self._state, self._pending, self._validated = None, {}, None
+        self._state, self._pending, self._validated = None, PendingIndex(), None
 
-    def flush(self) -> None:
-        """Write the postings held in memory to ``P.kwi`` (one segment, or a merge)."""
-        state, keys = self._state, self.keys()
-        if not self._pending or state is None or keys is None or self._store is None:
+    def _fresh(self, state: KwiState) -> bool:
+        """Whether no writer truncated or rewrote the log since ``state`` was validated."""
+        memo = self._memo(state)
+        return memo is not None and memo == self._validated
+
+    def flush(self, *, checked: bool = False) -> None:
+        """Write the postings held in memory to ``P.kwi`` (one segment, or a merge).
+
+        Only right after an append, in its lock hold (``checked``: after ``current()``); a
+        file that another writer changed meanwhile is left alone (the next append reads
+        it and catches up)."""
+        state, keys, pending = self._state, self.keys(), self._pending
+        if not pending or state is None or keys is None or self._store is None:
             return
-        segment = Segment(self._pending_lo, state.covered, state.tag)
-        frame = kwi.encode_segment(keys[1], segment, encode_blocks(self._pending))
-        self._pending = {}
+        self._pending = PendingIndex()
+        if not self._fresh(state) or not (checked or self._store.unchanged(state)):
+            self._state = None
+            return
+        if state.tag == _UNREAD:
+            state.tag = self._tag(state.covered)
+        blocks = pending.tokens(keys[0])
+        pending.fold(state.postings, keys[0])
+        segment = Segment(pending.lo, state.covered, state.tag)
+        frame = kwi.encode_segment(keys[1], segment, block_entries(blocks))
         tail = state.size + len(frame) - state.first_size
         try:
             if state.segments >= MERGE_SEGMENTS or tail > max(state.first_size, MERGE_MIN_BYTES):
@@ -355,17 +378,29 @@ class KeywordIndexer:
             tag = self._tag(count)
         segment = Segment(0, count, tag)
         frame = kwi.encode_segment(keys[1], segment, postings.encode())
-        self._state, self._pending = None, {}
+        self._state, self._pending = None, PendingIndex()
         if store.exact:
             self._log.on_rollback(self._forget)
         self._state = store.replace(fmt.log_id, frame, segment, postings)
         self._validated = None if self._state is None else self._memo(self._state)
 
+    def release(self) -> None:
+        """Hand the state to the cache, if any (the codec closes): the file's postings,
+        never ones held in memory only (appended messages not folded in are dropped)."""
+        state, pending, cache = self._state, self._pending, self._cache
+        self._state = None
+        if cache is None or self._store is None or state is None or pending.folded:
+            return
+        if pending:
+            state.covered, state.tag = pending.lo, pending.tag  # as the file holds it
+        if state.tag != _UNREAD:
+            cache.put(self._store, state)
+
     def remove(self) -> None:
         """Delete the index (the log was deleted, or a rewrite without the index)."""
         if self._store is not None:
             self._store.remove()
-        self._state, self._pending = None, {}
+        self._state, self._pending = None, PendingIndex()
 
     def check(self) -> KwiCheck:
         """Compare the index with one rebuilt from the log (``verify``)."""

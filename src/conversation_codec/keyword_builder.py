@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .keyword_index import BLOCK, BLOCK_SHIFT, Postings, Tokenizer, message_grams
+from .keyword_index import BLOCK, BLOCK_SHIFT, Postings, Tokenizer, message_words
 
 __all__ = ["IndexBuilder", "candidate_ranges", "joined"]
 
@@ -18,36 +18,38 @@ Message = dict[str, Any]
 
 
 class IndexBuilder:
-    """Collect the postings of messages seen in seq order (a rebuild, a rewrite)."""
+    """Collect the postings of messages seen in seq order (a rebuild, a rewrite, a pop's
+    last block, an exact store's append): the words of each block, tokenized once per
+    block (a block's messages share most words; ``Tokenizer.tokens``)."""
 
     def __init__(self, tokens: Tokenizer) -> None:
         self._tokens = tokens
-        self._grams: dict[int, set[str]] = {}  # block -> its grams (a block's share most)
+        self._words: dict[int, set[str]] = {}  # block -> its words (a block's share most)
 
     def add(self, seq: int, message: Message) -> None:
-        grams = message_grams(message)
+        words = message_words(message)
         block = seq >> BLOCK_SHIFT
-        found = self._grams.get(block)
+        found = self._words.get(block)
         if found is None:
-            self._grams[block] = grams
+            self._words[block] = set(words)
         else:
-            found |= grams
+            found.update(words)
 
     def postings(self) -> Postings:
         out = Postings()
-        out.add_blocks(self.blocks())
+        for block in sorted(self._words):
+            out.add_tokens(self._tokens.tokens(self._words[block]), block)
         return out
 
     def blocks(self) -> dict[bytes, list[int]]:
         """token -> the ascending blocks holding it."""
-        token = self._tokens.token
         blocks: dict[bytes, list[int]] = {}
-        for block in sorted(self._grams):
-            for gram in self._grams[block]:
-                found = blocks.get(token(gram))
+        for block in sorted(self._words):
+            for token in self._tokens.tokens(self._words[block]):  # each token once
+                found = blocks.get(token)
                 if found is None:
-                    blocks[token(gram)] = [block]
-                elif found[-1] != block:  # two grams may share a token
+                    blocks[token] = [block]
+                else:
                     found.append(block)
         return blocks
 

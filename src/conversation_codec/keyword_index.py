@@ -26,7 +26,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from .format.varint import encode_varint
@@ -36,10 +36,13 @@ __all__ = [
     "BLOCK",
     "BLOCK_SHIFT",
     "TOKEN_BYTES",
+    "PendingIndex",
     "Postings",
     "Tokenizer",
+    "block_entries",
     "encode_blocks",
     "message_grams",
+    "message_words",
     "query_grams",
 ]
 
@@ -47,13 +50,32 @@ BLOCK_SHIFT = 4  # FORMAT.md §17.1: a posting names the block seq >> 4
 BLOCK = 1 << BLOCK_SHIFT  # messages per block
 TOKEN_BYTES = 4  # a token's stored length (why 4: FORMAT.md §17.2)
 GRAM = 3  # characters per gram
-_TRIGRAMS = re.compile(r"(?=(\w{3}))")  # every 3 word characters in a row, overlapping
+# The maximal runs of word characters that hold a gram: at a run's first character the
+# greedy match takes the whole run, and a run shorter than GRAM fails at each of its
+# characters, so findall yields exactly the runs of GRAM or more. (A lookahead for every
+# trigram, ``(?=(\w{3}))``, was 4x slower: a regex step per character of the text.)
+_WORDS = re.compile(rf"\w{{{GRAM},}}")
 _CACHE_MAX = 1 << 18  # grams whose token is remembered (memory only)
+_WORD_CACHE_MAX = 1 << 14  # words whose tokens are remembered (memory only: ~5 MB)
+_WORD_CACHE_LEN = 16  # longer words (ids, hashes: rarely repeated) are not remembered
+
+
+def _word_grams(word: str) -> set[str]:
+    return {word[i : i + GRAM] for i in range(len(word) - GRAM + 1)}
 
 
 def text_grams(folded: str) -> set[str]:
     """Return the trigrams inside the word-character runs of ``folded`` (already folded)."""
-    return set(_TRIGRAMS.findall(folded))
+    grams: set[str] = set()
+    for word in set(_WORDS.findall(folded)):
+        grams |= _word_grams(word)
+    return grams
+
+
+def message_words(message: Mapping[str, Any]) -> list[str]:
+    """Return the runs of ``GRAM`` or more word characters of a stored message's folded
+    searchable text: its grams are theirs (``text_grams``)."""
+    return _WORDS.findall("\n".join(searchable_text(dict(message))).casefold())
 
 
 def message_grams(message: Mapping[str, Any]) -> set[str]:
@@ -73,13 +95,19 @@ def query_grams(terms: Iterable[str] | None) -> set[str] | None:
 
 
 class Tokenizer:
-    """Map grams to keyed tokens under one log's ``token_key`` (FORMAT.md §17.2)."""
+    """Map grams to keyed tokens under one log's ``token_key`` (FORMAT.md §17.2).
 
-    __slots__ = ("_cache", "_key")
+    Tokens are remembered by gram and, for short words, by word (a word's tokens are its
+    grams'): most words of a conversation repeat, so an append usually costs a dictionary
+    look-up per distinct word, and an HMAC only per gram never seen before.
+    """
+
+    __slots__ = ("_cache", "_key", "_words")
 
     def __init__(self, token_key: bytes) -> None:
         self._key = token_key
         self._cache: dict[str, bytes] = {}  # grams stay in memory, never reach a file
+        self._words = _WordTokens(self.token)
 
     def token(self, gram: str) -> bytes:
         found = self._cache.get(gram)
@@ -90,8 +118,34 @@ class Tokenizer:
             self._cache[gram] = found
         return found
 
+    def tokens(self, words: Iterable[str]) -> set[bytes]:
+        """Return the tokens of every gram of ``words`` (runs of word characters)."""
+        known = self._words
+        if len(known) >= _WORD_CACHE_MAX:
+            known.clear()
+        return set().union(*map(known.__getitem__, words))
+
     def __repr__(self) -> str:  # never the key
         return "<Tokenizer>"
+
+
+class _WordTokens(dict[str, frozenset[bytes]]):
+    """word -> the tokens of its grams, computed on a miss (a look-up that hits stays in C)."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: Callable[[str], bytes]) -> None:
+        super().__init__()
+        self._token = token
+
+    def __missing__(self, word: str) -> frozenset[bytes]:
+        found = frozenset(map(self._token, _word_grams(word)))
+        if len(word) <= _WORD_CACHE_LEN:
+            self[word] = found
+        return found
+
+    def __repr__(self) -> str:  # never a word
+        return f"<{len(self)} words>"
 
 
 def _varints(data: bytes | bytearray, first: int) -> Iterator[int]:
@@ -154,9 +208,8 @@ class Postings:
             entry[1] = found[-1]
         return ok
 
-    def add_block(self, tokens: Iterable[bytes], block: int, also: dict[bytes, list[int]]) -> None:
-        """Append ``block`` (>= every block held) to each token's list, here and in
-        ``also`` (token -> blocks): one message's postings, the common append, fast."""
+    def add_tokens(self, tokens: Iterable[bytes], block: int) -> None:
+        """Append ``block`` (>= every block held) to each token's list (again: no change)."""
         lists = self.lists
         for token in tokens:
             entry = lists.get(token)
@@ -165,11 +218,6 @@ class Postings:
             elif entry[1] != block:
                 entry[2] += _varint(block - entry[1])
                 entry[1] = block
-            pending = also.get(token)
-            if pending is None:
-                also[token] = [block]
-            elif pending[-1] != block:
-                pending.append(block)
 
     def blocks(self, token: bytes) -> list[int]:
         entry = self.lists.get(token)
@@ -222,6 +270,102 @@ def encode_blocks(blocks: Mapping[bytes, list[int]]) -> Iterator[bytes]:
         else:
             gaps = _gaps(found)
             yield token + _varint(found[0]) + _varint(found[-1]) + _varint(len(gaps)) + gaps
+
+
+class PendingIndex:
+    """The messages ``[lo, hi)`` appended since ``P.kwi``'s last segment, which it does not
+    hold yet (FORMAT.md §17.5): the words of each block, tokenized once per block when
+    they are written (``tokens``) or searched (``fold``), not once per message; a block's
+    messages share most words. Messages are added in seq order. ``tag``: the one of the
+    segment ending at ``lo`` (what the postings they are folded into held before)."""
+
+    __slots__ = ("_folded", "_tokens", "_words", "hi", "lo", "tag")
+
+    def __init__(self, lo: int = 0, tag: bytes = b"") -> None:
+        self.lo = self.hi = lo
+        self.tag = tag
+        self._folded = lo  # the messages before it are in the postings fold() was given
+        self._words: dict[int, set[str]] = {}  # block -> its words
+        self._tokens: dict[int, tuple[int, set[bytes]]] = {}  # block -> (words seen, tokens)
+
+    def __bool__(self) -> bool:
+        return self.hi > self.lo
+
+    def add(self, seq: int, message: Mapping[str, Any]) -> None:
+        block = seq >> BLOCK_SHIFT
+        words = self._words.get(block)
+        if words is None:
+            self._words[block] = words = set()
+        words.update(message_words(message))
+        self.hi = seq + 1
+
+    def tokens(self, tokenizer: Tokenizer) -> list[tuple[int, set[bytes]]]:
+        """Return ``(block, its tokens)`` for every block, ascending."""
+        out = []
+        for block, words in sorted(self._words.items()):
+            done = self._tokens.get(block)
+            if done is None or done[0] != len(words):
+                done = self._tokens[block] = (len(words), tokenizer.tokens(words))
+            out.append((block, done[1]))
+        return out
+
+    @property
+    def folded(self) -> bool:
+        """Whether ``fold`` added any of the messages to postings."""
+        return self._folded > self.lo
+
+    def fold(self, postings: Postings, tokenizer: Tokenizer) -> None:
+        """Add the messages not folded yet to ``postings`` (which holds every earlier one)."""
+        if self._folded < self.hi:
+            first = self._folded >> BLOCK_SHIFT
+            for block, tokens in self.tokens(tokenizer):
+                if block >= first:  # a block folded in part is added again: no change
+                    postings.add_tokens(tokens, block)
+            self._folded = self.hi
+
+
+def block_entries(blocks: list[tuple[int, set[bytes]]]) -> list[bytes]:
+    """Return the entries of a segment body (the bytes of ``encode_blocks``) for
+    ``(block, tokens)`` pairs in ascending block order.
+
+    An append's segment spans two or three blocks: the tokens are split by the blocks
+    holding them with set operations (at most 2^k - 1 groups for k blocks) and each group
+    shares one encoded tail: the one Python loop over tokens makes the entries' bytes.
+    """
+    if len(blocks) > 4:  # a catch-up or a batch: the groups could number in the tokens
+        lists: dict[bytes, list[int]] = {}
+        for block, tokens in blocks:
+            for token in tokens:
+                found = lists.get(token)
+                if found is None:
+                    lists[token] = [block]
+                else:
+                    found.append(block)
+        return list(encode_blocks(lists))
+    groups: dict[tuple[int, ...], set[bytes]] = {}
+    held: set[bytes] = set()
+    for block, tokens in blocks:
+        split: dict[tuple[int, ...], set[bytes]] = {}
+        for key, members in groups.items():
+            both = members & tokens
+            if both:
+                longer = (*key, block)
+                split[longer] = both
+                members = members - both
+            if members:
+                split[key] = members
+        fresh = tokens - held
+        if fresh:
+            split[(block,)] = fresh
+        held |= tokens
+        groups = split
+    entries: list[bytes] = []
+    for key, members in groups.items():
+        gaps = _gaps(list(key))
+        tail = _varint(key[0]) + _varint(key[-1]) + _varint(len(gaps)) + gaps
+        entries += [token + tail for token in members]
+    entries.sort()  # tokens are of one length and each in one group: sorted by token
+    return entries
 
 
 def _varint(value: int) -> bytes:

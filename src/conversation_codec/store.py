@@ -40,6 +40,7 @@ from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
 from .errors import ConversationCodecError, KeyRequiredError, StorageError
 from .format.header import LogKind, sniff_log
+from .index_cache import IndexCache
 from .maintenance.pack import PackReport, pack_store
 from .search import Hit, SearchQuery
 from .storage import StoreBackend, backend_for
@@ -88,6 +89,9 @@ class ConversationStore:
     :param durability, redact_fn, clock, lock_timeout: passed to every ``ConversationCodec``.
     :param search_index: every conversation keeps a blind keyword index (``ConversationCodec``),
         so ``search()`` reads only candidate records.
+    :param index_cache: where decrypted keyword indexes wait between the codecs that
+        ``search()`` opens and closes (``index_cache.IndexCache``; default: a new one of
+        64 MiB), so an unchanged conversation's index is decrypted once. Directories only.
         ``clock`` (microseconds since the epoch) is also "now" for ``prune(older_than=timedelta)``.
     """
 
@@ -106,6 +110,7 @@ class ConversationStore:
         attachments: str = "keep",
         io: FileIO | None = None,
         search_index: bool = False,
+        index_cache: IndexCache | None = None,
     ) -> None:
         if encryption_key is not None and key_fn is not None:
             raise ValueError("pass encryption_key= or key_fn=, not both")
@@ -131,6 +136,10 @@ class ConversationStore:
         }
         if io is not None:  # else each codec gets the operating system's own
             self._options["io"] = io
+        if isinstance(self._backend, FileStore):
+            # Decrypted keyword indexes outlive the codecs search() opens and closes per
+            # chunk: an unchanged conversation's sidecar is decrypted once (index_cache).
+            self._options["index_cache"] = IndexCache() if index_cache is None else index_cache
         if search_index:  # FORMAT.md §17: a sidecar per log file, or a database table
             if encryption_key is None and key_fn is None and password is None:
                 raise ValueError("search_index=True needs encrypted logs: give a key or password")

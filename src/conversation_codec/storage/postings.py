@@ -15,6 +15,10 @@ What differs is where the segments live, which each ``LogStorage`` says through
   transaction that wrote the records.
 
 A storage that returns None from ``keyword_index()`` (memory) keeps no index.
+
+A store whose index lives outside the process (the sidecar) names it (``name``) and tells
+its ``identity``, so that decrypted states can outlive the codec that read them
+(``index_cache.IndexCache``); an exact store keeps its own state and names none.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from ..crypto import RecordKey
 from ..keyword_index import Postings
 from .file.kwi import KwiState, Segment
 
-__all__ = ["ChainMoved", "PostingsStore"]
+__all__ = ["ChainMoved", "Identity", "PostingsStore"]
+
+# What every write of an index changes (a sidecar: device, inode, size, mtime_ns, ctime_ns).
+Identity = tuple[int, int, int, int, int]
 
 
 class ChainMoved(Exception):
@@ -39,6 +46,18 @@ class PostingsStore(Protocol):
     @property
     def exact(self) -> bool:
         """True: written in the log's own transactions (never lags the records)."""
+        ...
+
+    @property
+    def name(self) -> str | None:
+        """What names this index across reopens (the sidecar's path), the key of a cache
+        of decrypted states; None: the store keeps no such cache (an exact store)."""
+        ...
+
+    def identity(self, state: KwiState | None = None) -> Identity | None:
+        """The index's identity as it is now, which every write changes; None when there
+        is none, or (given ``state``) it is not the very index ``state`` was read from or
+        written to, as ``state`` left it."""
         ...
 
     def exists(self) -> bool:

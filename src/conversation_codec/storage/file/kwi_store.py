@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-from ..._fsio import FileIO
+from ..._fsio import FileIO, check_file
 from ...crypto import RecordKey
 from ...keyword_index import Postings
 from ...paths import kwi_path
+from ..postings import Identity
 from . import kwi
 from .kwi import KwiState, Segment
 
@@ -46,6 +47,20 @@ class FileSegments:
     @property
     def _io(self) -> FileIO:
         return self._log.io
+
+    @property
+    def name(self) -> str:
+        return self._path
+
+    def identity(self, state: KwiState | None = None) -> Identity | None:
+        """The sidecar's device, inode, size, mtime and ctime (nanoseconds); with
+        ``state``: only while it is the file ``state`` was read from, at the size read."""
+        st = check_file(kwi_path(self._path))
+        if st is None:
+            return None
+        if state is not None and ((st.st_dev, st.st_ino), st.st_size) != (state.ident, state.size):
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def exists(self) -> bool:
         # The answer for most logs is "no", asked at every append: an lstat is a twentieth

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from ...crypto import RecordKey
 from ...keyword_index import Postings
 from ..file.kwi import KwiState, Segment, read_frames
-from ..postings import ChainMoved
+from ..postings import ChainMoved, Identity
 from .backend import Connection, PostgresBackend
 from .queries import Row, append_segment, read_segments, remove_segments, replace_segments
 
@@ -33,6 +33,7 @@ class PostgresSegments:
     and written on the log's own transaction (``session``)."""
 
     exact = True
+    name = None  # a codec's state is read again on (epoch, kwi): none kept across reopens
 
     def __init__(self, backend: PostgresBackend, conversation_id: str, session: Session) -> None:
         self._backend = backend
@@ -41,6 +42,9 @@ class PostgresSegments:
         self._where = f"the keyword index of conversation {conversation_id!r}"
         self._staged: tuple[int, int, bytes] | None = None  # offered for the next append
         self._done: tuple[bytes, tuple[int, int] | None] | None = None  # frame, as written
+
+    def identity(self, state: KwiState | None = None) -> Identity | None:
+        return None
 
     def exists(self) -> bool:
         return self._session(False)[1].kwi > 0
