@@ -221,11 +221,11 @@ class ConversationCodec(Maintenance, ChatFormats):
             messages: list[Message] = []
             datas: list[bytes] = []
             sealed = self._log.fmt is not None and self._log.fmt.sealed
-            for seq, text, _ in self._reader.payloads(base, count):
-                message = self._reader.parse(seq, text)
-                messages.append(self._present(message))
+            for batch in self._reader.batches(base, count):
+                parsed = self._reader.messages(batch)
                 # A sealed record's text is the stored JSON; a plain one's is the whole line.
-                datas.append(text if sealed else encode_json(message))
+                datas += [text for _, text, _ in batch] if sealed else map(encode_json, parsed)
+                messages += parsed if self._encoder.blobs is None else map(self._present, parsed)
             self._history.loaded(datas, base)  # the seed pattern calls save() next
             return messages if count > base else None
 
