@@ -244,7 +244,10 @@ class ConversationCodec(Maintenance, ChatFormats):
         with self._holding(write=False):
             count = len(self._log.index)
             start = max(self._base(), count - n)
-            return [self._present(m) for _, m, _ in self._reader.decoded(start, count)]
+            messages: list[Message] = []
+            for batch in self._reader.batches(start, count):
+                messages += self._reader.messages(batch)
+            return messages if self._encoder.blobs is None else list(map(self._present, messages))
 
     def wait(self, after: int, timeout: float | None = None) -> bool:
         """Block until a message after seq ``after`` exists (a live tail; -1: any message);

@@ -235,15 +235,18 @@ class LogReader:
         in ``span``: their seq counted from ``base``, their message passed through ``present``."""
         hits = []
         lo, hi = span
-        for seq, text, ts in self.payloads(start, end):
-            # ts is the record's own (authenticated) time, whatever the index said.
-            if (lo is not None and ts < lo) or (hi is not None and ts >= hi):
-                continue
-            if not matcher.maybe(text.decode("utf-8", "replace")):
-                continue
-            message = self.parse(seq, text)
-            if (roles is None or message.get("role") in roles) and matcher.matches(message):
-                hits.append(Hit(seq - base, self.when(seq, ts), present(message)))
+        for batch in self.batches(start, end):
+            if not matcher.maybe_any([text for _, text, _ in batch]):
+                continue  # no record of the batch holds every term
+            for seq, text, ts in batch:
+                # ts is the record's own (authenticated) time, whatever the index said.
+                if (lo is not None and ts < lo) or (hi is not None and ts >= hi):
+                    continue
+                if not matcher.maybe(text.decode("utf-8", "replace")):
+                    continue
+                message = self.parse(seq, text)
+                if (roles is None or message.get("role") in roles) and matcher.matches(message):
+                    hits.append(Hit(seq - base, self.when(seq, ts), present(message)))
         return hits
 
     def search(
