@@ -118,12 +118,16 @@ class LogReader:
     def decoded(self, start: int, stop: int) -> Iterator[tuple[int, Message, int]]:
         """Yield ``(seq, message, ts_us)`` for a range, inside the current transaction."""
         for batch in self.batches(start, stop):
-            yield from zip(
-                [seq for seq, _, _ in batch],
-                self.messages(batch),
-                [ts for _, _, ts in batch],
-                strict=True,
-            )
+            assert self._log.fmt is not None  # the batch was read from it
+            try:
+                parsed = self._log.fmt.records.parse_many([text for _, text, _ in batch])
+            except RecordRejected:  # one by one: the messages before it, then its error
+                for seq, text, ts in batch:
+                    yield seq, self.parse(seq, text), ts
+            else:
+                yield from zip(
+                    [seq for seq, _, _ in batch], parsed, [ts for _, _, ts in batch], strict=True
+                )
 
     def read_one(self, seq: int) -> Message:
         for _, message, _ in self.decoded(seq, seq + 1):
