@@ -9,6 +9,8 @@ the library.
 
 from __future__ import annotations
 
+import random
+import string
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -133,3 +135,50 @@ def test_a_log_under_two_keys_reads_in_batches(tmp_path: Path) -> None:
         assert str(info.value).startswith("record 450: record failed authentication")
         assert codec.tail(149) == more[151:]
         assert [codec.get(s) for s in range(440, 450)] == more[140:150]
+
+
+@pytest.mark.parametrize("seq", [0, DECRYPT_BATCH - 1, DECRYPT_BATCH, 300, 512, COUNT - 2])
+def test_verify_reports_a_damaged_record_inside_a_batch_where_it_is(
+    tmp_path: Path, seq: int
+) -> None:
+    """verify() opens runs of intact records as one batch (issue 15): a record that fails
+    inside a run is still the one problem, at its own offset, and every other record is
+    counted."""
+    path = tmp_path / "chat.log"
+    _build(path)
+    starts = _starts(path)
+    first = starts[seq]
+    if seq == 512:  # this span opens with the dictionary record: skip its frame (FORMAT.md §5)
+        data, value, shift = path.read_bytes(), 0, 0
+        while data[first] & 0x80:
+            value, shift, first = value | (data[first] & 0x7F) << shift, shift + 7, first + 1
+        first += 1 + ((value | data[first] << shift) >> 1)
+    _flip(path, starts[seq + 1] - 5)
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        report = codec.verify()
+    assert [(p.kind, p.offset) for p in report.problems] == [("unauthenticated", first)]
+    assert report.records == COUNT - 1
+
+
+def test_records_around_the_two_byte_frame_prefix_read_back(tmp_path: Path) -> None:
+    """Frames whose body fits a two-byte length prefix (bodies up to 8,184 bytes) are cut
+    out of a read without a parse; longer ones, beside them, take the full frame parse."""
+    rng = random.Random(15)  # base-62 text: zstd keeps ~3/4 of it, so bodies grow steadily
+    alphabet = string.ascii_letters + string.digits
+    written: list[dict[str, Any]] = [
+        {"role": "user", "content": "".join(rng.choices(alphabet, k=size))}
+        for size in range(10_600, 11_400, 16)
+    ]
+    written += messages(5)
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=KEY, durability="flush") as codec:
+        codec.extend(written)
+    starts = _starts(path)
+    frames = [b - a for a, b in zip(starts, [*starts[1:], path.stat().st_size], strict=True)]
+    assert min(frames) < 8_186 + 2 and max(frames) > 8_200 + 3  # both prefix lengths
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        assert codec.load() == written
+        assert codec.tail(len(written)) == written
+        assert [codec.get(i) for i in range(len(written))] == written
+        report = codec.verify()
+        assert report.ok and report.records == len(written)

@@ -215,3 +215,29 @@ def test_the_fast_path_refuses_what_the_per_message_rule_refuses(tmp_path: Path)
     with pytest.raises(NotSerializableError, match="dict"):
         codec.save([M("user", "hi"), {"role": "assistant", "content": "yo"}])  # type: ignore[list-item]
     assert codec.load() == [{"role": "user", "content": "hi"}]
+
+
+def test_digests_left_for_later_by_load_are_taken_right(tmp_path: Path) -> None:
+    """load() leaves the kept messages' digests until a save() needs them (issue 15);
+    appends in between add theirs at once. Every mix must still tell kept from changed."""
+    codec = ConversationCodec(tmp_path / "c.log", encryption_key=KEY)
+    codec.extend([{"role": "user", "content": f"m{i}", "n": i} for i in range(20)])
+    history = codec.load() or []  # 20 digests left for later
+    codec.save([*history, {"role": "assistant", "content": "a"}])  # kept whole: 1 appended
+    cipher = codec.storage.fmt.records.cipher  # type: ignore[union-attr]
+    before = cipher.unseal_count
+    changed = [*history, {"role": "assistant", "content": "edited"}, {"role": "user"}]
+    codec.save(changed)  # not all kept: the 20 first are compared by digest
+    # Each of the 20 matched its digest (taken from the JSON load() read); only the edited
+    # one was decrypted to compare (a wrong digest costs a decryption, never an answer).
+    assert cipher.unseal_count - before == 1
+    assert codec.load() == changed
+    history = codec.load() or []
+    codec.save([*history, {"role": "user", "content": "c"}])
+    codec.pop()  # takes the digests before the joined JSON goes
+    cipher = codec.storage.fmt.records.cipher  # type: ignore[union-attr]  # rewritten: anew
+    before = cipher.unseal_count
+    changed = [*history[:5], {"role": "user", "content": "edited"}, *history[6:]]
+    codec.save(changed)
+    assert cipher.unseal_count - before == 1
+    assert codec.load() == changed

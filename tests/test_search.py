@@ -24,7 +24,7 @@ from conversation_codec import (
     QueryTypeError,
     SearchError,
 )
-from conversation_codec.search import searchable_text
+from conversation_codec.search import Query, searchable_text
 
 from conftest import KEY, T0
 
@@ -502,3 +502,27 @@ def test_query_span_finds_keywords_for_highlighting(
     else:
         start = SPAN_TEXT.index(expected)
         assert span == (start, start + len(expected))
+
+
+@pytest.mark.parametrize(
+    ("query", "case_sensitive", "expected"),
+    [
+        ("nutmeg", False, False),
+        ("cinnamon nutmeg", False, False),
+        ("CINNAMON roll", False, True),  # the two terms in two records: a batch may match
+        ("STRASSE", False, True),  # casefold("Straße") == "strasse"
+        ("Cinnamon", True, False),
+        ("cinnamon", True, True),
+        ("CAFÉ", False, True),
+    ],
+)
+def test_a_batch_is_skipped_only_when_no_record_can_match(
+    query: str, case_sensitive: bool, expected: bool
+) -> None:
+    """The batch pre-filter (issue 15) joins the batch's raw JSON: every term any one record
+    holds is in the join, so a batch it skips holds no match."""
+    texts = [b'{"content":"a cinnamon"}', '{"content":"Straße café ROLL"}'.encode()]
+    matcher = Query(query, regex=False, case_sensitive=case_sensitive)
+    assert matcher.maybe_any(texts) is expected
+    if not expected:  # then no record passes the record-by-record pre-filter either
+        assert not any(matcher.maybe(t.decode()) for t in texts)

@@ -225,11 +225,11 @@ class ConversationCodec(Maintenance, ChatFormats):
             messages: list[Message] = []
             datas: list[bytes] = []
             sealed = self._log.fmt is not None and self._log.fmt.sealed
-            for seq, text, _ in self._reader.payloads(base, count):
-                message = self._reader.parse(seq, text)
-                messages.append(self._present(message))
+            for batch in self._reader.batches(base, count):
+                parsed = self._reader.messages(batch)
                 # A sealed record's text is the stored JSON; a plain one's is the whole line.
-                datas.append(text if sealed else encode_json(message))
+                datas += [text for _, text, _ in batch] if sealed else map(encode_json, parsed)
+                messages += parsed if self._encoder.blobs is None else map(self._present, parsed)
             self._history.loaded(datas, base)  # the seed pattern calls save() next
             return messages if count > base else None
 
@@ -248,7 +248,10 @@ class ConversationCodec(Maintenance, ChatFormats):
         with self._holding(write=False, tail=n):
             count = len(self._log.index)
             start = max(self._base(), count - n)
-            return [self._present(m) for _, m, _ in self._reader.decoded(start, count)]
+            messages: list[Message] = []
+            for batch in self._reader.batches(start, count):
+                messages += self._reader.messages(batch)
+            return messages if self._encoder.blobs is None else list(map(self._present, messages))
 
     def wait(self, after: int, timeout: float | None = None) -> bool:
         """Block until a message after seq ``after`` exists (a live tail; -1: any message);

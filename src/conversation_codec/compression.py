@@ -137,7 +137,8 @@ class Compressor:
                 raise zstandard.ZstdError("bytes follow the zstd frame")
             if size < 0:  # a frame without its size (unknown): bound the output instead
                 return self._dctx.decompress(payload, max_output_size=MAX_MESSAGE_BYTES)
-        return self._dctx.decompress(payload, allow_extra_data=False)
+        # allow_extra_data=False, passed by position: keywords cost ~0.3 us a call.
+        return self._dctx.decompress(payload, 0, False, False)
 
 
 def _frame_end(frame: bytes | memoryview) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any
 
 from ._time import to_datetime
 from .errors import CorruptRecordError, LogReplacedError
-from .records import DictionaryMissing, RecordRejected
+from .records import DictionaryMissing, RecordCodec, RecordRejected
 from .search import Hit, Query, SearchQuery
 from .storage.base import IndexMismatch, LogStorage
 
@@ -64,24 +64,31 @@ class LogReader:
         Every record is authenticated and checked against its position and index entry; an
         index that disagrees with the log is rebuilt once and the read resumes.
         """
+        for batch in self.batches(start, stop):
+            yield from batch
+
+    def batches(self, start: int, stop: int) -> Iterator[list[tuple[int, bytes, int]]]:
+        """Yield what ``payloads`` yields, a list per decryption batch (no generator step
+        per record). A record that fails ends its batch: the records before it are
+        yielded first, then its error raised, as one by one."""
         fmt = self._log.fmt
         if fmt is None or start >= stop:
             return
         for attempt in (0, 1):
             try:
                 for batch in _batches(self._log.read_bodies(start, stop)):
-                    records = fmt.records.payloads(batch)
-                    while True:
-                        try:
-                            seq, text, ts = next(records)
-                        except StopIteration:
-                            break
-                        except RecordRejected as exc:
-                            raise self.corrupt(exc, start) from None  # records come in order
-                        if ts != self._log.index.tss[seq]:
-                            raise IndexMismatch(self._log.index.span(seq)[0])
-                        yield seq, text, ts
-                        start = seq + 1
+                    opened, error = _opened(fmt.records, batch)
+                    wrong = _mistimed(opened, self._log.index.tss)
+                    if wrong is not None:
+                        error = IndexMismatch(self._log.index.span(opened[wrong][0])[0])
+                        del opened[wrong:]
+                    if opened:
+                        yield opened
+                        start = opened[-1][0] + 1
+                    if isinstance(error, RecordRejected):
+                        raise self.corrupt(error, start) from None  # records come in order
+                    if error is not None:
+                        raise error
                 return
             except (IndexMismatch, DictionaryMissing):
                 if attempt:
@@ -100,10 +107,27 @@ class LogReader:
         except RecordRejected as exc:
             raise self.corrupt(exc, seq) from None
 
+    def messages(self, batch: list[tuple[int, bytes, int]]) -> list[Message]:
+        """Parse the texts of a batch from ``batches``, in one call on the record codec."""
+        assert self._log.fmt is not None
+        try:
+            return self._log.fmt.records.parse_many([text for _, text, _ in batch])
+        except RecordRejected:  # find the first that fails, for its seq and offset
+            return [self.parse(seq, text) for seq, text, _ in batch]
+
     def decoded(self, start: int, stop: int) -> Iterator[tuple[int, Message, int]]:
         """Yield ``(seq, message, ts_us)`` for a range, inside the current transaction."""
-        for seq, text, ts in self.payloads(start, stop):
-            yield seq, self.parse(seq, text), ts
+        for batch in self.batches(start, stop):
+            assert self._log.fmt is not None  # the batch was read from it
+            try:
+                parsed = self._log.fmt.records.parse_many([text for _, text, _ in batch])
+            except RecordRejected:  # one by one: the messages before it, then its error
+                for seq, text, ts in batch:
+                    yield seq, self.parse(seq, text), ts
+            else:
+                yield from zip(
+                    [seq for seq, _, _ in batch], parsed, [ts for _, _, ts in batch], strict=True
+                )
 
     def read_one(self, seq: int) -> Message:
         for _, message, _ in self.decoded(seq, seq + 1):
@@ -215,15 +239,18 @@ class LogReader:
         in ``span``: their seq counted from ``base``, their message passed through ``present``."""
         hits = []
         lo, hi = span
-        for seq, text, ts in self.payloads(start, end):
-            # ts is the record's own (authenticated) time, whatever the index said.
-            if (lo is not None and ts < lo) or (hi is not None and ts >= hi):
-                continue
-            if not matcher.maybe(text.decode("utf-8", "replace")):
-                continue
-            message = self.parse(seq, text)
-            if (roles is None or message.get("role") in roles) and matcher.matches(message):
-                hits.append(Hit(seq - base, self.when(seq, ts), present(message)))
+        for batch in self.batches(start, end):
+            if not matcher.maybe_any([text for _, text, _ in batch]):
+                continue  # no record of the batch holds every term
+            for seq, text, ts in batch:
+                # ts is the record's own (authenticated) time, whatever the index said.
+                if (lo is not None and ts < lo) or (hi is not None and ts >= hi):
+                    continue
+                if not matcher.maybe(text.decode("utf-8", "replace")):
+                    continue
+                message = self.parse(seq, text)
+                if (roles is None or message.get("role") in roles) and matcher.matches(message):
+                    hits.append(Hit(seq - base, self.when(seq, ts), present(message)))
         return hits
 
     def search(
@@ -265,6 +292,28 @@ class LogReader:
                     return
                 yield hit
                 left = None if left is None else left - 1
+
+
+def _opened(
+    records: RecordCodec, batch: list[tuple[int, bytes]]
+) -> tuple[list[tuple[int, bytes, int]], Exception | None]:
+    """Return what ``records.payloads`` yields for a batch, and what it raised (or None)."""
+    opened: list[tuple[int, bytes, int]] = []
+    try:
+        opened.extend(records.payloads(batch))  # keeps what came before an exception
+    except Exception as exc:  # raised by the caller once the records before it are out
+        return opened, exc
+    return opened, None
+
+
+def _mistimed(opened: list[tuple[int, bytes, int]], tss: Sequence[int]) -> int | None:
+    """Return the position of the first record whose own time is not the index's."""
+    if not opened:
+        return None
+    first = opened[0][0]
+    if [ts for _, _, ts in opened] == list(tss[first : first + len(opened)]):
+        return None
+    return next((k for k, (seq, _, ts) in enumerate(opened) if ts != tss[seq]), None)
 
 
 def _batches(bodies: Iterator[tuple[int, bytes]]) -> Iterator[list[tuple[int, bytes]]]:

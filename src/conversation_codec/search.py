@@ -223,6 +223,17 @@ class Query:
         folded = self._fold(raw_json)
         return all(t in folded for t in self.raw_terms)
 
+    def maybe_any(self, raw_jsons: list[bytes]) -> bool:
+        """Return False only when no message with one of these JSON texts can match: one
+        decode and fold of them all (a record-by-record ``maybe`` costs ~1 us each, the
+        main cost of a scan for a rare word once records decrypt in batches)."""
+        if self.raw_terms is None:
+            return True
+        # Decoding and case folding work character by character, so the joined text holds
+        # every term that one of the texts holds.
+        folded = self._fold(b"\n".join(raw_jsons).decode("utf-8", "replace"))
+        return all(t in folded for t in self.raw_terms)
+
     def matches(self, message: dict[str, Any]) -> bool:
         """Return True when the message's searchable text satisfies the query."""
         if self.everything:

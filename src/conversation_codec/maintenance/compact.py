@@ -245,18 +245,25 @@ class Compactor:
         builder = None if self._index is None else self._index.builder_for(new)
         last = [b""]
 
+        # A sealed record's text is the stored JSON of its message (parsed all the same, so
+        # that a malformed one stops the rewrite): without attachments to move it is sealed
+        # again as it is, not encoded again from the message.
+        as_stored = isinstance(old, SealedRecords) and old_blobs is None
+
         def reseal() -> Iterator[tuple[bytes, int]]:
-            for seq, message, ts in reader.decoded(start, count):
-                if old_blobs is not None:
-                    if new_blobs is not None:
-                        message = apply_mode(restore(message, old_blobs), "external", new_blobs)
-                    referenced.update(references(message))
-                if builder is not None:
-                    builder.add(seq - start, message)
-                last[0] = encode(seq - start, ts, encode_json(message))
-                yield last[0], ts
-                if progress is not None:
-                    progress(seq - start + 1, count - start)
+            for batch in reader.batches(start, count):
+                for (seq, text, ts), message in zip(batch, reader.messages(batch), strict=True):
+                    if old_blobs is not None:
+                        if new_blobs is not None:
+                            message = apply_mode(restore(message, old_blobs), "external", new_blobs)
+                        referenced.update(references(message))
+                    if builder is not None:
+                        builder.add(seq - start, message)
+                    data = text if as_stored else encode_json(message)
+                    last[0] = encode(seq - start, ts, data)
+                    yield last[0], ts
+                    if progress is not None:
+                        progress(seq - start + 1, count - start)
 
         log.rewrite(header, new, reseal(), dictionary)
         if self._index is not None:

@@ -9,12 +9,13 @@ a body means (``records``) or of the index. ``log.FileLog`` reads through these;
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Iterator
 
 from ...errors import CorruptRecordError
-from ...format.record import MAX_BODY_BYTES, decode_frame_header
+from ...format.record import MAX_BODY_BYTES, MIN_BODY_BYTES, decode_frame_header
 from ...format.varint import MAX_VARINT_BYTES
 from ...records import RecordRejected
 from ..base import IndexMismatch
@@ -134,17 +135,38 @@ def read_bodies(
     fd: int, index: OffsetIndex, start: int, stop: int, sealed: bool
 ) -> Iterator[tuple[int, bytes]]:
     """Yield ``(seq, body)`` for records ``start <= seq < stop`` in order, bounded memory:
-    neighbouring records are read together, up to ``READ_CHUNK`` bytes at a time."""
+    neighbouring records are read together, up to ``READ_CHUNK`` bytes at a time.
+
+    A sealed message record whose span holds just a two-byte frame prefix (bodies under
+    8 KiB: most chat messages) is cut out directly; any other span goes through
+    ``_unframe``, which checks it whole (and skips a dictionary record before it).
+    """
+    ends = index.ends
     seq = start
     while seq < stop:
         first = index.span(seq)[0]
-        last = seq
-        while last + 1 < stop and index.ends[last + 1] - first <= READ_CHUNK:
-            last += 1
-        chunk = os.pread(fd, index.ends[last] - first, first)
+        # The index's ends strictly increase (checked when loaded): bisect for the last
+        # record that ends within READ_CHUNK bytes (at least one record per read).
+        last = max(seq, bisect.bisect_right(ends, first + READ_CHUNK, seq + 1, stop) - 1)
+        chunk = os.pread(fd, ends[last] - first, first)
+        a = 0  # the record's span in chunk: [a, b)
         for s in range(seq, last + 1):
-            a, b = index.span(s)
-            yield s, _unframe(chunk[a - first : b - first], a, sealed)
+            b = ends[s] - first
+            n = b - a - 2  # the body's length, if its prefix is two bytes
+            # FORMAT.md §5: n is a possible body length (>= MIN_BODY_BYTES, 56 + 16k) and
+            # the prefix is varint(n << 1), control bit clear: equal to a two-byte varint's
+            # value, so canonical (its second byte is 1..127).
+            if (
+                sealed
+                and n >= MIN_BODY_BYTES
+                and n % 16 == 8
+                and chunk[a] & 0x80
+                and (chunk[a] & 0x7F | chunk[a + 1] << 7) == n << 1
+            ):
+                yield s, chunk[a + 2 : b]
+            else:
+                yield s, _unframe(chunk[a:b], first + a, sealed)
+            a = b
         seq = last + 1
 
 
