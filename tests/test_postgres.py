@@ -245,9 +245,14 @@ def _backend_pids(url: str, cid: str) -> list[int]:
 
 
 def _terminate(url: str, pids: list[int]) -> None:
+    """End these server processes and wait until they are gone: ``pg_terminate_backend``
+    alone only signals, and a COMMIT already on its way could still be served (a race that
+    failed 1 run in a few under load)."""
+    assert pids, "no server process to terminate"
     with psycopg.connect(url, autocommit=True) as conn:
         for pid in pids:
-            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            row = conn.execute("SELECT pg_terminate_backend(%s, 60000)", (pid,)).fetchone()
+            assert row is not None and row[0], f"server process {pid} did not end"
 
 
 @pytest.mark.parametrize("kills", [3, pytest.param(50, marks=pytest.mark.slow)])
