@@ -140,6 +140,9 @@ def test_the_command_line_takes_a_url_root(
     assert f'"conversation_id": "{p}x"' in listed.stdout.replace('":"', '": "')
     found = _cli("search", postgres_url, "parcel", "--json", key=KEY)
     assert found.returncode == 0 and p + "x" in found.stdout
+    checked = _cli("verify", postgres_url, "--json", key=KEY)  # every conversation, read back
+    assert checked.returncode == 0, checked.stderr
+    assert '"ok": true' in checked.stdout.replace('":true', '": true') and p + "x" in checked.stdout
     password = postgres_url.replace("postgresql://", "postgresql://u:hunter22@").replace(
         "/cc", "/nowhere_cc"
     )  # no such database

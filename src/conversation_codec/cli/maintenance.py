@@ -53,8 +53,8 @@ if TYPE_CHECKING:
 
 @command(
     "verify",
-    "check every record of one or more logs (a store root: each of its conversations, "
-    "packed ones too); exit 3 when any is damaged",
+    "check every record of one or more logs (a store root, directory or postgresql:// URL: "
+    "each of its conversations, packed ones too); exit 3 when any is damaged",
     "conversation-codec verify chats/*.log",
 )
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 @binding()
 @as_json()
 def _verify(args: Args) -> int:
+    from ..storage import is_url
+
     worst = EXIT_OK
     # A bar over the logs on a terminal; the reports follow it (not mixed into its line).
     bar = progress("verifying", quiet=args.json or len(args.paths) < 2)
@@ -70,7 +72,7 @@ def _verify(args: Args) -> int:
     for done, path in enumerate(args.paths, 1):
         one = Args(**{**vars(args), "path": path})
         try:
-            reports = _verify_store(one) if os.path.isdir(path) else None
+            reports = _verify_store(one) if is_url(path) or os.path.isdir(path) else None
             if reports is None:
                 with open_log(one, read_only=True) as codec:
                     reports = [codec.verify()]
