@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ T0 = 1_700_000_000  # epoch seconds
 # -- a reader of P.kwi written from FORMAT.md §17 ---------------------------------------------
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+def varint(buf: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         byte = buf[pos]
@@ -45,7 +46,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _keys(master_b64: str, log_id: bytes) -> tuple[bytes, Fernet]:
+def index_keys(master_b64: str, log_id: bytes) -> tuple[bytes, Fernet]:
     master = base64.urlsafe_b64decode(master_b64)
     okm = HKDF(
         algorithm=hashes.SHA256(),
@@ -65,38 +66,38 @@ def _read_kwi(
     assert data[:8] == b"\x89CCK\r\n\x1a\n"
     assert data[8:12] == bytes([1, 0, 4, 4])  # version 1, block_shift 4, token_bytes 4
     log_id = data[16:32]
-    _, fernet = _keys(master_b64, log_id)
+    _, fernet = index_keys(master_b64, log_id)
     spans: list[tuple[int, int]] = []
     postings: dict[bytes, set[int]] = {}
     pos = 32
     while pos < len(data):
-        n, pos = _varint(data, pos)
+        n, pos = varint(data, pos)
         plain = fernet.decrypt(base64.urlsafe_b64encode(b"\x80" + data[pos : pos + n]))
         pos += n
-        lo, p = _varint(plain, 0)
-        hi, p = _varint(plain, p)
+        lo, p = varint(plain, 0)
+        hi, p = varint(plain, p)
         spans.append((lo, hi))
         p += 16  # tag
         while p < len(plain):
             token = plain[p : p + 4]
-            first, p = _varint(plain, p + 4)
-            last, p = _varint(plain, p)
-            size, p = _varint(plain, p)
+            first, p = varint(plain, p + 4)
+            last, p = varint(plain, p)
+            size, p = varint(plain, p)
             blocks, end = [first], p + size
             while p < end:
-                gap, p = _varint(plain, p)
+                gap, p = varint(plain, p)
                 blocks.append(blocks[-1] + gap)
             assert blocks[-1] == last
             postings.setdefault(token, set()).update(blocks)
     return log_id, spans, postings
 
 
-def _token(master_b64: str, log_id: bytes, gram: str) -> bytes:
-    token_key, _ = _keys(master_b64, log_id)
+def token(master_b64: str, log_id: bytes, gram: str) -> bytes:
+    token_key, _ = index_keys(master_b64, log_id)
     return hmac.new(token_key, gram.encode(), hashlib.sha256).digest()[:4]
 
 
-def _hits(codec: ConversationCodec, query: str | None, **kw: Any) -> list[tuple[int, Any, Any]]:
+def hits(codec: ConversationCodec, query: str | None, **kw: Any) -> list[tuple[int, Any, Any]]:
     return [(h.seq, h.timestamp, h.message) for h in codec.search(query, **kw)]
 
 
@@ -162,15 +163,19 @@ query_st = st.tuples(
 )
 
 
-class _Pair:
-    """The same history in an indexed log and in a mirror without an index."""
+class IndexedPair:
+    """The same history in an indexed log and in a mirror without an index; ``other(i,
+    key)`` opens log ``i`` (0: indexed, 1: the mirror) as a writer without the option."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self,
+        indexed: ConversationCodec,
+        scan: ConversationCodec,
+        other: Callable[[int, str], ConversationCodec],
+    ) -> None:
         self.now = T0
         self.key = KEY
-        self.paths = (folder / "indexed.log", folder / "scan.log")
-        self.indexed = ConversationCodec(self.paths[0], encryption_key=KEY, search_index=True)
-        self.scan = ConversationCodec(self.paths[1], encryption_key=KEY)
+        self.indexed, self.scan, self._other = indexed, scan, other
 
     def apply(self, op: str, arg: Any) -> None:
         both = (self.indexed, self.scan)
@@ -194,8 +199,8 @@ class _Pair:
             for c in both:
                 c.rotate_key(self.key)
         else:
-            for path in self.paths:
-                with ConversationCodec(path, encryption_key=self.key) as other:
+            for i in (0, 1):
+                with self._other(i, self.key) as other:
                     other.append(arg, timestamp=self.now)
             self.now += 1
 
@@ -205,17 +210,26 @@ class _Pair:
                 since, until = until, since
             kw = {"case_sensitive": case, "role": role, "limit": limit, "newest_first": newest}
             kw.update(since=since, until=until)
-            assert _hits(self.indexed, text, **kw) == _hits(self.scan, text, **kw), (text, kw)
+            assert hits(self.indexed, text, **kw) == hits(self.scan, text, **kw), (text, kw)
 
     def close(self) -> None:
         self.indexed.close()
         self.scan.close()
 
 
+def _file_pair(folder: Path) -> IndexedPair:
+    paths = (folder / "indexed.log", folder / "scan.log")
+    return IndexedPair(
+        ConversationCodec(paths[0], encryption_key=KEY, search_index=True),
+        ConversationCodec(paths[1], encryption_key=KEY),
+        lambda i, key: ConversationCodec(paths[i], encryption_key=key),
+    )
+
+
 def _run_against_the_scan(tmp_path: Path, ops: list[tuple[str, Any]], queries: list[Any]) -> None:
     folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
     folder.mkdir()
-    pair = _Pair(folder)
+    pair = _file_pair(folder)
     try:
         for op, arg in ops:
             pair.apply(op, arg)
@@ -289,9 +303,9 @@ def test_the_sidecar_holds_no_plaintext_and_follows_the_spec(tmp_path: Path) -> 
     assert b"zanzibar" not in data and b"umb" not in data
     log_id, spans, postings = _read_kwi(tmp_path / "c.log.kwi", KEY)
     assert spans == [(0, 1), (1, 33), (33, 65)]  # the last 5 were still in memory
-    assert postings[_token(KEY, log_id, "umb")] == {0, 1, 2, 3, 4}  # blocks of 16 messages
-    assert postings[_token(KEY, log_id, "r39")] == {2}
-    assert _token(KEY, log_id, "r69") not in postings
+    assert postings[token(KEY, log_id, "umb")] == {0, 1, 2, 3, 4}  # blocks of 16 messages
+    assert postings[token(KEY, log_id, "r39")] == {2}
+    assert token(KEY, log_id, "r69") not in postings
     with ConversationCodec(path, encryption_key=KEY) as c:
         assert [h.seq for h in c.search("zanzibar69")] == [69]  # scanned past the index
         c.append(_msg(0, "one more"))  # catches up, reading only the 5 records it lacks
@@ -306,18 +320,18 @@ def test_pop_prune_and_replace_remove_the_postings_of_deleted_messages(tmp_path:
             timestamps=list(range(21)),
         )
         log_id, _, postings = _read_kwi(kwi, KEY)
-        assert _token(KEY, log_id, "zan") in postings
+        assert token(KEY, log_id, "zan") in postings
         c.pop()
         log_id, spans, postings = _read_kwi(kwi, KEY)
-        assert spans == [(0, 20)] and _token(KEY, log_id, "zan") not in postings
+        assert spans == [(0, 20)] and token(KEY, log_id, "zan") not in postings
         assert list(c.search("zanzibar")) == []
         c.extend([_msg(0, "quokka one"), _msg(0, "quokka two")], timestamps=[21, 22])
         c.prune(21)  # the first 21 messages go
         log_id, spans, postings = _read_kwi(kwi, KEY)
-        assert spans == [(0, 2)] and _token(KEY, log_id, "wor") not in postings
+        assert spans == [(0, 2)] and token(KEY, log_id, "wor") not in postings
         c.replace([_msg(0, "only this")])
         log_id, spans, postings = _read_kwi(kwi, KEY)
-        assert spans == [(0, 1)] and _token(KEY, log_id, "quo") not in postings
+        assert spans == [(0, 1)] and token(KEY, log_id, "quo") not in postings
         c.clear()
     assert not kwi.exists()
 
@@ -333,8 +347,8 @@ def test_after_rotate_key_the_old_key_derives_no_valid_token(tmp_path: Path) -> 
     assert new_id != old_id and spans == [(0, 30)]
     with pytest.raises(InvalidToken):
         _read_kwi(kwi, KEY)
-    assert _token(KEY, new_id, "zan") not in postings
-    assert _token(OTHER_KEY, new_id, "zan") in postings
+    assert token(KEY, new_id, "zan") not in postings
+    assert token(OTHER_KEY, new_id, "zan") in postings
 
 
 def test_every_writer_keeps_the_index_with_or_without_the_option(tmp_path: Path) -> None:

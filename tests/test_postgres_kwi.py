@@ -9,8 +9,6 @@ deletion and key rotation are checked on the rows themselves.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import multiprocessing
 import re
 import subprocess
@@ -21,14 +19,20 @@ from typing import Any
 
 import psycopg
 import pytest
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.fernet import InvalidToken
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests._postgres import Cluster
 from tests.conftest import KEY, OTHER_KEY
-from tests.test_keyword_index import WORDS, op_st, query_st
+from tests.test_keyword_index import (
+    WORDS,
+    IndexedPair,
+    index_keys,
+    op_st,
+    query_st,
+    token,
+    varint,
+)
 
 from conversation_codec import ConversationCodec, ConversationStore, indexing
 from conversation_codec.index_cache import IndexCache
@@ -41,31 +45,6 @@ pytestmark = pytest.mark.postgres
 T0 = 1_700_000_000  # epoch seconds
 
 # -- a reader of cc_kwi_segments written from FORMAT.md §17.3 and §17.9 ------------------------
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def segment_keys(master_b64: str, log_id: bytes) -> tuple[bytes, Fernet]:
-    okm = HKDF(
-        algorithm=hashes.SHA256(),
-        length=64,
-        salt=log_id,
-        info=b"conversation-codec/1 keyword index",
-    ).derive(base64.urlsafe_b64decode(master_b64))
-    return okm[:32], Fernet(base64.urlsafe_b64encode(okm[32:]))
-
-
-def token(master_b64: str, log_id: bytes, gram: str) -> bytes:
-    return hmac.new(segment_keys(master_b64, log_id)[0], gram.encode(), hashlib.sha256).digest()[:4]
 
 
 def read_rows(url: str, cid: str) -> tuple[bytes | None, int, list[tuple[int, int, bytes]]]:
@@ -86,26 +65,26 @@ def read_postings(url: str, cid: str, master_b64: str) -> dict[bytes, set[int]]:
     ``master_b64`` does not open them."""
     log_id, _, rows = read_rows(url, cid)
     assert log_id is not None
-    fernet = segment_keys(master_b64, log_id)[1]
+    fernet = index_keys(master_b64, log_id)[1]
     postings: dict[bytes, set[int]] = {}
     covered = 0
     for lo, hi, frame in rows:
-        n, pos = _varint(frame, 0)
+        n, pos = varint(frame, 0)
         assert pos + n == len(frame)
         plain = fernet.decrypt(base64.urlsafe_b64encode(b"\x80" + frame[pos:]))
-        got_lo, p = _varint(plain, 0)
-        got_hi, p = _varint(plain, p)
+        got_lo, p = varint(plain, 0)
+        got_hi, p = varint(plain, p)
         assert (got_lo, got_hi) == (lo, hi) and lo == covered  # a chain, as the rows say
         covered = hi
         p += 16  # tag
         while p < len(plain):
             tok = plain[p : p + 4]
-            first, p = _varint(plain, p + 4)
-            last, p = _varint(plain, p)
-            size, p = _varint(plain, p)
+            first, p = varint(plain, p + 4)
+            last, p = varint(plain, p)
+            size, p = varint(plain, p)
             blocks, end = [first], p + size
             while p < end:
-                gap, p = _varint(plain, p)
+                gap, p = varint(plain, p)
                 blocks.append(blocks[-1] + gap)
             assert blocks[-1] == last
             postings.setdefault(tok, set()).update(blocks)
@@ -129,62 +108,18 @@ def _msg(text: str, role: str = "user") -> dict[str, Any]:
     return {"role": role, "content": text}
 
 
-def _hits(codec: ConversationCodec, query: str | None, **kw: Any) -> list[tuple[int, Any, Any]]:
-    return [(h.seq, h.timestamp, h.message) for h in codec.search(query, **kw)]
-
-
 # -- results identical to the scan ---------------------------------------------------------
 
 
-class _Pair:
-    """The same history in an indexed conversation and one without an index."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.now, self.key = url, T0, KEY
-        self.ids = (_id(), _id())
-        self.indexed = ConversationStore(url, encryption_key=KEY, search_index=True).open(
-            self.ids[0]
-        )
-        self.scan = ConversationStore(url, encryption_key=KEY).open(self.ids[1])
-
-    def apply(self, op: str, arg: Any) -> None:
-        both = (self.indexed, self.scan)
-        if op in ("extend", "replace"):
-            stamps = [self.now + i for i in range(len(arg))]
-            self.now += len(arg)
-            for c in both:
-                getattr(c, op)(arg, timestamps=stamps)
-        elif op == "pop":
-            for c in both:
-                for _ in range(arg):
-                    c.pop()
-        elif op == "prune":
-            for c in both:
-                c.prune(T0 + arg)
-        elif op == "compact":
-            for c in both:
-                c.compact()
-        elif op == "rotate":
-            self.key = OTHER_KEY if self.key == KEY else KEY
-            for c in both:
-                c.rotate_key(self.key)
-        else:  # a writer without the option, in a store of its own
-            for cid in self.ids:
-                with ConversationStore(self.url, encryption_key=self.key).open(cid) as other:
-                    other.append(arg, timestamp=self.now)
-            self.now += 1
-
-    def check(self, queries: list[tuple[Any, ...]]) -> None:
-        for text, case, role, limit, newest, since, until in queries:
-            if since is not None and until is not None and since > until:
-                since, until = until, since
-            kw = {"case_sensitive": case, "role": role, "limit": limit, "newest_first": newest}
-            kw.update(since=since, until=until)
-            assert _hits(self.indexed, text, **kw) == _hits(self.scan, text, **kw), (text, kw)
-
-    def close(self) -> None:
-        self.indexed.close()
-        self.scan.close()
+def _db_pair(url: str) -> IndexedPair:
+    """The indexed conversation and its mirror in one database; the writer without the
+    option opens them from a store of its own."""
+    ids = (_id(), _id())
+    return IndexedPair(
+        ConversationStore(url, encryption_key=KEY, search_index=True).open(ids[0]),
+        ConversationStore(url, encryption_key=KEY).open(ids[1]),
+        lambda i, key: ConversationStore(url, encryption_key=key).open(ids[i]),
+    )
 
 
 # psycopg_pool's worker threads draw from the global ``random`` (jittered connection
@@ -207,7 +142,7 @@ def test_indexed_search_equals_the_scan_on_postgres(postgres_url: str, max_examp
     )
     @given(ops=st.lists(op_st, min_size=1, max_size=6), queries=st.lists(query_st, max_size=6))
     def run(ops: list[tuple[str, Any]], queries: list[Any]) -> None:
-        pair = _Pair(postgres_url)
+        pair = _db_pair(postgres_url)
         try:
             for op, arg in ops:
                 pair.apply(op, arg)
@@ -234,7 +169,7 @@ QUERIES = [
 def test_a_fixed_history_answers_as_the_scan_across_many_blocks(postgres_url: str) -> None:
     """120 messages (8 blocks) in single appends and a batch, then a pop, a prune, a
     rotation and a writer without the option: every fixed query equals the scan."""
-    pair = _Pair(postgres_url)
+    pair = _db_pair(postgres_url)
     try:
         words = [f"{WORDS[(i * 7) % len(WORDS)]} {WORDS[(i * 3) % len(WORDS)]}" for i in range(120)]
         for i in range(20):
