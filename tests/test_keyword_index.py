@@ -74,22 +74,28 @@ def _read_kwi(
         n, pos = varint(data, pos)
         plain = fernet.decrypt(base64.urlsafe_b64encode(b"\x80" + data[pos : pos + n]))
         pos += n
-        lo, p = varint(plain, 0)
-        hi, p = varint(plain, p)
-        spans.append((lo, hi))
-        p += 16  # tag
-        while p < len(plain):
-            token = plain[p : p + 4]
-            first, p = varint(plain, p + 4)
-            last, p = varint(plain, p)
-            size, p = varint(plain, p)
-            blocks, end = [first], p + size
-            while p < end:
-                gap, p = varint(plain, p)
-                blocks.append(blocks[-1] + gap)
-            assert blocks[-1] == last
-            postings.setdefault(token, set()).update(blocks)
+        spans.append(segment_postings(plain, postings))
     return log_id, spans, postings
+
+
+def segment_postings(plain: bytes, postings: dict[bytes, set[int]]) -> tuple[int, int]:
+    """Add a decrypted segment's postings (token -> blocks) to ``postings``; return its
+    ``(lo, hi)`` (FORMAT.md §17.3)."""
+    lo, p = varint(plain, 0)
+    hi, p = varint(plain, p)
+    p += 16  # tag
+    while p < len(plain):
+        tok = plain[p : p + 4]
+        first, p = varint(plain, p + 4)
+        last, p = varint(plain, p)
+        size, p = varint(plain, p)
+        blocks, end = [first], p + size
+        while p < end:
+            gap, p = varint(plain, p)
+            blocks.append(blocks[-1] + gap)
+        assert blocks[-1] == last
+        postings.setdefault(tok, set()).update(blocks)
+    return lo, hi
 
 
 def token(master_b64: str, log_id: bytes, gram: str) -> bytes:
