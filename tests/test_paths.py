@@ -35,3 +35,23 @@ def test_other_names_are_not_ours() -> None:
         assert not paths.is_leftover(name, log) and not paths.is_log_file(name, log)
     assert not paths.is_blob_temp("0" * 64) and not paths.is_sidecar("history.jsonl")
     assert not paths.is_leftover("other.log.tmp-0123456789abcdef", log)
+
+
+def test_every_leftover_passes_the_cheap_filter() -> None:
+    """``may_be_leftover`` filters a store's names before ``is_leftover`` runs per log: a
+    name it drops would never be swept, so every leftover a writer can leave passes it."""
+    log = "chat.log"
+    migrating = paths.migrating_path(log)
+    leftovers = [
+        paths.temp_path(log),
+        paths.temp_path(paths.kwi_path(log)),
+        migrating,
+        paths.index_path(migrating),
+        paths.lock_path(migrating),
+        paths.temp_path(migrating),
+    ]
+    for name in leftovers:
+        assert paths.is_leftover(name, log), name
+        assert paths.may_be_leftover(name), name
+    for name in (log, paths.index_path(log), paths.lock_path(log), paths.kwi_path(log)):
+        assert not paths.may_be_leftover(name)

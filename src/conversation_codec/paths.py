@@ -133,6 +133,12 @@ def is_blob_temp(name: str) -> bool:
     return _TEMP_RE.fullmatch(name) is not None
 
 
+def may_be_leftover(name: str) -> bool:
+    """Whether ``name`` could be some log's leftover (``is_leftover``): a cheap first
+    filter over a directory's names, which a store holds thousands of."""
+    return _TEMP in name or _MIGRATING in name
+
+
 def is_leftover(name: str, log_name: str) -> bool:
     """Whether ``name`` is what a crashed rewrite or migration of the log ``log_name`` (both
     base names) left beside it. Never ``P.bak``: the user's original."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 from ..._fsio import FileIO, check_file, open_file, unlink_file, write_all
 from ...format.record import encode_frame
-from ...paths import index_path, is_leftover, temp_path
+from ...paths import index_path, is_leftover, may_be_leftover, temp_path
 from ..base import LogFormat
 from .index import OffsetIndex
 
@@ -105,13 +105,14 @@ def replace_log(
 # Kernels stamp mtimes with a coarse clock (a jiffy), so a listing is trusted only when it
 # was taken _SETTLED_NS after the mtime it saw: a name made in the same tick after the
 # listing would otherwise leave the mtime as it was.
-_listed: dict[str, tuple[tuple[int, int, int], frozenset[str]]] = {}
+_listed: dict[str, tuple[tuple[int, int, int], tuple[str, ...]]] = {}
 _listed_lock = threading.Lock()
 _SETTLED_NS = 100_000_000
 
 
-def _names(folder: str) -> frozenset[str]:
-    """The names in ``folder``: listed again unless its mtime says nothing changed."""
+def _candidates(folder: str) -> tuple[str, ...]:
+    """The names in ``folder`` that may be leftovers (``paths.may_be_leftover``): listed
+    again unless its mtime says nothing changed."""
     st = os.stat(folder)
     key = (st.st_dev, st.st_ino, st.st_mtime_ns)
     with _listed_lock:
@@ -119,7 +120,7 @@ def _names(folder: str) -> frozenset[str]:
     if cached is not None and cached[0] == key:
         return cached[1]
     started = time.time_ns()
-    names = frozenset(os.listdir(folder))
+    names = tuple(name for name in os.listdir(folder) if may_be_leftover(name))
     # A whole-second mtime may come from a file system that keeps no finer time: never
     # trusted, as a name made later in that second would leave it as it was.
     if started - st.st_mtime_ns >= _SETTLED_NS and st.st_mtime_ns % 1_000_000_000:
@@ -133,7 +134,7 @@ def remove_leftovers(path: str, io: FileIO) -> None:
     beside it (``paths.is_leftover``); the caller holds the exclusive lock."""
     folder = os.path.dirname(path) or "."
     base = os.path.basename(path)
-    for name in _names(folder):
+    for name in _candidates(folder):
         if is_leftover(name, base):
             unlink_file(os.path.join(folder, name), io=io)  # refuses a planted link
 
