@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -230,7 +231,11 @@ class RecordKey(TokenOpener):
             raise ValueError("a Fernet key is 32 bytes")
         self._signing = key[:16]
         self._aes = algorithms.AES(key[16:])
-        self._mac = hmac.new(self._signing, _FERNET_VERSION, "sha256")
+        # cryptography's HMAC, keyed once and fed the version byte, copied per record:
+        # 0.7 us a corpus record against 1.2 us for the stdlib's (its copy() and digest()
+        # are Python), the same bytes (issue 15; opening.py verifies the same way).
+        self._mac = HMAC(self._signing, hashes.SHA256())
+        self._mac.update(_FERNET_VERSION)
         super().__init__(self._signing, self._aes)
         # Sealing keeps one CBC encryptor, and makes each record's IV with it: a fresh
         # random block R goes in first and comes out as E(R ⊕ the last ciphertext block), a
@@ -247,7 +252,7 @@ class RecordKey(TokenOpener):
         signed = ts_seconds.to_bytes(8, "big") + iv_ciphertext
         mac = self._mac.copy()  # keyed once, and fed the version byte
         mac.update(signed)
-        return signed + mac.digest()
+        return signed + mac.finalize()
 
     def __repr__(self) -> str:
         return "<RecordKey>"
