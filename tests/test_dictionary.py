@@ -14,8 +14,11 @@ import pytest
 from _spec_reader import read as spec_read
 from conversation_codec import ConversationCodec
 from conversation_codec.compression import TRAIN_AFTER, train_dictionary
+from conversation_codec.errors import DecryptionError
 
 from conftest import KEY, messages
+
+NEW_KEY = "y0XojHGqVqvD6Uw2uH_FU5nTh1DsJiTlwhUyDRyIWCs="  # a fixed test key, never a real secret
 
 WORDS = [
     "order",
@@ -325,3 +328,47 @@ def test_compaction_drops_a_dictionary_nothing_uses(tmp_path: Path) -> None:
         codec.compact()
     log = spec_read(path.read_bytes(), key=KEY)
     assert [r.kind for r in log.records] == [0] * 700
+
+
+def test_a_compaction_that_keeps_the_dictionary_reseals_each_payload_as_stored(
+    tmp_path: Path,
+) -> None:
+    """Issue 15: when a rewrite keeps the log's dictionary, a record compressed with it keeps
+    its payload, sealed again under the new log's keys (a fresh log_id), and a key rotation
+    re-encrypts it under the new key: every message reads back, at its seq, and no record
+    grows."""
+    path = tmp_path / "c.log"
+    msgs = chat(1_500, seed=9)
+    with open_codec(path) as codec:
+        codec.extend(msgs)
+        codec.compact()  # its own dictionary, trained on the whole history
+    before_bytes = path.read_bytes()
+    before = spec_read(before_bytes, key=KEY)
+    for how in ("compact", "rotate"):
+        with open_codec(path) as codec:
+            report = codec.compact() if how == "compact" else codec.rotate_key(NEW_KEY)
+            assert codec.load() == msgs  # the same instance
+        assert report.bytes_after <= report.bytes_before
+        after_bytes = path.read_bytes()
+        after = spec_read(after_bytes, key=KEY if how == "compact" else NEW_KEY)
+        assert after.messages == msgs
+        assert after.records[0].kind == 1 and after.records[0].payload == before.records[0].payload
+        kept = [
+            (a.seq, a.dict_id, a.payload, a.end - a.start) for a in after.records[1 + TRAIN_AFTER :]
+        ]
+        assert kept == [
+            (b.seq, b.dict_id, b.payload, b.end - b.start)
+            for b in before.records[1 + TRAIN_AFTER :]
+        ]
+        assert sum(dict_id == 1 for _, dict_id, _, _ in kept) >= 0.9 * len(kept)
+        assert after_bytes[:96] != before_bytes[:96], "a fresh log_id"
+        assert before_bytes[-64:] not in after_bytes, "every record sealed again"
+        with (
+            open_codec(path)
+            if how == "compact"
+            else ConversationCodec(path, encryption_key=NEW_KEY) as fresh
+        ):
+            assert fresh.load() == msgs
+            assert fresh.verify().ok
+    with pytest.raises(DecryptionError):
+        open_codec(path)

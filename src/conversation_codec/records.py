@@ -108,7 +108,7 @@ class SealedRecords:
     """Bodies of a sealed log: zstd (with the log's dictionary once it has one, and only
     when that makes it smaller), then one Fernet token each (FORMAT.md §5)."""
 
-    __slots__ = ("_cipher", "_dict", "_dict_bytes", "_dict_id", "_zstd")
+    __slots__ = ("_cipher", "_dict", "_dict_bytes", "_dict_id", "_frames", "_zstd")
 
     def __init__(self, cipher: LogCipher, compressor: Compressor | None = None) -> None:
         self._cipher = cipher
@@ -116,6 +116,10 @@ class SealedRecords:
         self._dict: Compressor | None = None
         self._dict_bytes: bytes | None = None
         self._dict_id = 0
+        # While a rewrite keeps this log's dictionary: the zstd frame each text that
+        # ``payloads`` inflated with it came from, by id() and checked by identity (as
+        # PlainRecords keeps its parses), for the batch last read.
+        self._frames: dict[int, tuple[bytes, bytes]] | None = None
 
     @property
     def cipher(self) -> LogCipher:
@@ -149,6 +153,25 @@ class SealedRecords:
             payload, compressed = self._zstd.compress(message_json)
             dict_id = 0
         envelope = encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
+        return self._cipher.seal(envelope, ts_us // _US_PER_S)
+
+    def keep_frames(self, keep: bool) -> None:
+        """Start (or stop) remembering, for the batch ``payloads`` last read, the frame
+        behind each text it inflated with the dictionary (``stored_frame``)."""
+        self._frames = {} if keep else None
+
+    def stored_frame(self, text: bytes) -> bytes | None:
+        """The stored payload ``text`` was inflated from with the log's dictionary (the
+        batch last read, while ``keep_frames``); None for any other text."""
+        found = None if self._frames is None else self._frames.pop(id(text), None)
+        return found[1] if found is not None and found[0] is text else None
+
+    def encode_frame(self, seq: int, ts_us: int, frame: bytes) -> bytes:
+        """Like ``encode``, for a payload already compressed with this codec's dictionary
+        (``stored_frame`` of a log with the same dictionary): sealed as it is, no smaller
+        and no larger than it was, without a compression."""
+        assert self._dict is not None
+        envelope = encode_envelope(seq, ts_us, frame, compressed=True, dict_id=self._dict_id)
         return self._cipher.seal(envelope, ts_us // _US_PER_S)
 
     def encode_smallest(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
@@ -234,6 +257,8 @@ class SealedRecords:
         # any other record, or one the batch cannot open, goes through payload() alone, so
         # that it fails with exactly the error a record-by-record read gives.
         opened = self._cipher.unseal_many([body for _, body in records])
+        if self._frames is not None:
+            self._frames.clear()
         for (seq, body), unsealed in zip(records, opened, strict=True):
             if unsealed is not None:
                 head = self._usual(unsealed[0])
@@ -271,7 +296,11 @@ class SealedRecords:
             if flags == 0:
                 return seq, rem, plain[pos:]
             if flags == 3 and self._dict is not None and plain[pos] == self._dict_id < 0x80:
-                return seq, rem, self._dict.decompress(plain[pos + 1 :])
+                frame = plain[pos + 1 :]
+                text = self._dict.decompress(frame)
+                if self._frames is not None:
+                    self._frames[id(text)] = (text, frame)
+                return seq, rem, text
         except (IndexError, ValueError, zstandard.ZstdError):
             pass
         return None
