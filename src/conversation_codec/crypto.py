@@ -254,6 +254,26 @@ class RecordKey(TokenOpener):
         mac.update(signed)
         return signed + mac.finalize()
 
+    def seal_many(self, plains: Sequence[bytes], ts_seconds: Sequence[int]) -> list[bytes]:
+        """``seal`` each plaintext (at its time), with one ``getrandom`` and one AES-CBC
+        call for them all: exactly what successive ``seal`` calls make, had ``os.urandom``
+        returned the same blocks (each record's IV is still its random block encrypted
+        after the last ciphertext block). Saves ~0.7 us a record (issue 15: compaction)."""
+        randoms = os.urandom(16 * len(plains))
+        parts: list[bytes] = []
+        for i, plain in enumerate(plains):
+            parts += (randoms[16 * i : 16 * i + 16], plain, _PADDING[len(plain) % 16])
+        out = self._encryptor.update(b"".join(parts)) if parts else b""
+        bodies, pos, keyed = [], 0, self._mac
+        for plain, seconds in zip(plains, ts_seconds, strict=True):
+            end = pos + 32 + len(plain) // 16 * 16  # the IV, then the padded ciphertext
+            signed = seconds.to_bytes(8, "big") + out[pos:end]
+            mac = keyed.copy()
+            mac.update(signed)
+            bodies.append(signed + mac.finalize())
+            pos = end
+        return bodies
+
     def __repr__(self) -> str:
         return "<RecordKey>"
 
@@ -378,6 +398,10 @@ class LogCipher:
     def seal(self, envelope: bytes, ts_seconds: int) -> bytes:
         """Encrypt one envelope; return the stored body (the token minus its version byte)."""
         return self._sealer.seal(envelope, ts_seconds)
+
+    def seal_many(self, envelopes: Sequence[bytes], ts_seconds: Sequence[int]) -> list[bytes]:
+        """``seal`` each envelope at its time, in one AES-CBC call (``RecordKey.seal_many``)."""
+        return self._sealer.seal_many(envelopes, ts_seconds)
 
     def unseal(self, body: bytes) -> tuple[bytes, int]:
         """Authenticate and decrypt one body; return ``(envelope, token_seconds)``.

@@ -166,28 +166,41 @@ class SealedRecords:
         found = None if self._frames is None else self._frames.pop(id(text), None)
         return found[1] if found is not None and found[0] is text else None
 
-    def encode_frame(self, seq: int, ts_us: int, frame: bytes) -> bytes:
-        """Like ``encode``, for a payload already compressed with this codec's dictionary
-        (``stored_frame`` of a log with the same dictionary): sealed as it is, no smaller
-        and no larger than it was, without a compression."""
+    def frame_envelope(self, seq: int, ts_us: int, frame: bytes) -> bytes:
+        """The envelope of a payload already compressed with this codec's dictionary
+        (``stored_frame`` of a log with the same dictionary), as it is: no smaller and no
+        larger than it was, without a compression. Sealed by ``seal_many``."""
         assert self._dict is not None
-        envelope = encode_envelope(seq, ts_us, frame, compressed=True, dict_id=self._dict_id)
-        return self._cipher.seal(envelope, ts_us // _US_PER_S)
+        return encode_envelope(seq, ts_us, frame, compressed=True, dict_id=self._dict_id)
 
-    def encode_smallest(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
-        """Like ``encode``, but with a dictionary also try zstd without it and keep the
-        smaller: a rewrite then stores no record larger than an appender could have
-        (records before the dictionary were compressed without one). Costs a second
-        compression, so only rewrites use it."""
+    def smallest_envelope(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
+        """The envelope ``encode`` seals, except that with a dictionary zstd without it is
+        tried too and the smaller kept: a rewrite then stores no record larger than an
+        appender could have (records before the dictionary were compressed without one).
+        Costs a second compression, so only rewrites use it. Sealed by ``seal_many``."""
         if self._dict is None:
-            return self.encode(seq, ts_us, message_json)
+            payload, compressed = self._zstd.compress(message_json)
+            return encode_envelope(seq, ts_us, payload, compressed=compressed)
         payload, compressed = self._dict.compress(message_json)
         dict_id = self._dict_id if compressed else 0
         plain, plain_compressed = self._zstd.compress(message_json)
         if len(plain) < len(payload):
             payload, compressed, dict_id = plain, plain_compressed, 0
-        envelope = encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
-        return self._cipher.seal(envelope, ts_us // _US_PER_S)
+        return encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
+
+    def envelope(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
+        """The envelope ``encode`` seals. Sealed by ``seal_many``."""
+        if self._dict is not None:
+            payload, compressed = self._dict.compress(message_json)
+            dict_id = self._dict_id if compressed else 0
+        else:
+            payload, compressed = self._zstd.compress(message_json)
+            dict_id = 0
+        return encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
+
+    def seal_many(self, envelopes: Sequence[bytes], tss_us: Sequence[int]) -> list[bytes]:
+        """Seal message envelopes stamped ``tss_us`` into bodies, in one AES-CBC call."""
+        return self._cipher.seal_many(envelopes, [ts // _US_PER_S for ts in tss_us])
 
     def encode_dictionary(self, dict_id: int, ts_us: int, dictionary: bytes) -> bytes:
         """Return the body of a control record holding a dictionary (FORMAT.md §5.3)."""

@@ -38,6 +38,8 @@ from ..storage.file.kwi import TAG_BYTES
 __all__ = ["CompactionReport", "Compactor", "fresh_dictionary"]
 
 Progress = Callable[[int, int], None]  # progress(done, total): records re-sealed so far
+_Item = tuple[int, int, bytes, bytes | None]  # seq, ts_us, message JSON, kept frame or None
+_SEAL_BATCH = 256  # records a rewrite of messages in memory seals in one call
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +150,18 @@ class Compactor:
         encode = _encoder(fmt.records)
         builder = None if self._index is None else self._index.builder_for(fmt)
         last = [b""]
+        if len(datas) != len(tss):
+            raise ValueError(f"{len(datas)} messages and {len(tss)} timestamps")
 
         def records() -> Iterator[tuple[bytes, int]]:
-            for seq, (data, ts) in enumerate(zip(datas, tss, strict=True)):
+            for first in range(0, len(datas), _SEAL_BATCH):
+                seqs = range(first, min(len(datas), first + _SEAL_BATCH))
                 if builder is not None:
-                    builder.add(seq, fmt.records.parse(data))
-                last[0] = encode(seq, ts, data)
-                yield last[0], ts
+                    for seq in seqs:
+                        builder.add(seq, fmt.records.parse(datas[seq]))
+                bodies = encode([(seq, tss[seq], datas[seq], None) for seq in seqs])
+                last[0] = bodies[-1]
+                yield from zip(bodies, tss[first : first + len(bodies)], strict=True)
 
         self._log.rewrite(header, fmt, records(), dictionary)
         if self._index is not None:
@@ -258,6 +265,7 @@ class Compactor:
 
         def reseal() -> Iterator[tuple[bytes, int]]:
             for batch in reader.batches(start, count):
+                items: list[_Item] = []
                 for (seq, text, ts), message in zip(batch, reader.messages(batch), strict=True):
                     if old_blobs is not None:
                         if new_blobs is not None:
@@ -267,23 +275,23 @@ class Compactor:
                         builder.add(seq - start, message)
                     frame = None
                     if reuse is not None and seq - start >= TRAIN_AFTER:
-                        frame = reuse[0].stored_frame(text)
-                    if frame is not None and reuse is not None:
-                        last[0] = reuse[1].encode_frame(seq - start, ts, frame)
-                    else:
-                        data = text if as_stored else encode_json(message)
-                        last[0] = encode(seq - start, ts, data)
-                    yield last[0], ts
+                        frame = reuse.stored_frame(text)
+                    data = text if as_stored else encode_json(message)
+                    items.append((seq - start, ts, data, frame))
+                bodies = encode(items)  # sealed as a batch: one AES-CBC call
+                last[0] = bodies[-1]
+                for body, (seq, ts, _, _) in zip(bodies, items, strict=True):
+                    yield body, ts
                     if progress is not None:
-                        progress(seq - start + 1, count - start)
+                        progress(seq + 1, count - start)
 
         if reuse is not None:
-            reuse[0].keep_frames(True)
+            reuse.keep_frames(True)
         try:
             log.rewrite(header, new, reseal(), dictionary)
         finally:
             if reuse is not None:
-                reuse[0].keep_frames(False)
+                reuse.keep_frames(False)
         if self._index is not None:
             self._index.rewritten(builder, count - start, last[0][-TAG_BYTES:])
         if old_blobs is not None:
@@ -292,11 +300,9 @@ class Compactor:
         return CompactionReport(count - start, before, log.size() + reader.index_size())
 
 
-def _kept_dictionary(
-    old: RecordCodec, new: RecordCodec
-) -> tuple[SealedRecords, SealedRecords] | None:
-    """``(old, new)`` when a rewrite from ``old`` into ``new`` keeps the dictionary (the
-    same bytes under the same id): a payload compressed with it stays valid as it is."""
+def _kept_dictionary(old: RecordCodec, new: RecordCodec) -> SealedRecords | None:
+    """``old`` when a rewrite from it into ``new`` keeps the dictionary (the same bytes
+    under the same id): a payload compressed with it stays valid as it is."""
     if (
         isinstance(old, SealedRecords)
         and isinstance(new, SealedRecords)
@@ -304,22 +310,32 @@ def _kept_dictionary(
         and new.dictionary == old.dictionary
         and new.dict_id == old.dict_id
     ):
-        return old, new
+        return old
     return None
 
 
-def _encoder(records: RecordCodec) -> Callable[[int, int, bytes], bytes]:
-    """The record encoder of a rewrite. In a sealed log the first ``TRAIN_AFTER`` records
-    also try zstd without the dictionary (``SealedRecords.encode_smallest``): an appender
-    wrote them before its log had a dictionary, and re-compressed with one a record could
-    grow. Later records were written with the dictionary (or stored as they are), so with
-    the same dictionary they come out as they were; a second compression each would cost
-    ~20% of a compaction for nothing."""
-    if not isinstance(records, SealedRecords):
-        return records.encode
-    smallest, encode = records.encode_smallest, records.encode
+def _encoder(records: RecordCodec) -> Callable[[list[_Item]], list[bytes]]:
+    """The record encoder of a rewrite: the bodies of a batch of ``(seq, ts_us, message
+    JSON, frame)``, sealed in one call. ``frame``: the record's stored payload, compressed
+    with the dictionary the rewrite keeps (``_kept_dictionary``), sealed again as it is.
 
-    def encoder(seq: int, ts_us: int, message_json: bytes) -> bytes:
-        return (smallest if seq < TRAIN_AFTER else encode)(seq, ts_us, message_json)
+    In a sealed log the first ``TRAIN_AFTER`` records also try zstd without the dictionary
+    (``SealedRecords.smallest_envelope``): an appender wrote them before its log had a
+    dictionary, and re-compressed with one a record could grow. Later records were written
+    with the dictionary (or stored as they are), so with the same dictionary they come out
+    as they were; a second compression each would cost ~20% of a compaction for nothing."""
+    if not isinstance(records, SealedRecords):
+        encode = records.encode
+        return lambda items: [encode(seq, ts, data) for seq, ts, data, _ in items]
+    smallest, usual, kept = records.smallest_envelope, records.envelope, records.frame_envelope
+
+    def encoder(items: list[_Item]) -> list[bytes]:
+        envelopes = [
+            kept(seq, ts, frame)
+            if frame is not None
+            else (smallest if seq < TRAIN_AFTER else usual)(seq, ts, data)
+            for seq, ts, data, frame in items
+        ]
+        return records.seal_many(envelopes, [ts for _, ts, _, _ in items])
 
     return encoder
