@@ -311,7 +311,10 @@ class SealedRecords:
             if flags == 3 and self._dict is not None and plain[pos] == self._dict_id < 0x80:
                 frame = plain[pos + 1 :]
                 text = self._dict.decompress(frame)
-                if self._frames is not None:
+                # Kept only with its content size (Frame_Header_Descriptor, RFC 8878
+                # §3.1.1.1.1: a size flag or a single segment), which early versions of
+                # this library left out: those are compressed again (compression.py).
+                if self._frames is not None and frame[4] & 0xE0:
                     self._frames[id(text)] = (text, frame)
                 return seq, rem, text
         except (IndexError, ValueError, zstandard.ZstdError):
