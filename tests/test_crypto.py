@@ -278,3 +278,36 @@ def test_the_same_record_sealed_again_gets_a_fresh_iv_and_ciphertext() -> None:
     assert len({body[24:-32] for body in bodies}) == len(bodies)
     for before, after in itertools.pairwise(bodies):
         assert after[8:24] != before[-48:-32]
+
+
+@settings(max_examples=100)
+@given(
+    plains=st.lists(st.binary(max_size=100), max_size=12),
+    stamps=st.lists(st.integers(0, 2**40), min_size=12, max_size=12),
+)
+def test_seal_many_makes_what_fernet_writes_for_each_record(
+    plains: list[bytes], stamps: list[int]
+) -> None:
+    """Issue 15: a batch sealed in one AES-CBC call must be, token by token, what Fernet
+    writes for that IV and time, interleaved with single seals on the same encryptor, with
+    a fresh IV per record."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    ours, fernet = RecordKey(RAW), Fernet(KEY)
+    before = ours.seal(b"before the batch", 1)
+    bodies = ours.seal_many(plains, stamps[: len(plains)])
+    after = ours.seal(b"after the batch", 2)
+    assert len(bodies) == len(plains)
+    for plain, ts, body in zip(plains, stamps, bodies, strict=False):
+        token = base64.urlsafe_b64encode(b"\x80" + body)
+        assert fernet.decrypt(token) == plain
+        assert fernet.extract_timestamp(token) == ts
+        iv, pad = body[8:24], 16 - len(plain) % 16
+        alone = Cipher(algorithms.AES(RAW[16:]), modes.CBC(iv)).encryptor()
+        assert body[24:-32] == alone.update(plain + bytes((pad,)) * pad) + alone.finalize()
+    for single, plain in ((before, b"before the batch"), (after, b"after the batch")):
+        assert ours.open(single) == plain
+    ivs = [body[8:24] for body in [before, *bodies, after]]
+    assert len(set(ivs)) == len(ivs)
+    with pytest.raises(ValueError):
+        ours.seal_many([b"two plaintexts"], [1, 2])

@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from _spec_reader import read as spec_read
 from conversation_codec import ConversationCodec
 from conversation_codec.compression import TRAIN_AFTER, train_dictionary
+from conversation_codec.crypto import Keyring, LogCipher
+from conversation_codec.errors import DecryptionError
+from conversation_codec.format.header import decode_sealed_header
+from conversation_codec.format.record import encode_envelope, encode_frame
+from conversation_codec.records import SealedRecords
 
 from conftest import KEY, messages
+
+NEW_KEY = "y0XojHGqVqvD6Uw2uH_FU5nTh1DsJiTlwhUyDRyIWCs="  # a fixed test key, never a real secret
 
 WORDS = [
     "order",
@@ -325,3 +333,84 @@ def test_compaction_drops_a_dictionary_nothing_uses(tmp_path: Path) -> None:
         codec.compact()
     log = spec_read(path.read_bytes(), key=KEY)
     assert [r.kind for r in log.records] == [0] * 700
+
+
+def test_a_compaction_that_keeps_the_dictionary_reseals_each_payload_as_stored(
+    tmp_path: Path,
+) -> None:
+    """Issue 15: when a rewrite keeps the log's dictionary, a record compressed with it keeps
+    its payload, sealed again under the new log's keys (a fresh log_id), and a key rotation
+    re-encrypts it under the new key: every message reads back, at its seq, and no record
+    grows."""
+    path = tmp_path / "c.log"
+    msgs = chat(1_500, seed=9)
+    with open_codec(path) as codec:
+        codec.extend(msgs)
+        codec.compact()  # its own dictionary, trained on the whole history
+    before_bytes = path.read_bytes()
+    before = spec_read(before_bytes, key=KEY)
+    for how in ("compact", "rotate"):
+        with open_codec(path) as codec:
+            report = codec.compact() if how == "compact" else codec.rotate_key(NEW_KEY)
+            assert codec.load() == msgs  # the same instance
+        assert report.bytes_after <= report.bytes_before
+        after_bytes = path.read_bytes()
+        after = spec_read(after_bytes, key=KEY if how == "compact" else NEW_KEY)
+        assert after.messages == msgs
+        assert after.records[0].kind == 1 and after.records[0].payload == before.records[0].payload
+        kept = [
+            (a.seq, a.dict_id, a.payload, a.end - a.start) for a in after.records[1 + TRAIN_AFTER :]
+        ]
+        assert kept == [
+            (b.seq, b.dict_id, b.payload, b.end - b.start)
+            for b in before.records[1 + TRAIN_AFTER :]
+        ]
+        assert sum(dict_id == 1 for _, dict_id, _, _ in kept) >= 0.9 * len(kept)
+        assert after_bytes[:96] != before_bytes[:96], "a fresh log_id"
+        assert before_bytes[-64:] not in after_bytes, "every record sealed again"
+        with (
+            open_codec(path)
+            if how == "compact"
+            else ConversationCodec(path, encryption_key=NEW_KEY) as fresh
+        ):
+            assert fresh.load() == msgs
+            assert fresh.verify().ok
+    with pytest.raises(DecryptionError):
+        open_codec(path)
+
+
+def test_a_kept_dictionary_compresses_a_frame_without_its_content_size_again(
+    tmp_path: Path,
+) -> None:
+    """Early versions wrote zstd frames without their content size (slow to read,
+    compression.py): a compaction that keeps the dictionary compresses such a record again
+    instead of carrying its payload over."""
+    path = tmp_path / "c.log"
+    msgs = chat(1_500, seed=9)
+    with open_codec(path) as codec:
+        codec.extend(msgs)
+        codec.compact()
+    compacted = spec_read(path.read_bytes(), key=KEY)
+    dictionary = compacted.records[0].payload
+    old = {"role": "user", "content": "written by an early version " * 4}
+    text = json.dumps(old, separators=(",", ":")).encode()
+    frame = zstandard.ZstdCompressor(
+        dict_data=zstandard.ZstdCompressionDict(dictionary), write_content_size=False
+    ).compress(text)
+    assert not frame[4] & 0xE0  # no content size
+    header, covered, mac = decode_sealed_header(path.read_bytes())
+    records = SealedRecords(LogCipher.open(Keyring.from_input(KEY), header, covered, mac))
+    ts = compacted.last_ts + 10**6
+    envelope = encode_envelope(len(msgs), ts, frame, compressed=True, dict_id=1)
+    with open(path, "ab") as f:  # as an early version appended it
+        f.write(encode_frame(records.cipher.seal(envelope, ts // 10**6)))
+    before = spec_read(path.read_bytes(), key=KEY)
+    assert before.records[-1].payload == frame
+    with open_codec(path) as codec:
+        assert codec.load() == [*msgs, old]
+        codec.compact()
+    log = spec_read(path.read_bytes(), key=KEY)
+    assert log.records[0].payload == dictionary  # kept
+    assert log.messages == [*msgs, old]
+    assert log.records[-1].dict_id == 1 and log.records[-1].payload[4] & 0xE0
+    assert log.records[-2].payload == before.records[-2].payload  # the others carried over

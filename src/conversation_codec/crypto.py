@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -230,7 +231,11 @@ class RecordKey(TokenOpener):
             raise ValueError("a Fernet key is 32 bytes")
         self._signing = key[:16]
         self._aes = algorithms.AES(key[16:])
-        self._mac = hmac.new(self._signing, _FERNET_VERSION, "sha256")
+        # cryptography's HMAC, keyed once and fed the version byte, copied per record:
+        # 0.7 us a corpus record against 1.2 us for the stdlib's (its copy() and digest()
+        # are Python), the same bytes (issue 15; opening.py verifies the same way).
+        self._mac = HMAC(self._signing, hashes.SHA256())
+        self._mac.update(_FERNET_VERSION)
         super().__init__(self._signing, self._aes)
         # Sealing keeps one CBC encryptor, and makes each record's IV with it: a fresh
         # random block R goes in first and comes out as E(R ⊕ the last ciphertext block), a
@@ -247,7 +252,27 @@ class RecordKey(TokenOpener):
         signed = ts_seconds.to_bytes(8, "big") + iv_ciphertext
         mac = self._mac.copy()  # keyed once, and fed the version byte
         mac.update(signed)
-        return signed + mac.digest()
+        return signed + mac.finalize()
+
+    def seal_many(self, plains: Sequence[bytes], ts_seconds: Sequence[int]) -> list[bytes]:
+        """``seal`` each plaintext (at its time), with one ``getrandom`` and one AES-CBC
+        call for them all: exactly what successive ``seal`` calls make, had ``os.urandom``
+        returned the same blocks (each record's IV is still its random block encrypted
+        after the last ciphertext block). Saves ~0.7 us a record (issue 15: compaction)."""
+        randoms = os.urandom(16 * len(plains))
+        parts: list[bytes] = []
+        for i, plain in enumerate(plains):
+            parts += (randoms[16 * i : 16 * i + 16], plain, _PADDING[len(plain) % 16])
+        out = self._encryptor.update(b"".join(parts)) if parts else b""
+        bodies, pos, keyed = [], 0, self._mac
+        for plain, seconds in zip(plains, ts_seconds, strict=True):
+            end = pos + 32 + len(plain) // 16 * 16  # the IV, then the padded ciphertext
+            signed = seconds.to_bytes(8, "big") + out[pos:end]
+            mac = keyed.copy()
+            mac.update(signed)
+            bodies.append(signed + mac.finalize())
+            pos = end
+        return bodies
 
     def __repr__(self) -> str:
         return "<RecordKey>"
@@ -373,6 +398,10 @@ class LogCipher:
     def seal(self, envelope: bytes, ts_seconds: int) -> bytes:
         """Encrypt one envelope; return the stored body (the token minus its version byte)."""
         return self._sealer.seal(envelope, ts_seconds)
+
+    def seal_many(self, envelopes: Sequence[bytes], ts_seconds: Sequence[int]) -> list[bytes]:
+        """``seal`` each envelope at its time, in one AES-CBC call (``RecordKey.seal_many``)."""
+        return self._sealer.seal_many(envelopes, ts_seconds)
 
     def unseal(self, body: bytes) -> tuple[bytes, int]:
         """Authenticate and decrypt one body; return ``(envelope, token_seconds)``.

@@ -108,7 +108,7 @@ class SealedRecords:
     """Bodies of a sealed log: zstd (with the log's dictionary once it has one, and only
     when that makes it smaller), then one Fernet token each (FORMAT.md §5)."""
 
-    __slots__ = ("_cipher", "_dict", "_dict_bytes", "_dict_id", "_zstd")
+    __slots__ = ("_cipher", "_dict", "_dict_bytes", "_dict_id", "_frames", "_zstd")
 
     def __init__(self, cipher: LogCipher, compressor: Compressor | None = None) -> None:
         self._cipher = cipher
@@ -116,6 +116,10 @@ class SealedRecords:
         self._dict: Compressor | None = None
         self._dict_bytes: bytes | None = None
         self._dict_id = 0
+        # While a rewrite keeps this log's dictionary: the zstd frame each text that
+        # ``payloads`` inflated with it came from, by id() and checked by identity (as
+        # PlainRecords keeps its parses), for the batch last read.
+        self._frames: dict[int, tuple[bytes, bytes]] | None = None
 
     @property
     def cipher(self) -> LogCipher:
@@ -151,20 +155,52 @@ class SealedRecords:
         envelope = encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
         return self._cipher.seal(envelope, ts_us // _US_PER_S)
 
-    def encode_smallest(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
-        """Like ``encode``, but with a dictionary also try zstd without it and keep the
-        smaller: a rewrite then stores no record larger than an appender could have
-        (records before the dictionary were compressed without one). Costs a second
-        compression, so only rewrites use it."""
+    def keep_frames(self, keep: bool) -> None:
+        """Start (or stop) remembering, for the batch ``payloads`` last read, the frame
+        behind each text it inflated with the dictionary (``stored_frame``)."""
+        self._frames = {} if keep else None
+
+    def stored_frame(self, text: bytes) -> bytes | None:
+        """The stored payload ``text`` was inflated from with the log's dictionary (the
+        batch last read, while ``keep_frames``); None for any other text."""
+        found = None if self._frames is None else self._frames.pop(id(text), None)
+        return found[1] if found is not None and found[0] is text else None
+
+    def frame_envelope(self, seq: int, ts_us: int, frame: bytes) -> bytes:
+        """The envelope of a payload already compressed with this codec's dictionary
+        (``stored_frame`` of a log with the same dictionary), as it is: no smaller and no
+        larger than it was, without a compression. Sealed by ``seal_many``."""
+        assert self._dict is not None
+        return encode_envelope(seq, ts_us, frame, compressed=True, dict_id=self._dict_id)
+
+    def smallest_envelope(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
+        """The envelope ``encode`` seals, except that with a dictionary zstd without it is
+        tried too and the smaller kept: a rewrite then stores no record larger than an
+        appender could have (records before the dictionary were compressed without one).
+        Costs a second compression, so only rewrites use it. Sealed by ``seal_many``."""
         if self._dict is None:
-            return self.encode(seq, ts_us, message_json)
+            payload, compressed = self._zstd.compress(message_json)
+            return encode_envelope(seq, ts_us, payload, compressed=compressed)
         payload, compressed = self._dict.compress(message_json)
         dict_id = self._dict_id if compressed else 0
         plain, plain_compressed = self._zstd.compress(message_json)
         if len(plain) < len(payload):
             payload, compressed, dict_id = plain, plain_compressed, 0
-        envelope = encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
-        return self._cipher.seal(envelope, ts_us // _US_PER_S)
+        return encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
+
+    def envelope(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
+        """The envelope ``encode`` seals. Sealed by ``seal_many``."""
+        if self._dict is not None:
+            payload, compressed = self._dict.compress(message_json)
+            dict_id = self._dict_id if compressed else 0
+        else:
+            payload, compressed = self._zstd.compress(message_json)
+            dict_id = 0
+        return encode_envelope(seq, ts_us, payload, compressed=compressed, dict_id=dict_id)
+
+    def seal_many(self, envelopes: Sequence[bytes], tss_us: Sequence[int]) -> list[bytes]:
+        """Seal message envelopes stamped ``tss_us`` into bodies, in one AES-CBC call."""
+        return self._cipher.seal_many(envelopes, [ts // _US_PER_S for ts in tss_us])
 
     def encode_dictionary(self, dict_id: int, ts_us: int, dictionary: bytes) -> bytes:
         """Return the body of a control record holding a dictionary (FORMAT.md §5.3)."""
@@ -234,6 +270,8 @@ class SealedRecords:
         # any other record, or one the batch cannot open, goes through payload() alone, so
         # that it fails with exactly the error a record-by-record read gives.
         opened = self._cipher.unseal_many([body for _, body in records])
+        if self._frames is not None:
+            self._frames.clear()
         for (seq, body), unsealed in zip(records, opened, strict=True):
             if unsealed is not None:
                 head = self._usual(unsealed[0])
@@ -271,7 +309,14 @@ class SealedRecords:
             if flags == 0:
                 return seq, rem, plain[pos:]
             if flags == 3 and self._dict is not None and plain[pos] == self._dict_id < 0x80:
-                return seq, rem, self._dict.decompress(plain[pos + 1 :])
+                frame = plain[pos + 1 :]
+                text = self._dict.decompress(frame)
+                # Kept only with its content size (Frame_Header_Descriptor, RFC 8878
+                # §3.1.1.1.1: a size flag or a single segment), which early versions of
+                # this library left out: those are compressed again (compression.py).
+                if self._frames is not None and frame[4] & 0xE0:
+                    self._frames[id(text)] = (text, frame)
+                return seq, rem, text
         except (IndexError, ValueError, zstandard.ZstdError):
             pass
         return None
