@@ -22,6 +22,7 @@ from conversation_codec import (
     ConversationCodecError,
     CorruptRecordError,
     DecryptionError,
+    FileIO,
     FormatError,
     UnsupportedVersionError,
 )
@@ -494,3 +495,92 @@ def test_a_reader_process_holding_a_pack_sees_the_unpack_and_the_repack(tmp_path
         reader.stdin.close()
         assert reader.wait(timeout=60) == 0
         reader.stdout.close()
+
+
+def test_a_write_racing_a_merge_keeps_the_packed_history(tmp_path: Path) -> None:
+    """Another process merges packs between a writer's listing of ``.packs`` and its look
+    inside them: the merged pack was published after the listing and the old one removed
+    before it was opened. The writer must still find the conversation (found by review:
+    it created a new, empty log, and the next write dropped the packed history)."""
+    root = tmp_path / "store"
+    store = ConversationStore(root, encryption_key=KEY)
+    for cid in ("a", "b"):
+        with store.open(cid) as codec:
+            codec.extend([message(cid, 0), message(cid, 1)])
+    assert store.pack(max_bytes=300).packed == ["a", "b"]
+    assert len(list((root / ".packs").glob("*.pack"))) == 2  # one each: a merge to come
+    writer, other = (ConversationStore(root, encryption_key=KEY) for _ in range(2))
+    packs, listed, armed = writer.backend.packs, writer.backend.packs.names, []
+
+    def names() -> list[str]:
+        got = listed()
+        if armed:  # the other process's merge lands right after this listing
+            armed.clear()
+            assert other.backend.packs.merge(1 << 20) is not None
+        return got
+
+    packs.names = names  # type: ignore[method-assign]
+    armed.append(1)
+    with writer.open("a") as codec:
+        codec.append(message("a", 2))
+    del packs.names
+    with ConversationStore(root, encryption_key=KEY).open("a") as codec:
+        assert codec.load() == [message("a", i) for i in range(3)]
+
+
+class _UnpackBetween(FileIO):
+    """A reader's seam: at its ``store:decide`` step another handle unpacks and appends."""
+
+    def __init__(self, act: Any) -> None:
+        self.act = act
+
+    def step(self, name: str) -> None:
+        if name == "store:decide" and self.act is not None:
+            act, self.act = self.act, None
+            act()
+
+
+def test_a_reader_never_takes_an_unpacked_conversation_for_an_absent_one(
+    tmp_path: Path,
+) -> None:
+    """The reader looked for ``P`` (none: packed), then another process unpacked and
+    appended before it looked in the packs: it must read the new ``P``, not an empty log."""
+    root = tmp_path / "store"
+    store = ConversationStore(root, encryption_key=KEY)
+    with store.open("a") as codec:
+        codec.extend([message("a", 0), message("a", 1)])
+    store.pack()
+    other = ConversationStore(root, encryption_key=KEY)
+
+    def unpack_and_append() -> None:
+        with other.open("a") as codec:
+            codec.append(message("a", 2))
+
+    reader = ConversationStore(root, encryption_key=KEY, io=_UnpackBetween(unpack_and_append))
+    with reader.open("a") as codec:
+        assert codec.load() == [message("a", i) for i in range(3)]
+
+
+def test_a_damaged_packed_conversation_can_still_be_deleted(tmp_path: Path) -> None:
+    """Erasure must not depend on the entry being readable: no one could remove it by hand
+    without rewriting other conversations' pack (found by review: delete raised)."""
+    root = tmp_path / "store"
+    fill(root, KEY, ["a", "b"])
+    store = ConversationStore(root, encryption_key=KEY)
+    store.pack()
+    pack = next((root / ".packs").glob("*.pack"))
+    data = bytearray(pack.read_bytes())
+    toc = decode_toc(bytes(data), len(data), pack.name)
+    end = toc["b"].offset + toc["b"].length
+    kept = bytes(data[end - 48 : end])
+    data[end - 5] ^= 0xFF  # inside b's last record
+    pack.write_bytes(bytes(data))
+    with pytest.raises(CorruptRecordError), store.open("b") as codec:
+        codec.load()
+    assert store.delete("b")
+    assert store.ids() == ["a"]
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert kept[:-8] not in path.read_bytes(), path
+    with store.open("a") as codec:
+        assert codec.load() == [message("a", i) for i in range(6)]

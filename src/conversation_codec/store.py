@@ -38,7 +38,7 @@ from ._fsio import FileIO
 from ._time import EPOCH, ONE_US, datetime_to_us, to_datetime
 from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
-from .errors import ConversationCodecError, KeyRequiredError, StorageError
+from .errors import ConversationCodecError, CorruptRecordError, KeyRequiredError, StorageError
 from .format.header import LogKind, sniff_log
 from .index_cache import IndexCache
 from .maintenance.pack import PackReport, pack_store
@@ -293,6 +293,19 @@ class ConversationStore:
     def _delete(self, conversation_id: str, cutoff_us: int | None) -> bool:
         if not self._backend.has_files(conversation_id):
             return False
+        try:
+            return self._delete_open(conversation_id, cutoff_us)
+        except CorruptRecordError:
+            # A packed log too damaged to unpack is erased from its pack unread (the other
+            # conversations there cannot be rewritten by hand); retention keeps it.
+            backend, timeout = self._backend, self._lock_timeout
+            if cutoff_us is not None or not isinstance(backend, FileStore):
+                raise
+            if backend.erase_packed(conversation_id, lock_timeout=timeout):
+                return True
+            raise
+
+    def _delete_open(self, conversation_id: str, cutoff_us: int | None) -> bool:
         with self.open(conversation_id) as codec, codec.transaction():  # re-entrant
             # Decided under the lock, so a message appended after prune() listed the
             # store keeps the conversation.

@@ -215,14 +215,14 @@ class StoreLog:
 
     def _begin(self, write: bool, tolerant: bool) -> AbstractContextManager[None]:
         """Enter the loose log's transaction; at the outermost, decide the source."""
-        for _ in range(_ATTEMPTS):
+        for attempt in range(_ATTEMPTS):
             hold = self.loose.transaction(write=write, tolerant=tolerant)
             hold.__enter__()
             if self._depth:  # nested: the outermost decided
                 self._depth += 1
                 return hold
             try:
-                again = self._decide(write)
+                again = self._decide(write, attempt == 0)
             except BaseException as exc:
                 hold.__exit__(type(exc), exc, exc.__traceback__)
                 raise
@@ -233,14 +233,21 @@ class StoreLog:
             self.loose.forget_view()
         raise StorageError(f"{self.loose.path}: kept being packed while a write waited")
 
-    def _decide(self, write: bool) -> bool:
-        """Pick the source of this transaction; return True to enter it again (unpacked)."""
+    def _decide(self, write: bool, first: bool) -> bool:
+        """Pick the source of this transaction; return True to enter it again (unpacked,
+        or for a reader, ``first`` time only, P appeared after its hold looked)."""
         self._serving = False
+        self.loose.io.step("store:decide")
         if self.loose.fmt is not None or os.path.lexists(self.loose.path):
             if write and self._packs.find(self._cid, fresh=True, healthy=True) is not None:
                 self._packs.drop(self._cid, timeout=self._timeout)  # a stale copy
-            return False
+            # A reader whose hold saw no P (packed then) while another process unpacked it
+            # since: its view is of no log at all; look again, at P.
+            return not write and first and self.loose.fmt is None
         where = self._packs.find(self._cid, fresh=write)
+        if where is None and write:
+            # About to start the conversation afresh: settle that it is in no pack.
+            where = self._packs.find_settled(self._cid, timeout=self._timeout)
         if where is None:
             # No log (a write creates P), unless a reader raced an unpack: P came meanwhile.
             return not write and os.path.lexists(self.loose.path)

@@ -13,6 +13,7 @@ conversation's ``P.lock`` took that one first (FORMAT.md §18.3).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -40,6 +41,7 @@ __all__ = ["PACKS_DIR", "PACK_SUFFIX", "Packed", "Packs"]
 PACKS_DIR = ".packs"
 PACK_SUFFIX = ".pack"
 _LOCK_STEM = "pack"  # LogLock adds ".lock": .packs/pack.lock
+_RESCANS = 100  # listings of .packs, at most, before one holds still
 _TEMP = re.compile(r"\.[0-9a-f]{16}\.pack\.tmp-[0-9a-f]{16}")  # atomic_write's temp of a pack
 _HEAD_READ = 64 * 1024  # bytes read first from a pack: its whole TOC, for most packs
 
@@ -108,6 +110,16 @@ class Packs:
                 raise next(iter(self._broken.values()))
             return None
 
+    def find_settled(self, conversation_id: str, *, timeout: float | None = None) -> Packed | None:
+        """``find`` under ``.packs/pack.lock``, which every change of a pack holds: the
+        answer a writer acts on when the lookup found nothing (it would start the
+        conversation afresh). Takes no lock, and finds nothing, when the store has never
+        packed."""
+        if not os.path.isdir(self.dir):
+            return None  # nothing is packed; a packer packs only logs that exist
+        with self.locked(timeout), self._mutex:
+            return self.find(conversation_id, fresh=True)
+
     def read(self, where: Packed, *, check: bool = True) -> bytes:
         """Return the entry's bytes from the pack as ``where`` saw it (``check``: only if
         they pass the entry's CRC).
@@ -157,18 +169,32 @@ class Packs:
             return False
 
     def _rescan(self) -> None:
-        present = set(self.names())
-        for name in list(self._cache):
-            if name not in present or not self._current(self._cache[name]):
-                os.close(self._cache.pop(name).fd)
-        self._broken = {}
-        for name in sorted(present - set(self._cache)):
-            try:
-                self._cache[name] = self._load(self.dir / name)
-            except FileNotFoundError:  # removed since the listing
-                pass
-            except FormatError as exc:  # kept as it is; its conversations raise this
-                self._broken[name] = exc
+        """Bring the cache in line with the packs present, from a listing that held still.
+
+        A pack is replaced by publishing the new one first, then removing the old one
+        (FORMAT.md §18.3), but a listing taken meanwhile may show the old name and miss
+        the new one (or, as ``readdir`` gives no snapshot, miss both): a conversation would
+        look absent, and a writer would start it afresh over its packed history. So the
+        directory is listed again until two listings agree and every pack they name opened.
+        """
+        for _ in range(_RESCANS):
+            present = set(self.names())
+            moved = False
+            for name in list(self._cache):
+                if name not in present or not self._current(self._cache[name]):
+                    os.close(self._cache.pop(name).fd)
+                    moved = moved or name in present  # listed, then gone: replaced
+            self._broken = {}
+            for name in sorted(present - set(self._cache)):
+                try:
+                    self._cache[name] = self._load(self.dir / name)
+                except FileNotFoundError:  # removed since the listing: replaced
+                    moved = True
+                except FormatError as exc:  # kept as it is; its conversations raise this
+                    self._broken[name] = exc
+            if not moved and set(self.names()) == present:
+                return
+        raise StorageError(errno.EAGAIN, f"{self.dir}: packs kept changing while listed")
 
     def _load(self, path: Path) -> _Pack:
         fd = open_file(path, os.O_RDONLY)

@@ -34,6 +34,7 @@ from ...errors import StorageError
 from ...format.header import sniff_log
 from ...paths import index_path, is_log_file
 from ..base import LogFormat, LogStorage, StorageOpener
+from .lock import LogLock
 from .log import FileLog
 from .packed import StoreLog
 from .packs import Packs
@@ -174,6 +175,21 @@ class FileStore:
         if self._files_of(self.path(conversation_id)):
             return True
         return self.packs.find(conversation_id) is not None
+
+    def erase_packed(self, conversation_id: str, *, lock_timeout: float | None = None) -> bool:
+        """Drop a conversation's packed entry without reading it (one too damaged to
+        unpack: erasure must not need it readable); False when it has a log file, or is in
+        no pack. Under its log's lock, as any writer of it."""
+        path = self.path(conversation_id)
+        lock = LogLock(str(path), lock_timeout, io=self.io)
+        lock.acquire(exclusive=True)
+        try:
+            if os.path.lexists(path):
+                return False  # loose: deleted through its codec, or by hand
+            return self.packs.drop(conversation_id, timeout=lock_timeout)
+        finally:
+            lock.release()
+            lock.close()
 
     def sweep(self, conversation_id: str) -> None:
         """Delete what a cleared log left: temp files of writers that crashed mid-rewrite."""
