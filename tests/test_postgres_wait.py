@@ -209,3 +209,34 @@ def test_async_wait_is_woken_by_the_commit_of_another_process(postgres_cluster: 
         assert texts == ["first", "second"]
     finally:
         backend.close()
+
+
+def test_an_async_wait_cancelled_while_it_subscribes_lets_go(postgres_cluster: Cluster) -> None:
+    """A coroutine cancelled while its subscription is being made in a worker thread: the
+    subscription, made anyway, is closed (found by review: it stayed, and every write of
+    that conversation kept paying for NOTIFY for the life of the process)."""
+    import asyncio
+
+    from conversation_codec.aio import AsyncConversationStore
+
+    url = postgres_cluster.create_database()
+    backend = PostgresBackend.shared(url, poll_interval=POLL)
+
+    async def run() -> None:
+        store = AsyncConversationStore(url, encryption_key=KEY)
+        codec = await store.open("quiet")
+        await codec.append({"role": "user", "content": "first"})
+        waiting = asyncio.ensure_future(codec.wait(0, timeout=2 * POLL))
+        await asyncio.sleep(0)  # the wait hands its subscription to a worker thread
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0.5)  # the subscription finishes in its thread, then closes
+        await codec.close()
+
+    try:
+        asyncio.run(run())
+        with psycopg.connect(url, autocommit=True) as spy:
+            _until(lambda: _advisory_locks(spy) == 0, "the cancelled waiter's lock to go")
+    finally:
+        backend.close()

@@ -23,8 +23,8 @@ Iteration and search stream in batches, one worker hop per batch of messages.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
+import functools
 import os
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -35,7 +35,14 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._fsio import FileIO
-from .aio_threads import Progress, deferred, on_loop, run_in_thread, stream_in_threads
+from .aio_threads import (
+    Progress,
+    deferred,
+    on_loop,
+    run_in_thread,
+    stream_in_threads,
+    wait_for_count,
+)
 from .codec import ConversationCodec, LogInfo, Message, TimeInput, TimestampInput
 from .crypto import KeyInput
 from .index_cache import IndexCache
@@ -156,18 +163,8 @@ class AsyncConversationCodec:
         Holds no thread between polls: the event loop runs while it pauses, and on
         PostgreSQL a writer's commit wakes it (``ConversationCodec.wait``).
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        pauses = await self._call(self._codec.storage.watch)  # subscribing may block
-        try:
-            while await self.message_count() <= after + 1:
-                left = None if deadline is None else deadline - loop.time()
-                if left is not None and left <= 0:
-                    return False
-                await pauses.pause(left)
-        finally:
-            pauses.close()
-        return True
+        watch = functools.partial(self._call, self._codec.storage.watch)
+        return await wait_for_count(watch, self.message_count, after + 1, timeout)
 
     async def pop(self) -> Message | None:
         """Remove and return the last message (None when empty)."""

@@ -6,12 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from itertools import islice
 from typing import Any, TypeVar
 
-__all__ = ["Progress", "deferred", "on_loop", "run_in_thread", "stream_in_threads"]
+from .storage.base import Polling
+
+__all__ = [
+    "Progress",
+    "deferred",
+    "on_loop",
+    "run_in_thread",
+    "stream_in_threads",
+    "wait_for_count",
+]
 
 _T = TypeVar("_T")
 _BATCH = 256  # items pulled from a sync iterator per worker hop
@@ -61,3 +70,38 @@ def on_loop(progress: Progress | None) -> Progress | None:
 def deferred(make: Callable[[], Iterator[_T]]) -> Iterator[_T]:
     """Build the iterator only at the first ``next()`` (i.e. inside a worker thread)."""
     yield from make()
+
+
+async def wait_for_count(
+    watch: Callable[[], Awaitable[Polling]],
+    count: Callable[[], Awaitable[int]],
+    more_than: int,
+    timeout: float | None,
+) -> bool:
+    """``ConversationCodec.wait`` for a coroutine: True once ``count()`` exceeds
+    ``more_than``, False when ``timeout`` seconds pass first. Between two looks it pauses
+    on the event loop (``Polling.pause``: no thread held; on PostgreSQL a writer's
+    commit wakes it). ``watch()`` subscribes (in a thread: it may block); a wait cancelled
+    meanwhile still closes what it opened."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    watching = asyncio.ensure_future(watch())
+    try:
+        pauses = await asyncio.shield(watching)
+    except asyncio.CancelledError:
+        watching.add_done_callback(_close_watch)
+        raise
+    try:
+        while await count() <= more_than:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            await pauses.pause(left)
+    finally:
+        pauses.close()
+    return True
+
+
+def _close_watch(done: asyncio.Future[Polling]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        done.result().close()

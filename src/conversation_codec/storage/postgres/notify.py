@@ -193,16 +193,23 @@ class Listener:
                     self._wake(note.extra.decode("ascii", "replace"))
 
     def _locks(self, conn: psycopg.Connection[psycopg.rows.TupleRow]) -> None:
-        """Take the lock of each newly watched conversation, release the others'."""
-        with self._changed:
-            wanted, held = set(self._waiters), set(self._held)
-        for key in held - wanted:
-            conn.execute("SELECT pg_advisory_unlock_shared(%s)", (_key_lock(key),))
-        for key in wanted - held:
-            conn.execute("SELECT pg_advisory_lock_shared(%s)", (_key_lock(key),))
-        with self._changed:
-            self._held = wanted
-            self._changed.notify_all()
+        """Take the lock of each newly watched conversation, release the others', until
+        the locks held match the waiters: one that subscribed while a key it wants was
+        being released (still in ``_held``, so it rang no bell) is locked on the next
+        round, not left unwatched."""
+        while True:
+            with self._changed:
+                wanted, held = set(self._waiters), set(self._held)
+                if wanted == held:
+                    self._changed.notify_all()
+                    return
+            for key in held - wanted:
+                conn.execute("SELECT pg_advisory_unlock_shared(%s)", (_key_lock(key),))
+            for key in wanted - held:
+                conn.execute("SELECT pg_advisory_lock_shared(%s)", (_key_lock(key),))
+            with self._changed:
+                self._held = wanted
+                self._changed.notify_all()
 
     def close(self) -> None:
         """Stop listening (within ``_SLICE`` seconds)."""
