@@ -418,15 +418,6 @@ class LogCipher:
         Every body's HMAC is checked, under each key in turn as ``unseal`` does, before
         anything is decrypted; then each key decrypts its records in one AES-CBC call.
         """
-        return [
-            None if plain is None else (plain, int.from_bytes(body[:8], "big"))
-            for body, plain in zip(bodies, self.open_many(bodies), strict=True)
-        ]
-
-    def open_many(self, bodies: Sequence[bytes]) -> list[bytes | None]:
-        """``unseal_many`` without the token times: each body's envelope, or None (the
-        time of a body is its first 8 bytes, big-endian seconds, for a caller that needs
-        it)."""
         plains = self._openers[0].open_all(bodies)  # the usual case: one key opens all
         if plains is None:
             plains = [None] * len(bodies)
@@ -446,7 +437,10 @@ class LogCipher:
                 for i, plain in zip(mine, decrypted, strict=True):
                     plains[i] = plain
         self.unseal_count += len(plains) - plains.count(None)
-        return plains
+        return [
+            None if plain is None else (plain, int.from_bytes(body[:8], "big"))
+            for body, plain in zip(bodies, plains, strict=True)
+        ]
 
     def __repr__(self) -> str:
         return f"<LogCipher with {len(self._openers)} key(s)>"

@@ -283,7 +283,7 @@ class FileLog:
     def read_bodies(self, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
         """Yield ``(seq, body)`` for records ``start <= seq < stop`` in order, bounded memory."""
         assert self._fd is not None and self.fmt is not None
-        return read_bodies(self._fd, self.index, start, stop, self.fmt.sealed)  # no extra layer
+        yield from read_bodies(self._fd, self.index, start, stop, self.fmt.sealed)
 
     def rebuild_index(self) -> None:
         """Forget the index and rebuild it from the log (used when it disagrees with the log)."""
