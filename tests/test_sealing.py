@@ -87,6 +87,30 @@ def test_a_log_swapped_inside_a_store_is_refused(tmp_path: Path, key: str | None
         codec.append({"role": "user", "content": "still me"})
 
 
+def test_a_header_swapped_after_open_is_authenticated_again(tmp_path: Path) -> None:
+    # A codec remembers the headers it authenticated by their exact bytes (the probe at
+    # open and the first read share one check): any other header bytes are checked anew.
+    store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
+    for cid in ("alice", "bob"):
+        with store.open(cid) as codec:
+            codec.append({"role": "user", "content": f"I am {cid}"})
+    other = ConversationStore(tmp_path / "other", encryption_key=OTHER_KEY, durability="flush")
+    with other.open("alice") as codec:
+        codec.append({"role": "user", "content": "another key"})
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    copy_log(store.path("alice"), saved / "alice.log")
+    with store.open("alice") as codec:  # the probe authenticated Alice's header
+        copy_log(store.path("bob"), store.path("alice"))
+        with pytest.raises(BindingError, match="another context"):
+            codec.load()
+        copy_log(other.path("alice"), store.path("alice"))
+        with pytest.raises(DecryptionError):
+            codec.load()
+        copy_log(saved / "alice.log", store.path("alice"))
+        assert codec.load() == [{"role": "user", "content": "I am alice"}]
+
+
 @pytest.mark.parametrize("key", [KEY, None], ids=["sealed", "plain"])
 def test_each_conversation_still_opens_its_own_log(tmp_path: Path, key: str | None) -> None:
     store = ConversationStore(tmp_path, encryption_key=key, durability="flush")

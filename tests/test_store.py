@@ -215,6 +215,23 @@ def test_long_ids_map_to_a_bound_hashed_file(tmp_path: Path, cid: str) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("cid", "stem"),
+    [
+        ("dlg-881444f3-24fc", "dlg-881444f3-24fc"),  # kept characters: the id itself
+        ("a..", "a.."),
+        ("-_0", "-_0"),
+        (".x", "%2ex"),  # a leading dot, a newline, uppercase, non-ASCII: escaped
+        ("a\n", "a%0a"),
+        ("aB", "a%42"),
+        ("a\u00e9", "a%c3%a9"),
+    ],
+)
+def test_ids_encode_to_their_stems(cid: str, stem: str) -> None:
+    assert encode_id(cid) == stem
+    assert decode_id(stem) == cid
+
+
 @given(st.text(min_size=1, max_size=16))  # 16 chars x 4 bytes x 3 < 200
 def test_encoding_is_reversible_and_safe(cid: str) -> None:
     try:

@@ -94,13 +94,16 @@ class Compressor:
     """Reusable zstd contexts, with or without a dictionary (not thread-safe; the codec
     serialises use). ``level`` applies without a dictionary; with one, the parameters above."""
 
-    __slots__ = ("_cctx", "_dctx", "_long", "_short_max")
+    __slots__ = ("_cctx", "_dctx", "_level", "_long", "_short_max")
 
     def __init__(self, level: int = COMPRESSION_LEVEL, dictionary: bytes | None = None) -> None:
+        self._level = level
+        self._cctx: Any
+        self._long: Any
         if dictionary is None:
-            self._cctx = self._long = zstandard.ZstdCompressor(
-                level=level, write_checksum=False, write_content_size=True, write_dict_id=False
-            )
+            # Built by the first compress(): a reader never compresses, and a context costs
+            # ~8 us, a tenth of reopening a short conversation (issue 15).
+            self._cctx = self._long = None
             self._short_max = MAX_MESSAGE_BYTES  # bytes a record may have for ``_cctx``
             self._dctx = zstandard.ZstdDecompressor()
             return
@@ -114,7 +117,15 @@ class Compressor:
         size = len(data)
         if size < _MIN_COMPRESSIBLE:
             return data, False
-        packed = (self._cctx if size <= self._short_max else self._long).compress(data)
+        cctx = self._cctx if size <= self._short_max else self._long
+        if cctx is None:
+            cctx = self._cctx = self._long = zstandard.ZstdCompressor(
+                level=self._level,
+                write_checksum=False,
+                write_content_size=True,
+                write_dict_id=False,
+            )
+        packed = cctx.compress(data)
         if len(packed) < size:
             return packed, True
         return data, False

@@ -14,6 +14,7 @@ import hmac
 import os
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
@@ -231,26 +232,39 @@ class RecordKey(TokenOpener):
             raise ValueError("a Fernet key is 32 bytes")
         self._signing = key[:16]
         self._aes = algorithms.AES(key[16:])
-        # cryptography's HMAC, keyed once and fed the version byte, copied per record:
-        # 0.7 us a corpus record against 1.2 us for the stdlib's (its copy() and digest()
-        # are Python), the same bytes (issue 15; opening.py verifies the same way).
-        self._mac = HMAC(self._signing, hashes.SHA256())
-        self._mac.update(_FERNET_VERSION)
         super().__init__(self._signing, self._aes)
-        # Sealing keeps one CBC encryptor, and makes each record's IV with it: a fresh
-        # random block R goes in first and comes out as E(R ⊕ the last ciphertext block), a
-        # uniformly random block (R is, and AES is a permutation) that nobody without the
-        # key can predict; the record's blocks after it are then exactly CBC under that IV.
-        # The IV is thus random as Fernet requires, with no per-record cipher context (~6 us)
-        # and no XOR of the IV into the first block in Python (~0.5 us).
-        self._encryptor = Cipher(self._aes, modes.CBC(bytes(16))).encryptor()
+        # The sealing contexts are made by the first seal(): a reader never seals, and they
+        # cost ~4 us of every open (issue 15).
+        self._mac: HMAC | None = None
+        self._encryptor: Any = None
+
+    def _sealing(self) -> tuple[Any, HMAC]:
+        """The sealing contexts, made on first use.
+
+        cryptography's HMAC, keyed once and fed the version byte, copied per record: 0.7 us
+        a corpus record against 1.2 us for the stdlib's (its copy() and digest() are
+        Python), the same bytes (opening.py verifies the same way). One CBC encryptor is
+        kept, and makes each record's IV: a fresh random block R goes in first and comes
+        out as E(R ⊕ the last ciphertext block), a uniformly random block (R is, and AES is
+        a permutation) that nobody without the key can predict; the record's blocks after
+        it are then exactly CBC under that IV. The IV is thus random as Fernet requires,
+        with no per-record cipher context (~6 us) and no XOR of the IV into the first block
+        in Python (~0.5 us).
+        """
+        if self._encryptor is None or self._mac is None:
+            mac = HMAC(self._signing, hashes.SHA256())
+            mac.update(_FERNET_VERSION)
+            self._mac = mac
+            self._encryptor = Cipher(self._aes, modes.CBC(bytes(16))).encryptor()
+        return self._encryptor, self._mac
 
     def seal(self, plain: bytes, ts_seconds: int) -> bytes:
         """Return the Fernet token for ``plain`` without its version byte."""
+        encryptor, keyed = self._sealing()
         # ``iv_ciphertext`` is the record's IV (16 bytes), then its ciphertext.
-        iv_ciphertext = self._encryptor.update(os.urandom(16) + plain + _PADDING[len(plain) % 16])
+        iv_ciphertext: bytes = encryptor.update(os.urandom(16) + plain + _PADDING[len(plain) % 16])
         signed = ts_seconds.to_bytes(8, "big") + iv_ciphertext
-        mac = self._mac.copy()  # keyed once, and fed the version byte
+        mac = keyed.copy()  # keyed once, and fed the version byte
         mac.update(signed)
         return signed + mac.finalize()
 
@@ -263,8 +277,9 @@ class RecordKey(TokenOpener):
         parts: list[bytes] = []
         for i, plain in enumerate(plains):
             parts += (randoms[16 * i : 16 * i + 16], plain, _PADDING[len(plain) % 16])
-        out = self._encryptor.update(b"".join(parts)) if parts else b""
-        bodies, pos, keyed = [], 0, self._mac
+        encryptor, keyed = self._sealing()
+        out = encryptor.update(b"".join(parts)) if parts else b""
+        bodies, pos = [], 0
         for plain, seconds in zip(plains, ts_seconds, strict=True):
             end = pos + 32 + len(plain) // 16 * 16  # the IV, then the padded ciphertext
             signed = seconds.to_bytes(8, "big") + out[pos:end]
@@ -321,16 +336,29 @@ class LogCipher:
     __slots__ = ("_index_secret", "_openers", "_sealer", "unseal_count")
 
     def __init__(
-        self, sealer: RecordKey, openers: Sequence[RecordKey], index_secret: bytes = b""
+        self,
+        sealer: RecordKey,
+        openers: Sequence[RecordKey],
+        index_secret: bytes | tuple[bytes, bytes] = b"",
     ) -> None:
+        """``index_secret``: the keyword index's 64 bytes, or the ``(master, log_id)`` they
+        are derived from when first needed (most opens never search an index)."""
         self._sealer = sealer
         self._openers = list(openers)
         self._index_secret = index_secret
         self.unseal_count = 0
 
+    def again(self) -> LogCipher:
+        """A cipher of the same keys for another open of the same header (its own
+        ``unseal_count``): the header's derivations and MAC check are not repeated. It
+        shares this one's contexts, so use both from one thread at a time (one codec)."""
+        return LogCipher(self._sealer, self._openers, self._index_secret)
+
     def index_keys(self) -> tuple[bytes, RecordKey]:
         """The keyword index's ``(token_key, segment key)``, derived from the master key
         that opens the header (FORMAT.md §17.2)."""
+        if isinstance(self._index_secret, tuple):
+            self._index_secret = _index_secret(*self._index_secret)
         return self._index_secret[:32], RecordKey(self._index_secret[32:])
 
     @classmethod
@@ -350,7 +378,7 @@ class LogCipher:
         raw = covered + _mac(mac_key, covered)
         if binding is not None:
             raw += _mac(mac_key, raw + binding)
-        secret = _index_secret(keyring.masters[0], header.log_id)
+        secret = (keyring.masters[0], header.log_id)
         return cls(first, [f for f, _ in fernets], secret), raw
 
     @classmethod
@@ -393,7 +421,7 @@ class LogCipher:
         openers = [fernets[0][0], *[f for f in matching_fernets if f is not fernets[0][0]]]
         openers += [f for f, _ in fernets if f not in openers]
         master = keyring.masters[[f for f, _ in fernets].index(matching_fernets[0])]
-        return cls(fernets[0][0], openers, _index_secret(master, header.log_id))
+        return cls(fernets[0][0], openers, (master, header.log_id))
 
     def seal(self, envelope: bytes, ts_seconds: int) -> bytes:
         """Encrypt one envelope; return the stored body (the token minus its version byte)."""

@@ -61,6 +61,18 @@ def _interleave(ends: array[int], tss: array[int], synced: bytearray, start: int
     return out.tobytes()
 
 
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    """Read up to ``size`` bytes at ``offset``, fewer only at the end of the file (a single
+    pread returns at most ~2 GiB)."""
+    data = os.pread(fd, size, offset)
+    while 0 < len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
 class OffsetIndex:
     """In-memory entries (``ends``, ``tss``) mirrored into the sidecar file.
 
@@ -140,26 +152,31 @@ class OffsetIndex:
             del self.synced[start:]
         try:
             # Never through a link: a planted ``P.idx`` link raises StorageError.
-            with os.fdopen(open_file(self.path, os.O_RDONLY), "rb") as f:
-                decoded = decode_index_header(f.read(INDEX_HEADER_BYTES))
-                if decoded is None or decoded[0] != log_id:
-                    self.persisted = 0
-                    return False
-                self.version = decoded[2]
-                span = decoded[1]
-                if span != (0, 0) and not data_start <= span[0] < span[1] <= log_size:
-                    self.persisted = 0
-                    return False
-                self.dict_span = span
-                offset = INDEX_HEADER_BYTES + start * INDEX_ENTRY.size
-                # Bound the read by what the file holds (read(n) allocates n bytes first)
-                # and by what a log of this size could need.
-                stored = max(0, os.fstat(f.fileno()).st_size - offset)
-                f.seek(offset)
-                raw = f.read(min(_MAX_INDEX_READ, stored, log_size * INDEX_ENTRY.size))
+            fd = open_file(self.path, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             self.persisted = 0
             return False
+        try:
+            offset = INDEX_HEADER_BYTES + start * INDEX_ENTRY.size
+            # Bound the read by what the file holds (a read of n bytes allocates them
+            # first) and by what a log of this size could need.
+            stored = max(0, os.fstat(fd).st_size - offset)
+            want = min(_MAX_INDEX_READ, stored, log_size * INDEX_ENTRY.size)
+            # Header and entries in one pread when reading from the first entry (an open).
+            head = _pread_all(fd, INDEX_HEADER_BYTES + (0 if start else want), 0)
+            decoded = decode_index_header(head[:INDEX_HEADER_BYTES])
+            if decoded is None or decoded[0] != log_id:
+                self.persisted = 0
+                return False
+            self.version = decoded[2]
+            span = decoded[1]
+            if span != (0, 0) and not data_start <= span[0] < span[1] <= log_size:
+                self.persisted = 0
+                return False
+            self.dict_span = span
+            raw = head[INDEX_HEADER_BYTES:] if not start else _pread_all(fd, want, offset)
+        finally:
+            os.close(fd)
         whole = len(raw) - len(raw) % INDEX_ENTRY.size
         flat = array("q")
         flat.frombytes(raw[:whole])

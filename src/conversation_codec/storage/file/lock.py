@@ -71,7 +71,7 @@ class LogLock:
                 if self._names_it():
                     return True
         try:
-            return self._lock(exclusive)
+            return self._lock(exclusive, log_seen=fd is None)
         except FileNotFoundError:
             if not exclusive:
                 return False
@@ -82,13 +82,15 @@ class LogLock:
                 raise
             return False
 
-    def _lock(self, exclusive: bool) -> bool:
+    def _lock(self, exclusive: bool, *, log_seen: bool = False) -> bool:
+        """``log_seen``: the caller has just seen the log there (no second ``lstat``)."""
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         pause = _FIRST_PAUSE
         while True:
             if self._fd is None:
-                if not exclusive and not os.path.lexists(self._log_path):
+                if not (exclusive or log_seen or os.path.lexists(self._log_path)):
                     return False  # reading after clear() must not create the file again
+                log_seen = False  # a retry looks again
                 self._fd = self._open(deadline)
                 held = os.fstat(self._fd)
                 self._ino = (held.st_dev, held.st_ino)

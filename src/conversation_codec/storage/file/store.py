@@ -46,6 +46,7 @@ MAX_ENCODED_ID = 200  # bytes; + ".log.tmp-<16 hex>" (25) stays under NAME_MAX (
 LOG_SUFFIX = ".log"
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-.")
 _ENCODED = re.compile(r"(?:[a-z0-9_\-.]|%[0-9a-f]{2})+")
+_KEPT = re.compile(r"[a-z0-9_\-][a-z0-9_\-.]*")  # an id that is its own encoding
 
 
 def encode_id(conversation_id: str) -> str:
@@ -61,6 +62,8 @@ def encode_id(conversation_id: str) -> str:
         raise TypeError(f"conversation id must be a str, not {type(conversation_id).__name__}")
     if not conversation_id:
         raise ValueError("conversation id must not be empty")
+    if len(conversation_id) <= MAX_ENCODED_ID and _KEPT.fullmatch(conversation_id):
+        return conversation_id  # every character kept as it is (most ids): no loop
     try:
         raw = conversation_id.encode("utf-8")
     except UnicodeEncodeError:
