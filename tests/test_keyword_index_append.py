@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import KEY
 
 from conversation_codec import ConversationCodec, ConversationStore
+from conversation_codec.index_cache import IndexCache
 from conversation_codec.keyword_index import (
     PendingIndex,
     Postings,
@@ -190,10 +191,16 @@ def test_written_postings_join_the_memory_index_before_anything_reads_it(tmp_pat
         scan.pop()
         _check_against_scan(a, scan, words)
         assert a.verify().problems == ()
-    store = ConversationStore(tmp_path / "store", encryption_key=KEY, search_index=True)
+    cache = IndexCache()
+    root = tmp_path / "store"
+    store = ConversationStore(
+        root, encryption_key=KEY, search_index=True, index_cache=cache, durability="flush"
+    )
     with store.open("c") as c:
-        for i in range(70):
+        for i in range(1100):  # past UNFOLDED_MAX blocks held: they join the postings
             c.append(_msg(f"kiwi{i % 4} {i}"))
+    hits = cache.hits
     with store.open("c") as c:  # the state the first codec handed to the cache
-        assert [h.seq for h in c.search("kiwi3")] == list(range(3, 70, 4))
+        assert [h.seq for h in c.search("kiwi3")] == list(range(3, 1100, 4))
+        assert cache.hits == hits + 1
         assert c.verify().problems == ()

@@ -42,7 +42,7 @@ _HEADER = struct.Struct("<8sHBBI16s")  # FORMAT.md §17.3 magic, version, block_
 HEADER_BYTES = _HEADER.size  # 32
 TAG_BYTES = 16  # the tail of record hi-1's HMAC, binding a segment to that record
 MAX_SEGMENT_BYTES = 1 << 30  # a body no writer makes (a 50k-message index is ~2 MB)
-UNFOLDED_MAX = 256  # KwiState.unfolded: blocks held before they are added to the postings
+UNFOLDED_MAX = 64  # KwiState.unfolded: blocks (~1,000 messages) held before they join postings
 
 
 @dataclass(frozen=True, slots=True)
