@@ -2,7 +2,8 @@
 
 Each segment covers the messages ``[lo, hi)`` and holds their postings; segments are only
 appended (one per append that the index follows), and merged by rewriting the whole file
-(temp file, fsync, rename). A reader keeps the longest chain of segments that authenticate
+(temp file, fsync, rename; under durability "flush" an append's merge syncs nothing,
+FORMAT.md §17.5). A reader keeps the longest chain of segments that authenticate
 and follow each other (``lo`` = the previous ``hi``): anything after is ignored, like a
 torn tail, and the messages it would have covered are scanned.
 """
