@@ -94,7 +94,13 @@ class PostingsStore(Protocol):
         ...
 
     def replace(
-        self, log_id: bytes, frame: bytes, segment: Segment, postings: Postings, *, merge: bool
+        self,
+        log_id: bytes,
+        frame: bytes,
+        segment: Segment,
+        postings: Postings,
+        *,
+        merge: bool = False,
     ) -> KwiState | None:
         """Replace the whole index with one segment; return its state (None: unknown).
         ``merge``: it holds every posting the index held and no other (an append's merge,

@@ -91,7 +91,13 @@ class FileSegments:
         return None
 
     def replace(
-        self, log_id: bytes, frame: bytes, segment: Segment, postings: Postings, *, merge: bool
+        self,
+        log_id: bytes,
+        frame: bytes,
+        segment: Segment,
+        postings: Postings,
+        *,
+        merge: bool = False,
     ) -> KwiState | None:
         synced = self._synced or not merge
         kwi.write_all_segments(self._path, self._io, log_id, [frame], synced=synced)
