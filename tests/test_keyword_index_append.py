@@ -204,3 +204,24 @@ def test_written_postings_join_the_memory_index_before_anything_reads_it(tmp_pat
         assert [h.seq for h in c.search("kiwi3")] == list(range(3, 1100, 4))
         assert cache.hits == hits + 1
         assert c.verify().problems == ()
+
+
+def test_a_search_between_two_segment_writes_leaves_the_postings_exact(tmp_path: Path) -> None:
+    """A search takes the held messages into the in-memory postings (up to block 3 here);
+    the segment written next must not add its earlier blocks (2) after them again."""
+    path, mirror = tmp_path / "c.log", tmp_path / "scan.log"
+    words = ["alpha", "kiwi", "mango", "zebra"]
+    with (
+        ConversationCodec(path, encryption_key=KEY, search_index=True) as c,
+        ConversationCodec(mirror, encryption_key=KEY) as scan,
+    ):
+        for i in range(130):
+            m = _msg(f"kiwi alpha {i} {'mango' if i % 2 else 'zebra'}")
+            c.append(m)
+            scan.append(m)
+            if i in (60, 61, 100):  # a search between two segment writes (seqs 33 and 65)
+                _check_against_scan(c, scan, words)
+        _check_against_scan(c, scan, words)
+        assert c.verify().problems == ()
+    with ConversationCodec(path, encryption_key=KEY) as fresh:
+        assert fresh.verify().problems == ()

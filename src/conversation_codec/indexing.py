@@ -306,7 +306,7 @@ class KeywordIndexer:
             return
         state.size += len(frame)
         state.segments += 1
-        state.hold(blocks)  # their postings join the ones in memory when needed, if ever
+        state.hold(pending.unfolded(blocks))  # they join the postings in memory when needed
         self._pending = PendingIndex(state.covered, state.tag)  # the next append: fast
 
     def before_pop(self) -> KwiState | None:
