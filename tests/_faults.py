@@ -54,6 +54,7 @@ from cryptography.fernet import Fernet
 from conversation_codec import ConversationCodec, ConversationCodecError, FileIO
 from conversation_codec.attachments import BlobStore
 from conversation_codec.cli import main as cli_main
+from conversation_codec.format.varint import decode_varint
 from conversation_codec.keyfile import load_key, load_or_create_key
 from conversation_codec.maintenance.migrate import migrate
 from conversation_codec.maintenance.verify import salvage
@@ -320,6 +321,62 @@ def _kwi_state(folder: Path, ctx: Any) -> str:
     return "new" if built else "old"
 
 
+def _words(seed: int, count: int) -> str:
+    """Distinct random words: each adds its own trigrams (so its own postings) to P.kwi."""
+    rng = random.Random(seed)
+    return " ".join("".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=9)) for _ in range(count))
+
+
+# An indexed log whose appended segment (32 messages of 45 random words: ~56 KiB) is close
+# to outweighing 64 KiB: the act's 32 messages make the next segment, and it merges.
+_MERGE_OLD: list[Message] = [*OLD, *({"role": "user", "content": _words(i, 45)} for i in range(32))]
+_MERGE_NEW: list[Message] = [
+    NEW,
+    *({"role": "user", "content": f"after {i} {_words(100 + i, 10)}"} for i in range(31)),
+]
+_MERGE_WORDS = ("stored", "after", SECRET.split("-")[0], _words(5, 1), _words(110, 1))
+
+
+def _merge_prepare(folder: Path) -> None:
+    path = folder / LOG
+    with ConversationCodec(path, encryption_key=KEY, search_index=True, durability="flush") as c:
+        c.extend(OLD)
+        for message in _MERGE_OLD[len(OLD) :]:
+            c.append(message)
+    assert len(_segments(folder)) == 2, "the prepared index must not be merged yet"
+
+
+def _segments(folder: Path) -> list[int]:
+    data = (folder / f"{LOG}.kwi").read_bytes()
+    lengths, pos = [], 32
+    while pos < len(data):
+        n, pos = decode_varint(data, pos)
+        lengths.append(n)
+        pos += n
+    return lengths
+
+
+def _merge_act(folder: Path, io: FileIO, ctx: Any) -> None:
+    path = folder / LOG
+    with ConversationCodec(path, encryption_key=KEY, durability="flush", io=io) as codec:
+        codec.extend(_MERGE_NEW)  # one write of the log (unsynced), then the merge
+
+
+def _merge_state(folder: Path, ctx: Any) -> str:
+    """Whatever a power loss left of the unsynced merge (the old file, the new one, empty or
+    torn), a search finds exactly what the scan finds, and the next writer repairs P.kwi."""
+    with ConversationCodec(folder / LOG, encryption_key=KEY) as codec:
+        got = codec.load() or []
+        for word in _MERGE_WORDS:
+            want = [i for i, m in enumerate(got) if word in str(m["content"]).casefold()]
+            assert [h.seq for h in codec.search(word)] == want, word
+    got = _history(folder)  # appends, then verify(): the index is exact again
+    new = [*_MERGE_OLD, *_MERGE_NEW]
+    if len(_MERGE_OLD) < len(got) < len(new) and got == new[: len(got)]:
+        return "part"  # durability "flush": a power loss may keep a prefix of the batch
+    return _which(got, _MERGE_OLD, new, "keyword index merge")
+
+
 _DAMAGED = "damaged.log"
 
 
@@ -347,6 +404,13 @@ WRITERS: list[Writer] = [
     _log_writer("log rewrite", lambda c: c.replace([NEW, OLD[0]]), [NEW, OLD[0]]),
     Writer("index", _index_prepare, _index_act, _index_state),
     Writer("keyword index", _kwi_prepare, _kwi_act, _kwi_state),
+    Writer(
+        "keyword index merge",
+        _merge_prepare,
+        _merge_act,
+        _merge_state,
+        crash_states=frozenset({"old", "part", "new"}),
+    ),
     Writer(
         "lock counters",
         _lock_prepare,

@@ -53,6 +53,8 @@ def test_every_writer_has_fault_points(tmp_path: Path) -> None:
     assert kinds == set(KINDS), "between them the writers make every kind of seam call"
     assert points["migrate"].calls["link"] == 1, "the backup is linked into place"
     assert points["keygen"].calls["fsync_dir"] == 1, "keygen --out syncs the directory"
+    merge = points["keyword index merge"].calls  # durability "flush" (FORMAT.md §17.5)
+    assert merge["rename"] == 1 and merge["sync"] == merge["fsync_dir"] == 0, merge
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from tests.conftest import KEY
 
-from conversation_codec import ConversationCodec
+from conversation_codec import ConversationCodec, ConversationStore
+from conversation_codec.index_cache import IndexCache
 from conversation_codec.keyword_index import (
     PendingIndex,
     Postings,
@@ -152,3 +153,75 @@ def test_appends_interleaved_with_another_writer_stay_exact(tmp_path: Path) -> N
                 _check_against_scan(a, scan, words)
                 _check_against_scan(b, scan, words)
         assert a.verify().problems == () and b.verify().problems == ()
+
+
+def test_written_postings_join_the_memory_index_before_anything_reads_it(tmp_path: Path) -> None:
+    """Segments this codec wrote are added to its in-memory postings only when needed: a
+    search, ``verify()``, a pop, another writer's segments read after them, or the store's
+    cache on close; each sees them, in order."""
+    path, mirror = tmp_path / "c.log", tmp_path / "scan.log"
+    words = ["alpha", "kiwi3", "mango", "papaya", "quince"]
+    with (
+        ConversationCodec(path, encryption_key=KEY, search_index=True) as a,
+        ConversationCodec(mirror, encryption_key=KEY) as scan,
+    ):
+        a.append(_msg("alpha start"))
+        scan.append(_msg("alpha start"))
+        for i in range(64):  # two segments written, none read back
+            m = _msg(f"kiwi{i % 5} {'mango' if i % 3 else 'papaya'} {i}")
+            a.append(m)
+            scan.append(m)
+        _check_against_scan(a, scan, words)
+        for i in range(64, 96):  # and one more, before another writer's
+            m = _msg(f"kiwi{i % 5} {'mango' if i % 3 else 'papaya'} {i}")
+            a.append(m)
+            scan.append(m)
+        with ConversationCodec(path, encryption_key=KEY) as b:  # segments after a's
+            for i in range(40):
+                m = _msg(f"quince {i} {'mango' if i % 2 else 'alpha'}")
+                b.append(m)
+                scan.append(m)
+        _check_against_scan(a, scan, words)  # a reads b's segment after its own
+        assert a.verify().problems == ()
+        for i in range(40):
+            m = _msg(f"papaya {i}")
+            a.append(m)
+            scan.append(m)
+        a.pop()
+        scan.pop()
+        _check_against_scan(a, scan, words)
+        assert a.verify().problems == ()
+    cache = IndexCache()
+    root = tmp_path / "store"
+    store = ConversationStore(
+        root, encryption_key=KEY, search_index=True, index_cache=cache, durability="flush"
+    )
+    with store.open("c") as c:
+        for i in range(1100):  # past UNFOLDED_MAX blocks held: they join the postings
+            c.append(_msg(f"kiwi{i % 4} {i}"))
+    hits = cache.hits
+    with store.open("c") as c:  # the state the first codec handed to the cache
+        assert [h.seq for h in c.search("kiwi3")] == list(range(3, 1100, 4))
+        assert cache.hits == hits + 1
+        assert c.verify().problems == ()
+
+
+def test_a_search_between_two_segment_writes_leaves_the_postings_exact(tmp_path: Path) -> None:
+    """A search takes the held messages into the in-memory postings (up to block 3 here);
+    the segment written next must not add its earlier blocks (2) after them again."""
+    path, mirror = tmp_path / "c.log", tmp_path / "scan.log"
+    words = ["alpha", "kiwi", "mango", "zebra"]
+    with (
+        ConversationCodec(path, encryption_key=KEY, search_index=True) as c,
+        ConversationCodec(mirror, encryption_key=KEY) as scan,
+    ):
+        for i in range(130):
+            m = _msg(f"kiwi alpha {i} {'mango' if i % 2 else 'zebra'}")
+            c.append(m)
+            scan.append(m)
+            if i in (60, 61, 100):  # a search between two segment writes (seqs 33 and 65)
+                _check_against_scan(c, scan, words)
+        _check_against_scan(c, scan, words)
+        assert c.verify().problems == ()
+    with ConversationCodec(path, encryption_key=KEY) as fresh:
+        assert fresh.verify().problems == ()

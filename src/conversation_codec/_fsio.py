@@ -344,9 +344,12 @@ def atomic_write(
     shown: _Path | None = None,
     tmp: str | None = None,
     fault: Callable[[str], None] | None = None,
+    synced: bool = True,
 ) -> None:
     """Publish the whole file ``path`` holding ``data`` (bytes, or chunks streamed in order):
-    the name never shows a half-written file, and the file is durable when this returns.
+    the name never shows a half-written file, and the file is durable when this returns
+    (not ``synced``: nothing is synced, so after a power loss the name may show the old
+    file, or the new one empty or in part: for a cache that its readers check).
 
     A temp file beside it (``tmp``, default ``.<name>.tmp-<16 hex>``; created ``O_EXCL |
     O_NOFOLLOW`` with exactly ``mode``) is written, fsynced, then renamed over ``path`` —
@@ -378,7 +381,8 @@ def atomic_write(
         try:
             os.fchmod(fd, mode)  # a umask cannot widen the mode, but make it exact
             _write_chunks(fd, data, io)
-            io.sync(fd, data_only=False)
+            if synced:
+                io.sync(fd, data_only=False)
         finally:
             os.close(fd)
         if fault is not None:
@@ -401,7 +405,8 @@ def atomic_write(
                 io.unlink(tmp, dir_fd=dir_fd)
     if in_place:
         _write_in_place(path, data, io=io, mode=mode, dir_fd=dir_fd, shown=shown)
-    io.fsync_dir(dir_fd if dir_fd is not None else (folder or "."))
+    if synced:
+        io.fsync_dir(dir_fd if dir_fd is not None else (folder or "."))
 
 
 def _write_in_place(

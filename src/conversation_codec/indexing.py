@@ -121,9 +121,9 @@ class KeywordIndexer:
             state = self._state = self._cache.take(store, fmt.log_id)
         if state is not None and state.log_id == fmt.log_id:
             if not self._pending and store.more(keys[1], state):
-                return state
+                return state.settle()
             if self._pending and store.unchanged(state):
-                self._pending.fold(state.postings, keys[0])
+                self._pending.fold(state.settle().postings, keys[0])
                 return state  # postings in memory beyond the file, which no one changed
         self._pending = PendingIndex()  # another writer came by: it indexed them, or we catch up
         self._state = state = store.load(fmt.log_id, keys[1])
@@ -181,7 +181,8 @@ class KeywordIndexer:
             self._append_exact(first, messages, *keys)
             return
         state, pending = self._state, self._pending
-        fast = pending and state is not None and state.covered == first and self._fresh(state)
+        # Fast: this codec wrote or holds the index up to ``first`` and no writer truncated.
+        fast = state is not None and pending.hi == state.covered == first and self._fresh(state)
         if not fast or state is None:
             state = self.current()  # the usual append skips this stat: no writer came by
             if (
@@ -291,13 +292,13 @@ class KeywordIndexer:
         if state.tag == _UNREAD:
             state.tag = self._tag(state.covered)
         blocks = pending.tokens(keys[0])
-        pending.fold(state.postings, keys[0])
         segment = Segment(pending.lo, state.covered, state.tag)
         frame = kwi.encode_segment(keys[1], segment, block_entries(blocks))
         tail = state.size + len(frame) - state.first_size
         try:
             if state.segments >= MERGE_SEGMENTS or tail > max(state.first_size, MERGE_MIN_BYTES):
-                self._write(state.postings, state.covered, state.tag)
+                pending.fold(state.settle().postings, keys[0])
+                self._write(state.postings, state.covered, state.tag, merge=True)
                 return
             self._store.append(frame, segment, state.size)
         except OSError:
@@ -305,6 +306,8 @@ class KeywordIndexer:
             return
         state.size += len(frame)
         state.segments += 1
+        state.hold(pending.unfolded(blocks))  # they join the postings in memory when needed
+        self._pending = PendingIndex(state.covered, state.tag)  # the next append: fast
 
     def before_pop(self) -> KwiState | None:
         """Return the index's state if it is exact now (call before a pop)."""
@@ -371,7 +374,9 @@ class KeywordIndexer:
             with contextlib.suppress(OSError):
                 self.remove()
 
-    def _write(self, postings: Postings, count: int, tag: bytes | None = None) -> None:
+    def _write(
+        self, postings: Postings, count: int, tag: bytes | None = None, *, merge: bool = False
+    ) -> None:
         keys, fmt, store = self.keys(), self._log.fmt, self._store
         assert keys is not None and fmt is not None and store is not None
         if tag is None or store.exact:
@@ -381,7 +386,7 @@ class KeywordIndexer:
         self._state, self._pending = None, PendingIndex()
         if store.exact:
             self._log.on_rollback(self._forget)
-        self._state = store.replace(fmt.log_id, frame, segment, postings)
+        self._state = store.replace(fmt.log_id, frame, segment, postings, merge=merge)
         self._validated = None if self._state is None else self._memo(self._state)
 
     def release(self) -> None:
@@ -394,7 +399,7 @@ class KeywordIndexer:
         if pending:
             state.covered, state.tag = pending.lo, pending.tag  # as the file holds it
         if state.tag != _UNREAD:
-            cache.put(self._store, state)
+            cache.put(self._store, state.settle())
 
     def remove(self) -> None:
         """Delete the index (the log was deleted, or a rewrite without the index)."""

@@ -314,6 +314,14 @@ class PendingIndex:
         """Whether ``fold`` added any of the messages to postings."""
         return self._folded > self.lo
 
+    def unfolded(self, blocks: list[tuple[int, set[bytes]]]) -> list[tuple[int, set[bytes]]]:
+        """Those of ``blocks`` (``tokens()``) that ``fold`` has not added in full, which
+        may follow what it added (a block folded in part is given again: no change)."""
+        if self._folded == self.lo:
+            return blocks
+        first = self._folded >> BLOCK_SHIFT
+        return [(block, tokens) for block, tokens in blocks if block >= first]
+
     def fold(self, postings: Postings, tokenizer: Tokenizer) -> None:
         """Add the messages not folded yet to ``postings`` (which holds every earlier one)."""
         if self._folded < self.hi:

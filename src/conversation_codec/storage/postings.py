@@ -94,9 +94,17 @@ class PostingsStore(Protocol):
         ...
 
     def replace(
-        self, log_id: bytes, frame: bytes, segment: Segment, postings: Postings
+        self,
+        log_id: bytes,
+        frame: bytes,
+        segment: Segment,
+        postings: Postings,
+        *,
+        merge: bool = False,
     ) -> KwiState | None:
-        """Replace the whole index with one segment; return its state (None: unknown)."""
+        """Replace the whole index with one segment; return its state (None: unknown).
+        ``merge``: it holds every posting the index held and no other (an append's merge,
+        which a store may write as durably as the segments it replaces: FORMAT.md §17.5)."""
         ...
 
     def remove(self) -> None:

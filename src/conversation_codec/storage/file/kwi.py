@@ -2,7 +2,8 @@
 
 Each segment covers the messages ``[lo, hi)`` and holds their postings; segments are only
 appended (one per append that the index follows), and merged by rewriting the whole file
-(temp file, fsync, rename). A reader keeps the longest chain of segments that authenticate
+(temp file, fsync, rename; under durability "flush" an append's merge syncs nothing,
+FORMAT.md §17.5). A reader keeps the longest chain of segments that authenticate
 and follow each other (``lo`` = the previous ``hi``): anything after is ignored, like a
 torn tail, and the messages it would have covered are scanned.
 """
@@ -42,6 +43,7 @@ _HEADER = struct.Struct("<8sHBBI16s")  # FORMAT.md §17.3 magic, version, block_
 HEADER_BYTES = _HEADER.size  # 32
 TAG_BYTES = 16  # the tail of record hi-1's HMAC, binding a segment to that record
 MAX_SEGMENT_BYTES = 1 << 30  # a body no writer makes (a 50k-message index is ~2 MB)
+UNFOLDED_MAX = 64  # KwiState.unfolded: blocks (~1,000 messages) held before they join postings
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,12 @@ class Segment:
 @dataclass(slots=True)
 class KwiState:
     """What a load found: the postings of the usable chain, what it covers, and why the
-    rest (if any) was dropped."""
+    rest (if any) was dropped.
+
+    ``unfolded``: ``(block, tokens)`` of segments this process wrote, ascending, whose
+    postings are not in ``postings`` yet (``settle`` adds them): a writer adds them only
+    when something needs the postings in memory (a search, merge, pop or check), which
+    most processes that append never do."""
 
     log_id: bytes = b""
     postings: Postings = field(default_factory=Postings)
@@ -67,6 +74,20 @@ class KwiState:
     first_size: int = 0  # where the first segment ends (the merged part)
     ident: tuple[int, int] = (0, 0)  # device, inode
     problem: str = ""
+    unfolded: list[tuple[int, set[bytes]]] = field(default_factory=list)
+
+    def hold(self, blocks: list[tuple[int, set[bytes]]]) -> None:
+        """Keep the blocks of a segment just written in ``unfolded`` (at most UNFOLDED_MAX)."""
+        self.unfolded += blocks
+        if len(self.unfolded) > UNFOLDED_MAX:
+            self.settle()
+
+    def settle(self) -> KwiState:
+        """Add the postings of ``unfolded`` to ``postings``; return this state."""
+        for block, tokens in self.unfolded:
+            self.postings.add_tokens(tokens, block)  # a block written in two parts: no harm
+        self.unfolded = []
+        return self
 
 
 def encode_header(log_id: bytes) -> bytes:
@@ -121,6 +142,7 @@ def _merge(plain: bytes, pos: int, state: KwiState) -> bool:
 def _read_segments(data: bytes, offset: int, key: RecordKey, state: KwiState) -> None:
     """Read the segments in ``data`` (the file's bytes from ``offset``) into ``state``,
     stopping at the first that does not hold up (its reason goes to ``state.problem``)."""
+    state.settle()  # the segments this process wrote come first
     pos = 0
     while pos < len(data):
         try:
@@ -238,10 +260,14 @@ def append_segment(path: str, io: FileIO, frame: bytes, at: int) -> None:
         os.close(fd)
 
 
-def write_all_segments(path: str, io: FileIO, log_id: bytes, frames: Iterable[bytes]) -> None:
-    """Replace ``P.kwi`` with a header and these framed segments (temp, fsync, rename)."""
+def write_all_segments(
+    path: str, io: FileIO, log_id: bytes, frames: Iterable[bytes], *, synced: bool = True
+) -> None:
+    """Replace ``P.kwi`` with a header and these framed segments (temp, fsync, rename,
+    directory fsync; not ``synced``: temp, rename, FORMAT.md §17.5)."""
     name = kwi_path(path)
-    atomic_write(name, [encode_header(log_id), *frames], io=io, tmp=temp_path(name))
+    header = encode_header(log_id)
+    atomic_write(name, [header, *frames], io=io, tmp=temp_path(name), synced=synced)
 
 
 def remove(path: str, io: FileIO) -> None:

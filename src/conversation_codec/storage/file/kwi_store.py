@@ -33,12 +33,14 @@ class _LogFile(Protocol):
 class FileSegments:
     """The sidecar of the log file ``log.path``, written through ``log.io`` (the seam as
     it is at each write): a cache beside the log, written after it commits (FORMAT.md
-    §17.5), so not ``exact``."""
+    §17.5), so not ``exact``. ``synced``: the log's appends are (durability "fsync"); if
+    not, a merge is written without syncs, as its segments are."""
 
     exact = False
 
-    def __init__(self, log: _LogFile) -> None:
+    def __init__(self, log: _LogFile, *, synced: bool = True) -> None:
         self._log = log
+        self._synced = synced
         self._path = os.fspath(log.path)
         # ``log.refreshes`` when the sidecar was last found missing: until another writer
         # changes the log (creating P.kwi announces itself so), it still is.
@@ -89,9 +91,16 @@ class FileSegments:
         return None
 
     def replace(
-        self, log_id: bytes, frame: bytes, segment: Segment, postings: Postings
+        self,
+        log_id: bytes,
+        frame: bytes,
+        segment: Segment,
+        postings: Postings,
+        *,
+        merge: bool = False,
     ) -> KwiState | None:
-        kwi.write_all_segments(self._path, self._io, log_id, [frame])
+        synced = self._synced or not merge
+        kwi.write_all_segments(self._path, self._io, log_id, [frame], synced=synced)
         self._absent_since = None
         self._log.announce()  # other processes may remember that there was none
         return kwi.written(self._path, log_id, segment, postings, len(frame))

@@ -483,7 +483,7 @@ class FileLog:
 
     def keyword_index(self) -> FileSegments:
         """The keyword index sidecar ``P.kwi`` (FORMAT.md §17), written through ``io``."""
-        return FileSegments(self)
+        return FileSegments(self, synced=self._sync)
 
     def close(self) -> None:
         """Release every file descriptor (the lock is not held between calls)."""

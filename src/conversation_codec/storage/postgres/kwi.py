@@ -106,7 +106,13 @@ class PostgresSegments:
         return counted
 
     def replace(
-        self, log_id: bytes, frame: bytes, segment: Segment, postings: Postings
+        self,
+        log_id: bytes,
+        frame: bytes,
+        segment: Segment,
+        postings: Postings,
+        *,
+        merge: bool = False,
     ) -> KwiState | None:
         conn, _ = self._session(True)
         with self._backend.errors(f"write {self._where}"):
