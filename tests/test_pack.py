@@ -584,3 +584,25 @@ def test_a_damaged_packed_conversation_can_still_be_deleted(tmp_path: Path) -> N
             assert kept[:-8] not in path.read_bytes(), path
     with store.open("a") as codec:
         assert codec.load() == [message("a", i) for i in range(6)]
+
+
+def test_a_damaged_pack_does_not_stop_retention_elsewhere(tmp_path: Path) -> None:
+    """prune() deletes the old conversations it can read (loose and in readable packs), keeps
+    the unreadable pack's, and then raises its error naming it (found by review: one flipped
+    byte in one pack's table of contents stopped retention for the whole store)."""
+    root = tmp_path / "store"
+    fill(root, KEY, ["a", "b"])
+    ConversationStore(root, encryption_key=KEY).pack(max_bytes=3000)  # over half: not merged
+    fill(root, KEY, ["c", "d"])
+    ConversationStore(root, encryption_key=KEY).pack(max_bytes=3000)
+    fill(root, KEY, ["loose"])
+    packs = sorted((root / ".packs").glob("*.pack"), key=lambda p: p.stat().st_mtime_ns)
+    assert len(packs) == 2
+    _flip(packs[0], 30)  # a and b's pack: its table of contents
+    store = ConversationStore(root, encryption_key=KEY, clock=Clock(T0 + 10**12))
+    with pytest.raises(FormatError, match=re.escape(packs[0].name)):
+        store.prune(timedelta(0))
+    assert not (root / "loose.log").exists()
+    assert packs[0].exists() and not packs[1].exists()  # c and d went with their pack
+    with pytest.raises(FormatError):
+        store.ids()  # a and b may still be in it: never taken as absent

@@ -327,6 +327,7 @@ class ConversationStore:
         :param on_error: called with ``(conversation_id, error)`` for each conversation
             that could not be read or deleted; it is kept, and pruning carries on. (Such
             conversations also show in ``list()`` with their status.)
+        :raises FormatError: a pack is unreadable: what it holds is kept, all else pruned.
         """
         if isinstance(older_than, timedelta):
             now_us = self._clock() if self._clock is not None else None
@@ -338,8 +339,9 @@ class ConversationStore:
         else:
             raise TypeError("older_than must be an aware datetime or a timedelta")
         cutoff_us = (cutoff - EPOCH) // ONE_US
-        deleted = []
-        for conversation_id in self.ids():
+        deleted, backend = [], self._backend
+        ids, bad = backend.readable_ids() if isinstance(backend, FileStore) else (self.ids(), [])
+        for conversation_id in ids:
             try:
                 with self.open(conversation_id) as codec:
                     last = codec.info().last_timestamp
@@ -349,6 +351,8 @@ class ConversationStore:
             except ConversationCodecError as exc:
                 if on_error is not None:
                     on_error(conversation_id, exc)
+        if bad:
+            raise bad[0]
         return deleted
 
     def pack(

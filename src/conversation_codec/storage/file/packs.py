@@ -146,11 +146,18 @@ class Packs:
 
         :raises FormatError: a pack is unreadable (its ids cannot be listed).
         """
+        found, broken = self.readable_ids()
+        if broken:
+            raise broken[0]
+        return found
+
+    def readable_ids(self) -> tuple[set[str], list[FormatError]]:
+        """The ids the readable packs hold, and why each unreadable pack is (its ids, which
+        may be any, are unknown: none of them may be taken as absent)."""
         with self._mutex:
             self._rescan()
-            if self._broken:
-                raise next(iter(self._broken.values()))
-            return {cid for pack in self._cache.values() for cid in pack.toc}
+            found = {cid for pack in self._cache.values() for cid in pack.toc}
+            return found, list(self._broken.values())
 
     def names(self) -> list[str]:
         """The pack files present (names in ``.packs``)."""

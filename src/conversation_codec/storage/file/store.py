@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..._fsio import DEFAULT_IO, FileIO, unlink_file
-from ...errors import StorageError
+from ...errors import FormatError, StorageError
 from ...format.header import sniff_log
 from ...paths import index_path, is_log_file
 from ..base import LogFormat, LogStorage, StorageOpener
@@ -130,7 +130,23 @@ class FileStore:
         return self.packs.find(conversation_id) is not None
 
     def ids(self) -> list[str]:
-        """The ids of every conversation with a log, sorted; no log is opened."""
+        """The ids of every conversation with a log, sorted; no log is opened.
+
+        :raises FormatError: a pack is unreadable (``readable_ids`` lists the others).
+        """
+        found, broken = self.readable_ids()
+        if broken:
+            raise broken[0]
+        return found
+
+    def readable_ids(self) -> tuple[list[str], list[FormatError]]:
+        """``ids()`` but for the unreadable packs, whose errors come second (retention goes
+        on elsewhere; what such a pack holds is kept)."""
+        loose = self._loose_ids()  # the root first: its errors name it
+        packed, broken = self.packs.readable_ids()
+        return sorted(set(loose) | packed), broken
+
+    def _loose_ids(self) -> list[str]:
         try:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
@@ -143,7 +159,7 @@ class FileStore:
                 conversation_id = decode_id(entry.name[: -len(LOG_SUFFIX)])
                 if conversation_id is not None:
                     found.append(conversation_id)
-        return sorted(set(found) | self.packs.ids())
+        return found
 
     def footprint(self, conversation_id: str) -> tuple[int, bytes]:
         """Bytes the log and its index take, and the log's first bytes (for a listing of
