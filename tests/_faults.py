@@ -691,14 +691,14 @@ class PowerLossIO(FileIO):
         fid = self._file(fd)
         n = super().pwrite(fd, data, offset)
         chunk = bytes(data[:n])
-        _write(self._content[fid], offset, chunk)
+        write_at(self._content[fid], offset, chunk)
         self.ops.append(Op("write", fid, offset, chunk))
         return n
 
     def truncate(self, fd: int, size: int) -> None:
         fid = self._file(fd)
         super().truncate(fd, size)
-        _truncate(self._content[fid], size)
+        truncate_to(self._content[fid], size)
         self.ops.append(Op("truncate", fid, size))
 
     def sync(self, fd: int, *, data_only: bool) -> None:
@@ -758,13 +758,13 @@ class PowerLossIO(FileIO):
             self.folders.add(os.path.relpath(folder, self.root))
 
 
-def _write(buf: bytearray, offset: int, data: bytes) -> None:
+def write_at(buf: bytearray, offset: int, data: bytes) -> None:
     if offset > len(buf):
         buf.extend(bytes(offset - len(buf)))  # a hole reads as zeros
     buf[offset : offset + len(data)] = data
 
 
-def _truncate(buf: bytearray, size: int) -> None:
+def truncate_to(buf: bytearray, size: int) -> None:
     if size < len(buf):
         del buf[size:]
     else:
@@ -775,15 +775,15 @@ def _land(buf: bytearray, op: Op, fate: str, rng: random.Random) -> None:
     if fate == "none":
         return
     if op.kind == "truncate":
-        _truncate(buf, op.offset)
+        truncate_to(buf, op.offset)
     elif fate == "full":
-        _write(buf, op.offset, op.data)
+        write_at(buf, op.offset, op.data)
     elif fate == "prefix":
-        _write(buf, op.offset, op.data[: rng.randrange(len(op.data))] if op.data else b"")
+        write_at(buf, op.offset, op.data[: rng.randrange(len(op.data))] if op.data else b"")
     elif fate == "zeros":
-        _write(buf, op.offset, bytes(len(op.data)))
+        write_at(buf, op.offset, bytes(len(op.data)))
     elif fate == "garbage":
-        _write(buf, op.offset, rng.randbytes(len(op.data)))
+        write_at(buf, op.offset, rng.randbytes(len(op.data)))
 
 
 def _fates(pending: list[Op], scrambled: bool, rng: random.Random) -> list[str]:

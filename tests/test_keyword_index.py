@@ -218,6 +218,16 @@ class IndexedPair:
             kw.update(since=since, until=until)
             assert hits(self.indexed, text, **kw) == hits(self.scan, text, **kw), (text, kw)
 
+    def replay(self, ops: list[tuple[str, Any]], queries: list[tuple[Any, ...]]) -> None:
+        """Apply each op, checking every query against the scan after it; then verify."""
+        try:
+            for op, arg in ops:
+                self.apply(op, arg)
+                self.check(queries)
+            assert self.indexed.verify().problems == ()
+        finally:
+            self.close()
+
     def close(self) -> None:
         self.indexed.close()
         self.scan.close()
@@ -235,14 +245,7 @@ def _file_pair(folder: Path) -> IndexedPair:
 def _run_against_the_scan(tmp_path: Path, ops: list[tuple[str, Any]], queries: list[Any]) -> None:
     folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
     folder.mkdir()
-    pair = _file_pair(folder)
-    try:
-        for op, arg in ops:
-            pair.apply(op, arg)
-            pair.check(queries)
-        assert pair.indexed.verify().problems == ()
-    finally:
-        pair.close()
+    _file_pair(folder).replay(ops, queries)
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,7 @@ from typing import Any
 
 import pytest
 
+from _faults import truncate_to, write_at
 from conversation_codec import ConversationCodec, CorruptRecordError, FileIO
 from conversation_codec.compression import TRAIN_AFTER
 from conversation_codec.maintenance.verify import salvage
@@ -146,7 +147,7 @@ class RecordingIO(FileIO):
         fid = self._file(fd)
         n = super().pwrite(fd, data, offset)
         chunk = bytes(data[:n])
-        _write(self._content[fid], offset, chunk)
+        write_at(self._content[fid], offset, chunk)
         self._log(Op("write", fid, offset, chunk))
         return n
 
@@ -155,7 +156,7 @@ class RecordingIO(FileIO):
             return super().truncate(fd, size)
         fid = self._file(fd)
         super().truncate(fd, size)
-        _truncate(self._content[fid], size)
+        truncate_to(self._content[fid], size)
         self._log(Op("truncate", fid, size))
 
     def sync(self, fd: int, *, data_only: bool) -> None:
@@ -183,19 +184,6 @@ class RecordingIO(FileIO):
             if fid is not None:
                 names.append((entry.name, fid))
         self._log(Op("sync_dir", names=tuple(sorted(names))))
-
-
-def _write(buf: bytearray, offset: int, data: bytes) -> None:
-    if offset > len(buf):
-        buf.extend(bytes(offset - len(buf)))  # a hole reads as zeros
-    buf[offset : offset + len(data)] = data
-
-
-def _truncate(buf: bytearray, size: int) -> None:
-    if size < len(buf):
-        del buf[size:]
-    else:
-        buf.extend(bytes(size - len(buf)))
 
 
 # -- the workload and what each crash point may show -----------------------------------
@@ -341,17 +329,17 @@ def _lands(buf: bytearray, op: Op, fate: str, rng: random.Random) -> None:
     """Apply ``op`` to ``buf`` the way ``fate`` says it reached the disk."""
     if op.kind == "truncate":
         if fate != "none":
-            _truncate(buf, op.offset)
+            truncate_to(buf, op.offset)
         return
     data = op.data
     if fate == "full":
-        _write(buf, op.offset, data)
+        write_at(buf, op.offset, data)
     elif fate == "prefix":
-        _write(buf, op.offset, data[: rng.randrange(len(data))] if data else b"")
+        write_at(buf, op.offset, data[: rng.randrange(len(data))] if data else b"")
     elif fate == "zeros":
-        _write(buf, op.offset, bytes(len(data)))
+        write_at(buf, op.offset, bytes(len(data)))
     elif fate == "garbage":
-        _write(buf, op.offset, rng.randbytes(len(data)))
+        write_at(buf, op.offset, rng.randbytes(len(data)))
     elif fate == "sectors":
         old = bytes(buf[op.offset : op.offset + len(data)]).ljust(len(data), b"\0")
         out = bytearray()
@@ -361,7 +349,7 @@ def _lands(buf: bytearray, op: Op, fate: str, rng: random.Random) -> None:
             src = data if rng.random() < 0.5 else old
             out += src[pos - op.offset : nxt - op.offset]
             pos = nxt
-        _write(buf, op.offset, bytes(out))
+        write_at(buf, op.offset, bytes(out))
 
 
 def _fates(pending: list[Op], scrambled: bool, rng: random.Random) -> list[str]:
