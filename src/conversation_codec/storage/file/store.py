@@ -205,7 +205,10 @@ class FileStore:
         try:
             if os.path.lexists(path):
                 return False  # loose: deleted through its codec, or by hand
-            return self.packs.drop(conversation_id, timeout=lock_timeout)
+            dropped = self.packs.drop(conversation_id, timeout=lock_timeout)
+            if dropped:  # as a clear (FORMAT.md §8.5): the lock file goes last
+                unlink_file(lock.path, io=self.io)
+            return dropped
         finally:
             lock.release()
             lock.close()
