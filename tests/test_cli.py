@@ -1576,3 +1576,18 @@ def test_entry_point_reindex_turns_the_keyword_index_on(tmp_path: Path) -> None:
         codec.append({"role": "user", "content": "hi"})
     refused = entry("reindex", str(plain), env=subprocess_env())
     assert refused.returncode == 1 and "encrypted" in refused.stderr + refused.stdout
+
+
+def test_verify_of_a_store_root_takes_its_password(
+    tmp_path: Path, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conversation_codec import ConversationStore
+
+    store = ConversationStore(tmp_path / "s", password="hunter2 but longer")
+    for cid in ("a", "b"):
+        with store.open(cid) as codec:
+            codec.append({"role": "user", "content": cid})
+    monkeypatch.setenv("CC_TEST_PW", "hunter2 but longer")
+    code, out, err = run("verify", str(tmp_path / "s"), "--password-env", "CC_TEST_PW")
+    assert code == 0, err
+    assert out.count(": ok, 1 intact record") == 2

@@ -93,7 +93,7 @@ def _verify_store(args: Args) -> list[VerifyReport]:
     """Verify every conversation of a store root (packed ones included, FORMAT.md §18)."""
     from ..store import ConversationStore
 
-    store = ConversationStore(args.path, encryption_key=log_key(args))
+    store = ConversationStore(args.path, encryption_key=log_key(args), password=log_password(args))
     reports = []
     for conversation_id in store.ids():
         with store.open(conversation_id) as codec:
