@@ -327,8 +327,9 @@ def _words(seed: int, count: int) -> str:
     return " ".join("".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=9)) for _ in range(count))
 
 
-# An indexed log whose appended segment (32 messages of 45 random words: ~56 KiB) is close
-# to outweighing 64 KiB: the act's 32 messages make the next segment, and it merges.
+# An indexed log whose second segment (32 messages of 45 random words: ~56 KiB, written by
+# the search that found them unindexed) is close to outweighing 64 KiB: the act's 32
+# messages and its search make the next segment, and it merges.
 _MERGE_OLD: list[Message] = [*OLD, *({"role": "user", "content": _words(i, 45)} for i in range(32))]
 _MERGE_NEW: list[Message] = [
     NEW,
@@ -343,6 +344,7 @@ def _merge_prepare(folder: Path) -> None:
         c.extend(OLD)
         for message in _MERGE_OLD[len(OLD) :]:
             c.append(message)
+        list(c.search("stored"))  # indexes the 32 appended messages: a segment
     assert len(_segments(folder)) == 2, "the prepared index must not be merged yet"
 
 
@@ -359,7 +361,8 @@ def _segments(folder: Path) -> list[int]:
 def _merge_act(folder: Path, io: FileIO, ctx: Any) -> None:
     path = folder / LOG
     with ConversationCodec(path, encryption_key=KEY, durability="flush", io=io) as codec:
-        codec.extend(_MERGE_NEW)  # one write of the log (unsynced), then the merge
+        codec.extend(_MERGE_NEW)  # one write of the log (unsynced)
+        list(codec.search("after"))  # 32 records unindexed: the search writes the merge
 
 
 def _merge_state(folder: Path, ctx: Any) -> str:

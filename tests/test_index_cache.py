@@ -48,10 +48,11 @@ for line in sys.stdin:
 
 
 # Each step, and whether it changes the conversation's sidecar (then the next search finds
-# the cached index stale: one miss). A single append is held in the child's memory and
-# leaves the sidecar as it was: the cached index is used, and the new record is scanned.
+# the cached index stale: one miss). Appends leave the sidecar as it was (FORMAT.md §17.5):
+# the cached index is used, and the search indexes the new records itself (41 here: it
+# writes a segment) or scans them (fewer than 32).
 STEPS: list[tuple[list[Any], int]] = [
-    (["a", "append", "ferry zanzibar", *[f"mango {i}" for i in range(40)]], 1),  # a segment
+    (["a", "append", "ferry zanzibar", *[f"mango {i}" for i in range(40)]], 0),
     (["b", "pop"], 1),
     (["b", "append", "quokka instead"], 0),  # as many records as before, a new last one
     (["c", "rotate"], 1),
@@ -100,9 +101,11 @@ def test_a_second_store_search_decrypts_no_unchanged_sidecar(tmp_path: Path) -> 
     assert _found(store, "zanzibar") == first
     assert _found(store, "quokka") == _expected(store, "quokka")[0]
     assert (cache.hits - hits, cache.misses - misses) == (6, 0)  # 3 conversations x 2
-    # A writer outside the store (no cache) writes a segment: b's cached index is stale.
+    # A codec outside the store (no cache) appends and searches, which writes a segment:
+    # b's cached index is stale.
     with ConversationCodec(store.path("b"), encryption_key=KEY, context="b") as c:
         c.extend([_msg("a new zanzibar")] + [_msg(f"more {i}") for i in range(40)])
+        assert [h.seq for h in c.search("more 39")] == [len(c) - 1]
     misses = cache.misses
     assert _found(store, "zanzibar") == _expected(store, "zanzibar")[0]
     assert cache.misses - misses == 1
@@ -162,17 +165,19 @@ def test_the_cache_keeps_at_most_max_bytes(tmp_path: Path, max_bytes: int) -> No
 
 
 def test_a_writer_turn_leaves_the_file_s_index_for_the_next(tmp_path: Path) -> None:
-    """Open, append, close, as an agent's turn does: the postings of the new message stay
-    in the writer's memory (fewer than 32), the file's are handed back, and the next turn
-    takes them instead of decrypting the sidecar; searches stay exact throughout."""
+    """Open, append, close, as an agent's turn does: the turn reads and writes nothing of
+    the index (FORMAT.md §17.5), so the cached index stays the file's, and every search
+    takes it instead of decrypting the sidecar (indexing the turns once 32 wait); searches
+    stay exact throughout."""
     cache = IndexCache()
     store = ConversationStore(tmp_path, encryption_key=KEY, search_index=True, index_cache=cache)
     _fill(store, ["a"])
     assert _found(store, "ferry") == _expected(store, "ferry")[0]
-    for i in range(40):  # crosses a segment write (32 held messages)
-        hits = cache.hits
+    for i in range(40):  # a search at 35 turns indexes them (32 or more waiting)
+        hits, misses = cache.hits, cache.misses
         with store.open("a") as c:
             c.append(_msg(f"turn {i} " + ("zanzibar" if i % 3 else "ferry")))
-        assert cache.hits == hits + 1, i
+        assert (cache.hits, cache.misses) == (hits, misses), i
         if i % 7 == 0:
             _check(store, ["zanzibar", "ferry", "turn"], i)
+            assert cache.misses == misses, i

@@ -306,18 +306,22 @@ def test_a_rare_word_decrypts_only_its_block(tmp_path: Path) -> None:
 def test_the_sidecar_holds_no_plaintext_and_follows_the_spec(tmp_path: Path) -> None:
     path = tmp_path / "c.log"
     with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
-        for i in range(70):  # single appends: a segment per 32 messages (FLUSH_MESSAGES)
+        for i in range(65):  # single appends: the first creates the index, the rest wait
+            c.append(_msg(i, f"zanzibar{i} umbrella"))
+        assert _read_kwi(tmp_path / "c.log.kwi", KEY)[1] == [(0, 1)]
+        assert [h.seq for h in c.search("zanzibar6")] == [6, *range(60, 65)]  # catches up
+        for i in range(65, 70):
             c.append(_msg(i, f"zanzibar{i} umbrella"))
     data = (tmp_path / "c.log.kwi").read_bytes()
     assert b"zanzibar" not in data and b"umb" not in data
     log_id, spans, postings = _read_kwi(tmp_path / "c.log.kwi", KEY)
-    assert spans == [(0, 1), (1, 33), (33, 65)]  # the last 5 were still in memory
+    assert spans == [(0, 1), (1, 65)]  # the last 5 were appended after the search
     assert postings[token(KEY, log_id, "umb")] == {0, 1, 2, 3, 4}  # blocks of 16 messages
     assert postings[token(KEY, log_id, "r39")] == {2}
     assert token(KEY, log_id, "r69") not in postings
     with ConversationCodec(path, encryption_key=KEY) as c:
         assert [h.seq for h in c.search("zanzibar69")] == [69]  # scanned past the index
-        c.append(_msg(0, "one more"))  # catches up, reading only the 5 records it lacks
+        assert _read_kwi(tmp_path / "c.log.kwi", KEY)[1] == spans  # 5 < 32: not written
         assert c.verify().problems == ()
 
 
@@ -400,7 +404,7 @@ def test_writers_in_other_processes_keep_the_index(tmp_path: Path) -> None:
         assert [h.seq for h in c.search("bravo")] == [20, 21, 22]
         child("pop")
         assert list(c.search("zanzibar")) == []
-        assert _read_kwi(tmp_path / "c.log.kwi", KEY)[1] == [(0, 23)]
+        assert _read_kwi(tmp_path / "c.log.kwi", KEY)[1] == [(0, 20)]  # it took none of those
         c.append(_msg(0, "charlie"))
         assert [h.seq for h in c.search("charlie")] == [23]
         assert c.verify().problems == ()
@@ -415,9 +419,10 @@ def test_a_writer_that_saw_no_index_keeps_one_another_instance_created(tmp_path:
         plain.append(_msg(0, "bravo"))  # looked for the sidecar: none
         with ConversationCodec(path, encryption_key=KEY) as other:
             assert other.reindex() == 6
-        for i in range(40):  # more than one segment's worth: written to the file
+        for i in range(40):  # more than one segment's worth: a search writes it
             plain.append(_msg(i, f"charlie {i}"))
-        assert _read_kwi(tmp_path / "c.log.kwi", KEY)[1][-1][1] >= 6 + 32
+        assert [h.seq for h in plain.search("charlie 39")] == [45]
+        assert _read_kwi(tmp_path / "c.log.kwi", KEY)[1] == [(0, 6), (6, 46)]
         assert plain.verify().problems == ()
 
 
@@ -449,12 +454,15 @@ def test_a_stale_index_is_never_trusted(tmp_path: Path) -> None:
         c.append(_msg(0, "quokka"))
         shutil.copy(tmp_path / "old", kwi)
     with ConversationCodec(path, encryption_key=KEY) as reader:
-        assert [h.seq for h in reader.search("quokka")] == [5]
-        assert list(reader.search("zanzibar")) == []
         problems = reader.verify().problems
         assert [p.kind for p in problems] == ["keyword-index"]
         assert reader.verify().ok  # a cache: not damage
         assert reader.reindex() == 6
+        assert reader.verify().problems == ()
+    shutil.copy(tmp_path / "old", kwi)
+    with ConversationCodec(path, encryption_key=KEY) as reader:  # a search rebuilds it
+        assert [h.seq for h in reader.search("quokka")] == [5]
+        assert list(reader.search("zanzibar")) == []
         assert reader.verify().problems == ()
 
 
@@ -467,9 +475,8 @@ def test_a_damaged_index_is_reported_and_searches_stay_exact(tmp_path: Path, fli
     data[flip] ^= 0x01
     kwi.write_bytes(bytes(data))
     with ConversationCodec(path, encryption_key=KEY) as c:
-        assert [h.seq for h in c.search("alpha 17")] == [17]
         assert [p.kind for p in c.verify().problems] == ["keyword-index"]
-        c.append(_msg(0, "alpha 30"))  # a writer rebuilds what it cannot extend
+        assert [h.seq for h in c.search("alpha 17")] == [17]  # and rebuilds it first
         assert c.verify().problems == ()
 
 
@@ -478,15 +485,18 @@ def test_a_torn_last_segment_keeps_the_chain_before_it(tmp_path: Path) -> None:
     with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
         for i in range(40):
             c.append(_msg(i, f"zanzibar{i} umbrella"))
-    assert _read_kwi(kwi, KEY)[1] == [(0, 1), (1, 33)]
+        assert [h.seq for h in c.search("zanzibar33")] == [33]
+    assert _read_kwi(kwi, KEY)[1] == [(0, 1), (1, 40)]
     with kwi.open("r+b") as f:  # a crash in the middle of writing the last segment
         f.truncate(kwi.stat().st_size - 20)
     with ConversationCodec(path, encryption_key=KEY) as c:
-        assert [h.seq for h in c.search("zanzibar33")] == [33]
-        assert [h.seq for h in c.search("zanzibar0")] == [0]
         assert "before 1 only" in c.verify().problems[0].detail
-        c.extend([_msg(0, f"more {i}") for i in range(40)])  # overwrites the torn bytes
-        assert _read_kwi(kwi, KEY)[1] == [(0, 1), (1, 80)]
+        assert [h.seq for h in c.search("zanzibar33")] == [33]  # overwrites the torn bytes
+        assert [h.seq for h in c.search("zanzibar0")] == [0]
+        assert _read_kwi(kwi, KEY)[1] == [(0, 1), (1, 40)]
+        c.extend([_msg(0, f"more {i}") for i in range(40)])
+        assert [h.seq for h in c.search("more 39")] == [79]
+        assert _read_kwi(kwi, KEY)[1] == [(0, 1), (1, 40), (40, 80)]
         assert c.verify().problems == ()
 
 

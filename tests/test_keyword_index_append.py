@@ -9,6 +9,7 @@ writer's change to the sidecar or the log between two appends is never written o
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from tests.conftest import KEY
 
-from conversation_codec import ConversationCodec, ConversationStore
+from conversation_codec import ConversationCodec, ConversationStore, FileIO
 from conversation_codec.index_cache import IndexCache
 from conversation_codec.keyword_index import (
     PendingIndex,
@@ -225,3 +226,86 @@ def test_a_search_between_two_segment_writes_leaves_the_postings_exact(tmp_path:
         assert c.verify().problems == ()
     with ConversationCodec(path, encryption_key=KEY) as fresh:
         assert fresh.verify().problems == ()
+
+
+def _spans(kwi: Path) -> list[tuple[int, int]]:
+    """The ``(lo, hi)`` of each segment of ``P.kwi`` (FORMAT.md §17.3), read with the key."""
+    from tests.test_keyword_index import _read_kwi
+
+    return _read_kwi(kwi, KEY)[1]
+
+
+def test_appends_leave_the_sidecar_alone_and_a_search_catches_it_up(tmp_path: Path) -> None:
+    """An append does no index work (FORMAT.md §17.5): the sidecar keeps its bytes through
+    100 single appends; the first search that finds 32 or more records past it indexes them
+    (one segment) and answers from the index, and fewer are scanned, not written."""
+    path, kwi, mirror = tmp_path / "c.log", tmp_path / "c.log.kwi", tmp_path / "scan.log"
+    words = ["alpha", "kiwi", "mango", "zebra7"]
+    with (
+        ConversationCodec(path, encryption_key=KEY, search_index=True) as c,
+        ConversationCodec(mirror, encryption_key=KEY) as scan,
+    ):
+        first = [_msg(f"alpha {i}") for i in range(10)]
+        c.extend(first)  # the option creates the index with the first write
+        scan.extend(first)
+        assert _spans(kwi) == [(0, 10)]
+        before = kwi.read_bytes()
+        for i in range(100):
+            m = _msg(f"kiwi {i} {'mango' if i % 3 else 'zebra7'}")
+            c.append(m)
+            scan.append(m)
+        assert kwi.read_bytes() == before
+        _check_against_scan(c, scan, words)
+        assert _spans(kwi) == [(0, 10), (10, 110)]
+        caught_up = kwi.read_bytes()
+        for i in range(20):  # fewer than 32: scanned past the index, nothing written
+            m = _msg(f"mango {i}")
+            c.append(m)
+            scan.append(m)
+        _check_against_scan(c, scan, words)
+        assert kwi.read_bytes() == caught_up
+        assert c.verify().problems == ()
+    with ConversationCodec(path, encryption_key=KEY) as other:  # no option: the file's there
+        for i in range(40):
+            other.append(_msg(f"zebra7 {i}"))
+        assert len([h.seq for h in other.search("zebra7")]) == 34 + 40
+        assert _spans(kwi) == [(0, 10), (10, 110), (110, 170)]
+
+
+class _NoSidecarWrites(FileIO):
+    """Refuses every write of a file whose name holds ``.kwi`` (a full disk, say)."""
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        if ".kwi" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(28, "No space left on device")
+        return super().pwrite(fd, data, offset)
+
+
+def test_a_search_that_cannot_write_the_index_scans_what_it_lacks(tmp_path: Path) -> None:
+    path, kwi = tmp_path / "c.log", tmp_path / "c.log.kwi"
+    with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
+        c.extend([_msg(f"alpha {i}") for i in range(5)])
+        for i in range(50):
+            c.append(_msg(f"kiwi {i}"))
+    before = kwi.read_bytes()
+    with ConversationCodec(path, encryption_key=KEY, io=_NoSidecarWrites()) as c:
+        assert [h.seq for h in c.search('"kiwi 4"')] == [9, *range(45, 55)]
+        assert [h.seq for h in c.search("alpha")] == [0, 1, 2, 3, 4]
+    assert kwi.read_bytes() == before
+
+
+def test_a_pop_past_what_the_index_covers_leaves_it_alone(tmp_path: Path) -> None:
+    """The index covers seqs 0..9; popping seq 12 removes nothing it holds, so the sidecar
+    is not rewritten (a pop used to rebuild the whole index when it lagged)."""
+    path, kwi = tmp_path / "c.log", tmp_path / "c.log.kwi"
+    with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
+        c.extend([_msg(f"alpha {i}") for i in range(10)])
+        for i in range(3):
+            c.append(_msg(f"kiwi {i}"))
+        before = kwi.read_bytes()
+        c.pop()
+        assert kwi.read_bytes() == before
+        assert [h.seq for h in c.search("kiwi")] == [10, 11]
+        c.pop(), c.pop(), c.pop()  # seq 9 goes: its block's postings are derived again
+        assert _spans(kwi) == [(0, 9)]
+        assert list(c.search("alpha 9")) == [] and c.verify().problems == ()

@@ -23,6 +23,7 @@ from .chat_api import ChatFormats
 from .core import MEMORY, CodecCore, Message, TimeInput, TimestampInput
 from .encoding import encode_json
 from .errors import LogReplacedError
+from .keyword_search import indexed_search
 from .maintenance.api import Maintenance
 from .paths import blobs_path
 from .reading import READ_BATCH, LogInfo
@@ -358,7 +359,17 @@ class ConversationCodec(Maintenance, ChatFormats):
             case_sensitive=case_sensitive,
         )
         reading = lambda: self._holding(write=False)  # noqa: E731
-        return self._kwi.search(parsed, reading=reading, base=self._base, present=self._present)
+        writing = lambda: self._holding(write=True)  # noqa: E731
+        return indexed_search(
+            self._kwi,
+            self._reader,
+            self._log,
+            parsed,
+            reading=reading,
+            base=self._base,
+            present=self._present,
+            writing=writing,
+        )
 
     def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:
         """Return every message with ``since <= timestamp < until`` (a pure date range)."""

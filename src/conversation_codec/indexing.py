@@ -17,16 +17,14 @@ transaction) gets each append's segment at once, and needs no check against the 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .crypto import RecordKey
-from .errors import LogReplacedError
 from .index_cache import IndexCache
-from .keyword_builder import IndexBuilder, candidate_ranges, joined
+from .keyword_builder import IndexBuilder
 from .keyword_index import (
-    BLOCK,
     BLOCK_SHIFT,
     PendingIndex,
     Postings,
@@ -34,9 +32,9 @@ from .keyword_index import (
     block_entries,
     query_grams,
 )
-from .reading import READ_BATCH, LogReader
+from .reading import LogReader
 from .records import SealedRecords
-from .search import Hit, SearchQuery
+from .search import SearchQuery
 from .storage.base import IndexMismatch, LogFormat, LogStorage
 from .storage.file import kwi
 from .storage.file.kwi import TAG_BYTES, KwiState, Segment
@@ -49,7 +47,8 @@ Message = dict[str, Any]
 # first outweigh it (geometric: each posting is rewritten O(1) times on average) or number
 # more than MERGE_SEGMENTS (a new reader decrypts each once).
 MERGE_SEGMENTS = 1024
-FLUSH_MESSAGES = 32  # appended messages whose postings are written as one segment
+FLUSH_MESSAGES = 32  # records past the sidecar that make a search index them first
+CATCH_UP_MESSAGES = 4096  # records indexed per segment when a search catches up
 MERGE_MIN_BYTES = 64 * 1024
 # An exact store (a database) counts messages, not bytes: it merges when the segments after
 # the first cover more messages than it, and this many at least (or number MERGE_SEGMENTS).
@@ -164,48 +163,59 @@ class KeywordIndexer:
     # -- writes ----------------------------------------------------------------------------
 
     def appended(self, first: int, messages: list[Message]) -> None:
-        """Index the messages just appended at ``first``.
-
-        Their words are held in memory (tokenized per block when a search or the write
-        needs them) and reach ``P.kwi`` as one segment
-        per ``FLUSH_MESSAGES`` appended messages (§17.5): a write per append would double
-        an fsync-durable append's cost (ext4 commits the sidecar's new blocks with the
-        log's). Postings not yet written are lost with the process, which costs nothing
-        but speed: readers scan the records the file does not cover, and the next writer
-        indexes them again (reading only those).
-        """
+        """After an append at ``first``: an exact store (a database) writes the messages'
+        segment with them; a file's sidecar is not touched (FORMAT.md §17.5), except that a
+        codec asked for an index creates it when the log has none. The records past what
+        the sidecar covers are scanned by searches, and the first search that finds
+        ``FLUSH_MESSAGES`` of them indexes them (``catch_up``): an append pays nothing."""
         keys = self.keys()
-        if keys is None or not (self.wanted or self.present()):
+        if keys is None or self._store is None:
             return
         if self._exact():
-            self._append_exact(first, messages, *keys)
+            if self.wanted or self.present():
+                self._append_exact(first, messages, *keys)
             return
-        state, pending = self._state, self._pending
-        # Fast: this codec wrote or holds the index up to ``first`` and no writer truncated.
-        fast = state is not None and pending.hi == state.covered == first and self._fresh(state)
-        if not fast or state is None:
-            state = self.current()  # the usual append skips this stat: no writer came by
-            if (
-                state is None
-                or not state.segments
-                or not self.usable(state)
-                or state.covered > first
-            ):
-                self.rebuild()  # none yet, not this log's, or for records a pop took back
+        if self.wanted and not self._store.exists():
+            self.rebuild()
+
+    def lagging(self) -> bool:
+        """Whether a search should first bring the sidecar up to date (``catch_up``): it
+        exists, and lacks ``FLUSH_MESSAGES`` records or more, is damaged past the records
+        it covers, or does not describe the log. Any lock held."""
+        if self._exact() or self.keys() is None or not self.present():
+            return False
+        state = self.current()
+        if state is None or not state.segments or not self.usable(state):
+            return True
+        lacks = len(self._log.index) - state.covered
+        return lacks >= FLUSH_MESSAGES or (lacks > 0 and bool(state.problem))
+
+    def catch_up(self) -> None:
+        """Index the records the sidecar lacks (writer lock held): a segment per
+        ``CATCH_UP_MESSAGES`` read, merged as §17.5 says; a sidecar that does not describe
+        the log is rebuilt. On failure what is held in memory is dropped (readers scan)."""
+        try:
+            if not self.lagging():  # looked again under the writer lock
                 return
-            pending = self._pending
-            if not pending:
-                pending = self._pending = PendingIndex(state.covered, state.tag)
-            for seq, message, _ in self._reader.decoded(state.covered, first):  # a lagging file
-                pending.add(seq, message)
-        for i, message in enumerate(messages):
-            pending.add(first + i, message)
-        # The tag is read when the postings are written (by flush, in this same lock hold),
-        # not per append: _fresh() vouches for the records meanwhile, as usable() does.
-        state.covered, state.tag = first + len(messages), _UNREAD
-        self._validated = self._memo(state)
-        if pending.hi - pending.lo >= FLUSH_MESSAGES:
-            self.flush(checked=not fast)
+            state, count = self.current(), len(self._log.index)
+            if state is None or not state.segments or not self.usable(state):
+                self.rebuild()
+                return
+            torn = bool(state.problem)  # its next segment overwrites the damaged bytes
+            while state is not None and count > state.covered:
+                if count - state.covered < FLUSH_MESSAGES and not torn:
+                    break
+                stop, torn = min(count, state.covered + CATCH_UP_MESSAGES), False
+                self._pending = pending = PendingIndex(state.covered, state.tag)
+                for seq, message, _ in self._reader.decoded(state.covered, stop):
+                    pending.add(seq, message)
+                state.covered, state.tag = stop, _UNREAD
+                self._validated = self._memo(state)
+                self.flush(checked=True)
+                state = self._state
+        except BaseException:
+            self._forget()
+            raise
 
     def appending(self, first: int, messages: list[Message]) -> None:
         """Offer an exact store the segment of the messages about to be appended at
@@ -279,9 +289,8 @@ class KeywordIndexer:
     def flush(self, *, checked: bool = False) -> None:
         """Write the postings held in memory to ``P.kwi`` (one segment, or a merge).
 
-        Only right after an append, in its lock hold (``checked``: after ``current()``); a
-        file that another writer changed meanwhile is left alone (the next append reads
-        it and catches up)."""
+        Only in ``catch_up``'s lock hold (``checked``: after ``current()``); a file that
+        another writer changed meanwhile is left alone (the next search catches up)."""
         state, keys, pending = self._state, self.keys(), self._pending
         if not pending or state is None or keys is None or self._store is None:
             return
@@ -321,9 +330,11 @@ class KeywordIndexer:
         block's are derived again from the messages left in it, and the file is rewritten."""
         if not self.active():
             return
-        if exact is None or exact.covered < count:
+        if exact is None:
             self.rebuild()
             return
+        if exact.covered <= count:
+            return  # the pop took only records the index does not cover
         keys = self.keys()
         assert keys is not None
         start = (count >> BLOCK_SHIFT) << BLOCK_SHIFT
@@ -433,7 +444,7 @@ class KeywordIndexer:
 
     # -- search ----------------------------------------------------------------------------
 
-    def _candidates(self, query: SearchQuery) -> tuple[list[int], int] | None:
+    def candidates(self, query: SearchQuery) -> tuple[list[int], int] | None:
         """The candidate blocks of a query and the records the index covers; None when the
         index cannot answer (no grams, no usable index): then the scan does."""
         grams = query_grams(query.matcher.index_terms)
@@ -444,57 +455,3 @@ class KeywordIndexer:
         if state is None or not self.usable(state):
             return None
         return state.postings.candidates(keys[0].token(g) for g in grams), state.covered
-
-    def search(
-        self,
-        query: SearchQuery,
-        *,
-        reading: Callable[[], contextlib.AbstractContextManager[None]],
-        base: Callable[[], int],
-        present: Callable[[Message], Message],
-    ) -> Iterator[Hit]:
-        """``LogReader.search``, reading only the candidate blocks when the index answers."""
-        with reading():
-            found = self._candidates(query)
-            if found is not None:
-                lo, hi = query.span
-                first_seq = base()
-                first = 0 if lo is None else self._reader.first_at_or_after(lo, (-1,))
-                first = max(first_seq, first)
-                stop = len(self._log.index)
-                stop = max(first, stop if hi is None else self._reader.first_at_or_after(hi, (0,)))
-                newest = query.newest_first
-                plan = candidate_ranges(found[0], found[1], first, stop, newest_first=newest)
-                log_id = self._log.fmt.log_id if self._log.fmt else None
-        if found is None:
-            yield from self._reader.search(query, reading=reading, base=base, present=present)
-            return
-        left, budget = query.limit, 2 * BLOCK
-        carry = next(plan, None)
-        while carry is not None and left != 0:
-            # A batch of ranges per lock hold: small at first (a limit is often met in the
-            # newest blocks), growing to READ_BATCH records.
-            batch, size = [carry], len(carry)
-            carry = next(plan, None)
-            while carry is not None and size + len(carry) <= budget:
-                batch.append(carry)
-                size += len(carry)
-                carry = next(plan, None)
-            budget = min(2 * budget, READ_BATCH)
-            hits: list[Hit] = []
-            with reading():
-                fmt = self._log.fmt
-                if (fmt.log_id if fmt else None) != log_id or len(self._log.index) < max(
-                    r.stop for r in batch
-                ):
-                    raise LogReplacedError("the log was replaced or truncated during a search")
-                for r in joined(batch, newest_first=query.newest_first):
-                    some = self._reader.matches(
-                        query.matcher, query.roles, r.start, r.stop, first_seq, query.span, present
-                    )
-                    hits.extend(reversed(some) if query.newest_first else some)
-            for hit in hits:
-                if left == 0:
-                    return
-                yield hit
-                left = None if left is None else left - 1

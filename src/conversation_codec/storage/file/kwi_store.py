@@ -42,9 +42,10 @@ class FileSegments:
         self._log = log
         self._synced = synced
         self._path = os.fspath(log.path)
-        # ``log.refreshes`` when the sidecar was last found missing: until another writer
-        # changes the log (creating P.kwi announces itself so), it still is.
-        self._absent_since: int | None = None
+        # ``log.refreshes`` when the sidecar was last looked for, and whether it was there:
+        # until another writer changes the log (creating or deleting P.kwi announces
+        # itself so, as every rewrite does), the answer stands.
+        self._looked: tuple[int, bool] | None = None
 
     @property
     def _io(self) -> FileIO:
@@ -65,13 +66,13 @@ class FileSegments:
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def exists(self) -> bool:
-        # The answer for most logs is "no", asked at every append: an lstat is a twentieth
-        # of a flushed append, so a missing sidecar is remembered while no writer came by.
-        stamp = self._log.refreshes
-        if stamp == self._absent_since:
-            return False
+        # Asked at every append of a codec opened with the option: an lstat is a twentieth
+        # of a flushed append, so the answer is remembered while no writer came by.
+        stamp, looked = self._log.refreshes, self._looked
+        if looked is not None and looked[0] == stamp:
+            return looked[1]
         found = os.path.lexists(kwi_path(self._path))
-        self._absent_since = None if found else stamp
+        self._looked = (stamp, found)
         return found
 
     def load(self, log_id: bytes, key: RecordKey) -> KwiState | None:
@@ -101,9 +102,10 @@ class FileSegments:
     ) -> KwiState | None:
         synced = self._synced or not merge
         kwi.write_all_segments(self._path, self._io, log_id, [frame], synced=synced)
-        self._absent_since = None
+        self._looked = None
         self._log.announce()  # other processes may remember that there was none
         return kwi.written(self._path, log_id, segment, postings, len(frame))
 
     def remove(self) -> None:
+        self._looked = None
         kwi.remove(self._path, self._io)

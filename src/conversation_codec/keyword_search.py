@@ -1,0 +1,92 @@
+"""Keyword search with the blind keyword index (FORMAT.md §17.6): the candidate blocks the
+index names, plus every record past what it covers, each matched as the scan matches it.
+
+A search first brings a lagging sidecar up to date (``KeywordIndexer.catch_up``, under the
+writer lock): appends leave it alone (§17.5), so the records they added are indexed by the
+first search that finds ``FLUSH_MESSAGES`` or more of them; fewer are scanned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .errors import ConversationCodecError, LogReplacedError
+from .indexing import KeywordIndexer
+from .keyword_builder import candidate_ranges, joined
+from .keyword_index import BLOCK
+from .reading import READ_BATCH, LogReader
+from .search import Hit, SearchQuery
+from .storage.base import LogStorage
+
+__all__ = ["indexed_search"]
+
+Message = dict[str, Any]
+Holding = Callable[[], contextlib.AbstractContextManager[None]]
+
+
+def indexed_search(
+    indexer: KeywordIndexer,
+    reader: LogReader,
+    log: LogStorage,
+    query: SearchQuery,
+    *,
+    reading: Holding,
+    base: Callable[[], int],
+    present: Callable[[Message], Message],
+    writing: Holding | None = None,
+) -> Iterator[Hit]:
+    """``LogReader.search``, reading only the candidate blocks when the index answers;
+    with ``writing`` (the writer lock), first ``catch_up`` a lagging sidecar. A catch-up
+    that fails (a full disk, a lock timeout, a damaged record) leaves the scan to it."""
+    if writing is not None:
+        with reading():
+            lagging = indexer.lagging()
+        if lagging:
+            with contextlib.suppress(OSError, ConversationCodecError), writing():
+                indexer.catch_up()
+    with reading():
+        found = indexer.candidates(query)
+        if found is not None:
+            lo, hi = query.span
+            first_seq = base()
+            first = 0 if lo is None else reader.first_at_or_after(lo, (-1,))
+            first = max(first_seq, first)
+            stop = len(log.index)
+            stop = max(first, stop if hi is None else reader.first_at_or_after(hi, (0,)))
+            newest = query.newest_first
+            plan = candidate_ranges(found[0], found[1], first, stop, newest_first=newest)
+            log_id = log.fmt.log_id if log.fmt else None
+    if found is None:
+        yield from reader.search(query, reading=reading, base=base, present=present)
+        return
+    left, budget = query.limit, 2 * BLOCK
+    carry = next(plan, None)
+    while carry is not None and left != 0:
+        # A batch of ranges per lock hold: small at first (a limit is often met in the
+        # newest blocks), growing to READ_BATCH records.
+        batch, size = [carry], len(carry)
+        carry = next(plan, None)
+        while carry is not None and size + len(carry) <= budget:
+            batch.append(carry)
+            size += len(carry)
+            carry = next(plan, None)
+        budget = min(2 * budget, READ_BATCH)
+        hits: list[Hit] = []
+        with reading():
+            fmt = log.fmt
+            if (fmt.log_id if fmt else None) != log_id or len(log.index) < max(
+                r.stop for r in batch
+            ):
+                raise LogReplacedError("the log was replaced or truncated during a search")
+            for r in joined(batch, newest_first=query.newest_first):
+                some = reader.matches(
+                    query.matcher, query.roles, r.start, r.stop, first_seq, query.span, present
+                )
+                hits.extend(reversed(some) if query.newest_first else some)
+        for hit in hits:
+            if left == 0:
+                return
+            yield hit
+            left = None if left is None else left - 1
