@@ -1,12 +1,14 @@
 """KeywordIndexer: keep a log's blind keyword index (``P.kwi``) exact, and search with it.
 
 The index is opt-in (``search_index=True``) but, once a log has one, every writer of this
-library keeps it in step whether or not it passed the option: the index's existence is
-the signal (FORMAT.md §17.5). Appends add a segment; a pop re-derives the last block's
-postings; every rewrite (``Compactor``) writes a fresh index under the new log's keys;
-``clear`` deletes it with the log. A reader that finds the index behind, ahead of, or not
-matching the log (a writer without this code) scans instead, so a search never returns
-fewer hits than the scan (§17.6).
+library keeps it true whether or not it passed the option: the index's existence is the
+signal (FORMAT.md §17.5). Appends leave a file's index alone (it covers a prefix of the
+log), and the first search that finds ``FLUSH_MESSAGES`` records past it indexes them
+(``catch_up``, under the writer lock; ``keyword_search``); a pop re-derives the last
+block's postings; every rewrite (``Compactor``) writes a fresh index under the new log's
+keys; ``clear`` deletes it with the log. A reader that finds the index behind, ahead of,
+or not matching the log (a writer without this code) scans what it does not cover, so a
+search never returns fewer hits than the scan (§17.6).
 
 The segments live where the log's storage keeps them (``storage.postings``): the sidecar
 ``P.kwi`` beside a log file, a table in the database of a PostgreSQL log. The logic here
