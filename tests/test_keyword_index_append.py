@@ -309,3 +309,60 @@ def test_a_pop_past_what_the_index_covers_leaves_it_alone(tmp_path: Path) -> Non
         c.pop(), c.pop(), c.pop()  # seq 9 goes: its block's postings are derived again
         assert _spans(kwi) == [(0, 9)]
         assert list(c.search("alpha 9")) == [] and c.verify().problems == ()
+
+
+def test_a_search_the_index_cannot_answer_does_not_catch_it_up(tmp_path: Path) -> None:
+    """A date range, ``search(None)``, a regex and a query of no three-character run are
+    scans whatever the index holds: they neither take the writer lock to index the records
+    appended since nor write the sidecar."""
+    path, kwi = tmp_path / "c.log", tmp_path / "c.log.kwi"
+    with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
+        c.append(_msg("alpha"), timestamp=1_000)
+        for i in range(100):
+            c.append(_msg(f"kiwi {i}"), timestamp=2_000 + i)
+        before = kwi.read_bytes()
+        assert len(c.between(2_000, 2_010)) == 10
+        assert len(list(c.search(None, newest_first=True, limit=5))) == 5
+        assert len(list(c.search(r"kiwi \d+", regex=True))) == 100
+        assert len(list(c.search("7"))) == 19
+        assert kwi.read_bytes() == before
+        assert len(list(c.search("kiwi"))) == 100  # one the index answers: it catches up
+        assert _spans(kwi) == [(0, 1), (1, 101)]
+
+
+def test_a_sidecar_deleted_by_hand_is_not_brought_back_by_a_search(tmp_path: Path) -> None:
+    """Deleting ``P.kwi`` turns the index off for codecs not asked for one: a codec that
+    saw it before (and remembers it) scans, and writes no new one."""
+    path, kwi = tmp_path / "c.log", tmp_path / "c.log.kwi"
+    with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
+        c.extend([_msg(f"alpha {i}") for i in range(5)])
+    with ConversationCodec(path, encryption_key=KEY) as c:
+        assert [h.seq for h in c.search("alpha 3")] == [3]  # saw the sidecar
+        kwi.unlink()
+        for i in range(40):
+            c.append(_msg(f"kiwi {i}"))
+        assert len(list(c.search("kiwi"))) == 40
+        assert not kwi.exists()
+    with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
+        c.append(_msg("bravo"))  # a codec asked for one creates it at its next append
+        assert _spans(kwi) == [(0, 46)]
+
+
+def test_a_pop_rewrites_a_sidecar_with_a_torn_tail(tmp_path: Path) -> None:
+    """Bytes a crash left past the chain may hold the sealed postings of the message a pop
+    removes: the pop rewrites the sidecar even when the chain covers none of it."""
+    path, kwi = tmp_path / "c.log", tmp_path / "c.log.kwi"
+    with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
+        c.extend([_msg(f"alpha {i}") for i in range(10)])
+        for i in range(39):
+            c.append(_msg(f"kiwi {i}"))
+        c.append(_msg("secretword"))
+        assert [h.seq for h in c.search("secretword")] == [49]  # indexes 10..49
+        assert _spans(kwi) == [(0, 10), (10, 50)]
+    with kwi.open("r+b") as f:  # a power loss tore the unsynced segment
+        f.truncate(kwi.stat().st_size - 20)
+    torn = kwi.read_bytes()
+    with ConversationCodec(path, encryption_key=KEY) as c:
+        c.pop()
+        assert kwi.read_bytes() != torn and _spans(kwi) == [(0, 10)]
+        assert list(c.search("secretword")) == [] and c.verify().problems == ()

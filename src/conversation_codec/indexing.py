@@ -45,7 +45,7 @@ from .storage.postings import ChainMoved
 __all__ = ["FLUSH_MESSAGES", "MERGE_SEGMENTS", "IndexBuilder", "KeywordIndexer", "KwiCheck"]
 
 Message = dict[str, Any]
-# FORMAT.md §17.5: an append merges the sidecar into one segment when the segments after the
+# FORMAT.md §17.5: a catch-up merges the sidecar into one segment when the segments after the
 # first outweigh it (geometric: each posting is rewritten O(1) times on average) or number
 # more than MERGE_SEGMENTS (a new reader decrypts each once).
 MERGE_SEGMENTS = 1024
@@ -74,7 +74,7 @@ class KeywordIndexer:
     storage says (``log.keyword_index()``); ``wanted``: the codec was opened with
     ``search_index=True``; ``cache``: where states are handed back on ``release()`` and
     looked for before reading the index (a store that names it: the sidecar). Every method
-    but ``search`` expects the log's lock held."""
+    but ``may_lag`` expects the log's lock held (``keyword_search`` takes it)."""
 
     def __init__(
         self, log: LogStorage, reader: LogReader, *, wanted: bool, cache: IndexCache | None = None
@@ -180,6 +180,11 @@ class KeywordIndexer:
         if self.wanted and not self._store.exists():
             self.rebuild()
 
+    def may_lag(self) -> bool:
+        """Whether the index can lag behind the log (a sidecar; no lock needed): the records
+        of an exact store (a database) are indexed in their own transaction."""
+        return self._store is not None and not self._store.exact
+
     def lagging(self) -> bool:
         """Whether a search should first bring the sidecar up to date (``catch_up``): it
         exists, and lacks ``FLUSH_MESSAGES`` records or more, is damaged past the records
@@ -187,7 +192,9 @@ class KeywordIndexer:
         if self._exact() or self.keys() is None or not self.present():
             return False
         state = self.current()
-        if state is None or not state.segments or not self.usable(state):
+        if state is None:
+            return False  # deleted since: a search does not bring it back
+        if not state.segments or not self.usable(state):
             return True
         lacks = len(self._log.index) - state.covered
         return lacks >= FLUSH_MESSAGES or (lacks > 0 and bool(state.problem))
@@ -335,8 +342,11 @@ class KeywordIndexer:
         if exact is None:
             self.rebuild()
             return
-        if exact.covered <= count:
+        if exact.covered <= count and not exact.problem:
             return  # the pop took only records the index does not cover
+        if exact.covered <= count:  # bytes past the chain may hold the popped postings
+            self._write(exact.postings, exact.covered)
+            return
         keys = self.keys()
         assert keys is not None
         start = (count >> BLOCK_SHIFT) << BLOCK_SHIFT

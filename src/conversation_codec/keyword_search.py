@@ -15,7 +15,7 @@ from typing import Any
 from .errors import ConversationCodecError, LogReplacedError
 from .indexing import KeywordIndexer
 from .keyword_builder import candidate_ranges, joined
-from .keyword_index import BLOCK
+from .keyword_index import BLOCK, query_grams
 from .reading import READ_BATCH, LogReader
 from .search import Hit, SearchQuery
 from .storage.base import LogStorage
@@ -40,7 +40,10 @@ def indexed_search(
     """``LogReader.search``, reading only the candidate blocks when the index answers;
     with ``writing`` (the writer lock), first ``catch_up`` a lagging sidecar. A catch-up
     that fails (a full disk, a lock timeout, a damaged record) leaves the scan to it."""
-    if writing is not None:
+    # Only a query the index can answer catches it up (a date range, a regex, a query of no
+    # three-character run are scans), and a store whose index is written with its records
+    # (a database) never lags: neither takes a lock hold for it.
+    if writing is not None and indexer.may_lag() and query_grams(query.matcher.index_terms):
         with reading():
             lagging = indexer.lagging()
         if lagging:

@@ -43,8 +43,9 @@ class FileSegments:
         self._synced = synced
         self._path = os.fspath(log.path)
         # ``log.refreshes`` when the sidecar was last looked for, and whether it was there:
-        # until another writer changes the log (creating or deleting P.kwi announces
-        # itself so, as every rewrite does), the answer stands.
+        # until another writer changes the log (creating P.kwi announces itself so; this
+        # library deletes it only in rewrites and clears, which do too), the answer stands.
+        # A load that finds it gone (deleted by hand) forgets the answer.
         self._looked: tuple[int, bool] | None = None
 
     @property
@@ -76,7 +77,10 @@ class FileSegments:
         return found
 
     def load(self, log_id: bytes, key: RecordKey) -> KwiState | None:
-        return kwi.load(self._path, log_id, key)
+        state = kwi.load(self._path, log_id, key)
+        if state is None:
+            self._looked = None
+        return state
 
     def more(self, key: RecordKey, state: KwiState) -> bool:
         return kwi.more(self._path, key, state)
