@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -20,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import KEY
 
-from conversation_codec import ClosedError, ConversationCodec, LockTimeoutError
+from conversation_codec import ClosedError, ConversationCodec, ConversationStore, LockTimeoutError
+from conversation_codec.storage.file.lock import LogLock
 
 _TESTS = Path(__file__).resolve().parent
 _WRITER = _TESTS / "_writer.py"
@@ -348,4 +351,35 @@ def test_a_codec_that_kept_a_cleared_lock_file_open_locks_the_new_one(tmp_path: 
             kept.append({"role": "user", "content": "c"})
     kept.append({"role": "user", "content": "d"})
     assert [m["content"] for m in kept.load() or []] == ["b", "d"]
+    kept.close()
+
+
+def test_erasing_a_packed_conversation_announces_it_before_its_lock_file_goes(
+    tmp_path: Path,
+) -> None:
+    """A lock that kept ``P.lock`` open skips the path check while the counters are as it
+    left them (FORMAT.md §8.1), so every writer that unlinks ``P.lock`` bumps them first:
+    here the erasure of a packed conversation too damaged to read. The kept lock must see
+    the new lock file, held by another writer, and wait for it."""
+    store = ConversationStore(tmp_path, encryption_key=KEY)
+    with store.open("c") as codec:
+        codec.append({"role": "user", "content": "a"})
+    store.pack()
+    path = str(store.path("c"))
+    kept = LogLock(path, 0.2)
+    assert kept.acquire(exclusive=True)
+    kept.state()  # remembers the counters of the file it holds open
+    kept.release()
+    assert store.backend.erase_packed("c")
+    holder = LogLock(path, 0.2)
+    assert holder.acquire(exclusive=True)  # a new P.lock
+    try:
+        with pytest.raises(LockTimeoutError):
+            kept.acquire(exclusive=True)
+    finally:
+        holder.release()
+        holder.close()
+    assert kept.acquire(exclusive=True)
+    assert kept.state()[0] == os.lstat(path + ".lock").st_ino
+    kept.release()
     kept.close()

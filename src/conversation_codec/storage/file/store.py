@@ -206,8 +206,11 @@ class FileStore:
             if os.path.lexists(path):
                 return False  # loose: deleted through its codec, or by hand
             dropped = self.packs.drop(conversation_id, timeout=lock_timeout)
-            if dropped:  # as a clear (FORMAT.md §8.5): the lock file goes last
+            if dropped:  # as a clear (FORMAT.md §8.5): announced, then the lock file goes
+                _ino, gen, truncs = lock.state()
+                lock.write_state(gen + 1, truncs + 1)
                 unlink_file(lock.path, io=self.io)
+                lock.unlinked()
             return dropped
         finally:
             lock.release()
