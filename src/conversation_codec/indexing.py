@@ -183,14 +183,15 @@ class KeywordIndexer:
     def lagging(self) -> bool:
         """Whether a search should first bring the sidecar up to date (``catch_up``): it
         exists, and lacks ``FLUSH_MESSAGES`` records or more, is damaged past the records
-        it covers, or does not describe the log. Any lock held."""
+        it covers (even with none to add: a torn segment's records were popped since), or
+        does not describe the log. Any lock held."""
         if self._exact() or self.keys() is None or not self.present():
             return False
         state = self.current()
         if state is None or not state.segments or not self.usable(state):
             return True
         lacks = len(self._log.index) - state.covered
-        return lacks >= FLUSH_MESSAGES or (lacks > 0 and bool(state.problem))
+        return lacks >= FLUSH_MESSAGES or bool(state.problem)
 
     def catch_up(self) -> None:
         """Index the records the sidecar lacks (writer lock held): a segment per
@@ -215,6 +216,8 @@ class KeywordIndexer:
                 self._validated = self._memo(state)
                 self.flush(checked=True)
                 state = self._state
+            if torn and state is not None:  # damage past records since popped: cut it off
+                self._write(state.settle().postings, state.covered, state.tag, merge=True)
         except BaseException:
             self._forget()
             raise
