@@ -318,7 +318,7 @@ class KeywordIndexer:
         except OSError:
             self._state = None  # the records are committed; the index lags, readers scan
             return
-        state.size += len(frame)
+        state.size, state.last = state.size + len(frame), frame[-TAG_BYTES:]
         state.segments += 1
         state.hold(pending.unfolded(blocks))  # they join the postings in memory when needed
         self._pending = PendingIndex(state.covered, state.tag)  # the next append: fast
