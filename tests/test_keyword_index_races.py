@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import InvalidToken
 from tests import _spec_reader
+from tests._kwi_child import SCRIPT as CHILD
 from tests._writer import subprocess_env
 from tests.conftest import KEY, OTHER_KEY
 from tests.test_keyword_index import index_keys, segment_postings, token, varint
@@ -145,102 +146,15 @@ def checkpoint(
 
 # -- processes appending, searching and popping at once ---------------------------------------
 
-# One process of the race: reads "round SEED OPS" lines, runs OPS seeded operations and
-# answers "done {stats}". A checked search holds a shared flock on ``lock`` around
-# load/search/load, and pops hold it exclusively: the log seen by the search then lies
-# between the two loads (appends only), so its hits are the scan's over a prefix of the
-# second load that holds the first. Catch-ups, compactions and reindexes race freely.
-CHILD = r"""
-import fcntl, json, os, random, sys
-from conversation_codec import ConversationCodec, LogReplacedError
-
-cfg = json.loads(sys.argv[1])
-who, words, queries = cfg["who"], cfg["words"], cfg["queries"]
-key = os.environ["CC_TEST_KEY"]
-ops_lock = os.open(cfg["lock"], os.O_RDWR)
-stats = {"checked": 0, "retried": 0, "appended": 0, "popped": 0, "rewrites": 0}
-counter = 0
-
-def text(rng):
-    global counter
-    counter += 1
-    return " ".join([*rng.choices(words, k=rng.randint(1, 4)), f"u{who}n{counter}"])
-
-def scan(messages, word):
-    return [m for m in messages if word.casefold() in m["content"].casefold()]
-
-def search(codec, word):
-    while True:
-        try:
-            return [h.message for h in codec.search(word)]
-        except LogReplacedError:  # a compaction while it streamed: allowed, try again
-            stats["retried"] += 1
-
-def check(codec, word):
-    fcntl.flock(ops_lock, fcntl.LOCK_SH)
-    try:
-        before = codec.load() or []
-        got = search(codec, word)
-        after = codec.load() or []
-    finally:
-        fcntl.flock(ops_lock, fcntl.LOCK_UN)
-    assert after[: len(before)] == before, "the log lost messages under the ops lock"
-    want = scan(after, word)
-    assert got == want[: len(got)], (word, len(got), len(want), len(after))
-    assert len(got) >= len(scan(before, word)), (word, len(got), len(before))
-    stats["checked"] += 1
-
-def run(codec, rng, wanted):
-    r = rng.random()
-    if r < 0.35:
-        n = rng.choice([0, 1, 1, 2, 3, 5, 8, 40 if who == 1 else 4])
-        for _ in range(n):
-            codec.append({"role": "user", "content": text(rng)})
-        stats["appended"] += n
-    elif r < 0.6:
-        check(codec, rng.choice(queries))
-    elif r < 0.75:
-        search(codec, rng.choice(queries))
-    elif who == 2 and r < 0.88:
-        fcntl.flock(ops_lock, fcntl.LOCK_EX)
-        try:
-            for _ in range(rng.randint(1, 5)):
-                stats["popped"] += codec.pop() is not None
-        finally:
-            fcntl.flock(ops_lock, fcntl.LOCK_UN)
-    elif who == 2 and r < 0.94:
-        codec.compact()
-        stats["rewrites"] += 1
-    elif who == 2:
-        codec.reindex()
-        stats["rewrites"] += 1
-    else:
-        codec.close()
-        return ConversationCodec(cfg["path"], encryption_key=key, search_index=wanted,
-                                 durability="flush")
-    return codec
-
-for line in sys.stdin:
-    _, seed, ops = line.split()
-    rng = random.Random(int(seed) * 7 + who)
-    wanted = who == 0 or (who == 2 and rng.random() < 0.5)
-    codec = ConversationCodec(cfg["path"], encryption_key=key, search_index=wanted,
-                              durability="flush")
-    for _ in range(int(ops)):
-        codec = run(codec, rng, wanted)
-    codec.close()
-    print("done", json.dumps(stats), flush=True)
-"""
-
 
 class Racer:
-    """One child process running :data:`CHILD`."""
+    """One child process racing the others (``tests/_kwi_child.py race``)."""
 
     def __init__(self, path: Path, who: int) -> None:
         cfg = {"path": str(path), "who": who, "words": WORDS, "queries": QUERIES}
         cfg["lock"] = str(path.parent / "ops.lock")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, json.dumps(cfg)],
+            [sys.executable, CHILD, "race", json.dumps(cfg)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -294,48 +208,21 @@ def _race(tmp_path: Path, seed: int, rounds: int, ops: int) -> dict[str, int]:
     return {k: sum(s[k] for s in last) for k in last[0]}
 
 
-def test_processes_appending_searching_and_popping_keep_search_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("seed", "rounds"), [(1, 3), *[pytest.param(s, 6, marks=slow) for s in range(2, 10)]]
+)
+def test_processes_appending_searching_and_popping_keep_search_exact(
+    tmp_path: Path, seed: int, rounds: int
+) -> None:
     """Three processes (with the option, without it, and one that toggles it and pops,
     compacts and reindexes) race on one log; every checked search in them equals the
     scan of a prefix between its two loads, and at each checkpoint the sidecar posts
     exactly the messages it covers, searches equal the scan and verify() is clean."""
-    totals = _race(tmp_path, seed=1, rounds=3, ops=30)
+    totals = _race(tmp_path, seed=seed, rounds=rounds, ops=30)
     assert totals["checked"] >= 10 and totals["popped"] and totals["rewrites"], totals
 
 
 # -- a catch-up SIGKILLed at each write of the sidecar ----------------------------------------
-
-# Searches once with a FileIO that counts the calls writing the sidecar (its temp file too)
-# and SIGKILLs the process at the chosen one: before it, or (pwrite) after half its bytes.
-KILL_CHILD = r"""
-import json, os, signal, sys
-from conversation_codec import ConversationCodec, FileIO
-
-kind, at, torn = json.loads(sys.argv[2])
-calls = {"pwrite": 0, "rename": 0}
-
-def hit(what, fd=None):
-    calls[what] += 1
-    print(what, calls[what], flush=True)
-    return what == kind and calls[what] == at
-
-class KillingIO(FileIO):
-    def pwrite(self, fd, data, offset):
-        if ".kwi" in os.readlink(f"/proc/self/fd/{fd}") and hit("pwrite"):
-            if torn:
-                os.pwrite(fd, bytes(data)[: len(data) // 2], offset)
-            os.kill(os.getpid(), signal.SIGKILL)
-        return super().pwrite(fd, data, offset)
-
-    def rename(self, src, dst, *, dir_fd=None):
-        if str(dst).endswith(".kwi") and hit("rename"):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return super().rename(src, dst, dir_fd=dir_fd)
-
-key = os.environ["CC_TEST_KEY"]
-with ConversationCodec(sys.argv[1], encryption_key=key, io=KillingIO()) as codec:
-    print("hits", len(list(codec.search("cinnamon"))), flush=True)
-"""
 
 
 def _backlog(path: Path, indexed: int, unindexed: int, *, noisy: bool) -> None:
@@ -356,8 +243,9 @@ def _backlog(path: Path, indexed: int, unindexed: int, *, noisy: bool) -> None:
 
 
 def _kill_catch_up(path: Path, point: tuple[str, int, bool]) -> list[str]:
+    """Search in a child that SIGKILLs itself at ``point`` (``tests/_kwi_child.py kill``)."""
     proc = subprocess.run(
-        [sys.executable, "-c", KILL_CHILD, str(path), json.dumps(point)],
+        [sys.executable, CHILD, "kill", str(path), json.dumps(point)],
         capture_output=True,
         text=True,
         env=subprocess_env(KEY),
