@@ -221,9 +221,10 @@ def load(path: str, log_id: bytes, key: RecordKey) -> KwiState | None:
 
 
 def unchanged(path: str, state: KwiState) -> bool:
-    """Whether ``P.kwi`` is still the file and size ``state`` read."""
-    st = check_file(kwi_path(path))
-    return st is not None and (st.st_dev, st.st_ino) == state.ident and st.st_size == state.size
+    """Whether ``P.kwi`` is still the file and size ``state`` read, ending with the bytes
+    it read (a file written whole may get the inode number, and size, of the one before)."""
+    found = _read(path, state.size - TAG_BYTES)
+    return found is not None and found[1] == state.ident and found[0] == state.last
 
 
 def more(path: str, key: RecordKey, state: KwiState) -> bool:
@@ -232,12 +233,11 @@ def more(path: str, key: RecordKey, state: KwiState) -> bool:
     ``size``) or holds a problem: the caller loads it again."""
     if state.problem or len(state.last) != TAG_BYTES:
         return False
-    if unchanged(path, state):
-        return True  # nothing appended since: no open, no read
-    found = _read(path, state.size - TAG_BYTES)
+    found = _read(path, state.size - TAG_BYTES)  # one read: the check and what was added
     if found is None or found[1] != state.ident or found[0][:TAG_BYTES] != state.last:
         return False
-    _read_segments(found[0][TAG_BYTES:], state.size, key, state)
+    if len(found[0]) > TAG_BYTES:
+        _read_segments(found[0][TAG_BYTES:], state.size, key, state)
     return True
 
 
