@@ -188,7 +188,8 @@ class KeywordIndexer:
     def lagging(self) -> bool:
         """Whether a search should first bring the sidecar up to date (``catch_up``): it
         exists, and lacks ``FLUSH_MESSAGES`` records or more, is damaged past the records
-        it covers, or does not describe the log. Any lock held."""
+        it covers (even with none to add: a torn segment's records were popped since), or
+        does not describe the log. Any lock held."""
         if self._exact() or self.keys() is None or not self.present():
             return False
         state = self.current()
@@ -197,7 +198,7 @@ class KeywordIndexer:
         if not state.segments or not self.usable(state):
             return True
         lacks = len(self._log.index) - state.covered
-        return lacks >= FLUSH_MESSAGES or (lacks > 0 and bool(state.problem))
+        return lacks >= FLUSH_MESSAGES or bool(state.problem)
 
     def catch_up(self) -> None:
         """Index the records the sidecar lacks (writer lock held): a segment per
@@ -222,6 +223,8 @@ class KeywordIndexer:
                 self._validated = self._memo(state)
                 self.flush(checked=True)
                 state = self._state
+            if torn and state is not None:  # damage past records since popped: cut it off
+                self._write(state.settle().postings, state.covered, state.tag, merge=True)
         except BaseException:
             self._forget()
             raise
@@ -322,7 +325,7 @@ class KeywordIndexer:
         except OSError:
             self._state = None  # the records are committed; the index lags, readers scan
             return
-        state.size += len(frame)
+        state.size, state.last = state.size + len(frame), frame[-TAG_BYTES:]
         state.segments += 1
         state.hold(pending.unfolded(blocks))  # they join the postings in memory when needed
         self._pending = PendingIndex(state.covered, state.tag)  # the next append: fast

@@ -73,6 +73,9 @@ class KwiState:
     size: int = 0  # bytes of the file that were read
     first_size: int = 0  # where the first segment ends (the merged part)
     ident: tuple[int, int] = (0, 0)  # device, inode
+    # The file's TAG_BYTES before ``size``: a file grown from the one read holds them there;
+    # one that replaced it under the same inode number (reused once freed) does not.
+    last: bytes = b""
     problem: str = ""
     unfolded: list[tuple[int, set[bytes]]] = field(default_factory=list)
 
@@ -173,7 +176,7 @@ def _read_segments(data: bytes, offset: int, key: RecordKey, state: KwiState) ->
         state.covered, state.tag = hi, tag
         state.segments += 1
         pos = start + n
-        state.size = offset + pos
+        state.size, state.last = offset + pos, data[pos - TAG_BYTES : pos]
         if state.segments == 1:
             state.first_size = state.size
 
@@ -202,6 +205,7 @@ def load(path: str, log_id: bytes, key: RecordKey) -> KwiState | None:
         return None
     data, ident = found
     state = KwiState(log_id=log_id, size=HEADER_BYTES, ident=ident)
+    state.last = data[HEADER_BYTES - TAG_BYTES : HEADER_BYTES]
     if len(data) < HEADER_BYTES:
         state.problem = "the header is truncated"
         return state
@@ -217,36 +221,37 @@ def load(path: str, log_id: bytes, key: RecordKey) -> KwiState | None:
 
 
 def unchanged(path: str, state: KwiState) -> bool:
-    """Whether ``P.kwi`` is still the file and size ``state`` read."""
-    st = check_file(kwi_path(path))
-    return st is not None and (st.st_dev, st.st_ino) == state.ident and st.st_size == state.size
+    """Whether ``P.kwi`` is still the file and size ``state`` read, ending with the bytes
+    it read (a file written whole may get the inode number, and size, of the one before)."""
+    found = _read(path, state.size - TAG_BYTES)
+    return found is not None and found[1] == state.ident and found[0] == state.last
 
 
 def more(path: str, key: RecordKey, state: KwiState) -> bool:
     """Read the segments appended after ``state.size`` into ``state``; False when the file
-    is gone, was replaced (another inode) or holds a problem: the caller loads it again."""
-    if state.problem:
+    is gone, was replaced (another inode, or the same inode number with other bytes before
+    ``size``) or holds a problem: the caller loads it again."""
+    if state.problem or len(state.last) != TAG_BYTES:
         return False
-    if unchanged(path, state):
-        return True  # nothing appended since: no open, no read
-    found = _read(path, state.size)
-    if found is None or found[1] != state.ident:
+    found = _read(path, state.size - TAG_BYTES)  # one read: the check and what was added
+    if found is None or found[1] != state.ident or found[0][:TAG_BYTES] != state.last:
         return False
-    _read_segments(found[0], state.size, key, state)
+    if len(found[0]) > TAG_BYTES:
+        _read_segments(found[0][TAG_BYTES:], state.size, key, state)
     return True
 
 
 def written(
-    path: str, log_id: bytes, segment: Segment, postings: Postings, frame_bytes: int
+    path: str, log_id: bytes, segment: Segment, postings: Postings, frame: bytes
 ) -> KwiState | None:
     """The state of a sidecar just written whole with one segment (no need to read it)."""
     st = check_file(kwi_path(path))
     if st is None:
         return None
-    size = HEADER_BYTES + frame_bytes
-    return KwiState(
-        log_id, postings, segment.hi, segment.tag, 1, size, size, (st.st_dev, st.st_ino)
-    )
+    size, ident = HEADER_BYTES + len(frame), (st.st_dev, st.st_ino)
+    state = KwiState(log_id, postings, segment.hi, segment.tag, 1, size, size, ident)
+    state.last = frame[-TAG_BYTES:]
+    return state
 
 
 def append_segment(path: str, io: FileIO, frame: bytes, at: int) -> None:

@@ -108,7 +108,7 @@ class FileSegments:
         kwi.write_all_segments(self._path, self._io, log_id, [frame], synced=synced)
         self._looked = None
         self._log.announce()  # other processes may remember that there was none
-        return kwi.written(self._path, log_id, segment, postings, len(frame))
+        return kwi.written(self._path, log_id, segment, postings, frame)
 
     def remove(self) -> None:
         self._looked = None
