@@ -186,11 +186,13 @@ class ConversationCodec(Maintenance, ChatFormats):
             self._rewrite(encoded, tss)
 
     def pop(self) -> Message | None:
-        """Remove and return the last message (None when empty); O(1), a truncation."""
+        """Remove and return the last message (None when empty); O(1), a truncation. The
+        temp copies crashed rewrites left beside the log, which may hold it, go first."""
         with self._holding(write=True):
             count = len(self._log.index)
             if count == self._base():
                 return None
+            self._log.remove_stale_temps()
             message = self._present(self._reader.read_one(count - 1))
             before = self._history.state()
             exact = self._kwi.before_pop()
