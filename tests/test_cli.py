@@ -578,7 +578,7 @@ def test_verify_exits_3_on_damage_with_offsets(run: Run, tmp_path: Path, mode: s
     code, out, _ = run("verify", good, bad, "--json", key=key)
     reports = objects(out)
     assert code == 3 and [r["ok"] for r in reports] == [True, False]
-    assert set(reports[1]) == {"path", "ok", "records", "problems"}
+    assert set(reports[1]) == {"path", "ok", "records", "keyword_index", "problems"}
     problem = reports[1]["problems"][0]
     assert set(problem) == {"kind", "offset", "detail"} and problem["offset"] > 0
 

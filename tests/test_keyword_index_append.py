@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests._writer import subprocess_env
 from tests.conftest import KEY
 
 from conversation_codec import ConversationCodec, ConversationStore, FileIO
@@ -366,3 +369,33 @@ def test_a_pop_rewrites_a_sidecar_with_a_torn_tail(tmp_path: Path) -> None:
         c.pop()
         assert kwi.read_bytes() != torn and _spans(kwi) == [(0, 10)]
         assert list(c.search("secretword")) == [] and c.verify().problems == ()
+
+
+def test_verify_says_how_many_records_the_index_covers(tmp_path: Path) -> None:
+    """The records past the index are scanned until a search indexes them: verify() says
+    how far it reaches (``keyword_index``, and the CLI's ``verify``), None without one."""
+    path = tmp_path / "c.log"
+    with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
+        c.extend([_msg(f"alpha {i}") for i in range(10)])
+        for i in range(40):
+            c.append(_msg(f"kiwi {i}"))
+        report = c.verify()
+        assert (report.records, report.keyword_index, report.problems) == (50, 10, ())
+        assert report.as_dict()["keyword_index"] == 10
+        list(c.search("kiwi"))
+        assert c.verify().keyword_index == 50
+    (tmp_path / "c.log.kwi").write_bytes(b"not an index")
+    with ConversationCodec(path, encryption_key=KEY) as c:
+        report = c.verify()
+        assert report.keyword_index == 0 and [p.kind for p in report.problems] == ["keyword-index"]
+    with ConversationCodec(tmp_path / "plain.log", encryption_key=KEY) as c:
+        c.append(_msg("no index"))
+        assert c.verify().keyword_index is None
+    done = subprocess.run(
+        [sys.executable, "-m", "conversation_codec", "verify", str(tmp_path / "c.log")],
+        env={**subprocess_env(None), "CONVERSATION_KEY": KEY},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "keyword index: covers 0 of 50 records" in done.stdout, done.stdout + done.stderr

@@ -443,7 +443,7 @@ class KeywordIndexer:
             return KwiCheck(self.present(), 0, "")
         if not self.usable(state):
             why = state.problem or "it does not describe the log as it is"
-            return KwiCheck(True, state.covered, f"keyword index not used: {why}")
+            return KwiCheck(True, 0, f"keyword index not used: {why}")  # it covers none
         if self._exact() and state.covered != len(self._log.index):  # it never lags
             why = f"the keyword index covers {state.covered} of {len(self._log.index)} records"
             return KwiCheck(True, state.covered, why)

@@ -116,6 +116,8 @@ def _show_one(report: VerifyReport) -> None:
     count = f"{report.records} intact record{'s' * (report.records != 1)}"
     found = f", {len(report.problems)} problem(s)" if report.problems else ""
     print(f"{report.path}: {state}, {count}{found}")
+    if report.keyword_index is not None:
+        print(f"  keyword index: covers {report.keyword_index} of {report.records} records")
     for problem in report.problems:
         # index-* offsets are into the .idx file, the others into the log
         where = "index byte" if problem.kind.startswith("index-") else "byte"

@@ -113,7 +113,9 @@ class Maintenance(CodecCore):
 
     def verify(self) -> VerifyReport:
         """Check every record's authentication, seq continuity, log binding and time order,
-        the header, and the index's agreement; report each problem with its byte offset.
+        the header, and the index's agreement; report each problem with its byte offset,
+        and how many records a keyword index covers (``keyword_index``; searches scan the
+        rest until one indexes them).
 
         Reads only: nothing is modified, a damaged log included (see ``salvage``). A keyword
         index (``search_index``) that does not match the log is reported as a
@@ -135,6 +137,8 @@ class Maintenance(CodecCore):
             report = self._verify_records()
         with self._holding(write=False):
             found = self._kwi.check() if report.ok and self._kwi.present() else None
+        if found is not None and found.present:
+            report = dataclasses.replace(report, keyword_index=found.covered)
         if found is not None and found.problem:  # reported, not damage: reindex() rebuilds it
             extra = Problem("keyword-index", 0, found.problem)
             report = dataclasses.replace(report, problems=(*report.problems, extra))

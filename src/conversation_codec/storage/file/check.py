@@ -75,6 +75,9 @@ class VerifyReport:
     path: Path
     records: int
     problems: tuple[Problem, ...]
+    # The records a keyword index (FORMAT.md §17) covers, from the first; None without one.
+    # Searches scan the records past them, and the first that finds 32 indexes them.
+    keyword_index: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -87,6 +90,7 @@ class VerifyReport:
             "path": str(self.path),
             "ok": self.ok,
             "records": self.records,
+            "keyword_index": self.keyword_index,
             "problems": [
                 {"kind": p.kind, "offset": p.offset, "detail": p.detail} for p in self.problems
             ],
