@@ -39,7 +39,7 @@ class LogLock:
     """``<log>.lock``: a flock that survives the file being unlinked by ``clear()``, and the
     generation/truncation counters (not thread-safe; the log serialises its use)."""
 
-    __slots__ = ("_fd", "_ino", "_last", "_log_path", "_raw", "_timeout", "created", "io", "path")
+    __slots__ = ("_fd", "_ino", "_log_path", "_timeout", "created", "io", "path")
 
     def __init__(self, log_path: str, timeout: float | None, *, io: FileIO = DEFAULT_IO) -> None:
         self.io = io  # the log's filesystem seam
@@ -48,10 +48,6 @@ class LogLock:
         self._timeout = timeout
         self._fd: int | None = None
         self._ino = (0, 0)
-        # The counters' bytes as this lock last read or wrote them in the file it holds open
-        # (None: not since it opened it), and as read by the current acquire (for state()).
-        self._last: bytes | None = None
-        self._raw: bytes | None = None
         self.created = False  # this process created the file during the current acquire
 
     def acquire(self, *, exclusive: bool) -> bool:
@@ -60,20 +56,19 @@ class LogLock:
         A reader goes without when there is no log to read (and so no reason to create a
         lock file), or when the directory is read-only.
         """
-        fd, self._raw = self._fd, None
+        fd = self._fd
         if fd is None:
             if not exclusive and not os.path.lexists(self._log_path):
                 return False
         elif _FLOCK is not None:
             # The common case, in two system calls: the file is open from an earlier
-            # acquire, nobody holds the lock, and the counters are as this lock left them.
-            # The slow path below does the rest.
+            # acquire and nobody holds the lock. The slow path below does the rest.
             try:
                 _FLOCK(fd, (_LOCK_EX if exclusive else _LOCK_SH) | _LOCK_NB)
             except BlockingIOError:
                 pass
             else:
-                if self._unchanged(fd) or self._names_it():
+                if self._names_it():
                     return True
         try:
             return self._lock(exclusive, log_seen=fd is None)
@@ -104,19 +99,6 @@ class LogLock:
                 return True
             self.close()
             pause = self._pause(deadline, pause)
-
-    def _unchanged(self, fd: int) -> bool:
-        """Whether the counters in the file just locked are the ones this lock last read or
-        wrote there: then no writer unlinked it since, for every writer bumps them (under
-        the exclusive lock) before it unlinks ``P.lock`` (FORMAT.md §8.1), and the path
-        need not be looked up. An ``lstat`` of the lock file marks its times as seen, so
-        the next counters write stamps a fresh ctime and dirties the inode: under "fsync"
-        that inode joins every journal commit (~10 us an append, measured)."""
-        last = self._last
-        if last is None:
-            return False
-        self._raw = os.pread(fd, _LOCK_STATE.size, 0)
-        return self._raw == last
 
     def _names_it(self) -> bool:
         """Whether ``P.lock`` still names the file this lock holds.
@@ -199,11 +181,6 @@ class LogLock:
         else:
             portalocker.unlock(self._fd)
 
-    def unlinked(self) -> None:
-        """This process unlinked ``P.lock`` (after bumping the counters): its next acquire
-        must look at the path, whatever the counters in the file it holds say."""
-        self._last = None
-
     def forget_created(self, *, keep: bool) -> None:
         """Unless ``keep``, remove a lock file this acquire created (a wrong key or a foreign
         file must leave the directory exactly as it was)."""
@@ -212,30 +189,22 @@ class LogLock:
                 now = os.lstat(self.path)
                 if (now.st_dev, now.st_ino) == self._ino:  # ours, not a link put there since
                     self.io.unlink(self.path)
-                    self.unlinked()
         self.created = False
 
     def state(self) -> tuple[int, int, int]:
         """Return ``(lock file inode, generation, truncations)`` (held lock only)."""
         assert self._fd is not None
-        raw, self._raw = self._raw, None
-        if raw is None:
-            raw = os.pread(self._fd, _LOCK_STATE.size, 0)
-        self._last = raw
+        raw = os.pread(self._fd, _LOCK_STATE.size, 0)
         gen, truncs = _LOCK_STATE.unpack(raw) if len(raw) == _LOCK_STATE.size else (0, 0)
         return self._ino[1], gen, truncs
 
     def write_state(self, generation: int, truncations: int) -> None:
         """Store new counters (exclusive lock held). Not synced: live processes only."""
         assert self._fd is not None
-        raw = _LOCK_STATE.pack(generation, truncations)
-        self._last = None  # until the write is known to have landed
-        write_all(self._fd, raw, 0, io=self.io)
-        self._last = raw
+        write_all(self._fd, _LOCK_STATE.pack(generation, truncations), 0, io=self.io)
 
     def close(self) -> None:
         """Close the file descriptor (closing releases any flock)."""
-        self._last = self._raw = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

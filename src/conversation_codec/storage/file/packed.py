@@ -417,7 +417,6 @@ def retire_loose(
         for name in (path, index_path(path), *(os.path.join(folder, n) for n in leftovers)):
             unlink_file(name, io=io)
         unlink_file(lock.path, io=io)
-        lock.unlinked()
         return True
     finally:
         lock.release()

@@ -210,7 +210,6 @@ class FileStore:
                 _ino, gen, truncs = lock.state()
                 lock.write_state(gen + 1, truncs + 1)
                 unlink_file(lock.path, io=self.io)
-                lock.unlinked()
             return dropped
         finally:
             lock.release()
