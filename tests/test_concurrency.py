@@ -23,7 +23,13 @@ from typing import Any
 import pytest
 from tests.conftest import KEY
 
-from conversation_codec import ClosedError, ConversationCodec, ConversationStore, LockTimeoutError
+from conversation_codec import (
+    ClosedError,
+    ConversationCodec,
+    ConversationStore,
+    FileIO,
+    LockTimeoutError,
+)
 from conversation_codec.storage.file.lock import LogLock
 
 _TESTS = Path(__file__).resolve().parent
@@ -383,3 +389,90 @@ def test_erasing_a_packed_conversation_announces_it_before_its_lock_file_goes(
     assert kept.state()[0] == os.lstat(path + ".lock").st_ino
     kept.release()
     kept.close()
+
+
+class _AfterLockUnlink(FileIO):
+    """Runs ``then`` once, right after the unlink of a ``.lock`` file (a clear's last)."""
+
+    def __init__(self) -> None:
+        self.then: Any = None
+
+    def unlink(self, path: Any, *, dir_fd: int | None = None) -> None:
+        super().unlink(path, dir_fd=dir_fd)
+        if self.then is not None and str(path).endswith(".lock"):
+            then, self.then = self.then, None
+            then()
+
+
+_STORE_APPEND = """
+import sys
+from conversation_codec import ConversationStore
+store = ConversationStore(sys.argv[1], encryption_key=sys.argv[2])
+with store.open("c") as codec:
+    codec.append({"role": "user", "content": "new"})
+"""
+
+
+def test_a_message_appended_while_a_store_deletes_the_conversation_is_kept(
+    tmp_path: Path,
+) -> None:
+    """``store.delete()`` clears the log under its lock, whose file goes last; a writer in
+    another process may then create the conversation again at once, under a new lock file.
+    Nothing delete does after the clear may touch that writer's files: its acknowledged
+    message stays."""
+    io = _AfterLockUnlink()
+    store = ConversationStore(tmp_path, encryption_key=KEY, io=io)
+    with store.open("c") as codec:
+        codec.append({"role": "user", "content": "old"})
+    io.then = lambda: subprocess.run(
+        [sys.executable, "-c", _STORE_APPEND, str(tmp_path), KEY],
+        env=_helper.subprocess_env(None),
+        check=True,
+        timeout=60,
+    )
+    assert store.delete("c")
+    with ConversationStore(tmp_path, encryption_key=KEY).open("c") as codec:
+        assert codec.load() == [{"role": "user", "content": "new"}]
+
+
+_HOLD_LOCK = """
+import sys
+from conversation_codec import ConversationCodec
+with ConversationCodec(sys.argv[1]) as codec, codec.transaction():
+    codec.append({"role": "user", "content": "other"})
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_write_after_a_clear_in_the_same_transaction_takes_the_new_lock_file(
+    tmp_path: Path,
+) -> None:
+    """``clear()`` unlinks P.lock last; the transaction goes on holding the old file, which
+    excludes nobody. Another process then creates P.lock and holds it: a write later in the
+    same transaction must wait for it (here: time out), never write beside it."""
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, lock_timeout=0.3) as codec:
+        codec.append({"role": "user", "content": "a"})
+        with codec.transaction():
+            codec.clear()
+            holder = subprocess.Popen(
+                [sys.executable, "-c", _HOLD_LOCK, str(path)],
+                env=_helper.subprocess_env(None),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+                with pytest.raises(LockTimeoutError):
+                    codec.append({"role": "user", "content": "b"})
+            finally:
+                assert holder.stdin is not None
+                holder.stdin.write("\n")
+                holder.stdin.close()
+                holder.wait(30)
+                assert holder.stdout is not None
+                holder.stdout.close()
+        codec.append({"role": "user", "content": "c"})
+        assert [m["content"] for m in codec.load() or []] == ["other", "c"]

@@ -313,8 +313,9 @@ class ConversationStore:
             fresh = last is not None and (last - EPOCH) // ONE_US >= (cutoff_us or 0)
             if cutoff_us is not None and fresh:
                 return False
+            # clear() deletes the log's files and leftovers under the lock, whose file goes
+            # last: another process may then create the conversation again at once.
             codec.clear()
-            self._backend.sweep(conversation_id)  # e.g. temp files of crashed rewrites
         return cutoff_us is None or last is not None
 
     def prune(

@@ -258,10 +258,6 @@ class StoreBackend(Protocol):
         log in a listing when it cannot be opened)."""
         ...
 
-    def sweep(self, conversation_id: str) -> None:
-        """After a clear: delete whatever of the conversation is left."""
-        ...
-
     def close(self) -> None: ...
 
 

@@ -416,10 +416,9 @@ class FileLog:
         self.fault("rewrite:dir-synced")
 
     def remove(self, also: Callable[[], None] = lambda: None) -> None:
-        """Delete the log and its index (the log's unlink is the commit), then run ``also``
-        (the codec's blob store), then the leftovers of crashed rewrites (copies of the
-        history), then the lock file: until that last unlink the lock still keeps every
-        other writer out."""
+        """Delete the log and its index (the log's unlink is the commit), ``also`` (the blob
+        store), the leftovers of crashed rewrites (copies of the history), then the lock
+        file: until that last unlink the lock still keeps every other writer out."""
         self._txns.bump(truncation=True)
         self._close_log()
         for p in (self.path, self.index.path, kwi_path(self.path)):
@@ -427,6 +426,7 @@ class FileLog:
         also()
         self.remove_stale_temps()
         unlink_file(self._lock.path, io=self.io)
+        self._txns.cleared = True  # a later call in this hold locks the next P.lock first
         self._sync_dir()
 
     def on_rollback(self, undo: Callable[[], None]) -> None:

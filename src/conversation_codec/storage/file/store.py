@@ -215,11 +215,6 @@ class FileStore:
             lock.release()
             lock.close()
 
-    def sweep(self, conversation_id: str) -> None:
-        """Delete what a cleared log left: temp files of writers that crashed mid-rewrite."""
-        for leftover in self._files_of(self.path(conversation_id)):
-            unlink_file(leftover, io=self.io)  # refuses a planted link
-
     @staticmethod
     def _files_of(path: Path) -> list[Path]:
         """The files of one log present on disk: the log, its index, lock and temps."""

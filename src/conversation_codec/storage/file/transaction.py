@@ -39,6 +39,7 @@ class Transactions:
         self.depth = 0  # nesting of the current thread's holds; 0 when none
         self.writable = False
         self.tolerant = False  # readers stop at mid-log damage instead of raising
+        self.cleared = False  # clear() unlinked the lock file during the current hold
         self.owner: int | None = None  # the thread holding it
         self._locked = False
         # (lock inode, generation, truncations) as last seen; None forces a full reload
@@ -67,6 +68,8 @@ class Transactions:
             if self.depth:
                 if write and not self.writable:
                     raise RuntimeError("cannot upgrade a read transaction to a write")
+                if self.cleared:
+                    self._relock()
                 self.depth += 1
                 return
             self._locked = self.lock.acquire(exclusive=write)
@@ -89,6 +92,17 @@ class Transactions:
             self.mutex.release()
             raise
 
+    def _relock(self) -> None:
+        """``clear()`` unlinked the file this hold locked, which excludes no one any more:
+        lock the file now at ``P.lock`` (created if need be) and bring the view up to date,
+        as an outermost hold does, before the next call in the hold decides anything."""
+        if self._locked:
+            self._locked = False
+            self.lock.close()  # and with it the dead file's flock
+        self._locked = self.lock.acquire(exclusive=self.writable)
+        self.cleared = False
+        self._enter(self.writable, self._locked)
+
     def writing(self) -> bool:
         """Whether the calling thread holds a write transaction."""
         return self.depth > 0 and self.writable and self.owner == threading.get_ident()
@@ -97,7 +111,7 @@ class Transactions:
         """Leave a hold: release the lock with the outermost one, then the mutex."""
         self.depth -= 1
         if not self.depth:
-            self.writable = self.tolerant = False
+            self.writable = self.tolerant = self.cleared = False
             self.owner = None
             if self._locked:
                 self._locked = False

@@ -84,8 +84,5 @@ class PostgresStore:
             return 0, b""
         return int(row[0]), bytes(row[1] or b"")
 
-    def sweep(self, conversation_id: str) -> None:
-        """Nothing is left over: a clear is one transaction."""
-
     def close(self) -> None:
         """The pool is the process's (``PostgresBackend.shared``): it stays open."""
