@@ -425,8 +425,8 @@ class FileLog:
             unlink_file(p, io=self.io)
         also()
         self.remove_stale_temps()
-        unlink_file(self._lock.path, io=self.io)
-        self._txns.cleared = True  # a later call in this hold locks the next P.lock first
+        if not self._txns.defer_lock_unlink():  # else when the enclosing hold ends
+            unlink_file(self._lock.path, io=self.io)
         self._sync_dir()
 
     def on_rollback(self, undo: Callable[[], None]) -> None:

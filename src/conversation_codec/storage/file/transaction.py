@@ -9,10 +9,12 @@ bring the cached view up to date — and after a failed write — forget that vi
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from types import TracebackType
 
+from ..._fsio import unlink_file
 from ...errors import ConversationCodecError, StorageError
 from .lock import LogLock
 
@@ -68,8 +70,6 @@ class Transactions:
             if self.depth:
                 if write and not self.writable:
                     raise RuntimeError("cannot upgrade a read transaction to a write")
-                if self.cleared:
-                    self._relock()
                 self.depth += 1
                 return
             self._locked = self.lock.acquire(exclusive=write)
@@ -92,16 +92,14 @@ class Transactions:
             self.mutex.release()
             raise
 
-    def _relock(self) -> None:
-        """``clear()`` unlinked the file this hold locked, which excludes no one any more:
-        lock the file now at ``P.lock`` (created if need be) and bring the view up to date,
-        as an outermost hold does, before the next call in the hold decides anything."""
-        if self._locked:
-            self._locked = False
-            self.lock.close()  # and with it the dead file's flock
-        self._locked = self.lock.acquire(exclusive=self.writable)
-        self.cleared = False
-        self._enter(self.writable, self._locked)
+    def defer_lock_unlink(self) -> bool:
+        """A clear's last step, the unlink of ``P.lock``: True when it must wait for the end
+        of the outermost hold (a clear inside a longer transaction), whose later calls
+        stay excluded only while the lock file is the one at the path (FORMAT.md §8.5)."""
+        if self.depth <= 1:
+            return False
+        self.cleared = True
+        return True
 
     def writing(self) -> bool:
         """Whether the calling thread holds a write transaction."""
@@ -110,13 +108,20 @@ class Transactions:
     def end(self) -> None:
         """Leave a hold: release the lock with the outermost one, then the mutex."""
         self.depth -= 1
-        if not self.depth:
-            self.writable = self.tolerant = self.cleared = False
-            self.owner = None
-            if self._locked:
-                self._locked = False
-                self.lock.release()
-        self.mutex.release()
+        try:
+            if not self.depth:
+                self.writable = self.tolerant = False
+                self.owner = None
+                cleared, self.cleared = self.cleared, False
+                try:
+                    if cleared and not os.path.lexists(self.path):  # not written again since
+                        unlink_file(self.lock.path, io=self.lock.io)
+                finally:
+                    if self._locked:
+                        self._locked = False
+                        self.lock.release()
+        finally:
+            self.mutex.release()
 
 
 class Transaction:
