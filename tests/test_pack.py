@@ -316,10 +316,14 @@ _CHILD = textwrap.dedent(
         def rename(self, src, dst, *, dir_fd=None):
             if mark == "publish" and str(dst).endswith(".pack"):
                 os.kill(os.getpid(), signal.SIGKILL)
+            if mark == "unpack-rename" and str(dst).endswith("dora.log"):
+                os.kill(os.getpid(), signal.SIGKILL)  # P's temp copy written, not renamed
             super().rename(src, dst, dir_fd=dir_fd)
 
         def link(self, src, dst, *, dir_fd=None):
             if mark == "publish" and str(dst).endswith(".pack"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            if mark == "unpack-rename" and str(dst).endswith("dora.log"):
                 os.kill(os.getpid(), signal.SIGKILL)
             super().link(src, dst, dir_fd=dir_fd)
 
@@ -352,6 +356,7 @@ def _run_child(mode: str, root: Path, mark: str) -> str:
         ("pack", "publish"),  # before the new pack's link: nothing packed yet
         ("pack", "pack:written"),  # published, no loose log removed: every one both
         ("pack", "pack:retired"),  # one loose log removed
+        ("unpack", "unpack-rename"),  # P's temp copy left beside it: swept as a leftover
         ("unpack", "unpack:loose-written"),  # P written, still in its pack: both
         ("unpack", "publish"),  # before the pack without it is renamed in: both
         ("merge", "merge:written"),  # the merged pack published, the old ones still there

@@ -25,7 +25,7 @@ from ..._fsio import atomic_write, check_file, open_file, unlink_file
 from ...errors import CorruptRecordError, StorageError
 from ...format.pack import check_entry
 from ...format.record import decode_frame_header
-from ...paths import index_path
+from ...paths import index_path, temp_path
 from ...records import RecordRejected
 from ..base import LogFormat, LogIndex, LogStorage, Polling, adopt_dictionary
 from .check import Problem, VerifyReport, check_file_log
@@ -260,7 +260,10 @@ class StoreLog:
             return False
         # FORMAT.md §18.3, unpacking: P.lock is held (exclusive): P, then the pack.
         data = self._packs.read(where)
-        atomic_write(self.loose.path, data, io=self.loose.io, exclusive=True)
+        # Its temp file is a rewrite's (P.tmp-<16 hex>): one a crash leaves is a leftover
+        # that the next rewrite, clear, pop or first append deletes (FORMAT.md §8.4).
+        path = self.loose.path
+        atomic_write(path, data, io=self.loose.io, exclusive=True, tmp=temp_path(path))
         self.fault("unpack:loose-written")
         self._packs.drop(self._cid, timeout=self._timeout)
         self.fault("unpack:dropped")
