@@ -467,3 +467,26 @@ def test_a_clear_inside_a_transaction_keeps_the_rest_of_it_exclusive(tmp_path: P
             assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.log.lock"]
         assert sorted(tmp_path.iterdir()) == []  # the hold's end unlinked it
         assert other() == "appended"
+
+
+def test_a_codec_closed_inside_its_clearing_transaction_leaves_the_lock_file_alone(
+    tmp_path: Path,
+) -> None:
+    """Closing the codec inside the transaction gives up its lock; another writer may take
+    the same P.lock before the transaction ends. The end of a clearing hold must not unlink
+    that file then: a third writer would create a new one and get in beside the second."""
+    path = tmp_path / "chat.log"
+    first = ConversationCodec(path)
+    first.append({"role": "user", "content": "a"})
+    hold = first.transaction()
+    hold.__enter__()
+    first.clear()
+    first.close()  # the lock file stays linked; the hold no longer holds it
+    with ConversationCodec(path, lock_timeout=0.3) as second, second.transaction():
+        hold.__exit__(None, None, None)
+        assert (tmp_path / "chat.log.lock").exists()
+        with ConversationCodec(path, lock_timeout=0.3) as third, pytest.raises(LockTimeoutError):
+            third.append({"role": "user", "content": "c"})
+        second.append({"role": "user", "content": "b"})
+    with ConversationCodec(path) as reader:
+        assert [m["content"] for m in reader.load() or []] == ["b"]

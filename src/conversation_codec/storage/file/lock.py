@@ -100,6 +100,10 @@ class LogLock:
             self.close()
             pause = self._pause(deadline, pause)
 
+    def holds_path(self) -> bool:
+        """Whether this lock's file is open and still the one at ``P.lock``."""
+        return self._fd is not None and self._names_it()
+
     def _names_it(self) -> bool:
         """Whether ``P.lock`` still names the file this lock holds.
 

@@ -9,6 +9,7 @@ bring the cached view up to date — and after a failed write — forget that vi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -41,7 +42,7 @@ class Transactions:
         self.depth = 0  # nesting of the current thread's holds; 0 when none
         self.writable = False
         self.tolerant = False  # readers stop at mid-log damage instead of raising
-        self.cleared = False  # clear() unlinked the lock file during the current hold
+        self.cleared = False  # a clear in this hold left the unlink of P.lock to its end
         self.owner: int | None = None  # the thread holding it
         self._locked = False
         # (lock inode, generation, truncations) as last seen; None forces a full reload
@@ -101,6 +102,17 @@ class Transactions:
         self.cleared = True
         return True
 
+    def _unlink_cleared(self) -> None:
+        """The deferred end of a clear (FORMAT.md §8.5): unlink ``P.lock`` unless the log
+        was written again in the hold, or this hold no longer locks the file at the path
+        (the log was closed inside it: another writer may hold that file now). Best
+        effort, as a crash would leave it: a lock file holds no history."""
+        if os.path.lexists(self.path) or not self.lock.holds_path():
+            return
+        with contextlib.suppress(OSError):
+            unlink_file(self.lock.path, io=self.lock.io)
+            self.lock.io.sync_dir(self.path)
+
     def writing(self) -> bool:
         """Whether the calling thread holds a write transaction."""
         return self.depth > 0 and self.writable and self.owner == threading.get_ident()
@@ -114,8 +126,8 @@ class Transactions:
                 self.owner = None
                 cleared, self.cleared = self.cleared, False
                 try:
-                    if cleared and not os.path.lexists(self.path):  # not written again since
-                        unlink_file(self.lock.path, io=self.lock.io)
+                    if cleared and self._locked:
+                        self._unlink_cleared()
                 finally:
                     if self._locked:
                         self._locked = False
