@@ -1,4 +1,4 @@
-"""KeywordIndexer: keep a log's blind keyword index (``P.kwi``) exact, and search with it.
+"""KeywordIndexer: keep a log's blind keyword index (``P.kwi``) true, and answer searches.
 
 The index is opt-in (``search_index=True``) but, once a log has one, every writer of this
 library keeps it true whether or not it passed the option: the index's existence is the
@@ -328,7 +328,7 @@ class KeywordIndexer:
         state.size, state.last = state.size + len(frame), frame[-TAG_BYTES:]
         state.segments += 1
         state.hold(pending.unfolded(blocks))  # they join the postings in memory when needed
-        self._pending = PendingIndex(state.covered, state.tag)  # the next append: fast
+        self._pending = PendingIndex(state.covered, state.tag)  # the next catch-up's start
 
     def before_pop(self) -> KwiState | None:
         """Return the index's state if it is exact now (call before a pop)."""
