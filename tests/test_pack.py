@@ -611,3 +611,16 @@ def test_a_damaged_pack_does_not_stop_retention_elsewhere(tmp_path: Path) -> Non
     assert packs[0].exists() and not packs[1].exists()  # c and d went with their pack
     with pytest.raises(FormatError):
         store.ids()  # a and b may still be in it: never taken as absent
+
+
+def test_deleting_a_conversation_removes_a_crashed_packs_temp_copy_of_it(tmp_path: Path) -> None:
+    """A ``pack()`` killed before it published its pack leaves the pack's temp file in
+    ``.packs/``: sealed copies of the conversations it was packing. Deleting one of them
+    must not leave that copy behind until some later pack operation."""
+    root = tmp_path / "store"
+    fill(root, KEY)
+    assert _run_child("pack", root, "publish") == "killed"
+    assert [f for f in files(root) if ".pack.tmp-" in f]  # the crash's temp copy
+    store = ConversationStore(root, encryption_key=KEY)
+    assert store.delete("dora")
+    assert [f for f in files(root) if ".pack.tmp-" in f or "dora" in f] == []

@@ -331,6 +331,11 @@ class StoreLog:
 
     def remove(self, also: Callable[[], None] = lambda: None) -> None:
         self.loose.remove(also)
+        if os.path.isdir(self._packs.dir):
+            # A pack() that crashed before publishing left its temp file, sealed copies of
+            # the logs it was packing (this one's maybe): the pack lock's hold sweeps it.
+            with self._packs.locked(self._timeout):
+                pass
 
     def on_rollback(self, undo: Callable[[], None]) -> None:
         """Every write is committed when it returns (as ``FileLog``)."""
