@@ -334,7 +334,8 @@ class StoreLog:
         if os.path.isdir(self._packs.dir):
             # A pack() that crashed before publishing left its temp file, sealed copies of
             # the logs it was packing (this one's maybe): the pack lock's hold sweeps it.
-            with self._packs.locked(self._timeout):
+            # Best effort: the clear has committed, and the next pack operation sweeps too.
+            with contextlib.suppress(OSError), self._packs.locked(self._timeout):
                 pass
 
     def on_rollback(self, undo: Callable[[], None]) -> None:
