@@ -86,7 +86,6 @@ class KeywordIndexer:
         self._cache = cache
         self._state: KwiState | None = None
         self._keys: tuple[bytes, Tokenizer, RecordKey] | None = None  # for one log_id
-        self._pending = PendingIndex()  # appended messages not yet in P.kwi (a file)
         # An exact store's segment of the append under way: (blocks, segment, frame).
         self._staged: tuple[list[tuple[int, set[bytes]]], Segment, bytes] | None = None
         # (log_id, covered, lock inode, truncations) when the tag last matched: until a
@@ -120,13 +119,8 @@ class KeywordIndexer:
         state = self._state
         if (state is None or state.log_id != fmt.log_id) and self._cache is not None:
             state = self._state = self._cache.take(store, fmt.log_id)
-        if state is not None and state.log_id == fmt.log_id:
-            if not self._pending and store.more(keys[1], state):
-                return state.settle()
-            if self._pending and store.unchanged(state):
-                self._pending.fold(state.settle().postings, keys[0])
-                return state  # postings in memory beyond the file, which no one changed
-        self._pending = PendingIndex()  # another writer came by: it indexed them, or we catch up
+        if state is not None and state.log_id == fmt.log_id and store.more(keys[1], state):
+            return state.settle()
         self._state = state = store.load(fmt.log_id, keys[1])
         return state
 
@@ -216,12 +210,12 @@ class KeywordIndexer:
                 if count - state.covered < FLUSH_MESSAGES and not torn:
                     break
                 stop, torn = min(count, state.covered + CATCH_UP_MESSAGES), False
-                self._pending = pending = PendingIndex(state.covered, state.tag)
+                pending = PendingIndex(state.covered)
                 for seq, message, _ in self._reader.decoded(state.covered, stop):
                     pending.add(seq, message)
                 state.covered, state.tag = stop, _UNREAD
                 self._validated = self._memo(state)
-                self.flush(checked=True)
+                self._add_segment(pending)
                 state = self._state
             if torn and state is not None:  # damage past records since popped: cut it off
                 self._write(state.settle().postings, state.covered, state.tag, merge=True)
@@ -291,23 +285,21 @@ class KeywordIndexer:
 
     def _forget(self) -> None:
         """Drop what is held in memory (the transaction that wrote it rolled back)."""
-        self._state, self._pending, self._validated = None, PendingIndex(), None
+        self._state, self._validated = None, None
 
     def _fresh(self, state: KwiState) -> bool:
         """Whether no writer truncated or rewrote the log since ``state`` was validated."""
         memo = self._memo(state)
         return memo is not None and memo == self._validated
 
-    def flush(self, *, checked: bool = False) -> None:
-        """Write the postings held in memory to ``P.kwi`` (one segment, or a merge).
-
-        Only in ``catch_up``'s lock hold (``checked``: after ``current()``); a file that
-        another writer changed meanwhile is left alone (the next search catches up)."""
-        state, keys, pending = self._state, self.keys(), self._pending
+    def _add_segment(self, pending: PendingIndex) -> None:
+        """Write the postings of ``pending`` (the records past the chain) to ``P.kwi``: one
+        segment, or a merge. In ``catch_up``'s lock hold, after ``current()``; a log that a
+        writer truncated or rewrote meanwhile is left alone (the next search catches up)."""
+        state, keys = self._state, self.keys()
         if not pending or state is None or keys is None or self._store is None:
             return
-        self._pending = PendingIndex()
-        if not self._fresh(state) or not (checked or self._store.unchanged(state)):
+        if not self._fresh(state):
             self._state = None
             return
         if state.tag == _UNREAD:
@@ -328,7 +320,6 @@ class KeywordIndexer:
         state.size, state.last = state.size + len(frame), frame[-TAG_BYTES:]
         state.segments += 1
         state.hold(pending.unfolded(blocks))  # they join the postings in memory when needed
-        self._pending = PendingIndex(state.covered, state.tag)  # the next catch-up's start
 
     def before_pop(self) -> KwiState | None:
         """Return the index's state if it is exact now (call before a pop)."""
@@ -409,21 +400,18 @@ class KeywordIndexer:
             tag = self._tag(count)
         segment = Segment(0, count, tag)
         frame = kwi.encode_segment(keys[1], segment, postings.encode())
-        self._state, self._pending = None, PendingIndex()
+        self._state = None
         if store.exact:
             self._log.on_rollback(self._forget)
         self._state = store.replace(fmt.log_id, frame, segment, postings, merge=merge)
         self._validated = None if self._state is None else self._memo(self._state)
 
     def release(self) -> None:
-        """Hand the state to the cache, if any (the codec closes): the file's postings,
-        never ones held in memory only (appended messages not folded in are dropped)."""
-        state, pending, cache = self._state, self._pending, self._cache
+        """Hand the state to the cache, if any (the codec closes): the file's postings."""
+        state, cache = self._state, self._cache
         self._state = None
-        if cache is None or self._store is None or state is None or pending.folded:
+        if cache is None or self._store is None or state is None:
             return
-        if pending:
-            state.covered, state.tag = pending.lo, pending.tag  # as the file holds it
         if state.tag != _UNREAD:
             cache.put(self._store, state.settle())
 
@@ -431,7 +419,7 @@ class KeywordIndexer:
         """Delete the index (the log was deleted, or a rewrite without the index)."""
         if self._store is not None:
             self._store.remove()
-        self._state, self._pending = None, PendingIndex()
+        self._state = None
 
     def check(self) -> KwiCheck:
         """Compare the index with one rebuilt from the log (``verify``)."""

@@ -273,17 +273,15 @@ def encode_blocks(blocks: Mapping[bytes, list[int]]) -> Iterator[bytes]:
 
 
 class PendingIndex:
-    """The messages ``[lo, hi)`` appended since ``P.kwi``'s last segment, which it does not
-    hold yet (FORMAT.md §17.5): the words of each block, tokenized once per block when
-    they are written (``tokens``) or searched (``fold``), not once per message; a block's
-    messages share most words. Messages are added in seq order. ``tag``: the one of the
-    segment ending at ``lo`` (what the postings they are folded into held before)."""
+    """The messages ``[lo, hi)`` past ``P.kwi``'s last segment, which a catch-up indexes
+    (FORMAT.md §17.5): the words of each block, tokenized once per block when they are
+    written (``tokens``) or merged (``fold``), not once per message; a block's messages
+    share most words. Messages are added in seq order."""
 
-    __slots__ = ("_folded", "_tokens", "_words", "hi", "lo", "tag")
+    __slots__ = ("_folded", "_tokens", "_words", "hi", "lo")
 
-    def __init__(self, lo: int = 0, tag: bytes = b"") -> None:
+    def __init__(self, lo: int = 0) -> None:
         self.lo = self.hi = lo
-        self.tag = tag
         self._folded = lo  # the messages before it are in the postings fold() was given
         self._words: dict[int, set[str]] = {}  # block -> its words
         self._tokens: dict[int, tuple[int, set[bytes]]] = {}  # block -> (words seen, tokens)
@@ -308,11 +306,6 @@ class PendingIndex:
                 done = self._tokens[block] = (len(words), tokenizer.tokens(words))
             out.append((block, done[1]))
         return out
-
-    @property
-    def folded(self) -> bool:
-        """Whether ``fold`` added any of the messages to postings."""
-        return self._folded > self.lo
 
     def unfolded(self, blocks: list[tuple[int, set[bytes]]]) -> list[tuple[int, set[bytes]]]:
         """Those of ``blocks`` (``tokens()``) that ``fold`` has not added in full, which
