@@ -228,10 +228,9 @@ class ConversationCodec(Maintenance, ChatFormats):
             messages: list[Message] = []
             datas: list[bytes] = []
             sealed = self._log.fmt is not None and self._log.fmt.sealed
-            for batch in self._reader.batches(base, count):
-                parsed = self._reader.messages(batch)
+            for _, texts, parsed, _ in self._reader.parsed(base, count):
                 # A sealed record's text is the stored JSON; a plain one's is the whole line.
-                datas += [text for _, text, _ in batch] if sealed else map(encode_json, parsed)
+                datas += texts if sealed else map(encode_json, parsed)
                 messages += parsed if self._encoder.blobs is None else map(self._present, parsed)
             self._history.loaded(datas, base)  # the seed pattern calls save() next
             return messages if count > base else None
@@ -252,8 +251,8 @@ class ConversationCodec(Maintenance, ChatFormats):
             count = len(self._log.index)
             start = max(self._base(), count - n)
             messages: list[Message] = []
-            for batch in self._reader.batches(start, count):
-                messages += self._reader.messages(batch)
+            for _, _, parsed, _ in self._reader.parsed(start, count):
+                messages += parsed
             return messages if self._encoder.blobs is None else list(map(self._present, messages))
 
     def wait(self, after: int, timeout: float | None = None) -> bool:

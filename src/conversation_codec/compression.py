@@ -130,6 +130,13 @@ class Compressor:
             return packed, True
         return data, False
 
+    @property
+    def raw_decompress(self) -> Any:
+        """zstandard's own ``decompress`` of this context, for a caller that has checked the
+        frame's content size (1..``MAX_MESSAGE_BYTES``) as ``decompress`` does, and calls it
+        as ``decompress`` then does: ``(frame, 0, False, False)``."""
+        return self._dctx.decompress
+
     def decompress(self, payload: bytes | memoryview) -> bytes:
         """Inflate one payload: exactly one zstd frame, producing at most ``MAX_MESSAGE_BYTES``.
 

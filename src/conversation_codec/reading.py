@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -100,6 +100,30 @@ class LogReader:
                 self._log.rebuild_index()
                 stop = min(stop, len(self._log.index))
 
+    def parsed(
+        self, start: int, stop: int
+    ) -> Iterator[tuple[int, list[bytes], list[Message], Sequence[int]]]:
+        """Yield ``(first seq, texts, messages, ts_us)`` for a range, lists per decryption
+        batch: what ``batches`` then ``messages`` give, read in one loop while the records
+        are the usual case (``usual.py``). From the first batch that is not, the rest is
+        read through ``batches``, which reports what is wrong (or rebuilds the index)."""
+        fmt = self._log.fmt
+        if fmt is None or start >= stop:
+            return
+        if fmt.sealed:
+            raw = _batches(self._log.read_bodies(start, stop))
+            tss = self._log.index.tss
+            while start < stop:
+                got = _read_usual(fmt.records, raw, tss)
+                if got is None:
+                    break
+                first, start, texts, messages = got
+                yield first, texts, messages, tss[first:start]
+            raw.close()
+        for batch in self.batches(start, stop):
+            texts = [text for _, text, _ in batch]
+            yield batch[0][0], texts, self.messages(batch), [ts for _, _, ts in batch]
+
     def parse(self, seq: int, text: bytes) -> Message:
         assert self._log.fmt is not None
         try:
@@ -117,17 +141,8 @@ class LogReader:
 
     def decoded(self, start: int, stop: int) -> Iterator[tuple[int, Message, int]]:
         """Yield ``(seq, message, ts_us)`` for a range, inside the current transaction."""
-        for batch in self.batches(start, stop):
-            assert self._log.fmt is not None  # the batch was read from it
-            try:
-                parsed = self._log.fmt.records.parse_many([text for _, text, _ in batch])
-            except RecordRejected:  # one by one: the messages before it, then its error
-                for seq, text, ts in batch:
-                    yield seq, self.parse(seq, text), ts
-            else:
-                yield from zip(
-                    [seq for seq, _, _ in batch], parsed, [ts for _, _, ts in batch], strict=True
-                )
+        for first, _, messages, tss in self.parsed(start, stop):
+            yield from zip(range(first, first + len(messages)), messages, tss, strict=True)
 
     def read_one(self, seq: int) -> Message:
         for _, message, _ in self.decoded(seq, seq + 1):
@@ -306,6 +321,22 @@ def _opened(
     return opened, None
 
 
+def _read_usual(
+    records: RecordCodec, raw: Iterator[list[tuple[int, bytes]]], tss: Sequence[int]
+) -> tuple[int, int, list[bytes], list[Message]] | None:
+    """Read the next batch of ``raw`` the usual way: ``(its first seq, the seq after it,
+    texts, messages)``, or None when it is not the usual case, or reading it failed (the
+    caller reads it again through ``LogReader.batches``, which reports why)."""
+    try:
+        batch = next(raw, None)
+        got = None if batch is None else records.read_usual(batch, tss)
+    except Exception:  # read again by the caller, and reported there
+        return None
+    if batch is None or got is None:
+        return None
+    return batch[0][0], batch[-1][0] + 1, got[0], got[1]
+
+
 def _mistimed(opened: list[tuple[int, bytes, int]], tss: Sequence[int]) -> int | None:
     """Return the position of the first record whose own time is not the index's."""
     if not opened:
@@ -316,7 +347,7 @@ def _mistimed(opened: list[tuple[int, bytes, int]], tss: Sequence[int]) -> int |
     return next((k for k, (seq, _, ts) in enumerate(opened) if ts != tss[seq]), None)
 
 
-def _batches(bodies: Iterator[tuple[int, bytes]]) -> Iterator[list[tuple[int, bytes]]]:
+def _batches(bodies: Iterator[tuple[int, bytes]]) -> Generator[list[tuple[int, bytes]]]:
     """Group ``(seq, body)`` pairs into decryption batches (``DECRYPT_BATCH`` records, or
     ``DECRYPT_BATCH_BYTES``). When reading fails part way (the storage finds a span that is
     no record), the records read before it are yielded first, then the error raised: they

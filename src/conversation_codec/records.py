@@ -30,6 +30,7 @@ from .format.record import (
     nests_deeper_than,
 )
 from .format.varint import decode_varint
+from .usual import read_usual
 
 __all__ = [
     "DictionaryMissing",
@@ -86,6 +87,15 @@ class RecordCodec(Protocol):
 
     def parse(self, text: bytes) -> dict[str, Any]:
         """Parse what ``payload`` returned into the message."""
+        ...
+
+    def read_usual(
+        self, records: Sequence[tuple[int, bytes]], tss: Sequence[int]
+    ) -> tuple[list[bytes], list[dict[str, Any]]] | None:
+        """Return ``(texts, messages)`` of ``(seq, body)`` records whose times the index
+        holds in ``tss`` (by seq), as ``payloads`` then ``parse_many`` give them; or None,
+        having changed nothing, when one is not the usual case (``usual.py``): the caller
+        then reads them that way, which reports what is wrong."""
         ...
 
     def parse_many(self, texts: Sequence[bytes]) -> list[dict[str, Any]]:
@@ -281,6 +291,22 @@ class SealedRecords:
             text, ts_us = self.payload(body, seq)
             yield seq, text, ts_us
 
+    def read_usual(
+        self, records: Sequence[tuple[int, bytes]], tss: Sequence[int]
+    ) -> tuple[list[bytes], list[dict[str, Any]]] | None:
+        if self._frames is not None:  # a rewrite reads through payloads
+            return None
+        plains = self._cipher.open_batch([body for _, body in records])
+        if plains is None:
+            return None
+        with_dict = None
+        if self._dict is not None and self._dict_id < 0x80:  # a one-byte varint
+            with_dict = (self._dict_id, self._dict.raw_decompress)
+        got = read_usual(records, plains, tss, self._zstd.raw_decompress, with_dict)
+        if got is not None:
+            self._cipher.unseal_count += len(records)
+        return got
+
     def inspect_many(self, bodies: Sequence[bytes]) -> list[tuple[int, int, bytes] | None]:
         """``inspect`` many bodies, authenticated and decrypted as a batch; None for a body
         that ``inspect`` may refuse or read another way (the caller reads it alone)."""
@@ -410,6 +436,11 @@ class PlainRecords:
         if parsed is not None and parsed[0] is text:
             return parsed[1]
         return self.decode(text, None)[0]
+
+    def read_usual(
+        self, records: Sequence[tuple[int, bytes]], tss: Sequence[int]
+    ) -> tuple[list[bytes], list[dict[str, Any]]] | None:
+        return None  # a line is parsed to be checked: payloads and parse share the parse
 
     def parse_many(self, texts: Sequence[bytes]) -> list[dict[str, Any]]:
         return [self.parse(t) for t in texts]

@@ -1,0 +1,205 @@
+"""usual: the one-loop read of a batch of usual records (issue 15) gives what the staged read
+gives, and answers None (changing nothing) for every record that is not the usual case.
+
+``read_usual`` is handed envelopes built here byte by byte (FORMAT.md §5.2), so each case
+names the one thing that differs from what writers write. Whole logs are read both ways
+through the public API: ``load()``/``tail()``/``get()`` take the one loop, a scan
+(``search(None)``) takes the staged read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from conversation_codec import ConversationCodec
+from conversation_codec.format.record import MAX_DEPTH, encode_envelope
+from conversation_codec.format.varint import encode_varint
+from conversation_codec.usual import read_usual
+
+from conftest import KEY, Clock, messages
+
+US = 1_000_000
+SECS = 1_760_000_000
+DICT_ID = 1
+_SAMPLES = [json.dumps(m).encode() for m in messages(600)]
+_DICT = zstandard.train_dictionary(2048, _SAMPLES).as_bytes()
+_PLAIN = zstandard.ZstdDecompressor()
+_WITH_DICT = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(_DICT))
+_COMPRESS = zstandard.ZstdCompressor(write_content_size=True, write_checksum=False)
+_COMPRESS_DICT = zstandard.ZstdCompressor(
+    dict_data=zstandard.ZstdCompressionDict(_DICT), write_content_size=True, write_dict_id=False
+)
+
+
+def _body(ts_us: int) -> bytes:
+    """A stored body as far as ``read_usual`` reads it: the token's seconds, then anything."""
+    return (ts_us // US).to_bytes(8, "big") + bytes(64)
+
+
+def _read(
+    envelopes: list[tuple[int, int, bytes | None]], *, tss: list[int] | None = None
+) -> tuple[list[bytes], list[dict[str, Any]]] | None:
+    """``read_usual`` of ``(seq, ts_us, envelope)`` records; the index's times are theirs
+    unless ``tss`` (by seq) is given."""
+    index = tss if tss is not None else [0] * 50_000
+    if tss is None:
+        for seq, ts, _ in envelopes:
+            index[seq] = ts
+    records = [(seq, _body(ts)) for seq, ts, _ in envelopes]
+    plains = [plain for _, _, plain in envelopes]
+    return read_usual(records, plains, index, _PLAIN.decompress, (DICT_ID, _WITH_DICT.decompress))
+
+
+def _usual(seq: int, ts: int, text: bytes, how: str) -> bytes:
+    if how == "dict":
+        frame = _COMPRESS_DICT.compress(text)
+        return encode_envelope(seq, ts, frame, compressed=True, dict_id=DICT_ID)
+    if how == "zstd":
+        return encode_envelope(seq, ts, _COMPRESS.compress(text), compressed=True)
+    return encode_envelope(seq, ts, text, compressed=False)
+
+
+# Seqs and time remainders of one, two and three varint bytes (and a seq of three, which
+# is decoded by decode_varint rather than inline).
+@pytest.mark.parametrize("seq", [0, 5, 127, 128, 300, 16_383, 16_384, 40_000])
+@pytest.mark.parametrize("rem", [0, 99, 128, 16_383, 16_384, 999_999])
+@pytest.mark.parametrize("how", ["dict", "zstd", "plain"])
+def test_a_usual_record_reads_as_written(seq: int, rem: int, how: str) -> None:
+    text = _SAMPLES[seq % len(_SAMPLES)]
+    ts = SECS * US + rem
+    assert _read([(seq, ts, _usual(seq, ts, text, how))]) == ([text], [json.loads(text)])
+
+
+def test_a_batch_reads_in_order() -> None:
+    hows = ["dict", "zstd", "plain"]
+    batch = [
+        (seq, SECS * US + seq * 7919, _usual(seq, SECS * US + seq * 7919, t, hows[seq % 3]))
+        for seq, t in enumerate(_SAMPLES[:300])
+    ]
+    assert _read(batch) == (_SAMPLES[:300], [json.loads(t) for t in _SAMPLES[:300]])
+
+
+def _frame_without_size(text: bytes) -> bytes:
+    return zstandard.ZstdCompressor(write_content_size=False).compress(text)
+
+
+def _claiming(size: int) -> bytes:
+    """A frame header that claims ``size`` bytes of content (RFC 8878 §3.1.1.1: an 8-byte
+    Frame_Content_Size, single segment), then one empty raw last block."""
+    return b"\x28\xb5\x2f\xfd" + bytes((0xE0,)) + size.to_bytes(8, "little") + b"\x01\x00\x00"
+
+
+TS = SECS * US + 1234
+TEXT = _SAMPLES[3]
+NOT_USUAL: dict[str, tuple[int, int, bytes | None]] = {
+    "bad padding (no envelope)": (7, TS, None),
+    "another seq inside": (7, TS, _usual(8, TS, TEXT, "dict")),
+    "a remainder of a second or more": (
+        7,
+        TS,
+        b"\x03\x07" + encode_varint(US) + b"\x01" + _COMPRESS_DICT.compress(TEXT),
+    ),
+    "a non-canonical seq varint": (7, TS, b"\x03\x87\x00" + encode_varint(1234) + b"\x01"),
+    "a non-canonical remainder varint": (7, TS, b"\x03\x07\xd2\x89\x00\x01"),
+    "another dictionary": (
+        7,
+        TS,
+        encode_envelope(7, TS, _COMPRESS_DICT.compress(TEXT), compressed=True, dict_id=2),
+    ),
+    "a dictionary flag without compression": (7, TS, b"\x02\x07" + encode_varint(1234) + b"\x01"),
+    "a dictionary record": (7, TS, bytes((0b101,)) + encode_varint(7) + encode_varint(1234)),
+    "an unknown kind": (7, TS, bytes((0b1001,)) + encode_varint(7) + encode_varint(1234) + TEXT),
+    "a frame without its content size": (
+        7,
+        TS,
+        encode_envelope(7, TS, _frame_without_size(TEXT), compressed=True),
+    ),
+    "an empty frame": (7, TS, encode_envelope(7, TS, _COMPRESS.compress(b""), compressed=True)),
+    "a frame claiming too much": (
+        7,
+        TS,
+        encode_envelope(7, TS, _claiming(1 << 40), compressed=True),
+    ),
+    "bytes after the frame": (
+        7,
+        TS,
+        encode_envelope(7, TS, _COMPRESS.compress(TEXT) + b"\x00", compressed=True),
+    ),
+    "a truncated frame": (
+        7,
+        TS,
+        encode_envelope(7, TS, _COMPRESS.compress(TEXT)[:-3], compressed=True),
+    ),
+    "a truncated envelope": (7, TS, b"\x03\x87"),
+    "an empty envelope": (7, TS, b""),
+    "malformed JSON": (7, TS, encode_envelope(7, TS, b'{"role": ', compressed=False)),
+    "JSON that is not an object": (7, TS, encode_envelope(7, TS, b"[1, 2]", compressed=False)),
+    "JSON nesting too deep": (
+        7,
+        TS,
+        encode_envelope(
+            7, TS, b'{"a":' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}", compressed=False
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_USUAL))
+def test_a_record_that_is_not_the_usual_case_reads_as_none(case: str) -> None:
+    usual = [(6, TS - 5, _usual(6, TS - 5, _SAMPLES[0], "dict"))]
+    assert _read(usual) is not None
+    assert _read([*usual, NOT_USUAL[case]]) is None
+
+
+def test_a_time_other_than_the_index_s_reads_as_none() -> None:
+    plain = _usual(7, TS, TEXT, "dict")
+    index = [0] * 8
+    index[7] = TS
+    assert _read([(7, TS, plain)], tss=index) is not None
+    index[7] = TS + 1  # the index disagrees: the staged read rebuilds it
+    assert _read([(7, TS, plain)], tss=index) is None
+    index[7] = TS
+    # The token's seconds are the body's, not the envelope's: one second off is not usual.
+    assert read_usual([(7, _body(TS + US))], [plain], index, _PLAIN.decompress, None) is None
+
+
+def test_without_a_dictionary_a_dictionary_record_reads_as_none() -> None:
+    plain = _usual(7, TS, TEXT, "dict")
+    index = [0] * 8
+    index[7] = TS
+    assert read_usual([(7, _body(TS))], [plain], index, _PLAIN.decompress, None) is None
+
+
+def _write(path: Path, count: int) -> list[dict[str, Any]]:
+    """A log of ``count`` messages: before and after its dictionary (512), short ones
+    stored uncompressed, half appended one by one."""
+    written: list[dict[str, Any]] = [dict(m) for m in messages(count)]
+    for i in range(0, count, 9):
+        written[i] = {"role": "user", "content": "ok"}  # too short to compress
+    with ConversationCodec(path, encryption_key=KEY, clock=Clock(), durability="flush") as codec:
+        codec.extend(written[: count // 2])
+        for m in written[count // 2 :]:
+            codec.append(m)
+    return written
+
+
+@pytest.mark.parametrize("count", [1, 40, 700])
+def test_load_tail_and_get_read_what_a_scan_reads(tmp_path: Path, count: int) -> None:
+    path = tmp_path / "c.log"
+    written = _write(path, count)
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        scanned = [hit.message for hit in codec.search(None)]
+        assert scanned == written
+        assert codec.load() == written
+        assert codec.tail(25) == written[-25:]
+        assert [codec.get(i) for i in (0, count // 2, count - 1)] == [
+            written[0],
+            written[count // 2],
+            written[-1],
+        ]
+        assert list(codec) == written
