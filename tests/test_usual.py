@@ -75,6 +75,12 @@ def test_a_usual_record_reads_as_written(seq: int, rem: int, how: str) -> None:
     assert _read([(seq, ts, _usual(seq, ts, text, how))]) == ([text], [json.loads(text)])
 
 
+def test_a_shallow_record_with_many_brackets_reads() -> None:
+    # More opening brackets than MAX_DEPTH levels, two deep: a tool result listing rows.
+    text = json.dumps({"role": "tool", "rows": [[i] for i in range(3 * MAX_DEPTH)]}).encode()
+    assert _read([(9, TS, _usual(9, TS, text, "zstd"))]) == ([text], [json.loads(text)])
+
+
 def test_a_batch_reads_in_order() -> None:
     hows = ["dict", "zstd", "plain"]
     batch = [

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import zstandard
 
-from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES
+from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .format.varint import decode_varint
 
 __all__ = ["Inflate", "read_usual"]
@@ -96,7 +96,11 @@ def read_usual(
                 text = plain[pos:]
             else:
                 return None
-            if len(text) > _SHALLOW_BYTES and text.count(b"{") + text.count(b"[") > MAX_DEPTH:
+            if (  # nests_deeper_than, its two cheap answers first (no call)
+                len(text) > _SHALLOW_BYTES
+                and text.count(b"{") + text.count(b"[") > MAX_DEPTH
+                and nests_deeper_than(text, MAX_DEPTH)
+            ):
                 return None
             texts.append(text)
         return texts, [_decode_message(text) for text in texts]
