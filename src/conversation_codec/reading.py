@@ -347,7 +347,7 @@ def _mistimed(opened: list[tuple[int, bytes, int]], tss: Sequence[int]) -> int |
     return next((k for k, (seq, _, ts) in enumerate(opened) if ts != tss[seq]), None)
 
 
-def _batches(bodies: Iterator[tuple[int, bytes]]) -> Generator[list[tuple[int, bytes]]]:
+def _batches(bodies: Iterator[tuple[int, bytes]]) -> Generator[list[tuple[int, bytes]], None, None]:
     """Group ``(seq, body)`` pairs into decryption batches (``DECRYPT_BATCH`` records, or
     ``DECRYPT_BATCH_BYTES``). When reading fails part way (the storage finds a span that is
     no record), the records read before it are yielded first, then the error raised: they
