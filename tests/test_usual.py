@@ -10,15 +10,27 @@ through the public API: ``load()``/``tail()``/``get()`` take the one loop, a sca
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import zstandard
 
-from conversation_codec import ConversationCodec
-from conversation_codec.format.record import MAX_DEPTH, encode_envelope
+from conversation_codec import ConversationCodec, ConversationStore
+from conversation_codec.crypto import Keyring, LogCipher
+from conversation_codec.errors import CorruptRecordError, DatabaseError
+from conversation_codec.format.header import (
+    SEALED_HEADER_BYTES,
+    context_digest,
+    decode_sealed_header,
+)
+from conversation_codec.format.record import MAX_DEPTH, encode_envelope, encode_frame
 from conversation_codec.format.varint import encode_varint
+from conversation_codec.records import SealedRecords
+from conversation_codec.storage.postgres import log as postgres_log
 from conversation_codec.usual import read_usual
 
 from conftest import KEY, Clock, messages
@@ -209,3 +221,88 @@ def test_load_tail_and_get_read_what_a_scan_reads(tmp_path: Path, count: int) ->
             written[-1],
         ]
         assert list(codec) == written
+
+
+BAD_JSON = b'{"role": "user", "content": '  # authentic, yet no message: a buggy key holder's
+
+
+def _records(header: bytes, context: str | None = None) -> SealedRecords:
+    """The record codec of the log whose header bytes these are (the writers' keys); a
+    store's conversation is bound to its id (FORMAT.md §4.2)."""
+    parsed, covered, mac = decode_sealed_header(header)
+    binding = None if context is None else context_digest(context)
+    cipher = LogCipher.open(
+        Keyring.from_input(KEY),
+        parsed,
+        covered,
+        mac,
+        binding=binding,
+        binding_mac=header[SEALED_HEADER_BYTES : parsed.size],
+    )
+    return SealedRecords(cipher)
+
+
+def test_a_reindex_reports_the_records_before_a_damaged_message(tmp_path: Path) -> None:
+    """A message that fails to parse ends its batch: the records before it are read (and
+    reported to progress) first, as one by one; then its error, at its seq."""
+    path = tmp_path / "c.log"
+    with ConversationCodec(path, encryption_key=KEY, clock=Clock(), durability="flush") as c:
+        c.extend(messages(5))
+        ts = int(c.timestamp(4).timestamp() * US) + 1
+    with path.open("ab") as f:
+        f.write(encode_frame(_records(path.read_bytes()).encode(5, ts, BAD_JSON)))
+    done: list[int] = []
+    codec = ConversationCodec(path, encryption_key=KEY)
+    with codec, pytest.raises(CorruptRecordError, match="record 5"):
+        codec.reindex(progress=lambda n, total: done.append(n))
+    assert done == [1, 2, 3, 4, 5]
+
+
+def _store_conversation(url: str, count: int) -> tuple[ConversationStore, str]:
+    cid = f"usual-{uuid.uuid4().hex[:8]}"
+    store = ConversationStore(url, encryption_key=KEY)
+    with store.open(cid) as codec:
+        codec.extend(messages(count))
+    return store, cid
+
+
+def test_a_database_verify_reports_a_damaged_message_at_its_seq(postgres_url: str) -> None:
+    store, cid = _store_conversation(postgres_url, 9)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        row = conn.execute("SELECT header FROM cc_conversations WHERE id = %s", (cid,)).fetchone()
+        ts = conn.execute(
+            "SELECT ts FROM cc_records WHERE conversation_id = %s AND seq = 6", (cid,)
+        ).fetchone()
+        assert row is not None and ts is not None
+        body = _records(bytes(row[0]), cid).encode(6, ts[0], BAD_JSON)
+        conn.execute(
+            "UPDATE cc_records SET record = %s WHERE conversation_id = %s AND seq = 6", (body, cid)
+        )
+    with store.open(cid) as codec:
+        report = codec.verify()
+    assert report.records == 6
+    assert [(p.kind, p.offset) for p in report.problems] == [("damaged", 6)]
+
+
+def test_a_database_error_while_reading_is_raised_as_it_happened(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server cancels the read of the records (a statement timeout): the reader sees
+    that error, not a second read's in the aborted transaction."""
+    store, cid = _store_conversation(postgres_url, 9)
+    real: Callable[..., Any] = postgres_log.read_range
+    calls: list[object] = []
+
+    def read_range(conn: psycopg.Connection[Any], *args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            conn.execute("SET LOCAL statement_timeout = '1ms'")
+            conn.execute("SELECT pg_sleep(0.2)")
+        return real(conn, *args)
+
+    monkeypatch.setattr(postgres_log, "read_range", read_range)
+    codec = store.open(cid)
+    with codec, pytest.raises(DatabaseError, match="statement timeout") as raised:
+        codec.get(3)
+    assert raised.value.sqlstate == "57014"  # query_canceled
+    assert len(calls) == 1

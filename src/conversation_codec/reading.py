@@ -104,25 +104,48 @@ class LogReader:
         self, start: int, stop: int
     ) -> Iterator[tuple[int, list[bytes], list[Message], Sequence[int]]]:
         """Yield ``(first seq, texts, messages, ts_us)`` for a range, lists per decryption
-        batch: what ``batches`` then ``messages`` give, read in one loop while the records
-        are the usual case (``usual.py``). From the first batch that is not, the rest is
-        read through ``batches``, which reports what is wrong (or rebuilds the index)."""
+        batch, as ``batches`` reads them and ``parse`` parses them: a record that fails ends
+        its batch, the records before it yielded first, then its error raised.
+
+        A batch of usual records (``usual.py``) is read in one loop. From the first batch
+        that is not, the rest is read through ``batches``, which reports what is wrong (or
+        rebuilds the index); an error of the storage itself is raised where it happens.
+        """
         fmt = self._log.fmt
         if fmt is None or start >= stop:
             return
         if fmt.sealed:
             raw = _batches(self._log.read_bodies(start, stop))
             tss = self._log.index.tss
-            while start < stop:
-                got = _read_usual(fmt.records, raw, tss)
-                if got is None:
-                    break
-                first, start, texts, messages = got
-                yield first, texts, messages, tss[first:start]
-            raw.close()
+            try:
+                while start < stop:
+                    try:
+                        bodies = next(raw, None)
+                    except (IndexMismatch, DictionaryMissing):
+                        break  # batches rebuilds the index and reads on
+                    got = None if bodies is None else _read_usual(fmt.records, bodies, tss)
+                    if bodies is None or got is None:
+                        break
+                    first, start = bodies[0][0], bodies[-1][0] + 1
+                    yield first, got[0], got[1], tss[first:start]
+            finally:
+                raw.close()
         for batch in self.batches(start, stop):
             texts = [text for _, text, _ in batch]
-            yield batch[0][0], texts, self.messages(batch), [ts for _, _, ts in batch]
+            tss_us = [ts for _, _, ts in batch]
+            try:
+                messages = fmt.records.parse_many(texts)
+            except RecordRejected:  # one by one: the messages before it, then its error
+                messages = []
+                for seq, text, _ in batch:
+                    try:
+                        messages.append(fmt.records.parse(text))
+                    except RecordRejected as exc:
+                        if messages:
+                            done = len(messages)
+                            yield batch[0][0], texts[:done], messages, tss_us[:done]
+                        raise self.corrupt(exc, seq) from None
+            yield batch[0][0], texts, messages, tss_us
 
     def parse(self, seq: int, text: bytes) -> Message:
         assert self._log.fmt is not None
@@ -322,19 +345,14 @@ def _opened(
 
 
 def _read_usual(
-    records: RecordCodec, raw: Iterator[list[tuple[int, bytes]]], tss: Sequence[int]
-) -> tuple[int, int, list[bytes], list[Message]] | None:
-    """Read the next batch of ``raw`` the usual way: ``(its first seq, the seq after it,
-    texts, messages)``, or None when it is not the usual case, or reading it failed (the
-    caller reads it again through ``LogReader.batches``, which reports why)."""
+    records: RecordCodec, batch: list[tuple[int, bytes]], tss: Sequence[int]
+) -> tuple[list[bytes], list[Message]] | None:
+    """``records.read_usual``, with anything it raises taken as "not usual": the caller
+    reads the batch again through ``LogReader.batches``, which reports it."""
     try:
-        batch = next(raw, None)
-        got = None if batch is None else records.read_usual(batch, tss)
-    except Exception:  # read again by the caller, and reported there
+        return records.read_usual(batch, tss)
+    except Exception:
         return None
-    if batch is None or got is None:
-        return None
-    return batch[0][0], batch[-1][0] + 1, got[0], got[1]
 
 
 def _mistimed(opened: list[tuple[int, bytes, int]], tss: Sequence[int]) -> int | None:
