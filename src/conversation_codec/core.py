@@ -179,10 +179,10 @@ class CodecCore:
     ) -> list[int]:
         if self._writer.ensure_log():
             self._history.created()
-        datas = [data for _, data in encoded]
-        self._kwi.appending(len(self._log.index), [message for message, _ in encoded])
+        messages, datas = map(list, zip(*encoded, strict=True))  # never empty: two lists
+        self._kwi.appending(len(self._log.index), messages)
         first = self._writer.append(datas, timestamps)
-        self._kwi.appended(first, [message for message, _ in encoded])
+        self._kwi.appended(first, messages)
         self._history.appended(first, datas)
         base = self._base()
         return list(range(first - base, first - base + len(encoded)))
