@@ -129,6 +129,8 @@ class CodecCore:
         self._log.on_change = self._history.forget
         try:  # fail fast on a wrong key or a foreign file
             self._log.probe()
+        except FileNotFoundError:  # the log was there, and was removed before it was opened
+            pass  # (a clear, a pack, by another process): the first transaction looks again
         except OSError as exc:
             if isinstance(exc, ConversationCodecError):
                 raise
