@@ -490,3 +490,31 @@ def test_a_codec_closed_inside_its_clearing_transaction_leaves_the_lock_file_alo
         second.append({"role": "user", "content": "b"})
     with ConversationCodec(path) as reader:
         assert [m["content"] for m in reader.load() or []] == ["b"]
+
+
+def test_opening_a_log_that_another_process_removes_meanwhile(tmp_path: Path) -> None:
+    """Opening a codec reads the log's header without the lock (``probe``): a log that a
+    clear() or a pack removes between the check that it exists and the open of it is no
+    error there; the first transaction sees what is there then. (Found by the packer
+    race in test_pack.py: the appender's open failed with ENOENT.) A child process links
+    the log into place and unlinks it in a loop while this one opens codecs on it."""
+    src, path = tmp_path / "src.log", tmp_path / "c.log"
+    with ConversationCodec(src, encryption_key=KEY) as codec:
+        codec.append({"role": "user", "content": "hi"})
+    flipper = (
+        "import os, sys, time\n"
+        "end = time.monotonic() + 30\n"
+        "print('ready', flush=True)\n"
+        "while time.monotonic() < end:\n"
+        "    os.link(sys.argv[1], sys.argv[2]); os.unlink(sys.argv[2])\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", flipper, str(src), str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        for _ in range(2000):  # ~0.3 s; before the fix, about one open in ten failed
+            ConversationCodec(path, encryption_key=KEY).close()
+    finally:
+        child.kill()
+        child.communicate()  # and close its pipe

@@ -241,3 +241,31 @@ def test_digests_left_for_later_by_load_are_taken_right(tmp_path: Path) -> None:
     codec.save(changed)
     assert cipher.unseal_count - before == 1
     assert codec.load() == changed
+
+
+def test_digests_of_own_appends_left_for_later_are_taken_right(tmp_path: Path) -> None:
+    """A codec's own appends leave their digests for later as well, while every digest is
+    still left (issue 15: an append no longer hashes its message); later appends add theirs
+    at once. A save() that compares message by message must still find each kept one."""
+    codec = ConversationCodec(tmp_path / "c.log", encryption_key=KEY)
+    sent = [{"role": "user", "content": f"m{i}", "n": i} for i in range(20)]
+    for message in sent:
+        codec.append(message)  # digests left for later
+    cipher = codec.storage.fmt.records.cipher  # type: ignore[union-attr]
+    before = cipher.unseal_count
+    # Keys reordered in one message: the one-comparison path fails, the digests decide.
+    reordered = [*sent[:7], dict(reversed(list(sent[7].items()))), *sent[8:]]
+    codec.save([*reordered, {"role": "assistant", "content": "a"}])
+    assert cipher.unseal_count - before == 1  # only the reordered one was decrypted
+    codec.append({"role": "user", "content": "b"})  # digests taken: this one's at once
+    kept = [*sent, {"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]
+    before = cipher.unseal_count
+    codec.save([*kept[:3], dict(reversed(list(kept[3].items()))), *kept[4:], {"role": "c"}])
+    assert cipher.unseal_count - before == 1
+    assert codec.load() == [*kept, {"role": "c"}]
+    edited = [*kept[:4], {"role": "user", "content": "edited"}, *kept[5:]]
+    codec.append({"role": "user", "content": "d"})  # the view is no longer whole
+    image = snapshot(tmp_path)
+    with pytest.raises(ConflictError):
+        codec.save(edited)
+    assert snapshot(tmp_path) == image

@@ -125,7 +125,8 @@ class ConversationCodec(Maintenance, ChatFormats):
         # Validate outside the lock (other writers wait less), except for external blobs:
         # stored under the lock, a compaction cannot delete them before a record refers to them.
         early = self._encoder.blobs is None
-        encoded = [self._encoder.encode(m) for m in messages] if early else []
+        # map(), not a comprehension: no comprehension frame per append (issue 15)
+        encoded = list(map(self._encoder.encode, messages)) if early else []
         if not messages:
             return []
         with self._holding(write=True):

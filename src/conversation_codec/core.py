@@ -129,6 +129,8 @@ class CodecCore:
         self._log.on_change = self._history.forget
         try:  # fail fast on a wrong key or a foreign file
             self._log.probe()
+        except FileNotFoundError:  # the log was there, and was removed before it was opened
+            pass  # (a clear, a pack, by another process): the first transaction looks again
         except OSError as exc:
             if isinstance(exc, ConversationCodecError):
                 raise
@@ -179,10 +181,10 @@ class CodecCore:
     ) -> list[int]:
         if self._writer.ensure_log():
             self._history.created()
-        datas = [data for _, data in encoded]
-        self._kwi.appending(len(self._log.index), [message for message, _ in encoded])
+        messages, datas = map(list, zip(*encoded, strict=True))  # never empty: two lists
+        self._kwi.appending(len(self._log.index), messages)
         first = self._writer.append(datas, timestamps)
-        self._kwi.appended(first, [message for message, _ in encoded])
+        self._kwi.appended(first, messages)
         self._history.appended(first, datas)
         base = self._base()
         return list(range(first - base, first - base + len(encoded)))

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -260,7 +260,9 @@ class RecordKey(TokenOpener):
 
     def seal(self, plain: bytes, ts_seconds: int) -> bytes:
         """Return the Fernet token for ``plain`` without its version byte."""
-        encryptor, keyed = self._sealing()
+        encryptor, keyed = self._encryptor, self._mac
+        if encryptor is None or keyed is None:
+            encryptor, keyed = self._sealing()
         # ``iv_ciphertext`` is the record's IV (16 bytes), then its ciphertext.
         iv_ciphertext: bytes = encryptor.update(os.urandom(16) + plain + _PADDING[len(plain) % 16])
         signed = ts_seconds.to_bytes(8, "big") + iv_ciphertext
@@ -333,7 +335,7 @@ class LogCipher:
     benchmarks read it to prove how many records an operation decrypted.
     """
 
-    __slots__ = ("_index_secret", "_openers", "_sealer", "unseal_count")
+    __slots__ = ("_index_secret", "_openers", "_sealer", "seal", "unseal_count")
 
     def __init__(
         self,
@@ -344,6 +346,10 @@ class LogCipher:
         """``index_secret``: the keyword index's 64 bytes, or the ``(master, log_id)`` they
         are derived from when first needed (most opens never search an index)."""
         self._sealer = sealer
+        # seal(envelope, ts_seconds): encrypt one envelope, return the stored body (the
+        # token minus its version byte). The sealing key's own method: no frame of ours
+        # per record (issue 15).
+        self.seal: Callable[[bytes, int], bytes] = sealer.seal
         self._openers = list(openers)
         self._index_secret = index_secret
         self.unseal_count = 0
@@ -422,10 +428,6 @@ class LogCipher:
         openers += [f for f, _ in fernets if f not in openers]
         master = keyring.masters[[f for f, _ in fernets].index(matching_fernets[0])]
         return cls(fernets[0][0], openers, (master, header.log_id))
-
-    def seal(self, envelope: bytes, ts_seconds: int) -> bytes:
-        """Encrypt one envelope; return the stored body (the token minus its version byte)."""
-        return self._sealer.seal(envelope, ts_seconds)
 
     def seal_many(self, envelopes: Sequence[bytes], ts_seconds: Sequence[int]) -> list[bytes]:
         """``seal`` each envelope at its time, in one AES-CBC call (``RecordKey.seal_many``)."""

@@ -22,6 +22,7 @@ __all__ = ["MessageEncoder", "digest", "encode_json"]
 Message = dict[str, Any]
 encode_json = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
+_SHALLOW_BYTES = 2 * MAX_DEPTH + 1  # no JSON this long nests more than MAX_DEPTH deep
 
 
 class MessageEncoder:
@@ -54,17 +55,19 @@ class MessageEncoder:
 
     def encode(self, message: Message) -> tuple[Message, bytes]:
         """Transform, encode and validate one message; return it with its JSON."""
-        try:
-            message = self.transform(message)  # redact_fn and attachments walk it
-        except RecursionError:
-            raise too_deep_or(message) from None
+        if type(message) is not dict or self.redact is not None or self.attachments != "keep":
+            try:
+                message = self.transform(message)  # redact_fn and attachments walk it
+            except RecursionError:
+                raise too_deep_or(message) from None
         try:
             data = encode_json(message)
         except RecursionError:
             raise too_deep_or(message) from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise NotSerializableError(f"message is not JSON-serialisable: {exc}") from None
-        if nests_deeper_than(data, MAX_DEPTH):
+        # Short JSON cannot nest deep (two bytes a level): no call for most chat messages.
+        if len(data) > _SHALLOW_BYTES and nests_deeper_than(data, MAX_DEPTH):
             # Refused on write, not only on read: a reader with less stack to spare than
             # this writer had could not decode it, and the whole log would be unreadable.
             raise too_deep()

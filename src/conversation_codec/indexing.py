@@ -164,14 +164,17 @@ class KeywordIndexer:
         codec asked for an index creates it when the log has none. The records past what
         the sidecar covers are scanned by searches, and the first search that finds
         ``FLUSH_MESSAGES`` of them indexes them (``catch_up``): an append pays nothing."""
+        store = self._store
+        if store is None or not (store.exact or self.wanted):
+            return  # a sidecar nobody asked for: a file log's usual append, no keys needed
         keys = self.keys()
-        if keys is None or self._store is None:
+        if keys is None:
             return
-        if self._exact():
+        if store.exact:
             if self.wanted or self.present():
                 self._append_exact(first, messages, *keys)
             return
-        if self.wanted and not self._store.exists():
+        if not store.exists():
             self.rebuild()
 
     def may_lag(self) -> bool:
@@ -226,9 +229,10 @@ class KeywordIndexer:
     def appending(self, first: int, messages: list[Message]) -> None:
         """Offer an exact store the segment of the messages about to be appended at
         ``first``, to be written with them (a database: one statement for both)."""
-        keys, store, self._staged = self.keys(), self._store, None
+        store, self._staged = self._store, None
         if store is None or not store.exact:
             return
+        keys = self.keys()
         if messages and keys is not None and self.active():
             self._staged = self._segment(first, messages, *keys)
             store.stage(self._staged[2], self._staged[1])

@@ -43,7 +43,8 @@ class HistoryView:
         self._dbase = 0
         # Digests not taken yet: the lengths of the first stored messages' JSON in _joined,
         # whose digests go before _digests. load() leaves them to the first save() that
-        # needs them (most keep every message and compare _joined): ~0.5 us a message.
+        # needs them (most keep every message and compare _joined): ~0.5 us a message;
+        # appends leave theirs too while every digest is still left (``appended``).
         self._lazy: list[int] = []
         # The same messages' JSON joined by "," (a JSON array's inside): a save() that keeps
         # every stored message compares it with one encode of the list, by memcmp (a hash
@@ -106,16 +107,22 @@ class HistoryView:
         self._track([], 0)
 
     def appended(self, first: int, datas: Sequence[bytes]) -> None:
-        known = self._known()
-        if self._digests is not None and self._dbase + known == first:
-            if self._joined is not None:
+        digests, lazy, joined = self._digests, self._lazy, self._joined
+        known = -1 if digests is None else len(lazy) + len(digests)
+        if digests is not None and self._dbase + known == first:
+            if joined is None:
+                digests.extend(map(digest, datas))
+            else:
                 if known:
-                    self._joined += b","
-                self._joined += datas[0] if len(datas) == 1 else b",".join(datas)
-            self._digests.extend([digest(data) for data in datas])
+                    joined += b","
+                joined += datas[0] if len(datas) == 1 else b",".join(datas)
+                if digests:
+                    digests.extend(map(digest, datas))
+                else:  # all still lazy: these too, taken from _joined if a save() needs them
+                    lazy.extend(map(len, datas))
         else:
             self.forget()
-        self.partial()  # save() sets it whole again when it appended
+        self._view = (self.state(), False)  # save() sets it whole again when it appended
 
     def rewritten(self, datas: Sequence[bytes]) -> None:
         self._track(datas, 0)

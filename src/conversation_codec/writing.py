@@ -69,8 +69,8 @@ class LogWriter:
     def stamps(self, count: int, given: Sequence[TimestampInput] | None) -> list[int]:
         """Return the times of ``count`` new records: ``given`` checked, or now (never
         before the last record's)."""
-        index = self._log.index
-        last = index.tss[-1] if len(index) else 0
+        tss = self._log.index.tss
+        last = tss[-1] if len(tss) else 0
         if given is None:
             now = max(self.clock(), last)  # a clock that steps back is clamped
             return [now] * count
@@ -106,22 +106,24 @@ class LogWriter:
             and not self._untrainable
             and first + len(datas) >= TRAIN_AFTER
         )
-        at = max(0, TRAIN_AFTER - first) if train else len(datas)
+        if not train:  # the usual case: map() and no per-record frame
+            bodies = list(map(records.encode, range(first, first + len(datas)), tss, datas))
+            self._log.append(bodies, tss, None)
+            return first
+        at = max(0, TRAIN_AFTER - first)
         bodies = [records.encode(first + i, tss[i], datas[i]) for i in range(at)]
-        dictionary = None
-        if train:
-            assert isinstance(records, SealedRecords)
-            dictionary = self._train(records, first, datas[:at], tss[:at])
-            if len(self._log.index) != first:
-                # Reading the samples found the index stale and rebuilt it: seqs and
-                # timestamps were assigned from the old count, so start again.
-                records.drop_dictionary()
-                return self.append(datas, timestamps)
+        assert isinstance(records, SealedRecords)
+        dictionary = self._train(records, first, datas[:at], tss[:at])
+        if len(self._log.index) != first:
+            # Reading the samples found the index stale and rebuilt it: seqs and
+            # timestamps were assigned from the old count, so start again.
+            records.drop_dictionary()
+            return self.append(datas, timestamps)
         bodies += [records.encode(first + i, tss[i], datas[i]) for i in range(at, len(datas))]
         try:
             self._log.append(bodies, tss, None if dictionary is None else (at, dictionary))
         except BaseException:
-            if dictionary is not None and isinstance(records, SealedRecords):
+            if dictionary is not None:
                 records.drop_dictionary()  # it never reached the log
             raise
         return first

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = ["MAX_VARINT_BYTES", "decode_varint", "encode_varint"]
 
 MAX_VARINT_BYTES = 5  # FORMAT.md §2: enough for every length and seq this format allows
+_VARINT_LIMIT = 1 << (7 * MAX_VARINT_BYTES)
 
 
 def encode_varint(value: int) -> bytes:
@@ -17,14 +18,15 @@ def encode_varint(value: int) -> bytes:
     >>> encode_varint(300).hex()
     'ac02'
     """
-    if value < 0 or value >= 1 << (7 * MAX_VARINT_BYTES):
-        raise ValueError(f"varint out of range: {value}")
-    if value < 0x80:
+    # Checked from the common values up (an append encodes three): the range check last.
+    if 0 <= value < 0x80:
         return bytes((value,))
-    if value < 0x4000:  # the common record lengths and seqs: skip the loop
+    if 0x80 <= value < 0x4000:  # the common record lengths and seqs: skip the loop
         return bytes(((value & 0x7F) | 0x80, value >> 7))
-    if value < 0x200000:  # and every envelope's microseconds (ts_rem_us < 10**6)
+    if 0x4000 <= value < 0x200000:  # and every envelope's microseconds (ts_rem_us < 10**6)
         return bytes(((value & 0x7F) | 0x80, (value >> 7) & 0x7F | 0x80, value >> 14))
+    if value < 0 or value >= _VARINT_LIMIT:
+        raise ValueError(f"varint out of range: {value}")
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

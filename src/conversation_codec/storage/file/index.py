@@ -275,7 +275,7 @@ class OffsetIndex:
         """
         if rewrite:
             self.close()
-        fd = self._open()
+        fd = self._open() if self._fd is None else self._fd
         if rewrite:
             self.io.truncate(fd, 0)
             self.io.sync(fd, data_only=False)
