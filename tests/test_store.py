@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -615,3 +616,62 @@ def test_a_directory_root_keeps_files(tmp_path: Path) -> None:
     with store.open("a") as codec:
         codec.append({"role": "user", "content": "hi"})
     assert store.ids() == ["a"] and "a" in store and "b" not in store
+
+
+def test_threads_reopening_conversations_read_their_own_messages(tmp_path: Path) -> None:
+    # Codecs in one thread share its dictionary-less zstd context (issue 15); threads
+    # never share one, and no codec reads another's messages.
+    store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
+    ids = [f"c{i}" for i in range(8)]
+    for cid in ids:
+        with store.open(cid) as codec:
+            codec.extend(
+                [{"role": "user", "content": f"{cid} says {'hello ' * k}"} for k in range(12)]
+            )
+    errors: list[BaseException] = []
+
+    def reader(offset: int) -> None:
+        try:
+            for r in range(40):
+                cid = ids[(offset + r) % len(ids)]
+                with store.open(cid) as codec:
+                    got = codec.tail(5)
+                assert got == [
+                    {"role": "user", "content": f"{cid} says {'hello ' * k}"} for k in range(7, 12)
+                ]
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-open", "later-open"])
+def test_a_directory_at_a_conversations_path_is_a_storage_error(
+    tmp_path: Path, first: bool
+) -> None:
+    # The store checks its root's path once; each log's own path is refused by the open.
+    store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
+    if not first:
+        with store.open("bob") as codec:
+            codec.append({"role": "user", "content": "hi"})
+    store.path("alice").mkdir()
+    with pytest.raises(StorageError, match="is a directory") as info:
+        store.open("alice")
+    assert info.value.errno == errno.EISDIR
+    assert store.path("alice").is_dir()
+
+
+def test_a_store_wrapper_does_not_vouch_for_another_path(tmp_path: Path) -> None:
+    # locate() checks the path it hands out; given with any other path, its wrapper leaves
+    # the codec's own check in place (a name too long for the rewrite's temp file).
+    store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
+    _, wrapper = store.backend.locate("x")  # type: ignore[attr-defined]
+    with pytest.raises(StorageError) as info:
+        ConversationCodec(tmp_path / ("y" * 240 + ".log"), encryption_key=KEY, storage=wrapper)
+    assert info.value.errno == errno.ENAMETOOLONG
+    assert list(tmp_path.iterdir()) == []

@@ -84,7 +84,10 @@ class CodecCore:
         # FORMAT.md §18) keeps the log a file; any other ``storage`` replaces it.
         wrap = getattr(storage, "wraps_file", None)
         self._file = (storage is None or wrap is not None) and os.fspath(path) != MEMORY
-        self._path = check_log_path(path) if self._file else Path(path)
+        if self._file and getattr(storage, "checked_path", None) != path:
+            self._path = check_log_path(path)
+        else:  # a store's wrapper for the path its locate() checked (FileStore.locate)
+            self._path = path if isinstance(path, Path) else Path(path)
         self._name = str(self._path) if self._file else os.fspath(path)  # named in errors
         if attachments == "external" and not self._file:
             raise ValueError('attachments="external" keeps blobs beside a log file')

@@ -32,7 +32,7 @@ from pathlib import Path
 from ..._fsio import DEFAULT_IO, FileIO, unlink_file
 from ...errors import FormatError, StorageError
 from ...format.header import sniff_log
-from ...paths import index_path, is_log_file
+from ...paths import check_log_path, index_path, is_log_file
 from ..base import LogFormat, LogStorage, StorageOpener
 from .lock import LogLock
 from .log import FileLog
@@ -108,6 +108,7 @@ class FileStore:
         self.root = root
         self.io = io or DEFAULT_IO
         self.packs = Packs(root, io=self.io)
+        self._root_checked = False  # see locate()
 
     @property
     def name(self) -> str:
@@ -122,7 +123,14 @@ class FileStore:
     ) -> tuple[Path, StorageOpener | None]:
         # The codec opens the file (and its lock) and hands its FileLog to _Wrap, which
         # reads the packed copy when there is no file (storage.file.packed).
-        return self.path(conversation_id), _Wrap(self.packs, conversation_id, lock_timeout)
+        path = self.path(conversation_id)
+        if not self._root_checked:
+            # Every log name is an encode_id() (at most MAX_ENCODED_ID bytes, no NUL): once
+            # one path passed, so does every other; the codec skips the check (~13 us of a
+            # reopen between other work, issue 15), its probe refusing a directory there.
+            check_log_path(path)
+            self._root_checked = True
+        return path, _Wrap(self.packs, conversation_id, lock_timeout, path)
 
     def exists(self, conversation_id: str) -> bool:
         if self.path(conversation_id).is_file():
@@ -234,10 +242,13 @@ class _Wrap:
     wrapper of the codec's own ``FileLog`` (``core.CodecCore``), so the log stays a file
     (keyword index, blobs) and is read from a pack while it has no file."""
 
-    __slots__ = ("_cid", "_packs", "_timeout")
+    __slots__ = ("_cid", "_packs", "_timeout", "checked_path")
 
-    def __init__(self, packs: Packs, conversation_id: str, timeout: float | None) -> None:
+    def __init__(
+        self, packs: Packs, conversation_id: str, timeout: float | None, checked_path: Path
+    ) -> None:
         self._packs, self._cid, self._timeout = packs, conversation_id, timeout
+        self.checked_path = checked_path  # the log path locate() vouched for (core.CodecCore)
 
     def __call__(self, attach: Callable[[bytes], LogFormat]) -> LogStorage:
         raise TypeError("a store conversation's log is a file: open it through the store")
