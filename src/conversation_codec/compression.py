@@ -153,7 +153,7 @@ class Compressor:
         """zstandard's own ``decompress`` of this context, for a caller that has checked the
         frame's content size (1..``MAX_MESSAGE_BYTES``) as ``decompress`` does, and calls it
         as ``decompress`` then does: ``(frame, 0, False, False)``."""
-        return (self._dctx or _plain_dctx()).decompress
+        return (_plain_dctx() if self._dctx is None else self._dctx).decompress
 
     def decompress(self, payload: bytes | memoryview) -> bytes:
         """Inflate one payload: exactly one zstd frame, producing at most ``MAX_MESSAGE_BYTES``.
@@ -172,11 +172,13 @@ class Compressor:
             if _frame_end(payload) != len(payload):
                 raise zstandard.ZstdError("bytes follow the zstd frame")
             if size < 0:  # a frame without its size (unknown): bound the output instead
-                return (self._dctx or _plain_dctx()).decompress(
+                return (_plain_dctx() if self._dctx is None else self._dctx).decompress(
                     payload, max_output_size=MAX_MESSAGE_BYTES
                 )
         # allow_extra_data=False, passed by position: keywords cost ~0.3 us a call.
-        return (self._dctx or _plain_dctx()).decompress(payload, 0, False, False)
+        return (_plain_dctx() if self._dctx is None else self._dctx).decompress(
+            payload, 0, False, False
+        )
 
 
 def _frame_end(frame: bytes | memoryview) -> int:
