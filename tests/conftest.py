@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -237,3 +238,22 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
         for nodeid in _skipped_postgres[:20]:
             terminalreporter.write_line(f"  {nodeid}")
+
+
+def in_threads(work: Callable[[int], None], n: int) -> list[BaseException]:
+    """Run ``work(0)`` .. ``work(n - 1)`` each in a thread of its own, all at once; return
+    what they raised (a failed assert in a thread is reported by the test's own thread)."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 import zstandard
 
 from conversation_codec.compression import Compressor
+
+from conftest import in_threads
 
 
 @pytest.mark.parametrize("with_size", [True, False], ids=["content-size", "no-content-size"])
@@ -50,23 +51,14 @@ def test_compressors_without_a_dictionary_read_alike_across_threads() -> None:
     # They share their thread's decompression context (issue 15); interleaved calls in a
     # thread and calls in four threads at once each get their own frame's text back.
     texts = [f'{{"role": "user", "content": "{i} {"spam " * i}"}}'.encode() for i in range(64)]
-    errors: list[BaseException] = []
 
     def worker(offset: int) -> None:
-        try:
-            zstds = [Compressor() for _ in range(3)]
-            frames = [zstds[i % 3].compress(t)[0] for i, t in enumerate(texts)]
-            for r in range(50):
-                for i in range(len(frames)):
-                    k = (i + r + offset) % len(frames)
-                    if frames[k] is not texts[k]:  # stored as is when not smaller
-                        assert zstds[(i + r) % 3].decompress(frames[k]) == texts[k]
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+        zstds = [Compressor() for _ in range(3)]
+        frames = [zstds[i % 3].compress(t)[0] for i, t in enumerate(texts)]
+        for r in range(50):
+            for i in range(len(frames)):
+                k = (i + r + offset) % len(frames)
+                if frames[k] is not texts[k]:  # stored as is when not smaller
+                    assert zstds[(i + r) % 3].decompress(frames[k]) == texts[k]
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert in_threads(worker, 4) == []

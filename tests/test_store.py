@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -30,7 +29,7 @@ from conversation_codec.store import (
     encode_id,
 )
 
-from conftest import KEY, OTHER_KEY, T0, Clock
+from conftest import KEY, OTHER_KEY, T0, Clock, in_threads
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 N_CONV, N_MSG = 50, 100
@@ -628,26 +627,17 @@ def test_threads_reopening_conversations_read_their_own_messages(tmp_path: Path)
             codec.extend(
                 [{"role": "user", "content": f"{cid} says {'hello ' * k}"} for k in range(12)]
             )
-    errors: list[BaseException] = []
 
     def reader(offset: int) -> None:
-        try:
-            for r in range(40):
-                cid = ids[(offset + r) % len(ids)]
-                with store.open(cid) as codec:
-                    got = codec.tail(5)
-                assert got == [
-                    {"role": "user", "content": f"{cid} says {'hello ' * k}"} for k in range(7, 12)
-                ]
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+        for r in range(40):
+            cid = ids[(offset + r) % len(ids)]
+            with store.open(cid) as codec:
+                got = codec.tail(5)
+            assert got == [
+                {"role": "user", "content": f"{cid} says {'hello ' * k}"} for k in range(7, 12)
+            ]
 
-    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert in_threads(reader, 4) == []
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["first-open", "later-open"])
