@@ -2,9 +2,9 @@
 gives, and answers None (changing nothing) for every record that is not the usual case.
 
 ``read_usual`` is handed envelopes built here byte by byte (FORMAT.md §5.2), so each case
-names the one thing that differs from what writers write. Whole logs are read both ways
-through the public API: ``load()``/``tail()``/``get()`` take the one loop, a scan
-(``search(None)``) takes the staged read.
+names the one thing that differs from what writers write. Whole logs read through the
+public API (``load()``, ``tail()``, ``get()``, iteration and search, all of which take the
+one loop) are checked against the spec's own reader (``tests/_spec_reader.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import psycopg
 import pytest
 import zstandard
 
+from _spec_reader import read as spec_read
 from conversation_codec import ConversationCodec, ConversationStore
 from conversation_codec.crypto import Keyring, LogCipher
 from conversation_codec.errors import CorruptRecordError, DatabaseError
@@ -198,7 +199,7 @@ def _write(path: Path, count: int) -> list[dict[str, Any]]:
     stored uncompressed, half appended one by one."""
     written: list[dict[str, Any]] = [dict(m) for m in messages(count)]
     for i in range(0, count, 9):
-        written[i] = {"role": "user", "content": "ok"}  # too short to compress
+        written[i] = {"role": "user", "content": "zqx"}  # too short to compress
     with ConversationCodec(path, encryption_key=KEY, clock=Clock(), durability="flush") as codec:
         codec.extend(written[: count // 2])
         for m in written[count // 2 :]:
@@ -207,12 +208,13 @@ def _write(path: Path, count: int) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("count", [1, 40, 700])
-def test_load_tail_and_get_read_what_a_scan_reads(tmp_path: Path, count: int) -> None:
+def test_load_tail_get_and_search_read_what_the_spec_reads(tmp_path: Path, count: int) -> None:
     path = tmp_path / "c.log"
     written = _write(path, count)
+    assert spec_read(path.read_bytes(), key=KEY).messages == written  # the reference
     with ConversationCodec(path, encryption_key=KEY) as codec:
-        scanned = [hit.message for hit in codec.search(None)]
-        assert scanned == written
+        assert [hit.message for hit in codec.search(None)] == written
+        assert [hit.seq for hit in codec.search("zqx")] == list(range(0, count, 9))
         assert codec.load() == written
         assert codec.tail(25) == written[-25:]
         assert [codec.get(i) for i in (0, count // 2, count - 1)] == [

@@ -114,22 +114,7 @@ class LogReader:
         fmt = self._log.fmt
         if fmt is None or start >= stop:
             return
-        if fmt.sealed:
-            raw = _batches(self._log.read_bodies(start, stop))
-            tss = self._log.index.tss
-            try:
-                while start < stop:
-                    try:
-                        bodies = next(raw, None)
-                    except (IndexMismatch, DictionaryMissing):
-                        break  # batches rebuilds the index and reads on
-                    got = None if bodies is None else _read_usual(fmt.records, bodies, tss)
-                    if bodies is None or got is None:
-                        break
-                    first, start = bodies[0][0], bodies[-1][0] + 1
-                    yield first, got[0], got[1], tss[first:start]
-            finally:
-                raw.close()
+        start = yield from self._usual(start, stop, parse=True)
         for batch in self.batches(start, stop):
             texts = [text for _, text, _ in batch]
             tss_us = [ts for _, _, ts in batch]
@@ -146,6 +131,43 @@ class LogReader:
                             yield batch[0][0], texts[:done], messages, tss_us[:done]
                         raise self.corrupt(exc, seq) from None
             yield batch[0][0], texts, messages, tss_us
+
+    def texts(
+        self, start: int, stop: int
+    ) -> Iterator[tuple[int, list[bytes], list[Message], Sequence[int]]]:
+        """Yield ``(first seq, texts, [], ts_us)`` for a range, lists per decryption batch:
+        what ``batches`` yields, the usual batches read in one loop as ``parsed`` reads them
+        (their texts not parsed)."""
+        if self._log.fmt is None or start >= stop:
+            return
+        start = yield from self._usual(start, stop, parse=False)
+        for batch in self.batches(start, stop):
+            yield batch[0][0], [text for _, text, _ in batch], [], [ts for _, _, ts in batch]
+
+    def _usual(
+        self, start: int, stop: int, *, parse: bool
+    ) -> Generator[tuple[int, list[bytes], list[Message], Sequence[int]], None, int]:
+        """Yield the batches of a range read the usual way, while they are (``parsed``);
+        return the seq from which the rest must be read through ``batches``."""
+        fmt = self._log.fmt
+        if fmt is None or not fmt.sealed:
+            return start
+        raw = _batches(self._log.read_bodies(start, stop))
+        tss = self._log.index.tss
+        try:
+            while start < stop:
+                try:
+                    bodies = next(raw, None)
+                except (IndexMismatch, DictionaryMissing):
+                    break  # batches rebuilds the index and reads on
+                got = None if bodies is None else _read_usual(fmt.records, bodies, tss, parse)
+                if bodies is None or got is None:
+                    break
+                first, start = bodies[0][0], bodies[-1][0] + 1
+                yield first, got[0], got[1], tss[first:start]
+        finally:
+            raw.close()
+        return start
 
     def parse(self, seq: int, text: bytes) -> Message:
         assert self._log.fmt is not None
@@ -277,10 +299,10 @@ class LogReader:
         in ``span``: their seq counted from ``base``, their message passed through ``present``."""
         hits = []
         lo, hi = span
-        for batch in self.batches(start, end):
-            if not matcher.maybe_any([text for _, text, _ in batch]):
+        for first, texts, _, tss in self.texts(start, end):
+            if not matcher.maybe_any(texts):
                 continue  # no record of the batch holds every term
-            for seq, text, ts in batch:
+            for seq, text, ts in zip(range(first, first + len(texts)), texts, tss, strict=True):
                 # ts is the record's own (authenticated) time, whatever the index said.
                 if (lo is not None and ts < lo) or (hi is not None and ts >= hi):
                     continue
@@ -345,12 +367,12 @@ def _opened(
 
 
 def _read_usual(
-    records: RecordCodec, batch: list[tuple[int, bytes]], tss: Sequence[int]
+    records: RecordCodec, batch: list[tuple[int, bytes]], tss: Sequence[int], parse: bool
 ) -> tuple[list[bytes], list[Message]] | None:
     """``records.read_usual``, with anything it raises taken as "not usual": the caller
     reads the batch again through ``LogReader.batches``, which reports it."""
     try:
-        return records.read_usual(batch, tss)
+        return records.read_usual(batch, tss, parse)
     except Exception:
         return None
 

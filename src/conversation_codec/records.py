@@ -90,12 +90,13 @@ class RecordCodec(Protocol):
         ...
 
     def read_usual(
-        self, records: Sequence[tuple[int, bytes]], tss: Sequence[int]
+        self, records: Sequence[tuple[int, bytes]], tss: Sequence[int], parse: bool = True
     ) -> tuple[list[bytes], list[dict[str, Any]]] | None:
         """Return ``(texts, messages)`` of ``(seq, body)`` records whose times the index
         holds in ``tss`` (by seq), as ``payloads`` then ``parse_many`` give them; or None,
         having changed nothing, when one is not the usual case (``usual.py``): the caller
-        then reads them that way, which reports what is wrong."""
+        then reads them that way, which reports what is wrong. Not ``parse``: the texts
+        alone, as ``payloads`` gives them (``(texts, [])``)."""
         ...
 
     def parse_many(self, texts: Sequence[bytes]) -> list[dict[str, Any]]:
@@ -292,7 +293,7 @@ class SealedRecords:
             yield seq, text, ts_us
 
     def read_usual(
-        self, records: Sequence[tuple[int, bytes]], tss: Sequence[int]
+        self, records: Sequence[tuple[int, bytes]], tss: Sequence[int], parse: bool = True
     ) -> tuple[list[bytes], list[dict[str, Any]]] | None:
         if self._frames is not None:  # a rewrite reads through payloads
             return None
@@ -302,7 +303,7 @@ class SealedRecords:
         with_dict = None
         if self._dict is not None and self._dict_id < 0x80:  # a one-byte varint
             with_dict = (self._dict_id, self._dict.raw_decompress)
-        got = read_usual(records, plains, tss, self._zstd.raw_decompress, with_dict)
+        got = read_usual(records, plains, tss, self._zstd.raw_decompress, with_dict, parse)
         if got is not None:
             self._cipher.unseal_count += len(records)
         return got
@@ -438,7 +439,7 @@ class PlainRecords:
         return self.decode(text, None)[0]
 
     def read_usual(
-        self, records: Sequence[tuple[int, bytes]], tss: Sequence[int]
+        self, records: Sequence[tuple[int, bytes]], tss: Sequence[int], parse: bool = True
     ) -> tuple[list[bytes], list[dict[str, Any]]] | None:
         return None  # a line is parsed to be checked: payloads and parse share the parse
 

@@ -44,9 +44,12 @@ def read_usual(
     tss: Sequence[int],
     inflate: Inflate,
     dict_inflate: tuple[int, Inflate] | None,
+    parse: bool = True,
 ) -> tuple[list[bytes], list[dict[str, Any]]] | None:
     """Return ``(texts, messages)`` of a batch of ``(seq, body)`` whose envelopes ``plains``
     are (authenticated and decrypted), or None when one record is not the usual case.
+    Not ``parse``: ``(texts, [])``, the texts' JSON left unchecked (a search parses only
+    the texts that may match, and reports a bad one then, as ``payloads`` readers do).
 
     ``tss``: the index's times, by seq. ``inflate``: the decompress of the log's zstd
     context without a dictionary; ``dict_inflate``: ``(dict_id, decompress)`` with the
@@ -97,12 +100,13 @@ def read_usual(
             else:
                 return None
             if (  # nests_deeper_than, its two cheap answers first (no call)
-                len(text) > _SHALLOW_BYTES
+                parse
+                and len(text) > _SHALLOW_BYTES
                 and text.count(b"{") + text.count(b"[") > MAX_DEPTH
                 and nests_deeper_than(text, MAX_DEPTH)
             ):
                 return None
             texts.append(text)
-        return texts, [_decode_message(text) for text in texts]
+        return texts, [_decode_message(text) for text in texts] if parse else []
     except (IndexError, ValueError, zstandard.ZstdError, msgspec.DecodeError):
         return None
