@@ -55,7 +55,10 @@ def _body(ts_us: int) -> bytes:
 
 
 def _read(
-    envelopes: list[tuple[int, int, bytes | None]], *, tss: list[int] | None = None
+    envelopes: list[tuple[int, int, bytes | None]],
+    *,
+    tss: list[int] | None = None,
+    parse: bool = True,
 ) -> tuple[list[bytes], list[dict[str, Any]]] | None:
     """``read_usual`` of ``(seq, ts_us, envelope)`` records; the index's times are theirs
     unless ``tss`` (by seq) is given."""
@@ -65,7 +68,8 @@ def _read(
             index[seq] = ts
     records = [(seq, _body(ts)) for seq, ts, _ in envelopes]
     plains = [plain for _, _, plain in envelopes]
-    return read_usual(records, plains, index, _PLAIN.decompress, (DICT_ID, _WITH_DICT.decompress))
+    dict_inflate = (DICT_ID, _WITH_DICT.decompress)
+    return read_usual(records, plains, index, _PLAIN.decompress, dict_inflate, parse)
 
 
 def _usual(seq: int, ts: int, text: bytes, how: str) -> bytes:
@@ -173,6 +177,23 @@ def test_a_record_that_is_not_the_usual_case_reads_as_none(case: str) -> None:
     usual = [(6, TS - 5, _usual(6, TS - 5, _SAMPLES[0], "dict"))]
     assert _read(usual) is not None
     assert _read([*usual, NOT_USUAL[case]]) is None
+
+
+JSON_CASES = {"malformed JSON", "JSON that is not an object", "JSON nesting too deep"}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_USUAL))
+def test_texts_alone_are_read_as_payloads_gives_them(case: str) -> None:
+    """Without parsing (a keyword scan), what is wrong with a message's JSON is left to the
+    parse of a candidate, as ``payloads`` leaves it; everything else still reads as None."""
+    usual = [(6, TS - 5, _usual(6, TS - 5, _SAMPLES[0], "dict"))]
+    got = _read([*usual, NOT_USUAL[case]], parse=False)
+    if case in JSON_CASES:
+        plain = NOT_USUAL[case][2]
+        assert plain is not None
+        assert got == ([_SAMPLES[0], plain[4:]], [])  # flags, seq, a 2-byte remainder
+    else:
+        assert got is None
 
 
 def test_a_time_other_than_the_index_s_reads_as_none() -> None:

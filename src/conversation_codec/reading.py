@@ -147,8 +147,9 @@ class LogReader:
     def _usual(
         self, start: int, stop: int, *, parse: bool
     ) -> Generator[tuple[int, list[bytes], list[Message], Sequence[int]], None, int]:
-        """Yield the batches of a range read the usual way, while they are (``parsed``);
-        return the seq from which the rest must be read through ``batches``."""
+        """Yield the batches of a range read the usual way while they are (for ``parsed``,
+        and for ``texts``: not ``parse``); return the seq from which the rest must be read
+        through ``batches``."""
         fmt = self._log.fmt
         if fmt is None or not fmt.sealed:
             return start

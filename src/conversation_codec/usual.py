@@ -6,7 +6,8 @@ check each time against the index (``_mistimed``), parse (``parse_many``). Every
 handles every case the format allows, and raises exactly the error a record-by-record read
 gives. Most batches hold only the usual case: one key, the envelope writers write (FORMAT.md
 §5.2: flags 0, 1 or 1|2 with the log's dictionary), seqs in place, times as indexed,
-shallow JSON. For those the stages cost more than the work (issue 15: 4.7 us a record,
+shallow JSON (checked only when the texts are parsed: a keyword scan parses candidates
+alone). For those the stages cost more than the work (issue 15: 4.7 us a record,
 of which the HMAC, AES, zstd and msgspec calls are 2.0).
 
 ``read_usual`` does the same checks on such a batch in one loop, and answers None at the
