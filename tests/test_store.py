@@ -665,3 +665,62 @@ def test_a_store_wrapper_does_not_vouch_for_another_path(tmp_path: Path) -> None
         ConversationCodec(tmp_path / ("y" * 240 + ".log"), encryption_key=KEY, storage=wrapper)
     assert info.value.errno == errno.ENAMETOOLONG
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reopen_and_tail_looks_up_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Path lookups are what a reopen pays most for in a store of thousands of files (issue
+    # 15): the log is opened by the probe and again under the lock, with no lstat before
+    # either (O_NOFOLLOW refuses links), the lock file once plus the check that its path
+    # still names it, the index once. Counted on the real system calls, through os.
+    store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
+    with store.open("alice") as codec:
+        codec.extend([{"role": "user", "content": f"hello {i}"} for i in range(12)])
+    looked: list[tuple[str, str]] = []
+    real_open, real_lstat, real_stat = os.open, os.lstat, os.stat
+
+    def spy(call: str, real: Any) -> Any:
+        def wrapper(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(path, (str, os.PathLike)) and str(tmp_path) in str(path):
+                looked.append((call, os.path.basename(path).rsplit(".", 1)[-1]))
+            return real(path, *args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(os, "open", spy("open", real_open))
+    monkeypatch.setattr(os, "lstat", spy("lstat", real_lstat))
+    monkeypatch.setattr(os, "stat", spy("stat", real_stat))
+    with store.open("alice") as codec:
+        got = codec.tail(20)
+    monkeypatch.undo()
+    assert got == [{"role": "user", "content": f"hello {i}"} for i in range(12)]
+    assert sorted(looked) == [
+        ("lstat", "lock"),
+        ("open", "idx"),
+        ("open", "lock"),
+        ("open", "log"),
+        ("open", "log"),
+    ]
+
+
+def test_a_reader_of_a_lock_file_without_its_log_reads_nothing_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    # A reader now opens an existing lock file without looking for the log first; with
+    # the log gone by hand (or a clear() cut short before its last step), it reads an
+    # empty history, and neither recreates the log nor leaves any other file.
+    store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
+    with store.open("alice") as codec:
+        codec.append({"role": "user", "content": "hi"})
+    path = store.path("alice")
+    path.unlink()
+    Path(f"{path}.idx").unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert before == [f"{path.name}.lock"]
+    with store.open("alice") as codec:
+        assert codec.load() is None  # no history
+        assert len(codec) == 0
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        assert codec.tail(3) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

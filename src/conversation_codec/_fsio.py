@@ -36,6 +36,7 @@ __all__ = [
     "make_private_dirs",
     "open_dir",
     "open_file",
+    "open_regular",
     "remove_flat_dir",
     "unlink_file",
 ]
@@ -190,6 +191,24 @@ def open_file(
     :raises StorageError: ``path`` is a symbolic link (dangling or not), a directory or
         another non-regular file.
     """
+    return open_regular(path, flags, mode, dir_fd=dir_fd, shown=shown)[0]
+
+
+def open_regular(
+    path: _Path,
+    flags: int,
+    mode: int = 0o600,
+    *,
+    dir_fd: int | None = None,
+    shown: _Path | None = None,
+) -> tuple[int, os.stat_result]:
+    """:func:`open_file`, also returning the ``fstat`` that proved the file regular: a
+    caller that needs the file's identity or size asks for no second ``fstat`` (and no
+    ``lstat`` before it: the open itself refuses links), issue 15."""
+    if not _O_NOFOLLOW:  # no O_NOFOLLOW (Windows): look before opening, as check_file does
+        st = _lstat(path, dir_fd)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise _refusal(shown or path, st)
     try:
         fd = os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK, mode, dir_fd=dir_fd)
     except OSError as exc:
@@ -205,7 +224,7 @@ def open_file(
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, st
 
 
 def open_dir(path: _Path) -> int:

@@ -18,7 +18,7 @@ import bisect
 import os
 from array import array
 
-from ..._fsio import DEFAULT_IO, FileIO, open_file, write_all
+from ..._fsio import DEFAULT_IO, FileIO, open_file, open_regular, write_all
 from ...format.index import (
     DICT_SPAN,
     DICT_SPAN_OFFSET,
@@ -152,7 +152,7 @@ class OffsetIndex:
             del self.synced[start:]
         try:
             # Never through a link: a planted ``P.idx`` link raises StorageError.
-            fd = open_file(self.path, os.O_RDONLY)
+            fd, st = open_regular(self.path, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             self.persisted = 0
             return False
@@ -160,7 +160,7 @@ class OffsetIndex:
             offset = INDEX_HEADER_BYTES + start * INDEX_ENTRY.size
             # Bound the read by what the file holds (a read of n bytes allocates them
             # first) and by what a log of this size could need.
-            stored = max(0, os.fstat(fd).st_size - offset)
+            stored = max(0, st.st_size - offset)
             want = min(_MAX_INDEX_READ, stored, log_size * INDEX_ENTRY.size)
             # Header and entries in one pread when reading from the first entry (an open).
             head = _pread_all(fd, INDEX_HEADER_BYTES + (0 if start else want), 0)

@@ -15,7 +15,7 @@ import time
 
 import portalocker
 
-from ..._fsio import DEFAULT_IO, FileIO, make_private_dirs, open_file, write_all
+from ..._fsio import DEFAULT_IO, FileIO, make_private_dirs, open_regular, write_all
 from ...errors import LockTimeoutError
 from ...paths import lock_path
 
@@ -57,10 +57,7 @@ class LogLock:
         lock file), or when the directory is read-only.
         """
         fd = self._fd
-        if fd is None:
-            if not exclusive and not os.path.lexists(self._log_path):
-                return False
-        elif _FLOCK is not None:
+        if fd is not None and _FLOCK is not None:
             # The common case, in two system calls: the file is open from an earlier
             # acquire and nobody holds the lock. The slow path below does the rest.
             try:
@@ -71,7 +68,7 @@ class LogLock:
                 if self._names_it():
                     return True
         try:
-            return self._lock(exclusive, log_seen=fd is None)
+            return self._lock(exclusive)
         except FileNotFoundError:
             if not exclusive:
                 return False
@@ -82,17 +79,15 @@ class LogLock:
                 raise
             return False
 
-    def _lock(self, exclusive: bool, *, log_seen: bool = False) -> bool:
-        """``log_seen``: the caller has just seen the log there (no second ``lstat``)."""
+    def _lock(self, exclusive: bool) -> bool:
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         pause = _FIRST_PAUSE
         while True:
             if self._fd is None:
-                if not (exclusive or log_seen or os.path.lexists(self._log_path)):
+                opened = self._open(deadline, create=exclusive)
+                if opened is None:
                     return False  # reading after clear() must not create the file again
-                log_seen = False  # a retry looks again
-                self._fd = self._open(deadline)
-                held = os.fstat(self._fd)
+                self._fd, held = opened
                 self._ino = (held.st_dev, held.st_ino)
             self._take(self._fd, exclusive, deadline)
             if self._names_it():
@@ -147,24 +142,28 @@ class LogLock:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
 
-    def _open(self, deadline: float | None) -> int:
+    def _open(self, deadline: float | None, *, create: bool) -> tuple[int, os.stat_result] | None:
+        """Open ``P.lock``, creating it for a writer, or for a reader when the log is there
+        (looked at only when the lock file is missing: one lookup in the usual case); None
+        for a reader of no log."""
         # Never through a link: a planted ``P.lock`` link is refused at once (StorageError),
         # not retried: a dangling one fails both opens below, forever.
         pause = _FIRST_PAUSE
         while True:
             try:
-                return open_file(self.path, os.O_RDWR)
+                return open_regular(self.path, os.O_RDWR)
             except FileNotFoundError:
-                pass
+                if not (create or os.path.lexists(self._log_path)):
+                    return None
             try:
-                fd = open_file(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                opened = open_regular(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 # Another process created it first: open theirs. Unless it keeps vanishing
                 # (clear() in a loop elsewhere), which must not make us spin.
                 pause = self._pause(deadline, pause)
                 continue
             self.created = True
-            return fd
+            return opened
 
     def _pause(self, deadline: float | None, pause: float) -> float:
         """Sleep before a retry (or raise past ``deadline``); return the next pause."""

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ..._fsio import DEFAULT_IO, FileIO, check_file, open_file, unlink_file, write_all
+from ..._fsio import DEFAULT_IO, FileIO, check_file, unlink_file, write_all
 from ...errors import StorageError
 from ...format.record import encode_frame
 from ...paths import index_path, kwi_path
@@ -28,7 +28,7 @@ from .dictionary import Dictionary
 from .index import OffsetIndex
 from .kwi_store import FileSegments
 from .lock import LogLock
-from .reader import read_bodies, read_body, read_dictionary
+from .reader import open_log_file, read_bodies, read_body, read_dictionary, read_prefix
 from .recovery import drop_unproven_entries, recover
 from .transaction import Transaction, Transactions
 from .writer import frame_batch, remove_leftovers, replace_log
@@ -123,14 +123,14 @@ class FileLog:
         Headers never change for a given file, so this needs no lock; it lets a codec fail
         fast on a wrong key or a foreign file while leaving damaged logs openable.
         """
+        self.probe_file()
+
+    def probe_file(self) -> bool:  # probe(); whether a file is at the path (empty or not)
         with self._txns.mutex:
-            st = check_file(self.path)  # never through a link (alice.log -> bob.log)
-            if st is not None and st.st_size:
-                fd = open_file(self.path, os.O_RDONLY)
-                try:
-                    self._attach(os.pread(fd, _PREFIX_BYTES, 0))
-                finally:
-                    os.close(fd)
+            prefix = read_prefix(self.path, _PREFIX_BYTES)
+            if prefix:
+                self._attach(prefix)
+            return prefix is not None
 
     # -- cached view -----------------------------------------------------------------------
 
@@ -156,11 +156,17 @@ class FileLog:
                 raise
 
     def _reload(self, state: tuple[int, int, int] | None) -> None:
+        if self._fd is None:  # no log open: open it at once, no lstat first (issue 15)
+            opened = open_log_file(self.path)
+            if opened is not None:
+                self._open_log(opened)
+                self.on_change()
+            return
         st = check_file(self.path)
         ident = None if st is None or st.st_size == 0 else (st.st_dev, st.st_ino)
         seen = self._last_seen
-        if ident != self._log_id_stat or (self.fmt is None and ident is not None):
-            self._open_log(ident)
+        if ident != self._log_id_stat:
+            self._open_log(None if ident is None else open_log_file(self.path))
             self.on_change()
         elif ident is not None:
             # Appends alone since our last look: read just the new entries.
@@ -173,35 +179,29 @@ class FileLog:
             if not incremental:
                 self.on_change()
 
-    def _open_log(self, ident: tuple[int, int] | None) -> None:
+    def _open_log(self, opened: tuple[int, os.stat_result] | None) -> None:
         self._close_log()
-        if ident is None:
+        if opened is None:
             return
-        try:
-            fd = open_file(self.path, os.O_RDWR)
-        except PermissionError:
-            fd = open_file(self.path, os.O_RDONLY)
+        fd, st = opened  # the file at the path, opened under the lock (no writer since)
         try:
             fmt = self._attach(os.pread(fd, _PREFIX_BYTES, 0))
-            st = os.fstat(fd)
         except BaseException:
             os.close(fd)
             raise
         self._fd, self.fmt, self._log_id_stat = fd, fmt, (st.st_dev, st.st_ino)
-        self._load_index(start=0)
+        self._load_index(start=0, size=st.st_size)
         self._check_last_entries()
 
     def _check_last_entries(self) -> None:
         """Drop index entries whose records do not authenticate (see ``recovery``)."""
         assert self.fmt is not None
-        if drop_unproven_entries(self.index, self.fmt.records, self.read_body):
-            self._index_ok = False
+        self._index_ok &= not drop_unproven_entries(self.index, self.fmt.records, self.read_body)
 
-    def _load_index(self, start: int) -> None:
+    def _load_index(self, start: int, size: int | None = None) -> None:
         assert self.fmt is not None and self._fd is not None
-        self._index_ok = self.index.load(
-            self.fmt.log_id, self.fmt.data_start, os.fstat(self._fd).st_size, start=start
-        )
+        size = os.fstat(self._fd).st_size if size is None else size
+        self._index_ok = self.index.load(self.fmt.log_id, self.fmt.data_start, size, start=start)
         if not self._dict.follow(self._fd, self.fmt, self.index):
             self._index_ok = False  # stale: the catch-up rebuilds it from the log
 

@@ -191,8 +191,7 @@ class StoreLog:
 
     def probe(self) -> None:
         """Fail fast on a wrong key: the loose log's header, else the packed copy's."""
-        self.loose.probe()
-        if not os.path.lexists(self.loose.path):
+        if not self.loose.probe_file():
             where = self._packs.find(self._cid)
             if where is not None:
                 # Replaced meanwhile (FileNotFoundError): the transaction looks again.

@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Iterator
 
+from ..._fsio import check_file, open_regular
 from ...errors import CorruptRecordError
 from ...format.record import MAX_BODY_BYTES, MIN_BODY_BYTES, decode_frame_header
 from ...format.varint import MAX_VARINT_BYTES
@@ -28,10 +29,12 @@ __all__ = [
     "frames",
     "next_candidate",
     "next_plain_candidate",
+    "open_log_file",
     "plausible",
     "read_bodies",
     "read_body",
     "read_dictionary",
+    "read_prefix",
 ]
 
 READ_CHUNK = 1 << 20  # bytes read at a time when scanning
@@ -250,3 +253,38 @@ def plausible(body: bytes, floor_s: int) -> bool:
     resynchronising over a torn tail costs a compare per byte, not an HMAC."""
     ts_s = int.from_bytes(body[:8], "big")
     return floor_s <= ts_s <= floor_s + (1 << 32)
+
+
+def read_prefix(path: str, size: int) -> bytes | None:
+    """The first ``size`` bytes of the file at ``path`` (b"" when it is empty); None when
+    there is no file. Never through a link (alice.log -> bob.log), and in one lookup: the
+    open refuses what is not a regular file, with no ``lstat`` before it (issue 15)."""
+    try:
+        fd, st = open_regular(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except PermissionError:  # unreadable: an empty file still reads as empty
+        seen = check_file(path)
+        if seen is None or not seen.st_size:
+            return None if seen is None else b""
+        raise
+    try:
+        return os.pread(fd, size, 0) if st.st_size else b""
+    finally:
+        os.close(fd)
+
+
+def open_log_file(path: str) -> tuple[int, os.stat_result] | None:
+    """Open the log file at ``path``, read-write where allowed, with its ``fstat``; None
+    when there is none, or it is empty (a log not created yet). Never through a link."""
+    try:
+        try:
+            fd, st = open_regular(path, os.O_RDWR)
+        except PermissionError:
+            fd, st = open_regular(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not st.st_size:
+        os.close(fd)
+        return None
+    return fd, st
