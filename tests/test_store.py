@@ -724,3 +724,23 @@ def test_a_reader_of_a_lock_file_without_its_log_reads_nothing_and_creates_nothi
     with ConversationCodec(path, encryption_key=KEY) as codec:
         assert codec.tail(3) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_store_conversation_names_its_path_as_the_store_does(tmp_path: Path) -> None:
+    # locate() hands the codec a str (no Path per open); the codec's path is still the
+    # store's Path for the id, in errors too.
+    store = ConversationStore(tmp_path / "root", encryption_key=KEY, durability="flush")
+    with store.open("Alice/../x") as codec:
+        codec.extend([{"role": "user", "content": f"hi {i}"} for i in range(3)])
+        assert isinstance(codec.path, Path)
+        assert codec.path == store.path("Alice/../x")
+        assert codec.path.parent == tmp_path / "root"
+    with store.open("Alice/../x") as codec:
+        assert codec.path == store.path("Alice/../x")
+    with open(store.path("Alice/../x"), "r+b") as f:  # damage a record before the last
+        size = f.seek(0, os.SEEK_END)
+        f.seek(size - 150)
+        f.write(b"\x00" * 5)
+    with store.open("Alice/../x") as codec, pytest.raises(ConversationCodecError) as info:
+        codec.load()
+    assert str(store.path("Alice/../x")) in str(info.value)

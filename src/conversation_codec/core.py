@@ -84,11 +84,13 @@ class CodecCore:
         # FORMAT.md §18) keeps the log a file; any other ``storage`` replaces it.
         wrap = getattr(storage, "wraps_file", None)
         self._file = (storage is None or wrap is not None) and os.fspath(path) != MEMORY
+        self._where: Path | None = None  # self._path, made when first asked for
         if self._file and getattr(storage, "checked_path", None) != path:
-            self._path = check_log_path(path)
-        else:  # a store's wrapper for the path its locate() checked (FileStore.locate)
-            self._path = path if isinstance(path, Path) else Path(path)
-        self._name = str(self._path) if self._file else os.fspath(path)  # named in errors
+            self._where = check_log_path(path)
+            self._name = str(self._where)  # named in errors
+        else:  # a store's wrapper for the path its locate() checked (FileStore.locate): a
+            # str, taken as is (a Path built and formatted per open cost ~4 us, issue 15)
+            self._name = os.fspath(path)
         if attachments == "external" and not self._file:
             raise ValueError('attachments="external" keeps blobs beside a log file')
         if attachments == "external" and password is not None:
@@ -114,7 +116,7 @@ class CodecCore:
             self._log = MemoryLog(attach=attach)
         else:
             file_log = FileLog(
-                self._path, attach=attach, durability=durability, lock_timeout=lock_timeout, io=io
+                self._name, attach=attach, durability=durability, lock_timeout=lock_timeout, io=io
             )
             self._log = file_log if wrap is None else wrap(file_log, attach)
         if search_index and self._log.keyword_index() is None:
@@ -224,6 +226,12 @@ class CodecCore:
     def path(self) -> Path:
         """The log file's path (for another storage: the name it was opened with)."""
         return self._path
+
+    @property
+    def _path(self) -> Path:
+        if self._where is None:
+            self._where = Path(self._name)
+        return self._where
 
     @property
     def storage(self) -> LogStorage:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 
 from ..._fsio import DEFAULT_IO, FileIO, check_file, unlink_file, write_all
 from ...errors import StorageError
@@ -43,7 +42,7 @@ class FileLog:
 
     def __init__(
         self,
-        path: Path,
+        path: str | os.PathLike[str],
         *,
         attach: Callable[[bytes], LogFormat],
         durability: str = "fsync",
