@@ -451,3 +451,66 @@ def test_a_failed_dictionary_write_does_not_fail_the_committed_append(tmp_path: 
     with ConversationCodec(path, encryption_key=KEY) as again:
         assert len(again) == TRAIN_AFTER + 1
         assert again.tail(2)[0] == {"role": "user", "content": "the 512th"}
+
+
+# -- opens refused: a read-only file system, an unreadable file -----------------------------
+
+
+def _refusing_opens(
+    monkeypatch: pytest.MonkeyPatch, path: Path, code: int, *, reads_too: bool
+) -> None:
+    """Make os.open refuse ``path`` for writing (and, ``reads_too``, for reading) with
+    ``code``: as a read-only mount (EROFS) or a file without permission (EACCES) would."""
+    real = os.open
+
+    def refusing(name: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(name) == str(path) and (reads_too or flags & (os.O_WRONLY | os.O_RDWR)):
+            raise OSError(code, os.strerror(code), os.fspath(name))
+        return real(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+
+
+@pytest.mark.parametrize(
+    "code", [errno.EROFS, errno.EACCES, errno.EPERM], ids=["erofs", "eacces", "eperm"]
+)
+def test_a_log_that_refuses_writes_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    # A read-only mount refuses O_RDWR with EROFS, not EACCES: the log is opened read-only
+    # then, and reads as it is (it used to be a StorageError for EROFS).
+    log = tmp_path / "c.log"
+    with ConversationCodec(log, encryption_key=KEY, durability="flush") as codec:
+        codec.extend([{"role": "user", "content": f"m{i}"} for i in range(5)])
+    _refusing_opens(monkeypatch, log, code, reads_too=False)
+    with ConversationCodec(log, encryption_key=KEY, durability="flush") as codec:
+        assert codec.tail(2) == [{"role": "user", "content": f"m{i}"} for i in (3, 4)]
+        with pytest.raises(StorageError):
+            codec.append({"role": "user", "content": "more"})
+
+
+@pytest.mark.parametrize(
+    ("code", "reads_too"), [(errno.EROFS, False), (errno.EACCES, True)], ids=["erofs", "eacces"]
+)
+def test_an_empty_log_that_cannot_be_opened_is_an_empty_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, reads_too: bool
+) -> None:
+    # FORMAT.md §9: an empty or missing P is an empty history, even when it cannot be
+    # opened for writing (a read-only mount) or at all (no permission); a non-empty one
+    # that cannot be read is an error.
+    log = tmp_path / "c.log"
+    log.write_bytes(b"")
+    _refusing_opens(monkeypatch, log, code, reads_too=reads_too)
+    with ConversationCodec(log, encryption_key=KEY, durability="flush") as codec:
+        assert codec.load() is None
+        assert len(codec) == 0
+    monkeypatch.undo()
+    with ConversationCodec(log, encryption_key=KEY, durability="flush") as codec:
+        codec.append({"role": "user", "content": "hi"})
+    _refusing_opens(monkeypatch, log, errno.EACCES, reads_too=True)
+    with (
+        pytest.raises(StorageError) as info,
+        ConversationCodec(log, encryption_key=KEY, durability="flush") as codec,
+    ):
+        codec.load()
+    assert info.value.errno == errno.EACCES

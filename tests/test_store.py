@@ -744,3 +744,16 @@ def test_a_store_conversation_names_its_path_as_the_store_does(tmp_path: Path) -
     with store.open("Alice/../x") as codec, pytest.raises(ConversationCodecError) as info:
         codec.load()
     assert str(store.path("Alice/../x")) in str(info.value)
+
+
+def test_a_store_rooted_at_the_working_directory_names_its_logs_bare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # locate() joins strings; "." joined would name every log "./x.log" in errors and
+    # reprs, where the Path it replaced says "x.log".
+    monkeypatch.chdir(tmp_path)
+    store = ConversationStore(".", encryption_key=KEY, durability="flush")
+    with store.open("alice") as codec:
+        codec.append({"role": "user", "content": "hi"})
+        assert repr(codec).startswith("<ConversationCodec 'alice.log'")
+        assert codec.path == Path("alice.log")

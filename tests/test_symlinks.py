@@ -10,9 +10,11 @@ created; and whatever was stored before is still there.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -377,3 +379,60 @@ def test_migrate_backup_symlink_is_refused(tmp_path: Path, kind: str) -> None:
         "chat.jsonl.bak",
         "elsewhere",
     ]
+
+
+# -- a reader of no log ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plant", ["link", "dangling-link", "directory", "fifo"])
+def test_a_reader_of_no_log_leaves_what_is_at_its_lock_path_alone(
+    tmp_path: Path, plant: str
+) -> None:
+    # A reader opens an existing P.lock without first looking for the log (issue 15); with
+    # no log there, whatever sits at P.lock is no business of a read: an empty history, as
+    # before, the thing untouched and nothing created.
+    lock = tmp_path / "c.log.lock"
+    if plant == "link":
+        target = tmp_path / "elsewhere"
+        target.write_bytes(_PRECIOUS)
+        os.utime(target, (_OLD, _OLD))
+        lock.symlink_to(target)
+    elif plant == "dangling-link":
+        lock.symlink_to(tmp_path / "nowhere")
+    elif plant == "directory":
+        lock.mkdir()
+    else:
+        os.mkfifo(lock)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with _codec(tmp_path / "c.log") as codec:
+        assert codec.load() is None
+        assert codec.tail(3) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if plant == "link":
+        assert _state(tmp_path / "elsewhere") == (_PRECIOUS, _OLD * 10**9)
+    with (  # a writer still refuses it
+        pytest.raises(StorageError, match=r"c\.log\.lock"),
+        _codec(tmp_path / "c.log") as codec,
+    ):
+        codec.append({"role": "user", "content": "hi"})
+    assert not (tmp_path / "c.log").exists()
+
+
+def test_a_log_under_a_regular_file_reads_as_no_log(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    with _codec(tmp_path / "f" / "c.log") as codec:
+        assert codec.load() is None
+    assert (tmp_path / "f").read_bytes() == b"x"
+
+
+def test_a_socket_at_the_log_path_is_named_as_not_a_regular_file(tmp_path: Path) -> None:
+    # open() says ENXIO for a socket: looked at, it is named for what it is, as an lstat
+    # first used to name it.
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(tmp_path / "c.log"))
+        with pytest.raises(StorageError, match="not a regular file") as info:
+            _codec(tmp_path / "c.log")
+        assert info.value.errno == errno.EINVAL
+    finally:
+        server.close()

@@ -50,6 +50,9 @@ _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 # What open() reports for a link at the last component: ELOOP (Linux, macOS), EMLINK
 # (FreeBSD) under O_NOFOLLOW; EEXIST under O_CREAT | O_EXCL.
 _LINK_ERRNOS = {errno.ELOOP, errno.EMLINK, errno.EEXIST}
+# What it reports for a directory (EISDIR, opened for writing) or a socket (ENXIO on Linux,
+# EOPNOTSUPP on BSD): told apart by an lstat, to name what is there.
+_NOT_FILE_ERRNOS = {errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP}
 _Path = str | os.PathLike[str]
 # Where os.link is unsupported (FAT, some FUSE/network file systems).
 _LINK_UNSUPPORTED = {
@@ -212,7 +215,7 @@ def open_regular(
     try:
         fd = os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK, mode, dir_fd=dir_fd)
     except OSError as exc:
-        if exc.errno in _LINK_ERRNOS or exc.errno == errno.EISDIR:
+        if exc.errno in _LINK_ERRNOS or exc.errno in _NOT_FILE_ERRNOS:
             st = _lstat(path, dir_fd)
             if st is not None and not stat.S_ISREG(st.st_mode):
                 raise _refusal(shown or path, st) from None

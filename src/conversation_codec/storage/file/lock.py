@@ -16,7 +16,7 @@ import time
 import portalocker
 
 from ..._fsio import DEFAULT_IO, FileIO, make_private_dirs, open_regular, write_all
-from ...errors import LockTimeoutError
+from ...errors import LockTimeoutError, StorageError
 from ...paths import lock_path
 
 __all__ = ["LogLock"]
@@ -152,9 +152,13 @@ class LogLock:
         while True:
             try:
                 return open_regular(self.path, os.O_RDWR)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 if not (create or os.path.lexists(self._log_path)):
                     return None
+            except StorageError:  # a link, directory or FIFO at P.lock
+                if not (create or os.path.lexists(self._log_path)):
+                    return None  # a reader of no log leaves whatever is there alone
+                raise
             try:
                 opened = open_regular(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:

@@ -10,6 +10,7 @@ a body means (``records``) or of the index. ``log.FileLog`` reads through these;
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 READ_CHUNK = 1 << 20  # bytes read at a time when scanning
+_READ_ONLY_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}  # a write open refused: read
 _BAD = (-1, -1, False)  # sentinel span: no record can start here
 
 
@@ -275,15 +277,23 @@ def read_prefix(path: str, size: int) -> bytes | None:
 
 
 def open_log_file(path: str) -> tuple[int, os.stat_result] | None:
-    """Open the log file at ``path``, read-write where allowed, with its ``fstat``; None
-    when there is none, or it is empty (a log not created yet). Never through a link."""
+    """Open the log file at ``path``, read-write where allowed (else read-only: a file or
+    a file system that refuses writes), with its ``fstat``; None when there is none, or it
+    is empty (FORMAT.md §9: an empty history, even unreadable). Never through a link."""
     try:
         try:
             fd, st = open_regular(path, os.O_RDWR)
-        except PermissionError:
+        except OSError as exc:
+            if exc.errno not in _READ_ONLY_ERRNOS:
+                raise
             fd, st = open_regular(path, os.O_RDONLY)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except PermissionError:
+        seen = check_file(path)
+        if seen is None or not seen.st_size:
+            return None
+        raise
     if not st.st_size:
         os.close(fd)
         return None

@@ -109,7 +109,7 @@ class FileStore:
         self.io = io or DEFAULT_IO
         self.packs = Packs(root, io=self.io)
         self._root_checked = False  # see locate()
-        self._root_name = str(root)
+        self._root_name = "" if root == Path(".") else str(root)  # as root / name names it
 
     @property
     def name(self) -> str:
