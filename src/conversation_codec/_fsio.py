@@ -30,6 +30,7 @@ from .paths import hidden_temp_path
 
 __all__ = [
     "DEFAULT_IO",
+    "DEFAULT_SYSCALLS",
     "FileIO",
     "atomic_write",
     "check_file",
@@ -132,6 +133,10 @@ class FileIO:
 
 
 DEFAULT_IO = FileIO()  # the operating system, for callers given no seam
+# What DEFAULT_IO's ``pwrite`` and ``sync(data_only=True)`` call, for the one hot path that
+# checks ``io is DEFAULT_IO`` before every use (a quick append, issue 15): no Python frame
+# between it and the kernel. Any other seam sees every call, as before.
+DEFAULT_SYSCALLS = (os.pwrite, os.fdatasync)
 
 
 def _refusal(path: _Path, st: os.stat_result) -> StorageError:

@@ -14,7 +14,7 @@ from datetime import datetime
 from ._time import MAX_US, to_datetime, to_us
 from .compression import TRAIN_AFTER, train_dictionary
 from .reading import LogReader
-from .records import SealedRecords
+from .records import RecordCodec, SealedRecords
 from .sealing import LogSecrets
 from .storage.base import LogStorage
 
@@ -88,6 +88,19 @@ class LogWriter:
             out.append(us)
             last = us
         return out
+
+    def single(self, records: RecordCodec, seq: int, ts_us: int, data: bytes) -> bytes | None:
+        """The body of the message ``data`` appended alone at ``seq`` by a quick append
+        (``storage.file.quick``); None when ``append`` must do it: this writer's first
+        append (it sweeps leftovers first), or one that trains the dictionary."""
+        if not self._swept or (
+            seq + 1 >= TRAIN_AFTER
+            and not self._untrainable
+            and isinstance(records, SealedRecords)
+            and not records.dict_id
+        ):
+            return None
+        return records.encode(seq, ts_us, data)
 
     def append(self, datas: list[bytes], timestamps: Sequence[TimestampInput] | None) -> int:
         """Append these messages (stored JSON) with one write; return the first one's seq.
