@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
+from time import time_ns
 
 from ..._fsio import DEFAULT_IO, DEFAULT_SYSCALLS, write_all
 from ...errors import ConversationCodecError
@@ -45,13 +46,15 @@ __all__ = ["QuickAppend", "quick_append"]
 
 # ``encode(records, seq, ts_us, message_json)``: the record's body, or None for the general path.
 Encode = Callable[[RecordCodec, int, int, bytes], bytes | None]
+# ``after(seq, [message_json], (log_id, seen, count))``: the record is in, the log in that state.
+After = Callable[[int, list[bytes], tuple[bytes, tuple[int, int, int], int]], None]
 
 
 def quick_append(
     log: FileLog,
     encode: Encode,
-    clock: Callable[[], int],
-    after: Callable[[int, list[bytes]], None],
+    clock: Callable[[], int] | None,
+    after: After,
 ) -> QuickAppend | None:
     """The quick append of ``log``, or None where there is none (no flock: not POSIX)."""
     return None if QUICK_FLOCK is None else QuickAppend(log, encode, clock, after)
@@ -61,8 +64,9 @@ class QuickAppend:
     """Append one record to ``log`` in the steady state (see the module docstring).
 
     ``encode`` seals the record; ``clock`` stamps it (never before the last record, as the
-    general path); ``after(seq, [message_json])`` runs once it is committed and indexed,
-    still inside this process's hold (the codec's bookkeeping of ``save()``).
+    general path), None for now (as ``LogWriter``'s default); ``after`` runs once it is
+    committed and indexed, still inside this process's hold (the codec's bookkeeping of
+    ``save()``), given the log's state then (``HistoryView.state()``).
     """
 
     __slots__ = ("_after", "_clock", "_encode", "_log")
@@ -71,8 +75,8 @@ class QuickAppend:
         self,
         log: FileLog,
         encode: Encode,
-        clock: Callable[[], int],
-        after: Callable[[int, list[bytes]], None],
+        clock: Callable[[], int] | None,
+        after: After,
     ) -> None:
         self._log, self._encode, self._clock, self._after = log, encode, clock, after
 
@@ -127,7 +131,8 @@ class QuickAppend:
         pwrite, datasync = DEFAULT_SYSCALLS
         try:
             tss = index.tss
-            ts = self._clock()
+            clock = self._clock
+            ts = time_ns() // 1000 if clock is None else clock()
             if seq and ts < tss[-1]:
                 ts = tss[-1]  # a clock that steps back is clamped
             body = self._encode(fmt.records, seq, ts, data)
@@ -179,7 +184,7 @@ class QuickAppend:
                 # The record is committed; the index is only a cache: rewritten next time.
                 log._index_ok = log._settled = False
             flock(fd, untake)
-            self._after(seq, [data])
+            self._after(seq, [data], (fmt.log_id, txns.seen, seq + 1))
         except BaseException as exc:
             _failed(log, fd, exc)
             raise
