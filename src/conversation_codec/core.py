@@ -136,8 +136,7 @@ class CodecCore:
         self._quick: QuickAppend | None = None
         log = self._log
         if isinstance(log, FileLog) and not search_index and blobs is None and not max_messages:
-            after = self._history.appended
-            self._quick = quick_append(log, self._writer.single, clock, after)
+            self._quick = quick_append(log, self._writer.single, self._history.appended)
         try:  # fail fast on a wrong key or a foreign file
             self._log.probe()
         except FileNotFoundError:  # the log was there, and was removed before it was opened

@@ -89,10 +89,13 @@ class LogWriter:
             last = us
         return out
 
-    def single(self, records: RecordCodec, seq: int, ts_us: int, data: bytes) -> bytes | None:
-        """The body of the message ``data`` appended alone at ``seq`` by a quick append
-        (``storage.file.quick``); None when ``append`` must do it: this writer's first
-        append (it sweeps leftovers first), or one that trains the dictionary."""
+    def single(
+        self, records: RecordCodec, seq: int, last_us: int, data: bytes
+    ) -> tuple[int, bytes] | None:
+        """``(ts_us, body)`` of the message ``data`` appended alone at ``seq`` after a record
+        stamped ``last_us``, for a quick append (``storage.file.quick``); None, without
+        reading the clock, when ``append`` must do it: this writer's first append (it
+        sweeps leftovers first), or one that trains the dictionary."""
         if not self._swept or (
             seq + 1 >= TRAIN_AFTER
             and not self._untrainable
@@ -100,7 +103,10 @@ class LogWriter:
             and not records.dict_id
         ):
             return None
-        return records.encode(seq, ts_us, data)
+        ts = self.clock()
+        if ts < last_us:
+            ts = last_us  # a clock that steps back is clamped (as stamps())
+        return ts, records.encode(seq, ts, data)
 
     def append(self, datas: list[bytes], timestamps: Sequence[TimestampInput] | None) -> int:
         """Append these messages (stored JSON) with one write; return the first one's seq.

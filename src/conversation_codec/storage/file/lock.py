@@ -12,6 +12,7 @@ import errno
 import os
 import struct
 import time
+from collections.abc import Callable
 
 import portalocker
 
@@ -35,7 +36,9 @@ _LOCK_EX, _LOCK_SH, _LOCK_NB, _LOCK_UN = (
 )
 # flock itself, and its flags to take the lock at once and to release it, for the quick
 # append (``quick``: no frame of ours around the two system calls); None off POSIX.
-QUICK_FLOCK = None if _FLOCK is None else (_FLOCK, _LOCK_EX | _LOCK_NB, _LOCK_UN)
+QUICK_FLOCK: tuple[Callable[[int, int], None], int, int] | None = (
+    None if _FLOCK is None else (_FLOCK, _LOCK_EX | _LOCK_NB, _LOCK_UN)
+)
 
 
 class LogLock:

@@ -31,9 +31,8 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
-from time import time_ns
 
-from ..._fsio import DEFAULT_IO, DEFAULT_SYSCALLS, write_all
+from ..._fsio import DEFAULT_IO, default_syscalls, write_all
 from ...errors import ConversationCodecError
 from ...format.index import ENTRY_SYNCED, INDEX_ENTRY, INDEX_HEADER_BYTES
 from ...format.record import encode_frame
@@ -44,41 +43,38 @@ from .transaction import storage_error
 
 __all__ = ["QuickAppend", "quick_append"]
 
-# ``encode(records, seq, ts_us, message_json)``: the record's body, or None for the general path.
-Encode = Callable[[RecordCodec, int, int, bytes], bytes | None]
+# ``encode(records, seq, last_ts_us, message_json)``: the record's time and body, or None for
+# the general path.
+Encode = Callable[[RecordCodec, int, int, bytes], tuple[int, bytes] | None]
 # ``after(seq, [message_json], (log_id, seen, count))``: the record is in, the log in that state.
 After = Callable[[int, list[bytes], tuple[bytes, tuple[int, int, int], int]], None]
+Flock = tuple[Callable[[int, int], None], int, int]  # flock(fd, flags), take at once, release
 
 
-def quick_append(
-    log: FileLog,
-    encode: Encode,
-    clock: Callable[[], int] | None,
-    after: After,
-) -> QuickAppend | None:
+def quick_append(log: FileLog, encode: Encode, after: After) -> QuickAppend | None:
     """The quick append of ``log``, or None where there is none (no flock: not POSIX)."""
-    return None if QUICK_FLOCK is None else QuickAppend(log, encode, clock, after)
+    return None if QUICK_FLOCK is None else QuickAppend(log, encode, after, QUICK_FLOCK)
 
 
 class QuickAppend:
     """Append one record to ``log`` in the steady state (see the module docstring).
 
-    ``encode`` seals the record; ``clock`` stamps it (never before the last record, as the
-    general path), None for now (as ``LogWriter``'s default); ``after`` runs once it is
-    committed and indexed, still inside this process's hold (the codec's bookkeeping of
+    ``encode`` stamps and seals the record (``LogWriter.single``); ``after`` runs once it
+    is committed and indexed, still inside this process's hold (the codec's bookkeeping of
     ``save()``), given the log's state then (``HistoryView.state()``).
     """
 
-    __slots__ = ("_after", "_clock", "_encode", "_log")
+    __slots__ = ("_after", "_encode", "_flock", "_log")
 
     def __init__(
         self,
         log: FileLog,
         encode: Encode,
-        clock: Callable[[], int] | None,
         after: After,
+        flock: Flock,
     ) -> None:
-        self._log, self._encode, self._clock, self._after = log, encode, clock, after
+        self._log, self._encode, self._after = log, encode, after
+        self._flock = flock  # lock.QUICK_FLOCK
 
     def __call__(self, data: bytes) -> int | None:
         """Append the message ``data`` (its stored JSON); return its seq, or None (nothing
@@ -106,7 +102,7 @@ class QuickAppend:
         ):
             mutex.release()
             return None
-        flock, take, untake = QUICK_FLOCK  # type: ignore[misc]
+        flock, take, untake = self._flock
         try:
             flock(fd, take)
         except OSError:  # held by another process (or worse): the general path waits
@@ -128,17 +124,14 @@ class QuickAppend:
             flock(fd, untake)
             mutex.release()
             return None
-        pwrite, datasync = DEFAULT_SYSCALLS
+        pwrite, datasync = default_syscalls()
         try:
             tss = index.tss
-            clock = self._clock
-            ts = time_ns() // 1000 if clock is None else clock()
-            if seq and ts < tss[-1]:
-                ts = tss[-1]  # a clock that steps back is clamped
-            body = self._encode(fmt.records, seq, ts, data)
-            if body is None:
+            stamped = self._encode(fmt.records, seq, tss[-1] if seq else 0, data)
+            if stamped is None:
                 flock(fd, untake)
                 return None  # (the mutex: released below)
+            ts, body = stamped
             frame = encode_frame(body) if fmt.sealed else body
             ends = index.ends
             end = ends[-1] if seq else index.data_start
@@ -186,7 +179,7 @@ class QuickAppend:
             flock(fd, untake)
             self._after(seq, [data], (fmt.log_id, txns.seen, seq + 1))
         except BaseException as exc:
-            _failed(log, fd, exc)
+            _failed(log, fd, exc, self._flock)
             raise
         finally:
             mutex.release()
@@ -200,10 +193,10 @@ def _write_rest(fd: int, data: bytes, done: int, offset: int) -> None:
     write_all(fd, memoryview(data)[done:], offset + done)
 
 
-def _failed(log: FileLog, fd: int, exc: BaseException) -> None:
+def _failed(log: FileLog, fd: int, exc: BaseException, lock: Flock) -> None:
     """Leave the hold as a failed general write does (``Transaction.__exit__``): unlock,
     forget the view, and turn an OS error into ``StorageError``."""
-    flock, _, untake = QUICK_FLOCK  # type: ignore[misc]
+    flock, _, untake = lock
     try:
         flock(fd, untake)
     except OSError as err:
