@@ -8,7 +8,9 @@ path (``Transaction`` → ``Transactions.begin`` → ``LogLock.acquire`` → ``F
 own write and sync. This does the same procedure (FORMAT.md §8.2) with the same system calls,
 in order — flock, ``lstat`` of ``P.lock``, ``pread`` of the counters, ``fstat`` of ``P.idx``,
 ``pwrite`` of the bumped counters, ``pwrite`` of the frame, ``fdatasync``, ``pwrite`` of the
-index entry (``ENTRY_SYNCED`` under "fsync", §7), unlock — and no Python frame between them.
+index entry (``ENTRY_SYNCED`` under "fsync", §7), unlock — in one function: the only calls
+of ours are the sealing (``encode``, before the writes) and the codec's bookkeeping
+(``after``, once the record is indexed).
 
 It runs only in the **steady state**: the filesystem seam is ``DEFAULT_IO`` (a test's seam sees
 every call of the general path instead, its fault steps included), the lock file is open from
@@ -121,8 +123,10 @@ class QuickAppend:
         except OSError:  # the general path looks again, and raises what it must
             steady = False
         if not steady:
-            flock(fd, untake)
-            mutex.release()
+            try:
+                flock(fd, untake)
+            finally:
+                mutex.release()
             return None
         pwrite, datasync = default_syscalls()
         try:
