@@ -169,6 +169,8 @@ def test_a_log_of_quick_appends_is_the_log_extend_writes(
     assert seqs == list(range(count))
     assert [ts for _, _, ts in entries(quick)] == times
     assert entries(quick) == entries(batched)
+    spans = [Path(f"{p}.idx").read_bytes()[32:48] for p in (quick, batched)]  # §7 dict span
+    assert spans[0] == spans[1] and (spans[0] != bytes(16)) == (count > TRAIN_AFTER)
     assert quick.stat().st_size == batched.stat().st_size
     for path in (quick, batched):
         with ConversationCodec(path, encryption_key=key) as codec:
