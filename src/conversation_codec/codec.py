@@ -111,7 +111,11 @@ class ConversationCodec(Maintenance, ChatFormats):
         :raises NotSerializableError: the message is not a JSON object that round-trips.
         :raises ValueError: ``timestamp`` is earlier than the last record's.
         """
-        return self.extend([message], timestamps=None if timestamp is None else [timestamp])[0]
+        if timestamp is not None or self._quick is None:
+            return self.extend([message], timestamps=None if timestamp is None else [timestamp])[0]
+        encoded = self._encoder.encode(message)  # outside the lock, as extend()
+        seq = self._quick(encoded[1])  # None: not the steady state (issue 15), nothing done
+        return self._append_one(encoded) if seq is None else seq
 
     def extend(
         self, messages: Iterable[Message], *, timestamps: Sequence[TimestampInput] | None = None

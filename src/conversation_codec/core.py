@@ -33,6 +33,7 @@ from .saving import HistoryView
 from .sealing import LogSecrets, check_password
 from .storage.base import LogStorage, StorageOpener
 from .storage.file.log import FileLog
+from .storage.file.quick import QuickAppend, quick_append
 from .storage.memory import MemoryLog
 from .writing import LogWriter
 
@@ -132,6 +133,12 @@ class CodecCore:
         )
         self._history = HistoryView(self._log, self._reader, self._encoder, self._name)
         self._log.on_change = self._history.forget
+        # append() in the steady state (issue 15): a log file of its own (not a store's
+        # wrapper), no sidecar to keep on append, no blob written under the lock, no window.
+        self._quick: QuickAppend | None = None
+        log = self._log
+        if isinstance(log, FileLog) and not search_index and blobs is None and not max_messages:
+            self._quick = quick_append(log, self._writer.single, self._history.appended)
         try:  # fail fast on a wrong key or a foreign file
             self._log.probe()
         except FileNotFoundError:  # the log was there, and was removed before it was opened
@@ -194,6 +201,11 @@ class CodecCore:
         base = self._base()
         return list(range(first - base, first - base + len(encoded)))
 
+    def _append_one(self, encoded: tuple[Message, bytes]) -> int:
+        """``append()`` of one encoded message where the quick append declined."""
+        with self._holding(write=True):
+            return self._append_locked([encoded], None)[0]
+
     def _rewrite(self, encoded: list[tuple[Message, bytes]], tss: list[int]) -> None:
         """Atomically replace the log with these messages and timestamps (lock held)."""
         datas = [data for _, data in encoded]
@@ -251,6 +263,7 @@ class CodecCore:
         """Release file descriptors; further calls raise ``ClosedError``."""
         if not self._closed:
             self._closed = True
+            self._quick = None
             with contextlib.suppress(OSError):  # the cache is an optimisation
                 self._kwi.release()
             self._log.close()

@@ -66,8 +66,14 @@ class MessageEncoder:
             raise too_deep_or(message) from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise NotSerializableError(f"message is not JSON-serialisable: {exc}") from None
-        # Short JSON cannot nest deep (two bytes a level): no call for most chat messages.
-        if len(data) > _SHALLOW_BYTES and nests_deeper_than(data, MAX_DEPTH):
+        # Short JSON cannot nest deep (two bytes a level), nor JSON with few brackets: no
+        # call for most chat messages (a frame costs several times its warm cost with the
+        # caches cold between synced appends, issue 15). nests_deeper_than counts the same.
+        if (
+            len(data) > _SHALLOW_BYTES
+            and data.count(b"{") + data.count(b"[") > MAX_DEPTH
+            and nests_deeper_than(data, MAX_DEPTH)
+        ):
             # Refused on write, not only on read: a reader with less stack to spare than
             # this writer had could not decode it, and the whole log would be unreadable.
             raise too_deep()

@@ -106,7 +106,9 @@ class HistoryView:
     def created(self) -> None:
         self._track([], 0)
 
-    def appended(self, first: int, datas: Sequence[bytes]) -> None:
+    def appended(self, first: int, datas: Sequence[bytes], state: LogState | None = None) -> None:
+        """Track the messages just appended at ``first``; ``state``: the log's state after
+        them, when the caller has it at hand (a quick append, issue 15: no ``state()``)."""
         digests, lazy, joined = self._digests, self._lazy, self._joined
         known = -1 if digests is None else len(lazy) + len(digests)
         if digests is not None and self._dbase + known == first:
@@ -122,7 +124,7 @@ class HistoryView:
                     lazy.extend(map(len, datas))
         else:
             self.forget()
-        self._view = (self.state(), False)  # save() sets it whole again when it appended
+        self._view = (state or self.state(), False)  # save() sets it whole again when it appended
 
     def rewritten(self, datas: Sequence[bytes]) -> None:
         self._track(datas, 0)

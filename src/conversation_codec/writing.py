@@ -14,7 +14,7 @@ from datetime import datetime
 from ._time import MAX_US, to_datetime, to_us
 from .compression import TRAIN_AFTER, train_dictionary
 from .reading import LogReader
-from .records import SealedRecords
+from .records import RecordCodec, SealedRecords
 from .sealing import LogSecrets
 from .storage.base import LogStorage
 
@@ -88,6 +88,26 @@ class LogWriter:
             out.append(us)
             last = us
         return out
+
+    def single(
+        self, records: RecordCodec, seq: int, last_us: int, data: bytes
+    ) -> tuple[int, bytes] | None:
+        """``(ts_us, body)`` of the message ``data`` appended alone at ``seq`` after a record
+        stamped ``last_us``, for a quick append (``storage.file.quick``); None, without
+        reading the clock, when ``append`` must do it: this writer's first append (it
+        sweeps leftovers first), or one that trains the dictionary."""
+        if not self._swept or (
+            seq + 1 >= TRAIN_AFTER
+            and not self._untrainable
+            and isinstance(records, SealedRecords)
+            and not records.dict_id
+        ):
+            return None
+        clock = self.clock
+        ts = time.time_ns() // 1000 if clock is _now_us else clock()  # (_now_us inline)
+        if ts < last_us:
+            ts = last_us  # a clock that steps back is clamped (as stamps())
+        return ts, records.encode(seq, ts, data)
 
     def append(self, datas: list[bytes], timestamps: Sequence[TimestampInput] | None) -> int:
         """Append these messages (stored JSON) with one write; return the first one's seq.

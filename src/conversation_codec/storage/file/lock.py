@@ -12,6 +12,7 @@ import errno
 import os
 import struct
 import time
+from collections.abc import Callable
 
 import portalocker
 
@@ -19,9 +20,9 @@ from ..._fsio import DEFAULT_IO, FileIO, make_private_dirs, open_regular, write_
 from ...errors import LockTimeoutError, StorageError
 from ...paths import lock_path
 
-__all__ = ["LogLock"]
+__all__ = ["LOCK_STATE", "QUICK_FLOCK", "LogLock"]
 
-_LOCK_STATE = struct.Struct("<QQ")  # FORMAT.md §8.1: generation, truncations
+LOCK_STATE = struct.Struct("<QQ")  # FORMAT.md §8.1: generation, truncations
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.001, 0.05  # seconds between retries, doubling
 # portalocker's POSIX locker is fcntl.flock; None elsewhere (then portalocker.lock() always).
 _FLOCK = getattr(portalocker.portalocker, "LOCKER", None) if os.name == "posix" else None
@@ -32,6 +33,11 @@ _LOCK_EX, _LOCK_SH, _LOCK_NB, _LOCK_UN = (
     int(portalocker.LOCK_SH),
     int(portalocker.LOCK_NB),
     int(portalocker.LOCK_UN),
+)
+# flock itself, and its flags to take the lock at once and to release it, for the quick
+# append (``quick``: no frame of ours around the two system calls); None off POSIX.
+QUICK_FLOCK: tuple[Callable[[int, int], None], int, int] | None = (
+    None if _FLOCK is None else (_FLOCK, _LOCK_EX | _LOCK_NB, _LOCK_UN)
 )
 
 
@@ -201,14 +207,14 @@ class LogLock:
     def state(self) -> tuple[int, int, int]:
         """Return ``(lock file inode, generation, truncations)`` (held lock only)."""
         assert self._fd is not None
-        raw = os.pread(self._fd, _LOCK_STATE.size, 0)
-        gen, truncs = _LOCK_STATE.unpack(raw) if len(raw) == _LOCK_STATE.size else (0, 0)
+        raw = os.pread(self._fd, LOCK_STATE.size, 0)
+        gen, truncs = LOCK_STATE.unpack(raw) if len(raw) == LOCK_STATE.size else (0, 0)
         return self._ino[1], gen, truncs
 
     def write_state(self, generation: int, truncations: int) -> None:
         """Store new counters (exclusive lock held). Not synced: live processes only."""
         assert self._fd is not None
-        write_all(self._fd, _LOCK_STATE.pack(generation, truncations), 0, io=self.io)
+        write_all(self._fd, LOCK_STATE.pack(generation, truncations), 0, io=self.io)
 
     def close(self) -> None:
         """Close the file descriptor (closing releases any flock)."""

@@ -19,7 +19,7 @@ from ..._fsio import unlink_file
 from ...errors import ConversationCodecError, StorageError
 from .lock import LogLock
 
-__all__ = ["Transaction", "Transactions"]
+__all__ = ["Transaction", "Transactions", "storage_error"]
 
 
 class Transactions:
@@ -150,7 +150,7 @@ class Transaction:
         except ConversationCodecError:
             raise
         except OSError as exc:
-            raise _storage_error(exc, self._holds.path) from None
+            raise storage_error(exc, self._holds.path) from None
 
     def __exit__(
         self,
@@ -161,12 +161,13 @@ class Transaction:
         try:
             self._holds.end()
         except OSError as err:
-            raise _storage_error(err, self._holds.path) from None
+            raise storage_error(err, self._holds.path) from None
         if exc is not None and self._write:
             self._holds.forget()  # a write that failed midway: read the files again
         if isinstance(exc, OSError) and not isinstance(exc, ConversationCodecError):
-            raise _storage_error(exc, self._holds.path) from exc
+            raise storage_error(exc, self._holds.path) from exc
 
 
-def _storage_error(exc: OSError, path: str) -> StorageError:
+def storage_error(exc: OSError, path: str) -> StorageError:
+    """The ``StorageError`` an OS error inside a transaction of the log ``path`` surfaces as."""
     return StorageError(exc.errno or 0, f"{path}: {exc.strerror or exc}")
