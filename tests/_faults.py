@@ -17,7 +17,8 @@ anything else, a mix, raises ``AssertionError``). The harness then:
   it touched; :func:`crash_image` replays them): a file keeps what it held at its last
   sync, plus a prefix (ordered) or any subset (scrambled) of the writes since, the first one
   lost possibly torn, zeroed or garbage; a directory keeps its names at its last
-  ``fsync_dir`` plus an in-order prefix of the creates, renames, links and unlinks since.
+  ``fsync_dir`` plus an in-order prefix of the creates, renames, links and unlinks since
+  (an unnamed ``O_TMPFILE`` file is in no directory until its link: lost before it);
   ``state`` must find the old or the new state in every image;
 * checks that no plaintext of an encrypted input (``Writer.secret``) reaches any file:
   neither a write through the seam nor a file left in the folder.
@@ -675,12 +676,18 @@ class PowerLossIO(FileIO):
         if fid is None:
             assert st.st_size == 0, "a file written outside the FileIO seam"
             fid = self._new(st)
+            if st.st_nlink == 0:  # unnamed (O_TMPFILE): in no directory until linked in
+                return fid
             folder, name = self._where(os.readlink(f"/proc/self/fd/{fd}"), None)
             self.ops.append(Op("create", fid, folder=folder, name=name))
         assert len(self._content[fid]) == st.st_size, "a change bypassed the FileIO seam"
         return fid
 
     def _named(self, path: Any, dir_fd: int | None) -> tuple[int, str, str]:
+        if os.fspath(path).startswith("/proc/self/fd/"):  # an unnamed file, being linked in
+            fd = int(os.path.basename(path))
+            folder, _ = self._where(os.readlink(path), None)  # "<folder>/#<inode> (deleted)"
+            return self._file(fd), folder, ""
         folder, name = self._where(path, dir_fd)
         st = os.lstat(os.path.join(self.root, folder, name))
         fid = self._ids.get((st.st_dev, st.st_ino))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from conversation_codec import FileIO
-from conversation_codec._fsio import atomic_write
+from conversation_codec._atomic import atomic_write
 
 OLD, NEW = b"old contents\n", b"new contents " * 1000
 

@@ -39,6 +39,7 @@ __all__ = [
     "hidden_temp_path",
     "index_path",
     "is_blob_temp",
+    "is_hidden_temp",
     "is_leftover",
     "is_log_file",
     "is_sidecar",
@@ -121,6 +122,11 @@ def hidden_temp_path(path: _Path) -> str:
     """A fresh ``.<name>.tmp-<16 hex>`` beside ``path`` (atomic_write's default temp)."""
     folder, name = os.path.split(os.fspath(path))
     return os.path.join(folder, f".{name}{_TEMP}{_token()}")
+
+
+def is_hidden_temp(name: str, of: str) -> bool:
+    """Whether ``name`` is a ``.<of>.tmp-<16 hex>``: a temp file of ``of`` (both bare names)."""
+    return re.fullmatch(re.escape(f".{of}{_TEMP}") + _TOKEN, name) is not None
 
 
 def blob_temp_name() -> str:

@@ -50,7 +50,8 @@ from typing import Any, BinaryIO, Protocol, cast
 
 import msgspec
 
-from .._fsio import FileIO, atomic_write, check_file
+from .._atomic import atomic_write
+from .._fsio import FileIO, check_file
 from .._time import EPOCH, ONE_US, to_datetime
 from ..crypto import KeyInput
 from ..errors import StorageError
