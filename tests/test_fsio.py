@@ -1,4 +1,4 @@
-"""_fsio.atomic_write, the one procedure behind every whole-file write (key files, blobs,
+"""_atomic.atomic_write, the one procedure behind every whole-file write (key files, blobs,
 exports, migrate's backup, keygen): whichever call of it fails, the name shows the old file
 or the whole new one, never a part, and no temp file is left behind."""
 

@@ -9,8 +9,10 @@ For a log at ``P`` (FORMAT.md §1, §8):
 - ``P.bak``: the original a migration in place keeps (the user's: never swept), written
   through ``P.bak.tmp-<16 hex>``;
 - ``.tmp-<16 hex>`` inside ``P.blobs/``: a blob being put;
-- ``.<name>.tmp-<16 hex>``: the temp file :func:`~conversation_codec._fsio.atomic_write`
-  publishes another whole file through (key files, exports).
+- ``.<name>.tmp-<16 hex>``: the temp file :func:`~conversation_codec._atomic.atomic_write`
+  publishes another whole file through (key files, exports, packs); where there are
+  unnamed (``O_TMPFILE``) files it exists only from its link to its rename, or not at all
+  (an exclusive write); an export deletes those that killed exports to its destination left.
 
 Pure string work: nothing here touches the file system.
 """
