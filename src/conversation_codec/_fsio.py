@@ -86,7 +86,11 @@ class FileIO:
             os.replace(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
     def link(self, src: _Path, dst: _Path, *, dir_fd: int | None = None) -> None:
-        """Give ``src`` the second name ``dst``; fails when ``dst`` exists (never replaces)."""
+        """Give ``src`` the second name ``dst``; fails when ``dst`` exists (never replaces).
+
+        ``src`` may be ``/proc/self/fd/<fd>`` of an unnamed (``O_TMPFILE``) file, given with
+        a ``dir_fd``: CPython then calls ``linkat(AT_SYMLINK_FOLLOW)``, which names the file.
+        """
         if dir_fd is None:
             os.link(src, dst)
         else:
