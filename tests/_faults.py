@@ -21,7 +21,8 @@ anything else, a mix, raises ``AssertionError``). The harness then:
   (an unnamed ``O_TMPFILE`` file is in no directory until its link: lost before it);
   ``state`` must find the old or the new state in every image;
 * checks that no plaintext of an encrypted input (``Writer.secret``) reaches any file:
-  neither a write through the seam nor a file left in the folder.
+  neither a write through the seam nor a file left in the folder; an export's plaintext
+  (by design) only in its destination, or in a temp file that the next export deletes.
 
 A change that bypasses the seam is caught too: :class:`PowerLossIO` compares its model of
 every file with the real one before each call and at each sync, and a file that appears in a
@@ -53,6 +54,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 from conversation_codec import ConversationCodec, ConversationCodecError, FileIO
+from conversation_codec._atomic import dead_temps
 from conversation_codec.attachments import BlobStore
 from conversation_codec.cli import main as cli_main
 from conversation_codec.format.varint import decode_varint
@@ -263,7 +265,15 @@ def _export_act(folder: Path, io: FileIO, ctx: Any) -> None:
 
 def _export_state(folder: Path, ctx: tuple[bytes, bytes]) -> str:
     _which(_history(folder), [*OLD, NEW], [*OLD, NEW], "the exported log")
-    return _which((folder / _EXPORT).read_bytes(), ctx[0], ctx[1], "export")
+    got = _which((folder / _EXPORT).read_bytes(), ctx[0], ctx[1], "export")
+    # The new plaintext anywhere else: only in a temp file that the next export deletes.
+    stray = {str(p) for p in folder.iterdir() if p.name != _EXPORT and SECRET.encode() in _raw(p)}
+    assert stray <= set(dead_temps(folder / _EXPORT)), f"plaintext left behind: {stray}"
+    return got
+
+
+def _raw(path: Path) -> bytes:
+    return path.read_bytes() if path.is_file() and not path.is_symlink() else b""
 
 
 _LEGACY = "history.jsonl"
