@@ -17,10 +17,12 @@ anything else, a mix, raises ``AssertionError``). The harness then:
   it touched; :func:`crash_image` replays them): a file keeps what it held at its last
   sync, plus a prefix (ordered) or any subset (scrambled) of the writes since, the first one
   lost possibly torn, zeroed or garbage; a directory keeps its names at its last
-  ``fsync_dir`` plus an in-order prefix of the creates, renames, links and unlinks since.
+  ``fsync_dir`` plus an in-order prefix of the creates, renames, links and unlinks since
+  (an unnamed ``O_TMPFILE`` file is in no directory until its link: lost before it);
   ``state`` must find the old or the new state in every image;
 * checks that no plaintext of an encrypted input (``Writer.secret``) reaches any file:
-  neither a write through the seam nor a file left in the folder.
+  neither a write through the seam nor a file left in the folder; an export's plaintext
+  (by design) only in its destination, or in a temp file that the next export deletes.
 
 A change that bypasses the seam is caught too: :class:`PowerLossIO` compares its model of
 every file with the real one before each call and at each sync, and a file that appears in a
@@ -52,6 +54,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 from conversation_codec import ConversationCodec, ConversationCodecError, FileIO
+from conversation_codec._atomic import dead_temps
 from conversation_codec.attachments import BlobStore
 from conversation_codec.cli import main as cli_main
 from conversation_codec.format.varint import decode_varint
@@ -262,7 +265,15 @@ def _export_act(folder: Path, io: FileIO, ctx: Any) -> None:
 
 def _export_state(folder: Path, ctx: tuple[bytes, bytes]) -> str:
     _which(_history(folder), [*OLD, NEW], [*OLD, NEW], "the exported log")
-    return _which((folder / _EXPORT).read_bytes(), ctx[0], ctx[1], "export")
+    got = _which((folder / _EXPORT).read_bytes(), ctx[0], ctx[1], "export")
+    # The new plaintext anywhere else: only in a temp file that the next export deletes.
+    stray = {str(p) for p in folder.iterdir() if p.name != _EXPORT and SECRET.encode() in _raw(p)}
+    assert stray <= set(dead_temps(folder / _EXPORT)), f"plaintext left behind: {stray}"
+    return got
+
+
+def _raw(path: Path) -> bytes:
+    return path.read_bytes() if path.is_file() and not path.is_symlink() else b""
 
 
 _LEGACY = "history.jsonl"
@@ -675,12 +686,18 @@ class PowerLossIO(FileIO):
         if fid is None:
             assert st.st_size == 0, "a file written outside the FileIO seam"
             fid = self._new(st)
+            if st.st_nlink == 0:  # unnamed (O_TMPFILE): in no directory until linked in
+                return fid
             folder, name = self._where(os.readlink(f"/proc/self/fd/{fd}"), None)
             self.ops.append(Op("create", fid, folder=folder, name=name))
         assert len(self._content[fid]) == st.st_size, "a change bypassed the FileIO seam"
         return fid
 
     def _named(self, path: Any, dir_fd: int | None) -> tuple[int, str, str]:
+        if os.fspath(path).startswith("/proc/self/fd/"):  # an unnamed file, being linked in
+            fd = int(os.path.basename(path))
+            folder, _ = self._where(os.readlink(path), None)  # "<folder>/#<inode> (deleted)"
+            return self._file(fd), folder, ""
         folder, name = self._where(path, dir_fd)
         st = os.lstat(os.path.join(self.root, folder, name))
         fid = self._ids.get((st.st_dev, st.st_ino))

@@ -1,4 +1,4 @@
-"""_fsio.atomic_write, the one procedure behind every whole-file write (key files, blobs,
+"""_atomic.atomic_write, the one procedure behind every whole-file write (key files, blobs,
 exports, migrate's backup, keygen): whichever call of it fails, the name shows the old file
 or the whole new one, never a part, and no temp file is left behind."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from conversation_codec import FileIO
-from conversation_codec._fsio import atomic_write
+from conversation_codec._atomic import atomic_write
 
 OLD, NEW = b"old contents\n", b"new contents " * 1000
 

@@ -250,7 +250,7 @@ def test_without_hard_links_creation_falls_back_to_exclusive_create(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A file system without hard links (FAT, some FUSE mounts): os.link fails with EPERM.
-    def no_link(src: object, dst: object) -> None:
+    def no_link(src: object, dst: object, **dir_fds: object) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_link)
@@ -265,7 +265,7 @@ def test_without_hard_links_creation_falls_back_to_exclusive_create(
 def test_other_link_failures_are_storage_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_link(src: object, dst: object) -> None:
+    def broken_link(src: object, dst: object, **dir_fds: object) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "link", broken_link)
@@ -287,7 +287,7 @@ def test_create_key_file_publishes_a_new_0600_key_and_never_overwrites(tmp_path:
 def test_create_key_file_without_hard_links_creates_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_link(src: object, dst: object) -> None:
+    def no_link(src: object, dst: object, **dir_fds: object) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_link)

@@ -302,11 +302,18 @@ def test_a_damaged_or_newer_pack_is_refused_by_name(tmp_path: Path, damage: str)
 
 _CHILD = textwrap.dedent(
     """
-    import os, signal, sys
+    import errno, os, signal, sys
     from conversation_codec import FileIO
     from conversation_codec.store import ConversationStore
 
     mode, root, mark = sys.argv[1], sys.argv[2], sys.argv[3]
+    if sys.argv[4] == "named":  # a file system without unnamed (O_TMPFILE) files
+        real_open = os.open
+        def refusing(path, flags, *args, **kwargs):
+            if flags & os.O_TMPFILE == os.O_TMPFILE:
+                raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+            return real_open(path, flags, *args, **kwargs)
+        os.open = refusing
 
     class KillAt(FileIO):
         def step(self, name):
@@ -338,9 +345,9 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _run_child(mode: str, root: Path, mark: str) -> str:
+def _run_child(mode: str, root: Path, mark: str, temps: str = "unnamed") -> str:
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, mode, str(root), mark],
+        [sys.executable, "-c", _CHILD, mode, str(root), mark, temps],
         env=subprocess_env(KEY),
         capture_output=True,
         text=True,
@@ -613,14 +620,19 @@ def test_a_damaged_pack_does_not_stop_retention_elsewhere(tmp_path: Path) -> Non
         store.ids()  # a and b may still be in it: never taken as absent
 
 
-def test_deleting_a_conversation_removes_a_crashed_packs_temp_copy_of_it(tmp_path: Path) -> None:
-    """A ``pack()`` killed before it published its pack leaves the pack's temp file in
+@pytest.mark.parametrize("temps", ["unnamed", "named"])
+def test_deleting_a_conversation_removes_a_crashed_packs_temp_copy_of_it(
+    tmp_path: Path, temps: str
+) -> None:
+    """A ``pack()`` killed before it published its pack leaves nothing where the file system
+    has unnamed files (``O_TMPFILE``); elsewhere it leaves the pack's temp file in
     ``.packs/``: sealed copies of the conversations it was packing. Deleting one of them
     must not leave that copy behind until some later pack operation."""
     root = tmp_path / "store"
     fill(root, KEY)
-    assert _run_child("pack", root, "publish") == "killed"
-    assert [f for f in files(root) if ".pack.tmp-" in f]  # the crash's temp copy
+    assert _run_child("pack", root, "publish", temps) == "killed"
+    left = [f for f in files(root) if ".pack.tmp-" in f]  # the crash's temp copy
+    assert bool(left) == (temps == "named"), left
     store = ConversationStore(root, encryption_key=KEY)
     assert store.delete("dora")
     assert [f for f in files(root) if ".pack.tmp-" in f or "dora" in f] == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -130,6 +131,11 @@ def derived_keys(key: str, log: Path) -> list[bytes]:
     return [okm[:16], okm[16:32], okm[32:], blob[:16], blob[16:32], blob[32:]]
 
 
+def _unnamed(folder: str, inode: int) -> str:
+    """The path a write to an unnamed (``O_TMPFILE``) file is recorded under."""
+    return os.path.join(folder, f"<unnamed inode {inode}>")
+
+
 class Capture:
     """Every write the library makes under ``root``, and snapshots of the tree."""
 
@@ -161,18 +167,25 @@ class Capture:
         except OSError:
             return
         if path.startswith(self.root):
+            st = os.fstat(fd)
+            if st.st_nlink == 0:  # an unnamed file (O_TMPFILE): named at a snapshot once linked
+                path = _unnamed(os.path.dirname(path), st.st_ino)
             self.writes.append((path, data))
 
     def snapshot(self, step: str = "") -> None:
         self.snapshots += 1
+        names_of: dict[str, str] = {}  # unnamed placeholder -> the name it was linked in as
         for folder, _, names in os.walk(self.root):
             for name in names:
                 p = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    names_of[_unnamed(folder, os.lstat(p).st_ino)] = p
                 try:
                     data = Path(p).read_bytes()
                 except OSError:
                     continue
                 self.files.setdefault(p, set()).add(data)
+        self.writes = [(names_of.get(p, p), data) for p, data in self.writes]
 
     def blobs(self, exclude: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
         for path, data in self.writes:

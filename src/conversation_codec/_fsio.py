@@ -12,9 +12,9 @@ root moved to another disk) is the user's choice and keeps working.
 
 It is also the one filesystem seam (LevelDB's ``Env``): :class:`FileIO` is the only caller of
 ``pwrite``, ``fsync``/``fdatasync``, ``ftruncate``, ``rename``, ``link`` and ``unlink`` in the
-package, and :func:`atomic_write` the one procedure that publishes a whole file. A test passes
-its own ``FileIO`` (``ConversationCodec(..., io=...)``) to record every change for power-loss
-images or to fail the Nth call with ENOSPC or EIO.
+package; ``_atomic.atomic_write``, built on it, is the one procedure that publishes a whole
+file. A test passes its own ``FileIO`` (``ConversationCodec(..., io=...)``) to record every
+change for power-loss images or to fail the Nth call with ENOSPC or EIO.
 """
 
 from __future__ import annotations
@@ -23,15 +23,13 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from .errors import StorageError
-from .paths import hidden_temp_path
 
 __all__ = [
     "DEFAULT_IO",
     "FileIO",
-    "atomic_write",
     "check_file",
     "default_syscalls",
     "make_private_dirs",
@@ -55,16 +53,6 @@ _LINK_ERRNOS = {errno.ELOOP, errno.EMLINK, errno.EEXIST}
 # EOPNOTSUPP on BSD): told apart by an lstat, to name what is there.
 _NOT_FILE_ERRNOS = {errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP}
 _Path = str | os.PathLike[str]
-# Where os.link is unsupported (FAT, some FUSE/network file systems).
-_LINK_UNSUPPORTED = {
-    errno.EPERM,
-    errno.ENOTSUP,
-    errno.EOPNOTSUPP,
-    errno.ENOSYS,
-    errno.EXDEV,
-    errno.EMLINK,
-}
-_WRITE_BATCH = 1 << 20  # bytes: how much of a streamed file atomic_write gathers per pwrite
 
 
 class FileIO:
@@ -98,7 +86,11 @@ class FileIO:
             os.replace(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
     def link(self, src: _Path, dst: _Path, *, dir_fd: int | None = None) -> None:
-        """Give ``src`` the second name ``dst``; fails when ``dst`` exists (never replaces)."""
+        """Give ``src`` the second name ``dst``; fails when ``dst`` exists (never replaces).
+
+        ``src`` may be ``/proc/self/fd/<fd>`` of an unnamed (``O_TMPFILE``) file, given with
+        a ``dir_fd``: CPython then calls ``linkat(AT_SYMLINK_FOLLOW)``, which names the file.
+        """
         if dir_fd is None:
             os.link(src, dst)
         else:
@@ -351,114 +343,3 @@ def write_all(
             raise OSError(errno.EIO, "short write")
         view, offset = view[n:], offset + n
     return offset
-
-
-def _write_chunks(fd: int, data: bytes | Iterable[bytes], io: FileIO) -> None:
-    if isinstance(data, bytes | bytearray | memoryview):
-        write_all(fd, data, io=io)
-        return
-    pos, batch = 0, bytearray()
-    for chunk in data:
-        batch += chunk
-        if len(batch) >= _WRITE_BATCH:
-            pos = write_all(fd, batch, pos, io=io)
-            batch.clear()
-    write_all(fd, batch, pos, io=io)
-
-
-def atomic_write(
-    path: _Path,
-    data: bytes | Iterable[bytes],
-    *,
-    io: FileIO = DEFAULT_IO,
-    exclusive: bool = False,
-    mode: int = 0o600,
-    dir_fd: int | None = None,
-    shown: _Path | None = None,
-    tmp: str | None = None,
-    fault: Callable[[str], None] | None = None,
-    synced: bool = True,
-) -> None:
-    """Publish the whole file ``path`` holding ``data`` (bytes, or chunks streamed in order):
-    the name never shows a half-written file, and the file is durable when this returns
-    (not ``synced``: nothing is synced, so after a power loss the name may show the old
-    file, or the new one empty or in part: for a cache that its readers check).
-
-    A temp file beside it (``tmp``, default ``.<name>.tmp-<16 hex>``; created ``O_EXCL |
-    O_NOFOLLOW`` with exactly ``mode``) is written, fsynced, then renamed over ``path`` —
-    or, when ``exclusive``, hard-linked to it, which never replaces a file that is there —
-    and the directory is fsynced. A link (or a non-regular file) at ``path`` is refused
-    rather than replaced. Where hard links are unsupported (FAT, some FUSE mounts), an
-    ``exclusive`` write creates ``path`` itself ``O_EXCL`` instead: still never two
-    writers' contents under one name, though a crash may leave it short. ``fault`` is
-    called with ``"written"`` after the temp file is synced, before the commit. With
-    ``dir_fd``, ``path`` and ``tmp`` are names in that directory (``shown`` names it in
-    errors). The temp file is removed on every failure.
-
-    :raises FileExistsError: ``exclusive`` and ``path`` exists.
-    :raises StorageError: a link, directory or other non-regular file at ``path``.
-    :raises OSError: the write, sync, rename or link failed (nothing was published).
-    """
-    if exclusive and not isinstance(data, bytes | bytearray | memoryview):
-        data = b"".join(data)  # the fallback below may need to write it a second time
-    folder = os.path.dirname(os.fspath(path))
-    if tmp is None:
-        tmp = hidden_temp_path(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    shown_tmp = tmp
-    if dir_fd is not None and shown is not None:
-        shown_tmp = os.path.join(os.path.dirname(shown), os.path.basename(tmp))
-    fd = open_file(tmp, flags, mode, dir_fd=dir_fd, shown=shown_tmp)
-    in_place = False
-    try:
-        try:
-            os.fchmod(fd, mode)  # a umask cannot widen the mode, but make it exact
-            _write_chunks(fd, data, io)
-            if synced:
-                io.sync(fd, data_only=False)
-        finally:
-            os.close(fd)
-        if fault is not None:
-            fault("written")
-        if exclusive:
-            try:
-                io.link(tmp, path, dir_fd=dir_fd)
-            except FileExistsError:
-                raise
-            except OSError as exc:
-                if exc.errno not in _LINK_UNSUPPORTED:
-                    raise
-                in_place = True
-        else:
-            check_file(path, dir_fd=dir_fd, shown=shown)  # rename would replace a link
-            io.rename(tmp, path, dir_fd=dir_fd)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            if check_file(tmp, dir_fd=dir_fd) is not None:
-                io.unlink(tmp, dir_fd=dir_fd)
-    if in_place:
-        _write_in_place(path, data, io=io, mode=mode, dir_fd=dir_fd, shown=shown)
-    if synced:
-        io.fsync_dir(dir_fd if dir_fd is not None else (folder or "."))
-
-
-def _write_in_place(
-    path: _Path,
-    data: bytes | Iterable[bytes],
-    *,
-    io: FileIO,
-    mode: int,
-    dir_fd: int | None,
-    shown: _Path | None,
-) -> None:
-    fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd, shown=shown)
-    try:
-        os.fchmod(fd, mode)
-        _write_chunks(fd, data, io)
-        io.sync(fd, data_only=False)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            io.unlink(path, dir_fd=dir_fd)
-        raise
-    os.close(fd)

@@ -49,10 +49,10 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ._atomic import atomic_write
 from ._fsio import (
     DEFAULT_IO,
     FileIO,
-    atomic_write,
     check_file,
     make_private_dirs,
     open_dir,

@@ -18,7 +18,8 @@ import stat
 import time
 from pathlib import Path
 
-from ._fsio import DEFAULT_IO, FileIO, atomic_write, make_private_dirs
+from ._atomic import atomic_write
+from ._fsio import DEFAULT_IO, FileIO, make_private_dirs
 from .crypto import Keyring, generate_key
 from .errors import FormatError, KeyFileError, StorageError
 

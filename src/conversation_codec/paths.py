@@ -9,8 +9,10 @@ For a log at ``P`` (FORMAT.md §1, §8):
 - ``P.bak``: the original a migration in place keeps (the user's: never swept), written
   through ``P.bak.tmp-<16 hex>``;
 - ``.tmp-<16 hex>`` inside ``P.blobs/``: a blob being put;
-- ``.<name>.tmp-<16 hex>``: the temp file :func:`~conversation_codec._fsio.atomic_write`
-  publishes another whole file through (key files, exports).
+- ``.<name>.tmp-<16 hex>``: the temp file :func:`~conversation_codec._atomic.atomic_write`
+  publishes another whole file through (key files, exports, packs); where there are
+  unnamed (``O_TMPFILE``) files it exists only from its link to its rename, or not at all
+  (an exclusive write); an export deletes those that killed exports to its destination left.
 
 Pure string work: nothing here touches the file system.
 """
@@ -39,6 +41,7 @@ __all__ = [
     "hidden_temp_path",
     "index_path",
     "is_blob_temp",
+    "is_hidden_temp",
     "is_leftover",
     "is_log_file",
     "is_sidecar",
@@ -121,6 +124,11 @@ def hidden_temp_path(path: _Path) -> str:
     """A fresh ``.<name>.tmp-<16 hex>`` beside ``path`` (atomic_write's default temp)."""
     folder, name = os.path.split(os.fspath(path))
     return os.path.join(folder, f".{name}{_TEMP}{_token()}")
+
+
+def is_hidden_temp(name: str, of: str) -> bool:
+    """Whether ``name`` is a ``.<of>.tmp-<16 hex>``: a temp file of ``of`` (both bare names)."""
+    return re.fullmatch(re.escape(f".{of}{_TEMP}") + _TOKEN, name) is not None
 
 
 def blob_temp_name() -> str:

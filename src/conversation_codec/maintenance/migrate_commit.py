@@ -16,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .._fsio import FileIO, atomic_write, check_file, open_file, unlink_file
+from .._atomic import atomic_write
+from .._fsio import FileIO, check_file, open_file, unlink_file
 from .._time import to_datetime
 from ..codec import ConversationCodec
 from ..errors import ConversationCodecError, StorageError

@@ -50,7 +50,8 @@ from typing import Any, BinaryIO, Protocol, cast
 
 import msgspec
 
-from .._fsio import FileIO, atomic_write, check_file
+from .._atomic import atomic_write, dead_temps
+from .._fsio import FileIO, check_file, unlink_file
 from .._time import EPOCH, ONE_US, to_datetime
 from ..crypto import KeyInput
 from ..errors import StorageError
@@ -148,9 +149,11 @@ def export_history(
 
     **The export is not encrypted**, whatever the log is: it is written with mode 0600,
     but protect or delete it like any plaintext copy of the conversation. The file is
-    replaced atomically (temp file, fsync, rename, directory fsync): ``dst`` is either
-    its old self or the complete export, written through ``io`` (default: the codec's
-    ``options.io`` seam). See the module docstring for the layout.
+    replaced atomically (an unnamed temp file, fsync, link, rename, directory fsync):
+    ``dst`` is either its old self or the complete export, written through ``io``
+    (default: the codec's ``options.io`` seam), and an export killed midway leaves no
+    temp file (see ``_atomic``). Temp files ``.<dst name>.tmp-<16 hex>`` that killed
+    exports to ``dst`` left are deleted first. See the module docstring for the layout.
 
     >>> import os, tempfile
     >>> from conversation_codec import ConversationCodec
@@ -253,8 +256,14 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _write_atomically(dst: Path, chunks: Iterable[bytes], io: FileIO) -> None:
+    # Plaintext that earlier exports to dst left when killed (by an older version, or in
+    # the instant between link and rename): the user retrying a failed export expects it
+    # gone. Only killed writers' temp files: a live export holds a lock on its own.
+    for temp in dead_temps(dst):
+        with contextlib.suppress(StorageError):  # swapped for a link meanwhile: not ours
+            unlink_file(temp, io=io)
     try:
-        atomic_write(dst, chunks, io=io)  # refuses a link planted at dst meanwhile
+        atomic_write(dst, chunks, io=io, locked=True)  # refuses a link planted at dst meanwhile
     except OSError as exc:
         if isinstance(exc, StorageError):
             raise

@@ -16,7 +16,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..._fsio import FileIO, atomic_write, check_file, open_file, unlink_file, write_all
+from ..._atomic import atomic_write
+from ..._fsio import FileIO, check_file, open_file, unlink_file, write_all
 from ...crypto import RecordKey
 from ...format.varint import decode_varint, encode_varint
 from ...keyword_index import BLOCK_SHIFT, TOKEN_BYTES, Postings

@@ -21,7 +21,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 
-from ..._fsio import atomic_write, check_file, open_file, unlink_file
+from ..._atomic import atomic_write
+from ..._fsio import check_file, open_file, unlink_file
 from ...errors import CorruptRecordError, StorageError
 from ...format.pack import check_entry
 from ...format.record import decode_frame_header

@@ -23,10 +23,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..._atomic import atomic_write
 from ..._fsio import (
     DEFAULT_IO,
     FileIO,
-    atomic_write,
     check_file,
     make_private_dirs,
     open_file,
