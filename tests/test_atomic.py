@@ -11,17 +11,19 @@ destination sweeps what a killed one left; a live export's temp file is never sw
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from _writer import subprocess_env
-from conversation_codec import ConversationCodec
+from conversation_codec import ConversationCodec, FileIO
 from conversation_codec._atomic import atomic_write
 
 from conftest import KEY
@@ -293,3 +295,129 @@ def test_only_killed_exports_temp_files_of_this_destination_are_swept(log: Path,
     expected = {*kept, f".chat.jsonl.tmp-{token}", "thesis.tex", "chat.jsonl"}
     assert set(os.listdir(out)) == expected
     assert target.read_bytes() == b"the user's own file"
+
+
+# -- from review: refusals and file systems that differ ----------------------------------
+
+# The child: a security module refuses to link an unnamed file in through /proc (AppArmor
+# without mediate_deleted says ENOENT, SELinux EACCES): os.link fails for a /proc source.
+# Its files must all be published, through named temps, and the refusal remembered.
+_REFUSED_LINK_CHILD = r"""
+import errno, os, sys
+code = getattr(errno, sys.argv[2])
+tried = []
+real_link = os.link
+def link(src, dst, *args, **kwargs):
+    if str(src).startswith("/proc/self/fd/"):
+        tried.append(src)
+        raise OSError(code, os.strerror(code), src)
+    return real_link(src, dst, *args, **kwargs)
+os.link = link
+from conversation_codec import ConversationCodec
+from conversation_codec.keyfile import create_key_file
+folder = sys.argv[1]
+create_key_file(os.path.join(folder, "new.key"))
+with ConversationCodec(os.path.join(folder, "chat.log"), encryption_key=sys.argv[3]) as c:
+    c.append({"role": "user", "content": "hi"})
+    c.export(os.path.join(folder, "one.jsonl"))
+    c.export(os.path.join(folder, "two.jsonl"))
+print(len(tried))
+"""
+
+
+@pytest.mark.parametrize("code", ["ENOENT", "EACCES"])
+def test_a_refused_link_of_an_unnamed_file_publishes_through_a_named_temp(
+    tmp_path: Path, code: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _REFUSED_LINK_CHILD, str(tmp_path), code, KEY],
+        env=subprocess_env(KEY),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # Refused once (the key file's write), remembered for the device: not tried again.
+    assert done.stdout.strip() == "1"
+    names = sorted(os.listdir(tmp_path))
+    assert names == [
+        "chat.log",
+        "chat.log.idx",
+        "chat.log.lock",
+        "new.key",
+        "one.jsonl",
+        "two.jsonl",
+    ]
+    for name in ("new.key", "one.jsonl", "two.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.ENOLCK], ids=["enosys", "enolck"])
+def test_an_export_where_flock_is_refused_still_publishes(
+    log: Path, out: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    # Lustre mounted noflock (ENOSYS), NFSv3 without lockd (ENOLCK): the temp file goes
+    # unlocked (a sweep then takes it for a live writer's), the export still publishes.
+    def refused(fd: int, operation: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", refused)  # the log's own lock was bound at import
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        assert codec.export(out / "chat.jsonl") == N_MESSAGES
+    assert os.listdir(out) == ["chat.jsonl"]
+
+
+def test_on_nfs_a_killed_export_is_still_swept(
+    log: Path, out: Path, children: list[Child], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NFS has no unnamed files, and emulates flock with byte-range locks: an exclusive one
+    # needs a descriptor open for writing (flock(2)). The sweep asks for a shared one.
+    dst = out / "chat.jsonl"
+    killed = Child(log, dst, "pwrite", files="named")
+    children.append(killed)
+    killed.wait_paused()
+    killed.kill()
+    assert _holding_plaintext(out)
+    real = fcntl.flock
+
+    def nfs(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == 0:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", nfs)
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        codec.export(dst)
+    assert os.listdir(out) == ["chat.jsonl"]
+    assert _holding_plaintext(out) == ["chat.jsonl"]
+
+
+def test_without_unnamed_files_a_live_export_about_to_rename_is_not_swept(
+    log: Path, out: Path, children: list[Child]
+) -> None:
+    # Its temp file is named and written: it keeps its lock until the rename.
+    dst = out / "chat.jsonl"
+    live = Child(log, dst, "rename", files="named")
+    children.append(live)
+    live.wait_paused()
+    (temp,) = os.listdir(out)
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        assert codec.export(dst) == N_MESSAGES
+    assert sorted(os.listdir(out)) == sorted([temp, "chat.jsonl"])
+    live.resume()
+    assert os.listdir(out) == ["chat.jsonl"]
+
+
+def test_a_sweep_that_cannot_delete_does_not_stop_the_export(log: Path, out: Path) -> None:
+    class NoUnlink(FileIO):
+        def unlink(self, path: Any, *, dir_fd: int | None = None) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+
+    dead = out / ".chat.jsonl.tmp-0123456789abcdef"
+    dead.write_bytes(MARKER.encode())
+    dead.chmod(0o600)
+    with ConversationCodec(log, encryption_key=KEY, io=NoUnlink()) as codec:
+        assert codec.export(out / "chat.jsonl") == N_MESSAGES
+    assert sorted(os.listdir(out)) == sorted([dead.name, "chat.jsonl"])

@@ -63,7 +63,28 @@ _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _UNNAMED = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
 # What open(O_TMPFILE) reports where the file system has no unnamed files (EOPNOTSUPP),
 # or the kernel predates them (it then sees O_DIRECTORY | O_RDWR: EISDIR).
-_NO_TMPFILE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL}
+# EACCES, EPERM: a sandbox may refuse O_TMPFILE alone.
+_NO_TMPFILE = {
+    errno.EOPNOTSUPP,
+    errno.ENOTSUP,
+    errno.EISDIR,
+    errno.EINVAL,
+    errno.EACCES,
+    errno.EPERM,
+}
+# What linking an unnamed file in says where it never will: no links, or a security module.
+_LINK_REFUSED = _LINK_UNSUPPORTED | {errno.ENOENT, errno.EACCES}
+# Devices whose unnamed files could not be linked in (a security module): named temps there.
+_NO_UNNAMED_DEVICES: set[int] = set()
+# flock refused by the file system (Lustre without flock, NFSv3 without lockd): no lock then.
+_NO_FLOCK = {
+    errno.ENOLCK,
+    errno.ENOSYS,
+    errno.EOPNOTSUPP,
+    errno.ENOTSUP,
+    errno.EINVAL,
+    errno.EBADF,
+}
 
 
 def atomic_write(
@@ -153,10 +174,14 @@ def _publish(data: bytes | Iterable[bytes], w: _Write) -> None:
             w.fault("written")
         try:
             _link_unnamed(fd, w)
+        except FileExistsError:
+            raise
         except OSError as exc:
-            if exc.errno not in _LINK_UNSUPPORTED or isinstance(exc, FileExistsError):
-                raise
-            # No link through /proc here after all (a security module?): publish it named.
+            # No link through /proc after all: a security module refuses it (AppArmor
+            # without mediate_deleted says ENOENT, SELinux EACCES), or the file system
+            # has no links. Publish it named, and name this device's files so from now on.
+            if exc.errno in _LINK_REFUSED:
+                _NO_UNNAMED_DEVICES.add(os.fstat(fd).st_dev)
             back = b"".join(_read_back(fd)) if w.exclusive else _read_back(fd)
             _publish_named(back, dataclasses.replace(w, fault=None))
             return
@@ -168,12 +193,14 @@ def _publish(data: bytes | Iterable[bytes], w: _Write) -> None:
 
 def _open_unnamed(dir_fd: int, w: _Write) -> int | None:
     """A new unnamed file in ``dir_fd``, read-write (for :func:`_read_back`); None where
-    the file system has none."""
+    the file system has none, or refused to name one before."""
+    if _NO_UNNAMED_DEVICES and os.fstat(dir_fd).st_dev in _NO_UNNAMED_DEVICES:
+        return None
     try:
         fd = os.open(".", _O_TMPFILE | os.O_RDWR | _O_CLOEXEC, w.mode, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in _NO_TMPFILE:
-            return None
+            return None  # (a directory we may not write to refuses the named file too)
         raise
     try:
         os.fchmod(fd, w.mode)  # a umask cannot widen the mode, but make it exact
@@ -211,8 +238,15 @@ def _read_back(fd: int) -> Iterator[bytes]:
 
 
 def _lock(fd: int) -> None:
+    """Lock a fresh temp file (never held) as a live writer's, where the file system can:
+    without the lock it is still written, and :func:`_dead` takes no unlockable file for a
+    killed writer's."""
     if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: never held
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in _NO_FLOCK:
+                raise
 
 
 def _publish_named(data: bytes | Iterable[bytes], w: _Write) -> None:
@@ -225,6 +259,9 @@ def _publish_named(data: bytes | Iterable[bytes], w: _Write) -> None:
     if dir_fd is not None and shown is not None:
         shown_tmp = os.path.join(os.path.dirname(shown), os.path.basename(tmp))
     fd = open_file(tmp, flags, w.mode, dir_fd=dir_fd, shown=shown_tmp)
+    # A locked temp keeps its descriptor, and so its lock, until it is renamed or linked:
+    # named and unlocked, a sweep (dead_temps) would take it for a killed writer's.
+    keep = w.locked and fcntl is not None
     in_place = False
     try:
         try:
@@ -235,7 +272,8 @@ def _publish_named(data: bytes | Iterable[bytes], w: _Write) -> None:
             if w.synced:
                 io.sync(fd, data_only=False)
         finally:
-            os.close(fd)
+            if not keep:
+                os.close(fd)
         if w.fault is not None:
             w.fault("written")
         if w.exclusive:
@@ -251,6 +289,8 @@ def _publish_named(data: bytes | Iterable[bytes], w: _Write) -> None:
             check_file(path, dir_fd=dir_fd, shown=shown)  # rename would replace a link
             io.rename(tmp, path, dir_fd=dir_fd)
     finally:
+        if keep:
+            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             if check_file(tmp, dir_fd=dir_fd) is not None:
                 io.unlink(tmp, dir_fd=dir_fd)
@@ -325,7 +365,10 @@ def _dead(temp: str) -> bool:
         if st.st_uid != os.geteuid() or st.st_size == 0:
             return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Shared: NFS and SMB emulate flock with byte-range locks, and an exclusive one
+            # needs a descriptor open for writing; a shared one still meets a live
+            # writer's exclusive lock.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
             return False  # a live writer's (or no flock here: leave it)
         return True

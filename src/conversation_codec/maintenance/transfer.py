@@ -260,7 +260,10 @@ def _write_atomically(dst: Path, chunks: Iterable[bytes], io: FileIO) -> None:
     # the instant between link and rename): the user retrying a failed export expects it
     # gone. Only killed writers' temp files: a live export holds a lock on its own.
     for temp in dead_temps(dst):
-        with contextlib.suppress(StorageError):  # swapped for a link meanwhile: not ours
+        # Best effort: a temp swapped for a link meanwhile is not ours (StorageError), and a
+        # failed unlink (EIO, a read-only mount) must not stop the export, which the user
+        # asked for; the next one looks again.
+        with contextlib.suppress(OSError):
             unlink_file(temp, io=io)
     try:
         atomic_write(dst, chunks, io=io, locked=True)  # refuses a link planted at dst meanwhile
