@@ -174,14 +174,14 @@ def _publish(data: bytes | Iterable[bytes], w: _Write) -> None:
             w.fault("written")
         try:
             _link_unnamed(fd, w)
-        except FileExistsError:
-            raise
         except OSError as exc:
             # No link through /proc after all: a security module refuses it (AppArmor
             # without mediate_deleted says ENOENT, SELinux EACCES), or the file system
             # has no links. Publish it named, and name this device's files so from now on.
-            if exc.errno in _LINK_REFUSED:
-                _NO_UNNAMED_DEVICES.add(os.fstat(fd).st_dev)
+            # Anything else (EEXIST, EIO, ENOSPC) is the write's failure.
+            if exc.errno not in _LINK_REFUSED or isinstance(exc, FileExistsError):
+                raise
+            _NO_UNNAMED_DEVICES.add(os.fstat(fd).st_dev)
             back = b"".join(_read_back(fd)) if w.exclusive else _read_back(fd)
             _publish_named(back, dataclasses.replace(w, fault=None))
             return
