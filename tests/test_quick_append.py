@@ -397,3 +397,108 @@ def test_threads_share_a_codec_s_quick_appends(tmp_path: Path) -> None:
     for t, seqs in got.items():
         assert [stored[s]["content"] for s in seqs] == [f"{t}-{i}" for i in range(50)]
     codec.close()
+
+
+# -- from review -----------------------------------------------------------------------------
+
+
+def test_a_clock_that_reads_the_codec_keeps_the_log_locked(tmp_path: Path, watch: Watch) -> None:
+    # The clock runs inside the append's hold. One that reads the codec (len(), a time) once
+    # took the lock file again, turned the exclusive lock shared and dropped it: another
+    # process's append went in meanwhile and was written over.
+    path = tmp_path / "chat.log"
+    during: list[list[int]] = []
+    ticks = Clock()
+
+    def clock() -> int:
+        if armed:
+            armed.clear()
+            assert len(codec) == 3  # nested in the append's hold
+            during.append(_child(path, "try", 100, 1))  # another process: locked out
+        return ticks()
+
+    armed: list[bool] = []
+    codec = ConversationCodec(path, encryption_key=KEY, clock=clock)
+    for i in range(3):
+        codec.append(message(i))
+    watch.calls.clear()
+    armed.append(True)
+    assert codec.append(message(3)) == 3
+    assert watch.calls[-1].caller.endswith("quick.py")  # the quick path made it
+    assert during == [[]]  # the child timed out on the lock
+    codec.close()
+    with ConversationCodec(path, encryption_key=KEY) as fresh:
+        assert fresh.load() == [message(i) for i in range(4)]
+        assert fresh.verify().problems == ()
+
+
+def test_an_exception_inside_a_quick_append_releases_the_lock_and_the_mutex(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C (or any exception that is no OSError) between the lock and the writes.
+    path = tmp_path / "chat.log"
+    codec = _seeded(path)
+    real = os.fstat
+    armed = [True]
+
+    def fstat(fd: int, *args: Any, **kwargs: Any) -> os.stat_result:
+        if armed and sys._getframe(1).f_code.co_filename.endswith("quick.py"):
+            armed.clear()
+            raise KeyboardInterrupt
+        return real(fd, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    with pytest.raises(KeyboardInterrupt):
+        codec.append(message(3))
+    assert not armed
+    monkeypatch.undo()
+    done: list[int] = []
+    worker = threading.Thread(target=lambda: done.append(codec.append(message(4))))
+    worker.start()
+    worker.join(20)
+    assert done == [3]  # another thread gets the mutex
+    assert _child(path, "try", 0, 1) == [4]  # another process gets the lock
+    codec.close()
+
+
+def test_without_fdatasync_a_flushed_append_takes_the_general_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # macOS has no os.fdatasync: a flushed append does not need it, and must not look it up.
+    path = tmp_path / "chat.log"
+    monkeypatch.delattr(os, "fdatasync")
+    with ConversationCodec(path, encryption_key=KEY, durability="flush") as codec:
+        assert [codec.append(message(i)) for i in range(4)] == [0, 1, 2, 3]
+        assert codec.load() == [message(i) for i in range(4)]
+
+
+def test_reindex_turns_the_quick_append_off_for_the_keyword_index(tmp_path: Path) -> None:
+    # reindex() asks for the index: every later append keeps it, a deleted sidecar included.
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        for i in range(3):
+            codec.append(message(i))
+        assert codec.reindex() == 3
+        Path(f"{path}.kwi").unlink()
+        codec.append(message(3))
+        assert Path(f"{path}.kwi").exists()
+        assert [h.seq for h in codec.search("message 3")] == [3]
+
+
+def test_a_replaced_default_seam_sees_every_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FileIO.sync replaced on the class (instrumentation): the default seam is then no
+    # longer the OS's calls, and the quick append gives way to the path that calls it.
+    seen: list[int] = []
+    real = FileIO.sync
+
+    def sync(self: FileIO, fd: int, *, data_only: bool) -> None:
+        seen.append(fd)
+        real(self, fd, data_only=data_only)
+
+    monkeypatch.setattr(FileIO, "sync", sync)
+    with ConversationCodec(tmp_path / "chat.log", encryption_key=KEY) as codec:
+        for i in range(5):
+            codec.append(message(i))
+    assert len(seen) >= 5

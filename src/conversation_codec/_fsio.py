@@ -131,12 +131,13 @@ class FileIO:
 DEFAULT_IO = FileIO()  # the operating system, for callers given no seam
 
 
-def default_syscalls() -> tuple[Callable[[int, bytes, int], int], Callable[[int], None]]:
+def default_syscalls() -> tuple[Callable[[int, bytes, int], int], Callable[[int], None] | None]:
     """What ``DEFAULT_IO``'s ``pwrite`` and ``sync(data_only=True)`` call, for the one hot
     path that checks ``io is DEFAULT_IO`` first (a quick append, issue 15): no frame of ours
     between it and the kernel. Looked up at each call, as ``DEFAULT_IO`` does (a test that
-    patches ``os`` sees them too). Any other seam sees every call, as before."""
-    return os.pwrite, os.fdatasync
+    patches ``os`` sees them too). Any other seam sees every call, as before. None for
+    ``fdatasync`` where the OS has none (macOS)."""
+    return os.pwrite, getattr(os, "fdatasync", None)
 
 
 def _refusal(path: _Path, st: os.stat_result) -> StorageError:

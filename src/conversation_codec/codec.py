@@ -111,7 +111,7 @@ class ConversationCodec(Maintenance, ChatFormats):
         :raises NotSerializableError: the message is not a JSON object that round-trips.
         :raises ValueError: ``timestamp`` is earlier than the last record's.
         """
-        if timestamp is not None or self._quick is None:
+        if timestamp is not None or self._quick is None or self._kwi.wanted:  # (reindex())
             return self.extend([message], timestamps=None if timestamp is None else [timestamp])[0]
         encoded = self._encoder.encode(message)  # outside the lock, as extend()
         seq = self._quick(encoded[1])  # None: not the steady state (issue 15), nothing done

@@ -33,17 +33,20 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
+from threading import get_ident as _get_ident
 
-from ..._fsio import DEFAULT_IO, default_syscalls, write_all
+from ..._fsio import DEFAULT_IO, FileIO, default_syscalls, write_all
 from ...errors import ConversationCodecError
 from ...format.index import ENTRY_SYNCED, INDEX_ENTRY, INDEX_HEADER_BYTES
 from ...format.record import encode_frame
 from ...records import RecordCodec
 from .lock import LOCK_STATE, QUICK_FLOCK
 from .log import FileLog
-from .transaction import storage_error
+from .transaction import Transactions, storage_error
 
 __all__ = ["QuickAppend", "quick_append"]
+
+_PWRITE, _SYNC = FileIO.pwrite, FileIO.sync  # what DEFAULT_IO calls, unless replaced
 
 # ``encode(records, seq, last_ts_us, message_json)``: the record's time and body, or None for
 # the general path.
@@ -62,7 +65,7 @@ class QuickAppend:
     """Append one record to ``log`` in the steady state (see the module docstring).
 
     ``encode`` stamps and seals the record (``LogWriter.single``); ``after`` runs once it
-    is committed and indexed, still inside this process's hold (the codec's bookkeeping of
+    is committed, indexed and unlocked, still under the log's mutex (the codec's bookkeeping of
     ``save()``), given the log's state then (``HistoryView.state()``).
     """
 
@@ -87,6 +90,10 @@ class QuickAppend:
         for that reason.
         """
         log = self._log
+        pwrite, datasync = default_syscalls()
+        synced = log._sync
+        if (synced and datasync is None) or not _default_seam():
+            return None  # no fdatasync here (macOS), or DEFAULT_IO's calls were replaced
         txns, lock, index = log._txns, log._lock, log.index
         mutex = txns.mutex
         mutex.acquire()
@@ -107,37 +114,39 @@ class QuickAppend:
         flock, take, untake = self._flock
         try:
             flock(fd, take)
-        except OSError:  # held by another process (or worse): the general path waits
+        except BaseException:  # held by another process (or worse): the general path waits
             mutex.release()
             return None
+        # Held: this is the thread's write transaction, so that the codec called from inside
+        # it (a clock that reads the log) nests in it instead of unlocking the file. Every
+        # way out below leaves it and unlocks; the mutex is released last.
+        txns.depth, txns.writable, txns.owner = 1, True, _get_ident()
         seq = len(index.ends)
         try:
-            at = os.lstat(lock.path)
-            steady = (
-                (at.st_dev, at.st_ino) == lock._ino
-                and seen[0] == at.st_ino
-                and os.pread(fd, LOCK_STATE.size, 0) == LOCK_STATE.pack(seen[1], seen[2])
-                and os.fstat(idx_fd).st_nlink > 0
-                and index.persisted == seq
-            )
-        except OSError:  # the general path looks again, and raises what it must
-            steady = False
-        if not steady:
             try:
-                flock(fd, untake)
-            finally:
-                mutex.release()
-            return None
-        pwrite, datasync = default_syscalls()
-        try:
-            tss = index.tss
-            stamped = self._encode(fmt.records, seq, tss[-1] if seq else 0, data)
+                at = os.lstat(lock.path)
+                steady = (
+                    (at.st_dev, at.st_ino) == lock._ino
+                    and seen[0] == at.st_ino
+                    and os.pread(fd, LOCK_STATE.size, 0) == LOCK_STATE.pack(seen[1], seen[2])
+                    and os.fstat(idx_fd).st_nlink > 0
+                    and index.persisted == seq
+                )
+            except OSError:  # the general path looks again, and raises what it must
+                steady = False
+            # The clock is read only when the quick path goes on (a test clock ticks once).
+            stamped = (
+                self._encode(fmt.records, seq, index.tss[-1] if seq else 0, data)
+                if steady
+                else None
+            )
             if stamped is None:
+                _leave(txns)
                 flock(fd, untake)
-                return None  # (the mutex: released below)
+                return None
             ts, body = stamped
             frame = encode_frame(body) if fmt.sealed else body
-            ends = index.ends
+            ends, tss = index.ends, index.tss
             end = ends[-1] if seq else index.data_start
             if index.dict_span[1] > end:
                 end = index.dict_span[1]  # after the dictionary record
@@ -155,10 +164,9 @@ class QuickAppend:
                 log._settled = False
                 log.io.truncate(log_fd, end)  # leave no partial record behind
                 raise
-            synced = log._sync
             if synced:
                 try:
-                    datasync(log_fd)
+                    datasync(log_fd)  # type: ignore[misc]  # (not None: checked above)
                 except OSError:
                     log.poisoned = True  # the kernel may have dropped the pages
                     raise
@@ -180,14 +188,32 @@ class QuickAppend:
             except OSError:
                 # The record is committed; the index is only a cache: rewritten next time.
                 log._index_ok = log._settled = False
+            _leave(txns)
             flock(fd, untake)
+            # The codec's bookkeeping, given the log's state as this append left it (the
+            # lock is released: nothing here reads the files).
             self._after(seq, [data], (fmt.log_id, txns.seen, seq + 1))
         except BaseException as exc:
+            _leave(txns)
             _failed(log, fd, exc, self._flock)
             raise
         finally:
             mutex.release()
         return seq
+
+
+def _leave(txns: Transactions) -> None:
+    """End the write transaction the quick append held (before it unlocks)."""
+    txns.depth, txns.writable, txns.owner = 0, False, None
+
+
+def _default_seam() -> bool:
+    """Whether ``DEFAULT_IO`` still writes and syncs as ``FileIO`` does (nobody replaced
+    them on the class or the instance): then the quick append's own calls are its calls."""
+    return (
+        getattr(DEFAULT_IO.pwrite, "__func__", None) is _PWRITE
+        and getattr(DEFAULT_IO.sync, "__func__", None) is _SYNC
+    )
 
 
 def _write_rest(fd: int, data: bytes, done: int, offset: int) -> None:
