@@ -119,7 +119,11 @@ class KillingIO(FileIO):
         return what == self.kind and self.calls[what] == self.at
 
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
-        if ".kwi" in os.readlink(f"/proc/self/fd/{fd}") and self.hit("pwrite"):
+        # The sidecar, its named temp, or the unnamed file (O_TMPFILE: "dir/#ino (deleted)")
+        # a merge is written into before it is linked in: the only unnamed file a search
+        # writes.
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if (".kwi" in target or "/#" in target) and self.hit("pwrite"):
             if self.torn:
                 os.pwrite(fd, bytes(data)[: len(data) // 2], offset)
             os.kill(os.getpid(), signal.SIGKILL)
