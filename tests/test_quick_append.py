@@ -502,3 +502,36 @@ def test_a_replaced_default_seam_sees_every_append(
         for i in range(5):
             codec.append(message(i))
     assert len(seen) >= 5
+
+
+def test_an_interrupt_while_taking_the_lock_is_raised_not_swallowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C landing in the quick append's flock: raised to the caller (not taken for a
+    # busy lock and retried on the general path), and nothing stays held.
+    import conversation_codec.storage.file.quick as quick
+
+    assert quick.QUICK_FLOCK is not None
+    real, take, untake = quick.QUICK_FLOCK
+    armed: list[bool] = []  # armed once the log is seeded
+
+    def flock(fd: int, operation: int) -> None:
+        if operation == take and armed:
+            armed.clear()
+            raise KeyboardInterrupt
+        real(fd, operation)
+
+    monkeypatch.setattr(quick, "QUICK_FLOCK", (flock, take, untake))
+    path = tmp_path / "chat.log"
+    codec = _seeded(path)
+    armed.append(True)
+    with pytest.raises(KeyboardInterrupt):
+        codec.append(message(3))
+    assert not armed
+    done: list[int] = []
+    worker = threading.Thread(target=lambda: done.append(codec.append(message(4))))
+    worker.start()
+    worker.join(20)
+    assert done == [3]
+    assert _child(path, "try", 0, 1) == [4]
+    codec.close()

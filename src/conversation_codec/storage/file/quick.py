@@ -112,17 +112,19 @@ class QuickAppend:
             mutex.release()
             return None
         flock, take, untake = self._flock
-        try:
-            flock(fd, take)
-        except BaseException:  # held by another process (or worse): the general path waits
-            mutex.release()
-            return None
-        # Held: this is the thread's write transaction, so that the codec called from inside
-        # it (a clock that reads the log) nests in it instead of unlocking the file. Every
-        # way out below leaves it and unlocks; the mutex is released last.
+        # This thread's write transaction while the lock is held, so that the codec called
+        # from inside it (a clock that reads the log) nests in it instead of unlocking the
+        # file. Every way out below leaves it and unlocks (an unlock of a lock not taken
+        # yet releases nothing: the mutex keeps this process's other threads off the
+        # lock file); the mutex is released last.
         txns.depth, txns.writable, txns.owner = 1, True, _get_ident()
         seq = len(index.ends)
         try:
+            try:
+                flock(fd, take)
+            except OSError:  # held by another process: the general path waits for it
+                _leave(txns)
+                return None
             try:
                 at = os.lstat(lock.path)
                 steady = (
