@@ -421,3 +421,31 @@ def test_a_sweep_that_cannot_delete_does_not_stop_the_export(log: Path, out: Pat
     with ConversationCodec(log, encryption_key=KEY, io=NoUnlink()) as codec:
         assert codec.export(out / "chat.jsonl") == N_MESSAGES
     assert sorted(os.listdir(out)) == sorted([dead.name, "chat.jsonl"])
+
+
+def test_a_failed_rename_is_the_write_s_failure_not_a_refused_link(tmp_path: Path) -> None:
+    # Only the link of the unnamed file can say "no links here": an EACCES of the rename
+    # that follows it fails the write and leaves unnamed files in use for the next one.
+    class Once(FileIO):
+        def __init__(self) -> None:
+            self.failed = False
+            self.links: list[str] = []
+
+        def rename(self, src: Any, dst: Any, *, dir_fd: int | None = None) -> None:
+            if not self.failed:
+                self.failed = True
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            super().rename(src, dst, dir_fd=dir_fd)
+
+        def link(self, src: Any, dst: Any, *, dir_fd: int | None = None) -> None:
+            self.links.append(str(src))
+            super().link(src, dst, dir_fd=dir_fd)
+
+    io = Once()
+    with pytest.raises(PermissionError):
+        atomic_write(tmp_path / "one", b"secret", io=io)
+    assert os.listdir(tmp_path) == []
+    io.links.clear()
+    atomic_write(tmp_path / "two", b"secret", io=io)
+    assert [src.startswith("/proc/self/fd/") for src in io.links] == [True]
+    assert os.listdir(tmp_path) == ["two"]

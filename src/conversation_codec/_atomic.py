@@ -174,13 +174,10 @@ def _publish(data: bytes | Iterable[bytes], w: _Write) -> None:
             w.fault("written")
         try:
             _link_unnamed(fd, w)
-        except OSError as exc:
+        except _LinkRefused:
             # No link through /proc after all: a security module refuses it (AppArmor
             # without mediate_deleted says ENOENT, SELinux EACCES), or the file system
             # has no links. Publish it named, and name this device's files so from now on.
-            # Anything else (EEXIST, EIO, ENOSPC) is the write's failure.
-            if exc.errno not in _LINK_REFUSED or isinstance(exc, FileExistsError):
-                raise
             _NO_UNNAMED_DEVICES.add(os.fstat(fd).st_dev)
             back = b"".join(_read_back(fd)) if w.exclusive else _read_back(fd)
             _publish_named(back, dataclasses.replace(w, fault=None))
@@ -218,15 +215,31 @@ def _link_unnamed(fd: int, w: _Write) -> None:
     file behind the /proc link, not the link."""
     dir_fd, io = w.dir_fd, w.io
     if w.exclusive:
-        io.link(f"/proc/self/fd/{fd}", w.path, dir_fd=dir_fd)
+        _link_in(fd, w.path, w)
         return
     check_file(w.path, dir_fd=dir_fd, shown=w.shown)  # rename would replace a link
-    io.link(f"/proc/self/fd/{fd}", w.tmp, dir_fd=dir_fd)
+    _link_in(fd, w.tmp, w)
     try:
         io.rename(w.tmp, w.path, dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             io.unlink(w.tmp, dir_fd=dir_fd)
+        raise
+
+
+class _LinkRefused(Exception):
+    """The link of an unnamed file was refused as links never will be here: no links on
+    this file system, or a security module (not EEXIST, EIO, ENOSPC: the write's failure)."""
+
+
+def _link_in(fd: int, name: str | _Path, w: _Write) -> None:
+    """Link the unnamed file ``fd`` in as ``name``; :class:`_LinkRefused` for a refusal
+    of the link itself, told apart here from every other step's errors."""
+    try:
+        w.io.link(f"/proc/self/fd/{fd}", name, dir_fd=w.dir_fd)
+    except OSError as exc:
+        if exc.errno in _LINK_REFUSED and not isinstance(exc, FileExistsError):
+            raise _LinkRefused from exc
         raise
 
 

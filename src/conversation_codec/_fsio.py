@@ -131,12 +131,23 @@ class FileIO:
 DEFAULT_IO = FileIO()  # the operating system, for callers given no seam
 
 
-def default_syscalls() -> tuple[Callable[[int, bytes, int], int], Callable[[int], None] | None]:
+_PWRITE, _SYNC = FileIO.pwrite, FileIO.sync  # as defined: what DEFAULT_IO calls unless replaced
+
+
+def default_syscalls() -> (
+    tuple[Callable[[int, bytes, int], int], Callable[[int], None] | None] | None
+):
     """What ``DEFAULT_IO``'s ``pwrite`` and ``sync(data_only=True)`` call, for the one hot
     path that checks ``io is DEFAULT_IO`` first (a quick append, issue 15): no frame of ours
     between it and the kernel. Looked up at each call, as ``DEFAULT_IO`` does (a test that
-    patches ``os`` sees them too). Any other seam sees every call, as before. None for
-    ``fdatasync`` where the OS has none (macOS)."""
+    patches ``os`` sees them too). None when ``FileIO.pwrite`` or ``sync`` was replaced, on
+    the class or on ``DEFAULT_IO`` (instrumentation): the caller then goes through the seam,
+    which sees every call. ``fdatasync`` is None where the OS has none (macOS)."""
+    if (
+        getattr(DEFAULT_IO.pwrite, "__func__", None) is not _PWRITE
+        or getattr(DEFAULT_IO.sync, "__func__", None) is not _SYNC
+    ):
+        return None
     return os.pwrite, getattr(os, "fdatasync", None)
 
 

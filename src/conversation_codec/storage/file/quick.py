@@ -35,7 +35,7 @@ import os
 from collections.abc import Callable
 from threading import get_ident as _get_ident
 
-from ..._fsio import DEFAULT_IO, FileIO, default_syscalls, write_all
+from ..._fsio import DEFAULT_IO, default_syscalls, write_all
 from ...errors import ConversationCodecError
 from ...format.index import ENTRY_SYNCED, INDEX_ENTRY, INDEX_HEADER_BYTES
 from ...format.record import encode_frame
@@ -46,7 +46,6 @@ from .transaction import Transactions, storage_error
 
 __all__ = ["QuickAppend", "quick_append"]
 
-_PWRITE, _SYNC = FileIO.pwrite, FileIO.sync  # what DEFAULT_IO calls, unless replaced
 
 # ``encode(records, seq, last_ts_us, message_json)``: the record's time and body, or None for
 # the general path.
@@ -90,132 +89,121 @@ class QuickAppend:
         for that reason.
         """
         log = self._log
-        pwrite, datasync = default_syscalls()
+        calls = default_syscalls()
         synced = log._sync
-        if (synced and datasync is None) or not _default_seam():
-            return None  # no fdatasync here (macOS), or DEFAULT_IO's calls were replaced
+        if calls is None or (synced and calls[1] is None):
+            return None  # DEFAULT_IO's calls were replaced, or no fdatasync here (macOS)
+        pwrite, datasync = calls
         txns, lock, index = log._txns, log._lock, log.index
-        mutex = txns.mutex
-        mutex.acquire()
-        fd, log_fd, fmt, idx_fd, seen = lock._fd, log._fd, log.fmt, index._fd, txns.seen
-        if (
-            txns.depth  # inside this thread's transaction: the general path nests
-            or fd is None
-            or log_fd is None
-            or fmt is None
-            or idx_fd is None
-            or seen is None
-            or not log._settled
-            or log.poisoned
-            or log._io is not DEFAULT_IO
-        ):
-            mutex.release()
-            return None
         flock, take, untake = self._flock
-        # This thread's write transaction while the lock is held, so that the codec called
-        # from inside it (a clock that reads the log) nests in it instead of unlocking the
-        # file. Every way out below leaves it and unlocks (an unlock of a lock not taken
-        # yet releases nothing: the mutex keeps this process's other threads off the
-        # lock file); the mutex is released last.
-        txns.depth, txns.writable, txns.owner = 1, True, _get_ident()
-        seq = len(index.ends)
-        try:
-            try:
-                flock(fd, take)
-            except OSError:  # held by another process: the general path waits for it
-                _leave(txns)
+        with txns.mutex:  # released on every way out, an interrupt's included
+            fd, log_fd, fmt, idx_fd, seen = lock._fd, log._fd, log.fmt, index._fd, txns.seen
+            if (
+                txns.depth  # inside this thread's transaction: the general path nests
+                or fd is None
+                or log_fd is None
+                or fmt is None
+                or idx_fd is None
+                or seen is None
+                or not log._settled
+                or log.poisoned
+                or log._io is not DEFAULT_IO
+            ):
                 return None
             try:
-                at = os.lstat(lock.path)
-                steady = (
-                    (at.st_dev, at.st_ino) == lock._ino
-                    and seen[0] == at.st_ino
-                    and os.pread(fd, LOCK_STATE.size, 0) == LOCK_STATE.pack(seen[1], seen[2])
-                    and os.fstat(idx_fd).st_nlink > 0
-                    and index.persisted == seq
+                # This thread's write transaction while the lock is held, so that the codec
+                # called from inside it (a clock that reads the log) nests in it instead of
+                # unlocking the file. Every way out leaves it and unlocks (an unlock of a
+                # lock not taken yet releases nothing: the mutex keeps this process's other
+                # threads off the lock file).
+                txns.depth, txns.writable, txns.owner = 1, True, _get_ident()
+                seq = len(index.ends)
+                try:
+                    flock(fd, take)
+                except OSError:  # held by another process: the general path waits for it
+                    _leave(txns)
+                    return None
+                try:
+                    at = os.lstat(lock.path)
+                    steady = (
+                        (at.st_dev, at.st_ino) == lock._ino
+                        and seen[0] == at.st_ino
+                        and os.pread(fd, LOCK_STATE.size, 0) == LOCK_STATE.pack(seen[1], seen[2])
+                        and os.fstat(idx_fd).st_nlink > 0
+                        and index.persisted == seq
+                    )
+                except OSError:  # the general path looks again, and raises what it must
+                    steady = False
+                # The clock is read only when the quick path goes on (a test clock ticks once).
+                stamped = (
+                    self._encode(fmt.records, seq, index.tss[-1] if seq else 0, data)
+                    if steady
+                    else None
                 )
-            except OSError:  # the general path looks again, and raises what it must
-                steady = False
-            # The clock is read only when the quick path goes on (a test clock ticks once).
-            stamped = (
-                self._encode(fmt.records, seq, index.tss[-1] if seq else 0, data)
-                if steady
-                else None
-            )
-            if stamped is None:
+                if stamped is None:
+                    _leave(txns)
+                    flock(fd, untake)
+                    return None
+                ts, body = stamped
+                frame = encode_frame(body) if fmt.sealed else body
+                ends, tss = index.ends, index.tss
+                end = ends[-1] if seq else index.data_start
+                if index.dict_span[1] > end:
+                    end = index.dict_span[1]  # after the dictionary record
+                # FORMAT.md §8.1: bump generation before the log changes.
+                counters = LOCK_STATE.pack(seen[1] + 1, seen[2])
+                txns.seen = (seen[0], seen[1] + 1, seen[2])
+                done = pwrite(fd, counters, 0)
+                if done != len(counters):
+                    _write_rest(fd, counters, done, 0)
+                try:
+                    done = pwrite(log_fd, frame, end)
+                    if done != len(frame):
+                        _write_rest(log_fd, frame, done, end)
+                except OSError:
+                    log._settled = False
+                    log.io.truncate(log_fd, end)  # leave no partial record behind
+                    raise
+                if synced:
+                    try:
+                        datasync(log_fd)  # type: ignore[misc]  # (not None: checked above)
+                    except OSError:
+                        log.poisoned = True  # the kernel may have dropped the pages
+                        raise
+                # Committed. The entry, after the sync: under "fsync" it is evidence (§7).
+                end += len(frame)
+                ends.append(end)
+                tss.append(ts)
+                index.synced.append(synced)
+                if synced:
+                    index.committed_end = end
+                    entry = INDEX_ENTRY.pack(end | ENTRY_SYNCED, ts)
+                else:
+                    entry = INDEX_ENTRY.pack(end, ts)
+                try:
+                    at_entry = INDEX_HEADER_BYTES + seq * INDEX_ENTRY.size
+                    done = pwrite(idx_fd, entry, at_entry)
+                    if done != len(entry):
+                        _write_rest(idx_fd, entry, done, at_entry)
+                    index.persisted = seq + 1
+                except OSError:
+                    # The record is committed; the index is only a cache: rewritten next time.
+                    log._index_ok = log._settled = False
                 _leave(txns)
                 flock(fd, untake)
-                return None
-            ts, body = stamped
-            frame = encode_frame(body) if fmt.sealed else body
-            ends, tss = index.ends, index.tss
-            end = ends[-1] if seq else index.data_start
-            if index.dict_span[1] > end:
-                end = index.dict_span[1]  # after the dictionary record
-            # FORMAT.md §8.1: bump generation before the log changes.
-            counters = LOCK_STATE.pack(seen[1] + 1, seen[2])
-            txns.seen = (seen[0], seen[1] + 1, seen[2])
-            done = pwrite(fd, counters, 0)
-            if done != len(counters):
-                _write_rest(fd, counters, done, 0)
-            try:
-                done = pwrite(log_fd, frame, end)
-                if done != len(frame):
-                    _write_rest(log_fd, frame, done, end)
-            except OSError:
-                log._settled = False
-                log.io.truncate(log_fd, end)  # leave no partial record behind
+                # The codec's bookkeeping, given the log's state as this append left it (the
+                # lock is released: nothing here reads the files).
+                self._after(seq, [data], (fmt.log_id, txns.seen, seq + 1))
+            except BaseException as exc:
+                _leave(txns)
+                _failed(log, fd, exc, self._flock)
                 raise
-            if synced:
-                try:
-                    datasync(log_fd)  # type: ignore[misc]  # (not None: checked above)
-                except OSError:
-                    log.poisoned = True  # the kernel may have dropped the pages
-                    raise
-            # Committed. The entry, after the sync: under "fsync" it is evidence (§7).
-            end += len(frame)
-            ends.append(end)
-            tss.append(ts)
-            index.synced.append(synced)
-            if synced:
-                index.committed_end = end
-                entry = INDEX_ENTRY.pack(end | ENTRY_SYNCED, ts)
-            else:
-                entry = INDEX_ENTRY.pack(end, ts)
-            try:
-                done = pwrite(idx_fd, entry, INDEX_HEADER_BYTES + seq * INDEX_ENTRY.size)
-                if done != len(entry):
-                    _write_rest(idx_fd, entry, done, INDEX_HEADER_BYTES + seq * INDEX_ENTRY.size)
-                index.persisted = seq + 1
-            except OSError:
-                # The record is committed; the index is only a cache: rewritten next time.
-                log._index_ok = log._settled = False
-            _leave(txns)
-            flock(fd, untake)
-            # The codec's bookkeeping, given the log's state as this append left it (the
-            # lock is released: nothing here reads the files).
-            self._after(seq, [data], (fmt.log_id, txns.seen, seq + 1))
-        except BaseException as exc:
-            _leave(txns)
-            _failed(log, fd, exc, self._flock)
-            raise
-        finally:
-            mutex.release()
-        return seq
+            return seq
 
 
 def _leave(txns: Transactions) -> None:
     """End the write transaction the quick append held (before it unlocks)."""
     txns.depth, txns.writable, txns.owner = 0, False, None
-
-
-def _default_seam() -> bool:
-    """Whether ``DEFAULT_IO`` still writes and syncs as ``FileIO`` does (nobody replaced
-    them on the class or the instance): then the quick append's own calls are its calls."""
-    return (
-        getattr(DEFAULT_IO.pwrite, "__func__", None) is _PWRITE
-        and getattr(DEFAULT_IO.sync, "__func__", None) is _SYNC
-    )
 
 
 def _write_rest(fd: int, data: bytes, done: int, offset: int) -> None:
