@@ -36,6 +36,19 @@ from typing import Any
 KEY_ENV = "CC_TEST_KEY"
 SCRIPT = os.path.abspath(__file__)
 
+# Source to put before a child script: ``refuse_unnamed_files()`` makes ``os.open`` refuse
+# ``O_TMPFILE`` (EOPNOTSUPP), as a file system without unnamed files (NFS, FAT) does.
+NO_UNNAMED_FILES = """
+def refuse_unnamed_files():
+    import errno, os
+    real_open = os.open
+    def refusing(path, flags, *args, **kwargs):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        return real_open(path, flags, *args, **kwargs)
+    os.open = refusing
+"""
+
 
 def subprocess_env(key: str | None) -> dict[str, str]:
     """Return the environment for a child: the key (or none), and a PYTHONPATH that makes

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from _writer import subprocess_env
+from _writer import NO_UNNAMED_FILES, subprocess_env
 from conversation_codec import ConversationCodec, FileIO
 from conversation_codec._atomic import atomic_write
 
@@ -40,7 +40,9 @@ N_MESSAGES = 1500  # ~1.3 MB of JSONL: more than one 1 MiB write batch
 # file in the export's folder, or "never"), announcing it on stdout; the parent kills it
 # there, or lets it go on by writing a line. argv[4] "cli": through the CLI's export.
 # argv[5] "named": os.open refuses O_TMPFILE, as a file system without unnamed files does.
-_CHILD = r"""
+_CHILD = (
+    NO_UNNAMED_FILES
+    + r"""
 import errno, os, sys
 from conversation_codec import ConversationCodec, FileIO
 from conversation_codec.cli import main
@@ -49,12 +51,7 @@ log, dst, stop, how, files = sys.argv[1:6]
 out = os.path.dirname(dst)
 
 if files == "named":
-    real_open = os.open
-    def refusing(path, flags, *args, **kwargs):
-        if flags & os.O_TMPFILE == os.O_TMPFILE:
-            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
-        return real_open(path, flags, *args, **kwargs)
-    os.open = refusing
+    refuse_unnamed_files()
 
 class Pause(FileIO):
     paused = False
@@ -86,6 +83,7 @@ else:
         c.export(dst)
 print("done", flush=True)
 """
+)
 
 
 def _messages(start: int = 0) -> list[dict[str, str]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from _writer import subprocess_env
+from _writer import NO_UNNAMED_FILES, subprocess_env
 from conversation_codec import (
     ConversationCodecError,
     CorruptRecordError,
@@ -300,7 +300,7 @@ def test_a_damaged_or_newer_pack_is_refused_by_name(tmp_path: Path, damage: str)
 
 # --- crashes and concurrency: real processes -------------------------------------------
 
-_CHILD = textwrap.dedent(
+_CHILD = NO_UNNAMED_FILES + textwrap.dedent(
     """
     import errno, os, signal, sys
     from conversation_codec import FileIO
@@ -308,12 +308,7 @@ _CHILD = textwrap.dedent(
 
     mode, root, mark = sys.argv[1], sys.argv[2], sys.argv[3]
     if sys.argv[4] == "named":  # a file system without unnamed (O_TMPFILE) files
-        real_open = os.open
-        def refusing(path, flags, *args, **kwargs):
-            if flags & os.O_TMPFILE == os.O_TMPFILE:
-                raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
-            return real_open(path, flags, *args, **kwargs)
-        os.open = refusing
+        refuse_unnamed_files()
 
     class KillAt(FileIO):
         def step(self, name):
