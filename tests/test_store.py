@@ -321,6 +321,24 @@ def test_per_user_keys_really_differ(big: ConversationStore) -> None:
         ConversationCodec(big.path(even), encryption_key=KEY)
 
 
+def test_a_key_list_is_read_once_when_the_store_is_made(tmp_path: Path) -> None:
+    """The store keeps the keys it was given: a list the caller changes afterwards (emptied,
+    or a key swapped for garbage) changes nothing, and no open fails on it."""
+    keys = [OTHER_KEY, KEY]
+    store = ConversationStore(tmp_path, encryption_key=keys)
+    with store.open("a") as codec:
+        codec.append({"role": "user", "content": "sealed under OTHER_KEY"})
+    keys[:] = ["not a key"]
+    with store.open("a") as codec:
+        codec.append({"role": "assistant", "content": "still"})
+    keys.clear()
+    with store.open("a") as codec:
+        assert [m["content"] for m in codec.load() or []] == ["sealed under OTHER_KEY", "still"]
+    with pytest.raises(DecryptionError):
+        ConversationCodec(store.path("a"), encryption_key=KEY, context="a")
+    assert ConversationCodec(store.path("a"), encryption_key=OTHER_KEY, context="a").tail(1)
+
+
 def test_search_merges_conversations_in_time_order(big: ConversationStore) -> None:
     assert got(big.search("refund")) == brute(lambda c, i, m: "refund" in m["content"])
     everything = brute()

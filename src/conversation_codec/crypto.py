@@ -14,7 +14,7 @@ import hmac
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Union
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
@@ -57,7 +57,7 @@ __all__ = [
     "password_master",
 ]
 
-KeyInput = str | bytes | Sequence[str | bytes]
+KeyInput = Union[str, bytes, Sequence[str | bytes], "Keyring"]  # a Keyring: parsed once
 _HKDF_INFO = b"conversation-codec/1 log keys"  # FORMAT.md §4
 _KWI_INFO = b"conversation-codec/1 keyword index"  # FORMAT.md §17.2
 _MASTER_KEY_BYTES = 32
@@ -119,6 +119,8 @@ class Keyring:
         :raises KeyTypeError: not a str, bytes, or a sequence of them.
         :raises InvalidKeyError: a key is not a Fernet key, or the list is empty.
         """
+        if isinstance(key, Keyring):  # parsed already (a store parses its key once: issue 15)
+            return key
         if isinstance(key, (str, bytes)):
             return cls([_parse_key(key)])
         if not isinstance(key, Sequence) or isinstance(key, (bytearray, memoryview)):

@@ -118,10 +118,10 @@ class ConversationStore:
             raise ValueError("pass password= or encryption_key=/key_fn=, not both")
         if durability not in ("fsync", "flush"):
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
-        if encryption_key is not None:
-            Keyring.from_input(encryption_key)  # a bad key fails here, not at the first open
+        # Parsed once: a bad key fails here, and no open parses it again (issue 15).
+        keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         self._backend: StoreBackend = backend_for(root, io=io)
-        self._key = encryption_key
+        self._key: KeyInput | None = keyring
         self._key_fn = key_fn
         self._durability = durability
         self._redact = redact_fn
