@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conversation_codec import ConversationCodec
+from conversation_codec import ConversationCodec, FileIO
 from conversation_codec.errors import ConversationCodecError
 
 from conftest import KEY, messages
@@ -241,3 +241,46 @@ def test_garbled_index_times_random_seeds(tmp_path: Path, key: str | None) -> No
     print(f"random seeds {base}..{base + 299} (rerun with TEST_SEED={base})")
     for seed in range(base, base + 300):
         _explore(tmp_path, key, seed)
+
+
+class _IndexOps(FileIO):
+    """The operating system, noting each write, truncate and sync of the index sidecar."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[str, int]] = []
+
+    def _note(self, op: str, fd: int, arg: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".idx"):
+            self.ops.append((op, arg))
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        self._note("pwrite", fd, offset)
+        return super().pwrite(fd, data, offset)
+
+    def truncate(self, fd: int, size: int) -> None:
+        self._note("truncate", fd, size)
+        super().truncate(fd, size)
+
+    def sync(self, fd: int, *, data_only: bool) -> None:
+        self._note("sync", fd, 0)
+        super().sync(fd, data_only=data_only)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names descriptors via /proc")
+def test_a_rewrite_empties_an_older_index_durably_but_not_one_it_creates(
+    tmp_path: Path, key: str | None
+) -> None:
+    """FORMAT.md §7: a rewrite truncates an existing sidecar to zero bytes and syncs that
+    before writing the new header (an older copy coming back would be false evidence); the
+    sidecar a new log's creation makes has no older copy, and costs no sync."""
+    io = _IndexOps()
+    codec = ConversationCodec(tmp_path / "c.log", encryption_key=key, io=io)
+    codec.append({"role": "user", "content": "first"})
+    assert io.ops == [("pwrite", 0), ("pwrite", 48)]  # the header, then entry 0: no sync
+    io.ops.clear()
+    codec.replace([{"role": "user", "content": "another history"}])
+    assert io.ops[:3] == [("truncate", 0), ("sync", 0), ("pwrite", 0)]
+    assert ("sync", 0) not in io.ops[3:]
+    assert [m["content"] for m in ConversationCodec(tmp_path / "c.log", encryption_key=key)] == [
+        "another history"
+    ]

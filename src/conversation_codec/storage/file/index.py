@@ -271,14 +271,17 @@ class OffsetIndex:
         """Write the entries the file lacks (all of them, with the header, when ``rewrite``).
 
         A rewrite empties the file durably first, so that no power loss can mix the new
-        header with entries of an older log (stale evidence, FORMAT.md §7).
+        header with entries of an older log (stale evidence, FORMAT.md §7); a file the
+        rewrite creates itself has no older entries, and saves that sync (a new log's).
         """
         if rewrite:
             self.close()
+            created = self._create()
         fd = self._open() if self._fd is None else self._fd
         if rewrite:
-            self.io.truncate(fd, 0)
-            self.io.sync(fd, data_only=False)
+            if not created:
+                self.io.truncate(fd, 0)
+                self.io.sync(fd, data_only=False)
             write_all(fd, encode_index_header(log_id, self.dict_span), 0, io=self.io)
             self.persisted = 0
             self.version = INDEX_VERSION
@@ -304,6 +307,14 @@ class OffsetIndex:
         if self._fd is None:
             self._fd = open_file(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         return self._fd
+
+    def _create(self) -> bool:
+        """Open the sidecar for a rewrite; return True when this call created the file."""
+        try:
+            self._fd = open_file(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        return True
 
     def detached(self) -> bool:
         """Was the sidecar deleted since this index opened it? Then close the descriptor and
