@@ -284,3 +284,43 @@ def test_a_rewrite_empties_an_older_index_durably_but_not_one_it_creates(
     assert [m["content"] for m in ConversationCodec(tmp_path / "c.log", encryption_key=key)] == [
         "another history"
     ]
+
+
+class _Syncs(FileIO):
+    """The operating system, noting every file and directory sync by the file's name."""
+
+    def __init__(self) -> None:
+        self.synced: list[str] = []
+
+    def sync(self, fd: int, *, data_only: bool) -> None:
+        self.synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).split("-")[0])
+        super().sync(fd, data_only=data_only)
+
+    def fsync_dir(self, folder: str | os.PathLike[str] | int) -> None:
+        self.synced.append("directory")
+        super().fsync_dir(folder)  # (sync_dir calls it)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names descriptors via /proc")
+@pytest.mark.parametrize("durability", ["fsync", "flush"])
+def test_a_new_log_is_created_holding_its_first_messages_with_two_syncs(
+    tmp_path: Path, key: str | None, durability: str
+) -> None:
+    """The first append to a new log is its creation (FORMAT.md §8.4): the temp file with
+    the header and the messages, synced, renamed, the directory synced; no third sync of
+    an empty log first. Its entries are then evidence (``ENTRY_SYNCED``) under both modes;
+    the next append is an append."""
+    io = _Syncs()
+    codec = ConversationCodec(tmp_path / "c.log", encryption_key=key, durability=durability, io=io)
+    codec.extend(messages(3))
+    assert io.synced == ["c.log.tmp", "directory"]
+    io.synced.clear()
+    codec.append({"role": "user", "content": "then"})
+    assert io.synced == (["c.log"] if durability == "fsync" else [])
+    raw = (tmp_path / "c.log.idx").read_bytes()[48:]
+    synced = [end >> 62 == 3 for end, _ in struct.iter_unpack("<Qq", raw)]
+    assert synced == [True, True, True, durability == "fsync"]
+    assert ConversationCodec(tmp_path / "c.log", encryption_key=key).load() == [
+        *messages(3),
+        {"role": "user", "content": "then"},
+    ]

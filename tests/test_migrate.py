@@ -523,9 +523,7 @@ IN_PLACE_STEPS = [
     "rewrite:temp-synced",
     "rewrite:renamed",
     "rewrite:index-written",
-    "rewrite:dir-synced",
-    "append:written",  # the messages appended to it
-    "append:synced",
+    "rewrite:dir-synced",  # (the messages are the temp log's first records: in that rewrite)
     "migrate:temp-written",  # before the temp log's fsync
     "migrate:temp-synced",
     "migrate:verified",  # read back and compared

@@ -140,7 +140,8 @@ def test_entries_of_quick_appends_are_evidence_under_fsync_only(
         assert watch.calls[-1].caller.endswith("quick.py")
     found = entries(path)
     assert len(found) == 5
-    assert [synced for _, synced, _ in found] == [durability == "fsync"] * 5
+    # Entry 0 was written by the log's creation, a rewrite: evidence under both (§7, §8.4).
+    assert [synced for _, synced, _ in found] == [True] + [durability == "fsync"] * 4
     ends = [end for end, _, _ in found]
     assert ends == sorted(ends) and ends[-1] == path.stat().st_size
 
@@ -152,7 +153,7 @@ def test_a_log_of_quick_appends_is_the_log_extend_writes(
     """Same messages at the same times: appended one by one (quick) or extended in batches
     (the general path), the logs hold records of the same sizes at the same offsets with
     the same index entries; under "flush" across the dictionary's training (FORMAT.md
-    §5.3) too, which both place after message 511 (73 batches of 7 end there)."""
+    §5.3) too, which both place after message 511 (after message 0, 73 batches of 7 end there)."""
     key = KEY if encrypted else None
     count = TRAIN_AFTER + 20 if encrypted and durability == "flush" else 40
     msgs = [message(i) for i in range(count)]
@@ -163,9 +164,11 @@ def test_a_log_of_quick_appends_is_the_log_extend_writes(
     assert sum(c.caller.endswith("quick.py") for c in watch.calls) >= 3 * (count - 3)
     epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
     with ConversationCodec(batched, encryption_key=key, durability=durability) as b:
-        for start in range(0, count, 7):
-            stamps = [epoch + timedelta(microseconds=t) for t in times[start : start + 7]]
-            b.extend(msgs[start : start + 7], timestamps=stamps)
+        # Message 0 alone creates each log (a rewrite: evidence under both modes, §8.4).
+        for start in [0, *range(1, count, 7)]:
+            stop = 1 if start == 0 else start + 7
+            stamps = [epoch + timedelta(microseconds=t) for t in times[start:stop]]
+            b.extend(msgs[start:stop], timestamps=stamps)
     assert seqs == list(range(count))
     assert [ts for _, _, ts in entries(quick)] == times
     assert entries(quick) == entries(batched)
@@ -288,7 +291,14 @@ def test_a_test_seam_sees_every_step_of_every_append(tmp_path: Path) -> None:
         for i in range(4):
             codec.append(message(i))
     appended = [s for s in io.steps if s.startswith("append:")]
-    assert appended == ["append:written", "append:synced"] * 4  # (the first one creates too)
+    assert appended == ["append:written", "append:synced"] * 3  # the first one creates the log:
+    assert io.steps[: io.steps.index("append:written")] == [  # a rewrite holding it (§8.4)
+        "rewrite:temp-written",
+        "rewrite:temp-synced",
+        "rewrite:renamed",
+        "rewrite:index-written",
+        "rewrite:dir-synced",
+    ]
 
 
 # -- other writers ----------------------------------------------------------------------------

@@ -191,11 +191,15 @@ class CodecCore:
     def _append_locked(
         self, encoded: list[tuple[Message, bytes]], timestamps: Sequence[TimestampInput] | None
     ) -> list[int]:
-        if self._writer.ensure_log():
-            self._history.created()
         messages, datas = map(list, zip(*encoded, strict=True))  # never empty: two lists
-        self._kwi.appending(len(self._log.index), messages)
-        first = self._writer.append(datas, timestamps)
+        if self._file and not self._kwi.wanted and self._writer.create_with(datas, timestamps):
+            self._history.created()  # a new log file, created holding them
+            first = 0
+        else:
+            if self._writer.ensure_log():
+                self._history.created()
+            self._kwi.appending(len(self._log.index), messages)
+            first = self._writer.append(datas, timestamps)
         self._kwi.appended(first, messages)
         self._history.appended(first, datas)
         base = self._base()

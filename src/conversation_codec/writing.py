@@ -66,6 +66,22 @@ class LogWriter:
             self._swept = True
         return False
 
+    def create_with(
+        self, datas: list[bytes], timestamps: Sequence[TimestampInput] | None
+    ) -> bool:
+        """Create the log holding these first messages, in one rewrite (FORMAT.md §8.4:
+        its temp file synced, renamed, the directory synced), rather than create an empty
+        log and append to it: one sync fewer for a new conversation. Return False, having
+        written nothing, when the log exists or the batch would train a dictionary."""
+        if self._log.fmt is not None or len(datas) >= TRAIN_AFTER:
+            return False
+        tss = self.stamps(len(datas), timestamps)  # checked before anything is written
+        header, fmt = self._secrets.new_log()
+        bodies = list(map(fmt.records.encode, range(len(datas)), tss, datas))
+        self._log.rewrite(header, fmt, list(zip(bodies, tss, strict=True)))
+        self._swept = True  # a rewrite sweeps leftovers itself
+        return True
+
     def stamps(self, count: int, given: Sequence[TimestampInput] | None) -> list[int]:
         """Return the times of ``count`` new records: ``given`` checked, or now (never
         before the last record's)."""
