@@ -11,7 +11,9 @@ compares the kept prefix without decrypting it again.
 Rejected alternatives: trusting this instance's own appends (then ``load(); extend(100
 messages); save(tail(20) + [reply])`` still deletes 80 of them), and comparing contents
 only (a list built before another process's append or pop cannot tell "deleted here" from
-"never seen"). Every method expects the log's transaction held.
+"never seen"), and a view per thread (the async wrapper runs one caller's ``load()`` and
+``save()`` on different executor threads; README says threads that save on their own need an
+instance each). Every method expects the log's transaction held.
 """
 
 from __future__ import annotations
