@@ -66,9 +66,7 @@ class LogWriter:
             self._swept = True
         return False
 
-    def create_with(
-        self, datas: list[bytes], timestamps: Sequence[TimestampInput] | None
-    ) -> bool:
+    def create_with(self, datas: list[bytes], timestamps: Sequence[TimestampInput] | None) -> bool:
         """Create the log holding these first messages, in one rewrite (FORMAT.md §8.4:
         its temp file synced, renamed, the directory synced), rather than create an empty
         log and append to it: one sync fewer for a new conversation. Return False, having
