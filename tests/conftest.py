@@ -286,12 +286,13 @@ def make_special(path: Path, kind: str) -> Path:
 def unblocked(*fifos: Path, after: float = 10.0) -> Iterator[None]:
     """Run the body; if it blocks opening one of ``fifos`` for reading, open it for writing
     after ``after`` seconds (and again every 0.2 s), so that the reader gets an empty file
-    and the test fails instead of hanging."""
-    done = threading.Event()
+    and the test fails (here, at the latest) instead of hanging."""
+    done, released = threading.Event(), threading.Event()
 
     def release() -> None:
         if done.wait(after):
             return
+        released.set()
         while not done.wait(0.2):
             for fifo in fifos:
                 try:
@@ -307,3 +308,4 @@ def unblocked(*fifos: Path, after: float = 10.0) -> Iterator[None]:
     finally:
         done.set()
         thread.join()
+    assert not released.is_set(), f"blocked on a FIFO for {after} s"

@@ -503,6 +503,15 @@ def test_a_fifo_socket_or_device_is_refused_without_blocking(tmp_path: Path, kin
     assert names(tmp_path) == {"history.jsonl"}
 
 
+def test_a_fifo_at_the_destination_is_refused_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(jsonl(MESSAGES))
+    fifo = make_special(tmp_path / "out.log", "fifo")
+    with unblocked(fifo), pytest.raises(StorageError, match=r"out\.log already exists"):
+        migrate(path, fifo, encryption_key=KEY)
+    assert names(tmp_path) == {"history.jsonl", "out.log"}
+
+
 def test_a_fifo_at_the_salt_file_is_refused_without_blocking(tmp_path: Path) -> None:
     path = tmp_path / "history.enc"
     path.write_bytes(Fernet(LEGACY_KEY).encrypt(array(MESSAGES)))  # never decrypted
