@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
+import socket
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -257,3 +260,52 @@ def in_threads(work: Callable[[int], None], n: int) -> list[BaseException]:
     for thread in threads:
         thread.join()
     return errors
+
+
+SPECIAL_FILES = ["fifo", "socket", "device"]
+
+
+def make_special(path: Path, kind: str) -> Path:
+    """Put a FIFO, a Unix socket or (a link to) the device /dev/null at ``path``."""
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "socket":
+        cwd = os.getcwd()  # bound by its bare name: tmp paths can pass the 108-byte limit
+        os.chdir(path.parent)
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.bind(path.name)
+        finally:
+            os.chdir(cwd)
+    else:
+        path.symlink_to(os.devnull)  # a test cannot mknod; a source path is followed
+    return path
+
+
+@contextlib.contextmanager
+def unblocked(*fifos: Path, after: float = 10.0) -> Iterator[None]:
+    """Run the body; if it blocks opening one of ``fifos`` for reading, open it for writing
+    after ``after`` seconds (and again every 0.2 s), so that the reader gets an empty file
+    and the test fails (here, at the latest) instead of hanging."""
+    done, released = threading.Event(), threading.Event()
+
+    def release() -> None:
+        if done.wait(after):
+            return
+        released.set()
+        while not done.wait(0.2):
+            for fifo in fifos:
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError as exc:  # ENXIO: nobody is reading it
+                    if exc.errno != errno.ENXIO:
+                        raise
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    assert not released.is_set(), f"blocked on a FIFO for {after} s"

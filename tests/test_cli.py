@@ -27,7 +27,7 @@ from conversation_codec.keyfile import load_key, load_or_create_key
 from conversation_codec.paths import index_path
 from conversation_codec.store import ConversationStore
 
-from conftest import KEY, OTHER_KEY, messages
+from conftest import KEY, OTHER_KEY, make_special, messages, unblocked
 
 KEY_LIKE = re.compile(r"[A-Za-z0-9_-]{43}=")  # a Fernet key: 32 bytes in urlsafe base64
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -859,6 +859,46 @@ def test_import_keeps_the_history_unless_replace(run: Run, tmp_path: Path) -> No
     code, _, err = run("import", log, str(src), "--replace", "--merge", key=KEY)
     assert code == 2 and "not allowed with" in err
     assert "--replace" in run("import", "--help")[1]
+
+
+def test_import_replace_of_a_file_with_rejected_messages_changes_nothing(
+    run: Run, tmp_path: Path
+) -> None:
+    src = tmp_path / "old.jsonl"
+    deep = {"role": "user", "content": json.loads("[" * 70 + "]" * 70)}
+    src.write_text(json.dumps(CHAT[0]) + "\n" + json.dumps(deep) + "\n")
+    log = tmp_path / "chat.log"
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        codec.extend(CHAT[1:])
+    before = log.read_bytes()
+    code, out, err = run("import", str(log), str(src), "--replace", key=KEY)
+    assert (code, out) == (4, "") and "1 of 2 messages cannot be stored" in err
+    assert "nothing was changed" in err and log.read_bytes() == before
+    code, out, _ = run("import", str(log), str(src), key=KEY)  # adding: left out, counted
+    assert code == 0 and "1 added" in out and "1 rejected" in out
+
+
+@pytest.mark.parametrize("name", ["chat.log.lock", "chat.log.kwi", "chat.log.tmp-0123456789abcdef"])
+def test_export_force_refuses_a_file_of_the_log(run: Run, tmp_path: Path, name: str) -> None:
+    log = write_log(tmp_path / "chat.log", KEY)
+    (tmp_path / name).touch()
+    before = snapshot_tree(tmp_path)
+    code, out, err = run("export", log, "--out", str(tmp_path / name), "--force", key=KEY)
+    assert (code, out) == (1, "") and "is a file of the log" in err
+    assert snapshot_tree(tmp_path) == before
+
+
+def test_migrate_and_import_refuse_a_fifo(run: Run, tmp_path: Path) -> None:
+    folder = tmp_path / "hist"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps(CHAT[0]) + "\n")
+    fifo = make_special(folder / "b.jsonl", "fifo")
+    with unblocked(fifo):
+        code, out, _ = run("migrate", str(folder), key=KEY)
+        assert code == 1 and "1 converted, 0 skipped, 1 failed" in out
+        assert re.search(r"^failed +\S+b\.jsonl +.*b\.jsonl is a FIFO", out, re.MULTILINE)
+        code, out, err = run("import", str(tmp_path / "x.log"), str(fifo), key=KEY)
+        assert (code, out) == (1, "") and "is a FIFO (named pipe), not a regular file" in err
 
 
 def test_import_a_legacy_fernet_file(

@@ -40,6 +40,8 @@ from conversation_codec.maintenance.legacy import (
     read_legacy,
 )
 
+from conftest import SPECIAL_FILES, make_special, unblocked
+
 KEY = "qsaLzMvJjEw-zJjkxF2ovDTZySvHckf4NDTI-P8sBdE="  # fixed test key, never a real secret
 OTHER_KEY = "VTc7qcgxoeOXhVHyAWpFQkDKN0zUX9vD6bu13m5E24I="
 PASSWORD = "correct horse battery staple"
@@ -711,6 +713,21 @@ def test_unreadable_salt_path(tmp_path: Path) -> None:
     path = fernet_file(tmp_path / "history.enc", b"[]")
     (tmp_path / "history.salt").mkdir()
     with pytest.raises(StorageError, match="cannot read salt file"):
+        read_legacy(path, password=PASSWORD)
+
+
+@pytest.mark.parametrize("kind", SPECIAL_FILES)
+def test_a_fifo_socket_or_device_is_refused_without_blocking(tmp_path: Path, kind: str) -> None:
+    path = make_special(tmp_path / "history.jsonl", kind)
+    with unblocked(path), pytest.raises(StorageError, match="not a regular file") as info:
+        read_legacy(path)
+    assert "history.jsonl is a " in str(info.value)
+
+
+def test_a_fifo_at_the_salt_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    path = fernet_file(tmp_path / "history.enc", b"[]")
+    salt = make_special(tmp_path / "history.salt", "fifo")
+    with unblocked(salt), pytest.raises(StorageError, match=r"history\.salt is a FIFO"):
         read_legacy(path, password=PASSWORD)
 
 

@@ -31,12 +31,13 @@ from conversation_codec.errors import (
     KeyRequiredError,
     NotSerializableError,
     StorageError,
+    UnsupportedVersionError,
 )
 from conversation_codec.format.header import LOG_MAGIC
 from conversation_codec.maintenance.legacy import LegacyFormat
 from conversation_codec.maintenance.migrate import BatchItem, MigrationReport, migrate, migrate_many
 
-from conftest import Steps
+from conftest import SPECIAL_FILES, Steps, make_special, unblocked
 
 KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="  # the new logs' key (tests only)
 LEGACY_KEY = "qsaLzMvJjEw-zJjkxF2ovDTZySvHckf4NDTI-P8sBdE="  # the legacy app's Fernet key
@@ -342,6 +343,70 @@ def test_a_log_already_is_a_no_op(tmp_path: Path, key: str | None) -> None:
     assert snapshot(tmp_path) == before
 
 
+def _unreadable_log(path: Path, case: str) -> None:
+    """Write at ``path`` a file that starts like one of our logs but that no codec opens."""
+    with ConversationCodec(path, encryption_key=None if "plain" in case else KEY) as codec:
+        codec.extend(MESSAGES)
+    data = bytearray(path.read_bytes())
+    if case == "newer-sealed":
+        data[8:10] = (3).to_bytes(2, "little")  # FORMAT.md §3: format_version
+    elif case == "unknown-kdf":
+        data[10] = 9
+    elif case == "truncated-sealed":
+        del data[40:]
+    elif case == "newer-plain":
+        data = data.replace(b'"conversation_codec":1', b'"conversation_codec":3', 1)
+    elif case == "damaged-plain":
+        data = data.replace(b'"conversation_codec":1', b'"conversation_codec":-1', 1)
+    else:  # a look-alike header line: how no version of the library writes it
+        data = bytearray(b'{ "conversation_codec" : 1 }\n') + jsonl(MESSAGES)
+    path.write_bytes(bytes(data))
+    Path(f"{path}.idx").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    ("case", "error", "match"),
+    [
+        ("newer-sealed", UnsupportedVersionError, "format v3; this library reads up to v2"),
+        ("unknown-kdf", UnsupportedVersionError, "names kdf 9"),
+        ("truncated-sealed", FormatError, "sealed header is truncated"),
+        ("newer-plain", UnsupportedVersionError, "format v3; this library reads up to v2"),
+        ("damaged-plain", FormatError, "header line has invalid fields"),
+        ("look-alike-plain", FormatError, "not as a log writes it"),
+    ],
+)
+def test_a_log_this_library_cannot_read_is_refused_not_skipped(
+    tmp_path: Path, case: str, error: type[Exception], match: str
+) -> None:
+    path = tmp_path / "chat.log"
+    _unreadable_log(path, case)
+    before = snapshot(tmp_path)
+    for dst in (None, tmp_path / "out.log"):
+        for dry_run in (True, False):
+            with pytest.raises(error, match=match) as info:
+                migrate(path, dst, encryption_key=KEY, dry_run=dry_run)
+            assert "chat.log" in str(info.value)
+    batch = migrate_many([tmp_path], encryption_key=KEY)
+    assert [(i.path.name, i.status) for i in batch.items] == [("chat.log", "failed")]
+    assert snapshot(tmp_path) == before and "out.log" not in names(tmp_path)
+
+
+def test_a_readable_log_is_not_copied_to_another_destination_silently(tmp_path: Path) -> None:
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        codec.extend(MESSAGES)
+    before = snapshot(tmp_path)
+    report = migrate(path, tmp_path / "out.log", encryption_key=KEY)
+    assert (report.format, report.converted, report.destination) == (
+        LegacyFormat.CODEC_LOG,
+        False,
+        path,
+    )
+    assert "already a conversation-codec log" in report.notes[0]
+    assert f"not copied to {tmp_path / 'out.log'}" in report.notes[0]
+    assert snapshot(tmp_path) == before and not (tmp_path / "out.log").exists()
+
+
 def test_an_empty_history_is_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "history.json"
     path.write_bytes(b"[]\n")
@@ -427,6 +492,49 @@ def test_a_directory_or_missing_source_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="does not exist"):
         migrate(tmp_path / "nope.jsonl")
     assert names(tmp_path) == set()
+
+
+@pytest.mark.parametrize("kind", SPECIAL_FILES)
+def test_a_fifo_socket_or_device_is_refused_without_blocking(tmp_path: Path, kind: str) -> None:
+    path = make_special(tmp_path / "history.jsonl", kind)
+    for dst in (None, tmp_path / "out.log"):
+        with unblocked(path), pytest.raises(StorageError, match="not a regular file"):
+            migrate(path, dst, encryption_key=KEY)
+    assert names(tmp_path) == {"history.jsonl"}
+
+
+def test_a_fifo_at_the_destination_is_refused_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(jsonl(MESSAGES))
+    fifo = make_special(tmp_path / "out.log", "fifo")
+    with unblocked(fifo), pytest.raises(StorageError, match=r"out\.log already exists"):
+        migrate(path, fifo, encryption_key=KEY)
+    assert names(tmp_path) == {"history.jsonl", "out.log"}
+
+
+def test_a_fifo_at_the_salt_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "history.enc"
+    path.write_bytes(Fernet(LEGACY_KEY).encrypt(array(MESSAGES)))  # never decrypted
+    salt = make_special(tmp_path / "history.salt", "fifo")
+    with unblocked(salt), pytest.raises(StorageError, match=r"history\.salt is a FIFO"):
+        migrate(path, encryption_key=KEY, password=PASSWORD)
+    assert names(tmp_path) == {"history.enc", "history.salt"}
+
+
+def test_a_batch_reports_a_fifo_and_goes_on(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.jsonl").write_bytes(jsonl(MESSAGES))
+    (root / "b.jsonl").write_bytes(jsonl(MESSAGES[:2]))
+    fifo = make_special(root / "ab.jsonl", "fifo")  # walked between the two
+    with unblocked(fifo):
+        batch = migrate_many([root], encryption_key=KEY)
+    assert [(i.path.name, i.status) for i in batch.items] == [
+        ("a.jsonl", "converted"),
+        ("ab.jsonl", "failed"),
+        ("b.jsonl", "converted"),
+    ]
+    assert "is a FIFO (named pipe), not a regular file" in batch.failed[0].reason
 
 
 # --- destinations and backups ----------------------------------------------------------------

@@ -3,6 +3,7 @@ record times, atomic 0600 exports, replace and merge imports, duplicates, reject
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -23,7 +24,16 @@ from conversation_codec.format.record import MAX_MESSAGE_BYTES
 from conversation_codec.maintenance.legacy import LegacyFormat, read_legacy
 from conversation_codec.maintenance.transfer import ImportReport, export_history, import_history
 
-from conftest import KEY, OTHER_KEY, T0, Clock, messages
+from conftest import (
+    KEY,
+    OTHER_KEY,
+    SPECIAL_FILES,
+    T0,
+    Clock,
+    make_special,
+    messages,
+    unblocked,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -238,6 +248,39 @@ def test_export_arguments_are_checked(
         export_history(codec, tmp_path / "missing" / "x")
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "chat.log.idx",
+        "chat.log.lock",
+        "chat.log.kwi",
+        "chat.log.bak",
+        "chat.log.blobs",
+        "chat.log.blobs/x.jsonl",
+        "chat.log.tmp-0123456789abcdef",
+        "chat.log.kwi.tmp-0123456789abcdef",
+        "chat.log.migrating-0123456789abcdef",
+        "chat.log.migrating-0123456789abcdef.idx",
+    ],
+)
+def test_export_refuses_the_logs_own_files(
+    make: Callable[..., ConversationCodec], tmp_path: Path, name: str
+) -> None:
+    codec = make()
+    _seed(codec, 2)
+    codec.load()
+    if "blobs/" in name:
+        (tmp_path / "chat.log.blobs").mkdir()
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for dst in (tmp_path / name, Path(os.path.relpath(tmp_path / name))):
+        with pytest.raises(conversation_codec.StorageError, match="is a file of the log"):
+            export_history(codec, dst)
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    if "/" not in name:
+        export_history(codec, tmp_path / f"x{name}")  # a name that only ends like it
+    export_history(codec, tmp_path / "other.log.lock")  # another log's: the user's business
+
+
 def test_empty_history_exports_and_imports_as_empty(
     make: Callable[..., ConversationCodec], tmp_path: Path
 ) -> None:
@@ -336,6 +379,77 @@ def test_import_rejects_a_message_too_large_for_a_record(
     report = import_history(codec, tmp_path / "h.jsonl")
     assert report == ImportReport(2, 1, 0, 1, LegacyFormat.JSONL)
     assert codec.load() == [{"role": "user", "content": "small"}]
+
+
+_DEEP = {"role": "user", "content": json.loads("[" * 70 + "]" * 70)}  # > MAX_DEPTH levels
+
+
+@pytest.mark.parametrize("some", [False, True], ids=["all-rejected", "two-of-three"])
+def test_import_replace_refuses_a_file_with_rejected_messages(tmp_path: Path, some: bool) -> None:
+    # Not over make's two codecs: the file is refused before the log is written, and a
+    # 64 MiB message takes a second to make and read.
+    with Codec(tmp_path / "chat.log", encryption_key=KEY, clock=Clock()) as codec:
+        batch = _seed(codec, 3)
+        big = {"role": "user", "content": "secret " + "x" * MAX_MESSAGE_BYTES}
+        rows = [{"role": "user", "content": "fine"}, _DEEP, big] if some else [_DEEP]
+        (tmp_path / "h.jsonl").write_text("".join(json.dumps(m) + "\n" for m in rows))
+        before = (tmp_path / "chat.log").read_bytes()
+        with pytest.raises(FormatError, match="nothing was changed") as info:
+            codec.import_(tmp_path / "h.jsonl", replace=True)
+        why = "1 nesting deeper than 64 levels"
+        if some:
+            expected = f"2 of 3 messages cannot be stored (1 larger than {MAX_MESSAGE_BYTES} bytes"
+            assert f"{expected}, {why})" in str(info.value)
+        else:
+            assert f"1 of 1 messages cannot be stored ({why})" in str(info.value)
+        assert "secret" not in str(info.value) and "fine" not in str(info.value)
+        assert (tmp_path / "chat.log").read_bytes() == before and codec.load() == batch
+        if not some:  # without replace: left out, and counted (a big one: see above)
+            assert codec.import_(tmp_path / "h.jsonl") == ImportReport(
+                1, 0, 0, 1, LegacyFormat.JSONL
+            )
+
+
+@pytest.mark.parametrize(
+    "when", ["1960-01-01T00:00:00Z", "9999-12-31T23:59:59-05:00"], ids=["1960", "10000"]
+)
+@pytest.mark.parametrize("how", ["add", "merge", "replace"])
+def test_import_of_a_time_a_log_cannot_store_is_a_library_error(
+    make: Callable[..., ConversationCodec], tmp_path: Path, when: str, how: str
+) -> None:
+    codec = make()
+    batch = _seed(codec, 3)
+    rows = [{"role": "user", "content": "a", "timestamp": "2024-05-01T00:00:00Z"}]
+    rows.append({"role": "user", "content": "b", "timestamp": when})
+    (tmp_path / "h.json").write_text(json.dumps(rows))
+    before = (tmp_path / "chat.log").read_bytes()
+    with pytest.raises(FormatError, match=r"1 message\(s\) have a timestamp before 1970-01-01 or"):
+        codec.import_(tmp_path / "h.json", merge=how == "merge", replace=how == "replace")
+    assert (tmp_path / "chat.log").read_bytes() == before and codec.load() == batch
+
+
+@pytest.mark.parametrize("kind", SPECIAL_FILES)
+def test_import_refuses_a_fifo_socket_or_device_without_blocking(
+    make: Callable[..., ConversationCodec], tmp_path: Path, kind: str
+) -> None:
+    codec = make()
+    batch = _seed(codec, 2)
+    path = make_special(tmp_path / "h.jsonl", kind)
+    with unblocked(path), pytest.raises(conversation_codec.StorageError, match="not a regular"):
+        codec.import_(path, replace=True)
+    assert codec.load() == batch
+
+
+def test_import_reads_a_stream(make: Callable[..., ConversationCodec], tmp_path: Path) -> None:
+    codec = make()
+    _seed(codec, 2)
+    line = b'{"role": "user", "content": "piped", "timestamp": "2030-01-01T00:00:00Z"}\n'
+    report = codec.import_(io.BytesIO(line))
+    assert (report.added, codec.get(-1)) == (1, {"role": "user", "content": "piped"})
+    with pytest.raises(FormatError, match="pass the log's path"):
+        codec.import_(io.BytesIO((tmp_path / "chat.log").read_bytes()))
+    with pytest.raises(FormatError, match="input line 1 is not valid JSON"):
+        codec.import_(io.BytesIO(b"{nope\n"))
 
 
 def test_import_from_another_codec_log(

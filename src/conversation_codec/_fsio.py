@@ -36,6 +36,7 @@ __all__ = [
     "open_dir",
     "open_file",
     "open_regular",
+    "open_source",
     "remove_flat_dir",
     "unlink_file",
 ]
@@ -241,6 +242,50 @@ def open_regular(
         os.close(fd)
         raise
     return fd, st
+
+
+def open_source(path: _Path) -> tuple[int, os.stat_result]:
+    """Open a file that is only read (a history to migrate or import, its ``.salt``) and
+    return it with the ``fstat`` that proved it regular.
+
+    Unlike :func:`open_regular`, a link at ``path`` is followed: the caller named the file,
+    and nothing is written through it. A FIFO, socket or device is refused, never opened
+    (``stat`` first) or waited on (``O_NONBLOCK``, for one swapped in after the ``stat``): a
+    FIFO planted in a tree that ``migrate_many`` walks would otherwise block it for ever.
+
+    :raises IsADirectoryError: a directory is there (the caller says what to pass instead).
+    :raises StorageError: a FIFO, socket, device or other non-regular file is there.
+    :raises OSError: as ``os.open`` raises it (a missing file, permissions).
+    """
+    _check_source(path, os.stat(path))
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        _check_source(path, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _check_source(path: _Path, st: os.stat_result) -> None:
+    if stat.S_ISREG(st.st_mode):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+    kind = (
+        "a FIFO (named pipe)"
+        if stat.S_ISFIFO(st.st_mode)
+        else "a socket"
+        if stat.S_ISSOCK(st.st_mode)
+        else "a device"
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+        else "a special file"
+    )
+    raise StorageError(
+        errno.EINVAL,
+        f"{os.fspath(path)} is {kind}, not a regular file; move it away or pass the file itself",
+    )
 
 
 def open_dir(path: _Path) -> int:

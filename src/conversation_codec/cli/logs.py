@@ -38,10 +38,6 @@ if TYPE_CHECKING:
 
     from ..codec import ConversationCodec, Message
 
-# SRC "-": the library reads a history from a path; the process's stdin has one (a pipe or
-# a file: read whole, up to the library's size bound).
-_STDIN = "/dev/stdin"
-
 
 def _read_messages(text: str, source: str = "stdin") -> list[Message]:
     """Parse ``source``'s text: one JSON object, a JSON array of objects, or JSON lines."""
@@ -245,7 +241,9 @@ def _export(args: Args) -> int:
 def _import(args: Args) -> int:
     plaintext_needs_plain(args, args.path)
     legacy_key, legacy_password = legacy_source(args)
-    src = _STDIN if args.src == "-" else args.src
+    # SRC "-": stdin as a stream (the library refuses a pipe named by a path: a FIFO planted
+    # where a history is expected would block it), read whole up to the library's bound.
+    src = sys.stdin.buffer if args.src == "-" else args.src
     with open_log(args, must_exist=False) as codec:
         args.reading = args.src  # from here, key errors concern SRC (see _report)
         report = codec.import_(

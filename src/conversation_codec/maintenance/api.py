@@ -226,7 +226,7 @@ class Maintenance(CodecCore):
 
     def import_(
         self,
-        src: str | os.PathLike[str],
+        src: str | os.PathLike[str] | BinaryIO,
         merge: bool = False,
         *,
         replace: bool = False,
@@ -235,8 +235,9 @@ class Maintenance(CodecCore):
     ) -> ImportReport:
         """Read any history ``migrate`` understands into this log, keeping what is there:
         add every message (in time order), or with ``merge`` only those not already present
-        (same time, role and content). Only ``replace=True`` discards the stored history.
-        See ``transfer.import_history``."""
+        (same time, role and content). Only ``replace=True`` discards the stored history,
+        and never for a file with messages it cannot store. ``src`` may be a binary stream
+        (read to its end). See ``transfer.import_history``."""
         with self._holding(write=True):
             report = import_history(
                 cast(History, self),

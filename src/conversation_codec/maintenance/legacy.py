@@ -39,6 +39,7 @@ from typing import Any
 
 import msgspec
 
+from .._fsio import open_source
 from .._time import EPOCH, ONE_US
 from ..crypto import KeyInput
 from ..errors import FormatError, StorageError
@@ -172,15 +173,19 @@ def read_legacy(
 
 
 def _read_bounded(path: Path) -> bytes:
-    # fstat first, so an oversized (or sparse) file is refused before any allocation.
+    # fstat first, so an oversized (or sparse) file is refused before any allocation; a
+    # FIFO or device is refused without blocking (open_source).
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        fd, st = open_source(path)
+        with open(fd, "rb") as f:
+            size = st.st_size
             data = f.read(MAX_LEGACY_BYTES + 1) if size <= MAX_LEGACY_BYTES else b""
     except IsADirectoryError:
         raise StorageError(f"{path} is a directory; pass the history file itself") from None
     except FileNotFoundError:
         raise StorageError(f"{path} does not exist; check the path") from None
+    except StorageError:
+        raise
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if size > MAX_LEGACY_BYTES or len(data) > MAX_LEGACY_BYTES:
@@ -190,10 +195,12 @@ def _read_bounded(path: Path) -> bytes:
 
 def _read_salt(path: Path) -> bytes | None:
     try:
-        with open(path, "rb") as f:
+        with open(open_source(path)[0], "rb") as f:  # a FIFO there must not block
             return f.read(SALT_BYTES + 1)  # one more, to notice a file that is not a salt
     except FileNotFoundError:
         return None  # reported only if the password is actually needed
+    except StorageError:
+        raise
     except OSError as exc:
         raise StorageError(f"cannot read salt file {path}: {exc.strerror or exc}") from exc
 

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from .._fsio import DEFAULT_IO, FileIO
 from ..crypto import KeyInput
-from ..errors import ConversationCodecError, KeyRequiredError
+from ..errors import ConversationCodecError, FormatError, KeyRequiredError
 from ..format.header import LogKind, sniff_log
 from ..paths import backup_path, index_path, is_sidecar, migrating_path
 from ..storage.file.store import FileStore
@@ -53,7 +53,7 @@ from .migrate_commit import (
     write_log,
     writer_lock,
 )
-from .migrate_source import Plan, check_key, destination, read_source
+from .migrate_source import Plan, check_key, check_log_header, destination, read_source
 
 __all__ = [
     "BatchItem",
@@ -141,7 +141,10 @@ def migrate(
     real = Path(os.path.realpath(source)) if source.is_symlink() else source
     data, before = read_source(real)
     if sniff_log(data[:64]) in (LogKind.SEALED, LogKind.PLAIN):
+        check_log_header(real, data)  # a log no codec can open is no "log, left as it is"
         notes = ["already a conversation-codec log; left as it is"]
+        if dst is not None and _elsewhere(Path(dst), real):
+            notes[0] += f"; not copied to {dst} (to copy a log, import it there)"
         if not dry_run:
             with as_storage_errors(real), writer_lock(real, io):
                 if sweep_leftovers(real, None, io):
@@ -151,6 +154,11 @@ def migrate(
         )
     target, in_place = destination(real, dst)
     history = read_legacy(real, legacy_key=legacy_key, password=password)
+    if history.format is LegacyFormat.CODEC_LOG:  # a header line, but not as logs begin
+        raise FormatError(
+            f"{source} starts with a conversation-codec header line, but not as a log writes "
+            "it: no codec opens it; check where the file comes from"
+        )
     plan = Plan.make(history.format, history.messages, history.timestamps)
     report = _Report(source, target, history.format, len(plan.messages), len(data), plan.notes)
     if not plan.messages:
@@ -224,6 +232,13 @@ class _Report:
             converted,
             notes,
         )
+
+
+def _elsewhere(dst: Path, real: Path) -> bool:
+    """Whether ``dst`` is another file than ``real`` (a destination really asked for)."""
+    with contextlib.suppress(OSError):
+        return not os.path.samefile(dst, real)
+    return os.path.abspath(dst) != os.path.abspath(real)
 
 
 def _size(path: str | Path) -> int:

@@ -15,14 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._fsio import check_file
+from .._fsio import check_file, open_source
 from .._time import iso_z
 from ..crypto import KeyInput, Keyring
-from ..errors import StorageError
-from ..format.header import LogKind, sniff_log
+from ..errors import FormatError, StorageError
+from ..format.header import (
+    MAX_PLAIN_HEADER_BYTES,
+    LogKind,
+    decode_plain_header,
+    decode_sealed_header,
+    sniff_log,
+)
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat
 
-__all__ = ["Plan", "check_key", "destination", "read_source"]
+__all__ = ["Plan", "check_key", "check_log_header", "destination", "read_source"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +94,39 @@ def read_source(path: Path) -> tuple[bytes, os.stat_result]:
     :raises StorageError: a directory, a missing or an unreadable file.
     """
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
+        fd, st = open_source(path)  # a FIFO or device is refused, without blocking
+        with open(fd, "rb") as f:
             # Too large: read nothing (read_legacy raises the size error); never allocate.
             data = b"" if st.st_size > MAX_LEGACY_BYTES else f.read(MAX_LEGACY_BYTES + 1)
     except IsADirectoryError:
         raise StorageError(errno.EISDIR, f"{path} is a directory; use migrate_many") from None
     except FileNotFoundError:
         raise StorageError(errno.ENOENT, f"{path} does not exist; check the path") from None
+    except StorageError:
+        raise
     except OSError as exc:
         raise StorageError(exc.errno or 0, f"cannot read {path}: {exc.strerror or exc}") from None
     return data, st
+
+
+def check_log_header(path: Path, data: bytes) -> None:
+    """Check the header of a file that starts like a log, as opening it would (without a
+    key: the version, kdf and fields; not the MAC), so that a log this library cannot
+    read is reported, not taken for "already a log".
+
+    :raises UnsupportedVersionError: written by a newer format version.
+    :raises FormatError: a damaged or truncated header.
+    """
+    try:
+        if sniff_log(data[:64]) is LogKind.SEALED:
+            decode_sealed_header(data)[0].check_flags()
+            return
+        end = data.find(b"\n", 0, MAX_PLAIN_HEADER_BYTES + 1)
+        if end < 0:
+            raise FormatError("plain log header line is truncated")
+        decode_plain_header(data[:end])
+    except FormatError as exc:  # UnsupportedVersionError too: its message, with the path
+        raise type(exc)(f"{path}: {exc}") from None
 
 
 def destination(real: Path, dst: str | os.PathLike[str] | None) -> tuple[Path, bool]:
@@ -125,7 +153,7 @@ def destination(real: Path, dst: str | os.PathLike[str] | None) -> tuple[Path, b
 
 def _is_log(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open(open_source(path)[0], "rb") as f:  # a FIFO there must not block
             return sniff_log(f.read(64)) in (LogKind.SEALED, LogKind.PLAIN)
     except OSError:
         return False

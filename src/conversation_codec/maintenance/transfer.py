@@ -40,6 +40,7 @@ codec, not even for type checking: the import graph stays one-way (issue 13).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,10 +56,11 @@ from .._fsio import FileIO, check_file, unlink_file
 from .._time import EPOCH, ONE_US, to_datetime
 from ..crypto import KeyInput
 from ..errors import StorageError
-from ..format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from ..options import CodecOptions
+from ..paths import backup_path, blobs_path, is_leftover, is_log_file
 from ..storage.base import LogStorage
-from .legacy import LegacyFormat, parse_legacy, read_legacy
+from .import_source import check_times, read_source, refuse_rejects, unstorable
+from .legacy import LegacyFormat, parse_legacy
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -168,6 +170,9 @@ def export_history(
 
     :raises ValueError: an unknown ``format``, ``dst`` is the log itself, or a message
         would not read back as it is (see the module docstring).
+    :raises StorageError: ``dst`` is one of the log's own files (``P.idx``, ``P.lock``,
+        ``P.kwi``, ``P.bak``, ``P.blobs`` or a file in it, a temp ``P.tmp-*`` or
+        ``P.migrating-*``): nothing is written.
     :raises LogReplacedError: another writer rewrote the log during the export; retry.
     :raises StorageError: ``dst`` cannot be written.
     """
@@ -179,6 +184,13 @@ def export_history(
         check_file(dst)  # a link at dst is refused, whatever it points at (even the log)
         if _same_file(dst, codec.path):
             raise ValueError(f"{dst} is the log itself; export to another file")
+        if _owned_by_log(dst, codec.path):
+            raise StorageError(
+                errno.EINVAL,
+                f"{dst} is a file of the log {codec.path} (its index, lock, keyword index, "
+                "backup, attachments or a temp copy), which the library writes, keeps or "
+                "deletes; export to another file",
+            )
     count = 0
 
     total = len(codec) if progress is not None else 0
@@ -255,6 +267,25 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
+def _owned_by_log(dst: Path, log: Path) -> bool:
+    """Whether ``dst`` names one of the log's own files (paths.py), existing or not: a
+    plaintext export there would sit in the lock file for good, be swept as a rewrite's
+    leftover, or be taken for an index, keyword index, backup or blob."""
+    folder, name = os.path.split(os.path.abspath(dst))
+    home, log_name = os.path.split(os.path.abspath(log))
+    blobs = os.path.realpath(blobs_path(log))
+    inside = os.path.realpath(folder)
+    if inside == blobs or inside.startswith(blobs + os.sep):
+        return True
+    if not _same_file(Path(folder), Path(home)):
+        return False
+    return (
+        is_log_file(name, log_name)
+        or is_leftover(name, log_name)
+        or name in (os.path.basename(backup_path(log)), os.path.basename(blobs_path(log)))
+    )
+
+
 def _write_atomically(dst: Path, chunks: Iterable[bytes], io: FileIO) -> None:
     # Plaintext that earlier exports to dst left when killed (by an older version, or in
     # the instant between link and rename): the user retrying a failed export expects it
@@ -278,7 +309,7 @@ def _write_atomically(dst: Path, chunks: Iterable[bytes], io: FileIO) -> None:
 
 def import_history(
     codec: History,
-    src: str | os.PathLike[str],
+    src: str | os.PathLike[str] | BinaryIO,
     merge: bool = False,
     legacy_key: KeyInput | None = None,
     password: str | bytes | None = None,
@@ -293,7 +324,11 @@ def import_history(
     another conversation-codec log (opened with ``legacy_key`` as its encryption key).
     Record times come from the file's ``"timestamp"`` keys; an untimed message takes the
     time of the timed message before it (or after it, at the start); a file with no
-    times at all is stamped with the current time.
+    times at all is stamped with the current time. A time a log cannot hold (before 1970,
+    after 9999) fails the import (``FormatError``), where ``migrate`` stores 1970-01-01
+    and keeps the original in the message: an import reports no notes. ``src`` is read
+    only if it is a regular file (a FIFO or device there is refused, never waited on); it
+    may also be a binary stream (the CLI's ``SRC -``), read to its end.
 
     Nothing already in the log is lost unless ``replace=True`` is given. By default every
     message of the file is added; ``merge`` adds only those not already in the log — the
@@ -305,24 +340,33 @@ def import_history(
     keeps all of it, so it never deletes a record it has not seen (the rule ``save()``
     enforces with ``ConflictError``). ``replace=True`` atomically swaps the whole history
     for the file's messages, like ``ConversationCodec.replace()``: asked for by name, it
-    needs no earlier read. Everything runs under the writer lock, so a concurrent writer's
-    messages are never lost. Duplicates are judged on the stored form: with a ``redact_fn``
-    that changes messages, re-imports are not matched.
+    needs no earlier read; but when any message of the file would be rejected (see
+    :class:`ImportReport`) it raises ``FormatError`` and changes nothing, rather than
+    install a history shorter than the file's. Everything runs under the writer lock, so
+    a concurrent writer's messages are never lost. Duplicates are judged on the stored
+    form: with a ``redact_fn`` that changes messages, re-imports are not matched.
 
     :raises FormatError, KeyRequiredError, DecryptionError, StorageError: from reading
         ``src`` (see ``read_legacy``).
+    :raises FormatError: a time a log cannot hold; with ``replace``, any rejected message
+        (the message says how many and why, never their content). Nothing was changed.
     :raises ValueError: ``src`` is this codec's own log; ``merge`` and ``replace`` together.
     """
     if merge and replace:
         raise ValueError("pass merge=True (add what is new) or replace=True, not both")
-    src = Path(src)
-    if _same_file(src, codec.path):
-        raise ValueError(f"{src} is the log itself; nothing to import")
+    if isinstance(src, (str, os.PathLike)):
+        src = Path(src)
+        if _same_file(src, codec.path):
+            raise ValueError(f"{src} is the log itself; nothing to import")
     # Another codec log is opened with the target's own class, ``cls(path, key)``: this
     # module sits below the codec and imports none (see the module docstring).
-    fmt, pairs = _read_source(src, legacy_key, password, cast(Opener, type(codec)))
-    kept = [(m, ts) for m, ts in pairs if _storable(m)]
+    where, fmt, pairs = read_source(src, legacy_key, password, cast(Opener, type(codec)))
+    check_times(where, [ts for _, ts in pairs])  # nothing changes when any check fails
+    reasons = [unstorable(m) for m, _ in pairs]
+    kept = [pair for pair, reason in zip(pairs, reasons, strict=True) if reason is None]
     rejected = len(pairs) - len(kept)
+    if replace:
+        refuse_rejects(where, reasons)
     messages = [m for m, _ in kept]
     stamps = _fill_times([ts for _, ts in kept])
     with codec.transaction():  # see the module docstring
@@ -332,28 +376,6 @@ def import_history(
         else:
             added = _merge_locked(codec, messages, stamps, dedupe=merge)
     return ImportReport(len(pairs), added, len(messages) - added, rejected, fmt)
-
-
-def _read_source(
-    src: Path, legacy_key: KeyInput | None, password: str | bytes | None, open_log: Opener
-) -> tuple[LegacyFormat, list[tuple[Message, int | None]]]:
-    history = read_legacy(src, legacy_key=legacy_key, password=password)
-    if history.format is not LegacyFormat.CODEC_LOG:
-        return history.format, list(zip(history.messages, history.timestamps, strict=True))
-    with open_log(src, legacy_key) as other:
-        return history.format, [(h.message, _us(h.timestamp)) for h in other.search()]
-
-
-def _storable(message: Message) -> bool:
-    """Apply the codec's rule: a JSON object that round-trips exactly, nests at most
-    ``MAX_DEPTH`` levels and fits a record."""
-    try:
-        data = _encode(message)
-    except (TypeError, ValueError, OverflowError, RecursionError):
-        return False
-    if len(data) > MAX_MESSAGE_BYTES or nests_deeper_than(data, MAX_DEPTH):
-        return False
-    return bool(_decode(data) == message)
 
 
 def _fill_times(stamps: Sequence[int | None]) -> list[int] | None:
