@@ -480,3 +480,27 @@ def test_a_log_with_a_blob_store_keeps_using_it_without_the_option(
         assert codec.load() == [message, image_message("again")]
     assert os.path.getsize(path) < 10_000  # the 2 MB image went to the blob store
     assert len(list((tmp_path / "c.log.blobs").iterdir())) == 2
+
+
+def test_a_rotation_that_cannot_open_a_blob_changes_nothing(tmp_path: Path) -> None:
+    """Never a state where the new key alone cannot read everything: refused, not half done."""
+    path = tmp_path / "c.log"
+    first = _with_blob(path)
+    with ConversationCodec(path, encryption_key=KEY, attachments="external") as codec:
+        codec.append(image_message())
+    blobs = Path(str(path) + ".blobs")
+    lost = max(blobs.iterdir(), key=lambda p: p.stat().st_size)  # the 2 MB image's blob
+    saved = lost.read_bytes()
+    lost.unlink()
+    log_bytes = path.read_bytes()
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        with pytest.raises(MissingBlobError, match=lost.name):
+            codec.rotate_key(OTHER_KEY)
+        assert codec.get(0) == first  # still under the old key
+    assert path.read_bytes() == log_bytes
+    lost.write_bytes(saved)  # put back from a backup: now it goes through
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        codec.rotate_key(OTHER_KEY)
+    with ConversationCodec(path, encryption_key=OTHER_KEY) as codec:
+        assert codec.load() == [first, image_message()]
+    assert len(list(blobs.iterdir())) == 2

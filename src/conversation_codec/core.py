@@ -108,10 +108,13 @@ class CodecCore:
         # A log whose attachments live in a blob store keeps them there whatever the option
         # says (outside review 1, 3, 9): read back restored, moved on rotation, checked by
         # verify(), new ones put there too ("keep" acts as "external"; "strip" still strips).
-        # One lstat per open; a password log cannot have one (attachments="external" needs a key).
+        # One faccessat per open (~1 us; os.path.lexists raises and catches for a missing
+        # path: twice that); a password log has none (attachments="external" needs a key).
         blobs = None
         if attachments == "external" or (
-            self._file and password is None and os.path.lexists(blobs_path(self._name))
+            self._file
+            and password is None
+            and os.access(blobs_path(self._name), os.F_OK, follow_symlinks=False)
         ):
             blobs = BlobStore.for_key(blobs_path(self._name), keyring, io=io)
             if attachments == "keep":

@@ -6,7 +6,9 @@ rewrite: when the destination's key opens the source's log (same key or password
 same conversation id it is bound to) its records are copied with their bytes unchanged
 (``copy_records_to``: the header, the dictionary and each sealed record); otherwise they are
 re-sealed under the destination store's key (``replace()``). Then the destination is read
-back and compared with what was read (verification).
+back and compared with what was read (verification). A conversation whose attachments live
+in a blob store (FORMAT.md §15) gets one in a destination directory, its blobs sealed into it
+under the destination's key; a database gets them inline.
 
 Resume: a conversation whose destination already holds exactly the source's messages and
 timestamps is skipped, so a copy interrupted anywhere (a crash, Ctrl-C, a lost connection)
