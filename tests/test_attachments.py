@@ -436,3 +436,71 @@ def test_clear_removes_blobs_while_still_holding_the_lock(tmp_path: Path) -> Non
         codec.clear()
     assert seen == [True]
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["c.log.blobs"])
+
+
+# --- a log that has a blob store, opened without attachments="external" -------------------
+
+
+def _with_blob(path: Path, key: str | None = KEY) -> dict[str, object]:
+    message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE_URL}}]}
+    with ConversationCodec(path, encryption_key=key, attachments="external") as codec:
+        codec.append(message)
+    return message
+
+
+@pytest.mark.parametrize("attachments", ["keep", "strip", "external"])
+def test_rotation_reseals_the_blobs_whatever_the_option(tmp_path: Path, attachments: str) -> None:
+    """Outside review (bad inputs) 1: the blobs moved to the new key only with "external"."""
+    path = tmp_path / "c.log"
+    message = _with_blob(path)
+    with ConversationCodec(path, encryption_key=KEY, attachments=attachments) as codec:
+        codec.rotate_key(OTHER_KEY)
+        assert codec.load() == [message]
+    with ConversationCodec(path, encryption_key=OTHER_KEY) as codec:  # the new key alone
+        assert codec.load() == [message]
+        assert codec.verify().ok
+    assert len(list((tmp_path / "c.log.blobs").iterdir())) == 1  # the old-key blob is gone
+
+
+@pytest.mark.parametrize("key", [KEY, None], ids=["sealed", "plaintext"])
+def test_a_log_with_a_blob_store_keeps_using_it_without_the_option(
+    tmp_path: Path, key: str | None
+) -> None:
+    """Its attachments are restored on read, and new ones go to the store too: a save() of
+    the restored history appends, never rewrites the images inline."""
+    path = tmp_path / "c.log"
+    message = _with_blob(path, key)
+    with ConversationCodec(path, encryption_key=key) as codec:
+        assert codec.get(0) == message and codec.tail(1) == [message]
+        history = codec.load() or []
+        assert history == [message]
+        inode = path.stat().st_ino
+        codec.save([*history, image_message("again")])
+        assert path.stat().st_ino == inode  # appended
+        assert codec.load() == [message, image_message("again")]
+    assert os.path.getsize(path) < 10_000  # the 2 MB image went to the blob store
+    assert len(list((tmp_path / "c.log.blobs").iterdir())) == 2
+
+
+def test_a_rotation_that_cannot_open_a_blob_changes_nothing(tmp_path: Path) -> None:
+    """Never a state where the new key alone cannot read everything: refused, not half done."""
+    path = tmp_path / "c.log"
+    first = _with_blob(path)
+    with ConversationCodec(path, encryption_key=KEY, attachments="external") as codec:
+        codec.append(image_message())
+    blobs = Path(str(path) + ".blobs")
+    lost = max(blobs.iterdir(), key=lambda p: p.stat().st_size)  # the 2 MB image's blob
+    saved = lost.read_bytes()
+    lost.unlink()
+    log_bytes = path.read_bytes()
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        with pytest.raises(MissingBlobError, match=lost.name):
+            codec.rotate_key(OTHER_KEY)
+        assert codec.get(0) == first  # still under the old key
+    assert path.read_bytes() == log_bytes
+    lost.write_bytes(saved)  # put back from a backup: now it goes through
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        codec.rotate_key(OTHER_KEY)
+    with ConversationCodec(path, encryption_key=OTHER_KEY) as codec:
+        assert codec.load() == [first, image_message()]
+    assert len(list(blobs.iterdir())) == 2

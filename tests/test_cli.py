@@ -655,6 +655,42 @@ def test_rekey_old_key_fails_after_and_new_key_works(
     assert code == 0 and objects(out) == CHAT
 
 
+PICTURE = {
+    "role": "user",
+    "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "QUJD" * 800}}
+    ],
+}
+
+
+def test_rekey_export_cat_and_verify_of_a_log_with_attachment_blobs(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside review (bad inputs) 1, 3, 9: the CLI opens logs without attachments="external";
+    rekey left the blobs under the old key, export and cat wrote the internal reference,
+    verify said ok with a blob damaged."""
+    log = tmp_path / "chat.log"
+    with ConversationCodec(log, encryption_key=KEY, attachments="external") as codec:
+        codec.extend([CHAT[0], PICTURE])
+    code, out, _ = run("export", str(log), "--out", str(tmp_path / "out.jsonl"), key=KEY)
+    exported = objects((tmp_path / "out.jsonl").read_text())[1]
+    assert code == 0 and exported.pop("timestamp") and exported == PICTURE
+    code, out, _ = run("cat", str(log), key=KEY)
+    assert code == 0 and objects(out)[1] == PICTURE and "cc-blob:" not in out
+    monkeypatch.setenv("NEW_KEY", OTHER_KEY)
+    code, out, err = run("rekey", str(log), "--new-key-env", "NEW_KEY", key=KEY)
+    assert code == 0, err
+    code, out, _ = run("cat", str(log), key=OTHER_KEY)  # the new key alone opens everything
+    assert code == 0 and objects(out)[1] == PICTURE
+    code, out, _ = run("verify", str(log), key=OTHER_KEY)
+    assert code == 0 and out == f"{log}: ok, 2 intact records\n"
+    [blob] = Path(str(log) + ".blobs").iterdir()
+    blob.unlink()
+    code, out, _ = run("verify", str(log), key=OTHER_KEY)
+    assert code == 3 and f"{log}: DAMAGED, 2 intact records, " in out
+    assert f"blob-missing: blob {blob.name}" in out
+
+
 def test_rekey_errors(run: Run, tmp_path: Path) -> None:
     log = write_log(tmp_path / "chat.log", KEY)
     code, _, err = run("rekey", log, "--new-key-env", "UNSET_NEW_KEY", key=KEY)

@@ -164,3 +164,38 @@ def test_a_refused_byte_copy_leaves_the_destinations_password_cost_its_own(
 
     assert salt(dst) != salt(src)
     assert _dump(dst) == _dump(src)
+
+
+IMAGE = "data:image/png;base64,iVBORw0KGgo" + "B" * 3000 + "="
+PICTURE = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE}}]}
+
+
+@pytest.mark.parametrize("to_key", ["same", "other", "plaintext"])
+def test_copy_carries_the_attachment_blobs(tmp_path: Path, to_key: str) -> None:
+    """Outside review (bad inputs) 3: the records were copied, the blobs were not."""
+    src = ConversationStore(tmp_path / "a", encryption_key=KEY, attachments="external")
+    with src.open("u") as codec:
+        codec.extend([{"role": "user", "content": "look"}, PICTURE])
+    key = {"same": KEY, "other": OTHER, "plaintext": None}[to_key]
+    dst = ConversationStore(tmp_path / "b", encryption_key=key)  # without the option
+    report = copy_conversations(src, dst)
+    assert report.copied == ["u"] and not report.failed
+    assert _dump(dst) == _dump(src)
+    assert _dump(dst)["u"][1][0] == PICTURE
+    blobs = tmp_path / "b" / (dst.path("u").name + ".blobs")
+    assert len(list(blobs.iterdir())) == 1  # the attachment stays out of the log
+    assert dst.path("u").stat().st_size < 2000
+    assert copy_conversations(src, dst).unchanged == ["u"]  # a second run finds it identical
+
+
+def test_the_copy_command_carries_the_attachment_blobs(tmp_path: Path) -> None:
+    src = ConversationStore(tmp_path / "a", encryption_key=KEY, attachments="external")
+    with src.open("u") as codec:
+        codec.append(PICTURE)
+    env = {"CONVERSATION_KEY": KEY, "NEW_KEY": OTHER}
+    done = _cli(
+        "copy", str(tmp_path / "a"), str(tmp_path / "b"), "--to-key-env", "NEW_KEY", env=env
+    )
+    assert done.returncode == 0, done.stderr
+    with ConversationStore(tmp_path / "b", encryption_key=OTHER).open("u") as codec:
+        assert codec.load() == [PICTURE]

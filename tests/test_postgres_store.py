@@ -115,6 +115,30 @@ def test_copy_file_store_to_postgres_and_back_is_identical(
     assert bodies[0] == bodies[1] == bodies[2] and len(bodies[0]) == 600
 
 
+def test_copy_of_attachment_blobs_to_postgres_puts_them_inline(
+    postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Outside review (bad inputs) 3: a database keeps no files beside its logs, so the
+    attachments of a file log's blob store arrive restored, in the messages."""
+    p = _prefix(request)
+    picture = {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "QUJD" * 500}}
+        ],
+    }
+    files = ConversationStore(tmp_path / "a", encryption_key=KEY, attachments="external")
+    with files.open(p + "u") as codec:
+        codec.append(picture)
+    database = ConversationStore(postgres_url, encryption_key=KEY)
+    assert copy_conversations(files, database, [p + "u"]).copied == [p + "u"]
+    with database.open(p + "u") as codec:
+        assert codec.load() == [picture]
+    back = ConversationStore(tmp_path / "b", encryption_key=KEY)
+    assert copy_conversations(database, back, [p + "u"]).copied == [p + "u"]
+    assert _dump(back, [p + "u"]) == _dump(files, [p + "u"])
+
+
 def _cli(*args: str, key: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "conversation_codec", *args],

@@ -708,3 +708,22 @@ def test_merge_import_refuses_to_drop_records_max_messages_hides(tmp_path: Path)
     ):
         codec.import_(src, merge=True)
     assert path.read_bytes() == before
+
+
+IMAGE = "data:image/png;base64,iVBORw0KGgo" + "C" * 3000 + "="
+PICTURE = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE}}]}
+
+
+@pytest.mark.parametrize("key", [KEY, None], ids=["encrypted", "plaintext"])
+def test_export_resolves_attachment_blobs_whatever_the_option(
+    tmp_path: Path, key: str | None
+) -> None:
+    """Outside review (bad inputs) 3: the export held the internal "cc-blob:" reference."""
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=key, attachments="external") as codec:
+        codec.append(PICTURE)
+    with ConversationCodec(path, encryption_key=key) as codec:  # without the option
+        assert codec.export(tmp_path / "out.jsonl", with_timestamps=False) == 1
+    text = (tmp_path / "out.jsonl").read_text()
+    assert json.loads(text) == PICTURE and "cc-blob:" not in text
+    assert stat.S_IMODE((tmp_path / "out.jsonl").stat().st_mode) == 0o600

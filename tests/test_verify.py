@@ -239,3 +239,67 @@ def test_an_authentic_but_unreadable_message_is_damage(tmp_path: Path) -> None:
     assert [p.kind for p in report.problems if p.is_damage] == ["damaged"], report.problems
     rescued = salvage(path, tmp_path / "rescued.log")
     assert rescued.recovered == 2 and rescued.lost_seqs == (1,)
+
+
+IMAGE = "data:image/png;base64,iVBORw0KGgo" + "A" * 3000 + "="
+PICTURE = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE}}]}
+
+
+def write_with_blob(tmp_path: Path, key: str | None) -> tuple[Path, Path]:
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=key, attachments="external") as codec:
+        codec.extend([*messages(2), PICTURE])
+    [blob] = Path(str(path) + ".blobs").iterdir()
+    return path, blob
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupted"])
+@pytest.mark.parametrize("attachments", ["keep", "external"])
+def test_verify_checks_the_blobs_the_log_refers_to(
+    tmp_path: Path, key: str | None, damage: str, attachments: str
+) -> None:
+    """Outside review (bad inputs) 9: verify() said ok while load() failed."""
+    path, blob = write_with_blob(tmp_path, key)
+    with ConversationCodec(path, encryption_key=key, attachments=attachments) as codec:
+        assert codec.verify().ok and codec.verify().problems == ()
+    if damage == "missing":
+        blob.unlink()
+    else:
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        blob.write_bytes(bytes(data))
+    before = snapshot(tmp_path)
+    with ConversationCodec(path, encryption_key=key, attachments=attachments) as codec:
+        report = codec.verify()
+    assert snapshot(tmp_path) == before
+    assert not report.ok and report.records == 3
+    [problem] = report.problems
+    assert problem.kind == ("blob-missing" if damage == "missing" else "blob-damaged")
+    assert blob.name in problem.detail
+    assert "record 2" in problem.detail
+
+
+def test_salvage_carries_the_blobs(tmp_path: Path, key: str | None) -> None:
+    """Outside review (bad inputs) 3: the rescued log referred to blobs it did not have."""
+    path, blob = write_with_blob(tmp_path, key)
+    report = salvage(path, tmp_path / "rescued.log", encryption_key=key)
+    assert report.recovered == 3 and report.problems == ()
+    assert [p.name for p in Path(str(tmp_path / "rescued.log.blobs")).iterdir()] == [blob.name]
+    assert (
+        oct(Path(str(tmp_path / "rescued.log.blobs"), blob.name).stat().st_mode & 0o777) == "0o600"
+    )
+    with ConversationCodec(tmp_path / "rescued.log", encryption_key=key) as codec:
+        assert codec.load() == [*messages(2), PICTURE]
+        assert codec.verify().ok
+
+
+def test_salvage_reports_a_blob_it_cannot_rescue(tmp_path: Path, key: str | None) -> None:
+    path, blob = write_with_blob(tmp_path, key)
+    blob.unlink()
+    report = salvage(path, tmp_path / "rescued.log", encryption_key=key)
+    assert report.recovered == 3  # the record is intact; its attachment is reported lost
+    [problem] = report.problems
+    assert problem.kind == "blob-missing" and blob.name in problem.detail
+    with ConversationCodec(tmp_path / "rescued.log", encryption_key=key) as codec:
+        assert codec.get(0) == messages(2)[0]
+        assert [p.kind for p in codec.verify().problems] == ["blob-missing"]

@@ -62,7 +62,8 @@ class ConversationCodec(Maintenance, ChatFormats):
     :param max_messages: reads see only the newest N messages; compaction drops the rest.
     :param attachments: ``"keep"`` inline base64 data; ``"strip"`` it to a placeholder
         (type, size, sha256); or move it to an ``"external"`` encrypted, deduplicated blob
-        store beside the log (``<path>.blobs``), restored transparently on read.
+        store beside the log (``<path>.blobs``), restored transparently on read. A log that
+        has that store keeps using it whatever this says ("keep" acts as "external").
     :param context: the identity the log is stored under (``ConversationStore`` passes the
         conversation id). A log created or rewritten with a context is bound to it, and then
         opens only with that same context: a log copied or swapped in from another

@@ -14,9 +14,16 @@ from collections.abc import Callable
 from typing import BinaryIO, cast
 
 from .._time import to_us
+from ..attachments import BlobStore, references
 from ..core import CodecCore, TimeInput
 from ..crypto import KeyInput
-from ..errors import ConversationCodecError, KeyRequiredError, StorageError
+from ..errors import (
+    ConversationCodecError,
+    DecryptionError,
+    KeyRequiredError,
+    MissingBlobError,
+    StorageError,
+)
 from ..storage.file.check import Problem, VerifyReport, check_file_log
 from ..storage.file.log import FileLog
 from ..storage.file.packed import StoreLog, check_store_log
@@ -142,7 +149,32 @@ class Maintenance(CodecCore):
         if found is not None and found.problem:  # reported, not damage: reindex() rebuilds it
             extra = Problem("keyword-index", 0, found.problem)
             report = dataclasses.replace(report, problems=(*report.problems, extra))
+        if report.ok and self._encoder.blobs is not None:
+            report = dataclasses.replace(
+                report, problems=(*report.problems, *self._check_blobs(self._encoder.blobs))
+            )
         return report
+
+    def _check_blobs(self, blobs: BlobStore) -> list[Problem]:
+        """Open every blob the records refer to, once each (FORMAT.md §15): a missing or
+        damaged one is damage, reported at the first record that refers to it."""
+        problems: list[Problem] = []
+        seen: set[str] = set()
+        with self._holding(write=False):
+            for seq, message, _ in self._reader.decoded(0, len(self._log.index)):
+                for name in sorted(references(message) - seen):
+                    seen.add(name)
+                    try:
+                        blobs.get(name)
+                    except MissingBlobError:
+                        kind, why = "blob-missing", "is missing"
+                    except DecryptionError:
+                        kind, why = "blob-damaged", "does not open with this key, or was altered"
+                    else:
+                        continue
+                    detail = f"blob {name} {why} (record {seq} refers to it)"
+                    problems.append(Problem(kind, self._log.index.span(seq)[0], detail))
+        return problems
 
     def _verify_records(self) -> VerifyReport:
         """Read every record of a log that is not a file (no bytes to scan), in one read

@@ -6,7 +6,9 @@ rewrite: when the destination's key opens the source's log (same key or password
 same conversation id it is bound to) its records are copied with their bytes unchanged
 (``copy_records_to``: the header, the dictionary and each sealed record); otherwise they are
 re-sealed under the destination store's key (``replace()``). Then the destination is read
-back and compared with what was read (verification).
+back and compared with what was read (verification). A conversation whose attachments live
+in a blob store (FORMAT.md §15) gets one in a destination directory, its blobs sealed into it
+under the destination's key; a database gets them inline.
 
 Resume: a conversation whose destination already holds exactly the source's messages and
 timestamps is skipped, so a copy interrupted anywhere (a crash, Ctrl-C, a lost connection)
@@ -18,12 +20,16 @@ and kept as it is.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from .._fsio import make_private_dirs, remove_flat_dir
 from ..errors import ConflictError, ConversationCodecError
+from ..paths import blobs_path
+from ..storage.file.store import FileStore
 
 if TYPE_CHECKING:
     from ..codec import ConversationCodec
@@ -95,20 +101,42 @@ def _copy_one(
 ) -> int | None:
     """Copy one conversation; return the messages written, or None when it was identical."""
     source = _history(src, conversation_id)
+    made = _blob_store_for(src, dst, conversation_id)
     with dst.open(conversation_id) as codec, codec.transaction():
-        there = [(hit.message, hit.timestamp) for hit in codec.search(None)]
-        if there == source:
-            return None
-        if there and not overwrite:
-            raise ConflictError(
-                f"{conversation_id!r} holds {len(there)} other messages in the destination; "
-                "pass overwrite=True (--overwrite) to replace them"
-            )
-        if not _raw(src, codec, conversation_id):
-            codec.replace([m for m, _ in source], timestamps=[t for _, t in source])
+        try:
+            there = [(hit.message, hit.timestamp) for hit in codec.search(None)]
+            if there == source:
+                return None
+            if there and not overwrite:
+                raise ConflictError(
+                    f"{conversation_id!r} holds {len(there)} other messages in the "
+                    "destination; pass overwrite=True (--overwrite) to replace them"
+                )
+            if not _raw(src, codec, conversation_id):
+                codec.replace([m for m, _ in source], timestamps=[t for _, t in source])
+        finally:  # a password log keeps no blobs; nor needs one that none were put in
+            if made is not None and not os.listdir(made):
+                remove_flat_dir(made, io=cast(FileStore, dst.backend).io)
     if _history(dst, conversation_id) != source:  # verification, on a fresh open
         raise ConflictError(f"{conversation_id!r} differs from its source after the copy")
     return len(source)
+
+
+def _blob_store_for(
+    src: ConversationStore, dst: ConversationStore, conversation_id: str
+) -> str | None:
+    """Make the destination's blob directory when the source conversation keeps its
+    attachments in one (FORMAT.md §15), and return it (None: not made). A log with a blob
+    store keeps using it, so the copy's attachments are sealed into it under the
+    destination's key, not written into the log inline (outside review 3); a database
+    destination has no files beside its logs, and gets them inline."""
+    if not isinstance(src.backend, FileStore) or not isinstance(dst.backend, FileStore):
+        return None
+    target = blobs_path(dst.path(conversation_id))
+    if not os.path.lexists(blobs_path(src.path(conversation_id))) or os.path.lexists(target):
+        return None
+    make_private_dirs(target, io=dst.backend.io)
+    return target
 
 
 def _raw(src: ConversationStore, dst_codec: ConversationCodec, conversation_id: str) -> bool:

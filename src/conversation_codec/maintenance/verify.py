@@ -15,11 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .._fsio import DEFAULT_IO, FileIO
+from .._fsio import DEFAULT_IO, FileIO, make_private_dirs
 from .._time import to_datetime
+from ..attachments import BlobStore, externalize, references, restore
 from ..codec import ConversationCodec
 from ..crypto import KeyInput
-from ..errors import StorageError
+from ..errors import DecryptionError, MissingBlobError, StorageError
+from ..paths import blobs_path
 from ..storage.file.check import Problem, Region, scan_records, verify_log
 from ..storage.file.log import FileLog
 
@@ -77,10 +79,16 @@ def salvage(
                 regions = list(scan_records(log))
                 problems = verify_log(log, regions)[1]
             found: dict[int, tuple[int, dict[str, Any]]] = {}
-            for kind, _start, _end, seq, ts, text in regions:
+            offsets: dict[int, int] = {}
+            for kind, start, _end, seq, ts, text in regions:
                 if kind == "record" and seq not in found:
                     assert log.fmt is not None
                     found[seq] = (ts, log.fmt.records.parse(text))
+                    offsets[seq] = start
+    if password is None:  # attachments="external" needs a key: a password log has no blobs
+        source_blobs = BlobStore.for_key(blobs_path(src), encryption_key)
+        target_blobs = BlobStore.for_key(blobs_path(dst_path), encryption_key, io=io)
+        problems += _carry_blobs(found, offsets, source_blobs, target_blobs)
     seqs = sorted(found)
     stamps: list[datetime] = []
     last = 0
@@ -101,3 +109,44 @@ def salvage(
             out.extend(messages, timestamps=stamps)
     lost = tuple(s for s in range(seqs[-1] + 1) if s not in found) if seqs else ()
     return SalvageReport(Path(src), dst_path, len(seqs), lost, tuple(problems))
+
+
+def _carry_blobs(
+    found: dict[int, tuple[int, dict[str, Any]]],
+    offsets: dict[int, int],
+    source: BlobStore,
+    target: BlobStore,
+) -> list[Problem]:
+    """Put the attachment blobs (FORMAT.md §15) the rescued records refer to into the new
+    log's store (before the log is written: a rerun finds them there); report each that
+    cannot be, once, at the first record that refers to it. Such a record is kept as it is:
+    its text is intact, and a copy of the blob from a backup, put into ``<dst>.blobs/``
+    under its name, makes it whole again."""
+    problems: list[Problem] = []
+    reported: set[str] = set()
+    for seq in sorted(found):
+        ts, message = found[seq]
+        names = references(message)
+        if not names:
+            continue
+        # The new log has a blob store even when no blob could be rescued: verify() of it
+        # then reports them, and a blob from a backup can be put back under its name.
+        make_private_dirs(target.directory, io=target.io)
+        try:  # each blob is opened (authenticated) and sealed again under the same key
+            found[seq] = (ts, externalize(restore(message, source), target))
+            continue
+        except (MissingBlobError, DecryptionError):
+            pass  # keep the record as it is; rescue what can be of its blobs, one by one
+        for name in sorted(names - reported):
+            try:
+                if target.put(source.get(name)) == name:
+                    continue
+                kind, why = "blob-missing", "was named under an older key of the list"
+            except MissingBlobError:
+                kind, why = "blob-missing", "is missing"
+            except DecryptionError:
+                kind, why = "blob-damaged", "does not open with this key, or was altered"
+            reported.add(name)
+            detail = f"blob {name} {why} (record {seq} refers to it); not rescued"
+            problems.append(Problem(kind, offsets[seq], detail))
+    return problems

@@ -20,6 +20,9 @@ index-ts-mismatch  index entries that point at the right record but give it anot
                    check the records, not these; compact() rewrites the index)
 index-ahead        index entries past the log's end: records cut off the end, or
                    the log rolled back to an older copy
+blob-missing       an attachment blob a record refers to is not in ``P.blobs/``
+                   (FORMAT.md §15): deleted, or left behind by a copy
+blob-damaged       such a blob does not open with the key, or holds other data
 =================  =============================================================
 """
 
@@ -47,7 +50,7 @@ __all__ = ["Problem", "VerifyReport", "check_file_log", "scan_records", "verify_
 
 DAMAGE_KINDS = frozenset(
     {"torn-tail", "damaged", "unauthenticated", "missing-records", "reordered-records",
-     "time-reversed", "index-ahead"}
+     "time-reversed", "index-ahead", "blob-missing", "blob-damaged"}
 )  # fmt: skip
 Region = tuple[str, int, int, int, int, bytes]  # kind, start, end, seq, ts_us, text
 _RUN_RECORDS = 256  # intact records opened as one batch by the walk (as reading's batches)
