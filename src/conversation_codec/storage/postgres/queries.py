@@ -24,6 +24,7 @@ __all__ = [
     "append_records",
     "append_segment",
     "begin",
+    "holds_records",
     "load_dictionary",
     "load_tss",
     "read_range",
@@ -101,6 +102,19 @@ def begin(
         )
         row = read_row(conn, conversation_id, lock=True)
     return row
+
+
+def holds_records(conn: Conn, conversation_id: str, generation: int) -> bool:
+    """Whether any record or dictionary record of the conversation is stored while its row
+    is still at ``generation`` (False once a write changed it: one statement, one
+    snapshot, so a later writer's records are never mistaken for the row's)."""
+    got = conn.execute(
+        "SELECT EXISTS (SELECT FROM cc_records WHERE conversation_id = %(id)s) "
+        "OR EXISTS (SELECT FROM cc_dictionaries WHERE conversation_id = %(id)s) "
+        "FROM cc_conversations WHERE id = %(id)s AND generation = %(generation)s",
+        {"id": conversation_id, "generation": generation},
+    ).fetchone()
+    return bool(got and got[0])
 
 
 def load_tss(conn: Conn, conversation_id: str, start: int) -> list[tuple[int, int]]:
