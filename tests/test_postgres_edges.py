@@ -213,3 +213,25 @@ def test_a_header_nulled_by_hand_is_damage_not_a_deletion(postgres_url: str, edi
     with pytest.raises(CorruptRecordError):
         store.delete(cid)
     assert _state(postgres_url, cid) == before
+
+
+def test_records_put_under_a_deleted_conversation_by_hand_are_not_replaced(
+    postgres_url: str,
+) -> None:
+    cid = _id()
+    store = ConversationStore(postgres_url, encryption_key=KEY)
+    with store.open(cid) as codec:
+        codec.append({"role": "user", "content": "gone"})
+    assert store.delete(cid)
+    with store.open(cid) as codec:
+        assert codec.load() is None  # the deletion marker, seen and cached by this handle
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO cc_records (conversation_id, seq, ts, record) "
+                "VALUES (%s, 0, 1, 'kept')",
+                (cid,),
+            )
+        before = _state(postgres_url, cid)
+        with pytest.raises(CorruptRecordError):
+            codec.append({"role": "user", "content": "new"})
+    assert _state(postgres_url, cid) == before

@@ -336,14 +336,18 @@ class PostgresLog(CachedView):
     ) -> None:
         """Replace the whole log in this transaction: a reader sees the old one until the
         commit, then the new one. ``records`` may read this log while it is consumed
-        (``queries.replace_log``)."""
+        (``queries.replace_log``). Creating a log where records are stored without one is
+        refused (``CorruptRecordError``: view), the transaction rolled back."""
         conn = self._writing()
+        fresh = self._row is None or self._row.header is None
         if dictionary is not None:
             adopt_dictionary(fmt, dictionary, have_one=False)
         with self.backend.errors(f"rewrite {self._where}"):
-            row, tss = replace_log(
+            row, tss, removed = replace_log(
                 conn, self.conversation_id, header, fmt.log_id, iter(records), dictionary
             )
+        if fresh and removed:
+            raise self._damaged()
         self._forget_log()
         self.fmt, self._header, self.index.tss = fmt, header, tss
         self._dict_id, self._dict_body, self._row = row.dict_id, dictionary, row

@@ -104,12 +104,15 @@ class CachedView:
             or row.body_bytes
             or holds_records(conn, self.conversation_id, row.generation)
         ):
-            raise CorruptRecordError(
-                f"{self._where} has no header, yet its row counts {row.next_seq} records or "
-                "records are stored: the tables were changed outside conversation-codec",
-                path=self.backend.name,
-                offset=0,
-            )
+            raise self._damaged()
+
+    def _damaged(self) -> CorruptRecordError:
+        return CorruptRecordError(
+            f"{self._where} has no header, yet records are counted or stored: the tables "
+            "were changed outside conversation-codec",
+            path=self.backend.name,
+            offset=0,
+        )
 
     def _reload(self, conn: Connection, row: Row, snap: Snapshot | None = None) -> None:
         """Read the whole view again: the header (attached when it changed), every
