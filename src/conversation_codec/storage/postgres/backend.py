@@ -377,8 +377,10 @@ class PostgresBackend:
                        (SELECT r.ts FROM cc_records r WHERE r.conversation_id = c.id AND r.seq = 0)
                   FROM cc_conversations c
                  WHERE c.header IS NOT NULL
+                   AND char_length(c.id) <= %s AND octet_length(c.id) <= %s
                  ORDER BY c.id
-                """
+                """,
+                (MAX_ID_CHARS, MAX_ID_BYTES),
             ).fetchall(),
         )
         return [
