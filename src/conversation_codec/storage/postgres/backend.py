@@ -7,20 +7,28 @@ and on the first dead one checks every idle one: after a server restart the stal
 connections are dropped and new ones made at once, and the application keeps its pool.
 The schema is created or migrated once, when the backend opens.
 
-Errors of psycopg and of the pool become the library's (``database_errors``), and no
-message shows the password of a URL.
+Errors of psycopg and of the pool become the library's (``database_errors``) in every
+statement, and no message shows the password of a URL. A connection lent unchecked (it came
+back just now) that the server has ended since, while it sat idle, is found by a poll of its
+socket, and one found dead at the first statement all the same is replaced once (``run``).
+
+Conversation ids (``check_id``): 1 to ``MAX_ID_CHARS`` characters, at most ``MAX_ID_BYTES``
+bytes of UTF-8, no NUL (a ``text`` value cannot hold one, and a btree index entry holds
+about 2.7 kB). An id outside these is refused by ``PostgresLog`` (and ``locate``) with
+``ValueError``; every other method answers for it as for an absent conversation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -34,16 +42,21 @@ from .schema import ensure_schema
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "MAX_ID_BYTES",
+    "MAX_ID_CHARS",
     "POLL_INTERVAL",
     "Connection",
     "ConversationSummary",
     "PostgresBackend",
+    "check_id",
     "database_errors",
     "display_url",
+    "id_fits",
     "is_database_url",
 ]
 
 Connection = psycopg.Connection[TupleRow]
+T = TypeVar("T")
 
 _SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT = 10.0  # seconds to wait for a connection (the pool's timeout too)
@@ -53,6 +66,57 @@ RECHECK_AFTER = 1.0
 # Seconds between two polls of a waiter (codec.wait) while notifications arrive: a fallback
 # for a lost one (notify.py). Without the listener, waiters poll every 100 ms at most.
 POLL_INTERVAL = 1.0
+MAX_ID_CHARS = 1024  # a conversation id longer than this is a mistake, not an id
+MAX_ID_BYTES = 2048  # of UTF-8: a btree entry (the primary keys) holds ~2.7 kB at most
+# The server ended the connection (terminated, shutting down, idle timeout): on a connection
+# lent from the pool, that happened while it sat idle, before this used it.
+_ENDED = frozenset({"57P01", "57P02", "57P05"})
+
+
+def id_fits(conversation_id: str) -> bool:
+    """Whether ``conversation_id`` can name a conversation in a database (``check_id``)."""
+    try:
+        check_id(conversation_id)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def check_id(conversation_id: str) -> None:
+    """Refuse an id a database cannot hold (module docstring).
+
+    :raises TypeError: not a str.
+    :raises ValueError: empty, too long, holds NUL or a lone surrogate.
+    """
+    if not isinstance(conversation_id, str):
+        raise TypeError("conversation_id must be a str")
+    try:
+        size = len(conversation_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("conversation_id is not valid Unicode (a lone surrogate)") from None
+    if (
+        not 0 < len(conversation_id) <= MAX_ID_CHARS
+        or size > MAX_ID_BYTES
+        or "\0" in conversation_id
+    ):
+        raise ValueError(
+            f"conversation_id must be 1 to {MAX_ID_CHARS} characters and at most "
+            f"{MAX_ID_BYTES} bytes of UTF-8, without NUL, in a PostgreSQL store"
+        )
+
+
+def _quiet(conn: Connection) -> bool:
+    """Whether an idle connection has nothing to read (one poll, no round trip): a server
+    that ended it meanwhile has sent its reason or closed the socket."""
+    try:
+        fd = conn.fileno()
+    except Exception:
+        return False
+    if not hasattr(select, "poll"):  # pragma: no cover  # Windows
+        return not select.select([fd], [], [], 0)[0]
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return not poller.poll(0)
 
 
 def is_database_url(root: object) -> bool:
@@ -208,12 +272,12 @@ class PostgresBackend:
 
     def _check(self, conn: Connection) -> None:
         """Check a connection before lending it (a round trip), unless it came back less
-        than ``RECHECK_AFTER`` seconds ago (a tail is 3 round trips instead of 4); on the
-        first dead one, check every idle one at once. A dead connection means the server
-        restarted or the network broke, so the others are dead too: met one by one, the
-        pool would wait 1, 2, 4… s between them (its back-off) and time out with a few
-        stale ones."""
-        if time.monotonic() - self._back.get(conn, -RECHECK_AFTER) < RECHECK_AFTER:
+        than ``RECHECK_AFTER`` seconds ago and its socket has nothing to read (a tail is 3
+        round trips instead of 4); on the first dead one, check every idle one at once. A
+        dead connection means the server restarted or the network broke, so the others
+        are dead too: met one by one, the pool would wait 1, 2, 4… s between them (its
+        back-off) and time out with a few stale ones."""
+        if time.monotonic() - self._back.get(conn, -RECHECK_AFTER) < RECHECK_AFTER and _quiet(conn):
             return
         try:
             psycopg_pool.ConnectionPool.check_connection(conn)
@@ -239,14 +303,34 @@ class PostgresBackend:
 
     @contextlib.contextmanager
     def connection(self, what: str) -> Iterator[Connection]:
-        """Lend a pooled connection for ``what`` (named in errors); it goes back at the end."""
+        """Lend a pooled connection for ``what`` (named in errors, which become the
+        library's); it goes back at the end."""
         with self.errors(what):
             conn = self.pool.getconn()
         try:
-            yield conn
+            with self.errors(what):
+                yield conn
         finally:
             with self.errors(what):
                 self.putconn(conn)
+
+    def run(self, what: str, read: Callable[[Connection], T]) -> T:
+        """Return ``read(conn)`` on a pooled connection (``connection``). ``read`` only
+        reads: when the connection proves dead at it (the server ended it while it sat in
+        the pool), it runs once more on a checked one, as ``PostgresLog`` begins a
+        transaction."""
+        for retry in (True, False):
+            with self.connection(what) as conn:
+                try:
+                    with self.errors(what):
+                        return read(conn)
+                except DatabaseError as exc:
+                    ended = exc.sqlstate is None or exc.sqlstate in _ENDED
+                    if not (retry and ended and (conn.broken or conn.closed)):
+                        raise
+            with self.errors(what):
+                self.pool.check()  # drop every dead idle connection now
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def watch(self, conversation_id: str) -> Watch:
         """Return a waiter's pauses between polls of a conversation, woken by notifications
@@ -264,31 +348,41 @@ class PostgresBackend:
         return listener is not None and listener.listening
 
     def conversations(self) -> list[str]:
-        """Return the ids of the conversations that hold a log, sorted.
+        """Return the ids of the conversations that hold a log, sorted: also those whose
+        row was damaged by hand (no header, yet records: opening them says so), not those
+        whose id ``check_id`` refuses (none can be stored since it does).
 
         One of the few queries that cross conversations (listings and retention).
         """
-        with self.connection("list conversations") as conn:
-            rows = conn.execute(
-                "SELECT id FROM cc_conversations WHERE header IS NOT NULL ORDER BY id"
-            ).fetchall()
+        rows = self.run(
+            "list conversations",
+            lambda conn: conn.execute(
+                "SELECT id FROM cc_conversations WHERE (header IS NOT NULL OR next_seq <> 0) "
+                "AND char_length(id) <= %s AND octet_length(id) <= %s ORDER BY id",
+                (MAX_ID_CHARS, MAX_ID_BYTES),
+            ).fetchall(),
+        )
         return [str(row[0]) for row in rows]
 
     def summaries(self) -> list[ConversationSummary]:
         """Describe every conversation that holds a log, sorted by id, in one query: no
         record is read, no header authenticated (for a store's listing; the codec's
         ``info()`` checks the header with the key)."""
-        with self.connection("list conversations") as conn:
-            rows = conn.execute(
+        rows = self.run(
+            "list conversations",
+            lambda conn: conn.execute(
                 """
                 SELECT c.id, c.next_seq, c.last_ts, c.header,
                        octet_length(c.header) + c.body_bytes,
                        (SELECT r.ts FROM cc_records r WHERE r.conversation_id = c.id AND r.seq = 0)
                   FROM cc_conversations c
                  WHERE c.header IS NOT NULL
+                   AND char_length(c.id) <= %s AND octet_length(c.id) <= %s
                  ORDER BY c.id
-                """
-            ).fetchall()
+                """,
+                (MAX_ID_CHARS, MAX_ID_BYTES),
+            ).fetchall(),
+        )
         return [
             ConversationSummary(str(c), n, first, last if n else None, size, bytes(header))
             for c, n, last, header, size, first in rows
@@ -298,8 +392,11 @@ class PostgresBackend:
         """Delete a conversation's log in one transaction; return False when it had none.
 
         The row stays with its epoch bumped, so a writer that still holds an old view
-        reloads rather than writes after the deletion (``PostgresLog.remove``).
+        reloads rather than writes after the deletion (``PostgresLog.remove``). An id no
+        conversation can have (``check_id``) has none.
         """
+        if not id_fits(conversation_id):
+            return False
         with self.connection(f"delete {conversation_id!r}") as conn, conn.transaction():
             row = conn.execute(
                 "SELECT header IS NOT NULL FROM cc_conversations WHERE id = %s FOR UPDATE",

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from ...errors import DatabaseError, LogReplacedError
 from ..base import Hold, IndexMismatch, LogFormat, LogStorage, Polling, adopt_dictionary
-from .backend import Connection, PostgresBackend
+from .backend import Connection, PostgresBackend, check_id
 from .kwi import PostgresSegments
 from .notify import commit_and_notify
 from .queries import (
@@ -56,7 +56,6 @@ from .view import CachedView, Incomplete, PostgresIndex
 __all__ = ["READ_ROWS", "PostgresIndex", "PostgresLog"]
 
 READ_ROWS = 256  # records fetched per query when reading a range
-_MAX_ID_CHARS = 1024  # a conversation id longer than this is a mistake, not an id
 
 
 class PostgresLog(CachedView):
@@ -67,7 +66,7 @@ class PostgresLog(CachedView):
     as long as it takes).
 
     :raises ValueError: ``conversation_id`` is empty, too long, holds a NUL character or a
-        lone surrogate (the database stores text as UTF-8).
+        lone surrogate (``backend.check_id``: the database stores text as UTF-8).
     """
 
     def __init__(
@@ -78,14 +77,7 @@ class PostgresLog(CachedView):
         attach: Callable[[bytes], LogFormat],
         lock_timeout: float | None = None,
     ) -> None:
-        if not isinstance(conversation_id, str):
-            raise TypeError("conversation_id must be a str")
-        if not conversation_id or len(conversation_id) > _MAX_ID_CHARS or "\0" in conversation_id:
-            raise ValueError(f"conversation_id must be 1 to {_MAX_ID_CHARS} characters without NUL")
-        try:
-            conversation_id.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("conversation_id is not valid Unicode (a lone surrogate)") from None
+        check_id(conversation_id)
         if lock_timeout is not None and lock_timeout < 0:
             raise ValueError("lock_timeout must be >= 0 seconds or None")
         self.backend = backend
@@ -125,8 +117,10 @@ class PostgresLog(CachedView):
 
     def probe(self) -> None:
         """Identify an existing log from its header (fail fast on a wrong key)."""
-        with self._mutex, self.backend.connection(f"read {self._where}") as conn:
-            row = read_row(conn, self.conversation_id, lock=False)
+        with self._mutex:
+            row = self.backend.run(
+                f"read {self._where}", lambda conn: read_row(conn, self.conversation_id, lock=False)
+            )
         if row is not None and row.header is not None:
             self._attach(row.header)
 
@@ -342,14 +336,18 @@ class PostgresLog(CachedView):
     ) -> None:
         """Replace the whole log in this transaction: a reader sees the old one until the
         commit, then the new one. ``records`` may read this log while it is consumed
-        (``queries.replace_log``)."""
+        (``queries.replace_log``). Creating a log where records are stored without one is
+        refused (``CorruptRecordError``: view), the transaction rolled back."""
         conn = self._writing()
+        fresh = self._row is None or self._row.header is None
         if dictionary is not None:
             adopt_dictionary(fmt, dictionary, have_one=False)
         with self.backend.errors(f"rewrite {self._where}"):
-            row, tss = replace_log(
+            row, tss, removed = replace_log(
                 conn, self.conversation_id, header, fmt.log_id, iter(records), dictionary
             )
+        if fresh and removed:
+            raise self._damaged()
         self._forget_log()
         self.fmt, self._header, self.index.tss = fmt, header, tss
         self._dict_id, self._dict_body, self._row = row.dict_id, dictionary, row

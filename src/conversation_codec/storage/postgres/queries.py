@@ -24,6 +24,7 @@ __all__ = [
     "append_records",
     "append_segment",
     "begin",
+    "holds_records",
     "load_dictionary",
     "load_tss",
     "read_range",
@@ -101,6 +102,19 @@ def begin(
         )
         row = read_row(conn, conversation_id, lock=True)
     return row
+
+
+def holds_records(conn: Conn, conversation_id: str, generation: int) -> bool:
+    """Whether any record or dictionary record of the conversation is stored while its row
+    is still at ``generation`` (False once a write changed it: one statement, one
+    snapshot, so a later writer's records are never mistaken for the row's)."""
+    got = conn.execute(
+        "SELECT EXISTS (SELECT FROM cc_records WHERE conversation_id = %(id)s) "
+        "OR EXISTS (SELECT FROM cc_dictionaries WHERE conversation_id = %(id)s) "
+        "FROM cc_conversations WHERE id = %(id)s AND generation = %(generation)s",
+        {"id": conversation_id, "generation": generation},
+    ).fetchone()
+    return bool(got and got[0])
 
 
 def load_tss(conn: Conn, conversation_id: str, start: int) -> list[tuple[int, int]]:
@@ -277,10 +291,11 @@ def replace_log(
     log_id: bytes,
     records: Iterator[tuple[bytes, int]],
     dictionary: bytes | None,
-) -> tuple[Row, list[int]]:
+) -> tuple[Row, list[int], int]:
     """Replace the conversation's log with ``header``, ``records`` (``(body, ts)`` at seq
-    0, 1, …) and ``dictionary`` (a dictionary record before record 0). Return the new row
-    and the records' timestamps.
+    0, 1, …) and ``dictionary`` (a dictionary record before record 0). Return the new row,
+    the records' timestamps, and how many records and dictionary records it deleted (for
+    a log created where none was, any is damage: ``PostgresLog.rewrite``).
 
     ``records`` may read this very log while it is consumed (a compaction re-seals the
     old records): the new records are all in hand — in the first batch, or staged in a
@@ -302,12 +317,13 @@ def replace_log(
         if not staged:
             break
         batch = _take(records, STAGE_ROWS)
-    conn.execute(  # the keyword index's segments go too: they name the old records
-        "WITH r AS (DELETE FROM cc_records WHERE conversation_id = %(id)s), "
-        "k AS (DELETE FROM cc_kwi_segments WHERE conversation_id = %(id)s) "
-        "DELETE FROM cc_dictionaries WHERE conversation_id = %(id)s",
+    removed = conn.execute(  # the keyword index's segments go too: they name the old records
+        "WITH r AS (DELETE FROM cc_records WHERE conversation_id = %(id)s RETURNING 1), "
+        "k AS (DELETE FROM cc_kwi_segments WHERE conversation_id = %(id)s), "
+        "d AS (DELETE FROM cc_dictionaries WHERE conversation_id = %(id)s RETURNING 1) "
+        "SELECT (SELECT count(*) FROM r) + (SELECT count(*) FROM d)",
         {"id": conversation_id},
-    )
+    ).fetchone()
     if staged:
         conn.execute(
             "INSERT INTO cc_records (conversation_id, seq, ts, record) "
@@ -347,7 +363,8 @@ def replace_log(
         },
     ).fetchone()
     assert got is not None
-    return Row(got[0], got[1], count, header, dict_id, added, got[2]), tss
+    row = Row(got[0], got[1], count, header, dict_id, added, got[2])
+    return row, tss, int(removed[0]) if removed else 0
 
 
 def remove_rows(conn: Conn, conversation_id: str) -> Row:

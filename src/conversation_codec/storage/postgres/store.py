@@ -4,6 +4,10 @@
 database (``storage.backend_for`` picks this class): ``locate`` opens a ``PostgresLog``
 on the process's shared ``PostgresBackend`` (one pool per URL). Listings are the only
 queries that cross conversations.
+
+Ids: ``backend.check_id``. ``locate`` refuses an id no database row can hold with
+``ValueError`` (as ``PostgresLog`` does); the other methods answer for it as for a
+conversation that has no log.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Callable
 from ...format.header import sniff_log
 from ..base import LogFormat, StorageOpener
 from ..file.peek import LogPeek
-from .backend import PostgresBackend
+from .backend import PostgresBackend, check_id, id_fits
 from .log import PostgresLog
 
 __all__ = ["PostgresStore"]
@@ -32,6 +36,7 @@ class PostgresStore:
     def locate(
         self, conversation_id: str, *, lock_timeout: float | None = None
     ) -> tuple[str, StorageOpener]:
+        check_id(conversation_id)
         backend = self.backend
 
         def opener(attach: Callable[[bytes], LogFormat]) -> PostgresLog:
@@ -40,11 +45,17 @@ class PostgresStore:
         return f"{backend.name} conversation {conversation_id!r}", opener
 
     def exists(self, conversation_id: str) -> bool:
-        with self.backend.connection(f"look up {conversation_id!r}") as conn:
-            row = conn.execute(
-                "SELECT header IS NOT NULL FROM cc_conversations WHERE id = %s",
+        """Whether the conversation has a log, or a row damaged by hand (no header, yet
+        records counted: opening it says so)."""
+        if not id_fits(conversation_id):
+            return False
+        row = self.backend.run(
+            f"look up {conversation_id!r}",
+            lambda conn: conn.execute(
+                "SELECT header IS NOT NULL OR next_seq <> 0 FROM cc_conversations WHERE id = %s",
                 (conversation_id,),
-            ).fetchone()
+            ).fetchone(),
+        )
         return bool(row and row[0])
 
     def peek(self, conversation_id: str) -> LogPeek:
@@ -53,14 +64,18 @@ class PostgresStore:
         Not authenticated (the key checks the header, and each record's own seq and time);
         the row is what the library's last committed transaction wrote.
         """
-        with self.backend.connection(f"peek at {conversation_id!r}") as conn:
-            row = conn.execute(
-                "SELECT c.next_seq, c.last_ts, substring(c.header for 64), "
-                "octet_length(c.header) + c.body_bytes, (SELECT r.ts FROM cc_records r "
-                "WHERE r.conversation_id = c.id AND r.seq = 0) "
-                "FROM cc_conversations c WHERE c.id = %s AND c.header IS NOT NULL",
-                (conversation_id,),
-            ).fetchone()
+        row = None
+        if id_fits(conversation_id):
+            row = self.backend.run(
+                f"peek at {conversation_id!r}",
+                lambda conn: conn.execute(
+                    "SELECT c.next_seq, c.last_ts, substring(c.header for 64), "
+                    "octet_length(c.header) + c.body_bytes, (SELECT r.ts FROM cc_records r "
+                    "WHERE r.conversation_id = c.id AND r.seq = 0) "
+                    "FROM cc_conversations c WHERE c.id = %s AND c.header IS NOT NULL",
+                    (conversation_id,),
+                ).fetchone(),
+            )
         if row is None:
             raise FileNotFoundError(f"{conversation_id!r} has no log")
         count, last, prefix, size, first = row
@@ -68,18 +83,35 @@ class PostgresStore:
         return LogPeek(kind, int(size), 0, int(count), first, last if count else None, 0)
 
     def has_files(self, conversation_id: str) -> bool:
-        return self.exists(conversation_id)
+        """Whether anything of the conversation is stored: a log, or records under a row
+        damaged by hand (deleting it then reports the damage)."""
+        if not id_fits(conversation_id):
+            return False
+        row = self.backend.run(
+            f"look up {conversation_id!r}",
+            lambda conn: conn.execute(
+                "SELECT EXISTS (SELECT FROM cc_conversations WHERE id = %(id)s "
+                "AND (header IS NOT NULL OR next_seq <> 0)) "
+                "OR EXISTS (SELECT FROM cc_records WHERE conversation_id = %(id)s)",
+                {"id": conversation_id},
+            ).fetchone(),
+        )
+        return bool(row and row[0])
 
     def ids(self) -> list[str]:
         return self.backend.conversations()
 
     def footprint(self, conversation_id: str) -> tuple[int, bytes]:
-        with self.backend.connection(f"size of {conversation_id!r}") as conn:
-            row = conn.execute(
+        if not id_fits(conversation_id):
+            return 0, b""
+        row = self.backend.run(
+            f"size of {conversation_id!r}",
+            lambda conn: conn.execute(
                 "SELECT coalesce(length(header), 0) + body_bytes, substring(header for 64) "
                 "FROM cc_conversations WHERE id = %s",
                 (conversation_id,),
-            ).fetchone()
+            ).fetchone(),
+        )
         if row is None:
             return 0, b""
         return int(row[0]), bytes(row[1] or b"")

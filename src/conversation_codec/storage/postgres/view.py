@@ -5,6 +5,11 @@ transaction from the row's ``(epoch, next_seq)``: the same epoch means appends o
 just the timestamps past the cached count are read; another epoch (a truncation, rewrite
 or removal) means a full reload and ``on_change()``. A read served by one statement
 (``snapshot``) brings what the refresh needs with it; a transaction reads them itself.
+
+A row without a header is the deletion marker only as ``remove_rows`` leaves it: no
+records counted, none stored. One with a NULL header and records (an edit outside the
+library) is damage (``CorruptRecordError``), never taken for a deleted log, which the next
+append would replace.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from ...errors import CorruptRecordError
 from ...records import SealedRecords
 from ..base import LogFormat, adopt_dictionary
 from .backend import Connection, PostgresBackend
-from .queries import NO_ROW, Row, load_dictionary, load_tss
+from .queries import NO_ROW, Row, holds_records, load_dictionary, load_tss
 from .snapshot import Snapshot
 
 __all__ = ["CachedView", "Incomplete", "PostgresIndex"]
@@ -69,6 +74,8 @@ class CachedView:
         from ``snap`` when given (``Incomplete`` when it lacks something)."""
         old, self._row = self._row, None  # None until the refresh succeeds
         if row is None or row.header is None:
+            if row is not None and (old is None or old.generation != row.generation):
+                self._check_removed(conn, row)
             if self.fmt is not None or self._header is not None:
                 self._forget_log()
                 self.on_change()
@@ -88,6 +95,24 @@ class CachedView:
         self._reload(conn, row, snap)
         self._row = row
         self.on_change()
+
+    def _check_removed(self, conn: Connection, row: Row) -> None:
+        """Refuse a row without a header that is not the deletion marker (module docstring)."""
+        if (
+            row.next_seq
+            or row.dict_id
+            or row.body_bytes
+            or holds_records(conn, self.conversation_id, row.generation)
+        ):
+            raise self._damaged()
+
+    def _damaged(self) -> CorruptRecordError:
+        return CorruptRecordError(
+            f"{self._where} has no header, yet records are counted or stored: the tables "
+            "were changed outside conversation-codec",
+            path=self.backend.name,
+            offset=0,
+        )
 
     def _reload(self, conn: Connection, row: Row, snap: Snapshot | None = None) -> None:
         """Read the whole view again: the header (attached when it changed), every
