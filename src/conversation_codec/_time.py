@@ -23,6 +23,7 @@ __all__ = [
     "MAX_US",
     "ONE_US",
     "US_PER_S",
+    "age_cutoff_us",
     "datetime_to_us",
     "iso_z",
     "parse_iso",
@@ -47,6 +48,18 @@ def datetime_to_us(value: datetime, name: str) -> int:
             "e.g. datetime.now(timezone.utc) or datetime(..., tzinfo=timezone.utc)"
         )
     return (value - EPOCH) // ONE_US
+
+
+def age_cutoff_us(now_us: int, age: timedelta, name: str) -> int:
+    """Microseconds since the epoch of ``age`` before ``now_us``: the cutoff of a prune or
+    pack by age. Computed in integers, so an age reaching before year 1 (``timedelta.max``)
+    is a cutoff that nothing is older than, not an ``OverflowError``. Zero is ``now_us``.
+
+    :raises ValueError: ``age`` is negative (a cutoff in the future would take everything).
+    """
+    if age < timedelta(0):
+        raise ValueError(f"{name} must not be negative: it is an age (how long ago), not {age}")
+    return now_us - age // ONE_US
 
 
 def parse_iso(text: str, name: str) -> int:

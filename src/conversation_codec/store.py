@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._fsio import FileIO
-from ._time import EPOCH, ONE_US, datetime_to_us, to_datetime
+from ._time import EPOCH, ONE_US, age_cutoff_us, datetime_to_us, to_datetime
 from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
 from .errors import ConversationCodecError, CorruptRecordError, KeyRequiredError, StorageError
@@ -323,7 +323,7 @@ class ConversationStore:
     ) -> builtins.list[str]:
         """Delete the conversations whose last message is older than a cutoff; return their ids.
 
-        :param older_than: an aware datetime (the cutoff itself), or a timedelta: the
+        :param older_than: an aware datetime (the cutoff itself), or a timedelta >= 0: the
             cutoff is now (the store's clock) minus it. Empty conversations are kept.
         :param on_error: called with ``(conversation_id, error)`` for each conversation
             that could not be read or deleted; it is kept, and pruning carries on. (Such
@@ -331,15 +331,13 @@ class ConversationStore:
         :raises FormatError: a pack is unreadable: what it holds is kept, all else pruned.
         """
         if isinstance(older_than, timedelta):
-            now_us = self._clock() if self._clock is not None else None
-            now = datetime.now(timezone.utc) if now_us is None else EPOCH + now_us * ONE_US
-            cutoff = now - older_than
+            clock = self._clock
+            now_us = datetime_to_us(datetime.now(timezone.utc), "now") if clock is None else clock()
+            cutoff_us = age_cutoff_us(now_us, older_than, "older_than")  # ValueError if < 0
         elif isinstance(older_than, datetime):
-            datetime_to_us(older_than, "older_than")  # a naive one: NaiveDatetimeError
-            cutoff = older_than
+            cutoff_us = datetime_to_us(older_than, "older_than")  # NaiveDatetimeError
         else:
             raise TypeError("older_than must be an aware datetime or a timedelta")
-        cutoff_us = (cutoff - EPOCH) // ONE_US
         deleted, backend = [], self._backend
         ids, bad = backend.readable_ids() if isinstance(backend, FileStore) else (self.ids(), [])
         for conversation_id in ids:
