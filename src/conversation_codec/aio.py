@@ -412,13 +412,16 @@ class AsyncConversationStore:
         """Where a conversation's log lives (no I/O)."""
         return self._store.path(conversation_id)
 
-    async def ids(self) -> builtins.list[str]:
-        """Return the ids of every conversation with a log, sorted."""
-        return await run_in_thread(self._executor, self._store.ids)
+    async def ids(self, *, on_error: OnError | None = None) -> builtins.list[str]:
+        """Return the ids of every conversation with a log, sorted (``on_error``: as sync)."""
+        return await run_in_thread(self._executor, self._store.ids, on_error=on_error)
 
-    async def infos(self, *, keyless: bool = False) -> builtins.list[ConversationInfo]:
+    async def infos(
+        self, *, keyless: bool = False, on_error: OnError | None = None
+    ) -> builtins.list[ConversationInfo]:
         """Describe every conversation from headers and indexes alone."""
-        return await run_in_thread(self._executor, self._store.infos, keyless=keyless)
+        store = self._store
+        return await run_in_thread(self._executor, store.infos, keyless=keyless, on_error=on_error)
 
     async def list(self) -> builtins.list[ConversationInfo]:
         """Deprecated alias of :meth:`infos` (it shadowed the builtin); kept for one release."""
