@@ -376,6 +376,21 @@ def test_search_checks_arguments_before_reading(big: ConversationStore) -> None:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize(
+    ("since", "until", "hits"),
+    [(1e300, None, 0), (None, 1e300, 1), (-1e300, None, 1), (None, -1e300, 0), (10**30, None, 0)],
+)
+def test_search_takes_times_beyond_what_a_datetime_holds(
+    tmp_path: Path, since: float | None, until: float | None, hits: int
+) -> None:
+    # The store hands each conversation's search a datetime: 1e300 seconds raised a raw
+    # OverflowError there, where a single log's search answered.
+    store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
+    with store.open("a") as codec:
+        codec.append({"role": "user", "content": "hi"})
+    assert len(list(store.search("hi", since=since, until=until))) == hits
+
+
 def test_search_does_not_hold_a_log_open_per_conversation(big: ConversationStore) -> None:
     before = len(os.listdir("/proc/self/fd"))
     hits = big.search()

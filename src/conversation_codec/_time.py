@@ -14,6 +14,7 @@ package goes through here, so there is one answer to each question:
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 
 from .errors import NaiveDatetimeError
@@ -81,12 +82,14 @@ def to_us(value: datetime | int | float | str, name: str, *, text: bool = True) 
     or (``text``) an ISO-8601 string. ``name`` is the argument's name in errors.
 
     :raises NaiveDatetimeError: a naive datetime.
-    :raises ValueError: a string that is not an ISO-8601 time.
+    :raises ValueError: a string that is not an ISO-8601 time; a NaN or infinite number.
     :raises TypeError: any other type.
     """
     if isinstance(value, datetime):
         return datetime_to_us(value, name)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # round() would say "cannot convert float NaN"
+            raise ValueError(f"{name} must be a finite number of epoch seconds, not {value!r}")
         return round(value * US_PER_S)
     if text and isinstance(value, str):
         return parse_iso(value, name)

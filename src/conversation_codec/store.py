@@ -48,6 +48,7 @@ from .errors import (
 from .format.header import LogKind, sniff_log
 from .index_cache import IndexCache
 from .maintenance.pack import PackReport, pack_store
+from .options import check_seconds
 from .search import Hit, SearchQuery
 from .storage import StoreBackend, backend_for
 from .storage.file.store import MAX_ENCODED_ID, FileStore, decode_id, encode_id
@@ -121,6 +122,7 @@ class ConversationStore:
             raise ValueError("pass password= or encryption_key=/key_fn=, not both")
         if durability not in ("fsync", "flush"):
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
+        check_seconds(lock_timeout, "lock_timeout")  # now, not at the first open
         # Parsed once: a bad key fails here, and no open parses it again (issue 15).
         keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         self._backend: StoreBackend = backend_for(root, io=io)

@@ -11,7 +11,7 @@ from datetime import datetime
 from itertools import islice
 from typing import Any
 
-from ._time import EPOCH, ONE_US, to_datetime
+from ._time import EPOCH, MAX_US, ONE_US, to_datetime
 from .codec import ConversationCodec
 from .errors import ConversationCodecError
 from .search import Hit
@@ -41,6 +41,12 @@ def conversation_hits(
     sharing that timestamp), so the position survives closing the log in between.
     """
     lo, hi = span
+    # Records lie in [0, MAX_US) (FORMAT.md §6): a bound outside, which no datetime holds
+    # (since=1e300), is the same as none, or matches nothing.
+    if (lo is not None and lo >= MAX_US) or (hi is not None and hi <= 0):
+        return
+    lo = None if lo is None or lo <= 0 else lo
+    hi = None if hi is None or hi >= MAX_US else hi
     newest_first = options["newest_first"]
     chunk = min(limit, _FIRST_CHUNK) if limit is not None else _FIRST_CHUNK
     after: tuple[int, int] | None = None  # (ts_us, seq) of the last hit yielded
