@@ -49,7 +49,7 @@ from .index_cache import IndexCache
 from .maintenance.compact import CompactionReport
 from .maintenance.pack import PackReport
 from .maintenance.transfer import ImportReport
-from .options import CodecOptions
+from .options import CodecOptions, check_int, check_seconds
 from .search import Hit
 from .storage.base import LogStorage, StorageOpener, StoreBackend
 from .storage.file.check import VerifyReport
@@ -164,6 +164,8 @@ class AsyncConversationCodec:
         PostgreSQL a writer's commit wakes it (``ConversationCodec.wait``).
         """
         watch = functools.partial(self._call, self._codec.storage.watch)
+        check_int(after, "after", -1)  # as the sync wait
+        check_seconds(timeout, "timeout")
         return await wait_for_count(watch, self.message_count, after + 1, timeout)
 
     async def pop(self) -> Message | None:
