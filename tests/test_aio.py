@@ -342,3 +342,26 @@ def test_wait_lets_the_loop_run_while_it_polls(tmp_path: Path) -> None:
         return early, seen, ticks
 
     assert asyncio.run(run()) == (False, True, ["loop ran"])
+
+
+@pytest.mark.parametrize(
+    ("after", "timeout", "error"),
+    [
+        (None, None, TypeError),
+        ("0", None, TypeError),
+        (0, "1", TypeError),
+        (0, float("nan"), ValueError),
+    ],
+    ids=["after-None", "after-str", "timeout-str", "timeout-nan"],
+)
+def test_async_wait_checks_its_arguments_as_the_sync_one(
+    tmp_path: Path, after: object, timeout: object, error: type[Exception]
+) -> None:
+    async def main() -> None:
+        codec = await AsyncConversationCodec.open(tmp_path / "c.log", encryption_key=KEY)
+        async with codec:
+            await codec.append({"role": "user", "content": "hi"})
+            with pytest.raises(error, match=r"after must be an int|timeout must be a number"):
+                await codec.wait(after, timeout)  # type: ignore[arg-type]
+
+    asyncio.run(main())

@@ -19,3 +19,23 @@ def test_a_bad_count_is_refused_without_echo(
     err = capsys.readouterr().err
     assert code == 2
     assert err.splitlines()[-1] == "error: Invalid value for '-n': expected a whole number >= 0"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["prune", "{root}", "--older-than", "99999999999999d"],  # past timedelta's range
+        ["prune", "{root}", "--older-than", "999999999d"],  # now minus it: before year 1
+        ["search", "{root}", "hi", "--last", "99999999999d"],
+        ["search", "{root}", "hi", "--last", "800000w"],
+    ],
+    ids=["prune-overflow", "prune-before-year-1", "search-overflow", "search-before-year-1"],
+)
+def test_a_huge_age_is_a_usage_error_not_a_traceback(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main([a.format(root=tmp_path) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines()[-1].startswith("error: Invalid value for '--")
+    assert "expected an age such as 30m, 12h, 7d or 2w" in err

@@ -495,3 +495,83 @@ def test_options_are_checked_once_and_frozen(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="FileIO"):
         ConversationCodec(tmp_path / "d.log", io=object())  # type: ignore[arg-type]
     assert not (tmp_path / "d.log").exists()
+
+
+# -- programmer errors: a clear message naming the argument ------------------------------
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
+def test_a_time_that_is_not_finite_names_the_argument(
+    codec: ConversationCodec, value: float
+) -> None:
+    codec.append({"role": "user", "content": "hi"})
+    with pytest.raises(ValueError, match="timestamp must be a finite number of epoch seconds"):
+        codec.append({"role": "user", "content": "x"}, timestamp=value)
+    with pytest.raises(ValueError, match="since must be a finite number of epoch seconds"):
+        list(codec.search("hi", since=value))
+    with pytest.raises(ValueError, match="until must be a finite number of epoch seconds"):
+        list(codec.search("hi", until=value))
+    with pytest.raises(ValueError, match="before must be a finite number of epoch seconds"):
+        codec.prune(value)
+    assert len(codec) == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "expected"),
+    [
+        (lambda c: c.tail(None), TypeError, "n must be an int >= 0, not NoneType"),
+        (lambda c: c.tail("3"), TypeError, "n must be an int >= 0, not str"),
+        (lambda c: c.tail(1.0), TypeError, "n must be an int >= 0, not float"),
+        (lambda c: c.tail(True), TypeError, "n must be an int >= 0, not bool"),
+        (lambda c: c.tail(-1), ValueError, "n must be an int >= 0, not -1"),
+        (lambda c: c.wait(None), TypeError, "after must be an int >= -1, not NoneType"),
+        (lambda c: c.wait("0"), TypeError, "after must be an int >= -1, not str"),
+        (lambda c: c.wait(0, "1"), TypeError, "timeout must be a number of seconds"),
+        (lambda c: c.wait(0, NAN), ValueError, "timeout must be a number of seconds >= 0"),
+    ],
+    ids=[
+        "tail-None",
+        "tail-str",
+        "tail-float",
+        "tail-bool",
+        "tail-negative",
+        "wait-None",
+        "wait-str",
+        "wait-timeout-str",
+        "wait-timeout-nan",
+    ],
+)
+def test_bad_counts_and_waits_name_the_argument(
+    codec: ConversationCodec,
+    call: Callable[[ConversationCodec], object],
+    error: type[Exception],
+    expected: str,
+) -> None:
+    codec.append({"role": "user", "content": "hi"})
+    with pytest.raises(error, match=expected):
+        call(codec)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error", "expected"),
+    [
+        ("3", TypeError, "lock_timeout must be a number of seconds or None, not str"),
+        (True, TypeError, "lock_timeout must be a number of seconds or None, not bool"),
+        (-1, ValueError, "lock_timeout must be a number of seconds >= 0 or None"),
+        (NAN, ValueError, "lock_timeout must be a number of seconds >= 0 or None"),
+    ],
+    ids=["str", "bool", "negative", "nan"],
+)
+def test_a_bad_lock_timeout_is_refused_when_the_codec_or_store_is_made(
+    tmp_path: Path, timeout: object, error: type[Exception], expected: str
+) -> None:
+    from conversation_codec import ConversationStore
+
+    with pytest.raises(error, match=expected):
+        ConversationCodec(tmp_path / "c.log", KEY, lock_timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(error, match=expected):
+        ConversationStore(tmp_path / "s", encryption_key=KEY, lock_timeout=timeout)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []

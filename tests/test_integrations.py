@@ -462,3 +462,56 @@ def test_history_arguments(lc: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         message_from_record({"content": "no role or type"})
     assert message_from_record({"role": "user", "content": None}) == HumanMessage("")
+
+
+SECRET = "078-05-1120"  # stands for any decrypted content: it must appear in no error
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": SECRET},
+        {"content": SECRET},  # neither a role nor a LangChain type
+        {"role": SECRET, "content": SECRET},  # a role LangChain does not know
+        {"role": "tool", "content": SECRET},  # a tool message without its tool_call_id
+        {"type": "human", "content": {"x": SECRET}},  # a LangChain type, a bad field
+    ],
+    ids=["agents-item", "no-role", "unknown-role", "tool-without-id", "bad-field"],
+)
+def test_a_record_langchain_cannot_read_raises_a_library_error_without_its_content(
+    lc: ModuleType, agents: ModuleType, tmp_path: Path, record: dict[str, Any]
+) -> None:
+    # Found by review: LangChain's own ValueError held the whole decrypted message, e.g. an
+    # item the openai-agents session wrote under the same id.
+    from conversation_codec import ConversationCodecError
+    from conversation_codec.errors import ConversionError
+    from conversation_codec.integrations.langchain import (
+        CodecChatMessageHistory,
+        message_from_record,
+    )
+    from conversation_codec.integrations.openai_agents import CodecSession
+
+    session = CodecSession("u42", tmp_path, encryption_key=KEY)
+    asyncio.run(session.add_items([record]))  # type: ignore[list-item]
+    session.close()
+    history = CodecChatMessageHistory("u42", tmp_path, encryption_key=KEY)
+    failures: list[BaseException] = []
+    for read in (
+        lambda: history.messages,
+        lambda: asyncio.run(history.aget_messages()),
+        lambda: message_from_record(record),
+    ):
+        with pytest.raises(ConversionError) as info:
+            read()
+        failures.append(info.value)
+    history.close()
+    for error in failures:
+        assert isinstance(error, ConversationCodecError) and isinstance(error, ValueError)
+        chain: BaseException | None = error
+        while chain is not None:  # nothing we raise carries it, nor anything chained to it
+            assert SECRET not in str(chain) and SECRET not in repr(chain)
+            chain = chain.__cause__ or chain.__context__
+    # The openai-agents session reads the same items as stored: no conversion, no error.
+    session = CodecSession("u42", tmp_path, encryption_key=KEY)
+    assert asyncio.run(session.get_items()) == [record]
+    session.close()

@@ -345,3 +345,16 @@ def test_an_in_memory_session_runs_a_runner(agents: ModuleType) -> None:
 
     assert kinds(asyncio.run(main())) == ["function_call", "function_call_output", "message"]
     session.close()
+
+
+@pytest.mark.parametrize("items", [None, 5, "a string", {"role": "user"}], ids=repr)
+def test_add_items_refuses_what_is_not_a_list_of_items(
+    agents: ModuleType, tmp_path: Path, items: Any
+) -> None:
+    from conversation_codec.integrations.openai_agents import CodecSession
+
+    session = CodecSession("conv", tmp_path, encryption_key=KEY, durability="flush")
+    with pytest.raises(TypeError, match="items must be a list of items"):
+        asyncio.run(session.add_items(items))
+    assert asyncio.run(session.get_items()) == []
+    session.close()

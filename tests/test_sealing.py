@@ -359,6 +359,28 @@ def test_unusable_passwords_raise_library_errors(
     assert "pw" not in str(info.value) and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("new", "error", "expected"),
+    [
+        ("", InvalidKeyError, "new password must be a non-empty str"),
+        (None, KeyTypeError, "new password must be a non-empty str, not NoneType"),
+        (b"pw2", KeyTypeError, "new password must be a non-empty str, not bytes"),
+    ],
+)
+def test_change_password_refuses_what_the_constructor_refuses(
+    tmp_path: Path, password_log: bytes, new: object, error: type[Exception], expected: str
+) -> None:
+    # The same error classes as ConversationCodec(password=...): a plain ValueError before.
+    path = tmp_path / "chat.log"
+    path.write_bytes(password_log)
+    with ConversationCodec(path, password="pw") as codec:
+        with pytest.raises(error, match=expected):
+            codec.change_password("pw", new)  # type: ignore[arg-type]
+        with pytest.raises(KeyTypeError, match="old password must be a str, not NoneType"):
+            codec.change_password(None, "pw2")  # type: ignore[arg-type]
+    assert path.read_bytes() == password_log
+
+
 def test_hostile_scrypt_parameters_are_refused_before_deriving(tmp_path: Path) -> None:
     path = tmp_path / "chat.log"
     with ConversationCodec(path, password="pw") as codec:

@@ -31,6 +31,8 @@ from conversation_codec.store import (
 
 from conftest import KEY, OTHER_KEY, T0, Clock, in_threads
 
+ONE_MICROSECOND = timedelta(microseconds=1)
+
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 N_CONV, N_MSG = 50, 100
 WORDS = ["refund", "shipping", "latte", "Straße", "invoice"]
@@ -374,6 +376,21 @@ def test_search_checks_arguments_before_reading(big: ConversationStore) -> None:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize(
+    ("since", "until", "hits"),
+    [(1e300, None, 0), (None, 1e300, 1), (-1e300, None, 1), (None, -1e300, 0), (10**30, None, 0)],
+)
+def test_search_takes_times_beyond_what_a_datetime_holds(
+    tmp_path: Path, since: float | None, until: float | None, hits: int
+) -> None:
+    # The store hands each conversation's search a datetime: 1e300 seconds raised a raw
+    # OverflowError there, where a single log's search answered.
+    store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
+    with store.open("a") as codec:
+        codec.append({"role": "user", "content": "hi"})
+    assert len(list(store.search("hi", since=since, until=until))) == hits
+
+
 def test_search_does_not_hold_a_log_open_per_conversation(big: ConversationStore) -> None:
     before = len(os.listdir("/proc/self/fd"))
     hits = big.search()
@@ -449,6 +466,26 @@ def test_prune_with_a_timedelta_uses_the_store_clock(big_root: Path, tmp_path: P
     store = ConversationStore(root, key_fn=key_for, clock=clock, durability="flush")
     deleted = store.prune(older_than=timedelta(hours=1))
     assert sorted(deleted) == sorted(cid_of(c) for c in range(31))
+
+
+def test_prune_refuses_a_negative_age_and_takes_a_huge_one_as_nothing_that_old(
+    tmp_path: Path,
+) -> None:
+    # A negative age puts the cutoff in the future: it deleted every conversation, even one
+    # written a moment ago. Zero is "older than now" (as the CLI's --older-than 0d).
+    store = ConversationStore(tmp_path, encryption_key=KEY, clock=Clock(T0), durability="flush")
+    with store.open("a") as codec:
+        codec.append({"role": "user", "content": "hi"}, timestamp=at(T0 - 1))
+    for age in (timedelta(days=-1), -ONE_MICROSECOND):
+        with pytest.raises(ValueError, match="older_than must not be negative"):
+            store.prune(older_than=age)
+        with pytest.raises(ValueError, match="older_than must not be negative"):
+            store.pack(older_than=age)
+    for age in (timedelta.max, timedelta(days=800_000)):  # before year 1: nothing is older
+        assert store.prune(older_than=age) == []
+        assert store.pack(older_than=age).packed == []
+    assert store.ids() == ["a"]
+    assert store.prune(older_than=timedelta(0)) == ["a"]
 
 
 def test_prune_keeps_a_conversation_written_to_after_listing(tmp_path: Path) -> None:

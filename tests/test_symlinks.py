@@ -436,3 +436,44 @@ def test_a_socket_at_the_log_path_is_named_as_not_a_regular_file(tmp_path: Path)
         assert info.value.errno == errno.EINVAL
     finally:
         server.close()
+
+
+# -- deleting a conversation -------------------------------------------------------------------
+
+
+def _plant_thing(at: Path, plant: str) -> None:
+    if plant == "directory":
+        at.mkdir()
+    elif plant == "fifo":
+        os.mkfifo(at)
+    else:
+        at.symlink_to(at.parent / "nowhere")
+
+
+@pytest.mark.parametrize("plant", ["directory", "fifo", "link"])
+@pytest.mark.parametrize("sidecar", [".kwi", ".tmp-0123456789abcdef", ".kwi.tmp-0123456789abcdef"])
+@pytest.mark.parametrize("how", ["clear", "store-delete"])
+def test_a_thing_at_a_sidecar_refuses_a_delete_before_anything_goes(
+    tmp_path: Path, plant: str, sidecar: str, how: str
+) -> None:
+    # As for P.blobs: every name the delete would remove is looked at first, so a refusal
+    # leaves the conversation whole (log, index, blobs, lock) and still listed.
+    store = ConversationStore(tmp_path, encryption_key=KEY, attachments="external")
+    with store.open("u1") as codec:
+        codec.extend([_image_message(), *MESSAGES])
+    log = store.path("u1")
+    _plant_thing(Path(f"{log}{sidecar}"), plant)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    blobs = sorted(p.name for p in Path(f"{log}.blobs").iterdir())
+    what = "is a directory" if plant == "directory" else "is a symbolic link|not a regular file"
+    with pytest.raises(StorageError, match=what):
+        if how == "clear":
+            with store.open("u1") as codec:
+                codec.clear()
+        else:
+            store.delete("u1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert sorted(p.name for p in Path(f"{log}.blobs").iterdir()) == blobs
+    assert store.ids() == ["u1"]
+    with store.open("u1") as codec:
+        assert codec.load() == [_image_message(), *MESSAGES]

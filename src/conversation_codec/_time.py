@@ -14,6 +14,7 @@ package goes through here, so there is one answer to each question:
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 
 from .errors import NaiveDatetimeError
@@ -23,6 +24,7 @@ __all__ = [
     "MAX_US",
     "ONE_US",
     "US_PER_S",
+    "age_cutoff_us",
     "datetime_to_us",
     "iso_z",
     "parse_iso",
@@ -49,6 +51,18 @@ def datetime_to_us(value: datetime, name: str) -> int:
     return (value - EPOCH) // ONE_US
 
 
+def age_cutoff_us(now_us: int, age: timedelta, name: str) -> int:
+    """Microseconds since the epoch of ``age`` before ``now_us``: the cutoff of a prune or
+    pack by age. Computed in integers, so an age reaching before year 1 (``timedelta.max``)
+    is a cutoff that nothing is older than, not an ``OverflowError``. Zero is ``now_us``.
+
+    :raises ValueError: ``age`` is negative (a cutoff in the future would take everything).
+    """
+    if age < timedelta(0):
+        raise ValueError(f"{name} must not be negative: it is an age (how long ago), not {age}")
+    return now_us - age // ONE_US
+
+
 def parse_iso(text: str, name: str) -> int:
     """Microseconds since the epoch of an ISO-8601 string (no offset: UTC; ``Z`` allowed).
 
@@ -68,12 +82,14 @@ def to_us(value: datetime | int | float | str, name: str, *, text: bool = True) 
     or (``text``) an ISO-8601 string. ``name`` is the argument's name in errors.
 
     :raises NaiveDatetimeError: a naive datetime.
-    :raises ValueError: a string that is not an ISO-8601 time.
+    :raises ValueError: a string that is not an ISO-8601 time; a NaN or infinite number.
     :raises TypeError: any other type.
     """
     if isinstance(value, datetime):
         return datetime_to_us(value, name)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # round() would say "cannot convert float NaN"
+            raise ValueError(f"{name} must be a finite number of epoch seconds, not {value!r}")
         return round(value * US_PER_S)
     if text and isinstance(value, str):
         return parse_iso(value, name)

@@ -49,7 +49,7 @@ from .index_cache import IndexCache
 from .maintenance.compact import CompactionReport
 from .maintenance.pack import PackReport
 from .maintenance.transfer import ImportReport
-from .options import CodecOptions
+from .options import CodecOptions, check_int, check_seconds
 from .search import Hit
 from .storage.base import LogStorage, StorageOpener, StoreBackend
 from .storage.file.check import VerifyReport
@@ -164,6 +164,8 @@ class AsyncConversationCodec:
         PostgreSQL a writer's commit wakes it (``ConversationCodec.wait``).
         """
         watch = functools.partial(self._call, self._codec.storage.watch)
+        check_int(after, "after", -1)  # as the sync wait
+        check_seconds(timeout, "timeout")
         return await wait_for_count(watch, self.message_count, after + 1, timeout)
 
     async def pop(self) -> Message | None:
@@ -412,13 +414,16 @@ class AsyncConversationStore:
         """Where a conversation's log lives (no I/O)."""
         return self._store.path(conversation_id)
 
-    async def ids(self) -> builtins.list[str]:
-        """Return the ids of every conversation with a log, sorted."""
-        return await run_in_thread(self._executor, self._store.ids)
+    async def ids(self, *, on_error: OnError | None = None) -> builtins.list[str]:
+        """Return the ids of every conversation with a log, sorted (``on_error``: as sync)."""
+        return await run_in_thread(self._executor, self._store.ids, on_error=on_error)
 
-    async def infos(self, *, keyless: bool = False) -> builtins.list[ConversationInfo]:
+    async def infos(
+        self, *, keyless: bool = False, on_error: OnError | None = None
+    ) -> builtins.list[ConversationInfo]:
         """Describe every conversation from headers and indexes alone."""
-        return await run_in_thread(self._executor, self._store.infos, keyless=keyless)
+        store = self._store
+        return await run_in_thread(self._executor, store.infos, keyless=keyless, on_error=on_error)
 
     async def list(self) -> builtins.list[ConversationInfo]:
         """Deprecated alias of :meth:`infos` (it shadowed the builtin); kept for one release."""

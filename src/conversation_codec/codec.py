@@ -25,6 +25,7 @@ from .encoding import encode_json
 from .errors import LogReplacedError
 from .keyword_search import indexed_search
 from .maintenance.api import Maintenance
+from .options import check_int, check_seconds
 from .paths import blobs_path
 from .reading import READ_BATCH, LogInfo
 from .search import Hit, SearchQuery
@@ -251,9 +252,7 @@ class ConversationCodec(Maintenance, ChatFormats):
 
     def tail(self, n: int) -> list[Message]:
         """Return the last ``n`` messages, oldest first, reading only those records."""
-        if n < 0:
-            raise ValueError("n must be >= 0")
-        with self._holding(write=False, tail=n):
+        with self._holding(write=False, tail=check_int(n, "n", 0)):
             count = len(self._log.index)
             start = max(self._base(), count - n)
             messages: list[Message] = []
@@ -270,6 +269,8 @@ class ConversationCodec(Maintenance, ChatFormats):
         the writer's commit notifies the waiters at once (LISTEN/NOTIFY), and the polls
         are ``poll_interval`` apart (``PostgresBackend``) while that works.
         """
+        check_int(after, "after", -1)
+        check_seconds(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._log.watch() as pauses:
             while self.message_count() <= after + 1:

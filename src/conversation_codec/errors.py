@@ -23,6 +23,7 @@ __all__ = [
     "ClosedError",
     "ConflictError",
     "ConversationCodecError",
+    "ConversionError",
     "CorruptRecordError",
     "DatabaseError",
     "DecryptionError",
@@ -128,6 +129,15 @@ class NotEncryptedError(KeyMismatchError):
 
 class NotSerializableError(ConversationCodecError, TypeError):
     """A message is not a JSON object that round-trips exactly."""
+
+
+class ConversionError(ConversationCodecError, ValueError):
+    """A stored message cannot be turned into the type asked for (a LangChain message): it
+    has another shape, e.g. an item another integration wrote under the same id.
+
+    The message says what is missing and never shows the stored message, which may be
+    decrypted content; nor is the converter's own error (which shows it) chained.
+    """
 
 
 class SearchError(ConversationCodecError, ValueError):

@@ -183,13 +183,13 @@ class LogSecrets:
         return header, LogFormat(log_id, len(header), records, True, version)
 
 
-def check_password(password: object) -> None:
-    """Refuse a password scrypt cannot take; the messages never show it."""
+def check_password(password: object, name: str = "password") -> None:
+    """Refuse a password scrypt cannot take (``name`` in errors); the messages never show it."""
     if not isinstance(password, str):
-        raise KeyTypeError(f"password must be a non-empty str, not {type(password).__name__}")
+        raise KeyTypeError(f"{name} must be a non-empty str, not {type(password).__name__}")
     if not password:
-        raise InvalidKeyError("password must be a non-empty str")
+        raise InvalidKeyError(f"{name} must be a non-empty str")
     try:
         password.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidKeyError("password is not valid Unicode (a lone surrogate)") from None
+        raise InvalidKeyError(f"{name} is not valid Unicode (a lone surrogate)") from None

@@ -35,25 +35,29 @@ from pathlib import Path
 from typing import Any
 
 from ._fsio import FileIO
-from ._time import EPOCH, ONE_US, datetime_to_us, to_datetime
+from ._time import EPOCH, ONE_US, age_cutoff_us, datetime_to_us, to_datetime
 from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
-from .errors import ConversationCodecError, CorruptRecordError, KeyRequiredError, StorageError
+from .errors import (
+    ConversationCodecError,
+    CorruptRecordError,
+    FormatError,
+    KeyRequiredError,
+    StorageError,
+)
 from .format.header import LogKind, sniff_log
 from .index_cache import IndexCache
 from .maintenance.pack import PackReport, pack_store
+from .options import check_seconds
 from .search import Hit, SearchQuery
 from .storage import StoreBackend, backend_for
 from .storage.file.store import MAX_ENCODED_ID, FileStore, decode_id, encode_id
+from .store_search import OnError as OnError  # re-exported: aio and callers type with it
+from .store_search import conversation_hits
 
 __all__ = ["MAX_ENCODED_ID", "ConversationInfo", "ConversationStore", "decode_id", "encode_id"]
 
-_FIRST_CHUNK = 64  # hits read from one conversation per open, growing x4 per reopen
-_MAX_CHUNK = 4096
-
 KeyFn = Callable[[str], KeyInput | None]
-# Called with (conversation_id, error) for each conversation search() or prune() skipped.
-OnError = Callable[[str, ConversationCodecError], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,7 @@ class ConversationStore:
             raise ValueError("pass password= or encryption_key=/key_fn=, not both")
         if durability not in ("fsync", "flush"):
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
+        check_seconds(lock_timeout, "lock_timeout")  # now, not at the first open
         # Parsed once: a bad key fails here, and no open parses it again (issue 15).
         keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         self._backend: StoreBackend = backend_for(root, io=io)
@@ -202,9 +207,21 @@ class ConversationStore:
             return False
         return self._backend.exists(conversation_id)
 
-    def ids(self) -> list[str]:
-        """Return the ids of every conversation with a log, sorted; no log is opened."""
-        return self._backend.ids()
+    def ids(self, *, on_error: OnError | None = None) -> builtins.list[str]:
+        """Return the ids of every conversation with a log, sorted; no log is opened.
+
+        A pack that cannot be read may hold any ids (FORMAT.md §18.2.3). Without
+        ``on_error`` its ``FormatError`` is raised: a partial list is never returned as the
+        whole. With it, ``on_error(pack_path, error)`` is called for each such pack, and
+        the ids of every loose log and readable pack are returned.
+        """
+        found, broken = self._readable_ids()
+        _report(broken, on_error)
+        return found
+
+    def _readable_ids(self) -> tuple[builtins.list[str], builtins.list[tuple[str, FormatError]]]:
+        backend = self._backend
+        return backend.readable_ids() if isinstance(backend, FileStore) else (backend.ids(), [])
 
     def list(self) -> builtins.list[ConversationInfo]:
         """Deprecated alias of :meth:`infos` (it shadowed the builtin); kept for one release."""
@@ -213,7 +230,9 @@ class ConversationStore:
         )
         return self.infos()
 
-    def infos(self, *, keyless: bool = False) -> builtins.list[ConversationInfo]:
+    def infos(
+        self, *, keyless: bool = False, on_error: OnError | None = None
+    ) -> builtins.list[ConversationInfo]:
         """Describe every conversation, sorted by id, from headers and indexes alone.
 
         No message is decrypted, but an encrypted log's header is authenticated, so the
@@ -226,9 +245,14 @@ class ConversationStore:
         without one, with status ``"unverified"``: count and times are what its
         unauthenticated index says (``storage.file.peek``; in a database, its row), and
         ``error`` notes log bytes the index does not cover.
+
+        An unreadable pack: as for ``ids()`` (``on_error`` is called after the rest is listed).
         """
         out = []
-        for conversation_id in self.ids():
+        found, broken = self._readable_ids()
+        if on_error is None:
+            _report(broken, None)  # raises
+        for conversation_id in found:
             try:
                 with self.open(conversation_id) as codec:
                     info = codec.info()
@@ -251,6 +275,7 @@ class ConversationStore:
                     disk_bytes=info.log_bytes + info.index_bytes,
                 )
             )
+        _report(broken, on_error)
         return out
 
     def _peeked(self, failed: ConversationInfo) -> ConversationInfo:
@@ -323,7 +348,7 @@ class ConversationStore:
     ) -> builtins.list[str]:
         """Delete the conversations whose last message is older than a cutoff; return their ids.
 
-        :param older_than: an aware datetime (the cutoff itself), or a timedelta: the
+        :param older_than: an aware datetime (the cutoff itself), or a timedelta >= 0: the
             cutoff is now (the store's clock) minus it. Empty conversations are kept.
         :param on_error: called with ``(conversation_id, error)`` for each conversation
             that could not be read or deleted; it is kept, and pruning carries on. (Such
@@ -331,17 +356,15 @@ class ConversationStore:
         :raises FormatError: a pack is unreadable: what it holds is kept, all else pruned.
         """
         if isinstance(older_than, timedelta):
-            now_us = self._clock() if self._clock is not None else None
-            now = datetime.now(timezone.utc) if now_us is None else EPOCH + now_us * ONE_US
-            cutoff = now - older_than
+            clock = self._clock
+            now_us = datetime_to_us(datetime.now(timezone.utc), "now") if clock is None else clock()
+            cutoff_us = age_cutoff_us(now_us, older_than, "older_than")  # ValueError if < 0
         elif isinstance(older_than, datetime):
-            datetime_to_us(older_than, "older_than")  # a naive one: NaiveDatetimeError
-            cutoff = older_than
+            cutoff_us = datetime_to_us(older_than, "older_than")  # NaiveDatetimeError
         else:
             raise TypeError("older_than must be an aware datetime or a timedelta")
-        cutoff_us = (cutoff - EPOCH) // ONE_US
-        deleted, backend = [], self._backend
-        ids, bad = backend.readable_ids() if isinstance(backend, FileStore) else (self.ids(), [])
+        deleted: builtins.list[str] = []
+        ids, bad = self._readable_ids()
         for conversation_id in ids:
             try:
                 with self.open(conversation_id) as codec:
@@ -353,7 +376,7 @@ class ConversationStore:
                 if on_error is not None:
                     on_error(conversation_id, exc)
         if bad:
-            raise bad[0]
+            raise bad[0][1]
         return deleted
 
     def pack(
@@ -407,6 +430,7 @@ class ConversationStore:
         file) does not stop the search: its hits read before the failure are kept, the
         rest of it is skipped, and ``on_error(conversation_id, error)`` is called (from
         the thread consuming the stream). ``list()`` reports the same conversations.
+        An unreadable pack: as for ``ids()`` (``on_error`` is called before the first hit).
 
         Each conversation is read a chunk of hits per open (64, then 4x larger each time),
         and its log is closed between chunks: merging thousands of conversations does not
@@ -423,8 +447,11 @@ class ConversationStore:
             regex=regex,
             case_sensitive=case_sensitive,
         )
+        broken: builtins.list[tuple[str, FormatError]] = []
         if conversation_ids is None:
-            ids = self.ids()
+            ids, broken = self._readable_ids()
+            if on_error is None:
+                _report(broken, None)  # raises an unreadable pack's error, before any read
         else:  # refuse bad ids before anything is read; skip (and ask no key for) absent ones
             wanted = sorted({encode_id(cid): cid for cid in conversation_ids}.values())
             ids = [cid for cid in wanted if self._backend.exists(cid)]
@@ -434,67 +461,26 @@ class ConversationStore:
             "case_sensitive": case_sensitive,
             "newest_first": newest_first,
         }
-        lo, hi = parsed.span
-        streams = [self._hits(cid, query, lo, hi, options, limit, on_error) for cid in ids]
+        streams = [
+            conversation_hits(self.open, cid, query, parsed.span, options, limit, on_error)
+            for cid in ids
+        ]
         merged = heapq.merge(*streams, reverse=newest_first)
-        return (pair for _, pair in islice(merged, limit))
-
-    def _hits(
-        self,
-        conversation_id: str,
-        query: str | None,
-        lo: int | None,
-        hi: int | None,
-        options: dict[str, Any],
-        limit: int | None,
-        on_error: OnError | None = None,
-    ) -> Iterator[tuple[tuple[int, str, int], tuple[str, Hit]]]:
-        """Yield one conversation's hits keyed for the merge, reopening the log per chunk.
-
-        A chunk resumes at the last hit's timestamp and skips hits already yielded (records
-        sharing that timestamp), so the position survives closing the log in between.
-        """
-        newest_first = options["newest_first"]
-        chunk = min(limit, _FIRST_CHUNK) if limit is not None else _FIRST_CHUNK
-        after: tuple[int, int] | None = None  # (ts_us, seq) of the last hit yielded
-        while chunk:
-            batch: builtins.list[Hit] = []
-            failed = None
-            try:
-                with self.open(conversation_id) as codec:
-                    hits = codec.search(
-                        query,
-                        since=_at(lo) if lo is not None else None,
-                        until=_at(hi) if hi is not None else None,
-                        **options,
-                    )
-                    if after is not None:
-                        hits = (h for h in hits if _is_past(h, after, newest_first))
-                    batch.extend(islice(hits, chunk))  # keeps what was read before a failure
-            except ConversationCodecError as exc:
-                failed = exc
-            for hit in batch:
-                ts = (hit.timestamp - EPOCH) // ONE_US
-                yield (ts, conversation_id, hit.seq), (conversation_id, hit)
-            if failed is not None:
-                if on_error is not None:
-                    on_error(conversation_id, failed)
-                return
-            if len(batch) < chunk:
-                return
-            last = batch[-1]
-            after = ((last.timestamp - EPOCH) // ONE_US, last.seq)
-            if newest_first:
-                hi = after[0] + 1
-            else:
-                lo = after[0]
-            chunk = min(chunk * 4, _MAX_CHUNK)
+        return _reported(broken, on_error, (pair for _, pair in islice(merged, limit)))
 
 
-def _at(us: int) -> datetime:
-    return to_datetime(us)
+def _report(broken: list[tuple[str, FormatError]], on_error: OnError | None) -> None:
+    """Hand each unreadable pack to ``on_error`` as ``(pack_path, error)``; without it,
+    raise the first pack's error."""
+    for path, exc in broken:
+        if on_error is None:
+            raise exc
+        on_error(path, exc)
 
 
-def _is_past(hit: Hit, after: tuple[int, int], newest_first: bool) -> bool:
-    key = ((hit.timestamp - EPOCH) // ONE_US, hit.seq)
-    return key < after if newest_first else key > after
+def _reported(
+    broken: list[tuple[str, FormatError]], on_error: OnError | None, hits: Iterator[Any]
+) -> Iterator[Any]:
+    """``hits``, with the unreadable packs reported first (from the consuming thread)."""
+    _report(broken, on_error)
+    yield from hits

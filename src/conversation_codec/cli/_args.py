@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import click
@@ -167,7 +167,12 @@ def _age(text: str) -> timedelta:
     match = _AGE.fullmatch(text.strip())
     if match is None:
         raise ValueError(text)
-    return timedelta(**{_AGE_UNITS[match[2]]: int(match[1])})
+    try:  # commands take it from now: an age before year 1 is no time a datetime can hold
+        age = timedelta(**{_AGE_UNITS[match[2]]: int(match[1])})
+        datetime.now(timezone.utc) - age
+    except OverflowError:
+        raise ValueError(text) from None
+    return age
 
 
 ENV_NAME = _Checked("env", _env_var_name, "expects the NAME of an environment variable")
@@ -175,7 +180,7 @@ WHOLE_NUMBER = _Checked("count", _whole_number, "expected a whole number >= 0")
 TIME = _Checked(
     "time", _time_text, "expected an ISO-8601 time such as 2026-10-01 or 2026-10-01T12:00Z"
 )
-AGE = _Checked("age", _age, "expected an age such as 30m, 12h, 7d or 2w")
+AGE = _Checked("age", _age, "expected an age such as 30m, 12h, 7d or 2w (since year 1)")
 
 
 def choice(*values: str) -> _Checked:

@@ -46,6 +46,8 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..maintenance.compact import CompactionReport
     from ..maintenance.migrate import BatchReport
     from ..storage.file.check import VerifyReport
@@ -72,13 +74,19 @@ def _verify(args: Args) -> int:
     for done, path in enumerate(args.paths, 1):
         one = Args(**{**vars(args), "path": path})
         try:
-            reports = _verify_store(one) if is_url(path) or os.path.isdir(path) else None
+            packs: list[Exception] = []  # unreadable packs: reported after the rest
+            store = is_url(path) or os.path.isdir(path)
+            reports = _verify_store(one, packs.append) if store else None
             if reports is None:
                 with open_log(one, read_only=True) as codec:
                     reports = [codec.verify()]
             for report in reports:
                 pending.append(report)
                 worst = worst if report.ok else max(worst, EXIT_CORRUPT)
+            if bar is None:
+                _show_verify(args, pending)  # this root's reports, then the packs they missed
+            for exc in packs:  # damage (exit 3), or a newer pack version (exit 1)
+                worst = max(worst, min(report_error(exc, one), EXIT_CORRUPT))
         except (ConversationCodecError, OSError, ValueError, InputError) as exc:
             worst = max(worst, report_error(exc, one))  # one unreadable log does not stop the rest
         if bar is not None:
@@ -89,13 +97,14 @@ def _verify(args: Args) -> int:
     return worst
 
 
-def _verify_store(args: Args) -> list[VerifyReport]:
-    """Verify every conversation of a store root (packed ones included, FORMAT.md §18)."""
+def _verify_store(args: Args, unreadable: Callable[[Exception], None]) -> list[VerifyReport]:
+    """Verify every conversation of a store root (packed ones included, FORMAT.md §18);
+    each unreadable pack goes to ``unreadable``."""
     from ..store import ConversationStore
 
     store = ConversationStore(args.path, encryption_key=log_key(args), password=log_password(args))
     reports = []
-    for conversation_id in store.ids():
+    for conversation_id in store.ids(on_error=lambda _pack, exc: unreadable(exc)):
         with store.open(conversation_id) as codec:
             reports.append(codec.verify())
     return reports

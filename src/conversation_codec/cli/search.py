@@ -86,7 +86,9 @@ def _search(args: Args) -> int:
 
         def skip(conversation_id: str, exc: ConversationCodecError) -> None:
             skipped.append(conversation_id)  # reported, and the search carries on
-            print(f"error: {conversation_id}: {speak_cli(str(exc))}", file=sys.stderr)
+            text = speak_cli(str(exc))  # an unreadable pack's error names its path first
+            named = text.startswith((f"{conversation_id}:", f"{conversation_id} "))
+            print(f"error: {text if named else f'{conversation_id}: {text}'}", file=sys.stderr)
 
         found = 0
         for conversation_id, hit in store.search(args.query, on_error=skip, **options):

@@ -112,8 +112,12 @@ def _ls(args: Args) -> int:
     _check_root(args.path)
     key = log_key(args)
     # No key: list what headers and indexes tell (a sealed log's rows are "unverified").
-    found = ConversationStore(args.path, encryption_key=key).infos(keyless=key is None)
-    failed = any(c.status not in _LISTED for c in found)  # listed with their status; exit 1
+    packs: list[tuple[str, Exception]] = []  # unreadable packs: reported after the list
+    store = ConversationStore(args.path, encryption_key=key)
+    found = store.infos(keyless=key is None, on_error=lambda *bad: packs.append(bad))
+    failed = bool(packs) or any(c.status not in _LISTED for c in found)  # listed; exit 1
+    for _pack, exc in packs:  # the error names the pack
+        print(f"error: {speak_cli(str(exc))}", file=sys.stderr)
     if args.json:
         for info in found:
             emit(fields(info))

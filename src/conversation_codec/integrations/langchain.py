@@ -37,6 +37,7 @@ from .._fsio import FileIO
 from ..chat_formats import LANGCHAIN_CHUNK_TYPES
 from ..codec import Message
 from ..crypto import KeyInput
+from ..errors import ConversionError
 from ..store import KeyFn
 from . import LazyCodec, StoreOrPath, scratch_store
 
@@ -74,7 +75,22 @@ def message_from_record(record: Message) -> BaseMessage:
     >>> m = AIMessage("", tool_calls=[{"name": "f", "args": {"x": 1}, "id": "c1"}])
     >>> message_from_record(message_to_record(m)) == m
     True
+
+    :raises ConversionError: LangChain cannot read the record (its message never shows it).
     """
+    try:
+        return _from_record(record)
+    except Exception:  # noqa: S110 (LangChain's error shows the record: not chained)
+        pass
+    # Raised outside the handler, so that not even __context__ holds LangChain's error.
+    raise ConversionError(
+        "a stored message is not one LangChain can read: it needs a LangChain 'type' or an "
+        "OpenAI-style 'role' with 'content' (and a tool message its 'tool_call_id'); was it "
+        "written by another integration under the same id?"
+    )
+
+
+def _from_record(record: Message) -> BaseMessage:
     kind = record.get("type")
     if isinstance(kind, str) and LANGCHAIN_CHUNK_TYPES.get(kind, kind) in (*_ROLES, "chat"):
         data = dict(record)

@@ -171,6 +171,8 @@ class CodecSession:
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append items as records, all under one lock with one fsync."""
         self._codec.check_open()
+        if not isinstance(items, (list, tuple)):  # a dict or str would iterate its keys/chars
+            raise TypeError(f"items must be a list of items, not {type(items).__name__}")
         batch = cast("list[dict[str, Any]]", list(items))
         if batch:
             await self._codec.write(lambda codec: codec.extend(batch))

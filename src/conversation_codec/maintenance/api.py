@@ -21,9 +21,11 @@ from ..errors import (
     ConversationCodecError,
     DecryptionError,
     KeyRequiredError,
+    KeyTypeError,
     MissingBlobError,
     StorageError,
 )
+from ..sealing import check_password
 from ..storage.file.check import Problem, VerifyReport, check_file_log
 from ..storage.file.log import FileLog
 from ..storage.file.packed import StoreLog, check_store_log
@@ -94,9 +96,11 @@ class Maintenance(CodecCore):
         The rewrite is atomic: a crash leaves a log that opens with one of the two.
 
         :raises DecryptionError: ``old`` is not the password this codec opened the log with.
+        :raises InvalidKeyError: ``new`` is empty (``KeyTypeError``: not a str).
         """
-        if not isinstance(new, str) or not new:
-            raise ValueError("the new password must be a non-empty str")
+        if not isinstance(old, str):
+            raise KeyTypeError(f"old password must be a str, not {type(old).__name__}")
+        check_password(new, "new password")  # what the constructor refuses, as it does
         return self._reseal(lambda: self._compactor.change_password(self._base(), old, new))
 
     def prune(self, before: TimeInput) -> int:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 from .._fsio import open_file
-from .._time import EPOCH, ONE_US, datetime_to_us
+from .._time import EPOCH, ONE_US, age_cutoff_us, datetime_to_us
 from ..codec import ConversationCodec
 from ..errors import ConversationCodecError
 from ..paths import blobs_path, is_leftover, kwi_path
@@ -64,7 +64,7 @@ def pack_store(
 ) -> PackReport:
     """Pack the store's loose conversations whose last message is older than a cutoff.
 
-    :param older_than: an aware datetime (the cutoff), or a timedelta before ``now``;
+    :param older_than: an aware datetime (the cutoff), or a timedelta >= 0 before ``now``;
         None packs every conversation, however recent.
     :param max_bytes: bytes of logs per pack file (more conversations: more packs).
     :param max_log_bytes: a log bigger than this stays loose.
@@ -130,7 +130,8 @@ def _cutoff(older_than: datetime | timedelta | None, now: datetime | None) -> in
     if older_than is None:
         return None
     if isinstance(older_than, timedelta):
-        return datetime_to_us((now or datetime.now(timezone.utc)) - older_than, "now")
+        now_us = datetime_to_us(now or datetime.now(timezone.utc), "now")
+        return age_cutoff_us(now_us, older_than, "older_than")  # ValueError if negative
     if isinstance(older_than, datetime):
         return datetime_to_us(older_than, "older_than")
     raise TypeError("older_than must be an aware datetime, a timedelta or None")

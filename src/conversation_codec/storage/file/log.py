@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from ..._fsio import DEFAULT_IO, FileIO, check_file, unlink_file, write_all
 from ...errors import StorageError
 from ...format.record import encode_frame
-from ...paths import index_path, kwi_path
+from ...paths import index_path
 from ..base import LogFormat, LogStorage, Polling
 from .dictionary import Dictionary
 from .index import OffsetIndex
@@ -30,7 +30,7 @@ from .lock import LogLock
 from .reader import open_log_file, read_bodies, read_body, read_dictionary, read_prefix
 from .recovery import drop_unproven_entries, recover
 from .transaction import Transaction, Transactions
-from .writer import frame_batch, remove_leftovers, replace_log
+from .writer import checked_for_removal, frame_batch, remove_leftovers, replace_log
 
 __all__ = ["FileLog", "LogFormat"]
 
@@ -416,12 +416,13 @@ class FileLog:
         self.fault("rewrite:dir-synced")
 
     def remove(self, also: Callable[[], None] = lambda: None) -> None:
-        """Delete the log and its index (the log's unlink is the commit), ``also`` (the blob
-        store), the leftovers of crashed rewrites (copies of the history), then the lock
-        file: until that last unlink the lock still keeps every other writer out."""
+        """Delete the log, its index (the log's unlink commits), ``also`` (the blob store),
+        leftovers of crashed rewrites, then the lock file: until it goes, no other writer
+        comes in. A link or directory at any of these names is refused before any goes."""
+        names = checked_for_removal(self.path)
         self._txns.bump(truncation=True)
         self._close_log()
-        for p in (self.path, self.index.path, kwi_path(self.path)):
+        for p in names:
             unlink_file(p, io=self.io)
         also()
         self.remove_stale_temps()

@@ -148,16 +148,16 @@ class Packs:
         """
         found, broken = self.readable_ids()
         if broken:
-            raise broken[0]
+            raise broken[0][1]
         return found
 
-    def readable_ids(self) -> tuple[set[str], list[FormatError]]:
-        """The ids the readable packs hold, and why each unreadable pack is (its ids, which
-        may be any, are unknown: none of them may be taken as absent)."""
+    def readable_ids(self) -> tuple[set[str], list[tuple[str, FormatError]]]:
+        """The ids the readable packs hold, and each unreadable pack's path with why it is
+        (its ids, which may be any, are unknown: none of them may be taken as absent)."""
         with self._mutex:
             self._rescan()
             found = {cid for pack in self._cache.values() for cid in pack.toc}
-            return found, list(self._broken.values())
+            return found, [(str(self.dir / name), exc) for name, exc in self._broken.items()]
 
     def names(self) -> list[str]:
         """The pack files present (names in ``.packs``)."""

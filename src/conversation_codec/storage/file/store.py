@@ -146,12 +146,12 @@ class FileStore:
         """
         found, broken = self.readable_ids()
         if broken:
-            raise broken[0]
+            raise broken[0][1]
         return found
 
-    def readable_ids(self) -> tuple[list[str], list[FormatError]]:
-        """``ids()`` but for the unreadable packs, whose errors come second (retention goes
-        on elsewhere; what such a pack holds is kept)."""
+    def readable_ids(self) -> tuple[list[str], list[tuple[str, FormatError]]]:
+        """``ids()`` but for the unreadable packs, whose paths and errors come second
+        (store-wide operations go on elsewhere; what such a pack holds is kept)."""
         loose = self._loose_ids()  # the root first: its errors name it
         packed, broken = self.packs.readable_ids()
         return sorted(set(loose) | packed), broken

@@ -15,13 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from ..._fsio import FileIO, check_file, open_file, unlink_file, write_all
+from ..._fsio import DEFAULT_IO, FileIO, check_file, open_file, unlink_file, write_all
 from ...format.record import encode_frame
-from ...paths import index_path, is_leftover, may_be_leftover, temp_path
+from ...paths import index_path, is_leftover, kwi_path, may_be_leftover, temp_path
 from ..base import LogFormat
 from .index import OffsetIndex
 
-__all__ = ["frame_batch", "remove_leftovers", "replace_log"]
+__all__ = ["checked_for_removal", "frame_batch", "remove_leftovers", "replace_log"]
 
 _BATCH_FRAMES = 1024  # frames joined into one write when writing a whole log
 
@@ -129,14 +129,35 @@ def _candidates(folder: str) -> tuple[str, ...]:
     return names
 
 
-def remove_leftovers(path: str, io: FileIO) -> None:
+def checked_for_removal(path: str) -> tuple[str, str, str]:
+    """Return the files of the log ``path`` that a clear unlinks one by one (the log, its
+    index and keyword index), having looked at them and at its leftovers first.
+
+    A delete that stopped half-way would leave a conversation neither whole nor gone (the
+    log unlinked, its blobs and lock kept), so a link, directory or FIFO at any of these
+    names is refused before the first goes, as ``remove_flat_dir`` does for ``P.blobs``.
+
+    :raises StorageError: a name holds something other than a regular file.
+    """
+    names = (path, index_path(path), kwi_path(path))
+    for name in names:
+        check_file(name)
+    remove_leftovers(path, DEFAULT_IO, check_only=True)  # checks only: no io call
+    return names
+
+
+def remove_leftovers(path: str, io: FileIO, *, check_only: bool = False) -> None:
     """Delete the temp files that crashed rewrites and migrations of the log ``path`` left
-    beside it (``paths.is_leftover``); the caller holds the exclusive lock."""
+    beside it (``paths.is_leftover``); the caller holds the exclusive lock. ``check_only``
+    deletes nothing: it only refuses (``StorageError``) a link or directory at such a name."""
     folder = os.path.dirname(path) or "."
     base = os.path.basename(path)
     for name in _candidates(folder):
         if is_leftover(name, base):
-            unlink_file(os.path.join(folder, name), io=io)  # refuses a planted link
+            if check_only:
+                check_file(os.path.join(folder, name))
+            else:
+                unlink_file(os.path.join(folder, name), io=io)  # refuses a planted link
 
 
 def _write_log(
