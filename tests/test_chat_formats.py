@@ -464,3 +464,33 @@ def test_chat_formats_read_only_the_newest_records(tmp_path: Path) -> None:
         system, turns = c.to_anthropic_messages(max_context=4)
         assert system is None and turns
         assert any(m["role"] == "user" for m in c.to_ollama_messages(max_context=8))
+
+
+SECRET = "SSN 078-05-1120"  # what a conversation may hold: never in an error message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "user", "content": {"text": SECRET}},
+        {"role": "user", "content": [SECRET, 5]},
+        {"role": "user", "content": [5, SECRET]},
+        {"role": "user", "content": [{"type": "input_audio", "note": SECRET}]},
+        {"role": "user", "content": [{"type": SECRET * 5}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "args": SECRET}]},
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": f"https://x/{SECRET}.png"}}],
+        },
+    ],
+    ids=["object", "str-then-int", "int-then-str", "typed", "long-type", "call", "url"],
+)
+def test_a_refusal_names_what_is_wrong_never_the_content(message: dict[str, Any]) -> None:
+    refused = 0
+    for convert in (to_openai_messages, to_anthropic_messages, to_ollama_messages):
+        try:
+            convert([message])
+        except ValueError as exc:
+            refused += 1
+            assert "078-05" not in str(exc), convert.__name__
+    assert refused

@@ -94,7 +94,9 @@ def _parts(message: Message) -> list[Any]:
         return [{"type": "text", "text": content}] if content else []
     if isinstance(content, list):
         return content
-    raise ValueError(f"content must be a string, a list of parts or None, not {content!r}")
+    raise ValueError(
+        f"content must be a string, a list of parts or None, not {type(content).__name__}"
+    )
 
 
 def _text_of(message: Message, where: str) -> str:
@@ -111,7 +113,11 @@ def _text_of(message: Message, where: str) -> str:
 
 
 def _kind(part: Any) -> str:
-    return repr(part.get("type")) + " parts" if isinstance(part, dict) else repr(part)
+    """Name a part by its type, never its content (errors must not show a message's text)."""
+    if isinstance(part, dict):
+        kind = part.get("type")
+        return (repr(kind) if isinstance(kind, str) and len(kind) <= 40 else "untyped") + " parts"
+    return f"a {type(part).__name__}"
 
 
 def _data_url(url: str) -> tuple[str, str] | None:
@@ -126,7 +132,7 @@ def _arguments(call: Any, where: str) -> tuple[str, str | None, dict[str, Any]]:
     """Return ``(name, id, arguments as an object)`` of an OpenAI tool call."""
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise ValueError(f"{where}: a tool call without function.name: {call!r}")
+        raise ValueError(f"{where}: a tool call without function.name")
     raw = function.get("arguments")
     args: Any = None
     if isinstance(raw, dict):
@@ -350,8 +356,8 @@ def _ollama_turn(message: Message, role: str, where: str, tool_names: dict[str, 
             inline = _data_url(url)
             if inline is None:
                 raise ValueError(
-                    f"{where}: Ollama takes inline images only; download {url[:60]!r} and "
-                    "send it as a base64 data: URL"
+                    f"{where}: Ollama takes inline images only; download the image and send "
+                    "it as a base64 data: URL"
                 )
             images.append(inline[1])
         else:
@@ -458,7 +464,7 @@ def _anthropic_block(part: Any, where: str) -> Message:
     if isinstance(part, str):
         return {"type": "text", "text": part}
     if not isinstance(part, dict):
-        raise ValueError(f"{where}: a content part must be an object, not {part!r}")
+        raise ValueError(f"{where}: a content part must be an object, not {_kind(part)}")
     kind = part.get("type")
     note = _removed_note(part, where)
     if note is not None:
