@@ -380,3 +380,42 @@ def test_a_whole_second_directory_mtime_is_never_trusted(tmp_path: Path) -> None
     with store.open("b") as codec:
         codec.append({"role": "user", "content": "first write"})
     assert not leftover.exists()
+
+
+_KILLED_CLEAR = r"""
+import os, signal, sys
+from conversation_codec import ConversationCodec, FileIO
+class Die(FileIO):
+    def unlink(self, path, *, dir_fd=None):
+        super().unlink(path, dir_fd=dir_fd)
+        if os.path.basename(path) == sys.argv[2]:
+            os.kill(os.getpid(), signal.SIGKILL)
+codec = ConversationCodec(sys.argv[1], encryption_key=os.environ["CC_TEST_KEY"], io=Die())
+codec.clear()
+"""
+
+
+@pytest.mark.parametrize("after", ["chat.log.idx", "chat.log"])
+def test_a_clear_killed_after_any_unlink_leaves_a_state_that_verifies(
+    tmp_path: Path, after: str
+) -> None:
+    """FORMAT.md §8.5: the index goes before the log (the commit point). Killed after the
+    index went, the history is whole (its index rebuilt); killed after the log went, it is
+    cleared — no index of the deleted records is left (verify() called that index-ahead
+    damage, and it kept their timestamps)."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    path = folder / "chat.log"
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        codec.extend([kept(i) for i in range(3)])
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_CLEAR, str(path), after],
+        env=subprocess_env(KEY),
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    assert not (folder / "chat.log.idx").exists()
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        assert codec.load() == (None if after == "chat.log" else [kept(i) for i in range(3)])
+        assert codec.verify().ok

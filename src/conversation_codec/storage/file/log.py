@@ -416,7 +416,7 @@ class FileLog:
         self.fault("rewrite:dir-synced")
 
     def remove(self, also: Callable[[], None] = lambda: None) -> None:
-        """Delete the log, its index (the log's unlink commits), ``also`` (the blob store),
+        """Delete the index, the log (its unlink commits), ``also`` (the blob store),
         leftovers of crashed rewrites, then the lock file: until it goes, no other writer
         comes in. A link or directory at any of these names is refused before any goes."""
         names = checked_for_removal(self.path)

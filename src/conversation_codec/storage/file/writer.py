@@ -130,8 +130,10 @@ def _candidates(folder: str) -> tuple[str, ...]:
 
 
 def checked_for_removal(path: str) -> tuple[str, str, str]:
-    """Return the files of the log ``path`` that a clear unlinks one by one (the log, its
-    index and keyword index), having looked at them and at its leftovers first.
+    """Return the files of the log ``path`` that a clear unlinks one by one, in order: its
+    index, the log (the commit point) and its keyword index, having looked at them and at its
+    leftovers first. The index goes first (FORMAT.md §8.5): killed before the log, the
+    history is whole and rebuilds it; killed after, nothing of it names deleted records.
 
     A delete that stopped half-way would leave a conversation neither whole nor gone (the
     log unlinked, its blobs and lock kept), so a link, directory or FIFO at any of these
@@ -139,7 +141,7 @@ def checked_for_removal(path: str) -> tuple[str, str, str]:
 
     :raises StorageError: a name holds something other than a regular file.
     """
-    names = (path, index_path(path), kwi_path(path))
+    names = (index_path(path), path, kwi_path(path))
     for name in names:
         check_file(name)
     remove_leftovers(path, DEFAULT_IO, check_only=True)  # checks only: no io call
