@@ -165,13 +165,11 @@ def assert_gone(root: Path, old: bytes, *, fresh: bool = False) -> None:
 # publishes (after it read "c"), while it publishes (holding .packs/pack.lock), after it
 # published and before it retires the loose logs; then a writer starts "c" afresh and the
 # packer finishes, or the packer is SIGKILLed there.
-_FAST = [
+_FAST = [  # the rest runs under -m slow
     ("pack:chosen", "delete", "fresh"),
     ("pack:chosen", "prune", "kill"),
     ("publish", "delete", "kill"),
     ("publish", "prune", "fresh"),
-    ("pack:written", "delete", "fresh"),
-    ("pack:written", "prune", "kill"),
 ]
 _CASES = [
     pytest.param(*case, marks=() if case in _FAST else pytest.mark.slow)
@@ -223,19 +221,47 @@ def test_a_deletion_racing_pack_stays_deleted(
     assert_gone(root, old, fresh=then == "fresh")
 
 
-def test_a_packer_killed_after_publishing_leaves_a_deletable_conversation(
+_CLEAR = textwrap.dedent(
+    """
+    import os, signal, sys
+    from conversation_codec import FileIO
+    from conversation_codec.store import ConversationStore
+
+    class KillAt(FileIO):
+        def step(self, name):
+            if name == sys.argv[2]:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    store = ConversationStore(sys.argv[1], encryption_key=os.environ["CC_TEST_KEY"], io=KillAt())
+    store.delete("c")
+    """
+)
+
+
+def test_a_packer_and_then_a_clear_killed_midway_leave_the_conversation_whole(
     tmp_path: Path, start: Callable[[Path, list[str]], Packer]
 ) -> None:
-    """Killed between its publish and its step 3: "c" is both loose and packed (the loose
-    copy wins), and a later delete removes both."""
+    """The packer killed between its publish and its step 3 leaves "c" both loose and
+    packed (the loose copy wins); a clear killed after it dropped the packed copy and
+    before it deleted ``P`` leaves "c" loose and whole; a delete then removes every byte."""
     root = tmp_path / "store"
     old = fill(root)
     packer = start(root, ["pack:written"])
     packer.wait("pack:written")
     packer.kill()
+    assert list((root / ".packs").glob("*.pack")) and (root / "c.log").exists()
+    done = subprocess.run(
+        [sys.executable, "-c", _CLEAR, str(root), "clear:copies-dropped"],
+        env=subprocess_env(KEY),
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
     store = ConversationStore(root, encryption_key=KEY)
     with store.open("c") as codec:
         assert codec.load() == OLD
+    for pack in (root / ".packs").glob("*.pack"):
+        assert old[-48:] not in pack.read_bytes()  # its copy went first
     assert store.delete("c")
     assert_gone(root, old)
 
