@@ -46,6 +46,7 @@ from .migrate_commit import (
     check_unchanged,
     finish,
     publish,
+    refuse_packed,
     remove_temp,
     sweep_leftovers,
     verify_copy,
@@ -106,7 +107,8 @@ def migrate(
     """Convert the legacy history at ``src`` into a conversation-codec log.
 
     :param dst: where the log goes; default ``src`` itself (in place), the original kept
-        as ``<name>.bak`` unless ``backup=False``. An existing ``dst`` is never replaced.
+        as ``<name>.bak`` unless ``backup=False``. An existing ``dst`` is never replaced,
+        nor (``dst`` a store's log path) a conversation that store holds in a pack.
     :param encryption_key: key(s) of the new log; None (and no ``log_password``) writes a
         plaintext log, which is refused for an encrypted source.
     :param log_password: seal the new log with this password instead of a key.
@@ -153,6 +155,8 @@ def migrate(
             source, real, LegacyFormat.CODEC_LOG, None, len(data), len(data), None, False, (*notes,)
         )
     target, in_place = destination(real, dst)
+    if not in_place:
+        refuse_packed(target, io, settled=False)  # again under the writer lock, below
     history = read_legacy(real, legacy_key=legacy_key, password=password)
     if history.format is LegacyFormat.CODEC_LOG:  # a header line, but not as logs begin
         raise FormatError(
@@ -177,6 +181,8 @@ def migrate(
         return report.done(0, None, False, "dry run: nothing was written")
     bak = Path(backup_path(target)) if in_place and backup else None
     with as_storage_errors(target), writer_lock(target, io) as announce:
+        if not in_place:
+            refuse_packed(target, io)
         sweep_leftovers(target, bak, io)
         tmp = migrating_path(target)
         made_backup = False
@@ -338,7 +344,7 @@ def migrate_many(
     ``.enc`` (``users/ana/chat.jsonl`` under ``users`` is ``ana/chat``; a file given alone:
     its name without that suffix), stored as the store names ids and bound to the id, so
     ``ConversationStore(store).open(id)`` reads it. Two sources with one id: the second
-    fails (an existing log is never replaced).
+    fails (an existing log is never replaced, nor a conversation the store holds in a pack).
     Directory walks skip symbolic links and our own sidecars (``.idx``, ``.lock``,
     ``.bak``, ``.salt``, temp files). ``progress(done, total, item)`` is called after
     each file. Other arguments are as for :func:`migrate`.

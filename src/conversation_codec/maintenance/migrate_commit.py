@@ -23,6 +23,8 @@ from ..codec import ConversationCodec
 from ..errors import ConversationCodecError, StorageError
 from ..paths import index_path, lock_path, migrate_leftovers, temp_path
 from ..storage.file.lock import LogLock
+from ..storage.file.packs import PACKS_DIR, Packs
+from ..storage.file.store import LOG_SUFFIX, decode_id
 from .migrate_source import Plan
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "check_unchanged",
     "finish",
     "publish",
+    "refuse_packed",
     "remove_temp",
     "sweep_leftovers",
     "verify_copy",
@@ -83,6 +86,37 @@ def writer_lock(target: Path, io: FileIO) -> Iterator[Callable[[], None]]:
             lock.forget_created(keep=False)
         finally:
             lock.close()  # even when that unlink failed: a leaked descriptor keeps the lock
+
+
+def refuse_packed(target: Path, io: FileIO, *, settled: bool = True) -> None:
+    """Refuse ``target`` when it names a store conversation that a pack holds (FORMAT.md §18).
+
+    A store's log ``<root>/<encoded id>.log`` is absent while its conversation is packed in
+    ``<root>/.packs``: it exists all the same, and an existing log is never replaced (a file
+    there would shadow it, "loose wins", and its next write drop the packed history).
+    ``settled``: look under ``.packs/pack.lock``, as a writer about to create a log does
+    (§18.2.2), with the log's writer lock held (no unpack, and no pack of a log that has
+    no file, runs meanwhile). Otherwise a look that writes nothing, for a dry run.
+
+    :raises StorageError: a pack holds the conversation.
+    :raises FormatError: a pack is unreadable, and may hold it.
+    """
+    if not target.name.endswith(LOG_SUFFIX) or not os.path.isdir(target.parent / PACKS_DIR):
+        return
+    conversation_id = decode_id(target.name[: -len(LOG_SUFFIX)])
+    if conversation_id is None:
+        return  # a name no id encodes to (a hashed one among them): never packed
+    packs = Packs(target.parent, io=io)
+    try:
+        where = packs.find_settled(conversation_id) if settled else packs.find(conversation_id)
+    finally:
+        packs.close()
+    if where is not None:
+        raise StorageError(
+            errno.EEXIST,
+            f"{target} already exists (packed in {where.path}); choose another destination "
+            "or delete that conversation first",
+        )
 
 
 def sweep_leftovers(target: Path, bak: Path | None, io: FileIO) -> int:

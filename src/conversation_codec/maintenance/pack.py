@@ -7,10 +7,13 @@ file once packed. Reads of a packed conversation cost one ``pread``; its first w
 it back to its own file (``storage.file.packed``).
 
 The procedure (FORMAT.md §18.3): each candidate is settled and read under its lock, the new
-pack is published (the conversation is then both loose and packed, and the loose copy
-wins), and only then are the loose files removed, under the lock again and only if they
-still hold exactly what was packed. A crash anywhere leaves every conversation readable;
-running ``pack()`` again finishes the work.
+pack is published with the logs that still hold exactly those bytes, checked under the
+pack lock (the conversation is then both loose and packed, and the loose copy wins; a
+clear drops packed copies under that lock before it deletes the log, so a deleted
+conversation is never published), and only then are the loose files removed, under the
+lock again and only if they still hold exactly what was packed. A crash anywhere leaves
+every conversation readable and every deleted one deleted; running ``pack()`` again
+finishes the work.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Protocol
 
 from .._fsio import open_file
@@ -105,11 +109,23 @@ def _pack(
         else:
             chosen.append((conversation_id, *picked))
     io = backend.io
+    io.step("pack:chosen")
     leftovers = _leftovers(backend.root)
     for batch in _batches(chosen, max_bytes):
-        report.packs.append(backend.packs.write(batch).name)
+        # Step 2 publishes only the logs still as step 1 read them, checked under
+        # .packs/pack.lock, which a clear holds from before it deletes P until its packed
+        # copies are dropped: a log deleted since step 1 is left out, and one deleted
+        # after this check finds its copy published and drops it (FORMAT.md §18.3).
+        pack, left = backend.packs.write(batch, keep=partial(_holds, backend))
+        for conversation_id in left:
+            report.skipped[conversation_id] = "written to or deleted while being packed"
+        if pack is None:
+            continue
+        report.packs.append(pack.name)
         io.step("pack:written")
         for conversation_id, data, _ in batch:
+            if conversation_id in left:
+                continue
             path = backend.path(conversation_id)
             temps = leftovers.get(path.name, [])
             if retire_loose(str(path), conversation_id, backend.packs, data, leftovers=temps):
@@ -192,6 +208,19 @@ def _read(
         finally:
             os.close(fd)
     return data, tss
+
+
+def _holds(backend: FileStore, conversation_id: str, data: bytes) -> bool:
+    """Whether the conversation's log file holds exactly ``data`` (read without its lock:
+    a writer's append under way makes it differ, and the log stays loose)."""
+    try:
+        fd = open_file(backend.path(conversation_id), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        return os.pread(fd, len(data) + 1, 0) == data
+    finally:
+        os.close(fd)
 
 
 def _batches(

@@ -330,13 +330,24 @@ class StoreLog:
         self.loose.rewrite(header, fmt, records, dictionary)
 
     def remove(self, also: Callable[[], None] = lambda: None) -> None:
-        self.loose.remove(also)
-        if os.path.isdir(self._packs.dir):
-            # A pack() that crashed before publishing left its temp file, sealed copies of
-            # the logs it was packing (this one's maybe): the pack lock's hold sweeps it.
-            # Best effort: the clear has committed, and the next pack operation sweeps too.
-            with contextlib.suppress(OSError), self._packs.locked(self._timeout):
-                pass
+        """Clear the log (FORMAT.md §18.3, deleting): under ``.packs/pack.lock`` (after
+        ``P.lock``), drop every packed copy, then delete ``P`` and its files.
+
+        A ``pack()`` that read ``P`` before this clear publishes its copy under that lock,
+        and only if ``P`` still holds what it read: before this hold (the copy is dropped
+        here) or after it (``P`` is gone: left out). Copies first: a crash between leaves
+        ``P``, which wins, never a packed copy alone. The hold also sweeps the temp file of
+        a ``pack()`` that crashed before publishing: sealed copies of the logs it was
+        packing, this one's maybe. No ``.packs`` (under ``P.lock``): no packer has read
+        ``P``, as each makes the directory first.
+        """
+        if not os.path.isdir(self._packs.dir):
+            self.loose.remove(also)
+            return
+        with self._packs.locked(self._timeout):
+            self._packs.drop_held(self._cid)
+            self.fault("clear:copies-dropped")
+            self.loose.remove(also)
 
     def on_rollback(self, undo: Callable[[], None]) -> None:
         """Every write is committed when it returns (as ``FileLog``)."""

@@ -19,7 +19,7 @@ import re
 import secrets
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,12 +219,23 @@ class Packs:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write(self, entries: Sequence[tuple[str, bytes, Sequence[int]]]) -> Path:
-        """Publish a new pack holding ``entries`` (id, log bytes, timestamps); return it."""
+    def write(
+        self,
+        entries: Sequence[tuple[str, bytes, Sequence[int]]],
+        *,
+        keep: Callable[[str, bytes], bool] = lambda cid, data: True,
+    ) -> tuple[Path | None, list[str]]:
+        """Publish a new pack holding those of ``entries`` (id, log bytes, timestamps) that
+        ``keep(id, bytes)`` still takes, asked under ``.packs/pack.lock`` just before the
+        pack is written (the packer's check, FORMAT.md §18.3); return the pack (None when
+        no entry is left) and the ids left out."""
         path = self.dir / f"{secrets.token_hex(8)}{PACK_SUFFIX}"
         with self.locked():
-            atomic_write(path, encode_pack(entries), io=self.io, exclusive=True)
-        return path
+            kept = [entry for entry in entries if keep(entry[0], entry[1])]
+            if kept:
+                atomic_write(path, encode_pack(kept), io=self.io, exclusive=True)
+        taken = {cid for cid, _, _ in kept}
+        return path if kept else None, [cid for cid, _, _ in entries if cid not in taken]
 
     def merge(self, max_bytes: int) -> Path | None:
         """Merge the packs under half ``max_bytes`` into one (at most ``max_bytes``, FORMAT.md
@@ -288,7 +299,12 @@ class Packs:
         """Rewrite the pack holding ``conversation_id`` without it (delete a pack left
         empty); return False when no pack holds it. Caller holds the conversation's lock.
         """
-        with self.locked(timeout), self._mutex:
+        with self.locked(timeout):
+            return self.drop_held(conversation_id)
+
+    def drop_held(self, conversation_id: str) -> bool:
+        """``drop``, the caller holding ``.packs/pack.lock`` (``locked()``) already."""
+        with self._mutex:
             dropped = False
             while (where := self.find(conversation_id, fresh=True, healthy=True)) is not None:
                 self._drop(where, conversation_id)  # every pack: two packers may both have

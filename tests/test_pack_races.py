@@ -1,0 +1,316 @@
+"""``pack()`` racing ``delete()``/``clear()``/``prune()`` (FORMAT.md §18.3, §18.4): once the
+deletion returns, the conversation is absent and no file holds its bytes, whatever the
+packer does next (publish, retire, or be SIGKILLed), and a writer starting the conversation
+afresh meanwhile starts an empty one. The packer is a real process, paused at one exact
+step (its ``FileIO`` seam waits for a control file there) while this process deletes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _writer import subprocess_env
+from conversation_codec.store import ConversationStore
+
+from conftest import KEY, T0, Clock
+
+OLD = [{"role": "user", "content": f"deleted history {i}"} for i in range(2)]
+KEEP = [{"role": "user", "content": f"kept {i}"} for i in range(2)]
+NEW = {"role": "user", "content": "a fresh start"}
+LATER = T0 + 10**12  # µs: "keep" is written then, "c" at T0: prune() at T0 + 10**11 takes c
+CUTOFF = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=T0 + 10**11)
+
+_PACKER = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from conversation_codec import FileIO
+    from conversation_codec.store import ConversationStore
+
+    root, ctl, marks = sys.argv[1], sys.argv[2], set(sys.argv[3].split(","))
+
+    def pause(name):
+        marks.discard(name)  # once: a merge's publish does not stop again
+        open(os.path.join(ctl, name + ".ready"), "w").close()
+        go, deadline = os.path.join(ctl, name + ".go"), time.monotonic() + 60
+        while not os.path.exists(go):
+            if time.monotonic() > deadline:
+                sys.exit("no go for " + name)
+            time.sleep(0.002)
+
+    class PauseAt(FileIO):
+        def step(self, name):
+            if name in marks:
+                pause(name)
+
+        def rename(self, src, dst, *, dir_fd=None):
+            if "publish" in marks and str(dst).endswith(".pack"):
+                pause("publish")  # holding .packs/pack.lock, the pack about to appear
+            super().rename(src, dst, dir_fd=dir_fd)
+
+        def link(self, src, dst, *, dir_fd=None):
+            if "publish" in marks and str(dst).endswith(".pack"):
+                pause("publish")
+            super().link(src, dst, dir_fd=dir_fd)
+
+    store = ConversationStore(root, encryption_key=os.environ["CC_TEST_KEY"], io=PauseAt())
+    report = store.pack()
+    print(json.dumps({"packed": report.packed, "skipped": sorted(report.skipped)}))
+    """
+)
+
+
+class Packer:
+    """A ``pack()`` in a process of its own, paused at each of ``marks`` until told."""
+
+    def __init__(self, root: Path, ctl: Path, marks: list[str]) -> None:
+        ctl.mkdir()
+        self.ctl = ctl
+        self.child = subprocess.Popen(
+            [sys.executable, "-c", _PACKER, str(root), str(ctl), ",".join(marks)],
+            env=subprocess_env(KEY),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait(self, mark: str) -> None:
+        deadline = time.monotonic() + 60
+        while not (self.ctl / f"{mark}.ready").exists():
+            if self.child.poll() is not None:
+                pytest.fail(f"the packer ended before {mark}: {self.child.communicate()}")
+            assert time.monotonic() < deadline, f"the packer never reached {mark}"
+            time.sleep(0.002)
+
+    def go(self, mark: str) -> None:
+        (self.ctl / f"{mark}.go").touch()
+
+    def kill(self) -> None:
+        self.child.send_signal(signal.SIGKILL)
+        self.child.communicate(timeout=60)
+        assert self.child.returncode == -signal.SIGKILL
+
+    def close(self) -> None:
+        """End the child if a failed test left it paused."""
+        if self.child.poll() is None:
+            self.kill()
+        else:
+            self.child.communicate(timeout=60)
+
+    def finish(self) -> dict[str, Any]:
+        out, err = self.child.communicate(timeout=60)
+        assert self.child.returncode == 0, err
+        report: dict[str, Any] = json.loads(out)
+        return report
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[[Path, list[str]], Packer]]:
+    """Start packers, each paused at its marks; end any a failed test left behind."""
+    started: list[Packer] = []
+
+    def run(root: Path, marks: list[str]) -> Packer:
+        started.append(Packer(root, tmp_path / f"ctl{len(started)}", marks))
+        return started[-1]
+
+    yield run
+    for packer in started:
+        packer.close()
+
+
+def fill(root: Path) -> bytes:
+    """Write "c" (old) and "keep" (newer); return c's log bytes."""
+    for cid, messages, start in (("c", OLD, T0), ("keep", KEEP, LATER)):
+        with ConversationStore(root, encryption_key=KEY, clock=Clock(start)).open(cid) as codec:
+            codec.extend(messages)
+    return (root / "c.log").read_bytes()
+
+
+def delete(store: ConversationStore, op: str) -> None:
+    """Delete "c" the way ``op`` says; it must report having done so."""
+    if op == "delete":
+        assert store.delete("c") is True
+    elif op == "prune":
+        assert store.prune(CUTOFF) == ["c"]
+    else:
+        with store.open("c") as codec:
+            codec.clear()
+
+
+def assert_gone(root: Path, old: bytes, *, fresh: bool = False) -> None:
+    """``c`` is absent (or holds only NEW), and no file under ``root`` holds its bytes."""
+    store = ConversationStore(root, encryption_key=KEY)
+    assert ("c" in store) is fresh
+    with store.open("c") as codec:
+        assert codec.load() == ([NEW] if fresh else None)
+    with store.open("keep") as codec:
+        assert codec.load() == KEEP
+    tail = old[-48:]  # the last sealed record as "c" held it: random bytes
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert tail not in path.read_bytes(), path
+
+
+# (where the packer stands, how "c" is deleted, what happens next): before the packer
+# publishes (after it read "c"), while it publishes (holding .packs/pack.lock), after it
+# published and before it retires the loose logs; then a writer starts "c" afresh and the
+# packer finishes, or the packer is SIGKILLed there.
+_FAST = [  # the rest runs under -m slow
+    ("pack:chosen", "delete", "fresh"),
+    ("pack:chosen", "prune", "kill"),
+    ("publish", "delete", "kill"),
+    ("publish", "prune", "fresh"),
+]
+_CASES = [
+    pytest.param(*case, marks=() if case in _FAST else pytest.mark.slow)
+    for case in (
+        (where, op, then)
+        for where in ("pack:chosen", "publish", "pack:written")
+        for op in ("delete", "prune", "clear")
+        for then in ("fresh", "kill")
+    )
+]
+
+
+@pytest.mark.parametrize(("where", "op", "then"), _CASES)
+def test_a_deletion_racing_pack_stays_deleted(
+    tmp_path: Path, start: Callable[[Path, list[str]], Packer], where: str, op: str, then: str
+) -> None:
+    """Found by review: the packer published the copy it had read before the deletion;
+    "c" was readable again, a fresh append continued the deleted history, and a packer
+    killed before its step 3 brought it back for good."""
+    root = tmp_path / "store"
+    old = fill(root)
+    packer = start(root, sorted({where, "pack:written"}))
+    store = ConversationStore(root, encryption_key=KEY, clock=Clock(LATER))
+    if where == "publish":
+        packer.wait(where)  # it holds .packs/pack.lock: the deletion waits for it
+        worker = threading.Thread(target=delete, args=(store, op))
+        worker.start()
+        time.sleep(0.2)
+        packer.go(where)
+        worker.join(60)
+        assert not worker.is_alive()
+    else:
+        packer.wait(where)
+        delete(store, op)
+        packer.go(where)
+    packer.wait("pack:written")  # the pack is published, no loose log retired
+    assert_gone(root, old)
+    if then == "kill":
+        packer.kill()
+        assert_gone(root, old)
+    else:
+        with ConversationStore(root, encryption_key=KEY).open("c") as codec:
+            codec.append(NEW)  # between the packer's publish and its step 3
+        packer.go("pack:written")
+        report = packer.finish()
+        assert "c" not in report["packed"] and report["packed"] == ["keep"]
+        assert_gone(root, old, fresh=True)
+    ConversationStore(root, encryption_key=KEY).pack()  # finishes whatever the kill left
+    assert_gone(root, old, fresh=then == "fresh")
+
+
+_CLEAR = textwrap.dedent(
+    """
+    import os, signal, sys
+    from conversation_codec import FileIO
+    from conversation_codec.store import ConversationStore
+
+    class KillAt(FileIO):
+        def step(self, name):
+            if name == sys.argv[2]:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    store = ConversationStore(sys.argv[1], encryption_key=os.environ["CC_TEST_KEY"], io=KillAt())
+    store.delete("c")
+    """
+)
+
+
+def test_a_packer_and_then_a_clear_killed_midway_leave_the_conversation_whole(
+    tmp_path: Path, start: Callable[[Path, list[str]], Packer]
+) -> None:
+    """The packer killed between its publish and its step 3 leaves "c" both loose and
+    packed (the loose copy wins); a clear killed after it dropped the packed copy and
+    before it deleted ``P`` leaves "c" loose and whole; a delete then removes every byte."""
+    root = tmp_path / "store"
+    old = fill(root)
+    packer = start(root, ["pack:written"])
+    packer.wait("pack:written")
+    packer.kill()
+    assert list((root / ".packs").glob("*.pack")) and (root / "c.log").exists()
+    done = subprocess.run(
+        [sys.executable, "-c", _CLEAR, str(root), "clear:copies-dropped"],
+        env=subprocess_env(KEY),
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    store = ConversationStore(root, encryption_key=KEY)
+    with store.open("c") as codec:
+        assert codec.load() == OLD
+    for pack in (root / ".packs").glob("*.pack"):
+        assert old[-48:] not in pack.read_bytes()  # its copy went first
+    assert store.delete("c")
+    assert_gone(root, old)
+
+
+# --- the natural race: no pauses, no kills (slow) ---------------------------------------
+
+_LOOP = textwrap.dedent(
+    """
+    import os, sys
+    from conversation_codec.store import ConversationStore
+
+    store = ConversationStore(sys.argv[1], encryption_key=os.environ["CC_TEST_KEY"])
+    print("ready", flush=True)
+    while not os.path.exists(sys.argv[2]):
+        store.pack()
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", ["delete", "prune"])
+def test_deletions_against_a_packer_looping_in_another_process(tmp_path: Path, op: str) -> None:
+    """The review's natural race (it failed about one round in three): every round writes
+    "c", deletes it while another process packs the store over and over, and checks it is
+    gone at once and that a fresh start is fresh."""
+    root, stop = tmp_path / "store", tmp_path / "stop"
+    fill(root)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _LOOP, str(root), str(stop)],
+        env=subprocess_env(KEY),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    store = ConversationStore(root, encryption_key=KEY, clock=Clock(T0))
+    try:
+        for i in range(150):
+            with store.open("c") as codec:
+                codec.extend([{"role": "user", "content": f"old {i} {j}"} for j in range(2)])
+            if op == "delete":
+                assert store.delete("c")
+            else:
+                assert "c" in store.prune(CUTOFF)
+            assert "c" not in store, i
+            with store.open("c") as codec:
+                codec.append(NEW)
+                assert codec.load() == [NEW], i
+            assert store.delete("c")
+    finally:
+        stop.touch()
+        child.communicate(timeout=120)
+    assert child.returncode == 0
