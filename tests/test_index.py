@@ -9,6 +9,7 @@ its own ``ts``, and the record's time rules over the index's there too.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import struct
@@ -324,3 +325,39 @@ def test_a_new_log_is_created_holding_its_first_messages_with_two_syncs(
         *messages(3),
         {"role": "user", "content": "then"},
     ]
+
+
+class _IndexWriteFails(FileIO):
+    """The operating system, but the first write to the index sidecar fails (ENOSPC)."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        if not self.failed and os.readlink(f"/proc/self/fd/{fd}").endswith(".idx"):
+            self.failed += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().pwrite(fd, data, offset)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names descriptors via /proc")
+@pytest.mark.parametrize("exists", [False, True], ids=["creating", "appending"])
+def test_a_failed_index_write_after_the_commit_acknowledges_the_append(
+    tmp_path: Path, key: str | None, exists: bool
+) -> None:
+    """The index is a cache (FORMAT.md §7): once the records are committed — written, or a
+    new log renamed into place holding them — a failed index write is not reported (the
+    caller would append them again); the index is rewritten by the next write, and the
+    directory is still synced."""
+    io = _IndexWriteFails()
+    path = tmp_path / "c.log"
+    if exists:
+        with ConversationCodec(path, encryption_key=key) as first:
+            first.append({"role": "system", "content": "s"})
+    with ConversationCodec(path, encryption_key=key, io=io) as codec:
+        assert codec.append({"role": "user", "content": "hello"}) == int(exists)
+        assert io.failed == 1
+        codec.append({"role": "user", "content": "next"})
+        assert codec.verify().ok
+    got = ConversationCodec(path, encryption_key=key).load() or []
+    assert [m["content"] for m in got] == ["s"] * exists + ["hello", "next"]

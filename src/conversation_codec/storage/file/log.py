@@ -10,8 +10,7 @@ format, index, dictionary) and runs each procedure of spec/FORMAT.md under the l
 (lock holds), ``index`` and ``lock`` (the two sidecar files).
 
 Concurrency: a writer holds the exclusive lock of ``lock.LogLock`` on ``<log>.lock``, a reader
-the shared one; its counters tell every process when its cached index is stale.
-"""
+the shared one; its counters tell every process when its cached index is stale."""
 
 from __future__ import annotations
 
@@ -382,12 +381,9 @@ class FileLog:
         dictionary: bytes | None = None,
     ) -> None:
         """Atomically replace the whole log with ``header``, an optional dictionary record
-        body, and ``(body, ts_us)`` records (FORMAT.md §8.4).
-
-        Leftovers of crashed rewrites go first: a rewrite replaces history, and an old
-        copy beside the log would keep what it removes (prune, replace) or seal it under
-        a key it retires (rotate_key). The directory fsync at the end makes that durable.
-        """
+        body and ``(body, ts_us)`` records (FORMAT.md §8.4). Crashed rewrites' leftovers go
+        first (they would keep what this removes, or under a key it retires); the directory
+        fsync at the end makes that durable."""
         if not self._txns.writing():
             raise RuntimeError("a rewrite outside a write transaction")
         self.remove_stale_temps()
@@ -409,8 +405,12 @@ class FileLog:
         self._index_ok = self._settled = False
         self._dict = Dictionary(index.dict_span)
         self.fault("rewrite:renamed")
-        self.index.persist(fmt.log_id, rewrite=True)
-        self._index_ok = self._settled = True
+        try:  # committed: a failed index write is a cache to rewrite next time, as an
+            self.index.persist(fmt.log_id, rewrite=True)  # append's (an error would have
+        except OSError:  # a caller retry a creation that holds its records: twice them)
+            pass
+        else:
+            self._index_ok = self._settled = True
         self.fault("rewrite:index-written")
         self._sync_dir()
         self.fault("rewrite:dir-synced")
