@@ -504,3 +504,26 @@ def test_a_rotation_that_cannot_open_a_blob_changes_nothing(tmp_path: Path) -> N
     with ConversationCodec(path, encryption_key=OTHER_KEY) as codec:
         assert codec.load() == [first, image_message()]
     assert len(list(blobs.iterdir())) == 2
+
+
+@pytest.mark.parametrize("op", ["rotate_key", "prune"])
+def test_a_codec_opened_before_the_blob_store_existed_moves_its_blobs(
+    tmp_path: Path, op: str
+) -> None:
+    """A long-lived codec ("keep") opened before another writer gave the log its blob store
+    uses that store in a rewrite: a rotation re-seals the blobs under the new key, a prune
+    keeps those still referred to (review of the blob-store detection)."""
+    path = tmp_path / "chat.log"
+    early = ConversationCodec(path, encryption_key=KEY)
+    early.append({"role": "system", "content": "hi"}, timestamp=1)
+    with ConversationCodec(path, encryption_key=KEY, attachments="external") as other:
+        other.append(_image_message(), timestamp=2)
+    if op == "rotate_key":
+        early.rotate_key(OTHER_KEY)
+    else:
+        assert early.prune(before=1.5) == 1
+    early.close()
+    key = OTHER_KEY if op == "rotate_key" else KEY
+    with ConversationCodec(path, encryption_key=key) as codec:
+        assert codec.load()[-1] == _image_message()
+        assert codec.verify().ok

@@ -228,6 +228,18 @@ class CodecCore:
         self._history.rewritten(datas)
         self._history.whole()
 
+    def _adopt_blobs(self) -> None:
+        """Use a blob store another writer created since this codec opened (FORMAT.md §15),
+        before a rewrite that must move its attachments too. Writer lock held."""
+        encoder = self._encoder
+        if encoder.blobs is not None or not self._file or self._secrets.password is not None:
+            return
+        where = blobs_path(self._name)
+        if os.access(where, os.F_OK, follow_symlinks=False):
+            encoder.blobs = BlobStore.for_key(where, self._secrets.keyring, io=self._options.io)
+            if encoder.attachments == "keep":
+                encoder.attachments = "external"
+
     def _present(self, message: Message) -> Message:
         """Turn a stored message into what callers see (external attachments restored)."""
         return message if self._encoder.blobs is None else restore(message, self._encoder.blobs)

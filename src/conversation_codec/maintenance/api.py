@@ -62,13 +62,14 @@ class Maintenance(CodecCore):
         # returned (a database), even in a caller's own transaction(): if that commit
         # fails, the log keeps its old secrets, and so must this codec.
         secrets = self._secrets
-        saved = (secrets.keyring, secrets.password, secrets.kdf, self._encoder.blobs)
 
         def undo() -> None:
             secrets.keyring, secrets.password, secrets.kdf, self._encoder.blobs = saved
             self._history.forget()
 
         with self._holding(write=True):
+            self._adopt_blobs()
+            saved = (secrets.keyring, secrets.password, secrets.kdf, self._encoder.blobs)
             before = self._history.state()
             self._history.forget()
             self._log.on_rollback(undo)
@@ -118,6 +119,7 @@ class Maintenance(CodecCore):
                 return 0
             removed = start - self._base()
             self._history.forget()
+            self._adopt_blobs()
             self._compactor.rewrite_from(start)
             self._history.partial()  # a list loaded before still holds them
             return removed
