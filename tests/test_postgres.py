@@ -232,6 +232,20 @@ def test_a_writer_waits_for_the_lock_at_most_lock_timeout(
         assert len(waiter.index) == 1
 
 
+@pytest.mark.parametrize("seconds", [float("inf"), 1e7, 1e300])
+def test_a_lock_timeout_longer_than_the_server_takes_still_writes(
+    postgres_backend: PostgresBackend, seconds: float
+) -> None:
+    """``inf`` waits for ever (as None); a finite timeout past PostgreSQL's bound (INT_MAX
+    ms) is that bound: neither is an OverflowError nor a refused set_config."""
+    cid = _id()
+    holder = Conversation(postgres_backend, cid, KEY)
+    holder.extend([message(0, 0)])
+    log = PostgresLog(postgres_backend, cid, attach=holder.secrets.attach, lock_timeout=seconds)
+    with log.transaction(write=True):
+        assert len(log.index) == 1
+
+
 # -- crashes ---------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ by it (README, "Scaling out"). A write runs under the writer lock the caller too
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ __all__ = [
     "replace_segments",
     "truncate_records",
 ]
+
+_MAX_LOCK_TIMEOUT_MS = 2_147_483_647  # PostgreSQL's bound for lock_timeout (INT_MAX ms)
 
 Conn = Connection[TupleRow]
 STAGE_ROWS = 1024  # records sent per statement when rewriting
@@ -87,11 +90,9 @@ def begin(
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             return _row(conn.execute(_ROW + " WHERE id = %s", (conversation_id,)).fetchone())
         conn.execute("BEGIN")
-        if lock_timeout is not None:
-            conn.execute(
-                "SELECT set_config('lock_timeout', %s, true)",
-                (f"{max(1, round(lock_timeout * 1000))}ms",),
-            )
+        if lock_timeout is not None and lock_timeout != math.inf:  # inf waits, as None does
+            ms = max(1, round(min(lock_timeout * 1000, _MAX_LOCK_TIMEOUT_MS)))
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{ms}ms",))
         row = _row(conn.execute(_ROW + " WHERE id = %s FOR UPDATE", (conversation_id,)).fetchone())
     if row is None:
         # No row to lock yet: serialise the creators on the id instead; the one that
