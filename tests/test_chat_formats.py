@@ -482,8 +482,32 @@ SECRET = "SSN 078-05-1120"  # what a conversation may hold: never in an error me
             "role": "user",
             "content": [{"type": "image_url", "image_url": {"url": f"https://x/{SECRET}.png"}}],
         },
+        {"role": {"note": SECRET}, "content": "x"},
+        {"role": SECRET, "content": "x"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": SECRET, "function": {"name": "f", "arguments": "[1]"}}],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"function": {"name": SECRET, "arguments": "{}"}}],
+        },
     ],
-    ids=["object", "str-then-int", "int-then-str", "typed", "long-type", "call", "url"],
+    ids=[
+        "object",
+        "str-then-int",
+        "int-then-str",
+        "typed",
+        "long-type",
+        "call",
+        "url",
+        "role-object",
+        "role-text",
+        "call-id",
+        "tool-name",
+    ],
 )
 def test_a_refusal_names_what_is_wrong_never_the_content(message: dict[str, Any]) -> None:
     refused = 0

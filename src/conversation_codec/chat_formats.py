@@ -112,8 +112,15 @@ def _text_of(message: Message, where: str) -> str:
     return "\n".join(texts)
 
 
-def _kind(part: Any) -> str:
-    """Name a part by its type, never its content (errors must not show a message's text)."""
+def _label(value: Any) -> str:
+    """A role, tool name or call id for an error, shown only if a short word (else it may
+    be text a user or the model wrote): errors never show a message's content."""
+    if isinstance(value, str) and len(value) <= 64 and value.replace("-", "_").isidentifier():
+        return repr(value)
+    return f"a {type(value).__name__}" if not isinstance(value, str) else "an unusual string"
+
+
+def _kind(part: Any) -> str:  # a part named by its type, never its content
     if isinstance(part, dict):
         kind = part.get("type")
         return (repr(kind) if isinstance(kind, str) and len(kind) <= 40 else "untyped") + " parts"
@@ -143,7 +150,7 @@ def _arguments(call: Any, where: str) -> tuple[str, str | None, dict[str, Any]]:
         if nests_deeper_than(raw.encode("utf-8", "surrogatepass"), MAX_DEPTH):
             # json.loads recurses per level: a deep string would raise RecursionError.
             raise ValueError(
-                f"{where}: tool call {call.get('id')!r} has arguments nested more than "
+                f"{where}: tool call {_label(call.get('id'))} has arguments nested more than "
                 f"{MAX_DEPTH} levels deep; the target API needs a plain object"
             )
         try:
@@ -152,7 +159,7 @@ def _arguments(call: Any, where: str) -> tuple[str, str | None, dict[str, Any]]:
             args = None
     if not isinstance(args, dict):
         raise ValueError(
-            f"{where}: tool call {call.get('id')!r} has arguments that are not a JSON "
+            f"{where}: tool call {_label(call.get('id'))} has arguments that are not a JSON "
             "object; the target API needs an object — fix the stored message"
         )
     name: str = function["name"]
@@ -338,7 +345,9 @@ def to_ollama_messages(
         elif role in ("user", "assistant"):
             out.append(_ollama_turn(message, role, where, tool_names))
         else:
-            raise ValueError(f"{where} has role {role!r}, which Ollama's chat API does not take")
+            raise ValueError(
+                f"{where} has role {_label(role)}, which Ollama's chat API does not take"
+            )
     return out
 
 
@@ -423,7 +432,7 @@ def to_anthropic_messages(
                 blocks += [_tool_use(call, where) for call in message.get("tool_calls") or []]
         else:
             raise ValueError(
-                f"{where} has role {role!r}; Anthropic takes user, assistant, tool results "
+                f"{where} has role {_label(role)}; Anthropic takes user, assistant, tool results "
                 "and system text (convert legacy function messages to tool messages)"
             )
         if not blocks:
@@ -441,7 +450,7 @@ def to_anthropic_messages(
 def _tool_use(call: Any, where: str) -> Message:
     name, call_id, args = _arguments(call, where)
     if call_id is None:
-        raise ValueError(f"{where}: tool call {name!r} has no id; Anthropic needs one")
+        raise ValueError(f"{where}: tool call {_label(name)} has no id; Anthropic needs one")
     return {"type": "tool_use", "id": call_id, "name": name, "input": args}
 
 
