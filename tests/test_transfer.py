@@ -281,6 +281,27 @@ def test_export_refuses_the_logs_own_files(
     export_history(codec, tmp_path / "other.log.lock")  # another log's: the user's business
 
 
+def test_export_sees_through_a_link_before_dotdot(
+    make: Callable[..., ConversationCodec], tmp_path: Path
+) -> None:
+    """The destination's folder as the system resolves it: ``other/lnk/../chat.log.idx``
+    with ``lnk`` -> ``<log folder>/sub`` is the log's index; ``<log folder>/lnk/../x`` with
+    ``lnk`` pointing elsewhere is not in the log's folder at all."""
+    codec = make()
+    _seed(codec, 2)
+    (tmp_path / "sub").mkdir()
+    other = tmp_path / "o"
+    (other / "deep").mkdir(parents=True)
+    (other / "lnk").symlink_to(tmp_path / "sub")
+    before = (tmp_path / "chat.log.idx").read_bytes()
+    with pytest.raises(conversation_codec.StorageError, match="is a file of the log"):
+        export_history(codec, other / "lnk" / ".." / "chat.log.idx")
+    assert (tmp_path / "chat.log.idx").read_bytes() == before
+    (tmp_path / "away").symlink_to(other / "deep")
+    export_history(codec, tmp_path / "away" / ".." / "chat.log.idx")
+    assert (other / "chat.log.idx").exists()
+
+
 def test_empty_history_exports_and_imports_as_empty(
     make: Callable[..., ConversationCodec], tmp_path: Path
 ) -> None:

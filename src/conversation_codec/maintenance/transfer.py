@@ -271,13 +271,15 @@ def _owned_by_log(dst: Path, log: Path) -> bool:
     """Whether ``dst`` names one of the log's own files (paths.py), existing or not: a
     plaintext export there would sit in the lock file for good, be swept as a rewrite's
     leftover, or be taken for an index, keyword index, backup or blob."""
-    folder, name = os.path.split(os.path.abspath(dst))
+    # The folder as the system resolves it (links first, then ".."): abspath would drop
+    # "lnk/.." as text, naming another folder than the one the write lands in.
+    folder, name = os.path.split(os.fspath(dst))
     home, log_name = os.path.split(os.path.abspath(log))
     blobs = os.path.realpath(blobs_path(log))
-    inside = os.path.realpath(folder)
+    inside = os.path.realpath(folder or ".")
     if inside == blobs or inside.startswith(blobs + os.sep):
         return True
-    if not _same_file(Path(folder), Path(home)):
+    if not _same_file(Path(inside), Path(home)):
         return False
     return (
         is_log_file(name, log_name)
