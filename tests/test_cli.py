@@ -1667,3 +1667,18 @@ def test_verify_of_a_store_root_takes_its_password(
     code, out, err = run("verify", str(tmp_path / "s"), "--password-env", "CC_TEST_PW")
     assert code == 0, err
     assert out.count(": ok, 1 intact record") == 2
+
+
+@pytest.mark.parametrize("command", ["append", "import"])
+def test_a_closed_stdin_is_an_error_line_not_a_traceback(tmp_path: Path, command: str) -> None:
+    """``append LOG`` / ``import LOG -`` started with no stdin at all (a service, ``<&-``)."""
+    log = str(tmp_path / "c.log")
+    argv = [sys.executable, "-m", "conversation_codec", command, log, "--plain"]
+    argv += ["-"] if command == "import" else []
+    done = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        env=subprocess_env(), preexec_fn=lambda: os.close(0),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "stdin is closed" in done.stderr and "Traceback" not in done.stderr
+    assert not os.path.exists(log)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
@@ -37,6 +37,13 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from ..codec import ConversationCodec, Message
+
+
+def _stdin() -> TextIO:
+    """Standard input, or an InputError when the process was started without one."""
+    if sys.stdin is None:
+        raise InputError("stdin is closed; give a file, or pipe the input in")
+    return sys.stdin
 
 
 def _read_messages(text: str, source: str = "stdin") -> list[Message]:
@@ -175,7 +182,7 @@ def _show(seq: int, when: datetime, message: Message, readable: bool) -> None:
 def _append(args: Args) -> int:
     plaintext_needs_plain(args, args.path)
     if args.source == "-":
-        messages = _read_messages(sys.stdin.read())
+        messages = _read_messages(_stdin().read())
     else:
         with open(args.source, encoding="utf-8") as source:
             messages = _read_messages(source.read(), args.source)
@@ -243,7 +250,7 @@ def _import(args: Args) -> int:
     legacy_key, legacy_password = legacy_source(args)
     # SRC "-": stdin as a stream (the library refuses a pipe named by a path: a FIFO planted
     # where a history is expected would block it), read whole up to the library's bound.
-    src = sys.stdin.buffer if args.src == "-" else args.src
+    src = _stdin().buffer if args.src == "-" else args.src
     with open_log(args, must_exist=False) as codec:
         args.reading = args.src  # from here, key errors concern SRC (see _report)
         report = codec.import_(
