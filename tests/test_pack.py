@@ -593,10 +593,9 @@ def test_a_damaged_packed_conversation_can_still_be_deleted(tmp_path: Path) -> N
         assert codec.load() == [message("a", i) for i in range(6)]
 
 
-def test_a_damaged_pack_does_not_stop_retention_elsewhere(tmp_path: Path) -> None:
-    """prune() deletes the old conversations it can read (loose and in readable packs), keeps
-    the unreadable pack's, and then raises its error naming it (found by review: one flipped
-    byte in one pack's table of contents stopped retention for the whole store)."""
+def _two_packs_one_damaged(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A store of a and b in one pack (its table of contents damaged), c and d in another,
+    and "loose" as a file; return its root and the packs, oldest first."""
     root = tmp_path / "store"
     fill(root, KEY, ["a", "b"])
     ConversationStore(root, encryption_key=KEY).pack(max_bytes=3000)  # over half: not merged
@@ -606,6 +605,14 @@ def test_a_damaged_pack_does_not_stop_retention_elsewhere(tmp_path: Path) -> Non
     packs = sorted((root / ".packs").glob("*.pack"), key=lambda p: p.stat().st_mtime_ns)
     assert len(packs) == 2
     _flip(packs[0], 30)  # a and b's pack: its table of contents
+    return root, packs
+
+
+def test_a_damaged_pack_does_not_stop_retention_elsewhere(tmp_path: Path) -> None:
+    """prune() deletes the old conversations it can read (loose and in readable packs), keeps
+    the unreadable pack's, and then raises its error naming it (found by review: one flipped
+    byte in one pack's table of contents stopped retention for the whole store)."""
+    root, packs = _two_packs_one_damaged(tmp_path)
     store = ConversationStore(root, encryption_key=KEY, clock=Clock(T0 + 10**12))
     with pytest.raises(FormatError, match=re.escape(packs[0].name)):
         store.prune(timedelta(0))
@@ -640,14 +647,7 @@ def test_a_damaged_pack_does_not_stop_listing_searching_or_verifying_elsewhere(
     pack and report the unreadable pack to ``on_error`` by its path; without ``on_error``
     they raise its error, as before: a caller is never handed a partial list as the whole
     (found by review: one flipped byte in one pack stopped ls, search and verify)."""
-    root = tmp_path / "store"
-    fill(root, KEY, ["a", "b"])
-    ConversationStore(root, encryption_key=KEY).pack(max_bytes=3000)  # over half: not merged
-    fill(root, KEY, ["c", "d"])
-    ConversationStore(root, encryption_key=KEY).pack(max_bytes=3000)
-    fill(root, KEY, ["loose"])
-    packs = sorted((root / ".packs").glob("*.pack"), key=lambda p: p.stat().st_mtime_ns)
-    _flip(packs[0], 30)  # a and b's pack: its table of contents
+    root, packs = _two_packs_one_damaged(tmp_path)
     store = ConversationStore(root, encryption_key=KEY)
     reported: list[tuple[str, Exception]] = []
 
