@@ -13,15 +13,15 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
 
 from _postgres import Cluster
-from conversation_codec import ConversationStore
+from conversation_codec import ConversationCodec, ConversationStore
 from conversation_codec.errors import ConversationCodecError, CorruptRecordError, DatabaseError
-from conversation_codec.storage.postgres import PostgresBackend, PostgresStore
+from conversation_codec.storage.postgres import PostgresBackend, PostgresLog, PostgresStore
 
 from conftest import KEY
 
@@ -299,20 +299,18 @@ def test_a_row_damaged_by_hand_is_listed_and_reported(postgres_cluster: Cluster,
 # -- ids stored under the previous rule (1-1024 characters, any size) ---------------------------
 
 
-def _rename(url: str, old: str, new: str) -> None:
-    """Move a conversation's rows to another id, as the release before the byte limit stored
-    a conversation under an id of up to 1024 characters whatever its size."""
+def _deleted(url: str, cid: str) -> None:
+    """Leave the row of a deleted conversation (``remove_rows``'s marker) under ``cid``: a
+    database of the release before the byte limit may hold one under any id of up to 1024
+    characters, and the store creates its log there as that release did (the header binds
+    the log to its id, so a log cannot be moved to another id by hand)."""
     with psycopg.connect(url) as conn:
-        for table, column in (
-            ("cc_conversations", "id"),
-            ("cc_records", "conversation_id"),
-            ("cc_dictionaries", "conversation_id"),
-            ("cc_kwi_segments", "conversation_id"),
-        ):
-            conn.execute(
-                f"UPDATE {table} SET {column} = %s WHERE {column} = %s",  # type: ignore[arg-type]
-                (new, old),
-            )
+        conn.execute(
+            "INSERT INTO cc_conversations (id, epoch, generation) VALUES (%s, 1, 1)", (cid,)
+        )
+
+
+T_OLD = datetime(2020, 1, 1, tzinfo=timezone.utc)
 
 
 def _cjk(n: int, seed: int) -> str:
@@ -327,13 +325,13 @@ def test_a_conversation_stored_under_an_id_over_the_byte_limit_stays_reachable(
     url = postgres_cluster.create_database()  # prune() sees every conversation: its own
     legacy, other = _cjk(700, 1), _cjk(700, 2)  # 2100 bytes each: over 2048, within 1024 chars
     try:
-        store = ConversationStore(url)  # plaintext: a log there is not bound to its id
-        for cid, when in ((legacy, 1_000_000), (other, 2_000_000)):
-            with store.open("tmp") as codec:
+        store = ConversationStore(url, encryption_key=KEY)
+        for cid, when in ((legacy, T_OLD), (other, T_OLD + timedelta(seconds=1))):
+            _deleted(url, cid)
+            with store.open(cid) as codec:
                 codec.append({"role": "user", "content": "kept"}, timestamp=when)
-            _rename(url, "tmp", cid)
         assert legacy in store and store.ids() == sorted([legacy, other])
-        assert [i.message_count for i in store.infos()] == [1, 1]
+        assert [(i.message_count, i.status) for i in store.infos()] == [(1, "ok")] * 2
         with store.open(legacy) as codec:
             codec.append({"role": "assistant", "content": "still writable"})
             assert [m["content"] for m in codec.load() or []] == ["kept", "still writable"]
@@ -345,3 +343,20 @@ def test_a_conversation_stored_under_an_id_over_the_byte_limit_stays_reachable(
             store.open(_cjk(700, 3))
     finally:
         PostgresBackend.shared(url).close()
+
+
+def test_a_new_conversation_over_the_byte_limit_is_refused_at_its_first_write(
+    postgres_backend: PostgresBackend, postgres_url: str
+) -> None:
+    cid = _cjk(700, 4)  # a log of the storage layer (no store to refuse it at open)
+    codec = ConversationCodec(
+        "new",
+        storage=lambda attach: PostgresLog(postgres_backend, cid, attach=attach),
+        encryption_key=KEY,
+        context=cid,
+    )
+    with codec:
+        assert codec.load() is None
+        with pytest.raises(ValueError, match=r"new conversation.*PostgreSQL"):
+            codec.append({"role": "user", "content": "hi"})
+    assert _state(postgres_url, cid) == (None, [])
