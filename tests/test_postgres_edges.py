@@ -9,17 +9,19 @@ not the deletion marker: reads and writes refuse it and nothing changes.
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
 
 from _postgres import Cluster
-from conversation_codec import ConversationStore
+from conversation_codec import ConversationCodec, ConversationStore
 from conversation_codec.errors import ConversationCodecError, CorruptRecordError, DatabaseError
-from conversation_codec.storage.postgres import PostgresBackend, PostgresStore
+from conversation_codec.storage.postgres import PostgresBackend, PostgresLog, PostgresStore
 
 from conftest import KEY
 
@@ -239,3 +241,122 @@ def test_records_put_under_a_deleted_conversation_by_hand_are_not_replaced(
         with pytest.raises(CorruptRecordError):
             codec.append({"role": "user", "content": "new"})
     assert _state(postgres_url, cid) == before
+
+
+@pytest.mark.parametrize("edit", ["header", "header-and-counters"])
+def test_a_handle_that_cached_the_log_reads_a_header_nulled_by_hand_as_damage(
+    postgres_url: str, edit: str
+) -> None:
+    cid = _id()
+    store = ConversationStore(postgres_url, encryption_key=KEY)
+    with store.open(cid) as cached:
+        cached.extend([{"role": "user", "content": f"m{i}"} for i in range(3)])
+        assert len(cached.load() or []) == 3 and len(cached.tail(2)) == 2  # the view cached
+        columns = "header = NULL" + (", next_seq = 0, body_bytes = 0" if "counters" in edit else "")
+        with psycopg.connect(postgres_url, autocommit=True) as conn:  # no generation bump
+            conn.execute(
+                f"UPDATE cc_conversations SET {columns} WHERE id = %s",  # type: ignore[arg-type]
+                (cid,),
+            )
+        before = _state(postgres_url, cid)
+        for _ in range(2):  # every read, not only the first after the edit
+            for call in (lambda: cached.tail(2), cached.message_count, cached.load, cached.info):
+                with pytest.raises(CorruptRecordError):
+                    call()
+        with pytest.raises(CorruptRecordError):
+            cached.append({"role": "user", "content": "new"})
+    assert _state(postgres_url, cid) == before
+
+
+@pytest.mark.parametrize("edit", ["header", "header-and-counters"])
+def test_a_row_damaged_by_hand_is_listed_and_reported(postgres_cluster: Cluster, edit: str) -> None:
+    url = postgres_cluster.create_database()  # prune() sees every conversation: its own
+    try:
+        store = ConversationStore(url, encryption_key=KEY)
+        with store.open("c") as codec:
+            codec.extend([{"role": "user", "content": f"m{i}"} for i in range(3)])
+        columns = "header = NULL" + (", next_seq = 0, body_bytes = 0" if "counters" in edit else "")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"UPDATE cc_conversations SET {columns} WHERE id = 'c'")  # type: ignore[arg-type]
+        before = _state(url, "c")
+        backend = store.backend
+        assert isinstance(backend, PostgresStore)
+        assert backend.has_files("c") and backend.exists("c")
+        assert "c" in store and store.ids() == ["c"]
+        assert [(i.conversation_id, i.status) for i in store.infos()] == [
+            ("c", "CorruptRecordError")
+        ]
+        failed: list[tuple[str, str]] = []
+        pruned = store.prune(
+            timedelta(0), on_error=lambda c, e: failed.append((c, type(e).__name__))
+        )
+        assert pruned == [] and failed == [("c", "CorruptRecordError")]
+        assert _state(url, "c") == before
+    finally:
+        PostgresBackend.shared(url).close()
+
+
+# -- ids stored under the previous rule (1-1024 characters, any size) ---------------------------
+
+
+def _deleted(url: str, cid: str) -> None:
+    """Leave the row of a deleted conversation (``remove_rows``'s marker) under ``cid``: a
+    database of the release before the byte limit may hold one under any id of up to 1024
+    characters, and the store creates its log there as that release did (the header binds
+    the log to its id, so a log cannot be moved to another id by hand)."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO cc_conversations (id, epoch, generation) VALUES (%s, 1, 1)", (cid,)
+        )
+
+
+T_OLD = datetime(2020, 1, 1, tzinfo=timezone.utc)
+
+
+def _cjk(n: int, seed: int) -> str:
+    """``n`` CJK characters (3 bytes each in UTF-8) that compress poorly, from a fixed seed."""
+    rng = random.Random(seed)
+    return "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(n))
+
+
+def test_a_conversation_stored_under_an_id_over_the_byte_limit_stays_reachable(
+    postgres_cluster: Cluster,
+) -> None:
+    url = postgres_cluster.create_database()  # prune() sees every conversation: its own
+    legacy, other = _cjk(700, 1), _cjk(700, 2)  # 2100 bytes each: over 2048, within 1024 chars
+    try:
+        store = ConversationStore(url, encryption_key=KEY)
+        for cid, when in ((legacy, T_OLD), (other, T_OLD + timedelta(seconds=1))):
+            _deleted(url, cid)
+            with store.open(cid) as codec:
+                codec.append({"role": "user", "content": "kept"}, timestamp=when)
+        assert legacy in store and store.ids() == sorted([legacy, other])
+        assert [(i.message_count, i.status) for i in store.infos()] == [(1, "ok")] * 2
+        with store.open(legacy) as codec:
+            codec.append({"role": "assistant", "content": "still writable"})
+            assert [m["content"] for m in codec.load() or []] == ["kept", "still writable"]
+        assert store.delete(legacy) and legacy not in store and store.delete(legacy) is False
+        assert store.prune(timedelta(0)) == [other] and store.ids() == []
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM cc_records").fetchone() == (0,)
+        with pytest.raises(ValueError, match="PostgreSQL"):  # a new one over the limit: refused
+            store.open(_cjk(700, 3))
+    finally:
+        PostgresBackend.shared(url).close()
+
+
+def test_a_new_conversation_over_the_byte_limit_is_refused_at_its_first_write(
+    postgres_backend: PostgresBackend, postgres_url: str
+) -> None:
+    cid = _cjk(700, 4)  # a log of the storage layer (no store to refuse it at open)
+    codec = ConversationCodec(
+        "new",
+        storage=lambda attach: PostgresLog(postgres_backend, cid, attach=attach),
+        encryption_key=KEY,
+        context=cid,
+    )
+    with codec:
+        assert codec.load() is None
+        with pytest.raises(ValueError, match=r"new conversation.*PostgreSQL"):
+            codec.append({"role": "user", "content": "hi"})
+    assert _state(postgres_url, cid) == (None, [])

@@ -12,10 +12,14 @@ statement, and no message shows the password of a URL. A connection lent uncheck
 back just now) that the server has ended since, while it sat idle, is found by a poll of its
 socket, and one found dead at the first statement all the same is replaced once (``run``).
 
-Conversation ids (``check_id``): 1 to ``MAX_ID_CHARS`` characters, at most ``MAX_ID_BYTES``
-bytes of UTF-8, no NUL (a ``text`` value cannot hold one, and a btree index entry holds
-about 2.7 kB). An id outside these is refused by ``PostgresLog`` (and ``locate``) with
-``ValueError``; every other method answers for it as for an absent conversation.
+Conversation ids (``check_id``): 1 to ``MAX_ID_CHARS`` characters, no NUL (a ``text``
+value cannot hold one), no lone surrogate. An id outside these is refused by
+``PostgresLog`` (and ``locate``) with ``ValueError``; every other method answers for it as
+for an absent conversation. A NEW conversation (no row yet) also needs an id of at most
+``MAX_ID_BYTES`` bytes of UTF-8 (``check_new_id``: a btree index entry holds about 2.7 kB,
+and a longer id fails at its first write unless it compresses well); one stored before
+that limit, by a release that allowed any 1024 characters, is read, written, listed,
+deleted and pruned as any other.
 """
 
 from __future__ import annotations
@@ -32,12 +36,12 @@ from typing import Any, ClassVar, TypeVar
 
 import psycopg
 import psycopg_pool
-from psycopg import conninfo
+from psycopg import conninfo, sql
 from psycopg.rows import TupleRow
 
 from ...errors import ConflictError, DatabaseError, LockTimeoutError
 from .notify import Listener, Watch
-from .queries import remove_rows
+from .queries import STORED, remove_rows
 from .schema import ensure_schema
 
 __all__ = [
@@ -49,6 +53,7 @@ __all__ = [
     "ConversationSummary",
     "PostgresBackend",
     "check_id",
+    "check_new_id",
     "database_errors",
     "display_url",
     "id_fits",
@@ -67,7 +72,7 @@ RECHECK_AFTER = 1.0
 # for a lost one (notify.py). Without the listener, waiters poll every 100 ms at most.
 POLL_INTERVAL = 1.0
 MAX_ID_CHARS = 1024  # a conversation id longer than this is a mistake, not an id
-MAX_ID_BYTES = 2048  # of UTF-8: a btree entry (the primary keys) holds ~2.7 kB at most
+MAX_ID_BYTES = 2048  # of UTF-8, for a new row: a btree entry (the primary keys) holds ~2.7 kB
 # The server ended the connection (terminated, shutting down, idle timeout): on a connection
 # lent from the pool, that happened while it sat idle, before this used it.
 _ENDED = frozenset({"57P01", "57P02", "57P05"})
@@ -83,7 +88,7 @@ def id_fits(conversation_id: str) -> bool:
 
 
 def check_id(conversation_id: str) -> None:
-    """Refuse an id a database cannot hold (module docstring).
+    """Refuse an id no conversation in a database can have (module docstring).
 
     :raises TypeError: not a str.
     :raises ValueError: empty, too long, holds NUL or a lone surrogate.
@@ -91,17 +96,26 @@ def check_id(conversation_id: str) -> None:
     if not isinstance(conversation_id, str):
         raise TypeError("conversation_id must be a str")
     try:
-        size = len(conversation_id.encode("utf-8"))
+        conversation_id.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("conversation_id is not valid Unicode (a lone surrogate)") from None
-    if (
-        not 0 < len(conversation_id) <= MAX_ID_CHARS
-        or size > MAX_ID_BYTES
-        or "\0" in conversation_id
-    ):
+    if not 0 < len(conversation_id) <= MAX_ID_CHARS or "\0" in conversation_id:
         raise ValueError(
-            f"conversation_id must be 1 to {MAX_ID_CHARS} characters and at most "
-            f"{MAX_ID_BYTES} bytes of UTF-8, without NUL, in a PostgreSQL store"
+            f"conversation_id must be 1 to {MAX_ID_CHARS} characters without NUL in a "
+            "PostgreSQL store"
+        )
+
+
+def check_new_id(conversation_id: str) -> None:
+    """Refuse the id of a conversation about to get its row (``check_id`` passed): over
+    ``MAX_ID_BYTES`` bytes of UTF-8 (module docstring).
+
+    :raises ValueError: too long for a new conversation.
+    """
+    if len(conversation_id.encode("utf-8")) > MAX_ID_BYTES:
+        raise ValueError(
+            f"conversation_id of a new conversation must be at most {MAX_ID_BYTES} bytes of "
+            "UTF-8 in a PostgreSQL store"
         )
 
 
@@ -349,17 +363,20 @@ class PostgresBackend:
 
     def conversations(self) -> list[str]:
         """Return the ids of the conversations that hold a log, sorted: also those whose
-        row was damaged by hand (no header, yet records: opening them says so), not those
-        whose id ``check_id`` refuses (none can be stored since it does).
+        row was damaged by hand (no header, yet records counted or stored: opening them
+        says so; ``queries.STORED``), not those whose id ``check_id`` refuses (none can be
+        stored since it does).
 
         One of the few queries that cross conversations (listings and retention).
         """
         rows = self.run(
             "list conversations",
             lambda conn: conn.execute(
-                "SELECT id FROM cc_conversations WHERE (header IS NOT NULL OR next_seq <> 0) "
-                "AND char_length(id) <= %s AND octet_length(id) <= %s ORDER BY id",
-                (MAX_ID_CHARS, MAX_ID_BYTES),
+                sql.SQL(
+                    "SELECT c.id FROM cc_conversations c WHERE ({}) "
+                    "AND char_length(c.id) <= %s ORDER BY c.id"
+                ).format(STORED),
+                (MAX_ID_CHARS,),
             ).fetchall(),
         )
         return [str(row[0]) for row in rows]
@@ -376,11 +393,10 @@ class PostgresBackend:
                        octet_length(c.header) + c.body_bytes,
                        (SELECT r.ts FROM cc_records r WHERE r.conversation_id = c.id AND r.seq = 0)
                   FROM cc_conversations c
-                 WHERE c.header IS NOT NULL
-                   AND char_length(c.id) <= %s AND octet_length(c.id) <= %s
+                 WHERE c.header IS NOT NULL AND char_length(c.id) <= %s
                  ORDER BY c.id
                 """,
-                (MAX_ID_CHARS, MAX_ID_BYTES),
+                (MAX_ID_CHARS,),
             ).fetchall(),
         )
         return [

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from ...errors import DatabaseError, LogReplacedError
 from ..base import Hold, IndexMismatch, LogFormat, LogStorage, Polling, adopt_dictionary
-from .backend import Connection, PostgresBackend, check_id
+from .backend import Connection, PostgresBackend, check_id, check_new_id
 from .kwi import PostgresSegments
 from .notify import commit_and_notify
 from .queries import (
@@ -66,7 +66,8 @@ class PostgresLog(CachedView):
     as long as it takes).
 
     :raises ValueError: ``conversation_id`` is empty, too long, holds a NUL character or a
-        lone surrogate (``backend.check_id``: the database stores text as UTF-8).
+        lone surrogate (``backend.check_id``: the database stores text as UTF-8); from
+        ``create``/``rewrite``, too long for a new conversation (``backend.check_new_id``).
     """
 
     def __init__(
@@ -340,6 +341,8 @@ class PostgresLog(CachedView):
         refused (``CorruptRecordError``: view), the transaction rolled back."""
         conn = self._writing()
         fresh = self._row is None or self._row.header is None
+        if self._row is None or self._row is NO_ROW:  # no row (``_refresh``): one is inserted
+            check_new_id(self.conversation_id)
         if dictionary is not None:
             adopt_dictionary(fmt, dictionary, have_one=False)
         with self.backend.errors(f"rewrite {self._where}"):

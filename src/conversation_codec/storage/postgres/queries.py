@@ -14,12 +14,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import Connection
+from psycopg import Connection, sql
 from psycopg.rows import TupleRow
 
 __all__ = [
     "NO_ROW",
     "STAGE_ROWS",
+    "STORED",
     "Conn",
     "Row",
     "append_records",
@@ -43,6 +44,14 @@ _MAX_LOCK_TIMEOUT_MS = 2_147_483_647  # PostgreSQL's bound for lock_timeout (INT
 Conn = Connection[TupleRow]
 STAGE_ROWS = 1024  # records sent per statement when rewriting
 
+# A row ``c`` of cc_conversations that stands for something stored: a log, or a row damaged by
+# hand (no header, yet records counted or stored: ``view.CachedView._check_removed``). Only
+# the deletion marker (``remove_rows``) and a row never written are not.
+STORED = sql.SQL(
+    "c.header IS NOT NULL OR c.next_seq <> 0 OR c.dict_id <> 0 OR c.body_bytes <> 0 "
+    "OR EXISTS (SELECT FROM cc_records r WHERE r.conversation_id = c.id) "
+    "OR EXISTS (SELECT FROM cc_dictionaries d WHERE d.conversation_id = c.id)"
+)
 _ROW = "SELECT epoch, generation, next_seq, header, dict_id, body_bytes, kwi FROM cc_conversations"
 
 

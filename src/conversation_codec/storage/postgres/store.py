@@ -6,19 +6,23 @@ on the process's shared ``PostgresBackend`` (one pool per URL). Listings are the
 queries that cross conversations.
 
 Ids: ``backend.check_id``. ``locate`` refuses an id no database row can hold with
-``ValueError`` (as ``PostgresLog`` does); the other methods answer for it as for a
-conversation that has no log.
+``ValueError`` (as ``PostgresLog`` does), and so an id over ``MAX_ID_BYTES`` bytes unless
+the database holds its conversation already (``backend.check_new_id``: stored before that
+limit); the other methods answer for a refused id as for a conversation that has no log.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from psycopg import sql
+
 from ...format.header import sniff_log
 from ..base import LogFormat, StorageOpener
 from ..file.peek import LogPeek
-from .backend import PostgresBackend, check_id, id_fits
+from .backend import PostgresBackend, check_id, check_new_id, id_fits
 from .log import PostgresLog
+from .queries import STORED
 
 __all__ = ["PostgresStore"]
 
@@ -38,6 +42,11 @@ class PostgresStore:
     ) -> tuple[str, StorageOpener]:
         check_id(conversation_id)
         backend = self.backend
+        try:
+            check_new_id(conversation_id)
+        except ValueError:  # too long for a new row: open it only if it has one already
+            if not self._has_row(conversation_id):
+                raise
 
         def opener(attach: Callable[[bytes], LogFormat]) -> PostgresLog:
             return PostgresLog(backend, conversation_id, attach=attach, lock_timeout=lock_timeout)
@@ -46,14 +55,14 @@ class PostgresStore:
 
     def exists(self, conversation_id: str) -> bool:
         """Whether the conversation has a log, or a row damaged by hand (no header, yet
-        records counted: opening it says so)."""
-        if not id_fits(conversation_id):
-            return False
+        records counted or stored: opening it says so): as ``has_files``."""
+        return self.has_files(conversation_id)
+
+    def _has_row(self, conversation_id: str) -> bool:
         row = self.backend.run(
             f"look up {conversation_id!r}",
             lambda conn: conn.execute(
-                "SELECT header IS NOT NULL OR next_seq <> 0 FROM cc_conversations WHERE id = %s",
-                (conversation_id,),
+                "SELECT EXISTS (SELECT FROM cc_conversations WHERE id = %s)", (conversation_id,)
             ).fetchone(),
         )
         return bool(row and row[0])
@@ -83,16 +92,18 @@ class PostgresStore:
         return LogPeek(kind, int(size), 0, int(count), first, last if count else None, 0)
 
     def has_files(self, conversation_id: str) -> bool:
-        """Whether anything of the conversation is stored: a log, or records under a row
-        damaged by hand (deleting it then reports the damage)."""
+        """Whether anything of the conversation is stored: a log, a row damaged by hand
+        (``queries.STORED``), or records without a row (deleting it then reports the damage
+        or removes them)."""
         if not id_fits(conversation_id):
             return False
         row = self.backend.run(
             f"look up {conversation_id!r}",
             lambda conn: conn.execute(
-                "SELECT EXISTS (SELECT FROM cc_conversations WHERE id = %(id)s "
-                "AND (header IS NOT NULL OR next_seq <> 0)) "
-                "OR EXISTS (SELECT FROM cc_records WHERE conversation_id = %(id)s)",
+                sql.SQL(
+                    "SELECT EXISTS (SELECT FROM cc_conversations c WHERE c.id = %(id)s "
+                    "AND ({})) OR EXISTS (SELECT FROM cc_records WHERE conversation_id = %(id)s)"
+                ).format(STORED),
                 {"id": conversation_id},
             ).fetchone(),
         )

@@ -9,7 +9,9 @@ or removal) means a full reload and ``on_change()``. A read served by one statem
 A row without a header is the deletion marker only as ``remove_rows`` leaves it: no
 records counted, none stored. One with a NULL header and records (an edit outside the
 library) is damage (``CorruptRecordError``), never taken for a deleted log, which the next
-append would replace.
+append would replace. It is checked whenever a transaction finds the row without a
+header, unless this handle's previous one found that same header-less row (same
+generation): a hand edit bumps no generation, so a handle that cached the header checks.
 """
 
 from __future__ import annotations
@@ -74,7 +76,11 @@ class CachedView:
         from ``snap`` when given (``Incomplete`` when it lacks something)."""
         old, self._row = self._row, None  # None until the refresh succeeds
         if row is None or row.header is None:
-            if row is not None and (old is None or old.generation != row.generation):
+            # Checked unless this handle saw this very row header-less already: a hand edit
+            # leaves the generation as it was, so a cached header gone is checked too.
+            if row is not None and (
+                old is None or old.generation != row.generation or old.header is not None
+            ):
                 self._check_removed(conn, row)
             if self.fmt is not None or self._header is not None:
                 self._forget_log()
