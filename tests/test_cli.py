@@ -591,6 +591,22 @@ def test_verify_reports_a_log_it_cannot_open_and_goes_on(run: Run, tmp_path: Pat
     assert code == 1 and out == "" and "wrong key" in err
 
 
+def test_verify_of_a_store_root_goes_on_past_a_conversation_it_cannot_open(
+    run: Run, tmp_path: Path
+) -> None:
+    """One conversation under another key (or otherwise unopenable) is reported; the root's
+    other conversations are verified all the same (from review)."""
+    root = tmp_path / "store"
+    for cid in ("a", "b"):
+        with ConversationStore(root, encryption_key=KEY).open(cid) as codec:
+            codec.append({"role": "user", "content": cid})
+    with ConversationStore(root, encryption_key=OTHER_KEY).open("other") as codec:
+        codec.append({"role": "user", "content": "under another key"})
+    code, out, err = run("verify", str(root), key=KEY)
+    assert code == 1 and "wrong key" in err and "other" in err
+    assert out.count(": ok,") == 2
+
+
 @pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
 def test_salvage_copies_intact_records_and_never_touches_src(
     run: Run, tmp_path: Path, mode: str

@@ -46,8 +46,6 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from ..maintenance.compact import CompactionReport
     from ..maintenance.migrate import BatchReport
     from ..storage.file.check import VerifyReport
@@ -74,9 +72,9 @@ def _verify(args: Args) -> int:
     for done, path in enumerate(args.paths, 1):
         one = Args(**{**vars(args), "path": path})
         try:
-            packs: list[Exception] = []  # unreadable packs: reported after the rest
+            packs: list[tuple[Exception, str]] = []  # unreadable packs and logs: after the rest
             store = is_url(path) or os.path.isdir(path)
-            reports = _verify_store(one, packs.append) if store else None
+            reports = _verify_store(one, packs) if store else None
             if reports is None:
                 with open_log(one, read_only=True) as codec:
                     reports = [codec.verify()]
@@ -85,8 +83,9 @@ def _verify(args: Args) -> int:
                 worst = worst if report.ok else max(worst, EXIT_CORRUPT)
             if bar is None:
                 _show_verify(args, pending)  # this root's reports, then the packs they missed
-            for exc in packs:  # damage (exit 3), or a newer pack version (exit 1)
-                worst = max(worst, min(report_error(exc, one), EXIT_CORRUPT))
+            for exc, at in packs:  # damage (exit 3), a newer pack version or another key (1)
+                where = Args(**{**vars(one), "path": at})
+                worst = max(worst, min(report_error(exc, where), EXIT_CORRUPT))
         except (ConversationCodecError, OSError, ValueError, InputError) as exc:
             worst = max(worst, report_error(exc, one))  # one unreadable log does not stop the rest
         if bar is not None:
@@ -97,16 +96,20 @@ def _verify(args: Args) -> int:
     return worst
 
 
-def _verify_store(args: Args, unreadable: Callable[[Exception], None]) -> list[VerifyReport]:
+def _verify_store(args: Args, unreadable: list[tuple[Exception, str]]) -> list[VerifyReport]:
     """Verify every conversation of a store root (packed ones included, FORMAT.md §18);
-    each unreadable pack goes to ``unreadable``."""
+    each unreadable pack, and each conversation that does not open (another key, a packed
+    entry failing its CRC), goes to ``unreadable`` with where it is; the rest is verified."""
     from ..store import ConversationStore
 
     store = ConversationStore(args.path, encryption_key=log_key(args), password=log_password(args))
     reports = []
-    for conversation_id in store.ids(on_error=lambda _pack, exc: unreadable(exc)):
-        with store.open(conversation_id) as codec:
-            reports.append(codec.verify())
+    for conversation_id in store.ids(on_error=lambda _, exc: unreadable.append((exc, args.path))):
+        try:
+            with store.open(conversation_id) as codec:
+                reports.append(codec.verify())
+        except ConversationCodecError as exc:
+            unreadable.append((exc, str(store.path(conversation_id))))
     return reports
 
 
