@@ -689,3 +689,41 @@ def test_a_damaged_pack_does_not_stop_listing_searching_or_verifying_elsewhere(
     finally:
         del os.environ["CONVERSATION_KEY"]
     assert packs[0].exists() and packs[1].exists()  # nothing rewrote either pack
+
+
+def _append_after(store: ConversationStore, cid: str, start: Any, failed: list[Exception]) -> None:
+    start.wait()  # every thread at once
+    try:
+        with store.open(cid) as codec:
+            codec.append(message(cid, 1))
+    except Exception as exc:
+        failed.append(exc)
+
+
+def test_threads_of_one_store_write_to_conversations_of_one_pack(tmp_path: Path) -> None:
+    """Each unpack replaces the pack that the other threads' handles found their entries
+    in: a write whose pack went between its lookup and its read looks again, as a read
+    does (from review: 6-20 of 320 such appends raised StorageError, errno 0)."""
+    import threading
+
+    for round_ in range(12):
+        root = tmp_path / f"r{round_}"
+        store = ConversationStore(root, encryption_key=KEY)
+        for i in range(8):
+            with store.open(f"c{i}") as codec:
+                codec.append(message(f"c{i}", 0))
+        store.pack()
+        store.ids()  # its table of contents cached by the shared handle
+        start, failed = threading.Barrier(8), []
+        threads = [
+            threading.Thread(target=_append_after, args=(store, f"c{i}", start, failed))
+            for i in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failed == []
+        for i in range(8):
+            with ConversationStore(root, encryption_key=KEY).open(f"c{i}") as codec:
+                assert codec.load() == [message(f"c{i}", 0), message(f"c{i}", 1)]

@@ -314,3 +314,33 @@ def test_deletions_against_a_packer_looping_in_another_process(tmp_path: Path, o
         stop.touch()
         child.communicate(timeout=120)
     assert child.returncode == 0
+
+
+def test_a_deletion_between_publish_and_retire_leaves_no_lock_file(tmp_path: Path) -> None:
+    """The packer's step 3 takes P.lock of a conversation deleted since it published: it
+    drops the copy and leaves no lock file behind, so the deletion reads as complete
+    (``delete()`` again answers False: "it had none"; from review). In one process, at the
+    step seam (the race itself is the real-process tests' above)."""
+    from conversation_codec import FileIO
+
+    root = tmp_path / "store"
+    for cid, history in (("c", OLD), ("keep", KEEP)):
+        with ConversationStore(root, encryption_key=KEY).open(cid) as codec:
+            codec.extend(history)
+    other = ConversationStore(root, encryption_key=KEY)
+
+    class DeleteAfterPublish(FileIO):
+        done = False
+
+        def step(self, name: str) -> None:
+            if name == "pack:written" and not self.done:
+                self.done = True
+                assert other.delete("c")
+
+    report = ConversationStore(root, encryption_key=KEY, io=DeleteAfterPublish()).pack()
+    assert report.packed == ["keep"]
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("c.")) == []
+    store = ConversationStore(root, encryption_key=KEY)
+    assert "c" not in store and store.delete("c") is False
+    with store.open("keep") as codec:
+        assert codec.load() == KEEP

@@ -161,6 +161,10 @@ class StoreLog:
         self.fault: Callable[[str], None] = lambda step: loose.io.step(step)
 
     @property
+    def refreshes(self) -> int:  # the loose log's: views reloaded after another writer
+        return self.loose.refreshes
+
+    @property
     def on_change(self) -> Callable[[], None]:
         return self._on_change
 
@@ -259,7 +263,10 @@ class StoreLog:
             self._serving = True
             return False
         # FORMAT.md §18.3, unpacking: P.lock is held (exclusive): P, then the pack.
-        data = self._packs.read(where)
+        try:
+            data = self._packs.read(where)
+        except FileNotFoundError:  # replaced since it was found (another unpack, a merge)
+            return True
         # Its temp file is a rewrite's (P.tmp-<16 hex>): one a crash leaves is a leftover
         # that the next rewrite, clear, pop or first append deletes (FORMAT.md §8.4).
         path = self.loose.path
@@ -426,10 +433,10 @@ def retire_loose(
             finally:
                 os.close(fd)
         where = packs.find(conversation_id, fresh=True, healthy=True)
-        if where is None:
-            return False
-        if data != packed or not check_entry(where.entry, packed):
-            packs.drop(conversation_id, timeout=timeout)  # P moved on (or went): stale
+        if where is None or data != packed or not check_entry(where.entry, packed):
+            if where is not None:
+                packs.drop(conversation_id, timeout=timeout)  # P moved on (or went): stale
+            lock.forget_created(keep=st is not None)  # P went: leave no lock file of ours
             return False
         _ino, gen, truncs = lock.state()
         lock.write_state(gen + 1, truncs + 1)  # announced first, as a clear does (§8.5)

@@ -216,6 +216,7 @@ class FileStore:
             if os.path.lexists(path):
                 return False  # loose: deleted through its codec, or by hand
             dropped = self.packs.drop(conversation_id, timeout=lock_timeout)
+            lock.forget_created(keep=dropped)  # in no pack: leave no lock file of ours
             if dropped:  # as a clear (FORMAT.md §8.5): announced, then the lock file goes
                 _ino, gen, truncs = lock.state()
                 lock.write_state(gen + 1, truncs + 1)
