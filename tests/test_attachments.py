@@ -527,3 +527,22 @@ def test_a_codec_opened_before_the_blob_store_existed_moves_its_blobs(
     with ConversationCodec(path, encryption_key=key) as codec:
         assert codec.load()[-1] == _image_message()
         assert codec.verify().ok
+
+
+def test_a_codec_opened_before_the_blob_store_existed_reads_the_attachments(
+    tmp_path: Path,
+) -> None:
+    """Once another writer created the blob store, an earlier codec's reads restore the
+    attachments (load, tail, get, iteration, export), not the ``cc-blob:`` reference."""
+    path = tmp_path / "chat.log"
+    early = ConversationCodec(path, encryption_key=KEY)
+    early.append({"role": "system", "content": "hi"})
+    assert early.load() == [{"role": "system", "content": "hi"}]
+    with ConversationCodec(path, encryption_key=KEY, attachments="external") as other:
+        other.append(_image_message())
+    assert early.load()[-1] == _image_message()
+    assert early.tail(1) == [_image_message()] and early.get(-1) == _image_message()
+    assert list(early)[-1] == _image_message()
+    early.export(tmp_path / "out.jsonl")
+    assert "cc-blob:" not in (tmp_path / "out.jsonl").read_text()
+    early.close()

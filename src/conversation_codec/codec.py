@@ -238,7 +238,7 @@ class ConversationCodec(Maintenance, ChatFormats):
             for _, texts, parsed, _ in self._reader.parsed(base, count):
                 # A sealed record's text is the stored JSON; a plain one's is the whole line.
                 datas += texts if sealed else map(encode_json, parsed)
-                messages += parsed if self._encoder.blobs is None else map(self._present, parsed)
+                messages += parsed if self._blobs_now() is None else map(self._present, parsed)
             self._history.loaded(datas, base)  # the seed pattern calls save() next
             return messages if count > base else None
 
@@ -258,7 +258,7 @@ class ConversationCodec(Maintenance, ChatFormats):
             messages: list[Message] = []
             for _, _, parsed, _ in self._reader.parsed(start, count):
                 messages += parsed
-            return messages if self._encoder.blobs is None else list(map(self._present, messages))
+            return messages if self._blobs_now() is None else list(map(self._present, messages))
 
     def wait(self, after: int, timeout: float | None = None) -> bool:
         """Block until a message after seq ``after`` exists (a live tail; -1: any message);

@@ -120,6 +120,9 @@ class CodecCore:
             if attachments == "keep":
                 attachments = "external"
         self._encoder = MessageEncoder(redact_fn, attachments, blobs)
+        # The log's ``refreshes`` when blobs were last sought: 1, the first transaction's
+        # load, which follows the look just taken (no second faccessat per reopen).
+        self._blob_stamp: int | None = 1
         self._closed = False
         attach = self._secrets.attach
         if storage is not None and wrap is None:
@@ -240,9 +243,20 @@ class CodecCore:
             if encoder.attachments == "keep":
                 encoder.attachments = "external"
 
+    def _blobs_now(self) -> BlobStore | None:
+        """The blob store, looked for again once another writer changed the log since the
+        last look (one may have created it after this codec opened). Transaction held."""
+        if self._encoder.blobs is None and self._file:
+            stamp = getattr(self._log, "refreshes", None)
+            if stamp != self._blob_stamp:
+                self._blob_stamp = stamp
+                self._adopt_blobs()
+        return self._encoder.blobs
+
     def _present(self, message: Message) -> Message:
         """Turn a stored message into what callers see (external attachments restored)."""
-        return message if self._encoder.blobs is None else restore(message, self._encoder.blobs)
+        blobs = self._blobs_now()
+        return message if blobs is None else restore(message, blobs)
 
     def _base(self) -> int:
         """The seq of the first visible record: ``max_messages`` hides older ones."""
