@@ -365,3 +365,41 @@ def test_async_wait_checks_its_arguments_as_the_sync_one(
                 await codec.wait(after, timeout)  # type: ignore[arg-type]
 
     asyncio.run(main())
+
+
+def test_a_stream_cancelled_while_a_worker_reads_a_batch_is_cancelled() -> None:
+    """Cancelled while a worker thread is inside the blocking iterator, the task ends with
+    CancelledError (it raised ValueError, "generator already executing", from closing the
+    iterator on the loop: review); the iterator is closed once the batch is done."""
+    from conversation_codec.aio_threads import stream_in_threads
+
+    inside, release, closed = threading.Event(), threading.Event(), threading.Event()
+
+    def slow() -> Any:
+        try:
+            inside.set()
+            release.wait(10)
+            yield from range(1000)
+        finally:
+            closed.set()
+
+    async def consume() -> None:
+        async for _ in stream_in_threads(None, slow()):
+            pass
+
+    async def main() -> None:
+        task = asyncio.ensure_future(consume())
+        while not inside.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelled() and not closed.is_set()
+        release.set()
+        for _ in range(2000):
+            if closed.is_set():
+                break
+            await asyncio.sleep(0.005)
+
+    asyncio.run(main())
+    assert closed.is_set()

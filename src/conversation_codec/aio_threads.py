@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from itertools import islice
@@ -38,19 +39,43 @@ async def run_in_thread(
 
 async def stream_in_threads(executor: Executor | None, items: Iterator[_T]) -> AsyncIterator[_T]:
     """Drain a blocking iterator from worker threads, ``_BATCH`` items per hop."""
+    busy = threading.Lock()  # held by the worker while it pulls a batch
+
+    def pull() -> list[_T]:
+        with busy:
+            return list(islice(items, _BATCH))
+
     try:
         while True:
-            batch = await run_in_thread(executor, lambda: list(islice(items, _BATCH)))
+            batch = await run_in_thread(executor, pull)
             for item in batch:
                 yield item
             if len(batch) < _BATCH:
                 return
     finally:
         # Generators of the codec and store hold no lock or file between items, so
-        # closing one early does no I/O and may run on the loop.
+        # closing one early does no I/O and may run on the loop — unless a cancelled
+        # await left a worker still pulling a batch: closing a running generator raised
+        # ValueError in the cancelled task. Then a worker closes it once the batch is done.
         close = getattr(items, "close", None)
         if close is not None:
+            if busy.acquire(blocking=False):
+                try:
+                    close()
+                finally:
+                    busy.release()
+            else:
+                asyncio.get_running_loop().run_in_executor(executor, _after(busy, close))
+
+
+def _after(busy: threading.Lock, close: Callable[[], object]) -> Callable[[], None]:
+    """``close`` once ``busy`` is free (in a worker thread)."""
+
+    def run() -> None:
+        with busy:
             close()
+
+    return run
 
 
 def on_loop(progress: Progress | None) -> Progress | None:
