@@ -1698,3 +1698,22 @@ def test_a_closed_stdin_is_an_error_line_not_a_traceback(tmp_path: Path, command
     assert done.returncode == 1, done.stderr
     assert "stdin is closed" in done.stderr and "Traceback" not in done.stderr
     assert not os.path.exists(log)
+
+
+def test_append_and_cat_on_a_packed_conversations_path(run: Run, tmp_path: Path) -> None:
+    """Reads of a packed conversation's path stay as they were, and an append keeps its
+    history (it was hidden for good: the CLI opened the path alone; from review)."""
+    root = tmp_path / "st"
+    store = ConversationStore(root, encryption_key=KEY)
+    with store.open("a") as codec:
+        codec.append({"role": "user", "content": "hello a"})
+    assert store.pack().packed == ["a"]
+    log = str(root / "a.log")
+    code, out, err = run("cat", log, "--context", "a", key=KEY)
+    assert (code, err) == (0, "") and "hello a" in out
+    assert (
+        run("append", log, "--context", "a", stdin='{"role":"user","content":"second"}', key=KEY)[0]
+        == 0
+    )
+    with ConversationStore(root, encryption_key=KEY).open("a") as codec:
+        assert [m["content"] for m in codec.load() or []] == ["hello a", "second"]

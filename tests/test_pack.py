@@ -19,6 +19,8 @@ import pytest
 
 from _writer import NO_UNNAMED_FILES, subprocess_env
 from conversation_codec import (
+    BindingError,
+    ConversationCodec,
     ConversationCodecError,
     CorruptRecordError,
     DecryptionError,
@@ -727,3 +729,26 @@ def test_threads_of_one_store_write_to_conversations_of_one_pack(tmp_path: Path)
         for i in range(8):
             with ConversationStore(root, encryption_key=KEY).open(f"c{i}") as codec:
                 assert codec.load() == [message(f"c{i}", 0), message(f"c{i}", 1)]
+
+
+def test_a_codec_opened_on_a_packed_conversations_path_keeps_its_history(
+    tmp_path: Path,
+) -> None:
+    """``ConversationCodec(<root>/<id>.log, context=id)`` (what the CLI opens) reads a
+    packed conversation as the store does, and its first write unpacks it: the packed
+    history was read as empty, and an append started it afresh for good (from review)."""
+    root = tmp_path / "store"
+    fill(root, KEY, ["a", "b"])
+    store = ConversationStore(root, encryption_key=KEY)
+    assert sorted(store.pack().packed) == ["a", "b"]
+    path = store.path("a")
+    assert not path.exists()
+    with ConversationCodec(path, encryption_key=KEY, context="a") as codec:
+        assert codec.load() == [message("a", i) for i in range(6)]
+        codec.append(message("a", 6))
+    with ConversationStore(root, encryption_key=KEY).open("a") as codec:
+        assert codec.load() == [message("a", i) for i in range(7)]
+    with pytest.raises(BindingError):  # a store's log, bound to its id: nothing changes
+        ConversationCodec(store.path("b"), encryption_key=KEY).append(message("b", 9))
+    with ConversationStore(root, encryption_key=KEY).open("b") as codec:
+        assert codec.load() == [message("b", i) for i in range(6)]

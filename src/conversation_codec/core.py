@@ -34,6 +34,7 @@ from .sealing import LogSecrets, check_password
 from .storage.base import LogStorage, StorageOpener
 from .storage.file.log import FileLog
 from .storage.file.quick import QuickAppend, quick_append
+from .storage.file.store import packed_opener
 from .storage.memory import MemoryLog
 from .writing import LogWriter
 
@@ -92,6 +93,9 @@ class CodecCore:
         else:  # a store's wrapper for the path its locate() checked (FileStore.locate): a
             # str, taken as is (a Path built and formatted per open cost ~4 us, issue 15)
             self._name = os.fspath(path)
+        if storage is None and self._file:  # a store log's path, in a store with packs
+            storage = packed_opener(self._name, lock_timeout, io)
+            wrap = getattr(storage, "wraps_file", None)
         if attachments == "external" and not self._file:
             raise ValueError('attachments="external" keeps blobs beside a log file')
         if attachments == "external" and password is not None:

@@ -218,8 +218,9 @@ def open_log(args: Args, *, must_exist: bool = True, read_only: bool = False) ->
     variable is set (with a warning on stderr), rather than refused.
     """
     from ..codec import ConversationCodec
+    from ..storage.file.store import is_packed
 
-    if must_exist and not os.path.lexists(args.path):
+    if must_exist and not os.path.lexists(args.path) and not is_packed(args.path):
         raise InputError(f"{args.path}: no such log")
     key = log_key(args)
     options: dict[str, Any] = {

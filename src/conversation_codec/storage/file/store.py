@@ -37,7 +37,7 @@ from ..base import LogFormat, LogStorage, StorageOpener
 from .lock import LogLock
 from .log import FileLog
 from .packed import StoreLog
-from .packs import Packs
+from .packs import PACKS_DIR, Packs
 from .peek import LogPeek, peek_log
 
 __all__ = ["LOG_SUFFIX", "MAX_ENCODED_ID", "FileStore", "decode_id", "encode_id"]
@@ -76,6 +76,30 @@ def encode_id(conversation_id: str) -> str:
     if len(stem) > MAX_ENCODED_ID:  # hashed (module docstring); 128 + 1 + 64 bytes
         return stem[:128] + "~" + hashlib.sha256(raw).hexdigest()
     return stem
+
+
+def packed_opener(path: str, lock_timeout: float | None, io: FileIO) -> StorageOpener | None:
+    """The store's wrapper for a codec opened on a store log's own path, when that store
+    has packs (FORMAT.md §18); None otherwise. Opened on the path alone, a packed
+    conversation would read as empty and its first write would start it afresh, "loose
+    wins" then hiding the packed history for good (found in review, through the CLI)."""
+    found = _in_store_with_packs(path, io)
+    return None if found is None else found[0].locate(found[1], lock_timeout=lock_timeout)[1]
+
+
+def is_packed(path: str) -> bool:
+    """Whether ``path`` is a store log's path whose conversation a pack holds (no file)."""
+    found = _in_store_with_packs(path, DEFAULT_IO)
+    return found is not None and found[0].packs.find(found[1]) is not None
+
+
+def _in_store_with_packs(path: str, io: FileIO) -> tuple[FileStore, str] | None:
+    folder, name = os.path.split(path)
+    stem = name[: -len(LOG_SUFFIX)] if name.endswith(LOG_SUFFIX) else None
+    conversation_id = None if stem is None else decode_id(stem)
+    if conversation_id is None or not os.path.isdir(os.path.join(folder or ".", PACKS_DIR)):
+        return None
+    return FileStore(Path(folder or "."), io=io), conversation_id
 
 
 def decode_id(stem: str) -> str | None:
