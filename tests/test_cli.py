@@ -1717,3 +1717,15 @@ def test_append_and_cat_on_a_packed_conversations_path(run: Run, tmp_path: Path)
     )
     with ConversationStore(root, encryption_key=KEY).open("a") as codec:
         assert [m["content"] for m in codec.load() or []] == ["hello a", "second"]
+
+
+@pytest.mark.parametrize("json_out", [False, True], ids=["table", "json"])
+def test_migrate_never_shows_a_key_given_where_a_path_belongs(
+    run: Run, tmp_path: Path, json_out: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``migrate $KEY`` (a key pasted as the file): its table and --json name the file as
+    "(a key-shaped value, not shown)", as every other command's errors do (from review)."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("migrate", KEY, *(["--json"] if json_out else []), key=KEY)
+    assert code == 1
+    assert KEY not in out + err and "key-shaped value, not shown" in out + err

@@ -343,6 +343,11 @@ def run_command(command: Callable[[Args], int], args: Args) -> int:
     return code
 
 
+def hide_keys(text: str) -> str:
+    """``text`` with every key-shaped value replaced (a key given where a path belongs)."""
+    return _KEY_SHAPED.sub("(a key-shaped value, not shown)", text)
+
+
 def speak_cli(message: str, *, legacy: bool = False) -> str:
     """Say a library message in the CLI's words: options, not Python parameters.
 
@@ -401,6 +406,5 @@ def report_error(exc: Exception, args: Args) -> int:
         message = str(exc) or type(exc).__name__
     message = speak_cli(message, legacy=reading is not None)
     # A key given where a path belongs ("tail $KEY") must not come back on the terminal.
-    message = _KEY_SHAPED.sub("(a key-shaped value, not shown)", message)
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {hide_keys(message)}", file=sys.stderr)
     return code

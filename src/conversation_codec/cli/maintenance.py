@@ -29,6 +29,7 @@ from ._common import (
     UsageError,
     emit,
     fields,
+    hide_keys,
     legacy_source,
     log_key,
     log_password,
@@ -301,8 +302,11 @@ def _migrate(args: Args) -> int:
     )
     if args.json:
         found = report.as_dict()
-        for item in found["files"]:
-            item["reason"] = speak_cli(item["reason"], legacy=True)
+        for item in found["files"]:  # a key given where a path belongs is never shown
+            item["reason"] = hide_keys(speak_cli(item["reason"], legacy=True))
+            for name in ("path", "destination", "backup"):
+                if isinstance(item.get(name), str):
+                    item[name] = hide_keys(item[name])
         emit({**found, "encrypted": key is not None or password_given(args)})
     else:
         _show_batch(args, report, key is not None)
@@ -314,7 +318,7 @@ def _show_batch(args: Args, report: BatchReport, encrypted: bool) -> None:
     for item in report.items:
         notes = [] if item.report is None else [n for n in item.report.notes if n != item.reason]
         details = speak_cli("; ".join([item.reason, *notes]), legacy=True)
-        rows.append((item.status, str(item.path), details))
+        rows.append((item.status, hide_keys(str(item.path)), hide_keys(details)))
     if report.items:
         table(rows)
     dry = " (dry run: nothing was written)" if report.dry_run else ""
