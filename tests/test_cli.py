@@ -631,6 +631,30 @@ def test_salvage_copies_intact_records_and_never_touches_src(
     assert run("salvage", str(tmp_path / "absent.log"), str(tmp_path / "x.log"))[0] == 1
 
 
+def test_salvage_names_a_lost_last_record_or_says_it_cannot_count(run: Run, tmp_path: Path) -> None:
+    """The last record of five damaged: seq 4 is lost (the index counts it), never "none";
+    without the index nothing can count what the damage held, and the output says so."""
+    src = tmp_path / "bad.log"
+    with ConversationCodec(src, encryption_key=KEY, durability="flush") as codec:
+        codec.extend(messages(5))
+    data = bytearray(src.read_bytes())
+    data[-5] ^= 0x01
+    src.write_bytes(bytes(data))
+    code, out, err = run("salvage", str(src), str(tmp_path / "a.log"), "--json", key=KEY)
+    report = json.loads(out)
+    assert (code, report["recovered"], report["lost_seqs"], report["more_lost"]) == (
+        0,
+        4,
+        [4],
+        False,
+    )
+    code, out, err = run("salvage", str(src), str(tmp_path / "b.log"), key=KEY)
+    assert code == 0 and "lost seqs: 4\n" in out, out
+    Path(index_path(src)).unlink()
+    code, out, err = run("salvage", str(src), str(tmp_path / "c.log"), key=KEY)
+    assert code == 0 and "lost: an unknown number of records after seq 3\n" in out, out
+
+
 # -- compact, rekey, passwd, password-env ----------------------------------------------------
 
 
