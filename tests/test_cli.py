@@ -1362,6 +1362,43 @@ def test_entry_point_dash_means_stdin_and_stdout(tmp_path: Path) -> None:
     ]  # no file named "-"
 
 
+def test_entry_point_exports_a_message_with_its_own_timestamp_key(tmp_path: Path) -> None:
+    """What append takes, export writes and import reads back, with or without record
+    times; a refused export writes nothing to stdout, and its error names CLI flags."""
+    env = subprocess_env(CONVERSATION_KEY=KEY)
+    own = [
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": "hi", "timestamp": "2025-01-01T00:00:00Z"},
+    ]
+    lines = "".join(json.dumps(m) + "\n" for m in own)
+    assert entry("append", "chat.log", "-", stdin=lines, env=env, cwd=tmp_path).returncode == 0
+    for flags in ([], ["--no-timestamps"]):
+        done = entry("export", "chat.log", "--out", "-", *flags, env=env, cwd=tmp_path)
+        assert done.returncode == 0 and "exported 2 messages" in done.stderr, done.stderr
+        name = f"copy{len(flags)}.log"
+        back = entry("import", name, "-", stdin=done.stdout, env=env, cwd=tmp_path)
+        assert back.returncode == 0, back.stderr
+        with ConversationCodec(tmp_path / name, encryption_key=KEY) as copy:
+            assert copy.load() == own
+    shaped = json.dumps({"type": "human", "data": {"content": "hi"}}) + "\n"
+    assert entry("append", "lc.log", "-", stdin=shaped, env=env, cwd=tmp_path).returncode == 0
+    for fmt in ("jsonl", "json"):
+        done = entry(
+            "export",
+            "lc.log",
+            "--out",
+            "-",
+            "--no-timestamps",
+            "--format",
+            fmt,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert (done.returncode, done.stdout) == (1, ""), done.stderr
+        assert "--no-timestamps" in done.stderr and "with_timestamps" not in done.stderr
+        assert not PYTHONISM.search(done.stderr), done.stderr
+
+
 def test_entry_point_export_never_overwrites_without_force(tmp_path: Path) -> None:
     log = write_log(tmp_path / "chat.log", None)
     target = tmp_path / "out.jsonl"
