@@ -742,6 +742,28 @@ def test_rekey_errors(run: Run, tmp_path: Path) -> None:
     assert code == 1
 
 
+def test_rekey_to_the_same_key_is_refused_and_changes_nothing(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = write_log(tmp_path / "chat.log", KEY)
+    before = Path(log).read_bytes()
+    monkeypatch.setenv("NEW_KEY", KEY)
+    code, out, err = run("rekey", log, "--new-key-env", "NEW_KEY", key=KEY)
+    assert (code, out) == (2, "") and "already encrypted with" in err and KEY not in err
+    assert "only the new key" not in out + err and Path(log).read_bytes() == before
+
+
+def test_copy_failures_are_said_without_class_names(run: Run, tmp_path: Path) -> None:
+    with ConversationStore(tmp_path / "st", encryption_key=KEY).open("a") as codec:
+        codec.append(CHAT[0])
+    code, _, err = run("copy", str(tmp_path / "st"), str(tmp_path / "dst"), "zz", key=KEY)
+    assert code == 1 and err.startswith("error: zz: ") and "Error" not in err, err
+    with ConversationStore(tmp_path / "other", encryption_key=OTHER_KEY).open("a") as codec:
+        codec.append(CHAT[1])
+    code, _, err = run("copy", str(tmp_path / "other"), str(tmp_path / "dst"), key=KEY)
+    assert code == 1 and "error: a: wrong key" in err and "Error" not in err, err
+
+
 def test_password_env_opens_password_logs_and_passwd_changes_it(
     run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -232,6 +232,11 @@ def _rekey(args: Args) -> int:
         new_key = read_key_file(args.new_key_file)
     else:
         new_key = secret_env(args.new_key_env, "new key").strip()
+    if new_key == log_key(args):  # re-encrypting under the same key changes nothing
+        raise UsageError(
+            "the new key is the key the log is already encrypted with (--key-env/--key-file); "
+            "name another key with --new-key-env or --new-key-file"
+        )
     with open_log(args) as codec:
         report = codec.rotate_key(new_key)
     _show_rewrite(args, "re-encrypted", report)
