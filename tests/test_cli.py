@@ -1119,7 +1119,7 @@ def test_key_files_readable_by_others_are_refused_as_the_library_does(
 ) -> None:
     log = write_log(tmp_path / "chat.log", KEY)
     key_file = tmp_path / "chat.key"
-    key_file.write_text(KEY + "\n")
+    key_file.write_text((KEY if option == "--key-file" else OTHER_KEY) + "\n")  # rekey: a new key
     key_file.chmod(mode)
     if option == "--key-file":
         argv = ["tail", log, "--key-file", str(key_file)]
