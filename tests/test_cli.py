@@ -631,6 +631,31 @@ def test_salvage_copies_intact_records_and_never_touches_src(
     assert run("salvage", str(tmp_path / "absent.log"), str(tmp_path / "x.log"))[0] == 1
 
 
+def test_salvage_names_a_lost_last_record_or_says_it_cannot_count(run: Run, tmp_path: Path) -> None:
+    """The last record of five damaged: seq 4 is lost (the index counts it), never "none";
+    without the index nothing can count what the damage held, and the output says so."""
+    src = tmp_path / "bad.log"
+    with ConversationCodec(src, encryption_key=KEY, durability="flush") as codec:
+        codec.extend(messages(5))
+    data = bytearray(src.read_bytes())
+    data[-5] ^= 0x01
+    src.write_bytes(bytes(data))
+    code, out, err = run("salvage", str(src), str(tmp_path / "a.log"), "--json", key=KEY)
+    report = json.loads(out)
+    assert (code, err, report["recovered"], report["lost_seqs"], report["more_lost"]) == (
+        0,
+        "",
+        4,
+        [4],
+        False,
+    )
+    code, out, err = run("salvage", str(src), str(tmp_path / "b.log"), key=KEY)
+    assert (code, err) == (0, "") and "lost seqs: 4\n" in out, out
+    Path(index_path(src)).unlink()
+    code, out, err = run("salvage", str(src), str(tmp_path / "c.log"), key=KEY)
+    assert (code, err) == (0, "") and "lost: an unknown number of records after seq 3\n" in out
+
+
 # -- compact, rekey, passwd, password-env ----------------------------------------------------
 
 
@@ -715,6 +740,28 @@ def test_rekey_errors(run: Run, tmp_path: Path) -> None:
     assert code == 2 and OTHER_KEY not in err  # a key where a variable name belongs
     code, _, err = run("rekey", log, "--new-key-env", "X", key=OTHER_KEY)
     assert code == 1
+
+
+def test_rekey_to_the_same_key_is_refused_and_changes_nothing(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = write_log(tmp_path / "chat.log", KEY)
+    before = Path(log).read_bytes()
+    monkeypatch.setenv("NEW_KEY", KEY)
+    code, out, err = run("rekey", log, "--new-key-env", "NEW_KEY", key=KEY)
+    assert (code, out) == (2, "") and "already encrypted with" in err and KEY not in err
+    assert "only the new key" not in out + err and Path(log).read_bytes() == before
+
+
+def test_copy_failures_are_said_without_class_names(run: Run, tmp_path: Path) -> None:
+    with ConversationStore(tmp_path / "st", encryption_key=KEY).open("a") as codec:
+        codec.append(CHAT[0])
+    code, _, err = run("copy", str(tmp_path / "st"), str(tmp_path / "dst"), "zz", key=KEY)
+    assert code == 1 and err.startswith("error: zz: ") and "Error" not in err, err
+    with ConversationStore(tmp_path / "other", encryption_key=OTHER_KEY).open("a") as codec:
+        codec.append(CHAT[1])
+    code, _, err = run("copy", str(tmp_path / "other"), str(tmp_path / "dst"), key=KEY)
+    assert code == 1 and "error: a: wrong key" in err and "Error" not in err, err
 
 
 def test_password_env_opens_password_logs_and_passwd_changes_it(
@@ -1072,7 +1119,7 @@ def test_key_files_readable_by_others_are_refused_as_the_library_does(
 ) -> None:
     log = write_log(tmp_path / "chat.log", KEY)
     key_file = tmp_path / "chat.key"
-    key_file.write_text(KEY + "\n")
+    key_file.write_text((KEY if option == "--key-file" else OTHER_KEY) + "\n")  # rekey: a new key
     key_file.chmod(mode)
     if option == "--key-file":
         argv = ["tail", log, "--key-file", str(key_file)]
@@ -1336,6 +1383,43 @@ def test_entry_point_dash_means_stdin_and_stdout(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("chat.log")) == [
         "more.jsonl"
     ]  # no file named "-"
+
+
+def test_entry_point_exports_a_message_with_its_own_timestamp_key(tmp_path: Path) -> None:
+    """What append takes, export writes and import reads back, with or without record
+    times; a refused export writes nothing to stdout, and its error names CLI flags."""
+    env = subprocess_env(CONVERSATION_KEY=KEY)
+    own = [
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": "hi", "timestamp": "2025-01-01T00:00:00Z"},
+    ]
+    lines = "".join(json.dumps(m) + "\n" for m in own)
+    assert entry("append", "chat.log", "-", stdin=lines, env=env, cwd=tmp_path).returncode == 0
+    for flags in ([], ["--no-timestamps"]):
+        done = entry("export", "chat.log", "--out", "-", *flags, env=env, cwd=tmp_path)
+        assert done.returncode == 0 and "exported 2 messages" in done.stderr, done.stderr
+        name = f"copy{len(flags)}.log"
+        back = entry("import", name, "-", stdin=done.stdout, env=env, cwd=tmp_path)
+        assert back.returncode == 0, back.stderr
+        with ConversationCodec(tmp_path / name, encryption_key=KEY) as copy:
+            assert copy.load() == own
+    shaped = json.dumps({"type": "human", "data": {"content": "hi"}}) + "\n"
+    assert entry("append", "lc.log", "-", stdin=shaped, env=env, cwd=tmp_path).returncode == 0
+    for fmt in ("jsonl", "json"):
+        done = entry(
+            "export",
+            "lc.log",
+            "--out",
+            "-",
+            "--no-timestamps",
+            "--format",
+            fmt,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert (done.returncode, done.stdout) == (1, ""), done.stderr
+        assert "--no-timestamps" in done.stderr and "with_timestamps" not in done.stderr
+        assert not PYTHONISM.search(done.stderr), done.stderr
 
 
 def test_entry_point_export_never_overwrites_without_force(tmp_path: Path) -> None:

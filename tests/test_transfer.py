@@ -167,12 +167,16 @@ def test_failed_export_leaves_the_old_file_and_no_temp(
     make: Callable[..., ConversationCodec], tmp_path: Path
 ) -> None:
     codec = make()
-    _seed(codec, 5)
-    codec.append({"role": "user", "content": "x", "timestamp": 5})
+    _seed(codec, 6)
     dst = tmp_path / "out.jsonl"
     dst.write_bytes(b"previous export\n")
-    with pytest.raises(ValueError, match='message 5 has its own "timestamp" key'):
-        export_history(codec, dst)
+
+    def fail_at_5(done: int, total: int) -> None:
+        if done == 5:
+            raise ValueError("stopped after message 5")
+
+    with pytest.raises(ValueError, match="stopped after message 5"):
+        export_history(codec, dst, progress=fail_at_5)
     assert dst.read_bytes() == b"previous export\n"
     _only_file(tmp_path, "out.jsonl", "chat.log", "chat.log.idx", "chat.log.lock")
 
@@ -189,16 +193,43 @@ def test_a_messages_own_epoch_timestamp_exports_without_record_times(
     assert target.load() == batch
 
 
-@pytest.mark.parametrize("value", ["2024-05-01T12:00:00Z", "2024-05-01"])
-def test_a_messages_own_iso_timestamp_is_refused_either_way(
-    make: Callable[..., ConversationCodec], tmp_path: Path, value: str
+@pytest.mark.parametrize("with_timestamps", [True, False], ids=["timed", "untimed"])
+@pytest.mark.parametrize("format", ["jsonl", "json"])
+def test_a_messages_own_timestamp_keys_export_and_read_back(
+    make: Callable[..., ConversationCodec], tmp_path: Path, with_timestamps: bool, format: str
 ) -> None:
+    """A message's own "timestamp" (ISO-8601, a date, a number) and keys named like the
+    export's escaped form round-trip, key order included; the export's "timestamp" is the
+    record time alone."""
     codec = make()
-    codec.append({"role": "user", "content": "x", "timestamp": value})
-    for with_timestamps in (True, False):
-        with pytest.raises(ValueError, match="timestamp"):
-            export_history(codec, tmp_path / "out", with_timestamps=with_timestamps)
-    assert not (tmp_path / "out").exists()
+    batch = [
+        {"role": "user", "content": "a", "timestamp": "2024-05-01T12:00:00Z"},
+        {"timestamp": "2024-05-01", "role": "user", "content": "b"},
+        {"role": "user", "content": "c", "timestamp": 5},
+        {"role": "user", "conversation_codec:timestamp": "2024-05-01", "content": "d"},
+        {
+            "conversation_codec:conversation_codec:timestamp": 1,
+            "conversation_codec:timestamp": "x",
+            "timestamp": "2023-01-01T00:00:00Z",
+            "content": "e",
+        },
+        {"role": "user", "content": "f"},
+    ]
+    stamps = [_at(T0 + 1_000_000 * i) for i in range(len(batch))]
+    codec.extend(batch, timestamps=stamps)
+    out = tmp_path / f"out.{format}"
+    assert export_history(codec, out, format=format, with_timestamps=with_timestamps) == 6
+    if with_timestamps and format == "jsonl":
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [line["timestamp"][:4] for line in lines] == ["2025"] * 6  # T0's year
+        assert lines[0]["conversation_codec:timestamp"] == "2024-05-01T12:00:00Z"
+    target = make("copy.log")
+    import_history(target, out)
+    loaded = target.load() or []
+    assert loaded == batch
+    assert [list(m) for m in loaded] == [list(m) for m in batch]  # key order kept
+    if with_timestamps:
+        assert _times(target) == _times(codec)
 
 
 def test_a_non_iso_string_timestamp_is_kept_in_the_message(

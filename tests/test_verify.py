@@ -224,6 +224,45 @@ def test_removed_dictionary_record_is_damage_not_a_torn_tail(tmp_path: Path) -> 
     assert damage[0].offset == d0
 
 
+def _damage_record(path: Path, span: tuple[int, int]) -> None:
+    data = bytearray(path.read_bytes())
+    data[span[0] + 5 : span[0] + 9] = b"\x00\xff\x00\xff"
+    path.write_bytes(bytes(data))
+
+
+def test_salvage_reports_a_lost_last_record(tmp_path: Path, key: str | None) -> None:
+    """The index counts the records past the last one recovered: a damaged last record of
+    five is seq 4 lost, not "nothing lost"; a one-record log with nothing recovered is seq
+    0 lost."""
+    path = write_log(tmp_path, 5, key)
+    _damage_record(path, spans_of(path, key)[-1])
+    report = salvage(path, tmp_path / "rescued.log", encryption_key=key)
+    assert (report.recovered, report.lost_seqs, report.more_lost) == (4, (4,), False)
+    one = write_log(tmp_path / "one", 1, key) if (tmp_path / "one").mkdir() is None else None
+    assert one is not None
+    _damage_record(one, spans_of(one, key)[0])
+    report = salvage(one, tmp_path / "one" / "rescued.log", encryption_key=key)
+    assert (report.recovered, report.lost_seqs, report.more_lost) == (0, (0,), False)
+
+
+def test_salvage_says_when_it_cannot_count_the_lost(tmp_path: Path, key: str | None) -> None:
+    """Damage at the end and no index to count what it held: salvage claims no number."""
+    path = write_log(tmp_path, 5, key)
+    spans = spans_of(path, key)
+    _damage_record(path, spans[-1])
+    _damage_record(path, spans[-2])
+    Path(f"{path}.idx").unlink()
+    report = salvage(path, tmp_path / "rescued.log", encryption_key=key)
+    assert (report.recovered, report.lost_seqs, report.more_lost) == (3, (), True)
+    # The gaps below the last record recovered are still counted exactly.
+    path = write_log(tmp_path / "mid", 5, key) if (tmp_path / "mid").mkdir() is None else None
+    assert path is not None
+    _damage_record(path, spans_of(path, key)[2])
+    Path(f"{path}.idx").unlink()
+    report = salvage(path, tmp_path / "mid" / "rescued.log", encryption_key=key)
+    assert (report.recovered, report.lost_seqs, report.more_lost) == (4, (2,), False)
+
+
 def test_an_authentic_but_unreadable_message_is_damage(tmp_path: Path) -> None:
     """A plain record line whose message nests past the limit (FORMAT.md §5.2) is in place
     but unreadable: verify() reports it once as damage, salvage() copies the others and

@@ -54,6 +54,8 @@ _PYTHON_WORDS = (
     (re.compile(r"\blegacy_key="), "--legacy-key-env/--legacy-key-file"),
     (re.compile(r"\bencryption_key="), "--key-env/--key-file"),
     (re.compile(r"\bcontext="), "--context"),
+    (re.compile(r"\bwith_timestamps=True"), "without --no-timestamps"),
+    (re.compile(r"\bwith_timestamps=False"), "--no-timestamps"),
 )
 _PASSWORD_WORD = re.compile(r"\bpassword=")
 

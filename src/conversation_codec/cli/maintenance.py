@@ -165,7 +165,12 @@ def _salvage(args: Args) -> int:
     print(f"recovered {report.recovered} messages into {report.destination}")
     lost = ", ".join(str(seq) for seq in report.lost_seqs[:50])
     more = f" and {len(report.lost_seqs) - 50} more" if len(report.lost_seqs) > 50 else ""
-    print(f"lost seqs: {lost}{more}" if lost else "lost seqs: none")
+    if report.more_lost:  # damage past the last seq known, and no index counts its records
+        after = report.recovered + len(report.lost_seqs) - 1  # the last seq known to exist
+        unknown = "an unknown number of records" + (f" after seq {after}" if after >= 0 else "")
+        print(f"lost seqs: {lost}{more}, and {unknown}" if lost else f"lost: {unknown}")
+    else:
+        print(f"lost seqs: {lost}{more}" if lost else "lost seqs: none")
     print(f"{report.source} was only read; check {report.destination}, then replace the log")
     return EXIT_OK
 
@@ -228,6 +233,11 @@ def _rekey(args: Args) -> int:
         new_key = read_key_file(args.new_key_file)
     else:
         new_key = secret_env(args.new_key_env, "new key").strip()
+    if new_key == log_key(args):  # re-encrypting under the same key changes nothing
+        raise UsageError(
+            "the new key is the key the log is already encrypted with (--key-env/--key-file); "
+            "name another key with --new-key-env or --new-key-file"
+        )
     with open_log(args) as codec:
         report = codec.rotate_key(new_key)
     _show_rewrite(args, "re-encrypted", report)

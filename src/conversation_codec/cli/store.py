@@ -89,12 +89,22 @@ def _copy(args: Args) -> int:
         emit(fields(report))
     else:
         for conversation_id, error in report.failed.items():
-            print(f"error: {conversation_id}: {speak_cli(str(error))}", file=sys.stderr)
+            print(f"error: {conversation_id}: {speak_cli(_copy_error(error))}", file=sys.stderr)
         print(
             f"copied {len(report.copied)} conversations ({report.messages} messages), "
             f"{len(report.unchanged)} already identical, {len(report.failed)} failed"
         )
     return EXIT_ERROR if report.failed else EXIT_OK
+
+
+def _copy_error(text: str) -> str:
+    """A ``CopyReport.failed`` entry ("ConflictError: ...") said without the class name."""
+    name, sep, message = text.partition(": ")
+    if not (sep and name.isidentifier() and name.endswith("Error")):
+        return text
+    if name == "DecryptionError" and not message:  # opaque by design (errors.py)
+        return "cannot decrypt it: wrong key or password, or the log was modified"
+    return message or text
 
 
 @command(

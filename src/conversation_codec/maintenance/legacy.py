@@ -17,7 +17,10 @@ is removed from the message and becomes the record timestamp, so migrated messag
 like the rest; a missing or unparseable one stays as it was and the record timestamp is
 ``None``. Messages are then sorted stably by timestamp; an untimed message travels with
 the timed message before it. Epoch numbers are not taken as timestamps: their unit
-(s, ms, us) would be a guess.
+(s, ms, us) would be a guess. An export (``transfer.py``) writes a message's own
+``"timestamp"`` key as ``"conversation_codec:timestamp"`` (and that one with one more
+prefix, and so on): when no ``"timestamp"`` is left in a message, each such key loses one
+prefix again (:func:`unescape_time_keys`).
 
 A UTF-8 byte-order mark is skipped; input over :data:`MAX_LEGACY_BYTES` is refused.
 
@@ -54,8 +57,10 @@ __all__ = [
     "LegacyFormat",
     "LegacyHistory",
     "detect_format",
+    "escape_time_keys",
     "parse_legacy",
     "read_legacy",
+    "unescape_time_keys",
 ]
 
 MAX_LEGACY_BYTES = 1024**3  # bytes; a larger history must be split before migrating
@@ -363,13 +368,41 @@ def _parse_iso(value: str) -> int | None:
     return (when - EPOCH) // ONE_US
 
 
+_TIME_KEY_PREFIX = "conversation_codec:"
+
+
+def _time_key(key: str) -> bool:
+    """Whether ``key`` is ``"timestamp"`` behind zero or more ``_TIME_KEY_PREFIX``."""
+    while key.startswith(_TIME_KEY_PREFIX):
+        key = key[len(_TIME_KEY_PREFIX) :]
+    return key == "timestamp"
+
+
+def escape_time_keys(message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` with its own ``"timestamp"`` key (and every escaped one) one prefix
+    deeper, keys in their order: an export's ``"timestamp"`` is then the record time alone."""
+    if not any(_time_key(k) for k in message):
+        return message
+    return {(_TIME_KEY_PREFIX + k if _time_key(k) else k): v for k, v in message.items()}
+
+
+def unescape_time_keys(message: dict[str, Any]) -> dict[str, Any]:
+    """Undo :func:`escape_time_keys` once the record time was taken out of ``message``
+    (a message that still has a ``"timestamp"`` was not escaped: it is left alone)."""
+    if "timestamp" in message or not any(_time_key(k) for k in message):
+        return message
+    cut = len(_TIME_KEY_PREFIX)
+    return {(k[cut:] if _time_key(k) else k): v for k, v in message.items()}
+
+
 def _timed(fmt: LegacyFormat, messages: list[dict[str, Any]]) -> LegacyHistory:
     stamps: list[int | None] = []
-    for message in messages:
+    for i, message in enumerate(messages):
         value = message.get("timestamp")
         ts = _parse_iso(value) if isinstance(value, str) else None
         if ts is not None:
             del message["timestamp"]
+        messages[i] = unescape_time_keys(message)
         stamps.append(ts)
     # Sort key: the latest timestamp at or before each message, so an untimed
     # message keeps its place after the timed one it followed.

@@ -13,13 +13,16 @@ Rejected alternative: a wrapper per line (``{"ts": ..., "message": {...}}``) wou
 messages apart from their times, but no reader of legacy files understands it, and the
 point of an export is that other tools (and ours) can read it.
 
-The one ambiguity is a message that carries its own ``"timestamp"`` key: with
-``with_timestamps=True`` it collides with the record time, and without it an ISO-8601 string
-there would be taken as the record time on import. Either way the export would not read
-back as it was, so :func:`export_history` refuses it (``ValueError``) instead of writing a
-lossy file; rename such keys before exporting (``redact_fn`` can do it on write).
-Likewise a first message that would make the file look like a LangChain file or a codec
-log header.
+A message may carry its own ``"timestamp"`` key (``append`` takes any JSON object): with
+timestamps it would collide with the record time, and without them an ISO-8601 string there
+would be taken as the record time on import. So the export writes that key, in its place, as
+``"conversation_codec:timestamp"`` (a key already named so gets one more such prefix, and so
+on), and ``read_legacy`` turns it back once it has taken the record time out: the export
+reads back exactly, and other tools see ``"timestamp"`` as the record time only.
+Rejected alternative: refusing such messages (as before), which made a log that ``append``
+accepted impossible to export. A first message that would make the file look like a
+LangChain file or a codec log header is still refused (``ValueError``) before anything is
+written.
 
 What this module needs of a codec is the ``History`` protocol: public methods only
 (``path``, ``transaction()``, ``search()``, ``extend()``, ``replace()``, ``storage``,
@@ -60,7 +63,7 @@ from ..options import CodecOptions
 from ..paths import backup_path, blobs_path, is_leftover, is_log_file
 from ..storage.base import LogStorage
 from .import_source import check_times, read_source, refuse_rejects, unstorable
-from .legacy import LegacyFormat, parse_legacy
+from .legacy import LegacyFormat, escape_time_keys
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -220,17 +223,7 @@ def export_history(
 def _export_line(
     seq: int, message: Message, when: datetime, with_timestamps: bool, first: bool
 ) -> bytes:
-    if "timestamp" in message:
-        if with_timestamps:
-            raise ValueError(
-                f'message {seq} has its own "timestamp" key, which collides with the exported '
-                "record time; rename that key, or export with with_timestamps=False"
-            )
-        if _taken_as_time(message["timestamp"]):
-            raise ValueError(
-                f'message {seq} has a "timestamp" key holding an ISO-8601 time, which an '
-                "import would take as the record time; rename that key first"
-            )
+    message = escape_time_keys(message)  # see the module docstring
     if first and "conversation_codec" in message:
         raise ValueError(
             f'message {seq} has a "conversation_codec" key, so the export would read back '
@@ -239,24 +232,18 @@ def _export_line(
     if first and not with_timestamps and message.keys() == {"type", "data"}:
         raise ValueError(
             f"message {seq} has exactly the keys type and data, so the export would read "
-            "back as a LangChain file; export with with_timestamps=True"
+            "back as a LangChain file; export it with timestamps (with_timestamps=True)"
         )
     if with_timestamps:
         message = {**message, "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
     return _encode(message)
 
 
-def _taken_as_time(value: Any) -> bool:
-    """Whether ``read_legacy`` would take this ``"timestamp"`` value as a record time."""
-    if not isinstance(value, str):
-        return False  # epoch numbers stay in the message (legacy.py: the unit is a guess)
-    return parse_legacy(_encode([{"timestamp": value}])).timestamps[0] is not None
-
-
 def _json_array(lines: Iterator[bytes]) -> Iterator[bytes]:
-    yield b"["
-    for i, line in enumerate(lines):
-        yield (b",\n" if i else b"\n") + line
+    first = next(lines, None)  # its checks run before "[" is written (to a stream too)
+    yield b"[" if first is None else b"[\n" + first
+    for line in lines:
+        yield b",\n" + line
     yield b"\n]\n"
 
 

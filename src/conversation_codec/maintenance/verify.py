@@ -22,7 +22,14 @@ from ..codec import ConversationCodec
 from ..crypto import KeyInput
 from ..errors import DecryptionError, MissingBlobError, StorageError
 from ..paths import blobs_path
-from ..storage.file.check import Problem, Region, scan_records, verify_log
+from ..storage.file.check import (
+    Problem,
+    Region,
+    indexed_ends,
+    scan_records,
+    verify_index_alone,
+    verify_log,
+)
 from ..storage.file.log import FileLog
 
 __all__ = ["SalvageReport", "salvage"]
@@ -30,13 +37,21 @@ __all__ = ["SalvageReport", "salvage"]
 
 @dataclass(frozen=True, slots=True)
 class SalvageReport:
-    """What ``salvage()`` copied: intact records recovered, seqs lost, and the findings."""
+    """What ``salvage()`` copied: intact records recovered, seqs lost, and the findings.
+
+    ``lost_seqs``: every seq the log is known to have held and that was not recovered: the
+    gaps, and the records past the last one recovered that the index (or an authentic but
+    unreadable record) shows existed. ``more_lost``: damage follows the last record whose
+    seq is known, and no index counts the records it held, so an unknown number of records
+    after ``lost_seqs`` (and after the last recovered seq) may be lost too.
+    """
 
     source: Path
     destination: Path
     recovered: int
     lost_seqs: tuple[int, ...]
     problems: tuple[Problem, ...]
+    more_lost: bool = False
 
 
 def salvage(
@@ -74,10 +89,15 @@ def salvage(
         with log.transaction(write=False, tolerant=True):
             if log.fmt is None:
                 regions: list[Region] = []
-                problems: list[Problem] = []
+                # An empty log whose index still counts records: they were all lost.
+                problems: list[Problem] = verify_index_alone(log.index.path)
+                ends: list[int] | None = None
+                uncounted = bool(problems)
             else:
                 regions = list(scan_records(log))
                 problems = verify_log(log, regions)[1]
+                ends = indexed_ends(log)
+                uncounted = False
             found: dict[int, tuple[int, dict[str, Any]]] = {}
             offsets: dict[int, int] = {}
             for kind, start, _end, seq, ts, text in regions:
@@ -107,8 +127,26 @@ def salvage(
         staged.extend(messages, timestamps=stamps)
         if not staged.copy_records_to(out):  # nothing to copy (no intact record)
             out.extend(messages, timestamps=stamps)
-    lost = tuple(s for s in range(seqs[-1] + 1) if s not in found) if seqs else ()
-    return SalvageReport(Path(src), dst_path, len(seqs), lost, tuple(problems))
+    held, more_lost = _records_held(regions, ends)
+    more_lost = more_lost or uncounted
+    lost = tuple(s for s in range(held) if s not in found)
+    return SalvageReport(Path(src), dst_path, len(seqs), lost, tuple(problems), more_lost)
+
+
+def _records_held(regions: list[Region], ends: list[int] | None) -> tuple[int, bool]:
+    """How many records the log is known to have held (seqs ``0..n-1``), and whether damage
+    past the last seq known may have held more (``ends``: the index's record ends)."""
+    held = len(ends or ())
+    tail = 0  # where the regions after the last one with a seq end: damage, if past it
+    last = 0
+    for kind, _start, end, seq, _ts, _text in regions:
+        if seq >= 0 and kind != "dictionary":
+            held, last = max(held, seq + 1), end
+        tail = end
+    # Damage after the last seq known held records no scan can count; the index counts
+    # them when it covers the damage (its last record ends there or later).
+    covered = bool(ends) and ends[-1] >= tail  # type: ignore[index]
+    return held, tail > last and not covered
 
 
 def _carry_blobs(

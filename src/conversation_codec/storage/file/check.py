@@ -46,7 +46,14 @@ from ...records import (
 from .log import FileLog
 from .reader import Reader, frame_at, next_candidate, next_plain_candidate, plausible
 
-__all__ = ["Problem", "VerifyReport", "check_file_log", "scan_records", "verify_log"]
+__all__ = [
+    "Problem",
+    "VerifyReport",
+    "check_file_log",
+    "indexed_ends",
+    "scan_records",
+    "verify_log",
+]
 
 DAMAGE_KINDS = frozenset(
     {"torn-tail", "damaged", "unauthenticated", "missing-records", "reordered-records",
@@ -302,6 +309,25 @@ def verify_index_alone(index_path: str) -> list[Problem]:
             f"index knows {count} record(s) but the log is empty or missing: the log was "
             "truncated or deleted without its index",
         )
+    ]
+
+
+def indexed_ends(log: FileLog) -> list[int] | None:
+    """The record ends (FORMAT.md §4) the index file of ``log`` holds as it is on disk, one
+    per record it knew (``salvage()`` counts the records the log held with it); None when
+    there is no index of this log."""
+    assert log.fmt is not None
+    try:
+        raw = Path(log.index.path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    decoded = decode_index_header(raw)
+    if decoded is None or decoded[0] != log.fmt.log_id:
+        return None
+    count = (len(raw) - INDEX_HEADER_BYTES) // INDEX_ENTRY.size
+    return [
+        INDEX_ENTRY.unpack_from(raw, INDEX_HEADER_BYTES + k * INDEX_ENTRY.size)[0] & END_MASK
+        for k in range(count)
     ]
 
 
