@@ -43,6 +43,7 @@ from ._common import (
     secret_env,
     speak_cli,
     table,
+    unlisted_logs,
 )
 
 if TYPE_CHECKING:
@@ -97,9 +98,10 @@ def _verify(args: Args) -> int:
 
 
 def _verify_store(args: Args, unreadable: list[tuple[Exception, str]]) -> list[VerifyReport]:
-    """Verify every conversation of a store root (packed ones included, FORMAT.md §18);
-    each unreadable pack, and each conversation that does not open (another key, a packed
-    entry failing its CRC), goes to ``unreadable`` with where it is; the rest is verified."""
+    """Verify every conversation of a store root (packed ones included, FORMAT.md §18),
+    then every other ``*.log`` in it as a log of its own (``unlisted_logs``); each
+    unreadable pack, and each log that does not open (another key, a packed entry failing
+    its CRC), goes to ``unreadable`` with where it is; the rest is verified."""
     from ..store import ConversationStore
 
     store = ConversationStore(args.path, encryption_key=log_key(args), password=log_password(args))
@@ -110,6 +112,12 @@ def _verify_store(args: Args, unreadable: list[tuple[Exception, str]]) -> list[V
                 reports.append(codec.verify())
         except ConversationCodecError as exc:
             unreadable.append((exc, str(store.path(conversation_id))))
+    for path in unlisted_logs(args.path):  # no store id in its name: a log by itself
+        try:
+            with open_log(Args(**{**vars(args), "path": path}), read_only=True) as codec:
+                reports.append(codec.verify())
+        except (ConversationCodecError, OSError, ValueError, InputError) as exc:
+            unreadable.append((exc, path))
     return reports
 
 
