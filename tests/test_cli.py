@@ -1668,14 +1668,18 @@ def test_entry_point_tail_follow_resumes_after_another_process_rewrites_the_log(
                 codec.prune(OCT1 + 2 * DAY)  # the last printed moves from #4 to #2
                 codec.append(user("after-prune"))
                 assert json.loads(next_line(30)) == user("after-prune")
-                codec.replace([user("other history")])
+                assert "history before #4 changed (now #2)" in errors(30)
+                codec.replace([user("other history")])  # stamped now: after what was printed
+                assert json.loads(next_line(30)) == user("other history")
                 assert "rewritten" in errors(30)
                 codec.append(user("after-replace"))
                 assert json.loads(next_line(30)) == user("after-replace")
                 codec.clear()
                 codec.append(user("after-clear"))
                 assert json.loads(next_line(30)) == user("after-clear")
+                assert "#1, printed last, is no longer in the log" in errors(30)
             assert next_line(1.5) == ""  # nothing printed twice
+            assert errors(0.1) == ""  # one warning a rewrite
         finally:
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=30) == 0
