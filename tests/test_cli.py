@@ -1678,7 +1678,7 @@ def test_entry_point_tail_follow_resumes_after_another_process_rewrites_the_log(
                 codec.append(user("after-clear"))
                 assert json.loads(next_line(30)) == user("after-clear")
                 assert "#1, printed last, is no longer in the log" in errors(30)
-            assert next_line(1.5) == ""  # nothing printed twice
+            assert next_line(1.2) == ""  # nothing printed twice
             assert errors(0.1) == ""  # one warning a rewrite
         finally:
             proc.send_signal(signal.SIGINT)

@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 @command(
     "verify",
     "check every record of one or more logs (a store root, directory or postgresql:// URL: "
-    "each of its conversations, packed ones too); exit 3 when any is damaged",
+    "each of its conversations, packed ones too, and every other *.log in it); "
+    "exit 3 when any is damaged",
     "conversation-codec verify chats/*.log",
 )
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
