@@ -607,6 +607,31 @@ def test_verify_of_a_store_root_goes_on_past_a_conversation_it_cannot_open(
     assert out.count(": ok,") == 2
 
 
+def test_a_directory_names_its_logs_that_are_no_store_ids(run: Run, tmp_path: Path) -> None:
+    """A ``*.log`` in a directory whose name encodes no conversation id is no conversation
+    of the store: ``verify DIR`` verifies it as a log all the same (a damaged one: exit 3),
+    and ``ls``/``search`` name it on stderr and exit 1, never skipping it silently."""
+    root = tmp_path / "vd"
+    with ConversationStore(root, encryption_key=KEY).open("good") as codec:
+        codec.append({"role": "user", "content": "hello"})
+    bad = damaged_log(root / "my chat.log", KEY)
+    intact = write_log(root / "Notes.log", KEY)  # uppercase: no id's encoding either
+    code, out, err = run("verify", str(bad), key=KEY)
+    assert code == 3
+    code, out, err = run("verify", str(root), key=KEY)
+    assert code == 3 and err == "", err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{root / 'good.log'}: ok")
+    assert f"{bad}: DAMAGED" in out and f"{intact}: ok, 4 intact records" in out
+    code, out, _ = run("verify", str(root), "--json", key=KEY)
+    assert code == 3 and {r["path"]: r["ok"] for r in objects(out)}[str(bad)] is False
+    code, out, err = run("ls", str(root), key=KEY)
+    assert code == 1 and out.splitlines()[1].split()[:2] == ["good", "1"]
+    assert f"{bad}" in err and f"{intact}" in err and "not a conversation" in err
+    code, out, err = run("search", str(root), "hello", key=KEY)
+    assert code == 1 and "good #0" in out and f"{bad}" in err and f"{intact}" in err
+
+
 @pytest.mark.parametrize("mode", ["encrypted", "plaintext"])
 def test_salvage_copies_intact_records_and_never_touches_src(
     run: Run, tmp_path: Path, mode: str
@@ -1678,6 +1703,70 @@ def test_entry_point_tail_follow_sees_other_writers_and_stops_on_ctrl_c(tmp_path
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0  # Ctrl-C ends a follow: not an error
         assert proc.stderr.read() == ""
+
+
+def _line_reader(stream: Any) -> Callable[[float], str]:
+    """Read lines of ``stream`` in a thread: ``next_line(timeout)`` ("" when none came)."""
+    import queue
+    import threading
+
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+
+    def next_line(timeout: float) -> str:
+        try:
+            return lines.get(timeout=timeout)
+        except queue.Empty:
+            return ""
+
+    return next_line
+
+
+def test_entry_point_tail_follow_resumes_after_another_process_rewrites_the_log(
+    tmp_path: Path,
+) -> None:
+    """A pop then an append leave the count as it was; a clear, a prune or a replace move
+    or drop what was printed: the follow prints each message new after the change, once,
+    and says on stderr that the history was rewritten (from review)."""
+    log = write_log(tmp_path / "chat.log", KEY)
+    env = subprocess_env(CONVERSATION_KEY=KEY)
+    user = lambda text: {"role": "user", "content": text}  # noqa: E731
+    with subprocess.Popen(
+        [ENTRY, "tail", log, "-n", "1", "-f"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        next_line, errors = _line_reader(proc.stdout), _line_reader(proc.stderr)
+        try:
+            assert json.loads(next_line(30)) == CHAT[-1]
+            with ConversationCodec(log, encryption_key=KEY) as codec:  # another writer
+                codec.append(user("n1"))
+                assert json.loads(next_line(30)) == user("n1")
+                codec.pop()
+                codec.append(user("after-pop"))  # count as before: no append to wake on
+                assert json.loads(next_line(30)) == user("after-pop")
+                assert "rewritten" in errors(30)
+                codec.prune(OCT1 + 2 * DAY)  # the last printed moves from #4 to #2
+                codec.append(user("after-prune"))
+                assert json.loads(next_line(30)) == user("after-prune")
+                assert "history before #4 changed (now #2)" in errors(30)
+                codec.replace([user("other history")])  # stamped now: after what was printed
+                assert json.loads(next_line(30)) == user("other history")
+                assert "rewritten" in errors(30)
+                codec.append(user("after-replace"))
+                assert json.loads(next_line(30)) == user("after-replace")
+                codec.clear()
+                codec.append(user("after-clear"))
+                assert json.loads(next_line(30)) == user("after-clear")
+                assert "#1, printed last, is no longer in the log" in errors(30)
+            assert next_line(1.2) == ""  # nothing printed twice
+            assert errors(0.1) == ""  # one warning a rewrite
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
 
 
 # -- stores without keys, plaintext logs under a key variable (issue 17) ---------------------

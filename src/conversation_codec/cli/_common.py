@@ -244,6 +244,41 @@ def open_log(args: Args, *, must_exist: bool = True, read_only: bool = False) ->
     return ConversationCodec(args.path, encryption_key=None, **options)
 
 
+def unlisted_logs(root: str) -> list[str]:
+    """The ``*.log`` files in the directory ``root`` that are no conversation of a store
+    there (their names decode to no id, ``store.decode_id``), sorted: a store's listing
+    leaves them out, so a command over the root names or opens them by path itself."""
+    from ..storage import is_url
+    from ..store import decode_id
+
+    if is_url(root):
+        return []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []  # the store's own listing reports the root
+    return sorted(
+        os.path.join(root, e.name)
+        for e in entries
+        if e.name.endswith(".log") and decode_id(e.name[:-4]) is None and e.is_file()
+    )
+
+
+def report_unlisted(root: str, verb: str) -> bool:
+    """Name each of ``unlisted_logs(root)`` on stderr as not ``verb`` (ls, search);
+    return whether there was one (the command then exits 1)."""
+    paths = unlisted_logs(root)
+    for path in paths:
+        # "~" is in no id's encoding: the hashed name of a long id (storage.file.store).
+        why = (
+            "a conversation whose id is too long to recover from its file name"
+            if "~" in os.path.basename(path)
+            else "not a conversation of this store (its name encodes no id); give its path"
+        )
+        print(f"error: {printable(path)}: {why}: not {verb}", file=sys.stderr)
+    return bool(paths)
+
+
 # -- output ----------------------------------------------------------------------------------
 
 

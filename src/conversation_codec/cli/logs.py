@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from ..codec import ConversationCodec, Message
+    from ..search import Hit
 
 
 def _stdin() -> TextIO:
@@ -120,26 +121,91 @@ def _cat(args: Args) -> int:
 def _tail(args: Args) -> int:
     readable = sys.stdout.isatty() and not args.json
     with open_log(args, read_only=True) as codec:
-        hits = list(codec.search(newest_first=True, limit=args.n)) if args.n else []
-        for hit in reversed(hits):
+        # A follow starts after the newest message, shown or not (-n 0): its anchor.
+        newest = max(args.n, 1) if args.follow else args.n
+        hits = list(codec.search(newest_first=True, limit=newest)) if newest else []
+        for hit in reversed(hits[: args.n]):
             _show(hit.seq, hit.timestamp, hit.message, readable)
         if args.follow:
             try:
-                _follow(codec, codec.message_count() - 1, readable)
+                _Follow(codec, hits[0] if hits else None, readable).run()
             except KeyboardInterrupt:  # how a follow ends: not an error
                 return EXIT_OK
     return EXIT_OK
 
 
-def _follow(codec: ConversationCodec, after: int, readable: bool) -> None:
-    """Print each message appended after seq ``after``, for ever (the caller stops it)."""
-    while True:
-        sys.stdout.flush()
-        # wait() polls the index, backing off to 100 ms: no busy loop, any writer process.
-        codec.wait(after, timeout=None)
-        for seq in range(after + 1, codec.message_count()):
-            _show(seq, codec.timestamp(seq), codec.get(seq), readable)
-            after = seq
+_RECHECK = 1.0  # seconds: how often a follow rereads what it printed last (see _Follow)
+
+
+class _Follow:
+    """Print each message written after ``last`` (the newest message when the follow
+    began; None: the log was empty), for ever (the caller stops it).
+
+    ``wait()`` wakes on a count above the last seq, but another process's pop then append
+    leaves the count as it was, and a prune, clear or replace moves or drops what was
+    printed. So at each wake, and every ``_RECHECK`` seconds, the messages from ``last``'s
+    time on are read again (one record to decrypt when nothing changed) and ``last`` looked
+    for: at its seq, what follows it is new; at another seq, the history before it changed
+    (said on stderr); gone, then the messages written after it (a later time) are the new
+    ones, and stderr says the history was rewritten (what replaced the older ones is not
+    printed). Timestamps never decrease in a log (FORMAT.md §8.2).
+    """
+
+    def __init__(self, codec: ConversationCodec, last: Hit | None, readable: bool) -> None:
+        self.codec, self.last, self.readable = codec, last, readable
+        self.gone = False  # ``last`` is no longer in the log: only its time counts
+
+    def run(self) -> None:
+        from ..errors import LogReplacedError
+
+        while True:
+            sys.stdout.flush()
+            # wait() polls the index, backing off to 100 ms: no busy loop, any writer process.
+            self.codec.wait(self._after(), timeout=_RECHECK)
+            try:
+                self._catch_up()
+            except LogReplacedError:  # rewritten while read: read again (last is kept)
+                continue
+
+    def _after(self) -> int:
+        if self.last is None:
+            return -1
+        return self.codec.message_count() - 1 if self.gone else self.last.seq
+
+    def _catch_up(self) -> None:
+        last, gone = self.last, self.gone
+        found = last is None or gone
+        for hit in self.codec.search(since=None if last is None else last.timestamp):
+            if not found and last is not None:
+                if hit.timestamp == last.timestamp:
+                    if hit.message == last.message:
+                        found = True  # what was printed last: what follows it is new
+                        if hit.seq != last.seq:
+                            _warn(f"the history before #{last.seq} changed (now #{hit.seq})")
+                        self.last = hit
+                    continue  # printed before it, at the same time
+                found = True
+                self._lost(last)
+            elif gone and last is not None and hit.timestamp == last.timestamp:
+                continue  # as old as the message lost: printed, or cannot tell
+            _show(hit.seq, hit.timestamp, hit.message, self.readable)
+            self.last, self.gone = hit, False
+        if not found:
+            self._lost(last)
+            self.gone = True
+
+    @staticmethod
+    def _lost(last: Hit | None) -> None:
+        if last is not None:
+            _warn(
+                f"#{last.seq}, printed last, is no longer in the log: its history was "
+                "rewritten; following with the messages written after it"
+            )
+
+
+def _warn(text: str) -> None:
+    sys.stdout.flush()  # after what was printed before it
+    print(f"warning: another process rewrote the log: {text}", file=sys.stderr, flush=True)
 
 
 @command(

@@ -44,6 +44,7 @@ from ._common import (
     secret_env,
     speak_cli,
     table,
+    unlisted_logs,
 )
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ if TYPE_CHECKING:
 @command(
     "verify",
     "check every record of one or more logs (a store root, directory or postgresql:// URL: "
-    "each of its conversations, packed ones too); exit 3 when any is damaged",
+    "each of its conversations, packed ones too, and every other *.log in it); "
+    "exit 3 when any is damaged",
     "conversation-codec verify chats/*.log",
 )
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
@@ -98,9 +100,10 @@ def _verify(args: Args) -> int:
 
 
 def _verify_store(args: Args, unreadable: list[tuple[Exception, str]]) -> list[VerifyReport]:
-    """Verify every conversation of a store root (packed ones included, FORMAT.md §18);
-    each unreadable pack, and each conversation that does not open (another key, a packed
-    entry failing its CRC), goes to ``unreadable`` with where it is; the rest is verified."""
+    """Verify every conversation of a store root (packed ones included, FORMAT.md §18),
+    then every other ``*.log`` in it as a log of its own (``unlisted_logs``); each
+    unreadable pack, and each log that does not open (another key, a packed entry failing
+    its CRC), goes to ``unreadable`` with where it is; the rest is verified."""
     from ..store import ConversationStore
 
     store = ConversationStore(args.path, encryption_key=log_key(args), password=log_password(args))
@@ -111,6 +114,12 @@ def _verify_store(args: Args, unreadable: list[tuple[Exception, str]]) -> list[V
                 reports.append(codec.verify())
         except ConversationCodecError as exc:
             unreadable.append((exc, str(store.path(conversation_id))))
+    for path in unlisted_logs(args.path):  # no store id in its name: a log by itself
+        try:
+            with open_log(Args(**{**vars(args), "path": path}), read_only=True) as codec:
+                reports.append(codec.verify())
+        except (ConversationCodecError, OSError, ValueError, InputError) as exc:
+            unreadable.append((exc, path))
     return reports
 
 

@@ -21,6 +21,7 @@ from ._common import (
     open_log,
     password_given,
     printable,
+    report_unlisted,
     short,
     speak_cli,
     ts,
@@ -94,6 +95,8 @@ def _search(args: Args) -> int:
         for conversation_id, hit in store.search(args.query, on_error=skip, **options):
             _show_hit(args, hit, conversation_id, matcher, bold)
             found += 1
+        if report_unlisted(args.path, "searched"):
+            skipped.append(args.path)
         return EXIT_ERROR if skipped else EXIT_OK if found else EXIT_NO_MATCH
     found = 0
     with open_log(args, read_only=True) as codec:

@@ -27,6 +27,7 @@ from ._common import (
     password_given,
     progress,
     read_key_file,
+    report_unlisted,
     secret_env,
     short,
     speak_cli,
@@ -128,6 +129,7 @@ def _ls(args: Args) -> int:
     failed = bool(packs) or any(c.status not in _LISTED for c in found)  # listed; exit 1
     for _pack, exc in packs:  # the error names the pack
         print(f"error: {speak_cli(str(exc))}", file=sys.stderr)
+    failed = report_unlisted(args.path, "listed") or failed
     if args.json:
         for info in found:
             emit(fields(info))
