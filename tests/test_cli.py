@@ -1680,17 +1680,21 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc for CPU time")
-def test_entry_point_tail_follow_sees_other_writers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    log = write_log(tmp_path / "chat.log", KEY)
-    env = subprocess_env(CONVERSATION_KEY=KEY)
-    with subprocess.Popen(
+def _follow(log: str) -> subprocess.Popen[str]:
+    """``conversation-codec tail LOG -n 1 -f`` as a real process, its output piped."""
+    return subprocess.Popen(
         [ENTRY, "tail", log, "-n", "1", "-f"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
-    ) as proc:
+        env=subprocess_env(CONVERSATION_KEY=KEY),
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc for CPU time")
+def test_entry_point_tail_follow_sees_other_writers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "chat.log", KEY)
+    with _follow(log) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         assert json.loads(proc.stdout.readline()) == CHAT[-1]  # the last one, then waits
         idle_from = _cpu_seconds(proc.pid)
@@ -1729,15 +1733,8 @@ def test_entry_point_tail_follow_resumes_after_another_process_rewrites_the_log(
     or drop what was printed: the follow prints each message new after the change, once,
     and says on stderr that the history was rewritten (from review)."""
     log = write_log(tmp_path / "chat.log", KEY)
-    env = subprocess_env(CONVERSATION_KEY=KEY)
     user = lambda text: {"role": "user", "content": text}  # noqa: E731
-    with subprocess.Popen(
-        [ENTRY, "tail", log, "-n", "1", "-f"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    ) as proc:
+    with _follow(log) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         next_line, errors = _line_reader(proc.stdout), _line_reader(proc.stderr)
         try:
