@@ -109,21 +109,11 @@ class CodecCore:
         binding = None if context is None else context_digest(context)
         self._secrets = LogSecrets(self._name, keyring, password, binding)
         self._max = max_messages
-        # A log whose attachments live in a blob store keeps them there whatever the option
-        # says (outside review 1, 3, 9): read back restored, moved on rotation, checked by
-        # verify(), new ones put there too ("keep" acts as "external"; "strip" still strips).
-        # One faccessat per open (~1 us; os.path.lexists raises and catches for a missing
-        # path: twice that); a password log has none (attachments="external" needs a key).
         blobs = None
-        if attachments == "external" or (
-            self._file
-            and password is None
-            and os.access(blobs_path(self._name), os.F_OK, follow_symlinks=False)
-        ):
+        if attachments == "external":
             blobs = BlobStore.for_key(blobs_path(self._name), keyring, io=io)
-            if attachments == "keep":
-                attachments = "external"
         self._encoder = MessageEncoder(redact_fn, attachments, blobs)
+        self._adopt_blobs()  # a log that has a blob store uses it, whatever the option says
         # The log's ``refreshes`` when blobs were last sought: 1, the first transaction's
         # load, which follows the look just taken (no second faccessat per reopen).
         self._blob_stamp: int | None = 1
@@ -236,8 +226,14 @@ class CodecCore:
         self._history.whole()
 
     def _adopt_blobs(self) -> None:
-        """Use a blob store another writer created since this codec opened (FORMAT.md §15),
-        before a rewrite that must move its attachments too. Writer lock held."""
+        """Use the log's blob store if it has one (FORMAT.md §15): at the open, and again
+        before a rewrite, which must move its attachments too (another writer may have
+        created it since). A log whose attachments live in a blob store keeps them there
+        whatever ``attachments=`` says (outside review 1, 3, 9): read back restored, moved
+        on rotation, checked by verify(), new ones put there too ("keep" acts as
+        "external"; "strip" still strips). One faccessat (~1 us; os.path.lexists raises and
+        catches for a missing path: twice that); a password log has none (attachments=
+        "external" needs a key)."""
         encoder = self._encoder
         if encoder.blobs is not None or not self._file or self._secrets.password is not None:
             return
