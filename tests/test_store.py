@@ -726,9 +726,10 @@ def test_a_reopen_and_tail_looks_up_each_file_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Path lookups are what a reopen pays most for in a store of thousands of files (issue
-    # 15): the log is opened by the probe and again under the lock, with no lstat before
-    # either (O_NOFOLLOW refuses links), the lock file once plus the check that its path
-    # still names it, the index once. Counted on the real system calls, through os.
+    # 15): the log is opened once, by the probe, with no lstat before (O_NOFOLLOW refuses
+    # links), and under the lock an lstat checks that its path still names that file; the
+    # lock file once plus the check that its path still names it, the index once. Counted
+    # on the real system calls, through os.
     store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
     with store.open("alice") as codec:
         codec.extend([{"role": "user", "content": f"hello {i}"} for i in range(12)])
@@ -752,9 +753,9 @@ def test_a_reopen_and_tail_looks_up_each_file_once(
     assert got == [{"role": "user", "content": f"hello {i}"} for i in range(12)]
     assert sorted(looked) == [
         ("lstat", "lock"),
+        ("lstat", "log"),
         ("open", "idx"),
         ("open", "lock"),
-        ("open", "log"),
         ("open", "log"),
     ]
 

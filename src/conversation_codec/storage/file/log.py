@@ -26,14 +26,13 @@ from .dictionary import Dictionary
 from .index import OffsetIndex
 from .kwi_store import FileSegments
 from .lock import LogLock
-from .reader import open_log_file, read_bodies, read_body, read_dictionary, read_prefix
+from .opened import Opened, Probed, Whole, held, open_attached, probe, reuse
+from .reader import read_bodies, read_body, read_stored
 from .recovery import drop_unproven_entries, recover
 from .transaction import Transaction, Transactions
 from .writer import checked_for_removal, frame_batch, remove_leftovers, replace_log
 
 __all__ = ["FileLog", "LogFormat"]
-
-_PREFIX_BYTES = 4096  # bytes handed to the attach callback to identify a log
 
 
 class FileLog:
@@ -58,6 +57,9 @@ class FileLog:
         self._fd: int | None = None
         self._log_id_stat: tuple[int, int] | None = None
         self._last_seen: tuple[int, int, int] | None = None  # before the current reload
+        self._probed: Probed | None = None  # the file probe() opened, for the first reload
+        self._whole: Whole | None = None  # a small log's bytes: see opened.held
+        self._fresh_size: int | None = None  # the size _open_log saw, for the catch-up
         self._txns = Transactions(
             self._lock,
             self.path,
@@ -119,16 +121,19 @@ class FileLog:
         """Identify an existing log from its header alone (no lock, no index, no writes).
 
         Headers never change for a given file, so this needs no lock; it lets a codec fail
-        fast on a wrong key or a foreign file while leaving damaged logs openable.
+        fast on a wrong key or a foreign file while leaving damaged logs openable. The file
+        stays open for the first transaction (``opened``).
         """
         self.probe_file()
 
     def probe_file(self) -> bool:  # probe(); whether a file is at the path (empty or not)
         with self._txns.mutex:
-            prefix = read_prefix(self.path, _PREFIX_BYTES)
-            if prefix:
-                self._attach(prefix)
-            return prefix is not None
+            self._close_log()
+            probed = probe(self.path, self._attach)
+            if isinstance(probed, bool):
+                return probed
+            self._probed = probed
+            return True
 
     # -- cached view -----------------------------------------------------------------------
 
@@ -154,17 +159,18 @@ class FileLog:
                 raise
 
     def _reload(self, state: tuple[int, int, int] | None) -> None:
-        if self._fd is None:  # no log open: open it at once, no lstat first (issue 15)
-            opened = open_log_file(self.path)
-            if opened is not None:
-                self._open_log(opened)
+        self._fresh_size = None
+        if self._fd is None:  # no log open: the probe's file if still at the path, else
+            probed, self._probed = self._probed, None  # open it at once (issue 15)
+            self._open_log(reuse(self.path, probed, self._attach), state)
+            if self._fd is not None:
                 self.on_change()
             return
         st = check_file(self.path)
         ident = None if st is None or st.st_size == 0 else (st.st_dev, st.st_ino)
         seen = self._last_seen
         if ident != self._log_id_stat:
-            self._open_log(None if ident is None else open_log_file(self.path))
+            self._open_log(None if ident is None else open_attached(self.path, self._attach), state)
             self.on_change()
         elif ident is not None:
             # Appends alone since our last look: read just the new entries.
@@ -177,24 +183,21 @@ class FileLog:
             if not incremental:
                 self.on_change()
 
-    def _open_log(self, opened: tuple[int, os.stat_result] | None) -> None:
+    def _open_log(self, opened: Opened | None, state: tuple[int, int, int] | None) -> None:
+        """Describe the file opened under the lock (``state``: its counters) for reads."""
         self._close_log()
         if opened is None:
             return
-        fd, st = opened  # the file at the path, opened under the lock (no writer since)
-        try:
-            fmt = self._attach(os.pread(fd, _PREFIX_BYTES, 0))
-        except BaseException:
-            os.close(fd)
-            raise
+        fd, st, fmt, whole = opened
         self._fd, self.fmt, self._log_id_stat = fd, fmt, (st.st_dev, st.st_ino)
+        self._whole = None if whole is None or state is None else (whole, state)
+        self._fresh_size = st.st_size
         self._load_index(start=0, size=st.st_size)
-        self._check_last_entries()
-
-    def _check_last_entries(self) -> None:
-        """Drop index entries whose records do not authenticate (see ``recovery``)."""
-        assert self.fmt is not None
-        self._index_ok &= not drop_unproven_entries(self.index, self.fmt.records, self.read_body)
+        # Drop index entries whose records do not authenticate (see ``recovery``).
+        span = self.index.span
+        self._index_ok &= not drop_unproven_entries(
+            self.index, fmt.records, lambda seq: read_body(fd, span(seq), fmt.sealed, whole)
+        )
 
     def _load_index(self, start: int, size: int | None = None) -> None:
         assert self.fmt is not None and self._fd is not None
@@ -206,7 +209,10 @@ class FileLog:
     def _close_log(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
+        if self._probed is not None:
+            os.close(self._probed.fd)
         self._fd, self.fmt, self._log_id_stat = None, None, None
+        self._probed = self._whole = None
         self._dict = Dictionary()
         self.index.reset(0)
 
@@ -234,7 +240,7 @@ class FileLog:
         """
         assert self.fmt is not None and self._fd is not None
         self._settled = False
-        size = os.fstat(self._fd).st_size
+        size, self._fresh_size = self._fresh_size or os.fstat(self._fd).st_size, None
         # From the last indexed record, not from the dictionary record: the index may have
         # lost entries for records that lie before the dictionary (they are re-read, and the
         # dictionary record is met and adopted again on the way).
@@ -275,12 +281,14 @@ class FileLog:
     def read_body(self, seq: int) -> bytes:
         """Return the stored body of record ``seq`` (an index check; no scan)."""
         assert self._fd is not None and self.fmt is not None
-        return read_body(self._fd, self.index.span(seq), self.fmt.sealed)
+        whole = held(self._whole, self._txns.seen)
+        return read_body(self._fd, self.index.span(seq), self.fmt.sealed, whole)
 
     def read_bodies(self, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
         """Yield ``(seq, body)`` for records ``start <= seq < stop`` in order, bounded memory."""
         assert self._fd is not None and self.fmt is not None
-        yield from read_bodies(self._fd, self.index, start, stop, self.fmt.sealed)
+        whole = held(self._whole, self._txns.seen)
+        yield from read_bodies(self._fd, self.index, start, stop, self.fmt.sealed, whole)
 
     def rebuild_index(self) -> None:
         """Forget the index and rebuild it from the log (used when it disagrees with the log)."""
@@ -437,19 +445,11 @@ class FileLog:
         """The header's bytes and the dictionary record's body, as the file holds them."""
         if self._fd is None or self.fmt is None:
             return None
-        header = os.pread(self._fd, self.fmt.data_start, 0)
-        span = self._dict.span
-        dictionary = None if span == (0, 0) else read_dictionary(self._fd, span, self.fmt.sealed)
-        return header, dictionary
+        return read_stored(self._fd, self.fmt.data_start, self._dict.span, self.fmt.sealed)
 
     def remove_stale_temps(self) -> None:
-        """Delete what crashed rewrites and migrations of this log left beside it.
-
-        Call only under the exclusive lock. Every rewrite holds that lock from creating
-        its temp file to renaming it, so no ``<log>.tmp-*`` seen here belongs to a live
-        rewrite. A migration into this path holds it too, from its first temp file to its
-        commit. The ``<log>.bak`` a migration keeps is the user's original: never swept.
-        """
+        """Delete what crashed rewrites and migrations of this log left beside it (call only
+        under the exclusive lock: ``writer.remove_leftovers``)."""
         remove_leftovers(self.path, self.io)
 
     def _write_at_end(self, fd: int, data: bytes, end: int) -> None:

@@ -32,10 +32,11 @@ __all__ = [
     "next_plain_candidate",
     "open_log_file",
     "plausible",
+    "probe_log_file",
     "read_bodies",
     "read_body",
     "read_dictionary",
-    "read_prefix",
+    "read_stored",
 ]
 
 READ_CHUNK = 1 << 20  # bytes read at a time when scanning
@@ -127,20 +128,29 @@ def frame_at(reader: Reader, pos: int, sealed: bool) -> tuple[int, bytes, bool] 
     return None if newline < 0 else (pos + newline + 1, chunk[: newline + 1], False)
 
 
-def read_body(fd: int, span: tuple[int, int], sealed: bool) -> bytes:
-    """Return the message body of the record at the index ``span`` ``[start, end)``.
+def read_body(fd: int, span: tuple[int, int], sealed: bool, whole: bytes | None = None) -> bytes:
+    """Return the message body of the record at the index ``span`` ``[start, end)``;
+    ``whole``: the file's bytes, when the caller holds them (a small log, FileLog.whole).
 
     :raises IndexMismatch: the span is not one whole record.
     """
     start, end = span
+    if whole is not None and end <= len(whole):
+        return _unframe(whole[start:end], start, sealed)
     return _unframe(os.pread(fd, end - start, start), start, sealed)
 
 
 def read_bodies(
-    fd: int, index: OffsetIndex, start: int, stop: int, sealed: bool
+    fd: int,
+    index: OffsetIndex,
+    start: int,
+    stop: int,
+    sealed: bool,
+    whole: bytes | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """Yield ``(seq, body)`` for records ``start <= seq < stop`` in order, bounded memory:
-    neighbouring records are read together, up to ``READ_CHUNK`` bytes at a time.
+    neighbouring records are read together, up to ``READ_CHUNK`` bytes at a time (cut
+    from ``whole``, the file's bytes, when the caller holds them).
 
     A sealed message record whose span holds just a two-byte frame prefix (bodies under
     8 KiB: most chat messages) is cut out directly; any other span goes through
@@ -153,7 +163,10 @@ def read_bodies(
         # The index's ends strictly increase (checked when loaded): bisect for the last
         # record that ends within READ_CHUNK bytes (at least one record per read).
         last = max(seq, bisect.bisect_right(ends, first + READ_CHUNK, seq + 1, stop) - 1)
-        chunk = os.pread(fd, ends[last] - first, first)
+        if whole is not None and ends[last] <= len(whole):
+            chunk = whole[first : ends[last]]
+        else:
+            chunk = os.pread(fd, ends[last] - first, first)
         a = 0  # the record's span in chunk: [a, b)
         for s in range(seq, last + 1):
             b = ends[s] - first
@@ -185,6 +198,15 @@ def read_dictionary(fd: int, span: tuple[int, int], sealed: bool) -> bytes:
     if fs is None or not fs[2] or fs[1] != len(frame):
         raise RecordRejected("no dictionary record where the index says")
     return frame[fs[0] : fs[1]]
+
+
+def read_stored(
+    fd: int, data_start: int, dict_span: tuple[int, int], sealed: bool
+) -> tuple[bytes, bytes | None]:
+    """The header's bytes and the dictionary record's body (None: ``dict_span`` is
+    ``(0, 0)``), as the file holds them."""
+    dictionary = None if dict_span == (0, 0) else read_dictionary(fd, dict_span, sealed)
+    return os.pread(fd, data_start, 0), dictionary
 
 
 def _unframe(frame: bytes, start: int, sealed: bool) -> bytes:
@@ -257,29 +279,31 @@ def plausible(body: bytes, floor_s: int) -> bool:
     return floor_s <= ts_s <= floor_s + (1 << 32)
 
 
-def read_prefix(path: str, size: int) -> bytes | None:
-    """The first ``size`` bytes of the file at ``path`` (b"" when it is empty); None when
-    there is no file. Never through a link (alice.log -> bob.log), and in one lookup: the
-    open refuses what is not a regular file, with no ``lstat`` before it (issue 15)."""
-    try:
-        fd, st = open_regular(path, os.O_RDONLY)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except PermissionError:  # unreadable: an empty file still reads as empty
-        seen = check_file(path)
-        if seen is None or not seen.st_size:
-            return None if seen is None else b""
-        raise
-    try:
-        return os.pread(fd, size, 0) if st.st_size else b""
-    finally:
-        os.close(fd)
-
-
 def open_log_file(path: str) -> tuple[int, os.stat_result] | None:
     """Open the log file at ``path``, read-write where allowed (else read-only: a file or
     a file system that refuses writes), with its ``fstat``; None when there is none, or it
     is empty (FORMAT.md §9: an empty history, even unreadable). Never through a link."""
+    opened = _open_log_file(path)
+    return opened if isinstance(opened, tuple) else None
+
+
+def probe_log_file(path: str, size: int) -> tuple[int, os.stat_result, bytes] | bytes | None:
+    """``open_log_file`` with the file's first ``size`` bytes, in one open: the descriptor
+    stays open for the caller to keep (issue 15). ``b""`` when the file is empty (closed
+    again), None when there is none."""
+    opened = _open_log_file(path)
+    if not isinstance(opened, tuple):
+        return b"" if opened else None
+    fd, st = opened
+    try:
+        return fd, st, os.pread(fd, size, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_log_file(path: str) -> tuple[int, os.stat_result] | bool:
+    """``open_log_file``; for no open file, whether one is at the path (an empty file)."""
     try:
         try:
             fd, st = open_regular(path, os.O_RDWR)
@@ -288,13 +312,13 @@ def open_log_file(path: str) -> tuple[int, os.stat_result] | None:
                 raise
             fd, st = open_regular(path, os.O_RDONLY)
     except (FileNotFoundError, NotADirectoryError):
-        return None
+        return False
     except PermissionError:
         seen = check_file(path)
         if seen is None or not seen.st_size:
-            return None
+            return seen is not None
         raise
     if not st.st_size:
         os.close(fd)
-        return None
+        return True
     return fd, st

@@ -150,8 +150,13 @@ def checked_for_removal(path: str) -> tuple[str, str, str]:
 
 def remove_leftovers(path: str, io: FileIO, *, check_only: bool = False) -> None:
     """Delete the temp files that crashed rewrites and migrations of the log ``path`` left
-    beside it (``paths.is_leftover``); the caller holds the exclusive lock. ``check_only``
-    deletes nothing: it only refuses (``StorageError``) a link or directory at such a name."""
+    beside it (``paths.is_leftover``). ``check_only`` deletes nothing: it only refuses
+    (``StorageError``) a link or directory at such a name.
+
+    The caller holds the exclusive lock. Every rewrite holds that lock from creating its temp
+    file to renaming it, so no ``<log>.tmp-*`` seen here belongs to a live rewrite. A
+    migration into this path holds it too, from its first temp file to its commit. The
+    ``<log>.bak`` a migration keeps is the user's original: never swept."""
     folder = os.path.dirname(path) or "."
     base = os.path.basename(path)
     for name in _candidates(folder):
