@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +22,14 @@ from conversation_codec import (
     InvalidKeyError,
     KeyTypeError,
 )
-from conversation_codec.crypto import Keyring, LogCipher, RecordKey, generate_key, new_log_id
+from conversation_codec.crypto import (
+    Keyring,
+    LogCipher,
+    RecordKey,
+    generate_key,
+    hkdf_sha256_64,
+    new_log_id,
+)
 from conversation_codec.errors import DecryptionError
 from conversation_codec.format.header import SealedHeader, decode_sealed_header
 
@@ -311,3 +320,23 @@ def test_seal_many_makes_what_fernet_writes_for_each_record(
     assert len(set(ivs)) == len(ivs)
     with pytest.raises(ValueError):
         ours.seal_many([b"two plaintexts"], [1, 2])
+
+
+@settings(max_examples=200, derandomize=True)
+@given(
+    ikm=st.binary(min_size=1, max_size=80),
+    salt=st.binary(min_size=1, max_size=80),
+    info=st.binary(max_size=80),
+)
+def test_the_key_derivation_is_rfc5869_hkdf(ikm: bytes, salt: bytes, info: bytes) -> None:
+    # crypto derives every log's keys with three stdlib HMACs (issue 15): it must be the
+    # HKDF FORMAT.md §4 names, byte for byte, as cryptography computes it.
+    want = HKDF(algorithm=hashes.SHA256(), length=64, salt=salt, info=info).derive(ikm)
+    assert hkdf_sha256_64(ikm, salt, info) == want
+
+
+def test_the_key_derivation_matches_rfc5869_test_case_1() -> None:
+    ikm, salt = bytes([0x0B] * 22), bytes(range(13))
+    info = bytes(range(0xF0, 0xFA))
+    okm = "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+    assert hkdf_sha256_64(ikm, salt, info)[:42].hex() == okm
