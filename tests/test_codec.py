@@ -416,7 +416,7 @@ def test_key_list_rotation(tmp_path: Path) -> None:
     new = generate_key()
     with ConversationCodec(path, encryption_key=KEY) as codec:
         codec.extend(messages(2))
-    with ConversationCodec(path, encryption_key=[new, KEY]) as codec:  # new key seals
+    with ConversationCodec(path, encryption_key=[new, KEY]) as codec:  # a rotation
         codec.append({"after": "rotation"})
         assert codec.load() == [*messages(2), {"after": "rotation"}]
     with ConversationCodec(path, encryption_key=[KEY, new]) as codec:
@@ -575,3 +575,32 @@ def test_a_bad_lock_timeout_is_refused_when_the_codec_or_store_is_made(
     with pytest.raises(error, match=expected):
         ConversationStore(tmp_path / "s", encryption_key=KEY, lock_timeout=timeout)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("durability", ["fsync", "flush"])
+def test_a_process_with_only_the_old_key_keeps_what_a_rotating_writer_appended(
+    tmp_path: Path, durability: str
+) -> None:
+    # A rotation rolls out process by process: one already opens with [new, old] while
+    # another has only old. What the first appends must read for the second, never as a
+    # torn tail (under "flush", cut by its next append) or as damage (under "fsync").
+    path = tmp_path / "chat.log"
+    new = generate_key()
+    with ConversationCodec(path, encryption_key=KEY, durability=durability) as codec:
+        codec.extend(messages(2))
+    with ConversationCodec(path, encryption_key=[new, KEY], durability=durability) as codec:
+        codec.append({"sealed": "while rotating"})
+    with ConversationCodec(path, encryption_key=KEY, durability=durability) as old:
+        assert old.load() == [*messages(2), {"sealed": "while rotating"}]
+        old.append({"after": "it"})
+        assert old.verify().problems == ()
+    want = [*messages(2), {"sealed": "while rotating"}, {"after": "it"}]
+    with ConversationCodec(path, encryption_key=[new, KEY]) as codec:
+        assert codec.load() == want
+        codec.rotate_key(new)  # the rotation ends: only now does the old key fail
+    before = path.read_bytes()
+    with pytest.raises(DecryptionError):
+        ConversationCodec(path, encryption_key=KEY)
+    assert path.read_bytes() == before
+    with ConversationCodec(path, encryption_key=new) as codec:
+        assert codec.load() == want

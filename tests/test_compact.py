@@ -187,7 +187,7 @@ def test_rotate_key_new_key_opens_old_key_fails(tmp_path: Path) -> None:
 
 
 def test_compact_finishes_a_rotation_in_progress(tmp_path: Path) -> None:
-    """A key list whose first key is new: appends seal under it; compact re-seals all."""
+    """A key list whose first key is new: compact re-seals all under it."""
     path = tmp_path / "chat.log"
     stamps = build(path, KEY, n=10)
     with ConversationCodec(path, encryption_key=[NEW_KEY, KEY]) as codec:

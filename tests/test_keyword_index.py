@@ -430,8 +430,8 @@ def test_max_messages_and_a_rotation_in_progress(tmp_path: Path) -> None:
     path = tmp_path / "c.log"
     with ConversationCodec(path, encryption_key=KEY, search_index=True) as c:
         c.extend([_msg(i, f"alpha {i}") for i in range(40)])
-    # A key list whose first key is new: records are sealed with it, the index stays keyed
-    # by the key that opens the header until rotate_key() finishes the rotation.
+    # A key list whose first key is new: records and the index stay keyed by the key
+    # that opens the header until rotate_key() finishes the rotation.
     with ConversationCodec(path, encryption_key=[OTHER_KEY, KEY], max_messages=10) as c:
         c.append(_msg(0, "alpha zanzibar"))
         visible = list(range(9))  # seqs 31..39 ("alpha 31".."alpha 39") of the last 10

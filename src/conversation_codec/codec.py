@@ -48,7 +48,8 @@ class ConversationCodec(Maintenance, ChatFormats):
     :param path: the log file (its sidecars are ``<path>.idx`` and ``<path>.lock``), or
         ``":memory:"`` for a log that lives as long as this object (users' tests).
     :param encryption_key: None for a plaintext (JSONL) log; a Fernet key (str or bytes);
-        or a list of keys, the first of which seals new records while all open old ones.
+        or a list of keys that all open the log; the first seals new logs and rewrites
+        (``rotate_key``), while appends keep the key the log's header is under.
     :param redact_fn: applied to each message before it is written. It must be
         deterministic, so ``save()`` can tell kept messages from changed ones.
     :param durability: ``"fsync"`` (a returned call is on stable storage) or ``"flush"``

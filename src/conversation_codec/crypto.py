@@ -102,7 +102,7 @@ def _parse_key(key: object, where: str = "encryption key") -> bytes:
 
 
 class Keyring:
-    """The caller's master keys: the first seals new records, all open old ones."""
+    """The caller's master keys: all open logs; the first seals new logs and rewrites."""
 
     __slots__ = ("_masters",)
 
@@ -432,12 +432,12 @@ class LogCipher:
         header.check_flags()
         if header.bound:
             _check_binding(matching[0][1], covered + header_mac, binding, binding_mac)
-        matching_fernets = [f for f, _ in matching]
-        # Records written under a rotated-in first key and under the header's key both open.
-        openers = [fernets[0][0], *[f for f in matching_fernets if f is not fernets[0][0]]]
-        openers += [f for f, _ in fernets if f not in openers]
-        master = keyring.masters[[f for f, _ in fernets].index(matching_fernets[0])]
-        return cls(fernets[0][0], openers, (master, header.log_id))
+        # Appends seal under the key that opens the header, never a rotated-in first key
+        # (FORMAT.md §4: old-key processes read them all). Every key opens (old mixed logs).
+        sealer = matching[0][0]
+        openers = [sealer, *[f for f, _ in fernets if f is not sealer]]
+        master = keyring.masters[[f for f, _ in fernets].index(sealer)]
+        return cls(sealer, openers, (master, header.log_id))
 
     def seal_many(self, envelopes: Sequence[bytes], ts_seconds: Sequence[int]) -> list[bytes]:
         """``seal`` each envelope at its time, in one AES-CBC call (``RecordKey.seal_many``)."""
