@@ -15,7 +15,7 @@ import pytest
 
 import _spec_blobs as spec_blobs
 from _spec_reader import read as spec_read
-from conversation_codec import ConversationCodec, DecryptionError, FileIO
+from conversation_codec import ConversationCodec, DecryptionError, FileIO, salvage
 from conversation_codec.attachments import (
     ATTACHMENTS_KEY,
     BlobStore,
@@ -629,3 +629,47 @@ def test_an_independent_reader_restores_attachments_from_format_md_15(
     if keys == "rotated":  # the old key's blob_key opens none of them
         with pytest.raises(spec_blobs.BlobRefused, match="DecryptionError"):
             spec_blobs.open_blob(folder, sorted(names)[0], [KEY])
+
+
+def _plain_log_referring_to(tmp_path: Path, reference: str) -> Path:
+    """A plain log (anyone can edit one) whose only attachment slot holds ``reference``."""
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, attachments="external") as codec:
+        codec.append(
+            _every_slot_message("x") | {"content": [_every_slot_message("x")["content"][1]]}
+        )
+    text = path.read_text()
+    [name] = spec_blobs.references(spec_read(text.encode()).messages[0])
+    path.write_text(text.replace(f"cc-blob:{name}", reference))
+    Path(f"{path}.idx").unlink()
+    return path
+
+
+def test_a_reference_that_names_no_blob_is_a_missing_blob(tmp_path: Path) -> None:
+    """FORMAT.md §15.4: ``cc-blob:`` not followed by a blob name is refused with the library's
+    MissingBlobError, and reported as blob-missing by verify() and salvage() (was a bare
+    ValueError from each)."""
+    path = _plain_log_referring_to(tmp_path, "cc-blob:../chat.logdata:image/png;base64,")
+    before = path.read_bytes()
+    with ConversationCodec(path) as codec:
+        with pytest.raises(MissingBlobError, match="not a blob name"):
+            codec.load()
+        kinds = [p.kind for p in codec.verify().problems]
+    assert [k for k in kinds if k.startswith("blob")] == ["blob-missing"]
+    report = salvage(path, tmp_path / "rescued.log")
+    kinds = [p.kind for p in report.problems]
+    assert report.recovered == 1 and [k for k in kinds if k.startswith("blob")] == ["blob-missing"]
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "plaintext", [b"\x02tag 2", b"\x00\xff not UTF-8", b""], ids=["tag-2", "not-utf8", "empty"]
+)
+def test_a_blob_that_holds_no_attachment_is_refused(tmp_path: Path, plaintext: bytes) -> None:
+    """FORMAT.md §15.4: a correctly named blob whose tag is neither 0x01 nor 0x00, or whose
+    0x00 text is not UTF-8, gives DecryptionError (was a UnicodeDecodeError, or a guess)."""
+    name = spec_blobs.blob_name(b"", plaintext)  # a plain log's name key is empty
+    path = _plain_log_referring_to(tmp_path, f"cc-blob:{name}")
+    (tmp_path / "chat.log.blobs" / name).write_bytes(plaintext)
+    with ConversationCodec(path) as codec, pytest.raises(DecryptionError, match="holds no"):
+        codec.load()
