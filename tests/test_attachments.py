@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from conversation_codec import ConversationCodec, DecryptionError, FileIO
+import _spec_blobs as spec_blobs
+from _spec_reader import read as spec_read
+from conversation_codec import ConversationCodec, DecryptionError, FileIO, salvage
 from conversation_codec.attachments import (
     ATTACHMENTS_KEY,
     BlobStore,
@@ -546,3 +548,128 @@ def test_a_codec_opened_before_the_blob_store_existed_reads_the_attachments(
     early.export(tmp_path / "out.jsonl")
     assert "cc-blob:" not in (tmp_path / "out.jsonl").read_text()
     early.close()
+
+
+# --- FORMAT.md §15, read back by an independent reader (tests/_spec_blobs.py) -------------
+
+_PNG = random.Random(15).randbytes(3000)
+_PDF = b"%PDF-1.4 " + random.Random(16).randbytes(500)
+
+
+def _every_slot_message(note: str) -> dict[str, Any]:
+    """One of each §15.3 slot, tag 0x01 (canonical base64) and tag 0x00 (anything else)."""
+    png = base64.b64encode(_PNG).decode()
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": note},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
+            {"type": "image_url", "image_url": "https://example.com/cat.png"},  # left alone
+            {"type": "input_image", "image_url": f"data:image/png;base64,{png}"},  # same blob
+            {"type": "file", "file": {"file_data": "data:text/plain,hello%20world"}},
+            {"type": "input_file", "file_data": base64.b64encode(_PDF).decode()},  # bare
+            {"type": "input_audio", "input_audio": {"data": "UklGRg", "format": "wav"}},
+            {
+                "type": "tool_result",
+                "content": [
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": png},
+                    }
+                ],
+            },
+        ],
+    }
+
+
+@pytest.mark.parametrize("keys", ["sealed", "plain", "rotated"])
+def test_an_independent_reader_restores_attachments_from_format_md_15(
+    tmp_path: Path, keys: str
+) -> None:
+    """FORMAT.md §15 suffices: a reader built from it alone (stdlib HMAC, cryptography's
+    HKDF and Fernet; tests/_spec_blobs.py) reads the library's blob store back, recovers
+    every attachment's exact original value and checks every blob's name."""
+    path = tmp_path / "chat.log"
+    folder = tmp_path / "chat.log.blobs"
+    key = None if keys == "plain" else KEY
+    messages = [_every_slot_message("first"), _every_slot_message("again")]
+    with ConversationCodec(path, encryption_key=key, attachments="external") as codec:
+        codec.extend(messages)
+        if keys == "rotated":
+            codec.rotate_key(OTHER_KEY)
+            messages.append(_every_slot_message("after the rotation"))
+            codec.append(messages[-1])
+    log_key = OTHER_KEY if keys == "rotated" else key
+    stored = spec_read(path.read_bytes(), key=log_key).messages
+    spec_keys = {"sealed": [KEY], "plain": [], "rotated": [KEY, OTHER_KEY]}[keys]
+
+    restored = [spec_blobs.restore(m, folder, spec_keys) for m in stored]
+    assert restored == messages
+    assert all(m["_cc_attachments"] == {"external": 6} for m in stored)
+    url = stored[0]["content"][1]["image_url"]["url"]
+    assert url.startswith("cc-blob:") and url.endswith("data:image/png;base64,")
+    assert len(url) == len("cc-blob:") + 64 + len("data:image/png;base64,")
+    assert stored[0]["content"][2] == messages[0]["content"][2]  # an http URL stays
+
+    # Every file is a blob a message refers to, named by the HMAC of its plaintext under
+    # name_key; sealed ones are whole Fernet tokens (0x80 first); 4 distinct attachments.
+    names = {n for m in stored for n in spec_blobs.references(m)}
+    assert {p.name for p in folder.iterdir()} == names and len(names) == 4
+    name_key = spec_blobs.blob_keys([log_key])[0][1] if log_key else b""
+    plaintexts = {}
+    for name in names:
+        plaintext = spec_blobs.open_blob(folder, name, spec_keys)
+        assert spec_blobs.blob_name(name_key, plaintext) == name
+        assert ((folder / name).read_bytes()[:1] == b"\x80") == (key is not None)
+        plaintexts[plaintext[:1]] = plaintexts.get(plaintext[:1], 0) + 1
+    assert plaintexts == {b"\x01": 2, b"\x00": 2}  # PNG, PDF; the text, unpadded audio
+    assert b"\x00data:text/plain,hello%20world" in {
+        spec_blobs.open_blob(folder, n, spec_keys) for n in names
+    }
+    if keys == "rotated":  # the old key's blob_key opens none of them
+        with pytest.raises(spec_blobs.BlobRefused, match="DecryptionError"):
+            spec_blobs.open_blob(folder, sorted(names)[0], [KEY])
+
+
+def _plain_log_referring_to(tmp_path: Path, reference: str) -> Path:
+    """A plain log (anyone can edit one) whose only attachment slot holds ``reference``."""
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, attachments="external") as codec:
+        codec.append(
+            _every_slot_message("x") | {"content": [_every_slot_message("x")["content"][1]]}
+        )
+    text = path.read_text()
+    [name] = spec_blobs.references(spec_read(text.encode()).messages[0])
+    path.write_text(text.replace(f"cc-blob:{name}", reference))
+    Path(f"{path}.idx").unlink()
+    return path
+
+
+def test_a_reference_that_names_no_blob_is_a_missing_blob(tmp_path: Path) -> None:
+    """FORMAT.md §15.4: ``cc-blob:`` not followed by a blob name is refused with the library's
+    MissingBlobError, and reported as blob-missing by verify() and salvage() (was a bare
+    ValueError from each)."""
+    path = _plain_log_referring_to(tmp_path, "cc-blob:../chat.logdata:image/png;base64,")
+    before = path.read_bytes()
+    with ConversationCodec(path) as codec:
+        with pytest.raises(MissingBlobError, match="not a blob name"):
+            codec.load()
+        kinds = [p.kind for p in codec.verify().problems]
+    assert [k for k in kinds if k.startswith("blob")] == ["blob-missing"]
+    report = salvage(path, tmp_path / "rescued.log")
+    kinds = [p.kind for p in report.problems]
+    assert report.recovered == 1 and [k for k in kinds if k.startswith("blob")] == ["blob-missing"]
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "plaintext", [b"\x02tag 2", b"\x00\xff not UTF-8", b""], ids=["tag-2", "not-utf8", "empty"]
+)
+def test_a_blob_that_holds_no_attachment_is_refused(tmp_path: Path, plaintext: bytes) -> None:
+    """FORMAT.md §15.4: a correctly named blob whose tag is neither 0x01 nor 0x00, or whose
+    0x00 text is not UTF-8, gives DecryptionError (was a UnicodeDecodeError, or a guess)."""
+    name = spec_blobs.blob_name(b"", plaintext)  # a plain log's name key is empty
+    path = _plain_log_referring_to(tmp_path, f"cc-blob:{name}")
+    (tmp_path / "chat.log.blobs" / name).write_bytes(plaintext)
+    with ConversationCodec(path) as codec, pytest.raises(DecryptionError, match="holds no"):
+        codec.load()

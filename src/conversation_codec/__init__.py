@@ -27,6 +27,7 @@ from ._fsio import FileIO
 from .errors import (
     BackendUnavailableError,
     BindingError,
+    BlobNameError,
     ClosedError,
     ConflictError,
     ConversationCodecError,
@@ -112,6 +113,7 @@ __all__ = [
     "AsyncConversationStore",
     "BackendUnavailableError",
     "BindingError",
+    "BlobNameError",
     "ClosedError",
     "CodecOptions",
     "CompactionReport",

@@ -61,7 +61,7 @@ from ._fsio import (
     unlink_file,
 )
 from .crypto import KeyInput, Keyring
-from .errors import DecryptionError, MissingBlobError, StorageError
+from .errors import BlobNameError, DecryptionError, MissingBlobError, StorageError
 from .paths import blob_temp_name, is_blob_temp
 
 __all__ = [
@@ -245,7 +245,12 @@ def restore(message: Message, store: BlobStore) -> Message:
         blob = store.get(value[len(BLOB_PREFIX) : end])
         if blob[:1] == _TAG_RAW:
             return value[end:] + base64.b64encode(blob[1:]).decode("ascii")
-        return blob[1:].decode("utf-8")
+        try:  # FORMAT.md §15.4: another tag, or text that is not UTF-8, is refused
+            if blob[:1] == _TAG_VERBATIM:
+                return blob[1:].decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        raise DecryptionError(f"blob {value[len(BLOB_PREFIX) : end]} holds no attachment")
 
     out: Message = _rewrite(message, get)
     rest = {k: v for k, v in flags.items() if k != "external"}
@@ -393,13 +398,14 @@ class BlobStore:
     def get(self, name: str) -> bytes:
         """Return the plaintext of blob ``name``.
 
-        :raises MissingBlobError: no such blob.
+        :raises MissingBlobError: no such blob (``BlobNameError``, also a ValueError:
+            ``name`` is not a blob name).
         :raises DecryptionError: it does not open under this store's key, or it is not
             the blob of that name (swapped or modified).
         :raises StorageError: the blob or the directory is a link, or unreadable.
         """
         if not _NAME.fullmatch(name):
-            raise ValueError(f"{name!r} is not a blob name (64 hex digits)")
+            raise BlobNameError(f"{name!r} is not a blob name (64 hex digits)")
         try:
             stored = self._read(name)
         except FileNotFoundError:

@@ -20,6 +20,7 @@ from pathlib import Path
 __all__ = [
     "BackendUnavailableError",
     "BindingError",
+    "BlobNameError",
     "ClosedError",
     "ConflictError",
     "ConversationCodecError",
@@ -202,6 +203,10 @@ class KeyFileError(ConversationCodecError, ValueError):
 
 class MissingBlobError(ConversationCodecError, LookupError):
     """A message refers to an attachment blob that is not in the store."""
+
+
+class BlobNameError(MissingBlobError, ValueError):
+    """What should name a blob is not 64 lowercase hex digits (FORMAT.md §15.4)."""
 
 
 class NaiveDatetimeError(ConversationCodecError, ValueError):
