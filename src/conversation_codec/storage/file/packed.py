@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -78,7 +79,6 @@ class PackedView:
     def __init__(self, where: Packed, data: bytes, attach: Callable[[bytes], LogFormat]) -> None:
         self.where = where
         self.data = data
-        self.seen = packed_seen(data)
         self.fmt = attach(data[:_PREFIX_BYTES])
         self.index = _PackedIndex()
         self.dictionary: bytes | None = None
@@ -89,6 +89,10 @@ class PackedView:
             self.index.tss = list(tss)
         else:  # the TOC disagrees with the bytes: authenticate each record's own time
             self.rebuild_index()
+
+    @functools.cached_property
+    def seen(self) -> tuple[int, int, int]:  # when first asked: not by a reopen + tail
+        return packed_seen(self.data)
 
     def _damaged(self, what: str, pos: int) -> CorruptRecordError:
         entry = self.where.entry
