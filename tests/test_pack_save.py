@@ -57,6 +57,18 @@ def test_save_after_load_rewrites_a_packed_conversation(tmp_path: Path, key: str
     assert _stored(root, "a", key) == [NEW]
 
 
+def test_a_pop_after_load_keeps_the_view_of_a_packed_conversation(tmp_path: Path) -> None:
+    """As on a loose log, the caller handed back the popped message still holds the whole
+    history: a rewrite after load(), pop() (the pop unpacks) goes through."""
+    root = tmp_path / "store"
+    _packed_store(root, KEY)
+    with ConversationStore(root, encryption_key=KEY).open("a") as codec:
+        got = codec.load()
+        assert got is not None and codec.pop() == got[-1]
+        codec.save([*got[:2], NEW])
+    assert _stored(root, "a") == [*_msgs("a")[:2], NEW]
+
+
 def test_save_after_load_through_the_async_store(tmp_path: Path) -> None:
     root = tmp_path / "store"
     _packed_store(root, KEY)
