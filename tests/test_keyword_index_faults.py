@@ -8,6 +8,7 @@ invite a retry that stores the message twice, or pops a second one.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from tests.conftest import KEY
 
-from conversation_codec import ConversationCodec, FileIO
+from conversation_codec import AsyncConversationCodec, ConversationCodec, FileIO
 
 Message = dict[str, Any]
 NEW: Message = {"role": "user", "content": "pay invoice 42"}
@@ -118,3 +119,17 @@ def test_a_pop_whose_index_write_fails_returns(tmp_path: Path, covered: bool) ->
         assert [h.seq for h in c.search("alpha")] == [0, 1, 2]
         assert c.verify().problems == ()
     assert kwi.exists()
+
+
+def test_an_async_append_whose_index_write_fails_returns(tmp_path: Path) -> None:
+    """The async codec runs the same append in a worker thread: it returns too."""
+    path = tmp_path / "c.log"
+    io = _SidecarFull()
+
+    async def append() -> int:
+        codec = await AsyncConversationCodec.open(path, KEY, search_index=True, io=io)
+        async with codec:
+            return await codec.append(NEW)
+
+    assert asyncio.run(append()) == 0
+    assert io.refused and _stored(path) == [NEW]
