@@ -175,7 +175,10 @@ class KeywordIndexer:
                 self._append_exact(first, messages, *keys)
             return
         if not store.exists():
-            self.rebuild()
+            try:
+                self.rebuild()
+            except OSError:  # the records are committed (§17.5): no index, readers scan,
+                self._forget()  # and the next append that finds none tries again
 
     def may_lag(self) -> bool:
         """Whether the index can lag behind the log (a sidecar; no lock needed): the records
@@ -334,9 +337,20 @@ class KeywordIndexer:
 
     def popped(self, exact: KwiState | None, count: int) -> None:
         """Drop the postings of the records from ``count`` on (after a pop): the last
-        block's are derived again from the messages left in it, and the file is rewritten."""
+        block's are derived again from the messages left in it, and the file is rewritten.
+        A sidecar that cannot be rewritten is deleted, as after a rewrite (``rewritten``)."""
         if not self.active():
             return
+        try:
+            self._pop(exact, count)
+        except OSError:
+            if self._exact():
+                raise  # in the pop's transaction: it fails (and rolls back) with it
+            # The log is committed (§17.5): no index may keep the popped records' postings.
+            with contextlib.suppress(OSError):
+                self.remove()
+
+    def _pop(self, exact: KwiState | None, count: int) -> None:
         if exact is None:
             self.rebuild()
             return

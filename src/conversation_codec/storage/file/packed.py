@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -63,6 +65,14 @@ class _PackedIndex:
         return bisect.bisect_left(self.tss, ts_us)
 
 
+def packed_seen(data: bytes) -> tuple[int, int, int]:
+    """The ``seen`` of a packed log (``LogStorage.seen``): its bytes, not where they lie, so
+    that a merge, or another conversation leaving the pack, does not look like a write to
+    this one (a packed log never changes: a write unpacks it first). Never a lock's: < 0."""
+    digest = hashlib.blake2b(data, digest_size=8).digest()
+    return -1, len(data), int.from_bytes(digest, "big")
+
+
 class PackedView:
     """One packed log, read whole and framed in memory (read only)."""
 
@@ -79,6 +89,10 @@ class PackedView:
             self.index.tss = list(tss)
         else:  # the TOC disagrees with the bytes: authenticate each record's own time
             self.rebuild_index()
+
+    @functools.cached_property
+    def seen(self) -> tuple[int, int, int]:  # when first asked: not by a reopen + tail
+        return packed_seen(self.data)
 
     def _damaged(self, what: str, pos: int) -> CorruptRecordError:
         entry = self.where.entry
@@ -155,6 +169,9 @@ class StoreLog:
         self._attach = attach
         self._timeout = lock_timeout
         self._view: PackedView | None = None  # the packed copy, when it is the source
+        # (P.lock's counters as this handle's unpack left them, the packed log's ``seen``):
+        # until another writer bumps them, P holds the packed bytes, and says so (saving).
+        self._unpacked: tuple[tuple[int, int, int] | None, tuple[int, int, int]] | None = None
         self._serving = False  # this transaction reads self._view
         self._depth = 0
         self._on_change: Callable[[], None] = lambda: None
@@ -190,9 +207,11 @@ class StoreLog:
     @property
     def seen(self) -> tuple[int, int, int] | None:
         if self._serving and self._view is not None:
-            ident, entry = self._view.where.ident, self._view.where.entry
-            return -ident[1], entry.offset, entry.crc32  # never a lock file's inode
-        return self.loose.seen
+            return self._view.seen
+        seen, unpacked = self.loose.seen, self._unpacked
+        if unpacked is not None and seen is not None and seen == unpacked[0]:
+            return unpacked[1]  # the unpack is no change: save()'s view of the pack holds
+        return seen
 
     def probe(self) -> None:
         """Fail fast on a wrong key: the loose log's header, else the packed copy's."""
@@ -234,6 +253,7 @@ class StoreLog:
                 self._depth = 1
                 return hold
             hold.__exit__(None, None, None)  # unpacked (or raced): enter again, on P
+            self.loose.io.step("unpack:released")
             self.loose.forget_view()
         raise StorageError(f"{self.loose.path}: kept being packed while a write waited")
 
@@ -271,6 +291,7 @@ class StoreLog:
         # that the next rewrite, clear, pop or first append deletes (FORMAT.md §8.4).
         path = self.loose.path
         atomic_write(path, data, io=self.loose.io, exclusive=True, tmp=temp_path(path))
+        self._unpacked = (self.loose.seen, packed_seen(data))  # the counters: not bumped
         self.fault("unpack:loose-written")
         self._packs.drop(self._cid, timeout=self._timeout)
         self.fault("unpack:dropped")
