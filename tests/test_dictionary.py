@@ -14,9 +14,9 @@ import zstandard
 
 from _spec_reader import read as spec_read
 from conversation_codec import ConversationCodec
+from conversation_codec.cli import main
 from conversation_codec.compression import TRAIN_AFTER, train_dictionary
 from conversation_codec.crypto import Keyring, LogCipher
-from conversation_codec.cli import main
 from conversation_codec.errors import CorruptRecordError, DecryptionError
 from conversation_codec.format.header import decode_sealed_header
 from conversation_codec.format.record import encode_envelope, encode_frame
@@ -462,9 +462,11 @@ def test_a_dictionary_zstd_refuses_damages_only_the_records_that_use_it(
             for read in (codec.load, lambda: codec.get(1), lambda: codec.tail(2)):
                 with pytest.raises(CorruptRecordError, match="dictionary") as raised:
                     read()
-                assert raised.value.offset == message_at
+                assert raised.value.offset == dictionary_at  # record 1's span (§5.3)
             report = codec.verify()
-            codec.append({"role": "user", "content": "appended " * 8})  # without it
+    with open_codec(path) as codec:
+        codec.append({"role": "user", "content": "appended " * 8})  # compressed without it
+        assert codec.tail(1) == [{"role": "user", "content": "appended " * 8}]
     assert not report.ok
     assert [(p.kind, p.offset) for p in report.problems] == [
         ("damaged", dictionary_at),
@@ -476,5 +478,5 @@ def test_a_dictionary_zstd_refuses_damages_only_the_records_that_use_it(
         assert codec.load() == [msgs[0], msgs[2], {"role": "user", "content": "appended " * 8}]
     monkeypatch.setenv("CONVERSATION_KEY", KEY)
     assert main(["verify", str(path)]) == 3
-    assert main(["cat", str(path)]) == 1
+    assert main(["cat", str(path)]) == 3  # corruption found, as for any damaged record
     assert "Traceback" not in capsys.readouterr().err

@@ -119,7 +119,7 @@ class SealedRecords:
     """Bodies of a sealed log: zstd (with the log's dictionary once it has one, and only
     when that makes it smaller), then one Fernet token each (FORMAT.md §5)."""
 
-    __slots__ = ("_cipher", "_dict", "_dict_bytes", "_dict_id", "_frames", "_zstd")
+    __slots__ = ("_cipher", "_dict", "_dict_bytes", "_dict_id", "_frames", "_unusable", "_zstd")
 
     def __init__(self, cipher: LogCipher, compressor: Compressor | None = None) -> None:
         self._cipher = cipher
@@ -127,6 +127,7 @@ class SealedRecords:
         self._dict: Compressor | None = None
         self._dict_bytes: bytes | None = None
         self._dict_id = 0
+        self._unusable: str | None = None  # why zstd refuses the log's dictionary, if it does
         # While a rewrite keeps this log's dictionary: the zstd frame each text that
         # ``payloads`` inflated with it came from, by id() and checked by identity (as
         # PlainRecords keeps its parses), for the batch last read.
@@ -144,17 +145,26 @@ class SealedRecords:
 
     @property
     def dictionary(self) -> bytes | None:
-        """The dictionary in use (None: none), e.g. for a rewrite to keep."""
-        return self._dict_bytes
+        """The dictionary in use (None: none, or one zstd refuses), e.g. for a rewrite to keep."""
+        return None if self._dict is None else self._dict_bytes
+
+    @property
+    def unusable(self) -> str | None:
+        """Why zstd refuses the log's dictionary (FORMAT.md §5.3); None when it loads."""
+        return self._unusable
 
     def use_dictionary(self, dict_id: int, dictionary: bytes) -> None:
-        """Compress new records with this dictionary, and open records that name it."""
-        self._dict, self._dict_id = Compressor(dictionary=dictionary), dict_id
-        self._dict_bytes = dictionary
+        """Compress new records with this dictionary, and open records that name it; one zstd
+        refuses, ``unusable``, damages those records alone (FORMAT.md §5.3)."""
+        self._dict_id, self._dict_bytes, self._unusable = dict_id, dictionary, None
+        try:
+            self._dict = Compressor(dictionary=dictionary)
+        except zstandard.ZstdError as exc:
+            self._dict, self._unusable = None, f"zstd refuses it as a dictionary ({exc})"
 
     def drop_dictionary(self) -> None:
         """Stop using the dictionary (its record was cut off the log)."""
-        self._dict, self._dict_id, self._dict_bytes = None, 0, None
+        self._dict, self._dict_id, self._dict_bytes, self._unusable = None, 0, None, None
 
     def encode(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
         # envelope() inline: a frame less on every append (issue 15).
@@ -357,8 +367,10 @@ class SealedRecords:
         if not env.compressed:
             return bytes(env.payload)
         if env.dict_id:
-            if env.dict_id != self._dict_id or self._dict is None:
+            if env.dict_id != self._dict_id or self._dict_bytes is None:
                 raise DictionaryMissing(env.dict_id)
+            if self._dict is None:
+                raise RecordDamaged(f"record needs the log's dictionary record: {self._unusable}")
             zstd = self._dict
         else:
             zstd = self._zstd
