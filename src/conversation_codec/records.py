@@ -17,6 +17,7 @@ import zstandard
 from .compression import Compressor
 from .crypto import InvalidToken, LogCipher
 from .errors import UnsupportedVersionError
+from .format.index import MAX_TS_US
 from .format.record import (
     KIND_DICTIONARY,
     KIND_MESSAGE,
@@ -260,7 +261,10 @@ class SealedRecords:
             raise RecordDamaged(f"record envelope is malformed: {exc}") from None
 
     def _open(self, body: bytes, expected_seq: int | None) -> Envelope:
-        return self._message(self._unseal(body), expected_seq)
+        env = self._message(self._unseal(body), expected_seq)
+        if env.ts_us < MAX_TS_US:  # FORMAT.md §9.2: no writer stamps later, no index holds it
+            return env
+        raise RecordDamaged(f"record time {env.ts_us} us is at or after 10000-01-01")
 
     def _message(self, env: Envelope, expected_seq: int | None) -> Envelope:
         """Check that an unsealed envelope is a message record at ``expected_seq``."""
@@ -277,8 +281,8 @@ class SealedRecords:
         return self._open(body, expected_seq).ts_us
 
     def locate(self, body: bytes) -> tuple[int, int]:
-        """Return ``(seq, ts_us)`` of an authentic message body without decompressing it."""
-        env = self._open(body, None)
+        """Return ``(seq, ts_us)`` of an authentic message body (any time), not decompressed."""
+        env = self._message(self._unseal(body), None)
         return env.seq, env.ts_us
 
     def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
@@ -296,9 +300,9 @@ class SealedRecords:
             self._frames.clear()
         for (seq, body), unsealed in zip(records, opened, strict=True):
             if unsealed is not None:
-                head = self._usual(unsealed[0])
+                head = self._usual(*unsealed)
                 if head is not None and head[0] == seq:
-                    yield seq, head[2], unsealed[1] * _US_PER_S + head[1]
+                    yield seq, head[2], head[1]
                     continue
             text, ts_us = self.payload(body, seq)
             yield seq, text, ts_us
@@ -324,28 +328,24 @@ class SealedRecords:
         that ``inspect`` may refuse or read another way (the caller reads it alone)."""
         found: list[tuple[int, int, bytes] | None] = []
         for unsealed in self._cipher.unseal_many(bodies):
-            head = None if unsealed is None else self._usual(unsealed[0])
-            if head is None or unsealed is None:
-                found.append(None)
-            else:
-                found.append((head[0], unsealed[1] * _US_PER_S + head[1], head[2]))
+            found.append(None if unsealed is None else self._usual(*unsealed))
         return found
 
-    def _usual(self, plain: bytes) -> tuple[int, int, bytes] | None:
-        """Return ``(seq, ts_rem_us, text)`` of a message record whose envelope is as
-        writers write it (FORMAT.md §5.2: flags 0, 1 or 1|2 with dictionary 1..127, a
-        canonical seq and time remainder); None for anything else, which ``payload`` and
-        ``inspect`` then read (and refuse, if they must) on their own."""
+    def _usual(self, plain: bytes, seconds: int) -> tuple[int, int, bytes] | None:
+        """Return ``(seq, ts_us, text)`` of a message record as writers write it (FORMAT.md
+        §5.2: flags 0, 1 or 1|2 with dictionary 1..127, canonical varints, a time before 10000);
+        None for anything else, which ``payload`` and ``inspect`` read (and refuse) alone."""
         try:
             flags = plain[0]
             seq, pos = decode_varint(plain, 1)
             rem, pos = decode_varint(plain, pos)
-            if rem >= _US_PER_S:
+            ts_us = seconds * _US_PER_S + rem
+            if rem >= _US_PER_S or ts_us >= MAX_TS_US:
                 return None
             if flags == 1:
-                return seq, rem, self._zstd.decompress(plain[pos:])
+                return seq, ts_us, self._zstd.decompress(plain[pos:])
             if flags == 0:
-                return seq, rem, plain[pos:]
+                return seq, ts_us, plain[pos:]
             if flags == 3 and self._dict is not None and plain[pos] == self._dict_id < 0x80:
                 frame = plain[pos + 1 :]
                 text = self._dict.decompress(frame)
@@ -354,7 +354,7 @@ class SealedRecords:
                 # this library left out: those are compressed again (compression.py).
                 if self._frames is not None and frame[4] & 0xE0:
                     self._frames[id(text)] = (text, frame)
-                return seq, rem, text
+                return seq, ts_us, text
         except (IndexError, ValueError, zstandard.ZstdError):
             pass
         return None

@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from ..._time import iso_z
-from ...format.index import END_MASK, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
+from ...format.index import (
+    END_MASK,
+    INDEX_ENTRY,
+    INDEX_HEADER_BYTES,
+    MAX_TS_US,
+    decode_index_header,
+)
 from ...records import (
     DictionaryMissing,
     RecordCodec,
@@ -222,9 +228,10 @@ def _located(records: RecordCodec, body: bytes) -> tuple[int, int]:
     """``(seq, ts_us)`` of an authentic but damaged record; ``(-1, -1)`` when not known."""
     try:
         assert isinstance(records, SealedRecords)  # only a sealed record is authentic
-        return records.locate(body)
+        seq, ts = records.locate(body)
     except RecordRejected:
         return -1, -1
+    return seq, ts if ts < MAX_TS_US else -1  # FORMAT.md §9.2: no time to resume from
 
 
 def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, list[Problem]]:
