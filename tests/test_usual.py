@@ -323,6 +323,21 @@ def test_a_record_time_at_10000_or_later_is_damage_on_every_path(tmp_path: Path,
     assert saved.recovered == 3 and saved.lost_seqs == (3,)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_clock_at_10000_is_refused_before_anything_is_written(tmp_path: Path, batch: int) -> None:
+    """A writer never stamps a record that readers refuse (FORMAT.md §8.2, §9.2), whatever
+    its clock says: the quick single append and a batch alike."""
+    path = tmp_path / "c.log"
+    clock = Clock()
+    with ConversationCodec(path, encryption_key=KEY, clock=clock, durability="flush") as codec:
+        codec.extend(messages(3))
+        before = path.read_bytes()
+        clock.now = MAX_TS_US - 1000  # the next read is 10000-01-01T00:00:00Z
+        with pytest.raises(ValueError, match="9999"):
+            codec.extend(messages(batch))
+        assert path.read_bytes() == before and codec.load() == messages(3)
+
+
 def _store_conversation(url: str, count: int) -> tuple[ConversationStore, str]:
     cid = f"usual-{uuid.uuid4().hex[:8]}"
     store = ConversationStore(url, encryption_key=KEY)
