@@ -229,23 +229,36 @@ def next_candidate(reader: Reader, pos: int) -> int:
     return reader.size
 
 
-_PLAIN_RECORD_START = b'{"seq":'  # FORMAT.md §6: every record line starts so
+# FORMAT.md §10.1: a plain candidate is a line start, the end of zero-filled bytes, or where
+# writers' record lines begin (a record can follow a torn line's bytes after a lost page).
+# One search for all three: a run of newlines and zeros, or the bytes {"seq":.
+_PLAIN_CANDIDATE = re.compile(rb'[\n\x00]+|\{"seq":')
+_PLAIN_OVERLAP = len(b'{"seq":')  # bytes kept between chunks, so that none is missed
 
 
 def next_plain_candidate(reader: Reader, pos: int) -> int:
     """Return the next offset >= ``pos`` where a plain record line could start (or the end).
 
-    Line starts alone would miss a record that follows zero-filled bytes without a newline
-    between them (a lost page under "flush"), so look for where record lines begin.
+    A record line §6 accepts may space or order its members as it likes, so every line
+    start is a candidate (the line is then parsed); so is the end of zero-filled bytes,
+    and every ``{"seq":`` as writers lay a record out: a record can follow zero-filled
+    bytes or a torn line with no newline between them (a lost page under "flush"). On a
+    log that writers wrote these are the same offsets as the record starts alone.
     """
     while pos < reader.size:
-        chunk = reader.get(pos, pos + READ_CHUNK)
-        found = chunk.find(_PLAIN_RECORD_START)
-        if found >= 0:
-            return pos + found
-        if pos + len(chunk) >= reader.size:
+        base = max(0, pos - 1)  # the byte before ``pos`` may end a line
+        chunk = reader.get(base, base + READ_CHUNK)
+        at = 0
+        while (found := _PLAIN_CANDIDATE.search(chunk, at)) is not None:
+            start = found.start() if chunk[found.start()] == 0x7B else found.end()  # "{"
+            if start >= pos - base and (start < len(chunk) or base + start >= reader.size):
+                return base + start
+            if start >= len(chunk):
+                break  # the run reaches the chunk's end: look on from there
+            at = found.end()
+        if base + len(chunk) >= reader.size:
             break
-        pos += max(1, len(chunk) - len(_PLAIN_RECORD_START))
+        pos = max(pos + 1, base + len(chunk) - _PLAIN_OVERLAP)
     return reader.size
 
 
