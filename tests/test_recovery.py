@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from _spec_reader import SpecError
+from _spec_reader import read as spec_read
 from conversation_codec import ConversationCodec, CorruptRecordError, FileIO
 from conversation_codec.compression import TRAIN_AFTER
 from conversation_codec.format.record import encode_envelope, encode_frame
@@ -331,3 +333,5 @@ def test_plain_recovery_never_cuts_an_intact_line_in_any_form_s6_reads(
     assert [p.kind for p in report.problems if p.is_damage] == ["damaged"]
     saved = salvage(path, tmp_path / "copy.log")
     assert saved.recovered == 2 and saved.lost_seqs == ()
+    with pytest.raises(SpecError, match="before an intact record"):  # the spec's reader
+        spec_read(before_bytes)

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 import zstandard
 
+from _spec_reader import SpecError
 from _spec_reader import read as spec_read
 from conversation_codec import ConversationCodec, ConversationStore
 from conversation_codec.crypto import Keyring, LogCipher
@@ -321,6 +322,8 @@ def test_a_record_time_at_10000_or_later_is_damage_on_every_path(tmp_path: Path,
     assert [(p.kind, p.offset) for p in report.problems] == [("damaged", start)]
     saved = salvage(path, tmp_path / "copy.log", encryption_key=KEY)
     assert saved.recovered == 3 and saved.lost_seqs == (3,)
+    with pytest.raises(SpecError, match="10000"):  # as the spec's own reader judges it
+        spec_read(path.read_bytes(), key=KEY)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
