@@ -233,6 +233,10 @@ def next_candidate(reader: Reader, pos: int) -> int:
 # writers' record lines begin (a record can follow a torn line's bytes after a lost page).
 # One search for all three: a run of newlines and zeros, or the bytes {"seq":.
 _PLAIN_CANDIDATE = re.compile(rb'[\n\x00]+|\{"seq":')
+# A line whose first byte past JSON whitespace is not "{" holds no record line: skipped
+# without reading it (junk lines in a torn tail cost a search, not a read and a parse).
+# Whitespace that reaches the chunk's end cannot tell: that line is tried.
+_OPENS = re.compile(rb"[ \t\r]*(?:\{|\Z)")
 _PLAIN_OVERLAP = len(b'{"seq":')  # bytes kept between chunks, so that none is missed
 
 
@@ -251,10 +255,12 @@ def next_plain_candidate(reader: Reader, pos: int) -> int:
         at = 0
         while (found := _PLAIN_CANDIDATE.search(chunk, at)) is not None:
             start = found.start() if chunk[found.start()] == 0x7B else found.end()  # "{"
-            if start >= pos - base and (start < len(chunk) or base + start >= reader.size):
+            if start >= len(chunk):  # the run reaches the chunk's end: look on from there
+                if base + start >= reader.size:
+                    return reader.size
+                break
+            if start >= pos - base and _OPENS.match(chunk, start):
                 return base + start
-            if start >= len(chunk):
-                break  # the run reaches the chunk's end: look on from there
             at = found.end()
         if base + len(chunk) >= reader.size:
             break
