@@ -300,6 +300,7 @@ def test_a_large_torn_tail_is_resolved_without_trying_every_offset(tmp_path: Pat
 PLAIN_HEAD = b'{"conversation_codec":1,"log_id":"00112233445566778899aabbccddeeff"}\n'
 PLAIN_0 = b'{"seq":0,"ts":"2026-01-01T00:00:00.000000Z","message":{"role":"user","content":"a"}}\n'
 TORN = b'{"seq":1,"ts":"2026-01-01T00:0'  # a damaged line: no record
+LONG = b"b" * (2 << 20)  # longer than the reader's window
 
 
 @pytest.mark.parametrize(
@@ -310,8 +311,9 @@ TORN = b'{"seq":1,"ts":"2026-01-01T00:0'  # a damaged line: no record
         (b"\n", b' \t{"seq":1,"ts":"2026-01-01T00:00:01.000000Z","message":{"content":"b"}}'),
         (b"\x00" * 7, b'{"message":{"content":"b"},"seq":1,"ts":"2026-01-01T00:00:01.000000Z"}'),
         (b"\x00" * 7, b'{"seq":1,"ts":"2026-01-01T00:00:01.000000Z","message":{"content":"b"}}'),
+        (b"\n", b'{"seq":1,"ts":"2026-01-01T00:00:01.000000Z","message":{"c":"%s"}}' % LONG),
     ],
-    ids=["spaced", "reordered", "indented", "reordered-after-zeros", "after-zeros"],
+    ids=["spaced", "reordered", "indented", "reordered-after-zeros", "after-zeros", "2-MiB"],
 )
 def test_plain_recovery_never_cuts_an_intact_line_in_any_form_s6_reads(
     tmp_path: Path, before: bytes, line: bytes

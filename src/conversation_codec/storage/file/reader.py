@@ -41,6 +41,9 @@ __all__ = [
 READ_CHUNK = 1 << 20  # bytes read at a time when scanning
 _READ_ONLY_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}  # a write open refused: read
 _BAD = (-1, -1, False)  # sentinel span: no record can start here
+# Bytes a plain resynchronisation looks at per candidate: copied from the reader's 1 MiB
+# buffer, which a request of READ_CHUNK from a later offset would read again each time.
+_PEEK = 4096
 
 
 class Reader:
@@ -122,9 +125,18 @@ def frame_at(reader: Reader, pos: int, sealed: bool) -> tuple[int, bytes, bool] 
         if pos + end > reader.size:
             return None
         return pos + end, reader.get(pos + start, pos + end), control
-    chunk = reader.get(pos, pos + READ_CHUNK)
-    newline = chunk.find(b"\n")
-    return None if newline < 0 else (pos + newline + 1, chunk[: newline + 1], False)
+    # A plain line: looked for in a small window first (most lines are short, and the
+    # reader's 1 MiB buffer then serves many candidates), growing up to the longest line a
+    # record may take (``_parse_frame``): a long record after damage is found too.
+    want = _PEEK
+    while True:
+        chunk = reader.get(pos, pos + want)
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            return pos + newline + 1, chunk[: newline + 1], False
+        if pos + len(chunk) >= reader.size or want > MAX_BODY_BYTES * 2:
+            return None
+        want *= 16
 
 
 def read_body(fd: int, span: tuple[int, int], sealed: bool) -> bytes:
@@ -251,7 +263,7 @@ def next_plain_candidate(reader: Reader, pos: int) -> int:
     """
     while pos < reader.size:
         base = max(0, pos - 1)  # the byte before ``pos`` may end a line
-        chunk = reader.get(base, base + READ_CHUNK)
+        chunk = reader.get(base, base + _PEEK)
         at = 0
         while (found := _PLAIN_CANDIDATE.search(chunk, at)) is not None:
             start = found.start() if chunk[found.start()] == 0x7B else found.end()  # "{"
