@@ -243,13 +243,12 @@ def next_candidate(reader: Reader, pos: int) -> int:
 
 # FORMAT.md §10.1: a plain candidate is a line start, the end of zero-filled bytes, or where
 # writers' record lines begin (a record can follow a torn line's bytes after a lost page).
-# One search for all three: a run of newlines and zeros, or the bytes {"seq":.
-_PLAIN_CANDIDATE = re.compile(rb'[\n\x00]+|\{"seq":')
-# A line whose first byte past JSON whitespace is not "{" holds no record line: skipped
-# without reading it (junk lines in a torn tail cost a search, not a read and a parse).
-# Whitespace that reaches the chunk's end cannot tell: that line is tried.
-_OPENS = re.compile(rb"[ \t\r]*(?:\{|\Z)")
-_PLAIN_OVERLAP = len(b'{"seq":')  # bytes kept between chunks, so that none is missed
+# One search finds them all: a run of newlines and zeros (from its first byte: the
+# lookbehind keeps the search linear) whose next byte past JSON whitespace is "{" (a line
+# that starts otherwise holds no record line: skipped without a read, a parse or a Python
+# step), or the bytes {"seq":. Whitespace that reaches the window's end cannot tell: tried.
+_PLAIN_CANDIDATE = re.compile(rb'(?<![\n\x00])[\n\x00]+(?=[ \t\r]*(?:\{|\Z))|\{"seq":')
+_PLAIN_OVERLAP = len(b'{"seq":')  # bytes kept between windows, so that none is missed
 
 
 def next_plain_candidate(reader: Reader, pos: int) -> int:
@@ -261,22 +260,24 @@ def next_plain_candidate(reader: Reader, pos: int) -> int:
     bytes or a torn line with no newline between them (a lost page under "flush"). On a
     log that writers wrote these are the same offsets as the record starts alone.
     """
+    window = _PEEK  # small first (a candidate is usually near), larger while none is found
     while pos < reader.size:
         base = max(0, pos - 1)  # the byte before ``pos`` may end a line
-        chunk = reader.get(base, base + _PEEK)
+        chunk = reader.get(base, base + window)
         at = 0
         while (found := _PLAIN_CANDIDATE.search(chunk, at)) is not None:
             start = found.start() if chunk[found.start()] == 0x7B else found.end()  # "{"
-            if start >= len(chunk):  # the run reaches the chunk's end: look on from there
+            if start >= len(chunk):  # the run reaches the window's end: look on from there
                 if base + start >= reader.size:
                     return reader.size
                 break
-            if start >= pos - base and _OPENS.match(chunk, start):
+            if start >= pos - base:
                 return base + start
             at = found.end()
         if base + len(chunk) >= reader.size:
             break
         pos = max(pos + 1, base + len(chunk) - _PLAIN_OVERLAP)
+        window = min(window * 16, READ_CHUNK)
     return reader.size
 
 
