@@ -245,11 +245,10 @@ def next_candidate(reader: Reader, pos: int) -> int:
 # writers' record lines begin (a record can follow a torn line's bytes after a lost page).
 # A line whose first byte past JSON whitespace is not "{" holds no record line: skipped
 # without a read or a parse. Whitespace that reaches the window's end cannot tell: tried.
-# Three searches that zstd-like C loops run fast (a literal first byte each: ~0.3 ms a MiB;
-# one pattern for all three needs a lookbehind at every byte, ~70 ms a MiB of text).
+# Searches that C loops run fast (a literal first byte or string: ~0.3-1.5 ms a MiB of
+# text; one pattern for all three needs a lookbehind at every byte, ~70 ms a MiB).
 _LINE = re.compile(rb"\n[ \t\r]*(?:\{|\Z)")  # a candidate just past the newline
-_ZEROS = re.compile(rb"\x00+")  # a candidate just past the run, when _OPENS holds there
-_OPENS = re.compile(rb"[ \t\r]*(?:\{|\Z)")
+_WHITESPACE = b" \t\r"  # JSON's, but the newline that ends a line
 _PLAIN_RECORD_START = b'{"seq":'  # FORMAT.md §6: every record line writers write starts so
 
 
@@ -261,11 +260,21 @@ def _first_plain_candidate(chunk: bytes, at: int) -> int:
     line = _LINE.search(chunk, at - 1, best)
     if line is not None:
         best = line.start() + 1
-    zeros = _ZEROS.search(chunk, at - 1, best)
-    while zeros is not None and zeros.end() < best:
-        if _OPENS.match(chunk, zeros.end()):
-            return zeros.end()
-        zeros = _ZEROS.search(chunk, zeros.end(), best)
+    # After zeros: a "{" whose bytes before it, past whitespace, are a zero. Looked for from
+    # the brace backwards, so that a run of zeros costs a find, not a walk through it.
+    zero = chunk.find(b"\x00", max(0, at - 1), best)
+    while zero >= 0:
+        brace = chunk.find(b"{", zero, best + 1)
+        if brace < 0 and best < len(chunk):
+            break
+        end = brace if brace >= 0 else len(chunk)  # no brace: whitespace to the end tells not
+        while end > zero and chunk[end - 1] in _WHITESPACE:
+            end -= 1
+        if end > zero and chunk[end - 1] == 0 and (brace >= 0 or end < len(chunk)):
+            return end
+        if brace < 0:
+            break
+        zero = chunk.find(b"\x00", brace, best)
     return best
 
 
