@@ -265,11 +265,14 @@ def _walk_sealed(data: bytes, log: Log, signing: bytes, encryption: bytes) -> No
 
 
 def _check_place(seq: int, ts_us: int, log: Log) -> None:
-    """§5.2/§6: seq is the position; timestamps never decrease (messages only)."""
+    """§5.2/§6/§9.2: seq is the position; timestamps never decrease and stay before the
+    year 10000 (messages only)."""
     if seq != log.count:
         raise SpecError("CorruptRecordError", "a record out of place")
     if ts_us < log.last_ts:
         raise SpecError("CorruptRecordError", "time runs backwards")
+    if ts_us >= 253_402_300_800_000_000:
+        raise SpecError("CorruptRecordError", "a time at or after 10000-01-01")
     log.count, log.last_ts = log.count + 1, ts_us
 
 
@@ -389,8 +392,10 @@ def _read_plain(data: bytes, context: str | None) -> Log:
 
 
 def _plain_at(data: bytes, pos: int) -> None:
-    """A later candidate (§10.1): a whole line starting at ``{"seq":`` that parses."""
-    if not data.startswith(b'{"seq":', pos):
+    """A later candidate (§10.1): a line start, the end of zero bytes, or ``{"seq":``; its
+    whole line parses as §6 reads a record line."""
+    after_gap = data[pos - 1 : pos] in (b"\n", b"\x00") and data[pos : pos + 1] not in b"\n\x00"
+    if not (after_gap or data.startswith(b'{"seq":', pos)):
         raise _Bad("no record line starts here")
     end = data.find(b"\n", pos)
     if end < 0:

@@ -14,9 +14,10 @@ import zstandard
 
 from _spec_reader import read as spec_read
 from conversation_codec import ConversationCodec
+from conversation_codec.cli import main
 from conversation_codec.compression import TRAIN_AFTER, train_dictionary
 from conversation_codec.crypto import Keyring, LogCipher
-from conversation_codec.errors import DecryptionError
+from conversation_codec.errors import CorruptRecordError, DecryptionError
 from conversation_codec.format.header import decode_sealed_header
 from conversation_codec.format.record import encode_envelope, encode_frame
 from conversation_codec.records import SealedRecords
@@ -414,3 +415,68 @@ def test_a_kept_dictionary_compresses_a_frame_without_its_content_size_again(
     assert log.messages == [*msgs, old]
     assert log.records[-1].dict_id == 1 and log.records[-1].payload[4] & 0xE0
     assert log.records[-2].payload == before.records[-2].payload  # the others carried over
+
+
+def _with_unloadable_dictionary(path: Path) -> tuple[list[dict[str, Any]], int, int]:
+    """A log whose dictionary record zstd refuses: raw content that happens to start with
+    the zstd dictionary magic (FORMAT.md §5.3), then message 1 compressed with it as raw
+    content, and message 2 without it. Return the messages, the dictionary record's offset
+    and message 1's."""
+    msgs = [{"role": "user", "content": f"message {i} " * 6} for i in range(3)]
+    with open_codec(path) as codec:
+        codec.append(msgs[0])
+    header, covered, mac = decode_sealed_header(path.read_bytes())
+    records = SealedRecords(LogCipher.open(Keyring.from_input(KEY), header, covered, mac))
+    content = bytes.fromhex("37a430ec") + json.dumps(msgs[1]).encode() * 3
+    raw = zstandard.ZstdCompressionDict(content, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    text = json.dumps(msgs[1], separators=(",", ":")).encode()
+    frame = zstandard.ZstdCompressor(dict_data=raw, write_dict_id=False).compress(text)
+    assert len(frame) < len(text) // 2  # it does use the dictionary's content
+    ts = spec_read(path.read_bytes(), key=KEY).last_ts
+    envelope = encode_envelope(1, ts, frame, compressed=True, dict_id=1)
+    dictionary_at = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(encode_frame(records.encode_dictionary(1, ts, content), control=True))
+        message_at = f.tell()
+        f.write(encode_frame(records.cipher.seal(envelope, ts // 10**6)))
+        text = json.dumps(msgs[2], separators=(",", ":")).encode()
+        f.write(encode_frame(records.encode(2, ts, text)))
+    return msgs, dictionary_at, message_at
+
+
+def test_a_dictionary_zstd_refuses_damages_only_the_records_that_use_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The payload starts with the magic, so it is a zstd dictionary (FORMAT.md §5.3), and
+    zstd refuses it: each record compressed with it is damage (``CorruptRecordError`` at its
+    offset, never zstandard's own error); the others read, verify reports both, salvage
+    copies what it can."""
+    from conversation_codec.maintenance.verify import salvage
+
+    path = tmp_path / "c.log"
+    msgs, dictionary_at, message_at = _with_unloadable_dictionary(path)
+    for attempt in ("index rebuilt", "index read"):
+        with open_codec(path) as codec:
+            assert codec.get(0) == msgs[0], attempt
+            assert codec.get(2) == msgs[2] and codec.tail(1) == msgs[2:]
+            for read in (codec.load, lambda: codec.get(1), lambda: codec.tail(2)):
+                with pytest.raises(CorruptRecordError, match="dictionary") as raised:
+                    read()
+                assert raised.value.offset == dictionary_at  # record 1's span (§5.3)
+            report = codec.verify()
+    with open_codec(path) as codec:
+        codec.append({"role": "user", "content": "appended " * 8})  # compressed without it
+        assert codec.tail(1) == [{"role": "user", "content": "appended " * 8}]
+    assert not report.ok
+    assert [(p.kind, p.offset) for p in report.problems] == [
+        ("damaged", dictionary_at),
+        ("damaged", message_at),
+    ]
+    saved = salvage(path, tmp_path / "copy.log", encryption_key=KEY)
+    assert saved.recovered == 3 and saved.lost_seqs == (1,)
+    with open_codec(tmp_path / "copy.log") as codec:
+        assert codec.load() == [msgs[0], msgs[2], {"role": "user", "content": "appended " * 8}]
+    monkeypatch.setenv("CONVERSATION_KEY", KEY)
+    assert main(["verify", str(path)]) == 3
+    assert main(["cat", str(path)]) == 3  # corruption found, as for any damaged record
+    assert "Traceback" not in capsys.readouterr().err

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from _spec_reader import SpecError
+from _spec_reader import read as spec_read
 from conversation_codec import ConversationCodec, CorruptRecordError, FileIO
 from conversation_codec.compression import TRAIN_AFTER
 from conversation_codec.format.record import encode_envelope, encode_frame
@@ -293,3 +295,45 @@ def test_a_large_torn_tail_is_resolved_without_trying_every_offset(tmp_path: Pat
         # resynchronisation authenticates (HMACs) a handful of candidates, not millions.
         assert cipher.unseal_count < 50
         assert len(codec) == 6
+
+
+PLAIN_HEAD = b'{"conversation_codec":1,"log_id":"00112233445566778899aabbccddeeff"}\n'
+PLAIN_0 = b'{"seq":0,"ts":"2026-01-01T00:00:00.000000Z","message":{"role":"user","content":"a"}}\n'
+TORN = b'{"seq":1,"ts":"2026-01-01T00:0'  # a damaged line: no record
+LONG = b"b" * (2 << 20)  # longer than the reader's window
+
+
+@pytest.mark.parametrize(
+    ("before", "line"),
+    [
+        (b"\n", b'{ "seq": 1, "ts": "2026-01-01T00:00:01.000000Z", "message": {"content": "b"} }'),
+        (b"\n", b'{"ts":"2026-01-01T00:00:01.000000Z","message":{"content":"b"},"seq":1}'),
+        (b"\n", b' \t{"seq":1,"ts":"2026-01-01T00:00:01.000000Z","message":{"content":"b"}}'),
+        (b"\x00" * 7, b'{"message":{"content":"b"},"seq":1,"ts":"2026-01-01T00:00:01.000000Z"}'),
+        (b"\x00" * 7, b'{"seq":1,"ts":"2026-01-01T00:00:01.000000Z","message":{"content":"b"}}'),
+        (b"\n", b'{"seq":1,"ts":"2026-01-01T00:00:01.000000Z","message":{"c":"%s"}}' % LONG),
+    ],
+    ids=["spaced", "reordered", "indented", "reordered-after-zeros", "after-zeros", "2-MiB"],
+)
+def test_plain_recovery_never_cuts_an_intact_line_in_any_form_s6_reads(
+    tmp_path: Path, before: bytes, line: bytes
+) -> None:
+    """FORMAT.md §10.1: every line start (and the end of zero-filled bytes) is a candidate,
+    checked by parsing the line as §6 reads it, not only where writers' bytes ``{"seq":``
+    begin: an intact line after a damaged one is damage before a record, never a torn tail."""
+    path = tmp_path / "p.log"
+    path.write_bytes(PLAIN_HEAD + PLAIN_0 + TORN + before + line + b"\n")
+    before_bytes = path.read_bytes()
+    with ConversationCodec(path) as codec:
+        with pytest.raises(CorruptRecordError, match="intact one") as raised:
+            codec.load()
+        assert raised.value.offset == len(PLAIN_HEAD + PLAIN_0)
+        with pytest.raises(CorruptRecordError):
+            codec.append(NEW)
+        report = codec.verify()
+    assert path.read_bytes() == before_bytes
+    assert [p.kind for p in report.problems if p.is_damage] == ["damaged"]
+    saved = salvage(path, tmp_path / "copy.log")
+    assert saved.recovered == 2 and saved.lost_seqs == ()
+    with pytest.raises(SpecError, match="before an intact record"):  # the spec's reader
+        spec_read(before_bytes)

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 import zstandard
 
+from _spec_reader import SpecError
 from _spec_reader import read as spec_read
 from conversation_codec import ConversationCodec, ConversationStore
 from conversation_codec.crypto import Keyring, LogCipher
@@ -28,8 +29,10 @@ from conversation_codec.format.header import (
     context_digest,
     decode_sealed_header,
 )
+from conversation_codec.format.index import MAX_TS_US
 from conversation_codec.format.record import MAX_DEPTH, encode_envelope, encode_frame
 from conversation_codec.format.varint import encode_varint
+from conversation_codec.maintenance.verify import salvage
 from conversation_codec.records import SealedRecords
 from conversation_codec.storage.postgres import log as postgres_log
 from conversation_codec.usual import read_usual
@@ -158,6 +161,10 @@ NOT_USUAL: dict[str, tuple[int, int, bytes | None]] = {
         TS,
         encode_envelope(7, TS, _COMPRESS.compress(TEXT)[:-3], compressed=True),
     ),
+    # FORMAT.md §9.2: no writer stamps a time at or after 10000-01-01, and the index
+    # never holds one (§7), so the record is damage even where an index agrees with it.
+    "a time at 10000-01-01": (7, MAX_TS_US, _usual(7, MAX_TS_US, TEXT, "dict")),
+    "a time far past 10000-01-01": (7, 600_000 * 10**12, _usual(7, 600_000 * 10**12, TEXT, "zstd")),
     "a truncated envelope": (7, TS, b"\x03\x87"),
     "an empty envelope": (7, TS, b""),
     "malformed JSON": (7, TS, encode_envelope(7, TS, b'{"role": ', compressed=False)),
@@ -279,6 +286,59 @@ def test_a_reindex_reports_the_records_before_a_damaged_message(tmp_path: Path) 
     with codec, pytest.raises(CorruptRecordError, match="record 5"):
         codec.reindex(progress=lambda n, total: done.append(n))
     assert done == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("ts", [MAX_TS_US - 1, MAX_TS_US, 600_000 * 10**12])
+def test_a_record_time_at_10000_or_later_is_damage_on_every_path(tmp_path: Path, ts: int) -> None:
+    """FORMAT.md §9.2: a message record stamped at or after 10000-01-01 (which no writer
+    stamps, and no index entry holds, §7) is damaged wherever it is read: never read by one
+    call and refused by another, nor its time copied by the next append."""
+    path = tmp_path / "c.log"
+    with ConversationCodec(path, encryption_key=KEY, clock=Clock(), durability="flush") as c:
+        c.extend(messages(3))
+        start = path.stat().st_size
+    text = json.dumps(messages(4)[3]).encode()
+    with path.open("ab") as f:
+        f.write(encode_frame(_records(path.read_bytes()).encode(3, ts, text)))
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        if ts < MAX_TS_US:  # the last time a writer may stamp: an ordinary record
+            assert codec.load() == messages(4) and codec.timestamp(3).year == 9999
+            assert codec.info().message_count == 4 and codec.verify().ok
+            return
+        reads = {
+            "load": codec.load,
+            "tail": lambda: codec.tail(1),
+            "get": lambda: codec.get(3),
+            "search": lambda: list(codec.search(None)),
+            "timestamp": lambda: codec.timestamp(0),
+            "info": codec.info,
+            "append": lambda: codec.append({"role": "user", "content": "later"}),
+        }
+        for name, read in reads.items():
+            with pytest.raises(CorruptRecordError, match="10000") as raised:
+                read()
+            assert raised.value.offset == start, name
+        report = codec.verify()
+    assert [(p.kind, p.offset) for p in report.problems] == [("damaged", start)]
+    saved = salvage(path, tmp_path / "copy.log", encryption_key=KEY)
+    assert saved.recovered == 3 and saved.lost_seqs == (3,)
+    with pytest.raises(SpecError, match="10000"):  # as the spec's own reader judges it
+        spec_read(path.read_bytes(), key=KEY)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_clock_at_10000_is_refused_before_anything_is_written(tmp_path: Path, batch: int) -> None:
+    """A writer never stamps a record that readers refuse (FORMAT.md §8.2, §9.2), whatever
+    its clock says: the quick single append and a batch alike."""
+    path = tmp_path / "c.log"
+    clock = Clock()
+    with ConversationCodec(path, encryption_key=KEY, clock=clock, durability="flush") as codec:
+        codec.extend(messages(3))
+        before = path.read_bytes()
+        clock.now = MAX_TS_US - 1000  # the next read is 10000-01-01T00:00:00Z
+        with pytest.raises(ValueError, match="9999"):
+            codec.extend(messages(batch))
+        assert path.read_bytes() == before and codec.load() == messages(3)
 
 
 def _store_conversation(url: str, count: int) -> tuple[ConversationStore, str]:

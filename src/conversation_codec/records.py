@@ -17,6 +17,7 @@ import zstandard
 from .compression import Compressor
 from .crypto import InvalidToken, LogCipher
 from .errors import UnsupportedVersionError
+from .format.index import MAX_TS_US
 from .format.record import (
     KIND_DICTIONARY,
     KIND_MESSAGE,
@@ -119,7 +120,7 @@ class SealedRecords:
     """Bodies of a sealed log: zstd (with the log's dictionary once it has one, and only
     when that makes it smaller), then one Fernet token each (FORMAT.md §5)."""
 
-    __slots__ = ("_cipher", "_dict", "_dict_bytes", "_dict_id", "_frames", "_zstd")
+    __slots__ = ("_cipher", "_dict", "_dict_bytes", "_dict_id", "_frames", "_unusable", "_zstd")
 
     def __init__(self, cipher: LogCipher, compressor: Compressor | None = None) -> None:
         self._cipher = cipher
@@ -127,6 +128,7 @@ class SealedRecords:
         self._dict: Compressor | None = None
         self._dict_bytes: bytes | None = None
         self._dict_id = 0
+        self._unusable: str | None = None  # why zstd refuses the log's dictionary, if it does
         # While a rewrite keeps this log's dictionary: the zstd frame each text that
         # ``payloads`` inflated with it came from, by id() and checked by identity (as
         # PlainRecords keeps its parses), for the batch last read.
@@ -144,17 +146,26 @@ class SealedRecords:
 
     @property
     def dictionary(self) -> bytes | None:
-        """The dictionary in use (None: none), e.g. for a rewrite to keep."""
-        return self._dict_bytes
+        """The dictionary in use (None: none, or one zstd refuses), e.g. for a rewrite to keep."""
+        return None if self._dict is None else self._dict_bytes
+
+    @property
+    def unusable(self) -> str | None:
+        """Why zstd refuses the log's dictionary (FORMAT.md §5.3); None when it loads."""
+        return self._unusable
 
     def use_dictionary(self, dict_id: int, dictionary: bytes) -> None:
-        """Compress new records with this dictionary, and open records that name it."""
-        self._dict, self._dict_id = Compressor(dictionary=dictionary), dict_id
-        self._dict_bytes = dictionary
+        """Compress new records with this dictionary, and open records that name it; one zstd
+        refuses, ``unusable``, damages those records alone (FORMAT.md §5.3)."""
+        self._dict_id, self._dict_bytes, self._unusable = dict_id, dictionary, None
+        try:
+            self._dict = Compressor(dictionary=dictionary)
+        except zstandard.ZstdError as exc:
+            self._dict, self._unusable = None, f"zstd refuses it as a dictionary ({exc})"
 
     def drop_dictionary(self) -> None:
         """Stop using the dictionary (its record was cut off the log)."""
-        self._dict, self._dict_id, self._dict_bytes = None, 0, None
+        self._dict, self._dict_id, self._dict_bytes, self._unusable = None, 0, None, None
 
     def encode(self, seq: int, ts_us: int, message_json: bytes) -> bytes:
         # envelope() inline: a frame less on every append (issue 15).
@@ -250,7 +261,10 @@ class SealedRecords:
             raise RecordDamaged(f"record envelope is malformed: {exc}") from None
 
     def _open(self, body: bytes, expected_seq: int | None) -> Envelope:
-        return self._message(self._unseal(body), expected_seq)
+        env = self._message(self._unseal(body), expected_seq)
+        if env.ts_us < MAX_TS_US:  # FORMAT.md §9.2: no writer stamps later, no index holds it
+            return env
+        raise RecordDamaged(f"record time {env.ts_us} us is at or after 10000-01-01")
 
     def _message(self, env: Envelope, expected_seq: int | None) -> Envelope:
         """Check that an unsealed envelope is a message record at ``expected_seq``."""
@@ -267,8 +281,8 @@ class SealedRecords:
         return self._open(body, expected_seq).ts_us
 
     def locate(self, body: bytes) -> tuple[int, int]:
-        """Return ``(seq, ts_us)`` of an authentic message body without decompressing it."""
-        env = self._open(body, None)
+        """Return ``(seq, ts_us)`` of an authentic message body (any time), not decompressed."""
+        env = self._message(self._unseal(body), None)
         return env.seq, env.ts_us
 
     def payload(self, body: bytes, expected_seq: int) -> tuple[bytes, int]:
@@ -286,9 +300,9 @@ class SealedRecords:
             self._frames.clear()
         for (seq, body), unsealed in zip(records, opened, strict=True):
             if unsealed is not None:
-                head = self._usual(unsealed[0])
+                head = self._usual(*unsealed)
                 if head is not None and head[0] == seq:
-                    yield seq, head[2], unsealed[1] * _US_PER_S + head[1]
+                    yield seq, head[2], head[1]
                     continue
             text, ts_us = self.payload(body, seq)
             yield seq, text, ts_us
@@ -314,28 +328,24 @@ class SealedRecords:
         that ``inspect`` may refuse or read another way (the caller reads it alone)."""
         found: list[tuple[int, int, bytes] | None] = []
         for unsealed in self._cipher.unseal_many(bodies):
-            head = None if unsealed is None else self._usual(unsealed[0])
-            if head is None or unsealed is None:
-                found.append(None)
-            else:
-                found.append((head[0], unsealed[1] * _US_PER_S + head[1], head[2]))
+            found.append(None if unsealed is None else self._usual(*unsealed))
         return found
 
-    def _usual(self, plain: bytes) -> tuple[int, int, bytes] | None:
-        """Return ``(seq, ts_rem_us, text)`` of a message record whose envelope is as
-        writers write it (FORMAT.md §5.2: flags 0, 1 or 1|2 with dictionary 1..127, a
-        canonical seq and time remainder); None for anything else, which ``payload`` and
-        ``inspect`` then read (and refuse, if they must) on their own."""
+    def _usual(self, plain: bytes, seconds: int) -> tuple[int, int, bytes] | None:
+        """Return ``(seq, ts_us, text)`` of a message record as writers write it (FORMAT.md
+        §5.2: flags 0, 1 or 1|2 with dictionary 1..127, canonical varints, a time before 10000);
+        None for anything else, which ``payload`` and ``inspect`` read (and refuse) alone."""
         try:
             flags = plain[0]
             seq, pos = decode_varint(plain, 1)
             rem, pos = decode_varint(plain, pos)
-            if rem >= _US_PER_S:
+            ts_us = seconds * _US_PER_S + rem
+            if rem >= _US_PER_S or ts_us >= MAX_TS_US:
                 return None
             if flags == 1:
-                return seq, rem, self._zstd.decompress(plain[pos:])
+                return seq, ts_us, self._zstd.decompress(plain[pos:])
             if flags == 0:
-                return seq, rem, plain[pos:]
+                return seq, ts_us, plain[pos:]
             if flags == 3 and self._dict is not None and plain[pos] == self._dict_id < 0x80:
                 frame = plain[pos + 1 :]
                 text = self._dict.decompress(frame)
@@ -344,7 +354,7 @@ class SealedRecords:
                 # this library left out: those are compressed again (compression.py).
                 if self._frames is not None and frame[4] & 0xE0:
                     self._frames[id(text)] = (text, frame)
-                return seq, rem, text
+                return seq, ts_us, text
         except (IndexError, ValueError, zstandard.ZstdError):
             pass
         return None
@@ -357,8 +367,10 @@ class SealedRecords:
         if not env.compressed:
             return bytes(env.payload)
         if env.dict_id:
-            if env.dict_id != self._dict_id or self._dict is None:
+            if env.dict_id != self._dict_id or self._dict_bytes is None:
                 raise DictionaryMissing(env.dict_id)
+            if self._dict is None:
+                raise RecordDamaged(f"record needs the log's dictionary record: {self._unusable}")
             zstd = self._dict
         else:
             zstd = self._zstd

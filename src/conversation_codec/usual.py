@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 import zstandard
 
+from .format.index import MAX_TS_US
 from .format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .format.varint import decode_varint
 
@@ -84,7 +85,8 @@ def read_usual(
                 rem, pos = decode_varint(plain, pos)
             if found != seq or rem >= _US_PER_S:
                 return None
-            if _seconds(body)[0] * _US_PER_S + rem != tss[seq]:
+            ts_us = _seconds(body)[0] * _US_PER_S + rem
+            if ts_us != tss[seq] or ts_us >= MAX_TS_US:  # FORMAT.md §9.2: before 10000
                 return None
             if flags == 3 and plain[pos] == dict_id:
                 frame = plain[pos + 1 :]

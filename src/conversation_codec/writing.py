@@ -87,6 +87,8 @@ class LogWriter:
         last = tss[-1] if len(tss) else 0
         if given is None:
             now = max(self.clock(), last)  # a clock that steps back is clamped
+            if now >= MAX_US:  # FORMAT.md §9.2: readers would refuse the record
+                raise ValueError(f"the clock reads {now} us, past 9999: no record time")
             return [now] * count
         if len(given) != count:
             raise ValueError(f"got {len(given)} timestamps for {count} messages")
@@ -121,6 +123,8 @@ class LogWriter:
         ts = time.time_ns() // 1000 if clock is _now_us else clock()  # (_now_us inline)
         if ts < last_us:
             ts = last_us  # a clock that steps back is clamped (as stamps())
+        elif ts >= MAX_US:
+            return None  # append() refuses it (stamps())
         return ts, records.encode(seq, ts, data)
 
     def append(self, datas: list[bytes], timestamps: Sequence[TimestampInput] | None) -> int:

@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from ..._time import iso_z
-from ...format.index import END_MASK, INDEX_ENTRY, INDEX_HEADER_BYTES, decode_index_header
+from ...format.index import (
+    END_MASK,
+    INDEX_ENTRY,
+    INDEX_HEADER_BYTES,
+    MAX_TS_US,
+    decode_index_header,
+)
 from ...records import (
     DictionaryMissing,
     RecordCodec,
@@ -199,8 +205,12 @@ def _open(log: FileLog, body: bytes, control: bool) -> tuple[str, int, int, byte
             dictionary = records.decode_dictionary(body, 1)
             if records.dict_id == 0:
                 records.use_dictionary(1, dictionary)
-            return "dictionary", 1, -1, b""
-        seq, ts, text = records.inspect(body)
+            return "dictionary", 1, -1, (records.unusable or "").encode()
+        try:
+            seq, ts, text = records.inspect(body)
+        except RecordDamaged as exc:  # authentic, but its envelope, time or payload is not
+            seq, ts = _located(records, body)
+            return "malformed", seq, ts, str(exc).encode()
         try:
             records.parse(text)  # authentic, but does the message itself hold up?
         except RecordDamaged as exc:
@@ -212,6 +222,16 @@ def _open(log: FileLog, body: bytes, control: bool) -> tuple[str, int, int, byte
     except RecordRejected:
         return None
     return "record", seq, ts, text
+
+
+def _located(records: RecordCodec, body: bytes) -> tuple[int, int]:
+    """``(seq, ts_us)`` of an authentic but damaged record; ``(-1, -1)`` when not known."""
+    try:
+        assert isinstance(records, SealedRecords)  # only a sealed record is authentic
+        seq, ts = records.locate(body)
+    except RecordRejected:
+        return -1, -1
+    return seq, ts if ts < MAX_TS_US else -1  # FORMAT.md §9.2: no time to resume from
 
 
 def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, list[Problem]]:
@@ -238,6 +258,8 @@ def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, 
             after_damage = True
             continue
         if kind == "dictionary":
+            if _body:  # FORMAT.md §5.3: the records compressed with it cannot be read
+                problems.append(Problem("damaged", start, f"dictionary record: {_body.decode()}"))
             continue
         if kind == "unauthenticated":
             problems.append(
