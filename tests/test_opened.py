@@ -9,11 +9,14 @@ place (the same inode, another header).
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
 import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +161,69 @@ def test_a_log_copied_over_in_place_after_the_probe_is_identified_again(
     alice.write_bytes(saved)
     with store.open("alice") as codec:
         assert codec.load() == [_msg(0, "alice")]
+
+
+def test_counters_that_come_back_to_an_earlier_value_never_serve_old_bytes(
+    tmp_path: Path,
+) -> None:
+    # P.lock emptied in place (FORMAT.md §16 tolerates it: it is made again) brings the
+    # counters back to where they were when the reader read the log whole; what another
+    # process wrote since (a pop, and an append of the same size at the same time) must
+    # still be what the reader reads.
+    path = tmp_path / "c.log"
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        codec.extend([_msg(i) for i in range(3)], timestamps=[t0] * 3)
+    os.unlink(f"{path}.lock")  # the reader's lock file is new: counters (inode, 0, 0)
+    with ConversationCodec(path, encryption_key=KEY) as reader:
+        assert reader.get(2) == _msg(2)
+        child = (
+            "import os, sys, datetime as d; from conversation_codec import ConversationCodec\n"
+            "with ConversationCodec(sys.argv[1], encryption_key=os.environ['CC_TEST_KEY']) as c:\n"
+            "    c.pop(); c.append({'role': 'user', 'content': 'MESSAGE 0002'},\n"
+            "                      timestamp=d.datetime(2026, 1, 1, tzinfo=d.timezone.utc))\n"
+        )
+        subprocess.run(
+            [sys.executable, "-c", child, str(path)],
+            env=subprocess_env(KEY),
+            check=True,
+            timeout=60,
+        )
+        assert reader.get(2) == _msg(2, "MESSAGE")
+        os.truncate(f"{path}.lock", 0)
+        assert reader.get(2) == _msg(2, "MESSAGE")
+        assert reader.load() == [_msg(0), _msg(1), _msg(2, "MESSAGE")]
+
+
+def test_a_log_writable_only_after_the_probe_takes_the_first_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The probe could open the log only for reading (a read-only mount, a mode fixed
+    # since): it keeps no file then, and the first write opens the log read-write.
+    path = tmp_path / "c.log"
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        codec.extend([_msg(i) for i in range(3)])
+    real = os.open
+
+    def refusing(name: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(name) == str(path) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(name))
+        return real(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    codec = ConversationCodec(path, encryption_key=KEY)
+    monkeypatch.undo()
+    with codec:
+        assert codec.append(_msg(3)) == 3
+        assert codec.load() == [_msg(i) for i in range(4)]
+
+
+def test_a_codec_dropped_unused_leaves_no_file_open(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    with ConversationCodec(path, encryption_key=KEY) as codec:
+        codec.append(_msg(0))
+    before = _open_fds()
+    for _ in range(20):
+        ConversationCodec(path, encryption_key=KEY)  # never used, never closed
+    gc.collect()
+    assert _open_fds() == before

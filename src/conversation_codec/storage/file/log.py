@@ -159,7 +159,7 @@ class FileLog:
                 raise
 
     def _reload(self, state: tuple[int, int, int] | None) -> None:
-        self._fresh_size = None
+        self._fresh_size = self._whole = None  # the counters moved: re-read what is read
         if self._fd is None:  # no log open: the probe's file if still at the path, else
             probed, self._probed = self._probed, None  # open it at once (issue 15)
             self._open_log(reuse(self.path, probed, self._attach), state)
@@ -210,7 +210,7 @@ class FileLog:
         if self._fd is not None:
             os.close(self._fd)
         if self._probed is not None:
-            os.close(self._probed.fd)
+            self._probed.close()
         self._fd, self.fmt, self._log_id_stat = None, None, None
         self._probed = self._whole = None
         self._dict = Dictionary()
@@ -295,7 +295,7 @@ class FileLog:
         assert self.fmt is not None
         self.index.reset(self.fmt.data_start, keep_evidence=True)
         self._dict = Dictionary()
-        self._index_ok = False
+        self._index_ok, self._whole = False, None
         try:
             self._catch_up(self._txns.writable)
         except BaseException:

@@ -13,6 +13,7 @@ its last index entry and a ``tail`` then read from memory instead of two more re
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import NamedTuple
@@ -40,13 +41,31 @@ Attach = Callable[[bytes], LogFormat]
 Whole = tuple[bytes, tuple[int, int, int]]  # a small log's bytes, and the counters then
 
 
-class Probed(NamedTuple):
-    """A log file ``probe()`` opened and identified, without the lock."""
+class Probed:
+    """A log file ``probe()`` opened (read-write) and identified, without the lock. Its
+    descriptor is closed when it is dropped unused: a codec that is never used nor
+    closed, or one an async open made for a caller who cancelled, leaks nothing."""
 
-    fd: int
-    ident: tuple[int, int]  # (st_dev, st_ino)
-    header: bytes  # its header's bytes, as identified
-    fmt: LogFormat
+    __slots__ = ("fd", "fmt", "header", "ident")
+
+    def __init__(self, fd: int, ident: tuple[int, int], header: bytes, fmt: LogFormat) -> None:
+        self.fd, self.fmt = fd, fmt
+        self.ident = ident  # (st_dev, st_ino)
+        self.header = header  # its header's bytes, as identified
+
+    def take(self) -> int:
+        """The descriptor, now the caller's to close."""
+        fd, self.fd = self.fd, -1
+        return fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # also at interpreter exit
+            self.close()
 
 
 class Opened(NamedTuple):
@@ -60,8 +79,9 @@ class Opened(NamedTuple):
 
 
 def probe(path: str, attach: Attach) -> Probed | bool:
-    """Open and identify the log at ``path``; for no open file, whether a file is there
-    (an empty one). ``attach`` raises on a wrong key or a foreign file (the file is closed)."""
+    """Open and identify the log at ``path``; for no file kept open, whether a file is
+    there (empty, or only readable: not kept). ``attach`` raises on a wrong key or a
+    foreign file (the file is closed)."""
     probed = probe_log_file(path, PREFIX_BYTES)
     if not isinstance(probed, tuple):
         return probed is not None
@@ -69,9 +89,10 @@ def probe(path: str, attach: Attach) -> Probed | bool:
     try:
         fmt = attach(prefix)
     except BaseException:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
         raise
-    return Probed(fd, (st.st_dev, st.st_ino), prefix[: fmt.data_start], fmt)
+    return True if fd is None else Probed(fd, (st.st_dev, st.st_ino), prefix[: fmt.data_start], fmt)
 
 
 def open_attached(path: str, attach: Attach) -> Opened | None:
@@ -92,12 +113,12 @@ def reuse(path: str, probed: Probed | None, attach: Attach) -> Opened | None:
     try:
         st = check_file(path)
     except BaseException:
-        os.close(probed.fd)
+        probed.close()
         raise
     if st is None or not st.st_size or (st.st_dev, st.st_ino) != probed.ident:
-        os.close(probed.fd)
+        probed.close()
         return None if st is None or not st.st_size else open_attached(path, attach)
-    return _identified(probed.fd, st, attach, probed)
+    return _identified(probed.take(), st, attach, probed)
 
 
 def _identified(fd: int, st: os.stat_result, attach: Attach, probed: Probed | None) -> Opened:

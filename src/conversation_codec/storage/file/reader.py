@@ -336,26 +336,32 @@ def open_log_file(path: str) -> tuple[int, os.stat_result] | None:
     a file system that refuses writes), with its ``fstat``; None when there is none, or it
     is empty (FORMAT.md §9: an empty history, even unreadable). Never through a link."""
     opened = _open_log_file(path)
-    return opened if isinstance(opened, tuple) else None
+    return opened[:2] if isinstance(opened, tuple) else None
 
 
-def probe_log_file(path: str, size: int) -> tuple[int, os.stat_result, bytes] | bytes | None:
+def probe_log_file(path: str, size: int) -> tuple[int | None, os.stat_result, bytes] | bytes | None:
     """``open_log_file`` with the file's first ``size`` bytes, in one open: the descriptor
-    stays open for the caller to keep (issue 15). ``b""`` when the file is empty (closed
-    again), None when there is none."""
+    stays open for the caller to keep (issue 15), unless only a read-only open was allowed
+    (then None: closed again, so that a write opens the file afresh, writable by then).
+    ``b""`` when the file is empty (closed again), None when there is none."""
     opened = _open_log_file(path)
     if not isinstance(opened, tuple):
         return b"" if opened else None
-    fd, st = opened
+    fd, st, writable = opened
     try:
-        return fd, st, os.pread(fd, size, 0)
+        prefix = os.pread(fd, size, 0)
     except BaseException:
         os.close(fd)
         raise
+    if not writable:
+        os.close(fd)
+    return fd if writable else None, st, prefix
 
 
-def _open_log_file(path: str) -> tuple[int, os.stat_result] | bool:
-    """``open_log_file``; for no open file, whether one is at the path (an empty file)."""
+def _open_log_file(path: str) -> tuple[int, os.stat_result, bool] | bool:
+    """``open_log_file``, and whether it opened read-write; for no open file, whether one
+    is at the path (an empty file)."""
+    writable = True
     try:
         try:
             fd, st = open_regular(path, os.O_RDWR)
@@ -363,6 +369,7 @@ def _open_log_file(path: str) -> tuple[int, os.stat_result] | bool:
             if exc.errno not in _READ_ONLY_ERRNOS:
                 raise
             fd, st = open_regular(path, os.O_RDONLY)
+            writable = False
     except (FileNotFoundError, NotADirectoryError):
         return False
     except PermissionError:
@@ -373,4 +380,4 @@ def _open_log_file(path: str) -> tuple[int, os.stat_result] | bool:
     if not st.st_size:
         os.close(fd)
         return True
-    return fd, st
+    return fd, st, writable
