@@ -49,12 +49,21 @@ from typing import Any, Protocol
 from ._time import to_us
 from .errors import QueryTypeError, SearchError
 
-__all__ = ["Hit", "Query", "SearchQuery", "parse_roles", "to_us"]
+__all__ = ["Hit", "Query", "SearchQuery", "parse_roles", "raw_pieces", "to_us"]
 
 # Bytes msgspec escapes inside JSON strings: a term holding one cannot be looked for in raw
 # JSON text, so such a query skips the raw pre-filter.
 _WORDS = re.compile(r'"([^"]*)"?|([^\s"]+)')  # a "quoted phrase" (closing quote optional) or a word
 _ESCAPED = re.compile(r'["\\\x00-\x1f]')
+# An object-valued argument is searched as its ``json.dumps`` text (``_json_text``), which
+# the stored JSON need not spell the same way: json.dumps writes ", " and ": " (msgspec ","
+# and ":"; another writer may put whitespace between any tokens, FORMAT.md §5.2) and floats
+# as Python does (1e+16, 1e-05; msgspec 1e16, 0.00001). ``raw_pieces`` keeps of a term only
+# what any stored spelling holds too: it drops what may be (part of) a number and splits
+# at the structural characters.
+_NUMBER_RUN = re.compile(r"[0-9.e+\-]+")
+_NUMBER_PART = re.compile(r"[+\-]?[0-9]*\.?[0-9]*(?:e[+\-]?[0-9]*)?")  # in -1.5e+16
+_STRUCTURE = re.compile(r"[\[\]{},:]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +146,33 @@ def _json_text(value: dict[str, Any] | list[Any]) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def raw_pieces(term: str) -> list[str]:
+    """Return the parts of a (folded) term that the stored JSON text of a message holds
+    whenever the matcher finds the term in the message's searchable text.
+
+    A string value is stored as it is searched (a term holding a character JSON escapes
+    skips the pre-filter). An object-valued argument is searched as its ``json.dumps``
+    text, in which a number token sits between ``[``/`` `` and ``,``/``]``/``}``: a run of
+    number characters there that could be part of one is dropped (``"1042, 1043"`` keeps
+    nothing of its own, ``"v1.2"`` and ``"2024-05-01"`` stay whole), and the rest is split
+    at ``[ ] { } , :`` with the spaces after them dropped.
+
+    >>> raw_pieces("zebra"), raw_pieces("48.85, 2.35"), raw_pieces('coords: [1e+16')
+    (['zebra'], [], ['coords'])
+    """
+    parts, last = [], 0
+    for run in _NUMBER_RUN.finditer(term):
+        a, b = run.span()
+        before = term[a - 1] if a else "["
+        after = term[b] if b < len(term) else "]"
+        if before in "[ " and after in ",]}" and _NUMBER_PART.fullmatch(run.group()):
+            parts.append(term[last:a])
+            last = b
+    parts.append(term[last:])
+    pieces = (p.lstrip(" ") for part in parts for p in _STRUCTURE.split(part))
+    return [p for p in pieces if p]
+
+
 class _Match(Protocol):
     def span(self) -> tuple[int, int]: ...
 
@@ -204,7 +240,8 @@ class Query:
         words = [phrase or word for phrase, word in _WORDS.findall(query)]
         self._terms = [self._fold(w) for w in words if w]
         if not any(_ESCAPED.search(t) for t in self._terms):
-            self.raw_terms = self._terms
+            pieces = dict.fromkeys(p for t in self._terms for p in raw_pieces(t))
+            self.raw_terms = list(pieces) or None  # None: nothing to look for, no pre-filter
 
     @property
     def everything(self) -> bool:
