@@ -91,7 +91,13 @@ def test_ordinary_terms_keep_the_pre_filter() -> None:
         "2024-05-01",
     ]
     assert not Query("zebra", regex=False, case_sensitive=False).maybe('{"content":"horse"}')
-    assert Query("42", regex=False, case_sensitive=False).raw_terms is None  # may be a float
+    number = Query("42", regex=False, case_sensitive=False)
+    assert number.raw_terms == []  # "42" may be part of a float json.dumps spells otherwise,
+    assert not number.maybe('{"content":"horse 41"}')  # but only in an object argument:
+    assert number.maybe('{"tool_calls":[{"args":{"x":4.2e-5}}]}')  # json.dumps: 4.2e-05
+    assert Query("4.2e-05", regex=False, case_sensitive=False).matches(
+        {"tool_calls": [{"args": {"x": 4.2e-5}}]}
+    )
     assert raw_pieces("refund, order: [x]") == ["refund", "order", "x"]
 
 

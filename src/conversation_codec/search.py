@@ -64,6 +64,10 @@ _ESCAPED = re.compile(r'["\\\x00-\x1f]')
 _NUMBER_RUN = re.compile(r"[0-9.e+\-]+")
 _NUMBER_PART = re.compile(r"[+\-]?[0-9]*\.?[0-9]*(?:e[+\-]?[0-9]*)?")  # in -1.5e+16
 _STRUCTURE = re.compile(r"[\[\]{},:]")
+# An object-valued argument (``_call_text``): the stored JSON of a message without one holds
+# each searched term whole.
+_OBJECT_ARG = re.compile(r'"(?:args|arguments|input)"\s*:\s*[\[{]')
+_OBJECT_BYTES = re.compile(_OBJECT_ARG.pattern.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +219,7 @@ def _compile_regex(query: str, *, case_sensitive: bool) -> _Pattern:
 class Query:
     """A compiled keyword query; ``matches`` decides, ``maybe`` pre-filters raw JSON text."""
 
-    __slots__ = ("_fold", "_pattern", "_terms", "raw_terms")
+    __slots__ = ("_exact", "_fold", "_pattern", "_terms", "raw_terms")
 
     def __init__(self, query: str | None, *, regex: bool, case_sensitive: bool) -> None:
         """Compile ``query``.
@@ -232,6 +236,7 @@ class Query:
         self._pattern: _Pattern | None = None
         self._terms: list[str] = []
         self.raw_terms: list[str] | None = None
+        self._exact: list[str] = []  # terms raw_pieces cut: whole unless an object argument
         if query is None or not query.strip():
             return
         if regex:
@@ -240,8 +245,9 @@ class Query:
         words = [phrase or word for phrase, word in _WORDS.findall(query)]
         self._terms = [self._fold(w) for w in words if w]
         if not any(_ESCAPED.search(t) for t in self._terms):
-            pieces = dict.fromkeys(p for t in self._terms for p in raw_pieces(t))
-            self.raw_terms = list(pieces) or None  # None: nothing to look for, no pre-filter
+            pieces = {t: raw_pieces(t) for t in self._terms}
+            self.raw_terms = list(dict.fromkeys(p for t in self._terms for p in pieces[t]))
+            self._exact = [t for t in self._terms if pieces[t] != [t]]
 
     @property
     def everything(self) -> bool:
@@ -258,7 +264,10 @@ class Query:
         if self.raw_terms is None:
             return True
         folded = self._fold(raw_json)
-        return all(t in folded for t in self.raw_terms)
+        if not all(t in folded for t in self.raw_terms):
+            return False
+        # A term that is not all there may still be in an object argument's json.dumps text.
+        return all(t in folded for t in self._exact) or _OBJECT_ARG.search(raw_json) is not None
 
     def maybe_any(self, raw_jsons: list[bytes]) -> bool:
         """Return False only when no message with one of these JSON texts can match: one
@@ -268,8 +277,11 @@ class Query:
             return True
         # Decoding and case folding work character by character, so the joined text holds
         # every term that one of the texts holds.
-        folded = self._fold(b"\n".join(raw_jsons).decode("utf-8", "replace"))
-        return all(t in folded for t in self.raw_terms)
+        joined = b"\n".join(raw_jsons)
+        folded = self._fold(joined.decode("utf-8", "replace"))
+        if not all(t in folded for t in self.raw_terms):
+            return False
+        return all(t in folded for t in self._exact) or _OBJECT_BYTES.search(joined) is not None
 
     def matches(self, message: dict[str, Any]) -> bool:
         """Return True when the message's searchable text satisfies the query."""
