@@ -12,8 +12,8 @@ search raises ``LogReplacedError`` rather than mix two histories silently.
 So a search returns, once per position of the log as it was when the search started, the
 message that position holds when its batch is read: a compaction changes nothing, and a
 ``pop()`` and re-``append()`` of messages the search has not reached yet are read as they
-are then (the popped message, or the new one, never both). Appends made after the search
-started are not reported.
+are then (the popped message, the new one, or none if it reads in between; never two at one
+position), and those it has read stay as read. Appends made after it started are not read.
 """
 
 from __future__ import annotations
