@@ -355,7 +355,13 @@ class ConversationCodec(Maintenance, ChatFormats):
             (``pip install "conversation-codec[regex]"``; see ``conversation_codec.search``).
         :raises ValueError: ``since`` after ``until``, a negative limit.
         :raises TypeError: a role that is not a string or a collection of strings.
-        :raises LogReplacedError: another writer replaced the log while results streamed.
+        Another writer's compaction (or key rotation) while results stream loses no hit:
+        the search plans again after what it read. Each position it started with is read
+        once, as it is then (a message popped and re-appended before the search reached it:
+        the new one, or none if read in between); later appends are not (``search_progress``).
+
+        :raises LogReplacedError: the messages already read were rewritten meanwhile
+            (``save()``, ``clear()``), or the log was replaced again and again.
         """
         parsed = SearchQuery.parse(
             query,

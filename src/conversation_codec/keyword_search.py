@@ -4,11 +4,15 @@ index names, plus every record past what it covers, each matched as the scan mat
 A search first brings a lagging sidecar up to date (``KeywordIndexer.catch_up``, under the
 writer lock): appends leave it alone (§17.5), so the records they added are indexed by the
 first search that finds ``FLUSH_MESSAGES`` or more of them; fewer are scanned.
+
+A log replaced or truncated by another process between two lock holds of a search is
+planned again from where the search is (``search_progress``): a compaction loses no hit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +22,7 @@ from .keyword_builder import candidate_ranges, joined
 from .keyword_index import BLOCK, query_grams
 from .reading import READ_BATCH, LogReader
 from .search import Hit, SearchQuery
+from .search_progress import SearchProgress
 from .storage.base import LogStorage
 
 __all__ = ["indexed_search"]
@@ -39,7 +44,51 @@ def indexed_search(
 ) -> Iterator[Hit]:
     """``LogReader.search``, reading only the candidate blocks when the index answers;
     with ``writing`` (the writer lock), first ``catch_up`` a lagging sidecar. A catch-up
-    that fails (a full disk, a lock timeout, a damaged record) leaves the scan to it."""
+    that fails (a full disk, a lock timeout, a damaged record) leaves the scan to it.
+
+    A log replaced or truncated meanwhile is planned again, after what was read
+    (``SearchProgress``); the hits handed out count against ``limit``.
+
+    :raises LogReplacedError: what the search had read was rewritten, or the log was
+        replaced ``MAX_REPLANS`` times in a row with no batch read in between.
+    """
+    progress = SearchProgress()
+    left = query.limit
+    while True:
+        attempt = _attempt(
+            indexer,
+            reader,
+            log,
+            dataclasses.replace(query, limit=left),
+            reading=reading,
+            base=base,
+            present=present,
+            writing=writing,
+            progress=progress,
+        )
+        try:
+            for hit in attempt:
+                yield hit
+                left = None if left is None else left - 1
+            return
+        except LogReplacedError as exc:
+            progress.retry(exc)
+            writing = None  # caught up (or tried to) once
+
+
+def _attempt(
+    indexer: KeywordIndexer,
+    reader: LogReader,
+    log: LogStorage,
+    query: SearchQuery,
+    *,
+    reading: Holding,
+    base: Callable[[], int],
+    present: Callable[[Message], Message],
+    writing: Holding | None,
+    progress: SearchProgress,
+) -> Iterator[Hit]:
+    """One plan of ``indexed_search`` and its reads, after ``progress``."""
     # Only a query the index can answer catches it up (a date range, a regex, a query of no
     # three-character run are scans), and a store whose index is written with its records
     # (a database) never lags: neither takes a lock hold for it.
@@ -52,17 +101,14 @@ def indexed_search(
     with reading():
         found = indexer.candidates(query)
         if found is not None:
-            lo, hi = query.span
-            first_seq = base()
-            first = 0 if lo is None else reader.first_at_or_after(lo, (-1,))
-            first = max(first_seq, first)
-            stop = len(log.index)
-            stop = max(first, stop if hi is None else reader.first_at_or_after(hi, (0,)))
+            first_seq, first, stop = reader.plan(query.span, base(), progress)
             newest = query.newest_first
             plan = candidate_ranges(found[0], found[1], first, stop, newest_first=newest)
             log_id = log.fmt.log_id if log.fmt else None
     if found is None:
-        yield from reader.search(query, reading=reading, base=base, present=present)
+        yield from reader.search(
+            query, reading=reading, base=base, present=present, progress=progress
+        )
         return
     left, budget = query.limit, 2 * BLOCK
     carry = next(plan, None)
@@ -85,7 +131,14 @@ def indexed_search(
                 raise LogReplacedError("the log was replaced or truncated during a search")
             for r in joined(batch, newest_first=query.newest_first):
                 some = reader.matches(
-                    query.matcher, query.roles, r.start, r.stop, first_seq, query.span, present
+                    query.matcher,
+                    query.roles,
+                    r.start,
+                    r.stop,
+                    first_seq,
+                    query.span,
+                    present,
+                    progress,
                 )
                 hits.extend(reversed(some) if query.newest_first else some)
         for hit in hits:
@@ -93,3 +146,5 @@ def indexed_search(
                 return
             yield hit
             left = None if left is None else left - 1
+        read = (min(r.start for r in batch), max(r.stop for r in batch))
+        progress.passed(*read, newest_first=query.newest_first)

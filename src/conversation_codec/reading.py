@@ -20,6 +20,7 @@ from ._time import to_datetime
 from .errors import CorruptRecordError, LogReplacedError
 from .records import DictionaryMissing, RecordCodec, RecordRejected
 from .search import Hit, Query, SearchQuery
+from .search_progress import SearchProgress
 from .storage.base import IndexMismatch, LogStorage
 
 __all__ = ["DECRYPT_BATCH", "DECRYPT_BATCH_BYTES", "READ_BATCH", "LogInfo", "LogReader"]
@@ -295,12 +296,17 @@ class LogReader:
         base: int,
         span: tuple[int | None, int | None],
         present: Callable[[Message], Message],
+        progress: SearchProgress | None = None,
     ) -> list[Hit]:
         """Return the hits among records ``start .. end`` whose own (authenticated) time is
-        in ``span``: their seq counted from ``base``, their message passed through ``present``."""
+        in ``span``: their seq counted from ``base``, their message passed through ``present``
+        (and the first and last record read noted in ``progress``)."""
         hits = []
         lo, hi = span
         for first, texts, _, tss in self.texts(start, end):
+            if progress is not None and texts:
+                progress.saw(first, tss[0], texts[0])
+                progress.saw(first + len(texts) - 1, tss[len(texts) - 1], texts[-1])
             if not matcher.maybe_any(texts):
                 continue  # no record of the batch holds every term
             for seq, text, ts in zip(range(first, first + len(texts)), texts, tss, strict=True):
@@ -314,6 +320,28 @@ class LogReader:
                     hits.append(Hit(seq - base, self.when(seq, ts), present(message)))
         return hits
 
+    def record(self, seq: int) -> tuple[int, bytes] | None:
+        """Return ``(ts_us, message JSON text)`` of record ``seq`` (authenticated), None
+        past the end (lock held)."""
+        if not 0 <= seq < len(self._log.index):
+            return None
+        for _, texts, _, tss in self.texts(seq, seq + 1):
+            return tss[0], texts[0]
+        return None
+
+    def plan(
+        self, span: tuple[int | None, int | None], base: int, progress: SearchProgress
+    ) -> tuple[int, int, int]:
+        """Return ``(base, first, stop)``: the records a search still has to read (lock held),
+        as ``SearchProgress.plan`` clips them."""
+        lo, hi = span
+        # Authenticate the records just outside the range (see first_at_or_after): then
+        # no record outside [first, stop) can match, and matches keeps the records inside
+        # by their own authenticated times.
+        first = max(base, 0 if lo is None else self.first_at_or_after(lo, (-1,)))
+        stop = max(first, len(self._log.index) if hi is None else self.first_at_or_after(hi, (0,)))
+        return progress.plan(base, first, stop, self.record, self.parse)
+
     def search(
         self,
         query: SearchQuery,
@@ -321,21 +349,17 @@ class LogReader:
         reading: Callable[[], contextlib.AbstractContextManager[None]],
         base: Callable[[], int],
         present: Callable[[Message], Message],
+        progress: SearchProgress | None = None,
     ) -> Iterator[Hit]:
         """Stream the hits of ``ConversationCodec.search`` (arguments checked there): one
-        batch of records per ``reading()`` lock hold, from the visible start ``base()``."""
+        batch of records per ``reading()`` lock hold, from the visible start ``base()``;
+        what is left to read, after ``progress`` (``search_progress``)."""
         matcher, roles, span = query.matcher, query.roles, query.span
         limit, newest_first = query.limit, query.newest_first
-        lo, hi = span
+        progress = SearchProgress() if progress is None else progress
         with reading():
-            index = self._log.index
             log_id = self._log.fmt.log_id if self._log.fmt else None
-            first_seq = base()
-            # Authenticate the records just outside the range (see first_at_or_after):
-            # then no record outside [first, stop) can match, and reader.matches keeps the
-            # records inside by their own authenticated times.
-            first = max(first_seq, 0 if lo is None else self.first_at_or_after(lo, (-1,)))
-            stop = max(first, len(index) if hi is None else self.first_at_or_after(hi, (0,)))
+            first_seq, first, stop = self.plan(span, base(), progress)
         left = limit
         bounds = range(first, stop, READ_BATCH)
         for start in reversed(bounds) if newest_first else bounds:
@@ -347,12 +371,13 @@ class LogReader:
                     self._log.index
                 ) < end:
                     raise LogReplacedError("the log was replaced or truncated during a search")
-                hits = self.matches(matcher, roles, start, end, first_seq, span, present)
+                hits = self.matches(matcher, roles, start, end, first_seq, span, present, progress)
             for hit in reversed(hits) if newest_first else hits:
                 if left == 0:
                     return
                 yield hit
                 left = None if left is None else left - 1
+            progress.passed(start, end, newest_first=newest_first)
 
 
 def _opened(

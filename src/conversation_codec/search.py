@@ -49,12 +49,25 @@ from typing import Any, Protocol
 from ._time import to_us
 from .errors import QueryTypeError, SearchError
 
-__all__ = ["Hit", "Query", "SearchQuery", "parse_roles", "to_us"]
+__all__ = ["Hit", "Query", "SearchQuery", "parse_roles", "raw_pieces", "to_us"]
 
 # Bytes msgspec escapes inside JSON strings: a term holding one cannot be looked for in raw
 # JSON text, so such a query skips the raw pre-filter.
 _WORDS = re.compile(r'"([^"]*)"?|([^\s"]+)')  # a "quoted phrase" (closing quote optional) or a word
 _ESCAPED = re.compile(r'["\\\x00-\x1f]')
+# An object-valued argument is searched as its ``json.dumps`` text (``_json_text``), which
+# the stored JSON need not spell the same way: json.dumps writes ", " and ": " (msgspec ","
+# and ":"; another writer may put whitespace between any tokens, FORMAT.md §5.2) and floats
+# as Python does (1e+16, 1e-05; msgspec 1e16, 0.00001). ``raw_pieces`` keeps of a term only
+# what any stored spelling holds too: it drops what may be (part of) a number and splits
+# at the structural characters.
+_NUMBER_RUN = re.compile(r"[0-9.e+\-]+")
+_NUMBER_PART = re.compile(r"[+\-]?[0-9]*\.?[0-9]*(?:e[+\-]?[0-9]*)?")  # in -1.5e+16
+_STRUCTURE = re.compile(r"[\[\]{},:]")
+# An object-valued argument (``_call_text``): the stored JSON of a message without one holds
+# each searched term whole.
+_OBJECT_ARG = re.compile(r'"(?:args|arguments|input)"\s*:\s*[\[{]')
+_OBJECT_BYTES = re.compile(_OBJECT_ARG.pattern.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +150,33 @@ def _json_text(value: dict[str, Any] | list[Any]) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def raw_pieces(term: str) -> list[str]:
+    """Return the parts of a (folded) term that the stored JSON text of a message holds
+    whenever the matcher finds the term in the message's searchable text.
+
+    A string value is stored as it is searched (a term holding a character JSON escapes
+    skips the pre-filter). An object-valued argument is searched as its ``json.dumps``
+    text, in which a number token sits between ``[``/`` `` and ``,``/``]``/``}``: a run of
+    number characters there that could be part of one is dropped (``"1042, 1043"`` keeps
+    nothing of its own, ``"v1.2"`` and ``"2024-05-01"`` stay whole), and the rest is split
+    at ``[ ] { } , :`` with the spaces after them dropped.
+
+    >>> raw_pieces("zebra"), raw_pieces("48.85, 2.35"), raw_pieces('coords: [1e+16')
+    (['zebra'], [], ['coords'])
+    """
+    parts, last = [], 0
+    for run in _NUMBER_RUN.finditer(term):
+        a, b = run.span()
+        before = term[a - 1] if a else "["
+        after = term[b] if b < len(term) else "]"
+        if before in "[ " and after in ",]}" and _NUMBER_PART.fullmatch(run.group()):
+            parts.append(term[last:a])
+            last = b
+    parts.append(term[last:])
+    pieces = (p.lstrip(" ") for part in parts for p in _STRUCTURE.split(part))
+    return [p for p in pieces if p]
+
+
 class _Match(Protocol):
     def span(self) -> tuple[int, int]: ...
 
@@ -179,7 +219,7 @@ def _compile_regex(query: str, *, case_sensitive: bool) -> _Pattern:
 class Query:
     """A compiled keyword query; ``matches`` decides, ``maybe`` pre-filters raw JSON text."""
 
-    __slots__ = ("_fold", "_pattern", "_terms", "raw_terms")
+    __slots__ = ("_exact", "_fold", "_pattern", "_terms", "raw_terms")
 
     def __init__(self, query: str | None, *, regex: bool, case_sensitive: bool) -> None:
         """Compile ``query``.
@@ -196,6 +236,7 @@ class Query:
         self._pattern: _Pattern | None = None
         self._terms: list[str] = []
         self.raw_terms: list[str] | None = None
+        self._exact: list[str] = []  # terms raw_pieces cut: whole unless an object argument
         if query is None or not query.strip():
             return
         if regex:
@@ -204,7 +245,9 @@ class Query:
         words = [phrase or word for phrase, word in _WORDS.findall(query)]
         self._terms = [self._fold(w) for w in words if w]
         if not any(_ESCAPED.search(t) for t in self._terms):
-            self.raw_terms = self._terms
+            pieces = {t: raw_pieces(t) for t in self._terms}
+            self.raw_terms = list(dict.fromkeys(p for t in self._terms for p in pieces[t]))
+            self._exact = [t for t in self._terms if pieces[t] != [t]]
 
     @property
     def everything(self) -> bool:
@@ -221,7 +264,10 @@ class Query:
         if self.raw_terms is None:
             return True
         folded = self._fold(raw_json)
-        return all(t in folded for t in self.raw_terms)
+        if not all(t in folded for t in self.raw_terms):
+            return False
+        # A term that is not all there may still be in an object argument's json.dumps text.
+        return all(t in folded for t in self._exact) or _OBJECT_ARG.search(raw_json) is not None
 
     def maybe_any(self, raw_jsons: list[bytes]) -> bool:
         """Return False only when no message with one of these JSON texts can match: one
@@ -231,8 +277,11 @@ class Query:
             return True
         # Decoding and case folding work character by character, so the joined text holds
         # every term that one of the texts holds.
-        folded = self._fold(b"\n".join(raw_jsons).decode("utf-8", "replace"))
-        return all(t in folded for t in self.raw_terms)
+        joined = b"\n".join(raw_jsons)
+        folded = self._fold(joined.decode("utf-8", "replace"))
+        if not all(t in folded for t in self.raw_terms):
+            return False
+        return all(t in folded for t in self._exact) or _OBJECT_BYTES.search(joined) is not None
 
     def matches(self, message: dict[str, Any]) -> bool:
         """Return True when the message's searchable text satisfies the query."""

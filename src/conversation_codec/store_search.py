@@ -13,7 +13,7 @@ from typing import Any
 
 from ._time import EPOCH, MAX_US, ONE_US, to_datetime
 from .codec import ConversationCodec
-from .errors import ConversationCodecError
+from .errors import ConversationCodecError, LogReplacedError
 from .search import Hit
 
 __all__ = ["OnError", "conversation_hits"]
@@ -39,6 +39,11 @@ def conversation_hits(
 
     A chunk resumes at the last hit's timestamp and skips hits already yielded (records
     sharing that timestamp), so the position survives closing the log in between.
+
+    A conversation that cannot be read is skipped (``on_error``). ``LogReplacedError`` is
+    raised instead: the codec's search already planned again across a compaction, so it
+    means the history being read was rewritten, or replaced again and again (a state that
+    passes, not a log that cannot be read: its hits are not dropped silently).
     """
     lo, hi = span
     # Records lie in [0, MAX_US) (FORMAT.md §6): a bound outside, which no datetime holds
@@ -69,6 +74,8 @@ def conversation_hits(
         for hit in batch:
             ts = (hit.timestamp - EPOCH) // ONE_US
             yield (ts, conversation_id, hit.seq), (conversation_id, hit)
+        if isinstance(failed, LogReplacedError):
+            raise failed
         if failed is not None:
             if on_error is not None:
                 on_error(conversation_id, failed)
