@@ -340,7 +340,9 @@ class LogReader:
         # by their own authenticated times.
         first = max(base, 0 if lo is None else self.first_at_or_after(lo, (-1,)))
         stop = max(first, len(self._log.index) if hi is None else self.first_at_or_after(hi, (0,)))
-        return progress.plan(base, first, stop, self.record, self.parse)
+        index = self._log.index
+        same = lambda ts: range(index.first_at_or_after(ts), index.first_at_or_after(ts + 1))  # noqa: E731
+        return progress.plan(base, first, stop, self.record, self.parse, same)
 
     def search(
         self,

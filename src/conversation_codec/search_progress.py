@@ -1,25 +1,33 @@
-"""SearchProgress: how far one ``ConversationCodec.search`` has read, kept across re-plans.
+"""SearchProgress: how far one search has read, kept across re-plans (and reopens).
 
 A search plans the records to read under one lock hold and reads a batch of them per later
-hold. Another process may replace the log in between (a compaction or a key rotation: the
-same messages, seqs and times under a new ``log_id``) or truncate it (``pop()``). The
-search then plans again, under its next hold, for the positions it has not read yet: it
-never reads a position twice and skips none. Before that it checks the last record it read
-(its time and message): if that is gone or changed, the history it has already handed out
-was rewritten (``save()`` that rewrote it, ``clear()``, ``pop()`` of what it read), and the
-search raises ``LogReplacedError`` rather than mix two histories silently.
+hold. Another process may replace the log in between: a compaction or a key rotation (the
+same messages and times under a new ``log_id``), one that drops a prefix (``prune()``, a
+compaction under ``max_messages``), or a truncation (``pop()``). The search then plans
+again, under its next hold, for what it has not read yet: it never reads a position twice
+and skips none.
+
+Positions are kept as the log held them when the search began ("start positions"); a
+re-plan finds how many records were dropped from the front since (``shift``) by finding
+again the first and the last record the search has read, by what they are (their time and
+message), not by where they were. If the last one read is gone or changed, or the first
+one is still there (not dropped with a prefix) but changed, what the search has handed out
+was rewritten (a ``save()`` that rewrote it, ``clear()``, ``pop()`` of what it read, or a
+prune that removed all of it) and it raises ``LogReplacedError`` rather than mix two
+histories silently. A rewrite that leaves both ends of what was read as they were (with a
+message in between changed, and every later one kept, time included) is not seen.
 
 So a search returns, once per position of the log as it was when the search started, the
-message that position holds when its batch is read: a compaction changes nothing, and a
-``pop()`` and re-``append()`` of messages the search has not reached yet are read as they
-are then (the popped message, the new one, or none if it reads in between; never two at one
-position), and those it has read stay as read. Appends made after it started are not read.
+message that position holds when its batch is read, numbered as then: a compaction or a
+prune changes nothing, and a ``pop()`` and re-``append()`` of messages the search has not
+reached yet are read as they are then (the popped message, the new one, or none if it
+reads in between; never two at one position). Appends made after it started are not read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import LogReplacedError
@@ -31,66 +39,84 @@ __all__ = ["MAX_REPLANS", "SearchProgress"]
 MAX_REPLANS = 8
 
 Record = tuple[int, bytes]  # (ts_us, message JSON text) of an authenticated record
+Read = Callable[[int], Record | None]
 
 
 @dataclass(slots=True)
 class SearchProgress:
-    """The positions ``[lo, hi)`` a search has still to read, the visible start ``base``
-    its hits count from (both fixed by the first plan), and the last record it read."""
+    """The start positions ``[lo, hi)`` a search has still to read and the visible start
+    ``base`` its hits count from (all fixed by the first plan); ``shift``, the records
+    dropped from the front since; and the first and last record read."""
 
     base: int | None = None
     lo: int = 0
     hi: int = 0
-    edge: tuple[int, int, bytes] | None = None  # (seq, ts_us, text) of the last record read
+    shift: int = 0
+    low: tuple[int, int, bytes] | None = None  # (start position, ts_us, text)
+    high: tuple[int, int, bytes] | None = None
     replans: int = 0
     rewritten: bool = False
-    seen: dict[int, Record] = field(default_factory=dict)  # edges of the batch being read
 
     def plan(
         self,
         base: int,
         first: int,
         stop: int,
-        read: Callable[[int], Record | None],
+        read: Read,
         parse: Callable[[int, bytes], Any],
+        group: Callable[[int], range],
     ) -> tuple[int, int, int]:
-        """Return ``(base, first, stop)`` of what is left to read (under the read hold):
-        the first plan's, clipped to ``[first, stop)`` as the log now is.
+        """Return ``(base, first, stop)`` of what is left to read (under the read hold), as
+        records of the log as it is now: the first plan's, clipped to ``[first, stop)``.
+        ``group(ts_us)``: the records the index gives that time.
 
-        :raises LogReplacedError: the last record read is gone or no longer the same.
+        :raises LogReplacedError: what was read is gone or no longer the same.
         """
-        if self.base is None:
-            self.base, self.lo, self.hi = base, first, stop
+        if self.base is None or self.high is None:  # nothing read yet: (re)start here
+            self.base, self.lo, self.hi, self.shift = base, first, stop, 0
             return base, first, stop
-        if self.edge is not None:
-            seq, ts, text = self.edge
-            now = read(seq)
-            if (
-                now is None
-                or now[0] != ts
-                or (now[1] != text and parse(seq, now[1]) != parse(seq, text))
+        shift = self._find(read, parse, group)
+        if shift is None:
+            self.rewritten = True
+            raise LogReplacedError(
+                "the messages this search had already read were rewritten or removed "
+                "meanwhile (by save(), clear(), pop() or prune() in another writer): "
+                "search again"
+            )
+        self.shift = shift
+        first = max(first, self.lo - shift)
+        return self.base - shift, first, max(first, min(stop, self.hi - shift))
+
+    def _find(
+        self, read: Read, parse: Callable[[int, bytes], Any], group: Callable[[int], range]
+    ) -> int | None:
+        """The shift at which the last record read, and the first unless dropped, are."""
+        assert self.high is not None and self.low is not None
+        top, ts, _ = self.high
+        same = group(ts)
+        for at in range(min(top - self.shift, same.stop - 1), same.start - 1, -1):
+            shift = top - at
+            if _same(read, parse, at, self.high) and (
+                self.low[0] < shift or _same(read, parse, self.low[0] - shift, self.low)
             ):
-                self.rewritten = True
-                raise LogReplacedError(
-                    "the messages this search had already read were rewritten meanwhile "
-                    "(by save(), clear() or pop() in another writer): search again"
-                )
-        first = max(first, self.lo)
-        return self.base, first, max(first, min(stop, self.hi))
+                return shift
+        return None
 
     def saw(self, seq: int, ts_us: int, text: bytes) -> None:
-        """Note a record read at an edge of the batch being read."""
-        self.seen[seq] = (ts_us, text)
+        """Note record ``seq`` (of the log as it is now) as read."""
+        at = seq + self.shift
+        if self.low is None or at < self.low[0]:
+            self.low = (at, ts_us, text)
+        if self.high is None or at > self.high[0]:
+            self.high = (at, ts_us, text)
 
     def passed(self, start: int, stop: int, *, newest_first: bool) -> None:
-        """Records ``start .. stop`` were read and their hits handed out."""
+        """Records ``start .. stop`` (of the log as it is now) were read and their hits
+        handed out."""
         if newest_first:
-            self.hi, edge = min(self.hi, start), start
+            self.hi = min(self.hi, start + self.shift)
         else:
-            self.lo, edge = max(self.lo, stop), stop - 1
-        got = self.seen.get(edge)
-        self.edge = None if got is None else (edge, *got)
-        self.seen.clear()
+            self.lo = max(self.lo, stop + self.shift)
         self.replans = 0
 
     def retry(self, exc: LogReplacedError) -> None:
@@ -99,7 +125,6 @@ class SearchProgress:
         :raises LogReplacedError: what was read was rewritten, or the log was replaced
             ``MAX_REPLANS`` times in a row with no batch read in between.
         """
-        self.seen.clear()
         if self.rewritten:
             raise exc
         self.replans += 1
@@ -108,3 +133,13 @@ class SearchProgress:
                 f"the log was replaced {self.replans} times in a row while a search read "
                 "it, too often to read one batch in between: search again later"
             ) from exc
+
+
+def _same(
+    read: Read, parse: Callable[[int, bytes], Any], at: int, was: tuple[int, int, bytes]
+) -> bool:
+    """Whether record ``at`` is the one read as ``was``: the same time and message."""
+    now = read(at) if at >= 0 else None
+    return now is not None and (
+        now[0] == was[1] and (now[1] == was[2] or parse(at, now[1]) == parse(at, was[2]))
+    )
