@@ -31,23 +31,37 @@ CHILD = textwrap.dedent(
     key, indexed = sys.argv[1], sys.argv[2] == "1"
     print("ready", flush=True)
     for line in sys.stdin:
-        op, path = line.split()
+        op, path, *arg = line.split()  # arg: a count, a seq, or max_messages
+        k = int(arg[0]) if arg else 1
         if path.startswith("store:"):  # conversation "a" of the store at that path
             store = ConversationStore(path[6:], encryption_key=key, search_index=indexed)
             opened = store.open("a")
         else:
-            opened = ConversationCodec(path, encryption_key=key, search_index=indexed)
+            most = k if op == "compact" and arg else None
+            opened = ConversationCodec(
+                path, encryption_key=key, search_index=indexed, max_messages=most
+            )
         with opened as c:
             if op == "compact":
                 c.compact()
             elif op == "pop":
                 c.pop()
             elif op == "popappend":
-                c.pop()
-                c.append({"role": "user", "content": "zebra re-appended"})
+                for _ in range(k):
+                    c.pop()
+                for _ in range(k):
+                    c.append({"role": "user", "content": "zebra re-appended"})
+            elif op == "append":
+                c.extend([{"role": "user", "content": "zebra late"}] * k)
             elif op == "rewrite":
                 c.load()
                 c.save([{"role": "user", "content": "zebra rewritten"}])
+            elif op == "edit":  # save() with message k changed
+                ms = c.load()
+                ms[k] = {"role": "user", "content": "zebra edited"}
+                c.save(ms)
+            elif op == "prune":  # the messages before message k
+                print("pruned", c.prune(c.timestamp(k)), file=sys.stderr)
         print("ok", flush=True)
     """
 )
@@ -65,9 +79,9 @@ class Child:
         )
         assert self.proc.stdout is not None and self.proc.stdout.readline() == "ready\n"
 
-    def do(self, op: str, path: Path | str) -> None:
+    def do(self, op: str, path: Path | str, arg: int | None = None) -> None:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{op} {path}\n")
+        self.proc.stdin.write(f"{op} {path} {'' if arg is None else arg}\n")
         self.proc.stdin.flush()
         assert self.proc.stdout.readline() == "ok\n"
 
@@ -90,9 +104,17 @@ def child(indexed: bool) -> Iterator[Child]:
     c.close()
 
 
-def filled(path: Path, indexed: bool, n: int = N) -> ConversationCodec:
-    codec = ConversationCodec(path, encryption_key=KEY, search_index=indexed)
-    codec.extend([{"role": "user", "content": f"zebra {i}"} for i in range(n)])
+T0 = 1_700_000_000
+
+
+def filled(
+    path: Path, indexed: bool, n: int = N, *, timed: bool = False, most: int | None = None
+) -> ConversationCodec:
+    """A log of ``n`` messages (one time for all, or ``timed``: one second apart)."""
+    codec = ConversationCodec(path, encryption_key=KEY, search_index=indexed, max_messages=most)
+    codec.clear()
+    tss = [T0 + i for i in range(n)] if timed else None
+    codec.extend([{"role": "user", "content": f"zebra {i}"} for i in range(n)], timestamps=tss)
     if indexed:
         codec.reindex()
     return codec
@@ -172,6 +194,69 @@ def test_rewrite_of_what_was_read_raises(tmp_path: Path, indexed: bool, child: C
     with pytest.raises(LogReplacedError, match="already read were rewritten"):
         got += list(hits)
     assert [h.seq for h in got] == list(range(len(got)))  # what came first is right
+    codec.close()
+
+
+@pytest.mark.parametrize("newest_first", [False, True], ids=["oldest", "newest"])
+def test_save_that_edits_what_was_read_raises(
+    tmp_path: Path, indexed: bool, child: Child, newest_first: bool
+) -> None:
+    # reviewer 2, defect 3: newest-first missed it (the edit leaves its first record read)
+    path = tmp_path / "c.log"
+    codec = filled(path, indexed)
+    hits = codec.search("zebra", newest_first=newest_first)
+    got = [next(hits)]
+    child.do("edit", path, N - 10 if newest_first else 10)  # in the first batch read
+    with pytest.raises(LogReplacedError, match="already read were rewritten"):
+        got += list(hits)
+    order = list(range(N))[::-1] if newest_first else list(range(N))
+    assert [h.message["content"] for h in got] == [f"zebra {i}" for i in order[: len(got)]]
+    codec.close()
+
+
+@pytest.mark.parametrize("newest_first", [False, True], ids=["oldest", "newest"])
+def test_compaction_under_max_messages_loses_no_hit(
+    tmp_path: Path, indexed: bool, child: Child, newest_first: bool
+) -> None:
+    # reviewer 2, defect 2: it drops the 200 hidden records, which renumbers the rest
+    path = tmp_path / "c.log"
+    codec = filled(path, indexed, most=400)
+    hits = codec.search("zebra", newest_first=newest_first)
+    got = [next(hits)]
+    child.do("compact", path, 400)
+    got += list(hits)
+    order = list(range(400))[::-1] if newest_first else list(range(400))
+    assert [h.seq for h in got] == order
+    assert [h.message["content"] for h in got] == [f"zebra {200 + i}" for i in order]
+    codec.close()
+
+
+@pytest.mark.parametrize("newest_first", [False, True], ids=["oldest", "newest"])
+def test_prune_keeps_the_numbering_and_loses_no_hit(
+    tmp_path: Path, indexed: bool, child: Child, newest_first: bool
+) -> None:
+    # reviewer 2, defect 2: a prune of what the search has not reached (newest-first), or
+    # of part of what it read (oldest-first): the rest is read, numbered as at the start
+    path = tmp_path / "c.log"
+    codec = filled(path, indexed, timed=True)
+    hits = codec.search("zebra", newest_first=newest_first)
+    got = [next(hits)]
+    child.do("prune", path, 300 if newest_first else 20)
+    got += list(hits)
+    # newest-first: the first batch (all it read) came before; 0..299 went
+    order = list(range(300, N))[::-1] if newest_first else list(range(N))
+    assert [h.seq for h in got] == order
+    assert [h.message["content"] for h in got] == [f"zebra {i}" for i in order]
+    codec.close()
+    codec = filled(path, indexed, timed=True)  # (a new log: filled() clears it first)
+    hits = codec.search("zebra")  # a prune past all it has read: found from its end
+    got = [next(hits)]
+    child.do("prune", path, 450)
+    got += list(hits)
+    read = [h.seq for h in got if h.seq < 450]
+    assert read == list(range(len(read)))  # its first batch or more
+    assert [h.seq for h in got] == read + list(range(450, N))
+    assert [h.message["content"] for h in got] == [f"zebra {h.seq}" for h in got]
     codec.close()
 
 

@@ -9,13 +9,15 @@ and skips none.
 
 Positions are kept as the log held them when the search began ("start positions"); a
 re-plan finds how many records were dropped from the front since (``shift``) by finding
-again the first and the last record the search has read, by what they are (their time and
-message), not by where they were. If the last one read is gone or changed, or the first
-one is still there (not dropped with a prefix) but changed, what the search has handed out
-was rewritten (a ``save()`` that rewrote it, ``clear()``, ``pop()`` of what it read, or a
-prune that removed all of it) and it raises ``LogReplacedError`` rather than mix two
-histories silently. A rewrite that leaves both ends of what was read as they were (with a
-message in between changed, and every later one kept, time included) is not seen.
+again the first and the last record the search has read (or, when a prune dropped both,
+the last record it planned to read), by what they are (their time and message), not by
+where they were. If either end of what was read is changed, or gone other than with a
+dropped prefix, what the search has handed out was rewritten (a ``save()`` that rewrote
+it, ``clear()``, ``pop()`` of what it read) and it raises ``LogReplacedError`` rather
+than mix two histories silently (so it does when it cannot tell: a prune past what it read
+and a ``pop()`` of its last planned record). A rewrite that leaves both ends of what was
+read as they were (a message in between changed, every later one kept, time included) is
+not seen.
 
 So a search returns, once per position of the log as it was when the search started, the
 message that position holds when its batch is read, numbered as then: a compaction or a
@@ -54,6 +56,7 @@ class SearchProgress:
     shift: int = 0
     low: tuple[int, int, bytes] | None = None  # (start position, ts_us, text)
     high: tuple[int, int, bytes] | None = None
+    end: tuple[int, int, bytes] | None = None  # the last record planned
     replans: int = 0
     rewritten: bool = False
 
@@ -74,6 +77,8 @@ class SearchProgress:
         """
         if self.base is None or self.high is None:  # nothing read yet: (re)start here
             self.base, self.lo, self.hi, self.shift = base, first, stop, 0
+            last = read(stop - 1) if first < stop else None
+            self.end = None if last is None else (stop - 1, *last)
             return base, first, stop
         shift = self._find(read, parse, group)
         if shift is None:
@@ -90,16 +95,21 @@ class SearchProgress:
     def _find(
         self, read: Read, parse: Callable[[int, bytes], Any], group: Callable[[int], range]
     ) -> int | None:
-        """The shift at which the last record read, and the first unless dropped, are."""
-        assert self.high is not None and self.low is not None
-        top, ts, _ = self.high
-        same = group(ts)
-        for at in range(min(top - self.shift, same.stop - 1), same.start - 1, -1):
-            shift = top - at
-            if _same(read, parse, at, self.high) and (
-                self.low[0] < shift or _same(read, parse, self.low[0] - shift, self.low)
-            ):
-                return shift
+        """The shift at which the first and the last record read are (unless dropped),
+        found from the last one read, or from the last one planned when every record
+        read was dropped (a prune past them)."""
+        read_ends = [r for r in (self.low, self.high) if r is not None]
+        for anchor in (self.high, self.end):
+            if anchor is None:
+                continue
+            top, ts, _ = anchor
+            same = group(ts)
+            for at in range(min(top - self.shift, same.stop - 1), same.start - 1, -1):
+                shift = top - at
+                if _same(read, parse, at, anchor) and all(
+                    r[0] < shift or _same(read, parse, r[0] - shift, r) for r in read_ends
+                ):
+                    return shift
         return None
 
     def saw(self, seq: int, ts_us: int, text: bytes) -> None:
