@@ -29,6 +29,7 @@ from .options import check_int, check_seconds
 from .paths import blobs_path
 from .reading import READ_BATCH, LogInfo
 from .search import Hit, SearchQuery
+from .search_progress import SearchProgress
 from .writing import check_timestamp
 
 __all__ = [
@@ -355,13 +356,10 @@ class ConversationCodec(Maintenance, ChatFormats):
             (``pip install "conversation-codec[regex]"``; see ``conversation_codec.search``).
         :raises ValueError: ``since`` after ``until``, a negative limit.
         :raises TypeError: a role that is not a string or a collection of strings.
-        Another writer's compaction (or key rotation) while results stream loses no hit:
-        the search plans again after what it read. Each position it started with is read
-        once, as it is then (a message popped and re-appended before the search reached it:
-        the new one, or none if read in between); later appends are not (``search_progress``).
-
-        :raises LogReplacedError: the messages already read were rewritten meanwhile
-            (``save()``, ``clear()``), or the log was replaced again and again.
+        :raises LogReplacedError: the first or last message read was rewritten meanwhile
+            (``save()``, ``clear()``, ``pop()``), or the log was replaced again and again;
+            not for a compaction, key rotation or prune: each position the log held at the
+            start is read at most once, as it then is, numbered as then (README search).
         """
         parsed = SearchQuery.parse(
             query,
@@ -373,17 +371,19 @@ class ConversationCodec(Maintenance, ChatFormats):
             regex=regex,
             case_sensitive=case_sensitive,
         )
-        reading = lambda: self._holding(write=False)  # noqa: E731
-        writing = lambda: self._holding(write=True)  # noqa: E731
+        return self._search(parsed)
+
+    def _search(self, parsed: SearchQuery, progress: SearchProgress | None = None) -> Iterator[Hit]:
         return indexed_search(
             self._kwi,
             self._reader,
             self._log,
             parsed,
-            reading=reading,
+            reading=lambda: self._holding(write=False),
             base=self._base,
             present=self._present,
-            writing=writing,
+            writing=lambda: self._holding(write=True),
+            progress=progress,
         )
 
     def between(self, since: TimeInput, until: TimeInput) -> list[Hit]:

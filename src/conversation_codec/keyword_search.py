@@ -41,18 +41,20 @@ def indexed_search(
     base: Callable[[], int],
     present: Callable[[Message], Message],
     writing: Holding | None = None,
+    progress: SearchProgress | None = None,
 ) -> Iterator[Hit]:
     """``LogReader.search``, reading only the candidate blocks when the index answers;
     with ``writing`` (the writer lock), first ``catch_up`` a lagging sidecar. A catch-up
     that fails (a full disk, a lock timeout, a damaged record) leaves the scan to it.
 
     A log replaced or truncated meanwhile is planned again, after what was read
-    (``SearchProgress``); the hits handed out count against ``limit``.
+    (``progress``: a new one, or one an earlier search of the same query left, to go on
+    after it); the hits handed out count against ``limit``.
 
     :raises LogReplacedError: what the search had read was rewritten, or the log was
         replaced ``MAX_REPLANS`` times in a row with no batch read in between.
     """
-    progress = SearchProgress()
+    progress = SearchProgress() if progress is None else progress
     left = query.limit
     while True:
         attempt = _attempt(
@@ -141,6 +143,7 @@ def _attempt(
                     progress,
                 )
                 hits.extend(reversed(some) if query.newest_first else some)
+            progress.batch(reader.record, last=carry is None)
         for hit in hits:
             if left == 0:
                 return

@@ -374,6 +374,7 @@ class LogReader:
                 ) < end:
                     raise LogReplacedError("the log was replaced or truncated during a search")
                 hits = self.matches(matcher, roles, start, end, first_seq, span, present, progress)
+                progress.batch(self.record, last=start == first if newest_first else end == stop)
             for hit in reversed(hits) if newest_first else hits:
                 if left == 0:
                     return

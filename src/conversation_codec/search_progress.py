@@ -56,7 +56,8 @@ class SearchProgress:
     shift: int = 0
     low: tuple[int, int, bytes] | None = None  # (start position, ts_us, text)
     high: tuple[int, int, bytes] | None = None
-    end: tuple[int, int, bytes] | None = None  # the last record planned
+    top: int = 0  # the first plan's stop
+    end: tuple[int, int, bytes] | None = None  # the last record planned (top - 1)
     replans: int = 0
     rewritten: bool = False
 
@@ -76,9 +77,8 @@ class SearchProgress:
         :raises LogReplacedError: what was read is gone or no longer the same.
         """
         if self.base is None or self.high is None:  # nothing read yet: (re)start here
-            self.base, self.lo, self.hi, self.shift = base, first, stop, 0
-            last = read(stop - 1) if first < stop else None
-            self.end = None if last is None else (stop - 1, *last)
+            self.base, self.lo, self.hi, self.shift, self.end = base, first, stop, 0, None
+            self.top = stop
             return base, first, stop
         shift = self._find(read, parse, group)
         if shift is None:
@@ -112,9 +112,19 @@ class SearchProgress:
                     return shift
         return None
 
+    def batch(self, read: Read, *, last: bool) -> None:
+        """A batch was read (still under its hold): unless it was the ``last``, note the
+        last record planned, if no batch read it (once: a search of one batch never
+        needs it, and newest-first reads it first)."""
+        if self.end is None and not last and self.base is not None:
+            got = read(self.top - 1 - self.shift)
+            self.end = None if got is None else (self.top - 1, *got)
+
     def saw(self, seq: int, ts_us: int, text: bytes) -> None:
         """Note record ``seq`` (of the log as it is now) as read."""
         at = seq + self.shift
+        if at == self.top - 1:
+            self.end = (at, ts_us, text)
         if self.low is None or at < self.low[0]:
             self.low = (at, ts_us, text)
         if self.high is None or at > self.high[0]:

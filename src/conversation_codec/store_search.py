@@ -14,7 +14,8 @@ from typing import Any
 from ._time import EPOCH, MAX_US, ONE_US, to_datetime
 from .codec import ConversationCodec
 from .errors import ConversationCodecError, LogReplacedError
-from .search import Hit
+from .search import Hit, SearchQuery
+from .search_progress import SearchProgress
 
 __all__ = ["OnError", "conversation_hits"]
 
@@ -37,8 +38,10 @@ def conversation_hits(
 ) -> Iterator[tuple[tuple[int, str, int], tuple[str, Hit]]]:
     """Yield one conversation's hits keyed for the merge, reopening the log per chunk.
 
-    A chunk resumes at the last hit's timestamp and skips hits already yielded (records
-    sharing that timestamp), so the position survives closing the log in between.
+    Every chunk goes on with the same ``SearchProgress``: what is left to read, numbered
+    as when the first chunk began, and the first and last record read, checked again. So
+    the chunks give what one ``ConversationCodec.search`` gives; a chunk that ends inside
+    a batch reads it again from the start, skipping the hits already yielded (by seq).
 
     A conversation that cannot be read is skipped (``on_error``). ``LogReplacedError`` is
     raised instead: the codec's search already planned again across a compaction, so it
@@ -53,21 +56,23 @@ def conversation_hits(
     lo = None if lo is None or lo <= 0 else lo
     hi = None if hi is None or hi >= MAX_US else hi
     newest_first = options["newest_first"]
+    parsed = SearchQuery.parse(
+        query,
+        since=_at(lo) if lo is not None else None,
+        until=_at(hi) if hi is not None else None,
+        **options,
+    )
+    progress = SearchProgress()
     chunk = min(limit, _FIRST_CHUNK) if limit is not None else _FIRST_CHUNK
-    after: tuple[int, int] | None = None  # (ts_us, seq) of the last hit yielded
+    after: int | None = None  # the seq of the last hit yielded
     while chunk:
         batch: list[Hit] = []
         failed = None
         try:
             with open_log(conversation_id) as codec:
-                hits = codec.search(
-                    query,
-                    since=_at(lo) if lo is not None else None,
-                    until=_at(hi) if hi is not None else None,
-                    **options,
-                )
+                hits = codec._search(parsed, progress)
                 if after is not None:
-                    hits = (h for h in hits if _is_past(h, after, newest_first))
+                    hits = (h for h in hits if _is_past(h.seq, after, newest_first))
                 batch.extend(islice(hits, chunk))  # keeps what was read before a failure
         except ConversationCodecError as exc:
             failed = exc
@@ -82,12 +87,7 @@ def conversation_hits(
             return
         if len(batch) < chunk:
             return
-        last = batch[-1]
-        after = ((last.timestamp - EPOCH) // ONE_US, last.seq)
-        if newest_first:
-            hi = after[0] + 1
-        else:
-            lo = after[0]
+        after = batch[-1].seq
         chunk = min(chunk * 4, _MAX_CHUNK)
 
 
@@ -95,6 +95,5 @@ def _at(us: int) -> datetime:
     return to_datetime(us)
 
 
-def _is_past(hit: Hit, after: tuple[int, int], newest_first: bool) -> bool:
-    key = ((hit.timestamp - EPOCH) // ONE_US, hit.seq)
-    return key < after if newest_first else key > after
+def _is_past(seq: int, after: int, newest_first: bool) -> bool:
+    return seq < after if newest_first else seq > after
