@@ -282,6 +282,53 @@ def test_store_search_loses_no_hit_across_compactions(
         assert [h.seq for c, h in got if c == cid] == list(range(N))
 
 
+def store_of(tmp_path: Path, indexed: bool, n: int = 300) -> ConversationStore:
+    """A store whose conversation "a" holds ``n`` messages: the first 10 one second apart,
+    the rest at one time (a bulk import), past the first chunk of a store search (64)."""
+    store = ConversationStore(tmp_path / "s", encryption_key=KEY, search_index=indexed)
+    with store.open("a") as c:
+        tss = [T0 + min(i, 10) for i in range(n)]
+        c.extend([{"role": "user", "content": f"zebra {i}"} for i in range(n)], timestamps=tss)
+        if indexed:
+            c.reindex()
+    return store
+
+
+@pytest.mark.parametrize("newest_first", [False, True], ids=["oldest", "newest"])
+@pytest.mark.parametrize("op", ["append", "prune"])
+def test_store_search_goes_on_across_its_reopens(
+    tmp_path: Path, indexed: bool, child: Child, newest_first: bool, op: str
+) -> None:
+    # reviewer 2, defect 1: each chunk (the log reopened) started a new search: later
+    # appends were reported, and a prune lost hits of messages there throughout
+    store = store_of(tmp_path, indexed)
+    hits = store.search("zebra", newest_first=newest_first)
+    got = [next(hits)]
+    child.do(op, f"store:{tmp_path / 's'}", 50 if op == "append" else 10)
+    got += list(hits)
+    order = list(range(300))
+    if op == "prune" and newest_first:  # 0..9 went before the search reached them
+        order = order[10:]
+    order = order[::-1] if newest_first else order
+    assert [h.seq for _, h in got] == order
+    assert [h.message["content"] for _, h in got] == [f"zebra {i}" for i in order]
+
+
+@pytest.mark.parametrize("newest_first", [False, True], ids=["oldest", "newest"])
+def test_store_search_raises_when_what_it_read_was_replaced(
+    tmp_path: Path, indexed: bool, child: Child, newest_first: bool
+) -> None:
+    # pop() of 260 messages, some already read, and 260 new ones: no seq twice, an error
+    store = store_of(tmp_path, indexed)
+    hits = store.search("zebra", newest_first=newest_first)
+    got = [next(hits)]
+    child.do("popappend", f"store:{tmp_path / 's'}", 260)
+    with pytest.raises(LogReplacedError, match="already read were rewritten"):
+        got += list(hits)
+    order = list(range(300))[::-1] if newest_first else list(range(300))
+    assert [h.message["content"] for _, h in got] == [f"zebra {i}" for i in order[: len(got)]]
+
+
 def test_replacements_in_a_row_give_up_with_a_clear_error() -> None:
     progress = SearchProgress()
     progress.plan(0, 0, 10, lambda seq: None, lambda seq, text: None, lambda ts: range(0))
