@@ -431,8 +431,9 @@ class ConversationStore:
         rest of it is skipped, and ``on_error(conversation_id, error)`` is called (from
         the thread consuming the stream). ``list()`` reports the same conversations.
         An unreadable pack: as for ``ids()`` (``on_error`` is called before the first hit).
-        A conversation compacted meanwhile loses no hit; one whose history was rewritten
-        while it was read raises ``LogReplacedError`` (see ``ConversationCodec.search``).
+        A conversation compacted or pruned meanwhile loses no hit; one whose history was
+        rewritten while it was read raises ``LogReplacedError``: each conversation gives
+        what one ``ConversationCodec.search`` gives, across its chunks too.
 
         Each conversation is read a chunk of hits per open (64, then 4x larger each time),
         and its log is closed between chunks: merging thousands of conversations does not
