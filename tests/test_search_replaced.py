@@ -331,7 +331,7 @@ def test_store_search_raises_when_what_it_read_was_replaced(
 
 def test_replacements_in_a_row_give_up_with_a_clear_error() -> None:
     progress = SearchProgress()
-    progress.plan(0, 0, 10, lambda seq: None, lambda seq, text: None, lambda ts: range(0))
+    progress.plan(0, 0, 10, lambda seq: None, lambda seq, text: None, lambda ts, top: iter(()))
     replaced = LogReplacedError("the log was replaced or truncated during a search")
     for _ in range(MAX_REPLANS):
         progress.retry(replaced)

@@ -340,9 +340,20 @@ class LogReader:
         # by their own authenticated times.
         first = max(base, 0 if lo is None else self.first_at_or_after(lo, (-1,)))
         stop = max(first, len(self._log.index) if hi is None else self.first_at_or_after(hi, (0,)))
+        return progress.plan(base, first, stop, self.record, self.parse, self._same_time)
+
+    def _same_time(self, ts_us: int, top: int) -> Iterator[tuple[int, int, bytes]]:
+        """Yield ``(seq, ts_us, text)`` of the records the index gives time ``ts_us``, at
+        seqs up to ``top``, from there down, a batch read at a time (lock held)."""
         index = self._log.index
-        same = lambda ts: range(index.first_at_or_after(ts), index.first_at_or_after(ts + 1))  # noqa: E731
-        return progress.plan(base, first, stop, self.record, self.parse, same)
+        low, stop = index.first_at_or_after(ts_us), index.first_at_or_after(ts_us + 1)
+        for end in range(min(stop, top + 1), low, -READ_BATCH):
+            got = [
+                (first + k, tss[k], text)
+                for first, texts, _, tss in self.texts(max(low, end - READ_BATCH), end)
+                for k, text in enumerate(texts)
+            ]
+            yield from reversed(got)
 
     def search(
         self,

@@ -28,7 +28,7 @@ reads in between; never two at one position). Appends made after it started are 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,9 @@ MAX_REPLANS = 8
 
 Record = tuple[int, bytes]  # (ts_us, message JSON text) of an authenticated record
 Read = Callable[[int], Record | None]
+# same(ts_us, top): the records ``(seq, ts_us, text)`` the index gives that time, at seqs up
+# to ``top``, from there down (read a batch at a time)
+Same = Callable[[int, int], Iterator[tuple[int, int, bytes]]]
 
 
 @dataclass(slots=True)
@@ -68,11 +71,10 @@ class SearchProgress:
         stop: int,
         read: Read,
         parse: Callable[[int, bytes], Any],
-        group: Callable[[int], range],
+        same: Same,
     ) -> tuple[int, int, int]:
         """Return ``(base, first, stop)`` of what is left to read (under the read hold), as
         records of the log as it is now: the first plan's, clipped to ``[first, stop)``.
-        ``group(ts_us)``: the records the index gives that time.
 
         :raises LogReplacedError: what was read is gone or no longer the same.
         """
@@ -80,7 +82,7 @@ class SearchProgress:
             self.base, self.lo, self.hi, self.shift, self.end = base, first, stop, 0, None
             self.top = stop
             return base, first, stop
-        shift = self._find(read, parse, group)
+        shift = self._find(read, parse, same)
         if shift is None:
             self.rewritten = True
             raise LogReplacedError(
@@ -92,9 +94,7 @@ class SearchProgress:
         first = max(first, self.lo - shift)
         return self.base - shift, first, max(first, min(stop, self.hi - shift))
 
-    def _find(
-        self, read: Read, parse: Callable[[int, bytes], Any], group: Callable[[int], range]
-    ) -> int | None:
+    def _find(self, read: Read, parse: Callable[[int, bytes], Any], same: Same) -> int | None:
         """The shift at which the first and the last record read are (unless dropped),
         found from the last one read, or from the last one planned when every record
         read was dropped (a prune past them)."""
@@ -102,13 +102,17 @@ class SearchProgress:
         for anchor in (self.high, self.end):
             if anchor is None:
                 continue
-            top, ts, _ = anchor
-            same = group(ts)
-            for at in range(min(top - self.shift, same.stop - 1), same.start - 1, -1):
+            top, ts, text = anchor
+            message: Any = None
+            for at, now_ts, now_text in same(ts, top - self.shift):
+                if now_ts != ts:
+                    continue
+                if now_text != text:  # the same message, encoded again (or another one)
+                    message = parse(top, text) if message is None else message
+                    if parse(at, now_text) != message:
+                        continue
                 shift = top - at
-                if _same(read, parse, at, anchor) and all(
-                    r[0] < shift or _same(read, parse, r[0] - shift, r) for r in read_ends
-                ):
+                if all(r[0] < shift or _same(read, parse, r[0] - shift, r) for r in read_ends):
                     return shift
         return None
 
