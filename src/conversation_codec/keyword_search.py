@@ -31,6 +31,9 @@ Message = dict[str, Any]
 Holding = Callable[[], contextlib.AbstractContextManager[None]]
 
 
+_REPLANS_BEFORE_SCAN = 2  # replacements in a row after which a search scans
+
+
 def indexed_search(
     indexer: KeywordIndexer,
     reader: LogReader,
@@ -49,7 +52,9 @@ def indexed_search(
 
     A log replaced or truncated meanwhile is planned again, after what was read
     (``progress``: a new one, or one an earlier search of the same query left, to go on
-    after it); the hits handed out count against ``limit``.
+    after it); the hits handed out count against ``limit``. Replaced twice in a row, the
+    search goes on as a scan: its batches need no plan of the whole log, which a writer
+    compacting back to back (each compaction making the next search re-index) outruns.
 
     :raises LogReplacedError: what the search had read was rewritten, or the log was
         replaced ``MAX_REPLANS`` times in a row with no batch read in between.
@@ -67,6 +72,7 @@ def indexed_search(
             present=present,
             writing=writing,
             progress=progress,
+            use_index=progress.replans < _REPLANS_BEFORE_SCAN,
         )
         try:
             for hit in attempt:
@@ -89,8 +95,10 @@ def _attempt(
     present: Callable[[Message], Message],
     writing: Holding | None,
     progress: SearchProgress,
+    use_index: bool = True,
 ) -> Iterator[Hit]:
-    """One plan of ``indexed_search`` and its reads, after ``progress``."""
+    """One plan of ``indexed_search`` and its reads, after ``progress`` (a scan unless
+    ``use_index``)."""
     # Only a query the index can answer catches it up (a date range, a regex, a query of no
     # three-character run are scans), and a store whose index is written with its records
     # (a database) never lags: neither takes a lock hold for it.
@@ -101,7 +109,7 @@ def _attempt(
             with contextlib.suppress(OSError, ConversationCodecError), writing():
                 indexer.catch_up()
     with reading():
-        found = indexer.candidates(query)
+        found = indexer.candidates(query) if use_index else None
         if found is not None:
             first_seq, first, stop = reader.plan(query.span, base(), progress)
             newest = query.newest_first
