@@ -38,6 +38,7 @@ __all__ = [
     "encode_frame",
     "encode_plain_line",
     "format_ts",
+    "may_be_plain_line",
     "nests_deeper_than",
     "parse_ts",
 ]
@@ -298,3 +299,21 @@ def decode_plain_head(line: bytes | memoryview) -> tuple[int, int]:
         raise ValueError("invalid record line: not laid out as FORMAT.md §6 shows")
     seq, ts_us, _ = decode_plain_line(b'{"seq":%s,"ts":"%s","message":{}}' % (head[1], head[2]))
     return seq, ts_us
+
+
+def may_be_plain_line(line: bytes | memoryview) -> bool:
+    """Return False only when ``line`` (up to its newline) is neither a record line that
+    ``decode_plain_line`` reads nor one ``decode_plain_head`` reads (FORMAT.md §10.1).
+
+    Costs what the decoder reads up to its first error, with no depth scan (a text too deep
+    to parse makes it raise RecursionError, and such a line needs the head): a candidate
+    that opens a nested object inside a long line, ``{"seq":0,"type":...},...``, is refused
+    after a few bytes.
+    """
+    if _PLAIN_HEAD.match(bytes(line[:80])) and bytes(line[-2:]) == b"}\n":
+        return True  # decode_plain_head may read it, whatever the rest holds
+    try:
+        _plain_line_decoder.decode(line)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return True

@@ -17,7 +17,12 @@ from collections.abc import Iterator
 
 from ..._fsio import check_file, open_regular
 from ...errors import CorruptRecordError
-from ...format.record import MAX_BODY_BYTES, MIN_BODY_BYTES, decode_frame_header
+from ...format.record import (
+    MAX_BODY_BYTES,
+    MIN_BODY_BYTES,
+    decode_frame_header,
+    may_be_plain_line,
+)
 from ...format.varint import MAX_VARINT_BYTES
 from ...records import RecordRejected
 from ..base import IndexMismatch
@@ -31,6 +36,7 @@ __all__ = [
     "next_candidate",
     "next_plain_candidate",
     "open_log_file",
+    "plain_candidate_at",
     "plausible",
     "probe_log_file",
     "read_bodies",
@@ -45,24 +51,62 @@ _BAD = (-1, -1, False)  # sentinel span: no record can start here
 # Bytes a plain resynchronisation looks at per candidate: copied from the reader's 1 MiB
 # buffer, which a request of READ_CHUNK from a later offset would read again each time.
 _PEEK = 4096
+_MAX_LINE = MAX_BODY_BYTES * 2  # the longest record line ``frames`` reads (``_parse_frame``)
 
 
 class Reader:
     """Random access to a file through a 1 MiB window (no system call per byte tried)."""
 
-    __slots__ = ("_base", "_buf", "fd", "size")
+    __slots__ = ("_base", "_buf", "_line", "fd", "size")
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd, self.size = fd, size
         self._base, self._buf = 0, b""
+        # What line_end last learnt: no newline in [lo, hi); hi holds one when ``found``.
+        self._line = (0, 0, False)
 
     def get(self, start: int, end: int) -> bytes:
         """Return the file's bytes ``[start, end)`` (fewer at the end of the file)."""
+        end = self._load(start, end)
+        return self._buf[start - self._base : end - self._base]
+
+    def view(self, start: int, end: int) -> memoryview:
+        """``get`` without the copy."""
+        end = self._load(start, end)
+        return memoryview(self._buf)[start - self._base : end - self._base]
+
+    def _load(self, start: int, end: int) -> int:
         end = min(end, self.size)
         if not (self._base <= start and end <= self._base + len(self._buf)):
             self._base = start
             self._buf = os.pread(self.fd, max(READ_CHUNK, end - start), start)
-        return self._buf[start - self._base : end - self._base]
+        return end
+
+    def line_end(self, pos: int) -> int:
+        """Return the offset of the first newline at or after ``pos``; -1 when there is none
+        in the file, or only past the longest line a record may take.
+
+        Each byte is searched once for all the offsets of one line (the candidates inside a
+        long line share its end): resynchronising costs the bytes scanned, not their square.
+        """
+        lo, hi, found = self._line
+        if not lo <= pos <= hi:
+            lo, hi, found = pos, pos, False
+            if self._base <= pos < self._base + len(self._buf):  # the window first
+                at = self._buf.find(b"\n", pos - self._base)
+                found = at >= 0
+                hi = self._base + at if found else self._base + len(self._buf)
+        stop, step = min(self.size, pos + _MAX_LINE + 1), _PEEK
+        while not found and hi < stop:
+            chunk = os.pread(self.fd, min(step, stop - hi), hi)
+            if not chunk:
+                break
+            at = chunk.find(b"\n")
+            found = at >= 0
+            hi += at if found else len(chunk)
+            step = min(step * 16, READ_CHUNK * 16)
+        self._line = (lo, hi, found)
+        return hi if found and hi - pos <= _MAX_LINE else -1
 
 
 def _parse_frame(buf: bytes, pos: int, sealed: bool, at_eof: bool) -> tuple[int, int, bool] | None:
@@ -126,18 +170,23 @@ def frame_at(reader: Reader, pos: int, sealed: bool) -> tuple[int, bytes, bool] 
         if pos + end > reader.size:
             return None
         return pos + end, reader.get(pos + start, pos + end), control
-    # A plain line: looked for in a small window first (most lines are short, and the
-    # reader's 1 MiB buffer then serves many candidates), growing up to the longest line a
-    # record may take (``_parse_frame``): a long record after damage is found too.
-    want = _PEEK
-    while True:
-        chunk = reader.get(pos, pos + want)
-        newline = chunk.find(b"\n")
-        if newline >= 0:
-            return pos + newline + 1, chunk[: newline + 1], False
-        if pos + len(chunk) >= reader.size or want > MAX_BODY_BYTES * 2:
-            return None
-        want *= 16
+    # A plain line, up to the longest a record may take (``_parse_frame``): a long record
+    # after damage is found too.
+    newline = reader.line_end(pos)
+    if newline < 0:
+        return None
+    return newline + 1, reader.get(pos, newline + 1), False
+
+
+def plain_candidate_at(reader: Reader, pos: int) -> tuple[int, bytes, bool] | None:
+    """``frame_at`` for a plain resynchronisation candidate: None as well when the line from
+    ``pos`` cannot be a record line (``may_be_plain_line``, which costs what the decoder
+    reads up to its first error). A nested object that starts ``{"seq":`` inside a long
+    line is refused so, without a copy of the rest of the line nor a depth scan over it."""
+    newline = reader.line_end(pos)
+    if newline < 0 or not may_be_plain_line(reader.view(pos, newline + 1)):
+        return None
+    return newline + 1, reader.get(pos, newline + 1), False
 
 
 def read_body(fd: int, span: tuple[int, int], sealed: bool, whole: bytes | None = None) -> bytes:
