@@ -70,6 +70,12 @@ class Reader:
         end = self._load(start, end)
         return self._buf[start - self._base : end - self._base]
 
+    def window(self, start: int, end: int) -> tuple[bytes, int]:
+        """The buffer holding the file's bytes ``[start, end)`` (fewer at the end of the
+        file), and where ``start`` is in it: ``get`` without the copy, for ``bytes.find``."""
+        self._load(start, end)
+        return self._buf, start - self._base
+
     def view(self, start: int, end: int) -> memoryview:
         """``get`` without the copy."""
         end = self._load(start, end)
@@ -323,11 +329,11 @@ _WHITESPACE = b" \t\r"  # JSON's, but the newline that ends a line
 _PLAIN_RECORD_START = b'{"seq":'  # FORMAT.md §6: every record line writers write starts so
 
 
-def _first_plain_candidate(chunk: bytes, at: int) -> int:
-    """The first candidate at or after ``at`` in ``chunk`` (whose byte ``at - 1`` may end a
-    line); ``len(chunk)`` or more when there is none, or a run reaches the end."""
-    best = chunk.find(_PLAIN_RECORD_START, at)
-    best = len(chunk) if best < 0 else best
+def _first_plain_candidate(chunk: bytes, at: int, stop: int) -> int:
+    """The first candidate at or after ``at`` in ``chunk[:stop]`` (whose byte ``at - 1`` may
+    end a line); ``stop`` or more when there is none, or a run reaches ``stop``."""
+    best = chunk.find(_PLAIN_RECORD_START, at, stop)
+    best = stop if best < 0 else best
     line = _LINE.search(chunk, at - 1, best)
     if line is not None:
         best = line.start() + 1
@@ -335,13 +341,13 @@ def _first_plain_candidate(chunk: bytes, at: int) -> int:
     # the brace backwards, so that a run of zeros costs a find, not a walk through it.
     zero = chunk.find(b"\x00", max(0, at - 1), best)
     while zero >= 0:
-        brace = chunk.find(b"{", zero, best + 1)
-        if brace < 0 and best < len(chunk):
+        brace = chunk.find(b"{", zero, min(best + 1, stop))
+        if brace < 0 and best < stop:
             break
-        end = brace if brace >= 0 else len(chunk)  # no brace: whitespace to the end tells not
+        end = brace if brace >= 0 else stop  # no brace: whitespace to the end tells not
         while end > zero and chunk[end - 1] in _WHITESPACE:
             end -= 1
-        if end > zero and chunk[end - 1] == 0 and (brace >= 0 or end < len(chunk)):
+        if end > zero and chunk[end - 1] == 0 and (brace >= 0 or end < stop):
             return end
         if brace < 0:
             break
@@ -361,13 +367,16 @@ def next_plain_candidate(reader: Reader, pos: int) -> int:
     window = _PEEK  # small first (a candidate is usually near), larger while none is found
     while pos < reader.size:
         base = max(0, pos - 1)  # the byte before ``pos`` may end a line
-        chunk = reader.get(base, base + window)
-        found = _first_plain_candidate(chunk, pos - base)
-        if found < len(chunk):
-            return base + found
-        if base + len(chunk) >= reader.size:
+        # Searched in the reader's buffer, not a copy: a candidate every few bytes (nested
+        # objects inside a long line) costs its search, not a copy of the window each.
+        buf, at = reader.window(base, base + window)
+        stop = at + min(window, reader.size - base)
+        found = _first_plain_candidate(buf, at + pos - base, stop)
+        if found < stop:
+            return base + found - at
+        if base + stop - at >= reader.size:
             break
-        pos = max(pos + 1, base + len(chunk) - len(_PLAIN_RECORD_START))
+        pos = max(pos + 1, base + stop - at - len(_PLAIN_RECORD_START))
         window = min(window * 16, READ_CHUNK)
     return reader.size
 
