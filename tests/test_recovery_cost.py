@@ -13,6 +13,7 @@ old code fails fast).
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from conversation_codec import ConversationCodec, CorruptRecordError, records
+from conversation_codec.format.record import SuffixDepths, nests_deeper_than
 from conversation_codec.maintenance.verify import salvage
 from conversation_codec.storage.file.reader import Reader
 
@@ -192,3 +194,77 @@ def test_torn_tail_cost_at_the_reviewers_sizes(
         and counts["copied"] <= 4 * size
         and counts["scanned"] <= 4 * size
     )
+
+
+def _exported_records(n: int) -> dict[str, Any]:
+    """A message holding records laid out as writers write them (an exported history):
+    each nested ``{"seq":N,"ts":"...","message":{`` reads as a record's head."""
+    ts = "2026-01-01T00:00:00.000000Z"
+    return {
+        "role": "tool",
+        "content": "export",
+        "records": [{"seq": i, "ts": ts, "message": {"content": "x" * 20}} for i in range(n)],
+    }
+
+
+def test_bit_rot_in_a_line_of_nested_record_heads_costs_a_linear_scan(
+    tmp_path: Path, work: Callable[[int], dict[str, int]]
+) -> None:
+    """Each nested head is a candidate that only the depth of the rest of its line can
+    settle (a record too deep to parse is read by its head): the line is tokenized once
+    for all of them, not depth-scanned once each."""
+    path = tmp_path / "rot.log"
+    with ConversationCodec(path) as codec:
+        codec.extend(messages(10))
+        codec.append(_exported_records(3_000))
+        codec.extend(messages(3))
+    data = bytearray(path.read_bytes())
+    data[data.find(b'{"seq":10,"ts":"') + 20] = ord("#")
+    path.write_bytes(bytes(data))
+    os.remove(f"{path}.idx")
+    size = len(data)
+    with ConversationCodec(path) as codec:
+        counts = work(4 * size)
+        with pytest.raises(CorruptRecordError, match="intact one") as raised:
+            codec.load()
+        assert raised.value.offset == data.find(b'{"seq":10,"ts":"')
+        counts = work(4 * size)
+        report = codec.verify()
+        assert max(counts["scanned"], counts["read"], counts["copied"]) <= 4 * size
+    assert [p.kind for p in report.problems if p.is_damage] == ["damaged"]
+
+
+@pytest.mark.parametrize("where", ["line-start", "after-torn-bytes"])
+def test_a_record_too_deep_to_parse_after_damage_is_still_found(tmp_path: Path, where: str) -> None:
+    """The depth a head-only candidate needs is still measured (FORMAT.md §5.2, §10.1): a
+    whole record line too deep to parse, after a damaged one, is damage before a record."""
+    path = tmp_path / "deep.log"
+    with ConversationCodec(path) as codec:
+        codec.extend(messages(3))
+    deep = b"[" * 70 + b"]" * 70
+    line = b'{"seq":3,"ts":"2026-01-01T00:00:00.000000Z","message":{"a":%s}}\n' % deep
+    torn = b'{"seq":3,"ts":"2026-01-01T00:0' + (b"\n" if where == "line-start" else b"")
+    with open(path, "ab") as f:
+        f.write(torn + line)
+    os.remove(f"{path}.idx")
+    before = path.read_bytes()
+    with ConversationCodec(path) as codec:
+        with pytest.raises(CorruptRecordError, match="intact one"):
+            codec.load()
+        with pytest.raises(CorruptRecordError):
+            codec.append({"role": "user", "content": "after"})
+    assert path.read_bytes() == before
+
+
+def test_suffix_depths_agree_with_nests_deeper_than() -> None:
+    """The shared tokenization answers as a depth scan of each suffix would (fixed seed)."""
+    rng = random.Random(5)
+    for _ in range(1_500):
+        text = bytes(rng.choice(b'[]{}"\\ax') for _ in range(rng.choice([10, 60, 300])))
+        limit = rng.choice([1, 2, 3, 5])
+        depths = SuffixDepths(text, limit)
+        ats = sorted(rng.sample(range(len(text)), 10))
+        if rng.random() < 0.3:  # out of order: tokenized again
+            ats = [rng.randrange(len(text)) for _ in range(20)]
+        for at in ats:
+            assert depths.deeper(at) == nests_deeper_than(text[at:], limit), (text, at)

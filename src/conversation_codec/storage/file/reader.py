@@ -19,7 +19,9 @@ from ..._fsio import check_file, open_regular
 from ...errors import CorruptRecordError
 from ...format.record import (
     MAX_BODY_BYTES,
+    MAX_DEPTH,
     MIN_BODY_BYTES,
+    SuffixDepths,
     decode_frame_header,
     may_be_plain_line,
 )
@@ -57,13 +59,14 @@ _MAX_LINE = MAX_BODY_BYTES * 2  # the longest record line ``frames`` reads (``_p
 class Reader:
     """Random access to a file through a 1 MiB window (no system call per byte tried)."""
 
-    __slots__ = ("_base", "_buf", "_line", "fd", "size")
+    __slots__ = ("_base", "_buf", "_depths", "_line", "fd", "size")
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd, self.size = fd, size
         self._base, self._buf = 0, b""
         # What line_end last learnt: no newline in [lo, hi); hi holds one when ``found``.
         self._line = (0, 0, False)
+        self._depths: tuple[int, int, SuffixDepths] | None = None  # (from, newline, depths)
 
     def get(self, start: int, end: int) -> bytes:
         """Return the file's bytes ``[start, end)`` (fewer at the end of the file)."""
@@ -87,6 +90,16 @@ class Reader:
             self._base = start
             self._buf = os.pread(self.fd, max(READ_CHUNK, end - start), start)
         return end
+
+    def too_deep(self, pos: int, newline: int) -> bool:
+        """Does the line ``[pos, newline]`` nest deeper than a record's may (``MAX_DEPTH``,
+        the line's own object counted, as ``PlainRecords`` measures)? Asked of many offsets
+        of one line, its bytes are copied and tokenized about once."""
+        depths = self._depths
+        if depths is None or depths[1] != newline or pos < depths[0]:
+            text = self.get(pos, newline + 1)
+            depths = self._depths = (pos, newline, SuffixDepths(text, MAX_DEPTH + 1))
+        return depths[2].deeper(pos - depths[0])
 
     def line_end(self, pos: int) -> int:
         """Return the offset of the first newline at or after ``pos``; -1 when there is none
@@ -190,7 +203,9 @@ def plain_candidate_at(reader: Reader, pos: int) -> tuple[int, bytes, bool] | No
     reads up to its first error). A nested object that starts ``{"seq":`` inside a long
     line is refused so, without a copy of the rest of the line nor a depth scan over it."""
     newline = reader.line_end(pos)
-    if newline < 0 or not may_be_plain_line(reader.view(pos, newline + 1)):
+    if newline < 0:
+        return None
+    if not may_be_plain_line(reader.view(pos, newline + 1), lambda: reader.too_deep(pos, newline)):
         return None
     return newline + 1, reader.get(pos, newline + 1), False
 
