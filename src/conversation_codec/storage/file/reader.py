@@ -377,7 +377,8 @@ def next_plain_candidate(reader: Reader, pos: int) -> int:
     start is a candidate (the line is then parsed); so is the end of zero-filled bytes,
     and every ``{"seq":`` as writers lay a record out: a record can follow zero-filled
     bytes or a torn line with no newline between them (a lost page under "flush"). On a
-    log that writers wrote these are the same offsets as the record starts alone.
+    log that writers wrote these are the record starts, and the nested objects of messages
+    that begin ``{"seq":``: ``plain_candidate_at`` refuses those at the parser's first error.
     """
     window = _PEEK  # small first (a candidate is usually near), larger while none is found
     while pos < reader.size:
