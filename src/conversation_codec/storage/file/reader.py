@@ -111,10 +111,11 @@ class Reader:
         lo, hi, found = self._line
         if not lo <= pos <= hi:
             lo, hi, found = pos, pos, False
-            if self._base <= pos < self._base + len(self._buf):  # the window first
-                at = self._buf.find(b"\n", pos - self._base)
+            end = min(self._base + len(self._buf), self.size)  # bytes past size: not ours
+            if self._base <= pos < end:  # the window first
+                at = self._buf.find(b"\n", pos - self._base, end - self._base)
                 found = at >= 0
-                hi = self._base + at if found else self._base + len(self._buf)
+                hi = self._base + at if found else end
         stop, step = min(self.size, pos + _MAX_LINE + 1), _PEEK
         while not found and hi < stop:
             chunk = os.pread(self.fd, min(step, stop - hi), hi)
@@ -386,7 +387,7 @@ def next_plain_candidate(reader: Reader, pos: int) -> int:
         # Searched in the reader's buffer, not a copy: a candidate every few bytes (nested
         # objects inside a long line) costs its search, not a copy of the window each.
         buf, at = reader.window(base, base + window)
-        stop = at + min(window, reader.size - base)
+        stop = min(at + min(window, reader.size - base), len(buf))
         found = _first_plain_candidate(buf, at + pos - base, stop)
         if found < stop:
             return base + found - at
