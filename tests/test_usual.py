@@ -341,6 +341,33 @@ def test_a_clock_at_10000_is_refused_before_anything_is_written(tmp_path: Path, 
         assert path.read_bytes() == before and codec.load() == messages(3)
 
 
+@pytest.mark.parametrize("key", [KEY, None], ids=["sealed", "plain"])
+@pytest.mark.parametrize("how", ["replace", "save-rewrites", "extend"])
+def test_a_clock_at_10000_is_refused_by_every_rewrite_too(
+    tmp_path: Path, key: str | None, how: str
+) -> None:
+    """replace() stamps its messages with the clock as appends do, and refuses a reading at
+    10000-01-01 the same way (ValueError, nothing written): it once wrote a sealed log that
+    no reader would open, and raised OverflowError on a plain one."""
+    path = tmp_path / "c.log"
+    with ConversationCodec(path, encryption_key=key, clock=Clock()) as codec:
+        codec.extend(messages(3))
+    before = path.read_bytes()
+    clock = Clock(MAX_TS_US - 1000)  # its first read is 10000-01-01T00:00:00Z
+    with ConversationCodec(path, encryption_key=key, clock=clock) as codec:
+        assert codec.load() == messages(3)  # save() rewrites only a history it read
+        with pytest.raises(ValueError, match="9999"):
+            if how == "replace":
+                codec.replace(messages(2))
+            elif how == "save-rewrites":
+                codec.save([messages(1)[0], {"role": "user", "content": "edited"}])
+            else:
+                codec.extend(messages(2))
+    assert path.read_bytes() == before
+    with ConversationCodec(path, encryption_key=key) as codec:
+        assert codec.load() == messages(3)
+
+
 def _store_conversation(url: str, count: int) -> tuple[ConversationStore, str]:
     cid = f"usual-{uuid.uuid4().hex[:8]}"
     store = ConversationStore(url, encryption_key=KEY)

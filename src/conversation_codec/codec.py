@@ -187,7 +187,7 @@ class ConversationCodec(Maintenance, ChatFormats):
         with self._holding(write=True):
             encoded = [self._encoder.encode(m) for m in messages]
             if timestamps is None:
-                tss = [self._writer.clock()] * len(encoded)
+                tss = [self._writer.now()] * len(encoded)
             else:
                 tss = [check_timestamp(t) for t in timestamps]
                 if any(b < a for a, b in itertools.pairwise(tss)):

@@ -80,16 +80,25 @@ class LogWriter:
         self._swept = True  # a rewrite sweeps leftovers itself
         return True
 
+    def now(self) -> int:
+        """The clock's reading to stamp a new record with (never before 1970), checked before
+        anything is written: every writer path stamps through here or ``stamps``.
+
+        :raises ValueError: the clock reads 10000-01-01 or later (FORMAT.md §9.2: readers
+            would refuse the record).
+        """
+        now = max(self.clock(), 0)
+        if now >= MAX_US:
+            raise ValueError(f"the clock reads {now} us, past 9999: no record time")
+        return now
+
     def stamps(self, count: int, given: Sequence[TimestampInput] | None) -> list[int]:
         """Return the times of ``count`` new records: ``given`` checked, or now (never
         before the last record's)."""
         tss = self._log.index.tss
         last = tss[-1] if len(tss) else 0
         if given is None:
-            now = max(self.clock(), last)  # a clock that steps back is clamped
-            if now >= MAX_US:  # FORMAT.md §9.2: readers would refuse the record
-                raise ValueError(f"the clock reads {now} us, past 9999: no record time")
-            return [now] * count
+            return [max(self.now(), last)] * count  # a clock that steps back is clamped
         if len(given) != count:
             raise ValueError(f"got {len(given)} timestamps for {count} messages")
         out = []

@@ -8,8 +8,10 @@ Plain logs hold one JSON line per record. Pure bytes <-> values: no I/O, no cryp
 
 from __future__ import annotations
 
+import bisect
 import re
 from array import array
+from collections.abc import Callable
 from datetime import datetime
 from itertools import accumulate
 from typing import Any, NamedTuple
@@ -30,6 +32,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MIN_BODY_BYTES",
     "Envelope",
+    "SuffixDepths",
     "decode_envelope",
     "decode_frame_header",
     "decode_plain_head",
@@ -38,6 +41,7 @@ __all__ = [
     "encode_frame",
     "encode_plain_line",
     "format_ts",
+    "may_be_plain_line",
     "nests_deeper_than",
     "parse_ts",
 ]
@@ -298,3 +302,66 @@ def decode_plain_head(line: bytes | memoryview) -> tuple[int, int]:
         raise ValueError("invalid record line: not laid out as FORMAT.md §6 shows")
     seq, ts_us, _ = decode_plain_line(b'{"seq":%s,"ts":"%s","message":{}}' % (head[1], head[2]))
     return seq, ts_us
+
+
+def may_be_plain_line(line: bytes | memoryview, too_deep: Callable[[], bool]) -> bool:
+    """Return False only when ``line`` (up to its newline) is neither a record line that
+    ``decode_plain_line`` reads nor one ``decode_plain_head`` reads (FORMAT.md §10.1), as
+    a plain log's reader judges it: ``too_deep()`` is ``nests_deeper_than(line, MAX_DEPTH +
+    1)``, asked only of a line of a record's head that the decoder refuses.
+
+    Costs what the decoder reads up to its first error (a text too deep for it raises
+    RecursionError): a candidate that opens a nested object inside a long line,
+    ``{"seq":0,"type":...},...``, is refused after a few bytes.
+    """
+    try:
+        _plain_line_decoder.decode(line)
+    except (msgspec.DecodeError, RecursionError):
+        head = _PLAIN_HEAD.match(bytes(line[:80]))
+        return head is not None and bytes(line[-2:]) == b"}\n" and too_deep()
+    return True
+
+
+# A JSON string (as _JSON_STRING) or a bracket: the tokens nests_deeper_than counts with.
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+
+
+class SuffixDepths:
+    """``nests_deeper_than(text[at:], limit)`` for many ``at`` in one ``text``: it is
+    tokenized once, from the first ``at`` asked, and again only from an ``at`` which that
+    tokenization puts inside a string (where the suffix's strings pair up otherwise)."""
+
+    __slots__ = ("_brackets", "_from", "_limit", "_peaks", "_starts", "_stops", "_sums", "_text")
+
+    def __init__(self, text: bytes, limit: int) -> None:
+        self._text, self._limit, self._from = text, limit, -1
+        self._starts: list[int] = []  # the strings' spans, [start, stop)
+        self._stops: list[int] = []
+        self._brackets: list[int] = []  # where each bracket outside strings is
+        self._sums: list[int] = []  # the depth after each, counted from ``_from``
+        self._peaks: list[int] = []  # the greatest of ``_sums`` from each on
+
+    def deeper(self, at: int) -> bool:
+        if len(self._text) - at <= 2 * self._limit + 1:  # short: nests_deeper_than's answer
+            return nests_deeper_than(self._text[at:], self._limit)
+        k = bisect.bisect_right(self._starts, at) - 1
+        if self._from < 0 or at < self._from or (k >= 0 and at < self._stops[k]):
+            self._tokenize(at)
+        i = bisect.bisect_left(self._brackets, at)
+        if i == len(self._brackets):
+            return False
+        return self._peaks[i] - (self._sums[i - 1] if i else 0) > self._limit
+
+    def _tokenize(self, at: int) -> None:
+        self._from, text = at, self._text
+        self._starts, self._stops, self._brackets, steps = [], [], [], []
+        for token in _TOKEN.finditer(text, at):
+            start = token.start()
+            if text[start] == 0x22:  # "
+                self._starts.append(start)
+                self._stops.append(token.end())
+            else:
+                self._brackets.append(start)
+                steps.append(1 if text[start] in b"[{" else -1)
+        self._sums = list(accumulate(steps))
+        self._peaks = list(accumulate(reversed(self._sums), max))[::-1]

@@ -50,7 +50,14 @@ from ...records import (
     SealedRecords,
 )
 from .log import FileLog
-from .reader import Reader, frame_at, next_candidate, next_plain_candidate, plausible
+from .reader import (
+    Reader,
+    frame_at,
+    next_candidate,
+    next_plain_candidate,
+    plain_candidate_at,
+    plausible,
+)
 
 __all__ = [
     "Problem",
@@ -131,7 +138,10 @@ def scan_records(log: FileLog) -> Iterator[Region]:
             yield from run
             pos, floor_s = run[-1][2], run[-1][4] // 1_000_000
             continue
-        found = frame_at(reader, pos, sealed)
+        if sealed or bad_from < 0:
+            found = frame_at(reader, pos, sealed)
+        else:  # a candidate inside damage (§10.1)
+            found = plain_candidate_at(reader, pos)
         if found is not None and bad_from >= 0 and sealed and not plausible(found[1], floor_s):
             found = None  # inside damage: skip lengths random bytes made up, without an HMAC
         opened = None if found is None else _open(log, found[1], found[2])

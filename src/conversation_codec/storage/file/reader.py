@@ -17,7 +17,14 @@ from collections.abc import Iterator
 
 from ..._fsio import check_file, open_regular
 from ...errors import CorruptRecordError
-from ...format.record import MAX_BODY_BYTES, MIN_BODY_BYTES, decode_frame_header
+from ...format.record import (
+    MAX_BODY_BYTES,
+    MAX_DEPTH,
+    MIN_BODY_BYTES,
+    SuffixDepths,
+    decode_frame_header,
+    may_be_plain_line,
+)
 from ...format.varint import MAX_VARINT_BYTES
 from ...records import RecordRejected
 from ..base import IndexMismatch
@@ -31,6 +38,7 @@ __all__ = [
     "next_candidate",
     "next_plain_candidate",
     "open_log_file",
+    "plain_candidate_at",
     "plausible",
     "probe_log_file",
     "read_bodies",
@@ -45,24 +53,80 @@ _BAD = (-1, -1, False)  # sentinel span: no record can start here
 # Bytes a plain resynchronisation looks at per candidate: copied from the reader's 1 MiB
 # buffer, which a request of READ_CHUNK from a later offset would read again each time.
 _PEEK = 4096
+_MAX_LINE = MAX_BODY_BYTES * 2  # the longest record line ``frames`` reads (``_parse_frame``)
 
 
 class Reader:
     """Random access to a file through a 1 MiB window (no system call per byte tried)."""
 
-    __slots__ = ("_base", "_buf", "fd", "size")
+    __slots__ = ("_base", "_buf", "_depths", "_line", "fd", "size")
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd, self.size = fd, size
         self._base, self._buf = 0, b""
+        # What line_end last learnt: no newline in [lo, hi); hi holds one when ``found``.
+        self._line = (0, 0, False)
+        self._depths: tuple[int, int, SuffixDepths] | None = None  # (from, newline, depths)
 
     def get(self, start: int, end: int) -> bytes:
         """Return the file's bytes ``[start, end)`` (fewer at the end of the file)."""
+        end = self._load(start, end)
+        return self._buf[start - self._base : end - self._base]
+
+    def window(self, start: int, end: int) -> tuple[bytes, int]:
+        """The buffer holding the file's bytes ``[start, end)`` (fewer at the end of the
+        file), and where ``start`` is in it: ``get`` without the copy, for ``bytes.find``."""
+        self._load(start, end)
+        return self._buf, start - self._base
+
+    def view(self, start: int, end: int) -> memoryview:
+        """``get`` without the copy."""
+        end = self._load(start, end)
+        return memoryview(self._buf)[start - self._base : end - self._base]
+
+    def _load(self, start: int, end: int) -> int:
         end = min(end, self.size)
         if not (self._base <= start and end <= self._base + len(self._buf)):
             self._base = start
             self._buf = os.pread(self.fd, max(READ_CHUNK, end - start), start)
-        return self._buf[start - self._base : end - self._base]
+        return end
+
+    def too_deep(self, pos: int, newline: int) -> bool:
+        """Does the line ``[pos, newline]`` nest deeper than a record's may (``MAX_DEPTH``,
+        the line's own object counted, as ``PlainRecords`` measures)? Asked of many offsets
+        of one line, its bytes are copied and tokenized about once."""
+        depths = self._depths
+        if depths is None or depths[1] != newline or pos < depths[0]:
+            text = self.get(pos, newline + 1)
+            depths = self._depths = (pos, newline, SuffixDepths(text, MAX_DEPTH + 1))
+        return depths[2].deeper(pos - depths[0])
+
+    def line_end(self, pos: int) -> int:
+        """Return the offset of the first newline at or after ``pos``; -1 when there is none
+        in the file, or only past the longest line a record may take.
+
+        Each byte is searched once for all the offsets of one line (the candidates inside a
+        long line share its end): resynchronising costs the bytes scanned, not their square.
+        """
+        lo, hi, found = self._line
+        if not lo <= pos <= hi:
+            lo, hi, found = pos, pos, False
+            end = min(self._base + len(self._buf), self.size)  # bytes past size: not ours
+            if self._base <= pos < end:  # the window first
+                at = self._buf.find(b"\n", pos - self._base, end - self._base)
+                found = at >= 0
+                hi = self._base + at if found else end
+        stop, step = min(self.size, pos + _MAX_LINE + 1), _PEEK
+        while not found and hi < stop:
+            chunk = os.pread(self.fd, min(step, stop - hi), hi)
+            if not chunk:
+                break
+            at = chunk.find(b"\n")
+            found = at >= 0
+            hi += at if found else len(chunk)
+            step = min(step * 16, READ_CHUNK * 16)
+        self._line = (lo, hi, found)
+        return hi if found and hi - pos <= _MAX_LINE else -1
 
 
 def _parse_frame(buf: bytes, pos: int, sealed: bool, at_eof: bool) -> tuple[int, int, bool] | None:
@@ -126,18 +190,25 @@ def frame_at(reader: Reader, pos: int, sealed: bool) -> tuple[int, bytes, bool] 
         if pos + end > reader.size:
             return None
         return pos + end, reader.get(pos + start, pos + end), control
-    # A plain line: looked for in a small window first (most lines are short, and the
-    # reader's 1 MiB buffer then serves many candidates), growing up to the longest line a
-    # record may take (``_parse_frame``): a long record after damage is found too.
-    want = _PEEK
-    while True:
-        chunk = reader.get(pos, pos + want)
-        newline = chunk.find(b"\n")
-        if newline >= 0:
-            return pos + newline + 1, chunk[: newline + 1], False
-        if pos + len(chunk) >= reader.size or want > MAX_BODY_BYTES * 2:
-            return None
-        want *= 16
+    # A plain line, up to the longest a record may take (``_parse_frame``): a long record
+    # after damage is found too.
+    newline = reader.line_end(pos)
+    if newline < 0:
+        return None
+    return newline + 1, reader.get(pos, newline + 1), False
+
+
+def plain_candidate_at(reader: Reader, pos: int) -> tuple[int, bytes, bool] | None:
+    """``frame_at`` for a plain resynchronisation candidate: None as well when the line from
+    ``pos`` cannot be a record line (``may_be_plain_line``, which costs what the decoder
+    reads up to its first error). A nested object that starts ``{"seq":`` inside a long
+    line is refused so, without a copy of the rest of the line nor a depth scan over it."""
+    newline = reader.line_end(pos)
+    if newline < 0:
+        return None
+    if not may_be_plain_line(reader.view(pos, newline + 1), lambda: reader.too_deep(pos, newline)):
+        return None
+    return newline + 1, reader.get(pos, newline + 1), False
 
 
 def read_body(fd: int, span: tuple[int, int], sealed: bool, whole: bytes | None = None) -> bytes:
@@ -274,11 +345,11 @@ _WHITESPACE = b" \t\r"  # JSON's, but the newline that ends a line
 _PLAIN_RECORD_START = b'{"seq":'  # FORMAT.md §6: every record line writers write starts so
 
 
-def _first_plain_candidate(chunk: bytes, at: int) -> int:
-    """The first candidate at or after ``at`` in ``chunk`` (whose byte ``at - 1`` may end a
-    line); ``len(chunk)`` or more when there is none, or a run reaches the end."""
-    best = chunk.find(_PLAIN_RECORD_START, at)
-    best = len(chunk) if best < 0 else best
+def _first_plain_candidate(chunk: bytes, at: int, stop: int) -> int:
+    """The first candidate at or after ``at`` in ``chunk[:stop]`` (whose byte ``at - 1`` may
+    end a line); ``stop`` or more when there is none, or a run reaches ``stop``."""
+    best = chunk.find(_PLAIN_RECORD_START, at, stop)
+    best = stop if best < 0 else best
     line = _LINE.search(chunk, at - 1, best)
     if line is not None:
         best = line.start() + 1
@@ -286,13 +357,13 @@ def _first_plain_candidate(chunk: bytes, at: int) -> int:
     # the brace backwards, so that a run of zeros costs a find, not a walk through it.
     zero = chunk.find(b"\x00", max(0, at - 1), best)
     while zero >= 0:
-        brace = chunk.find(b"{", zero, best + 1)
-        if brace < 0 and best < len(chunk):
+        brace = chunk.find(b"{", zero, min(best + 1, stop))
+        if brace < 0 and best < stop:
             break
-        end = brace if brace >= 0 else len(chunk)  # no brace: whitespace to the end tells not
+        end = brace if brace >= 0 else stop  # no brace: whitespace to the end tells not
         while end > zero and chunk[end - 1] in _WHITESPACE:
             end -= 1
-        if end > zero and chunk[end - 1] == 0 and (brace >= 0 or end < len(chunk)):
+        if end > zero and chunk[end - 1] == 0 and (brace >= 0 or end < stop):
             return end
         if brace < 0:
             break
@@ -307,18 +378,22 @@ def next_plain_candidate(reader: Reader, pos: int) -> int:
     start is a candidate (the line is then parsed); so is the end of zero-filled bytes,
     and every ``{"seq":`` as writers lay a record out: a record can follow zero-filled
     bytes or a torn line with no newline between them (a lost page under "flush"). On a
-    log that writers wrote these are the same offsets as the record starts alone.
+    log that writers wrote these are the record starts, and the nested objects of messages
+    that begin ``{"seq":``: ``plain_candidate_at`` refuses those at the parser's first error.
     """
     window = _PEEK  # small first (a candidate is usually near), larger while none is found
     while pos < reader.size:
         base = max(0, pos - 1)  # the byte before ``pos`` may end a line
-        chunk = reader.get(base, base + window)
-        found = _first_plain_candidate(chunk, pos - base)
-        if found < len(chunk):
-            return base + found
-        if base + len(chunk) >= reader.size:
+        # Searched in the reader's buffer, not a copy: a candidate every few bytes (nested
+        # objects inside a long line) costs its search, not a copy of the window each.
+        buf, at = reader.window(base, base + window)
+        stop = min(at + min(window, reader.size - base), len(buf))
+        found = _first_plain_candidate(buf, at + pos - base, stop)
+        if found < stop:
+            return base + found - at
+        if base + stop - at >= reader.size:
             break
-        pos = max(pos + 1, base + len(chunk) - len(_PLAIN_RECORD_START))
+        pos = max(pos + 1, base + stop - at - len(_PLAIN_RECORD_START))
         window = min(window * 16, READ_CHUNK)
     return reader.size
 

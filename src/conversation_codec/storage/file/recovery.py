@@ -15,7 +15,15 @@ from ...errors import CorruptRecordError
 from ...records import RecordCodec, RecordDamaged, RecordRejected, SealedRecords
 from ..base import IndexMismatch, LogFormat
 from .index import OffsetIndex
-from .reader import Reader, frame_at, frames, next_candidate, next_plain_candidate, plausible
+from .reader import (
+    Reader,
+    frame_at,
+    frames,
+    next_candidate,
+    next_plain_candidate,
+    plain_candidate_at,
+    plausible,
+)
 
 __all__ = ["drop_unproven_entries", "recover"]
 
@@ -145,7 +153,7 @@ def _check_tail(
         q = next_candidate(reader, q) if fmt.sealed else next_plain_candidate(reader, q)
         if q >= size:
             break
-        found = frame_at(reader, q, fmt.sealed)
+        found = frame_at(reader, q, True) if fmt.sealed else plain_candidate_at(reader, q)
         if found is not None and fmt.sealed and not plausible(found[1], floor_s):
             found = None  # cheap reject: no HMAC over a length that random bytes made up
         if found is not None and _authentic(fmt.records, found[1], found[2]):
