@@ -127,8 +127,7 @@ class FileLog:
         self.probe_file()
 
     def probe_file(self) -> bool:  # probe(); whether a file is at the path (empty or not)
-        with self._txns.mutex:
-            self._close_log()
+        with self._txns.mutex:  # once, when the codec is made: nothing is open yet
             probed = probe(self.path, self._attach)
             if isinstance(probed, bool):
                 return probed

@@ -35,11 +35,11 @@ from .check import Problem, VerifyReport, check_file_log
 from .kwi_store import FileSegments
 from .lock import LogLock
 from .log import FileLog
+from .opened import PREFIX_BYTES
 from .packs import Packed, Packs
 
 __all__ = ["PackedView", "StoreLog", "check_store_log", "retire_loose"]
 
-_PREFIX_BYTES = 4096  # as FileLog: what the header reader is handed
 _ATTEMPTS = 8  # unpack/re-check rounds before a write gives up (packers racing it)
 
 
@@ -79,7 +79,7 @@ class PackedView:
     def __init__(self, where: Packed, data: bytes, attach: Callable[[bytes], LogFormat]) -> None:
         self.where = where
         self.data = data
-        self.fmt = attach(data[:_PREFIX_BYTES])
+        self.fmt = attach(data[:PREFIX_BYTES])
         self.index = _PackedIndex()
         self.dictionary: bytes | None = None
         self._bodies: list[bytes] = []
