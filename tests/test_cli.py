@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -13,7 +14,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -1680,15 +1681,28 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def _follow(log: str) -> subprocess.Popen[str]:
-    """``conversation-codec tail LOG -n 1 -f`` as a real process, its output piped."""
-    return subprocess.Popen(
+@contextlib.contextmanager
+def _follow(log: str) -> Iterator[subprocess.Popen[str]]:
+    """``conversation-codec tail LOG -n 1 -f`` as a real process, its output piped; killed
+    on the way out if a failed assertion left it running.
+
+    The child gets Ctrl-C's default action back: a process started in the background by a
+    non-interactive shell (``pytest &``) ignores SIGINT, and its children inherit that, so
+    the follow would never see the Ctrl-C the tests send."""
+    proc = subprocess.Popen(
         [ENTRY, "tail", log, "-n", "1", "-f"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=subprocess_env(CONVERSATION_KEY=KEY),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+    with proc:
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc for CPU time")
