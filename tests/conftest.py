@@ -7,6 +7,7 @@ import errno
 import os
 import random
 import socket
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -26,6 +27,20 @@ T0 = 1_763_700_000_000_000  # 2025-11-21T04:40:00Z in microseconds
 
 # By-hand fuzzing targets (atheris), run as scripts: not test modules, never imported by pytest.
 collect_ignore = ["fuzz"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary files (``tmp_path``, ``tempfile``) on tmpfs when the machine has one.
+
+    Many tests write real logs and let the library ``fsync`` them; on a disk each sync
+    waits for the device, which made the default run wait more than it computed. The
+    files are as real on ``/dev/shm`` (the same system calls, locks and renames);
+    durability itself is tested through the ``FileIO`` seam and SIGKILLed processes,
+    neither of which needs a disk. ``TMPDIR`` set by the caller wins (a disk run:
+    ``TMPDIR=/tmp python -m pytest``)."""
+    shm = Path("/dev/shm")
+    if "TMPDIR" not in os.environ and shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        tempfile.tempdir = str(shm)
 
 
 @pytest.fixture
