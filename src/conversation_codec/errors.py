@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "BackendUnavailableError",
@@ -52,6 +53,23 @@ __all__ = [
 
 class ConversationCodecError(Exception):
     """Base class for all conversation-codec errors."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its class, its args and its attributes, rebuilt without calling
+        # __init__ (which may take keyword-only arguments, as CorruptRecordError's do):
+        # the default rebuilds with cls(*args), which failed, and a pool worker's error
+        # that cannot come back breaks ProcessPoolExecutor and hangs Pool.map.
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(
+    cls: type[ConversationCodecError], args: tuple[Any, ...], state: dict[str, Any]
+) -> ConversationCodecError:
+    """Unpickle a library error (``ConversationCodecError.__reduce__``)."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 class FormatError(ConversationCodecError, ValueError):

@@ -12,6 +12,7 @@ import errno
 import os
 import struct
 import time
+import weakref
 from collections.abc import Callable
 
 import portalocker
@@ -45,7 +46,7 @@ class LogLock:
     """``<log>.lock``: a flock that survives the file being unlinked by ``clear()``, and the
     generation/truncation counters (not thread-safe; the log serialises its use)."""
 
-    __slots__ = ("_fd", "_ino", "_log_path", "_timeout", "created", "io", "path")
+    __slots__ = ("__weakref__", "_fd", "_ino", "_log_path", "_timeout", "created", "io", "path")
 
     def __init__(self, log_path: str, timeout: float | None, *, io: FileIO = DEFAULT_IO) -> None:
         self.io = io  # the log's filesystem seam
@@ -95,6 +96,7 @@ class LogLock:
                     return False  # reading after clear() must not create the file again
                 self._fd, held = opened
                 self._ino = (held.st_dev, held.st_ino)
+                _OPEN.add(self)
             self._take(self._fd, exclusive, deadline)
             if self._names_it():
                 return True
@@ -206,18 +208,53 @@ class LogLock:
 
     def state(self) -> tuple[int, int, int]:
         """Return ``(lock file inode, generation, truncations)`` (held lock only)."""
-        assert self._fd is not None
-        raw = os.pread(self._fd, LOCK_STATE.size, 0)
+        raw = os.pread(self._held(), LOCK_STATE.size, 0)
         gen, truncs = LOCK_STATE.unpack(raw) if len(raw) == LOCK_STATE.size else (0, 0)
         return self._ino[1], gen, truncs
 
     def write_state(self, generation: int, truncations: int) -> None:
         """Store new counters (exclusive lock held). Not synced: live processes only."""
-        assert self._fd is not None
-        write_all(self._fd, LOCK_STATE.pack(generation, truncations), 0, io=self.io)
+        write_all(self._held(), LOCK_STATE.pack(generation, truncations), 0, io=self.io)
+
+    def _held(self) -> int:
+        if self._fd is None:  # only a child forked in the middle of a transaction gets here
+            raise StorageError(
+                f"{self.path}: this process was forked while a transaction held the lock; "
+                "that transaction belongs to the parent (end it, and start another here)"
+            )
+        return self._fd
 
     def close(self) -> None:
         """Close the file descriptor (closing releases any flock)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            _OPEN.discard(self)
+
+    def _forget_inherited(self) -> None:
+        """In a child just forked: drop the parent's descriptor (``_after_fork``)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # never LOCK_UN: that would release the parent's lock
+
+
+# Every LogLock whose file is open. A flock belongs to the open file description, which a
+# forked child shares with its parent: through an inherited descriptor each would "hold"
+# the lock at once, and both would append at the same offset (a server that opens its
+# codecs before forking its workers lost records so). So a child closes its copies at the
+# fork, and each lock opens the file again at its next acquire: a description of its own.
+# The log's other files are read and written at explicit offsets (pread, pwrite), so
+# sharing their descriptions is harmless; the view cached with them is checked against
+# the counters under the lock, as any other process's would be.
+_OPEN: weakref.WeakSet[LogLock] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for lock in list(_OPEN):
+        lock._forget_inherited()
+    _OPEN.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
