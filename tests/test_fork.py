@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conversation_codec import ConversationCodec, errors
+from conversation_codec import ConversationCodec, ConversationStore, errors
 
 from conftest import KEY
 
@@ -132,3 +132,49 @@ def test_a_child_forked_inside_a_transaction_cannot_write_in_it(tmp_path: Path) 
     assert "refused:" in done.stdout and "forked while a transaction held the lock" in done.stdout
     with ConversationCodec(path, encryption_key=KEY) as codec:
         assert [m["id"] for m in codec.load() or []] == ["before", "parent"]
+
+
+_FORKED_STORE_WRITERS = r"""
+import json, os, sys
+from conversation_codec import ConversationStore
+url, key, out = sys.argv[1:]
+store = ConversationStore(url, encryption_key=key)
+with store.open("before") as codec:
+    codec.append({"id": "before"})
+pid = os.fork()
+side = "child" if pid == 0 else "parent"
+acked = []
+for i in range(60):
+    with store.open(f"fork-{side}") as codec:  # each append its own transaction
+        codec.append({"id": f"{side}-{i}"})
+    acked.append(f"{side}-{i}")
+with open(os.path.join(out, side), "w") as f:
+    json.dump(acked, f)
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_postgres_store_opened_before_fork_serves_parent_and_child(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Each process gets connections of its own: through the parent's pool, the two
+    interleaved statements on one session and hung."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKED_STORE_WRITERS, postgres_url, KEY, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    store = ConversationStore(postgres_url, encryption_key=KEY)
+    for side in ("parent", "child"):
+        acked = json.loads((tmp_path / side).read_text())
+        with store.open(f"fork-{side}") as codec:
+            assert (
+                [m["id"] for m in codec.load() or []] == acked == [f"{side}-{i}" for i in range(60)]
+            )

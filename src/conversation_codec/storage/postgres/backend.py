@@ -25,6 +25,7 @@ deleted and pruned as any other.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import threading
 import time
@@ -263,16 +264,40 @@ class PostgresBackend:
             # the server's reason (a pool only reports a timeout).
             with psycopg.connect(url, connect_timeout=max(1, round(timeout)), **kwargs) as conn:
                 ensure_schema(conn)
-            self.pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(
-                url,
-                min_size=min_size,
-                max_size=max_size,
-                kwargs=kwargs,
-                timeout=timeout,
-                check=self._check,
-                name=self.name,
-                open=True,
-            )
+            self._pool_options: dict[str, Any] = {
+                "min_size": min_size,
+                "max_size": max_size,
+                "kwargs": kwargs,
+                "timeout": timeout,
+            }
+            self._pool: psycopg_pool.ConnectionPool[Connection] | None = self._new_pool()
+        _LIVE.add(self)
+
+    def _new_pool(self) -> psycopg_pool.ConnectionPool[Connection]:
+        return psycopg_pool.ConnectionPool(
+            self._url, check=self._check, name=self.name, open=True, **self._pool_options
+        )
+
+    @property
+    def pool(self) -> psycopg_pool.ConnectionPool[Connection]:
+        """The connection pool: this process's own (a forked child opens one at first use)."""
+        pool = self._pool
+        if pool is None:
+            with self._listener_lock:
+                if self._pool is None:
+                    with database_errors(f"cannot open {self.name}", self.secrets):
+                        self._pool = self._new_pool()
+                pool = self._pool
+        return pool
+
+    def _forget_inherited(self) -> None:
+        """In a child just forked (``_after_fork``): leave the parent's connections to it."""
+        if self._pool is not None and self._pool.closed:
+            return  # closed before the fork: stays closed
+        _INHERITED.append((self._pool, self._listener))
+        self._pool, self._listener = None, None
+        self._listener_lock = threading.Lock()
+        self._back = weakref.WeakKeyDictionary()
 
     def putconn(self, conn: Connection) -> None:
         """Give ``conn`` back to the pool, noting when (it worked until then).
@@ -433,7 +458,10 @@ class PostgresBackend:
             listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
-        self.pool.close()
+        if self._pool is not None:
+            self._pool.close()
+        else:  # a forked child that never used it: a pool never opened is a closed one
+            self._pool = psycopg_pool.ConnectionPool(self._url, open=False, **self._pool_options)
 
     def __enter__(self) -> PostgresBackend:
         return self
@@ -443,3 +471,24 @@ class PostgresBackend:
 
     def __repr__(self) -> str:  # never the password
         return f"<PostgresBackend {self.name!r}>"
+
+
+# A pool's connections are sockets to the server, with a session each; a forked child that
+# used the parent's would interleave its statements with the parent's on the same sessions
+# (a store opened before the fork of a server's workers hung or failed both). So a child
+# leaves every inherited pool and listener to the parent, never closing them (closing
+# would end the parent's sessions; psycopg does not end a connection that another process
+# opened when it is collected) and opens its own at first use. Kept here so that nothing
+# of theirs runs in the child.
+_LIVE: weakref.WeakSet[PostgresBackend] = weakref.WeakSet()
+_INHERITED: list[object] = []
+
+
+def _after_fork() -> None:
+    PostgresBackend._shared_lock = threading.Lock()
+    for backend in list(_LIVE):
+        backend._forget_inherited()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
