@@ -202,11 +202,12 @@ class ConversationCodec(Maintenance, ChatFormats):
             if count == self._base():
                 return None
             self._log.remove_stale_temps()
-            message = self._present(self._reader.read_one(count - 1))
+            message = self._present(stored := self._reader.read_one(count - 1))
             before = self._history.state()
-            exact = self._kwi.before_pop()
+            exact = self._kwi.before_pop(count - 1)
             self._log.truncate(count - 1)
             self._kwi.popped(exact, count - 1)
+            self._popped_blobs(stored, count - 1)
             # The caller gets the message back: a history it held whole stays whole.
             self._history.moved(before, keeps_view=True)
             self._history.popped(count)
@@ -221,12 +222,6 @@ class ConversationCodec(Maintenance, ChatFormats):
                 remove_flat_dir(blobs_path(self._path), check_only=True)
             self._log.remove(also=self._remove_blobs)
             self._history.cleared()
-
-    def _remove_blobs(self) -> None:
-        if self._encoder.blobs is not None:
-            self._encoder.blobs.clear()
-        elif self._file:
-            remove_flat_dir(blobs_path(self._path), io=self._options.io)
 
     # -- reading ---------------------------------------------------------------------------
 
