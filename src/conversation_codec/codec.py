@@ -179,7 +179,8 @@ class ConversationCodec(Maintenance, ChatFormats):
     ) -> None:
         """Atomically replace the whole history, giving each message its time.
 
-        Unlike ``save()``, nothing is kept: the log is rewritten (temp file, fsync, rename).
+        Unlike ``save()``, nothing is kept: the log is rewritten (temp file, fsync, rename),
+        then the blobs no message refers to are deleted (FORMAT.md §15).
         ``timestamps`` must not decrease; None stamps every message with now.
         """
         if timestamps is not None and len(timestamps) != len(messages):
@@ -196,7 +197,9 @@ class ConversationCodec(Maintenance, ChatFormats):
 
     def pop(self) -> Message | None:
         """Remove and return the last message (None when empty); O(1), a truncation. The
-        temp copies crashed rewrites left beside the log, which may hold it, go first."""
+        temp copies crashed rewrites left beside the log, which may hold it, go first. The
+        blobs of its attachments go after, when no record left refers to them, if at most
+        ``core.POP_SWEEP_RECORDS`` (256) are left; else at the next rewrite (FORMAT.md §15)."""
         with self._holding(write=True):
             count = len(self._log.index)
             if count == self._base():
