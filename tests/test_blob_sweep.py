@@ -21,7 +21,7 @@ import pytest
 from tests._writer import subprocess_env
 from tests.conftest import KEY
 
-from conversation_codec import ConversationCodec
+from conversation_codec import ConversationCodec, StorageError
 from conversation_codec.core import POP_SWEEP_RECORDS
 
 Message = dict[str, Any]
@@ -127,6 +127,25 @@ def test_a_pop_from_a_long_log_keeps_the_blob_until_the_next_rewrite(tmp_path: P
         assert codec.load()[-2:] == [picture("third"), text(0)]
 
 
+def test_a_pop_whose_sweep_is_refused_still_returns_the_message(tmp_path: Path) -> None:
+    """A link planted in ``P.blobs`` stops the sweep: the pop has committed, so it still
+    returns the message (a caller told it failed would pop another); a rewrite refuses
+    before its commit, changing nothing."""
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=KEY, attachments="external") as codec:
+        codec.extend([text(0), picture("gone"), picture("also gone")])
+        planted = path.parent / "chat.log.blobs" / ("0" * 64)
+        planted.symlink_to(tmp_path / "elsewhere")
+        assert codec.pop() == picture("also gone")
+        assert len(codec) == 2
+        with pytest.raises(StorageError):
+            codec.replace([text(0)])
+        assert codec.load() == [text(0), picture("gone")]
+        planted.unlink()
+        codec.replace([text(0)])
+        assert blobs(path) == set()
+
+
 _KILLED_AFTER_COMMIT = r"""
 import os, signal, sys
 from conversation_codec import ConversationCodec, FileIO
@@ -165,7 +184,7 @@ def test_a_rewrite_killed_before_its_sweep_leaves_a_blob_the_next_one_deletes(
 
 _APPENDER = r"""
 import base64, os, sys
-from conversation_codec import ConversationCodec
+from conversation_codec import ConversationCodec, StorageError
 def picture(tag):
     data = base64.b64encode(b"PNG" * 200 + tag.encode()).decode()
     return {"role": "user", "content": [{"type": "text", "text": f"picture {tag}"},

@@ -257,10 +257,14 @@ class CodecCore:
         blobs = self._encoder.blobs
         if blobs is None or count > POP_SWEEP_RECORDS or not references(popped):
             return
-        referenced: set[str] = set()
-        for _, _, parsed, _ in self._reader.parsed(0, count):
-            referenced.update(*map(references, parsed))
-        blobs.delete_unreferenced(referenced)
+        # The pop is committed: a caller told it failed would pop another. A blob that
+        # cannot be deleted (a damaged record, a link planted in P.blobs, an I/O error)
+        # waits for a rewrite, which reports what stops it before its commit.
+        with contextlib.suppress(OSError, ConversationCodecError):
+            referenced: set[str] = set()
+            for _, _, parsed, _ in self._reader.parsed(0, count):
+                referenced.update(*map(references, parsed))
+            blobs.delete_unreferenced(referenced)
 
     def _remove_blobs(self) -> None:
         if self._encoder.blobs is not None:
