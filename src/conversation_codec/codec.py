@@ -179,7 +179,8 @@ class ConversationCodec(Maintenance, ChatFormats):
     ) -> None:
         """Atomically replace the whole history, giving each message its time.
 
-        Unlike ``save()``, nothing is kept: the log is rewritten (temp file, fsync, rename).
+        Unlike ``save()``, nothing is kept: the log is rewritten (temp file, fsync, rename),
+        then the blobs no message refers to are deleted (FORMAT.md §15).
         ``timestamps`` must not decrease; None stamps every message with now.
         """
         if timestamps is not None and len(timestamps) != len(messages):
@@ -196,17 +197,20 @@ class ConversationCodec(Maintenance, ChatFormats):
 
     def pop(self) -> Message | None:
         """Remove and return the last message (None when empty); O(1), a truncation. The
-        temp copies crashed rewrites left beside the log, which may hold it, go first."""
+        temp copies crashed rewrites left beside the log, which may hold it, go first. The
+        blobs of its attachments go after, when no record left refers to them, if at most
+        ``core.POP_SWEEP_RECORDS`` (256) are left; else at the next rewrite (FORMAT.md §15)."""
         with self._holding(write=True):
             count = len(self._log.index)
             if count == self._base():
                 return None
             self._log.remove_stale_temps()
-            message = self._present(self._reader.read_one(count - 1))
+            message = self._present(stored := self._reader.read_one(count - 1))
             before = self._history.state()
-            exact = self._kwi.before_pop()
+            exact = self._kwi.before_pop(count - 1)
             self._log.truncate(count - 1)
             self._kwi.popped(exact, count - 1)
+            self._popped_blobs(stored, count - 1)
             # The caller gets the message back: a history it held whole stays whole.
             self._history.moved(before, keeps_view=True)
             self._history.popped(count)
@@ -221,12 +225,6 @@ class ConversationCodec(Maintenance, ChatFormats):
                 remove_flat_dir(blobs_path(self._path), check_only=True)
             self._log.remove(also=self._remove_blobs)
             self._history.cleared()
-
-    def _remove_blobs(self) -> None:
-        if self._encoder.blobs is not None:
-            self._encoder.blobs.clear()
-        elif self._file:
-            remove_flat_dir(blobs_path(self._path), io=self._options.io)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ transaction) gets each append's segment at once, and needs no check against the 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -94,9 +93,10 @@ class KeywordIndexer:
 
     # -- state -----------------------------------------------------------------------------
 
-    def keys(self) -> tuple[Tokenizer, RecordKey] | None:
-        """The current log's token and segment keys; None when it cannot have an index."""
-        fmt = self._log.fmt
+    def keys(self, fmt: LogFormat | None = None) -> tuple[Tokenizer, RecordKey] | None:
+        """The current log's (or ``fmt``'s) token and segment keys; None when it cannot
+        have an index."""
+        fmt = fmt or self._log.fmt
         if self._store is None or fmt is None or not isinstance(fmt.records, SealedRecords):
             return None
         if self._keys is None or self._keys[0] != fmt.log_id:
@@ -328,31 +328,32 @@ class KeywordIndexer:
         state.segments += 1
         state.hold(pending.unfolded(blocks))  # they join the postings in memory when needed
 
-    def before_pop(self) -> KwiState | None:
-        """Return the index's state if it is exact now (call before a pop)."""
+    def before_pop(self, count: int) -> KwiState | None:
+        """Return the index's state if it is exact now (call before a pop of the records
+        from ``count`` on). A sidecar is rewritten here, before the truncation commits, as
+        a prefix of the log before and after it: no crash leaves the popped records'
+        postings (FORMAT.md §17.5, step 2)."""
         if not self.active():
             return None
         state = self.current()
-        return state if self.usable(state) and state is not None else None
+        exact = state if self.usable(state) and state is not None else None
+        if not self._exact():
+            try:
+                self._pop(exact, count)
+            except OSError:  # the sidecar may hold their postings: it goes, or the pop fails
+                self.remove()
+        return exact
 
     def popped(self, exact: KwiState | None, count: int) -> None:
-        """Drop the postings of the records from ``count`` on (after a pop): the last
-        block's are derived again from the messages left in it, and the file is rewritten.
-        A sidecar that cannot be rewritten is deleted, as after a rewrite (``rewritten``)."""
-        if not self.active():
-            return
-        try:
+        """Drop the postings of the records from ``count`` on (after a pop), in the pop's
+        transaction (a database): the last block's are derived again from the messages
+        left in it, and the index is written again."""
+        if self._exact() and self.active():
             self._pop(exact, count)
-        except OSError:
-            if self._exact():
-                raise  # in the pop's transaction: it fails (and rolls back) with it
-            # The log is committed (§17.5): no index may keep the popped records' postings.
-            with contextlib.suppress(OSError):
-                self.remove()
 
     def _pop(self, exact: KwiState | None, count: int) -> None:
         if exact is None:
-            self.rebuild()
+            self.rebuild(count=count)
             return
         if exact.covered <= count and not exact.problem:
             return  # the pop took only records the index does not cover
@@ -369,13 +370,15 @@ class KeywordIndexer:
         exact.postings.add_blocks(builder.blocks())
         self._write(exact.postings, count)
 
-    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Index every record of the log again, replacing the sidecar; return the count.
-        ``progress(done, total)`` is called after each record."""
+    def rebuild(
+        self, progress: Callable[[int, int], None] | None = None, *, count: int | None = None
+    ) -> int:
+        """Index every record of the log again (the first ``count``), replacing the sidecar;
+        return the count. ``progress(done, total)`` is called after each record."""
         keys = self.keys()
         if keys is None:
             return 0
-        count = len(self._log.index)
+        count = len(self._log.index) if count is None else count
         builder = IndexBuilder(keys[0])
         for seq, message, _ in self._reader.decoded(0, count):
             builder.add(seq, message)
@@ -393,26 +396,44 @@ class KeywordIndexer:
             return None
         return IndexBuilder(Tokenizer(fmt.records.cipher.index_keys()[0]))
 
-    def rewritten(self, builder: IndexBuilder | None, count: int, tag: bytes) -> None:
-        """After a rewrite: write the index it built, or delete the old log's (whose
-        postings name records that may be gone, under keys that may be retired)."""
+    def rewriting(
+        self, builder: IndexBuilder | None, fmt: LogFormat, count: int, tag: bytes
+    ) -> bool:
+        """Before a rewrite to ``fmt`` commits (its records all written): replace a sidecar
+        by the index ``builder`` built, under the new log's keys, or delete it; True when
+        done (a database's waits for ``rewritten``). A crash between the two renames then
+        leaves the new log's index beside the old log, which readers ignore, never the old
+        one beside the new (FORMAT.md §17.5, step 3). Raises OSError when the sidecar can
+        be neither written nor deleted: the rewrite fails."""
+        if self._store is None or self._store.exact:
+            return False
         try:
-            if builder is None:
-                if self.present():
-                    self.remove()
-                return
-            self._write(builder.postings(), count, tag if count else _NO_TAG)
-        except OSError:
-            if self._exact():
-                raise  # in the rewrite's transaction: it fails (and rolls back) with it
-            # The log is committed; the old index names another log_id, so readers scan.
-            with contextlib.suppress(OSError):
+            if builder is not None:
+                self._write(builder.postings(), count, tag if count else _NO_TAG, fmt=fmt)
+            elif self.present():
                 self.remove()
+        except OSError:
+            self.remove()  # it may hold postings of messages the rewrite drops
+        return True
+
+    def rewritten(self, builder: IndexBuilder | None, count: int, tag: bytes) -> None:
+        """After a rewrite, in its transaction (a database): write the index it built."""
+        if builder is None:
+            if self.present():
+                self.remove()
+            return
+        self._write(builder.postings(), count, tag if count else _NO_TAG)
 
     def _write(
-        self, postings: Postings, count: int, tag: bytes | None = None, *, merge: bool = False
+        self,
+        postings: Postings,
+        count: int,
+        tag: bytes | None = None,
+        *,
+        merge: bool = False,
+        fmt: LogFormat | None = None,
     ) -> None:
-        keys, fmt, store = self.keys(), self._log.fmt, self._store
+        keys, fmt, store = self.keys(fmt), fmt or self._log.fmt, self._store
         assert keys is not None and fmt is not None and store is not None
         if tag is None or store.exact:
             tag = self._tag(count)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hmac
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .._fsio import remove_flat_dir
-from ..attachments import BlobStore, apply_mode, references, restore
+from ..attachments import BlobStore, Message, apply_mode, references, restore
 from ..compression import (
     REWRITE_DICTIONARY_BYTES,
     REWRITE_SAMPLES,
@@ -27,12 +28,12 @@ from ..compression import (
 from ..crypto import KeyInput, Keyring
 from ..encoding import MessageEncoder, encode_json
 from ..errors import DecryptionError
-from ..indexing import KeywordIndexer
+from ..indexing import IndexBuilder, KeywordIndexer
 from ..paths import blobs_path
 from ..reading import LogReader
 from ..records import RecordCodec, SealedRecords
 from ..sealing import LogSecrets
-from ..storage.base import LogStorage
+from ..storage.base import LogFormat, LogStorage
 from ..storage.file.kwi import TAG_BYTES
 
 __all__ = ["CompactionReport", "Compactor", "fresh_dictionary"]
@@ -40,6 +41,7 @@ __all__ = ["CompactionReport", "Compactor", "fresh_dictionary"]
 Progress = Callable[[int, int], None]  # progress(done, total): records re-sealed so far
 _Item = tuple[int, int, bytes, bytes | None]  # seq, ts_us, message JSON, kept frame or None
 _SEAL_BATCH = 256  # records a rewrite of messages in memory seals in one call
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +143,12 @@ class Compactor:
         self._encoder = encoder
         self._index = index  # the keyword index, rewritten with the log (FORMAT.md §17.5)
 
-    def rewrite(self, datas: list[bytes], tss: list[int]) -> None:
-        """Atomically replace the log with these messages (stored JSON) and timestamps."""
+    def rewrite(self, datas: list[bytes], tss: list[int], messages: list[Message]) -> None:
+        """Atomically replace the log with these messages (stored JSON, and as stored) and
+        timestamps; then delete the blobs none of them refers to (FORMAT.md §15)."""
+        blobs = self._encoder.blobs
+        if blobs is not None:  # the sweep after the commit must not be refused
+            remove_flat_dir(blobs.directory, check_only=True)
         header, fmt = self._secrets.new_log()
         dictionary = fresh_dictionary(
             fmt.records, len(datas), lambda first, k: datas[first::k], tss[0] if tss else 0
@@ -163,9 +169,11 @@ class Compactor:
                 last[0] = bodies[-1]
                 yield from zip(bodies, tss[first : first + len(bodies)], strict=True)
 
-        self._log.rewrite(header, fmt, records(), dictionary)
-        if self._index is not None:
-            self._index.rewritten(builder, len(datas), last[0][-TAG_BYTES:])
+        indexed = self._indexing(builder, fmt, len(datas), last)
+        self._log.rewrite(header, fmt, _then(records(), indexed), dictionary)
+        indexed(committed=True)
+        if blobs is not None:
+            blobs.delete_unreferenced(set().union(*map(references, messages)))
 
     def compact(
         self, start: int, encryption_key: KeyInput | None, progress: Progress | None = None
@@ -287,17 +295,43 @@ class Compactor:
 
         if reuse is not None:
             reuse.keep_frames(True)
+        indexed = self._indexing(builder, new, count - start, last)
         try:
-            log.rewrite(header, new, reseal(), dictionary)
+            log.rewrite(header, new, _then(reseal(), indexed), dictionary)
         finally:
             if reuse is not None:
                 reuse.keep_frames(False)
-        if self._index is not None:
-            self._index.rewritten(builder, count - start, last[0][-TAG_BYTES:])
+        indexed(committed=True)
         if old_blobs is not None:
             self._encoder.blobs = new_blobs or old_blobs
             self._encoder.blobs.delete_unreferenced(referenced)
         return CompactionReport(count - start, before, log.size() + reader.index_size())
+
+    def _indexing(
+        self, builder: IndexBuilder | None, fmt: LogFormat, count: int, last: list[bytes]
+    ) -> Callable[..., None]:
+        """What writes the keyword index of a rewrite to ``fmt``: called once the storage
+        has taken every record, before it commits (a sidecar: FORMAT.md §17.5, step 3),
+        and again with ``committed=True`` after (a database, in the same transaction)."""
+        index, done = self._index, [False]
+
+        def indexed(*, committed: bool = False) -> None:
+            if index is None or done[0]:
+                return
+            tag = last[0][-TAG_BYTES:]
+            if committed:
+                index.rewritten(builder, count, tag)
+            else:
+                done[0] = index.rewriting(builder, fmt, count, tag)
+
+        return indexed
+
+
+def _then(items: Iterable[_T], last: Callable[[], None]) -> Iterator[_T]:
+    """Yield ``items``, then call ``last``: a storage takes every record of a rewrite
+    before it commits it, so ``last`` runs between the two."""
+    yield from items
+    last()
 
 
 def _kept_dictionary(old: RecordCodec, new: RecordCodec) -> SealedRecords | None:

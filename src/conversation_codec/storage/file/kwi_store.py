@@ -32,9 +32,10 @@ class _LogFile(Protocol):
 
 class FileSegments:
     """The sidecar of the log file ``log.path``, written through ``log.io`` (the seam as
-    it is at each write): a cache beside the log, written after it commits (FORMAT.md
-    §17.5), so not ``exact``. ``synced``: the log's appends are (durability "fsync"); if
-    not, a merge is written without syncs, as its segments are."""
+    it is at each write): a cache beside the log, written apart from its commits (after an
+    append's, before a pop's or a rewrite's: FORMAT.md §17.5), so not ``exact``.
+    ``synced``: the log's appends are (durability "fsync"); if not, a merge is written
+    without syncs, as its segments are."""
 
     exact = False
 
@@ -89,7 +90,7 @@ class FileSegments:
         return kwi.unchanged(self._path, state)
 
     def stage(self, frame: bytes | None, segment: Segment | None) -> None:
-        """Nothing to do: the sidecar is written after the log (FORMAT.md §17.5)."""
+        """Nothing to do: an append's segment is written after the log (FORMAT.md §17.5)."""
 
     def append(self, frame: bytes, segment: Segment, at: int) -> tuple[int, int] | None:
         kwi.append_segment(self._path, self._io, frame, at)
