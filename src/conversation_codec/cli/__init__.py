@@ -43,11 +43,11 @@ from .. import __version__
 from .._fsio import DEFAULT_IO, FileIO
 from . import keys, logs, maintenance, search, store
 from ._common import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from ._redact import redact, redacting
 
 __all__ = ["main"]
 
 _PROG = "conversation-codec"
-_KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=")  # a Fernet key
 _EXTRA = re.compile(r"(unexpected extra arguments?) \(.*\)", re.DOTALL)
 _HIDDEN = "(value not shown)"
 
@@ -84,6 +84,11 @@ def main(argv: Sequence[str] | None = None, *, io: FileIO = DEFAULT_IO) -> int:
     ``migrate`` and the commands on one log write through; tests pass their own.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    with redacting():  # everything on stderr (_redact): no key-shaped value
+        return _run(args, io)
+
+
+def _run(args: list[str], io: FileIO) -> int:
     try:
         code = _app.main(args=args, prog_name=_PROG, standalone_mode=False, obj={"io": io})
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -122,4 +127,4 @@ def _redact(message: str, argv: list[str]) -> str:
         for value in filter(None, values):
             for quoted in (f"'{value}'", f'"{value}"', f"({value})"):
                 message = message.replace(quoted, _HIDDEN)
-    return _KEY_SHAPED.sub("(a key-shaped value, not shown)", message)
+    return redact(message)
