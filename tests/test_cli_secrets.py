@@ -174,6 +174,35 @@ def test_names_and_paths_of_the_usual_shape_are_still_shown(
     assert code == 1 and "chmod 600 pwfile" in err
 
 
+def test_long_names_that_are_no_key_are_still_shown(run: Run, site: Path) -> None:
+    """A key has upper and lower case letters: a long lower-case file name or a hex digest
+    (43 characters or more) is shown."""
+    name = "conversation-export-from-the-first-year-of-the-project-2026.jsonl"
+    code, _, err = run("append", "chat.log", name)
+    assert code == 1 and err == f"error: {name}: No such file or directory\n"
+    digest = "0123456789abcdef" * 4
+    code, _, err = run("append", "chat.log", f"{digest}.jsonl")
+    assert code == 1 and err == f"error: {digest}.jsonl: No such file or directory\n"
+
+
+def test_stored_messages_are_printed_as_stored(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redaction is for what the CLI says about a failure, never for data: a stored message
+    with an "error" field holding a key-shaped text comes back as it was."""
+    stored = {"role": "tool", "content": f"token {ALNUM_KEY}", "error": f"{ALNUM_KEY} refused"}
+    with ConversationCodec(tmp_path / "t.log", durability="flush") as codec:
+        codec.append(stored)
+    for argv in (["cat", "t.log"], ["tail", "t.log", "--json"], ["pop", "t.log", "--plain"]):
+        monkeypatch.chdir(tmp_path)
+        code, out, err = run(*argv)
+        assert (code, err) == (0, "") and json.loads(out) == stored, argv
+    with ConversationCodec(tmp_path / "t.log", durability="flush") as codec:
+        codec.append(stored)
+    code, out, _ = run("search", "t.log", "token", "--json")
+    assert code == 0 and json.loads(out)["message"] == stored
+
+
 def test_other_names_and_paths_are_said_without_their_value(
     run: Run, site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

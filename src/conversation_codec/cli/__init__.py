@@ -14,7 +14,9 @@ group or others can read it, as ``keyfile.load_key`` rules); a password from
 creates a log); an encrypted legacy source's from its own ``--legacy-*`` options.
 ``keygen`` is the exception on purpose: it prints a new key so it can be piped into a secret
 store. A usage error never repeats the value given (a value typed in the wrong place may be a
-secret), and no error prints a key-shaped value.
+secret), and no error prints a key-shaped value, nor a value given as a variable NAME or a
+path that does not look like one: ``_redact`` is the one rule, applied to all of stderr
+while :func:`main` runs and to the failures of ``--json`` output.
 
 Plaintext is never written by accident: a command that writes a log (``append``, ``import``,
 ``compact``, ``salvage``, ``migrate``) with no key source needs ``--plain``; without it, it
@@ -28,7 +30,7 @@ area: ``keys`` (keygen, demo), ``logs`` (info, cat, tail, append, pop, export, i
 ``search``, ``maintenance`` (verify, salvage, compact, rekey, passwd, migrate), ``store``
 (ls, copy, delete, prune). Command modules import the library inside the command functions,
 so ``--help``, ``--version`` and usage errors import none of it beyond what
-``conversation_codec/__init__.py`` does (and click).
+``conversation_codec/__init__.py`` does (and click). ``_redact``: what no failure shows.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 No value a user typed is ever echoed back by a usage error: it may be a secret typed in the
 wrong place. The value types here never echo one; ``cli.main`` redacts click's own echoes
-(an unexpected extra argument, an unknown command).
+(an unexpected extra argument, an unknown command). :func:`command` tells ``_redact`` which
+values a command was given as a NAME (metavar ``VAR``) or a path, by their metavar.
 
 A command is a function of one :data:`._common.Args` (its parameters by name), decorated
 with :func:`command` above its options::

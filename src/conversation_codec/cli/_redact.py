@@ -5,17 +5,22 @@ key-shaped value").
 A secret typed in the wrong place is a key or password given where a variable NAME, a file,
 an id or an option belongs. :func:`redact` hides, in any text:
 
-- every key-shaped value: a run of 43 or more urlsafe-base64 characters with upper and lower
-  case letters (a Fernet key is 43 such characters and an ``=``; without its ``=`` it is still
-  the whole key), also inside a longer word (``--KEY``, an unknown option). A hex digest or a
-  long lower-case file name is no key;
-- every value the running command was given as a variable NAME (metavar ``VAR``) that has
-  not the usual shape ``[A-Z_][A-Z0-9_]*`` (a password passes click's NAME check), as
-  "the variable given" after a ``$``, else "(the value given)";
-- every value given as a file or path that does not look like one (no ``/`` or ``.`` in it,
-  and nothing there when the command started): "(the value given)".
+- every key-shaped value: a run of 43 or more urlsafe-base64 characters holding upper and
+  lower case letters (a Fernet key is 43 such characters and an ``=``; without its ``=`` it
+  is still the whole key), also inside a longer word (``--KEY``: an unknown option). A random
+  key lacks one of the two cases once in ~10^9.5; a hex digest or a long lower-case file
+  name is no key, and stays shown;
+- every value the running command was given as a variable NAME (metavar ``VAR``) without the
+  usual shape ``[A-Z_][A-Z0-9_]*`` (a password such as ``Passphrase777`` passes click's NAME
+  check): "the variable given" after a ``$``, else "(the value given)";
+- every value given as a file or path (metavar ``FILE``, ``PATH``, ``ROOT``...) that does not
+  look like one: no ``/`` or ``.`` in it, and nothing at that path when the command started
+  (``"correct horse battery"`` as a password file): "(the value given)".
 
-Messages are written as if every value were shown; this is the only place that decides.
+Ids (``--context``, a store's conversation ids) can be any string, so only their key shapes
+are hidden. A key given as a NAME or path is said to be key-shaped: the user learns what
+they typed. Messages are written as if every value were shown; this is the only place that
+decides (patching each message, as was done before, left every new message to leak again).
 :func:`redacting` applies it to every write on stderr while the CLI runs (``cli.main`` and
 each command), so a new message cannot bypass it; ``_common.emit`` applies it to the failure
 fields of ``--json`` output (:data:`FAILURE_FIELDS`); ``_common.hide_keys`` is it, for a
@@ -138,7 +143,7 @@ def redacting(hidden: tuple[str, ...] = ()) -> Iterator[None]:
     command was given that do not look like what they should be, :func:`misplaced`)."""
     token = _hidden.set(_hidden.get() + hidden)
     stream = sys.stderr
-    if not isinstance(stream, _Redacted):
+    if stream is not None and not isinstance(stream, _Redacted):  # None: no stderr at all
         sys.stderr = cast(TextIO, _Redacted(stream))
     try:
         yield
