@@ -14,9 +14,11 @@ prints on stderr and to the failure objects of ``--json``:
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Callable
@@ -141,6 +143,25 @@ def test_no_error_shows_a_secret_typed_in_the_wrong_place(run: Run, site: Path, 
     assert code != 0 and "Traceback" not in out + err, (out, err)
     assert "error" in (out + err).lower()  # the case fails for the reason the test means
     assert not leaked(secret, out + err), (out, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(8))
+def test_random_keys_typed_in_the_wrong_place_are_never_shown(
+    run: Run, site: Path, seed: int
+) -> None:
+    """The key cases above with random keys (any of "-", "_", a digit first), whole and
+    without their "=", in every place of the matrix."""
+    rng = random.Random(seed)
+    for _ in range(4):
+        key = base64.urlsafe_b64encode(rng.randbytes(32)).decode()
+        for argv, secret in MISPLACED.values():
+            if secret not in (ALNUM_KEY, K43):
+                continue
+            for given in (key, key[:-1]):
+                code, out, err = run(*(a.replace(secret, given) for a in argv))
+                assert code != 0 and "Traceback" not in out + err, (out, err)
+                assert not leaked(given[:43], out + err), (argv[0], out, err)
 
 
 def test_a_copy_id_shaped_as_a_key_is_hidden_in_the_json_failure_object(
