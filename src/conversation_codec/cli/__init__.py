@@ -14,7 +14,9 @@ group or others can read it, as ``keyfile.load_key`` rules); a password from
 creates a log); an encrypted legacy source's from its own ``--legacy-*`` options.
 ``keygen`` is the exception on purpose: it prints a new key so it can be piped into a secret
 store. A usage error never repeats the value given (a value typed in the wrong place may be a
-secret), and no error prints a key-shaped value.
+secret), and no error prints a key-shaped value, nor a value given as a variable NAME or a
+path that does not look like one: ``_redact`` is the one rule, applied to all of stderr
+while :func:`main` runs and to the failures of ``--json`` output.
 
 Plaintext is never written by accident: a command that writes a log (``append``, ``import``,
 ``compact``, ``salvage``, ``migrate``) with no key source needs ``--plain``; without it, it
@@ -28,7 +30,7 @@ area: ``keys`` (keygen, demo), ``logs`` (info, cat, tail, append, pop, export, i
 ``search``, ``maintenance`` (verify, salvage, compact, rekey, passwd, migrate), ``store``
 (ls, copy, delete, prune). Command modules import the library inside the command functions,
 so ``--help``, ``--version`` and usage errors import none of it beyond what
-``conversation_codec/__init__.py`` does (and click).
+``conversation_codec/__init__.py`` does (and click). ``_redact``: what no failure shows.
 """
 
 from __future__ import annotations
@@ -43,11 +45,11 @@ from .. import __version__
 from .._fsio import DEFAULT_IO, FileIO
 from . import keys, logs, maintenance, search, store
 from ._common import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from ._redact import redact, redacting
 
 __all__ = ["main"]
 
 _PROG = "conversation-codec"
-_KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=")  # a Fernet key
 _EXTRA = re.compile(r"(unexpected extra arguments?) \(.*\)", re.DOTALL)
 _HIDDEN = "(value not shown)"
 
@@ -84,6 +86,11 @@ def main(argv: Sequence[str] | None = None, *, io: FileIO = DEFAULT_IO) -> int:
     ``migrate`` and the commands on one log write through; tests pass their own.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    with redacting():  # everything on stderr (_redact): no key-shaped value
+        return _run(args, io)
+
+
+def _run(args: list[str], io: FileIO) -> int:
     try:
         code = _app.main(args=args, prog_name=_PROG, standalone_mode=False, obj={"io": io})
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -122,4 +129,4 @@ def _redact(message: str, argv: list[str]) -> str:
         for value in filter(None, values):
             for quoted in (f"'{value}'", f'"{value}"', f"({value})"):
                 message = message.replace(quoted, _HIDDEN)
-    return _KEY_SHAPED.sub("(a key-shaped value, not shown)", message)
+    return redact(message)

@@ -2,7 +2,8 @@
 
 No value a user typed is ever echoed back by a usage error: it may be a secret typed in the
 wrong place. The value types here never echo one; ``cli.main`` redacts click's own echoes
-(an unexpected extra argument, an unknown command).
+(an unexpected extra argument, an unknown command). :func:`command` tells ``_redact`` which
+values a command was given as a NAME (metavar ``VAR``) or a path, by their metavar.
 
 A command is a function of one :data:`._common.Args` (its parameters by name), decorated
 with :func:`command` above its options::
@@ -25,6 +26,7 @@ from click.core import ParameterSource
 
 from .._fsio import DEFAULT_IO
 from ._common import DEFAULT_KEY_ENV, Args, run_command
+from ._redact import misplaced, redacting
 
 __all__ = [
     "AGE",
@@ -48,6 +50,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 _AGE = re.compile(r"(\d+)([mhdw])")
 _AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What a parameter's metavar says it takes: a variable NAME, or a file or path (_redact).
+_NAME_METAVARS = frozenset({"VAR"})
+_PATH_METAVARS = frozenset({"FILE", "[FILE]", "PATH", "PATH...", "ROOT", "SRC", "DST", "DIR"})
 # Options of which a command takes at most one (whichever of them it has).
 _EXCLUSIVE: tuple[tuple[str, ...], ...] = (
     (
@@ -83,7 +88,8 @@ def command(
             ctx = click.get_current_context()
             _check_exclusive(ctx, one_of)
             io = (ctx.find_root().obj or {}).get("io", DEFAULT_IO)  # cli.main(io=...)
-            return run_command(run, Args(**params, io=io))
+            with redacting(_misplaced(ctx)):
+                return run_command(run, Args(**params, io=io))
 
         callback.__click_params__ = getattr(run, "__click_params__", [])  # type: ignore[attr-defined]
         # \b keeps click from re-wrapping the example lines.
@@ -107,6 +113,19 @@ def _check_exclusive(ctx: click.Context, one_of: Sequence[Sequence[str]]) -> Non
         if not given & set(needed):
             names = ", ".join(_flag(ctx, n) for n in needed)
             raise click.UsageError(f"one of {names} is required")
+
+
+def _misplaced(ctx: click.Context) -> tuple[str, ...]:
+    """The values given to the command's NAME and path parameters (by metavar) that do not
+    look like one: no failure shows them (``_redact.misplaced``)."""
+    given: dict[str, list[str]] = {"names": [], "paths": []}
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        values = value if isinstance(value, tuple) else (value,)  # nargs=-1: a tuple
+        kind = "names" if param.metavar in _NAME_METAVARS else "paths"
+        if param.metavar in _NAME_METAVARS | _PATH_METAVARS:
+            given[kind] += [v for v in values if isinstance(v, str)]
+    return misplaced(given["names"], given["paths"])
 
 
 def _flag(ctx: click.Context, name: str) -> str:

@@ -1,7 +1,9 @@
 """What every command shares: exit codes, key and password sources, errors, output.
 
 :func:`report_error` is the only place that maps an exception to an exit code and an
-``error: ...`` line, and the only place that redacts key-shaped values from it.
+``error: ...`` line. What it prints, and every other failure said on stderr or in
+``--json`` output, goes through the one redaction of ``_redact`` (no key-shaped value, no
+misplaced secret).
 
 Library modules are imported inside the functions that need them, so that ``--help`` and
 usage errors do not pay for them (see ``cli/__init__.py``).
@@ -35,6 +37,7 @@ from ..errors import (
     PasswordRequiredError,
     UnsupportedVersionError,
 )
+from ._redact import redact, redact_failures
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -45,7 +48,6 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CORRUPT, EXIT_WRONG_KIND = 0, 1, 2, 3, 4
 Args = SimpleNamespace  # a command's parameters, by name (click's, plus what a command adds)
 DEFAULT_KEY_ENV = "CONVERSATION_KEY"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=")  # a Fernet key
 # The library's messages name its Python parameters ("pass legacy_key="); the CLI says its
 # options instead. One table, applied to everything the CLI prints from the library.
 _PYTHON_WORDS = (
@@ -292,8 +294,12 @@ def short(value: datetime | None) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def emit(value: object) -> None:
-    """Print ``value`` as one compact JSON line."""
+def emit(value: object, *, stored: bool = False) -> None:
+    """Print ``value`` as one compact JSON line, its failure fields redacted (``_redact``).
+
+    ``stored``: ``value`` holds stored messages, printed exactly as they are.
+    """
+    value = value if stored else redact_failures(value)
     sys.stdout.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
@@ -381,8 +387,9 @@ def run_command(command: Callable[[Args], int], args: Args) -> int:
 
 
 def hide_keys(text: str) -> str:
-    """``text`` with every key-shaped value replaced (a key given where a path belongs)."""
-    return _KEY_SHAPED.sub("(a key-shaped value, not shown)", text)
+    """``text`` said about a failure: no key-shaped value, nor a secret typed in the wrong
+    place (the one redaction, ``_redact.redact``; stderr gets it by itself)."""
+    return redact(text)
 
 
 def speak_cli(message: str, *, legacy: bool = False) -> str:

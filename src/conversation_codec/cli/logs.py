@@ -102,9 +102,9 @@ def _cat(args: Args) -> int:
     with open_log(args, read_only=True) as codec:
         for seq, message in enumerate(codec):  # streams: bounded memory on long logs
             if args.with_timestamps:
-                emit({"seq": seq, "ts": ts(codec.timestamp(seq)), "message": message})
+                emit({"seq": seq, "ts": ts(codec.timestamp(seq)), "message": message}, stored=True)
             else:
-                emit(message)
+                emit(message, stored=True)
     return EXIT_OK
 
 
@@ -219,7 +219,7 @@ def _pop(args: Args) -> int:
         message = codec.pop()
     if message is None:
         raise InputError(f"{args.path} holds no message; nothing was removed")
-    emit(message)
+    emit(message, stored=True)
     return EXIT_OK
 
 
@@ -228,7 +228,7 @@ def _show(seq: int, when: datetime, message: Message, readable: bool) -> None:
     from ..search import searchable_text
 
     if not readable:
-        emit(message)
+        emit(message, stored=True)
         return
     text = printable(" ".join(" ".join(part.split()) for part in searchable_text(message)))
     text = text if len(text) <= 100 else text[:97] + "..."

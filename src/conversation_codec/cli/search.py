@@ -111,7 +111,10 @@ def _show_hit(
 ) -> None:
     if args.json:
         found = {} if conversation_id is None else {"conversation_id": conversation_id}
-        emit({**found, "seq": hit.seq, "timestamp": ts(hit.timestamp), "message": hit.message})
+        emit(
+            {**found, "seq": hit.seq, "timestamp": ts(hit.timestamp), "message": hit.message},
+            stored=True,
+        )
         return
     where = f"#{hit.seq}" if conversation_id is None else f"{conversation_id} #{hit.seq}"
     where, role = printable(where), printable(str(hit.message.get("role", "-")))
