@@ -207,11 +207,14 @@ def _windowed(open_codec: Open, **secrets: object) -> ConversationCodec:
 ALL_SIX = [f"message {i}" for i in range(6)]
 
 
-def test_max_messages_key_changes_keep_hidden_records(open_codec: Open) -> None:
+def test_max_messages_key_rotation_keeps_hidden_records(open_codec: Open) -> None:
     codec = _windowed(open_codec, encryption_key=KEY)
     assert codec.rotate_key(generate_key()).messages == 6  # a key change is not retention
     assert codec.timestamp(0) == T0.replace(day=4)
     assert _hidden_too(codec) == ALL_SIX
+
+
+def test_max_messages_password_change_keeps_hidden_records(open_codec: Open) -> None:
     codec = _windowed(open_codec, password="correct horse")
     assert codec.change_password("correct horse", "battery staple").messages == 6
     assert _hidden_too(codec) == ALL_SIX
