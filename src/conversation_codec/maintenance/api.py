@@ -50,7 +50,8 @@ class Maintenance(CodecCore):
         is called after each record.
 
         Every message keeps its timestamp and its position in the visible history; records
-        hidden by ``max_messages`` are dropped. The rewrite holds the writer lock and is
+        hidden by ``max_messages`` are dropped (only here: ``rotate_key``, ``change_password``
+        and a rewriting ``save`` keep them). The rewrite holds the writer lock and is
         atomic (temp file, fsync, rename, directory fsync): a crash leaves the old log or the
         new one. Giving a key to a plaintext or password log switches it to that key. After
         a rotation only the new key opens the log.
