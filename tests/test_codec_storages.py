@@ -268,6 +268,16 @@ def test_max_messages_save_of_a_growing_list(open_codec: Open) -> None:
     assert _hidden_too(codec) == expected
 
 
+def test_max_messages_save_of_a_list_trimmed_to_the_window(open_codec: Open) -> None:
+    codec = _windowed(open_codec, encryption_key=KEY)
+    history = [*(codec.load() or []), {"role": "assistant", "content": "a"}]
+    codec.save(history)
+    history = history[-3:]  # the caller keeps what the window shows
+    history[1] = {"role": "user", "content": "edited"}
+    codec.save(history)  # rewrites from the window, keeps every record before it
+    assert _hidden_too(codec) == [*ALL_SIX[:5], "edited", "a"]
+
+
 def test_max_messages_save_keeps_its_conflict_rule(open_codec: Open) -> None:
     codec = _windowed(open_codec, encryption_key=KEY)
     window = codec.load() or []
