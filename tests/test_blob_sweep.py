@@ -241,3 +241,22 @@ def test_removals_never_delete_a_blob_another_process_appends_a_reference_to(
         assert codec.verify().ok
         codec.replace([])
         assert blobs(path) == set()
+
+
+def test_a_save_under_max_messages_keeps_the_blobs_of_the_hidden_records(
+    tmp_path: Path,
+) -> None:
+    """A rewriting save() keeps the records max_messages hid from it, and so the blobs they
+    refer to: the sweep after it counts them as referenced."""
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=KEY, attachments="external") as codec:
+        codec.extend([picture(f"p{i}") for i in range(4)])
+    with ConversationCodec(
+        path, encryption_key=KEY, attachments="external", max_messages=2
+    ) as window:
+        seen = window.load() or []
+        window.save([seen[0], picture("edited")])  # an edit: rewrites after the hidden two
+    with ConversationCodec(path, encryption_key=KEY, attachments="external") as codec:
+        history = codec.load() or []
+        assert history == [picture("p0"), picture("p1"), picture("p2"), picture("edited")]
+        assert codec.verify().ok

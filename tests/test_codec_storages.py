@@ -182,3 +182,106 @@ def test_wait_sees_another_writers_append(reopen: Open) -> None:
         later.join()
     assert reader.tail(1) == [{"role": "user", "content": "hi"}]
     assert reader.wait(0, timeout=0) is False  # one message: none after seq 0 yet
+
+
+# -- max_messages: only compact() drops what the window hides (README review, defect 1) --
+
+
+def _hidden_too(codec: ConversationCodec) -> list[str]:
+    """Every stored message's content, those ``max_messages`` hides included: each pop()
+    brings the next hidden one into view. Empties the log."""
+    out = []
+    while (message := codec.pop()) is not None:
+        out.append(message["content"])
+    return out[::-1]
+
+
+def _windowed(open_codec: Open, **secrets: object) -> ConversationCodec:
+    """Six messages a day apart (days 1..6), opened with a window of the newest three."""
+    codec = open_codec(max_messages=3, **secrets)
+    codec.extend(_msgs(6), timestamps=[T0.replace(day=d) for d in range(1, 7)])
+    assert [m["content"] for m in codec.load() or []] == [f"message {i}" for i in (3, 4, 5)]
+    return codec
+
+
+ALL_SIX = [f"message {i}" for i in range(6)]
+
+
+def test_max_messages_key_rotation_keeps_hidden_records(open_codec: Open) -> None:
+    codec = _windowed(open_codec, encryption_key=KEY)
+    assert codec.rotate_key(generate_key()).messages == 6  # a key change is not retention
+    assert codec.timestamp(0) == T0.replace(day=4)
+    assert _hidden_too(codec) == ALL_SIX
+
+
+def test_max_messages_password_change_keeps_hidden_records(open_codec: Open) -> None:
+    codec = _windowed(open_codec, password="correct horse")
+    assert codec.change_password("correct horse", "battery staple").messages == 6
+    assert _hidden_too(codec) == ALL_SIX
+
+
+def test_max_messages_prune_removes_and_counts_hidden_records(open_codec: Open) -> None:
+    codec = _windowed(open_codec, encryption_key=KEY)
+    assert codec.prune(before=0) == 0  # nothing is older than the epoch
+    assert codec.prune(before=T0.replace(day=3)) == 2  # two hidden ones
+    assert [m["content"] for m in codec.load() or []] == ["message 3", "message 4", "message 5"]
+    assert codec.prune(before=T0.replace(day=5)) == 2  # one hidden, one visible
+    assert codec.timestamp(0) == T0.replace(day=5)
+    assert _hidden_too(codec) == ["message 4", "message 5"]
+
+
+def test_max_messages_compact_drops_hidden_records(open_codec: Open) -> None:
+    codec = _windowed(open_codec, encryption_key=KEY)
+    assert codec.compact().messages == 3  # as documented: compaction drops the rest
+    assert _hidden_too(codec) == ["message 3", "message 4", "message 5"]
+
+
+def test_max_messages_rewriting_save_keeps_hidden_records(open_codec: Open) -> None:
+    codec = _windowed(open_codec, encryption_key=KEY)
+    window = codec.load() or []
+    window[-1] = {"role": "user", "content": "edited"}
+    codec.save(window)  # rewrites the window it saw, keeps what it never saw
+    assert codec.load() == window
+    assert codec.timestamp(0) == T0.replace(day=4)  # kept messages keep their time
+    assert [codec.timestamp(i) for i in (-3, -2)] == [T0.replace(day=4), T0.replace(day=5)]
+    assert _hidden_too(codec) == [*ALL_SIX[:5], "edited"]
+
+
+def test_max_messages_save_of_a_growing_list(open_codec: Open) -> None:
+    # The list this instance was handed starts where the window was at its load(), even
+    # after its own saves pushed that out of view: appends stay appends, an edit rewrites
+    # from there, and nothing is stored twice.
+    codec = _windowed(open_codec, encryption_key=KEY)
+    history = codec.load() or []
+    for text in ("a", "b"):
+        history.append({"role": "assistant", "content": text})
+        codec.save(history)
+    assert _hidden_too(codec) == [*ALL_SIX, "a", "b"]
+    codec = _windowed(open_codec, encryption_key=KEY)
+    history = codec.load() or []
+    history.append({"role": "assistant", "content": "a"})
+    codec.save(history)
+    history[1] = {"role": "user", "content": "edited"}  # message 4, hidden since the save
+    codec.save(history)
+    expected = [*ALL_SIX[:4], "edited", "message 5", "a"]
+    assert [m["content"] for m in codec.load() or []] == expected[-3:]
+    assert _hidden_too(codec) == expected
+
+
+def test_max_messages_save_of_a_list_trimmed_to_the_window(open_codec: Open) -> None:
+    codec = _windowed(open_codec, encryption_key=KEY)
+    history = [*(codec.load() or []), {"role": "assistant", "content": "a"}]
+    codec.save(history)
+    history = history[-3:]  # the caller keeps what the window shows
+    history[1] = {"role": "user", "content": "edited"}
+    codec.save(history)  # rewrites from the window, keeps every record before it
+    assert _hidden_too(codec) == [*ALL_SIX[:5], "edited", "a"]
+
+
+def test_max_messages_save_keeps_its_conflict_rule(open_codec: Open) -> None:
+    codec = _windowed(open_codec, encryption_key=KEY)
+    window = codec.load() or []
+    codec.append({"role": "user", "content": "not loaded"})
+    with pytest.raises(ConflictError):
+        codec.save(window[:2])  # would delete a message this instance was not handed back
+    assert _hidden_too(codec) == [*ALL_SIX, "not loaded"]

@@ -108,3 +108,21 @@ def test_prune_everything_and_time_formats(make_codec: Callable[..., Conversatio
     assert codec.load() == messages(3)[2:]
     assert codec.prune(before="2100-01-01T00:00:00Z") == 1
     assert codec.load() is None
+
+
+def test_max_messages_rewriting_save_keeps_hidden_records_indexed(tmp_path: Path) -> None:
+    # The rewrite reads the hidden records back (and samples them for its dictionary: more
+    # than TRAIN_AFTER records) and keeps the keyword index exact over all of them.
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=KEY, search_index=True) as full:
+        full.extend(messages(1000))
+    with ConversationCodec(path, encryption_key=KEY, max_messages=100) as codec:
+        window = codec.load() or []
+        window[0] = {"role": "user", "content": "edited zanzibar"}
+        codec.save(window)
+        assert codec.load() == window
+    with ConversationCodec(path, encryption_key=KEY) as full:
+        assert full.load() == messages(900) + window
+        assert [h.seq for h in full.search("zanzibar")] == [900]
+        assert full.verify().problems == ()
+        assert full.verify().keyword_index == 1000

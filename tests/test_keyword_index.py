@@ -438,7 +438,10 @@ def test_max_messages_and_a_rotation_in_progress(tmp_path: Path) -> None:
         assert [h.seq for h in c.search("alpha 3")] == visible
         assert [h.seq for h in c.search("zanzibar")] == [9]
         assert c.verify().problems == ()
-        c.rotate_key(OTHER_KEY)  # drops what max_messages hides, and re-keys the index
+        c.rotate_key(OTHER_KEY)  # keeps what max_messages hides, and re-keys the index
+        assert [h.seq for h in c.search("alpha 3")] == visible
+        assert _read_kwi(tmp_path / "c.log.kwi", OTHER_KEY)[1] == [(0, 41)]
+        c.compact()  # drops what max_messages hides, and rewrites the index
         assert [h.seq for h in c.search("alpha 3")] == visible
         assert _read_kwi(tmp_path / "c.log.kwi", OTHER_KEY)[1] == [(0, 10)]
 

@@ -151,7 +151,7 @@ class ConversationCodec(Maintenance, ChatFormats):
         but only when this instance has seen the whole current history: its last ``load()``
         (or complete iteration, ``save()`` or ``replace()``) and no change since, by any
         writer, this instance's own ``append``/``extend`` included. With ``max_messages``,
-        "the stored history" is the visible window. (The rule: ``saving``.)
+        "the stored history" is the window it was handed; older records stay (``saving``).
 
         :raises ConflictError: the list diverges from a history this instance has not seen
             whole, or would append again messages another writer removed since this
@@ -160,19 +160,18 @@ class ConversationCodec(Maintenance, ChatFormats):
         """
         messages = list(messages)
         with self._holding(write=True):
-            base = self._base()
-            keep, stored = self._history.kept(messages, base)
+            start, keep, stored = self._history.plan(messages, self._base())
             if keep == stored:
                 if len(messages) > keep:
                     self._history.refuse_resurrection()
                     self._append_locked([self._encoder.encode(m) for m in messages[keep:]], None)
-                self._history.whole()
+                self._history.whole(start)
                 return
             self._history.refuse_blind_rewrite()
             encoded = [self._encoder.encode(m) for m in messages]
-            kept = list(self._log.index.tss[base : base + keep])
+            kept = list(self._log.index.tss[start : start + keep])
             tail = self._writer.stamps(len(encoded) - keep, None) if len(encoded) > keep else []
-            self._rewrite(encoded, kept + tail)
+            self._rewrite(encoded, kept + tail, start)
 
     def replace(
         self, messages: Sequence[Message], *, timestamps: Sequence[TimestampInput] | None = None
@@ -309,7 +308,8 @@ class ConversationCodec(Maintenance, ChatFormats):
         """
         with self._holding(write=False):
             start = self._history.state()
-            seq, count = self._base(), start[2]
+            origin = seq = self._base()
+            count = start[2]
         unchanged = True
         while seq < count:
             with self._holding(write=False):
@@ -322,7 +322,7 @@ class ConversationCodec(Maintenance, ChatFormats):
             yield from batch
             seq += len(batch)
         if unchanged:  # every message was handed out, and no writer came in between
-            self._history.iterated(start)
+            self._history.iterated(start, origin)
 
     def search(
         self,

@@ -223,13 +223,14 @@ class CodecCore:
         with self._holding(write=True):
             return self._append_locked([encoded], None)[0]
 
-    def _rewrite(self, encoded: list[tuple[Message, bytes]], tss: list[int]) -> None:
-        """Atomically replace the log with these messages and timestamps (lock held)."""
+    def _rewrite(self, encoded: list[tuple[Message, bytes]], tss: list[int], keep: int = 0) -> None:
+        """Atomically replace the log with these messages and timestamps after its first
+        ``keep`` records, kept as they are (lock held)."""
         datas = [data for _, data in encoded]
-        self._adopt_blobs()  # its blobs that no message left refers to go after the commit
-        self._compactor.rewrite(datas, tss, [message for message, _ in encoded])
-        self._history.rewritten(datas)
-        self._history.whole()
+        self._adopt_blobs()  # its blobs that no record left refers to go after the commit
+        self._compactor.rewrite(datas, tss, [message for message, _ in encoded], keep)
+        self._history.rewritten(datas, keep)
+        self._history.whole(keep)
 
     def _adopt_blobs(self) -> None:
         """Use the log's blob store if it has one (FORMAT.md §15): at the open, and again

@@ -8,6 +8,14 @@ instance's own ``append`` included. ``HistoryView`` keeps that view (the log's s
 it was taken, and whether it was whole) and one digest per stored message, so a save
 compares the kept prefix without decrypting it again.
 
+With ``max_messages`` the view also keeps where the caller's list begins (``origin``): the
+first message it was handed, which this instance's own saves may since have pushed out of
+the window. A save compares from there (and then from the window's first message, for a
+caller that trims its list to the window): a list that only grew is appended, an edit
+rewrites from where the list begins, and the records before it, which the caller never
+saw, are kept (``Compactor.rewrite``). Comparing from the window alone would store the
+messages between the two again, or drop them.
+
 Rejected alternatives: trusting this instance's own appends (then ``load(); extend(100
 messages); save(tail(20) + [reply])`` still deletes 80 of them), and comparing contents
 only (a list built before another process's append or pop cannot tell "deleted here" from
@@ -53,6 +61,7 @@ class HistoryView:
         # would cost more than the encode, and could collide). None: compare one by one.
         self._joined: bytearray | None = None
         self._view: tuple[LogState, bool] | None = None  # (state, handed the whole history)
+        self._origin = 0  # the seq of the first message of that whole history
 
     def state(self) -> LogState:
         """The log's current state."""
@@ -64,9 +73,10 @@ class HistoryView:
         self._digests = self._joined = None
         self._lazy = []
 
-    def whole(self) -> None:
-        """The caller now holds the whole history as it is (loaded, saved, replaced)."""
-        self._view = (self.state(), True)
+    def whole(self, origin: int) -> None:
+        """The caller now holds the whole history as it is (loaded, saved, replaced), the
+        (visible) part from seq ``origin`` on."""
+        self._view, self._origin = (self.state(), True), origin
 
     def partial(self) -> None:
         """The log changed in a way the caller was not handed (an append, a prune)."""
@@ -76,11 +86,13 @@ class HistoryView:
         self.forget()
         self._view = ((None, None, 0), False)
 
-    def moved(self, before: LogState, *, keeps_view: bool) -> None:
+    def moved(self, before: LogState, *, keeps_view: bool, dropped: int = 0) -> None:
         """Record a change this instance made: the caller still holds the whole history
-        only if it did before and the change keeps that true (a pop, a compaction)."""
-        whole = keeps_view and self._view == (before, True)
-        self._view = (self.state(), whole)
+        only if it did before and the change keeps that true (a pop, a compaction). A
+        compaction under ``max_messages`` drops the first ``dropped`` records: true only
+        if the caller's list starts after them."""
+        whole = keeps_view and self._view == (before, True) and self._origin >= dropped
+        self._view, self._origin = (self.state(), whole), self._origin - dropped
 
     # -- digests ---------------------------------------------------------------------------
 
@@ -128,19 +140,20 @@ class HistoryView:
             self.forget()
         self._view = (state or self.state(), False)  # save() sets it whole again when it appended
 
-    def rewritten(self, datas: Sequence[bytes]) -> None:
-        self._track(datas, 0)
+    def rewritten(self, datas: Sequence[bytes], first: int) -> None:
+        """The log was rewritten to hold these messages from seq ``first`` on."""
+        self._track(datas, first)
 
     def loaded(self, datas: Sequence[bytes], base: int) -> None:
         """``load()`` read these messages' JSON (seqs ``base..``)."""
         self._track(datas, base)
-        self.whole()
+        self.whole(base)
 
     def popped(self, count: int) -> None:
         """The last of ``count`` records went (the caller was handed it back)."""
         digests = self._take_digests()  # before the JSON they are taken from goes
         self._joined = None  # the next save() compares one by one (and the next load rebuilds)
-        if digests is not None and self._dbase + len(digests) == count:
+        if digests and self._dbase + len(digests) == count:  # (none: popped past the window)
             digests.pop()
         else:
             self._digests = None
@@ -183,6 +196,24 @@ class HistoryView:
 
     # -- the rule --------------------------------------------------------------------------
 
+    def plan(self, messages: Sequence[Message], base: int) -> tuple[int, int, int]:
+        """``(start, keep, stored)``: where ``messages`` begin among the stored records,
+        how many leading ones equal the stored ones from there, and how many are stored
+        from there. ``base``: the first visible record. A list held whole begins at its
+        origin, or at ``base`` when it was trimmed to the window (``max_messages``): the
+        first that ``messages`` extend, else the one with the longer kept prefix."""
+        starts = [base]
+        if self._view == (self.state(), True) and self._origin < base:
+            starts.insert(0, self._origin)  # compared first: its digests serve both
+        best = (base, -1, 0)
+        for start in starts:
+            keep, stored = self.kept(messages, start)
+            if keep == stored:
+                return start, keep, stored
+            if keep > best[1]:
+                best = (start, keep, stored)
+        return best
+
     def kept(self, messages: Sequence[Message], base: int) -> tuple[int, int]:
         """``(keep, stored)``: how many leading ``messages`` equal the stored ones, and how
         many visible messages are stored. The kept prefix is only compared, by digest:
@@ -220,6 +251,7 @@ class HistoryView:
                 "log; nothing was changed — reload with load(), or call replace() to overwrite"
             )
 
-    def iterated(self, start: LogState) -> None:
-        """A complete iteration handed out every message, no writer coming in between."""
-        self._view = (start, True)
+    def iterated(self, start: LogState, origin: int) -> None:
+        """A complete iteration handed out every message from seq ``origin``, no writer
+        coming in between."""
+        self._view, self._origin = (start, True), origin

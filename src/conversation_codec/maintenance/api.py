@@ -50,14 +50,22 @@ class Maintenance(CodecCore):
         is called after each record.
 
         Every message keeps its timestamp and its position in the visible history; records
-        hidden by ``max_messages`` are dropped. The rewrite holds the writer lock and is
+        hidden by ``max_messages`` are dropped (only here: ``rotate_key``, ``change_password``
+        and a rewriting ``save`` keep them). The rewrite holds the writer lock and is
         atomic (temp file, fsync, rename, directory fsync): a crash leaves the old log or the
         new one. Giving a key to a plaintext or password log switches it to that key. After
         a rotation only the new key opens the log.
         """
-        return self._reseal(lambda: self._compactor.compact(self._base(), encryption_key, progress))
+        return self._reseal(
+            lambda start: self._compactor.compact(start, encryption_key, progress), retention=True
+        )
 
-    def _reseal(self, rewrite: Callable[[], CompactionReport]) -> CompactionReport:
+    def _reseal(
+        self, rewrite: Callable[[int], CompactionReport], *, retention: bool = False
+    ) -> CompactionReport:
+        """Run ``rewrite(start)``, which rewrites the records from ``start`` on: from the
+        first visible one for a compaction (``retention``: what ``max_messages`` hides
+        goes), else from the first (a key or password change is not retention)."""
         # A storage may commit when the outermost transaction ends, after the rewrite
         # returned (a database), even in a caller's own transaction(): if that commit
         # fails, the log keeps its old secrets, and so must this codec.
@@ -73,12 +81,17 @@ class Maintenance(CodecCore):
             before = self._history.state()
             self._history.forget()
             self._log.on_rollback(undo)
-            report = rewrite()
-            self._history.moved(before, keeps_view=True)  # same messages: seen stays seen
+            start = self._base() if retention else 0
+            report = rewrite(start)
+            # The same messages (but the first ``start``): seen stays seen.
+            self._history.moved(before, keeps_view=True, dropped=start)
             return report
 
     def rotate_key(self, new_key: KeyInput) -> CompactionReport:
         """Re-encrypt the whole log under ``new_key``; afterwards the old key fails.
+
+        Unlike ``compact()``, every record is kept, those ``max_messages`` hides included
+        (the report counts them all).
 
         :raises KeyRequiredError: ``new_key`` is None. Rotation needs the new key; a log is
             never decrypted in place (``export()`` writes a plaintext copy).
@@ -89,12 +102,13 @@ class Maintenance(CodecCore):
                 "conversation_codec.generate_key()); to keep a decrypted copy of the history, "
                 "use export(), which writes plaintext JSONL"
             )
-        return self.compact(encryption_key=new_key)
+        return self._reseal(lambda start: self._compactor.compact(start, new_key))
 
     def change_password(self, old: str, new: str) -> CompactionReport:
         """Re-encrypt a password-protected log under a new password (and a new salt).
 
-        The rewrite is atomic: a crash leaves a log that opens with one of the two.
+        The rewrite is atomic: a crash leaves a log that opens with one of the two. Every
+        record is kept, those ``max_messages`` hides included (the report counts them all).
 
         :raises DecryptionError: ``old`` is not the password this codec opened the log with.
         :raises InvalidKeyError: ``new`` is empty (``KeyTypeError``: not a str).
@@ -102,27 +116,28 @@ class Maintenance(CodecCore):
         if not isinstance(old, str):
             raise KeyTypeError(f"old password must be a str, not {type(old).__name__}")
         check_password(new, "new password")  # what the constructor refuses, as it does
-        return self._reseal(lambda: self._compactor.change_password(self._base(), old, new))
+        return self._reseal(lambda start: self._compactor.change_password(start, old, new))
 
     def prune(self, before: TimeInput) -> int:
         """Permanently remove the messages older than ``before``; return how many went.
 
-        The log is rewritten without them (atomically), so their ciphertext is gone from
-        every file; the remaining messages keep their timestamps. The cut is found in the
+        With ``max_messages``, the hidden records older than ``before`` go too, and are
+        counted; the hidden ones not older stay (still hidden until the window reaches
+        them). The log is rewritten without them (atomically), so their ciphertext is gone
+        from every file; the remaining messages keep their timestamps. The cut is found in the
         index and confirmed by authenticating the records on both sides of it: a deletion
         never rests on the index alone (``LogReader.first_at_or_after``).
         """
         cutoff = to_us(before, "before")
         with self._holding(write=True):
-            start = max(self._base(), self._reader.first_at_or_after(cutoff, (-1, 0)))
+            start = self._reader.first_at_or_after(cutoff, (-1, 0))
             if start == 0:
                 return 0
-            removed = start - self._base()
             self._history.forget()
             self._adopt_blobs()
             self._compactor.rewrite_from(start)
             self._history.partial()  # a list loaded before still holds them
-            return removed
+            return start
 
     def verify(self) -> VerifyReport:
         """Check every record's authentication, seq continuity, log binding and time order,

@@ -143,37 +143,71 @@ class Compactor:
         self._encoder = encoder
         self._index = index  # the keyword index, rewritten with the log (FORMAT.md §17.5)
 
-    def rewrite(self, datas: list[bytes], tss: list[int], messages: list[Message]) -> None:
+    def rewrite(
+        self, datas: list[bytes], tss: list[int], messages: list[Message], keep: int = 0
+    ) -> None:
         """Atomically replace the log with these messages (stored JSON, and as stored) and
-        timestamps; then delete the blobs none of them refers to (FORMAT.md §15)."""
+        timestamps, after its first ``keep`` records, kept as they are: the ones
+        ``max_messages`` hid from a ``save()``, which its caller never saw (they are read a
+        batch at a time); then delete the blobs no record refers to (FORMAT.md §15)."""
+        if len(datas) != len(tss):
+            raise ValueError(f"{len(datas)} messages and {len(tss)} timestamps")
         blobs = self._encoder.blobs
         if blobs is not None:  # the sweep after the commit must not be refused
             remove_flat_dir(blobs.directory, check_only=True)
         header, fmt = self._secrets.new_log()
-        dictionary = fresh_dictionary(
-            fmt.records, len(datas), lambda first, k: datas[first::k], tss[0] if tss else 0
-        )
+        total = keep + len(datas)
+
+        def sample(first: int, k: int) -> list[bytes]:
+            return [
+                datas[seq - keep] if seq >= keep else next(self._kept(seq, seq + 1))[0][2]
+                for seq in range(first, total, k)
+            ]
+
+        first_ts = self._log.index.tss[0] if keep else tss[0] if tss else 0
+        dictionary = fresh_dictionary(fmt.records, total, sample, first_ts)
         encode = _encoder(fmt.records)
         builder = None if self._index is None else self._index.builder_for(fmt)
         last = [b""]
-        if len(datas) != len(tss):
-            raise ValueError(f"{len(datas)} messages and {len(tss)} timestamps")
+
+        kept_refs: set[str] = set()
+
+        def batches() -> Iterator[list[_Item]]:
+            yield from self._kept(0, keep, None if blobs is None else kept_refs)
+            for first in range(0, len(datas), _SEAL_BATCH):
+                stop = min(len(datas), first + _SEAL_BATCH)
+                yield [(keep + i, tss[i], datas[i], None) for i in range(first, stop)]
 
         def records() -> Iterator[tuple[bytes, int]]:
-            for first in range(0, len(datas), _SEAL_BATCH):
-                seqs = range(first, min(len(datas), first + _SEAL_BATCH))
+            for items in batches():
                 if builder is not None:
-                    for seq in seqs:
-                        builder.add(seq, fmt.records.parse(datas[seq]))
-                bodies = encode([(seq, tss[seq], datas[seq], None) for seq in seqs])
+                    for seq, _, data, _ in items:
+                        builder.add(seq, fmt.records.parse(data))
+                bodies = encode(items)
                 last[0] = bodies[-1]
-                yield from zip(bodies, tss[first : first + len(bodies)], strict=True)
+                yield from zip(bodies, [ts for _, ts, _, _ in items], strict=True)
 
-        indexed = self._indexing(builder, fmt, len(datas), last)
+        indexed = self._indexing(builder, fmt, total, last)
         self._log.rewrite(header, fmt, _then(records(), indexed), dictionary)
         indexed(committed=True)
         if blobs is not None:
-            blobs.delete_unreferenced(set().union(*map(references, messages)))
+            blobs.delete_unreferenced(kept_refs.union(*map(references, messages)))
+
+    def _kept(self, start: int, stop: int, refs: set[str] | None = None) -> Iterator[list[_Item]]:
+        """The records ``start..stop`` as rewrite items ``(seq, ts_us, message JSON, None)``,
+        a list per decryption batch (each parsed, so that a malformed one stops the
+        rewrite; a sealed record's text is its stored JSON, as ``rewrite_from`` keeps);
+        ``refs`` gathers the blobs they refer to."""
+        fmt = self._log.fmt
+        sealed = fmt is not None and isinstance(fmt.records, SealedRecords)
+        for batch in self._reader.batches(start, stop):
+            messages = self._reader.messages(batch)
+            if refs is not None:
+                refs.update(*map(references, messages))
+            yield [
+                (seq, ts, text if sealed else encode_json(message), None)
+                for (seq, text, ts), message in zip(batch, messages, strict=True)
+            ]
 
     def compact(
         self, start: int, encryption_key: KeyInput | None, progress: Progress | None = None
