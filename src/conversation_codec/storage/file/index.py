@@ -15,6 +15,7 @@ durably, and recovery (§10.1) never cuts it as a torn tail.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 from array import array
 
@@ -328,6 +329,10 @@ class OffsetIndex:
 
     def close(self) -> None:
         """Close the sidecar's file descriptor (entries stay in memory)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        fd, self._fd = self._fd, None  # forgotten first: an interrupt never closes it twice
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:  # dropped unclosed (a codec never closed): the file goes too
+        with contextlib.suppress(Exception):  # also at interpreter exit
+            self.close()

@@ -226,10 +226,14 @@ class LogLock:
 
     def close(self) -> None:
         """Close the file descriptor (closing releases any flock)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        fd, self._fd = self._fd, None  # forgotten first: an interrupt never closes it twice
+        if fd is not None:
             _OPEN.discard(self)
+            os.close(fd)
+
+    def __del__(self) -> None:  # dropped unclosed (a codec never closed): the file goes too
+        with contextlib.suppress(Exception):  # also at interpreter exit
+            self.close()
 
     def _forget_inherited(self) -> None:
         """In a child just forked: drop the parent's descriptor (``_after_fork``)."""

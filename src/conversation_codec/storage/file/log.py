@@ -3,14 +3,11 @@
 
 It stores opaque record *bodies*; what a body means is the business of ``records`` (shared
 with any other backend). ``FileLog`` owns the cached view of the file (descriptor, header
-format, index, dictionary) and runs each procedure of spec/FORMAT.md under the log's lock:
-§8 (writing), §9 (reading), §10 (recovery). Its steps live in the modules beside it:
-``reader`` (frames back from the file), ``writer`` (framing; a rewrite up to its commit),
-``recovery`` (torn tail or damage), ``dictionary`` (the dictionary record), ``transaction``
-(lock holds), ``index`` and ``lock`` (the two sidecar files).
-
-Concurrency: a writer holds the exclusive lock of ``lock.LogLock`` on ``<log>.lock``, a reader
-the shared one; its counters tell every process when its cached index is stale."""
+format, index, dictionary) and runs each procedure of spec/FORMAT.md under the log's lock
+(a writer's exclusive, a reader's shared; its counters say when a cached view is stale): §8
+(writing), §9 (reading), §10 (recovery). Its steps live in the modules beside it: ``reader``,
+``writer`` (framing; a rewrite up to its commit), ``recovery`` (torn tail or damage),
+``dictionary``, ``transaction`` (lock holds), ``index`` and ``lock`` (the sidecars)."""
 
 from __future__ import annotations
 
@@ -206,11 +203,11 @@ class FileLog:
             self._index_ok = False  # stale: the catch-up rebuilds it from the log
 
     def _close_log(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
+        fd, self._fd, self.fmt, self._log_id_stat = self._fd, None, None, None
+        if fd is not None:  # forgotten first: an interrupt never closes it twice
+            os.close(fd)
         if self._probed is not None:
             self._probed.close()
-        self._fd, self.fmt, self._log_id_stat = None, None, None
         self._probed = self._whole = None
         self._dict = Dictionary()
         self.index.reset(0)
@@ -483,6 +480,10 @@ class FileLog:
     def keyword_index(self) -> FileSegments:
         """The keyword index sidecar ``P.kwi`` (FORMAT.md §17), written through ``io``."""
         return FileSegments(self, synced=self._sync)
+
+    def __del__(self) -> None:  # dropped unclosed: its file goes (no mutex: it is unreachable)
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Release every file descriptor (the lock is not held between calls)."""

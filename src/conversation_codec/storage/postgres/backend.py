@@ -344,14 +344,15 @@ class PostgresBackend:
     def connection(self, what: str) -> Iterator[Connection]:
         """Lend a pooled connection for ``what`` (named in errors, which become the
         library's); it goes back at the end."""
-        with self.errors(what):
-            conn = self.pool.getconn()
+        conn = None  # taken inside the try: an interrupt right after it loses no connection
         try:
             with self.errors(what):
+                conn = self.pool.getconn()
                 yield conn
         finally:
-            with self.errors(what):
-                self.putconn(conn)
+            if conn is not None:
+                with self.errors(what):
+                    self.putconn(conn)
 
     def run(self, what: str, read: Callable[[Connection], T]) -> T:
         """Return ``read(conn)`` on a pooled connection (``connection``). ``read`` only

@@ -164,10 +164,10 @@ class PostgresLog(CachedView):
         what = ("write " if write else "read ") + self._where
         snap: Snapshot | None = None
         for retry in (True, False):
-            with self.backend.errors(what):
-                conn = self.backend.pool.getconn()
+            conn = None  # taken inside the try: an interrupt right after it loses no connection
             try:
                 with self.backend.errors(what):
+                    conn = self.backend.pool.getconn()
                     if tail is not None:
                         snap = self._snapshot(conn, tail, full=False)
                         row = None if snap is None else snap.row
@@ -176,6 +176,8 @@ class PostgresLog(CachedView):
                             conn, self.conversation_id, write=write, lock_timeout=self._lock_timeout
                         )
             except DatabaseError as exc:
+                if conn is None:
+                    raise
                 # Dead before the server said a word (no SQLSTATE): it died idle in the pool.
                 # A connection the server ended while this waited (e.g. terminated) is an
                 # error of this call, reported as such.
@@ -187,9 +189,11 @@ class PostgresLog(CachedView):
                     continue
                 raise
             except BaseException:
-                self._give_back(conn, rollback=tail is None)
+                if conn is not None:
+                    self._give_back(conn, rollback=tail is None)
                 raise
             break
+        assert conn is not None  # the loop ends with a connection or raises
         try:
             with self.backend.errors(what):
                 self._conn, self._depth, self._writable = conn, 1, write
