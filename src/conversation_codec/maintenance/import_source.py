@@ -28,6 +28,8 @@ from ..crypto import KeyInput
 from ..errors import FormatError
 from ..format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat, parse_legacy, read_legacy
+from .legacy_fernet import check_legacy_password
+from .migrate_source import check_key
 
 __all__ = ["LogOpener", "Pairs", "check_times", "read_source", "refuse_rejects", "unstorable"]
 
@@ -64,7 +66,12 @@ def read_source(
     :raises FormatError: see ``read_legacy``; also a conversation-codec log in a stream
         (a log is read from its file, with its index and key).
     :raises StorageError: ``src`` is missing, unreadable, or not a regular file.
+    :raises InvalidKeyError: a malformed ``legacy_key`` or ``password`` (checked first,
+        as ``migrate`` checks them: an empty password is refused, not ignored).
     """
+    check_key("legacy_key", legacy_key)
+    if password is not None:
+        check_legacy_password(password)
     if not isinstance(src, Path):
         # One byte over the bound, so that parse_legacy refuses a larger input by its size.
         data = src.read(MAX_LEGACY_BYTES + 1)

@@ -54,7 +54,7 @@ from .migrate_commit import (
     write_log,
     writer_lock,
 )
-from .migrate_source import Plan, check_key, check_log_header, destination, read_source
+from .migrate_source import Plan, check_log_header, check_secrets, destination, read_source
 
 __all__ = [
     "BatchItem",
@@ -125,6 +125,8 @@ def migrate(
     :raises KeyRequiredError: the source is encrypted and no key/password or no
         ``encryption_key`` was given.
     :raises StorageError: unreadable source, existing destination, or an I/O failure.
+    :raises InvalidKeyError: a malformed key, an empty password (``""`` is no "no
+        password"), or ``KeyTypeError`` for a wrong type: before any file is touched.
 
     >>> import pathlib, tempfile
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -136,8 +138,7 @@ def migrate(
     >>> ConversationCodec(folder / "chat.jsonl").load()
     [{'role': 'user', 'content': 'hi'}]
     """
-    for name, value in (("encryption_key", encryption_key), ("legacy_key", legacy_key)):
-        check_key(name, value)
+    check_secrets(encryption_key, legacy_key, password, log_password)
     source = Path(src)
     # In place through a symbolic link: convert its target (a rename would replace the link).
     real = Path(os.path.realpath(source)) if source.is_symlink() else source
@@ -168,7 +169,7 @@ def migrate(
     if not plan.messages:
         return report.done(0, None, False, "holds no messages; left as it is")
     secret: dict[str, Any] = (
-        {"password": log_password} if log_password else {"encryption_key": encryption_key}
+        {"encryption_key": encryption_key} if log_password is None else {"password": log_password}
     )
     if context is not None:
         secret["context"] = context
@@ -349,7 +350,8 @@ def migrate_many(
     ``.bak``, ``.salt``, temp files). ``progress(done, total, item)`` is called after
     each file. Other arguments are as for :func:`migrate`.
 
-    :raises TypeError, ValueError: a malformed key, before any file is touched.
+    :raises TypeError, ValueError: a malformed key or password (``InvalidKeyError``,
+        ``KeyTypeError``), before any file is touched.
 
     >>> import pathlib, tempfile
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -359,8 +361,7 @@ def migrate_many(
     >>> [(i.path.name, i.status) for i in batch.items]
     [('a.jsonl', 'converted'), ('b.json', 'failed')]
     """
-    for name, value in (("encryption_key", encryption_key), ("legacy_key", legacy_key)):
-        check_key(name, value)
+    check_secrets(encryption_key, legacy_key, password, log_password)
     if out_dir is not None and store is not None:
         raise ValueError("pass out_dir= or store=, not both")
     out = None if out_dir is None else Path(out_dir)

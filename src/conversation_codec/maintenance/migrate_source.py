@@ -26,9 +26,11 @@ from ..format.header import (
     decode_sealed_header,
     sniff_log,
 )
+from ..sealing import check_password
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat
+from .legacy_fernet import check_legacy_password
 
-__all__ = ["Plan", "check_key", "check_log_header", "destination", "read_source"]
+__all__ = ["Plan", "check_key", "check_log_header", "check_secrets", "destination", "read_source"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,31 @@ def check_key(name: str, key: KeyInput | None) -> None:
             Keyring.from_input(key)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{name}: {exc}") from None
+
+
+def check_secrets(
+    encryption_key: KeyInput | None,
+    legacy_key: KeyInput | None,
+    password: object,
+    log_password: object,
+) -> None:
+    """Check every key and password argument of ``migrate`` as ``ConversationCodec`` checks
+    its own, before any file is touched. None means "not given"; anything else is used,
+    so an empty password is refused here, never taken for "no password" (which wrote an
+    encrypted source's messages as a plaintext log: outside review, mig.md defect 1).
+
+    :raises KeyTypeError: a key or password of the wrong type.
+    :raises InvalidKeyError: a malformed key, an empty password or one with a lone surrogate.
+    :raises ValueError: both ``encryption_key`` and ``log_password``.
+    """
+    for name, value in (("encryption_key", encryption_key), ("legacy_key", legacy_key)):
+        check_key(name, value)
+    if log_password is not None:
+        check_password(log_password, "log_password")
+        if encryption_key is not None:
+            raise ValueError("pass encryption_key= or log_password= for the new log, not both")
+    if password is not None:
+        check_legacy_password(password)
 
 
 def read_source(path: Path) -> tuple[bytes, os.stat_result]:
