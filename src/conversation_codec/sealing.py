@@ -111,7 +111,8 @@ class LogSecrets:
             if self.encrypted:
                 raise NotEncryptedError(
                     f"{self.path} is a plaintext log; open it without a key, or encrypt it "
-                    "with conversation_codec.migrate(..., encryption_key=...)"
+                    "in place with conversation_codec.migrate(path, encryption_key=...) "
+                    "(or ConversationCodec(path).compact(encryption_key=...))"
                 )
             end = prefix.find(b"\n")
             if end < 0:

@@ -54,6 +54,7 @@ from .migrate_commit import (
     write_log,
     writer_lock,
 )
+from .migrate_seal import seal_plain_log
 from .migrate_source import Plan, check_log_header, check_secrets, destination, read_source
 
 __all__ = [
@@ -75,7 +76,9 @@ _ENCRYPTED = (LegacyFormat.FERNET_JSONL, LegacyFormat.FERNET_JSON_ARRAY)
 class MigrationReport:
     """What :func:`migrate` did (or, with ``dry_run``, would do) to one file.
 
-    ``messages`` is None for a source that is already a log (it is not opened).
+    ``messages`` is None for a source that is already a log, left as it is (not opened).
+    A plaintext log given a key or ``log_password`` is sealed in place instead (a
+    compaction, ``migrate_seal``): ``format`` is ``CODEC_LOG``, no backup.
     ``bytes_after`` counts the new log and its index (as ``CompactionReport`` does); 0
     when nothing was written. ``backup`` is the ``.bak`` path when one holds the original.
     """
@@ -110,7 +113,10 @@ def migrate(
         as ``<name>.bak`` unless ``backup=False``. An existing ``dst`` is never replaced,
         nor (``dst`` a store's log path) a conversation that store holds in a pack.
     :param encryption_key: key(s) of the new log; None (and no ``log_password``) writes a
-        plaintext log, which is refused for an encrypted source.
+        plaintext log, which is refused for an encrypted source. A plaintext
+        conversation-codec log at ``src`` (``dst`` None or ``src``) is encrypted in place
+        with it (or with ``log_password``): a compaction, atomic, which seals its index and
+        attachments too and keeps no ``.bak``; other logs are left as they are.
     :param log_password: seal the new log with this password instead of a key.
     :param context: bind the new log to this identity (a store's conversation id; FORMAT.md
         §4.2), as ``ConversationStore`` opens it.
@@ -143,8 +149,23 @@ def migrate(
     # In place through a symbolic link: convert its target (a rename would replace the link).
     real = Path(os.path.realpath(source)) if source.is_symlink() else source
     data, before = read_source(real)
-    if sniff_log(data[:64]) in (LogKind.SEALED, LogKind.PLAIN):
+    kind = sniff_log(data[:64])
+    if kind in (LogKind.SEALED, LogKind.PLAIN):
         check_log_header(real, data)  # a log no codec can open is no "log, left as it is"
+        sealing = encryption_key is not None or log_password is not None
+        if kind is LogKind.PLAIN and sealing and (dst is None or not _elsewhere(Path(dst), real)):
+            messages, before_, after, note = seal_plain_log(
+                real,
+                encryption_key=encryption_key,
+                log_password=log_password,
+                context=context,
+                dry_run=dry_run,
+                io=io,
+            )
+            fmt = LegacyFormat.CODEC_LOG
+            return MigrationReport(
+                source, real, fmt, messages, before_, after, None, not dry_run, (note,)
+            )
         notes = ["already a conversation-codec log; left as it is"]
         if dst is not None and _elsewhere(Path(dst), real):
             notes[0] += f"; not copied to {dst} (to copy a log, import it there)"
@@ -395,6 +416,10 @@ def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
     except Exception as exc:
         reason = str(exc) if isinstance(exc, ConversationCodecError) else repr(exc)
         return BatchItem(path, "failed", reason)
+    if report.format is LegacyFormat.CODEC_LOG and report.messages is not None:
+        what = "would encrypt" if options["dry_run"] else "encrypted"  # a plaintext log, sealed
+        reason = f"{what} the plaintext log in place ({report.messages} messages)"
+        return BatchItem(path, "converted", reason, report)
     if report.format is LegacyFormat.CODEC_LOG or not report.messages:
         return BatchItem(path, "skipped", "; ".join(report.notes), report)
     what = "would convert" if options["dry_run"] else "converted"
