@@ -192,5 +192,8 @@ def check_password(password: object, name: str = "password") -> None:
         raise InvalidKeyError(f"{name} must be a non-empty str")
     try:
         password.encode("utf-8")
+        encodable = True
     except UnicodeEncodeError:
-        raise InvalidKeyError(f"{name} is not valid Unicode (a lone surrogate)") from None
+        encodable = False
+    if not encodable:  # raised outside the except: its __context__ would hold the password
+        raise InvalidKeyError(f"{name} is not valid Unicode (a lone surrogate)")

@@ -286,13 +286,15 @@ def _check_utf8(data: bytes, where: str) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")()
     view = memoryview(data)
     for pos in range(0, len(data), _UTF8_CHUNK):
+        bad = None
         try:
             decoder.decode(view[pos : pos + _UTF8_CHUNK], final=pos + _UTF8_CHUNK >= len(data))
         except UnicodeDecodeError as exc:
+            bad = pos + exc.start
+        if bad is not None:  # raised outside the except: its __context__ holds the bytes
             raise FormatError(
-                f"{where} is not UTF-8 text (bad byte near offset {pos + exc.start}); "
-                "re-encode it as UTF-8"
-            ) from None
+                f"{where} is not UTF-8 text (bad byte near offset {bad}); re-encode it as UTF-8"
+            )
 
 
 def _decode(data: bytes | memoryview, what: str) -> Any:
