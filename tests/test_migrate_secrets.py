@@ -15,7 +15,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from conversation_codec import ConversationCodec, ConversationStore, migrate, migrate_many, salvage
-from conversation_codec.errors import InvalidKeyError, KeyTypeError
+from conversation_codec.errors import FormatError, InvalidKeyError, KeyTypeError
 
 from conftest import snapshot
 
@@ -141,3 +141,31 @@ def test_store_refuses_a_bad_password_when_made(tmp_path: Path, value: Any, erro
     with pytest.raises(error):
         ConversationStore(tmp_path / "store", password=value)
     assert not (tmp_path / "store").exists()
+
+
+# mig.md defect 9: an ISO time whose UTC instant is outside years 1-9999 raised a raw
+# OverflowError from migrate (import_ refuses it with FormatError).
+OUT_OF_RANGE = ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"]
+
+
+@pytest.mark.parametrize("stamp", OUT_OF_RANGE, ids=["past-9999", "before-year-1"])
+@pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry-run"])
+def test_migrate_refuses_a_time_outside_years_1_to_9999(
+    tmp_path: Path, stamp: str, dry_run: bool
+) -> None:
+    src = tmp_path / "h.jsonl"
+    lines = [
+        {"role": "user", "content": "a", "timestamp": "2024-01-01T00:00:00Z"},
+        {"role": "user", "content": "b", "timestamp": stamp},
+    ]
+    src.write_text("".join(json.dumps(m) + "\n" for m in lines))
+    before = snapshot(tmp_path)
+    with pytest.raises(FormatError, match="1 message") as caught:
+        migrate(src, encryption_key=KEY, dry_run=dry_run)
+    assert str(src) in str(caught.value)
+    with pytest.raises(FormatError):
+        migrate(src, tmp_path / "new.log", encryption_key=KEY, dry_run=dry_run)
+    batch = migrate_many([src], encryption_key=KEY, dry_run=dry_run)
+    assert batch.items[0].status == "failed"
+    assert "OverflowError" not in batch.items[0].reason
+    assert snapshot(tmp_path) == before

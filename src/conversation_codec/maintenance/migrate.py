@@ -185,7 +185,7 @@ def migrate(
             f"{source} starts with a conversation-codec header line, but not as a log writes "
             "it: no codec opens it; check where the file comes from"
         )
-    plan = Plan.make(history.format, history.messages, history.timestamps)
+    plan = Plan.make(history.format, history.messages, history.timestamps, str(source))
     report = _Report(source, target, history.format, len(plan.messages), len(data), plan.notes)
     if not plan.messages:
         return report.done(0, None, False, "holds no messages; left as it is")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._fsio import check_file, open_source
-from .._time import iso_z
+from .._time import MAX_US, US_PER_S, iso_z
 from ..crypto import KeyInput, Keyring
 from ..errors import FormatError, StorageError
 from ..format.header import (
@@ -32,6 +32,8 @@ from .legacy_fernet import check_legacy_password
 
 __all__ = ["Plan", "check_key", "check_log_header", "check_secrets", "destination", "read_source"]
 
+_MIN_US = -62_135_596_800 * US_PER_S  # 0001-01-01T00:00:00Z: where datetime begins
+
 
 @dataclass(frozen=True, slots=True)
 class Plan:
@@ -43,7 +45,11 @@ class Plan:
 
     @classmethod
     def make(
-        cls, fmt: LegacyFormat, messages: list[dict[str, Any]], stamps: Sequence[int | None]
+        cls,
+        fmt: LegacyFormat,
+        messages: list[dict[str, Any]],
+        stamps: Sequence[int | None],
+        where: str = "the source",
     ) -> Plan:
         """Fill missing timestamps and keep every one representable in a log.
 
@@ -52,8 +58,19 @@ class Plan:
         decrease. With no time at all every record gets the migration time. A time before
         1970 cannot be stored (the format counts from the epoch): it becomes 1970-01-01
         and the original instant is kept in the message's ``"timestamp"`` key, rather
-        than failing the whole file or silently dropping it.
+        than failing the whole file or silently dropping it. A time whose UTC instant
+        falls outside years 1-9999 has no datetime at all (``"9999-12-31T23:59:59-05:00"``):
+        that fails the file, as it fails ``import_`` (``check_times``).
+
+        :raises FormatError: such a time (how many; ``where`` names the file).
         """
+        unheld = sum(ts is not None and not _MIN_US <= ts < MAX_US for ts in stamps)
+        if unheld:
+            raise FormatError(
+                f"{where}: {unheld} message(s) have a timestamp whose UTC instant falls "
+                "outside years 1-9999, which no date can hold, so nothing was changed; fix "
+                "them in the file"
+            )
         notes: list[str] = []
         first = next((t for t in stamps if t is not None), None)
         if first is None:
