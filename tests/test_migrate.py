@@ -459,7 +459,7 @@ ERRORS: dict[str, tuple[bytes, dict[str, Any], type[Exception], str]] = {
         "wrong key or password",
     ),
     "missing-salt": (FERNET_JSONL, {"password": PASSWORD}, FormatError, "salt file"),
-    "empty": (b"", {}, FormatError, "empty"),
+    "blank-token": (b"   \n\x00\n", {}, FormatError, "not a history layout"),
     "nan": (b'{"role": "user", "content": NaN}\n', {}, ConversationCodecError, "line 1"),
     "bad-new-key": (jsonl(MESSAGES), {"encryption_key": "not-a-key"}, ValueError, "encryption_key"),
 }
