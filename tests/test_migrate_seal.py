@@ -70,11 +70,21 @@ def test_advice_of_not_encrypted_error_works(tmp_path: Path) -> None:
 
 def test_migrate_seals_a_plaintext_log_with_a_password(tmp_path: Path) -> None:
     log = plain_log(tmp_path / "a.log")
-    report = migrate(log, log_password="pw")
-    assert report.converted and report.messages == 3
+    with ConversationCodec(log) as codec:
+        times = [codec.timestamp(i) for i in range(3)]
+    report = migrate(log, log_password="pw")  # migrate's own steps: a .bak by default
+    assert report.converted and report.messages == 3 and report.backup is not None
+    assert any("holds the plaintext original" in note for note in report.notes)
+    assert plaintext_left(tmp_path) == [report.backup.name]
     with ConversationCodec(log, password="pw") as codec:
         assert codec.load() == MESSAGES
-    assert plaintext_left(tmp_path) == []
+        assert [codec.timestamp(i) for i in range(3)] == times
+    plain_log(tmp_path / "b.log")
+    batch = migrate_many([tmp_path / "b.log"], log_password="pw", backup=False)
+    assert [(i.status, i.reason) for i in batch.items] == [
+        ("converted", "encrypted the plaintext log in place (3 messages)")
+    ]
+    assert plaintext_left(tmp_path) == [report.backup.name]
 
 
 def test_migrate_seals_attachments_too(tmp_path: Path) -> None:
@@ -164,17 +174,3 @@ def test_cli_migrate_seals_and_compact_points_to_it(
     with ConversationCodec(log, KEY) as codec:
         assert codec.load() == MESSAGES
     assert plaintext_left(tmp_path) == []
-
-
-def test_compact_switches_a_key_log_to_a_password(tmp_path: Path) -> None:
-    log = tmp_path / "k.log"
-    with ConversationCodec(log, KEY) as codec:
-        codec.extend(MESSAGES)
-        with pytest.raises(ValueError, match="not both"):
-            codec.compact(encryption_key=KEY, password="pw")
-        assert codec.compact(password="pw").messages == 3
-        codec.append({"role": "user", "content": "after"})
-    with ConversationCodec(log, password="pw") as codec:
-        assert codec.load() == [*MESSAGES, {"role": "user", "content": "after"}]
-    with pytest.raises(KeyRequiredError):
-        ConversationCodec(log, KEY)

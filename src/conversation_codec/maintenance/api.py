@@ -43,7 +43,6 @@ class Maintenance(CodecCore):
         self,
         *,
         encryption_key: KeyInput | None = None,
-        password: str | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> CompactionReport:
         """Rewrite the log: re-seal every record under the first key (or ``encryption_key``,
@@ -53,22 +52,10 @@ class Maintenance(CodecCore):
         Every message keeps its timestamp and its position in the visible history; records
         hidden by ``max_messages`` are dropped. The rewrite holds the writer lock and is
         atomic (temp file, fsync, rename, directory fsync): a crash leaves the old log or the
-        new one. Giving a key to a plaintext or password log switches it to that key (its
-        attachments too); giving ``password`` to a plaintext or key log switches it to that
-        password (and a new salt; not a log with external attachments, which need a key).
-        After a rotation only the new key (or password) opens the log.
-
-        :raises InvalidKeyError: a malformed key or password (``KeyTypeError``: its type).
-        :raises ValueError: both ``encryption_key`` and ``password``; ``password`` for a log
-            with external attachments. Nothing was changed.
+        new one. Giving a key to a plaintext or password log switches it to that key. After
+        a rotation only the new key opens the log.
         """
-        if password is not None:
-            if encryption_key is not None:
-                raise ValueError("pass encryption_key= or password=, not both")
-            check_password(password)
-        return self._reseal(
-            lambda: self._compactor.compact(self._base(), encryption_key, progress, password)
-        )
+        return self._reseal(lambda: self._compactor.compact(self._base(), encryption_key, progress))
 
     def _reseal(self, rewrite: Callable[[], CompactionReport]) -> CompactionReport:
         # A storage may commit when the outermost transaction ends, after the rewrite

@@ -168,26 +168,14 @@ class Compactor:
             self._index.rewritten(builder, len(datas), last[0][-TAG_BYTES:])
 
     def compact(
-        self,
-        start: int,
-        encryption_key: KeyInput | None,
-        progress: Progress | None = None,
-        password: str | None = None,
+        self, start: int, encryption_key: KeyInput | None, progress: Progress | None = None
     ) -> CompactionReport:
         """Rewrite the records from ``start`` on, under ``encryption_key`` when given (a
-        rotation: the blob store moves to the new key too), or ``password`` (a new salt).
-        On failure before the commit the old secrets stay; past it the new ones are the
-        log's."""
+        rotation: the blob store moves to the new key too). On failure before the commit
+        the old secrets stay; past it the new ones are the log's."""
         secrets = self._secrets
         saved = (secrets.keyring, secrets.password, secrets.kdf)
-        if password is not None:
-            if self._encoder.blobs is not None:  # a password log keeps no blob store
-                raise ValueError(
-                    f"{secrets.path} keeps external attachments, which need a key: pass "
-                    "encryption_key=, not a password"
-                )
-            secrets.keyring, secrets.password, secrets.kdf = None, password, None
-        elif encryption_key is not None:
+        if encryption_key is not None:
             secrets.keyring, secrets.password, secrets.kdf = (
                 Keyring.from_input(encryption_key),
                 None,

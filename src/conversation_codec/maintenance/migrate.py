@@ -54,7 +54,7 @@ from .migrate_commit import (
     write_log,
     writer_lock,
 )
-from .migrate_seal import seal_plain_log
+from .migrate_seal import read_plain_log, seal_plain_log
 from .migrate_source import Plan, check_log_header, check_secrets, destination, read_source
 
 __all__ = [
@@ -115,8 +115,9 @@ def migrate(
     :param encryption_key: key(s) of the new log; None (and no ``log_password``) writes a
         plaintext log, which is refused for an encrypted source. A plaintext
         conversation-codec log at ``src`` (``dst`` None or ``src``) is encrypted in place
-        with it (or with ``log_password``): a compaction, atomic, which seals its index and
-        attachments too and keeps no ``.bak``; other logs are left as they are.
+        with it: a compaction, atomic, which seals its index and attachments too and keeps
+        no ``.bak``; with ``log_password`` its messages go through the steps below (a
+        ``.bak`` unless ``backup=False``). Other logs are left as they are.
     :param log_password: seal the new log with this password instead of a key.
     :param context: bind the new log to this identity (a store's conversation id; FORMAT.md
         §4.2), as ``ConversationStore`` opens it.
@@ -150,22 +151,26 @@ def migrate(
     real = Path(os.path.realpath(source)) if source.is_symlink() else source
     data, before = read_source(real)
     kind = sniff_log(data[:64])
+    plain_log = None  # a plaintext log to seal with log_password, read as a history
     if kind in (LogKind.SEALED, LogKind.PLAIN):
         check_log_header(real, data)  # a log no codec can open is no "log, left as it is"
         sealing = encryption_key is not None or log_password is not None
-        if kind is LogKind.PLAIN and sealing and (dst is None or not _elsewhere(Path(dst), real)):
+        sealing = (
+            sealing
+            and kind is LogKind.PLAIN
+            and not (dst is not None and _elsewhere(Path(dst), real))
+        )
+        if sealing and encryption_key is not None:  # a compaction seals it (migrate_seal)
             messages, before_, after, note = seal_plain_log(
-                real,
-                encryption_key=encryption_key,
-                log_password=log_password,
-                context=context,
-                dry_run=dry_run,
-                io=io,
+                real, encryption_key, context=context, dry_run=dry_run, io=io
             )
             fmt = LegacyFormat.CODEC_LOG
             return MigrationReport(
                 source, real, fmt, messages, before_, after, None, not dry_run, (note,)
             )
+        if sealing:  # a password: the steps below, with the log's messages and times
+            plain_log = read_plain_log(real, context=context, io=io)
+    if kind in (LogKind.SEALED, LogKind.PLAIN) and plain_log is None:
         notes = ["already a conversation-codec log; left as it is"]
         if dst is not None and _elsewhere(Path(dst), real):
             notes[0] += f"; not copied to {dst} (to copy a log, import it there)"
@@ -179,8 +184,12 @@ def migrate(
     target, in_place = destination(real, dst)
     if not in_place:
         refuse_packed(target, io, settled=False)  # again under the writer lock, below
-    history = read_legacy(real, legacy_key=legacy_key, password=password)
-    if history.format is LegacyFormat.CODEC_LOG:  # a header line, but not as logs begin
+    history = (
+        read_legacy(real, legacy_key=legacy_key, password=password)
+        if plain_log is None
+        else plain_log
+    )
+    if plain_log is None and history.format is LegacyFormat.CODEC_LOG:  # not as logs begin
         raise FormatError(
             f"{source} starts with a conversation-codec header line, but not as a log writes "
             "it: no codec opens it; check where the file comes from"
@@ -416,7 +425,9 @@ def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
     except Exception as exc:
         reason = str(exc) if isinstance(exc, ConversationCodecError) else repr(exc)
         return BatchItem(path, "failed", reason)
-    if report.format is LegacyFormat.CODEC_LOG and report.messages is not None:
+    if report.format is LegacyFormat.CODEC_LOG and (
+        report.converted or (options["dry_run"] and report.messages is not None)
+    ):
         what = "would encrypt" if options["dry_run"] else "encrypted"  # a plaintext log, sealed
         reason = f"{what} the plaintext log in place ({report.messages} messages)"
         return BatchItem(path, "converted", reason, report)
