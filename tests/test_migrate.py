@@ -335,7 +335,9 @@ def test_a_log_already_is_a_no_op(tmp_path: Path, key: str | None) -> None:
     with ConversationCodec(path, encryption_key=key) as codec:
         codec.extend(MESSAGES)
     before = snapshot(tmp_path)
-    report = migrate(path, encryption_key=OTHER_KEY)  # no key needed, none used
+    # A sealed log: no key needed, none used. A plaintext log given a key is encrypted in
+    # place (test_migrate_seal.py, sec.md defect 4): without one it is left as it is.
+    report = migrate(path, encryption_key=OTHER_KEY if key else None)
     assert report.format is LegacyFormat.CODEC_LOG
     assert (report.converted, report.messages, report.backup) == (False, None, None)
     assert report.bytes_before == report.bytes_after == path.stat().st_size
@@ -457,7 +459,7 @@ ERRORS: dict[str, tuple[bytes, dict[str, Any], type[Exception], str]] = {
         "wrong key or password",
     ),
     "missing-salt": (FERNET_JSONL, {"password": PASSWORD}, FormatError, "salt file"),
-    "empty": (b"", {}, FormatError, "empty"),
+    "blank-token": (b"   \n\x00\n", {}, FormatError, "not a history layout"),
     "nan": (b'{"role": "user", "content": NaN}\n', {}, ConversationCodecError, "line 1"),
     "bad-new-key": (jsonl(MESSAGES), {"encryption_key": "not-a-key"}, ValueError, "encryption_key"),
 }

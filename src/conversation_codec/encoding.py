@@ -60,12 +60,15 @@ class MessageEncoder:
                 message = self.transform(message)  # redact_fn and attachments walk it
             except RecursionError:
                 raise too_deep_or(message) from None
+        failed = None
         try:
             data = encode_json(message)
         except RecursionError:
             raise too_deep_or(message) from None
         except (TypeError, ValueError, OverflowError) as exc:
-            raise NotSerializableError(f"message is not JSON-serialisable: {exc}") from None
+            failed = str(exc)
+        if failed is not None:  # raised outside the except: its __context__ holds the text
+            raise NotSerializableError(f"message is not JSON-serialisable: {failed}")
         # Short JSON cannot nest deep (two bytes a level), nor JSON with few brackets: no
         # call for most chat messages (a frame costs several times its warm cost with the
         # caches cold between synced appends, issue 15). nests_deeper_than counts the same.

@@ -111,7 +111,8 @@ class LogSecrets:
             if self.encrypted:
                 raise NotEncryptedError(
                     f"{self.path} is a plaintext log; open it without a key, or encrypt it "
-                    "with conversation_codec.migrate(..., encryption_key=...)"
+                    "in place with conversation_codec.migrate(path, encryption_key=...) "
+                    "(or ConversationCodec(path).compact(encryption_key=...))"
                 )
             end = prefix.find(b"\n")
             if end < 0:
@@ -191,5 +192,8 @@ def check_password(password: object, name: str = "password") -> None:
         raise InvalidKeyError(f"{name} must be a non-empty str")
     try:
         password.encode("utf-8")
+        encodable = True
     except UnicodeEncodeError:
-        raise InvalidKeyError(f"{name} is not valid Unicode (a lone surrogate)") from None
+        encodable = False
+    if not encodable:  # raised outside the except: its __context__ would hold the password
+        raise InvalidKeyError(f"{name} is not valid Unicode (a lone surrogate)")

@@ -49,6 +49,7 @@ from .format.header import LogKind, sniff_log
 from .index_cache import IndexCache
 from .maintenance.pack import PackReport, pack_store
 from .options import check_seconds
+from .sealing import check_password
 from .search import Hit, SearchQuery
 from .storage import StoreBackend, backend_for
 from .storage.file.store import MAX_ENCODED_ID, FileStore, decode_id, encode_id
@@ -120,6 +121,8 @@ class ConversationStore:
             raise ValueError("pass encryption_key= or key_fn=, not both")
         if password is not None and (encryption_key is not None or key_fn is not None):
             raise ValueError("pass password= or encryption_key=/key_fn=, not both")
+        if password is not None:  # now, as a bad key fails now, not at the first open
+            check_password(password)
         if durability not in ("fsync", "flush"):
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
         check_seconds(lock_timeout, "lock_timeout")  # now, not at the first open

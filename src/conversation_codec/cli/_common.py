@@ -432,7 +432,10 @@ def report_error(exc: Exception, args: Args) -> int:
         )
     elif isinstance(exc, NotEncryptedError):
         given = "a password" if password else "a key"
-        message = f"{path} is a plaintext log but {given} was given ({source}); drop it"
+        message = (
+            f"{path} is a plaintext log but {given} was given ({source}); drop it, or "
+            f"encrypt the log in place with: conversation-codec migrate {path}"
+        )
     elif isinstance(exc, BindingError):
         message = f"{exc} (a store's log: pass --context with its conversation id)"
     elif isinstance(exc, DecryptionError):

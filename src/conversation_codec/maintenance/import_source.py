@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -28,6 +28,8 @@ from ..crypto import KeyInput
 from ..errors import FormatError
 from ..format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat, parse_legacy, read_legacy
+from .legacy_fernet import check_legacy_password
+from .migrate_source import check_key
 
 __all__ = ["LogOpener", "Pairs", "check_times", "read_source", "refuse_rejects", "unstorable"]
 
@@ -49,8 +51,17 @@ class _Log(Protocol):
     def search(self) -> Iterator[_Hit]: ...
 
 
-# Opens another conversation-codec log (a source) for reading: the target codec's class.
-LogOpener = Callable[[Path, KeyInput | None], contextlib.AbstractContextManager[_Log]]
+class LogOpener(Protocol):
+    """Opens another conversation-codec log (a source) for reading: the target codec's
+    class, ``cls(path, key)`` or ``cls(path, None, password=...)``."""
+
+    def __call__(
+        self,
+        path: Path,
+        encryption_key: KeyInput | None = None,
+        *,
+        password: str | bytes | None = None,
+    ) -> contextlib.AbstractContextManager[_Log]: ...
 
 
 def read_source(
@@ -64,7 +75,12 @@ def read_source(
     :raises FormatError: see ``read_legacy``; also a conversation-codec log in a stream
         (a log is read from its file, with its index and key).
     :raises StorageError: ``src`` is missing, unreadable, or not a regular file.
+    :raises InvalidKeyError: a malformed ``legacy_key`` or ``password`` (checked first,
+        as ``migrate`` checks them: an empty password is refused, not ignored).
     """
+    check_key("legacy_key", legacy_key)
+    if password is not None:
+        check_legacy_password(password)
     if not isinstance(src, Path):
         # One byte over the bound, so that parse_legacy refuses a larger input by its size.
         data = src.read(MAX_LEGACY_BYTES + 1)
@@ -79,7 +95,10 @@ def read_source(
         where = str(src)
         history = read_legacy(src, legacy_key=legacy_key, password=password)
         if history.format is LegacyFormat.CODEC_LOG:
-            with open_log(src, legacy_key) as other:
+            # A key log opens with legacy_key, a password log with password (mig.md defect
+            # 8: it was never passed on); legacy_key wins when both are given.
+            word = password if legacy_key is None else None
+            with open_log(src, legacy_key, password=word) as other:
                 hits = [(h.message, datetime_to_us(h.timestamp, "time")) for h in other.search()]
             return where, history.format, list(hits)
     return where, history.format, list(zip(history.messages, history.timestamps, strict=True))

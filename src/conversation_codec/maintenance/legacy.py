@@ -4,7 +4,8 @@ Pure: this module reads the source file (and, for a password, its ``.salt`` file
 and returns messages; it never writes. Layouts understood, sniffed from the bytes:
 
 ====================  ===============================================================
-``JSONL``             one JSON object per line; blank lines skipped
+``JSONL``             one JSON object per line; blank lines skipped (an empty or
+                      blank file is an empty history: the JSONL export of an empty log)
 ``JSON_ARRAY``        ``[{"role", "content", "timestamp", ...}, ...]``
 ``LANGCHAIN_JSON``    LangChain ``FileChatMessageHistory``: ``[{"type", "data"}, ...]``
 ``FERNET_JSONL``      the whole file is one Fernet token over JSONL
@@ -120,7 +121,7 @@ def detect_format(data: bytes) -> LegacyFormat:
     >>> detect_format(b'{"role": "user", "content": "hi"}\\n')
     <LegacyFormat.JSONL: 'jsonl'>
 
-    :raises FormatError: empty, not UTF-8, too large, or not a known layout.
+    :raises FormatError: not UTF-8, too large, or not a known layout.
     """
     return _sniff(data, "input")[0]
 
@@ -264,7 +265,9 @@ def _sniff_text(data: bytes, where: str, *, codec_header: bool) -> tuple[LegacyF
     blank = _SKIP_WS.match(body)
     start = blank.end() if blank else 0
     if start == len(body):
-        raise FormatError(f"{where} is empty; there is no history to migrate")
+        # JSONL with no line: an empty history, what export() writes for an empty log (an
+        # import of it adds nothing; migrate leaves it as it leaves "[]": mig.md defect 11).
+        return LegacyFormat.JSONL, b""
     _check_utf8(data, where)  # with the BOM, so offsets count from the start of the file
     if body[start : start + 1] == b"[":
         array = _decode(body, f"{where} is not a valid JSON array")
@@ -286,13 +289,15 @@ def _check_utf8(data: bytes, where: str) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")()
     view = memoryview(data)
     for pos in range(0, len(data), _UTF8_CHUNK):
+        bad = None
         try:
             decoder.decode(view[pos : pos + _UTF8_CHUNK], final=pos + _UTF8_CHUNK >= len(data))
         except UnicodeDecodeError as exc:
+            bad = pos + exc.start
+        if bad is not None:  # raised outside the except: its __context__ holds the bytes
             raise FormatError(
-                f"{where} is not UTF-8 text (bad byte near offset {pos + exc.start}); "
-                "re-encode it as UTF-8"
-            ) from None
+                f"{where} is not UTF-8 text (bad byte near offset {bad}); re-encode it as UTF-8"
+            )
 
 
 def _decode(data: bytes | memoryview, what: str) -> Any:

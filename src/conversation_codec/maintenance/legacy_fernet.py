@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from ..crypto import KeyInput, Keyring
-from ..errors import DecryptionError, FormatError, KeyRequiredError
+from ..errors import DecryptionError, FormatError, InvalidKeyError, KeyRequiredError, KeyTypeError
 
-__all__ = ["PBKDF2_ITERATIONS", "SALT_BYTES", "decrypt_token"]
+__all__ = ["PBKDF2_ITERATIONS", "SALT_BYTES", "check_legacy_password", "decrypt_token"]
 
 PBKDF2_ITERATIONS = 480_000  # the legacy app's PBKDF2-HMAC-SHA256 cost for password files
 SALT_BYTES = 16  # length of the legacy ``.salt`` file
@@ -77,9 +77,37 @@ def decrypt_token(
     raise DecryptionError(f"cannot decrypt {where}: wrong key or password, or it was modified")
 
 
-def _password_fernet(password: str | bytes, salt: bytes | None, salt_where: str) -> Fernet:
+def check_legacy_password(password: object, name: str = "password") -> None:
+    """Refuse a legacy password PBKDF2 cannot take, as ``check_password`` refuses a log's
+    (but bytes are accepted: the legacy app derived from bytes). Never shows it.
+
+    :raises KeyTypeError: not str or bytes.
+    :raises InvalidKeyError: empty, or a str with a lone surrogate (no UTF-8 form).
+    """
     if not isinstance(password, (str, bytes)):
-        raise TypeError(f"password must be str or bytes, not {type(password).__name__}")
+        raise KeyTypeError(
+            f"{name} (the legacy password) must be a non-empty str or bytes, "
+            f"not {type(password).__name__}"
+        )
+    if not password:
+        raise InvalidKeyError(f"{name} (the legacy password) must not be empty")
+    if isinstance(password, str) and not _encodable(password):
+        # Raised outside the except: its __context__ would hold the whole password.
+        raise InvalidKeyError(
+            f"{name} (the legacy password) is not valid Unicode (a lone surrogate)"
+        )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _password_fernet(password: str | bytes, salt: bytes | None, salt_where: str) -> Fernet:
+    check_legacy_password(password)
     if salt is None:
         raise FormatError(
             f"a password needs the salt file {salt_where}, which is missing; put the "

@@ -54,7 +54,8 @@ from .migrate_commit import (
     write_log,
     writer_lock,
 )
-from .migrate_source import Plan, check_key, check_log_header, destination, read_source
+from .migrate_seal import read_plain_log, seal_plain_log
+from .migrate_source import Plan, check_log_header, check_secrets, destination, read_source
 
 __all__ = [
     "BatchItem",
@@ -75,7 +76,9 @@ _ENCRYPTED = (LegacyFormat.FERNET_JSONL, LegacyFormat.FERNET_JSON_ARRAY)
 class MigrationReport:
     """What :func:`migrate` did (or, with ``dry_run``, would do) to one file.
 
-    ``messages`` is None for a source that is already a log (it is not opened).
+    ``messages`` is None for a source that is already a log, left as it is (not opened).
+    A plaintext log given a key or ``log_password`` is sealed in place instead (a
+    compaction, ``migrate_seal``): ``format`` is ``CODEC_LOG``, no backup.
     ``bytes_after`` counts the new log and its index (as ``CompactionReport`` does); 0
     when nothing was written. ``backup`` is the ``.bak`` path when one holds the original.
     """
@@ -110,7 +113,11 @@ def migrate(
         as ``<name>.bak`` unless ``backup=False``. An existing ``dst`` is never replaced,
         nor (``dst`` a store's log path) a conversation that store holds in a pack.
     :param encryption_key: key(s) of the new log; None (and no ``log_password``) writes a
-        plaintext log, which is refused for an encrypted source.
+        plaintext log, which is refused for an encrypted source. A plaintext
+        conversation-codec log at ``src`` (``dst`` None or ``src``) is encrypted in place
+        with it: a compaction, atomic, which seals its index and attachments too and keeps
+        no ``.bak``; with ``log_password`` its messages go through the steps below (a
+        ``.bak`` unless ``backup=False``). Other logs are left as they are.
     :param log_password: seal the new log with this password instead of a key.
     :param context: bind the new log to this identity (a store's conversation id; FORMAT.md
         §4.2), as ``ConversationStore`` opens it.
@@ -125,6 +132,8 @@ def migrate(
     :raises KeyRequiredError: the source is encrypted and no key/password or no
         ``encryption_key`` was given.
     :raises StorageError: unreadable source, existing destination, or an I/O failure.
+    :raises InvalidKeyError: a malformed key, an empty password (``""`` is no "no
+        password"), or ``KeyTypeError`` for a wrong type: before any file is touched.
 
     >>> import pathlib, tempfile
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -136,14 +145,32 @@ def migrate(
     >>> ConversationCodec(folder / "chat.jsonl").load()
     [{'role': 'user', 'content': 'hi'}]
     """
-    for name, value in (("encryption_key", encryption_key), ("legacy_key", legacy_key)):
-        check_key(name, value)
+    check_secrets(encryption_key, legacy_key, password, log_password)
     source = Path(src)
     # In place through a symbolic link: convert its target (a rename would replace the link).
     real = Path(os.path.realpath(source)) if source.is_symlink() else source
     data, before = read_source(real)
-    if sniff_log(data[:64]) in (LogKind.SEALED, LogKind.PLAIN):
+    kind = sniff_log(data[:64])
+    plain_log = None  # a plaintext log to seal with log_password, read as a history
+    if kind in (LogKind.SEALED, LogKind.PLAIN):
         check_log_header(real, data)  # a log no codec can open is no "log, left as it is"
+        sealing = encryption_key is not None or log_password is not None
+        sealing = (
+            sealing
+            and kind is LogKind.PLAIN
+            and not (dst is not None and _elsewhere(Path(dst), real))
+        )
+        if sealing and encryption_key is not None:  # a compaction seals it (migrate_seal)
+            messages, before_, after, note = seal_plain_log(
+                real, encryption_key, context=context, dry_run=dry_run, io=io
+            )
+            fmt = LegacyFormat.CODEC_LOG
+            return MigrationReport(
+                source, real, fmt, messages, before_, after, None, not dry_run, (note,)
+            )
+        if sealing:  # a password: the steps below, with the log's messages and times
+            plain_log = read_plain_log(real, context=context, io=io)
+    if kind in (LogKind.SEALED, LogKind.PLAIN) and plain_log is None:
         notes = ["already a conversation-codec log; left as it is"]
         if dst is not None and _elsewhere(Path(dst), real):
             notes[0] += f"; not copied to {dst} (to copy a log, import it there)"
@@ -157,18 +184,22 @@ def migrate(
     target, in_place = destination(real, dst)
     if not in_place:
         refuse_packed(target, io, settled=False)  # again under the writer lock, below
-    history = read_legacy(real, legacy_key=legacy_key, password=password)
-    if history.format is LegacyFormat.CODEC_LOG:  # a header line, but not as logs begin
+    history = (
+        read_legacy(real, legacy_key=legacy_key, password=password)
+        if plain_log is None
+        else plain_log
+    )
+    if plain_log is None and history.format is LegacyFormat.CODEC_LOG:  # not as logs begin
         raise FormatError(
             f"{source} starts with a conversation-codec header line, but not as a log writes "
             "it: no codec opens it; check where the file comes from"
         )
-    plan = Plan.make(history.format, history.messages, history.timestamps)
+    plan = Plan.make(history.format, history.messages, history.timestamps, str(source))
     report = _Report(source, target, history.format, len(plan.messages), len(data), plan.notes)
     if not plan.messages:
         return report.done(0, None, False, "holds no messages; left as it is")
     secret: dict[str, Any] = (
-        {"password": log_password} if log_password else {"encryption_key": encryption_key}
+        {"encryption_key": encryption_key} if log_password is None else {"password": log_password}
     )
     if context is not None:
         secret["context"] = context
@@ -349,7 +380,8 @@ def migrate_many(
     ``.bak``, ``.salt``, temp files). ``progress(done, total, item)`` is called after
     each file. Other arguments are as for :func:`migrate`.
 
-    :raises TypeError, ValueError: a malformed key, before any file is touched.
+    :raises TypeError, ValueError: a malformed key or password (``InvalidKeyError``,
+        ``KeyTypeError``), before any file is touched.
 
     >>> import pathlib, tempfile
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -359,8 +391,7 @@ def migrate_many(
     >>> [(i.path.name, i.status) for i in batch.items]
     [('a.jsonl', 'converted'), ('b.json', 'failed')]
     """
-    for name, value in (("encryption_key", encryption_key), ("legacy_key", legacy_key)):
-        check_key(name, value)
+    check_secrets(encryption_key, legacy_key, password, log_password)
     if out_dir is not None and store is not None:
         raise ValueError("pass out_dir= or store=, not both")
     out = None if out_dir is None else Path(out_dir)
@@ -394,6 +425,12 @@ def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
     except Exception as exc:
         reason = str(exc) if isinstance(exc, ConversationCodecError) else repr(exc)
         return BatchItem(path, "failed", reason)
+    if report.format is LegacyFormat.CODEC_LOG and (
+        report.converted or (options["dry_run"] and report.messages is not None)
+    ):
+        what = "would encrypt" if options["dry_run"] else "encrypted"  # a plaintext log, sealed
+        reason = f"{what} the plaintext log in place ({report.messages} messages)"
+        return BatchItem(path, "converted", reason, report)
     if report.format is LegacyFormat.CODEC_LOG or not report.messages:
         return BatchItem(path, "skipped", "; ".join(report.notes), report)
     what = "would convert" if options["dry_run"] else "converted"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._fsio import check_file, open_source
-from .._time import iso_z
+from .._time import MAX_US, US_PER_S, iso_z
 from ..crypto import KeyInput, Keyring
 from ..errors import FormatError, StorageError
 from ..format.header import (
@@ -26,9 +26,13 @@ from ..format.header import (
     decode_sealed_header,
     sniff_log,
 )
+from ..sealing import check_password
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat
+from .legacy_fernet import check_legacy_password
 
-__all__ = ["Plan", "check_key", "check_log_header", "destination", "read_source"]
+__all__ = ["Plan", "check_key", "check_log_header", "check_secrets", "destination", "read_source"]
+
+_MIN_US = -62_135_596_800 * US_PER_S  # 0001-01-01T00:00:00Z: where datetime begins
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +45,11 @@ class Plan:
 
     @classmethod
     def make(
-        cls, fmt: LegacyFormat, messages: list[dict[str, Any]], stamps: Sequence[int | None]
+        cls,
+        fmt: LegacyFormat,
+        messages: list[dict[str, Any]],
+        stamps: Sequence[int | None],
+        where: str = "the source",
     ) -> Plan:
         """Fill missing timestamps and keep every one representable in a log.
 
@@ -50,8 +58,19 @@ class Plan:
         decrease. With no time at all every record gets the migration time. A time before
         1970 cannot be stored (the format counts from the epoch): it becomes 1970-01-01
         and the original instant is kept in the message's ``"timestamp"`` key, rather
-        than failing the whole file or silently dropping it.
+        than failing the whole file or silently dropping it. A time whose UTC instant
+        falls outside years 1-9999 has no datetime at all (``"9999-12-31T23:59:59-05:00"``):
+        that fails the file, as it fails ``import_`` (``check_times``).
+
+        :raises FormatError: such a time (how many; ``where`` names the file).
         """
+        unheld = sum(ts is not None and not _MIN_US <= ts < MAX_US for ts in stamps)
+        if unheld:
+            raise FormatError(
+                f"{where}: {unheld} message(s) have a timestamp whose UTC instant falls "
+                "outside years 1-9999, which no date can hold, so nothing was changed; fix "
+                "them in the file"
+            )
         notes: list[str] = []
         first = next((t for t in stamps if t is not None), None)
         if first is None:
@@ -86,6 +105,31 @@ def check_key(name: str, key: KeyInput | None) -> None:
             Keyring.from_input(key)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{name}: {exc}") from None
+
+
+def check_secrets(
+    encryption_key: KeyInput | None,
+    legacy_key: KeyInput | None,
+    password: object,
+    log_password: object,
+) -> None:
+    """Check every key and password argument of ``migrate`` as ``ConversationCodec`` checks
+    its own, before any file is touched. None means "not given"; anything else is used,
+    so an empty password is refused here, never taken for "no password" (which wrote an
+    encrypted source's messages as a plaintext log: outside review, mig.md defect 1).
+
+    :raises KeyTypeError: a key or password of the wrong type.
+    :raises InvalidKeyError: a malformed key, an empty password or one with a lone surrogate.
+    :raises ValueError: both ``encryption_key`` and ``log_password``.
+    """
+    for name, value in (("encryption_key", encryption_key), ("legacy_key", legacy_key)):
+        check_key(name, value)
+    if log_password is not None:
+        check_password(log_password, "log_password")
+        if encryption_key is not None:
+            raise ValueError("pass encryption_key= or log_password= for the new log, not both")
+    if password is not None:
+        check_legacy_password(password)
 
 
 def read_source(path: Path) -> tuple[bytes, os.stat_result]:

@@ -62,7 +62,7 @@ from ..errors import StorageError
 from ..options import CodecOptions
 from ..paths import backup_path, blobs_path, is_leftover, is_log_file
 from ..storage.base import LogStorage
-from .import_source import check_times, read_source, refuse_rejects, unstorable
+from .import_source import LogOpener, check_times, read_source, refuse_rejects, unstorable
 from .legacy import LegacyFormat, escape_time_keys
 
 __all__ = [
@@ -112,7 +112,7 @@ class History(Protocol):
 
 
 # Opens another conversation-codec log (a source of import_history) for reading.
-Opener = Callable[[Path, KeyInput | None], contextlib.AbstractContextManager[History]]
+Opener = LogOpener
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +310,8 @@ def import_history(
 
     ``src`` is anything ``read_legacy`` reads (JSONL, JSON array, LangChain, whole-file
     Fernet with ``legacy_key`` or ``password``), an export of :func:`export_history`, or
-    another conversation-codec log (opened with ``legacy_key`` as its encryption key).
+    another conversation-codec log (opened with ``legacy_key`` as its encryption key, or
+    a password log with ``password``).
     Record times come from the file's ``"timestamp"`` keys; an untimed message takes the
     time of the timed message before it (or after it, at the start); a file with no
     times at all is stamped with the current time. A time a log cannot hold (before 1970,
