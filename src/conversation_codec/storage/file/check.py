@@ -266,7 +266,9 @@ def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, 
                 start, log.fmt.log_id, log.size()
             )
             plain = None if log.fmt.sealed or not tail or log.fd is None else log.fd
-            note = None if plain is None else plain_tail(plain, start, log.size(), log.index)
+            note = (
+                None if plain is None else plain_tail(plain, start, log.size(), log.fmt, log.index)
+            )
             problems.append(
                 _damage(start, end, tail=tail and not committed)
                 if note is None

@@ -247,15 +247,19 @@ def hand_line(reader: Reader, pos: int) -> tuple[int, int] | None:
     return None
 
 
-def plain_tail(fd: int, pos: int, size: int, index: OffsetIndex) -> tuple[str, str] | None:
+def plain_tail(
+    fd: int, pos: int, size: int, fmt: LogFormat, index: OffsetIndex
+) -> tuple[str, str] | None:
     """``(kind, detail)`` for verify when a plain log's bad bytes ``[pos, size)`` at its end
     are not what a crash leaves (FORMAT.md §10.1); None when they are."""
-    if index.end == size + 1:  # the read transaction's catch-up accepted the last line
+    reader = Reader(fd, size)
+    # Accepted by an earlier catch-up of this view, or (a tolerant walk stops short) not yet.
+    if index.end == size + 1 or _unterminated_committed(reader, pos, fmt, index) is not None:
         return "torn-tail", (
             "the last record's line lacks its final newline; the index proves the record "
             "committed, so it is read, and the next writer puts the newline back"
         )
-    found = hand_line(Reader(fd, size), pos)
+    found = hand_line(reader, pos)
     if found is None:
         return None
     return "damaged", (
