@@ -383,12 +383,25 @@ def _read_plain(data: bytes, context: str | None) -> Log:
             seq, ts_us, message = plain_line(data[pos:end])
         except ValueError:
             _torn_or_damaged(data, pos, log, lambda q: _plain_at(data, q))
+            _no_whole_line(data, pos)
             break
         _check_place(seq, ts_us, log)
         log.records.append(Record(pos, end + 1, False, 0, seq, ts_us, 0, 0, data[pos:end]))
         log.messages.append(message)
         pos = end + 1
     return log
+
+
+def _no_whole_line(data: bytes, pos: int) -> None:
+    """§10.1: a torn tail holds no whole line (to a newline) without a zero byte that is
+    one JSON object: no crash leaves one, so a person wrote it."""
+    for line in data[pos:].split(b"\n")[:-1]:
+        try:
+            is_object = b"\x00" not in line and isinstance(strict_json(line), dict)
+        except (ValueError, RecursionError):
+            is_object = False
+        if is_object:
+            raise SpecError("CorruptRecordError", "a whole line that is not a record line")
 
 
 def _plain_at(data: bytes, pos: int) -> None:

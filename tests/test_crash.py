@@ -145,6 +145,22 @@ def _check_recovers(built: _Built, keep: int, damaged: bytes) -> None:
     assert len(after) == intact + built.new_record_size, "the torn tail was not cut"
 
 
+def _check_kept(built: _Built, keep: int, damaged: bytes) -> None:
+    """A plain record that lost only its final newline, which a synced index entry proves
+    committed (FORMAT.md §10.1), is kept: readers read it, leaving the file as it is; the
+    first append puts the newline back, then writes after it."""
+    expected = built.messages[: keep + 1]
+    with ConversationCodec(built.path) as reader:
+        assert reader.load() == expected
+        assert reader.get(-1) == expected[-1]
+    assert built.path.read_bytes() == damaged, "a reader modified the log"
+    with ConversationCodec(built.path) as writer:
+        assert writer.append(NEW, timestamp=NEW_TS) == keep + 1
+    with ConversationCodec(built.path) as again:
+        assert again.load() == [*expected, NEW]
+    assert built.path.read_bytes().startswith(damaged + b"\n")
+
+
 # --- (b) a torn last record, cut at every byte ---------------------------------------
 
 
@@ -156,6 +172,8 @@ def test_truncate_last_record_at_every_offset(
 
     The index is left as it was after the 5th append (ahead of the log: a power loss
     with durability="flush"), as after the 4th (a crash before the index write), or gone.
+    One cut is no torn tail: a plain record short of only its newline, whose synced entry
+    ("idx-after-5", written under "fsync") proves it committed, is kept (``_check_kept``).
     """
     built = _Built(tmp_path / "torn.log", variant_key)
     start, end = built.record(4)
@@ -165,6 +183,9 @@ def test_truncate_last_record_at_every_offset(
         damaged = built.log[:cut]
         built.write(damaged, idx)
         try:
+            if variant_key is None and index == "idx-after-5" and cut == end - 1:
+                _check_kept(built, 4, damaged)  # only its newline lost: committed
+                continue
             _check_recovers(built, 4, damaged)
         except (AssertionError, ConversationCodecError) as exc:
             raise AssertionError(f"log cut at byte {cut} (record 4 is [{start}, {end})") from exc
@@ -174,7 +195,8 @@ def test_truncate_last_record_at_every_offset(
 def test_truncate_every_record_boundary_region(
     tmp_path: Path, variant_key: str | None, index: str
 ) -> None:
-    """Cut inside records 1..3 too (the log then ends there): the intact prefix survives."""
+    """Cut inside records 1..3 too (the log then ends there): the intact prefix survives
+    (and, plain with the synced index, a record short of only its newline: ``_check_kept``)."""
     built = _Built(tmp_path / "torn.log", variant_key)
     idx = built.idx_after[-1] if index == "keep-idx" else None
     for rec in (1, 2, 3):
@@ -183,6 +205,9 @@ def test_truncate_every_record_boundary_region(
             damaged = built.log[:cut]
             built.write(damaged, idx)
             try:
+                if variant_key is None and idx is not None and cut == end - 1:
+                    _check_kept(built, rec, damaged)  # only its newline lost: committed
+                    continue
                 _check_recovers(built, rec, damaged)
             except (AssertionError, ConversationCodecError) as exc:
                 raise AssertionError(f"log cut at byte {cut} in record {rec}") from exc

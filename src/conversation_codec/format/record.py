@@ -322,6 +322,19 @@ def may_be_plain_line(line: bytes | memoryview, too_deep: Callable[[], bool]) ->
     return True
 
 
+def is_json_object(line: bytes) -> bool:
+    """Does ``line`` hold one JSON object (a line a person typed: FORMAT.md §10.1)? Random
+    bytes almost never do; one too deep to parse counts, as it opens like one."""
+    if not line.lstrip(b" \t\r").startswith(b"{"):
+        return False
+    if nests_deeper_than(line, MAX_DEPTH + 1):
+        return True
+    try:
+        return isinstance(msgspec.json.decode(line), dict)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+
+
 # A JSON string (as _JSON_STRING) or a bracket: the tokens nests_deeper_than counts with.
 _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 

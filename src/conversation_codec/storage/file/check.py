@@ -58,6 +58,7 @@ from .reader import (
     plain_candidate_at,
     plausible,
 )
+from .recovery import plain_tail
 
 __all__ = [
     "Problem",
@@ -264,7 +265,15 @@ def verify_log(log: FileLog, regions: list[Region] | None = None) -> tuple[int, 
             committed = start < committed_end and log.index.synced_entry_at(
                 start, log.fmt.log_id, log.size()
             )
-            problems.append(_damage(start, end, tail=tail and not committed))
+            plain = None if log.fmt.sealed or not tail or log.fd is None else log.fd
+            note = (
+                None if plain is None else plain_tail(plain, start, log.size(), log.fmt, log.index)
+            )
+            problems.append(
+                _damage(start, end, tail=tail and not committed)
+                if note is None
+                else Problem(note[0], start, note[1])
+            )
             after_damage = True
             continue
         if kind == "dictionary":

@@ -122,6 +122,11 @@ class OffsetIndex:
         """Byte offset just past the last indexed record."""
         return self.ends[-1] if self.ends else self.data_start
 
+    @property
+    def append_at(self) -> int:
+        """Where the log's next frame goes: after the last message or the dictionary record."""
+        return max(self.end, self.dict_span[1])
+
     def first_at_or_after(self, ts_us: int) -> int:
         """Return the first seq whose timestamp is >= ``ts_us`` (binary search)."""
         return bisect.bisect_left(self.tss, ts_us)
@@ -202,14 +207,21 @@ class OffsetIndex:
         recovery stopped counts (FORMAT.md §10.1): a garbled end elsewhere proves nothing.
         Called only when a walk stops short of ``committed_end``, so the read is rare.
         """
+        return start < self.synced_end_at(start, log_id, log_size) <= log_size
+
+    def synced_end_at(self, start: int, log_id: bytes, log_size: int) -> int:
+        """``synced_entry_at``'s entry: the end of the record that starts at ``start`` as a
+        synced entry in the sidecar file gives it, when the entries before it lie within
+        the log and it ends at most one byte past it (a plain log's committed last line
+        that lost its newline, FORMAT.md §10.1); else 0."""
         try:
             with os.fdopen(open_file(self.path, os.O_RDONLY), "rb") as f:
                 decoded = decode_index_header(f.read(INDEX_HEADER_BYTES))
                 if decoded is None or decoded[0] != log_id or decoded[2] < 2:
-                    return False
-                raw = f.read(min(_MAX_INDEX_READ, log_size * INDEX_ENTRY.size))
+                    return 0
+                raw = f.read(min(_MAX_INDEX_READ, (log_size + 1) * INDEX_ENTRY.size))
         except (FileNotFoundError, NotADirectoryError):
-            return False
+            return 0
         flat = array("q")
         flat.frombytes(raw[: len(raw) - len(raw) % INDEX_ENTRY.size])
         ends = flat[0::2]
@@ -217,11 +229,11 @@ class OffsetIndex:
         prev = self.data_start
         for k, end in enumerate(ends):
             if prev == start:
-                return bool(synced[k]) and start < end <= log_size
+                return end if synced[k] and start < end <= log_size + 1 else 0
             if not prev < end <= log_size or prev > start:
-                return False
+                return 0
             prev = end
-        return False
+        return 0
 
     def _valid_prefix(self, ends: array[int], tss: array[int], log_size: int) -> int:
         prev_end = self.end

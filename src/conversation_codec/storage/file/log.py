@@ -25,7 +25,7 @@ from .kwi_store import FileSegments
 from .lock import LogLock
 from .opened import Opened, Probed, Whole, held, open_attached, probe, reuse
 from .reader import read_bodies, read_body, read_stored
-from .recovery import drop_unproven_entries, recover
+from .recovery import drop_unproven_entries, recover, same_size
 from .transaction import Transaction, Transactions
 from .writer import checked_for_removal, frame_batch, remove_leftovers, replace_log
 
@@ -144,6 +144,8 @@ class FileLog:
             self._txns.seen = state
         if write and self.index.detached():
             self._index_ok = self._settled = False  # the catch-up rewrites it at its name
+        if write and self._settled and not same_size(self._fd, self.fmt, self.index.append_at):
+            self._settled = False  # a plain log a person appended to since (§8.2): catch up
         if self.fmt is not None and (changed or (write and not self._settled)):
             try:
                 self._catch_up(write)
@@ -223,10 +225,6 @@ class FileLog:
                 self._txns.seen, self._settled = None, False
                 self._close_log()
 
-    def _append_at(self) -> int:
-        """Where the next frame goes: after the last message or the dictionary record."""
-        return max(self.index.end, self.index.dict_span[1])
-
     def _catch_up(self, write: bool) -> None:
         """Index records past the index's end; cut a torn tail when writing (FORMAT.md §10).
 
@@ -241,7 +239,7 @@ class FileLog:
         # lost entries for records that lie before the dictionary (they are re-read, and the
         # dictionary record is met and adopted again on the way).
         pos = self.index.end
-        if pos > size or self._append_at() > size:  # the log lost bytes the index knew
+        if pos > size or self.index.append_at > size:  # the log lost bytes the index knew
             self.index.reset(self.fmt.data_start)
             self._dict.drop(self.fmt)
             self._index_ok = False
@@ -259,11 +257,14 @@ class FileLog:
                 stop_at_damage=self._txns.tolerant and not self._txns.writable,
                 path=self.path,
             )
-            if pos < size:  # a torn tail (recover raises on damage)
-                if not write:
-                    return  # a reader leaves the torn tail alone; the next writer cuts it
-                self._txns.bump(truncation=False)
-                self.io.truncate(self._fd, pos)
+            if pos < size and not write:
+                return  # a reader leaves the torn tail alone; the next writer cuts it
+            if pos != size and write:  # cut a torn tail (recover raises on damage), or put
+                self._txns.bump(truncation=False)  # back a committed line's newline (§10.1)
+                if pos < size:
+                    self.io.truncate(self._fd, pos)
+                else:
+                    self._write_at_end(self._fd, b"\n", size)
                 # Always synced, whatever the durability: a cut that a power loss undid
                 # would put the torn bytes back under records appended after them.
                 self._fsync(self._fd, always=True)
@@ -325,7 +326,7 @@ class FileLog:
         if len(bodies) != len(tss):
             raise ValueError("append needs one timestamp per body")
         data, ends, dict_span = frame_batch(bodies, fmt.sealed, dictionary)
-        end, index, synced = self._append_at(), self.index, self._sync
+        end, index, synced = self.index.append_at, self.index, self._sync
         self._txns.bump(truncation=False)
         self._write_at_end(fd, data, end)
         if self._io is not DEFAULT_IO:  # whose step() does nothing: not called (issue 15)
@@ -371,7 +372,7 @@ class FileLog:
         """Append a sealed dictionary record after the last record (FORMAT.md §5.3)."""
         fd, _ = self._check_write()
         frame = encode_frame(body, control=True)
-        start = self._append_at()
+        start = self.index.append_at
         self._txns.bump(truncation=False)
         self._write_at_end(fd, frame, start)
         self._fsync(fd)

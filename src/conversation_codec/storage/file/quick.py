@@ -131,6 +131,10 @@ class QuickAppend:
                         and os.pread(fd, LOCK_STATE.size, 0) == LOCK_STATE.pack(seen[1], seen[2])
                         and os.fstat(idx_fd).st_nlink > 0
                         and index.persisted == seq
+                        # A plain log a person appended to (no lock): the general path
+                        # reads that first (FORMAT.md §8.2). One fstat; a plain log has
+                        # no dictionary record, so it ends where its last record does.
+                        and (fmt.sealed or os.fstat(log_fd).st_size == index.end)
                     )
                 except OSError:  # the general path looks again, and raises what it must
                     steady = False

@@ -220,7 +220,17 @@ def read_body(fd: int, span: tuple[int, int], sealed: bool, whole: bytes | None 
     start, end = span
     if whole is not None and end <= len(whole):
         return _unframe(whole[start:end], start, sealed)
-    return _unframe(os.pread(fd, end - start, start), start, sealed)
+    return _unframe(_pread_span(fd, start, end, sealed), start, sealed)
+
+
+def _pread_span(fd: int, start: int, end: int, sealed: bool) -> bytes:
+    """The file's bytes ``[start, end)``. A plain log's last line may lack its newline,
+    which recovery proved committed and indexed as if there (FORMAT.md §10.1): the index
+    then ends one byte past the file, and that byte reads as the newline."""
+    data = os.pread(fd, end - start, start)
+    if not sealed and len(data) == end - start - 1:
+        data += b"\n"
+    return data
 
 
 def read_bodies(
@@ -249,7 +259,7 @@ def read_bodies(
         if whole is not None and ends[last] <= len(whole):
             chunk = whole[first : ends[last]]
         else:
-            chunk = os.pread(fd, ends[last] - first, first)
+            chunk = _pread_span(fd, first, ends[last], sealed)
         a = 0  # the record's span in chunk: [a, b)
         for s in range(seq, last + 1):
             b = ends[s] - first

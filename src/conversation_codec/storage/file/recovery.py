@@ -9,13 +9,16 @@ and cuts the tail only when ``check_tail`` did not raise.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
 from ...errors import CorruptRecordError
+from ...format.record import MAX_BODY_BYTES, is_json_object
 from ...records import RecordCodec, RecordDamaged, RecordRejected, SealedRecords
 from ..base import IndexMismatch, LogFormat
 from .index import OffsetIndex
 from .reader import (
+    READ_CHUNK,
     Reader,
     frame_at,
     frames,
@@ -25,7 +28,7 @@ from .reader import (
     plausible,
 )
 
-__all__ = ["drop_unproven_entries", "recover"]
+__all__ = ["drop_unproven_entries", "hand_line", "plain_tail", "recover", "same_size"]
 
 
 def drop_unproven_entries(
@@ -52,6 +55,14 @@ def drop_unproven_entries(
     return dropped
 
 
+def same_size(fd: int | None, fmt: LogFormat | None, end: int) -> bool:
+    """Does the log still end at ``end``, where its writer's view does? Asked of a plain
+    log before each append (one ``fstat``): a person may have added a line (``echo >>``)
+    without the lock, and an append at ``end`` would write over it (FORMAT.md §8.2). A
+    sealed log is written by key holders, through the lock: not asked."""
+    return fd is None or fmt is None or fmt.sealed or os.fstat(fd).st_size == end
+
+
 def recover(
     fd: int,
     pos: int,
@@ -64,10 +75,13 @@ def recover(
     path: str,
 ) -> int:
     """Index the intact records from ``pos`` on; return where they end: ``size``, or where a
-    torn tail starts that a writer may cut (FORMAT.md §10.1).
+    torn tail starts that a writer may cut (FORMAT.md §10.1), or ``size + 1`` when the last
+    record is a plain line that lost only its newline and is proven committed: it is indexed
+    as if the newline were there, which a writer then writes back.
 
     What follows the intact records is a torn tail only if no committed record reaches past
-    it and no intact record lies anywhere after it; else this raises ``CorruptRecordError``.
+    it, no intact record lies anywhere after it and, in a plain log, it holds no whole line
+    that no crash leaves; else this raises ``CorruptRecordError``.
     Readers of verify/salvage (``stop_at_damage``) stop at damage instead: the scanner
     reports it. ``adopt_dictionary(body, span)`` is called for a dictionary record met.
     """
@@ -82,7 +96,7 @@ def recover(
         path=path,
     )
     if end < size and not stop_at_damage:
-        _check_tail(fd, end, size, fmt, index, path=path)
+        end = _check_tail(fd, end, size, fmt, index, path=path)
     return end
 
 
@@ -131,12 +145,14 @@ def _walk(
 
 def _check_tail(
     fd: int, pos: int, size: int, fmt: LogFormat, index: OffsetIndex, *, path: str
-) -> None:
-    """Raise ``CorruptRecordError`` unless the bad bytes ``[pos, size)`` are a torn tail.
+) -> int:
+    """Raise ``CorruptRecordError`` unless the bad bytes ``[pos, size)`` are a torn tail
+    (return ``pos``) or a committed plain line short of its newline (indexed; ``size + 1``).
 
     They are damage when the index proves a committed record reached past ``pos``, or when
     any later position that could start a record (each byte offset of a sealed log, each
-    line start of a plain one) holds one that authenticates, whatever its seq (§10.1).
+    line start of a plain one) holds one that authenticates, whatever its seq, or when a
+    plain log's bytes hold a whole line that no crash leaves (§10.1).
     """
     if pos < index.committed_end and index.synced_entry_at(pos, fmt.log_id, size):
         raise CorruptRecordError(
@@ -147,6 +163,11 @@ def _check_tail(
             offset=pos,
         )
     reader = Reader(fd, size)
+    if not fmt.sealed:
+        ts = _unterminated_committed(reader, pos, fmt, index)
+        if ts is not None:
+            index.add(size + 1, ts, synced=True)
+            return size + 1
     floor_s = index.tss[-1] // 1_000_000 if len(index) else 0
     q = pos + 1
     while q < size:
@@ -164,6 +185,115 @@ def _check_tail(
                 offset=pos,
             )
         q += 1
+    hand = None if fmt.sealed else hand_line(reader, pos)
+    if hand is not None:
+        _refuse_line(reader, *hand, fmt.records, path)
+    return pos
+
+
+# A record line is at most this long (``reader.frames``): a longer tail holds none.
+_MAX_LINE = 2 * MAX_BODY_BYTES
+
+
+def _unterminated_committed(
+    reader: Reader, pos: int, fmt: LogFormat, index: OffsetIndex
+) -> int | None:
+    """The time of the plain record ``[pos, size)`` when it is a whole record line but for
+    its final newline and the index file's synced entry for it ends one byte past the file
+    (FORMAT.md §10.1: committed, its newline lost by an edit); else None.
+
+    The line is parsed first, so that an ordinary torn tail costs no read of the index."""
+    size = reader.size
+    if size - pos > _MAX_LINE:
+        return None
+    line = reader.get(pos, size)
+    if b"\n" in line:
+        return None
+    try:
+        ts = fmt.records.check(line + b"\n", len(index))
+    except (RecordRejected, RecordDamaged):
+        return None
+    if index.tss and ts < index.tss[-1]:
+        return None
+    if index.synced_end_at(pos, fmt.log_id, size) != size + 1:
+        return None
+    return ts
+
+
+def hand_line(reader: Reader, pos: int) -> tuple[int, int] | None:
+    """The first whole line of the plain log's bytes ``[pos, size)`` (from ``pos`` or a
+    newline to a newline) that holds no zero byte and one JSON object: its span.
+
+    No crash leaves one (FORMAT.md §10.1): a torn write ends without a newline, bytes a
+    power loss lost read as zeros (or, on some file systems, as stale random bytes, which
+    hold no JSON object), and every whole line writers wrote is a record line, which the
+    candidate scan has already refused to cut. So a person wrote it (a message ``echo``-ed
+    in, a record with another ``ts`` form): cutting it would delete it.
+    """
+    start, clean, q = pos, True, pos
+    while q < reader.size:
+        chunk = reader.get(q, q + READ_CHUNK)
+        i = 0
+        while i < len(chunk):
+            nl = chunk.find(b"\n", i)
+            clean = clean and chunk.find(b"\x00", i, len(chunk) if nl < 0 else nl) < 0
+            if nl < 0:
+                break
+            end = q + nl + 1
+            if clean and end - start <= _MAX_LINE and is_json_object(reader.get(start, end)):
+                return start, end
+            start, clean, i = end, True, nl + 1
+        q += len(chunk)
+    return None
+
+
+def plain_tail(
+    fd: int, pos: int, size: int, fmt: LogFormat, index: OffsetIndex
+) -> tuple[str, str] | None:
+    """``(kind, detail)`` for verify when a plain log's bad bytes ``[pos, size)`` at its end
+    are not what a crash leaves (FORMAT.md §10.1); None when they are."""
+    reader = Reader(fd, size)
+    # Accepted by an earlier catch-up of this view, or (a tolerant walk stops short) not yet.
+    if index.end == size + 1 or _unterminated_committed(reader, pos, fmt, index) is not None:
+        return "torn-tail", (
+            "the last record's line lacks its final newline; the index proves the record "
+            "committed, so it is read, and the next writer puts the newline back"
+        )
+    found = hand_line(reader, pos)
+    if found is None:
+        return None
+    return "damaged", (
+        f"line {_line_number(fd, found[0])} is a whole line but not a record line: written "
+        "by hand; writers refuse to append until it is moved out of the log"
+    )
+
+
+def _refuse_line(reader: Reader, start: int, end: int, records: RecordCodec, path: str) -> None:
+    why = "longer than any record line"
+    if end - start <= _MAX_LINE:
+        try:
+            records.check(reader.get(start, end), None)
+            why = "a record line"  # not reached: the candidate scan refused it before
+        except (RecordRejected, RecordDamaged) as exc:
+            why = str(exc)
+    raise CorruptRecordError(
+        f"line {_line_number(reader.fd, start)} is not a record line ({why}), and no writer "
+        "or crash leaves a whole line that is not one: it was written by hand; nothing was "
+        "changed — move it out of the log (a message there can be added with import)",
+        path=path,
+        offset=start,
+    )
+
+
+def _line_number(fd: int, offset: int) -> int:
+    """The line number (from 1) of the line that starts at byte ``offset``."""
+    n, q = 1, 0
+    while q < offset:
+        chunk = os.pread(fd, min(READ_CHUNK, offset - q), q)
+        if not chunk:
+            break
+        n, q = n + chunk.count(b"\n"), q + len(chunk)
+    return n
 
 
 def _authentic(records: RecordCodec, body: bytes, control: bool) -> bool:
