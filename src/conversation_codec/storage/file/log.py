@@ -101,9 +101,8 @@ class FileLog:
         """Return a context that holds the lock (exclusive for ``write``) and brings the
         cached view up to date; OS errors inside it surface as ``StorageError``.
 
-        Re-entrant within one thread; a nested transaction must not upgrade to write.
-        ``tail`` (a read's promise to read only the last records) needs nothing here.
-        """
+        Re-entrant within one thread; a nested one must not upgrade to write. ``tail`` (a
+        read's promise to read only the last records) needs nothing here."""
         return self._txns.hold(write, tolerant)
 
     def _enter(self, write: bool, locked: bool) -> None:
