@@ -342,3 +342,25 @@ def test_salvage_reports_a_blob_it_cannot_rescue(tmp_path: Path, key: str | None
     with ConversationCodec(tmp_path / "rescued.log", encryption_key=key) as codec:
         assert codec.get(0) == messages(2)[0]
         assert [p.kind for p in codec.verify().problems] == ["blob-missing"]
+
+
+def test_reads_after_verify_still_refuse_damage_it_stopped_at(
+    tmp_path: Path, key: str | None
+) -> None:
+    """verify() reads up to the damage and stops there; the same codec's later reads must
+    not take that partial view for the log (the counters did not move): a damaged last
+    record, committed under "fsync", raised for a fresh codec but read as a shorter
+    history after verify() (found while fixing plain-log recovery)."""
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=key) as codec:  # "fsync": committed
+        codec.extend(messages(5))
+    start, end = spans_of(path, key)[-1]
+    with open(path, "r+b") as f:  # inside the last record: its JSON, or its sealed bytes
+        f.seek((start + end) // 2)
+        f.write(b"\x00")
+    with ConversationCodec(path, encryption_key=key) as codec:
+        assert not codec.verify().ok
+        with pytest.raises(CorruptRecordError):
+            codec.load()
+        with pytest.raises(CorruptRecordError):
+            codec.tail(2)

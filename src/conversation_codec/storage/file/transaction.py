@@ -122,6 +122,8 @@ class Transactions:
         self.depth -= 1
         try:
             if not self.depth:
+                if self.tolerant:  # it may have stopped at damage: the view is partial, and
+                    self.seen = None  # unchanged counters must not serve it to a reader
                 self.writable = self.tolerant = False
                 self.owner = None
                 cleared, self.cleared = self.cleared, False
