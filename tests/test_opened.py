@@ -121,6 +121,7 @@ def test_a_log_renamed_over_after_the_probe_is_read_from_its_new_file(tmp_path: 
 
 def test_a_log_removed_after_the_probe_reads_as_empty(tmp_path: Path) -> None:
     path = _written(tmp_path, 3)
+    gc.collect()  # earlier tests' dropped objects close their files when collected
     before = _open_fds()
     with ConversationCodec(path, encryption_key=KEY) as codec:
         with ConversationCodec(path, encryption_key=KEY) as other:
@@ -211,6 +212,7 @@ def test_a_codec_never_used_leaves_no_file_open(tmp_path: Path, closed: bool) ->
     # Closed, or dropped (never used nor closed, as an async open a caller cancelled
     # leaves it): the file its probe kept open is closed.
     path = _written(tmp_path, 1)
+    gc.collect()  # earlier tests' dropped objects close their files when collected
     before = _open_fds()
     for _ in range(20):
         codec = ConversationCodec(path, encryption_key=KEY)

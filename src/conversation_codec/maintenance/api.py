@@ -163,8 +163,10 @@ class Maintenance(CodecCore):
             report = check_file_log(self._log)
         else:
             report = self._verify_records()
-        with self._holding(write=False):
-            found = self._kwi.check() if report.ok and self._kwi.present() else None
+        found = None
+        if report.ok:  # (a damaged log is left at that: its reads raise)
+            with self._holding(write=False):
+                found = self._kwi.check() if self._kwi.present() else None
         if found is not None and found.present:
             report = dataclasses.replace(report, keyword_index=found.covered)
         if found is not None and found.problem:  # reported, not damage: reindex() rebuilds it
