@@ -122,10 +122,9 @@ class Transactions:
         self.depth -= 1
         try:
             if not self.depth:
-                if self.tolerant:  # it may have stopped at damage: the view is partial, and
-                    self.seen = None  # unchanged counters must not serve it to a reader
-                self.writable = self.tolerant = False
-                self.owner = None
+                partial = self.tolerant  # it may have stopped at damage: the view is partial,
+                self.writable = self.tolerant = False  # and unchanged counters must not
+                self.owner = None  # serve it to the next hold: that one reads the files again
                 cleared, self.cleared = self.cleared, False
                 try:
                     if cleared and self._locked:
@@ -134,6 +133,8 @@ class Transactions:
                     if self._locked:
                         self._locked = False
                         self.lock.release()
+                    if partial:
+                        self.forget()
         finally:
             self.mutex.release()
 
