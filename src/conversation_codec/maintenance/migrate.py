@@ -36,9 +36,9 @@ from typing import Any, Literal
 
 from .._fsio import DEFAULT_IO, FileIO
 from ..crypto import KeyInput
-from ..errors import ConversationCodecError, FormatError, KeyRequiredError
+from ..errors import ConversationCodecError, FormatError, KeyRequiredError, NotAHistoryError
 from ..format.header import LogKind, sniff_log
-from ..paths import backup_path, index_path, is_sidecar, migrating_path
+from ..paths import BLOBS_SUFFIX, backup_path, index_path, is_sidecar, migrating_path
 from ..storage.file.store import FileStore
 from .legacy import LegacyFormat, read_legacy
 from .migrate_commit import (
@@ -54,7 +54,14 @@ from .migrate_commit import (
     write_log,
     writer_lock,
 )
-from .migrate_source import Plan, check_key, check_log_header, destination, read_source
+from .migrate_source import (
+    Plan,
+    check_history,
+    check_key,
+    check_log_header,
+    destination,
+    read_source,
+)
 
 __all__ = [
     "BatchItem",
@@ -121,6 +128,8 @@ def migrate(
         rename, link and unlink goes through it, and ``io.step`` is called between the
         steps that write (``"migrate:verified"``, ``"migrate:renamed"``, …).
     :raises FormatError: unknown layout or malformed source (nothing was changed).
+    :raises NotAHistoryError: no object of the source looks like a chat message (a
+        ``FormatError``; nothing was changed).
     :raises DecryptionError: wrong legacy key or password (nothing was changed).
     :raises KeyRequiredError: the source is encrypted and no key/password or no
         ``encryption_key`` was given.
@@ -163,6 +172,7 @@ def migrate(
             f"{source} starts with a conversation-codec header line, but not as a log writes "
             "it: no codec opens it; check where the file comes from"
         )
+    check_history(source, history.format, history.messages)
     plan = Plan.make(history.format, history.messages, history.timestamps)
     report = _Report(source, target, history.format, len(plan.messages), len(data), plan.notes)
     if not plan.messages:
@@ -345,9 +355,11 @@ def migrate_many(
     its name without that suffix), stored as the store names ids and bound to the id, so
     ``ConversationStore(store).open(id)`` reads it. Two sources with one id: the second
     fails (an existing log is never replaced, nor a conversation the store holds in a pack).
-    Directory walks skip symbolic links and our own sidecars (``.idx``, ``.lock``,
-    ``.bak``, ``.salt``, temp files). ``progress(done, total, item)`` is called after
-    each file. Other arguments are as for :func:`migrate`.
+    Directory walks skip symbolic links, our own sidecars (``.idx``, ``.lock``, ``.bak``,
+    ``.salt``, temp files), hidden folders (``.git``, a store's ``.packs``) and attachment
+    folders (``P.blobs``). A file whose objects look like no message (``NotAHistoryError``)
+    is skipped, "not a history". ``progress(done, total, item)`` is called after each
+    file. Other arguments are as for :func:`migrate`.
 
     :raises TypeError, ValueError: a malformed key, before any file is touched.
 
@@ -391,6 +403,8 @@ def migrate_many(
 def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
     try:
         report = migrate(path, dst, **options)
+    except NotAHistoryError as exc:  # an app's settings beside its histories: not a failure
+        return BatchItem(path, "skipped", str(exc))
     except Exception as exc:
         reason = str(exc) if isinstance(exc, ConversationCodecError) else repr(exc)
         return BatchItem(path, "failed", reason)
@@ -442,8 +456,19 @@ def _jobs(paths: Iterable[str | os.PathLike[str]], out: Path | None) -> Iterator
 
 def _walk(root: Path, out_real: str | None) -> Iterator[tuple[Path, Path]]:
     for folder, dirs, files in os.walk(root):  # followlinks=False: no loops, no escapes
-        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(folder, d)) != out_real)
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not _skipped_dir(d) and os.path.realpath(os.path.join(folder, d)) != out_real
+        )
         for name in sorted(files):
             if not is_sidecar(name):
                 path = Path(folder, name)
                 yield path, path.relative_to(root)
+
+
+def _skipped_dir(name: str) -> bool:
+    """Hidden folders (``.git``, ``.vscode``, a store's ``.packs``) and a log's attachment
+    folder (``P.blobs``) hold no histories: a walk never enters them (a folder named on its
+    own is walked all the same)."""
+    return name.startswith(".") or name.endswith(BLOBS_SUFFIX)

@@ -18,7 +18,7 @@ from typing import Any
 from .._fsio import check_file, open_source
 from .._time import iso_z
 from ..crypto import KeyInput, Keyring
-from ..errors import FormatError, StorageError
+from ..errors import FormatError, NotAHistoryError, StorageError
 from ..format.header import (
     MAX_PLAIN_HEADER_BYTES,
     LogKind,
@@ -27,8 +27,16 @@ from ..format.header import (
     sniff_log,
 )
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat
+from .legacy_messages import MESSAGE_KEYS, clamp_note, clamp_times, looks_like_message
 
-__all__ = ["Plan", "check_key", "check_log_header", "destination", "read_source"]
+__all__ = [
+    "Plan",
+    "check_history",
+    "check_key",
+    "check_log_header",
+    "destination",
+    "read_source",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +53,15 @@ class Plan:
     ) -> Plan:
         """Fill missing timestamps and keep every one representable in a log.
 
-        An untimed message takes the time of the message before it (the first known time
-        for leading ones): ``legacy`` already sorted them so, and a log's timestamps never
-        decrease. With no time at all every record gets the migration time. A time before
-        1970 cannot be stored (the format counts from the epoch): it becomes 1970-01-01
-        and the original instant is kept in the message's ``"timestamp"`` key, rather
-        than failing the whole file or silently dropping it.
+        Messages keep the file's order. An untimed message takes the time of the message
+        before it (the first known time for leading ones). A time earlier than one before
+        it (clocks out of step) is stored as that one: a log's timestamps never decrease,
+        and sorting would reorder the conversation (a tool result before its call); a
+        note says how many. With no time at all every record gets the migration time. A
+        time before 1970 cannot be stored (the format counts from the epoch): it becomes
+        1970-01-01 (or the time before it) and the original instant is kept in the
+        message's ``"timestamp"`` key, rather than failing the whole file or silently
+        dropping it.
         """
         notes: list[str] = []
         first = next((t for t in stamps if t is not None), None)
@@ -58,22 +69,51 @@ class Plan:
             if messages:
                 notes.append("no timestamps in the source: records carry the migration time")
             return cls(list(messages), None, notes)
-        out, times, last, early = list(messages), [], first, 0
+        out, early = list(messages), 0
         for i, ts in enumerate(stamps):
-            last = last if ts is None else ts
             if ts is not None and ts < 0:
                 out[i] = {**out[i], "timestamp": iso_z(ts)}
                 early += 1
-            times.append(max(last, 0))
+        # A pre-1970 time counts as none here (its original is kept in the message): it
+        # takes the time before it, which is 1970-01-01 when it leads.
+        clamped, moved = clamp_times([None if t is None or t < 0 else t for t in stamps])
+        times, last = [], max(first, 0)
+        for ts in clamped:
+            last = last if ts is None else ts
+            times.append(last)
         if early:
             notes.append(
-                f"{early} timestamp(s) before 1970 stored as 1970-01-01T00:00:00Z; "
+                f"{early} timestamp(s) before 1970 stored as 1970-01-01T00:00:00Z (or as the "
+                "time before them); "
                 'the original kept in the message\'s "timestamp" key'
             )
+        if moved:
+            notes.append(clamp_note(moved))
         missing = sum(ts is None for ts in stamps)
         if missing:
             notes.append(f"{missing} message(s) without a timestamp took the previous one's")
         return cls(out, times, notes)
+
+
+def check_history(source: Path, fmt: LegacyFormat, messages: list[dict[str, Any]]) -> None:
+    """Refuse a file none of whose objects looks like a chat message (``looks_like_message``):
+    an application's settings or session list beside its histories, not a history.
+
+    One message-like object is enough (a JSONL file may open with a metadata line). A
+    LangChain file is checked message by message when read; an empty one holds no messages.
+
+    :raises NotAHistoryError: no object looks like a message; the file is left as it is.
+    """
+    if fmt is LegacyFormat.LANGCHAIN_JSON or any(looks_like_message(m) for m in messages):
+        return
+    if not messages:
+        return
+    keys = ", ".join(sorted(MESSAGE_KEYS))
+    raise NotAHistoryError(
+        f"not a history: no object in {source} has a role or another message key ({keys}), "
+        "nor a LangChain type; left as it is (to keep such objects in a log all the same, "
+        "import the file into one: ConversationCodec.import_, CLI import)"
+    )
 
 
 def check_key(name: str, key: KeyInput | None) -> None:
