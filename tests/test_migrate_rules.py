@@ -24,6 +24,7 @@ from conversation_codec.errors import (
     FormatError,
 )
 from conversation_codec.maintenance.migrate import migrate, migrate_many
+from conversation_codec.store import ConversationStore
 
 KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="  # tests only
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -228,3 +229,21 @@ def test_the_cli_prints_the_clamp_note(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "2 timestamp(s) earlier than the message before" in out.stdout
+
+
+# --- defect 6: a file name that names no conversation ---------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses file names not UTF-8")
+def test_a_store_batch_fails_only_the_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in (b"a.jsonl", b"caf\xe9.jsonl", b"z.jsonl"):
+        with open(os.path.join(os.fsencode(src), name), "wb") as f:
+            f.write(jsonl([HI]))
+    batch = migrate_many([src], store=tmp_path / "store", encryption_key=KEY)
+    status = {i.path.name: (i.status, i.reason) for i in batch.items}
+    bad = os.fsdecode(b"caf\xe9.jsonl")
+    assert status[bad][0] == "failed" and "not valid UTF-8" in status[bad][1]
+    assert status["a.jsonl"][0] == status["z.jsonl"][0] == "converted"
+    assert sorted(ConversationStore(tmp_path / "store", encryption_key=KEY).ids()) == ["a", "z"]

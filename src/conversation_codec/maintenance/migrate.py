@@ -392,12 +392,22 @@ def migrate_many(
         context = None
         if into is not None and dst is not None and decided is None:
             context = store_id(dst.relative_to(into.root))
-            dst = into.path(context)
+            try:
+                dst = into.path(context)
+            except ValueError as exc:  # e.g. a name not UTF-8: no id; this file fails alone
+                reason = _NO_ID if not context.isascii() else f"no conversation id: {exc}"
+                decided = BatchItem(path, "failed", reason)
         item = decided or _one(path, dst, {**options, "context": context})
         items.append(item)
         if progress is not None:
             progress(len(items), len(jobs), item)
     return BatchReport(tuple(items), dry_run)
+
+
+_NO_ID = (
+    "its name is not valid UTF-8, so it names no conversation id of the store; rename it "
+    "(or migrate with out_dir=, CLI --tree, which keeps file names as they are)"
+)
 
 
 def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
