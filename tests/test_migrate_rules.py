@@ -22,7 +22,10 @@ import pytest
 from conversation_codec import ConversationCodec, NotAHistoryError
 from conversation_codec.errors import (
     FormatError,
+    NotSerializableError,
+    RecordTooLargeError,
 )
+from conversation_codec.format.record import MAX_MESSAGE_BYTES
 from conversation_codec.maintenance.migrate import migrate, migrate_many
 from conversation_codec.store import ConversationStore
 
@@ -247,3 +250,53 @@ def test_a_store_batch_fails_only_the_file_whose_name_is_not_utf8(tmp_path: Path
     assert status[bad][0] == "failed" and "not valid UTF-8" in status[bad][1]
     assert status["a.jsonl"][0] == status["z.jsonl"][0] == "converted"
     assert sorted(ConversationStore(tmp_path / "store", encryption_key=KEY).ids()) == ["a", "z"]
+
+
+# --- defect 7: a dry run checks every message -----------------------------------------------
+
+
+def _deep(levels: int) -> Any:
+    value: Any = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+UNSTORABLE = {  # file lines, the error, what it must say
+    "deep": (
+        [HI, HI, {"role": "user", "content": _deep(70)}, HI],
+        NotSerializableError,
+        r"message 3 \(line 3\).*deeper than 64",
+    ),
+    "too-large": (
+        [HI, {"role": "user", "content": "x" * MAX_MESSAGE_BYTES}],
+        RecordTooLargeError,
+        r"message 2 \(line 2\).*larger than",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["deep", pytest.param("too-large", marks=pytest.mark.slow)],  # 64 MiB: ~5 s
+)
+def test_a_dry_run_refuses_what_the_real_run_refuses_and_names_the_message(
+    tmp_path: Path, case: str
+) -> None:
+    lines, error, match = UNSTORABLE[case]
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(jsonl(lines))
+    before = snapshot(tmp_path)
+    for dry_run in (True, False):
+        with pytest.raises(error, match=match):
+            migrate(path, encryption_key=KEY, dry_run=dry_run)
+        assert snapshot(tmp_path) == before
+    batch = migrate_many([tmp_path], encryption_key=KEY, dry_run=True)
+    assert [i.status for i in batch.items] == ["failed"]
+
+
+def test_the_line_is_the_files_line_with_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(jsonl([HI]) + b"\n\n" + jsonl([{"role": "user", "content": _deep(70)}]))
+    with pytest.raises(NotSerializableError, match=r"message 2 \(line 4\)"):
+        migrate(path, dry_run=True)

@@ -173,7 +173,13 @@ def migrate(
             "it: no codec opens it; check where the file comes from"
         )
     check_history(source, history.format, history.messages)
-    plan = Plan.make(history.format, history.messages, history.timestamps)
+    plan = Plan.make(
+        history.format,
+        history.messages,
+        history.timestamps,
+        where=str(source),
+        lines=history.lines,
+    )
     report = _Report(source, target, history.format, len(plan.messages), len(data), plan.notes)
     if not plan.messages:
         return report.done(0, None, False, "holds no messages; left as it is")

@@ -18,7 +18,13 @@ from typing import Any
 from .._fsio import check_file, open_source
 from .._time import iso_z
 from ..crypto import KeyInput, Keyring
-from ..errors import FormatError, NotAHistoryError, StorageError
+from ..errors import (
+    FormatError,
+    NotAHistoryError,
+    NotSerializableError,
+    RecordTooLargeError,
+    StorageError,
+)
 from ..format.header import (
     MAX_PLAIN_HEADER_BYTES,
     LogKind,
@@ -26,6 +32,7 @@ from ..format.header import (
     decode_sealed_header,
     sniff_log,
 )
+from .import_source import unstorable
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat
 from .legacy_messages import MESSAGE_KEYS, clamp_note, clamp_times, looks_like_message
 
@@ -49,7 +56,13 @@ class Plan:
 
     @classmethod
     def make(
-        cls, fmt: LegacyFormat, messages: list[dict[str, Any]], stamps: Sequence[int | None]
+        cls,
+        fmt: LegacyFormat,
+        messages: list[dict[str, Any]],
+        stamps: Sequence[int | None],
+        *,
+        where: str = "the source",
+        lines: Sequence[int] | None = None,
     ) -> Plan:
         """Fill missing timestamps and keep every one representable in a log.
 
@@ -62,7 +75,27 @@ class Plan:
         1970-01-01 (or the time before it) and the original instant is kept in the
         message's ``"timestamp"`` key, rather than failing the whole file or silently
         dropping it.
+
+        Every message is then checked by the codec's rules (``import_source.unstorable``),
+        so that a dry run refuses what the real run would, before anything is written.
+
+        :raises RecordTooLargeError, NotSerializableError: a message the codec would not
+            store; the error names it (its number and, for JSONL, its line in ``where``).
         """
+        plan = cls._make(messages, stamps)
+        for i, message in enumerate(plan.messages):
+            reason = unstorable(message)
+            if reason is not None:
+                line = f" (line {lines[i]})" if lines is not None else ""
+                error = RecordTooLargeError if reason.startswith("larger") else NotSerializableError
+                raise error(
+                    f"{where}: message {i + 1}{line} of {len(plan.messages)} cannot be stored "
+                    f"({reason}); fix or remove it and retry — nothing was changed"
+                )
+        return plan
+
+    @classmethod
+    def _make(cls, messages: list[dict[str, Any]], stamps: Sequence[int | None]) -> Plan:
         notes: list[str] = []
         first = next((t for t in stamps if t is not None), None)
         if first is None:
