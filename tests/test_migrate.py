@@ -561,7 +561,10 @@ def test_to_a_destination_leaves_the_source_alone(tmp_path: Path) -> None:
     with ConversationCodec(dst, encryption_key=KEY) as codec:
         assert codec.load() == MESSAGES
     # An existing destination is never replaced: a log, or any other file.
-    for existing in (dst, tmp_path / "out" / "notes.txt"):
+    other = tmp_path / "out" / "other.log"
+    with ConversationCodec(other, encryption_key=KEY) as codec:
+        codec.append(MESSAGES[0])
+    for existing in (other, tmp_path / "out" / "notes.txt"):
         if not existing.exists():
             existing.write_text("my notes")
         keep = snapshot(tmp_path)
@@ -569,7 +572,15 @@ def test_to_a_destination_leaves_the_source_alone(tmp_path: Path) -> None:
             migrate(src, existing, encryption_key=KEY)
         assert snapshot(tmp_path) == keep
     with pytest.raises(StorageError, match="a conversation-codec log"):
-        migrate(src, dst, encryption_key=KEY)
+        migrate(src, other, encryption_key=KEY)
+    # The same migration again: its destination holds these messages, left as it is.
+    keep = snapshot(dst.parent)
+    again = migrate(src, dst, encryption_key=KEY)
+    assert not again.converted and again.notes[0].startswith("already migrated")
+    lock = "chat.log.lock"  # a reader's lock file, made or not: no content
+    assert {k: v for k, v in snapshot(dst.parent).items() if k != lock} == {
+        k: v for k, v in keep.items() if k != lock
+    }
 
 
 def test_destination_equal_to_source_is_in_place(tmp_path: Path) -> None:
@@ -882,10 +893,14 @@ def test_batch_to_an_out_dir_keeps_the_tree_and_the_sources(tmp_path: Path) -> N
     with ConversationCodec(out / "single.jsonl", encryption_key=KEY) as codec:
         assert codec.load() == MESSAGES[:2]
     no_plaintext(out)
-    # Run again: the destinations exist, so each file fails with a clear reason.
+    # Run again: each destination holds its source's messages already, so it is skipped.
     again = migrate_many([root], out_dir=out, encryption_key=KEY, legacy_key=LEGACY_KEY)
-    assert {i.status for i in again.items} == {"failed"}
-    assert all("already exists" in i.reason for i in again.items)
+    assert {i.status for i in again.items} == {"skipped"}
+    assert all(i.reason.startswith("already migrated") for i in again.items)
+    # With another key the destinations are not readable as this migration: each fails.
+    other = migrate_many([root], out_dir=out, encryption_key=OTHER_KEY, legacy_key=LEGACY_KEY)
+    assert {i.status for i in other.items} == {"failed"}
+    assert all("already exists" in i.reason for i in other.items), other.items
 
 
 def test_batch_dry_run_and_failures_write_nothing(tmp_path: Path) -> None:

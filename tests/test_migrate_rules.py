@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -24,6 +25,7 @@ from conversation_codec.errors import (
     FormatError,
     NotSerializableError,
     RecordTooLargeError,
+    StorageError,
 )
 from conversation_codec.format.record import MAX_MESSAGE_BYTES
 from conversation_codec.maintenance.migrate import migrate, migrate_many
@@ -247,7 +249,7 @@ def test_a_store_batch_fails_only_the_file_whose_name_is_not_utf8(tmp_path: Path
     batch = migrate_many([src], store=tmp_path / "store", encryption_key=KEY)
     status = {i.path.name: (i.status, i.reason) for i in batch.items}
     bad = os.fsdecode(b"caf\xe9.jsonl")
-    assert status[bad][0] == "failed" and "not valid UTF-8" in status[bad][1]
+    assert status[bad][0] == "failed" and "not UTF-8" in status[bad][1]
     assert status["a.jsonl"][0] == status["z.jsonl"][0] == "converted"
     assert sorted(ConversationStore(tmp_path / "store", encryption_key=KEY).ids()) == ["a", "z"]
 
@@ -300,3 +302,86 @@ def test_the_line_is_the_files_line_with_blank_lines(tmp_path: Path) -> None:
     path.write_bytes(jsonl([HI]) + b"\n\n" + jsonl([{"role": "user", "content": _deep(70)}]))
     with pytest.raises(NotSerializableError, match=r"message 2 \(line 4\)"):
         migrate(path, dry_run=True)
+
+
+# --- defect 10: a batch killed after a commit, run again ------------------------------------
+
+_KILL_CHILD = r"""
+import json, os, signal, sys
+from conversation_codec import FileIO
+from conversation_codec.maintenance.migrate import migrate, migrate_many
+mode, src, out, step = sys.argv[1:5]
+class Kill(FileIO):
+    def step(self, name):
+        if name == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+if mode == "one":
+    migrate(src, out, encryption_key=sys.argv[5], io=Kill())
+else:
+    where = {"out_dir": out} if mode == "tree" else {"store": out}
+    migrate_many([src], encryption_key=sys.argv[5], io=Kill(), **where)
+sys.exit(3)  # the step was never reached
+"""
+
+# The link is made (temp link, index and lock left) / the index moved (temp lock left).
+AFTER_COMMIT = ["migrate:renamed", pytest.param("migrate:index-moved", marks=pytest.mark.slow)]
+
+
+def _temp_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if ".migrating-" in p.name)
+
+
+@pytest.mark.parametrize("mode", ["one", "store", "tree"])
+@pytest.mark.parametrize("step", AFTER_COMMIT)
+def test_a_rerun_after_a_kill_past_the_commit_sweeps_and_skips(
+    tmp_path: Path, mode: str, step: str
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    histories = {"a": [HI, {"role": "assistant", "content": "a"}], "b": [HI]}
+    for name, messages in histories.items():
+        (src / f"{name}.jsonl").write_bytes(jsonl(messages))
+    out = tmp_path / "out"
+    target = out / "a.log" if mode == "store" else out / "a.jsonl"
+    if mode == "one":
+        out.mkdir()
+    child = [
+        sys.executable,
+        "-c",
+        _KILL_CHILD,
+        mode,
+        str(src if mode != "one" else src / "a.jsonl"),
+    ]
+    child += [str(target if mode == "one" else out), step, KEY]
+    proc = subprocess.run(child, env=CHILD_ENV, capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert _temp_files(out), "the kill came too late to leave temp files"
+    if mode == "one":
+        report = migrate(src / "a.jsonl", target, encryption_key=KEY)
+        assert not report.converted
+        assert any(n.startswith("already migrated") for n in report.notes), report.notes
+    else:
+        where: dict[str, Any] = {"out_dir": out} if mode == "tree" else {"store": out}
+        batch = migrate_many([src], encryption_key=KEY, **where)
+        status = {i.path.name: (i.status, i.reason) for i in batch.items}
+        assert status["a.jsonl"][0] == "skipped" and "already migrated" in status["a.jsonl"][1]
+        assert status["b.jsonl"][0] == "converted"
+        assert batch.ok
+    assert _temp_files(out) == []
+    context = "a" if mode == "store" else None  # a store's log is bound to its id
+    with ConversationCodec(target, encryption_key=KEY, context=context) as codec:
+        assert codec.load() == histories["a"]
+
+
+def test_an_existing_destination_with_other_messages_still_fails(tmp_path: Path) -> None:
+    src = tmp_path / "a.jsonl"
+    src.write_bytes(jsonl([HI]))
+    dst = tmp_path / "a.log"
+    with ConversationCodec(dst, encryption_key=KEY) as codec:
+        codec.append({"role": "user", "content": "other"})
+    before = snapshot(tmp_path)
+    with pytest.raises(StorageError, match="already exists"):
+        migrate(src, dst, encryption_key=KEY)
+    with pytest.raises(StorageError, match="already exists"):  # another key: not ours to read
+        migrate(src, dst, encryption_key="VTc7qcgxoeOXhVHyAWpFQkDKN0zUX9vD6bu13m5E24I=")
+    assert snapshot(tmp_path) == before

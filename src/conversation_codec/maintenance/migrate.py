@@ -20,8 +20,13 @@ How a file is converted, so that a crash at any point leaves the source intact:
    fsync the directory.
 
 A crash leaves the source, or the complete new log (and the backup); leftovers named
-``<dst>.migrating-*`` are removed by the next migration of the same destination, or by
-the next rewrite or ``clear()`` of the log there. Steps 2-4 hold the writer lock of
+``<dst>.migrating-*`` are removed by the next migration of the same destination (also
+when that one refuses it), or by the next rewrite or ``clear()`` of the log there. An
+existing destination that holds the source's messages already (it opens with the new
+log's key and reads back as the plan) is "already migrated": left as it is, reported
+not converted (``migrate_many``: skipped), so an interrupted batch reruns to completion;
+any other existing destination is refused. A dry run does not open it (that would write
+its lock file): it refuses it. Steps 2-4 hold the writer lock of
 ``<dst>``, as a rewrite does: no codec writes there, or sweeps the temp files, meanwhile.
 """
 
@@ -45,23 +50,18 @@ from .migrate_commit import (
     as_storage_errors,
     check_unchanged,
     finish,
+    holds_plan,
     publish,
     refuse_packed,
     remove_temp,
+    sweep_existing,
     sweep_leftovers,
     verify_copy,
     write_backup,
     write_log,
     writer_lock,
 )
-from .migrate_source import (
-    Plan,
-    check_history,
-    check_key,
-    check_log_header,
-    destination,
-    read_source,
-)
+from .migrate_source import Plan, check_key, check_log_header, destination, read_source
 
 __all__ = [
     "BatchItem",
@@ -163,7 +163,8 @@ def migrate(
         return MigrationReport(
             source, real, LegacyFormat.CODEC_LOG, None, len(data), len(data), None, False, (*notes,)
         )
-    target, in_place = destination(real, dst)
+    target, in_place, existing = destination(real, dst)
+    swept = 0 if existing is None or dry_run else sweep_existing(target, io)
     if not in_place:
         refuse_packed(target, io, settled=False)  # again under the writer lock, below
     history = read_legacy(real, legacy_key=legacy_key, password=password)
@@ -172,14 +173,7 @@ def migrate(
             f"{source} starts with a conversation-codec header line, but not as a log writes "
             "it: no codec opens it; check where the file comes from"
         )
-    check_history(source, history.format, history.messages)
-    plan = Plan.make(
-        history.format,
-        history.messages,
-        history.timestamps,
-        where=str(source),
-        lines=history.lines,
-    )
+    plan = Plan.make(history, source)
     report = _Report(source, target, history.format, len(plan.messages), len(data), plan.notes)
     if not plan.messages:
         return report.done(0, None, False, "holds no messages; left as it is")
@@ -193,6 +187,12 @@ def migrate(
             f"{source} is encrypted; pass encryption_key= for the new log (migrating it "
             "without one would write its messages to disk in plaintext)"
         )
+    if existing is not None:  # a dry run does not open it: opening writes a lock file
+        if dry_run or not holds_plan(target, plan, secret, io):
+            raise existing
+        note = f"already migrated: {target} holds these messages; left as it is"
+        report.notes.insert(0, note + ("; swept temp files" if swept else ""))  # the reason
+        return report.done(0, None, False)
     if dry_run:
         return report.done(0, None, False, "dry run: nothing was written")
     bak = Path(backup_path(target)) if in_place and backup else None
@@ -410,10 +410,7 @@ def migrate_many(
     return BatchReport(tuple(items), dry_run)
 
 
-_NO_ID = (
-    "its name is not valid UTF-8, so it names no conversation id of the store; rename it "
-    "(or migrate with out_dir=, CLI --tree, which keeps file names as they are)"
-)
+_NO_ID = "its name is not UTF-8, so it names no conversation id; rename it (or use out_dir=)"
 
 
 def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
@@ -424,7 +421,7 @@ def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
     except Exception as exc:
         reason = str(exc) if isinstance(exc, ConversationCodecError) else repr(exc)
         return BatchItem(path, "failed", reason)
-    if report.format is LegacyFormat.CODEC_LOG or not report.messages:
+    if not (report.converted or options["dry_run"]) or not report.messages:
         return BatchItem(path, "skipped", "; ".join(report.notes), report)
     what = "would convert" if options["dry_run"] else "converted"
     reason = f"{what} {report.messages} messages ({report.format.value})"

@@ -33,7 +33,7 @@ from ..format.header import (
     sniff_log,
 )
 from .import_source import unstorable
-from .legacy import MAX_LEGACY_BYTES, LegacyFormat
+from .legacy import MAX_LEGACY_BYTES, LegacyFormat, LegacyHistory
 from .legacy_messages import MESSAGE_KEYS, clamp_note, clamp_times, looks_like_message
 
 __all__ = [
@@ -55,15 +55,7 @@ class Plan:
     notes: list[str]
 
     @classmethod
-    def make(
-        cls,
-        fmt: LegacyFormat,
-        messages: list[dict[str, Any]],
-        stamps: Sequence[int | None],
-        *,
-        where: str = "the source",
-        lines: Sequence[int] | None = None,
-    ) -> Plan:
+    def make(cls, history: LegacyHistory, where: Path) -> Plan:
         """Fill missing timestamps and keep every one representable in a log.
 
         Messages keep the file's order. An untimed message takes the time of the message
@@ -79,10 +71,12 @@ class Plan:
         Every message is then checked by the codec's rules (``import_source.unstorable``),
         so that a dry run refuses what the real run would, before anything is written.
 
+        :raises NotAHistoryError: see :func:`check_history`.
         :raises RecordTooLargeError, NotSerializableError: a message the codec would not
             store; the error names it (its number and, for JSONL, its line in ``where``).
         """
-        plan = cls._make(messages, stamps)
+        check_history(where, history.format, history.messages)
+        plan, lines = cls._make(history.messages, history.timestamps), history.lines
         for i, message in enumerate(plan.messages):
             reason = unstorable(message)
             if reason is not None:
@@ -202,25 +196,33 @@ def check_log_header(path: Path, data: bytes) -> None:
         raise type(exc)(f"{path}: {exc}") from None
 
 
-def destination(real: Path, dst: str | os.PathLike[str] | None) -> tuple[Path, bool]:
-    """Return the destination path and whether the migration is in place.
+def destination(
+    real: Path, dst: str | os.PathLike[str] | None
+) -> tuple[Path, bool, StorageError | None]:
+    """Return the destination path, whether the migration is in place, and the error for
+    an existing destination: raised unless it turns out to hold this very history (a
+    migration killed after its commit, run again).
 
-    :raises StorageError: ``dst`` exists (and is not the source), or is a link.
+    :raises StorageError: ``dst`` is a link.
     """
     if dst is None:
-        return real, True
+        return real, True, None
     target = Path(dst)
     if os.path.islink(target):
         check_file(target)  # raises: a link is never written through, nor replaced
     if not os.path.lexists(target):
-        return target, False
+        return target, False, None
     with contextlib.suppress(OSError):
         if os.path.samefile(target, real):
-            return real, True
+            return real, True, None
     what = "a conversation-codec log" if _is_log(target) else "a file"
-    raise StorageError(
-        errno.EEXIST,
-        f"{target} already exists ({what}); choose another destination or remove it first",
+    return (
+        target,
+        False,
+        StorageError(
+            errno.EEXIST,
+            f"{target} already exists ({what}); choose another destination or remove it first",
+        ),
     )
 
 
