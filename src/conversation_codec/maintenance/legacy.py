@@ -372,7 +372,7 @@ def _is_wrapper(value: dict[str, Any]) -> bool:
 
 def _wrapper(where: str) -> str:
     # Rejected alternative: read the list. The object's other keys (a model, an id, a
-    # title) would be dropped without a word, and an import has no notes to say so.
+    # title) would be dropped, and what a wrapper holds varies by app: its owner knows.
     return (
         f'{where} is one JSON object holding a "messages" list (a wrapper, not one message '
         "per line); save that list on its own as a JSON array of messages and retry"

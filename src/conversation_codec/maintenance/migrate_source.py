@@ -111,8 +111,7 @@ class Plan:
         if early:
             notes.append(
                 f"{early} timestamp(s) before 1970 stored as 1970-01-01T00:00:00Z (or as the "
-                "time before them); "
-                'the original kept in the message\'s "timestamp" key'
+                'time before them); the original kept in the message\'s "timestamp" key'
             )
         if moved:
             notes.append(clamp_note(moved))
@@ -131,14 +130,14 @@ def check_history(source: Path, fmt: LegacyFormat, messages: list[dict[str, Any]
 
     :raises NotAHistoryError: no object looks like a message; the file is left as it is.
     """
-    if fmt is LegacyFormat.LANGCHAIN_JSON or any(looks_like_message(m) for m in messages):
+    if not messages or fmt is LegacyFormat.LANGCHAIN_JSON:
         return
-    if not messages:
+    if any(looks_like_message(m) for m in messages):
         return
     keys = ", ".join(sorted(MESSAGE_KEYS))
     raise NotAHistoryError(
-        f"not a history: no object in {source} has a role or another message key ({keys}), "
-        "nor a LangChain type; left as it is (to keep such objects in a log all the same, "
+        f"not a history: no object in {source} has a role or another message key ({keys}) "
+        "or a LangChain type; left as it is (to keep such objects in a log all the same, "
         "import the file into one: ConversationCodec.import_, CLI import)"
     )
 

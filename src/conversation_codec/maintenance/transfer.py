@@ -320,7 +320,7 @@ def import_history(
     time earlier than one before it (clocks out of step) is stored as that one, and
     ``ImportReport.notes`` says how many. A time a log cannot hold (before 1970,
     after 9999) fails the import (``FormatError``), where ``migrate`` stores 1970-01-01
-    and keeps the original in the message: an import reports no notes. ``src`` is read
+    and keeps the original in the message (an import changes no message). ``src`` is read
     only if it is a regular file (a FIFO or device there is refused, never waited on); it
     may also be a binary stream (the CLI's ``SRC -``), read to its end.
 
