@@ -191,7 +191,7 @@ def migrate(
         if dry_run or not holds_plan(target, plan, secret, io):
             raise existing
         note = f"already migrated: {target} holds these messages; left as it is"
-        report.notes.insert(0, note + ("; swept temp files" if swept else ""))  # the reason
+        report.notes[:] = [note + ("; swept temp files" if swept else "")]  # nothing written
         return report.done(0, None, False)
     if dry_run:
         return report.done(0, None, False, "dry run: nothing was written")
@@ -469,19 +469,16 @@ def _jobs(paths: Iterable[str | os.PathLike[str]], out: Path | None) -> Iterator
 
 def _walk(root: Path, out_real: str | None) -> Iterator[tuple[Path, Path]]:
     for folder, dirs, files in os.walk(root):  # followlinks=False: no loops, no escapes
-        dirs[:] = sorted(
-            d
-            for d in dirs
-            if not _skipped_dir(d) and os.path.realpath(os.path.join(folder, d)) != out_real
-        )
+        dirs[:] = sorted(d for d in dirs if not _skipped_dir(folder, d, out_real))
         for name in sorted(files):
             if not is_sidecar(name):
                 path = Path(folder, name)
                 yield path, path.relative_to(root)
 
 
-def _skipped_dir(name: str) -> bool:
-    """Hidden folders (``.git``, ``.vscode``, a store's ``.packs``) and a log's attachment
-    folder (``P.blobs``) hold no histories: a walk never enters them (a folder named on its
-    own is walked all the same)."""
-    return name.startswith(".") or name.endswith(BLOBS_SUFFIX)
+def _skipped_dir(folder: str, name: str, out_real: str | None) -> bool:
+    """The output folder; hidden ones (``.git``, ``.vscode``, a store's ``.packs``) and a
+    log's attachments (``P.blobs``), which hold no histories (named on its own, one is
+    walked all the same)."""
+    hidden = name.startswith(".") or name.endswith(BLOBS_SUFFIX)
+    return hidden or os.path.realpath(os.path.join(folder, name)) == out_real
