@@ -961,7 +961,8 @@ def test_import_replaces_or_merges_and_prints_counts(run: Run, tmp_path: Path, m
     assert "2 added, 0 duplicates skipped, 0 rejected" in out
     code, out, _ = run("import", log, str(src), "--merge", "--json", *plain, key=key)
     assert code == 0 and json.loads(out) == {
-        "read": 2, "added": 0, "skipped_duplicate": 2, "rejected": 0, "format": "jsonl"
+        "read": 2, "added": 0, "skipped_duplicate": 2, "rejected": 0, "format": "jsonl",
+        "notes": [],
     }  # fmt: skip
     with ConversationCodec(log, encryption_key=key) as codec:
         assert codec.load() == CHAT[:2]

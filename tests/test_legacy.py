@@ -107,8 +107,9 @@ def test_jsonl_timestamps_follow_the_array_rules(tmp_path: Path) -> None:
         ]
     )
     history = read_legacy(write(tmp_path / "h.jsonl", data))
-    assert history.messages == [{"n": 1}, {"n": 0}]
-    assert history.timestamps == [us("2024-01-01T00:00:00+00:00"), us("2024-01-02T00:00:00+00:00")]
+    assert history.messages == [{"n": 0}, {"n": 1}]  # the file's order, never sorted
+    assert history.timestamps == [us("2024-01-02T00:00:00+00:00"), us("2024-01-01T00:00:00+00:00")]
+    assert history.lines == [1, 2]
 
 
 @pytest.mark.parametrize(
@@ -129,8 +130,14 @@ def test_bad_jsonl_line_names_the_line(tmp_path: Path, data: bytes, line: int, w
         read_legacy(path)
 
 
-def test_pretty_printed_single_object_fails_at_line_1(tmp_path: Path) -> None:
+def test_pretty_printed_single_object_is_refused_as_one_object(tmp_path: Path) -> None:
     path = write(tmp_path / "h.json", json.dumps({"messages": MESSAGES}, indent=2).encode())
+    with pytest.raises(FormatError, match='one JSON object holding a "messages" list'):
+        read_legacy(path)
+    path = write(tmp_path / "m.json", json.dumps(MESSAGES[0], indent=2).encode())
+    with pytest.raises(FormatError, match="one JSON object over several lines, not JSONL"):
+        read_legacy(path)
+    path = write(tmp_path / "b.jsonl", b'{"role": \n"user"}\n{"oops"\n')  # neither: line 1
     with pytest.raises(FormatError, match="line 1 is not valid JSON"):
         read_legacy(path)
 
@@ -152,21 +159,22 @@ def test_array_with_iso_timestamps(tmp_path: Path) -> None:
     ]
     history = read_legacy(write(tmp_path / "history.json", json.dumps(array).encode()))
     assert history.format is LegacyFormat.JSON_ARRAY
-    assert history.messages == [
+    assert history.messages == [  # the file's order, never sorted
+        {"role": "user", "content": "c", "has_image": True},
         {"role": "user", "content": "a", "has_image": False},
         {"role": "assistant", "content": "b"},
-        {"role": "user", "content": "c", "has_image": True},
         {"role": "assistant", "content": "d"},
     ]
     assert history.timestamps == [
+        us("2024-03-01T11:00:02+00:00"),
         us("2024-03-01T10:00:00+00:00"),
         us("2024-03-01T10:00:01.500000+00:00"),
-        us("2024-03-01T11:00:02+00:00"),
         us("2024-03-01T11:00:03+00:00"),
     ]
+    assert history.lines is None
 
 
-def test_array_sort_is_stable_and_untimed_messages_follow_their_predecessor(
+def test_array_keeps_the_file_order_and_untimed_messages_stay_untimed(
     tmp_path: Path,
 ) -> None:
     array = [
@@ -179,12 +187,12 @@ def test_array_sort_is_stable_and_untimed_messages_follow_their_predecessor(
         {"n": 6, "timestamp": 1704067200},  # epoch numbers are not taken
     ]
     history = read_legacy(write(tmp_path / "h.json", json.dumps(array).encode()))
-    assert [m["n"] for m in history.messages] == [0, 3, 4, 5, 6, 1, 2]
+    assert [m["n"] for m in history.messages] == [0, 1, 2, 3, 4, 5, 6]
     jan1, jan3 = us("2024-01-01T00:00:00+00:00"), us("2024-01-03T00:00:00+00:00")
-    assert history.timestamps == [None, jan1, None, jan1, None, jan3, None]
-    assert history.messages[2] == {"n": 4, "timestamp": "yesterday"}
-    assert history.messages[4] == {"n": 6, "timestamp": 1704067200}
-    assert "timestamp" not in history.messages[1]
+    assert history.timestamps == [None, jan3, None, jan1, None, jan1, None]
+    assert history.messages[4] == {"n": 4, "timestamp": "yesterday"}
+    assert history.messages[6] == {"n": 6, "timestamp": 1704067200}
+    assert "timestamp" not in history.messages[3]
 
 
 @pytest.mark.parametrize(
@@ -818,7 +826,7 @@ stamped = st.one_of(
 
 
 @given(stamps=st.lists(stamped, max_size=12), zulu=st.booleans())
-def test_timestamps_sort_like_a_model(stamps: list[datetime | None], zulu: bool) -> None:
+def test_timestamps_keep_the_file_order(stamps: list[datetime | None], zulu: bool) -> None:
     array: list[dict[str, Any]] = []
     for i, when in enumerate(stamps):
         text = None if when is None else when.isoformat()
@@ -826,21 +834,11 @@ def test_timestamps_sort_like_a_model(stamps: list[datetime | None], zulu: bool)
             text = text.replace("+00:00", "Z")
         array.append({"i": i} if text is None else {"i": i, "timestamp": text})
     history = parse_legacy(json.dumps(array).encode())
-    # Model: runs of (timed message + the untimed ones after it), sorted stably by time;
-    # untimed messages before the first timed one stay in front.
-    runs: list[tuple[int | None, list[int]]] = []
-    for i, when in enumerate(stamps):
-        if when is None and runs:
-            runs[-1][1].append(i)
-        else:
-            ts = None if when is None else (when - EPOCH) // timedelta(microseconds=1)
-            runs.append((ts, [i]))
-    lead = [run for run in runs if run[0] is None]
-    timed = sorted((run for run in runs if run[0] is not None), key=lambda run: run[0] or 0)
-    order = [i for _, members in lead + timed for i in members]
-    assert [m["i"] for m in history.messages] == order
-    expected_ts = {i: ts if i == members[0] else None for ts, members in runs for i in members}
-    assert history.timestamps == [expected_ts[i] for i in order]
+    # Model: the file's order, each message with its own time (None: untimed).
+    assert [m["i"] for m in history.messages] == list(range(len(stamps)))
+    assert history.timestamps == [
+        None if when is None else (when - EPOCH) // timedelta(microseconds=1) for when in stamps
+    ]
     assert all("timestamp" not in m for m in history.messages)
 
 

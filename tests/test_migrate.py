@@ -264,7 +264,7 @@ def test_password_and_salt_file(tmp_path: Path) -> None:
     assert stamps_of(path, KEY, 5) == [us(t) for t in STAMPS]
 
 
-def test_array_timestamps_sorted_gaps_filled_extra_keys_kept(tmp_path: Path) -> None:
+def test_array_timestamps_in_file_order_gaps_filled_extra_keys_kept(tmp_path: Path) -> None:
     items = [
         {"role": "user", "content": "untimed first", "x": 1},
         {"role": "user", "content": "c", "timestamp": "2024-01-03T00:00:00Z", "meta": {"k": [1]}},
@@ -274,6 +274,7 @@ def test_array_timestamps_sorted_gaps_filled_extra_keys_kept(tmp_path: Path) -> 
         {"role": "user", "content": "odd", "timestamp": 1700000000},  # a number: kept as is
         {"role": "user", "content": "old", "timestamp": "1969-07-20T20:17:40Z"},
         {"role": "user", "content": "zero+1h", "timestamp": "1970-01-01T00:00:00+01:00"},
+        {"role": "user", "content": "d", "timestamp": "2024-01-04T00:00:00Z"},
     ]
     path = tmp_path / "history.json"
     path.write_bytes(array(items))
@@ -281,29 +282,36 @@ def test_array_timestamps_sorted_gaps_filled_extra_keys_kept(tmp_path: Path) -> 
     assert names(tmp_path) == {"history.json", "history.json.idx"}
     with ConversationCodec(path) as codec:
         got = codec.load()
-    assert got == [
+    assert got == [  # the file's order, never sorted by time
         {"role": "user", "content": "untimed first", "x": 1},
-        {"role": "user", "content": "old", "timestamp": "1969-07-20T20:17:40Z"},
-        {"role": "user", "content": "zero+1h", "timestamp": "1969-12-31T23:00:00Z"},
-        {"role": "user", "content": "a"},
-        {"role": "user", "content": "b"},
-        {"role": "user", "content": "odd", "timestamp": 1700000000},  # travels with b
         {"role": "user", "content": "c", "meta": {"k": [1]}},
         {"role": "user", "content": "untimed after c"},
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": "b"},
+        {"role": "user", "content": "odd", "timestamp": 1700000000},
+        {"role": "user", "content": "old", "timestamp": "1969-07-20T20:17:40Z"},
+        {"role": "user", "content": "zero+1h", "timestamp": "1969-12-31T23:00:00Z"},
+        {"role": "user", "content": "d"},
     ]
-    b, c = us("2024-01-02T00:04:05.678901+00:00"), us("2024-01-03T00:00:00+00:00")
-    assert stamps_of(path, None, 8) == [
-        0,  # a leading untimed message takes the first known time: clamped 1969 -> 0
-        0,
-        0,
-        us("2024-01-01T00:00:00+00:00"),
-        b,
-        b,
-        c,
-        c,
-    ]
+    c, d = us("2024-01-03T00:00:00+00:00"), us("2024-01-04T00:00:00+00:00")
+    # A leading untimed message takes the first known time; a, b (earlier than c) and the
+    # pre-1970 ones are stored as the time before them: times never decrease.
+    assert stamps_of(path, None, 9) == [c] * 8 + [d]
     assert any("2 timestamp(s) before 1970" in n for n in report.notes), report.notes
+    assert any("2 timestamp(s) earlier than the message before" in n for n in report.notes)
     assert any("3 message(s) without a timestamp" in n for n in report.notes), report.notes
+
+
+def test_leading_pre_1970_times_are_stored_as_1970(tmp_path: Path) -> None:
+    items = [
+        {"role": "user", "content": "old", "timestamp": "1969-07-20T20:17:40Z"},
+        {"role": "user", "content": "a", "timestamp": "2024-01-01T00:00:00Z"},
+    ]
+    path = tmp_path / "history.json"
+    path.write_bytes(array(items))
+    report = migrate(path, backup=False)
+    assert stamps_of(path, None, 2) == [0, us("2024-01-01T00:00:00+00:00")]
+    assert not any("earlier than the message before" in n for n in report.notes)
 
 
 def test_many_messages_span_several_write_batches(tmp_path: Path) -> None:
@@ -555,7 +563,10 @@ def test_to_a_destination_leaves_the_source_alone(tmp_path: Path) -> None:
     with ConversationCodec(dst, encryption_key=KEY) as codec:
         assert codec.load() == MESSAGES
     # An existing destination is never replaced: a log, or any other file.
-    for existing in (dst, tmp_path / "out" / "notes.txt"):
+    other = tmp_path / "out" / "other.log"
+    with ConversationCodec(other, encryption_key=KEY) as codec:
+        codec.append(MESSAGES[0])
+    for existing in (other, tmp_path / "out" / "notes.txt"):
         if not existing.exists():
             existing.write_text("my notes")
         keep = snapshot(tmp_path)
@@ -563,7 +574,15 @@ def test_to_a_destination_leaves_the_source_alone(tmp_path: Path) -> None:
             migrate(src, existing, encryption_key=KEY)
         assert snapshot(tmp_path) == keep
     with pytest.raises(StorageError, match="a conversation-codec log"):
-        migrate(src, dst, encryption_key=KEY)
+        migrate(src, other, encryption_key=KEY)
+    # The same migration again: its destination holds these messages, left as it is.
+    keep = snapshot(dst.parent)
+    again = migrate(src, dst, encryption_key=KEY)
+    assert not again.converted and again.notes[0].startswith("already migrated")
+    lock = "chat.log.lock"  # a reader's lock file, made or not: no content
+    assert {k: v for k, v in snapshot(dst.parent).items() if k != lock} == {
+        k: v for k, v in keep.items() if k != lock
+    }
 
 
 def test_destination_equal_to_source_is_in_place(tmp_path: Path) -> None:
@@ -876,10 +895,14 @@ def test_batch_to_an_out_dir_keeps_the_tree_and_the_sources(tmp_path: Path) -> N
     with ConversationCodec(out / "single.jsonl", encryption_key=KEY) as codec:
         assert codec.load() == MESSAGES[:2]
     no_plaintext(out)
-    # Run again: the destinations exist, so each file fails with a clear reason.
+    # Run again: each destination holds its source's messages already, so it is skipped.
     again = migrate_many([root], out_dir=out, encryption_key=KEY, legacy_key=LEGACY_KEY)
-    assert {i.status for i in again.items} == {"failed"}
-    assert all("already exists" in i.reason for i in again.items)
+    assert {i.status for i in again.items} == {"skipped"}
+    assert all(i.reason.startswith("already migrated") for i in again.items)
+    # With another key the destinations are not readable as this migration: each fails.
+    other = migrate_many([root], out_dir=out, encryption_key=OTHER_KEY, legacy_key=LEGACY_KEY)
+    assert {i.status for i in other.items} == {"failed"}
+    assert all("already exists" in i.reason for i in other.items), other.items
 
 
 def test_batch_dry_run_and_failures_write_nothing(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import conversation_codec
 from conversation_codec import ConversationCodec, DecryptionError, FormatError, KeyRequiredError
 from conversation_codec.format.record import MAX_MESSAGE_BYTES
 from conversation_codec.maintenance.legacy import LegacyFormat, read_legacy
+from conversation_codec.maintenance.legacy_messages import clamp_note
 from conversation_codec.maintenance.transfer import ImportReport, export_history, import_history
 
 from conftest import (
@@ -367,10 +368,11 @@ def test_import_replaces_the_whole_history(
         )
     )
     report = import_history(codec, tmp_path / "h.json", replace=True)
-    assert report == ImportReport(3, 3, 0, 0, LegacyFormat.JSON_ARRAY)
-    assert [m["content"] for m in codec.load() or []] == ["a", "b", "untimed"]
+    assert report == ImportReport(3, 3, 0, 0, LegacyFormat.JSON_ARRAY, (clamp_note(1),))
+    assert [m["content"] for m in codec.load() or []] == ["b", "untimed", "a"]  # file order
     t = (datetime(2024, 5, 1, 12, tzinfo=timezone.utc) - _EPOCH) // timedelta(microseconds=1)
-    assert _times(codec) == [t, t + 1_500_000, t + 1_500_000]  # untimed: time before it
+    # untimed: the time before it; "a", earlier than "b" before it: stored as b's
+    assert _times(codec) == [t + 1_500_000] * 3
 
 
 def test_import_leading_untimed_messages_take_the_first_time(
@@ -557,9 +559,9 @@ def test_merge_of_older_messages_rewrites_in_time_order(
         json.dumps(
             [
                 {"role": "user", "content": "t05", "timestamp": _iso(T0 + 5)},
-                {"role": "user", "content": "t30-import", "timestamp": _iso(T0 + 30)},
                 {"role": "user", "content": "t10", "timestamp": _iso(T0 + 10)},  # duplicate
                 {"role": "user", "content": "t10", "timestamp": _iso(T0 + 11)},  # other time
+                {"role": "user", "content": "t30-import", "timestamp": _iso(T0 + 30)},
             ]
         )
     )

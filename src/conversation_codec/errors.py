@@ -40,6 +40,7 @@ __all__ = [
     "LogReplacedError",
     "MissingBlobError",
     "NaiveDatetimeError",
+    "NotAHistoryError",
     "NotEncryptedError",
     "NotSerializableError",
     "PasswordRequiredError",
@@ -91,6 +92,14 @@ class CorruptRecordError(FormatError):
 
 class UnsupportedVersionError(FormatError):
     """The file was written by a newer format version than this library reads."""
+
+
+class NotAHistoryError(FormatError):
+    """A legacy file parses, but none of its JSON objects looks like a chat message.
+
+    ``migrate`` refuses it (``migrate_many`` skips it), so that an application's own JSON
+    files beside its histories (settings, session lists) are never converted into logs.
+    """
 
 
 class KdfParameterError(FormatError):

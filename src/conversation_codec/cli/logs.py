@@ -336,6 +336,8 @@ def _import(args: Args) -> int:
         f"{args.path}: {report.added} added, {report.skipped_duplicate} duplicates skipped, "
         f"{report.rejected} rejected"
     )
+    for note in report.notes:
+        print(f"note: {note}")
     return EXIT_OK
 
 

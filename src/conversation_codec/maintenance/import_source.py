@@ -28,8 +28,7 @@ from ..crypto import KeyInput
 from ..errors import FormatError
 from ..format.record import MAX_DEPTH, MAX_MESSAGE_BYTES, nests_deeper_than
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat, parse_legacy, read_legacy
-from .legacy_fernet import check_legacy_password
-from .migrate_source import check_key
+from .legacy_fernet import check_key, check_legacy_password
 
 __all__ = ["LogOpener", "Pairs", "check_times", "read_source", "refuse_rejects", "unstorable"]
 

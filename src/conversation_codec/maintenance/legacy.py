@@ -16,9 +16,11 @@ and returns messages; it never writes. Layouts understood, sniffed from the byte
 Timestamps: a message's ``"timestamp"`` that is an ISO-8601 string (naive means UTC)
 is removed from the message and becomes the record timestamp, so migrated messages look
 like the rest; a missing or unparseable one stays as it was and the record timestamp is
-``None``. Messages are then sorted stably by timestamp; an untimed message travels with
-the timed message before it. Epoch numbers are not taken as timestamps: their unit
-(s, ms, us) would be a guess. An export (``transfer.py``) writes a message's own
+``None``. Messages keep the file's order, whatever their times say (for a chat the order
+is the meaning: clocks out of step must not put a tool result before its call); writers
+store a time earlier than the one before it as that one (``legacy_messages.clamp_times``)
+and say how many. Epoch numbers are not taken as timestamps: their unit (s, ms, us) would
+be a guess. An export (``transfer.py``) writes a message's own
 ``"timestamp"`` key as ``"conversation_codec:timestamp"`` (and that one with one more
 prefix, and so on): when no ``"timestamp"`` is left in a message, each such key loses one
 prefix again (:func:`unescape_time_keys`).
@@ -27,7 +29,8 @@ A UTF-8 byte-order mark is skipped; input over :data:`MAX_LEGACY_BYTES` is refus
 
 This module sniffs the layout and parses it; two neighbours do the rest: ``legacy_fernet``
 opens the Fernet layouts (key, or password and salt), ``legacy_langchain`` maps LangChain
-messages to OpenAI-style ones.
+messages to OpenAI-style ones. A file that is one JSON object holding a ``"messages"``
+list (a wrapper) is refused, never read as one message: see ``_wrapper``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import codecs
 import enum
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ from ..errors import FormatError, StorageError
 from ..format.header import LogKind, sniff_log
 from .legacy_fernet import PBKDF2_ITERATIONS, SALT_BYTES, decrypt_token
 from .legacy_langchain import from_langchain, is_langchain
+from .legacy_messages import looks_like_message
 
 __all__ = [
     "MAX_LEGACY_BYTES",
@@ -106,11 +110,14 @@ class LegacyHistory:
 
     ``timestamps[i]`` is message ``i``'s time in microseconds since the epoch (UTC),
     or ``None`` when the file did not say. Empty for ``CODEC_LOG``, which is not read.
+    Messages are in the file's order. ``lines[i]``: the line (from 1) message ``i`` is on,
+    for the JSONL layouts (None for the others), so that errors can point at it.
     """
 
     format: LegacyFormat
     messages: list[dict[str, Any]]
     timestamps: list[int | None]
+    lines: list[int] | None = field(default=None, compare=False)  # where, not what
 
 
 def detect_format(data: bytes) -> LegacyFormat:
@@ -241,11 +248,12 @@ def _parse(
     ):
         messages = [from_langchain(item, i, where) for i, item in enumerate(payload)]
         return LegacyHistory(fmt, messages, [None] * len(messages))
+    lines = None
     if fmt in (LegacyFormat.JSONL, LegacyFormat.FERNET_JSONL):
-        messages = _parse_jsonl(payload, where)
+        messages, lines = _parse_jsonl(payload, where)
     else:
         messages = _check_objects(payload, where)
-    return _timed(fmt, messages)
+    return _timed(fmt, messages, lines)
 
 
 def _sniff(data: bytes, where: str) -> tuple[LegacyFormat, Any]:
@@ -316,22 +324,64 @@ def _is_codec_header(body: bytes, start: int) -> bool:
     return isinstance(first, dict) and "conversation_codec" in first
 
 
-def _parse_jsonl(body: bytes, where: str) -> list[dict[str, Any]]:
+def _parse_jsonl(body: bytes, where: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """Return the objects of a JSONL body and the (1-based) line each was on."""
     messages: list[dict[str, Any]] = []
+    lines: list[int] = []
     view, pos, line_no = memoryview(body), 0, 0
     while pos < len(body):
         end = body.find(b"\n", pos)
         end = len(body) if end < 0 else end
         line, pos, line_no = view[pos:end], end + 1, line_no + 1
         if not _SKIP_WS.fullmatch(line):
-            value = _decode(line, f"{where} line {line_no} is not valid JSON")
+            try:
+                value = msgspec.json.decode(line)
+            except (ValueError, RecursionError) as exc:
+                if not messages:
+                    _refuse_one_object(body, where)
+                raise FormatError(
+                    f"{where} line {line_no} is not valid JSON ({exc}); fix or remove it and retry"
+                ) from None
             if not isinstance(value, dict):
                 raise FormatError(
                     f"{where} line {line_no} is {_JSON_TYPE[type(value)]}, not a message "
                     "object; fix or remove that line and retry"
                 )
             messages.append(value)
-    return messages
+            lines.append(line_no)
+    if len(messages) == 1 and _is_wrapper(messages[0]):
+        raise FormatError(_wrapper(where))
+    return messages, lines
+
+
+def _refuse_one_object(body: bytes, where: str) -> None:
+    """Refuse a file that is one JSON object over several lines (``json.dump(indent=2)``),
+    which JSONL's "line 1 is not valid JSON" would misdescribe. Only tried when the first
+    line is no whole JSON value, so a JSONL file is never parsed twice."""
+    try:
+        value = msgspec.json.decode(body)
+    except (ValueError, RecursionError):
+        return  # not one object either: the line's own error says more
+    if isinstance(value, dict):
+        if _is_wrapper(value):
+            raise FormatError(_wrapper(where))
+        raise FormatError(
+            f"{where} is one JSON object over several lines, not JSONL (one message object "
+            "per line) nor a JSON array of messages; convert it to one of those and retry"
+        )
+
+
+def _is_wrapper(value: dict[str, Any]) -> bool:
+    return isinstance(value.get("messages"), list) and not looks_like_message(value)
+
+
+def _wrapper(where: str) -> str:
+    # Rejected alternative: read the list. The object's other keys (a model, an id, a
+    # title) would be dropped, and what a wrapper holds varies by app: its owner knows.
+    return (
+        f'{where} is one JSON object holding a "messages" list (a wrapper, not one message '
+        "per line); save that list on its own as a JSON array of messages and retry"
+    )
 
 
 def _check_objects(array: list[Any], where: str) -> list[dict[str, Any]]:
@@ -400,7 +450,9 @@ def unescape_time_keys(message: dict[str, Any]) -> dict[str, Any]:
     return {(k[cut:] if _time_key(k) else k): v for k, v in message.items()}
 
 
-def _timed(fmt: LegacyFormat, messages: list[dict[str, Any]]) -> LegacyHistory:
+def _timed(
+    fmt: LegacyFormat, messages: list[dict[str, Any]], lines: list[int] | None
+) -> LegacyHistory:
     stamps: list[int | None] = []
     for i, message in enumerate(messages):
         value = message.get("timestamp")
@@ -409,12 +461,7 @@ def _timed(fmt: LegacyFormat, messages: list[dict[str, Any]]) -> LegacyHistory:
             del message["timestamp"]
         messages[i] = unescape_time_keys(message)
         stamps.append(ts)
-    # Sort key: the latest timestamp at or before each message, so an untimed
-    # message keeps its place after the timed one it followed.
-    keys: list[tuple[int, int]] = []
-    last: int | None = None
-    for ts in stamps:
-        last = ts if ts is not None else last
-        keys.append((0, 0) if last is None else (1, last))
-    order = sorted(range(len(messages)), key=keys.__getitem__)
-    return LegacyHistory(fmt, [messages[i] for i in order], [stamps[i] for i in order])
+    # The file's order, never sorted by time: for a chat the order is the meaning (a tool
+    # result follows its call), and skewed clocks must not reorder it. Writers keep the
+    # record times non-decreasing (see clamp_times).
+    return LegacyHistory(fmt, messages, stamps, lines)

@@ -16,7 +16,13 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from ..crypto import KeyInput, Keyring
 from ..errors import DecryptionError, FormatError, InvalidKeyError, KeyRequiredError, KeyTypeError
 
-__all__ = ["PBKDF2_ITERATIONS", "SALT_BYTES", "check_legacy_password", "decrypt_token"]
+__all__ = [
+    "PBKDF2_ITERATIONS",
+    "SALT_BYTES",
+    "check_key",
+    "check_legacy_password",
+    "decrypt_token",
+]
 
 PBKDF2_ITERATIONS = 480_000  # the legacy app's PBKDF2-HMAC-SHA256 cost for password files
 SALT_BYTES = 16  # length of the legacy ``.salt`` file
@@ -118,3 +124,15 @@ def _password_fernet(password: str | bytes, salt: bytes | None, salt_where: str)
     secret = password.encode("utf-8") if isinstance(password, str) else password
     kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=salt, iterations=PBKDF2_ITERATIONS)
     return Fernet(base64.urlsafe_b64encode(kdf.derive(secret)))
+
+
+def check_key(name: str, key: KeyInput | None) -> None:
+    """Fail on a malformed key before touching any file (and before a batch starts).
+
+    :raises TypeError, ValueError: ``key`` is malformed (the message names ``name``).
+    """
+    if key is not None:
+        try:
+            Keyring.from_input(key)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name}: {exc}") from None

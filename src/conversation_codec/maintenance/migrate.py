@@ -20,8 +20,13 @@ How a file is converted, so that a crash at any point leaves the source intact:
    fsync the directory.
 
 A crash leaves the source, or the complete new log (and the backup); leftovers named
-``<dst>.migrating-*`` are removed by the next migration of the same destination, or by
-the next rewrite or ``clear()`` of the log there. Steps 2-4 hold the writer lock of
+``<dst>.migrating-*`` are removed by the next migration of the same destination (also
+when that one refuses it), or by the next rewrite or ``clear()`` of the log there. An
+existing destination that holds the source's messages already (it opens with the new
+log's key and reads back as the plan) is "already migrated": left as it is, reported
+not converted (``migrate_many``: skipped), so an interrupted batch reruns to completion;
+any other existing destination is refused. A dry run does not open it (that would write
+its lock file): it refuses it. Steps 2-4 hold the writer lock of
 ``<dst>``, as a rewrite does: no codec writes there, or sweeps the temp files, meanwhile.
 """
 
@@ -32,28 +37,31 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .._fsio import DEFAULT_IO, FileIO
 from ..crypto import KeyInput
-from ..errors import ConversationCodecError, FormatError, KeyRequiredError
+from ..errors import ConversationCodecError, FormatError, KeyRequiredError, NotAHistoryError
 from ..format.header import LogKind, sniff_log
-from ..paths import backup_path, index_path, is_sidecar, migrating_path
+from ..paths import BLOBS_SUFFIX, backup_path, index_path, is_sidecar, migrating_path
 from ..storage.file.store import FileStore
 from .legacy import LegacyFormat, read_legacy
 from .migrate_commit import (
     as_storage_errors,
     check_unchanged,
     finish,
+    holds_plan,
     publish,
     refuse_packed,
     remove_temp,
+    sweep_existing,
     sweep_leftovers,
     verify_copy,
     write_backup,
     write_log,
     writer_lock,
 )
+from .migrate_report import BatchItem, BatchReport, BatchStatus, MigrationReport
 from .migrate_seal import read_plain_log, seal_plain_log
 from .migrate_source import Plan, check_log_header, check_secrets, destination, read_source
 
@@ -67,31 +75,7 @@ __all__ = [
     "store_id",
 ]
 
-BatchStatus = Literal["converted", "skipped", "failed"]
-
 _ENCRYPTED = (LegacyFormat.FERNET_JSONL, LegacyFormat.FERNET_JSON_ARRAY)
-
-
-@dataclass(frozen=True, slots=True)
-class MigrationReport:
-    """What :func:`migrate` did (or, with ``dry_run``, would do) to one file.
-
-    ``messages`` is None for a source that is already a log, left as it is (not opened).
-    A plaintext log given a key or ``log_password`` is sealed in place instead (a
-    compaction, ``migrate_seal``): ``format`` is ``CODEC_LOG``, no backup.
-    ``bytes_after`` counts the new log and its index (as ``CompactionReport`` does); 0
-    when nothing was written. ``backup`` is the ``.bak`` path when one holds the original.
-    """
-
-    source: Path
-    destination: Path
-    format: LegacyFormat
-    messages: int | None
-    bytes_before: int
-    bytes_after: int
-    backup: Path | None
-    converted: bool
-    notes: tuple[str, ...] = ()
 
 
 def migrate(
@@ -128,6 +112,8 @@ def migrate(
         rename, link and unlink goes through it, and ``io.step`` is called between the
         steps that write (``"migrate:verified"``, ``"migrate:renamed"``, …).
     :raises FormatError: unknown layout or malformed source (nothing was changed).
+    :raises NotAHistoryError: no object of the source looks like a chat message (a
+        ``FormatError``; nothing was changed).
     :raises DecryptionError: wrong legacy key or password (nothing was changed).
     :raises KeyRequiredError: the source is encrypted and no key/password or no
         ``encryption_key`` was given.
@@ -181,7 +167,8 @@ def migrate(
         return MigrationReport(
             source, real, LegacyFormat.CODEC_LOG, None, len(data), len(data), None, False, (*notes,)
         )
-    target, in_place = destination(real, dst)
+    target, in_place, existing = destination(real, dst)
+    swept = 0 if existing is None or dry_run else sweep_existing(target, io)
     if not in_place:
         refuse_packed(target, io, settled=False)  # again under the writer lock, below
     history = (
@@ -194,7 +181,7 @@ def migrate(
             f"{source} starts with a conversation-codec header line, but not as a log writes "
             "it: no codec opens it; check where the file comes from"
         )
-    plan = Plan.make(history.format, history.messages, history.timestamps, str(source))
+    plan = Plan.make(history, source)
     report = _Report(source, target, history.format, len(plan.messages), len(data), plan.notes)
     if not plan.messages:
         return report.done(0, None, False, "holds no messages; left as it is")
@@ -208,6 +195,12 @@ def migrate(
             f"{source} is encrypted; pass encryption_key= for the new log (migrating it "
             "without one would write its messages to disk in plaintext)"
         )
+    if existing is not None:  # a dry run does not open it: opening writes a lock file
+        if dry_run or not holds_plan(target, plan, secret, io):
+            raise existing
+        note = f"already migrated: {target} holds these messages; left as it is"
+        report.notes[:] = [note + ("; swept temp files" if swept else "")]  # nothing written
+        return report.done(0, None, False)
     if dry_run:
         return report.done(0, None, False, "dry run: nothing was written")
     bak = Path(backup_path(target)) if in_place and backup else None
@@ -285,72 +278,6 @@ def _size(path: str | Path) -> int:
         return 0
 
 
-# -- batches ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BatchItem:
-    """One file of a batch: what happened to it and why."""
-
-    path: Path
-    status: BatchStatus
-    reason: str
-    report: MigrationReport | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BatchReport:
-    """What :func:`migrate_many` did; with ``dry_run``, "converted" means "would be"."""
-
-    items: tuple[BatchItem, ...]
-    dry_run: bool = False
-
-    def _having(self, status: BatchStatus) -> tuple[BatchItem, ...]:
-        return tuple(item for item in self.items if item.status == status)
-
-    @property
-    def converted(self) -> tuple[BatchItem, ...]:
-        return self._having("converted")
-
-    @property
-    def skipped(self) -> tuple[BatchItem, ...]:
-        return self._having("skipped")
-
-    @property
-    def failed(self) -> tuple[BatchItem, ...]:
-        return self._having("failed")
-
-    @property
-    def ok(self) -> bool:
-        """True when no file failed."""
-        return not self.failed
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready summary (for ``--json``)."""
-        return {
-            "dry_run": self.dry_run,
-            "converted": len(self.converted),
-            "skipped": len(self.skipped),
-            "failed": len(self.failed),
-            "files": [_item_dict(item) for item in self.items],
-        }
-
-
-def _item_dict(item: BatchItem) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": str(item.path), "status": item.status, "reason": item.reason}
-    r = item.report
-    if r is not None:
-        out.update(
-            format=r.format.value,
-            destination=str(r.destination),
-            messages=r.messages,
-            bytes_before=r.bytes_before,
-            bytes_after=r.bytes_after,
-            backup=None if r.backup is None else str(r.backup),
-        )
-    return out
-
-
 def migrate_many(
     paths: Iterable[str | os.PathLike[str]],
     *,
@@ -376,9 +303,11 @@ def migrate_many(
     its name without that suffix), stored as the store names ids and bound to the id, so
     ``ConversationStore(store).open(id)`` reads it. Two sources with one id: the second
     fails (an existing log is never replaced, nor a conversation the store holds in a pack).
-    Directory walks skip symbolic links and our own sidecars (``.idx``, ``.lock``,
-    ``.bak``, ``.salt``, temp files). ``progress(done, total, item)`` is called after
-    each file. Other arguments are as for :func:`migrate`.
+    Directory walks skip symbolic links, our own sidecars (``.idx``, ``.lock``, ``.bak``,
+    ``.salt``, temp files), hidden folders (``.git``, a store's ``.packs``) and attachment
+    folders (``P.blobs``). A file whose objects look like no message (``NotAHistoryError``)
+    is skipped, "not a history". ``progress(done, total, item)`` is called after each
+    file. Other arguments are as for :func:`migrate`.
 
     :raises TypeError, ValueError: a malformed key or password (``InvalidKeyError``,
         ``KeyTypeError``), before any file is touched.
@@ -411,7 +340,11 @@ def migrate_many(
         context = None
         if into is not None and dst is not None and decided is None:
             context = store_id(dst.relative_to(into.root))
-            dst = into.path(context)
+            try:
+                dst = into.path(context)
+            except ValueError as exc:  # e.g. a name not UTF-8: no id; this file fails alone
+                reason = _NO_ID if not context.isascii() else f"no conversation id: {exc}"
+                decided = BatchItem(path, "failed", reason)
         item = decided or _one(path, dst, {**options, "context": context})
         items.append(item)
         if progress is not None:
@@ -419,9 +352,14 @@ def migrate_many(
     return BatchReport(tuple(items), dry_run)
 
 
+_NO_ID = "its name is not UTF-8, so it names no conversation id; rename it (or use out_dir=)"
+
+
 def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
     try:
         report = migrate(path, dst, **options)
+    except NotAHistoryError as exc:  # an app's settings beside its histories: not a failure
+        return BatchItem(path, "skipped", str(exc))
     except Exception as exc:
         reason = str(exc) if isinstance(exc, ConversationCodecError) else repr(exc)
         return BatchItem(path, "failed", reason)
@@ -431,7 +369,11 @@ def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
         what = "would encrypt" if options["dry_run"] else "encrypted"  # a plaintext log, sealed
         reason = f"{what} the plaintext log in place ({report.messages} messages)"
         return BatchItem(path, "converted", reason, report)
-    if report.format is LegacyFormat.CODEC_LOG or not report.messages:
+    if (
+        report.format is LegacyFormat.CODEC_LOG
+        or not (report.converted or options["dry_run"])  # e.g. already migrated
+        or not report.messages
+    ):
         return BatchItem(path, "skipped", "; ".join(report.notes), report)
     what = "would convert" if options["dry_run"] else "converted"
     reason = f"{what} {report.messages} messages ({report.format.value})"
@@ -479,8 +421,16 @@ def _jobs(paths: Iterable[str | os.PathLike[str]], out: Path | None) -> Iterator
 
 def _walk(root: Path, out_real: str | None) -> Iterator[tuple[Path, Path]]:
     for folder, dirs, files in os.walk(root):  # followlinks=False: no loops, no escapes
-        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(folder, d)) != out_real)
+        dirs[:] = sorted(d for d in dirs if not _skipped_dir(folder, d, out_real))
         for name in sorted(files):
             if not is_sidecar(name):
                 path = Path(folder, name)
                 yield path, path.relative_to(root)
+
+
+def _skipped_dir(folder: str, name: str, out_real: str | None) -> bool:
+    """The output folder; hidden ones (``.git``, ``.vscode``, a store's ``.packs``) and a
+    log's attachments (``P.blobs``), which hold no histories (named on its own, one is
+    walked all the same)."""
+    hidden = name.startswith(".") or name.endswith(BLOBS_SUFFIX)
+    return hidden or os.path.realpath(os.path.join(folder, name)) == out_real

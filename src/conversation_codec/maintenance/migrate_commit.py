@@ -32,9 +32,11 @@ __all__ = [
     "as_storage_errors",
     "check_unchanged",
     "finish",
+    "holds_plan",
     "publish",
     "refuse_packed",
     "remove_temp",
+    "sweep_existing",
     "sweep_leftovers",
     "verify_copy",
     "write_backup",
@@ -133,6 +135,28 @@ def sweep_leftovers(target: Path, bak: Path | None, io: FileIO) -> int:
         if name.startswith(target.name) and leftover.fullmatch(name):
             removed += unlink_file(target.parent / name, io=io)  # refuses a planted link
     return removed
+
+
+def sweep_existing(target: Path, io: FileIO) -> int:
+    """Delete, under its writer lock, what a migration to the existing ``target`` left
+    (killed after its commit: the temp log's link, index and lock); return how many."""
+    with as_storage_errors(target), writer_lock(target, io):
+        return sweep_leftovers(target, None, io)
+
+
+def holds_plan(target: Path, plan: Plan, secret: dict[str, Any], io: FileIO) -> bool:
+    """Whether the log at ``target`` opens with ``secret`` and holds exactly the planned
+    messages (and times, when the source had any): a migration done already."""
+    try:
+        with ConversationCodec(target, **secret, io=io) as codec:
+            if (codec.load() or []) != plan.messages:
+                return False
+            times = plan.times
+            return times is None or all(
+                codec.timestamp(i) == _datetime(t) for i, t in enumerate(times)
+            )
+    except (ConversationCodecError, OSError):  # another key, another log, damage: not ours
+        return False
 
 
 def write_log(tmp: str, plan: Plan, secret: dict[str, Any], io: FileIO) -> None:

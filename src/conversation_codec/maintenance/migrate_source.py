@@ -17,8 +17,14 @@ from typing import Any
 
 from .._fsio import check_file, open_source
 from .._time import MAX_US, US_PER_S, iso_z
-from ..crypto import KeyInput, Keyring
-from ..errors import FormatError, StorageError
+from ..crypto import KeyInput
+from ..errors import (
+    FormatError,
+    NotAHistoryError,
+    NotSerializableError,
+    RecordTooLargeError,
+    StorageError,
+)
 from ..format.header import (
     MAX_PLAIN_HEADER_BYTES,
     LogKind,
@@ -27,10 +33,20 @@ from ..format.header import (
     sniff_log,
 )
 from ..sealing import check_password
-from .legacy import MAX_LEGACY_BYTES, LegacyFormat
-from .legacy_fernet import check_legacy_password
+from .import_source import unstorable
+from .legacy import MAX_LEGACY_BYTES, LegacyFormat, LegacyHistory
+from .legacy_fernet import check_key, check_legacy_password
+from .legacy_messages import MESSAGE_KEYS, clamp_note, clamp_times, looks_like_message
 
-__all__ = ["Plan", "check_key", "check_log_header", "check_secrets", "destination", "read_source"]
+__all__ = [
+    "Plan",
+    "check_history",
+    "check_key",
+    "check_log_header",
+    "check_secrets",
+    "destination",
+    "read_source",
+]
 
 _MIN_US = -62_135_596_800 * US_PER_S  # 0001-01-01T00:00:00Z: where datetime begins
 
@@ -44,67 +60,103 @@ class Plan:
     notes: list[str]
 
     @classmethod
-    def make(
-        cls,
-        fmt: LegacyFormat,
-        messages: list[dict[str, Any]],
-        stamps: Sequence[int | None],
-        where: str = "the source",
-    ) -> Plan:
+    def make(cls, history: LegacyHistory, where: Path) -> Plan:
         """Fill missing timestamps and keep every one representable in a log.
 
-        An untimed message takes the time of the message before it (the first known time
-        for leading ones): ``legacy`` already sorted them so, and a log's timestamps never
-        decrease. With no time at all every record gets the migration time. A time before
-        1970 cannot be stored (the format counts from the epoch): it becomes 1970-01-01
-        and the original instant is kept in the message's ``"timestamp"`` key, rather
-        than failing the whole file or silently dropping it. A time whose UTC instant
-        falls outside years 1-9999 has no datetime at all (``"9999-12-31T23:59:59-05:00"``):
-        that fails the file, as it fails ``import_`` (``check_times``).
+        Messages keep the file's order. An untimed message takes the time of the message
+        before it (the first known time for leading ones). A time earlier than one before
+        it (clocks out of step) is stored as that one: a log's timestamps never decrease,
+        and sorting would reorder the conversation (a tool result before its call); a
+        note says how many. With no time at all every record gets the migration time. A
+        time before 1970 cannot be stored (the format counts from the epoch): it becomes
+        1970-01-01 (or the time before it) and the original instant is kept in the
+        message's ``"timestamp"`` key, rather than failing the whole file or silently
+        dropping it. A time whose UTC instant falls outside years 1-9999 has no datetime
+        at all (``"9999-12-31T23:59:59-05:00"``): that fails the file, as it fails
+        ``import_`` (``check_times``).
+
+        Every message is then checked by the codec's rules (``import_source.unstorable``),
+        so that a dry run refuses what the real run would, before anything is written.
 
         :raises FormatError: such a time (how many; ``where`` names the file).
+        :raises NotAHistoryError: see :func:`check_history` (not asked of a plaintext
+            conversation-codec log being sealed: its messages are whatever it holds).
+        :raises RecordTooLargeError, NotSerializableError: a message the codec would not
+            store; the error names it (its number and, for JSONL, its line in ``where``).
         """
-        unheld = sum(ts is not None and not _MIN_US <= ts < MAX_US for ts in stamps)
+        unheld = sum(ts is not None and not _MIN_US <= ts < MAX_US for ts in history.timestamps)
         if unheld:
             raise FormatError(
                 f"{where}: {unheld} message(s) have a timestamp whose UTC instant falls "
                 "outside years 1-9999, which no date can hold, so nothing was changed; fix "
                 "them in the file"
             )
+        if history.format is not LegacyFormat.CODEC_LOG:
+            check_history(where, history.format, history.messages)
+        plan, lines = cls._make(history.messages, history.timestamps), history.lines
+        for i, message in enumerate(plan.messages):
+            reason = unstorable(message)
+            if reason is not None:
+                line = f" (line {lines[i]})" if lines is not None else ""
+                error = RecordTooLargeError if reason.startswith("larger") else NotSerializableError
+                raise error(
+                    f"{where}: message {i + 1}{line} of {len(plan.messages)} cannot be stored "
+                    f"({reason}); fix or remove it and retry — nothing was changed"
+                )
+        return plan
+
+    @classmethod
+    def _make(cls, messages: list[dict[str, Any]], stamps: Sequence[int | None]) -> Plan:
         notes: list[str] = []
         first = next((t for t in stamps if t is not None), None)
         if first is None:
             if messages:
                 notes.append("no timestamps in the source: records carry the migration time")
             return cls(list(messages), None, notes)
-        out, times, last, early = list(messages), [], first, 0
+        out, early = list(messages), 0
         for i, ts in enumerate(stamps):
-            last = last if ts is None else ts
             if ts is not None and ts < 0:
                 out[i] = {**out[i], "timestamp": iso_z(ts)}
                 early += 1
-            times.append(max(last, 0))
+        # A pre-1970 time counts as none here (its original is kept in the message): it
+        # takes the time before it, which is 1970-01-01 when it leads.
+        clamped, moved = clamp_times([None if t is None or t < 0 else t for t in stamps])
+        times, last = [], max(first, 0)
+        for ts in clamped:
+            last = last if ts is None else ts
+            times.append(last)
         if early:
             notes.append(
-                f"{early} timestamp(s) before 1970 stored as 1970-01-01T00:00:00Z; "
-                'the original kept in the message\'s "timestamp" key'
+                f"{early} timestamp(s) before 1970 stored as 1970-01-01T00:00:00Z (or as the "
+                'time before them); the original kept in the message\'s "timestamp" key'
             )
+        if moved:
+            notes.append(clamp_note(moved))
         missing = sum(ts is None for ts in stamps)
         if missing:
             notes.append(f"{missing} message(s) without a timestamp took the previous one's")
         return cls(out, times, notes)
 
 
-def check_key(name: str, key: KeyInput | None) -> None:
-    """Fail on a malformed key before touching any file (and before a batch starts).
+def check_history(source: Path, fmt: LegacyFormat, messages: list[dict[str, Any]]) -> None:
+    """Refuse a file none of whose objects looks like a chat message (``looks_like_message``):
+    an application's settings or session list beside its histories, not a history.
 
-    :raises TypeError, ValueError: ``key`` is malformed (the message names ``name``).
+    One message-like object is enough (a JSONL file may open with a metadata line). A
+    LangChain file is checked message by message when read; an empty one holds no messages.
+
+    :raises NotAHistoryError: no object looks like a message; the file is left as it is.
     """
-    if key is not None:
-        try:
-            Keyring.from_input(key)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{name}: {exc}") from None
+    if not messages or fmt is LegacyFormat.LANGCHAIN_JSON:
+        return
+    if any(looks_like_message(m) for m in messages):
+        return
+    keys = ", ".join(sorted(MESSAGE_KEYS))
+    raise NotAHistoryError(
+        f"not a history: no object in {source} has a role or another message key ({keys}) "
+        "or a LangChain type; left as it is (to keep such objects in a log all the same, "
+        "import the file into one: ConversationCodec.import_, CLI import)"
+    )
 
 
 def check_secrets(
@@ -173,25 +225,33 @@ def check_log_header(path: Path, data: bytes) -> None:
         raise type(exc)(f"{path}: {exc}") from None
 
 
-def destination(real: Path, dst: str | os.PathLike[str] | None) -> tuple[Path, bool]:
-    """Return the destination path and whether the migration is in place.
+def destination(
+    real: Path, dst: str | os.PathLike[str] | None
+) -> tuple[Path, bool, StorageError | None]:
+    """Return the destination path, whether the migration is in place, and the error for
+    an existing destination: raised unless it turns out to hold this very history (a
+    migration killed after its commit, run again).
 
-    :raises StorageError: ``dst`` exists (and is not the source), or is a link.
+    :raises StorageError: ``dst`` is a link.
     """
     if dst is None:
-        return real, True
+        return real, True, None
     target = Path(dst)
     if os.path.islink(target):
         check_file(target)  # raises: a link is never written through, nor replaced
     if not os.path.lexists(target):
-        return target, False
+        return target, False, None
     with contextlib.suppress(OSError):
         if os.path.samefile(target, real):
-            return real, True
+            return real, True, None
     what = "a conversation-codec log" if _is_log(target) else "a file"
-    raise StorageError(
-        errno.EEXIST,
-        f"{target} already exists ({what}); choose another destination or remove it first",
+    return (
+        target,
+        False,
+        StorageError(
+            errno.EEXIST,
+            f"{target} already exists ({what}); choose another destination or remove it first",
+        ),
     )
 
 

@@ -64,6 +64,7 @@ from ..paths import backup_path, blobs_path, is_leftover, is_log_file
 from ..storage.base import LogStorage
 from .import_source import LogOpener, check_times, read_source, refuse_rejects, unstorable
 from .legacy import LegacyFormat, escape_time_keys
+from .legacy_messages import clamp_note, clamp_times
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -122,7 +123,8 @@ class ImportReport:
     ``read``: messages found in the source. ``added``: messages now in the log that came
     from it. ``skipped_duplicate``: merge only, already in the log. ``rejected``: not
     storable (not a JSON object that round-trips exactly, or over the record size limit),
-    so left out. ``read == added + skipped_duplicate + rejected``.
+    so left out. ``read == added + skipped_duplicate + rejected``. ``notes``: what was
+    changed on the way in (times out of step with the file's order, raised to keep it).
     """
 
     read: int
@@ -130,6 +132,7 @@ class ImportReport:
     skipped_duplicate: int
     rejected: int
     format: LegacyFormat
+    notes: tuple[str, ...] = ()
 
 
 # -- export ------------------------------------------------------------------------------
@@ -314,9 +317,11 @@ def import_history(
     a password log with ``password``).
     Record times come from the file's ``"timestamp"`` keys; an untimed message takes the
     time of the timed message before it (or after it, at the start); a file with no
-    times at all is stamped with the current time. A time a log cannot hold (before 1970,
+    times at all is stamped with the current time. The file's messages keep its order: a
+    time earlier than one before it (clocks out of step) is stored as that one, and
+    ``ImportReport.notes`` says how many. A time a log cannot hold (before 1970,
     after 9999) fails the import (``FormatError``), where ``migrate`` stores 1970-01-01
-    and keeps the original in the message: an import reports no notes. ``src`` is read
+    and keeps the original in the message (an import changes no message). ``src`` is read
     only if it is a regular file (a FIFO or device there is refused, never waited on); it
     may also be a binary stream (the CLI's ``SRC -``), read to its end.
 
@@ -358,14 +363,18 @@ def import_history(
     if replace:
         refuse_rejects(where, reasons)
     messages = [m for m, _ in kept]
-    stamps = _fill_times([ts for _, ts in kept])
+    # The file's order is kept: a time earlier than one before it is raised to it (a log's
+    # times never decrease), so the merge below cannot reorder the file's own messages.
+    clamped, moved = clamp_times([ts for _, ts in kept])
+    stamps = _fill_times(clamped)
     with codec.transaction():  # see the module docstring
         if replace:
             codec.replace(messages, timestamps=_as_datetimes(stamps))
             added = len(messages)
         else:
             added = _merge_locked(codec, messages, stamps, dedupe=merge)
-    return ImportReport(len(pairs), added, len(messages) - added, rejected, fmt)
+    notes = (clamp_note(moved),) if moved else ()
+    return ImportReport(len(pairs), added, len(messages) - added, rejected, fmt, notes)
 
 
 def _fill_times(stamps: Sequence[int | None]) -> list[int] | None:
