@@ -107,9 +107,9 @@ def check_times(where: str, stamps: list[int | None]) -> None:
     """Refuse record times a log cannot hold (before 1970, or past 9999).
 
     Rejected alternative: migrate()'s rule (store 1970-01-01, keep the original instant in
-    the message's ``"timestamp"`` key). An import reports no notes, and a merge would then
-    compare a changed message with what the log holds; the file is better fixed (or
-    migrated, which says what it did).
+    the message's ``"timestamp"`` key). A merge would then compare a changed message with
+    what the log holds, and an import's notes would be the only trace of the change; the
+    file is better fixed (or migrated, which says what it did).
 
     :raises FormatError: such a time; the message says how many.
     """
