@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -660,6 +662,46 @@ def test_a_url_collapsed_by_path_is_still_a_url(tmp_path: Path) -> None:
     """``Path("ftp://h/x")`` is ``ftp:/h/x``: still refused, not a directory ``ftp:``."""
     with pytest.raises(ValueError, match="URL"):
         ConversationStore(Path("ftp://host/agents"))
+
+
+_NO_PSYCOPG = """
+import importlib.abc, sys
+
+class _Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("psycopg", "psycopg_pool"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _Missing())
+"""
+
+
+def without_psycopg(tmp_path: Path) -> dict[str, str]:
+    """The environment of a core install: ``import psycopg`` fails, as without the extra."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_NO_PSYCOPG)
+    env = {k: v for k, v in os.environ.items() if k != "CONVERSATION_KEY"}
+    return {**env, "PYTHONPATH": str(tmp_path / "site"), "CONVERSATION_KEY": KEY}
+
+
+def test_a_postgres_url_without_the_extra_is_backend_unavailable(tmp_path: Path) -> None:
+    """Defect: a bare ImportError (a traceback in the CLI) instead of BackendUnavailableError."""
+    env = without_psycopg(tmp_path)
+    api = subprocess.run(
+        [sys.executable, "-c", "import conversation_codec as cc\n"
+         "try: cc.ConversationStore('postgresql://u@h/db')\n"
+         "except cc.BackendUnavailableError as e: print('unavailable', e)"],
+        capture_output=True, text=True, env=env, timeout=60, check=True,
+    )  # fmt: skip
+    assert api.stdout.startswith("unavailable") and "conversation-codec[postgres]" in api.stdout
+    cli = subprocess.run(
+        [sys.executable, "-m", "conversation_codec", "ls", "postgresql://u@h/db"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert (cli.returncode, cli.stdout) == (1, "")  # 1: as any other library error
+    assert cli.stderr.count("\n") == 1 and cli.stderr.startswith("error: "), cli.stderr
+    assert "pip install 'conversation-codec[postgres]'" in cli.stderr
 
 
 def test_a_directory_root_keeps_files(tmp_path: Path) -> None:

@@ -85,7 +85,8 @@ class ConversationStore:
     """Many conversations under ``root``: one ``ConversationCodec`` log per conversation id.
 
     :param root: a directory (created 0700 by the first write), or a ``postgresql://``
-        URL (``pip install "conversation-codec[postgres]"``); any other URL is refused.
+        URL (``pip install "conversation-codec[postgres]"``; without it, a URL raises
+        ``BackendUnavailableError``); any other URL is refused.
     :param encryption_key: one key (or rotation list) for every conversation; None for
         plaintext. Exclusive with ``key_fn``.
     :param key_fn: ``key_fn(conversation_id)`` returns that conversation's key (or None for
