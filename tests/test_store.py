@@ -490,6 +490,19 @@ def test_prune_refuses_a_negative_age_and_takes_a_huge_one_as_nothing_that_old(
     assert store.prune(older_than=timedelta(0)) == ["a"]
 
 
+@pytest.mark.parametrize("number", [5, 5e8])
+def test_prune_and_pack_refuse_a_number_and_say_why(tmp_path: Path, number: float) -> None:
+    """A number in ``older_than`` may mean an age or epoch seconds: refused, and said so
+    (the README used to list the store's prune among the calls that take epoch seconds)."""
+    store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
+    with store.open("a") as codec:
+        codec.append({"role": "user", "content": "hi"}, timestamp=1e9)
+    for call in (store.prune, store.pack):
+        with pytest.raises(TypeError, match=r"an age or epoch seconds.*fromtimestamp"):
+            call(older_than=number)  # type: ignore[operator]
+    assert store.ids() == ["a"] and store.path("a").exists()
+
+
 def test_prune_keeps_a_conversation_written_to_after_listing(tmp_path: Path) -> None:
     """The age is checked again under the writer lock, just before the delete."""
     calls: dict[str, int] = {}

@@ -25,6 +25,7 @@ from .errors import NaiveDatetimeError
 __all__ = [
     "EPOCH",
     "MAX_US",
+    "NOT_A_CUTOFF",
     "ONE_US",
     "US_PER_S",
     "age_cutoff_us",
@@ -39,6 +40,13 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ONE_US = timedelta(microseconds=1)
 US_PER_S = 1_000_000
 MAX_US = 253_402_300_800 * US_PER_S  # 10000-01-01T00:00:00Z: where datetime ends
+# A store's prune/pack(older_than=) takes no number: "older than 30" reads as an age as
+# readily as epoch seconds, and taking one for the other deletes the wrong conversations.
+NOT_A_CUTOFF = (
+    "older_than must be an aware datetime (the cutoff) or a timedelta (an age), not a number, "
+    "which could mean an age or epoch seconds; for epoch seconds pass "
+    "datetime.fromtimestamp(seconds, timezone.utc)"
+)
 
 
 def datetime_to_us(value: datetime, name: str) -> int:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._fsio import FileIO
-from ._time import EPOCH, ONE_US, age_cutoff_us, datetime_to_us, to_datetime
+from ._time import EPOCH, NOT_A_CUTOFF, ONE_US, age_cutoff_us, datetime_to_us, to_datetime
 from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
 from .errors import (
@@ -350,7 +350,8 @@ class ConversationStore:
         """Delete the conversations whose last message is older than a cutoff; return their ids.
 
         :param older_than: an aware datetime (the cutoff itself), or a timedelta >= 0: the
-            cutoff is now (the store's clock) minus it. Empty conversations are kept.
+            cutoff is now (the store's clock) minus it; not a number (age or epoch seconds?).
+            Empty conversations are kept.
         :param on_error: called with ``(conversation_id, error)`` for each conversation
             that could not be read or deleted; it is kept, and pruning carries on. (Such
             conversations also show in ``list()`` with their status.)
@@ -363,7 +364,7 @@ class ConversationStore:
         elif isinstance(older_than, datetime):
             cutoff_us = datetime_to_us(older_than, "older_than")  # NaiveDatetimeError
         else:
-            raise TypeError("older_than must be an aware datetime or a timedelta")
+            raise TypeError(NOT_A_CUTOFF)
         deleted: builtins.list[str] = []
         ids, bad = self._readable_ids()
         for conversation_id in ids:
