@@ -354,7 +354,7 @@ class ConversationStore:
             Empty conversations are kept.
         :param on_error: called with ``(conversation_id, error)`` for each conversation
             that could not be read or deleted; it is kept, and pruning carries on. (Such
-            conversations also show in ``list()`` with their status.)
+            conversations also show in ``infos()`` with their status.)
         :raises FormatError: a pack is unreadable: what it holds is kept, all else pruned.
         """
         if isinstance(older_than, timedelta):
@@ -431,7 +431,7 @@ class ConversationStore:
         A conversation that cannot be read (no key or a wrong one, a foreign or damaged
         file) does not stop the search: its hits read before the failure are kept, the
         rest of it is skipped, and ``on_error(conversation_id, error)`` is called (from
-        the thread consuming the stream). ``list()`` reports the same conversations.
+        the thread consuming the stream). ``infos()`` reports the same conversations.
         An unreadable pack: as for ``ids()`` (``on_error`` is called before the first hit).
         A conversation compacted or pruned meanwhile loses no hit; one whose history was
         rewritten while it was read raises ``LogReplacedError``: each conversation gives
