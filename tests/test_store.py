@@ -547,6 +547,28 @@ def test_a_root_too_long_for_the_file_system_raises_storage_error(tmp_path: Path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_root_that_is_a_regular_file_raises_storage_error_everywhere(tmp_path: Path) -> None:
+    """Defect: pack() and delete() raised a raw NotADirectoryError, past ``except
+    ConversationCodecError``; the other calls already raised StorageError."""
+    (tmp_path / "f").write_bytes(b"not a directory")
+    store = ConversationStore(tmp_path / "f", encryption_key=KEY)
+    calls = {
+        "ids": store.ids,
+        "infos": store.infos,
+        "search": lambda: list(store.search("x")),
+        "prune": lambda: store.prune(older_than=timedelta(0)),
+        "pack": store.pack,
+        "delete": lambda: store.delete("a"),
+        "append": lambda: store.open("a").append({"role": "user", "content": "x"}),
+    }
+    for name, call in calls.items():
+        with pytest.raises(StorageError) as info:
+            call()
+        assert info.value.errno == errno.ENOTDIR, name
+    assert (tmp_path / "f").read_bytes() == b"not a directory"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
 # -- one bad log does not break the store (issue 11 §7) -----------------------------------
 
 GOOD = {"alice": ["refund please", "refund sent"], "bob": ["where is my refund"]}
