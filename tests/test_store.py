@@ -569,6 +569,33 @@ def test_a_root_that_is_a_regular_file_raises_storage_error_everywhere(tmp_path:
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
 
 
+def empty_transaction(codec: ConversationCodec) -> None:
+    with codec.transaction():
+        pass
+
+
+GHOST_WRITES: dict[str, Any] = {
+    "pop": lambda c: c.pop(),
+    "prune": lambda c: c.prune(before=2e9),
+    "save([])": lambda c: c.save([]),
+    "compact": lambda c: c.compact(),
+    "transaction": empty_transaction,
+}
+
+
+@pytest.mark.parametrize("call", GHOST_WRITES.values(), ids=GHOST_WRITES.keys())
+def test_a_write_that_writes_nothing_leaves_no_file(tmp_path: Path, call: Any) -> None:
+    """Defect: pop()/prune()/save([])/compact() of a conversation that does not exist left
+    ``<id>.log.lock``, and then ``delete()`` said True (it had files)."""
+    store = ConversationStore(tmp_path / "root", encryption_key=KEY)
+    codec = store.open("nobody")
+    call(codec)
+    codec.close()
+    assert list((tmp_path / "root").iterdir()) == []
+    assert store.ids() == [] and "nobody" not in store
+    assert store.delete("nobody") is False
+
+
 # -- one bad log does not break the store (issue 11 §7) -----------------------------------
 
 GOOD = {"alice": ["refund please", "refund sent"], "bob": ["where is my refund"]}
