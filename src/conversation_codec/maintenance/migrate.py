@@ -54,7 +54,14 @@ from .migrate_commit import (
     write_log,
     writer_lock,
 )
-from .migrate_source import Plan, check_key, check_log_header, destination, read_source
+from .migrate_source import (
+    Plan,
+    check_key,
+    check_log_header,
+    destination,
+    header_opens,
+    read_source,
+)
 
 __all__ = [
     "BatchItem",
@@ -145,6 +152,8 @@ def migrate(
     if sniff_log(data[:64]) in (LogKind.SEALED, LogKind.PLAIN):
         check_log_header(real, data)  # a log no codec can open is no "log, left as it is"
         notes = ["already a conversation-codec log; left as it is"]
+        if not header_opens(real, data, encryption_key, log_password, context):
+            notes[0] += " (the key given does not open it: another key's log, or damaged)"
         if dst is not None and _elsewhere(Path(dst), real):
             notes[0] += f"; not copied to {dst} (to copy a log, import it there)"
         if not dry_run:
