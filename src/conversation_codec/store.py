@@ -123,6 +123,8 @@ class ConversationStore:
             raise ValueError("pass password= or encryption_key=/key_fn=, not both")
         if durability not in ("fsync", "flush"):
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
+        if attachments not in ("keep", "strip", "external"):  # now, not at the first write
+            raise ValueError('attachments must be "keep", "strip" or "external"')
         check_seconds(lock_timeout, "lock_timeout")  # now, not at the first open
         # Parsed once: a bad key fails here, and no open parses it again (issue 15).
         keyring = None if encryption_key is None else Keyring.from_input(encryption_key)

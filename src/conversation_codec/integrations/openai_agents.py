@@ -115,6 +115,8 @@ class CodecSession:
         self.session_settings = (
             _coerce(session_settings) if session_settings is not None else SessionSettings()
         )
+        if (self.session_settings.limit or 0) < 0:  # now, not at the first get_items()
+            raise ValueError("limit must be >= 0 or None")
         self._codec = LazyCodec(
             store_or_path,
             session_id,
