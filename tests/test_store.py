@@ -547,6 +547,11 @@ def test_a_root_too_long_for_the_file_system_raises_storage_error(tmp_path: Path
     assert list(tmp_path.iterdir()) == []
 
 
+def append_to(store: ConversationStore, conversation_id: str) -> None:
+    with store.open(conversation_id) as codec:
+        codec.append({"role": "user", "content": "x"})
+
+
 def test_a_root_that_is_a_regular_file_raises_storage_error_everywhere(tmp_path: Path) -> None:
     """Defect: pack() and delete() raised a raw NotADirectoryError, past ``except
     ConversationCodecError``; the other calls already raised StorageError."""
@@ -559,7 +564,7 @@ def test_a_root_that_is_a_regular_file_raises_storage_error_everywhere(tmp_path:
         "prune": lambda: store.prune(older_than=timedelta(0)),
         "pack": store.pack,
         "delete": lambda: store.delete("a"),
-        "append": lambda: store.open("a").append({"role": "user", "content": "x"}),
+        "append": lambda: append_to(store, "a"),
     }
     for name, call in calls.items():
         with pytest.raises(StorageError) as info:
