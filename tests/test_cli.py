@@ -218,6 +218,74 @@ def test_key_file_is_stripped_and_key_env_names_the_variable(
     assert KEY not in out + err
 
 
+def test_dash_is_stdin_for_key_and_password_files(run: Run, tmp_path: Path) -> None:
+    """Defect: ``--key-file -`` read a file named ``-``; now stdin (never a terminal)."""
+    log, pw_log = str(tmp_path / "chat.log"), str(tmp_path / "pw.log")
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        codec.append({"n": 1})
+    with ConversationCodec(pw_log, password="horse") as codec:
+        codec.append({"n": 2})
+    assert run("cat", log, "--key-file", "-", stdin=f"{KEY}\n")[:2] == (0, '{"n":1}\n')
+    assert run("cat", pw_log, "--password-file", "-", stdin="horse\n")[:2] == (0, '{"n":2}\n')
+    code, _, err = run("cat", log, "--key-file", "-", stdin=f"{OTHER_KEY}")
+    assert code == 1 and "wrong key" in err and OTHER_KEY not in err
+    code, _, err = run("cat", log, "--key-file", "-", stdin="not a key\n")
+    assert code == 1 and "does not hold a Fernet key" in err and "not a key" not in err
+    assert run("cat", log, "--key-file", "-")[0] == 1  # empty stdin
+    # One reader of stdin per command: the messages and the key cannot both come from it.
+    code, _, err = run("append", log, "--key-file", "-", stdin='{"n": 3}')
+    assert code == 2 and "cannot both come from stdin" in err
+    with ConversationCodec(log, encryption_key=KEY) as codec:
+        assert codec.load() == [{"n": 1}]
+    assert not (tmp_path / "-").exists() and not Path("-").exists()
+
+
+def test_keygen_out_dash_prints_the_key_and_writes_no_file(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: ``keygen --out -`` wrote the key to a file named ``-`` in the working dir."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("keygen", "--out", "-")
+    assert (code, err) == (0, "") and KEY_LIKE.fullmatch(out.strip())
+    code, out, _ = run("keygen", "--out", "-", "--json")
+    assert code == 0 and KEY_LIKE.fullmatch(json.loads(out)["key"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["salvage", "src.log", "-", "--plain"],
+        ["salvage", "-", "dst.log", "--plain"],
+        ["tail", "-"],
+        ["append", "-", "--plain"],
+        ["verify", "-"],
+        ["search", "-", "hi"],
+        ["passwd", "-", "--password-env", "A", "--new-password-env", "B"],
+        ["migrate", "-", "--plain"],
+        ["migrate", "src.jsonl", "--out", "-", "--plain"],
+        ["ls", "-"],
+        ["copy", "-", "dst"],
+        ["copy", "src", "-"],
+        ["prune", "-", "--older-than", "1d"],
+        ["delete", "-", "x"],
+        ["pack", "-"],
+    ],
+    ids=lambda argv: " ".join(argv),
+)
+def test_dash_is_no_log_path(
+    run: Run, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: ``salvage SRC -`` wrote a log named ``-``: a log is no stream, so a usage error."""
+    monkeypatch.chdir(tmp_path)
+    with ConversationCodec(tmp_path / "src.log") as codec:
+        codec.append({"n": 1})
+    before = sorted(tmp_path.iterdir())
+    code, out, err = run(*argv, stdin='{"n": 2}')
+    assert (code, out) == (2, "") and "cannot be a log or store" in err
+    assert sorted(tmp_path.iterdir()) == before
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 

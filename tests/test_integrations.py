@@ -11,6 +11,8 @@ import importlib
 import json
 import os
 import secrets
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -515,3 +517,31 @@ def test_a_record_langchain_cannot_read_raises_a_library_error_without_its_conte
     session = CodecSession("u42", tmp_path, encryption_key=KEY)
     assert asyncio.run(session.get_items()) == [record]
     session.close()
+
+
+@pytest.mark.parametrize(
+    ("module", "missing", "extra"),
+    [("openai_agents", "agents", "openai-agents"), ("langchain", "langchain_core", "langchain")],
+)
+def test_an_integration_without_its_extra_names_the_pip_install(
+    module: str, missing: str, extra: str
+) -> None:
+    """Defect: a bare ``No module named 'agents'``; as the postgres and regex extras, say
+    what to install. Run in a process whose import of the SDK fails, as in a core install."""
+    code = (
+        "import importlib.abc, sys\n"
+        "class Missing(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.partition('.')[0] == {missing!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Missing())\n"
+        "try:\n"
+        f"    import conversation_codec.integrations.{module}\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc.name, exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.startswith(f"{missing} ")
+    assert f'pip install "conversation-codec[{extra}]"' in done.stdout

@@ -358,3 +358,24 @@ def test_add_items_refuses_what_is_not_a_list_of_items(
         asyncio.run(session.add_items(items))
     assert asyncio.run(session.get_items()) == []
     session.close()
+
+
+def test_bad_options_fail_at_construction(agents: ModuleType, tmp_path: Path) -> None:
+    """Defect: a negative settings limit and a bad ``attachments=`` were accepted and only
+    failed at the first read or write; ``password=`` beside a store named the wrong cause."""
+    from agents.memory import SessionSettings
+
+    from conversation_codec import ConversationStore
+    from conversation_codec.integrations.openai_agents import CodecSession
+
+    for settings in ({"limit": -1}, SessionSettings(limit=-1)):
+        with pytest.raises(ValueError, match="limit must be >= 0"):
+            CodecSession("s", tmp_path, encryption_key=KEY, session_settings=settings)
+    with pytest.raises(ValueError, match="attachments must be"):
+        CodecSession("s", tmp_path, encryption_key=KEY, attachments="bad")
+    with pytest.raises(ValueError, match="attachments must be"):
+        ConversationStore(tmp_path, encryption_key=KEY, attachments="bad")
+    store = ConversationStore(tmp_path / "pw", password="p")
+    with pytest.raises(ValueError, match=r"ConversationStore\(root, password="):
+        CodecSession("s", store, password="p")
+    assert list(tmp_path.iterdir()) == []

@@ -959,3 +959,23 @@ def test_the_package_name_migrate_is_the_function_whatever_was_imported_first() 
         "assert migrate.__name__ == 'migrate' and callable(migrate)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_log_whose_header_the_key_does_not_open_is_said_so(tmp_path: Path) -> None:
+    """Defect: a sealed header with a flipped MAC byte was reported "already a log; left as
+    it is" (the file is fine) while opening it raises DecryptionError. A migration of a log
+    uses no key (test_a_log_already_is_a_no_op: another key's log is no error), and a MAC
+    cannot tell another key from damage, so the report says the key does not open it."""
+    path = tmp_path / "chat.log"
+    with ConversationCodec(path, encryption_key=KEY, context="alice") as codec:
+        codec.append({"role": "user", "content": "hi"})
+    intact = migrate(path, encryption_key=KEY)  # bound to a context migrate was not given
+    assert intact.notes == ("already a conversation-codec log; left as it is",)
+    data = bytearray(path.read_bytes())
+    data[20] ^= 0xFF  # inside the header's authenticated fields
+    path.write_bytes(bytes(data))
+    with pytest.raises(DecryptionError):
+        ConversationCodec(path, encryption_key=KEY, context="alice").load()
+    for report in (migrate(path, encryption_key=KEY), migrate(path, encryption_key=OTHER_KEY)):
+        assert not report.converted and "the key given does not open it" in report.notes[0]
+    assert path.read_bytes() == bytes(data)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -488,6 +490,19 @@ def test_prune_refuses_a_negative_age_and_takes_a_huge_one_as_nothing_that_old(
     assert store.prune(older_than=timedelta(0)) == ["a"]
 
 
+@pytest.mark.parametrize("number", [5, 5e8])
+def test_prune_and_pack_refuse_a_number_and_say_why(tmp_path: Path, number: float) -> None:
+    """A number in ``older_than`` may mean an age or epoch seconds: refused, and said so
+    (the README used to list the store's prune among the calls that take epoch seconds)."""
+    store = ConversationStore(tmp_path, encryption_key=KEY, durability="flush")
+    with store.open("a") as codec:
+        codec.append({"role": "user", "content": "hi"}, timestamp=1e9)
+    for call in (store.prune, store.pack):
+        with pytest.raises(TypeError, match=r"an age or epoch seconds.*fromtimestamp"):
+            call(older_than=number)  # type: ignore[operator]
+    assert store.ids() == ["a"] and store.path("a").exists()
+
+
 def test_prune_keeps_a_conversation_written_to_after_listing(tmp_path: Path) -> None:
     """The age is checked again under the writer lock, just before the delete."""
     calls: dict[str, int] = {}
@@ -530,6 +545,60 @@ def test_a_root_too_long_for_the_file_system_raises_storage_error(tmp_path: Path
     with pytest.raises(StorageError, match="300-byte directory name"):
         store.open("alice")
     assert list(tmp_path.iterdir()) == []
+
+
+def append_to(store: ConversationStore, conversation_id: str) -> None:
+    with store.open(conversation_id) as codec:
+        codec.append({"role": "user", "content": "x"})
+
+
+def test_a_root_that_is_a_regular_file_raises_storage_error_everywhere(tmp_path: Path) -> None:
+    """Defect: pack() and delete() raised a raw NotADirectoryError, past ``except
+    ConversationCodecError``; the other calls already raised StorageError."""
+    (tmp_path / "f").write_bytes(b"not a directory")
+    store = ConversationStore(tmp_path / "f", encryption_key=KEY)
+    calls = {
+        "ids": store.ids,
+        "infos": store.infos,
+        "search": lambda: list(store.search("x")),
+        "prune": lambda: store.prune(older_than=timedelta(0)),
+        "pack": store.pack,
+        "delete": lambda: store.delete("a"),
+        "append": lambda: append_to(store, "a"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(StorageError) as info:
+            call()
+        assert info.value.errno == errno.ENOTDIR, name
+    assert (tmp_path / "f").read_bytes() == b"not a directory"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def empty_transaction(codec: ConversationCodec) -> None:
+    with codec.transaction():
+        pass
+
+
+GHOST_WRITES: dict[str, Any] = {
+    "pop": lambda c: c.pop(),
+    "prune": lambda c: c.prune(before=2e9),
+    "save([])": lambda c: c.save([]),
+    "compact": lambda c: c.compact(),
+    "transaction": empty_transaction,
+}
+
+
+@pytest.mark.parametrize("call", GHOST_WRITES.values(), ids=GHOST_WRITES.keys())
+def test_a_write_that_writes_nothing_leaves_no_file(tmp_path: Path, call: Any) -> None:
+    """Defect: pop()/prune()/save([])/compact() of a conversation that does not exist left
+    ``<id>.log.lock``, and then ``delete()`` said True (it had files)."""
+    store = ConversationStore(tmp_path / "root", encryption_key=KEY)
+    codec = store.open("nobody")
+    call(codec)
+    codec.close()
+    assert list((tmp_path / "root").iterdir()) == []
+    assert store.ids() == [] and "nobody" not in store
+    assert store.delete("nobody") is False
 
 
 # -- one bad log does not break the store (issue 11 §7) -----------------------------------
@@ -660,6 +729,46 @@ def test_a_url_collapsed_by_path_is_still_a_url(tmp_path: Path) -> None:
     """``Path("ftp://h/x")`` is ``ftp:/h/x``: still refused, not a directory ``ftp:``."""
     with pytest.raises(ValueError, match="URL"):
         ConversationStore(Path("ftp://host/agents"))
+
+
+_NO_PSYCOPG = """
+import importlib.abc, sys
+
+class _Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("psycopg", "psycopg_pool"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _Missing())
+"""
+
+
+def without_psycopg(tmp_path: Path) -> dict[str, str]:
+    """The environment of a core install: ``import psycopg`` fails, as without the extra."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_NO_PSYCOPG)
+    env = {k: v for k, v in os.environ.items() if k != "CONVERSATION_KEY"}
+    return {**env, "PYTHONPATH": str(tmp_path / "site"), "CONVERSATION_KEY": KEY}
+
+
+def test_a_postgres_url_without_the_extra_is_backend_unavailable(tmp_path: Path) -> None:
+    """Defect: a bare ImportError (a traceback in the CLI) instead of BackendUnavailableError."""
+    env = without_psycopg(tmp_path)
+    api = subprocess.run(
+        [sys.executable, "-c", "import conversation_codec as cc\n"
+         "try: cc.ConversationStore('postgresql://u@h/db')\n"
+         "except cc.BackendUnavailableError as e: print('unavailable', e)"],
+        capture_output=True, text=True, env=env, timeout=60, check=True,
+    )  # fmt: skip
+    assert api.stdout.startswith("unavailable") and "conversation-codec[postgres]" in api.stdout
+    cli = subprocess.run(
+        [sys.executable, "-m", "conversation_codec", "ls", "postgresql://u@h/db"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert (cli.returncode, cli.stdout) == (1, "")  # 1: as any other library error
+    assert cli.stderr.count("\n") == 1 and cli.stderr.startswith("error: "), cli.stderr
+    assert "pip install 'conversation-codec[postgres]'" in cli.stderr
 
 
 def test_a_directory_root_keeps_files(tmp_path: Path) -> None:

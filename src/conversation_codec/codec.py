@@ -250,7 +250,9 @@ class ConversationCodec(Maintenance, ChatFormats):
             return self._present(self._reader.read_one(self._position(seq)))
 
     def tail(self, n: int) -> list[Message]:
-        """Return the last ``n`` messages, oldest first, reading only those records."""
+        """Return the last ``n`` messages, oldest first, reading only those records.
+
+        :raises ValueError, TypeError: ``n`` is negative, or not an int."""
         with self._holding(write=False, tail=check_int(n, "n", 0)):
             count = len(self._log.index)
             start = max(self._base(), count - n)
@@ -290,13 +292,12 @@ class ConversationCodec(Maintenance, ChatFormats):
     def timestamp(self, seq: int) -> datetime:
         """Return the UTC time record ``seq`` was written, from the index (no decryption).
 
-        The index is a cache beside the log, not authenticated: someone who edits it can
-        make this answer wrong (``verify()`` reports it as "index-ts-mismatch"), though
-        never raise anything but a library error. Time queries (``search``, ``between``)
-        and ``prune`` check the records themselves.
+        The index is an unauthenticated cache: an edit of it can make this answer wrong, never
+        raise a foreign error (``verify()`` reports "index-ts-mismatch"); time queries
+        (``search``, ``between``) and ``prune`` check the records themselves.
 
-        :raises CorruptRecordError: the record's own time is no date in years 1..9999
-            (only a key holder, or an edit of a plain log, can stamp one).
+        :raises IndexError: no such record (as ``get``: negative seqs count from the end).
+        :raises CorruptRecordError: its own time is no date in years 1..9999 (a forged record).
         """
         with self._holding(write=False):
             return self._reader.when(self._position(seq))
@@ -343,11 +344,10 @@ class ConversationCodec(Maintenance, ChatFormats):
         case folding unless ``case_sensitive``, several words all required, a "quoted phrase"
         as written, or one regular expression with ``regex=True``; ``None`` matches all.
 
-        ``since`` (inclusive) and ``until`` (exclusive) accept aware or naive (UTC) datetimes,
-        epoch seconds or ISO-8601 strings. The index's timestamps are binary-searched, so only
-        records inside the range are decrypted. ``limit`` and ``newest_first`` stop early:
-        the 5 newest matches read from the end. Records are decoded a batch per lock hold,
-        in bounded memory.
+        ``since`` (inclusive), ``until`` (exclusive): aware datetimes (a naive one raises
+        ``NaiveDatetimeError``), epoch seconds or ISO-8601 strings (no offset: UTC); only the
+        records in range are decrypted. ``limit`` and ``newest_first`` stop early: the 5 newest
+        matches read from the end. Records are decoded a batch per lock hold, in bounded memory.
 
         :raises QueryTypeError: ``query`` is not a str or None.
         :raises SearchError: an invalid regex, or ``regex=True`` without RE2 installed

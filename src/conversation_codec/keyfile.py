@@ -23,7 +23,14 @@ from ._fsio import DEFAULT_IO, FileIO, make_private_dirs
 from .crypto import Keyring, generate_key
 from .errors import FormatError, KeyFileError, StorageError
 
-__all__ = ["KEY_FILE_MODE", "KeyFileError", "create_key_file", "load_key", "load_or_create_key"]
+__all__ = [
+    "KEY_FILE_MODE",
+    "KeyFileError",
+    "create_key_file",
+    "load_key",
+    "load_or_create_key",
+    "parse_key",
+]
 
 KEY_FILE_MODE = 0o600  # owner read/write; any group/other bit makes the file refused
 _MAX_KEY_FILE_BYTES = 4096  # bytes; a Fernet key file is 44 or 45; more is not a key file
@@ -114,6 +121,15 @@ def load_key(path: str | os.PathLike[str]) -> str:
     return key
 
 
+def parse_key(data: bytes, source: str) -> str:
+    """Return the one Fernet key ``data`` holds, by the rule of a key file's content
+    (whitespace around it allowed, nothing else); ``source`` names where it came from.
+
+    :raises FormatError: ``data`` is empty or does not hold exactly one Fernet key.
+    """
+    return _parse(source, data)
+
+
 def _load(path: Path) -> str | None:
     """Return the key in ``path``, or None when there is no file."""
     deadline = time.monotonic() + _EMPTY_GRACE
@@ -153,7 +169,7 @@ def _check_private(path: Path, st: os.stat_result) -> None:
         )
 
 
-def _parse(path: Path, data: bytes) -> str:
+def _parse(path: Path | str, data: bytes) -> str:
     # Whitespace around the key is allowed (editors add newlines); nothing else is.
     # The messages never quote the content: it may be a near-miss of a real key.
     text = data.strip(b" \t\r\n")

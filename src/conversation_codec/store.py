@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._fsio import FileIO
-from ._time import EPOCH, ONE_US, age_cutoff_us, datetime_to_us, to_datetime
+from ._time import EPOCH, NOT_A_CUTOFF, ONE_US, age_cutoff_us, datetime_to_us, to_datetime
 from .codec import ConversationCodec, Message, TimeInput
 from .crypto import KeyInput, Keyring
 from .errors import (
@@ -86,7 +86,8 @@ class ConversationStore:
     """Many conversations under ``root``: one ``ConversationCodec`` log per conversation id.
 
     :param root: a directory (created 0700 by the first write), or a ``postgresql://``
-        URL (``pip install "conversation-codec[postgres]"``); any other URL is refused.
+        URL (``pip install "conversation-codec[postgres]"``; without it, a URL raises
+        ``BackendUnavailableError``); any other URL is refused.
     :param encryption_key: one key (or rotation list) for every conversation; None for
         plaintext. Exclusive with ``key_fn``.
     :param key_fn: ``key_fn(conversation_id)`` returns that conversation's key (or None for
@@ -125,6 +126,8 @@ class ConversationStore:
             check_password(password)
         if durability not in ("fsync", "flush"):
             raise ValueError(f'durability must be "fsync" or "flush", not {durability!r}')
+        if attachments not in ("keep", "strip", "external"):  # now, not at the first write
+            raise ValueError('attachments must be "keep", "strip" or "external"')
         check_seconds(lock_timeout, "lock_timeout")  # now, not at the first open
         # Parsed once: a bad key fails here, and no open parses it again (issue 15).
         keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
@@ -352,10 +355,11 @@ class ConversationStore:
         """Delete the conversations whose last message is older than a cutoff; return their ids.
 
         :param older_than: an aware datetime (the cutoff itself), or a timedelta >= 0: the
-            cutoff is now (the store's clock) minus it. Empty conversations are kept.
+            cutoff is now (the store's clock) minus it; not a number (age or epoch seconds?).
+            Empty conversations are kept.
         :param on_error: called with ``(conversation_id, error)`` for each conversation
             that could not be read or deleted; it is kept, and pruning carries on. (Such
-            conversations also show in ``list()`` with their status.)
+            conversations also show in ``infos()`` with their status.)
         :raises FormatError: a pack is unreadable: what it holds is kept, all else pruned.
         """
         if isinstance(older_than, timedelta):
@@ -365,7 +369,7 @@ class ConversationStore:
         elif isinstance(older_than, datetime):
             cutoff_us = datetime_to_us(older_than, "older_than")  # NaiveDatetimeError
         else:
-            raise TypeError("older_than must be an aware datetime or a timedelta")
+            raise TypeError(NOT_A_CUTOFF)
         deleted: builtins.list[str] = []
         ids, bad = self._readable_ids()
         for conversation_id in ids:
@@ -432,7 +436,7 @@ class ConversationStore:
         A conversation that cannot be read (no key or a wrong one, a foreign or damaged
         file) does not stop the search: its hits read before the failure are kept, the
         rest of it is skipped, and ``on_error(conversation_id, error)`` is called (from
-        the thread consuming the stream). ``list()`` reports the same conversations.
+        the thread consuming the stream). ``infos()`` reports the same conversations.
         An unreadable pack: as for ``ids()`` (``on_error`` is called before the first hit).
         A conversation compacted or pruned meanwhile loses no hit; one whose history was
         rewritten while it was read raises ``LogReplacedError``: each conversation gives

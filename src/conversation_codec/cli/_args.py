@@ -31,6 +31,7 @@ from ._redact import misplaced, redacting
 __all__ = [
     "AGE",
     "ENV_NAME",
+    "LOG_PATH",
     "TIME",
     "WHOLE_NUMBER",
     "as_json",
@@ -202,6 +203,15 @@ TIME = _Checked(
 AGE = _Checked("age", _age, "expected an age such as 30m, 12h, 7d or 2w (since year 1)")
 
 
+def _log_path(text: str) -> str:
+    if text == "-":  # a log is seekable, locked and has sidecars: no stream can be one
+        raise ValueError(text)
+    return text
+
+
+LOG_PATH = _Checked("path", _log_path, "- (stdin/stdout) cannot be a log or store: give a path")
+
+
 def choice(*values: str) -> _Checked:
     """Accept one of ``values`` (click's Choice echoes a wrong value; this does not)."""
 
@@ -306,7 +316,7 @@ def as_json(help_text: str = "print JSON (lines) for scripts") -> Callable[[F], 
 def log_options(function: F) -> F:
     """The PATH of one log, its key or password, and its context."""
     return options(
-        click.argument("path", metavar="PATH"),
+        click.argument("path", metavar="PATH", type=LOG_PATH),
         secret_sources(password=True),
         binding(),
     )(function)

@@ -22,7 +22,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
+
+import click
 
 from .._fsio import DEFAULT_IO
 from ..errors import (
@@ -60,6 +62,8 @@ _PYTHON_WORDS = (
     (re.compile(r"\bwith_timestamps=False"), "--no-timestamps"),
 )
 _PASSWORD_WORD = re.compile(r"\bpassword=")
+_STDIN_READER, _STDIN_KEY = "cc.stdin", "cc.stdin_key"  # click meta: who read it, the key
+_MAX_SECRET = 4096  # bytes of a key or password on stdin (as in a password file)
 
 
 class InputError(Exception):
@@ -83,20 +87,53 @@ def secret_env(var: str, what: str) -> str:
     return value
 
 
-def read_key_file(path: str) -> str:
-    """Return the key held in the file ``path``; a bad file is bad input (exit 1)."""
-    from ..keyfile import load_key
+def take_stdin(what: str) -> TextIO:
+    """Standard input, for ``what``: a second reader in one command (``--key-file -`` and
+    messages on stdin) is a usage error rather than a drained pipe."""
+    meta = getattr(click.get_current_context(silent=True), "meta", {})
+    if meta.setdefault(_STDIN_READER, what) != what:
+        raise UsageError(f"{meta[_STDIN_READER]} and {what} cannot both come from stdin (-)")
+    if sys.stdin is None:
+        raise InputError("stdin is closed; give a file, or pipe the input in")
+    return sys.stdin
 
+
+def _piped_secret(what: str) -> bytes:
+    """``what`` read from stdin, which must not be a terminal: a typed secret would show."""
+    stdin = take_stdin(what)
+    if stdin.isatty():
+        raise InputError(f"stdin is a terminal; pipe {what} in (or give a file)")
+    data = stdin.read(_MAX_SECRET + 1).encode("utf-8", "surrogateescape")
+    if not data.strip() or len(data) > _MAX_SECRET:
+        raise InputError(f"stdin must hold {what} alone")
+    return data
+
+
+def read_key_file(path: str) -> str:
+    """Return the key held in the file ``path`` (``-``: stdin, read once per command); a bad
+    file is bad input (exit 1)."""
+    from ..keyfile import load_key, parse_key
+
+    meta = getattr(click.get_current_context(silent=True), "meta", {})
     # The library's rule: a private regular file holding exactly one key (never quoted).
     try:
-        return load_key(path)
+        if path != "-":
+            return load_key(path)
+        if _STDIN_KEY not in meta:
+            meta[_STDIN_KEY] = parse_key(_piped_secret("the key"), "- (stdin)")
+        return str(meta[_STDIN_KEY])
     except FormatError as exc:  # the key file's content: exit 1, not 3 (a damaged log)
         raise InputError(str(exc)) from None
 
 
 def read_secret_file(path: str, what: str) -> str:
-    """Return the password held in the file ``path`` (its first line), by the key files' rule:
-    a regular file that group and others cannot access."""
+    """Return the password held in the file ``path`` (its first line; ``-``: stdin), by the key
+    files' rule: a regular file that group and others cannot access."""
+    if path == "-":
+        text = _piped_secret(f"the {what}").decode("utf-8", errors="strict").splitlines()[0]
+        if not text:
+            raise InputError(f"stdin must hold the {what} on its first line")
+        return text
     try:
         # O_NONBLOCK: a FIFO planted at the path must not hang the command.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)

@@ -27,14 +27,14 @@ _DEMO_FILE = "support-chat.log"
     "print a new encryption key (or write it to a file)",
     "conversation-codec keygen --out chat.key",
 )
-@click.option("--out", metavar="FILE", help="write the key to a new 0600 file instead")
+@click.option("--out", metavar="FILE", help="write the key to a new 0600 file instead (-: stdout)")
 @as_json('print {"key"} (or, with --out, {"path", "mode"}) as one JSON object')
 def _keygen(args: Args) -> int:
     from ..crypto import generate_key
     from ..errors import KeyFileError
     from ..keyfile import create_key_file
 
-    if args.out is None:
+    if args.out in (None, "-"):  # -: stdout, as everywhere (not a file named "-")
         key = generate_key()  # the one place a key is printed: for a pipe into a secret store
         emit({"key": key}) if args.json else print(key)
         return EXIT_OK

@@ -30,6 +30,7 @@ from ._common import (
     printable,
     progress,
     short,
+    take_stdin,
     ts,
 )
 
@@ -40,11 +41,9 @@ if TYPE_CHECKING:
     from ..search import Hit
 
 
-def _stdin() -> TextIO:
+def _stdin(what: str) -> TextIO:
     """Standard input, or an InputError when the process was started without one."""
-    if sys.stdin is None:
-        raise InputError("stdin is closed; give a file, or pipe the input in")
-    return sys.stdin
+    return take_stdin(what)  # a UsageError when a key or password is read from it too
 
 
 def _read_messages(text: str, source: str = "stdin") -> list[Message]:
@@ -248,7 +247,7 @@ def _show(seq: int, when: datetime, message: Message, readable: bool) -> None:
 def _append(args: Args) -> int:
     plaintext_needs_plain(args, args.path)
     if args.source == "-":
-        messages = _read_messages(_stdin().read())
+        messages = _read_messages(_stdin("the messages").read())
     else:
         with open(args.source, encoding="utf-8") as source:
             messages = _read_messages(source.read(), args.source)
@@ -316,7 +315,7 @@ def _import(args: Args) -> int:
     legacy_key, legacy_password = legacy_source(args)
     # SRC "-": stdin as a stream (the library refuses a pipe named by a path: a FIFO planted
     # where a history is expected would block it), read whole up to the library's bound.
-    src = _stdin().buffer if args.src == "-" else args.src
+    src = _stdin("SRC").buffer if args.src == "-" else args.src
     with open_log(args, must_exist=False) as codec:
         args.reading = args.src  # from here, key errors concern SRC (see _report)
         report = codec.import_(

@@ -11,6 +11,7 @@ import click
 from ..errors import ConversationCodecError
 from ._args import (
     ENV_NAME,
+    LOG_PATH,
     as_json,
     binding,
     command,
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     "exit 3 when any is damaged",
     "conversation-codec verify chats/*.log",
 )
-@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True, type=LOG_PATH)
 @secret_sources(password=True)
 @binding()
 @as_json()
@@ -153,7 +154,7 @@ def _show_one(report: VerifyReport) -> None:
     "conversation-codec salvage chat.log rescued.log",
 )
 @log_options
-@click.argument("dst", metavar="DST")
+@click.argument("dst", metavar="DST", type=LOG_PATH)
 @as_json()
 def _salvage(args: Args) -> int:
     from ..maintenance.verify import salvage
@@ -265,7 +266,7 @@ def _rekey(args: Args) -> int:
         ("new_password_env", "new_password_file", "new_password_prompt"),
     ),
 )
-@click.argument("path", metavar="PATH")
+@click.argument("path", metavar="PATH", type=LOG_PATH)
 @options(*password_sources("password", "the current password"))
 @options(*password_sources("new_password", "the new password"))
 @as_json()
@@ -284,12 +285,13 @@ def _passwd(args: Args) -> int:
     "logs' key or password comes from --key-*/--password-* (the source's: --legacy-*)",
     "CONVERSATION_KEY=$(cat chat.key) conversation-codec migrate histories/ --out logs/",
 )
-@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True, type=LOG_PATH)
 @secret_sources(password=True)
 @legacy_secrets()
 @click.option(
     "--out",
     metavar="ROOT",
+    type=LOG_PATH,
     help="write each file as a conversation of the store at ROOT (id: its path under the "
     "folder given, without .jsonl/.json/.enc); sources untouched",
 )

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import ConversationCodecError
-from ._args import AGE, TIME, WHOLE_NUMBER, as_json, command, options, secret_sources
+from ._args import (
+    AGE,
+    LOG_PATH,
+    TIME,
+    WHOLE_NUMBER,
+    as_json,
+    command,
+    options,
+    secret_sources,
+)
 from ._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -42,7 +51,7 @@ EXIT_NO_MATCH = EXIT_ERROR  # nothing matched: 1, as grep (an error is 1 too)
     'conversation-codec search chat.log "refund order" --last 7d --role user\n'
     "  conversation-codec search conversations/ refund --since 2026-10-01 --json",
 )
-@click.argument("path", metavar="PATH")
+@click.argument("path", metavar="PATH", type=LOG_PATH)
 @click.argument("query", metavar="QUERY", required=False)
 @secret_sources(password=True)
 @options(

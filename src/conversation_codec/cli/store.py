@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import click
 
 from ..errors import ConversationCodecError
-from ._args import AGE, TIME, as_json, binding, command, options, secret_sources
+from ._args import AGE, LOG_PATH, TIME, as_json, binding, command, options, secret_sources
 from ._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -49,8 +49,8 @@ def _check_root(root: str) -> None:
     "verified; run again to resume",
     "conversation-codec copy conversations/ postgresql:///agents --to-key-env NEW_KEY",
 )
-@click.argument("src", metavar="SRC")
-@click.argument("dst", metavar="DST")
+@click.argument("src", metavar="SRC", type=LOG_PATH)
+@click.argument("dst", metavar="DST", type=LOG_PATH)
 @click.argument("ids", metavar="[ID]...", nargs=-1)
 @secret_sources(password=False)
 @options(
@@ -114,7 +114,7 @@ def _copy_error(text: str) -> str:
     "without a key, from headers and indexes (unverified)",
     "conversation-codec ls conversations/ --json",
 )
-@click.argument("path", metavar="ROOT")
+@click.argument("path", metavar="ROOT", type=LOG_PATH)
 @secret_sources(password=False)
 @as_json()
 def _ls(args: Args) -> int:
@@ -161,7 +161,7 @@ _STATUS = {"unverified": "unverified (no key)"}
     "delete one conversation of a store: its log, index and attachments",
     "conversation-codec delete conversations/ alice",
 )
-@click.argument("path", metavar="ROOT")
+@click.argument("path", metavar="ROOT", type=LOG_PATH)
 @click.argument("conversation_id", metavar="ID")
 @secret_sources(password=False)
 @as_json()
@@ -187,7 +187,7 @@ def _delete(args: Args) -> int:
     "  conversation-codec prune conversations/ --older-than 90d",
     one_of=(("before", "older_than"),),
 )
-@click.argument("path", metavar="PATH")
+@click.argument("path", metavar="PATH", type=LOG_PATH)
 @secret_sources(password=True)
 @binding()
 @click.option("--before", type=TIME, metavar="TIME", help="UTC, e.g. 2026-10-01T12:00Z")
@@ -243,7 +243,7 @@ def _prune_store(args: Args, cutoff: datetime) -> int:
     "to a packed conversation moves it back to its own file",
     "conversation-codec pack conversations/ --older-than 7d",
 )
-@click.argument("path", metavar="ROOT")
+@click.argument("path", metavar="ROOT", type=LOG_PATH)
 @secret_sources(password=False)
 @click.option("--older-than", type=AGE, metavar="AGE", help="e.g. 12h, 7d, 2w")
 @click.option("--max-bytes", type=int, default=16 << 20, metavar="N", help="bytes per pack")

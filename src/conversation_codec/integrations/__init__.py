@@ -185,7 +185,8 @@ class LazyCodec:
                 raise ValueError("pass password= or encryption_key=/key_fn=, not both")
             if not isinstance(store_or_path, (str, os.PathLike)):
                 raise ValueError(
-                    "password= needs a directory: a ConversationStore keeps key-sealed logs"
+                    "password= configures a store built from a directory; for a store you "
+                    "pass, give it to the store: ConversationStore(root, password=...)"
                 )
             _check_password(password)
         store = _resolve_store(

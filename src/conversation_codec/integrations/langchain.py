@@ -30,8 +30,14 @@ from concurrent.futures import Executor
 from datetime import timedelta
 from typing import Any
 
-from langchain_core.chat_history import BaseChatMessageHistory
-from langchain_core.messages import BaseMessage, convert_to_messages, messages_from_dict
+try:
+    from langchain_core.chat_history import BaseChatMessageHistory
+    from langchain_core.messages import BaseMessage, convert_to_messages, messages_from_dict
+except ModuleNotFoundError as exc:  # tests: test_integrations.py, in a process without it
+    raise ModuleNotFoundError(
+        f'{exc}: the LangChain integration needs pip install "conversation-codec[langchain]"',
+        name=exc.name,
+    ) from None
 
 from .._fsio import FileIO
 from ..chat_formats import LANGCHAIN_CHUNK_TYPES
@@ -118,7 +124,8 @@ def _from_openai(record: Message) -> BaseMessage:
 class CodecChatMessageHistory(BaseChatMessageHistory):
     """LangChain chat history: one conversation-codec log per ``session_id``.
 
-    :param session_id: the conversation id in the store (any string; see ``encode_id``).
+    :param session_id: the conversation id in the store (any non-empty string: ``""``
+        raises ``ValueError``; see ``encode_id``).
     :param store_or_path: a ``ConversationStore`` / ``AsyncConversationStore``, or a
         directory to build one in with ``encryption_key`` or ``password``, ``key_fn``,
         ``durability`` and ``clock``.

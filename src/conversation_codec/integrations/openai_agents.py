@@ -18,8 +18,8 @@ Items are stored as given: a value that does not round-trip through JSON exactly
 As the SDK's own sessions: ``session_settings`` may be a ``SessionSettings`` or a dict,
 normalized by the SDK's ``coerce_session_settings`` (an unknown key raises ``TypeError``);
 ``close()`` is final; a cancelled ``add_items`` (or ``pop_item``, ``clear_session``) waits
-for its write to settle before re-raising. Any string is a session id: one whose encoded
-file name would be too long maps to a hashed file name (``encode_id``), bound to the id.
+for its write to settle before re-raising. Any non-empty string is a session id: one whose
+encoded file name would be too long maps to a hashed file name (``encode_id``), bound to it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,14 @@ from concurrent.futures import Executor
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from agents.memory import SessionSettings
+try:
+    from agents.memory import SessionSettings
+except ModuleNotFoundError as exc:  # tests: test_integrations.py, in a process without it
+    raise ModuleNotFoundError(
+        f"{exc}: the openai-agents integration needs "
+        'pip install "conversation-codec[openai-agents]"',
+        name=exc.name,
+    ) from None
 
 from .._fsio import FileIO
 from ..codec import Message
@@ -63,7 +70,8 @@ __all__ = ["CodecSession"]
 class CodecSession:
     """Conversation memory for the openai-agents ``Runner``, one log per ``session_id``.
 
-    :param session_id: the conversation id in the store (any string; see ``encode_id``).
+    :param session_id: the conversation id in the store (any non-empty string: ``""``
+        raises ``ValueError``; see ``encode_id``).
     :param store_or_path: a ``ConversationStore`` / ``AsyncConversationStore``, or a
         directory to build one in with ``encryption_key`` or ``password``, ``key_fn``,
         ``durability`` and ``clock``.
@@ -107,6 +115,8 @@ class CodecSession:
         self.session_settings = (
             _coerce(session_settings) if session_settings is not None else SessionSettings()
         )
+        if (self.session_settings.limit or 0) < 0:  # now, not at the first get_items()
+            raise ValueError("limit must be >= 0 or None")
         self._codec = LazyCodec(
             store_or_path,
             session_id,

@@ -63,7 +63,14 @@ from .migrate_commit import (
 )
 from .migrate_report import BatchItem, BatchReport, BatchStatus, MigrationReport
 from .migrate_seal import read_plain_log, seal_plain_log
-from .migrate_source import Plan, check_log_header, check_secrets, destination, read_source
+from .migrate_source import (
+    Plan,
+    check_log_header,
+    check_secrets,
+    destination,
+    header_opens,
+    read_source,
+)
 
 __all__ = [
     "BatchItem",
@@ -158,6 +165,8 @@ def migrate(
             plain_log = read_plain_log(real, context=context, io=io)
     if kind in (LogKind.SEALED, LogKind.PLAIN) and plain_log is None:
         notes = ["already a conversation-codec log; left as it is"]
+        if not header_opens(real, data, encryption_key, log_password, context):
+            notes[0] += " (the key given does not open it: another key's log, or damaged)"
         if dst is not None and _elsewhere(Path(dst), real):
             notes[0] += f"; not copied to {dst} (to copy a log, import it there)"
         if not dry_run:

@@ -17,22 +17,27 @@ from typing import Any
 
 from .._fsio import check_file, open_source
 from .._time import MAX_US, US_PER_S, iso_z
-from ..crypto import KeyInput
+from ..crypto import KeyInput, Keyring
 from ..errors import (
+    BindingError,
+    DecryptionError,
     FormatError,
+    KeyRequiredError,
     NotAHistoryError,
     NotSerializableError,
+    PasswordRequiredError,
     RecordTooLargeError,
     StorageError,
 )
 from ..format.header import (
     MAX_PLAIN_HEADER_BYTES,
     LogKind,
+    context_digest,
     decode_plain_header,
     decode_sealed_header,
     sniff_log,
 )
-from ..sealing import check_password
+from ..sealing import LogSecrets, check_password
 from .import_source import unstorable
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat, LegacyHistory
 from .legacy_fernet import check_key, check_legacy_password
@@ -45,6 +50,7 @@ __all__ = [
     "check_log_header",
     "check_secrets",
     "destination",
+    "header_opens",
     "read_source",
 ]
 
@@ -223,6 +229,26 @@ def check_log_header(path: Path, data: bytes) -> None:
         decode_plain_header(data[:end])
     except FormatError as exc:  # UnsupportedVersionError too: its message, with the path
         raise type(exc)(f"{path}: {exc}") from None
+
+
+def header_opens(
+    path: Path, data: bytes, key: KeyInput | None, password: str | None, context: str | None
+) -> bool:
+    """Whether ``key`` (or ``password``) authenticates the header of the sealed log ``data``,
+    as opening it would; True when there is nothing to check (a plain log, no secret, or one
+    of another kind). False cannot tell another key's log from a damaged header: the
+    header MAC is one opaque check (FORMAT.md §9.1)."""
+    if (key is None and password is None) or sniff_log(data[:64]) is not LogKind.SEALED:
+        return True
+    keyring = None if key is None else Keyring.from_input(key)
+    binding = None if context is None else context_digest(context)
+    try:
+        LogSecrets(path, keyring, password, binding).attach(data)
+    except (BindingError, KeyRequiredError, PasswordRequiredError):
+        return True  # the MAC held, or the header wants a secret of the other kind
+    except DecryptionError:  # after those: BindingError is one
+        return False
+    return True
 
 
 def destination(

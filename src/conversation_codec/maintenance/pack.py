@@ -25,7 +25,7 @@ from functools import partial
 from typing import Protocol
 
 from .._fsio import open_file
-from .._time import EPOCH, ONE_US, age_cutoff_us, datetime_to_us
+from .._time import EPOCH, NOT_A_CUTOFF, ONE_US, age_cutoff_us, datetime_to_us
 from ..codec import ConversationCodec
 from ..errors import ConversationCodecError
 from ..paths import blobs_path, is_leftover, kwi_path
@@ -150,7 +150,7 @@ def _cutoff(older_than: datetime | timedelta | None, now: datetime | None) -> in
         return age_cutoff_us(now_us, older_than, "older_than")  # ValueError if negative
     if isinstance(older_than, datetime):
         return datetime_to_us(older_than, "older_than")
-    raise TypeError("older_than must be an aware datetime, a timedelta or None")
+    raise TypeError(NOT_A_CUTOFF)
 
 
 def _loose_ids(backend: FileStore) -> list[str]:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import cast
 
 from .._fsio import FileIO
-from ..errors import BackendUnavailableError
 from .base import StoreBackend
 from .file.store import FileStore
 
@@ -39,6 +38,7 @@ def backend_for(root: str | os.PathLike[str], *, io: FileIO | None = None) -> St
     A root that looks like any other URL is refused rather than taken as a relative
     directory named ``scheme:`` (which is what ``Path("postgresql://db/x")`` would be).
 
+    :raises BackendUnavailableError: a ``postgresql://`` URL without the ``postgres`` extra.
     :raises ValueError: an unsupported URL scheme.
     :raises TypeError: ``root`` is not a str or a path.
     """
@@ -60,11 +60,7 @@ def backend_for(root: str | os.PathLike[str], *, io: FileIO | None = None) -> St
 
 
 def _postgres_store(url: str) -> StoreBackend:
-    try:  # the optional extra, loaded on demand
-        module = importlib.import_module(f"{__name__}.postgres")
-    except ModuleNotFoundError as exc:
-        raise BackendUnavailableError(
-            "a postgresql:// store needs the PostgreSQL extra: "
-            f"pip install 'conversation-codec[postgres]' ({exc.name} is missing)"
-        ) from None
+    # The optional extra, loaded on demand; without psycopg, its import raises
+    # BackendUnavailableError (naming the pip install), which goes to the caller as it is.
+    module = importlib.import_module(f"{__name__}.postgres")
     return cast(StoreBackend, module.PostgresStore(url))

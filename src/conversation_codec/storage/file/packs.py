@@ -286,7 +286,12 @@ class Packs:
     def packing(self) -> Iterator[None]:
         """Hold ``.packs/packer.lock``: one ``pack()`` at a time per store (FORMAT.md §18.3).
         Only packers take it, so it orders against no other lock."""
-        make_private_dirs(self.dir, io=self.io)
+        try:
+            make_private_dirs(self.dir, io=self.io)
+        except OSError as exc:  # e.g. the store root is a regular file
+            raise StorageError(
+                exc.errno or 0, f"cannot create {self.dir}: {exc.strerror}"
+            ) from None
         lock = LogLock(str(self.dir / "packer"), None, io=self.io)
         lock.acquire(exclusive=True)
         try:

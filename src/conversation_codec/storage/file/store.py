@@ -257,6 +257,10 @@ class FileStore:
             names = os.listdir(path.parent)
         except FileNotFoundError:
             return []
+        except OSError as exc:  # e.g. the store root is a regular file
+            raise StorageError(
+                exc.errno or 0, f"store root {path.parent}: {exc.strerror}"
+            ) from None
         return [path.parent / name for name in names if is_log_file(name, path.name)]
 
     def close(self) -> None:

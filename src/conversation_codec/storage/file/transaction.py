@@ -43,6 +43,7 @@ class Transactions:
         self.writable = False
         self.tolerant = False  # readers stop at mid-log damage instead of raising
         self.cleared = False  # a clear in this hold left the unlink of P.lock to its end
+        self.made_lock = False  # this write hold created P.lock (see begin)
         self.owner: int | None = None  # the thread holding it
         self._locked = False
         # (lock inode, generation, truncations) as last seen; None forces a full reload
@@ -87,6 +88,9 @@ class Transactions:
                     self._locked = False
                     self.lock.release()
                 raise
+            # A write hold that made P.lock leaves none if it leaves no log either (a pop()
+            # of a log that never was): as a clear, unlinked at the end of the hold.
+            self.made_lock = write and self.lock.created
             if self.lock.created:
                 self.lock.forget_created(keep=True)
         except BaseException:
@@ -125,10 +129,13 @@ class Transactions:
                 partial = self.tolerant  # it may have stopped at damage: the view is partial,
                 self.writable = self.tolerant = False  # and unchanged counters must not
                 self.owner = None  # serve it to the next hold: that one reads the files again
-                cleared, self.cleared = self.cleared, False
+                cleared, self.cleared = self.cleared or self.made_lock, False
                 try:
                     if cleared and self._locked:
                         self._unlink_cleared()
+                    if self.made_lock and not os.path.lexists(self.path):
+                        self.seen = None  # the next P.lock restarts at 0 (same inode?)
+                    self.made_lock = False
                 finally:
                     if self._locked:
                         self._locked = False

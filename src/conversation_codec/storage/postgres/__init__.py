@@ -43,13 +43,17 @@ bits, as a signed big-endian integer).
 
 from __future__ import annotations
 
+from ...errors import BackendUnavailableError
+
 try:
     import psycopg  # noqa: F401
     import psycopg_pool  # noqa: F401
-except ImportError as exc:  # pragma: no cover  # the test extra installs both
-    raise ImportError(
-        f"the PostgreSQL storage needs psycopg 3 and psycopg-pool ({exc}): "
-        'pip install "conversation-codec[postgres]"'
+except ImportError as exc:  # tests: test_store.py, in a process where the import fails
+    # BackendUnavailableError is an ImportError too; the library's own class lets the CLI
+    # say it in one line and callers catch it with every other ConversationCodecError.
+    raise BackendUnavailableError(
+        f"a postgresql:// store needs psycopg 3 and psycopg-pool ({exc}): "
+        "pip install 'conversation-codec[postgres]'"
     ) from None
 
 from .backend import ConversationSummary, PostgresBackend, display_url, is_database_url
