@@ -328,8 +328,10 @@ def test_same_instance_after_a_fault_past_the_rename_loses_nothing(tmp_path: Pat
 
 # --- other processes during compaction ---------------------------------------------------
 
+# Paced (1 ms between appends, as turns come): on tmpfs, where a sync costs nothing, all
+# 150 appends landed before the first compaction ended, and the test proved nothing.
 _APPENDER = r"""
-import json, os, sys
+import json, os, sys, time
 from conversation_codec import ConversationCodec
 path, count = sys.argv[1], int(sys.argv[2])
 codec = ConversationCodec(path, encryption_key=json.loads(os.environ["CC_KEYS"]))
@@ -338,6 +340,7 @@ assert sys.stdin.readline().strip() == "go"
 for i in range(count):
     msg = {"role": "user", "content": f"appended {i}", "a": i}
     print(codec.append(msg), flush=True)
+    time.sleep(0.001)
 codec.close()
 """
 
