@@ -46,7 +46,17 @@ class LogLock:
     """``<log>.lock``: a flock that survives the file being unlinked by ``clear()``, and the
     generation/truncation counters (not thread-safe; the log serialises its use)."""
 
-    __slots__ = ("__weakref__", "_fd", "_ino", "_log_path", "_timeout", "created", "io", "path")
+    __slots__ = (
+        "__weakref__",
+        "_fd",
+        "_ino",
+        "_log_path",
+        "_timeout",
+        "created",
+        "io",
+        "opens",
+        "path",
+    )
 
     def __init__(self, log_path: str, timeout: float | None, *, io: FileIO = DEFAULT_IO) -> None:
         self.io = io  # the log's filesystem seam
@@ -56,6 +66,11 @@ class LogLock:
         self._fd: int | None = None
         self._ino = (0, 0)
         self.created = False  # this process created the file during the current acquire
+        # Files opened so far. A lock file opened again may be a new one at the old one's
+        # inode number (P.lock unlinked by a pack's retirement or a clear, then made again:
+        # ext4 reuses the number of a freed inode), with counters that happen to match what
+        # was seen through the old one: the caller reloads whatever the counters say.
+        self.opens = 0
 
     def acquire(self, *, exclusive: bool) -> bool:
         """Take the lock; return False (holding nothing) for a reader that may go without.
@@ -96,6 +111,7 @@ class LogLock:
                     return False  # reading after clear() must not create the file again
                 self._fd, held = opened
                 self._ino = (held.st_dev, held.st_ino)
+                self.opens += 1
                 _OPEN.add(self)
             self._take(self._fd, exclusive, deadline)
             if self._names_it():

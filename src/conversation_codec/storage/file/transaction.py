@@ -48,6 +48,7 @@ class Transactions:
         self._locked = False
         # (lock inode, generation, truncations) as last seen; None forces a full reload
         self.seen: tuple[int, int, int] | None = None
+        self._opens = 0  # the lock's opens when ``seen`` was taken
         self._enter, self._keep_created, self.forget = enter, keep_created, forget
         self._write = Transaction(self, True)
         self._read = Transaction(self, False)
@@ -75,6 +76,8 @@ class Transactions:
                 self.depth += 1
                 return
             self._locked = self.lock.acquire(exclusive=write)
+            if self.lock.opens != self._opens:  # another lock file than the one seen through
+                self.seen, self._opens = None, self.lock.opens  # (maybe at its inode): reload
             self.depth, self.writable, self.tolerant = 1, write, tolerant
             self.owner = threading.get_ident()
             try:
