@@ -178,3 +178,57 @@ def test_a_postgres_store_opened_before_fork_serves_parent_and_child(
             assert (
                 [m["id"] for m in codec.load() or []] == acked == [f"{side}-{i}" for i in range(60)]
             )
+
+
+_FORK_IN_A_POSTGRES_TRANSACTION = r"""
+import os, sys
+from conversation_codec import ConversationStore, StorageError
+url, key, how = sys.argv[1:]
+store = ConversationStore(url, encryption_key=key)
+codec = store.open("fork-in-a-transaction")
+codec.append({"id": "before"})
+with codec.transaction():
+    codec.append({"id": "parent, in the transaction"})
+    pid = os.fork()
+    if pid == 0:
+        if how == "write":
+            try:
+                codec.append({"id": "child, in the parent's transaction"})
+            except StorageError as exc:
+                print("refused:", exc, flush=True)
+            os._exit(0)
+        sys.exit(0)  # leaves the with-block: its exit must not end the parent's session
+    os.waitpid(pid, 0)
+    codec.append({"id": "parent, after the child"})
+codec.append({"id": "parent, after the transaction"})
+"""
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("how", ["write", "exit"])
+def test_a_child_forked_inside_a_postgres_transaction_leaves_it_to_the_parent(
+    tmp_path: Path, postgres_url: str, how: str
+) -> None:
+    """The transaction's session is the parent's: the child's write through it is a library
+    error (it was silently lost), and the child's way out sends nothing on it (its
+    ROLLBACK ended the parent's transaction, and the conversation no longer read)."""
+    store = ConversationStore(postgres_url, encryption_key=KEY)
+    store.delete("fork-in-a-transaction")
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_IN_A_POSTGRES_TRANSACTION, postgres_url, KEY, how],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    if how == "write":
+        assert "refused:" in done.stdout and "forked while a transaction held it" in done.stdout
+    with store.open("fork-in-a-transaction") as codec:
+        assert [m["id"] for m in codec.load() or []] == [
+            "before",
+            "parent, in the transaction",
+            "parent, after the child",
+            "parent, after the transaction",
+        ]

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
-from ...errors import DatabaseError, LogReplacedError
+from ...errors import DatabaseError, LogReplacedError, StorageError
 from ..base import Hold, IndexMismatch, LogFormat, LogStorage, Polling, adopt_dictionary
 from .backend import Connection, PostgresBackend, check_id, check_new_id
 from .kwi import PostgresSegments
@@ -98,6 +99,7 @@ class PostgresLog(CachedView):
         self._depth = 0
         self._writable = False
         self._conn: Connection | None = None
+        self._pid = 0  # the process whose transaction holds ``_conn`` (see ``_owned``)
         self._wrote = False  # this transaction changed the database
         self._after_commit: list[Callable[[], None]] = []
         self._undo: list[Callable[[], None]] = []  # on_rollback()
@@ -197,6 +199,7 @@ class PostgresLog(CachedView):
         try:
             with self.backend.errors(what):
                 self._conn, self._depth, self._writable = conn, 1, write
+                self._pid = os.getpid()
                 if tail is None:
                     self._refresh(conn, row)
                 else:
@@ -237,6 +240,9 @@ class PostgresLog(CachedView):
                 return
             conn, snap = self._conn, self._snap
             self._conn, self._writable, self._snap = None, False, None
+            if self._pid != os.getpid():  # a forked child leaving the parent's transaction:
+                self._wrote, self._after_commit, self._undo = False, [], []  # its session is
+                return  # the parent's, never ended (nor rolled back) from here
             wrote, self._wrote = self._wrote, False
             after, self._after_commit = self._after_commit, []
             undo, self._undo = self._undo, []
@@ -280,7 +286,16 @@ class PostgresLog(CachedView):
         if not (self._depth and self._writable) or self._conn is None:
             raise RuntimeError("write outside a write transaction")
         self._wrote = True
-        return self._conn
+        return self._owned(self._conn)
+
+    def _owned(self, conn: Connection) -> Connection:
+        if self._pid != os.getpid():
+            raise StorageError(
+                f"{self._where}: this process was forked while a transaction held it; that "
+                "transaction (and its database session) belongs to the parent (end it, and "
+                "start another here)"
+            )
+        return conn
 
     def _check_write(self) -> tuple[Connection, LogFormat, Row]:
         conn = self._writing()
@@ -388,6 +403,7 @@ class PostgresLog(CachedView):
         conn, row = self._conn, self._row
         if conn is None or row is None or row.header is None:
             raise RuntimeError("rebuild_index() outside a transaction on a log")
+        self._owned(conn)
         with self.backend.errors(f"read {self._where}"):
             if self._snap is None:
                 self._reload(conn, row)
@@ -403,7 +419,7 @@ class PostgresLog(CachedView):
     def _reading(self) -> Connection:
         if self._conn is None:
             raise RuntimeError("read outside a transaction")
-        return self._conn
+        return self._owned(self._conn)
 
     def read_body(self, seq: int) -> bytes:
         """Return the stored body of record ``seq``."""
