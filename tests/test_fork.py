@@ -18,10 +18,21 @@ from conversation_codec import ConversationCodec, ConversationStore, errors
 
 from conftest import KEY
 
+# The end of the forking scripts below: each side writes down what it had acknowledged
+# (in the folder ``out``), the child leaves at once, the parent waits for it.
+_WRITE_DOWN_AND_JOIN = r"""
+with open(os.path.join(out, side), "w") as f:
+    json.dump(acked, f)
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
 # Parent and child append through the codec the parent opened (and used) before the fork;
 # each writes down what it had acknowledged. Real processes: the lock is a flock, which the two
 # would share through the inherited file description.
-_FORKED_WRITERS = r"""
+_FORKED_WRITERS = (
+    r"""
 import json, os, sys
 from conversation_codec import ConversationCodec
 path, key, durability, count, out = sys.argv[1:]
@@ -34,12 +45,9 @@ acked = []
 for i in range(int(count)):
     codec.append({"id": f"{side}-{i}"})
     acked.append(f"{side}-{i}")
-with open(os.path.join(out, side), "w") as f:
-    json.dump(acked, f)
-if pid == 0:
-    os._exit(0)
-os.waitpid(pid, 0)
 """
+    + _WRITE_DOWN_AND_JOIN
+)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -134,7 +142,8 @@ def test_a_child_forked_inside_a_transaction_cannot_write_in_it(tmp_path: Path) 
         assert [m["id"] for m in codec.load() or []] == ["before", "parent"]
 
 
-_FORKED_STORE_WRITERS = r"""
+_FORKED_STORE_WRITERS = (
+    r"""
 import json, os, sys
 from conversation_codec import ConversationStore
 url, key, out = sys.argv[1:]
@@ -148,12 +157,9 @@ for i in range(60):
     with store.open(f"fork-{side}") as codec:  # each append its own transaction
         codec.append({"id": f"{side}-{i}"})
     acked.append(f"{side}-{i}")
-with open(os.path.join(out, side), "w") as f:
-    json.dump(acked, f)
-if pid == 0:
-    os._exit(0)
-os.waitpid(pid, 0)
 """
+    + _WRITE_DOWN_AND_JOIN
+)
 
 
 @pytest.mark.postgres
