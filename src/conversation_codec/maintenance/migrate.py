@@ -288,7 +288,7 @@ def _size(path: str | Path) -> int:
 
 
 def migrate_many(
-    paths: Iterable[str | os.PathLike[str]],
+    paths: Iterable[str | os.PathLike[str]] | str | bytes | os.PathLike[str],
     *,
     out_dir: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | None = None,
@@ -303,6 +303,7 @@ def migrate_many(
 ) -> BatchReport:
     """Migrate files and directories (recursively); one bad file never stops the batch.
 
+    ``paths`` may also be one path (a ``str``, ``bytes`` or ``os.PathLike``), taken whole.
     In place by default; with ``out_dir`` each log goes to ``out_dir/<path relative to the
     directory given>`` (``out_dir/<name>`` for a file given) and sources are left alone.
     With ``store`` (a ``ConversationStore`` root directory) each becomes a conversation of
@@ -330,6 +331,8 @@ def migrate_many(
     [('a.jsonl', 'converted'), ('b.json', 'failed')]
     """
     check_secrets(encryption_key, legacy_key, password, log_password)
+    if isinstance(paths, (str, bytes, os.PathLike)):  # one path, not its characters
+        paths = [os.fsdecode(paths)]
     if out_dir is not None and store is not None:
         raise ValueError("pass out_dir= or store=, not both")
     out = None if out_dir is None else Path(out_dir)
