@@ -11,6 +11,7 @@ import base64
 import io
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,6 +86,24 @@ def test_migrate_seals_a_plaintext_log_with_a_password(tmp_path: Path) -> None:
         ("converted", "encrypted the plaintext log in place (3 messages)")
     ]
     assert plaintext_left(tmp_path) == [report.backup.name]
+
+
+@pytest.mark.parametrize("secret", ["key", "password"])
+def test_sealing_removes_a_crashed_rewrites_plaintext_temp_copy(
+    tmp_path: Path, secret: str
+) -> None:
+    # Review r2a defect 6: the password route left P.tmp-<hex> (a plaintext copy) beside it.
+    log = plain_log(tmp_path / "a.log")
+    (tmp_path / "a.log.tmp-0123456789abcdef").write_bytes(log.read_bytes())
+    options: dict[str, Any] = (
+        {"encryption_key": KEY} if secret == "key" else {"log_password": "pw", "backup": False}
+    )
+    before = snapshot(tmp_path)
+    assert not migrate(log, dry_run=True, **options).converted
+    assert snapshot(tmp_path) == before  # a dry run removes nothing either
+    assert migrate(log, **options).converted
+    assert plaintext_left(tmp_path) == []
+    assert not (tmp_path / "a.log.tmp-0123456789abcdef").exists()
 
 
 def test_migrate_seals_attachments_too(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ from ..errors import ConversationCodecError, FormatError, KeyRequiredError, NotA
 from ..format.header import LogKind, sniff_log
 from ..paths import BLOBS_SUFFIX, backup_path, index_path, is_sidecar, migrating_path
 from ..storage.file.store import FileStore
+from ..storage.file.writer import remove_leftovers
 from .legacy import LegacyFormat, read_legacy
 from .migrate_commit import (
     as_storage_errors,
@@ -217,6 +218,8 @@ def migrate(
         if not in_place:
             refuse_packed(target, io)
         sweep_leftovers(target, bak, io)
+        if plain_log is not None:  # a sealing: no crashed rewrite's plaintext copy stays
+            remove_leftovers(str(target), io)
         tmp = migrating_path(target)
         made_backup = False
         try:
