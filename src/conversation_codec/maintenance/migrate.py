@@ -70,6 +70,7 @@ from .migrate_source import (
     check_secrets,
     destination,
     header_opens,
+    plain_log_context,
     read_source,
 )
 
@@ -112,7 +113,8 @@ def migrate(
         ``.bak`` unless ``backup=False``). Other logs are left as they are.
     :param log_password: seal the new log with this password instead of a key.
     :param context: bind the new log to this identity (a store's conversation id; FORMAT.md
-        §4.2), as ``ConversationStore`` opens it.
+        §4.2), as ``ConversationStore`` opens it. A store's plaintext log sealed in place
+        keeps the id it is bound to, read from its name (a hashed name: ``BindingError``).
     :param legacy_key: Fernet key(s) of an encrypted source; or give ``password``, with
         its 16-byte salt in the ``.salt`` file beside the source.
     :param dry_run: read, decrypt and check everything, but write nothing.
@@ -154,6 +156,8 @@ def migrate(
             and kind is LogKind.PLAIN
             and not (dst is not None and _elsewhere(Path(dst), real))
         )
+        if sealing:  # a store's conversation: under the id it is bound to
+            context = plain_log_context(real, data, context)
         if sealing and encryption_key is not None:  # a compaction seals it (migrate_seal)
             messages, before_, after, note = seal_plain_log(
                 real, encryption_key, context=context, dry_run=dry_run, io=io
