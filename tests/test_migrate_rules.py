@@ -162,6 +162,24 @@ def test_the_walk_skips_hidden_folders_and_the_librarys_side_folders(tmp_path: P
     ]
 
 
+@pytest.mark.parametrize("kind", ["str", "bytes", "pathlike"])
+def test_one_path_given_alone_is_one_path_not_its_characters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # Review r2a defect 2: migrate_many("chats") walked "c", "h", "a", "t", "s" (and "/..."
+    # walked the whole filesystem). Only dry runs, in a temp folder.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "chats").mkdir()
+    (tmp_path / "s").mkdir()  # one of the characters of "chats": never named
+    (tmp_path / "chats" / "h.jsonl").write_bytes(jsonl([HI]))
+    (tmp_path / "s" / "other.jsonl").write_bytes(jsonl([HI]))
+    given: Any = {"str": "chats", "bytes": b"chats", "pathlike": Path("chats")}[kind]
+    batch = migrate_many(given, encryption_key=KEY, dry_run=True)
+    assert [(str(i.path), i.status) for i in batch.items] == [
+        (os.path.join("chats", "h.jsonl"), "converted")
+    ]
+
+
 # --- defect 3: skewed clocks keep the file's order ------------------------------------------
 
 SKEWED = [

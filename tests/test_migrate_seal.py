@@ -11,13 +11,15 @@ import base64
 import io
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conversation_codec import ConversationCodec, migrate, migrate_many
+from conversation_codec import ConversationCodec, ConversationStore, migrate, migrate_many
 from conversation_codec.cli import main
-from conversation_codec.errors import KeyRequiredError, NotEncryptedError
+from conversation_codec.errors import BindingError, KeyRequiredError, NotEncryptedError
 from conversation_codec.maintenance.legacy import LegacyFormat
+from conversation_codec.storage.file.store import encode_id
 
 from conftest import KEY, snapshot
 
@@ -85,6 +87,24 @@ def test_migrate_seals_a_plaintext_log_with_a_password(tmp_path: Path) -> None:
         ("converted", "encrypted the plaintext log in place (3 messages)")
     ]
     assert plaintext_left(tmp_path) == [report.backup.name]
+
+
+@pytest.mark.parametrize("secret", ["key", "password"])
+def test_sealing_removes_a_crashed_rewrites_plaintext_temp_copy(
+    tmp_path: Path, secret: str
+) -> None:
+    # Review r2a defect 6: the password route left P.tmp-<hex> (a plaintext copy) beside it.
+    log = plain_log(tmp_path / "a.log")
+    (tmp_path / "a.log.tmp-0123456789abcdef").write_bytes(log.read_bytes())
+    options: dict[str, Any] = (
+        {"encryption_key": KEY} if secret == "key" else {"log_password": "pw", "backup": False}
+    )
+    before = snapshot(tmp_path)
+    assert not migrate(log, dry_run=True, **options).converted
+    assert snapshot(tmp_path) == before  # a dry run removes nothing either
+    assert migrate(log, **options).converted
+    assert plaintext_left(tmp_path) == []
+    assert not (tmp_path / "a.log.tmp-0123456789abcdef").exists()
 
 
 def test_migrate_seals_attachments_too(tmp_path: Path) -> None:
@@ -174,3 +194,77 @@ def test_cli_migrate_seals_and_compact_points_to_it(
     with ConversationCodec(log, KEY) as codec:
         assert codec.load() == MESSAGES
     assert plaintext_left(tmp_path) == []
+
+
+# --- review r2a defect 5: a plaintext store's conversations (bound to their ids) -------------
+
+IDS = ["alice", "Bob/notes"]  # the second is stored encoded: %42ob%2fnotes.log
+LONG_ID = "x" * 300  # stored under a hashed name, from which the id cannot be read back
+
+
+def plain_store(root: Path, ids: list[str]) -> list[Path]:
+    store = ConversationStore(root)
+    for conversation_id in ids:
+        with store.open(conversation_id) as codec:
+            codec.extend(MESSAGES)
+    return [root / f"{encode_id(i)}.log" for i in ids]
+
+
+def store_loads(root: Path, ids: list[str], **secret: Any) -> list[Any]:
+    store = ConversationStore(root, **secret)
+    out = []
+    for conversation_id in ids:
+        with store.open(conversation_id) as codec:
+            out.append(codec.load())
+    return out
+
+
+@pytest.mark.parametrize("secret", ["key", "password"])
+def test_a_store_conversation_seals_by_the_advised_route(tmp_path: Path, secret: str) -> None:
+    logs = plain_store(tmp_path, IDS)
+    with pytest.raises(NotEncryptedError) as caught:
+        store_loads(tmp_path, IDS[:1], encryption_key=KEY)
+    assert "migrate(path, encryption_key=..., context='alice')" in str(caught.value)
+    for log in logs:  # the store's own log path, its id not given: read from its name
+        if secret == "key":
+            assert migrate(log, encryption_key=KEY).converted
+        else:
+            assert migrate(log, log_password="pw", backup=False).converted
+    opened = {"encryption_key": KEY} if secret == "key" else {"password": "pw"}
+    assert store_loads(tmp_path, IDS, **opened) == [MESSAGES, MESSAGES]
+    assert plaintext_left(tmp_path) == []
+
+
+def test_the_advised_compaction_of_a_store_conversation_works(tmp_path: Path) -> None:
+    (log,) = plain_store(tmp_path, IDS[1:])
+    with pytest.raises(NotEncryptedError) as caught:
+        store_loads(tmp_path, IDS[1:], encryption_key=KEY)
+    assert "ConversationCodec(path, context='Bob/notes').compact(" in str(caught.value)
+    with ConversationCodec(log, context="Bob/notes") as codec:
+        codec.compact(encryption_key=KEY)
+    assert store_loads(tmp_path, IDS[1:], encryption_key=KEY) == [MESSAGES]
+
+
+def test_migrate_of_a_plaintext_store_root_seals_every_conversation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain_store(tmp_path / "a", IDS)
+    batch = migrate_many(tmp_path / "a", encryption_key=KEY)
+    assert [i.status for i in batch.items] == ["converted", "converted"], batch.items
+    assert store_loads(tmp_path / "a", IDS, encryption_key=KEY) == [MESSAGES, MESSAGES]
+    plain_store(tmp_path / "b", IDS)
+    code, out, err = cli(monkeypatch, capsys, "migrate", str(tmp_path / "b"))
+    assert code == 0, out + err
+    assert store_loads(tmp_path / "b", IDS, encryption_key=KEY) == [MESSAGES, MESSAGES]
+    assert plaintext_left(tmp_path) == []
+
+
+def test_a_hashed_store_name_is_refused_naming_the_call_that_works(tmp_path: Path) -> None:
+    (log,) = plain_store(tmp_path, [LONG_ID])
+    before = snapshot(tmp_path)
+    for secret in ({"encryption_key": KEY}, {"log_password": "pw"}):
+        with pytest.raises(BindingError, match=r"migrate\(path, .*context="):
+            migrate(log, **secret)
+        assert snapshot(tmp_path) == before
+    assert migrate(log, encryption_key=KEY, context=LONG_ID).converted
+    assert store_loads(tmp_path, [LONG_ID], encryption_key=KEY) == [MESSAGES]

@@ -112,7 +112,7 @@ class CodecCore:
             )
         keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         binding = None if context is None else context_digest(context)
-        self._secrets = LogSecrets(self._name, keyring, password, binding)
+        self._secrets = LogSecrets(self._name, keyring, password, binding, context)
         self._max = max_messages
         blobs = None
         if attachments == "external":

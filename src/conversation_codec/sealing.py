@@ -59,9 +59,15 @@ class LogSecrets:
     """
 
     def __init__(
-        self, path: str | Path, keyring: Keyring | None, password: str | None, binding: bytes | None
+        self,
+        path: str | Path,
+        keyring: Keyring | None,
+        password: str | None,
+        binding: bytes | None,
+        context: str | None = None,  # the id ``binding`` digests, named in advice only
     ) -> None:
         self.path = path
+        self.context = context
         self.keyring = keyring
         self.password = password
         self.binding = binding
@@ -109,10 +115,11 @@ class LogSecrets:
             return LogFormat(header.log_id, header.size, records, True, header.format_version)
         if kind is LogKind.PLAIN:
             if self.encrypted:
+                bound = "" if self.context is None else f", context={self.context!r}"
                 raise NotEncryptedError(
                     f"{self.path} is a plaintext log; open it without a key, or encrypt it "
-                    "in place with conversation_codec.migrate(path, encryption_key=...) "
-                    "(or ConversationCodec(path).compact(encryption_key=...))"
+                    f"in place with conversation_codec.migrate(path, encryption_key=...{bound}) "
+                    f"(or ConversationCodec(path{bound}).compact(encryption_key=...))"
                 )
             end = prefix.find(b"\n")
             if end < 0:

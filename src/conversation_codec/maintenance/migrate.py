@@ -45,6 +45,7 @@ from ..errors import ConversationCodecError, FormatError, KeyRequiredError, NotA
 from ..format.header import LogKind, sniff_log
 from ..paths import BLOBS_SUFFIX, backup_path, index_path, is_sidecar, migrating_path
 from ..storage.file.store import FileStore
+from ..storage.file.writer import remove_leftovers
 from .legacy import LegacyFormat, read_legacy
 from .migrate_commit import (
     as_storage_errors,
@@ -69,6 +70,7 @@ from .migrate_source import (
     check_secrets,
     destination,
     header_opens,
+    plain_log_context,
     read_source,
 )
 
@@ -111,7 +113,8 @@ def migrate(
         ``.bak`` unless ``backup=False``). Other logs are left as they are.
     :param log_password: seal the new log with this password instead of a key.
     :param context: bind the new log to this identity (a store's conversation id; FORMAT.md
-        §4.2), as ``ConversationStore`` opens it.
+        §4.2), as ``ConversationStore`` opens it. A store's plaintext log sealed in place
+        keeps the id it is bound to, read from its name (a hashed name: ``BindingError``).
     :param legacy_key: Fernet key(s) of an encrypted source; or give ``password``, with
         its 16-byte salt in the ``.salt`` file beside the source.
     :param dry_run: read, decrypt and check everything, but write nothing.
@@ -153,6 +156,8 @@ def migrate(
             and kind is LogKind.PLAIN
             and not (dst is not None and _elsewhere(Path(dst), real))
         )
+        if sealing:  # a store's conversation: under the id it is bound to
+            context = plain_log_context(real, data, context)
         if sealing and encryption_key is not None:  # a compaction seals it (migrate_seal)
             messages, before_, after, note = seal_plain_log(
                 real, encryption_key, context=context, dry_run=dry_run, io=io
@@ -217,6 +222,8 @@ def migrate(
         if not in_place:
             refuse_packed(target, io)
         sweep_leftovers(target, bak, io)
+        if plain_log is not None:  # a sealing: no crashed rewrite's plaintext copy stays
+            remove_leftovers(str(target), io)
         tmp = migrating_path(target)
         made_backup = False
         try:
@@ -288,7 +295,7 @@ def _size(path: str | Path) -> int:
 
 
 def migrate_many(
-    paths: Iterable[str | os.PathLike[str]],
+    paths: Iterable[str | os.PathLike[str]] | str | bytes | os.PathLike[str],
     *,
     out_dir: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | None = None,
@@ -303,6 +310,7 @@ def migrate_many(
 ) -> BatchReport:
     """Migrate files and directories (recursively); one bad file never stops the batch.
 
+    ``paths`` may also be one path (a ``str``, ``bytes`` or ``os.PathLike``), taken whole.
     In place by default; with ``out_dir`` each log goes to ``out_dir/<path relative to the
     directory given>`` (``out_dir/<name>`` for a file given) and sources are left alone.
     With ``store`` (a ``ConversationStore`` root directory) each becomes a conversation of
@@ -330,6 +338,8 @@ def migrate_many(
     [('a.jsonl', 'converted'), ('b.json', 'failed')]
     """
     check_secrets(encryption_key, legacy_key, password, log_password)
+    if isinstance(paths, (str, bytes, os.PathLike)):  # one path, not its characters
+        paths = [os.fsdecode(paths)]
     if out_dir is not None and store is not None:
         raise ValueError("pass out_dir= or store=, not both")
     out = None if out_dir is None else Path(out_dir)

@@ -8,7 +8,9 @@ for rewrites: a crash leaves the old log or the new one). No ``.bak`` is kept: t
 that no plaintext copy stays. A compaction cannot switch a log to a password, so with
 ``log_password`` the log's messages and record times are read here
 (:func:`read_plain_log`) and go through migrate's own steps, as a plaintext legacy file's
-do (sealed temp log, read back and compared, ``.bak`` unless ``backup=False``, rename).
+do (sealed temp log, read back and compared, ``.bak`` unless ``backup=False``, rename);
+under the writer lock, the temp copies crashed rewrites left beside the log (plaintext) are
+removed first, as the compaction's ``remove_stale_temps`` does (review r2a defect 6).
 
 ``NotEncryptedError`` (a plaintext log opened with a key) advises this route; it used to
 leave the log as it was and report success (outside review, sec.md defect 4).

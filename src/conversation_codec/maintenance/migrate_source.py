@@ -38,6 +38,7 @@ from ..format.header import (
     sniff_log,
 )
 from ..sealing import LogSecrets, check_password
+from ..storage.file.store import LOG_SUFFIX, decode_id
 from .import_source import unstorable
 from .legacy import MAX_LEGACY_BYTES, LegacyFormat, LegacyHistory
 from .legacy_fernet import check_key, check_legacy_password
@@ -51,6 +52,7 @@ __all__ = [
     "check_secrets",
     "destination",
     "header_opens",
+    "plain_log_context",
     "read_source",
 ]
 
@@ -229,6 +231,30 @@ def check_log_header(path: Path, data: bytes) -> None:
         decode_plain_header(data[:end])
     except FormatError as exc:  # UnsupportedVersionError too: its message, with the path
         raise type(exc)(f"{path}: {exc}") from None
+
+
+def plain_log_context(path: Path, data: bytes, context: str | None) -> str | None:
+    """The context to seal the plaintext log ``data`` (at ``path``) under: ``context`` when
+    given, else the id a store's log is bound to, read from its name (``<encoded id>.log``,
+    checked against the header's digest), as ``ConversationStore.open`` binds it (review r2a
+    defect 5: sealing a store's conversation failed with ``BindingError``).
+
+    :raises BindingError: the log is bound to a context its name does not give (a hashed
+        store name, or a renamed file): nothing was changed.
+    """
+    end = data.find(b"\n", 0, MAX_PLAIN_HEADER_BYTES + 1)
+    digest = decode_plain_header(data[: max(end, 0)]).context_sha256
+    if context is not None or digest is None:
+        return context
+    name = path.name
+    found = decode_id(name[: -len(LOG_SUFFIX)]) if name.endswith(LOG_SUFFIX) else None
+    if found is not None and context_digest(found) == digest:
+        return found
+    raise BindingError(
+        f"{path} is bound to a context (a store's conversation id) that its name does not "
+        "give: seal it with conversation_codec.migrate(path, encryption_key=..., "
+        "context=<its conversation id>)"
+    )
 
 
 def header_opens(
