@@ -61,7 +61,11 @@ class HistoryView:
         # would cost more than the encode, and could collide). None: compare one by one.
         self._joined: bytearray | None = None
         self._view: tuple[LogState, bool] | None = None  # (state, handed the whole history)
-        self._origin = 0  # the seq of the first message of that whole history
+        # The seq of the first message of the caller's list, and the log_id it holds in:
+        # appends (any writer's) keep it, pops past it pull it back, a rewrite moves it.
+        self._origin: int | None = None
+        self._origin_log: bytes | None = None
+        self._sure = True  # no writer changed the records from the origin unseen
 
     def state(self) -> LogState:
         """The log's current state."""
@@ -76,7 +80,31 @@ class HistoryView:
     def whole(self, origin: int) -> None:
         """The caller now holds the whole history as it is (loaded, saved, replaced), the
         (visible) part from seq ``origin`` on."""
-        self._view, self._origin = (self.state(), True), origin
+        self._view = (self.state(), True)
+        self._set_origin(origin)
+
+    def _set_origin(self, origin: int | None, *, sure: bool = True) -> None:
+        self._origin, self._origin_log, self._sure = origin, self.state()[0], sure
+
+    def _handed(self, start: LogState, base: int) -> None:
+        """A read handed out every message from ``base`` (no writer in between). A list
+        held since before it still begins where it did; if a writer came in between, the
+        records from there to ``base`` may have changed unseen: that list may then only
+        grow (``plan``)."""
+        origin, sure = self.origin(), self._sure
+        if origin is None or origin >= base:
+            origin, sure = base, True
+        elif self._view != (start, True):
+            sure = False
+        self._view = (start, True)
+        self._origin, self._origin_log, self._sure = origin, start[0], sure
+
+    def origin(self) -> int | None:
+        """Where the caller's list begins, while that still means the same records."""
+        state = self.state()
+        if self._origin is None or self._origin_log != state[0] or self._origin > state[2]:
+            return None
+        return self._origin
 
     def partial(self) -> None:
         """The log changed in a way the caller was not handed (an append, a prune)."""
@@ -84,15 +112,18 @@ class HistoryView:
 
     def cleared(self) -> None:
         self.forget()
-        self._view = ((None, None, 0), False)
+        self._view, self._origin = ((None, None, 0), False), None
 
     def moved(self, before: LogState, *, keeps_view: bool, dropped: int = 0) -> None:
         """Record a change this instance made: the caller still holds the whole history
         only if it did before and the change keeps that true (a pop, a compaction). A
         compaction under ``max_messages`` drops the first ``dropped`` records: true only
         if the caller's list starts after them."""
-        whole = keeps_view and self._view == (before, True) and self._origin >= dropped
-        self._view, self._origin = (self.state(), whole), self._origin - dropped
+        origin = self._origin if self._origin_log == before[0] else None
+        whole = keeps_view and self._view == (before, True) and (origin or 0) >= dropped
+        self._view = (self.state(), whole)
+        kept = None if origin is None or origin < dropped else origin - dropped
+        self._set_origin(kept, sure=self._sure)
 
     # -- digests ---------------------------------------------------------------------------
 
@@ -146,11 +177,15 @@ class HistoryView:
 
     def loaded(self, datas: Sequence[bytes], base: int) -> None:
         """``load()`` read these messages' JSON (seqs ``base..``)."""
+        start = self.state()
         self._track(datas, base)
-        self.whole(base)
+        self._handed(start, base)
 
     def popped(self, count: int) -> None:
-        """The last of ``count`` records went (the caller was handed it back)."""
+        """The last of ``count`` records went (the caller was handed it back): a list
+        held from after it now begins where it was."""
+        if self._origin is not None and self._origin > count - 1:
+            self._origin = count - 1
         digests = self._take_digests()  # before the JSON they are taken from goes
         self._joined = None  # the next save() compares one by one (and the next load rebuilds)
         if digests and self._dbase + len(digests) == count:  # (none: popped past the window)
@@ -199,20 +234,33 @@ class HistoryView:
     def plan(self, messages: Sequence[Message], base: int) -> tuple[int, int, int]:
         """``(start, keep, stored)``: where ``messages`` begin among the stored records,
         how many leading ones equal the stored ones from there, and how many are stored
-        from there. ``base``: the first visible record. A list held whole begins at its
-        origin, or at ``base`` when it was trimmed to the window (``max_messages``): the
-        first that ``messages`` extend, else the one with the longer kept prefix."""
-        starts = [base]
-        if self._view == (self.state(), True) and self._origin < base:
-            starts.insert(0, self._origin)  # compared first: its digests serve both
-        best = (base, -1, 0)
-        for start in starts:
-            keep, stored = self.kept(messages, start)
-            if keep == stored:
-                return start, keep, stored
-            if keep > best[1]:
-                best = (start, keep, stored)
-        return best
+        from there. ``base``: the first visible record.
+
+        The list begins at its origin (where the list this instance handed out or was
+        given begins), compared position by position: it grows (append) or was edited
+        (rewrite from there) — unless its first message is not the origin's, when it is
+        read as trimmed to the window (``max_messages``): from ``base`` it grows, or is
+        edited after its first message. A list neither reading places (both differ at
+        the first message, or a writer changed the records from the origin unseen) is
+        refused: either rewrite would delete records the other keeps."""
+        origin = self.origin()
+        if origin is None or origin == base:
+            keep, stored = self.kept(messages, base)
+            return base, keep, stored
+        keep, stored = self.kept(messages, origin)
+        if keep == stored or (keep and self._sure):
+            return origin, keep, stored
+        at_base = self.kept(messages, base)
+        if at_base[0] == at_base[1] or (at_base[0] and base > origin and self._sure):
+            return (base, *at_base)
+        if not keep and base < origin and self._sure:  # the window slid back (pops)
+            return origin, keep, stored
+        raise ConflictError(
+            f"{self._name}: save() cannot tell where this list begins among the stored "
+            "messages (max_messages: it matches neither the list this instance was handed "
+            "nor the window); nothing was changed — reload with load(), or call replace() "
+            "to overwrite"
+        )
 
     def kept(self, messages: Sequence[Message], base: int) -> tuple[int, int]:
         """``(keep, stored)``: how many leading ``messages`` equal the stored ones, and how
@@ -254,4 +302,4 @@ class HistoryView:
     def iterated(self, start: LogState, origin: int) -> None:
         """A complete iteration handed out every message from seq ``origin``, no writer
         coming in between."""
-        self._view, self._origin = (start, True), origin
+        self._handed(start, origin)
