@@ -63,9 +63,13 @@ class HistoryView:
         self._view: tuple[LogState, bool] | None = None  # (state, handed the whole history)
         # The seq of the first message of the caller's list, and the log_id it holds in:
         # appends (any writer's) keep it, pops past it pull it back, a rewrite moves it.
+        # The seq of the first message of the caller's list (``_origin``), and of a list
+        # handed out before it that may still be held (``_older``: defect 3 of review r2a),
+        # both for the log_id ``_origin_log``: appends keep them, pops past them pull them
+        # back, a rewrite or compaction moves them.
         self._origin: int | None = None
+        self._older: int | None = None
         self._origin_log: bytes | None = None
-        self._sure = True  # no writer changed the records from the origin unseen
 
     def state(self) -> LogState:
         """The log's current state."""
@@ -77,34 +81,22 @@ class HistoryView:
         self._digests = self._joined = None
         self._lazy = []
 
-    def whole(self, origin: int) -> None:
+    def whole(self, origin: int, state: LogState | None = None) -> None:
         """The caller now holds the whole history as it is (loaded, saved, replaced), the
-        (visible) part from seq ``origin`` on."""
-        self._view = (self.state(), True)
-        self._set_origin(origin)
+        (visible) part from seq ``origin`` on; ``state``: the log's, when it was handed."""
+        state = state or self.state()
+        before = [
+            seq
+            for seq in (self._origin, self._older)
+            if seq is not None and seq < origin and self._origin_log == state[0]
+        ]
+        self._view = (state, True)
+        self._origin, self._older, self._origin_log = origin, max(before, default=None), state[0]
 
-    def _set_origin(self, origin: int | None, *, sure: bool = True) -> None:
-        self._origin, self._origin_log, self._sure = origin, self.state()[0], sure
-
-    def _handed(self, start: LogState, base: int) -> None:
-        """A read handed out every message from ``base`` (no writer in between). A list
-        held since before it still begins where it did; if a writer came in between, the
-        records from there to ``base`` may have changed unseen: that list may then only
-        grow (``plan``)."""
-        origin, sure = self.origin(), self._sure
-        if origin is None or origin >= base:
-            origin, sure = base, True
-        elif self._view != (start, True):
-            sure = False
-        self._view = (start, True)
-        self._origin, self._origin_log, self._sure = origin, start[0], sure
-
-    def origin(self) -> int | None:
-        """Where the caller's list begins, while that still means the same records."""
+    def _valid(self, seq: int | None) -> int | None:
+        """``seq`` (an origin) while it still means the same records, else None."""
         state = self.state()
-        if self._origin is None or self._origin_log != state[0] or self._origin > state[2]:
-            return None
-        return self._origin
+        return None if seq is None or self._origin_log != state[0] or seq > state[2] else seq
 
     def partial(self) -> None:
         """The log changed in a way the caller was not handed (an append, a prune)."""
@@ -112,18 +104,21 @@ class HistoryView:
 
     def cleared(self) -> None:
         self.forget()
-        self._view, self._origin = ((None, None, 0), False), None
+        self._view, self._origin, self._older = ((None, None, 0), False), None, None
 
     def moved(self, before: LogState, *, keeps_view: bool, dropped: int = 0) -> None:
         """Record a change this instance made: the caller still holds the whole history
         only if it did before and the change keeps that true (a pop, a compaction). A
         compaction under ``max_messages`` drops the first ``dropped`` records: true only
         if the caller's list starts after them."""
-        origin = self._origin if self._origin_log == before[0] else None
+        same = self._origin_log == before[0]
+        origin, older = (self._origin, self._older) if same else (None, None)
         whole = keeps_view and self._view == (before, True) and (origin or 0) >= dropped
         self._view = (self.state(), whole)
-        kept = None if origin is None or origin < dropped else origin - dropped
-        self._set_origin(kept, sure=self._sure)
+        self._origin, self._older = (
+            None if seq is None or seq < dropped else seq - dropped for seq in (origin, older)
+        )
+        self._origin_log = self._view[0][0]
 
     # -- digests ---------------------------------------------------------------------------
 
@@ -177,15 +172,15 @@ class HistoryView:
 
     def loaded(self, datas: Sequence[bytes], base: int) -> None:
         """``load()`` read these messages' JSON (seqs ``base..``)."""
-        start = self.state()
         self._track(datas, base)
-        self._handed(start, base)
+        self.whole(base)
 
     def popped(self, count: int) -> None:
         """The last of ``count`` records went (the caller was handed it back): a list
         held from after it now begins where it was."""
-        if self._origin is not None and self._origin > count - 1:
-            self._origin = count - 1
+        self._origin, self._older = (
+            None if seq is None else min(seq, count - 1) for seq in (self._origin, self._older)
+        )
         digests = self._take_digests()  # before the JSON they are taken from goes
         self._joined = None  # the next save() compares one by one (and the next load rebuilds)
         if digests and self._dbase + len(digests) == count:  # (none: popped past the window)
@@ -236,30 +231,34 @@ class HistoryView:
         how many leading ones equal the stored ones from there, and how many are stored
         from there. ``base``: the first visible record.
 
-        The list begins at its origin (where the list this instance handed out or was
-        given begins), compared position by position: it grows (append) or was edited
-        (rewrite from there) — unless its first message is not the origin's, when it is
-        read as trimmed to the window (``max_messages``): from ``base`` it grows, or is
-        edited after its first message. A list neither reading places (both differ at
-        the first message, or a writer changed the records from the origin unseen) is
-        refused: either rewrite would delete records the other keeps."""
-        origin = self.origin()
-        if origin is None or origin == base:
-            keep, stored = self.kept(messages, base)
-            return base, keep, stored
+        The list begins at its origin (where the list this instance last handed out or
+        was given begins), compared position by position: it grows (append) or was edited
+        (rewrite from there). A list handed out before that one may still grow. Only a
+        list whose first message is not the origin's is read as trimmed to the window
+        (``max_messages``): from ``base`` it grows, or is edited after its first message.
+        A list two readings fit, or none, is refused (review r2a, defects 1, 3, 4, 7)."""
+        origin = self._valid(self._origin)
+        origin = base if origin is None else origin
+        older = self._valid(self._older)
         keep, stored = self.kept(messages, origin)
-        if keep == stored or (keep and self._sure):
+        if keep == stored:
             return origin, keep, stored
-        at_base = self.kept(messages, base)
-        if at_base[0] == at_base[1] or (at_base[0] and base > origin and self._sure):
-            return (base, *at_base)
-        if not keep and base < origin and self._sure:  # the window slid back (pops)
+        old = self.kept(messages, older) if older is not None and older < origin else (0, -1)
+        if keep and old[0] != old[1]:  # an edit of the list from its origin
+            return origin, keep, stored
+        if not keep and old[0] == old[1]:  # the list held since an earlier load() grew
+            return older or 0, *old
+        if not keep and not old[0] and base != origin:
+            at_base = self.kept(messages, base)
+            if at_base[0] == at_base[1] or (at_base[0] and base > origin):
+                return (base, *at_base)
+        if not keep and old[1] < 0 and base <= origin:  # its first message changed
             return origin, keep, stored
         raise ConflictError(
             f"{self._name}: save() cannot tell where this list begins among the stored "
-            "messages (max_messages: it matches neither the list this instance was handed "
-            "nor the window); nothing was changed — reload with load(), or call replace() "
-            "to overwrite"
+            "messages (max_messages: it fits both, or neither, of the lists this instance "
+            "handed out and the window); nothing was changed — reload with load(), or call "
+            "replace() to overwrite"
         )
 
     def kept(self, messages: Sequence[Message], base: int) -> tuple[int, int]:
@@ -302,4 +301,4 @@ class HistoryView:
     def iterated(self, start: LogState, origin: int) -> None:
         """A complete iteration handed out every message from seq ``origin``, no writer
         coming in between."""
-        self._handed(start, origin)
+        self.whole(origin, start)
