@@ -357,3 +357,32 @@ def test_max_messages_save_refuses_a_list_it_cannot_place(open_codec: Open) -> N
     with pytest.raises(ConflictError):
         codec.save([_said("edited"), *history[1:]])
     assert _hidden_too(codec) == [*ALL_SIX, "a"]
+
+
+def test_max_messages_save_refuses_an_edit_of_a_list_loaded_before(open_codec: Open) -> None:
+    # Another load() handed out a newer list: the one held since the first may still grow
+    # (above), but an edit of it is refused rather than rewritten from the newer list's start.
+    codec = _windowed(open_codec, encryption_key=KEY)
+    history = [*(codec.load() or []), _said("a")]
+    codec.save(history)
+    shown = codec.load() or []
+    history[-1] = _said("edited")
+    with pytest.raises(ConflictError):
+        codec.save(history)
+    shown[0] = _said("edited")  # the list handed out last: its first message may change
+    with pytest.raises(ConflictError):  # ... but the older list could be meant as well
+        codec.save(shown)
+    assert _hidden_too(codec) == [*ALL_SIX, "a"]  # nothing changed
+
+
+def test_max_messages_save_refuses_a_list_equal_messages_make_ambiguous(open_codec: Open) -> None:
+    # All "ok": the list trimmed to the window plus one more "ok" also reads as the list
+    # held since load() with nothing new; neither guess is taken.
+    codec = open_codec(max_messages=3, encryption_key=KEY)
+    ok = {"role": "tool", "content": "ok"}
+    codec.extend([_said("a"), ok, ok, ok])
+    history = [*(codec.load() or []), ok]
+    codec.save(history)  # appended: a ok ok ok ok
+    with pytest.raises(ConflictError):
+        codec.save([*history[-3:], ok])
+    assert _hidden_too(codec) == ["a", "ok", "ok", "ok", "ok"]

@@ -242,6 +242,8 @@ class HistoryView:
         older = self._valid(self._older)
         keep, stored = self.kept(messages, origin)
         if keep == stored:
+            if any(self._grows(messages, start, origin) for start in (older, base)):
+                raise self._unplaced()
             return origin, keep, stored
         old = self.kept(messages, older) if older is not None and older < origin else (0, -1)
         if keep and old[0] != old[1]:  # an edit of the list from its origin
@@ -254,12 +256,25 @@ class HistoryView:
                 return (base, *at_base)
         if not keep and old[1] < 0 and base <= origin:  # its first message changed
             return origin, keep, stored
-        raise ConflictError(
+        raise self._unplaced()
+
+    def _unplaced(self) -> ConflictError:
+        return ConflictError(
             f"{self._name}: save() cannot tell where this list begins among the stored "
             "messages (max_messages: it fits both, or neither, of the lists this instance "
             "handed out and the window); nothing was changed — reload with load(), or call "
             "replace() to overwrite"
         )
+
+    def _grows(self, messages: Sequence[Message], start: int | None, origin: int) -> bool:
+        """Whether ``messages`` also extend the stored ones from ``start`` (another start
+        than ``origin``): equal messages repeating make two readings fit."""
+        if start is None or start == origin or not messages or start >= len(self._log.index):
+            return False
+        if not self._same_as_stored(messages[0], start):  # one decryption, mostly enough
+            return False
+        keep, stored = self.kept(messages, start)
+        return keep == stored
 
     def kept(self, messages: Sequence[Message], base: int) -> tuple[int, int]:
         """``(keep, stored)``: how many leading ``messages`` equal the stored ones, and how
