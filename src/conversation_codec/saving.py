@@ -85,13 +85,13 @@ class HistoryView:
         """The caller now holds the whole history as it is (loaded, saved, replaced), the
         (visible) part from seq ``origin`` on; ``state``: the log's, when it was handed."""
         state = state or self.state()
-        before = [
+        before = [  # the list handed out just before, if still held (it may begin later)
             seq
             for seq in (self._origin, self._older)
-            if seq is not None and seq < origin and self._origin_log == state[0]
+            if seq is not None and seq != origin and self._origin_log == state[0]
         ]
         self._view = (state, True)
-        self._origin, self._older, self._origin_log = origin, max(before, default=None), state[0]
+        self._origin, self._older, self._origin_log = origin, next(iter(before), None), state[0]
 
     def _valid(self, seq: int | None) -> int | None:
         """``seq`` (an origin) while it still means the same records, else None."""
@@ -245,7 +245,7 @@ class HistoryView:
             if any(self._grows(messages, start, origin) for start in (older, base)):
                 raise self._unplaced()
             return origin, keep, stored
-        old = self.kept(messages, older) if older is not None and older < origin else (0, -1)
+        old = self.kept(messages, older) if older is not None and older != origin else (0, -1)
         if keep and old[0] != old[1]:  # an edit of the list from its origin
             return origin, keep, stored
         if not keep and old[0] == old[1]:  # the list held since an earlier load() grew
@@ -254,8 +254,9 @@ class HistoryView:
             at_base = self.kept(messages, base)
             if at_base[0] == at_base[1] or (at_base[0] and base > origin):
                 return (base, *at_base)
-        if not keep and old[1] < 0 and base <= origin:  # its first message changed
-            return origin, keep, stored
+        earlier = origin and messages and self._same_as_stored(messages[0], origin - 1)
+        if not keep and old[1] < 0 and base <= origin and not earlier:
+            return origin, keep, stored  # its first message changed (it begins no earlier)
         raise self._unplaced()
 
     def _unplaced(self) -> ConflictError:
