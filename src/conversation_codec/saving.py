@@ -248,8 +248,8 @@ class HistoryView:
         old = self.kept(messages, older) if older is not None and older != origin else (0, -1)
         if keep and old[0] != old[1]:  # an edit of the list from its origin
             return origin, keep, stored
-        if not keep and old[0] == old[1]:  # the list held since an earlier load() grew
-            return older or 0, *old
+        if not keep and old[0] == old[1] and not self._first_edited(messages, origin):
+            return older or 0, *old  # the list held since an earlier load() grew
         if not keep and not old[0] and base != origin:
             at_base = self.kept(messages, base)
             if at_base[0] == at_base[1] or (at_base[0] and base > origin):
@@ -266,6 +266,14 @@ class HistoryView:
             "handed out and the window); nothing was changed — reload with load(), or call "
             "replace() to overwrite"
         )
+
+    def _first_edited(self, messages: Sequence[Message], origin: int) -> bool:
+        """Whether ``messages`` also read as the list from ``origin`` with only its first
+        message changed (then a list they also extend is ambiguous)."""
+        if origin >= len(self._log.index):
+            return False
+        keep, stored = self.kept(messages[1:], origin + 1)
+        return keep == stored or keep > 0
 
     def _grows(self, messages: Sequence[Message], start: int | None, origin: int) -> bool:
         """Whether ``messages`` also extend the stored ones from ``start`` (another start
