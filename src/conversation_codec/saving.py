@@ -242,7 +242,9 @@ class HistoryView:
         older = self._valid(self._older)
         keep, stored = self.kept(messages, origin)
         if keep == stored:
-            if any(self._grows(messages, start, origin) for start in (older, base)):
+            if self._grows(messages, older, origin, at_all=True) or self._grows(
+                messages, base, origin
+            ):
                 raise self._unplaced()
             return origin, keep, stored
         old = self.kept(messages, older) if older is not None and older != origin else (0, -1)
@@ -275,9 +277,12 @@ class HistoryView:
         keep, stored = self.kept(messages[1:], origin + 1)
         return keep == stored or keep > 0
 
-    def _grows(self, messages: Sequence[Message], start: int | None, origin: int) -> bool:
+    def _grows(
+        self, messages: Sequence[Message], start: int | None, origin: int, *, at_all: bool = False
+    ) -> bool:
         """Whether ``messages`` also extend the stored ones from ``start`` (another start
-        than ``origin``): equal messages repeating make two readings fit."""
+        than ``origin``): equal messages repeating make two readings fit. ``at_all``: or
+        begin with the same message (a list held since an earlier load(), edited)."""
         if start is None or start == origin or not messages or start >= len(self._log.index):
             return False
         tracked = self._digests is not None and self._dbase <= start < self._dbase + self._known()
@@ -287,6 +292,8 @@ class HistoryView:
                 return False
         elif not self._same_as_stored(messages[0], start):  # one decryption
             return False
+        if at_all:
+            return True
         keep, stored = self.kept(messages, start)
         return keep == stored
 
