@@ -242,8 +242,10 @@ class HistoryView:
         older = self._valid(self._older)
         keep, stored = self.kept(messages, origin)
         if keep == stored:
-            if self._grows(messages, older, origin, at_all=True) or self._grows(
-                messages, base, origin
+            if (
+                self._grows(messages, older, origin, at_all=True)
+                or (older is not None and older != origin and self._first_edited(messages, older))
+                or self._grows(messages, base, origin)
             ):
                 raise self._unplaced()
             return origin, keep, stored
@@ -272,8 +274,13 @@ class HistoryView:
     def _first_edited(self, messages: Sequence[Message], origin: int) -> bool:
         """Whether ``messages`` also read as the list from ``origin`` with only its first
         message changed (then a list they also extend is ambiguous)."""
-        if origin >= len(self._log.index):
+        count = len(self._log.index)
+        if origin >= count:
             return False
+        if origin + 1 < count and not (
+            len(messages) > 1 and self._grows(messages[1:], origin + 1, -1, at_all=True)
+        ):
+            return False  # their second message is not the stored one after ``origin``
         keep, stored = self.kept(messages[1:], origin + 1)
         return keep == stored or keep > 0
 
