@@ -285,3 +285,104 @@ def test_max_messages_save_keeps_its_conflict_rule(open_codec: Open) -> None:
     with pytest.raises(ConflictError):
         codec.save(window[:2])  # would delete a message this instance was not handed back
     assert _hidden_too(codec) == [*ALL_SIX, "not loaded"]
+
+
+# -- max_messages: save() plans from where the caller's list begins (review r2a, 1 3 4 7) --
+
+
+def _said(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def test_max_messages_save_after_a_pop_keeps_hidden_records(open_codec: Open) -> None:
+    # A pop slides the window back over records the caller's list never held: a save of
+    # that list appends to it, and deletes none of them (review r2a, defect 1).
+    codec = _windowed(open_codec, encryption_key=KEY)
+    history = codec.load() or []
+    assert codec.pop() == history.pop()
+    history.append(_said("x"))
+    codec.save(history)
+    assert _hidden_too(codec) == [*ALL_SIX[:5], "x"]
+    codec = _windowed(open_codec, encryption_key=KEY)
+    history = codec.load() or []
+    while history:
+        assert codec.pop() == history.pop()
+    codec.save([_said("new")])  # the caller's list, emptied by its pops, plus one
+    assert _hidden_too(codec) == [*ALL_SIX[:3], "new"]
+
+
+def test_max_messages_save_after_another_load_stores_nothing_twice(open_codec: Open) -> None:
+    # A later load() (to show the window) does not forget where the list held since begins
+    # (review r2a, defect 3).
+    codec = _windowed(open_codec, encryption_key=KEY)
+    history = codec.load() or []
+    history.append(_said("a"))
+    codec.save(history)
+    assert [m["content"] for m in codec.load() or []] == ["message 4", "message 5", "a"]
+    history.append(_said("b"))
+    codec.save(history)
+    assert _hidden_too(codec) == [*ALL_SIX, "a", "b"]
+
+
+def test_max_messages_edit_among_equal_messages_is_no_append(open_codec: Open) -> None:
+    # Tool results repeat ("ok"): replacing the last message of the list held since load()
+    # is an edit from where that list begins, not an extension of the window (defect 4).
+    codec = open_codec(max_messages=3, encryption_key=KEY)
+    codec.extend([_said("a")] + [{"role": "tool", "content": "ok"}] * 4)
+    history = codec.load() or []
+    history.append({"role": "tool", "content": "ok"})
+    codec.save(history)
+    history[-1] = _said("bye")
+    codec.save(history)
+    assert _hidden_too(codec) == ["a", "ok", "ok", "ok", "ok", "bye"]
+
+
+def test_max_messages_save_after_its_own_append(open_codec: Open) -> None:
+    # The list extended with the instance's own append() is a plain extension from where
+    # it begins: appended, as without max_messages (review r2a, defect 7).
+    codec = _windowed(open_codec, encryption_key=KEY)
+    history = codec.load() or []
+    codec.append(_said("x"))
+    codec.save([*history, _said("x"), _said("y")])
+    assert _hidden_too(codec) == [*ALL_SIX, "x", "y"]
+
+
+def test_max_messages_save_refuses_a_list_it_cannot_place(open_codec: Open) -> None:
+    # Appended since load(), then the first message changed: the list held since load()
+    # (rewrite from its start) and one trimmed to the window (rewrite from the window)
+    # would delete different records; save() refuses rather than guess.
+    codec = _windowed(open_codec, encryption_key=KEY)
+    history = [*(codec.load() or []), _said("a")]
+    codec.save(history)
+    with pytest.raises(ConflictError):
+        codec.save([_said("edited"), *history[1:]])
+    assert _hidden_too(codec) == [*ALL_SIX, "a"]
+
+
+def test_max_messages_save_refuses_an_edit_of_a_list_loaded_before(open_codec: Open) -> None:
+    # Another load() handed out a newer list: the one held since the first may still grow
+    # (above), but an edit of it is refused rather than rewritten from the newer list's start.
+    codec = _windowed(open_codec, encryption_key=KEY)
+    history = [*(codec.load() or []), _said("a")]
+    codec.save(history)
+    shown = codec.load() or []
+    history[-1] = _said("edited")
+    with pytest.raises(ConflictError):
+        codec.save(history)
+    shown[0] = _said("edited")  # the list handed out last: its first message may change
+    with pytest.raises(ConflictError):  # ... but the older list could be meant as well
+        codec.save(shown)
+    assert _hidden_too(codec) == [*ALL_SIX, "a"]  # nothing changed
+
+
+def test_max_messages_save_refuses_a_list_equal_messages_make_ambiguous(open_codec: Open) -> None:
+    # All "ok": the list trimmed to the window plus one more "ok" also reads as the list
+    # held since load() with nothing new; neither guess is taken.
+    codec = open_codec(max_messages=3, encryption_key=KEY)
+    ok = {"role": "tool", "content": "ok"}
+    codec.extend([_said("a"), ok, ok, ok])
+    history = [*(codec.load() or []), ok]
+    codec.save(history)  # appended: a ok ok ok ok
+    with pytest.raises(ConflictError):
+        codec.save([*history[-3:], ok])
+    assert _hidden_too(codec) == ["a", "ok", "ok", "ok", "ok"]

@@ -61,7 +61,15 @@ class HistoryView:
         # would cost more than the encode, and could collide). None: compare one by one.
         self._joined: bytearray | None = None
         self._view: tuple[LogState, bool] | None = None  # (state, handed the whole history)
-        self._origin = 0  # the seq of the first message of that whole history
+        # The seq of the first message of the caller's list, and the log_id it holds in:
+        # appends (any writer's) keep it, pops past it pull it back, a rewrite moves it.
+        # The seq of the first message of the caller's list (``_origin``), and of a list
+        # handed out before it that may still be held (``_older``: defect 3 of review r2a),
+        # both for the log_id ``_origin_log``: appends keep them, pops past them pull them
+        # back, a rewrite or compaction moves them.
+        self._origin: int | None = None
+        self._older: int | None = None
+        self._origin_log: bytes | None = None
 
     def state(self) -> LogState:
         """The log's current state."""
@@ -73,10 +81,22 @@ class HistoryView:
         self._digests = self._joined = None
         self._lazy = []
 
-    def whole(self, origin: int) -> None:
+    def whole(self, origin: int, state: LogState | None = None) -> None:
         """The caller now holds the whole history as it is (loaded, saved, replaced), the
-        (visible) part from seq ``origin`` on."""
-        self._view, self._origin = (self.state(), True), origin
+        (visible) part from seq ``origin`` on; ``state``: the log's, when it was handed."""
+        state = state or self.state()
+        before = [  # the list handed out just before, if still held (it may begin later)
+            seq
+            for seq in (self._origin, self._older)
+            if seq is not None and seq != origin and self._origin_log == state[0]
+        ]
+        self._view = (state, True)
+        self._origin, self._older, self._origin_log = origin, next(iter(before), None), state[0]
+
+    def _valid(self, seq: int | None) -> int | None:
+        """``seq`` (an origin) while it still means the same records, else None."""
+        state = self.state()
+        return None if seq is None or self._origin_log != state[0] or seq > state[2] else seq
 
     def partial(self) -> None:
         """The log changed in a way the caller was not handed (an append, a prune)."""
@@ -84,15 +104,21 @@ class HistoryView:
 
     def cleared(self) -> None:
         self.forget()
-        self._view = ((None, None, 0), False)
+        self._view, self._origin, self._older = ((None, None, 0), False), None, None
 
     def moved(self, before: LogState, *, keeps_view: bool, dropped: int = 0) -> None:
         """Record a change this instance made: the caller still holds the whole history
         only if it did before and the change keeps that true (a pop, a compaction). A
         compaction under ``max_messages`` drops the first ``dropped`` records: true only
         if the caller's list starts after them."""
-        whole = keeps_view and self._view == (before, True) and self._origin >= dropped
-        self._view, self._origin = (self.state(), whole), self._origin - dropped
+        same = self._origin_log == before[0]
+        origin, older = (self._origin, self._older) if same else (None, None)
+        whole = keeps_view and self._view == (before, True) and (origin or 0) >= dropped
+        self._view = (self.state(), whole)
+        self._origin, self._older = (
+            None if seq is None or seq < dropped else seq - dropped for seq in (origin, older)
+        )
+        self._origin_log = self._view[0][0]
 
     # -- digests ---------------------------------------------------------------------------
 
@@ -150,7 +176,11 @@ class HistoryView:
         self.whole(base)
 
     def popped(self, count: int) -> None:
-        """The last of ``count`` records went (the caller was handed it back)."""
+        """The last of ``count`` records went (the caller was handed it back): a list
+        held from after it now begins where it was."""
+        self._origin, self._older = (
+            None if seq is None else min(seq, count - 1) for seq in (self._origin, self._older)
+        )
         digests = self._take_digests()  # before the JSON they are taken from goes
         self._joined = None  # the next save() compares one by one (and the next load rebuilds)
         if digests and self._dbase + len(digests) == count:  # (none: popped past the window)
@@ -199,20 +229,80 @@ class HistoryView:
     def plan(self, messages: Sequence[Message], base: int) -> tuple[int, int, int]:
         """``(start, keep, stored)``: where ``messages`` begin among the stored records,
         how many leading ones equal the stored ones from there, and how many are stored
-        from there. ``base``: the first visible record. A list held whole begins at its
-        origin, or at ``base`` when it was trimmed to the window (``max_messages``): the
-        first that ``messages`` extend, else the one with the longer kept prefix."""
-        starts = [base]
-        if self._view == (self.state(), True) and self._origin < base:
-            starts.insert(0, self._origin)  # compared first: its digests serve both
-        best = (base, -1, 0)
-        for start in starts:
-            keep, stored = self.kept(messages, start)
-            if keep == stored:
-                return start, keep, stored
-            if keep > best[1]:
-                best = (start, keep, stored)
-        return best
+        from there. ``base``: the first visible record.
+
+        The list begins at its origin (where the list this instance last handed out or
+        was given begins), compared position by position: it grows (append) or was edited
+        (rewrite from there). A list handed out before that one may still grow. Only a
+        list whose first message is not the origin's is read as trimmed to the window
+        (``max_messages``): from ``base`` it grows, or is edited after its first message.
+        A list two readings fit, or none, is refused (review r2a, defects 1, 3, 4, 7)."""
+        origin = self._valid(self._origin)
+        origin = base if origin is None else origin
+        older = self._valid(self._older)
+        keep, stored = self.kept(messages, origin)
+        if keep == stored:
+            if (
+                self._grows(messages, older, origin, at_all=True)
+                or (older is not None and older != origin and self._first_edited(messages, older))
+                or self._grows(messages, base, origin)
+            ):
+                raise self._unplaced()
+            return origin, keep, stored
+        old = self.kept(messages, older) if older is not None and older != origin else (0, -1)
+        if keep and old[0] != old[1]:  # an edit of the list from its origin
+            return origin, keep, stored
+        if not keep and old[0] == old[1] and not self._first_edited(messages, origin):
+            return older or 0, *old  # the list held since an earlier load() grew
+        if not keep and not old[0] and base != origin:
+            at_base = self.kept(messages, base)
+            if at_base[0] == at_base[1] or (at_base[0] and base > origin):
+                return (base, *at_base)
+        earlier = origin and messages and self._same_as_stored(messages[0], origin - 1)
+        if not keep and old[1] < 0 and base <= origin and not earlier:
+            return origin, keep, stored  # its first message changed (it begins no earlier)
+        raise self._unplaced()
+
+    def _unplaced(self) -> ConflictError:
+        return ConflictError(
+            f"{self._name}: save() cannot tell where this list begins among the stored "
+            "messages (max_messages: it fits both, or neither, of the lists this instance "
+            "handed out and the window); nothing was changed — reload with load(), or call "
+            "replace() to overwrite"
+        )
+
+    def _first_edited(self, messages: Sequence[Message], origin: int) -> bool:
+        """Whether ``messages`` also read as the list from ``origin`` with only its first
+        message changed (then a list they also extend is ambiguous)."""
+        count = len(self._log.index)
+        if origin >= count:
+            return False
+        if origin + 1 < count and not (
+            len(messages) > 1 and self._grows(messages[1:], origin + 1, -1, at_all=True)
+        ):
+            return False  # their second message is not the stored one after ``origin``
+        keep, stored = self.kept(messages[1:], origin + 1)
+        return keep == stored or keep > 0
+
+    def _grows(
+        self, messages: Sequence[Message], start: int | None, origin: int, *, at_all: bool = False
+    ) -> bool:
+        """Whether ``messages`` also extend the stored ones from ``start`` (another start
+        than ``origin``): equal messages repeating make two readings fit. ``at_all``: or
+        begin with the same message (a list held since an earlier load(), edited)."""
+        if start is None or start == origin or not messages or start >= len(self._log.index):
+            return False
+        tracked = self._digests is not None and self._dbase <= start < self._dbase + self._known()
+        if tracked:  # the digest (as stored: a list this instance handed out matches it)
+            digests = self._take_digests() or []
+            if self._encoder.digest_of(messages[0]) != digests[start - self._dbase]:
+                return False
+        elif not self._same_as_stored(messages[0], start):  # one decryption
+            return False
+        if at_all:
+            return True
+        keep, stored = self.kept(messages, start)
+        return keep == stored
 
     def kept(self, messages: Sequence[Message], base: int) -> tuple[int, int]:
         """``(keep, stored)``: how many leading ``messages`` equal the stored ones, and how
@@ -254,4 +344,4 @@ class HistoryView:
     def iterated(self, start: LogState, origin: int) -> None:
         """A complete iteration handed out every message from seq ``origin``, no writer
         coming in between."""
-        self._view, self._origin = (start, True), origin
+        self.whole(origin, start)
