@@ -61,8 +61,6 @@ class HistoryView:
         # would cost more than the encode, and could collide). None: compare one by one.
         self._joined: bytearray | None = None
         self._view: tuple[LogState, bool] | None = None  # (state, handed the whole history)
-        # The seq of the first message of the caller's list, and the log_id it holds in:
-        # appends (any writer's) keep it, pops past it pull it back, a rewrite moves it.
         # The seq of the first message of the caller's list (``_origin``), and of a list
         # handed out before it that may still be held (``_older``: defect 3 of review r2a),
         # both for the log_id ``_origin_log``: appends keep them, pops past them pull them
