@@ -442,7 +442,17 @@ def _kill_rounds(
     assert everything == [*(crash_message(i) for i in range(count)), NEW]
 
 
-@pytest.mark.parametrize("durability", ["fsync", "flush"])
+@pytest.mark.parametrize(
+    ("variant_key", "durability"),
+    [
+        pytest.param("encrypted", "fsync", id="encrypted-fsync"),
+        pytest.param("plaintext", "flush", id="plaintext-flush"),
+        # Each scheme and each durability once by default; the other two pairs under slow.
+        pytest.param("encrypted", "flush", id="encrypted-flush", marks=pytest.mark.slow),
+        pytest.param("plaintext", "fsync", id="plaintext-fsync", marks=pytest.mark.slow),
+    ],
+    indirect=["variant_key"],
+)
 def test_sigkill_writer_mid_stream(
     tmp_path: Path, variant_key: str | None, durability: str, rng: random.Random
 ) -> None:
@@ -463,6 +473,11 @@ def _digest(paths: Iterator[Path]) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.is_file()}
 
 
+@pytest.mark.parametrize(
+    "variant_key",
+    ["encrypted", pytest.param("plaintext", marks=pytest.mark.slow)],  # the same file names
+    indirect=True,
+)
 def test_sigkill_leaves_no_stray_files(tmp_path: Path, variant_key: str | None) -> None:
     """After kills and a clean reopen, the directory holds only log, index and lock."""
     path = tmp_path / "killed.log"
