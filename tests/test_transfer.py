@@ -422,6 +422,9 @@ def test_import_failures_leave_the_log_alone(
     assert codec.load() == batch
 
 
+@pytest.mark.parametrize(  # a sealed log refuses one in test_import_replace_refuses_*
+    "make", [pytest.param("encrypted", marks=pytest.mark.slow), "plaintext"], indirect=True
+)
 def test_import_rejects_a_message_too_large_for_a_record(
     make: Callable[..., ConversationCodec], tmp_path: Path
 ) -> None:
