@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conversation_codec import ConversationCodec, ConversationStore
 
-from conftest import KEY
+from conftest import KEY, collecting
 
 _FDS = Path("/proc/self/fd")
 
@@ -21,27 +19,13 @@ def _open_fds() -> int:
     return len(os.listdir(_FDS))
 
 
-@contextlib.contextmanager
-def _collecting() -> Iterator[None]:
-    """Collect earlier tests' dropped objects (they close their files), then freeze what
-    is left: the body's ``gc.collect()`` then looks at the objects made since only. (A full
-    collection of a test worker's heap, with the integrations' packages imported, takes
-    ~1 s; the frozen objects were alive, so no garbage is missed.)"""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
 @pytest.mark.skipif(not _FDS.is_dir(), reason="counts /proc/self/fd")
 @pytest.mark.parametrize("use", ["append", "tail", "search", "rewrite", "index"])
 def test_a_used_codec_dropped_without_close_leaves_no_descriptor(tmp_path: Path, use: str) -> None:
     """A server that forgets close() (or raises before it) must not run out of files: the
     descriptors of a dropped codec close with it (8,000 such turns hit "Too many open
     files" before)."""
-    with _collecting():
+    with collecting():
         before = _open_fds()
         for i in range(20):
             codec = ConversationCodec(
@@ -62,7 +46,7 @@ def test_a_used_codec_dropped_without_close_leaves_no_descriptor(tmp_path: Path,
 @pytest.mark.skipif(not _FDS.is_dir(), reason="counts /proc/self/fd")
 def test_codecs_of_a_store_dropped_without_close_leave_no_descriptor(tmp_path: Path) -> None:
     store = ConversationStore(tmp_path / "store", encryption_key=KEY)
-    with _collecting():
+    with collecting():
         before = _open_fds()
         for i in range(20):
             codec = store.open(f"user-{i}")

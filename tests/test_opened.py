@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from tests._writer import SCRIPT, subprocess_env
-from tests.conftest import KEY
+from tests.conftest import KEY, collecting
 
 from conversation_codec import BindingError, ConversationCodec, ConversationStore
 
@@ -121,13 +121,13 @@ def test_a_log_renamed_over_after_the_probe_is_read_from_its_new_file(tmp_path: 
 
 def test_a_log_removed_after_the_probe_reads_as_empty(tmp_path: Path) -> None:
     path = _written(tmp_path, 3)
-    gc.collect()  # earlier tests' dropped objects close their files when collected
-    before = _open_fds()
-    with ConversationCodec(path, encryption_key=KEY) as codec:
-        with ConversationCodec(path, encryption_key=KEY) as other:
-            other.clear()
-        assert codec.tail(5) == [] and len(codec) == 0
-    assert _open_fds() == before  # the probed file was closed
+    with collecting():
+        before = _open_fds()
+        with ConversationCodec(path, encryption_key=KEY) as codec:
+            with ConversationCodec(path, encryption_key=KEY) as other:
+                other.clear()
+            assert codec.tail(5) == [] and len(codec) == 0
+        assert _open_fds() == before  # the probed file was closed
 
 
 def test_a_log_copied_over_in_place_after_the_probe_is_identified_again(
@@ -212,12 +212,12 @@ def test_a_codec_never_used_leaves_no_file_open(tmp_path: Path, closed: bool) ->
     # Closed, or dropped (never used nor closed, as an async open a caller cancelled
     # leaves it): the file its probe kept open is closed.
     path = _written(tmp_path, 1)
-    gc.collect()  # earlier tests' dropped objects close their files when collected
-    before = _open_fds()
-    for _ in range(20):
-        codec = ConversationCodec(path, encryption_key=KEY)
-        if closed:
-            codec.close()
-        del codec
-    gc.collect()
-    assert _open_fds() == before
+    with collecting():
+        before = _open_fds()
+        for _ in range(20):
+            codec = ConversationCodec(path, encryption_key=KEY)
+            if closed:
+                codec.close()
+            del codec
+        gc.collect()
+        assert _open_fds() == before
