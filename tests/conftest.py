@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import io
 import os
 import random
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import zlib
@@ -339,3 +342,58 @@ def collecting() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+CommandLine = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture(params=["in-process", pytest.param("process", marks=pytest.mark.slow)])
+def command_line(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> CommandLine:
+    """``command_line(*argv, env=, stdin="")``: ``python -m conversation_codec *argv`` with
+    exactly the environment ``env`` and ``stdin`` on a pipe; its exit code and output.
+
+    By default ``main(argv)`` runs in this process, ``os.environ`` set to ``env`` for the
+    call: the code the command runs, without an interpreter start and its imports per call
+    (~0.3 s each). ``-m slow`` runs each call in a process of its own; test_cli.py keeps the
+    real-process tests of the entry point (exit status, pipes, terminals) in the default run.
+    """
+    if request.param == "process":
+
+        def in_a_process(
+            *argv: str, env: dict[str, str], stdin: str = ""
+        ) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "conversation_codec", *argv],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+                check=False,
+            )
+
+        return in_a_process
+
+    from conversation_codec.cli import main
+
+    def in_process(
+        *argv: str, env: dict[str, str], stdin: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        with monkeypatch.context() as m:
+            for name in set(os.environ) - set(env):
+                m.delenv(name)
+            for name, value in env.items():
+                m.setenv(name, value)
+            m.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode()), "utf-8"))
+            before = capsys.readouterr()  # what the test printed itself stays its own
+            code = main(list(argv))
+            out, err = capsys.readouterr()
+        sys.stdout.write(before.out)
+        sys.stderr.write(before.err)
+        return subprocess.CompletedProcess(["conversation-codec", *argv], code, out, err)
+
+    return in_process

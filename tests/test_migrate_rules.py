@@ -31,6 +31,8 @@ from conversation_codec.format.record import MAX_MESSAGE_BYTES
 from conversation_codec.maintenance.migrate import migrate, migrate_many
 from conversation_codec.store import ConversationStore
 
+from conftest import CommandLine
+
 KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="  # tests only
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -233,23 +235,14 @@ def test_import_keeps_the_file_order_and_merges_by_time(tmp_path: Path) -> None:
     assert times(log) == sorted(times(log))
 
 
-def test_the_cli_prints_the_clamp_note(tmp_path: Path) -> None:
+def test_the_cli_prints_the_clamp_note(tmp_path: Path, command_line: CommandLine) -> None:
     src = tmp_path / "h.json"
     src.write_text(json.dumps(SKEWED))
     env = {**CHILD_ENV, "CONVERSATION_KEY": KEY}
-    cmd = [sys.executable, "-m", "conversation_codec"]
-    out = subprocess.run(
-        [*cmd, "import", str(tmp_path / "a.log"), str(src)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=TIMEOUT,
-    )
+    out = command_line("import", str(tmp_path / "a.log"), str(src), env=env)
     assert out.returncode == 0, out.stderr
     assert "2 timestamp(s) earlier than the message before" in out.stdout
-    out = subprocess.run(
-        [*cmd, "migrate", str(src)], capture_output=True, text=True, env=env, timeout=TIMEOUT
-    )
+    out = command_line("migrate", str(src), env=env)
     assert out.returncode == 0, out.stderr
     assert "2 timestamp(s) earlier than the message before" in out.stdout
 

@@ -22,6 +22,8 @@ from conversation_codec.errors import DecryptionError, KeyRequiredError, Storage
 from conversation_codec.maintenance.copy import copy_conversations
 from conversation_codec.storage.postgres import PostgresStore
 
+from conftest import CommandLine
+
 pytestmark = pytest.mark.postgres
 
 KEY = generate_key()
@@ -139,19 +141,15 @@ def test_copy_of_attachment_blobs_to_postgres_puts_them_inline(
     assert _dump(back, [p + "u"]) == _dump(files, [p + "u"])
 
 
-def _cli(*args: str, key: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "conversation_codec", *args],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", "CONVERSATION_KEY": key},
-        check=False,
-    )
-
-
 def test_the_command_line_takes_a_url_root(
-    postgres_cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest
+    postgres_cluster: Cluster,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    command_line: CommandLine,
 ) -> None:
+    def _cli(*args: str, key: str) -> subprocess.CompletedProcess[str]:
+        return command_line(*args, env={"PATH": "/usr/bin:/bin", "CONVERSATION_KEY": key})
+
     postgres_url = postgres_cluster.create_database()  # its own: ls lists every conversation
     p = _prefix(request)
     files = ConversationStore(tmp_path / "a", encryption_key=KEY)
