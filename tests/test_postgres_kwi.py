@@ -23,6 +23,7 @@ from cryptography.fernet import InvalidToken
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests._postgres import Cluster
+from tests._store_writers import append_words
 from tests.conftest import KEY, OTHER_KEY
 from tests.test_keyword_index import (
     WORDS,
@@ -199,13 +200,6 @@ def test_merges_keep_the_index_exact(postgres_url: str, monkeypatch: pytest.Monk
 # -- every writer, every process ------------------------------------------------------------
 
 
-def _writer(url: str, key: str, cid: str, name: str, count: int, indexed: bool) -> None:
-    store = ConversationStore(url, encryption_key=key, search_index=indexed, lock_timeout=60)
-    with store.open(cid) as codec:
-        for i in range(count):
-            codec.append(_msg(f"{name} zanzibar{i % 5} item{i}"))
-
-
 def test_two_processes_appending_keep_the_index_exact(postgres_url: str) -> None:
     """One process opened with ``search_index=True``, one without: both keep the index in
     their transactions, so it equals the one rebuilt from the records and every search
@@ -215,7 +209,7 @@ def test_two_processes_appending_keep_the_index_exact(postgres_url: str) -> None
         c.append(_msg("start"))  # the index exists before the writers start
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_writer, args=(postgres_url, KEY, cid, f"w{w}", 60, w == 0))
+        ctx.Process(target=append_words, args=(postgres_url, KEY, cid, f"w{w}", 60, w == 0))
         for w in range(2)
     ]
     for proc in procs:

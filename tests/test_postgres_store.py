@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from _postgres import Cluster
+from _store_writers import append_and_pop
 from conversation_codec import ConversationStore, generate_key
 from conversation_codec.errors import DecryptionError, KeyRequiredError, StorageError
 from conversation_codec.maintenance.copy import copy_conversations
@@ -172,22 +173,11 @@ def test_the_command_line_takes_a_url_root(
     assert failed.returncode == 1 and "hunter22" not in failed.stderr + failed.stdout
 
 
-def _writer(url: str, key: str, cid: str, name: str, count: int) -> None:
-    store = ConversationStore(url, encryption_key=key, lock_timeout=60)
-    with store.open(cid) as codec:
-        for i in range(count):
-            codec.append({"role": "user", "content": f"{name} {i}"})
-            if i % 10 == 9:  # a pop of its own append, under the lock
-                with codec.transaction():
-                    if codec.get(-1)["content"] == f"{name} {i}":
-                        codec.pop()
-                        codec.append({"role": "user", "content": f"{name} {i}"})
-
-
 def _concurrent(url: str, cid: str, writers: int, count: int) -> None:
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_writer, args=(url, KEY, cid, f"w{w}", count)) for w in range(writers)
+        ctx.Process(target=append_and_pop, args=(url, KEY, cid, f"w{w}", count))
+        for w in range(writers)
     ]
     for proc in procs:
         proc.start()
