@@ -1366,7 +1366,24 @@ def entry_point(
     )
 
 
-Entry = Callable[..., subprocess.CompletedProcess[str]]
+class Entry:
+    """``entry(*argv, stdin=, env=, cwd=)`` runs the command line with its output piped;
+    ``entry.terminal(*argv, stream=, env=)`` with ``stream`` on a terminal (as
+    :func:`on_a_terminal`)."""
+
+    def __init__(
+        self, piped: Callable[..., subprocess.CompletedProcess[str]], terminal: Callable[..., Any]
+    ) -> None:
+        self.piped, self.terminal = piped, terminal
+
+    def __call__(
+        self,
+        *argv: str,
+        stdin: str = "",
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return self.piped(*argv, stdin=stdin, env=env, cwd=cwd)
 
 
 @pytest.fixture(params=["in-process", pytest.param("entry-point", marks=pytest.mark.slow)])
@@ -1375,21 +1392,27 @@ def entry(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> Entry:
-    """``entry(*argv, stdin=, env=, cwd=)``: run the command line as :func:`entry_point`
-    does, and return what it printed and its exit code.
+    """Run the command line as :func:`entry_point` (or :func:`on_a_terminal`) does, and
+    return what it printed and its exit code.
 
     The default run calls ``main(argv)`` in this process under that environment, directory
-    and stdin (a pipe's, not a terminal's), its output captured: the code the console script
-    runs, without an interpreter start and its imports per call (~0.3 s each; they were most
-    of this file's time). ``-m slow`` runs the same tests through the installed script, a
-    process per call. What only a process of its own shows (exit status, a closed stdin or
-    pipe, terminals, prompts, signals) keeps real-process tests in the default run: the
-    ``test_subprocess_*`` tests, the terminal and ``tail -f`` tests below."""
+    and stdin (a pipe's, not a terminal's), its output captured, and for a terminal the
+    stream's ``isatty()`` true: the code the console script runs, without an interpreter
+    start and its imports per call (~0.3 s each; they were most of this file's time).
+    ``-m slow`` runs the same tests through the installed script, a process per call (on a
+    pseudo-terminal for a terminal). What only a process of its own shows (exit status, a
+    closed stdin or pipe, a real terminal, prompts, signals) keeps real-process tests in the
+    default run: the ``test_subprocess_*`` tests, the highlighting, prompt and ``tail -f``
+    tests below."""
     if request.param == "entry-point":
-        return entry_point
+        return Entry(entry_point, on_a_terminal)
 
     def in_process(
-        *argv: str, stdin: str = "", env: dict[str, str] | None = None, cwd: Path | None = None
+        *argv: str,
+        stdin: str = "",
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        terminal: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         wanted = env or subprocess_env()
         with monkeypatch.context() as m:
@@ -1403,13 +1426,23 @@ def entry(
             piped = io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8")
             m.setattr(sys, "stdin", piped)  # a pipe's: text over bytes, not a terminal
             before = capsys.readouterr()  # what the test printed itself stays its own
+            if terminal is not None:
+                m.setattr(getattr(sys, terminal), "isatty", lambda: True)
             code = main(list(argv))
             out, err = capsys.readouterr()
         sys.stdout.write(before.out)
         sys.stderr.write(before.err)
         return subprocess.CompletedProcess([ENTRY, *argv], code, out, err)
 
-    return in_process
+    def on_a_fake_terminal(
+        *argv: str, stream: str = "stderr", env: dict[str, str] | None = None
+    ) -> tuple[int, str, str]:
+        done = in_process(*argv, env=env, terminal=stream)
+        if stream == "stderr":
+            return done.returncode, done.stderr, done.stdout
+        return done.returncode, done.stdout, done.stderr
+
+    return Entry(in_process, on_a_fake_terminal)
 
 
 def on_a_terminal(
@@ -1471,29 +1504,29 @@ def test_entry_point_exit_codes_by_exception_class(tmp_path: Path, entry: Entry)
     assert entry("cat").returncode == 2 and entry("--version").returncode == 0
 
 
-def test_entry_point_progress_bars_only_on_a_terminal(tmp_path: Path) -> None:
+def test_entry_point_progress_bars_only_on_a_terminal(tmp_path: Path, entry: Entry) -> None:
     env = subprocess_env(CONVERSATION_KEY=KEY)
     store = ConversationStore(tmp_path / "a", encryption_key=KEY, durability="flush")
     for name in ("alice", "bob"):
         with store.open(name) as codec:
             codec.append({"role": "user", "content": name})
-    code, shown, out = on_a_terminal("copy", str(tmp_path / "a"), str(tmp_path / "b"), env=env)
+    code, shown, out = entry.terminal("copy", str(tmp_path / "a"), str(tmp_path / "b"), env=env)
     assert code == 0 and "copied 2 conversations" in out
     assert re.search(r"copying +\[#+\]  2/2", shown), shown
     logs = [str(store.path(name)) for name in ("alice", "bob")]
-    code, shown, out = on_a_terminal("verify", *logs, "--context", "x", env=env)
+    code, shown, out = entry.terminal("verify", *logs, "--context", "x", env=env)
     assert "verifying" in shown and "2/2" in shown
-    done = entry_point("copy", str(tmp_path / "a"), str(tmp_path / "c"), env=env)  # not a terminal
+    done = entry("copy", str(tmp_path / "a"), str(tmp_path / "c"), env=env)  # not a terminal
     assert done.returncode == 0 and done.stderr == ""
     log = write_log(tmp_path / "chat.log", KEY)
-    code, shown, out = on_a_terminal("compact", log, env=env)
+    code, shown, out = entry.terminal("compact", log, env=env)
     assert code == 0 and re.search(r"compacting +\[#+\]  4/4", shown) and "compacted" in out
     out_file = str(tmp_path / "chat.jsonl")
-    code, shown, out = on_a_terminal("export", log, "--out", out_file, env=env)
+    code, shown, out = entry.terminal("export", log, "--out", out_file, env=env)
     assert code == 0 and re.search(r"exporting +\[#+\]  4/4", shown), shown
-    code, shown, out = on_a_terminal("reindex", log, env=env)
+    code, shown, out = entry.terminal("reindex", log, env=env)
     assert code == 0 and re.search(r"indexing +\[#+\]  4/4", shown), shown
-    done = entry_point("compact", log, env=env)
+    done = entry("compact", log, env=env)
     assert done.returncode == 0 and done.stderr == ""  # piped: quiet
 
 
@@ -1591,9 +1624,9 @@ def test_entry_point_json_on_every_command_that_prints_data(tmp_path: Path, entr
     summary = {"path": str(tmp_path / "x.jsonl"), "messages": 3, "format": "jsonl"}
     assert json.loads(done.stdout) == summary
     # tail: readable lines on a terminal, JSON lines with --json (and whenever piped).
-    code, shown, _ = on_a_terminal("tail", log, "-n", "2", stream="stdout", env=env)
+    code, shown, _ = entry.terminal("tail", log, "-n", "2", stream="stdout", env=env)
     assert code == 0 and re.search(r"#1  assistant  Your REFUND", shown) and "{" not in shown
-    code, shown, _ = on_a_terminal("tail", log, "-n", "2", "--json", stream="stdout", env=env)
+    code, shown, _ = entry.terminal("tail", log, "-n", "2", "--json", stream="stdout", env=env)
     assert code == 0 and objects(shown.replace("\r\n", "\n")) == CHAT[1:3]
     assert objects(entry("tail", log, "-n", "2", env=env).stdout) == CHAT[1:3]
 
