@@ -22,6 +22,7 @@ from hypothesis import settings
 
 from _postgres import Cluster, ClusterUnavailable
 from conversation_codec import ConversationCodec, FileIO
+from conversation_codec.crypto import SCRYPT_MIN_LOG2_N
 from conversation_codec.storage.postgres import PostgresBackend
 
 # A fixed Fernet key for tests only (never a real secret).
@@ -45,6 +46,17 @@ def pytest_configure(config: pytest.Config) -> None:
     shm = Path("/dev/shm")
     if "TMPDIR" not in os.environ and shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
         tempfile.tempdir = str(shm)
+
+
+@pytest.fixture(autouse=True)
+def _scrypt_at_its_minimum(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Password logs that tests create derive with scrypt N = 2^10 (``SCRYPT_MIN_LOG2_N``,
+    the least that readers accept, FORMAT.md §4.1) instead of 2^15: ~0.1 s less per
+    derivation, of which a run makes ~140. The cost is a header field that every reader
+    derives with as written, so nothing else differs. Tests marked ``real_scrypt_cost``
+    write what users get (one checks the header's cost); processes that tests start do too."""
+    if request.node.get_closest_marker("real_scrypt_cost") is None:
+        monkeypatch.setattr("conversation_codec.sealing.SCRYPT_LOG2_N", SCRYPT_MIN_LOG2_N)
 
 
 @pytest.fixture

@@ -305,6 +305,7 @@ def test_cli_opens_a_bound_log_with_context(
     assert main(["verify", "--context", "user-42", path]) == 0
 
 
+@pytest.mark.real_scrypt_cost  # the header holds what writers use
 def test_password_create_reopen_and_wrong_password(tmp_path: Path) -> None:
     path = tmp_path / "chat.log"
     with ConversationCodec(path, password="correct horse battery") as codec:
