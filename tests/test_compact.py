@@ -411,14 +411,16 @@ def children() -> Iterator[list[Any]]:
         proc.wait()
 
 
-@pytest.mark.parametrize("count", [150, pytest.param(300, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "count", [80, *(pytest.param(n, marks=pytest.mark.slow) for n in (150, 300))]
+)
 @pytest.mark.parametrize(  # "rotating" rewrites a sealed log as "encrypted" does, and rotates
     "variant", ["plaintext", pytest.param("encrypted", marks=pytest.mark.slow), "rotating"]
 )
 def test_appends_and_reads_from_other_processes_during_compaction(
     tmp_path: Path, variant: str, count: int, children: list[Any]
 ) -> None:
-    """An appender process adds ``count`` messages (150 by default, 300 under slow) and a
+    """An appender process adds ``count`` messages (80 by default; 150 and 300 under slow) and a
     reader process loops ``load()`` while this process compacts at least 20 times (rotating
     between two keys, when "rotating"): nothing is lost, nothing is duplicated, and every
     load is a prefix of the history."""

@@ -280,8 +280,25 @@ def _thread_writers(path: Path, key: str | None, shared: bool, batch: int) -> di
     return acked
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["shared-instance", "own-instance"])
-@pytest.mark.parametrize("batch", [0, 5], ids=["append", "extend5"])
+@pytest.mark.parametrize(
+    ("variant_key", "batch", "shared"),
+    [  # every pair of scheme, call and instance once by default; the other four under slow
+        pytest.param("encrypted", 0, True, id="encrypted-append-shared-instance"),
+        pytest.param("encrypted", 5, False, id="encrypted-extend5-own-instance"),
+        pytest.param("plaintext", 0, False, id="plaintext-append-own-instance"),
+        pytest.param("plaintext", 5, True, id="plaintext-extend5-shared-instance"),
+        *(
+            pytest.param(v, b, sh, id=f"{v}-{c}-{i}-instance", marks=pytest.mark.slow)
+            for v, b, c, sh, i in [
+                ("encrypted", 0, "append", False, "own"),
+                ("encrypted", 5, "extend5", True, "shared"),
+                ("plaintext", 0, "append", True, "shared"),
+                ("plaintext", 5, "extend5", False, "own"),
+            ]
+        ),
+    ],
+    indirect=["variant_key"],
+)
 def test_threads_append_concurrently(
     tmp_path: Path, variant_key: str | None, shared: bool, batch: int
 ) -> None:
@@ -292,6 +309,9 @@ def test_threads_append_concurrently(
     _check_log(path, variant_key, acked, THREAD_COUNT, started)
 
 
+@pytest.mark.parametrize(  # a plaintext log's seqs go on across processes in the extend7 test
+    "variant_key", ["encrypted", pytest.param("plaintext", marks=pytest.mark.slow)], indirect=True
+)
 def test_sequential_writers_continue_seqs(tmp_path: Path, variant_key: str | None) -> None:
     """Writers that open one after another each continue where the last one stopped."""
     path = tmp_path / "seq.log"

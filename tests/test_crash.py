@@ -35,7 +35,7 @@ _helper = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_helper)
 crash_message = _helper.crash_message
 
-KILL_ROUNDS = 5
+KILL_ROUNDS = 3  # per variant by default; SLOW_KILL_ROUNDS under -m slow
 SLOW_KILL_ROUNDS = 50
 TIMEOUT = 60.0  # seconds for any one child interaction; a hang fails, it does not stall
 T0_US = 1_763_700_000_000_000  # 2025-11-21 in microseconds: the fixed clock's start
