@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from conversation_codec import CompactionReport, ConversationCodec
 from conversation_codec.errors import DecryptionError, KeyRequiredError
 from conversation_codec.format.header import LOG_MAGIC
@@ -286,7 +287,7 @@ def test_killed_at_every_rewrite_step_reopens_intact(tmp_path: Path, scenario: s
         stamps = build(folder / "chat.log", old, n=25)
         args = [sys.executable, "-c", _CRASH_CHILD, str(folder / "chat.log"), step]
         args += [json.dumps(old), json.dumps(new)]
-        runs[step] = (folder, subprocess.Popen(args, env=child_env(), stderr=subprocess.PIPE))
+        runs[step] = (folder, _children.Popen(args, env=child_env(), stderr=subprocess.PIPE))
     for step, (folder, proc) in runs.items():
         _, err = proc.communicate(timeout=TIMEOUT)
         assert proc.returncode == 17, f"{step}: child exited {proc.returncode}: {err.decode()}"
@@ -389,7 +390,7 @@ print(json.dumps({"loads": loads, "last": last}), flush=True)
 
 def _spawn(script: str, args: list[str], keys: object, base: list[dict[str, Any]]) -> Any:
     env = child_env(CC_KEYS=json.dumps(keys), CC_BASE=json.dumps(base))
-    proc = subprocess.Popen(
+    proc = _children.Popen(
         [sys.executable, "-c", script, *args],
         env=env,
         stdin=subprocess.PIPE,

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from tests.conftest import KEY
 
+import _children
 from conversation_codec import (
     ClosedError,
     ConversationCodec,
@@ -67,7 +68,7 @@ def _run_together(
     ``polling`` first: so a reader polls while the writers run, whatever the scheduler does.
     """
     procs = [
-        subprocess.Popen(
+        _children.Popen(
             [sys.executable, str(_WRITER), *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -365,7 +366,7 @@ def _other_process(path: Path) -> Iterator[Callable[[], str]]:
     (a fresh codec, a 0.2 s lock timeout) and returns "appended" or "locked out".
 
     One process serves the whole test: an interpreter started per attempt cost ~0.3 s."""
-    proc = subprocess.Popen(
+    proc = _children.Popen(
         [sys.executable, "-c", _TRY_APPEND],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -494,7 +495,7 @@ def test_a_message_appended_while_a_store_deletes_the_conversation_is_kept(
     store = ConversationStore(tmp_path, encryption_key=KEY, io=io)
     with store.open("c") as codec:
         codec.append({"role": "user", "content": "old"})
-    io.then = lambda: subprocess.run(
+    io.then = lambda: _children.run(
         [sys.executable, "-c", _STORE_APPEND, str(tmp_path), KEY],
         env=_helper.subprocess_env(None),
         check=True,
@@ -567,7 +568,7 @@ def test_opening_a_log_that_another_process_removes_meanwhile(tmp_path: Path) ->
         "while time.monotonic() < end:\n"
         "    os.link(sys.argv[1], sys.argv[2]); os.unlink(sys.argv[2])\n"
     )
-    child = subprocess.Popen(
+    child = _children.Popen(
         [sys.executable, "-c", flipper, str(src), str(path)], stdout=subprocess.PIPE, text=True
     )
     try:

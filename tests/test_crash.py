@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from conversation_codec import ConversationCodec
 from conversation_codec.errors import ConversationCodecError, CorruptRecordError
 
@@ -359,7 +360,7 @@ class _Child:
     """A ``_writer.py loop`` child whose stdout is read line by line with a timeout."""
 
     def __init__(self, path: Path, key: str | None, durability: str) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = _children.Popen(
             [sys.executable, _helper.SCRIPT, "loop", str(path), "--durability", durability],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

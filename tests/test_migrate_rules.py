@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from conversation_codec import ConversationCodec, NotAHistoryError
 from conversation_codec.errors import (
     FormatError,
@@ -364,7 +364,7 @@ def test_a_rerun_after_a_kill_past_the_commit_sweeps_and_skips(
         str(src if mode != "one" else src / "a.jsonl"),
     ]
     child += [str(target if mode == "one" else out), step, KEY]
-    proc = subprocess.run(child, env=CHILD_ENV, capture_output=True, timeout=TIMEOUT)
+    proc = _children.run(child, env=CHILD_ENV, capture_output=True, timeout=TIMEOUT)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     assert _temp_files(out), "the kill came too late to leave temp files"
     if mode == "one":

@@ -14,7 +14,6 @@ import gc
 import json
 import os
 import shutil
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 from tests._writer import SCRIPT, subprocess_env
 from tests.conftest import KEY, collecting
 
+import _children
 from conversation_codec import BindingError, ConversationCodec, ConversationStore
 
 
@@ -35,7 +35,7 @@ def _other_process(call: str, path: Path, message: dict[str, Any] | None = None)
     argv = [sys.executable, SCRIPT, "op", call, str(path)]
     if message is not None:
         argv += ["--message", json.dumps(message)]
-    subprocess.run(argv, env=subprocess_env(KEY), capture_output=True, timeout=60, check=True)
+    _children.run(argv, env=subprocess_env(KEY), capture_output=True, timeout=60, check=True)
 
 
 def _written(tmp_path: Path, count: int) -> Path:
@@ -174,7 +174,7 @@ def test_counters_that_come_back_to_an_earlier_value_never_serve_old_bytes(
             "    c.pop(); c.append({'role': 'user', 'content': 'MESSAGE 0002'},\n"
             "                      timestamp=d.datetime(2026, 1, 1, tzinfo=d.timezone.utc))\n"
         )
-        subprocess.run(
+        _children.run(
             [sys.executable, "-c", child, str(path)],
             env=subprocess_env(KEY),
             check=True,

@@ -15,13 +15,13 @@ import json
 import os
 import random
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import _children
 from conversation_codec import (
     ConversationCodec,
     ConversationStore,
@@ -203,7 +203,7 @@ print(json.dumps({"outcome": outcome, "seconds": time.monotonic() - start}))
 
 
 def _in_child(log: Path, act: str) -> dict[str, Any]:
-    done = subprocess.run(
+    done = _children.run(
         [sys.executable, "-c", _LOCK_CHILD, str(log), KEY, act],
         capture_output=True,
         text=True,

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
+import _children
 import conversation_codec
 from conversation_codec import ConversationCodec, DecryptionError, FormatError, KeyRequiredError
 from conversation_codec.format.record import MAX_MESSAGE_BYTES
@@ -644,7 +645,7 @@ def test_merge_rewrites_never_lose_a_concurrent_writers_messages(
     if codec.encrypted:
         env["CC_KEY"] = KEY
     n = 600
-    with subprocess.Popen(
+    with _children.Popen(
         [sys.executable, "-c", _APPENDER, str(tmp_path / "chat.log"), "", str(n)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
