@@ -249,7 +249,9 @@ def _run_against_the_scan(tmp_path: Path, ops: list[tuple[str, Any]], queries: l
 
 
 @pytest.mark.parametrize(
-    "max_examples", [60, pytest.param(500, marks=pytest.mark.slow)], ids=["default", "full"]
+    "max_examples",
+    [30, *(pytest.param(n, marks=pytest.mark.slow) for n in (60, 500))],
+    ids=["default", "60", "full"],
 )
 def test_indexed_search_equals_the_scan(tmp_path: Path, max_examples: int) -> None:
     """Random histories (appends, pops, prunes, replaces, compactions, rotations, a writer

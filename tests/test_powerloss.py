@@ -60,10 +60,10 @@ pytestmark = pytest.mark.skipif(
 Message = dict[str, Any]
 LOG = "chat.log"
 SECTOR = 512  # bytes: the unit a scrambled image keeps or loses
-IMAGES = 100  # per scenario by default (4 scenarios, 8 regression cases, 20 around the dictionary)
+IMAGES = 60  # per scenario by default (4 scenarios, 8 regression cases, 10 around the dictionary)
 FULL_IMAGES = 250  # per scenario and regression case under -m slow (the former default)
 SLOW_IMAGES = 1500
-REGRESSION_IMAGES = 80  # per regression case by default: the first 80 of its FULL_IMAGES
+REGRESSION_IMAGES = 40  # per regression case by default: the first 40 of its FULL_IMAGES
 NEW = {"role": "user", "content": "written after the power loss"}
 # Seeds that once failed (issue 11: verify() raised on a time reversal; a pop's truncate was
 # not synced under "flush", so a popped record came back): (seed, durability, schemes).
@@ -664,7 +664,7 @@ def test_power_loss_regression_seeds(
     tmp_path: Path, seed: int, durability: str, scheme: str, images: int
 ) -> None:
     """Every seed that ever failed, as it failed: 40 steps, then 250 images under -m slow;
-    the default run checks the first 80 of those same images (the seed fixes the run and
+    the default run checks the first 40 of those same images (the seed fixes the run and
     the order of its images)."""
     key = KEY if scheme == "sealed" else None
     _check_power_losses(tmp_path, random.Random(seed), durability, key, 40, images)
@@ -694,7 +694,7 @@ _DICTIONARY_STEPS = ["append"] * 5 + ["pop"] * 3 + ["append"] * 2 + ["extend", "
 
 
 @pytest.mark.parametrize(
-    "images", [20, *(pytest.param(n, marks=pytest.mark.slow) for n in (60, 600))]
+    "images", [10, *(pytest.param(n, marks=pytest.mark.slow) for n in (60, 600))]
 )
 def test_power_loss_around_the_dictionary(tmp_path: Path, rng: random.Random, images: int) -> None:
     """Losses around the dictionary record (appended and synced after the 512th message,
