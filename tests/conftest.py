@@ -16,6 +16,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -228,10 +229,40 @@ REQUIRE_POSTGRES = os.environ.get("CC_REQUIRE_POSTGRES") == "1"
 _skipped_postgres: list[str] = []
 
 
+# A session that will need the cluster starts it in a thread as soon as its tests are
+# collected: initdb and the server's start (~2 s, other processes) overlap the first tests.
+_early_cluster: dict[str, Any] = {}
+
+
+def _start_the_cluster_early(session: pytest.Session) -> None:
+    if any("postgres_cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+
+        def start() -> None:
+            try:
+                _early_cluster["cluster"] = Cluster.start()
+            except ClusterUnavailable as exc:
+                _early_cluster["error"] = exc
+
+        _early_cluster["thread"] = threading.Thread(target=start, daemon=True)
+        _early_cluster["thread"].start()
+
+
+def _the_early_cluster() -> Cluster | None:
+    """The cluster started early, if one was (its error re-raised); None if none was."""
+    thread = _early_cluster.pop("thread", None)
+    if thread is None:
+        return None
+    thread.join()
+    if "error" in _early_cluster:
+        raise _early_cluster.pop("error")
+    cluster: Cluster = _early_cluster.pop("cluster")
+    return cluster
+
+
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[Cluster]:
     try:
-        cluster = Cluster.start()
+        cluster = _the_early_cluster() or Cluster.start()
     except ClusterUnavailable as exc:
         if REQUIRE_POSTGRES:
             pytest.fail(f"CC_REQUIRE_POSTGRES=1 but no PostgreSQL server starts: {exc}")
@@ -259,6 +290,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    with contextlib.suppress(ClusterUnavailable):  # started early, and no test used it
+        unused = _the_early_cluster()
+        if unused is not None:
+            unused.destroy()
     if REQUIRE_POSTGRES and _skipped_postgres and not hasattr(session.config, "workerinput"):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -361,6 +396,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     each: ~10 s of a run). Only garbage made later is ever collected, as before."""
     gc.collect()
     gc.freeze()
+    _start_the_cluster_early(session)
 
 
 CommandLine = Callable[..., "subprocess.CompletedProcess[str]"]
