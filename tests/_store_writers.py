@@ -1,8 +1,10 @@
-"""Targets for writer processes started with ``multiprocessing``'s "spawn": a child imports
-the module of its target, so they live here rather than in a test module, whose imports
-(pytest, the fixtures) cost each child ~0.4 s more."""
+"""Writer processes on a store: ``python tests/_store_writers.py FUNCTION ARG...`` runs one
+of the functions below (the tests start it through ``_children``), apart from any test
+module and its imports (pytest, the fixtures)."""
 
 from __future__ import annotations
+
+import sys
 
 from conversation_codec import ConversationStore
 
@@ -26,3 +28,11 @@ def append_words(url: str, key: str, cid: str, name: str, count: int, indexed: b
     with store.open(cid) as codec:
         for i in range(count):
             codec.append({"role": "user", "content": f"{name} zanzibar{i % 5} item{i}"})
+
+
+if __name__ == "__main__":
+    url, key, cid, name, count = sys.argv[2:7]
+    if sys.argv[1] == "append_and_pop":
+        append_and_pop(url, key, cid, name, int(count))
+    else:
+        append_words(url, key, cid, name, int(count), indexed=sys.argv[7] == "1")

@@ -8,7 +8,6 @@ command line with a URL root, and real processes writing one conversation throug
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -16,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+import _children
+import _store_writers
 from _postgres import Cluster
-from _store_writers import append_and_pop
 from conversation_codec import ConversationStore, generate_key
 from conversation_codec.errors import DecryptionError, KeyRequiredError, StorageError
 from conversation_codec.maintenance.copy import copy_conversations
@@ -174,16 +174,25 @@ def test_the_command_line_takes_a_url_root(
 
 
 def _concurrent(url: str, cid: str, writers: int, count: int) -> None:
-    ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=append_and_pop, args=(url, KEY, cid, f"w{w}", count))
+        _children.Popen(
+            [
+                sys.executable,
+                _store_writers.__file__,
+                "append_and_pop",
+                url,
+                KEY,
+                cid,
+                f"w{w}",
+                str(count),
+            ],
+            stderr=subprocess.PIPE,
+        )
         for w in range(writers)
     ]
     for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(300)
-        assert proc.exitcode == 0
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
     with ConversationStore(url, encryption_key=KEY).open(cid) as codec:
         hits = list(codec.search(None))
     assert [h.seq for h in hits] == list(range(writers * count))  # contiguous
