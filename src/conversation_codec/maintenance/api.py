@@ -207,9 +207,11 @@ class Maintenance(CodecCore):
         the log removes it), ``blob-unreferenced`` for any other (the next rewrite deletes
         it). Lock held."""
         fmt = self._log.fmt
-        plain = set(plain_blobs(blobs.directory)) if fmt is not None and fmt.sealed else set()
+        stray = blobs.names() - referenced
+        sealed = fmt is not None and fmt.sealed
+        plain = set(plain_blobs(blobs.directory, among=stray)) if sealed and stray else set()
         problems = []
-        for name in sorted(blobs.names() - referenced):
+        for name in sorted(stray):
             if name in plain:
                 why = "is stored unsealed (plaintext) beside this sealed log; migrate() removes it"
                 problems.append(Problem("blob-plaintext", 0, f"blob {name} {why}"))

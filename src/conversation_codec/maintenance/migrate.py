@@ -113,7 +113,9 @@ def migrate(
         conversation-codec log at ``src`` (``dst`` None or ``src``) is encrypted in place
         with it: a compaction, atomic, which seals its index and attachments too and keeps
         no ``.bak``; with ``log_password`` its messages go through the steps below (a
-        ``.bak`` unless ``backup=False``). Other logs are left as they are.
+        ``.bak`` unless ``backup=False``). Other logs are left as they are. A store's
+        conversation that a pack holds (``src`` its log path, no file there; FORMAT.md
+        §18) is sealed in place too: unpacked, then sealed (``migrate_packed``).
     :param log_password: seal the new log with this password instead of a key.
     :param context: bind the new log to this identity (a store's conversation id; FORMAT.md
         §4.2), as ``ConversationStore`` opens it. A store's plaintext log sealed in place

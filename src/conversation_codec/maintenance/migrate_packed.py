@@ -113,7 +113,8 @@ def migrate_packed(
             note += f"; not copied to {elsewhere} (to copy a log, import it there)"
         return _report(source, None, len(data), 0, False, note)
     if dry_run:
-        return _report(source, found.messages, len(data), 0, False, f"{where}; dry run")
+        note = f"{where}; dry run: nothing was written"
+        return _report(source, found.messages, len(data), 0, False, note)
     if encryption_key is None:  # a password: unpacked first (a plaintext compaction)
         with ConversationCodec(source, context=context, io=io) as codec:
             codec.compact()

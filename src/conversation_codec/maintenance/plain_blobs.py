@@ -11,6 +11,7 @@ r1, defect 3). Imports no codec: ``verify()`` (``maintenance.api``) is a codec m
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from .._fsio import DEFAULT_IO, FileIO
 from ..attachments import BlobStore
@@ -20,7 +21,12 @@ from ..paths import blobs_path
 __all__ = ["plain_blobs", "plain_blobs_note", "remove_plain_blobs"]
 
 
-def plain_blobs(directory: str | os.PathLike[str], io: FileIO | None = None) -> list[str]:
+def plain_blobs(
+    directory: str | os.PathLike[str],
+    io: FileIO | None = None,
+    *,
+    among: Iterable[str] | None = None,
+) -> list[str]:
     """The blobs in ``directory`` (a log's ``P.blobs``) stored unsealed, as a plaintext
     log's are (FORMAT.md §15.2: the file is the plaintext, named by its HMAC under the
     empty name key), sorted.
@@ -28,10 +34,11 @@ def plain_blobs(directory: str | os.PathLike[str], io: FileIO | None = None) -> 
     Beside a sealed log these are garbage, whatever key it has: its records name blobs by
     an HMAC under a secret name key, and its blob files are Fernet tokens. So they are
     found without the log's key, and none of them is ever a blob the log refers to.
+    ``among``: look at these names only (each file is read), not at every blob there.
     """
     plain = BlobStore.for_key(directory, None, io=io or DEFAULT_IO)
     found = []
-    for name in sorted(plain.names()):
+    for name in sorted(plain.names() if among is None else among):
         try:
             plain.get(name)  # unsealed, and named by its content: a plaintext log's blob
         except (DecryptionError, MissingBlobError):
