@@ -62,7 +62,8 @@ class ConversationCodec(Maintenance, ChatFormats, LiveTail):
         through it. Default: the operating system. For fault injection: pass a subclass
         that records calls or fails the Nth one (see :class:`CodecOptions`).
     :param password: instead of a key: a scrypt-derived key, salt and cost in the header.
-    :param max_messages: reads see only the newest N messages; compaction drops the rest.
+    :param max_messages: reads see only the newest N messages, and seqs are positions in
+        that window (each append slides a full one); compaction drops the rest.
     :param attachments: ``"keep"`` inline base64 data; ``"strip"`` it to a placeholder
         (type, size, sha256); or move it to an ``"external"`` encrypted, deduplicated blob
         store beside the log (``<path>.blobs``), restored transparently on read. A log that
@@ -109,7 +110,8 @@ class ConversationCodec(Maintenance, ChatFormats, LiveTail):
     # -- writing ---------------------------------------------------------------------------
 
     def append(self, message: Message, *, timestamp: TimestampInput | None = None) -> int:
-        """Append one message as one new record; return its seq.
+        """Append one message as one new record; return its seq (under ``max_messages``, its
+        position in the window: N - 1 once the window is full; see ``extend``).
 
         :param timestamp: the record's time (aware datetime or epoch seconds); default now.
         :raises NotSerializableError: the message is not a JSON object that round-trips.
@@ -125,6 +127,12 @@ class ConversationCodec(Maintenance, ChatFormats, LiveTail):
         self, messages: Iterable[Message], *, timestamps: Sequence[TimestampInput] | None = None
     ) -> list[int]:
         """Append many messages under one lock with one write and one sync; return their seqs.
+
+        A seq is a position in the visible history. Under ``max_messages`` that is the window
+        this write leaves, which every later append slides once it is full: a message the
+        same call already pushed out of the window gets a negative number, which does not
+        address it (to ``get()`` a negative seq counts from the end; README, "Seqs under
+        max_messages"): ``[-2, -1, 0, 1, 2]`` for 5 messages under ``max_messages=3``.
 
         A crash during ``extend`` may keep a prefix of the batch; an error raised before
         anything is written (a bad message) keeps none of it.
@@ -242,7 +250,8 @@ class ConversationCodec(Maintenance, ChatFormats, LiveTail):
             return messages if count > base else None
 
     def get(self, seq: int) -> Message:
-        """Return one message by position; negative seqs count from the end.
+        """Return one message by position; negative seqs count from the end. Under
+        ``max_messages`` a position is in the window as it is now (0: its oldest message).
 
         :raises IndexError: no such record.
         """
