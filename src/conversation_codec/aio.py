@@ -114,7 +114,8 @@ class AsyncConversationCodec:
 
     @property
     def sync(self) -> ConversationCodec:
-        """The wrapped blocking codec."""
+        """The wrapped blocking codec (``sync.transaction()``, in one worker thread: an
+        exception leaving it rolls back on PostgreSQL only; ``ConversationCodec``)."""
         return self._codec
 
     @property
