@@ -1,4 +1,4 @@
-"""Seqs under ``max_messages`` are window positions, on every storage (review r2, 4 and 5).
+"""``wait()`` and seqs under ``max_messages``, on every storage (review r2, defects 4 and 5).
 
 A full window slides by one at every append, so a seq names a given message only until the
 next write: what ``append``/``extend`` return, ``get``, ``Hit.seq`` and ``wait(after)`` all
