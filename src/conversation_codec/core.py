@@ -186,6 +186,15 @@ class CodecCore:
         Keep it short: other writers (and, under the lock's timeout, readers that must
         catch up) wait for it.
 
+        A block left by an exception is all-or-nothing on PostgreSQL only. There the
+        outermost block is one SQL transaction: its writes commit when it ends, and an
+        exception leaving it rolls every one of them back. A log file, ``":memory:"`` and
+        a store's directory commit each write when its call returns (under ``"fsync"``: on
+        stable storage), so the writes made before the exception stay, a ``pop()`` or a
+        rewrite included, and the block only lets the lock go. Decide before the first
+        write, or undo what was written. An exception caught inside the block (a nested
+        ``transaction()``'s included) does not leave it: nothing is rolled back.
+
         :raises ClosedError: the codec is closed.
         :raises StorageError: the lock cannot be taken, or an earlier fsync failed (writes
             are refused until the log is reopened).
