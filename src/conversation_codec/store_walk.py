@@ -32,22 +32,18 @@ Scan = tuple[list[str], list[str], list[tuple[str, FormatError]]]
 def hashed_error(path: str, *, key_fn: bool = False) -> HashedIdError:
     """The report of the log at ``path`` under a hashed name: listed (``key_fn`` False)
     or pruned (``key_fn`` True: the store's keys are per id, so it cannot be opened)."""
+    why = f"{path}: a conversation whose id is too long to recover from its file name "
     if key_fn:
         return HashedIdError(
-            f"{path}: a conversation whose id is too long for its file name, which names "
-            "its id's SHA-256 only: key_fn= needs the id, so retention cannot open it; it "
-            "is kept (delete it by its id: store.delete(id))"
+            why + "(which holds its SHA-256 only): kept, since key_fn= needs the id to give "
+            "its key; delete it by its id"
         )
     return HashedIdError(
-        f"{path}: a conversation whose id is too long for its file name, which names its "
-        "id's SHA-256 only: it cannot be listed by id (open it with store.open(id); "
-        "pass on_error= to list the others)"
+        why + "(which holds its SHA-256 only): not listed or searched; open it by its id"
     )
 
 
-def report(
-    unlisted: Sequence[tuple[str, ConversationCodecError]], on_error: OnError | None
-) -> None:
+def report(unlisted: Sequence[Reported], on_error: OnError | None) -> None:
     """Hand each of ``unlisted`` to ``on_error`` as ``(path, error)``; without it, raise
     the first one's error."""
     for path, exc in unlisted:
