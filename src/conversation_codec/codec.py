@@ -73,7 +73,9 @@ class ConversationCodec(Maintenance, ChatFormats, LiveTail):
         opens only with that same context: a log copied or swapped in from another
         conversation raises ``BindingError`` (FORMAT.md §4.2). An unbound log (written
         without one, or by an older version) still opens, and is bound when next rewritten
-        (``compact``, ``save`` that rewrites, ``replace``, ``prune``).
+        (``compact``, ``save`` that rewrites, ``replace``, ``prune``). A
+        ``format.header.ContextDigest`` names a context by its SHA-256 alone (how a store
+        opens a log under a hashed name, whose id it does not know).
     :param search_index: keep a blind keyword index of an encrypted log (beside a file:
         ``<path>.kwi``; in a database: its segment rows, FORMAT.md §17, §17.9), so a keyword
         search decrypts only candidate records (a rare word: milliseconds instead of a

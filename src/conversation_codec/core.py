@@ -22,7 +22,7 @@ from .attachments import BlobStore, references, restore
 from .crypto import KeyInput, Keyring
 from .encoding import MessageEncoder
 from .errors import ClosedError, ConversationCodecError, StorageError
-from .format.header import context_digest
+from .format.header import ContextDigest, context_digest
 from .index_cache import IndexCache
 from .indexing import KeywordIndexer
 from .maintenance.compact import Compactor
@@ -68,7 +68,7 @@ class CodecCore:
         password: str | None = None,
         max_messages: int | None = None,
         attachments: str = "keep",
-        context: str | None = None,
+        context: str | ContextDigest | None = None,
         io: FileIO = DEFAULT_IO,
         storage: StorageOpener | None = None,
         search_index: bool = False,
@@ -112,7 +112,8 @@ class CodecCore:
             )
         keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         binding = None if context is None else context_digest(context)
-        self._secrets = LogSecrets(self._name, keyring, password, binding, context)
+        named = context if isinstance(context, str) else None  # (advice only)
+        self._secrets = LogSecrets(self._name, keyring, password, binding, named)
         self._max = max_messages
         blobs = None
         if attachments == "external":
