@@ -26,6 +26,7 @@ import dataclasses
 import errno
 import heapq
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -458,9 +459,8 @@ class ConversationStore:
         rest of it is skipped, and ``on_error(conversation_id, error)`` is called (from
         the thread consuming the stream). ``infos()`` reports the same conversations.
         An unreadable pack: as for ``ids()`` (``on_error`` is called before the first hit).
-        A conversation compacted or pruned meanwhile loses no hit; one whose history was
-        rewritten while it was read raises ``LogReplacedError``: each conversation gives
-        what one ``ConversationCodec.search`` gives, across its chunks too.
+        A conversation compacted or pruned meanwhile loses no hit; one rewritten while it
+        was read raises ``LogReplacedError``: each gives what its own search gives.
 
         Each conversation is read a chunk of hits per open (64, then 4x larger each time),
         and its log is closed between chunks: merging thousands of conversations does not
@@ -496,4 +496,5 @@ class ConversationStore:
             for cid in ids
         ]
         merged = heapq.merge(*streams, reverse=newest_first)
-        return reported(broken, on_error, (pair for _, pair in islice(merged, limit)))
+        cap = None if limit is None else min(limit, sys.maxsize)  # islice's own bound
+        return reported(broken, on_error, (pair for _, pair in islice(merged, cap)))
