@@ -350,13 +350,23 @@ def test_max_messages_save_after_its_own_append(open_codec: Open) -> None:
 def test_max_messages_save_refuses_a_list_it_cannot_place(open_codec: Open) -> None:
     # Appended since load(), then the first message changed: the list held since load()
     # (rewrite from its start) and one trimmed to the window (rewrite from the window)
-    # would delete different records; save() refuses rather than guess.
+    # would delete different records. The rest of the list stands where the list held
+    # since load() has it: that one (review r1, 5: this raised ConflictError, a list from
+    # the last load() must always be placed). When equal messages make the rest stand
+    # where the window's list has it too, save() refuses rather than guess.
     codec = _windowed(open_codec, encryption_key=KEY)
     history = [*(codec.load() or []), _said("a")]
     codec.save(history)
+    codec.save([_said("edited"), *history[1:]])
+    assert _hidden_too(codec) == [*ALL_SIX[:3], "edited", *ALL_SIX[4:], "a"]
+    codec = open_codec(max_messages=3, encryption_key=KEY)
+    ok = {"role": "tool", "content": "ok"}
+    codec.extend([_said("a"), ok, ok, ok])
+    history = [*(codec.load() or []), _said("b")]
+    codec.save(history)  # a ok ok ok b
     with pytest.raises(ConflictError):
-        codec.save([_said("edited"), *history[1:]])
-    assert _hidden_too(codec) == [*ALL_SIX, "a"]
+        codec.save([_said("edited"), *history[1:]])  # its rest in place from either start
+    assert _hidden_too(codec) == ["a", "ok", "ok", "ok", "b"]
 
 
 def test_max_messages_save_refuses_an_edit_of_a_list_loaded_before(open_codec: Open) -> None:
@@ -366,13 +376,16 @@ def test_max_messages_save_refuses_an_edit_of_a_list_loaded_before(open_codec: O
     history = [*(codec.load() or []), _said("a")]
     codec.save(history)
     shown = codec.load() or []
+    with pytest.raises(ConflictError):  # its first message
+        codec.save([_said("edited"), *history[1:]])
     history[-1] = _said("edited")
     with pytest.raises(ConflictError):
         codec.save(history)
-    shown[0] = _said("edited")  # the list handed out last: its first message may change
-    with pytest.raises(ConflictError):  # ... but the older list could be meant as well
-        codec.save(shown)
-    assert _hidden_too(codec) == [*ALL_SIX, "a"]  # nothing changed
+    # The list handed out last: its first message may change (review r1, 5: this raised
+    # ConflictError; no message of it stands where the older list has it).
+    shown[0] = _said("edited")
+    codec.save(shown)
+    assert _hidden_too(codec) == [*ALL_SIX[:4], "edited", "message 5", "a"]
 
 
 def test_max_messages_save_refuses_a_list_equal_messages_make_ambiguous(open_codec: Open) -> None:
