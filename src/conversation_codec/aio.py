@@ -41,7 +41,7 @@ from .aio_threads import (
     on_loop,
     run_in_thread,
     stream_in_threads,
-    wait_for_count,
+    wait_until,
 )
 from .codec import ConversationCodec, LogInfo, Message, TimeInput, TimestampInput
 from .crypto import KeyInput
@@ -49,7 +49,7 @@ from .index_cache import IndexCache
 from .maintenance.compact import CompactionReport
 from .maintenance.pack import PackReport
 from .maintenance.transfer import ImportReport
-from .options import CodecOptions, check_int, check_seconds
+from .options import CodecOptions, check_seconds
 from .search import Hit
 from .storage.base import LogStorage, StorageOpener, StoreBackend
 from .storage.file.check import VerifyReport
@@ -114,7 +114,8 @@ class AsyncConversationCodec:
 
     @property
     def sync(self) -> ConversationCodec:
-        """The wrapped blocking codec."""
+        """The wrapped blocking codec (``sync.transaction()``, in one worker thread: an
+        exception leaving it rolls back on PostgreSQL only; ``ConversationCodec``)."""
         return self._codec
 
     @property
@@ -158,15 +159,14 @@ class AsyncConversationCodec:
         return await self._call(self._codec.tail, n)
 
     async def wait(self, after: int, timeout: float | None = None) -> bool:
-        """Wait until a message after seq ``after`` exists (-1: any); False on timeout.
-
-        Holds no thread between polls: the event loop runs while it pauses, and on
-        PostgreSQL a writer's commit wakes it (``ConversationCodec.wait``).
-        """
+        """Wait until a message newer than the one at seq ``after`` is stored (-1: any),
+        as ``ConversationCodec.wait`` (under ``max_messages``: a window position); False on
+        timeout. Holds no thread between polls: the event loop runs while it pauses, and on
+        PostgreSQL a writer's commit wakes it."""
         watch = functools.partial(self._call, self._codec.storage.watch)
-        check_int(after, "after", -1)  # as the sync wait
+        arrived = functools.partial(self._call, self._codec._arrival(after))  # checks after
         check_seconds(timeout, "timeout")
-        return await wait_for_count(watch, self.message_count, after + 1, timeout)
+        return await wait_until(watch, arrived, timeout)
 
     async def pop(self) -> Message | None:
         """Remove and return the last message (None when empty)."""

@@ -20,7 +20,7 @@ __all__ = [
     "on_loop",
     "run_in_thread",
     "stream_in_threads",
-    "wait_for_count",
+    "wait_until",
 ]
 
 _T = TypeVar("_T")
@@ -97,14 +97,13 @@ def deferred(make: Callable[[], Iterator[_T]]) -> Iterator[_T]:
     yield from make()
 
 
-async def wait_for_count(
+async def wait_until(
     watch: Callable[[], Awaitable[Polling]],
-    count: Callable[[], Awaitable[int]],
-    more_than: int,
+    arrived: Callable[[], Awaitable[bool]],
     timeout: float | None,
 ) -> bool:
-    """``ConversationCodec.wait`` for a coroutine: True once ``count()`` exceeds
-    ``more_than``, False when ``timeout`` seconds pass first. Between two looks it pauses
+    """``ConversationCodec.wait`` for a coroutine: True once ``arrived()`` (one look, in a
+    thread) is, False when ``timeout`` seconds pass first. Between two looks it pauses
     on the event loop (``Polling.pause``: no thread held; on PostgreSQL a writer's
     commit wakes it). ``watch()`` subscribes (in a thread: it may block); a wait cancelled
     meanwhile still closes what it opened."""
@@ -117,7 +116,7 @@ async def wait_for_count(
         watching.add_done_callback(_close_watch)
         raise
     try:
-        while await count() <= more_than:
+        while not await arrived():
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 return False

@@ -7,14 +7,13 @@ rule (``saving``) and hands rewrites to ``maintenance.compact``. Where records l
 runs inside one transaction of the storage, so threads and processes sharing a log see each
 other's writes and never tear a record. The class is assembled from ``core.CodecCore``
 (opening, transactions, life cycle), ``maintenance.api.Maintenance`` (rewrites, checks,
-export, import) and ``chat_api.ChatFormats`` (model-API message lists); this module holds
-the everyday API: writes, reads and search.
+export, import), ``chat_api.ChatFormats`` (model-API message lists) and
+``waiting.LiveTail`` (``wait``); this module holds the everyday API: writes, reads, search.
 """
 
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
@@ -25,11 +24,12 @@ from .encoding import encode_json
 from .errors import LogReplacedError
 from .keyword_search import indexed_search
 from .maintenance.api import Maintenance
-from .options import check_int, check_seconds
+from .options import check_int
 from .paths import blobs_path
 from .reading import READ_BATCH, LogInfo
 from .search import Hit, SearchQuery
 from .search_progress import SearchProgress
+from .waiting import LiveTail
 from .writing import check_timestamp
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 
-class ConversationCodec(Maintenance, ChatFormats):
+class ConversationCodec(Maintenance, ChatFormats, LiveTail):
     """One conversation history stored as an append-only, optionally encrypted log.
 
     :param path: the log file (its sidecars are ``<path>.idx`` and ``<path>.lock``), or
@@ -62,7 +62,8 @@ class ConversationCodec(Maintenance, ChatFormats):
         through it. Default: the operating system. For fault injection: pass a subclass
         that records calls or fails the Nth one (see :class:`CodecOptions`).
     :param password: instead of a key: a scrypt-derived key, salt and cost in the header.
-    :param max_messages: reads see only the newest N messages; compaction drops the rest.
+    :param max_messages: reads see only the newest N messages, and seqs are positions in
+        that window (each append slides a full one); compaction drops the rest.
     :param attachments: ``"keep"`` inline base64 data; ``"strip"`` it to a placeholder
         (type, size, sha256); or move it to an ``"external"`` encrypted, deduplicated blob
         store beside the log (``<path>.blobs``), restored transparently on read. A log that
@@ -72,7 +73,9 @@ class ConversationCodec(Maintenance, ChatFormats):
         opens only with that same context: a log copied or swapped in from another
         conversation raises ``BindingError`` (FORMAT.md §4.2). An unbound log (written
         without one, or by an older version) still opens, and is bound when next rewritten
-        (``compact``, ``save`` that rewrites, ``replace``, ``prune``).
+        (``compact``, ``save`` that rewrites, ``replace``, ``prune``). A
+        ``format.header.ContextDigest`` names a context by its SHA-256 alone (how a store
+        opens a log under a hashed name, whose id it does not know).
     :param search_index: keep a blind keyword index of an encrypted log (beside a file:
         ``<path>.kwi``; in a database: its segment rows, FORMAT.md §17, §17.9), so a keyword
         search decrypts only candidate records (a rare word: milliseconds instead of a
@@ -109,7 +112,8 @@ class ConversationCodec(Maintenance, ChatFormats):
     # -- writing ---------------------------------------------------------------------------
 
     def append(self, message: Message, *, timestamp: TimestampInput | None = None) -> int:
-        """Append one message as one new record; return its seq.
+        """Append one message as one new record; return its seq (under ``max_messages``, its
+        position in the window: N - 1 once the window is full; see ``extend``).
 
         :param timestamp: the record's time (aware datetime or epoch seconds); default now.
         :raises NotSerializableError: the message is not a JSON object that round-trips.
@@ -125,6 +129,12 @@ class ConversationCodec(Maintenance, ChatFormats):
         self, messages: Iterable[Message], *, timestamps: Sequence[TimestampInput] | None = None
     ) -> list[int]:
         """Append many messages under one lock with one write and one sync; return their seqs.
+
+        A seq is a position in the visible history. Under ``max_messages`` that is the window
+        this write leaves, which every later append slides once it is full: a message the
+        same call already pushed out of the window gets a negative number, which does not
+        address it (to ``get()`` a negative seq counts from the end; README, "Seqs under
+        max_messages"): ``[-2, -1, 0, 1, 2]`` for 5 messages under ``max_messages=3``.
 
         A crash during ``extend`` may keep a prefix of the batch; an error raised before
         anything is written (a bad message) keeps none of it.
@@ -242,7 +252,8 @@ class ConversationCodec(Maintenance, ChatFormats):
             return messages if count > base else None
 
     def get(self, seq: int) -> Message:
-        """Return one message by position; negative seqs count from the end.
+        """Return one message by position; negative seqs count from the end. Under
+        ``max_messages`` a position is in the window as it is now (0: its oldest message).
 
         :raises IndexError: no such record.
         """
@@ -260,26 +271,6 @@ class ConversationCodec(Maintenance, ChatFormats):
             for _, _, parsed, _ in self._reader.parsed(start, count):
                 messages += parsed
             return messages if self._blobs_now() is None else list(map(self._present, messages))
-
-    def wait(self, after: int, timeout: float | None = None) -> bool:
-        """Block until a message after seq ``after`` exists (a live tail; -1: any message);
-        return False when ``timeout`` seconds pass first (None: wait for ever).
-
-        Polls the storage (another process's or host's appends included), backing off
-        from 1 ms to 100 ms: a message is seen within ~100 ms of its commit. On PostgreSQL
-        the writer's commit notifies the waiters at once (LISTEN/NOTIFY), and the polls
-        are ``poll_interval`` apart (``PostgresBackend``) while that works.
-        """
-        check_int(after, "after", -1)
-        check_seconds(timeout, "timeout")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._log.watch() as pauses:
-            while self.message_count() <= after + 1:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                pauses.sleep(left)
-        return True
 
     def message_count(self) -> int:
         """Return the number of (visible) messages, from the index (no decryption)."""

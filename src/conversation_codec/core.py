@@ -22,7 +22,7 @@ from .attachments import BlobStore, references, restore
 from .crypto import KeyInput, Keyring
 from .encoding import MessageEncoder
 from .errors import ClosedError, ConversationCodecError, StorageError
-from .format.header import context_digest
+from .format.header import ContextDigest, context_digest
 from .index_cache import IndexCache
 from .indexing import KeywordIndexer
 from .maintenance.compact import Compactor
@@ -68,7 +68,7 @@ class CodecCore:
         password: str | None = None,
         max_messages: int | None = None,
         attachments: str = "keep",
-        context: str | None = None,
+        context: str | ContextDigest | None = None,
         io: FileIO = DEFAULT_IO,
         storage: StorageOpener | None = None,
         search_index: bool = False,
@@ -112,7 +112,8 @@ class CodecCore:
             )
         keyring = None if encryption_key is None else Keyring.from_input(encryption_key)
         binding = None if context is None else context_digest(context)
-        self._secrets = LogSecrets(self._name, keyring, password, binding, context)
+        named = context if isinstance(context, str) else None  # (advice only)
+        self._secrets = LogSecrets(self._name, keyring, password, binding, named)
         self._max = max_messages
         blobs = None
         if attachments == "external":
@@ -185,6 +186,15 @@ class CodecCore:
 
         Keep it short: other writers (and, under the lock's timeout, readers that must
         catch up) wait for it.
+
+        A block left by an exception is all-or-nothing on PostgreSQL only. There the
+        outermost block is one SQL transaction: its writes commit when it ends, and an
+        exception leaving it rolls every one of them back. A log file, ``":memory:"`` and
+        a store's directory commit each write when its call returns (under ``"fsync"``: on
+        stable storage), so the writes made before the exception stay, a ``pop()`` or a
+        rewrite included, and the block only lets the lock go. Decide before the first
+        write, or undo what was written. An exception caught inside the block (a nested
+        ``transaction()``'s included) does not leave it: nothing is rolled back.
 
         :raises ClosedError: the codec is closed.
         :raises StorageError: the lock cannot be taken, or an earlier fsync failed (writes

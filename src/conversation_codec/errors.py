@@ -30,6 +30,7 @@ __all__ = [
     "DatabaseError",
     "DecryptionError",
     "FormatError",
+    "HashedIdError",
     "InvalidKeyError",
     "KdfParameterError",
     "KeyFileError",
@@ -136,6 +137,16 @@ class BindingError(DecryptionError):
     log is opened without its context, and (as an accident check only: nothing is
     authenticated there) when a plain log's recorded context differs. A subclass of
     ``DecryptionError``, so code that refuses a log it cannot open keeps doing so.
+    """
+
+
+class HashedIdError(ConversationCodecError, LookupError):
+    """A store log's file name does not give its conversation id: the id is too long for a
+    file name, so the log is stored under a hashed one (``storage.file.store``).
+
+    ``ids()``, ``infos()`` and ``search()`` of a directory store cannot name such a
+    conversation: they hand its log's path and this error to ``on_error`` (without it, they
+    raise it rather than return a partial list); ``store.open(id)`` with the id opens it.
     """
 
 

@@ -10,11 +10,16 @@ compares the kept prefix without decrypting it again.
 
 With ``max_messages`` the view also keeps where the caller's list begins (``origin``): the
 first message it was handed, which this instance's own saves may since have pushed out of
-the window. A save compares from there (and then from the window's first message, for a
-caller that trims its list to the window): a list that only grew is appended, an edit
+the window. A save compares from there: a list that only grew is appended, an edit
 rewrites from where the list begins, and the records before it, which the caller never
 saw, are kept (``Compactor.rewrite``). Comparing from the window alone would store the
-messages between the two again, or drop them.
+messages between the two again, or drop them. Another start (the list handed out before
+the last, the window's for a caller that trims its list to it) is taken only when the
+list begins with the message stored there and not with the origin's, so the list handed
+out last is always placed however it changed, unless equal messages make two readings
+fit. Rejected: refusing whenever another reading fits at all (review r1, 4 5): an empty
+list, or one of a single message, "fits" any list as grown or edited, and refused the
+list handed out last for ever.
 
 Rejected alternatives: trusting this instance's own appends (then ``load(); extend(100
 messages); save(tail(20) + [reply])`` still deletes 80 of them), and comparing contents
@@ -92,9 +97,11 @@ class HistoryView:
         self._origin, self._older, self._origin_log = origin, next(iter(before), None), state[0]
 
     def _valid(self, seq: int | None) -> int | None:
-        """``seq`` (an origin) while it still means the same records, else None."""
+        """``seq`` (an origin) while it still means the same records, else None. Handed
+        out before the log existed (no log_id), it is 0: the start of any log made since."""
         state = self.state()
-        return None if seq is None or self._origin_log != state[0] or seq > state[2] else seq
+        log = self._origin_log
+        return None if seq is None or log not in (None, state[0]) or seq > state[2] else seq
 
     def partial(self) -> None:
         """The log changed in a way the caller was not handed (an append, a prune)."""
@@ -229,78 +236,100 @@ class HistoryView:
         how many leading ones equal the stored ones from there, and how many are stored
         from there. ``base``: the first visible record.
 
-        The list begins at its origin (where the list this instance last handed out or
-        was given begins), compared position by position: it grows (append) or was edited
-        (rewrite from there). A list handed out before that one may still grow. Only a
-        list whose first message is not the origin's is read as trimmed to the window
-        (``max_messages``): from ``base`` it grows, or is edited after its first message.
-        A list two readings fit, or none, is refused (review r2a, defects 1, 3, 4, 7)."""
+        The list is read as the one this instance handed out (or was given) last, from
+        where that begins (its origin): grown, trimmed, emptied or edited, its first
+        message too. Another start is taken only for a list that begins with the message
+        stored there, not the origin's: the list handed out before, grown (an edit of it
+        is refused), or one trimmed to the window (``max_messages``), grown or edited
+        after its first message; or the list handed out before, empty, grown by messages
+        none of which stands where the origin's list has it. A list two readings fit
+        (equal messages repeating) is refused (review r2a, defects 1 3 4 7; r1, 4 5)."""
         origin = self._valid(self._origin)
         origin = base if origin is None else origin
         older = self._valid(self._older)
+        older = None if older == origin else older
         keep, stored = self.kept(messages, origin)
-        if keep == stored:
-            if (
-                self._grows(messages, older, origin, at_all=True)
-                or (older is not None and older != origin and self._first_edited(messages, older))
-                or self._grows(messages, base, origin)
-            ):
+        if keep or not messages:  # it begins with the origin's message, or was emptied
+            if keep and self._rivals(messages, older, base, origin, grows=keep == stored):
                 raise self._unplaced()
             return origin, keep, stored
-        old = self.kept(messages, older) if older is not None and older != origin else (0, -1)
-        if keep and old[0] != old[1]:  # an edit of the list from its origin
-            return origin, keep, stored
-        if not keep and old[0] == old[1] and not self._first_edited(messages, origin):
-            return older or 0, *old  # the list held since an earlier load() grew
-        if not keep and not old[0] and base != origin:
-            at_base = self.kept(messages, base)
-            if at_base[0] == at_base[1] or (at_base[0] and base > origin):
-                return (base, *at_base)
-        earlier = origin and messages and self._same_as_stored(messages[0], origin - 1)
-        if not keep and old[1] < 0 and base <= origin and not earlier:
-            return origin, keep, stored  # its first message changed (it begins no earlier)
-        raise self._unplaced()
+        others = [seq for seq in (older, base) if seq is not None and seq != origin]
+        begins = [seq for seq in dict.fromkeys(others) if self._at(messages[0], seq)]
+        if begins:
+            if len(begins) == 1 and not self._second(messages, origin):
+                start = begins[0]
+                keep, stored = self.kept(messages, start)
+                if keep == stored or (start == base and base > origin):
+                    return start, keep, stored
+            raise self._unplaced()
+        # Its first message is stored at none of those starts: edited, or new to the list
+        # handed out last, empty (then a single message is that list grown). The list
+        # before, or the window's, with its first message edited is refused; so is a list
+        # whose first message is the record before the origin (it may begin there).
+        edited = origin < len(self._log.index)
+        if (edited or len(messages) > 1) and any(self._in_place(messages, s) for s in others):
+            raise self._unplaced()
+        if edited and not self._in_place(messages, origin):
+            if older == len(self._log.index):
+                return older, 0, 0
+            if origin and self._at(messages[0], origin - 1):
+                raise self._unplaced()
+        return origin, keep, stored
 
     def _unplaced(self) -> ConflictError:
         return ConflictError(
             f"{self._name}: save() cannot tell where this list begins among the stored "
-            "messages (max_messages: it fits both, or neither, of the lists this instance "
-            "handed out and the window); nothing was changed — reload with load(), or call "
-            "replace() to overwrite"
+            "messages (max_messages: it fits two of the lists this instance handed out and "
+            "the window, or is an edit of one handed out before the last); nothing was "
+            "changed — reload with load(), or call replace() to overwrite"
         )
 
-    def _first_edited(self, messages: Sequence[Message], origin: int) -> bool:
-        """Whether ``messages`` also read as the list from ``origin`` with only its first
-        message changed (then a list they also extend is ambiguous)."""
-        count = len(self._log.index)
-        if origin >= count:
-            return False
-        if origin + 1 < count and not (
-            len(messages) > 1 and self._grows(messages[1:], origin + 1, -1, at_all=True)
-        ):
-            return False  # their second message is not the stored one after ``origin``
-        keep, stored = self.kept(messages[1:], origin + 1)
-        return keep == stored or keep > 0
-
-    def _grows(
-        self, messages: Sequence[Message], start: int | None, origin: int, *, at_all: bool = False
+    def _rivals(
+        self, messages: Sequence[Message], older: int | None, base: int, origin: int, *, grows: bool
     ) -> bool:
-        """Whether ``messages`` also extend the stored ones from ``start`` (another start
-        than ``origin``): equal messages repeating make two readings fit. ``at_all``: or
-        begin with the same message (a list held since an earlier load(), edited)."""
-        if start is None or start == origin or not messages or start >= len(self._log.index):
+        """Whether a list that begins with its origin's message fits another start as well,
+        as only equal messages repeating make it: it begins with the older list's first
+        message too (and grows from one of the two starts), or grows and reads as the
+        older list with its first message edited, or grows from the window's start too."""
+        if older is not None and self._at(messages[0], older):
+            return grows or self._grows(messages, older)
+        if not grows:
             return False
-        tracked = self._digests is not None and self._dbase <= start < self._dbase + self._known()
-        if tracked:  # the digest (as stored: a list this instance handed out matches it)
-            digests = self._take_digests() or []
-            if self._encoder.digest_of(messages[0]) != digests[start - self._dbase]:
-                return False
-        elif not self._same_as_stored(messages[0], start):  # one decryption
-            return False
-        if at_all:
+        if older is not None and self._second(messages, older):
             return True
+        return base != origin and self._at(messages[0], base) and self._grows(messages, base)
+
+    def _grows(self, messages: Sequence[Message], start: int) -> bool:
         keep, stored = self.kept(messages, start)
         return keep == stored
+
+    def _at(self, message: Message, seq: int) -> bool:
+        """Whether ``message`` is the one stored at ``seq``: by its digest when tracked (as
+        stored: a message this instance handed out matches it), else by one decryption."""
+        if not 0 <= seq < len(self._log.index):
+            return False
+        if self._digests is not None and self._dbase <= seq < self._dbase + self._known():
+            digests = self._take_digests() or []
+            return self._encoder.digest_of(message) == digests[seq - self._dbase]
+        return self._same_as_stored(message, seq)
+
+    def _second(self, messages: Sequence[Message], start: int) -> bool:
+        """Whether the second of ``messages`` is the one stored after ``start``."""
+        return len(messages) > 1 and self._at(messages[1], start + 1)
+
+    def _in_place(self, messages: Sequence[Message], start: int) -> bool:
+        """Whether ``messages`` read as the list from ``start`` with its first message
+        edited: one after it is where that list has it, or both hold one message. By
+        digest (a rewrite follows, or a rarer placement)."""
+        count = len(self._log.index)
+        if len(messages) == 1:
+            return start + 1 == count
+        self._stored(start)
+        digests = self._stored_digests(start)
+        return any(
+            self._encoder.digest_of(message) == stored
+            for message, stored in zip(messages[1:], digests[1:], strict=False)
+        )
 
     def kept(self, messages: Sequence[Message], base: int) -> tuple[int, int]:
         """``(keep, stored)``: how many leading ``messages`` equal the stored ones, and how

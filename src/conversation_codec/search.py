@@ -72,7 +72,10 @@ _OBJECT_BYTES = re.compile(_OBJECT_ARG.pattern.encode())
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """One search result: the record's position, its time (UTC), and the message."""
+    """One search result: the record's position, its time (UTC), and the message.
+
+    ``seq`` is the position in the visible history when the search began (under
+    ``max_messages``: in the window then, which a later append slides; README)."""
 
     seq: int
     timestamp: datetime

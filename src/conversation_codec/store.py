@@ -26,6 +26,7 @@ import dataclasses
 import errno
 import heapq
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -41,20 +42,20 @@ from .crypto import KeyInput, Keyring
 from .errors import (
     ConversationCodecError,
     CorruptRecordError,
-    FormatError,
     KeyRequiredError,
     StorageError,
 )
-from .format.header import LogKind, sniff_log
+from .format.header import ContextDigest, LogKind, sniff_log
 from .index_cache import IndexCache
 from .maintenance.pack import PackReport, pack_store
 from .options import check_seconds
 from .sealing import check_password
 from .search import Hit, SearchQuery
 from .storage import StoreBackend, backend_for
-from .storage.file.store import MAX_ENCODED_ID, FileStore, decode_id, encode_id
+from .storage.file.store import MAX_ENCODED_ID, FileStore, decode_id, encode_id, hashed_digest
 from .store_search import OnError as OnError  # re-exported: aio and callers type with it
 from .store_search import conversation_hits
+from .store_walk import Scan, Unlisted, expire, hashed_error, report, reported
 
 __all__ = ["MAX_ENCODED_ID", "ConversationInfo", "ConversationStore", "decode_id", "encode_id"]
 
@@ -192,6 +193,15 @@ class ConversationStore:
         encode_id(conversation_id)  # a bad id raises TypeError/ValueError on any backend
         where, storage = self._backend.locate(conversation_id, lock_timeout=self._lock_timeout)
         key = self._key_fn(conversation_id) if self._key_fn is not None else self._key
+        return self._codec(where, storage, key, conversation_id)
+
+    def _open_hashed(self, path: str) -> ConversationCodec:
+        """Open the log at ``path`` (a hashed name, never packed: ``FileStore.scan``) by the
+        id's digest its name carries: it must be bound to that id, as ``open(id)`` checks."""
+        digest = hashed_digest(os.path.basename(path)[: -len(".log")]) or b"(not hashed)"
+        return self._codec(path, None, self._key, ContextDigest(digest))
+
+    def _codec(self, where: Any, storage: Any, key: Any, context: Any) -> ConversationCodec:
         return ConversationCodec(
             where,
             storage=storage,
@@ -200,7 +210,7 @@ class ConversationStore:
             durability=self._durability,
             clock=self._clock,
             lock_timeout=self._lock_timeout,
-            context=conversation_id,
+            context=context,
             **self._options,
         )
 
@@ -216,18 +226,23 @@ class ConversationStore:
     def ids(self, *, on_error: OnError | None = None) -> builtins.list[str]:
         """Return the ids of every conversation with a log, sorted; no log is opened.
 
-        A pack that cannot be read may hold any ids (FORMAT.md §18.2.3). Without
-        ``on_error`` its ``FormatError`` is raised: a partial list is never returned as the
-        whole. With it, ``on_error(pack_path, error)`` is called for each such pack, and
-        the ids of every loose log and readable pack are returned.
+        An unreadable pack may hold any ids (FORMAT.md §18.2.3); a log under a hashed name
+        (an id too long for a file name) does not give its id. Without ``on_error`` the
+        first one's ``FormatError`` or ``HashedIdError`` is raised: a partial list is never
+        returned as the whole. With it, ``on_error(path, error)`` is called for each
+        (``store_walk``), and the ids of every other log are returned.
         """
-        found, broken = self._readable_ids()
-        _report(broken, on_error)
+        found, unlisted = self._listing()
+        report(unlisted, on_error)
         return found
 
-    def _readable_ids(self) -> tuple[builtins.list[str], builtins.list[tuple[str, FormatError]]]:
+    def _listing(self) -> tuple[builtins.list[str], Unlisted]:
+        found, hashed, broken = self._scan()
+        return found, [*broken, *((path, hashed_error(path)) for path in hashed)]
+
+    def _scan(self) -> Scan:
         backend = self._backend
-        return backend.readable_ids() if isinstance(backend, FileStore) else (backend.ids(), [])
+        return backend.scan() if isinstance(backend, FileStore) else (backend.ids(), [], [])
 
     def list(self) -> builtins.list[ConversationInfo]:
         """Deprecated alias of :meth:`infos` (it shadowed the builtin); kept for one release."""
@@ -252,12 +267,13 @@ class ConversationStore:
         unauthenticated index says (``storage.file.peek``; in a database, its row), and
         ``error`` notes log bytes the index does not cover.
 
-        An unreadable pack: as for ``ids()`` (``on_error`` is called after the rest is listed).
+        An unreadable pack, a log under a hashed name: as for ``ids()`` (``on_error`` is
+        called after the rest is listed).
         """
         out = []
-        found, broken = self._readable_ids()
+        found, broken = self._listing()
         if on_error is None:
-            _report(broken, None)  # raises
+            report(broken, None)  # raises
         for conversation_id in found:
             try:
                 with self.open(conversation_id) as codec:
@@ -281,7 +297,7 @@ class ConversationStore:
                     disk_bytes=info.log_bytes + info.index_bytes,
                 )
             )
-        _report(broken, on_error)
+        report(broken, on_error)
         return out
 
     def _peeked(self, failed: ConversationInfo) -> ConversationInfo:
@@ -325,7 +341,7 @@ class ConversationStore:
         if not self._backend.has_files(conversation_id):
             return False
         try:
-            return self._delete_open(conversation_id, cutoff_us)
+            return self._delete_open(self.open(conversation_id), cutoff_us)
         except CorruptRecordError:
             # A packed log too damaged to unpack is erased from its pack unread (the other
             # conversations there cannot be rewritten by hand); retention keeps it.
@@ -336,8 +352,8 @@ class ConversationStore:
                 return True
             raise
 
-    def _delete_open(self, conversation_id: str, cutoff_us: int | None) -> bool:
-        with self.open(conversation_id) as codec, codec.transaction():  # re-entrant
+    def _delete_open(self, opened: ConversationCodec, cutoff_us: int | None) -> bool:
+        with opened as codec, codec.transaction():  # re-entrant
             # Decided under the lock, so a message appended after prune() listed the
             # store keeps the conversation.
             last = codec.info().last_timestamp
@@ -361,6 +377,12 @@ class ConversationStore:
             that could not be read or deleted; it is kept, and pruning carries on. (Such
             conversations also show in ``infos()`` with their status.)
         :raises FormatError: a pack is unreadable: what it holds is kept, all else pruned.
+        :raises HashedIdError: ``key_fn`` and no ``on_error``: a log under a hashed name
+            was kept, all else pruned (see ``store_walk``).
+
+        A log under a hashed name (an id too long for a file name) is pruned as any other,
+        opened by the id's digest its name carries, and listed in the result (and to
+        ``on_error``) by its path: the name does not give the id (``store_walk``).
         """
         if isinstance(older_than, timedelta):
             clock = self._clock
@@ -370,20 +392,19 @@ class ConversationStore:
             cutoff_us = datetime_to_us(older_than, "older_than")  # NaiveDatetimeError
         else:
             raise TypeError(NOT_A_CUTOFF)
-        deleted: builtins.list[str] = []
-        ids, bad = self._readable_ids()
-        for conversation_id in ids:
-            try:
-                with self.open(conversation_id) as codec:
-                    last = codec.info().last_timestamp
-                stale = last is not None and (last - EPOCH) // ONE_US < cutoff_us
-                if stale and self._delete(conversation_id, cutoff_us):
-                    deleted.append(conversation_id)
-            except ConversationCodecError as exc:
-                if on_error is not None:
-                    on_error(conversation_id, exc)
+        ids, hashed, bad = self._scan()
+        deleted = expire(ids, self.open, lambda c: self._delete(c, cutoff_us), cutoff_us, on_error)
+        kept = [(path, hashed_error(path, key_fn=True)) for path in hashed if self._key_fn]
+        deleted += expire(
+            [] if kept else hashed,
+            self._open_hashed,
+            lambda path: self._delete_open(self._open_hashed(path), cutoff_us),
+            cutoff_us,
+            on_error,
+        )
         if bad:
             raise bad[0][1]
+        report(kept, on_error)
         return deleted
 
     def pack(
@@ -438,9 +459,8 @@ class ConversationStore:
         rest of it is skipped, and ``on_error(conversation_id, error)`` is called (from
         the thread consuming the stream). ``infos()`` reports the same conversations.
         An unreadable pack: as for ``ids()`` (``on_error`` is called before the first hit).
-        A conversation compacted or pruned meanwhile loses no hit; one whose history was
-        rewritten while it was read raises ``LogReplacedError``: each conversation gives
-        what one ``ConversationCodec.search`` gives, across its chunks too.
+        A conversation compacted or pruned meanwhile loses no hit; one rewritten while it
+        was read raises ``LogReplacedError``: each gives what its own search gives.
 
         Each conversation is read a chunk of hits per open (64, then 4x larger each time),
         and its log is closed between chunks: merging thousands of conversations does not
@@ -457,11 +477,11 @@ class ConversationStore:
             regex=regex,
             case_sensitive=case_sensitive,
         )
-        broken: builtins.list[tuple[str, FormatError]] = []
+        broken: Unlisted = []
         if conversation_ids is None:
-            ids, broken = self._readable_ids()
+            ids, broken = self._listing()
             if on_error is None:
-                _report(broken, None)  # raises an unreadable pack's error, before any read
+                report(broken, None)  # raises (an unreadable pack's error), before any read
         else:  # refuse bad ids before anything is read; skip (and ask no key for) absent ones
             wanted = sorted({encode_id(cid): cid for cid in conversation_ids}.values())
             ids = [cid for cid in wanted if self._backend.exists(cid)]
@@ -476,21 +496,5 @@ class ConversationStore:
             for cid in ids
         ]
         merged = heapq.merge(*streams, reverse=newest_first)
-        return _reported(broken, on_error, (pair for _, pair in islice(merged, limit)))
-
-
-def _report(broken: list[tuple[str, FormatError]], on_error: OnError | None) -> None:
-    """Hand each unreadable pack to ``on_error`` as ``(pack_path, error)``; without it,
-    raise the first pack's error."""
-    for path, exc in broken:
-        if on_error is None:
-            raise exc
-        on_error(path, exc)
-
-
-def _reported(
-    broken: list[tuple[str, FormatError]], on_error: OnError | None, hits: Iterator[Any]
-) -> Iterator[Any]:
-    """``hits``, with the unreadable packs reported first (from the consuming thread)."""
-    _report(broken, on_error)
-    yield from hits
+        cap = None if limit is None else min(limit, sys.maxsize)  # islice's own bound
+        return reported(broken, on_error, (pair for _, pair in islice(merged, cap)))

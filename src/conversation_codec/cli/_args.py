@@ -54,6 +54,8 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # What a parameter's metavar says it takes: a variable NAME, or a file or path (_redact).
 _NAME_METAVARS = frozenset({"VAR"})
 _PATH_METAVARS = frozenset({"FILE", "[FILE]", "PATH", "PATH...", "ROOT", "SRC", "DST", "DIR"})
+# The arguments that read stdin when they are "-" (append's FILE, import's SRC): _check_stdin.
+_STDIN_ARGUMENTS = frozenset({"source", "src"})
 # Options of which a command takes at most one (whichever of them it has).
 _EXCLUSIVE: tuple[tuple[str, ...], ...] = (
     (
@@ -88,6 +90,7 @@ def command(
         def callback(**params: Any) -> int:
             ctx = click.get_current_context()
             _check_exclusive(ctx, one_of)
+            _check_stdin(ctx)
             io = (ctx.find_root().obj or {}).get("io", DEFAULT_IO)  # cli.main(io=...)
             with redacting(_misplaced(ctx)):
                 return run_command(run, Args(**params, io=io))
@@ -114,6 +117,39 @@ def _check_exclusive(ctx: click.Context, one_of: Sequence[Sequence[str]]) -> Non
         if not given & set(needed):
             names = ", ".join(_flag(ctx, n) for n in needed)
             raise click.UsageError(f"one of {names} is required")
+
+
+def _check_stdin(ctx: click.Context) -> None:
+    """Refuse two parameters that would both read stdin (``-``) before anything reads it:
+    the first reader would drain the pipe and the second fail on what is left, or read the
+    first one's input (``append LOG --key-file -``: the key taken for the messages). Those
+    that read it are every secret file option (``--key-file``, ``--password-file`` and their
+    legacy-, new- and to- forms) and the input of ``append`` (FILE, by default) and
+    ``import`` (SRC); ``--out -`` writes stdout, and a log path refuses ``-``."""
+    readers = [
+        param
+        for param in ctx.command.params
+        if ctx.params.get(param.name or "") == "-"
+        and ((param.name or "").endswith("_file") or param.name in _STDIN_ARGUMENTS)
+    ]
+    if len(readers) > 1:
+        first, second = (_shown(ctx, param) for param in readers[:2])
+        raise click.UsageError(
+            f"{first} and {second} cannot both come from stdin (-): one command reads it "
+            "for one thing only; give the other a file"
+        )
+
+
+def _shown(ctx: click.Context, param: click.Parameter) -> str:
+    """A parameter as a usage message names it: an option's flag, an argument's metavar."""
+    if isinstance(param, click.Argument):
+        default = (
+            " (default -)"
+            if ctx.get_parameter_source(param.name or "") == ParameterSource.DEFAULT
+            else ""
+        )
+        return (param.metavar or param.human_readable_name).strip("[]") + default
+    return _flag(ctx, param.name or "")
 
 
 def _misplaced(ctx: click.Context) -> tuple[str, ...]:

@@ -305,15 +305,13 @@ def unlisted_logs(root: str) -> list[str]:
 
 def report_unlisted(root: str, verb: str) -> bool:
     """Name each of ``unlisted_logs(root)`` on stderr as not ``verb`` (ls, search);
-    return whether there was one (the command then exits 1)."""
-    paths = unlisted_logs(root)
+    return whether there was one (the command then exits 1). A log under a hashed name
+    (a long id) is left to the store, which reports it itself (``HashedIdError``)."""
+    from ..storage.file.store import hashed_digest
+
+    paths = [p for p in unlisted_logs(root) if hashed_digest(os.path.basename(p)[:-4]) is None]
     for path in paths:
-        # "~" is in no id's encoding: the hashed name of a long id (storage.file.store).
-        why = (
-            "a conversation whose id is too long to recover from its file name"
-            if "~" in os.path.basename(path)
-            else "not a conversation of this store (its name encodes no id); give its path"
-        )
+        why = "not a conversation of this store (its name encodes no id); give its path"
         print(f"error: {printable(path)}: {why}: not {verb}", file=sys.stderr)
     return bool(paths)
 

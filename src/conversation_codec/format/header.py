@@ -27,6 +27,7 @@ __all__ = [
     "PLAIN_HEADER_PREFIX",
     "SEALED_HEADER_BYTES",
     "UNBOUND_VERSION",
+    "ContextDigest",
     "Kdf",
     "LogKind",
     "PlainHeader",
@@ -122,7 +123,23 @@ class PlainHeader:
     context_sha256: bytes | None = None  # FORMAT.md §6 (version 2): SHA-256 of the context
 
 
-def context_digest(context: str) -> bytes:
+@dataclass(frozen=True, slots=True)
+class ContextDigest:
+    """A context known by its digest alone, ``SHA-256(UTF-8(context))`` (FORMAT.md §4.2).
+
+    A store log under a hashed name carries that digest of its id in the name, but not the
+    id (``storage.file.store``): opened with this as ``context=``, it is authenticated as
+    bound to the id the name digests, and a rewrite binds it to the same id again.
+    """
+
+    sha256: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sha256, bytes) or len(self.sha256) != 32:
+            raise ValueError("ContextDigest.sha256 must be 32 bytes (a SHA-256 digest)")
+
+
+def context_digest(context: str | ContextDigest) -> bytes:
     """Return SHA-256 of a context's UTF-8 bytes: what a log is bound to (FORMAT.md §4.2).
 
     >>> context_digest("alice").hex()[:16]
@@ -131,6 +148,8 @@ def context_digest(context: str) -> bytes:
     :raises TypeError: ``context`` is not a str.
     :raises ValueError: it is empty, or not valid Unicode (a lone surrogate).
     """
+    if isinstance(context, ContextDigest):
+        return context.sha256
     if not isinstance(context, str):
         raise TypeError(
             f"context must be a str (e.g. a conversation id), not {type(context).__name__}"

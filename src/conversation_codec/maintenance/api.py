@@ -31,6 +31,7 @@ from ..storage.file.log import FileLog
 from ..storage.file.packed import StoreLog, check_store_log
 from ..storage.memory import MemoryLog
 from .compact import CompactionReport
+from .plain_blobs import plain_blobs
 from .transfer import History, ImportReport, export_history, import_history
 
 __all__ = ["Maintenance"]
@@ -197,6 +198,26 @@ class Maintenance(CodecCore):
                         continue
                     detail = f"blob {name} {why} (record {seq} refers to it)"
                     problems.append(Problem(kind, self._log.index.span(seq)[0], detail))
+            problems += self._stray_blobs(blobs, seen)
+        return problems
+
+    def _stray_blobs(self, blobs: BlobStore, referenced: set[str]) -> list[Problem]:
+        """The blobs no record refers to (not damage): ``blob-plaintext`` for one stored
+        unsealed beside a sealed log (a sealing killed before its sweep: ``migrate()`` of
+        the log removes it), ``blob-unreferenced`` for any other (the next rewrite deletes
+        it). Lock held."""
+        fmt = self._log.fmt
+        stray = blobs.names() - referenced
+        sealed = fmt is not None and fmt.sealed
+        plain = set(plain_blobs(blobs.directory, among=stray)) if sealed and stray else set()
+        problems = []
+        for name in sorted(stray):
+            if name in plain:
+                why = "is stored unsealed (plaintext) beside this sealed log; migrate() removes it"
+                problems.append(Problem("blob-plaintext", 0, f"blob {name} {why}"))
+            else:
+                why = "no record refers to it; the next rewrite (compact()) deletes it"
+                problems.append(Problem("blob-unreferenced", 0, f"blob {name}: {why}"))
         return problems
 
     def _verify_records(self) -> VerifyReport:

@@ -268,7 +268,9 @@ class Compactor:
         log, reader = self._log, self._reader
         before = log.size() + reader.index_size()
         count = len(log.index)
-        if log.fmt is None:
+        if log.fmt is None:  # nothing to re-seal: the next write creates the log, under
+            if new_blobs is not None:  # the new key, and its attachments go under it too
+                self._encoder.blobs = new_blobs
             return CompactionReport(0, 0, 0)
         header, new = self._secrets.new_log()
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from .._fsio import DEFAULT_IO, FileIO
 from ..crypto import KeyInput
 from ..errors import ConversationCodecError, FormatError, KeyRequiredError, NotAHistoryError
 from ..format.header import LogKind, sniff_log
-from ..paths import BLOBS_SUFFIX, backup_path, index_path, is_sidecar, migrating_path
+from ..paths import backup_path, blobs_path, index_path, migrating_path
 from ..storage.file.store import FileStore
 from ..storage.file.writer import remove_leftovers
 from .legacy import LegacyFormat, read_legacy
@@ -62,6 +62,7 @@ from .migrate_commit import (
     write_log,
     writer_lock,
 )
+from .migrate_packed import PACKED_NOTE, find_packed, migrate_packed
 from .migrate_report import BatchItem, BatchReport, BatchStatus, MigrationReport
 from .migrate_seal import read_plain_log, seal_plain_log
 from .migrate_source import (
@@ -73,6 +74,8 @@ from .migrate_source import (
     plain_log_context,
     read_source,
 )
+from .migrate_walk import jobs, store_id
+from .plain_blobs import plain_blobs, plain_blobs_note, remove_plain_blobs
 
 __all__ = [
     "BatchItem",
@@ -110,7 +113,9 @@ def migrate(
         conversation-codec log at ``src`` (``dst`` None or ``src``) is encrypted in place
         with it: a compaction, atomic, which seals its index and attachments too and keeps
         no ``.bak``; with ``log_password`` its messages go through the steps below (a
-        ``.bak`` unless ``backup=False``). Other logs are left as they are.
+        ``.bak`` unless ``backup=False``). Other logs are left as they are. A store's
+        conversation that a pack holds (``src`` its log path, no file there; FORMAT.md
+        §18) is sealed in place too: unpacked, then sealed (``migrate_packed``).
     :param log_password: seal the new log with this password instead of a key.
     :param context: bind the new log to this identity (a store's conversation id; FORMAT.md
         §4.2), as ``ConversationStore`` opens it. A store's plaintext log sealed in place
@@ -145,6 +150,21 @@ def migrate(
     source = Path(src)
     # In place through a symbolic link: convert its target (a rename would replace the link).
     real = Path(os.path.realpath(source)) if source.is_symlink() else source
+    packed = None if os.path.lexists(real) else find_packed(real, context, io)
+    if packed is not None:  # a store's conversation that a pack holds: no file of its own
+        elsewhere = None if dst is None or not _elsewhere(Path(dst), real) else str(dst)
+        done = migrate_packed(
+            source,
+            packed,
+            elsewhere=elsewhere,
+            encryption_key=encryption_key,
+            log_password=log_password,
+            context=context,
+            dry_run=dry_run,
+            io=io,
+        )
+        if done is not None:
+            return done  # else unpacked, for log_password: sealed below as a log file
     data, before = read_source(real)
     kind = sniff_log(data[:64])
     plain_log = None  # a plaintext log to seal with log_password, read as a history
@@ -178,6 +198,10 @@ def migrate(
             with as_storage_errors(real), writer_lock(real, io):
                 if sweep_leftovers(real, None, io):
                     notes.append("removed the temp files of an interrupted migration")
+                if kind is LogKind.SEALED:  # a sealing killed before its blob sweep
+                    notes += plain_blobs_note(real, remove_plain_blobs(real, io), "removed")
+        elif kind is LogKind.SEALED:
+            notes += plain_blobs_note(real, len(plain_blobs(blobs_path(real))), "would remove")
         return MigrationReport(
             source, real, LegacyFormat.CODEC_LOG, None, len(data), len(data), None, False, (*notes,)
         )
@@ -322,7 +346,10 @@ def migrate_many(
     fails (an existing log is never replaced, nor a conversation the store holds in a pack).
     Directory walks skip symbolic links, our own sidecars (``.idx``, ``.lock``, ``.bak``,
     ``.salt``, temp files), hidden folders (``.git``, a store's ``.packs``) and attachment
-    folders (``P.blobs``). A file whose objects look like no message (``NotAHistoryError``)
+    folders (``P.blobs``). In place, a walk names each conversation a store's packs hold
+    (and no log file does) by its log path ``<root>/<encoded id>.log``: sealed with a key
+    or ``log_password`` as a log file is (unpacked first), else skipped; an unreadable
+    pack fails. A file whose objects look like no message (``NotAHistoryError``)
     is skipped, "not a history". ``progress(done, total, item)`` is called after each
     file. Other arguments are as for :func:`migrate`.
 
@@ -353,10 +380,9 @@ def migrate_many(
         "dry_run": dry_run,
         "io": io,
     }
-    jobs = list(_jobs(paths, out if into is None else into.root))
+    found = list(jobs(paths, out if into is None else into.root))
     items: list[BatchItem] = []
-    for path, dst, decided in jobs:
-        context = None
+    for path, dst, decided, context in found:
         if into is not None and dst is not None and decided is None:
             context = store_id(dst.relative_to(into.root))
             try:
@@ -367,7 +393,7 @@ def migrate_many(
         item = decided or _one(path, dst, {**options, "context": context})
         items.append(item)
         if progress is not None:
-            progress(len(items), len(jobs), item)
+            progress(len(items), len(found), item)
     return BatchReport(tuple(items), dry_run)
 
 
@@ -386,7 +412,9 @@ def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
         report.converted or (options["dry_run"] and report.messages is not None)
     ):
         what = "would encrypt" if options["dry_run"] else "encrypted"  # a plaintext log, sealed
-        reason = f"{what} the plaintext log in place ({report.messages} messages)"
+        packed = report.notes and report.notes[0].startswith(PACKED_NOTE)
+        what += " the packed" if packed else " the"  # a store's conversation, unpacked
+        reason = f"{what} plaintext log in place ({report.messages} messages)"
         return BatchItem(path, "converted", reason, report)
     if (
         report.format is LegacyFormat.CODEC_LOG
@@ -399,57 +427,3 @@ def _one(path: Path, dst: Path | None, options: dict[str, Any]) -> BatchItem:
     if not options["dry_run"]:
         reason += f", {report.bytes_before} -> {report.bytes_after} bytes"
     return BatchItem(path, "converted", reason, report)
-
-
-_Job = tuple[Path, Path | None, BatchItem | None]  # path, destination, or a decided outcome
-
-
-def store_id(rel: Path) -> str:
-    """The conversation id of a source at ``rel`` (relative to the directory given)."""
-    name = rel.name
-    for suffix in (".jsonl", ".json", ".enc"):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-            break
-    return "/".join([*rel.parent.parts, name])
-
-
-def _jobs(paths: Iterable[str | os.PathLike[str]], out: Path | None) -> Iterator[_Job]:
-    """Yield each file to migrate once, with its destination (or why it is left out)."""
-    seen: set[str] = set()
-    out_real = None if out is None else os.path.realpath(out)
-    for arg in paths:
-        root = Path(arg)
-        if root.is_dir():
-            files = _walk(root, out_real)
-        elif os.path.lexists(root):
-            files = iter([(root, Path(root.name))])
-        else:
-            yield root, None, BatchItem(root, "failed", f"{root} does not exist")
-            continue
-        for path, rel in files:
-            if path != root and path.is_symlink():
-                reason = "a symbolic link; name it on its own to migrate its target"
-                yield path, None, BatchItem(path, "skipped", reason)
-                continue
-            real = os.path.realpath(path)
-            if real not in seen:
-                seen.add(real)
-                yield path, None if out is None else out / rel, None
-
-
-def _walk(root: Path, out_real: str | None) -> Iterator[tuple[Path, Path]]:
-    for folder, dirs, files in os.walk(root):  # followlinks=False: no loops, no escapes
-        dirs[:] = sorted(d for d in dirs if not _skipped_dir(folder, d, out_real))
-        for name in sorted(files):
-            if not is_sidecar(name):
-                path = Path(folder, name)
-                yield path, path.relative_to(root)
-
-
-def _skipped_dir(folder: str, name: str, out_real: str | None) -> bool:
-    """The output folder; hidden ones (``.git``, ``.vscode``, a store's ``.packs``) and a
-    log's attachments (``P.blobs``), which hold no histories (named on its own, one is
-    walked all the same)."""
-    hidden = name.startswith(".") or name.endswith(BLOBS_SUFFIX)
-    return hidden or os.path.realpath(os.path.join(folder, name)) == out_real

@@ -5,12 +5,16 @@ With a key, the log is rewritten by a compaction (``ConversationCodec(P).compact
 encryption_key=K)``), which seals the log, rebuilds its index and moves its external
 attachments into a sealed blob store, atomically under the writer lock (FORMAT.md's rules
 for rewrites: a crash leaves the old log or the new one). No ``.bak`` is kept: the point is
-that no plaintext copy stays. A compaction cannot switch a log to a password, so with
-``log_password`` the log's messages and record times are read here
-(:func:`read_plain_log`) and go through migrate's own steps, as a plaintext legacy file's
-do (sealed temp log, read back and compared, ``.bak`` unless ``backup=False``, rename);
-under the writer lock, the temp copies crashed rewrites left beside the log (plaintext) are
-removed first, as the compaction's ``remove_stale_temps`` does (review r2a defect 6).
+that no plaintext copy stays. A crash between the compaction's commit and its sweep of
+``P.blobs`` leaves the plaintext blobs beside the sealed log: a rerun finds the log sealed
+and removes every blob that is not sealed (``plain_blobs.remove_plain_blobs``), and ``verify()``
+reports them as ``blob-plaintext`` (outside review r1, defect 3). A compaction cannot
+switch a log to a password, so with ``log_password`` the log's messages and record times
+are read here (:func:`read_plain_log`) and go through migrate's own steps, as a plaintext
+legacy file's do (sealed temp log, read back and compared, ``.bak`` unless
+``backup=False``, rename); under the writer lock, the temp copies crashed rewrites left
+beside the log (plaintext) are removed first, as the compaction's ``remove_stale_temps``
+does (review r2a defect 6).
 
 ``NotEncryptedError`` (a plaintext log opened with a key) advises this route; it used to
 leave the log as it was and report success (outside review, sec.md defect 4).

@@ -144,9 +144,11 @@ class LogStorage(Protocol):
     def rebuild_index(self) -> None: ...
 
     def on_rollback(self, undo: Callable[[], None]) -> None:
-        """Call ``undo`` if the writes of the current transaction are rolled back after
-        all: a storage that commits when the outermost transaction ends (a database) and
-        fails to. A storage whose every write is committed when it returns never calls it."""
+        """Call ``undo`` if the current transaction is rolled back after all, whether or
+        not it wrote (a key rotation of no log yet changes only the codec): a storage that
+        commits when the outermost transaction ends (a database) and fails to, or ends it
+        in an exception. A storage whose every write is committed when it returns never
+        calls it."""
         ...
 
     def stored(self) -> tuple[bytes, bytes | None] | None:

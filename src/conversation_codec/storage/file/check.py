@@ -23,6 +23,9 @@ index-ahead        index entries past the log's end: records cut off the end, or
 blob-missing       an attachment blob a record refers to is not in ``P.blobs/``
                    (FORMAT.md §15): deleted, or left behind by a copy
 blob-damaged       such a blob does not open with the key, or holds other data
+blob-plaintext     a blob no record refers to, stored unsealed beside a sealed log: a
+                   sealing killed before its sweep (``migrate()`` of the log removes it)
+blob-unreferenced  any other blob no record refers to (the next rewrite deletes it)
 =================  =============================================================
 """
 

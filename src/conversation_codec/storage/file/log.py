@@ -5,9 +5,8 @@ It stores opaque record *bodies*; what a body means is the business of ``records
 with any other backend). ``FileLog`` owns the cached view of the file (descriptor, header
 format, index, dictionary) and runs each procedure of spec/FORMAT.md under the log's lock
 (a writer's exclusive, a reader's shared; its counters say when a cached view is stale): §8
-(writing), §9 (reading), §10 (recovery). Its steps live in the modules beside it: ``reader``,
-``writer`` (framing; a rewrite up to its commit), ``recovery`` (torn tail or damage),
-``dictionary``, ``transaction`` (lock holds), ``index`` and ``lock`` (the sidecars)."""
+(writing), §9 (reading), §10 (recovery). Its steps live in the modules beside it (the
+package's docstring lists them)."""
 
 from __future__ import annotations
 
@@ -23,9 +22,9 @@ from .dictionary import Dictionary
 from .index import OffsetIndex
 from .kwi_store import FileSegments
 from .lock import LogLock
-from .opened import Opened, Probed, Whole, held, open_attached, probe, reuse
+from .opened import MOVED, Opened, Probed, Whole, held, open_attached, plain_look, probe, reuse
 from .reader import read_bodies, read_body, read_stored
-from .recovery import drop_unproven_entries, recover, same_size
+from .recovery import drop_unproven_entries, recover
 from .transaction import Transaction, Transactions
 from .writer import checked_for_removal, frame_batch, remove_leftovers, replace_log
 
@@ -53,6 +52,7 @@ class FileLog:
         self._lock = LogLock(self.path, lock_timeout, io=io)
         self._fd: int | None = None
         self._log_id_stat: tuple[int, int] | None = None
+        self._replaced = 0  # times another file was found at P (see ``seen``)
         self._last_seen: tuple[int, int, int] | None = None  # before the current reload
         self._probed: Probed | None = None  # the file probe() opened, for the first reload
         self._whole: Whole | None = None  # a small log's bytes: see opened.held
@@ -92,8 +92,9 @@ class FileLog:
     def seen(self) -> tuple[int, int, int] | None:
         """``(lock inode, generation, truncations)`` as of the current transaction (after
         this process's own bumps); None when it holds no lock (no log, read-only directory).
-        Equal values mean no writer changed the log in between (FORMAT.md §8.1)."""
-        return self._txns.seen
+        Equal values mean no writer changed the log in between (FORMAT.md §8.1); another
+        file found at P (no writer announces an editor's) counts as a truncation."""
+        return None if (seen := self._txns.seen) is None else (*seen[:2], seen[2] + self._replaced)
 
     def transaction(
         self, *, write: bool, tolerant: bool = False, tail: int | None = None
@@ -136,24 +137,20 @@ class FileLog:
         """Bring the cached view up to date: nothing to do when no writer came by."""
         state = self._lock.state() if locked else None
         changed = state is None or state != self._txns.seen
-        if changed:
+        at = (self.fmt, self._log_id_stat, self.index.append_at)  # a plain log edited by hand
+        look = None if changed else plain_look(self.path, *at, write=write)  # (§8.2): one lstat
+        if changed or look == MOVED:  # MOVED: an editor saved P by rename (sed -i): reopen
+            changed = True
             self.refreshes += 1
             self._last_seen, self._txns.seen = self._txns.seen, None  # None until reloaded
             self._reload(state)
             self._txns.seen = state
+        elif look is not None:  # P does not end where the index does: read it (§10.1)
+            changed, self._settled, self._fresh_size = True, False, look
         if write and self.index.detached():
             self._index_ok = self._settled = False  # the catch-up rewrites it at its name
-        if write and self._settled and not same_size(self._fd, self.fmt, self.index.append_at):
-            self._settled = False  # a plain log a person appended to since (§8.2): catch up
         if self.fmt is not None and (changed or (write and not self._settled)):
-            try:
-                self._catch_up(write)
-            except BaseException:
-                # The view is incomplete: forget it, so the next call looks again (and
-                # raises again) rather than answering from a partial index.
-                self._txns.seen = None
-                self._close_log()
-                raise
+            self._catch_up(write)
 
     def _reload(self, state: tuple[int, int, int] | None) -> None:
         self._fresh_size = self._whole = None  # the counters moved: re-read what is read
@@ -167,6 +164,7 @@ class FileLog:
         ident = None if st is None or st.st_size == 0 else (st.st_dev, st.st_ino)
         seen = self._last_seen
         if ident != self._log_id_stat:
+            self._replaced += 1  # another file at P: no append (see ``seen``)
             self._open_log(None if ident is None else open_attached(self.path, self._attach), state)
             self.on_change()
         elif ident is not None:
@@ -232,45 +230,52 @@ class FileLog:
         a writer needs no look at the file before appending.
         """
         assert self.fmt is not None and self._fd is not None
-        self._settled = False
-        size, self._fresh_size = self._fresh_size or os.fstat(self._fd).st_size, None
-        # From the last indexed record, not from the dictionary record: the index may have
-        # lost entries for records that lie before the dictionary (they are re-read, and the
-        # dictionary record is met and adopted again on the way).
-        pos = self.index.end
-        if pos > size or self.index.append_at > size:  # the log lost bytes the index knew
-            self.index.reset(self.fmt.data_start)
-            self._dict.drop(self.fmt)
-            self._index_ok = False
+        try:
+            self._settled = False
+            size, self._fresh_size = self._fresh_size or os.fstat(self._fd).st_size, None
+            # From the last indexed record, not from the dictionary record: the index may
+            # have lost entries for records that lie before the dictionary (they are re-read,
+            # and the dictionary record is met and adopted again on the way).
             pos = self.index.end
-        if pos < size:
-            pos = recover(
-                self._fd,
-                pos,
-                size,
-                self.fmt,
-                self.index,
-                adopt_dictionary=lambda body, span: self._use_dictionary(
-                    body, span, persist=write and self._index_ok
-                ),
-                stop_at_damage=self._txns.tolerant and not self._txns.writable,
-                path=self.path,
-            )
-            if pos < size and not write:
-                return  # a reader leaves the torn tail alone; the next writer cuts it
-            if pos != size and write:  # cut a torn tail (recover raises on damage), or put
-                self._txns.bump(truncation=False)  # back a committed line's newline (§10.1)
-                if pos < size:
-                    self.io.truncate(self._fd, pos)
-                else:
-                    self._write_at_end(self._fd, b"\n", size)
-                # Always synced, whatever the durability: a cut that a power loss undid
-                # would put the torn bytes back under records appended after them.
-                self._fsync(self._fd, always=True)
-        if write and (not self._index_ok or self.index.persisted < len(self.index)):
-            self.index.persist(self.fmt.log_id, rewrite=not self._index_ok)
-            self._index_ok = True
-        self._settled = write
+            if pos > size or self.index.append_at > size:  # the log lost bytes the index knew
+                self.index.reset(self.fmt.data_start)
+                self._dict.drop(self.fmt)
+                self._index_ok = False
+                pos = self.index.end
+            if pos < size:
+                pos = recover(
+                    self._fd,
+                    pos,
+                    size,
+                    self.fmt,
+                    self.index,
+                    adopt_dictionary=lambda body, span: self._use_dictionary(
+                        body, span, persist=write and self._index_ok
+                    ),
+                    stop_at_damage=self._txns.tolerant and not self._txns.writable,
+                    path=self.path,
+                )
+                if pos < size and not write:
+                    return  # a reader leaves the torn tail alone; the next writer cuts it
+                if pos != size and write:  # cut a torn tail (recover raises on damage), or
+                    self._txns.bump(truncation=False)  # put back a committed line's newline
+                    if pos < size:
+                        self.io.truncate(self._fd, pos)
+                    else:
+                        self._write_at_end(self._fd, b"\n", size)
+                    # (§10.1) Always synced, whatever the durability: a cut that a power loss
+                    # undid would put the torn bytes back under records appended after them.
+                    self._fsync(self._fd, always=True)
+            if write and (not self._index_ok or self.index.persisted < len(self.index)):
+                self.index.persist(self.fmt.log_id, rewrite=not self._index_ok)
+                self._index_ok = True
+            self._settled = write
+        except BaseException:
+            # The view is incomplete: forget it, so the next call looks again (and raises
+            # again) rather than answering from a partial index.
+            self._txns.seen = None
+            self._close_log()
+            raise
 
     # -- the storage seam: reads ------------------------------------------------------------
 
@@ -292,12 +297,7 @@ class FileLog:
         self.index.reset(self.fmt.data_start, keep_evidence=True)
         self._dict = Dictionary()
         self._index_ok, self._whole = False, None
-        try:
-            self._catch_up(self._txns.writable)
-        except BaseException:
-            self._txns.seen = None  # as in _refresh: never answer from a half-built index
-            self._close_log()
-            raise
+        self._catch_up(self._txns.writable)
 
     # -- the storage seam: writes -----------------------------------------------------------
 

@@ -9,6 +9,9 @@ over the log in place (``cp``) keeps its inode; a header that differs is identif
 
 A log of at most ``WHOLE_BYTES`` is read whole under the lock, in one ``pread``: the check of
 its last index entry and a ``tail`` then read from memory instead of two more reads.
+
+A plain log's view is trusted again only after ``plain_look`` found the same file at the path
+(a person edits it without the lock, FORMAT.md §8.2).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..base import LogFormat
 from .reader import open_log_file, probe_log_file
 
 __all__ = [
+    "MOVED",
     "PREFIX_BYTES",
     "WHOLE_BYTES",
     "Opened",
@@ -30,6 +34,7 @@ __all__ = [
     "Whole",
     "held",
     "open_attached",
+    "plain_look",
     "probe",
     "reuse",
 ]
@@ -39,6 +44,7 @@ WHOLE_BYTES = 16384  # a log this small is read whole when opened under the lock
 
 Attach = Callable[[bytes], LogFormat]
 Whole = tuple[bytes, tuple[int, int, int]]  # a small log's bytes, and the counters then
+MOVED = -1  # plain_look(): the path names another file than the one held, or none
 
 
 class Probed:
@@ -140,3 +146,27 @@ def held(whole: Whole | None, seen: tuple[int, int, int] | None) -> bytes | None
     """The log's bytes if read whole (``Opened.whole``) at the counters ``seen`` now show:
     no writer, this process included, has changed the file since (FORMAT.md §8.1)."""
     return whole[0] if whole is not None and whole[1] == seen else None
+
+
+def plain_look(
+    path: str, fmt: LogFormat | None, ident: tuple[int, int] | None, end: int, *, write: bool
+) -> int | None:
+    """Look at a plain log's path ``P`` before its cached view, which ends at ``end``, is
+    trusted (FORMAT.md §8.2): ``MOVED`` when P names another file than the one held
+    (``ident``: device, inode) or none — an editor that saves by rename, ``sed -i`` —, the
+    size of the file to read up to when it is still the one held but has grown (a line a
+    person added; for a ``write``, any other size: §10.1 judges it), else None (nothing to
+    do; a sealed log or none held: not asked).
+
+    One ``lstat`` of the path, not an ``fstat`` of the descriptor: that would answer for
+    the file an editor unlinked, and an append there would be acknowledged and lost. A
+    person may edit a plain log without the lock; a sealed one is written by key holders
+    only, through the lock, and is not looked at (no system call on its appends).
+    """
+    if fmt is None or fmt.sealed or ident is None:
+        return None
+    st = check_file(path)
+    if st is None or not st.st_size or (st.st_dev, st.st_ino) != ident:
+        return MOVED  # (an empty file is no log, as when P is read: FORMAT.md §9)
+    size = st.st_size
+    return None if size == end or (size < end and not write) else size

@@ -42,6 +42,7 @@ from ...format.record import encode_frame
 from ...records import RecordCodec
 from .lock import LOCK_STATE, QUICK_FLOCK
 from .log import FileLog
+from .opened import plain_look
 from .transaction import Transactions, storage_error
 
 __all__ = ["QuickAppend", "quick_append"]
@@ -131,10 +132,15 @@ class QuickAppend:
                         and os.pread(fd, LOCK_STATE.size, 0) == LOCK_STATE.pack(seen[1], seen[2])
                         and os.fstat(idx_fd).st_nlink > 0
                         and index.persisted == seq
-                        # A plain log a person appended to (no lock): the general path
-                        # reads that first (FORMAT.md §8.2). One fstat; a plain log has
-                        # no dictionary record, so it ends where its last record does.
-                        and (fmt.sealed or os.fstat(log_fd).st_size == index.end)
+                        # A plain log a person edited (no lock): the general path reads
+                        # that first (FORMAT.md §8.2). One lstat of P, which must still
+                        # name the file held (an editor saves by rename); a plain log
+                        # has no dictionary record, so it ends where its last record does.
+                        and (
+                            fmt.sealed
+                            or plain_look(log.path, fmt, log._log_id_stat, index.end, write=True)
+                            is None
+                        )
                     )
                 except OSError:  # the general path looks again, and raises what it must
                     steady = False
@@ -157,6 +163,8 @@ class QuickAppend:
                 # FORMAT.md §8.1: bump generation before the log changes.
                 counters = LOCK_STATE.pack(seen[1] + 1, seen[2])
                 txns.seen = (seen[0], seen[1] + 1, seen[2])
+                # The log's state after it, as ``FileLog.seen`` counts it (for ``after``).
+                state = (fmt.log_id, (seen[0], seen[1] + 1, seen[2] + log._replaced), seq + 1)
                 done = pwrite(fd, counters, 0)
                 if done != len(counters):
                     _write_rest(fd, counters, done, 0)
@@ -197,7 +205,7 @@ class QuickAppend:
                 flock(fd, untake)
                 # The codec's bookkeeping, given the log's state as this append left it (the
                 # lock is released: nothing here reads the files).
-                self._after(seq, [data], (fmt.log_id, txns.seen, seq + 1))
+                self._after(seq, [data], state)
             except BaseException as exc:
                 _leave(txns)
                 _failed(log, fd, exc, self._flock)

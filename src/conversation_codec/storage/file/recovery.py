@@ -28,7 +28,7 @@ from .reader import (
     plausible,
 )
 
-__all__ = ["drop_unproven_entries", "hand_line", "plain_tail", "recover", "same_size"]
+__all__ = ["drop_unproven_entries", "hand_line", "plain_tail", "recover"]
 
 
 def drop_unproven_entries(
@@ -53,14 +53,6 @@ def drop_unproven_entries(
         index.forget_from(seq)
         dropped = True
     return dropped
-
-
-def same_size(fd: int | None, fmt: LogFormat | None, end: int) -> bool:
-    """Does the log still end at ``end``, where its writer's view does? Asked of a plain
-    log before each append (one ``fstat``): a person may have added a line (``echo >>``)
-    without the lock, and an append at ``end`` would write over it (FORMAT.md §8.2). A
-    sealed log is written by key holders, through the lock: not asked."""
-    return fd is None or fmt is None or fmt.sealed or os.fstat(fd).st_size == end
 
 
 def recover(

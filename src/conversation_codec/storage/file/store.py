@@ -10,8 +10,20 @@ recovers every id from the file names alone. An id whose encoding is longer than
 ``MAX_ENCODED_ID`` bytes is stored under a hashed name instead: the encoding's first 128
 bytes, ``~``, and the SHA-256 of the id's UTF-8 (``~`` is never in an encoding, so the two
 kinds cannot collide); its log is bound to the full id like every other (FORMAT.md §4.2).
-Such a name does not decode: ``ids()`` (and so listings, searches and pruning) skip those
-logs (a sidecar holding the id would be one more file that can disagree with the log).
+
+Such a name does not decode, but it carries ``binding = SHA-256(UTF-8(id))``, the very
+digest the log is bound to: ``hashed_digest`` reads it, and a codec opened with
+``context=ContextDigest(digest)`` authenticates the log as the one of that id without
+knowing the id. So a store lists every loose log under a hashed name apart
+(``scan()``), and ``ConversationStore`` never skips one in silence: ``prune()`` applies
+retention to it (opened by its digest; listed by its path), while ``ids()``, ``infos()``
+and ``search()``, which would have to name it, report it as ``HashedIdError`` through
+``on_error`` (or raise that). Packs are keyed by the id itself (FORMAT.md §18.1), so a
+packed conversation is always listed by its id; ``pack()`` leaves hashed logs loose.
+Rejected for now: a sidecar ``P.id`` holding the id, checked against the name's digest
+(it would list these conversations by their ids, but it is one more file to create
+before the log and delete after it, and it holds the whole id in plaintext where the
+name holds only its first 128 encoded bytes).
 
 Files of conversation ``c``: ``<root>/<encode_id(c)>.log`` and its sidecars ``.log.idx``,
 ``.log.lock`` and (after a crash mid-rewrite) ``.log.tmp-<16 hex>``; or, once packed
@@ -40,13 +52,21 @@ from .packed import StoreLog
 from .packs import PACKS_DIR, Packs
 from .peek import LogPeek, peek_log
 
-__all__ = ["LOG_SUFFIX", "MAX_ENCODED_ID", "FileStore", "decode_id", "encode_id"]
+__all__ = [
+    "LOG_SUFFIX",
+    "MAX_ENCODED_ID",
+    "FileStore",
+    "decode_id",
+    "encode_id",
+    "hashed_digest",
+]
 
 MAX_ENCODED_ID = 200  # bytes; + ".log.tmp-<16 hex>" (25) stays under NAME_MAX (255)
 LOG_SUFFIX = ".log"
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-.")
 _ENCODED = re.compile(r"(?:[a-z0-9_\-.]|%[0-9a-f]{2})+")
 _KEPT = re.compile(r"[a-z0-9_\-][a-z0-9_\-.]*")  # an id that is its own encoding
+_HASHED = re.compile(r"[a-z0-9_.%-]{128}~([0-9a-f]{64})")  # encode_id of a long id
 
 
 def encode_id(conversation_id: str) -> str:
@@ -100,6 +120,19 @@ def _in_store_with_packs(path: str, io: FileIO) -> tuple[FileStore, str] | None:
     if conversation_id is None or not os.path.isdir(os.path.join(folder or ".", PACKS_DIR)):
         return None
     return FileStore(Path(folder or "."), io=io), conversation_id
+
+
+def hashed_digest(stem: str) -> bytes | None:
+    """Return SHA-256 of the id a hashed file-name stem stands for (the binding its log is
+    bound to, FORMAT.md §4.2), or None when ``stem`` is not a hashed name.
+
+    >>> hashed_digest(encode_id("A" * 67)) == hashlib.sha256(b"A" * 67).digest()
+    True
+    >>> hashed_digest("alice") is None
+    True
+    """
+    found = _HASHED.fullmatch(stem)
+    return None if found is None else bytes.fromhex(found.group(1))
 
 
 def decode_id(stem: str) -> str | None:
@@ -175,25 +208,35 @@ class FileStore:
 
     def readable_ids(self) -> tuple[list[str], list[tuple[str, FormatError]]]:
         """``ids()`` but for the unreadable packs, whose paths and errors come second
-        (store-wide operations go on elsewhere; what such a pack holds is kept)."""
-        loose = self._loose_ids()  # the root first: its errors name it
-        packed, broken = self.packs.readable_ids()
-        return sorted(set(loose) | packed), broken
+        (store-wide operations go on elsewhere; what such a pack holds is kept). Logs
+        under hashed names are not in it: see ``scan()``."""
+        found, _hashed, broken = self.scan()
+        return found, broken
 
-    def _loose_ids(self) -> list[str]:
+    def scan(self) -> tuple[list[str], list[str], list[tuple[str, FormatError]]]:
+        """``readable_ids()`` with, second, the paths of the loose logs under hashed names
+        (sorted), whose ids their names do not give (module docstring)."""
+        loose, hashed = self._loose_ids()  # the root first: its errors name it
+        packed, broken = self.packs.readable_ids()
+        return sorted(set(loose) | packed), sorted(hashed), broken
+
+    def _loose_ids(self) -> tuple[list[str], list[str]]:
         try:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
-            return []
+            return [], []
         except OSError as exc:  # e.g. a root name too long for the file system
             raise StorageError(exc.errno or 0, f"store root {self.root}: {exc.strerror}") from None
-        found = []
+        found, hashed = [], []
         for entry in entries:
             if entry.name.endswith(LOG_SUFFIX) and entry.is_file():
-                conversation_id = decode_id(entry.name[: -len(LOG_SUFFIX)])
+                stem = entry.name[: -len(LOG_SUFFIX)]
+                conversation_id = decode_id(stem)
                 if conversation_id is not None:
                     found.append(conversation_id)
-        return found
+                elif hashed_digest(stem) is not None:
+                    hashed.append(os.path.join(self._root_name, entry.name))
+        return found, hashed
 
     def footprint(self, conversation_id: str) -> tuple[int, bytes]:
         """Bytes the log and its index take, and the log's first bytes (for a listing of

@@ -260,8 +260,10 @@ class PostgresLog(CachedView):
                     for call in reversed(undo):
                         call()
                     raise
-            elif wrote:
-                self._row = None  # rolled back: the cached view is ahead of the database
+            else:  # rolled back, written or not: a rotation of no log yet swaps only the
+                # codec's secrets, which its undo must restore all the same (r2, defect 1)
+                if wrote:
+                    self._row = None  # the cached view is ahead of the database
                 for call in reversed(undo):
                     call()
             self._give_back(conn, rollback=exc is not None)

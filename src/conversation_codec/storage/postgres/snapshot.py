@@ -34,6 +34,8 @@ from .queries import Conn, Row
 
 __all__ = ["Snapshot", "read_range_at", "read_snapshot"]
 
+_MAX_BIGINT = 2**63 - 1  # the largest value of a bigint (int8) parameter
+
 # $epoch: the handle's cached epoch (-1: nothing cached); $known: its cached record count.
 # The timestamps come from $known on when the epoch is the cached one, else from 0; the
 # seq < next_seq bound makes the count check below prove the seqs contiguous.
@@ -95,6 +97,10 @@ def read_snapshot(
     """
     # Int8: one parameter type whatever the values (psycopg picks int2/int4/int8 by value,
     # and prepares a statement per combination). Binary: the bytea arrays need no parsing.
+    # A tail past any seq is every record: clamped to a bigint (tail(2**64) read all of a
+    # file's history but raised OverflowError here: review r2, defect 6). The others come
+    # from the database.
+    tail = min(tail, _MAX_BIGINT)
     params = {"epoch": epoch, "known": known, "dict_id": dict_id, "tail": tail}
     got = conn.execute(
         _SNAPSHOT,

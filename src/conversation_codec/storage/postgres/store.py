@@ -8,7 +8,8 @@ queries that cross conversations.
 Ids: ``backend.check_id``. ``locate`` refuses an id no database row can hold with
 ``ValueError`` (as ``PostgresLog`` does), and so an id over ``MAX_ID_BYTES`` bytes unless
 the database holds its conversation already (``backend.check_new_id``: stored before that
-limit); the other methods answer for a refused id as for a conversation that has no log.
+limit); the other methods answer for a refused id as for a conversation that has no log,
+but ``has_files`` raises for an id no store accepts, as a directory's does (``encode_id``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from psycopg import sql
 from ...format.header import sniff_log
 from ..base import LogFormat, StorageOpener
 from ..file.peek import LogPeek
+from ..file.store import encode_id
 from .backend import PostgresBackend, check_id, check_new_id, id_fits
 from .log import PostgresLog
 from .queries import STORED
@@ -94,7 +96,14 @@ class PostgresStore:
     def has_files(self, conversation_id: str) -> bool:
         """Whether anything of the conversation is stored: a log, a row damaged by hand
         (``queries.STORED``), or records without a row (deleting it then reports the damage
-        or removes them)."""
+        or removes them). An id no store accepts raises, as ``FileStore.has_files`` does
+        (``store.delete`` asks this first: review r2, defect 7); one only a database cannot
+        hold (``id_fits``) has nothing stored.
+
+        :raises TypeError: the id is not a str.
+        :raises ValueError: empty, or not valid Unicode (``encode_id``).
+        """
+        encode_id(conversation_id)
         if not id_fits(conversation_id):
             return False
         row = self.backend.run(
