@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
+import io
 import os
 import random
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
 
 from _postgres import Cluster, ClusterUnavailable
 from conversation_codec import ConversationCodec, FileIO
+from conversation_codec.crypto import SCRYPT_MIN_LOG2_N
 from conversation_codec.storage.postgres import PostgresBackend
 
 # A fixed Fernet key for tests only (never a real secret).
@@ -41,6 +47,36 @@ def pytest_configure(config: pytest.Config) -> None:
     shm = Path("/dev/shm")
     if "TMPDIR" not in os.environ and shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
         tempfile.tempdir = str(shm)
+    _compile_ahead(config)
+
+
+def _compile_ahead(config: pytest.Config) -> None:
+    """In the xdist controller, before the workers start: compile the package and the tests'
+    helper modules once. Every worker imports all of it while collecting, at the same
+    moment, and on a fresh checkout each compiled it again (~1 s of CPU each); with the
+    bytecode there already this only reads the files' times."""
+    if sys.dont_write_bytecode or hasattr(config, "workerinput"):
+        return
+    if not config.getoption("numprocesses", None):
+        return
+    import compileall
+
+    import conversation_codec
+
+    compileall.compile_dir(Path(conversation_codec.__file__).parent, quiet=2)
+    for helper in sorted(Path(__file__).parent.glob("_*.py")):
+        compileall.compile_file(helper, quiet=2)
+
+
+@pytest.fixture(autouse=True)
+def _scrypt_at_its_minimum(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Password logs that tests create derive with scrypt N = 2^10 (``SCRYPT_MIN_LOG2_N``,
+    the least that readers accept, FORMAT.md §4.1) instead of 2^15: ~0.1 s less per
+    derivation, of which a run makes ~140. The cost is a header field that every reader
+    derives with as written, so nothing else differs. Tests marked ``real_scrypt_cost``
+    write what users get (one checks the header's cost); processes that tests start do too."""
+    if request.node.get_closest_marker("real_scrypt_cost") is None:
+        monkeypatch.setattr("conversation_codec.sealing.SCRYPT_LOG2_N", SCRYPT_MIN_LOG2_N)
 
 
 @pytest.fixture
@@ -212,10 +248,40 @@ REQUIRE_POSTGRES = os.environ.get("CC_REQUIRE_POSTGRES") == "1"
 _skipped_postgres: list[str] = []
 
 
+# A session that will need the cluster starts it in a thread as soon as its tests are
+# collected: initdb and the server's start (~2 s, other processes) overlap the first tests.
+_early_cluster: dict[str, Any] = {}
+
+
+def _start_the_cluster_early(session: pytest.Session) -> None:
+    if any("postgres_cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+
+        def start() -> None:
+            try:
+                _early_cluster["cluster"] = Cluster.start()
+            except ClusterUnavailable as exc:
+                _early_cluster["error"] = exc
+
+        _early_cluster["thread"] = threading.Thread(target=start, daemon=True)
+        _early_cluster["thread"].start()
+
+
+def _the_early_cluster() -> Cluster | None:
+    """The cluster started early, if one was (its error re-raised); None if none was."""
+    thread = _early_cluster.pop("thread", None)
+    if thread is None:
+        return None
+    thread.join()
+    if "error" in _early_cluster:
+        raise _early_cluster.pop("error")
+    cluster: Cluster = _early_cluster.pop("cluster")
+    return cluster
+
+
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[Cluster]:
     try:
-        cluster = Cluster.start()
+        cluster = _the_early_cluster() or Cluster.start()
     except ClusterUnavailable as exc:
         if REQUIRE_POSTGRES:
             pytest.fail(f"CC_REQUIRE_POSTGRES=1 but no PostgreSQL server starts: {exc}")
@@ -243,6 +309,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    with contextlib.suppress(ClusterUnavailable):  # started early, and no test used it
+        unused = _the_early_cluster()
+        if unused is not None:
+            unused.destroy()
     if REQUIRE_POSTGRES and _skipped_postgres and not hasattr(session.config, "workerinput"):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -324,3 +394,80 @@ def unblocked(*fifos: Path, after: float = 10.0) -> Iterator[None]:
         done.set()
         thread.join()
     assert not released.is_set(), f"blocked on a FIFO for {after} s"
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[None]:
+    """Collect earlier tests' dropped objects (they close their files when collected), then
+    freeze what is left (as after the collection, :func:`pytest_collection_finish`): a
+    ``gc.collect()`` in the body then looks at the objects made since only. (A full
+    collection of a test worker's heap, with the integrations' packages imported, takes
+    ~1 s; the frozen objects were alive, so no garbage is missed.)"""
+    gc.collect()
+    gc.freeze()
+    yield
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Collect, then freeze what the collection left alive: the imported modules, their
+    classes and the collected items (~300,000 objects in a worker) live to the end anyway,
+    and each full collection during the run scanned them all again (~40 of them, 0.1-0.3 s
+    each: ~10 s of a run). Only garbage made later is ever collected, as before."""
+    gc.collect()
+    gc.freeze()
+    _start_the_cluster_early(session)
+
+
+CommandLine = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture(params=["in-process", pytest.param("process", marks=pytest.mark.slow)])
+def command_line(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> CommandLine:
+    """``command_line(*argv, env=, stdin="")``: ``python -m conversation_codec *argv`` with
+    exactly the environment ``env`` and ``stdin`` on a pipe; its exit code and output.
+
+    By default ``main(argv)`` runs in this process, ``os.environ`` set to ``env`` for the
+    call: the code the command runs, without an interpreter start and its imports per call
+    (~0.3 s each). ``-m slow`` runs each call in a process of its own; test_cli.py keeps the
+    real-process tests of the entry point (exit status, pipes, terminals) in the default run.
+    """
+    if request.param == "process":
+
+        def in_a_process(
+            *argv: str, env: dict[str, str], stdin: str = ""
+        ) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "conversation_codec", *argv],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+                check=False,
+            )
+
+        return in_a_process
+
+    from conversation_codec.cli import main
+
+    def in_process(
+        *argv: str, env: dict[str, str], stdin: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        with monkeypatch.context() as m:
+            for name in set(os.environ) - set(env):
+                m.delenv(name)
+            for name, value in env.items():
+                m.setenv(name, value)
+            m.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode()), "utf-8"))
+            before = capsys.readouterr()  # what the test printed itself stays its own
+            code = main(list(argv))
+            out, err = capsys.readouterr()
+        sys.stdout.write(before.out)
+        sys.stderr.write(before.err)
+        return subprocess.CompletedProcess(["conversation-codec", *argv], code, out, err)
+
+    return in_process

@@ -81,10 +81,11 @@ def _is_private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
 
 
-def _defined_names(tree: ast.AST) -> set[str]:
-    """The private names a test module defines: its own helpers' parts."""
+def _defined_names(tree: ast.AST | list[ast.AST]) -> set[str]:
+    """The private names a test module defines: its own helpers' parts (``tree``: a tree,
+    or the list of its nodes)."""
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in tree if isinstance(tree, list) else ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             names.add(node.name)
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
@@ -119,10 +120,10 @@ def _text(node: ast.AST) -> str | None:
     return None
 
 
-def _scripts(tree: ast.AST) -> list[ast.Module]:
+def _scripts(nodes: list[ast.AST]) -> list[ast.Module]:
     """Child-process scripts held in string literals (``python -c`` sources)."""
     found = []
-    for node in ast.walk(tree):
+    for node in nodes:
         text = _text(node)
         if text is not None and "import" in text and "conversation_codec" in text:
             with contextlib.suppress(SyntaxError):  # prose, not a script
@@ -140,11 +141,11 @@ LIBRARY_PRIVATE = _library_names()
 
 def private_accesses(source: str, name: str, allowed: frozenset[str] = frozenset()) -> list[str]:
     """Every access to a private attribute in the test module ``source`` (see the rule)."""
-    tree = ast.parse(source, name)
-    own = (allowed | _defined_names(tree)) - LIBRARY_PRIVATE
+    nodes = list(ast.walk(ast.parse(source, name)))  # walked once, read three times
+    own = (allowed | _defined_names(nodes)) - LIBRARY_PRIVATE
     found: list[str] = []
-    for module in [tree, *_scripts(tree)]:
-        for node in ast.walk(module):
+    for module in [nodes, *(list(ast.walk(s)) for s in _scripts(nodes))]:
+        for node in module:
             if isinstance(node, ast.Attribute) and _is_private(node.attr):
                 base = node.value.id if isinstance(node.value, ast.Name) else None
                 dotted = _dotted(node)

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from _writer import NO_UNNAMED_FILES, subprocess_env
 from conversation_codec import ConversationCodec, FileIO
 from conversation_codec._atomic import atomic_write
@@ -137,7 +138,7 @@ class Child:
     def __init__(self, log: Path, dst: Path, stop: str, how: str = "api", files: str = "unnamed"):
         env = {**subprocess_env(KEY), "CONVERSATION_KEY": KEY}
         args = [sys.executable, "-c", _CHILD, str(log), str(dst), stop, how, files]
-        self.proc = subprocess.Popen(
+        self.proc = _children.Popen(
             args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
 
@@ -327,7 +328,7 @@ print(len(tried))
 def test_a_refused_link_of_an_unnamed_file_publishes_through_a_named_temp(
     tmp_path: Path, code: str
 ) -> None:
-    done = subprocess.run(
+    done = _children.run(
         [sys.executable, "-c", _REFUSED_LINK_CHILD, str(tmp_path), code, KEY],
         env=subprocess_env(KEY),
         capture_output=True,

@@ -21,6 +21,7 @@ import pytest
 from tests._writer import subprocess_env
 from tests.conftest import KEY
 
+import _children
 from conversation_codec import ConversationCodec, StorageError
 from conversation_codec.core import POP_SWEEP_RECORDS
 
@@ -165,7 +166,7 @@ def test_a_rewrite_killed_before_its_sweep_leaves_a_blob_the_next_one_deletes(
     path = tmp_path / "chat.log"
     with ConversationCodec(path, encryption_key=KEY, attachments="external") as codec:
         codec.extend([picture("keep"), picture("gone")])
-    child = subprocess.run(
+    child = _children.run(
         [sys.executable, "-c", _KILLED_AFTER_COMMIT, str(path)],
         env=subprocess_env(KEY),
         capture_output=True,
@@ -213,7 +214,7 @@ def test_removals_never_delete_a_blob_another_process_appends_a_reference_to(
         path, encryption_key=KEY, attachments="external", durability="flush"
     ) as codec:
         codec.append(picture("appended 0"))
-        child = subprocess.Popen(
+        child = _children.Popen(
             [sys.executable, "-c", _APPENDER, str(path), str(appends)],
             env=subprocess_env(KEY),
             stdin=subprocess.PIPE,

@@ -961,7 +961,9 @@ def test_migrate_plaintext_out_dir_dry_run_and_progress(
     assert code == 1 and "does not exist" in out
 
 
-def test_migrate_out_makes_a_store_that_ls_and_the_library_read(tmp_path: Path) -> None:
+def test_migrate_out_makes_a_store_that_ls_and_the_library_read(
+    tmp_path: Path, entry: Entry
+) -> None:
     """Issue 17: ``migrate DIR --out ROOT`` names each conversation as the store encodes
     its id (the path under DIR, without .jsonl/.json/.enc), bound to it."""
     folder = tmp_path / "hist"
@@ -1349,7 +1351,7 @@ def test_help_and_version_import_no_engine(argv: list[str]) -> None:
 ENTRY = str(Path(sys.executable).with_name("conversation-codec"))  # the console script
 
 
-def entry(
+def entry_point(
     *argv: str, stdin: str = "", env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the installed ``conversation-codec`` script, as a user does."""
@@ -1362,6 +1364,85 @@ def entry(
         cwd=cwd,
         timeout=60,
     )
+
+
+class Entry:
+    """``entry(*argv, stdin=, env=, cwd=)`` runs the command line with its output piped;
+    ``entry.terminal(*argv, stream=, env=)`` with ``stream`` on a terminal (as
+    :func:`on_a_terminal`)."""
+
+    def __init__(
+        self, piped: Callable[..., subprocess.CompletedProcess[str]], terminal: Callable[..., Any]
+    ) -> None:
+        self.piped, self.terminal = piped, terminal
+
+    def __call__(
+        self,
+        *argv: str,
+        stdin: str = "",
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return self.piped(*argv, stdin=stdin, env=env, cwd=cwd)
+
+
+@pytest.fixture(params=["in-process", pytest.param("entry-point", marks=pytest.mark.slow)])
+def entry(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Entry:
+    """Run the command line as :func:`entry_point` (or :func:`on_a_terminal`) does, and
+    return what it printed and its exit code.
+
+    The default run calls ``main(argv)`` in this process under that environment, directory
+    and stdin (a pipe's, not a terminal's), its output captured, and for a terminal the
+    stream's ``isatty()`` true: the code the console script runs, without an interpreter
+    start and its imports per call (~0.3 s each; they were most of this file's time).
+    ``-m slow`` runs the same tests through the installed script, a process per call (on a
+    pseudo-terminal for a terminal). What only a process of its own shows (exit status, a
+    closed stdin or pipe, a real terminal, prompts, signals) keeps real-process tests in the
+    default run: the ``test_subprocess_*`` tests, the highlighting, prompt and ``tail -f``
+    tests below."""
+    if request.param == "entry-point":
+        return Entry(entry_point, on_a_terminal)
+
+    def in_process(
+        *argv: str,
+        stdin: str = "",
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        terminal: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        wanted = env or subprocess_env()
+        with monkeypatch.context() as m:
+            for name in set(os.environ) - set(wanted):
+                m.delenv(name)
+            for name, value in wanted.items():
+                if os.environ.get(name) != value:
+                    m.setenv(name, value)
+            if cwd is not None:
+                m.chdir(cwd)
+            piped = io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8")
+            m.setattr(sys, "stdin", piped)  # a pipe's: text over bytes, not a terminal
+            before = capsys.readouterr()  # what the test printed itself stays its own
+            if terminal is not None:
+                m.setattr(getattr(sys, terminal), "isatty", lambda: True)
+            code = main(list(argv))
+            out, err = capsys.readouterr()
+        sys.stdout.write(before.out)
+        sys.stderr.write(before.err)
+        return subprocess.CompletedProcess([ENTRY, *argv], code, out, err)
+
+    def on_a_fake_terminal(
+        *argv: str, stream: str = "stderr", env: dict[str, str] | None = None
+    ) -> tuple[int, str, str]:
+        done = in_process(*argv, env=env, terminal=stream)
+        if stream == "stderr":
+            return done.returncode, done.stderr, done.stdout
+        return done.returncode, done.stdout, done.stderr
+
+    return Entry(in_process, on_a_fake_terminal)
 
 
 def on_a_terminal(
@@ -1393,7 +1474,7 @@ def on_a_terminal(
     return code, shown.decode(errors="replace"), rest.decode()
 
 
-def test_entry_point_usage_errors_never_echo_a_value() -> None:
+def test_entry_point_usage_errors_never_echo_a_value(entry: Entry) -> None:
     """click's "Got unexpected extra argument (...)" and "No such command '...'" repeat
     what was typed: a secret typed in the wrong place must not come back."""
     for argv in (["cat", "x.log", "hunter2"], ["hunter2"], ["cat", "x.log", "a", "hunter2"]):
@@ -1405,7 +1486,7 @@ def test_entry_point_usage_errors_never_echo_a_value() -> None:
     assert done.returncode == 2 and "--plain not allowed with --key-file" in done.stderr
 
 
-def test_entry_point_exit_codes_by_exception_class(tmp_path: Path) -> None:
+def test_entry_point_exit_codes_by_exception_class(tmp_path: Path, entry: Entry) -> None:
     """0 ok, 1 error, 2 usage, 3 damage only, 4 a file of the wrong kind."""
     foreign = tmp_path / "notes.log"
     foreign.write_text("hello\n")
@@ -1423,27 +1504,27 @@ def test_entry_point_exit_codes_by_exception_class(tmp_path: Path) -> None:
     assert entry("cat").returncode == 2 and entry("--version").returncode == 0
 
 
-def test_entry_point_progress_bars_only_on_a_terminal(tmp_path: Path) -> None:
+def test_entry_point_progress_bars_only_on_a_terminal(tmp_path: Path, entry: Entry) -> None:
     env = subprocess_env(CONVERSATION_KEY=KEY)
     store = ConversationStore(tmp_path / "a", encryption_key=KEY, durability="flush")
     for name in ("alice", "bob"):
         with store.open(name) as codec:
             codec.append({"role": "user", "content": name})
-    code, shown, out = on_a_terminal("copy", str(tmp_path / "a"), str(tmp_path / "b"), env=env)
+    code, shown, out = entry.terminal("copy", str(tmp_path / "a"), str(tmp_path / "b"), env=env)
     assert code == 0 and "copied 2 conversations" in out
     assert re.search(r"copying +\[#+\]  2/2", shown), shown
     logs = [str(store.path(name)) for name in ("alice", "bob")]
-    code, shown, out = on_a_terminal("verify", *logs, "--context", "x", env=env)
+    code, shown, out = entry.terminal("verify", *logs, "--context", "x", env=env)
     assert "verifying" in shown and "2/2" in shown
     done = entry("copy", str(tmp_path / "a"), str(tmp_path / "c"), env=env)  # not a terminal
     assert done.returncode == 0 and done.stderr == ""
     log = write_log(tmp_path / "chat.log", KEY)
-    code, shown, out = on_a_terminal("compact", log, env=env)
+    code, shown, out = entry.terminal("compact", log, env=env)
     assert code == 0 and re.search(r"compacting +\[#+\]  4/4", shown) and "compacted" in out
     out_file = str(tmp_path / "chat.jsonl")
-    code, shown, out = on_a_terminal("export", log, "--out", out_file, env=env)
+    code, shown, out = entry.terminal("export", log, "--out", out_file, env=env)
     assert code == 0 and re.search(r"exporting +\[#+\]  4/4", shown), shown
-    code, shown, out = on_a_terminal("reindex", log, env=env)
+    code, shown, out = entry.terminal("reindex", log, env=env)
     assert code == 0 and re.search(r"indexing +\[#+\]  4/4", shown), shown
     done = entry("compact", log, env=env)
     assert done.returncode == 0 and done.stderr == ""  # piped: quiet
@@ -1462,7 +1543,7 @@ def test_entry_point_highlights_with_the_librarys_matcher(tmp_path: Path) -> Non
 PYTHONISM = re.compile(r"\b(legacy_key|encryption_key|password|context)=|conversation_codec\.")
 
 
-def test_entry_point_dash_means_stdin_and_stdout(tmp_path: Path) -> None:
+def test_entry_point_dash_means_stdin_and_stdout(tmp_path: Path, entry: Entry) -> None:
     env = subprocess_env(CONVERSATION_KEY=KEY)
     lines = "".join(json.dumps(m) + "\n" for m in CHAT[:2])
     done = entry("append", "chat.log", "-", stdin=lines, env=env, cwd=tmp_path)
@@ -1480,7 +1561,9 @@ def test_entry_point_dash_means_stdin_and_stdout(tmp_path: Path) -> None:
     ]  # no file named "-"
 
 
-def test_entry_point_exports_a_message_with_its_own_timestamp_key(tmp_path: Path) -> None:
+def test_entry_point_exports_a_message_with_its_own_timestamp_key(
+    tmp_path: Path, entry: Entry
+) -> None:
     """What append takes, export writes and import reads back, with or without record
     times; a refused export writes nothing to stdout, and its error names CLI flags."""
     env = subprocess_env(CONVERSATION_KEY=KEY)
@@ -1517,7 +1600,7 @@ def test_entry_point_exports_a_message_with_its_own_timestamp_key(tmp_path: Path
         assert not PYTHONISM.search(done.stderr), done.stderr
 
 
-def test_entry_point_export_never_overwrites_without_force(tmp_path: Path) -> None:
+def test_entry_point_export_never_overwrites_without_force(tmp_path: Path, entry: Entry) -> None:
     log = write_log(tmp_path / "chat.log", None)
     target = tmp_path / "out.jsonl"
     target.write_text("precious\n")
@@ -1528,7 +1611,7 @@ def test_entry_point_export_never_overwrites_without_force(tmp_path: Path) -> No
     assert done.returncode == 0 and len(target.read_text().splitlines()) == 4
 
 
-def test_entry_point_json_on_every_command_that_prints_data(tmp_path: Path) -> None:
+def test_entry_point_json_on_every_command_that_prints_data(tmp_path: Path, entry: Entry) -> None:
     done = entry("keygen", "--json")
     assert done.returncode == 0 and KEY_LIKE.fullmatch(json.loads(done.stdout)["key"])
     done = entry("keygen", "--out", str(tmp_path / "k"), "--json")
@@ -1541,14 +1624,14 @@ def test_entry_point_json_on_every_command_that_prints_data(tmp_path: Path) -> N
     summary = {"path": str(tmp_path / "x.jsonl"), "messages": 3, "format": "jsonl"}
     assert json.loads(done.stdout) == summary
     # tail: readable lines on a terminal, JSON lines with --json (and whenever piped).
-    code, shown, _ = on_a_terminal("tail", log, "-n", "2", stream="stdout", env=env)
+    code, shown, _ = entry.terminal("tail", log, "-n", "2", stream="stdout", env=env)
     assert code == 0 and re.search(r"#1  assistant  Your REFUND", shown) and "{" not in shown
-    code, shown, _ = on_a_terminal("tail", log, "-n", "2", "--json", stream="stdout", env=env)
+    code, shown, _ = entry.terminal("tail", log, "-n", "2", "--json", stream="stdout", env=env)
     assert code == 0 and objects(shown.replace("\r\n", "\n")) == CHAT[1:3]
     assert objects(entry("tail", log, "-n", "2", env=env).stdout) == CHAT[1:3]
 
 
-def test_entry_point_search_exits_1_when_nothing_matches(tmp_path: Path) -> None:
+def test_entry_point_search_exits_1_when_nothing_matches(tmp_path: Path, entry: Entry) -> None:
     log = write_log(tmp_path / "chat.log", None)
     assert entry("search", log, "refund").returncode == 0
     done = entry("search", log, "no-such-word")
@@ -1560,7 +1643,7 @@ def test_entry_point_search_exits_1_when_nothing_matches(tmp_path: Path) -> None
     assert entry("search", str(root), "no-such-word").returncode == 1
 
 
-def test_entry_point_messages_speak_cli_not_python(tmp_path: Path) -> None:
+def test_entry_point_messages_speak_cli_not_python(tmp_path: Path, entry: Entry) -> None:
     foreign = tmp_path / "notes.log"
     foreign.write_text("hello\n")
     legacy = tmp_path / "old.enc"
@@ -1642,7 +1725,7 @@ def test_entry_point_password_prompt_asks_twice_to_create(tmp_path: Path) -> Non
     assert code == 0 and shown.count("Password") == 1 and shown.count(": ok") == 2, shown
 
 
-def test_entry_point_password_files(tmp_path: Path) -> None:
+def test_entry_point_password_files(tmp_path: Path, entry: Entry) -> None:
     pw, new_pw = tmp_path / "pw", tmp_path / "new-pw"
     pw.write_text("horse battery\n")
     new_pw.write_text("correct staple\n")
@@ -1665,7 +1748,9 @@ def test_entry_point_password_files(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--new-password-env" in done.stderr
 
 
-def test_entry_point_migrate_legacy_secrets_into_a_password_log(tmp_path: Path) -> None:
+def test_entry_point_migrate_legacy_secrets_into_a_password_log(
+    tmp_path: Path, entry: Entry
+) -> None:
     """The legacy source's secret has its own options; --password-* means the new log's."""
     legacy = tmp_path / "hist" / "old.enc"
     legacy.parent.mkdir()
@@ -1695,7 +1780,7 @@ def test_entry_point_migrate_legacy_secrets_into_a_password_log(tmp_path: Path) 
 # -- pop, prune, delete, tail -f (issue 17) --------------------------------------------------
 
 
-def test_entry_point_pop_removes_and_prints_the_last_message(tmp_path: Path) -> None:
+def test_entry_point_pop_removes_and_prints_the_last_message(tmp_path: Path, entry: Entry) -> None:
     log = write_log(tmp_path / "chat.log", None)
     done = entry("pop", log)
     assert done.returncode == 0 and objects(done.stdout) == [CHAT[-1]]
@@ -1707,7 +1792,7 @@ def test_entry_point_pop_removes_and_prints_the_last_message(tmp_path: Path) -> 
     assert done.returncode == 1 and "holds no message" in done.stderr and done.stdout == ""
 
 
-def test_entry_point_prune_a_log_and_a_store_root(tmp_path: Path) -> None:
+def test_entry_point_prune_a_log_and_a_store_root(tmp_path: Path, entry: Entry) -> None:
     env = subprocess_env(CONVERSATION_KEY=KEY)
     log = write_log(tmp_path / "chat.log", KEY)  # Oct 1, 2, 3, 4 (2026)
     done = entry("prune", log, "--before", "2026-10-03", "--json", env=env)
@@ -1731,7 +1816,7 @@ def test_entry_point_prune_a_log_and_a_store_root(tmp_path: Path) -> None:
     assert store.ids() == ["new"]
 
 
-def test_entry_point_delete_one_conversation_of_a_store(tmp_path: Path) -> None:
+def test_entry_point_delete_one_conversation_of_a_store(tmp_path: Path, entry: Entry) -> None:
     env = subprocess_env(CONVERSATION_KEY=KEY)
     root = tmp_path / "store"
     store = ConversationStore(root, encryption_key=KEY, durability="flush")
@@ -1852,7 +1937,7 @@ def test_entry_point_tail_follow_resumes_after_another_process_rewrites_the_log(
 # -- stores without keys, plaintext logs under a key variable (issue 17) ---------------------
 
 
-def test_entry_point_ls_works_without_any_key(tmp_path: Path) -> None:
+def test_entry_point_ls_works_without_any_key(tmp_path: Path, entry: Entry) -> None:
     """A store with per-user keys can only be listed keyless: ids, counts, times and sizes
     come from headers and indexes, marked unverified (the index is an unauthenticated
     cache), and a log whose index lags says so."""
@@ -1891,7 +1976,7 @@ def test_entry_point_ls_works_without_any_key(tmp_path: Path) -> None:
 
 
 def test_entry_point_plaintext_log_under_a_key_variable_is_read_with_a_warning(
-    tmp_path: Path,
+    tmp_path: Path, entry: Entry
 ) -> None:
     log = write_log(tmp_path / "plain.log", None)
     env = subprocess_env(CONVERSATION_KEY=KEY)
@@ -1904,7 +1989,7 @@ def test_entry_point_plaintext_log_under_a_key_variable_is_read_with_a_warning(
     assert done.returncode == 1 and "plaintext" in done.stderr
 
 
-def test_entry_point_reindex_turns_the_keyword_index_on(tmp_path: Path) -> None:
+def test_entry_point_reindex_turns_the_keyword_index_on(tmp_path: Path, entry: Entry) -> None:
     log = tmp_path / "chat.log"
     with ConversationCodec(log, encryption_key=KEY) as codec:
         codec.extend([{"role": "user", "content": f"parcel {i}"} for i in range(40)])

@@ -245,6 +245,8 @@ def entry(*argv: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.slow  # its five cases run in-process by default (MISPLACED above), and
+# test_cli.py runs the real entry point: here five more interpreters (~1.5 s)
 def test_entry_point_never_echoes_a_misplaced_password_or_key(site: Path) -> None:
     """Through the real entry point: a password as a NAME and as a FILE, a key as a copy id
     (printed twice before), with --json, and a key as an unknown option."""

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from conversation_codec import CompactionReport, ConversationCodec
 from conversation_codec.errors import DecryptionError, KeyRequiredError
 from conversation_codec.format.header import LOG_MAGIC
@@ -262,7 +263,15 @@ sys.exit(3)  # the step was never reached
 """
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize(
+    "scenario",
+    [  # by default the two that change the key: from a plaintext and from a sealed log
+        "rotate",
+        "encrypt",
+        pytest.param("compact-plain", marks=pytest.mark.slow),
+        pytest.param("compact-sealed", marks=pytest.mark.slow),
+    ],
+)
 def test_killed_at_every_rewrite_step_reopens_intact(tmp_path: Path, scenario: str) -> None:
     """A process killed between any two rewrite steps leaves the old log or the new one.
 
@@ -278,7 +287,7 @@ def test_killed_at_every_rewrite_step_reopens_intact(tmp_path: Path, scenario: s
         stamps = build(folder / "chat.log", old, n=25)
         args = [sys.executable, "-c", _CRASH_CHILD, str(folder / "chat.log"), step]
         args += [json.dumps(old), json.dumps(new)]
-        runs[step] = (folder, subprocess.Popen(args, env=child_env(), stderr=subprocess.PIPE))
+        runs[step] = (folder, _children.Popen(args, env=child_env(), stderr=subprocess.PIPE))
     for step, (folder, proc) in runs.items():
         _, err = proc.communicate(timeout=TIMEOUT)
         assert proc.returncode == 17, f"{step}: child exited {proc.returncode}: {err.decode()}"
@@ -381,7 +390,7 @@ print(json.dumps({"loads": loads, "last": last}), flush=True)
 
 def _spawn(script: str, args: list[str], keys: object, base: list[dict[str, Any]]) -> Any:
     env = child_env(CC_KEYS=json.dumps(keys), CC_BASE=json.dumps(base))
-    proc = subprocess.Popen(
+    proc = _children.Popen(
         [sys.executable, "-c", script, *args],
         env=env,
         stdin=subprocess.PIPE,
@@ -403,12 +412,16 @@ def children() -> Iterator[list[Any]]:
         proc.wait()
 
 
-@pytest.mark.parametrize("count", [150, pytest.param(300, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("variant", ["plaintext", "encrypted", "rotating"])
+@pytest.mark.parametrize(
+    "count", [80, *(pytest.param(n, marks=pytest.mark.slow) for n in (150, 300))]
+)
+@pytest.mark.parametrize(  # "rotating" rewrites a sealed log as "encrypted" does, and rotates
+    "variant", ["plaintext", pytest.param("encrypted", marks=pytest.mark.slow), "rotating"]
+)
 def test_appends_and_reads_from_other_processes_during_compaction(
     tmp_path: Path, variant: str, count: int, children: list[Any]
 ) -> None:
-    """An appender process adds ``count`` messages (150 by default, 300 under slow) and a
+    """An appender process adds ``count`` messages (80 by default; 150 and 300 under slow) and a
     reader process loops ``load()`` while this process compacts at least 20 times (rotating
     between two keys, when "rotating"): nothing is lost, nothing is duplicated, and every
     load is a prefix of the history."""

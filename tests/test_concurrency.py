@@ -9,13 +9,16 @@ writer appended; and the stored timestamps never go backwards.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import json
 import os
+import select
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 import pytest
 from tests.conftest import KEY
 
+import _children
 from conversation_codec import (
     ClosedError,
     ConversationCodec,
@@ -64,7 +68,7 @@ def _run_together(
     ``polling`` first: so a reader polls while the writers run, whatever the scheduler does.
     """
     procs = [
-        subprocess.Popen(
+        _children.Popen(
             [sys.executable, str(_WRITER), *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -153,7 +157,16 @@ def _check_plaintext_seqs(path: Path, total: int) -> None:
 @pytest.mark.parametrize(
     "count", [PROC_COUNT // 2, pytest.param(PROC_COUNT, marks=pytest.mark.slow)]
 )
-@pytest.mark.parametrize("batch", [0, 7], ids=["append", "extend7"])
+@pytest.mark.parametrize(
+    ("variant_key", "batch"),
+    [  # each scheme and each call once by default; the other two pairs under slow
+        pytest.param("encrypted", 0, id="encrypted-append"),
+        pytest.param("plaintext", 7, id="plaintext-extend7"),
+        pytest.param("encrypted", 7, id="encrypted-extend7", marks=pytest.mark.slow),
+        pytest.param("plaintext", 0, id="plaintext-append", marks=pytest.mark.slow),
+    ],
+    indirect=["variant_key"],
+)
 def test_processes_append_concurrently(
     tmp_path: Path, variant_key: str | None, batch: int, count: int
 ) -> None:
@@ -194,6 +207,9 @@ def test_processes_append_concurrently(
 
 @pytest.mark.parametrize(
     "count", [PROC_COUNT // 2, pytest.param(PROC_COUNT, marks=pytest.mark.slow)]
+)
+@pytest.mark.parametrize(  # a reader of a sealed log polls beside writers in test_stress.py
+    "variant_key", [pytest.param("encrypted", marks=pytest.mark.slow), "plaintext"], indirect=True
 )
 def test_reader_process_during_concurrent_writes(
     tmp_path: Path, variant_key: str | None, count: int
@@ -265,8 +281,25 @@ def _thread_writers(path: Path, key: str | None, shared: bool, batch: int) -> di
     return acked
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["shared-instance", "own-instance"])
-@pytest.mark.parametrize("batch", [0, 5], ids=["append", "extend5"])
+@pytest.mark.parametrize(
+    ("variant_key", "batch", "shared"),
+    [  # every pair of scheme, call and instance once by default; the other four under slow
+        pytest.param("encrypted", 0, True, id="encrypted-append-shared-instance"),
+        pytest.param("encrypted", 5, False, id="encrypted-extend5-own-instance"),
+        pytest.param("plaintext", 0, False, id="plaintext-append-own-instance"),
+        pytest.param("plaintext", 5, True, id="plaintext-extend5-shared-instance"),
+        *(
+            pytest.param(v, b, sh, id=f"{v}-{c}-{i}-instance", marks=pytest.mark.slow)
+            for v, b, c, sh, i in [
+                ("encrypted", 0, "append", False, "own"),
+                ("encrypted", 5, "extend5", True, "shared"),
+                ("plaintext", 0, "append", True, "shared"),
+                ("plaintext", 5, "extend5", False, "own"),
+            ]
+        ),
+    ],
+    indirect=["variant_key"],
+)
 def test_threads_append_concurrently(
     tmp_path: Path, variant_key: str | None, shared: bool, batch: int
 ) -> None:
@@ -277,6 +310,9 @@ def test_threads_append_concurrently(
     _check_log(path, variant_key, acked, THREAD_COUNT, started)
 
 
+@pytest.mark.parametrize(  # a plaintext log's seqs go on across processes in the extend7 test
+    "variant_key", ["encrypted", pytest.param("plaintext", marks=pytest.mark.slow)], indirect=True
+)
 def test_sequential_writers_continue_seqs(tmp_path: Path, variant_key: str | None) -> None:
     """Writers that open one after another each continue where the last one stopped."""
     path = tmp_path / "seq.log"
@@ -313,24 +349,59 @@ def test_many_processes_mixing_append_and_extend(tmp_path: Path, variant_key: st
 _TRY_APPEND = """
 import sys
 from conversation_codec import ConversationCodec, LockTimeoutError
-with ConversationCodec(sys.argv[1], lock_timeout=0.2) as codec:
-    try:
-        codec.append({"role": "user", "content": "other process"})
-    except LockTimeoutError:
-        print("locked out")
-    else:
-        print("appended")
+for line in sys.stdin:  # a path per line: one attempt, through a codec of its own
+    with ConversationCodec(line.rstrip("\\n"), lock_timeout=0.2) as codec:
+        try:
+            codec.append({"role": "user", "content": "other process"})
+        except LockTimeoutError:
+            print("locked out", flush=True)
+        else:
+            print("appended", flush=True)
 """
+
+
+@contextlib.contextmanager
+def _other_process(path: Path) -> Iterator[Callable[[], str]]:
+    """Another process; each call of what this yields makes it try one append to ``path``
+    (a fresh codec, a 0.2 s lock timeout) and returns "appended" or "locked out".
+
+    One process serves the whole test: an interpreter started per attempt cost ~0.3 s."""
+    proc = _children.Popen(
+        [sys.executable, "-c", _TRY_APPEND],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_helper.subprocess_env(None),
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def attempt() -> str:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(f"{path}\n")
+        proc.stdin.flush()
+        ready = select.select([proc.stdout], [], [], 60)[0]
+        line = proc.stdout.readline() if ready else ""
+        assert line, f"the other process gave no answer: {proc.communicate(timeout=60)[1]}"
+        return line.strip()
+
+    try:
+        yield attempt
+    finally:
+        proc.stdin.close()  # the end of its input: it exits
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def test_transaction_holds_the_writer_lock_and_is_reentrant(tmp_path: Path) -> None:
     path = tmp_path / "chat.log"
-
-    def other_process() -> str:
-        cmd = [sys.executable, "-c", _TRY_APPEND, str(path)]
-        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
-
-    with ConversationCodec(path) as codec:
+    with _other_process(path) as other_process, ConversationCodec(path) as codec:
         with codec.transaction():
             assert codec.append({"role": "user", "content": "a"}) == 0
             with codec.transaction():  # re-entrant, reads and writes inside
@@ -424,7 +495,7 @@ def test_a_message_appended_while_a_store_deletes_the_conversation_is_kept(
     store = ConversationStore(tmp_path, encryption_key=KEY, io=io)
     with store.open("c") as codec:
         codec.append({"role": "user", "content": "old"})
-    io.then = lambda: subprocess.run(
+    io.then = lambda: _children.run(
         [sys.executable, "-c", _STORE_APPEND, str(tmp_path), KEY],
         env=_helper.subprocess_env(None),
         check=True,
@@ -441,18 +512,7 @@ def test_a_clear_inside_a_transaction_keeps_the_rest_of_it_exclusive(tmp_path: P
     outermost hold instead (FORMAT.md §8.5): until then another process is locked out, and
     a hold that wrote nothing after the clear leaves no file behind."""
     path = tmp_path / "chat.log"
-
-    def other() -> str:
-        return subprocess.run(
-            [sys.executable, "-c", _TRY_APPEND, str(path)],
-            env=_helper.subprocess_env(None),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout.strip()
-
-    with ConversationCodec(path) as codec:
+    with _other_process(path) as other, ConversationCodec(path) as codec:
         codec.append({"role": "user", "content": "a"})
         with codec.transaction():
             codec.clear()
@@ -508,7 +568,7 @@ def test_opening_a_log_that_another_process_removes_meanwhile(tmp_path: Path) ->
         "while time.monotonic() < end:\n"
         "    os.link(sys.argv[1], sys.argv[2]); os.unlink(sys.argv[2])\n"
     )
-    child = subprocess.Popen(
+    child = _children.Popen(
         [sys.executable, "-c", flipper, str(src), str(path)], stdout=subprocess.PIPE, text=True
     )
     try:

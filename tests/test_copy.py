@@ -7,7 +7,7 @@ PostgreSQL.
 from __future__ import annotations
 
 import subprocess
-import sys
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,6 +16,8 @@ import pytest
 from conversation_codec import ConversationStore, generate_key
 from conversation_codec.errors import DecryptionError
 from conversation_codec.maintenance.copy import copy_conversations
+
+from conftest import CommandLine
 
 KEY, OTHER = generate_key(), generate_key()
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -79,32 +81,35 @@ def test_a_missing_or_unreadable_source_is_reported(tmp_path: Path) -> None:
     assert dst.ids() == []
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "conversation_codec", *args],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", **env},
-        check=False,
-    )
+Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def test_the_copy_command(tmp_path: Path) -> None:
+@pytest.fixture
+def cli(command_line: CommandLine) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``cli(*args, env=)``: the command line with nothing but ``env`` and a PATH."""
+
+    def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return command_line(*args, env={"PATH": "/usr/bin:/bin", **env})
+
+    return run
+
+
+def test_the_copy_command(tmp_path: Path, cli: Cli) -> None:
     src = ConversationStore(tmp_path / "a", encryption_key=KEY)
     _fill(src, ["x", "y"])
     (tmp_path / "b").mkdir()
     env = {"CONVERSATION_KEY": KEY, "NEW_KEY": OTHER}
     args = ["copy", str(tmp_path / "a"), str(tmp_path / "b"), "--to-key-env", "NEW_KEY"]
-    done = _cli(*args, env=env)
+    done = cli(*args, env=env)
     assert done.returncode == 0, done.stderr
     assert "copied 2 conversations (11 messages)" in done.stdout
-    again = _cli(*args, "--json", env=env)
+    again = cli(*args, "--json", env=env)
     assert again.returncode == 0 and '"unchanged":["x","y"]' in again.stdout.replace(" ", "")
     dst = ConversationStore(tmp_path / "b", encryption_key=OTHER)
     assert _dump(dst) == _dump(src)
-    plain = _cli("copy", str(tmp_path / "a"), str(tmp_path / "c"), env={})
+    plain = cli("copy", str(tmp_path / "a"), str(tmp_path / "c"), env={})
     assert plain.returncode == 2 and "UNENCRYPTED" in plain.stderr
-    missing = _cli("copy", str(tmp_path / "nope"), str(tmp_path / "c"), env=env)
+    missing = cli("copy", str(tmp_path / "nope"), str(tmp_path / "c"), env=env)
     assert missing.returncode == 1 and "no such directory" in missing.stderr
 
 
@@ -188,14 +193,12 @@ def test_copy_carries_the_attachment_blobs(tmp_path: Path, to_key: str) -> None:
     assert copy_conversations(src, dst).unchanged == ["u"]  # a second run finds it identical
 
 
-def test_the_copy_command_carries_the_attachment_blobs(tmp_path: Path) -> None:
+def test_the_copy_command_carries_the_attachment_blobs(tmp_path: Path, cli: Cli) -> None:
     src = ConversationStore(tmp_path / "a", encryption_key=KEY, attachments="external")
     with src.open("u") as codec:
         codec.append(PICTURE)
     env = {"CONVERSATION_KEY": KEY, "NEW_KEY": OTHER}
-    done = _cli(
-        "copy", str(tmp_path / "a"), str(tmp_path / "b"), "--to-key-env", "NEW_KEY", env=env
-    )
+    done = cli("copy", str(tmp_path / "a"), str(tmp_path / "b"), "--to-key-env", "NEW_KEY", env=env)
     assert done.returncode == 0, done.stderr
     with ConversationStore(tmp_path / "b", encryption_key=OTHER).open("u") as codec:
         assert codec.load() == [PICTURE]

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from conversation_codec import ConversationCodec
 from conversation_codec.errors import ConversationCodecError, CorruptRecordError
 
@@ -35,7 +36,7 @@ _helper = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_helper)
 crash_message = _helper.crash_message
 
-KILL_ROUNDS = 5
+KILL_ROUNDS = 3  # per variant by default; SLOW_KILL_ROUNDS under -m slow
 SLOW_KILL_ROUNDS = 50
 TIMEOUT = 60.0  # seconds for any one child interaction; a hang fails, it does not stall
 T0_US = 1_763_700_000_000_000  # 2025-11-21 in microseconds: the fixed clock's start
@@ -359,7 +360,7 @@ class _Child:
     """A ``_writer.py loop`` child whose stdout is read line by line with a timeout."""
 
     def __init__(self, path: Path, key: str | None, durability: str) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = _children.Popen(
             [sys.executable, _helper.SCRIPT, "loop", str(path), "--durability", durability],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -442,7 +443,17 @@ def _kill_rounds(
     assert everything == [*(crash_message(i) for i in range(count)), NEW]
 
 
-@pytest.mark.parametrize("durability", ["fsync", "flush"])
+@pytest.mark.parametrize(
+    ("variant_key", "durability"),
+    [
+        pytest.param("encrypted", "fsync", id="encrypted-fsync"),
+        pytest.param("plaintext", "flush", id="plaintext-flush"),
+        # Each scheme and each durability once by default; the other two pairs under slow.
+        pytest.param("encrypted", "flush", id="encrypted-flush", marks=pytest.mark.slow),
+        pytest.param("plaintext", "fsync", id="plaintext-fsync", marks=pytest.mark.slow),
+    ],
+    indirect=["variant_key"],
+)
 def test_sigkill_writer_mid_stream(
     tmp_path: Path, variant_key: str | None, durability: str, rng: random.Random
 ) -> None:
@@ -463,6 +474,11 @@ def _digest(paths: Iterator[Path]) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.is_file()}
 
 
+@pytest.mark.parametrize(
+    "variant_key",
+    ["encrypted", pytest.param("plaintext", marks=pytest.mark.slow)],  # the same file names
+    indirect=True,
+)
 def test_sigkill_leaves_no_stray_files(tmp_path: Path, variant_key: str | None) -> None:
     """After kills and a clean reopen, the directory holds only log, index and lock."""
     path = tmp_path / "killed.log"

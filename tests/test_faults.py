@@ -37,8 +37,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 NAMES = [w.name for w in WRITERS]
-SAMPLED_CALLS = 6  # per writer in the default run: the first, the last and 4 between
-SAMPLED_IMAGES = 12  # per writer in the default run
+SAMPLED_CALLS = 4  # per writer in the default run: the first, the last and 2 between
+SAMPLED_IMAGES = 8  # per writer in the default run (the last, at the last point, an ordered one)
 STEPPED = {"log append", "log truncate", "log rewrite", "migrate", "migrate to dst"}
 
 

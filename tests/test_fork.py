@@ -51,8 +51,15 @@ for i in range(int(count)):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-@pytest.mark.parametrize("durability", ["flush", "fsync"])
-@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "plain"])
+@pytest.mark.parametrize(
+    ("sealed", "durability"),
+    [  # each scheme and each durability once by default; the other two pairs under slow
+        pytest.param(True, "flush", id="sealed-flush"),
+        pytest.param(False, "fsync", id="plain-fsync"),
+        pytest.param(True, "fsync", id="sealed-fsync", marks=pytest.mark.slow),
+        pytest.param(False, "flush", id="plain-flush", marks=pytest.mark.slow),
+    ],
+)
 def test_parent_and_child_append_through_a_codec_opened_before_fork(
     tmp_path: Path, durability: str, sealed: bool
 ) -> None:

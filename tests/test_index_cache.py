@@ -18,6 +18,7 @@ import pytest
 from tests._writer import subprocess_env
 from tests.conftest import KEY, OTHER_KEY
 
+import _children
 from conversation_codec import ConversationCodec, ConversationStore
 from conversation_codec.index_cache import IndexCache
 
@@ -128,7 +129,7 @@ def test_changes_by_another_process_between_store_searches(tmp_path: Path) -> No
     _fill(store, ids)
     env = subprocess_env(KEY)
     env["CC_OTHER_KEY"] = OTHER_KEY
-    with subprocess.Popen(
+    with _children.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path)],
         env=env,
         stdin=subprocess.PIPE,

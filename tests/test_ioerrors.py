@@ -229,8 +229,15 @@ def scheme(request: pytest.FixtureRequest) -> str | None:
     return KEY if request.param == "sealed" else None
 
 
-@pytest.mark.parametrize("persistent", [False, True], ids=["once", "persistent"])
-@pytest.mark.parametrize("err", ERRNOS, ids=["ENOSPC", "EIO"])
+@pytest.mark.parametrize(
+    ("err", "persistent"),
+    [  # each errno and each persistence once by default; the other two pairs under slow
+        pytest.param(errno.ENOSPC, False, id="ENOSPC-once"),
+        pytest.param(errno.EIO, True, id="EIO-persistent"),
+        pytest.param(errno.ENOSPC, True, id="ENOSPC-persistent", marks=pytest.mark.slow),
+        pytest.param(errno.EIO, False, id="EIO-once", marks=pytest.mark.slow),
+    ],
+)
 @pytest.mark.parametrize("kind", KINDS)
 def test_fault_at_every_call(
     tmp_path: Path, scheme: str | None, kind: str, err: int, persistent: bool

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import _children
 import conversation_codec
 from conversation_codec import ConversationCodec, FormatError, StorageError
 from conversation_codec.keyfile import KeyFileError, create_key_file, load_key, load_or_create_key
@@ -201,7 +202,7 @@ def test_concurrent_processes_agree_on_one_key(tmp_path: Path) -> None:
     procs, rounds = 6, 40
     go = tmp_path / "go"
     racers = [
-        subprocess.Popen(
+        _children.Popen(
             [sys.executable, "-c", _RACER, str(tmp_path), str(go), str(rounds)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from hypothesis import strategies as st
 from tests._writer import SCRIPT, subprocess_env
 from tests.conftest import KEY, OTHER_KEY
 
+import _children
 from conversation_codec import ConversationCodec, ConversationStore
 
 T0 = 1_700_000_000  # epoch seconds
@@ -249,7 +249,9 @@ def _run_against_the_scan(tmp_path: Path, ops: list[tuple[str, Any]], queries: l
 
 
 @pytest.mark.parametrize(
-    "max_examples", [60, pytest.param(500, marks=pytest.mark.slow)], ids=["default", "full"]
+    "max_examples",
+    [30, *(pytest.param(n, marks=pytest.mark.slow) for n in (60, 500))],
+    ids=["default", "60", "full"],
 )
 def test_indexed_search_equals_the_scan(tmp_path: Path, max_examples: int) -> None:
     """Random histories (appends, pops, prunes, replaces, compactions, rotations, a writer
@@ -385,7 +387,7 @@ def test_writers_in_other_processes_keep_the_index(tmp_path: Path) -> None:
     path = tmp_path / "c.log"
 
     def child(*argv: str) -> str:
-        done = subprocess.run(
+        done = _children.run(
             [sys.executable, SCRIPT, "op", *argv, str(path)],
             env=subprocess_env(KEY),
             capture_output=True,

@@ -23,6 +23,7 @@ from tests._writer import subprocess_env
 from tests.conftest import KEY, OTHER_KEY
 from tests.test_keyword_index import index_keys, segment_postings, token, varint
 
+import _children
 from conversation_codec import ConversationCodec, DecryptionError
 
 WORD = "xylophonequagmire"  # only in the message the operation removes
@@ -118,7 +119,7 @@ def _holds_word(kwi: Path, key: str) -> bool:
 
 
 def _run(path: Path, op: str, where: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return _children.run(
         [sys.executable, "-c", _CHILD, str(path), op, where, OTHER_KEY],
         env=subprocess_env(KEY),
         capture_output=True,

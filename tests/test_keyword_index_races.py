@@ -32,6 +32,7 @@ from tests._writer import subprocess_env
 from tests.conftest import KEY, OTHER_KEY
 from tests.test_keyword_index import index_keys, segment_postings, token, varint
 
+import _children
 from conversation_codec import ConversationCodec
 
 WORDS = ["refund", "refunds", "parcel", "delayed", "cinnamon", "alphabet", "alpha", "bet", "ab"]
@@ -153,7 +154,7 @@ class Racer:
     def __init__(self, path: Path, who: int) -> None:
         cfg = {"path": str(path), "who": who, "words": WORDS, "queries": QUERIES}
         cfg["lock"] = str(path.parent / "ops.lock")
-        self.proc = subprocess.Popen(
+        self.proc = _children.Popen(
             [sys.executable, CHILD, "race", json.dumps(cfg)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -244,7 +245,7 @@ def _backlog(path: Path, indexed: int, unindexed: int, *, noisy: bool) -> None:
 
 def _kill_catch_up(path: Path, point: tuple[str, int, bool]) -> list[str]:
     """Search in a child that SIGKILLs itself at ``point`` (``tests/_kwi_child.py kill``)."""
-    proc = subprocess.run(
+    proc = _children.run(
         [sys.executable, CHILD, "kill", str(path), json.dumps(point)],
         capture_output=True,
         text=True,

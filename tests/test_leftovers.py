@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from _writer import subprocess_env
 from conversation_codec import ConversationCodec
 from conversation_codec.attachments import BlobStore
@@ -222,7 +223,7 @@ def test_replace_then_clear_after_a_killed_rewrite_leaves_nothing(tmp_path: Path
     path = folder / "chat.log"
     with ConversationCodec(path, encryption_key=KEY, durability="flush") as codec:
         codec.extend([gone(i % 3) for i in range(1024)])
-    child = subprocess.run(
+    child = _children.run(
         [sys.executable, "-c", _KILLED_REWRITE, str(path)],
         env=subprocess_env(KEY),
         capture_output=True,
@@ -257,7 +258,7 @@ def test_a_rewrite_in_progress_keeps_its_temp_file(tmp_path: Path, op: str) -> N
     """Another process's live temp file is not a leftover: sweeping waits for the lock."""
     path = tmp_path / "chat.log"
     build(path, encryption_key=KEY)
-    child = subprocess.Popen(
+    child = _children.Popen(
         [sys.executable, "-c", _PAUSED_REWRITE, str(path)],
         env=subprocess_env(KEY),
         stdin=subprocess.PIPE,
@@ -408,7 +409,7 @@ def test_a_clear_killed_after_any_unlink_leaves_a_state_that_verifies(
     path = folder / "chat.log"
     with ConversationCodec(path, encryption_key=KEY) as codec:
         codec.extend([kept(i) for i in range(3)])
-    child = subprocess.run(
+    child = _children.run(
         [sys.executable, "-c", _KILLED_CLEAR, str(path), after],
         env=subprocess_env(KEY),
         capture_output=True,

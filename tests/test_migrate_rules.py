@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from conversation_codec import ConversationCodec, NotAHistoryError
 from conversation_codec.errors import (
     FormatError,
@@ -30,6 +30,8 @@ from conversation_codec.errors import (
 from conversation_codec.format.record import MAX_MESSAGE_BYTES
 from conversation_codec.maintenance.migrate import migrate, migrate_many
 from conversation_codec.store import ConversationStore
+
+from conftest import CommandLine
 
 KEY = "Qa3EwCEJr-ZK8_Wj1Z7pHqHDe7Ubwf2PY1M1hF_zqLk="  # tests only
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -233,23 +235,14 @@ def test_import_keeps_the_file_order_and_merges_by_time(tmp_path: Path) -> None:
     assert times(log) == sorted(times(log))
 
 
-def test_the_cli_prints_the_clamp_note(tmp_path: Path) -> None:
+def test_the_cli_prints_the_clamp_note(tmp_path: Path, command_line: CommandLine) -> None:
     src = tmp_path / "h.json"
     src.write_text(json.dumps(SKEWED))
     env = {**CHILD_ENV, "CONVERSATION_KEY": KEY}
-    cmd = [sys.executable, "-m", "conversation_codec"]
-    out = subprocess.run(
-        [*cmd, "import", str(tmp_path / "a.log"), str(src)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=TIMEOUT,
-    )
+    out = command_line("import", str(tmp_path / "a.log"), str(src), env=env)
     assert out.returncode == 0, out.stderr
     assert "2 timestamp(s) earlier than the message before" in out.stdout
-    out = subprocess.run(
-        [*cmd, "migrate", str(src)], capture_output=True, text=True, env=env, timeout=TIMEOUT
-    )
+    out = command_line("migrate", str(src), env=env)
     assert out.returncode == 0, out.stderr
     assert "2 timestamp(s) earlier than the message before" in out.stdout
 
@@ -371,7 +364,7 @@ def test_a_rerun_after_a_kill_past_the_commit_sweeps_and_skips(
         str(src if mode != "one" else src / "a.jsonl"),
     ]
     child += [str(target if mode == "one" else out), step, KEY]
-    proc = subprocess.run(child, env=CHILD_ENV, capture_output=True, timeout=TIMEOUT)
+    proc = _children.run(child, env=CHILD_ENV, capture_output=True, timeout=TIMEOUT)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     assert _temp_files(out), "the kill came too late to leave temp files"
     if mode == "one":

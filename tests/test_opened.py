@@ -14,7 +14,6 @@ import gc
 import json
 import os
 import shutil
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,8 +21,9 @@ from typing import Any
 
 import pytest
 from tests._writer import SCRIPT, subprocess_env
-from tests.conftest import KEY
+from tests.conftest import KEY, collecting
 
+import _children
 from conversation_codec import BindingError, ConversationCodec, ConversationStore
 
 
@@ -35,7 +35,7 @@ def _other_process(call: str, path: Path, message: dict[str, Any] | None = None)
     argv = [sys.executable, SCRIPT, "op", call, str(path)]
     if message is not None:
         argv += ["--message", json.dumps(message)]
-    subprocess.run(argv, env=subprocess_env(KEY), capture_output=True, timeout=60, check=True)
+    _children.run(argv, env=subprocess_env(KEY), capture_output=True, timeout=60, check=True)
 
 
 def _written(tmp_path: Path, count: int) -> Path:
@@ -121,13 +121,13 @@ def test_a_log_renamed_over_after_the_probe_is_read_from_its_new_file(tmp_path: 
 
 def test_a_log_removed_after_the_probe_reads_as_empty(tmp_path: Path) -> None:
     path = _written(tmp_path, 3)
-    gc.collect()  # earlier tests' dropped objects close their files when collected
-    before = _open_fds()
-    with ConversationCodec(path, encryption_key=KEY) as codec:
-        with ConversationCodec(path, encryption_key=KEY) as other:
-            other.clear()
-        assert codec.tail(5) == [] and len(codec) == 0
-    assert _open_fds() == before  # the probed file was closed
+    with collecting():
+        before = _open_fds()
+        with ConversationCodec(path, encryption_key=KEY) as codec:
+            with ConversationCodec(path, encryption_key=KEY) as other:
+                other.clear()
+            assert codec.tail(5) == [] and len(codec) == 0
+        assert _open_fds() == before  # the probed file was closed
 
 
 def test_a_log_copied_over_in_place_after_the_probe_is_identified_again(
@@ -174,7 +174,7 @@ def test_counters_that_come_back_to_an_earlier_value_never_serve_old_bytes(
             "    c.pop(); c.append({'role': 'user', 'content': 'MESSAGE 0002'},\n"
             "                      timestamp=d.datetime(2026, 1, 1, tzinfo=d.timezone.utc))\n"
         )
-        subprocess.run(
+        _children.run(
             [sys.executable, "-c", child, str(path)],
             env=subprocess_env(KEY),
             check=True,
@@ -212,12 +212,12 @@ def test_a_codec_never_used_leaves_no_file_open(tmp_path: Path, closed: bool) ->
     # Closed, or dropped (never used nor closed, as an async open a caller cancelled
     # leaves it): the file its probe kept open is closed.
     path = _written(tmp_path, 1)
-    gc.collect()  # earlier tests' dropped objects close their files when collected
-    before = _open_fds()
-    for _ in range(20):
-        codec = ConversationCodec(path, encryption_key=KEY)
-        if closed:
-            codec.close()
-        del codec
-    gc.collect()
-    assert _open_fds() == before
+    with collecting():
+        before = _open_fds()
+        for _ in range(20):
+            codec = ConversationCodec(path, encryption_key=KEY)
+            if closed:
+                codec.close()
+            del codec
+        gc.collect()
+        assert _open_fds() == before

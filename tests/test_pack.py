@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from _writer import NO_UNNAMED_FILES, subprocess_env
 from conversation_codec import (
     BindingError,
@@ -343,7 +344,7 @@ _CHILD = NO_UNNAMED_FILES + textwrap.dedent(
 
 
 def _run_child(mode: str, root: Path, mark: str, temps: str = "unnamed") -> str:
-    done = subprocess.run(
+    done = _children.run(
         [sys.executable, "-c", _CHILD, mode, str(root), mark, temps],
         env=subprocess_env(KEY),
         capture_output=True,
@@ -409,7 +410,7 @@ def test_a_packer_racing_an_appender_process_loses_nothing(tmp_path: Path) -> No
     root = tmp_path / "store"
     expected = fill(root, KEY, ["hot", "cold"], n=2)
     n = 150
-    child = subprocess.Popen(
+    child = _children.Popen(
         [sys.executable, "-c", _APPENDER, str(root), str(n)],
         env=subprocess_env(KEY),
         stdout=subprocess.PIPE,
@@ -476,7 +477,7 @@ def test_a_reader_process_holding_a_pack_sees_the_unpack_and_the_repack(tmp_path
     expected = fill(root, KEY)
     store = ConversationStore(root, encryption_key=KEY)
     store.pack()
-    reader = subprocess.Popen(
+    reader = _children.Popen(
         [sys.executable, "-c", _READER, str(root)],
         env=subprocess_env(KEY),
         stdin=subprocess.PIPE,

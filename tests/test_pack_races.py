@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from _writer import subprocess_env
 from conversation_codec.store import ConversationStore
 
@@ -78,7 +79,7 @@ class Packer:
     def __init__(self, root: Path, ctl: Path, marks: list[str]) -> None:
         ctl.mkdir()
         self.ctl = ctl
-        self.child = subprocess.Popen(
+        self.child = _children.Popen(
             [sys.executable, "-c", _PACKER, str(root), str(ctl), ",".join(marks)],
             env=subprocess_env(KEY),
             stdout=subprocess.PIPE,
@@ -252,7 +253,7 @@ def test_a_packer_and_then_a_clear_killed_midway_leave_the_conversation_whole(
     packer.wait("pack:written")
     packer.kill()
     assert list((root / ".packs").glob("*.pack")) and (root / "c.log").exists()
-    done = subprocess.run(
+    done = _children.run(
         [sys.executable, "-c", _CLEAR, str(root), "clear:copies-dropped"],
         env=subprocess_env(KEY),
         capture_output=True,
@@ -291,7 +292,7 @@ def test_deletions_against_a_packer_looping_in_another_process(tmp_path: Path, o
     gone at once and that a fresh start is fresh."""
     root, stop = tmp_path / "store", tmp_path / "stop"
     fill(root)
-    child = subprocess.Popen(
+    child = _children.Popen(
         [sys.executable, "-c", _LOOP, str(root), str(stop)],
         env=subprocess_env(KEY),
         stdout=subprocess.PIPE,
@@ -399,7 +400,7 @@ def test_codecs_held_open_across_another_processs_pack_lose_nothing(seed: int) -
                 codec.append({"id": f"{cid}-first"})
         store.pack()
         procs = [
-            subprocess.Popen(
+            _children.Popen(
                 [sys.executable, "-c", _HELD, str(root), KEY, tag, "8", str(seed)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

@@ -5,7 +5,6 @@ change by another process between the load and the save still refuses a rewrite.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import textwrap
 from datetime import timedelta
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from _writer import subprocess_env
 from conversation_codec import AsyncConversationStore, ConflictError, FileIO
 from conversation_codec.store import ConversationStore
@@ -116,7 +116,7 @@ _OTHER_WRITER = textwrap.dedent(
 
 
 def _other_process_writes(root: Path, op: str) -> None:
-    done = subprocess.run(
+    done = _children.run(
         [sys.executable, "-c", _OTHER_WRITER, str(root), op],
         env=subprocess_env(KEY),
         capture_output=True,

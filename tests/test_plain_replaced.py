@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from _writer import subprocess_env
 from conversation_codec import ConversationCodec
 
@@ -52,7 +53,7 @@ class Agent:
     """A child process that holds a codec open on ``path`` (see ``CHILD``)."""
 
     def __init__(self, path: Path) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = _children.Popen(
             [sys.executable, "-c", CHILD, str(path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -111,7 +112,7 @@ def fresh_load(path: Path) -> list[dict[str, Any]] | None:
 def sed_i(path: Path, script: str) -> None:
     """``sed -i``: writes an edited copy beside the log and renames it over the log."""
     before = path.stat().st_ino
-    subprocess.run(["sed", "-i", script, str(path)], check=True)
+    _children.run(["sed", "-i", script, str(path)], check=True)
     assert path.stat().st_ino != before  # (it did replace the file, as the defect needs)
 
 

@@ -24,6 +24,7 @@ from typing import IO, Any
 import psycopg
 import pytest
 
+import _children
 from _pg_writer import Conversation, message
 from _postgres import Cluster
 from _writer import subprocess_env
@@ -62,7 +63,7 @@ class Child:
     """One ``_pg_writer.py`` process; ``lines`` collects what it printed."""
 
     def __init__(self, mode: str, url: str, cid: str, writer: int, count: int) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = _children.Popen(
             [sys.executable, str(WRITER), mode, url, cid, str(writer), str(count)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

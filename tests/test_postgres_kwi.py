@@ -9,7 +9,6 @@ deletion and key rotation are checked on the rows themselves.
 from __future__ import annotations
 
 import base64
-import multiprocessing
 import re
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from tests.test_keyword_index import (
     varint,
 )
 
+import _children
+import _store_writers
 from conversation_codec import ConversationCodec, ConversationStore, indexing
 from conversation_codec.index_cache import IndexCache
 from conversation_codec.maintenance.copy import copy_conversations
@@ -199,13 +200,6 @@ def test_merges_keep_the_index_exact(postgres_url: str, monkeypatch: pytest.Monk
 # -- every writer, every process ------------------------------------------------------------
 
 
-def _writer(url: str, key: str, cid: str, name: str, count: int, indexed: bool) -> None:
-    store = ConversationStore(url, encryption_key=key, search_index=indexed, lock_timeout=60)
-    with store.open(cid) as codec:
-        for i in range(count):
-            codec.append(_msg(f"{name} zanzibar{i % 5} item{i}"))
-
-
 def test_two_processes_appending_keep_the_index_exact(postgres_url: str) -> None:
     """One process opened with ``search_index=True``, one without: both keep the index in
     their transactions, so it equals the one rebuilt from the records and every search
@@ -213,16 +207,26 @@ def test_two_processes_appending_keep_the_index_exact(postgres_url: str) -> None
     cid = _id()
     with ConversationStore(postgres_url, encryption_key=KEY, search_index=True).open(cid) as c:
         c.append(_msg("start"))  # the index exists before the writers start
-    ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_writer, args=(postgres_url, KEY, cid, f"w{w}", 60, w == 0))
+        _children.Popen(
+            [
+                sys.executable,
+                _store_writers.__file__,
+                "append_words",
+                postgres_url,
+                KEY,
+                cid,
+                f"w{w}",
+                "60",
+                "1" if w == 0 else "0",
+            ],
+            stderr=subprocess.PIPE,
+        )
         for w in range(2)
     ]
     for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(300)
-        assert proc.exitcode == 0
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
     log_id, version, _ = read_rows(postgres_url, cid)
     assert version > 0 and log_id is not None
     with ConversationStore(postgres_url, encryption_key=KEY).open(cid) as codec:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from _pg_writer import Conversation, message
 from _postgres import Cluster
 from _writer import subprocess_env
@@ -152,7 +153,7 @@ def test_tail_and_len_during_deletes_rewrites_rotations_in_another_process(
     postgres_url: str,
 ) -> None:
     cid = "raced"
-    child = subprocess.Popen(
+    child = _children.Popen(
         [sys.executable, "-c", _CHANGER, postgres_url, cid, KEY, OTHER_KEY, "100"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

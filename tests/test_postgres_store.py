@@ -8,7 +8,6 @@ command line with a URL root, and real processes writing one conversation throug
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -16,11 +15,15 @@ from pathlib import Path
 
 import pytest
 
+import _children
+import _store_writers
 from _postgres import Cluster
 from conversation_codec import ConversationStore, generate_key
 from conversation_codec.errors import DecryptionError, KeyRequiredError, StorageError
 from conversation_codec.maintenance.copy import copy_conversations
 from conversation_codec.storage.postgres import PostgresStore
+
+from conftest import CommandLine
 
 pytestmark = pytest.mark.postgres
 
@@ -139,19 +142,15 @@ def test_copy_of_attachment_blobs_to_postgres_puts_them_inline(
     assert _dump(back, [p + "u"]) == _dump(files, [p + "u"])
 
 
-def _cli(*args: str, key: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "conversation_codec", *args],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", "CONVERSATION_KEY": key},
-        check=False,
-    )
-
-
 def test_the_command_line_takes_a_url_root(
-    postgres_cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest
+    postgres_cluster: Cluster,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    command_line: CommandLine,
 ) -> None:
+    def _cli(*args: str, key: str) -> subprocess.CompletedProcess[str]:
+        return command_line(*args, env={"PATH": "/usr/bin:/bin", "CONVERSATION_KEY": key})
+
     postgres_url = postgres_cluster.create_database()  # its own: ls lists every conversation
     p = _prefix(request)
     files = ConversationStore(tmp_path / "a", encryption_key=KEY)
@@ -174,28 +173,26 @@ def test_the_command_line_takes_a_url_root(
     assert failed.returncode == 1 and "hunter22" not in failed.stderr + failed.stdout
 
 
-def _writer(url: str, key: str, cid: str, name: str, count: int) -> None:
-    store = ConversationStore(url, encryption_key=key, lock_timeout=60)
-    with store.open(cid) as codec:
-        for i in range(count):
-            codec.append({"role": "user", "content": f"{name} {i}"})
-            if i % 10 == 9:  # a pop of its own append, under the lock
-                with codec.transaction():
-                    if codec.get(-1)["content"] == f"{name} {i}":
-                        codec.pop()
-                        codec.append({"role": "user", "content": f"{name} {i}"})
-
-
 def _concurrent(url: str, cid: str, writers: int, count: int) -> None:
-    ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_writer, args=(url, KEY, cid, f"w{w}", count)) for w in range(writers)
+        _children.Popen(
+            [
+                sys.executable,
+                _store_writers.__file__,
+                "append_and_pop",
+                url,
+                KEY,
+                cid,
+                f"w{w}",
+                str(count),
+            ],
+            stderr=subprocess.PIPE,
+        )
+        for w in range(writers)
     ]
     for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(300)
-        assert proc.exitcode == 0
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
     with ConversationStore(url, encryption_key=KEY).open(cid) as codec:
         hits = list(codec.search(None))
     assert [h.seq for h in hits] == list(range(writers * count))  # contiguous

@@ -9,7 +9,6 @@ waiters poll as without it, it reconnects, and ``wait`` still returns.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
+import _children
 from _postgres import Cluster
 from _writer import subprocess_env
 from conversation_codec import ConversationStore
@@ -42,7 +42,7 @@ with ConversationStore(url, encryption_key=key).open(cid) as codec:
 
 
 def _append_in_another_process(url: str, cid: str, text: str) -> int:
-    done = subprocess.run(
+    done = _children.run(
         [sys.executable, "-c", _APPENDER, url, cid, KEY, text],
         capture_output=True,
         text=True,

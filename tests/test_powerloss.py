@@ -60,8 +60,10 @@ pytestmark = pytest.mark.skipif(
 Message = dict[str, Any]
 LOG = "chat.log"
 SECTOR = 512  # bytes: the unit a scrambled image keeps or loses
-IMAGES = 250  # per scenario by default: 4 scenarios + 60 around the dictionary
+IMAGES = 60  # per scenario by default (4 scenarios, 8 regression cases, 10 around the dictionary)
+FULL_IMAGES = 250  # per scenario and regression case under -m slow (the former default)
 SLOW_IMAGES = 1500
+REGRESSION_IMAGES = 40  # per regression case by default: the first 40 of its FULL_IMAGES
 NEW = {"role": "user", "content": "written after the power loss"}
 # Seeds that once failed (issue 11: verify() raised on a time reversal; a pop's truncate was
 # not synced under "flush", so a popped record came back): (seed, durability, schemes).
@@ -621,7 +623,12 @@ def _check_power_losses(
 
 
 @pytest.mark.parametrize(
-    ("steps", "images"), [(40, IMAGES), pytest.param(150, SLOW_IMAGES, marks=pytest.mark.slow)]
+    ("steps", "images"),
+    [
+        (40, IMAGES),
+        pytest.param(40, FULL_IMAGES, marks=pytest.mark.slow),
+        pytest.param(150, SLOW_IMAGES, marks=pytest.mark.slow),
+    ],
 )
 def test_power_loss_images(
     tmp_path: Path,
@@ -646,12 +653,21 @@ def test_power_loss_images(
         for name in names
     ],
 )
+@pytest.mark.parametrize(
+    "images",
+    [
+        pytest.param(REGRESSION_IMAGES, id="first"),
+        pytest.param(FULL_IMAGES, id="all", marks=pytest.mark.slow),
+    ],
+)
 def test_power_loss_regression_seeds(
-    tmp_path: Path, seed: int, durability: str, scheme: str
+    tmp_path: Path, seed: int, durability: str, scheme: str, images: int
 ) -> None:
-    """Every seed that ever failed, as it failed (40 steps, 250 images)."""
+    """Every seed that ever failed, as it failed: 40 steps, then 250 images under -m slow;
+    the default run checks the first 40 of those same images (the seed fixes the run and
+    the order of its images)."""
     key = KEY if scheme == "sealed" else None
-    _check_power_losses(tmp_path, random.Random(seed), durability, key, 40, IMAGES)
+    _check_power_losses(tmp_path, random.Random(seed), durability, key, 40, images)
 
 
 _EXPLORE_BASE = int(os.environ.get("TEST_SEED") or random.SystemRandom().randrange(1 << 31))
@@ -677,7 +693,9 @@ def test_power_loss_fresh_seeds(tmp_path: Path, k: int) -> None:
 _DICTIONARY_STEPS = ["append"] * 5 + ["pop"] * 3 + ["append"] * 2 + ["extend", "pop", "append"]
 
 
-@pytest.mark.parametrize("images", [60, pytest.param(600, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "images", [10, *(pytest.param(n, marks=pytest.mark.slow) for n in (60, 600))]
+)
 def test_power_loss_around_the_dictionary(tmp_path: Path, rng: random.Random, images: int) -> None:
     """Losses around the dictionary record (appended and synced after the 512th message,
     FORMAT.md §5.3; cut again by a pop) keep every acknowledged record."""

@@ -241,12 +241,14 @@ class PlainLogMachine(LogMachine):
 @pytest.mark.parametrize(
     ("machine", "max_examples"),
     [
-        (LogMachine, 15),  # the default run: a bounded, derandomized sample
-        (PlainLogMachine, 10),
+        (LogMachine, 8),  # the default run: a bounded, derandomized sample
+        (PlainLogMachine, 5),
+        pytest.param(LogMachine, 15, marks=pytest.mark.slow),  # the default run's, before
+        pytest.param(PlainLogMachine, 10, marks=pytest.mark.slow),
         pytest.param(LogMachine, 40, marks=pytest.mark.slow),
         pytest.param(PlainLogMachine, 25, marks=pytest.mark.slow),
     ],
-    ids=["encrypted", "plain", "encrypted-full", "plain-full"],
+    ids=["encrypted", "plain", "encrypted-15", "plain-10", "encrypted-full", "plain-full"],
 )
 def test_log_against_a_model(machine: type[LogMachine], max_examples: int) -> None:
     run_state_machine_as_test(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import pytest
 from tests._writer import subprocess_env
 from tests.conftest import KEY, T0, Clock
 
+import _children
 from conversation_codec import ConversationCodec, FileIO, StorageError
 from conversation_codec.compression import TRAIN_AFTER
 
@@ -320,7 +320,7 @@ with ConversationCodec(path, encryption_key=key, lock_timeout=wait) as codec:
 
 
 def _child(path: Path, what: str, start: int, count: int) -> list[int]:
-    out = subprocess.run(
+    out = _children.run(
         [sys.executable, "-c", _CHILD, str(path), what, str(start), str(count)],
         capture_output=True,
         text=True,

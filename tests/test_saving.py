@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from conversation_codec import (
     ConflictError,
     ConversationCodec,
@@ -43,7 +43,7 @@ def other_process(call: str, path: Path, mode: str, message: Any = None) -> Any:
     argv = [sys.executable, str(_WRITER), "op", call, str(path)]
     if message is not None:
         argv += ["--message", json.dumps(message)]
-    done = subprocess.run(
+    done = _children.run(
         argv,
         capture_output=True,
         text=True,

@@ -20,7 +20,6 @@ import io
 import os
 import re
 import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from _writer import subprocess_env
 from conversation_codec import (
     ConversationCodec,
@@ -287,7 +287,7 @@ SEAMS = [  # in a batch sealing carl (loose), then ana and bob (packed together)
 
 
 def _kill_child(root: Path, kind: str, name: str, occurrence: int) -> int:
-    done = subprocess.run(
+    done = _children.run(
         [sys.executable, "-c", _SEAL_CHILD, str(root), kind, name, str(occurrence)],
         env=subprocess_env(KEY),
         capture_output=True,
@@ -374,7 +374,7 @@ sys.exit(3)  # never killed
 
 
 def _seal_killed(log: Path, n: int) -> int:
-    done = subprocess.run(
+    done = _children.run(
         [sys.executable, "-c", _BLOB_CHILD, str(log), str(n)],
         env=subprocess_env(KEY),
         capture_output=True,

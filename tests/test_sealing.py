@@ -11,7 +11,6 @@ import hashlib
 import json
 import shutil
 import struct
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from conversation_codec import (
     AsyncConversationCodec,
     BindingError,
@@ -305,6 +305,7 @@ def test_cli_opens_a_bound_log_with_context(
     assert main(["verify", "--context", "user-42", path]) == 0
 
 
+@pytest.mark.real_scrypt_cost  # the header holds what writers use
 def test_password_create_reopen_and_wrong_password(tmp_path: Path) -> None:
     path = tmp_path / "chat.log"
     with ConversationCodec(path, password="correct horse battery") as codec:
@@ -495,9 +496,7 @@ def test_scrypt_out_of_memory_is_a_library_error() -> None:
             print("refused:", exc)
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
-    )
+    done = _children.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("refused: scrypt with N=2^18, r=8, p=1 (256 MiB) failed")
 
@@ -552,9 +551,7 @@ def test_crash_during_change_password_leaves_one_of_the_two(tmp_path: Path, step
         codec.change_password("old", "new")
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
-    )
+    proc = _children.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 9, proc.stderr
     opened = []
     for pw in ("old", "new"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import _children
 from conversation_codec import (
     ConversationCodec,
     ConversationStore,
@@ -337,9 +337,7 @@ def test_a_catastrophic_regex_cannot_hang_a_search(tmp_path: Path) -> None:
         print("done")
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
-    )
+    done = _children.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert (done.returncode, done.stdout) == (0, "done\n"), done.stderr
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import _children
 from conversation_codec import ConversationCodec, ConversationStore, LogReplacedError
 from conversation_codec.search_progress import MAX_REPLANS, SearchProgress
 
@@ -71,7 +72,7 @@ class Child:
     """A process that changes a log when told, and answers once it has."""
 
     def __init__(self, indexed: bool) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = _children.Popen(
             [sys.executable, "-c", CHILD, KEY, "1" if indexed else "0"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -371,7 +372,7 @@ def test_store_and_codec_search_under_a_writer_loop(tmp_path: Path, indexed: boo
             c.extend([{"role": "user", "content": f"zebra {i}"} for i in range(n)])
             if indexed:
                 c.reindex()
-    proc = subprocess.Popen(
+    proc = _children.Popen(
         [sys.executable, "-c", LOOP, str(root), KEY, op, "1" if indexed else "0", "60"],
         stdout=subprocess.PIPE,
         text=True,

@@ -38,6 +38,7 @@ from typing import Any
 
 import pytest
 
+import _children
 from _writer import KEY_ENV, subprocess_env
 from conversation_codec import ConversationCodec, FileIO
 
@@ -232,7 +233,7 @@ def _replay(prefill: list[Message], events: list[Event], final: list[Message]) -
 
 
 def _spawn(args: list[str], key: str | None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    return _children.Popen(
         [sys.executable, SCRIPT, *args],
         env=subprocess_env(key),
         stdout=subprocess.PIPE,

@@ -290,7 +290,9 @@ def _check_random_damage(log: _Log, max_examples: int) -> None:
     check()
 
 
-@pytest.mark.parametrize("max_examples", [150, pytest.param(3000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "max_examples", [60, *(pytest.param(n, marks=pytest.mark.slow) for n in (150, 3000))]
+)
 def test_random_multi_byte_damage(
     tmp_path: Path, variant_key: str | None, max_examples: int
 ) -> None:

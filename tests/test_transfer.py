@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
+import _children
 import conversation_codec
 from conversation_codec import ConversationCodec, DecryptionError, FormatError, KeyRequiredError
 from conversation_codec.format.record import MAX_MESSAGE_BYTES
@@ -422,6 +423,9 @@ def test_import_failures_leave_the_log_alone(
     assert codec.load() == batch
 
 
+@pytest.mark.parametrize(  # a sealed log refuses one in test_import_replace_refuses_*
+    "make", [pytest.param("encrypted", marks=pytest.mark.slow), "plaintext"], indirect=True
+)
 def test_import_rejects_a_message_too_large_for_a_record(
     make: Callable[..., ConversationCodec], tmp_path: Path
 ) -> None:
@@ -631,17 +635,19 @@ for i in range(n):
 """
 
 
+@pytest.mark.parametrize("n", [300, pytest.param(600, marks=pytest.mark.slow)])
 def test_merge_rewrites_never_lose_a_concurrent_writers_messages(
-    make: Callable[..., ConversationCodec], tmp_path: Path
+    make: Callable[..., ConversationCodec], tmp_path: Path, n: int
 ) -> None:
+    """Merging imports (each a full rewrite) while another process appends ``n`` messages
+    (300 by default, 600 under slow): none of either is lost."""
     codec = make(clock=None)
     codec.append({"role": "user", "content": "start"}, timestamp=_at(T0 + 10**6))
     root = os.path.dirname(os.path.dirname(os.path.abspath(conversation_codec.__file__)))
     env = dict(os.environ, PYTHONPATH=root)
     if codec.encrypted:
         env["CC_KEY"] = KEY
-    n = 600
-    with subprocess.Popen(
+    with _children.Popen(
         [sys.executable, "-c", _APPENDER, str(tmp_path / "chat.log"), "", str(n)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
